@@ -1,0 +1,144 @@
+// AVX-512F kernels. Compiled with -mavx512f -mavx2 -mfma (/arch:AVX512) in their own
+// static library; reached only when cpu.cc found AVX-512F, AVX2, FMA and OS support
+// for ZMM state. Tails use masked loads, so there is no scalar remainder loop.
+#include "kernel_table.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's avx512fintrin.h initialises _mm512_undefined_ps() from itself, which
+// trips these warnings at every shuffle/extract; the value is never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+namespace gt {
+namespace {
+
+inline __mmask16 tail_mask(size_t rem) {
+  return static_cast<__mmask16>((1u << rem) - 1u);
+}
+
+float dot_avx512(const float* a, const float* b, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), a3);
+  }
+  for (; i + 16 <= n; i += 16)
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+float l2sq_avx512(const float* a, const float* b, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+    __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
+    __m512 d2 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32));
+    __m512 d3 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48));
+    a0 = _mm512_fmadd_ps(d0, d0, a0);
+    a1 = _mm512_fmadd_ps(d1, d1, a1);
+    a2 = _mm512_fmadd_ps(d2, d2, a2);
+    a3 = _mm512_fmadd_ps(d3, d3, a3);
+  }
+  for (; i + 16 <= n; i += 16) {
+    __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+    a0 = _mm512_fmadd_ps(d0, d0, a0);
+  }
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    __m512 d0 = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
+    a1 = _mm512_fmadd_ps(d0, d0, a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+float sum_avx512(const float* a, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(_mm512_loadu_ps(a + i), a0);
+    a1 = _mm512_add_ps(_mm512_loadu_ps(a + i + 16), a1);
+    a2 = _mm512_add_ps(_mm512_loadu_ps(a + i + 32), a2);
+    a3 = _mm512_add_ps(_mm512_loadu_ps(a + i + 48), a3);
+  }
+  for (; i + 16 <= n; i += 16) a0 = _mm512_add_ps(_mm512_loadu_ps(a + i), a0);
+  if (i < n) a1 = _mm512_add_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), a + i), a1);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+template <bool kL2>
+inline __m512 step(__m512 acc, __m512 x, __m512 rv) {
+  if (kL2) {
+    x = _mm512_sub_ps(x, rv);
+    return _mm512_fmadd_ps(x, x, acc);
+  }
+  return _mm512_fmadd_ps(x, rv, acc);
+}
+
+// QN queries x RN rows with one accumulator per pair (16-lane chunks, masked tail,
+// horizontal sum): a pair's score never depends on how queries were grouped.
+template <bool kL2, int QN, int RN>
+void micro(const float* q, const float* r, size_t d, float* out, size_t ldo) {
+  __m512 acc[QN][RN];
+  for (int i = 0; i < QN; ++i)
+    for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_setzero_ps();
+  size_t t = 0;
+  for (; t < d; t += 16) {
+    const __mmask16 m = d - t >= 16 ? static_cast<__mmask16>(0xFFFF) : tail_mask(d - t);
+    __m512 rv[RN];
+    for (int j = 0; j < RN; ++j) rv[j] = _mm512_maskz_loadu_ps(m, r + j * d + t);
+    for (int i = 0; i < QN; ++i) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + i * d + t);
+      for (int j = 0; j < RN; ++j) acc[i][j] = step<kL2>(acc[i][j], qv, rv[j]);
+    }
+  }
+  for (int i = 0; i < QN; ++i)
+    for (int j = 0; j < RN; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+template <bool kL2>
+void block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,
+                  size_t ldo) {
+  size_t i = 0;
+  for (; i + 4 <= nq; i += 4)  // 4 queries x 1 row: each row chunk loaded once for 4 FMAs
+    for (size_t j = 0; j < nr; ++j) micro<kL2, 4, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
+  for (; i < nq; ++i) {  // leftover queries: 1 query x 4 rows
+    size_t j = 0;
+    for (; j + 4 <= nr; j += 4) micro<kL2, 1, 4>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
+    for (; j < nr; ++j) micro<kL2, 1, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
+  }
+}
+
+void dot_block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,
+                      size_t ldo) {
+  block_avx512<false>(Q, nq, R, nr, d, out, ldo);
+}
+void l2_block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,
+                     size_t ldo) {
+  block_avx512<true>(Q, nq, R, nr, d, out, ldo);
+}
+
+const Kernels kTable = {dot_avx512, l2sq_avx512, sum_avx512, dot_block_avx512, l2_block_avx512};
+
+}  // namespace
+const Kernels* const kKernelsAVX512 = &kTable;
+}  // namespace gt
+
+#else
+namespace gt {
+const Kernels* const kKernelsAVX512 = nullptr;
+}
+#endif

@@ -1,0 +1,77 @@
+#include "napi_util.h"
+
+#include <cmath>
+
+namespace gt {
+
+Napi::Error make_error(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+Napi::Error make_error(Napi::Env env, const Error& e) {
+  return make_error(env, error_code_string(e.code()), e.what());
+}
+
+namespace {
+template <typename T>
+ArrayArg<T> typed_arg(const Napi::CallbackInfo& info, size_t index, const char* name,
+                      napi_typedarray_type type, const char* type_name) {
+  if (index >= info.Length() || !info[index].IsTypedArray() ||
+      info[index].As<Napi::TypedArray>().TypedArrayType() != type)
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a " + type_name);
+  Napi::TypedArray arr = info[index].As<Napi::TypedArray>();
+  Napi::ArrayBuffer buf = arr.ArrayBuffer();
+  if (buf.IsDetached())
+    throw Error(ErrorCode::Detached, std::string(name) + " is backed by a detached ArrayBuffer");
+  ArrayArg<T> out;
+  out.length = arr.ElementLength();
+  out.data = reinterpret_cast<T*>(static_cast<uint8_t*>(buf.Data()) + arr.ByteOffset());
+  return out;
+}
+}  // namespace
+
+ArrayArg<float> f32_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return typed_arg<float>(info, index, name, napi_float32_array, "Float32Array");
+}
+ArrayArg<uint32_t> u32_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return typed_arg<uint32_t>(info, index, name, napi_uint32_array, "Uint32Array");
+}
+ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return typed_arg<uint8_t>(info, index, name, napi_uint8_array, "Uint8Array");
+}
+
+size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi) {
+  if (index >= info.Length() || !info[index].IsNumber())
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a number");
+  const double v = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(v) || v != std::floor(v))
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be an integer");
+  if (v < lo || v > hi)
+    throw Error(ErrorCode::OutOfRange, std::string(name) + " must be in " + std::to_string(static_cast<long long>(lo)) +
+                                           ".." + std::to_string(static_cast<long long>(hi)) + ", got " +
+                                           std::to_string(static_cast<long long>(v)));
+  return static_cast<size_t>(v);
+}
+
+Metric metric_arg(const Napi::CallbackInfo& info, size_t index) {
+  Metric m = Metric::IP;
+  if (index >= info.Length() || !info[index].IsString() ||
+      !parse_metric(info[index].As<Napi::String>().Utf8Value(), &m))
+    throw Error(ErrorCode::InvalidArgument, "metric must be 'ip', 'cosine' or 'l2'");
+  return m;
+}
+
+SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || info[index].IsUndefined()) return default_simd_level();
+  SimdLevel level = SimdLevel::Scalar;
+  if (!info[index].IsString() || !parse_simd_level(info[index].As<Napi::String>().Utf8Value(), &level))
+    throw Error(ErrorCode::InvalidArgument, "level must be 'scalar', 'avx2', 'avx512' or 'neon'");
+  if (!simd_level_supported(level))
+    throw Error(ErrorCode::Unsupported,
+                std::string("SIMD level ") + simd_level_name(level) + " is not supported by this CPU");
+  return level;
+}
+
+}  // namespace gt

@@ -1,0 +1,51 @@
+// Argument checking and error conversion at the Node-API edge. Every exported
+// function runs inside guard(), so no C++ exception crosses into JavaScript
+// unconverted: gt::Error keeps its code, std::bad_alloc becomes ERR_GT_OUT_OF_MEMORY,
+// anything else ERR_GT_INTERNAL.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cpu.h"
+#include "errors.h"
+#include "metric.h"
+
+namespace gt {
+
+Napi::Error make_error(Napi::Env env, const char* code, const std::string& message);
+Napi::Error make_error(Napi::Env env, const Error& e);
+
+template <typename F>
+Napi::Value guard(const Napi::CallbackInfo& info, F&& body) {
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const Error& e) {
+    throw make_error(info.Env(), e);
+  } catch (const std::bad_alloc&) {
+    throw make_error(info.Env(), "ERR_GT_OUT_OF_MEMORY", "out of memory");
+  } catch (const std::exception& e) {
+    throw make_error(info.Env(), "ERR_GT_INTERNAL", e.what());
+  }
+}
+
+template <typename T>
+struct ArrayArg {
+  T* data = nullptr;
+  size_t length = 0;
+};
+
+// A Float32Array / Uint32Array argument; rejects other types and detached buffers.
+ArrayArg<float> f32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+ArrayArg<uint32_t> u32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+// An integer in [lo, hi].
+size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi);
+Metric metric_arg(const Napi::CallbackInfo& info, size_t index);
+// A SIMD level name, or undefined for the default level; must be supported.
+SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index);
+
+}  // namespace gt

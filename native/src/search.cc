@@ -1,0 +1,112 @@
+#include "search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "parallel.h"
+#include "topk.h"
+
+namespace gt {
+namespace {
+
+constexpr size_t kRowBlockBytes = 128 * 1024;  // rows scanned per block: stays in L2
+constexpr size_t kQueryGroup = 32;             // queries scored against one block
+
+inline float cosine_from(float dot, float qn2, float rn2) {
+  if (qn2 <= 0.0f || rn2 <= 0.0f) return 0.0f;
+  return dot / (std::sqrt(qn2) * std::sqrt(rn2));
+}
+
+size_t row_block(size_t d) {
+  return std::max<size_t>(16, kRowBlockBytes / (d * sizeof(float)));
+}
+
+// Scores queries [q0, q1) against rows [r0, r1), feeding heaps[q - q0].
+void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
+          std::vector<TopK>& heaps) {
+  const Kernels& K = *a.kernels;
+  const size_t d = a.d, rb = row_block(d);
+  std::vector<float> scores(kQueryGroup * rb);
+  std::vector<float> qnorm2, rnorm2;
+  if (a.metric == Metric::Cosine) {
+    qnorm2.resize(q1 - q0);
+    for (size_t q = q0; q < q1; ++q) qnorm2[q - q0] = K.dot(a.queries + q * d, a.queries + q * d, d);
+    rnorm2.resize(rb);
+  }
+  for (size_t rs = r0; rs < r1; rs += rb) {
+    const size_t rn = std::min(rb, r1 - rs);
+    const float* R = a.data + rs * d;
+    if (a.metric == Metric::Cosine)
+      for (size_t j = 0; j < rn; ++j) rnorm2[j] = K.dot(R + j * d, R + j * d, d);
+    for (size_t qs = q0; qs < q1; qs += kQueryGroup) {
+      const size_t qn = std::min(kQueryGroup, q1 - qs);
+      const float* Q = a.queries + qs * d;
+      if (a.metric == Metric::L2) K.l2_block(Q, qn, R, rn, d, scores.data(), rb);
+      else K.dot_block(Q, qn, R, rn, d, scores.data(), rb);
+      for (size_t i = 0; i < qn; ++i) {
+        TopK& h = heaps[qs + i - q0];
+        const float* s = scores.data() + i * rb;
+        if (a.metric == Metric::Cosine) {
+          const float qq = qnorm2[qs + i - q0];
+          for (size_t j = 0; j < rn; ++j)
+            h.push(cosine_from(s[j], qq, rnorm2[j]), static_cast<uint32_t>(rs + j));
+        } else {
+          for (size_t j = 0; j < rn; ++j) h.push(s[j], static_cast<uint32_t>(rs + j));
+        }
+      }
+    }
+  }
+}
+
+void write_out(const TopK& h, size_t k, uint32_t* ids, float* scores) {
+  const std::vector<Hit> hits = h.sorted();
+  for (size_t i = 0; i < k; ++i) {
+    ids[i] = hits[i].id;
+    scores[i] = hits[i].score;
+  }
+}
+
+}  // namespace
+
+float exact_score(const Kernels& K, Metric metric, const float* q, const float* r, size_t d) {
+  float s;
+  if (metric == Metric::L2) K.l2_block(q, 1, r, 1, d, &s, 1);
+  else K.dot_block(q, 1, r, 1, d, &s, 1);
+  if (metric == Metric::Cosine) s = cosine_from(s, K.dot(q, q, d), K.dot(r, r, d));
+  return s;
+}
+
+void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores) {
+  const bool desc = higher_is_better(a.metric);
+  const size_t threads = std::max<size_t>(1, a.threads);
+  // Many queries: each thread owns a range of queries and scans every row.
+  // Few queries: each thread scans a range of rows for all queries; heaps merge.
+  // Small scans are not worth a thread start.
+  const double work = static_cast<double>(a.n) * a.d * a.nq;
+  const size_t useful = work < 2e5 ? 1 : threads;
+  if (a.nq >= 2 * useful || useful == 1) {
+    parallel_for(a.nq, useful, [&](size_t q0, size_t q1, size_t) {
+      for (size_t g0 = q0; g0 < q1; g0 += kQueryGroup * 8) {
+        const size_t g1 = std::min(q1, g0 + kQueryGroup * 8);
+        std::vector<TopK> heaps(g1 - g0, TopK(a.k, desc));
+        scan(a, g0, g1, 0, a.n, heaps);
+        for (size_t q = g0; q < g1; ++q) write_out(heaps[q - g0], a.k, out_ids + q * a.k, out_scores + q * a.k);
+      }
+    });
+    return;
+  }
+  std::vector<std::vector<TopK>> partial(useful);
+  parallel_for(a.n, useful, [&](size_t r0, size_t r1, size_t w) {
+    partial[w].assign(a.nq, TopK(a.k, desc));
+    scan(a, 0, a.nq, r0, r1, partial[w]);
+  });
+  for (size_t q = 0; q < a.nq; ++q) {
+    TopK all(a.k, desc);
+    for (auto& p : partial)
+      if (!p.empty()) all.merge(p[q]);
+    write_out(all, a.k, out_ids + q * a.k, out_scores + q * a.k);
+  }
+}
+
+}  // namespace gt

@@ -1,0 +1,161 @@
+#include "sparse_tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <string>
+#include <unordered_map>
+
+namespace gt {
+
+namespace {
+constexpr std::align_val_t kAlign{64};
+
+std::string fmt_id(const char* what, size_t index, uint32_t id, size_t n) {
+  return std::string(what) + "[" + std::to_string(index) + "] = " + std::to_string(id) +
+         " is out of range for a tensor of " + std::to_string(n) + " patterns";
+}
+}  // namespace
+
+size_t first_non_finite(const float* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return i;
+  return n;
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t rows, size_t dim) {
+  std::shared_ptr<Storage> s(new Storage());
+  const size_t bytes = std::max<size_t>(rows * dim * sizeof(float), 64);
+  s->data_ = static_cast<float*>(::operator new(bytes, kAlign));
+  std::memset(s->data_, 0, bytes);
+  s->capacity_rows_ = rows;
+  s->owned_ = true;
+  return s;
+}
+
+std::shared_ptr<Storage> Storage::adopt(float* data, size_t rows, std::function<void()> release) {
+  std::shared_ptr<Storage> s(new Storage());
+  s->data_ = data;
+  s->capacity_rows_ = rows;
+  s->owned_ = false;
+  s->release_ = std::move(release);
+  return s;
+}
+
+Storage::~Storage() {
+  if (owned_) ::operator delete(data_, kAlign);
+  if (release_) release_();
+}
+
+SparseTensor::SparseTensor(size_t dim, size_t capacity_rows) : dim_(dim) {
+  if (dim == 0 || dim > kMaxDim)
+    throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim) + ", got " +
+                                           std::to_string(dim));
+  if (capacity_rows > kMaxRows)
+    throw Error(ErrorCode::OutOfRange, "capacity exceeds " + std::to_string(kMaxRows) + " patterns");
+  storage_ = Storage::allocate(capacity_rows, dim);
+}
+
+SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage)
+    : dim_(dim), rows_(rows), storage_(std::move(storage)) {
+  if (dim == 0 || dim > kMaxDim)
+    throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim));
+  if (rows > kMaxRows || rows > storage_->capacity_rows())
+    throw Error(ErrorCode::OutOfRange, "rows exceed the storage or the limit of 2^32-1 patterns");
+  const size_t bad = first_non_finite(storage_->data(), rows * dim);
+  if (bad != rows * dim)
+    throw Error(ErrorCode::NonFinite, "data[" + std::to_string(bad) + "] is not finite");
+}
+
+void SparseTensor::reserve(size_t rows) {
+  if (rows <= capacity()) return;
+  if (rows > kMaxRows)
+    throw Error(ErrorCode::OutOfRange, "capacity exceeds " + std::to_string(kMaxRows) + " patterns");
+  auto fresh = Storage::allocate(rows, dim_);
+  if (rows_ > 0) std::memcpy(fresh->data(), storage_->data(), rows_ * dim_ * sizeof(float));
+  storage_ = std::move(fresh);
+}
+
+void SparseTensor::check_ids(const uint32_t* ids, size_t count, const char* what) const {
+  for (size_t i = 0; i < count; ++i)
+    if (ids[i] >= rows_) throw Error(ErrorCode::OutOfRange, fmt_id(what, i, ids[i], rows_));
+}
+
+void SparseTensor::gather(const uint32_t* ids, size_t count, float* out) const {
+  check_ids(ids, count, "ids");
+  for (size_t i = 0; i < count; ++i) std::memcpy(out + i * dim_, row(ids[i]), dim_ * sizeof(float));
+}
+
+void SparseTensor::remove_listener(WriteListener* listener) {
+  listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), listener), listeners_.end());
+}
+
+void SparseTensor::notify_changed(std::vector<uint32_t>& ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (WriteListener* l : listeners_) l->on_rows_changed(ids.data(), ids.size());
+}
+
+void SparseTensor::apply_write(const WriteBatch& b) {
+  const size_t d = dim_;
+  if (b.count > 0 && b.values == nullptr)
+    throw Error(ErrorCode::InvalidArgument, "values are missing");
+  const size_t bad = first_non_finite(b.values, b.count * d);
+  if (bad != b.count * d) {
+    const char* what = b.kind == WriteKind::Add ? "deltas" : "values";
+    throw Error(ErrorCode::NonFinite, std::string(what) + "[" + std::to_string(bad) + "] is not finite");
+  }
+
+  if (b.kind == WriteKind::Append) {
+    if (b.count == 0) return;
+    if (b.count > kMaxRows - rows_)
+      throw Error(ErrorCode::OutOfRange, "append would exceed 2^32-1 patterns");
+    if (rows_ + b.count > capacity()) {
+      // Geometric growth keeps a sequence of appends amortised O(1) per row.
+      const size_t want = std::max(rows_ + b.count, capacity() + capacity() / 2 + 16);
+      reserve(std::min(want, kMaxRows));
+    }
+    const size_t first = rows_;
+    std::memcpy(storage_->data() + first * d, b.values, b.count * d * sizeof(float));
+    rows_ += b.count;
+    for (WriteListener* l : listeners_) l->on_rows_appended(first, b.count);
+    return;
+  }
+
+  check_ids(b.ids, b.count, "ids");
+  std::vector<uint32_t> touched(b.ids, b.ids + b.count);
+  if (b.kind == WriteKind::Set) {
+    std::vector<uint32_t> sorted(touched);
+    std::sort(sorted.begin(), sorted.end());
+    auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    if (dup != sorted.end())
+      throw Error(ErrorCode::InvalidArgument,
+                  "ids repeats id " + std::to_string(*dup) + " (a set writes each row once)");
+    for (size_t i = 0; i < b.count; ++i)
+      std::memcpy(storage_->data() + size_t{b.ids[i]} * d, b.values + i * d, d * sizeof(float));
+    notify_changed(touched);
+    return;
+  }
+
+  // Add: accumulate in order into scratch copies (repeated ids sum), check that every
+  // result is finite, then commit; a failing batch leaves the tensor untouched.
+  std::unordered_map<uint32_t, size_t> slot;
+  std::vector<float> scratch;
+  slot.reserve(b.count);
+  for (size_t i = 0; i < b.count; ++i) {
+    auto [it, fresh] = slot.emplace(b.ids[i], scratch.size() / d);
+    if (fresh) scratch.insert(scratch.end(), row(b.ids[i]), row(b.ids[i]) + d);
+    float* dst = scratch.data() + it->second * d;
+    const float* src = b.values + i * d;
+    for (size_t j = 0; j < d; ++j) dst[j] += src[j];
+  }
+  const size_t overflow = first_non_finite(scratch.data(), scratch.size());
+  if (overflow != scratch.size())
+    throw Error(ErrorCode::NonFinite, "adding the deltas overflows to a non-finite value");
+  for (const auto& [id, s] : slot)
+    std::memcpy(storage_->data() + size_t{id} * d, scratch.data() + s * d, d * sizeof(float));
+  notify_changed(touched);
+}
+
+}  // namespace gt

@@ -1,0 +1,115 @@
+// SparseTensor core: N patterns of dimension d, f32, each pattern contiguous.
+//
+// Every write (set, add, append) goes through apply_write(), which validates the
+// whole batch first, applies it, and then tells each registered WriteListener which
+// rows changed. Later layers (the Merkle tree, the ANN indexes) keep their views
+// consistent by listening there, so no write path can bypass them.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "errors.h"
+
+namespace gt {
+
+// Row storage. Owned storage is 64-byte aligned; adopted storage points at memory
+// kept alive by someone else (the JavaScript buffer it came from).
+class Storage {
+ public:
+  static std::shared_ptr<Storage> allocate(size_t rows, size_t dim);
+  static std::shared_ptr<Storage> adopt(float* data, size_t rows, std::function<void()> release);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  float* data() const { return data_; }
+  size_t capacity_rows() const { return capacity_rows_; }
+  bool owned() const { return owned_; }
+
+ private:
+  Storage() = default;
+  float* data_ = nullptr;
+  size_t capacity_rows_ = 0;
+  bool owned_ = false;
+  std::function<void()> release_;
+};
+
+class WriteListener {
+ public:
+  virtual ~WriteListener() = default;
+  // Rows `ids` (sorted, unique) now hold new values.
+  virtual void on_rows_changed(const uint32_t* ids, size_t count) = 0;
+  // Rows [first, first + count) were appended.
+  virtual void on_rows_appended(size_t first, size_t count) = 0;
+};
+
+enum class WriteKind { Set, Add, Append };
+
+struct WriteBatch {
+  WriteKind kind = WriteKind::Set;
+  const uint32_t* ids = nullptr;  // Set / Add: which rows (Add may repeat an id)
+  size_t count = 0;               // rows in the batch
+  const float* values = nullptr;  // count * dim floats: new values, deltas, or appended rows
+};
+
+class SparseTensor {
+ public:
+  // Largest pattern count: ids are uint32.
+  static constexpr size_t kMaxRows = 0xFFFFFFFFu;
+  // Largest dimension accepted (keeps rows * dim * 4 far from overflow).
+  static constexpr size_t kMaxDim = size_t{1} << 24;
+
+  SparseTensor(size_t dim, size_t capacity_rows);
+  // Takes `rows` rows in place from `storage` (no copy).
+  SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage);
+
+  size_t size() const { return rows_; }
+  size_t dim() const { return dim_; }
+  size_t capacity() const { return storage_->capacity_rows(); }
+  const float* row(size_t id) const { return storage_->data() + id * dim_; }
+  const float* data() const { return storage_->data(); }
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
+
+  // Grows capacity to at least `rows` (copies into new owned storage).
+  void reserve(size_t rows);
+
+  // The one write path. Throws gt::Error and leaves the tensor unchanged when any
+  // id is out of range, a Set repeats an id, or a value (or, for Add, a result) is
+  // not finite.
+  void apply_write(const WriteBatch& batch);
+
+  void set(const uint32_t* ids, size_t count, const float* values) {
+    apply_write({WriteKind::Set, ids, count, values});
+  }
+  void add(const uint32_t* ids, size_t count, const float* deltas) {
+    apply_write({WriteKind::Add, ids, count, deltas});
+  }
+  void append(const float* rows, size_t count) {
+    apply_write({WriteKind::Append, nullptr, count, rows});
+  }
+
+  // Copies rows `ids` into out (count * dim floats). Ids are checked.
+  void gather(const uint32_t* ids, size_t count, float* out) const;
+
+  void add_listener(WriteListener* listener) { listeners_.push_back(listener); }
+  void remove_listener(WriteListener* listener);
+
+  // Checks that ids are < size(); names `what` in the error.
+  void check_ids(const uint32_t* ids, size_t count, const char* what) const;
+
+ private:
+  void notify_changed(std::vector<uint32_t>& ids);
+
+  size_t dim_;
+  size_t rows_ = 0;
+  std::shared_ptr<Storage> storage_;
+  std::vector<WriteListener*> listeners_;
+};
+
+// Index of the first non-finite value in [p, p + n), or n when all are finite.
+size_t first_non_finite(const float* p, size_t n);
+
+}  // namespace gt

@@ -1,0 +1,357 @@
+#include "tensor_binding.h"
+
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "napi_util.h"
+#include "parallel.h"
+#include "search.h"
+
+namespace gt {
+
+namespace {
+
+constexpr double kMaxRowsD = static_cast<double>(SparseTensor::kMaxRows);
+constexpr double kMaxDimD = static_cast<double>(SparseTensor::kMaxDim);
+
+struct SearchRequest {
+  Metric metric = Metric::IP;
+  SimdLevel level = SimdLevel::Scalar;
+  size_t k = 0;
+  size_t nq = 0;
+  size_t threads = 1;
+};
+
+// Validates (queries, k, metric, level[, threads]) against the tensor.
+SearchRequest parse_search(const Napi::CallbackInfo& info, const SparseTensor& t,
+                           const ArrayArg<float>& q, bool batch) {
+  SearchRequest r;
+  if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "search on an empty tensor (no patterns)");
+  r.k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
+  r.metric = metric_arg(info, 2);
+  r.level = level_arg(info, 3);
+  if (batch) {
+    if (q.length % t.dim() != 0)
+      throw Error(ErrorCode::InvalidArgument, "queries length " + std::to_string(q.length) +
+                                                  " is not a multiple of dim " + std::to_string(t.dim()));
+    r.nq = q.length / t.dim();
+    r.threads = info.Length() > 4 && !info[4].IsUndefined() ? size_arg(info, 4, "threads", 1, 1024)
+                                                            : default_threads();
+  } else {
+    if (q.length != t.dim())
+      throw Error(ErrorCode::InvalidArgument, "query length " + std::to_string(q.length) +
+                                                  " does not match dim " + std::to_string(t.dim()));
+    r.nq = 1;
+  }
+  const size_t bad = first_non_finite(q.data, q.length);
+  if (bad != q.length)
+    throw Error(ErrorCode::NonFinite, std::string(batch ? "queries" : "query") + "[" +
+                                          std::to_string(bad) + "] is not finite");
+  return r;
+}
+
+Napi::Object result_object(Napi::Env env, const std::vector<uint32_t>& ids, const std::vector<float>& scores) {
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Uint32Array idv = Napi::Uint32Array::New(env, ids.size());
+  Napi::Float32Array sv = Napi::Float32Array::New(env, scores.size());
+  std::copy(ids.begin(), ids.end(), idv.Data());
+  std::copy(scores.begin(), scores.end(), sv.Data());
+  out.Set("ids", idv);
+  out.Set("scores", sv);
+  return out;
+}
+
+class SearchWorker : public Napi::AsyncWorker {
+ public:
+  SearchWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
+               const SearchRequest& r, const float* queries)
+      : Napi::AsyncWorker(env, "ghost-tensor:search"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        storage_(t.storage()),
+        n_(t.size()),
+        d_(t.dim()),
+        req_(r),
+        queries_(queries, queries + r.nq * t.dim()),
+        ids_(r.nq * r.k),
+        scores_(r.nq * r.k) {
+    owner_ref_ = Napi::Persistent(owner_obj);
+    owner_->enter_busy();
+  }
+
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      ExactSearchArgs a;
+      a.data = storage_->data();
+      a.n = n_;
+      a.d = d_;
+      a.queries = queries_.data();
+      a.nq = req_.nq;
+      a.k = req_.k;
+      a.metric = req_.metric;
+      a.threads = req_.threads;
+      a.kernels = &kernels_for(req_.level);
+      exact_search(a, ids_.data(), scores_.data());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    owner_->leave_busy();
+    deferred_.Resolve(result_object(Env(), ids_, scores_));
+  }
+  void OnError(const Napi::Error& e) override {
+    owner_->leave_busy();
+    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  TensorBinding* owner_;
+  Napi::ObjectReference owner_ref_;   // keeps the wrapper (and an adopted buffer) alive
+  std::shared_ptr<Storage> storage_;  // keeps the rows alive even if the tensor grows
+  size_t n_, d_;
+  SearchRequest req_;
+  std::vector<float> queries_;  // copied: JavaScript may reuse its buffer meanwhile
+  std::vector<uint32_t> ids_;
+  std::vector<float> scores_;
+};
+
+}  // namespace
+
+Napi::Function TensorBinding::Init(Napi::Env env) {
+  return DefineClass(env, "NativeTensor",
+                     {
+                         InstanceMethod<&TensorBinding::Size>("size"),
+                         InstanceMethod<&TensorBinding::Dim>("dim"),
+                         InstanceMethod<&TensorBinding::Capacity>("capacity"),
+                         InstanceMethod<&TensorBinding::IsAdopted>("isAdopted"),
+                         InstanceMethod<&TensorBinding::Reserve>("reserve"),
+                         InstanceMethod<&TensorBinding::Append>("append"),
+                         InstanceMethod<&TensorBinding::RowView>("rowView"),
+                         InstanceMethod<&TensorBinding::Gather>("gather"),
+                         InstanceMethod<&TensorBinding::Set>("set"),
+                         InstanceMethod<&TensorBinding::Add>("add"),
+                         InstanceMethod<&TensorBinding::Search>("search"),
+                         InstanceMethod<&TensorBinding::SearchBatch>("searchBatch"),
+                         InstanceMethod<&TensorBinding::SearchBatchAsync>("searchBatchAsync"),
+                     });
+}
+
+// new NativeTensor(dim, capacity) or new NativeTensor(dim, data: Float32Array, adopt: boolean)
+TensorBinding::TensorBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorBinding>(info) {
+  guard(info, [&]() -> Napi::Value {
+    const size_t dim = size_arg(info, 0, "dim", 1, kMaxDimD);
+    if (info.Length() > 1 && info[1].IsTypedArray()) {
+      const ArrayArg<float> data = f32_arg(info, 1, "data");
+      if (data.length % dim != 0)
+        throw Error(ErrorCode::InvalidArgument, "data length " + std::to_string(data.length) +
+                                                    " is not a multiple of dim " + std::to_string(dim));
+      const size_t rows = data.length / dim;
+      if (rows > SparseTensor::kMaxRows)
+        throw Error(ErrorCode::OutOfRange, "data holds more than 2^32-1 patterns");
+      const bool adopt = info.Length() > 2 && info[2].ToBoolean().Value();
+      if (adopt) {
+        Napi::TypedArray arr = info[1].As<Napi::TypedArray>();
+        tensor_ = std::make_unique<SparseTensor>(dim, rows, Storage::adopt(data.data, rows, nullptr));
+        adopted_ = Napi::Persistent(arr.ArrayBuffer());
+        adopted_offset_ = arr.ByteOffset();
+      } else {
+        tensor_ = std::make_unique<SparseTensor>(dim, rows);
+        tensor_->append(data.data, rows);
+      }
+    } else {
+      const size_t capacity = info.Length() > 1 && !info[1].IsUndefined()
+                                  ? size_arg(info, 1, "capacity", 0, kMaxRowsD)
+                                  : 0;
+      tensor_ = std::make_unique<SparseTensor>(dim, capacity);
+    }
+    return info.Env().Undefined();
+  });
+}
+
+SparseTensor& TensorBinding::usable() {
+  if (!adopted_.IsEmpty() && adopted_.Value().IsDetached())
+    throw Error(ErrorCode::Detached, "the adopted Float32Array's buffer was detached (transferred)");
+  return *tensor_;
+}
+
+SparseTensor& TensorBinding::writable(const char* op) {
+  SparseTensor& t = usable();
+  if (busy_ > 0)
+    throw Error(ErrorCode::Busy, std::string(op) + " while an asynchronous search reads the tensor; await it first");
+  return t;
+}
+
+void TensorBinding::after_write() {
+  if (!adopted_.IsEmpty() && tensor_->storage()->owned()) {
+    adopted_.Reset();  // growth copied the rows into owned storage: adoption is over
+    adopted_offset_ = 0;
+  }
+}
+
+Napi::Value TensorBinding::Size(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(usable().size())); });
+}
+Napi::Value TensorBinding::Dim(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(tensor_->dim()));
+}
+Napi::Value TensorBinding::Capacity(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(usable().capacity())); });
+}
+Napi::Value TensorBinding::IsAdopted(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), !adopted_.IsEmpty());
+}
+
+Napi::Value TensorBinding::Reserve(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("reserve");
+    t.reserve(size_arg(info, 0, "capacity", 0, kMaxRowsD));
+    after_write();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TensorBinding::Append(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("append");
+    const ArrayArg<float> rows = f32_arg(info, 0, "rows");
+    if (rows.length % t.dim() != 0)
+      throw Error(ErrorCode::InvalidArgument, "rows length " + std::to_string(rows.length) +
+                                                  " is not a multiple of dim " + std::to_string(t.dim()));
+    const size_t first = t.size();
+    t.append(rows.data, rows.length / t.dim());
+    after_write();
+    return Napi::Number::New(info.Env(), static_cast<double>(first));
+  });
+}
+
+Napi::Value TensorBinding::RowView(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "id is out of range: the tensor is empty");
+    const size_t id = size_arg(info, 0, "id", 0, static_cast<double>(t.size() - 1));
+    Napi::Env env = info.Env();
+    const size_t bytes_per_row = t.dim() * sizeof(float);
+    if (!adopted_.IsEmpty())
+      return Napi::Float32Array::New(env, t.dim(), adopted_.Value(), adopted_offset_ + id * bytes_per_row);
+    const std::shared_ptr<Storage>& s = t.storage();
+    if (view_storage_ != s || view_buffer_.IsEmpty() || view_buffer_.Value().IsDetached()) {
+      // One external buffer per storage generation; its finalizer holds the storage,
+      // so a view stays valid (frozen) after the tensor grows into new storage.
+      auto* keep = new std::shared_ptr<Storage>(s);
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+          env, s->data(), s->capacity_rows() * bytes_per_row,
+          [](Napi::Env, void*, std::shared_ptr<Storage>* hint) { delete hint; }, keep);
+      view_buffer_ = Napi::Persistent(ab);
+      view_storage_ = s;
+    }
+    return Napi::Float32Array::New(env, t.dim(), view_buffer_.Value(), id * bytes_per_row);
+  });
+}
+
+Napi::Value TensorBinding::Gather(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    t.check_ids(ids.data, ids.length, "ids");
+    Napi::Float32Array out = Napi::Float32Array::New(info.Env(), ids.length * t.dim());
+    t.gather(ids.data, ids.length, out.Data());
+    return out;
+  });
+}
+
+namespace {
+void check_rows_for_ids(const SparseTensor& t, const ArrayArg<uint32_t>& ids, const ArrayArg<float>& v,
+                        const char* vname) {
+  if (v.length != ids.length * t.dim())
+    throw Error(ErrorCode::InvalidArgument, std::string(vname) + " length " + std::to_string(v.length) +
+                                                " must be ids.length * dim = " +
+                                                std::to_string(ids.length * t.dim()));
+}
+}  // namespace
+
+Napi::Value TensorBinding::Set(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("set");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> values = f32_arg(info, 1, "values");
+    check_rows_for_ids(t, ids, values, "values");
+    t.set(ids.data, ids.length, values.data);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TensorBinding::Add(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("add");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> deltas = f32_arg(info, 1, "deltas");
+    check_rows_for_ids(t, ids, deltas, "deltas");
+    t.add(ids.data, ids.length, deltas.data);
+    return info.Env().Undefined();
+  });
+}
+
+// search(query, k, metric, level?) -> { ids, scores }
+Napi::Value TensorBinding::Search(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    const ArrayArg<float> q = f32_arg(info, 0, "query");
+    const SearchRequest r = parse_search(info, t, q, false);
+    ExactSearchArgs a;
+    a.data = t.data();
+    a.n = t.size();
+    a.d = t.dim();
+    a.queries = q.data;
+    a.nq = 1;
+    a.k = r.k;
+    a.metric = r.metric;
+    a.threads = 1;
+    a.kernels = &kernels_for(r.level);
+    std::vector<uint32_t> ids(r.k);
+    std::vector<float> scores(r.k);
+    exact_search(a, ids.data(), scores.data());
+    return result_object(info.Env(), ids, scores);
+  });
+}
+
+// searchBatch(queries, k, metric, level?, threads?) -> { ids, scores } (nq * k each)
+Napi::Value TensorBinding::SearchBatch(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    const ArrayArg<float> q = f32_arg(info, 0, "queries");
+    const SearchRequest r = parse_search(info, t, q, true);
+    ExactSearchArgs a;
+    a.data = t.data();
+    a.n = t.size();
+    a.d = t.dim();
+    a.queries = q.data;
+    a.nq = r.nq;
+    a.k = r.k;
+    a.metric = r.metric;
+    a.threads = r.threads;
+    a.kernels = &kernels_for(r.level);
+    std::vector<uint32_t> ids(r.nq * r.k);
+    std::vector<float> scores(r.nq * r.k);
+    exact_search(a, ids.data(), scores.data());
+    return result_object(info.Env(), ids, scores);
+  });
+}
+
+Napi::Value TensorBinding::SearchBatchAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    const ArrayArg<float> q = f32_arg(info, 0, "queries");
+    const SearchRequest r = parse_search(info, t, q, true);
+    auto* worker = new SearchWorker(info.Env(), this, info.This().As<Napi::Object>(), t, r, q.data);
+    Napi::Promise p = worker->promise();
+    worker->Queue();
+    return p;
+  });
+}
+
+}  // namespace gt

@@ -1,0 +1,50 @@
+// Node-API wrapper of gt::SparseTensor (JavaScript class NativeTensor).
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "sparse_tensor.h"
+
+namespace gt {
+
+class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit TensorBinding(const Napi::CallbackInfo& info);
+
+  // Asynchronous readers hold the tensor busy; writes are refused meanwhile.
+  void enter_busy() { ++busy_; }
+  void leave_busy() { --busy_; }
+
+ private:
+  Napi::Value Size(const Napi::CallbackInfo& info);
+  Napi::Value Dim(const Napi::CallbackInfo& info);
+  Napi::Value Capacity(const Napi::CallbackInfo& info);
+  Napi::Value IsAdopted(const Napi::CallbackInfo& info);
+  Napi::Value Reserve(const Napi::CallbackInfo& info);
+  Napi::Value Append(const Napi::CallbackInfo& info);
+  Napi::Value RowView(const Napi::CallbackInfo& info);
+  Napi::Value Gather(const Napi::CallbackInfo& info);
+  Napi::Value Set(const Napi::CallbackInfo& info);
+  Napi::Value Add(const Napi::CallbackInfo& info);
+  Napi::Value Search(const Napi::CallbackInfo& info);
+  Napi::Value SearchBatch(const Napi::CallbackInfo& info);
+  Napi::Value SearchBatchAsync(const Napi::CallbackInfo& info);
+
+  // Throws when an adopted buffer was detached.
+  SparseTensor& usable();
+  // usable() and no asynchronous reader running.
+  SparseTensor& writable(const char* op);
+  // Ends adoption when the storage moved to owned memory (growth).
+  void after_write();
+
+  std::unique_ptr<SparseTensor> tensor_;
+  Napi::Reference<Napi::ArrayBuffer> adopted_;  // the user's buffer while adopted
+  size_t adopted_offset_ = 0;                   // byte offset of row 0 in it
+  Napi::Reference<Napi::ArrayBuffer> view_buffer_;  // external buffer over owned storage
+  std::shared_ptr<Storage> view_storage_;
+  int busy_ = 0;
+};
+
+}  // namespace gt
