@@ -153,6 +153,9 @@ TensorBinding::TensorBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
       const size_t rows = data.length / dim;
       if (rows > SparseTensor::kMaxRows)
         throw Error(ErrorCode::OutOfRange, "data holds more than 2^32-1 patterns");
+      const size_t bad = first_non_finite(data.data, data.length);
+      if (bad != data.length)
+        throw Error(ErrorCode::NonFinite, "data[" + std::to_string(bad) + "] is not finite");
       const bool adopt = info.Length() > 2 && info[2].ToBoolean().Value();
       if (adopt) {
         Napi::TypedArray arr = info[1].As<Napi::TypedArray>();

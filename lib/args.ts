@@ -1,0 +1,46 @@
+/** Argument checks shared by the API classes. Each names the argument at fault. */
+import { InvalidArgumentError, OutOfRangeError } from './errors.js';
+
+export function checkInteger(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw new InvalidArgumentError(`${name} must be an integer, got ${describe(value)}`);
+  }
+  if (value < min || value > max) {
+    throw new OutOfRangeError(`${name} must be in ${min}..${max}, got ${value}`);
+  }
+  return value;
+}
+
+export function checkFloat32Array(name: string, value: unknown): Float32Array {
+  if (!(value instanceof Float32Array)) {
+    throw new InvalidArgumentError(`${name} must be a Float32Array, got ${describe(value)}`);
+  }
+  return value;
+}
+
+/** Ids as a Uint32Array: a Uint32Array is used as is, an array of integers is copied. */
+export function toIds(name: string, value: unknown): Uint32Array {
+  if (value instanceof Uint32Array) return value;
+  if (!Array.isArray(value)) {
+    throw new InvalidArgumentError(`${name} must be a Uint32Array or an array of integers, got ${describe(value)}`);
+  }
+  const out = new Uint32Array(value.length);
+  for (let i = 0; i < value.length; i++) {
+    const v: unknown = value[i];
+    if (typeof v !== 'number' || !Number.isInteger(v)) {
+      throw new InvalidArgumentError(`${name}[${i}] must be an integer, got ${describe(v)}`);
+    }
+    if (v < 0 || v > 0xffffffff) throw new OutOfRangeError(`${name}[${i}] = ${v} is not a valid id`);
+    out[i] = v;
+  }
+  return out;
+}
+
+export function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  if (ArrayBuffer.isView(value)) return `a ${value.constructor.name}`;
+  if (typeof value === 'number') return String(value);
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  return typeof value;
+}

@@ -1,0 +1,96 @@
+/**
+ * Typed errors. Every error the library throws is a GhostTensorError; the
+ * subclass (and the stable `code`) says what kind of problem it is, and the
+ * message names the argument at fault.
+ */
+
+export type GhostTensorErrorCode =
+  | 'ERR_GT_INVALID_ARGUMENT'
+  | 'ERR_GT_OUT_OF_RANGE'
+  | 'ERR_GT_NON_FINITE'
+  | 'ERR_GT_DETACHED'
+  | 'ERR_GT_BUSY'
+  | 'ERR_GT_UNSUPPORTED'
+  | 'ERR_GT_NATIVE_UNAVAILABLE'
+  | 'ERR_GT_OUT_OF_MEMORY'
+  | 'ERR_GT_INTERNAL';
+
+export class GhostTensorError extends Error {
+  readonly code: GhostTensorErrorCode;
+  constructor(code: GhostTensorErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** Wrong type, length or shape of an argument. */
+export class InvalidArgumentError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_INVALID_ARGUMENT', message, options);
+  }
+}
+/** An id, k, size or dimension outside what is allowed. */
+export class OutOfRangeError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_OUT_OF_RANGE', message, options);
+  }
+}
+/** NaN or an infinity where values must be finite. */
+export class NonFiniteError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_NON_FINITE', message, options);
+  }
+}
+/** A buffer the library relies on was detached (transferred). */
+export class DetachedBufferError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_DETACHED', message, options);
+  }
+}
+/** A write was attempted while an asynchronous read of the same tensor runs. */
+export class TensorBusyError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_BUSY', message, options);
+  }
+}
+/** A SIMD level or feature this CPU or build does not have. */
+export class UnsupportedError extends GhostTensorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_UNSUPPORTED', message, options);
+  }
+}
+/** The native addon could not be loaded, ran out of memory, or failed internally. */
+export class NativeError extends GhostTensorError {}
+
+const byCode: Record<string, (message: string, cause: unknown) => GhostTensorError> = {
+  ERR_GT_INVALID_ARGUMENT: (m, cause) => new InvalidArgumentError(m, { cause }),
+  ERR_GT_OUT_OF_RANGE: (m, cause) => new OutOfRangeError(m, { cause }),
+  ERR_GT_NON_FINITE: (m, cause) => new NonFiniteError(m, { cause }),
+  ERR_GT_DETACHED: (m, cause) => new DetachedBufferError(m, { cause }),
+  ERR_GT_BUSY: (m, cause) => new TensorBusyError(m, { cause }),
+  ERR_GT_UNSUPPORTED: (m, cause) => new UnsupportedError(m, { cause }),
+  ERR_GT_OUT_OF_MEMORY: (m, cause) => new NativeError('ERR_GT_OUT_OF_MEMORY', m, { cause }),
+  ERR_GT_INTERNAL: (m, cause) => new NativeError('ERR_GT_INTERNAL', m, { cause }),
+};
+
+/** Converts an error thrown by the addon into the matching typed error. */
+export function fromNative(err: unknown): GhostTensorError {
+  if (err instanceof GhostTensorError) return err;
+  if (err instanceof Error) {
+    const code = (err as Error & { code?: unknown }).code;
+    const make = typeof code === 'string' ? byCode[code] : undefined;
+    if (make) return make(err.message, err);
+    return new NativeError('ERR_GT_INTERNAL', err.message, { cause: err });
+  }
+  return new NativeError('ERR_GT_INTERNAL', String(err), { cause: err });
+}
+
+/** Runs a native call, rethrowing its errors as typed errors. */
+export function callNative<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}

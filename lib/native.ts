@@ -1,0 +1,96 @@
+/**
+ * Loads the addon through node-gyp-build: a prebuilt binary from prebuilds/ when
+ * one matches this platform, else build/Release from a local compile.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { NativeError } from './errors.js';
+
+export type NativeMetric = 'ip' | 'cosine' | 'l2';
+export type NativeSimdLevel = 'scalar' | 'avx2' | 'avx512' | 'neon';
+
+export interface NativeSearchResult {
+  ids: Uint32Array;
+  scores: Float32Array;
+}
+
+export interface NativeTensor {
+  size(): number;
+  dim(): number;
+  capacity(): number;
+  isAdopted(): boolean;
+  reserve(capacity: number): void;
+  append(rows: Float32Array): number;
+  rowView(id: number): Float32Array;
+  gather(ids: Uint32Array): Float32Array;
+  set(ids: Uint32Array, values: Float32Array): void;
+  add(ids: Uint32Array, deltas: Float32Array): void;
+  search(query: Float32Array, k: number, metric: NativeMetric, level: NativeSimdLevel | undefined): NativeSearchResult;
+  searchBatch(
+    queries: Float32Array,
+    k: number,
+    metric: NativeMetric,
+    level: NativeSimdLevel | undefined,
+    threads: number | undefined,
+  ): NativeSearchResult;
+  searchBatchAsync(
+    queries: Float32Array,
+    k: number,
+    metric: NativeMetric,
+    level: NativeSimdLevel | undefined,
+    threads: number | undefined,
+  ): Promise<NativeSearchResult>;
+}
+
+export interface NativeTensorConstructor {
+  new (dim: number, capacity?: number): NativeTensor;
+  new (dim: number, data: Float32Array, adopt: boolean): NativeTensor;
+}
+
+export interface NativeSimdInfo {
+  level: NativeSimdLevel;
+  supported: NativeSimdLevel[];
+  compiled: NativeSimdLevel[];
+  envError: string | null;
+  threads: number;
+  blake3: string;
+}
+
+export interface NativeAddon {
+  NativeTensor: NativeTensorConstructor;
+  simdInfo(): NativeSimdInfo;
+  kernelPair(op: 'dot' | 'l2' | 'sum', level: NativeSimdLevel | undefined, a: Float32Array, b?: Float32Array): number;
+  kernelBlock(
+    op: 'dot' | 'l2',
+    level: NativeSimdLevel | undefined,
+    Q: Float32Array,
+    R: Float32Array,
+    d: number,
+    repeat?: number,
+  ): Float32Array;
+  blake3(bytes: Uint8Array): Uint8Array;
+  hnswNearestL2(rows: Float32Array, d: number, query: Float32Array): number;
+}
+
+let cached: NativeAddon | undefined;
+
+/** The addon, loaded on first use. Throws NativeError when no binary fits. */
+export function native(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  try {
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    cached = load(root) as NativeAddon;
+  } catch (err) {
+    throw new NativeError(
+      'ERR_GT_NATIVE_UNAVAILABLE',
+      `ghost-tensor: no native binary for ${process.platform}-${process.arch} (node ${process.versions.node}); ` +
+        `run 'npm run build:native' with a C++ toolchain. ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return cached;
+}

@@ -1,0 +1,211 @@
+/**
+ * SparseTensor: N patterns of dimension d (f32), each contiguous, read and written
+ * sparsely. Exact top-k retrieval by inner product, cosine or squared L2.
+ *
+ * Every write (scatter, add, append) goes through one native write path that
+ * validates the whole batch before changing anything, so a rejected write leaves
+ * the tensor as it was.
+ */
+import { checkFloat32Array, checkInteger, toIds } from './args.js';
+import { InvalidArgumentError, OutOfRangeError, callNative, fromNative } from './errors.js';
+import { native, type NativeTensor } from './native.js';
+import type { SimdLevel } from './simd.js';
+
+/** ip: inner product (higher is better); cosine (higher is better; a zero vector scores 0);
+ * l2: squared Euclidean distance (lower is better). */
+export type Metric = 'ip' | 'cosine' | 'l2';
+
+const METRICS: readonly Metric[] = ['ip', 'cosine', 'l2'];
+const MAX_DIM = 2 ** 24;
+const MAX_ROWS = 2 ** 32 - 1;
+
+export interface SearchOptions {
+  /** Defaults to the tensor's metric. */
+  metric?: Metric;
+  /** Run the kernels at this SIMD level instead of the default (for testing and benchmarks). */
+  level?: SimdLevel;
+}
+
+export interface BatchSearchOptions extends SearchOptions {
+  /** Worker threads (default: all cores, or GHOST_TENSOR_THREADS). */
+  threads?: number;
+}
+
+export interface SearchResult {
+  /** Best first; ties broken by the lower id. */
+  ids: Uint32Array;
+  /** Similarity (ip, cosine) or squared distance (l2) of each id. */
+  scores: Float32Array;
+}
+
+export interface BatchSearchResult extends SearchResult {
+  /** Number of queries; ids and scores hold `queries * k` entries, query-major. */
+  queries: number;
+  k: number;
+}
+
+export interface CreateOptions {
+  /** Rows to allocate up front (appends beyond it grow the storage). */
+  capacity?: number;
+  /** Default metric of search calls. Default 'ip'. */
+  metric?: Metric;
+}
+
+export interface FromArrayOptions {
+  /**
+   * Use `data`'s memory in place instead of copying it. The tensor then writes into
+   * your buffer; do not write it yourself or transfer it (a detached buffer is
+   * reported as DetachedBufferError on the next call). Appending past its end copies
+   * the rows into storage the tensor owns and ends the adoption.
+   */
+  adopt?: boolean;
+  metric?: Metric;
+}
+
+function checkMetric(name: string, value: unknown): Metric {
+  if (typeof value !== 'string' || !(METRICS as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(`${name} must be 'ip', 'cosine' or 'l2', got ${String(value)}`);
+  }
+  return value as Metric;
+}
+
+export class SparseTensor {
+  readonly #native: NativeTensor;
+  /** Default metric of search calls. */
+  readonly metric: Metric;
+
+  private constructor(handle: NativeTensor, metric: Metric) {
+    this.#native = handle;
+    this.metric = metric;
+  }
+
+  /** An empty tensor of dimension `dim`. */
+  static create(dim: number, options: CreateOptions = {}): SparseTensor {
+    checkInteger('dim', dim, 1, MAX_DIM);
+    const capacity = checkInteger('capacity', options.capacity ?? 0, 0, MAX_ROWS);
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(dim, capacity)), metric);
+  }
+
+  /** A tensor holding the rows of `data` (length a multiple of `dim`), copied unless adopted. */
+  static fromArray(data: Float32Array, dim: number, options: FromArrayOptions = {}): SparseTensor {
+    checkFloat32Array('data', data);
+    checkInteger('dim', dim, 1, MAX_DIM);
+    if (data.length % dim !== 0) {
+      throw new InvalidArgumentError(`data length ${data.length} is not a multiple of dim ${dim}`);
+    }
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(dim, data, options.adopt === true)), metric);
+  }
+
+  /** Number of patterns N. */
+  get size(): number {
+    return callNative(() => this.#native.size());
+  }
+  /** Dimension d of every pattern. */
+  get dim(): number {
+    return this.#native.dim();
+  }
+  /** Rows allocated. */
+  get capacity(): number {
+    return callNative(() => this.#native.capacity());
+  }
+  /** True while the tensor uses an adopted Float32Array's memory. */
+  get adopted(): boolean {
+    return this.#native.isAdopted();
+  }
+
+  /** Grows the allocation to at least `capacity` rows. */
+  reserve(capacity: number): void {
+    checkInteger('capacity', capacity, 0, MAX_ROWS);
+    callNative(() => this.#native.reserve(capacity));
+  }
+
+  /** Appends rows (length a multiple of dim); returns the id of the first one. */
+  append(rows: Float32Array): number {
+    checkFloat32Array('rows', rows);
+    return callNative(() => this.#native.append(rows));
+  }
+
+  /**
+   * A zero-copy view of pattern `id`. Read it, do not write it: writes through a
+   * view bypass the write path (and so the index and commitment of later layers).
+   * A view keeps its memory alive; after an append that grows the storage it no
+   * longer follows the tensor.
+   */
+  row(id: number): Float32Array {
+    checkInteger('id', id, 0, MAX_ROWS);
+    return callNative(() => this.#native.rowView(id));
+  }
+
+  /** Copies of the patterns `ids`, concatenated (ids.length * dim floats). */
+  gather(ids: Uint32Array | readonly number[]): Float32Array {
+    const u = toIds('ids', ids);
+    return callNative(() => this.#native.gather(u));
+  }
+
+  /** Overwrites patterns `ids` (unique) with `values` (ids.length * dim floats). */
+  scatter(ids: Uint32Array | readonly number[], values: Float32Array): void {
+    const u = toIds('ids', ids);
+    checkFloat32Array('values', values);
+    callNative(() => this.#native.set(u, values));
+  }
+
+  /** Adds `deltas` (ids.length * dim floats) to patterns `ids`; a repeated id gets the sum. */
+  add(ids: Uint32Array | readonly number[], deltas: Float32Array): void {
+    const u = toIds('ids', ids);
+    checkFloat32Array('deltas', deltas);
+    callNative(() => this.#native.add(u, deltas));
+  }
+
+  /** Exact top-k of one query (length dim). 1 <= k <= size. */
+  search(query: Float32Array, k: number, options: SearchOptions = {}): SearchResult {
+    checkFloat32Array('query', query);
+    const metric = checkMetric('metric', options.metric ?? this.metric);
+    this.#checkK(k);
+    return callNative(() => this.#native.search(query, k, metric, options.level));
+  }
+
+  /**
+   * Exact top-k of many queries (concatenated, length a multiple of dim), spread over
+   * worker threads off the JavaScript thread. Writes to this tensor are refused with
+   * TensorBusyError until the promise settles.
+   */
+  async searchBatch(queries: Float32Array, k: number, options: BatchSearchOptions = {}): Promise<BatchSearchResult> {
+    const [metric, threads] = this.#batchArgs(queries, k, options);
+    let r;
+    try {
+      r = await this.#native.searchBatchAsync(queries, k, metric, options.level, threads);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    return { ...r, queries: queries.length / this.dim, k };
+  }
+
+  /** searchBatch on the calling thread's time (still spread over workers); for small batches. */
+  searchBatchSync(queries: Float32Array, k: number, options: BatchSearchOptions = {}): BatchSearchResult {
+    const [metric, threads] = this.#batchArgs(queries, k, options);
+    const r = callNative(() => this.#native.searchBatch(queries, k, metric, options.level, threads));
+    return { ...r, queries: queries.length / this.dim, k };
+  }
+
+  #checkK(k: number): void {
+    checkInteger('k', k, 1, MAX_ROWS);
+    const n = this.size;
+    if (n === 0) throw new OutOfRangeError('search on an empty tensor (no patterns)');
+    if (k > n) throw new OutOfRangeError(`k must be in 1..${n} (the number of patterns), got ${k}`);
+  }
+
+  #batchArgs(queries: Float32Array, k: number, options: BatchSearchOptions): [Metric, number | undefined] {
+    checkFloat32Array('queries', queries);
+    const metric = checkMetric('metric', options.metric ?? this.metric);
+    this.#checkK(k);
+    if (queries.length % this.dim !== 0) {
+      throw new InvalidArgumentError(`queries length ${queries.length} is not a multiple of dim ${this.dim}`);
+    }
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    return [metric, threads];
+  }
+}
