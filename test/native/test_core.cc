@@ -1,0 +1,228 @@
+// Native tests of the core without Node: run under -fsanitize=address,undefined by
+// run-sanitized.sh. Each check compares against an independent reference.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../native/src/cpu.h"
+#include "../../native/src/errors.h"
+#include "../../native/src/hnsw_check.h"
+#include "../../native/src/kernels.h"
+#include "../../native/src/search.h"
+#include "../../native/src/sparse_tensor.h"
+#include "../../native/src/topk.h"
+#include "../../native/third_party/blake3/blake3.h"
+
+static int g_passed = 0, g_failed = 0;
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (cond) {                                                              \
+      ++g_passed;                                                            \
+    } else {                                                                 \
+      ++g_failed;                                                            \
+      std::fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
+    }                                                                        \
+  } while (0)
+
+template <typename F>
+static bool throws_code(gt::ErrorCode code, F&& f) {
+  try {
+    f();
+  } catch (const gt::Error& e) {
+    return e.code() == code;
+  }
+  return false;
+}
+
+static std::mt19937 rng(12345);
+static std::vector<float> rand_vec(size_t n, float lo = -1, float hi = 1) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+static std::vector<float> rand_ints(size_t n, int lo, int hi) {
+  std::uniform_int_distribution<int> u(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(u(rng));
+  return v;
+}
+
+static void test_kernels() {
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    for (size_t n : {1, 2, 7, 8, 15, 16, 17, 33, 64, 65, 100, 784, 1001}) {
+      auto a = rand_vec(n), b = rand_vec(n);
+      double dot = 0, l2 = 0, mag = 0, sum = 0, smag = 0;
+      for (size_t i = 0; i < n; ++i) {
+        dot += double(a[i]) * b[i];
+        mag += std::fabs(double(a[i]) * b[i]);
+        l2 += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+        sum += a[i];
+        smag += std::fabs(a[i]);
+      }
+      const double eps = std::ldexp(1.0, -24) * 2 * (n + 4);
+      CHECK(std::fabs(K.dot(a.data(), b.data(), n) - dot) <= eps * mag + 1e-30);
+      CHECK(std::fabs(K.l2sq(a.data(), b.data(), n) - l2) <= eps * l2 + 1e-30);
+      CHECK(std::fabs(K.sum(a.data(), n) - sum) <= eps * smag + 1e-30);
+    }
+    // Block kernels: every pair equals the 1x1 computation bit for bit.
+    const size_t d = 29, nq = 9, nr = 11;
+    auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
+    std::vector<float> out(nq * nr), one(1);
+    K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+    bool same = true;
+    for (size_t i = 0; i < nq; ++i)
+      for (size_t j = 0; j < nr; ++j) {
+        K.dot_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+        same = same && one[0] == out[i * nr + j];
+      }
+    CHECK(same);
+    K.l2_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+    same = true;
+    for (size_t i = 0; i < nq; ++i)
+      for (size_t j = 0; j < nr; ++j) {
+        K.l2_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+        same = same && one[0] == out[i * nr + j];
+      }
+    CHECK(same);
+  }
+}
+
+static void test_topk_and_search() {
+  gt::TopK h(3, true);
+  for (uint32_t id : {5u, 1u, 3u, 2u, 4u}) h.push(1.0f, id);
+  h.push(NAN, 0);
+  auto s = h.sorted();
+  CHECK(s.size() == 3 && s[0].id == 1 && s[1].id == 2 && s[2].id == 3);
+
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    for (size_t n : {1, 5, 64, 3000}) {
+      const size_t d = 7;
+      auto data = rand_ints(n * d, -2, 2);
+      const size_t nq = 13;
+      auto q = rand_ints(nq * d, -2, 2);
+      for (gt::Metric m : {gt::Metric::IP, gt::Metric::L2}) {
+        const size_t k = std::min<size_t>(n, 6);
+        for (size_t threads : {1, 2, 3}) {
+          gt::ExactSearchArgs a;
+          a.data = data.data(); a.n = n; a.d = d; a.queries = q.data(); a.nq = nq; a.k = k;
+          a.metric = m; a.threads = threads; a.kernels = &gt::kernels_for(level);
+          std::vector<uint32_t> ids(nq * k);
+          std::vector<float> sc(nq * k);
+          gt::exact_search(a, ids.data(), sc.data());
+          bool ok = true;
+          for (size_t qi = 0; qi < nq; ++qi) {
+            std::vector<std::pair<double, uint32_t>> ref;
+            for (size_t r = 0; r < n; ++r) {
+              double v = 0;
+              for (size_t j = 0; j < d; ++j) {
+                const double x = data[r * d + j], y = q[qi * d + j];
+                v += m == gt::Metric::L2 ? (x - y) * (x - y) : x * y;
+              }
+              ref.push_back({m == gt::Metric::L2 ? v : -v, static_cast<uint32_t>(r)});
+            }
+            std::sort(ref.begin(), ref.end());
+            for (size_t i = 0; i < k; ++i) ok = ok && ids[qi * k + i] == ref[i].second;
+          }
+          CHECK(ok);
+        }
+      }
+    }
+  }
+}
+
+struct Recorder : gt::WriteListener {
+  std::vector<std::vector<uint32_t>> changed;
+  std::vector<std::pair<size_t, size_t>> appended;
+  void on_rows_changed(const uint32_t* ids, size_t n) override { changed.emplace_back(ids, ids + n); }
+  void on_rows_appended(size_t first, size_t n) override { appended.emplace_back(first, n); }
+};
+
+static void test_tensor() {
+  const size_t d = 5;
+  gt::SparseTensor t(d, 1);
+  Recorder rec;
+  t.add_listener(&rec);
+  std::vector<float> ref;
+  for (int i = 0; i < 30; ++i) {
+    auto rows = rand_vec(d * 3);
+    t.append(rows.data(), 3);
+    ref.insert(ref.end(), rows.begin(), rows.end());
+  }
+  CHECK(t.size() == 90 && rec.appended.size() == 30 && rec.appended.back().first == 87);
+  for (int step = 0; step < 500; ++step) {
+    std::uniform_int_distribution<uint32_t> pick(0, static_cast<uint32_t>(t.size() - 1));
+    std::vector<uint32_t> ids{pick(rng), pick(rng), pick(rng)};
+    auto v = rand_vec(ids.size() * d, -0.1f, 0.1f);
+    if (step % 2 == 0) {
+      ids[2] = ids[0];  // repeated id: summed in order
+      t.add(ids.data(), ids.size(), v.data());
+      for (size_t i = 0; i < ids.size(); ++i)
+        for (size_t j = 0; j < d; ++j) ref[ids[i] * d + j] += v[i * d + j];
+    } else {
+      if (ids[1] == ids[0] || ids[2] == ids[0] || ids[2] == ids[1]) continue;
+      t.set(ids.data(), ids.size(), v.data());
+      for (size_t i = 0; i < ids.size(); ++i) std::memcpy(&ref[ids[i] * d], &v[i * d], d * sizeof(float));
+    }
+    auto& last = rec.changed.back();
+    CHECK(std::is_sorted(last.begin(), last.end()) && std::adjacent_find(last.begin(), last.end()) == last.end());
+  }
+  CHECK(std::memcmp(t.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+
+  const size_t changes = rec.changed.size();
+  uint32_t bad_id = 90, dup[2] = {1, 1}, ok_id = 0;
+  std::vector<float> two(2 * d, 1.0f), nan_row(d, 0.0f), big(2 * d, 3e38f);
+  nan_row[3] = NAN;
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { t.set(&bad_id, 1, two.data()); }));
+  CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { t.set(dup, 2, two.data()); }));
+  CHECK(throws_code(gt::ErrorCode::NonFinite, [&] { t.add(&ok_id, 1, nan_row.data()); }));
+  CHECK(throws_code(gt::ErrorCode::NonFinite, [&] { t.append(nan_row.data(), 1); }));
+  uint32_t same[2] = {0, 0};
+  CHECK(throws_code(gt::ErrorCode::NonFinite, [&] { t.add(same, 2, big.data()); t.add(same, 2, big.data()); }));
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { std::vector<float> o(d); t.gather(&bad_id, 1, o.data()); }));
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { gt::SparseTensor z(0, 1); }));
+  CHECK(rec.changed.size() <= changes + 1);  // only the first (finite) big add may have landed
+}
+
+static void test_blake3_and_hnsw() {
+  // Official BLAKE3 test vector: the empty input.
+  uint8_t out[32];
+  blake3_hasher h;
+  blake3_hasher_init(&h);
+  blake3_hasher_finalize(&h, out, 32);
+  const uint8_t empty[4] = {0xaf, 0x13, 0x49, 0xb9};
+  CHECK(std::memcmp(out, empty, 4) == 0);
+
+  const size_t n = 500, d = 16;
+  auto data = rand_vec(n * d);
+  bool ok = true;
+  for (int t = 0; t < 10; ++t) {
+    auto q = rand_vec(d);
+    size_t best = 0;
+    float bd = INFINITY;
+    for (size_t i = 0; i < n; ++i) {
+      float s = 0;
+      for (size_t j = 0; j < d; ++j) s += (data[i * d + j] - q[j]) * (data[i * d + j] - q[j]);
+      if (s < bd) bd = s, best = i;
+    }
+    ok = ok && gt::hnsw_nearest_l2(data.data(), n, d, q.data()) == best;
+  }
+  CHECK(ok);
+}
+
+int main() {
+  std::printf("simd levels:");
+  for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
+  std::printf("\n");
+  test_kernels();
+  test_topk_and_search();
+  test_tensor();
+  test_blake3_and_hnsw();
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
