@@ -13,7 +13,8 @@ export type GhostTensorErrorCode =
   | 'ERR_GT_UNSUPPORTED'
   | 'ERR_GT_NATIVE_UNAVAILABLE'
   | 'ERR_GT_OUT_OF_MEMORY'
-  | 'ERR_GT_INTERNAL';
+  | 'ERR_GT_INTERNAL'
+  | 'ERR_GT_PROOF';
 
 export class GhostTensorError extends Error {
   readonly code: GhostTensorErrorCode;
@@ -60,6 +61,26 @@ export class UnsupportedError extends GhostTensorError {
     super('ERR_GT_UNSUPPORTED', message, options);
   }
 }
+/** Why a proof was rejected. */
+export type ProofFailure =
+  | 'BAD_N' // N is not an integer in 1..2^32-1
+  | 'EMPTY' // no ids
+  | 'IDS_NOT_SORTED' // ids not strictly ascending (unsorted or repeated)
+  | 'ID_OUT_OF_RANGE' // an id >= N
+  | 'LEAF_LENGTH' // leaf bytes are not ids.length equal, non-empty multiples of 4 bytes
+  | 'PROOF_LENGTH' // the proof does not hold exactly the hashes these ids and N need
+  | 'BAD_ROOT' // the trusted root is not 32 bytes
+  | 'ROOT_MISMATCH'; // everything was well-formed and used, but the root differs
+
+/** A proof that does not verify. `reason` says which check failed. */
+export class ProofError extends GhostTensorError {
+  readonly reason: ProofFailure;
+  constructor(reason: ProofFailure, message: string) {
+    super('ERR_GT_PROOF', `${reason}: ${message}`);
+    this.reason = reason;
+  }
+}
+
 /** The native addon could not be loaded, ran out of memory, or failed internally. */
 export class NativeError extends GhostTensorError {}
 

@@ -5,9 +5,12 @@ export type {
   CreateOptions,
   FromArrayOptions,
   Metric,
+  PatternProof,
   SearchOptions,
   SearchResult,
 } from './sparse-tensor.js';
 export { simdInfo } from './simd.js';
 export type { SimdInfo, SimdLevel } from './simd.js';
 export * from './errors.js';
+export { HASH_SCHEME, checkProof, loadVerifier, multiproofSize, rootOf, verify } from './verify.js';
+export type { MerkleHasher, Verifier } from './verify.js';

@@ -42,6 +42,11 @@ export interface NativeTensor {
     level: NativeSimdLevel | undefined,
     threads: number | undefined,
   ): Promise<NativeSearchResult>;
+  commit(threads: number | undefined): void;
+  commitAsync(threads: number | undefined): Promise<void>;
+  isCommitted(): boolean;
+  root(): Uint8Array;
+  prove(ids: Uint32Array): Uint8Array;
 }
 
 export interface NativeTensorConstructor {
@@ -72,6 +77,9 @@ export interface NativeAddon {
   ): Float32Array;
   blake3(bytes: Uint8Array): Uint8Array;
   hnswNearestL2(rows: Float32Array, d: number, query: Float32Array): number;
+  merkleRoot(data: Float32Array, dim: number, threads?: number): Uint8Array;
+  merkleVerify(root: Uint8Array, n: number, dim: number, ids: Uint32Array, leaves: Float32Array, proof: Uint8Array): boolean;
+  merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };
 }
 
 let cached: NativeAddon | undefined;

@@ -44,6 +44,20 @@ export interface BatchSearchResult extends SearchResult {
   k: number;
 }
 
+/** A compact multiproof that some patterns belong to the committed tensor. */
+export interface PatternProof {
+  /** The trusted commitment it checks against (BLAKE3 Merkle root, binds N and d). */
+  root: Uint8Array;
+  /** Number of patterns N when the proof was made. */
+  n: number;
+  /** Sorted, unique ids of the revealed patterns. */
+  ids: Uint32Array;
+  /** The patterns at `ids`, concatenated (ids.length * dim floats). */
+  leaves: Float32Array;
+  /** Sibling hashes, 32 bytes each, in the order of docs/hash-scheme.md. */
+  proof: Uint8Array;
+}
+
 export interface CreateOptions {
   /** Rows to allocate up front (appends beyond it grow the storage). */
   capacity?: number;
@@ -189,6 +203,62 @@ export class SparseTensor {
     const [metric, threads] = this.#batchArgs(queries, k, options);
     const r = callNative(() => this.#native.searchBatch(queries, k, metric, options.level, threads));
     return { ...r, queries: queries.length / this.dim, k };
+  }
+
+  /**
+   * Builds the BLAKE3 Merkle commitment over all patterns (hash scheme v1,
+   * docs/hash-scheme.md) on worker threads, off the JavaScript thread, and returns the
+   * root. From then on every write keeps the tree current in O(k log N) hashes, so
+   * `root()` is always the root a fresh rebuild would give. Writes are refused with
+   * TensorBusyError until the promise settles.
+   */
+  async commit(options: { threads?: number } = {}): Promise<Uint8Array> {
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    try {
+      await this.#native.commitAsync(threads);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    return this.root();
+  }
+
+  /** commit() on the calling thread's time (still spread over workers); for small tensors. */
+  commitSync(options: { threads?: number } = {}): Uint8Array {
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    callNative(() => this.#native.commit(threads));
+    return this.root();
+  }
+
+  /** True once commit() has built the tree. */
+  get committed(): boolean {
+    return this.#native.isCommitted();
+  }
+
+  /** The current 32-byte root. Throws InvalidArgumentError before commit(). */
+  root(): Uint8Array {
+    return callNative(() => this.#native.root());
+  }
+
+  /**
+   * A compact multiproof for the patterns `ids` (any order, repeats allowed: the proof
+   * is for the sorted unique set, which it returns with the patterns in that order).
+   * Check it with `verify` from `ghost-tensor/verify`.
+   */
+  prove(ids: Uint32Array | readonly number[]): PatternProof {
+    const u = toIds('ids', ids);
+    const sorted = Uint32Array.from(new Set(u)).sort();
+    if (sorted.length === 0) throw new InvalidArgumentError('ids is empty');
+    const n = this.size;
+    for (let i = 0; i < sorted.length; i++) {
+      if (sorted[i]! >= n) throw new OutOfRangeError(`ids contains ${sorted[i]}, out of range for ${n} patterns`);
+    }
+    return callNative(() => ({
+      root: this.#native.root(),
+      n,
+      ids: sorted,
+      leaves: this.#native.gather(sorted),
+      proof: this.#native.prove(sorted),
+    }));
   }
 
   #checkK(k: number): void {

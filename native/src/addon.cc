@@ -7,6 +7,7 @@
 #include "cpu.h"
 #include "hnsw_check.h"
 #include "kernels.h"
+#include "merkle.h"
 #include "napi_util.h"
 #include "parallel.h"
 #include "tensor_binding.h"
@@ -101,7 +102,68 @@ Napi::Value HnswNearest(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Uint8Array hash_js(Napi::Env env, const Hash& h) {
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, 32);
+  std::copy(h.begin(), h.end(), out.Data());
+  return out;
+}
+
+Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  const ArrayArg<uint8_t> a = u8_arg(info, index, name);
+  if (a.length != 32) throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be 32 bytes");
+  Hash h;
+  std::copy(a.data, a.data + 32, h.begin());
+  return h;
+}
+
+// merkleRoot(data, dim, threads?) -> Uint8Array(32): a fresh build over raw rows.
+Napi::Value MerkleRoot(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> data = f32_arg(info, 0, "data");
+    const size_t dim = size_arg(info, 1, "dim", 1, static_cast<double>(SparseTensor::kMaxDim));
+    const size_t threads = info.Length() > 2 && !info[2].IsUndefined() ? size_arg(info, 2, "threads", 1, 1024)
+                                                                       : default_threads();
+    if (data.length % dim != 0) throw Error(ErrorCode::InvalidArgument, "data length is not a multiple of dim");
+    const size_t n = data.length / dim;
+    if (n > SparseTensor::kMaxRows) throw Error(ErrorCode::OutOfRange, "more than 2^32-1 rows");
+    const MerkleLevels levels = build_merkle_levels(data.data, n, dim, threads);
+    Hash top{};
+    if (!levels.empty()) top = levels.back()[0];
+    return hash_js(info.Env(), commit_root(n, static_cast<uint32_t>(dim), top));
+  });
+}
+
+// merkleVerify(root, n, dim, ids, leaves, proof) -> boolean; malformed input throws.
+Napi::Value MerkleVerify(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const Hash root = hash_arg(info, 0, "root");
+    const size_t n = size_arg(info, 1, "N", 0, 9007199254740991.0);
+    const size_t dim = size_arg(info, 2, "dim", 1, static_cast<double>(SparseTensor::kMaxDim));
+    const ArrayArg<uint32_t> ids = u32_arg(info, 3, "ids");
+    const ArrayArg<float> leaves = f32_arg(info, 4, "leaves");
+    const ArrayArg<uint8_t> proof = u8_arg(info, 5, "proof");
+    if (leaves.length != ids.length * dim)
+      throw Error(ErrorCode::InvalidArgument, "leaves length must be ids.length * dim");
+    if (proof.length % 32 != 0) throw Error(ErrorCode::InvalidArgument, "proof length is not a multiple of 32");
+    std::vector<Hash> hashes(proof.length / 32);
+    for (size_t i = 0; i < hashes.size(); ++i) std::copy(proof.data + i * 32, proof.data + i * 32 + 32, hashes[i].begin());
+    return Napi::Boolean::New(info.Env(), verify_multiproof(root, n, static_cast<uint32_t>(dim), ids.data, ids.length,
+                                                            leaves.data, hashes.data(), hashes.size()));
+  });
+}
+
+Napi::Value MerkleKeys(const Napi::CallbackInfo& info) {
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("leaf", hash_js(info.Env(), merkle_keys().leaf));
+  out.Set("node", hash_js(info.Env(), merkle_keys().node));
+  out.Set("root", hash_js(info.Env(), merkle_keys().root));
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("merkleRoot", Napi::Function::New(env, MerkleRoot));
+  exports.Set("merkleVerify", Napi::Function::New(env, MerkleVerify));
+  exports.Set("merkleKeys", Napi::Function::New(env, MerkleKeys));
   exports.Set("NativeTensor", TensorBinding::Init(env));
   exports.Set("simdInfo", Napi::Function::New(env, SimdInfo));
   exports.Set("kernelPair", Napi::Function::New(env, KernelPair));

@@ -120,7 +120,114 @@ class SearchWorker : public Napi::AsyncWorker {
   std::vector<float> scores_;
 };
 
+class CommitWorker : public Napi::AsyncWorker {
+ public:
+  CommitWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t, size_t threads)
+      : Napi::AsyncWorker(env, "ghost-tensor:commit"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        storage_(t.storage()),
+        n_(t.size()),
+        d_(t.dim()),
+        threads_(threads) {
+    owner_ref_ = Napi::Persistent(owner_obj);
+    owner_->enter_busy();
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      levels_ = build_merkle_levels(storage_->data(), n_, d_, threads_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    owner_->leave_busy();
+    try {
+      owner_->install_merkle(std::move(levels_));
+    } catch (const std::exception& e) {
+      deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.what()).Value());
+      return;
+    }
+    deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    owner_->leave_busy();
+    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  TensorBinding* owner_;
+  Napi::ObjectReference owner_ref_;
+  std::shared_ptr<Storage> storage_;
+  size_t n_, d_, threads_;
+  MerkleLevels levels_;
+};
+
+Napi::Uint8Array hash_to_js(Napi::Env env, const Hash& h) {
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, 32);
+  std::copy(h.begin(), h.end(), out.Data());
+  return out;
+}
+
+size_t threads_arg(const Napi::CallbackInfo& info, size_t index) {
+  return info.Length() > index && !info[index].IsUndefined() ? size_arg(info, index, "threads", 1, 1024)
+                                                             : default_threads();
+}
+
 }  // namespace
+
+void TensorBinding::install_merkle(MerkleLevels&& levels) {
+  merkle_.reset();
+  merkle_ = std::make_unique<MerkleTree>(*tensor_, std::move(levels));
+}
+
+// commit(threads?): builds the Merkle tree now (on this thread's time, spread over
+// workers); from then on every write keeps it current.
+Napi::Value TensorBinding::Commit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("commit");
+    const size_t threads = threads_arg(info, 0);
+    install_merkle(build_merkle_levels(t.data(), t.size(), t.dim(), threads));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TensorBinding::CommitAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("commit");
+    auto* worker = new CommitWorker(info.Env(), this, info.This().As<Napi::Object>(), t, threads_arg(info, 0));
+    Napi::Promise p = worker->promise();
+    worker->Queue();
+    return p;
+  });
+}
+
+Napi::Value TensorBinding::IsCommitted(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), merkle_ != nullptr);
+}
+
+Napi::Value TensorBinding::Root(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!merkle_) throw Error(ErrorCode::InvalidArgument, "the tensor is not committed: call commit() first");
+    return hash_to_js(info.Env(), merkle_->root());
+  });
+}
+
+// prove(ids: sorted unique Uint32Array) -> Uint8Array of 32-byte proof hashes
+Napi::Value TensorBinding::Prove(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!merkle_) throw Error(ErrorCode::InvalidArgument, "the tensor is not committed: call commit() first");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const std::vector<Hash> proof = merkle_->prove(ids.data, ids.length);
+    Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), proof.size() * 32);
+    for (size_t i = 0; i < proof.size(); ++i) std::copy(proof[i].begin(), proof[i].end(), out.Data() + i * 32);
+    return out;
+  });
+}
 
 Napi::Function TensorBinding::Init(Napi::Env env) {
   return DefineClass(env, "NativeTensor",
@@ -138,6 +245,11 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::Search>("search"),
                          InstanceMethod<&TensorBinding::SearchBatch>("searchBatch"),
                          InstanceMethod<&TensorBinding::SearchBatchAsync>("searchBatchAsync"),
+                         InstanceMethod<&TensorBinding::Commit>("commit"),
+                         InstanceMethod<&TensorBinding::CommitAsync>("commitAsync"),
+                         InstanceMethod<&TensorBinding::IsCommitted>("isCommitted"),
+                         InstanceMethod<&TensorBinding::Root>("root"),
+                         InstanceMethod<&TensorBinding::Prove>("prove"),
                      });
 }
 

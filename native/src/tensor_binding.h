@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "merkle.h"
 #include "sparse_tensor.h"
 
 namespace gt {
@@ -16,6 +17,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   // Asynchronous readers hold the tensor busy; writes are refused meanwhile.
   void enter_busy() { ++busy_; }
   void leave_busy() { --busy_; }
+  // Installs a Merkle tree built off the JavaScript thread over the current rows.
+  void install_merkle(MerkleLevels&& levels);
 
  private:
   Napi::Value Size(const Napi::CallbackInfo& info);
@@ -31,6 +34,11 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value Search(const Napi::CallbackInfo& info);
   Napi::Value SearchBatch(const Napi::CallbackInfo& info);
   Napi::Value SearchBatchAsync(const Napi::CallbackInfo& info);
+  Napi::Value Commit(const Napi::CallbackInfo& info);
+  Napi::Value CommitAsync(const Napi::CallbackInfo& info);
+  Napi::Value IsCommitted(const Napi::CallbackInfo& info);
+  Napi::Value Root(const Napi::CallbackInfo& info);
+  Napi::Value Prove(const Napi::CallbackInfo& info);
 
   // Throws when an adopted buffer was detached.
   SparseTensor& usable();
@@ -45,6 +53,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Reference<Napi::ArrayBuffer> view_buffer_;  // external buffer over owned storage
   std::shared_ptr<Storage> view_storage_;
   int busy_ = 0;
+  // Declared after tensor_: destroyed first, so it unregisters from a live tensor.
+  std::unique_ptr<MerkleTree> merkle_;
 };
 
 }  // namespace gt

@@ -20,7 +20,7 @@ compile() {  # file, extra flags...
   esac
   objs+=("$o")
 }
-for f in cpu errors hnsw_check kernels kernels_scalar kernels_neon metric parallel search sparse_tensor; do
+for f in cpu errors hnsw_check kernels kernels_scalar kernels_neon merkle metric parallel search sparse_tensor; do
   compile "$src/$f.cc"
 done
 arch=$(uname -m)
@@ -39,6 +39,7 @@ else
   if [ "$arch" = "aarch64" ]; then compile "$b3/blake3_neon.c" -DBLAKE3_USE_NEON=1; b3defs+=(-DBLAKE3_USE_NEON=1); fi
 fi
 for f in blake3 blake3_dispatch blake3_portable; do compile "$b3/$f.c" "${b3defs[@]}"; done
+compile "$src/blake3_batch.c" "${b3defs[@]}"
 compile test/native/test_core.cc
 $CXX $SAN "${objs[@]}" -o "$out/test_core" -lpthread
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 "$out/test_core"

@@ -1,0 +1,287 @@
+#include "merkle.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "blake3_batch.h"
+#include "parallel.h"
+
+namespace gt {
+
+namespace {
+
+Hash plain(const char* s) {
+  Hash h;
+  gt_blake3_plain(reinterpret_cast<const uint8_t*>(s), std::strlen(s), h.data());
+  return h;
+}
+
+// Level widths for n leaves: ceil(n / 2^l) down to 1.
+std::vector<size_t> widths(uint64_t n) {
+  std::vector<size_t> w;
+  if (n == 0) return w;
+  w.push_back(static_cast<size_t>(n));
+  while (w.back() > 1) w.push_back((w.back() + 1) / 2);
+  return w;
+}
+
+static_assert(sizeof(float) == 4, "f32 leaves");
+
+bool little_endian() {
+  const uint16_t x = 1;
+  uint8_t b;
+  std::memcpy(&b, &x, 1);
+  return b == 1;
+}
+
+// Leaf bytes: the pattern as little-endian f32. On a big-endian host the bytes
+// are swapped into a scratch buffer first.
+void leaf_bytes(const float* row, size_t dim, std::vector<uint8_t>& scratch, const uint8_t** out) {
+  if (little_endian()) {
+    *out = reinterpret_cast<const uint8_t*>(row);
+    return;
+  }
+  scratch.resize(dim * 4);
+  for (size_t i = 0; i < dim; ++i) {
+    uint8_t b[4];
+    std::memcpy(b, row + i, 4);
+    for (int j = 0; j < 4; ++j) scratch[i * 4 + j] = b[3 - j];
+  }
+  *out = scratch.data();
+}
+
+}  // namespace
+
+const MerkleKeys& merkle_keys() {
+  static const MerkleKeys k = {plain("ghost-tensor/merkle/v1/leaf"), plain("ghost-tensor/merkle/v1/node"),
+                               plain("ghost-tensor/merkle/v1/root")};
+  return k;
+}
+
+Hash hash_leaf(const float* row, size_t dim) {
+  std::vector<uint8_t> scratch;
+  const uint8_t* bytes;
+  leaf_bytes(row, dim, scratch, &bytes);
+  Hash h;
+  gt_blake3_keyed(merkle_keys().leaf.data(), bytes, dim * 4, h.data());
+  return h;
+}
+
+Hash hash_node(const Hash& left, const Hash& right) {
+  uint8_t block[64];
+  std::memcpy(block, left.data(), 32);
+  std::memcpy(block + 32, right.data(), 32);
+  Hash h;
+  const uint8_t* in = block;
+  gt_blake3_keyed_many(merkle_keys().node.data(), &in, 1, 64, h.data());
+  return h;
+}
+
+Hash commit_root(uint64_t n, uint32_t dim, const Hash& top) {
+  uint8_t buf[8 + 4 + 32];
+  for (int i = 0; i < 8; ++i) buf[i] = static_cast<uint8_t>(n >> (8 * i));
+  for (int i = 0; i < 4; ++i) buf[8 + i] = static_cast<uint8_t>(dim >> (8 * i));
+  std::memcpy(buf + 12, top.data(), 32);
+  Hash h;
+  gt_blake3_keyed(merkle_keys().root.data(), buf, sizeof buf, h.data());
+  return h;
+}
+
+namespace {
+
+void resize_levels(MerkleLevels& levels, size_t n) {
+  const std::vector<size_t> w = widths(n);
+  levels.resize(w.size());
+  for (size_t l = 0; l < w.size(); ++l) levels[l].resize(w[l]);
+}
+
+// Hashes rows [first, first + count) into leaves[first ...].
+void hash_leaves(const float* data, size_t dim, size_t first, size_t count, size_t threads,
+                 std::vector<Hash>& leaves) {
+  const size_t len = dim * 4;
+  const bool batched = len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_CHUNK_LEN && little_endian();
+  const size_t useful = count * len < (size_t{1} << 20) ? 1 : threads;
+  parallel_for(count, useful, [&](size_t b, size_t e, size_t) {
+    if (batched) {
+      constexpr size_t kBatch = 64;
+      const uint8_t* ptrs[kBatch];
+      for (size_t s = b; s < e; s += kBatch) {
+        const size_t m = std::min(kBatch, e - s);
+        for (size_t i = 0; i < m; ++i)
+          ptrs[i] = reinterpret_cast<const uint8_t*>(data + (first + s + i) * dim);
+        gt_blake3_keyed_many(merkle_keys().leaf.data(), ptrs, m, len, leaves[first + s].data());
+      }
+    } else {
+      for (size_t i = b; i < e; ++i) leaves[first + i] = hash_leaf(data + (first + i) * dim, dim);
+    }
+  });
+}
+
+// Recomputes parent[from, to) from child (sizes already set).
+void hash_parents(const std::vector<Hash>& child, std::vector<Hash>& parent, size_t from, size_t to,
+                  size_t threads) {
+  const size_t useful = (to - from) < 4096 ? 1 : threads;
+  parallel_for(to - from, useful, [&](size_t b, size_t e, size_t) {
+    constexpr size_t kBatch = 64;
+    const uint8_t* ptrs[kBatch];
+    size_t j = from + b;
+    const size_t end = from + e;
+    while (j < end) {
+      if (2 * j + 1 >= child.size()) {  // the promoted last node: copied, not hashed
+        parent[j] = child[2 * j];
+        ++j;
+        continue;
+      }
+      size_t m = 0;
+      const size_t start = j;
+      // Children 2j and 2j+1 are adjacent in memory: one 64-byte block.
+      while (j < end && m < kBatch && 2 * j + 1 < child.size()) {
+        ptrs[m++] = child[2 * j].data();
+        ++j;
+      }
+      gt_blake3_keyed_many(merkle_keys().node.data(), ptrs, m, 64, parent[start].data());
+    }
+  });
+}
+
+}  // namespace
+
+MerkleLevels build_merkle_levels(const float* data, size_t n, size_t dim, size_t threads) {
+  MerkleLevels levels;
+  resize_levels(levels, n);
+  if (n == 0) return levels;
+  hash_leaves(data, dim, 0, n, threads, levels[0]);
+  for (size_t l = 0; l + 1 < levels.size(); ++l) hash_parents(levels[l], levels[l + 1], 0, levels[l + 1].size(), threads);
+  return levels;
+}
+
+MerkleTree::MerkleTree(SparseTensor& tensor, size_t threads)
+    : MerkleTree(tensor, build_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), threads)) {}
+
+MerkleTree::MerkleTree(SparseTensor& tensor, MerkleLevels&& levels) : tensor_(tensor), levels_(std::move(levels)) {
+  if (leaf_count() != tensor_.size())
+    throw Error(ErrorCode::InvalidArgument, "the tree was built over a different number of rows");
+  tensor_.add_listener(this);
+}
+
+MerkleTree::~MerkleTree() { tensor_.remove_listener(this); }
+
+Hash MerkleTree::root() const {
+  Hash top{};
+  if (!levels_.empty()) top = levels_.back()[0];
+  return commit_root(tensor_.size(), static_cast<uint32_t>(tensor_.dim()), top);
+}
+
+void MerkleTree::on_rows_changed(const uint32_t* ids, size_t count) {
+  if (count == 0) return;
+  std::vector<size_t> cur(ids, ids + count);  // sorted, unique (write path contract)
+  for (size_t id : cur) levels_[0][id] = hash_leaf(tensor_.row(id), tensor_.dim());
+  for (size_t l = 0; l + 1 < levels_.size(); ++l) {
+    std::vector<size_t> next;
+    next.reserve(cur.size());
+    for (size_t i : cur)
+      if (next.empty() || next.back() != i / 2) next.push_back(i / 2);
+    const std::vector<Hash>& child = levels_[l];
+    for (size_t j : next)
+      levels_[l + 1][j] = 2 * j + 1 < child.size() ? hash_node(child[2 * j], child[2 * j + 1]) : child[2 * j];
+    cur.swap(next);
+  }
+}
+
+void MerkleTree::on_rows_appended(size_t first, size_t count) {
+  resize_levels(levels_, tensor_.size());
+  hash_leaves(tensor_.data(), tensor_.dim(), first, count, default_threads(), levels_[0]);
+  // Every node from the first changed position rightwards may change (including
+  // nodes that were promoted and now get a partner).
+  size_t from = first;
+  for (size_t l = 0; l + 1 < levels_.size(); ++l) {
+    from /= 2;
+    hash_parents(levels_[l], levels_[l + 1], from, levels_[l + 1].size(), default_threads());
+  }
+}
+
+std::vector<Hash> MerkleTree::prove(const uint32_t* ids, size_t count) const {
+  const uint64_t n = tensor_.size();
+  multiproof_size(n, ids, count);  // validates ids
+  std::vector<Hash> proof;
+  std::vector<size_t> cur(ids, ids + count);
+  for (size_t l = 0; l + 1 < levels_.size(); ++l) {
+    const size_t width = levels_[l].size();
+    std::vector<size_t> next;
+    for (size_t t = 0; t < cur.size(); ++t) {
+      const size_t i = cur[t];
+      const size_t sib = i ^ 1;
+      if (sib < width) {
+        if (t + 1 < cur.size() && cur[t + 1] == sib) ++t;  // both children known
+        else proof.push_back(levels_[l][sib]);
+      }
+      if (next.empty() || next.back() != i / 2) next.push_back(i / 2);
+    }
+    cur.swap(next);
+  }
+  return proof;
+}
+
+size_t multiproof_size(uint64_t n, const uint32_t* ids, size_t count) {
+  if (n == 0) throw Error(ErrorCode::OutOfRange, "N = 0: an empty tensor has no leaves to prove");
+  if (n > SparseTensor::kMaxRows) throw Error(ErrorCode::OutOfRange, "N exceeds 2^32-1");
+  if (count == 0) throw Error(ErrorCode::InvalidArgument, "ids is empty");
+  for (size_t t = 0; t < count; ++t) {
+    if (ids[t] >= n)
+      throw Error(ErrorCode::OutOfRange, "ids[" + std::to_string(t) + "] = " + std::to_string(ids[t]) +
+                                             " is out of range for N = " + std::to_string(n));
+    if (t > 0 && ids[t] <= ids[t - 1])
+      throw Error(ErrorCode::InvalidArgument, "ids must be sorted ascending and unique (ids[" +
+                                                  std::to_string(t) + "])");
+  }
+  size_t needed = 0;
+  std::vector<size_t> cur(ids, ids + count);
+  for (size_t width = static_cast<size_t>(n); width > 1; width = (width + 1) / 2) {
+    std::vector<size_t> next;
+    for (size_t t = 0; t < cur.size(); ++t) {
+      const size_t i = cur[t], sib = i ^ 1;
+      if (sib < width) {
+        if (t + 1 < cur.size() && cur[t + 1] == sib) ++t;
+        else ++needed;
+      }
+      if (next.empty() || next.back() != i / 2) next.push_back(i / 2);
+    }
+    cur.swap(next);
+  }
+  return needed;
+}
+
+bool verify_multiproof(const Hash& root, uint64_t n, uint32_t dim, const uint32_t* ids, size_t count,
+                       const float* leaves, const Hash* proof, size_t proof_count) {
+  const size_t needed = multiproof_size(n, ids, count);
+  if (proof_count != needed)
+    throw Error(ErrorCode::InvalidArgument, "proof has " + std::to_string(proof_count) +
+                                                " hashes; these ids and N need exactly " + std::to_string(needed));
+  std::vector<std::pair<size_t, Hash>> cur(count);
+  for (size_t t = 0; t < count; ++t) cur[t] = {ids[t], hash_leaf(leaves + t * dim, dim)};
+  size_t used = 0;
+  for (size_t width = static_cast<size_t>(n); width > 1; width = (width + 1) / 2) {
+    std::vector<std::pair<size_t, Hash>> next;
+    for (size_t t = 0; t < cur.size(); ++t) {
+      const size_t i = cur[t].first, sib = i ^ 1;
+      Hash h;
+      if (sib >= width) {
+        h = cur[t].second;  // promoted
+      } else if (t + 1 < cur.size() && cur[t + 1].first == sib) {
+        h = hash_node(cur[t].second, cur[t + 1].second);
+        ++t;
+      } else {
+        const Hash& other = proof[used++];
+        h = (i & 1) ? hash_node(other, cur[t].second) : hash_node(cur[t].second, other);
+      }
+      next.push_back({i / 2, h});
+    }
+    cur.swap(next);
+  }
+  // Exactly one node remains, at index 0, and every proof hash was used.
+  if (cur.size() != 1 || cur[0].first != 0 || used != proof_count) return false;
+  return commit_root(n, dim, cur[0].second) == root;
+}
+
+}  // namespace gt
