@@ -30,6 +30,14 @@ const t = SparseTensor.fromArray(new Float32Array([1, 0, 0, 1, 1, 1]), 2);
 const r = t.search(new Float32Array([1, 0.5]), 2);
 if (r.ids[0] !== 2 || r.ids[1] !== 0) throw new Error('wrong result ' + r.ids);
 console.log('loaded prebuilt addon:', JSON.stringify(simdInfo()));
+// The verifier entry point checks a proof made by the native prover.
+const { verify } = await import('ghost-tensor/verify');
+const root = t.commitSync();
+const p = t.prove([0, 2]);
+if (!(await verify(root, p.n, p.ids, p.leaves, p.proof))) throw new Error('verify failed');
+p.proof[0] ^= 1;
+if (await verify(root, p.n, p.ids, p.leaves, p.proof)) throw new Error('tampered proof accepted');
+console.log('ghost-tensor/verify: honest proof accepted, tampered proof rejected');
 JS
 PATH="$tmp/bin" node check.mjs
 echo "pack check: ok"
