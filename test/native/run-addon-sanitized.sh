@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the Node addon itself with AddressSanitizer + UBSan in a scratch copy of the
+# repository and runs the whole vitest suite against it, so the Node-API layer
+# (buffer lifetimes, async workers, argument checks) is sanitized too.
+# Usage: bash test/native/run-addon-sanitized.sh   (after npm ci)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r binding.gyp native lib test docs package.json tsconfig.json tsconfig.build.json vitest.config.ts "$tmp/"
+ln -s "$root/node_modules" "$tmp/node_modules"
+cd "$tmp"
+SAN="-fsanitize=address,undefined -fno-omit-frame-pointer"
+CFLAGS="$SAN" CXXFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" npx node-gyp rebuild -j "$(nproc)" >build.log 2>&1 ||
+  { tail -n 40 build.log; exit 1; }
+npx tsc -p tsconfig.build.json
+# Node itself is not instrumented: the runtimes are preloaded; leak checking is off
+# because V8 keeps allocations alive until exit by design.
+LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
+  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  npx vitest run
