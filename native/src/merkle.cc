@@ -175,16 +175,45 @@ Hash MerkleTree::root() const {
 
 void MerkleTree::on_rows_changed(const uint32_t* ids, size_t count) {
   if (count == 0) return;
-  std::vector<size_t> cur(ids, ids + count);  // sorted, unique (write path contract)
-  for (size_t id : cur) levels_[0][id] = hash_leaf(tensor_.row(id), tensor_.dim());
+  // Sorted, unique ids (the write path's contract). Leaves, then each level's changed
+  // parents, are hashed in SIMD batches (hash_many runs up to 8 or 16 at once); one
+  // call per node would fall back to BLAKE3's portable single-input path.
+  const size_t dim = tensor_.dim(), len = dim * 4;
+  std::vector<size_t> cur(ids, ids + count);
+  std::vector<const uint8_t*> ptrs;
+  std::vector<Hash> out;
+  if (len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_CHUNK_LEN && little_endian()) {
+    ptrs.resize(count);
+    out.resize(count);
+    for (size_t t = 0; t < count; ++t) ptrs[t] = reinterpret_cast<const uint8_t*>(tensor_.row(cur[t]));
+    gt_blake3_keyed_many(merkle_keys().leaf.data(), ptrs.data(), count, len, out[0].data());
+    for (size_t t = 0; t < count; ++t) levels_[0][cur[t]] = out[t];
+  } else {
+    for (size_t id : cur) levels_[0][id] = hash_leaf(tensor_.row(id), dim);
+  }
+  std::vector<size_t> next, hashed;
   for (size_t l = 0; l + 1 < levels_.size(); ++l) {
-    std::vector<size_t> next;
-    next.reserve(cur.size());
-    for (size_t i : cur)
-      if (next.empty() || next.back() != i / 2) next.push_back(i / 2);
     const std::vector<Hash>& child = levels_[l];
-    for (size_t j : next)
-      levels_[l + 1][j] = 2 * j + 1 < child.size() ? hash_node(child[2 * j], child[2 * j + 1]) : child[2 * j];
+    std::vector<Hash>& parent = levels_[l + 1];
+    next.clear();
+    hashed.clear();
+    ptrs.clear();
+    for (size_t i : cur) {
+      const size_t j = i / 2;
+      if (!next.empty() && next.back() == j) continue;
+      next.push_back(j);
+      if (2 * j + 1 < child.size()) {
+        hashed.push_back(j);
+        ptrs.push_back(child[2 * j].data());  // children 2j, 2j+1: one 64-byte block
+      } else {
+        parent[j] = child[2 * j];  // promoted
+      }
+    }
+    if (!hashed.empty()) {
+      out.resize(hashed.size());
+      gt_blake3_keyed_many(merkle_keys().node.data(), ptrs.data(), hashed.size(), 64, out[0].data());
+      for (size_t t = 0; t < hashed.size(); ++t) parent[hashed[t]] = out[t];
+    }
     cur.swap(next);
   }
 }
