@@ -102,34 +102,19 @@ Napi::Value HnswNearest(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Uint8Array hash_js(Napi::Env env, const Hash& h) {
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, 32);
-  std::copy(h.begin(), h.end(), out.Data());
-  return out;
-}
-
-Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
-  const ArrayArg<uint8_t> a = u8_arg(info, index, name);
-  if (a.length != 32) throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be 32 bytes");
-  Hash h;
-  std::copy(a.data, a.data + 32, h.begin());
-  return h;
-}
-
 // merkleRoot(data, dim, threads?) -> Uint8Array(32): a fresh build over raw rows.
 Napi::Value MerkleRoot(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const ArrayArg<float> data = f32_arg(info, 0, "data");
     const size_t dim = size_arg(info, 1, "dim", 1, static_cast<double>(SparseTensor::kMaxDim));
-    const size_t threads = info.Length() > 2 && !info[2].IsUndefined() ? size_arg(info, 2, "threads", 1, 1024)
-                                                                       : default_threads();
+    const size_t threads = threads_arg(info, 2);
     if (data.length % dim != 0) throw Error(ErrorCode::InvalidArgument, "data length is not a multiple of dim");
     const size_t n = data.length / dim;
     if (n > SparseTensor::kMaxRows) throw Error(ErrorCode::OutOfRange, "more than 2^32-1 rows");
     const MerkleLevels levels = build_merkle_levels(data.data, n, dim, threads);
     Hash top{};
     if (!levels.empty()) top = levels.back()[0];
-    return hash_js(info.Env(), commit_root(n, static_cast<uint32_t>(dim), top));
+    return hash_to_js(info.Env(), commit_root(n, static_cast<uint32_t>(dim), top));
   });
 }
 
@@ -154,9 +139,9 @@ Napi::Value MerkleVerify(const Napi::CallbackInfo& info) {
 
 Napi::Value MerkleKeys(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(info.Env());
-  out.Set("leaf", hash_js(info.Env(), merkle_keys().leaf));
-  out.Set("node", hash_js(info.Env(), merkle_keys().node));
-  out.Set("root", hash_js(info.Env(), merkle_keys().root));
+  out.Set("leaf", hash_to_js(info.Env(), merkle_keys().leaf));
+  out.Set("node", hash_to_js(info.Env(), merkle_keys().node));
+  out.Set("root", hash_to_js(info.Env(), merkle_keys().root));
   return out;
 }
 

@@ -1,6 +1,9 @@
 #include "napi_util.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "parallel.h"
 
 namespace gt {
 
@@ -61,6 +64,25 @@ Metric metric_arg(const Napi::CallbackInfo& info, size_t index) {
       !parse_metric(info[index].As<Napi::String>().Utf8Value(), &m))
     throw Error(ErrorCode::InvalidArgument, "metric must be 'ip', 'cosine' or 'l2'");
   return m;
+}
+
+Napi::Uint8Array hash_to_js(Napi::Env env, const Hash& h) {
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, 32);
+  std::copy(h.begin(), h.end(), out.Data());
+  return out;
+}
+
+Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  const ArrayArg<uint8_t> a = u8_arg(info, index, name);
+  if (a.length != 32) throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be 32 bytes");
+  Hash h;
+  std::copy(a.data, a.data + 32, h.begin());
+  return h;
+}
+
+size_t threads_arg(const Napi::CallbackInfo& info, size_t index) {
+  return info.Length() > index && !info[index].IsUndefined() ? size_arg(info, index, "threads", 1, 1024)
+                                                             : default_threads();
 }
 
 SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cpu.h"
+#include "merkle.h"
 #include "errors.h"
 #include "metric.h"
 
@@ -45,6 +46,12 @@ ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const cha
 // An integer in [lo, hi].
 size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi);
 Metric metric_arg(const Napi::CallbackInfo& info, size_t index);
+// A 32-byte hash as a new Uint8Array, and back (checked length).
+Napi::Uint8Array hash_to_js(Napi::Env env, const Hash& h);
+Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+// `threads` at index: undefined means default_threads(); else an integer in 1..1024.
+size_t threads_arg(const Napi::CallbackInfo& info, size_t index);
+
 // A SIMD level name, or undefined for the default level; must be supported.
 SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index);
 

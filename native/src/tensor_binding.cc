@@ -36,8 +36,7 @@ SearchRequest parse_search(const Napi::CallbackInfo& info, const SparseTensor& t
       throw Error(ErrorCode::InvalidArgument, "queries length " + std::to_string(q.length) +
                                                   " is not a multiple of dim " + std::to_string(t.dim()));
     r.nq = q.length / t.dim();
-    r.threads = info.Length() > 4 && !info[4].IsUndefined() ? size_arg(info, 4, "threads", 1, 1024)
-                                                            : default_threads();
+    r.threads = threads_arg(info, 4);
   } else {
     if (q.length != t.dim())
       throw Error(ErrorCode::InvalidArgument, "query length " + std::to_string(q.length) +
@@ -62,119 +61,108 @@ Napi::Object result_object(Napi::Env env, const std::vector<uint32_t>& ids, cons
   return out;
 }
 
-class SearchWorker : public Napi::AsyncWorker {
+ExactSearchArgs search_args(const float* data, size_t n, size_t d, const SearchRequest& r, const float* queries) {
+  ExactSearchArgs a;
+  a.data = data;
+  a.n = n;
+  a.d = d;
+  a.queries = queries;
+  a.nq = r.nq;
+  a.k = r.k;
+  a.metric = r.metric;
+  a.threads = r.threads;
+  a.kernels = &kernels_for(r.level);
+  return a;
+}
+
+// Work on a tensor's rows off the JavaScript thread. Holds the tensor busy (writes
+// refused) from construction until it settles, keeps the wrapper and the storage it
+// reads alive, and turns every failure into a rejected promise with a code.
+class TensorWorker : public Napi::AsyncWorker {
  public:
-  SearchWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
-               const SearchRequest& r, const float* queries)
-      : Napi::AsyncWorker(env, "ghost-tensor:search"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner),
+  TensorWorker(Napi::Env env, const char* name, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t)
+      : Napi::AsyncWorker(env, name),
         storage_(t.storage()),
         n_(t.size()),
         d_(t.dim()),
-        req_(r),
-        queries_(queries, queries + r.nq * t.dim()),
-        ids_(r.nq * r.k),
-        scores_(r.nq * r.k) {
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner) {
     owner_ref_ = Napi::Persistent(owner_obj);
     owner_->enter_busy();
   }
-
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      ExactSearchArgs a;
-      a.data = storage_->data();
-      a.n = n_;
-      a.d = d_;
-      a.queries = queries_.data();
-      a.nq = req_.nq;
-      a.k = req_.k;
-      a.metric = req_.metric;
-      a.threads = req_.threads;
-      a.kernels = &kernels_for(req_.level);
-      exact_search(a, ids_.data(), scores_.data());
+      Run();
     } catch (const std::exception& e) {
       SetError(e.what());
     }
   }
   void OnOK() override {
     owner_->leave_busy();
-    deferred_.Resolve(result_object(Env(), ids_, scores_));
+    try {
+      deferred_.Resolve(Settle(Env(), *owner_));
+    } catch (const std::exception& e) {
+      deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.what()).Value());
+    }
   }
   void OnError(const Napi::Error& e) override {
     owner_->leave_busy();
     deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
   }
 
+ protected:
+  virtual void Run() = 0;                                          // worker thread
+  virtual Napi::Value Settle(Napi::Env env, TensorBinding& owner) = 0;  // JavaScript thread
+
+  std::shared_ptr<Storage> storage_;  // the rows stay alive even if the tensor grows
+  size_t n_, d_;
+
  private:
   Napi::Promise::Deferred deferred_;
   TensorBinding* owner_;
-  Napi::ObjectReference owner_ref_;   // keeps the wrapper (and an adopted buffer) alive
-  std::shared_ptr<Storage> storage_;  // keeps the rows alive even if the tensor grows
-  size_t n_, d_;
+  Napi::ObjectReference owner_ref_;  // keeps the wrapper (and an adopted buffer) alive
+};
+
+class SearchWorker : public TensorWorker {
+ public:
+  SearchWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
+               const SearchRequest& r, const float* queries)
+      : TensorWorker(env, "ghost-tensor:search", owner, owner_obj, t),
+        req_(r),
+        queries_(queries, queries + r.nq * t.dim()),
+        ids_(r.nq * r.k),
+        scores_(r.nq * r.k) {}
+
+ private:
+  void Run() override {
+    exact_search(search_args(storage_->data(), n_, d_, req_, queries_.data()), ids_.data(), scores_.data());
+  }
+  Napi::Value Settle(Napi::Env env, TensorBinding&) override { return result_object(env, ids_, scores_); }
+
   SearchRequest req_;
   std::vector<float> queries_;  // copied: JavaScript may reuse its buffer meanwhile
   std::vector<uint32_t> ids_;
   std::vector<float> scores_;
 };
 
-class CommitWorker : public Napi::AsyncWorker {
+class CommitWorker : public TensorWorker {
  public:
   CommitWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t, size_t threads)
-      : Napi::AsyncWorker(env, "ghost-tensor:commit"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner),
-        storage_(t.storage()),
-        n_(t.size()),
-        d_(t.dim()),
-        threads_(threads) {
-    owner_ref_ = Napi::Persistent(owner_obj);
-    owner_->enter_busy();
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    try {
-      levels_ = build_merkle_levels(storage_->data(), n_, d_, threads_);
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override {
-    owner_->leave_busy();
-    try {
-      owner_->install_merkle(std::move(levels_));
-    } catch (const std::exception& e) {
-      deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.what()).Value());
-      return;
-    }
-    deferred_.Resolve(Env().Undefined());
-  }
-  void OnError(const Napi::Error& e) override {
-    owner_->leave_busy();
-    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
-  }
+      : TensorWorker(env, "ghost-tensor:commit", owner, owner_obj, t), threads_(threads) {}
 
  private:
-  Napi::Promise::Deferred deferred_;
-  TensorBinding* owner_;
-  Napi::ObjectReference owner_ref_;
-  std::shared_ptr<Storage> storage_;
-  size_t n_, d_, threads_;
+  void Run() override { levels_ = build_merkle_levels(storage_->data(), n_, d_, threads_); }
+  Napi::Value Settle(Napi::Env env, TensorBinding& owner) override {
+    owner.install_merkle(std::move(levels_));
+    return env.Undefined();
+  }
+
+  size_t threads_;
   MerkleLevels levels_;
 };
 
-Napi::Uint8Array hash_to_js(Napi::Env env, const Hash& h) {
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, 32);
-  std::copy(h.begin(), h.end(), out.Data());
-  return out;
-}
-
-size_t threads_arg(const Napi::CallbackInfo& info, size_t index) {
-  return info.Length() > index && !info[index].IsUndefined() ? size_arg(info, index, "threads", 1, 1024)
-                                                             : default_threads();
-}
 
 }  // namespace
 
@@ -412,47 +400,19 @@ Napi::Value TensorBinding::Add(const Napi::CallbackInfo& info) {
 }
 
 // search(query, k, metric, level?) -> { ids, scores }
-Napi::Value TensorBinding::Search(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-    SparseTensor& t = usable();
-    const ArrayArg<float> q = f32_arg(info, 0, "query");
-    const SearchRequest r = parse_search(info, t, q, false);
-    ExactSearchArgs a;
-    a.data = t.data();
-    a.n = t.size();
-    a.d = t.dim();
-    a.queries = q.data;
-    a.nq = 1;
-    a.k = r.k;
-    a.metric = r.metric;
-    a.threads = 1;
-    a.kernels = &kernels_for(r.level);
-    std::vector<uint32_t> ids(r.k);
-    std::vector<float> scores(r.k);
-    exact_search(a, ids.data(), scores.data());
-    return result_object(info.Env(), ids, scores);
-  });
-}
+Napi::Value TensorBinding::Search(const Napi::CallbackInfo& info) { return search_now(info, false); }
 
 // searchBatch(queries, k, metric, level?, threads?) -> { ids, scores } (nq * k each)
-Napi::Value TensorBinding::SearchBatch(const Napi::CallbackInfo& info) {
+Napi::Value TensorBinding::SearchBatch(const Napi::CallbackInfo& info) { return search_now(info, true); }
+
+Napi::Value TensorBinding::search_now(const Napi::CallbackInfo& info, bool batch) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = usable();
-    const ArrayArg<float> q = f32_arg(info, 0, "queries");
-    const SearchRequest r = parse_search(info, t, q, true);
-    ExactSearchArgs a;
-    a.data = t.data();
-    a.n = t.size();
-    a.d = t.dim();
-    a.queries = q.data;
-    a.nq = r.nq;
-    a.k = r.k;
-    a.metric = r.metric;
-    a.threads = r.threads;
-    a.kernels = &kernels_for(r.level);
+    const ArrayArg<float> q = f32_arg(info, 0, batch ? "queries" : "query");
+    const SearchRequest r = parse_search(info, t, q, batch);
     std::vector<uint32_t> ids(r.nq * r.k);
     std::vector<float> scores(r.nq * r.k);
-    exact_search(a, ids.data(), scores.data());
+    exact_search(search_args(t.data(), t.size(), t.dim(), r, q.data), ids.data(), scores.data());
     return result_object(info.Env(), ids, scores);
   });
 }

@@ -40,6 +40,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value Root(const Napi::CallbackInfo& info);
   Napi::Value Prove(const Napi::CallbackInfo& info);
 
+  Napi::Value search_now(const Napi::CallbackInfo& info, bool batch);
+
   // Throws when an adopted buffer was detached.
   SparseTensor& usable();
   // usable() and no asynchronous reader running.
