@@ -14,3 +14,5 @@ export type { SimdInfo, SimdLevel } from './simd.js';
 export * from './errors.js';
 export { HASH_SCHEME, checkProof, loadVerifier, multiproofSize, rootOf, verify } from './verify.js';
 export type { MerkleHasher, Verifier } from './verify.js';
+export { ProductKeyIndex, combineProductKeys } from './product-keys.js';
+export type { ProductKeyBatchResult, ProductKeyResult } from './product-keys.js';

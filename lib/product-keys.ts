@@ -1,0 +1,170 @@
+/**
+ * Product-key retrieval (Lample et al. 2019, "Large Memory Layers with Product Keys").
+ *
+ * N = n^2 slots; slot id = i * n + j has key concat(K1[i], K2[j]) where K1 and K2 are
+ * two sub-key tables of n sub-keys each (SparseTensors: committed and trainable like
+ * any other tensor). For a query q = concat(q1, q2) the slot score is
+ *
+ *     score(i, j) = <q1, K1[i]> + <q2, K2[j]>          (f32 sub-scores, summed in f64)
+ *
+ * and the exact top-k over all n^2 slots is found in O(n d + k^2): the top-k' of each
+ * table (k' = min(k, n)) and then the best k of the k' x k' sums. Exact because a
+ * slot whose row i is not among the top-k' of table 1 is beaten by k' slots (i', j)
+ * that are (the same argument for j). Order: higher score first, ties to the lower
+ * slot id, so a verifier holding the two tables re-derives the same selection. Nothing
+ * needs maintaining while the tables train: every search reads their current values.
+ */
+import { checkFloat32Array, checkInteger } from './args.js';
+import { InvalidArgumentError, OutOfRangeError } from './errors.js';
+import type { SimdLevel } from './simd.js';
+import { SparseTensor, type SearchOptions } from './sparse-tensor.js';
+
+export interface ProductKeyResult {
+  /** Slot ids (i * n + j), best first. */
+  ids: Uint32Array;
+  /** Slot scores, as f64 sums of the two f32 sub-scores. */
+  scores: Float64Array;
+}
+
+export interface ProductKeyBatchResult extends ProductKeyResult {
+  queries: number;
+  k: number;
+}
+
+const MAX_SUBKEYS = 65_535; // n^2 slot ids must fit in uint32
+
+/**
+ * Best k of the k1 x k2 candidate sums (f64), ties to the lower slot id i * n + j.
+ * ids1/s1 and ids2/s2 are the per-table results; exported for the verifier side.
+ */
+export function combineProductKeys(
+  n: number,
+  k: number,
+  ids1: ArrayLike<number>,
+  s1: ArrayLike<number>,
+  ids2: ArrayLike<number>,
+  s2: ArrayLike<number>,
+): ProductKeyResult {
+  const m = ids1.length * ids2.length;
+  const cand = new Array<{ id: number; s: number }>(m);
+  let c = 0;
+  for (let a = 0; a < ids1.length; a++) {
+    for (let b = 0; b < ids2.length; b++) {
+      cand[c++] = { id: ids1[a]! * n + ids2[b]!, s: s1[a]! + s2[b]! };
+    }
+  }
+  cand.sort((x, y) => (x.s !== y.s ? y.s - x.s : x.id - y.id));
+  const ids = new Uint32Array(k), scores = new Float64Array(k);
+  for (let t = 0; t < k; t++) {
+    ids[t] = cand[t]!.id;
+    scores[t] = cand[t]!.s;
+  }
+  return { ids, scores };
+}
+
+export class ProductKeyIndex {
+  /** Sub-keys for the first half of the query (n rows of dim1). */
+  readonly keys1: SparseTensor;
+  /** Sub-keys for the second half (n rows of dim2). */
+  readonly keys2: SparseTensor;
+
+  private constructor(keys1: SparseTensor, keys2: SparseTensor) {
+    this.keys1 = keys1;
+    this.keys2 = keys2;
+  }
+
+  /**
+   * An index over two sub-key tables of the same length n. The query dimension is
+   * keys1.dim + keys2.dim (the first keys1.dim values go to table 1).
+   */
+  static fromTables(keys1: SparseTensor, keys2: SparseTensor): ProductKeyIndex {
+    if (!(keys1 instanceof SparseTensor) || !(keys2 instanceof SparseTensor)) {
+      throw new InvalidArgumentError('keys1 and keys2 must be SparseTensors');
+    }
+    if (keys1.size !== keys2.size) {
+      throw new InvalidArgumentError(`keys1 has ${keys1.size} sub-keys and keys2 ${keys2.size}: they must match`);
+    }
+    checkInteger('number of sub-keys', keys1.size, 1, MAX_SUBKEYS);
+    return new ProductKeyIndex(keys1, keys2);
+  }
+
+  /** An index with n random sub-keys per table (uniform in [-1, 1) from `random`), query dimension `dim`. */
+  static random(n: number, dim: number, random: () => number = Math.random): ProductKeyIndex {
+    checkInteger('n', n, 1, MAX_SUBKEYS);
+    checkInteger('dim', dim, 2, 2 ** 24);
+    const d1 = Math.floor(dim / 2), d2 = dim - d1;
+    const fill = (len: number): Float32Array => {
+      const a = new Float32Array(len);
+      for (let i = 0; i < len; i++) a[i] = random() * 2 - 1;
+      return a;
+    };
+    return new ProductKeyIndex(SparseTensor.fromArray(fill(n * d1), d1), SparseTensor.fromArray(fill(n * d2), d2));
+  }
+
+  /** Sub-keys per table (n). */
+  get subKeys(): number {
+    return this.keys1.size;
+  }
+  /** Number of slots N = n^2. */
+  get size(): number {
+    return this.subKeys * this.subKeys;
+  }
+  /** Query dimension. */
+  get dim(): number {
+    return this.keys1.dim + this.keys2.dim;
+  }
+
+  /** Exact top-k slots by inner product for one query (length dim); 1 <= k <= n^2. */
+  search(query: Float32Array, k: number, options: { level?: SimdLevel } = {}): ProductKeyResult {
+    checkFloat32Array('query', query);
+    this.#check(query.length, k, 1);
+    const kk = Math.min(k, this.subKeys);
+    const opts: SearchOptions = { metric: 'ip', ...(options.level ? { level: options.level } : {}) };
+    const d1 = this.keys1.dim;
+    const r1 = this.keys1.search(query.subarray(0, d1), kk, opts);
+    const r2 = this.keys2.search(query.subarray(d1), kk, opts);
+    return combineProductKeys(this.subKeys, k, r1.ids, r1.scores, r2.ids, r2.scores);
+  }
+
+  /** search() for many queries (concatenated), the table scans on worker threads. */
+  async searchBatch(queries: Float32Array, k: number, options: { threads?: number } = {}): Promise<ProductKeyBatchResult> {
+    checkFloat32Array('queries', queries);
+    const nq = queries.length / this.dim;
+    this.#check(queries.length, k, nq);
+    const kk = Math.min(k, this.subKeys);
+    const d1 = this.keys1.dim, d2 = this.keys2.dim;
+    const q1 = new Float32Array(nq * d1), q2 = new Float32Array(nq * d2);
+    for (let q = 0; q < nq; q++) {
+      q1.set(queries.subarray(q * this.dim, q * this.dim + d1), q * d1);
+      q2.set(queries.subarray(q * this.dim + d1, (q + 1) * this.dim), q * d2);
+    }
+    const opts = { metric: 'ip' as const, ...(options.threads ? { threads: options.threads } : {}) };
+    const [r1, r2] = await Promise.all([this.keys1.searchBatch(q1, kk, opts), this.keys2.searchBatch(q2, kk, opts)]);
+    const ids = new Uint32Array(nq * k), scores = new Float64Array(nq * k);
+    for (let q = 0; q < nq; q++) {
+      const at = q * kk;
+      const r = combineProductKeys(
+        this.subKeys,
+        k,
+        r1.ids.subarray(at, at + kk),
+        r1.scores.subarray(at, at + kk),
+        r2.ids.subarray(at, at + kk),
+        r2.scores.subarray(at, at + kk),
+      );
+      ids.set(r.ids, q * k);
+      scores.set(r.scores, q * k);
+    }
+    return { ids, scores, queries: nq, k };
+  }
+
+  #check(length: number, k: number, nq: number): void {
+    if (this.keys1.size !== this.keys2.size) {
+      throw new InvalidArgumentError(`the sub-key tables differ in length (${this.keys1.size} and ${this.keys2.size})`);
+    }
+    if (!Number.isInteger(nq) || length !== nq * this.dim) {
+      throw new InvalidArgumentError(`query length ${length} must be a multiple of dim ${this.dim}`);
+    }
+    checkInteger('k', k, 1, 2 ** 32 - 1);
+    if (k > this.size) throw new OutOfRangeError(`k must be in 1..${this.size} (n^2 slots), got ${k}`);
+  }
+}
