@@ -1,0 +1,222 @@
+/**
+ * Shared helpers for the benchmarks in bench/: machine description, seeded random
+ * data, timing and statistics, a plain-text table printer, and writing
+ * bench/results/<name>.json.
+ *
+ * Conventions: tables go to stdout, progress to stderr (`logger(tag)`), JSON figures
+ * are numbers (never formatted strings), GB/s are decimal (1e9 bytes / s).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Repository root (the directory holding package.json). */
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** Directory the results JSON files are written to. */
+export const RESULTS_DIR = join(ROOT, 'bench', 'results');
+
+/** Cores usable by this process (os.availableParallelism where available). */
+export const CORES = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+
+// ---------------------------------------------------------------- progress and time
+
+/** A function writing `[tag] message` lines to stderr. */
+export function logger(tag) {
+  return (msg) => process.stderr.write(`[${tag}] ${msg}\n`);
+}
+
+/** Monotonic milliseconds (fractional). */
+export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+/** Runs `globalThis.gc` when node was started with --expose-gc; returns whether it ran. */
+export function tryGc() {
+  if (typeof globalThis.gc === 'function') {
+    globalThis.gc();
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- random data
+
+/** mulberry32: small seeded PRNG, uniform in [0, 1). */
+export function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Fills `out` (a Float32Array, or a new one of length `out` when given a number) with
+ * uniform values in [-scale, scale) from `rand`. Calls onProgress(fraction) every few
+ * hundred million values when given.
+ */
+export function randomFloats(rand, out, scale = 1, onProgress) {
+  const a = typeof out === 'number' ? new Float32Array(out) : out;
+  const step = 2 ** 27;
+  for (let s = 0; s < a.length; s += step) {
+    const e = Math.min(a.length, s + step);
+    for (let i = s; i < e; i++) a[i] = (rand() * 2 - 1) * scale;
+    if (onProgress && e < a.length) onProgress(e / a.length);
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------- statistics
+
+export function quantile(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+/** median, p10, p90, min, max and count of an array of numbers. */
+export function stats(samples) {
+  const s = [...samples].sort((a, b) => a - b);
+  return {
+    median: quantile(s, 0.5),
+    p10: quantile(s, 0.1),
+    p90: quantile(s, 0.9),
+    min: s[0],
+    max: s[s.length - 1],
+    reps: s.length,
+  };
+}
+
+/** x rounded to `digits` significant digits (non-finite values pass through). */
+export const round = (x, digits = 4) => (Number.isFinite(x) ? Number(x.toPrecision(digits)) : x);
+
+/**
+ * Calls fn (sync or async) repeatedly and returns the per-call times in ms. `warm`
+ * untimed calls first; then at least minReps calls, and more until budgetMs of timed
+ * calls have passed (at most maxReps). With keepSlowWarm, a warm-up call slower than
+ * keepSlowWarm ms is kept as a sample and ends the warm-up (for calls so long that
+ * warm-up effects are negligible and a repeat is expensive).
+ */
+export async function sampleFor(fn, { budgetMs, minReps = 3, maxReps = 1e6, warm = 1, keepSlowWarm = Infinity }) {
+  const samples = [];
+  for (let i = 0; i < warm; i++) {
+    const t = nowMs();
+    await fn(i);
+    const dt = nowMs() - t;
+    if (dt > keepSlowWarm) {
+      samples.push(dt);
+      break;
+    }
+  }
+  let spent = samples.reduce((a, b) => a + b, 0);
+  while (samples.length < maxReps && (samples.length < minReps || spent < budgetMs)) {
+    const t = nowMs();
+    await fn(samples.length);
+    const dt = nowMs() - t;
+    samples.push(dt);
+    spent += dt;
+  }
+  return samples;
+}
+
+// ---------------------------------------------------------------- formatting
+
+/** A number for a table cell: grouped integers, `digits` significant digits, exponent when huge/tiny. */
+export function fmt(x, digits = 3) {
+  if (x === undefined || x === null) return '-';
+  if (typeof x === 'string') return x;
+  if (typeof x === 'boolean') return x ? 'yes' : 'no';
+  if (!Number.isFinite(x)) return String(x);
+  const a = Math.abs(x);
+  if (a !== 0 && (a >= 1e9 || a < 1e-3)) return x.toExponential(2);
+  if (Number.isInteger(x)) return x.toLocaleString('en-US');
+  return x.toLocaleString('en-US', { maximumSignificantDigits: digits, minimumSignificantDigits: Math.min(digits, 2) });
+}
+
+/** Bytes as a short binary size: 256 KiB, 512 MiB, 3.1 GiB. */
+export function fmtBytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${Number(v.toPrecision(3))} ${units[i]}`;
+}
+
+/** 1e4 -> "1e4", 100000 -> "1e5", 2 ** 20 -> "1,048,576". */
+export function fmtCount(n) {
+  const e = Math.log10(n);
+  if (n >= 1e4 && Number.isInteger(e)) return `1e${e}`;
+  return fmt(n);
+}
+
+/**
+ * Prints (stdout) and returns a plain-text table.
+ *
+ * rows:    array of objects.
+ * columns: array of a key string, or { key, header?, format?(value, row), align?: 'left' | 'right' }.
+ *          The first column is left-aligned, the others right-aligned unless `align` says.
+ * options: { title?, notes?: string[], print?: boolean (default true) }.
+ */
+export function table(rows, columns, { title, notes = [], print = true } = {}) {
+  const cols = columns.map((c, j) => {
+    const o = typeof c === 'string' ? { key: c } : c;
+    return {
+      key: o.key,
+      header: o.header ?? o.key,
+      format: o.format ?? ((v) => fmt(v)),
+      align: o.align ?? (j === 0 ? 'left' : 'right'),
+    };
+  });
+  const cells = rows.map((r) => cols.map((c) => String(c.format(r[c.key], r))));
+  const widths = cols.map((c, j) => Math.max(c.header.length, ...cells.map((r) => r[j].length)));
+  const line = (r) =>
+    r
+      .map((s, j) => (cols[j].align === 'left' ? s.padEnd(widths[j]) : s.padStart(widths[j])))
+      .join('  ')
+      .trimEnd();
+  const out = [];
+  if (title) out.push('', `## ${title}`, '');
+  out.push(line(cols.map((c) => c.header)), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.map(line));
+  for (const n of notes) out.push(`  ${n}`);
+  const text = out.join('\n');
+  if (print) console.log(text);
+  return text;
+}
+
+// ---------------------------------------------------------------- machine and results
+
+/** CPU, cores, memory, platform and Node version; `extra` (e.g. { simd: simdInfo() }) is merged in. */
+export function machine(extra = {}) {
+  const cpus = os.cpus();
+  return {
+    cpuModel: cpus[0]?.model ?? 'unknown',
+    cpuSpeedMHz: cpus[0]?.speed ?? null,
+    cores: CORES,
+    logicalCpus: cpus.length,
+    memoryBytes: os.totalmem(),
+    memoryGiB: round(os.totalmem() / 2 ** 30, 3),
+    platform: process.platform,
+    arch: process.arch,
+    osRelease: os.release(),
+    node: process.version,
+    v8: process.versions.v8,
+    // 1, 5, 15 min load averages when the run started (other load skews the figures)
+    loadavg: os.loadavg().map((x) => round(x, 3)),
+    ...extra,
+  };
+}
+
+/** Writes `obj` as bench/results/<name>.json (pretty-printed) and returns the path. */
+export function writeResults(name, obj) {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `${name}.json`);
+  writeFileSync(file, JSON.stringify(obj, null, 2) + '\n');
+  return file;
+}
