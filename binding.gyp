@@ -31,7 +31,7 @@
         "native/src/blake3_batch.c",
         "native/src/cpu.cc",
         "native/src/errors.cc",
-        "native/src/hnsw_check.cc",
+        "native/src/hnsw_index.cc",
         "native/src/kernels.cc",
         "native/src/kernels_scalar.cc",
         "native/src/kernels_neon.cc",

@@ -4,6 +4,8 @@ export type {
   BatchSearchResult,
   CreateOptions,
   FromArrayOptions,
+  HnswInfo,
+  HnswOptions,
   Metric,
   PatternProof,
   SearchOptions,

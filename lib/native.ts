@@ -47,6 +47,34 @@ export interface NativeTensor {
   isCommitted(): boolean;
   root(): Uint8Array;
   prove(ids: Uint32Array): Uint8Array;
+  hnswBuildAsync(options: NativeHnswOptions, threads: number | undefined): Promise<void>;
+  hnswLoad(path: string, options: NativeHnswOptions): void;
+  hnswSave(path: string): void;
+  hnswStats(): NativeHnswStats | null;
+  hnswSearch(query: Float32Array, k: number, ef: number | undefined): NativeSearchResult;
+  hnswSearchBatchAsync(queries: Float32Array, k: number, ef: number | undefined, threads: number | undefined): Promise<NativeSearchResult>;
+  hnswRefresh(budget: number, threads: number | undefined): number;
+  hnswRefreshAsync(budget: number, threads: number | undefined): Promise<number>;
+}
+
+export interface NativeHnswOptions {
+  metric: NativeMetric;
+  M?: number;
+  efConstruction?: number;
+  seed?: number;
+  driftThreshold?: number;
+  maxDirty?: number;
+  neighborUpdateProbability?: number;
+}
+
+export interface NativeHnswStats {
+  metric: NativeMetric;
+  M: number;
+  efConstruction: number;
+  driftThreshold: number;
+  inGraph: number;
+  dirty: number;
+  refreshed: number;
 }
 
 export interface NativeTensorConstructor {
@@ -76,7 +104,6 @@ export interface NativeAddon {
     repeat?: number,
   ): Float32Array;
   blake3(bytes: Uint8Array): Uint8Array;
-  hnswNearestL2(rows: Float32Array, d: number, query: Float32Array): number;
   merkleRoot(data: Float32Array, dim: number, threads?: number): Uint8Array;
   merkleVerify(root: Uint8Array, n: number, dim: number, ids: Uint32Array, leaves: Float32Array, proof: Uint8Array): boolean;
   merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };

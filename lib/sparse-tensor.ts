@@ -8,7 +8,7 @@
  */
 import { checkFloat32Array, checkInteger, toIds } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, callNative, fromNative } from './errors.js';
-import { native, type NativeTensor } from './native.js';
+import { native, type NativeHnswOptions, type NativeHnswStats, type NativeTensor } from './native.js';
 import type { SimdLevel } from './simd.js';
 
 /** ip: inner product (higher is better); cosine (higher is better; a zero vector scores 0);
@@ -20,11 +20,41 @@ const MAX_DIM = 2 ** 24;
 const MAX_ROWS = 2 ** 32 - 1;
 
 export interface SearchOptions {
-  /** Defaults to the tensor's metric. */
+  /** Defaults to the tensor's metric (with index 'hnsw': the index's metric, and only that). */
   metric?: Metric;
-  /** Run the kernels at this SIMD level instead of the default (for testing and benchmarks). */
+  /** Run the kernels at this SIMD level instead of the default (exact index only; for tests and benchmarks). */
   level?: SimdLevel;
+  /** 'exact' (default): SIMD scan, ground truth. 'hnsw': the graph built by buildHnsw(). */
+  index?: 'exact' | 'hnsw';
+  /** HNSW candidate list size (>= k; default max(128, k)). Larger: better recall, slower. */
+  ef?: number;
 }
+
+export interface HnswOptions {
+  /** Defaults to the tensor's metric. Cosine and ip on normalised patterns are what HNSW suits best. */
+  metric?: Metric;
+  /** Graph degree (default 16). */
+  M?: number;
+  /** Candidate list size while building (default 200). */
+  efConstruction?: number;
+  /** Level-assignment seed (default 100). */
+  seed?: number;
+  /** Relative L2 drift of a row from its graph copy that marks it dirty (default 0.05). */
+  driftThreshold?: number;
+  /** Dirty rows that trigger an automatic refresh on write (default max(256, N/50)). */
+  maxDirty?: number;
+  /**
+   * On refresh, also rebuild each one-hop neighbour's links with this probability
+   * (default 0: only the moved row's own links are repaired; hnswlib's updatePoint
+   * default 1 costs many insertions per row).
+   */
+  neighborUpdateProbability?: number;
+  /** Build threads (default: all cores). */
+  threads?: number;
+}
+
+/** State of the HNSW index. */
+export type HnswInfo = NativeHnswStats;
 
 export interface BatchSearchOptions extends SearchOptions {
   /** Worker threads (default: all cores, or GHOST_TENSOR_THREADS). */
@@ -177,8 +207,10 @@ export class SparseTensor {
   /** Exact top-k of one query (length dim). 1 <= k <= size. */
   search(query: Float32Array, k: number, options: SearchOptions = {}): SearchResult {
     checkFloat32Array('query', query);
-    const metric = checkMetric('metric', options.metric ?? this.metric);
     this.#checkK(k);
+    const { hnsw, ef } = this.#indexArgs(options, k);
+    if (hnsw) return callNative(() => this.#native.hnswSearch(query, k, ef));
+    const metric = checkMetric('metric', options.metric ?? this.metric);
     return callNative(() => this.#native.search(query, k, metric, options.level));
   }
 
@@ -189,9 +221,12 @@ export class SparseTensor {
    */
   async searchBatch(queries: Float32Array, k: number, options: BatchSearchOptions = {}): Promise<BatchSearchResult> {
     const [metric, threads] = this.#batchArgs(queries, k, options);
+    const { hnsw, ef } = this.#indexArgs(options, k);
     let r;
     try {
-      r = await this.#native.searchBatchAsync(queries, k, metric, options.level, threads);
+      r = hnsw
+        ? await this.#native.hnswSearchBatchAsync(queries, k, ef, threads)
+        : await this.#native.searchBatchAsync(queries, k, metric, options.level, threads);
     } catch (err) {
       throw fromNative(err);
     }
@@ -201,6 +236,7 @@ export class SparseTensor {
   /** searchBatch on the calling thread's time (still spread over workers); for small batches. */
   searchBatchSync(queries: Float32Array, k: number, options: BatchSearchOptions = {}): BatchSearchResult {
     const [metric, threads] = this.#batchArgs(queries, k, options);
+    if ((options.index ?? 'exact') !== 'exact') throw new InvalidArgumentError("searchBatchSync supports index 'exact' only; use searchBatch");
     const r = callNative(() => this.#native.searchBatch(queries, k, metric, options.level, threads));
     return { ...r, queries: queries.length / this.dim, k };
   }
@@ -259,6 +295,101 @@ export class SparseTensor {
       leaves: this.#native.gather(sorted),
       proof: this.#native.prove(sorted),
     }));
+  }
+
+  /**
+   * Builds an HNSW graph over the patterns (hnswlib, with this library's SIMD kernels)
+   * on worker threads. The graph then follows training: writes that move a row by more
+   * than `driftThreshold` mark it dirty; dirty and appended rows are scanned exactly
+   * at query time until refreshHnsw() (or the automatic refresh past `maxDirty`)
+   * re-links them; every returned score is computed on current values.
+   */
+  async buildHnsw(options: HnswOptions = {}): Promise<void> {
+    const o = this.#hnswOptions(options);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    try {
+      await this.#native.hnswBuildAsync(o, threads);
+    } catch (err) {
+      throw fromNative(err);
+    }
+  }
+
+  /** Loads a graph written by saveHnsw() for exactly these rows; options as at build time. */
+  loadHnsw(path: string, options: HnswOptions = {}): void {
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+    const o = this.#hnswOptions(options);
+    callNative(() => this.#native.hnswLoad(path, o));
+  }
+
+  /** Refreshes every dirty row, then writes the graph to `path` atomically (temporary file, rename). */
+  saveHnsw(path: string): void {
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+    callNative(() => this.#native.hnswSave(path));
+  }
+
+  /** The HNSW index's parameters and state, or null when none was built. */
+  get hnsw(): HnswInfo | null {
+    return callNative(() => this.#native.hnswStats());
+  }
+
+  /** Re-links up to `budget` dirty rows (oldest first) now; returns how many. */
+  refreshHnsw(budget: number, options: { threads?: number } = {}): number {
+    checkInteger('budget', budget, 0, 2 ** 32 - 1);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    return callNative(() => this.#native.hnswRefresh(budget, threads));
+  }
+
+  /** refreshHnsw() on worker threads; writes are refused until it settles. */
+  async refreshHnswAsync(budget: number, options: { threads?: number } = {}): Promise<number> {
+    checkInteger('budget', budget, 0, 2 ** 32 - 1);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    try {
+      return await this.#native.hnswRefreshAsync(budget, threads);
+    } catch (err) {
+      throw fromNative(err);
+    }
+  }
+
+  #hnswOptions(options: HnswOptions): NativeHnswOptions {
+    const o: NativeHnswOptions = { metric: checkMetric('metric', options.metric ?? this.metric) };
+    if (options.M !== undefined) o.M = checkInteger('M', options.M, 2, 256);
+    if (options.efConstruction !== undefined) o.efConstruction = checkInteger('efConstruction', options.efConstruction, 1, 100_000);
+    if (options.seed !== undefined) o.seed = checkInteger('seed', options.seed, 0, 2 ** 32 - 1);
+    if (options.driftThreshold !== undefined) {
+      if (typeof options.driftThreshold !== 'number' || !(options.driftThreshold >= 0) || !Number.isFinite(options.driftThreshold)) {
+        throw new InvalidArgumentError(`driftThreshold must be a finite number >= 0, got ${String(options.driftThreshold)}`);
+      }
+      o.driftThreshold = options.driftThreshold;
+    }
+    if (options.maxDirty !== undefined) o.maxDirty = checkInteger('maxDirty', options.maxDirty, 0, 2 ** 32 - 1);
+    if (options.neighborUpdateProbability !== undefined) {
+      const p = options.neighborUpdateProbability;
+      if (typeof p !== 'number' || !(p >= 0 && p <= 1)) {
+        throw new InvalidArgumentError(`neighborUpdateProbability must be in 0..1, got ${String(p)}`);
+      }
+      o.neighborUpdateProbability = p;
+    }
+    return o;
+  }
+
+  /** Validates index / metric / ef for a search; returns the ef to pass (HNSW) or undefined. */
+  #indexArgs(options: SearchOptions, k: number): { hnsw: boolean; ef: number | undefined } {
+    const index = options.index ?? 'exact';
+    if (index !== 'exact' && index !== 'hnsw') throw new InvalidArgumentError(`index must be 'exact' or 'hnsw', got ${String(index)}`);
+    if (index === 'exact') {
+      if (options.ef !== undefined) throw new InvalidArgumentError("ef applies to index 'hnsw' only");
+      return { hnsw: false, ef: undefined };
+    }
+    const info = this.hnsw;
+    if (!info) throw new InvalidArgumentError('the tensor has no HNSW index: call buildHnsw() first');
+    if (options.metric !== undefined && options.metric !== info.metric) {
+      throw new InvalidArgumentError(`the HNSW index was built for metric '${info.metric}', not '${options.metric}'`);
+    }
+    if (options.level !== undefined) throw new InvalidArgumentError("level applies to index 'exact' only");
+    if (options.ef === undefined) return { hnsw: true, ef: undefined };
+    const ef = checkInteger('ef', options.ef, 1, 1_000_000);
+    if (ef < k) throw new OutOfRangeError(`ef must be >= k (${k}), got ${ef}`);
+    return { hnsw: true, ef };
   }
 
   #checkK(k: number): void {

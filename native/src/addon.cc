@@ -5,7 +5,6 @@
 
 #include "../third_party/blake3/blake3.h"
 #include "cpu.h"
-#include "hnsw_check.h"
 #include "kernels.h"
 #include "merkle.h"
 #include "napi_util.h"
@@ -89,19 +88,6 @@ Napi::Value Blake3(const Napi::CallbackInfo& info) {
   });
 }
 
-// hnswNearestL2(rows, d, query) -> id
-Napi::Value HnswNearest(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-    const ArrayArg<float> rows = f32_arg(info, 0, "rows");
-    const size_t d = size_arg(info, 1, "d", 1, 4096);
-    const ArrayArg<float> q = f32_arg(info, 2, "query");
-    if (rows.length % d != 0 || rows.length == 0 || q.length != d)
-      throw Error(ErrorCode::InvalidArgument, "rows must be a non-empty multiple of d and query of length d");
-    if (rows.length / d > 100000) throw Error(ErrorCode::OutOfRange, "at most 100000 rows");
-    return Napi::Number::New(info.Env(), hnsw_nearest_l2(rows.data, rows.length / d, d, q.data));
-  });
-}
-
 // merkleRoot(data, dim, threads?) -> Uint8Array(32): a fresh build over raw rows.
 Napi::Value MerkleRoot(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
@@ -154,7 +140,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelPair", Napi::Function::New(env, KernelPair));
   exports.Set("kernelBlock", Napi::Function::New(env, KernelBlock));
   exports.Set("blake3", Napi::Function::New(env, Blake3));
-  exports.Set("hnswNearestL2", Napi::Function::New(env, HnswNearest));
   return exports;
 }
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "hnsw_index.h"
 #include "merkle.h"
 #include "sparse_tensor.h"
 
@@ -19,6 +20,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   void leave_busy() { --busy_; }
   // Installs a Merkle tree built off the JavaScript thread over the current rows.
   void install_merkle(MerkleLevels&& levels);
+  void install_hnsw(std::unique_ptr<HnswIndex> index);
+  HnswIndex& hnsw();
 
  private:
   Napi::Value Size(const Napi::CallbackInfo& info);
@@ -39,6 +42,14 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value IsCommitted(const Napi::CallbackInfo& info);
   Napi::Value Root(const Napi::CallbackInfo& info);
   Napi::Value Prove(const Napi::CallbackInfo& info);
+  Napi::Value HnswBuildAsync(const Napi::CallbackInfo& info);
+  Napi::Value HnswLoad(const Napi::CallbackInfo& info);
+  Napi::Value HnswSave(const Napi::CallbackInfo& info);
+  Napi::Value HnswStatsJs(const Napi::CallbackInfo& info);
+  Napi::Value HnswSearch(const Napi::CallbackInfo& info);
+  Napi::Value HnswSearchBatchAsync(const Napi::CallbackInfo& info);
+  Napi::Value HnswRefresh(const Napi::CallbackInfo& info);
+  Napi::Value HnswRefreshAsync(const Napi::CallbackInfo& info);
 
   Napi::Value search_now(const Napi::CallbackInfo& info, bool batch);
 
@@ -57,6 +68,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   int busy_ = 0;
   // Declared after tensor_: destroyed first, so it unregisters from a live tensor.
   std::unique_ptr<MerkleTree> merkle_;
+  std::unique_ptr<HnswIndex> hnsw_;
 };
 
 }  // namespace gt

@@ -10,7 +10,7 @@
 
 #include "../../native/src/cpu.h"
 #include "../../native/src/errors.h"
-#include "../../native/src/hnsw_check.h"
+#include "../../native/src/hnsw_index.h"
 #include "../../native/src/kernels.h"
 #include "../../native/src/merkle.h"
 #include "../../native/src/search.h"
@@ -199,22 +199,52 @@ static void test_blake3_and_hnsw() {
   const uint8_t empty[4] = {0xaf, 0x13, 0x49, 0xb9};
   CHECK(std::memcmp(out, empty, 4) == 0);
 
-  const size_t n = 500, d = 16;
+  // HNSW: recall against exact search, and after writes every moved row is still found.
+  const size_t n = 2000, d = 16, k = 10;
+  gt::SparseTensor t(d, 0);
   auto data = rand_vec(n * d);
-  bool ok = true;
-  for (int t = 0; t < 10; ++t) {
-    auto q = rand_vec(d);
-    size_t best = 0;
-    float bd = INFINITY;
-    for (size_t i = 0; i < n; ++i) {
-      float s = 0;
-      for (size_t j = 0; j < d; ++j) s += (data[i * d + j] - q[j]) * (data[i * d + j] - q[j]);
-      if (s < bd) bd = s, best = i;
+  t.append(data.data(), n);
+  gt::HnswParams p;
+  p.metric = gt::Metric::L2;
+  gt::HnswIndex index(t, p, 2);
+  auto recall = [&](size_t queries) {
+    size_t hit = 0;
+    for (size_t qi = 0; qi < queries; ++qi) {
+      auto q = rand_vec(d);
+      std::vector<uint32_t> a(k), b(k);
+      std::vector<float> sa(k), sb(k);
+      index.search(q.data(), k, 64, a.data(), sa.data());
+      gt::ExactSearchArgs ea;
+      ea.data = t.data(); ea.n = t.size(); ea.d = d; ea.queries = q.data(); ea.nq = 1; ea.k = k;
+      ea.metric = gt::Metric::L2; ea.threads = 1; ea.kernels = &gt::kernels();
+      gt::exact_search(ea, b.data(), sb.data());
+      for (uint32_t x : a) hit += std::count(b.begin(), b.end(), x);
     }
-    ok = ok && gt::hnsw_nearest_l2(data.data(), n, d, q.data()) == best;
+    return double(hit) / double(queries * k);
+  };
+  CHECK(recall(50) >= 0.95);
+  // Move 300 rows far away: each is dirty and is found by a query equal to its new value.
+  bool found = true;
+  for (uint32_t id = 0; id < 300; ++id) {
+    auto v = rand_vec(d, 5.0f, 6.0f);
+    t.set(&id, 1, v.data());
+    uint32_t got;
+    float s;
+    index.search(v.data(), 1, 16, &got, &s);
+    found = found && got == id && s == 0.0f;
   }
-  CHECK(ok);
+  CHECK(found);
+  auto extra = rand_vec(d * 5, 9.0f, 9.5f);
+  t.append(extra.data(), 5);
+  uint32_t got5[5];
+  float s5[5];
+  index.search(extra.data(), 1, 16, got5, s5);
+  CHECK(got5[0] == n);
+  const size_t before = index.stats().dirty;
+  CHECK(index.refresh(before, 2) == before && index.stats().dirty == 0);
+  CHECK(recall(50) >= 0.9);
 }
+
 
 static void test_merkle() {
   // The tree follows every write: root == a fresh build after random writes and appends.

@@ -1,0 +1,265 @@
+#include "hnsw_index.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+
+#include "hnswlib_include.h"
+#include "parallel.h"
+#include "search.h"
+#include "topk.h"
+
+namespace gt {
+
+namespace {
+struct DistParam {
+  size_t dim;
+  const Kernels* kernels;
+};
+float dist_l2(const void* a, const void* b, const void* p) {
+  const auto* d = static_cast<const DistParam*>(p);
+  return d->kernels->l2sq(static_cast<const float*>(a), static_cast<const float*>(b), d->dim);
+}
+// hnswlib's inner-product distance: 1 - dot (cosine uses normalised copies).
+float dist_ip(const void* a, const void* b, const void* p) {
+  const auto* d = static_cast<const DistParam*>(p);
+  return 1.0f - d->kernels->dot(static_cast<const float*>(a), static_cast<const float*>(b), d->dim);
+}
+}  // namespace
+
+// Our runtime-dispatched kernels as the hnswlib space.
+struct HnswIndex::Space : public hnswlib::SpaceInterface<float> {
+  DistParam param;
+  hnswlib::DISTFUNC<float> func;
+  Space(size_t dim, Metric m, const Kernels* k) : param{dim, k}, func(m == Metric::L2 ? dist_l2 : dist_ip) {}
+  size_t get_data_size() override { return param.dim * sizeof(float); }
+  hnswlib::DISTFUNC<float> get_dist_func() override { return func; }
+  void* get_dist_func_param() override { return &param; }
+};
+
+namespace {
+void check_params(const HnswParams& p) {
+  if (p.M < 2 || p.M > 256) throw Error(ErrorCode::OutOfRange, "M must be in 2..256");
+  if (p.ef_construction < 1 || p.ef_construction > 100000)
+    throw Error(ErrorCode::OutOfRange, "efConstruction must be in 1..100000");
+  if (!(p.neighbor_update_probability >= 0.0f && p.neighbor_update_probability <= 1.0f))
+    throw Error(ErrorCode::OutOfRange, "neighborUpdateProbability must be in 0..1");
+  if (!(p.drift_threshold >= 0.0f) || !std::isfinite(p.drift_threshold))
+    throw Error(ErrorCode::OutOfRange, "driftThreshold must be a finite number >= 0");
+}
+}  // namespace
+
+HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t threads)
+    : tensor_(tensor), params_(params), kernels_(&kernels()) {
+  check_params(params_);
+  space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
+  const size_t n = tensor_.size();
+  graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::max<size_t>(n, 1), params_.M,
+                                                             params_.ef_construction, params_.seed);
+  graph_->setEf(1);  // the per-call ef is passed as the candidate count instead
+  dirty_.assign(n, 0);
+  parallel_for(n, n < 1000 ? 1 : threads, [&](size_t b, size_t e, size_t) {
+    std::vector<float> v(tensor_.dim());
+    for (size_t i = b; i < e; ++i) {
+      graph_vector(static_cast<uint32_t>(i), v.data());
+      graph_->addPoint(v.data(), static_cast<hnswlib::labeltype>(i));
+    }
+  });
+  tensor_.add_listener(this);
+}
+
+HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, const std::string& path)
+    : tensor_(tensor), params_(params), kernels_(&kernels()) {
+  check_params(params_);
+  space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
+  try {
+    graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), path, false,
+                                                               std::max<size_t>(tensor_.size(), 1));
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::InvalidArgument, std::string("cannot load the HNSW graph from ") + path + ": " + e.what());
+  }
+  if (graph_->cur_element_count != tensor_.size() || graph_->data_size_ != tensor_.dim() * sizeof(float))
+    throw Error(ErrorCode::InvalidArgument, "the saved HNSW graph does not match this tensor (rows or dim differ)");
+  for (size_t i = 0; i < tensor_.size(); ++i)
+    if (graph_->label_lookup_.find(i) == graph_->label_lookup_.end())
+      throw Error(ErrorCode::InvalidArgument, "the saved HNSW graph lacks row " + std::to_string(i));
+  graph_->setEf(1);
+  dirty_.assign(tensor_.size(), 0);
+  tensor_.add_listener(this);
+}
+
+HnswIndex::~HnswIndex() { tensor_.remove_listener(this); }
+
+HnswStats HnswIndex::stats() const {
+  std::shared_lock<std::shared_mutex> guard(lock_);
+  HnswStats s;
+  s.in_graph = graph_->cur_element_count;
+  s.dirty = dirty_count_;
+  s.refreshed = refreshed_;
+  return s;
+}
+
+void HnswIndex::graph_vector(uint32_t id, float* out) const {
+  const float* r = tensor_.row(id);
+  const size_t d = tensor_.dim();
+  if (params_.metric != Metric::Cosine) {
+    std::copy(r, r + d, out);
+    return;
+  }
+  const float n2 = kernels_->dot(r, r, d);
+  const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+  for (size_t j = 0; j < d; ++j) out[j] = r[j] * inv;
+}
+
+void HnswIndex::search(const float* query, size_t k, size_t ef, uint32_t* ids, float* scores) const {
+  std::shared_lock<std::shared_mutex> guard(lock_);
+  const size_t d = tensor_.dim();
+  TopK top(k, higher_is_better(params_.metric));
+  const size_t in_graph = graph_->cur_element_count;
+  if (in_graph > 0) {
+    std::vector<float> qn(query, query + d);
+    if (params_.metric == Metric::Cosine) {
+      const float n2 = kernels_->dot(query, query, d);
+      const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+      for (float& x : qn) x *= inv;
+    }
+    auto candidates = graph_->searchKnn(qn.data(), std::min(std::max(ef, k), in_graph));
+    while (!candidates.empty()) {
+      const uint32_t id = static_cast<uint32_t>(candidates.top().second);
+      candidates.pop();
+      // Dirty rows are scored below from their current values, exactly once.
+      if (id < dirty_.size() && !dirty_[id])
+        top.push(exact_score(*kernels_, params_.metric, query, tensor_.row(id), d), id);
+    }
+  }
+  for (uint32_t id : dirty_list_)
+    if (dirty_[id]) top.push(exact_score(*kernels_, params_.metric, query, tensor_.row(id), d), id);
+  const std::vector<Hit> hits = top.sorted();
+  for (size_t i = 0; i < k; ++i) {
+    ids[i] = hits[i].id;
+    scores[i] = hits[i].score;
+  }
+}
+
+void HnswIndex::search_batch(const float* queries, size_t nq, size_t k, size_t ef, size_t threads, uint32_t* ids,
+                             float* scores) const {
+  parallel_for(nq, nq < 4 ? 1 : threads, [&](size_t b, size_t e, size_t) {
+    for (size_t q = b; q < e; ++q) search(queries + q * tensor_.dim(), k, ef, ids + q * k, scores + q * k);
+  });
+}
+
+bool HnswIndex::refreshing() const {
+  if (!lock_.try_lock_shared()) return true;
+  lock_.unlock_shared();
+  return false;
+}
+
+size_t HnswIndex::refresh(size_t budget, size_t threads) {
+  std::unique_lock<std::shared_mutex> guard(lock_);
+  return refresh_locked(budget, threads);
+}
+
+size_t HnswIndex::refresh_locked(size_t budget, size_t threads) {
+  std::vector<uint32_t> todo;
+  size_t consumed = 0;
+  for (; consumed < dirty_list_.size() && todo.size() < budget; ++consumed) {
+    const uint32_t id = dirty_list_[consumed];
+    if (dirty_[id]) todo.push_back(id);
+  }
+  if (todo.empty() && consumed == dirty_list_.size()) {
+    dirty_list_.clear();
+    return 0;
+  }
+  const size_t need = *std::max_element(todo.begin(), todo.end()) + 1;
+  if (need > graph_->max_elements_) graph_->resizeIndex(std::max(need, graph_->max_elements_ * 3 / 2));
+  // A row already in the graph gets its vector replaced and its own links repaired
+  // (updatePoint); a new row is inserted.
+  std::vector<hnswlib::tableint> internal(todo.size());
+  std::vector<uint8_t> present(todo.size());
+  for (size_t i = 0; i < todo.size(); ++i) {
+    auto it = graph_->label_lookup_.find(todo[i]);
+    present[i] = it != graph_->label_lookup_.end();
+    if (present[i]) internal[i] = it->second;
+  }
+  parallel_for(todo.size(), todo.size() < 64 ? 1 : threads, [&](size_t b, size_t e, size_t) {
+    std::vector<float> v(tensor_.dim());
+    for (size_t i = b; i < e; ++i) {
+      graph_vector(todo[i], v.data());
+      if (present[i]) graph_->updatePoint(v.data(), internal[i], params_.neighbor_update_probability);
+      else graph_->addPoint(v.data(), static_cast<hnswlib::labeltype>(todo[i]));
+    }
+  });
+  for (uint32_t id : todo) dirty_[id] = 0;
+  dirty_count_ -= todo.size();
+  refreshed_ += todo.size();
+  dirty_list_.erase(dirty_list_.begin(), dirty_list_.begin() + static_cast<std::ptrdiff_t>(consumed));
+  return todo.size();
+}
+
+void HnswIndex::save(const std::string& path, size_t threads) {
+  std::unique_lock<std::shared_mutex> guard(lock_);
+  while (dirty_count_ > 0) refresh_locked(dirty_count_, threads);
+  // hnswlib's saveIndex does not report I/O errors: write a temporary file, check it
+  // is complete, then rename it over `path` (a crash leaves the old file intact).
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream probe(tmp, std::ios::binary);
+    if (!probe) throw Error(ErrorCode::InvalidArgument, "cannot write " + tmp);
+  }
+  graph_->saveIndex(tmp);
+  std::ifstream check(tmp, std::ios::binary | std::ios::ate);
+  const auto size = check ? static_cast<long long>(check.tellg()) : -1;
+  if (size <= 0) {
+    std::remove(tmp.c_str());
+    throw Error(ErrorCode::InvalidArgument, "writing the HNSW graph to " + tmp + " failed");
+  }
+  check.close();
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(ErrorCode::InvalidArgument, "cannot rename " + tmp + " to " + path);
+  }
+}
+
+size_t HnswIndex::dirty_limit() const {
+  return params_.max_dirty > 0 ? params_.max_dirty : std::max<size_t>(256, tensor_.size() / 50);
+}
+
+void HnswIndex::mark_dirty(uint32_t id) {
+  if (dirty_[id]) return;
+  dirty_[id] = 1;
+  dirty_list_.push_back(id);
+  ++dirty_count_;
+}
+
+void HnswIndex::on_rows_changed(const uint32_t* ids, size_t count) {
+  std::unique_lock<std::shared_mutex> guard(lock_);
+  const size_t d = tensor_.dim();
+  std::vector<float> v(d);
+  const float t2 = params_.drift_threshold * params_.drift_threshold;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t id = ids[i];
+    if (dirty_[id]) continue;
+    auto it = graph_->label_lookup_.find(id);
+    if (it == graph_->label_lookup_.end()) {
+      mark_dirty(id);
+      continue;
+    }
+    const float* copy = reinterpret_cast<const float*>(graph_->getDataByInternalId(it->second));
+    graph_vector(id, v.data());
+    const float moved = kernels_->l2sq(v.data(), copy, d);
+    const float size2 = kernels_->dot(copy, copy, d);
+    if (moved > t2 * std::max(size2, 1e-30f)) mark_dirty(id);
+  }
+  if (dirty_count_ > dirty_limit()) refresh_locked(dirty_count_ - dirty_limit() / 2, default_threads());
+}
+
+void HnswIndex::on_rows_appended(size_t first, size_t count) {
+  std::unique_lock<std::shared_mutex> guard(lock_);
+  dirty_.resize(first + count, 0);
+  for (size_t i = 0; i < count; ++i) mark_dirty(static_cast<uint32_t>(first + i));
+  if (dirty_count_ > dirty_limit()) refresh_locked(dirty_count_ - dirty_limit() / 2, default_threads());
+}
+
+}  // namespace gt
