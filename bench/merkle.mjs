@@ -20,8 +20,8 @@
  * GB/s are decimal (1e9 bytes / s) of pattern bytes (N * d * 4).
  */
 import { createRequire } from 'node:module';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+
+import { CORES, logger, machine, nowMs, randomFloats, rng, round, stats, writeResults } from './lib/common.mjs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -39,7 +39,6 @@ const { StandardMerkleTree } = require('@openzeppelin/merkle-tree');
 // ---------------------------------------------------------------- parameters
 
 const QUICK = process.argv.includes('--quick');
-const CORES = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 const P = QUICK
   ? {
       log2N: 16,
@@ -77,25 +76,7 @@ const PATTERN_BYTES = N * D * 4;
 
 // ---------------------------------------------------------------- helpers
 
-const log = (msg) => process.stderr.write(`[merkle] ${msg}\n`);
-
-/** mulberry32: small seeded PRNG, uniform in [0, 1). */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomFloats(rand, len, scale = 1) {
-  const out = new Float32Array(len);
-  for (let i = 0; i < len; i++) out[i] = (rand() * 2 - 1) * scale;
-  return out;
-}
+const log = logger('merkle');
 
 /** k unique ids in [0, n), sorted. */
 function randomIds(rand, n, k) {
@@ -109,21 +90,6 @@ function clusteredIds(rand, n, k) {
   const out = new Uint32Array(k);
   for (let i = 0; i < k; i++) out[i] = start + i;
   return out;
-}
-
-const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
-
-function quantile(sorted, q) {
-  if (sorted.length === 0) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
-
-function stats(samples) {
-  const s = [...samples].sort((a, b) => a - b);
-  return { median: quantile(s, 0.5), p10: quantile(s, 0.1), p90: quantile(s, 0.9), min: s[0], reps: s.length };
 }
 
 /** Calls fn repeatedly (after `warm` untimed calls) for at least minReps and until budgetMs; per-call ms samples. */
@@ -140,7 +106,6 @@ function sampleFor(fn, { budgetMs, minReps = 5, maxReps = 100000, warm = 3 }) {
 }
 
 const hex = (u8) => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength).toString('hex');
-const round = (x, digits = 4) => (Number.isFinite(x) ? Number(x.toPrecision(digits)) : x);
 
 function fmt(x, digits = 3) {
   if (typeof x === 'string') return x;
@@ -160,27 +125,12 @@ function table(title, headers, rows, notes = []) {
   console.log(out.join('\n'));
 }
 
-function machine() {
-  const cpus = os.cpus();
-  return {
-    cpuModel: cpus[0]?.model ?? 'unknown',
-    cores: CORES,
-    logicalCpus: cpus.length,
-    memoryBytes: os.totalmem(),
-    memoryGiB: round(os.totalmem() / 2 ** 30, 3),
-    platform: process.platform,
-    arch: process.arch,
-    node: process.version,
-    simd: simdInfo(),
-  };
-}
-
 const nat = native();
 const results = {
   name: 'merkle',
   date: new Date().toISOString(),
   command: `node bench/merkle.mjs${QUICK ? ' --quick' : ''}`,
-  machine: machine(),
+  machine: machine({ simd: simdInfo() }),
   parameters: {
     quick: QUICK,
     n: N,
@@ -603,8 +553,5 @@ results.verify = { n: N, dim: D, rows: vrows, headlineK: 32 };
 // ---------------------------------------------------------------- output
 
 results.elapsedSec = round((nowMs() - t0All) / 1e3);
-const outDir = join(here, 'results');
-mkdirSync(outDir, { recursive: true });
-const outFile = join(outDir, 'merkle.json'); // --quick writes it too (parameters.quick says which)
-writeFileSync(outFile, JSON.stringify(results, null, 2) + '\n');
+const outFile = writeResults('merkle', results); // --quick writes it too (parameters.quick says which)
 log(`done in ${results.elapsedSec} s; wrote ${outFile}`);
