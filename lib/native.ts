@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { NativeError } from './errors.js';
+import type { HnswOptions } from './sparse-tensor.js';
 
 export type NativeMetric = 'ip' | 'cosine' | 'l2';
 export type NativeSimdLevel = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -57,15 +58,8 @@ export interface NativeTensor {
   hnswRefreshAsync(budget: number, threads: number | undefined): Promise<number>;
 }
 
-export interface NativeHnswOptions {
-  metric: NativeMetric;
-  M?: number;
-  efConstruction?: number;
-  seed?: number;
-  driftThreshold?: number;
-  maxDirty?: number;
-  neighborUpdateProbability?: number;
-}
+/** HnswOptions as the addon takes them: the metric resolved, threads passed apart. */
+export type NativeHnswOptions = Omit<HnswOptions, 'metric' | 'threads'> & { metric: NativeMetric };
 
 export interface NativeHnswStats {
   metric: NativeMetric;

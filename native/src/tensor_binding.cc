@@ -23,30 +23,31 @@ struct SearchRequest {
   size_t threads = 1;
 };
 
+// Checks queries against the tensor (non-empty, length, finite); returns their count.
+size_t check_queries(const SparseTensor& t, const ArrayArg<float>& q, bool batch) {
+  if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "search on an empty tensor (no patterns)");
+  if (batch && q.length % t.dim() != 0)
+    throw Error(ErrorCode::InvalidArgument, "queries length " + std::to_string(q.length) +
+                                                " is not a multiple of dim " + std::to_string(t.dim()));
+  if (!batch && q.length != t.dim())
+    throw Error(ErrorCode::InvalidArgument, "query length " + std::to_string(q.length) + " does not match dim " +
+                                                std::to_string(t.dim()));
+  const size_t bad = first_non_finite(q.data, q.length);
+  if (bad != q.length)
+    throw Error(ErrorCode::NonFinite, std::string(batch ? "queries" : "query") + "[" + std::to_string(bad) +
+                                          "] is not finite");
+  return q.length / t.dim();
+}
+
 // Validates (queries, k, metric, level[, threads]) against the tensor.
 SearchRequest parse_search(const Napi::CallbackInfo& info, const SparseTensor& t,
                            const ArrayArg<float>& q, bool batch) {
   SearchRequest r;
-  if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "search on an empty tensor (no patterns)");
+  r.nq = check_queries(t, q, batch);
   r.k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
   r.metric = metric_arg(info, 2);
   r.level = level_arg(info, 3);
-  if (batch) {
-    if (q.length % t.dim() != 0)
-      throw Error(ErrorCode::InvalidArgument, "queries length " + std::to_string(q.length) +
-                                                  " is not a multiple of dim " + std::to_string(t.dim()));
-    r.nq = q.length / t.dim();
-    r.threads = threads_arg(info, 4);
-  } else {
-    if (q.length != t.dim())
-      throw Error(ErrorCode::InvalidArgument, "query length " + std::to_string(q.length) +
-                                                  " does not match dim " + std::to_string(t.dim()));
-    r.nq = 1;
-  }
-  const size_t bad = first_non_finite(q.data, q.length);
-  if (bad != q.length)
-    throw Error(ErrorCode::NonFinite, std::string(batch ? "queries" : "query") + "[" +
-                                          std::to_string(bad) + "] is not finite");
+  if (batch) r.threads = threads_arg(info, 4);
   return r;
 }
 
@@ -330,11 +331,9 @@ Napi::Value TensorBinding::HnswSearch(const Napi::CallbackInfo& info) {
     SparseTensor& t = usable();
     HnswIndex& index = hnsw();
     const ArrayArg<float> q = f32_arg(info, 0, "query");
-    if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "search on an empty tensor (no patterns)");
+    check_queries(t, q, false);
     const size_t k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
     const size_t ef = ef_arg(info, 2, k);
-    if (q.length != t.dim()) throw Error(ErrorCode::InvalidArgument, "query length " + std::to_string(q.length) + " does not match dim " + std::to_string(t.dim()));
-    if (first_non_finite(q.data, q.length) != q.length) throw Error(ErrorCode::NonFinite, "query is not finite");
     if (index.refreshing()) throw Error(ErrorCode::Busy, "an HNSW refresh is running; await it first");
     std::vector<uint32_t> ids(k);
     std::vector<float> scores(k);
@@ -349,15 +348,11 @@ Napi::Value TensorBinding::HnswSearchBatchAsync(const Napi::CallbackInfo& info) 
     SparseTensor& t = usable();
     HnswIndex& index = hnsw();
     const ArrayArg<float> q = f32_arg(info, 0, "queries");
-    if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "search on an empty tensor (no patterns)");
     SearchRequest r;
+    r.nq = check_queries(t, q, true);
     r.k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
     const size_t ef = ef_arg(info, 2, r.k);
     r.threads = threads_arg(info, 3);
-    if (q.length % t.dim() != 0) throw Error(ErrorCode::InvalidArgument, "queries length " + std::to_string(q.length) + " is not a multiple of dim " + std::to_string(t.dim()));
-    r.nq = q.length / t.dim();
-    const size_t bad = first_non_finite(q.data, q.length);
-    if (bad != q.length) throw Error(ErrorCode::NonFinite, "queries[" + std::to_string(bad) + "] is not finite");
     auto* worker = new HnswSearchWorker(info.Env(), this, info.This().As<Napi::Object>(), t, index, r, ef, q.data);
     Napi::Promise promise = worker->promise();
     worker->Queue();
