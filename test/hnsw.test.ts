@@ -178,4 +178,17 @@ describe('HNSW index', () => {
     await expect(t.searchBatch(new Float32Array(5), 1, { index: 'hnsw' })).rejects.toBeInstanceOf(InvalidArgumentError);
     expect(() => SparseTensor.create(4).refreshHnsw(1)).toThrow(InvalidArgumentError);
   });
+
+  it('an index built on an empty tensor refuses searches until rows arrive, then finds them', async () => {
+    const t = SparseTensor.create(4, { metric: 'l2' });
+    await t.buildHnsw();
+    expect(t.hnsw).toMatchObject({ inGraph: 0, dirty: 0 });
+    expect(() => t.search(new Float32Array(4), 1, { index: 'hnsw' })).toThrow(OutOfRangeError);
+    const rows = new Rng(39).f32(50 * 4);
+    t.append(rows);
+    expect(t.search(rows.subarray(40, 44), 1, { index: 'hnsw' }).ids[0]).toBe(10); // scanned exactly
+    expect(t.refreshHnsw(1000)).toBe(50);
+    expect(t.hnsw).toMatchObject({ inGraph: 50, dirty: 0 });
+    expect(t.search(rows.subarray(40, 44), 1, { index: 'hnsw' }).ids[0]).toBe(10); // through the graph
+  });
 });
