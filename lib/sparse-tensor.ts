@@ -284,13 +284,10 @@ export class SparseTensor {
     const u = toIds('ids', ids);
     const sorted = Uint32Array.from(new Set(u)).sort();
     if (sorted.length === 0) throw new InvalidArgumentError('ids is empty');
-    const n = this.size;
-    for (let i = 0; i < sorted.length; i++) {
-      if (sorted[i]! >= n) throw new OutOfRangeError(`ids contains ${sorted[i]}, out of range for ${n} patterns`);
-    }
+    // gather (below) checks the ids against N before the proof is built.
     return callNative(() => ({
       root: this.#native.root(),
-      n,
+      n: this.#native.size(),
       ids: sorted,
       leaves: this.#native.gather(sorted),
       proof: this.#native.prove(sorted),

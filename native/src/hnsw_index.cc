@@ -137,6 +137,22 @@ void HnswIndex::search(const float* query, size_t k, size_t ef, uint32_t* ids, f
   for (uint32_t id : dirty_list_)
     if (dirty_[id]) top.push(exact_score(*kernels_, params_.metric, query, tensor_.row(id), d), id);
   const std::vector<Hit> hits = top.sorted();
+  if (hits.size() < k) {
+    // The graph returned fewer candidates than needed (hnswlib does not promise k):
+    // answer from the exact index rather than read past the hits.
+    ExactSearchArgs a;
+    a.data = tensor_.data();
+    a.n = tensor_.size();
+    a.d = d;
+    a.queries = query;
+    a.nq = 1;
+    a.k = k;
+    a.metric = params_.metric;
+    a.threads = 1;
+    a.kernels = kernels_;
+    exact_search(a, ids, scores);
+    return;
+  }
   for (size_t i = 0; i < k; ++i) {
     ids[i] = hits[i].id;
     scores[i] = hits[i].score;

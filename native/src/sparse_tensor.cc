@@ -126,10 +126,9 @@ void SparseTensor::apply_write(const WriteBatch& b) {
   check_ids(b.ids, b.count, "ids");
   std::vector<uint32_t> touched(b.ids, b.ids + b.count);
   if (b.kind == WriteKind::Set) {
-    std::vector<uint32_t> sorted(touched);
-    std::sort(sorted.begin(), sorted.end());
-    auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-    if (dup != sorted.end())
+    std::sort(touched.begin(), touched.end());
+    auto dup = std::adjacent_find(touched.begin(), touched.end());
+    if (dup != touched.end())
       throw Error(ErrorCode::InvalidArgument,
                   "ids repeats id " + std::to_string(*dup) + " (a set writes each row once)");
     for (size_t i = 0; i < b.count; ++i)
