@@ -13,30 +13,15 @@
 
 namespace gt {
 
-namespace {
-struct DistParam {
-  size_t dim;
-  const Kernels* kernels;
-};
-float dist_l2(const void* a, const void* b, const void* p) {
-  const auto* d = static_cast<const DistParam*>(p);
-  return d->kernels->l2sq(static_cast<const float*>(a), static_cast<const float*>(b), d->dim);
-}
-// hnswlib's inner-product distance: 1 - dot (cosine uses normalised copies).
-float dist_ip(const void* a, const void* b, const void* p) {
-  const auto* d = static_cast<const DistParam*>(p);
-  return 1.0f - d->kernels->dot(static_cast<const float*>(a), static_cast<const float*>(b), d->dim);
-}
-}  // namespace
-
-// Our runtime-dispatched kernels as the hnswlib space.
+// Our runtime-dispatched kernels as the hnswlib space: the level's own DISTFUNC-shaped
+// wrappers (hnswlib's inner-product distance is 1 - dot; cosine uses normalised copies).
 struct HnswIndex::Space : public hnswlib::SpaceInterface<float> {
-  DistParam param;
+  size_t dim;
   hnswlib::DISTFUNC<float> func;
-  Space(size_t dim, Metric m, const Kernels* k) : param{dim, k}, func(m == Metric::L2 ? dist_l2 : dist_ip) {}
-  size_t get_data_size() override { return param.dim * sizeof(float); }
+  Space(size_t d, Metric m, const Kernels* k) : dim(d), func(m == Metric::L2 ? k->hnsw_l2 : k->hnsw_ip) {}
+  size_t get_data_size() override { return dim * sizeof(float); }
   hnswlib::DISTFUNC<float> get_dist_func() override { return func; }
-  void* get_dist_func_param() override { return &param; }
+  void* get_dist_func_param() override { return &dim; }
 };
 
 namespace {
@@ -126,6 +111,11 @@ void HnswIndex::search(const float* query, size_t k, size_t ef, uint32_t* ids, f
       for (float& x : qn) x *= inv;
     }
     auto candidates = graph_->searchKnn(qn.data(), std::min(std::max(ef, k), in_graph));
+    // The queue pops worst first. Only the best `rescore` candidates by graph distance
+    // are re-scored on current values: reading every one of ef rows again costs a cache
+    // miss each, and a clean row's graph copy is within drift_threshold of its value.
+    const size_t rescore = rescore_count(k);
+    while (candidates.size() > rescore) candidates.pop();
     while (!candidates.empty()) {
       const uint32_t id = static_cast<uint32_t>(candidates.top().second);
       candidates.pop();

@@ -1,9 +1,9 @@
 // HNSW index over a SparseTensor (vendored hnswlib graph, our SIMD kernels as its
 // distance). Stays useful while training moves the patterns:
 //
-// - The graph navigates on its own copies of the rows. Every candidate it returns is
-//   re-scored on the row's current value with the same scorer as the exact index,
-//   so a score is never stale.
+// - The graph navigates on its own copies of the rows. The best rescore_count(k)
+//   candidates by graph distance (of ef) are re-scored on the rows' current values
+//   with the same scorer as the exact index, so a returned score is never stale.
 // - A write measures each changed row's drift from its graph copy (MONGOOSE's
 //   trigger): ||current - copy|| / ||copy|| above `drift_threshold` marks the row
 //   dirty. Appended rows start dirty (not yet in the graph).
@@ -45,6 +45,11 @@ struct HnswParams {
   // with this probability; 1.0 (hnswlib's default) costs ~30x an insertion here.
   float neighbor_update_probability = 0.0f;
 };
+
+// How many of the graph's ef candidates a search re-scores on current values:
+// 2k, at least k + 16. Graph distances of clean rows are within the drift threshold
+// of their current values, so the true top k lie among the best few candidates.
+inline size_t rescore_count(size_t k) { return k + (k > 16 ? k : 16); }
 
 struct HnswStats {
   size_t in_graph = 0;  // rows linked in the graph

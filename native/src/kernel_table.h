@@ -19,7 +19,21 @@ struct Kernels {
   // Same with squared L2 distance.
   void (*l2_block)(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,
                    size_t ldo);
+  // hnswlib distance functions (DISTFUNC shape; `param` points to the size_t dim):
+  // 1 - dot(a, b) and l2sq(a, b), one call with the kernel inlined.
+  float (*hnsw_ip)(const void* a, const void* b, const void* param);
+  float (*hnsw_l2)(const void* a, const void* b, const void* param);
 };
+
+// Defines the two hnswlib-shaped wrappers of a level's dot and l2sq kernels.
+#define GT_HNSW_WRAPPERS(DOT, L2)                                                          \
+  float hnsw_ip_wrap(const void* a, const void* b, const void* p) {                        \
+    return 1.0f - DOT(static_cast<const float*>(a), static_cast<const float*>(b),          \
+                      *static_cast<const size_t*>(p));                                     \
+  }                                                                                        \
+  float hnsw_l2_wrap(const void* a, const void* b, const void* p) {                        \
+    return L2(static_cast<const float*>(a), static_cast<const float*>(b), *static_cast<const size_t*>(p)); \
+  }
 
 // Per-level tables (defined in kernels_<level>.cc; null when not compiled in).
 extern const Kernels* const kKernelsScalar;

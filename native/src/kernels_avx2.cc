@@ -136,7 +136,10 @@ void l2_block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t 
   block_avx2<true>(Q, nq, R, nr, d, out, ldo);
 }
 
-const Kernels kTable = {dot_avx2, l2sq_avx2, sum_avx2, dot_block_avx2, l2_block_avx2};
+GT_HNSW_WRAPPERS(dot_avx2, l2sq_avx2)
+
+const Kernels kTable = {dot_avx2, l2sq_avx2, sum_avx2, dot_block_avx2, l2_block_avx2, hnsw_ip_wrap,
+                         hnsw_l2_wrap};
 
 }  // namespace
 const Kernels* const kKernelsAVX2 = &kTable;

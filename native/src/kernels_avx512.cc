@@ -131,7 +131,10 @@ void l2_block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_
   block_avx512<true>(Q, nq, R, nr, d, out, ldo);
 }
 
-const Kernels kTable = {dot_avx512, l2sq_avx512, sum_avx512, dot_block_avx512, l2_block_avx512};
+GT_HNSW_WRAPPERS(dot_avx512, l2sq_avx512)
+
+const Kernels kTable = {dot_avx512, l2sq_avx512, sum_avx512, dot_block_avx512, l2_block_avx512, hnsw_ip_wrap,
+                         hnsw_l2_wrap};
 
 }  // namespace
 const Kernels* const kKernelsAVX512 = &kTable;

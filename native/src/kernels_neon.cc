@@ -62,7 +62,10 @@ void l2_block_neon(const float* Q, size_t nq, const float* R, size_t nr, size_t 
     for (size_t j = 0; j < nr; ++j) out[i * ldo + j] = l2sq_neon(Q + i * d, R + j * d, d);
 }
 
-const Kernels kTable = {dot_neon, l2sq_neon, sum_neon, dot_block_neon, l2_block_neon};
+GT_HNSW_WRAPPERS(dot_neon, l2sq_neon)
+
+const Kernels kTable = {dot_neon, l2sq_neon, sum_neon, dot_block_neon, l2_block_neon, hnsw_ip_wrap,
+                         hnsw_l2_wrap};
 
 }  // namespace
 const Kernels* const kKernelsNEON = &kTable;

@@ -53,7 +53,10 @@ void l2_block_scalar(const float* Q, size_t nq, const float* R, size_t nr, size_
     for (size_t j = 0; j < nr; ++j) out[i * ldo + j] = l2sq_scalar(Q + i * d, R + j * d, d);
 }
 
-const Kernels kTable = {dot_scalar, l2sq_scalar, sum_scalar, dot_block_scalar, l2_block_scalar};
+GT_HNSW_WRAPPERS(dot_scalar, l2sq_scalar)
+
+const Kernels kTable = {dot_scalar, l2sq_scalar, sum_scalar, dot_block_scalar, l2_block_scalar, hnsw_ip_wrap,
+                         hnsw_l2_wrap};
 
 }  // namespace
 

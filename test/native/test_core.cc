@@ -70,6 +70,9 @@ static void test_kernels() {
       CHECK(std::fabs(K.dot(a.data(), b.data(), n) - dot) <= eps * mag + 1e-30);
       CHECK(std::fabs(K.l2sq(a.data(), b.data(), n) - l2) <= eps * l2 + 1e-30);
       CHECK(std::fabs(K.sum(a.data(), n) - sum) <= eps * smag + 1e-30);
+      // The hnswlib-shaped wrappers are exactly 1 - dot and l2sq of the same level.
+      CHECK(K.hnsw_ip(a.data(), b.data(), &n) == 1.0f - K.dot(a.data(), b.data(), n));
+      CHECK(K.hnsw_l2(a.data(), b.data(), &n) == K.l2sq(a.data(), b.data(), n));
     }
     // Block kernels: every pair equals the 1x1 computation bit for bit.
     const size_t d = 29, nq = 9, nr = 11;
