@@ -7,6 +7,9 @@
  *   node bench/index.mjs            full run (~15 min on 2 cores)
  *   node bench/index.mjs --quick    smaller sizes, about a minute
  *   --n-a=N, --n-b=N, --queries=Q   override the dataset sizes / query count
+ *   --only=A|B      run one dataset;  --skip-1t   skip our single-thread build
+ *   --name=NAME     write bench/results/NAME.json instead of index.json
+ *   The 1e6 x 64 run: node bench/index.mjs --only=B --n-b=1000000 --skip-1t --queries=300 --name=index-1e6
  *
  * Datasets:
  *   A  Fashion-MNIST train images (60k x 784, f32 in [0, 1]), metric l2 (squared),
@@ -77,8 +80,20 @@ function intArg(name) {
   return v;
 }
 
+function strArg(name) {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3) : undefined;
+}
+const ONLY = strArg('only');
+if (ONLY !== undefined && ONLY !== 'A' && ONLY !== 'B') throw new Error(`--only must be A or B, got ${ONLY}`);
+const SKIP_1T = process.argv.includes('--skip-1t');
+const NAME = strArg('name') ?? 'index';
+if (!/^[a-z0-9-]+$/.test(NAME)) throw new Error(`--name must be lowercase letters, digits and dashes, got ${NAME}`);
+
 const FASHION_DIR = '/usr/share/datasets/fashion-mnist';
 const P = {
+  only: ONLY ?? 'A+B',
+  skip1t: SKIP_1T,
   k: 10,
   M: 16,
   efConstruction: 200,
@@ -108,7 +123,7 @@ const P = {
 const log = logger('index');
 const simd = simdInfo();
 const results = {
-  name: 'index',
+  name: NAME,
   date: new Date().toISOString(),
   command: ['node bench/index.mjs', ...process.argv.slice(2)].join(' '),
   machine: machine({ simd }),
@@ -289,15 +304,18 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
   log(`${key}:   ${fmt(buildAllSec)} s (${fmt(n / buildAllSec)} points/s; process CPU ${fmt(buildAllCpu)} s)`);
   tryGc();
 
-  log(`${key}: ours buildHnsw threads=1 ...`);
-  const t1 = SparseTensor.fromArray(data, d, { metric });
-  cpu0 = process.cpuUsage();
-  t = nowMs();
-  await t1.buildHnsw({ ...hp, threads: 1 });
-  const build1Sec = (nowMs() - t) / 1e3;
-  const build1Cpu = cpuSec(cpu0);
-  log(`${key}:   ${fmt(build1Sec)} s (${fmt(n / build1Sec)} points/s; process CPU ${fmt(build1Cpu)} s)`);
-  tryGc();
+  let t1 = null, build1Sec = NaN, build1Cpu = NaN;
+  if (!SKIP_1T) {
+    log(`${key}: ours buildHnsw threads=1 ...`);
+    t1 = SparseTensor.fromArray(data, d, { metric });
+    cpu0 = process.cpuUsage();
+    t = nowMs();
+    await t1.buildHnsw({ ...hp, threads: 1 });
+    build1Sec = (nowMs() - t) / 1e3;
+    build1Cpu = cpuSec(cpu0);
+    log(`${key}:   ${fmt(build1Sec)} s (${fmt(n / build1Sec)} points/s; process CPU ${fmt(build1Cpu)} s)`);
+    tryGc();
+  }
 
   log(`${key}: hnswlib-node addPoint x ${fmtCount(n)} (single-threaded, JS thread) ...`);
   const h = new HierarchicalNSW(metric, d);
@@ -347,7 +365,7 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
   };
   if (CORES > 1 && buildAllCpu < 0.75 * CORES * buildAllSec)
     checks.push(`${key}: the ${CORES}-thread build used ${round(buildAllCpu / buildAllSec, 3)} cores on average (other load?)`);
-  if (build1Sec > hBuildSec) checks.push(`${key}: our 1-thread build (${round(build1Sec)} s) is slower than hnswlib-node (${round(hBuildSec)} s)`);
+  if (t1 && build1Sec > hBuildSec) checks.push(`${key}: our 1-thread build (${round(build1Sec)} s) is slower than hnswlib-node (${round(hBuildSec)} s)`);
 
   // --- ef sweep
   const qSingle = Array.from({ length: nq }, (_, i) => queries.subarray(i * d, (i + 1) * d));
@@ -405,8 +423,7 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
     const recallBatch = recallOf(batchIds, truth, nq, K);
     let batchSame = 0;
     for (let i = 0; i < nq * K; i++) if (batchIds[i] === oursIds[i]) batchSame++;
-    const r1 = await t1.searchBatch(queries, K, batchOpt);
-    const recall1tGraph = recallOf(r1.ids, truth, nq, K);
+    const recall1tGraph = t1 ? recallOf((await t1.searchBatch(queries, K, batchOpt)).ids, truth, nq, K) : null;
     const qps = (arr, perRound) => {
       const s = stats(arr);
       return { median: round((perRound / s.median) * 1e3), best: round((perRound / s.min) * 1e3), rounds: arr.length };
@@ -464,7 +481,9 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
 // ---------------------------------------------------------------- datasets
 
 const datasets = [];
-if (existsSync(`${FASHION_DIR}/train-images-idx3-ubyte.gz`)) {
+if (ONLY === 'B') {
+  results.notes.push('dataset A skipped (--only=B)');
+} else if (existsSync(`${FASHION_DIR}/train-images-idx3-ubyte.gz`)) {
   datasets.push(() => ({
     key: 'A',
     title: 'Fashion-MNIST',
@@ -478,7 +497,7 @@ if (existsSync(`${FASHION_DIR}/train-images-idx3-ubyte.gz`)) {
   results.notes.push(`dataset A skipped: Fashion-MNIST not found at ${FASHION_DIR}`);
   log(`A skipped: no Fashion-MNIST at ${FASHION_DIR}`);
 }
-datasets.push(() => ({
+if (ONLY !== 'A') datasets.push(() => ({
   key: 'B',
   title: 'random unit vectors',
   data: unitVectors(P.dataSeedB, P.nB, P.dB),
@@ -506,7 +525,7 @@ for (const make of datasets) {
         : '');
     results.notes.push(`dataset B: ${r.sizeNote}`);
   }
-  writeResults('index', { ...results, partial: true, checks });
+  writeResults(NAME, { ...results, partial: true, checks });
   tryGc();
 }
 
@@ -621,5 +640,5 @@ results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);
 console.log(checks.length === 0 ? '  none flagged' : checks.map((c) => `  - ${c}`).join('\n'));
 console.log(`\n  elapsed ${fmt(results.elapsedSec)} s`);
-const file = writeResults('index', results);
+const file = writeResults(NAME, results);
 log(`done in ${results.elapsedSec} s; wrote ${file}`);
