@@ -56,10 +56,53 @@ export interface NativeTensor {
   hnswSearchBatchAsync(queries: Float32Array, k: number, ef: number | undefined, threads: number | undefined): Promise<NativeSearchResult>;
   hnswRefresh(budget: number, threads: number | undefined): number;
   hnswRefreshAsync(budget: number, threads: number | undefined): Promise<number>;
+  optimInit(options: NativeOptimizerOptions): void;
+  optimStep(ids: Uint32Array, grads: Float32Array): number;
+  optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };
+  optimSetLr(lr: number): void;
+  optimInfo(): NativeOptimizerInfo | null;
+  denseHopfieldForwardAsync(
+    values: NativeTensor,
+    queries: Float32Array,
+    beta: number,
+    metric: NativeMetric,
+    threads: number | undefined,
+  ): Promise<{ y: Float32Array; lse: Float32Array }>;
+  denseHopfieldBackwardAsync(
+    values: NativeTensor,
+    queries: Float32Array,
+    beta: number,
+    metric: NativeMetric,
+    threads: number | undefined,
+    y: Float32Array,
+    lse: Float32Array,
+    dy: Float32Array,
+  ): Promise<{ dQ: Float32Array; dK: Float32Array; dV: Float32Array; dBeta: number }>;
 }
 
 /** HnswOptions as the addon takes them: the metric resolved, threads passed apart. */
 export type NativeHnswOptions = Omit<HnswOptions, 'metric' | 'threads'> & { metric: NativeMetric };
+
+export interface NativeOptimizerOptions {
+  kind: 'adam' | 'sgd';
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  biasCorrection?: 'row' | 'global';
+}
+
+export interface NativeOptimizerInfo {
+  kind: 'adam' | 'sgd';
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  biasCorrection: 'row' | 'global';
+  steps: number;
+}
 
 export interface NativeHnswStats {
   metric: NativeMetric;
