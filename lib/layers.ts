@@ -44,26 +44,37 @@ export interface HopfieldLookupOptions {
   /**
    * Hopfield update steps (hflayers' update_steps_max), default 1: steps - 1 times the
    * state q is replaced by sum_j a_j K_j (retrieval in key space) before the final
-   * lookup of the values. Forward only when > 1 (backward raises UnsupportedError).
+   * lookup of the values. backward() goes through every step (the key rows then get
+   * gradients both as keys and as mixed rows). Sparse mode only.
    */
   updateSteps?: number;
   /** Worker threads for retrieval and dense kernels. */
   threads?: number;
 }
 
+/** One retrieval of the forward pass: state q -> top-k -> softmax -> mix of table rows. */
+export interface HopfieldStage {
+  readonly q: Float32Array;
+  readonly ids: Uint32Array;
+  readonly s: Float32Array;
+  readonly a: Float32Array;
+  readonly out: Float32Array;
+  /** true: the mixed rows are the values (last stage); false: the keys (update steps). */
+  readonly toValues: boolean;
+}
+
 /** What forward() keeps for backward(); treat as opaque. */
 export interface HopfieldContext {
   readonly batch: number;
   readonly x: Float32Array;
+  /** The (normalised) input: the first state. */
   readonly q: Float32Array;
   readonly xNorm: Float32Array;
-  readonly ids: Uint32Array;
-  readonly s: Float32Array;
-  readonly a: Float32Array;
+  readonly stages: readonly HopfieldStage[];
   readonly y: Float32Array;
   readonly beta: number;
+  /** Dense mode: per-input log-sum-exp from the forward kernel. */
   readonly lse: Float32Array | null;
-  readonly steps: number;
 }
 
 export interface HopfieldForward {
@@ -82,6 +93,25 @@ export interface HopfieldGradients {
   /** Sparse gradients of key rows (one entry per key tensor) and value rows. */
   grads: SparseGrad[];
   dBeta: number;
+}
+
+function concatU32(parts: Uint32Array[]): Uint32Array {
+  const out = new Uint32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+function concatF32(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
@@ -177,18 +207,21 @@ export class HopfieldLookup {
       } catch (err) {
         throw fromNative(err);
       }
-      const ctx: HopfieldContext = { batch: B, x, q, xNorm, ids: new Uint32Array(0), s: new Float32Array(0), a: new Float32Array(0), y: r.y, beta, lse: r.lse, steps: 1 };
-      return { y: r.y, ids: ctx.ids, weights: ctx.a, ctx };
+      const ctx: HopfieldContext = { batch: B, x, q, xNorm, stages: [], y: r.y, beta, lse: r.lse };
+      return { y: r.y, ids: new Uint32Array(0), weights: new Float32Array(0), ctx };
     }
+    const stages: HopfieldStage[] = [];
     let state = q;
-    for (let step = 1; step < this.updateSteps; step++) {
-      const { ids, a } = await this.#select(state, B, beta);
-      state = this.#mix(ids, a, B, this.keys instanceof SparseTensor ? this.keys : null);
+    for (let step = 1; step <= this.updateSteps; step++) {
+      const toValues = step === this.updateSteps;
+      const { ids, s, a } = await this.#select(state, B, beta);
+      const out = this.#mix(ids, a, B, toValues ? this.values : this.keys instanceof SparseTensor ? this.keys : null);
+      stages.push({ q: state, ids, s, a, out, toValues });
+      state = out;
     }
-    const { ids, s, a } = await this.#select(state, B, beta);
-    const y = this.#mix(ids, a, B, this.values);
-    const ctx: HopfieldContext = { batch: B, x, q: state, xNorm, ids, s, a, y, beta, lse: null, steps: this.updateSteps };
-    return { y, ids, weights: a, ctx };
+    const last = stages[stages.length - 1]!;
+    const ctx: HopfieldContext = { batch: B, x, q, xNorm, stages, y: last.out, beta, lse: null };
+    return { y: last.out, ids: last.ids, weights: last.a, ctx };
   }
 
   /** Gradients of sum(dy . y) for the forward pass `ctx`. */
@@ -197,7 +230,6 @@ export class HopfieldLookup {
     const B = ctx.batch, d = this.dim, dv = this.outDim;
     if (dy.length !== B * dv) throw new InvalidArgumentError(`dy has length ${dy.length}, expected ${B * dv}`);
     for (let i = 0; i < dy.length; i++) if (!Number.isFinite(dy[i]!)) throw new InvalidArgumentError(`dy[${i}] is not finite`);
-    if (ctx.steps > 1) throw new UnsupportedError('backward through updateSteps > 1 is not supported; train with updateSteps = 1');
     let dq: Float32Array;
     let grads: SparseGrad[];
     let dBeta: number;
@@ -218,26 +250,31 @@ export class HopfieldLookup {
       ];
       dBeta = r.dBeta;
     } else {
-      const k = this.k;
-      const { ids, s, a, y, beta, q } = ctx;
-      const V = this.values.gather(ids);
-      const dV = new Float32Array(B * k * dv);
-      const ds = new Float32Array(B * k);
+      // Back through the stages: the last mixed the values, earlier ones the keys.
+      const parts = new Map<SparseTensor, { ids: Uint32Array[]; grads: Float32Array[] }>();
+      const push = (g: SparseGrad): void => {
+        const e = parts.get(g.tensor) ?? { ids: [], grads: [] };
+        e.ids.push(g.ids as Uint32Array);
+        e.grads.push(g.grads);
+        parts.set(g.tensor, e);
+      };
+      let dOut = dy;
       dBeta = 0;
-      for (let b = 0; b < B; b++) {
-        const c = dot(dy, b * dv, y, b * dv, dv);
-        for (let j = 0; j < k; j++) {
-          const r = b * k + j;
-          const aj = a[r]!;
-          const g = aj * (dot(dy, b * dv, V, r * dv, dv) - c);
-          ds[r] = beta * g;
-          dBeta += g * s[r]!;
-          for (let t = 0; t < dv; t++) dV[r * dv + t] = aj * dy[b * dv + t]!;
-        }
+      for (let i = ctx.stages.length - 1; i >= 0; i--) {
+        const st = ctx.stages[i]!;
+        const r = this.#stageBackward(st, dOut, ctx.beta, B);
+        dBeta += r.dBeta;
+        for (const g of r.grads) push(g);
+        dOut = r.dq;
       }
-      const kg = this.#keyBackward(q, ids, s, ds, B);
-      dq = kg.dq;
-      grads = [...kg.grads, { tensor: this.values, ids, grads: dV }];
+      dq = dOut;
+      const order = this.keys instanceof ProductKeyIndex ? [this.keys.keys1, this.keys.keys2, this.values] : [this.keys, this.values];
+      grads = [];
+      for (const t of order) {
+        const e = parts.get(t);
+        if (!e) continue;
+        grads.push(e.ids.length === 1 ? { tensor: t, ids: e.ids[0]!, grads: e.grads[0]! } : { tensor: t, ids: concatU32(e.ids), grads: concatF32(e.grads) });
+      }
     }
     let dx = dq;
     if (this.normalize) {
@@ -250,6 +287,49 @@ export class HopfieldLookup {
       }
     }
     return { dx, grads, dBeta };
+  }
+
+  /** One stage's backward: gradients of the mixed rows, the key rows and its state q. */
+  #stageBackward(st: HopfieldStage, dOut: Float32Array, beta: number, B: number): { dq: Float32Array; grads: SparseGrad[]; dBeta: number } {
+    const k = this.k;
+    const { ids, s, a, out } = st;
+    const rows = st.toValues ? this.values.gather(ids) : this.keys instanceof SparseTensor ? this.keys.gather(ids) : this.#productKeyRows(ids);
+    const w = out.length / B;
+    const dRows = new Float32Array(B * k * w);
+    const ds = new Float32Array(B * k);
+    let dBeta = 0;
+    for (let b = 0; b < B; b++) {
+      const c = dot(dOut, b * w, out, b * w, w);
+      for (let j = 0; j < k; j++) {
+        const r = b * k + j;
+        const aj = a[r]!;
+        const g = aj * (dot(dOut, b * w, rows, r * w, w) - c);
+        ds[r] = beta * g;
+        dBeta += g * s[r]!;
+        for (let t = 0; t < w; t++) dRows[r * w + t] = aj * dOut[b * w + t]!;
+      }
+    }
+    const kg = this.#keyBackward(st.q, ids, s, ds, B);
+    let mixed: SparseGrad[];
+    if (st.toValues) mixed = [{ tensor: this.values, ids, grads: dRows }];
+    else if (this.keys instanceof SparseTensor) mixed = [{ tensor: this.keys, ids, grads: dRows }];
+    else mixed = this.#splitProductKeyGrads(ids, dRows);
+    return { dq: kg.dq, grads: [...kg.grads, ...mixed], dBeta };
+  }
+
+  /** Gradients of concatenated product-key rows, split into the two sub-key tables. */
+  #splitProductKeyGrads(ids: Uint32Array, g: Float32Array): SparseGrad[] {
+    const pk = this.keys as ProductKeyIndex;
+    const n = pk.subKeys, d1 = pk.keys1.dim, d2 = pk.keys2.dim, d = d1 + d2;
+    const i1 = new Uint32Array(ids.length), i2 = new Uint32Array(ids.length);
+    const g1 = new Float32Array(ids.length * d1), g2 = new Float32Array(ids.length * d2);
+    for (let r = 0; r < ids.length; r++) {
+      i1[r] = Math.floor(ids[r]! / n);
+      i2[r] = ids[r]! % n;
+      g1.set(g.subarray(r * d, r * d + d1), r * d1);
+      g2.set(g.subarray(r * d + d1, (r + 1) * d), r * d2);
+    }
+    return [{ tensor: pk.keys1, ids: i1, grads: g1 }, { tensor: pk.keys2, ids: i2, grads: g2 }];
   }
 
   /** Top-k ids, their similarities and softmax weights for B states. */
