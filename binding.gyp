@@ -41,6 +41,7 @@
         "native/src/metric.cc",
         "native/src/napi_util.cc",
         "native/src/parallel.cc",
+        "native/src/product_keys.cc",
         "native/src/search.cc",
         "native/src/sparse_tensor.cc",
         "native/src/tensor_binding.cc",

@@ -56,6 +56,12 @@ export interface NativeTensor {
   hnswSearchBatchAsync(queries: Float32Array, k: number, ef: number | undefined, threads: number | undefined): Promise<NativeSearchResult>;
   hnswRefresh(budget: number, threads: number | undefined): number;
   hnswRefreshAsync(budget: number, threads: number | undefined): Promise<number>;
+  productKeySearchAsync(
+    keys2: NativeTensor,
+    queries: Float32Array,
+    k: number,
+    threads: number | undefined,
+  ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
   optimInit(options: NativeOptimizerOptions): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
   optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };

@@ -421,6 +421,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::OptimInfo>("optimInfo"),
                          InstanceMethod<&TensorBinding::DenseHopfieldForwardAsync>("denseHopfieldForwardAsync"),
                          InstanceMethod<&TensorBinding::DenseHopfieldBackwardAsync>("denseHopfieldBackwardAsync"),
+                         InstanceMethod<&TensorBinding::ProductKeySearchAsync>("productKeySearchAsync"),
                      });
 }
 

@@ -62,6 +62,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value OptimInfo(const Napi::CallbackInfo& info);
   Napi::Value DenseHopfieldForwardAsync(const Napi::CallbackInfo& info);
   Napi::Value DenseHopfieldBackwardAsync(const Napi::CallbackInfo& info);
+  Napi::Value ProductKeySearchAsync(const Napi::CallbackInfo& info);
 
   Napi::Value search_now(const Napi::CallbackInfo& info, bool batch);
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "dense_hopfield.h"
+#include "product_keys.h"
 #include "kernels.h"
 #include "napi_util.h"
 #include "tensor_binding.h"
@@ -123,7 +124,81 @@ class DenseHopfieldWorker : public TensorWorker {
   size_t dv_;
 };
 
+// Product-key search over two sub-key tables: the owner (table 1) and a second tensor
+// (table 2), both held busy. Queries are copied.
+class ProductKeyWorker : public TensorWorker {
+ public:
+  ProductKeyWorker(Napi::Env env, TensorBinding* t1, Napi::Object t1_obj, const SparseTensor& k1, TensorBinding* t2,
+                   Napi::Object t2_obj, const SparseTensor& k2)
+      : TensorWorker(env, "ghost-tensor:product-keys", t1, t1_obj, k1), other_(t2), storage2_(k2.storage()) {
+    other_ref_ = Napi::Persistent(t2_obj);
+    other_->enter_busy();
+  }
+  ~ProductKeyWorker() override { other_->leave_busy(); }
+
+  ProductKeyArgs args;
+  std::vector<float> queries;
+
+ private:
+  void Run() override {
+    args.K1 = storage_->data();
+    args.K2 = storage2_->data();
+    args.queries = queries.data();
+    ids_.resize(args.nq * args.k);
+    scores_.resize(args.nq * args.k);
+    product_key_search(args, ids_.data(), scores_.data());
+  }
+  Napi::Value Settle(Napi::Env env, TensorBinding&) override {
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Uint32Array ids = Napi::Uint32Array::New(env, ids_.size());
+    std::copy(ids_.begin(), ids_.end(), ids.Data());
+    Napi::Float64Array sc = Napi::Float64Array::New(env, scores_.size());
+    std::copy(scores_.begin(), scores_.end(), sc.Data());
+    out.Set("ids", ids);
+    out.Set("scores", sc);
+    return out;
+  }
+  TensorBinding* other_;
+  Napi::ObjectReference other_ref_;
+  std::shared_ptr<Storage> storage2_;
+  std::vector<uint32_t> ids_;
+  std::vector<double> scores_;
+};
+
 }  // namespace
+
+// productKeySearchAsync(keys2, queries, k, threads?) -> Promise<{ ids: Uint32Array, scores: Float64Array }>
+// This tensor is sub-key table 1; slots are i * n + j.
+Napi::Value TensorBinding::ProductKeySearchAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& k1 = usable();
+    TensorBinding* b2 = TensorBinding::from_value(info[0], "keys2");
+    SparseTensor& k2 = b2->usable();
+    if (k1.size() == 0 || k1.size() != k2.size())
+      throw Error(ErrorCode::InvalidArgument, "the sub-key tables must be non-empty and of the same length");
+    if (k1.size() > 65535) throw Error(ErrorCode::OutOfRange, "more than 65535 sub-keys: slot ids would not fit in uint32");
+    const size_t d = k1.dim() + k2.dim();
+    const ArrayArg<float> q = f32_arg(info, 1, "queries");
+    if (q.length == 0 || q.length % d != 0)
+      throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(d));
+    check_length(q, q.length, "queries");
+    const size_t n = k1.size();
+    const size_t k = size_arg(info, 2, "k", 1, static_cast<double>(n * n));
+    const size_t threads = threads_arg(info, 3);
+    auto* w = new ProductKeyWorker(info.Env(), this, info.This().As<Napi::Object>(), k1, b2, info[0].As<Napi::Object>(), k2);
+    w->args.n = n;
+    w->args.d1 = k1.dim();
+    w->args.d2 = k2.dim();
+    w->args.nq = q.length / d;
+    w->args.k = k;
+    w->args.threads = threads;
+    w->args.kernels = &kernels();
+    w->queries.assign(q.data, q.data + q.length);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
 
 // optimInit({ kind, lr, beta1, beta2, eps, weightDecay, biasCorrection }): replaces
 // any optimizer state of this tensor with fresh (zero) state.

@@ -11,6 +11,7 @@
 #include "../../native/src/cpu.h"
 #include "../../native/src/dense_hopfield.h"
 #include "../../native/src/optimizer.h"
+#include "../../native/src/product_keys.h"
 #include "../../native/src/errors.h"
 #include "../../native/src/hnsw_index.h"
 #include "../../native/src/kernels.h"
@@ -407,6 +408,35 @@ static void test_dense_hopfield() {
   }
 }
 
+static void test_product_keys() {
+  const size_t n = 9, d1 = 2, d2 = 3, nq = 4;
+  auto K1 = rand_ints(n * d1, -1, 1), K2 = rand_ints(n * d2, -1, 1), Q = rand_ints(nq * (d1 + d2), -2, 2);
+  for (size_t k : {size_t{1}, size_t{4}, n, 3 * n, n * n}) {
+    gt::ProductKeyArgs a;
+    a.K1 = K1.data(); a.K2 = K2.data(); a.n = n; a.d1 = d1; a.d2 = d2;
+    a.queries = Q.data(); a.nq = nq; a.k = k; a.threads = 2; a.kernels = &gt::kernels();
+    std::vector<uint32_t> ids(nq * k);
+    std::vector<double> sc(nq * k);
+    gt::product_key_search(a, ids.data(), sc.data());
+    bool ok = true;
+    for (size_t q = 0; q < nq; ++q) {
+      // Brute force over all n^2 concatenated keys (integer data: exact sums, real ties).
+      std::vector<std::pair<double, uint32_t>> all;
+      const float* qq = Q.data() + q * (d1 + d2);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (size_t t = 0; t < d1; ++t) s += double(qq[t]) * K1[i * d1 + t];
+          for (size_t t = 0; t < d2; ++t) s += double(qq[d1 + t]) * K2[j * d2 + t];
+          all.push_back({-s, static_cast<uint32_t>(i * n + j)});
+        }
+      std::sort(all.begin(), all.end());
+      for (size_t t = 0; t < k; ++t) ok = ok && ids[q * k + t] == all[t].second && sc[q * k + t] == -all[t].first;
+    }
+    CHECK(ok);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -418,6 +448,7 @@ int main() {
   test_merkle();
   test_optimizer();
   test_dense_hopfield();
+  test_product_keys();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

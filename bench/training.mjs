@@ -1,0 +1,892 @@
+#!/usr/bin/env node
+/**
+ * Training-step benchmark: one HopfieldLookup training step, sparse (k = 32 of N
+ * patterns) against dense (all N), N = 2^10 .. 2^20.
+ *
+ *   node bench/training.mjs            full run: N = 2^10, 2^12, ..., 2^20 (~15-25 min on 2 cores)
+ *   node bench/training.mjs --quick    N = 2^10 .. 2^14, a minute or two
+ *
+ * A step: a HopfieldLookup layer with keys (N x 64) and values (N x 64), k = 32,
+ * beta = 1/8, similarity 'ip', normalize: true, over a batch of 256 random inputs;
+ * loss = sum(w . y) with a random w (so dy = w); forward -> backward -> SparseAdam
+ * step (lr 1e-3) over the key and value tensors -> t.root() of every tensor. Each
+ * tensor was committed once at setup (commitSync), so every optimizer write updates
+ * its Merkle tree incrementally. Variants:
+ *
+ *   sparse-pk     keys = ProductKeyIndex.fromTables(K1, K2), n = sqrt(N) sub-keys of
+ *                 dim 32 per table (exact top-k over the sub-key tables); SparseAdam
+ *                 over K1, K2 and the values.
+ *   sparse-hnsw   keys a SparseTensor with buildHnsw (M 16, efConstruction 100; build
+ *                 time reported, not in the step), index 'hnsw', ef 64; every step ends
+ *                 with keys.refreshHnsw(256) (timed, in the step).
+ *   sparse-exact  keys a SparseTensor, exact retrieval (an O(N) scan per query).
+ *   dense         HopfieldLookup mode 'dense' (all N patterns, full softmax, the native
+ *                 chunked kernels) + SparseAdam over all N rows (a dense Adam).
+ *   tfjs          the same dense layer in @tensorflow/tfjs 4.22.0 on the wasm backend
+ *                 (tf.matMul / tf.softmax / tf.matMul, tf.valueAndGrads for dx, dK, dV,
+ *                 tf.train.adam(1e-3).applyGradients); no commitment. Run while the
+ *                 predicted step stays under ~60 s.
+ *
+ * Every (variant, N) runs in its own child process (this file with --child), one after
+ * another, so each reports its own peak RSS and none inherits another's heap. For
+ * each: 1 warm-up step, then timed steps (sparse: >= 5 and ~3 s; dense: >= 2, or 1
+ * when the warm-up step took over 90 s). The step's parts are timed by wrapping the
+ * objects' methods (no library change): retrieval (keys.searchBatch; for product keys
+ * split into the two native table scans and the JS combine), row gathers, the rest of
+ * forward + backward in JS ("softmax and sums"), SparseAdam.step (split into the native
+ * optimStep and the JS argument checks), root reads, HNSW refresh. The Merkle share of
+ * the optimizer is measured afterwards, on twin copies of the tensors: the last step's
+ * gradients applied to a twin that was never committed (and, for HNSW, to a committed
+ * twin without an index), interleaved with the main tensors; the difference of the
+ * native step times is the Merkle (and HNSW dirty-marking) cost. Peak RSS is taken
+ * before the twins exist.
+ *
+ * Prints tables to stdout, progress to stderr; writes bench/results/training.json and
+ * bench/results/training-step.svg (--quick writes them too; parameters.quick says which).
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+
+const THIS_FILE = fileURLToPath(import.meta.url);
+const argv = process.argv.slice(2);
+const QUICK = argv.includes('--quick');
+const CHILD = argv.indexOf('--child');
+
+// ---------------------------------------------------------------- parameters
+
+const P = {
+  quick: QUICK,
+  log2Ns: QUICK ? [10, 12, 14] : [10, 12, 14, 16, 18, 20],
+  dim: 64,
+  dv: 64,
+  subKeyDim: 32,
+  k: 32,
+  batch: 256,
+  lr: 1e-3,
+  beta: 1 / 8, // HopfieldLookup's default 1 / sqrt(d)
+  similarity: 'ip',
+  normalize: true,
+  batchPool: 4, // step i uses batch i % batchPool (same batches for every variant)
+  seed: 0x7a11,
+  hnsw: { M: 16, efConstruction: 100, ef: 64, refreshBudget: 256, buildLimitSec: 240 },
+  sparseSteps: { minReps: 5, maxReps: 20, budgetMs: QUICK ? 1500 : 3000 },
+  denseSteps: { minReps: 2, maxReps: 5, budgetMs: QUICK ? 2000 : 5000, slowStepMs: 90_000 },
+  tfjsSteps: { minReps: 2, maxReps: 5, budgetMs: QUICK ? 2000 : 5000, slowStepMs: 60_000 },
+  twinReps: 3,
+  limits: {
+    exactMaxStepMs: 10_000, // sparse-exact: skip an N whose predicted step is longer
+    tfjsMaxStepMs: 60_000, // tfjs: skip an N whose predicted step is longer
+    hnswPredictedBuildSec: 300, // sparse-hnsw: skip an N whose predicted build is longer (the child also stops at buildLimitSec)
+    childTimeoutSec: { 'sparse-pk': 600, 'sparse-hnsw': 900, 'sparse-exact': 600, dense: 900, tfjs: 420 },
+  },
+};
+const VARIANTS = ['sparse-pk', 'sparse-hnsw', 'sparse-exact', 'dense', 'tfjs'];
+const SPARSE = ['sparse-pk', 'sparse-hnsw', 'sparse-exact'];
+
+// ---------------------------------------------------------------- shared helpers
+
+/** Uniform [-1, 1) rows, each scaled to length `norm` (rows of `dim`). */
+function unitRows(rand, rows, dim, norm = 1) {
+  const a = new Float32Array(rows * dim);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    const o = r * dim;
+    for (let j = 0; j < dim; j++) {
+      const v = rand() * 2 - 1;
+      a[o + j] = v;
+      s += v * v;
+    }
+    const inv = norm / Math.sqrt(s);
+    for (let j = 0; j < dim; j++) a[o + j] *= inv;
+  }
+  return a;
+}
+function uniform(rand, len, scale = 1) {
+  const a = new Float32Array(len);
+  for (let i = 0; i < len; i++) a[i] = (rand() * 2 - 1) * scale;
+  return a;
+}
+
+/** The data of one N, identical in every child (seeded by N). */
+function makeData(log2N, { keys = true, subKeys = false } = {}) {
+  const N = 2 ** log2N;
+  const out = { N };
+  const t = nowMs();
+  if (keys) out.keys = unitRows(rng(P.seed + 1000 * log2N + 1), N, P.dim);
+  if (subKeys) {
+    const n = 2 ** (log2N / 2);
+    // two tables of unit/sqrt(2) sub-keys: the concatenated slot keys have unit length
+    out.keys1 = unitRows(rng(P.seed + 1000 * log2N + 2), n, P.subKeyDim, Math.SQRT1_2);
+    out.keys2 = unitRows(rng(P.seed + 1000 * log2N + 3), n, P.dim - P.subKeyDim, Math.SQRT1_2);
+  }
+  out.values = uniform(rng(P.seed + 1000 * log2N + 4), N * P.dv, 1);
+  const rb = rng(P.seed + 7);
+  out.batches = [];
+  for (let i = 0; i < P.batchPool; i++) out.batches.push({ x: uniform(rb, P.batch * P.dim), w: uniform(rb, P.batch * P.dv) });
+  out.dataGenMs = nowMs() - t;
+  return out;
+}
+
+const median = (a) => (a.length ? stats(a).median : NaN);
+const maxRssMiB = () => process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
+
+// ================================================================ child: one variant at one N
+
+if (CHILD >= 0) {
+  const variant = argv[CHILD + 1];
+  const log2N = Number(argv[CHILD + 2]);
+  const outFile = argv[argv.indexOf('--out') + 1];
+  const log = logger(`training ${variant} 2^${log2N}`);
+  const emit = (obj) => writeFileSync(outFile, JSON.stringify(obj));
+  try {
+    const r = variant === 'tfjs' ? await runTfjs(log2N, log) : await runLibrary(variant, log2N, log, emit);
+    emit({ ok: true, ...r });
+  } catch (err) {
+    log(`FAILED: ${err?.stack ?? err}`);
+    emit({ ok: false, variant, log2N, error: String(err?.message ?? err), maxRssMiB: round(maxRssMiB()) });
+  }
+  process.exit(0);
+}
+
+async function runLibrary(variant, log2N, log, emit) {
+  const { SparseTensor, SparseAdam, HopfieldLookup, ProductKeyIndex } = await import(join(ROOT, 'dist/index.js'));
+  const { internalNative } = await import(join(ROOT, 'dist/sparse-tensor.js'));
+  const { native } = await import(join(ROOT, 'dist/native.js'));
+  const N = 2 ** log2N;
+  const pk = variant === 'sparse-pk';
+  const hnsw = variant === 'sparse-hnsw';
+  const dense = variant === 'dense';
+  const setup = {};
+
+  log('data ...');
+  const data = makeData(log2N, { keys: !pk, subKeys: pk });
+  setup.dataGenMs = round(data.dataGenMs);
+
+  // Step-part accumulators (reset each step).
+  const acc = {};
+  const resetAcc = () => {
+    for (const k of ['retrieval', 'retrievalNative', 'gather', 'optimNative']) acc[k] = 0;
+  };
+  resetAcc();
+  const wrapAsync = (obj, name, key, onSpan) => {
+    const orig = obj[name].bind(obj);
+    obj[name] = async (...a) => {
+      const t = nowMs();
+      try {
+        return await orig(...a);
+      } finally {
+        const e = nowMs();
+        if (key) acc[key] += e - t;
+        if (onSpan) onSpan(t, e);
+      }
+    };
+  };
+  const wrapSync = (obj, name, key) => {
+    const orig = obj[name].bind(obj);
+    obj[name] = (...a) => {
+      const t = nowMs();
+      try {
+        return orig(...a);
+      } finally {
+        acc[key] += nowMs() - t;
+      }
+    };
+  };
+  // The native optimStep is a read-only prototype method: shadow it on the instance.
+  const wrapOptimNative = (tensor, key) => {
+    const nat = internalNative(tensor);
+    const orig = nat.optimStep;
+    Object.defineProperty(nat, 'optimStep', {
+      configurable: true,
+      value(...a) {
+        const t = nowMs();
+        try {
+          return orig.apply(this, a);
+        } finally {
+          acc[key] += nowMs() - t;
+        }
+      },
+    });
+  };
+
+  // ---- tensors, commitment, index
+  log('tensors ...');
+  const values = SparseTensor.fromArray(data.values, P.dv);
+  let keys, keyTensors;
+  if (pk) {
+    const k1 = SparseTensor.fromArray(data.keys1, P.subKeyDim);
+    const k2 = SparseTensor.fromArray(data.keys2, P.dim - P.subKeyDim);
+    keys = ProductKeyIndex.fromTables(k1, k2);
+    keyTensors = [k1, k2];
+  } else {
+    keys = SparseTensor.fromArray(data.keys, P.dim, { metric: 'ip' });
+    keyTensors = [keys];
+  }
+  const tensors = [...keyTensors, values];
+  let t = nowMs();
+  for (const x of tensors) x.commitSync();
+  setup.commitMs = round(nowMs() - t);
+
+  if (hnsw) {
+    log(`buildHnsw(M ${P.hnsw.M}, efConstruction ${P.hnsw.efConstruction}) ...`);
+    const limit = setTimeout(() => {
+      log(`build over ${P.hnsw.buildLimitSec} s: stopping this N`);
+      emit({ ok: false, variant, log2N, skipped: true, error: `HNSW build over ${P.hnsw.buildLimitSec} s`, buildOverLimit: true, maxRssMiB: round(maxRssMiB()) });
+      process.exit(0);
+    }, P.hnsw.buildLimitSec * 1000);
+    t = nowMs();
+    await keys.buildHnsw({ metric: 'ip', M: P.hnsw.M, efConstruction: P.hnsw.efConstruction });
+    clearTimeout(limit);
+    setup.hnswBuildMs = round(nowMs() - t);
+    log(`   built in ${(setup.hnswBuildMs / 1e3).toFixed(1)} s`);
+  }
+
+  const layer = new HopfieldLookup({
+    keys,
+    values,
+    k: P.k,
+    beta: P.beta,
+    similarity: P.similarity,
+    normalize: P.normalize,
+    mode: dense ? 'dense' : 'sparse',
+    ...(hnsw ? { index: 'hnsw', ef: P.hnsw.ef } : {}),
+  });
+  const opt = new SparseAdam(tensors, { lr: P.lr });
+
+  // ---- instrumentation
+  if (pk) {
+    let span = null;
+    for (const kt of keyTensors) wrapAsync(kt, 'searchBatch', null, (s, e) => { span.s = Math.min(span.s, s); span.e = Math.max(span.e, e); });
+    const orig = keys.searchBatch.bind(keys);
+    keys.searchBatch = async (...a) => {
+      span = { s: Infinity, e: -Infinity };
+      const t0 = nowMs();
+      try {
+        return await orig(...a);
+      } finally {
+        acc.retrieval += nowMs() - t0;
+        acc.retrievalNative += span.e - span.s; // the two table scans run concurrently
+      }
+    };
+  } else if (!dense) {
+    wrapAsync(keys, 'searchBatch', 'retrieval');
+  }
+  if (!dense) for (const x of tensors) wrapSync(x, 'gather', 'gather');
+  for (const x of tensors) wrapOptimNative(x, 'optimNative');
+
+  // Normalised queries of a batch (as the layer computes them), for recall checks.
+  const normalized = (x) => {
+    const q = new Float32Array(x.length);
+    for (let b = 0; b < P.batch; b++) {
+      let s = 0;
+      for (let j = 0; j < P.dim; j++) s += x[b * P.dim + j] ** 2;
+      const inv = 1 / Math.sqrt(s);
+      for (let j = 0; j < P.dim; j++) q[b * P.dim + j] = x[b * P.dim + j] * inv;
+    }
+    return q;
+  };
+  const recallAt = async () => {
+    const q = normalized(data.batches[0].x);
+    const a = await keys.searchBatch(q, P.k, { index: 'hnsw', ef: P.hnsw.ef });
+    const e = await keys.searchBatch(q, P.k, { metric: 'ip' });
+    let hit = 0;
+    for (let b = 0; b < P.batch; b++) {
+      const truth = new Set(e.ids.subarray(b * P.k, (b + 1) * P.k));
+      for (const id of a.ids.subarray(b * P.k, (b + 1) * P.k)) if (truth.has(id)) hit++;
+    }
+    return round(hit / (P.batch * P.k));
+  };
+  if (hnsw) {
+    setup.recallBefore = await recallAt();
+    log(`   recall@${P.k} at ef ${P.hnsw.ef}: ${setup.recallBefore}`);
+  }
+
+  // ---- the training step
+  let lastGrads = null;
+  const step = async (i) => {
+    const { x, w } = data.batches[i % P.batchPool];
+    resetAcc();
+    const hnswBefore = hnsw ? keys.hnsw : null;
+    const t0 = nowMs();
+    const f = await layer.forward(x);
+    const t1 = nowMs();
+    const g = await layer.backward(f.ctx, w);
+    const t2 = nowMs();
+    opt.step(g.grads);
+    const t3 = nowMs();
+    for (const x of tensors) x.root();
+    const t4 = nowMs();
+    let refreshed = 0;
+    if (hnsw) refreshed = keys.refreshHnsw(P.hnsw.refreshBudget);
+    const t5 = nowMs();
+    lastGrads = g.grads;
+    let loss = 0;
+    for (let j = 0; j < w.length; j++) loss += w[j] * f.y[j];
+    const part = {
+      stepMs: t5 - t0,
+      forwardMs: t1 - t0,
+      backwardMs: t2 - t1,
+      retrievalMs: acc.retrieval,
+      gatherMs: acc.gather,
+      jsMathMs: t2 - t0 - acc.retrieval - acc.gather,
+      optimizerMs: t3 - t2,
+      optimNativeMs: acc.optimNative,
+      optimJsMs: t3 - t2 - acc.optimNative,
+      rootMs: t4 - t3,
+      loss,
+    };
+    if (pk) {
+      part.retrievalNativeMs = acc.retrievalNative;
+      part.pkCombineJsMs = acc.retrieval - acc.retrievalNative;
+    }
+    if (hnsw) {
+      const h = keys.hnsw;
+      Object.assign(part, {
+        refreshMs: t5 - t4,
+        refreshed,
+        dirtyBefore: hnswBefore.dirty,
+        dirtyAfter: h.dirty,
+        autoRefreshed: h.refreshed - hnswBefore.refreshed - refreshed,
+      });
+    }
+    return part;
+  };
+
+  const S = dense ? P.denseSteps : P.sparseSteps;
+  log('warm-up step ...');
+  const warm = await step(0);
+  log(`   ${warm.stepMs.toFixed(1)} ms`);
+  const minReps = dense && warm.stepMs > P.denseSteps.slowStepMs ? 1 : S.minReps;
+  const parts = [];
+  let spent = 0;
+  while (parts.length < S.maxReps && (parts.length < minReps || spent < S.budgetMs)) {
+    const p = await step(parts.length + 1);
+    parts.push(p);
+    spent += p.stepMs;
+    if (dense || log2N >= 18) log(`   step ${parts.length}: ${p.stepMs.toFixed(1)} ms`);
+  }
+  const peakRss = maxRssMiB();
+  const med = (k) => round(median(parts.map((p) => p[k]).filter((v) => v !== undefined)));
+  const keysOf = Object.keys(parts[0]).filter((k) => k.endsWith('Ms'));
+  const breakdown = Object.fromEntries(keysOf.map((k) => [k, med(k)]));
+  if (hnsw) {
+    breakdown.refreshed = med('refreshed');
+    breakdown.dirtyAfterLast = parts.at(-1).dirtyAfter;
+    breakdown.autoRefreshedTotal = parts.reduce((a, p) => a + p.autoRefreshed, 0);
+    setup.recallAfter = await recallAt();
+    setup.hnswAfter = keys.hnsw;
+  }
+
+  // ---- Merkle (and HNSW dirty-marking) share of the optimizer: twins
+  log('twins (Merkle share of the optimizer) ...');
+  tryGc();
+  const all = new Uint32Array(N);
+  for (let i = 0; i < N; i++) all[i] = i;
+  const copy = (x) => SparseTensor.fromArray(x.gather(all.subarray(0, x.size)), x.dim, { metric: 'ip' });
+  const mkTwin = (commit) => {
+    const m = new Map();
+    for (const x of tensors) {
+      const c = copy(x);
+      if (commit) c.commitSync();
+      m.set(x, c);
+    }
+    const o = new SparseAdam([...m.values()], { lr: P.lr });
+    for (const c of m.values()) wrapOptimNative(c, 'optimNative');
+    return { m, o };
+  };
+  const twins = { plain: mkTwin(false) };
+  if (hnsw) twins.committed = mkTwin(true);
+  const twinSamples = { main: [], plain: [], committed: [] };
+  const runOpt = (o, grads) => {
+    acc.optimNative = 0;
+    o.step(grads);
+    return acc.optimNative;
+  };
+  for (let r = 0; r < P.twinReps + 1; r++) {
+    const main = runOpt(opt, lastGrads);
+    const plain = runOpt(twins.plain.o, lastGrads.map((g) => ({ ...g, tensor: twins.plain.m.get(g.tensor) })));
+    const committed = hnsw ? runOpt(twins.committed.o, lastGrads.map((g) => ({ ...g, tensor: twins.committed.m.get(g.tensor) }))) : NaN;
+    if (r === 0) continue; // warm (first step of the twins' optimizers)
+    twinSamples.main.push(main);
+    twinSamples.plain.push(plain);
+    if (hnsw) twinSamples.committed.push(committed);
+  }
+  const twin = {
+    optimNativeMainMs: round(median(twinSamples.main)),
+    optimNativeUncommittedMs: round(median(twinSamples.plain)),
+    reps: P.twinReps,
+  };
+  if (hnsw) {
+    twin.optimNativeCommittedNoIndexMs = round(median(twinSamples.committed));
+    twin.merkleMs = round(twin.optimNativeCommittedNoIndexMs - twin.optimNativeUncommittedMs);
+    twin.hnswMarkMs = round(twin.optimNativeMainMs - twin.optimNativeCommittedNoIndexMs);
+  } else {
+    twin.merkleMs = round(twin.optimNativeMainMs - twin.optimNativeUncommittedMs);
+  }
+
+  // ---- check: the incrementally kept root equals a fresh rebuild
+  const fresh = native().merkleRoot(values.gather(all), P.dv, CORES);
+  const rootOk = Buffer.from(fresh).equals(Buffer.from(values.root()));
+
+  return {
+    variant,
+    log2N,
+    n: N,
+    setup,
+    warmStepMs: round(warm.stepMs),
+    stepSamplesMs: parts.map((p) => round(p.stepMs)),
+    medianStepMs: breakdown.stepMs,
+    breakdown,
+    twin,
+    lossFirst: round(warm.loss, 6),
+    lossLast: round(parts.at(-1).loss, 6),
+    rootMatchesFreshRebuild: rootOk,
+    maxRssMiB: round(peakRss),
+    maxRssWithTwinsMiB: round(maxRssMiB()),
+    loadavgEnd: os.loadavg().map((x) => round(x, 3)),
+  };
+}
+
+async function runTfjs(log2N, log) {
+  const N = 2 ** log2N;
+  const tf = await import('@tensorflow/tfjs');
+  await import('@tensorflow/tfjs-backend-wasm');
+  if (!(await tf.setBackend('wasm'))) throw new Error('tf.setBackend("wasm") failed');
+  await tf.ready();
+  const env = {
+    tfjs: tf.version.tfjs,
+    backend: tf.getBackend(),
+    wasmSimd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT'),
+    wasmThreads: await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT'),
+  };
+  log(`data ... (${JSON.stringify(env)})`);
+  const data = makeData(log2N, { keys: true });
+  const setup = { dataGenMs: round(data.dataGenMs) };
+  const K = tf.variable(tf.tensor2d(data.keys, [N, P.dim]), true, 'keys');
+  const V = tf.variable(tf.tensor2d(data.values, [N, P.dv]), true, 'values');
+  delete data.keys;
+  delete data.values;
+  const batches = data.batches.map((b) => ({ x: tf.tensor2d(b.x, [P.batch, P.dim]), w: tf.tensor2d(b.w, [P.batch, P.dv]) }));
+  const opt = tf.train.adam(P.lr);
+  // loss = sum(w . y), y = softmax(beta * q K^T) V, q = x / |x|
+  const lossFn = (w) => (x, k, v) => {
+    const q = tf.div(x, tf.norm(x, 'euclidean', 1, true));
+    const a = tf.softmax(tf.mul(tf.matMul(q, k, false, true), P.beta));
+    return tf.sum(tf.mul(tf.matMul(a, v), w));
+  };
+  const vgs = batches.map((b) => tf.valueAndGrads(lossFn(b.w)));
+  const step = (i) => {
+    const b = batches[i % P.batchPool];
+    const t0 = nowMs();
+    const { value, grads } = vgs[i % P.batchPool]([b.x, K, V]); // wasm kernels run synchronously
+    const t1 = nowMs();
+    opt.applyGradients({ [K.name]: grads[1], [V.name]: grads[2] });
+    const t2 = nowMs();
+    grads[0].dataSync(); // dx, as a caller would read it
+    const loss = value.dataSync()[0];
+    tf.dispose([value, ...grads]);
+    const t3 = nowMs();
+    return { stepMs: t3 - t0, forwardBackwardMs: t1 - t0, optimizerMs: t2 - t1, readMs: t3 - t2, loss };
+  };
+  log('warm-up step ...');
+  const warm = step(0);
+  log(`   ${warm.stepMs.toFixed(1)} ms`);
+  const S = P.tfjsSteps;
+  const minReps = warm.stepMs > S.slowStepMs ? 1 : S.minReps;
+  const parts = [];
+  let spent = 0;
+  while (parts.length < S.maxReps && (parts.length < minReps || spent < S.budgetMs)) {
+    const p = step(parts.length + 1);
+    parts.push(p);
+    spent += p.stepMs;
+    log(`   step ${parts.length}: ${p.stepMs.toFixed(1)} ms`);
+  }
+  const med = (k) => round(median(parts.map((p) => p[k])));
+  return {
+    variant: 'tfjs',
+    log2N,
+    n: N,
+    env,
+    setup,
+    warmStepMs: round(warm.stepMs),
+    stepSamplesMs: parts.map((p) => round(p.stepMs)),
+    medianStepMs: med('stepMs'),
+    breakdown: { stepMs: med('stepMs'), forwardBackwardMs: med('forwardBackwardMs'), optimizerMs: med('optimizerMs'), readMs: med('readMs') },
+    lossFirst: round(warm.loss, 6),
+    lossLast: round(parts.at(-1).loss, 6),
+    tfMemoryMiB: round(tf.memory().numBytes / 2 ** 20),
+    maxRssMiB: round(maxRssMiB()),
+    loadavgEnd: os.loadavg().map((x) => round(x, 3)),
+  };
+}
+
+// ================================================================ parent: orchestrate, tabulate, plot
+
+const log = logger('training');
+const t0All = nowMs();
+const tmp = mkdtempSync(join(os.tmpdir(), 'gt-training-'));
+
+/** Other benchmark / compiler / test processes on the machine (not this run's). */
+function otherLoad() {
+  let out = '';
+  try {
+    out = execFileSync('pgrep', ['-af', 'bench/|cc1plus|vitest'], { encoding: 'utf8' });
+  } catch {
+    return [];
+  }
+  return out
+    .split('\n')
+    .filter(Boolean)
+    .filter((l) => !l.includes(THIS_FILE) && !l.includes('bench/training.mjs') && !l.startsWith(`${process.pid} `));
+}
+
+function runChild(variant, log2N) {
+  const out = join(tmp, `${variant}-${log2N}.json`);
+  const args = ['--expose-gc', THIS_FILE, '--child', variant, String(log2N), '--out', out, ...(QUICK ? ['--quick'] : [])];
+  const before = { loadavg: os.loadavg().map((x) => round(x, 3)), others: otherLoad() };
+  const t = nowMs();
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: ROOT });
+    const limitSec = P.limits.childTimeoutSec[variant];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      log(`${variant} 2^${log2N}: over ${limitSec} s, killing child ${child.pid}`);
+      child.kill('SIGKILL');
+    }, limitSec * 1000);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      let r;
+      try {
+        r = JSON.parse(readFileSync(out, 'utf8'));
+      } catch {
+        r = { ok: false, variant, log2N, error: timedOut ? `killed after ${limitSec} s` : `child exited (code ${code}, signal ${signal}) without a result` };
+      }
+      r.wallSec = round((nowMs() - t) / 1e3);
+      r.loadBefore = before;
+      r.othersDuring = [...new Set([...before.others, ...otherLoad()])];
+      resolve(r);
+    });
+  });
+}
+
+/** Why (variant, log2N) should be skipped given the results at smaller N, or null. */
+function skipReason(variant, log2N, runs) {
+  const prev = Object.values(runs[variant]).filter((r) => r.log2N < log2N).sort((a, b) => b.log2N - a.log2N)[0];
+  if (!prev) return null;
+  const f = 2 ** (log2N - prev.log2N);
+  if (!prev.ok) return `not run: it ${prev.skipped ? 'was stopped' : 'failed'} at 2^${prev.log2N} (${prev.error ?? prev.skipReason})`;
+  if (variant === 'sparse-exact' && prev.medianStepMs * f > P.limits.exactMaxStepMs) {
+    return `not run: predicted step ${fmt((prev.medianStepMs * f) / 1e3)} s > ${P.limits.exactMaxStepMs / 1e3} s`;
+  }
+  if (variant === 'tfjs' && prev.medianStepMs * f > P.limits.tfjsMaxStepMs) {
+    return `not run: predicted step ${fmt((prev.medianStepMs * f) / 1e3)} s (${f} x ${fmt(prev.medianStepMs / 1e3)} s at 2^${prev.log2N}) > ${P.limits.tfjsMaxStepMs / 1e3} s`;
+  }
+  if (variant === 'sparse-hnsw') {
+    const predicted = (prev.setup.hnswBuildMs / 1e3) * f * 1.15; // slightly worse than linear (log factor)
+    if (predicted > P.limits.hnswPredictedBuildSec) return `not run: predicted HNSW build ${fmt(predicted)} s > ${P.limits.hnswPredictedBuildSec} s`;
+  }
+  return null;
+}
+
+log(`${QUICK ? 'quick' : 'full'} run: N = ${P.log2Ns.map((e) => `2^${e}`).join(', ')}; cores = ${CORES}`);
+const startOthers = otherLoad();
+if (startOthers.length) log(`other load at start: ${startOthers.join(' | ')}`);
+const results = {
+  name: 'training',
+  date: new Date().toISOString(),
+  command: `node bench/training.mjs${QUICK ? ' --quick' : ''}`,
+  machine: machine(),
+  parameters: {
+    ...P,
+    variants: VARIANTS,
+    units: { ms: 'milliseconds (wall clock)', MiB: '2^20 bytes' },
+    step: 'forward (256 inputs) -> backward (dy = w) -> SparseAdam.step over the key and value tensors -> t.root() of each tensor (+ refreshHnsw for sparse-hnsw); tfjs: valueAndGrads + adam.applyGradients + reading dx and the loss (no commitment)',
+  },
+  otherLoadAtStart: startOthers,
+  runs: Object.fromEntries(VARIANTS.map((v) => [v, {}])),
+};
+
+for (const log2N of P.log2Ns) {
+  for (const variant of VARIANTS) {
+    const why = skipReason(variant, log2N, results.runs);
+    if (why) {
+      log(`${variant} 2^${log2N}: ${why}`);
+      results.runs[variant][log2N] = { ok: false, variant, log2N, skipped: true, skipReason: why };
+      continue;
+    }
+    log(`${variant} 2^${log2N} ...`);
+    const r = await runChild(variant, log2N);
+    results.runs[variant][log2N] = r;
+    log(
+      r.ok
+        ? `${variant} 2^${log2N}: median step ${fmt(r.medianStepMs)} ms, peak RSS ${fmt(r.maxRssMiB)} MiB (${r.wallSec} s)`
+        : `${variant} 2^${log2N}: ${r.error}`,
+    );
+  }
+}
+
+// ---------------------------------------------------------------- tables
+
+const get = (v, e) => {
+  const r = results.runs[v][e];
+  return r && r.ok ? r : null;
+};
+const stepOf = (v, e) => get(v, e)?.medianStepMs;
+const ratio = (a, b) => (a !== undefined && b !== undefined ? round(a / b, 3) : undefined);
+const exp = (e) => `2^${e}`;
+
+const summary = P.log2Ns.map((e) => ({
+  log2N: e,
+  n: 2 ** e,
+  ...Object.fromEntries(VARIANTS.map((v) => [v, stepOf(v, e)])),
+  denseOverPk: ratio(stepOf('dense', e), stepOf('sparse-pk', e)),
+  denseOverHnsw: ratio(stepOf('dense', e), stepOf('sparse-hnsw', e)),
+  denseOverExact: ratio(stepOf('dense', e), stepOf('sparse-exact', e)),
+  tfjsOverDense: ratio(stepOf('tfjs', e), stepOf('dense', e)),
+}));
+results.summary = summary;
+const skipNote = (v) =>
+  P.log2Ns.filter((e) => !get(v, e)).map((e) => `${v} ${exp(e)}: ${results.runs[v][e]?.skipReason ?? results.runs[v][e]?.error ?? 'missing'}`);
+table(
+  summary,
+  [
+    { key: 'log2N', header: 'N', format: (x) => exp(x) },
+    { key: 'sparse-pk', header: 'sparse-pk ms' },
+    { key: 'sparse-hnsw', header: 'sparse-hnsw ms' },
+    { key: 'sparse-exact', header: 'sparse-exact ms' },
+    { key: 'dense', header: 'dense ms' },
+    { key: 'tfjs', header: 'tfjs ms' },
+    { key: 'denseOverPk', header: 'dense/pk' },
+    { key: 'denseOverHnsw', header: 'dense/hnsw' },
+    { key: 'denseOverExact', header: 'dense/exact' },
+    { key: 'tfjsOverDense', header: 'tfjs/dense' },
+  ],
+  {
+    title: `1. Median training-step time (batch ${P.batch}, d = dv = ${P.dim}, k = ${P.k}), ms`,
+    notes: [
+      'step = forward + backward + SparseAdam.step (incl. Merkle path updates) + root() reads (+ refreshHnsw(256) for hnsw); tfjs: no commitment.',
+      'Each (variant, N) in its own process, one after another; 1 warm-up step, then the median of the timed steps.',
+      ...VARIANTS.flatMap(skipNote),
+    ],
+  },
+);
+
+const bdRows = [];
+for (const v of SPARSE.concat(['dense'])) {
+  for (const e of P.log2Ns) {
+    const r = get(v, e);
+    if (!r) continue;
+    const b = r.breakdown;
+    const merkle = r.twin?.merkleMs;
+    bdRows.push({
+      what: v,
+      log2N: e,
+      step: b.stepMs,
+      retrieval: b.retrievalMs,
+      retrievalNative: b.retrievalNativeMs,
+      pkCombine: b.pkCombineJsMs,
+      gather: b.gatherMs,
+      jsMath: v === 'dense' ? undefined : b.jsMathMs,
+      fwd: b.forwardMs,
+      bwd: b.backwardMs,
+      optimizer: b.optimizerMs,
+      optimJs: b.optimJsMs,
+      optimNative: b.optimNativeMs,
+      merkle,
+      hnswMark: r.twin?.hnswMarkMs,
+      root: b.rootMs,
+      refresh: b.refreshMs,
+    });
+  }
+}
+table(
+  bdRows,
+  [
+    { key: 'what', header: 'variant' },
+    { key: 'log2N', header: 'N', format: (x) => exp(x) },
+    { key: 'step', header: 'step' },
+    { key: 'fwd', header: 'fwd' },
+    { key: 'bwd', header: 'bwd' },
+    { key: 'retrieval', header: 'retrieval' },
+    { key: 'retrievalNative', header: '(scans)' },
+    { key: 'pkCombine', header: '(pk JS)' },
+    { key: 'gather', header: 'gather' },
+    { key: 'jsMath', header: 'JS math' },
+    { key: 'optimizer', header: 'optimizer' },
+    { key: 'optimJs', header: '(JS chk)' },
+    { key: 'optimNative', header: '(native)' },
+    { key: 'merkle', header: 'Merkle*' },
+    { key: 'hnswMark', header: 'HNSW mark*' },
+    { key: 'root', header: 'root()' },
+    { key: 'refresh', header: 'refresh' },
+  ],
+  {
+    title: '2. Where a step goes (medians over the timed steps, ms)',
+    notes: [
+      'retrieval = keys.searchBatch (pk: (scans) = the two native sub-key table scans, concurrent; (pk JS) = query split + combineProductKeys in JS).',
+      'gather = values/keys gather calls (native copies); JS math = forward + backward - retrieval - gather (normalise, finite checks, softmax, weighted sums, gradient loops).',
+      'optimizer = SparseAdam.step: (JS chk) = argument checks in JS (id range, finite grads), (native) = optimStep (Adam, write path, Merkle leaves + paths, HNSW drift check).',
+      '* from twin tensors after the timed steps, same gradients: Merkle = native optimStep on the committed tensors - on uncommitted copies (hnsw: committed copies without an index);',
+      '  HNSW mark = main - committed copies without an index (drift checks, dirty marking, automatic refreshes past maxDirty). Both are parts of (native).',
+      'dense: fwd / bwd are the native chunked kernels (+ JS input checks and normalisation); its optimizer covers all N rows of keys and values.',
+    ],
+  },
+);
+
+const setupRows = [];
+for (const v of VARIANTS) {
+  for (const e of P.log2Ns) {
+    const r = results.runs[v][e];
+    if (!r || !r.ok) continue;
+    setupRows.push({
+      what: v,
+      log2N: e,
+      dataGenMs: r.setup?.dataGenMs,
+      commitMs: r.setup?.commitMs,
+      hnswBuildMs: r.setup?.hnswBuildMs,
+      recall: r.setup?.recallBefore !== undefined ? `${r.setup.recallBefore} / ${r.setup.recallAfter}` : undefined,
+      refreshed: r.breakdown?.refreshed,
+      dirty: r.breakdown?.dirtyAfterLast,
+      steps: r.stepSamplesMs.length,
+      warmStepMs: r.warmStepMs,
+      rss: r.maxRssMiB,
+      loss: `${fmt(r.lossFirst)} -> ${fmt(r.lossLast)}`,
+      rootOk: r.rootMatchesFreshRebuild,
+      wallSec: r.wallSec,
+    });
+  }
+}
+table(
+  setupRows,
+  [
+    { key: 'what', header: 'variant' },
+    { key: 'log2N', header: 'N', format: (x) => exp(x) },
+    { key: 'commitMs', header: 'commit ms' },
+    { key: 'hnswBuildMs', header: 'HNSW build ms' },
+    { key: 'recall', header: `recall@${P.k} before/after` },
+    { key: 'refreshed', header: 'refreshed/step' },
+    { key: 'dirty', header: 'dirty at end' },
+    { key: 'warmStepMs', header: 'warm-up ms' },
+    { key: 'steps', header: 'timed steps' },
+    { key: 'rss', header: 'peak RSS MiB' },
+    { key: 'loss', header: 'loss first -> last' },
+    { key: 'rootOk', header: 'root = rebuild' },
+    { key: 'wallSec', header: 'wall s' },
+  ],
+  {
+    title: '3. Setup, index state, memory',
+    notes: [
+      `recall@${P.k}: HNSW (ef ${P.hnsw.ef}) top-${P.k} ids against the exact top-${P.k} for the 256 queries of batch 0, before the first and after the last step.`,
+      'peak RSS: the child process maximum (ru_maxrss) after the timed steps, before the twin tensors (tfjs: includes the wasm heap, which never shrinks).',
+      'root = rebuild: values.root() after training equals native().merkleRoot over the current rows (fresh build).',
+    ],
+  },
+);
+
+// ---------------------------------------------------------------- checks
+
+/** Least-squares slope of log(time) against log(N) over the largest `m` measured sizes. */
+function growth(v, m = 3) {
+  const pts = P.log2Ns.filter((e) => stepOf(v, e) !== undefined).slice(-m);
+  if (pts.length < 2) return null;
+  const xs = pts.map((e) => e * Math.LN2);
+  const ys = pts.map((e) => Math.log(stepOf(v, e)));
+  const mx = xs.reduce((a, b) => a + b) / xs.length;
+  const my = ys.reduce((a, b) => a + b) / ys.length;
+  const slope = xs.reduce((a, x, i) => a + (x - mx) * (ys[i] - my), 0) / xs.reduce((a, x) => a + (x - mx) ** 2, 0);
+  return { slope: round(slope, 3), over: pts.map(exp) };
+}
+const top = P.log2Ns.at(-1);
+const checks = {
+  growthExponent: Object.fromEntries(VARIANTS.map((v) => [v, growth(v)])),
+  growthNote: 'slope of log(step time) vs log(N), least squares over the largest 3 measured sizes: ~0 = flat (log N), 1 = linear in N',
+};
+for (const v of ['sparse-pk', 'sparse-hnsw']) {
+  const r = ratio(stepOf('dense', top), stepOf(v, top));
+  checks[`denseOver_${v}_at_2^${top}`] = r ?? null;
+  checks[`${v} >= 50x faster than dense at 2^${top}`] = r === undefined ? null : r >= 50;
+}
+results.checks = checks;
+table(
+  [
+    ...['sparse-pk', 'sparse-hnsw'].map((v) => ({
+      check: `${v} >= 50x faster per step than dense at N = ${exp(top)}`,
+      value: checks[`denseOver_${v}_at_2^${top}`] === null ? 'not measured' : `${fmt(checks[`denseOver_${v}_at_2^${top}`])}x`,
+      pass: checks[`${v} >= 50x faster than dense at 2^${top}`] ?? 'n/a',
+    })),
+    ...VARIANTS.map((v) => ({
+      check: `growth exponent ${v}${checks.growthExponent[v] ? ` (${checks.growthExponent[v].over.join(', ')})` : ''}`,
+      value: checks.growthExponent[v]?.slope ?? 'n/a',
+      pass: '',
+    })),
+  ],
+  [{ key: 'check' }, { key: 'value', header: 'value' }, { key: 'pass', header: 'pass' }],
+  { title: '4. Checks', notes: [checks.growthNote, QUICK ? '--quick: N stops at 2^14; the 2^20 check needs the full run.' : ''].filter(Boolean) },
+);
+
+// ---------------------------------------------------------------- SVG plot
+
+function svgPlot() {
+  const W = 760, H = 500, L = 78, R = 170, T = 48, B = 58;
+  const colors = { 'sparse-pk': '#1b9e77', 'sparse-hnsw': '#7570b3', 'sparse-exact': '#e6ab02', dense: '#d95f02', tfjs: '#e7298a' };
+  const pts = VARIANTS.map((v) => ({ v, p: P.log2Ns.filter((e) => stepOf(v, e) !== undefined).map((e) => [e, stepOf(v, e)]) }));
+  const ys = pts.flatMap((s) => s.p.map((q) => q[1]));
+  const yLo = Math.floor(Math.log10(Math.min(...ys)));
+  const yHi = Math.ceil(Math.log10(Math.max(...ys)));
+  const xLo = P.log2Ns[0], xHi = P.log2Ns.at(-1);
+  const X = (e) => L + ((e - xLo) / (xHi - xLo)) * (W - L - R);
+  const Y = (ms) => T + ((yHi - Math.log10(ms)) / (yHi - yLo || 1)) * (H - T - B);
+  const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const o = [];
+  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  o.push(`<rect width="${W}" height="${H}" fill="white"/>`);
+  o.push(`<text x="${L}" y="22" font-size="15" font-weight="bold">HopfieldLookup training step vs N (log-log)</text>`);
+  o.push(`<text x="${L}" y="38" fill="#555">batch ${P.batch}, d = dv = ${P.dim}, k = ${P.k}; forward + backward + SparseAdam + Merkle root; ${os.cpus()[0]?.model ?? ''}, ${CORES} cores</text>`);
+  for (let p = yLo; p <= yHi; p++) {
+    const y = Y(10 ** p);
+    o.push(`<line x1="${L}" y1="${y}" x2="${W - R}" y2="${y}" stroke="#ddd"/>`);
+    const lab = p >= 3 ? `${10 ** (p - 3)} s` : `${10 ** p} ms`;
+    o.push(`<text x="${L - 6}" y="${y + 4}" text-anchor="end">${lab}</text>`);
+    if (p < yHi) for (let m = 2; m < 10; m++) o.push(`<line x1="${L}" y1="${Y(m * 10 ** p)}" x2="${L + 4}" y2="${Y(m * 10 ** p)}" stroke="#999"/>`);
+  }
+  for (const e of P.log2Ns) {
+    const x = X(e);
+    o.push(`<line x1="${x}" y1="${T}" x2="${x}" y2="${H - B}" stroke="#eee"/>`);
+    o.push(`<text x="${x}" y="${H - B + 18}" text-anchor="middle">2<tspan dy="-6" font-size="9">${e}</tspan></text>`);
+  }
+  o.push(`<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" fill="none" stroke="#333"/>`);
+  o.push(`<text x="${(L + W - R) / 2}" y="${H - 14}" text-anchor="middle">N (patterns)</text>`);
+  o.push(`<text transform="translate(18 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">median step time</text>`);
+  pts.forEach(({ v, p }, i) => {
+    if (!p.length) return;
+    const c = colors[v];
+    o.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${p.map(([e, ms]) => `${X(e).toFixed(1)},${Y(ms).toFixed(1)}`).join(' ')}"/>`);
+    for (const [e, ms] of p) o.push(`<circle cx="${X(e).toFixed(1)}" cy="${Y(ms).toFixed(1)}" r="3.5" fill="${c}"><title>${esc(v)} 2^${e}: ${fmt(ms)} ms</title></circle>`);
+    const ly = T + 14 + i * 20;
+    o.push(`<line x1="${W - R + 14}" y1="${ly - 4}" x2="${W - R + 38}" y2="${ly - 4}" stroke="${c}" stroke-width="2"/>`);
+    o.push(`<circle cx="${W - R + 26}" cy="${ly - 4}" r="3.5" fill="${c}"/>`);
+    const g = checks.growthExponent[v];
+    o.push(`<text x="${W - R + 44}" y="${ly}">${esc(v)}${g ? ` (slope ${g.slope})` : ''}</text>`);
+  });
+  o.push(`<text x="${W - R + 14}" y="${T + 14 + VARIANTS.length * 20 + 6}" fill="#555" font-size="10">slope: log-log fit over</text>`);
+  o.push(`<text x="${W - R + 14}" y="${T + 14 + VARIANTS.length * 20 + 19}" fill="#555" font-size="10">the largest 3 sizes</text>`);
+  o.push('</svg>');
+  return o.join('\n') + '\n';
+}
+const svgFile = join(RESULTS_DIR, 'training-step.svg');
+writeFileSync(svgFile, svgPlot());
+
+// ---------------------------------------------------------------- output
+
+results.loadavgEnd = os.loadavg().map((x) => round(x, 3));
+results.otherLoadAtEnd = otherLoad();
+results.elapsedSec = round((nowMs() - t0All) / 1e3);
+const outFile = writeResults('training', results); // --quick writes it too (parameters.quick says which)
+rmSync(tmp, { recursive: true, force: true });
+log(`done in ${results.elapsedSec} s; wrote ${outFile} and ${svgFile}`);
