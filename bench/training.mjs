@@ -31,15 +31,17 @@
  * another, so each reports its own peak RSS and none inherits another's heap. For
  * each: 1 warm-up step, then timed steps (sparse: >= 5 and ~3 s; dense: >= 2, or 1
  * when the warm-up step took over 90 s). The step's parts are timed by wrapping the
- * objects' methods (no library change): retrieval (keys.searchBatch; for product keys
- * split into the two native table scans and the JS combine), row gathers, the rest of
- * forward + backward in JS ("softmax and sums"), SparseAdam.step (split into the native
- * optimStep and the JS argument checks), root reads, HNSW refresh. The Merkle share of
- * the optimizer is measured afterwards, on twin copies of the tensors: the last step's
- * gradients applied to a twin that was never committed (and, for HNSW, to a committed
- * twin without an index), interleaved with the main tensors; the difference of the
- * native step times is the Merkle (and HNSW dirty-marking) cost. Peak RSS is taken
- * before the twins exist.
+ * objects' methods (no library change): retrieval (keys.searchBatch), row gathers, the
+ * rest of forward + backward in JS ("softmax and sums"), SparseAdam.step (split into the
+ * native optimStep and the JS argument checks), root reads, HNSW refresh. The Merkle
+ * share of the optimizer is measured afterwards on twin copies of the tensors (copies of
+ * the trained rows, with their own SparseAdam): the gradients of the last few timed
+ * steps are replayed, interleaved, on a twin that was never committed and on a committed
+ * twin without any index. Merkle = committed twin - uncommitted twin (native optimStep);
+ * the main tensors' optimStep (timed during the steps) - the committed twin is what the
+ * HNSW index adds (drift checks, dirty marking, automatic refreshes past maxDirty), ~0
+ * for the other variants. Peak RSS is taken before the twins exist. The main tensors
+ * adopt the generated Float32Arrays (no second copy of the data).
  *
  * Prints tables to stdout, progress to stderr; writes bench/results/training.json and
  * bench/results/training-step.svg (--quick writes them too; parameters.quick says which).
@@ -77,11 +79,12 @@ const P = {
   sparseSteps: { minReps: 5, maxReps: 20, budgetMs: QUICK ? 1500 : 3000 },
   denseSteps: { minReps: 2, maxReps: 5, budgetMs: QUICK ? 2000 : 5000, slowStepMs: 90_000 },
   tfjsSteps: { minReps: 2, maxReps: 5, budgetMs: QUICK ? 2000 : 5000, slowStepMs: 60_000 },
-  twinReps: 3,
+  twinSteps: 5, // sparse: replay the last 5 steps' gradients (dense: the last step's)
+  twinReps: 2, // passes over them (after one warm pass)
   limits: {
     exactMaxStepMs: 10_000, // sparse-exact: skip an N whose predicted step is longer
     tfjsMaxStepMs: 60_000, // tfjs: skip an N whose predicted step is longer
-    hnswPredictedBuildSec: 300, // sparse-hnsw: skip an N whose predicted build is longer (the child also stops at buildLimitSec)
+    hnswPredictedBuildSec: 400, // sparse-hnsw: skip an N whose predicted build is longer (the child also stops at buildLimitSec)
     childTimeoutSec: { 'sparse-pk': 600, 'sparse-hnsw': 900, 'sparse-exact': 600, dense: 900, tfjs: 420 },
   },
 };
@@ -170,7 +173,7 @@ async function runLibrary(variant, log2N, log, emit) {
   // Step-part accumulators (reset each step).
   const acc = {};
   const resetAcc = () => {
-    for (const k of ['retrieval', 'retrievalNative', 'gather', 'optimNative']) acc[k] = 0;
+    for (const k of ['retrieval', 'gather', 'optimNative']) acc[k] = 0;
   };
   resetAcc();
   const wrapAsync = (obj, name, key, onSpan) => {
@@ -216,15 +219,15 @@ async function runLibrary(variant, log2N, log, emit) {
 
   // ---- tensors, commitment, index
   log('tensors ...');
-  const values = SparseTensor.fromArray(data.values, P.dv);
+  const values = SparseTensor.fromArray(data.values, P.dv, { adopt: true });
   let keys, keyTensors;
   if (pk) {
-    const k1 = SparseTensor.fromArray(data.keys1, P.subKeyDim);
-    const k2 = SparseTensor.fromArray(data.keys2, P.dim - P.subKeyDim);
+    const k1 = SparseTensor.fromArray(data.keys1, P.subKeyDim, { adopt: true });
+    const k2 = SparseTensor.fromArray(data.keys2, P.dim - P.subKeyDim, { adopt: true });
     keys = ProductKeyIndex.fromTables(k1, k2);
     keyTensors = [k1, k2];
   } else {
-    keys = SparseTensor.fromArray(data.keys, P.dim, { metric: 'ip' });
+    keys = SparseTensor.fromArray(data.keys, P.dim, { metric: 'ip', adopt: true });
     keyTensors = [keys];
   }
   const tensors = [...keyTensors, values];
@@ -259,23 +262,7 @@ async function runLibrary(variant, log2N, log, emit) {
   const opt = new SparseAdam(tensors, { lr: P.lr });
 
   // ---- instrumentation
-  if (pk) {
-    let span = null;
-    for (const kt of keyTensors) wrapAsync(kt, 'searchBatch', null, (s, e) => { span.s = Math.min(span.s, s); span.e = Math.max(span.e, e); });
-    const orig = keys.searchBatch.bind(keys);
-    keys.searchBatch = async (...a) => {
-      span = { s: Infinity, e: -Infinity };
-      const t0 = nowMs();
-      try {
-        return await orig(...a);
-      } finally {
-        acc.retrieval += nowMs() - t0;
-        acc.retrievalNative += span.e - span.s; // the two table scans run concurrently
-      }
-    };
-  } else if (!dense) {
-    wrapAsync(keys, 'searchBatch', 'retrieval');
-  }
+  if (!dense) wrapAsync(keys, 'searchBatch', 'retrieval'); // product keys: scans + k x k combine, native
   if (!dense) for (const x of tensors) wrapSync(x, 'gather', 'gather');
   for (const x of tensors) wrapOptimNative(x, 'optimNative');
 
@@ -307,7 +294,7 @@ async function runLibrary(variant, log2N, log, emit) {
   }
 
   // ---- the training step
-  let lastGrads = null;
+  const recentGrads = [];
   const step = async (i) => {
     const { x, w } = data.batches[i % P.batchPool];
     resetAcc();
@@ -324,7 +311,8 @@ async function runLibrary(variant, log2N, log, emit) {
     let refreshed = 0;
     if (hnsw) refreshed = keys.refreshHnsw(P.hnsw.refreshBudget);
     const t5 = nowMs();
-    lastGrads = g.grads;
+    recentGrads.push(g.grads);
+    if (recentGrads.length > (dense ? 1 : P.twinSteps)) recentGrads.shift();
     let loss = 0;
     for (let j = 0; j < w.length; j++) loss += w[j] * f.y[j];
     const part = {
@@ -340,10 +328,6 @@ async function runLibrary(variant, log2N, log, emit) {
       rootMs: t4 - t3,
       loss,
     };
-    if (pk) {
-      part.retrievalNativeMs = acc.retrievalNative;
-      part.pkCombineJsMs = acc.retrieval - acc.retrievalNative;
-    }
     if (hnsw) {
       const h = keys.hnsw;
       Object.assign(part, {
@@ -376,63 +360,64 @@ async function runLibrary(variant, log2N, log, emit) {
   const breakdown = Object.fromEntries(keysOf.map((k) => [k, med(k)]));
   if (hnsw) {
     breakdown.refreshed = med('refreshed');
+    breakdown.autoRefreshed = med('autoRefreshed');
     breakdown.dirtyAfterLast = parts.at(-1).dirtyAfter;
     breakdown.autoRefreshedTotal = parts.reduce((a, p) => a + p.autoRefreshed, 0);
     setup.recallAfter = await recallAt();
     setup.hnswAfter = keys.hnsw;
   }
 
-  // ---- Merkle (and HNSW dirty-marking) share of the optimizer: twins
+  // ---- Merkle (and HNSW) share of the optimizer: twins replaying the recent gradients
   log('twins (Merkle share of the optimizer) ...');
   tryGc();
   const all = new Uint32Array(N);
   for (let i = 0; i < N; i++) all[i] = i;
-  const copy = (x) => SparseTensor.fromArray(x.gather(all.subarray(0, x.size)), x.dim, { metric: 'ip' });
   const mkTwin = (commit) => {
     const m = new Map();
     for (const x of tensors) {
-      const c = copy(x);
+      const c = SparseTensor.fromArray(x.gather(all.subarray(0, x.size)), x.dim, { metric: 'ip', adopt: true });
       if (commit) c.commitSync();
+      wrapOptimNative(c, 'optimNative');
       m.set(x, c);
     }
-    const o = new SparseAdam([...m.values()], { lr: P.lr });
-    for (const c of m.values()) wrapOptimNative(c, 'optimNative');
-    return { m, o };
+    return { m, o: new SparseAdam([...m.values()], { lr: P.lr }) };
   };
-  const twins = { plain: mkTwin(false) };
-  if (hnsw) twins.committed = mkTwin(true);
-  const twinSamples = { main: [], plain: [], committed: [] };
-  const runOpt = (o, grads) => {
+  const twins = { plain: mkTwin(false), committed: mkTwin(true) };
+  const twinSamples = { plain: [], committed: [] };
+  const runTwin = (tw, grads) => {
     acc.optimNative = 0;
-    o.step(grads);
+    tw.o.step(grads.map((g) => ({ ...g, tensor: tw.m.get(g.tensor) })));
     return acc.optimNative;
   };
-  for (let r = 0; r < P.twinReps + 1; r++) {
-    const main = runOpt(opt, lastGrads);
-    const plain = runOpt(twins.plain.o, lastGrads.map((g) => ({ ...g, tensor: twins.plain.m.get(g.tensor) })));
-    const committed = hnsw ? runOpt(twins.committed.o, lastGrads.map((g) => ({ ...g, tensor: twins.committed.m.get(g.tensor) }))) : NaN;
-    if (r === 0) continue; // warm (first step of the twins' optimizers)
-    twinSamples.main.push(main);
-    twinSamples.plain.push(plain);
-    if (hnsw) twinSamples.committed.push(committed);
+  for (let r = 0; r <= P.twinReps; r++) {
+    for (const grads of recentGrads) {
+      const plain = runTwin(twins.plain, grads);
+      const committed = runTwin(twins.committed, grads);
+      if (r === 0) continue; // warm pass
+      twinSamples.plain.push(plain);
+      twinSamples.committed.push(committed);
+    }
   }
   const twin = {
-    optimNativeMainMs: round(median(twinSamples.main)),
-    optimNativeUncommittedMs: round(median(twinSamples.plain)),
+    optimNativeMainMs: breakdown.optimNativeMs,
+    optimNativeCommittedTwinMs: round(median(twinSamples.committed)),
+    optimNativeUncommittedTwinMs: round(median(twinSamples.plain)),
+    replayedSteps: recentGrads.length,
     reps: P.twinReps,
   };
-  if (hnsw) {
-    twin.optimNativeCommittedNoIndexMs = round(median(twinSamples.committed));
-    twin.merkleMs = round(twin.optimNativeCommittedNoIndexMs - twin.optimNativeUncommittedMs);
-    twin.hnswMarkMs = round(twin.optimNativeMainMs - twin.optimNativeCommittedNoIndexMs);
-  } else {
-    twin.merkleMs = round(twin.optimNativeMainMs - twin.optimNativeUncommittedMs);
-  }
+  twin.merkleMs = round(twin.optimNativeCommittedTwinMs - twin.optimNativeUncommittedTwinMs);
+  twin.mainMinusCommittedTwinMs = round(twin.optimNativeMainMs - twin.optimNativeCommittedTwinMs);
 
   // ---- check: the incrementally kept root equals a fresh rebuild
   const fresh = native().merkleRoot(values.gather(all), P.dv, CORES);
   const rootOk = Buffer.from(fresh).equals(Buffer.from(values.root()));
 
+  if (dense) {
+    // fwd: scores 2BNd + values 2BNdv; bwd: scores again, dA, dV, dK, dQ (2BN(d or dv) each)
+    const bn = P.batch * N;
+    breakdown.forwardGflops = round((bn * 2 * (P.dim + P.dv)) / (breakdown.forwardMs * 1e6), 3);
+    breakdown.backwardGflops = round((bn * 2 * (3 * P.dim + 2 * P.dv)) / (breakdown.backwardMs * 1e6), 3);
+  }
   return {
     variant,
     log2N,
@@ -516,7 +501,13 @@ async function runTfjs(log2N, log) {
     warmStepMs: round(warm.stepMs),
     stepSamplesMs: parts.map((p) => round(p.stepMs)),
     medianStepMs: med('stepMs'),
-    breakdown: { stepMs: med('stepMs'), forwardBackwardMs: med('forwardBackwardMs'), optimizerMs: med('optimizerMs'), readMs: med('readMs') },
+    breakdown: {
+      stepMs: med('stepMs'),
+      forwardBackwardMs: med('forwardBackwardMs'),
+      optimizerMs: med('optimizerMs'),
+      readMs: med('readMs'),
+      forwardBackwardGflops: round((P.batch * N * 2 * (4 * P.dim + 3 * P.dv)) / (med('forwardBackwardMs') * 1e6), 3),
+    },
     lossFirst: round(warm.loss, 6),
     lossLast: round(parts.at(-1).loss, 6),
     tfMemoryMiB: round(tf.memory().numBytes / 2 ** 20),
@@ -535,7 +526,7 @@ const tmp = mkdtempSync(join(os.tmpdir(), 'gt-training-'));
 function otherLoad() {
   let out = '';
   try {
-    out = execFileSync('pgrep', ['-af', 'bench/|cc1plus|vitest'], { encoding: 'utf8' });
+    out = execFileSync('pgrep', ['-af', 'bench/|cc1plus|vitest|examples/|node-gyp'], { encoding: 'utf8' });
   } catch {
     return [];
   }
@@ -689,8 +680,6 @@ for (const v of SPARSE.concat(['dense'])) {
       log2N: e,
       step: b.stepMs,
       retrieval: b.retrievalMs,
-      retrievalNative: b.retrievalNativeMs,
-      pkCombine: b.pkCombineJsMs,
       gather: b.gatherMs,
       jsMath: v === 'dense' ? undefined : b.jsMathMs,
       fwd: b.forwardMs,
@@ -699,7 +688,7 @@ for (const v of SPARSE.concat(['dense'])) {
       optimJs: b.optimJsMs,
       optimNative: b.optimNativeMs,
       merkle,
-      hnswMark: r.twin?.hnswMarkMs,
+      residual: r.twin?.mainMinusCommittedTwinMs,
       root: b.rootMs,
       refresh: b.refreshMs,
     });
@@ -714,27 +703,56 @@ table(
     { key: 'fwd', header: 'fwd' },
     { key: 'bwd', header: 'bwd' },
     { key: 'retrieval', header: 'retrieval' },
-    { key: 'retrievalNative', header: '(scans)' },
-    { key: 'pkCombine', header: '(pk JS)' },
     { key: 'gather', header: 'gather' },
     { key: 'jsMath', header: 'JS math' },
     { key: 'optimizer', header: 'optimizer' },
     { key: 'optimJs', header: '(JS chk)' },
     { key: 'optimNative', header: '(native)' },
     { key: 'merkle', header: 'Merkle*' },
-    { key: 'hnswMark', header: 'HNSW mark*' },
+    { key: 'residual', header: 'main-twin*' },
     { key: 'root', header: 'root()' },
     { key: 'refresh', header: 'refresh' },
   ],
   {
     title: '2. Where a step goes (medians over the timed steps, ms)',
     notes: [
-      'retrieval = keys.searchBatch (pk: (scans) = the two native sub-key table scans, concurrent; (pk JS) = query split + combineProductKeys in JS).',
+      'retrieval = keys.searchBatch (product keys: both sub-key scans and the k x k combination, native).',
       'gather = values/keys gather calls (native copies); JS math = forward + backward - retrieval - gather (normalise, finite checks, softmax, weighted sums, gradient loops).',
       'optimizer = SparseAdam.step: (JS chk) = argument checks in JS (id range, finite grads), (native) = optimStep (Adam, write path, Merkle leaves + paths, HNSW drift check).',
-      '* from twin tensors after the timed steps, same gradients: Merkle = native optimStep on the committed tensors - on uncommitted copies (hnsw: committed copies without an index);',
-      '  HNSW mark = main - committed copies without an index (drift checks, dirty marking, automatic refreshes past maxDirty). Both are parts of (native).',
+      '* twins after the timed steps replay the last steps\' gradients: Merkle = native optimStep of a committed copy - an uncommitted copy (neither has an index);',
+      '  main-twin = (native) of the main tensors during the steps - the committed copy: for hnsw the index\'s share (drift checks, dirty marking, auto-refresh past maxDirty), else ~0.',
       'dense: fwd / bwd are the native chunked kernels (+ JS input checks and normalisation); its optimizer covers all N rows of keys and values.',
+    ],
+  },
+);
+
+const thrRows = P.log2Ns
+  .map((e) => ({
+    log2N: e,
+    denseFwd: get('dense', e)?.breakdown.forwardGflops,
+    denseBwd: get('dense', e)?.breakdown.backwardGflops,
+    denseOpt: get('dense', e)?.breakdown.optimizerMs,
+    denseMerkle: get('dense', e)?.twin.merkleMs,
+    tfjsFb: get('tfjs', e)?.breakdown.forwardBackwardGflops,
+    tfjsOpt: get('tfjs', e)?.breakdown.optimizerMs,
+  }))
+  .filter((r) => r.denseFwd !== undefined || r.tfjsFb !== undefined);
+table(
+  thrRows,
+  [
+    { key: 'log2N', header: 'N', format: (x) => exp(x) },
+    { key: 'denseFwd', header: 'dense fwd GFLOP/s' },
+    { key: 'denseBwd', header: 'dense bwd GFLOP/s' },
+    { key: 'denseOpt', header: 'dense optimizer ms' },
+    { key: 'denseMerkle', header: '(Merkle ms)' },
+    { key: 'tfjsFb', header: 'tfjs fwd+bwd GFLOP/s' },
+    { key: 'tfjsOpt', header: 'tfjs adam ms' },
+  ],
+  {
+    title: '2b. Dense baselines: arithmetic rate and optimizer',
+    notes: [
+      'GFLOP/s counts 2 flops per multiply-add: forward 2BN(d + dv), backward 2BN(3d + 2dv) (scores again, dA, dV, dK, dQ); tfjs: both.',
+      'dense optimizer = SparseAdam.step over all N rows of keys and values (JS checks + native Adam + Merkle over every leaf); tfjs adam = applyGradients (no commitment).',
     ],
   },
 );
@@ -752,6 +770,7 @@ for (const v of VARIANTS) {
       hnswBuildMs: r.setup?.hnswBuildMs,
       recall: r.setup?.recallBefore !== undefined ? `${r.setup.recallBefore} / ${r.setup.recallAfter}` : undefined,
       refreshed: r.breakdown?.refreshed,
+      autoRefreshed: r.breakdown?.autoRefreshed,
       dirty: r.breakdown?.dirtyAfterLast,
       steps: r.stepSamplesMs.length,
       warmStepMs: r.warmStepMs,
@@ -770,7 +789,8 @@ table(
     { key: 'commitMs', header: 'commit ms' },
     { key: 'hnswBuildMs', header: 'HNSW build ms' },
     { key: 'recall', header: `recall@${P.k} before/after` },
-    { key: 'refreshed', header: 'refreshed/step' },
+    { key: 'refreshed', header: 'refreshHnsw/step' },
+    { key: 'autoRefreshed', header: 'auto/step' },
     { key: 'dirty', header: 'dirty at end' },
     { key: 'warmStepMs', header: 'warm-up ms' },
     { key: 'steps', header: 'timed steps' },
@@ -783,6 +803,7 @@ table(
     title: '3. Setup, index state, memory',
     notes: [
       `recall@${P.k}: HNSW (ef ${P.hnsw.ef}) top-${P.k} ids against the exact top-${P.k} for the 256 queries of batch 0, before the first and after the last step.`,
+      `refreshHnsw/step: rows re-linked by the step's refreshHnsw(${P.hnsw.refreshBudget}); auto/step: rows re-linked inside the optimizer's write (dirty rows past maxDirty); medians.`,
       'peak RSS: the child process maximum (ru_maxrss) after the timed steps, before the twin tensors (tfjs: includes the wasm heap, which never shrinks).',
       'root = rebuild: values.root() after training equals native().merkleRoot over the current rows (fresh build).',
     ],
@@ -812,6 +833,18 @@ for (const v of ['sparse-pk', 'sparse-hnsw']) {
   checks[`denseOver_${v}_at_2^${top}`] = r ?? null;
   checks[`${v} >= 50x faster than dense at 2^${top}`] = r === undefined ? null : r >= 50;
 }
+{
+  // Same data, same math: the first (warm-up) step's loss of dense and tfjs must agree.
+  const agree = P.log2Ns
+    .filter((e) => get('dense', e) && get('tfjs', e))
+    .map((e) => {
+      const a = get('dense', e).lossFirst, b = get('tfjs', e).lossFirst;
+      return { log2N: e, dense: a, tfjs: b, relDiff: round(Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), 1e-3), 3) };
+    });
+  checks.denseVsTfjsFirstLoss = agree;
+  checks.denseVsTfjsAgree = agree.length ? agree.every((x) => x.relDiff < 1e-2) : null;
+}
+checks.rootsMatchFreshRebuild = Object.values(results.runs).flatMap((v) => Object.values(v)).filter((r) => r.ok && r.rootMatchesFreshRebuild !== undefined).every((r) => r.rootMatchesFreshRebuild);
 results.checks = checks;
 table(
   [
@@ -820,6 +853,12 @@ table(
       value: checks[`denseOver_${v}_at_2^${top}`] === null ? 'not measured' : `${fmt(checks[`denseOver_${v}_at_2^${top}`])}x`,
       pass: checks[`${v} >= 50x faster than dense at 2^${top}`] ?? 'n/a',
     })),
+    {
+      check: 'dense and tfjs agree on the first step\'s loss (rel. diff < 1e-2)',
+      value: checks.denseVsTfjsFirstLoss.length ? `max rel. diff ${fmt(Math.max(...checks.denseVsTfjsFirstLoss.map((x) => x.relDiff)))}` : 'n/a',
+      pass: checks.denseVsTfjsAgree ?? 'n/a',
+    },
+    { check: 'every root after training = a fresh rebuild', value: '', pass: checks.rootsMatchFreshRebuild },
     ...VARIANTS.map((v) => ({
       check: `growth exponent ${v}${checks.growthExponent[v] ? ` (${checks.growthExponent[v].over.join(', ')})` : ''}`,
       value: checks.growthExponent[v]?.slope ?? 'n/a',

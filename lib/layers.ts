@@ -15,6 +15,7 @@
  */
 import { checkFloat32Array, checkInteger, toIds } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, fromNative } from './errors.js';
+import { native } from './native.js';
 import type { SparseGrad } from './optim.js';
 import { ProductKeyIndex } from './product-keys.js';
 import { SparseTensor, internalNative } from './sparse-tensor.js';
@@ -93,6 +94,14 @@ export interface HopfieldGradients {
   /** Sparse gradients of key rows (one entry per key tensor) and value rows. */
   grads: SparseGrad[];
   dBeta: number;
+}
+
+async function callNativeAsync<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (err) {
+    throw fromNative(err);
+  }
 }
 
 function concatU32(parts: Uint32Array[]): Uint32Array {
@@ -214,10 +223,12 @@ export class HopfieldLookup {
     let state = q;
     for (let step = 1; step <= this.updateSteps; step++) {
       const toValues = step === this.updateSteps;
-      const { ids, s, a } = await this.#select(state, B, beta);
-      const out = this.#mix(ids, a, B, toValues ? this.values : this.keys instanceof SparseTensor ? this.keys : null);
-      stages.push({ q: state, ids, s, a, out, toValues });
-      state = out;
+      const { ids, s } = await this.#select(state, B);
+      const rows = toValues ? this.values.gather(ids) : this.#keyRows(ids);
+      const w = toValues ? this.outDim : this.dim;
+      const m = await callNativeAsync(() => native().hopfieldMixAsync(B, this.k, w, rows, s, beta, this.threads));
+      stages.push({ q: state, ids, s, a: m.weights, out: m.out, toValues });
+      state = m.out;
     }
     const last = stages[stages.length - 1]!;
     const ctx: HopfieldContext = { batch: B, x, q, xNorm, stages, y: last.out, beta, lse: null };
@@ -262,7 +273,7 @@ export class HopfieldLookup {
       dBeta = 0;
       for (let i = ctx.stages.length - 1; i >= 0; i--) {
         const st = ctx.stages[i]!;
-        const r = this.#stageBackward(st, dOut, ctx.beta, B);
+        const r = await this.#stageBackward(st, dOut, ctx.beta, B);
         dBeta += r.dBeta;
         for (const g of r.grads) push(g);
         dOut = r.dq;
@@ -289,32 +300,26 @@ export class HopfieldLookup {
     return { dx, grads, dBeta };
   }
 
-  /** One stage's backward: gradients of the mixed rows, the key rows and its state q. */
-  #stageBackward(st: HopfieldStage, dOut: Float32Array, beta: number, B: number): { dq: Float32Array; grads: SparseGrad[]; dBeta: number } {
-    const k = this.k;
+  /** One stage's backward: gradients of the mixed rows, the key rows and its state q (native, off the JS thread). */
+  async #stageBackward(st: HopfieldStage, dOut: Float32Array, beta: number, B: number): Promise<{ dq: Float32Array; grads: SparseGrad[]; dBeta: number }> {
+    const k = this.k, d = this.dim;
     const { ids, s, a, out } = st;
-    const rows = st.toValues ? this.values.gather(ids) : this.keys instanceof SparseTensor ? this.keys.gather(ids) : this.#productKeyRows(ids);
+    const keyRows = this.#keyRows(ids);
+    const rows = st.toValues ? this.values.gather(ids) : keyRows;
     const w = out.length / B;
-    const dRows = new Float32Array(B * k * w);
-    const ds = new Float32Array(B * k);
-    let dBeta = 0;
-    for (let b = 0; b < B; b++) {
-      const c = dot(dOut, b * w, out, b * w, w);
-      for (let j = 0; j < k; j++) {
-        const r = b * k + j;
-        const aj = a[r]!;
-        const g = aj * (dot(dOut, b * w, rows, r * w, w) - c);
-        ds[r] = beta * g;
-        dBeta += g * s[r]!;
-        for (let t = 0; t < w; t++) dRows[r * w + t] = aj * dOut[b * w + t]!;
-      }
-    }
-    const kg = this.#keyBackward(st.q, ids, s, ds, B);
-    let mixed: SparseGrad[];
-    if (st.toValues) mixed = [{ tensor: this.values, ids, grads: dRows }];
-    else if (this.keys instanceof SparseTensor) mixed = [{ tensor: this.keys, ids, grads: dRows }];
-    else mixed = this.#splitProductKeyGrads(ids, dRows);
-    return { dq: kg.dq, grads: [...kg.grads, ...mixed], dBeta };
+    const mb = await callNativeAsync(() => native().hopfieldMixBackwardAsync(B, k, w, rows, s, beta, this.threads, a, out, dOut));
+    const metric = this.keys instanceof ProductKeyIndex ? 'ip' : this.similarity;
+    const kb = await callNativeAsync(() => native().hopfieldKeyBackwardAsync(B, k, d, keyRows, s, metric, this.threads, st.q, mb.ds));
+    const grads: SparseGrad[] = this.keys instanceof ProductKeyIndex ? this.#splitProductKeyGrads(ids, kb.dKeys) : [{ tensor: this.keys, ids, grads: kb.dKeys }];
+    if (st.toValues) grads.push({ tensor: this.values, ids, grads: mb.dRows });
+    else if (this.keys instanceof SparseTensor) grads.push({ tensor: this.keys, ids, grads: mb.dRows });
+    else grads.push(...this.#splitProductKeyGrads(ids, mb.dRows));
+    return { dq: kb.dq, grads, dBeta: mb.dBeta };
+  }
+
+  /** The selected key rows (product keys: the two sub-keys concatenated). */
+  #keyRows(ids: Uint32Array): Float32Array {
+    return this.keys instanceof SparseTensor ? this.keys.gather(ids) : this.#productKeyRows(ids);
   }
 
   /** Gradients of concatenated product-key rows, split into the two sub-key tables. */
@@ -332,8 +337,8 @@ export class HopfieldLookup {
     return [{ tensor: pk.keys1, ids: i1, grads: g1 }, { tensor: pk.keys2, ids: i2, grads: g2 }];
   }
 
-  /** Top-k ids, their similarities and softmax weights for B states. */
-  async #select(q: Float32Array, B: number, beta: number): Promise<{ ids: Uint32Array; s: Float32Array; a: Float32Array }> {
+  /** Top-k ids and their similarities for B states. */
+  async #select(q: Float32Array, B: number): Promise<{ ids: Uint32Array; s: Float32Array }> {
     const k = this.k;
     let ids: Uint32Array;
     const s = new Float32Array(B * k);
@@ -352,30 +357,7 @@ export class HopfieldLookup {
       ids = r.ids;
       for (let i = 0; i < s.length; i++) s[i] = this.similarity === 'l2' ? -r.scores[i]! : r.scores[i]!;
     }
-    const a = new Float32Array(B * k);
-    for (let b = 0; b < B; b++) {
-      let mx = -Infinity;
-      for (let j = 0; j < k; j++) mx = Math.max(mx, beta * s[b * k + j]!);
-      let z = 0;
-      for (let j = 0; j < k; j++) z += Math.exp(beta * s[b * k + j]! - mx);
-      for (let j = 0; j < k; j++) a[b * k + j] = Math.exp(beta * s[b * k + j]! - mx) / z;
-    }
-    return { ids, s, a };
-  }
-
-  /** sum_j a_j R_j per input, R rows gathered from `table` (product keys: concatenated sub-keys). */
-  #mix(ids: Uint32Array, a: Float32Array, B: number, table: SparseTensor | null): Float32Array {
-    const k = this.k;
-    const rows = table ? table.gather(ids) : this.#productKeyRows(ids);
-    const w = table ? table.dim : this.dim;
-    const out = new Float32Array(B * w);
-    for (let b = 0; b < B; b++) {
-      for (let j = 0; j < k; j++) {
-        const r = b * k + j, aj = a[r]!;
-        for (let t = 0; t < w; t++) out[b * w + t]! += aj * rows[r * w + t]!;
-      }
-    }
-    return out;
+    return { ids, s };
   }
 
   #productKeyRows(ids: Uint32Array): Float32Array {
@@ -393,68 +375,6 @@ export class HopfieldLookup {
       out.set(k2.subarray(r * d2, (r + 1) * d2), r * d + d1);
     }
     return out;
-  }
-
-  /** Chain ds (d loss / d s) into the state q and the key rows. */
-  #keyBackward(q: Float32Array, ids: Uint32Array, s: Float32Array, ds: Float32Array, B: number): { dq: Float32Array; grads: SparseGrad[] } {
-    const k = this.k, d = this.dim;
-    const dq = new Float32Array(B * d);
-    if (this.keys instanceof ProductKeyIndex) {
-      const pk = this.keys, n = pk.subKeys, d1 = pk.keys1.dim, d2 = pk.keys2.dim;
-      const i1 = new Uint32Array(ids.length), i2 = new Uint32Array(ids.length);
-      for (let r = 0; r < ids.length; r++) {
-        i1[r] = Math.floor(ids[r]! / n);
-        i2[r] = ids[r]! % n;
-      }
-      const K1 = pk.keys1.gather(i1), K2 = pk.keys2.gather(i2);
-      const g1 = new Float32Array(ids.length * d1), g2 = new Float32Array(ids.length * d2);
-      for (let b = 0; b < B; b++) {
-        for (let j = 0; j < k; j++) {
-          const r = b * k + j, g = ds[r]!;
-          for (let t = 0; t < d1; t++) {
-            g1[r * d1 + t] = g * q[b * d + t]!;
-            dq[b * d + t]! += g * K1[r * d1 + t]!;
-          }
-          for (let t = 0; t < d2; t++) {
-            g2[r * d2 + t] = g * q[b * d + d1 + t]!;
-            dq[b * d + d1 + t]! += g * K2[r * d2 + t]!;
-          }
-        }
-      }
-      return { dq, grads: [{ tensor: pk.keys1, ids: i1, grads: g1 }, { tensor: pk.keys2, ids: i2, grads: g2 }] };
-    }
-    const keys = this.keys;
-    const K = keys.gather(ids);
-    const dK = new Float32Array(ids.length * d);
-    for (let b = 0; b < B; b++) {
-      const qo = b * d;
-      const qn = this.similarity === 'cosine' ? Math.sqrt(dot(q, qo, q, qo, d)) : 1;
-      for (let j = 0; j < k; j++) {
-        const r = b * k + j, g = ds[r]!, ko = r * d;
-        if (this.similarity === 'ip') {
-          for (let t = 0; t < d; t++) {
-            dK[ko + t] = g * q[qo + t]!;
-            dq[qo + t]! += g * K[ko + t]!;
-          }
-        } else if (this.similarity === 'l2') {
-          for (let t = 0; t < d; t++) {
-            const diff = q[qo + t]! - K[ko + t]!;
-            dK[ko + t] = 2 * g * diff;
-            dq[qo + t]! -= 2 * g * diff;
-          }
-        } else {
-          const kn = Math.sqrt(dot(K, ko, K, ko, d));
-          if (qn === 0 || kn === 0) continue; // cosine is 0 there and flat
-          const c = s[r]!;
-          for (let t = 0; t < d; t++) {
-            const u = q[qo + t]! / qn, kh = K[ko + t]! / kn;
-            dK[ko + t] = (g * (u - c * kh)) / kn;
-            dq[qo + t]! += (g * (kh - c * u)) / qn;
-          }
-        }
-      }
-    }
-    return { dq, grads: [{ tensor: keys, ids, grads: dK }] };
   }
 }
 

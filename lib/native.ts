@@ -149,6 +149,15 @@ export interface NativeAddon {
   blake3(bytes: Uint8Array): Uint8Array;
   merkleRoot(data: Float32Array, dim: number, threads?: number): Uint8Array;
   merkleVerify(root: Uint8Array, n: number, dim: number, ids: Uint32Array, leaves: Float32Array, proof: Uint8Array): boolean;
+  hopfieldMixAsync(B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined): Promise<{ weights: Float32Array; out: Float32Array }>;
+  hopfieldMixBackwardAsync(
+    B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined,
+    weights: Float32Array, out: Float32Array, dOut: Float32Array,
+  ): Promise<{ dRows: Float32Array; ds: Float32Array; dBeta: number }>;
+  hopfieldKeyBackwardAsync(
+    B: number, k: number, d: number, keys: Float32Array, s: Float32Array, metric: NativeMetric, threads: number | undefined,
+    q: Float32Array, ds: Float32Array,
+  ): Promise<{ dq: Float32Array; dKeys: Float32Array }>;
   merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };
 }
 
