@@ -64,6 +64,7 @@ export interface NativeTensor {
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
   optimInit(options: NativeOptimizerOptions): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
+  optimCheck(ids: Uint32Array, grads: Float32Array): void;
   optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };
   optimSetLr(lr: number): void;
   optimInfo(): NativeOptimizerInfo | null;

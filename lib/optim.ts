@@ -117,13 +117,8 @@ abstract class SparseOptimizerBase {
       if (g.grads.length !== ids.length * g.tensor.dim) {
         throw new InvalidArgumentError(`grads[${i}].grads has length ${g.grads.length}, expected ids.length * dim = ${ids.length * g.tensor.dim}`);
       }
-      const n = g.tensor.size;
-      for (let j = 0; j < ids.length; j++) {
-        if (ids[j]! >= n) throw new OutOfRangeError(`grads[${i}].ids[${j}] = ${ids[j]} is out of range (size ${n})`);
-      }
-      for (let j = 0; j < g.grads.length; j++) {
-        if (!Number.isFinite(g.grads[j]!)) throw new NonFiniteError(`grads[${i}].grads[${j}] is not finite`);
-      }
+      // ids in range, finite gradients, tensor not busy: checked natively, per entry, before any step.
+      callNative(() => internalNative(g.tensor).optimCheck(ids, g.grads));
       return { t: g.tensor, ids, grads: g.grads };
     });
     return prepared.map((p) => callNative(() => internalNative(p.t).optimStep(p.ids, p.grads)));

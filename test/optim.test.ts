@@ -186,7 +186,11 @@ describe('SparseAdam / SparseSGD against a float64 reference restricted to touch
     expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array([NaN, 0]) }])).toThrow(NonFiniteError);
     expect(() => opt.step([{ tensor: other, ids: [0], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
     expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }, { tensor: t, ids: [1], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
-    expect(opt.info(t).steps).toBe(0);
+    // A bad second entry: the first tensor does not step either.
+    const two = new SparseAdam([t, other]);
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [9], grads: new Float32Array(2) }])).toThrow(OutOfRangeError);
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [0], grads: new Float32Array([0, Infinity]) }])).toThrow(NonFiniteError);
+    expect(two.info(t).steps).toBe(0);
     expect(Array.from(t.gather([0, 1, 2, 3]))).toEqual(new Array(8).fill(0));
     const pending = t.searchBatch(new Float32Array(2 * 64), 1);
     expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }])).toThrow(TensorBusyError);

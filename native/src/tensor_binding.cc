@@ -416,6 +416,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::HnswRefreshAsync>("hnswRefreshAsync"),
                          InstanceMethod<&TensorBinding::OptimInit>("optimInit"),
                          InstanceMethod<&TensorBinding::OptimStep>("optimStep"),
+                         InstanceMethod<&TensorBinding::OptimCheck>("optimCheck"),
                          InstanceMethod<&TensorBinding::OptimState>("optimState"),
                          InstanceMethod<&TensorBinding::OptimSetLr>("optimSetLr"),
                          InstanceMethod<&TensorBinding::OptimInfo>("optimInfo"),

@@ -228,6 +228,24 @@ Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// optimCheck(ids, grads): the checks optimStep makes before changing anything, alone
+// (a multi-tensor step checks every entry first, so it is all or nothing).
+Napi::Value TensorBinding::OptimCheck(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("an optimizer step");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
+    if (grads.length != ids.length * t.dim())
+      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
+                                                  std::to_string(ids.length * t.dim()));
+    t.check_ids(ids.data, ids.length, "ids");
+    const size_t bad = first_non_finite(grads.data, grads.length);
+    if (bad != grads.length) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
+    return info.Env().Undefined();
+  });
+}
+
 // optimState(ids) -> { m, v, steps }
 Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
