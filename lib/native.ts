@@ -62,7 +62,8 @@ export interface NativeTensor {
     k: number,
     threads: number | undefined,
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
-  optimInit(options: NativeOptimizerOptions): void;
+  optimInit(options: NativeOptimizerOptions, replace: boolean): void;
+  optimDetach(): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
   optimCheck(ids: Uint32Array, grads: Float32Array): void;
   optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };

@@ -36,9 +36,12 @@ export interface AdamOptions {
   weightDecay?: number;
   /** 'row' (default): each row's own update count; 'global': one count (PyTorch SparseAdam). */
   biasCorrection?: 'row' | 'global';
+  /** Replace an optimizer already attached to a tensor (its state is lost). Default false: refuse. */
+  replaceState?: boolean;
 }
 
 export interface SgdOptions {
+  replaceState?: boolean;
   /** Learning rate (default 1e-2). */
   lr?: number;
   /** Decoupled weight decay, applied lazily with catch-up; default 0. */
@@ -74,14 +77,24 @@ abstract class SparseOptimizerBase {
   readonly #tensors: SparseTensor[];
   #lr: number;
 
-  protected constructor(tensors: readonly SparseTensor[], options: NativeOptimizerOptions) {
+  protected constructor(tensors: readonly SparseTensor[], options: NativeOptimizerOptions, replace: boolean) {
     if (!Array.isArray(tensors) || tensors.length === 0) throw new InvalidArgumentError('tensors must be a non-empty array of SparseTensors');
     for (const t of tensors) if (!(t instanceof SparseTensor)) throw new InvalidArgumentError('tensors must be SparseTensors');
     if (new Set(tensors).size !== tensors.length) throw new InvalidArgumentError('a tensor is listed twice');
     // Validate everything before attaching to any tensor.
     this.#tensors = [...tensors];
     this.#lr = options.lr!;
-    for (const t of this.#tensors) callNative(() => internalNative(t).optimInit(options));
+    for (const t of tensors) {
+      if (callNative(() => internalNative(t).optimInfo()) !== null && !replace) {
+        throw new InvalidArgumentError('a tensor already has an optimizer (its state lives with the tensor): detach() that one first, or pass replaceState: true');
+      }
+    }
+    for (const t of this.#tensors) callNative(() => internalNative(t).optimInit(options, replace));
+  }
+
+  /** Drops the optimizer state of every tensor (they can then take another optimizer). */
+  detach(): void {
+    for (const t of this.#tensors) callNative(() => internalNative(t).optimDetach());
   }
 
   /** The tensors this optimizer updates. */
@@ -156,7 +169,7 @@ export class SparseAdam extends SparseOptimizerBase {
       throw new InvalidArgumentError(`biasCorrection must be 'row' or 'global', got ${String(o.biasCorrection)}`);
     }
     if (o.lr! * o.weightDecay! >= 1) throw new OutOfRangeError('lr * weightDecay must be < 1');
-    super(tensors, o);
+    super(tensors, o, options.replaceState ?? false);
   }
 }
 
@@ -169,7 +182,7 @@ export class SparseSGD extends SparseOptimizerBase {
       weightDecay: checkNumber('weightDecay', options.weightDecay ?? 0, 0, 1e6),
     };
     if (o.lr! * o.weightDecay! >= 1) throw new OutOfRangeError('lr * weightDecay must be < 1');
-    super(tensors, o);
+    super(tensors, o, options.replaceState ?? false);
   }
 }
 
@@ -184,7 +197,7 @@ export class DenseAdam {
   readonly beta2: number;
   readonly eps: number;
 
-  constructor(params: readonly Float32Array[], options: Omit<AdamOptions, 'biasCorrection' | 'weightDecay'> = {}) {
+  constructor(params: readonly Float32Array[], options: Omit<AdamOptions, 'biasCorrection' | 'weightDecay' | 'replaceState'> = {}) {
     for (const p of params) checkFloat32Array('params', p);
     this.#params = [...params];
     this.#m = params.map((p) => new Float64Array(p.length));

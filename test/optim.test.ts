@@ -187,14 +187,18 @@ describe('SparseAdam / SparseSGD against a float64 reference restricted to touch
     expect(() => opt.step([{ tensor: other, ids: [0], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
     expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }, { tensor: t, ids: [1], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
     // A bad second entry: the first tensor does not step either.
-    const two = new SparseAdam([t, other]);
+    expect(() => new SparseAdam([other, t])).toThrow(InvalidArgumentError); // t has one already
+    expect(() => opt.info(other)).toThrow(InvalidArgumentError);
+    const two = new SparseAdam([t, other], { replaceState: true });
     expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [9], grads: new Float32Array(2) }])).toThrow(OutOfRangeError);
     expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [0], grads: new Float32Array([0, Infinity]) }])).toThrow(NonFiniteError);
     expect(two.info(t).steps).toBe(0);
     expect(Array.from(t.gather([0, 1, 2, 3]))).toEqual(new Array(8).fill(0));
     const pending = t.searchBatch(new Float32Array(2 * 64), 1);
-    expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }])).toThrow(TensorBusyError);
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }])).toThrow(TensorBusyError);
     await pending;
+    two.detach();
+    new SparseSGD([t]); // free again
   });
 });
 

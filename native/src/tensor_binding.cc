@@ -417,6 +417,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::OptimInit>("optimInit"),
                          InstanceMethod<&TensorBinding::OptimStep>("optimStep"),
                          InstanceMethod<&TensorBinding::OptimCheck>("optimCheck"),
+                         InstanceMethod<&TensorBinding::OptimDetach>("optimDetach"),
                          InstanceMethod<&TensorBinding::OptimState>("optimState"),
                          InstanceMethod<&TensorBinding::OptimSetLr>("optimSetLr"),
                          InstanceMethod<&TensorBinding::OptimInfo>("optimInfo"),

@@ -58,6 +58,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value OptimInit(const Napi::CallbackInfo& info);
   Napi::Value OptimStep(const Napi::CallbackInfo& info);
   Napi::Value OptimCheck(const Napi::CallbackInfo& info);
+  Napi::Value OptimDetach(const Napi::CallbackInfo& info);
   Napi::Value OptimState(const Napi::CallbackInfo& info);
   Napi::Value OptimSetLr(const Napi::CallbackInfo& info);
   Napi::Value OptimInfo(const Napi::CallbackInfo& info);

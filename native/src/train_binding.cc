@@ -206,8 +206,20 @@ Napi::Value TensorBinding::OptimInit(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("attaching an optimizer");
     const OptimizerParams p = optimizer_params(info, 0);
+    const bool replace = info.Length() > 1 && info[1].ToBoolean().Value();
+    if (optimizer_ && !replace)
+      throw Error(ErrorCode::InvalidArgument, "the tensor already has an optimizer (its state lives with the tensor); detach() it first");
     optimizer_.reset();
     optimizer_ = std::make_unique<SparseOptimizer>(t, p);
+    return info.Env().Undefined();
+  });
+}
+
+// optimDetach(): drops this tensor's optimizer state.
+Napi::Value TensorBinding::OptimDetach(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    writable("detaching an optimizer");
+    optimizer_.reset();
     return info.Env().Undefined();
   });
 }
