@@ -5,6 +5,8 @@
  *
  *   node bench/training.mjs            full run: N = 2^10, 2^12, ..., 2^20 (~15-25 min on 2 cores)
  *   node bench/training.mjs --quick    N = 2^10 .. 2^14, a minute or two
+ *   node bench/training.mjs --replot   re-print the tables and redraw the SVG from
+ *                                      bench/results/training.json (no measuring)
  *
  * A step: a HopfieldLookup layer with keys (N x 64) and values (N x 64), k = 32,
  * beta = 1/8, similarity 'ip', normalize: true, over a batch of 256 random inputs;
@@ -32,8 +34,12 @@
  * each: 1 warm-up step, then timed steps (sparse: >= 5 and ~3 s; dense: >= 2, or 1
  * when the warm-up step took over 90 s). The step's parts are timed by wrapping the
  * objects' methods (no library change): retrieval (keys.searchBatch), row gathers, the
- * rest of forward + backward in JS ("softmax and sums"), SparseAdam.step (split into the
- * native optimStep and the JS argument checks), root reads, HNSW refresh. The Merkle
+ * native softmax-and-sums kernels (native().hopfieldMix*Async, when the library has
+ * them), the rest of forward + backward (JS), SparseAdam.step (split into the native
+ * checks optimCheck, the native optimStep and the JS rest), root reads, HNSW refresh.
+ * Each child records the library it loaded (git HEAD, hashes of dist/*.js and the
+ * addon), and the parent samples other benchmark / compile / test processes every few
+ * seconds while a child runs; both are reported with the tables. The Merkle
  * share of the optimizer is measured afterwards on twin copies of the tensors (copies of
  * the trained rows, with their own SparseAdam): the gradients of the last few timed
  * steps are replayed, interleaved, on a twin that was never committed and on a committed
@@ -47,7 +53,8 @@
  * bench/results/training-step.svg (--quick writes them too; parameters.quick says which).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,6 +63,7 @@ import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, rng, round, stat
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 const argv = process.argv.slice(2);
+const REPLOT = argv.includes('--replot');
 const QUICK = argv.includes('--quick');
 const CHILD = argv.indexOf('--child');
 
@@ -136,6 +144,26 @@ function makeData(log2N, { keys = true, subKeys = false } = {}) {
 }
 
 const median = (a) => (a.length ? stats(a).median : NaN);
+
+/** Which library build a process loads: git HEAD and hashes of dist/*.js and the addon. */
+function libraryProvenance() {
+  const h = createHash('sha256');
+  const dist = join(ROOT, 'dist');
+  for (const f of readdirSync(dist).filter((f) => f.endsWith('.js')).sort()) h.update(f).update(readFileSync(join(dist, f)));
+  let addon = null;
+  try {
+    addon = createHash('sha256').update(readFileSync(join(ROOT, 'build', 'Release', 'ghost_tensor.node'))).digest('hex').slice(0, 16);
+  } catch {
+    /* a prebuild, or none */
+  }
+  let head = null;
+  try {
+    head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  } catch {
+    /* not a git checkout */
+  }
+  return { head, dist: h.digest('hex').slice(0, 16), addon };
+}
 const maxRssMiB = () => process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
 
 // ================================================================ child: one variant at one N
@@ -146,9 +174,10 @@ if (CHILD >= 0) {
   const outFile = argv[argv.indexOf('--out') + 1];
   const log = logger(`training ${variant} 2^${log2N}`);
   const emit = (obj) => writeFileSync(outFile, JSON.stringify(obj));
+  const library = libraryProvenance(); // before the import: what this child loads
   try {
     const r = variant === 'tfjs' ? await runTfjs(log2N, log) : await runLibrary(variant, log2N, log, emit);
-    emit({ ok: true, ...r });
+    emit({ ok: true, library, ...r });
   } catch (err) {
     log(`FAILED: ${err?.stack ?? err}`);
     emit({ ok: false, variant, log2N, error: String(err?.message ?? err), maxRssMiB: round(maxRssMiB()) });
@@ -173,7 +202,7 @@ async function runLibrary(variant, log2N, log, emit) {
   // Step-part accumulators (reset each step).
   const acc = {};
   const resetAcc = () => {
-    for (const k of ['retrieval', 'gather', 'optimNative']) acc[k] = 0;
+    for (const k of ['retrieval', 'gather', 'nativeMath', 'optimCheck', 'optimNative']) acc[k] = 0;
   };
   resetAcc();
   const wrapAsync = (obj, name, key, onSpan) => {
@@ -200,11 +229,11 @@ async function runLibrary(variant, log2N, log, emit) {
       }
     };
   };
-  // The native optimStep is a read-only prototype method: shadow it on the instance.
-  const wrapOptimNative = (tensor, key) => {
-    const nat = internalNative(tensor);
-    const orig = nat.optimStep;
-    Object.defineProperty(nat, 'optimStep', {
+  // Native methods are read-only prototype properties: shadow them on the instance.
+  const wrapNativeMethod = (nat, name, key) => {
+    const orig = nat[name];
+    if (typeof orig !== 'function') return false;
+    Object.defineProperty(nat, name, {
       configurable: true,
       value(...a) {
         const t = nowMs();
@@ -215,6 +244,11 @@ async function runLibrary(variant, log2N, log, emit) {
         }
       },
     });
+    return true;
+  };
+  const wrapOptimNative = (tensor) => {
+    wrapNativeMethod(internalNative(tensor), 'optimStep', 'optimNative');
+    wrapNativeMethod(internalNative(tensor), 'optimCheck', 'optimCheck');
   };
 
   // ---- tensors, commitment, index
@@ -264,7 +298,11 @@ async function runLibrary(variant, log2N, log, emit) {
   // ---- instrumentation
   if (!dense) wrapAsync(keys, 'searchBatch', 'retrieval'); // product keys: scans + k x k combine, native
   if (!dense) for (const x of tensors) wrapSync(x, 'gather', 'gather');
-  for (const x of tensors) wrapOptimNative(x, 'optimNative');
+  for (const x of tensors) wrapOptimNative(x);
+  // The sparse softmax-and-sums kernels (module functions of the addon, async).
+  const nativeMathFns = ['hopfieldMixAsync', 'hopfieldMixBackwardAsync', 'hopfieldKeyBackwardAsync'].filter((f) => typeof native()[f] === 'function');
+  if (!dense) for (const f of nativeMathFns) wrapAsync(native(), f, 'nativeMath');
+  setup.nativeMathKernels = nativeMathFns;
 
   // Normalised queries of a batch (as the layer computes them), for recall checks.
   const normalized = (x) => {
@@ -321,10 +359,12 @@ async function runLibrary(variant, log2N, log, emit) {
       backwardMs: t2 - t1,
       retrievalMs: acc.retrieval,
       gatherMs: acc.gather,
-      jsMathMs: t2 - t0 - acc.retrieval - acc.gather,
+      nativeMathMs: acc.nativeMath,
+      restMs: t2 - t0 - acc.retrieval - acc.gather - acc.nativeMath,
       optimizerMs: t3 - t2,
+      optimCheckMs: acc.optimCheck,
       optimNativeMs: acc.optimNative,
-      optimJsMs: t3 - t2 - acc.optimNative,
+      optimJsMs: t3 - t2 - acc.optimNative - acc.optimCheck,
       rootMs: t4 - t3,
       loss,
     };
@@ -377,7 +417,7 @@ async function runLibrary(variant, log2N, log, emit) {
     for (const x of tensors) {
       const c = SparseTensor.fromArray(x.gather(all.subarray(0, x.size)), x.dim, { metric: 'ip', adopt: true });
       if (commit) c.commitSync();
-      wrapOptimNative(c, 'optimNative');
+      wrapOptimNative(c);
       m.set(x, c);
     }
     return { m, o: new SparseAdam([...m.values()], { lr: P.lr }) };
@@ -540,9 +580,13 @@ function runChild(variant, log2N) {
   const out = join(tmp, `${variant}-${log2N}.json`);
   const args = ['--expose-gc', THIS_FILE, '--child', variant, String(log2N), '--out', out, ...(QUICK ? ['--quick'] : [])];
   const before = { loadavg: os.loadavg().map((x) => round(x, 3)), others: otherLoad() };
+  const seen = new Set(before.others);
   const t = nowMs();
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: ROOT });
+    const sampler = setInterval(() => {
+      for (const l of otherLoad()) if (!l.startsWith(`${child.pid} `)) seen.add(l);
+    }, 3000);
     const limitSec = P.limits.childTimeoutSec[variant];
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -552,6 +596,7 @@ function runChild(variant, log2N) {
     }, limitSec * 1000);
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
+      clearInterval(sampler);
       let r;
       try {
         r = JSON.parse(readFileSync(out, 'utf8'));
@@ -560,7 +605,8 @@ function runChild(variant, log2N) {
       }
       r.wallSec = round((nowMs() - t) / 1e3);
       r.loadBefore = before;
-      r.othersDuring = [...new Set([...before.others, ...otherLoad()])];
+      for (const l of otherLoad()) seen.add(l);
+      r.othersDuring = [...seen];
       resolve(r);
     });
   });
@@ -585,40 +631,48 @@ function skipReason(variant, log2N, runs) {
   return null;
 }
 
-log(`${QUICK ? 'quick' : 'full'} run: N = ${P.log2Ns.map((e) => `2^${e}`).join(', ')}; cores = ${CORES}`);
-const startOthers = otherLoad();
-if (startOthers.length) log(`other load at start: ${startOthers.join(' | ')}`);
-const results = {
-  name: 'training',
-  date: new Date().toISOString(),
-  command: `node bench/training.mjs${QUICK ? ' --quick' : ''}`,
-  machine: machine(),
-  parameters: {
-    ...P,
-    variants: VARIANTS,
-    units: { ms: 'milliseconds (wall clock)', MiB: '2^20 bytes' },
-    step: 'forward (256 inputs) -> backward (dy = w) -> SparseAdam.step over the key and value tensors -> t.root() of each tensor (+ refreshHnsw for sparse-hnsw); tfjs: valueAndGrads + adam.applyGradients + reading dx and the loss (no commitment)',
-  },
-  otherLoadAtStart: startOthers,
-  runs: Object.fromEntries(VARIANTS.map((v) => [v, {}])),
-};
+let results;
+if (REPLOT) {
+  results = JSON.parse(readFileSync(join(RESULTS_DIR, 'training.json'), 'utf8'));
+  P.log2Ns = results.parameters.log2Ns;
+  P.quick = results.parameters.quick;
+  log(`replot of ${results.command} from ${results.date}`);
+} else {
+  log(`${QUICK ? 'quick' : 'full'} run: N = ${P.log2Ns.map((e) => `2^${e}`).join(', ')}; cores = ${CORES}`);
+  const startOthers = otherLoad();
+  if (startOthers.length) log(`other load at start: ${startOthers.join(' | ')}`);
+  results = {
+    name: 'training',
+    date: new Date().toISOString(),
+    command: `node bench/training.mjs${QUICK ? ' --quick' : ''}`,
+    machine: machine(),
+    parameters: {
+      ...P,
+      variants: VARIANTS,
+      units: { ms: 'milliseconds (wall clock)', MiB: '2^20 bytes' },
+      step: 'forward (256 inputs) -> backward (dy = w) -> SparseAdam.step over the key and value tensors -> t.root() of each tensor (+ refreshHnsw for sparse-hnsw); tfjs: valueAndGrads + adam.applyGradients + reading dx and the loss (no commitment)',
+    },
+    otherLoadAtStart: startOthers,
+    runs: Object.fromEntries(VARIANTS.map((v) => [v, {}])),
+  };
 
-for (const log2N of P.log2Ns) {
-  for (const variant of VARIANTS) {
-    const why = skipReason(variant, log2N, results.runs);
-    if (why) {
-      log(`${variant} 2^${log2N}: ${why}`);
-      results.runs[variant][log2N] = { ok: false, variant, log2N, skipped: true, skipReason: why };
-      continue;
+  for (const log2N of P.log2Ns) {
+    for (const variant of VARIANTS) {
+      const why = skipReason(variant, log2N, results.runs);
+      if (why) {
+        log(`${variant} 2^${log2N}: ${why}`);
+        results.runs[variant][log2N] = { ok: false, variant, log2N, skipped: true, skipReason: why };
+        continue;
+      }
+      log(`${variant} 2^${log2N} ...`);
+      const r = await runChild(variant, log2N);
+      results.runs[variant][log2N] = r;
+      log(
+        r.ok
+          ? `${variant} 2^${log2N}: median step ${fmt(r.medianStepMs)} ms, peak RSS ${fmt(r.maxRssMiB)} MiB (${r.wallSec} s)`
+          : `${variant} 2^${log2N}: ${r.error}`,
+      );
     }
-    log(`${variant} 2^${log2N} ...`);
-    const r = await runChild(variant, log2N);
-    results.runs[variant][log2N] = r;
-    log(
-      r.ok
-        ? `${variant} 2^${log2N}: median step ${fmt(r.medianStepMs)} ms, peak RSS ${fmt(r.maxRssMiB)} MiB (${r.wallSec} s)`
-        : `${variant} 2^${log2N}: ${r.error}`,
-    );
   }
 }
 
@@ -632,6 +686,21 @@ const stepOf = (v, e) => get(v, e)?.medianStepMs;
 const ratio = (a, b) => (a !== undefined && b !== undefined ? round(a / b, 3) : undefined);
 const exp = (e) => `2^${e}`;
 
+/** Another benchmark, compile or test process was seen before or after this run's child. */
+const contended = (v, e) => (results.runs[v][e]?.othersDuring ?? []).length > 0;
+const markIf = (v) => (x, row) => (x === undefined ? '-' : `${fmt(x)}${contended(v, row.log2N) ? ' !' : ''}`);
+/** One line on the library build(s) the children loaded (all must match). */
+function libraryNote() {
+  const libs = new Map();
+  for (const v of VARIANTS) for (const r of Object.values(results.runs[v])) if (r.library) libs.set(JSON.stringify(r.library), `${v} ${exp(r.log2N)}`);
+  results.libraryBuilds = [...libs.keys()].map((k) => JSON.parse(k));
+  if (libs.size === 0) return 'library build not recorded';
+  if (libs.size === 1) {
+    const l = results.libraryBuilds[0];
+    return `library: git ${l.head}, dist ${l.dist}, addon ${l.addon} (the same in every child)`;
+  }
+  return `WARNING: the library changed during the run (${libs.size} builds): ${[...libs.entries()].map(([k, at]) => `${k} (last at ${at})`).join('; ')}`;
+}
 const summary = P.log2Ns.map((e) => ({
   log2N: e,
   n: 2 ** e,
@@ -648,11 +717,11 @@ table(
   summary,
   [
     { key: 'log2N', header: 'N', format: (x) => exp(x) },
-    { key: 'sparse-pk', header: 'sparse-pk ms' },
-    { key: 'sparse-hnsw', header: 'sparse-hnsw ms' },
-    { key: 'sparse-exact', header: 'sparse-exact ms' },
-    { key: 'dense', header: 'dense ms' },
-    { key: 'tfjs', header: 'tfjs ms' },
+    { key: 'sparse-pk', header: 'sparse-pk ms', format: markIf('sparse-pk') },
+    { key: 'sparse-hnsw', header: 'sparse-hnsw ms', format: markIf('sparse-hnsw') },
+    { key: 'sparse-exact', header: 'sparse-exact ms', format: markIf('sparse-exact') },
+    { key: 'dense', header: 'dense ms', format: markIf('dense') },
+    { key: 'tfjs', header: 'tfjs ms', format: markIf('tfjs') },
     { key: 'denseOverPk', header: 'dense/pk' },
     { key: 'denseOverHnsw', header: 'dense/hnsw' },
     { key: 'denseOverExact', header: 'dense/exact' },
@@ -664,6 +733,10 @@ table(
       'step = forward + backward + SparseAdam.step (incl. Merkle path updates) + root() reads (+ refreshHnsw(256) for hnsw); tfjs: no commitment.',
       'Each (variant, N) in its own process, one after another; 1 warm-up step, then the median of the timed steps.',
       ...VARIANTS.flatMap(skipNote),
+      ...VARIANTS.flatMap((v) =>
+        P.log2Ns.filter((e) => contended(v, e)).map((e) => `! ${v} ${exp(e)} shared the machine with: ${results.runs[v][e].othersDuring.join(' | ')}`),
+      ),
+      libraryNote(),
     ],
   },
 );
@@ -681,11 +754,13 @@ for (const v of SPARSE.concat(['dense'])) {
       step: b.stepMs,
       retrieval: b.retrievalMs,
       gather: b.gatherMs,
-      jsMath: v === 'dense' ? undefined : b.jsMathMs,
+      nativeMath: v === 'dense' ? undefined : b.nativeMathMs,
+      rest: v === 'dense' ? undefined : b.restMs,
       fwd: b.forwardMs,
       bwd: b.backwardMs,
       optimizer: b.optimizerMs,
       optimJs: b.optimJsMs,
+      optimCheck: b.optimCheckMs,
       optimNative: b.optimNativeMs,
       merkle,
       residual: r.twin?.mainMinusCommittedTwinMs,
@@ -704,10 +779,12 @@ table(
     { key: 'bwd', header: 'bwd' },
     { key: 'retrieval', header: 'retrieval' },
     { key: 'gather', header: 'gather' },
-    { key: 'jsMath', header: 'JS math' },
+    { key: 'nativeMath', header: 'softmax+sums' },
+    { key: 'rest', header: 'JS rest' },
     { key: 'optimizer', header: 'optimizer' },
-    { key: 'optimJs', header: '(JS chk)' },
-    { key: 'optimNative', header: '(native)' },
+    { key: 'optimCheck', header: '(checks)' },
+    { key: 'optimNative', header: '(step)' },
+    { key: 'optimJs', header: '(JS)' },
     { key: 'merkle', header: 'Merkle*' },
     { key: 'residual', header: 'main-twin*' },
     { key: 'root', header: 'root()' },
@@ -717,10 +794,12 @@ table(
     title: '2. Where a step goes (medians over the timed steps, ms)',
     notes: [
       'retrieval = keys.searchBatch (product keys: both sub-key scans and the k x k combination, native).',
-      'gather = values/keys gather calls (native copies); JS math = forward + backward - retrieval - gather (normalise, finite checks, softmax, weighted sums, gradient loops).',
-      'optimizer = SparseAdam.step: (JS chk) = argument checks in JS (id range, finite grads), (native) = optimStep (Adam, write path, Merkle leaves + paths, HNSW drift check).',
+      'gather = values/keys gather calls (native copies); softmax+sums = the native hopfieldMix / MixBackward / KeyBackward kernels (worker threads);',
+      '  JS rest = forward + backward - retrieval - gather - softmax+sums (input checks, normalisation, id splitting, concatenation).',
+      'optimizer = SparseAdam.step: (checks) = native optimCheck (ids in range, finite grads), (step) = native optimStep (coalesce, Adam, write path, Merkle leaves + paths,',
+      '  HNSW drift check), (JS) = the rest (argument handling).',
       '* twins after the timed steps replay the last steps\' gradients: Merkle = native optimStep of a committed copy - an uncommitted copy (neither has an index);',
-      '  main-twin = (native) of the main tensors during the steps - the committed copy: for hnsw the index\'s share (drift checks, dirty marking, auto-refresh past maxDirty), else ~0.',
+      '  main-twin = (step) of the main tensors during the steps - the committed copy: for hnsw the index\'s share (drift checks, dirty marking, auto-refresh past maxDirty), else ~0 (noise).',
       'dense: fwd / bwd are the native chunked kernels (+ JS input checks and normalisation); its optimizer covers all N rows of keys and values.',
     ],
   },
@@ -872,7 +951,7 @@ table(
 // ---------------------------------------------------------------- SVG plot
 
 function svgPlot() {
-  const W = 760, H = 500, L = 78, R = 170, T = 48, B = 58;
+  const W = 820, H = 500, L = 78, R = 220, T = 48, B = 58;
   const colors = { 'sparse-pk': '#1b9e77', 'sparse-hnsw': '#7570b3', 'sparse-exact': '#e6ab02', dense: '#d95f02', tfjs: '#e7298a' };
   const pts = VARIANTS.map((v) => ({ v, p: P.log2Ns.filter((e) => stepOf(v, e) !== undefined).map((e) => [e, stepOf(v, e)]) }));
   const ys = pts.flatMap((s) => s.p.map((q) => q[1]));
@@ -906,7 +985,10 @@ function svgPlot() {
     if (!p.length) return;
     const c = colors[v];
     o.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${p.map(([e, ms]) => `${X(e).toFixed(1)},${Y(ms).toFixed(1)}`).join(' ')}"/>`);
-    for (const [e, ms] of p) o.push(`<circle cx="${X(e).toFixed(1)}" cy="${Y(ms).toFixed(1)}" r="3.5" fill="${c}"><title>${esc(v)} 2^${e}: ${fmt(ms)} ms</title></circle>`);
+    for (const [e, ms] of p) {
+      const fill = contended(v, e) ? `fill="white" stroke="${c}" stroke-width="2"` : `fill="${c}"`;
+      o.push(`<circle cx="${X(e).toFixed(1)}" cy="${Y(ms).toFixed(1)}" r="3.5" ${fill}><title>${esc(v)} 2^${e}: ${fmt(ms)} ms${contended(v, e) ? ' (machine shared with another process)' : ''}</title></circle>`);
+    }
     const ly = T + 14 + i * 20;
     o.push(`<line x1="${W - R + 14}" y1="${ly - 4}" x2="${W - R + 38}" y2="${ly - 4}" stroke="${c}" stroke-width="2"/>`);
     o.push(`<circle cx="${W - R + 26}" cy="${ly - 4}" r="3.5" fill="${c}"/>`);
@@ -915,6 +997,15 @@ function svgPlot() {
   });
   o.push(`<text x="${W - R + 14}" y="${T + 14 + VARIANTS.length * 20 + 6}" fill="#555" font-size="10">slope: log-log fit over</text>`);
   o.push(`<text x="${W - R + 14}" y="${T + 14 + VARIANTS.length * 20 + 19}" fill="#555" font-size="10">the largest 3 sizes</text>`);
+  if (VARIANTS.some((v) => P.log2Ns.some((e) => stepOf(v, e) !== undefined && contended(v, e)))) {
+    o.push(`<circle cx="${W - R + 18}" cy="${T + 14 + VARIANTS.length * 20 + 36}" r="3.5" fill="white" stroke="#555" stroke-width="2"/>`);
+    o.push(`<text x="${W - R + 26}" y="${T + 14 + VARIANTS.length * 20 + 40}" fill="#555" font-size="10">another process shared the CPU</text>`);
+  }
+  let line = 0;
+  for (const v of VARIANTS) {
+    const miss = P.log2Ns.filter((e) => stepOf(v, e) === undefined);
+    if (miss.length) o.push(`<text x="${W - R + 14}" y="${T + 14 + VARIANTS.length * 20 + 62 + 14 * line++}" fill="#555" font-size="10">${esc(v)}: not measured at ${miss.map(exp).join(', ')}</text>`);
+  }
   o.push('</svg>');
   return o.join('\n') + '\n';
 }
@@ -923,9 +1014,11 @@ writeFileSync(svgFile, svgPlot());
 
 // ---------------------------------------------------------------- output
 
-results.loadavgEnd = os.loadavg().map((x) => round(x, 3));
-results.otherLoadAtEnd = otherLoad();
-results.elapsedSec = round((nowMs() - t0All) / 1e3);
+if (!REPLOT) {
+  results.loadavgEnd = os.loadavg().map((x) => round(x, 3));
+  results.otherLoadAtEnd = otherLoad();
+  results.elapsedSec = round((nowMs() - t0All) / 1e3);
+}
 const outFile = writeResults('training', results); // --quick writes it too (parameters.quick says which)
 rmSync(tmp, { recursive: true, force: true });
-log(`done in ${results.elapsedSec} s; wrote ${outFile} and ${svgFile}`);
+log(`${REPLOT ? 'replotted' : `done in ${results.elapsedSec} s`}; wrote ${outFile} and ${svgFile}`);
