@@ -56,10 +56,61 @@ export interface NativeTensor {
   hnswSearchBatchAsync(queries: Float32Array, k: number, ef: number | undefined, threads: number | undefined): Promise<NativeSearchResult>;
   hnswRefresh(budget: number, threads: number | undefined): number;
   hnswRefreshAsync(budget: number, threads: number | undefined): Promise<number>;
+  productKeySearchAsync(
+    keys2: NativeTensor,
+    queries: Float32Array,
+    k: number,
+    threads: number | undefined,
+  ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
+  optimInit(options: NativeOptimizerOptions, replace: boolean): void;
+  optimDetach(): void;
+  optimStep(ids: Uint32Array, grads: Float32Array): number;
+  optimCheck(ids: Uint32Array, grads: Float32Array): void;
+  optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };
+  optimSetLr(lr: number): void;
+  optimInfo(): NativeOptimizerInfo | null;
+  denseHopfieldForwardAsync(
+    values: NativeTensor,
+    queries: Float32Array,
+    beta: number,
+    metric: NativeMetric,
+    threads: number | undefined,
+  ): Promise<{ y: Float32Array; lse: Float32Array }>;
+  denseHopfieldBackwardAsync(
+    values: NativeTensor,
+    queries: Float32Array,
+    beta: number,
+    metric: NativeMetric,
+    threads: number | undefined,
+    y: Float32Array,
+    lse: Float32Array,
+    dy: Float32Array,
+  ): Promise<{ dQ: Float32Array; dK: Float32Array; dV: Float32Array; dBeta: number }>;
 }
 
 /** HnswOptions as the addon takes them: the metric resolved, threads passed apart. */
 export type NativeHnswOptions = Omit<HnswOptions, 'metric' | 'threads'> & { metric: NativeMetric };
+
+export interface NativeOptimizerOptions {
+  kind: 'adam' | 'sgd';
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  biasCorrection?: 'row' | 'global';
+}
+
+export interface NativeOptimizerInfo {
+  kind: 'adam' | 'sgd';
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  biasCorrection: 'row' | 'global';
+  steps: number;
+}
 
 export interface NativeHnswStats {
   metric: NativeMetric;
@@ -100,6 +151,15 @@ export interface NativeAddon {
   blake3(bytes: Uint8Array): Uint8Array;
   merkleRoot(data: Float32Array, dim: number, threads?: number): Uint8Array;
   merkleVerify(root: Uint8Array, n: number, dim: number, ids: Uint32Array, leaves: Float32Array, proof: Uint8Array): boolean;
+  hopfieldMixAsync(B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined): Promise<{ weights: Float32Array; out: Float32Array }>;
+  hopfieldMixBackwardAsync(
+    B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined,
+    weights: Float32Array, out: Float32Array, dOut: Float32Array,
+  ): Promise<{ dRows: Float32Array; ds: Float32Array; dBeta: number }>;
+  hopfieldKeyBackwardAsync(
+    B: number, k: number, d: number, keys: Float32Array, s: Float32Array, metric: NativeMetric, threads: number | undefined,
+    q: Float32Array, ds: Float32Array,
+  ): Promise<{ dq: Float32Array; dKeys: Float32Array }>;
   merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };
 }
 

@@ -15,9 +15,9 @@
  * needs maintaining while the tables train: every search reads their current values.
  */
 import { checkFloat32Array, checkInteger } from './args.js';
-import { InvalidArgumentError, OutOfRangeError } from './errors.js';
+import { InvalidArgumentError, OutOfRangeError, fromNative } from './errors.js';
 import type { SimdLevel } from './simd.js';
-import { SparseTensor, type SearchOptions } from './sparse-tensor.js';
+import { SparseTensor, internalNative, type SearchOptions } from './sparse-tensor.js';
 
 export interface ProductKeyResult {
   /** Slot ids (i * n + j), best first. */
@@ -126,35 +126,23 @@ export class ProductKeyIndex {
     return combineProductKeys(this.subKeys, k, r1.ids, r1.scores, r2.ids, r2.scores);
   }
 
-  /** search() for many queries (concatenated), the table scans on worker threads. */
+  /**
+   * search() for many queries (concatenated): the table scans and the k x k
+   * combination run natively on worker threads (same result as combineProductKeys).
+   * Writes to either table are refused until the promise settles.
+   */
   async searchBatch(queries: Float32Array, k: number, options: { threads?: number } = {}): Promise<ProductKeyBatchResult> {
     checkFloat32Array('queries', queries);
     const nq = queries.length / this.dim;
     this.#check(queries.length, k, nq);
-    const kk = Math.min(k, this.subKeys);
-    const d1 = this.keys1.dim, d2 = this.keys2.dim;
-    const q1 = new Float32Array(nq * d1), q2 = new Float32Array(nq * d2);
-    for (let q = 0; q < nq; q++) {
-      q1.set(queries.subarray(q * this.dim, q * this.dim + d1), q * d1);
-      q2.set(queries.subarray(q * this.dim + d1, (q + 1) * this.dim), q * d2);
+    if (nq === 0) throw new InvalidArgumentError('queries is empty');
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    try {
+      const r = await internalNative(this.keys1).productKeySearchAsync(internalNative(this.keys2), queries, k, threads);
+      return { ids: r.ids, scores: r.scores, queries: nq, k };
+    } catch (err) {
+      throw fromNative(err);
     }
-    const opts = { metric: 'ip' as const, ...(options.threads ? { threads: options.threads } : {}) };
-    const [r1, r2] = await Promise.all([this.keys1.searchBatch(q1, kk, opts), this.keys2.searchBatch(q2, kk, opts)]);
-    const ids = new Uint32Array(nq * k), scores = new Float64Array(nq * k);
-    for (let q = 0; q < nq; q++) {
-      const at = q * kk;
-      const r = combineProductKeys(
-        this.subKeys,
-        k,
-        r1.ids.subarray(at, at + kk),
-        r1.scores.subarray(at, at + kk),
-        r2.ids.subarray(at, at + kk),
-        r2.scores.subarray(at, at + kk),
-      );
-      ids.set(r.ids, q * k);
-      scores.set(r.scores, q * k);
-    }
-    return { ids, scores, queries: nq, k };
   }
 
   #check(length: number, k: number, nq: number): void {

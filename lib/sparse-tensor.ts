@@ -113,7 +113,19 @@ function checkMetric(name: string, value: unknown): Metric {
   return value as Metric;
 }
 
+// Module-internal access to the native handle, for the optimizer and the layers
+// (not re-exported from the package).
+let nativeOfTensor: (t: SparseTensor) => NativeTensor;
+/** @internal */
+export function internalNative(t: SparseTensor): NativeTensor {
+  return nativeOfTensor(t);
+}
+
 export class SparseTensor {
+  static {
+    nativeOfTensor = (t) => t.#native;
+  }
+
   readonly #native: NativeTensor;
   /** Default metric of search calls. */
   readonly metric: Metric;

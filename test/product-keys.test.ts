@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, OutOfRangeError, ProductKeyIndex, SparseTensor, simdInfo, type SimdLevel } from '../lib/index.js';
+import { GhostTensorError, InvalidArgumentError, OutOfRangeError, ProductKeyIndex, SparseTensor, TensorBusyError, simdInfo, type SimdLevel } from '../lib/index.js';
 import { Rng } from './helpers/rng.js';
 
 /**
@@ -93,8 +93,36 @@ describe('product keys', () => {
     }
   });
 
-  it('bad input is a typed error', () => {
+  it('searchBatch (native combination) equals the brute force on tie-heavy integer data, k up to n^2', async () => {
+    const rng = new Rng(25);
+    for (const [n, d1, d2] of [[7, 2, 3], [20, 3, 3]] as const) {
+      const k1 = rng.f32ints(n * d1, -1, 1), k2 = rng.f32ints(n * d2, -1, 1);
+      const index = ProductKeyIndex.fromTables(SparseTensor.fromArray(k1, d1), SparseTensor.fromArray(k2, d2));
+      const nq = 6, d = d1 + d2;
+      const qs = rng.f32ints(nq * d, -2, 2);
+      for (const k of [1, 5, n, 3 * n, n * n]) {
+        const b = await index.searchBatch(qs, k);
+        for (let q = 0; q < nq; q++) {
+          expect(Array.from(b.ids.subarray(q * k, (q + 1) * k))).toEqual(bruteForceConcat(k1, k2, n, d1, d2, qs.subarray(q * d, (q + 1) * d), k));
+        }
+      }
+    }
+  });
+
+  it('searchBatch holds both tables busy: writes to either wait for it', async () => {
+    const index = ProductKeyIndex.random(300, 64);
+    const pending = index.searchBatch(new Float32Array(64 * 64), 8);
+    expect(() => index.keys1.add([0], new Float32Array(32))).toThrow(TensorBusyError);
+    expect(() => index.keys2.add([0], new Float32Array(32))).toThrow(TensorBusyError);
+    await pending;
+    index.keys2.add([0], new Float32Array(32));
+  });
+
+  it('bad input is a typed error', async () => {
     const index = ProductKeyIndex.random(4, 6);
+    await expect(index.searchBatch(new Float32Array(6), 17)).rejects.toThrow(OutOfRangeError);
+    await expect(index.searchBatch(new Float32Array(7), 1)).rejects.toThrow(InvalidArgumentError);
+    await expect(index.searchBatch(new Float32Array([NaN, 0, 0, 0, 0, 0]), 1)).rejects.toThrow(GhostTensorError);
     expect(() => index.search(new Float32Array(5), 1)).toThrow(InvalidArgumentError);
     expect(() => index.search(new Float32Array(6), 0)).toThrow(OutOfRangeError);
     expect(() => index.search(new Float32Array(6), 17)).toThrow(OutOfRangeError);

@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "hopfield_binding.h"
 #include "../third_party/blake3/blake3.h"
 #include "cpu.h"
 #include "kernels.h"
@@ -132,6 +133,9 @@ Napi::Value MerkleKeys(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("hopfieldMixAsync", Napi::Function::New(env, HopfieldMixAsync));
+  exports.Set("hopfieldMixBackwardAsync", Napi::Function::New(env, HopfieldMixBackwardAsync));
+  exports.Set("hopfieldKeyBackwardAsync", Napi::Function::New(env, HopfieldKeyBackwardAsync));
   exports.Set("merkleRoot", Napi::Function::New(env, MerkleRoot));
   exports.Set("merkleVerify", Napi::Function::New(env, MerkleVerify));
   exports.Set("merkleKeys", Napi::Function::New(env, MerkleKeys));

@@ -1,5 +1,6 @@
 #include "tensor_binding.h"
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -7,11 +8,13 @@
 #include "napi_util.h"
 #include "parallel.h"
 #include "search.h"
+#include "tensor_worker.h"
 
 namespace gt {
 
 namespace {
 
+const napi_type_tag kTensorTag = {0x67686f737454656eULL, 0x736f724e61746976ULL};  // "ghostTen" "sorNativ"
 constexpr double kMaxRowsD = static_cast<double>(SparseTensor::kMaxRows);
 constexpr double kMaxDimD = static_cast<double>(SparseTensor::kMaxDim);
 
@@ -75,56 +78,6 @@ ExactSearchArgs search_args(const float* data, size_t n, size_t d, const SearchR
   a.kernels = &kernels_for(r.level);
   return a;
 }
-
-// Work on a tensor's rows off the JavaScript thread. Holds the tensor busy (writes
-// refused) from construction until it settles, keeps the wrapper and the storage it
-// reads alive, and turns every failure into a rejected promise with a code.
-class TensorWorker : public Napi::AsyncWorker {
- public:
-  TensorWorker(Napi::Env env, const char* name, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t)
-      : Napi::AsyncWorker(env, name),
-        storage_(t.storage()),
-        n_(t.size()),
-        d_(t.dim()),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        owner_(owner) {
-    owner_ref_ = Napi::Persistent(owner_obj);
-    owner_->enter_busy();
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      Run();
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override {
-    owner_->leave_busy();
-    try {
-      deferred_.Resolve(Settle(Env(), *owner_));
-    } catch (const std::exception& e) {
-      deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.what()).Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override {
-    owner_->leave_busy();
-    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
-  }
-
- protected:
-  virtual void Run() = 0;                                          // worker thread
-  virtual Napi::Value Settle(Napi::Env env, TensorBinding& owner) = 0;  // JavaScript thread
-
-  std::shared_ptr<Storage> storage_;  // the rows stay alive even if the tensor grows
-  size_t n_, d_;
-
- private:
-  Napi::Promise::Deferred deferred_;
-  TensorBinding* owner_;
-  Napi::ObjectReference owner_ref_;  // keeps the wrapper (and an adopted buffer) alive
-};
 
 class SearchWorker : public TensorWorker {
  public:
@@ -461,12 +414,25 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::HnswSearchBatchAsync>("hnswSearchBatchAsync"),
                          InstanceMethod<&TensorBinding::HnswRefresh>("hnswRefresh"),
                          InstanceMethod<&TensorBinding::HnswRefreshAsync>("hnswRefreshAsync"),
+                         InstanceMethod<&TensorBinding::OptimInit>("optimInit"),
+                         InstanceMethod<&TensorBinding::OptimStep>("optimStep"),
+                         InstanceMethod<&TensorBinding::OptimCheck>("optimCheck"),
+                         InstanceMethod<&TensorBinding::OptimDetach>("optimDetach"),
+                         InstanceMethod<&TensorBinding::OptimState>("optimState"),
+                         InstanceMethod<&TensorBinding::OptimSetLr>("optimSetLr"),
+                         InstanceMethod<&TensorBinding::OptimInfo>("optimInfo"),
+                         InstanceMethod<&TensorBinding::DenseHopfieldForwardAsync>("denseHopfieldForwardAsync"),
+                         InstanceMethod<&TensorBinding::DenseHopfieldBackwardAsync>("denseHopfieldBackwardAsync"),
+                         InstanceMethod<&TensorBinding::ProductKeySearchAsync>("productKeySearchAsync"),
                      });
 }
 
 // new NativeTensor(dim, capacity) or new NativeTensor(dim, data: Float32Array, adopt: boolean)
 TensorBinding::TensorBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorBinding>(info) {
   guard(info, [&]() -> Napi::Value {
+    // Tagged so that from_value() can tell a NativeTensor from any other object.
+    if (napi_type_tag_object(info.Env(), info.This(), &kTensorTag) != napi_ok)
+      throw std::runtime_error("cannot tag the NativeTensor object");
     const size_t dim = size_arg(info, 0, "dim", 1, kMaxDimD);
     if (info.Length() > 1 && info[1].IsTypedArray()) {
       const ArrayArg<float> data = f32_arg(info, 1, "data");
@@ -497,6 +463,13 @@ TensorBinding::TensorBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     }
     return info.Env().Undefined();
   });
+}
+
+TensorBinding* TensorBinding::from_value(const Napi::Value& v, const char* name) {
+  bool ok = false;
+  if (v.IsObject() && napi_check_object_type_tag(v.Env(), v, &kTensorTag, &ok) == napi_ok && ok)
+    return Napi::ObjectWrap<TensorBinding>::Unwrap(v.As<Napi::Object>());
+  throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a SparseTensor");
 }
 
 SparseTensor& TensorBinding::usable() {

@@ -6,6 +6,7 @@
 
 #include "hnsw_index.h"
 #include "merkle.h"
+#include "optimizer.h"
 #include "sparse_tensor.h"
 
 namespace gt {
@@ -22,6 +23,9 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   void install_merkle(MerkleLevels&& levels);
   void install_hnsw(std::unique_ptr<HnswIndex> index);
   HnswIndex& hnsw();
+  // Instance check for an argument that must be another NativeTensor.
+  static TensorBinding* from_value(const Napi::Value& v, const char* name);
+  SparseTensor& usable();
 
  private:
   Napi::Value Size(const Napi::CallbackInfo& info);
@@ -51,10 +55,20 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value HnswRefresh(const Napi::CallbackInfo& info);
   Napi::Value HnswRefreshAsync(const Napi::CallbackInfo& info);
 
+  Napi::Value OptimInit(const Napi::CallbackInfo& info);
+  Napi::Value OptimStep(const Napi::CallbackInfo& info);
+  Napi::Value OptimCheck(const Napi::CallbackInfo& info);
+  Napi::Value OptimDetach(const Napi::CallbackInfo& info);
+  Napi::Value OptimState(const Napi::CallbackInfo& info);
+  Napi::Value OptimSetLr(const Napi::CallbackInfo& info);
+  Napi::Value OptimInfo(const Napi::CallbackInfo& info);
+  Napi::Value DenseHopfieldForwardAsync(const Napi::CallbackInfo& info);
+  Napi::Value DenseHopfieldBackwardAsync(const Napi::CallbackInfo& info);
+  Napi::Value ProductKeySearchAsync(const Napi::CallbackInfo& info);
+
   Napi::Value search_now(const Napi::CallbackInfo& info, bool batch);
 
-  // Throws when an adopted buffer was detached.
-  SparseTensor& usable();
+  // (usable(): throws when an adopted buffer was detached; public above.)
   // usable() and no asynchronous reader running.
   SparseTensor& writable(const char* op);
   // Ends adoption when the storage moved to owned memory (growth).
@@ -69,6 +83,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   // Declared after tensor_: destroyed first, so it unregisters from a live tensor.
   std::unique_ptr<MerkleTree> merkle_;
   std::unique_ptr<HnswIndex> hnsw_;
+  std::unique_ptr<SparseOptimizer> optimizer_;
 };
 
 }  // namespace gt

@@ -9,6 +9,9 @@
 #include <vector>
 
 #include "../../native/src/cpu.h"
+#include "../../native/src/dense_hopfield.h"
+#include "../../native/src/optimizer.h"
+#include "../../native/src/product_keys.h"
 #include "../../native/src/errors.h"
 #include "../../native/src/hnsw_index.h"
 #include "../../native/src/kernels.h"
@@ -308,6 +311,132 @@ static void test_merkle() {
   }
 }
 
+static void test_optimizer() {
+  const size_t d = 3;
+  gt::SparseTensor t(d, 0);
+  std::vector<float> init = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  t.append(init.data(), 3);
+  gt::OptimizerParams p;
+  p.kind = gt::OptimizerKind::SGD;
+  p.lr = 0.5f;
+  gt::SparseOptimizer opt(t, p);
+  // Row 2 twice (summed), row 0 once; row 1 untouched.
+  const uint32_t ids[] = {2, 0, 2};
+  const float g[] = {1, 1, 1, 2, 2, 2, 3, 3, 3};
+  CHECK(opt.step(ids, 3, g) == 2);
+  CHECK(t.row(0)[0] == 1 - 0.5f * 2 && t.row(1)[0] == 4 && t.row(2)[2] == 9 - 0.5f * 4);
+  // A non-finite result is refused and changes nothing.
+  const float huge[] = {3e38f, 3e38f, 3e38f, 3e38f, 3e38f, 3e38f};
+  const uint32_t twice[] = {1, 1};
+  bool threw = false;
+  try {
+    opt.step(twice, 2, huge);
+  } catch (const gt::Error&) {
+    threw = true;
+  }
+  CHECK(threw && t.row(1)[0] == 4 && opt.steps() == 1);
+  const uint32_t bad[] = {3};
+  threw = false;
+  try {
+    opt.step(bad, 1, g);
+  } catch (const gt::Error&) {
+    threw = true;
+  }
+  CHECK(threw);
+  // Adam: the first step moves each coordinate by lr (sign of the gradient).
+  gt::OptimizerParams a;
+  a.lr = 0.1f;
+  gt::SparseOptimizer adam(t, a);
+  const uint32_t one[] = {1};
+  const float g1[] = {5, -5, 0.5f};
+  adam.step(one, 1, g1);
+  CHECK(std::fabs(t.row(1)[0] - 3.9f) < 1e-5f && std::fabs(t.row(1)[1] - 5.1f) < 1e-5f);
+}
+
+static void test_dense_hopfield() {
+  const size_t B = 3, d = 5, N = 2500, dv = 4;  // more than two chunks of keys
+  auto Q = rand_vec(B * d), K = rand_vec(N * d), V = rand_vec(N * dv), dy = rand_vec(B * dv);
+  for (gt::Metric m : {gt::Metric::IP, gt::Metric::Cosine, gt::Metric::L2}) {
+    gt::DenseHopfieldArgs a;
+    a.Q = Q.data(); a.B = B; a.d = d; a.K = K.data(); a.V = V.data(); a.N = N; a.dv = dv;
+    a.beta = 1.3f; a.metric = m; a.threads = 2; a.kernels = &gt::kernels();
+    std::vector<float> y(B * dv), lse(B);
+    gt::dense_hopfield_forward(a, y.data(), lse.data());
+    // Naive double reference.
+    auto sim = [&](size_t q, size_t j) {
+      double dot = 0, qq = 0, kk = 0, l2 = 0;
+      for (size_t t = 0; t < d; ++t) {
+        const double x = Q[q * d + t], k = K[j * d + t];
+        dot += x * k; qq += x * x; kk += k * k; l2 += (x - k) * (x - k);
+      }
+      return m == gt::Metric::IP ? dot : m == gt::Metric::L2 ? -l2 : dot / std::sqrt(qq * kk);
+    };
+    bool ok = true;
+    for (size_t q = 0; q < B; ++q) {
+      double mx = -1e300, z = 0;
+      for (size_t j = 0; j < N; ++j) mx = std::max(mx, 1.3 * sim(q, j));
+      std::vector<double> acc(dv, 0.0);
+      for (size_t j = 0; j < N; ++j) {
+        const double w = std::exp(1.3 * sim(q, j) - mx);
+        z += w;
+        for (size_t t = 0; t < dv; ++t) acc[t] += w * V[j * dv + t];
+      }
+      for (size_t t = 0; t < dv; ++t) ok = ok && std::fabs(acc[t] / z - y[q * dv + t]) < 1e-4;
+      ok = ok && std::fabs(mx + std::log(z) - lse[q]) < 1e-3;
+    }
+    CHECK(ok);
+    std::vector<float> dQ(B * d), dK(N * d), dV(N * dv);
+    double dbeta = 0;
+    gt::dense_hopfield_backward(a, y.data(), lse.data(), dy.data(), dQ.data(), dK.data(), dV.data(), &dbeta);
+    // Finite difference on one key coordinate and on beta (loss = dy . y).
+    auto loss = [&]() {
+      std::vector<float> yy(B * dv), ll(B);
+      gt::dense_hopfield_forward(a, yy.data(), ll.data());
+      double s = 0;
+      for (size_t i = 0; i < B * dv; ++i) s += double(dy[i]) * yy[i];
+      return s;
+    };
+    const size_t at = 1234 * d + 2;
+    const float k0 = K[at], eps = 1e-2f;
+    K[at] = k0 + eps; const double lp = loss();
+    K[at] = k0 - eps; const double lm = loss();
+    K[at] = k0;
+    CHECK(std::fabs((lp - lm) / (2 * eps) - dK[at]) < 1e-3 + 2e-2 * std::fabs(dK[at]));
+    a.beta = 1.3f + eps; const double bp = loss();
+    a.beta = 1.3f - eps; const double bm = loss();
+    CHECK(std::fabs((bp - bm) / (2 * eps) - dbeta) < 1e-3 + 2e-2 * std::fabs(dbeta));
+  }
+}
+
+static void test_product_keys() {
+  const size_t n = 9, d1 = 2, d2 = 3, nq = 4;
+  auto K1 = rand_ints(n * d1, -1, 1), K2 = rand_ints(n * d2, -1, 1), Q = rand_ints(nq * (d1 + d2), -2, 2);
+  for (size_t k : {size_t{1}, size_t{4}, n, 3 * n, n * n}) {
+    gt::ProductKeyArgs a;
+    a.K1 = K1.data(); a.K2 = K2.data(); a.n = n; a.d1 = d1; a.d2 = d2;
+    a.queries = Q.data(); a.nq = nq; a.k = k; a.threads = 2; a.kernels = &gt::kernels();
+    std::vector<uint32_t> ids(nq * k);
+    std::vector<double> sc(nq * k);
+    gt::product_key_search(a, ids.data(), sc.data());
+    bool ok = true;
+    for (size_t q = 0; q < nq; ++q) {
+      // Brute force over all n^2 concatenated keys (integer data: exact sums, real ties).
+      std::vector<std::pair<double, uint32_t>> all;
+      const float* qq = Q.data() + q * (d1 + d2);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (size_t t = 0; t < d1; ++t) s += double(qq[t]) * K1[i * d1 + t];
+          for (size_t t = 0; t < d2; ++t) s += double(qq[d1 + t]) * K2[j * d2 + t];
+          all.push_back({-s, static_cast<uint32_t>(i * n + j)});
+        }
+      std::sort(all.begin(), all.end());
+      for (size_t t = 0; t < k; ++t) ok = ok && ids[q * k + t] == all[t].second && sc[q * k + t] == -all[t].first;
+    }
+    CHECK(ok);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -317,6 +446,9 @@ int main() {
   test_tensor();
   test_blake3_and_hnsw();
   test_merkle();
+  test_optimizer();
+  test_dense_hopfield();
+  test_product_keys();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

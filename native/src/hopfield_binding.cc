@@ -1,0 +1,168 @@
+// Addon functions for the sparse Hopfield math (native/src/sparse_hopfield.h): pure
+// functions over copied arrays, run on a worker thread, settling a promise.
+#include <napi.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hopfield_binding.h"
+#include "kernels.h"
+#include "napi_util.h"
+#include "sparse_hopfield.h"
+#include "sparse_tensor.h"
+
+namespace gt {
+
+namespace {
+
+std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
+  const ArrayArg<float> a = f32_arg(info, index, name);
+  if (a.length != want)
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " has length " + std::to_string(a.length) + ", expected " +
+                                                std::to_string(want));
+  const size_t bad = first_non_finite(a.data, a.length);
+  if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
+  return std::vector<float>(a.data, a.data + a.length);
+}
+
+Napi::Float32Array out_f32(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  std::copy(v.begin(), v.end(), a.Data());
+  return a;
+}
+
+class HopfieldWorker : public Napi::AsyncWorker {
+ public:
+  enum class Op { Mix, MixBackward, KeyBackward };
+  explicit HopfieldWorker(Napi::Env env, Op op)
+      : Napi::AsyncWorker(env, "ghost-tensor:hopfield"), op_(op), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  size_t B = 0, k = 0, w = 0, threads = 1;
+  float beta = 1.0f;
+  Metric metric = Metric::IP;
+  std::vector<float> rows, s, weights, out, dout, q;
+
+ private:
+  void Execute() override {
+    try {
+      SparseMixArgs a;
+      a.B = B;
+      a.k = k;
+      a.w = w;
+      a.rows = rows.data();
+      a.s = s.data();
+      a.beta = beta;
+      a.threads = threads;
+      a.kernels = &kernels();
+      if (op_ == Op::Mix) {
+        weights.resize(B * k);
+        out.resize(B * w);
+        sparse_mix_forward(a, weights.data(), out.data());
+      } else if (op_ == Op::MixBackward) {
+        r1_.resize(B * k * w);
+        r2_.resize(B * k);
+        sparse_mix_backward(a, weights.data(), out.data(), dout.data(), r1_.data(), r2_.data(), &dbeta_);
+      } else {
+        r1_.resize(B * w);      // dq
+        r2_.resize(B * k * w);  // dkeys
+        sparse_key_backward(metric, B, k, w, q.data(), rows.data(), s.data(), dout.data(), threads, kernels(), r1_.data(),
+                            r2_.data());
+      }
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    if (op_ == Op::Mix) {
+      o.Set("weights", out_f32(env, weights));
+      o.Set("out", out_f32(env, out));
+    } else if (op_ == Op::MixBackward) {
+      o.Set("dRows", out_f32(env, r1_));
+      o.Set("ds", out_f32(env, r2_));
+      o.Set("dBeta", Napi::Number::New(env, dbeta_));
+    } else {
+      o.Set("dq", out_f32(env, r1_));
+      o.Set("dKeys", out_f32(env, r2_));
+    }
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+  }
+
+  Op op_;
+  Napi::Promise::Deferred deferred_;
+  std::vector<float> r1_, r2_;
+  double dbeta_ = 0.0;
+};
+
+// (B, k, w) at 0..2, validated: every product fits and is non-zero.
+void shape_args(const Napi::CallbackInfo& info, HopfieldWorker* h) {
+  h->B = size_arg(info, 0, "B", 1, 1 << 24);
+  h->k = size_arg(info, 1, "k", 1, 1 << 24);
+  h->w = size_arg(info, 2, "width", 1, 1 << 24);
+  if (static_cast<double>(h->B) * h->k * h->w > 4e9) throw Error(ErrorCode::OutOfRange, "B * k * width is too large");
+}
+
+float beta_arg(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsNumber()) throw Error(ErrorCode::InvalidArgument, "beta must be a number");
+  const double b = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(b)) throw Error(ErrorCode::OutOfRange, "beta must be finite");
+  return static_cast<float>(b);
+}
+
+template <typename Fill>
+Napi::Value queue(const Napi::CallbackInfo& info, HopfieldWorker::Op op, Fill&& fill) {
+  return guard(info, [&]() -> Napi::Value {
+    auto worker = std::make_unique<HopfieldWorker>(info.Env(), op);
+    shape_args(info, worker.get());
+    fill(*worker);
+    Napi::Promise p = worker->promise();
+    worker.release()->Queue();
+    return p;
+  });
+}
+
+}  // namespace
+
+// hopfieldMixAsync(B, k, w, rows, s, beta, threads?) -> Promise<{ weights, out }>
+Napi::Value HopfieldMixAsync(const Napi::CallbackInfo& info) {
+  return queue(info, HopfieldWorker::Op::Mix, [&](HopfieldWorker& h) {
+    h.rows = copy_f32(info, 3, "rows", h.B * h.k * h.w);
+    h.s = copy_f32(info, 4, "s", h.B * h.k);
+    h.beta = beta_arg(info, 5);
+    h.threads = threads_arg(info, 6);
+  });
+}
+
+// hopfieldMixBackwardAsync(B, k, w, rows, s, beta, threads, weights, out, dOut) -> Promise<{ dRows, ds, dBeta }>
+Napi::Value HopfieldMixBackwardAsync(const Napi::CallbackInfo& info) {
+  return queue(info, HopfieldWorker::Op::MixBackward, [&](HopfieldWorker& h) {
+    h.rows = copy_f32(info, 3, "rows", h.B * h.k * h.w);
+    h.s = copy_f32(info, 4, "s", h.B * h.k);
+    h.beta = beta_arg(info, 5);
+    h.threads = threads_arg(info, 6);
+    h.weights = copy_f32(info, 7, "weights", h.B * h.k);
+    h.out = copy_f32(info, 8, "out", h.B * h.w);
+    h.dout = copy_f32(info, 9, "dOut", h.B * h.w);
+  });
+}
+
+// hopfieldKeyBackwardAsync(B, k, d, keys, s, metric, threads, q, ds) -> Promise<{ dq, dKeys }>
+Napi::Value HopfieldKeyBackwardAsync(const Napi::CallbackInfo& info) {
+  return queue(info, HopfieldWorker::Op::KeyBackward, [&](HopfieldWorker& h) {
+    h.rows = copy_f32(info, 3, "keys", h.B * h.k * h.w);
+    h.s = copy_f32(info, 4, "s", h.B * h.k);
+    h.metric = metric_arg(info, 5);
+    h.threads = threads_arg(info, 6);
+    h.q = copy_f32(info, 7, "q", h.B * h.w);
+    h.dout = copy_f32(info, 8, "ds", h.B * h.k);
+  });
+}
+
+}  // namespace gt

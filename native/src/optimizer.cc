@@ -1,0 +1,151 @@
+#include "optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+namespace gt {
+
+void check_optimizer_params(const OptimizerParams& p) {
+  auto finite = [](float x) { return std::isfinite(x); };
+  if (!finite(p.lr) || p.lr < 0.0f) throw Error(ErrorCode::OutOfRange, "lr must be a finite number >= 0");
+  if (!finite(p.weight_decay) || p.weight_decay < 0.0f)
+    throw Error(ErrorCode::OutOfRange, "weightDecay must be a finite number >= 0");
+  if (!(static_cast<double>(p.lr) * p.weight_decay < 1.0))
+    throw Error(ErrorCode::OutOfRange, "lr * weightDecay must be < 1");
+  if (p.kind == OptimizerKind::Adam) {
+    if (!(p.beta1 >= 0.0f && p.beta1 < 1.0f)) throw Error(ErrorCode::OutOfRange, "beta1 must be in [0, 1)");
+    if (!(p.beta2 >= 0.0f && p.beta2 < 1.0f)) throw Error(ErrorCode::OutOfRange, "beta2 must be in [0, 1)");
+    if (!finite(p.eps) || p.eps <= 0.0f) throw Error(ErrorCode::OutOfRange, "eps must be a finite number > 0");
+  }
+}
+
+SparseOptimizer::SparseOptimizer(SparseTensor& tensor, const OptimizerParams& params)
+    : tensor_(tensor), params_(params) {
+  check_optimizer_params(params_);
+  const size_t n = tensor_.size(), d = tensor_.dim();
+  if (params_.kind == OptimizerKind::Adam) {
+    m_.assign(n * d, 0.0f);
+    v_.assign(n * d, 0.0f);
+  }
+  row_steps_.assign(n, 0);
+  decay_mark_.assign(n, 0.0);
+  tensor_.add_listener(this);
+}
+
+SparseOptimizer::~SparseOptimizer() { tensor_.remove_listener(this); }
+
+void SparseOptimizer::set_lr(float lr) {
+  OptimizerParams p = params_;
+  p.lr = lr;
+  check_optimizer_params(p);
+  params_ = p;
+}
+
+void SparseOptimizer::on_rows_appended(size_t first, size_t count) {
+  const size_t d = tensor_.dim();
+  if (params_.kind == OptimizerKind::Adam) {
+    m_.resize((first + count) * d, 0.0f);
+    v_.resize((first + count) * d, 0.0f);
+  }
+  row_steps_.resize(first + count, 0);
+  decay_mark_.resize(first + count, log_decay_);  // a new row owes no earlier decay
+}
+
+size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* grads) {
+  tensor_.check_ids(ids, count, "ids");
+  const size_t d = tensor_.dim();
+  const size_t bad = first_non_finite(grads, count * d);
+  if (bad != count * d) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
+
+  // Coalesce: distinct ids ascending; each one's gradients summed in order of appearance.
+  std::vector<uint32_t> order(count);
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
+  std::vector<uint32_t> rows;
+  std::vector<float> g;
+  rows.reserve(count);
+  g.reserve(count * d);
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t src = order[i];
+    const float* gi = grads + static_cast<size_t>(src) * d;
+    if (rows.empty() || rows.back() != ids[src]) {
+      rows.push_back(ids[src]);
+      g.insert(g.end(), gi, gi + d);
+    } else {
+      float* acc = g.data() + (rows.size() - 1) * d;
+      for (size_t j = 0; j < d; ++j) acc[j] += gi[j];
+    }
+  }
+  const size_t nr = rows.size();
+
+  const OptimizerParams& p = params_;
+  const double new_log_decay =
+      p.weight_decay > 0.0f ? log_decay_ + std::log1p(-static_cast<double>(p.lr) * p.weight_decay) : log_decay_;
+  const bool adam = p.kind == OptimizerKind::Adam;
+  std::vector<float> w(nr * d), m, v;
+  if (adam) {
+    m.resize(nr * d);
+    v.resize(nr * d);
+  }
+  for (size_t r = 0; r < nr; ++r) {
+    const uint32_t id = rows[r];
+    const float* cur = tensor_.row(id);
+    const float* gr = g.data() + r * d;
+    float* wr = w.data() + r * d;
+    const float decay = p.weight_decay > 0.0f ? static_cast<float>(std::exp(new_log_decay - decay_mark_[id])) : 1.0f;
+    if (!adam) {
+      for (size_t j = 0; j < d; ++j) wr[j] = cur[j] * decay - p.lr * gr[j];
+      continue;
+    }
+    const double t = p.row_step ? static_cast<double>(row_steps_[id]) + 1.0 : static_cast<double>(global_step_) + 1.0;
+    const double bc1 = 1.0 - std::pow(static_cast<double>(p.beta1), t);
+    const double bc2 = 1.0 - std::pow(static_cast<double>(p.beta2), t);
+    const float step_size = static_cast<float>(p.lr / bc1);
+    const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    const float* m0 = m_.data() + static_cast<size_t>(id) * d;
+    const float* v0 = v_.data() + static_cast<size_t>(id) * d;
+    float* mr = m.data() + r * d;
+    float* vr = v.data() + r * d;
+    for (size_t j = 0; j < d; ++j) {
+      mr[j] = p.beta1 * m0[j] + (1.0f - p.beta1) * gr[j];
+      vr[j] = p.beta2 * v0[j] + (1.0f - p.beta2) * gr[j] * gr[j];
+      const float denom = std::sqrt(vr[j]) * inv_sqrt_bc2 + p.eps;
+      wr[j] = cur[j] * decay - step_size * mr[j] / denom;
+    }
+  }
+  // Validates (finite values) and writes; throws before anything changed.
+  tensor_.set(rows.data(), nr, w.data());
+
+  for (size_t r = 0; r < nr; ++r) {
+    const uint32_t id = rows[r];
+    if (adam) {
+      std::copy(m.begin() + r * d, m.begin() + (r + 1) * d, m_.begin() + static_cast<size_t>(id) * d);
+      std::copy(v.begin() + r * d, v.begin() + (r + 1) * d, v_.begin() + static_cast<size_t>(id) * d);
+    }
+    ++row_steps_[id];
+    decay_mark_[id] = new_log_decay;
+  }
+  ++global_step_;
+  log_decay_ = new_log_decay;
+  return nr;
+}
+
+void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps) const {
+  tensor_.check_ids(ids, count, "ids");
+  const size_t d = tensor_.dim();
+  for (size_t i = 0; i < count; ++i) {
+    const size_t off = static_cast<size_t>(ids[i]) * d;
+    if (params_.kind == OptimizerKind::Adam) {
+      std::copy(m_.begin() + off, m_.begin() + off + d, m + i * d);
+      std::copy(v_.begin() + off, v_.begin() + off + d, v + i * d);
+    } else {
+      std::fill(m + i * d, m + (i + 1) * d, 0.0f);
+      std::fill(v + i * d, v + (i + 1) * d, 0.0f);
+    }
+    row_steps[i] = row_steps_[ids[i]];
+  }
+}
+
+}  // namespace gt

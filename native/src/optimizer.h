@@ -1,0 +1,77 @@
+// Sparse optimizers over a SparseTensor: a step reads the gradient of the rows one
+// training step touched and writes their new values through the tensor's one write
+// path (so the Merkle tree and the indexes follow). Rows not touched do not move,
+// nor do their moments.
+//
+// - Duplicate ids in one step are summed first, in order of appearance (PyTorch's
+//   coalesce); a listed row whose gradient is exactly zero still counts as touched.
+// - Adam bias correction is per row by default: each row counts its own updates
+//   (FBGEMM's row counter), so a rarely touched row is not over-stepped. The
+//   alternative is PyTorch SparseAdam's one global step per step() call.
+// - Weight decay is decoupled (AdamW) and lazy with catch-up: the optimizer keeps
+//   the running product of (1 - lr_s * wd) over all steps s, and a row touched now
+//   is first multiplied by that product since its last touch. A row's decay
+//   therefore does not depend on how often it is touched, and equals dense AdamW's
+//   decay over the same steps (with any lr schedule). Between touches the decay
+//   is owed, not applied: a forward pass reads the undecayed value.
+// - A step is all or nothing: new values, moments and counters are computed aside,
+//   the values are written (which validates them), and only then is the state
+//   committed. A non-finite result leaves everything as it was.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "sparse_tensor.h"
+
+namespace gt {
+
+enum class OptimizerKind { SGD, Adam };
+
+struct OptimizerParams {
+  OptimizerKind kind = OptimizerKind::Adam;
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  bool row_step = true;  // Adam: per-row bias correction (false: one global step)
+};
+
+// Throws gt::Error when a parameter is out of range.
+void check_optimizer_params(const OptimizerParams& p);
+
+class SparseOptimizer : public WriteListener {
+ public:
+  SparseOptimizer(SparseTensor& tensor, const OptimizerParams& params);
+  ~SparseOptimizer() override;
+  SparseOptimizer(const SparseOptimizer&) = delete;
+  SparseOptimizer& operator=(const SparseOptimizer&) = delete;
+
+  const OptimizerParams& params() const { return params_; }
+  // Changes the learning rate from the next step on (schedules).
+  void set_lr(float lr);
+  uint64_t steps() const { return global_step_; }
+
+  // One step: rows `ids` (count of them, repeats allowed) with gradients `grads`
+  // (count * dim floats). Returns the number of distinct rows touched.
+  size_t step(const uint32_t* ids, size_t count, const float* grads);
+
+  // Copies the state of rows `ids`: m and v (count * dim each; zeros for SGD) and
+  // each row's update count.
+  void state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps) const;
+
+  void on_rows_changed(const uint32_t*, size_t) override {}
+  void on_rows_appended(size_t first, size_t count) override;
+
+ private:
+  SparseTensor& tensor_;
+  OptimizerParams params_;
+  uint64_t global_step_ = 0;
+  double log_decay_ = 0.0;           // sum over steps of log(1 - lr_s * wd)
+  std::vector<float> m_, v_;         // Adam moments, rows * dim (empty for SGD)
+  std::vector<uint32_t> row_steps_;  // updates per row
+  std::vector<double> decay_mark_;   // log_decay_ at each row's last touch
+};
+
+}  // namespace gt

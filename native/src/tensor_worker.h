@@ -1,0 +1,65 @@
+// Base of every asynchronous job on a tensor (search, commit, HNSW build, training
+// kernels): runs off the JavaScript thread and settles a promise.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+#include <stdexcept>
+
+#include "napi_util.h"
+#include "sparse_tensor.h"
+#include "tensor_binding.h"
+
+namespace gt {
+
+// Work on a tensor's rows off the JavaScript thread. Holds the tensor busy (writes
+// refused) from construction until it settles, keeps the wrapper and the storage it
+// reads alive, and turns every failure into a rejected promise with a code.
+class TensorWorker : public Napi::AsyncWorker {
+ public:
+  TensorWorker(Napi::Env env, const char* name, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t)
+      : Napi::AsyncWorker(env, name),
+        storage_(t.storage()),
+        n_(t.size()),
+        d_(t.dim()),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner) {
+    owner_ref_ = Napi::Persistent(owner_obj);
+    owner_->enter_busy();
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      Run();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    owner_->leave_busy();
+    try {
+      deferred_.Resolve(Settle(Env(), *owner_));
+    } catch (const std::exception& e) {
+      deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.what()).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    owner_->leave_busy();
+    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+  }
+
+ protected:
+  virtual void Run() = 0;                                          // worker thread
+  virtual Napi::Value Settle(Napi::Env env, TensorBinding& owner) = 0;  // JavaScript thread
+
+  std::shared_ptr<Storage> storage_;  // the rows stay alive even if the tensor grows
+  size_t n_, d_;
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  TensorBinding* owner_;
+  Napi::ObjectReference owner_ref_;  // keeps the wrapper (and an adopted buffer) alive
+};
+
+}  // namespace gt

@@ -1,0 +1,375 @@
+// NativeTensor methods for training: the sparse optimizer living beside the values,
+// and the dense Hopfield baseline (forward and backward off the JavaScript thread).
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dense_hopfield.h"
+#include "product_keys.h"
+#include "kernels.h"
+#include "napi_util.h"
+#include "tensor_binding.h"
+#include "tensor_worker.h"
+
+namespace gt {
+
+namespace {
+
+OptimizerParams optimizer_params(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsObject())
+    throw Error(ErrorCode::InvalidArgument, "optimizer options must be an object");
+  Napi::Object o = info[index].As<Napi::Object>();
+  OptimizerParams p;
+  auto num = [&](const char* key, double fallback) -> float {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return static_cast<float>(fallback);
+    if (!v.IsNumber()) throw Error(ErrorCode::InvalidArgument, std::string(key) + " must be a number");
+    const double x = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(x)) throw Error(ErrorCode::OutOfRange, std::string(key) + " must be finite");
+    return static_cast<float>(x);
+  };
+  Napi::Value kind = o.Get("kind");
+  const std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : "";
+  if (k == "adam") p.kind = OptimizerKind::Adam;
+  else if (k == "sgd") p.kind = OptimizerKind::SGD;
+  else throw Error(ErrorCode::InvalidArgument, "optimizer kind must be 'adam' or 'sgd'");
+  p.lr = num("lr", k == "adam" ? 1e-3 : 1e-2);
+  p.beta1 = num("beta1", 0.9);
+  p.beta2 = num("beta2", 0.999);
+  p.eps = num("eps", 1e-8);
+  p.weight_decay = num("weightDecay", 0.0);
+  Napi::Value bias = o.Get("biasCorrection");
+  const std::string b = bias.IsUndefined() ? "row" : (bias.IsString() ? bias.As<Napi::String>().Utf8Value() : "");
+  if (b == "row") p.row_step = true;
+  else if (b == "global") p.row_step = false;
+  else throw Error(ErrorCode::InvalidArgument, "biasCorrection must be 'row' or 'global'");
+  check_optimizer_params(p);
+  return p;
+}
+
+float finite_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsNumber())
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a number");
+  const double x = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(x)) throw Error(ErrorCode::OutOfRange, std::string(name) + " must be finite");
+  return static_cast<float>(x);
+}
+
+Napi::Float32Array f32_out(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  std::copy(v.begin(), v.end(), a.Data());
+  return a;
+}
+
+void check_length(const ArrayArg<float>& a, size_t want, const char* name) {
+  if (a.length != want)
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " has length " + std::to_string(a.length) +
+                                                ", expected " + std::to_string(want));
+  const size_t bad = first_non_finite(a.data, a.length);
+  if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
+}
+
+// A dense Hopfield job over keys (the owner) and values (a second tensor, also held
+// busy). Inputs are copied, so the caller's arrays may change meanwhile.
+class DenseHopfieldWorker : public TensorWorker {
+ public:
+  DenseHopfieldWorker(Napi::Env env, TensorBinding* keys, Napi::Object keys_obj, const SparseTensor& kt,
+                      TensorBinding* values, Napi::Object values_obj, const SparseTensor& vt)
+      : TensorWorker(env, "ghost-tensor:dense-hopfield", keys, keys_obj, kt),
+        values_(values),
+        vstorage_(vt.storage()),
+        dv_(vt.dim()) {
+    values_ref_ = Napi::Persistent(values_obj);
+    values_->enter_busy();
+  }
+  ~DenseHopfieldWorker() override { values_->leave_busy(); }
+
+  DenseHopfieldArgs args;
+  bool backward = false;
+  std::vector<float> q, y, lse, dy, dq, dk, dv;
+  double dbeta = 0.0;
+
+ private:
+  void Run() override {
+    args.Q = q.data();
+    args.K = storage_->data();
+    args.V = vstorage_->data();
+    if (!backward) {
+      y.resize(args.B * dv_);
+      lse.resize(args.B);
+      dense_hopfield_forward(args, y.data(), lse.data());
+    } else {
+      dq.resize(args.B * args.d);
+      dk.resize(args.N * args.d);
+      dv.resize(args.N * dv_);
+      dense_hopfield_backward(args, y.data(), lse.data(), dy.data(), dq.data(), dk.data(), dv.data(), &dbeta);
+    }
+  }
+  Napi::Value Settle(Napi::Env env, TensorBinding&) override {
+    Napi::Object out = Napi::Object::New(env);
+    if (!backward) {
+      out.Set("y", f32_out(env, y));
+      out.Set("lse", f32_out(env, lse));
+    } else {
+      out.Set("dQ", f32_out(env, dq));
+      out.Set("dK", f32_out(env, dk));
+      out.Set("dV", f32_out(env, dv));
+      out.Set("dBeta", Napi::Number::New(env, dbeta));
+    }
+    return out;
+  }
+  TensorBinding* values_;
+  Napi::ObjectReference values_ref_;
+  std::shared_ptr<Storage> vstorage_;
+  size_t dv_;
+};
+
+// Product-key search over two sub-key tables: the owner (table 1) and a second tensor
+// (table 2), both held busy. Queries are copied.
+class ProductKeyWorker : public TensorWorker {
+ public:
+  ProductKeyWorker(Napi::Env env, TensorBinding* t1, Napi::Object t1_obj, const SparseTensor& k1, TensorBinding* t2,
+                   Napi::Object t2_obj, const SparseTensor& k2)
+      : TensorWorker(env, "ghost-tensor:product-keys", t1, t1_obj, k1), other_(t2), storage2_(k2.storage()) {
+    other_ref_ = Napi::Persistent(t2_obj);
+    other_->enter_busy();
+  }
+  ~ProductKeyWorker() override { other_->leave_busy(); }
+
+  ProductKeyArgs args;
+  std::vector<float> queries;
+
+ private:
+  void Run() override {
+    args.K1 = storage_->data();
+    args.K2 = storage2_->data();
+    args.queries = queries.data();
+    ids_.resize(args.nq * args.k);
+    scores_.resize(args.nq * args.k);
+    product_key_search(args, ids_.data(), scores_.data());
+  }
+  Napi::Value Settle(Napi::Env env, TensorBinding&) override {
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Uint32Array ids = Napi::Uint32Array::New(env, ids_.size());
+    std::copy(ids_.begin(), ids_.end(), ids.Data());
+    Napi::Float64Array sc = Napi::Float64Array::New(env, scores_.size());
+    std::copy(scores_.begin(), scores_.end(), sc.Data());
+    out.Set("ids", ids);
+    out.Set("scores", sc);
+    return out;
+  }
+  TensorBinding* other_;
+  Napi::ObjectReference other_ref_;
+  std::shared_ptr<Storage> storage2_;
+  std::vector<uint32_t> ids_;
+  std::vector<double> scores_;
+};
+
+}  // namespace
+
+// productKeySearchAsync(keys2, queries, k, threads?) -> Promise<{ ids: Uint32Array, scores: Float64Array }>
+// This tensor is sub-key table 1; slots are i * n + j.
+Napi::Value TensorBinding::ProductKeySearchAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& k1 = usable();
+    TensorBinding* b2 = TensorBinding::from_value(info[0], "keys2");
+    SparseTensor& k2 = b2->usable();
+    if (k1.size() == 0 || k1.size() != k2.size())
+      throw Error(ErrorCode::InvalidArgument, "the sub-key tables must be non-empty and of the same length");
+    if (k1.size() > 65535) throw Error(ErrorCode::OutOfRange, "more than 65535 sub-keys: slot ids would not fit in uint32");
+    const size_t d = k1.dim() + k2.dim();
+    const ArrayArg<float> q = f32_arg(info, 1, "queries");
+    if (q.length == 0 || q.length % d != 0)
+      throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(d));
+    check_length(q, q.length, "queries");
+    const size_t n = k1.size();
+    const size_t k = size_arg(info, 2, "k", 1, static_cast<double>(n * n));
+    const size_t threads = threads_arg(info, 3);
+    auto* w = new ProductKeyWorker(info.Env(), this, info.This().As<Napi::Object>(), k1, b2, info[0].As<Napi::Object>(), k2);
+    w->args.n = n;
+    w->args.d1 = k1.dim();
+    w->args.d2 = k2.dim();
+    w->args.nq = q.length / d;
+    w->args.k = k;
+    w->args.threads = threads;
+    w->args.kernels = &kernels();
+    w->queries.assign(q.data, q.data + q.length);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// optimInit({ kind, lr, beta1, beta2, eps, weightDecay, biasCorrection }): replaces
+// any optimizer state of this tensor with fresh (zero) state.
+Napi::Value TensorBinding::OptimInit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("attaching an optimizer");
+    const OptimizerParams p = optimizer_params(info, 0);
+    const bool replace = info.Length() > 1 && info[1].ToBoolean().Value();
+    if (optimizer_ && !replace)
+      throw Error(ErrorCode::InvalidArgument, "the tensor already has an optimizer (its state lives with the tensor); detach() it first");
+    optimizer_.reset();
+    optimizer_ = std::make_unique<SparseOptimizer>(t, p);
+    return info.Env().Undefined();
+  });
+}
+
+// optimDetach(): drops this tensor's optimizer state.
+Napi::Value TensorBinding::OptimDetach(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    writable("detaching an optimizer");
+    optimizer_.reset();
+    return info.Env().Undefined();
+  });
+}
+
+// optimStep(ids: Uint32Array, grads: Float32Array) -> distinct rows touched
+Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("an optimizer step");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
+    if (grads.length != ids.length * t.dim())
+      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
+                                                  std::to_string(ids.length * t.dim()));
+    const size_t n = optimizer_->step(ids.data, ids.length, grads.data);
+    after_write();
+    return Napi::Number::New(info.Env(), static_cast<double>(n));
+  });
+}
+
+// optimCheck(ids, grads): the checks optimStep makes before changing anything, alone
+// (a multi-tensor step checks every entry first, so it is all or nothing).
+Napi::Value TensorBinding::OptimCheck(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("an optimizer step");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
+    if (grads.length != ids.length * t.dim())
+      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
+                                                  std::to_string(ids.length * t.dim()));
+    t.check_ids(ids.data, ids.length, "ids");
+    const size_t bad = first_non_finite(grads.data, grads.length);
+    if (bad != grads.length) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
+    return info.Env().Undefined();
+  });
+}
+
+// optimState(ids) -> { m, v, steps }
+Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    std::vector<float> m(ids.length * t.dim()), v(ids.length * t.dim());
+    std::vector<uint32_t> steps(ids.length);
+    optimizer_->state(ids.data, ids.length, m.data(), v.data(), steps.data());
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("m", f32_out(info.Env(), m));
+    out.Set("v", f32_out(info.Env(), v));
+    Napi::Uint32Array s = Napi::Uint32Array::New(info.Env(), steps.size());
+    std::copy(steps.begin(), steps.end(), s.Data());
+    out.Set("steps", s);
+    return out;
+  });
+}
+
+Napi::Value TensorBinding::OptimSetLr(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    optimizer_->set_lr(finite_arg(info, 0, "lr"));
+    return info.Env().Undefined();
+  });
+}
+
+// optimInfo() -> null | { kind, lr, beta1, beta2, eps, weightDecay, biasCorrection, steps }
+Napi::Value TensorBinding::OptimInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!optimizer_) return info.Env().Null();
+    const OptimizerParams& p = optimizer_->params();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("kind", p.kind == OptimizerKind::Adam ? "adam" : "sgd");
+    o.Set("lr", p.lr);
+    o.Set("beta1", p.beta1);
+    o.Set("beta2", p.beta2);
+    o.Set("eps", p.eps);
+    o.Set("weightDecay", p.weight_decay);
+    o.Set("biasCorrection", p.row_step ? "row" : "global");
+    o.Set("steps", static_cast<double>(optimizer_->steps()));
+    return o;
+  });
+}
+
+namespace {
+// Shared argument parsing: (values, Q, beta, metric, threads) at 0..4.
+DenseHopfieldWorker* dense_worker(const Napi::CallbackInfo& info, TensorBinding* self, SparseTensor& kt) {
+  TensorBinding* vb = TensorBinding::from_value(info[0], "values");
+  SparseTensor& vt = vb->usable();
+  if (kt.size() == 0) throw Error(ErrorCode::OutOfRange, "the key tensor is empty");
+  if (vt.size() != kt.size())
+    throw Error(ErrorCode::InvalidArgument, "keys and values hold different pattern counts (" + std::to_string(kt.size()) +
+                                                " vs " + std::to_string(vt.size()) + ")");
+  const ArrayArg<float> q = f32_arg(info, 1, "queries");
+  if (q.length == 0 || q.length % kt.dim() != 0)
+    throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(kt.dim()));
+  check_length(q, q.length, "queries");
+  const float beta = finite_arg(info, 2, "beta");
+  const Metric metric = metric_arg(info, 3);
+  const size_t threads = threads_arg(info, 4);
+  auto* w = new DenseHopfieldWorker(info.Env(), self, info.This().As<Napi::Object>(), kt, vb,
+                                    info[0].As<Napi::Object>(), vt);
+  w->args.B = q.length / kt.dim();
+  w->args.d = kt.dim();
+  w->args.N = kt.size();
+  w->args.dv = vt.dim();
+  w->args.beta = beta;
+  w->args.metric = metric;
+  w->args.threads = threads;
+  w->args.kernels = &kernels();
+  w->q.assign(q.data, q.data + q.length);
+  return w;
+}
+}  // namespace
+
+// denseHopfieldForwardAsync(values, queries, beta, metric, threads?) -> Promise<{ y, lse }>
+Napi::Value TensorBinding::DenseHopfieldForwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    DenseHopfieldWorker* w = dense_worker(info, this, usable());
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// denseHopfieldBackwardAsync(values, queries, beta, metric, threads, y, lse, dy)
+//   -> Promise<{ dQ, dK, dV, dBeta }>
+Napi::Value TensorBinding::DenseHopfieldBackwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& kt = usable();
+    TensorBinding* vb = TensorBinding::from_value(info[0], "values");
+    const size_t dv = vb->usable().dim();
+    const ArrayArg<float> q = f32_arg(info, 1, "queries");
+    const size_t B = q.length / kt.dim();
+    const ArrayArg<float> y = f32_arg(info, 5, "y");
+    const ArrayArg<float> lse = f32_arg(info, 6, "lse");
+    const ArrayArg<float> dy = f32_arg(info, 7, "dy");
+    check_length(y, B * dv, "y");
+    check_length(lse, B, "lse");
+    check_length(dy, B * dv, "dy");
+    DenseHopfieldWorker* w = dense_worker(info, this, kt);
+    w->backward = true;
+    w->y.assign(y.data, y.data + y.length);
+    w->lse.assign(lse.data, lse.data + lse.length);
+    w->dy.assign(dy.data, dy.data + dy.length);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+}  // namespace gt

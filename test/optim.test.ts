@@ -1,0 +1,221 @@
+import { describe, expect, it } from 'vitest';
+
+import { InvalidArgumentError, NonFiniteError, OutOfRangeError, SparseTensor, TensorBusyError } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { DenseAdam, SparseAdam, SparseSGD } from '../lib/optim.js';
+import { Rng } from './helpers/rng.js';
+
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+/** Float64 reference: Adam / SGD restricted to touched rows, with the documented rules. */
+class RefOptimizer {
+  w: Float64Array;
+  m: Float64Array;
+  v: Float64Array;
+  rowSteps: Uint32Array;
+  mark: Float64Array;
+  logDecay = 0;
+  t = 0;
+  constructor(
+    init: Float32Array,
+    readonly n: number,
+    readonly d: number,
+    readonly o: { kind: 'adam' | 'sgd'; lr: number; b1: number; b2: number; eps: number; wd: number; row: boolean },
+  ) {
+    this.w = Float64Array.from(init);
+    this.m = new Float64Array(n * d);
+    this.v = new Float64Array(n * d);
+    this.rowSteps = new Uint32Array(n);
+    this.mark = new Float64Array(n);
+  }
+  step(ids: number[], grads: Float32Array): void {
+    const { d, o } = this;
+    const g = new Map<number, Float64Array>();
+    ids.forEach((id, i) => {
+      const acc = g.get(id) ?? new Float64Array(d);
+      for (let j = 0; j < d; j++) acc[j]! += grads[i * d + j]!;
+      g.set(id, acc);
+    });
+    const newLog = o.wd > 0 ? this.logDecay + Math.log1p(-o.lr * o.wd) : this.logDecay;
+    for (const [id, gr] of g) {
+      const decay = Math.exp(newLog - this.mark[id]!);
+      const t = o.row ? this.rowSteps[id]! + 1 : this.t + 1;
+      for (let j = 0; j < d; j++) {
+        const k = id * d + j;
+        if (o.kind === 'sgd') {
+          this.w[k] = this.w[k]! * decay - o.lr * gr[j]!;
+          continue;
+        }
+        this.m[k] = o.b1 * this.m[k]! + (1 - o.b1) * gr[j]!;
+        this.v[k] = o.b2 * this.v[k]! + (1 - o.b2) * gr[j]! * gr[j]!;
+        const mhat = this.m[k]! / (1 - o.b1 ** t), vhat = this.v[k]! / (1 - o.b2 ** t);
+        this.w[k] = this.w[k]! * decay - (o.lr * mhat) / (Math.sqrt(vhat) + o.eps);
+      }
+      this.rowSteps[id]!++;
+      this.mark[id] = newLog;
+    }
+    this.t++;
+    this.logDecay = newLog;
+  }
+}
+
+function close(a: ArrayLike<number>, b: ArrayLike<number>, rel: number): void {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    const e = Math.abs(a[i]! - b[i]!) / (1e-3 + Math.abs(b[i]!));
+    if (e > worst) worst = e;
+  }
+  expect(worst).toBeLessThan(rel);
+}
+
+describe('SparseAdam / SparseSGD against a float64 reference restricted to touched rows', () => {
+  const cases = [
+    { name: 'adam, per-row bias correction', kind: 'adam', row: true, wd: 0 },
+    { name: 'adam, global step (PyTorch SparseAdam)', kind: 'adam', row: false, wd: 0 },
+    { name: 'adam with lazy decoupled weight decay', kind: 'adam', row: true, wd: 0.05 },
+    { name: 'sgd with lazy weight decay', kind: 'sgd', row: true, wd: 0.1 },
+  ] as const;
+  for (const c of cases) {
+    it(c.name, () => {
+      const rng = new Rng(7);
+      const n = 40, d = 5;
+      const init = rng.f32(n * d);
+      const t = SparseTensor.fromArray(init, d);
+      t.commitSync();
+      const lr = c.kind === 'adam' ? 0.01 : 0.05;
+      const opt = c.kind === 'adam'
+        ? new SparseAdam([t], { lr, weightDecay: c.wd, biasCorrection: c.row ? 'row' : 'global' })
+        : new SparseSGD([t], { lr, weightDecay: c.wd });
+      const ref = new RefOptimizer(init, n, d, { kind: c.kind, lr, b1: 0.9, b2: 0.999, eps: 1e-8, wd: c.wd, row: c.row });
+      for (let s = 0; s < 200; s++) {
+        // rows 30..39 are never touched; some rows repeat; some get an exact zero gradient
+        const count = rng.int(0, 8);
+        const ids = Array.from({ length: count }, () => rng.int(0, 29));
+        const grads = rng.f32(count * d);
+        if (count > 0 && s % 3 === 0) grads.fill(0, 0, d);
+        if (s === 50) opt.lr = lr / 2; // a schedule: the catch-up decay follows it
+        if (s === 50) ref.o.lr = lr / 2;
+        const touched = opt.step([{ tensor: t, ids, grads }]);
+        ref.step(ids, grads);
+        expect(touched).toEqual([new Set(ids).size]);
+      }
+      const all = Array.from({ length: n }, (_, i) => i);
+      const w = t.gather(all);
+      close(w, ref.w, 2e-5);
+      for (let i = 30 * d; i < n * d; i++) expect(w[i]).toBe(init[i]); // untouched: bit for bit
+      const st = opt.state(t, all);
+      expect(Array.from(st.steps)).toEqual(Array.from(ref.rowSteps));
+      if (c.kind === 'adam') {
+        close(st.m, ref.m, 2e-5);
+        close(st.v, ref.v, 2e-5);
+        for (let i = 30 * d; i < n * d; i++) expect(st.m[i]).toBe(0);
+      }
+      // The commitment followed every step.
+      expect(hex(t.root())).toBe(hex(native().merkleRoot(w, d)));
+      expect(opt.info(t).steps).toBe(200);
+    });
+  }
+
+  it('weight decay catch-up equals dense AdamW decay when every row is touched every step', () => {
+    // With every row touched each step, lazy = dense AdamW; compare a rarely touched
+    // row's decay-only trajectory (zero gradients) with (1 - lr wd)^steps.
+    const d = 3, lr = 0.01, wd = 0.5;
+    const init = new Float32Array([1, -2, 3, 1, -2, 3]);
+    const t = SparseTensor.fromArray(init, d);
+    const opt = new SparseSGD([t], { lr, weightDecay: wd });
+    for (let s = 0; s < 99; s++) opt.step([{ tensor: t, ids: [0], grads: new Float32Array(d) }]);
+    opt.step([{ tensor: t, ids: [0, 1], grads: new Float32Array(2 * d) }]); // row 1: first touch after 100 steps
+    const w = t.gather([0, 1]);
+    const f = (1 - lr * wd) ** 100;
+    close(w, [f, -2 * f, 3 * f, f, -2 * f, 3 * f], 1e-5);
+  });
+
+  it('a step with a non-finite result changes nothing (values, moments, counters, root)', () => {
+    const t = SparseTensor.fromArray(new Float32Array([1, 2, 3, 4]), 2);
+    t.commitSync();
+    const opt = new SparseAdam([t], { lr: 0.1 });
+    opt.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }]);
+    const before = { w: t.gather([0, 1]), s: opt.state(t, [0, 1]), root: hex(t.root()) };
+    // 3e38 + 3e38 overflows while coalescing: the update is NaN.
+    expect(() => opt.step([{ tensor: t, ids: [0, 0], grads: new Float32Array([3e38, 3e38, 3e38, 3e38]) }])).toThrow(NonFiniteError);
+    expect(t.gather([0, 1])).toEqual(before.w);
+    expect(opt.state(t, [0, 1])).toEqual(before.s);
+    expect(hex(t.root())).toBe(before.root);
+    expect(opt.info(t).steps).toBe(1);
+  });
+
+  it('keeps the HNSW index consistent: a moved row is found at its new place', async () => {
+    const rng = new Rng(3);
+    const d = 8, n = 500;
+    const t = SparseTensor.fromArray(rng.f32(n * d), d, { metric: 'l2' });
+    await t.buildHnsw();
+    const opt = new SparseSGD([t], { lr: 1 });
+    const target = rng.f32(d, 10);
+    const cur = t.gather([17]);
+    const g = new Float32Array(d);
+    for (let j = 0; j < d; j++) g[j] = cur[j]! - target[j]!; // one SGD step with lr 1 lands on target
+    opt.step([{ tensor: t, ids: [17], grads: g }]);
+    expect(t.search(target, 1, { index: 'hnsw' }).ids[0]).toBe(17);
+  });
+
+  it('appended rows get fresh state', () => {
+    const t = SparseTensor.fromArray(new Float32Array([1, 1]), 2);
+    const opt = new SparseAdam([t], { lr: 0.1 });
+    opt.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }]);
+    t.append(new Float32Array([5, 5]));
+    const s = opt.state(t, [1]);
+    expect(Array.from(s.m)).toEqual([0, 0]);
+    expect(Array.from(s.steps)).toEqual([0]);
+    opt.step([{ tensor: t, ids: [1], grads: new Float32Array([1, -1]) }]);
+    close(t.gather([1]), [4.9, 5.1], 1e-5); // first Adam step moves each coordinate by lr
+  });
+
+  it('rejects bad input with typed errors and changes nothing', async () => {
+    const t = SparseTensor.fromArray(new Float32Array(8), 2);
+    const other = SparseTensor.fromArray(new Float32Array(8), 2);
+    const opt = new SparseAdam([t]);
+    expect(() => new SparseAdam([])).toThrow(InvalidArgumentError);
+    expect(() => new SparseAdam([t, t])).toThrow(InvalidArgumentError);
+    expect(() => new SparseAdam([t], { lr: -1 })).toThrow(OutOfRangeError);
+    expect(() => new SparseAdam([t], { beta1: 1 })).toThrow(OutOfRangeError);
+    expect(() => new SparseAdam([t], { eps: 0 })).toThrow(OutOfRangeError);
+    expect(() => new SparseSGD([t], { lr: 1, weightDecay: 1 })).toThrow(OutOfRangeError);
+    expect(() => new SparseAdam([t], { biasCorrection: 'none' as 'row' })).toThrow(InvalidArgumentError);
+    expect(() => opt.step([{ tensor: t, ids: [4], grads: new Float32Array(2) }])).toThrow(OutOfRangeError);
+    expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(3) }])).toThrow(InvalidArgumentError);
+    expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array([NaN, 0]) }])).toThrow(NonFiniteError);
+    expect(() => opt.step([{ tensor: other, ids: [0], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
+    expect(() => opt.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }, { tensor: t, ids: [1], grads: new Float32Array(2) }])).toThrow(InvalidArgumentError);
+    // A bad second entry: the first tensor does not step either.
+    expect(() => new SparseAdam([other, t])).toThrow(InvalidArgumentError); // t has one already
+    expect(() => opt.info(other)).toThrow(InvalidArgumentError);
+    const two = new SparseAdam([t, other], { replaceState: true });
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [9], grads: new Float32Array(2) }])).toThrow(OutOfRangeError);
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array([1, 1]) }, { tensor: other, ids: [0], grads: new Float32Array([0, Infinity]) }])).toThrow(NonFiniteError);
+    expect(two.info(t).steps).toBe(0);
+    expect(Array.from(t.gather([0, 1, 2, 3]))).toEqual(new Array(8).fill(0));
+    const pending = t.searchBatch(new Float32Array(2 * 64), 1);
+    expect(() => two.step([{ tensor: t, ids: [0], grads: new Float32Array(2) }])).toThrow(TensorBusyError);
+    await pending;
+    two.detach();
+    new SparseSGD([t]); // free again
+  });
+});
+
+describe('DenseAdam', () => {
+  it('matches the sparse Adam on the same values (one row, every step)', () => {
+    const rng = new Rng(11);
+    const p = rng.f32(4);
+    const t = SparseTensor.fromArray(p.slice(), 4);
+    const dense = new DenseAdam([p], { lr: 0.02 });
+    const sparse = new SparseAdam([t], { lr: 0.02 });
+    for (let s = 0; s < 30; s++) {
+      const g = rng.f32(4);
+      dense.step([g]);
+      sparse.step([{ tensor: t, ids: [0], grads: g }]);
+    }
+    close(p, t.gather([0]), 1e-5);
+    expect(() => dense.step([new Float32Array(3)])).toThrow(InvalidArgumentError);
+    expect(() => dense.step([new Float32Array([NaN, 0, 0, 0])])).toThrow(NonFiniteError);
+  });
+});
