@@ -571,7 +571,7 @@ for (const r of results.datasets) {
     [
       { key: 'ef', header: 'ef' },
       { key: 'rO', header: 'recall ours', format: (v) => v.toFixed(4) },
-      { key: 'rO1', header: '(1t-built graph)', format: (v) => v.toFixed(4) },
+      { key: 'rO1', header: '(1t-built graph)', format: (v) => (v == null ? '-' : v.toFixed(4)) },
       { key: 'rH', header: 'recall hnswlib', format: (v) => v.toFixed(4) },
       { key: 'o1', header: 'ours 1q q/s' },
       { key: 'ob', header: `ours batch ${CORES}t q/s` },
