@@ -160,7 +160,7 @@ export async function trainClassifier({
           for (let j = 0; j < d; j++) dP[po + j] += xi * g.dx[ho + j];
         }
       }
-      sparseOpt.step(g.grads);
+      await sparseOpt.stepAsync(g.grads); // off the JavaScript thread, like retrieval and the layer math
       denseOpt.step([dP, new Float32Array([g.dBeta])]);
       stepMs.push(performance.now() - t0);
     }

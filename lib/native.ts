@@ -66,6 +66,7 @@ export interface NativeTensor {
   optimDetach(): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
   optimCheck(ids: Uint32Array, grads: Float32Array): void;
+  optimStepAsync(ids: Uint32Array, grads: Float32Array): Promise<number>;
   optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };
   optimSetLr(lr: number): void;
   optimInfo(): NativeOptimizerInfo | null;

@@ -22,7 +22,7 @@
  * TypeScript Adam over Float32Arrays with the same formulas.
  */
 import { checkFloat32Array, toIds } from './args.js';
-import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative } from './errors.js';
+import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative, fromNative } from './errors.js';
 import type { NativeOptimizerInfo, NativeOptimizerOptions } from './native.js';
 import { SparseTensor, internalNative } from './sparse-tensor.js';
 
@@ -118,9 +118,27 @@ abstract class SparseOptimizerBase {
    * Returns the number of distinct rows touched per entry.
    */
   step(grads: readonly SparseGrad[]): number[] {
+    const prepared = this.#prepare(grads);
+    return prepared.map((p) => callNative(() => internalNative(p.t).optimStep(p.ids, p.grads)));
+  }
+
+  /**
+   * step() on worker threads (one per tensor, concurrently). Inputs are checked for
+   * every entry first; while a tensor's step runs, reads and writes of that tensor are
+   * refused with TensorBusyError. Resolves to the distinct rows touched per entry.
+   */
+  async stepAsync(grads: readonly SparseGrad[]): Promise<number[]> {
+    const prepared = this.#prepare(grads);
+    const results = await Promise.allSettled(prepared.map((p) => internalNative(p.t).optimStepAsync(p.ids, p.grads)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw fromNative(failed.reason);
+    return results.map((r) => (r as PromiseFulfilledResult<number>).value);
+  }
+
+  #prepare(grads: readonly SparseGrad[]): { t: SparseTensor; ids: Uint32Array; grads: Float32Array }[] {
     if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
     const seen = new Set<SparseTensor>();
-    const prepared = grads.map((g, i) => {
+    return grads.map((g, i) => {
       if (!g || !(g.tensor instanceof SparseTensor)) throw new InvalidArgumentError(`grads[${i}].tensor must be a SparseTensor`);
       if (!this.#tensors.includes(g.tensor)) throw new InvalidArgumentError(`grads[${i}].tensor is not one of this optimizer's tensors`);
       if (seen.has(g.tensor)) throw new InvalidArgumentError(`grads[${i}]: a tensor appears twice in one step; concatenate its rows`);
@@ -134,7 +152,6 @@ abstract class SparseOptimizerBase {
       callNative(() => internalNative(g.tensor).optimCheck(ids, g.grads));
       return { t: g.tensor, ids, grads: g.grads };
     });
-    return prepared.map((p) => callNative(() => internalNative(p.t).optimStep(p.ids, p.grads)));
   }
 
   /** The optimizer state of rows `ids` of `tensor` (copies). */

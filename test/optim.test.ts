@@ -202,6 +202,44 @@ describe('SparseAdam / SparseSGD against a float64 reference restricted to touch
   });
 });
 
+describe('stepAsync', () => {
+  it('equals step() on twin tensors, and holds the tensor exclusively while it runs', async () => {
+    const rng = new Rng(31);
+    const d = 16, n = 2000;
+    const init = rng.f32(n * d);
+    const a = SparseTensor.fromArray(init.slice(), d), b = SparseTensor.fromArray(init.slice(), d);
+    const va = SparseTensor.fromArray(new Float32Array(n * 2), 2), vb = SparseTensor.fromArray(new Float32Array(n * 2), 2);
+    a.commitSync();
+    b.commitSync();
+    const oa = new SparseAdam([a, va], { lr: 0.01, weightDecay: 0.1 }), ob = new SparseAdam([b, vb], { lr: 0.01, weightDecay: 0.1 });
+    for (let s = 0; s < 20; s++) {
+      const ids = Array.from({ length: 300 }, () => rng.int(0, n - 1));
+      const g = rng.f32(ids.length * d), gv = rng.f32(ids.length * 2);
+      oa.step([{ tensor: a, ids, grads: g }, { tensor: va, ids, grads: gv }]);
+      const pending = ob.stepAsync([{ tensor: b, ids, grads: g }, { tensor: vb, ids, grads: gv }]);
+      expect(() => b.gather([0])).toThrow(TensorBusyError); // reads wait too
+      expect(() => b.add([0], new Float32Array(d))).toThrow(TensorBusyError);
+      expect(b.size).toBe(n); // the size stays readable
+      expect(await pending).toEqual([new Set(ids).size, new Set(ids).size]);
+    }
+    expect(Array.from(b.gather([0, 1, 2, 1999]))).toEqual(Array.from(a.gather([0, 1, 2, 1999])));
+    expect(hex(b.root())).toBe(hex(a.root()));
+    expect(hex(vb.commitSync())).toBe(hex(va.commitSync()));
+    expect(Array.from(vb.gather([5]))).toEqual(Array.from(va.gather([5])));
+  });
+
+  it('rejects with a typed error and changes nothing when the result is not finite', async () => {
+    const t = SparseTensor.fromArray(new Float32Array([1, 2, 3, 4]), 2);
+    const opt = new SparseSGD([t], { lr: 1 });
+    await expect(opt.stepAsync([{ tensor: t, ids: [0, 0], grads: new Float32Array([3e38, 3e38, 3e38, 3e38]) }])).rejects.toThrow(NonFiniteError);
+    expect(Array.from(t.gather([0, 1]))).toEqual([1, 2, 3, 4]);
+    expect(opt.info(t).steps).toBe(0);
+    await expect(opt.stepAsync([{ tensor: t, ids: [2], grads: new Float32Array(2) }])).rejects.toThrow(OutOfRangeError);
+    expect(await opt.stepAsync([{ tensor: t, ids: [1], grads: new Float32Array([1, 1]) }])).toEqual([1]);
+    expect(Array.from(t.gather([1]))).toEqual([2, 3]);
+  });
+});
+
 describe('DenseAdam', () => {
   it('matches the sparse Adam on the same values (one row, every step)', () => {
     const rng = new Rng(11);

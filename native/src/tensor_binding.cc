@@ -416,6 +416,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::HnswRefreshAsync>("hnswRefreshAsync"),
                          InstanceMethod<&TensorBinding::OptimInit>("optimInit"),
                          InstanceMethod<&TensorBinding::OptimStep>("optimStep"),
+                         InstanceMethod<&TensorBinding::OptimStepAsync>("optimStepAsync"),
                          InstanceMethod<&TensorBinding::OptimCheck>("optimCheck"),
                          InstanceMethod<&TensorBinding::OptimDetach>("optimDetach"),
                          InstanceMethod<&TensorBinding::OptimState>("optimState"),
@@ -472,10 +473,16 @@ TensorBinding* TensorBinding::from_value(const Napi::Value& v, const char* name)
   throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a SparseTensor");
 }
 
-SparseTensor& TensorBinding::usable() {
+SparseTensor& TensorBinding::present() {
   if (!adopted_.IsEmpty() && adopted_.Value().IsDetached())
     throw Error(ErrorCode::Detached, "the adopted Float32Array's buffer was detached (transferred)");
   return *tensor_;
+}
+
+SparseTensor& TensorBinding::usable() {
+  SparseTensor& t = present();
+  if (writing_ > 0) throw Error(ErrorCode::Busy, "an asynchronous optimizer step is writing the tensor; await it first");
+  return t;
 }
 
 SparseTensor& TensorBinding::writable(const char* op) {
@@ -493,13 +500,13 @@ void TensorBinding::after_write() {
 }
 
 Napi::Value TensorBinding::Size(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(usable().size())); });
+  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(present().size())); });
 }
 Napi::Value TensorBinding::Dim(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(tensor_->dim()));
 }
 Napi::Value TensorBinding::Capacity(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(usable().capacity())); });
+  return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(present().capacity())); });
 }
 Napi::Value TensorBinding::IsAdopted(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !adopted_.IsEmpty());

@@ -19,6 +19,12 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   // Asynchronous readers hold the tensor busy; writes are refused meanwhile.
   void enter_busy() { ++busy_; }
   void leave_busy() { --busy_; }
+  // An asynchronous write (an optimizer step) holds the tensor exclusively: reads are
+  // refused too until it settles.
+  void enter_writing() { ++writing_; }
+  void leave_writing() { --writing_; }
+  // Ends adoption when the storage moved to owned memory (growth).
+  void after_write();
   // Installs a Merkle tree built off the JavaScript thread over the current rows.
   void install_merkle(MerkleLevels&& levels);
   void install_hnsw(std::unique_ptr<HnswIndex> index);
@@ -57,6 +63,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
 
   Napi::Value OptimInit(const Napi::CallbackInfo& info);
   Napi::Value OptimStep(const Napi::CallbackInfo& info);
+  Napi::Value OptimStepAsync(const Napi::CallbackInfo& info);
   Napi::Value OptimCheck(const Napi::CallbackInfo& info);
   Napi::Value OptimDetach(const Napi::CallbackInfo& info);
   Napi::Value OptimState(const Napi::CallbackInfo& info);
@@ -71,8 +78,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   // (usable(): throws when an adopted buffer was detached; public above.)
   // usable() and no asynchronous reader running.
   SparseTensor& writable(const char* op);
-  // Ends adoption when the storage moved to owned memory (growth).
-  void after_write();
+  // The adopted buffer is still attached (no check for a running write).
+  SparseTensor& present();
 
   std::unique_ptr<SparseTensor> tensor_;
   Napi::Reference<Napi::ArrayBuffer> adopted_;  // the user's buffer while adopted
@@ -80,6 +87,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Reference<Napi::ArrayBuffer> view_buffer_;  // external buffer over owned storage
   std::shared_ptr<Storage> view_storage_;
   int busy_ = 0;
+  int writing_ = 0;
   // Declared after tensor_: destroyed first, so it unregisters from a live tensor.
   std::unique_ptr<MerkleTree> merkle_;
   std::unique_ptr<HnswIndex> hnsw_;

@@ -32,6 +32,10 @@ class TensorWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       Run();
+    } catch (const Error& e) {
+      code_ = e.code();
+      has_code_ = true;
+      SetError(e.what());
     } catch (const std::exception& e) {
       SetError(e.what());
     }
@@ -46,7 +50,8 @@ class TensorWorker : public Napi::AsyncWorker {
   }
   void OnError(const Napi::Error& e) override {
     owner_->leave_busy();
-    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+    // A gt::Error keeps its code (NonFinite, OutOfRange, ...); anything else is internal.
+    deferred_.Reject((has_code_ ? make_error(Env(), Error(code_, e.Message())) : make_error(Env(), "ERR_GT_INTERNAL", e.Message())).Value());
   }
 
  protected:
@@ -58,6 +63,8 @@ class TensorWorker : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
+  ErrorCode code_ = ErrorCode::InvalidArgument;
+  bool has_code_ = false;
   TensorBinding* owner_;
   Napi::ObjectReference owner_ref_;  // keeps the wrapper (and an adopted buffer) alive
 };

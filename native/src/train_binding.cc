@@ -165,7 +165,53 @@ class ProductKeyWorker : public TensorWorker {
   std::vector<double> scores_;
 };
 
+// One optimizer step off the JavaScript thread. Holds the tensor exclusively (reads and
+// writes refused) until it settles; ids and gradients are copied.
+class OptimStepWorker : public TensorWorker {
+ public:
+  OptimStepWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
+                  SparseOptimizer& opt, const ArrayArg<uint32_t>& ids, const ArrayArg<float>& grads)
+      : TensorWorker(env, "ghost-tensor:optimizer-step", owner, owner_obj, t),
+        owner_(owner),
+        opt_(opt),
+        ids_(ids.data, ids.data + ids.length),
+        grads_(grads.data, grads.data + grads.length) {
+    owner_->enter_writing();
+  }
+  ~OptimStepWorker() override { owner_->leave_writing(); }
+
+ private:
+  void Run() override { rows_ = opt_.step(ids_.data(), ids_.size(), grads_.data()); }
+  Napi::Value Settle(Napi::Env env, TensorBinding& owner) override {
+    owner.after_write();
+    return Napi::Number::New(env, static_cast<double>(rows_));
+  }
+  TensorBinding* owner_;
+  SparseOptimizer& opt_;  // cannot be replaced or detached while the tensor is busy
+  std::vector<uint32_t> ids_;
+  std::vector<float> grads_;
+  size_t rows_ = 0;
+};
+
 }  // namespace
+
+// optimStepAsync(ids, grads) -> Promise<distinct rows touched>
+Napi::Value TensorBinding::OptimStepAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("an optimizer step");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
+    if (grads.length != ids.length * t.dim())
+      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
+                                                  std::to_string(ids.length * t.dim()));
+    t.check_ids(ids.data, ids.length, "ids");
+    auto* w = new OptimStepWorker(info.Env(), this, info.This().As<Napi::Object>(), t, *optimizer_, ids, grads);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
 
 // productKeySearchAsync(keys2, queries, k, threads?) -> Promise<{ ids: Uint32Array, scores: Float64Array }>
 // This tensor is sub-key table 1; slots are i * n + j.
