@@ -19,18 +19,8 @@ namespace {
 
 std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
   const ArrayArg<float> a = f32_arg(info, index, name);
-  if (a.length != want)
-    throw Error(ErrorCode::InvalidArgument, std::string(name) + " has length " + std::to_string(a.length) + ", expected " +
-                                                std::to_string(want));
-  const size_t bad = first_non_finite(a.data, a.length);
-  if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
+  check_finite_length(a, want, name);
   return std::vector<float>(a.data, a.data + a.length);
-}
-
-Napi::Float32Array out_f32(Napi::Env env, const std::vector<float>& v) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
-  std::copy(v.begin(), v.end(), a.Data());
-  return a;
 }
 
 class HopfieldWorker : public Napi::AsyncWorker {
@@ -79,15 +69,15 @@ class HopfieldWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     Napi::Object o = Napi::Object::New(env);
     if (op_ == Op::Mix) {
-      o.Set("weights", out_f32(env, weights));
-      o.Set("out", out_f32(env, out));
+      o.Set("weights", f32_array(env, weights));
+      o.Set("out", f32_array(env, out));
     } else if (op_ == Op::MixBackward) {
-      o.Set("dRows", out_f32(env, r1_));
-      o.Set("ds", out_f32(env, r2_));
+      o.Set("dRows", f32_array(env, r1_));
+      o.Set("ds", f32_array(env, r2_));
       o.Set("dBeta", Napi::Number::New(env, dbeta_));
     } else {
-      o.Set("dq", out_f32(env, r1_));
-      o.Set("dKeys", out_f32(env, r2_));
+      o.Set("dq", f32_array(env, r1_));
+      o.Set("dKeys", f32_array(env, r2_));
     }
     deferred_.Resolve(o);
   }

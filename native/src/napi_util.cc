@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "parallel.h"
+#include "sparse_tensor.h"
 
 namespace gt {
 
@@ -94,6 +95,20 @@ SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index) {
     throw Error(ErrorCode::Unsupported,
                 std::string("SIMD level ") + simd_level_name(level) + " is not supported by this CPU");
   return level;
+}
+
+void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name) {
+  if (a.length != want)
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " has length " + std::to_string(a.length) + ", expected " +
+                                                std::to_string(want));
+  const size_t bad = first_non_finite(a.data, a.length);
+  if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
+}
+
+Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  std::copy(v.begin(), v.end(), a.Data());
+  return a;
 }
 
 }  // namespace gt

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cpu.h"
 #include "merkle.h"
@@ -43,6 +44,10 @@ struct ArrayArg {
 ArrayArg<float> f32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 ArrayArg<uint32_t> u32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+// Throws unless `a` holds `want` floats, all finite (InvalidArgument / NonFinite, naming `name`).
+void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name);
+// A new Float32Array holding a copy of v.
+Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v);
 // An integer in [lo, hi].
 size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi);
 Metric metric_arg(const Napi::CallbackInfo& info, size_t index);

@@ -53,11 +53,16 @@ void SparseOptimizer::on_rows_appended(size_t first, size_t count) {
   decay_mark_.resize(first + count, log_decay_);  // a new row owes no earlier decay
 }
 
-size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* grads) {
+void SparseOptimizer::check_step(const uint32_t* ids, size_t count, const float* grads) const {
   tensor_.check_ids(ids, count, "ids");
+  const size_t n = count * tensor_.dim();
+  const size_t bad = first_non_finite(grads, n);
+  if (bad != n) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
+}
+
+size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* grads) {
+  check_step(ids, count, grads);
   const size_t d = tensor_.dim();
-  const size_t bad = first_non_finite(grads, count * d);
-  if (bad != count * d) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
 
   // Coalesce: distinct ids ascending; each one's gradients summed in order of appearance.
   std::vector<uint32_t> order(count);

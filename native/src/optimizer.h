@@ -53,6 +53,10 @@ class SparseOptimizer : public WriteListener {
   void set_lr(float lr);
   uint64_t steps() const { return global_step_; }
 
+  // The input checks step() makes before computing anything: ids in range, gradients
+  // finite. Throws gt::Error.
+  void check_step(const uint32_t* ids, size_t count, const float* grads) const;
+
   // One step: rows `ids` (count of them, repeats allowed) with gradients `grads`
   // (count * dim floats). Returns the number of distinct rows touched.
   size_t step(const uint32_t* ids, size_t count, const float* grads);

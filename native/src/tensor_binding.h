@@ -6,6 +6,7 @@
 
 #include "hnsw_index.h"
 #include "merkle.h"
+#include "napi_util.h"
 #include "optimizer.h"
 #include "sparse_tensor.h"
 
@@ -80,6 +81,9 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   SparseTensor& writable(const char* op);
   // The adopted buffer is still attached (no check for a running write).
   SparseTensor& present();
+  // (ids, grads) at 0..1 of an optimizer step: the tensor writable, an optimizer
+  // attached, grads.length == ids.length * dim. Sets *ids and *grads.
+  SparseOptimizer& step_args(const Napi::CallbackInfo& info, ArrayArg<uint32_t>* ids, ArrayArg<float>* grads);
 
   std::unique_ptr<SparseTensor> tensor_;
   Napi::Reference<Napi::ArrayBuffer> adopted_;  // the user's buffer while adopted

@@ -55,20 +55,6 @@ float finite_arg(const Napi::CallbackInfo& info, size_t index, const char* name)
   return static_cast<float>(x);
 }
 
-Napi::Float32Array f32_out(Napi::Env env, const std::vector<float>& v) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
-  std::copy(v.begin(), v.end(), a.Data());
-  return a;
-}
-
-void check_length(const ArrayArg<float>& a, size_t want, const char* name) {
-  if (a.length != want)
-    throw Error(ErrorCode::InvalidArgument, std::string(name) + " has length " + std::to_string(a.length) +
-                                                ", expected " + std::to_string(want));
-  const size_t bad = first_non_finite(a.data, a.length);
-  if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
-}
-
 // A dense Hopfield job over keys (the owner) and values (a second tensor, also held
 // busy). Inputs are copied, so the caller's arrays may change meanwhile.
 class DenseHopfieldWorker : public TensorWorker {
@@ -108,12 +94,12 @@ class DenseHopfieldWorker : public TensorWorker {
   Napi::Value Settle(Napi::Env env, TensorBinding&) override {
     Napi::Object out = Napi::Object::New(env);
     if (!backward) {
-      out.Set("y", f32_out(env, y));
-      out.Set("lse", f32_out(env, lse));
+      out.Set("y", f32_array(env, y));
+      out.Set("lse", f32_array(env, lse));
     } else {
-      out.Set("dQ", f32_out(env, dq));
-      out.Set("dK", f32_out(env, dk));
-      out.Set("dV", f32_out(env, dv));
+      out.Set("dQ", f32_array(env, dq));
+      out.Set("dK", f32_array(env, dk));
+      out.Set("dV", f32_array(env, dv));
       out.Set("dBeta", Napi::Number::New(env, dbeta));
     }
     return out;
@@ -198,15 +184,12 @@ class OptimStepWorker : public TensorWorker {
 // optimStepAsync(ids, grads) -> Promise<distinct rows touched>
 Napi::Value TensorBinding::OptimStepAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    SparseTensor& t = writable("an optimizer step");
-    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
-    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
-    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
-    if (grads.length != ids.length * t.dim())
-      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
-                                                  std::to_string(ids.length * t.dim()));
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    SparseOptimizer& opt = step_args(info, &ids, &grads);
+    SparseTensor& t = *tensor_;
     t.check_ids(ids.data, ids.length, "ids");
-    auto* w = new OptimStepWorker(info.Env(), this, info.This().As<Napi::Object>(), t, *optimizer_, ids, grads);
+    auto* w = new OptimStepWorker(info.Env(), this, info.This().As<Napi::Object>(), t, opt, ids, grads);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -227,7 +210,7 @@ Napi::Value TensorBinding::ProductKeySearchAsync(const Napi::CallbackInfo& info)
     const ArrayArg<float> q = f32_arg(info, 1, "queries");
     if (q.length == 0 || q.length % d != 0)
       throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(d));
-    check_length(q, q.length, "queries");
+    check_finite_length(q, q.length, "queries");
     const size_t n = k1.size();
     const size_t k = size_arg(info, 2, "k", 1, static_cast<double>(n * n));
     const size_t threads = threads_arg(info, 3);
@@ -270,17 +253,23 @@ Napi::Value TensorBinding::OptimDetach(const Napi::CallbackInfo& info) {
   });
 }
 
+SparseOptimizer& TensorBinding::step_args(const Napi::CallbackInfo& info, ArrayArg<uint32_t>* ids, ArrayArg<float>* grads) {
+  SparseTensor& t = writable("an optimizer step");
+  if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+  *ids = u32_arg(info, 0, "ids");
+  *grads = f32_arg(info, 1, "grads");
+  if (grads->length != ids->length * t.dim())
+    throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads->length) +
+                                                ", expected ids.length * dim = " + std::to_string(ids->length * t.dim()));
+  return *optimizer_;
+}
+
 // optimStep(ids: Uint32Array, grads: Float32Array) -> distinct rows touched
 Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    SparseTensor& t = writable("an optimizer step");
-    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
-    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
-    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
-    if (grads.length != ids.length * t.dim())
-      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
-                                                  std::to_string(ids.length * t.dim()));
-    const size_t n = optimizer_->step(ids.data, ids.length, grads.data);
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    const size_t n = step_args(info, &ids, &grads).step(ids.data, ids.length, grads.data);
     after_write();
     return Napi::Number::New(info.Env(), static_cast<double>(n));
   });
@@ -290,16 +279,9 @@ Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
 // (a multi-tensor step checks every entry first, so it is all or nothing).
 Napi::Value TensorBinding::OptimCheck(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    SparseTensor& t = writable("an optimizer step");
-    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
-    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
-    const ArrayArg<float> grads = f32_arg(info, 1, "grads");
-    if (grads.length != ids.length * t.dim())
-      throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads.length) + ", expected ids.length * dim = " +
-                                                  std::to_string(ids.length * t.dim()));
-    t.check_ids(ids.data, ids.length, "ids");
-    const size_t bad = first_non_finite(grads.data, grads.length);
-    if (bad != grads.length) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    step_args(info, &ids, &grads).check_step(ids.data, ids.length, grads.data);
     return info.Env().Undefined();
   });
 }
@@ -314,8 +296,8 @@ Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
     std::vector<uint32_t> steps(ids.length);
     optimizer_->state(ids.data, ids.length, m.data(), v.data(), steps.data());
     Napi::Object out = Napi::Object::New(info.Env());
-    out.Set("m", f32_out(info.Env(), m));
-    out.Set("v", f32_out(info.Env(), v));
+    out.Set("m", f32_array(info.Env(), m));
+    out.Set("v", f32_array(info.Env(), v));
     Napi::Uint32Array s = Napi::Uint32Array::New(info.Env(), steps.size());
     std::copy(steps.begin(), steps.end(), s.Data());
     out.Set("steps", s);
@@ -363,7 +345,7 @@ DenseHopfieldWorker* dense_worker(const Napi::CallbackInfo& info, TensorBinding*
   const ArrayArg<float> q = f32_arg(info, 1, "queries");
   if (q.length == 0 || q.length % kt.dim() != 0)
     throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(kt.dim()));
-  check_length(q, q.length, "queries");
+  check_finite_length(q, q.length, "queries");
   const float beta = finite_arg(info, 2, "beta");
   const Metric metric = metric_arg(info, 3);
   const size_t threads = threads_arg(info, 4);
@@ -404,9 +386,9 @@ Napi::Value TensorBinding::DenseHopfieldBackwardAsync(const Napi::CallbackInfo& 
     const ArrayArg<float> y = f32_arg(info, 5, "y");
     const ArrayArg<float> lse = f32_arg(info, 6, "lse");
     const ArrayArg<float> dy = f32_arg(info, 7, "dy");
-    check_length(y, B * dv, "y");
-    check_length(lse, B, "lse");
-    check_length(dy, B * dv, "dy");
+    check_finite_length(y, B * dv, "y");
+    check_finite_length(lse, B, "lse");
+    check_finite_length(dy, B * dv, "dy");
     DenseHopfieldWorker* w = dense_worker(info, this, kt);
     w->backward = true;
     w->y.assign(y.data, y.data + y.length);
