@@ -115,3 +115,12 @@ export function callNative<T>(fn: () => T): T {
     throw fromNative(err);
   }
 }
+
+/** callNative for an asynchronous native call: a rejection is converted the same way. */
+export async function callNativeAsync<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}

@@ -14,7 +14,7 @@
  * rows). Sparse with k = N equals dense.
  */
 import { checkFloat32Array, checkInteger, toIds } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, UnsupportedError, fromNative } from './errors.js';
+import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from './errors.js';
 import { native } from './native.js';
 import type { SparseGrad } from './optim.js';
 import { ProductKeyIndex } from './product-keys.js';
@@ -96,25 +96,16 @@ export interface HopfieldGradients {
   dBeta: number;
 }
 
-async function callNativeAsync<T>(f: () => Promise<T>): Promise<T> {
-  try {
-    return await f();
-  } catch (err) {
-    throw fromNative(err);
-  }
+/** 0, 1, ..., n - 1: the ids of a dense gradient. */
+function allIds(n: number): Uint32Array {
+  const ids = new Uint32Array(n);
+  for (let i = 0; i < n; i++) ids[i] = i;
+  return ids;
 }
 
-function concatU32(parts: Uint32Array[]): Uint32Array {
-  const out = new Uint32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-function concatF32(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+/** The parts one after another, in a new array from `make`. */
+function concat<A extends Uint32Array | Float32Array>(parts: A[], make: (length: number) => A): A {
+  const out = make(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);
@@ -210,12 +201,9 @@ export class HopfieldLookup {
     if (this.mode === 'dense') {
       if (this.updateSteps > 1) throw new UnsupportedError('updateSteps > 1 is implemented for the sparse mode only');
       const keys = this.keys as SparseTensor;
-      let r;
-      try {
-        r = await internalNative(keys).denseHopfieldForwardAsync(internalNative(this.values), q, beta, this.similarity, this.threads);
-      } catch (err) {
-        throw fromNative(err);
-      }
+      const r = await callNativeAsync(() =>
+        internalNative(keys).denseHopfieldForwardAsync(internalNative(this.values), q, beta, this.similarity, this.threads),
+      );
       const ctx: HopfieldContext = { batch: B, x, q, xNorm, stages: [], y: r.y, beta, lse: r.lse };
       return { y: r.y, ids: new Uint32Array(0), weights: new Float32Array(0), ctx };
     }
@@ -246,14 +234,10 @@ export class HopfieldLookup {
     let dBeta: number;
     if (this.mode === 'dense') {
       const keys = this.keys as SparseTensor;
-      let r;
-      try {
-        r = await internalNative(keys).denseHopfieldBackwardAsync(internalNative(this.values), ctx.q, ctx.beta, this.similarity, this.threads, ctx.y, ctx.lse!, dy);
-      } catch (err) {
-        throw fromNative(err);
-      }
-      const all = new Uint32Array(keys.size);
-      for (let i = 0; i < all.length; i++) all[i] = i;
+      const r = await callNativeAsync(() =>
+        internalNative(keys).denseHopfieldBackwardAsync(internalNative(this.values), ctx.q, ctx.beta, this.similarity, this.threads, ctx.y, ctx.lse!, dy),
+      );
+      const all = allIds(keys.size);
       dq = r.dQ;
       grads = [
         { tensor: keys, ids: all, grads: r.dK },
@@ -284,7 +268,7 @@ export class HopfieldLookup {
       for (const t of order) {
         const e = parts.get(t);
         if (!e) continue;
-        grads.push(e.ids.length === 1 ? { tensor: t, ids: e.ids[0]!, grads: e.grads[0]! } : { tensor: t, ids: concatU32(e.ids), grads: concatF32(e.grads) });
+        grads.push(e.ids.length === 1 ? { tensor: t, ids: e.ids[0]!, grads: e.grads[0]! } : { tensor: t, ids: concat(e.ids, (n) => new Uint32Array(n)), grads: concat(e.grads, (n) => new Float32Array(n)) });
       }
     }
     let dx = dq;
@@ -408,8 +392,7 @@ export class Embedding {
     const n = this.table.size;
     for (let i = 0; i < u.length; i++) if (u[i]! >= n) throw new OutOfRangeError(`ids[${i}] = ${u[i]} is out of range (size ${n})`);
     if (this.mode === 'sparse') return { tensor: this.table, ids: u, grads: dy.slice() };
-    const all = new Uint32Array(n);
-    for (let i = 0; i < n; i++) all[i] = i;
+    const all = allIds(n);
     const g = new Float32Array(n * d);
     for (let i = 0; i < u.length; i++) for (let j = 0; j < d; j++) g[u[i]! * d + j]! += dy[i * d + j]!;
     return { tensor: this.table, ids: all, grads: g };

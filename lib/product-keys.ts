@@ -15,7 +15,7 @@
  * needs maintaining while the tables train: every search reads their current values.
  */
 import { checkFloat32Array, checkInteger } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, fromNative } from './errors.js';
+import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
 import type { SimdLevel } from './simd.js';
 import { SparseTensor, internalNative, type SearchOptions } from './sparse-tensor.js';
 
@@ -137,12 +137,8 @@ export class ProductKeyIndex {
     this.#check(queries.length, k, nq);
     if (nq === 0) throw new InvalidArgumentError('queries is empty');
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
-    try {
-      const r = await internalNative(this.keys1).productKeySearchAsync(internalNative(this.keys2), queries, k, threads);
-      return { ids: r.ids, scores: r.scores, queries: nq, k };
-    } catch (err) {
-      throw fromNative(err);
-    }
+    const r = await callNativeAsync(() => internalNative(this.keys1).productKeySearchAsync(internalNative(this.keys2), queries, k, threads));
+    return { ids: r.ids, scores: r.scores, queries: nq, k };
   }
 
   #check(length: number, k: number, nq: number): void {
