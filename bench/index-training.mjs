@@ -46,13 +46,14 @@
  * and the recall plot to bench/results/index-training-recall.svg (--quick writes them too;
  * parameters.quick says which).
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 
 import {
   CORES,
+  cpuHogs,
+  otherProcesses,
   RESULTS_DIR,
   ROOT,
   fmt,
@@ -159,25 +160,7 @@ const results = {
 const checks = [];
 const t0All = nowMs();
 const busy = () => os.loadavg().map((x) => round(x, 3));
-/** Other benchmark / compiler / test processes on this shared machine (pgrep -af), this process excluded. */
-function otherLoad() {
-  const r = spawnSync('pgrep', ['-af', 'bench/|cc1plus|vitest'], { encoding: 'utf8' });
-  return (r.stdout ?? '')
-    .split('\n')
-    .filter((l) => l && !l.startsWith(`${process.pid} `))
-    .map((l) => (l.length > 160 ? l.slice(0, 160) + '...' : l));
-}
-/** Other processes using CPU (ps %CPU = average over each one's lifetime, > 5%), this process excluded. */
-function cpuHogs() {
-  const r = spawnSync('ps', ['-eo', 'pid=,pcpu=,etime=,args=', '--sort=-pcpu'], { encoding: 'utf8' });
-  return (r.stdout ?? '')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && Number(l.split(/\s+/)[1]) > 5 && Number(l.split(/\s+/)[0]) !== process.pid && !l.includes(' ps -eo '))
-    .slice(0, 6)
-    .map((l) => (l.length > 120 ? l.slice(0, 120) + '...' : l));
-}
-results.otherProcessesAtStart = otherLoad();
+results.otherProcessesAtStart = otherProcesses();
 results.cpuHogsAtStart = cpuHogs();
 log(`${QUICK ? 'quick' : 'full'} run: N=${fmtCount(P.n)} d=${P.d}, ${P.steps} steps, batch ${P.batch}, cores ${CORES}, simd ${simd.level}`);
 
@@ -359,7 +342,7 @@ async function checkpoint(step) {
 }
 
 results.loadavgBeforeLoop = busy();
-results.otherProcessesBeforeLoop = otherLoad();
+results.otherProcessesBeforeLoop = otherProcesses();
 results.cpuHogsBeforeLoop = cpuHogs();
 log(`loadavg ${busy().join(' ')}; other bench/compiler/test processes: ${results.otherProcessesBeforeLoop.length ? results.otherProcessesBeforeLoop.join(' | ') : 'none'}`);
 await checkpoint(0);
@@ -424,7 +407,7 @@ for (let s = 0; s < P.steps; s++) {
   if (nowMs() - lastLog > 20_000) {
     lastLog = nowMs();
     const rate = (s + 1) / ((lastLog - tLoop) / 1e3);
-    const others = otherLoad();
+    const others = otherProcesses();
     const hogs = cpuHogs();
     loadSamples.push({ step: s + 1, loadavg: busy(), otherProcesses: others.length, cpuHogs: hogs });
     log(
@@ -435,7 +418,7 @@ for (let s = 0; s < P.steps; s++) {
 }
 results.loopSec = round((nowMs() - tLoop) / 1e3);
 results.loadavgAfterLoop = busy();
-results.otherProcessesAfterLoop = otherLoad();
+results.otherProcessesAfterLoop = otherProcesses();
 results.cpuHogsAfterLoop = cpuHogs();
 log(`loop done in ${results.loopSec} s`);
 
@@ -739,7 +722,7 @@ const svgFile = plotRecall(results);
 // ---------------------------------------------------------------- results
 
 results.loadavgEnd = busy();
-results.otherProcessesAtEnd = otherLoad();
+results.otherProcessesAtEnd = otherProcesses();
 results.cpuHogsAtEnd = cpuHogs();
 results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);

@@ -36,12 +36,13 @@
  * Tables go to stdout, progress to stderr; results to bench/results/product-keys.json
  * (--quick writes it too; parameters.quick says which).
  */
-import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { join } from 'node:path';
 
 import {
   CORES,
+  cpuHogs,
+  otherProcesses,
   ROOT,
   fmt,
   fmtBytes,
@@ -89,29 +90,12 @@ const P = {
 
 const log = logger('product-keys');
 const simd = simdInfo();
-function otherLoad() {
-  const r = spawnSync('pgrep', ['-af', 'bench/|cc1plus|vitest'], { encoding: 'utf8' });
-  return (r.stdout ?? '')
-    .split('\n')
-    .filter((l) => l && !l.startsWith(`${process.pid} `))
-    .map((l) => (l.length > 160 ? l.slice(0, 160) + '...' : l));
-}
-/** Other processes using CPU (ps %CPU = average over each one's lifetime, > 5%), this process excluded. */
-function cpuHogs() {
-  const r = spawnSync('ps', ['-eo', 'pid=,pcpu=,etime=,args=', '--sort=-pcpu'], { encoding: 'utf8' });
-  return (r.stdout ?? '')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && Number(l.split(/\s+/)[1]) > 5 && Number(l.split(/\s+/)[0]) !== process.pid && !l.includes(' ps -eo '))
-    .slice(0, 6)
-    .map((l) => (l.length > 120 ? l.slice(0, 120) + '...' : l));
-}
 const results = {
   name: 'product-keys',
   date: new Date().toISOString(),
   command: ['node bench/product-keys.mjs', ...process.argv.slice(2)].join(' '),
   machine: machine({ simd }),
-  otherProcessesAtStart: otherLoad(),
+  otherProcessesAtStart: otherProcesses(),
   cpuHogsAtStart: cpuHogs(),
   parameters: {
     quick: QUICK,
@@ -201,7 +185,7 @@ async function runSize(log2N) {
   const N = 2 ** log2N;
   const n = Math.round(Math.sqrt(N));
   const { d, k } = P;
-  const out = { log2N, N, n, d, subKeyDim: d / 2, k, otherProcesses: otherLoad(), cpuHogs: cpuHogs(), loadavg: os.loadavg().map((x) => round(x, 3)) };
+  const out = { log2N, N, n, d, subKeyDim: d / 2, k, otherProcesses: otherProcesses(), cpuHogs: cpuHogs(), loadavg: os.loadavg().map((x) => round(x, 3)) };
   log(`N = 2^${log2N} = ${fmt(N)} slots (n = ${n} sub-keys per table, ${d / 2} dims each)`);
 
   const index = ProductKeyIndex.random(n, d, rng(P.seeds.keys + log2N));
@@ -486,7 +470,7 @@ if (Math.max(...loads) > 0.75 * CORES)
   );
 results.checks = checks;
 results.loadavgEnd = os.loadavg().map((x) => round(x, 3));
-results.otherProcessesAtEnd = otherLoad();
+results.otherProcessesAtEnd = otherProcesses();
 results.cpuHogsAtEnd = cpuHogs();
 results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);

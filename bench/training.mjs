@@ -59,7 +59,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, otherProcesses, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 const argv = process.argv.slice(2);
@@ -563,18 +563,8 @@ const t0All = nowMs();
 const tmp = mkdtempSync(join(os.tmpdir(), 'gt-training-'));
 
 /** Other benchmark / compiler / test processes on the machine (not this run's). */
-function otherLoad() {
-  let out = '';
-  try {
-    out = execFileSync('pgrep', ['-af', 'bench/|cc1plus|vitest|examples/|node-gyp'], { encoding: 'utf8' });
-  } catch {
-    return [];
-  }
-  return out
-    .split('\n')
-    .filter(Boolean)
-    .filter((l) => !l.includes(THIS_FILE) && !l.includes('bench/training.mjs') && !l.startsWith(`${process.pid} `));
-}
+const otherLoad = () =>
+  otherProcesses({ pattern: 'bench/|cc1plus|vitest|examples/|node-gyp', exclude: [THIS_FILE, 'bench/training.mjs'], maxLength: Infinity });
 
 function runChild(variant, log2N) {
   const out = join(tmp, `${variant}-${log2N}.json`);

@@ -6,6 +6,7 @@
  * Conventions: tables go to stdout, progress to stderr (`logger(tag)`), JSON figures
  * are numbers (never formatted strings), GB/s are decimal (1e9 bytes / s).
  */
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -219,4 +220,28 @@ export function writeResults(name, obj) {
   const file = join(RESULTS_DIR, `${name}.json`);
   writeFileSync(file, JSON.stringify(obj, null, 2) + '\n');
   return file;
+}
+
+/**
+ * Other benchmark / compiler / test processes on this shared machine (`pgrep -af
+ * pattern`), this process and lines containing any of `exclude` left out, each line
+ * cut to `maxLength` characters.
+ */
+export function otherProcesses({ pattern = 'bench/|cc1plus|vitest', exclude = [], maxLength = 160 } = {}) {
+  const r = spawnSync('pgrep', ['-af', pattern], { encoding: 'utf8' });
+  return (r.stdout ?? '')
+    .split('\n')
+    .filter((l) => l && !l.startsWith(`${process.pid} `) && !exclude.some((x) => l.includes(x)))
+    .map((l) => (l.length > maxLength ? l.slice(0, maxLength) + '...' : l));
+}
+
+/** Other processes using CPU (ps %CPU = average over each one's lifetime, > 5%), this process excluded. */
+export function cpuHogs() {
+  const r = spawnSync('ps', ['-eo', 'pid=,pcpu=,etime=,args=', '--sort=-pcpu'], { encoding: 'utf8' });
+  return (r.stdout ?? '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && Number(l.split(/\s+/)[1]) > 5 && Number(l.split(/\s+/)[0]) !== process.pid && !l.includes(' ps -eo '))
+    .slice(0, 6)
+    .map((l) => (l.length > 120 ? l.slice(0, 120) + '...' : l));
 }
