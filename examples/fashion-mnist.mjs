@@ -112,7 +112,6 @@ export async function trainClassifier({
     similarity: 'cosine',
     normalize: true,
     beta: 10,
-    learnBeta: true,
   });
   const sparseOpt = new SparseAdam([keys, values], { lr });
   const denseOpt = new DenseAdam([P, layer.betaParam], { lr });

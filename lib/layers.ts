@@ -31,8 +31,6 @@ export interface HopfieldLookupOptions {
   k: number;
   /** Inverse temperature (default 1 / sqrt(d)). */
   beta?: number;
-  /** Train beta too (backward reports dBeta either way; this only marks intent for trainers). */
-  learnBeta?: boolean;
   /** Default 'ip'. Product keys support 'ip' only. */
   similarity?: Similarity;
   /** L2-normalise each input first (default false). */
@@ -130,7 +128,6 @@ export class HopfieldLookup {
   readonly ef: number | undefined;
   readonly mode: 'sparse' | 'dense';
   readonly updateSteps: number;
-  readonly learnBeta: boolean;
   readonly threads: number | undefined;
   /** beta as a one-element array, so a DenseAdam can train it in place. */
   readonly betaParam: Float32Array;
@@ -162,7 +159,6 @@ export class HopfieldLookup {
     if (this.index !== 'exact' && this.index !== 'hnsw') throw new InvalidArgumentError(`index must be 'exact' or 'hnsw', got ${String(o.index)}`);
     this.ef = o.ef === undefined ? undefined : checkInteger('ef', o.ef, 1, 1_000_000);
     this.updateSteps = checkInteger('updateSteps', o.updateSteps ?? 1, 1, 100);
-    this.learnBeta = o.learnBeta ?? false;
     this.threads = o.threads === undefined ? undefined : checkInteger('threads', o.threads, 1, 1024);
     const beta = o.beta ?? 1 / Math.sqrt(o.keys.dim);
     if (typeof beta !== 'number' || !Number.isFinite(beta)) throw new OutOfRangeError(`beta must be a finite number, got ${String(beta)}`);
