@@ -29,6 +29,8 @@
       "sources": [
         "native/src/addon.cc",
         "native/src/blake3_batch.c",
+        "native/src/canonical.cc",
+        "native/src/canonical_binding.cc",
         "native/src/cpu.cc",
         "native/src/dense_hopfield.cc",
         "native/src/errors.cc",

@@ -67,7 +67,7 @@ export interface NativeTensor {
   optimStep(ids: Uint32Array, grads: Float32Array): number;
   optimCheck(ids: Uint32Array, grads: Float32Array): void;
   optimStepAsync(ids: Uint32Array, grads: Float32Array): Promise<number>;
-  optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array };
+  optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array; marks: Float64Array };
   optimSetLr(lr: number): void;
   optimInfo(): NativeOptimizerInfo | null;
   denseHopfieldForwardAsync(
@@ -110,7 +110,10 @@ export interface NativeOptimizerInfo {
   eps: number;
   weightDecay: number;
   biasCorrection: 'row' | 'global';
+  /** Steps taken (the global step count). */
   steps: number;
+  /** Sum over the steps of log(1 - lr * weightDecay), canonical log1p (0 without weight decay). */
+  logDecay: number;
 }
 
 export interface NativeHnswStats {
@@ -162,6 +165,15 @@ export interface NativeAddon {
     q: Float32Array, ds: Float32Array,
   ): Promise<{ dq: Float32Array; dKeys: Float32Array }>;
   merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };
+  canonicalMath(x: Float64Array, which: 'exp' | 'log1pNeg'): Float64Array;
+  canonicalPowi(b: number, t: number): number;
+  canonicalStates(x: Float32Array, B: number, d: number, normalize: boolean): Float64Array;
+  canonicalScores(q: Float64Array, rows: Float32Array, B: number, k: number, d: number, metric: NativeMetric): Float64Array;
+  canonicalMix(s: Float64Array, beta: number, rows: Float32Array, B: number, k: number, w: number): Float64Array;
+  canonicalProductKeys(
+    q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
+    threads: number | undefined,
+  ): { ids: Uint32Array; scores: Float64Array };
 }
 
 let cached: NativeAddon | undefined;

@@ -64,6 +64,8 @@ export interface RowState {
   v: Float32Array;
   /** How many steps touched each row. */
   steps: Uint32Array;
+  /** Each row's decay mark: the optimizer's logDecay when the row was last touched. */
+  marks: Float64Array;
 }
 
 function checkNumber(name: string, x: unknown, lo: number, hi: number, loOpen = false): number {

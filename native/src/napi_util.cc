@@ -45,6 +45,9 @@ ArrayArg<uint32_t> u32_arg(const Napi::CallbackInfo& info, size_t index, const c
 ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   return typed_arg<uint8_t>(info, index, name, napi_uint8_array, "Uint8Array");
 }
+ArrayArg<double> f64_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return typed_arg<double>(info, index, name, napi_float64_array, "Float64Array");
+}
 
 size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi) {
   if (index >= info.Length() || !info[index].IsNumber())

@@ -44,6 +44,7 @@ struct ArrayArg {
 ArrayArg<float> f32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 ArrayArg<uint32_t> u32_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+ArrayArg<double> f64_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 // Throws unless `a` holds `want` floats, all finite (InvalidArgument / NonFinite, naming `name`).
 void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name);
 // A new Float32Array holding a copy of v.

@@ -1,5 +1,7 @@
 #include "optimizer.h"
 
+#include "canonical.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -87,7 +89,7 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
 
   const OptimizerParams& p = params_;
   const double new_log_decay =
-      p.weight_decay > 0.0f ? log_decay_ + std::log1p(-static_cast<double>(p.lr) * p.weight_decay) : log_decay_;
+      p.weight_decay > 0.0f ? log_decay_ + canonical::log1p_neg(-static_cast<double>(p.lr) * p.weight_decay) : log_decay_;
   const bool adam = p.kind == OptimizerKind::Adam;
   std::vector<float> w(nr * d), m, v;
   if (adam) {
@@ -99,14 +101,14 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
     const float* cur = tensor_.row(id);
     const float* gr = g.data() + r * d;
     float* wr = w.data() + r * d;
-    const float decay = p.weight_decay > 0.0f ? static_cast<float>(std::exp(new_log_decay - decay_mark_[id])) : 1.0f;
+    const float decay = p.weight_decay > 0.0f ? static_cast<float>(canonical::exp(new_log_decay - decay_mark_[id])) : 1.0f;
     if (!adam) {
       for (size_t j = 0; j < d; ++j) wr[j] = cur[j] * decay - p.lr * gr[j];
       continue;
     }
-    const double t = p.row_step ? static_cast<double>(row_steps_[id]) + 1.0 : static_cast<double>(global_step_) + 1.0;
-    const double bc1 = 1.0 - std::pow(static_cast<double>(p.beta1), t);
-    const double bc2 = 1.0 - std::pow(static_cast<double>(p.beta2), t);
+    const uint64_t t = p.row_step ? uint64_t{row_steps_[id]} + 1 : global_step_ + 1;
+    const double bc1 = 1.0 - canonical::powi(static_cast<double>(p.beta1), t);
+    const double bc2 = 1.0 - canonical::powi(static_cast<double>(p.beta2), t);
     const float step_size = static_cast<float>(p.lr / bc1);
     const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
     const float* m0 = m_.data() + static_cast<size_t>(id) * d;
@@ -137,7 +139,8 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
   return nr;
 }
 
-void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps) const {
+void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps,
+                            double* marks) const {
   tensor_.check_ids(ids, count, "ids");
   const size_t d = tensor_.dim();
   for (size_t i = 0; i < count; ++i) {
@@ -150,6 +153,7 @@ void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* 
       std::fill(v + i * d, v + (i + 1) * d, 0.0f);
     }
     row_steps[i] = row_steps_[ids[i]];
+    marks[i] = decay_mark_[ids[i]];
   }
 }
 

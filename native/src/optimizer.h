@@ -17,6 +17,10 @@
 // - A step is all or nothing: new values, moments and counters are computed aside,
 //   the values are written (which validates them), and only then is the state
 //   committed. A non-finite result leaves everything as it was.
+// - Every step is reproducible bit for bit by lib/canonical-optim.ts (an update
+//   proof's verifier re-runs it): the per-row scalars use the canonical exp, log1p
+//   and integer power (native/src/canonical.h), the per-element math is plain f32
+//   + - * / sqrt in a fixed order, built without fused multiply-add.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -61,9 +65,11 @@ class SparseOptimizer : public WriteListener {
   // (count * dim floats). Returns the number of distinct rows touched.
   size_t step(const uint32_t* ids, size_t count, const float* grads);
 
-  // Copies the state of rows `ids`: m and v (count * dim each; zeros for SGD) and
-  // each row's update count.
-  void state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps) const;
+  // Copies the state of rows `ids`: m and v (count * dim each; zeros for SGD), each
+  // row's update count and its decay mark (the log-decay sum at its last touch).
+  void state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps, double* marks) const;
+  // Sum over all steps so far of log(1 - lr_s * wd) (canonical log1p).
+  double log_decay() const { return log_decay_; }
 
   void on_rows_changed(const uint32_t*, size_t) override {}
   void on_rows_appended(size_t first, size_t count) override;

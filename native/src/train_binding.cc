@@ -294,13 +294,15 @@ Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
     const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
     std::vector<float> m(ids.length * t.dim()), v(ids.length * t.dim());
     std::vector<uint32_t> steps(ids.length);
-    optimizer_->state(ids.data, ids.length, m.data(), v.data(), steps.data());
+    Napi::Float64Array marks = Napi::Float64Array::New(info.Env(), ids.length);
+    optimizer_->state(ids.data, ids.length, m.data(), v.data(), steps.data(), marks.Data());
     Napi::Object out = Napi::Object::New(info.Env());
     out.Set("m", f32_array(info.Env(), m));
     out.Set("v", f32_array(info.Env(), v));
     Napi::Uint32Array s = Napi::Uint32Array::New(info.Env(), steps.size());
     std::copy(steps.begin(), steps.end(), s.Data());
     out.Set("steps", s);
+    out.Set("marks", marks);
     return out;
   });
 }
@@ -314,7 +316,7 @@ Napi::Value TensorBinding::OptimSetLr(const Napi::CallbackInfo& info) {
   });
 }
 
-// optimInfo() -> null | { kind, lr, beta1, beta2, eps, weightDecay, biasCorrection, steps }
+// optimInfo() -> null | { kind, lr, beta1, beta2, eps, weightDecay, biasCorrection, steps, logDecay }
 Napi::Value TensorBinding::OptimInfo(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     usable();
@@ -329,6 +331,7 @@ Napi::Value TensorBinding::OptimInfo(const Napi::CallbackInfo& info) {
     o.Set("weightDecay", p.weight_decay);
     o.Set("biasCorrection", p.row_step ? "row" : "global");
     o.Set("steps", static_cast<double>(optimizer_->steps()));
+    o.Set("logDecay", optimizer_->log_decay());
     return o;
   });
 }

@@ -1,0 +1,282 @@
+/**
+ * Canonical arithmetic v1 (docs/proof-format.md, "Canonical arithmetic"): what a
+ * proof claims is computed by these routines, which give the same bits here and in
+ * C++ (native/src/canonical.cc), so a verifier's recomputation equals the prover's
+ * claim exactly, with no tolerance band.
+ *
+ * The rules: values are f32 patterns and inputs, widened exactly to f64; every sum
+ * runs in f64 in a fixed order, from +0, one `s = s + a * b` at a time (no fused
+ * multiply-add); exp and log1p are built from + - * / and exact scaling by powers
+ * of two (never a libm); sqrt (correctly rounded in IEEE 754) is allowed; ties are
+ * broken by the lower id. JavaScript numbers are IEEE doubles with no contraction,
+ * so plain JS expressions follow these rules; the C++ side is built with
+ * -ffp-contract=off.
+ *
+ * Loads no addon: the verifier entry point uses it in a browser too.
+ */
+
+export const CANONICAL_VERSION = 1;
+
+const LOG2E = 1.4426950408889634;
+// fdlibm's split of ln 2: LN2_HI has its low 32 bits zero, so n * LN2_HI is exact for |n| < 2^20.
+const LN2_HI = 6.93147180369123816490e-1;
+const LN2_LO = 1.90821492927058770002e-10;
+/** 1/k! for k = 0..13, each a correctly rounded division (C++ folds the same constants). */
+const EXP_COEF: readonly number[] = (() => {
+  const c: number[] = [1];
+  let f = 1;
+  for (let k = 1; k <= 13; k++) {
+    f *= k; // exact: 13! < 2^53
+    c.push(1 / f);
+  }
+  return c;
+})();
+
+const scratch = new DataView(new ArrayBuffer(8));
+
+/** 2^m for an integer m in [-1022, 1023], built from its bits (exact). */
+function pow2(m: number): number {
+  scratch.setUint32(0, (m + 1023) * 0x100000, false);
+  scratch.setUint32(4, 0, false);
+  return scratch.getFloat64(0, false);
+}
+
+/** exp(x) from + - * / only: x = n ln2 + r, |r| <= ln2 / 2, a degree-13 Taylor polynomial, exact scaling. */
+export function cexp(x: number): number {
+  if (Number.isNaN(x)) return NaN;
+  if (x > 709.7) return Infinity;
+  if (x < -745.2) return 0;
+  const n = Math.floor(x * LOG2E + 0.5);
+  const r = x - n * LN2_HI - n * LN2_LO;
+  let p = EXP_COEF[13]!;
+  for (let k = 12; k >= 0; k--) p = p * r + EXP_COEF[k]!;
+  if (n > 1023) return p * pow2(1023) * pow2(n - 1023);
+  if (n < -1022) return p * pow2(-1022) * pow2(n + 1022);
+  return p * pow2(n);
+}
+
+/**
+ * log(1 + x) for x in (-1, 0] (the weight-decay factor log(1 - lr * wd)):
+ * 2 atanh(u) with u = x / (2 + x) summed to 40 terms (|u| <= 1/3 for x >= -1/2);
+ * below -1/2 the argument is first scaled by exact powers of two.
+ */
+export function clog1pNeg(x: number): number {
+  if (!(x <= 0 && x > -1)) return NaN;
+  if (x === 0) return 0;
+  if (x >= -0.5) return atanh2(x / (2 + x));
+  // 1 + x is exact here (Sterbenz); scale y into [0.5, 1) by 2^e, e >= 1.
+  let y = 1 + x;
+  let e = 0;
+  while (y < 0.5) {
+    y = y * 2;
+    e++;
+  }
+  // y in [0.5, 1): log y = log1p(y - 1) with y - 1 in [-0.5, 0) (exact).
+  return atanh2((y - 1) / (2 + (y - 1))) - e * LN2_HI - e * LN2_LO;
+}
+
+/** 2 atanh(u) = 2 (u + u^3/3 + u^5/5 + ...), 40 terms, |u| <= 1/3. */
+function atanh2(u: number): number {
+  const u2 = u * u;
+  let s = 0;
+  for (let k = 79; k >= 1; k -= 2) s = s * u2 + 1 / k;
+  return 2 * (u * s);
+}
+
+/** b^t for an integer t >= 0 by squaring (low bit first), in f64. */
+export function cpowi(b: number, t: number): number {
+  let r = 1;
+  let base = b;
+  let e = t;
+  while (e > 0) {
+    if (e % 2 === 1) r = r * base;
+    e = Math.floor(e / 2);
+    if (e > 0) base = base * base;
+  }
+  return r;
+}
+
+/** sum_j a[ao + j] * b[bo + j] for j = 0..n-1, in f64, in that order. */
+export function cdot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
+  let s = 0;
+  for (let j = 0; j < n; j++) s = s + a[ao + j]! * b[bo + j]!;
+  return s;
+}
+
+export type CanonicalSimilarity = 'ip' | 'cosine' | 'l2';
+
+/** The similarity of state q (f64, d) and pattern row (f32 at ro). cosine with a zero vector is 0; l2 is -|q - K|^2. */
+export function csimilarity(sim: CanonicalSimilarity, q: Float64Array, row: Float32Array, ro: number, d: number): number {
+  if (sim === 'ip') return cdot(q, 0, row, ro, d);
+  if (sim === 'cosine') {
+    const nq = Math.sqrt(cdot(q, 0, q, 0, d));
+    const nk = Math.sqrt(cdot(row, ro, row, ro, d));
+    if (nq === 0 || nk === 0) return 0;
+    return cdot(q, 0, row, ro, d) / (nq * nk);
+  }
+  let s = 0;
+  for (let j = 0; j < d; j++) {
+    const t = q[j]! - row[ro + j]!;
+    s = s + t * t;
+  }
+  return -s;
+}
+
+/** The first state of an input: x widened to f64, or x / |x| (0 for a zero vector) when normalising. */
+export function cstate(x: Float32Array, xo: number, d: number, normalize: boolean): Float64Array {
+  const q = new Float64Array(d);
+  if (!normalize) {
+    for (let j = 0; j < d; j++) q[j] = x[xo + j]!;
+    return q;
+  }
+  const n = Math.sqrt(cdot(x, xo, x, xo, d));
+  if (n > 0) for (let j = 0; j < d; j++) q[j] = x[xo + j]! / n;
+  return q;
+}
+
+/** softmax(beta * s) in f64: max first, e_i = cexp(beta s_i - max), one sum in order, then e_i / sum. */
+export function csoftmax(s: Float64Array, beta: number): Float64Array {
+  const k = s.length;
+  const z = new Float64Array(k);
+  let m = -Infinity;
+  for (let i = 0; i < k; i++) {
+    z[i] = beta * s[i]!;
+    if (z[i]! > m) m = z[i]!;
+  }
+  let sum = 0;
+  for (let i = 0; i < k; i++) {
+    z[i] = cexp(z[i]! - m);
+    sum = sum + z[i]!;
+  }
+  for (let i = 0; i < k; i++) z[i] = z[i]! / sum;
+  return z;
+}
+
+/** sum_i a_i rows[i] in f64 (i in order), rows given as f32 rows of width w (row i at rowsAt(i)). */
+export function cmix(a: Float64Array, rows: Float32Array, offsets: ArrayLike<number>, w: number): Float64Array {
+  const out = new Float64Array(w);
+  for (let i = 0; i < a.length; i++) {
+    const o = offsets[i]!;
+    const ai = a[i]!;
+    for (let j = 0; j < w; j++) out[j] = out[j]! + ai * rows[o + j]!;
+  }
+  return out;
+}
+
+/**
+ * Top-k of scores (f64) by score descending, ties to the lower id; ids are 0..n-1
+ * unless `idOf` maps a position to an id. Returns positions in rank order.
+ */
+export function ctopk(scores: Float64Array, k: number, idOf: (pos: number) => number = (p) => p): number[] {
+  const pos = Array.from({ length: scores.length }, (_, i) => i);
+  pos.sort((a, b) => (scores[b]! - scores[a]! || idOf(a) - idOf(b)));
+  return pos.slice(0, k);
+}
+
+/**
+ * Canonical product-key selection (Lample et al. 2019) for state q (f64, d1 + d2):
+ * s1 = q[:d1] . T1 rows, s2 = q[d1:] . T2 rows, each cdot; the top-k of each table;
+ * the k x k pairs scored s1 + s2; the top-k pairs by score, ties to the lower slot
+ * id (slot = i1 * n + i2). This is the exact top-k over all n^2 slots under that order.
+ */
+export function cproductKeys(
+  q: Float64Array,
+  t1: Float32Array,
+  t2: Float32Array,
+  n: number,
+  d1: number,
+  d2: number,
+  k: number,
+): { ids: Uint32Array; scores: Float64Array } {
+  const q2 = q.subarray(d1);
+  const s1 = new Float64Array(n), s2 = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    s1[i] = cdot(q, 0, t1, i * d1, d1);
+    s2[i] = cdot(q2, 0, t2, i * d2, d2);
+  }
+  const kk = Math.min(k, n);
+  const top1 = ctopk(s1, kk), top2 = ctopk(s2, kk);
+  const pairScores = new Float64Array(kk * kk);
+  const pairIds: number[] = [];
+  for (let a = 0; a < kk; a++) {
+    for (let b = 0; b < kk; b++) {
+      pairScores[a * kk + b] = s1[top1[a]!]! + s2[top2[b]!]!;
+      pairIds.push(top1[a]! * n + top2[b]!);
+    }
+  }
+  const best = ctopk(pairScores, k, (p) => pairIds[p]!);
+  return { ids: Uint32Array.from(best, (p) => pairIds[p]!), scores: Float64Array.from(best, (p) => pairScores[p]!) };
+}
+
+/** Optimizer hyper-parameters as the step uses them (f32 values). */
+export interface CanonicalOptimizer {
+  kind: 'adam' | 'sgd';
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Adam bias correction by each row's own step count (true) or by the global step (false). */
+  rowStep: boolean;
+}
+
+/** Optimizer state of some rows: moments (count x d), update counts, decay marks. */
+export interface CanonicalRowState {
+  m: Float32Array;
+  v: Float32Array;
+  steps: Uint32Array;
+  marks: Float64Array;
+}
+
+const f = Math.fround;
+
+/**
+ * One optimizer step over `count` distinct rows (old values `rows`, coalesced
+ * gradients `grads`, both count x d), exactly as native/src/optimizer.cc takes it:
+ * per-row scalars in f64 with the canonical exp / log1p / powi, then per element in
+ * f32 (each operation rounded with Math.fround, which equals f32 arithmetic for
+ * + - * / and sqrt). `globalStep` and `logDecay` are the optimizer's before the step.
+ */
+export function coptimizerStep(
+  p: CanonicalOptimizer,
+  globalStep: number,
+  logDecay: number,
+  d: number,
+  rows: Float32Array,
+  grads: Float32Array,
+  state: CanonicalRowState,
+): { rows: Float32Array; state: CanonicalRowState; logDecay: number } {
+  const count = state.steps.length;
+  const lr = f(p.lr), wd = f(p.weightDecay), b1 = f(p.beta1), b2 = f(p.beta2), eps = f(p.eps);
+  const newLogDecay = wd > 0 ? logDecay + clog1pNeg(-lr * wd) : logDecay;
+  const adam = p.kind === 'adam';
+  const out = new Float32Array(count * d);
+  const m = new Float32Array(adam ? count * d : 0), v = new Float32Array(adam ? count * d : 0);
+  const steps = new Uint32Array(count), marks = new Float64Array(count);
+  const c1 = f(1 - b1), c2 = f(1 - b2);
+  for (let r = 0; r < count; r++) {
+    const decay = wd > 0 ? f(cexp(newLogDecay - state.marks[r]!)) : 1;
+    const o = r * d;
+    if (!adam) {
+      for (let j = 0; j < d; j++) out[o + j] = f(f(rows[o + j]! * decay) - f(lr * grads[o + j]!));
+    } else {
+      const t = p.rowStep ? state.steps[r]! + 1 : globalStep + 1;
+      const bc1 = 1 - cpowi(b1, t);
+      const bc2 = 1 - cpowi(b2, t);
+      const stepSize = f(lr / bc1);
+      const invSqrtBc2 = f(1 / Math.sqrt(bc2));
+      for (let j = 0; j < d; j++) {
+        const g = grads[o + j]!;
+        const mj = f(f(b1 * state.m[o + j]!) + f(c1 * g));
+        const vj = f(f(b2 * state.v[o + j]!) + f(f(c2 * g) * g));
+        const denom = f(f(f(Math.sqrt(vj)) * invSqrtBc2) + eps);
+        m[o + j] = mj;
+        v[o + j] = vj;
+        out[o + j] = f(f(rows[o + j]! * decay) - f(f(stepSize * mj) / denom));
+      }
+    }
+    steps[r] = state.steps[r]! + 1;
+    marks[r] = newLogDecay;
+  }
+  return { rows: out, state: { m, v, steps, marks }, logDecay: newLogDecay };
+}

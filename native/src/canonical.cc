@@ -1,0 +1,217 @@
+#include "canonical.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "parallel.h"
+
+namespace gt {
+namespace canonical {
+
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2Hi = 6.93147180369123816490e-1;
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+
+// 1/k!, each a correctly rounded division, as lib/canonical.ts computes them.
+struct ExpCoef {
+  double c[14];
+  ExpCoef() {
+    c[0] = 1.0;
+    double f = 1.0;
+    for (int k = 1; k <= 13; ++k) {
+      f *= k;
+      c[k] = 1.0 / f;
+    }
+  }
+};
+const ExpCoef& exp_coef() {
+  static const ExpCoef coef;
+  return coef;
+}
+
+// 2^m for m in [-1022, 1023], from its bits.
+double pow2(int m) {
+  const uint64_t bits = static_cast<uint64_t>(m + 1023) << 52;
+  double r;
+  std::memcpy(&r, &bits, sizeof r);
+  return r;
+}
+
+double atanh2(double u) {
+  const double u2 = u * u;
+  double s = 0.0;
+  for (int k = 79; k >= 1; k -= 2) s = s * u2 + 1.0 / k;
+  return 2.0 * (u * s);
+}
+
+double dot(const double* a, const float* b, size_t n) {
+  double s = 0.0;
+  for (size_t j = 0; j < n; ++j) s = s + a[j] * static_cast<double>(b[j]);
+  return s;
+}
+
+// Positions 0..n-1 of `s` ranked by score descending, then id ascending; first k.
+template <typename IdOf>
+std::vector<uint32_t> topk(const double* s, size_t n, size_t k, IdOf id_of) {
+  std::vector<uint32_t> pos(n);
+  std::iota(pos.begin(), pos.end(), 0u);
+  auto better = [&](uint32_t a, uint32_t b) { return s[a] > s[b] || (s[a] == s[b] && id_of(a) < id_of(b)); };
+  k = std::min(k, n);
+  std::partial_sort(pos.begin(), pos.begin() + static_cast<std::ptrdiff_t>(k), pos.end(), better);
+  pos.resize(k);
+  return pos;
+}
+
+}  // namespace
+
+double exp(double x) {
+  if (std::isnan(x)) return x;
+  if (x > 709.7) return HUGE_VAL;
+  if (x < -745.2) return 0.0;
+  const double n = std::floor(x * kLog2e + 0.5);
+  const double r = x - n * kLn2Hi - n * kLn2Lo;
+  const double* c = exp_coef().c;
+  double p = c[13];
+  for (int k = 12; k >= 0; --k) p = p * r + c[k];
+  const int ni = static_cast<int>(n);
+  if (ni > 1023) return p * pow2(1023) * pow2(ni - 1023);
+  if (ni < -1022) return p * pow2(-1022) * pow2(ni + 1022);
+  return p * pow2(ni);
+}
+
+double log1p_neg(double x) {
+  if (!(x <= 0.0 && x > -1.0)) return std::nan("");
+  if (x == 0.0) return 0.0;
+  if (x >= -0.5) return atanh2(x / (2.0 + x));
+  double y = 1.0 + x;
+  int e = 0;
+  while (y < 0.5) {
+    y = y * 2.0;
+    ++e;
+  }
+  return atanh2((y - 1.0) / (2.0 + (y - 1.0))) - e * kLn2Hi - e * kLn2Lo;
+}
+
+double powi(double b, uint64_t t) {
+  double r = 1.0, base = b;
+  while (t > 0) {
+    if (t & 1u) r = r * base;
+    t >>= 1;
+    if (t > 0) base = base * base;
+  }
+  return r;
+}
+
+std::vector<double> states(const float* x, size_t B, size_t d, bool normalize) {
+  std::vector<double> q(B * d, 0.0);
+  for (size_t b = 0; b < B; ++b) {
+    const float* xb = x + b * d;
+    double* qb = q.data() + b * d;
+    if (!normalize) {
+      for (size_t j = 0; j < d; ++j) qb[j] = xb[j];
+      continue;
+    }
+    double s = 0.0;
+    for (size_t j = 0; j < d; ++j) s = s + static_cast<double>(xb[j]) * static_cast<double>(xb[j]);
+    const double n = std::sqrt(s);
+    if (n > 0.0)
+      for (size_t j = 0; j < d; ++j) qb[j] = static_cast<double>(xb[j]) / n;
+  }
+  return q;
+}
+
+std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m) {
+  std::vector<double> s(B * k);
+  for (size_t b = 0; b < B; ++b) {
+    const double* qb = q + b * d;
+    double nq = 0.0;
+    if (m == Metric::Cosine) {
+      double t = 0.0;
+      for (size_t j = 0; j < d; ++j) t = t + qb[j] * qb[j];
+      nq = std::sqrt(t);
+    }
+    for (size_t i = 0; i < k; ++i) {
+      const float* r = rows + (b * k + i) * d;
+      double v;
+      if (m == Metric::IP) {
+        v = dot(qb, r, d);
+      } else if (m == Metric::Cosine) {
+        double t = 0.0;
+        for (size_t j = 0; j < d; ++j) t = t + static_cast<double>(r[j]) * static_cast<double>(r[j]);
+        const double nk = std::sqrt(t);
+        v = (nq == 0.0 || nk == 0.0) ? 0.0 : dot(qb, r, d) / (nq * nk);
+      } else {
+        double t = 0.0;
+        for (size_t j = 0; j < d; ++j) {
+          const double u = qb[j] - static_cast<double>(r[j]);
+          t = t + u * u;
+        }
+        v = -t;
+      }
+      s[b * k + i] = v;
+    }
+  }
+  return s;
+}
+
+std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w) {
+  std::vector<double> out(B * w, 0.0), z(k);
+  const double bt = beta;
+  for (size_t b = 0; b < B; ++b) {
+    double m = -HUGE_VAL;
+    for (size_t i = 0; i < k; ++i) {
+      z[i] = bt * s[b * k + i];
+      if (z[i] > m) m = z[i];
+    }
+    double sum = 0.0;
+    for (size_t i = 0; i < k; ++i) {
+      z[i] = canonical::exp(z[i] - m);
+      sum = sum + z[i];
+    }
+    for (size_t i = 0; i < k; ++i) z[i] = z[i] / sum;
+    double* ob = out.data() + b * w;
+    for (size_t i = 0; i < k; ++i) {
+      const float* r = rows + (b * k + i) * w;
+      const double a = z[i];
+      for (size_t j = 0; j < w; ++j) ob[j] = ob[j] + a * static_cast<double>(r[j]);
+    }
+  }
+  return out;
+}
+
+void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
+                  size_t k, uint32_t* ids, double* out_scores, size_t threads) {
+  const size_t d = d1 + d2;
+  const size_t kk = std::min(k, n);
+  parallel_for(B, threads, [&](size_t lo, size_t hi, size_t) {
+    std::vector<double> s1(n), s2(n), pair(kk * kk);
+    std::vector<uint32_t> pair_id(kk * kk);
+    for (size_t b = lo; b < hi; ++b) {
+      const double* qb = q + b * d;
+      for (size_t i = 0; i < n; ++i) {
+        s1[i] = dot(qb, t1 + i * d1, d1);
+        s2[i] = dot(qb + d1, t2 + i * d2, d2);
+      }
+      auto ident = [](uint32_t p) { return p; };
+      const std::vector<uint32_t> top1 = topk(s1.data(), n, kk, ident);
+      const std::vector<uint32_t> top2 = topk(s2.data(), n, kk, ident);
+      for (size_t a = 0; a < kk; ++a)
+        for (size_t c = 0; c < kk; ++c) {
+          pair[a * kk + c] = s1[top1[a]] + s2[top2[c]];
+          pair_id[a * kk + c] = static_cast<uint32_t>(top1[a] * n + top2[c]);
+        }
+      const std::vector<uint32_t> best = topk(pair.data(), kk * kk, k, [&](uint32_t p) { return pair_id[p]; });
+      for (size_t t = 0; t < k; ++t) {
+        ids[b * k + t] = pair_id[best[t]];
+        out_scores[b * k + t] = pair[best[t]];
+      }
+    }
+  });
+}
+
+}  // namespace canonical
+}  // namespace gt

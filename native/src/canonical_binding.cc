@@ -1,0 +1,152 @@
+// Addon functions for the canonical arithmetic (native/src/canonical.h): the prover
+// computes what a proof claims with these; tests compare them bit for bit with
+// lib/canonical.ts. Every size is checked here, at the edge.
+#include <napi.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "canonical.h"
+#include "canonical_binding.h"
+#include "napi_util.h"
+#include "sparse_tensor.h"
+
+namespace gt {
+
+namespace {
+
+Napi::Float64Array f64_array(Napi::Env env, const std::vector<double>& v) {
+  Napi::Float64Array out = Napi::Float64Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(out.Data(), v.data(), v.size() * sizeof(double));
+  return out;
+}
+
+void check_len(size_t got, size_t want, const char* name) {
+  if (got != want)
+    throw Error(ErrorCode::InvalidArgument,
+                std::string(name) + " has length " + std::to_string(got) + ", expected " + std::to_string(want));
+}
+
+void check_finite(const double* p, size_t n, const char* name) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(i) + "] is not finite");
+}
+
+constexpr double kMaxDim = static_cast<double>(SparseTensor::kMaxDim);
+constexpr double kMaxCount = 4294967295.0;
+
+// (x: Float64Array, which: 'exp' | 'log1pNeg') -> Float64Array, elementwise.
+Napi::Value CanonicalMath(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> x = f64_arg(info, 0, "x");
+    if (info.Length() < 2 || !info[1].IsString()) throw Error(ErrorCode::InvalidArgument, "which must be a string");
+    const std::string which = info[1].As<Napi::String>().Utf8Value();
+    std::vector<double> out(x.length);
+    if (which == "exp") {
+      for (size_t i = 0; i < x.length; ++i) out[i] = canonical::exp(x.data[i]);
+    } else if (which == "log1pNeg") {
+      for (size_t i = 0; i < x.length; ++i) out[i] = canonical::log1p_neg(x.data[i]);
+    } else {
+      throw Error(ErrorCode::InvalidArgument, "which must be 'exp' or 'log1pNeg'");
+    }
+    return f64_array(info.Env(), out);
+  });
+}
+
+// (b: number, t: integer) -> number
+Napi::Value CanonicalPowi(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Error(ErrorCode::InvalidArgument, "b must be a number");
+    const double b = info[0].As<Napi::Number>().DoubleValue();
+    const size_t t = size_arg(info, 1, "t", 0, 9007199254740991.0);
+    return Napi::Number::New(info.Env(), canonical::powi(b, t));
+  });
+}
+
+// (x: Float32Array, B, d, normalize: boolean) -> Float64Array (B x d)
+Napi::Value CanonicalStates(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const size_t B = size_arg(info, 1, "B", 1, kMaxCount);
+    const size_t d = size_arg(info, 2, "d", 1, kMaxDim);
+    check_finite_length(x, B * d, "x");
+    return f64_array(info.Env(), canonical::states(x.data, B, d, info[3].ToBoolean().Value()));
+  });
+}
+
+// (q: Float64Array (B x d), rows: Float32Array (B x k x d), B, k, d, metric) -> Float64Array (B x k)
+Napi::Value CanonicalScores(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> q = f64_arg(info, 0, "q");
+    const ArrayArg<float> rows = f32_arg(info, 1, "rows");
+    const size_t B = size_arg(info, 2, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 3, "k", 1, kMaxCount);
+    const size_t d = size_arg(info, 4, "d", 1, kMaxDim);
+    const Metric m = metric_arg(info, 5);
+    check_len(q.length, B * d, "q");
+    check_finite(q.data, q.length, "q");
+    check_finite_length(rows, B * k * d, "rows");
+    return f64_array(info.Env(), canonical::scores(q.data, rows.data, B, k, d, m));
+  });
+}
+
+// (s: Float64Array (B x k), beta, rows: Float32Array (B x k x w), B, k, w) -> Float64Array (B x w)
+Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> s = f64_arg(info, 0, "s");
+    if (info.Length() < 2 || !info[1].IsNumber()) throw Error(ErrorCode::InvalidArgument, "beta must be a number");
+    const double beta = info[1].As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(beta) || static_cast<double>(static_cast<float>(beta)) != beta)
+      throw Error(ErrorCode::InvalidArgument, "beta must be a finite f32 value");
+    const ArrayArg<float> rows = f32_arg(info, 2, "rows");
+    const size_t B = size_arg(info, 3, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 4, "k", 1, kMaxCount);
+    const size_t w = size_arg(info, 5, "w", 1, kMaxDim);
+    check_len(s.length, B * k, "s");
+    check_finite(s.data, s.length, "s");
+    check_finite_length(rows, B * k * w, "rows");
+    return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w));
+  });
+}
+
+// (q: Float64Array (B x (d1+d2)), t1: Float32Array (n x d1), t2 (n x d2), n, d1, d2, B, k, threads)
+//   -> { ids: Uint32Array (B x k), scores: Float64Array (B x k) }
+Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> q = f64_arg(info, 0, "q");
+    const ArrayArg<float> t1 = f32_arg(info, 1, "t1");
+    const ArrayArg<float> t2 = f32_arg(info, 2, "t2");
+    const size_t n = size_arg(info, 3, "n", 1, 65535);
+    const size_t d1 = size_arg(info, 4, "d1", 1, kMaxDim);
+    const size_t d2 = size_arg(info, 5, "d2", 1, kMaxDim);
+    const size_t B = size_arg(info, 6, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 7, "k", 1, static_cast<double>(n * n));
+    const size_t threads = threads_arg(info, 8);
+    check_len(q.length, B * (d1 + d2), "q");
+    check_finite(q.data, q.length, "q");
+    check_finite_length(t1, n * d1, "t1");
+    check_finite_length(t2, n * d2, "t2");
+    Napi::Uint32Array ids = Napi::Uint32Array::New(info.Env(), B * k);
+    Napi::Float64Array scores = Napi::Float64Array::New(info.Env(), B * k);
+    canonical::product_keys(q.data, t1.data, t2.data, n, d1, d2, B, k, ids.Data(), scores.Data(), threads);
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("ids", ids);
+    out.Set("scores", scores);
+    return out;
+  });
+}
+
+}  // namespace
+
+void InitCanonical(Napi::Env env, Napi::Object exports) {
+  exports.Set("canonicalMath", Napi::Function::New(env, CanonicalMath));
+  exports.Set("canonicalPowi", Napi::Function::New(env, CanonicalPowi));
+  exports.Set("canonicalStates", Napi::Function::New(env, CanonicalStates));
+  exports.Set("canonicalScores", Napi::Function::New(env, CanonicalScores));
+  exports.Set("canonicalMix", Napi::Function::New(env, CanonicalMix));
+  exports.Set("canonicalProductKeys", Napi::Function::New(env, CanonicalProductKeys));
+}
+
+}  // namespace gt
