@@ -14,7 +14,8 @@ export type GhostTensorErrorCode =
   | 'ERR_GT_NATIVE_UNAVAILABLE'
   | 'ERR_GT_OUT_OF_MEMORY'
   | 'ERR_GT_INTERNAL'
-  | 'ERR_GT_PROOF';
+  | 'ERR_GT_PROOF'
+  | 'ERR_GT_FORMAT';
 
 export class GhostTensorError extends Error {
   readonly code: GhostTensorErrorCode;
@@ -70,13 +71,41 @@ export type ProofFailure =
   | 'LEAF_LENGTH' // leaf bytes are not ids.length equal, non-empty multiples of 4 bytes
   | 'PROOF_LENGTH' // the proof does not hold exactly the hashes these ids and N need
   | 'BAD_ROOT' // the trusted root is not 32 bytes
-  | 'ROOT_MISMATCH'; // everything was well-formed and used, but the root differs
+  | 'ROOT_MISMATCH' // everything was well-formed and used, but the root differs
+  // Ghost proofs (docs/proof-format.md):
+  | 'GHOST_MISMATCH' // the proof is for another Ghost file (its digest differs from the pinned one)
+  | 'LAYER_MISMATCH' // the layers, their ops or the tensors a block names do not match the Ghost file
+  | 'SHAPE' // a length (input, ids per stage, output, block rows) does not fit the Ghost file
+  | 'BLOCK_IDS' // a block does not reveal exactly the patterns the claimed computation reads
+  | 'DUPLICATE_ID' // one input's k selected ids repeat an id
+  | 'NOT_HELD' // a pattern sent by id only (or as a delta) is not in the verifier's cache
+  | 'SELECTION_MISMATCH' // product keys: the claimed ids are not the top-k the verifier re-derives
+  | 'OUTPUT_MISMATCH' // the verifier's canonical recomputation differs from the claimed output
+  | 'UPDATE_MISMATCH'; // an update proof's new root differs from the one the verifier computes
 
 /** A proof that does not verify. `reason` says which check failed. */
 export class ProofError extends GhostTensorError {
   readonly reason: ProofFailure;
   constructor(reason: ProofFailure, message: string) {
     super('ERR_GT_PROOF', `${reason}: ${message}`);
+    this.reason = reason;
+  }
+}
+
+export type FormatFailure =
+  | 'TRUNCATED' // the bytes end inside a field
+  | 'TRAILING_BYTES' // bytes are left after the last field
+  | 'BAD_MAGIC' // not this kind of file
+  | 'BAD_VERSION' // a version this decoder does not know
+  | 'LIMIT' // a count or length beyond the documented limits (checked before allocating)
+  | 'BAD_VALUE' // an enum, flag, name or number outside its allowed values
+  | 'NON_CANONICAL'; // decodes, but is not the one canonical encoding of its content
+
+/** Bytes that do not decode as a Ghost file or a proof. `reason` says which check failed. */
+export class FormatError extends GhostTensorError {
+  readonly reason: FormatFailure;
+  constructor(reason: FormatFailure, message: string) {
+    super('ERR_GT_FORMAT', `${reason}: ${message}`);
     this.reason = reason;
   }
 }

@@ -22,3 +22,20 @@ export { DenseAdam, SparseAdam, SparseSGD } from './optim.js';
 export type { AdamOptions, OptimizerInfo, RowState, SgdOptions, SparseGrad } from './optim.js';
 export { Embedding, HopfieldLookup } from './layers.js';
 export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './layers.js';
+export { Model } from './model.js';
+export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model.js';
+export {
+  CANONICAL_VERSION,
+  GHOST_FORMAT_VERSION,
+  PROOF_FORMAT_VERSION,
+  PatternCache,
+  decodeGhost,
+  decodeProof,
+  encodeGhost,
+  encodeProof,
+  ghostDigest,
+  pinGhost,
+  verifyForward,
+  verifyUpdate,
+} from './verify.js';
+export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate } from './verify.js';

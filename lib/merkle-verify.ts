@@ -20,6 +20,8 @@ export interface MerkleHasher {
   hashNode(left: Uint8Array, right: Uint8Array): Uint8Array;
   /** BLAKE3-keyed(K_ROOT, u64le(N) || u32le(d) || top). */
   commitRoot(n: number, dim: number, top: Uint8Array): Uint8Array;
+  /** Plain (unkeyed) BLAKE3-256: the digest of a Ghost file. */
+  hash(bytes: Uint8Array): Uint8Array;
 }
 
 let hasherPromise: Promise<MerkleHasher> | undefined;
@@ -45,6 +47,7 @@ export function loadHasher(): Promise<MerkleHasher> {
     ]);
     return {
       keys,
+      hash: (bytes) => digest(plain, bytes),
       hashLeaf: (bytes) => digest(leaf, bytes),
       hashNode: (l, r) => digest(node, l, r),
       commitRoot: (n, dim, top) => {

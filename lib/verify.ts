@@ -74,3 +74,15 @@ export async function loadVerifier(): Promise<Verifier> {
     },
   };
 }
+
+// Ghost files, proofs and their verification (docs/proof-format.md).
+export { FormatError } from './errors.js';
+export type { FormatFailure } from './errors.js';
+export { CANONICAL_VERSION } from './canonical.js';
+export type { CanonicalOptimizer, CanonicalRowState, CanonicalSimilarity } from './canonical.js';
+export { GHOST_FORMAT_VERSION, GHOST_LIMITS, decodeGhost, encodeGhost, ghostDigest, ghostToJSON, withRoot } from './ghost-file.js';
+export type { GhostEmbeddingLayer, GhostHopfieldLayer, GhostIndex, GhostLayer, GhostManifest, GhostTensor } from './ghost-file.js';
+export { PROOF_FORMAT_VERSION, PROOF_LIMITS, PatternCache, RowKind, applyDelta, decodeProof, encodeDelta, encodeProof } from './proof-format.js';
+export type { ForwardProof, GhostProof, LayerEvidence, PatternBlock, ProofInput, UpdateProof } from './proof-format.js';
+export { pinGhost, verifyForward, verifyUpdate } from './proof-verify.js';
+export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyOptions } from './proof-verify.js';

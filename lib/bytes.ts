@@ -1,0 +1,195 @@
+/**
+ * Little-endian byte writer and a bounds-checked reader for the Ghost file and the
+ * proof format. The reader checks every length against the bytes that remain (and
+ * the caller's limits) before it allocates, and throws FormatError, never a
+ * RangeError, on hostile input. Loads no addon.
+ */
+import { FormatError } from './errors.js';
+
+const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+export class ByteWriter {
+  #buf = new Uint8Array(256);
+  #dv = new DataView(this.#buf.buffer);
+  #at = 0;
+
+  #room(n: number): void {
+    if (this.#at + n <= this.#buf.length) return;
+    let cap = this.#buf.length * 2;
+    while (cap < this.#at + n) cap *= 2;
+    const next = new Uint8Array(cap);
+    next.set(this.#buf.subarray(0, this.#at));
+    this.#buf = next;
+    this.#dv = new DataView(next.buffer);
+  }
+  u8(v: number): this {
+    this.#room(1);
+    this.#dv.setUint8(this.#at++, v);
+    return this;
+  }
+  u16(v: number): this {
+    this.#room(2);
+    this.#dv.setUint16(this.#at, v, true);
+    this.#at += 2;
+    return this;
+  }
+  u32(v: number): this {
+    this.#room(4);
+    this.#dv.setUint32(this.#at, v, true);
+    this.#at += 4;
+    return this;
+  }
+  /** An integer in [0, 2^53) as u64. */
+  u64(v: number): this {
+    this.#room(8);
+    this.#dv.setUint32(this.#at, v % 2 ** 32, true);
+    this.#dv.setUint32(this.#at + 4, Math.floor(v / 2 ** 32), true);
+    this.#at += 8;
+    return this;
+  }
+  f32(v: number): this {
+    this.#room(4);
+    this.#dv.setFloat32(this.#at, v, true);
+    this.#at += 4;
+    return this;
+  }
+  f64(v: number): this {
+    this.#room(8);
+    this.#dv.setFloat64(this.#at, v, true);
+    this.#at += 8;
+    return this;
+  }
+  bytes(b: Uint8Array): this {
+    this.#room(b.length);
+    this.#buf.set(b, this.#at);
+    this.#at += b.length;
+    return this;
+  }
+  f32s(a: Float32Array): this {
+    if (LE) return this.bytes(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    for (const v of a) this.f32(v);
+    return this;
+  }
+  f64s(a: Float64Array): this {
+    if (LE) return this.bytes(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    for (const v of a) this.f64(v);
+    return this;
+  }
+  u32s(a: Uint32Array): this {
+    if (LE) return this.bytes(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    for (const v of a) this.u32(v);
+    return this;
+  }
+  get length(): number {
+    return this.#at;
+  }
+  finish(): Uint8Array {
+    return this.#buf.slice(0, this.#at);
+  }
+}
+
+export class ByteReader {
+  readonly #b: Uint8Array;
+  readonly #dv: DataView;
+  #at = 0;
+  readonly what: string;
+
+  constructor(bytes: Uint8Array, what: string) {
+    this.#b = bytes;
+    this.#dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.what = what;
+  }
+  get offset(): number {
+    return this.#at;
+  }
+  get remaining(): number {
+    return this.#b.length - this.#at;
+  }
+  /** Throws TRUNCATED unless n more bytes are there (n computed by the caller, may be huge). */
+  need(n: number, field: string): void {
+    if (!(n <= this.remaining)) {
+      throw new FormatError('TRUNCATED', `${this.what}: ${field} needs ${n} bytes at offset ${this.#at}, ${this.remaining} remain`);
+    }
+  }
+  u8(field: string): number {
+    this.need(1, field);
+    return this.#dv.getUint8(this.#at++);
+  }
+  u16(field: string): number {
+    this.need(2, field);
+    const v = this.#dv.getUint16(this.#at, true);
+    this.#at += 2;
+    return v;
+  }
+  u32(field: string): number {
+    this.need(4, field);
+    const v = this.#dv.getUint32(this.#at, true);
+    this.#at += 4;
+    return v;
+  }
+  /** A u64 that must be below 2^53. */
+  u64(field: string): number {
+    this.need(8, field);
+    const lo = this.#dv.getUint32(this.#at, true), hi = this.#dv.getUint32(this.#at + 4, true);
+    if (hi >= 2 ** 21) throw new FormatError('LIMIT', `${this.what}: ${field} is >= 2^53`);
+    this.#at += 8;
+    return hi * 2 ** 32 + lo;
+  }
+  f32(field: string): number {
+    this.need(4, field);
+    const v = this.#dv.getFloat32(this.#at, true);
+    this.#at += 4;
+    return v;
+  }
+  f64(field: string): number {
+    this.need(8, field);
+    const v = this.#dv.getFloat64(this.#at, true);
+    this.#at += 8;
+    return v;
+  }
+  /** A copy of the next n bytes. */
+  bytes(n: number, field: string): Uint8Array {
+    this.need(n, field);
+    const out = this.#b.slice(this.#at, this.#at + n);
+    this.#at += n;
+    return out;
+  }
+  f32s(n: number, field: string): Float32Array {
+    this.need(n * 4, field);
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.#dv.getFloat32(this.#at + i * 4, true);
+    this.#at += n * 4;
+    return out;
+  }
+  f64s(n: number, field: string): Float64Array {
+    this.need(n * 8, field);
+    const out = new Float64Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.#dv.getFloat64(this.#at + i * 8, true);
+    this.#at += n * 8;
+    return out;
+  }
+  u32s(n: number, field: string): Uint32Array {
+    this.need(n * 4, field);
+    const out = new Uint32Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.#dv.getUint32(this.#at + i * 4, true);
+    this.#at += n * 4;
+    return out;
+  }
+  /** Throws TRAILING_BYTES unless every byte was read. */
+  end(): void {
+    if (this.remaining !== 0) throw new FormatError('TRAILING_BYTES', `${this.what}: ${this.remaining} bytes after the last field`);
+  }
+}
+
+/** The f32 values must be finite (a proof or manifest never carries NaN or infinity). */
+export function checkFiniteF32(a: Float32Array, what: string): void {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) throw new FormatError('BAD_VALUE', `${what}[${i}] is not finite`);
+}
+
+/** Constant-time-ish equality of two byte strings. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
+  return diff === 0;
+}

@@ -1,0 +1,492 @@
+/**
+ * A Model: a sequence of layers over SparseTensors, with its Ghost file, forward
+ * proofs (one layer, a span, or the whole chain), update proofs of optimizer steps,
+ * and save / load to a directory (docs/proof-format.md).
+ *
+ * A proof claims what the canonical arithmetic computes (lib/canonical.ts, run
+ * natively here and in TypeScript by the verifier), so prove() returns that output;
+ * forward() is the fast f32 path and may differ from it in the last bits.
+ */
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { checkFloat32Array, toIds } from './args.js';
+import { ByteReader, ByteWriter, bytesEqual } from './bytes.js';
+import type { CanonicalOptimizer } from './canonical.js';
+import { FormatError, InvalidArgumentError, ProofError, callNative } from './errors.js';
+import { encodeGhost, decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
+import { CANONICAL_VERSION } from './canonical.js';
+import { HASH_SCHEME } from './merkle-verify.js';
+import { Embedding, HopfieldLookup } from './layers.js';
+import { native } from './native.js';
+import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
+import { ProductKeyIndex } from './product-keys.js';
+import {
+  encodeProof,
+  planBlock,
+  positionsToProve,
+  type ForwardProof,
+  type LayerEvidence,
+  type PatternBlock,
+  type PatternCache,
+  type ProofInput,
+  type ResolvedBlock,
+  type UpdateProof,
+} from './proof-format.js';
+import { pinGhost, type PinnedGhost } from './proof-verify.js';
+import { SparseTensor } from './sparse-tensor.js';
+
+export type ModelLayer = HopfieldLookup | Embedding;
+
+export interface ProveOptions {
+  /** First layer to prove (default 0). */
+  firstLayer?: number;
+  /** Number of layers to prove from firstLayer (default: to the end). */
+  layers?: number;
+  /** Mirror of the verifier's PatternCache: held rows travel as ids or deltas; updated after the proof is made. */
+  cache?: PatternCache;
+  /** Worker threads for the product-key selection. */
+  threads?: number;
+}
+
+export interface ProvedForward {
+  /** The proved (canonical) output of the last proved layer. */
+  output: Float32Array;
+  proof: ForwardProof;
+  /** The encoded proof (docs/proof-format.md). */
+  bytes: Uint8Array;
+}
+
+export interface ProvedUpdate {
+  proof: UpdateProof;
+  bytes: Uint8Array;
+}
+
+const TENSOR_MAGIC = Uint8Array.from([0x89, 0x47, 0x54, 0x54, 0x4e, 0x53, 0x0d, 0x0a]); // 0x89 'GTTNS' CR LF
+
+function allIds(n: number): Uint32Array {
+  return Uint32Array.from({ length: n }, (_, i) => i);
+}
+
+function sortedUnique(lists: readonly Uint32Array[]): Uint32Array {
+  const s = new Set<number>();
+  for (const l of lists) for (const id of l) s.add(id);
+  return Uint32Array.from(s).sort();
+}
+
+export class Model {
+  readonly layers: readonly ModelLayer[];
+  /** Every tensor the layers use, once each, in order of first use: the Ghost file's tensor list. */
+  readonly tensors: readonly SparseTensor[];
+  /** Their names in the Ghost file. */
+  readonly names: readonly string[];
+
+  constructor(layers: readonly ModelLayer[]) {
+    if (!Array.isArray(layers) || layers.length === 0) throw new InvalidArgumentError('layers must be a non-empty array');
+    const tensors: SparseTensor[] = [];
+    const names: string[] = [];
+    const use = (t: SparseTensor, name: string): void => {
+      if (!tensors.includes(t)) {
+        tensors.push(t);
+        names.push(name);
+      }
+    };
+    let prevOut = -1;
+    layers.forEach((l, i) => {
+      if (l instanceof Embedding) {
+        if (i !== 0) throw new InvalidArgumentError(`layer ${i}: an Embedding takes ids, so it can only be the first layer`);
+        use(l.table, `l${i}.table`);
+        prevOut = l.dim;
+      } else if (l instanceof HopfieldLookup) {
+        if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
+        if (prevOut !== -1 && prevOut !== l.dim) throw new InvalidArgumentError(`layer ${i} takes ${l.dim} inputs but layer ${i - 1} gives ${prevOut}`);
+        if (l.keys instanceof ProductKeyIndex) {
+          use(l.keys.keys1, `l${i}.keys1`);
+          use(l.keys.keys2, `l${i}.keys2`);
+        } else {
+          use(l.keys, `l${i}.keys`);
+        }
+        use(l.values, `l${i}.values`);
+        prevOut = l.outDim;
+      } else {
+        throw new InvalidArgumentError(`layer ${i} is not a HopfieldLookup or an Embedding`);
+      }
+    });
+    this.layers = [...layers];
+    this.tensors = tensors;
+    this.names = names;
+  }
+
+  /** Builds the Merkle tree of every tensor that has none yet (off the JavaScript thread). */
+  async commit(): Promise<void> {
+    for (const t of this.tensors) if (!t.committed) await t.commit();
+  }
+
+  #index(t: SparseTensor): number {
+    return this.tensors.indexOf(t);
+  }
+
+  /** The Ghost manifest with the tensors' current roots (commit() first). */
+  manifest(): GhostManifest {
+    const tensors: GhostTensor[] = this.tensors.map((t, i) => {
+      if (!t.committed) throw new InvalidArgumentError(`tensor ${this.names[i]} is not committed: await model.commit() first`);
+      return { name: this.names[i]!, dtype: 'f32', dim: t.dim, n: t.size, root: t.root() };
+    });
+    const layers: GhostLayer[] = this.layers.map((l) => {
+      if (l instanceof Embedding) return { op: 'embedding', table: this.#index(l.table), dim: l.dim };
+      const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
+      const hnsw = !pk && l.index === 'hnsw' ? (l.keys as SparseTensor).hnsw : null;
+      if (!pk && l.index === 'hnsw' && !hnsw) throw new InvalidArgumentError('a HopfieldLookup with index hnsw needs its graph: buildHnsw() first');
+      return {
+        op: 'hopfield',
+        dIn: l.dim,
+        dOut: l.outDim,
+        k: l.k,
+        beta: l.beta,
+        similarity: l.similarity,
+        normalize: l.normalize,
+        updateSteps: l.updateSteps,
+        index: pk ? { kind: 'product-keys', subKeys: pk.subKeys } : hnsw ? { kind: 'hnsw', M: hnsw.M, efConstruction: hnsw.efConstruction, ef: l.ef ?? 0 } : { kind: 'exact' },
+        keys: pk ? [this.#index(pk.keys1), this.#index(pk.keys2)] : [this.#index(l.keys as SparseTensor)],
+        values: this.#index(l.values),
+      };
+    });
+    return { formatVersion: 1, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
+  }
+
+  /** The Ghost file (canonical bytes and digest) of the model as it is now. */
+  async ghost(): Promise<PinnedGhost> {
+    await this.commit();
+    return pinGhost(this.manifest());
+  }
+
+  /** The fast forward pass (f32 kernels): ids for an Embedding-first model, else B x dim floats. */
+  async forward(input: Float32Array | Uint32Array | readonly number[]): Promise<Float32Array> {
+    let x: Float32Array | null = null;
+    for (const [i, l] of this.layers.entries()) {
+      if (l instanceof Embedding) x = l.forward(toIds('input', input as Uint32Array | readonly number[]));
+      else {
+        if (i === 0) checkFloat32Array('input', input);
+        x = (await l.forward(i === 0 ? (input as Float32Array) : x!)).y;
+      }
+    }
+    return x!;
+  }
+
+  /**
+   * Runs layers [firstLayer, firstLayer + layers) with the canonical arithmetic and
+   * returns the output with a forward proof: per layer the selected ids of every
+   * retrieval stage and one block per tensor read (its patterns and one compact
+   * multiproof). Product-key layers select canonically (the verifier re-derives the
+   * selection); exact and HNSW layers select with the fast index on the canonical
+   * state rounded to f32 (the verifier cannot re-check that choice: see the docs).
+   */
+  async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
+    const first = options.firstLayer ?? 0;
+    const count = options.layers ?? this.layers.length - first;
+    if (!Number.isInteger(first) || first < 0 || first >= this.layers.length) throw new InvalidArgumentError(`firstLayer must be in 0..${this.layers.length - 1}`);
+    if (!Number.isInteger(count) || count < 1 || first + count > this.layers.length) throw new InvalidArgumentError(`layers must be in 1..${this.layers.length - first}`);
+    const ghost = await this.ghost();
+    let x: Float32Array | null = null;
+    let ids: Uint32Array | null = null;
+    let pin: ProofInput;
+    let B: number;
+    if (this.layers[first] instanceof Embedding) {
+      ids = toIds('input', input as Uint32Array | readonly number[]);
+      if (ids.length === 0) throw new InvalidArgumentError('input is empty');
+      pin = { kind: 'ids', ids: ids.slice() };
+      B = ids.length;
+    } else {
+      checkFloat32Array('input', input);
+      const l = this.layers[first] as HopfieldLookup;
+      x = input as Float32Array;
+      if (x.length === 0 || x.length % l.dim !== 0) throw new InvalidArgumentError(`input length ${x.length} must be a positive multiple of ${l.dim}`);
+      for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new InvalidArgumentError(`input[${i}] is not finite`);
+      B = x.length / l.dim;
+      pin = { kind: 'f32', rows: B, cols: l.dim, data: x.slice() };
+    }
+    const evidence: LayerEvidence[] = [];
+    let cols = 0;
+    for (let li = first; li < first + count; li++) {
+      const l = this.layers[li]!;
+      if (l instanceof Embedding) {
+        const u = sortedUnique([ids!]);
+        const block = this.#block(l.table, u, false, options.cache);
+        const at = new Map<number, number>();
+        u.forEach((id, i) => at.set(id, i));
+        const rows = l.table.gather(u);
+        x = new Float32Array(B * l.dim);
+        ids!.forEach((id, b) => x!.set(rows.subarray(at.get(id)! * l.dim, (at.get(id)! + 1) * l.dim), b * l.dim));
+        evidence.push({ op: 'embedding', stages: [], blocks: [block.block] });
+        options.cache?.record([block.resolved]);
+        cols = l.dim;
+      } else {
+        const r = await this.#proveHopfield(l, x!, B, options);
+        x = r.y;
+        evidence.push(r.evidence);
+        options.cache?.record(r.resolved);
+        cols = l.outDim;
+      }
+    }
+    const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
+    return { output: x!, proof, bytes: encodeProof(proof) };
+  }
+
+  /**
+   * A block revealing `ids` (sorted, unique) of tensor t. Its multiproof covers the
+   * rows the peer does not hold verified against the current root (every row when
+   * `everyPath`, as an update proof needs); an all-rows block needs none.
+   */
+  #block(t: SparseTensor, ids: Uint32Array, all: boolean, cache: PatternCache | undefined, everyPath = false): { block: PatternBlock; resolved: ResolvedBlock } {
+    const ti = this.#index(t);
+    const rows = t.gather(ids);
+    const root = t.root();
+    const block = planBlock(ti, t.dim, ids, rows, all, cache);
+    if (!all) {
+      const pos = everyPath ? Array.from(ids, (_, i) => i) : positionsToProve(ti, ids, block.kinds, root, cache);
+      if (pos.length > 0) block.hashes = t.prove(Uint32Array.from(pos, (i) => ids[i]!)).proof;
+    }
+    return { block, resolved: { tensor: ti, ids, rows, dim: t.dim, root } };
+  }
+
+  async #proveHopfield(l: HopfieldLookup, x: Float32Array, B: number, options: ProveOptions) {
+    const k = l.k, d = l.dim;
+    const nat = native();
+    const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
+    let q = callNative(() => nat.canonicalStates(x, B, d, l.normalize));
+    const t1 = pk ? pk.keys1.gather(allIds(pk.subKeys)) : null;
+    const t2 = pk ? pk.keys2.gather(allIds(pk.subKeys)) : null;
+    const stages: Uint32Array[] = [];
+    let out: Float64Array = new Float64Array(0);
+    for (let step = 1; step <= l.updateSteps; step++) {
+      const last = step === l.updateSteps;
+      let ids: Uint32Array;
+      let s: Float64Array;
+      let keyRows: Float32Array;
+      if (pk) {
+        const r = callNative(() => nat.canonicalProductKeys(q, t1!, t2!, pk.subKeys, pk.keys1.dim, pk.keys2.dim, B, k, options.threads));
+        ids = r.ids;
+        s = r.scores;
+        keyRows = last ? new Float32Array(0) : productKeyRows(pk, t1!, t2!, ids);
+      } else {
+        const keys = l.keys as SparseTensor;
+        const r = await keys.searchBatch(Float32Array.from(q), k, {
+          metric: l.similarity,
+          index: l.index,
+          ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
+          ...(options.threads === undefined ? {} : { threads: options.threads }),
+        });
+        ids = r.ids;
+        keyRows = keys.gather(ids);
+        s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
+      }
+      stages.push(ids);
+      const rows = last ? l.values.gather(ids) : keyRows;
+      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
+      q = out;
+    }
+    // One block per tensor read, in the verifier's order: keys (or both tables), then values.
+    const lastIds = stages[stages.length - 1]!;
+    const blocks: PatternBlock[] = [];
+    const resolved: ResolvedBlock[] = [];
+    const add = (t: SparseTensor, ids: Uint32Array, all: boolean): void => {
+      const b = this.#block(t, ids, all, options.cache);
+      blocks.push(b.block);
+      resolved.push(b.resolved);
+    };
+    if (pk) {
+      add(pk.keys1, allIds(pk.subKeys), true);
+      add(pk.keys2, allIds(pk.subKeys), true);
+      add(l.values, sortedUnique([lastIds]), false);
+    } else {
+      const keys = l.keys as SparseTensor;
+      add(keys, sortedUnique(stages), false);
+      if (l.values !== keys) add(l.values, sortedUnique([lastIds]), false);
+    }
+    return { y: Float32Array.from(out), evidence: { op: 'hopfield' as const, stages, blocks }, resolved };
+  }
+
+  /**
+   * One optimizer step with update proofs: for each entry (one per tensor), in order,
+   * the touched rows before the step with their multiproof, the coalesced gradient and
+   * the optimizer state; the step is taken, and the proof carries the new root. The
+   * i-th proof is against the Ghost file after proofs 0..i-1. `cache` mirrors the
+   * verifier's (held old rows travel as ids; the new rows are recorded).
+   */
+  async proveStep(optimizer: SparseAdam | SparseSGD, grads: readonly SparseGrad[], options: { cache?: PatternCache } = {}): Promise<ProvedUpdate[]> {
+    if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
+    const out: ProvedUpdate[] = [];
+    for (const [gi, g] of grads.entries()) {
+      const ti = this.tensors.indexOf(g.tensor);
+      if (ti < 0) throw new InvalidArgumentError(`grads[${gi}].tensor is not one of the model's tensors`);
+      const t = g.tensor;
+      const d = t.dim;
+      const raw = toIds(`grads[${gi}].ids`, g.ids);
+      checkFloat32Array(`grads[${gi}].grads`, g.grads);
+      if (g.grads.length !== raw.length * d) throw new InvalidArgumentError(`grads[${gi}].grads has length ${g.grads.length}, expected ${raw.length * d}`);
+      // Coalesce as the optimizer does (f32 sums in order of appearance), so the proof carries what the step used.
+      const ids = sortedUnique([raw]);
+      const at = new Map<number, number>();
+      ids.forEach((id, i) => at.set(id, i));
+      const sum = new Float32Array(ids.length * d);
+      for (let i = 0; i < raw.length; i++) {
+        const o = at.get(raw[i]!)! * d;
+        for (let j = 0; j < d; j++) sum[o + j] = sum[o + j]! + g.grads[i * d + j]!;
+      }
+      const ghost = await this.ghost();
+      const info = optimizer.info(t);
+      const state = optimizer.state(t, ids);
+      const { block } = this.#block(t, ids, false, options.cache, true);
+      optimizer.step([{ tensor: t, ids, grads: sum }]);
+      const params: CanonicalOptimizer = {
+        kind: info.kind,
+        lr: info.lr,
+        beta1: info.beta1,
+        beta2: info.beta2,
+        eps: info.eps,
+        weightDecay: info.weightDecay,
+        rowStep: info.biasCorrection === 'row',
+      };
+      const proof: UpdateProof = {
+        kind: 'update',
+        ghost: ghost.digest,
+        tensor: ti,
+        optimizer: params,
+        globalStep: info.steps,
+        logDecay: info.logDecay,
+        block,
+        grads: sum,
+        state: params.kind === 'adam' ? state : { ...state, m: new Float32Array(0), v: new Float32Array(0) },
+        newRoot: t.root(),
+      };
+      options.cache?.record([{ tensor: ti, ids, rows: t.gather(ids), dim: d, root: proof.newRoot }]);
+      out.push({ proof, bytes: encodeProof(proof) });
+    }
+    return out;
+  }
+
+  /**
+   * Saves the model to a new directory `dir` (it must not exist): `ghost.bin` (the
+   * Ghost file) and one file per tensor in `tensors/`, written into a temporary
+   * directory, fsynced, then renamed to `dir` in one step.
+   */
+  async save(dir: string): Promise<PinnedGhost> {
+    const ghost = await this.ghost();
+    if (await exists(dir)) throw new InvalidArgumentError(`${dir} exists; save into a new directory`);
+    const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+    await mkdir(join(tmp, 'tensors'), { recursive: true });
+    try {
+      for (const [i, t] of this.tensors.entries()) {
+        const w = new ByteWriter();
+        w.bytes(TENSOR_MAGIC).u16(1).u16(0).u32(t.dim).u64(t.size).bytes(ghost.manifest.tensors[i]!.root);
+        w.f32s(t.gather(allIds(t.size)));
+        await writeSynced(join(tmp, 'tensors', `${i}.bin`), w.finish());
+      }
+      await writeSynced(join(tmp, 'ghost.bin'), ghost.bytes);
+      await syncDir(join(tmp, 'tensors'));
+      await syncDir(tmp);
+      await rename(tmp, dir);
+      await syncDir(join(dir, '..'));
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    return ghost;
+  }
+
+  /**
+   * Loads a model saved by save(). Every tensor file is checked against the Ghost
+   * file (N, dim and the Merkle root of a fresh rebuild); HNSW graphs are rebuilt
+   * with the recorded parameters. Throws FormatError or ProofError('ROOT_MISMATCH')
+   * for a damaged directory.
+   */
+  static async load(dir: string, options: { expectDigest?: Uint8Array } = {}): Promise<{ model: Model; ghost: PinnedGhost }> {
+    const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin')))));
+    if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${dir}/ghost.bin is not the expected model`);
+    const m = ghost.manifest;
+    const tensors: SparseTensor[] = [];
+    for (const [i, gt] of m.tensors.entries()) {
+      const bytes = new Uint8Array(await readFile(join(dir, 'tensors', `${i}.bin`)));
+      const r = new ByteReader(bytes, `tensor file ${i}`);
+      const magic = r.bytes(8, 'magic');
+      if (!bytesEqual(magic, TENSOR_MAGIC)) throw new FormatError('BAD_MAGIC', `tensors/${i}.bin is not a tensor file`);
+      if (r.u16('version') !== 1) throw new FormatError('BAD_VERSION', `tensors/${i}.bin: unknown version`);
+      r.u16('reserved');
+      const dim = r.u32('dim'), n = r.u64('N');
+      const root = r.bytes(32, 'root');
+      if (dim !== gt.dim || n !== gt.n) throw new FormatError('BAD_VALUE', `tensors/${i}.bin holds ${n} x ${dim}; the Ghost file says ${gt.n} x ${gt.dim}`);
+      const data = r.f32s(n * dim, 'values');
+      r.end();
+      const t = SparseTensor.fromArray(data, dim);
+      await t.commit();
+      if (!bytesEqual(t.root(), gt.root) || !bytesEqual(root, gt.root)) {
+        throw new ProofError('ROOT_MISMATCH', `tensors/${i}.bin (${gt.name}) does not hash to the root in the Ghost file`);
+      }
+      tensors.push(t);
+    }
+    const layers: ModelLayer[] = [];
+    for (const l of m.layers) {
+      if (l.op === 'embedding') {
+        layers.push(new Embedding(tensors[l.table]!));
+        continue;
+      }
+      const values = tensors[l.values]!;
+      let keys: SparseTensor | ProductKeyIndex;
+      let index: 'exact' | 'hnsw' = 'exact';
+      if (l.index.kind === 'product-keys') keys = ProductKeyIndex.fromTables(tensors[l.keys[0]!]!, tensors[l.keys[1]!]!);
+      else {
+        keys = tensors[l.keys[0]!]!;
+        if (l.index.kind === 'hnsw') {
+          index = 'hnsw';
+          if (!keys.hnsw) await keys.buildHnsw({ metric: l.similarity, M: l.index.M, efConstruction: l.index.efConstruction });
+        }
+      }
+      const ef = l.index.kind === 'hnsw' && l.index.ef > 0 ? { ef: l.index.ef } : {};
+      layers.push(new HopfieldLookup({ keys, values, k: l.k, beta: l.beta, similarity: l.similarity, normalize: l.normalize, index, updateSteps: l.updateSteps, ...ef }));
+    }
+    const model = new Model(layers);
+    const again = await model.ghost();
+    if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
+    return { model, ghost };
+  }
+}
+
+function productKeyRows(pk: ProductKeyIndex, t1: Float32Array, t2: Float32Array, ids: Uint32Array): Float32Array {
+  const n = pk.subKeys, d1 = pk.keys1.dim, d2 = pk.keys2.dim, d = d1 + d2;
+  const out = new Float32Array(ids.length * d);
+  for (let r = 0; r < ids.length; r++) {
+    const i1 = Math.floor(ids[r]! / n), i2 = ids[r]! % n;
+    out.set(t1.subarray(i1 * d1, (i1 + 1) * d1), r * d);
+    out.set(t2.subarray(i2 * d2, (i2 + 1) * d2), r * d + d1);
+  }
+  return out;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  const fh = await open(path, 'wx');
+  try {
+    await fh.writeFile(bytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function syncDir(path: string): Promise<void> {
+  if (process.platform === 'win32') return; // directories cannot be opened for fsync there
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,473 @@
+/**
+ * The Ghost proof format v1 (docs/proof-format.md): forward proofs (one layer, a
+ * span of layers, or a whole model) and update proofs (one optimizer step of one
+ * tensor), their binary encoding and decoding, the pattern blocks they carry, the
+ * XOR delta codec, and the PatternCache that lets patterns a verifier already holds
+ * travel as ids or deltas. Decoding checks every length against the bytes that
+ * remain and the limits below before it allocates. Loads no addon.
+ */
+import { ByteReader, ByteWriter, checkFiniteF32 } from './bytes.js';
+import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
+import { FormatError, InvalidArgumentError } from './errors.js';
+
+export const PROOF_FORMAT_VERSION = 1;
+/** 0x89 'GTPRF' CR LF. */
+export const PROOF_MAGIC = Uint8Array.from([0x89, 0x47, 0x54, 0x50, 0x52, 0x46, 0x0d, 0x0a]);
+export const PROOF_LIMITS = {
+  /** Largest proof accepted by decodeProof. */
+  bytes: 2 ** 30,
+  layers: 4096,
+  blocksPerLayer: 16,
+  stages: 100,
+  /** Ids in one block (an "all rows" block of a product-key table has at most 65535). */
+  blockIds: 2 ** 24,
+  dim: 2 ** 24,
+} as const;
+
+/**
+ * How one revealed pattern travels: Full (its f32 bytes), Held (only its id: the
+ * verifier holds it in its PatternCache, unchanged), Delta (an XOR delta against the
+ * copy the verifier holds).
+ */
+export const RowKind = { Full: 0, Held: 1, Delta: 2 } as const;
+
+/** The patterns of one tensor a proof reveals, with their compact multiproof. */
+export interface PatternBlock {
+  /** Index of the tensor in the Ghost file. */
+  tensor: number;
+  dim: number;
+  /** true: the block reveals every row, ids 0..count-1 (a product-key table); no hashes needed. */
+  all: boolean;
+  /** Sorted, unique ids. */
+  ids: Uint32Array;
+  /** RowKind per id. */
+  kinds: Uint8Array;
+  /** Per id: the row (Full), the encoded delta (Delta) or null (Held). */
+  payload: (Float32Array | Uint8Array | null)[];
+  /**
+   * The compact multiproof (32-byte hashes, docs/hash-scheme.md) of the positions
+   * positionsToProve() names: rows the verifier holds, verified against the same
+   * root, need no path. Update proofs always prove every row (the verifier needs the
+   * siblings to compute the new root).
+   */
+  hashes: Uint8Array;
+}
+
+export type ProofInput = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
+
+export interface LayerEvidence {
+  op: 'hopfield' | 'embedding';
+  /** Hopfield: per retrieval stage, the B x k selected ids (each input's in rank order). */
+  stages: Uint32Array[];
+  blocks: PatternBlock[];
+}
+
+export interface ForwardProof {
+  kind: 'forward';
+  /** BLAKE3 digest of the Ghost file the proof is for. */
+  ghost: Uint8Array;
+  /** Index of the first proved layer; the proof covers layers.length consecutive layers. */
+  firstLayer: number;
+  input: ProofInput;
+  layers: LayerEvidence[];
+  /** The claimed output of the last proved layer, computed by the canonical arithmetic. */
+  output: { rows: number; cols: number; data: Float32Array };
+}
+
+export interface UpdateProof {
+  kind: 'update';
+  /** Digest of the Ghost file before the step. */
+  ghost: Uint8Array;
+  tensor: number;
+  optimizer: CanonicalOptimizer;
+  /** The optimizer's global step count and log-decay sum before the step. */
+  globalStep: number;
+  logDecay: number;
+  /** The touched rows before the step (sorted, unique ids) and their multiproof against the old root. */
+  block: PatternBlock;
+  /** Coalesced gradients, ids.length x dim. */
+  grads: Float32Array;
+  /** Optimizer state of the touched rows before the step (m, v empty for SGD). */
+  state: CanonicalRowState;
+  /** The tensor's root after the step. */
+  newRoot: Uint8Array;
+}
+
+export type GhostProof = ForwardProof | UpdateProof;
+
+// ---------------------------------------------------------------------------
+// XOR deltas: per f32, a 2-bit tag (0: unchanged, 1: XOR fits 16 bits, 2: 24 bits,
+// 3: 32 bits), four tags per byte, then the XOR's low bytes, little-endian.
+
+const TAG_BYTES = [0, 2, 3, 4] as const;
+
+function u32view(a: Float32Array): Uint32Array {
+  return new Uint32Array(a.buffer, a.byteOffset, a.length);
+}
+
+/** Encodes `next` as an XOR delta against `held` (same length). */
+export function encodeDelta(held: Float32Array, next: Float32Array): Uint8Array {
+  const h = u32view(held), n = u32view(next);
+  const d = next.length;
+  const tags = new Uint8Array(Math.ceil(d / 4));
+  const body: number[] = [];
+  for (let j = 0; j < d; j++) {
+    const x = (h[j]! ^ n[j]!) >>> 0;
+    const tag = x === 0 ? 0 : x < 1 << 16 ? 1 : x < 1 << 24 ? 2 : 3;
+    tags[j >> 2]! |= tag << (2 * (j & 3));
+    for (let b = 0; b < TAG_BYTES[tag]!; b++) body.push((x >>> (8 * b)) & 0xff);
+  }
+  const out = new Uint8Array(tags.length + body.length);
+  out.set(tags);
+  out.set(body, tags.length);
+  return out;
+}
+
+/** The encoded length of a delta of `dim` values starting at r's position; reads and checks the tags. */
+function readDelta(r: ByteReader, dim: number): Uint8Array {
+  const tagLen = Math.ceil(dim / 4);
+  r.need(tagLen, 'delta tags');
+  const tags = r.bytes(tagLen, 'delta tags');
+  let body = 0;
+  for (let j = 0; j < dim; j++) body += TAG_BYTES[(tags[j >> 2]! >> (2 * (j & 3))) & 3]!;
+  const pad = dim % 4 === 0 ? 0 : tags[tagLen - 1]! >> (2 * (dim % 4));
+  if (pad !== 0) throw new FormatError('NON_CANONICAL', 'delta: padding tag bits are not zero');
+  const rest = r.bytes(body, 'delta body');
+  const out = new Uint8Array(tagLen + body);
+  out.set(tags);
+  out.set(rest, tagLen);
+  return out;
+}
+
+/** Applies an encoded delta to `held`; the result must be finite. */
+export function applyDelta(held: Float32Array, delta: Uint8Array): Float32Array {
+  const d = held.length;
+  const tagLen = Math.ceil(d / 4);
+  const out = new Float32Array(d);
+  const o = u32view(out), h = u32view(held);
+  let at = tagLen;
+  for (let j = 0; j < d; j++) {
+    const tag = (delta[j >> 2]! >> (2 * (j & 3))) & 3;
+    let x = 0;
+    for (let b = 0; b < TAG_BYTES[tag]!; b++) x |= delta[at++]! << (8 * b);
+    o[j] = (h[j]! ^ x) >>> 0;
+  }
+  if (at !== delta.length) throw new FormatError('BAD_VALUE', 'delta length does not match its tags');
+  checkFiniteF32(out, 'a delta-decoded pattern');
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// The cache of patterns a verifier holds. A prover keeps a mirror of its peer's
+// cache and applies the same updates in the same order, so both agree on what is
+// held; after a rejected proof both sides clear().
+
+export interface HeldRow {
+  row: Float32Array;
+  /** The tensor root this row was last verified against. */
+  root: Uint8Array;
+}
+
+export class PatternCache {
+  readonly capacity: number;
+  readonly #rows = new Map<number, HeldRow>();
+
+  /** Holds at most `capacity` rows (default 65536); the least recently used leave first. */
+  constructor(capacity = 65536) {
+    if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 26) throw new InvalidArgumentError('capacity must be an integer in 0..2^26');
+    this.capacity = capacity;
+  }
+  static #key(tensor: number, id: number): number {
+    return tensor * 2 ** 32 + id;
+  }
+  get(tensor: number, id: number): HeldRow | undefined {
+    return this.#rows.get(PatternCache.#key(tensor, id));
+  }
+  /** Records that the peer holds `row` for (tensor, id), verified against `root`, and marks it most recently used. */
+  put(tensor: number, id: number, row: Float32Array, root: Uint8Array): void {
+    const key = PatternCache.#key(tensor, id);
+    this.#rows.delete(key);
+    this.#rows.set(key, { row, root });
+  }
+  /** Drops the least recently used rows beyond the capacity. */
+  trim(): void {
+    for (const key of this.#rows.keys()) {
+      if (this.#rows.size <= this.capacity) break;
+      this.#rows.delete(key);
+    }
+  }
+  /** Records every row of resolved blocks (in block and id order), then trims. */
+  record(blocks: readonly ResolvedBlock[]): void {
+    for (const b of blocks) {
+      for (let t = 0; t < b.ids.length; t++) this.put(b.tensor, b.ids[t]!, b.rows.slice(t * b.dim, (t + 1) * b.dim), b.root);
+    }
+    this.trim();
+  }
+  clear(): void {
+    this.#rows.clear();
+  }
+  /** An independent copy (same rows, same recency order). */
+  clone(): PatternCache {
+    const c = new PatternCache(this.capacity);
+    for (const [key, h] of this.#rows) c.#rows.set(key, { row: h.row.slice(), root: h.root });
+    return c;
+  }
+  get size(): number {
+    return this.#rows.size;
+  }
+}
+
+/** The rows of one tensor a proof revealed, and the root they were verified against. */
+export interface ResolvedBlock {
+  tensor: number;
+  dim: number;
+  ids: Uint32Array;
+  rows: Float32Array;
+  root: Uint8Array;
+}
+
+/** Byte equality of two f32 rows (bit patterns, so -0 and 0 differ). */
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const x = u32view(a), y = u32view(b);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/**
+ * Which positions of a block need a Merkle path: every row except those the peer
+ * holds with the same bytes, verified against the same root (membership already
+ * shown). `root` is the tensor's current root.
+ */
+export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8Array, root: Uint8Array, cache: PatternCache | undefined): number[] {
+  const out: number[] = [];
+  for (let t = 0; t < ids.length; t++) {
+    const held = kinds[t] === RowKind.Held ? cache?.get(tensor, ids[t]!) : undefined;
+    let same = held !== undefined && held.root.length === root.length;
+    for (let j = 0; same && j < root.length; j++) same = held!.root[j] === root[j];
+    if (!same) out.push(t);
+  }
+  return out;
+}
+
+/**
+ * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
+ * holds the same bytes, as a delta when it holds an older copy and the delta is
+ * smaller, in full otherwise. The caller then proves the positions positionsToProve()
+ * names and passes their multiproof as `hashes`.
+ */
+export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
+  const kinds = new Uint8Array(ids.length);
+  const payload: (Float32Array | Uint8Array | null)[] = [];
+  for (let t = 0; t < ids.length; t++) {
+    const row = rows.subarray(t * dim, (t + 1) * dim);
+    const held = cache?.get(tensor, ids[t]!)?.row;
+    if (held && held.length === dim) {
+      if (sameBits(held, row)) {
+        kinds[t] = RowKind.Held;
+        payload.push(null);
+        continue;
+      }
+      const delta = encodeDelta(held, row);
+      if (delta.length < dim * 4) {
+        kinds[t] = RowKind.Delta;
+        payload.push(delta);
+        continue;
+      }
+    }
+    kinds[t] = RowKind.Full;
+    payload.push(row.slice());
+  }
+  return { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+
+function writeBlock(w: ByteWriter, b: PatternBlock): void {
+  w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
+  if (!b.all) w.u32s(b.ids);
+  const kinds = new Uint8Array(Math.ceil(b.ids.length / 4));
+  for (let t = 0; t < b.ids.length; t++) kinds[t >> 2]! |= b.kinds[t]! << (2 * (t & 3));
+  w.bytes(kinds);
+  for (let t = 0; t < b.ids.length; t++) {
+    const p = b.payload[t];
+    if (b.kinds[t] === RowKind.Full) w.f32s(p as Float32Array);
+    else if (b.kinds[t] === RowKind.Delta) w.bytes(p as Uint8Array);
+  }
+  w.u32(b.hashes.length / 32).bytes(b.hashes);
+}
+
+function writeOptimizer(w: ByteWriter, p: CanonicalOptimizer): void {
+  w.u8(p.kind === 'adam' ? 2 : 1).f32(p.lr).f32(p.beta1).f32(p.beta2).f32(p.eps).f32(p.weightDecay).u8(p.rowStep ? 1 : 0);
+}
+
+export function encodeProof(p: GhostProof): Uint8Array {
+  const w = new ByteWriter();
+  w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
+  if (p.kind === 'forward') {
+    w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
+    if (p.input.kind === 'f32') w.u8(1).u32(p.input.rows).u32(p.input.cols).f32s(p.input.data);
+    else w.u8(2).u32(p.input.ids.length).u32s(p.input.ids);
+    for (const l of p.layers) {
+      w.u8(l.op === 'hopfield' ? 1 : 2).u8(l.stages.length);
+      for (const s of l.stages) w.u32(s.length).u32s(s);
+      w.u8(l.blocks.length);
+      for (const b of l.blocks) writeBlock(w, b);
+    }
+    w.u32(p.output.rows).u32(p.output.cols).f32s(p.output.data);
+  } else {
+    w.u8(2).bytes(p.ghost).u32(p.tensor);
+    writeOptimizer(w, p.optimizer);
+    w.u64(p.globalStep).f64(p.logDecay);
+    writeBlock(w, p.block);
+    w.f32s(p.grads);
+    if (p.optimizer.kind === 'adam') w.f32s(p.state.m).f32s(p.state.v);
+    w.u32s(p.state.steps).f64s(p.state.marks).bytes(p.newRoot);
+  }
+  return w.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Decoding (untrusted bytes)
+
+function count(r: ByteReader, field: string, max: number, min = 0): number {
+  const v = r.u32(field);
+  if (v < min || v > max) throw new FormatError('LIMIT', `proof: ${field} = ${v} is outside ${min}..${max}`);
+  return v;
+}
+
+function readBlock(r: ByteReader): PatternBlock {
+  const tensor = r.u32('block tensor');
+  const dim = count(r, 'block dim', PROOF_LIMITS.dim, 1);
+  const flags = r.u8('block flags');
+  if (flags > 1) throw new FormatError('BAD_VALUE', `proof: block flags ${flags}`);
+  const all = flags === 1;
+  const n = count(r, 'block id count', PROOF_LIMITS.blockIds, 1);
+  let ids: Uint32Array;
+  if (all) {
+    r.need(Math.ceil(n / 4), 'block kinds'); // bounds the allocation below by the bytes present
+    ids = new Uint32Array(n);
+    for (let t = 0; t < n; t++) ids[t] = t;
+  } else {
+    ids = r.u32s(n, 'block ids');
+    for (let t = 1; t < n; t++) if (ids[t]! <= ids[t - 1]!) throw new FormatError('BAD_VALUE', `proof: block ids not strictly ascending at ${t}`);
+  }
+  const packed = r.bytes(Math.ceil(n / 4), 'block kinds');
+  const kinds = new Uint8Array(n);
+  for (let t = 0; t < n; t++) {
+    const k = (packed[t >> 2]! >> (2 * (t & 3))) & 3;
+    if (k === 3) throw new FormatError('BAD_VALUE', `proof: row kind 3 at ${t}`);
+    kinds[t] = k;
+  }
+  if (n % 4 !== 0 && packed[packed.length - 1]! >> (2 * (n % 4)) !== 0) throw new FormatError('NON_CANONICAL', 'proof: padding bits of the row kinds are not zero');
+  const payload: (Float32Array | Uint8Array | null)[] = [];
+  for (let t = 0; t < n; t++) {
+    if (kinds[t] === RowKind.Full) {
+      const row = r.f32s(dim, 'pattern');
+      checkFiniteF32(row, 'a pattern');
+      payload.push(row);
+    } else if (kinds[t] === RowKind.Delta) {
+      payload.push(readDelta(r, dim));
+    } else {
+      payload.push(null);
+    }
+  }
+  const hc = r.u32('hash count');
+  r.need(hc * 32, 'hashes');
+  return { tensor, dim, all, ids, kinds, payload, hashes: r.bytes(hc * 32, 'hashes') };
+}
+
+function readOptimizer(r: ByteReader): CanonicalOptimizer {
+  const kind = r.u8('optimizer kind');
+  if (kind !== 1 && kind !== 2) throw new FormatError('BAD_VALUE', `proof: optimizer kind ${kind}`);
+  const p: CanonicalOptimizer = {
+    kind: kind === 2 ? 'adam' : 'sgd',
+    lr: r.f32('lr'),
+    beta1: r.f32('beta1'),
+    beta2: r.f32('beta2'),
+    eps: r.f32('eps'),
+    weightDecay: r.f32('weightDecay'),
+    rowStep: false,
+  };
+  const rs = r.u8('rowStep');
+  if (rs > 1) throw new FormatError('BAD_VALUE', 'proof: rowStep must be 0 or 1');
+  p.rowStep = rs === 1;
+  const ok = p.lr >= 0 && p.weightDecay >= 0 && p.lr * p.weightDecay < 1 && p.beta1 >= 0 && p.beta1 < 1 && p.beta2 >= 0 && p.beta2 < 1 && p.eps > 0 && Number.isFinite(p.eps) && Number.isFinite(p.lr) && Number.isFinite(p.weightDecay);
+  if (!ok) throw new FormatError('BAD_VALUE', 'proof: optimizer parameters out of range');
+  return p;
+}
+
+/** Decodes a Ghost proof from untrusted bytes; throws FormatError naming the first bad field. */
+export function decodeProof(bytes: Uint8Array): GhostProof {
+  if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('a proof must be a Uint8Array');
+  if (bytes.length > PROOF_LIMITS.bytes) throw new FormatError('LIMIT', `proof: ${bytes.length} bytes is over the ${PROOF_LIMITS.bytes}-byte limit`);
+  const r = new ByteReader(bytes, 'proof');
+  const magic = r.bytes(8, 'magic');
+  if (magic.some((b, i) => b !== PROOF_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a Ghost proof');
+  const version = r.u16('version');
+  if (version !== PROOF_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
+  const kind = r.u8('kind');
+  let out: GhostProof;
+  if (kind === 1) {
+    const ghost = r.bytes(32, 'ghost digest');
+    const firstLayer = r.u32('first layer');
+    const nl = count(r, 'layer count', PROOF_LIMITS.layers, 1);
+    const ik = r.u8('input kind');
+    let input: ProofInput;
+    if (ik === 1) {
+      const rows = count(r, 'input rows', 2 ** 32 - 1, 1), cols = count(r, 'input cols', PROOF_LIMITS.dim, 1);
+      const data = r.f32s(rows * cols, 'input');
+      checkFiniteF32(data, 'the input');
+      input = { kind: 'f32', rows, cols, data };
+    } else if (ik === 2) {
+      input = { kind: 'ids', ids: r.u32s(count(r, 'input ids', 2 ** 32 - 1, 1), 'input ids') };
+    } else {
+      throw new FormatError('BAD_VALUE', `proof: input kind ${ik}`);
+    }
+    const layers: LayerEvidence[] = [];
+    for (let i = 0; i < nl; i++) {
+      const op = r.u8('op');
+      if (op !== 1 && op !== 2) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
+      const ns = r.u8('stage count');
+      if (ns > PROOF_LIMITS.stages) throw new FormatError('LIMIT', `proof: ${ns} stages`);
+      const stages: Uint32Array[] = [];
+      for (let s = 0; s < ns; s++) stages.push(r.u32s(r.u32('stage length'), 'stage ids'));
+      const nb = r.u8('block count');
+      if (nb > PROOF_LIMITS.blocksPerLayer) throw new FormatError('LIMIT', `proof: ${nb} blocks in layer ${i}`);
+      const blocks: PatternBlock[] = [];
+      for (let b = 0; b < nb; b++) blocks.push(readBlock(r));
+      layers.push({ op: op === 1 ? 'hopfield' : 'embedding', stages, blocks });
+    }
+    const rows = count(r, 'output rows', 2 ** 32 - 1, 1), cols = count(r, 'output cols', PROOF_LIMITS.dim, 1);
+    const data = r.f32s(rows * cols, 'output');
+    checkFiniteF32(data, 'the output');
+    out = { kind: 'forward', ghost, firstLayer, input, layers, output: { rows, cols, data } };
+  } else if (kind === 2) {
+    const ghost = r.bytes(32, 'ghost digest');
+    const tensor = r.u32('tensor');
+    const optimizer = readOptimizer(r);
+    const globalStep = r.u64('global step');
+    const logDecay = r.f64('log decay');
+    if (!(logDecay <= 0) || !Number.isFinite(logDecay)) throw new FormatError('BAD_VALUE', 'proof: log decay must be finite and <= 0');
+    const block = readBlock(r);
+    if (block.all) throw new FormatError('BAD_VALUE', 'proof: an update block lists its ids');
+    const n = block.ids.length, cells = n * block.dim;
+    const grads = r.f32s(cells, 'gradients');
+    checkFiniteF32(grads, 'a gradient');
+    const adam = optimizer.kind === 'adam';
+    const m = adam ? r.f32s(cells, 'm') : new Float32Array(0);
+    const v = adam ? r.f32s(cells, 'v') : new Float32Array(0);
+    checkFiniteF32(m, 'm');
+    checkFiniteF32(v, 'v');
+    for (let i = 0; i < v.length; i++) if (v[i]! < 0) throw new FormatError('BAD_VALUE', `proof: v[${i}] is negative`);
+    const steps = r.u32s(n, 'row steps');
+    const marks = r.f64s(n, 'decay marks');
+    for (let i = 0; i < n; i++) if (!Number.isFinite(marks[i]!) || marks[i]! > 0 || marks[i]! < logDecay) throw new FormatError('BAD_VALUE', `proof: decay mark ${i} out of range`);
+    out = { kind: 'update', ghost, tensor, optimizer, globalStep, logDecay, block, grads, state: { m, v, steps, marks }, newRoot: r.bytes(32, 'new root') };
+  } else {
+    throw new FormatError('BAD_VALUE', `proof: kind ${kind}`);
+  }
+  r.end();
+  return out;
+}

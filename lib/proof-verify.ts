@@ -1,0 +1,320 @@
+/**
+ * Verifying Ghost proofs against a pinned Ghost file (docs/proof-format.md). The
+ * verifier trusts only the Ghost file: it checks every revealed pattern against the
+ * tensor roots there, recomputes each layer's output itself with the canonical
+ * arithmetic (lib/canonical.ts), re-derives product-key selections from the sub-key
+ * tables, and accepts only when its result equals the claim bit for bit. Loads no
+ * addon: runs in a browser too.
+ */
+import { bytesEqual } from './bytes.js';
+import { cmix, coptimizerStep, cproductKeys, csimilarity, csoftmax, cstate } from './canonical.js';
+import { InvalidArgumentError, ProofError } from './errors.js';
+import { decodeGhost, encodeGhost, withRoot, type GhostHopfieldLayer, type GhostManifest } from './ghost-file.js';
+import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle-verify.js';
+import {
+  RowKind,
+  applyDelta,
+  decodeProof,
+  type ForwardProof,
+  type LayerEvidence,
+  type PatternBlock,
+  positionsToProve,
+  type PatternCache,
+  type ResolvedBlock,
+  type UpdateProof,
+} from './proof-format.js';
+
+/** A Ghost file the verifier pins: its manifest, canonical bytes and digest. */
+export interface PinnedGhost {
+  readonly manifest: GhostManifest;
+  readonly bytes: Uint8Array;
+  readonly digest: Uint8Array;
+}
+
+/** Pins a Ghost file (bytes are decoded and checked; a manifest is encoded). */
+export async function pinGhost(ghost: Uint8Array | GhostManifest): Promise<PinnedGhost> {
+  const manifest = ghost instanceof Uint8Array ? decodeGhost(ghost) : ghost;
+  const bytes = ghost instanceof Uint8Array ? ghost.slice() : encodeGhost(ghost);
+  return { manifest, bytes, digest: (await loadHasher()).hash(bytes) };
+}
+
+export interface VerifyOptions {
+  /**
+   * Patterns this verifier holds from earlier proofs. Rows sent by id or as deltas
+   * are looked up here; after a proof verifies, its rows are recorded. A rejected
+   * proof changes nothing (the prover's mirror has then diverged: clear both).
+   */
+  cache?: PatternCache;
+}
+
+export interface VerifiedForward {
+  /** The verified output of the last proved layer (rows x cols). */
+  output: Float32Array;
+  rows: number;
+  cols: number;
+}
+
+/** Rows of one tensor a layer may read: id -> offset into rows. */
+interface Revealed extends ResolvedBlock {
+  at: Map<number, number>;
+}
+
+function fail(reason: ConstructorParameters<typeof ProofError>[0], message: string): never {
+  throw new ProofError(reason, message);
+}
+
+/**
+ * Resolves a block's rows (cache for held and delta rows) and checks them against the
+ * tensor's root: the multiproof covers every row (`everyPath`), or every row but those
+ * held verified against this same root.
+ */
+function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
+  const t = g.tensors[b.tensor];
+  if (!t) fail('LAYER_MISMATCH', `a block names tensor ${b.tensor}; the Ghost file has ${g.tensors.length}`);
+  if (b.dim !== t.dim) fail('SHAPE', `a block of tensor ${t.name} has dim ${b.dim}; the Ghost file says ${t.dim}`);
+  if (b.all && b.ids.length !== t.n) fail('BLOCK_IDS', `an all-rows block of ${t.name} has ${b.ids.length} rows; N = ${t.n}`);
+  // Every held row must be there before anything is allocated for the block.
+  for (let i = 0; i < b.ids.length; i++) {
+    if (b.kinds[i] !== RowKind.Full && cache?.get(b.tensor, b.ids[i]!)?.row.length !== b.dim) {
+      fail('NOT_HELD', `pattern ${b.ids[i]} of ${t.name} was sent as ${b.kinds[i] === RowKind.Held ? 'an id' : 'a delta'}, but this verifier does not hold it`);
+    }
+  }
+  const rows = new Float32Array(b.ids.length * b.dim);
+  for (let i = 0; i < b.ids.length; i++) {
+    const p = b.payload[i];
+    const held = b.kinds[i] === RowKind.Full ? undefined : cache!.get(b.tensor, b.ids[i]!)!.row;
+    const row = b.kinds[i] === RowKind.Full ? (p as Float32Array) : b.kinds[i] === RowKind.Held ? held! : applyDelta(held!, p as Uint8Array);
+    rows.set(row, i * b.dim);
+  }
+  if (b.all) {
+    // Every row: the tree is rebuilt whole (no hashes), unless all are held at this root.
+    if (b.hashes.length !== 0) fail('PROOF_LENGTH', `an all-rows block of ${t.name} carries hashes`);
+    if (positionsToProve(b.tensor, b.ids, b.kinds, t.root, cache).length > 0) checkMultiproof(h, t.root, t.n, b.ids, new Uint8Array(rows.buffer), b.hashes);
+  } else {
+    const pos = everyPath ? Array.from(b.ids, (_, i) => i) : positionsToProve(b.tensor, b.ids, b.kinds, t.root, cache);
+    if (pos.length === 0) {
+      if (b.hashes.length !== 0) fail('PROOF_LENGTH', `every row of the ${t.name} block is held at this root; it must carry no hashes`);
+    } else {
+      const sub = new Float32Array(pos.length * b.dim);
+      pos.forEach((i, j) => sub.set(rows.subarray(i * b.dim, (i + 1) * b.dim), j * b.dim));
+      checkMultiproof(h, t.root, t.n, Uint32Array.from(pos, (i) => b.ids[i]!), new Uint8Array(sub.buffer), b.hashes);
+    }
+  }
+  const at = new Map<number, number>();
+  b.ids.forEach((id, i) => at.set(id, i * b.dim));
+  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, at };
+}
+
+/** The sorted unique ids of some lists. */
+function unionIds(lists: readonly Uint32Array[]): Uint32Array {
+  const s = new Set<number>();
+  for (const l of lists) for (const id of l) s.add(id);
+  return Uint32Array.from(s).sort();
+}
+
+/** Checks that the layer's blocks reveal exactly `need` (tensor -> ids or 'all') and resolves them. */
+function resolveLayer(
+  h: MerkleHasher,
+  g: GhostManifest,
+  ev: LayerEvidence,
+  need: Map<number, Uint32Array | 'all'>,
+  cache: PatternCache | undefined,
+  li: number,
+): Map<number, Revealed> {
+  if (ev.blocks.length !== need.size) fail('BLOCK_IDS', `layer ${li} carries ${ev.blocks.length} blocks; its computation reads ${need.size} tensors`);
+  const out = new Map<number, Revealed>();
+  for (const b of ev.blocks) {
+    const want = need.get(b.tensor);
+    if (want === undefined || out.has(b.tensor)) fail('BLOCK_IDS', `layer ${li}: a block of tensor ${b.tensor} is not expected here`);
+    if (want === 'all') {
+      if (!b.all) fail('BLOCK_IDS', `layer ${li}: tensor ${b.tensor} must be revealed whole`);
+    } else if (b.all || b.ids.length !== want.length || b.ids.some((id, i) => id !== want[i])) {
+      fail('BLOCK_IDS', `layer ${li}: the block of tensor ${b.tensor} does not reveal exactly the ${want.length} patterns the layer reads`);
+    }
+    out.set(b.tensor, resolveBlock(h, g, b, cache));
+  }
+  return out;
+}
+
+function rowOf(r: Revealed, id: number): number {
+  const o = r.at.get(id);
+  if (o === undefined) fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
+  return o;
+}
+
+/** One Hopfield layer recomputed canonically from its evidence; returns B x dOut f32. */
+function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer, ev: LayerEvidence, x: Float32Array, B: number, li: number, cache: PatternCache | undefined, resolved: Revealed[]): Float32Array {
+  const k = l.k, d = l.dIn;
+  if (ev.stages.length !== l.updateSteps) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${l.updateSteps}`);
+  const pk = l.index.kind === 'product-keys';
+  const n = g.tensors[l.values]!.n;
+  for (const [si, st] of ev.stages.entries()) {
+    if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
+    for (let b = 0; b < B; b++) {
+      const seen = new Set<number>();
+      for (let i = 0; i < k; i++) {
+        const id = st[b * k + i]!;
+        if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
+        if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
+        seen.add(id);
+      }
+    }
+  }
+  const last = ev.stages[ev.stages.length - 1]!;
+  const need = new Map<number, Uint32Array | 'all'>();
+  if (pk) {
+    need.set(l.keys[0]!, 'all');
+    need.set(l.keys[1]!, 'all');
+  } else {
+    need.set(l.keys[0]!, unionIds(ev.stages));
+  }
+  need.set(l.values, l.values === l.keys[0] && !pk ? unionIds(ev.stages) : unionIds([last]));
+  const rev = resolveLayer(h, g, ev, need, cache, li);
+  resolved.push(...rev.values());
+  const V = rev.get(l.values)!;
+  const out = new Float32Array(B * l.dOut);
+  const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
+  const K = pk ? null : rev.get(l.keys[0]!)!;
+  for (let b = 0; b < B; b++) {
+    let q = cstate(x, b * d, d, l.normalize);
+    for (let si = 0; si < ev.stages.length; si++) {
+      const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
+      let s: Float64Array;
+      if (sub) {
+        const d1 = sub.t1.dim;
+        const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
+        for (let i = 0; i < k; i++) {
+          if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
+        }
+        s = sel.scores;
+      } else {
+        s = new Float64Array(k);
+        for (let i = 0; i < k; i++) s[i] = csimilarity(l.similarity, q, K!.rows, rowOf(K!, ids[i]!), d);
+      }
+      const a = csoftmax(s, l.beta);
+      const toValues = si === ev.stages.length - 1;
+      if (toValues) {
+        const offs = Array.from(ids, (id) => rowOf(V, id));
+        const y = cmix(a, V.rows, offs, l.dOut);
+        for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = y[j]!;
+      } else if (sub) {
+        // Mixing product keys: each key is its two sub-keys side by side.
+        const q2 = new Float64Array(d);
+        const d1 = sub.t1.dim, d2 = sub.t2.dim;
+        for (let i = 0; i < k; i++) {
+          const o1 = rowOf(sub.t1, Math.floor(ids[i]! / sub.n)), o2 = rowOf(sub.t2, ids[i]! % sub.n);
+          for (let j = 0; j < d1; j++) q2[j] = q2[j]! + a[i]! * sub.t1.rows[o1 + j]!;
+          for (let j = 0; j < d2; j++) q2[d1 + j] = q2[d1 + j]! + a[i]! * sub.t2.rows[o2 + j]!;
+        }
+        q = q2;
+      } else {
+        q = cmix(a, K!.rows, Array.from(ids, (id) => rowOf(K!, id)), d);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Verifies a forward proof (bytes or decoded) against a pinned Ghost file. Returns the
+ * verified output; throws ProofError with a `reason` (or FormatError for bytes that do
+ * not decode) otherwise.
+ */
+export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
+  const h = await loadHasher();
+  const p = proof instanceof Uint8Array ? decodeProof(proof) : proof;
+  if (p.kind !== 'forward') throw new InvalidArgumentError('not a forward proof');
+  const g = ghost.manifest;
+  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
+  if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
+  const cache = options.cache;
+  const resolved: Revealed[] = [];
+  let x: Float32Array | null = null;
+  let ids: Uint32Array | null = null;
+  let B: number;
+  if (p.input.kind === 'ids') {
+    ids = p.input.ids;
+    B = ids.length;
+  } else {
+    x = p.input.data;
+    B = p.input.rows;
+  }
+  let cols = 0;
+  for (let i = 0; i < p.layers.length; i++) {
+    const li = p.firstLayer + i;
+    const l = g.layers[li]!;
+    const ev = p.layers[i]!;
+    if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
+    if (l.op === 'embedding') {
+      if (!ids) fail('SHAPE', `layer ${li} (embedding) takes ids`);
+      if (ev.stages.length !== 0) fail('SHAPE', `layer ${li} (embedding) has no retrieval stages`);
+      const t = g.tensors[l.table]!;
+      for (const id of ids) if (id >= t.n) fail('ID_OUT_OF_RANGE', `embedding id ${id} >= N = ${t.n}`);
+      const rev = resolveLayer(h, g, ev, new Map([[l.table, unionIds([ids])]]), cache, li).get(l.table)!;
+      resolved.push(rev);
+      const y = new Float32Array(B * l.dim);
+      ids.forEach((id, b) => y.set(rev.rows.subarray(rowOf(rev, id), rowOf(rev, id) + l.dim), b * l.dim));
+      x = y;
+      ids = null;
+      cols = l.dim;
+    } else {
+      if (!x) fail('SHAPE', `layer ${li} (hopfield) takes vectors, not ids`);
+      if (x.length !== B * l.dIn) fail('SHAPE', `layer ${li} takes ${l.dIn} values per input; it got ${x.length / B}`);
+      x = hopfieldLayer(h, g, l, ev, x, B, li, cache, resolved);
+      cols = l.dOut;
+    }
+  }
+  const y = x!;
+  const o = p.output;
+  if (o.rows !== B || o.cols !== cols || o.data.length !== y.length) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${B} x ${cols}`);
+  const yb = new Uint8Array(y.buffer), ob = new Uint8Array(o.data.buffer, o.data.byteOffset, o.data.byteLength);
+  if (!bytesEqual(yb, ob)) {
+    let at = 0;
+    while (Object.is(y[at], o.data[at])) at++;
+    fail('OUTPUT_MISMATCH', `output[${at}]: the verifier computes ${y[at]}, the proof claims ${o.data[at]}`);
+  }
+  cache?.record(resolved);
+  return { output: y, rows: B, cols };
+}
+
+export interface VerifiedUpdate {
+  /** The Ghost file after the step (the tensor's new root). */
+  ghost: PinnedGhost;
+  tensor: number;
+  ids: Uint32Array;
+  /** The touched rows after the step, as the verifier computed them. */
+  rows: Float32Array;
+}
+
+/**
+ * Verifies an update proof: the old rows against the pinned root, then the optimizer
+ * step re-run canonically from the revealed gradient and state, then the new root
+ * computed from the new rows and the same multiproof (the siblings did not change).
+ * Returns the Ghost file after the step.
+ */
+export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | UpdateProof, options: VerifyOptions = {}): Promise<VerifiedUpdate> {
+  const h = await loadHasher();
+  const p = proof instanceof Uint8Array ? decodeProof(proof) : proof;
+  if (p.kind !== 'update') throw new InvalidArgumentError('not an update proof');
+  const g = ghost.manifest;
+  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
+  const t = g.tensors[p.tensor];
+  if (!t) fail('LAYER_MISMATCH', `tensor ${p.tensor} does not exist`);
+  if (p.block.all) fail('BLOCK_IDS', 'an update block lists its ids');
+  const old = resolveBlock(h, g, p.block, options.cache, true);
+  const d = t.dim;
+  const stepped = coptimizerStep(p.optimizer, p.globalStep, p.logDecay, d, old.rows, p.grads, p.state);
+  for (let i = 0; i < stepped.rows.length; i++) {
+    if (!Number.isFinite(stepped.rows[i]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value at ${i}; the optimizer would have refused it`);
+  }
+  const bytes = new Uint8Array(stepped.rows.buffer);
+  // The new leaves with the old siblings must reduce to the claimed new root.
+  try {
+    checkMultiproof(h, p.newRoot, t.n, old.ids, bytes, p.block.hashes);
+  } catch (err) {
+    if (err instanceof ProofError && err.reason === 'ROOT_MISMATCH') fail('UPDATE_MISMATCH', 'the re-run step does not give the claimed new root');
+    throw err;
+  }
+  options.cache?.record([{ tensor: p.tensor, dim: d, ids: old.ids, rows: stepped.rows, root: p.newRoot }]);
+  return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows };
+}
