@@ -45,7 +45,7 @@ describe('canonical exp, log1p and integer power', () => {
     expect(cexp(-740)).toBeGreaterThan(0); // subnormal results survive the two-step scaling
   });
 
-  it('log1p for x in (-1, 0]: same bits in both, within 4e-16 relative of Math.log1p', () => {
+  it('log1p for x in (-1, 0]: same bits in both, within 1e-15 relative (a few ulps) of Math.log1p', () => {
     const v: number[] = [0, -1e-300, -1e-12, -0.5, -0.5000001, -0.75, -0.999999, -1 + 2 ** -52];
     for (let i = 0; i < 20000; i++) v.push(-rng.next() * (i % 3 === 0 ? 1 : i % 3 === 1 ? 1e-3 : 1e-9));
     const x = Float64Array.from(v);
@@ -54,7 +54,7 @@ describe('canonical exp, log1p and integer power', () => {
     expect(bits(ts)).toBe(bits(nat));
     let worst = 0;
     for (let i = 0; i < v.length; i++) if (v[i] !== 0) worst = Math.max(worst, Math.abs(ts[i]! - Math.log1p(v[i]!)) / Math.abs(Math.log1p(v[i]!)));
-    expect(worst).toBeLessThan(4e-16);
+    expect(worst).toBeLessThan(1e-15);
     expect(Number.isNaN(clog1pNeg(0.1))).toBe(true);
     expect(Number.isNaN(clog1pNeg(-1))).toBe(true);
     expect(Number.isNaN(native().canonicalMath(new Float64Array([-1]), 'log1pNeg')[0]!)).toBe(true);

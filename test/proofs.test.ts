@@ -346,6 +346,44 @@ describe('update proofs', () => {
   }
 });
 
+describe('other layer kinds', () => {
+  it('an HNSW layer after an Embedding: proves, verifies, and its Ghost file records the graph parameters', async () => {
+    const rng = new Rng(40);
+    const d = 12;
+    const keys = SparseTensor.fromArray(rng.f32(500 * d), d);
+    await keys.buildHnsw({ metric: 'ip', M: 8, efConstruction: 64 });
+    const model = new Model([
+      new Embedding(SparseTensor.fromArray(rng.f32(20 * d), d)),
+      new HopfieldLookup({ keys, values: keys, k: 10, index: 'hnsw', ef: 40, beta: 1.5 }),
+    ]);
+    const ghost = await model.ghost();
+    expect(ghost.manifest.layers[1]).toMatchObject({ op: 'hopfield', index: { kind: 'hnsw', M: 8, efConstruction: 64, ef: 40 }, keys: [1], values: 1 });
+    const { output, bytes, proof } = await model.prove([4, 19, 4]);
+    expect(proof.layers[1]!.blocks.length).toBe(1); // keys and values are one tensor: one block
+    expect((await verifyForward(ghost, bytes)).output).toEqual(output);
+    const root = mkdtempSync(join(tmpdir(), 'gt-hnsw-'));
+    dirs.push(root);
+    await model.save(join(root, 'm'));
+    const back = await Model.load(join(root, 'm'), { expectDigest: ghost.digest });
+    expect(((back.model.layers[1] as HopfieldLookup).keys as SparseTensor).hnsw).not.toBeNull();
+    expect((await verifyForward(back.ghost, (await back.model.prove([1, 2])).bytes)).rows).toBe(2);
+  });
+
+  it('rejects bad arguments with typed errors', async () => {
+    const rng = new Rng(41);
+    const t = SparseTensor.fromArray(rng.f32(10 * 4), 4);
+    const layer = new HopfieldLookup({ keys: t, values: t, k: 2 });
+    const model = new Model([layer]);
+    await expect(model.prove(new Float32Array(3))).rejects.toThrow(/multiple of 4/);
+    await expect(model.prove(Float32Array.of(1, 2, NaN, 4))).rejects.toThrow(/not finite/);
+    await expect(model.prove(new Float32Array(4), { firstLayer: 1 })).rejects.toThrow(/firstLayer/);
+    expect(() => new Model([layer, new Embedding(t)])).toThrow(/only be the first layer/);
+    expect(() => new Model([new HopfieldLookup({ keys: t, values: t, k: 2, mode: 'dense' })])).toThrow(/sparse layers/);
+    const other = new SparseAdam([SparseTensor.fromArray(rng.f32(8), 4)]);
+    await expect(model.proveStep(other, [{ tensor: SparseTensor.fromArray(rng.f32(8), 4), ids: [0], grads: new Float32Array(4) }])).rejects.toThrow(/not one of the model's tensors/);
+  });
+});
+
 describe('save and load', () => {
   it('round trip: same Ghost digest and the same proved outputs; damage is refused', async () => {
     const rng = new Rng(30);

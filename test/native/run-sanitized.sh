@@ -16,11 +16,11 @@ compile() {  # file, extra flags...
   local o="$out/$(basename "$f").o"
   case "$f" in
     *.c) $CC $SAN -std=c11 "$@" -c "$f" -o "$o" ;;
-    *) $CXX $SAN -std=c++17 -Wall -Wextra -Werror "$@" -c "$f" -o "$o" ;;
+    *) $CXX $SAN -std=c++17 -ffp-contract=off -Wall -Wextra -Werror "$@" -c "$f" -o "$o" ;;
   esac
   objs+=("$o")
 }
-for f in cpu dense_hopfield errors hnsw_index kernels kernels_scalar kernels_neon merkle metric optimizer parallel product_keys search sparse_hopfield sparse_tensor; do
+for f in canonical cpu dense_hopfield errors hnsw_index kernels kernels_scalar kernels_neon merkle metric optimizer parallel product_keys search sparse_hopfield sparse_tensor; do
   compile "$src/$f.cc"
 done
 arch=$(uname -m)

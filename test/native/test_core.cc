@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../../native/src/canonical.h"
 #include "../../native/src/cpu.h"
 #include "../../native/src/dense_hopfield.h"
 #include "../../native/src/optimizer.h"
@@ -437,6 +438,58 @@ static void test_product_keys() {
   }
 }
 
+static void test_canonical() {
+  namespace c = gt::canonical;
+  // exp and log1p against libm (an independent reference), across the whole range.
+  double worst_exp = 0, worst_log = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const double x = -745.0 + 1454.6 * i / 200000.0;
+    const double ref = std::exp(x);
+    if (ref > 2.3e-308 && std::isfinite(ref)) worst_exp = std::max(worst_exp, std::fabs(c::exp(x) - ref) / ref);
+    const double y = -0.999999 * i / 200000.0;
+    if (y != 0.0) worst_log = std::max(worst_log, std::fabs(c::log1p_neg(y) - std::log1p(y)) / std::fabs(std::log1p(y)));
+  }
+  CHECK(worst_exp < 4e-16);
+  CHECK(worst_log < 1e-15);  // a few ulps: u = x / (2 + x) rounds twice
+  CHECK(c::exp(-746.0) == 0.0);
+  CHECK(std::isinf(c::exp(710.0)));
+  CHECK(c::exp(-740.0) > 0.0);
+  CHECK(std::isnan(c::log1p_neg(0.5)) && std::isnan(c::log1p_neg(-1.0)));
+  for (uint64_t t : {uint64_t{0}, uint64_t{1}, uint64_t{5}, uint64_t{1000}, uint64_t{1} << 40})
+    CHECK(std::fabs(c::powi(0.999, t) - std::pow(0.999, static_cast<double>(t))) <= 1e-12 * std::pow(0.999, static_cast<double>(t)) + 1e-300);
+  // Softmax weights sum to one; a zero vector scores 0 under cosine.
+  std::vector<float> rows = {1, 0, 0, 0, 3, 4};
+  std::vector<double> q = {0.6, 0.8};
+  auto s = c::scores(q.data(), rows.data(), 1, 3, 2, gt::Metric::Cosine);
+  CHECK(s[0] == 0.6 && s[1] == 0.0 && std::fabs(s[2] - 1.0) < 1e-15);
+  std::vector<float> ones = {1, 1, 1};
+  auto y = c::mix(s.data(), 2.0f, ones.data(), 1, 3, 1);
+  CHECK(std::fabs(y[0] - 1.0) < 1e-15);
+  // Product keys against a brute force over all n^2 slots (integer data: real ties), k up to n^2.
+  const size_t n = 7, d1 = 2, d2 = 3, B = 3;
+  auto T1 = rand_ints(n * d1, -1, 1), T2 = rand_ints(n * d2, -1, 1), Qf = rand_ints(B * (d1 + d2), -2, 2);
+  std::vector<double> Q(Qf.begin(), Qf.end());
+  for (size_t k : {size_t{1}, size_t{5}, n, 2 * n, n * n}) {
+    std::vector<uint32_t> ids(B * k);
+    std::vector<double> sc(B * k);
+    c::product_keys(Q.data(), T1.data(), T2.data(), n, d1, d2, B, k, ids.data(), sc.data(), 2);
+    bool ok = true;
+    for (size_t b = 0; b < B; ++b) {
+      std::vector<std::pair<double, uint32_t>> all;
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < n; ++j) {
+          double s1 = 0, s2 = 0;
+          for (size_t t = 0; t < d1; ++t) s1 = s1 + Q[b * (d1 + d2) + t] * T1[i * d1 + t];
+          for (size_t t = 0; t < d2; ++t) s2 = s2 + Q[b * (d1 + d2) + d1 + t] * T2[j * d2 + t];
+          all.push_back({-(s1 + s2), static_cast<uint32_t>(i * n + j)});
+        }
+      std::sort(all.begin(), all.end());
+      for (size_t t = 0; t < k; ++t) ok = ok && ids[b * k + t] == all[t].second && sc[b * k + t] == -all[t].first;
+    }
+    CHECK(ok);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -449,6 +502,7 @@ int main() {
   test_optimizer();
   test_dense_hopfield();
   test_product_keys();
+  test_canonical();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
