@@ -253,8 +253,9 @@ export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8A
 /**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
  * holds the same bytes, as a delta when it holds an older copy and the delta is
- * smaller, in full otherwise. The caller then proves the positions positionsToProve()
- * names and passes their multiproof as `hashes`.
+ * smaller, in full otherwise (full rows are views of `rows`, which the block then
+ * owns). The caller then proves the positions positionsToProve() names and sets
+ * their multiproof as `hashes`.
  */
 export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
   const kinds = new Uint8Array(ids.length);
@@ -276,7 +277,7 @@ export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: F
       }
     }
     kinds[t] = RowKind.Full;
-    payload.push(row.slice());
+    payload.push(row); // a view: `rows` belongs to the block from here on
   }
   return { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
 }

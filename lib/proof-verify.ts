@@ -300,6 +300,7 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   const t = g.tensors[p.tensor];
   if (!t) fail('LAYER_MISMATCH', `tensor ${p.tensor} does not exist`);
+  if (p.block.tensor !== p.tensor) fail('LAYER_MISMATCH', `the block is of tensor ${p.block.tensor}; the proof updates tensor ${p.tensor}`);
   if (p.block.all) fail('BLOCK_IDS', 'an update block lists its ids');
   const old = resolveBlock(h, g, p.block, options.cache, true);
   const d = t.dim;

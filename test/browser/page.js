@@ -1,0 +1,88 @@
+// @ts-check
+// Runs in headless Chromium (see test/browser.test.ts): imports ghost-tensor/verify from
+// the built dist/, verifies a forward proof and update proofs made by the native prover,
+// checks that tampered copies are refused with their reason, and POSTs what it saw.
+
+const hex = (/** @type {Uint8Array} */ b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+
+async function bytesOf(/** @type {string} */ url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`GET ${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+/** The reason a verification failed with, 'ACCEPTED' when it did not fail. */
+async function outcome(/** @type {any} */ mod, /** @type {() => Promise<unknown>} */ run) {
+  try {
+    await run();
+    return { reason: 'ACCEPTED', error: '' };
+  } catch (err) {
+    const e = /** @type {any} */ (err);
+    const typed = e instanceof mod.ProofError || e instanceof mod.FormatError;
+    return { reason: typed ? String(e.reason) : `UNTYPED ${e && e.name}`, error: `${e && e.name}: ${e && e.message}` };
+  }
+}
+
+async function main() {
+  /** @type {Record<string, unknown>} */
+  const result = { userAgent: navigator.userAgent, nodeGlobals: typeof globalThis.process !== 'undefined' || typeof globalThis.Buffer !== 'undefined' };
+  /** @type {any} */
+  let mod;
+  try {
+    mod = await import('/dist/verify.js');
+  } catch (err) {
+    const e = /** @type {any} */ (err);
+    result.importError = `${e && e.name}: ${e && e.message}`;
+    return result;
+  }
+  /** @type {{ forward: string, updates: string[], tamper: { name: string, file: string, offset: number, mask: number, expect: string }[] }} */
+  const c = await (await fetch('/data/case.json')).json();
+  const files = new Map();
+  for (const f of ['ghost', 'forward', ...c.updates]) files.set(f, await bytesOf(`/data/${f}.bin`));
+
+  const pinned = await mod.pinGhost(files.get('ghost'));
+  result.ghostDigest = hex(pinned.digest);
+
+  const v = await mod.verifyForward(pinned, files.get('forward'));
+  result.forward = { rows: v.rows, cols: v.cols, outputHex: hex(new Uint8Array(v.output.buffer, v.output.byteOffset, v.output.byteLength)) };
+
+  // Each update proof is against the Ghost file after the ones before it.
+  /** @type {{ file: string, tensor: number, digest: string }[]} */
+  const updates = [];
+  let g = pinned;
+  for (const f of c.updates) {
+    const u = await mod.verifyUpdate(g, files.get(f));
+    g = u.ghost;
+    updates.push({ file: f, tensor: u.tensor, digest: hex(g.digest) });
+  }
+  result.updates = updates;
+
+  // Tampered copies: one bit flipped at an offset the test located in the encoding.
+  // Update proofs are checked against the Ghost file each one was made for.
+  const before = new Map([[c.forward, pinned]]);
+  let h = pinned;
+  for (const f of c.updates) {
+    before.set(f, h);
+    h = (await mod.verifyUpdate(h, files.get(f))).ghost;
+  }
+  const tampered = [];
+  for (const t of c.tamper) {
+    const b = files.get(t.file).slice();
+    b[t.offset] ^= t.mask;
+    const ghostFor = before.get(t.file);
+    const run = t.file === c.forward ? () => mod.verifyForward(ghostFor, b) : () => mod.verifyUpdate(ghostFor, b);
+    tampered.push({ name: t.name, ...(await outcome(mod, run)) });
+  }
+  result.tampered = tampered;
+  // The honest forward proof still verifies after all that (nothing was mutated in place).
+  result.honestAgain = (await outcome(mod, () => mod.verifyForward(pinned, files.get('forward')))).reason;
+  return result;
+}
+
+main()
+  .catch((err) => ({ userAgent: navigator.userAgent, error: `${err && err.stack || err}` }))
+  .then((result) => {
+    // @ts-ignore: set by the error handlers in index.html
+    window.__reported = true;
+    return fetch('/result', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(result) });
+  });
