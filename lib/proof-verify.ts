@@ -15,7 +15,9 @@ import {
   RowKind,
   applyDelta,
   decodeProof,
+  encodeProof,
   type ForwardProof,
+  type GhostProof,
   type LayerEvidence,
   type PatternBlock,
   positionsToProve,
@@ -57,6 +59,22 @@ export interface VerifiedForward {
 /** Rows of one tensor a layer may read: id -> offset into rows. */
 interface Revealed extends ResolvedBlock {
   at: Map<number, number>;
+}
+
+/**
+ * The proof to check: bytes are decoded; an object goes through its encoding and back,
+ * so every length in it is checked exactly as for bytes off the wire.
+ */
+function canonicalProof(proof: Uint8Array | GhostProof): GhostProof {
+  if (proof instanceof Uint8Array) return decodeProof(proof);
+  if (!proof || typeof proof !== 'object') throw new InvalidArgumentError('proof must be bytes or a decoded proof');
+  let bytes: Uint8Array;
+  try {
+    bytes = encodeProof(proof);
+  } catch (err) {
+    throw new InvalidArgumentError(`the proof object does not encode: ${(err as Error).message}`, { cause: err });
+  }
+  return decodeProof(bytes);
 }
 
 function fail(reason: ConstructorParameters<typeof ProofError>[0], message: string): never {
@@ -222,7 +240,7 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
  */
 export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
   const h = await loadHasher();
-  const p = proof instanceof Uint8Array ? decodeProof(proof) : proof;
+  const p = canonicalProof(proof);
   if (p.kind !== 'forward') throw new InvalidArgumentError('not a forward proof');
   const g = ghost.manifest;
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
@@ -294,7 +312,7 @@ export interface VerifiedUpdate {
  */
 export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | UpdateProof, options: VerifyOptions = {}): Promise<VerifiedUpdate> {
   const h = await loadHasher();
-  const p = proof instanceof Uint8Array ? decodeProof(proof) : proof;
+  const p = canonicalProof(proof);
   if (p.kind !== 'update') throw new InvalidArgumentError('not an update proof');
   const g = ghost.manifest;
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
