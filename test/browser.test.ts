@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { HopfieldLookup, Model, ProductKeyIndex, SparseAdam, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
+import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -87,22 +88,6 @@ interface BrowserResult {
   honestAgain?: string;
 }
 
-/** Two layers, as in proofs.test.ts: exact cosine retrieval (2 update steps), then product keys. */
-function twoLayerModel(rng: Rng): { model: Model; l0: HopfieldLookup; l1: HopfieldLookup } {
-  const d = 16, n0 = 300, n = 12;
-  const l0 = new HopfieldLookup({
-    keys: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    values: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    k: 8,
-    similarity: 'cosine',
-    normalize: true,
-    beta: 4,
-    updateSteps: 2,
-  });
-  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(rng.f32(n * 8), 8), SparseTensor.fromArray(rng.f32(n * 8), 8));
-  const l1 = new HopfieldLookup({ keys: pk, values: SparseTensor.fromArray(rng.f32(n * n * 5), 5), k: 6, beta: 2 });
-  return { model: new Model([l0, l1]), l0, l1 };
-}
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',

@@ -34,6 +34,7 @@ import {
 import { cmix, csimilarity, csoftmax, cstate } from '../lib/canonical.js';
 import { withRoot } from '../lib/ghost-file.js';
 import { RowKind } from '../lib/proof-format.js';
+import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
 const dirs: string[] = [];
@@ -52,22 +53,6 @@ async function reason(p: Promise<unknown>): Promise<string> {
 /** A deep copy of a forward proof through its bytes (the tests then mutate it). */
 const clone = <T extends ForwardProof | UpdateProof>(p: T): T => decodeProof(encodeProof(p)) as T;
 
-/** Two layers: exact cosine retrieval (normalised input, 2 update steps), then product keys. */
-function twoLayerModel(rng: Rng): { model: Model; l0: HopfieldLookup; l1: HopfieldLookup } {
-  const d = 16, n0 = 300, n = 12;
-  const l0 = new HopfieldLookup({
-    keys: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    values: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    k: 8,
-    similarity: 'cosine',
-    normalize: true,
-    beta: 4,
-    updateSteps: 2,
-  });
-  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(rng.f32(n * 8), 8), SparseTensor.fromArray(rng.f32(n * 8), 8));
-  const l1 = new HopfieldLookup({ keys: pk, values: SparseTensor.fromArray(rng.f32(n * n * 5), 5), k: 6, beta: 2 });
-  return { model: new Model([l0, l1]), l0, l1 };
-}
 
 describe('Ghost file', () => {
   it('encodes canonically, decodes back, and identifies the model by its digest', async () => {
