@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { HopfieldLookup, Model, ProductKeyIndex, SparseAdam, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
+import { SparseAdam, decodeProof, type SparseGrad } from '../lib/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
