@@ -103,6 +103,32 @@ export function cdot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo:
   return s;
 }
 
+/**
+ * cdot of q with each of the n rows of t (row length d): four rows at a time, each
+ * row's sum still one term at a time in order (the same bits, more throughput).
+ */
+export function cdots(q: Float64Array, t: Float32Array, n: number, d: number): Float64Array {
+  const s = new Float64Array(n);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o0 = i * d, o1 = o0 + d, o2 = o1 + d, o3 = o2 + d;
+    let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (let j = 0; j < d; j++) {
+      const qj = q[j]!;
+      a0 = a0 + qj * t[o0 + j]!;
+      a1 = a1 + qj * t[o1 + j]!;
+      a2 = a2 + qj * t[o2 + j]!;
+      a3 = a3 + qj * t[o3 + j]!;
+    }
+    s[i] = a0;
+    s[i + 1] = a1;
+    s[i + 2] = a2;
+    s[i + 3] = a3;
+  }
+  for (; i < n; i++) s[i] = cdot(q, 0, t, i * d, d);
+  return s;
+}
+
 export type CanonicalSimilarity = 'ip' | 'cosine' | 'l2';
 
 /** The similarity of state q (f64, d) and pattern row (f32 at ro). cosine with a zero vector is 0; l2 is -|q - K|^2. */
@@ -189,11 +215,7 @@ export function cproductKeys(
   k: number,
 ): { ids: Uint32Array; scores: Float64Array } {
   const q2 = q.subarray(d1);
-  const s1 = new Float64Array(n), s2 = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    s1[i] = cdot(q, 0, t1, i * d1, d1);
-    s2[i] = cdot(q2, 0, t2, i * d2, d2);
-  }
+  const s1 = cdots(q, t1, n, d1), s2 = cdots(q2, t2, n, d2);
   const kk = Math.min(k, n);
   const top1 = ctopk(s1, kk), top2 = ctopk(s2, kk);
   const pairScores = new Float64Array(kk * kk);

@@ -54,6 +54,29 @@ double dot(const double* a, const float* b, size_t n) {
   return s;
 }
 
+// s[i] = dot(q, t + i * d, d) for i in [0, n): four rows at a time, each row's sum
+// still one term at a time in j order (four independent chains: the same bits as
+// dot(), about four times the throughput of one latency-bound chain).
+void dots(const double* q, const float* t, size_t n, size_t d, double* s) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float *r0 = t + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    for (size_t j = 0; j < d; ++j) {
+      const double qj = q[j];
+      a0 = a0 + qj * static_cast<double>(r0[j]);
+      a1 = a1 + qj * static_cast<double>(r1[j]);
+      a2 = a2 + qj * static_cast<double>(r2[j]);
+      a3 = a3 + qj * static_cast<double>(r3[j]);
+    }
+    s[i] = a0;
+    s[i + 1] = a1;
+    s[i + 2] = a2;
+    s[i + 3] = a3;
+  }
+  for (; i < n; ++i) s[i] = dot(q, t + i * d, d);
+}
+
 // Positions 0..n-1 of `s` ranked by score descending, then id ascending; first k.
 template <typename IdOf>
 std::vector<uint32_t> topk(const double* s, size_t n, size_t k, IdOf id_of) {
@@ -192,10 +215,8 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
     std::vector<uint32_t> pair_id(kk * kk);
     for (size_t b = lo; b < hi; ++b) {
       const double* qb = q + b * d;
-      for (size_t i = 0; i < n; ++i) {
-        s1[i] = dot(qb, t1 + i * d1, d1);
-        s2[i] = dot(qb + d1, t2 + i * d2, d2);
-      }
+      dots(qb, t1, n, d1, s1.data());
+      dots(qb + d1, t2, n, d2, s2.data());
       auto ident = [](uint32_t p) { return p; };
       const std::vector<uint32_t> top1 = topk(s1.data(), n, kk, ident);
       const std::vector<uint32_t> top2 = topk(s2.data(), n, kk, ident);
