@@ -120,7 +120,7 @@ describe('canonical layer math: C++ equals TypeScript bit for bit', () => {
 
   it('product keys: C++ equals TypeScript, and both equal a brute force over all n^2 slots (ties included)', () => {
     for (const ints of [false, true]) {
-      const n = 12, d1 = 3, d2 = 4, k = 9, B = 6;
+      const n = 13, d1 = 3, d2 = 4, k = 9, B = 6; // n not a multiple of 4: the four-row pass and its tail
       const t1 = ints ? rng.f32ints(n * d1, -1, 1) : rng.f32(n * d1);
       const t2 = ints ? rng.f32ints(n * d2, -1, 1) : rng.f32(n * d2);
       const q = Float64Array.from(ints ? rng.f32ints(B * (d1 + d2), -1, 1) : rng.f32(B * (d1 + d2)));
