@@ -191,12 +191,20 @@ export function cmix(a: Float64Array, rows: Float32Array, offsets: ArrayLike<num
 
 /**
  * Top-k of scores (f64) by score descending, ties to the lower id; ids are 0..n-1
- * unless `idOf` maps a position to an id. Returns positions in rank order.
+ * unless `idOf` maps a position to an id. Returns positions in rank order. A sorted
+ * list of the best k so far: a position that does not beat the k-th is one compare.
  */
 export function ctopk(scores: Float64Array, k: number, idOf: (pos: number) => number = (p) => p): number[] {
-  const pos = Array.from({ length: scores.length }, (_, i) => i);
-  pos.sort((a, b) => (scores[b]! - scores[a]! || idOf(a) - idOf(b)));
-  return pos.slice(0, k);
+  const top: number[] = [];
+  const better = (a: number, b: number): boolean => scores[a]! > scores[b]! || (scores[a] === scores[b] && idOf(a) < idOf(b));
+  for (let p = 0; p < scores.length; p++) {
+    if (top.length === k && !better(p, top[k - 1]!)) continue;
+    let at = top.length === k ? k - 1 : top.length;
+    while (at > 0 && better(p, top[at - 1]!)) at--;
+    if (top.length === k) top.pop();
+    top.splice(at, 0, p);
+  }
+  return top;
 }
 
 /**

@@ -164,6 +164,8 @@ export function applyDelta(held: Float32Array, delta: Uint8Array): Float32Array 
 
 export interface HeldRow {
   row: Float32Array;
+  /** The row's bits (a view of `row`). */
+  bits: Uint32Array;
   /** The tensor root this row was last verified against. */
   root: Uint8Array;
 }
@@ -187,7 +189,7 @@ export class PatternCache {
   put(tensor: number, id: number, row: Float32Array, root: Uint8Array): void {
     const key = PatternCache.#key(tensor, id);
     this.#rows.delete(key);
-    this.#rows.set(key, { row, root });
+    this.#rows.set(key, { row, bits: u32view(row), root });
   }
   /** Drops the least recently used rows beyond the capacity. */
   trim(): void {
@@ -196,10 +198,15 @@ export class PatternCache {
       this.#rows.delete(key);
     }
   }
-  /** Records every row of resolved blocks (in block and id order), then trims. */
+  /** Records every row of resolved blocks (in block and id order), then trims. A row held with the same bits keeps its copy. */
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
-      for (let t = 0; t < b.ids.length; t++) this.put(b.tensor, b.ids[t]!, b.rows.slice(t * b.dim, (t + 1) * b.dim), b.root);
+      const bits = u32view(b.rows);
+      for (let t = 0; t < b.ids.length; t++) {
+        const old = this.get(b.tensor, b.ids[t]!);
+        const keep = old !== undefined && sameBits(old, bits, t * b.dim, b.dim);
+        this.put(b.tensor, b.ids[t]!, keep ? old.row : b.rows.slice(t * b.dim, (t + 1) * b.dim), b.root);
+      }
     }
     this.trim();
   }
@@ -209,7 +216,10 @@ export class PatternCache {
   /** An independent copy (same rows, same recency order). */
   clone(): PatternCache {
     const c = new PatternCache(this.capacity);
-    for (const [key, h] of this.#rows) c.#rows.set(key, { row: h.row.slice(), root: h.root });
+    for (const [key, h] of this.#rows) {
+      const row = h.row.slice();
+      c.#rows.set(key, { row, bits: u32view(row), root: h.root });
+    }
     return c;
   }
   get size(): number {
@@ -226,11 +236,10 @@ export interface ResolvedBlock {
   root: Uint8Array;
 }
 
-/** Byte equality of two f32 rows (bit patterns, so -0 and 0 differ). */
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const x = u32view(a), y = u32view(b);
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+/** Whether a held row has the bits of bits[at, at + dim) (bit patterns: -0 and 0 differ). */
+function sameBits(held: HeldRow, bits: Uint32Array, at: number, dim: number): boolean {
+  if (held.bits.length !== dim) return false;
+  for (let j = 0; j < dim; j++) if (held.bits[j] !== bits[at + j]) return false;
   return true;
 }
 
@@ -260,11 +269,13 @@ export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8A
 export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
   const kinds = new Uint8Array(ids.length);
   const payload: (Float32Array | Uint8Array | null)[] = [];
+  const bits = u32view(rows);
   for (let t = 0; t < ids.length; t++) {
     const row = rows.subarray(t * dim, (t + 1) * dim);
-    const held = cache?.get(tensor, ids[t]!)?.row;
-    if (held && held.length === dim) {
-      if (sameBits(held, row)) {
+    const h = cache?.get(tensor, ids[t]!);
+    const held = h?.row;
+    if (h && held && held.length === dim) {
+      if (sameBits(h, bits, t * dim, dim)) {
         kinds[t] = RowKind.Held;
         payload.push(null);
         continue;

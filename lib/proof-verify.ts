@@ -56,9 +56,9 @@ export interface VerifiedForward {
   cols: number;
 }
 
-/** Rows of one tensor a layer may read: id -> offset into rows. */
+/** Rows of one tensor a layer may read: id -> offset into rows (an all-rows block: id * dim). */
 interface Revealed extends ResolvedBlock {
-  at: Map<number, number>;
+  at: Map<number, number> | null;
 }
 
 /**
@@ -118,8 +118,11 @@ function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache:
       checkMultiproof(h, t.root, t.n, Uint32Array.from(pos, (i) => b.ids[i]!), new Uint8Array(sub.buffer), b.hashes);
     }
   }
-  const at = new Map<number, number>();
-  b.ids.forEach((id, i) => at.set(id, i * b.dim));
+  let at: Map<number, number> | null = null;
+  if (!b.all) {
+    at = new Map<number, number>();
+    for (let i = 0; i < b.ids.length; i++) at.set(b.ids[i]!, i * b.dim);
+  }
   return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, at };
 }
 
@@ -155,7 +158,7 @@ function resolveLayer(
 }
 
 function rowOf(r: Revealed, id: number): number {
-  const o = r.at.get(id);
+  const o = r.at ? r.at.get(id) : id < r.ids.length ? id * r.dim : undefined;
   if (o === undefined) fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
   return o;
 }
