@@ -62,6 +62,11 @@ export interface NativeTensor {
     k: number,
     threads: number | undefined,
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
+  saveFileAsync(path: string, optimizerState: boolean, threads: number | undefined): Promise<void>;
+  fileCheckpoint(compactBytes: number): number;
+  fileCompact(): void;
+  fileClose(): void;
+  fileInfo(): NativeFileInfo | null;
   optimInit(options: NativeOptimizerOptions, replace: boolean): void;
   optimDetach(): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
@@ -123,7 +128,31 @@ export interface NativeHnswStats {
   refreshed: number;
 }
 
+export interface NativeFileInfo {
+  seq: number;
+  compactedSeq: number;
+  walBytes: number;
+  pendingRows: number;
+  uncompactedRows: number;
+  replayedRecords: number;
+  wasClean: boolean;
+  verified: boolean;
+  writable: boolean;
+  optimizerState: boolean;
+  closed: boolean;
+}
+
+/** An opened tensor file not yet wrapped by a NativeTensor (opaque). */
+export type NativeOpenedFile = { readonly __openedFile: unique symbol };
+
+export interface NativeFileOpenOptions {
+  readOnly?: boolean;
+  verify?: boolean;
+  threads?: number;
+}
+
 export interface NativeTensorConstructor {
+  new (file: NativeOpenedFile): NativeTensor;
   new (dim: number, capacity?: number): NativeTensor;
   new (dim: number, data: Float32Array, adopt: boolean): NativeTensor;
 }
@@ -162,6 +191,11 @@ export interface NativeAddon {
     q: Float32Array, ds: Float32Array,
   ): Promise<{ dq: Float32Array; dKeys: Float32Array }>;
   merkleKeys(): { leaf: Uint8Array; node: Uint8Array; root: Uint8Array };
+  openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
+  openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
+  createTensorFileAsync(
+    path: string, rows: number, dim: number, optimizerState: boolean, seed: number, scale: number, threads: number | undefined,
+  ): Promise<void>;
 }
 
 let cached: NativeAddon | undefined;

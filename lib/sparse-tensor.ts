@@ -7,8 +7,15 @@
  * the tensor as it was.
  */
 import { checkFloat32Array, checkInteger, toIds } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, callNative, fromNative } from './errors.js';
-import { native, type NativeHnswOptions, type NativeHnswStats, type NativeTensor } from './native.js';
+import { InvalidArgumentError, OutOfRangeError, callNative, callNativeAsync, fromNative } from './errors.js';
+import {
+  native,
+  type NativeFileInfo,
+  type NativeFileOpenOptions,
+  type NativeHnswOptions,
+  type NativeHnswStats,
+  type NativeTensor,
+} from './native.js';
 import type { SimdLevel } from './simd.js';
 
 /** ip: inner product (higher is better); cosine (higher is better; a zero vector scores 0);
@@ -106,6 +113,58 @@ export interface FromArrayOptions {
   metric?: Metric;
 }
 
+export interface OpenFileOptions {
+  /** Map the file without taking the writer's lock; writes stay in memory and checkpoints are refused. */
+  readOnly?: boolean;
+  /**
+   * Check every stored Merkle node against the rows (rehashes the whole file) before
+   * serving it. Done anyway when the file was not closed cleanly. Default false.
+   */
+  verify?: boolean;
+  /** Threads for the check (default: all cores). */
+  threads?: number;
+  /** Default metric of search calls (not stored in the file). Default 'ip'. */
+  metric?: Metric;
+}
+
+export interface CreateFileOptions {
+  rows: number;
+  dim: number;
+  /** Reserve Adam / SGD state (m, v, row counters, decay marks) in the file; zero to start. Default false. */
+  optimizerState?: boolean;
+  /** Values uniform in [-scale, scale) from this seed (deterministic). Defaults 0 and 0.01. */
+  seed?: number;
+  scale?: number;
+  threads?: number;
+}
+
+export interface SaveFileOptions {
+  /** Reserve optimizer state (zero) in the file. Default false. */
+  optimizerState?: boolean;
+  threads?: number;
+}
+
+export interface CheckpointOptions {
+  /** Compact (apply the log to the main file) once the log exceeds this many bytes; 0 never. Default 256 MiB. */
+  compactBytes?: number;
+}
+
+/** State of a file-backed tensor (see docs/storage.md). */
+export type TensorFileInfo = NativeFileInfo;
+
+const DEFAULT_COMPACT_BYTES = 256 * 2 ** 20;
+
+function checkPath(path: unknown): string {
+  if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+  return path;
+}
+
+function fileOpenOptions(options: OpenFileOptions): NativeFileOpenOptions {
+  const o: NativeFileOpenOptions = { readOnly: options.readOnly === true, verify: options.verify === true };
+  if (options.threads !== undefined) o.threads = checkInteger('threads', options.threads, 1, 1024);
+  return o;
+}
+
 function checkMetric(name: string, value: unknown): Metric {
   if (typeof value !== 'string' || !(METRICS as readonly string[]).includes(value)) {
     throw new InvalidArgumentError(`${name} must be 'ip', 'cosine' or 'l2', got ${String(value)}`);
@@ -154,6 +213,88 @@ export class SparseTensor {
     const metric = checkMetric('metric', options.metric ?? 'ip');
     const N = native().NativeTensor;
     return new SparseTensor(callNative(() => new N(dim, data, options.adopt === true)), metric);
+  }
+
+  /**
+   * Opens a tensor file (docs/storage.md) memory-mapped: nothing is read until it is
+   * touched, and writes stay in this process's memory until checkpoint(). The header
+   * is checked, and, with `verify` or after an unclean close, every stored Merkle node
+   * against the rows (off the JavaScript thread); the write-ahead log is then replayed.
+   * A damaged file is refused with StorageError (its `reason` says what is wrong).
+   * The tensor is committed (root() and prove() work) and has a fixed number of rows.
+   */
+  static async openFile(path: string, options: OpenFileOptions = {}): Promise<SparseTensor> {
+    const p = checkPath(path);
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const o = fileOpenOptions(options);
+    const handle = await callNativeAsync(() => native().openTensorFileAsync(p, o));
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(handle)), metric);
+  }
+
+  /** openFile() on the calling thread (blocks it for the check). */
+  static openFileSync(path: string, options: OpenFileOptions = {}): SparseTensor {
+    const p = checkPath(path);
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const o = fileOpenOptions(options);
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(native().openTensorFile(p, o))), metric);
+  }
+
+  /**
+   * Writes a new tensor file of `rows` x `dim` seeded uniform values (and its Merkle
+   * tree) atomically, off the JavaScript thread, without holding the rows in memory.
+   */
+  static async createFile(path: string, options: CreateFileOptions): Promise<void> {
+    const p = checkPath(path);
+    const rows = checkInteger('rows', options.rows, 1, MAX_ROWS);
+    const dim = checkInteger('dim', options.dim, 1, MAX_DIM);
+    const seed = checkInteger('seed', options.seed ?? 0, 0, Number.MAX_SAFE_INTEGER);
+    const scale = options.scale ?? 0.01;
+    if (typeof scale !== 'number' || !Number.isFinite(scale) || scale < 0) {
+      throw new InvalidArgumentError(`scale must be a finite number >= 0, got ${String(scale)}`);
+    }
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    await callNativeAsync(() => native().createTensorFileAsync(p, rows, dim, options.optimizerState === true, seed, scale, threads));
+  }
+
+  /** Writes this tensor's rows and Merkle tree to a new tensor file atomically (off the JavaScript thread). */
+  async saveFile(path: string, options: SaveFileOptions = {}): Promise<void> {
+    const p = checkPath(path);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    await callNativeAsync(() => this.#native.saveFileAsync(p, options.optimizerState === true, threads));
+  }
+
+  /**
+   * Makes every change since the last checkpoint durable (a file-backed tensor only):
+   * one checksummed log record of the changed rows (values and optimizer state) and
+   * the new root, then fdatasync. Costs O(rows changed). Returns the checkpoint's
+   * sequence number. Compacts when the log exceeds `compactBytes`.
+   */
+  checkpoint(options: CheckpointOptions = {}): number {
+    const bytes = options.compactBytes ?? DEFAULT_COMPACT_BYTES;
+    if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes < 0) {
+      throw new InvalidArgumentError(`compactBytes must be an integer >= 0, got ${String(bytes)}`);
+    }
+    return callNative(() => this.#native.fileCheckpoint(bytes));
+  }
+
+  /** Checkpoints, then applies the log to the main file in place and empties it. */
+  compact(): void {
+    callNative(() => this.#native.fileCompact());
+  }
+
+  /**
+   * Checkpoints, compacts and marks the file cleanly closed (the next open skips the
+   * full check). The tensor refuses every call afterwards (StorageError 'CLOSED').
+   */
+  close(): void {
+    callNative(() => this.#native.fileClose());
+  }
+
+  /** The file behind this tensor, or null for an in-memory tensor. */
+  get file(): TensorFileInfo | null {
+    return callNative(() => this.#native.fileInfo());
   }
 
   /** Number of patterns N. */

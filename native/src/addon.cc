@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "file_binding.h"
 #include "hopfield_binding.h"
 #include "../third_party/blake3/blake3.h"
 #include "cpu.h"
@@ -144,6 +145,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelPair", Napi::Function::New(env, KernelPair));
   exports.Set("kernelBlock", Napi::Function::New(env, KernelBlock));
   exports.Set("blake3", Napi::Function::New(env, Blake3));
+  register_file_functions(env, exports);
   return exports;
 }
 

@@ -43,6 +43,12 @@ std::shared_ptr<Storage> Storage::adopt(float* data, size_t rows, std::function<
   return s;
 }
 
+std::shared_ptr<Storage> Storage::fixed(float* data, size_t rows, std::function<void()> release) {
+  std::shared_ptr<Storage> s = adopt(data, rows, std::move(release));
+  s->fixed_ = true;
+  return s;
+}
+
 Storage::~Storage() {
   if (owned_) ::operator delete(data_, kAlign);
   if (release_) release_();
@@ -70,6 +76,9 @@ SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> sto
 
 void SparseTensor::reserve(size_t rows) {
   if (rows <= capacity()) return;
+  if (storage_->is_fixed())
+    throw Error(ErrorCode::Unsupported, "a file-backed tensor has a fixed number of rows (" +
+                                            std::to_string(capacity()) + "); it cannot grow");
   if (rows > kMaxRows)
     throw Error(ErrorCode::OutOfRange, "capacity exceeds " + std::to_string(kMaxRows) + " patterns");
   auto fresh = Storage::allocate(rows, dim_);

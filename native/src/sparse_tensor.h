@@ -21,6 +21,9 @@ class Storage {
  public:
   static std::shared_ptr<Storage> allocate(size_t rows, size_t dim);
   static std::shared_ptr<Storage> adopt(float* data, size_t rows, std::function<void()> release);
+  // Memory that cannot be replaced by a larger allocation (a file mapping): the
+  // tensor refuses to grow past it instead of copying it into owned memory.
+  static std::shared_ptr<Storage> fixed(float* data, size_t rows, std::function<void()> release);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -28,12 +31,14 @@ class Storage {
   float* data() const { return data_; }
   size_t capacity_rows() const { return capacity_rows_; }
   bool owned() const { return owned_; }
+  bool is_fixed() const { return fixed_; }
 
  private:
   Storage() = default;
   float* data_ = nullptr;
   size_t capacity_rows_ = 0;
   bool owned_ = false;
+  bool fixed_ = false;
   std::function<void()> release_;
 };
 
