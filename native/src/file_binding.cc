@@ -17,8 +17,22 @@ namespace {
 // An opened file waiting to be adopted by a NativeTensor (deleted by the finalizer
 // if it never is).
 struct PendingFile {
-  std::unique_ptr<TensorFile> file;
+  std::unique_ptr<SparseTensor> tensor;
+  std::unique_ptr<MerkleTree> tree;
+  std::unique_ptr<TensorFile> file;  // destroyed first: unregisters from the tensor
 };
+
+// Opens, maps, replays the log and (when asked or after an unclean close) checks
+// every tree node: all of the file work, none of it touching JavaScript.
+std::unique_ptr<PendingFile> open_pending(const std::string& path, const FileOpenOptions& opts) {
+  auto p = std::make_unique<PendingFile>();
+  std::unique_ptr<TensorFile> file = TensorFile::open(path, opts);
+  p->tensor = std::make_unique<SparseTensor>(file->dim(), file->rows(), file->values_storage());
+  p->tree = std::make_unique<MerkleTree>(*p->tensor, file->levels());
+  file->recover(*p->tensor, *p->tree);
+  p->file = std::move(file);
+  return p;
+}
 
 std::string path_arg(const Napi::CallbackInfo& info, size_t index) {
   if (index >= info.Length() || !info[index].IsString() || info[index].As<Napi::String>().Utf8Value().empty())
@@ -74,14 +88,13 @@ class OpenJob : public FileJob {
       : FileJob(env, "ghost-tensor:file-open"), path_(std::move(path)), opts_(o) {}
 
  private:
-  void Run() override { file_ = TensorFile::open(path_, opts_); }
+  void Run() override { pending_ = open_pending(path_, opts_); }
   Napi::Value Settle(Napi::Env env) override {
-    auto* p = new PendingFile{std::move(file_)};
-    return Napi::External<PendingFile>::New(env, p, [](Napi::Env, PendingFile* q) { delete q; });
+    return Napi::External<PendingFile>::New(env, pending_.release(), [](Napi::Env, PendingFile* q) { delete q; });
   }
   std::string path_;
   FileOpenOptions opts_;
-  std::unique_ptr<TensorFile> file_;
+  std::unique_ptr<PendingFile> pending_;
 };
 
 class CreateJob : public FileJob {
@@ -154,8 +167,8 @@ Napi::Value OpenTensorFileAsync(const Napi::CallbackInfo& info) {
 // openTensorFile(path, options) -> External (synchronous; same checks)
 Napi::Value OpenTensorFile(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    auto* p = new PendingFile{TensorFile::open(path_arg(info, 0), open_options(info, 1))};
-    return Napi::External<PendingFile>::New(info.Env(), p, [](Napi::Env, PendingFile* q) { delete q; });
+    std::unique_ptr<PendingFile> p = open_pending(path_arg(info, 0), open_options(info, 1));
+    return Napi::External<PendingFile>::New(info.Env(), p.release(), [](Napi::Env, PendingFile* q) { delete q; });
   });
 }
 
@@ -190,11 +203,9 @@ void register_file_functions(Napi::Env env, Napi::Object exports) {
 void TensorBinding::adopt_file(const Napi::Value& handle) {
   PendingFile* p = handle.As<Napi::External<PendingFile>>().Data();
   if (p == nullptr || !p->file) throw Error(ErrorCode::InvalidArgument, "the opened file was already used");
-  std::unique_ptr<TensorFile> file = std::move(p->file);
-  tensor_ = std::make_unique<SparseTensor>(file->dim(), file->rows(), file->values_storage());
-  merkle_ = std::make_unique<MerkleTree>(*tensor_, file->levels());
-  file->recover(*tensor_, *merkle_);
-  file_ = std::move(file);
+  tensor_ = std::move(p->tensor);
+  merkle_ = std::move(p->tree);
+  file_ = std::move(p->file);
 }
 
 TensorFile* TensorBinding::file_or_throw(const char* op) {

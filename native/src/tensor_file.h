@@ -137,8 +137,10 @@ class TensorFile : public WriteListener {
   uint64_t rows() const { return header_.n; }
   uint32_t dim() const { return header_.dim; }
 
-  // Replays the log through tensor's write path (the tree listens), checks each
-  // record's root, and starts tracking changed rows. Call once after open().
+  // Replays the log through tensor's write path (the tree listens); then, when asked
+  // to verify or after an unclean close, checks every stored tree node against the
+  // rows; then checks the root against the last record's (or the header's). Starts
+  // tracking changed rows. Call once after open(); may run off the JavaScript thread.
   void recover(SparseTensor& tensor, MerkleTree& tree);
 
   // Makes the current state durable: one log record of the rows changed since the
@@ -188,6 +190,8 @@ class TensorFile : public WriteListener {
   uint64_t replayed_ = 0;
   bool was_clean_ = true;
   bool verified_ = false;
+  bool verify_ = false;
+  size_t threads_ = 1;
   bool writable_ = false;
   bool closed_ = false;
   bool failed_ = false;  // an fsync failed: the durable state is unknown, refuse more
