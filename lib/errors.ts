@@ -91,6 +91,7 @@ export type StorageFailure =
   | 'VERSION' // a format or hash-scheme version this build does not read
   | 'BAD_HEADER' // a checksummed header with impossible fields (shape, layout, flags)
   | 'ROOT_MISMATCH' // the values or stored tree do not give the recorded root
+  | 'NON_FINITE' // the root check found NaN or an infinity in a row
   | 'WAL_CORRUPT' // a complete log record fails its checksum or is malformed (not a torn tail)
   | 'WAL_MISMATCH' // the log belongs to another file or a log was lost
   | 'WAL_ROOT_MISMATCH' // replaying a log record did not give the root it recorded
@@ -99,7 +100,7 @@ export type StorageFailure =
   | 'CLOSED'; // the tensor file was closed
 
 const STORAGE_FAILURES: readonly string[] = [
-  'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH',
+  'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH', 'NON_FINITE',
   'WAL_CORRUPT', 'WAL_MISMATCH', 'WAL_ROOT_MISMATCH', 'LOCKED', 'READ_ONLY', 'CLOSED',
 ];
 

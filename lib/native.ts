@@ -63,7 +63,7 @@ export interface NativeTensor {
     threads: number | undefined,
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
   saveFileAsync(path: string, optimizerState: boolean, threads: number | undefined): Promise<void>;
-  fileCheckpoint(compactBytes: number): number;
+  fileCheckpoint(compactBytes: number, compactRows: number): number;
   fileCompact(): void;
   fileClose(): void;
   fileInfo(): NativeFileInfo | null;

@@ -145,14 +145,21 @@ export interface SaveFileOptions {
 }
 
 export interface CheckpointOptions {
-  /** Compact (apply the log to the main file) once the log exceeds this many bytes; 0 never. Default 256 MiB. */
+  /** Compact (apply the log to the main file) once the log exceeds this many bytes; 0: no byte limit. Default 256 MiB. */
   compactBytes?: number;
+  /**
+   * Compact once this many distinct rows are in the log but not in the main file; 0: no
+   * row limit. Default 16,384. Until compaction, every such row keeps its changed 4 KiB
+   * pages (values, optimizer state, tree path) in anonymous memory: this bounds that.
+   */
+  compactRows?: number;
 }
 
 /** State of a file-backed tensor (see docs/storage.md). */
 export type TensorFileInfo = NativeFileInfo;
 
 const DEFAULT_COMPACT_BYTES = 256 * 2 ** 20;
+const DEFAULT_COMPACT_ROWS = 16_384;
 
 function checkPath(path: unknown): string {
   if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
@@ -269,14 +276,14 @@ export class SparseTensor {
    * Makes every change since the last checkpoint durable (a file-backed tensor only):
    * one checksummed log record of the changed rows (values and optimizer state) and
    * the new root, then fdatasync. Costs O(rows changed). Returns the checkpoint's
-   * sequence number. Compacts when the log exceeds `compactBytes`.
+   * sequence number. Then compacts when the log exceeds `compactBytes` or holds
+   * `compactRows` rows not yet in the main file. Unchanged since the last checkpoint:
+   * writes nothing and returns the same number.
    */
   checkpoint(options: CheckpointOptions = {}): number {
-    const bytes = options.compactBytes ?? DEFAULT_COMPACT_BYTES;
-    if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes < 0) {
-      throw new InvalidArgumentError(`compactBytes must be an integer >= 0, got ${String(bytes)}`);
-    }
-    return callNative(() => this.#native.fileCheckpoint(bytes));
+    const bytes = checkInteger('compactBytes', options.compactBytes ?? DEFAULT_COMPACT_BYTES, 0, Number.MAX_SAFE_INTEGER);
+    const rows = checkInteger('compactRows', options.compactRows ?? DEFAULT_COMPACT_ROWS, 0, Number.MAX_SAFE_INTEGER);
+    return callNative(() => this.#native.fileCheckpoint(bytes, rows));
   }
 
   /** Checkpoints, then applies the log to the main file in place and empties it. */

@@ -167,7 +167,13 @@ describe('tensor files: round trip', () => {
     }
     expect(t.file!.compactedSeq).toBeGreaterThan(0);
     expect(t.file!.walBytes).toBeLessThan(2048 + 1024);
+    // The row trigger: compacts as soon as 5 rows wait.
+    const more = stepOf(13, n, d);
+    opt.step([{ tensor: t, ids: more.ids, grads: more.grads }]);
+    t.checkpoint({ compactBytes: 0, compactRows: 5 });
+    expect(t.file).toMatchObject({ seq: 13, compactedSeq: 13, uncompactedRows: 0 });
     t.close();
+    images.push({ img: crashImage(path), seq: 13 });
     for (const { img, seq } of images) {
       const r = await SparseTensor.openFile(img, { readOnly: true });
       const ref = reference(init, d, seq);
@@ -271,6 +277,13 @@ describe('tensor files: damage is refused with a typed reason', () => {
       flipByte(p, off);
       await expectStorageError(SparseTensor.openFile(p, { verify: true }), 'ROOT_MISMATCH');
     }
+    // NaN where a value was: named as such (the finiteness check rides on the root check).
+    const nan = crashImage(path);
+    const nb = readFileSync(nan);
+    nb.writeUInt32LE(0x7fc00000, VALUES + 4 * 100);
+    writeFileSync(nan, nb);
+    const e = await expectStorageError(SparseTensor.openFile(nan, { verify: true }), 'NON_FINITE');
+    expect(e.message).toContain('row 6 ');
     // The top node is checked on every open, even a clean one without verify.
     const top = crashImage(path);
     const nodes = 2 * n - 1;

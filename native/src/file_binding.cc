@@ -27,7 +27,9 @@ struct PendingFile {
 std::unique_ptr<PendingFile> open_pending(const std::string& path, const FileOpenOptions& opts) {
   auto p = std::make_unique<PendingFile>();
   std::unique_ptr<TensorFile> file = TensorFile::open(path, opts);
-  p->tensor = std::make_unique<SparseTensor>(file->dim(), file->rows(), file->values_storage());
+  // No finiteness scan of every row here (it would read the whole file); a root
+  // check (verify, or after an unclean close) checks it.
+  p->tensor = std::make_unique<SparseTensor>(file->dim(), file->rows(), file->values_storage(), false);
   p->tree = std::make_unique<MerkleTree>(*p->tensor, file->levels());
   file->recover(*p->tensor, *p->tree);
   p->file = std::move(file);
@@ -228,16 +230,16 @@ Napi::Value TensorBinding::SaveFileAsync(const Napi::CallbackInfo& info) {
   });
 }
 
-// fileCheckpoint(compactBytes) -> sequence number of the new durable checkpoint
+// fileCheckpoint(compactBytes, compactRows) -> sequence number of the new durable checkpoint
 Napi::Value TensorBinding::FileCheckpoint(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     writable("checkpoint");
     TensorFile* f = file_or_throw("checkpoint");
-    const double compact_bytes = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
-    if (!(compact_bytes >= 0)) throw Error(ErrorCode::OutOfRange, "compactBytes must be >= 0");
+    const size_t compact_bytes = size_arg(info, 0, "compactBytes", 0, 9007199254740991.0);
+    const size_t compact_rows = size_arg(info, 1, "compactRows", 0, 9007199254740991.0);
     const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
     const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
-    const uint64_t seq = f->checkpoint(*merkle_, gs, ld, static_cast<uint64_t>(compact_bytes));
+    const uint64_t seq = f->checkpoint(*merkle_, gs, ld, compact_bytes, compact_rows);
     return Napi::Number::New(info.Env(), static_cast<double>(seq));
   });
 }

@@ -176,7 +176,7 @@ void build_merkle_into(const float* data, size_t n, size_t dim, const std::vecto
 }
 
 bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels,
-                          size_t threads, size_t* bad_level, size_t* bad_index) {
+                          size_t threads, size_t* bad_level, size_t* bad_index, bool check_finite) {
   const std::vector<size_t> w = widths(n);
   if (levels.size() != w.size()) {
     *bad_level = 0;
@@ -198,12 +198,17 @@ bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::ve
     const size_t width = w[l];
     const size_t chunks = (width + kChunk - 1) / kChunk;
     std::vector<size_t> first_bad(chunks, SIZE_MAX);
+    std::vector<size_t> first_nonfinite(chunks, SIZE_MAX);
     parallel_for(chunks, width < 4096 ? 1 : threads, [&](size_t cb, size_t ce, size_t) {
       std::vector<Hash> scratch(kChunk);
       for (size_t c = cb; c < ce; ++c) {
         const size_t from = c * kChunk, to = std::min(width, from + kChunk);
         // Shifted views so that index j of the scratch level is node from + j.
         if (l == 0) {
+          if (check_finite) {
+            const size_t bad = first_non_finite(data + from * dim, (to - from) * dim);
+            if (bad != (to - from) * dim) first_nonfinite[c] = from + bad / dim;
+          }
           hash_leaves(data + from * dim, dim, 0, to - from, 1, LevelSpan{scratch.data(), to - from});
         } else {
           // Parents [from, to) need children [2 from, min(2 to, child width)).
@@ -219,6 +224,13 @@ bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::ve
         }
       }
     });
+    for (size_t c = 0; c < chunks; ++c) {
+      if (first_nonfinite[c] != SIZE_MAX) {
+        *bad_level = SIZE_MAX;
+        *bad_index = first_nonfinite[c];
+        return false;
+      }
+    }
     for (size_t c = 0; c < chunks; ++c) {
       if (first_bad[c] != SIZE_MAX) {
         *bad_level = l;

@@ -54,9 +54,11 @@ void build_merkle_into(const float* data, size_t n, size_t dim, const std::vecto
 // Checks stored levels against the rows at `data`: every leaf is recomputed from its
 // row and every inner node from its stored children, in bounded memory, on up to
 // `threads` threads. Returns true when all match; otherwise sets *bad_level and
-// *bad_index to the first mismatch found (level 0 = a leaf). Reads only.
+// *bad_index to the first mismatch found (level 0 = a leaf). With `check_finite`, a
+// row holding NaN or an infinity also fails (*bad_level = SIZE_MAX, *bad_index = the
+// row). Reads only.
 bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels,
-                          size_t threads, size_t* bad_level, size_t* bad_index);
+                          size_t threads, size_t* bad_level, size_t* bad_index, bool check_finite = false);
 
 // All levels of the tree over n rows of dim floats at `data`, hashed on up to
 // `threads` threads (leaves and inner nodes in SIMD batches). Reads only.

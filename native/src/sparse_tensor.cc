@@ -63,12 +63,13 @@ SparseTensor::SparseTensor(size_t dim, size_t capacity_rows) : dim_(dim) {
   storage_ = Storage::allocate(capacity_rows, dim);
 }
 
-SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage)
+SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage, bool check_finite)
     : dim_(dim), rows_(rows), storage_(std::move(storage)) {
   if (dim == 0 || dim > kMaxDim)
     throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim));
   if (rows > kMaxRows || rows > storage_->capacity_rows())
     throw Error(ErrorCode::OutOfRange, "rows exceed the storage or the limit of 2^32-1 patterns");
+  if (!check_finite) return;
   const size_t bad = first_non_finite(storage_->data(), rows * dim);
   if (bad != rows * dim)
     throw Error(ErrorCode::NonFinite, "data[" + std::to_string(bad) + "] is not finite");

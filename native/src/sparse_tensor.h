@@ -68,8 +68,10 @@ class SparseTensor {
   static constexpr size_t kMaxDim = size_t{1} << 24;
 
   SparseTensor(size_t dim, size_t capacity_rows);
-  // Takes `rows` rows in place from `storage` (no copy).
-  SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage);
+  // Takes `rows` rows in place from `storage` (no copy). Checks that every value is
+  // finite unless `check_finite` is false (a file mapping: reading every row would
+  // defeat the mapping; the file's own check covers it, see tensor_file.h).
+  SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage, bool check_finite = true);
 
   size_t size() const { return rows_; }
   size_t dim() const { return dim_; }

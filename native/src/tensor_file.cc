@@ -293,7 +293,7 @@ std::shared_ptr<Storage> TensorFile::values_storage() const { return nullptr; }
 std::vector<LevelSpan> TensorFile::levels() const { return {}; }
 ExternalOptimizerState TensorFile::state() const { return {}; }
 void TensorFile::recover(SparseTensor&, MerkleTree&) {}
-uint64_t TensorFile::checkpoint(const MerkleTree&, uint64_t, double, uint64_t) { return 0; }
+uint64_t TensorFile::checkpoint(const MerkleTree&, uint64_t, double, uint64_t, uint64_t) { return 0; }
 void TensorFile::compact(bool) {}
 void TensorFile::close() {}
 FileInfo TensorFile::info() const { return {}; }
@@ -640,7 +640,9 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
     // their paths were recomputed by the write path; everything else is the file's).
     size_t bad_level = 0, bad_index = 0;
     const std::vector<LevelSpan> lv = levels();
-    if (!verify_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), lv, threads_, &bad_level, &bad_index)) {
+    if (!verify_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), lv, threads_, &bad_level, &bad_index, true)) {
+      if (bad_level == SIZE_MAX)
+        fail("NON_FINITE", "row " + std::to_string(bad_index) + " holds NaN or an infinity");
       if (bad_level == 0)
         fail("ROOT_MISMATCH", "row " + std::to_string(bad_index) +
                                   " does not match its stored leaf hash (values or tree region damaged)");
@@ -688,13 +690,17 @@ void TensorFile::on_rows_appended(size_t, size_t) {
   throw Error(ErrorCode::Unsupported, "a file-backed tensor cannot grow");
 }
 
-uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, double log_decay, uint64_t compact_bytes) {
+uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, double log_decay, uint64_t compact_bytes,
+                                uint64_t compact_rows) {
   check_usable("checkpoint");
+  auto due = [&] {
+    return (compact_bytes > 0 && wal_end_ > compact_bytes) || (compact_rows > 0 && uncompacted_.size() >= compact_rows);
+  };
   std::sort(pending_.begin(), pending_.end());
   pending_.erase(std::unique(pending_.begin(), pending_.end()), pending_.end());
   if (pending_.empty() && global_step == global_step_ && log_decay == log_decay_) {
     // Nothing changed since the last checkpoint: it already is the durable state.
-    if (compact_bytes > 0 && wal_end_ > compact_bytes) compact(false);
+    if (due()) compact(false);
     return seq_;
   }
   const size_t count = pending_.size(), d = header_.dim, rb = d * 4, stride = row_record_bytes();
@@ -751,7 +757,7 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
   std::set_union(uncompacted_.begin(), uncompacted_.end(), pending_.begin(), pending_.end(), std::back_inserter(merged));
   uncompacted_.swap(merged);
   pending_.clear();
-  if (compact_bytes > 0 && wal_end_ > compact_bytes) compact(false);
+  if (due()) compact(false);
   return seq;
 }
 
@@ -764,36 +770,44 @@ void TensorFile::compact(bool mark_clean) {
   // nodes over them), so the caller checkpoints first (the binding does).
   if (!pending_.empty())
     throw Error(ErrorCode::InvalidArgument, "rows changed since the last checkpoint; checkpoint first");
+  // Every 4 KiB page of the mapping that the changed rows touched (values, optimizer
+  // state, the tree nodes on their paths) is written whole: a page-sized write needs
+  // no read of the old page (a row-sized one into an uncached page does), and the
+  // bytes of a touched page that did not change equal the file's, so rewriting them
+  // is harmless. Runs of adjacent pages go in one pwrite.
   uint8_t* base = map_->base();
+  std::vector<uint64_t> pages;
+  auto add_range = [&](uint64_t from, uint64_t length) {
+    for (uint64_t p = from / kAlign; p <= (from + length - 1) / kAlign; ++p) pages.push_back(p);
+  };
   for (uint32_t id : uncompacted_) {
-    const uint64_t off = uint64_t{id} * rb;
-    pwrite_all(fd, base + header_.values.offset + off, rb, header_.values.offset + off, "values");
+    add_range(header_.values.offset + uint64_t{id} * rb, rb);
     if (header_.has_state) {
-      pwrite_all(fd, base + header_.m.offset + off, rb, header_.m.offset + off, "moments");
-      pwrite_all(fd, base + header_.v.offset + off, rb, header_.v.offset + off, "moments");
-      pwrite_all(fd, base + header_.steps.offset + uint64_t{id} * 4, 4, header_.steps.offset + uint64_t{id} * 4,
-                 "row counters");
-      pwrite_all(fd, base + header_.decay.offset + uint64_t{id} * 8, 8, header_.decay.offset + uint64_t{id} * 8,
-                 "decay marks");
+      add_range(header_.m.offset + uint64_t{id} * rb, rb);
+      add_range(header_.v.offset + uint64_t{id} * rb, rb);
+      add_range(header_.steps.offset + uint64_t{id} * 4, 4);
+      add_range(header_.decay.offset + uint64_t{id} * 8, 8);
     }
   }
-  // The tree nodes on the changed rows' paths, level by level, in runs of adjacent nodes.
   const std::vector<LevelSpan> lv = levels();
   std::vector<uint64_t> cur(uncompacted_.begin(), uncompacted_.end());
   for (size_t l = 0; l < lv.size() && !cur.empty(); ++l) {
     const uint64_t level_off = static_cast<uint64_t>(reinterpret_cast<uint8_t*>(lv[l].p) - base);
-    size_t i = 0;
-    while (i < cur.size()) {
-      size_t j = i + 1;
-      while (j < cur.size() && cur[j] == cur[j - 1] + 1) ++j;
-      const uint64_t off = level_off + cur[i] * 32;
-      pwrite_all(fd, base + off, (j - i) * 32, off, "tree nodes");
-      i = j;
-    }
+    for (uint64_t x : cur) add_range(level_off + x * 32, 32);
     std::vector<uint64_t> next;
     for (uint64_t x : cur)
       if (next.empty() || next.back() != x / 2) next.push_back(x / 2);
     cur.swap(next);
+  }
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  const uint64_t limit = map_->length() / kAlign;  // the mapping is a whole number of pages
+  for (size_t i = 0; i < pages.size();) {
+    size_t j = i + 1;
+    while (j < pages.size() && pages[j] == pages[j - 1] + 1) ++j;
+    if (pages[j - 1] >= limit) throw Error(ErrorCode::InvalidArgument, "internal: a page past the mapping");
+    pwrite_all(fd, base + pages[i] * kAlign, static_cast<size_t>((j - i) * kAlign), pages[i] * kAlign, "changed pages");
+    i = j;
   }
   try {
     sync_fd(fd, "the tensor file");
@@ -810,6 +824,11 @@ void TensorFile::compact(bool mark_clean) {
   write_header(h);
   reset_wal(seq_);
   uncompacted_.clear();
+  // Every privately modified byte of the mapping is now in the file (nothing is
+  // pending), so the private copies can go: the pages fall back to the file's, with
+  // the same bytes. This is what keeps a long training job's resident memory
+  // proportional to the rows touched since the last compaction, not since open.
+  ::madvise(map_->base(), map_->length(), MADV_DONTNEED);
 }
 
 void TensorFile::close() {

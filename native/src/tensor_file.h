@@ -144,9 +144,11 @@ class TensorFile : public WriteListener {
   void recover(SparseTensor& tensor, MerkleTree& tree);
 
   // Makes the current state durable: one log record of the rows changed since the
-  // last checkpoint (sorted, unique), fdatasync. Compacts first when the log holds
-  // more than `compact_bytes`. Returns the new sequence number.
-  uint64_t checkpoint(const MerkleTree& tree, uint64_t global_step, double log_decay, uint64_t compact_bytes);
+  // last checkpoint (sorted, unique), fdatasync. Then compacts when the log holds
+  // more than `compact_bytes` (0: no limit) or the rows not yet compacted number
+  // `compact_rows` or more (0: no limit). Returns the new sequence number.
+  uint64_t checkpoint(const MerkleTree& tree, uint64_t global_step, double log_decay, uint64_t compact_bytes,
+                      uint64_t compact_rows = 0);
   // Applies every checkpointed row to the main file and resets the log. Rows changed
   // since the last checkpoint are not written (they are not committed).
   void compact(bool mark_clean);
