@@ -295,6 +295,8 @@ ExternalOptimizerState TensorFile::state() const { return {}; }
 void TensorFile::recover(SparseTensor&, MerkleTree&) {}
 uint64_t TensorFile::checkpoint(const MerkleTree&, uint64_t, double, uint64_t, uint64_t) { return 0; }
 void TensorFile::compact(bool) {}
+std::vector<uint64_t> TensorFile::changed_pages(const std::vector<uint32_t>&) const { return {}; }
+void TensorFile::drop_clean_pages(const std::vector<uint64_t>&) {}
 void TensorFile::close() {}
 FileInfo TensorFile::info() const { return {}; }
 void TensorFile::on_rows_changed(const uint32_t*, size_t) {}
@@ -435,6 +437,10 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
   void* base = ::mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, f->fd_.get(), 0);
   if (base == MAP_FAILED) fail_errno("mapping " + path);
   f->map_ = std::make_shared<FileMapping>(base, want);
+  // Sparse reads and writes touch rows at random: no readahead around a fault (the
+  // default reads up to 128 KiB per fault, which multiplied the I/O of a cold sparse
+  // step by ~30 and filled the resident set with pages nobody asked for).
+  ::madvise(base, want, MADV_RANDOM);
   f->seq_ = h.seq;
   f->global_step_ = h.global_step;
   f->log_decay_ = h.log_decay;
@@ -640,7 +646,11 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
     // their paths were recomputed by the write path; everything else is the file's).
     size_t bad_level = 0, bad_index = 0;
     const std::vector<LevelSpan> lv = levels();
-    if (!verify_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), lv, threads_, &bad_level, &bad_index, true)) {
+    ::madvise(map_->base(), map_->length(), MADV_SEQUENTIAL);  // one pass: readahead helps here
+    const bool good = verify_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), lv, threads_, &bad_level,
+                                           &bad_index, true);
+    ::madvise(map_->base(), map_->length(), MADV_RANDOM);
+    if (!good) {
       if (bad_level == SIZE_MAX)
         fail("NON_FINITE", "row " + std::to_string(bad_index) + " holds NaN or an infinity");
       if (bad_level == 0)
@@ -650,6 +660,11 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
                                 " does not match its children (tree region damaged)");
     }
     verified_ = true;
+    // The check read every page; keep only those the replay changed.
+    std::vector<uint32_t> rows = replayed_rows;
+    std::sort(rows.begin(), rows.end());
+    rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+    drop_clean_pages(changed_pages(rows));
   }
   if (tree.root() != expected_root) {
     if (replayed_ > 0)
@@ -761,10 +776,52 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
   return seq;
 }
 
+std::vector<uint64_t> TensorFile::changed_pages(const std::vector<uint32_t>& rows) const {
+  const size_t rb = size_t{header_.dim} * 4;
+  uint8_t* base = map_->base();
+  std::vector<uint64_t> pages;
+  auto add_range = [&](uint64_t from, uint64_t length) {
+    for (uint64_t p = from / kAlign; p <= (from + length - 1) / kAlign; ++p) pages.push_back(p);
+  };
+  for (uint32_t id : rows) {
+    add_range(header_.values.offset + uint64_t{id} * rb, rb);
+    if (header_.has_state) {
+      add_range(header_.m.offset + uint64_t{id} * rb, rb);
+      add_range(header_.v.offset + uint64_t{id} * rb, rb);
+      add_range(header_.steps.offset + uint64_t{id} * 4, 4);
+      add_range(header_.decay.offset + uint64_t{id} * 8, 8);
+    }
+  }
+  const std::vector<LevelSpan> lv = levels();
+  std::vector<uint64_t> cur(rows.begin(), rows.end());
+  for (size_t l = 0; l < lv.size() && !cur.empty(); ++l) {
+    const uint64_t level_off = static_cast<uint64_t>(reinterpret_cast<uint8_t*>(lv[l].p) - base);
+    for (uint64_t x : cur) add_range(level_off + x * 32, 32);
+    std::vector<uint64_t> next;
+    for (uint64_t x : cur)
+      if (next.empty() || next.back() != x / 2) next.push_back(x / 2);
+    cur.swap(next);
+  }
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  return pages;
+}
+
+void TensorFile::drop_clean_pages(const std::vector<uint64_t>& keep) {
+  // Pages outside `keep` hold exactly the file's bytes: dropping them from this
+  // mapping only shrinks the resident set (they stay in the page cache).
+  const uint64_t total = map_->length() / kAlign;
+  uint64_t from = 0;
+  for (size_t i = 0; i <= keep.size(); ++i) {
+    const uint64_t to = i < keep.size() ? keep[i] : total;
+    if (to > from) ::madvise(map_->base() + from * kAlign, (to - from) * kAlign, MADV_DONTNEED);
+    from = std::max(from, to + 1);
+  }
+}
+
 void TensorFile::compact(bool mark_clean) {
   check_usable("compact");
   const int fd = fd_.get();
-  const size_t rb = size_t{header_.dim} * 4;
   // The main file must receive the rows exactly as the last checkpoint committed
   // them; rows changed since (pending_) would write uncommitted values (and tree
   // nodes over them), so the caller checkpoints first (the binding does).
@@ -776,31 +833,7 @@ void TensorFile::compact(bool mark_clean) {
   // bytes of a touched page that did not change equal the file's, so rewriting them
   // is harmless. Runs of adjacent pages go in one pwrite.
   uint8_t* base = map_->base();
-  std::vector<uint64_t> pages;
-  auto add_range = [&](uint64_t from, uint64_t length) {
-    for (uint64_t p = from / kAlign; p <= (from + length - 1) / kAlign; ++p) pages.push_back(p);
-  };
-  for (uint32_t id : uncompacted_) {
-    add_range(header_.values.offset + uint64_t{id} * rb, rb);
-    if (header_.has_state) {
-      add_range(header_.m.offset + uint64_t{id} * rb, rb);
-      add_range(header_.v.offset + uint64_t{id} * rb, rb);
-      add_range(header_.steps.offset + uint64_t{id} * 4, 4);
-      add_range(header_.decay.offset + uint64_t{id} * 8, 8);
-    }
-  }
-  const std::vector<LevelSpan> lv = levels();
-  std::vector<uint64_t> cur(uncompacted_.begin(), uncompacted_.end());
-  for (size_t l = 0; l < lv.size() && !cur.empty(); ++l) {
-    const uint64_t level_off = static_cast<uint64_t>(reinterpret_cast<uint8_t*>(lv[l].p) - base);
-    for (uint64_t x : cur) add_range(level_off + x * 32, 32);
-    std::vector<uint64_t> next;
-    for (uint64_t x : cur)
-      if (next.empty() || next.back() != x / 2) next.push_back(x / 2);
-    cur.swap(next);
-  }
-  std::sort(pages.begin(), pages.end());
-  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  std::vector<uint64_t> pages = changed_pages(uncompacted_);
   const uint64_t limit = map_->length() / kAlign;  // the mapping is a whole number of pages
   for (size_t i = 0; i < pages.size();) {
     size_t j = i + 1;
@@ -828,7 +861,7 @@ void TensorFile::compact(bool mark_clean) {
   // pending), so the private copies can go: the pages fall back to the file's, with
   // the same bytes. This is what keeps a long training job's resident memory
   // proportional to the rows touched since the last compaction, not since open.
-  ::madvise(map_->base(), map_->length(), MADV_DONTNEED);
+  drop_clean_pages({});
 }
 
 void TensorFile::close() {

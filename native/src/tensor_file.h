@@ -174,6 +174,11 @@ class TensorFile : public WriteListener {
   void write_header(const FileHeader& h);
   void reset_wal(uint64_t base_seq);
   void check_usable(const char* op) const;
+  // File pages (sorted, unique) holding the rows' values and state and the tree nodes
+  // on their paths.
+  std::vector<uint64_t> changed_pages(const std::vector<uint32_t>& rows) const;
+  // MADV_DONTNEED on every page of the mapping not in `keep` (sorted).
+  void drop_clean_pages(const std::vector<uint64_t>& keep);
   size_t row_record_bytes() const;
 
   std::string path_, wal_path_;
