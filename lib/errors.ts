@@ -97,11 +97,12 @@ export type StorageFailure =
   | 'WAL_ROOT_MISMATCH' // replaying a log record did not give the root it recorded
   | 'LOCKED' // another process has the file open for writing
   | 'READ_ONLY' // a checkpoint on a file opened read-only
-  | 'CLOSED'; // the tensor file was closed
+  | 'CLOSED' // the tensor file was closed
+  | 'INDEX_CHECKSUM'; // a saved HNSW graph is missing its checksum file or does not match it
 
 const STORAGE_FAILURES: readonly string[] = [
   'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH', 'NON_FINITE',
-  'WAL_CORRUPT', 'WAL_MISMATCH', 'WAL_ROOT_MISMATCH', 'LOCKED', 'READ_ONLY', 'CLOSED',
+  'WAL_CORRUPT', 'WAL_MISMATCH', 'WAL_ROOT_MISMATCH', 'LOCKED', 'READ_ONLY', 'CLOSED', 'INDEX_CHECKSUM',
 ];
 
 /** A damaged tensor file (refused, never served) or a failed file operation. `reason` says which. */
