@@ -190,8 +190,9 @@ describe('tensor files: round trip', () => {
     expect(t.size).toBe(64);
     const row = t.gather([3]);
     expect(row.every((x) => x >= -0.5 && x < 0.5)).toBe(true);
-    // A second writer is refused while this one holds the file.
+    // A second writer is refused while this one holds the file, and so is replacing it.
     await expectStorageError(SparseTensor.openFile(path), 'LOCKED');
+    await expectStorageError(SparseTensor.createFile(path, { rows: 8, dim: 8 }), 'LOCKED');
     t.close();
     expect(() => t.size).toThrow(StorageError);
     const ro = await SparseTensor.openFile(path, { readOnly: true });

@@ -315,6 +315,10 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   if (dim == 0 || dim > SparseTensor::kMaxDim) throw Error(ErrorCode::OutOfRange, "dim must be in 1..2^24");
   if (src.data == nullptr && !(std::isfinite(src.scale) && src.scale >= 0.0f))
     throw Error(ErrorCode::OutOfRange, "scale must be a finite number >= 0");
+  // Replacing a file that a writer has open would strand that writer's log: refuse.
+  FileDescriptor existing(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (existing && ::flock(existing.get(), LOCK_EX | LOCK_NB) != 0)
+    fail("LOCKED", path + " is open elsewhere; close it before replacing it");
   FileHeader h = file_layout(n, dim, with_state);
   std::random_device rd;
   for (int i = 0; i < 16; ++i) h.gen_id[i] = static_cast<uint8_t>(rd());
