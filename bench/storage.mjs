@@ -127,7 +127,7 @@ async function phaseWork() {
   // a checkpoint every CKPT_EVERY steps with the default compaction policy (a training job).
   const opt = new SparseAdam([t], { lr: 1e-3 });
   const train = async (label) => {
-  let steps = 0, touched = 0, searchMs = 0, stepMs = 0, ckptMs = 0, maxRss = 0;
+  let steps = 0, touched = 0, searchMs = 0, stepMs = 0, ckptMs = 0, maxRss = 0, maxAnon = 0;
   const start = nowMs();
   while (nowMs() - start < SECONDS * 1000) {
     const q = new Float32Array(BATCH * D);
@@ -146,13 +146,15 @@ async function phaseWork() {
       t.checkpoint();
       ckptMs += nowMs() - s0;
     }
-    maxRss = Math.max(maxRss, memory().VmRSS);
+    const m = memory();
+    maxRss = Math.max(maxRss, m.VmRSS);
+    maxAnon = Math.max(maxAnon, m.RssAnon);
   }
   const ms = nowMs() - start;
   log(`${label}: ${steps} steps in ${fmt(ms)} ms`);
   return {
     steps, ms, stepsPerSec: (steps * 1000) / ms, distinctRowsPerStep: touched / steps, searchMs, optimizerStepMs: stepMs,
-    checkpointEvery: CKPT_EVERY, checkpointAndCompactMs: ckptMs, compactedSeq: t.file.compactedSeq, seq: t.file.seq, maxVmRSS: maxRss,
+    checkpointEvery: CKPT_EVERY, checkpointAndCompactMs: ckptMs, compactedSeq: t.file.compactedSeq, seq: t.file.seq, maxVmRSS: maxRss, maxRssAnon: maxAnon,
     after: memory(),
   };
   };
@@ -309,10 +311,12 @@ async function main() {
             value: `${fmt(w.trainWarm.stepsPerSec)} (${fmt((100 * w.trainWarm.checkpointAndCompactMs) / w.trainWarm.ms)}% in checkpoints + compaction)`,
           },
           { what: '  VmRSS after it (peak while training)', value: `${fmtBytes(w.trainWarm.after.VmRSS)} (${fmtBytes(w.trainWarm.maxVmRSS)})` },
+          { what: '  peak RssAnon while training (private page copies)', value: fmtBytes(w.trainWarm.maxRssAnon) },
         ]
       : []),
     { what: 'VmRSS after cold search + training', value: `${fmtBytes(w.afterTrain.VmRSS)} (${fmt((100 * w.afterTrain.VmRSS) / fileBytes)}% of the values)` },
     { what: '  peak VmRSS while training', value: `${fmtBytes(w.train.maxVmRSS)} (${fmt((100 * w.train.maxVmRSS) / fileBytes)}%)` },
+    { what: '  peak RssAnon while training', value: fmtBytes(w.train.maxRssAnon) },
     { what: '  RssAnon / RssFile', value: `${fmtBytes(w.afterTrain.RssAnon)} / ${fmtBytes(w.afterTrain.RssFile)}` },
     { what: '  baseline VmRSS (node + addon, before open)', value: fmtBytes(w.baseline.VmRSS) },
   ];

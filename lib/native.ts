@@ -64,6 +64,7 @@ export interface NativeTensor {
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
   saveFileAsync(path: string, optimizerState: boolean, threads: number | undefined): Promise<void>;
   fileCheckpoint(compactBytes: number, compactRows: number): number;
+  fileCheckpointAsync(compactBytes: number, compactRows: number, forceCompact: boolean): Promise<number>;
   fileCompact(): void;
   fileClose(): void;
   fileInfo(): NativeFileInfo | null;

@@ -286,9 +286,25 @@ export class SparseTensor {
     return callNative(() => this.#native.fileCheckpoint(bytes, rows));
   }
 
+  /**
+   * checkpoint() on a worker thread (a large checkpoint or its compaction does not block
+   * the JavaScript thread). Every other call on this tensor throws TensorBusyError until
+   * it settles.
+   */
+  async checkpointAsync(options: CheckpointOptions = {}): Promise<number> {
+    const bytes = checkInteger('compactBytes', options.compactBytes ?? DEFAULT_COMPACT_BYTES, 0, Number.MAX_SAFE_INTEGER);
+    const rows = checkInteger('compactRows', options.compactRows ?? DEFAULT_COMPACT_ROWS, 0, Number.MAX_SAFE_INTEGER);
+    return callNativeAsync(() => this.#native.fileCheckpointAsync(bytes, rows, false));
+  }
+
   /** Checkpoints, then applies the log to the main file in place and empties it. */
   compact(): void {
     callNative(() => this.#native.fileCompact());
+  }
+
+  /** compact() on a worker thread; the tensor is held exclusively until it settles. */
+  async compactAsync(): Promise<void> {
+    await callNativeAsync(() => this.#native.fileCheckpointAsync(0, 0, true));
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   SparseAdam,
   SparseTensor,
   StorageError,
+  TensorBusyError,
   UnsupportedError,
   verify,
   type StorageFailure,
@@ -205,6 +206,31 @@ describe('tensor files: round trip', () => {
     expect(bytesOf(again.gather([3]))).toBe(bytesOf(row)); // the read-only write never reached the file
     again.close();
     expect(() => SparseTensor.create(4).checkpoint()).toThrow(InvalidArgumentError);
+  });
+
+  it('checkpointAsync / compactAsync run off the JavaScript thread and hold the tensor meanwhile', async () => {
+    const d = 8, n = 300;
+    const init = new Rng(11).f32(n * d);
+    const path = fresh();
+    await SparseTensor.fromArray(init, d).saveFile(path, { optimizerState: true });
+    const t = await SparseTensor.openFile(path);
+    const opt = new SparseAdam([t], ADAM);
+    const s1 = stepOf(1, n, d);
+    opt.step([{ tensor: t, ids: s1.ids, grads: s1.grads }]);
+    const pending = t.checkpointAsync();
+    expect(() => t.scatter([0], new Float32Array(d))).toThrow(TensorBusyError);
+    expect(() => t.gather([0])).toThrow(TensorBusyError);
+    expect(await pending).toBe(1);
+    const s2 = stepOf(2, n, d);
+    opt.step([{ tensor: t, ids: s2.ids, grads: s2.grads }]);
+    await t.compactAsync();
+    expect(t.file).toMatchObject({ seq: 2, compactedSeq: 2, uncompactedRows: 0, pendingRows: 0 });
+    const img = crashImage(path);
+    t.close();
+    const r = await SparseTensor.openFile(img);
+    const ref = reference(init, d, 2);
+    expectSameState(ref.t, ref.opt, r, new SparseAdam([r], ADAM));
+    r.close();
   });
 
   it('createFile is deterministic in its seed', async () => {

@@ -136,6 +136,42 @@ class SaveWorker : public TensorWorker {
   size_t threads_;
 };
 
+// A checkpoint (and compaction) off the JavaScript thread. Holds the tensor exclusively
+// (reads and writes refused) until it settles.
+class CheckpointWorker : public TensorWorker {
+ public:
+  CheckpointWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t, TensorFile& file,
+                   const MerkleTree& tree, uint64_t global_step, double log_decay, uint64_t compact_bytes,
+                   uint64_t compact_rows, bool force_compact)
+      : TensorWorker(env, "ghost-tensor:checkpoint", owner, owner_obj, t),
+        owner_(owner),
+        file_(file),
+        tree_(tree),
+        gs_(global_step),
+        ld_(log_decay),
+        compact_bytes_(compact_bytes),
+        compact_rows_(compact_rows),
+        force_(force_compact) {
+    owner_->enter_writing();
+  }
+  ~CheckpointWorker() override { owner_->leave_writing(); }
+
+ private:
+  void Run() override {
+    seq_ = file_.checkpoint(tree_, gs_, ld_, compact_bytes_, compact_rows_);
+    if (force_) file_.compact(false);
+  }
+  Napi::Value Settle(Napi::Env env, TensorBinding&) override { return Napi::Number::New(env, static_cast<double>(seq_)); }
+  TensorBinding* owner_;
+  TensorFile& file_;  // cannot be closed while the tensor is held
+  const MerkleTree& tree_;
+  uint64_t gs_;
+  double ld_;
+  uint64_t compact_bytes_, compact_rows_;
+  bool force_;
+  uint64_t seq_ = 0;
+};
+
 FileOpenOptions open_options(const Napi::CallbackInfo& info, size_t index) {
   FileOpenOptions o;
   o.threads = default_threads();
@@ -244,6 +280,25 @@ Napi::Value TensorBinding::FileCheckpoint(const Napi::CallbackInfo& info) {
   });
 }
 
+// fileCheckpointAsync(compactBytes, compactRows, forceCompact) -> Promise<sequence number>
+Napi::Value TensorBinding::FileCheckpointAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("checkpoint");
+    TensorFile* f = file_or_throw("checkpoint");
+    if (f->closed()) throw Error(ErrorCode::Storage, "CLOSED: the tensor file was closed");
+    const size_t compact_bytes = size_arg(info, 0, "compactBytes", 0, 9007199254740991.0);
+    const size_t compact_rows = size_arg(info, 1, "compactRows", 0, 9007199254740991.0);
+    const bool force = info.Length() > 2 && info[2].ToBoolean().Value();
+    const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
+    const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
+    auto* w = new CheckpointWorker(info.Env(), this, info.This().As<Napi::Object>(), t, *f, *merkle_, gs, ld,
+                                   compact_bytes, compact_rows, force);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
 // fileCompact(): checkpoint, then apply the log to the main file.
 Napi::Value TensorBinding::FileCompact(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
@@ -288,6 +343,7 @@ void TensorBinding::release_file_tensor() {
 Napi::Value TensorBinding::FileInfoJs(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     if (!file_) return info.Env().Null();
+    if (!file_->closed()) usable();  // not while an asynchronous checkpoint runs
     const FileInfo i = file_->info();
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("seq", static_cast<double>(i.seq));

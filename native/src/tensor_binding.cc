@@ -433,6 +433,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::ProductKeySearchAsync>("productKeySearchAsync"),
                          InstanceMethod<&TensorBinding::SaveFileAsync>("saveFileAsync"),
                          InstanceMethod<&TensorBinding::FileCheckpoint>("fileCheckpoint"),
+                         InstanceMethod<&TensorBinding::FileCheckpointAsync>("fileCheckpointAsync"),
                          InstanceMethod<&TensorBinding::FileCompact>("fileCompact"),
                          InstanceMethod<&TensorBinding::FileClose>("fileClose"),
                          InstanceMethod<&TensorBinding::FileInfoJs>("fileInfo"),

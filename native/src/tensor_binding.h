@@ -78,6 +78,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value ProductKeySearchAsync(const Napi::CallbackInfo& info);
   Napi::Value SaveFileAsync(const Napi::CallbackInfo& info);
   Napi::Value FileCheckpoint(const Napi::CallbackInfo& info);
+  Napi::Value FileCheckpointAsync(const Napi::CallbackInfo& info);
   Napi::Value FileCompact(const Napi::CallbackInfo& info);
   Napi::Value FileClose(const Napi::CallbackInfo& info);
   Napi::Value FileInfoJs(const Napi::CallbackInfo& info);
