@@ -127,35 +127,35 @@ async function phaseWork() {
   // a checkpoint every CKPT_EVERY steps with the default compaction policy (a training job).
   const opt = new SparseAdam([t], { lr: 1e-3 });
   const train = async (label) => {
-  let steps = 0, touched = 0, searchMs = 0, stepMs = 0, ckptMs = 0, maxRss = 0, maxAnon = 0;
-  const start = nowMs();
-  while (nowMs() - start < SECONDS * 1000) {
-    const q = new Float32Array(BATCH * D);
-    for (let i = 0; i < q.length; i++) q[i] = rand() * 2 - 1;
-    let s0 = nowMs();
-    const r = await pk.searchBatch(q, K);
-    searchMs += nowMs() - s0;
-    const grads = new Float32Array(r.ids.length * D);
-    for (let i = 0; i < grads.length; i++) grads[i] = (rand() - 0.5) * 1e-2;
-    s0 = nowMs();
-    touched += opt.step([{ tensor: t, ids: r.ids, grads }])[0];
-    stepMs += nowMs() - s0;
-    steps++;
-    if (steps % CKPT_EVERY === 0) {
+    let steps = 0, touched = 0, searchMs = 0, stepMs = 0, ckptMs = 0, maxRss = 0, maxAnon = 0;
+    const start = nowMs();
+    while (nowMs() - start < SECONDS * 1000) {
+      const q = new Float32Array(BATCH * D);
+      for (let i = 0; i < q.length; i++) q[i] = rand() * 2 - 1;
+      let s0 = nowMs();
+      const r = await pk.searchBatch(q, K);
+      searchMs += nowMs() - s0;
+      const grads = new Float32Array(r.ids.length * D);
+      for (let i = 0; i < grads.length; i++) grads[i] = (rand() - 0.5) * 1e-2;
       s0 = nowMs();
-      t.checkpoint();
-      ckptMs += nowMs() - s0;
+      touched += opt.step([{ tensor: t, ids: r.ids, grads }])[0];
+      stepMs += nowMs() - s0;
+      steps++;
+      if (steps % CKPT_EVERY === 0) {
+        s0 = nowMs();
+        t.checkpoint();
+        ckptMs += nowMs() - s0;
+      }
+      const m = memory();
+      maxRss = Math.max(maxRss, m.VmRSS);
+      maxAnon = Math.max(maxAnon, m.RssAnon);
     }
-    const m = memory();
-    maxRss = Math.max(maxRss, m.VmRSS);
-    maxAnon = Math.max(maxAnon, m.RssAnon);
-  }
-  const ms = nowMs() - start;
-  log(`${label}: ${steps} steps in ${fmt(ms)} ms`);
-  return {
-    steps, ms, stepsPerSec: (steps * 1000) / ms, distinctRowsPerStep: touched / steps, searchMs, optimizerStepMs: stepMs,
-    checkpointEvery: CKPT_EVERY, checkpointAndCompactMs: ckptMs, compactedSeq: t.file.compactedSeq, seq: t.file.seq, maxVmRSS: maxRss, maxRssAnon: maxAnon,
-    after: memory(),
+    const ms = nowMs() - start;
+    log(`${label}: ${steps} steps in ${fmt(ms)} ms`);
+    return {
+      steps, ms, stepsPerSec: (steps * 1000) / ms, distinctRowsPerStep: touched / steps, searchMs, optimizerStepMs: stepMs,
+      checkpointEvery: CKPT_EVERY, checkpointAndCompactMs: ckptMs, compactedSeq: t.file.compactedSeq, seq: t.file.seq, maxVmRSS: maxRss, maxRssAnon: maxAnon,
+      after: memory(),
   };
   };
   out.train = await train('train (cold cache)');

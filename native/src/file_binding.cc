@@ -1,6 +1,7 @@
 // Node-API side of tensor files (native/src/tensor_file.h): creating, opening (the
 // root check runs off the JavaScript thread), checkpoints, compaction, close.
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "file_binding.h"
@@ -34,6 +35,17 @@ std::unique_ptr<PendingFile> open_pending(const std::string& path, const FileOpe
   file->recover(*p->tensor, *p->tree);
   p->file = std::move(file);
   return p;
+}
+
+// Tags the External handed to JavaScript, so that the NativeTensor constructor takes
+// only one of ours (any other External would be a wild pointer cast).
+const napi_type_tag kPendingTag = {0x67686f737446696cULL, 0x6550656e64696e67ULL};  // "ghostFil" "ePending"
+
+Napi::Value pending_to_js(Napi::Env env, std::unique_ptr<PendingFile> p) {
+  Napi::External<PendingFile> ext =
+      Napi::External<PendingFile>::New(env, p.release(), [](Napi::Env, PendingFile* q) { delete q; });
+  if (napi_type_tag_object(env, ext, &kPendingTag) != napi_ok) throw std::runtime_error("cannot tag an opened file");
+  return ext;
 }
 
 std::string path_arg(const Napi::CallbackInfo& info, size_t index) {
@@ -91,9 +103,7 @@ class OpenJob : public FileJob {
 
  private:
   void Run() override { pending_ = open_pending(path_, opts_); }
-  Napi::Value Settle(Napi::Env env) override {
-    return Napi::External<PendingFile>::New(env, pending_.release(), [](Napi::Env, PendingFile* q) { delete q; });
-  }
+  Napi::Value Settle(Napi::Env env) override { return pending_to_js(env, std::move(pending_)); }
   std::string path_;
   FileOpenOptions opts_;
   std::unique_ptr<PendingFile> pending_;
@@ -205,8 +215,7 @@ Napi::Value OpenTensorFileAsync(const Napi::CallbackInfo& info) {
 // openTensorFile(path, options) -> External (synchronous; same checks)
 Napi::Value OpenTensorFile(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    std::unique_ptr<PendingFile> p = open_pending(path_arg(info, 0), open_options(info, 1));
-    return Napi::External<PendingFile>::New(info.Env(), p.release(), [](Napi::Env, PendingFile* q) { delete q; });
+    return pending_to_js(info.Env(), open_pending(path_arg(info, 0), open_options(info, 1)));
   });
 }
 
@@ -239,6 +248,9 @@ void register_file_functions(Napi::Env env, Napi::Object exports) {
 
 // Constructor path: adopt an opened file (see TensorBinding::TensorBinding).
 void TensorBinding::adopt_file(const Napi::Value& handle) {
+  bool ours = false;
+  if (napi_check_object_type_tag(handle.Env(), handle, &kPendingTag, &ours) != napi_ok || !ours)
+    throw Error(ErrorCode::InvalidArgument, "expected a file opened by openTensorFile");
   PendingFile* p = handle.As<Napi::External<PendingFile>>().Data();
   if (p == nullptr || !p->file) throw Error(ErrorCode::InvalidArgument, "the opened file was already used");
   tensor_ = std::move(p->tensor);
