@@ -225,10 +225,17 @@ describe('tensor files: round trip', () => {
     opt.step([{ tensor: t, ids: s2.ids, grads: s2.grads }]);
     await t.compactAsync();
     expect(t.file).toMatchObject({ seq: 2, compactedSeq: 2, uncompactedRows: 0, pendingRows: 0 });
+    // A step that touches no row still advances the global step: after a detach, the
+    // next checkpoint must still record it (and the next optimizer resume from it).
+    opt.step([{ tensor: t, ids: [], grads: new Float32Array(0) }]);
+    opt.detach();
+    expect(t.checkpoint()).toBe(3);
+    expect(t.checkpoint()).toBe(3); // nothing new
     const img = crashImage(path);
     t.close();
     const r = await SparseTensor.openFile(img);
     const ref = reference(init, d, 2);
+    ref.opt.step([{ tensor: ref.t, ids: [], grads: new Float32Array(0) }]);
     expectSameState(ref.t, ref.opt, r, new SparseAdam([r], ADAM));
     r.close();
   });

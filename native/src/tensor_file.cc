@@ -446,8 +446,8 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
   // step by ~30 and filled the resident set with pages nobody asked for).
   ::madvise(base, want, MADV_RANDOM);
   f->seq_ = h.seq;
-  f->global_step_ = h.global_step;
-  f->log_decay_ = h.log_decay;
+  f->global_step_ = f->durable_global_step_ = h.global_step;
+  f->log_decay_ = f->durable_log_decay_ = h.log_decay;
   f->was_clean_ = h.clean;
 
   f->verify_ = opts.verify || !h.clean;
@@ -635,6 +635,8 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           global_step_ = get64(rh + 24);
           log_decay_ = getf64(rh + 32);
           if (!std::isfinite(log_decay_) || log_decay_ > 0.0) fail("WAL_CORRUPT", "bad decay log in a record");
+          durable_global_step_ = global_step_;
+          durable_log_decay_ = log_decay_;
           replayed_rows.insert(replayed_rows.end(), ids.begin(), ids.end());
           seq_ = seq;
           ++replayed_;
@@ -717,7 +719,7 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
   };
   std::sort(pending_.begin(), pending_.end());
   pending_.erase(std::unique(pending_.begin(), pending_.end()), pending_.end());
-  if (pending_.empty() && global_step == global_step_ && log_decay == log_decay_) {
+  if (pending_.empty() && global_step == durable_global_step_ && log_decay == durable_log_decay_) {
     // Nothing changed since the last checkpoint: it already is the durable state.
     if (due()) compact(false);
     return seq_;
@@ -768,8 +770,8 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
   }
   wal_end_ += rec.size();
   seq_ = seq;
-  global_step_ = global_step;
-  log_decay_ = log_decay;
+  global_step_ = durable_global_step_ = global_step;
+  log_decay_ = durable_log_decay_ = log_decay;
   // Merge into the rows the log holds beyond the main file.
   std::vector<uint32_t> merged;
   merged.reserve(uncompacted_.size() + pending_.size());
@@ -855,8 +857,8 @@ void TensorFile::compact(bool mark_clean) {
   FileHeader h = header_;
   h.seq = seq_;
   h.root = tree_->root();
-  h.global_step = global_step_;
-  h.log_decay = log_decay_;
+  h.global_step = durable_global_step_;  // the header describes checkpoint seq_
+  h.log_decay = durable_log_decay_;
   h.clean = mark_clean;
   write_header(h);
   reset_wal(seq_);

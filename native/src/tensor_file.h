@@ -188,8 +188,10 @@ class TensorFile : public WriteListener {
   int slot_ = 0;            // slot index of header_
   uint64_t seq_ = 0;        // last durable checkpoint (>= header_.seq)
   uint64_t wal_end_ = 0;    // bytes of valid log
-  uint64_t global_step_ = 0;
+  uint64_t global_step_ = 0;  // current: what a newly attached optimizer resumes
   double log_decay_ = 0.0;
+  uint64_t durable_global_step_ = 0;  // as of checkpoint seq_
+  double durable_log_decay_ = 0.0;
   std::vector<uint32_t> pending_;      // rows changed since the last checkpoint (unsorted, repeats)
   std::vector<uint32_t> uncompacted_;  // rows in the log, sorted unique
   SparseTensor* tensor_ = nullptr;
