@@ -15,7 +15,8 @@ export type GhostTensorErrorCode =
   | 'ERR_GT_OUT_OF_MEMORY'
   | 'ERR_GT_INTERNAL'
   | 'ERR_GT_PROOF'
-  | 'ERR_GT_FORMAT';
+  | 'ERR_GT_FORMAT'
+  | 'ERR_GT_STORAGE';
 
 export class GhostTensorError extends Error {
   readonly code: GhostTensorErrorCode;
@@ -110,6 +111,44 @@ export class FormatError extends GhostTensorError {
   }
 }
 
+/** What is wrong with a tensor file, or which file operation failed (docs/storage.md). */
+export type StorageFailure =
+  | 'IO' // the operating system refused a read, write, sync, open or mapping (message has the errno text)
+  | 'TRUNCATED' // the file is shorter than its header says
+  | 'BAD_MAGIC' // not a ghost-tensor file
+  | 'HEADER_CHECKSUM' // no header slot passes its BLAKE3 checksum
+  | 'VERSION' // a format or hash-scheme version this build does not read
+  | 'BAD_HEADER' // a checksummed header with impossible fields (shape, layout, flags)
+  | 'ROOT_MISMATCH' // the values or stored tree do not give the recorded root
+  | 'NON_FINITE' // the root check found NaN or an infinity in a row
+  | 'WAL_CORRUPT' // a complete log record fails its checksum or is malformed (not a torn tail)
+  | 'WAL_MISMATCH' // the log belongs to another file or a log was lost
+  | 'WAL_ROOT_MISMATCH' // replaying a log record did not give the root it recorded
+  | 'LOCKED' // another process has the file open for writing
+  | 'READ_ONLY' // a checkpoint on a file opened read-only
+  | 'CLOSED' // the tensor file was closed
+  | 'INDEX_CHECKSUM'; // a saved HNSW graph is missing its checksum file or does not match it
+
+const STORAGE_FAILURES: readonly string[] = [
+  'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH', 'NON_FINITE',
+  'WAL_CORRUPT', 'WAL_MISMATCH', 'WAL_ROOT_MISMATCH', 'LOCKED', 'READ_ONLY', 'CLOSED', 'INDEX_CHECKSUM',
+];
+
+/** A damaged tensor file (refused, never served) or a failed file operation. `reason` says which. */
+export class StorageError extends GhostTensorError {
+  readonly reason: StorageFailure;
+  constructor(reason: StorageFailure, message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_STORAGE', message.startsWith(`${reason}:`) ? message : `${reason}: ${message}`, options);
+    this.reason = reason;
+  }
+}
+
+function storageError(message: string, cause: unknown): StorageError {
+  const token = /^([A-Z_]+):/.exec(message)?.[1];
+  const reason = token !== undefined && STORAGE_FAILURES.includes(token) ? (token as StorageFailure) : 'IO';
+  return new StorageError(reason, message, { cause });
+}
+
 /** The native addon could not be loaded, ran out of memory, or failed internally. */
 export class NativeError extends GhostTensorError {}
 
@@ -120,6 +159,7 @@ const byCode: Record<string, (message: string, cause: unknown) => GhostTensorErr
   ERR_GT_DETACHED: (m, cause) => new DetachedBufferError(m, { cause }),
   ERR_GT_BUSY: (m, cause) => new TensorBusyError(m, { cause }),
   ERR_GT_UNSUPPORTED: (m, cause) => new UnsupportedError(m, { cause }),
+  ERR_GT_STORAGE: (m, cause) => storageError(m, cause),
   ERR_GT_OUT_OF_MEMORY: (m, cause) => new NativeError('ERR_GT_OUT_OF_MEMORY', m, { cause }),
   ERR_GT_INTERNAL: (m, cause) => new NativeError('ERR_GT_INTERNAL', m, { cause }),
 };

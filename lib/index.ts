@@ -2,7 +2,12 @@ export { SparseTensor } from './sparse-tensor.js';
 export type {
   BatchSearchOptions,
   BatchSearchResult,
+  CheckpointOptions,
+  CreateFileOptions,
   CreateOptions,
+  OpenFileOptions,
+  SaveFileOptions,
+  TensorFileInfo,
   FromArrayOptions,
   HnswInfo,
   HnswOptions,

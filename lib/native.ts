@@ -62,6 +62,12 @@ export interface NativeTensor {
     k: number,
     threads: number | undefined,
   ): Promise<{ ids: Uint32Array; scores: Float64Array }>;
+  saveFileAsync(path: string, optimizerState: boolean, threads: number | undefined): Promise<void>;
+  fileCheckpoint(compactBytes: number, compactRows: number): number;
+  fileCheckpointAsync(compactBytes: number, compactRows: number, forceCompact: boolean): Promise<number>;
+  fileCompact(): void;
+  fileClose(): void;
+  fileInfo(): NativeFileInfo | null;
   optimInit(options: NativeOptimizerOptions, replace: boolean): void;
   optimDetach(): void;
   optimStep(ids: Uint32Array, grads: Float32Array): number;
@@ -126,7 +132,31 @@ export interface NativeHnswStats {
   refreshed: number;
 }
 
+export interface NativeFileInfo {
+  seq: number;
+  compactedSeq: number;
+  walBytes: number;
+  pendingRows: number;
+  uncompactedRows: number;
+  replayedRecords: number;
+  wasClean: boolean;
+  verified: boolean;
+  writable: boolean;
+  optimizerState: boolean;
+  closed: boolean;
+}
+
+/** An opened tensor file not yet wrapped by a NativeTensor (opaque). */
+export type NativeOpenedFile = { readonly __openedFile: unique symbol };
+
+export interface NativeFileOpenOptions {
+  readOnly?: boolean;
+  verify?: boolean;
+  threads?: number;
+}
+
 export interface NativeTensorConstructor {
+  new (file: NativeOpenedFile): NativeTensor;
   new (dim: number, capacity?: number): NativeTensor;
   new (dim: number, data: Float32Array, adopt: boolean): NativeTensor;
 }
@@ -174,6 +204,11 @@ export interface NativeAddon {
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined,
   ): { ids: Uint32Array; scores: Float64Array };
+  openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
+  openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
+  createTensorFileAsync(
+    path: string, rows: number, dim: number, optimizerState: boolean, seed: number, scale: number, threads: number | undefined,
+  ): Promise<void>;
 }
 
 let cached: NativeAddon | undefined;

@@ -17,7 +17,7 @@
 import { checkFloat32Array, checkInteger } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
 import type { SimdLevel } from './simd.js';
-import { SparseTensor, internalNative, type SearchOptions } from './sparse-tensor.js';
+import { SparseTensor, internalNative, type OpenFileOptions, type SaveFileOptions, type SearchOptions } from './sparse-tensor.js';
 
 export interface ProductKeyResult {
   /** Slot ids (i * n + j), best first. */
@@ -99,6 +99,34 @@ export class ProductKeyIndex {
       return a;
     };
     return new ProductKeyIndex(SparseTensor.fromArray(fill(n * d1), d1), SparseTensor.fromArray(fill(n * d2), d2));
+  }
+
+  /**
+   * Writes the two sub-key tables as tensor files (docs/storage.md): each with its
+   * Merkle tree and a checksummed header, so a damaged table is refused on open.
+   */
+  async saveFiles(path1: string, path2: string, options: SaveFileOptions = {}): Promise<void> {
+    await this.keys1.saveFile(path1, options);
+    await this.keys2.saveFile(path2, options);
+  }
+
+  /** Opens two tables written by saveFiles() (memory-mapped; `verify` rehashes them). */
+  static async openFiles(path1: string, path2: string, options: OpenFileOptions = {}): Promise<ProductKeyIndex> {
+    const keys1 = await SparseTensor.openFile(path1, options);
+    let keys2: SparseTensor;
+    try {
+      keys2 = await SparseTensor.openFile(path2, options);
+    } catch (err) {
+      keys1.close();
+      throw err;
+    }
+    try {
+      return ProductKeyIndex.fromTables(keys1, keys2);
+    } catch (err) {
+      keys1.close();
+      keys2.close();
+      throw err;
+    }
   }
 
   /** Sub-keys per table (n). */

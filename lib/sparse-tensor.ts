@@ -7,8 +7,15 @@
  * the tensor as it was.
  */
 import { checkFloat32Array, checkInteger, toIds } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, callNative, fromNative } from './errors.js';
-import { native, type NativeHnswOptions, type NativeHnswStats, type NativeTensor } from './native.js';
+import { InvalidArgumentError, OutOfRangeError, callNative, callNativeAsync, fromNative } from './errors.js';
+import {
+  native,
+  type NativeFileInfo,
+  type NativeFileOpenOptions,
+  type NativeHnswOptions,
+  type NativeHnswStats,
+  type NativeTensor,
+} from './native.js';
 import type { SimdLevel } from './simd.js';
 
 /** ip: inner product (higher is better); cosine (higher is better; a zero vector scores 0);
@@ -106,6 +113,65 @@ export interface FromArrayOptions {
   metric?: Metric;
 }
 
+export interface OpenFileOptions {
+  /** Map the file without taking the writer's lock; writes stay in memory and checkpoints are refused. */
+  readOnly?: boolean;
+  /**
+   * Check every stored Merkle node against the rows (rehashes the whole file) before
+   * serving it. Done anyway when the file was not closed cleanly. Default false.
+   */
+  verify?: boolean;
+  /** Threads for the check (default: all cores). */
+  threads?: number;
+  /** Default metric of search calls (not stored in the file). Default 'ip'. */
+  metric?: Metric;
+}
+
+export interface CreateFileOptions {
+  rows: number;
+  dim: number;
+  /** Reserve Adam / SGD state (m, v, row counters, decay marks) in the file; zero to start. Default false. */
+  optimizerState?: boolean;
+  /** Values uniform in [-scale, scale) from this seed (deterministic). Defaults 0 and 0.01. */
+  seed?: number;
+  scale?: number;
+  threads?: number;
+}
+
+export interface SaveFileOptions {
+  /** Reserve optimizer state (zero) in the file. Default false. */
+  optimizerState?: boolean;
+  threads?: number;
+}
+
+export interface CheckpointOptions {
+  /** Compact (apply the log to the main file) once the log exceeds this many bytes; 0: no byte limit. Default 256 MiB. */
+  compactBytes?: number;
+  /**
+   * Compact once this many distinct rows are in the log but not in the main file; 0: no
+   * row limit. Default 16,384. Until compaction, every such row keeps its changed 4 KiB
+   * pages (values, optimizer state, tree path) in anonymous memory: this bounds that.
+   */
+  compactRows?: number;
+}
+
+/** State of a file-backed tensor (see docs/storage.md). */
+export type TensorFileInfo = NativeFileInfo;
+
+const DEFAULT_COMPACT_BYTES = 256 * 2 ** 20;
+const DEFAULT_COMPACT_ROWS = 16_384;
+
+function checkPath(path: unknown): string {
+  if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+  return path;
+}
+
+function fileOpenOptions(options: OpenFileOptions): NativeFileOpenOptions {
+  const o: NativeFileOpenOptions = { readOnly: options.readOnly === true, verify: options.verify === true };
+  if (options.threads !== undefined) o.threads = checkInteger('threads', options.threads, 1, 1024);
+  return o;
+}
+
 function checkMetric(name: string, value: unknown): Metric {
   if (typeof value !== 'string' || !(METRICS as readonly string[]).includes(value)) {
     throw new InvalidArgumentError(`${name} must be 'ip', 'cosine' or 'l2', got ${String(value)}`);
@@ -154,6 +220,104 @@ export class SparseTensor {
     const metric = checkMetric('metric', options.metric ?? 'ip');
     const N = native().NativeTensor;
     return new SparseTensor(callNative(() => new N(dim, data, options.adopt === true)), metric);
+  }
+
+  /**
+   * Opens a tensor file (docs/storage.md) memory-mapped: nothing is read until it is
+   * touched, and writes stay in this process's memory until checkpoint(). The header
+   * is checked, and, with `verify` or after an unclean close, every stored Merkle node
+   * against the rows (off the JavaScript thread); the write-ahead log is then replayed.
+   * A damaged file is refused with StorageError (its `reason` says what is wrong).
+   * The tensor is committed (root() and prove() work) and has a fixed number of rows.
+   */
+  static async openFile(path: string, options: OpenFileOptions = {}): Promise<SparseTensor> {
+    const p = checkPath(path);
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const o = fileOpenOptions(options);
+    const handle = await callNativeAsync(() => native().openTensorFileAsync(p, o));
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(handle)), metric);
+  }
+
+  /** openFile() on the calling thread (blocks it for the check). */
+  static openFileSync(path: string, options: OpenFileOptions = {}): SparseTensor {
+    const p = checkPath(path);
+    const metric = checkMetric('metric', options.metric ?? 'ip');
+    const o = fileOpenOptions(options);
+    const N = native().NativeTensor;
+    return new SparseTensor(callNative(() => new N(native().openTensorFile(p, o))), metric);
+  }
+
+  /**
+   * Writes a new tensor file of `rows` x `dim` seeded uniform values (and its Merkle
+   * tree) atomically, off the JavaScript thread, without holding the rows in memory.
+   */
+  static async createFile(path: string, options: CreateFileOptions): Promise<void> {
+    const p = checkPath(path);
+    const rows = checkInteger('rows', options.rows, 1, MAX_ROWS);
+    const dim = checkInteger('dim', options.dim, 1, MAX_DIM);
+    const seed = checkInteger('seed', options.seed ?? 0, 0, Number.MAX_SAFE_INTEGER);
+    const scale = options.scale ?? 0.01;
+    if (typeof scale !== 'number' || !Number.isFinite(scale) || scale < 0) {
+      throw new InvalidArgumentError(`scale must be a finite number >= 0, got ${String(scale)}`);
+    }
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    await callNativeAsync(() => native().createTensorFileAsync(p, rows, dim, options.optimizerState === true, seed, scale, threads));
+  }
+
+  /** Writes this tensor's rows and Merkle tree to a new tensor file atomically (off the JavaScript thread). */
+  async saveFile(path: string, options: SaveFileOptions = {}): Promise<void> {
+    const p = checkPath(path);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    await callNativeAsync(() => this.#native.saveFileAsync(p, options.optimizerState === true, threads));
+  }
+
+  /**
+   * Makes every change since the last checkpoint durable (a file-backed tensor only):
+   * one checksummed log record of the changed rows (values and optimizer state) and
+   * the new root, then fdatasync. Costs O(rows changed). Returns the checkpoint's
+   * sequence number. Then compacts when the log exceeds `compactBytes` or holds
+   * `compactRows` rows not yet in the main file. Unchanged since the last checkpoint:
+   * writes nothing and returns the same number.
+   */
+  checkpoint(options: CheckpointOptions = {}): number {
+    const bytes = checkInteger('compactBytes', options.compactBytes ?? DEFAULT_COMPACT_BYTES, 0, Number.MAX_SAFE_INTEGER);
+    const rows = checkInteger('compactRows', options.compactRows ?? DEFAULT_COMPACT_ROWS, 0, Number.MAX_SAFE_INTEGER);
+    return callNative(() => this.#native.fileCheckpoint(bytes, rows));
+  }
+
+  /**
+   * checkpoint() on a worker thread (a large checkpoint or its compaction does not block
+   * the JavaScript thread). Every other call on this tensor throws TensorBusyError until
+   * it settles.
+   */
+  async checkpointAsync(options: CheckpointOptions = {}): Promise<number> {
+    const bytes = checkInteger('compactBytes', options.compactBytes ?? DEFAULT_COMPACT_BYTES, 0, Number.MAX_SAFE_INTEGER);
+    const rows = checkInteger('compactRows', options.compactRows ?? DEFAULT_COMPACT_ROWS, 0, Number.MAX_SAFE_INTEGER);
+    return callNativeAsync(() => this.#native.fileCheckpointAsync(bytes, rows, false));
+  }
+
+  /** Checkpoints, then applies the log to the main file in place and empties it. */
+  compact(): void {
+    callNative(() => this.#native.fileCompact());
+  }
+
+  /** compact() on a worker thread; the tensor is held exclusively until it settles. */
+  async compactAsync(): Promise<void> {
+    await callNativeAsync(() => this.#native.fileCheckpointAsync(0, 0, true));
+  }
+
+  /**
+   * Checkpoints, compacts and marks the file cleanly closed (the next open skips the
+   * full check). The tensor refuses every call afterwards (StorageError 'CLOSED').
+   */
+  close(): void {
+    callNative(() => this.#native.fileClose());
+  }
+
+  /** The file behind this tensor, or null for an in-memory tensor. */
+  get file(): TensorFileInfo | null {
+    return callNative(() => this.#native.fileInfo());
   }
 
   /** Number of patterns N. */

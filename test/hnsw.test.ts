@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -141,7 +141,22 @@ describe('HNSW index', () => {
       const small = SparseTensor.fromArray(rng.f32(10 * d), d);
       expect(() => small.loadHnsw(path, { metric: 'l2' })).toThrow(InvalidArgumentError);
       writeFileSync(join(dir, 'junk.hnsw'), Buffer.from('not a graph'));
-      expect(() => u.loadHnsw(join(dir, 'junk.hnsw'), { metric: 'l2' })).toThrow(InvalidArgumentError);
+      // No checksum file beside it: refused before hnswlib parses it.
+      expect(() => u.loadHnsw(join(dir, 'junk.hnsw'), { metric: 'l2' })).toThrow(expect.objectContaining({ reason: 'INDEX_CHECKSUM' }));
+      // A flipped byte anywhere in a saved graph: refused (the checksum file, docs/storage.md).
+      for (const off of [0, 100, 5000]) {
+        const bad = join(dir, `bad${off}.hnsw`);
+        const bytes = readFileSync(path);
+        bytes[off] = bytes[off]! ^ 0x20;
+        writeFileSync(bad, bytes);
+        writeFileSync(`${bad}.b3`, readFileSync(`${path}.b3`));
+        expect(() => u.loadHnsw(bad, { metric: 'l2', M: 12 })).toThrow(expect.objectContaining({ code: 'ERR_GT_STORAGE', reason: 'INDEX_CHECKSUM' }));
+      }
+      // A truncated graph too.
+      const cut = join(dir, 'cut.hnsw');
+      writeFileSync(cut, readFileSync(path).subarray(0, 1000));
+      writeFileSync(`${cut}.b3`, readFileSync(`${path}.b3`));
+      expect(() => u.loadHnsw(cut, { metric: 'l2', M: 12 })).toThrow(expect.objectContaining({ reason: 'INDEX_CHECKSUM' }));
       expect(() => t.saveHnsw(join(dir, 'no/such/dir/graph.hnsw'))).toThrow(InvalidArgumentError);
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "canonical_binding.h"
+#include "file_binding.h"
 #include "hopfield_binding.h"
 #include "../third_party/blake3/blake3.h"
 #include "cpu.h"
@@ -146,6 +147,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelBlock", Napi::Function::New(env, KernelBlock));
   exports.Set("blake3", Napi::Function::New(env, Blake3));
   InitCanonical(env, exports);
+  register_file_functions(env, exports);
   return exports;
 }
 

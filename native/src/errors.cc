@@ -10,6 +10,7 @@ const char* error_code_string(ErrorCode code) {
     case ErrorCode::Detached: return "ERR_GT_DETACHED";
     case ErrorCode::Busy: return "ERR_GT_BUSY";
     case ErrorCode::Unsupported: return "ERR_GT_UNSUPPORTED";
+    case ErrorCode::Storage: return "ERR_GT_STORAGE";
   }
   return "ERR_GT_UNKNOWN";
 }

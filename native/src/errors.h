@@ -14,6 +14,8 @@ enum class ErrorCode {
   Detached,         // an adopted buffer was detached (transferred) by JavaScript
   Busy,             // a write while an asynchronous read of the tensor is running
   Unsupported,      // a SIMD level or feature this CPU or build lacks
+  Storage,          // a tensor file is damaged, or reading / writing it failed; the
+                    // message starts with a reason token ("HEADER_CHECKSUM: ...")
 };
 
 const char* error_code_string(ErrorCode code);

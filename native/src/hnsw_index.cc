@@ -3,9 +3,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <mutex>
+#include <string>
+#include <vector>
 
+#if !defined(_WIN32)
+#include <unistd.h>
+#endif
+
+#include "../third_party/blake3/blake3.h"
 #include "hnswlib_include.h"
 #include "parallel.h"
 #include "search.h"
@@ -55,9 +63,70 @@ HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t thre
   tensor_.add_listener(this);
 }
 
+namespace {
+
+// The checksum file beside a saved graph (<path>.b3, 48 bytes): magic "GTHNSWB3",
+// u64 little-endian length of the graph file, BLAKE3 of its bytes. hnswlib's format has
+// no checksum of its own, and a damaged graph can send its search out of bounds.
+constexpr char kHnswSumMagic[8] = {'G', 'T', 'H', 'N', 'S', 'W', 'B', '3'};
+
+// Length and BLAKE3 of a file's bytes; false when it cannot be read.
+bool file_digest(const std::string& path, uint64_t* length, uint8_t out[32]) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return false;
+  blake3_hasher h;
+  blake3_hasher_init(&h);
+  std::vector<uint8_t> buf(size_t{1} << 20);
+  uint64_t total = 0;
+  size_t got;
+  while ((got = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
+    blake3_hasher_update(&h, buf.data(), got);
+    total += got;
+  }
+  const bool ok = std::ferror(f) == 0;
+  std::fclose(f);
+  blake3_hasher_finalize(&h, out, 32);
+  *length = total;
+  return ok;
+}
+
+void write_synced(const std::string& path, const uint8_t* bytes, size_t n) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) throw Error(ErrorCode::Storage, "IO: cannot write " + path);
+  const bool ok = std::fwrite(bytes, 1, n, f) == n && std::fflush(f) == 0
+#if !defined(_WIN32)
+                  && ::fsync(::fileno(f)) == 0
+#endif
+      ;
+  std::fclose(f);
+  if (!ok) throw Error(ErrorCode::Storage, "IO: writing " + path + " failed");
+}
+
+void check_graph_digest(const std::string& path) {
+  uint8_t want[48];
+  std::FILE* f = std::fopen((path + ".b3").c_str(), "rb");
+  if (f == nullptr)
+    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: " + path + ".b3 is missing: the graph cannot be checked");
+  const size_t got = std::fread(want, 1, sizeof want, f);
+  const bool extra = std::fgetc(f) != EOF;
+  std::fclose(f);
+  if (got != sizeof want || extra || std::memcmp(want, kHnswSumMagic, 8) != 0)
+    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: " + path + ".b3 is not a graph checksum file");
+  uint64_t length = 0, want_length = 0;
+  for (int i = 0; i < 8; ++i) want_length |= static_cast<uint64_t>(want[8 + i]) << (8 * i);
+  uint8_t digest[32];
+  if (!file_digest(path, &length, digest))
+    throw Error(ErrorCode::Storage, "IO: cannot read the HNSW graph " + path);
+  if (length != want_length || std::memcmp(digest, want + 16, 32) != 0)
+    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: the HNSW graph " + path + " does not match its checksum (damaged)");
+}
+
+}  // namespace
+
 HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, const std::string& path)
     : tensor_(tensor), params_(params), kernels_(&kernels()) {
   check_params(params_);
+  check_graph_digest(path);  // before hnswlib parses a byte of it
   space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
   try {
     graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), path, false,
@@ -222,9 +291,32 @@ void HnswIndex::save(const std::string& path, size_t threads) {
     throw Error(ErrorCode::InvalidArgument, "writing the HNSW graph to " + tmp + " failed");
   }
   check.close();
+  // The checksum file first (as a temporary), then both renamed: a crash in between
+  // leaves a graph and a checksum that disagree, which loading refuses (never serves).
+  uint8_t sum[48] = {};
+  std::memcpy(sum, kHnswSumMagic, 8);
+  uint64_t length = 0;
+  if (!file_digest(tmp, &length, sum + 16)) {
+    std::remove(tmp.c_str());
+    throw Error(ErrorCode::InvalidArgument, "cannot read back " + tmp);
+  }
+  for (int i = 0; i < 8; ++i) sum[8 + i] = static_cast<uint8_t>(length >> (8 * i));
+  const std::string sum_tmp = path + ".b3.tmp";
+  try {
+    write_synced(sum_tmp, sum, sizeof sum);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    std::remove(sum_tmp.c_str());
+    throw;
+  }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
+    std::remove(sum_tmp.c_str());
     throw Error(ErrorCode::InvalidArgument, "cannot rename " + tmp + " to " + path);
+  }
+  if (std::rename(sum_tmp.c_str(), (path + ".b3").c_str()) != 0) {
+    std::remove(sum_tmp.c_str());
+    throw Error(ErrorCode::InvalidArgument, "cannot rename " + sum_tmp + " to " + path + ".b3");
   }
 }
 

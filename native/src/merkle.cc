@@ -1,6 +1,7 @@
 #include "merkle.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -8,6 +9,20 @@
 #include "parallel.h"
 
 namespace gt {
+
+std::vector<size_t> merkle_level_widths(uint64_t n) {
+  std::vector<size_t> w;
+  if (n == 0) return w;
+  w.push_back(static_cast<size_t>(n));
+  while (w.back() > 1) w.push_back((w.back() + 1) / 2);
+  return w;
+}
+
+size_t merkle_node_count(uint64_t n) {
+  size_t total = 0;
+  for (size_t w : merkle_level_widths(n)) total += w;
+  return total;
+}
 
 namespace {
 
@@ -17,14 +32,7 @@ Hash plain(const char* s) {
   return h;
 }
 
-// Level widths for n leaves: ceil(n / 2^l) down to 1.
-std::vector<size_t> widths(uint64_t n) {
-  std::vector<size_t> w;
-  if (n == 0) return w;
-  w.push_back(static_cast<size_t>(n));
-  while (w.back() > 1) w.push_back((w.back() + 1) / 2);
-  return w;
-}
+std::vector<size_t> widths(uint64_t n) { return merkle_level_widths(n); }
 
 static_assert(sizeof(float) == 4, "f32 leaves");
 
@@ -98,7 +106,7 @@ void resize_levels(MerkleLevels& levels, size_t n) {
 
 // Hashes rows [first, first + count) into leaves[first ...].
 void hash_leaves(const float* data, size_t dim, size_t first, size_t count, size_t threads,
-                 std::vector<Hash>& leaves) {
+                 const LevelSpan& leaves) {
   const size_t len = dim * 4;
   const bool batched = len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_CHUNK_LEN && little_endian();
   const size_t useful = count * len < (size_t{1} << 20) ? 1 : threads;
@@ -119,7 +127,7 @@ void hash_leaves(const float* data, size_t dim, size_t first, size_t count, size
 }
 
 // Recomputes parent[from, to) from child (sizes already set).
-void hash_parents(const std::vector<Hash>& child, std::vector<Hash>& parent, size_t from, size_t to,
+void hash_parents(const LevelSpan& child, const LevelSpan& parent, size_t from, size_t to,
                   size_t threads) {
   const size_t useful = (to - from) < 4096 ? 1 : threads;
   parallel_for(to - from, useful, [&](size_t b, size_t e, size_t) {
@@ -151,18 +159,111 @@ MerkleLevels build_merkle_levels(const float* data, size_t n, size_t dim, size_t
   MerkleLevels levels;
   resize_levels(levels, n);
   if (n == 0) return levels;
+  auto span = [&](size_t l) { return LevelSpan{levels[l].data(), levels[l].size()}; };
+  hash_leaves(data, dim, 0, n, threads, span(0));
+  for (size_t l = 0; l + 1 < levels.size(); ++l) hash_parents(span(l), span(l + 1), 0, levels[l + 1].size(), threads);
+  return levels;
+}
+
+void build_merkle_into(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels, size_t threads) {
+  const std::vector<size_t> w = widths(n);
+  if (levels.size() != w.size()) throw Error(ErrorCode::InvalidArgument, "levels do not have the tree's shape");
+  for (size_t l = 0; l < w.size(); ++l)
+    if (levels[l].size() != w[l]) throw Error(ErrorCode::InvalidArgument, "levels do not have the tree's shape");
+  if (n == 0) return;
   hash_leaves(data, dim, 0, n, threads, levels[0]);
   for (size_t l = 0; l + 1 < levels.size(); ++l) hash_parents(levels[l], levels[l + 1], 0, levels[l + 1].size(), threads);
-  return levels;
+}
+
+bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels,
+                          size_t threads, size_t* bad_level, size_t* bad_index, bool check_finite) {
+  const std::vector<size_t> w = widths(n);
+  if (levels.size() != w.size()) {
+    *bad_level = 0;
+    *bad_index = 0;
+    return false;
+  }
+  for (size_t l = 0; l < w.size(); ++l) {
+    if (levels[l].size() != w[l]) {
+      *bad_level = l;
+      *bad_index = 0;
+      return false;
+    }
+  }
+  if (n == 0) return true;
+  // Chunks of 2^14 nodes, recomputed into per-chunk scratch and compared; the first
+  // mismatch (lowest level, lowest index) is reported.
+  constexpr size_t kChunk = size_t{1} << 14;
+  for (size_t l = 0; l < w.size(); ++l) {
+    const size_t width = w[l];
+    const size_t chunks = (width + kChunk - 1) / kChunk;
+    std::vector<size_t> first_bad(chunks, SIZE_MAX);
+    std::vector<size_t> first_nonfinite(chunks, SIZE_MAX);
+    parallel_for(chunks, width < 4096 ? 1 : threads, [&](size_t cb, size_t ce, size_t) {
+      std::vector<Hash> scratch(kChunk);
+      for (size_t c = cb; c < ce; ++c) {
+        const size_t from = c * kChunk, to = std::min(width, from + kChunk);
+        // Shifted views so that index j of the scratch level is node from + j.
+        if (l == 0) {
+          if (check_finite) {
+            const size_t bad = first_non_finite(data + from * dim, (to - from) * dim);
+            if (bad != (to - from) * dim) first_nonfinite[c] = from + bad / dim;
+          }
+          hash_leaves(data + from * dim, dim, 0, to - from, 1, LevelSpan{scratch.data(), to - from});
+        } else {
+          // Parents [from, to) need children [2 from, min(2 to, child width)).
+          const LevelSpan& child = levels[l - 1];
+          const size_t cfrom = 2 * from, cto = std::min(child.size(), 2 * to);
+          hash_parents(LevelSpan{child.p + cfrom, cto - cfrom}, LevelSpan{scratch.data(), to - from}, 0, to - from, 1);
+        }
+        for (size_t j = from; j < to; ++j) {
+          if (scratch[j - from] != levels[l][j]) {
+            first_bad[c] = j;
+            break;
+          }
+        }
+      }
+    });
+    for (size_t c = 0; c < chunks; ++c) {
+      if (first_nonfinite[c] != SIZE_MAX) {
+        *bad_level = SIZE_MAX;
+        *bad_index = first_nonfinite[c];
+        return false;
+      }
+    }
+    for (size_t c = 0; c < chunks; ++c) {
+      if (first_bad[c] != SIZE_MAX) {
+        *bad_level = l;
+        *bad_index = first_bad[c];
+        return false;
+      }
+    }
+  }
+  return true;
 }
 
 MerkleTree::MerkleTree(SparseTensor& tensor, size_t threads)
     : MerkleTree(tensor, build_merkle_levels(tensor.data(), tensor.size(), tensor.dim(), threads)) {}
 
-MerkleTree::MerkleTree(SparseTensor& tensor, MerkleLevels&& levels) : tensor_(tensor), levels_(std::move(levels)) {
+MerkleTree::MerkleTree(SparseTensor& tensor, MerkleLevels&& levels) : tensor_(tensor), owned_(std::move(levels)) {
+  attach_owned();
   if (leaf_count() != tensor_.size())
     throw Error(ErrorCode::InvalidArgument, "the tree was built over a different number of rows");
   tensor_.add_listener(this);
+}
+
+MerkleTree::MerkleTree(SparseTensor& tensor, std::vector<LevelSpan> external)
+    : tensor_(tensor), external_(true), levels_(std::move(external)) {
+  const std::vector<size_t> w = widths(tensor_.size());
+  bool ok = w.size() == levels_.size();
+  for (size_t l = 0; ok && l < w.size(); ++l) ok = levels_[l].size() == w[l] && levels_[l].p != nullptr;
+  if (!ok) throw Error(ErrorCode::InvalidArgument, "the stored tree does not have the shape of the tensor's rows");
+  tensor_.add_listener(this);
+}
+
+void MerkleTree::attach_owned() {
+  levels_.resize(owned_.size());
+  for (size_t l = 0; l < owned_.size(); ++l) levels_[l] = LevelSpan{owned_[l].data(), owned_[l].size()};
 }
 
 MerkleTree::~MerkleTree() { tensor_.remove_listener(this); }
@@ -193,8 +294,8 @@ void MerkleTree::on_rows_changed(const uint32_t* ids, size_t count) {
   }
   std::vector<size_t> next, hashed;
   for (size_t l = 0; l + 1 < levels_.size(); ++l) {
-    const std::vector<Hash>& child = levels_[l];
-    std::vector<Hash>& parent = levels_[l + 1];
+    const LevelSpan& child = levels_[l];
+    const LevelSpan& parent = levels_[l + 1];
     next.clear();
     hashed.clear();
     ptrs.clear();
@@ -219,7 +320,10 @@ void MerkleTree::on_rows_changed(const uint32_t* ids, size_t count) {
 }
 
 void MerkleTree::on_rows_appended(size_t first, size_t count) {
-  resize_levels(levels_, tensor_.size());
+  // A file-backed tensor refuses growth before it happens (its storage is fixed).
+  if (external_) throw Error(ErrorCode::Unsupported, "a tree stored in a file cannot follow appends");
+  resize_levels(owned_, tensor_.size());
+  attach_owned();
   hash_leaves(tensor_.data(), tensor_.dim(), first, count, default_threads(), levels_[0]);
   // Every node from the first changed position rightwards may change (including
   // nodes that were promoted and now get a partner).

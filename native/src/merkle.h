@@ -34,6 +34,32 @@ Hash commit_root(uint64_t n, uint32_t dim, const Hash& top);
 
 using MerkleLevels = std::vector<std::vector<Hash>>;
 
+// One level of a tree: `n` nodes at `p` (owned by a MerkleLevels or by a file mapping).
+struct LevelSpan {
+  Hash* p = nullptr;
+  size_t n = 0;
+  Hash& operator[](size_t i) const { return p[i]; }
+  size_t size() const { return n; }
+};
+
+// Level widths for n leaves: n, ceil(n/2), ..., 1 (empty for n = 0).
+std::vector<size_t> merkle_level_widths(uint64_t n);
+// Total nodes over all levels (sum of merkle_level_widths).
+size_t merkle_node_count(uint64_t n);
+
+// Builds the tree over n rows at `data` into levels that live elsewhere (shaped by
+// merkle_level_widths(n)), on up to `threads` threads.
+void build_merkle_into(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels, size_t threads);
+
+// Checks stored levels against the rows at `data`: every leaf is recomputed from its
+// row and every inner node from its stored children, in bounded memory, on up to
+// `threads` threads. Returns true when all match; otherwise sets *bad_level and
+// *bad_index to the first mismatch found (level 0 = a leaf). With `check_finite`, a
+// row holding NaN or an infinity also fails (*bad_level = SIZE_MAX, *bad_index = the
+// row). Reads only.
+bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels,
+                          size_t threads, size_t* bad_level, size_t* bad_index, bool check_finite = false);
+
 // All levels of the tree over n rows of dim floats at `data`, hashed on up to
 // `threads` threads (leaves and inner nodes in SIMD batches). Reads only.
 MerkleLevels build_merkle_levels(const float* data, size_t n, size_t dim, size_t threads);
@@ -45,6 +71,9 @@ class MerkleTree : public WriteListener {
   // Adopts levels built by build_merkle_levels over the tensor's current rows (an
   // asynchronous build) and starts listening.
   MerkleTree(SparseTensor& tensor, MerkleLevels&& levels);
+  // Uses levels that live elsewhere (a file mapping) in place; they must hold the
+  // tree of the tensor's current rows. Such a tree cannot follow appends.
+  MerkleTree(SparseTensor& tensor, std::vector<LevelSpan> external);
   ~MerkleTree() override;
   MerkleTree(const MerkleTree&) = delete;
   MerkleTree& operator=(const MerkleTree&) = delete;
@@ -60,12 +89,15 @@ class MerkleTree : public WriteListener {
   void on_rows_changed(const uint32_t* ids, size_t count) override;
   void on_rows_appended(size_t first, size_t count) override;
 
-  // The node at (level, index), for tests.
-  const MerkleLevels& levels() const { return levels_; }
+  // The node at (level, index), for tests and for the file format.
+  const std::vector<LevelSpan>& levels() const { return levels_; }
 
  private:
+  void attach_owned();
   SparseTensor& tensor_;
-  MerkleLevels levels_;  // levels_[0] = leaves; back() = the top (one node)
+  MerkleLevels owned_;              // backing of levels_ unless external
+  bool external_ = false;
+  std::vector<LevelSpan> levels_;  // levels_[0] = leaves; back() = the top (one node)
 };
 
 // Recomputes the root from revealed leaves and a compact multiproof; see

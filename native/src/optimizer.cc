@@ -28,12 +28,39 @@ SparseOptimizer::SparseOptimizer(SparseTensor& tensor, const OptimizerParams& pa
   check_optimizer_params(params_);
   const size_t n = tensor_.size(), d = tensor_.dim();
   if (params_.kind == OptimizerKind::Adam) {
-    m_.assign(n * d, 0.0f);
-    v_.assign(n * d, 0.0f);
+    m_store_.assign(n * d, 0.0f);
+    v_store_.assign(n * d, 0.0f);
   }
-  row_steps_.assign(n, 0);
-  decay_mark_.assign(n, 0.0);
+  row_steps_store_.assign(n, 0);
+  decay_mark_store_.assign(n, 0.0);
+  point_at_store();
   tensor_.add_listener(this);
+}
+
+SparseOptimizer::SparseOptimizer(SparseTensor& tensor, const OptimizerParams& params,
+                                 const ExternalOptimizerState& state)
+    : tensor_(tensor), params_(params), global_step_(state.global_step), log_decay_(state.log_decay), external_(true) {
+  check_optimizer_params(params_);
+  if (params_.kind == OptimizerKind::Adam && (state.m == nullptr || state.v == nullptr))
+    throw Error(ErrorCode::InvalidArgument, "Adam needs stored moments (m, v), which this state lacks");
+  if (state.row_steps == nullptr || state.decay_mark == nullptr)
+    throw Error(ErrorCode::InvalidArgument, "the optimizer state lacks row counters or decay marks");
+  if (!std::isfinite(state.log_decay) || state.log_decay > 0.0)
+    throw Error(ErrorCode::InvalidArgument, "the stored decay log must be finite and <= 0");
+  if (params_.kind == OptimizerKind::Adam) {
+    m_ = state.m;
+    v_ = state.v;
+  }
+  row_steps_ = state.row_steps;
+  decay_mark_ = state.decay_mark;
+  tensor_.add_listener(this);
+}
+
+void SparseOptimizer::point_at_store() {
+  m_ = m_store_.empty() ? nullptr : m_store_.data();
+  v_ = v_store_.empty() ? nullptr : v_store_.data();
+  row_steps_ = row_steps_store_.data();
+  decay_mark_ = decay_mark_store_.data();
 }
 
 SparseOptimizer::~SparseOptimizer() { tensor_.remove_listener(this); }
@@ -46,13 +73,16 @@ void SparseOptimizer::set_lr(float lr) {
 }
 
 void SparseOptimizer::on_rows_appended(size_t first, size_t count) {
+  // A file-backed tensor refuses growth before it happens (its storage is fixed).
+  if (external_) throw Error(ErrorCode::Unsupported, "optimizer state stored in a file cannot follow appends");
   const size_t d = tensor_.dim();
   if (params_.kind == OptimizerKind::Adam) {
-    m_.resize((first + count) * d, 0.0f);
-    v_.resize((first + count) * d, 0.0f);
+    m_store_.resize((first + count) * d, 0.0f);
+    v_store_.resize((first + count) * d, 0.0f);
   }
-  row_steps_.resize(first + count, 0);
-  decay_mark_.resize(first + count, log_decay_);  // a new row owes no earlier decay
+  row_steps_store_.resize(first + count, 0);
+  decay_mark_store_.resize(first + count, log_decay_);  // a new row owes no earlier decay
+  point_at_store();
 }
 
 void SparseOptimizer::check_step(const uint32_t* ids, size_t count, const float* grads) const {
@@ -111,8 +141,8 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
     const double bc2 = 1.0 - canonical::powi(static_cast<double>(p.beta2), t);
     const float step_size = static_cast<float>(p.lr / bc1);
     const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-    const float* m0 = m_.data() + static_cast<size_t>(id) * d;
-    const float* v0 = v_.data() + static_cast<size_t>(id) * d;
+    const float* m0 = m_ + static_cast<size_t>(id) * d;
+    const float* v0 = v_ + static_cast<size_t>(id) * d;
     float* mr = m.data() + r * d;
     float* vr = v.data() + r * d;
     for (size_t j = 0; j < d; ++j) {
@@ -128,8 +158,8 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
   for (size_t r = 0; r < nr; ++r) {
     const uint32_t id = rows[r];
     if (adam) {
-      std::copy(m.begin() + r * d, m.begin() + (r + 1) * d, m_.begin() + static_cast<size_t>(id) * d);
-      std::copy(v.begin() + r * d, v.begin() + (r + 1) * d, v_.begin() + static_cast<size_t>(id) * d);
+      std::copy(m.begin() + r * d, m.begin() + (r + 1) * d, m_ + static_cast<size_t>(id) * d);
+      std::copy(v.begin() + r * d, v.begin() + (r + 1) * d, v_ + static_cast<size_t>(id) * d);
     }
     ++row_steps_[id];
     decay_mark_[id] = new_log_decay;
@@ -146,8 +176,8 @@ void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* 
   for (size_t i = 0; i < count; ++i) {
     const size_t off = static_cast<size_t>(ids[i]) * d;
     if (params_.kind == OptimizerKind::Adam) {
-      std::copy(m_.begin() + off, m_.begin() + off + d, m + i * d);
-      std::copy(v_.begin() + off, v_.begin() + off + d, v + i * d);
+      std::copy(m_ + off, m_ + off + d, m + i * d);
+      std::copy(v_ + off, v_ + off + d, v + i * d);
     } else {
       std::fill(m + i * d, m + (i + 1) * d, 0.0f);
       std::fill(v + i * d, v + (i + 1) * d, 0.0f);

@@ -45,9 +45,24 @@ struct OptimizerParams {
 // Throws gt::Error when a parameter is out of range.
 void check_optimizer_params(const OptimizerParams& p);
 
+// Optimizer state kept outside the optimizer (a file mapping): m and v (rows * dim
+// floats each; may be null for SGD), per-row update counts and decay marks (rows
+// entries each), and the two scalars that continue from a checkpoint.
+struct ExternalOptimizerState {
+  float* m = nullptr;
+  float* v = nullptr;
+  uint32_t* row_steps = nullptr;
+  double* decay_mark = nullptr;
+  uint64_t global_step = 0;
+  double log_decay = 0.0;
+};
+
 class SparseOptimizer : public WriteListener {
  public:
   SparseOptimizer(SparseTensor& tensor, const OptimizerParams& params);
+  // Uses `state` in place (nothing is allocated per row); such an optimizer cannot
+  // follow appends. Adam needs m and v.
+  SparseOptimizer(SparseTensor& tensor, const OptimizerParams& params, const ExternalOptimizerState& state);
   ~SparseOptimizer() override;
   SparseOptimizer(const SparseOptimizer&) = delete;
   SparseOptimizer& operator=(const SparseOptimizer&) = delete;
@@ -79,9 +94,15 @@ class SparseOptimizer : public WriteListener {
   OptimizerParams params_;
   uint64_t global_step_ = 0;
   double log_decay_ = 0.0;           // sum over steps of log(1 - lr_s * wd)
-  std::vector<float> m_, v_;         // Adam moments, rows * dim (empty for SGD)
-  std::vector<uint32_t> row_steps_;  // updates per row
-  std::vector<double> decay_mark_;   // log_decay_ at each row's last touch
+  bool external_ = false;
+  std::vector<float> m_store_, v_store_;  // owned backing (not external)
+  std::vector<uint32_t> row_steps_store_;
+  std::vector<double> decay_mark_store_;
+  float* m_ = nullptr;  // Adam moments, rows * dim (null for SGD)
+  float* v_ = nullptr;
+  uint32_t* row_steps_ = nullptr;  // updates per row
+  double* decay_mark_ = nullptr;   // log_decay_ at each row's last touch
+  void point_at_store();
 };
 
 }  // namespace gt

@@ -43,6 +43,12 @@ std::shared_ptr<Storage> Storage::adopt(float* data, size_t rows, std::function<
   return s;
 }
 
+std::shared_ptr<Storage> Storage::fixed(float* data, size_t rows, std::function<void()> release) {
+  std::shared_ptr<Storage> s = adopt(data, rows, std::move(release));
+  s->fixed_ = true;
+  return s;
+}
+
 Storage::~Storage() {
   if (owned_) ::operator delete(data_, kAlign);
   if (release_) release_();
@@ -57,12 +63,13 @@ SparseTensor::SparseTensor(size_t dim, size_t capacity_rows) : dim_(dim) {
   storage_ = Storage::allocate(capacity_rows, dim);
 }
 
-SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage)
+SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage, bool check_finite)
     : dim_(dim), rows_(rows), storage_(std::move(storage)) {
   if (dim == 0 || dim > kMaxDim)
     throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim));
   if (rows > kMaxRows || rows > storage_->capacity_rows())
     throw Error(ErrorCode::OutOfRange, "rows exceed the storage or the limit of 2^32-1 patterns");
+  if (!check_finite) return;
   const size_t bad = first_non_finite(storage_->data(), rows * dim);
   if (bad != rows * dim)
     throw Error(ErrorCode::NonFinite, "data[" + std::to_string(bad) + "] is not finite");
@@ -70,6 +77,9 @@ SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> sto
 
 void SparseTensor::reserve(size_t rows) {
   if (rows <= capacity()) return;
+  if (storage_->is_fixed())
+    throw Error(ErrorCode::Unsupported, "a file-backed tensor has a fixed number of rows (" +
+                                            std::to_string(capacity()) + "); it cannot grow");
   if (rows > kMaxRows)
     throw Error(ErrorCode::OutOfRange, "capacity exceeds " + std::to_string(kMaxRows) + " patterns");
   auto fresh = Storage::allocate(rows, dim_);

@@ -21,6 +21,9 @@ class Storage {
  public:
   static std::shared_ptr<Storage> allocate(size_t rows, size_t dim);
   static std::shared_ptr<Storage> adopt(float* data, size_t rows, std::function<void()> release);
+  // Memory that cannot be replaced by a larger allocation (a file mapping): the
+  // tensor refuses to grow past it instead of copying it into owned memory.
+  static std::shared_ptr<Storage> fixed(float* data, size_t rows, std::function<void()> release);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -28,12 +31,14 @@ class Storage {
   float* data() const { return data_; }
   size_t capacity_rows() const { return capacity_rows_; }
   bool owned() const { return owned_; }
+  bool is_fixed() const { return fixed_; }
 
  private:
   Storage() = default;
   float* data_ = nullptr;
   size_t capacity_rows_ = 0;
   bool owned_ = false;
+  bool fixed_ = false;
   std::function<void()> release_;
 };
 
@@ -63,8 +68,10 @@ class SparseTensor {
   static constexpr size_t kMaxDim = size_t{1} << 24;
 
   SparseTensor(size_t dim, size_t capacity_rows);
-  // Takes `rows` rows in place from `storage` (no copy).
-  SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage);
+  // Takes `rows` rows in place from `storage` (no copy). Checks that every value is
+  // finite unless `check_finite` is false (a file mapping: reading every row would
+  // defeat the mapping; the file's own check covers it, see tensor_file.h).
+  SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage, bool check_finite = true);
 
   size_t size() const { return rows_; }
   size_t dim() const { return dim_; }

@@ -345,6 +345,7 @@ Napi::Value TensorBinding::Commit(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("commit");
     const size_t threads = threads_arg(info, 0);
+    if (file_) return info.Env().Undefined();  // a file tensor's tree lives in the file, always current
     install_merkle(build_merkle_levels(t.data(), t.size(), t.dim(), threads));
     return info.Env().Undefined();
   });
@@ -353,6 +354,11 @@ Napi::Value TensorBinding::Commit(const Napi::CallbackInfo& info) {
 Napi::Value TensorBinding::CommitAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("commit");
+    if (file_) {  // a file tensor's tree lives in the file, always current
+      auto d = Napi::Promise::Deferred::New(info.Env());
+      d.Resolve(info.Env().Undefined());
+      return d.Promise();
+    }
     auto* worker = new CommitWorker(info.Env(), this, info.This().As<Napi::Object>(), t, threads_arg(info, 0));
     Napi::Promise p = worker->promise();
     worker->Queue();
@@ -425,6 +431,12 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::DenseHopfieldForwardAsync>("denseHopfieldForwardAsync"),
                          InstanceMethod<&TensorBinding::DenseHopfieldBackwardAsync>("denseHopfieldBackwardAsync"),
                          InstanceMethod<&TensorBinding::ProductKeySearchAsync>("productKeySearchAsync"),
+                         InstanceMethod<&TensorBinding::SaveFileAsync>("saveFileAsync"),
+                         InstanceMethod<&TensorBinding::FileCheckpoint>("fileCheckpoint"),
+                         InstanceMethod<&TensorBinding::FileCheckpointAsync>("fileCheckpointAsync"),
+                         InstanceMethod<&TensorBinding::FileCompact>("fileCompact"),
+                         InstanceMethod<&TensorBinding::FileClose>("fileClose"),
+                         InstanceMethod<&TensorBinding::FileInfoJs>("fileInfo"),
                      });
 }
 
@@ -434,6 +446,10 @@ TensorBinding::TensorBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     // Tagged so that from_value() can tell a NativeTensor from any other object.
     if (napi_type_tag_object(info.Env(), info.This(), &kTensorTag) != napi_ok)
       throw std::runtime_error("cannot tag the NativeTensor object");
+    if (info.Length() > 0 && info[0].IsExternal()) {
+      adopt_file(info[0]);
+      return info.Env().Undefined();
+    }
     const size_t dim = size_arg(info, 0, "dim", 1, kMaxDimD);
     if (info.Length() > 1 && info[1].IsTypedArray()) {
       const ArrayArg<float> data = f32_arg(info, 1, "data");
@@ -474,6 +490,7 @@ TensorBinding* TensorBinding::from_value(const Napi::Value& v, const char* name)
 }
 
 SparseTensor& TensorBinding::present() {
+  if (file_ && file_->closed()) throw Error(ErrorCode::Storage, "CLOSED: the tensor file was closed");
   if (!adopted_.IsEmpty() && adopted_.Value().IsDetached())
     throw Error(ErrorCode::Detached, "the adopted Float32Array's buffer was detached (transferred)");
   return *tensor_;

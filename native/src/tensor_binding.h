@@ -9,6 +9,7 @@
 #include "napi_util.h"
 #include "optimizer.h"
 #include "sparse_tensor.h"
+#include "tensor_file.h"
 
 namespace gt {
 
@@ -33,6 +34,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   // Instance check for an argument that must be another NativeTensor.
   static TensorBinding* from_value(const Napi::Value& v, const char* name);
   SparseTensor& usable();
+  // Takes over a file opened by openTensorFile[Async] (constructor path).
+  void adopt_file(const Napi::Value& handle);
 
  private:
   Napi::Value Size(const Napi::CallbackInfo& info);
@@ -73,6 +76,14 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value DenseHopfieldForwardAsync(const Napi::CallbackInfo& info);
   Napi::Value DenseHopfieldBackwardAsync(const Napi::CallbackInfo& info);
   Napi::Value ProductKeySearchAsync(const Napi::CallbackInfo& info);
+  Napi::Value SaveFileAsync(const Napi::CallbackInfo& info);
+  Napi::Value FileCheckpoint(const Napi::CallbackInfo& info);
+  Napi::Value FileCheckpointAsync(const Napi::CallbackInfo& info);
+  Napi::Value FileCompact(const Napi::CallbackInfo& info);
+  Napi::Value FileClose(const Napi::CallbackInfo& info);
+  Napi::Value FileInfoJs(const Napi::CallbackInfo& info);
+  TensorFile* file_or_throw(const char* op);
+  void release_file_tensor();
 
   Napi::Value search_now(const Napi::CallbackInfo& info, bool batch);
 
@@ -96,6 +107,8 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   std::unique_ptr<MerkleTree> merkle_;
   std::unique_ptr<HnswIndex> hnsw_;
   std::unique_ptr<SparseOptimizer> optimizer_;
+  // Declared last: destroyed first, so it unregisters from a live tensor.
+  std::unique_ptr<TensorFile> file_;
 };
 
 }  // namespace gt

@@ -238,6 +238,17 @@ Napi::Value TensorBinding::OptimInit(const Napi::CallbackInfo& info) {
     const bool replace = info.Length() > 1 && info[1].ToBoolean().Value();
     if (optimizer_ && !replace)
       throw Error(ErrorCode::InvalidArgument, "the tensor already has an optimizer (its state lives with the tensor); detach() it first");
+    if (file_) {
+      // The state lives in the file: a new optimizer resumes it (m, v, row counters,
+      // decay marks and the global scalars of the last checkpoint or detach).
+      if (!file_->has_state())
+        throw Error(ErrorCode::InvalidArgument,
+                    "this tensor file has no optimizer state; create it with optimizerState: true");
+      if (optimizer_) file_->set_scalars(optimizer_->steps(), optimizer_->log_decay());
+      optimizer_.reset();
+      optimizer_ = std::make_unique<SparseOptimizer>(t, p, file_->state());
+      return info.Env().Undefined();
+    }
     optimizer_.reset();
     optimizer_ = std::make_unique<SparseOptimizer>(t, p);
     return info.Env().Undefined();
@@ -248,6 +259,7 @@ Napi::Value TensorBinding::OptimInit(const Napi::CallbackInfo& info) {
 Napi::Value TensorBinding::OptimDetach(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     writable("detaching an optimizer");
+    if (file_ && optimizer_) file_->set_scalars(optimizer_->steps(), optimizer_->log_decay());
     optimizer_.reset();
     return info.Env().Undefined();
   });
