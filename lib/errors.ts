@@ -74,6 +74,7 @@ export type ProofFailure =
   | 'BAD_ROOT' // the trusted root is not 32 bytes
   | 'ROOT_MISMATCH' // everything was well-formed and used, but the root differs
   // Ghost proofs (docs/proof-format.md):
+  | 'WRONG_KIND' // a forward proof given to verifyUpdate, or an update proof to verifyForward
   | 'GHOST_MISMATCH' // the proof is for another Ghost file (its digest differs from the pinned one)
   | 'LAYER_MISMATCH' // the layers, their ops or the tensors a block names do not match the Ghost file
   | 'SHAPE' // a length (input, ids per stage, output, block rows) does not fit the Ghost file

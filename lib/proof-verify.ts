@@ -244,7 +244,7 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
 export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
   const h = await loadHasher();
   const p = canonicalProof(proof);
-  if (p.kind !== 'forward') throw new InvalidArgumentError('not a forward proof');
+  if (p.kind !== 'forward') fail('WRONG_KIND', 'an update proof where a forward proof is expected');
   const g = ghost.manifest;
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
@@ -316,7 +316,7 @@ export interface VerifiedUpdate {
 export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | UpdateProof, options: VerifyOptions = {}): Promise<VerifiedUpdate> {
   const h = await loadHasher();
   const p = canonicalProof(proof);
-  if (p.kind !== 'update') throw new InvalidArgumentError('not an update proof');
+  if (p.kind !== 'update') fail('WRONG_KIND', 'a forward proof where an update proof is expected');
   const g = ghost.manifest;
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   const t = g.tensors[p.tensor];
