@@ -11,7 +11,7 @@ import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkFloat32Array, toIds } from './args.js';
-import { ByteReader, ByteWriter, bytesEqual } from './bytes.js';
+import { bytesEqual } from './bytes.js';
 import type { CanonicalOptimizer } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError, callNative } from './errors.js';
 import { encodeGhost, decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
@@ -61,8 +61,6 @@ export interface ProvedUpdate {
   proof: UpdateProof;
   bytes: Uint8Array;
 }
-
-const TENSOR_MAGIC = Uint8Array.from([0x89, 0x47, 0x54, 0x54, 0x4e, 0x53, 0x0d, 0x0a]); // 0x89 'GTTNS' CR LF
 
 function allIds(n: number): Uint32Array {
   return Uint32Array.from({ length: n }, (_, i) => i);
@@ -115,6 +113,11 @@ export class Model {
     this.layers = [...layers];
     this.tensors = tensors;
     this.names = names;
+  }
+
+  /** Closes the tensor files of a loaded model (their locks are released); the model is unusable after. */
+  close(): void {
+    for (const t of this.tensors) if (t.file) t.close();
   }
 
   /** Builds the Merkle tree of every tensor that has none yet (off the JavaScript thread). */
@@ -367,20 +370,18 @@ export class Model {
 
   /**
    * Saves the model to a new directory `dir` (it must not exist): `ghost.bin` (the
-   * Ghost file) and one file per tensor in `tensors/`, written into a temporary
-   * directory, fsynced, then renamed to `dir` in one step.
+   * Ghost file) and one tensor file per tensor, `tensors/<i>.gtt` (docs/storage.md:
+   * values and Merkle tree; with `optimizerState`, room for Adam / SGD state), written
+   * into a temporary directory, fsynced, then renamed to `dir` in one step.
    */
-  async save(dir: string): Promise<PinnedGhost> {
+  async save(dir: string, options: { optimizerState?: boolean } = {}): Promise<PinnedGhost> {
     const ghost = await this.ghost();
     if (await exists(dir)) throw new InvalidArgumentError(`${dir} exists; save into a new directory`);
     const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
     await mkdir(join(tmp, 'tensors'), { recursive: true });
     try {
       for (const [i, t] of this.tensors.entries()) {
-        const w = new ByteWriter();
-        w.bytes(TENSOR_MAGIC).u16(1).u16(0).u32(t.dim).u64(t.size).bytes(ghost.manifest.tensors[i]!.root);
-        w.f32s(t.gather(allIds(t.size)));
-        await writeSynced(join(tmp, 'tensors', `${i}.bin`), w.finish());
+        await t.saveFile(join(tmp, 'tensors', `${i}.gtt`), { optimizerState: options.optimizerState === true });
       }
       await writeSynced(join(tmp, 'ghost.bin'), ghost.bytes);
       await syncDir(join(tmp, 'tensors'));
@@ -395,34 +396,29 @@ export class Model {
   }
 
   /**
-   * Loads a model saved by save(). Every tensor file is checked against the Ghost
-   * file (N, dim and the Merkle root of a fresh rebuild); HNSW graphs are rebuilt
-   * with the recorded parameters. Throws FormatError or ProofError('ROOT_MISMATCH')
-   * for a damaged directory.
+   * Loads a model saved by save(): each tensor file is opened memory-mapped (nothing
+   * is read until touched) and checked (`verify`, default true: every Merkle node
+   * against the rows, as docs/storage.md describes) and its root must equal the Ghost
+   * file's; HNSW graphs are rebuilt with the recorded parameters. Throws FormatError,
+   * StorageError or ProofError('ROOT_MISMATCH' / 'GHOST_MISMATCH') for a damaged or
+   * unexpected directory.
    */
-  static async load(dir: string, options: { expectDigest?: Uint8Array } = {}): Promise<{ model: Model; ghost: PinnedGhost }> {
+  static async load(dir: string, options: { expectDigest?: Uint8Array; verify?: boolean; readOnly?: boolean } = {}): Promise<{ model: Model; ghost: PinnedGhost }> {
     const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin')))));
     if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${dir}/ghost.bin is not the expected model`);
     const m = ghost.manifest;
     const tensors: SparseTensor[] = [];
-    for (const [i, gt] of m.tensors.entries()) {
-      const bytes = new Uint8Array(await readFile(join(dir, 'tensors', `${i}.bin`)));
-      const r = new ByteReader(bytes, `tensor file ${i}`);
-      const magic = r.bytes(8, 'magic');
-      if (!bytesEqual(magic, TENSOR_MAGIC)) throw new FormatError('BAD_MAGIC', `tensors/${i}.bin is not a tensor file`);
-      if (r.u16('version') !== 1) throw new FormatError('BAD_VERSION', `tensors/${i}.bin: unknown version`);
-      r.u16('reserved');
-      const dim = r.u32('dim'), n = r.u64('N');
-      const root = r.bytes(32, 'root');
-      if (dim !== gt.dim || n !== gt.n) throw new FormatError('BAD_VALUE', `tensors/${i}.bin holds ${n} x ${dim}; the Ghost file says ${gt.n} x ${gt.dim}`);
-      const data = r.f32s(n * dim, 'values');
-      r.end();
-      const t = SparseTensor.fromArray(data, dim);
-      await t.commit();
-      if (!bytesEqual(t.root(), gt.root) || !bytesEqual(root, gt.root)) {
-        throw new ProofError('ROOT_MISMATCH', `tensors/${i}.bin (${gt.name}) does not hash to the root in the Ghost file`);
+    try {
+      for (const [i, gt] of m.tensors.entries()) {
+        const t = await SparseTensor.openFile(join(dir, 'tensors', `${i}.gtt`), { verify: options.verify ?? true, readOnly: options.readOnly === true });
+        tensors.push(t);
+        if (t.dim !== gt.dim || t.size !== gt.n || !bytesEqual(t.root(), gt.root)) {
+          throw new ProofError('ROOT_MISMATCH', `tensors/${i}.gtt (${gt.name}) holds ${t.size} x ${t.dim} with another root than the Ghost file's ${gt.n} x ${gt.dim}`);
+        }
       }
-      tensors.push(t);
+    } catch (err) {
+      for (const t of tensors) t.close();
+      throw err;
     }
     const layers: ModelLayer[] = [];
     for (const l of m.layers) {

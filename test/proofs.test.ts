@@ -20,6 +20,7 @@ import {
   SparseAdam,
   SparseSGD,
   SparseTensor,
+  StorageError,
   decodeGhost,
   decodeProof,
   encodeGhost,
@@ -44,7 +45,7 @@ async function reason(p: Promise<unknown>): Promise<string> {
   try {
     await p;
   } catch (err) {
-    if (err instanceof ProofError || err instanceof FormatError) return err.reason;
+    if (err instanceof ProofError || err instanceof FormatError || err instanceof StorageError) return err.reason;
     throw err;
   }
   return 'ACCEPTED';
@@ -352,6 +353,7 @@ describe('other layer kinds', () => {
     const back = await Model.load(join(root, 'm'), { expectDigest: ghost.digest });
     expect(((back.model.layers[1] as HopfieldLookup).keys as SparseTensor).hnsw).not.toBeNull();
     expect((await verifyForward(back.ghost, (await back.model.prove([1, 2])).bytes)).rows).toBe(2);
+    back.model.close();
   });
 
   it('rejects bad arguments with typed errors', async () => {
@@ -387,11 +389,13 @@ describe('save and load', () => {
     const a = await model.prove(ids), b = await back.prove(ids);
     expect(b.bytes).toEqual(a.bytes);
     expect((await verifyForward(saved, b.bytes)).output).toEqual(a.output);
-    // A flipped value byte, a truncated tensor file, a damaged Ghost file.
-    const tf = join(dir, 'tensors', '1.bin');
+    back.close(); // releases the files' writer locks
+    // A flipped value byte (row 10 of l1.values, dim 4: the values region starts at
+    // offset 8192, docs/storage.md), a truncated tensor file, a damaged Ghost file.
+    const tf = join(dir, 'tensors', '2.gtt');
     const good = readFileSync(tf);
     const flipped = Buffer.from(good);
-    flipped[flipped.length - 3]! ^= 0x10;
+    flipped[8192 + 10 * 16 + 1]! ^= 0x10;
     writeFileSync(tf, flipped);
     expect(await reason(Model.load(dir))).toBe('ROOT_MISMATCH');
     writeFileSync(tf, good.subarray(0, good.length - 4));
@@ -405,6 +409,8 @@ describe('save and load', () => {
     expect(['ROOT_MISMATCH', 'BAD_VALUE', 'LIMIT']).toContain(await reason(Model.load(dir)));
     writeFileSync(gf, g);
     expect(await reason(Model.load(dir, { expectDigest: new Uint8Array(32) }))).toBe('GHOST_MISMATCH');
-    expect((await Model.load(dir)).ghost.digest).toEqual(saved.digest);
+    const again = await Model.load(dir, { readOnly: true });
+    expect(again.ghost.digest).toEqual(saved.digest);
+    again.model.close();
   });
 });
