@@ -492,6 +492,8 @@ static void test_canonical() {
     }
     CHECK(ok);
   }
+}
+
 // Tensor files: save, open, train, checkpoint, "crash" (drop the handle without
 // closing), reopen: the rows, the root (against a fresh in-memory rebuild) and the
 // optimizer state must equal an in-memory run of the same steps; damaged headers and
@@ -564,9 +566,10 @@ static void test_tensor_file() {
     for (size_t i = 0; i < n; ++i) all[i] = static_cast<uint32_t>(i);
     std::vector<float> m1(n * d), v1(n * d), m2(n * d), v2(n * d);
     std::vector<uint32_t> s1(n), s2(n);
-    opt.state(all.data(), n, m1.data(), v1.data(), s1.data());
-    ref_opt.state(all.data(), n, m2.data(), v2.data(), s2.data());
-    CHECK(m1 == m2 && v1 == v2 && s1 == s2 && opt.steps() == ref_opt.steps());
+    std::vector<double> k1(n), k2(n);
+    opt.state(all.data(), n, m1.data(), v1.data(), s1.data(), k1.data());
+    ref_opt.state(all.data(), n, m2.data(), v2.data(), s2.data(), k2.data());
+    CHECK(m1 == m2 && v1 == v2 && s1 == s2 && k1 == k2 && opt.steps() == ref_opt.steps());
     CHECK(throws_code(gt::ErrorCode::Storage, [&] { f->checkpoint(*tree, 0, 0.0, 0); }));  // read-only
   }
   // A flipped header byte; a flipped value under verify; a damaged log record.
