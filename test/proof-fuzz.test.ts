@@ -8,373 +8,40 @@
  * check that hangs, memory that grows) fails. Structured mutations of decoded proofs,
  * re-encoded, must all be refused with a ProofError (or a FormatError for bytes).
  *
- * scripts/fuzz-proofs.mjs runs the same byte mutations a million times (over dist/).
+ * The pool, the byte mutations and the classifier (`check`) are scripts/proof-mutants.mjs,
+ * given lib/ here; scripts/fuzz-proofs.mjs runs the same byte mutations a million times
+ * over dist/.
  */
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import {
-  Embedding,
-  FormatError,
-  HopfieldLookup,
-  Model,
-  PatternCache,
-  ProductKeyIndex,
-  ProofError,
-  SparseAdam,
-  SparseSGD,
-  SparseTensor,
-  decodeProof,
-  encodeProof,
-  verifyForward,
-  verifyUpdate,
-  type ForwardProof,
-  type GhostProof,
-  type PinnedGhost,
-  type UpdateProof,
-} from '../lib/index.js';
+import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyUpdate, type ForwardProof, type GhostProof, type UpdateProof } from '../lib/index.js';
 import { RowKind, type PatternBlock } from '../lib/proof-format.js';
-import { Rng } from './helpers/rng.js';
+import { HANG_MS, buildPool, check as checkWith, fieldOffsets, hex, mutate, mutationArb, sameClaim, type Context, type FieldOffset, type Honest, type Outcome } from '../scripts/proof-mutants.mjs';
+
+/** The library under test, injected into the shared fuzzer (the script passes dist/). */
+const lib = await import('../lib/index.js');
 
 /** Byte-mutation runs (a few thousand in CI) and structured runs; override with GT_FUZZ_RUNS. */
 const BYTE_RUNS = Number(process.env.GT_FUZZ_RUNS ?? 4000);
 const STRUCT_RUNS = Math.max(100, Math.round(BYTE_RUNS / 5));
 const SEED = Number(process.env.GT_FUZZ_SEED ?? 0x6b057);
-/** A single decode + verify slower than this counts as a hang. */
-const HANG_MS = 2000;
 
-interface Context {
-  kind: 'forward' | 'update';
-  ghost: PinnedGhost;
-  /** The verifier cache before this proof (cloned for every check), or none. */
-  cache?: PatternCache;
-  /** Forward proofs without a cache: the model, to re-prove a mutated input (the oracle for an accepted input change). */
-  prover?: Model;
-}
-
-interface Honest {
-  name: string;
-  bytes: Uint8Array;
-  ctx: Context;
-  /** Forward: the proved output. */
-  output?: Float32Array;
-  /** Update: the digest of the Ghost file after the step. */
-  next?: Uint8Array;
-}
-
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
-const same = (a: Uint8Array, b: Uint8Array): boolean => a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-const f32bytes = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 const clone = <T extends GhostProof>(p: T): T => decodeProof(encodeProof(p)) as T;
 
-/** The exact cosine layer (normalised input, 2 update steps) then a product-key layer, as in proofs.test.ts. */
-function twoLayerModel(seed: number): { model: Model; l0: HopfieldLookup; l1: HopfieldLookup } {
-  const rng = new Rng(seed);
-  const d = 16, n0 = 300, n = 12;
-  const l0 = new HopfieldLookup({
-    keys: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    values: SparseTensor.fromArray(rng.f32(n0 * d), d),
-    k: 8,
-    similarity: 'cosine',
-    normalize: true,
-    beta: 4,
-    updateSteps: 2,
-  });
-  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(rng.f32(n * 8), 8), SparseTensor.fromArray(rng.f32(n * 8), 8));
-  const l1 = new HopfieldLookup({ keys: pk, values: SparseTensor.fromArray(rng.f32(n * n * 5), 5), k: 6, beta: 2 });
-  return { model: new Model([l0, l1]), l0, l1 };
-}
-
 /**
- * Offsets of the count, length, dimension, index and enum fields of an encoded proof
- * (walking the layout of docs/proof-format.md), for the "huge length" mutation. Throws
- * unless the walk ends exactly at the end of the bytes (checks the walk itself).
+ * Decodes and verifies `bytes` in `ctx` with lib/ (scripts/proof-mutants.mjs): the refusal
+ * reason, or how it was accepted; throws on a forgery, another error type or a hang.
  */
-function fieldOffsets(p: GhostProof, total: number): { at: number; size: 1 | 4 }[] {
-  const out: { at: number; size: 1 | 4 }[] = [];
-  let at = 11 + 32; // magic, version, kind, ghost digest
-  const u32 = (): void => void (out.push({ at, size: 4 }), (at += 4));
-  const u8 = (): void => void (out.push({ at, size: 1 }), (at += 1));
-  const block = (b: PatternBlock): void => {
-    u32(); // tensor
-    u32(); // dim
-    u8(); // flags
-    u32(); // id count
-    if (!b.all) at += 4 * b.ids.length;
-    at += Math.ceil(b.ids.length / 4);
-    b.payload.forEach((x, t) => (at += b.kinds[t] === RowKind.Full ? 4 * b.dim : b.kinds[t] === RowKind.Delta ? x!.length : 0));
-    u32(); // hash count
-    at += b.hashes.length;
-  };
-  if (p.kind === 'forward') {
-    u32(); // first layer
-    u32(); // layer count
-    u8(); // input kind
-    if (p.input.kind === 'f32') {
-      u32();
-      u32();
-      at += 4 * p.input.data.length;
-    } else {
-      u32();
-      at += 4 * p.input.ids.length;
-    }
-    for (const l of p.layers) {
-      u8(); // op
-      u8(); // stage count
-      for (const s of l.stages) {
-        u32();
-        at += 4 * s.length;
-      }
-      u8(); // block count
-      l.blocks.forEach(block);
-    }
-    u32();
-    u32();
-    at += 4 * p.output.data.length;
-  } else {
-    u32(); // tensor
-    u8(); // optimizer kind
-    at += 20;
-    u8(); // rowStep
-    at += 16; // global step, log decay
-    block(p.block);
-    at += 4 * p.grads.length + 4 * p.state.m.length + 4 * p.state.v.length + 4 * p.state.steps.length + 8 * p.state.marks.length + 32;
-  }
-  if (at !== total) throw new Error(`field walk ends at ${at}, the proof has ${total} bytes`);
-  return out;
-}
+const check = (ctx: Context, bytes: Uint8Array, pool: readonly Honest[]): Promise<Outcome> => checkWith(lib, ctx, bytes, pool);
 
-// ---------------------------------------------------------------- byte mutations
-
-type Mutation =
-  | { op: 'flip'; at: number; bit: number }
-  | { op: 'overwrite'; at: number; data: Uint8Array }
-  | { op: 'truncate'; len: number }
-  | { op: 'extend'; data: Uint8Array }
-  | { op: 'splice'; donor: number; from: number; len: number; at: number; del: number }
-  | { op: 'aligned'; donor: number; from: number; len: number }
-  | { op: 'duplicate'; from: number; len: number; at: number }
-  | { op: 'length'; field: number; value: number }
-  | { op: 'replace'; donor: number };
-
-const HUGE = [0, 1, 2, 3, 0xff, 0xffff, 2 ** 24 - 1, 2 ** 24, 2 ** 24 + 1, 2 ** 26, 2 ** 28, 2 ** 30, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 32, 2 ** 32 - 1];
-
-const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
-  { arbitrary: fc.record({ op: fc.constant('flip' as const), at: fc.nat(), bit: fc.integer({ min: 0, max: 7 }) }), weight: 6 },
-  { arbitrary: fc.record({ op: fc.constant('overwrite' as const), at: fc.nat(), data: fc.uint8Array({ minLength: 1, maxLength: 40 }) }), weight: 3 },
-  { arbitrary: fc.record({ op: fc.constant('truncate' as const), len: fc.nat() }), weight: 2 },
-  { arbitrary: fc.record({ op: fc.constant('extend' as const), data: fc.uint8Array({ minLength: 1, maxLength: 64 }) }), weight: 1 },
-  { arbitrary: fc.record({ op: fc.constant('splice' as const), donor: fc.nat(), from: fc.nat(), len: fc.nat(), at: fc.nat(), del: fc.nat() }), weight: 2 },
-  { arbitrary: fc.record({ op: fc.constant('aligned' as const), donor: fc.nat(), from: fc.nat(), len: fc.nat() }), weight: 2 },
-  { arbitrary: fc.record({ op: fc.constant('duplicate' as const), from: fc.nat(), len: fc.nat(), at: fc.nat() }), weight: 1 },
-  { arbitrary: fc.record({ op: fc.constant('length' as const), field: fc.nat(), value: fc.oneof(fc.constantFrom(...HUGE), fc.nat({ max: 2 ** 32 - 1 }), fc.integer({ min: -3, max: 3 })) }), weight: 5 },
-  { arbitrary: fc.record({ op: fc.constant('replace' as const), donor: fc.nat() }), weight: 1 },
-);
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
-/** Applies mutations in order to a copy of `base`. `fields` are the base's field offsets. */
-function mutate(base: Uint8Array, muts: readonly Mutation[], pool: readonly Honest[], fields: readonly { at: number; size: 1 | 4 }[]): Uint8Array {
-  let b: Uint8Array = base.slice();
-  for (const m of muts) {
-    const n = b.length;
-    switch (m.op) {
-      case 'flip':
-        if (n > 0) b[m.at % n]! ^= 1 << m.bit;
-        break;
-      case 'overwrite':
-        if (n > 0) {
-          const at = m.at % n;
-          b.set(m.data.subarray(0, n - at), at);
-        }
-        break;
-      case 'truncate':
-        b = b.slice(0, m.len % (n + 1));
-        break;
-      case 'extend':
-        b = concat(b, m.data);
-        break;
-      case 'splice': {
-        const d = pool[m.donor % pool.length]!.bytes;
-        const from = m.from % d.length, len = m.len % (d.length - from + 1);
-        const at = m.at % (n + 1), del = m.del % (n - at + 1);
-        b = concat(b.subarray(0, at), d.subarray(from, from + len), b.subarray(at + del));
-        break;
-      }
-      case 'aligned': {
-        // The donor's bytes at the same offsets (another proof's hashes, rows, ids, output...).
-        const d = pool[m.donor % pool.length]!.bytes;
-        const lim = Math.min(n, d.length);
-        if (lim === 0) break;
-        const from = m.from % lim, len = m.len % (lim - from + 1);
-        b.set(d.subarray(from, from + len), from);
-        break;
-      }
-      case 'duplicate': {
-        if (n === 0) break;
-        const from = m.from % n, len = m.len % (n - from + 1), at = m.at % (n + 1);
-        b = concat(b.subarray(0, at), b.slice(from, from + len), b.subarray(at));
-        break;
-      }
-      case 'length': {
-        if (fields.length === 0) break;
-        const f = fields[m.field % fields.length]!;
-        if (f.at + f.size > n) break;
-        const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-        const old = f.size === 4 ? dv.getUint32(f.at, true) : dv.getUint8(f.at);
-        // -3..-1: a small step down from the current value; else the value itself.
-        const v = m.value < 0 ? old + m.value : m.value;
-        if (f.size === 4) dv.setUint32(f.at, v >>> 0, true);
-        else dv.setUint8(f.at, v & 0xff);
-        break;
-      }
-      case 'replace':
-        b = pool[m.donor % pool.length]!.bytes.slice();
-        break;
-    }
-  }
-  return b;
-}
-
-/**
- * The same claim as the prover's own proof: Ghost file, layers, input, every stage's
- * selected ids and the output, bit for bit (the rows may travel differently: in full,
- * as ids or as deltas, depending on the verifier's cache).
- */
-function sameClaim(a: ForwardProof, b: ForwardProof): boolean {
-  const u8 = (x: Float32Array | Uint32Array): Uint8Array => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-  const inp = (p: ForwardProof): Uint8Array => (p.input.kind === 'f32' ? u8(p.input.data) : u8(p.input.ids));
-  return (
-    same(a.ghost, b.ghost) &&
-    a.firstLayer === b.firstLayer &&
-    a.input.kind === b.input.kind &&
-    same(inp(a), inp(b)) &&
-    a.layers.length === b.layers.length &&
-    a.layers.every((l, i) => l.op === b.layers[i]!.op && l.stages.length === b.layers[i]!.stages.length && l.stages.every((s, j) => same(u8(s), u8(b.layers[i]!.stages[j]!)))) &&
-    a.output.rows === b.output.rows &&
-    same(u8(a.output.data), u8(b.output.data))
-  );
-}
-
-/**
- * Accepted mutants: `identical` (byte for byte an honest proof of the pool, verified to
- * its output); `equivalent` (an update proof whose claimed gradient, optimizer state or
- * parameters differ but give the same step: the verifier ends at the honest Ghost file;
- * these inputs are revealed, not committed); `reproved` (a forward proof of another
- * input, byte for byte what the prover makes for that input).
- */
-type Outcome = { accepted: false; reason: string } | { accepted: true; how: 'identical' | 'equivalent' | 'reproved'; honest: number };
-
-/**
- * Decodes and verifies `bytes` in `ctx` the way a peer does (verifyForward or
- * verifyUpdate on the bytes). Returns the refusal reason, or how it was accepted;
- * throws (with the mutant in hex) on a forgery, another error type or a hang.
- */
-async function check(ctx: Context, bytes: Uint8Array, pool: readonly Honest[]): Promise<Outcome> {
-  const t0 = performance.now();
-  let verified: { output?: Float32Array; next?: Uint8Array };
-  try {
-    const options = ctx.cache ? { cache: ctx.cache.clone() } : {};
-    if (ctx.kind === 'forward') verified = { output: (await verifyForward(ctx.ghost, bytes, options)).output };
-    else verified = { next: (await verifyUpdate(ctx.ghost, bytes, options)).ghost.digest };
-  } catch (err) {
-    const ms = performance.now() - t0;
-    if (ms > HANG_MS) throw new Error(`a check took ${ms.toFixed(0)} ms (hang?) on mutant ${hex(bytes)}`);
-    if (err instanceof FormatError || err instanceof ProofError) return { accepted: false, reason: err.reason };
-    const e = err as Error;
-    throw new Error(`CRASH: ${e?.constructor?.name}: ${e?.message}\n${e?.stack}\nmutant (${bytes.length} bytes): ${hex(bytes)}`);
-  }
-  // Accepted: it must be an honest proof, byte for byte, and give that proof's result...
-  const decoded = decodeProof(bytes);
-  const reencoded = encodeProof(decoded);
-  const result = (p: Honest): boolean =>
-    verified.output ? p.output !== undefined && same(f32bytes(verified.output), f32bytes(p.output)) : p.next !== undefined && same(verified.next!, p.next);
-  const h = pool.findIndex((p) => same(p.bytes, bytes));
-  if (h >= 0 && same(reencoded, pool[h]!.bytes) && result(pool[h]!)) return { accepted: true, how: 'identical', honest: h };
-  // ...or an update proof that ends at the Ghost file an honest step from the same one ends at...
-  if (ctx.kind === 'update' && same(reencoded, bytes)) {
-    const e = pool.findIndex((p) => p.ctx.kind === 'update' && same(p.ctx.ghost.digest, ctx.ghost.digest) && result(p));
-    if (e >= 0) return { accepted: true, how: 'equivalent', honest: e };
-  }
-  // ...or a forward proof of another input that is exactly the prover's proof of that input.
-  if (decoded.kind === 'forward' && ctx.prover && same(reencoded, bytes)) {
-    const again = await ctx.prover.prove(decoded.input.kind === 'f32' ? decoded.input.data : decoded.input.ids, { firstLayer: decoded.firstLayer, layers: decoded.layers.length }).catch(() => undefined);
-    if (again && verified.output && sameClaim(again.proof, decoded) && same(f32bytes(again.output), f32bytes(verified.output))) return { accepted: true, how: 'reproved', honest: -1 };
-  }
-  throw new Error(`FORGERY: an accepted proof that is not an honest one (${bytes.length} bytes): ${hex(bytes)}`);
-}
-
-// ---------------------------------------------------------------- the honest pool
+// ---------------------------------------------------------------- the honest pool (scripts/proof-mutants.mjs)
 
 const pool: Honest[] = [];
-const fieldsOf: { at: number; size: 1 | 4 }[][] = [];
+const fieldsOf: FieldOffset[][] = [];
 
 beforeAll(async () => {
-  const rng = new Rng(100);
-  const x = rng.f32(3 * 16), x2 = rng.f32(2 * 16);
-
-  // M1: frozen. A, B: no cache.
-  const m1 = twoLayerModel(7).model;
-  const ghost1 = await m1.ghost();
-  const a = await m1.prove(x);
-  const b = await m1.prove(x2);
-  pool.push({ name: 'A forward', bytes: a.bytes, ctx: { kind: 'forward', ghost: ghost1, prover: m1 }, output: a.output });
-  pool.push({ name: 'B forward, other input', bytes: b.bytes, ctx: { kind: 'forward', ghost: ghost1, prover: m1 }, output: b.output });
-
-  // M2: the same model, then trained. C: every row held by the verifier.
-  const { model: m2, l0, l1 } = twoLayerModel(7);
-  const mirror = new PatternCache(), vcache = new PatternCache();
-  const first = await m2.prove(x, { cache: mirror });
-  await verifyForward(ghost1, first.bytes, { cache: vcache });
-  const c = await m2.prove(x, { cache: mirror });
-  pool.push({ name: 'C forward, all held', bytes: c.bytes, ctx: { kind: 'forward', ghost: ghost1, cache: vcache.clone(), prover: m1 }, output: c.output });
-  await verifyForward(ghost1, c.bytes, { cache: vcache });
-
-  // U1 (Adam) and U2 (SGD): update proofs of the rows the layers read, no cache (every row in full).
-  const adam = new SparseAdam([l0.values], { lr: 0.01, weightDecay: 0.01 });
-  const sgd = new SparseSGD([l1.values], { lr: 0.1, weightDecay: 0.01 });
-  const v0 = c.proof.layers[0]!.blocks[1]!.ids, v1 = c.proof.layers[1]!.blocks[2]!.ids;
-  const g1 = rng.f32(v0.length * 16), g2 = rng.f32(v1.length * 5);
-  const [u1] = await m2.proveStep(adam, [{ tensor: l0.values, ids: v0, grads: g1 }]);
-  const ghost1b = await m2.ghost();
-  pool.push({ name: 'U1 update (Adam)', bytes: u1!.bytes, ctx: { kind: 'update', ghost: ghost1 }, next: ghost1b.digest });
-  const [u2] = await m2.proveStep(sgd, [{ tensor: l1.values, ids: v1, grads: g2 }]);
-  const ghost2 = await m2.ghost();
-  // M4: a third copy taken through the same two steps, frozen at ghost2 (the oracle for D).
-  const { model: m4, l0: l40, l1: l41 } = twoLayerModel(7);
-  new SparseAdam([l40.values], { lr: 0.01, weightDecay: 0.01 }).step([{ tensor: l40.values, ids: v0, grads: g1 }]);
-  new SparseSGD([l41.values], { lr: 0.1, weightDecay: 0.01 }).step([{ tensor: l41.values, ids: v1, grads: g2 }]);
-  expect((await m4.ghost()).digest).toEqual(ghost2.digest);
-  pool.push({ name: 'U2 update (SGD)', bytes: u2!.bytes, ctx: { kind: 'update', ghost: ghost1b }, next: ghost2.digest });
-
-  // D: after the steps, the changed rows travel as deltas, the keys as ids.
-  const dd = await m2.prove(x, { cache: mirror });
-  expect(dd.proof.layers[0]!.blocks[1]!.kinds.every((k) => k === RowKind.Delta)).toBe(true);
-  pool.push({ name: 'D forward, deltas', bytes: dd.bytes, ctx: { kind: 'forward', ghost: ghost2, cache: vcache.clone(), prover: m4 }, output: dd.output });
-  await verifyForward(ghost2, dd.bytes, { cache: vcache });
-
-  // U3: an SGD step whose old rows the verifier holds (they travel as ids).
-  const [u3] = await m2.proveStep(sgd, [{ tensor: l1.values, ids: v1.subarray(0, 3), grads: rng.f32(3 * 5) }], { cache: mirror });
-  expect(u3!.proof.block.kinds.every((k) => k === RowKind.Held)).toBe(true);
-  pool.push({ name: 'U3 update, held rows', bytes: u3!.bytes, ctx: { kind: 'update', ghost: ghost2, cache: vcache.clone() }, next: (await m2.ghost()).digest });
-
-  // E: an Embedding-first model (ids in, l2 Hopfield after).
-  const r3 = new Rng(300);
-  const m3 = new Model([
-    new Embedding(SparseTensor.fromArray(r3.f32(50 * 8), 8)),
-    new HopfieldLookup({ keys: SparseTensor.fromArray(r3.f32(64 * 8), 8), values: SparseTensor.fromArray(r3.f32(64 * 4), 4), k: 4, similarity: 'l2' }),
-  ]);
-  const e = await m3.prove([3, 7, 3, 49]);
-  pool.push({ name: 'E forward, embedding first', bytes: e.bytes, ctx: { kind: 'forward', ghost: await m3.ghost(), prover: m3 }, output: e.output });
-
+  pool.push(...(await buildPool(lib)));
   for (const h of pool) fieldsOf.push(fieldOffsets(decodeProof(h.bytes), h.bytes.length));
 });
 
