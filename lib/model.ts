@@ -14,7 +14,7 @@ import { checkFloat32Array, toIds } from './args.js';
 import { bytesEqual } from './bytes.js';
 import type { CanonicalOptimizer } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError, callNative } from './errors.js';
-import { encodeGhost, decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
+import { decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
 import { CANONICAL_VERSION } from './canonical.js';
 import { HASH_SCHEME } from './merkle-verify.js';
 import { Embedding, HopfieldLookup } from './layers.js';
