@@ -209,6 +209,9 @@ export class Model {
       pin = { kind: 'f32', rows: B, cols: l.dim, data: x.slice() };
     }
     const evidence: LayerEvidence[] = [];
+    // The verifier records revealed rows only once the whole proof holds, so the mirror
+    // must not see this proof's rows while it plans the later layers' blocks.
+    const revealed: ResolvedBlock[] = [];
     let cols = 0;
     for (let li = first; li < first + count; li++) {
       const l = this.layers[li]!;
@@ -221,16 +224,17 @@ export class Model {
         x = new Float32Array(B * l.dim);
         ids!.forEach((id, b) => x!.set(rows.subarray(at.get(id)! * l.dim, (at.get(id)! + 1) * l.dim), b * l.dim));
         evidence.push({ op: 'embedding', stages: [], blocks: [block.block] });
-        options.cache?.record([block.resolved]);
+        revealed.push(block.resolved);
         cols = l.dim;
       } else {
         const r = await this.#proveHopfield(l, x!, B, options);
         x = r.y;
         evidence.push(r.evidence);
-        options.cache?.record(r.resolved);
+        revealed.push(...r.resolved);
         cols = l.outDim;
       }
     }
+    options.cache?.record(revealed);
     const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
     return { output: x!, proof, bytes: encodeProof(proof) };
   }
@@ -299,7 +303,7 @@ export class Model {
     };
     if (pk) {
       add(pk.keys1, allIds(pk.subKeys), true);
-      add(pk.keys2, allIds(pk.subKeys), true);
+      if (pk.keys2 !== pk.keys1) add(pk.keys2, allIds(pk.subKeys), true);
       add(l.values, sortedUnique([lastIds]), false);
     } else {
       const keys = l.keys as SparseTensor;

@@ -356,6 +356,27 @@ describe('other layer kinds', () => {
     back.model.close();
   });
 
+  it('two layers sharing a tensor, and product keys whose two tables are one tensor, with caches', async () => {
+    const rng = new Rng(42);
+    const t = SparseTensor.fromArray(rng.f32(64 * 8), 8);
+    const table = SparseTensor.fromArray(rng.f32(8 * 4), 4);
+    const pk = ProductKeyIndex.fromTables(table, table);
+    const model = new Model([
+      new HopfieldLookup({ keys: t, values: t, k: 5 }),
+      new HopfieldLookup({ keys: t, values: t, k: 3, updateSteps: 2 }),
+      new HopfieldLookup({ keys: pk, values: t, k: 4 }),
+    ]);
+    const ghost = await model.ghost();
+    expect(ghost.manifest.tensors.length).toBe(2);
+    const mirror = new PatternCache(), held = new PatternCache();
+    for (let i = 0; i < 3; i++) {
+      const x = rng.f32(2 * 8);
+      const { bytes, output } = await model.prove(x, { cache: mirror });
+      expect((await verifyForward(ghost, bytes, { cache: held })).output).toEqual(output);
+    }
+    expect(held.size).toBe(mirror.size);
+  });
+
   it('rejects bad arguments with typed errors', async () => {
     const rng = new Rng(41);
     const t = SparseTensor.fromArray(rng.f32(10 * 4), 4);
