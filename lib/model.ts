@@ -63,7 +63,9 @@ export interface ProvedUpdate {
 }
 
 function allIds(n: number): Uint32Array {
-  return Uint32Array.from({ length: n }, (_, i) => i);
+  const ids = new Uint32Array(n);
+  for (let i = 0; i < n; i++) ids[i] = i;
+  return ids;
 }
 
 function sortedUnique(lists: readonly Uint32Array[]): Uint32Array {

@@ -302,11 +302,31 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
   const kinds = new Uint8Array(Math.ceil(b.ids.length / 4));
   for (let t = 0; t < b.ids.length; t++) kinds[t >> 2]! |= b.kinds[t]! << (2 * (t & 3));
   w.bytes(kinds);
+  // Consecutive full rows that are adjacent views of one buffer go out in one write.
+  let run: Float32Array | null = null;
+  let runLength = 0;
+  const flush = (): void => {
+    if (run) w.f32s(new Float32Array(run.buffer, run.byteOffset, runLength));
+    run = null;
+    runLength = 0;
+  };
   for (let t = 0; t < b.ids.length; t++) {
     const p = b.payload[t];
-    if (b.kinds[t] === RowKind.Full) w.f32s(p as Float32Array);
-    else if (b.kinds[t] === RowKind.Delta) w.bytes(p as Uint8Array);
+    if (b.kinds[t] === RowKind.Full) {
+      const row = p as Float32Array;
+      if (run && row.buffer === run.buffer && row.byteOffset === run.byteOffset + runLength * 4) {
+        runLength += row.length;
+      } else {
+        flush();
+        run = row;
+        runLength = row.length;
+      }
+      continue;
+    }
+    flush();
+    if (b.kinds[t] === RowKind.Delta) w.bytes(p as Uint8Array);
   }
+  flush();
   w.u32(b.hashes.length / 32).bytes(b.hashes);
 }
 
