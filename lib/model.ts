@@ -324,6 +324,7 @@ export class Model {
    */
   async proveStep(optimizer: SparseAdam | SparseSGD, grads: readonly SparseGrad[], options: { cache?: PatternCache } = {}): Promise<ProvedUpdate[]> {
     if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
+    if (new Set(grads.map((g) => g?.tensor)).size !== grads.length) throw new InvalidArgumentError('a tensor appears twice in one step; concatenate its rows');
     const out: ProvedUpdate[] = [];
     for (const [gi, g] of grads.entries()) {
       const ti = this.tensors.indexOf(g.tensor);

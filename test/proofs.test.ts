@@ -387,6 +387,8 @@ describe('other layer kinds', () => {
     await expect(model.prove(new Float32Array(4), { firstLayer: 1 })).rejects.toThrow(/firstLayer/);
     expect(() => new Model([layer, new Embedding(t)])).toThrow(/only be the first layer/);
     expect(() => new Model([new HopfieldLookup({ keys: t, values: t, k: 2, mode: 'dense' })])).toThrow(/sparse layers/);
+    const twice = { tensor: t, ids: [0], grads: new Float32Array(4) };
+    await expect(model.proveStep(new SparseSGD([t]), [twice, twice])).rejects.toThrow(/appears twice/);
     const other = new SparseAdam([SparseTensor.fromArray(rng.f32(8), 4)]);
     await expect(model.proveStep(other, [{ tensor: SparseTensor.fromArray(rng.f32(8), 4), ids: [0], grads: new Float32Array(4) }])).rejects.toThrow(/not one of the model's tensors/);
   });
