@@ -13,7 +13,7 @@
  * and the gradients cover all N rows (a dense Adam step is then SparseAdam over all
  * rows). Sparse with k = N equals dense.
  */
-import { checkFloat32Array, checkInteger, toIds } from './args.js';
+import { allIds, checkFloat32Array, checkInteger, toIds } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from './errors.js';
 import { native } from './native.js';
 import type { SparseGrad } from './optim.js';
@@ -92,13 +92,6 @@ export interface HopfieldGradients {
   /** Sparse gradients of key rows (one entry per key tensor) and value rows. */
   grads: SparseGrad[];
   dBeta: number;
-}
-
-/** 0, 1, ..., n - 1: the ids of a dense gradient. */
-function allIds(n: number): Uint32Array {
-  const ids = new Uint32Array(n);
-  for (let i = 0; i < n; i++) ids[i] = i;
-  return ids;
 }
 
 /** The parts one after another, in a new array from `make`. */
@@ -299,7 +292,7 @@ export class HopfieldLookup {
 
   /** The selected key rows (product keys: the two sub-keys concatenated). */
   #keyRows(ids: Uint32Array): Float32Array {
-    return this.keys instanceof SparseTensor ? this.keys.gather(ids) : this.#productKeyRows(ids);
+    return this.keys instanceof SparseTensor ? this.keys.gather(ids) : this.keys.keyRows(ids);
   }
 
   /** Gradients of concatenated product-key rows, split into the two sub-key tables. */
@@ -338,23 +331,6 @@ export class HopfieldLookup {
       for (let i = 0; i < s.length; i++) s[i] = this.similarity === 'l2' ? -r.scores[i]! : r.scores[i]!;
     }
     return { ids, s };
-  }
-
-  #productKeyRows(ids: Uint32Array): Float32Array {
-    const pk = this.keys as ProductKeyIndex;
-    const n = pk.subKeys, d1 = pk.keys1.dim, d2 = pk.keys2.dim, d = d1 + d2;
-    const i1 = new Uint32Array(ids.length), i2 = new Uint32Array(ids.length);
-    for (let r = 0; r < ids.length; r++) {
-      i1[r] = Math.floor(ids[r]! / n);
-      i2[r] = ids[r]! % n;
-    }
-    const k1 = pk.keys1.gather(i1), k2 = pk.keys2.gather(i2);
-    const out = new Float32Array(ids.length * d);
-    for (let r = 0; r < ids.length; r++) {
-      out.set(k1.subarray(r * d1, (r + 1) * d1), r * d);
-      out.set(k2.subarray(r * d2, (r + 1) * d2), r * d + d1);
-    }
-    return out;
   }
 }
 

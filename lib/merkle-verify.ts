@@ -5,6 +5,7 @@
  */
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 
+import { bytesEqual } from './bytes.js';
 import { InvalidArgumentError, ProofError } from './errors.js';
 
 export const HASH_SCHEME = 'ghost-tensor/merkle/v1';
@@ -185,7 +186,5 @@ export function checkMultiproof(
     throw new ProofError('PROOF_LENGTH', 'the proof did not reduce to exactly one root with every hash used');
   }
   const got = h.commitRoot(n, leafLen / 4, cur[0]!.h);
-  let diff = 0;
-  for (let j = 0; j < 32; j++) diff |= got[j]! ^ root[j]!;
-  if (diff !== 0) throw new ProofError('ROOT_MISMATCH', 'the recomputed root differs from the trusted root');
+  if (!bytesEqual(got, root)) throw new ProofError('ROOT_MISMATCH', 'the recomputed root differs from the trusted root');
 }

@@ -10,12 +10,11 @@
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { checkFloat32Array, toIds } from './args.js';
+import { allIds, checkFloat32Array, toIds } from './args.js';
 import { bytesEqual } from './bytes.js';
-import type { CanonicalOptimizer } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError, callNative } from './errors.js';
-import { decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
-import { CANONICAL_VERSION } from './canonical.js';
+import { decodeGhost, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
+import { CANONICAL_VERSION, type CanonicalOptimizer } from './canonical.js';
 import { HASH_SCHEME } from './merkle-verify.js';
 import { Embedding, HopfieldLookup } from './layers.js';
 import { native } from './native.js';
@@ -23,8 +22,10 @@ import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
 import { ProductKeyIndex } from './product-keys.js';
 import {
   encodeProof,
+  hopfieldReads,
   planBlock,
   positionsToProve,
+  sortedUniqueIds,
   type ForwardProof,
   type LayerEvidence,
   type PatternBlock,
@@ -34,7 +35,7 @@ import {
   type UpdateProof,
 } from './proof-format.js';
 import { pinGhost, type PinnedGhost } from './proof-verify.js';
-import { SparseTensor } from './sparse-tensor.js';
+import { SparseTensor, internalNative } from './sparse-tensor.js';
 
 export type ModelLayer = HopfieldLookup | Embedding;
 
@@ -60,18 +61,6 @@ export interface ProvedForward {
 export interface ProvedUpdate {
   proof: UpdateProof;
   bytes: Uint8Array;
-}
-
-function allIds(n: number): Uint32Array {
-  const ids = new Uint32Array(n);
-  for (let i = 0; i < n; i++) ids[i] = i;
-  return ids;
-}
-
-function sortedUnique(lists: readonly Uint32Array[]): Uint32Array {
-  const s = new Set<number>();
-  for (const l of lists) for (const id of l) s.add(id);
-  return Uint32Array.from(s).sort();
 }
 
 export class Model {
@@ -218,7 +207,7 @@ export class Model {
     for (let li = first; li < first + count; li++) {
       const l = this.layers[li]!;
       if (l instanceof Embedding) {
-        const u = sortedUnique([ids!]);
+        const u = sortedUniqueIds([ids!]);
         const block = this.#block(l.table, u, false, options.cache);
         const at = new Map<number, number>();
         u.forEach((id, i) => at.set(id, i));
@@ -229,7 +218,7 @@ export class Model {
         revealed.push(block.resolved);
         cols = l.dim;
       } else {
-        const r = await this.#proveHopfield(l, x!, B, options);
+        const r = await this.#proveHopfield(l, ghost.manifest.layers[li] as GhostHopfieldLayer, x!, B, options);
         x = r.y;
         evidence.push(r.evidence);
         revealed.push(...r.resolved);
@@ -253,12 +242,13 @@ export class Model {
     const block = planBlock(ti, t.dim, ids, rows, all, cache);
     if (!all) {
       const pos = everyPath ? Array.from(ids, (_, i) => i) : positionsToProve(ti, ids, block.kinds, root, cache);
-      if (pos.length > 0) block.hashes = t.prove(Uint32Array.from(pos, (i) => ids[i]!)).proof;
+      // The rows are gathered above: only the hashes are needed from the tree.
+      if (pos.length > 0) block.hashes = callNative(() => internalNative(t).prove(Uint32Array.from(pos, (i) => ids[i]!)));
     }
     return { block, resolved: { tensor: ti, ids, rows, dim: t.dim, root } };
   }
 
-  async #proveHopfield(l: HopfieldLookup, x: Float32Array, B: number, options: ProveOptions) {
+  async #proveHopfield(l: HopfieldLookup, gl: GhostHopfieldLayer, x: Float32Array, B: number, options: ProveOptions) {
     const k = l.k, d = l.dim;
     const nat = native();
     const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
@@ -276,7 +266,7 @@ export class Model {
         const r = callNative(() => nat.canonicalProductKeys(q, t1!, t2!, pk.subKeys, pk.keys1.dim, pk.keys2.dim, B, k, options.threads));
         ids = r.ids;
         s = r.scores;
-        keyRows = last ? new Float32Array(0) : productKeyRows(pk, t1!, t2!, ids);
+        keyRows = last ? new Float32Array(0) : pk.keyRows(ids);
       } else {
         const keys = l.keys as SparseTensor;
         const r = await keys.searchBatch(Float32Array.from(q), k, {
@@ -294,23 +284,14 @@ export class Model {
       out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
       q = out;
     }
-    // One block per tensor read, in the verifier's order: keys (or both tables), then values.
-    const lastIds = stages[stages.length - 1]!;
+    // One block per tensor the layer reads, as the verifier requires them.
     const blocks: PatternBlock[] = [];
     const resolved: ResolvedBlock[] = [];
-    const add = (t: SparseTensor, ids: Uint32Array, all: boolean): void => {
-      const b = this.#block(t, ids, all, options.cache);
+    for (const [ti, ids] of hopfieldReads(gl, stages)) {
+      const t = this.tensors[ti]!;
+      const b = this.#block(t, ids === 'all' ? allIds(t.size) : ids, ids === 'all', options.cache);
       blocks.push(b.block);
       resolved.push(b.resolved);
-    };
-    if (pk) {
-      add(pk.keys1, allIds(pk.subKeys), true);
-      if (pk.keys2 !== pk.keys1) add(pk.keys2, allIds(pk.subKeys), true);
-      add(l.values, sortedUnique([lastIds]), false);
-    } else {
-      const keys = l.keys as SparseTensor;
-      add(keys, sortedUnique(stages), false);
-      if (l.values !== keys) add(l.values, sortedUnique([lastIds]), false);
     }
     return { y: Float32Array.from(out), evidence: { op: 'hopfield' as const, stages, blocks }, resolved };
   }
@@ -335,7 +316,7 @@ export class Model {
       checkFloat32Array(`grads[${gi}].grads`, g.grads);
       if (g.grads.length !== raw.length * d) throw new InvalidArgumentError(`grads[${gi}].grads has length ${g.grads.length}, expected ${raw.length * d}`);
       // Coalesce as the optimizer does (f32 sums in order of appearance), so the proof carries what the step used.
-      const ids = sortedUnique([raw]);
+      const ids = sortedUniqueIds([raw]);
       const at = new Map<number, number>();
       ids.forEach((id, i) => at.set(id, i));
       const sum = new Float32Array(ids.length * d);
@@ -452,17 +433,6 @@ export class Model {
     if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
     return { model, ghost };
   }
-}
-
-function productKeyRows(pk: ProductKeyIndex, t1: Float32Array, t2: Float32Array, ids: Uint32Array): Float32Array {
-  const n = pk.subKeys, d1 = pk.keys1.dim, d2 = pk.keys2.dim, d = d1 + d2;
-  const out = new Float32Array(ids.length * d);
-  for (let r = 0; r < ids.length; r++) {
-    const i1 = Math.floor(ids[r]! / n), i2 = ids[r]! % n;
-    out.set(t1.subarray(i1 * d1, (i1 + 1) * d1), r * d);
-    out.set(t2.subarray(i2 * d2, (i2 + 1) * d2), r * d + d1);
-  }
-  return out;
 }
 
 async function exists(path: string): Promise<boolean> {

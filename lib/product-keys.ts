@@ -142,6 +142,23 @@ export class ProductKeyIndex {
     return this.keys1.dim + this.keys2.dim;
   }
 
+  /** The keys of slots `ids`: each slot's two sub-keys side by side (ids.length x dim); a slot >= n^2 is refused by the gather of table 1. */
+  keyRows(ids: Uint32Array): Float32Array {
+    const n = this.subKeys, d1 = this.keys1.dim, d2 = this.keys2.dim, d = d1 + d2;
+    const i1 = new Uint32Array(ids.length), i2 = new Uint32Array(ids.length);
+    for (let r = 0; r < ids.length; r++) {
+      i1[r] = Math.floor(ids[r]! / n);
+      i2[r] = ids[r]! % n;
+    }
+    const k1 = this.keys1.gather(i1), k2 = this.keys2.gather(i2);
+    const out = new Float32Array(ids.length * d);
+    for (let r = 0; r < ids.length; r++) {
+      out.set(k1.subarray(r * d1, (r + 1) * d1), r * d);
+      out.set(k2.subarray(r * d2, (r + 1) * d2), r * d + d1);
+    }
+    return out;
+  }
+
   /** Exact top-k slots by inner product for one query (length dim); 1 <= k <= n^2. */
   search(query: Float32Array, k: number, options: { level?: SimdLevel } = {}): ProductKeyResult {
     checkFloat32Array('query', query);

@@ -9,6 +9,7 @@
 import { ByteReader, ByteWriter, checkFiniteF32 } from './bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError } from './errors.js';
+import type { GhostHopfieldLayer } from './ghost-file.js';
 
 export const PROOF_FORMAT_VERSION = 1;
 /** 0x89 'GTPRF' CR LF. */
@@ -94,6 +95,34 @@ export interface UpdateProof {
 }
 
 export type GhostProof = ForwardProof | UpdateProof;
+
+/** The sorted unique ids of some lists. */
+export function sortedUniqueIds(lists: readonly Uint32Array[]): Uint32Array {
+  const s = new Set<number>();
+  for (const l of lists) for (const id of l) s.add(id);
+  return Uint32Array.from(s).sort();
+}
+
+/**
+ * What a Hopfield layer's proof reveals, one block per tensor in this order (the
+ * prover writes these blocks, the verifier requires exactly them): product keys, both
+ * sub-key tables whole ('all') and the values at the last stage's ids; otherwise the
+ * keys at every stage's ids and the values at the last stage's (one set when keys and
+ * values are one tensor).
+ */
+export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Array[]): Map<number, Uint32Array | 'all'> {
+  const last = stages[stages.length - 1]!;
+  const reads = new Map<number, Uint32Array | 'all'>();
+  if (l.index.kind === 'product-keys') {
+    reads.set(l.keys[0]!, 'all');
+    reads.set(l.keys[1]!, 'all');
+    reads.set(l.values, sortedUniqueIds([last]));
+  } else {
+    reads.set(l.keys[0]!, sortedUniqueIds(stages));
+    if (l.values !== l.keys[0]) reads.set(l.values, sortedUniqueIds([last]));
+  }
+  return reads;
+}
 
 // ---------------------------------------------------------------------------
 // XOR deltas: per f32, a 2-bit tag (0: unchanged, 1: XOR fits 16 bits, 2: 24 bits,

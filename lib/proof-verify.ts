@@ -16,11 +16,13 @@ import {
   applyDelta,
   decodeProof,
   encodeProof,
+  hopfieldReads,
+  positionsToProve,
+  sortedUniqueIds,
   type ForwardProof,
   type GhostProof,
   type LayerEvidence,
   type PatternBlock,
-  positionsToProve,
   type PatternCache,
   type ResolvedBlock,
   type UpdateProof,
@@ -77,6 +79,15 @@ function canonicalProof(proof: Uint8Array | GhostProof): GhostProof {
   return decodeProof(bytes);
 }
 
+/** The proof, checked to be of `kind` and for the pinned Ghost file. */
+function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint8Array | GhostProof, kind: K): Extract<GhostProof, { kind: K }> {
+  const p = canonicalProof(proof);
+  const name = (k: GhostProof['kind']): string => (k === 'update' ? 'an update proof' : 'a forward proof');
+  if (p.kind !== kind) fail('WRONG_KIND', `${name(p.kind)} where ${name(kind)} is expected`);
+  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
+  return p as Extract<GhostProof, { kind: K }>;
+}
+
 function fail(reason: ConstructorParameters<typeof ProofError>[0], message: string): never {
   throw new ProofError(reason, message);
 }
@@ -124,13 +135,6 @@ function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache:
     for (let i = 0; i < b.ids.length; i++) at.set(b.ids[i]!, i * b.dim);
   }
   return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, at };
-}
-
-/** The sorted unique ids of some lists. */
-function unionIds(lists: readonly Uint32Array[]): Uint32Array {
-  const s = new Set<number>();
-  for (const l of lists) for (const id of l) s.add(id);
-  return Uint32Array.from(s).sort();
 }
 
 /** Checks that the layer's blocks reveal exactly `need` (tensor -> ids or 'all') and resolves them. */
@@ -181,16 +185,7 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
       }
     }
   }
-  const last = ev.stages[ev.stages.length - 1]!;
-  const need = new Map<number, Uint32Array | 'all'>();
-  if (pk) {
-    need.set(l.keys[0]!, 'all');
-    need.set(l.keys[1]!, 'all');
-  } else {
-    need.set(l.keys[0]!, unionIds(ev.stages));
-  }
-  need.set(l.values, l.values === l.keys[0] && !pk ? unionIds(ev.stages) : unionIds([last]));
-  const rev = resolveLayer(h, g, ev, need, cache, li);
+  const rev = resolveLayer(h, g, ev, hopfieldReads(l, ev.stages), cache, li);
   resolved.push(...rev.values());
   const V = rev.get(l.values)!;
   const out = new Float32Array(B * l.dOut);
@@ -243,10 +238,8 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
  */
 export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
   const h = await loadHasher();
-  const p = canonicalProof(proof);
-  if (p.kind !== 'forward') fail('WRONG_KIND', 'an update proof where a forward proof is expected');
+  const p = openProof(ghost, proof, 'forward');
   const g = ghost.manifest;
-  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
   const cache = options.cache;
   const resolved: Revealed[] = [];
@@ -271,7 +264,7 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
       if (ev.stages.length !== 0) fail('SHAPE', `layer ${li} (embedding) has no retrieval stages`);
       const t = g.tensors[l.table]!;
       for (const id of ids) if (id >= t.n) fail('ID_OUT_OF_RANGE', `embedding id ${id} >= N = ${t.n}`);
-      const rev = resolveLayer(h, g, ev, new Map([[l.table, unionIds([ids])]]), cache, li).get(l.table)!;
+      const rev = resolveLayer(h, g, ev, new Map([[l.table, sortedUniqueIds([ids])]]), cache, li).get(l.table)!;
       resolved.push(rev);
       const y = new Float32Array(B * l.dim);
       ids.forEach((id, b) => y.set(rev.rows.subarray(rowOf(rev, id), rowOf(rev, id) + l.dim), b * l.dim));
@@ -315,10 +308,8 @@ export interface VerifiedUpdate {
  */
 export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | UpdateProof, options: VerifyOptions = {}): Promise<VerifiedUpdate> {
   const h = await loadHasher();
-  const p = canonicalProof(proof);
-  if (p.kind !== 'update') fail('WRONG_KIND', 'a forward proof where an update proof is expected');
+  const p = openProof(ghost, proof, 'update');
   const g = ghost.manifest;
-  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   const t = g.tensors[p.tensor];
   if (!t) fail('LAYER_MISMATCH', `tensor ${p.tensor} does not exist`);
   if (p.block.tensor !== p.tensor) fail('LAYER_MISMATCH', `the block is of tensor ${p.block.tensor}; the proof updates tensor ${p.tensor}`);
