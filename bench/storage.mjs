@@ -34,7 +34,7 @@ import { spawnSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { CORES, ROOT, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, round, table, writeResults } from './lib/common.mjs';
+import { CORES, ROOT, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, rng, round, table, writeResults } from './lib/common.mjs';
 
 const log = logger('storage');
 const arg = (name, def) => {
@@ -80,16 +80,6 @@ function tables(rand) {
   return [a, b];
 }
 
-function mulberry(seed) {
-  let s = seed >>> 0;
-  return () => {
-    let t = (s = (s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 // ------------------------------------------------------------------ child phases
 
 async function phaseWork() {
@@ -100,7 +90,7 @@ async function phaseWork() {
   const t = await SparseTensor.openFile(FILE);
   out.openMs = nowMs() - t0;
   out.afterOpen = memory();
-  const rand = mulberry(7);
+  const rand = rng(7);
   const [a, b] = tables(rand);
   const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(a, D / 2), SparseTensor.fromArray(b, D / 2));
   const query = () => Float32Array.from({ length: D }, () => rand() * 2 - 1);
