@@ -4,7 +4,6 @@
 #include <napi.h>
 
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -16,12 +15,6 @@
 namespace gt {
 
 namespace {
-
-Napi::Float64Array f64_array(Napi::Env env, const std::vector<double>& v) {
-  Napi::Float64Array out = Napi::Float64Array::New(env, v.size());
-  if (!v.empty()) std::memcpy(out.Data(), v.data(), v.size() * sizeof(double));
-  return out;
-}
 
 void check_len(size_t got, size_t want, const char* name) {
   if (got != want)

@@ -114,4 +114,10 @@ Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v) {
   return a;
 }
 
+Napi::Float64Array f64_array(Napi::Env env, const std::vector<double>& v) {
+  Napi::Float64Array a = Napi::Float64Array::New(env, v.size());
+  std::copy(v.begin(), v.end(), a.Data());
+  return a;
+}
+
 }  // namespace gt

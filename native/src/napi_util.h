@@ -49,6 +49,8 @@ ArrayArg<double> f64_arg(const Napi::CallbackInfo& info, size_t index, const cha
 void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name);
 // A new Float32Array holding a copy of v.
 Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v);
+// A new Float64Array holding a copy of v.
+Napi::Float64Array f64_array(Napi::Env env, const std::vector<double>& v);
 // An integer in [lo, hi].
 size_t size_arg(const Napi::CallbackInfo& info, size_t index, const char* name, double lo, double hi);
 Metric metric_arg(const Napi::CallbackInfo& info, size_t index);

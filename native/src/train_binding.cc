@@ -138,10 +138,8 @@ class ProductKeyWorker : public TensorWorker {
     Napi::Object out = Napi::Object::New(env);
     Napi::Uint32Array ids = Napi::Uint32Array::New(env, ids_.size());
     std::copy(ids_.begin(), ids_.end(), ids.Data());
-    Napi::Float64Array sc = Napi::Float64Array::New(env, scores_.size());
-    std::copy(scores_.begin(), scores_.end(), sc.Data());
     out.Set("ids", ids);
-    out.Set("scores", sc);
+    out.Set("scores", f64_array(env, scores_));
     return out;
   }
   TensorBinding* other_;
