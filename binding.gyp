@@ -28,6 +28,8 @@
       "target_name": "ghost_tensor",
       "sources": [
         "native/src/addon.cc",
+        "native/src/attention.cc",
+        "native/src/attention_binding.cc",
         "native/src/blake3_batch.c",
         "native/src/canonical.cc",
         "native/src/canonical_binding.cc",

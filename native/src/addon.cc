@@ -6,6 +6,7 @@
 #include "canonical_binding.h"
 #include "file_binding.h"
 #include "hopfield_binding.h"
+#include "attention_binding.h"
 #include "../third_party/blake3/blake3.h"
 #include "cpu.h"
 #include "kernels.h"
@@ -138,6 +139,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hopfieldMixAsync", Napi::Function::New(env, HopfieldMixAsync));
   exports.Set("hopfieldMixBackwardAsync", Napi::Function::New(env, HopfieldMixBackwardAsync));
   exports.Set("hopfieldKeyBackwardAsync", Napi::Function::New(env, HopfieldKeyBackwardAsync));
+  exports.Set("attentionForwardAsync", Napi::Function::New(env, AttentionForwardAsync));
+  exports.Set("attentionBackwardAsync", Napi::Function::New(env, AttentionBackwardAsync));
+  exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
+  exports.Set("linearBackwardAsync", Napi::Function::New(env, LinearBackwardAsync));
   exports.Set("merkleRoot", Napi::Function::New(env, MerkleRoot));
   exports.Set("merkleVerify", Napi::Function::New(env, MerkleVerify));
   exports.Set("merkleKeys", Napi::Function::New(env, MerkleKeys));

@@ -23,6 +23,14 @@ struct Kernels {
   // 1 - dot(a, b) and l2sq(a, b), one call with the kernel inlined.
   float (*hnsw_ip)(const void* a, const void* b, const void* param);
   float (*hnsw_l2)(const void* a, const void* b, const void* param);
+  // y[i] += a * x[i] (kernels_generic.h)
+  void (*axpy)(float* y, float a, const float* x, size_t n);
+  // y[i] = exp(x[i]), relative error below 3e-7; x < -87 gives 0 (kernels_generic.h)
+  void (*vexp)(const float* x, float* y, size_t n);
+  // C (m x nc, row stride ldc) += A (m x kd, stride lda) . B (kd x nc, stride ldb)
+  // (kernels_generic.h): register-blocked, for the attention tiles.
+  void (*gemm_acc)(float* C, size_t ldc, const float* A, size_t lda, const float* B, size_t ldb, size_t m, size_t kd,
+                   size_t nc);
 };
 
 // Defines the two hnswlib-shaped wrappers of a level's dot and l2sq kernels.

@@ -5,6 +5,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include "kernels_generic.h"
+
 namespace gt {
 namespace {
 
@@ -139,7 +141,7 @@ void l2_block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t 
 GT_HNSW_WRAPPERS(dot_avx2, l2sq_avx2)
 
 const Kernels kTable = {dot_avx2, l2sq_avx2, sum_avx2, dot_block_avx2, l2_block_avx2, hnsw_ip_wrap,
-                         hnsw_l2_wrap};
+                         hnsw_l2_wrap, axpy_generic, exp_generic, gemm_acc_generic};
 
 }  // namespace
 const Kernels* const kKernelsAVX2 = &kTable;

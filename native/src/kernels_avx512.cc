@@ -12,6 +12,8 @@
 #endif
 #include <immintrin.h>
 
+#include "kernels_generic.h"
+
 namespace gt {
 namespace {
 
@@ -134,7 +136,7 @@ void l2_block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_
 GT_HNSW_WRAPPERS(dot_avx512, l2sq_avx512)
 
 const Kernels kTable = {dot_avx512, l2sq_avx512, sum_avx512, dot_block_avx512, l2_block_avx512, hnsw_ip_wrap,
-                         hnsw_l2_wrap};
+                         hnsw_l2_wrap, axpy_generic, exp_generic, gemm_acc_generic};
 
 }  // namespace
 const Kernels* const kKernelsAVX512 = &kTable;

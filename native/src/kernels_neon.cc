@@ -4,6 +4,8 @@
 #if defined(__aarch64__) || defined(_M_ARM64)
 #include <arm_neon.h>
 
+#include "kernels_generic.h"
+
 namespace gt {
 namespace {
 
@@ -65,7 +67,7 @@ void l2_block_neon(const float* Q, size_t nq, const float* R, size_t nr, size_t 
 GT_HNSW_WRAPPERS(dot_neon, l2sq_neon)
 
 const Kernels kTable = {dot_neon, l2sq_neon, sum_neon, dot_block_neon, l2_block_neon, hnsw_ip_wrap,
-                         hnsw_l2_wrap};
+                         hnsw_l2_wrap, axpy_generic, exp_generic, gemm_acc_generic};
 
 }  // namespace
 const Kernels* const kKernelsNEON = &kTable;

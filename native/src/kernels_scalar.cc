@@ -1,6 +1,7 @@
 // Portable kernels: eight independent accumulators, so the compiler may use the
 // baseline vector unit (SSE2 / ASIMD) without reassociating a single sum.
 #include "kernel_table.h"
+#include "kernels_generic.h"
 
 namespace gt {
 namespace {
@@ -56,7 +57,7 @@ void l2_block_scalar(const float* Q, size_t nq, const float* R, size_t nr, size_
 GT_HNSW_WRAPPERS(dot_scalar, l2sq_scalar)
 
 const Kernels kTable = {dot_scalar, l2sq_scalar, sum_scalar, dot_block_scalar, l2_block_scalar, hnsw_ip_wrap,
-                         hnsw_l2_wrap};
+                         hnsw_l2_wrap, axpy_generic, exp_generic, gemm_acc_generic};
 
 }  // namespace
 

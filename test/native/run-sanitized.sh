@@ -20,7 +20,7 @@ compile() {  # file, extra flags...
   esac
   objs+=("$o")
 }
-for f in canonical cpu dense_hopfield errors hnsw_index kernels kernels_scalar kernels_neon merkle metric optimizer parallel product_keys search sparse_hopfield sparse_tensor tensor_file; do
+for f in attention canonical cpu dense_hopfield errors hnsw_index kernels kernels_scalar kernels_neon merkle metric optimizer parallel product_keys search sparse_hopfield sparse_tensor tensor_file; do
   compile "$src/$f.cc"
 done
 arch=$(uname -m)

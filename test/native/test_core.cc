@@ -17,6 +17,7 @@
 #include "../../native/src/optimizer.h"
 #include "../../native/src/product_keys.h"
 #include "../../native/src/errors.h"
+#include "../../native/src/attention.h"
 #include "../../native/src/hnsw_index.h"
 #include "../../native/src/kernels.h"
 #include "../../native/src/merkle.h"
@@ -595,6 +596,173 @@ static void test_tensor_file() {
   rmdir(dir);
 }
 
+// Attention against a double-precision scalar reference: top-k (k < n and k = n),
+// dense, causal or not, forward and backward, every SIMD level; plus the element
+// kernels it is built from (vexp, axpy, gemm_acc).
+struct RefAttention {
+  std::vector<double> out, dq, dk, dv;
+};
+
+// sel(h, i) gives the keys of query i (the reference chooses them itself unless
+// `given` is set); gradients of sum(dout . out).
+static RefAttention ref_attention(const std::vector<float>& Q, const std::vector<float>& K, const std::vector<float>& V,
+                                  const std::vector<float>& dout, size_t n, size_t H, size_t dk, size_t k, bool causal,
+                                  double scale, const uint32_t* given) {
+  const size_t D = H * dk;
+  RefAttention r;
+  r.out.assign(n * D, 0.0);
+  r.dq.assign(n * D, 0.0);
+  r.dk.assign(n * D, 0.0);
+  r.dv.assign(n * D, 0.0);
+  for (size_t h = 0; h < H; ++h)
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<std::pair<double, uint32_t>> cand;
+      const size_t lim = causal ? i + 1 : n;
+      for (size_t j = 0; j < lim; ++j) {
+        double s = 0;
+        for (size_t t = 0; t < dk; ++t) s += double(Q[i * D + h * dk + t]) * K[j * D + h * dk + t];
+        cand.push_back({s, uint32_t(j)});
+      }
+      std::vector<std::pair<double, uint32_t>> sel;
+      if (given != nullptr) {
+        for (size_t c = 0; c < k; ++c) {
+          const uint32_t j = given[(h * n + i) * k + c];
+          if (j == gt::kNoKey) break;
+          sel.push_back(cand[j]);
+        }
+      } else {
+        std::sort(cand.begin(), cand.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+        sel.assign(cand.begin(), cand.begin() + std::min(k, cand.size()));
+      }
+      double mx = -1e300, z = 0;
+      for (auto& c : sel) mx = std::max(mx, scale * c.first);
+      std::vector<double> p(sel.size()), dp(sel.size());
+      for (size_t c = 0; c < sel.size(); ++c) z += p[c] = std::exp(scale * sel[c].first - mx);
+      double dsum = 0;
+      for (size_t c = 0; c < sel.size(); ++c) {
+        p[c] /= z;
+        const size_t j = sel[c].second;
+        double g = 0;
+        for (size_t t = 0; t < dk; ++t) {
+          r.out[i * D + h * dk + t] += p[c] * V[j * D + h * dk + t];
+          g += double(dout[i * D + h * dk + t]) * V[j * D + h * dk + t];
+        }
+        dp[c] = g;
+        dsum += p[c] * g;
+      }
+      for (size_t c = 0; c < sel.size(); ++c) {
+        const size_t j = sel[c].second;
+        const double ds = scale * p[c] * (dp[c] - dsum);
+        for (size_t t = 0; t < dk; ++t) {
+          r.dq[i * D + h * dk + t] += ds * K[j * D + h * dk + t];
+          r.dk[j * D + h * dk + t] += ds * Q[i * D + h * dk + t];
+          r.dv[j * D + h * dk + t] += p[c] * dout[i * D + h * dk + t];
+        }
+      }
+    }
+  return r;
+}
+
+// Largest error over the largest magnitude (at least 1e-2: inputs are O(1), and a
+// gradient that is zero in exact arithmetic, such as dq for a single key, is then
+// f32 rounding noise of a difference of O(1) terms).
+static double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
+  double mag = 1e-2, err = 0;
+  for (size_t i = 0; i < want.size(); ++i) mag = std::max(mag, std::fabs(want[i]));
+  for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(got[i] - want[i]));
+  return err / mag;
+}
+
+static void test_attention() {
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    // vexp against std::exp over the whole range, and the underflow cut.
+    std::vector<float> x, y(2001);
+    for (int i = 0; i <= 2000; ++i) x.push_back(-87.0f + 175.0f * float(i) / 2000.0f);
+    K.vexp(x.data(), y.data(), x.size());
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::fabs(y[i] / std::exp(double(x[i])) - 1.0));
+    CHECK(worst < 5e-7);
+    const float under[3] = {-87.5f, -100.0f, -1e30f};
+    float uo[3];
+    K.vexp(under, uo, 3);
+    CHECK(uo[0] == 0.0f && uo[1] == 0.0f && uo[2] == 0.0f);
+    // gemm_acc on odd shapes (edges of the 4 x 16 blocks), accumulating into C.
+    for (size_t m : {1, 5, 8}) for (size_t kd : {1, 7, 64}) for (size_t nc : {3, 16, 37}) {
+      const std::vector<float> A = rand_vec(m * (kd + 2)), B = rand_vec(kd * (nc + 1));
+      std::vector<float> C = rand_vec(m * (nc + 3));
+      std::vector<double> want(C.begin(), C.end());
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j < nc; ++j)
+          for (size_t t = 0; t < kd; ++t) want[i * (nc + 3) + j] += double(A[i * (kd + 2) + t]) * B[t * (nc + 1) + j];
+      K.gemm_acc(C.data(), nc + 3, A.data(), kd + 2, B.data(), nc + 1, m, kd, nc);
+      CHECK(max_rel(C, want) < 1e-5);
+    }
+    std::vector<float> ya = rand_vec(19);
+    const std::vector<float> xa = rand_vec(19);
+    std::vector<double> wa(ya.begin(), ya.end());
+    for (size_t i = 0; i < 19; ++i) wa[i] += 0.5 * xa[i];
+    K.axpy(ya.data(), 0.5f, xa.data(), 19);
+    CHECK(max_rel(ya, wa) < 1e-6);
+
+    for (size_t n : {1, 70, 300}) for (size_t dk : {12, 32}) for (bool causal : {false, true}) {
+      const size_t H = 2, D = H * dk;
+      const std::vector<float> Q = rand_vec(n * D), Kt = rand_vec(n * D), V = rand_vec(n * D), G = rand_vec(n * D);
+      gt::AttentionArgs a;
+      a.Q = Q.data(); a.K = Kt.data(); a.V = V.data();
+      a.n = n; a.heads = H; a.dk = dk; a.causal = causal; a.scale = 1.0f / std::sqrt(float(dk));
+      a.threads = 2; a.kernels = &K;
+      std::vector<float> out(n * D), lse(H * n), dQ(n * D), dK(n * D), dV(n * D);
+      // Dense against the reference over all keys.
+      gt::dense_attention_forward(a, out.data(), lse.data());
+      gt::dense_attention_backward(a, out.data(), lse.data(), G.data(), dQ.data(), dK.data(), dV.data());
+      const RefAttention full = ref_attention(Q, Kt, V, G, n, H, dk, n, causal, a.scale, nullptr);
+      CHECK(max_rel(out, full.out) < 1e-5);
+      CHECK(max_rel(dQ, full.dq) < 1e-5 && max_rel(dK, full.dk) < 1e-5 && max_rel(dV, full.dv) < 1e-5);
+      for (size_t k : {size_t{1}, size_t{5}, n}) {
+        if (k > n) continue;
+        a.k = k;
+        std::vector<uint32_t> ids(H * n * k);
+        std::vector<float> w(H * n * k);
+        gt::topk_attention_forward(a, out.data(), ids.data(), w.data());
+        // Each query's ids: distinct, visible, padded only past the candidates, and
+        // the best k by a double-precision score (unless two scores are within f32 noise).
+        const RefAttention pick = ref_attention(Q, Kt, V, G, n, H, dk, k, causal, a.scale, nullptr);
+        bool ids_ok = true;
+        for (size_t h = 0; h < H; ++h)
+          for (size_t i = 0; i < n; ++i) {
+            const size_t m = std::min(k, causal ? i + 1 : n);
+            for (size_t c = 0; c < k; ++c) {
+              const uint32_t j = ids[(h * n + i) * k + c];
+              if (c >= m) { ids_ok = ids_ok && j == gt::kNoKey && w[(h * n + i) * k + c] == 0.0f; continue; }
+              ids_ok = ids_ok && j < n && (!causal || j <= i);
+              for (size_t c2 = 0; c2 < c; ++c2) ids_ok = ids_ok && ids[(h * n + i) * k + c2] != j;
+            }
+          }
+        CHECK(ids_ok);
+        // Outputs and gradients for the chosen ids against the reference on the same ids.
+        gt::topk_attention_backward(a, ids.data(), w.data(), G.data(), dQ.data(), dK.data(), dV.data());
+        const RefAttention same = ref_attention(Q, Kt, V, G, n, H, dk, k, causal, a.scale, ids.data());
+        CHECK(max_rel(out, same.out) < 1e-5);
+        CHECK(max_rel(dQ, same.dq) < 1e-5 && max_rel(dK, same.dk) < 1e-5 && max_rel(dV, same.dv) < 1e-5);
+        // With random scores, the reference's own choice gives the same output.
+        CHECK(max_rel(out, pick.out) < 1e-4);
+        if (k == n || (causal && k >= n)) CHECK(max_rel(out, full.out) < 1e-5);
+      }
+    }
+    // Bad arguments are refused before any work.
+    gt::AttentionArgs bad;
+    bad.kernels = &K;
+    bad.n = 4; bad.heads = 1; bad.dk = 2; bad.k = 5; bad.scale = 1.0f;
+    std::vector<float> z(8), o(8);
+    std::vector<uint32_t> bid(20);
+    bad.Q = bad.K = bad.V = z.data();
+    bool threw = false;
+    try { gt::topk_attention_forward(bad, o.data(), bid.data(), o.data()); } catch (const std::invalid_argument&) { threw = true; }
+    CHECK(threw);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -609,6 +777,7 @@ int main() {
   test_product_keys();
   test_canonical();
   test_tensor_file();
+  test_attention();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -1,0 +1,225 @@
+// Addon functions for self-attention (attention.h): pure functions over copied
+// arrays, run on a worker thread, settling a promise. Every argument is checked
+// here, before the work is queued.
+#include <napi.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "attention_binding.h"
+#include "kernels.h"
+#include "napi_util.h"
+
+namespace gt {
+
+namespace {
+
+constexpr double kMaxElements = 1u << 30;  // floats per array (4 GiB)
+
+std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
+  const ArrayArg<float> a = f32_arg(info, index, name);
+  check_finite_length(a, want, name);
+  return std::vector<float>(a.data, a.data + a.length);
+}
+
+bool bool_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsBoolean())
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a boolean");
+  return info[index].As<Napi::Boolean>().Value();
+}
+
+float scale_arg(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsNumber()) throw Error(ErrorCode::InvalidArgument, "scale must be a number");
+  const double s = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(s) || !(s > 0.0) || s > 1e30) throw Error(ErrorCode::OutOfRange, "scale must be finite and > 0");
+  return static_cast<float>(s);
+}
+
+class AttentionWorker : public Napi::AsyncWorker {
+ public:
+  enum class Op { Forward, Backward, Linear, LinearBackward };
+  AttentionWorker(Napi::Env env, Op op)
+      : Napi::AsyncWorker(env, "ghost-tensor:attention"), op(op), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  Op op;
+  AttentionArgs args;
+  std::vector<float> q, k, v, dout, saved_f32, lse, out, weights, r1, r2, r3;
+  std::vector<uint32_t> ids;
+  size_t m = 0, d = 0;  // linear: W is m x d, X is n x d
+
+ private:
+  void Execute() override {
+    try {
+      args.kernels = &kernels();
+      args.Q = q.data();
+      args.K = k.data();
+      args.V = v.data();
+      const size_t n = args.n, D = args.heads * args.dk;
+      switch (op) {
+        case Op::Forward:
+          out.resize(n * D);
+          if (args.k > 0) {
+            ids.resize(args.heads * n * args.k);
+            weights.resize(args.heads * n * args.k);
+            topk_attention_forward(args, out.data(), ids.data(), weights.data());
+          } else {
+            lse.resize(args.heads * n);
+            dense_attention_forward(args, out.data(), lse.data());
+          }
+          break;
+        case Op::Backward:
+          r1.resize(n * D);
+          r2.resize(n * D);
+          r3.resize(n * D);
+          if (args.k > 0)
+            topk_attention_backward(args, ids.data(), weights.data(), dout.data(), r1.data(), r2.data(), r3.data());
+          else
+            dense_attention_backward(args, out.data(), lse.data(), dout.data(), r1.data(), r2.data(), r3.data());
+          break;
+        case Op::Linear:
+          r1.resize(n * m);
+          linear_forward(q.data(), n, k.data(), m, d, args.threads, kernels(), r1.data());
+          break;
+        case Op::LinearBackward:
+          r1.resize(n * d);
+          r2.resize(m * d);
+          linear_backward(q.data(), n, k.data(), m, d, dout.data(), args.threads, kernels(), r1.data(), r2.data());
+          break;
+      }
+    } catch (const std::bad_alloc&) {
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    switch (op) {
+      case Op::Forward:
+        o.Set("out", f32_array(env, out));
+        if (args.k > 0) {
+          Napi::Uint32Array a = Napi::Uint32Array::New(env, ids.size());
+          std::copy(ids.begin(), ids.end(), a.Data());
+          o.Set("ids", a);
+          o.Set("weights", f32_array(env, weights));
+        } else {
+          o.Set("lse", f32_array(env, lse));
+        }
+        break;
+      case Op::Backward:
+        o.Set("dq", f32_array(env, r1));
+        o.Set("dk", f32_array(env, r2));
+        o.Set("dv", f32_array(env, r3));
+        break;
+      case Op::Linear:
+        o.Set("y", f32_array(env, r1));
+        break;
+      case Op::LinearBackward:
+        o.Set("dx", f32_array(env, r1));
+        o.Set("dw", f32_array(env, r2));
+        break;
+    }
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override {
+    const bool oom = e.Message() == "out of memory";
+    deferred_.Reject(make_error(Env(), oom ? "ERR_GT_OUT_OF_MEMORY" : "ERR_GT_INTERNAL", e.Message()).Value());
+  }
+
+  Napi::Promise::Deferred deferred_;
+};
+
+// (n, heads, dk, k, causal, scale, threads) at 0..6, then q, k, v at 7..9.
+std::unique_ptr<AttentionWorker> attention_worker(const Napi::CallbackInfo& info, AttentionWorker::Op op) {
+  auto w = std::make_unique<AttentionWorker>(info.Env(), op);
+  AttentionArgs& a = w->args;
+  a.n = size_arg(info, 0, "n", 1, 1 << 24);
+  a.heads = size_arg(info, 1, "heads", 1, 4096);
+  a.dk = size_arg(info, 2, "headDim", 1, 65536);
+  a.k = size_arg(info, 3, "k", 0, static_cast<double>(a.n));
+  a.causal = bool_arg(info, 4, "causal");
+  a.scale = scale_arg(info, 5);
+  a.threads = threads_arg(info, 6);
+  const size_t D = a.heads * a.dk;
+  if (static_cast<double>(a.n) * D > kMaxElements || static_cast<double>(a.n) * a.heads * a.k > kMaxElements)
+    throw Error(ErrorCode::OutOfRange, "n * heads * headDim (or n * heads * k) is too large");
+  w->q = copy_f32(info, 7, "q", a.n * D);
+  w->k = copy_f32(info, 8, "k", a.n * D);
+  w->v = copy_f32(info, 9, "v", a.n * D);
+  return w;
+}
+
+Napi::Value queue(std::unique_ptr<AttentionWorker> w) {
+  Napi::Promise p = w->promise();
+  w.release()->Queue();
+  return p;
+}
+
+// (n, m, d, threads) at 0..3.
+std::unique_ptr<AttentionWorker> linear_worker(const Napi::CallbackInfo& info, AttentionWorker::Op op) {
+  auto w = std::make_unique<AttentionWorker>(info.Env(), op);
+  w->args.n = size_arg(info, 0, "n", 1, 1 << 24);
+  w->m = size_arg(info, 1, "outDim", 1, 1 << 20);
+  w->d = size_arg(info, 2, "inDim", 1, 1 << 20);
+  w->args.threads = threads_arg(info, 3);
+  const double n = static_cast<double>(w->args.n);
+  if (n * w->d > kMaxElements || n * w->m > kMaxElements || static_cast<double>(w->m) * w->d > kMaxElements)
+    throw Error(ErrorCode::OutOfRange, "linear: an array would be too large");
+  w->q = copy_f32(info, 4, "x", w->args.n * w->d);
+  w->k = copy_f32(info, 5, "weight", w->m * w->d);
+  return w;
+}
+
+}  // namespace
+
+// attentionForwardAsync(n, heads, headDim, k, causal, scale, threads, q, k, v)
+//   -> Promise<{ out, ids, weights }> (k >= 1: top-k) | Promise<{ out, lse }> (k = 0: dense)
+Napi::Value AttentionForwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return queue(attention_worker(info, AttentionWorker::Op::Forward)); });
+}
+
+// attentionBackwardAsync(n, heads, headDim, k, causal, scale, threads, q, k, v, dOut, a, b)
+//   top-k: a = ids (Uint32Array, heads x n x k), b = weights; dense: a = out, b = lse.
+//   -> Promise<{ dq, dk, dv }>
+Napi::Value AttentionBackwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto w = attention_worker(info, AttentionWorker::Op::Backward);
+    const AttentionArgs& a = w->args;
+    const size_t D = a.heads * a.dk;
+    w->dout = copy_f32(info, 10, "dOut", a.n * D);
+    if (a.k > 0) {
+      const ArrayArg<uint32_t> ids = u32_arg(info, 11, "ids");
+      if (ids.length != a.heads * a.n * a.k) throw Error(ErrorCode::InvalidArgument, "ids has the wrong length");
+      for (size_t i = 0; i < ids.length; ++i)
+        if (ids.data[i] != kNoKey && ids.data[i] >= a.n) throw Error(ErrorCode::OutOfRange, "ids: a key id is >= n");
+      w->ids.assign(ids.data, ids.data + ids.length);
+      w->weights = copy_f32(info, 12, "weights", a.heads * a.n * a.k);
+    } else {
+      w->out = copy_f32(info, 11, "out", a.n * D);
+      w->lse = copy_f32(info, 12, "lse", a.heads * a.n);
+    }
+    return queue(std::move(w));
+  });
+}
+
+// linearAsync(n, outDim, inDim, threads, x, weight) -> Promise<{ y }>: y = x weight^T.
+Napi::Value LinearAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return queue(linear_worker(info, AttentionWorker::Op::Linear)); });
+}
+
+// linearBackwardAsync(n, outDim, inDim, threads, x, weight, dY) -> Promise<{ dx, dw }>
+Napi::Value LinearBackwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto w = linear_worker(info, AttentionWorker::Op::LinearBackward);
+    w->dout = copy_f32(info, 6, "dY", w->args.n * w->m);
+    return queue(std::move(w));
+  });
+}
+
+}  // namespace gt
