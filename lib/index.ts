@@ -28,6 +28,8 @@ export type { AdamOptions, OptimizerInfo, RowState, SgdOptions, SparseGrad } fro
 export { Embedding, HopfieldLookup } from './layers.js';
 export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './layers.js';
 export { Model } from './model.js';
+export { NO_KEY, Projection, SparseSelfAttention } from './attention.js';
+export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './attention.js';
 export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model.js';
 export {
   CANONICAL_VERSION,

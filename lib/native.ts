@@ -185,6 +185,18 @@ export interface NativeAddon {
   blake3(bytes: Uint8Array): Uint8Array;
   merkleRoot(data: Float32Array, dim: number, threads?: number): Uint8Array;
   merkleVerify(root: Uint8Array, n: number, dim: number, ids: Uint32Array, leaves: Float32Array, proof: Uint8Array): boolean;
+  attentionForwardAsync(
+    n: number, heads: number, headDim: number, k: number, causal: boolean, scale: number, threads: number | undefined,
+    q: Float32Array, key: Float32Array, v: Float32Array,
+  ): Promise<{ out: Float32Array; ids?: Uint32Array; weights?: Float32Array; lse?: Float32Array }>;
+  attentionBackwardAsync(
+    n: number, heads: number, headDim: number, k: number, causal: boolean, scale: number, threads: number | undefined,
+    q: Float32Array, key: Float32Array, v: Float32Array, dOut: Float32Array, a: Uint32Array | Float32Array, b: Float32Array,
+  ): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array }>;
+  linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
+  linearBackwardAsync(
+    n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array, dY: Float32Array,
+  ): Promise<{ dx: Float32Array; dw: Float32Array }>;
   hopfieldMixAsync(B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined): Promise<{ weights: Float32Array; out: Float32Array }>;
   hopfieldMixBackwardAsync(
     B: number, k: number, w: number, rows: Float32Array, s: Float32Array, beta: number, threads: number | undefined,
