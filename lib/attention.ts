@@ -233,6 +233,11 @@ export class SparseSelfAttention {
     this.threads = o.threads === undefined ? undefined : checkInteger('threads', o.threads, 1, 1024);
   }
 
+  /** The softmax scale given to the constructor, or null for the default 1 / sqrt(headDim). */
+  get scale(): number | null {
+    return this.#scale ?? null;
+  }
+
   /** Input width, or null when no projection fixes it (then it is D, set by the caller). */
   get inDim(): number | null {
     const p = this.query ?? this.key ?? this.value;

@@ -208,6 +208,47 @@ export function ctopk(scores: Float64Array, k: number, idOf: (pos: number) => nu
 }
 
 /**
+ * A projection (docs/attention.md) of n rows x (dIn f32 each) by the m patterns of W:
+ * s_j = cdot(x_i, W_j); with kp < m only the top kp of each row (ctopk: ties to the
+ * lower j) are kept and the others are 0. Returns n x m f32, each kept s_j rounded.
+ */
+export function cprojection(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number): Float32Array {
+  const y = new Float32Array(n * m);
+  const q = new Float64Array(dIn);
+  for (let i = 0; i < n; i++) {
+    for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
+    const s = cdots(q, W, m, dIn);
+    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]!;
+    else for (const j of ctopk(s, kp)) y[i * m + j] = s[j]!;
+  }
+  return y;
+}
+
+/**
+ * Top-k multi-head self-attention over one sequence of n rows (Q, K, V: n x D f32,
+ * head h in columns [h dk, (h + 1) dk)): for each head and query i, s_j = cdot of the
+ * head's slices of q_i and k_j for every visible j (j <= i when causal), the top
+ * min(k, visible) by ctopk, csoftmax(s, scale) over them, cmix of the v_j slices.
+ * Returns n x D f32.
+ */
+export function cattention(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kTop: number, causal: boolean, scale: number): Float32Array {
+  const D = q.length / n, dk = D / heads;
+  const out = new Float32Array(n * D);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < n; i++) {
+      const m = causal ? i + 1 : n;
+      const s = new Float64Array(m);
+      for (let j = 0; j < m; j++) s[j] = cdot(q, i * D + h * dk, k, j * D + h * dk, dk);
+      const top = ctopk(s, Math.min(kTop, m));
+      const a = csoftmax(Float64Array.from(top, (j) => s[j]!), scale);
+      const o = cmix(a, v, top.map((j) => j * D + h * dk), dk);
+      for (let t = 0; t < dk; t++) out[i * D + h * dk + t] = o[t]!;
+    }
+  }
+  return out;
+}
+
+/**
  * Canonical product-key selection (Lample et al. 2019) for state q (f64, d1 + d2):
  * s1 = q[:d1] . T1 rows, s2 = q[d1:] . T2 rows, each cdot; the top-k of each table;
  * the k x k pairs scored s1 + s2; the top-k pairs by score, ties to the lower slot

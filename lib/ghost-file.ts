@@ -13,7 +13,7 @@ import { CANONICAL_VERSION, type CanonicalSimilarity } from './canonical.js';
 export const GHOST_FORMAT_VERSION = 1;
 /** 0x89 'GHOST' CR LF: a binary file that is not text. */
 export const GHOST_MAGIC = Uint8Array.from([0x89, 0x47, 0x48, 0x4f, 0x53, 0x54, 0x0d, 0x0a]);
-export const GHOST_LIMITS = { tensors: 4096, layers: 4096, nameBytes: 64, dim: 2 ** 24, k: 2 ** 16, updateSteps: 100, subKeys: 65535 } as const;
+export const GHOST_LIMITS = { tensors: 4096, layers: 4096, nameBytes: 64, dim: 2 ** 24, k: 2 ** 16, updateSteps: 100, subKeys: 65535, heads: 4096 } as const;
 
 export interface GhostTensor {
   /** ASCII [A-Za-z0-9._/-], 1..64 bytes, unique in the file. */
@@ -53,7 +53,38 @@ export interface GhostEmbeddingLayer {
   dim: number;
 }
 
-export type GhostLayer = GhostHopfieldLayer | GhostEmbeddingLayer;
+/** A projection of an attention layer: tensor `tensor` (pattern j = output column j), keeping `k` columns per row (k = N: all). */
+export interface GhostProjection {
+  tensor: number;
+  k: number;
+}
+
+/**
+ * SparseSelfAttention (docs/attention.md): the input rows are one sequence; per head,
+ * each query attends to its top-k keys (j <= i when causal) with softmax(scale * s).
+ */
+export interface GhostAttentionLayer {
+  op: 'attention';
+  dIn: number;
+  dOut: number;
+  heads: number;
+  k: number;
+  causal: boolean;
+  /** An f32 value. */
+  scale: number;
+  query: GhostProjection | null;
+  key: GhostProjection | null;
+  value: GhostProjection | null;
+  output: GhostProjection | null;
+}
+
+export type GhostLayer = GhostHopfieldLayer | GhostEmbeddingLayer | GhostAttentionLayer;
+
+/** The width D of an attention layer's Q, K and V (heads x headDim). */
+export function attentionWidth(g: GhostManifest, l: GhostAttentionLayer): number {
+  const p = l.query ?? l.key ?? l.value;
+  return p === null ? l.dIn : g.tensors[p.tensor]!.n;
+}
 
 export interface GhostManifest {
   formatVersion: number;
@@ -106,6 +137,30 @@ export function checkGhost(m: GhostManifest): void {
       const t = tensor(l.table, at);
       if (t.dim !== l.dim) bad(`${at}: dim ${l.dim} differs from its table's ${t.dim}`);
       prevOut = l.dim;
+      return;
+    }
+    if (l.op === 'attention') {
+      limit(`${at} dIn`, l.dIn, 1, GHOST_LIMITS.dim);
+      limit(`${at} dOut`, l.dOut, 1, GHOST_LIMITS.dim);
+      limit(`${at} heads`, l.heads, 1, GHOST_LIMITS.heads);
+      limit(`${at} k`, l.k, 1, GHOST_LIMITS.k);
+      if (typeof l.causal !== 'boolean') bad(`${at}: causal must be a boolean`);
+      if (!Number.isFinite(l.scale) || Math.fround(l.scale) !== l.scale || !(l.scale > 0)) bad(`${at}: scale must be a finite f32 > 0`);
+      if (prevOut !== -1 && prevOut !== l.dIn) bad(`${at}: takes ${l.dIn} inputs but the layer before gives ${prevOut}`);
+      const proj = (p: GhostProjection | null, what: string, inDim: number): number | null => {
+        if (p === null) return null;
+        const t = tensor(p.tensor, `${at} ${what}`);
+        if (t.dim !== inDim) bad(`${at}: the ${what} projection reads ${t.dim} values; it gets ${inDim}`);
+        limit(`${at} ${what} k`, p.k, 1, Math.min(t.n, GHOST_LIMITS.dim));
+        return t.n;
+      };
+      const widths = [proj(l.query, 'query', l.dIn), proj(l.key, 'key', l.dIn), proj(l.value, 'value', l.dIn)];
+      const D = attentionWidth(m, l);
+      for (const w of widths) if ((w ?? l.dIn) !== D) bad(`${at}: Q, K and V must have one width (a missing projection passes the ${l.dIn} inputs through)`);
+      if (D % l.heads !== 0) bad(`${at}: width ${D} is not a multiple of ${l.heads} heads`);
+      const o = proj(l.output, 'output', D);
+      if ((o ?? D) !== l.dOut) bad(`${at}: dOut ${l.dOut} differs from the output width ${o ?? D}`);
+      prevOut = l.dOut;
       return;
     }
     if (l.op !== 'hopfield') bad(`${at}: unknown op`);
@@ -162,6 +217,14 @@ export function encodeGhost(m: GhostManifest): Uint8Array {
       w.u8(2).u32(l.table).u32(l.dim);
       continue;
     }
+    if (l.op === 'attention') {
+      w.u8(3).u32(l.dIn).u32(l.dOut).u32(l.heads).u32(l.k).u8(l.causal ? 1 : 0).f32(l.scale);
+      for (const p of [l.query, l.key, l.value, l.output]) {
+        if (p === null) w.u8(0);
+        else w.u8(1).u32(p.tensor).u32(p.k);
+      }
+      continue;
+    }
     w.u8(1).u32(l.dIn).u32(l.dOut).u32(l.k).f32(l.beta).u8(SIMS.indexOf(l.similarity)).u8(l.normalize ? 1 : 0).u16(l.updateSteps);
     w.u8(INDEX_KINDS.indexOf(l.index.kind));
     if (l.index.kind === 'hnsw') w.u32(l.index.M).u32(l.index.efConstruction).u32(l.index.ef);
@@ -200,6 +263,20 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
     const op = r.u8('op');
     if (op === 2) {
       layers.push({ op: 'embedding', table: r.u32('table'), dim: r.u32('dim') });
+      continue;
+    }
+    if (op === 3) {
+      const dIn = r.u32('dIn'), dOut = r.u32('dOut'), heads = r.u32('heads'), k = r.u32('k');
+      const causal = r.u8('causal');
+      if (causal > 1) bad(`layer ${i}: causal must be 0 or 1`);
+      const scale = r.f32('scale');
+      const proj = (what: string): GhostProjection | null => {
+        const present = r.u8(`${what} present`);
+        if (present > 1) bad(`layer ${i}: ${what} presence must be 0 or 1`);
+        return present === 0 ? null : { tensor: r.u32(`${what} tensor`), k: r.u32(`${what} k`) };
+      };
+      const query = proj('query'), key = proj('key'), value = proj('value'), output = proj('output');
+      layers.push({ op: 'attention', dIn, dOut, heads, k, causal: causal === 1, scale, query, key, value, output });
       continue;
     }
     if (op !== 1) bad(`layer ${i}: unknown op ${op}`);

@@ -12,8 +12,9 @@ import { join } from 'node:path';
 
 import { allIds, checkFloat32Array, toIds } from './args.js';
 import { bytesEqual } from './bytes.js';
-import { FormatError, InvalidArgumentError, ProofError, callNative } from './errors.js';
-import { decodeGhost, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostTensor } from './ghost-file.js';
+import { FormatError, InvalidArgumentError, OutOfRangeError, ProofError, callNative } from './errors.js';
+import { decodeGhost, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostProjection, type GhostTensor } from './ghost-file.js';
+import { Projection, SparseSelfAttention } from './attention.js';
 import { CANONICAL_VERSION, type CanonicalOptimizer } from './canonical.js';
 import { HASH_SCHEME } from './merkle-verify.js';
 import { Embedding, HopfieldLookup } from './layers.js';
@@ -21,6 +22,7 @@ import { native } from './native.js';
 import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
 import { ProductKeyIndex } from './product-keys.js';
 import {
+  attentionReads,
   encodeProof,
   hopfieldReads,
   planBlock,
@@ -34,10 +36,18 @@ import {
   type ResolvedBlock,
   type UpdateProof,
 } from './proof-format.js';
-import { pinGhost, type PinnedGhost } from './proof-verify.js';
+import { attentionCanonical, pinGhost, type PinnedGhost } from './proof-verify.js';
 import { SparseTensor, internalNative } from './sparse-tensor.js';
 
-export type ModelLayer = HopfieldLookup | Embedding;
+export type ModelLayer = HopfieldLookup | Embedding | SparseSelfAttention;
+
+/** An attention layer's widths in a model: input (dIn), Q/K/V (D) and output. */
+function attentionWidths(l: SparseSelfAttention, prevOut: number): { dIn: number; D: number; out: number } {
+  const dIn = l.inDim ?? prevOut;
+  const p = l.query ?? l.key ?? l.value;
+  const D = p === null ? dIn : p.outDim;
+  return { dIn, D, out: l.output === null ? D : l.output.outDim };
+}
 
 export interface ProveOptions {
   /** First layer to prove (default 0). */
@@ -97,8 +107,17 @@ export class Model {
         }
         use(l.values, `l${i}.values`);
         prevOut = l.outDim;
+      } else if (l instanceof SparseSelfAttention) {
+        if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
+        if (l.inDim === null && prevOut === -1) throw new InvalidArgumentError(`layer ${i}: an attention layer without projections cannot come first (its width is unknown)`);
+        const w = attentionWidths(l, prevOut);
+        if (prevOut !== -1 && prevOut !== w.dIn) throw new InvalidArgumentError(`layer ${i} takes ${w.dIn} inputs but layer ${i - 1} gives ${prevOut}`);
+        if (w.D % l.heads !== 0) throw new InvalidArgumentError(`layer ${i}: width ${w.D} is not a multiple of ${l.heads} heads`);
+        if (l.output !== null && l.output.inDim !== w.D) throw new InvalidArgumentError(`layer ${i}: the output projection reads ${l.output.inDim} values; the attention gives ${w.D}`);
+        for (const [name, p] of [['query', l.query], ['key', l.key], ['value', l.value], ['output', l.output]] as const) if (p !== null) use(p.weight, `l${i}.${name}`);
+        prevOut = w.out;
       } else {
-        throw new InvalidArgumentError(`layer ${i} is not a HopfieldLookup or an Embedding`);
+        throw new InvalidArgumentError(`layer ${i} is not a HopfieldLookup, an Embedding or a SparseSelfAttention`);
       }
     });
     this.layers = [...layers];
@@ -126,8 +145,12 @@ export class Model {
       if (!t.committed) throw new InvalidArgumentError(`tensor ${this.names[i]} is not committed: await model.commit() first`);
       return { name: this.names[i]!, dtype: 'f32', dim: t.dim, n: t.size, root: t.root() };
     });
+    let prevOut = -1;
     const layers: GhostLayer[] = this.layers.map((l) => {
+      const before = prevOut;
+      prevOut = this.#outWidth(l, prevOut);
       if (l instanceof Embedding) return { op: 'embedding', table: this.#index(l.table), dim: l.dim };
+      if (l instanceof SparseSelfAttention) return this.#attentionManifest(l, before);
       const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
       const hnsw = !pk && l.index === 'hnsw' ? (l.keys as SparseTensor).hnsw : null;
       if (!pk && l.index === 'hnsw' && !hnsw) throw new InvalidArgumentError('a HopfieldLookup with index hnsw needs its graph: buildHnsw() first');
@@ -148,6 +171,31 @@ export class Model {
     return { formatVersion: 1, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
   }
 
+  #outWidth(l: ModelLayer, prevOut: number): number {
+    if (l instanceof Embedding) return l.dim;
+    if (l instanceof SparseSelfAttention) return attentionWidths(l, prevOut).out;
+    return l.outDim;
+  }
+
+  #inWidth(li: number): number {
+    let w = -1;
+    for (let i = 0; i < li; i++) w = this.#outWidth(this.layers[i]!, w);
+    const l = this.layers[li]!;
+    if (l instanceof Embedding) return -1;
+    if (l instanceof SparseSelfAttention) return attentionWidths(l, w).dIn;
+    return l.dim;
+  }
+
+  #attentionManifest(l: SparseSelfAttention, prevOut: number): GhostAttentionLayer {
+    const w = attentionWidths(l, prevOut);
+    const proj = (p: Projection | null): GhostProjection | null => (p === null ? null : { tensor: this.#index(p.weight), k: p.full ? p.outDim : p.k });
+    return {
+      op: 'attention', dIn: w.dIn, dOut: w.out, heads: l.heads, k: l.k, causal: l.causal,
+      scale: Math.fround(l.scale ?? 1 / Math.sqrt(w.D / l.heads)),
+      query: proj(l.query), key: proj(l.key), value: proj(l.value), output: proj(l.output),
+    };
+  }
+
   /** The Ghost file (canonical bytes and digest) of the model as it is now. */
   async ghost(): Promise<PinnedGhost> {
     await this.commit();
@@ -159,7 +207,10 @@ export class Model {
     let x: Float32Array | null = null;
     for (const [i, l] of this.layers.entries()) {
       if (l instanceof Embedding) x = l.forward(toIds('input', input as Uint32Array | readonly number[]));
-      else {
+      else if (l instanceof SparseSelfAttention) {
+        if (i === 0) checkFloat32Array('input', input);
+        x = (await l.forward(i === 0 ? (input as Float32Array) : x!, this.#inWidth(i))).y;
+      } else {
         if (i === 0) checkFloat32Array('input', input);
         x = (await l.forward(i === 0 ? (input as Float32Array) : x!)).y;
       }
@@ -192,12 +243,12 @@ export class Model {
       B = ids.length;
     } else {
       checkFloat32Array('input', input);
-      const l = this.layers[first] as HopfieldLookup;
+      const dim = this.#inWidth(first);
       x = input as Float32Array;
-      if (x.length === 0 || x.length % l.dim !== 0) throw new InvalidArgumentError(`input length ${x.length} must be a positive multiple of ${l.dim}`);
+      if (x.length === 0 || x.length % dim !== 0) throw new InvalidArgumentError(`input length ${x.length} must be a positive multiple of ${dim}`);
       for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new InvalidArgumentError(`input[${i}] is not finite`);
-      B = x.length / l.dim;
-      pin = { kind: 'f32', rows: B, cols: l.dim, data: x.slice() };
+      B = x.length / dim;
+      pin = { kind: 'f32', rows: B, cols: dim, data: x.slice() };
     }
     const evidence: LayerEvidence[] = [];
     // The verifier records revealed rows only once the whole proof holds, so the mirror
@@ -217,6 +268,21 @@ export class Model {
         evidence.push({ op: 'embedding', stages: [], blocks: [block.block] });
         revealed.push(block.resolved);
         cols = l.dim;
+      } else if (l instanceof SparseSelfAttention) {
+        const gl = ghost.manifest.layers[li] as GhostAttentionLayer;
+        if (l.k > B) throw new OutOfRangeError(`layer ${li}: k (${l.k}) must be at most the sequence length (${B} rows)`);
+        const blocks: PatternBlock[] = [];
+        const rows = new Map<number, Float32Array>();
+        for (const ti of attentionReads(gl).keys()) {
+          const t = this.tensors[ti]!;
+          const b = this.#block(t, allIds(t.size), true, options.cache);
+          blocks.push(b.block);
+          revealed.push(b.resolved);
+          rows.set(ti, b.resolved.rows);
+        }
+        x = attentionCanonical(ghost.manifest, gl, x!, B, (ti) => rows.get(ti)!);
+        evidence.push({ op: 'attention', stages: [], blocks });
+        cols = gl.dOut;
       } else {
         const r = await this.#proveHopfield(l, ghost.manifest.layers[li] as GhostHopfieldLayer, x!, B, options);
         x = r.y;
@@ -412,6 +478,15 @@ export class Model {
     for (const l of m.layers) {
       if (l.op === 'embedding') {
         layers.push(new Embedding(tensors[l.table]!));
+        continue;
+      }
+      if (l.op === 'attention') {
+        const proj = (p: GhostProjection): Projection => new Projection({ weight: tensors[p.tensor]!, k: p.k });
+        layers.push(new SparseSelfAttention({
+          heads: l.heads, k: l.k, causal: l.causal, scale: l.scale,
+          ...(l.query ? { query: proj(l.query) } : {}), ...(l.key ? { key: proj(l.key) } : {}),
+          ...(l.value ? { value: proj(l.value) } : {}), ...(l.output ? { output: proj(l.output) } : {}),
+        }));
         continue;
       }
       const values = tensors[l.values]!;

@@ -9,7 +9,7 @@
 import { ByteReader, ByteWriter, checkFiniteF32 } from './bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError } from './errors.js';
-import type { GhostHopfieldLayer } from './ghost-file.js';
+import type { GhostAttentionLayer, GhostHopfieldLayer } from './ghost-file.js';
 
 export const PROOF_FORMAT_VERSION = 1;
 /** 0x89 'GTPRF' CR LF. */
@@ -57,8 +57,8 @@ export interface PatternBlock {
 export type ProofInput = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
 
 export interface LayerEvidence {
-  op: 'hopfield' | 'embedding';
-  /** Hopfield: per retrieval stage, the B x k selected ids (each input's in rank order). */
+  op: 'hopfield' | 'embedding' | 'attention';
+  /** Hopfield: per retrieval stage, the B x k selected ids (each input's in rank order). Others: none. */
   stages: Uint32Array[];
   blocks: PatternBlock[];
 }
@@ -121,6 +121,17 @@ export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Arra
     reads.set(l.keys[0]!, sortedUniqueIds(stages));
     if (l.values !== l.keys[0]) reads.set(l.values, sortedUniqueIds([last]));
   }
+  return reads;
+}
+
+/**
+ * What an attention layer's proof reveals: every projection tensor whole ('all'), so
+ * the verifier recomputes Q, K and V, re-derives each sparse projection's kept columns
+ * and each query's top-k keys itself (nothing about the selection is taken on trust).
+ */
+export function attentionReads(l: GhostAttentionLayer): Map<number, 'all'> {
+  const reads = new Map<number, 'all'>();
+  for (const p of [l.query, l.key, l.value, l.output]) if (p !== null) reads.set(p.tensor, 'all');
   return reads;
 }
 
@@ -363,6 +374,9 @@ function writeOptimizer(w: ByteWriter, p: CanonicalOptimizer): void {
   w.u8(p.kind === 'adam' ? 2 : 1).f32(p.lr).f32(p.beta1).f32(p.beta2).f32(p.eps).f32(p.weightDecay).u8(p.rowStep ? 1 : 0);
 }
 
+const OP_CODES = { hopfield: 1, embedding: 2, attention: 3 } as const;
+const OP_NAMES: Readonly<Record<number, LayerEvidence['op']>> = { 1: 'hopfield', 2: 'embedding', 3: 'attention' };
+
 export function encodeProof(p: GhostProof): Uint8Array {
   const w = new ByteWriter();
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
@@ -371,7 +385,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
     if (p.input.kind === 'f32') w.u8(1).u32(p.input.rows).u32(p.input.cols).f32s(p.input.data);
     else w.u8(2).u32(p.input.ids.length).u32s(p.input.ids);
     for (const l of p.layers) {
-      w.u8(l.op === 'hopfield' ? 1 : 2).u8(l.stages.length);
+      w.u8(OP_CODES[l.op]).u8(l.stages.length);
       for (const s of l.stages) w.u32(s.length).u32s(s);
       w.u8(l.blocks.length);
       for (const b of l.blocks) writeBlock(w, b);
@@ -489,7 +503,8 @@ export function decodeProof(bytes: Uint8Array): GhostProof {
     const layers: LayerEvidence[] = [];
     for (let i = 0; i < nl; i++) {
       const op = r.u8('op');
-      if (op !== 1 && op !== 2) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
+      const opName = OP_NAMES[op];
+      if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
       const ns = r.u8('stage count');
       if (ns > PROOF_LIMITS.stages) throw new FormatError('LIMIT', `proof: ${ns} stages`);
       const stages: Uint32Array[] = [];
@@ -498,7 +513,7 @@ export function decodeProof(bytes: Uint8Array): GhostProof {
       if (nb > PROOF_LIMITS.blocksPerLayer) throw new FormatError('LIMIT', `proof: ${nb} blocks in layer ${i}`);
       const blocks: PatternBlock[] = [];
       for (let b = 0; b < nb; b++) blocks.push(readBlock(r));
-      layers.push({ op: op === 1 ? 'hopfield' : 'embedding', stages, blocks });
+      layers.push({ op: opName, stages, blocks });
     }
     const rows = count(r, 'output rows', 2 ** 32 - 1, 1), cols = count(r, 'output cols', PROOF_LIMITS.dim, 1);
     const data = r.f32s(rows * cols, 'output');

@@ -7,13 +7,14 @@
  * addon: runs in a browser too.
  */
 import { bytesEqual } from './bytes.js';
-import { cmix, coptimizerStep, cproductKeys, csimilarity, csoftmax, cstate } from './canonical.js';
+import { cattention, cmix, coptimizerStep, cprojection, cproductKeys, csimilarity, csoftmax, cstate } from './canonical.js';
 import { InvalidArgumentError, ProofError } from './errors.js';
-import { decodeGhost, encodeGhost, withRoot, type GhostHopfieldLayer, type GhostManifest } from './ghost-file.js';
+import { attentionWidth, decodeGhost, encodeGhost, withRoot, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostManifest, type GhostProjection } from './ghost-file.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle-verify.js';
 import {
   RowKind,
   applyDelta,
+  attentionReads,
   decodeProof,
   encodeProof,
   hopfieldReads,
@@ -232,6 +233,31 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
 }
 
 /**
+ * Runs an attention layer (n input rows = one sequence) with the canonical arithmetic
+ * over revealed projection tensors; returns n x dOut f32. The prover computes its
+ * claim with this same function (lib/model.ts), so honest outputs match bit for bit.
+ */
+export function attentionCanonical(g: GhostManifest, l: GhostAttentionLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array): Float32Array {
+  const project = (p: GhostProjection | null, input: Float32Array, inDim: number): Float32Array => {
+    if (p === null) return input;
+    const t = g.tensors[p.tensor]!;
+    return cprojection(input, n, inDim, rowsOf(p.tensor), t.n, p.k);
+  };
+  const q = project(l.query, x, l.dIn), k = project(l.key, x, l.dIn), v = project(l.value, x, l.dIn);
+  const o = cattention(q, k, v, n, l.heads, l.k, l.causal, l.scale);
+  return project(l.output, o, attentionWidth(g, l));
+}
+
+/** One attention layer: its blocks must reveal every projection tensor whole. */
+function attentionLayer(h: MerkleHasher, g: GhostManifest, l: GhostAttentionLayer, ev: LayerEvidence, x: Float32Array, n: number, li: number, cache: PatternCache | undefined, resolved: Revealed[]): Float32Array {
+  if (ev.stages.length !== 0) fail('SHAPE', `layer ${li} (attention) carries ${ev.stages.length} stages; the verifier derives the selection itself`);
+  if (l.k > n) fail('SHAPE', `layer ${li} attends to k = ${l.k} keys; the sequence has ${n} rows`);
+  const rev = resolveLayer(h, g, ev, attentionReads(l), cache, li);
+  resolved.push(...rev.values());
+  return attentionCanonical(g, l, x, n, (t) => rev.get(t)!.rows);
+}
+
+/**
  * Verifies a forward proof (bytes or decoded) against a pinned Ghost file. Returns the
  * verified output; throws ProofError with a `reason` (or FormatError for bytes that do
  * not decode) otherwise.
@@ -271,6 +297,11 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
       x = y;
       ids = null;
       cols = l.dim;
+    } else if (l.op === 'attention') {
+      if (!x) fail('SHAPE', `layer ${li} (attention) takes vectors, not ids`);
+      if (x.length !== B * l.dIn) fail('SHAPE', `layer ${li} takes ${l.dIn} values per row; it got ${x.length / B}`);
+      x = attentionLayer(h, g, l, ev, x, B, li, cache, resolved);
+      cols = l.dOut;
     } else {
       if (!x) fail('SHAPE', `layer ${li} (hopfield) takes vectors, not ids`);
       if (x.length !== B * l.dIn) fail('SHAPE', `layer ${li} takes ${l.dIn} values per input; it got ${x.length / B}`);
