@@ -61,8 +61,9 @@ function twoLayerModel(lib, seed) {
 }
 
 /**
- * The 8 honest proofs, each with the context it verifies in: forward proofs with and
- * without the verifier's cache, with deltas, of an Embedding-first model, and update
+ * The 9 honest proofs, each with the context it verifies in: forward proofs with and
+ * without the verifier's cache, with deltas, of an Embedding-first and of an
+ * attention-first model, and update
  * proofs of Adam and SGD steps (with rows in full and held).
  */
 export async function buildPool(lib) {
@@ -124,6 +125,17 @@ export async function buildPool(lib) {
   ]);
   const e = await m3.prove([3, 7, 3, 49]);
   pool.push({ name: 'E forward, embedding first', bytes: e.bytes, ctx: { kind: 'forward', ghost: await m3.ghost(), prover: m3 }, output: e.output });
+
+  // F: attention first (causal, 2 heads, k = 3, a sparse key projection), then exact Hopfield.
+  const { Projection, SparseSelfAttention } = lib;
+  const r5 = Rng(500);
+  const proj = (m, d, k) => new Projection({ weight: SparseTensor.fromArray(r5.f32(m * d), d), ...(k ? { k } : {}) });
+  const m5 = new Model([
+    new SparseSelfAttention({ heads: 2, k: 3, causal: true, query: proj(8, 6), key: proj(8, 6, 5), value: proj(8, 6), output: proj(8, 8) }),
+    new HopfieldLookup({ keys: SparseTensor.fromArray(r5.f32(30 * 8), 8), values: SparseTensor.fromArray(r5.f32(30 * 3), 3), k: 4 }),
+  ]);
+  const f = await m5.prove(r5.f32(5 * 6));
+  pool.push({ name: 'F forward, attention first', bytes: f.bytes, ctx: { kind: 'forward', ghost: await m5.ghost(), prover: m5 }, output: f.output });
   return pool;
 }
 

@@ -47,7 +47,7 @@ beforeAll(async () => {
 
 describe('proof fuzzing', () => {
   it('every honest proof verifies in its context and round-trips through the codec', async () => {
-    expect(pool.length).toBe(8);
+    expect(pool.length).toBe(9);
     for (const [i, h] of pool.entries()) {
       expect(encodeProof(decodeProof(h.bytes))).toEqual(h.bytes);
       expect(await check(h.ctx, h.bytes, pool)).toEqual({ accepted: true, how: 'identical', honest: i });
