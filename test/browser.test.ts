@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { SparseAdam, decodeProof, type SparseGrad } from '../lib/index.js';
+import { HopfieldLookup, Model, Projection, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -83,6 +83,7 @@ interface BrowserResult {
   importError?: string;
   ghostDigest?: string;
   forward?: { rows: number; cols: number; outputHex: string };
+  attention?: { rows: number; cols: number; outputHex: string };
   updates?: { file: string; tensor: number; digest: string }[];
   tampered?: { name: string; reason: string; error: string }[];
   honestAgain?: string;
@@ -272,7 +273,18 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       { name: 'the new root of an update', file: updateFiles[updateFiles.length - 1]!, offset: onlyOffset(ups[ups.length - 1]!.bytes, lastUpdate.newRoot, 'the new root') + 5, mask: 0x10, expect: 'UPDATE_MISMATCH' },
     ];
 
+    // An attention-first model (sparse key projection, causal), then exact Hopfield.
+    const proj = (m: number, d: number, k?: number) => new Projection({ weight: SparseTensor.fromArray(rng.f32(m * d), d), ...(k === undefined ? {} : { k }) });
+    const attnModel = new Model([
+      new SparseSelfAttention({ heads: 2, k: 3, causal: true, query: proj(8, 6), key: proj(8, 6, 5), value: proj(8, 6), output: proj(8, 8) }),
+      new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(30 * 8), 8), values: SparseTensor.fromArray(rng.f32(30 * 3), 3), k: 4 }),
+    ]);
+    const attnGhost = await attnModel.ghost();
+    const attnFwd = await attnModel.prove(rng.f32(7 * 6));
+
     const data = new Map<string, Uint8Array>([
+      ['attention-ghost.bin', attnGhost.bytes],
+      ['attention-forward.bin', attnFwd.bytes],
       ['ghost.bin', ghost.bytes],
       ['forward.bin', fwd.bytes],
       ...ups.map((u, i): [string, Uint8Array] => [`${updateFiles[i]!}.bin`, u.bytes]),
@@ -338,6 +350,7 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       expect(r.ghostDigest).toBe(hex(ghost.digest));
       expect(r.forward).toEqual({ rows: B, cols: 5, outputHex: hex(fwd.output) });
       expect(r.honestAgain).toBe('ACCEPTED');
+      expect(r.attention).toEqual({ rows: 7, cols: 3, outputHex: hex(attnFwd.output) });
 
       // Update proofs: after each, the Ghost digest the next proof was made against; after the last, the model's.
       const want = ups.map((_, i) => (i + 1 < ups.length ? hex(decodeProof(ups[i + 1]!.bytes).ghost) : hex(after.digest)));

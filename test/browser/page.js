@@ -74,6 +74,10 @@ async function main() {
     tampered.push({ name: t.name, ...(await outcome(mod, run)) });
   }
   result.tampered = tampered;
+  // An attention-first model: the browser re-derives every selection itself.
+  const ag = await mod.pinGhost(await bytesOf('/data/attention-ghost.bin'));
+  const av = await mod.verifyForward(ag, await bytesOf('/data/attention-forward.bin'));
+  result.attention = { rows: av.rows, cols: av.cols, outputHex: hex(new Uint8Array(av.output.buffer, av.output.byteOffset, av.output.byteLength)) };
   // The honest forward proof still verifies after all that (nothing was mutated in place).
   result.honestAgain = (await outcome(mod, () => mod.verifyForward(pinned, files.get('forward')))).reason;
   return result;
