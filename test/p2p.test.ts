@@ -12,7 +12,7 @@ import { cmix, csoftmax, cstate } from '../lib/canonical.js';
 import type { GhostHopfieldLayer } from '../lib/ghost-file.js';
 import type { ProofInput } from '../lib/proof-format.js';
 import { P2PError } from '../lib/errors.js';
-import { FORWARD_PROTOCOL, GhostClient, LayerNode, decodeResponse, encodeRequest, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
+import { FORWARD_PROTOCOL, GhostClient, LayerNode, P2PForwardError, decodeResponse, encodeRequest, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
 import { readFrame } from '../lib/p2p/host.js';
 import { Rng } from './helpers/rng.js';
 
@@ -248,8 +248,10 @@ describe('peers over libp2p', () => {
     bad.mode = 'forge-output';
     const err = await client.forward(x, { ghost, prefer: [M.peerId], exclude: [A.peerId] }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(P2PError);
-    expect((err as P2PError).reason).toBe('NO_PROVIDER');
-    expect(droppedOf((err as P2PError).detail as P2PForwardResult)).toEqual([['M', 0, 'proof', 'OUTPUT_MISMATCH']]);
+    expect(err).toBeInstanceOf(P2PForwardError);
+    expect((err as P2PForwardError).reason).toBe('NO_PROVIDER');
+    expect(droppedOf((err as P2PForwardError).result)).toEqual([['M', 0, 'proof', 'OUTPUT_MISMATCH']]);
+    expect((err as P2PForwardError).result.hops).toEqual([]);
   });
 
   describe('hostile frames to an honest node', () => {

@@ -79,6 +79,15 @@ export interface P2PForwardOptions {
   providers?: ReadonlyMap<number, readonly string[]>;
 }
 
+/** A pass that could not complete (reason NO_PROVIDER): `result` is what was done, and every drop, up to the failure. */
+export class P2PForwardError extends P2PError {
+  readonly result: P2PForwardResult;
+  constructor(message: string, result: P2PForwardResult) {
+    super('NO_PROVIDER', message, result);
+    this.result = result;
+  }
+}
+
 function dropOf(err: unknown, timedOut: boolean): DropReason {
   if (err instanceof ProofError) return { kind: 'proof', reason: err.reason, message: err.message };
   if (err instanceof FormatError) return { kind: 'format', reason: err.reason, message: err.message };
@@ -150,9 +159,9 @@ export class GhostClient {
    * Per span: a provider is asked for the longest run of layers it announces from the
    * current layer; its proof must name the pinned digest, cover exactly those layers,
    * start from exactly the input sent, and pass verifyForward. A provider that fails
-   * is dropped for the rest of the pass and the next one is asked. Throws P2PError
-   * NO_PROVIDER (its `detail` is the partial P2PForwardResult) when a layer has no
-   * provider left.
+   * is dropped for the rest of the pass and the next one is asked. Throws
+   * P2PForwardError (a P2PError, reason NO_PROVIDER, with the partial result) when a
+   * layer has no provider left.
    */
   async forward(input: Float32Array | Uint32Array | readonly number[], options: P2PForwardOptions): Promise<P2PForwardResult> {
     const ghost = options.ghost;
@@ -222,10 +231,10 @@ export class GhostClient {
       if (!done) {
         const partial: P2PForwardResult = { output: new Float32Array(0), rows: 0, cols: 0, hops, dropped };
         const found = providers.get(li)!.length;
-        throw new P2PError('NO_PROVIDER', `layer ${li}: ${found === 0 ? 'no provider found on the DHT' : `all ${found} providers failed or were excluded`}`, partial);
+        throw new P2PForwardError(`layer ${li}: ${found === 0 ? 'no provider found on the DHT' : `all ${found} providers failed or were excluded`}`, partial);
       }
     }
-    if (x.kind !== 'f32') throw new P2PError('NO_PROVIDER', 'no layer was run');
+    if (x.kind !== 'f32') throw new P2PForwardError('no layer was run', { output: new Float32Array(0), rows: 0, cols: 0, hops, dropped });
     return { output: x.data, rows: x.rows, cols: x.cols, hops, dropped };
   }
 

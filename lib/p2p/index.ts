@@ -10,5 +10,5 @@ export type { ErrorStatus, ForwardRequest, ForwardResponse, ResponseStatus } fro
 export { ghostKey, layerKey } from './keys.js';
 export { LayerNode, modelProver } from './node.js';
 export type { LayerNodeOptions, LayerNodeStats, LayerProver } from './node.js';
-export { GhostClient } from './client.js';
+export { GhostClient, P2PForwardError } from './client.js';
 export type { DropReason, DroppedPeer, Hop, P2PForwardOptions, P2PForwardResult } from './client.js';
