@@ -12,7 +12,8 @@ import { cmix, csoftmax, cstate } from '../lib/canonical.js';
 import type { GhostHopfieldLayer } from '../lib/ghost-file.js';
 import type { ProofInput } from '../lib/proof-format.js';
 import { P2PError } from '../lib/errors.js';
-import { FORWARD_PROTOCOL, GhostClient, LayerNode, P2PForwardError, decodeResponse, encodeRequest, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
+import { FormatError } from '../lib/errors.js';
+import { FORWARD_PROTOCOL, FRAME_LIMITS, GhostClient, LayerNode, P2PForwardError, decodeRequest, decodeResponse, encodeRequest, encodeResponse, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
 import { readFrame } from '../lib/p2p/host.js';
 import { Rng } from './helpers/rng.js';
 
@@ -134,6 +135,54 @@ function maliciousProver(cur: Model, curGhost: PinnedGhost, old: Model): LayerPr
   };
   return self;
 }
+
+describe('frames', () => {
+  const rng = new Rng(1);
+  const digest = Uint8Array.from({ length: 32 }, (_, i) => i * 7);
+  const reqs = [
+    encodeRequest({ requestId: 7, ghost: digest, firstLayer: 2, layers: 3, input: { kind: 'f32', rows: 2, cols: 3, data: rng.f32(6) } }),
+    encodeRequest({ requestId: 2 ** 32 - 1, ghost: digest, firstLayer: 0, layers: 1, input: { kind: 'ids', ids: Uint32Array.of(5, 0, 5) } }),
+  ];
+  const ress = [
+    encodeResponse({ requestId: 9, status: 'OK', proof: Uint8Array.of(1, 2, 3) }),
+    encodeResponse({ requestId: 9, status: 'NOT_SERVED', reason: 'layer 4 is not served here' }),
+  ];
+
+  it('round-trip, and the encoding is the one canonical encoding', () => {
+    for (const b of reqs) expect(encodeRequest(decodeRequest(b))).toEqual(b);
+    for (const b of ress) expect(encodeResponse(decodeResponse(b))).toEqual(b);
+    expect(decodeRequest(reqs[1]!)).toEqual({ requestId: 2 ** 32 - 1, ghost: digest, firstLayer: 0, layers: 1, input: { kind: 'ids', ids: Uint32Array.of(5, 0, 5) } });
+    expect(decodeResponse(ress[1]!)).toEqual({ requestId: 9, status: 'NOT_SERVED', reason: 'layer 4 is not served here' });
+    // A long reason is cut to the limit rather than refused.
+    const long = decodeResponse(encodeResponse({ requestId: 1, status: 'INTERNAL', reason: 'x'.repeat(5000) }));
+    expect(long.status === 'INTERNAL' && new TextEncoder().encode(long.reason).length).toBeLessThanOrEqual(FRAME_LIMITS.reasonBytes);
+  });
+
+  it('every truncation is a FormatError; byte flips decode to something else or fail with FormatError, never another error', () => {
+    const all: [Uint8Array, (b: Uint8Array) => unknown][] = [...reqs.map((b): [Uint8Array, (b: Uint8Array) => unknown] => [b, decodeRequest]), ...ress.map((b): [Uint8Array, (b: Uint8Array) => unknown] => [b, decodeResponse])];
+    for (const [b, decode] of all) {
+      for (let cut = 0; cut < b.length; cut++) expect(() => decode(b.subarray(0, cut))).toThrow(FormatError);
+      expect(() => decode(Uint8Array.from([...b, 0]))).toThrow(/TRAILING_BYTES/);
+      let refused = 0;
+      for (let i = 0; i < 1500; i++) {
+        const m = b.slice();
+        m[rng.int(0, m.length - 1)]! ^= 1 << rng.int(0, 7);
+        try {
+          decode(m);
+        } catch (err) {
+          expect(err).toBeInstanceOf(FormatError);
+          refused++;
+        }
+      }
+      expect(refused).toBeGreaterThan(10);
+    }
+    // Counts far beyond the bytes present are refused before anything is allocated.
+    const huge = reqs[0]!.slice();
+    new DataView(huge.buffer).setUint32(47, FRAME_LIMITS.rows, true); // rows
+    new DataView(huge.buffer).setUint32(51, FRAME_LIMITS.cols, true); // cols
+    expect(() => decodeRequest(huge)).toThrow(/TRUNCATED/);
+  });
+});
 
 describe('peers over libp2p', () => {
   const cur = threeLayerModel(7);

@@ -171,6 +171,10 @@ export class GhostClient {
     const count = options.layers ?? L - first;
     if (!Number.isInteger(first) || first < 0 || first >= L) throw new InvalidArgumentError(`firstLayer must be in 0..${L - 1}`);
     if (!Number.isInteger(count) || count < 1 || first + count > L) throw new InvalidArgumentError(`layers must be in 1..${L - first}`);
+    for (const k of ['timeoutMs', 'findTimeoutMs', 'maxProviders', 'maxResponseBytes'] as const) {
+      const v = options[k];
+      if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) throw new InvalidArgumentError(`${k} must be a positive integer`);
+    }
     const end = first + count;
     let x = this.#input(input, ghost, first);
 

@@ -6,6 +6,7 @@
  */
 import type { Connection, Stream } from '@libp2p/interface';
 
+import { checkInteger } from '../args.js';
 import { bytesEqual } from '../bytes.js';
 import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
 import type { Model } from '../model.js';
@@ -95,6 +96,9 @@ export class LayerNode {
     if (n === undefined) throw new InvalidArgumentError('prover must be a LayerProver (see modelProver)');
     if (!Array.isArray(options.layers) || options.layers.length === 0 || options.layers.some((l) => !Number.isInteger(l) || l < 0 || l >= n)) {
       throw new InvalidArgumentError(`layers must be a non-empty array of layer indexes in 0..${n - 1}`);
+    }
+    for (const k of ['readTimeoutMs', 'proveTimeoutMs', 'streamTimeoutMs', 'maxRequestBytes', 'maxConcurrent'] as const) {
+      if (options[k] !== undefined) checkInteger(k, options[k], 1, k === 'maxRequestBytes' ? FRAME_LIMITS.requestBytes * 64 : 2 ** 31 - 1);
     }
     const host = await createHost(options, true);
     const node = new LayerNode(host, options);
