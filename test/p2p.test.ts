@@ -7,12 +7,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { HopfieldLookup, Model, ProductKeyIndex, SparseSGD, SparseTensor, decodeProof, encodeProof, verifyForward, type ForwardProof, type PinnedGhost } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Model, ProductKeyIndex, SparseSGD, SparseTensor, decodeProof, encodeProof, verifyForward, type ForwardProof, type PinnedGhost } from '../lib/index.js';
 import { cmix, csoftmax, cstate } from '../lib/canonical.js';
 import type { GhostHopfieldLayer } from '../lib/ghost-file.js';
 import type { ProofInput } from '../lib/proof-format.js';
 import { P2PError } from '../lib/errors.js';
-import { FormatError } from '../lib/errors.js';
+import { FormatError, OutOfRangeError } from '../lib/errors.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, GhostClient, LayerNode, P2PForwardError, decodeRequest, decodeResponse, encodeRequest, encodeResponse, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
 import { readFrame } from '../lib/p2p/host.js';
 import { Rng } from './helpers/rng.js';
@@ -371,5 +371,39 @@ describe('peers over libp2p', () => {
       expect(hopsOf(pass)).toEqual(['A[0..0]', 'B[1..2]']);
       expect(bits(pass.output).equals(bits(local))).toBe(true);
     });
+  });
+});
+
+describe('an Embedding-first model over two peers', () => {
+  it('ids travel to the first peer, its verified rows to the second; the output is the local proof\'s', async () => {
+    const rng = new Rng(11);
+    const model = new Model([
+      new Embedding(SparseTensor.fromArray(rng.f32(50 * 8), 8)),
+      new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(64 * 8), 8), values: SparseTensor.fromArray(rng.f32(64 * 3), 3), k: 4, similarity: 'l2' }),
+    ]);
+    const ghost = await model.ghost();
+    const prover = await modelProver(model);
+    const e = await LayerNode.start({ prover, layers: [0] });
+    const h = await LayerNode.start({ prover, layers: [1], bootstrap: e.multiaddrs });
+    const client = await GhostClient.start({ bootstrap: e.multiaddrs });
+    try {
+      await Promise.all([e.announce(), h.announce()]);
+      const ids = [3, 49, 3, 0];
+      const r = await client.forward(ids, { ghost });
+      expect(r.hops.map((x) => [x.peer, x.firstLayer, x.layers])).toEqual([[e.peerId, 0, 1], [h.peerId, 1, 1]]);
+      expect(bits(r.output).equals(bits((await model.prove(ids)).output))).toBe(true);
+      expect([r.rows, r.cols]).toEqual([4, 3]);
+      // An id beyond the table: the client refuses it against the pinned Ghost file; sent anyway, the node answers BAD_INPUT.
+      await expect(client.forward([3, 50], { ghost })).rejects.toThrow(OutOfRangeError);
+      const res = await client.request(e.peerId, { requestId: 5, ghost: ghost.digest, firstLayer: 0, layers: 1, input: { kind: 'ids', ids: Uint32Array.of(50) } });
+      expect([res.requestId, res.status]).toEqual([5, 'BAD_INPUT']);
+      // With its only provider excluded, layer 1 has none: NO_PROVIDER, after a verified first hop.
+      const err = await client.forward(ids, { ghost, exclude: [h.peerId] }).catch((x: unknown) => x);
+      expect(err).toBeInstanceOf(P2PForwardError);
+      expect((err as P2PForwardError).result.hops.map((x) => x.peer)).toEqual([e.peerId]);
+      expect((err as P2PForwardError).message).toMatch(/layer 1/);
+    } finally {
+      await Promise.all([e.stop(), h.stop(), client.stop()]);
+    }
   });
 });

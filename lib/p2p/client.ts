@@ -7,7 +7,7 @@
  * addon: the verifier is the TypeScript one.
  */
 import { bytesEqual } from '../bytes.js';
-import { FormatError, InvalidArgumentError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../errors.js';
+import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../errors.js';
 import { decodeProof, type ProofInput } from '../proof-format.js';
 import { verifyForward, type PinnedGhost } from '../proof-verify.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeResponse, encodeRequest, sameInput, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
@@ -255,11 +255,16 @@ export class GhostClient {
     if (l.op === 'embedding') {
       const ids = input instanceof Uint32Array ? input.slice() : Array.isArray(input) ? Uint32Array.from(input as readonly number[]) : null;
       if (!ids || ids.length === 0 || ids.length > FRAME_LIMITS.rows) throw new InvalidArgumentError(`input: layer ${first} (embedding) takes 1..${FRAME_LIMITS.rows} ids`);
+      const n = ghost.manifest.tensors[l.table]!.n;
+      const i = ids.findIndex((id) => id >= n);
+      if (i >= 0) throw new OutOfRangeError(`input[${i}] = ${ids[i]} is beyond the ${n} rows of layer ${first}'s table`);
       return { kind: 'ids', ids };
     }
     if (!(input instanceof Float32Array) || input.length === 0 || input.length % l.dIn !== 0 || input.length / l.dIn > FRAME_LIMITS.rows) {
       throw new InvalidArgumentError(`input: layer ${first} takes a Float32Array of 1..${FRAME_LIMITS.rows} rows of ${l.dIn}`);
     }
+    const bad = input.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) throw new NonFiniteError(`input[${bad}] is not finite`);
     return { kind: 'f32', rows: input.length / l.dIn, cols: l.dIn, data: input.slice() };
   }
 
