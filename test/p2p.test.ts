@@ -407,3 +407,42 @@ describe('an Embedding-first model over two peers', () => {
     }
   });
 });
+
+describe('a node under load', () => {
+  it('answers BUSY past maxConcurrent and TIMEOUT past proveTimeoutMs, then serves again', async () => {
+    const rng = new Rng(12);
+    const t = SparseTensor.fromArray(rng.f32(40 * 4), 4);
+    const model = new Model([new HopfieldLookup({ keys: t, values: t, k: 3 })]);
+    const honest = await modelProver(model);
+    let entered!: () => void;
+    let release!: () => void;
+    const inProve = new Promise<void>((r) => (entered = r));
+    const gate = new Promise<void>((r) => (release = r));
+    const gated: LayerProver = {
+      ghost: honest.ghost,
+      prove: async (input, first, layers) => {
+        entered();
+        await gate;
+        return honest.prove(input, first, layers);
+      },
+    };
+    const node = await LayerNode.start({ prover: gated, layers: [0], maxConcurrent: 1, proveTimeoutMs: 500 });
+    const client = await GhostClient.start({ bootstrap: node.multiaddrs });
+    try {
+      const req = (requestId: number): Promise<ForwardResponse> =>
+        client.request(node.peerId, { requestId, ghost: honest.ghost.digest, firstLayer: 0, layers: 1, input: { kind: 'f32', rows: 1, cols: 4, data: rng.f32(4) } });
+      const first = req(1);
+      await inProve;
+      expect((await req(2)).status).toBe('BUSY');
+      expect((await first).status).toBe('TIMEOUT');
+      release();
+      // The timed-out proof finishes in the background and frees its slot; then the node serves.
+      let ok = await req(3);
+      while (ok.status === 'BUSY') ok = await req(3);
+      expect(ok.status).toBe('OK');
+      expect(node.stats).toMatchObject({ OK: 1, TIMEOUT: 1 });
+    } finally {
+      await Promise.all([node.stop(), client.stop()]);
+    }
+  });
+});
