@@ -18,14 +18,15 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { open, readFile, rename, truncate } from 'node:fs/promises';
+import { open, readFile, rename, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
 import { Model } from '../model.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type SgdOptions } from '../optim.js';
 import { decodeProof } from '../proof-format.js';
-import { pinGhost, type PinnedGhost } from '../proof-verify.js';
+import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
+import { bytesEqual } from '../bytes.js';
 import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList, toHex } from './wire.js';
 
 export interface ProverServerOptions {
@@ -181,6 +182,15 @@ async function syncDir(path: string): Promise<void> {
   }
 }
 
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Records of updates.bin: u32 length + proof bytes each; a torn last record is cut off. */
 async function readUpdateLog(path: string): Promise<{ proofs: Uint8Array[]; validBytes: number; fileBytes: number }> {
   let buf: Uint8Array;
@@ -282,8 +292,22 @@ export class ProverServer {
     const { model, ghost } = await Model.load(dir, { readOnly: options.trainToken === undefined });
     try {
       if (log.validBytes < log.fileBytes && options.trainToken !== undefined) await truncate(join(dir, 'updates.bin'), log.validBytes);
-      if (log.proofs.length > 0) {
-        // The last logged step must be the one the tensor files and ghost.bin hold.
+      const g0Path = join(dir, 'ghost-0.bin');
+      let history: PinnedGhost[] | null = null;
+      if (log.proofs.length === 0) {
+        // The history starts here: keep its first Ghost file, to name every later one.
+        if (options.trainToken !== undefined) await writeSynced(g0Path, ghost.bytes);
+      } else if (await exists(g0Path)) {
+        // Replay the log from the first Ghost file: every step must verify and lead to ghost.bin.
+        history = [];
+        let g = await pinGhost(new Uint8Array(await readFile(g0Path)));
+        for (const p of log.proofs) {
+          history.push(g);
+          g = (await verifyUpdate(g, p)).ghost;
+        }
+        if (!bytesEqual(g.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the steps in updates.bin lead from ghost-0.bin to ${toHex(g.digest)}, not to ghost.bin (${toHex(ghost.digest)})`);
+      } else {
+        // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
         const last = decodeProof(log.proofs[log.proofs.length - 1]!);
         const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
         if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
@@ -291,10 +315,10 @@ export class ProverServer {
         }
       }
       const s = new ProverServer(model, ghost, dir, log.proofs.length, options, true);
-      // The proofs are kept for clients that catch up; the Ghost files between them are not on disk.
+      // The recent proofs (and the Ghost files before them, when known) for clients that catch up.
       const keep = Math.min(log.proofs.length, s.#o.keepUpdates);
       s.#updates = log.proofs.slice(log.proofs.length - keep);
-      s.#ghosts = s.#updates.map(() => null);
+      s.#ghosts = history ? history.slice(history.length - keep) : s.#updates.map(() => null);
       s.#firstKept = log.proofs.length - keep;
       return s;
     } catch (err) {
