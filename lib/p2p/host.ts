@@ -9,7 +9,7 @@
  */
 import type { Identify } from '@libp2p/identify';
 import type { PeerId, PrivateKey, Stream } from '@libp2p/interface';
-import type { KadDHT } from '@libp2p/kad-dht';
+import type { KadDHT, SingleKadDHT } from '@libp2p/kad-dht';
 import type { Ping } from '@libp2p/ping';
 import type { Libp2p } from 'libp2p';
 
@@ -60,9 +60,15 @@ export interface HostOptions {
   dhtProtocol?: string;
   /** The node's key (default a new Ed25519 key): its peer id. */
   privateKey?: PrivateKey;
+  /** With bootstrap addresses: how long start waits for a DHT peer in the routing table, ms (default 10 000). */
+  joinTimeoutMs?: number;
 }
 
-/** Creates, starts and bootstraps a libp2p node. `dhtServer`: answer DHT queries (layer nodes) or only ask (clients). */
+/**
+ * Creates, starts and bootstraps a libp2p node. `dhtServer`: answer DHT queries (layer
+ * nodes) or only ask (clients). With bootstrap addresses it resolves once a DHT peer
+ * is in the routing table (P2PError BOOTSTRAP when none can be dialled or none joins).
+ */
 export async function createHost(options: HostOptions, dhtServer: boolean): Promise<GhostLibp2p> {
   installP2PPolyfills();
   const [{ createLibp2p }, { tcp }, { noise }, { yamux }, kad, { identify }, { ping }, { multiaddr }] = await Promise.all([
@@ -94,6 +100,11 @@ export async function createHost(options: HostOptions, dhtServer: boolean): Prom
       }),
     },
   });
+  // libp2p records a node's own addresses in its peer store 1 s (a debounce) after it
+  // starts listening; until then its DHT answers leave the node out of the providers it
+  // lists for its own keys. Record them now.
+  const self = `/p2p/${host.peerId.toString()}`;
+  await host.peerStore.merge(host.peerId, { multiaddrs: host.getMultiaddrs().map((ma) => (ma.toString().endsWith(self) ? ma.decapsulate(self) : ma)) });
   const boot = options.bootstrap ?? [];
   const errors: string[] = [];
   for (const a of boot) {
@@ -106,6 +117,17 @@ export async function createHost(options: HostOptions, dhtServer: boolean): Prom
   if (boot.length > 0 && errors.length === boot.length) {
     await host.stop();
     throw new P2PError('BOOTSTRAP', `no bootstrap address could be dialled (${errors.join('; ')})`);
+  }
+  // Joined once a DHT peer is in the routing table (identify has run and the peer speaks
+  // our DHT protocol): a lookup started before that would find nobody.
+  if (boot.length > 0) {
+    const until = Date.now() + (options.joinTimeoutMs ?? 10_000);
+    const peers = (): number => (host.services.dht as Partial<SingleKadDHT>).routingTable?.size ?? 1;
+    while (peers() === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    if (peers() === 0) {
+      await host.stop();
+      throw new P2PError('BOOTSTRAP', `dialled ${boot.length - errors.length} bootstrap peer(s), but none joined the DHT ${options.dhtProtocol ?? DHT_PROTOCOL}`);
+    }
   }
   return host;
 }
