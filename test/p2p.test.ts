@@ -395,6 +395,8 @@ describe('an Embedding-first model over two peers', () => {
       expect([r.rows, r.cols]).toEqual([4, 3]);
       // An id beyond the table: the client refuses it against the pinned Ghost file; sent anyway, the node answers BAD_INPUT.
       await expect(client.forward([3, 50], { ghost })).rejects.toThrow(OutOfRangeError);
+      await expect(client.forward([3, 1.5], { ghost })).rejects.toThrow(/integer/);
+      await expect(client.forward(Float32Array.of(1, 2), { ghost })).rejects.toThrow(/Uint32Array or an array of integers/);
       const res = await client.request(e.peerId, { requestId: 5, ghost: ghost.digest, firstLayer: 0, layers: 1, input: { kind: 'ids', ids: Uint32Array.of(50) } });
       expect([res.requestId, res.status]).toEqual([5, 'BAD_INPUT']);
       // With its only provider excluded, layer 1 has none: NO_PROVIDER, after a verified first hop.

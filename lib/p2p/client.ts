@@ -6,6 +6,7 @@
  * not verify, an error status, a timeout, a broken stream) to retry another. Needs no
  * addon: the verifier is the TypeScript one.
  */
+import { toIds } from '../args.js';
 import { bytesEqual } from '../bytes.js';
 import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../errors.js';
 import { decodeProof, type ProofInput } from '../proof-format.js';
@@ -253,8 +254,8 @@ export class GhostClient {
   #input(input: Float32Array | Uint32Array | readonly number[], ghost: PinnedGhost, first: number): ProofInput {
     const l = ghost.manifest.layers[first]!;
     if (l.op === 'embedding') {
-      const ids = input instanceof Uint32Array ? input.slice() : Array.isArray(input) ? Uint32Array.from(input as readonly number[]) : null;
-      if (!ids || ids.length === 0 || ids.length > FRAME_LIMITS.rows) throw new InvalidArgumentError(`input: layer ${first} (embedding) takes 1..${FRAME_LIMITS.rows} ids`);
+      const ids = toIds('input', input).slice(); // integers in 0..2^32-1 (a Uint32Array or an array of them)
+      if (ids.length === 0 || ids.length > FRAME_LIMITS.rows) throw new InvalidArgumentError(`input: layer ${first} (embedding) takes 1..${FRAME_LIMITS.rows} ids`);
       const n = ghost.manifest.tensors[l.table]!.n;
       const i = ids.findIndex((id) => id >= n);
       if (i >= 0) throw new OutOfRangeError(`input[${i}] = ${ids[i]} is beyond the ${n} rows of layer ${first}'s table`);
