@@ -60,7 +60,7 @@ async function proxy(upstream: string, mutate: (path: string, body: Uint8Array) 
         headers: req.headers.authorization ? { authorization: req.headers.authorization } : {},
         ...(req.method === 'POST' ? { body } : {}),
       });
-      let out = new Uint8Array(await up.arrayBuffer());
+      let out: Uint8Array = new Uint8Array(await up.arrayBuffer());
       if (up.ok) out = await mutate((req.url ?? '').split('?')[0]!, out);
       const h: Record<string, string> = { 'Content-Length': String(out.length) };
       for (const k of ['content-type', 'x-ghost-generation', 'x-ghost-digest']) {
@@ -108,6 +108,15 @@ describe('forward over HTTP', () => {
       for (let i = 0; i < fast.length; i++) expect(Math.abs(fast[i]! - served.output[i]!)).toBeLessThan(1e-4 * (1 + Math.abs(fast[i]!)));
       // the proof received verifies on its own too
       expect((await verifyForward(await model.ghost(), served.proof)).output).toEqual(served.output);
+    }
+  });
+
+  it('concurrent requests (more than run at once) each get the proof of their own input', async () => {
+    const xs = Array.from({ length: 6 }, (_, i) => rng.f32((i + 1) * 16));
+    const served = await Promise.all(xs.map((x) => client.forward(x)));
+    for (const [i, x] of xs.entries()) {
+      const local = await model.prove(x);
+      expect(Buffer.from(served[i]!.output.buffer).equals(Buffer.from(local.output.buffer))).toBe(true);
     }
   });
 
@@ -242,10 +251,22 @@ describe('training over HTTP', () => {
     expect(toHex(reader.ghost.digest)).toBe(toHex(step.ghost.digest));
     expect(Buffer.from(after.output.buffer).equals(Buffer.from((await model.prove(x)).output.buffer))).toBe(true);
 
+    // Forward requests racing a training step: each answer verifies against the Ghost file
+    // before or after the step (never a mix), and the reader follows the step when it sees it.
+    const racing = await Promise.all([
+      ...Array.from({ length: 4 }, () => reader.forward(rng.f32(2 * 16))),
+      trainer.train([{ tensor: 1, ids: Uint32Array.of(8, 9), grads: rng.f32(32) }]).then(() => null),
+      ...Array.from({ length: 4 }, () => reader.forward(rng.f32(2 * 16))),
+    ]);
+    for (const r of racing) if (r) expect([2, 3]).toContain(r.generation);
+    expect(trainer.generation).toBe(3);
+    await reader.sync();
+    expect(toHex(reader.ghost.digest)).toBe(toHex((await model.ghost()).digest));
+
     // A proxy that replays the proof from before the step: valid, same input, old Ghost file.
     const stale = await proxy(url, (path, b) => (path === '/forward' ? before.proof : b));
     const c = await ProverClient.connect(stale.url, ghost0.digest, { generation: 0 });
-    expect(c.generation).toBe(2);
+    expect(c.generation).toBe(3);
     expect(await reason(c.forward(x))).toBe('GHOST_MISMATCH');
     stale.server.close();
 

@@ -11,6 +11,9 @@ import { decodeProof, type ForwardProof, type UpdateProof } from '../proof-forma
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, toHex, type ForwardInput, type WireGrad } from './wire.js';
 
+/** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */
+const HISTORY = 64;
+
 export interface ProverClientOptions {
   /** Bearer token for train(). */
   token?: string;
@@ -47,11 +50,16 @@ export class ProverClient {
   readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number };
   #ghost: PinnedGhost;
   #generation: number;
+  /** The Ghost files of the recent generations this client verified (the current one included). */
+  readonly #history = new Map<number, PinnedGhost>();
+  /** Serialises the moves of the pinned Ghost file (sync, train) between concurrent calls. */
+  #lock: Promise<unknown> = Promise.resolve();
 
   private constructor(url: string, ghost: PinnedGhost, generation: number, o: ProverClientOptions) {
     this.url = url.replace(/\/+$/, '');
     this.#ghost = ghost;
     this.#generation = generation;
+    this.#history.set(generation, ghost);
     this.#o = { timeoutMs: o.timeoutMs ?? 30_000, maxResponseBytes: o.maxResponseBytes ?? 256 * 2 ** 20, ...(o.token === undefined ? {} : { token: o.token }) };
   }
 
@@ -103,7 +111,18 @@ export class ProverClient {
    * (up to `to`, default the server's current one), verifies each against the Ghost
    * file before it, and pins the result. Returns the number of steps followed.
    */
-  async sync(to?: number): Promise<number> {
+  sync(to?: number): Promise<number> {
+    return this.#locked(() => this.#syncNow(to));
+  }
+
+  #locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(fn, fn);
+    this.#lock = run.catch(() => undefined);
+    return run;
+  }
+
+  async #syncNow(to?: number): Promise<number> {
+    if (to !== undefined && to <= this.#generation) return 0;
     const r = await this.#request('GET', `/updates?from=${this.#generation}${to === undefined ? '' : `&to=${to}`}`);
     const list = decodeProofList(r.body);
     if (list.firstGeneration !== this.#generation) throw new ProofError('GHOST_MISMATCH', `the server sent updates from generation ${list.firstGeneration}; this client is at ${this.#generation}`);
@@ -116,6 +135,8 @@ export class ProverClient {
     const v = await verifyUpdate(this.#ghost, proof);
     this.#ghost = v.ghost;
     this.#generation++;
+    this.#history.set(this.#generation, v.ghost);
+    this.#history.delete(this.#generation - HISTORY);
   }
 
   /**
@@ -126,14 +147,24 @@ export class ProverClient {
    */
   async forward(input: Float32Array | Uint32Array, options: { rows?: number } = {}): Promise<ServedForward> {
     const req = this.#input(input, options.rows);
+    // The answer must be at least as new as the Ghost file pinned when asking (no replays).
+    const asked = this.#generation;
     const r = await this.#request('POST', '/forward', encodeForwardRequest(req));
     // Cheap checks first: the proof must be of this input.
     const p = decodeProof(r.body);
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
     checkSameInput(p, req);
     if (!bytesEqual(p.ghost, this.#ghost.digest) && r.generation > this.#generation) await this.sync();
-    const v = await verifyForward(this.#ghost, r.body);
-    return { output: v.output, rows: v.rows, cols: v.cols, generation: this.#generation, proof: r.body };
+    let at = this.#generation;
+    for (let g = this.#generation; g >= asked; g--) {
+      const h = this.#history.get(g);
+      if (h && bytesEqual(h.digest, p.ghost)) {
+        at = g;
+        break;
+      }
+    }
+    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body);
+    return { output: v.output, rows: v.rows, cols: v.cols, generation: at, proof: r.body };
   }
 
   /**
@@ -154,15 +185,25 @@ export class ProverClient {
     const r = await this.#request('POST', '/train', encodeTrainRequest(grads), true);
     const list = decodeProofList(r.body);
     if (list.proofs.length !== grads.length) throw new ProofError('INPUT_MISMATCH', `${grads.length} entries were sent, ${list.proofs.length} update proofs came back`);
-    if (list.firstGeneration < this.#generation) throw new ProofError('GHOST_MISMATCH', `the step starts at generation ${list.firstGeneration}; this client is already at ${this.#generation}`);
-    if (list.firstGeneration > this.#generation) await this.sync(list.firstGeneration);
-    for (const [i, bytes] of list.proofs.entries()) {
-      const p = decodeProof(bytes);
-      if (p.kind !== 'update') throw new ProofError('WRONG_KIND', 'a training step answered with a forward proof');
-      checkSameGrads(p, grads[i]!, g.tensors[grads[i]!.tensor]!.dim);
-      await this.#follow(bytes);
-    }
-    return { generation: this.#generation, ghost: this.#ghost, proofs: list.proofs };
+    return this.#locked(async () => {
+      if (list.firstGeneration > this.#generation) await this.#syncNow(list.firstGeneration);
+      for (const [i, bytes] of list.proofs.entries()) {
+        const p = decodeProof(bytes);
+        if (p.kind !== 'update') throw new ProofError('WRONG_KIND', 'a training step answered with a forward proof');
+        checkSameGrads(p, grads[i]!, g.tensors[grads[i]!.tensor]!.dim);
+        const at = list.firstGeneration + i;
+        if (at === this.#generation) {
+          await this.#follow(bytes);
+          continue;
+        }
+        // Already followed through /updates (a concurrent call): it must be the same step.
+        const before = this.#history.get(at), after = this.#history.get(at + 1);
+        if (!before || !after) throw new ProofError('GHOST_MISMATCH', `the step at generation ${at} is older than this client's recent history`);
+        const v = await verifyUpdate(before, bytes);
+        if (!bytesEqual(v.ghost.digest, after.digest)) throw new ProofError('GHOST_MISMATCH', `the server answered generation ${at} with another step than /updates did`);
+      }
+      return { generation: list.firstGeneration + list.proofs.length, ghost: this.#history.get(list.firstGeneration + list.proofs.length) ?? this.#ghost, proofs: list.proofs };
+    });
   }
 
   #input(input: Float32Array | Uint32Array, rows: number | undefined): ForwardInput {
