@@ -218,6 +218,30 @@ describe('forward over HTTP', () => {
   });
 });
 
+describe('timeouts', () => {
+  it('a client that sends its body too slowly gets 408 and frees its slot; close() does not wait for it longer', async () => {
+    const { model } = twoLayerModel(new Rng(51));
+    const server = await ProverServer.fromModel(model, { requestTimeoutMs: 500 });
+    const url = new URL(await server.listen());
+    const { connect } = await import('node:net');
+    const sock = connect(Number(url.port), url.hostname);
+    let answer = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (answer += d));
+    const t0 = Date.now();
+    sock.write('POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789');
+    await new Promise((r) => sock.once('close', r));
+    const waited = Date.now() - t0;
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+    expect(waited).toBeGreaterThanOrEqual(400);
+    expect(waited).toBeLessThan(5_000);
+    // The server still serves.
+    const c = await ProverClient.connect(url.href, (await model.ghost()).digest);
+    expect((await c.forward(new Rng(1).f32(16))).rows).toBe(1);
+    await server.close();
+  });
+});
+
 describe('training over HTTP', () => {
   it('401 without the token, update proofs that the client follows, and a stale replay refused', async () => {
     const rng = new Rng(31);

@@ -330,7 +330,14 @@ export class ProverServer {
   /** Starts listening; resolves with the base URL (http://host:port). */
   async listen(): Promise<string> {
     if (this.#server) throw new InvalidArgumentError('already listening');
-    const server = createServer({ requestTimeout: this.#o.requestTimeoutMs, headersTimeout: Math.min(this.#o.requestTimeoutMs, 10_000), keepAliveTimeout: 5_000 }, (req, res) => {
+    const server = createServer(
+      {
+        requestTimeout: this.#o.requestTimeoutMs,
+        headersTimeout: Math.min(this.#o.requestTimeoutMs, 10_000),
+        keepAliveTimeout: 5_000,
+        // How often Node checks those timeouts (its default, 30 s, would let a slow client hold a slot that long).
+        connectionsCheckingInterval: Math.max(100, Math.min(1_000, this.#o.requestTimeoutMs / 4)),
+      }, (req, res) => {
       void this.#handle(req, res);
     });
     this.#server = server;
