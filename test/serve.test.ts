@@ -6,7 +6,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -379,5 +379,56 @@ describe('training over HTTP', () => {
     expect(late.generation).toBe(acked + 2);
     await restarted.close();
     expect(readFileSync(join(dir, 'ghost.bin')).equals(Buffer.from(late.ghost.bytes))).toBe(true);
+  });
+
+  it('a stop between the log and ghost.bin (tensor files ahead, or behind, the log) is repaired at the next start', async () => {
+    const rng = new Rng(61);
+    const { model } = twoLayerModel(rng);
+    const base = tmp();
+    const dir = join(base, 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
+    const grads = () => [
+      { tensor: 0, ids: Uint32Array.of(rng.int(0, 299), rng.int(0, 299)), grads: rng.f32(2 * 16) },
+      { tensor: 4, ids: Uint32Array.of(rng.int(0, 143)), grads: rng.f32(5) },
+    ];
+    const run = async (steps: number): Promise<ProverClient> => {
+      const s = await ProverServer.open(dir, { trainToken: TOKEN });
+      const c = await ProverClient.connect(await s.listen(), g0.bytes, { generation: 0, token: TOKEN });
+      for (let i = 0; i < steps; i++) await c.train(grads());
+      await s.close();
+      return c;
+    };
+    const at2 = await run(1);
+    expect(at2.generation).toBe(2);
+    const snap = join(base, 'snap');
+    cpSync(dir, snap, { recursive: true });
+    const at4 = await run(1);
+    expect(at4.generation).toBe(4);
+    const log4 = statSync(join(dir, 'updates.bin')).size;
+
+    // The tensor files and the log hold generation 4, ghost.bin still 2: resume at 4.
+    cpSync(join(snap, 'ghost.bin'), join(dir, 'ghost.bin'));
+    const a = await ProverServer.open(dir, { trainToken: TOKEN });
+    expect(a.generation).toBe(4);
+    expect(toHex(a.ghost.digest)).toBe(toHex(at4.ghost.digest));
+    await a.close();
+    expect(statSync(join(dir, 'updates.bin')).size).toBe(log4);
+
+    // The log holds generation 4, the tensor files and ghost.bin 2 (never acknowledged): resume at 2, log cut back.
+    rmSync(join(dir, 'tensors'), { recursive: true });
+    cpSync(join(snap, 'tensors'), join(dir, 'tensors'), { recursive: true });
+    cpSync(join(snap, 'ghost.bin'), join(dir, 'ghost.bin'));
+    // read-only, it refuses rather than repair
+    expect(await reason(ProverServer.open(dir))).toBe('NON_CANONICAL');
+    const b = await ProverServer.open(dir, { trainToken: TOKEN });
+    expect(b.generation).toBe(2);
+    expect(toHex(b.ghost.digest)).toBe(toHex(at2.ghost.digest));
+    expect(statSync(join(dir, 'updates.bin')).size).toBe(statSync(join(snap, 'updates.bin')).size);
+    // and a client pinned at generation 0 follows the history as it now stands
+    const c = await ProverClient.connect(await b.listen(), g0.bytes, { generation: 0, token: TOKEN });
+    expect(c.generation).toBe(2);
+    await c.train(grads());
+    expect(c.generation).toBe(4);
+    await b.close();
   });
 });

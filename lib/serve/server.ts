@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
 import { Model } from '../model.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type SgdOptions } from '../optim.js';
+import { SparseTensor } from '../sparse-tensor.js';
 import { decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { bytesEqual } from '../bytes.js';
@@ -191,6 +192,27 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** Whether every tensor file of the directory has the root the Ghost file gives it. */
+async function rootsMatch(dir: string, g: PinnedGhost): Promise<boolean> {
+  for (const [i, gt] of g.manifest.tensors.entries()) {
+    const t = await SparseTensor.openFile(join(dir, 'tensors', `${i}.gtt`), { readOnly: true });
+    try {
+      if (!bytesEqual(t.root(), gt.root)) return false;
+    } finally {
+      t.close();
+    }
+  }
+  return true;
+}
+
+/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
+async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  const tmp = join(dir, `${name}.tmp-${process.pid}`);
+  await writeSynced(tmp, bytes);
+  await rename(tmp, join(dir, name));
+  await syncDir(dir);
+}
+
 /** Records of updates.bin: u32 length + proof bytes each; a torn last record is cut off. */
 async function readUpdateLog(path: string): Promise<{ proofs: Uint8Array[]; validBytes: number; fileBytes: number }> {
   let buf: Uint8Array;
@@ -288,38 +310,52 @@ export class ProverServer {
    * `updates.bin` (0 for a fresh directory). Read-only without a trainToken.
    */
   static async open(dir: string, options: ProverServerOptions = {}): Promise<ProverServer> {
-    const log = await readUpdateLog(join(dir, 'updates.bin'));
-    const { model, ghost } = await Model.load(dir, { readOnly: options.trainToken === undefined });
+    const writable = options.trainToken !== undefined;
+    const logPath = join(dir, 'updates.bin'), g0Path = join(dir, 'ghost-0.bin');
+    const log = await readUpdateLog(logPath);
+    if (log.validBytes < log.fileBytes && writable) await truncate(logPath, log.validBytes);
+    let proofs = log.proofs;
+    // history[g]: the Ghost file at generation g, replayed from ghost-0.bin (every step must verify).
+    let history: PinnedGhost[] | null = null;
+    if (proofs.length > 0 && (await exists(g0Path))) {
+      history = [await pinGhost(new Uint8Array(await readFile(g0Path)))];
+      for (const p of proofs) history.push((await verifyUpdate(history[history.length - 1]!, p)).ghost);
+      const onDisk = await pinGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin'))));
+      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
+        // Stopped while persisting a step (after the log, before ghost.bin): the tensor files hold
+        // the Ghost file of some generation between ghost.bin's and the log's end. Nothing after
+        // ghost.bin's generation was acknowledged; resume at the generation the files hold.
+        const from = history.findIndex((h) => bytesEqual(h.digest, onDisk.digest));
+        if (from < 0) throw new FormatError('NON_CANONICAL', `${dir}: ghost.bin (${toHex(onDisk.digest)}) is not on the path of updates.bin from ghost-0.bin`);
+        let at = -1;
+        for (let g = proofs.length; g >= from && at < 0; g--) if (await rootsMatch(dir, history[g]!)) at = g;
+        if (at < 0) throw new FormatError('NON_CANONICAL', `${dir}: the tensor files hold none of the Ghost files of generations ${from}..${proofs.length}`);
+        if (!writable) throw new FormatError('NON_CANONICAL', `${dir}: interrupted while saving generation ${at}; open it with training enabled once to repair it`);
+        await replaceFile(dir, 'ghost.bin', history[at]!.bytes);
+        await truncate(logPath, proofs.slice(0, at).reduce((n, p) => n + 4 + p.length, 0));
+        proofs = proofs.slice(0, at);
+        history = history.slice(0, at + 1);
+      }
+    }
+    const { model, ghost } = await Model.load(dir, { readOnly: !writable });
     try {
-      if (log.validBytes < log.fileBytes && options.trainToken !== undefined) await truncate(join(dir, 'updates.bin'), log.validBytes);
-      const g0Path = join(dir, 'ghost-0.bin');
-      let history: PinnedGhost[] | null = null;
-      if (log.proofs.length === 0) {
+      if (proofs.length === 0) {
         // The history starts here: keep its first Ghost file, to name every later one.
-        if (options.trainToken !== undefined) await writeSynced(g0Path, ghost.bytes);
-      } else if (await exists(g0Path)) {
-        // Replay the log from the first Ghost file: every step must verify and lead to ghost.bin.
-        history = [];
-        let g = await pinGhost(new Uint8Array(await readFile(g0Path)));
-        for (const p of log.proofs) {
-          history.push(g);
-          g = (await verifyUpdate(g, p)).ghost;
-        }
-        if (!bytesEqual(g.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the steps in updates.bin lead from ghost-0.bin to ${toHex(g.digest)}, not to ghost.bin (${toHex(ghost.digest)})`);
-      } else {
+        if (writable) await replaceFile(dir, 'ghost-0.bin', ghost.bytes);
+      } else if (!history) {
         // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
-        const last = decodeProof(log.proofs[log.proofs.length - 1]!);
+        const last = decodeProof(proofs[proofs.length - 1]!);
         const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
         if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
-          throw new FormatError('NON_CANONICAL', `${dir}: updates.bin ends with a step that ghost.bin does not hold (the server stopped between the log and ghost.bin)`);
+          throw new FormatError('NON_CANONICAL', `${dir}: updates.bin ends with a step that ghost.bin does not hold`);
         }
       }
-      const s = new ProverServer(model, ghost, dir, log.proofs.length, options, true);
+      const s = new ProverServer(model, ghost, dir, proofs.length, options, true);
       // The recent proofs (and the Ghost files before them, when known) for clients that catch up.
-      const keep = Math.min(log.proofs.length, s.#o.keepUpdates);
-      s.#updates = log.proofs.slice(log.proofs.length - keep);
-      s.#ghosts = history ? history.slice(history.length - keep) : s.#updates.map(() => null);
-      s.#firstKept = log.proofs.length - keep;
+      const keep = Math.min(proofs.length, s.#o.keepUpdates);
+      s.#updates = proofs.slice(proofs.length - keep);
+      s.#ghosts = history ? history.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
+      s.#firstKept = proofs.length - keep;
       return s;
     } catch (err) {
       model.close();
@@ -559,10 +595,7 @@ export class ProverServer {
       const t = this.model.tensors[ti]!;
       if (t.file) await t.checkpointAsync();
     }
-    const tmp = join(this.dir, `ghost.bin.tmp-${process.pid}`);
-    await writeSynced(tmp, this.#ghost.bytes);
-    await rename(tmp, join(this.dir, 'ghost.bin'));
-    await syncDir(this.dir);
+    await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
   }
 
   async #readBody(req: IncomingMessage): Promise<Uint8Array> {
