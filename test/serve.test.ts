@@ -242,6 +242,26 @@ describe('timeouts', () => {
   });
 });
 
+describe('aborted requests', () => {
+  it('a client that hangs up in the middle of its body is logged as 400 ABORTED and the server goes on', async () => {
+    const { model } = twoLayerModel(new Rng(52));
+    const logs: { status: number; reason?: string }[] = [];
+    const server = await ProverServer.fromModel(model, { onLog: (e) => logs.push(e) });
+    const url = new URL(await server.listen());
+    const { connect } = await import('node:net');
+    const sock = connect(Number(url.port), url.hostname);
+    sock.write('POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123');
+    for (let i = 0; i < 100 && server.stats.served.rejected === 0; i++) {
+      if (i === 5) sock.destroy();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(logs).toEqual([expect.objectContaining({ status: 400, reason: 'ABORTED' })]);
+    const c = await ProverClient.connect(url.href, (await model.ghost()).digest);
+    expect((await c.forward(new Rng(2).f32(16))).rows).toBe(1);
+    await server.close();
+  });
+});
+
 describe('training over HTTP', () => {
   it('401 without the token, update proofs that the client follows, and a stale replay refused', async () => {
     const rng = new Rng(31);

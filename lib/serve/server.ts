@@ -633,6 +633,10 @@ function parseGeneration(s: string): number {
 
 function toHttpError(err: unknown): HttpError {
   if (err instanceof HttpError) return err;
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || (err instanceof Error && err.message === 'aborted')) {
+    return new HttpError(400, 'ABORTED', 'the client closed the connection before the body ended');
+  }
   if (err instanceof FormatError) return new HttpError(400, 'BAD_BODY', err.message);
   if (err instanceof InvalidArgumentError || err instanceof OutOfRangeError) return new HttpError(400, 'BAD_INPUT', err.message);
   if (err instanceof NonFiniteError) return new HttpError(422, 'NON_FINITE', err.message);
