@@ -16,7 +16,9 @@ export type GhostTensorErrorCode =
   | 'ERR_GT_INTERNAL'
   | 'ERR_GT_PROOF'
   | 'ERR_GT_FORMAT'
-  | 'ERR_GT_STORAGE';
+  | 'ERR_GT_STORAGE'
+  | 'ERR_GT_P2P'
+  | 'ERR_GT_REMOTE';
 
 export class GhostTensorError extends Error {
   readonly code: GhostTensorErrorCode;
@@ -83,7 +85,9 @@ export type ProofFailure =
   | 'NOT_HELD' // a pattern sent by id only (or as a delta) is not in the verifier's cache
   | 'SELECTION_MISMATCH' // product keys: the claimed ids are not the top-k the verifier re-derives
   | 'OUTPUT_MISMATCH' // the verifier's canonical recomputation differs from the claimed output
-  | 'UPDATE_MISMATCH'; // an update proof's new root differs from the one the verifier computes
+  | 'UPDATE_MISMATCH' // an update proof's new root differs from the one the verifier computes
+  // A peer's answer (docs/p2p.md), checked by the client before verifyForward:
+  | 'INPUT_MISMATCH'; // the proof is of another input than the one the client sent
 
 /** A proof that does not verify. `reason` says which check failed. */
 export class ProofError extends GhostTensorError {
@@ -148,6 +152,37 @@ function storageError(message: string, cause: unknown): StorageError {
   const token = /^([A-Z_]+):/.exec(message)?.[1];
   const reason = token !== undefined && STORAGE_FAILURES.includes(token) ? (token as StorageFailure) : 'IO';
   return new StorageError(reason, message, { cause });
+}
+
+/** Why a peer-to-peer forward pass failed (docs/p2p.md). */
+export type P2PFailure =
+  | 'NO_PROVIDER' // no provider left for a layer (none found on the DHT, or every one was dropped)
+  | 'BOOTSTRAP'; // none of the bootstrap addresses could be dialled
+
+/** A peer-to-peer operation that could not complete. `reason` says why; `detail` carries what the client learned (its report). */
+export class P2PError extends GhostTensorError {
+  readonly reason: P2PFailure;
+  readonly detail: unknown;
+  constructor(reason: P2PFailure, message: string, detail?: unknown) {
+    super('ERR_GT_P2P', `${reason}: ${message}`);
+    this.reason = reason;
+    this.detail = detail;
+  }
+}
+
+/**
+ * A prover service (lib/serve) refused a request or could not be reached. `status`
+ * is the HTTP status (0: no response: connection refused, timeout, aborted) and
+ * `reason` the server's reason token (docs/serving.md), e.g. 'BATCH_TOO_LARGE'.
+ */
+export class RemoteError extends GhostTensorError {
+  readonly status: number;
+  readonly reason: string;
+  constructor(status: number, reason: string, message: string, options?: { cause?: unknown }) {
+    super('ERR_GT_REMOTE', `${reason}: ${message}`, options);
+    this.status = status;
+    this.reason = reason;
+  }
 }
 
 /** The native addon could not be loaded, ran out of memory, or failed internally. */

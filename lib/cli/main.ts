@@ -1,0 +1,587 @@
+/**
+ * The `ghost-tensor` command line (docs/cli.md): demo, train, serve, query, verify,
+ * inspect, bench. Exit codes (EXIT) are part of the interface.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../errors.js';
+import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../ghost-file.js';
+import { Model } from '../model.js';
+import { PROOF_MAGIC, decodeProof, type GhostProof } from '../proof-format.js';
+import { pinGhost, verifyForward, verifyUpdate } from '../proof-verify.js';
+import { ProverClient } from '../serve/client.js';
+import { ProverServer } from '../serve/server.js';
+import { fromHex, toHex } from '../serve/wire.js';
+import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier } from './classifier.js';
+import { runDemo } from './demo.js';
+import { Progress } from './progress.js';
+
+/** Exit codes scripts can rely on. */
+export const EXIT = {
+  OK: 0,
+  /** A proof was rejected (it does not verify, does not decode, or is not of the request). */
+  REJECTED: 1,
+  /** Wrong command line. */
+  USAGE: 2,
+  /** A local file or directory is missing, unreadable or not what it should be. */
+  IO: 3,
+  /** The server could not be reached or refused the request. */
+  REMOTE: 4,
+  /** Anything else (a bug). */
+  INTERNAL: 5,
+} as const;
+
+class UsageError extends Error {}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+interface Command {
+  summary: string;
+  usage: string;
+  help: string;
+  options: Options;
+  positionals: [number, number];
+  run: (values: Record<string, string | boolean | undefined>, positionals: string[]) => Promise<number>;
+}
+
+const out = (s: string): void => void process.stdout.write(s + '\n');
+const err = (s: string): void => void process.stderr.write(s + '\n');
+
+function num(values: Record<string, string | boolean | undefined>, name: string, def: number, lo: number, hi: number, integer = true): number {
+  const v = values[name];
+  if (v === undefined) return def;
+  const x = Number(v);
+  if (typeof v !== 'string' || !Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < lo || x > hi) {
+    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} in ${lo}..${hi}, got ${String(v)}`);
+  }
+  return x;
+}
+
+function str(values: Record<string, string | boolean | undefined>, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+function readBytes(path: string): Uint8Array {
+  return new Uint8Array(readFileSync(path));
+}
+
+/** A Ghost file path, or a model directory (its ghost.bin). */
+function ghostPath(path: string): string {
+  return existsSync(path) && statSync(path).isDirectory() ? join(path, 'ghost.bin') : path;
+}
+
+function startsWith(b: Uint8Array, magic: Uint8Array): boolean {
+  return b.length >= magic.length && magic.every((x, i) => b[i] === x);
+}
+
+// ------------------------------------------------------------------- commands
+
+const COMMANDS: Record<string, Command> = {
+  demo: {
+    summary: 'train on the shipped Fashion-MNIST subset, serve, prove, verify, tamper',
+    usage: 'ghost-tensor demo [--quick] [--out DIR] [--data DIR]',
+    help: `Trains a sparse HopfieldLookup classifier (k = 32) and its dense baseline on the
+Fashion-MNIST subset shipped in data/fashion-mnist-small, prints accuracy and step
+times, saves the sparse model with its Ghost file, serves it on loopback, asks for a
+forward proof over HTTP, verifies it against the pinned Ghost digest, then tampers
+with the proof and shows each rejection. Under a minute on two cores.
+
+  --quick      a small run (1,000 images, N = 256, one epoch): seconds, for tests
+  --out DIR    keep the model directory at DIR (must not exist); default: a temporary one, removed
+  --data DIR   IDX files to use instead of the shipped subset
+  --quiet      no progress bar
+
+Exit 0 when the honest proof verifies and every tampered one is rejected.`,
+    options: { quick: { type: 'boolean' }, out: { type: 'string' }, data: { type: 'string' }, quiet: { type: 'boolean' } },
+    positionals: [0, 0],
+    run: async (v) =>
+      runDemo({ quick: v.quick === true, quiet: v.quiet === true, ...(str(v, 'out') ? { out: str(v, 'out')! } : {}), ...(str(v, 'data') ? { data: str(v, 'data')! } : {}) }),
+  },
+
+  train: {
+    summary: 'train a classifier on IDX image files and save it as a model directory',
+    usage: 'ghost-tensor train --out DIR [--data DIR] [--n N] [--k K] [--epochs E] [--images M] [--seed S]',
+    help: `Trains the demo's sparse HopfieldLookup classifier (keys: N stored images, values:
+their labels, cosine, top-k) and saves it with its Ghost file and room for optimizer
+state (docs/proof-format.md, docs/storage.md), ready for \`ghost-tensor serve\`.
+
+  --out DIR      the model directory to write (must not exist)          (required)
+  --data DIR     gzipped IDX files (train-*, t10k-*)   default: the shipped subset
+  --n N          stored patterns                        default 2048
+  --k K          patterns per input                     default 32
+  --epochs E     default 2
+  --images M     training images to use (first M)       default all
+  --lr LR        default 0.003
+  --seed S       default 1
+  --quiet        no progress bar`,
+    options: {
+      out: { type: 'string' },
+      data: { type: 'string' },
+      n: { type: 'string' },
+      k: { type: 'string' },
+      epochs: { type: 'string' },
+      images: { type: 'string' },
+      lr: { type: 'string' },
+      seed: { type: 'string' },
+      quiet: { type: 'boolean' },
+    },
+    positionals: [0, 0],
+    run: async (v) => {
+      const dir = str(v, 'out');
+      if (!dir) throw new UsageError('--out DIR is required');
+      if (existsSync(dir)) throw Object.assign(new Error(`${dir} exists; choose a new directory`), { code: 'EEXIST' });
+      const data = str(v, 'data') ?? DEMO_DATA_DIR;
+      const train = loadSplit(data, 'train', num(v, 'images', Infinity, 1, 2 ** 31) || Infinity);
+      const test = loadSplit(data, 't10k');
+      const n = num(v, 'n', 2048, 1, 2 ** 24), k = num(v, 'k', 32, 1, 65536), epochs = num(v, 'epochs', 2, 1, 1000);
+      if (k > n) throw new UsageError(`--k (${k}) must be at most --n (${n})`);
+      if (n > train.n) throw new UsageError(`--n (${n}) must be at most the number of training images (${train.n})`);
+      const bar = new Progress('train', Math.floor(train.n / 128) * epochs, { quiet: v.quiet === true });
+      const r = await trainClassifier(train, test, { mode: 'sparse', n, k, epochs, lr: num(v, 'lr', 3e-3, 0, 10, false), seed: num(v, 'seed', 1, 0, 2 ** 32 - 1), onStep: (d, _t, loss) => bar.update(d, `loss ${loss.toFixed(3)}`) });
+      bar.done(`test accuracy ${(100 * r.accuracy).toFixed(1)}%`);
+      const model = new Model([r.layer]);
+      const ghost = await model.save(dir, { optimizerState: true });
+      out(`model    ${dir}`);
+      out(`digest   ${toHex(ghost.digest)}`);
+      out(`accuracy ${(100 * r.accuracy).toFixed(2)}% on ${test.n} test images (median step ${r.stepMs.toFixed(1)} ms)`);
+      return EXIT.OK;
+    },
+  },
+
+  serve: {
+    summary: 'serve a model directory over HTTP (forward proofs; training with a token)',
+    usage: 'ghost-tensor serve DIR [--host H] [--port P] [--token-file F] [--lr LR] [...]',
+    help: `Serves the model directory DIR (docs/serving.md): GET /ghost, GET /updates,
+POST /forward (outputs with forward proofs) and, with a token, POST /train (update
+proofs; each step is durable before it is answered). Prints \`serving <url>\` and
+\`digest <hex>\` on stdout once listening. SIGTERM or SIGINT: stops accepting,
+finishes every accepted request, closes the tensor files, exits 0.
+
+  --host H            default 127.0.0.1 (loopback only)
+  --port P            default 8080 (0: any free port)
+  --token-file F      enables training: callers must send "Authorization: Bearer <first line of F>"
+                      (or set GHOST_TENSOR_TOKEN; a token is never taken from the command line)
+  --lr LR             learning rate of the server's SparseAdam, default 0.001
+  --max-batch B       inputs per forward request, default 256 (413 beyond)
+  --max-body BYTES    request body limit, default 16777216 (413 beyond)
+  --concurrency C     requests proved at once, default 2
+  --queue Q           accepted requests waiting, default 64 (503 + Retry-After beyond)
+  --log               one line per request on stderr`,
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'token-file': { type: 'string' },
+      lr: { type: 'string' },
+      'max-batch': { type: 'string' },
+      'max-body': { type: 'string' },
+      concurrency: { type: 'string' },
+      queue: { type: 'string' },
+      log: { type: 'boolean' },
+    },
+    positionals: [1, 1],
+    run: async (v, [dir]) => {
+      const tf = str(v, 'token-file');
+      const token = tf !== undefined ? readFileSync(tf, 'utf8').split('\n')[0]!.trim() : process.env.GHOST_TENSOR_TOKEN;
+      if (token !== undefined && token.length < 8) throw new UsageError('the training token must be at least 8 characters');
+      const server = await ProverServer.open(dir!, {
+        host: str(v, 'host') ?? '127.0.0.1',
+        port: num(v, 'port', 8080, 0, 65535),
+        maxBatch: num(v, 'max-batch', 256, 1, 2 ** 20),
+        maxBodyBytes: num(v, 'max-body', 16 * 2 ** 20, 1, 2 ** 30),
+        maxConcurrent: num(v, 'concurrency', 2, 1, 1024),
+        maxQueue: num(v, 'queue', 64, 0, 2 ** 20),
+        ...(token === undefined ? {} : { trainToken: token, optimizer: { kind: 'adam' as const, lr: num(v, 'lr', 1e-3, 0, 10, false) } }),
+        ...(v.log === true ? { onLog: (e) => err(`${new Date().toISOString()} ${e.method} ${e.path} ${e.status}${e.reason ? ` ${e.reason}` : ''} ${e.ms.toFixed(1)} ms`) } : {}),
+      });
+      const url = await server.listen();
+      out(`serving ${url}`);
+      out(`digest ${toHex(server.ghost.digest)}`);
+      out(`generation ${server.generation}`);
+      out(`training ${token === undefined ? 'disabled' : 'enabled'}`);
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string): void => {
+          err(`${sig}: finishing accepted requests, then closing the model`);
+          process.off('SIGTERM', onTerm);
+          process.off('SIGINT', onInt);
+          void server.close().then(resolve);
+        };
+        const onTerm = (): void => stop('SIGTERM');
+        const onInt = (): void => stop('SIGINT');
+        process.on('SIGTERM', onTerm);
+        process.on('SIGINT', onInt);
+      });
+      out(`stopped at generation ${server.generation}, digest ${toHex(server.ghost.digest)}`);
+      return EXIT.OK;
+    },
+  },
+
+  query: {
+    summary: 'ask a prover for outputs and verify them against a pinned Ghost digest',
+    usage: 'ghost-tensor query URL --digest HEX (--input FILE | --test-images I,J,...) [--proof-out F] [--json]',
+    help: `Connects to a prover (\`ghost-tensor serve\`), pins the Ghost digest, sends the inputs,
+and accepts the answer only if its forward proof verifies and is of these inputs
+(following any newer generation through verified update proofs).
+
+  --digest HEX         the Ghost digest to trust (64 hex characters)        (required)
+  --generation G       the generation of that digest when it is not the server's current one
+  --input FILE         raw little-endian f32 values, B x (the model's input width)
+  --test-images LIST   images of the shipped test subset, e.g. 0,1,2 (for the demo's classifier)
+  --proof-out FILE     write the received proof (for \`ghost-tensor verify\`)
+  --json               print the result as JSON
+
+Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
+    options: {
+      digest: { type: 'string' },
+      generation: { type: 'string' },
+      input: { type: 'string' },
+      'test-images': { type: 'string' },
+      'proof-out': { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    positionals: [1, 1],
+    run: async (v, [url]) => {
+      const hex = str(v, 'digest');
+      if (!hex || !/^[0-9a-fA-F]{64}$/.test(hex)) throw new UsageError('--digest must be 64 hex characters');
+      const inputFile = str(v, 'input'), list = str(v, 'test-images');
+      if ((inputFile === undefined) === (list === undefined)) throw new UsageError('give one of --input FILE or --test-images LIST');
+      let x: Float32Array;
+      let labels: number[] | null = null;
+      if (inputFile !== undefined) {
+        const b = readFileSync(inputFile);
+        if (b.length === 0 || b.length % 4 !== 0) throw new FormatError('BAD_VALUE', `${inputFile}: ${b.length} bytes is not a whole number of f32 values`);
+        x = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+      } else {
+        const idx = list!.split(',').map((s) => Number(s));
+        if (idx.some((i) => !Number.isInteger(i) || i < 0)) throw new UsageError('--test-images takes non-negative integers, e.g. 0,1,2');
+        const test = loadSplit(DEMO_DATA_DIR, 't10k');
+        if (idx.some((i) => i >= test.n)) throw new UsageError(`--test-images: the shipped test subset has ${test.n} images`);
+        x = new Float32Array(idx.length * 784);
+        idx.forEach((i, b) => x.set(test.x.subarray(i * 784, (i + 1) * 784), b * 784));
+        labels = idx.map((i) => test.y[i]!);
+      }
+      const gen = str(v, 'generation') === undefined ? {} : { generation: num(v, 'generation', 0, 0, Number.MAX_SAFE_INTEGER) };
+      // Whatever the server sends that does not decode is rejected like a proof that does not verify.
+      const rejectUndecodable = (e: unknown): never => {
+        throw e instanceof FormatError ? new Rejected(e) : e;
+      };
+      const client = await ProverClient.connect(url!, fromHex(hex), gen).catch(rejectUndecodable);
+      const r = await client.forward(x).catch(rejectUndecodable);
+      const pout = str(v, 'proof-out');
+      if (pout !== undefined) writeFileSync(pout, r.proof);
+      const rows = Array.from({ length: r.rows }, (_, b) => Array.from(r.output.subarray(b * r.cols, (b + 1) * r.cols)));
+      if (v.json === true) {
+        out(JSON.stringify({ verified: true, generation: r.generation, digest: toHex(client.ghost.digest), proofBytes: r.proof.length, rows: r.rows, cols: r.cols, output: rows }));
+      } else {
+        out(`verified: ${r.rows} x ${r.cols} output, proof of ${r.proof.length} bytes, Ghost generation ${r.generation} (digest ${toHex(client.ghost.digest)})`);
+        rows.forEach((row, b) => {
+          const cls = r.cols === 10 ? `  -> ${CLASS_NAMES[argmax(r.output, b * 10, 10)]}${labels ? ` (label ${CLASS_NAMES[labels[b]!]})` : ''}` : '';
+          out(`[${b}] ${row.map((y) => y.toFixed(4)).join(' ')}${cls}`);
+        });
+      }
+      return EXIT.OK;
+    },
+  },
+
+  verify: {
+    summary: 'verify a proof file against a Ghost file',
+    usage: 'ghost-tensor verify --ghost GHOST PROOF [--digest HEX] [--json]',
+    help: `Verifies a forward or update proof (docs/proof-format.md) against a Ghost file. The
+verifier trusts only the Ghost file (and, with --digest, checks its digest first).
+
+  --ghost PATH    the Ghost file, or a model directory (its ghost.bin)   (required)
+  --digest HEX    the digest the Ghost file must have
+  --json          print the result as JSON
+
+Exit 0 verified, 1 rejected (the reason is printed: OUTPUT_MISMATCH, ROOT_MISMATCH, ...),
+3 the Ghost file or the proof file cannot be read.`,
+    options: { ghost: { type: 'string' }, digest: { type: 'string' }, json: { type: 'boolean' } },
+    positionals: [1, 1],
+    run: async (v, [proofPath]) => {
+      const gp = str(v, 'ghost');
+      if (!gp) throw new UsageError('--ghost PATH is required');
+      const ghost = await pinGhost(decodeGhost(readBytes(ghostPath(gp))));
+      const want = str(v, 'digest');
+      if (want !== undefined) {
+        if (!/^[0-9a-fA-F]{64}$/.test(want)) throw new UsageError('--digest must be 64 hex characters');
+        if (toHex(ghost.digest) !== want.toLowerCase()) throw new ProofError('GHOST_MISMATCH', `the Ghost file has digest ${toHex(ghost.digest)}, not ${want.toLowerCase()}`);
+      }
+      const bytes = readBytes(proofPath!);
+      let proof: GhostProof;
+      try {
+        proof = decodeProof(bytes);
+      } catch (e) {
+        throw new Rejected(e as FormatError);
+      }
+      if (proof.kind === 'forward') {
+        const r = await verifyForward(ghost, bytes);
+        if (v.json === true) out(JSON.stringify({ verified: true, kind: 'forward', digest: toHex(ghost.digest), rows: r.rows, cols: r.cols, output: Array.from(r.output) }));
+        else out(`verified: forward proof, layers ${proof.firstLayer}..${proof.firstLayer + proof.layers.length - 1}, ${r.rows} x ${r.cols} output, Ghost digest ${toHex(ghost.digest)}`);
+      } else {
+        const r = await verifyUpdate(ghost, bytes);
+        if (v.json === true) out(JSON.stringify({ verified: true, kind: 'update', digest: toHex(ghost.digest), tensor: r.tensor, rows: r.ids.length, next: toHex(r.ghost.digest) }));
+        else out(`verified: update proof of tensor ${r.tensor} (${ghost.manifest.tensors[r.tensor]!.name}), ${r.ids.length} rows; the Ghost digest moves ${toHex(ghost.digest)} -> ${toHex(r.ghost.digest)}`);
+      }
+      return EXIT.OK;
+    },
+  },
+
+  inspect: {
+    summary: 'describe a model directory, a Ghost file or a proof file',
+    usage: 'ghost-tensor inspect PATH [--json]',
+    help: `Prints what PATH holds, human-readable (or --json): a model directory (its Ghost file,
+tensor files and served generation), a Ghost file (digest, tensors and roots, layers)
+or a proof file (kind, Ghost digest, layers, selected ids, revealed blocks, sizes).
+Describes only: \`ghost-tensor verify\` checks.
+
+Exit 0, or 3 when PATH cannot be read or is none of these.`,
+    options: { json: { type: 'boolean' } },
+    positionals: [1, 1],
+    run: async (v, [path]) => inspect(path!, v.json === true),
+  },
+
+  bench: {
+    summary: 'list the benchmarks in bench/, or run one',
+    usage: 'ghost-tensor bench [NAME [ARGS...]]',
+    help: `Without NAME, lists the benchmarks (bench/*.mjs in a checkout of the repository)
+with their npm scripts. With NAME, runs bench/NAME.mjs with ARGS and exits with its
+code; results go to bench/results/NAME.json (docs in each file's header).
+
+  ghost-tensor bench                  list
+  ghost-tensor bench serve --soak-seconds 60`,
+    options: {},
+    positionals: [0, Infinity as unknown as number],
+    run: async (_v, pos) => bench(pos),
+  },
+};
+
+class Rejected extends Error {
+  constructor(readonly inner: FormatError | ProofError) {
+    super(inner.message);
+  }
+}
+
+async function inspect(path: string, json: boolean): Promise<number> {
+  const print = (obj: unknown, lines: string[]): void => {
+    if (json) out(JSON.stringify(obj, null, 2));
+    else lines.forEach((l) => out(l));
+  };
+  if (statSync(path).isDirectory()) {
+    const ghostBytes = readBytes(join(path, 'ghost.bin'));
+    const g = await pinGhost(decodeGhost(ghostBytes));
+    const files = g.manifest.tensors.map((t, i) => {
+      const f = join(path, 'tensors', `${i}.gtt`);
+      return { name: t.name, file: `tensors/${i}.gtt`, bytes: existsSync(f) ? statSync(f).size : null, wal: existsSync(`${f}.wal`) ? statSync(`${f}.wal`).size : 0 };
+    });
+    let generation = 0;
+    const log = join(path, 'updates.bin');
+    if (existsSync(log)) {
+      const b = readFileSync(log);
+      for (let at = 0; at + 4 <= b.length; ) {
+        const n = b.readUInt32LE(at);
+        if (at + 4 + n > b.length) break;
+        generation++;
+        at += 4 + n;
+      }
+    }
+    print({ kind: 'model directory', path, digest: toHex(g.digest), generation, ghost: ghostToJSON(g.manifest), files }, [
+      `model directory ${path}`,
+      `  Ghost digest ${toHex(g.digest)} (generation ${generation}: update proofs in updates.bin)`,
+      ...describeGhost(g.manifest).map((l) => `  ${l}`),
+      ...files.map((f) => `  ${f.file}  ${f.name}  ${f.bytes === null ? 'MISSING' : `${f.bytes.toLocaleString('en-US')} bytes`}${f.wal ? `, log ${f.wal.toLocaleString('en-US')} bytes` : ''}`),
+    ]);
+    return EXIT.OK;
+  }
+  const bytes = readBytes(path);
+  if (startsWith(bytes, GHOST_MAGIC)) {
+    const g = await pinGhost(decodeGhost(bytes));
+    print({ kind: 'ghost file', digest: toHex(g.digest), bytes: bytes.length, ghost: ghostToJSON(g.manifest) }, [`Ghost file ${path} (${bytes.length} bytes)`, `  digest ${toHex(g.digest)}`, ...describeGhost(g.manifest).map((l) => `  ${l}`)]);
+    return EXIT.OK;
+  }
+  if (startsWith(bytes, PROOF_MAGIC)) {
+    const p = decodeProof(bytes);
+    if (p.kind === 'forward') {
+      const layers = p.layers.map((l, i) => ({
+        layer: p.firstLayer + i,
+        op: l.op,
+        stages: l.stages.map((s) => s.length),
+        blocks: l.blocks.map((b) => ({ tensor: b.tensor, dim: b.dim, rows: b.ids.length, all: b.all, full: b.kinds.filter((x) => x === 0).length, hashes: b.hashes.length / 32 })),
+        firstIds: l.stages[l.stages.length - 1]?.subarray(0, 8).join(',') ?? '',
+      }));
+      const inputDesc = p.input.kind === 'f32' ? `${p.input.rows} x ${p.input.cols} f32` : `${p.input.ids.length} ids`;
+      print({ kind: 'forward proof', bytes: bytes.length, ghost: toHex(p.ghost), firstLayer: p.firstLayer, input: inputDesc, layers, output: { rows: p.output.rows, cols: p.output.cols } }, [
+        `forward proof ${path} (${bytes.length.toLocaleString('en-US')} bytes; not verified: use ghost-tensor verify)`,
+        `  for Ghost digest ${toHex(p.ghost)}`,
+        `  input ${inputDesc}, output ${p.output.rows} x ${p.output.cols}: ${Array.from(p.output.data.subarray(0, Math.min(10, p.output.data.length)), (x) => x.toFixed(4)).join(' ')}${p.output.data.length > 10 ? ' ...' : ''}`,
+        ...layers.flatMap((l) => [
+          `  layer ${l.layer} (${l.op}): ${l.stages.length} stage(s) of ${l.stages.join(', ')} ids${l.firstIds ? `; last stage starts ${l.firstIds}` : ''}`,
+          ...l.blocks.map((b) => `    block of tensor ${b.tensor}: ${b.all ? 'all ' : ''}${b.rows} rows of ${b.dim} (${b.full} in full), multiproof of ${b.hashes} hashes`),
+        ]),
+      ]);
+    } else {
+      print({ kind: 'update proof', bytes: bytes.length, ghost: toHex(p.ghost), tensor: p.tensor, optimizer: p.optimizer, globalStep: p.globalStep, rows: p.block.ids.length, newRoot: toHex(p.newRoot) }, [
+        `update proof ${path} (${bytes.length.toLocaleString('en-US')} bytes; not verified: use ghost-tensor verify)`,
+        `  for Ghost digest ${toHex(p.ghost)}`,
+        `  tensor ${p.tensor}: ${p.block.ids.length} rows of ${p.block.dim}, ${p.optimizer.kind} lr ${p.optimizer.lr}, global step ${p.globalStep}`,
+        `  new root ${toHex(p.newRoot)}`,
+      ]);
+    }
+    return EXIT.OK;
+  }
+  throw new FormatError('BAD_MAGIC', `${path} is not a model directory, a Ghost file or a proof file`);
+}
+
+function describeGhost(m: ReturnType<typeof decodeGhost>): string[] {
+  return [
+    `format v${m.formatVersion}, ${m.hashScheme}, canonical arithmetic v${m.arithmetic}`,
+    `${m.tensors.length} tensor(s):`,
+    ...m.tensors.map((t, i) => `  [${i}] ${t.name}: ${t.n.toLocaleString('en-US')} x ${t.dim} ${t.dtype}, root ${toHex(t.root)}`),
+    `${m.layers.length} layer(s):`,
+    ...m.layers.map((l, i) =>
+      l.op === 'embedding'
+        ? `  [${i}] embedding: table ${l.table}, dim ${l.dim}`
+        : `  [${i}] hopfield: ${l.dIn} -> ${l.dOut}, k = ${l.k}, beta ${l.beta.toPrecision(5)}, ${l.similarity}${l.normalize ? ', normalized' : ''}, ${l.updateSteps} step(s), ${l.index.kind} index, keys ${l.keys.join('+')}, values ${l.values}`,
+    ),
+  ];
+}
+
+async function bench(pos: string[]): Promise<number> {
+  const dir = join(PACKAGE_ROOT, 'bench');
+  if (!existsSync(dir)) {
+    err('the benchmarks live in bench/ of a checkout of the repository; this installation has none');
+    return EXIT.IO;
+  }
+  const names = readdirSync(dir).filter((f) => f.endsWith('.mjs')).map((f) => f.slice(0, -4)).sort();
+  if (pos.length === 0) {
+    out('benchmarks (ghost-tensor bench NAME [ARGS...], or npm run bench:NAME):');
+    for (const n of names) {
+      const src = readFileSync(join(dir, `${n}.mjs`), 'utf8');
+      const first = /\/\*\*\s*\n\s*\*\s*(.+)/.exec(src)?.[1] ?? '';
+      out(`  ${n.padEnd(16)} ${first.length > 90 ? first.slice(0, 87) + '...' : first}`);
+    }
+    return EXIT.OK;
+  }
+  const [name, ...args] = pos;
+  if (!names.includes(name!)) throw new UsageError(`no benchmark ${name}; one of ${names.join(', ')}`);
+  const child = spawn(process.execPath, ['--expose-gc', join(dir, `${name}.mjs`), ...args], { stdio: 'inherit', cwd: PACKAGE_ROOT });
+  const fwd = (s: NodeJS.Signals): void => void child.kill(s);
+  process.on('SIGINT', fwd);
+  process.on('SIGTERM', fwd);
+  const code = await new Promise<number>((resolve) => child.on('exit', (c, s) => resolve(c ?? (s ? 128 + 15 : EXIT.INTERNAL))));
+  process.off('SIGINT', fwd);
+  process.off('SIGTERM', fwd);
+  return code;
+}
+
+// ------------------------------------------------------------------- entry
+
+function topHelp(): string {
+  const w = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  return [
+    'ghost-tensor: Sparsely Activated Tensors with Merkle commitments and Ghost proofs',
+    '',
+    'usage: ghost-tensor <command> [options]      ghost-tensor <command> --help',
+    '',
+    'commands:',
+    ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(w)}  ${c.summary}`),
+    '',
+    'exit codes: 0 ok, 1 proof rejected, 2 usage error, 3 file missing or malformed,',
+    '            4 server unreachable or refused, 5 internal error',
+    '',
+    'docs/cli.md has the details; `npm start` runs the demo.',
+  ].join('\n');
+}
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Runs the command line; resolves to the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    const sub = name === 'help' ? rest[0] : undefined;
+    if (sub !== undefined && COMMANDS[sub]) {
+      out(`usage: ${COMMANDS[sub].usage}\n\n${COMMANDS[sub].help}`);
+      return EXIT.OK;
+    }
+    out(topHelp());
+    return name === undefined ? EXIT.USAGE : EXIT.OK;
+  }
+  if (name === '--version' || name === '-v') {
+    out(version());
+    return EXIT.OK;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    err(`ghost-tensor: unknown command ${JSON.stringify(name)}\n\n${topHelp()}`);
+    return EXIT.USAGE;
+  }
+  try {
+    if (name === 'bench') {
+      if (rest[0] === '--help' || rest[0] === '-h') {
+        out(`usage: ${cmd.usage}\n\n${cmd.help}`);
+        return EXIT.OK;
+      }
+      return await cmd.run({}, [...rest]);
+    }
+    let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+    try {
+      parsed = parseArgs({ args: [...rest], options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true }) as typeof parsed;
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    if (parsed.values.help === true) {
+      out(`usage: ${cmd.usage}\n\n${cmd.help}`);
+      return EXIT.OK;
+    }
+    const [lo, hi] = cmd.positionals;
+    if (parsed.positionals.length < lo || parsed.positionals.length > hi) {
+      throw new UsageError(`${name} takes ${lo === hi ? lo : `${lo}..${hi}`} argument(s), got ${parsed.positionals.length}`);
+    }
+    return await cmd.run(parsed.values, parsed.positionals);
+  } catch (e) {
+    return report(name, e, cmd.usage);
+  }
+}
+
+function report(name: string, e: unknown, usage: string): number {
+  if (e instanceof UsageError) {
+    err(`ghost-tensor ${name}: ${e.message}\nusage: ${usage}\n(ghost-tensor ${name} --help for more)`);
+    return EXIT.USAGE;
+  }
+  if (e instanceof Rejected) {
+    err(`rejected: ${e.inner.reason}: ${e.inner.message.replace(/^[A-Z_]+: /, '')}`);
+    return EXIT.REJECTED;
+  }
+  if (e instanceof ProofError) {
+    err(`rejected: ${e.reason}: ${e.message.replace(/^[A-Z_]+: /, '')}`);
+    return EXIT.REJECTED;
+  }
+  if (e instanceof RemoteError) {
+    err(`ghost-tensor ${name}: ${e.status === 0 ? 'server unreachable' : `server refused (${e.status})`}: ${e.message}`);
+    return EXIT.REMOTE;
+  }
+  if (e instanceof FormatError || e instanceof StorageError) {
+    err(`ghost-tensor ${name}: ${e.message}`);
+    return EXIT.IO;
+  }
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
+    err(`ghost-tensor ${name}: ${(e as Error).message}`);
+    return EXIT.IO;
+  }
+  if (e instanceof GhostTensorError && e.code === 'ERR_GT_INVALID_ARGUMENT') {
+    err(`ghost-tensor ${name}: ${e.message}`);
+    return EXIT.USAGE;
+  }
+  err(`ghost-tensor ${name}: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  return EXIT.INTERNAL;
+}

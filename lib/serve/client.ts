@@ -1,0 +1,307 @@
+/**
+ * The verifying client of a prover service (docs/serving.md). It pins a Ghost file
+ * and accepts nothing it cannot verify: every forward answer must verify against the
+ * pinned Ghost file and be a proof of the very input sent; the pinned Ghost file
+ * moves only through update proofs it verified itself, one generation at a time.
+ * Uses fetch and the TypeScript verifier only (no addon).
+ */
+import { bytesEqual } from '../bytes.js';
+import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
+import { decodeProof, type ForwardProof, type UpdateProof } from '../proof-format.js';
+import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
+import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, toHex, type ForwardInput, type WireGrad } from './wire.js';
+
+/** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */
+const HISTORY = 64;
+
+export interface ProverClientOptions {
+  /** Bearer token for train(). */
+  token?: string;
+  /** Per-request timeout (default 30 s). */
+  timeoutMs?: number;
+  /** Largest response body accepted (default 256 MiB). */
+  maxResponseBytes?: number;
+  /** The generation of the pinned Ghost file when it is not the server's current one (to catch up from). */
+  generation?: number;
+}
+
+export interface ServedForward {
+  /** The verified output (rows x cols). */
+  output: Float32Array;
+  rows: number;
+  cols: number;
+  /** The generation of the Ghost file the proof verified against. */
+  generation: number;
+  /** The proof as received (docs/proof-format.md). */
+  proof: Uint8Array;
+}
+
+export interface ServedStep {
+  /** The generation after the step. */
+  generation: number;
+  /** The Ghost file after the step (pinned). */
+  ghost: PinnedGhost;
+  /** The verified update proofs, one per tensor entry, in order. */
+  proofs: Uint8Array[];
+}
+
+export class ProverClient {
+  readonly url: string;
+  readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number };
+  #ghost: PinnedGhost;
+  #generation: number;
+  /** The Ghost files of the recent generations this client verified (the current one included). */
+  readonly #history = new Map<number, PinnedGhost>();
+  /** Serialises the moves of the pinned Ghost file (sync, train) between concurrent calls. */
+  #lock: Promise<unknown> = Promise.resolve();
+
+  private constructor(url: string, ghost: PinnedGhost, generation: number, o: ProverClientOptions) {
+    this.url = url.replace(/\/+$/, '');
+    this.#ghost = ghost;
+    this.#generation = generation;
+    this.#history.set(generation, ghost);
+    this.#o = { timeoutMs: o.timeoutMs ?? 30_000, maxResponseBytes: o.maxResponseBytes ?? 256 * 2 ** 20, ...(o.token === undefined ? {} : { token: o.token }) };
+  }
+
+  /**
+   * Connects to a prover and pins a Ghost file: `pin` is its digest (32 bytes or 64 hex
+   * characters) or its bytes / a PinnedGhost. With a digest, the server's Ghost file at
+   * `options.generation` (default: its current one) must have that digest; the client
+   * then catches up to the current generation through verified update proofs.
+   * Throws ProofError GHOST_MISMATCH when the server serves another model.
+   */
+  static async connect(url: string, pin: Uint8Array | string | PinnedGhost, options: ProverClientOptions = {}): Promise<ProverClient> {
+    let ghost: PinnedGhost;
+    let generation: number;
+    const probe = new ProverClient(url, null as unknown as PinnedGhost, 0, options);
+    if (typeof pin === 'string' || (pin instanceof Uint8Array && pin.length === 32)) {
+      const digest = typeof pin === 'string' ? fromHex(pin) : pin;
+      if (digest.length !== 32) throw new InvalidArgumentError('a Ghost digest is 32 bytes (64 hex characters)');
+      const q = options.generation === undefined ? '' : `?generation=${options.generation}`;
+      const r = await probe.#request('GET', `/ghost${q}`);
+      ghost = await pinGhost(r.body);
+      if (!bytesEqual(ghost.digest, digest)) throw new ProofError('GHOST_MISMATCH', `the server's Ghost file has digest ${toHex(ghost.digest)}, not the pinned ${toHex(digest)}`);
+      generation = options.generation ?? r.generation;
+    } else {
+      ghost = pin instanceof Uint8Array ? await pinGhost(pin) : pin;
+      if (options.generation === undefined) {
+        const r = await probe.#request('GET', '/ghost');
+        if (!bytesEqual((await pinGhost(r.body)).digest, ghost.digest)) {
+          throw new ProofError('GHOST_MISMATCH', 'the pinned Ghost file is not the server\'s current one: pass options.generation to catch up from it');
+        }
+        generation = r.generation;
+      } else generation = options.generation;
+    }
+    const c = new ProverClient(url, ghost, generation, options);
+    await c.sync();
+    return c;
+  }
+
+  /** The pinned (verified) Ghost file. */
+  get ghost(): PinnedGhost {
+    return this.#ghost;
+  }
+  /** Its generation. */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /**
+   * Catches up with the server: fetches the update proofs from the pinned generation
+   * (up to `to`, default the server's current one), verifies each against the Ghost
+   * file before it, and pins the result. Returns the number of steps followed.
+   */
+  sync(to?: number): Promise<number> {
+    return this.#locked(() => this.#syncNow(to));
+  }
+
+  #locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(fn, fn);
+    this.#lock = run.catch(() => undefined);
+    return run;
+  }
+
+  async #syncNow(to?: number): Promise<number> {
+    if (to !== undefined && to <= this.#generation) return 0;
+    const r = await this.#request('GET', `/updates?from=${this.#generation}${to === undefined ? '' : `&to=${to}`}`);
+    const list = decodeProofList(r.body);
+    if (list.firstGeneration !== this.#generation) throw new ProofError('GHOST_MISMATCH', `the server sent updates from generation ${list.firstGeneration}; this client is at ${this.#generation}`);
+    if (to !== undefined && list.proofs.length !== to - this.#generation) throw new ProofError('GHOST_MISMATCH', `the server sent ${list.proofs.length} updates; ${to - this.#generation} were asked`);
+    for (const p of list.proofs) await this.#follow(p);
+    return list.proofs.length;
+  }
+
+  async #follow(proof: Uint8Array): Promise<void> {
+    const v = await verifyUpdate(this.#ghost, proof);
+    this.#ghost = v.ghost;
+    this.#generation++;
+    this.#history.set(this.#generation, v.ghost);
+    this.#history.delete(this.#generation - HISTORY);
+  }
+
+  /**
+   * Asks for the output of B inputs: a Float32Array of B x dIn values (a model with a
+   * HopfieldLookup first) or ids (an Embedding first). The answer must verify against
+   * the pinned Ghost file (after following any newer update proofs) and be a proof of
+   * this input; otherwise ProofError (FormatError for bytes that do not decode).
+   */
+  async forward(input: Float32Array | Uint32Array, options: { rows?: number } = {}): Promise<ServedForward> {
+    const req = this.#input(input, options.rows);
+    // The answer must be at least as new as the Ghost file pinned when asking (no replays).
+    const asked = this.#generation;
+    const r = await this.#request('POST', '/forward', encodeForwardRequest(req));
+    // Cheap checks first: the proof must be of this input.
+    const p = decodeProof(r.body);
+    if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
+    checkSameInput(p, req);
+    if (!bytesEqual(p.ghost, this.#ghost.digest) && r.generation > this.#generation) await this.sync();
+    let at = this.#generation;
+    for (let g = this.#generation; g >= asked; g--) {
+      const h = this.#history.get(g);
+      if (h && bytesEqual(h.digest, p.ghost)) {
+        at = g;
+        break;
+      }
+    }
+    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body);
+    return { output: v.output, rows: v.rows, cols: v.cols, generation: at, proof: r.body };
+  }
+
+  /**
+   * One training step (needs the token): the gradients of some rows of some tensors
+   * (tensor = its index in the Ghost file). Every update proof must verify against the
+   * Ghost file before it and reveal exactly these gradients (coalesced as the
+   * optimizer does); the pinned Ghost file then moves to the result.
+   */
+  async train(grads: readonly WireGrad[]): Promise<ServedStep> {
+    const g = this.#ghost.manifest;
+    for (const [i, e] of grads.entries()) {
+      const t = g.tensors[e.tensor];
+      if (!t) throw new InvalidArgumentError(`grads[${i}].tensor ${e.tensor} is not in the Ghost file`);
+      if (!(e.ids instanceof Uint32Array) || !(e.grads instanceof Float32Array) || e.grads.length !== e.ids.length * t.dim) {
+        throw new InvalidArgumentError(`grads[${i}] must hold ids (Uint32Array) and ids.length x ${t.dim} gradients (Float32Array)`);
+      }
+    }
+    const r = await this.#request('POST', '/train', encodeTrainRequest(grads), true);
+    const list = decodeProofList(r.body);
+    if (list.proofs.length !== grads.length) throw new ProofError('INPUT_MISMATCH', `${grads.length} entries were sent, ${list.proofs.length} update proofs came back`);
+    return this.#locked(async () => {
+      if (list.firstGeneration > this.#generation) await this.#syncNow(list.firstGeneration);
+      for (const [i, bytes] of list.proofs.entries()) {
+        const p = decodeProof(bytes);
+        if (p.kind !== 'update') throw new ProofError('WRONG_KIND', 'a training step answered with a forward proof');
+        checkSameGrads(p, grads[i]!, g.tensors[grads[i]!.tensor]!.dim);
+        const at = list.firstGeneration + i;
+        if (at === this.#generation) {
+          await this.#follow(bytes);
+          continue;
+        }
+        // Already followed through /updates (a concurrent call): it must be the same step.
+        const before = this.#history.get(at), after = this.#history.get(at + 1);
+        if (!before || !after) throw new ProofError('GHOST_MISMATCH', `the step at generation ${at} is older than this client's recent history`);
+        const v = await verifyUpdate(before, bytes);
+        if (!bytesEqual(v.ghost.digest, after.digest)) throw new ProofError('GHOST_MISMATCH', `the server answered generation ${at} with another step than /updates did`);
+      }
+      return { generation: list.firstGeneration + list.proofs.length, ghost: this.#history.get(list.firstGeneration + list.proofs.length) ?? this.#ghost, proofs: list.proofs };
+    });
+  }
+
+  #input(input: Float32Array | Uint32Array, rows: number | undefined): ForwardInput {
+    const l0 = this.#ghost.manifest.layers[0]!;
+    if (input instanceof Uint32Array) {
+      if (l0.op !== 'embedding') throw new InvalidArgumentError('this model takes f32 rows, not ids');
+      return { kind: 'ids', ids: input };
+    }
+    if (!(input instanceof Float32Array)) throw new InvalidArgumentError('input must be a Float32Array or a Uint32Array');
+    if (l0.op !== 'hopfield') throw new InvalidArgumentError('this model takes ids (an Embedding first)');
+    const cols = l0.dIn;
+    if (input.length === 0 || input.length % cols !== 0) throw new InvalidArgumentError(`input length ${input.length} must be a positive multiple of ${cols}`);
+    const B = input.length / cols;
+    if (rows !== undefined && rows !== B) throw new InvalidArgumentError(`rows = ${rows} but the input holds ${B}`);
+    return { kind: 'f32', rows: B, cols, data: input };
+  }
+
+  async #request(method: 'GET' | 'POST', path: string, body?: Uint8Array, auth = false): Promise<{ status: number; body: Uint8Array; generation: number }> {
+    const headers: Record<string, string> = {};
+    if (body) headers['Content-Type'] = 'application/octet-stream';
+    if (auth) {
+      if (this.#o.token === undefined) throw new InvalidArgumentError('train() needs a token (options.token)');
+      headers.Authorization = `Bearer ${this.#o.token}`;
+    }
+    let res: Response;
+    try {
+      res = await fetch(`${this.url}${path}`, { method, headers, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}), signal: AbortSignal.timeout(this.#o.timeoutMs) });
+    } catch (err) {
+      throw new RemoteError(0, 'UNREACHABLE', `${method} ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    const declared = Number(res.headers.get('content-length') ?? NaN);
+    if (declared > this.#o.maxResponseBytes) {
+      await res.body?.cancel();
+      throw new RemoteError(res.status, 'RESPONSE_TOO_LARGE', `${declared} bytes; the limit is ${this.#o.maxResponseBytes}`);
+    }
+    const bytes = await readLimited(res, this.#o.maxResponseBytes);
+    if (!res.ok) {
+      let reason = 'HTTP_ERROR', message = new TextDecoder().decode(bytes.subarray(0, 500));
+      try {
+        const j = JSON.parse(message) as { error?: unknown; message?: unknown };
+        if (typeof j.error === 'string') reason = j.error;
+        if (typeof j.message === 'string') message = j.message;
+      } catch {
+        // not JSON: keep the text
+      }
+      throw new RemoteError(res.status, reason, `${method} ${path} -> ${res.status}: ${message}`);
+    }
+    const gen = Number(res.headers.get('x-ghost-generation') ?? NaN);
+    return { status: res.status, body: bytes, generation: Number.isSafeInteger(gen) && gen >= 0 ? gen : -1 };
+  }
+}
+
+async function readLimited(res: Response, limit: number): Promise<Uint8Array> {
+  if (!res.body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    let r: ReadableStreamReadResult<Uint8Array>;
+    try {
+      r = await reader.read();
+    } catch (err) {
+      throw new RemoteError(res.status, 'UNREACHABLE', `the response broke off: ${(err as Error).message}`, { cause: err });
+    }
+    if (r.done) break;
+    size += r.value.length;
+    if (size > limit) {
+      await reader.cancel();
+      throw new RemoteError(res.status, 'RESPONSE_TOO_LARGE', `more than ${limit} bytes`);
+    }
+    chunks.push(r.value);
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+function u8(a: Float32Array | Uint32Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+function checkSameInput(p: ForwardProof, req: ForwardInput): void {
+  if (p.firstLayer !== 0) throw new ProofError('INPUT_MISMATCH', `the proof starts at layer ${p.firstLayer}, not at the model's input`);
+  const same =
+    p.input.kind === 'f32' && req.kind === 'f32'
+      ? p.input.rows === req.rows && p.input.cols === req.cols && bytesEqual(u8(p.input.data), u8(req.data))
+      : p.input.kind === 'ids' && req.kind === 'ids' && bytesEqual(u8(p.input.ids), u8(req.ids));
+  if (!same) throw new ProofError('INPUT_MISMATCH', 'the proof is of another input than the one sent');
+}
+
+function checkSameGrads(p: UpdateProof, g: WireGrad, dim: number): void {
+  const want = coalesce(g.ids, g.grads, dim);
+  if (p.tensor !== g.tensor || !bytesEqual(u8(p.block.ids), u8(want.ids)) || !bytesEqual(u8(p.grads), u8(want.grads))) {
+    throw new ProofError('INPUT_MISMATCH', `the update proof of tensor ${p.tensor} does not apply the gradients sent for tensor ${g.tensor}`);
+  }
+}
+

@@ -1,0 +1,645 @@
+/**
+ * A prover service over HTTP (node:http): serves one Model, answers forward requests
+ * with outputs and forward proofs, and, for callers with the bearer token, training
+ * steps with update proofs. docs/serving.md has the routes, the bodies and the
+ * guarantees; ProverClient (./client.ts) is the verifying client.
+ *
+ * Versioning: the Ghost file has a generation, the number of update proofs since the
+ * model directory was first served. Every update proof moves it by one; the server
+ * keeps the recent proofs (and the Ghost files between them) so a client pinned to
+ * an older generation follows the roots only through verified update proofs.
+ *
+ * Durability: a training step is acknowledged only after its update proofs are
+ * appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
+ * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. close()
+ * (and the CLI's SIGTERM handler) stops accepting, finishes every accepted request,
+ * then closes the tensor files (checkpoint, compact, clean mark).
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { open, readFile, rename, stat, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
+import { Model } from '../model.js';
+import { SparseAdam, SparseSGD, type AdamOptions, type SgdOptions } from '../optim.js';
+import { SparseTensor } from '../sparse-tensor.js';
+import { decodeProof } from '../proof-format.js';
+import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
+import { bytesEqual } from '../bytes.js';
+import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList, toHex } from './wire.js';
+
+export interface ProverServerOptions {
+  /** Interface to listen on. Default '127.0.0.1' (loopback only). */
+  host?: string;
+  /** Port; 0 (default) picks a free one. */
+  port?: number;
+  /** Bearer token that authorises POST /train. Without one, training is disabled (403). */
+  trainToken?: string;
+  /** The optimizer of training steps. Default { kind: 'adam', lr: 1e-3 }. */
+  optimizer?: ({ kind: 'adam' } & Omit<AdamOptions, 'replaceState'>) | ({ kind: 'sgd' } & Omit<SgdOptions, 'replaceState'>);
+  /** Largest request body accepted (413 beyond). Default 16 MiB. */
+  maxBodyBytes?: number;
+  /** Most inputs in one forward request (413 beyond). Default 256. */
+  maxBatch?: number;
+  /** Requests proved or trained at once. Default 2. */
+  maxConcurrent?: number;
+  /** Accepted requests waiting for a slot; beyond, 503 with Retry-After. Default 64. */
+  maxQueue?: number;
+  /** A request waiting longer than this for a slot gets 503. Default 30 s. */
+  queueTimeoutMs?: number;
+  /** Time to receive a whole request (headers and body); Node answers 408 beyond. Default 30 s. */
+  requestTimeoutMs?: number;
+  /** Update proofs (and Ghost files) kept for clients that catch up. Default 4096. */
+  keepUpdates?: number;
+  /** Worker threads for the product-key selection of proofs. */
+  threads?: number;
+  /** Called with each request's outcome (for logs). */
+  onLog?: (entry: { method: string; path: string; status: number; ms: number; reason?: string }) => void;
+}
+
+export interface ServerStats {
+  generation: number;
+  digest: string;
+  running: number;
+  queued: number;
+  served: { forward: number; train: number; rejected: number };
+}
+
+/** An HTTP failure: status, a reason token, a message. */
+class HttpError extends Error {
+  readonly status: number;
+  readonly reason: string;
+  readonly headers: Record<string, string>;
+  constructor(status: number, reason: string, message: string, headers: Record<string, string> = {}) {
+    super(message);
+    this.status = status;
+    this.reason = reason;
+    this.headers = headers;
+  }
+}
+
+const PROOF_TYPE = 'application/vnd.ghost-tensor.proof';
+const GHOST_TYPE = 'application/vnd.ghost-tensor.ghost';
+const LIST_TYPE = 'application/vnd.ghost-tensor.proof-list';
+
+/**
+ * Runs jobs with at most `max` at once; a writer runs alone. First come, first served:
+ * a waiting writer holds back the readers behind it. Bounded queue and wait.
+ */
+class Scheduler {
+  #running = 0;
+  #writer = false;
+  readonly #queue: { write: boolean; start: () => void }[] = [];
+  readonly #idle: (() => void)[] = [];
+  constructor(
+    readonly max: number,
+    readonly maxQueue: number,
+    readonly waitMs: number,
+  ) {}
+  get running(): number {
+    return this.#running;
+  }
+  get queued(): number {
+    return this.#queue.length;
+  }
+  #canStart(write: boolean): boolean {
+    return write ? this.#running === 0 : !this.#writer && this.#running < this.max;
+  }
+  async run<T>(write: boolean, fn: () => Promise<T>): Promise<T> {
+    if (this.#queue.length > 0 || !this.#canStart(write)) {
+      if (this.#queue.length >= this.maxQueue) throw new HttpError(503, 'BUSY', `${this.#running} requests running and ${this.#queue.length} waiting`, { 'Retry-After': '1' });
+      await new Promise<void>((resolve, reject) => {
+        const entry = {
+          write,
+          start: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        };
+        const timer = setTimeout(() => {
+          const i = this.#queue.indexOf(entry);
+          if (i >= 0) this.#queue.splice(i, 1);
+          reject(new HttpError(503, 'BUSY', `waited ${this.waitMs} ms for a slot`, { 'Retry-After': '1' }));
+          this.#pump();
+        }, this.waitMs);
+        this.#queue.push(entry);
+      });
+    } else {
+      this.#enter(write);
+    }
+    try {
+      return await fn();
+    } finally {
+      this.#running--;
+      if (write) this.#writer = false;
+      this.#pump();
+    }
+  }
+  #enter(write: boolean): void {
+    this.#running++;
+    if (write) this.#writer = true;
+  }
+  #pump(): void {
+    while (this.#queue.length > 0 && this.#canStart(this.#queue[0]!.write)) {
+      const e = this.#queue.shift()!;
+      this.#enter(e.write);
+      e.start();
+    }
+    if (this.#running === 0 && this.#queue.length === 0) for (const f of this.#idle.splice(0)) f();
+  }
+  /** Resolves once nothing runs or waits. */
+  idle(): Promise<void> {
+    if (this.#running === 0 && this.#queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+}
+
+/** sha256 of both, then a constant-time comparison (lengths do not leak either). */
+function tokenMatches(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+async function writeSynced(path: string, bytes: Uint8Array, flags = 'w'): Promise<void> {
+  const fh = await open(path, flags);
+  try {
+    await fh.writeFile(bytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function syncDir(path: string): Promise<void> {
+  if (process.platform === 'win32') return;
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether every tensor file of the directory has the root the Ghost file gives it. */
+async function rootsMatch(dir: string, g: PinnedGhost): Promise<boolean> {
+  for (const [i, gt] of g.manifest.tensors.entries()) {
+    const t = await SparseTensor.openFile(join(dir, 'tensors', `${i}.gtt`), { readOnly: true });
+    try {
+      if (!bytesEqual(t.root(), gt.root)) return false;
+    } finally {
+      t.close();
+    }
+  }
+  return true;
+}
+
+/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
+async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  const tmp = join(dir, `${name}.tmp-${process.pid}`);
+  await writeSynced(tmp, bytes);
+  await rename(tmp, join(dir, name));
+  await syncDir(dir);
+}
+
+/** Records of updates.bin: u32 length + proof bytes each; a torn last record is cut off. */
+async function readUpdateLog(path: string): Promise<{ proofs: Uint8Array[]; validBytes: number; fileBytes: number }> {
+  let buf: Uint8Array;
+  try {
+    buf = new Uint8Array(await readFile(path));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { proofs: [], validBytes: 0, fileBytes: 0 };
+    throw err;
+  }
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const proofs: Uint8Array[] = [];
+  let at = 0;
+  while (at + 4 <= buf.length) {
+    const n = dv.getUint32(at, true);
+    if (at + 4 + n > buf.length) break;
+    proofs.push(buf.slice(at + 4, at + 4 + n));
+    at += 4 + n;
+  }
+  return { proofs, validBytes: at, fileBytes: buf.length };
+}
+
+export class ProverServer {
+  readonly model: Model;
+  /** The model directory (null: an in-memory model, nothing persisted). */
+  readonly dir: string | null;
+  readonly #o: Required<Omit<ProverServerOptions, 'trainToken' | 'threads' | 'onLog' | 'optimizer'>> & Pick<ProverServerOptions, 'trainToken' | 'threads' | 'onLog'>;
+  readonly #optimizer: SparseAdam | SparseSGD | null;
+  readonly #ownsModel: boolean;
+  readonly #sched: Scheduler;
+  #server: Server | null = null;
+  #ghost: PinnedGhost;
+  /** Generation of #ghost. */
+  #generation: number;
+  /** Kept update proofs: #updates[i] moves generation #firstKept + i to + 1; #ghosts[i] is the Ghost file at #firstKept + i. */
+  #updates: Uint8Array[] = [];
+  #ghosts: (PinnedGhost | null)[] = [];
+  #firstKept: number;
+  #closing: Promise<void> | null = null;
+  #inflight = 0;
+  readonly #drained: (() => void)[] = [];
+  readonly #served = { forward: 0, train: 0, rejected: 0 };
+
+  private constructor(model: Model, ghost: PinnedGhost, dir: string | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
+    const int = (name: string, v: number | undefined, def: number, lo: number, hi: number): number => {
+      const x = v ?? def;
+      if (!Number.isInteger(x) || x < lo || x > hi) throw new OutOfRangeError(`${name} must be an integer in ${lo}..${hi}, got ${String(v)}`);
+      return x;
+    };
+    this.#o = {
+      host: options.host ?? '127.0.0.1',
+      port: int('port', options.port, 0, 0, 65535),
+      maxBodyBytes: int('maxBodyBytes', options.maxBodyBytes, 16 * 2 ** 20, 1, 2 ** 30),
+      maxBatch: int('maxBatch', options.maxBatch, 256, 1, 2 ** 20),
+      maxConcurrent: int('maxConcurrent', options.maxConcurrent, 2, 1, 1024),
+      maxQueue: int('maxQueue', options.maxQueue, 64, 0, 2 ** 20),
+      queueTimeoutMs: int('queueTimeoutMs', options.queueTimeoutMs, 30_000, 1, 2 ** 31 - 1),
+      requestTimeoutMs: int('requestTimeoutMs', options.requestTimeoutMs, 30_000, 1, 2 ** 31 - 1),
+      keepUpdates: int('keepUpdates', options.keepUpdates, 4096, 0, 2 ** 24),
+      ...(options.trainToken === undefined ? {} : { trainToken: options.trainToken }),
+      ...(options.threads === undefined ? {} : { threads: options.threads }),
+      ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
+    };
+    if (options.trainToken !== undefined && (typeof options.trainToken !== 'string' || options.trainToken.length < 8)) {
+      throw new InvalidArgumentError('trainToken must be a string of at least 8 characters');
+    }
+    this.model = model;
+    this.dir = dir;
+    this.#ghost = ghost;
+    this.#generation = generation;
+    this.#firstKept = generation;
+    this.#ownsModel = ownsModel;
+    this.#sched = new Scheduler(this.#o.maxConcurrent, this.#o.maxQueue, this.#o.queueTimeoutMs);
+    if (options.trainToken === undefined) this.#optimizer = null;
+    else {
+      const opt = options.optimizer ?? { kind: 'adam' as const, lr: 1e-3 };
+      const { kind, ...rest } = opt;
+      this.#optimizer = kind === 'sgd' ? new SparseSGD([...model.tensors], rest as SgdOptions) : new SparseAdam([...model.tensors], rest as AdamOptions);
+    }
+  }
+
+  /**
+   * Serves an in-memory model (nothing is persisted; generation starts at 0). The
+   * caller keeps ownership: close() does not close it. With a trainToken the server
+   * attaches its optimizer to every tensor of the model.
+   */
+  static async fromModel(model: Model, options: ProverServerOptions = {}): Promise<ProverServer> {
+    if (!(model instanceof Model)) throw new InvalidArgumentError('model must be a Model');
+    return new ProverServer(model, await model.ghost(), null, 0, options, false);
+  }
+
+  /**
+   * Serves a model directory written by Model.save (with `optimizerState: true` the
+   * optimizer state lives in the tensor files and survives restarts). Its tensor files
+   * are checked against ghost.bin; the generation is the number of update proofs in
+   * `updates.bin` (0 for a fresh directory). Read-only without a trainToken.
+   */
+  static async open(dir: string, options: ProverServerOptions = {}): Promise<ProverServer> {
+    const writable = options.trainToken !== undefined;
+    const logPath = join(dir, 'updates.bin'), g0Path = join(dir, 'ghost-0.bin');
+    const log = await readUpdateLog(logPath);
+    if (log.validBytes < log.fileBytes && writable) await truncate(logPath, log.validBytes);
+    let proofs = log.proofs;
+    // history[g]: the Ghost file at generation g, replayed from ghost-0.bin (every step must verify).
+    let history: PinnedGhost[] | null = null;
+    if (proofs.length > 0 && (await exists(g0Path))) {
+      history = [await pinGhost(new Uint8Array(await readFile(g0Path)))];
+      for (const p of proofs) history.push((await verifyUpdate(history[history.length - 1]!, p)).ghost);
+      const onDisk = await pinGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin'))));
+      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
+        // Stopped while persisting a step (after the log, before ghost.bin): the tensor files hold
+        // the Ghost file of some generation between ghost.bin's and the log's end. Nothing after
+        // ghost.bin's generation was acknowledged; resume at the generation the files hold.
+        const from = history.findIndex((h) => bytesEqual(h.digest, onDisk.digest));
+        if (from < 0) throw new FormatError('NON_CANONICAL', `${dir}: ghost.bin (${toHex(onDisk.digest)}) is not on the path of updates.bin from ghost-0.bin`);
+        let at = -1;
+        for (let g = proofs.length; g >= from && at < 0; g--) if (await rootsMatch(dir, history[g]!)) at = g;
+        if (at < 0) throw new FormatError('NON_CANONICAL', `${dir}: the tensor files hold none of the Ghost files of generations ${from}..${proofs.length}`);
+        if (!writable) throw new FormatError('NON_CANONICAL', `${dir}: interrupted while saving generation ${at}; open it with training enabled once to repair it`);
+        await replaceFile(dir, 'ghost.bin', history[at]!.bytes);
+        await truncate(logPath, proofs.slice(0, at).reduce((n, p) => n + 4 + p.length, 0));
+        proofs = proofs.slice(0, at);
+        history = history.slice(0, at + 1);
+      }
+    }
+    const { model, ghost } = await Model.load(dir, { readOnly: !writable });
+    try {
+      if (proofs.length === 0) {
+        // The history starts here: keep its first Ghost file, to name every later one.
+        if (writable) await replaceFile(dir, 'ghost-0.bin', ghost.bytes);
+      } else if (!history) {
+        // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
+        const last = decodeProof(proofs[proofs.length - 1]!);
+        const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
+        if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
+          throw new FormatError('NON_CANONICAL', `${dir}: updates.bin ends with a step that ghost.bin does not hold`);
+        }
+      }
+      const s = new ProverServer(model, ghost, dir, proofs.length, options, true);
+      // The recent proofs (and the Ghost files before them, when known) for clients that catch up.
+      const keep = Math.min(proofs.length, s.#o.keepUpdates);
+      s.#updates = proofs.slice(proofs.length - keep);
+      s.#ghosts = history ? history.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
+      s.#firstKept = proofs.length - keep;
+      return s;
+    } catch (err) {
+      model.close();
+      throw err;
+    }
+  }
+
+  /** Starts listening; resolves with the base URL (http://host:port). */
+  async listen(): Promise<string> {
+    if (this.#server) throw new InvalidArgumentError('already listening');
+    const server = createServer(
+      {
+        requestTimeout: this.#o.requestTimeoutMs,
+        headersTimeout: Math.min(this.#o.requestTimeoutMs, 10_000),
+        keepAliveTimeout: 5_000,
+        // How often Node checks those timeouts (its default, 30 s, would let a slow client hold a slot that long).
+        connectionsCheckingInterval: Math.max(100, Math.min(1_000, this.#o.requestTimeoutMs / 4)),
+      }, (req, res) => {
+      void this.#handle(req, res);
+    });
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.#o.port, this.#o.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return this.url;
+  }
+
+  get url(): string {
+    const a = this.#server?.address() as AddressInfo | null | undefined;
+    if (!a) throw new InvalidArgumentError('not listening');
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return `http://${host}:${a.port}`;
+  }
+  get port(): number {
+    return (this.#server?.address() as AddressInfo).port;
+  }
+  get generation(): number {
+    return this.#generation;
+  }
+  get ghost(): PinnedGhost {
+    return this.#ghost;
+  }
+  get stats(): ServerStats {
+    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, served: { ...this.#served } };
+  }
+
+  /**
+   * Graceful shutdown: stops accepting connections and requests (503 SHUTTING_DOWN on
+   * open keep-alive connections), finishes every accepted request (training steps
+   * included: each is durable before it is answered), then closes the model's tensor
+   * files when the server opened them. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#shutdown();
+    return this.#closing;
+  }
+
+  async #shutdown(): Promise<void> {
+    const server = this.#server;
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    server?.closeIdleConnections();
+    if (this.#inflight > 0) await new Promise<void>((resolve) => this.#drained.push(resolve));
+    await this.#sched.idle();
+    server?.closeIdleConnections();
+    // A connection still open now has no request in flight (a half-sent one): end it.
+    const force = setTimeout(() => server?.closeAllConnections(), 1_000);
+    await closed;
+    clearTimeout(force);
+    if (this.#ownsModel) this.model.close();
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t0 = performance.now();
+    const path = (req.url ?? '/').split('?')[0]!;
+    this.#inflight++;
+    let status = 500;
+    let reason: string | undefined;
+    try {
+      if (this.#closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down', { Connection: 'close', 'Retry-After': '1' });
+      status = await this.#route(req, res, path);
+    } catch (err) {
+      const e = toHttpError(err);
+      status = e.status;
+      reason = e.reason;
+      this.#served.rejected++;
+      if (!res.headersSent) {
+        const body = JSON.stringify({ error: e.reason, message: e.message });
+        // A body we did not read: close the connection rather than drain it.
+        const unread = !req.complete;
+        res.writeHead(e.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), ...(unread ? { Connection: 'close' } : {}), ...e.headers });
+        res.end(body);
+        if (unread) res.once('finish', () => req.destroy());
+      } else {
+        res.destroy();
+      }
+    } finally {
+      this.#o.onLog?.({ method: req.method ?? '?', path, status, ms: performance.now() - t0, ...(reason === undefined ? {} : { reason }) });
+      if (--this.#inflight === 0) for (const f of this.#drained.splice(0)) f();
+    }
+  }
+
+  async #route(req: IncomingMessage, res: ServerResponse, path: string): Promise<number> {
+    const method = req.method ?? 'GET';
+    const allow = (m: string): void => {
+      if (method !== m) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${path} takes ${m}`, { Allow: m });
+    };
+    const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
+    switch (path) {
+      case '/ghost': {
+        allow('GET');
+        const g = query.get('generation');
+        const at = g === null ? this.#generation : parseGeneration(g);
+        const ghost = this.#ghostAt(at);
+        return this.#send(res, 200, GHOST_TYPE, ghost.bytes, at, ghost);
+      }
+      case '/updates': {
+        allow('GET');
+        const from = parseGeneration(query.get('from') ?? '');
+        const toParam = query.get('to');
+        const to = toParam === null ? this.#generation : parseGeneration(toParam);
+        if (from > to || to > this.#generation) throw new HttpError(400, 'BAD_GENERATION', `from ${from} to ${to}: the server is at generation ${this.#generation}`);
+        if (from < this.#firstKept) throw new HttpError(410, 'GONE', `update proofs before generation ${this.#firstKept} are not kept; pin a newer Ghost file`);
+        const proofs = this.#updates.slice(from - this.#firstKept, to - this.#firstKept);
+        return this.#send(res, 200, LIST_TYPE, encodeProofList(from, proofs), this.#generation, this.#ghost);
+      }
+      case '/health': {
+        allow('GET');
+        const body = Buffer.from(JSON.stringify(this.stats));
+        res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
+        res.end(body);
+        return 200;
+      }
+      case '/forward': {
+        allow('POST');
+        const body = await this.#readBody(req);
+        const input = decodeForwardRequest(body);
+        const B = batchOf(input);
+        if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
+        this.#checkInput(input);
+        const out = await this.#sched.run(false, async () => {
+          const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, this.#o.threads === undefined ? {} : { threads: this.#o.threads });
+          return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
+        });
+        this.#served.forward++;
+        return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost);
+      }
+      case '/train': {
+        allow('POST');
+        if (!this.#optimizer || this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
+        const auth = req.headers.authorization ?? '';
+        const m = /^Bearer (.+)$/.exec(auth);
+        if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
+        const body = await this.#readBody(req);
+        const grads = decodeTrainRequest(body, this.#ghost.manifest);
+        const out = await this.#sched.run(true, () => this.#train(grads));
+        this.#served.train++;
+        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost);
+      }
+      default:
+        throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
+    }
+  }
+
+  #ghostAt(generation: number): PinnedGhost {
+    if (generation === this.#generation) return this.#ghost;
+    if (generation > this.#generation) throw new HttpError(400, 'BAD_GENERATION', `generation ${generation} is ahead of the server's ${this.#generation}`);
+    const g = this.#ghosts[generation - this.#firstKept];
+    if (!g) throw new HttpError(410, 'GONE', `the Ghost file of generation ${generation} is not kept`);
+    return g;
+  }
+
+  #checkInput(input: ReturnType<typeof decodeForwardRequest>): void {
+    const l0 = this.#ghost.manifest.layers[0]!;
+    if (l0.op === 'embedding') {
+      if (input.kind !== 'ids') throw new HttpError(400, 'BAD_INPUT', 'this model takes ids (an Embedding first)');
+      const n = this.#ghost.manifest.tensors[l0.table]!.n;
+      for (const id of input.ids) if (id >= n) throw new HttpError(400, 'BAD_INPUT', `id ${id} >= N = ${n}`);
+    } else {
+      if (input.kind !== 'f32') throw new HttpError(400, 'BAD_INPUT', 'this model takes f32 rows');
+      if (input.cols !== l0.dIn) throw new HttpError(400, 'BAD_INPUT', `rows of ${input.cols} values; this model takes ${l0.dIn}`);
+    }
+  }
+
+  /** One training step, entry by entry (each entry's proof is logged as soon as it is taken), then made durable. */
+  async #train(grads: ReturnType<typeof decodeTrainRequest>): Promise<{ from: number; proofs: Uint8Array[] }> {
+    const from = this.#generation;
+    const proofs: Uint8Array[] = [];
+    let failure: unknown = null;
+    for (const g of grads) {
+      try {
+        const [p] = await this.model.proveStep(this.#optimizer!, [{ tensor: this.model.tensors[g.tensor]!, ids: g.ids, grads: g.grads }]);
+        proofs.push(p!.bytes);
+        this.#remember(p!.bytes, await pinGhost(this.model.manifest()));
+      } catch (err) {
+        failure = err;
+        break;
+      }
+    }
+    if (proofs.length > 0) await this.#persist(proofs, grads.slice(0, proofs.length).map((g) => g.tensor));
+    if (failure) {
+      // Entries before the failed one were taken and logged: clients follow them through /updates.
+      const e = toHttpError(failure);
+      throw new HttpError(e.status, e.reason, `${e.message}${proofs.length > 0 ? ` (after ${proofs.length} entries were taken: generation ${this.#generation})` : ''}`);
+    }
+    return { from, proofs };
+  }
+
+  #remember(proof: Uint8Array, next: PinnedGhost): void {
+    this.#ghosts.push(this.#ghost);
+    this.#updates.push(proof);
+    this.#ghost = next;
+    this.#generation++;
+    const extra = this.#updates.length - this.#o.keepUpdates;
+    if (extra > 0) {
+      this.#updates.splice(0, extra);
+      this.#ghosts.splice(0, extra);
+      this.#firstKept += extra;
+    }
+  }
+
+  async #persist(proofs: Uint8Array[], tensors: number[]): Promise<void> {
+    if (!this.dir) return;
+    const framed = new Uint8Array(proofs.reduce((n, p) => n + 4 + p.length, 0));
+    const dv = new DataView(framed.buffer);
+    let at = 0;
+    for (const p of proofs) {
+      dv.setUint32(at, p.length, true);
+      framed.set(p, at + 4);
+      at += 4 + p.length;
+    }
+    await writeSynced(join(this.dir, 'updates.bin'), framed, 'a');
+    for (const ti of new Set(tensors)) {
+      const t = this.model.tensors[ti]!;
+      if (t.file) await t.checkpointAsync();
+    }
+    await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
+  }
+
+  async #readBody(req: IncomingMessage): Promise<Uint8Array> {
+    const limit = this.#o.maxBodyBytes;
+    const declared = Number(req.headers['content-length'] ?? NaN);
+    if (declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `${declared} bytes; the limit is ${limit}`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `more than ${limit} bytes`);
+      chunks.push(chunk as Buffer);
+    }
+    const buf = Buffer.concat(chunks, size);
+    return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  #send(res: ServerResponse, status: number, type: string, body: Uint8Array, generation: number, ghost: PinnedGhost): number {
+    res.writeHead(status, {
+      'Content-Type': type,
+      'Content-Length': body.length,
+      'X-Ghost-Generation': String(generation),
+      'X-Ghost-Digest': toHex(ghost.digest),
+      ...(this.#closing ? { Connection: 'close' } : {}),
+    });
+    res.end(body);
+    return status;
+  }
+}
+
+function parseGeneration(s: string): number {
+  if (!/^\d{1,15}$/.test(s)) throw new HttpError(400, 'BAD_GENERATION', `generation must be a non-negative integer, got ${JSON.stringify(s.slice(0, 20))}`);
+  return Number(s);
+}
+
+function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err;
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || (err instanceof Error && err.message === 'aborted')) {
+    return new HttpError(400, 'ABORTED', 'the client closed the connection before the body ended');
+  }
+  if (err instanceof FormatError) return new HttpError(400, 'BAD_BODY', err.message);
+  if (err instanceof InvalidArgumentError || err instanceof OutOfRangeError) return new HttpError(400, 'BAD_INPUT', err.message);
+  if (err instanceof NonFiniteError) return new HttpError(422, 'NON_FINITE', err.message);
+  if (err instanceof GhostTensorError) return new HttpError(500, 'INTERNAL', `${err.code}: ${err.message}`);
+  return new HttpError(500, 'INTERNAL', err instanceof Error ? err.message : String(err));
+}

@@ -1,0 +1,157 @@
+/**
+ * The binary bodies of the prover service (docs/serving.md). All integers
+ * little-endian, floats IEEE 754 little-endian, as in docs/proof-format.md; proofs
+ * travel in their own encoding (encodeProof). Loads no addon: the client uses it too.
+ */
+import { ByteReader, ByteWriter, checkFiniteF32 } from '../bytes.js';
+import { FormatError, InvalidArgumentError } from '../errors.js';
+import type { GhostManifest } from '../ghost-file.js';
+
+/** What one forward request asks: B rows of f32 (a HopfieldLookup first) or B ids (an Embedding first). */
+export type ForwardInput = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
+
+/** The gradient of some rows of one tensor of the served model (tensor: its index in the Ghost file). */
+export interface WireGrad {
+  tensor: number;
+  ids: Uint32Array;
+  /** ids.length x the tensor's dim. */
+  grads: Float32Array;
+}
+
+export const WIRE_LIMITS = {
+  /** Entries (tensors) in one training request. */
+  gradEntries: 4096,
+  /** Rows of one entry. */
+  gradRows: 2 ** 24,
+  /** Proofs in one training or updates response. */
+  proofs: 2 ** 20,
+} as const;
+
+/** Forward request: u8 kind (1 f32 rows: u32 rows, u32 cols, rows x cols f32; 2 ids: u32 count, count u32), nothing after. */
+export function encodeForwardRequest(input: ForwardInput): Uint8Array {
+  const w = new ByteWriter();
+  if (input.kind === 'f32') {
+    if (input.data.length !== input.rows * input.cols) throw new InvalidArgumentError(`input data has ${input.data.length} values, rows x cols = ${input.rows * input.cols}`);
+    w.u8(1).u32(input.rows).u32(input.cols).f32s(input.data);
+  } else {
+    w.u8(2).u32(input.ids.length).u32s(input.ids);
+  }
+  return w.finish();
+}
+
+export function decodeForwardRequest(bytes: Uint8Array): ForwardInput {
+  const r = new ByteReader(bytes, 'forward request');
+  const kind = r.u8('input kind');
+  let out: ForwardInput;
+  if (kind === 1) {
+    const rows = r.u32('rows'), cols = r.u32('cols');
+    if (rows === 0 || cols === 0) throw new FormatError('BAD_VALUE', 'forward request: rows and cols must be at least 1');
+    r.need(rows * cols * 4, 'input values');
+    const data = r.f32s(rows * cols, 'input values');
+    checkFiniteF32(data, 'forward request: input values');
+    out = { kind: 'f32', rows, cols, data };
+  } else if (kind === 2) {
+    const count = r.u32('id count');
+    if (count === 0) throw new FormatError('BAD_VALUE', 'forward request: no ids');
+    r.need(count * 4, 'ids');
+    out = { kind: 'ids', ids: r.u32s(count, 'ids') };
+  } else {
+    throw new FormatError('BAD_VALUE', `forward request: unknown input kind ${kind}`);
+  }
+  r.end();
+  return out;
+}
+
+/** Inputs in a forward request (its batch size B). */
+export function batchOf(input: ForwardInput): number {
+  return input.kind === 'f32' ? input.rows : input.ids.length;
+}
+
+/**
+ * Training request: u32 entry count E (1..4096), then per entry u32 tensor index,
+ * u32 row count c (1..2^24), c u32 ids, c x dim f32 gradients (dim: the tensor's in
+ * the Ghost file).
+ */
+export function encodeTrainRequest(grads: readonly WireGrad[]): Uint8Array {
+  const w = new ByteWriter();
+  w.u32(grads.length);
+  for (const g of grads) w.u32(g.tensor).u32(g.ids.length).u32s(g.ids).f32s(g.grads);
+  return w.finish();
+}
+
+export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): WireGrad[] {
+  const r = new ByteReader(bytes, 'training request');
+  const count = r.u32('entry count');
+  if (count < 1 || count > WIRE_LIMITS.gradEntries) throw new FormatError('LIMIT', `training request: ${count} entries (1..${WIRE_LIMITS.gradEntries})`);
+  const out: WireGrad[] = [];
+  const seen = new Set<number>();
+  for (let e = 0; e < count; e++) {
+    const tensor = r.u32('tensor index');
+    const t = ghost.tensors[tensor];
+    if (!t) throw new FormatError('BAD_VALUE', `training request: entry ${e} names tensor ${tensor}; the model has ${ghost.tensors.length}`);
+    if (seen.has(tensor)) throw new FormatError('BAD_VALUE', `training request: tensor ${tensor} appears twice; concatenate its rows`);
+    seen.add(tensor);
+    const c = r.u32('row count');
+    if (c < 1 || c > WIRE_LIMITS.gradRows) throw new FormatError('LIMIT', `training request: entry ${e} has ${c} rows (1..${WIRE_LIMITS.gradRows})`);
+    r.need(c * 4 + c * t.dim * 4, 'ids and gradients');
+    const ids = r.u32s(c, 'ids');
+    for (const id of ids) if (id >= t.n) throw new FormatError('BAD_VALUE', `training request: entry ${e}: id ${id} >= N = ${t.n} of ${t.name}`);
+    const grads = r.f32s(c * t.dim, 'gradients');
+    checkFiniteF32(grads, `training request: entry ${e} gradients`);
+    out.push({ tensor, ids, grads });
+  }
+  r.end();
+  return out;
+}
+
+/** A list of proofs: u64 first generation, u32 count, count x (u32 length, proof bytes). */
+export function encodeProofList(firstGeneration: number, proofs: readonly Uint8Array[]): Uint8Array {
+  const w = new ByteWriter();
+  w.u64(firstGeneration).u32(proofs.length);
+  for (const p of proofs) w.u32(p.length).bytes(p);
+  return w.finish();
+}
+
+export function decodeProofList(bytes: Uint8Array): { firstGeneration: number; proofs: Uint8Array[] } {
+  const r = new ByteReader(bytes, 'proof list');
+  const firstGeneration = r.u64('first generation');
+  const count = r.u32('proof count');
+  if (count > WIRE_LIMITS.proofs) throw new FormatError('LIMIT', `proof list: ${count} proofs`);
+  const proofs: Uint8Array[] = [];
+  for (let i = 0; i < count; i++) {
+    const n = r.u32('proof length');
+    r.need(n, 'proof');
+    proofs.push(r.bytes(n, 'proof'));
+  }
+  r.end();
+  return { firstGeneration, proofs };
+}
+
+/**
+ * The gradient entry as the optimizer coalesces it (and an update proof reveals it):
+ * sorted unique ids, repeated rows summed in f32 in order of appearance.
+ */
+export function coalesce(ids: Uint32Array, grads: Float32Array, dim: number): { ids: Uint32Array; grads: Float32Array } {
+  const u = Uint32Array.from(new Set(ids)).sort();
+  const at = new Map<number, number>();
+  u.forEach((id, i) => at.set(id, i));
+  const sum = new Float32Array(u.length * dim);
+  for (let i = 0; i < ids.length; i++) {
+    const o = at.get(ids[i]!)! * dim;
+    for (let j = 0; j < dim; j++) sum[o + j] = sum[o + j]! + grads[i * dim + j]!;
+  }
+  return { ids: u, grads: sum };
+}
+
+/** Lower-case hex of bytes. */
+export function toHex(b: Uint8Array): string {
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/** Bytes of a hex string (even length, [0-9a-fA-F]); throws InvalidArgumentError otherwise. */
+export function fromHex(s: string): Uint8Array {
+  if (!/^(?:[0-9a-fA-F]{2})*$/.test(s)) throw new InvalidArgumentError('not a hex string');
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
