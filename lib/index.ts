@@ -46,3 +46,5 @@ export {
   verifyUpdate,
 } from './verify.js';
 export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate } from './verify.js';
+export { ProverClient, ProverServer } from './serve/index.js';
+export type { ForwardInput, ProverClientOptions, ProverServerOptions, ServedForward, ServedStep, ServerStats, WireGrad } from './serve/index.js';

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cp -r binding.gyp native lib test docs examples scripts package.json tsconfig.json tsconfig.build.json vitest.config.ts "$tmp/"
+cp -r binding.gyp native lib test docs examples scripts bench bin data package.json tsconfig.json tsconfig.build.json vitest.config.ts "$tmp/"
 ln -s "$root/node_modules" "$tmp/node_modules"
 cd "$tmp"
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer"
