@@ -7,7 +7,8 @@
  * natively here and in TypeScript by the verifier), so prove() returns that output;
  * forward() is the fast f32 path and may differ from it in the last bits.
  */
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { exists, syncDir, writeSynced } from './durable-fs.js';
 import { join } from 'node:path';
 
 import { allIds, checkFloat32Array, toIds } from './args.js';
@@ -437,7 +438,7 @@ export class Model {
       for (const [i, t] of this.tensors.entries()) {
         await t.saveFile(join(tmp, 'tensors', `${i}.gtt`), { optimizerState: options.optimizerState === true });
       }
-      await writeSynced(join(tmp, 'ghost.bin'), ghost.bytes);
+      await writeSynced(join(tmp, 'ghost.bin'), ghost.bytes, 'wx');
       await syncDir(join(tmp, 'tensors'));
       await syncDir(tmp);
       await rename(tmp, dir);
@@ -507,34 +508,5 @@ export class Model {
     const again = await model.ghost();
     if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
     return { model, ghost };
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
-  const fh = await open(path, 'wx');
-  try {
-    await fh.writeFile(bytes);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-async function syncDir(path: string): Promise<void> {
-  if (process.platform === 'win32') return; // directories cannot be opened for fsync there
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

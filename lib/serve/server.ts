@@ -18,7 +18,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { open, readFile, rename, stat, truncate } from 'node:fs/promises';
+import { readFile, rename, truncate } from 'node:fs/promises';
+import { exists, syncDir, writeSynced } from '../durable-fs.js';
 import { join } from 'node:path';
 
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
@@ -163,34 +164,8 @@ function tokenMatches(given: string, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
-async function writeSynced(path: string, bytes: Uint8Array, flags = 'w'): Promise<void> {
-  const fh = await open(path, flags);
-  try {
-    await fh.writeFile(bytes);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
-async function syncDir(path: string): Promise<void> {
-  if (process.platform === 'win32') return;
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Whether every tensor file of the directory has the root the Ghost file gives it. */
 async function rootsMatch(dir: string, g: PinnedGhost): Promise<boolean> {
