@@ -14,7 +14,6 @@ import {
   HopfieldLookup,
   Model,
   Projection,
-  ProofError,
   SparseAdam,
   SparseSelfAttention,
   SparseTensor,
@@ -23,17 +22,8 @@ import { cattention, cprojection } from '../lib/canonical.js';
 import { decodeGhost, encodeGhost, type GhostAttentionLayer, type GhostManifest } from '../lib/ghost-file.js';
 import { PatternCache, decodeProof, encodeProof, type ForwardProof } from '../lib/proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate } from '../lib/proof-verify.js';
+import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
-
-async function reason(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ProofError || err instanceof FormatError) return err.reason;
-    throw err;
-  }
-  return 'ACCEPTED';
-}
 
 const clone = (p: ForwardProof): ForwardProof => decodeProof(encodeProof(p)) as ForwardProof;
 

@@ -16,11 +16,9 @@ import {
   Model,
   PatternCache,
   ProductKeyIndex,
-  ProofError,
   SparseAdam,
   SparseSGD,
   SparseTensor,
-  StorageError,
   decodeGhost,
   decodeProof,
   encodeGhost,
@@ -36,20 +34,11 @@ import { cmix, csimilarity, csoftmax, cstate } from '../lib/canonical.js';
 import { withRoot } from '../lib/ghost-file.js';
 import { RowKind } from '../lib/proof-format.js';
 import { twoLayerModel } from './helpers/models.js';
+import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-async function reason(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ProofError || err instanceof FormatError || err instanceof StorageError) return err.reason;
-    throw err;
-  }
-  return 'ACCEPTED';
-}
 
 /** A deep copy of a forward proof through its bytes (the tests then mutate it). */
 const clone = <T extends ForwardProof | UpdateProof>(p: T): T => decodeProof(encodeProof(p)) as T;

@@ -12,10 +12,11 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { FormatError, Model, ProofError, RemoteError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
+import { Model, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { toHex } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
+import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 
 const dirs: string[] = [];
@@ -25,16 +26,6 @@ const tmp = (): string => {
   return d;
 };
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-async function reason(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ProofError || err instanceof FormatError || err instanceof RemoteError) return err.reason;
-    throw err;
-  }
-  return 'ACCEPTED';
-}
 
 /** POST raw bytes; returns status, reason token and headers. */
 async function post(url: string, body: Uint8Array | string, headers: Record<string, string> = {}): Promise<{ status: number; reason: string; headers: Headers; bytes: Uint8Array }> {
