@@ -36,20 +36,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { Embedding, Projection, SparseAdam, SparseSelfAttention, SparseTensor, simdInfo } from '../dist/index.js';
-
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function gaussian(rand) {
-  return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
-}
+import { gaussian, rng } from '../bench/lib/common.mjs';
 
 /**
  * One sequence of n tokens: { keys, vals (value or -1 for a query), target (-1 for a
@@ -106,7 +93,7 @@ export async function trainRecall({
   evalTopK = [],
   onProgress = () => {},
 } = {}) {
-  const rand = mulberry32(seed);
+  const rand = rng(seed);
   const init = (rows, cols, std) => {
     const a = new Float32Array(rows * cols);
     for (let i = 0; i < a.length; i++) a[i] = gaussian(rand) * std;
@@ -178,7 +165,7 @@ export async function trainRecall({
     return out;
   };
 
-  const evalRand = mulberry32(evalSeed);
+  const evalRand = rng(evalSeed);
   const evalSet = Array.from({ length: evalSequences }, () => makeSequence(evalRand, n, numKeys, numValues));
   let lastWrongKeys = [];
   const evaluate = async (layer = att) => {

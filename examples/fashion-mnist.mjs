@@ -24,6 +24,7 @@ import { gunzipSync } from 'node:zlib';
 import os from 'node:os';
 
 import { DenseAdam, HopfieldLookup, SparseAdam, SparseTensor, simdInfo } from '../dist/index.js';
+import { gaussian, rng } from '../bench/lib/common.mjs';
 
 export const DATA_DIR = '/usr/share/datasets/fashion-mnist';
 
@@ -44,20 +45,6 @@ export function loadSplit(split, limit = Infinity) {
   const x = new Float32Array(n * 784);
   for (let i = 0; i < n * 784; i++) x[i] = img[16 + i] / 255;
   return { x, y: lab.subarray(8, 8 + n), n };
-}
-
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function gaussian(rand) {
-  return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
 }
 
 /** h (B x d) = X (B x 784) P (784 x d); zero pixels skipped. */
@@ -93,7 +80,7 @@ export async function trainClassifier({
   seed = 1,
   onEpoch = () => {},
 }) {
-  const rand = mulberry32(seed);
+  const rand = rng(seed);
   const P = new Float32Array(784 * d);
   for (let i = 0; i < P.length; i++) P[i] = gaussian(rand) / Math.sqrt(784);
   // Prototypes: n random training images, projected; values: their one-hot labels.

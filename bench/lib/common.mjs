@@ -53,6 +53,11 @@ export function rng(seed) {
   };
 }
 
+/** A standard normal deviate from two uniforms of `rand` (Box-Muller). */
+export function gaussian(rand) {
+  return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+}
+
 /**
  * Fills `out` (a Float32Array, or a new one of length `out` when given a number) with
  * uniform values in [-scale, scale) from `rand`. Calls onProgress(fraction) every few
