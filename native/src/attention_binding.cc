@@ -19,12 +19,6 @@ namespace {
 
 constexpr double kMaxElements = 1u << 30;  // floats per array (4 GiB)
 
-std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
-  const ArrayArg<float> a = f32_arg(info, index, name);
-  check_finite_length(a, want, name);
-  return std::vector<float>(a.data, a.data + a.length);
-}
-
 bool bool_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   if (index >= info.Length() || !info[index].IsBoolean())
     throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a boolean");

@@ -17,12 +17,6 @@ namespace gt {
 
 namespace {
 
-std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
-  const ArrayArg<float> a = f32_arg(info, index, name);
-  check_finite_length(a, want, name);
-  return std::vector<float>(a.data, a.data + a.length);
-}
-
 class HopfieldWorker : public Napi::AsyncWorker {
  public:
   enum class Op { Mix, MixBackward, KeyBackward };

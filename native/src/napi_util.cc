@@ -108,6 +108,12 @@ void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name
   if (bad != a.length) throw Error(ErrorCode::NonFinite, std::string(name) + "[" + std::to_string(bad) + "] is not finite");
 }
 
+std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want) {
+  const ArrayArg<float> a = f32_arg(info, index, name);
+  check_finite_length(a, want, name);
+  return std::vector<float>(a.data, a.data + a.length);
+}
+
 Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v) {
   Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
   std::copy(v.begin(), v.end(), a.Data());

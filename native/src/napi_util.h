@@ -47,6 +47,9 @@ ArrayArg<uint8_t> u8_arg(const Napi::CallbackInfo& info, size_t index, const cha
 ArrayArg<double> f64_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 // Throws unless `a` holds `want` floats, all finite (InvalidArgument / NonFinite, naming `name`).
 void check_finite_length(const ArrayArg<float>& a, size_t want, const char* name);
+// A copy of the Float32Array at `index`, checked as check_finite_length does (for
+// work queued on a worker thread, which must not read the JS buffer).
+std::vector<float> copy_f32(const Napi::CallbackInfo& info, size_t index, const char* name, size_t want);
 // A new Float32Array holding a copy of v.
 Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v);
 // A new Float64Array holding a copy of v.
