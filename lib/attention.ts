@@ -116,12 +116,12 @@ export class Projection {
       return { dx: r.dx, grad: { tensor: this.weight, ids: allIds(m), grads: r.dw } };
     }
     const k = this.k, ids = ctx.ids, x = ctx.x;
-    // The columns that took part, each once, in increasing order.
+    // The columns that took part, each once, in increasing order, and each one's slot.
     const slot = new Int32Array(m).fill(-1);
+    for (let t = 0; t < ids.length; t++) slot[ids[t]!] = 0;
     const used: number[] = [];
-    for (let t = 0; t < ids.length; t++) if (slot[ids[t]!] === -1) slot[ids[t]!] = used.push(ids[t]!) - 1;
-    const uniq = Uint32Array.from(used).sort();
-    for (let u = 0; u < uniq.length; u++) slot[uniq[u]!] = u;
+    for (let j = 0; j < m; j++) if (slot[j] === 0) slot[j] = used.push(j) - 1;
+    const uniq = Uint32Array.from(used);
     const rows = this.weight.gather(uniq);
     const dx = new Float32Array(n * d);
     const dw = new Float32Array(uniq.length * d);
@@ -244,9 +244,11 @@ export class SparseSelfAttention {
     return p === null ? null : p.inDim;
   }
 
-  #width(dIn: number): number {
+  /** For rows of dIn values: the width D of Q, K and V, and the output width. */
+  widths(dIn: number): { D: number; out: number } {
     const p = this.query ?? this.key ?? this.value;
-    return p === null ? dIn : p.outDim;
+    const D = p === null ? dIn : p.outDim;
+    return { D, out: this.output === null ? D : this.output.outDim };
   }
 
   #headDim(D: number): number {
@@ -259,12 +261,14 @@ export class SparseSelfAttention {
    * that is a multiple of heads, given by `dim`).
    */
   async forward(x: Float32Array, dim?: number): Promise<AttentionForward> {
-    const dIn = this.inDim ?? (dim === undefined ? NaN : checkInteger('dim', dim, 1, 2 ** 20));
-    if (Number.isNaN(dIn)) throw new InvalidArgumentError('without projections, forward(x, dim) needs the row width');
-    if (dim !== undefined && dim !== dIn) throw new InvalidArgumentError(`dim ${dim} does not match the projections' input width ${dIn}`);
+    if (dim !== undefined) checkInteger('dim', dim, 1, 2 ** 20);
+    const fixed = this.inDim;
+    if (fixed === null && dim === undefined) throw new InvalidArgumentError('without projections, forward(x, dim) needs the row width');
+    if (fixed !== null && dim !== undefined && dim !== fixed) throw new InvalidArgumentError(`dim ${dim} does not match the projections' input width ${fixed}`);
+    const dIn = fixed ?? dim!;
     const n = rowsOf('x', x, dIn);
     checkFinite('x', x);
-    const D = this.#width(dIn);
+    const { D } = this.widths(dIn);
     const dk = this.#headDim(D);
     if (this.output !== null && this.output.inDim !== D)
       throw new InvalidArgumentError(`the output projection reads width ${this.output.inDim}, the attention gives ${D}`);

@@ -45,9 +45,7 @@ export type ModelLayer = HopfieldLookup | Embedding | SparseSelfAttention;
 /** An attention layer's widths in a model: input (dIn), Q/K/V (D) and output. */
 function attentionWidths(l: SparseSelfAttention, prevOut: number): { dIn: number; D: number; out: number } {
   const dIn = l.inDim ?? prevOut;
-  const p = l.query ?? l.key ?? l.value;
-  const D = p === null ? dIn : p.outDim;
-  return { dIn, D, out: l.output === null ? D : l.output.outDim };
+  return { dIn, ...l.widths(dIn) };
 }
 
 export interface ProveOptions {
