@@ -249,10 +249,61 @@ export function cattention(q: Float32Array, k: Float32Array, v: Float32Array, n:
 }
 
 /**
+ * Error of the f64 sum a + b (Knuth's TwoSum, + and - only): a + b == hi + lo exactly,
+ * where hi = fl(a + b). Valid for finite a, b whose sum does not overflow.
+ */
+export function ctwoSumLo(a: number, b: number, hi: number): number {
+  const bb = hi - a;
+  return (a - (hi - bb)) + (b - bb);
+}
+
+/**
+ * Best k of the candidate pairs (s1[a], s2[b]) of two per-table top lists, the order
+ * that makes product-key selection the exact top-k of all n^2 slots
+ * (docs/product-keys.md): the exact sum s1 + s2 descending (compared as hi, then its
+ * rounding error lo, both descending), ties (equal exact sums) to the lower slot id
+ * i * n + j. The rounded sum alone is not enough: two sums that differ can round to
+ * the same f64, and the lower id then wins over a slot that is really better, while
+ * the other slot (outside the per-table top lists) was never a candidate.
+ * Scores reported are hi.
+ */
+export function cbestPairs(
+  n: number,
+  k: number,
+  ids1: ArrayLike<number>,
+  s1: ArrayLike<number>,
+  ids2: ArrayLike<number>,
+  s2: ArrayLike<number>,
+): { ids: Uint32Array; scores: Float64Array } {
+  const k1 = ids1.length, k2 = ids2.length, m = k1 * k2;
+  const hi = new Float64Array(m), lo = new Float64Array(m), id = new Float64Array(m);
+  for (let a = 0; a < k1; a++) {
+    for (let b = 0; b < k2; b++) {
+      const p = a * k2 + b, x = s1[a]!, y = s2[b]!, h = x + y;
+      hi[p] = h;
+      lo[p] = ctwoSumLo(x, y, h);
+      id[p] = ids1[a]! * n + ids2[b]!;
+    }
+  }
+  const better = (p: number, q: number): boolean =>
+    hi[p]! !== hi[q]! ? hi[p]! > hi[q]! : lo[p]! !== lo[q]! ? lo[p]! > lo[q]! : id[p]! < id[q]!;
+  const top: number[] = [];
+  for (let p = 0; p < m; p++) {
+    if (top.length === k && !better(p, top[k - 1]!)) continue;
+    let at = top.length === k ? k - 1 : top.length;
+    while (at > 0 && better(p, top[at - 1]!)) at--;
+    if (top.length === k) top.pop();
+    top.splice(at, 0, p);
+  }
+  return { ids: Uint32Array.from(top, (p) => id[p]!), scores: Float64Array.from(top, (p) => hi[p]!) };
+}
+
+/**
  * Canonical product-key selection (Lample et al. 2019) for state q (f64, d1 + d2):
- * s1 = q[:d1] . T1 rows, s2 = q[d1:] . T2 rows, each cdot; the top-k of each table;
- * the k x k pairs scored s1 + s2; the top-k pairs by score, ties to the lower slot
- * id (slot = i1 * n + i2). This is the exact top-k over all n^2 slots under that order.
+ * s1 = q[:d1] . T1 rows, s2 = q[d1:] . T2 rows, each cdot; the top-k of each table
+ * (ctopk, ties to the lower row); then cbestPairs over the k x k pairs. This is the
+ * exact top-k over all n^2 slots ordered by the exact sum s1 + s2, ties to the lower
+ * slot id (slot = i1 * n + i2).
  */
 export function cproductKeys(
   q: Float64Array,
@@ -267,16 +318,7 @@ export function cproductKeys(
   const s1 = cdots(q, t1, n, d1), s2 = cdots(q2, t2, n, d2);
   const kk = Math.min(k, n);
   const top1 = ctopk(s1, kk), top2 = ctopk(s2, kk);
-  const pairScores = new Float64Array(kk * kk);
-  const pairIds: number[] = [];
-  for (let a = 0; a < kk; a++) {
-    for (let b = 0; b < kk; b++) {
-      pairScores[a * kk + b] = s1[top1[a]!]! + s2[top2[b]!]!;
-      pairIds.push(top1[a]! * n + top2[b]!);
-    }
-  }
-  const best = ctopk(pairScores, k, (p) => pairIds[p]!);
-  return { ids: Uint32Array.from(best, (p) => pairIds[p]!), scores: Float64Array.from(best, (p) => pairScores[p]!) };
+  return cbestPairs(n, k, top1, top1.map((i) => s1[i]!), top2, top2.map((j) => s2[j]!));
 }
 
 /** Optimizer hyper-parameters as the step uses them (f32 values). */

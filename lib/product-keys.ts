@@ -10,11 +10,13 @@
  * and the exact top-k over all n^2 slots is found in O(n d + k^2): the top-k' of each
  * table (k' = min(k, n)) and then the best k of the k' x k' sums. Exact because a
  * slot whose row i is not among the top-k' of table 1 is beaten by k' slots (i', j)
- * that are (the same argument for j). Order: higher score first, ties to the lower
- * slot id, so a verifier holding the two tables re-derives the same selection. Nothing
+ * that are (the same argument for j). Order: higher exact score first (the f64 sum,
+ * then its rounding error: cbestPairs), ties to the lower slot id, so a verifier
+ * holding the two tables re-derives the same selection. Nothing
  * needs maintaining while the tables train: every search reads their current values.
  */
 import { checkFloat32Array, checkInteger } from './args.js';
+import { cbestPairs } from './canonical.js';
 import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
 import type { SimdLevel } from './simd.js';
 import { SparseTensor, internalNative, type OpenFileOptions, type SaveFileOptions, type SearchOptions } from './sparse-tensor.js';
@@ -34,8 +36,9 @@ export interface ProductKeyBatchResult extends ProductKeyResult {
 const MAX_SUBKEYS = 65_535; // n^2 slot ids must fit in uint32
 
 /**
- * Best k of the k1 x k2 candidate sums (f64), ties to the lower slot id i * n + j.
- * ids1/s1 and ids2/s2 are the per-table results; exported for the verifier side.
+ * Best k of the k1 x k2 candidate sums, ordered by the exact sum of the two sub-scores
+ * (then the lower slot id i * n + j); scores are the f64 sums. ids1/s1 and ids2/s2 are
+ * the per-table results. The same order as the canonical selection (cbestPairs).
  */
 export function combineProductKeys(
   n: number,
@@ -45,21 +48,7 @@ export function combineProductKeys(
   ids2: ArrayLike<number>,
   s2: ArrayLike<number>,
 ): ProductKeyResult {
-  const m = ids1.length * ids2.length;
-  const cand = new Array<{ id: number; s: number }>(m);
-  let c = 0;
-  for (let a = 0; a < ids1.length; a++) {
-    for (let b = 0; b < ids2.length; b++) {
-      cand[c++] = { id: ids1[a]! * n + ids2[b]!, s: s1[a]! + s2[b]! };
-    }
-  }
-  cand.sort((x, y) => (x.s !== y.s ? y.s - x.s : x.id - y.id));
-  const ids = new Uint32Array(k), scores = new Float64Array(k);
-  for (let t = 0; t < k; t++) {
-    ids[t] = cand[t]!.id;
-    scores[t] = cand[t]!.s;
-  }
-  return { ids, scores };
+  return cbestPairs(n, k, ids1, s1, ids2, s2);
 }
 
 export class ProductKeyIndex {

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { cexp, clog1pNeg, cmix, coptimizerStep, cpowi, cproductKeys, csimilarity, csoftmax, cstate } from '../lib/canonical.js';
 import { SparseAdam, SparseSGD, SparseTensor } from '../lib/index.js';
 import { native } from '../lib/native.js';
+import { exactPairRanking } from './helpers/exact-sum.js';
 import { Rng } from './helpers/rng.js';
 
 const bits = (a: Float64Array | Float32Array): string => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('hex');
@@ -130,20 +131,37 @@ describe('canonical layer math: C++ equals TypeScript bit for bit', () => {
         const ts = cproductKeys(qb, t1, t2, n, d1, d2, k);
         expect(Array.from(ts.ids)).toEqual(Array.from(nat.ids.subarray(b * k, (b + 1) * k)));
         expect(bits(ts.scores)).toBe(bits(nat.scores.subarray(b * k, (b + 1) * k)));
-        // Brute force: every slot scored s1 + s2, ranked by score then slot id.
-        const all: { id: number; s: number }[] = [];
-        for (let i1 = 0; i1 < n; i1++) {
-          for (let i2 = 0; i2 < n; i2++) {
-            let s1 = 0, s2 = 0;
-            for (let j = 0; j < d1; j++) s1 = s1 + qb[j]! * t1[i1 * d1 + j]!;
-            for (let j = 0; j < d2; j++) s2 = s2 + qb[d1 + j]! * t2[i2 * d2 + j]!;
-            all.push({ id: i1 * n + i2, s: s1 + s2 });
-          }
+        // Brute force: every slot scored s1 + s2 exactly (BigInt), ranked by score then slot id.
+        const s1 = new Float64Array(n), s2 = new Float64Array(n);
+        for (let i = 0; i < n; i++) {
+          for (let j = 0; j < d1; j++) s1[i] = s1[i]! + qb[j]! * t1[i * d1 + j]!;
+          for (let j = 0; j < d2; j++) s2[i] = s2[i]! + qb[d1 + j]! * t2[i * d2 + j]!;
         }
-        all.sort((a, c) => c.s - a.s || a.id - c.id);
-        expect(Array.from(ts.ids)).toEqual(all.slice(0, k).map((e) => e.id));
+        expect(Array.from(ts.ids)).toEqual(exactPairRanking(s1, s2, k));
       }
     }
+  });
+
+  it('product keys: sums that round to the same f64 are ranked by their exact value (C++ and TypeScript)', () => {
+    // s1 = 1 + r 2^-23 (r = 0..7) and s2 = 2^30 m: at 2^30 the f64 spacing is 2^-22, so
+    // slots of one m round to at most 2 values and tie often; only the exact sum (then
+    // the slot id) orders them like the brute force over all n^2 slots.
+    const n = 8;
+    const t1 = Float32Array.from({ length: n }, (_, r) => 1 + r * 2 ** -23);
+    const t2 = Float32Array.from({ length: n }, (_, j) => 2 ** 15 * [3, 1, 3, 0, 2, 1, 3, 2][j]!);
+    const q = Float64Array.from([1, 2 ** 15]);
+    const s1 = Array.from(t1, (v) => v * 1), s2 = Array.from(t2, (v) => v * 2 ** 15);
+    let rounded = 0;
+    for (let k = 1; k <= n * n; k++) {
+      const ts = cproductKeys(q, t1, t2, n, 1, 1, k);
+      const nat = native().canonicalProductKeys(q, t1, t2, n, 1, 1, 1, k, 1);
+      const want = exactPairRanking(s1, s2, k);
+      expect(Array.from(ts.ids)).toEqual(want);
+      expect(Array.from(nat.ids)).toEqual(want);
+      expect(bits(ts.scores)).toBe(bits(nat.scores));
+      for (let t = 1; t < k; t++) if (ts.scores[t] === ts.scores[t - 1] && ts.ids[t]! < ts.ids[t - 1]!) rounded++;
+    }
+    expect(rounded).toBeGreaterThan(0); // the data does hit rounding ties where the lower id loses
   });
 
   it('rejects bad shapes and non-finite inputs with typed errors', () => {

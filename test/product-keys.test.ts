@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
 
 import { GhostTensorError, InvalidArgumentError, OutOfRangeError, ProductKeyIndex, SparseTensor, TensorBusyError, simdInfo, type SimdLevel } from '../lib/index.js';
+import { exactPairRanking } from './helpers/exact-sum.js';
 import { Rng } from './helpers/rng.js';
 
 /**
  * Brute force over all n^2 composite keys. Sub-scores come from a full ranking of each
- * table (k = n), so both sides use the same f32 sub-scores; sums and order in f64.
+ * table (k = n), so both sides use the same f32 sub-scores; ranked by their exact sum.
  */
 function bruteForce(index: ProductKeyIndex, q: Float32Array, k: number, level?: SimdLevel): { ids: number[]; scores: number[] } {
   const n = index.subKeys, d1 = index.keys1.dim;
@@ -15,10 +16,8 @@ function bruteForce(index: ProductKeyIndex, q: Float32Array, k: number, level?: 
   const r2 = index.keys2.search(q.subarray(d1), n, opts);
   r1.ids.forEach((id, t) => (s1[id] = r1.scores[t]!));
   r2.ids.forEach((id, t) => (s2[id] = r2.scores[t]!));
-  const all: { id: number; s: number }[] = [];
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) all.push({ id: i * n + j, s: s1[i]! + s2[j]! });
-  all.sort((a, b) => (a.s !== b.s ? b.s - a.s : a.id - b.id));
-  return { ids: all.slice(0, k).map((x) => x.id), scores: all.slice(0, k).map((x) => x.s) };
+  const ids = exactPairRanking(s1, s2, k); // the exact sum (BigInt), ties to the lower slot id
+  return { ids, scores: ids.map((id) => s1[Math.floor(id / n)]! + s2[id % n]!) };
 }
 
 /** Independent check on integer data: scores from plain dot products of the concatenated key. */
@@ -65,6 +64,30 @@ describe('product keys', () => {
           expect(Array.from(index.search(q, k).ids)).toEqual(bruteForceConcat(k1, k2, n, d1, d2, q, k));
         }
       }
+    }
+  });
+
+  it('sub-score sums that round to the same f64 are ranked by their exact value: search and searchBatch equal the exact brute force', async () => {
+    // Sub-scores 1 + r 2^-23 and 2^30 m: the f64 sums of one m round to at most two
+    // values, so a rule that compared rounded sums (then ids) would put a lower slot id
+    // ahead of a slot whose exact score is higher, and disagree with the brute force.
+    const n = 8;
+    const t1 = Float32Array.from({ length: n }, (_, r) => 1 + ((r * 5) % n) * 2 ** -23);
+    const t2 = Float32Array.from({ length: n }, (_, j) => 2 ** 15 * [3, 1, 3, 0, 2, 1, 3, 2][j]!);
+    const index = ProductKeyIndex.fromTables(SparseTensor.fromArray(t1, 1), SparseTensor.fromArray(t2, 1));
+    const q = Float32Array.from([1, 2 ** 15]);
+    const s1 = Array.from(t1), s2 = Array.from(t2, (v) => v * 2 ** 15);
+    for (const level of simdInfo().supported) {
+      for (let k = 1; k <= n * n; k++) {
+        const want = exactPairRanking(s1, s2, k);
+        expect(Array.from(index.search(q, k, { level }).ids)).toEqual(want);
+      }
+    }
+    for (let k = 1; k <= n * n; k++) {
+      const b = await index.searchBatch(Float32Array.from([...q, ...q]), k);
+      const want = exactPairRanking(s1, s2, k);
+      expect(Array.from(b.ids.subarray(0, k))).toEqual(want);
+      expect(Array.from(b.ids.subarray(k))).toEqual(want);
     }
   });
 

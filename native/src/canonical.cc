@@ -211,8 +211,8 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
   const size_t d = d1 + d2;
   const size_t kk = std::min(k, n);
   parallel_for(B, threads, [&](size_t lo, size_t hi, size_t) {
-    std::vector<double> s1(n), s2(n), pair(kk * kk);
-    std::vector<uint32_t> pair_id(kk * kk);
+    std::vector<double> s1(n), s2(n);
+    std::vector<PairScore> pair(kk * kk);
     for (size_t b = lo; b < hi; ++b) {
       const double* qb = q + b * d;
       dots(qb, t1, n, d1, s1.data());
@@ -221,14 +221,12 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
       const std::vector<uint32_t> top1 = topk(s1.data(), n, kk, ident);
       const std::vector<uint32_t> top2 = topk(s2.data(), n, kk, ident);
       for (size_t a = 0; a < kk; ++a)
-        for (size_t c = 0; c < kk; ++c) {
-          pair[a * kk + c] = s1[top1[a]] + s2[top2[c]];
-          pair_id[a * kk + c] = static_cast<uint32_t>(top1[a] * n + top2[c]);
-        }
-      const std::vector<uint32_t> best = topk(pair.data(), kk * kk, k, [&](uint32_t p) { return pair_id[p]; });
+        for (size_t c = 0; c < kk; ++c)
+          pair[a * kk + c] = pair_score(s1[top1[a]], s2[top2[c]], static_cast<uint32_t>(top1[a] * n + top2[c]));
+      std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k), pair.end(), pair_better);
       for (size_t t = 0; t < k; ++t) {
-        ids[b * k + t] = pair_id[best[t]];
-        out_scores[b * k + t] = pair[best[t]];
+        ids[b * k + t] = pair[t].id;
+        out_scores[b * k + t] = pair[t].hi;
       }
     }
   });

@@ -31,8 +31,35 @@ std::vector<double> scores(const double* q, const float* rows, size_t B, size_t 
 // out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b).
 std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w);
 
+// The rounding error of hi = a + b (Knuth's TwoSum, + and - only): a + b == hi + lo
+// exactly, for finite a, b whose sum does not overflow.
+inline double two_sum_lo(double a, double b, double hi) {
+  const double bb = hi - a;
+  return (a - (hi - bb)) + (b - bb);
+}
+
+// A product-key candidate: slot id and its score s1 + s2 as hi = fl(s1 + s2) and lo.
+struct PairScore {
+  double hi, lo;
+  uint32_t id;
+};
+inline PairScore pair_score(double s1, double s2, uint32_t id) {
+  const double hi = s1 + s2;
+  return {hi, two_sum_lo(s1, s2, hi), id};
+}
+// The order of product-key slots (docs/product-keys.md): the exact sum s1 + s2
+// descending (hi, then lo), ties to the lower slot id. Comparing hi alone is not
+// enough: two different sums can round to the same f64, and the lower id would then
+// beat a better slot that the per-table top lists had already ruled out.
+inline bool pair_better(const PairScore& u, const PairScore& v) {
+  if (u.hi != v.hi) return u.hi > v.hi;
+  if (u.lo != v.lo) return u.lo > v.lo;
+  return u.id < v.id;
+}
+
 // Product-key selection for B states (d1 + d2 each) over tables t1 (n x d1), t2
-// (n x d2): the exact top-k slots (i1 * n + i2) by s1 + s2, ties to the lower slot.
+// (n x d2): the exact top-k slots (i1 * n + i2) of all n^2 by pair_better; scores
+// are the rounded sums hi.
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
                   size_t k, uint32_t* ids, double* scores, size_t threads);
 

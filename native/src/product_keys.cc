@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "canonical.h"
 #include "parallel.h"
 #include "search.h"
 
@@ -33,24 +34,20 @@ void product_key_search(const ProductKeyArgs& a, uint32_t* ids, double* scores) 
   e.d = a.d2;
   e.queries = q2.data();
   exact_search(e, i2.data(), s2.data());
-  struct Cand {
-    double s;
-    uint32_t id;
-  };
   parallel_for(a.nq, a.nq < 16 ? 1 : a.threads, [&](size_t b, size_t end, size_t) {
-    std::vector<Cand> c(kk * kk);
+    std::vector<canonical::PairScore> c(kk * kk);
     for (size_t q = b; q < end; ++q) {
       const size_t o = q * kk;
       size_t m = 0;
       for (size_t x = 0; x < kk; ++x)
         for (size_t y = 0; y < kk; ++y)
-          c[m++] = {static_cast<double>(s1[o + x]) + static_cast<double>(s2[o + y]),
-                    static_cast<uint32_t>(static_cast<uint64_t>(i1[o + x]) * a.n + i2[o + y])};
-      auto better = [](const Cand& u, const Cand& v) { return u.s != v.s ? u.s > v.s : u.id < v.id; };
-      std::partial_sort(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(a.k), c.begin() + static_cast<std::ptrdiff_t>(m), better);
+          c[m++] = canonical::pair_score(static_cast<double>(s1[o + x]), static_cast<double>(s2[o + y]),
+                                         static_cast<uint32_t>(static_cast<uint64_t>(i1[o + x]) * a.n + i2[o + y]));
+      std::partial_sort(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(a.k), c.begin() + static_cast<std::ptrdiff_t>(m),
+                        canonical::pair_better);
       for (size_t t = 0; t < a.k; ++t) {
         ids[q * a.k + t] = c[t].id;
-        scores[q * a.k + t] = c[t].s;
+        scores[q * a.k + t] = c[t].hi;
       }
     }
   });

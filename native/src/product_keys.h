@@ -1,9 +1,9 @@
 // Product-key retrieval (Lample et al. 2019): slot i * n + j has the key
 // concat(K1[i], K2[j]) and the score s1[i] + s2[j] (inner products with the two halves
 // of the query). Exact top-k in O(n d + k^2) per query: the top min(k, n) of each
-// table (exact index), then the best k of their k1 x k2 sums, computed in double
-// from the f32 sub-scores, ties to the lower slot id. Bit-identical to the
-// TypeScript combineProductKeys (the verifier's copy).
+// table (exact index), then the best k of their k1 x k2 sums (the f32 sub-scores
+// summed in double), ordered by canonical::pair_better: the exact sum, then the lower
+// slot id. Bit-identical to the TypeScript combineProductKeys.
 #pragma once
 #include <cstddef>
 #include <cstdint>
