@@ -493,6 +493,29 @@ static void test_canonical() {
     }
     CHECK(ok);
   }
+  // Rounding ties: sub-scores 1 + r 2^-23 and 2^30 m sum to at most two f64 values per m;
+  // the order must follow the exact sum (a long double holds it), then the slot id.
+  {
+    const size_t m = 8;
+    std::vector<float> U1(m), U2(m);
+    const int mult[m] = {3, 1, 3, 0, 2, 1, 3, 2};
+    for (size_t r = 0; r < m; ++r) U1[r] = 1.0f + static_cast<float>((r * 5) % m) * std::ldexp(1.0f, -23);
+    for (size_t j = 0; j < m; ++j) U2[j] = std::ldexp(1.0f, 15) * static_cast<float>(mult[j]);
+    std::vector<double> q2 = {1.0, std::ldexp(1.0, 15)};
+    std::vector<std::pair<long double, uint32_t>> all;
+    for (size_t i = 0; i < m; ++i)
+      for (size_t j = 0; j < m; ++j)
+        all.push_back({-(static_cast<long double>(U1[i]) + static_cast<long double>(q2[1] * U2[j])), static_cast<uint32_t>(i * m + j)});
+    std::sort(all.begin(), all.end());
+    bool ok = true;
+    for (size_t k = 1; k <= m * m; ++k) {
+      std::vector<uint32_t> ids(k);
+      std::vector<double> sc(k);
+      c::product_keys(q2.data(), U1.data(), U2.data(), m, 1, 1, 1, k, ids.data(), sc.data(), 1);
+      for (size_t t = 0; t < k; ++t) ok = ok && ids[t] == all[t].second;
+    }
+    CHECK(ok);
+  }
 }
 
 // Tensor files: save, open, train, checkpoint, "crash" (drop the handle without
