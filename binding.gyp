@@ -4,10 +4,8 @@
   # libraries with the flags they need (x86-64 only); nothing else gets those flags,
   # and the library picks a level at run time (native/src/cpu.cc, blake3_dispatch.c).
   # Never -march=native: a shipped binary runs on any x86-64 / arm64.
-  "variables": {
-    "gt_x64%": "<!(node -p \"process.arch === 'x64' ? 1 : 0\")",
-    "gt_arm64%": "<!(node -p \"process.arch === 'arm64' ? 1 : 0\")",
-  },
+  # The conditions read target_arch (node-gyp --arch), so a cross build for arm64
+  # (scripts/prebuild.sh) takes the arm64 branches on an x86-64 host.
   "target_defaults": {
     "cflags": ["-O3", "-fno-strict-aliasing", "-ffp-contract=off"],
     "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off"],
@@ -61,14 +59,14 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "conditions": [
-        ["gt_x64==1", {
+        ["target_arch=='x64'", {
           "dependencies": ["gt_x64_avx2", "gt_x64_avx512", "gt_x64_sse"],
         }, {
           # Not x86-64: these files compile to null tables; BLAKE3 uses portable C (or NEON).
           "sources": ["native/src/kernels_avx2.cc", "native/src/kernels_avx512.cc"],
           "defines": ["BLAKE3_NO_SSE2", "BLAKE3_NO_SSE41", "BLAKE3_NO_AVX2", "BLAKE3_NO_AVX512"],
         }],
-        ["gt_arm64==1", {
+        ["target_arch=='arm64'", {
           "sources": ["native/third_party/blake3/blake3_neon.c"],
           "defines": ["BLAKE3_USE_NEON=1"],
         }],
@@ -77,7 +75,7 @@
     },
   ],
   "conditions": [
-    ["gt_x64==1", {
+    ["target_arch=='x64'", {
       "targets": [
         {
           "target_name": "gt_x64_sse",

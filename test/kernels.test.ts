@@ -43,8 +43,10 @@ describe('SIMD dispatch', () => {
   });
 
   function childInfo(env: Record<string, string>): { level: string; envError: string | null } {
+    // GT_TEST_NODE: the Node that children run on, when it is not this process's own
+    // binary (scripts/arm64-tests.sh: the arm64 Node under qemu-user).
     const r = spawnSync(
-      process.execPath,
+      process.env.GT_TEST_NODE ?? process.execPath,
       ['--input-type=module', '-e', "import { simdInfo } from './dist/index.js'; console.log(JSON.stringify(simdInfo()))"],
       { env: { ...process.env, ...env }, encoding: 'utf8' },
     );
