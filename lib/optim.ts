@@ -193,7 +193,8 @@ abstract class SparseOptimizerBase {
   /**
    * Puts a snapshot's rows back (values, hence the root, and state) and the optimizer's
    * step count and decay log: undoes the steps taken since, when they touched only
-   * those rows. Validated first; all or nothing.
+   * those rows. The values must be finite and the decay log finite and <= 0 (checked
+   * first; all or nothing); the rows' state is put back as given.
    */
   restore(s: RowsSnapshot): void {
     if (!this.#tensors.includes(s.tensor)) throw new InvalidArgumentError("the snapshot's tensor is not one of this optimizer's tensors");

@@ -6,7 +6,8 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -441,5 +442,82 @@ describe('training over HTTP', () => {
     await c.train(grads());
     expect(c.generation).toBe(4);
     await b.close();
+  });
+});
+
+describe('a training step the server cannot prove is refused whole', () => {
+  /** Everything a restart would read, to check that a refusal changed nothing. */
+  const snapshot = (dir: string): string =>
+    ['ghost.bin', 'updates.bin', 'ghost-0.bin'].map((f) => { try { return createHash('sha256').update(readFileSync(join(dir, f))).digest('hex'); } catch { return '-'; } }).join(',');
+
+  it('a huge but finite gradient (v = g^2 overflows) is 422 NON_FINITE, the earlier entry undone; the server trains and restarts after', async () => {
+    const rng = new Rng(71);
+    const { model } = twoLayerModel(rng);
+    const dir = join(tmp(), 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
+    const server = await ProverServer.open(dir, { trainToken: TOKEN });
+    const url = await server.listen();
+    const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+    await client.train([{ tensor: 4, ids: Uint32Array.of(7), grads: rng.f32(5) }]);
+    const files = snapshot(dir), digest = toHex(client.ghost.digest);
+    const huge = rng.f32(16);
+    huge[3] = 1e30;
+    const r = await post(`${url}/train`, encodeTrainRequest([{ tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }, { tensor: 0, ids: Uint32Array.of(5), grads: huge }]), { Authorization: `Bearer ${TOKEN}` });
+    expect(`${r.status} ${r.reason}`).toBe('422 NON_FINITE');
+    // Nothing changed: not the generation, not the first entry's tensor, not a file.
+    expect(server.generation).toBe(1);
+    expect(toHex(server.ghost.digest)).toBe(digest);
+    expect(snapshot(dir)).toBe(files);
+    server.model.tensors.forEach((t, i) => expect(toHex(t.root())).toBe(toHex(client.ghost.manifest.tensors[i]!.root)));
+    const updates = decodeProofList(new Uint8Array(await (await fetch(`${url}/updates?from=0`)).arrayBuffer()));
+    expect(updates.proofs.length).toBe(1);
+    // The next step is proved, verified by a client, and survives a restart.
+    await client.train([{ tensor: 0, ids: Uint32Array.of(5), grads: rng.f32(16) }, { tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }]);
+    expect(client.generation).toBe(3);
+    await server.close();
+    expect(snapshot(dir)).not.toBe(files);
+    const again = await ProverServer.open(dir, { trainToken: TOKEN });
+    const late = await ProverClient.connect(await again.listen(), g0.bytes, { generation: 0, token: TOKEN });
+    expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
+    await late.train([{ tensor: 0, ids: Uint32Array.of(5), grads: rng.f32(16) }]);
+    expect(late.generation).toBe(4);
+    await again.close();
+  });
+
+  it('a step whose own proof does not verify (a damaged moment in a tensor file) is 500 SELF_CHECK_FAILED: not logged, undone', async () => {
+    const rng = new Rng(72);
+    const { model } = twoLayerModel(rng);
+    const dir = join(tmp(), 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
+    // Row 5 of tensor 0: v[0] = -1e-30 (the optimizer state is not under the Merkle root). The
+    // optimizer steps from it (the new v, 1e-3 g^2 - 1e-30, is positive), but the proof reveals
+    // the old v, which no verifier accepts.
+    const path = join(dir, 'tensors', '0.gtt');
+    const f = readFileSync(path);
+    const vOff = Number(f.readBigUInt64LE(128 + 2 * 16));
+    expect(Number(f.readBigUInt64LE(128 + 2 * 16 + 8))).toBe(300 * 16 * 4);
+    f.writeFloatLE(-1e-30, vOff + 5 * 16 * 4);
+    writeFileSync(path, f);
+    const logs: { status: number; reason?: string }[] = [];
+    const server = await ProverServer.open(dir, { trainToken: TOKEN, onLog: (e) => logs.push(e) });
+    const url = await server.listen();
+    const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+    await client.train([{ tensor: 4, ids: Uint32Array.of(7), grads: rng.f32(5) }]);
+    const files = snapshot(dir), digest = toHex(client.ghost.digest);
+    const r = await post(`${url}/train`, encodeTrainRequest([{ tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }, { tensor: 0, ids: Uint32Array.of(5, 6), grads: rng.f32(32) }]), { Authorization: `Bearer ${TOKEN}` });
+    expect(`${r.status} ${r.reason}`).toBe('500 SELF_CHECK_FAILED');
+    expect(server.generation).toBe(1);
+    expect(toHex(server.ghost.digest)).toBe(digest);
+    expect(snapshot(dir)).toBe(files);
+    server.model.tensors.forEach((t, i) => expect(toHex(t.root())).toBe(toHex(client.ghost.manifest.tensors[i]!.root)));
+    // Steps on other rows go on, and the client verifies them.
+    await client.train([{ tensor: 0, ids: Uint32Array.of(6), grads: rng.f32(16) }]);
+    expect(client.generation).toBe(2);
+    await server.close();
+    // The directory opens again, and its history verifies from generation 0.
+    const again = await ProverServer.open(dir, { trainToken: TOKEN });
+    const late = await ProverClient.connect(await again.listen(), g0.bytes, { generation: 0 });
+    expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
+    await again.close();
   });
 });

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
 import { Model } from '../model.js';
-import { SparseAdam, SparseSGD, type AdamOptions, type SgdOptions } from '../optim.js';
+import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../optim.js';
 import { SparseTensor } from '../sparse-tensor.js';
 import { decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
@@ -226,6 +226,10 @@ export class ProverServer {
   #ghosts: (PinnedGhost | null)[] = [];
   #firstKept: number;
   #closing: Promise<void> | null = null;
+  /** Length of updates.bin up to the last durable step. */
+  #logBytes = 0;
+  /** Set when a failed step could not be undone: no more training or proving. */
+  #broken: string | null = null;
   #inflight = 0;
   readonly #drained: (() => void)[] = [];
   readonly #served = { forward: 0, train: 0, rejected: 0 };
@@ -331,6 +335,7 @@ export class ProverServer {
       s.#updates = proofs.slice(proofs.length - keep);
       s.#ghosts = history ? history.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
       s.#firstKept = proofs.length - keep;
+      s.#logBytes = proofs.reduce((n, p) => n + 4 + p.length, 0);
       return s;
     } catch (err) {
       model.close();
@@ -469,12 +474,14 @@ export class ProverServer {
       }
       case '/forward': {
         allow('POST');
+        this.#checkNotBroken();
         const body = await this.#readBody(req);
         const input = decodeForwardRequest(body);
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(input);
         const out = await this.#sched.run(false, async () => {
+          this.#checkNotBroken();
           const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, this.#o.threads === undefined ? {} : { threads: this.#o.threads });
           return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
         });
@@ -484,18 +491,26 @@ export class ProverServer {
       case '/train': {
         allow('POST');
         if (!this.#optimizer || this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
+        this.#checkNotBroken();
         const auth = req.headers.authorization ?? '';
         const m = /^Bearer (.+)$/.exec(auth);
         if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
         const body = await this.#readBody(req);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
-        const out = await this.#sched.run(true, () => this.#train(grads));
+        const out = await this.#sched.run(true, () => {
+          this.#checkNotBroken();
+          return this.#train(grads);
+        });
         this.#served.train++;
         return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
     }
+  }
+
+  #checkNotBroken(): void {
+    if (this.#broken !== null) throw new HttpError(500, 'NEEDS_RESTART', this.#broken);
   }
 
   #ghostAt(generation: number): PinnedGhost {
@@ -518,28 +533,80 @@ export class ProverServer {
     }
   }
 
-  /** One training step, entry by entry (each entry's proof is logged as soon as it is taken), then made durable. */
+  /**
+   * One training request, all or nothing. Entry by entry: the optimizer step and its
+   * update proof, which the server verifies itself (the addon-free verifier, against the
+   * Ghost file before the step) before it goes on. Then the proofs are made durable
+   * (#persist), and only then published (#remember): /ghost, /updates and /forward see
+   * the new generation once a crash can no longer take it back. Any failure undoes
+   * every entry taken (the rows and optimizer state put back) and changes no file.
+   */
   async #train(grads: ReturnType<typeof decodeTrainRequest>): Promise<{ from: number; proofs: Uint8Array[] }> {
+    const opt = this.#optimizer!;
     const from = this.#generation;
-    const proofs: Uint8Array[] = [];
-    let failure: unknown = null;
-    for (const g of grads) {
-      try {
-        const [p] = await this.model.proveStep(this.#optimizer!, [{ tensor: this.model.tensors[g.tensor]!, ids: g.ids, grads: g.grads }]);
-        proofs.push(p!.bytes);
-        this.#remember(p!.bytes, await pinGhost(this.model.manifest()));
-      } catch (err) {
-        failure = err;
-        break;
+    const taken: { proof: Uint8Array; ghost: PinnedGhost }[] = [];
+    const undo: RowsSnapshot[] = [];
+    let ghost = this.#ghost;
+    try {
+      for (const g of grads) {
+        const tensor = this.model.tensors[g.tensor]!;
+        const before = opt.snapshot(tensor, g.ids);
+        let proof: Uint8Array;
+        try {
+          const [p] = await this.model.proveStep(opt, [{ tensor, ids: g.ids, grads: g.grads }]);
+          proof = p!.bytes;
+        } finally {
+          // Stepped (even if its proof then failed): to be undone on any failure.
+          if (opt.info(tensor).steps !== before.steps) undo.push(before);
+        }
+        let next: PinnedGhost;
+        try {
+          next = (await verifyUpdate(ghost, proof)).ghost;
+        } catch (err) {
+          throw new HttpError(500, 'SELF_CHECK_FAILED', `the update proof of entry ${taken.length} (tensor ${g.tensor}) does not verify against the served Ghost file (${err instanceof Error ? err.message : String(err)}); nothing was changed`);
+        }
+        if (!bytesEqual(next.digest, (await pinGhost(this.model.manifest())).digest)) {
+          throw new HttpError(500, 'SELF_CHECK_FAILED', `the update proof of entry ${taken.length} (tensor ${g.tensor}) verifies, but to another Ghost file than the model's; nothing was changed`);
+        }
+        taken.push({ proof, ghost: next });
+        ghost = next;
       }
+    } catch (err) {
+      await this.#undo(undo, null);
+      throw err;
     }
-    if (proofs.length > 0) await this.#persist(proofs, grads.slice(0, proofs.length).map((g) => g.tensor));
-    if (failure) {
-      // Entries before the failed one were taken and logged: clients follow them through /updates.
-      const e = toHttpError(failure);
-      throw new HttpError(e.status, e.reason, `${e.message}${proofs.length > 0 ? ` (after ${proofs.length} entries were taken: generation ${this.#generation})` : ''}`);
+    try {
+      await this.#persist(taken.map((t) => t.proof), ghost, grads.map((g) => g.tensor));
+    } catch (err) {
+      await this.#undo(undo, grads.map((g) => g.tensor));
+      const e = toHttpError(err);
+      throw new HttpError(500, 'NOT_DURABLE', `the step could not be saved (${e.message}); nothing was changed`);
     }
-    return { from, proofs };
+    for (const t of taken) this.#remember(t.proof, t.ghost);
+    return { from, proofs: taken.map((t) => t.proof) };
+  }
+
+  /**
+   * Puts the rows of the entries taken back, last first. After a failed #persist
+   * (`tensors` given), also cuts updates.bin back, checkpoints the tensors at the old
+   * rows and rewrites ghost.bin. If any of that fails the server stops training and
+   * proving (NEEDS_RESTART); a restart repairs the directory (docs/serving.md).
+   */
+  async #undo(undo: readonly RowsSnapshot[], tensors: readonly number[] | null): Promise<void> {
+    try {
+      for (const s of [...undo].reverse()) this.#optimizer!.restore(s);
+      if (tensors && this.dir) {
+        await truncate(join(this.dir, 'updates.bin'), this.#logBytes);
+        await writeSynced(join(this.dir, 'updates.bin'), new Uint8Array(0), 'a');
+        for (const ti of new Set(tensors)) {
+          const t = this.model.tensors[ti]!;
+          if (t.file) await t.checkpointAsync();
+        }
+        await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
+      }
+    } catch (err) {
+      this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
+    }
   }
 
   #remember(proof: Uint8Array, next: PinnedGhost): void {
@@ -555,7 +622,8 @@ export class ProverServer {
     }
   }
 
-  async #persist(proofs: Uint8Array[], tensors: number[]): Promise<void> {
+  /** The log record (fsynced), every touched tensor checkpointed, then ghost.bin replaced: the step is durable. */
+  async #persist(proofs: Uint8Array[], ghost: PinnedGhost, tensors: number[]): Promise<void> {
     if (!this.dir) return;
     const framed = new Uint8Array(proofs.reduce((n, p) => n + 4 + p.length, 0));
     const dv = new DataView(framed.buffer);
@@ -570,7 +638,8 @@ export class ProverServer {
       const t = this.model.tensors[ti]!;
       if (t.file) await t.checkpointAsync();
     }
-    await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
+    await replaceFile(this.dir, 'ghost.bin', ghost.bytes);
+    this.#logBytes += framed.length;
   }
 
   async #readBody(req: IncomingMessage): Promise<Uint8Array> {

@@ -193,14 +193,11 @@ void SparseOptimizer::restore(const uint32_t* ids, size_t count, const float* va
   tensor_.check_ids(ids, count, "ids");
   for (size_t i = 1; i < count; ++i)
     if (ids[i] <= ids[i - 1]) throw Error(ErrorCode::InvalidArgument, "restore: ids must be ascending and distinct");
-  const size_t d = tensor_.dim(), n = count * d;
+  const size_t d = tensor_.dim();
   const bool adam = params_.kind == OptimizerKind::Adam;
   if (!std::isfinite(log_decay) || log_decay > 0.0) throw Error(ErrorCode::OutOfRange, "restore: the decay log must be finite and <= 0");
-  if (adam && (first_non_finite(m, n) != n || first_non_finite(v, n) != n))
-    throw Error(ErrorCode::NonFinite, "restore: m and v must be finite");
-  for (size_t i = 0; i < count; ++i)
-    if (!std::isfinite(marks[i]) || marks[i] > 0.0) throw Error(ErrorCode::OutOfRange, "restore: decay marks must be finite and <= 0");
-  // Values first (validated, all or nothing), then the state, which cannot fail.
+  // Values first (validated, all or nothing), then the state as given, which cannot fail. The
+  // state is not validated: it is put back as it was (a snapshot of this tensor).
   tensor_.set(ids, count, values);
   for (size_t i = 0; i < count; ++i) {
     const size_t off = static_cast<size_t>(ids[i]) * d;

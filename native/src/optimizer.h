@@ -84,8 +84,8 @@ class SparseOptimizer : public WriteListener {
 
   // Puts rows `ids` (ascending, distinct) back to the given values and state, and the
   // global scalars to (global_step, log_decay): undoes steps whose proof was not
-  // accepted. Validated first (values finite, m and v finite, marks and log_decay
-  // finite and <= 0); all or nothing. Throws gt::Error.
+  // accepted. Values must be finite and log_decay finite and <= 0 (checked first, all
+  // or nothing); the rows' state is put back as given. Throws gt::Error.
   void restore(const uint32_t* ids, size_t count, const float* values, const float* m, const float* v,
                const uint32_t* row_steps, const double* marks, uint64_t global_step, double log_decay);
 
