@@ -13,7 +13,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { Model, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
+import { Model, OutOfRangeError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { toHex } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
@@ -230,6 +230,51 @@ describe('timeouts', () => {
     // The server still serves.
     const c = await ProverClient.connect(url.href, (await model.ghost()).digest);
     expect((await c.forward(new Rng(1).f32(16))).rows).toBe(1);
+    await server.close();
+  });
+});
+
+describe('request bodies in flight', () => {
+  it('bodies are held against maxInflightBytes across connections: past it 503 BUSY with Retry-After before reading; released when answered', async () => {
+    const { model } = twoLayerModel(new Rng(53));
+    const server = await ProverServer.fromModel(model, { maxBodyBytes: 40_000, maxInflightBytes: 64_000 });
+    const url = new URL(await server.listen());
+    const { connect } = await import('node:net');
+    const open = (head: string): import('node:net').Socket => {
+      const sock = connect(Number(url.port), url.hostname);
+      sock.on('error', () => {});
+      sock.write(`POST /forward HTTP/1.1\r\nHost: x\r\n${head}\r\n\r\n`);
+      return sock;
+    };
+    const until = async (f: () => boolean): Promise<void> => {
+      for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    // A Content-Length of 30000 is held at once, before any of the body came.
+    const a = open('Content-Length: 30000');
+    await until(() => server.stats.bodyBytes === 30_000);
+    expect(server.stats.bodyBytes).toBe(30_000);
+    // A chunked body is held as its chunks come: 20000 now.
+    const b = open('Transfer-Encoding: chunked');
+    b.write(`${(20_000).toString(16)}\r\n${'x'.repeat(20_000)}\r\n`);
+    await until(() => server.stats.bodyBytes === 50_000);
+    expect(server.stats.bodyBytes).toBe(50_000);
+    // 50000 + 20000 > 64000: refused before its body is read; a smaller one still fits.
+    const refused = await post(url.href + 'forward', new Uint8Array(20_000));
+    expect([refused.status, refused.reason, refused.headers.get('retry-after')]).toEqual([503, 'BUSY', '1']);
+    const fits = await post(url.href + 'forward', encodeForwardRequest({ kind: 'f32', rows: 1, cols: 16, data: new Rng(3).f32(16) }));
+    expect(fits.status).toBe(200);
+    // The chunked one passing the limit with its next chunk is refused too, and lets go of its 20000.
+    b.write(`${(15_000).toString(16)}\r\n${'x'.repeat(15_000)}\r\n`);
+    await until(() => server.stats.bodyBytes === 30_000);
+    expect(server.stats.bodyBytes).toBe(30_000);
+    // The first one, answered (400: not a forward request), lets go of its 30000.
+    a.write('x'.repeat(30_000));
+    await until(() => server.stats.bodyBytes === 0);
+    expect(server.stats.bodyBytes).toBe(0);
+    expect((await post(url.href + 'forward', new Uint8Array(40_000))).reason).toBe('BAD_BODY');
+    a.destroy();
+    b.destroy();
+    await expect(ProverServer.fromModel(model, { maxBodyBytes: 1000, maxInflightBytes: 999 })).rejects.toThrow(OutOfRangeError);
     await server.close();
   });
 });

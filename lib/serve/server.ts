@@ -42,6 +42,13 @@ export interface ProverServerOptions {
   optimizer?: ({ kind: 'adam' } & Omit<AdamOptions, 'replaceState'>) | ({ kind: 'sgd' } & Omit<SgdOptions, 'replaceState'>);
   /** Largest request body accepted (413 beyond). Default 16 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Request body bytes held at once across all connections (read, queued or being
+   * proved). A request whose Content-Length (or, chunked, whose next chunk) would pass
+   * it is refused with 503 BUSY and Retry-After before its body is read. Default
+   * 64 MiB, and at least maxBodyBytes (a smaller value is refused).
+   */
+  maxInflightBytes?: number;
   /** Most inputs in one forward request (413 beyond). Default 256. */
   maxBatch?: number;
   /** Requests proved or trained at once. Default 2. */
@@ -65,6 +72,8 @@ export interface ServerStats {
   digest: string;
   running: number;
   queued: number;
+  /** Request body bytes held now (reserved by Content-Length, or received so far). */
+  bodyBytes: number;
   served: { forward: number; train: number; rejected: number };
 }
 
@@ -228,6 +237,8 @@ export class ProverServer {
   #closing: Promise<void> | null = null;
   /** Length of updates.bin up to the last durable step. */
   #logBytes = 0;
+  /** Request body bytes reserved by the requests in flight (at most maxInflightBytes). */
+  #bodyBytes = 0;
   /** Set when a failed step could not be undone: no more training or proving. */
   #broken: string | null = null;
   #inflight = 0;
@@ -244,6 +255,7 @@ export class ProverServer {
       host: options.host ?? '127.0.0.1',
       port: int('port', options.port, 0, 0, 65535),
       maxBodyBytes: int('maxBodyBytes', options.maxBodyBytes, 16 * 2 ** 20, 1, 2 ** 30),
+      maxInflightBytes: int('maxInflightBytes', options.maxInflightBytes, Math.max(64 * 2 ** 20, options.maxBodyBytes ?? 0), 1, 2 ** 40),
       maxBatch: int('maxBatch', options.maxBatch, 256, 1, 2 ** 20),
       maxConcurrent: int('maxConcurrent', options.maxConcurrent, 2, 1, 1024),
       maxQueue: int('maxQueue', options.maxQueue, 64, 0, 2 ** 20),
@@ -254,6 +266,9 @@ export class ProverServer {
       ...(options.threads === undefined ? {} : { threads: options.threads }),
       ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
     };
+    if (this.#o.maxInflightBytes < this.#o.maxBodyBytes) {
+      throw new OutOfRangeError(`maxInflightBytes (${this.#o.maxInflightBytes}) must be at least maxBodyBytes (${this.#o.maxBodyBytes})`);
+    }
     if (options.trainToken !== undefined && (typeof options.trainToken !== 'string' || options.trainToken.length < 8)) {
       throw new InvalidArgumentError('trainToken must be a string of at least 8 characters');
     }
@@ -383,7 +398,7 @@ export class ProverServer {
     return this.#ghost;
   }
   get stats(): ServerStats {
-    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, served: { ...this.#served } };
+    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, bodyBytes: this.#bodyBytes, served: { ...this.#served } };
   }
 
   /**
@@ -417,9 +432,11 @@ export class ProverServer {
     this.#inflight++;
     let status = 500;
     let reason: string | undefined;
+    // The body bytes this request holds (released when it is answered).
+    const lease = { bytes: 0 };
     try {
       if (this.#closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down', { Connection: 'close', 'Retry-After': '1' });
-      status = await this.#route(req, res, path);
+      status = await this.#route(req, res, path, lease);
     } catch (err) {
       const e = toHttpError(err);
       status = e.status;
@@ -436,12 +453,14 @@ export class ProverServer {
         res.destroy();
       }
     } finally {
+      this.#bodyBytes -= lease.bytes;
+      lease.bytes = 0;
       this.#o.onLog?.({ method: req.method ?? '?', path, status, ms: performance.now() - t0, ...(reason === undefined ? {} : { reason }) });
       if (--this.#inflight === 0) for (const f of this.#drained.splice(0)) f();
     }
   }
 
-  async #route(req: IncomingMessage, res: ServerResponse, path: string): Promise<number> {
+  async #route(req: IncomingMessage, res: ServerResponse, path: string, lease: { bytes: number }): Promise<number> {
     const method = req.method ?? 'GET';
     const allow = (m: string): void => {
       if (method !== m) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${path} takes ${m}`, { Allow: m });
@@ -475,7 +494,7 @@ export class ProverServer {
       case '/forward': {
         allow('POST');
         this.#checkNotBroken();
-        const body = await this.#readBody(req);
+        const body = await this.#readBody(req, lease);
         const input = decodeForwardRequest(body);
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
@@ -495,7 +514,7 @@ export class ProverServer {
         const auth = req.headers.authorization ?? '';
         const m = /^Bearer (.+)$/.exec(auth);
         if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
-        const body = await this.#readBody(req);
+        const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
         const out = await this.#sched.run(true, () => {
           this.#checkNotBroken();
@@ -642,16 +661,45 @@ export class ProverServer {
     this.#logBytes += framed.length;
   }
 
-  async #readBody(req: IncomingMessage): Promise<Uint8Array> {
+  /**
+   * Reads the body whole, within maxBodyBytes, holding its bytes in `lease` against
+   * maxInflightBytes: the Content-Length up front (then read into one buffer of that
+   * size), or chunk by chunk as they come. Past the limit: 503 BUSY before reading.
+   */
+  async #readBody(req: IncomingMessage, lease: { bytes: number }): Promise<Uint8Array> {
     const limit = this.#o.maxBodyBytes;
-    const declared = Number(req.headers['content-length'] ?? NaN);
-    if (declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `${declared} bytes; the limit is ${limit}`);
+    const header = req.headers['content-length'];
+    const declared = header === undefined ? null : Number(header);
+    if (declared !== null && declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `${declared} bytes; the limit is ${limit}`);
+    const reserve = (n: number): void => {
+      if (this.#bodyBytes + n > this.#o.maxInflightBytes) {
+        throw new HttpError(503, 'BUSY', `${this.#bodyBytes} bytes of request bodies are in flight; the limit is ${this.#o.maxInflightBytes}`, { 'Retry-After': '1' });
+      }
+      this.#bodyBytes += n;
+      lease.bytes += n;
+    };
+    if (declared !== null && Number.isSafeInteger(declared) && declared >= 0) {
+      // Node's parser delivers exactly Content-Length bytes (or the request aborts).
+      reserve(declared);
+      const buf = Buffer.allocUnsafe(declared);
+      let size = 0;
+      for await (const chunk of req) {
+        const c = chunk as Buffer;
+        if (size + c.length > declared) throw new HttpError(400, 'BAD_BODY', 'more bytes than Content-Length');
+        c.copy(buf, size);
+        size += c.length;
+      }
+      if (size !== declared) throw new HttpError(400, 'ABORTED', 'the body ended before Content-Length');
+      return new Uint8Array(buf.buffer, buf.byteOffset, size);
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of req) {
-      size += (chunk as Buffer).length;
+      const c = chunk as Buffer;
+      size += c.length;
       if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `more than ${limit} bytes`);
-      chunks.push(chunk as Buffer);
+      reserve(c.length);
+      chunks.push(c);
     }
     const buf = Buffer.concat(chunks, size);
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
