@@ -516,8 +516,11 @@ describe('a training step the server cannot prove is refused whole', () => {
     server.model.tensors.forEach((t, i) => expect(toHex(t.root())).toBe(toHex(client.ghost.manifest.tensors[i]!.root)));
     const updates = decodeProofList(new Uint8Array(await (await fetch(`${url}/updates?from=0`)).arrayBuffer()));
     expect(updates.proofs.length).toBe(1);
-    // The next step is proved, verified by a client, and survives a restart.
-    await client.train([{ tensor: 0, ids: Uint32Array.of(5), grads: rng.f32(16) }, { tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }]);
+    // The next step is proved, verified by a client, and survives a restart; so does a state
+    // near the edge (g = 1e19: v = 1e35, finite), which the next proof of that row reveals.
+    const large = rng.f32(16);
+    large[3] = 1e19;
+    await client.train([{ tensor: 0, ids: Uint32Array.of(5), grads: large }, { tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }]);
     expect(client.generation).toBe(3);
     await server.close();
     expect(snapshot(dir)).not.toBe(files);
@@ -526,6 +529,8 @@ describe('a training step the server cannot prove is refused whole', () => {
     expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
     await late.train([{ tensor: 0, ids: Uint32Array.of(5), grads: rng.f32(16) }]);
     expect(late.generation).toBe(4);
+    const p = decodeProof(decodeProofList(new Uint8Array(await (await fetch(`${again.url}/updates?from=3`)).arrayBuffer())).proofs[0]!);
+    expect(p.kind === 'update' && p.state.v[3]! > 1e34).toBe(true);
     await again.close();
   });
 

@@ -9,9 +9,13 @@
  * keeps the recent proofs (and the Ghost files between them) so a client pinned to
  * an older generation follows the roots only through verified update proofs.
  *
- * Durability: a training step is acknowledged only after its update proofs are
- * appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
- * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. close()
+ * Training requests are all or nothing: each entry's update proof is verified by the
+ * server itself (the addon-free verifier, against the served Ghost file) before it is
+ * kept, and any failure undoes every entry taken. Durable before visible: a step is
+ * published (generation, Ghost file, /updates) and acknowledged only after its update
+ * proofs are appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
+ * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. Request
+ * bodies held at once are bounded by maxInflightBytes across all connections. close()
  * (and the CLI's SIGTERM handler) stops accepting, finishes every accepted request,
  * then closes the tensor files (checkpoint, compact, clean mark).
  */
