@@ -24,7 +24,7 @@ export type { MerkleHasher, Verifier } from './verify.js';
 export { ProductKeyIndex, combineProductKeys } from './product-keys.js';
 export type { ProductKeyBatchResult, ProductKeyResult } from './product-keys.js';
 export { DenseAdam, SparseAdam, SparseSGD } from './optim.js';
-export type { AdamOptions, OptimizerInfo, RowState, SgdOptions, SparseGrad } from './optim.js';
+export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './optim.js';
 export { Embedding, HopfieldLookup } from './layers.js';
 export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './layers.js';
 export { Model } from './model.js';

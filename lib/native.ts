@@ -74,6 +74,7 @@ export interface NativeTensor {
   optimCheck(ids: Uint32Array, grads: Float32Array): void;
   optimStepAsync(ids: Uint32Array, grads: Float32Array): Promise<number>;
   optimState(ids: Uint32Array): { m: Float32Array; v: Float32Array; steps: Uint32Array; marks: Float64Array };
+  optimRestore(ids: Uint32Array, values: Float32Array, m: Float32Array, v: Float32Array, steps: Uint32Array, marks: Float64Array, globalStep: number, logDecay: number): void;
   optimSetLr(lr: number): void;
   optimInfo(): NativeOptimizerInfo | null;
   denseHopfieldForwardAsync(

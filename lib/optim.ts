@@ -15,8 +15,12 @@
  *   last touch. Its total decay so equals dense AdamW's over the same steps, with any
  *   learning-rate schedule, however rarely it is touched. Between touches the decay
  *   is owed, not applied.
- * - A step is all or nothing: a non-finite result leaves values and state unchanged
- *   (NonFiniteError).
+ * - A step is all or nothing: when any new value or any new state (m, v, the decay
+ *   log) would not be finite, NonFiniteError, and values and state are unchanged. A
+ *   finite gradient can do it (g = 1e30: v = (1 - beta2) g^2 overflows f32 while the
+ *   value does not move); such a state could not be put into an update proof.
+ * - snapshot() / restore() put rows back to where they were (a service undoing
+ *   a step whose proof it could not verify).
  *
  * Small dense parameters (a learned beta, a bias vector) use DenseAdam, a plain
  * TypeScript Adam over Float32Arrays with the same formulas.
@@ -56,6 +60,18 @@ export interface SparseGrad {
 }
 
 export type OptimizerInfo = NativeOptimizerInfo;
+
+/** Rows of one tensor as they were: values, optimizer state, and the global scalars (snapshot()). */
+export interface RowsSnapshot {
+  readonly tensor: SparseTensor;
+  /** Ascending, distinct. */
+  readonly ids: Uint32Array;
+  readonly values: Float32Array;
+  readonly state: RowState;
+  /** The optimizer's step count and decay log. */
+  readonly steps: number;
+  readonly logDecay: number;
+}
 
 export interface RowState {
   /** First moments (ids.length * dim; zeros for SGD). */
@@ -161,6 +177,30 @@ abstract class SparseOptimizerBase {
     if (!this.#tensors.includes(tensor)) throw new InvalidArgumentError("tensor is not one of this optimizer's tensors");
     const u = toIds('ids', ids);
     return callNative(() => internalNative(tensor).optimState(u));
+  }
+
+  /**
+   * Rows `ids` of `tensor` as they are now (values, state) and the optimizer's global
+   * scalars, for restore(). ids are sorted and made distinct.
+   */
+  snapshot(tensor: SparseTensor, ids: Uint32Array | readonly number[]): RowsSnapshot {
+    const u = Uint32Array.from(new Set(toIds('ids', ids))).sort();
+    const state = this.state(tensor, u);
+    const info = this.info(tensor);
+    return { tensor, ids: u, values: tensor.gather(u), state, steps: info.steps, logDecay: info.logDecay };
+  }
+
+  /**
+   * Puts a snapshot's rows back (values, hence the root, and state) and the optimizer's
+   * step count and decay log: undoes the steps taken since, when they touched only
+   * those rows. The values must be finite and the decay log finite and <= 0 (checked
+   * first; all or nothing); the rows' state is put back as given.
+   */
+  restore(s: RowsSnapshot): void {
+    if (!this.#tensors.includes(s.tensor)) throw new InvalidArgumentError("the snapshot's tensor is not one of this optimizer's tensors");
+    const adam = this.info(s.tensor).kind === 'adam';
+    const m = adam ? s.state.m : new Float32Array(0), v = adam ? s.state.v : new Float32Array(0);
+    callNative(() => internalNative(s.tensor).optimRestore(s.ids, s.values, m, v, s.state.steps, s.state.marks, s.steps, s.logDecay));
   }
 
   /** Parameters and the number of steps taken, per tensor. */

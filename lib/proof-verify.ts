@@ -351,6 +351,12 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
   for (let i = 0; i < stepped.rows.length; i++) {
     if (!Number.isFinite(stepped.rows[i]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value at ${i}; the optimizer would have refused it`);
   }
+  // As the optimizer does: a step whose new state is not finite (v = g^2 overflowing) is refused.
+  for (const [name, a] of [['m', stepped.state.m], ['v', stepped.state.v]] as const) {
+    for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite ${name} at ${i}; the optimizer would have refused it`);
+  }
+  for (let i = 0; i < p.state.steps.length; i++) if (p.state.steps[i] === 0xffffffff) fail('UPDATE_MISMATCH', `row counter ${i} is full; the optimizer would have refused the step`);
+  if (!Number.isFinite(stepped.logDecay)) fail('UPDATE_MISMATCH', 'the step gives a non-finite decay log; the optimizer would have refused it');
   const bytes = new Uint8Array(stepped.rows.buffer);
   // The new leaves with the old siblings must reduce to the claimed new root.
   try {

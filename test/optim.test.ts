@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, NonFiniteError, OutOfRangeError, SparseTensor, TensorBusyError } from '../lib/index.js';
+import { HopfieldLookup, InvalidArgumentError, Model, NonFiniteError, OutOfRangeError, SparseTensor, TensorBusyError, decodeProof, encodeProof, verifyUpdate } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { DenseAdam, SparseAdam, SparseSGD } from '../lib/optim.js';
+import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -142,6 +143,81 @@ describe('SparseAdam / SparseSGD against a float64 reference restricted to touch
     expect(opt.state(t, [0, 1])).toEqual(before.s);
     expect(hex(t.root())).toBe(before.root);
     expect(opt.info(t).steps).toBe(1);
+  });
+
+  it('a finite gradient whose new state is not finite (v = g^2 overflows) is refused, all or nothing', async () => {
+    // g = 1e30: m = 1e29 and the new value (w - lr m / sqrt(inf)) = w are finite, v = 1e-3 * 1e60 is not.
+    for (const async of [false, true]) {
+      const t = SparseTensor.fromArray(new Float32Array([1, 2, 3, 4, 5, 6]), 2);
+      t.commitSync();
+      const opt = new SparseAdam([t], { lr: 0.1 });
+      opt.step([{ tensor: t, ids: [0, 2], grads: new Float32Array([1, 1, 1, 1]) }]);
+      const before = { w: t.gather([0, 1, 2]), s: opt.state(t, [0, 1, 2]), root: hex(t.root()), info: opt.info(t) };
+      // Row 2 is fine; row 0's v overflows in one coordinate only: nothing of either row moves.
+      const huge = [{ tensor: t, ids: [2, 0], grads: new Float32Array([0.5, 0.5, 1e30, 1]) }];
+      if (async) await expect(opt.stepAsync(huge)).rejects.toThrow(NonFiniteError);
+      else expect(() => opt.step(huge)).toThrow(NonFiniteError);
+      expect(t.gather([0, 1, 2])).toEqual(before.w);
+      expect(opt.state(t, [0, 1, 2])).toEqual(before.s);
+      expect(hex(t.root())).toBe(before.root);
+      expect(opt.info(t)).toEqual(before.info);
+      // and the largest gradient whose square still fits is taken
+      expect(opt.step([{ tensor: t, ids: [0], grads: new Float32Array([1e19, 1]) }])).toEqual([1]);
+      expect(Number.isFinite(opt.state(t, [0]).v[0]!)).toBe(true);
+    }
+  });
+
+  it('restore() undoes steps exactly: the run continues as if they were never taken', () => {
+    for (const kind of ['adam', 'sgd'] as const) {
+      const rng = new Rng(kind === 'adam' ? 31 : 32);
+      const init = rng.f32(6 * 3);
+      const make = () => {
+        const t = SparseTensor.fromArray(init, 3);
+        t.commitSync();
+        const o = kind === 'adam' ? new SparseAdam([t], { lr: 0.05, weightDecay: 0.1 }) : new SparseSGD([t], { lr: 0.05, weightDecay: 0.1 });
+        return { t, o };
+      };
+      const a = make(), ref = make();
+      const g1 = rng.f32(2 * 3), g2 = rng.f32(3 * 3), g3 = rng.f32(2 * 3);
+      for (const x of [a, ref]) x.o.step([{ tensor: x.t, ids: [1, 4], grads: g1 }]);
+      const snap = a.o.snapshot(a.t, [4, 2, 1, 4]);
+      expect(Array.from(snap.ids)).toEqual([1, 2, 4]);
+      a.o.step([{ tensor: a.t, ids: [2, 4, 1], grads: g2 }]); // undone below
+      expect(hex(a.t.root())).not.toBe(hex(ref.t.root()));
+      a.o.restore(snap);
+      expect(hex(a.t.root())).toBe(hex(ref.t.root()));
+      expect(a.o.info(a.t)).toEqual(ref.o.info(ref.t));
+      expect(a.o.state(a.t, [0, 1, 2, 3, 4, 5])).toEqual(ref.o.state(ref.t, [0, 1, 2, 3, 4, 5]));
+      for (const x of [a, ref]) x.o.step([{ tensor: x.t, ids: [4, 0], grads: g3 }]);
+      expect(a.t.gather([0, 1, 2, 3, 4, 5])).toEqual(ref.t.gather([0, 1, 2, 3, 4, 5]));
+      expect(a.o.state(a.t, [0, 1, 2, 3, 4, 5])).toEqual(ref.o.state(ref.t, [0, 1, 2, 3, 4, 5]));
+      // a hostile snapshot is refused whole: nothing moves
+      const root = hex(a.t.root());
+      const bad = { ...snap, values: snap.values.map((x, i) => (i === 5 ? NaN : x)) };
+      expect(() => a.o.restore(bad)).toThrow(NonFiniteError);
+      expect(() => a.o.restore({ ...snap, logDecay: 1 })).toThrow(OutOfRangeError);
+      expect(() => a.o.restore({ ...snap, ids: Uint32Array.of(4, 2, 1) })).toThrow(InvalidArgumentError);
+      expect(hex(a.t.root())).toBe(root);
+    }
+  });
+
+  it('the verifier\'s canonical re-run refuses the steps the optimizer refuses (a non-finite new state)', async () => {
+    const rng = new Rng(12);
+    const d = 4;
+    const t = SparseTensor.fromArray(rng.f32(16 * d), d);
+    const model = new Model([new HopfieldLookup({ keys: t, values: SparseTensor.fromArray(rng.f32(16 * 3), 3), k: 2 })]);
+    const ghost = await model.ghost();
+    const opt = new SparseAdam([t], { lr: 0.01 });
+    const [ok] = await model.proveStep(opt, [{ tensor: t, ids: [3], grads: rng.f32(d) }]);
+    expect((await verifyUpdate(ghost, ok!.bytes)).ids).toEqual(Uint32Array.of(3));
+    // The same step with gradients 1e30: every v overflows, so the values (and the root) do not
+    // move; a proof claiming the old root is what the unfixed optimizer acknowledged.
+    const forged = decodeProof(ok!.bytes);
+    if (forged.kind !== 'update') throw new Error('not an update proof');
+    forged.grads.fill(1e30);
+    forged.newRoot = ghost.manifest.tensors[forged.tensor]!.root;
+    expect(await reason(verifyUpdate(ghost, encodeProof(forged)))).toBe('UPDATE_MISMATCH');
+    model.close();
   });
 
   it('keeps the HNSW index consistent: a moved row is found at its new place', async () => {

@@ -6,13 +6,14 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { Model, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
+import { Model, OutOfRangeError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { toHex } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
@@ -233,6 +234,51 @@ describe('timeouts', () => {
   });
 });
 
+describe('request bodies in flight', () => {
+  it('bodies are held against maxInflightBytes across connections: past it 503 BUSY with Retry-After before reading; released when answered', async () => {
+    const { model } = twoLayerModel(new Rng(53));
+    const server = await ProverServer.fromModel(model, { maxBodyBytes: 40_000, maxInflightBytes: 64_000 });
+    const url = new URL(await server.listen());
+    const { connect } = await import('node:net');
+    const open = (head: string): import('node:net').Socket => {
+      const sock = connect(Number(url.port), url.hostname);
+      sock.on('error', () => {});
+      sock.write(`POST /forward HTTP/1.1\r\nHost: x\r\n${head}\r\n\r\n`);
+      return sock;
+    };
+    const until = async (f: () => boolean): Promise<void> => {
+      for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    // A Content-Length of 30000 is held at once, before any of the body came.
+    const a = open('Content-Length: 30000');
+    await until(() => server.stats.bodyBytes === 30_000);
+    expect(server.stats.bodyBytes).toBe(30_000);
+    // A chunked body is held as its chunks come: 20000 now.
+    const b = open('Transfer-Encoding: chunked');
+    b.write(`${(20_000).toString(16)}\r\n${'x'.repeat(20_000)}\r\n`);
+    await until(() => server.stats.bodyBytes === 50_000);
+    expect(server.stats.bodyBytes).toBe(50_000);
+    // 50000 + 20000 > 64000: refused before its body is read; a smaller one still fits.
+    const refused = await post(url.href + 'forward', new Uint8Array(20_000));
+    expect([refused.status, refused.reason, refused.headers.get('retry-after')]).toEqual([503, 'BUSY', '1']);
+    const fits = await post(url.href + 'forward', encodeForwardRequest({ kind: 'f32', rows: 1, cols: 16, data: new Rng(3).f32(16) }));
+    expect(fits.status).toBe(200);
+    // The chunked one passing the limit with its next chunk is refused too, and lets go of its 20000.
+    b.write(`${(15_000).toString(16)}\r\n${'x'.repeat(15_000)}\r\n`);
+    await until(() => server.stats.bodyBytes === 30_000);
+    expect(server.stats.bodyBytes).toBe(30_000);
+    // The first one, answered (400: not a forward request), lets go of its 30000.
+    a.write('x'.repeat(30_000));
+    await until(() => server.stats.bodyBytes === 0);
+    expect(server.stats.bodyBytes).toBe(0);
+    expect((await post(url.href + 'forward', new Uint8Array(40_000))).reason).toBe('BAD_BODY');
+    a.destroy();
+    b.destroy();
+    await expect(ProverServer.fromModel(model, { maxBodyBytes: 1000, maxInflightBytes: 999 })).rejects.toThrow(OutOfRangeError);
+    await server.close();
+  });
+});
+
 describe('aborted requests', () => {
   it('a client that hangs up in the middle of its body is logged as 400 ABORTED and the server goes on', async () => {
     const { model } = twoLayerModel(new Rng(52));
@@ -441,5 +487,87 @@ describe('training over HTTP', () => {
     await c.train(grads());
     expect(c.generation).toBe(4);
     await b.close();
+  });
+});
+
+describe('a training step the server cannot prove is refused whole', () => {
+  /** Everything a restart would read, to check that a refusal changed nothing. */
+  const snapshot = (dir: string): string =>
+    ['ghost.bin', 'updates.bin', 'ghost-0.bin'].map((f) => { try { return createHash('sha256').update(readFileSync(join(dir, f))).digest('hex'); } catch { return '-'; } }).join(',');
+
+  it('a huge but finite gradient (v = g^2 overflows) is 422 NON_FINITE, the earlier entry undone; the server trains and restarts after', async () => {
+    const rng = new Rng(71);
+    const { model } = twoLayerModel(rng);
+    const dir = join(tmp(), 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
+    const server = await ProverServer.open(dir, { trainToken: TOKEN });
+    const url = await server.listen();
+    const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+    await client.train([{ tensor: 4, ids: Uint32Array.of(7), grads: rng.f32(5) }]);
+    const files = snapshot(dir), digest = toHex(client.ghost.digest);
+    const huge = rng.f32(16);
+    huge[3] = 1e30;
+    const r = await post(`${url}/train`, encodeTrainRequest([{ tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }, { tensor: 0, ids: Uint32Array.of(5), grads: huge }]), { Authorization: `Bearer ${TOKEN}` });
+    expect(`${r.status} ${r.reason}`).toBe('422 NON_FINITE');
+    // Nothing changed: not the generation, not the first entry's tensor, not a file.
+    expect(server.generation).toBe(1);
+    expect(toHex(server.ghost.digest)).toBe(digest);
+    expect(snapshot(dir)).toBe(files);
+    server.model.tensors.forEach((t, i) => expect(toHex(t.root())).toBe(toHex(client.ghost.manifest.tensors[i]!.root)));
+    const updates = decodeProofList(new Uint8Array(await (await fetch(`${url}/updates?from=0`)).arrayBuffer()));
+    expect(updates.proofs.length).toBe(1);
+    // The next step is proved, verified by a client, and survives a restart; so does a state
+    // near the edge (g = 1e19: v = 1e35, finite), which the next proof of that row reveals.
+    const large = rng.f32(16);
+    large[3] = 1e19;
+    await client.train([{ tensor: 0, ids: Uint32Array.of(5), grads: large }, { tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }]);
+    expect(client.generation).toBe(3);
+    await server.close();
+    expect(snapshot(dir)).not.toBe(files);
+    const again = await ProverServer.open(dir, { trainToken: TOKEN });
+    const late = await ProverClient.connect(await again.listen(), g0.bytes, { generation: 0, token: TOKEN });
+    expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
+    await late.train([{ tensor: 0, ids: Uint32Array.of(5), grads: rng.f32(16) }]);
+    expect(late.generation).toBe(4);
+    const p = decodeProof(decodeProofList(new Uint8Array(await (await fetch(`${again.url}/updates?from=3`)).arrayBuffer())).proofs[0]!);
+    expect(p.kind === 'update' && p.state.v[3]! > 1e34).toBe(true);
+    await again.close();
+  });
+
+  it('a step whose own proof does not verify (a damaged moment in a tensor file) is 500 SELF_CHECK_FAILED: not logged, undone', async () => {
+    const rng = new Rng(72);
+    const { model } = twoLayerModel(rng);
+    const dir = join(tmp(), 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
+    // Row 5 of tensor 0: v[0] = -1e-30 (the optimizer state is not under the Merkle root). The
+    // optimizer steps from it (the new v, 1e-3 g^2 - 1e-30, is positive), but the proof reveals
+    // the old v, which no verifier accepts.
+    const path = join(dir, 'tensors', '0.gtt');
+    const f = readFileSync(path);
+    const vOff = Number(f.readBigUInt64LE(128 + 2 * 16));
+    expect(Number(f.readBigUInt64LE(128 + 2 * 16 + 8))).toBe(300 * 16 * 4);
+    f.writeFloatLE(-1e-30, vOff + 5 * 16 * 4);
+    writeFileSync(path, f);
+    const logs: { status: number; reason?: string }[] = [];
+    const server = await ProverServer.open(dir, { trainToken: TOKEN, onLog: (e) => logs.push(e) });
+    const url = await server.listen();
+    const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+    await client.train([{ tensor: 4, ids: Uint32Array.of(7), grads: rng.f32(5) }]);
+    const files = snapshot(dir), digest = toHex(client.ghost.digest);
+    const r = await post(`${url}/train`, encodeTrainRequest([{ tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }, { tensor: 0, ids: Uint32Array.of(5, 6), grads: rng.f32(32) }]), { Authorization: `Bearer ${TOKEN}` });
+    expect(`${r.status} ${r.reason}`).toBe('500 SELF_CHECK_FAILED');
+    expect(server.generation).toBe(1);
+    expect(toHex(server.ghost.digest)).toBe(digest);
+    expect(snapshot(dir)).toBe(files);
+    server.model.tensors.forEach((t, i) => expect(toHex(t.root())).toBe(toHex(client.ghost.manifest.tensors[i]!.root)));
+    // Steps on other rows go on, and the client verifies them.
+    await client.train([{ tensor: 0, ids: Uint32Array.of(6), grads: rng.f32(16) }]);
+    expect(client.generation).toBe(2);
+    await server.close();
+    // The directory opens again, and its history verifies from generation 0.
+    const again = await ProverServer.open(dir, { trainToken: TOKEN });
+    const late = await ProverClient.connect(await again.listen(), g0.bytes, { generation: 0 });
+    expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
+    await again.close();
   });
 });

@@ -168,6 +168,8 @@ finishes every accepted request, closes the tensor files, exits 0.
   --lr LR             learning rate of the server's SparseAdam, default 0.001
   --max-batch B       inputs per forward request, default 256 (413 beyond)
   --max-body BYTES    request body limit, default 16777216 (413 beyond)
+  --max-inflight BYTES  request body bytes held at once over all connections,
+                      default 67108864 (and at least --max-body; 503 + Retry-After beyond)
   --concurrency C     requests proved at once, default 2
   --queue Q           accepted requests waiting, default 64 (503 + Retry-After beyond)
   --log               one line per request on stderr`,
@@ -178,6 +180,7 @@ finishes every accepted request, closes the tensor files, exits 0.
       lr: { type: 'string' },
       'max-batch': { type: 'string' },
       'max-body': { type: 'string' },
+      'max-inflight': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string' },
       log: { type: 'boolean' },
@@ -192,6 +195,7 @@ finishes every accepted request, closes the tensor files, exits 0.
         port: num(v, 'port', 8080, 0, 65535),
         maxBatch: num(v, 'max-batch', 256, 1, 2 ** 20),
         maxBodyBytes: num(v, 'max-body', 16 * 2 ** 20, 1, 2 ** 30),
+        ...(v['max-inflight'] === undefined ? {} : { maxInflightBytes: num(v, 'max-inflight', 64 * 2 ** 20, 1, 2 ** 40) }),
         maxConcurrent: num(v, 'concurrency', 2, 1, 1024),
         maxQueue: num(v, 'queue', 64, 0, 2 ** 20),
         ...(token === undefined ? {} : { trainToken: token, optimizer: { kind: 'adam' as const, lr: num(v, 'lr', 1e-3, 0, 10, false) } }),

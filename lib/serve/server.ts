@@ -9,9 +9,13 @@
  * keeps the recent proofs (and the Ghost files between them) so a client pinned to
  * an older generation follows the roots only through verified update proofs.
  *
- * Durability: a training step is acknowledged only after its update proofs are
- * appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
- * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. close()
+ * Training requests are all or nothing: each entry's update proof is verified by the
+ * server itself (the addon-free verifier, against the served Ghost file) before it is
+ * kept, and any failure undoes every entry taken. Durable before visible: a step is
+ * published (generation, Ghost file, /updates) and acknowledged only after its update
+ * proofs are appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
+ * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. Request
+ * bodies held at once are bounded by maxInflightBytes across all connections. close()
  * (and the CLI's SIGTERM handler) stops accepting, finishes every accepted request,
  * then closes the tensor files (checkpoint, compact, clean mark).
  */
@@ -24,7 +28,7 @@ import { join } from 'node:path';
 
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
 import { Model } from '../model.js';
-import { SparseAdam, SparseSGD, type AdamOptions, type SgdOptions } from '../optim.js';
+import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../optim.js';
 import { SparseTensor } from '../sparse-tensor.js';
 import { decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
@@ -42,6 +46,13 @@ export interface ProverServerOptions {
   optimizer?: ({ kind: 'adam' } & Omit<AdamOptions, 'replaceState'>) | ({ kind: 'sgd' } & Omit<SgdOptions, 'replaceState'>);
   /** Largest request body accepted (413 beyond). Default 16 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Request body bytes held at once across all connections (read, queued or being
+   * proved). A request whose Content-Length (or, chunked, whose next chunk) would pass
+   * it is refused with 503 BUSY and Retry-After before its body is read. Default
+   * 64 MiB, and at least maxBodyBytes (a smaller value is refused).
+   */
+  maxInflightBytes?: number;
   /** Most inputs in one forward request (413 beyond). Default 256. */
   maxBatch?: number;
   /** Requests proved or trained at once. Default 2. */
@@ -65,6 +76,8 @@ export interface ServerStats {
   digest: string;
   running: number;
   queued: number;
+  /** Request body bytes held now (reserved by Content-Length, or received so far). */
+  bodyBytes: number;
   served: { forward: number; train: number; rejected: number };
 }
 
@@ -226,6 +239,12 @@ export class ProverServer {
   #ghosts: (PinnedGhost | null)[] = [];
   #firstKept: number;
   #closing: Promise<void> | null = null;
+  /** Length of updates.bin up to the last durable step. */
+  #logBytes = 0;
+  /** Request body bytes reserved by the requests in flight (at most maxInflightBytes). */
+  #bodyBytes = 0;
+  /** Set when a failed step could not be undone: no more training or proving. */
+  #broken: string | null = null;
   #inflight = 0;
   readonly #drained: (() => void)[] = [];
   readonly #served = { forward: 0, train: 0, rejected: 0 };
@@ -240,6 +259,7 @@ export class ProverServer {
       host: options.host ?? '127.0.0.1',
       port: int('port', options.port, 0, 0, 65535),
       maxBodyBytes: int('maxBodyBytes', options.maxBodyBytes, 16 * 2 ** 20, 1, 2 ** 30),
+      maxInflightBytes: int('maxInflightBytes', options.maxInflightBytes, Math.max(64 * 2 ** 20, options.maxBodyBytes ?? 0), 1, 2 ** 40),
       maxBatch: int('maxBatch', options.maxBatch, 256, 1, 2 ** 20),
       maxConcurrent: int('maxConcurrent', options.maxConcurrent, 2, 1, 1024),
       maxQueue: int('maxQueue', options.maxQueue, 64, 0, 2 ** 20),
@@ -250,6 +270,9 @@ export class ProverServer {
       ...(options.threads === undefined ? {} : { threads: options.threads }),
       ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
     };
+    if (this.#o.maxInflightBytes < this.#o.maxBodyBytes) {
+      throw new OutOfRangeError(`maxInflightBytes (${this.#o.maxInflightBytes}) must be at least maxBodyBytes (${this.#o.maxBodyBytes})`);
+    }
     if (options.trainToken !== undefined && (typeof options.trainToken !== 'string' || options.trainToken.length < 8)) {
       throw new InvalidArgumentError('trainToken must be a string of at least 8 characters');
     }
@@ -331,6 +354,7 @@ export class ProverServer {
       s.#updates = proofs.slice(proofs.length - keep);
       s.#ghosts = history ? history.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
       s.#firstKept = proofs.length - keep;
+      s.#logBytes = proofs.reduce((n, p) => n + 4 + p.length, 0);
       return s;
     } catch (err) {
       model.close();
@@ -378,7 +402,7 @@ export class ProverServer {
     return this.#ghost;
   }
   get stats(): ServerStats {
-    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, served: { ...this.#served } };
+    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, bodyBytes: this.#bodyBytes, served: { ...this.#served } };
   }
 
   /**
@@ -412,9 +436,11 @@ export class ProverServer {
     this.#inflight++;
     let status = 500;
     let reason: string | undefined;
+    // The body bytes this request holds (released when it is answered).
+    const lease = { bytes: 0 };
     try {
       if (this.#closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down', { Connection: 'close', 'Retry-After': '1' });
-      status = await this.#route(req, res, path);
+      status = await this.#route(req, res, path, lease);
     } catch (err) {
       const e = toHttpError(err);
       status = e.status;
@@ -431,12 +457,14 @@ export class ProverServer {
         res.destroy();
       }
     } finally {
+      this.#bodyBytes -= lease.bytes;
+      lease.bytes = 0;
       this.#o.onLog?.({ method: req.method ?? '?', path, status, ms: performance.now() - t0, ...(reason === undefined ? {} : { reason }) });
       if (--this.#inflight === 0) for (const f of this.#drained.splice(0)) f();
     }
   }
 
-  async #route(req: IncomingMessage, res: ServerResponse, path: string): Promise<number> {
+  async #route(req: IncomingMessage, res: ServerResponse, path: string, lease: { bytes: number }): Promise<number> {
     const method = req.method ?? 'GET';
     const allow = (m: string): void => {
       if (method !== m) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${path} takes ${m}`, { Allow: m });
@@ -469,12 +497,14 @@ export class ProverServer {
       }
       case '/forward': {
         allow('POST');
-        const body = await this.#readBody(req);
+        this.#checkNotBroken();
+        const body = await this.#readBody(req, lease);
         const input = decodeForwardRequest(body);
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(input);
         const out = await this.#sched.run(false, async () => {
+          this.#checkNotBroken();
           const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, this.#o.threads === undefined ? {} : { threads: this.#o.threads });
           return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
         });
@@ -484,18 +514,26 @@ export class ProverServer {
       case '/train': {
         allow('POST');
         if (!this.#optimizer || this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
+        this.#checkNotBroken();
         const auth = req.headers.authorization ?? '';
         const m = /^Bearer (.+)$/.exec(auth);
         if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
-        const body = await this.#readBody(req);
+        const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
-        const out = await this.#sched.run(true, () => this.#train(grads));
+        const out = await this.#sched.run(true, () => {
+          this.#checkNotBroken();
+          return this.#train(grads);
+        });
         this.#served.train++;
         return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
     }
+  }
+
+  #checkNotBroken(): void {
+    if (this.#broken !== null) throw new HttpError(500, 'NEEDS_RESTART', this.#broken);
   }
 
   #ghostAt(generation: number): PinnedGhost {
@@ -518,28 +556,80 @@ export class ProverServer {
     }
   }
 
-  /** One training step, entry by entry (each entry's proof is logged as soon as it is taken), then made durable. */
+  /**
+   * One training request, all or nothing. Entry by entry: the optimizer step and its
+   * update proof, which the server verifies itself (the addon-free verifier, against the
+   * Ghost file before the step) before it goes on. Then the proofs are made durable
+   * (#persist), and only then published (#remember): /ghost, /updates and /forward see
+   * the new generation once a crash can no longer take it back. Any failure undoes
+   * every entry taken (the rows and optimizer state put back) and changes no file.
+   */
   async #train(grads: ReturnType<typeof decodeTrainRequest>): Promise<{ from: number; proofs: Uint8Array[] }> {
+    const opt = this.#optimizer!;
     const from = this.#generation;
-    const proofs: Uint8Array[] = [];
-    let failure: unknown = null;
-    for (const g of grads) {
-      try {
-        const [p] = await this.model.proveStep(this.#optimizer!, [{ tensor: this.model.tensors[g.tensor]!, ids: g.ids, grads: g.grads }]);
-        proofs.push(p!.bytes);
-        this.#remember(p!.bytes, await pinGhost(this.model.manifest()));
-      } catch (err) {
-        failure = err;
-        break;
+    const taken: { proof: Uint8Array; ghost: PinnedGhost }[] = [];
+    const undo: RowsSnapshot[] = [];
+    let ghost = this.#ghost;
+    try {
+      for (const g of grads) {
+        const tensor = this.model.tensors[g.tensor]!;
+        const before = opt.snapshot(tensor, g.ids);
+        let proof: Uint8Array;
+        try {
+          const [p] = await this.model.proveStep(opt, [{ tensor, ids: g.ids, grads: g.grads }]);
+          proof = p!.bytes;
+        } finally {
+          // Stepped (even if its proof then failed): to be undone on any failure.
+          if (opt.info(tensor).steps !== before.steps) undo.push(before);
+        }
+        let next: PinnedGhost;
+        try {
+          next = (await verifyUpdate(ghost, proof)).ghost;
+        } catch (err) {
+          throw new HttpError(500, 'SELF_CHECK_FAILED', `the update proof of entry ${taken.length} (tensor ${g.tensor}) does not verify against the served Ghost file (${err instanceof Error ? err.message : String(err)}); nothing was changed`);
+        }
+        if (!bytesEqual(next.digest, (await pinGhost(this.model.manifest())).digest)) {
+          throw new HttpError(500, 'SELF_CHECK_FAILED', `the update proof of entry ${taken.length} (tensor ${g.tensor}) verifies, but to another Ghost file than the model's; nothing was changed`);
+        }
+        taken.push({ proof, ghost: next });
+        ghost = next;
       }
+    } catch (err) {
+      await this.#undo(undo, null);
+      throw err;
     }
-    if (proofs.length > 0) await this.#persist(proofs, grads.slice(0, proofs.length).map((g) => g.tensor));
-    if (failure) {
-      // Entries before the failed one were taken and logged: clients follow them through /updates.
-      const e = toHttpError(failure);
-      throw new HttpError(e.status, e.reason, `${e.message}${proofs.length > 0 ? ` (after ${proofs.length} entries were taken: generation ${this.#generation})` : ''}`);
+    try {
+      await this.#persist(taken.map((t) => t.proof), ghost, grads.map((g) => g.tensor));
+    } catch (err) {
+      await this.#undo(undo, grads.map((g) => g.tensor));
+      const e = toHttpError(err);
+      throw new HttpError(500, 'NOT_DURABLE', `the step could not be saved (${e.message}); nothing was changed`);
     }
-    return { from, proofs };
+    for (const t of taken) this.#remember(t.proof, t.ghost);
+    return { from, proofs: taken.map((t) => t.proof) };
+  }
+
+  /**
+   * Puts the rows of the entries taken back, last first. After a failed #persist
+   * (`tensors` given), also cuts updates.bin back, checkpoints the tensors at the old
+   * rows and rewrites ghost.bin. If any of that fails the server stops training and
+   * proving (NEEDS_RESTART); a restart repairs the directory (docs/serving.md).
+   */
+  async #undo(undo: readonly RowsSnapshot[], tensors: readonly number[] | null): Promise<void> {
+    try {
+      for (const s of [...undo].reverse()) this.#optimizer!.restore(s);
+      if (tensors && this.dir) {
+        await truncate(join(this.dir, 'updates.bin'), this.#logBytes);
+        await writeSynced(join(this.dir, 'updates.bin'), new Uint8Array(0), 'a');
+        for (const ti of new Set(tensors)) {
+          const t = this.model.tensors[ti]!;
+          if (t.file) await t.checkpointAsync();
+        }
+        await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
+      }
+    } catch (err) {
+      this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
+    }
   }
 
   #remember(proof: Uint8Array, next: PinnedGhost): void {
@@ -555,7 +645,8 @@ export class ProverServer {
     }
   }
 
-  async #persist(proofs: Uint8Array[], tensors: number[]): Promise<void> {
+  /** The log record (fsynced), every touched tensor checkpointed, then ghost.bin replaced: the step is durable. */
+  async #persist(proofs: Uint8Array[], ghost: PinnedGhost, tensors: number[]): Promise<void> {
     if (!this.dir) return;
     const framed = new Uint8Array(proofs.reduce((n, p) => n + 4 + p.length, 0));
     const dv = new DataView(framed.buffer);
@@ -570,19 +661,49 @@ export class ProverServer {
       const t = this.model.tensors[ti]!;
       if (t.file) await t.checkpointAsync();
     }
-    await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
+    await replaceFile(this.dir, 'ghost.bin', ghost.bytes);
+    this.#logBytes += framed.length;
   }
 
-  async #readBody(req: IncomingMessage): Promise<Uint8Array> {
+  /**
+   * Reads the body whole, within maxBodyBytes, holding its bytes in `lease` against
+   * maxInflightBytes: the Content-Length up front (then read into one buffer of that
+   * size), or chunk by chunk as they come. Past the limit: 503 BUSY before reading.
+   */
+  async #readBody(req: IncomingMessage, lease: { bytes: number }): Promise<Uint8Array> {
     const limit = this.#o.maxBodyBytes;
-    const declared = Number(req.headers['content-length'] ?? NaN);
-    if (declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `${declared} bytes; the limit is ${limit}`);
+    const header = req.headers['content-length'];
+    const declared = header === undefined ? null : Number(header);
+    if (declared !== null && declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `${declared} bytes; the limit is ${limit}`);
+    const reserve = (n: number): void => {
+      if (this.#bodyBytes + n > this.#o.maxInflightBytes) {
+        throw new HttpError(503, 'BUSY', `${this.#bodyBytes} bytes of request bodies are in flight; the limit is ${this.#o.maxInflightBytes}`, { 'Retry-After': '1' });
+      }
+      this.#bodyBytes += n;
+      lease.bytes += n;
+    };
+    if (declared !== null && Number.isSafeInteger(declared) && declared >= 0) {
+      // Node's parser delivers exactly Content-Length bytes (or the request aborts).
+      reserve(declared);
+      const buf = Buffer.allocUnsafe(declared);
+      let size = 0;
+      for await (const chunk of req) {
+        const c = chunk as Buffer;
+        if (size + c.length > declared) throw new HttpError(400, 'BAD_BODY', 'more bytes than Content-Length');
+        c.copy(buf, size);
+        size += c.length;
+      }
+      if (size !== declared) throw new HttpError(400, 'ABORTED', 'the body ended before Content-Length');
+      return new Uint8Array(buf.buffer, buf.byteOffset, size);
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of req) {
-      size += (chunk as Buffer).length;
+      const c = chunk as Buffer;
+      size += c.length;
       if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `more than ${limit} bytes`);
-      chunks.push(chunk as Buffer);
+      reserve(c.length);
+      chunks.push(c);
     }
     const buf = Buffer.concat(chunks, size);
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);

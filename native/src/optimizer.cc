@@ -152,7 +152,26 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
       wr[j] = cur[j] * decay - step_size * mr[j] / denom;
     }
   }
-  // Validates (finite values) and writes; throws before anything changed.
+  // The whole new state must be finite before anything is committed: a finite gradient can
+  // still overflow v (g^2), m, or the decay log, and a state that is not finite cannot be
+  // written into an update proof (nor opened again from a checkpoint). Counters must not wrap.
+  if (!std::isfinite(new_log_decay)) throw Error(ErrorCode::NonFinite, "the decay log would not be finite");
+  if (adam) {
+    const size_t bad_m = first_non_finite(m.data(), m.size());
+    if (bad_m != m.size())
+      throw Error(ErrorCode::NonFinite, "the step's new m of row " + std::to_string(rows[bad_m / d]) + " is not finite");
+    const size_t bad_v = first_non_finite(v.data(), v.size());
+    if (bad_v != v.size())
+      throw Error(ErrorCode::NonFinite, "the step's new v of row " + std::to_string(rows[bad_v / d]) +
+                                            " is not finite (the gradient squared overflows)");
+  }
+  const size_t bad_w = first_non_finite(w.data(), w.size());
+  if (bad_w != w.size())
+    throw Error(ErrorCode::NonFinite, "the step's new value of row " + std::to_string(rows[bad_w / d]) + " is not finite");
+  for (size_t r = 0; r < nr; ++r)
+    if (row_steps_[rows[r]] == UINT32_MAX)
+      throw Error(ErrorCode::OutOfRange, "row " + std::to_string(rows[r]) + " has taken 2^32 - 1 steps; its counter is full");
+  // Writes (validating again); throws before anything changed.
   tensor_.set(rows.data(), nr, w.data());
 
   for (size_t r = 0; r < nr; ++r) {
@@ -167,6 +186,30 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
   ++global_step_;
   log_decay_ = new_log_decay;
   return nr;
+}
+
+void SparseOptimizer::restore(const uint32_t* ids, size_t count, const float* values, const float* m, const float* v,
+                              const uint32_t* row_steps, const double* marks, uint64_t global_step, double log_decay) {
+  tensor_.check_ids(ids, count, "ids");
+  for (size_t i = 1; i < count; ++i)
+    if (ids[i] <= ids[i - 1]) throw Error(ErrorCode::InvalidArgument, "restore: ids must be ascending and distinct");
+  const size_t d = tensor_.dim();
+  const bool adam = params_.kind == OptimizerKind::Adam;
+  if (!std::isfinite(log_decay) || log_decay > 0.0) throw Error(ErrorCode::OutOfRange, "restore: the decay log must be finite and <= 0");
+  // Values first (validated, all or nothing), then the state as given, which cannot fail. The
+  // state is not validated: it is put back as it was (a snapshot of this tensor).
+  tensor_.set(ids, count, values);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t off = static_cast<size_t>(ids[i]) * d;
+    if (adam) {
+      std::copy(m + i * d, m + (i + 1) * d, m_ + off);
+      std::copy(v + i * d, v + (i + 1) * d, v_ + off);
+    }
+    row_steps_[ids[i]] = row_steps[i];
+    decay_mark_[ids[i]] = marks[i];
+  }
+  global_step_ = global_step;
+  log_decay_ = log_decay;
 }
 
 void SparseOptimizer::state(const uint32_t* ids, size_t count, float* m, float* v, uint32_t* row_steps,

@@ -14,9 +14,11 @@
 //   therefore does not depend on how often it is touched, and equals dense AdamW's
 //   decay over the same steps (with any lr schedule). Between touches the decay
 //   is owed, not applied: a forward pass reads the undecayed value.
-// - A step is all or nothing: new values, moments and counters are computed aside,
-//   the values are written (which validates them), and only then is the state
-//   committed. A non-finite result leaves everything as it was.
+// - A step is all or nothing: new values, moments, counters and the decay log are
+//   computed aside and checked (every one finite, no counter wrapping), the values are
+//   written (which validates them again), and only then is the state committed. A
+//   finite gradient whose square overflows v is refused like a non-finite one
+//   (NonFinite): such a state could not be written into an update proof.
 // - Every step is reproducible bit for bit by lib/canonical-optim.ts (an update
 //   proof's verifier re-runs it): the per-row scalars use the canonical exp, log1p
 //   and integer power (native/src/canonical.h), the per-element math is plain f32
@@ -79,6 +81,13 @@ class SparseOptimizer : public WriteListener {
   // One step: rows `ids` (count of them, repeats allowed) with gradients `grads`
   // (count * dim floats). Returns the number of distinct rows touched.
   size_t step(const uint32_t* ids, size_t count, const float* grads);
+
+  // Puts rows `ids` (ascending, distinct) back to the given values and state, and the
+  // global scalars to (global_step, log_decay): undoes steps whose proof was not
+  // accepted. Values must be finite and log_decay finite and <= 0 (checked first, all
+  // or nothing); the rows' state is put back as given. Throws gt::Error.
+  void restore(const uint32_t* ids, size_t count, const float* values, const float* m, const float* v,
+               const uint32_t* row_steps, const double* marks, uint64_t global_step, double log_decay);
 
   // Copies the state of rows `ids`: m and v (count * dim each; zeros for SGD), each
   // row's update count and its decay mark (the log-decay sum at its last touch).

@@ -426,6 +426,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::OptimCheck>("optimCheck"),
                          InstanceMethod<&TensorBinding::OptimDetach>("optimDetach"),
                          InstanceMethod<&TensorBinding::OptimState>("optimState"),
+                         InstanceMethod<&TensorBinding::OptimRestore>("optimRestore"),
                          InstanceMethod<&TensorBinding::OptimSetLr>("optimSetLr"),
                          InstanceMethod<&TensorBinding::OptimInfo>("optimInfo"),
                          InstanceMethod<&TensorBinding::DenseHopfieldForwardAsync>("denseHopfieldForwardAsync"),

@@ -71,6 +71,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value OptimCheck(const Napi::CallbackInfo& info);
   Napi::Value OptimDetach(const Napi::CallbackInfo& info);
   Napi::Value OptimState(const Napi::CallbackInfo& info);
+  Napi::Value OptimRestore(const Napi::CallbackInfo& info);
   Napi::Value OptimSetLr(const Napi::CallbackInfo& info);
   Napi::Value OptimInfo(const Napi::CallbackInfo& info);
   Napi::Value DenseHopfieldForwardAsync(const Napi::CallbackInfo& info);

@@ -317,6 +317,34 @@ Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
   });
 }
 
+// optimRestore(ids, values, m, v, steps, marks, globalStep, logDecay): puts rows back
+// (SparseOptimizer::restore); m and v are empty for SGD.
+Napi::Value TensorBinding::OptimRestore(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("restore");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> values = f32_arg(info, 1, "values");
+    const ArrayArg<float> m = f32_arg(info, 2, "m");
+    const ArrayArg<float> v = f32_arg(info, 3, "v");
+    const ArrayArg<uint32_t> steps = u32_arg(info, 4, "steps");
+    const ArrayArg<double> marks = f64_arg(info, 5, "marks");
+    const double global_step = info[6].IsNumber() ? info[6].As<Napi::Number>().DoubleValue() : -1.0;
+    const double log_decay = info[7].IsNumber() ? info[7].As<Napi::Number>().DoubleValue() : 1.0;
+    const size_t cells = ids.length * t.dim();
+    const bool adam = optimizer_->params().kind == OptimizerKind::Adam;
+    if (values.length != cells || steps.length != ids.length || marks.length != ids.length ||
+        m.length != (adam ? cells : 0) || v.length != (adam ? cells : 0))
+      throw Error(ErrorCode::InvalidArgument, "restore: array lengths do not match ids.length and dim");
+    if (!(global_step >= 0.0 && global_step <= 9007199254740991.0 && global_step == std::floor(global_step)))
+      throw Error(ErrorCode::OutOfRange, "restore: globalStep must be a safe integer >= 0");
+    optimizer_->restore(ids.data, ids.length, values.data, m.data, v.data, steps.data, marks.data,
+                        static_cast<uint64_t>(global_step), log_decay);
+    after_write();
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value TensorBinding::OptimSetLr(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     usable();

@@ -357,6 +357,33 @@ static void test_optimizer() {
   const float g1[] = {5, -5, 0.5f};
   adam.step(one, 1, g1);
   CHECK(std::fabs(t.row(1)[0] - 3.9f) < 1e-5f && std::fabs(t.row(1)[1] - 5.1f) < 1e-5f);
+  // A finite gradient whose square overflows v: refused whole (row 0 is fine, row 1 is not).
+  float m0[6], v0[6], m1[6], v1[6];
+  uint32_t s0[2], s1[2];
+  double k0[2], k1[2];
+  const uint32_t both[] = {0, 1};
+  adam.state(both, 2, m0, v0, s0, k0);
+  const float w00 = t.row(0)[0], w10 = t.row(1)[0];
+  const float over[] = {1, 1, 1, 1e30f, 1, 1};
+  threw = false;
+  try {
+    adam.step(both, 2, over);
+  } catch (const gt::Error& e) {
+    threw = e.code() == gt::ErrorCode::NonFinite;
+  }
+  adam.state(both, 2, m1, v1, s1, k1);
+  CHECK(threw && adam.steps() == 1 && t.row(0)[0] == w00 && t.row(1)[0] == w10);
+  CHECK(std::equal(m0, m0 + 6, m1) && std::equal(v0, v0 + 6, v1) && s0[0] == s1[0] && s0[1] == s1[1]);
+  // restore() undoes a step taken: values and state as they were.
+  float w[6];
+  std::copy(t.row(0), t.row(0) + 3, w);
+  std::copy(t.row(1), t.row(1) + 3, w + 3);
+  const float fine[] = {1, 2, 3, 4, 5, 6};
+  adam.step(both, 2, fine);
+  CHECK(adam.steps() == 2 && t.row(0)[0] != w00);
+  adam.restore(both, 2, w, m0, v0, s0, k0, 1, 0.0);
+  adam.state(both, 2, m1, v1, s1, k1);
+  CHECK(adam.steps() == 1 && t.row(0)[0] == w00 && t.row(1)[0] == w10 && std::equal(v0, v0 + 6, v1) && s1[1] == s0[1]);
 }
 
 static void test_dense_hopfield() {
