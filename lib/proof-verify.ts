@@ -62,11 +62,19 @@ export interface VerifyOptions {
   limits?: Partial<VerifierLimits>;
 }
 
+/** What checking a proof was charged (VerifierLimits): cells of memory and estimated work units. */
+export interface VerifyCost {
+  cells: number;
+  work: number;
+}
+
 export interface VerifiedForward {
   /** The verified output of the last proved layer (rows x cols). */
   output: Float32Array;
   rows: number;
   cols: number;
+  /** What the check was charged against the limits. */
+  cost: VerifyCost;
 }
 
 /** Rows of one tensor a layer may read (ids sorted: a row is found by bisection; an all-rows block: id * dim). */
@@ -388,7 +396,7 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
     fail('OUTPUT_MISMATCH', `output[${at}]: the verifier computes ${y[at]}, the proof claims ${o.data[at]}`);
   }
   cache?.record(resolved);
-  return { output: y, rows: B, cols };
+  return { output: y, rows: B, cols, cost: { cells: budget.cells, work: budget.work } };
 }
 
 export interface VerifiedUpdate {
@@ -398,6 +406,8 @@ export interface VerifiedUpdate {
   ids: Uint32Array;
   /** The touched rows after the step, as the verifier computed them. */
   rows: Float32Array;
+  /** What the check was charged against the limits. */
+  cost: VerifyCost;
 }
 
 /**
@@ -433,5 +443,5 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
     throw err;
   }
   options.cache?.record([{ tensor: p.tensor, dim: d, ids: old.ids, rows: stepped.rows, root: p.newRoot }]);
-  return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows };
+  return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows, cost: { cells: budget.cells, work: budget.work } };
 }

@@ -85,4 +85,4 @@ export type { GhostAttentionLayer, GhostEmbeddingLayer, GhostHopfieldLayer, Ghos
 export { DEFAULT_VERIFIER_LIMITS, PROOF_FORMAT_VERSION, PROOF_LIMITS, PatternCache, VerifyBudget, verifierLimits, RowKind, applyDelta, attentionReads, decodeProof, encodeDelta, encodeProof } from './proof-format.js';
 export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, PatternBlock, ProofInput, UpdateProof, VerifierLimits } from './proof-format.js';
 export { attentionCanonical, pinGhost, verifyForward, verifyUpdate } from './proof-verify.js';
-export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyOptions } from './proof-verify.js';
+export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyCost, VerifyOptions } from './proof-verify.js';
