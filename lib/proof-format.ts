@@ -43,7 +43,7 @@ export interface VerifierLimits {
   maxSequence: number;
   /** f32 values (4 bytes each) the verifier may hold for one proof: revealed rows (held ones copied from the cache included), activations, scores; plus a per-row and per-object overhead. */
   maxCells: number;
-  /** Estimated work units (about one f64 multiply-add each; a hashed f32 counts 2, a Merkle row 256). */
+  /** Estimated work units (about 1 ns of the TypeScript verifier each on the reference machine; see HASH_WORK). */
   maxWork: number;
 }
 
@@ -59,9 +59,22 @@ export const DEFAULT_VERIFIER_LIMITS: Readonly<VerifierLimits> = Object.freeze({
 export const ROW_CELLS = 8;
 /** Cells charged per decoded object (a block, a stage list, a layer). */
 export const OBJECT_CELLS = 32;
-/** Work units per hashed f32, and per Merkle row (a leaf hash and its share of the nodes). */
-export const HASH_WORK = 2;
-export const ROW_WORK = 256;
+/**
+ * Work units are calibrated to about a nanosecond of the TypeScript verifier on the
+ * reference machine (docs/proof-format.md, "Verifier limits"): an f64 multiply-add in
+ * cdot is 1; a hashed f32 is 8 (BLAKE3 in WebAssembly, ~1.8 ns a byte); one hash call
+ * (a leaf or a Merkle node) is 2048.
+ */
+export const HASH_WORK = 8;
+export const HASH_CALL_WORK = 2048;
+/** Work units per attention score (a query-key pair of one head) besides its dk multiply-adds: the call, the top-k insertion, the scratch. */
+export const PAIR_WORK = 128;
+
+/** An upper bound of the hash calls checking `rows` rows of a tensor of N rows take (leaves and multiproof nodes). */
+export function merkleCalls(rows: number, n: number): number {
+  if (rows <= 0) return 0;
+  return Math.min(2 * n, rows * (1 + Math.ceil(Math.log2(n / rows + 1))));
+}
 
 /** The limits with `partial` over the defaults; each a positive safe integer. */
 export function verifierLimits(partial: Partial<VerifierLimits> = {}): VerifierLimits {

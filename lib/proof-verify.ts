@@ -12,8 +12,10 @@ import { InvalidArgumentError, ProofError } from './errors.js';
 import { attentionWidth, decodeGhost, encodeGhost, withRoot, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostManifest, type GhostProjection } from './ghost-file.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle-verify.js';
 import {
+  HASH_CALL_WORK,
   HASH_WORK,
-  ROW_WORK,
+  PAIR_WORK,
+  merkleCalls,
   RowKind,
   VerifyBudget,
   applyDelta,
@@ -207,7 +209,10 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
     const l = g.layers[li]!;
     const ev = p.layers[i]!;
     if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
-    for (const b of ev.blocks) budget.workFor(b.ids.length * (b.dim * HASH_WORK + ROW_WORK), `checking layer ${li}'s block of ${b.ids.length} rows`);
+    for (const b of ev.blocks) {
+      const n = g.tensors[b.tensor]?.n ?? b.ids.length;
+      budget.workFor(b.ids.length * b.dim * HASH_WORK + merkleCalls(b.ids.length, n) * HASH_CALL_WORK, `checking layer ${li}'s block of ${b.ids.length} rows`);
+    }
     if (l.op === 'embedding') {
       budget.cellsFor(B * (l.dim + 2), `layer ${li}'s ${B} x ${l.dim} output`);
       budget.workFor(B * l.dim, `layer ${li} (embedding)`);
@@ -215,7 +220,8 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
     } else if (l.op === 'hopfield') {
       const S = l.updateSteps, k = l.k;
       const pk = l.index.kind === 'product-keys' ? l.index.subKeys : 0;
-      const perStage = pk ? pk * l.dIn + 4 * k * k + k * l.dIn : 2 * k * l.dIn + k;
+      // Per input and stage: k similarities and a mix of k rows (or, for product keys, both tables scored and k^2 pairs ranked).
+      const perStage = (pk ? pk * l.dIn + PAIR_WORK * k * k : PAIR_WORK * k) + 2 * k * l.dIn;
       budget.cellsFor(B * (l.dOut + l.dIn + S * k) + 2 * pk + k * k, `layer ${li}'s ${B} x ${l.dOut} output and states`);
       budget.workFor(B * (S * perStage + k * l.dOut), `layer ${li} (hopfield, B = ${B}, k = ${k}, ${S} stages)`);
       width = l.dOut;
@@ -227,12 +233,12 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
       for (const [pr, inDim] of [[l.query, l.dIn], [l.key, l.dIn], [l.value, l.dIn], [l.output, D]] as const) {
         if (pr === null) continue;
         const m = g.tensors[pr.tensor]!.n;
-        work += n * inDim * m + (pr.k < m ? n * m * (1 + Math.ceil(pr.k / 16)) : 0);
+        work += n * inDim * m + (pr.k < m ? n * m * (16 + Math.ceil(pr.k / 16)) : 0);
         cells += n * m + m + inDim;
       }
       const kk = Math.min(l.k, n);
       const pairs = l.causal ? (n * (n + 1)) / 2 : n * n;
-      work += l.heads * pairs * (dk + 1 + Math.ceil(kk / 16)) + n * kk * D;
+      work += l.heads * pairs * (PAIR_WORK + 2 * dk + Math.ceil(kk / 16)) + n * kk * D;
       cells += 2 * n * D + n * l.dOut + 2 * n + kk;
       budget.cellsFor(cells, `layer ${li} (attention, n = ${n})`);
       budget.workFor(work, `layer ${li} (attention, n = ${n}, D = ${D})`);
@@ -427,7 +433,7 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
   if (p.block.all) fail('BLOCK_IDS', 'an update block lists its ids');
   const cells = p.block.ids.length * t.dim;
   budget.cellsFor(3 * cells + 2 * p.block.ids.length, `the step's new rows and state (${p.block.ids.length} x ${t.dim})`);
-  budget.workFor(2 * p.block.ids.length * (t.dim * HASH_WORK + ROW_WORK) + 16 * cells, `the step of ${p.block.ids.length} rows`);
+  budget.workFor(2 * (cells * HASH_WORK + merkleCalls(p.block.ids.length, t.n) * HASH_CALL_WORK) + 16 * cells, `the step of ${p.block.ids.length} rows`);
   const old = resolveBlock(h, g, p.block, options.cache, true);
   const d = t.dim;
   const stepped = coptimizerStep(p.optimizer, p.globalStep, p.logDecay, d, old.rows, p.grads, p.state);

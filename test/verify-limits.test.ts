@@ -115,7 +115,7 @@ describe('verifier limits', () => {
     const x = Float32Array.from({ length: n * dIn }, (_, i) => ((i * 7919) % 1000) / 1000);
     const bytes = attentionProof(g.digest, x, n, dIn, { rows: 1, cols: 1, data: new Float32Array(1) });
     expect(await refusal(verifyForward(g, bytes))).toMatch(/^BUDGET: layer 0 \(attention\): the sequence length = 32768 .*maxSequence = 4096/);
-    // With the sequence limit lifted, the work estimate (n^2 (D + 2) = 10.7e9 units) refuses it.
+    // With the sequence limit lifted, the work estimate (n^2 (128 + 2 D + 1) = 1.6e11 units) refuses it.
     expect(await refusal(verifyForward(g, bytes, { limits: { maxSequence: n } }))).toMatch(/^BUDGET: layer 0 \(attention, n = 32768, D = 8\) is estimated at \d+ work units .*maxWork = 4294967296/);
     // The estimate runs before the layer: a budget charged by decoding and planning only.
     const b = new VerifyBudget({ maxSequence: n });
