@@ -33,6 +33,7 @@ export type { AttentionContext, AttentionForward, AttentionGradients, Projection
 export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model.js';
 export {
   CANONICAL_VERSION,
+  DEFAULT_VERIFIER_LIMITS,
   GHOST_FORMAT_VERSION,
   PROOF_FORMAT_VERSION,
   PatternCache,
@@ -42,9 +43,10 @@ export {
   encodeProof,
   ghostDigest,
   pinGhost,
+  verifierLimits,
   verifyForward,
   verifyUpdate,
 } from './verify.js';
-export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate } from './verify.js';
+export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify.js';
 export { ProverClient, ProverServer } from './serve/index.js';
 export type { ForwardInput, ProverClientOptions, ProverServerOptions, ServedForward, ServedStep, ServerStats, WireGrad } from './serve/index.js';

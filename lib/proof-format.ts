@@ -6,10 +6,10 @@
  * travel as ids or deltas. Decoding checks every length against the bytes that
  * remain and the limits below before it allocates. Loads no addon.
  */
-import { ByteReader, ByteWriter, checkFiniteF32 } from './bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32 } from './bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
-import { FormatError, InvalidArgumentError } from './errors.js';
-import type { GhostAttentionLayer, GhostHopfieldLayer } from './ghost-file.js';
+import { FormatError, InvalidArgumentError, ProofError } from './errors.js';
+import type { GhostAttentionLayer, GhostHopfieldLayer, GhostManifest } from './ghost-file.js';
 
 export const PROOF_FORMAT_VERSION = 1;
 /** 0x89 'GTPRF' CR LF. */
@@ -24,6 +24,121 @@ export const PROOF_LIMITS = {
   blockIds: 2 ** 24,
   dim: 2 ** 24,
 } as const;
+
+/**
+ * What a verifier is willing to spend on one proof (docs/proof-format.md, "Verifier
+ * limits"). Decoding and verification charge every allocation that grows with a count
+ * in the proof (rows of a block, held rows included; activations; attention scores) and
+ * the arithmetic they will do, estimated from the headers, against these limits BEFORE
+ * the allocation or the work, and refuse with ProofError BUDGET past them. Callers pass
+ * tighter (or, knowingly, looser) values; the pinned Ghost file bounds the rest (a
+ * block's rows at its tensor's N, its dim at the tensor's dim).
+ */
+export interface VerifierLimits {
+  /** Largest proof, bytes. */
+  maxProofBytes: number;
+  /** Input rows (or ids) of a forward proof: the batch B. */
+  maxBatch: number;
+  /** Rows of one sequence an attention layer attends over (its n; the work is O(n^2)). */
+  maxSequence: number;
+  /** f32 values (4 bytes each) the verifier may hold for one proof: revealed rows (held ones copied from the cache included), activations, scores; plus a per-row and per-object overhead. */
+  maxCells: number;
+  /** Estimated work units (about 1 ns of the TypeScript verifier each on the reference machine; see HASH_WORK). */
+  maxWork: number;
+}
+
+export const DEFAULT_VERIFIER_LIMITS: Readonly<VerifierLimits> = Object.freeze({
+  maxProofBytes: 2 ** 28,
+  maxBatch: 65536,
+  maxSequence: 4096,
+  maxCells: 2 ** 25,
+  maxWork: 2 ** 32,
+});
+
+/** Cells charged per decoded row (its id, kind, payload slot, position lists): 32 bytes. */
+export const ROW_CELLS = 8;
+/** Cells charged per decoded object (a block, a stage list, a layer). */
+export const OBJECT_CELLS = 32;
+/**
+ * Work units are calibrated to about a nanosecond of the TypeScript verifier on the
+ * reference machine (docs/proof-format.md, "Verifier limits"): an f64 multiply-add in
+ * cdot is 1; a hashed f32 is 8 (BLAKE3 in WebAssembly, ~1.8 ns a byte); one hash call
+ * (a leaf or a Merkle node) is 2048.
+ */
+export const HASH_WORK = 8;
+export const HASH_CALL_WORK = 2048;
+/** Work units per attention score (a query-key pair of one head) besides its dk multiply-adds: the call, the top-k insertion, the scratch. */
+export const PAIR_WORK = 128;
+
+/** An upper bound of the hash calls checking `rows` rows of a tensor of N rows take (leaves and multiproof nodes). */
+export function merkleCalls(rows: number, n: number): number {
+  if (rows <= 0) return 0;
+  return Math.min(2 * n, rows * (1 + Math.ceil(Math.log2(n / rows + 1))));
+}
+
+/** The limits with `partial` over the defaults; each a positive safe integer. */
+export function verifierLimits(partial: Partial<VerifierLimits> = {}): VerifierLimits {
+  if (partial === null || typeof partial !== 'object') throw new InvalidArgumentError('limits must be an object');
+  const out = { ...DEFAULT_VERIFIER_LIMITS };
+  for (const k of Object.keys(DEFAULT_VERIFIER_LIMITS) as (keyof VerifierLimits)[]) {
+    const v = partial[k];
+    if (v === undefined) continue;
+    if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`limits.${k} must be a positive safe integer`);
+    out[k] = v;
+  }
+  if (out.maxProofBytes > PROOF_LIMITS.bytes) out.maxProofBytes = PROOF_LIMITS.bytes;
+  return out;
+}
+
+/**
+ * The memory (cells) and work one proof has been charged so far; throws ProofError
+ * BUDGET when a charge would pass the limits. One budget follows a proof from its
+ * bytes through decoding to the end of verification.
+ */
+export class VerifyBudget {
+  readonly limits: VerifierLimits;
+  cells = 0;
+  work = 0;
+  constructor(limits: Partial<VerifierLimits> | VerifierLimits = {}) {
+    this.limits = verifierLimits(limits);
+  }
+  /** Charges `n` cells for `what` (before allocating them). */
+  cellsFor(n: number, what: string): void {
+    this.cells += n;
+    if (!(this.cells <= this.limits.maxCells)) {
+      throw new ProofError('BUDGET', `${what} needs ${n} more cells (${this.cells} in all); the verifier's limit is maxCells = ${this.limits.maxCells}`);
+    }
+  }
+  /** Charges `n` work units for `what` (before doing it). */
+  workFor(n: number, what: string): void {
+    this.work += n;
+    if (!(this.work <= this.limits.maxWork)) {
+      throw new ProofError('BUDGET', `${what} is estimated at ${n} work units (${this.work} in all); the verifier's limit is maxWork = ${this.limits.maxWork}`);
+    }
+  }
+  /** Refuses a count over a limit. */
+  atMost(v: number, max: number, what: string, limit: keyof VerifierLimits): void {
+    if (v > max) throw new ProofError('BUDGET', `${what} = ${v} is over the verifier's limit ${limit} = ${max}`);
+  }
+}
+
+/** What decodeProof checks beyond the format (the verifier passes all of them). */
+export interface DecodeOptions {
+  /** Limits to charge against (default DEFAULT_VERIFIER_LIMITS); ignored when `budget` is given. */
+  limits?: Partial<VerifierLimits>;
+  /** A budget to charge (verification goes on charging it). */
+  budget?: VerifyBudget;
+  /**
+   * The pinned Ghost file: a proof for another digest is refused as soon as the digest
+   * is read (GHOST_MISMATCH), layers it does not have at the layer count
+   * (LAYER_MISMATCH), and each block at its header, before its rows are allocated: its
+   * tensor must exist (LAYER_MISMATCH), its dim be the tensor's (SHAPE), its rows at
+   * most N, exactly N for all rows, ids < N (BLOCK_IDS, ID_OUT_OF_RANGE).
+   */
+  ghost?: { readonly manifest: GhostManifest; readonly digest: Uint8Array };
+  /** The kind expected (WRONG_KIND as soon as the kind byte is read). */
+  kind?: 'forward' | 'update';
+}
 
 /**
  * How one revealed pattern travels: Full (its f32 bytes), Held (only its id: the
@@ -412,13 +527,21 @@ function count(r: ByteReader, field: string, max: number, min = 0): number {
   return v;
 }
 
-function readBlock(r: ByteReader): PatternBlock {
+function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undefined): PatternBlock {
   const tensor = r.u32('block tensor');
   const dim = count(r, 'block dim', PROOF_LIMITS.dim, 1);
   const flags = r.u8('block flags');
   if (flags > 1) throw new FormatError('BAD_VALUE', `proof: block flags ${flags}`);
   const all = flags === 1;
   const n = count(r, 'block id count', PROOF_LIMITS.blockIds, 1);
+  // Checked against the pinned Ghost file and charged before anything is allocated for the rows.
+  const gt = g?.tensors[tensor];
+  if (g) {
+    if (!gt) throw new ProofError('LAYER_MISMATCH', `a block names tensor ${tensor}; the Ghost file has ${g.tensors.length}`);
+    if (dim !== gt.dim) throw new ProofError('SHAPE', `a block of tensor ${gt.name} has dim ${dim}; the Ghost file says ${gt.dim}`);
+    if (all ? n !== gt.n : n > gt.n) throw new ProofError('BLOCK_IDS', `a${all ? 'n all-rows' : ''} block of ${gt.name} has ${n} rows; N = ${gt.n}`);
+  }
+  budget.cellsFor(OBJECT_CELLS + n * (dim + ROW_CELLS), `a block of ${n} rows of ${dim}`);
   let ids: Uint32Array;
   if (all) {
     r.need(Math.ceil(n / 4), 'block kinds'); // bounds the allocation below by the bytes present
@@ -427,6 +550,7 @@ function readBlock(r: ByteReader): PatternBlock {
   } else {
     ids = r.u32s(n, 'block ids');
     for (let t = 1; t < n; t++) if (ids[t]! <= ids[t - 1]!) throw new FormatError('BAD_VALUE', `proof: block ids not strictly ascending at ${t}`);
+    if (gt && ids[n - 1]! >= gt.n) throw new ProofError('ID_OUT_OF_RANGE', `a block of ${gt.name} reveals id ${ids[n - 1]} >= N = ${gt.n}`);
   }
   const packed = r.bytes(Math.ceil(n / 4), 'block kinds');
   const kinds = new Uint8Array(n);
@@ -436,16 +560,14 @@ function readBlock(r: ByteReader): PatternBlock {
     kinds[t] = k;
   }
   if (n % 4 !== 0 && packed[packed.length - 1]! >> (2 * (n % 4)) !== 0) throw new FormatError('NON_CANONICAL', 'proof: padding bits of the row kinds are not zero');
-  const payload: (Float32Array | Uint8Array | null)[] = [];
+  const payload: (Float32Array | Uint8Array | null)[] = new Array<null>(n).fill(null);
   for (let t = 0; t < n; t++) {
     if (kinds[t] === RowKind.Full) {
       const row = r.f32s(dim, 'pattern');
       checkFiniteF32(row, 'a pattern');
-      payload.push(row);
+      payload[t] = row;
     } else if (kinds[t] === RowKind.Delta) {
-      payload.push(readDelta(r, dim));
-    } else {
-      payload.push(null);
+      payload[t] = readDelta(r, dim);
     }
   }
   const hc = r.u32('hash count');
@@ -473,30 +595,52 @@ function readOptimizer(r: ByteReader): CanonicalOptimizer {
   return p;
 }
 
-/** Decodes a Ghost proof from untrusted bytes; throws FormatError naming the first bad field. */
-export function decodeProof(bytes: Uint8Array): GhostProof {
+/**
+ * Decodes a Ghost proof from untrusted bytes; throws FormatError naming the first bad
+ * field, or ProofError (BUDGET, or a mismatch with `options.ghost`) from a header,
+ * before the allocation it announces. Memory: the bytes read plus what the budget was
+ * charged (docs/proof-format.md, "Verifier limits").
+ */
+export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): GhostProof {
   if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('a proof must be a Uint8Array');
+  const budget = options.budget ?? new VerifyBudget(options.limits);
+  const L = budget.limits;
   if (bytes.length > PROOF_LIMITS.bytes) throw new FormatError('LIMIT', `proof: ${bytes.length} bytes is over the ${PROOF_LIMITS.bytes}-byte limit`);
+  budget.atMost(bytes.length, L.maxProofBytes, 'the proof\'s bytes', 'maxProofBytes');
+  const g = options.ghost?.manifest;
   const r = new ByteReader(bytes, 'proof');
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== PROOF_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a Ghost proof');
   const version = r.u16('version');
   if (version !== PROOF_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
   const kind = r.u8('kind');
+  if (options.kind !== undefined && (kind === 1 || kind === 2) && (kind === 1 ? 'forward' : 'update') !== options.kind) {
+    const name = (k: string): string => (k === 'update' ? 'an update proof' : 'a forward proof');
+    throw new ProofError('WRONG_KIND', `${name(kind === 1 ? 'forward' : 'update')} where ${name(options.kind)} is expected`);
+  }
+  const readDigest = (): Uint8Array => {
+    const d = r.bytes(32, 'ghost digest');
+    if (options.ghost && !bytesEqual(d, options.ghost.digest)) throw new ProofError('GHOST_MISMATCH', 'the proof is for another Ghost file');
+    return d;
+  };
   let out: GhostProof;
   if (kind === 1) {
-    const ghost = r.bytes(32, 'ghost digest');
+    const ghost = readDigest();
     const firstLayer = r.u32('first layer');
     const nl = count(r, 'layer count', PROOF_LIMITS.layers, 1);
+    if (g && firstLayer + nl > g.layers.length) throw new ProofError('LAYER_MISMATCH', `layers ${firstLayer}..${firstLayer + nl - 1} do not exist (the model has ${g.layers.length})`);
     const ik = r.u8('input kind');
     let input: ProofInput;
     if (ik === 1) {
       const rows = count(r, 'input rows', 2 ** 32 - 1, 1), cols = count(r, 'input cols', PROOF_LIMITS.dim, 1);
+      budget.atMost(rows, L.maxBatch, 'input rows', 'maxBatch');
       const data = r.f32s(rows * cols, 'input');
       checkFiniteF32(data, 'the input');
       input = { kind: 'f32', rows, cols, data };
     } else if (ik === 2) {
-      input = { kind: 'ids', ids: r.u32s(count(r, 'input ids', 2 ** 32 - 1, 1), 'input ids') };
+      const n = count(r, 'input ids', 2 ** 32 - 1, 1);
+      budget.atMost(n, L.maxBatch, 'input ids', 'maxBatch');
+      input = { kind: 'ids', ids: r.u32s(n, 'input ids') };
     } else {
       throw new FormatError('BAD_VALUE', `proof: input kind ${ik}`);
     }
@@ -505,14 +649,16 @@ export function decodeProof(bytes: Uint8Array): GhostProof {
       const op = r.u8('op');
       const opName = OP_NAMES[op];
       if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
+      if (g && g.layers[firstLayer + i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${firstLayer + i} is ${g.layers[firstLayer + i]!.op}; the proof says ${opName}`);
       const ns = r.u8('stage count');
       if (ns > PROOF_LIMITS.stages) throw new FormatError('LIMIT', `proof: ${ns} stages`);
+      budget.cellsFor(OBJECT_CELLS * (1 + ns), `layer ${i}'s stage lists`);
       const stages: Uint32Array[] = [];
       for (let s = 0; s < ns; s++) stages.push(r.u32s(r.u32('stage length'), 'stage ids'));
       const nb = r.u8('block count');
       if (nb > PROOF_LIMITS.blocksPerLayer) throw new FormatError('LIMIT', `proof: ${nb} blocks in layer ${i}`);
       const blocks: PatternBlock[] = [];
-      for (let b = 0; b < nb; b++) blocks.push(readBlock(r));
+      for (let b = 0; b < nb; b++) blocks.push(readBlock(r, budget, g));
       layers.push({ op: opName, stages, blocks });
     }
     const rows = count(r, 'output rows', 2 ** 32 - 1, 1), cols = count(r, 'output cols', PROOF_LIMITS.dim, 1);
@@ -520,13 +666,13 @@ export function decodeProof(bytes: Uint8Array): GhostProof {
     checkFiniteF32(data, 'the output');
     out = { kind: 'forward', ghost, firstLayer, input, layers, output: { rows, cols, data } };
   } else if (kind === 2) {
-    const ghost = r.bytes(32, 'ghost digest');
+    const ghost = readDigest();
     const tensor = r.u32('tensor');
     const optimizer = readOptimizer(r);
     const globalStep = r.u64('global step');
     const logDecay = r.f64('log decay');
     if (!(logDecay <= 0) || !Number.isFinite(logDecay)) throw new FormatError('BAD_VALUE', 'proof: log decay must be finite and <= 0');
-    const block = readBlock(r);
+    const block = readBlock(r, budget, g);
     if (block.all) throw new FormatError('BAD_VALUE', 'proof: an update block lists its ids');
     const n = block.ids.length, cells = n * block.dim;
     const grads = r.f32s(cells, 'gradients');

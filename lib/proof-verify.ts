@@ -12,7 +12,12 @@ import { InvalidArgumentError, ProofError } from './errors.js';
 import { attentionWidth, decodeGhost, encodeGhost, withRoot, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostManifest, type GhostProjection } from './ghost-file.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle-verify.js';
 import {
+  HASH_CALL_WORK,
+  HASH_WORK,
+  PAIR_WORK,
+  merkleCalls,
   RowKind,
+  VerifyBudget,
   applyDelta,
   attentionReads,
   decodeProof,
@@ -27,6 +32,7 @@ import {
   type PatternCache,
   type ResolvedBlock,
   type UpdateProof,
+  type VerifierLimits,
 } from './proof-format.js';
 
 /** A Ghost file the verifier pins: its manifest, canonical bytes and digest. */
@@ -50,6 +56,18 @@ export interface VerifyOptions {
    * proof changes nothing (the prover's mirror has then diverged: clear both).
    */
   cache?: PatternCache;
+  /**
+   * What this verifier spends on one proof at most (default DEFAULT_VERIFIER_LIMITS):
+   * memory and work are estimated from the proof's headers and the pinned Ghost file
+   * and refused past these (ProofError BUDGET) before the allocation or the work.
+   */
+  limits?: Partial<VerifierLimits>;
+}
+
+/** What checking a proof was charged (VerifierLimits): cells of memory and estimated work units. */
+export interface VerifyCost {
+  cells: number;
+  work: number;
 }
 
 export interface VerifiedForward {
@@ -57,19 +75,23 @@ export interface VerifiedForward {
   output: Float32Array;
   rows: number;
   cols: number;
+  /** What the check was charged against the limits. */
+  cost: VerifyCost;
 }
 
-/** Rows of one tensor a layer may read: id -> offset into rows (an all-rows block: id * dim). */
+/** Rows of one tensor a layer may read (ids sorted: a row is found by bisection; an all-rows block: id * dim). */
 interface Revealed extends ResolvedBlock {
-  at: Map<number, number> | null;
+  all: boolean;
 }
 
 /**
  * The proof to check: bytes are decoded; an object goes through its encoding and back,
- * so every length in it is checked exactly as for bytes off the wire.
+ * so every length in it is checked exactly as for bytes off the wire. Decoding checks
+ * the blocks against the pinned Ghost file and charges the budget as it reads.
  */
-function canonicalProof(proof: Uint8Array | GhostProof): GhostProof {
-  if (proof instanceof Uint8Array) return decodeProof(proof);
+function canonicalProof(proof: Uint8Array | GhostProof, ghost: PinnedGhost, kind: GhostProof['kind'], budget: VerifyBudget): GhostProof {
+  const options = { ghost, kind, budget };
+  if (proof instanceof Uint8Array) return decodeProof(proof, options);
   if (!proof || typeof proof !== 'object') throw new InvalidArgumentError('proof must be bytes or a decoded proof');
   let bytes: Uint8Array;
   try {
@@ -77,12 +99,12 @@ function canonicalProof(proof: Uint8Array | GhostProof): GhostProof {
   } catch (err) {
     throw new InvalidArgumentError(`the proof object does not encode: ${(err as Error).message}`, { cause: err });
   }
-  return decodeProof(bytes);
+  return decodeProof(bytes, options);
 }
 
 /** The proof, checked to be of `kind` and for the pinned Ghost file. */
-function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint8Array | GhostProof, kind: K): Extract<GhostProof, { kind: K }> {
-  const p = canonicalProof(proof);
+function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint8Array | GhostProof, kind: K, budget: VerifyBudget): Extract<GhostProof, { kind: K }> {
+  const p = canonicalProof(proof, ghost, kind, budget);
   const name = (k: GhostProof['kind']): string => (k === 'update' ? 'an update proof' : 'a forward proof');
   if (p.kind !== kind) fail('WRONG_KIND', `${name(p.kind)} where ${name(kind)} is expected`);
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
@@ -130,12 +152,7 @@ function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache:
       checkMultiproof(h, t.root, t.n, Uint32Array.from(pos, (i) => b.ids[i]!), new Uint8Array(sub.buffer), b.hashes);
     }
   }
-  let at: Map<number, number> | null = null;
-  if (!b.all) {
-    at = new Map<number, number>();
-    for (let i = 0; i < b.ids.length; i++) at.set(b.ids[i]!, i * b.dim);
-  }
-  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, at };
+  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, all: b.all };
 }
 
 /** Checks that the layer's blocks reveal exactly `need` (tensor -> ids or 'all') and resolves them. */
@@ -163,9 +180,73 @@ function resolveLayer(
 }
 
 function rowOf(r: Revealed, id: number): number {
-  const o = r.at ? r.at.get(id) : id < r.ids.length ? id * r.dim : undefined;
-  if (o === undefined) fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
-  return o;
+  if (r.all) {
+    if (id < r.ids.length) return id * r.dim;
+  } else {
+    let lo = 0, hi = r.ids.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (r.ids[mid]! < id) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo < r.ids.length && r.ids[lo] === id) return lo * r.dim;
+  }
+  fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
+}
+
+/**
+ * Charges what verifying a forward proof will hold and do, from its headers and the
+ * pinned Ghost file, before any block is hashed or any layer computed: the blocks'
+ * hashing, each layer's activations and arithmetic (attention: O(n^2 D) for the
+ * selection), and refuses a sequence over maxSequence or a claimed output of another
+ * shape than the layers give.
+ */
+function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): void {
+  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
+  let width = p.input.kind === 'ids' ? 0 : p.input.cols;
+  for (let i = 0; i < p.layers.length; i++) {
+    const li = p.firstLayer + i;
+    const l = g.layers[li]!;
+    const ev = p.layers[i]!;
+    if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
+    for (const b of ev.blocks) {
+      const n = g.tensors[b.tensor]?.n ?? b.ids.length;
+      budget.workFor(b.ids.length * b.dim * HASH_WORK + merkleCalls(b.ids.length, n) * HASH_CALL_WORK, `checking layer ${li}'s block of ${b.ids.length} rows`);
+    }
+    if (l.op === 'embedding') {
+      budget.cellsFor(B * (l.dim + 2), `layer ${li}'s ${B} x ${l.dim} output`);
+      budget.workFor(B * l.dim, `layer ${li} (embedding)`);
+      width = l.dim;
+    } else if (l.op === 'hopfield') {
+      const S = l.updateSteps, k = l.k;
+      const pk = l.index.kind === 'product-keys' ? l.index.subKeys : 0;
+      // Per input and stage: k similarities and a mix of k rows (or, for product keys, both tables scored and k^2 pairs ranked).
+      const perStage = (pk ? pk * l.dIn + PAIR_WORK * k * k : PAIR_WORK * k) + 2 * k * l.dIn;
+      budget.cellsFor(B * (l.dOut + l.dIn + S * k) + 2 * pk + k * k, `layer ${li}'s ${B} x ${l.dOut} output and states`);
+      budget.workFor(B * (S * perStage + k * l.dOut), `layer ${li} (hopfield, B = ${B}, k = ${k}, ${S} stages)`);
+      width = l.dOut;
+    } else {
+      const n = B;
+      budget.atMost(n, budget.limits.maxSequence, `layer ${li} (attention): the sequence length`, 'maxSequence');
+      const D = attentionWidth(g, l), dk = D / l.heads;
+      let work = 0, cells = 0;
+      for (const [pr, inDim] of [[l.query, l.dIn], [l.key, l.dIn], [l.value, l.dIn], [l.output, D]] as const) {
+        if (pr === null) continue;
+        const m = g.tensors[pr.tensor]!.n;
+        work += n * inDim * m + (pr.k < m ? n * m * (16 + Math.ceil(pr.k / 16)) : 0);
+        cells += n * m + m + inDim;
+      }
+      const kk = Math.min(l.k, n);
+      const pairs = l.causal ? (n * (n + 1)) / 2 : n * n;
+      work += l.heads * pairs * (PAIR_WORK + 2 * dk + Math.ceil(kk / 16)) + n * kk * D;
+      cells += 2 * n * D + n * l.dOut + 2 * n + kk;
+      budget.cellsFor(cells, `layer ${li} (attention, n = ${n})`);
+      budget.workFor(work, `layer ${li} (attention, n = ${n}, D = ${D})`);
+      width = l.dOut;
+    }
+  }
+  const o = p.output;
+  if (o.rows !== B || o.cols !== width) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${B} x ${width}`);
 }
 
 /** One Hopfield layer recomputed canonically from its evidence; returns B x dOut f32. */
@@ -264,9 +345,11 @@ function attentionLayer(h: MerkleHasher, g: GhostManifest, l: GhostAttentionLaye
  */
 export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
   const h = await loadHasher();
-  const p = openProof(ghost, proof, 'forward');
+  const budget = new VerifyBudget(options.limits);
+  const p = openProof(ghost, proof, 'forward', budget);
   const g = ghost.manifest;
   if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
+  planForward(g, p, budget);
   const cache = options.cache;
   const resolved: Revealed[] = [];
   let x: Float32Array | null = null;
@@ -319,7 +402,7 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
     fail('OUTPUT_MISMATCH', `output[${at}]: the verifier computes ${y[at]}, the proof claims ${o.data[at]}`);
   }
   cache?.record(resolved);
-  return { output: y, rows: B, cols };
+  return { output: y, rows: B, cols, cost: { cells: budget.cells, work: budget.work } };
 }
 
 export interface VerifiedUpdate {
@@ -329,6 +412,8 @@ export interface VerifiedUpdate {
   ids: Uint32Array;
   /** The touched rows after the step, as the verifier computed them. */
   rows: Float32Array;
+  /** What the check was charged against the limits. */
+  cost: VerifyCost;
 }
 
 /**
@@ -339,12 +424,16 @@ export interface VerifiedUpdate {
  */
 export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | UpdateProof, options: VerifyOptions = {}): Promise<VerifiedUpdate> {
   const h = await loadHasher();
-  const p = openProof(ghost, proof, 'update');
+  const budget = new VerifyBudget(options.limits);
+  const p = openProof(ghost, proof, 'update', budget);
   const g = ghost.manifest;
   const t = g.tensors[p.tensor];
   if (!t) fail('LAYER_MISMATCH', `tensor ${p.tensor} does not exist`);
   if (p.block.tensor !== p.tensor) fail('LAYER_MISMATCH', `the block is of tensor ${p.block.tensor}; the proof updates tensor ${p.tensor}`);
   if (p.block.all) fail('BLOCK_IDS', 'an update block lists its ids');
+  const cells = p.block.ids.length * t.dim;
+  budget.cellsFor(3 * cells + 2 * p.block.ids.length, `the step's new rows and state (${p.block.ids.length} x ${t.dim})`);
+  budget.workFor(2 * (cells * HASH_WORK + merkleCalls(p.block.ids.length, t.n) * HASH_CALL_WORK) + 16 * cells, `the step of ${p.block.ids.length} rows`);
   const old = resolveBlock(h, g, p.block, options.cache, true);
   const d = t.dim;
   const stepped = coptimizerStep(p.optimizer, p.globalStep, p.logDecay, d, old.rows, p.grads, p.state);
@@ -366,5 +455,5 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
     throw err;
   }
   options.cache?.record([{ tensor: p.tensor, dim: d, ids: old.ids, rows: stepped.rows, root: p.newRoot }]);
-  return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows };
+  return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows, cost: { cells: budget.cells, work: budget.work } };
 }

@@ -7,7 +7,10 @@
  * fast-check (bit flips, overwrites, truncation, extension, splices of other honest
  * proofs, duplicated ranges, length fields set to huge values, whole replacement) and
  * decodes + verifies every mutant in the context of its base proof, with the
- * TypeScript verifier (no addon).
+ * TypeScript verifier (no addon). Half the mutants are checked under their base's tight
+ * limits (its exact cost: anything costlier is refused with BUDGET), and the 'bomb'
+ * mutations give them the costly shapes of hostile proofs (all rows held, repeated
+ * inputs, long sequences).
  *
  *   node scripts/fuzz-proofs.mjs --runs=1000000 [--seed=N] [--jobs=2]
  *
@@ -92,18 +95,20 @@ const t0 = performance.now();
 const pool = await buildPool(lib);
 const fields = pool.map((h) => fieldOffsets(lib.decodeProof(h.bytes), h.bytes.length));
 for (const h of pool) {
-  const r = await check(lib, h.ctx, h.bytes, pool);
-  if (!r.accepted || r.how !== 'identical') throw new Error(`honest proof ${h.name} does not verify`);
+  for (const tight of [false, true]) {
+    const r = await check(lib, h.ctx, h.bytes, pool, tight);
+    if (!r.accepted || r.how !== 'identical') throw new Error(`honest proof ${h.name} does not verify${tight ? ' under its tight limits' : ''}`);
+  }
 }
 log(`pool: ${pool.map((h) => `${h.name} ${h.bytes.length} B`).join('; ')}`);
 
 const s = { runs: 0, refused: 0, reasons: {}, accepted: { identical: 0, equivalent: 0, reproved: 0 }, forgeries: 0, crashes: 0, hangs: 0, slowestMs: 0, peakRssMiB: 0, seconds: 0, seeds: [SEED], findings: [] };
 await fc.assert(
-  fc.asyncProperty(fc.nat({ max: pool.length - 1 }), fc.array(mutationArb, { minLength: 1, maxLength: 3 }), async (bi, muts) => {
-    const bytes = mutate(pool[bi].bytes, muts, pool, fields[bi]);
+  fc.asyncProperty(fc.nat({ max: pool.length - 1 }), fc.array(mutationArb, { minLength: 1, maxLength: 3 }), fc.boolean(), async (bi, muts, tight) => {
+    const bytes = mutate(pool[bi].bytes, muts, pool, fields[bi], lib);
     const c0 = performance.now();
     try {
-      const r = await check(lib, pool[bi].ctx, bytes, pool);
+      const r = await check(lib, pool[bi].ctx, bytes, pool, tight);
       if (r.accepted) s.accepted[r.how]++;
       else {
         s.refused++;
@@ -112,7 +117,7 @@ await fc.assert(
     } catch (err) {
       const tag = err.tag ?? 'crash';
       s[tag === 'forgery' ? 'forgeries' : tag === 'hang' ? 'hangs' : 'crashes']++;
-      const msg = `${err.message} (base ${pool[bi].name}, mutations ${JSON.stringify(muts, (_, v) => (v instanceof Uint8Array ? hex(v) : v))})`;
+      const msg = `${err.message} (base ${pool[bi].name}${tight ? ', tight limits' : ''}, mutations ${JSON.stringify(muts, (_, v) => (v instanceof Uint8Array ? hex(v) : v))})`;
       if (s.findings.length < 20) s.findings.push(msg);
       log(msg.slice(0, 4000));
     }

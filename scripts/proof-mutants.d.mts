@@ -1,7 +1,7 @@
 // Types of scripts/proof-mutants.mjs (used by test/proof-fuzz.test.ts; scripts/fuzz-proofs.mjs passes dist/).
 import type { Arbitrary } from 'fast-check';
 import type * as Lib from '../lib/index.js';
-import type { ForwardProof, GhostProof, Model, PatternCache, PinnedGhost } from '../lib/index.js';
+import type { ForwardProof, GhostProof, Model, PatternCache, PinnedGhost, VerifierLimits } from '../lib/index.js';
 
 /** The library under test (the module namespace of lib/index.js or dist/index.js). */
 export type ProofLib = Pick<
@@ -29,6 +29,8 @@ export interface Context {
   cache?: PatternCache;
   /** Forward proofs: the model, to re-prove a mutated input (the oracle for an accepted input change). */
   prover?: Model;
+  /** The honest proof's exact cost as limits (set by buildPool; check(..., tight) verifies under them). */
+  limits?: Partial<VerifierLimits>;
 }
 
 export interface Honest {
@@ -55,7 +57,8 @@ export type Mutation =
   | { op: 'aligned'; donor: number; from: number; len: number }
   | { op: 'duplicate'; from: number; len: number; at: number }
   | { op: 'length'; field: number; value: number }
-  | { op: 'replace'; donor: number };
+  | { op: 'replace'; donor: number }
+  | { op: 'bomb'; kind: 'held-all' | 'repeat' | 'long'; size: number };
 
 /** A refusal (the reason of the FormatError or ProofError), or how the mutant was accepted (`honest`: the pool index, -1 for reproved). */
 export type Outcome = { accepted: false; reason: string } | { accepted: true; how: 'identical' | 'equivalent' | 'reproved'; honest: number };
@@ -71,7 +74,7 @@ export function concat(...parts: Uint8Array[]): Uint8Array;
 
 export function buildPool(lib: ProofLib): Promise<Honest[]>;
 export function fieldOffsets(p: GhostProof, total: number): FieldOffset[];
-export function mutate(base: Uint8Array, muts: readonly Mutation[], pool: readonly Honest[], fields: readonly FieldOffset[]): Uint8Array;
+export function mutate(base: Uint8Array, muts: readonly Mutation[], pool: readonly Honest[], fields: readonly FieldOffset[], lib?: ProofLib): Uint8Array;
 export function sameClaim(a: ForwardProof, b: ForwardProof): boolean;
 /** Throws an Error with `tag` 'forgery', 'crash' or 'hang' on a finding. */
-export function check(lib: ProofLib, ctx: Context, bytes: Uint8Array, pool: readonly Honest[]): Promise<Outcome>;
+export function check(lib: ProofLib, ctx: Context, bytes: Uint8Array, pool: readonly Honest[], tight?: boolean): Promise<Outcome>;

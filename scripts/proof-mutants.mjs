@@ -136,6 +136,16 @@ export async function buildPool(lib) {
   ]);
   const f = await m5.prove(r5.f32(5 * 6));
   pool.push({ name: 'F forward, attention first', bytes: f.bytes, ctx: { kind: 'forward', ghost: await m5.ghost(), prover: m5 }, output: f.output });
+
+  // Each context's tight limits: exactly what its honest proof is charged (a mutant that
+  // asks for one cell, one work unit, one input row or one byte more is refused: BUDGET).
+  for (const h of pool) {
+    const options = h.ctx.cache ? { cache: h.ctx.cache.clone() } : {};
+    const v = h.ctx.kind === 'forward' ? await verifyForward(h.ctx.ghost, h.bytes, options) : await lib.verifyUpdate(h.ctx.ghost, h.bytes, options);
+    const p = lib.decodeProof(h.bytes);
+    const B = p.kind === 'forward' ? (p.input.kind === 'ids' ? p.input.ids.length : p.input.rows) : 1;
+    h.ctx.limits = { maxProofBytes: h.bytes.length, maxBatch: B, maxSequence: B, maxCells: v.cost.cells, maxWork: Math.max(1, v.cost.work) };
+  }
   return pool;
 }
 
@@ -212,7 +222,54 @@ export const mutationArb = fc.oneof(
   { arbitrary: fc.record({ op: fc.constant('duplicate'), from: fc.nat(), len: fc.nat(), at: fc.nat() }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant('length'), field: fc.nat(), value: fc.oneof(fc.constantFrom(...HUGE), fc.nat({ max: 2 ** 32 - 1 }), fc.integer({ min: -3, max: 3 })) }), weight: 5 },
   { arbitrary: fc.record({ op: fc.constant('replace'), donor: fc.nat() }), weight: 1 },
+  { arbitrary: fc.record({ op: fc.constant('bomb'), kind: fc.constantFrom('held-all', 'repeat', 'long'), size: fc.nat() }), weight: 1 },
 );
+
+/**
+ * The costly shapes of the hostile proofs (docs/proof-format.md, "Verifier limits") on
+ * a decoded copy of `b`: 'held-all', the first block becomes n held rows (all rows for a
+ * forward proof: 2 bits a row); 'repeat', the input becomes n copies of its first row or
+ * id; 'long', n copies of the first input row as one long sequence. `b` unchanged when
+ * it does not decode.
+ */
+function bomb(lib, b, m) {
+  let p;
+  try {
+    p = lib.decodeProof(b);
+  } catch {
+    return b;
+  }
+  if (m.kind === 'held-all') {
+    const blk = p.kind === 'update' ? p.block : p.layers.find((l) => l.blocks.length > 0)?.blocks[0];
+    if (!blk) return b;
+    const n = Math.min([blk.ids.length + 1, 4096, 2 ** 16][m.size % 3], p.kind === 'update' ? Math.floor(2 ** 16 / blk.dim) : Infinity);
+    blk.all = p.kind === 'forward';
+    blk.ids = Uint32Array.from({ length: n }, (_, i) => i);
+    blk.kinds = new Uint8Array(n).fill(RowKind.Held);
+    blk.payload = new Array(n).fill(null);
+    blk.hashes = new Uint8Array(0);
+    if (p.kind === 'update') {
+      const cells = n * blk.dim;
+      p.grads = new Float32Array(cells);
+      if (p.optimizer.kind === 'adam') p.state = { ...p.state, m: new Float32Array(cells), v: new Float32Array(cells) };
+      p.state = { ...p.state, steps: new Uint32Array(n), marks: new Float64Array(n) };
+    }
+  } else {
+    if (p.kind !== 'forward') return b;
+    const inp = p.input;
+    const n = m.kind === 'repeat' ? [2 * (inp.kind === 'ids' ? inp.ids.length : inp.rows), 4096, 65537][m.size % 3] : [4097, 32768][m.size % 2];
+    if (inp.kind === 'ids') {
+      if (m.kind === 'long') return b;
+      p.input = { kind: 'ids', ids: new Uint32Array(n).fill(inp.ids[0]) };
+    } else {
+      if (n * inp.cols > 2 ** 18) return b;
+      const data = new Float32Array(n * inp.cols);
+      for (let r = 0; r < n; r++) data.set(inp.data.subarray(0, inp.cols), r * inp.cols);
+      p.input = { kind: 'f32', rows: n, cols: inp.cols, data };
+    }
+  }
+  return lib.encodeProof(p);
+}
 
 export function concat(...parts) {
   const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
@@ -224,8 +281,8 @@ export function concat(...parts) {
   return out;
 }
 
-/** Applies mutations in order to a copy of `base`. `fields` are the base's field offsets. */
-export function mutate(base, muts, pool, fields) {
+/** Applies mutations in order to a copy of `base`. `fields` are the base's field offsets; `lib` (for 'bomb') decodes and encodes. */
+export function mutate(base, muts, pool, fields, lib) {
   let b = base.slice();
   for (const m of muts) {
     const n = b.length;
@@ -282,6 +339,9 @@ export function mutate(base, muts, pool, fields) {
       case 'replace':
         b = pool[m.donor % pool.length].bytes.slice();
         break;
+      case 'bomb':
+        if (lib) b = bomb(lib, b, m);
+        break;
     }
   }
   return b;
@@ -321,14 +381,15 @@ const finding = (tag, message) => Object.assign(new Error(message), { tag });
  * honest Ghost file; these inputs are revealed, not committed); `reproved` (a forward
  * proof of another input, byte for byte what the prover makes for that input). Anything
  * else throws an Error tagged FORGERY, CRASH (another error type) or HANG, with the
- * mutant in hex.
+ * mutant in hex. `tight`: verify under the context's tight limits (its honest proof's
+ * exact cost), so that any mutant asking for more is refused with BUDGET.
  */
-export async function check(lib, ctx, bytes, pool) {
+export async function check(lib, ctx, bytes, pool, tight = false) {
   const { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyUpdate } = lib;
   const t0 = performance.now();
   let verified;
   try {
-    const options = ctx.cache ? { cache: ctx.cache.clone() } : {};
+    const options = { ...(ctx.cache ? { cache: ctx.cache.clone() } : {}), ...(tight && ctx.limits ? { limits: ctx.limits } : {}) };
     if (ctx.kind === 'forward') verified = { output: (await verifyForward(ctx.ghost, bytes, options)).output };
     else verified = { next: (await verifyUpdate(ctx.ghost, bytes, options)).ghost.digest };
   } catch (err) {

@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Embedding, HopfieldLookup, Model, ProductKeyIndex, SparseSGD, SparseTensor, decodeProof, encodeProof, verifyForward, type ForwardProof, type PinnedGhost } from '../lib/index.js';
 import { cmix, csoftmax, cstate } from '../lib/canonical.js';
 import type { GhostHopfieldLayer } from '../lib/ghost-file.js';
-import type { ProofInput } from '../lib/proof-format.js';
+import { ByteWriter } from '../lib/bytes.js';
+import { PROOF_MAGIC, type ProofInput } from '../lib/proof-format.js';
 import { P2PError } from '../lib/errors.js';
 import { FormatError, OutOfRangeError } from '../lib/errors.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, GhostClient, LayerNode, P2PForwardError, decodeRequest, decodeResponse, encodeRequest, encodeResponse, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
@@ -445,6 +446,117 @@ describe('a node under load', () => {
       expect(node.stats).toMatchObject({ OK: 1, TIMEOUT: 1 });
     } finally {
       await Promise.all([node.stop(), client.stop()]);
+    }
+  });
+});
+
+describe('a hostile peer over real streams', () => {
+  it('an honest proof over 4 MiB travels (it-length-prefixed refuses frames over 4 MiB by default, and the node used to abort the stream)', async () => {
+    const rng = new Rng(14);
+    const model = new Model([new Embedding(SparseTensor.fromArray(rng.f32(320 * 4096), 4096))]);
+    const prover = await modelProver(model);
+    const node = await LayerNode.start({ prover, layers: [0] });
+    const client = await GhostClient.start({ bootstrap: node.multiaddrs });
+    try {
+      const ids = Array.from({ length: 320 }, (_, i) => i);
+      const r = await client.forward(ids, { ghost: prover.ghost, providers: new Map([[0, [node.peerId]]]) });
+      expect(r.dropped).toEqual([]);
+      expect(r.hops[0]!.proofBytes).toBeGreaterThan(4 * 2 ** 20);
+      expect(bits(r.output).equals(bits((await model.prove(ids)).output))).toBe(true);
+    } finally {
+      await Promise.all([node.stop(), client.stop()]);
+    }
+  });
+
+  it('oversized, slow, malformed and costly responses are each dropped within the client\'s limits; the pass completes through an honest peer with bounded memory', async () => {
+    const rng = new Rng(13);
+    const model = new Model([
+      new Embedding(SparseTensor.fromArray(rng.f32(50 * 8), 8)),
+      new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(64 * 8), 8), values: SparseTensor.fromArray(rng.f32(64 * 3), 3), k: 4 }),
+    ]);
+    const prover = await modelProver(model);
+    const ghost = prover.ghost;
+    const honest = await LayerNode.start({ prover, layers: [0, 1] });
+    const evil = await LayerNode.start({ prover, layers: [0, 1], bootstrap: honest.multiaddrs });
+    const client = await GhostClient.start({ bootstrap: honest.multiaddrs });
+    const lp = await import('it-length-prefixed');
+    // The hostile answers, built before memory is measured.
+    const proofHead = (ids: number): ByteWriter => new ByteWriter().bytes(PROOF_MAGIC).u16(1).u8(1).bytes(ghost.digest).u32(0).u32(2).u8(2).u32(ids);
+    // Four all-rows blocks of 2^24 held rows (16 MiB; before the fix ~1.5 GB of memory to decode).
+    const held = proofHead(1).u32(0).u8(2).u8(0).u8(4);
+    const kinds = new Uint8Array(2 ** 22).fill(0x55);
+    for (let b = 0; b < 4; b++) held.bytes(Uint8Array.of(0, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1)).bytes(kinds).u32(0);
+    const heldBomb = held.u8(1).u8(0).u8(0).u32(1).u32(3).f32s(new Float32Array(3)).finish();
+    // 60 000 ids (repeats of one id): over this client's maxBatch.
+    const batchBomb = proofHead(60_000).u32s(new Uint32Array(60_000)).u8(2).u8(0).u8(0).u8(1).u8(0).u8(0).u32(1).u32(3).f32s(new Float32Array(3)).finish();
+    const big = new Uint8Array(6 * 2 ** 20);
+    type Mode = 'huge-prefix' | 'over-limit' | 'slow' | 'garbage' | 'held-bomb' | 'batch-bomb' | 'wrong-id';
+    let mode: Mode = 'garbage';
+    const slowTimers: ReturnType<typeof setInterval>[] = [];
+    await evil.libp2p.unhandle(FORWARD_PROTOCOL);
+    await evil.libp2p.handle(FORWARD_PROTOCOL, async (stream) => {
+      const req = decodeRequest(await readFrame(stream, FRAME_LIMITS.requestBytes, 5_000));
+      const ok = (proof: Uint8Array): Uint8Array => lp.encode.single(encodeResponse({ requestId: req.requestId, status: 'OK', proof }), { maxDataLength: Infinity }).subarray();
+      const send = (b: Uint8Array): void => void stream.send(b);
+      const answer = async (b: Uint8Array): Promise<void> => {
+        if (!stream.send(b)) await stream.onDrain({ signal: AbortSignal.timeout(5_000) });
+        await stream.close({ signal: AbortSignal.timeout(5_000) });
+      };
+      try {
+        if (mode === 'huge-prefix') await answer(Uint8Array.of(0x80, 0x80, 0x80, 0x80, 0x08, 1, 2, 3)); // 2^31
+        else if (mode === 'over-limit') await answer(ok(big));
+        else if (mode === 'garbage') await answer(lp.encode.single(new Uint8Array(rng.f32(64).map((v) => v * 1e9).buffer)).subarray());
+        else if (mode === 'held-bomb') await answer(ok(heldBomb));
+        else if (mode === 'batch-bomb') await answer(ok(batchBomb));
+        else if (mode === 'wrong-id') await answer(lp.encode.single(encodeResponse({ requestId: (req.requestId + 1) >>> 0, status: 'OK', proof: heldBomb.subarray(0, 10) })).subarray());
+        else {
+          // One byte of a 1000-byte frame every 50 ms: never complete within the client's timeout.
+          send(Uint8Array.of(0xe8, 0x07));
+          const t = setInterval(() => {
+            try {
+              send(Uint8Array.of(0));
+            } catch {
+              clearInterval(t);
+            }
+          }, 50);
+          slowTimers.push(t);
+        }
+      } catch {
+        // The client hung up first (it refuses at the length prefix): nothing more to send.
+      }
+    });
+    try {
+      await Promise.all([honest.announce(), evil.announce()]);
+      const ids = [3, 49, 3, 0];
+      const local = (await model.prove(ids)).output;
+      const expected: Record<Mode, (d: DropReason) => boolean> = {
+        'huge-prefix': (d) => d.kind === 'transport' && /length prefix is over/.test(d.message),
+        'over-limit': (d) => d.kind === 'transport' && /length prefix is over the 4194304-byte limit/.test(d.message),
+        slow: (d) => d.kind === 'timeout',
+        garbage: (d) => d.kind === 'format',
+        'held-bomb': (d) => d.kind === 'proof' && d.reason === 'BLOCK_IDS',
+        'batch-bomb': (d) => d.kind === 'proof' && d.reason === 'BUDGET',
+        'wrong-id': (d) => d.kind === 'transport' && /is for request/.test(d.message),
+      };
+      const gc = (globalThis as { gc?: () => void }).gc;
+      gc?.();
+      const m0 = process.memoryUsage();
+      let peak = 0;
+      for (const m of Object.keys(expected) as Mode[]) {
+        mode = m;
+        const r = await client.forward(ids, { ghost, prefer: [evil.peerId], timeoutMs: m === 'slow' ? 1_500 : 10_000, maxResponseBytes: 4 * 2 ** 20 + 2 ** 20 * (m === 'held-bomb' ? 13 : 0), limits: { maxBatch: 1024 } });
+        expect(r.dropped.map((d) => [d.peer, d.layer]), m).toEqual([[evil.peerId, 0]]);
+        expect(expected[m](r.dropped[0]!.why), `${m}: ${JSON.stringify(r.dropped[0]!.why)}`).toBe(true);
+        expect(r.hops.map((h) => h.peer)).toEqual([honest.peerId]);
+        expect(bits(r.output).equals(bits(local))).toBe(true);
+        const mu = process.memoryUsage();
+        peak = Math.max(peak, mu.heapUsed + mu.arrayBuffers - m0.heapUsed - m0.arrayBuffers);
+      }
+      // The 16 MiB bomb travels and is refused at its first block header: memory stays near the response's size.
+      expect(peak).toBeLessThan(96 * 2 ** 20);
+    } finally {
+      for (const t of slowTimers) clearInterval(t);
+      await Promise.all([honest.stop(), evil.stop(), client.stop()]);
     }
   });
 });

@@ -33,7 +33,7 @@ const clone = <T extends GhostProof>(p: T): T => decodeProof(encodeProof(p)) as 
  * Decodes and verifies `bytes` in `ctx` with lib/ (scripts/proof-mutants.mjs): the refusal
  * reason, or how it was accepted; throws on a forgery, another error type or a hang.
  */
-const check = (ctx: Context, bytes: Uint8Array, pool: readonly Honest[]): Promise<Outcome> => checkWith(lib, ctx, bytes, pool);
+const check = (ctx: Context, bytes: Uint8Array, pool: readonly Honest[], tight = false): Promise<Outcome> => checkWith(lib, ctx, bytes, pool, tight);
 
 // ---------------------------------------------------------------- the honest pool (scripts/proof-mutants.mjs)
 
@@ -51,6 +51,12 @@ describe('proof fuzzing', () => {
     for (const [i, h] of pool.entries()) {
       expect(encodeProof(decodeProof(h.bytes))).toEqual(h.bytes);
       expect(await check(h.ctx, h.bytes, pool)).toEqual({ accepted: true, how: 'identical', honest: i });
+      // Under its tight limits (its exact cost) too; one cell or one work unit less refuses it.
+      expect(await check(h.ctx, h.bytes, pool, true)).toEqual({ accepted: true, how: 'identical', honest: i });
+      const lim = h.ctx.limits!;
+      for (const less of [{ ...lim, maxCells: lim.maxCells! - 1 }, { ...lim, maxWork: lim.maxWork! - 1 }]) {
+        expect(await check({ ...h.ctx, limits: less }, h.bytes, pool, true)).toEqual({ accepted: false, reason: 'BUDGET' });
+      }
     }
     // The oracle catches what it must: another honest proof in the wrong context is refused...
     expect(await check(pool[0]!.ctx, pool[5]!.bytes, pool)).toMatchObject({ accepted: false, reason: 'GHOST_MISMATCH' });
@@ -69,11 +75,11 @@ describe('proof fuzzing', () => {
     let worst = 0;
     const mem0 = process.memoryUsage();
     await fc.assert(
-      fc.asyncProperty(fc.nat({ max: pool.length - 1 }), fc.array(mutationArb, { minLength: 1, maxLength: 3 }), async (bi, muts) => {
+      fc.asyncProperty(fc.nat({ max: pool.length - 1 }), fc.array(mutationArb, { minLength: 1, maxLength: 3 }), fc.boolean(), async (bi, muts, tight) => {
         const base = pool[bi]!;
-        const bytes = mutate(base.bytes, muts, pool, fieldsOf[bi]!);
+        const bytes = mutate(base.bytes, muts, pool, fieldsOf[bi]!, lib);
         const t0 = performance.now();
-        const r = await check(base.ctx, bytes, pool);
+        const r = await check(base.ctx, bytes, pool, tight);
         worst = Math.max(worst, performance.now() - t0);
         if (r.accepted) accepted[r.how]++;
         else reasons.set(r.reason, (reasons.get(r.reason) ?? 0) + 1);
@@ -85,7 +91,7 @@ describe('proof fuzzing', () => {
     console.log(`byte fuzz: ${BYTE_RUNS} mutants, ${refused} refused ${JSON.stringify(Object.fromEntries([...reasons].sort((p, q) => q[1] - p[1])))}, accepted ${JSON.stringify(accepted)}, slowest check ${worst.toFixed(1)} ms`);
     expect(refused + accepted.identical + accepted.equivalent + accepted.reproved).toBe(BYTE_RUNS);
     // The mutations reach deep: refusals come from the decoder and from the verifier's checks.
-    for (const r of ['TRUNCATED', 'TRAILING_BYTES', 'LIMIT', 'BAD_VALUE', 'ROOT_MISMATCH', 'GHOST_MISMATCH', 'OUTPUT_MISMATCH']) expect(reasons.get(r) ?? 0, r).toBeGreaterThan(0);
+    for (const r of ['TRUNCATED', 'TRAILING_BYTES', 'LIMIT', 'BAD_VALUE', 'ROOT_MISMATCH', 'GHOST_MISMATCH', 'OUTPUT_MISMATCH', 'BUDGET']) expect(reasons.get(r) ?? 0, r).toBeGreaterThan(0);
     expect(worst).toBeLessThan(HANG_MS);
     // No allocation blew up (limits are checked before allocating).
     expect(mem1.arrayBuffers - mem0.arrayBuffers).toBeLessThan(256 * 2 ** 20);

@@ -9,7 +9,7 @@
 import { toIds } from '../args.js';
 import { bytesEqual } from '../bytes.js';
 import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../errors.js';
-import { decodeProof, type ProofInput } from '../proof-format.js';
+import { decodeProof, verifierLimits, type ProofInput, type VerifierLimits } from '../proof-format.js';
 import { verifyForward, type PinnedGhost } from '../proof-verify.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeResponse, encodeRequest, sameInput, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from './host.js';
@@ -78,6 +78,12 @@ export interface P2PForwardOptions {
   maxResponseBytes?: number;
   /** Known providers per layer (e.g. from findProviders): the DHT is asked only for layers missing here. */
   providers?: ReadonlyMap<number, readonly string[]>;
+  /**
+   * What verifying one peer's proof may cost (default DEFAULT_VERIFIER_LIMITS;
+   * docs/proof-format.md, "Verifier limits"): a proof past them is refused from its
+   * headers (a 'proof' drop with reason BUDGET) and the next provider is asked.
+   */
+  limits?: Partial<VerifierLimits>;
 }
 
 /** A pass that could not complete (reason NO_PROVIDER): `result` is what was done, and every drop, up to the failure. */
@@ -176,6 +182,7 @@ export class GhostClient {
       const v = options[k];
       if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) throw new InvalidArgumentError(`${k} must be a positive integer`);
     }
+    const limits = verifierLimits(options.limits);
     const end = first + count;
     let x = this.#input(input, ghost, first);
 
@@ -223,7 +230,7 @@ export class GhostClient {
             this.#drop(p, li, { kind: 'status', status: res.status, message: res.reason }, droppedPeers, dropped, hopDropped);
             continue;
           }
-          const v = await this.#check(ghost, res.proof, li, span, x);
+          const v = await this.#check(ghost, res.proof, li, span, x, limits);
           x = { kind: 'f32', rows: v.rows, cols: v.cols, data: v.output };
           hops.push({ peer: p, firstLayer: li, layers: span, proofBytes: res.proof.length, ms: performance.now() - t0, dropped: hopDropped });
           li += span;
@@ -270,15 +277,16 @@ export class GhostClient {
   }
 
   /** The client's checks of one hop, then verifyForward: throws ProofError / FormatError. */
-  async #check(ghost: PinnedGhost, bytes: Uint8Array, first: number, layers: number, sent: ProofInput) {
-    const p = decodeProof(bytes);
+  async #check(ghost: PinnedGhost, bytes: Uint8Array, first: number, layers: number, sent: ProofInput, limits: VerifierLimits) {
+    // Decoding checks the blocks against the pinned file and the limits as it reads.
+    const p = decodeProof(bytes, { ghost, kind: 'forward', limits });
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the peer answered with an update proof');
     if (!bytesEqual(p.ghost, ghost.digest)) throw new ProofError('GHOST_MISMATCH', 'the proof is for another Ghost file than the pinned one');
     if (p.firstLayer !== first || p.layers.length !== layers) {
       throw new ProofError('LAYER_MISMATCH', `the proof covers layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1}; ${first}..${first + layers - 1} were asked for`);
     }
     if (!sameInput(p.input, sent)) throw new ProofError('INPUT_MISMATCH', 'the proof starts from another input than the one sent');
-    return verifyForward(ghost, bytes);
+    return verifyForward(ghost, bytes, { limits });
   }
 }
 

@@ -190,8 +190,12 @@ export async function readFrame(stream: Stream, maxBytes: number, timeoutMs: num
   }
 }
 
-/** Writes one varint length-prefixed frame, waiting for the stream to drain when its buffer is full. */
+/**
+ * Writes one varint length-prefixed frame, waiting for the stream to drain when its
+ * buffer is full. The caller bounds the payload (it-length-prefixed's own 4 MiB default
+ * would refuse, and abort the stream on, any larger proof).
+ */
 export async function writeFrame(stream: Stream, payload: Uint8Array, signal: AbortSignal): Promise<void> {
   const lp = await import('it-length-prefixed');
-  if (!stream.send(lp.encode.single(payload))) await stream.onDrain({ signal });
+  if (!stream.send(lp.encode.single(payload, { maxDataLength: payload.length }))) await stream.onDrain({ signal });
 }

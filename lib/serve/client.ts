@@ -7,7 +7,7 @@
  */
 import { bytesEqual } from '../bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
-import { decodeProof, type ForwardProof, type UpdateProof } from '../proof-format.js';
+import { decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, toHex, type ForwardInput, type WireGrad } from './wire.js';
 
@@ -23,6 +23,8 @@ export interface ProverClientOptions {
   maxResponseBytes?: number;
   /** The generation of the pinned Ghost file when it is not the server's current one (to catch up from). */
   generation?: number;
+  /** What verifying one proof may cost (default DEFAULT_VERIFIER_LIMITS; docs/proof-format.md, "Verifier limits"): past them, ProofError BUDGET from the headers. */
+  limits?: Partial<VerifierLimits>;
 }
 
 export interface ServedForward {
@@ -48,6 +50,7 @@ export interface ServedStep {
 export class ProverClient {
   readonly url: string;
   readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number };
+  readonly #limits: VerifierLimits;
   #ghost: PinnedGhost;
   #generation: number;
   /** The Ghost files of the recent generations this client verified (the current one included). */
@@ -61,6 +64,7 @@ export class ProverClient {
     this.#generation = generation;
     this.#history.set(generation, ghost);
     this.#o = { timeoutMs: o.timeoutMs ?? 30_000, maxResponseBytes: o.maxResponseBytes ?? 256 * 2 ** 20, ...(o.token === undefined ? {} : { token: o.token }) };
+    this.#limits = verifierLimits(o.limits);
   }
 
   /**
@@ -132,7 +136,7 @@ export class ProverClient {
   }
 
   async #follow(proof: Uint8Array): Promise<void> {
-    const v = await verifyUpdate(this.#ghost, proof);
+    const v = await verifyUpdate(this.#ghost, proof, { limits: this.#limits });
     this.#ghost = v.ghost;
     this.#generation++;
     this.#history.set(this.#generation, v.ghost);
@@ -151,7 +155,7 @@ export class ProverClient {
     const asked = this.#generation;
     const r = await this.#request('POST', '/forward', encodeForwardRequest(req));
     // Cheap checks first: the proof must be of this input.
-    const p = decodeProof(r.body);
+    const p = decodeProof(r.body, { kind: 'forward', limits: this.#limits });
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
     checkSameInput(p, req);
     if (!bytesEqual(p.ghost, this.#ghost.digest) && r.generation > this.#generation) await this.sync();
@@ -163,7 +167,7 @@ export class ProverClient {
         break;
       }
     }
-    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body);
+    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits });
     return { output: v.output, rows: v.rows, cols: v.cols, generation: at, proof: r.body };
   }
 
@@ -188,7 +192,7 @@ export class ProverClient {
     return this.#locked(async () => {
       if (list.firstGeneration > this.#generation) await this.#syncNow(list.firstGeneration);
       for (const [i, bytes] of list.proofs.entries()) {
-        const p = decodeProof(bytes);
+        const p = decodeProof(bytes, { kind: 'update', limits: this.#limits });
         if (p.kind !== 'update') throw new ProofError('WRONG_KIND', 'a training step answered with a forward proof');
         checkSameGrads(p, grads[i]!, g.tensors[grads[i]!.tensor]!.dim);
         const at = list.firstGeneration + i;
@@ -199,7 +203,7 @@ export class ProverClient {
         // Already followed through /updates (a concurrent call): it must be the same step.
         const before = this.#history.get(at), after = this.#history.get(at + 1);
         if (!before || !after) throw new ProofError('GHOST_MISMATCH', `the step at generation ${at} is older than this client's recent history`);
-        const v = await verifyUpdate(before, bytes);
+        const v = await verifyUpdate(before, bytes, { limits: this.#limits });
         if (!bytesEqual(v.ghost.digest, after.digest)) throw new ProofError('GHOST_MISMATCH', `the server answered generation ${at} with another step than /updates did`);
       }
       return { generation: list.firstGeneration + list.proofs.length, ghost: this.#history.get(list.firstGeneration + list.proofs.length) ?? this.#ghost, proofs: list.proofs };
