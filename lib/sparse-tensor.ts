@@ -121,6 +121,12 @@ export interface OpenFileOptions {
    * serving it. Done anyway when the file was not closed cleanly. Default false.
    */
   verify?: boolean;
+  /**
+   * Skip the check every row gets the first time it is read (its leaf and tree path
+   * against the recorded root; its optimizer state against its check). Only for
+   * measuring what the check costs: a damaged row is then served. Default false.
+   */
+  uncheckedReads?: boolean;
   /** Threads for the check (default: all cores). */
   threads?: number;
   /** Default metric of search calls (not stored in the file). Default 'ip'. */
@@ -167,7 +173,11 @@ function checkPath(path: unknown): string {
 }
 
 function fileOpenOptions(options: OpenFileOptions): NativeFileOpenOptions {
-  const o: NativeFileOpenOptions = { readOnly: options.readOnly === true, verify: options.verify === true };
+  const o: NativeFileOpenOptions = {
+    readOnly: options.readOnly === true,
+    verify: options.verify === true,
+    uncheckedReads: options.uncheckedReads === true,
+  };
   if (options.threads !== undefined) o.threads = checkInteger('threads', options.threads, 1, 1024);
   return o;
 }
