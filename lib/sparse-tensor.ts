@@ -238,6 +238,10 @@ export class SparseTensor {
    * is checked, and, with `verify` or after an unclean close, every stored Merkle node
    * against the rows (off the JavaScript thread); the write-ahead log is then replayed.
    * A damaged file is refused with StorageError (its `reason` says what is wrong).
+   * Reads are verified: a row is checked against the stored tree and the recorded
+   * root the first time it is read (O(log N) hashes, then cached), its optimizer state
+   * against its stored check the first time the state is touched; a damaged one is
+   * refused with StorageError ('ROW_MISMATCH', 'STATE_MISMATCH', 'STATE_INVALID').
    * The tensor is committed (root() and prove() work) and has a fixed number of rows.
    */
   static async openFile(path: string, options: OpenFileOptions = {}): Promise<SparseTensor> {
