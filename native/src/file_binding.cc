@@ -253,7 +253,7 @@ Napi::Value TensorFileTrace(const Napi::CallbackInfo& info) {
     if (cmd == "size") return Napi::Number::New(env, static_cast<double>(file_trace_size()));
     if (cmd != "stop") throw Error(ErrorCode::InvalidArgument, "tensorFileTrace takes 'start', 'size' or 'stop'");
     const std::vector<FileOp> ops = file_trace_stop();
-    static const char* const kinds[] = {"write", "truncate", "sync", "syncdir", "rename", "unlink"};
+    static const char* const kinds[] = {"write", "truncate", "sync", "syncdir", "rename", "unlink", "create"};
     Napi::Array out = Napi::Array::New(env, ops.size());
     for (size_t i = 0; i < ops.size(); ++i) {
       Napi::Object o = Napi::Object::New(env);

@@ -392,6 +392,7 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   FileDescriptor fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd) fail_errno("creating " + tmp);
   trace_fd(fd.get(), tmp);
+  trace_op(FileOp::Create, -1, &tmp, 0, nullptr, 0);
   struct Unlink {  // removes the temporary file unless the rename happened
     std::string p;
     bool keep = false;
@@ -599,7 +600,9 @@ void TensorFile::write_header(const FileHeader& h) {
 
 void TensorFile::reset_wal(uint64_t base_seq) {
   if (!wal_fd_) {
+    const bool existed = ::access(wal_path_.c_str(), F_OK) == 0;
     wal_fd_ = FileDescriptor(::open(wal_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (wal_fd_ && !existed) trace_op(FileOp::Create, -1, &wal_path_, 0, nullptr, 0);
     if (!wal_fd_) fail_errno("opening " + wal_path_);
     trace_fd(wal_fd_.get(), wal_path_);
   }

@@ -146,7 +146,7 @@ struct FileInfo {
 // order, from every thread; the power-loss test (test/crash.test.ts) replays them
 // into the crash states a file system may leave. Off unless started; cheap when off.
 struct FileOp {
-  enum Kind { Write, Truncate, Sync, SyncDir, Rename, Unlink } kind = Write;
+  enum Kind { Write, Truncate, Sync, SyncDir, Rename, Unlink, Create } kind = Write;
   std::string path, path2;  // path2: a rename's target
   uint64_t offset = 0;      // Write: where; Truncate: the new length
   std::vector<uint8_t> data;
