@@ -258,6 +258,50 @@ async function phaseReads() {
   );
 }
 
+// Checked and unchecked reads interleaved query by query in one process: the file opened
+// twice read-only (one mapping each, one with the per-row check, one without), each
+// with its own query stream (disjoint random rows), so the machine's load hits both alike.
+async function phaseInterleaved() {
+  const { SparseTensor, ProductKeyIndex } = await lib();
+  const cold = arg('cold', '1') === '1';
+  if (cold) dropCache(FILE);
+  const checked = await SparseTensor.openFile(FILE, { readOnly: true });
+  const unchecked = await SparseTensor.openFile(FILE, { readOnly: true, uncheckedReads: true });
+  const [a, b] = tables(rng(7));
+  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(a, D / 2), SparseTensor.fromArray(b, D / 2));
+  const sides = [
+    { name: 'unchecked', t: unchecked, rand: rng(101), queries: 0, us: 0, gatherUs: 0 },
+    { name: 'checked', t: checked, rand: rng(202), queries: 0, us: 0, gatherUs: 0 },
+  ];
+  let checksum = 0;
+  const start = nowMs();
+  for (let i = 0; nowMs() - start < SECONDS * 1000; i++) {
+    const s = sides[i % 2];
+    const q = Float32Array.from({ length: D }, () => s.rand() * 2 - 1);
+    const t0 = nowMs();
+    const r = pk.search(q, K);
+    const g0 = nowMs();
+    const g = s.t.gather(r.ids.filter((id) => id < N));
+    const t1 = nowMs();
+    checksum += g[0];
+    s.queries++;
+    s.us += (t1 - t0) * 1000;
+    s.gatherUs += (t1 - g0) * 1000;
+  }
+  const out = {
+    cold,
+    rowsChecked: checked.file.rowsChecked,
+    checksum,
+    sides: sides.map(({ name, queries, us, gatherUs }) => ({ name, queries, usPerQuery: us / queries, gatherUsPerQuery: gatherUs / queries })),
+  };
+  checked.close();
+  unchecked.close();
+  const [u, c] = out.sides;
+  out.overheadPct = (100 * (c.usPerQuery - u.usPerQuery)) / u.usPerQuery;
+  log(`interleaved ${cold ? 'cold' : 'page cache'}: unchecked ${fmt(u.usPerQuery)} us/query, checked ${fmt(c.usPerQuery)} us/query (+${fmt(out.overheadPct)}%)`);
+  process.stdout.write(JSON.stringify(out));
+}
+
 function warmValuesAndTree() {
   // Reads the values and the tree into the page cache (not the optimizer state: holes).
   const head = Buffer.alloc(256);
@@ -314,6 +358,18 @@ async function verifiedMain() {
     await run(true, false, round);
     await run(false, false, round);
   }
+  // The A/B design least sensitive to the machine's load: both modes in one process,
+  // alternating query by query (after the page-cache runs, then after dropping it).
+  const inter = async (cold) =>
+    new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, [process.argv[1], '--phase=interleaved', `--cold=${cold ? 1 : 0}`, ...process.argv.slice(2).filter((a) => !a.startsWith('--phase=') && a !== '--verified')], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      c.stdout.on('data', (b) => (out += b));
+      c.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`interleaved exited with ${code}`))));
+    });
+  result.interleaved = [await inter(false), await inter(true)];
   result.contentionAfter = { otherProcesses: otherProcesses(), cpuHogs: cpuHogs(), loadavg: machine().loadavg };
   const pick = (unchecked, cold) => result.runs.filter((r) => r.unchecked === unchecked && r.cold === cold);
   const sum = (rs, k) => rs.reduce((a, r) => a + r[k], 0);
@@ -356,6 +412,18 @@ async function verifiedMain() {
       { key: 'checkedGatherUs', header: 'gather us (checked)', format: (v) => fmt(v) },
     ],
     { title: 'Summary (both rounds pooled)' },
+  );
+  table(
+    result.interleaved.flatMap((r) => r.sides.map((s) => ({ cache: r.cold ? 'cold' : 'page cache', ...s, overhead: s.name === 'checked' ? `${fmt(r.overheadPct)}%` : '' }))),
+    [
+      { key: 'cache' },
+      { key: 'name', header: 'reads' },
+      { key: 'queries' },
+      { key: 'usPerQuery', header: 'us/query', format: (v) => fmt(v) },
+      { key: 'gatherUsPerQuery', header: 'gather us/query', format: (v) => fmt(v) },
+      { key: 'overhead', header: 'cost of the check' },
+    ],
+    { title: 'Interleaved in one process (query by query)' },
   );
   const path = writeResults('storage-verified', result);
   log(`wrote ${path}`);
@@ -485,6 +553,7 @@ async function main() {
 if (phase === 'work') await phaseWork();
 else if (phase === 'open') await phaseOpen();
 else if (phase === 'reads') await phaseReads();
+else if (phase === 'interleaved') await phaseInterleaved();
 else if (VERIFIED) await verifiedMain();
 else await main();
 void CORES;

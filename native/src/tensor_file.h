@@ -224,6 +224,8 @@ class TensorFile : public WriteListener, public ReadGuard {
   void drop_clean_pages(const std::vector<uint64_t>& keep);
   size_t row_record_bytes() const;
   void verify_row(uint32_t id) const;
+  // MADV_WILLNEED on the pages a batch of first checks reads (rows_only: the rows').
+  void prefetch_paths(const uint32_t* ids, size_t count, bool rows_only) const;
   void verify_state(uint32_t id, std::vector<uint8_t>& scratch) const;
   bool state_ok(uint32_t id) const;
   // BLAKE3 (first 16 bytes) of u32le id || m || v || u32le counter || f64le decay mark.
