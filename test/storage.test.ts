@@ -567,6 +567,23 @@ describe('tensor files: damaged optimizer state is refused with a typed reason',
     }
   });
 
+  it('writing the values of a row whose state is damaged does not bless the damage: the next open still refuses that state', async () => {
+    const { path, ids } = await trained();
+    const row = ids[0]!;
+    const r = regions(path);
+    const p = crashImage(path);
+    flipByte(p, r.v + row * d * 4 + 6);
+    const t = await SparseTensor.openFile(p);
+    t.scatter([row], new Float32Array(d).fill(0.25)); // values only; its state is not touched
+    t.compact(); // checkpoint + compaction: the state checks of changed rows are rewritten, not this one
+    t.close();
+    const again = await SparseTensor.openFile(p);
+    const opt = new SparseAdam([again], ADAM);
+    expect(Array.from(again.gather([row]))).toEqual(new Array(d).fill(0.25));
+    await expectStorageError(Promise.resolve().then(() => opt.state(again, [row])), 'STATE_MISMATCH');
+    again.close();
+  });
+
   it('a v1 file (no state checks) still opens; its state is checked for values no step produces', async () => {
     const { path, ids } = await trained();
     // Rewrite the header as format v1 (no state-check flag; drop the region).
