@@ -29,9 +29,17 @@
  *             (verify: every leaf and node rehashed, 2 threads), and RSS after each
  *
  * Results: bench/results/storage.json; tables on stdout, progress on stderr.
+ *
+ *   node bench/storage.mjs --verified [--rows=N] [--seconds=S]
+ *       verified reads only: the same search (product-key top-32 + gather of the 32 rows)
+ *       on the file opened with the per-row check (default) and with uncheckedReads,
+ *       alternating in fresh child processes (so every row read is a first touch for the
+ *       check), twice each, first with the file's pages dropped from the page cache,
+ *       then with values and tree in the page cache. Results:
+ *       bench/results/storage-verified.json.
  */
 import { spawnSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { CORES, ROOT, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, rng, round, table, writeResults } from './lib/common.mjs';
@@ -53,6 +61,7 @@ const SECONDS = Number(arg('seconds', '15'));
 const DIR = arg('dir', join(ROOT, 'bench', '.data'));
 const FILE = join(DIR, `storage-${N}x${D}.gtt`);
 const phase = arg('phase', 'main');
+const VERIFIED = flag('verified');
 
 function memory() {
   const s = readFileSync('/proc/self/status', 'utf8');
@@ -216,6 +225,210 @@ async function phaseWork() {
   process.stdout.write(JSON.stringify(out));
 }
 
+// One verified-reads measurement: open (checked or not), search for SECONDS.
+async function phaseReads() {
+  const { SparseTensor, ProductKeyIndex } = await lib();
+  const unchecked = arg('unchecked', '0') === '1';
+  const cold = arg('cold', '1') === '1';
+  if (cold) dropCache(FILE);
+  const t = await SparseTensor.openFile(FILE, { readOnly: true, uncheckedReads: unchecked });
+  const rand = rng(11 + Number(arg('round', '0')));
+  const [a, b] = tables(rng(7));
+  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(a, D / 2), SparseTensor.fromArray(b, D / 2));
+  const query = () => Float32Array.from({ length: D }, () => rand() * 2 - 1);
+  let n = 0, rows = 0, gatherMs = 0, checksum = 0;
+  const start = nowMs();
+  while (nowMs() - start < SECONDS * 1000) {
+    const r = pk.search(query(), K);
+    const ids = r.ids.filter((id) => id < N);
+    const g0 = nowMs();
+    const g = t.gather(ids);
+    gatherMs += nowMs() - g0;
+    checksum += g[0];
+    rows += ids.length;
+    n++;
+  }
+  const ms = nowMs() - start;
+  const info = t.file;
+  t.close();
+  const label = `${unchecked ? 'unchecked' : 'checked'}, ${cold ? 'cold' : 'page cache'}`;
+  log(`${label}: ${n} queries in ${fmt(ms)} ms (${fmt((n * 1000) / ms)} q/s), gather ${fmt((gatherMs * 1000) / n)} us/query`);
+  process.stdout.write(
+    JSON.stringify({ label, unchecked, cold, queries: n, ms, qps: (n * 1000) / ms, rowsRead: rows, gatherUsPerQuery: (gatherMs * 1000) / n, usPerQuery: (ms * 1000) / n, rowsChecked: info.rowsChecked, memory: memory(), checksum }),
+  );
+}
+
+// Checked and unchecked reads interleaved query by query in one process: the file opened
+// twice read-only (one mapping each, one with the per-row check, one without), each
+// with its own query stream (disjoint random rows), so the machine's load hits both alike.
+async function phaseInterleaved() {
+  const { SparseTensor, ProductKeyIndex } = await lib();
+  const cold = arg('cold', '1') === '1';
+  if (cold) dropCache(FILE);
+  const checked = await SparseTensor.openFile(FILE, { readOnly: true });
+  const unchecked = await SparseTensor.openFile(FILE, { readOnly: true, uncheckedReads: true });
+  const [a, b] = tables(rng(7));
+  const pk = ProductKeyIndex.fromTables(SparseTensor.fromArray(a, D / 2), SparseTensor.fromArray(b, D / 2));
+  const sides = [
+    { name: 'unchecked', t: unchecked, rand: rng(101), queries: 0, us: 0, gatherUs: 0 },
+    { name: 'checked', t: checked, rand: rng(202), queries: 0, us: 0, gatherUs: 0 },
+  ];
+  let checksum = 0;
+  const start = nowMs();
+  for (let i = 0; nowMs() - start < SECONDS * 1000; i++) {
+    const s = sides[i % 2];
+    const q = Float32Array.from({ length: D }, () => s.rand() * 2 - 1);
+    const t0 = nowMs();
+    const r = pk.search(q, K);
+    const g0 = nowMs();
+    const g = s.t.gather(r.ids.filter((id) => id < N));
+    const t1 = nowMs();
+    checksum += g[0];
+    s.queries++;
+    s.us += (t1 - t0) * 1000;
+    s.gatherUs += (t1 - g0) * 1000;
+  }
+  const out = {
+    cold,
+    rowsChecked: checked.file.rowsChecked,
+    checksum,
+    sides: sides.map(({ name, queries, us, gatherUs }) => ({ name, queries, usPerQuery: us / queries, gatherUsPerQuery: gatherUs / queries })),
+  };
+  checked.close();
+  unchecked.close();
+  const [u, c] = out.sides;
+  out.overheadPct = (100 * (c.usPerQuery - u.usPerQuery)) / u.usPerQuery;
+  log(`interleaved ${cold ? 'cold' : 'page cache'}: unchecked ${fmt(u.usPerQuery)} us/query, checked ${fmt(c.usPerQuery)} us/query (+${fmt(out.overheadPct)}%)`);
+  process.stdout.write(JSON.stringify(out));
+}
+
+function warmValuesAndTree() {
+  // Reads the values and the tree into the page cache (not the optimizer state: holes).
+  const head = Buffer.alloc(256);
+  const f = openSync(FILE, 'r');
+  readSync(f, head, 0, 256, 0);
+  closeSync(f);
+  const region = (i) => [Number(head.readBigUInt64LE(128 + 16 * i)), Number(head.readBigUInt64LE(136 + 16 * i))];
+  for (const [off, len] of [region(0), region(5)]) {
+    const MB = 1 << 20;
+    spawnSync('dd', [`if=${FILE}`, 'bs=1M', 'iflag=skip_bytes,count_bytes', `skip=${off}`, `count=${len + MB}`, 'status=none', 'of=/dev/null']);
+  }
+}
+
+async function verifiedMain() {
+  const { SparseTensor, simdInfo } = await lib();
+  mkdirSync(DIR, { recursive: true });
+  const result = {
+    name: 'storage-verified',
+    date: new Date().toISOString(),
+    machine: machine({ simd: simdInfo() }),
+    parameters: { rows: N, dim: D, subKeys: SUB, k: K, secondsPerRun: SECONDS, file: FILE, optimizerState: true },
+    contention: { otherProcesses: otherProcesses(), cpuHogs: cpuHogs() },
+  };
+  if (flag('recreate') || !existsSync(FILE)) {
+    rmSync(FILE, { force: true });
+    rmSync(`${FILE}.wal`, { force: true });
+    log(`creating ${FILE} (${fmtBytes(N * D * 4)} of values)`);
+    const t0 = nowMs();
+    await SparseTensor.createFile(FILE, { rows: N, dim: D, seed: 1, scale: 0.05, optimizerState: true });
+    result.createMs = nowMs() - t0;
+    log(`created in ${fmt(result.createMs / 1000)} s`);
+  }
+  result.runs = [];
+  const run = async (unchecked, cold, round) => {
+    const extra = [`--phase=reads`, `--unchecked=${unchecked ? 1 : 0}`, `--cold=${cold ? 1 : 0}`, `--round=${round}`];
+    const r = await new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, [process.argv[1], ...extra, ...process.argv.slice(2).filter((a) => !a.startsWith('--phase=') && a !== '--verified')], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      c.stdout.on('data', (b) => (out += b));
+      c.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`reads exited with ${code}`))));
+    });
+    result.runs.push({ round, ...r });
+  };
+  // The same query stream (seeded by round) for both modes of a round.
+  for (let round = 0; round < 2; round++) {
+    await run(true, true, round);
+    await run(false, true, round);
+  }
+  log('reading values and tree into the page cache');
+  warmValuesAndTree();
+  for (let round = 0; round < 2; round++) {
+    await run(true, false, round);
+    await run(false, false, round);
+  }
+  // The A/B design least sensitive to the machine's load: both modes in one process,
+  // alternating query by query (after the page-cache runs, then after dropping it).
+  const inter = async (cold) =>
+    new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, [process.argv[1], '--phase=interleaved', `--cold=${cold ? 1 : 0}`, ...process.argv.slice(2).filter((a) => !a.startsWith('--phase=') && a !== '--verified')], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      c.stdout.on('data', (b) => (out += b));
+      c.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`interleaved exited with ${code}`))));
+    });
+  result.interleaved = [await inter(false), await inter(true)];
+  result.contentionAfter = { otherProcesses: otherProcesses(), cpuHogs: cpuHogs(), loadavg: machine().loadavg };
+  const pick = (unchecked, cold) => result.runs.filter((r) => r.unchecked === unchecked && r.cold === cold);
+  const sum = (rs, k) => rs.reduce((a, r) => a + r[k], 0);
+  result.summary = [true, false].map((cold) => {
+    const u = pick(true, cold), c = pick(false, cold);
+    const uUs = (sum(u, 'ms') * 1000) / sum(u, 'queries'), cUs = (sum(c, 'ms') * 1000) / sum(c, 'queries');
+    const uG = (sum(u, 'gatherUsPerQuery') / u.length), cG = (sum(c, 'gatherUsPerQuery') / c.length);
+    return {
+      cache: cold ? 'cold' : 'page cache',
+      uncheckedQps: 1e6 / uUs,
+      checkedQps: 1e6 / cUs,
+      uncheckedUsPerQuery: uUs,
+      checkedUsPerQuery: cUs,
+      overheadPct: (100 * (cUs - uUs)) / uUs,
+      uncheckedGatherUs: uG,
+      checkedGatherUs: cG,
+      gatherOverheadPct: (100 * (cG - uG)) / uG,
+      rowsCheckedPerQuery: sum(c, 'rowsChecked') / sum(c, 'queries'),
+    };
+  });
+  table(
+    result.runs,
+    [
+      { key: 'round' },
+      { key: 'label', header: 'run' },
+      { key: 'qps', header: 'q/s', format: (v) => fmt(v) },
+      { key: 'gatherUsPerQuery', header: 'gather us/q', format: (v) => fmt(v) },
+      { key: 'rowsChecked', header: 'rows checked' },
+    ],
+    { title: `Verified reads, tensor file ${N} x ${D} f32 (${fmtBytes(N * D * 4)} of values): product-key top-${K} + gather` },
+  );
+  table(
+    result.summary,
+    [
+      { key: 'cache' },
+      { key: 'uncheckedQps', header: 'unchecked q/s', format: (v) => fmt(v) },
+      { key: 'checkedQps', header: 'checked q/s', format: (v) => fmt(v) },
+      { key: 'overheadPct', header: 'cost of the check (% of a query)', format: (v) => fmt(v) },
+      { key: 'uncheckedGatherUs', header: 'gather us (unchecked)', format: (v) => fmt(v) },
+      { key: 'checkedGatherUs', header: 'gather us (checked)', format: (v) => fmt(v) },
+    ],
+    { title: 'Summary (both rounds pooled)' },
+  );
+  table(
+    result.interleaved.flatMap((r) => r.sides.map((s) => ({ cache: r.cold ? 'cold' : 'page cache', ...s, overhead: s.name === 'checked' ? `${fmt(r.overheadPct)}%` : '' }))),
+    [
+      { key: 'cache' },
+      { key: 'name', header: 'reads' },
+      { key: 'queries' },
+      { key: 'usPerQuery', header: 'us/query', format: (v) => fmt(v) },
+      { key: 'gatherUsPerQuery', header: 'gather us/query', format: (v) => fmt(v) },
+      { key: 'overhead', header: 'cost of the check' },
+    ],
+    { title: 'Interleaved in one process (query by query)' },
+  );
+  const path = writeResults('storage-verified', result);
+  log(`wrote ${path}`);
+}
+
 async function phaseOpen() {
   const { SparseTensor } = await lib();
   const out = { baseline: memory(), runs: [] };
@@ -339,6 +552,9 @@ async function main() {
 
 if (phase === 'work') await phaseWork();
 else if (phase === 'open') await phaseOpen();
+else if (phase === 'reads') await phaseReads();
+else if (phase === 'interleaved') await phaseInterleaved();
+else if (VERIFIED) await verifiedMain();
 else await main();
 void CORES;
 void round;

@@ -126,6 +126,9 @@ export type StorageFailure =
   | 'VERSION' // a format or hash-scheme version this build does not read
   | 'BAD_HEADER' // a checksummed header with impossible fields (shape, layout, flags)
   | 'ROOT_MISMATCH' // the values or stored tree do not give the recorded root
+  | 'ROW_MISMATCH' // a row read for the first time does not match its stored leaf, or its tree path the root
+  | 'STATE_MISMATCH' // a row's optimizer state does not match its stored check (format v2)
+  | 'STATE_INVALID' // a row's optimizer state holds values no step produces (non-finite, v < 0, counter or decay mark out of range)
   | 'NON_FINITE' // the root check found NaN or an infinity in a row
   | 'WAL_CORRUPT' // a complete log record fails its checksum or is malformed (not a torn tail)
   | 'WAL_MISMATCH' // the log belongs to another file or a log was lost
@@ -136,7 +139,8 @@ export type StorageFailure =
   | 'INDEX_CHECKSUM'; // a saved HNSW graph is missing its checksum file or does not match it
 
 const STORAGE_FAILURES: readonly string[] = [
-  'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH', 'NON_FINITE',
+  'IO', 'TRUNCATED', 'BAD_MAGIC', 'HEADER_CHECKSUM', 'VERSION', 'BAD_HEADER', 'ROOT_MISMATCH', 'ROW_MISMATCH',
+  'STATE_MISMATCH', 'STATE_INVALID', 'NON_FINITE',
   'WAL_CORRUPT', 'WAL_MISMATCH', 'WAL_ROOT_MISMATCH', 'LOCKED', 'READ_ONLY', 'CLOSED', 'INDEX_CHECKSUM',
 ];
 

@@ -145,6 +145,10 @@ export interface NativeFileInfo {
   writable: boolean;
   optimizerState: boolean;
   closed: boolean;
+  /** 1, or 2 when the file carries a check per row over its optimizer state. */
+  formatVersion: number;
+  /** Rows checked against the stored tree on their first read since open. */
+  rowsChecked: number;
 }
 
 /** An opened tensor file not yet wrapped by a NativeTensor (opaque). */
@@ -153,6 +157,7 @@ export type NativeOpenedFile = { readonly __openedFile: unique symbol };
 export interface NativeFileOpenOptions {
   readOnly?: boolean;
   verify?: boolean;
+  uncheckedReads?: boolean;
   threads?: number;
 }
 
@@ -219,6 +224,10 @@ export interface NativeAddon {
   ): { ids: Uint32Array; scores: Float64Array };
   openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
   openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
+  /** Test only: records the file operations of tensor files (native/src/tensor_file.h). */
+  tensorFileTrace(cmd: 'start'): undefined;
+  tensorFileTrace(cmd: 'size'): number;
+  tensorFileTrace(cmd: 'stop'): Array<{ op: string; path: string; offset: number; data?: Uint8Array; path2?: string }>;
   createTensorFileAsync(
     path: string, rows: number, dim: number, optimizerState: boolean, seed: number, scale: number, threads: number | undefined,
   ): Promise<void>;

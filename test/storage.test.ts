@@ -294,7 +294,8 @@ describe('tensor files: damage is refused with a typed reason', () => {
       writeFileSync(p, b);
       await expectStorageError(SparseTensor.openFile(p), reason);
     };
-    await rewrite((h) => h.writeUInt32LE(2, 8), 'VERSION');
+    await rewrite((h) => h.writeUInt32LE(3, 8), 'VERSION');
+    await rewrite((h) => h.writeUInt32LE(2, 8), 'BAD_HEADER'); // v2 without its state-check flag
     await rewrite((h) => h.writeUInt32LE(2, 16), 'VERSION');
     await rewrite((h) => h.writeUInt32LE(0, 32), 'BAD_HEADER');
     await rewrite((h) => h.writeBigUInt64LE(1n << 40n, 24), 'BAD_HEADER');
@@ -390,6 +391,243 @@ describe('tensor files: damage is refused with a typed reason', () => {
     const nl = await SparseTensor.openFile(nolog, { readOnly: true });
     expect(nl.file!.seq).toBe(0);
     nl.close();
+  });
+});
+
+
+/** Region offsets a tensor file's header records (docs/storage.md): values, m, v, counters, decay marks, tree. */
+function regions(path: string): { values: number; m: number; v: number; steps: number; decay: number; tree: number; treeLen: number } {
+  const h = readFileSync(path).subarray(0, 256);
+  const at = (i: number): number => Number(h.readBigUInt64LE(128 + 16 * i));
+  return { values: at(0), m: at(1), v: at(2), steps: at(3), decay: at(4), tree: at(5), treeLen: Number(h.readBigUInt64LE(136 + 80)) };
+}
+
+describe('tensor files: verified reads (a row is checked against the tree the first time it is read)', () => {
+  const d = 16, n = 300;
+  const init = new Rng(21).f32(n * d);
+  const mem = SparseTensor.fromArray(init, d);
+
+  async function damaged(patch: (b: Buffer, r: ReturnType<typeof regions>) => void): Promise<string> {
+    const path = fresh();
+    await mem.saveFile(path, { optimizerState: true });
+    const b = readFileSync(path);
+    patch(b, regions(path));
+    writeFileSync(path, b);
+    return path;
+  }
+
+  it('a flipped byte in one row of a clean file opened without the full check: every read path refuses that row, others are served', async () => {
+    const path = await damaged((b, r) => {
+      b[r.values + 5 * d * 4 + 7]! ^= 0x10;
+    });
+    const t = await SparseTensor.openFile(path); // clean: no full check, the stored top matches the root
+    expect(t.file).toMatchObject({ verified: false, wasClean: true, formatVersion: 2 });
+    // Row 4 shares row 5's page; it is intact and served exactly.
+    expect(bytesOf(t.gather([4, 6]))).toBe(bytesOf(mem.gather([4, 6])));
+    const refused = async (what: () => unknown): Promise<void> => {
+      await expectStorageError(Promise.resolve().then(what), 'ROW_MISMATCH');
+    };
+    await refused(() => t.gather([4, 5]));
+    await refused(() => t.row(5));
+    await refused(() => t.prove([5]));
+    await refused(() => t.search(new Rng(1).f32(d), 3)); // a scan reads every row
+    await refused(() => t.searchBatch(new Rng(2).f32(4 * d), 3, { threads: 2 }));
+    await refused(() => t.add([5], new Float32Array(d)));
+    await refused(() => t.scatter([5], new Float32Array(d))); // its path is rehashed from stored siblings
+    const opt = new SparseAdam([t], ADAM);
+    await refused(() => opt.step([{ tensor: t, ids: [7, 5], grads: new Float32Array(2 * d).fill(0.5) }]));
+    // Nothing was written by the refused calls: the root is still the recorded one.
+    expect(hex(t.root())).toBe(hex(SparseTensor.fromArray(init, d).commitSync()));
+    expect(bytesOf(t.gather([7]))).toBe(bytesOf(mem.gather([7])));
+    t.close();
+    // Without the checks (measurement only), the damaged row is served: what happened before.
+    const u = await SparseTensor.openFile(path, { uncheckedReads: true, readOnly: true });
+    expect(bytesOf(u.gather([5]))).not.toBe(bytesOf(mem.gather([5])));
+    u.close();
+  });
+
+  it('a damaged leaf or inner node of the stored tree: the rows below it and its sibling are refused, the others are served', async () => {
+    for (const [level, index, bad, good] of [
+      // A leaf: its row, and its sibling 8 (whose parent is recomputed from the damaged leaf).
+      [0, 9, [9, 8], [7, 10, 200]],
+      // Level 1 node 20 covers rows 40, 41; its sibling 21 (rows 42, 43) meets it one level up.
+      [1, 20, [40, 41, 42, 43], [39, 44, 0]],
+    ] as const) {
+      const path = await damaged((b, r) => {
+        let off = r.tree;
+        let w = n;
+        for (let l = 0; l < level; l++) {
+          off += w * 32;
+          w = Math.ceil(w / 2);
+        }
+        b[off + index * 32 + 3]! ^= 1;
+      });
+      const t = await SparseTensor.openFile(path);
+      for (const id of good) expect(bytesOf(t.gather([id]))).toBe(bytesOf(mem.gather([id])));
+      for (const id of bad) await expectStorageError(Promise.resolve().then(() => t.gather([id])), 'ROW_MISMATCH');
+      t.close();
+    }
+  });
+
+  it('NaN in a row is named NON_FINITE on first read', async () => {
+    const path = await damaged((b, r) => b.writeUInt32LE(0x7fc00000, r.values + 4 * (d * 9 + 2)));
+    const t = await SparseTensor.openFile(path);
+    const e = await expectStorageError(Promise.resolve().then(() => t.gather([9])), 'NON_FINITE');
+    expect(e.message).toContain('row 9 ');
+    t.close();
+  });
+
+  it('each row is checked once; concurrent HNSW searches on worker threads check rows as they score them', async () => {
+    const path = fresh();
+    await mem.saveFile(path);
+    const graph = join(dir, 'verified.hnsw');
+    const m2 = SparseTensor.fromArray(init, d);
+    await m2.buildHnsw({ seed: 3 });
+    m2.saveHnsw(graph);
+    const t = await SparseTensor.openFile(path);
+    t.loadHnsw(graph, { seed: 3 });
+    const q = new Rng(9).f32(64 * d);
+    const [a, b] = await Promise.all([
+      t.searchBatch(q, 5, { index: 'hnsw', threads: 4 }),
+      t.searchBatch(q, 5, { index: 'hnsw', threads: 4 }),
+    ]);
+    const ref = await m2.searchBatch(q, 5, { index: 'hnsw', threads: 1 });
+    expect(Array.from(a.ids)).toEqual(Array.from(ref.ids));
+    expect(Array.from(b.ids)).toEqual(Array.from(ref.ids));
+    const checked = t.file!.rowsChecked;
+    expect(checked).toBeGreaterThan(0);
+    expect(checked).toBeLessThan(n); // only the rows the searches scored
+    t.gather(allIds(n));
+    expect(t.file!.rowsChecked).toBe(n); // each row counted once, whichever thread checked it
+    t.gather(allIds(n)); // cached: nothing is checked again
+    const after = t.file!.rowsChecked;
+    t.gather([1, 2, 3]);
+    expect(t.file!.rowsChecked).toBe(after);
+    t.close();
+  });
+});
+
+describe('tensor files: damaged optimizer state is refused with a typed reason', () => {
+  const d = 8, n = 200;
+  const init = new Rng(31).f32(n * d);
+
+  /** A v2 file trained for a few steps and closed (its state and state checks compacted into it). */
+  async function trained(): Promise<{ path: string; ids: number[] }> {
+    const path = fresh();
+    await SparseTensor.fromArray(init, d).saveFile(path, { optimizerState: true });
+    const t = await SparseTensor.openFile(path);
+    const opt = new SparseAdam([t], ADAM);
+    for (let s = 1; s <= 5; s++) {
+      const { ids, grads } = stepOf(s, n, d);
+      opt.step([{ tensor: t, ids, grads }]);
+      if (s % 2 === 0) t.checkpoint();
+    }
+    t.close();
+    return { path, ids: stepOf(1, n, d).ids };
+  }
+
+  it('an acknowledged state reopens and resumes exactly; a flipped byte in m, v, a counter, a decay mark or the check is refused on first touch', async () => {
+    const { path, ids } = await trained();
+    const row = ids[0]!;
+    // Reference: the same steps in memory, then one more step.
+    const ref = reference(init, d, 5);
+    {
+      const t = await SparseTensor.openFile(crashImage(path));
+      const opt = new SparseAdam([t], ADAM);
+      expectSameState(ref.t, ref.opt, t, opt);
+      t.close();
+    }
+    const r = regions(path);
+    const checkAt = Math.ceil((r.tree + r.treeLen) / 4096) * 4096;
+    const cases: Array<[string, number, StorageFailure]> = [
+      ['m', r.m + row * d * 4 + 1, 'STATE_MISMATCH'],
+      ['v', r.v + row * d * 4 + 5, 'STATE_MISMATCH'],
+      ['counter', r.steps + row * 4, 'STATE_MISMATCH'],
+      ['decay mark', r.decay + row * 8 + 2, 'STATE_MISMATCH'],
+      ['state check', checkAt + row * 16 + 9, 'STATE_MISMATCH'],
+      ['m of an untrained row', r.m + 199 * d * 4, 'STATE_MISMATCH'],
+    ];
+    for (const [what, off, reason] of cases) {
+      const p = crashImage(path);
+      flipByte(p, off);
+      const t = await SparseTensor.openFile(p);
+      const opt = new SparseAdam([t], ADAM);
+      const target = what.includes('untrained') ? 199 : row;
+      // Values are intact: reading the row is fine; touching its state is not.
+      expect(bytesOf(t.gather([target]))).toBe(bytesOf(t.gather([target])));
+      const e = await expectStorageError(
+        Promise.resolve().then(() => opt.step([{ tensor: t, ids: [target], grads: new Float32Array(d).fill(0.1) }])),
+        reason,
+      );
+      expect(e.message, what).toContain(`row ${target}`);
+      await expectStorageError(Promise.resolve().then(() => opt.state(t, [target])), reason);
+      t.close();
+      // The full check at open finds it too.
+      await expectStorageError(SparseTensor.openFile(p, { verify: true, readOnly: true }), reason);
+    }
+  });
+
+  it('writing the values of a row whose state is damaged does not bless the damage: the next open still refuses that state', async () => {
+    const { path, ids } = await trained();
+    const row = ids[0]!;
+    const r = regions(path);
+    const p = crashImage(path);
+    flipByte(p, r.v + row * d * 4 + 6);
+    const t = await SparseTensor.openFile(p);
+    t.scatter([row], new Float32Array(d).fill(0.25)); // values only; its state is not touched
+    t.compact(); // checkpoint + compaction: the state checks of changed rows are rewritten, not this one
+    t.close();
+    const again = await SparseTensor.openFile(p);
+    const opt = new SparseAdam([again], ADAM);
+    expect(Array.from(again.gather([row]))).toEqual(new Array(d).fill(0.25));
+    await expectStorageError(Promise.resolve().then(() => opt.state(again, [row])), 'STATE_MISMATCH');
+    again.close();
+  });
+
+  it('a v1 file (no state checks) still opens; its state is checked for values no step produces', async () => {
+    const { path, ids } = await trained();
+    // Rewrite the header as format v1 (no state-check flag; drop the region).
+    const v1 = fresh();
+    const b = readFileSync(path);
+    const r = regions(path);
+    const len = Math.ceil((r.tree + r.treeLen) / 4096) * 4096;
+    const out = Buffer.from(b.subarray(0, len));
+    for (const slot of [0, 4096]) {
+      const h = out.subarray(slot, slot + 256);
+      if (h.readUInt32LE(8) !== 2) continue;
+      h.writeUInt32LE(1, 8);
+      h.writeUInt32LE(1, 36);
+      native().blake3(new Uint8Array(h.subarray(0, 224))).forEach((x, i) => (h[224 + i] = x));
+    }
+    writeFileSync(v1, out);
+    {
+      const t = await SparseTensor.openFile(crashImage(v1));
+      expect(t.file!.formatVersion).toBe(1);
+      const ref = reference(init, d, 5);
+      expectSameState(ref.t, ref.opt, t, new SparseAdam([t], ADAM));
+      t.close();
+    }
+    const row = ids[0]!;
+    const bad: Array<[number, (x: Buffer) => void]> = [
+      [row, (x) => x.writeFloatLE(Number.NaN, r.m + row * d * 4)],
+      [row, (x) => x.writeFloatLE(-1, r.v + row * d * 4 + 4)],
+      [row, (x) => x.writeUInt32LE(1000, r.steps + row * 4)],
+      [row, (x) => x.writeDoubleLE(0.5, r.decay + row * 8)],
+      [row, (x) => x.writeDoubleLE(-1e6, r.decay + row * 8)],
+    ];
+    for (const [id, patch] of bad) {
+      const p = crashImage(v1);
+      const x = readFileSync(p);
+      patch(x);
+      writeFileSync(p, x);
+      const t = await SparseTensor.openFile(p);
+      const opt = new SparseAdam([t], ADAM);
+      await expectStorageError(
+        Promise.resolve().then(() => opt.step([{ tensor: t, ids: [id], grads: new Float32Array(d).fill(0.1) }])),
+        'STATE_INVALID',
+      );
+      t.close();
+    }
   });
 });
 

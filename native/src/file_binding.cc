@@ -136,6 +136,7 @@ class SaveWorker : public TensorWorker {
 
  private:
   void Run() override {
+    check_all_rows();  // saving a file-backed tensor reads every row
     FileCreateSource src;
     src.data = storage_->data();
     TensorFile::create(path_, n_, static_cast<uint32_t>(d_), state_, src, threads_);
@@ -190,6 +191,7 @@ FileOpenOptions open_options(const Napi::CallbackInfo& info, size_t index) {
     Napi::Object obj = info[index].As<Napi::Object>();
     o.writable = !bool_opt(obj, "readOnly", false);
     o.verify = bool_opt(obj, "verify", false);
+    o.check_reads = !bool_opt(obj, "uncheckedReads", false);
     Napi::Value t = obj.Get("threads");
     if (!t.IsUndefined()) {
       if (!t.IsNumber()) throw Error(ErrorCode::InvalidArgument, "threads must be a number");
@@ -238,12 +240,45 @@ Napi::Value CreateTensorFileAsync(const Napi::CallbackInfo& info) {
   });
 }
 
+// tensorFileTrace('start' | 'size' | 'stop'): the test-only recorder of file operations
+// (tensor_file.h). 'size' -> operations so far; 'stop' -> [{ op, path, offset, data?, path2? }].
+Napi::Value TensorFileTrace(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const std::string cmd = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    Napi::Env env = info.Env();
+    if (cmd == "start") {
+      file_trace_start();
+      return env.Undefined();
+    }
+    if (cmd == "size") return Napi::Number::New(env, static_cast<double>(file_trace_size()));
+    if (cmd != "stop") throw Error(ErrorCode::InvalidArgument, "tensorFileTrace takes 'start', 'size' or 'stop'");
+    const std::vector<FileOp> ops = file_trace_stop();
+    static const char* const kinds[] = {"write", "truncate", "sync", "syncdir", "rename", "unlink", "create"};
+    Napi::Array out = Napi::Array::New(env, ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("op", kinds[ops[i].kind]);
+      o.Set("path", ops[i].path);
+      o.Set("offset", static_cast<double>(ops[i].offset));
+      if (ops[i].kind == FileOp::Write) {
+        Napi::Uint8Array d = Napi::Uint8Array::New(env, ops[i].data.size());
+        std::copy(ops[i].data.begin(), ops[i].data.end(), d.Data());
+        o.Set("data", d);
+      }
+      if (ops[i].kind == FileOp::Rename) o.Set("path2", ops[i].path2);
+      out.Set(static_cast<uint32_t>(i), o);
+    }
+    return out;
+  });
+}
+
 }  // namespace
 
 void register_file_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("openTensorFile", Napi::Function::New(env, OpenTensorFile));
   exports.Set("openTensorFileAsync", Napi::Function::New(env, OpenTensorFileAsync));
   exports.Set("createTensorFileAsync", Napi::Function::New(env, CreateTensorFileAsync));
+  exports.Set("tensorFileTrace", Napi::Function::New(env, TensorFileTrace));
 }
 
 // Constructor path: adopt an opened file (see TensorBinding::TensorBinding).
@@ -368,6 +403,8 @@ Napi::Value TensorBinding::FileInfoJs(const Napi::CallbackInfo& info) {
     o.Set("verified", i.verified);
     o.Set("writable", i.writable);
     o.Set("optimizerState", i.has_state);
+    o.Set("formatVersion", static_cast<double>(i.format_version));
+    o.Set("rowsChecked", static_cast<double>(i.rows_checked));
     o.Set("closed", file_->closed());
     return o;
   });

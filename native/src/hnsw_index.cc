@@ -47,6 +47,7 @@ void check_params(const HnswParams& p) {
 HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t threads)
     : tensor_(tensor), params_(params), kernels_(&kernels()) {
   check_params(params_);
+  tensor_.check_all_rows();  // the build reads every row
   space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
   const size_t n = tensor_.size();
   graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::max<size_t>(n, 1), params_.M,
@@ -189,8 +190,10 @@ void HnswIndex::search(const float* query, size_t k, size_t ef, uint32_t* ids, f
       const uint32_t id = static_cast<uint32_t>(candidates.top().second);
       candidates.pop();
       // Dirty rows are scored below from their current values, exactly once.
-      if (id < dirty_.size() && !dirty_[id])
+      if (id < dirty_.size() && !dirty_[id]) {
+        tensor_.check_rows(&id, 1);  // a file-backed row is checked the first time it is read
         top.push(exact_score(*kernels_, params_.metric, query, tensor_.row(id), d), id);
+      }
     }
   }
   for (uint32_t id : dirty_list_)
@@ -199,6 +202,7 @@ void HnswIndex::search(const float* query, size_t k, size_t ef, uint32_t* ids, f
   if (hits.size() < k) {
     // The graph returned fewer candidates than needed (hnswlib does not promise k):
     // answer from the exact index rather than read past the hits.
+    tensor_.check_all_rows();
     ExactSearchArgs a;
     a.data = tensor_.data();
     a.n = tensor_.size();

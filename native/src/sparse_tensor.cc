@@ -94,6 +94,7 @@ void SparseTensor::check_ids(const uint32_t* ids, size_t count, const char* what
 
 void SparseTensor::gather(const uint32_t* ids, size_t count, float* out) const {
   check_ids(ids, count, "ids");
+  check_rows(ids, count);
   for (size_t i = 0; i < count; ++i) std::memcpy(out + i * dim_, row(ids[i]), dim_ * sizeof(float));
 }
 
@@ -141,6 +142,9 @@ void SparseTensor::apply_write(const WriteBatch& b) {
     if (dup != touched.end())
       throw Error(ErrorCode::InvalidArgument,
                   "ids repeats id " + std::to_string(*dup) + " (a set writes each row once)");
+    // A set reads no old value, but the tree rehashes each row's path from its stored
+    // siblings: those must be checked before the new root is computed over them.
+    check_rows(touched.data(), touched.size());
     for (size_t i = 0; i < b.count; ++i)
       std::memcpy(storage_->data() + size_t{b.ids[i]} * d, b.values + i * d, d * sizeof(float));
     notify_changed(touched);
@@ -149,6 +153,7 @@ void SparseTensor::apply_write(const WriteBatch& b) {
 
   // Add: accumulate in order into scratch copies (repeated ids sum), check that every
   // result is finite, then commit; a failing batch leaves the tensor untouched.
+  check_rows(b.ids, b.count);
   std::unordered_map<uint32_t, size_t> slot;
   std::vector<float> scratch;
   slot.reserve(b.count);

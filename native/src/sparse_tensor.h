@@ -51,6 +51,19 @@ class WriteListener {
   virtual void on_rows_appended(size_t first, size_t count) = 0;
 };
 
+// Checks rows before anyone reads them (a file-backed tensor: each row against the
+// stored Merkle tree and the recorded root the first time it is touched, see
+// tensor_file.h). Must be safe to call from several threads at once. Throws
+// gt::Error(Storage) for a row that fails its check.
+class ReadGuard {
+ public:
+  virtual ~ReadGuard() = default;
+  // Rows `ids` (in range; repeats allowed) are about to be read.
+  virtual void check_rows(const uint32_t* ids, size_t count) const = 0;
+  // Every row is about to be read (a full scan).
+  virtual void check_all() const = 0;
+};
+
 enum class WriteKind { Set, Add, Append };
 
 struct WriteBatch {
@@ -102,6 +115,19 @@ class SparseTensor {
   void gather(const uint32_t* ids, size_t count, float* out) const;
 
   void add_listener(WriteListener* listener) { listeners_.push_back(listener); }
+
+  // The guard every read path consults (null: rows need no check). gather() and the
+  // write path (Set and Add read or replace rows whose tree paths they rehash) call it
+  // themselves; code that reads rows through row() / data() calls check_rows() /
+  // check_all_rows() first.
+  void set_read_guard(const ReadGuard* guard) { guard_ = guard; }
+  const ReadGuard* read_guard() const { return guard_; }
+  void check_rows(const uint32_t* ids, size_t count) const {
+    if (guard_ != nullptr) guard_->check_rows(ids, count);
+  }
+  void check_all_rows() const {
+    if (guard_ != nullptr) guard_->check_all();
+  }
   void remove_listener(WriteListener* listener);
 
   // Checks that ids are < size(); names `what` in the error.
@@ -114,6 +140,7 @@ class SparseTensor {
   size_t rows_ = 0;
   std::shared_ptr<Storage> storage_;
   std::vector<WriteListener*> listeners_;
+  const ReadGuard* guard_ = nullptr;
 };
 
 // Index of the first non-finite value in [p, p + n), or n when all are finite.

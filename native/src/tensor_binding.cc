@@ -91,6 +91,7 @@ class SearchWorker : public TensorWorker {
 
  private:
   void Run() override {
+    check_all_rows();  // a scan reads every row
     exact_search(search_args(storage_->data(), n_, d_, req_, queries_.data()), ids_.data(), scores_.data());
   }
   Napi::Value Settle(Napi::Env env, TensorBinding&) override { return result_object(env, ids_, scores_); }
@@ -385,6 +386,8 @@ Napi::Value TensorBinding::Prove(const Napi::CallbackInfo& info) {
     if (!merkle_) throw Error(ErrorCode::InvalidArgument, "the tensor is not committed: call commit() first");
     const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
     const std::vector<Hash> proof = merkle_->prove(ids.data, ids.length);
+    // The proof's siblings come from the stored tree: the rows' paths must be checked.
+    tensor_->check_rows(ids.data, ids.length);
     Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), proof.size() * 32);
     for (size_t i = 0; i < proof.size(); ++i) std::copy(proof[i].begin(), proof[i].end(), out.Data() + i * 32);
     return out;
@@ -558,6 +561,8 @@ Napi::Value TensorBinding::RowView(const Napi::CallbackInfo& info) {
     SparseTensor& t = usable();
     if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "id is out of range: the tensor is empty");
     const size_t id = size_arg(info, 0, "id", 0, static_cast<double>(t.size() - 1));
+    const uint32_t id32 = static_cast<uint32_t>(id);
+    t.check_rows(&id32, 1);
     Napi::Env env = info.Env();
     const size_t bytes_per_row = t.dim() * sizeof(float);
     if (!adopted_.IsEmpty())
@@ -632,6 +637,7 @@ Napi::Value TensorBinding::search_now(const Napi::CallbackInfo& info, bool batch
     const SearchRequest r = parse_search(info, t, q, batch);
     std::vector<uint32_t> ids(r.nq * r.k);
     std::vector<float> scores(r.nq * r.k);
+    t.check_all_rows();  // a scan reads every row
     exact_search(search_args(t.data(), t.size(), t.dim(), r, q.data), ids.data(), scores.data());
     return result_object(info.Env(), ids, scores);
   });

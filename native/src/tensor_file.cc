@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <unordered_map>
 
 #include "blake3_batch.h"
 #include "parallel.h"
@@ -86,8 +87,45 @@ Hash blake3(const uint8_t* p, size_t n) {
 
 uint64_t align_up(uint64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
+// The test-only recorder of file operations (file_trace_start): which path each
+// descriptor we write to names, and the operations in the order they were issued.
+struct Trace {
+  std::mutex mutex;
+  bool on = false;
+  std::vector<FileOp> ops;
+  std::unordered_map<int, std::string> fd_paths;
+};
+Trace& trace() {
+  static Trace t;
+  return t;
+}
+void trace_fd(int fd, const std::string& path) {
+  Trace& t = trace();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  t.fd_paths[fd] = path;
+}
+void trace_op(FileOp::Kind kind, int fd, const std::string* path, uint64_t offset, const uint8_t* p, size_t n,
+              const std::string* path2 = nullptr) {
+  Trace& t = trace();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  if (!t.on) return;
+  FileOp op;
+  op.kind = kind;
+  if (path != nullptr) {
+    op.path = *path;
+  } else {
+    auto it = t.fd_paths.find(fd);
+    op.path = it == t.fd_paths.end() ? "?" : it->second;
+  }
+  if (path2 != nullptr) op.path2 = *path2;
+  op.offset = offset;
+  if (p != nullptr) op.data.assign(p, p + n);
+  t.ops.push_back(std::move(op));
+}
+
 #if !defined(GT_NO_POSIX_FILES)
 void pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t off, const char* what) {
+  trace_op(FileOp::Write, fd, nullptr, off, p, n);
   while (n > 0) {
     const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
     if (w < 0) {
@@ -118,11 +156,16 @@ bool pread_all(int fd, uint8_t* p, size_t n, uint64_t off, const char* what) {
 
 void sync_fd(int fd, const char* what) {
 #if defined(__APPLE__)
-  if (::fcntl(fd, F_FULLFSYNC) == 0) return;
-  if (::fsync(fd) != 0) fail_errno(std::string("syncing ") + what);
+  if (::fcntl(fd, F_FULLFSYNC) != 0 && ::fsync(fd) != 0) fail_errno(std::string("syncing ") + what);
 #else
   if (::fdatasync(fd) != 0) fail_errno(std::string("syncing ") + what);
 #endif
+  trace_op(FileOp::Sync, fd, nullptr, 0, nullptr, 0);
+}
+
+int truncate_fd(int fd, uint64_t length) {
+  trace_op(FileOp::Truncate, fd, nullptr, length, nullptr, 0);
+  return ::ftruncate(fd, static_cast<off_t>(length));
 }
 
 std::string dir_of(const std::string& path) {
@@ -136,6 +179,8 @@ void sync_dir(const std::string& path) {
   FileDescriptor d(::open(dir_of(path).c_str(), O_RDONLY | O_CLOEXEC));
   if (!d) fail_errno("opening the directory of " + path);
   if (::fsync(d.get()) != 0) fail_errno("syncing the directory of " + path);
+  const std::string dir = dir_of(path);
+  trace_op(FileOp::SyncDir, -1, &dir, 0, nullptr, 0);
 }
 
 uint64_t file_size(int fd, const char* what) {
@@ -183,11 +228,13 @@ FileDescriptor& FileDescriptor::operator=(FileDescriptor&& o) noexcept {
 // ---------------------------------------------------------------------------
 // Header
 
-FileHeader file_layout(uint64_t n, uint32_t dim, bool has_state) {
+FileHeader file_layout(uint64_t n, uint32_t dim, bool has_state, bool state_check) {
   FileHeader h;
   h.n = n;
   h.dim = dim;
   h.has_state = has_state;
+  h.has_state_check = has_state && state_check;
+  h.format_version = h.has_state_check ? 2 : 1;
   uint64_t at = 2 * kSlotBytes;
   auto region = [&](uint64_t length) {
     FileRegion r{at, length};
@@ -203,10 +250,14 @@ FileHeader file_layout(uint64_t n, uint32_t dim, bool has_state) {
     h.decay = region(n * 8);
   }
   h.merkle = region(uint64_t{merkle_node_count(n)} * 32);
+  if (h.has_state_check) h.state_check = region(n * 16);
   return h;
 }
 
-uint64_t file_length(const FileHeader& h) { return align_up(h.merkle.offset + h.merkle.length); }
+uint64_t file_length(const FileHeader& h) {
+  const FileRegion& last = h.has_state_check ? h.state_check : h.merkle;
+  return align_up(last.offset + last.length);
+}
 
 std::vector<uint8_t> encode_header(const FileHeader& h) {
   std::vector<uint8_t> b(kHeaderBytes, 0);
@@ -217,7 +268,7 @@ std::vector<uint8_t> encode_header(const FileHeader& h) {
   put32(&b[20], kDtypeF32);
   put64(&b[24], h.n);
   put32(&b[32], h.dim);
-  put32(&b[36], h.has_state ? 1 : 0);
+  put32(&b[36], (h.has_state ? 1u : 0u) | (h.has_state_check ? 2u : 0u));
   put64(&b[40], h.slot_gen);
   put64(&b[48], h.seq);
   put32(&b[56], h.clean ? 1 : 0);
@@ -242,8 +293,8 @@ FileHeader decode_header(const uint8_t* b, size_t length) {
   if (std::memcmp(c.data(), b + kChecksumAt, 32) != 0) fail("HEADER_CHECKSUM", "header checksum mismatch");
   FileHeader h;
   h.format_version = get32(b + 8);
-  if (h.format_version != 1)
-    fail("VERSION", "format version " + std::to_string(h.format_version) + " is not supported (this build reads 1)");
+  if (h.format_version != 1 && h.format_version != 2)
+    fail("VERSION", "format version " + std::to_string(h.format_version) + " is not supported (this build reads 1 and 2)");
   if (get32(b + 12) != kHeaderBytes) fail("BAD_HEADER", "header length field is not 256");
   h.hash_scheme = get32(b + 16);
   if (h.hash_scheme != 1)
@@ -256,8 +307,11 @@ FileHeader decode_header(const uint8_t* b, size_t length) {
   if (h.n == 0 || h.n > SparseTensor::kMaxRows) fail("BAD_HEADER", "N = " + std::to_string(h.n) + " is out of range");
   if (h.dim == 0 || h.dim > SparseTensor::kMaxDim)
     fail("BAD_HEADER", "dim = " + std::to_string(h.dim) + " is out of range");
-  if (flags > 1 || clean > 1 || get32(b + 60) != 0) fail("BAD_HEADER", "unknown flags");
-  h.has_state = flags == 1;
+  // v1: bit 0 (optimizer state); v2: bits 0 and 1 (state and its per-row checks).
+  const uint32_t want_flags = h.format_version == 2 ? 3u : (flags & 1u);
+  if (flags != want_flags || clean > 1 || get32(b + 60) != 0) fail("BAD_HEADER", "unknown flags");
+  h.has_state = (flags & 1u) != 0;
+  h.has_state_check = (flags & 2u) != 0;
   h.slot_gen = get64(b + 40);
   h.seq = get64(b + 48);
   h.clean = clean == 1;
@@ -266,14 +320,16 @@ FileHeader decode_header(const uint8_t* b, size_t length) {
   h.global_step = get64(b + 112);
   h.log_decay = getf64(b + 120);
   if (!std::isfinite(h.log_decay) || h.log_decay > 0.0) fail("BAD_HEADER", "the decay log is not finite and <= 0");
-  const FileHeader want = file_layout(h.n, h.dim, h.has_state);
+  const FileHeader want = file_layout(h.n, h.dim, h.has_state, h.has_state_check);
+  h.state_check = want.state_check;
   FileRegion* regions[6] = {&h.values, &h.m, &h.v, &h.steps, &h.decay, &h.merkle};
   const FileRegion* expect[6] = {&want.values, &want.m, &want.v, &want.steps, &want.decay, &want.merkle};
   for (int i = 0; i < 6; ++i) {
     regions[i]->offset = get64(b + 128 + 16 * i);
     regions[i]->length = get64(b + 136 + 16 * i);
     if (regions[i]->offset != expect[i]->offset || regions[i]->length != expect[i]->length)
-      fail("BAD_HEADER", "region " + std::to_string(i) + " does not have the layout of format v1");
+      fail("BAD_HEADER", "region " + std::to_string(i) + " does not have the layout of format v" +
+                             std::to_string(h.format_version));
   }
   return h;
 }
@@ -305,6 +361,15 @@ void TensorFile::write_header(const FileHeader&) {}
 void TensorFile::reset_wal(uint64_t) {}
 void TensorFile::check_usable(const char*) const {}
 size_t TensorFile::row_record_bytes() const { return 0; }
+void file_trace_start() {}
+size_t file_trace_size() { return 0; }
+std::vector<FileOp> file_trace_stop() { return {}; }
+void TensorFile::check_rows(const uint32_t*, size_t) const {}
+void TensorFile::check_all() const {}
+void TensorFile::prefetch_paths(const uint32_t*, size_t, bool) const {}
+void TensorFile::check_state(const uint32_t*, size_t) const {}
+void TensorFile::update_state_checks(const uint32_t*, size_t, bool) {}
+void TensorFile::alloc_bitmaps() {}
 
 #else
 
@@ -319,7 +384,7 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   FileDescriptor existing(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (existing && ::flock(existing.get(), LOCK_EX | LOCK_NB) != 0)
     fail("LOCKED", path + " is open elsewhere; close it before replacing it");
-  FileHeader h = file_layout(n, dim, with_state);
+  FileHeader h = file_layout(n, dim, with_state, true);
   std::random_device rd;
   for (int i = 0; i < 16; ++i) h.gen_id[i] = static_cast<uint8_t>(rd());
   const uint64_t total = file_length(h);
@@ -327,6 +392,8 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   FileDescriptor fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd) fail_errno("creating " + tmp);
+  trace_fd(fd.get(), tmp);
+  trace_op(FileOp::Create, -1, &tmp, 0, nullptr, 0);
   struct Unlink {  // removes the temporary file unless the rename happened
     std::string p;
     bool keep = false;
@@ -334,7 +401,7 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
       if (!keep) ::unlink(p.c_str());
     }
   } guard{tmp};
-  if (::ftruncate(fd.get(), static_cast<off_t>(total)) != 0) fail_errno("sizing " + tmp);
+  if (truncate_fd(fd.get(), total) != 0) fail_errno("sizing " + tmp);
 
   // Values, then the tree over them, written through a shared mapping (page cache
   // writeback; nothing here is resident for long). Optimizer state stays holes (zero).
@@ -374,15 +441,23 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   h.slot_gen = 1;
   h.clean = true;
   if (::msync(map.base(), total, MS_SYNC) != 0) fail_errno("syncing " + tmp);
+  trace_op(FileOp::Write, fd.get(), nullptr, 0, map.base(), total);  // what the mapping wrote, as one write
+  trace_op(FileOp::Sync, fd.get(), nullptr, 0, nullptr, 0);
   const std::vector<uint8_t> hb = encode_header(h);
   pwrite_all(fd.get(), hb.data(), hb.size(), 0, "the header");
   // Slot B starts invalid (zeros): slot A is the one in force.
   if (::fsync(fd.get()) != 0) fail_errno("syncing " + tmp);
+  trace_op(FileOp::Sync, fd.get(), nullptr, 0, nullptr, 0);
   // A stale log of an earlier file at this path must not be replayed onto this one
   // (its generation id differs, so open() would refuse it): remove it.
   const std::string wal = path + ".wal";
-  if (::unlink(wal.c_str()) != 0 && errno != ENOENT) fail_errno("removing " + wal);
+  if (::unlink(wal.c_str()) != 0) {
+    if (errno != ENOENT) fail_errno("removing " + wal);
+  } else {
+    trace_op(FileOp::Unlink, -1, &wal, 0, nullptr, 0);
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail_errno("renaming " + tmp + " to " + path);
+  trace_op(FileOp::Rename, -1, &tmp, 0, nullptr, 0, &path);
   guard.keep = true;
   sync_dir(path);
 }
@@ -395,6 +470,7 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
   f->writable_ = opts.writable;
   f->fd_ = FileDescriptor(::open(path.c_str(), (opts.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC));
   if (!f->fd_) fail_errno("opening " + path);
+  trace_fd(f->fd_.get(), path);
   // One writer, or any number of readers.
   if (::flock(f->fd_.get(), (opts.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) fail("LOCKED", path + " is open for writing elsewhere (or being read while opening to write)");
@@ -427,6 +503,7 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
   }
   int slot = ok[0] && (!ok[1] || hs[0].slot_gen >= hs[1].slot_gen) ? 0 : 1;
   if (ok[0] && ok[1] && (hs[0].n != hs[1].n || hs[0].dim != hs[1].dim || hs[0].has_state != hs[1].has_state ||
+                         hs[0].has_state_check != hs[1].has_state_check ||
                          std::memcmp(hs[0].gen_id, hs[1].gen_id, 16) != 0))
     fail("BAD_HEADER", "the two header slots describe different tensors");
   f->header_ = hs[slot];
@@ -452,6 +529,10 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
 
   f->verify_ = opts.verify || !h.clean;
   f->threads_ = std::max<size_t>(1, opts.threads);
+  f->check_reads_ = opts.check_reads;
+  f->open_global_step_ = h.global_step;
+  f->open_log_decay_ = h.log_decay;
+  f->alloc_bitmaps();
   if (opts.writable && h.clean) {
     FileHeader dirty = h;
     dirty.clean = false;
@@ -461,7 +542,10 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
 }
 
 TensorFile::~TensorFile() {
-  if (tensor_ != nullptr) tensor_->remove_listener(this);
+  if (tensor_ != nullptr) {
+    tensor_->remove_listener(this);
+    if (tensor_->read_guard() == this) tensor_->set_read_guard(nullptr);
+  }
   if (fd_) ::flock(fd_.get(), LOCK_UN);
 }
 
@@ -517,10 +601,23 @@ void TensorFile::write_header(const FileHeader& h) {
 
 void TensorFile::reset_wal(uint64_t base_seq) {
   if (!wal_fd_) {
+    const bool existed = ::access(wal_path_.c_str(), F_OK) == 0;
     wal_fd_ = FileDescriptor(::open(wal_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (wal_fd_ && !existed) trace_op(FileOp::Create, -1, &wal_path_, 0, nullptr, 0);
     if (!wal_fd_) fail_errno("opening " + wal_path_);
+    trace_fd(wal_fd_.get(), wal_path_);
   }
-  if (::ftruncate(wal_fd_.get(), 0) != 0) fail_errno("truncating " + wal_path_);
+  if (truncate_fd(wal_fd_.get(), 0) != 0) fail_errno("truncating " + wal_path_);
+  // The cut must be durable before the new header is written: a file system may
+  // otherwise persist the header and lose the truncation (they are not ordered
+  // without a sync), leaving the new header over the old records, which would be
+  // refused as a broken chain (found by the power-loss test, test/crash.test.ts).
+  try {
+    sync_fd(wal_fd_.get(), "the log");
+  } catch (...) {
+    failed_ = true;
+    throw;
+  }
   uint8_t b[kWalHeaderBytes] = {};
   std::memcpy(b, kWalMagic, 8);
   put32(b + 8, 1);
@@ -545,6 +642,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
   std::vector<uint32_t> replayed_rows;
   Hash expected_root = header_.root;
   FileDescriptor wal(::open(wal_path_.c_str(), (writable_ ? O_RDWR : O_RDONLY) | O_CLOEXEC));
+  if (wal) trace_fd(wal.get(), wal_path_);
   uint64_t end = 0;        // end of the last good record (0: no usable log)
   bool keep_log = false;   // the log's chain ends at seq_: new records can follow it
   if (!wal) {
@@ -627,6 +725,10 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
               std::memcpy(s.row_steps + ids[i], r + 2 * rb, 4);
               std::memcpy(s.decay_mark + ids[i], r + 2 * rb + 8, 8);
             }
+            // The log's checksum covered this state: it is trusted, and its checks follow it.
+            for (size_t i = 0; i < count; ++i)
+              state_ok_[ids[i] >> 6].fetch_or(uint64_t{1} << (ids[i] & 63), std::memory_order_relaxed);
+            update_state_checks(ids.data(), count, false);
           }
           // Each record's root is checked once, after the last one: a compaction cut
           // short may already have written later records' rows into the main file,
@@ -635,6 +737,8 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           global_step_ = get64(rh + 24);
           log_decay_ = getf64(rh + 32);
           if (!std::isfinite(log_decay_) || log_decay_ > 0.0) fail("WAL_CORRUPT", "bad decay log in a record");
+          open_global_step_ = global_step_;
+          open_log_decay_ = log_decay_;
           durable_global_step_ = global_step_;
           durable_log_decay_ = log_decay_;
           replayed_rows.insert(replayed_rows.end(), ids.begin(), ids.end());
@@ -665,6 +769,16 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
       fail("ROOT_MISMATCH", "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
                                 " does not match its children (tree region damaged)");
     }
+    if (header_.has_state) {
+      // Every row's optimizer state against its check (v2) and for sane values.
+      parallel_for(header_.n, threads_, [&](size_t b, size_t e, size_t) {
+        std::vector<uint8_t> scratch;
+        for (size_t r = b; r < e; ++r)
+          if (!state_ok(static_cast<uint32_t>(r))) verify_state(static_cast<uint32_t>(r), scratch);
+      });
+      all_state_ok_.store(true, std::memory_order_release);
+    }
+    all_rows_ok_.store(true, std::memory_order_release);
     verified_ = true;
     // The check read every page; keep only those the replay changed.
     std::vector<uint32_t> rows = replayed_rows;
@@ -685,7 +799,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
     if (keep_log && end >= kWalHeaderBytes) {
       // Keep the valid records; cut a torn tail so new records follow the last good one.
       wal_fd_ = std::move(wal);
-      if (::ftruncate(wal_fd_.get(), static_cast<off_t>(end)) != 0) fail_errno("truncating " + wal_path_);
+      if (truncate_fd(wal_fd_.get(), end) != 0) fail_errno("truncating " + wal_path_);
       sync_fd(wal_fd_.get(), "the log");
       wal_end_ = end;
     } else {
@@ -696,6 +810,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
   tensor_ = &tensor;
   tree_ = &tree;
   tensor.add_listener(this);
+  tensor.set_read_guard(this);  // with uncheckedReads it only reads ahead
 }
 
 void TensorFile::check_usable(const char* op) const {
@@ -705,7 +820,24 @@ void TensorFile::check_usable(const char* op) const {
   if (tensor_ == nullptr) throw Error(ErrorCode::InvalidArgument, "the tensor file was not recovered");
 }
 
-void TensorFile::on_rows_changed(const uint32_t* ids, size_t count) { pending_.insert(pending_.end(), ids, ids + count); }
+void TensorFile::on_rows_changed(const uint32_t* ids, size_t count) {
+  pending_.insert(pending_.end(), ids, ids + count);
+  // The next checkpoint recomputes the state checks of these rows. A row whose state
+  // nobody checked yet is checked now, while it still holds the file's state (a
+  // writer changes the values first, the optimizer state after): a damaged one stays
+  // unmarked, keeps its old check and is refused on its next touch or open, instead of
+  // being blessed by a fresh check. Never throws (the write has happened).
+  if (header_.has_state && check_reads_ && !all_state_ok_.load(std::memory_order_acquire)) {
+    std::vector<uint8_t> buf;
+    for (size_t i = 0; i < count; ++i) {
+      if (state_ok(ids[i])) continue;
+      try {
+        verify_state(ids[i], buf);
+      } catch (const Error&) {
+      }
+    }
+  }
+}
 
 void TensorFile::on_rows_appended(size_t, size_t) {
   throw Error(ErrorCode::Unsupported, "a file-backed tensor cannot grow");
@@ -724,6 +856,11 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
     if (due()) compact(false);
     return seq_;
   }
+  // Rows whose optimizer state this process may have written (checked before the
+  // write) get their state checks recomputed; a row whose state was never checked
+  // still holds the file's state, and its check stays as it is (recomputing it would
+  // bless damage nobody looked at).
+  update_state_checks(pending_.data(), pending_.size(), !check_reads_);
   const size_t count = pending_.size(), d = header_.dim, rb = d * 4, stride = row_record_bytes();
   const uint64_t ids_bytes = (uint64_t{count} * 4 + 7) / 8 * 8;
   const uint64_t payload = ids_bytes + uint64_t{count} * stride;
@@ -759,7 +896,7 @@ uint64_t TensorFile::checkpoint(const MerkleTree& tree, uint64_t global_step, do
     pwrite_all(wal_fd_.get(), rec.data(), rec.size(), wal_end_, "a log record");
   } catch (...) {
     // Cut a partial record so the next one starts at a record boundary.
-    if (::ftruncate(wal_fd_.get(), static_cast<off_t>(wal_end_)) != 0) failed_ = true;
+    if (truncate_fd(wal_fd_.get(), wal_end_) != 0) failed_ = true;
     throw;
   }
   try {
@@ -797,6 +934,7 @@ std::vector<uint64_t> TensorFile::changed_pages(const std::vector<uint32_t>& row
       add_range(header_.steps.offset + uint64_t{id} * 4, 4);
       add_range(header_.decay.offset + uint64_t{id} * 8, 8);
     }
+    if (header_.has_state_check) add_range(header_.state_check.offset + uint64_t{id} * 16, 16);
   }
   const std::vector<LevelSpan> lv = levels();
   std::vector<uint64_t> cur(rows.begin(), rows.end());
@@ -874,7 +1012,10 @@ void TensorFile::close() {
   if (closed_) return;
   if (writable_ && !failed_) compact(true);
   closed_ = true;
-  if (tensor_ != nullptr) tensor_->remove_listener(this);
+  if (tensor_ != nullptr) {
+    tensor_->remove_listener(this);
+    if (tensor_->read_guard() == this) tensor_->set_read_guard(nullptr);
+  }
   tensor_ = nullptr;
   tree_ = nullptr;
   wal_fd_ = FileDescriptor();
@@ -897,7 +1038,256 @@ FileInfo TensorFile::info() const {
   i.verified = verified_;
   i.writable = writable_;
   i.has_state = header_.has_state;
+  i.format_version = header_.format_version;
+  i.rows_checked = rows_checked_.load(std::memory_order_relaxed);
   return i;
+}
+
+// ---------------------------------------------------------------------------
+// Test-only recorder
+
+void file_trace_start() {
+  Trace& t = trace();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  t.ops.clear();
+  t.on = true;
+}
+
+size_t file_trace_size() {
+  Trace& t = trace();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  return t.ops.size();
+}
+
+std::vector<FileOp> file_trace_stop() {
+  Trace& t = trace();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  t.on = false;
+  std::vector<FileOp> out;
+  out.swap(t.ops);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Verified reads
+
+namespace {
+inline bool test_bit(const std::atomic<uint64_t>* w, size_t i) {
+  return ((w[i >> 6].load(std::memory_order_acquire) >> (i & 63)) & 1u) != 0;
+}
+inline void set_bit(std::atomic<uint64_t>* w, size_t i) {
+  w[i >> 6].fetch_or(uint64_t{1} << (i & 63), std::memory_order_release);
+}
+std::unique_ptr<std::atomic<uint64_t>[]> zero_bits(size_t bits) {
+  const size_t words = (bits + 63) / 64;
+  std::unique_ptr<std::atomic<uint64_t>[]> w(new std::atomic<uint64_t>[words]);
+  for (size_t i = 0; i < words; ++i) w[i].store(0, std::memory_order_relaxed);
+  return w;
+}
+}  // namespace
+
+void TensorFile::alloc_bitmaps() {
+  levels_ = levels();
+  row_ok_ = zero_bits(header_.n);
+  if (header_.has_state) state_ok_ = zero_bits(header_.n);
+  size_t at = 0;
+  node_bit_at_.clear();
+  for (const LevelSpan& l : levels_) {
+    node_bit_at_.push_back(at);
+    at += (l.n + 63) / 64 * 64;  // each level starts on a word
+  }
+  node_ok_ = zero_bits(at);
+}
+
+void TensorFile::verify_row(uint32_t id) const {
+  const size_t d = header_.dim;
+  const float* row = reinterpret_cast<const float*>(map_->base() + header_.values.offset) + size_t{id} * d;
+  if (first_non_finite(row, d) != d)
+    fail("NON_FINITE", "row " + std::to_string(id) + " read from the file holds NaN or an infinity");
+  Hash h = hash_leaf(row, d);
+  if (h != levels_[0][id])
+    fail("ROW_MISMATCH", "row " + std::to_string(id) +
+                             " read from the file does not match its stored leaf hash (values or tree region damaged)");
+  // Climb until a node already known to agree with the root (the top always does).
+  size_t idx = id, level = 0;
+  const size_t top = levels_.size() - 1;
+  while (level < top && !test_bit(node_ok_.get(), node_bit_at_[level] + idx)) {
+    const LevelSpan& l = levels_[level];
+    const size_t left = idx & ~size_t{1}, right = left + 1;
+    const Hash parent = right < l.n ? hash_node(l[left], l[right]) : l[idx];  // a lone last node is promoted
+    if (parent != levels_[level + 1][idx / 2])
+      fail("ROW_MISMATCH", "the stored tree path of row " + std::to_string(id) + " does not match at level " +
+                               std::to_string(level + 1) + " (tree region damaged)");
+    idx /= 2;
+    ++level;
+  }
+  // Every node below `level` on the path, and its sibling, hashed up to a trusted node.
+  idx = id;
+  for (size_t l = 0; l < level; ++l) {
+    set_bit(node_ok_.get(), node_bit_at_[l] + idx);
+    if ((idx ^ 1u) < levels_[l].n) set_bit(node_ok_.get(), node_bit_at_[l] + (idx ^ 1u));
+    idx /= 2;
+  }
+  // Two threads may have checked the same row at once; it is counted once.
+  const uint64_t mask = uint64_t{1} << (id & 63);
+  if ((row_ok_[id >> 6].fetch_or(mask, std::memory_order_release) & mask) == 0)
+    rows_checked_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void TensorFile::prefetch_paths(const uint32_t* ids, size_t count, bool rows_only) const {
+  // The pages a batch of first checks will read: each row's values, and the tree nodes
+  // on its path (a node and its sibling share a 64-byte pair, so one page) below the
+  // first node already trusted. Asking for them all at once (MADV_WILLNEED: readahead
+  // of exactly those pages, asynchronous) lets a cold disk serve them in parallel
+  // instead of one page fault after another.
+  std::vector<uint64_t> pages;
+  const uint64_t rb = uint64_t{header_.dim} * 4;
+  const uint8_t* base = map_->base();
+  const size_t top = levels_.size() - 1;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t id = ids[i];
+    if (id >= header_.n || (!rows_only && test_bit(row_ok_.get(), id))) continue;
+    const uint64_t at = header_.values.offset + id * rb;
+    for (uint64_t p = at / kAlign; p <= (at + rb - 1) / kAlign; ++p) pages.push_back(p);
+    if (rows_only) continue;
+    size_t idx = id;
+    for (size_t l = 0; l <= top; ++l) {
+      const uint64_t off = static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(&levels_[l][idx]) - base);
+      pages.push_back(off / kAlign);
+      if (l == top || test_bit(node_ok_.get(), node_bit_at_[l] + idx)) break;
+      idx /= 2;
+    }
+  }
+  if (pages.size() < 2) return;
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  for (size_t i = 0; i < pages.size();) {
+    size_t j = i + 1;
+    while (j < pages.size() && pages[j] == pages[j - 1] + 1) ++j;
+    ::madvise(map_->base() + pages[i] * kAlign, (j - i) * kAlign, MADV_WILLNEED);
+    i = j;
+  }
+}
+
+void TensorFile::check_rows(const uint32_t* ids, size_t count) const {
+  if (!check_reads_) {
+    // Measurement only (uncheckedReads): the same readahead of the rows, no check, so
+    // that checked and unchecked reads differ by the check alone.
+    if (count >= 2) prefetch_paths(ids, count, true);
+    return;
+  }
+  if (all_rows_ok_.load(std::memory_order_acquire)) return;
+  size_t unchecked = 0;
+  for (size_t i = 0; i < count && unchecked < 2; ++i)
+    if (ids[i] < header_.n && !test_bit(row_ok_.get(), ids[i])) ++unchecked;
+  if (unchecked >= 2) prefetch_paths(ids, count, false);
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t id = ids[i];
+    if (id >= header_.n) throw Error(ErrorCode::OutOfRange, "row id " + std::to_string(id) + " is out of range");
+    if (!test_bit(row_ok_.get(), id)) verify_row(id);  // two threads may both check it: harmless
+  }
+}
+
+void TensorFile::check_all() const {
+  if (!check_reads_ || all_rows_ok_.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(full_check_);
+  if (all_rows_ok_.load(std::memory_order_acquire)) return;
+  // A full scan reads every row: check every stored node against the rows as they now
+  // stand (rows written since open have recomputed paths), the top is the root's.
+  size_t bad_level = 0, bad_index = 0;
+  const bool good = verify_merkle_levels(reinterpret_cast<const float*>(map_->base() + header_.values.offset),
+                                         header_.n, header_.dim, levels_, threads_, &bad_level, &bad_index, true);
+  if (!good) {
+    if (bad_level == SIZE_MAX)
+      fail("NON_FINITE", "row " + std::to_string(bad_index) + " read from the file holds NaN or an infinity");
+    if (bad_level == 0)
+      fail("ROW_MISMATCH", "row " + std::to_string(bad_index) +
+                               " read from the file does not match its stored leaf hash (values or tree region damaged)");
+    fail("ROW_MISMATCH", "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
+                             " does not match its children (tree region damaged)");
+  }
+  all_rows_ok_.store(true, std::memory_order_release);
+}
+
+bool TensorFile::state_ok(uint32_t id) const {
+  return all_state_ok_.load(std::memory_order_acquire) || test_bit(state_ok_.get(), id);
+}
+
+void TensorFile::state_digest(uint32_t id, std::vector<uint8_t>& buf, uint8_t out[16]) const {
+  const size_t d = header_.dim, rb = d * 4;
+  const ExternalOptimizerState s = state();
+  buf.resize(4 + 2 * rb + 12);
+  put32(buf.data(), id);
+  std::memcpy(buf.data() + 4, s.m + size_t{id} * d, rb);
+  std::memcpy(buf.data() + 4 + rb, s.v + size_t{id} * d, rb);
+  std::memcpy(buf.data() + 4 + 2 * rb, s.row_steps + id, 4);
+  std::memcpy(buf.data() + 8 + 2 * rb, s.decay_mark + id, 8);
+  const Hash h = blake3(buf.data(), buf.size());
+  std::memcpy(out, h.data(), 16);
+}
+
+void TensorFile::verify_state(uint32_t id, std::vector<uint8_t>& buf) const {
+  const size_t d = header_.dim;
+  const ExternalOptimizerState s = state();
+  const float* m = s.m + size_t{id} * d;
+  const float* v = s.v + size_t{id} * d;
+  if (header_.has_state_check) {
+    const uint8_t* stored = map_->base() + header_.state_check.offset + uint64_t{id} * 16;
+    uint8_t want[16];
+    state_digest(id, buf, want);
+    bool zero_check = true;
+    for (int i = 0; i < 16; ++i) zero_check = zero_check && stored[i] == 0;
+    if (zero_check) {
+      // Never written (a hole): the state must be all zero bytes too.
+      bool zero_state = s.row_steps[id] == 0;
+      uint64_t mark_bits;
+      std::memcpy(&mark_bits, s.decay_mark + id, 8);
+      zero_state = zero_state && mark_bits == 0;
+      for (size_t j = 0; j < d && zero_state; ++j) {
+        uint32_t a, b;
+        std::memcpy(&a, m + j, 4);
+        std::memcpy(&b, v + j, 4);
+        zero_state = a == 0 && b == 0;
+      }
+      if (!zero_state)
+        fail("STATE_MISMATCH", "the optimizer state of row " + std::to_string(id) +
+                                   " is not zero but its check is (state or check region damaged)");
+    } else if (std::memcmp(stored, want, 16) != 0) {
+      fail("STATE_MISMATCH", "the optimizer state of row " + std::to_string(id) +
+                                 " does not match its stored check (m, v, counter, decay mark or check region damaged)");
+    }
+  }
+  // Values no acknowledged step can produce (what a v1 file can be checked for).
+  for (size_t j = 0; j < d; ++j)
+    if (!std::isfinite(m[j]) || !std::isfinite(v[j]) || !(v[j] >= 0.0f))
+      fail("STATE_INVALID", "the optimizer state of row " + std::to_string(id) + " has m or v non-finite or v < 0");
+  if (s.row_steps[id] > open_global_step_)
+    fail("STATE_INVALID", "row " + std::to_string(id) + " counts " + std::to_string(s.row_steps[id]) +
+                              " updates, more than the " + std::to_string(open_global_step_) + " steps checkpointed");
+  const double mark = s.decay_mark[id];
+  if (!std::isfinite(mark) || mark > 0.0 || mark < open_log_decay_)
+    fail("STATE_INVALID", "the decay mark of row " + std::to_string(id) + " is outside [decay log, 0]");
+  set_bit(state_ok_.get(), id);
+}
+
+void TensorFile::check_state(const uint32_t* ids, size_t count) const {
+  if (!header_.has_state || !check_reads_ || all_state_ok_.load(std::memory_order_acquire)) return;
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t id = ids[i];
+    if (id >= header_.n) throw Error(ErrorCode::OutOfRange, "row id " + std::to_string(id) + " is out of range");
+    if (!test_bit(state_ok_.get(), id)) verify_state(id, buf);
+  }
+}
+
+void TensorFile::update_state_checks(const uint32_t* ids, size_t count, bool all) {
+  if (!header_.has_state_check) return;
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t id = ids[i];
+    if (!all && !state_ok(id)) continue;
+    state_digest(id, buf, map_->base() + header_.state_check.offset + uint64_t{id} * 16);
+  }
 }
 
 #endif

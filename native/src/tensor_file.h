@@ -17,9 +17,11 @@
 // reported as gt::Error(ErrorCode::Storage) whose message starts with a reason
 // token (docs/storage.md lists them).
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -74,6 +76,7 @@ struct FileHeader {
   uint64_t n = 0;
   uint32_t dim = 0;
   bool has_state = false;  // optimizer state regions present
+  bool has_state_check = false;  // format v2: a 16-byte check per row over its optimizer state
   uint64_t slot_gen = 0;   // bumped on every header write; the valid slot with the higher one wins
   uint64_t seq = 0;        // checkpoint sequence number the main file holds
   bool clean = true;       // closed cleanly (no writer has it open)
@@ -82,10 +85,13 @@ struct FileHeader {
   uint64_t global_step = 0;
   double log_decay = 0.0;
   FileRegion values, m, v, steps, decay, merkle;
+  FileRegion state_check;  // v2 only; after the tree, not listed in the header (derived)
 };
 
-// Region layout for a shape (4096-aligned regions after the two header slots).
-FileHeader file_layout(uint64_t n, uint32_t dim, bool has_state);
+// Region layout for a shape (4096-aligned regions after the two header slots). Files
+// with optimizer state are written as format v2 (a state check region after the tree);
+// `state_check` false gives the v1 layout (still read and written).
+FileHeader file_layout(uint64_t n, uint32_t dim, bool has_state, bool state_check);
 // Total file length of a layout.
 uint64_t file_length(const FileHeader& h);
 // Header bytes (256) of h, checksum included; and the inverse, which throws
@@ -102,6 +108,10 @@ struct FileCreateSource {
 struct FileOpenOptions {
   bool writable = true;
   bool verify = false;  // check every stored tree node against the rows
+  // Check each row against the stored tree (and its optimizer state against its
+  // check) the first time it is read. false exists only to measure what the checks
+  // cost (bench/storage.mjs): a damaged row is then served.
+  bool check_reads = true;
   size_t threads = 1;
 };
 
@@ -116,9 +126,36 @@ struct FileInfo {
   bool verified = false;          // every tree node was checked when opening
   bool writable = false;
   bool has_state = false;
+  uint32_t format_version = 1;
+  uint64_t rows_checked = 0;    // rows checked on first read since open (lazily)
 };
 
-class TensorFile : public WriteListener {
+// Verified reads: a TensorFile is its tensor's ReadGuard. The first read of a row
+// hashes it and compares the leaf with the stored one, then climbs the stored tree
+// (each parent recomputed from its two stored children) until it reaches a node
+// already known to agree with the recorded root (the top always does: open() checks
+// it). O(log N) hashes the first time, a bit test afterwards; the row, the nodes on
+// its path and their siblings are marked in atomic bitmaps, so searchBatch threads
+// may check rows concurrently. A mismatch is gt::Error(Storage) "ROW_MISMATCH: ..."
+// (NaN / infinity: "NON_FINITE: ..."). Optimizer state is checked the same way on
+// first touch (check_state): in a v2 file against its per-row BLAKE3 check, in any
+// file for sane values (finite, v >= 0, counter <= global step, decay mark in
+// [decay log, 0]); "STATE_MISMATCH: ..." / "STATE_INVALID: ...".
+// Test-only recorder of the file operations this code issues (writes with their
+// bytes, truncations, fdatasync / fsync, directory syncs, renames, unlinks), in
+// order, from every thread; the power-loss test (test/crash.test.ts) replays them
+// into the crash states a file system may leave. Off unless started; cheap when off.
+struct FileOp {
+  enum Kind { Write, Truncate, Sync, SyncDir, Rename, Unlink, Create } kind = Write;
+  std::string path, path2;  // path2: a rename's target
+  uint64_t offset = 0;      // Write: where; Truncate: the new length
+  std::vector<uint8_t> data;
+};
+void file_trace_start();
+size_t file_trace_size();
+std::vector<FileOp> file_trace_stop();
+
+class TensorFile : public WriteListener, public ReadGuard {
  public:
   // Writes a new file atomically (temporary file, fsync, rename, fsync of the
   // directory). Optimizer state, when requested, starts at zero.
@@ -169,6 +206,12 @@ class TensorFile : public WriteListener {
   void on_rows_changed(const uint32_t* ids, size_t count) override;
   void on_rows_appended(size_t first, size_t count) override;
 
+  // ReadGuard (thread-safe).
+  void check_rows(const uint32_t* ids, size_t count) const override;
+  void check_all() const override;
+  // The optimizer state of rows `ids` (in range) is about to be read (a step, optimState).
+  void check_state(const uint32_t* ids, size_t count) const;
+
  private:
   TensorFile() = default;
   void write_header(const FileHeader& h);
@@ -180,6 +223,16 @@ class TensorFile : public WriteListener {
   // MADV_DONTNEED on every page of the mapping not in `keep` (sorted).
   void drop_clean_pages(const std::vector<uint64_t>& keep);
   size_t row_record_bytes() const;
+  void verify_row(uint32_t id) const;
+  // MADV_WILLNEED on the pages a batch of first checks reads (rows_only: the rows').
+  void prefetch_paths(const uint32_t* ids, size_t count, bool rows_only) const;
+  void verify_state(uint32_t id, std::vector<uint8_t>& scratch) const;
+  bool state_ok(uint32_t id) const;
+  // BLAKE3 (first 16 bytes) of u32le id || m || v || u32le counter || f64le decay mark.
+  void state_digest(uint32_t id, std::vector<uint8_t>& scratch, uint8_t out[16]) const;
+  // Recomputes the stored checks of rows whose state this process wrote.
+  void update_state_checks(const uint32_t* ids, size_t count, bool all);
+  void alloc_bitmaps();
 
   std::string path_, wal_path_;
   FileDescriptor fd_, wal_fd_;
@@ -204,6 +257,18 @@ class TensorFile : public WriteListener {
   bool writable_ = false;
   bool closed_ = false;
   bool failed_ = false;  // an fsync failed: the durable state is unknown, refuse more
+
+  // Verified reads (see the class comment).
+  bool check_reads_ = true;
+  std::vector<LevelSpan> levels_;
+  std::unique_ptr<std::atomic<uint64_t>[]> row_ok_, state_ok_, node_ok_;
+  std::vector<size_t> node_bit_at_;  // first bit of each level in node_ok_
+  mutable std::atomic<bool> all_rows_ok_{false};
+  mutable std::atomic<bool> all_state_ok_{false};
+  mutable std::atomic<uint64_t> rows_checked_{0};
+  mutable std::mutex full_check_;
+  uint64_t open_global_step_ = 0;  // durable scalars when opened: bounds for the state's sanity
+  double open_log_decay_ = 0.0;
 };
 
 }  // namespace gt

@@ -22,6 +22,7 @@ class TensorWorker : public Napi::AsyncWorker {
         storage_(t.storage()),
         n_(t.size()),
         d_(t.dim()),
+        guard_(t.read_guard()),
         deferred_(Napi::Promise::Deferred::New(env)),
         owner_(owner) {
     owner_ref_ = Napi::Persistent(owner_obj);
@@ -60,6 +61,12 @@ class TensorWorker : public Napi::AsyncWorker {
 
   std::shared_ptr<Storage> storage_;  // the rows stay alive even if the tensor grows
   size_t n_, d_;
+  // A file-backed tensor's row checks (tensor_file.h); null otherwise. A job that reads
+  // every row calls check_all_rows() first, on the worker thread.
+  const ReadGuard* guard_;
+  void check_all_rows() const {
+    if (guard_ != nullptr) guard_->check_all();
+  }
 
  private:
   Napi::Promise::Deferred deferred_;

@@ -9,6 +9,7 @@
 #include "kernels.h"
 #include "napi_util.h"
 #include "tensor_binding.h"
+#include "tensor_file.h"
 #include "tensor_worker.h"
 
 namespace gt {
@@ -64,6 +65,7 @@ class DenseHopfieldWorker : public TensorWorker {
       : TensorWorker(env, "ghost-tensor:dense-hopfield", keys, keys_obj, kt),
         values_(values),
         vstorage_(vt.storage()),
+        vguard_(vt.read_guard()),
         dv_(vt.dim()) {
     values_ref_ = Napi::Persistent(values_obj);
     values_->enter_busy();
@@ -77,6 +79,8 @@ class DenseHopfieldWorker : public TensorWorker {
 
  private:
   void Run() override {
+    check_all_rows();  // dense: every key and value row
+    if (vguard_ != nullptr) vguard_->check_all();
     args.Q = q.data();
     args.K = storage_->data();
     args.V = vstorage_->data();
@@ -107,6 +111,7 @@ class DenseHopfieldWorker : public TensorWorker {
   TensorBinding* values_;
   Napi::ObjectReference values_ref_;
   std::shared_ptr<Storage> vstorage_;
+  const ReadGuard* vguard_;
   size_t dv_;
 };
 
@@ -116,7 +121,10 @@ class ProductKeyWorker : public TensorWorker {
  public:
   ProductKeyWorker(Napi::Env env, TensorBinding* t1, Napi::Object t1_obj, const SparseTensor& k1, TensorBinding* t2,
                    Napi::Object t2_obj, const SparseTensor& k2)
-      : TensorWorker(env, "ghost-tensor:product-keys", t1, t1_obj, k1), other_(t2), storage2_(k2.storage()) {
+      : TensorWorker(env, "ghost-tensor:product-keys", t1, t1_obj, k1),
+        other_(t2),
+        storage2_(k2.storage()),
+        guard2_(k2.read_guard()) {
     other_ref_ = Napi::Persistent(t2_obj);
     other_->enter_busy();
   }
@@ -127,6 +135,8 @@ class ProductKeyWorker : public TensorWorker {
 
  private:
   void Run() override {
+    check_all_rows();  // both sub-key tables are scanned whole
+    if (guard2_ != nullptr) guard2_->check_all();
     args.K1 = storage_->data();
     args.K2 = storage2_->data();
     args.queries = queries.data();
@@ -145,19 +155,29 @@ class ProductKeyWorker : public TensorWorker {
   TensorBinding* other_;
   Napi::ObjectReference other_ref_;
   std::shared_ptr<Storage> storage2_;
+  const ReadGuard* guard2_;
   std::vector<uint32_t> ids_;
   std::vector<double> scores_;
 };
+
+// A step reads the rows' values and optimizer state: a file-backed tensor checks both
+// the first time (ids must be in range).
+void check_step_rows(const ReadGuard* guard, const TensorFile* file, const uint32_t* ids, size_t count) {
+  if (guard != nullptr) guard->check_rows(ids, count);
+  if (file != nullptr) file->check_state(ids, count);
+}
 
 // One optimizer step off the JavaScript thread. Holds the tensor exclusively (reads and
 // writes refused) until it settles; ids and gradients are copied.
 class OptimStepWorker : public TensorWorker {
  public:
   OptimStepWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
-                  SparseOptimizer& opt, const ArrayArg<uint32_t>& ids, const ArrayArg<float>& grads)
+                  SparseOptimizer& opt, const ArrayArg<uint32_t>& ids, const ArrayArg<float>& grads,
+                  const TensorFile* file)
       : TensorWorker(env, "ghost-tensor:optimizer-step", owner, owner_obj, t),
         owner_(owner),
         opt_(opt),
+        file_(file),
         ids_(ids.data, ids.data + ids.length),
         grads_(grads.data, grads.data + grads.length) {
     owner_->enter_writing();
@@ -165,13 +185,17 @@ class OptimStepWorker : public TensorWorker {
   ~OptimStepWorker() override { owner_->leave_writing(); }
 
  private:
-  void Run() override { rows_ = opt_.step(ids_.data(), ids_.size(), grads_.data()); }
+  void Run() override {
+    check_step_rows(guard_, file_, ids_.data(), ids_.size());
+    rows_ = opt_.step(ids_.data(), ids_.size(), grads_.data());
+  }
   Napi::Value Settle(Napi::Env env, TensorBinding& owner) override {
     owner.after_write();
     return Napi::Number::New(env, static_cast<double>(rows_));
   }
   TensorBinding* owner_;
   SparseOptimizer& opt_;  // cannot be replaced or detached while the tensor is busy
+  const TensorFile* file_;  // cannot be closed while the tensor is busy
   std::vector<uint32_t> ids_;
   std::vector<float> grads_;
   size_t rows_ = 0;
@@ -187,7 +211,7 @@ Napi::Value TensorBinding::OptimStepAsync(const Napi::CallbackInfo& info) {
     SparseOptimizer& opt = step_args(info, &ids, &grads);
     SparseTensor& t = *tensor_;
     t.check_ids(ids.data, ids.length, "ids");
-    auto* w = new OptimStepWorker(info.Env(), this, info.This().As<Napi::Object>(), t, opt, ids, grads);
+    auto* w = new OptimStepWorker(info.Env(), this, info.This().As<Napi::Object>(), t, opt, ids, grads, file_.get());
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -279,7 +303,10 @@ Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     ArrayArg<uint32_t> ids;
     ArrayArg<float> grads;
-    const size_t n = step_args(info, &ids, &grads).step(ids.data, ids.length, grads.data);
+    SparseOptimizer& opt = step_args(info, &ids, &grads);
+    tensor_->check_ids(ids.data, ids.length, "ids");
+    check_step_rows(tensor_->read_guard(), file_.get(), ids.data, ids.length);
+    const size_t n = opt.step(ids.data, ids.length, grads.data);
     after_write();
     return Napi::Number::New(info.Env(), static_cast<double>(n));
   });
@@ -292,6 +319,8 @@ Napi::Value TensorBinding::OptimCheck(const Napi::CallbackInfo& info) {
     ArrayArg<uint32_t> ids;
     ArrayArg<float> grads;
     step_args(info, &ids, &grads).check_step(ids.data, ids.length, grads.data);
+    // A multi-tensor step checks every entry before stepping any: damaged rows too.
+    check_step_rows(tensor_->read_guard(), file_.get(), ids.data, ids.length);
     return info.Env().Undefined();
   });
 }
@@ -302,6 +331,8 @@ Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
     SparseTensor& t = usable();
     if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
     const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    t.check_ids(ids.data, ids.length, "ids");
+    if (file_) file_->check_state(ids.data, ids.length);
     std::vector<float> m(ids.length * t.dim()), v(ids.length * t.dim());
     std::vector<uint32_t> steps(ids.length);
     Napi::Float64Array marks = Napi::Float64Array::New(info.Env(), ids.length);

@@ -1,6 +1,7 @@
 // Native tests of the core without Node: run under -fsanitize=address,undefined by
 // run-sanitized.sh. Each check compares against an independent reference.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "../../native/src/cpu.h"
 #include "../../native/src/dense_hopfield.h"
 #include "../../native/src/optimizer.h"
+#include "../../native/src/parallel.h"
 #include "../../native/src/product_keys.h"
 #include "../../native/src/errors.h"
 #include "../../native/src/attention.h"
@@ -646,6 +648,87 @@ static void test_tensor_file() {
   rmdir(dir);
 }
 
+// Verified reads: a clean file opened without the full check serves intact rows and
+// refuses a damaged one on first read (gather, set, add), from many threads at once;
+// damaged optimizer state is refused by check_state; the counts are exact.
+static void test_tensor_file_verified_reads() {
+  const size_t d = 8, n = 1000;
+  char tmpl[] = "/tmp/gt-native-XXXXXX";
+  const char* dir = mkdtemp(tmpl);
+  CHECK(dir != nullptr);
+  if (dir == nullptr) return;
+  const std::string path = std::string(dir) + "/v.gtt";
+  // Its own generator: the shared one's stream feeds the tests after this one.
+  std::mt19937 own(777);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> init(n * d);
+  for (float& x : init) x = uni(own);
+  gt::FileCreateSource src;
+  src.data = init.data();
+  gt::TensorFile::create(path, n, d, true, src, 2);
+  const gt::FileHeader layout = gt::file_layout(n, d, true, true);
+  auto flip = [&](uint64_t off) {
+    std::FILE* fp = std::fopen(path.c_str(), "r+b");
+    std::fseek(fp, static_cast<long>(off), SEEK_SET);
+    const int c = std::fgetc(fp);
+    std::fseek(fp, static_cast<long>(off), SEEK_SET);
+    std::fputc(c ^ 0x04, fp);
+    std::fclose(fp);
+  };
+  flip(layout.values.offset + 777 * d * 4 + 3);   // row 777
+  flip(layout.merkle.offset + 100 * 32 + 1);      // leaf 100 (rows 100 and its sibling 101)
+  flip(layout.m.offset + 5 * d * 4 + 2);          // m of row 5 (holes are zero: its check is zero)
+  struct Opened {
+    std::unique_ptr<gt::SparseTensor> t;
+    std::unique_ptr<gt::MerkleTree> tree;
+    std::unique_ptr<gt::TensorFile> f;
+  };
+  gt::FileOpenOptions o;
+  o.threads = 2;
+  Opened r;
+  r.f = gt::TensorFile::open(path, o);
+  r.t = std::make_unique<gt::SparseTensor>(d, n, r.f->values_storage(), false);
+  r.tree = std::make_unique<gt::MerkleTree>(*r.t, r.f->levels());
+  r.f->recover(*r.t, *r.tree);
+  CHECK(!r.f->info().verified && r.f->info().format_version == 2);
+  auto bad_row = [](uint32_t id) { return id == 777 || id == 100 || id == 101; };
+  // 4 threads read every row in different orders, concurrently.
+  std::atomic<int> refused{0}, wrong{0};
+  gt::parallel_for(4, 4, [&](size_t b, size_t e, size_t) {
+    for (size_t w = b; w < e; ++w) {
+      std::vector<float> out(d);
+      for (size_t k = 0; k < n; ++k) {
+        static const size_t kStride[4] = {1, 3, 7, 9};  // coprime to n: each thread reads every row once
+        const uint32_t id = static_cast<uint32_t>((k * kStride[w] + w * 97) % n);
+        try {
+          r.t->gather(&id, 1, out.data());
+          if (bad_row(id) || std::memcmp(out.data(), init.data() + size_t{id} * d, d * 4) != 0) ++wrong;
+        } catch (const gt::Error& err) {
+          if (err.code() != gt::ErrorCode::Storage || !bad_row(id)) ++wrong;
+          ++refused;
+        }
+      }
+    }
+  });
+  CHECK(wrong.load() == 0);
+  CHECK(refused.load() == 4 * 3);
+  CHECK(r.f->info().rows_checked == n - 3);
+  const uint32_t bad = 777, good = 778;
+  const std::vector<float> delta(d, 0.5f);
+  CHECK(throws_code(gt::ErrorCode::Storage, [&] { r.t->set(&bad, 1, delta.data()); }));
+  CHECK(throws_code(gt::ErrorCode::Storage, [&] { r.t->add(&bad, 1, delta.data()); }));
+  r.t->add(&good, 1, delta.data());
+  const uint32_t s5 = 5, s6 = 6;
+  CHECK(throws_code(gt::ErrorCode::Storage, [&] { r.f->check_state(&s5, 1); }));
+  r.f->check_state(&s6, 1);
+  r.f.reset();
+  r.tree.reset();
+  r.t.reset();
+  std::remove((path + ".wal").c_str());
+  std::remove(path.c_str());
+  rmdir(dir);
+}
+
 // Attention against a double-precision scalar reference: top-k (k < n and k = n),
 // dense, causal or not, forward and backward, every SIMD level; plus the element
 // kernels it is built from (vexp, axpy, gemm_acc).
@@ -828,6 +911,7 @@ int main() {
   test_canonical();
   test_tensor_file();
   test_attention();
+  test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
