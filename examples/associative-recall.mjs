@@ -25,18 +25,20 @@
  *   --mode=all|dense|sparse (default all: dense, then top-k for each k of --k)
  *   --k=32,8   the top-k runs (and the k's the dense-trained model is also evaluated with, at inference only)
  *   --steps=S (400)  --seq=N (256)  --batch=B (8 sequences per step)  --lr=LR (1e-2)  --seed=SEED (1)  --eval=SEQS (32 held-out sequences)
- *   --write    write bench/results/associative-recall.json (one entry per --seq; other lengths kept)
+ *   --write    write bench/results/associative-recall.json (one entry per --seq; other lengths kept; a checkout of the repository only)
+ *   --help     this text
  *
  * Exports trainRecall (used by test/attention-quality.test.ts). Measured runs (n = 256 and 1024):
  * bench/results/associative-recall.json.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { Embedding, Projection, SparseAdam, SparseSelfAttention, SparseTensor, simdInfo } from '../dist/index.js';
-import { gaussian, rng } from '../bench/lib/common.mjs';
+import { Embedding, Projection, SparseAdam, SparseSelfAttention, SparseTensor, simdInfo } from 'ghost-tensor';
+import { arg, helpAndExit, resultsDir } from './lib/cli.mjs';
+import { gaussian, rng } from './lib/random.mjs';
 
 /**
  * One sequence of n tokens: { keys, vals (value or -1 for a query), target (-1 for a
@@ -249,10 +251,7 @@ export async function trainRecall({
 }
 
 async function main() {
-  const arg = (name, fallback) => {
-    const a = process.argv.find((x) => x.startsWith(`--${name}=`));
-    return a ? a.slice(name.length + 3) : fallback;
-  };
+  helpAndExit(import.meta.url);
   const steps = Number(arg('steps', 400)), n = Number(arg('seq', 256)), batch = Number(arg('batch', 8));
   const lr = Number(arg('lr', 1e-2)), seed = Number(arg('seed', 1)), evalSequences = Number(arg('eval', 32));
   const modeArg = arg('mode', 'all');
@@ -286,10 +285,10 @@ async function main() {
     for (const [kk, a] of Object.entries(r.topKAtInference)) console.log(`| dense-trained, top-${kk} at inference only | ${n} | | ${pct(a)} | | | | | |`);
   }
   if (process.argv.includes('--write')) {
-    const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-    mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+    const dir = resultsDir(import.meta.url);
+    mkdirSync(dir, { recursive: true });
     // One entry per sequence length: a run at another --seq keeps the others' figures.
-    const file = join(root, 'bench', 'results', 'associative-recall.json');
+    const file = join(dir, 'associative-recall.json');
     let bySeq = {};
     try {
       bySeq = JSON.parse(readFileSync(file, 'utf8')).bySeq ?? {};

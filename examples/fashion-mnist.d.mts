@@ -14,8 +14,9 @@ export interface TrainResult {
   beta: number;
 }
 export const DATA_DIR: string;
-export function datasetAvailable(): boolean;
-export function loadSplit(split: 'train' | 't10k', limit?: number): Split;
+export const SMALL_DATA_DIR: string;
+export function datasetAvailable(dir?: string): boolean;
+export function loadSplit(split: 'train' | 't10k', limit?: number, dir?: string): Split;
 export function trainClassifier(options: {
   train: Split;
   test: Split;

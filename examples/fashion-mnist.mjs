@@ -12,30 +12,37 @@
  * one-hot labels: the layer starts as a soft kNN over N prototypes, then training
  * moves the prototypes, their label vectors, the projection and beta.
  *
- *   node examples/fashion-mnist.mjs [--epochs=E] [--n=N] [--k=K] [--train=T] [--mode=sparse|dense|both]
+ *   node examples/fashion-mnist.mjs [--epochs=E] [--n=N] [--k=K] [--train=T] [--mode=sparse|dense|both] [--data=DIR]
  *
- * Needs Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist). Writes
- * bench/results/fashion-mnist.json when run as a script with --write.
+ * Reads the full dataset from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
+ * when installed, else the 4,000 + 1,000 image subset the package ships
+ * (data/fashion-mnist-small); --data=DIR names another folder of the four IDX .gz files.
+ * --write records bench/results/fashion-mnist.json (a checkout of the repository only).
+ * --help prints this text.
  */
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import os from 'node:os';
 
-import { DenseAdam, HopfieldLookup, SparseAdam, SparseTensor, simdInfo } from '../dist/index.js';
-import { gaussian, rng } from '../bench/lib/common.mjs';
+import { DenseAdam, HopfieldLookup, SparseAdam, SparseTensor, simdInfo } from 'ghost-tensor';
+import { arg, helpAndExit, resultsDir } from './lib/cli.mjs';
+import { gaussian, rng } from './lib/random.mjs';
 
+/** The full dataset (Debian's dataset-fashion-mnist). */
 export const DATA_DIR = '/usr/share/datasets/fashion-mnist';
+/** The subset the package ships (4,000 training and 1,000 test images). */
+export const SMALL_DATA_DIR = fileURLToPath(new URL('../data/fashion-mnist-small/', import.meta.url));
 
-export function datasetAvailable() {
-  return existsSync(join(DATA_DIR, 'train-images-idx3-ubyte.gz'));
+export function datasetAvailable(dir = DATA_DIR) {
+  return existsSync(join(dir, 'train-images-idx3-ubyte.gz'));
 }
 
 /** { x: Float32Array (n x 784, in [0, 1]), y: Uint8Array, n } with IDX headers checked. */
-export function loadSplit(split, limit = Infinity) {
-  const img = gunzipSync(readFileSync(join(DATA_DIR, `${split}-images-idx3-ubyte.gz`)));
-  const lab = gunzipSync(readFileSync(join(DATA_DIR, `${split}-labels-idx1-ubyte.gz`)));
+export function loadSplit(split, limit = Infinity, dir = DATA_DIR) {
+  const img = gunzipSync(readFileSync(join(dir, `${split}-images-idx3-ubyte.gz`)));
+  const lab = gunzipSync(readFileSync(join(dir, `${split}-labels-idx1-ubyte.gz`)));
   const iv = new DataView(img.buffer, img.byteOffset, img.byteLength);
   const lv = new DataView(lab.buffer, lab.byteOffset, lab.byteLength);
   if (iv.getUint32(0) !== 0x803 || lv.getUint32(0) !== 0x801) throw new Error('not IDX image / label files');
@@ -175,18 +182,17 @@ export async function evaluate(layer, P, d, test, batch = 500) {
 }
 
 async function main() {
-  const arg = (name, fallback) => {
-    const a = process.argv.find((x) => x.startsWith(`--${name}=`));
-    return a ? a.slice(name.length + 3) : fallback;
-  };
-  if (!datasetAvailable()) {
-    console.error(`Fashion-MNIST not found in ${DATA_DIR}: apt-get install dataset-fashion-mnist`);
+  helpAndExit(import.meta.url);
+  const dir = arg('data', datasetAvailable() ? DATA_DIR : SMALL_DATA_DIR);
+  if (!datasetAvailable(dir)) {
+    console.error(`no Fashion-MNIST IDX files in ${dir} (the full set: apt-get install dataset-fashion-mnist)`);
     process.exit(2);
   }
   const epochs = Number(arg('epochs', 8)), n = Number(arg('n', 2048)), k = Number(arg('k', 32));
   const trainLimit = Number(arg('train', 60000));
   const modes = arg('mode', 'both') === 'both' ? ['sparse', 'dense'] : [arg('mode')];
-  const train = loadSplit('train', trainLimit), test = loadSplit('t10k');
+  const train = loadSplit('train', trainLimit, dir), test = loadSplit('t10k', Infinity, dir);
+  console.error(`data: ${dir} (${train.n} training, ${test.n} test images)`);
   const results = [];
   for (const mode of modes) {
     console.error(`${mode}: N = ${n}, k = ${mode === 'dense' ? n : k}, ${epochs} epochs over ${train.n} images`);
@@ -201,14 +207,14 @@ async function main() {
   console.log('|---|---|---|---|---|---|---|');
   for (const r of results) console.log(`| ${r.mode} | ${n} | ${r.mode === 'dense' ? n : k} | ${r.epochs} | ${(100 * r.testAccuracy).toFixed(2)}% | ${r.seconds.toFixed(0)} | ${r.stepMsMedian.toFixed(1)} |`);
   if (process.argv.includes('--write')) {
-    const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-    mkdirSync(join(root, 'bench', 'results'), { recursive: true });
-    writeFileSync(join(root, 'bench', 'results', 'fashion-mnist.json'), JSON.stringify({
+    const outDir = resultsDir(import.meta.url);
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(join(outDir, 'fashion-mnist.json'), JSON.stringify({
       name: 'fashion-mnist',
       date: new Date().toISOString(),
       command: ['node examples/fashion-mnist.mjs', ...process.argv.slice(2)].join(' '),
       machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, simd: simdInfo().level },
-      parameters: { n, k, d: 64, epochs, batch: 128, lr: 3e-3, seed: 1, trainImages: train.n, testImages: test.n },
+      parameters: { n, k, d: 64, epochs, batch: 128, lr: 3e-3, seed: 1, trainImages: train.n, testImages: test.n, data: dir },
       results,
       anchors: 'dataset benchmark table: scikit-learn KNeighbors ~0.85-0.86, MLPClassifier ~0.87, SVC 0.897',
     }, null, 2) + '\n');

@@ -51,3 +51,28 @@ export function allIds(n: number): Uint32Array {
   for (let i = 0; i < n; i++) ids[i] = i;
   return ids;
 }
+
+/**
+ * The options argument of `where` (a constructor or method name), checked: undefined
+ * gives {}; anything but a plain object is refused; so is a key `allowed` does not
+ * list (unless its value is undefined), since a misspelt option would otherwise be
+ * silently ignored. The one place unknown option keys are refused.
+ */
+export function checkOptions<T extends object>(where: string, options: T | undefined, allowed: readonly string[]): T {
+  if (options === undefined) return {} as T;
+  if (options === null || typeof options !== 'object' || Array.isArray(options) || ArrayBuffer.isView(options)) {
+    throw new InvalidArgumentError(`${where}: options must be an object, got ${describe(options)}`);
+  }
+  for (const key of Object.keys(options)) {
+    if (allowed.includes(key) || (options as Record<string, unknown>)[key] === undefined) continue;
+    throw new InvalidArgumentError(`${where}: unknown option '${key}' (known: ${allowed.join(', ')})`);
+  }
+  return options;
+}
+
+/** An optional boolean option: undefined gives `def`; anything but true or false is refused. */
+export function checkBoolean(name: string, value: unknown, def: boolean): boolean {
+  if (value === undefined) return def;
+  if (typeof value !== 'boolean') throw new InvalidArgumentError(`${name} must be true or false, got ${describe(value)}`);
+  return value;
+}

@@ -18,11 +18,11 @@
  * function. The selection is an exact blocked scan (SIMD score tiles and a bounded
  * heap per query, O(n k) memory); backward() goes through the selected keys only.
  */
-import { allIds, checkFloat32Array, checkInteger } from './args.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
 import { native } from './native.js';
 import type { SparseGrad } from './optim.js';
-import type { SparseTensor } from './sparse-tensor.js';
+import { SparseTensor } from './sparse-tensor.js';
 
 /** Padding in `ids` where a causal query has fewer than k keys to choose from. */
 export const NO_KEY = 0xffffffff;
@@ -41,7 +41,7 @@ function rowsOf(name: string, x: Float32Array, width: number): number {
 export interface ProjectionOptions {
   /** W: outDim patterns of dim inDim (pattern j is output column j). */
   weight: SparseTensor;
-  /** Columns kept per row (1..outDim); default outDim (a dense linear map). */
+  /** Columns kept per row (1..outDim; mode 'sparse' only); default outDim (a dense linear map). */
   k?: number;
   /** 'sparse' (default) keeps the top k columns; 'dense' computes all outDim (the baseline). */
   mode?: 'sparse' | 'dense';
@@ -65,12 +65,15 @@ export class Projection {
 
   constructor(o: ProjectionOptions) {
     if (o === null || typeof o !== 'object' || o.weight === undefined) throw new InvalidArgumentError('Projection needs { weight }');
+    checkOptions('Projection', o, ['weight', 'k', 'mode', 'threads']);
+    if (!(o.weight instanceof SparseTensor)) throw new InvalidArgumentError('weight must be a SparseTensor');
     this.weight = o.weight;
     const m = o.weight.size;
     if (m < 1) throw new InvalidArgumentError('the projection weight has no patterns');
     this.k = o.k === undefined ? m : checkInteger('k', o.k, 1, m);
     if (o.mode !== undefined && o.mode !== 'sparse' && o.mode !== 'dense') throw new InvalidArgumentError(`mode must be 'sparse' or 'dense'`);
     this.mode = o.mode ?? 'sparse';
+    if (this.mode === 'dense' && this.k !== m) throw new InvalidArgumentError(`k applies to mode 'sparse' only (mode 'dense' computes all ${m} columns)`);
     this.threads = o.threads === undefined ? undefined : checkInteger('threads', o.threads, 1, 1024);
   }
 
@@ -207,10 +210,10 @@ export class SparseSelfAttention {
 
   constructor(o: SparseSelfAttentionOptions) {
     if (o === null || typeof o !== 'object') throw new InvalidArgumentError('SparseSelfAttention needs an options object');
+    checkOptions('SparseSelfAttention', o, ['heads', 'k', 'causal', 'mode', 'scale', 'query', 'key', 'value', 'output', 'threads']);
     this.heads = checkInteger('heads', o.heads, 1, 4096);
     this.k = checkInteger('k', o.k, 1, 2 ** 24);
-    if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new InvalidArgumentError('causal must be a boolean');
-    this.causal = o.causal ?? false;
+    this.causal = checkBoolean('causal', o.causal, false);
     if (o.mode !== undefined && o.mode !== 'sparse' && o.mode !== 'dense') throw new InvalidArgumentError(`mode must be 'sparse' or 'dense'`);
     this.mode = o.mode ?? 'sparse';
     if (o.scale !== undefined && (typeof o.scale !== 'number' || !Number.isFinite(o.scale) || !(o.scale > 0)))
@@ -230,6 +233,14 @@ export class SparseSelfAttention {
     if (new Set(ins).size > 1) throw new InvalidArgumentError(`the query, key and value projections must read one input width (got ${ins.join(', ')})`);
     if (widths.length > 0 && widths.length < 3 && ins[0] !== widths[0])
       throw new InvalidArgumentError('a stream without a projection is the input itself: its width must equal the projections\' output width');
+    // With a query, key or value projection the width D is known now: check what forward() would.
+    if (widths.length > 0) {
+      const D = widths[0]!;
+      if (D % this.heads !== 0) throw new InvalidArgumentError(`heads (${this.heads}) must divide the attention width ${D} (the projections' output width)`);
+      if (this.output !== null && this.output.inDim !== D) {
+        throw new InvalidArgumentError(`output: the output projection reads width ${this.output.inDim}, the attention gives ${D}`);
+      }
+    }
     this.threads = o.threads === undefined ? undefined : checkInteger('threads', o.threads, 1, 1024);
   }
 

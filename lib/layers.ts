@@ -13,7 +13,7 @@
  * and the gradients cover all N rows (a dense Adam step is then SparseAdam over all
  * rows). Sparse with k = N equals dense.
  */
-import { allIds, checkFloat32Array, checkInteger, toIds } from './args.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from './errors.js';
 import { native } from './native.js';
 import type { SparseGrad } from './optim.js';
@@ -37,8 +37,9 @@ export interface HopfieldLookupOptions {
   normalize?: boolean;
   /** Retrieval over a SparseTensor of keys: 'exact' (default) or 'hnsw' (built with buildHnsw). */
   index?: 'exact' | 'hnsw';
+  /** HNSW candidate list size (index 'hnsw' only; raised to k when smaller). */
   ef?: number;
-  /** 'sparse' (default) or 'dense' (all N patterns; SparseTensor keys only). */
+  /** 'sparse' (default) or 'dense' (all N patterns; SparseTensor keys, index 'exact', updateSteps 1). */
   mode?: 'sparse' | 'dense';
   /**
    * Hopfield update steps (hflayers' update_steps_max), default 1: steps - 1 times the
@@ -111,6 +112,8 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
   return s;
 }
 
+const HOPFIELD_KEYS = ['keys', 'values', 'k', 'beta', 'similarity', 'normalize', 'index', 'ef', 'mode', 'updateSteps', 'threads'] as const;
+
 export class HopfieldLookup {
   readonly keys: SparseTensor | ProductKeyIndex;
   readonly values: SparseTensor;
@@ -127,6 +130,7 @@ export class HopfieldLookup {
 
   constructor(o: HopfieldLookupOptions) {
     if (!o || typeof o !== 'object') throw new InvalidArgumentError('options must be an object');
+    checkOptions('HopfieldLookup', o, HOPFIELD_KEYS);
     if (!(o.keys instanceof SparseTensor) && !(o.keys instanceof ProductKeyIndex)) {
       throw new InvalidArgumentError('keys must be a SparseTensor or a ProductKeyIndex');
     }
@@ -147,11 +151,18 @@ export class HopfieldLookup {
       if (this.mode === 'dense') throw new UnsupportedError('dense mode needs a SparseTensor of keys');
       if (o.index !== undefined && o.index !== 'exact') throw new InvalidArgumentError('index applies to SparseTensor keys only');
     }
-    this.normalize = o.normalize ?? false;
+    this.normalize = checkBoolean('normalize', o.normalize, false);
     this.index = o.index ?? 'exact';
     if (this.index !== 'exact' && this.index !== 'hnsw') throw new InvalidArgumentError(`index must be 'exact' or 'hnsw', got ${String(o.index)}`);
+    if (this.index === 'hnsw' && this.mode === 'dense') throw new InvalidArgumentError("index 'hnsw' applies to mode 'sparse' only (dense mode reads every pattern)");
+    if (o.ef !== undefined && this.index !== 'hnsw') throw new InvalidArgumentError("ef applies to index 'hnsw' only");
     this.ef = o.ef === undefined ? undefined : checkInteger('ef', o.ef, 1, 1_000_000);
+    const graph = this.index === 'hnsw' ? (o.keys as SparseTensor).hnsw : null;
+    if (graph && graph.metric !== this.similarity) {
+      throw new InvalidArgumentError(`similarity '${this.similarity}' differs from the metric '${graph.metric}' the keys' HNSW index was built for`);
+    }
     this.updateSteps = checkInteger('updateSteps', o.updateSteps ?? 1, 1, 100);
+    if (this.updateSteps > 1 && this.mode === 'dense') throw new InvalidArgumentError("updateSteps > 1 applies to mode 'sparse' only");
     this.threads = o.threads === undefined ? undefined : checkInteger('threads', o.threads, 1, 1024);
     const beta = o.beta ?? 1 / Math.sqrt(o.keys.dim);
     if (typeof beta !== 'number' || !Number.isFinite(beta)) throw new OutOfRangeError(`beta must be a finite number, got ${String(beta)}`);
@@ -188,7 +199,6 @@ export class HopfieldLookup {
     }
     const beta = this.beta;
     if (this.mode === 'dense') {
-      if (this.updateSteps > 1) throw new UnsupportedError('updateSteps > 1 is implemented for the sparse mode only');
       const keys = this.keys as SparseTensor;
       const r = await callNativeAsync(() =>
         internalNative(keys).denseHopfieldForwardAsync(internalNative(this.values), q, beta, this.similarity, this.threads),
@@ -340,6 +350,7 @@ export class Embedding {
   readonly mode: 'sparse' | 'dense';
 
   constructor(table: SparseTensor, options: { mode?: 'sparse' | 'dense' } = {}) {
+    options = checkOptions('Embedding', options, ['mode']);
     if (!(table instanceof SparseTensor)) throw new InvalidArgumentError('table must be a SparseTensor');
     this.table = table;
     this.mode = options.mode ?? 'sparse';

@@ -11,7 +11,7 @@ import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { exists, syncDir, writeSynced } from './durable-fs.js';
 import { join } from 'node:path';
 
-import { allIds, checkFloat32Array, toIds } from './args.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
 import { bytesEqual } from './bytes.js';
 import { FormatError, InvalidArgumentError, OutOfRangeError, ProofError, callNative } from './errors.js';
 import { decodeGhost, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostProjection, type GhostTensor } from './ghost-file.js';
@@ -226,6 +226,8 @@ export class Model {
    * state rounded to f32 (the verifier cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
+    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads']);
+    if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);
     const first = options.firstLayer ?? 0;
     const count = options.layers ?? this.layers.length - first;
     if (!Number.isInteger(first) || first < 0 || first >= this.layers.length) throw new InvalidArgumentError(`firstLayer must be in 0..${this.layers.length - 1}`);
@@ -369,6 +371,7 @@ export class Model {
    * verifier's (held old rows travel as ids; the new rows are recorded).
    */
   async proveStep(optimizer: SparseAdam | SparseSGD, grads: readonly SparseGrad[], options: { cache?: PatternCache } = {}): Promise<ProvedUpdate[]> {
+    options = checkOptions('Model.proveStep', options, ['cache']);
     if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
     if (new Set(grads.map((g) => g?.tensor)).size !== grads.length) throw new InvalidArgumentError('a tensor appears twice in one step; concatenate its rows');
     const out: ProvedUpdate[] = [];
@@ -428,6 +431,8 @@ export class Model {
    * into a temporary directory, fsynced, then renamed to `dir` in one step.
    */
   async save(dir: string, options: { optimizerState?: boolean } = {}): Promise<PinnedGhost> {
+    options = checkOptions('Model.save', options, ['optimizerState']);
+    checkBoolean('optimizerState', options.optimizerState, false);
     const ghost = await this.ghost();
     if (await exists(dir)) throw new InvalidArgumentError(`${dir} exists; save into a new directory`);
     const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
@@ -457,6 +462,12 @@ export class Model {
    * unexpected directory.
    */
   static async load(dir: string, options: { expectDigest?: Uint8Array; verify?: boolean; readOnly?: boolean } = {}): Promise<{ model: Model; ghost: PinnedGhost }> {
+    options = checkOptions('Model.load', options, ['expectDigest', 'verify', 'readOnly']);
+    checkBoolean('verify', options.verify, true);
+    checkBoolean('readOnly', options.readOnly, false);
+    if (options.expectDigest !== undefined && !(options.expectDigest instanceof Uint8Array && options.expectDigest.length === 32)) {
+      throw new InvalidArgumentError('expectDigest must be a 32-byte Uint8Array');
+    }
     const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin')))));
     if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${dir}/ghost.bin is not the expected model`);
     const m = ghost.manifest;

@@ -25,7 +25,7 @@
  * Small dense parameters (a learned beta, a bias vector) use DenseAdam, a plain
  * TypeScript Adam over Float32Arrays with the same formulas.
  */
-import { checkFloat32Array, toIds } from './args.js';
+import { checkBoolean, checkFloat32Array, checkOptions, toIds } from './args.js';
 import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative, fromNative } from './errors.js';
 import type { NativeOptimizerInfo, NativeOptimizerOptions } from './native.js';
 import { SparseTensor, internalNative } from './sparse-tensor.js';
@@ -215,6 +215,7 @@ abstract class SparseOptimizerBase {
 /** Sparse Adam (per-row bias correction by default); see the module comment. */
 export class SparseAdam extends SparseOptimizerBase {
   constructor(tensors: readonly SparseTensor[], options: AdamOptions = {}) {
+    options = checkOptions('SparseAdam', options, ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'biasCorrection', 'replaceState']);
     const o: NativeOptimizerOptions = {
       kind: 'adam',
       lr: checkNumber('lr', options.lr ?? 1e-3, 0, 1e6),
@@ -228,20 +229,21 @@ export class SparseAdam extends SparseOptimizerBase {
       throw new InvalidArgumentError(`biasCorrection must be 'row' or 'global', got ${String(o.biasCorrection)}`);
     }
     if (o.lr! * o.weightDecay! >= 1) throw new OutOfRangeError('lr * weightDecay must be < 1');
-    super(tensors, o, options.replaceState ?? false);
+    super(tensors, o, checkBoolean('replaceState', options.replaceState, false));
   }
 }
 
 /** Sparse SGD: w <- w * (owed decay) - lr * g on the touched rows. */
 export class SparseSGD extends SparseOptimizerBase {
   constructor(tensors: readonly SparseTensor[], options: SgdOptions = {}) {
+    options = checkOptions('SparseSGD', options, ['lr', 'weightDecay', 'replaceState']);
     const o: NativeOptimizerOptions = {
       kind: 'sgd',
       lr: checkNumber('lr', options.lr ?? 1e-2, 0, 1e6),
       weightDecay: checkNumber('weightDecay', options.weightDecay ?? 0, 0, 1e6),
     };
     if (o.lr! * o.weightDecay! >= 1) throw new OutOfRangeError('lr * weightDecay must be < 1');
-    super(tensors, o, options.replaceState ?? false);
+    super(tensors, o, checkBoolean('replaceState', options.replaceState, false));
   }
 }
 
@@ -257,7 +259,10 @@ export class DenseAdam {
   readonly eps: number;
 
   constructor(params: readonly Float32Array[], options: Omit<AdamOptions, 'biasCorrection' | 'weightDecay' | 'replaceState'> = {}) {
-    for (const p of params) checkFloat32Array('params', p);
+    options = checkOptions('DenseAdam', options, ['lr', 'beta1', 'beta2', 'eps']);
+    if (!Array.isArray(params)) throw new InvalidArgumentError('params must be an array of Float32Arrays');
+    params.forEach((p, i) => checkFloat32Array(`params[${i}]`, p));
+    if (new Set(params).size !== params.length) throw new InvalidArgumentError('params: a Float32Array is listed twice (it would take two steps per step)');
     this.#params = [...params];
     this.#m = params.map((p) => new Float64Array(p.length));
     this.#v = params.map((p) => new Float64Array(p.length));

@@ -15,7 +15,7 @@
  * holding the two tables re-derives the same selection. Nothing
  * needs maintaining while the tables train: every search reads their current values.
  */
-import { checkFloat32Array, checkInteger } from './args.js';
+import { checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
 import { cbestPairs } from './canonical.js';
 import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
 import type { SimdLevel } from './simd.js';
@@ -79,6 +79,7 @@ export class ProductKeyIndex {
 
   /** An index with n random sub-keys per table (uniform in [-1, 1) from `random`), query dimension `dim`. */
   static random(n: number, dim: number, random: () => number = Math.random): ProductKeyIndex {
+    if (typeof random !== 'function') throw new InvalidArgumentError('random must be a function returning numbers in [0, 1)');
     checkInteger('n', n, 1, MAX_SUBKEYS);
     checkInteger('dim', dim, 2, 2 ** 24);
     const d1 = Math.floor(dim / 2), d2 = dim - d1;
@@ -132,7 +133,8 @@ export class ProductKeyIndex {
   }
 
   /** The keys of slots `ids`: each slot's two sub-keys side by side (ids.length x dim); a slot >= n^2 is refused by the gather of table 1. */
-  keyRows(ids: Uint32Array): Float32Array {
+  keyRows(slots: Uint32Array | readonly number[]): Float32Array {
+    const ids = toIds('ids', slots);
     const n = this.subKeys, d1 = this.keys1.dim, d2 = this.keys2.dim, d = d1 + d2;
     const i1 = new Uint32Array(ids.length), i2 = new Uint32Array(ids.length);
     for (let r = 0; r < ids.length; r++) {
@@ -150,6 +152,7 @@ export class ProductKeyIndex {
 
   /** Exact top-k slots by inner product for one query (length dim); 1 <= k <= n^2. */
   search(query: Float32Array, k: number, options: { level?: SimdLevel } = {}): ProductKeyResult {
+    options = checkOptions('ProductKeyIndex.search', options, ['level']);
     checkFloat32Array('query', query);
     this.#check(query.length, k, 1);
     const kk = Math.min(k, this.subKeys);
@@ -166,6 +169,7 @@ export class ProductKeyIndex {
    * Writes to either table are refused until the promise settles.
    */
   async searchBatch(queries: Float32Array, k: number, options: { threads?: number } = {}): Promise<ProductKeyBatchResult> {
+    options = checkOptions('ProductKeyIndex.searchBatch', options, ['threads']);
     checkFloat32Array('queries', queries);
     const nq = queries.length / this.dim;
     this.#check(queries.length, k, nq);

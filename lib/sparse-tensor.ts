@@ -6,7 +6,7 @@
  * validates the whole batch before changing anything, so a rejected write leaves
  * the tensor as it was.
  */
-import { checkFloat32Array, checkInteger, toIds } from './args.js';
+import { checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
 import { InvalidArgumentError, OutOfRangeError, callNative, callNativeAsync, fromNative } from './errors.js';
 import {
   native,
@@ -25,6 +25,10 @@ export type Metric = 'ip' | 'cosine' | 'l2';
 const METRICS: readonly Metric[] = ['ip', 'cosine', 'l2'];
 const MAX_DIM = 2 ** 24;
 const MAX_ROWS = 2 ** 32 - 1;
+const SEARCH_KEYS = ['metric', 'level', 'index', 'ef'] as const;
+const BATCH_SEARCH_KEYS = [...SEARCH_KEYS, 'threads'] as const;
+const HNSW_KEYS = ['metric', 'M', 'efConstruction', 'seed', 'driftThreshold', 'maxDirty', 'neighborUpdateProbability', 'threads'] as const;
+const THREADS_KEYS = ['threads'] as const;
 
 export interface SearchOptions {
   /** Defaults to the tensor's metric (with index 'hnsw': the index's metric, and only that). */
@@ -213,6 +217,7 @@ export class SparseTensor {
 
   /** An empty tensor of dimension `dim`. */
   static create(dim: number, options: CreateOptions = {}): SparseTensor {
+    options = checkOptions('SparseTensor.create', options, ['capacity', 'metric']);
     checkInteger('dim', dim, 1, MAX_DIM);
     const capacity = checkInteger('capacity', options.capacity ?? 0, 0, MAX_ROWS);
     const metric = checkMetric('metric', options.metric ?? 'ip');
@@ -222,14 +227,16 @@ export class SparseTensor {
 
   /** A tensor holding the rows of `data` (length a multiple of `dim`), copied unless adopted. */
   static fromArray(data: Float32Array, dim: number, options: FromArrayOptions = {}): SparseTensor {
+    options = checkOptions('SparseTensor.fromArray', options, ['adopt', 'metric']);
     checkFloat32Array('data', data);
     checkInteger('dim', dim, 1, MAX_DIM);
     if (data.length % dim !== 0) {
       throw new InvalidArgumentError(`data length ${data.length} is not a multiple of dim ${dim}`);
     }
     const metric = checkMetric('metric', options.metric ?? 'ip');
+    const adopt = checkBoolean('adopt', options.adopt, false);
     const N = native().NativeTensor;
-    return new SparseTensor(callNative(() => new N(dim, data, options.adopt === true)), metric);
+    return new SparseTensor(callNative(() => new N(dim, data, adopt)), metric);
   }
 
   /**
@@ -396,6 +403,7 @@ export class SparseTensor {
 
   /** Exact top-k of one query (length dim). 1 <= k <= size. */
   search(query: Float32Array, k: number, options: SearchOptions = {}): SearchResult {
+    options = checkOptions('search', options, SEARCH_KEYS);
     checkFloat32Array('query', query);
     this.#checkK(k);
     const { hnsw, ef } = this.#indexArgs(options, k);
@@ -410,6 +418,7 @@ export class SparseTensor {
    * TensorBusyError until the promise settles.
    */
   async searchBatch(queries: Float32Array, k: number, options: BatchSearchOptions = {}): Promise<BatchSearchResult> {
+    options = checkOptions('searchBatch', options, BATCH_SEARCH_KEYS);
     const [metric, threads] = this.#batchArgs(queries, k, options);
     const { hnsw, ef } = this.#indexArgs(options, k);
     let r;
@@ -425,8 +434,10 @@ export class SparseTensor {
 
   /** searchBatch on the calling thread's time (still spread over workers); for small batches. */
   searchBatchSync(queries: Float32Array, k: number, options: BatchSearchOptions = {}): BatchSearchResult {
+    options = checkOptions('searchBatchSync', options, BATCH_SEARCH_KEYS);
     const [metric, threads] = this.#batchArgs(queries, k, options);
     if ((options.index ?? 'exact') !== 'exact') throw new InvalidArgumentError("searchBatchSync supports index 'exact' only; use searchBatch");
+    this.#indexArgs(options, k); // ef without index 'hnsw' is refused, not ignored
     const r = callNative(() => this.#native.searchBatch(queries, k, metric, options.level, threads));
     return { ...r, queries: queries.length / this.dim, k };
   }
@@ -439,6 +450,7 @@ export class SparseTensor {
    * TensorBusyError until the promise settles.
    */
   async commit(options: { threads?: number } = {}): Promise<Uint8Array> {
+    options = checkOptions('commit', options, THREADS_KEYS);
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
     try {
       await this.#native.commitAsync(threads);
@@ -450,6 +462,7 @@ export class SparseTensor {
 
   /** commit() on the calling thread's time (still spread over workers); for small tensors. */
   commitSync(options: { threads?: number } = {}): Uint8Array {
+    options = checkOptions('commitSync', options, THREADS_KEYS);
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
     callNative(() => this.#native.commit(threads));
     return this.root();
@@ -492,6 +505,7 @@ export class SparseTensor {
    * re-links them; every returned score is computed on current values.
    */
   async buildHnsw(options: HnswOptions = {}): Promise<void> {
+    options = checkOptions('buildHnsw', options, HNSW_KEYS);
     const o = this.#hnswOptions(options);
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
     try {
@@ -504,6 +518,7 @@ export class SparseTensor {
   /** Loads a graph written by saveHnsw() for exactly these rows; options as at build time. */
   loadHnsw(path: string, options: HnswOptions = {}): void {
     if (typeof path !== 'string' || path.length === 0) throw new InvalidArgumentError('path must be a non-empty string');
+    options = checkOptions('loadHnsw', options, HNSW_KEYS.filter((key) => key !== 'threads'));
     const o = this.#hnswOptions(options);
     callNative(() => this.#native.hnswLoad(path, o));
   }
@@ -521,6 +536,7 @@ export class SparseTensor {
 
   /** Re-links up to `budget` dirty rows (oldest first) now; returns how many. */
   refreshHnsw(budget: number, options: { threads?: number } = {}): number {
+    options = checkOptions('refreshHnsw', options, THREADS_KEYS);
     checkInteger('budget', budget, 0, 2 ** 32 - 1);
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
     return callNative(() => this.#native.hnswRefresh(budget, threads));
@@ -528,6 +544,7 @@ export class SparseTensor {
 
   /** refreshHnsw() on worker threads; writes are refused until it settles. */
   async refreshHnswAsync(budget: number, options: { threads?: number } = {}): Promise<number> {
+    options = checkOptions('refreshHnswAsync', options, THREADS_KEYS);
     checkInteger('budget', budget, 0, 2 ** 32 - 1);
     const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
     try {

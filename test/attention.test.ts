@@ -312,9 +312,11 @@ describe('SparseSelfAttention', () => {
     const a = SparseTensor.fromArray(rng.f32(8 * 16), 16), b = SparseTensor.fromArray(rng.f32(12 * 16), 16);
     expect(() => new SparseSelfAttention({ heads: 2, k: 4, query: new Projection({ weight: a }), key: new Projection({ weight: b }) })).toThrow(InvalidArgumentError);
     expect(() => new Projection({ weight: a, k: 9 })).toThrow(OutOfRangeError);
-    // The output projection must read the attention width.
-    const bad = new SparseSelfAttention({ heads: 2, k: 4, query: new Projection({ weight: a }), key: new Projection({ weight: a }), value: new Projection({ weight: a }), output: new Projection({ weight: b }) });
-    await expect(bad.forward(rng.f32(10 * 16))).rejects.toThrow(InvalidArgumentError);
+    // The output projection must read the attention width: refused at construction when the projections fix it.
+    expect(() => new SparseSelfAttention({ heads: 2, k: 4, query: new Projection({ weight: a }), key: new Projection({ weight: a }), value: new Projection({ weight: a }), output: new Projection({ weight: b }) })).toThrow(InvalidArgumentError);
+    // Without q/k/v projections the width comes with forward(): checked there.
+    const bad = new SparseSelfAttention({ heads: 2, k: 4, output: new Projection({ weight: SparseTensor.fromArray(rng.f32(12 * 8), 8) }) });
+    await expect(bad.forward(rng.f32(10 * 16), 16)).rejects.toThrow(InvalidArgumentError);
     // backward: wrong dy length, and a context whose ids were tampered with.
     const ok = await layer.forward(rng.f32(20 * 32), 32);
     await expect(layer.backward(ok.ctx, rng.f32(10))).rejects.toThrow(InvalidArgumentError);

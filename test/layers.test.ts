@@ -86,9 +86,10 @@ async function gradCheck(layer: HopfieldLookup, x: Float32Array, rng: Rng, sampl
 }
 
 function makeLayer(rng: Rng, o: Partial<HopfieldLookupOptions> & { n: number; d: number; dv: number }): HopfieldLookup {
-  const keys = SparseTensor.fromArray(rng.f32(o.n * o.d), o.d);
-  const values = SparseTensor.fromArray(rng.f32(o.n * o.dv), o.dv);
-  return new HopfieldLookup({ keys, values, k: o.k ?? 5, beta: 1.5, ...o });
+  const { n, d, dv, ...rest } = o; // the sizes are not layer options (unknown options are refused)
+  const keys = SparseTensor.fromArray(rng.f32(n * d), d);
+  const values = SparseTensor.fromArray(rng.f32(n * dv), dv);
+  return new HopfieldLookup({ keys, values, k: o.k ?? 5, beta: 1.5, ...rest });
 }
 
 describe('HopfieldLookup: finite-difference gradient checks', () => {

@@ -9,7 +9,7 @@ import { bytesEqual } from '../bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
 import { decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
-import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, toHex, type ForwardInput, type WireGrad } from './wire.js';
+import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, normalizeWireGrads, toHex, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
 
 /** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */
 const HISTORY = 64;
@@ -177,7 +177,8 @@ export class ProverClient {
    * Ghost file before it and reveal exactly these gradients (coalesced as the
    * optimizer does); the pinned Ghost file then moves to the result.
    */
-  async train(grads: readonly WireGrad[]): Promise<ServedStep> {
+  async train(wireGrads: readonly WireGrad[]): Promise<ServedStep> {
+    const grads = normalizeWireGrads(wireGrads);
     const g = this.#ghost.manifest;
     for (const [i, e] of grads.entries()) {
       const t = g.tensors[e.tensor];
@@ -302,7 +303,7 @@ function checkSameInput(p: ForwardProof, req: ForwardInput): void {
   if (!same) throw new ProofError('INPUT_MISMATCH', 'the proof is of another input than the one sent');
 }
 
-function checkSameGrads(p: UpdateProof, g: WireGrad, dim: number): void {
+function checkSameGrads(p: UpdateProof, g: WireGradU32, dim: number): void {
   const want = coalesce(g.ids, g.grads, dim);
   if (p.tensor !== g.tensor || !bytesEqual(u8(p.block.ids), u8(want.ids)) || !bytesEqual(u8(p.grads), u8(want.grads))) {
     throw new ProofError('INPUT_MISMATCH', `the update proof of tensor ${p.tensor} does not apply the gradients sent for tensor ${g.tensor}`);

@@ -4,6 +4,7 @@
  * travel in their own encoding (encodeProof). Loads no addon: the client uses it too.
  */
 import { ByteReader, ByteWriter, checkFiniteF32 } from '../bytes.js';
+import { toIds } from '../args.js';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import type { GhostManifest } from '../ghost-file.js';
 
@@ -13,9 +14,21 @@ export type ForwardInput = { kind: 'f32'; rows: number; cols: number; data: Floa
 /** The gradient of some rows of one tensor of the served model (tensor: its index in the Ghost file). */
 export interface WireGrad {
   tensor: number;
-  ids: Uint32Array;
+  /** Row ids: a Uint32Array, or an array of integers (checked and copied, as the optimizer accepts). */
+  ids: Uint32Array | readonly number[];
   /** ids.length x the tensor's dim. */
   grads: Float32Array;
+}
+
+/** A WireGrad whose ids are a Uint32Array (what decodeTrainRequest gives). */
+export interface WireGradU32 extends WireGrad {
+  ids: Uint32Array;
+}
+
+/** The same gradients with every ids list as a Uint32Array (an array of integers is checked and copied). */
+export function normalizeWireGrads(grads: readonly WireGrad[]): WireGradU32[] {
+  if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
+  return grads.map((g, i) => ({ ...g, ids: toIds(`grads[${i}].ids`, g?.ids) }));
 }
 
 export const WIRE_LIMITS = {
@@ -75,15 +88,15 @@ export function batchOf(input: ForwardInput): number {
 export function encodeTrainRequest(grads: readonly WireGrad[]): Uint8Array {
   const w = new ByteWriter();
   w.u32(grads.length);
-  for (const g of grads) w.u32(g.tensor).u32(g.ids.length).u32s(g.ids).f32s(g.grads);
+  for (const g of normalizeWireGrads(grads)) w.u32(g.tensor).u32(g.ids.length).u32s(g.ids).f32s(g.grads);
   return w.finish();
 }
 
-export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): WireGrad[] {
+export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): WireGradU32[] {
   const r = new ByteReader(bytes, 'training request');
   const count = r.u32('entry count');
   if (count < 1 || count > WIRE_LIMITS.gradEntries) throw new FormatError('LIMIT', `training request: ${count} entries (1..${WIRE_LIMITS.gradEntries})`);
-  const out: WireGrad[] = [];
+  const out: WireGradU32[] = [];
   const seen = new Set<number>();
   for (let e = 0; e < count; e++) {
     const tensor = r.u32('tensor index');
