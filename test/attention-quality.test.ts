@@ -21,5 +21,5 @@ describe('attention quality: associative recall (short run)', () => {
       expect(r.accuracy).toBeGreaterThan(0.8); // > 25x chance
     }
     expect(dense.accuracy - top8.accuracy).toBeLessThan(0.1);
-  }, 120_000);
+  }, 600_000); // a limit, not a timing: under ASan on a busy machine this run took over 120 s
 });
