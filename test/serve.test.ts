@@ -13,9 +13,10 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { Model, OutOfRangeError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
+import { Model, OutOfRangeError, StorageError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { toHex } from '../lib/serve/wire.js';
+import { internalNative } from '../lib/sparse-tensor.js';
 import { twoLayerModel } from './helpers/models.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
@@ -534,28 +535,47 @@ describe('a training step the server cannot prove is refused whole', () => {
     await again.close();
   });
 
-  it('a step whose own proof does not verify (a damaged moment in a tensor file) is 500 SELF_CHECK_FAILED: not logged, undone', async () => {
+  it('a damaged moment in a tensor file is refused when the directory opens (StorageError STATE_MISMATCH), not served', async () => {
     const rng = new Rng(72);
     const { model } = twoLayerModel(rng);
     const dir = join(tmp(), 'model');
-    const g0 = await model.save(dir, { optimizerState: true });
-    // Row 5 of tensor 0: v[0] = -1e-30 (the optimizer state is not under the Merkle root). The
-    // optimizer steps from it (the new v, 1e-3 g^2 - 1e-30, is positive), but the proof reveals
-    // the old v, which no verifier accepts.
+    await model.save(dir, { optimizerState: true });
+    // Row 5 of tensor 0: v[0] = -1e-30. The optimizer state is not under the Merkle root,
+    // but each row's state has its own check in the tensor file (docs/storage.md).
     const path = join(dir, 'tensors', '0.gtt');
     const f = readFileSync(path);
     const vOff = Number(f.readBigUInt64LE(128 + 2 * 16));
     expect(Number(f.readBigUInt64LE(128 + 2 * 16 + 8))).toBe(300 * 16 * 4);
     f.writeFloatLE(-1e-30, vOff + 5 * 16 * 4);
     writeFileSync(path, f);
+    const err = await ProverServer.open(dir, { trainToken: TOKEN }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect((err as StorageError).reason).toBe('STATE_MISMATCH');
+  });
+
+  it('a step whose own proof does not verify (a damaged moment in memory) is 500 SELF_CHECK_FAILED: not logged, undone', async () => {
+    const rng = new Rng(72);
+    const { model } = twoLayerModel(rng);
+    const dir = join(tmp(), 'model');
+    const g0 = await model.save(dir, { optimizerState: true });
     const logs: { status: number; reason?: string }[] = [];
     const server = await ProverServer.open(dir, { trainToken: TOKEN, onLog: (e) => logs.push(e) });
     const url = await server.listen();
     const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
     await client.train([{ tensor: 4, ids: Uint32Array.of(7), grads: rng.f32(5) }]);
+    // Damage row 5's moment in memory, past the file's checks: v[0] = -1e-30. The optimizer
+    // steps from it (the new v, 1e-3 g^2 - 1e-30, is positive), but the proof reveals the
+    // old v, which no verifier accepts, so the server's own check refuses the step.
+    const t0 = server.model.tensors[0]!;
+    const st = internalNative(t0).optimState(Uint32Array.of(5));
+    const info = internalNative(t0).optimInfo()!;
+    const goodV = st.v.slice();
+    st.v[0] = -1e-30;
+    internalNative(t0).optimRestore(Uint32Array.of(5), t0.gather([5]), st.m, st.v, st.steps, st.marks, info.steps, info.logDecay);
     const files = snapshot(dir), digest = toHex(client.ghost.digest);
     const r = await post(`${url}/train`, encodeTrainRequest([{ tensor: 4, ids: Uint32Array.of(9), grads: rng.f32(5) }, { tensor: 0, ids: Uint32Array.of(5, 6), grads: rng.f32(32) }]), { Authorization: `Bearer ${TOKEN}` });
     expect(`${r.status} ${r.reason}`).toBe('500 SELF_CHECK_FAILED');
+    expect(logs.some((e) => e.status === 500 && e.reason === 'SELF_CHECK_FAILED')).toBe(true);
     expect(server.generation).toBe(1);
     expect(toHex(server.ghost.digest)).toBe(digest);
     expect(snapshot(dir)).toBe(files);
@@ -563,8 +583,12 @@ describe('a training step the server cannot prove is refused whole', () => {
     // Steps on other rows go on, and the client verifies them.
     await client.train([{ tensor: 0, ids: Uint32Array.of(6), grads: rng.f32(16) }]);
     expect(client.generation).toBe(2);
+    // Undo the damage (a checkpoint would write it, and the file's state check then refuses
+    // the directory: STATE_INVALID), then the directory opens again and its history
+    // verifies from generation 0.
+    const now = internalNative(t0).optimInfo()!;
+    internalNative(t0).optimRestore(Uint32Array.of(5), t0.gather([5]), st.m, goodV, st.steps, st.marks, now.steps, now.logDecay);
     await server.close();
-    // The directory opens again, and its history verifies from generation 0.
     const again = await ProverServer.open(dir, { trainToken: TOKEN });
     const late = await ProverClient.connect(await again.listen(), g0.bytes, { generation: 0 });
     expect(toHex(late.ghost.digest)).toBe(toHex(client.ghost.digest));
