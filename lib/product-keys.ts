@@ -36,20 +36,19 @@ export interface ProductKeyBatchResult extends ProductKeyResult {
 const MAX_SUBKEYS = 65_535; // n^2 slot ids must fit in uint32
 
 /**
- * Best k of the k1 x k2 candidate sums, ordered by the exact sum of the two sub-scores
- * (then the lower slot id i * n + j); scores are the f64 sums. ids1/s1 and ids2/s2 are
- * the per-table results. The same order as the canonical selection (cbestPairs).
+ * Best k of the k1 x k2 candidate sums combineProductKeys(n, k, ids1, s1, ids2, s2),
+ * ordered by the exact sum of the two sub-scores (then the lower slot id i * n + j);
+ * scores are the f64 sums. ids1/s1 and ids2/s2 are the per-table results. It is the
+ * canonical selection's own routine (cbestPairs), so both order candidates alike.
  */
-export function combineProductKeys(
+export const combineProductKeys: (
   n: number,
   k: number,
   ids1: ArrayLike<number>,
   s1: ArrayLike<number>,
   ids2: ArrayLike<number>,
   s2: ArrayLike<number>,
-): ProductKeyResult {
-  return cbestPairs(n, k, ids1, s1, ids2, s2);
-}
+) => ProductKeyResult = cbestPairs;
 
 export class ProductKeyIndex {
   /** Sub-keys for the first half of the query (n rows of dim1). */
