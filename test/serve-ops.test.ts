@@ -327,7 +327,8 @@ describe('client retries and deadlines', () => {
     expect((err as RemoteError).status).toBe(0);
     // A server that accepts and never answers: the attempt is cut at the deadline.
     const hang = await listen(() => undefined);
-    const c2 = await reason(ProverClient.connect(hang.url, (await model.ghost()).digest, { deadlineMs: 300 }));
+    // (one attempt may wait 10 minutes, longer than the test's timeout: only the deadline ends it)
+    const c2 = await reason(ProverClient.connect(hang.url, (await model.ghost()).digest, { deadlineMs: 300, timeoutMs: 600_000 }));
     expect(c2).toBe('DEADLINE_EXCEEDED');
     hang.server.closeAllConnections();
     hang.server.close();
@@ -387,6 +388,49 @@ describe('client retries and deadlines', () => {
       const once = await ProverClient.connect(fake.url, digest, { retry: false });
       expect(await reason(once.forward(new Float32Array(16)))).toBe('BUSY');
       expect(seen).toHaveLength(1);
+    } finally {
+      fake.server.close();
+      await real.close();
+    }
+  });
+});
+
+describe('training is not sent twice', () => {
+  it('a /train whose connection breaks after it was sent is not retried (it may have been taken); a 503 is', async () => {
+    const { model } = twoLayerModel(new Rng(78));
+    const real = await ProverServer.fromModel(model, { trainToken: TOKEN });
+    const upstream = await real.listen();
+    let trains = 0, mode: 'reset' | '503' = 'reset';
+    const fake = await listen((req, res) => {
+      void (async () => {
+        const chunks: Buffer[] = [];
+        for await (const c of req) chunks.push(c as Buffer);
+        if (req.url === '/train') {
+          trains++;
+          if (mode === 'reset') return void req.socket.destroy();
+          if (trains === 1) {
+            res.writeHead(503, { 'Content-Type': 'application/json', 'Retry-After': '0' });
+            return void res.end(JSON.stringify({ error: 'BUSY', message: 'fake' }));
+          }
+        }
+        const up = await fetch(upstream + req.url, { method: req.method ?? 'GET', headers: req.headers.authorization ? { authorization: req.headers.authorization } : {}, ...(req.method === 'POST' ? { body: Buffer.concat(chunks) } : {}) });
+        const body = Buffer.from(await up.arrayBuffer());
+        const h: Record<string, string> = {};
+        up.headers.forEach((v, k) => (h[k] = v));
+        res.writeHead(up.status, h);
+        res.end(body);
+      })();
+    });
+    try {
+      const c = await ProverClient.connect(fake.url, (await model.ghost()).digest, { token: TOKEN, retry: { baseMs: 1, maxMs: 2 } });
+      const step = [{ tensor: 0, ids: Uint32Array.of(3), grads: new Float32Array(16).fill(0.01) }];
+      expect(await reason(c.train(step, { deadlineMs: 5_000 }))).toBe('UNREACHABLE');
+      expect(trains).toBe(1);
+      trains = 0;
+      mode = '503';
+      expect(await reason(c.train(step, { deadlineMs: 5_000 }))).toBe('ACCEPTED');
+      expect(trains).toBe(2);
+      expect(real.generation).toBe(1);
     } finally {
       fake.server.close();
       await real.close();
