@@ -7,6 +7,7 @@
  * loop of calls; a deadline that passes; 503 with Retry-After from a fake server), and
  * a client pinned to generation 0's digest following the update chain.
  */
+import { spawn } from 'node:child_process';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -262,6 +263,34 @@ describe('JSON logs', () => {
     } finally {
       await server.close();
     }
+  });
+
+  it('ghost-tensor serve --log json: every stderr line is a JSON object (listen, requests, shutdown, stopped)', async () => {
+    const { model } = twoLayerModel(new Rng(79));
+    const dir = join(tmp(), 'model');
+    await model.save(dir);
+    model.close();
+    const child = spawn(process.execPath, [new URL('../bin/ghost-tensor.mjs', import.meta.url).pathname, 'serve', dir, '--port', '0', '--log', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        const m = /serving (\S+)\n/.exec(stdout);
+        if (m) resolve(m[1]!);
+      });
+      child.once('exit', (c) => reject(new Error(`serve exited ${c}: ${stderr}`)));
+    });
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    expect((await fetch(`${url}/nope`)).status).toBe(404);
+    const exited = new Promise<number | null>((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const lines = stderr.trimEnd().split('\n');
+    const objs = lines.map((l) => JSON.parse(l) as { event: string; status?: number; url?: string });
+    expect(objs.map((o) => o.event)).toEqual(['listen', 'request', 'request', 'shutdown', 'stopped']);
+    expect(objs[0]!.url).toBe(url);
+    expect(objs.slice(1, 3).map((o) => o.status)).toEqual([200, 404]);
   });
 
   it('refuses a log option it does not know', async () => {

@@ -207,13 +207,18 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
         ...(logFormat === undefined ? {} : { log: { format: logFormat, write: (line: string) => err(line) } }),
       });
       const url = await server.listen();
+      // With --log json, stderr holds only JSON objects: the start and the stop are events too.
+      const event = (e: string, fields: Record<string, unknown>): void =>
+        err(JSON.stringify({ time: new Date().toISOString(), level: 'info', event: e, ...fields }));
+      if (logFormat === 'json') event('listen', { url, digest: toHex(server.ghost.digest), generation: server.generation, training: token !== undefined });
       out(`serving ${url}`);
       out(`digest ${toHex(server.ghost.digest)}`);
       out(`generation ${server.generation}`);
       out(`training ${token === undefined ? 'disabled' : 'enabled'}`);
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
-          err(`${sig}: finishing accepted requests, then closing the model`);
+          if (logFormat === 'json') event('shutdown', { signal: sig, generation: server.generation });
+          else err(`${sig}: finishing accepted requests, then closing the model`);
           process.off('SIGTERM', onTerm);
           process.off('SIGINT', onInt);
           void server.close().then(resolve);
@@ -223,6 +228,7 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
         process.on('SIGTERM', onTerm);
         process.on('SIGINT', onInt);
       });
+      if (logFormat === 'json') event('stopped', { generation: server.generation, digest: toHex(server.ghost.digest) });
       out(`stopped at generation ${server.generation}, digest ${toHex(server.ghost.digest)}`);
       return EXIT.OK;
     },
