@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { RemoteError } from '../lib/index.js';
-import { ProverClient, ProverServer, encodeForwardRequest } from '../lib/serve/index.js';
+import { ProverClient, ProverServer, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { Counter, Histogram, Registry } from '../lib/serve/metrics.js';
 import { toHex } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
@@ -326,8 +326,8 @@ describe('client retries and deadlines', () => {
         }, 150);
       }
       const x = rng.f32(16);
-      if (i % 8 === 5) {
-        // A training step sent while the server is down: refused connections are retried, the step taken once.
+      if (i % 8 === 4 || i % 8 === 6) {
+        // A training step sent while the server is down (i % 8 = 4), or after it came back: refused connections are retried, the step taken once.
         const genBefore = client.generation;
         outcomes.push(await reason(client.train([{ tensor: 0, ids: Uint32Array.of(rng.int(0, 299)), grads: rng.f32(16) }], { deadlineMs: 30_000 })));
         expect(client.generation).toBe(genBefore + 1);
@@ -339,7 +339,7 @@ describe('client retries and deadlines', () => {
     expect(outcomes.filter((o) => o !== 'ACCEPTED')).toEqual([]);
     // The client followed every step verified and agrees with the restarted server.
     expect(client.generation).toBe(server.generation);
-    expect(client.generation).toBe(3);
+    expect(client.generation).toBe(6);
     expect(toHex(client.ghost.digest)).toBe(toHex(server.ghost.digest));
     await server.close();
   });
@@ -424,26 +424,29 @@ describe('client retries and deadlines', () => {
   });
 });
 
-describe('training is not sent twice', () => {
-  it('a /train whose connection breaks after it was sent is not retried (it may have been taken); a 503 is', async () => {
+describe('training steps are taken once', () => {
+  it('a /train whose answer is lost (the step taken, the connection broken) is sent again and found taken: once; a 503 is retried', async () => {
     const { model } = twoLayerModel(new Rng(78));
     const real = await ProverServer.fromModel(model, { trainToken: TOKEN });
     const upstream = await real.listen();
-    let trains = 0, mode: 'reset' | '503' = 'reset';
+    let trains = 0, mode: 'lose' | '503' | 'other' = 'lose';
     const fake = await listen((req, res) => {
       void (async () => {
         const chunks: Buffer[] = [];
         for await (const c of req) chunks.push(c as Buffer);
         if (req.url === '/train') {
           trains++;
-          if (mode === 'reset') return void req.socket.destroy();
-          if (trains === 1) {
+          if (mode === '503' && trains === 1) {
             res.writeHead(503, { 'Content-Type': 'application/json', 'Retry-After': '0' });
             return void res.end(JSON.stringify({ error: 'BUSY', message: 'fake' }));
           }
         }
-        const up = await fetch(upstream + req.url, { method: req.method ?? 'GET', headers: req.headers.authorization ? { authorization: req.headers.authorization } : {}, ...(req.method === 'POST' ? { body: Buffer.concat(chunks) } : {}) });
+        const headers: Record<string, string> = {};
+        for (const k of ['authorization', 'x-ghost-if-generation']) if (typeof req.headers[k] === 'string') headers[k] = req.headers[k];
+        const up = await fetch(upstream + req.url, { method: req.method ?? 'GET', headers, ...(req.method === 'POST' ? { body: Buffer.concat(chunks) } : {}) });
         const body = Buffer.from(await up.arrayBuffer());
+        // The first step goes through to the prover, and its answer is lost.
+        if (req.url === '/train' && mode === 'lose' && trains === 1) return void req.socket.destroy();
         const h: Record<string, string> = {};
         up.headers.forEach((v, k) => (h[k] = v));
         res.writeHead(up.status, h);
@@ -452,14 +455,33 @@ describe('training is not sent twice', () => {
     });
     try {
       const c = await ProverClient.connect(fake.url, (await model.ghost()).digest, { token: TOKEN, retry: { baseMs: 1, maxMs: 2 } });
-      const step = [{ tensor: 0, ids: Uint32Array.of(3), grads: new Float32Array(16).fill(0.01) }];
-      expect(await reason(c.train(step, { deadlineMs: 5_000 }))).toBe('UNREACHABLE');
-      expect(trains).toBe(1);
-      trains = 0;
-      mode = '503';
-      expect(await reason(c.train(step, { deadlineMs: 5_000 }))).toBe('ACCEPTED');
+      const other = await ProverClient.connect(upstream, (await model.ghost()).digest, { token: TOKEN });
+      const step = (v: number) => [{ tensor: 0, ids: Uint32Array.of(3), grads: new Float32Array(16).fill(v) }];
+      const s1 = await c.train(step(0.01), { deadlineMs: 5_000 });
+      // Sent twice (the second answered 409 GENERATION_CONFLICT), taken once, the result found in the verified chain.
       expect(trains).toBe(2);
       expect(real.generation).toBe(1);
+      expect(s1.generation).toBe(1);
+      expect(c.generation).toBe(1);
+      expect(toHex(s1.ghost.digest)).toBe(toHex(real.ghost.digest));
+      trains = 0;
+      mode = '503';
+      expect(await reason(c.train(step(0.02), { deadlineMs: 5_000 }))).toBe('ACCEPTED');
+      expect(trains).toBe(2);
+      expect(real.generation).toBe(2);
+      // Another trainer moved the model: the conditional step is refused (409), not found among
+      // the new steps, and sent again at the new generation.
+      mode = 'other';
+      trains = 0;
+      await other.train(step(0.03));
+      const s3 = await c.train(step(0.04), { deadlineMs: 5_000 });
+      expect(trains).toBe(2);
+      expect(s3.generation).toBe(4);
+      expect(real.generation).toBe(4);
+      // The header is checked: a step asked at a generation the server is not at is refused whole.
+      const res = await fetch(`${upstream}/train`, { method: 'POST', headers: { Authorization: `Bearer ${TOKEN}`, 'X-Ghost-If-Generation': '1' }, body: encodeTrainRequest(step(0.05)) as Uint8Array<ArrayBuffer> });
+      expect(res.status).toBe(409);
+      expect(real.generation).toBe(4);
     } finally {
       fake.server.close();
       await real.close();

@@ -76,6 +76,8 @@ export class ProverClient {
   #generation: number;
   /** The Ghost files of the recent generations this client verified (the current one included). */
   readonly #history = new Map<number, PinnedGhost>();
+  /** The verified update proofs of those generations: #proofs.get(g) moved g to g + 1. */
+  readonly #proofs = new Map<number, Uint8Array>();
   /** Serialises the moves of the pinned Ghost file (sync, train) between concurrent calls. */
   #lock: Promise<unknown> = Promise.resolve();
 
@@ -192,6 +194,8 @@ export class ProverClient {
   async #follow(proof: Uint8Array): Promise<void> {
     const v = await verifyUpdate(this.#ghost, proof, { limits: this.#limits });
     this.#ghost = v.ghost;
+    this.#proofs.set(this.#generation, proof);
+    this.#proofs.delete(this.#generation - HISTORY);
     this.#generation++;
     this.#history.set(this.#generation, v.ghost);
     this.#history.delete(this.#generation - HISTORY);
@@ -242,7 +246,26 @@ export class ProverClient {
         throw new InvalidArgumentError(`grads[${i}] must hold ids (Uint32Array) and ids.length x ${t.dim} gradients (Float32Array)`);
       }
     }
-    const r = await this.#request('POST', '/train', deadline, encodeTrainRequest(grads), true);
+    // Every attempt is conditional (X-Ghost-If-Generation: the generation this client is at):
+    // the server takes it only at that generation, so an attempt whose fate is unknown (the
+    // connection broke) can be sent again: at most one of them is taken. On 409 the client
+    // follows the new steps (verified) and looks among them for its own before sending again.
+    const body = encodeTrainRequest(grads);
+    let r: { status: number; body: Uint8Array; generation: number };
+    for (;;) {
+      const at = this.#generation;
+      try {
+        r = await this.#request('POST', '/train', deadline, body, true, at);
+        break;
+      } catch (err) {
+        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
+      }
+      const found = await this.#locked(async () => {
+        await this.#syncNow(undefined, deadline);
+        return this.#findStep(at, grads);
+      });
+      if (found) return found;
+    }
     const list = decodeProofList(r.body);
     if (list.proofs.length !== grads.length) throw new ProofError('INPUT_MISMATCH', `${grads.length} entries were sent, ${list.proofs.length} update proofs came back`);
     return this.#locked(async () => {
@@ -266,6 +289,28 @@ export class ProverClient {
     });
   }
 
+  /** This client's step among the verified ones from generation `from`: E consecutive update proofs revealing exactly these gradients. */
+  #findStep(from: number, grads: readonly WireGrad[]): ServedStep | null {
+    const tensors = this.#ghost.manifest.tensors;
+    for (let g = from; g + grads.length <= this.#generation; g++) {
+      const proofs: Uint8Array[] = [];
+      for (const [i, e] of grads.entries()) {
+        const bytes = this.#proofs.get(g + i);
+        if (!bytes) break;
+        const p = decodeProof(bytes, { kind: 'update', limits: this.#limits });
+        try {
+          if (p.kind !== 'update') break;
+          checkSameGrads(p, e, tensors[e.tensor]!.dim);
+        } catch {
+          break;
+        }
+        proofs.push(bytes);
+      }
+      if (proofs.length === grads.length) return { generation: g + grads.length, ghost: this.#history.get(g + grads.length)!, proofs };
+    }
+    return null;
+  }
+
   #input(input: Float32Array | Uint32Array, rows: number | undefined): ForwardInput {
     const l0 = this.#ghost.manifest.layers[0]!;
     if (input instanceof Uint32Array) {
@@ -287,14 +332,15 @@ export class ProverClient {
    * Retry-After) and tries again while the deadline allows. POST /train is retried only
    * when the server cannot have taken it: a 503, or a connection refused.
    */
-  async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false): Promise<{ status: number; body: Uint8Array; generation: number }> {
-    const idempotent = !(method === 'POST' && path === '/train');
+  async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number): Promise<{ status: number; body: Uint8Array; generation: number }> {
+    // A conditional training step is taken at most once whatever the attempts (the server checks the generation).
+    const idempotent = !(method === 'POST' && path === '/train') || ifGeneration !== undefined;
     for (let attempt = 1; ; attempt++) {
       const left = deadline - performance.now();
       if (left <= 0) throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: the call's deadline passed before attempt ${attempt}`);
       let err: RemoteError;
       try {
-        return await this.#attempt(method, path, Math.min(this.#o.timeoutMs, left), body, auth);
+        return await this.#attempt(method, path, Math.min(this.#o.timeoutMs, left), body, auth, ifGeneration);
       } catch (e) {
         if (!(e instanceof RemoteError)) throw e;
         err = e;
@@ -316,8 +362,9 @@ export class ProverClient {
     }
   }
 
-  async #attempt(method: 'GET' | 'POST', path: string, timeoutMs: number, body: Uint8Array | undefined, auth: boolean): Promise<{ status: number; body: Uint8Array; generation: number }> {
+  async #attempt(method: 'GET' | 'POST', path: string, timeoutMs: number, body: Uint8Array | undefined, auth: boolean, ifGeneration: number | undefined): Promise<{ status: number; body: Uint8Array; generation: number }> {
     const headers: Record<string, string> = {};
+    if (ifGeneration !== undefined) headers['X-Ghost-If-Generation'] = String(ifGeneration);
     if (body) headers['Content-Type'] = 'application/octet-stream';
     if (auth) {
       if (this.#o.token === undefined) throw new InvalidArgumentError('train() needs a token (options.token)');

@@ -659,10 +659,16 @@ export class ProverServer {
         const auth = req.headers.authorization ?? '';
         const m = /^Bearer (.+)$/.exec(auth);
         if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
+        const ifHeader = req.headers['x-ghost-if-generation'];
+        const ifGeneration = ifHeader === undefined ? null : parseGeneration(String(ifHeader));
         const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
         const out = await this.#sched.run(true, async () => {
           this.#checkNotBroken();
+          // A conditional step (the client's retries): taken only at the generation it names.
+          if (ifGeneration !== null && ifGeneration !== this.#generation) {
+            throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
+          }
           const t = performance.now();
           try {
             return await this.#train(grads);
