@@ -16,7 +16,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { RemoteError } from '../lib/index.js';
+import { RemoteError, decodeProof, verifyForward } from '../lib/index.js';
 import { ProverClient, ProverServer, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { Counter, Histogram, Registry } from '../lib/serve/metrics.js';
 import { toHex } from '../lib/serve/wire.js';
@@ -541,3 +541,65 @@ async function listen(handler: (req: IncomingMessage, res: ServerResponse) => vo
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
 }
+
+describe('pattern-cache sessions', () => {
+  it('a session sends held rows as ids: the same verified outputs, smaller proofs; a lost answer or a training step in between starts nothing wrong', async () => {
+    const rng = new Rng(80);
+    const { model } = twoLayerModel(rng);
+    const server = await ProverServer.fromModel(model, { sessions: 4, sessionRows: 4096, trainToken: TOKEN });
+    const upstream = await server.listen();
+    const digest = (await model.ghost()).digest;
+    // A proxy that loses the answer of the 4th session forward (after the server made it).
+    let forwards = 0;
+    const px = await listen((req, res) => {
+      void (async () => {
+        const chunks: Buffer[] = [];
+        for await (const c of req) chunks.push(c as Buffer);
+        const headers: Record<string, string> = {};
+        for (const k of ['authorization', 'x-ghost-if-generation', 'x-ghost-session', 'x-ghost-session-seq']) if (typeof req.headers[k] === 'string') headers[k] = req.headers[k];
+        const up = await fetch(upstream + req.url, { method: req.method ?? 'GET', headers, ...(req.method === 'POST' ? { body: Buffer.concat(chunks) } : {}) });
+        const body = Buffer.from(await up.arrayBuffer());
+        if (req.url === '/forward' && ++forwards === 4) return void req.socket.destroy();
+        const h: Record<string, string> = {};
+        up.headers.forEach((v, k) => (h[k] = v));
+        res.writeHead(up.status, h);
+        res.end(body);
+      })();
+    });
+    try {
+      const withSession = await ProverClient.connect(px.url, digest, { session: true, token: TOKEN, retry: { baseMs: 1, maxMs: 2 } });
+      const plain = await ProverClient.connect(upstream, digest);
+      const pool = Array.from({ length: 24 }, () => rng.f32(16));
+      let sized = 0, whole = 0, held = 0;
+      let last = new Float32Array(0);
+      for (let call = 0; call < 10; call++) {
+        if (call === 6) await withSession.train([{ tensor: 0, ids: Uint32Array.of(1, 2, 3), grads: rng.f32(48) }]);
+        const x = new Float32Array(8 * 16);
+        for (let b = 0; b < 8; b++) x.set(pool[rng.int(0, pool.length - 1)]!, b * 16);
+        last = x;
+        const a = await withSession.forward(x);
+        const p = await plain.forward(x);
+        expect(Buffer.from(a.output.buffer).equals(Buffer.from(p.output.buffer))).toBe(true);
+        expect(a.generation).toBe(p.generation);
+        if (call > 0) {
+          sized += a.proof.length;
+          whole += p.proof.length;
+        }
+        const d = decodeProof(a.proof);
+        if (d.kind === 'forward') held += d.layers.flatMap((l) => l.blocks).reduce((n, b) => n + b.kinds.filter((k) => k !== 0).length, 0);
+      }
+      expect(forwards).toBe(11); // 10 calls, one sent twice
+      expect(held).toBeGreaterThan(0);
+      expect(sized).toBeLessThan(whole);
+      // The same batch again: its rows are held. Such a proof does not verify without the cache.
+      const again = await withSession.forward(last);
+      const d = decodeProof(again.proof);
+      expect(d.kind === 'forward' && d.layers.some((l) => l.blocks.some((b) => b.kinds.some((k) => k !== 0)))).toBe(true);
+      expect(again.proof.length).toBeLessThan((await plain.forward(last)).proof.length);
+      expect(await reason(verifyForward(withSession.ghost, again.proof))).not.toBe('ACCEPTED');
+    } finally {
+      px.server.close();
+      await server.close();
+    }
+  });
+});
