@@ -7,7 +7,7 @@
  */
 import { bytesEqual } from '../bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
-import { decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
+import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, toHex, type ForwardInput, type WireGrad } from './wire.js';
 
@@ -38,6 +38,13 @@ export interface ProverClientOptions {
   maxResponseBytes?: number;
   /** The generation of the pinned Ghost file when it is not the server's current one (to catch up from). */
   generation?: number;
+  /**
+   * A pattern-cache session (docs/serving.md, "Sessions"): the client keeps the rows of
+   * the proofs it verified, the server a mirror, and later forward proofs send held rows
+   * as ids or deltas. Forward calls are then made one at a time. Needs a server started
+   * with `sessions` > 0 (otherwise proofs come whole, as without).
+   */
+  session?: boolean;
   /** What verifying one proof may cost (default DEFAULT_VERIFIER_LIMITS; docs/proof-format.md, "Verifier limits"): past them, ProofError BUDGET from the headers. */
   limits?: Partial<VerifierLimits>;
 }
@@ -80,6 +87,8 @@ export class ProverClient {
   readonly #proofs = new Map<number, Uint8Array>();
   /** Serialises the moves of the pinned Ghost file (sync, train) between concurrent calls. */
   #lock: Promise<unknown> = Promise.resolve();
+  /** The session: its id, the rows this client verified in it, how many proofs (seq); forward calls one at a time. */
+  readonly #session: { id: string; cache: PatternCache; seq: number; lock: Promise<unknown> } | null;
 
   private constructor(url: string, ghost: PinnedGhost, generation: number, o: ProverClientOptions) {
     this.url = url.replace(/\/+$/, '');
@@ -97,6 +106,7 @@ export class ProverClient {
       ...(o.token === undefined ? {} : { token: o.token }),
     };
     this.#limits = verifierLimits(o.limits);
+    this.#session = o.session === true ? { id: globalThis.crypto.randomUUID().replace(/-/g, ''), cache: new PatternCache(0), seq: 0, lock: Promise.resolve() } : null;
   }
 
   /**
@@ -131,7 +141,7 @@ export class ProverClient {
     } else {
       // Which generation has this digest? The answer is a hint: the bytes must hash to the
       // pinned digest, and every step after it must verify from them (sync below).
-      let r: { status: number; body: Uint8Array; generation: number };
+      let r: Answer;
       try {
         r = await probe.#request('GET', `/ghost?digest=${toHex(digest)}`, deadline);
       } catch (err) {
@@ -207,12 +217,21 @@ export class ProverClient {
    * the pinned Ghost file (after following any newer update proofs) and be a proof of
    * this input; otherwise ProofError (FormatError for bytes that do not decode).
    */
-  async forward(input: Float32Array | Uint32Array, options: { rows?: number } & CallOptions = {}): Promise<ServedForward> {
+  forward(input: Float32Array | Uint32Array, options: { rows?: number } & CallOptions = {}): Promise<ServedForward> {
+    const s = this.#session;
+    if (!s) return this.#forward(input, options);
+    const run = s.lock.then(() => this.#forward(input, options));
+    s.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  async #forward(input: Float32Array | Uint32Array, options: { rows?: number } & CallOptions): Promise<ServedForward> {
     const deadline = this.#deadline(options);
     const req = this.#input(input, options.rows);
     // The answer must be at least as new as the Ghost file pinned when asking (no replays).
     const asked = this.#generation;
-    const r = await this.#request('POST', '/forward', deadline, encodeForwardRequest(req));
+    const s = this.#session;
+    const r = await this.#request('POST', '/forward', deadline, encodeForwardRequest(req), false, undefined, s ? { 'X-Ghost-Session': s.id, 'X-Ghost-Session-Seq': String(s.seq) } : undefined);
     // Cheap checks first: the proof must be of this input.
     const p = decodeProof(r.body, { kind: 'forward', limits: this.#limits });
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
@@ -226,7 +245,21 @@ export class ProverClient {
         break;
       }
     }
-    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits });
+    let cache: PatternCache | undefined;
+    if (s && r.session) {
+      // A fresh start on the server: this side starts from an empty cache of the server's size.
+      if (r.session.fresh) s.cache = new PatternCache(r.session.rows);
+      cache = s.cache;
+    }
+    let v: Awaited<ReturnType<typeof verifyForward>>;
+    try {
+      v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits, ...(cache ? { cache } : {}) });
+    } catch (err) {
+      // A rejected proof changes nothing here, but the server's mirror moved: start afresh next time.
+      if (s) s.seq = 0;
+      throw err;
+    }
+    if (s) s.seq = r.session ? r.session.seq : 0;
     return { output: v.output, rows: v.rows, cols: v.cols, generation: at, proof: r.body };
   }
 
@@ -251,7 +284,7 @@ export class ProverClient {
     // connection broke) can be sent again: at most one of them is taken. On 409 the client
     // follows the new steps (verified) and looks among them for its own before sending again.
     const body = encodeTrainRequest(grads);
-    let r: { status: number; body: Uint8Array; generation: number };
+    let r: Answer;
     for (;;) {
       const at = this.#generation;
       try {
@@ -332,7 +365,7 @@ export class ProverClient {
    * Retry-After) and tries again while the deadline allows. POST /train is retried only
    * when the server cannot have taken it: a 503, or a connection refused.
    */
-  async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number): Promise<{ status: number; body: Uint8Array; generation: number }> {
+  async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number, extra?: Record<string, string>): Promise<Answer> {
     // A conditional training step is taken at most once whatever the attempts (the server checks the generation).
     const idempotent = !(method === 'POST' && path === '/train') || ifGeneration !== undefined;
     for (let attempt = 1; ; attempt++) {
@@ -340,7 +373,7 @@ export class ProverClient {
       if (left <= 0) throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: the call's deadline passed before attempt ${attempt}`);
       let err: RemoteError;
       try {
-        return await this.#attempt(method, path, Math.min(this.#o.timeoutMs, left), body, auth, ifGeneration);
+        return await this.#attempt(method, path, Math.min(this.#o.timeoutMs, left), body, auth, ifGeneration, extra);
       } catch (e) {
         if (!(e instanceof RemoteError)) throw e;
         err = e;
@@ -362,8 +395,8 @@ export class ProverClient {
     }
   }
 
-  async #attempt(method: 'GET' | 'POST', path: string, timeoutMs: number, body: Uint8Array | undefined, auth: boolean, ifGeneration: number | undefined): Promise<{ status: number; body: Uint8Array; generation: number }> {
-    const headers: Record<string, string> = {};
+  async #attempt(method: 'GET' | 'POST', path: string, timeoutMs: number, body: Uint8Array | undefined, auth: boolean, ifGeneration: number | undefined, extra: Record<string, string> | undefined): Promise<Answer> {
+    const headers: Record<string, string> = { ...extra };
     if (ifGeneration !== undefined) headers['X-Ghost-If-Generation'] = String(ifGeneration);
     if (body) headers['Content-Type'] = 'application/octet-stream';
     if (auth) {
@@ -399,7 +432,9 @@ export class ProverClient {
       throw e;
     }
     const gen = Number(res.headers.get('x-ghost-generation') ?? NaN);
-    return { status: res.status, body: bytes, generation: Number.isSafeInteger(gen) && gen >= 0 ? gen : -1 };
+    const seq = Number(res.headers.get('x-ghost-session-seq') ?? NaN), rows = Number(res.headers.get('x-ghost-session-rows') ?? NaN);
+    const session = Number.isSafeInteger(seq) && seq > 0 && Number.isInteger(rows) && rows >= 1 && rows <= 2 ** 24 ? { seq, rows, fresh: res.headers.get('x-ghost-session-base') !== 'held' } : undefined;
+    return { status: res.status, body: bytes, generation: Number.isSafeInteger(gen) && gen >= 0 ? gen : -1, ...(session ? { session } : {}) };
   }
 }
 
@@ -441,6 +476,14 @@ function causeCode(err: unknown): string | undefined {
 function neverSent(err: RemoteError): boolean {
   const c = causeCode(err.cause);
   return c === 'ECONNREFUSED' || c === 'ENOTFOUND' || c === 'EAI_AGAIN' || c === 'EADDRNOTAVAIL';
+}
+
+/** An answer: status, body, the generation header (-1 if absent), the session headers of a forward answer in a session. */
+interface Answer {
+  status: number;
+  body: Uint8Array;
+  generation: number;
+  session?: { seq: number; rows: number; fresh: boolean };
 }
 
 async function readLimited(res: Response, limit: number): Promise<Uint8Array> {

@@ -33,7 +33,7 @@ import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, Ou
 import { Model } from '../model.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../optim.js';
 import { SparseTensor } from '../sparse-tensor.js';
-import { decodeProof } from '../proof-format.js';
+import { PatternCache, decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { bytesEqual } from '../bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
@@ -109,6 +109,15 @@ export interface ProverServerOptions {
   keepUpdates?: number;
   /** Worker threads for the product-key selection of proofs. */
   threads?: number;
+  /**
+   * Pattern-cache sessions (docs/serving.md, "Sessions"): at most `sessions` clients
+   * (least recently used evicted) each get a mirror of their PatternCache of at most
+   * `sessionRows` rows, so their forward proofs send held rows as ids or deltas. Memory:
+   * up to sessions x sessionRows x (dim x 4 bytes) of rows. Default 0: off.
+   */
+  sessions?: number;
+  /** Rows each session's cache holds (default 4096). */
+  sessionRows?: number;
   /** Called with each request's outcome (for logs). */
   onLog?: (entry: RequestLogEntry) => void;
   /**
@@ -305,6 +314,8 @@ export class ProverServer {
   #inflight = 0;
   readonly #drained: (() => void)[] = [];
   readonly #served = { forward: 0, train: 0, rejected: 0 };
+  /** Pattern-cache sessions by id, least recently used first. `seq`: proofs made in the session (-1: none yet). */
+  readonly #sessions = new Map<string, { cache: PatternCache; seq: number; busy: boolean }>();
 
   private constructor(model: Model, ghost: PinnedGhost, dir: string | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
     const int = (name: string, v: number | undefined, def: number, lo: number, hi: number): number => {
@@ -323,6 +334,8 @@ export class ProverServer {
       queueTimeoutMs: int('queueTimeoutMs', options.queueTimeoutMs, 30_000, 1, 2 ** 31 - 1),
       requestTimeoutMs: int('requestTimeoutMs', options.requestTimeoutMs, 30_000, 1, 2 ** 31 - 1),
       keepUpdates: int('keepUpdates', options.keepUpdates, 4096, 0, 2 ** 24),
+      sessions: int('sessions', options.sessions, 0, 0, 2 ** 16),
+      sessionRows: int('sessionRows', options.sessionRows, 4096, 1, 2 ** 24),
       ...(options.trainToken === undefined ? {} : { trainToken: options.trainToken }),
       ...(options.threads === undefined ? {} : { threads: options.threads }),
       ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
@@ -638,19 +651,32 @@ export class ProverServer {
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(input);
-        const out = await this.#sched.run(false, async () => {
-          this.#checkNotBroken();
-          const t = performance.now();
-          try {
-            const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, this.#o.threads === undefined ? {} : { threads: this.#o.threads });
-            return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
-          } finally {
-            lease.proveMs = performance.now() - t;
-            this.#mProveSeconds.observe({ kind: 'forward' }, lease.proveMs / 1000);
+        const session = this.#session(req);
+        try {
+          const out = await this.#sched.run(false, async () => {
+            this.#checkNotBroken();
+            const t = performance.now();
+            try {
+              const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, {
+                ...(this.#o.threads === undefined ? {} : { threads: this.#o.threads }),
+                ...(session ? { cache: session.cache } : {}),
+              });
+              return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
+            } finally {
+              lease.proveMs = performance.now() - t;
+              this.#mProveSeconds.observe({ kind: 'forward' }, lease.proveMs / 1000);
+            }
+          });
+          this.#served.forward++;
+          if (session) {
+            res.setHeader('X-Ghost-Session-Seq', String(session.seq));
+            res.setHeader('X-Ghost-Session-Base', session.fresh ? 'fresh' : 'held');
+            res.setHeader('X-Ghost-Session-Rows', String(this.#o.sessionRows));
           }
-        });
-        this.#served.forward++;
-        return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost, lease);
+          return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost, lease);
+        } finally {
+          if (session) session.release();
+        }
       }
       case '/train': {
         allow('POST');
@@ -683,6 +709,51 @@ export class ProverServer {
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
     }
+  }
+
+  /**
+   * The session a forward request names (X-Ghost-Session: id, X-Ghost-Session-Seq: the
+   * proofs the client verified in it), taken for this request: its cache is used when the
+   * client is where the server is, else started afresh (the client then clears its own).
+   */
+  #session(req: IncomingMessage): { cache: PatternCache; seq: number; fresh: boolean; release: () => void } | null {
+    const id = req.headers['x-ghost-session'];
+    if (id === undefined || this.#o.sessions === 0) return null;
+    if (typeof id !== 'string' || !/^[A-Za-z0-9_-]{8,64}$/.test(id)) throw new HttpError(400, 'BAD_SESSION', 'X-Ghost-Session must be 8..64 characters of [A-Za-z0-9_-]');
+    const seqHeader = req.headers['x-ghost-session-seq'];
+    const seq = typeof seqHeader === 'string' && /^\d{1,15}$/.test(seqHeader) ? Number(seqHeader) : -2;
+    let s = this.#sessions.get(id);
+    if (s?.busy) throw new HttpError(409, 'SESSION_BUSY', 'one request at a time per session');
+    if (!s) {
+      // Evict the least recently used idle session beyond the limit.
+      if (this.#sessions.size >= this.#o.sessions) {
+        for (const [k, v] of this.#sessions) {
+          if (!v.busy) {
+            this.#sessions.delete(k);
+            break;
+          }
+        }
+        if (this.#sessions.size >= this.#o.sessions) throw new HttpError(503, 'BUSY', 'every session is in use', { 'Retry-After': '1' });
+      }
+      s = { cache: new PatternCache(this.#o.sessionRows), seq: -1, busy: false };
+    }
+    this.#sessions.delete(id);
+    this.#sessions.set(id, s);
+    const fresh = s.seq < 0 || s.seq !== seq;
+    if (fresh) s.cache = new PatternCache(this.#o.sessionRows);
+    s.busy = true;
+    // The mirror records the proof's rows: the session moves to the next seq (a client that
+    // did not get or did not verify the answer sends the old one, and starts afresh).
+    s.seq = (fresh ? Math.max(seq, 0) : seq) + 1;
+    const taken = s;
+    return {
+      cache: s.cache,
+      seq: s.seq,
+      fresh,
+      release: () => {
+        taken.busy = false;
+      },
+    };
   }
 
   #checkNotBroken(): void {
