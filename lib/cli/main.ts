@@ -172,6 +172,8 @@ finishes every accepted request, closes the tensor files, exits 0.
                       default 67108864 (and at least --max-body; 503 + Retry-After beyond)
   --concurrency C     requests proved at once, default 2
   --queue Q           accepted requests waiting, default 64 (503 + Retry-After beyond)
+  --sessions N        pattern-cache sessions kept (clients with { session: true }), default 0
+  --session-rows R    rows each session holds, default 4096 (memory: N x R x dim x 4 bytes)
   --log FORMAT        one line per request on stderr: json (one JSON object per line,
                       docs/serving.md "Logs") or text
 GET /metrics answers the Prometheus text format; GET /health a small JSON summary.`,
@@ -186,6 +188,8 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
       concurrency: { type: 'string' },
       queue: { type: 'string' },
       log: { type: 'string' },
+      sessions: { type: 'string' },
+      'session-rows': { type: 'string' },
     },
     positionals: [1, 1],
     run: async (v, [dir]) => {
@@ -203,6 +207,8 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
         ...(v['max-inflight'] === undefined ? {} : { maxInflightBytes: num(v, 'max-inflight', 64 * 2 ** 20, 1, 2 ** 40) }),
         maxConcurrent: num(v, 'concurrency', 2, 1, 1024),
         maxQueue: num(v, 'queue', 64, 0, 2 ** 20),
+        sessions: num(v, 'sessions', 0, 0, 2 ** 16),
+        sessionRows: num(v, 'session-rows', 4096, 1, 2 ** 24),
         ...(token === undefined ? {} : { trainToken: token, optimizer: { kind: 'adam' as const, lr: num(v, 'lr', 1e-3, 0, 10, false) } }),
         ...(logFormat === undefined ? {} : { log: { format: logFormat, write: (line: string) => err(line) } }),
       });
