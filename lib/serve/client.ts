@@ -295,6 +295,10 @@ export class ProverClient {
       }
       const found = await this.#locked(async () => {
         await this.#syncNow(undefined, deadline);
+        if (this.#generation - at > HISTORY) {
+          // The steps since are no longer all remembered: whether this one is among them is unknown.
+          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
+        }
         return this.#findStep(at, grads);
       });
       if (found) return found;
