@@ -178,11 +178,15 @@ export class P2PError extends GhostTensorError {
 /**
  * A prover service (lib/serve) refused a request or could not be reached. `status`
  * is the HTTP status (0: no response: connection refused, timeout, aborted) and
- * `reason` the server's reason token (docs/serving.md), e.g. 'BATCH_TOO_LARGE'.
+ * `reason` the server's reason token (docs/serving.md), e.g. 'BATCH_TOO_LARGE', or the
+ * client's: 'UNREACHABLE', 'TIMEOUT' (one attempt), 'DEADLINE_EXCEEDED' (the call's
+ * deadline passed, retries included).
  */
 export class RemoteError extends GhostTensorError {
   readonly status: number;
   readonly reason: string;
+  /** The server's Retry-After, in milliseconds, when it sent one (503). */
+  retryAfterMs?: number;
   constructor(status: number, reason: string, message: string, options?: { cause?: unknown }) {
     super('ERR_GT_REMOTE', `${reason}: ${message}`, options);
     this.status = status;

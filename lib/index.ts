@@ -49,4 +49,4 @@ export {
 } from './verify.js';
 export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify.js';
 export { ProverClient, ProverServer } from './serve/index.js';
-export type { ForwardInput, ProverClientOptions, ProverServerOptions, ServedForward, ServedStep, ServerStats, WireGrad } from './serve/index.js';
+export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServerLogOption, ServerStats, WireGrad } from './serve/index.js';

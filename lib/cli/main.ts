@@ -172,7 +172,11 @@ finishes every accepted request, closes the tensor files, exits 0.
                       default 67108864 (and at least --max-body; 503 + Retry-After beyond)
   --concurrency C     requests proved at once, default 2
   --queue Q           accepted requests waiting, default 64 (503 + Retry-After beyond)
-  --log               one line per request on stderr`,
+  --sessions N        pattern-cache sessions kept (clients with { session: true }), default 0
+  --session-rows R    rows each session holds, default 4096 (memory: N x R x dim x 4 bytes)
+  --log FORMAT        one line per request on stderr: json (one JSON object per line,
+                      docs/serving.md "Logs") or text
+GET /metrics answers the Prometheus text format; GET /health a small JSON summary.`,
     options: {
       host: { type: 'string' },
       port: { type: 'string' },
@@ -183,13 +187,18 @@ finishes every accepted request, closes the tensor files, exits 0.
       'max-inflight': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string' },
-      log: { type: 'boolean' },
+      log: { type: 'string' },
+      sessions: { type: 'string' },
+      'session-rows': { type: 'string' },
     },
     positionals: [1, 1],
     run: async (v, [dir]) => {
       const tf = str(v, 'token-file');
       const token = tf !== undefined ? readFileSync(tf, 'utf8').split('\n')[0]!.trim() : process.env.GHOST_TENSOR_TOKEN;
       if (token !== undefined && token.length < 8) throw new UsageError('the training token must be at least 8 characters');
+      const logArg = str(v, 'log');
+      if (logArg !== undefined && logArg !== 'json' && logArg !== 'text') throw new UsageError('--log takes json or text');
+      const logFormat: 'json' | 'text' | undefined = logArg;
       const server = await ProverServer.open(dir!, {
         host: str(v, 'host') ?? '127.0.0.1',
         port: num(v, 'port', 8080, 0, 65535),
@@ -198,17 +207,24 @@ finishes every accepted request, closes the tensor files, exits 0.
         ...(v['max-inflight'] === undefined ? {} : { maxInflightBytes: num(v, 'max-inflight', 64 * 2 ** 20, 1, 2 ** 40) }),
         maxConcurrent: num(v, 'concurrency', 2, 1, 1024),
         maxQueue: num(v, 'queue', 64, 0, 2 ** 20),
+        sessions: num(v, 'sessions', 0, 0, 2 ** 16),
+        sessionRows: num(v, 'session-rows', 4096, 1, 2 ** 24),
         ...(token === undefined ? {} : { trainToken: token, optimizer: { kind: 'adam' as const, lr: num(v, 'lr', 1e-3, 0, 10, false) } }),
-        ...(v.log === true ? { onLog: (e) => err(`${new Date().toISOString()} ${e.method} ${e.path} ${e.status}${e.reason ? ` ${e.reason}` : ''} ${e.ms.toFixed(1)} ms`) } : {}),
+        ...(logFormat === undefined ? {} : { log: { format: logFormat, write: (line: string) => err(line) } }),
       });
       const url = await server.listen();
+      // With --log json, stderr holds only JSON objects: the start and the stop are events too.
+      const event = (e: string, fields: Record<string, unknown>): void =>
+        err(JSON.stringify({ time: new Date().toISOString(), level: 'info', event: e, ...fields }));
+      if (logFormat === 'json') event('listen', { url, digest: toHex(server.ghost.digest), generation: server.generation, training: token !== undefined });
       out(`serving ${url}`);
       out(`digest ${toHex(server.ghost.digest)}`);
       out(`generation ${server.generation}`);
       out(`training ${token === undefined ? 'disabled' : 'enabled'}`);
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
-          err(`${sig}: finishing accepted requests, then closing the model`);
+          if (logFormat === 'json') event('shutdown', { signal: sig, generation: server.generation });
+          else err(`${sig}: finishing accepted requests, then closing the model`);
           process.off('SIGTERM', onTerm);
           process.off('SIGINT', onInt);
           void server.close().then(resolve);
@@ -218,6 +234,7 @@ finishes every accepted request, closes the tensor files, exits 0.
         process.on('SIGTERM', onTerm);
         process.on('SIGINT', onInt);
       });
+      if (logFormat === 'json') event('stopped', { generation: server.generation, digest: toHex(server.ghost.digest) });
       out(`stopped at generation ${server.generation}, digest ${toHex(server.ghost.digest)}`);
       return EXIT.OK;
     },
@@ -236,6 +253,8 @@ and accepts the answer only if its forward proof verifies and is of these inputs
   --test-images LIST   images of the shipped test subset, e.g. 0,1,2 (for the demo's classifier)
   --proof-out FILE     write the received proof (for \`ghost-tensor verify\`)
   --json               print the result as JSON
+  --deadline SECONDS   per call (connect, then forward), retries on an unreachable server or
+                       a 503 included, default 5
 
 Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
     options: {
@@ -245,6 +264,7 @@ Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
       'test-images': { type: 'string' },
       'proof-out': { type: 'string' },
       json: { type: 'boolean' },
+      deadline: { type: 'string' },
     },
     positionals: [1, 1],
     run: async (v, [url]) => {
@@ -272,8 +292,9 @@ Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
       const rejectUndecodable = (e: unknown): never => {
         throw e instanceof FormatError ? new Rejected(e) : e;
       };
-      const client = await ProverClient.connect(url!, fromHex(hex), gen).catch(rejectUndecodable);
-      const r = await client.forward(x).catch(rejectUndecodable);
+      const deadlineMs = num(v, 'deadline', 5, 0.001, 86_400, false) * 1000;
+      const client = await ProverClient.connect(url!, fromHex(hex), { ...gen, deadlineMs }).catch(rejectUndecodable);
+      const r = await client.forward(x, { deadlineMs }).catch(rejectUndecodable);
       const pout = str(v, 'proof-out');
       if (pout !== undefined) writeFileSync(pout, r.proof);
       const rows = Array.from({ length: r.rows }, (_, b) => Array.from(r.output.subarray(b * r.cols, (b + 1) * r.cols)));

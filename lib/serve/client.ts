@@ -7,7 +7,7 @@
  */
 import { bytesEqual } from '../bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
-import { decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
+import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, fromHex, normalizeWireGrads, toHex, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
 
@@ -17,14 +17,42 @@ const HISTORY = 64;
 export interface ProverClientOptions {
   /** Bearer token for train(). */
   token?: string;
-  /** Per-request timeout (default 30 s). */
+  /** Timeout of one HTTP attempt (default 30 s); a call's retries are bounded by its deadline. */
   timeoutMs?: number;
+  /**
+   * Default deadline of a call (connect, sync, forward, train), in milliseconds, retries
+   * and backoff included (default 60 s). Past it the call fails with RemoteError
+   * `DEADLINE_EXCEEDED` (status 0). Per call: `{ deadlineMs }`.
+   */
+  deadlineMs?: number;
+  /**
+   * Retries of a call on an unreachable server or a 503 (docs/serving.md, "Retries and
+   * deadlines"): exponential backoff from `baseMs` (default 100) doubling up to `maxMs`
+   * (default 2000) with full jitter, at least the server's Retry-After, at most
+   * `attempts` tries in all (default: as many as fit in the deadline). train() is
+   * retried only when the server cannot have taken the step (connection refused, 503).
+   * `false`: no retries.
+   */
+  retry?: false | { attempts?: number; baseMs?: number; maxMs?: number };
   /** Largest response body accepted (default 256 MiB). */
   maxResponseBytes?: number;
   /** The generation of the pinned Ghost file when it is not the server's current one (to catch up from). */
   generation?: number;
+  /**
+   * A pattern-cache session (docs/serving.md, "Sessions"): the client keeps the rows of
+   * the proofs it verified, the server a mirror, and later forward proofs send held rows
+   * as ids or deltas. Forward calls are then made one at a time. Needs a server started
+   * with `sessions` > 0 (otherwise proofs come whole, as without).
+   */
+  session?: boolean;
   /** What verifying one proof may cost (default DEFAULT_VERIFIER_LIMITS; docs/proof-format.md, "Verifier limits"): past them, ProofError BUDGET from the headers. */
   limits?: Partial<VerifierLimits>;
+}
+
+/** Options of one call. */
+export interface CallOptions {
+  /** This call's deadline in milliseconds, retries included (default: the client's deadlineMs). */
+  deadlineMs?: number;
 }
 
 export interface ServedForward {
@@ -49,55 +77,87 @@ export interface ServedStep {
 
 export class ProverClient {
   readonly url: string;
-  readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number };
+  readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number; deadlineMs: number; attempts: number; baseMs: number; maxMs: number };
   readonly #limits: VerifierLimits;
   #ghost: PinnedGhost;
   #generation: number;
   /** The Ghost files of the recent generations this client verified (the current one included). */
   readonly #history = new Map<number, PinnedGhost>();
+  /** The verified update proofs of those generations: #proofs.get(g) moved g to g + 1. */
+  readonly #proofs = new Map<number, Uint8Array>();
   /** Serialises the moves of the pinned Ghost file (sync, train) between concurrent calls. */
   #lock: Promise<unknown> = Promise.resolve();
+  /** The session: its id, the rows this client verified in it, how many proofs (seq); forward calls one at a time. */
+  readonly #session: { id: string; cache: PatternCache; seq: number; lock: Promise<unknown> } | null;
 
   private constructor(url: string, ghost: PinnedGhost, generation: number, o: ProverClientOptions) {
     this.url = url.replace(/\/+$/, '');
     this.#ghost = ghost;
     this.#generation = generation;
     this.#history.set(generation, ghost);
-    this.#o = { timeoutMs: o.timeoutMs ?? 30_000, maxResponseBytes: o.maxResponseBytes ?? 256 * 2 ** 20, ...(o.token === undefined ? {} : { token: o.token }) };
+    const r = o.retry === false ? { attempts: 1 } : (o.retry ?? {});
+    this.#o = {
+      timeoutMs: positive('timeoutMs', o.timeoutMs, 30_000),
+      maxResponseBytes: o.maxResponseBytes ?? 256 * 2 ** 20,
+      deadlineMs: positive('deadlineMs', o.deadlineMs, 60_000),
+      attempts: r.attempts === undefined ? Infinity : positive('retry.attempts', r.attempts, 1),
+      baseMs: positive('retry.baseMs', r.baseMs, 100),
+      maxMs: positive('retry.maxMs', r.maxMs, 2_000),
+      ...(o.token === undefined ? {} : { token: o.token }),
+    };
     this.#limits = verifierLimits(o.limits);
+    this.#session = o.session === true ? { id: globalThis.crypto.randomUUID().replace(/-/g, ''), cache: new PatternCache(0), seq: 0, lock: Promise.resolve() } : null;
   }
 
   /**
    * Connects to a prover and pins a Ghost file: `pin` is its digest (32 bytes or 64 hex
-   * characters) or its bytes / a PinnedGhost. With a digest, the server's Ghost file at
-   * `options.generation` (default: its current one) must have that digest; the client
-   * then catches up to the current generation through verified update proofs.
-   * Throws ProofError GHOST_MISMATCH when the server serves another model.
+   * characters) or its bytes / a PinnedGhost. The pinned Ghost file may be older than
+   * the server's: the server names its generation (`GET /ghost?digest=`, or
+   * `options.generation` when given), and the client catches up to the current
+   * generation through update proofs it verifies one by one from the pinned file.
+   * Throws ProofError GHOST_MISMATCH when no Ghost file the server keeps has that
+   * digest (another model, or a generation older than the kept history).
+   * `options.deadlineMs` bounds the whole connect, catching up included.
    */
   static async connect(url: string, pin: Uint8Array | string | PinnedGhost, options: ProverClientOptions = {}): Promise<ProverClient> {
-    let ghost: PinnedGhost;
-    let generation: number;
-    const probe = new ProverClient(url, null as unknown as PinnedGhost, 0, options);
+    let ghost: PinnedGhost | null = null;
+    let digest: Uint8Array;
     if (typeof pin === 'string' || (pin instanceof Uint8Array && pin.length === 32)) {
-      const digest = typeof pin === 'string' ? fromHex(pin) : pin;
+      digest = typeof pin === 'string' ? fromHex(pin) : pin;
       if (digest.length !== 32) throw new InvalidArgumentError('a Ghost digest is 32 bytes (64 hex characters)');
-      const q = options.generation === undefined ? '' : `?generation=${options.generation}`;
-      const r = await probe.#request('GET', `/ghost${q}`);
-      ghost = await pinGhost(r.body);
-      if (!bytesEqual(ghost.digest, digest)) throw new ProofError('GHOST_MISMATCH', `the server's Ghost file has digest ${toHex(ghost.digest)}, not the pinned ${toHex(digest)}`);
-      generation = options.generation ?? r.generation;
     } else {
       ghost = pin instanceof Uint8Array ? await pinGhost(pin) : pin;
-      if (options.generation === undefined) {
-        const r = await probe.#request('GET', '/ghost');
-        if (!bytesEqual((await pinGhost(r.body)).digest, ghost.digest)) {
-          throw new ProofError('GHOST_MISMATCH', 'the pinned Ghost file is not the server\'s current one: pass options.generation to catch up from it');
+      digest = ghost.digest;
+    }
+    const probe = new ProverClient(url, null as unknown as PinnedGhost, 0, options);
+    const deadline = probe.#deadline(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs });
+    let generation: number;
+    if (options.generation !== undefined) {
+      const r = await probe.#request('GET', `/ghost?generation=${options.generation}`, deadline);
+      const served = await pinGhost(r.body);
+      if (!bytesEqual(served.digest, digest)) throw new ProofError('GHOST_MISMATCH', `the server's Ghost file of generation ${options.generation} has digest ${toHex(served.digest)}, not the pinned ${toHex(digest)}`);
+      ghost ??= served;
+      generation = options.generation;
+    } else {
+      // Which generation has this digest? The answer is a hint: the bytes must hash to the
+      // pinned digest, and every step after it must verify from them (sync below).
+      let r: Answer;
+      try {
+        r = await probe.#request('GET', `/ghost?digest=${toHex(digest)}`, deadline);
+      } catch (err) {
+        if (err instanceof RemoteError && err.reason === 'UNKNOWN_DIGEST') {
+          throw new ProofError('GHOST_MISMATCH', `no Ghost file the server keeps has the pinned digest ${toHex(digest)} (another model, or older than its kept history)`);
         }
-        generation = r.generation;
-      } else generation = options.generation;
+        throw err;
+      }
+      const served = await pinGhost(r.body);
+      if (!bytesEqual(served.digest, digest)) throw new ProofError('GHOST_MISMATCH', `asked for the Ghost file of digest ${toHex(digest)}, the server sent ${toHex(served.digest)}`);
+      if (r.generation < 0) throw new ProofError('GHOST_MISMATCH', 'the server did not name the generation of the pinned Ghost file');
+      ghost ??= served;
+      generation = r.generation;
     }
     const c = new ProverClient(url, ghost, generation, options);
-    await c.sync();
+    await c.#locked(() => c.#syncNow(undefined, deadline));
     return c;
   }
 
@@ -115,8 +175,14 @@ export class ProverClient {
    * (up to `to`, default the server's current one), verifies each against the Ghost
    * file before it, and pins the result. Returns the number of steps followed.
    */
-  sync(to?: number): Promise<number> {
-    return this.#locked(() => this.#syncNow(to));
+  sync(to?: number, options: CallOptions = {}): Promise<number> {
+    const deadline = this.#deadline(options);
+    return this.#locked(() => this.#syncNow(to, deadline));
+  }
+
+  /** The absolute time (performance.now()) a call must end by. */
+  #deadline(options: CallOptions): number {
+    return performance.now() + positive('deadlineMs', options.deadlineMs, this.#o.deadlineMs);
   }
 
   #locked<T>(fn: () => Promise<T>): Promise<T> {
@@ -125,9 +191,9 @@ export class ProverClient {
     return run;
   }
 
-  async #syncNow(to?: number): Promise<number> {
+  async #syncNow(to: number | undefined, deadline: number): Promise<number> {
     if (to !== undefined && to <= this.#generation) return 0;
-    const r = await this.#request('GET', `/updates?from=${this.#generation}${to === undefined ? '' : `&to=${to}`}`);
+    const r = await this.#request('GET', `/updates?from=${this.#generation}${to === undefined ? '' : `&to=${to}`}`, deadline);
     const list = decodeProofList(r.body);
     if (list.firstGeneration !== this.#generation) throw new ProofError('GHOST_MISMATCH', `the server sent updates from generation ${list.firstGeneration}; this client is at ${this.#generation}`);
     if (to !== undefined && list.proofs.length !== to - this.#generation) throw new ProofError('GHOST_MISMATCH', `the server sent ${list.proofs.length} updates; ${to - this.#generation} were asked`);
@@ -138,6 +204,8 @@ export class ProverClient {
   async #follow(proof: Uint8Array): Promise<void> {
     const v = await verifyUpdate(this.#ghost, proof, { limits: this.#limits });
     this.#ghost = v.ghost;
+    this.#proofs.set(this.#generation, proof);
+    this.#proofs.delete(this.#generation - HISTORY);
     this.#generation++;
     this.#history.set(this.#generation, v.ghost);
     this.#history.delete(this.#generation - HISTORY);
@@ -149,16 +217,26 @@ export class ProverClient {
    * the pinned Ghost file (after following any newer update proofs) and be a proof of
    * this input; otherwise ProofError (FormatError for bytes that do not decode).
    */
-  async forward(input: Float32Array | Uint32Array, options: { rows?: number } = {}): Promise<ServedForward> {
+  forward(input: Float32Array | Uint32Array, options: { rows?: number } & CallOptions = {}): Promise<ServedForward> {
+    const s = this.#session;
+    if (!s) return this.#forward(input, options);
+    const run = s.lock.then(() => this.#forward(input, options));
+    s.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  async #forward(input: Float32Array | Uint32Array, options: { rows?: number } & CallOptions): Promise<ServedForward> {
+    const deadline = this.#deadline(options);
     const req = this.#input(input, options.rows);
     // The answer must be at least as new as the Ghost file pinned when asking (no replays).
     const asked = this.#generation;
-    const r = await this.#request('POST', '/forward', encodeForwardRequest(req));
+    const s = this.#session;
+    const r = await this.#request('POST', '/forward', deadline, encodeForwardRequest(req), false, undefined, s ? { 'X-Ghost-Session': s.id, 'X-Ghost-Session-Seq': String(s.seq) } : undefined);
     // Cheap checks first: the proof must be of this input.
     const p = decodeProof(r.body, { kind: 'forward', limits: this.#limits });
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
     checkSameInput(p, req);
-    if (!bytesEqual(p.ghost, this.#ghost.digest) && r.generation > this.#generation) await this.sync();
+    if (!bytesEqual(p.ghost, this.#ghost.digest) && r.generation > this.#generation) await this.#locked(() => this.#syncNow(undefined, deadline));
     let at = this.#generation;
     for (let g = this.#generation; g >= asked; g--) {
       const h = this.#history.get(g);
@@ -167,7 +245,21 @@ export class ProverClient {
         break;
       }
     }
-    const v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits });
+    let cache: PatternCache | undefined;
+    if (s && r.session) {
+      // A fresh start on the server: this side starts from an empty cache of the server's size.
+      if (r.session.fresh) s.cache = new PatternCache(r.session.rows);
+      cache = s.cache;
+    }
+    let v: Awaited<ReturnType<typeof verifyForward>>;
+    try {
+      v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits, ...(cache ? { cache } : {}) });
+    } catch (err) {
+      // A rejected proof changes nothing here, but the server's mirror moved: start afresh next time.
+      if (s) s.seq = 0;
+      throw err;
+    }
+    if (s) s.seq = r.session ? r.session.seq : 0;
     return { output: v.output, rows: v.rows, cols: v.cols, generation: at, proof: r.body };
   }
 
@@ -177,8 +269,9 @@ export class ProverClient {
    * Ghost file before it and reveal exactly these gradients (coalesced as the
    * optimizer does); the pinned Ghost file then moves to the result.
    */
-  async train(wireGrads: readonly WireGrad[]): Promise<ServedStep> {
+  async train(wireGrads: readonly WireGrad[], options: CallOptions = {}): Promise<ServedStep> {
     const grads = normalizeWireGrads(wireGrads);
+    const deadline = this.#deadline(options);
     const g = this.#ghost.manifest;
     for (const [i, e] of grads.entries()) {
       const t = g.tensors[e.tensor];
@@ -187,11 +280,34 @@ export class ProverClient {
         throw new InvalidArgumentError(`grads[${i}] must hold ids (Uint32Array) and ids.length x ${t.dim} gradients (Float32Array)`);
       }
     }
-    const r = await this.#request('POST', '/train', encodeTrainRequest(grads), true);
+    // Every attempt is conditional (X-Ghost-If-Generation: the generation this client is at):
+    // the server takes it only at that generation, so an attempt whose fate is unknown (the
+    // connection broke) can be sent again: at most one of them is taken. On 409 the client
+    // follows the new steps (verified) and looks among them for its own before sending again.
+    const body = encodeTrainRequest(grads);
+    let r: Answer;
+    for (;;) {
+      const at = this.#generation;
+      try {
+        r = await this.#request('POST', '/train', deadline, body, true, at);
+        break;
+      } catch (err) {
+        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
+      }
+      const found = await this.#locked(async () => {
+        await this.#syncNow(undefined, deadline);
+        if (this.#generation - at > HISTORY) {
+          // The steps since are no longer all remembered: whether this one is among them is unknown.
+          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
+        }
+        return this.#findStep(at, grads);
+      });
+      if (found) return found;
+    }
     const list = decodeProofList(r.body);
     if (list.proofs.length !== grads.length) throw new ProofError('INPUT_MISMATCH', `${grads.length} entries were sent, ${list.proofs.length} update proofs came back`);
     return this.#locked(async () => {
-      if (list.firstGeneration > this.#generation) await this.#syncNow(list.firstGeneration);
+      if (list.firstGeneration > this.#generation) await this.#syncNow(list.firstGeneration, deadline);
       for (const [i, bytes] of list.proofs.entries()) {
         const p = decodeProof(bytes, { kind: 'update', limits: this.#limits });
         if (p.kind !== 'update') throw new ProofError('WRONG_KIND', 'a training step answered with a forward proof');
@@ -211,6 +327,28 @@ export class ProverClient {
     });
   }
 
+  /** This client's step among the verified ones from generation `from`: E consecutive update proofs revealing exactly these gradients. */
+  #findStep(from: number, grads: readonly WireGradU32[]): ServedStep | null {
+    const tensors = this.#ghost.manifest.tensors;
+    for (let g = from; g + grads.length <= this.#generation; g++) {
+      const proofs: Uint8Array[] = [];
+      for (const [i, e] of grads.entries()) {
+        const bytes = this.#proofs.get(g + i);
+        if (!bytes) break;
+        const p = decodeProof(bytes, { kind: 'update', limits: this.#limits });
+        try {
+          if (p.kind !== 'update') break;
+          checkSameGrads(p, e, tensors[e.tensor]!.dim);
+        } catch {
+          break;
+        }
+        proofs.push(bytes);
+      }
+      if (proofs.length === grads.length) return { generation: g + grads.length, ghost: this.#history.get(g + grads.length)!, proofs };
+    }
+    return null;
+  }
+
   #input(input: Float32Array | Uint32Array, rows: number | undefined): ForwardInput {
     const l0 = this.#ghost.manifest.layers[0]!;
     if (input instanceof Uint32Array) {
@@ -226,18 +364,57 @@ export class ProverClient {
     return { kind: 'f32', rows: B, cols, data: input };
   }
 
-  async #request(method: 'GET' | 'POST', path: string, body?: Uint8Array, auth = false): Promise<{ status: number; body: Uint8Array; generation: number }> {
-    const headers: Record<string, string> = {};
+  /**
+   * One call's request with its retries: on a 503 (the server refused before doing any
+   * work) or an unreachable server, waits (exponential backoff with full jitter, at least
+   * Retry-After) and tries again while the deadline allows. POST /train is retried only
+   * when the server cannot have taken it: a 503, or a connection refused.
+   */
+  async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number, extra?: Record<string, string>): Promise<Answer> {
+    // A conditional training step is taken at most once whatever the attempts (the server checks the generation).
+    const idempotent = !(method === 'POST' && path === '/train') || ifGeneration !== undefined;
+    for (let attempt = 1; ; attempt++) {
+      const left = deadline - performance.now();
+      if (left <= 0) throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: the call's deadline passed before attempt ${attempt}`);
+      let err: RemoteError;
+      try {
+        return await this.#attempt(method, path, Math.min(this.#o.timeoutMs, left), body, auth, ifGeneration, extra);
+      } catch (e) {
+        if (!(e instanceof RemoteError)) throw e;
+        err = e;
+      }
+      const retryable = err.status === 503 || (err.status === 0 && (idempotent || neverSent(err)));
+      const now = performance.now();
+      if (err.status === 0 && err.reason === 'TIMEOUT' && now >= deadline - 1) {
+        throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: no answer within the call's deadline (attempt ${attempt})`, { cause: err });
+      }
+      if (!retryable || attempt >= this.#o.attempts) throw err;
+      const backoff = Math.random() * Math.min(this.#o.maxMs, this.#o.baseMs * 2 ** (attempt - 1));
+      const after = err.retryAfterMs ?? 0;
+      if (now + after >= deadline) {
+        throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: ${err.message}; ${after > 0 ? `Retry-After ${after} ms` : 'a retry'} would pass the call's deadline (attempt ${attempt})`, { cause: err });
+      }
+      // Wait at least Retry-After, never past the deadline (one last attempt at it).
+      const wait = Math.min(Math.max(after, backoff), deadline - now - 1);
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  async #attempt(method: 'GET' | 'POST', path: string, timeoutMs: number, body: Uint8Array | undefined, auth: boolean, ifGeneration: number | undefined, extra: Record<string, string> | undefined): Promise<Answer> {
+    const headers: Record<string, string> = { ...extra };
+    if (ifGeneration !== undefined) headers['X-Ghost-If-Generation'] = String(ifGeneration);
     if (body) headers['Content-Type'] = 'application/octet-stream';
     if (auth) {
       if (this.#o.token === undefined) throw new InvalidArgumentError('train() needs a token (options.token)');
       headers.Authorization = `Bearer ${this.#o.token}`;
     }
     let res: Response;
+    const signal = AbortSignal.timeout(Math.max(1, Math.ceil(timeoutMs)));
     try {
-      res = await fetch(`${this.url}${path}`, { method, headers, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}), signal: AbortSignal.timeout(this.#o.timeoutMs) });
+      res = await fetch(`${this.url}${path}`, { method, headers, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}), signal });
     } catch (err) {
-      throw new RemoteError(0, 'UNREACHABLE', `${method} ${path}: ${(err as Error).message}`, { cause: err });
+      const timedOut = err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError');
+      throw new RemoteError(0, timedOut ? 'TIMEOUT' : 'UNREACHABLE', `${method} ${path}: ${timedOut ? `no answer within ${Math.round(timeoutMs)} ms` : (err as Error).message}${causeCode(err) ? ` (${causeCode(err)})` : ''}`, { cause: err });
     }
     const declared = Number(res.headers.get('content-length') ?? NaN);
     if (declared > this.#o.maxResponseBytes) {
@@ -254,11 +431,64 @@ export class ProverClient {
       } catch {
         // not JSON: keep the text
       }
-      throw new RemoteError(res.status, reason, `${method} ${path} -> ${res.status}: ${message}`);
+      const e = new RemoteError(res.status, reason, `${method} ${path} -> ${res.status}: ${message}`);
+      const ra = retryAfterMs(res.headers.get('retry-after'));
+      if (ra !== undefined) e.retryAfterMs = ra;
+      throw e;
     }
     const gen = Number(res.headers.get('x-ghost-generation') ?? NaN);
-    return { status: res.status, body: bytes, generation: Number.isSafeInteger(gen) && gen >= 0 ? gen : -1 };
+    const seq = Number(res.headers.get('x-ghost-session-seq') ?? NaN), rows = Number(res.headers.get('x-ghost-session-rows') ?? NaN);
+    const session = Number.isSafeInteger(seq) && seq > 0 && Number.isInteger(rows) && rows >= 1 && rows <= 2 ** 24 ? { seq, rows, fresh: res.headers.get('x-ghost-session-base') !== 'held' } : undefined;
+    return { status: res.status, body: bytes, generation: Number.isSafeInteger(gen) && gen >= 0 ? gen : -1, ...(session ? { session } : {}) };
   }
+}
+
+function positive(name: string, v: number | undefined, def: number): number {
+  const x = v ?? def;
+  if (typeof x !== 'number' || !(x > 0)) throw new InvalidArgumentError(`${name} must be a positive number, got ${String(v)}`);
+  return x;
+}
+
+/** Retry-After in milliseconds: delay-seconds or an HTTP-date (docs: RFC 9110 10.2.3); at most an hour. */
+function retryAfterMs(h: string | null): number | undefined {
+  if (h === null) return undefined;
+  const t = h.trim();
+  let ms: number;
+  if (/^\d{1,10}$/.test(t)) ms = Number(t) * 1000;
+  else {
+    const at = Date.parse(t);
+    if (Number.isNaN(at)) return undefined;
+    ms = Math.max(0, at - Date.now());
+  }
+  return Math.min(ms, 3_600_000);
+}
+
+/** The error code of a fetch failure's cause (ECONNREFUSED, ...), if any. */
+function causeCode(err: unknown): string | undefined {
+  for (let e: unknown = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return code;
+    const inner = (e as { errors?: unknown }).errors;
+    if (Array.isArray(inner)) for (const x of inner) {
+      const c = (x as { code?: unknown } | null)?.code;
+      if (typeof c === 'string') return c;
+    }
+  }
+  return undefined;
+}
+
+/** Whether the request cannot have reached the server (so even a training step may be sent again). */
+function neverSent(err: RemoteError): boolean {
+  const c = causeCode(err.cause);
+  return c === 'ECONNREFUSED' || c === 'ENOTFOUND' || c === 'EAI_AGAIN' || c === 'EADDRNOTAVAIL';
+}
+
+/** An answer: status, body, the generation header (-1 if absent), the session headers of a forward answer in a session. */
+interface Answer {
+  status: number;
+  body: Uint8Array;
+  generation: number;
+  session?: { seq: number; rows: number; fresh: boolean };
 }
 
 async function readLimited(res: Response, limit: number): Promise<Uint8Array> {

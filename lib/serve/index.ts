@@ -1,7 +1,7 @@
 /** The prover service (docs/serving.md): an HTTP server over a Model and its verifying client. */
 export { ProverServer } from './server.js';
-export type { ProverServerOptions, ServerStats } from './server.js';
+export type { ProverServerOptions, RequestLogEntry, ServerLogOption, ServerStats } from './server.js';
 export { ProverClient } from './client.js';
-export type { ProverClientOptions, ServedForward, ServedStep } from './client.js';
+export type { CallOptions, ProverClientOptions, ServedForward, ServedStep } from './client.js';
 export { WIRE_LIMITS, decodeForwardRequest, decodeProofList, decodeTrainRequest, encodeForwardRequest, encodeProofList, encodeTrainRequest } from './wire.js';
 export type { ForwardInput, WireGrad } from './wire.js';

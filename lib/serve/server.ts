@@ -22,7 +22,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { readFile, rename, truncate } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { exists, syncDir, writeSynced } from '../durable-fs.js';
 import { join } from 'node:path';
 
@@ -30,10 +33,49 @@ import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, Ou
 import { Model } from '../model.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../optim.js';
 import { SparseTensor } from '../sparse-tensor.js';
-import { decodeProof } from '../proof-format.js';
+import { PatternCache, decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
 import { bytesEqual } from '../bytes.js';
-import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList, toHex } from './wire.js';
+import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
+import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList, fromHex, toHex } from './wire.js';
+
+/** One request as logged (`log` option, onLog). */
+export interface RequestLogEntry {
+  method: string;
+  /** The path without the query (at most 256 characters). */
+  path: string;
+  /** The route it matched ('/forward', ...; 'other' for none). */
+  route: string;
+  status: number;
+  /** The reason token of a refusal (docs/serving.md, "Status codes and reasons"). */
+  reason?: string;
+  /** Milliseconds from the request's arrival to its answer. */
+  ms: number;
+  /** Milliseconds spent proving or training (forward, train). */
+  proveMs?: number;
+  /** Request body bytes read. */
+  bytesIn: number;
+  /** Response body bytes sent. */
+  bytesOut: number;
+  /** The served generation when answered. */
+  generation: number;
+}
+
+/** Where and how the server logs: 'json' (one JSON object per line) or 'text', on stderr unless `write` is given. */
+export type ServerLogOption = 'json' | 'text' | { format: 'json' | 'text'; write?: (line: string) => void };
+
+/** The routes metrics and logs name (anything else is 'other', so label values stay bounded). */
+const ROUTES = new Set(['/ghost', '/updates', '/forward', '/train', '/health', '/metrics']);
+
+function packageVersion(): string {
+  // lib/serve/server.ts and dist/serve/server.js both sit two levels under the package root.
+  try {
+    const v = (JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'package.json'), 'utf8')) as { version?: unknown }).version;
+    return typeof v === 'string' ? v : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 export interface ProverServerOptions {
   /** Interface to listen on. Default '127.0.0.1' (loopback only). */
@@ -67,8 +109,23 @@ export interface ProverServerOptions {
   keepUpdates?: number;
   /** Worker threads for the product-key selection of proofs. */
   threads?: number;
+  /**
+   * Pattern-cache sessions (docs/serving.md, "Sessions"): at most `sessions` clients
+   * (least recently used evicted) each get a mirror of their PatternCache of at most
+   * `sessionRows` rows, so their forward proofs send held rows as ids or deltas. Memory:
+   * up to sessions x sessionRows x (dim x 4 bytes) of rows. Default 0: off.
+   */
+  sessions?: number;
+  /** Rows each session's cache holds (default 4096). */
+  sessionRows?: number;
   /** Called with each request's outcome (for logs). */
-  onLog?: (entry: { method: string; path: string; status: number; ms: number; reason?: string }) => void;
+  onLog?: (entry: RequestLogEntry) => void;
+  /**
+   * Request logs: 'json' writes one JSON object per line (docs/serving.md, "Logs"),
+   * 'text' one human line, on stderr; `{ format, write }` hands each line to `write`.
+   * Default: no logs.
+   */
+  log?: ServerLogOption;
 }
 
 export interface ServerStats {
@@ -226,7 +283,16 @@ export class ProverServer {
   readonly model: Model;
   /** The model directory (null: an in-memory model, nothing persisted). */
   readonly dir: string | null;
-  readonly #o: Required<Omit<ProverServerOptions, 'trainToken' | 'threads' | 'onLog' | 'optimizer'>> & Pick<ProverServerOptions, 'trainToken' | 'threads' | 'onLog'>;
+  readonly #o: Required<Omit<ProverServerOptions, 'trainToken' | 'threads' | 'onLog' | 'optimizer' | 'log'>> & Pick<ProverServerOptions, 'trainToken' | 'threads' | 'onLog'>;
+  readonly #log: { format: 'json' | 'text'; write: (line: string) => void } | null;
+  readonly #startedAt = performance.now();
+  readonly #version = packageVersion();
+  readonly #metrics = new Registry();
+  readonly #mRequests: Counter;
+  readonly #mBytesIn: Counter;
+  readonly #mBytesOut: Counter;
+  readonly #mRequestSeconds: Histogram;
+  readonly #mProveSeconds: Histogram;
   readonly #optimizer: SparseAdam | SparseSGD | null;
   readonly #ownsModel: boolean;
   readonly #sched: Scheduler;
@@ -248,6 +314,8 @@ export class ProverServer {
   #inflight = 0;
   readonly #drained: (() => void)[] = [];
   readonly #served = { forward: 0, train: 0, rejected: 0 };
+  /** Pattern-cache sessions by id, least recently used first. `seq`: proofs made in the session (-1: none yet). */
+  readonly #sessions = new Map<string, { cache: PatternCache; seq: number; busy: boolean }>();
 
   private constructor(model: Model, ghost: PinnedGhost, dir: string | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
     const int = (name: string, v: number | undefined, def: number, lo: number, hi: number): number => {
@@ -266,10 +334,32 @@ export class ProverServer {
       queueTimeoutMs: int('queueTimeoutMs', options.queueTimeoutMs, 30_000, 1, 2 ** 31 - 1),
       requestTimeoutMs: int('requestTimeoutMs', options.requestTimeoutMs, 30_000, 1, 2 ** 31 - 1),
       keepUpdates: int('keepUpdates', options.keepUpdates, 4096, 0, 2 ** 24),
+      sessions: int('sessions', options.sessions, 0, 0, 2 ** 16),
+      sessionRows: int('sessionRows', options.sessionRows, 4096, 1, 2 ** 24),
       ...(options.trainToken === undefined ? {} : { trainToken: options.trainToken }),
       ...(options.threads === undefined ? {} : { threads: options.threads }),
       ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
     };
+    const log = options.log;
+    if (log === undefined) this.#log = null;
+    else if (log === 'json' || log === 'text') this.#log = { format: log, write: (line) => process.stderr.write(`${line}\n`) };
+    else if (typeof log === 'object' && log !== null && (log.format === 'json' || log.format === 'text') && (log.write === undefined || typeof log.write === 'function')) {
+      const write = log.write;
+      this.#log = { format: log.format, write: write ?? ((line) => process.stderr.write(`${line}\n`)) };
+    } else throw new InvalidArgumentError("log must be 'json', 'text' or { format: 'json' | 'text', write?: (line) => void }");
+    const m = this.#metrics;
+    this.#mRequests = m.add(new Counter('ghost_tensor_requests_total', 'HTTP requests answered, by route, method and status.', ['route', 'method', 'status']));
+    this.#mRequestSeconds = m.add(new Histogram('ghost_tensor_request_duration_seconds', 'Time from a request\'s arrival to its answer (body read, queue wait, proving, sending), by route.', ['route'], LATENCY_BUCKETS));
+    this.#mProveSeconds = m.add(new Histogram('ghost_tensor_prove_duration_seconds', 'Time spent building proofs: a forward proof (kind="forward") or a whole training request with its update proofs, self-check and fsyncs (kind="train").', ['kind'], LATENCY_BUCKETS));
+    this.#mBytesIn = m.add(new Counter('ghost_tensor_request_bytes_total', 'Request body bytes read, by route.', ['route']));
+    this.#mBytesOut = m.add(new Counter('ghost_tensor_response_bytes_total', 'Response body bytes sent, by route.', ['route']));
+    m.add(new Gauge('ghost_tensor_queue_depth', 'Accepted requests waiting for a proving slot.', () => this.#sched.queued));
+    m.add(new Gauge('ghost_tensor_running', 'Requests being proved or trained now.', () => this.#sched.running));
+    m.add(new Gauge('ghost_tensor_inflight_body_bytes', 'Request body bytes held now (bounded by maxInflightBytes).', () => this.#bodyBytes));
+    m.add(new Gauge('ghost_tensor_max_inflight_body_bytes', 'The bound on request body bytes held at once (maxInflightBytes).', () => this.#o.maxInflightBytes));
+    m.add(new Gauge('ghost_tensor_generation', 'Generation of the served Ghost file (update proofs since the directory was first served).', () => this.#generation));
+    m.add(new Gauge('ghost_tensor_uptime_seconds', 'Seconds since the server object was created.', () => (performance.now() - this.#startedAt) / 1000));
+    m.add(new InfoGauge('ghost_tensor_build_info', 'The ghost-tensor version serving (value 1).', { version: this.#version }));
     if (this.#o.maxInflightBytes < this.#o.maxBodyBytes) {
       throw new OutOfRangeError(`maxInflightBytes (${this.#o.maxInflightBytes}) must be at least maxBodyBytes (${this.#o.maxBodyBytes})`);
     }
@@ -436,8 +526,8 @@ export class ProverServer {
     this.#inflight++;
     let status = 500;
     let reason: string | undefined;
-    // The body bytes this request holds (released when it is answered).
-    const lease = { bytes: 0 };
+    // The body bytes this request holds (released when it is answered), read, sent, and the proving time.
+    const lease: Lease = { bytes: 0, read: 0, sent: 0, proveMs: undefined };
     try {
       if (this.#closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the server is shutting down', { Connection: 'close', 'Retry-After': '1' });
       status = await this.#route(req, res, path, lease);
@@ -452,6 +542,7 @@ export class ProverServer {
         const unread = !req.complete;
         res.writeHead(e.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), ...(unread ? { Connection: 'close' } : {}), ...e.headers });
         res.end(body);
+        lease.sent = Buffer.byteLength(body);
         if (unread) res.once('finish', () => req.destroy());
       } else {
         res.destroy();
@@ -459,12 +550,58 @@ export class ProverServer {
     } finally {
       this.#bodyBytes -= lease.bytes;
       lease.bytes = 0;
-      this.#o.onLog?.({ method: req.method ?? '?', path, status, ms: performance.now() - t0, ...(reason === undefined ? {} : { reason }) });
+      const ms = performance.now() - t0;
+      const route = ROUTES.has(path) ? path : 'other';
+      const method = req.method === 'GET' || req.method === 'POST' ? req.method : 'other';
+      this.#mRequests.inc({ route, method, status: String(status) });
+      this.#mRequestSeconds.observe({ route }, ms / 1000);
+      this.#mBytesIn.inc({ route }, lease.read);
+      this.#mBytesOut.inc({ route }, lease.sent);
+      if (this.#log || this.#o.onLog) {
+        const entry: RequestLogEntry = {
+          method: (req.method ?? '?').slice(0, 16),
+          path: path.slice(0, 256),
+          route,
+          status,
+          ...(reason === undefined ? {} : { reason }),
+          ms,
+          ...(lease.proveMs === undefined ? {} : { proveMs: lease.proveMs }),
+          bytesIn: lease.read,
+          bytesOut: lease.sent,
+          generation: this.#generation,
+        };
+        this.#o.onLog?.(entry);
+        if (this.#log) this.#writeLog(entry);
+      }
       if (--this.#inflight === 0) for (const f of this.#drained.splice(0)) f();
     }
   }
 
-  async #route(req: IncomingMessage, res: ServerResponse, path: string, lease: { bytes: number }): Promise<number> {
+  #writeLog(e: RequestLogEntry): void {
+    const log = this.#log!;
+    const time = new Date().toISOString();
+    const level = e.status >= 500 ? 'error' : e.status >= 400 ? 'warn' : 'info';
+    try {
+      if (log.format === 'json') {
+        // Always the same keys in the same order (null when absent): docs/serving.md, "Logs".
+        log.write(JSON.stringify({
+          time, level, event: 'request', method: e.method, path: e.path, route: e.route, status: e.status, reason: e.reason ?? null,
+          ms: round3(e.ms), proveMs: e.proveMs === undefined ? null : round3(e.proveMs), bytesIn: e.bytesIn, bytesOut: e.bytesOut, generation: e.generation,
+        }));
+      } else {
+        log.write(`${time} ${e.method} ${JSON.stringify(e.path).slice(1, -1)} ${e.status}${e.reason ? ` ${e.reason}` : ''} ${e.ms.toFixed(1)} ms ${e.bytesIn}/${e.bytesOut} B gen ${e.generation}`);
+      }
+    } catch {
+      // a failing log sink must not fail the request
+    }
+  }
+
+  /** The metrics in the Prometheus text exposition format (what GET /metrics answers). */
+  metrics(): string {
+    return this.#metrics.render();
+  }
+
+  async #route(req: IncomingMessage, res: ServerResponse, path: string, lease: Lease): Promise<number> {
     const method = req.method ?? 'GET';
     const allow = (m: string): void => {
       if (method !== m) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${path} takes ${m}`, { Allow: m });
@@ -473,10 +610,11 @@ export class ProverServer {
     switch (path) {
       case '/ghost': {
         allow('GET');
-        const g = query.get('generation');
-        const at = g === null ? this.#generation : parseGeneration(g);
+        const g = query.get('generation'), d = query.get('digest');
+        if (g !== null && d !== null) throw new HttpError(400, 'BAD_GENERATION', 'give generation or digest, not both');
+        const at = d !== null ? this.#generationOf(d) : g === null ? this.#generation : parseGeneration(g);
         const ghost = this.#ghostAt(at);
-        return this.#send(res, 200, GHOST_TYPE, ghost.bytes, at, ghost);
+        return this.#send(res, 200, GHOST_TYPE, ghost.bytes, at, ghost, lease);
       }
       case '/updates': {
         allow('GET');
@@ -486,13 +624,23 @@ export class ProverServer {
         if (from > to || to > this.#generation) throw new HttpError(400, 'BAD_GENERATION', `from ${from} to ${to}: the server is at generation ${this.#generation}`);
         if (from < this.#firstKept) throw new HttpError(410, 'GONE', `update proofs before generation ${this.#firstKept} are not kept; pin a newer Ghost file`);
         const proofs = this.#updates.slice(from - this.#firstKept, to - this.#firstKept);
-        return this.#send(res, 200, LIST_TYPE, encodeProofList(from, proofs), this.#generation, this.#ghost);
+        return this.#send(res, 200, LIST_TYPE, encodeProofList(from, proofs), this.#generation, this.#ghost, lease);
       }
       case '/health': {
         allow('GET');
         const body = Buffer.from(JSON.stringify(this.stats));
         res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
         res.end(body);
+        lease.sent = body.length;
+        return 200;
+      }
+      case '/metrics': {
+        allow('GET');
+        // This request is counted once answered: a scrape shows the ones before it.
+        const body = Buffer.from(this.metrics());
+        res.writeHead(200, { 'Content-Type': METRICS_CONTENT_TYPE, 'Content-Length': body.length });
+        res.end(body);
+        lease.sent = body.length;
         return 200;
       }
       case '/forward': {
@@ -503,13 +651,32 @@ export class ProverServer {
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(input);
-        const out = await this.#sched.run(false, async () => {
-          this.#checkNotBroken();
-          const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, this.#o.threads === undefined ? {} : { threads: this.#o.threads });
-          return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
-        });
-        this.#served.forward++;
-        return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost);
+        const session = this.#session(req);
+        try {
+          const out = await this.#sched.run(false, async () => {
+            this.#checkNotBroken();
+            const t = performance.now();
+            try {
+              const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, {
+                ...(this.#o.threads === undefined ? {} : { threads: this.#o.threads }),
+                ...(session ? { cache: session.cache } : {}),
+              });
+              return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
+            } finally {
+              lease.proveMs = performance.now() - t;
+              this.#mProveSeconds.observe({ kind: 'forward' }, lease.proveMs / 1000);
+            }
+          });
+          this.#served.forward++;
+          if (session) {
+            res.setHeader('X-Ghost-Session-Seq', String(session.seq));
+            res.setHeader('X-Ghost-Session-Base', session.fresh ? 'fresh' : 'held');
+            res.setHeader('X-Ghost-Session-Rows', String(this.#o.sessionRows));
+          }
+          return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost, lease);
+        } finally {
+          if (session) session.release();
+        }
       }
       case '/train': {
         allow('POST');
@@ -518,22 +685,91 @@ export class ProverServer {
         const auth = req.headers.authorization ?? '';
         const m = /^Bearer (.+)$/.exec(auth);
         if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
+        const ifHeader = req.headers['x-ghost-if-generation'];
+        const ifGeneration = ifHeader === undefined ? null : parseGeneration(String(ifHeader));
         const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
-        const out = await this.#sched.run(true, () => {
+        const out = await this.#sched.run(true, async () => {
           this.#checkNotBroken();
-          return this.#train(grads);
+          // A conditional step (the client's retries): taken only at the generation it names.
+          if (ifGeneration !== null && ifGeneration !== this.#generation) {
+            throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
+          }
+          const t = performance.now();
+          try {
+            return await this.#train(grads);
+          } finally {
+            lease.proveMs = performance.now() - t;
+            this.#mProveSeconds.observe({ kind: 'train' }, lease.proveMs / 1000);
+          }
         });
         this.#served.train++;
-        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost);
+        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost, lease);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
     }
   }
 
+  /**
+   * The session a forward request names (X-Ghost-Session: id, X-Ghost-Session-Seq: the
+   * proofs the client verified in it), taken for this request: its cache is used when the
+   * client is where the server is, else started afresh (the client then clears its own).
+   */
+  #session(req: IncomingMessage): { cache: PatternCache; seq: number; fresh: boolean; release: () => void } | null {
+    const id = req.headers['x-ghost-session'];
+    if (id === undefined || this.#o.sessions === 0) return null;
+    if (typeof id !== 'string' || !/^[A-Za-z0-9_-]{8,64}$/.test(id)) throw new HttpError(400, 'BAD_SESSION', 'X-Ghost-Session must be 8..64 characters of [A-Za-z0-9_-]');
+    const seqHeader = req.headers['x-ghost-session-seq'];
+    const seq = typeof seqHeader === 'string' && /^\d{1,15}$/.test(seqHeader) ? Number(seqHeader) : -2;
+    let s = this.#sessions.get(id);
+    if (s?.busy) throw new HttpError(409, 'SESSION_BUSY', 'one request at a time per session');
+    if (!s) {
+      // Evict the least recently used idle session beyond the limit.
+      if (this.#sessions.size >= this.#o.sessions) {
+        for (const [k, v] of this.#sessions) {
+          if (!v.busy) {
+            this.#sessions.delete(k);
+            break;
+          }
+        }
+        if (this.#sessions.size >= this.#o.sessions) throw new HttpError(503, 'BUSY', 'every session is in use', { 'Retry-After': '1' });
+      }
+      s = { cache: new PatternCache(this.#o.sessionRows), seq: -1, busy: false };
+    }
+    this.#sessions.delete(id);
+    this.#sessions.set(id, s);
+    const fresh = s.seq < 0 || s.seq !== seq;
+    if (fresh) s.cache = new PatternCache(this.#o.sessionRows);
+    s.busy = true;
+    // The mirror records the proof's rows: the session moves to the next seq (a client that
+    // did not get or did not verify the answer sends the old one, and starts afresh).
+    s.seq = (fresh ? Math.max(seq, 0) : seq) + 1;
+    const taken = s;
+    return {
+      cache: s.cache,
+      seq: s.seq,
+      fresh,
+      release: () => {
+        taken.busy = false;
+      },
+    };
+  }
+
   #checkNotBroken(): void {
     if (this.#broken !== null) throw new HttpError(500, 'NEEDS_RESTART', this.#broken);
+  }
+
+  /** The newest kept generation whose Ghost file has this digest (hex); 404 UNKNOWN_DIGEST if none. */
+  #generationOf(hex: string): number {
+    if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new HttpError(400, 'BAD_DIGEST', 'digest must be 64 hex characters');
+    const d = fromHex(hex);
+    if (bytesEqual(this.#ghost.digest, d)) return this.#generation;
+    for (let i = this.#ghosts.length - 1; i >= 0; i--) {
+      const g = this.#ghosts[i];
+      if (g && bytesEqual(g.digest, d)) return this.#firstKept + i;
+    }
+    throw new HttpError(404, 'UNKNOWN_DIGEST', `no kept Ghost file (generations ${this.#firstKept}..${this.#generation}) has digest ${hex.toLowerCase()}`);
   }
 
   #ghostAt(generation: number): PinnedGhost {
@@ -670,7 +906,7 @@ export class ProverServer {
    * maxInflightBytes: the Content-Length up front (then read into one buffer of that
    * size), or chunk by chunk as they come. Past the limit: 503 BUSY before reading.
    */
-  async #readBody(req: IncomingMessage, lease: { bytes: number }): Promise<Uint8Array> {
+  async #readBody(req: IncomingMessage, lease: Lease): Promise<Uint8Array> {
     const limit = this.#o.maxBodyBytes;
     const header = req.headers['content-length'];
     const declared = header === undefined ? null : Number(header);
@@ -692,6 +928,7 @@ export class ProverServer {
         if (size + c.length > declared) throw new HttpError(400, 'BAD_BODY', 'more bytes than Content-Length');
         c.copy(buf, size);
         size += c.length;
+        lease.read = size;
       }
       if (size !== declared) throw new HttpError(400, 'ABORTED', 'the body ended before Content-Length');
       return new Uint8Array(buf.buffer, buf.byteOffset, size);
@@ -703,13 +940,14 @@ export class ProverServer {
       size += c.length;
       if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `more than ${limit} bytes`);
       reserve(c.length);
+      lease.read = size;
       chunks.push(c);
     }
     const buf = Buffer.concat(chunks, size);
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
-  #send(res: ServerResponse, status: number, type: string, body: Uint8Array, generation: number, ghost: PinnedGhost): number {
+  #send(res: ServerResponse, status: number, type: string, body: Uint8Array, generation: number, ghost: PinnedGhost, lease: Lease): number {
     res.writeHead(status, {
       'Content-Type': type,
       'Content-Length': body.length,
@@ -718,8 +956,21 @@ export class ProverServer {
       ...(this.#closing ? { Connection: 'close' } : {}),
     });
     res.end(body);
+    lease.sent = body.length;
     return status;
   }
+}
+
+/** What one request holds and did: body bytes reserved and read, bytes sent, proving time. */
+interface Lease {
+  bytes: number;
+  read: number;
+  sent: number;
+  proveMs: number | undefined;
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
 }
 
 function parseGeneration(s: string): number {
