@@ -86,6 +86,16 @@ describe('help and usage', () => {
     expect((await run('--version')).stdout.trim()).toBe((JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string }).version);
   });
 
+  it('a reader that closes the pipe early ends the command quietly (no unhandled EPIPE)', async () => {
+    const child = spawn(process.execPath, [BIN, '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.destroy(); // as `ghost-tensor ... | head -1` does once it has its line
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const { code } = await exited(child);
+    expect(stderr).not.toContain('EPIPE');
+    expect(code).toBe(0);
+  });
+
   it('bench lists the benchmarks', async () => {
     const r = await run('bench');
     expect(r.code).toBe(0);
