@@ -5,7 +5,7 @@
 // searching every query with it, in the same run; recall@k of HNSW against the scan.
 // Usage: node bench/attention-index.mjs [--ns=16384,65536] [--m=12] [--ef-construction=64] [--ef=64]
 import { SparseTensor } from '../dist/index.js';
-import { native } from '../dist/native.js';
+import { native } from '../dist/internal.js';
 import { machine, nowMs, otherProcesses, randomFloats, rng, round, table, writeResults } from './lib/common.mjs';
 
 const arg = (name, def) => {

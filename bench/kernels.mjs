@@ -53,7 +53,7 @@ import {
 
 const require = createRequire(join(ROOT, 'package.json'));
 const { SparseTensor, simdInfo } = await import(join(ROOT, 'dist/index.js'));
-const { native } = await import(join(ROOT, 'dist/native.js'));
+const { native } = await import(join(ROOT, 'dist/internal.js'));
 const { BruteforceSearch } = require('hnswlib-node');
 const hnswlibVersion = require('hnswlib-node/package.json').version;
 

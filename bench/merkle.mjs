@@ -31,7 +31,7 @@ const require = createRequire(join(root, 'package.json'));
 
 const { SparseTensor, simdInfo, multiproofSize } = await import(join(root, 'dist/index.js'));
 const { loadVerifier } = await import(join(root, 'dist/verify.js'));
-const { native } = await import(join(root, 'dist/native.js'));
+const { native } = await import(join(root, 'dist/internal.js'));
 const { createBLAKE3 } = require('hash-wasm');
 const { MerkleTree } = require('merkletreejs');
 const { StandardMerkleTree } = require('@openzeppelin/merkle-tree');

@@ -8,8 +8,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ProverClient, ProverServer } from '../dist/serve/index.js';
-import { DEMO_DATA_DIR, loadSplit } from '../dist/cli/classifier.js';
+import { ProverClient, ProverServer } from '../dist/index.js';
+import { DEMO_DATA_DIR, loadSplit } from '../dist/internal.js';
 
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { calls: { type: 'string' }, batch: { type: 'string' }, pool: { type: 'string' } } });
 const dir = positionals[0];

@@ -37,7 +37,7 @@ import autocannon from 'autocannon';
 
 import { cpuHogs, fmt, fmtBytes, logger, machine, otherProcesses, randomFloats, rng, round, ROOT, table, writeResults } from './lib/common.mjs';
 import { HopfieldLookup, Model, SparseTensor, pinGhost, simdInfo, verifyForward } from '../dist/index.js';
-import { encodeForwardRequest } from '../dist/serve/index.js';
+import { encodeForwardRequest } from '../dist/internal.js';
 
 const log = logger('serve');
 const { values: a } = parseArgs({

@@ -187,8 +187,7 @@ if (CHILD >= 0) {
 
 async function runLibrary(variant, log2N, log, emit) {
   const { SparseTensor, SparseAdam, HopfieldLookup, ProductKeyIndex } = await import(join(ROOT, 'dist/index.js'));
-  const { internalNative } = await import(join(ROOT, 'dist/sparse-tensor.js'));
-  const { native } = await import(join(ROOT, 'dist/native.js'));
+  const { internalNative, native } = await import(join(ROOT, 'dist/internal.js'));
   const N = 2 ** log2N;
   const pk = variant === 'sparse-pk';
   const hnsw = variant === 'sparse-hnsw';

@@ -32,8 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { fmt, logger, machine, nowMs, otherProcesses, rng, round, ROOT, table, tryGc, writeResults } from './lib/common.mjs';
 
 const V = await import(join(ROOT, 'dist/verify.js'));
-const { ByteWriter } = await import(join(ROOT, 'dist/bytes.js'));
-const { PROOF_MAGIC } = await import(join(ROOT, 'dist/proof-format.js'));
+const { ByteWriter, PROOF_MAGIC } = await import(join(ROOT, 'dist/internal.js'));
 
 const childArg = process.argv.find((a) => a.startsWith('--child='));
 

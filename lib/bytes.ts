@@ -4,7 +4,7 @@
  * the caller's limits) before it allocates, and throws FormatError, never a
  * RangeError, on hostile input. Loads no addon.
  */
-import { FormatError } from './errors.js';
+import { FormatError, InvalidArgumentError } from './errors.js';
 
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -147,6 +147,17 @@ export class ByteReader {
     this.#at += 8;
     return v;
   }
+  /**
+   * A u32 count that must be in min..max (FormatError LIMIT otherwise) and, when each
+   * counted item takes at least `bytesEach` bytes, that must fit in the bytes that
+   * remain (TRUNCATED otherwise): both checked before the caller allocates for it.
+   */
+  count(field: string, min: number, max: number, bytesEach = 0): number {
+    const v = this.u32(field);
+    if (v < min || v > max) throw new FormatError('LIMIT', `${this.what}: ${field} = ${v} is outside ${min}..${max}`);
+    if (bytesEach > 0) this.need(v * bytesEach, field);
+    return v;
+  }
   /** A copy of the next n bytes. */
   bytes(n: number, field: string): Uint8Array {
     this.need(n, field);
@@ -192,4 +203,70 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   let diff = 0;
   for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
   return diff === 0;
+}
+
+/** Lower-case hex of bytes. */
+export function toHex(b: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += HEX[b[i]!]!;
+  return s;
+}
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+/** Bytes of a hex string (even length, [0-9a-fA-F]); throws InvalidArgumentError otherwise. */
+export function fromHex(s: string): Uint8Array {
+  if (typeof s !== 'string' || !/^(?:[0-9a-fA-F]{2})*$/.test(s)) throw new InvalidArgumentError('not a hex string');
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/**
+ * The input record of a forward pass, as a proof, a prover request and a peer request
+ * carry it: B rows of f32 (a HopfieldLookup first) or B ids (an Embedding first).
+ */
+export type InputRecord = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
+
+/**
+ * Its bytes (the same in docs/proof-format.md, docs/serving.md and docs/p2p.md): u8
+ * kind, then 1 (f32): u32 rows, u32 cols, rows x cols f32; or 2 (ids): u32 count,
+ * count u32. Checks no limits: each caller checks its own before writing.
+ */
+export function writeInputRecord(w: ByteWriter, input: InputRecord): ByteWriter {
+  if (input.kind === 'f32') return w.u8(1).u32(input.rows).u32(input.cols).f32s(input.data);
+  return w.u8(2).u32(input.ids.length).u32s(input.ids);
+}
+
+export interface InputRecordLimits {
+  /** Most rows (or ids). */
+  maxRows: number;
+  /** Most values per row. */
+  maxCols: number;
+  /** Accept 0 rows, cols or ids (the caller refuses them itself, with its own reason). Default: at least 1. */
+  allowEmpty?: boolean;
+  /** Charged with the batch size after the bounds checks, before the values are allocated (a verifier's budget). */
+  charge?: (batch: number, kind: InputRecord['kind']) => void;
+}
+
+/**
+ * Reads an input record: each count is checked against `limits` (LIMIT), then charged,
+ * then against the bytes that remain (TRUNCATED) before its array is allocated; f32 values must be finite
+ * (BAD_VALUE), an unknown kind is BAD_VALUE.
+ */
+export function readInputRecord(r: ByteReader, limits: InputRecordLimits): InputRecord {
+  const min = limits.allowEmpty ? 0 : 1;
+  const kind = r.u8('input kind');
+  if (kind === 1) {
+    const rows = r.count('input rows', min, limits.maxRows), cols = r.count('input cols', min, limits.maxCols);
+    limits.charge?.(rows, 'f32');
+    const data = r.f32s(rows * cols, 'input');
+    checkFiniteF32(data, 'the input');
+    return { kind: 'f32', rows, cols, data };
+  }
+  if (kind === 2) {
+    const n = r.count('input id count', min, limits.maxRows);
+    limits.charge?.(n, 'ids');
+    return { kind: 'ids', ids: r.u32s(n, 'input ids') };
+  }
+  throw new FormatError('BAD_VALUE', `${r.what}: input kind ${kind}`);
 }

@@ -5,7 +5,7 @@
  * Merkle root, in one canonical byte encoding, so BLAKE3 of the bytes identifies
  * the model. Loads no addon.
  */
-import { ByteReader, ByteWriter } from './bytes.js';
+import { ByteReader, ByteWriter, toHex } from './bytes.js';
 import { FormatError, InvalidArgumentError } from './errors.js';
 import { HASH_SCHEME, loadHasher } from './merkle-verify.js';
 import { CANONICAL_VERSION, type CanonicalSimilarity } from './canonical.js';
@@ -246,7 +246,7 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
   if (formatVersion !== GHOST_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${formatVersion}`);
   const arithmetic = r.u16('arithmetic version');
   const hashScheme = new TextDecoder('utf-8', { fatal: false }).decode(r.bytes(r.u8('hash scheme length'), 'hash scheme'));
-  const nt = limit('tensor count', r.u32('tensor count'), 1, GHOST_LIMITS.tensors);
+  const nt = r.count('tensor count', 1, GHOST_LIMITS.tensors);
   const tensors: GhostTensor[] = [];
   for (let i = 0; i < nt; i++) {
     const len = limit('name length', r.u8('name length'), 1, GHOST_LIMITS.nameBytes);
@@ -257,7 +257,7 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
     if (dtype !== 1) bad(`tensor ${name}: unknown dtype ${dtype}`);
     tensors.push({ name, dtype: 'f32', dim: r.u32('dim'), n: r.u64('N'), root: r.bytes(32, 'root') });
   }
-  const nl = limit('layer count', r.u32('layer count'), 1, GHOST_LIMITS.layers);
+  const nl = r.count('layer count', 1, GHOST_LIMITS.layers);
   const layers: GhostLayer[] = [];
   for (let i = 0; i < nl; i++) {
     const op = r.u8('op');
@@ -314,5 +314,5 @@ export function withRoot(m: GhostManifest, tensor: number, root: Uint8Array): Gh
 
 /** A JSON-friendly view (roots in hex) for display. */
 export function ghostToJSON(m: GhostManifest): unknown {
-  return { ...m, tensors: m.tensors.map((t) => ({ ...t, root: Array.from(t.root, (b) => b.toString(16).padStart(2, '0')).join('') })) };
+  return { ...m, tensors: m.tensors.map((t) => ({ ...t, root: toHex(t.root) })) };
 }

@@ -18,7 +18,22 @@ export type {
 } from './sparse-tensor.js';
 export { simdInfo } from './simd.js';
 export type { SimdInfo, SimdLevel } from './simd.js';
-export * from './errors.js';
+export {
+  DetachedBufferError,
+  FormatError,
+  GhostTensorError,
+  InvalidArgumentError,
+  NativeError,
+  NonFiniteError,
+  OutOfRangeError,
+  P2PError,
+  ProofError,
+  RemoteError,
+  StorageError,
+  TensorBusyError,
+  UnsupportedError,
+} from './errors.js';
+export type { FormatFailure, GhostTensorErrorCode, P2PFailure, ProofFailure, StorageFailure } from './errors.js';
 export { HASH_SCHEME, checkProof, loadVerifier, multiproofSize, rootOf, verify } from './verify.js';
 export type { MerkleHasher, Verifier } from './verify.js';
 export { ProductKeyIndex, combineProductKeys } from './product-keys.js';

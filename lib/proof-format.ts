@@ -6,7 +6,7 @@
  * travel as ids or deltas. Decoding checks every length against the bytes that
  * remain and the limits below before it allocates. Loads no addon.
  */
-import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32 } from './bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from './bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError } from './errors.js';
 import type { GhostAttentionLayer, GhostHopfieldLayer, GhostManifest } from './ghost-file.js';
@@ -169,7 +169,7 @@ export interface PatternBlock {
   hashes: Uint8Array;
 }
 
-export type ProofInput = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
+export type ProofInput = InputRecord;
 
 export interface LayerEvidence {
   op: 'hopfield' | 'embedding' | 'attention';
@@ -497,8 +497,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
   if (p.kind === 'forward') {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
-    if (p.input.kind === 'f32') w.u8(1).u32(p.input.rows).u32(p.input.cols).f32s(p.input.data);
-    else w.u8(2).u32(p.input.ids.length).u32s(p.input.ids);
+    writeInputRecord(w, p.input);
     for (const l of p.layers) {
       w.u8(OP_CODES[l.op]).u8(l.stages.length);
       for (const s of l.stages) w.u32(s.length).u32s(s);
@@ -521,19 +520,13 @@ export function encodeProof(p: GhostProof): Uint8Array {
 // ---------------------------------------------------------------------------
 // Decoding (untrusted bytes)
 
-function count(r: ByteReader, field: string, max: number, min = 0): number {
-  const v = r.u32(field);
-  if (v < min || v > max) throw new FormatError('LIMIT', `proof: ${field} = ${v} is outside ${min}..${max}`);
-  return v;
-}
-
 function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undefined): PatternBlock {
   const tensor = r.u32('block tensor');
-  const dim = count(r, 'block dim', PROOF_LIMITS.dim, 1);
+  const dim = r.count('block dim', 1, PROOF_LIMITS.dim);
   const flags = r.u8('block flags');
   if (flags > 1) throw new FormatError('BAD_VALUE', `proof: block flags ${flags}`);
   const all = flags === 1;
-  const n = count(r, 'block id count', PROOF_LIMITS.blockIds, 1);
+  const n = r.count('block id count', 1, PROOF_LIMITS.blockIds);
   // Checked against the pinned Ghost file and charged before anything is allocated for the rows.
   const gt = g?.tensors[tensor];
   if (g) {
@@ -570,8 +563,7 @@ function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undef
       payload[t] = readDelta(r, dim);
     }
   }
-  const hc = r.u32('hash count');
-  r.need(hc * 32, 'hashes');
+  const hc = r.count('hash count', 0, 2 ** 32 - 1, 32);
   return { tensor, dim, all, ids, kinds, payload, hashes: r.bytes(hc * 32, 'hashes') };
 }
 
@@ -627,23 +619,13 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
   if (kind === 1) {
     const ghost = readDigest();
     const firstLayer = r.u32('first layer');
-    const nl = count(r, 'layer count', PROOF_LIMITS.layers, 1);
+    const nl = r.count('layer count', 1, PROOF_LIMITS.layers);
     if (g && firstLayer + nl > g.layers.length) throw new ProofError('LAYER_MISMATCH', `layers ${firstLayer}..${firstLayer + nl - 1} do not exist (the model has ${g.layers.length})`);
-    const ik = r.u8('input kind');
-    let input: ProofInput;
-    if (ik === 1) {
-      const rows = count(r, 'input rows', 2 ** 32 - 1, 1), cols = count(r, 'input cols', PROOF_LIMITS.dim, 1);
-      budget.atMost(rows, L.maxBatch, 'input rows', 'maxBatch');
-      const data = r.f32s(rows * cols, 'input');
-      checkFiniteF32(data, 'the input');
-      input = { kind: 'f32', rows, cols, data };
-    } else if (ik === 2) {
-      const n = count(r, 'input ids', 2 ** 32 - 1, 1);
-      budget.atMost(n, L.maxBatch, 'input ids', 'maxBatch');
-      input = { kind: 'ids', ids: r.u32s(n, 'input ids') };
-    } else {
-      throw new FormatError('BAD_VALUE', `proof: input kind ${ik}`);
-    }
+    const input = readInputRecord(r, {
+      maxRows: 2 ** 32 - 1,
+      maxCols: PROOF_LIMITS.dim,
+      charge: (n, k) => budget.atMost(n, L.maxBatch, k === 'f32' ? 'input rows' : 'input ids', 'maxBatch'),
+    });
     const layers: LayerEvidence[] = [];
     for (let i = 0; i < nl; i++) {
       const op = r.u8('op');
@@ -661,7 +643,7 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
       for (let b = 0; b < nb; b++) blocks.push(readBlock(r, budget, g));
       layers.push({ op: opName, stages, blocks });
     }
-    const rows = count(r, 'output rows', 2 ** 32 - 1, 1), cols = count(r, 'output cols', PROOF_LIMITS.dim, 1);
+    const rows = r.count('output rows', 1, 2 ** 32 - 1), cols = r.count('output cols', 1, PROOF_LIMITS.dim);
     const data = r.f32s(rows * cols, 'output');
     checkFiniteF32(data, 'the output');
     out = { kind: 'forward', ghost, firstLayer, input, layers, output: { rows, cols, data } };

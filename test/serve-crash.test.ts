@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { pinGhost } from '../lib/index.js';
-import { encodeForwardRequest, encodeTrainRequest, toHex } from '../lib/serve/wire.js';
+import { toHex } from '../lib/bytes.js';
+import { encodeForwardRequest, encodeTrainRequest } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 

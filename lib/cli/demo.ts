@@ -16,7 +16,7 @@ import { decodeProof, encodeProof, type ForwardProof } from '../proof-format.js'
 import { verifyForward, type PinnedGhost } from '../proof-verify.js';
 import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
-import { toHex } from '../serve/wire.js';
+import { toHex } from '../bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier, type Trained } from './classifier.js';
 import { Progress } from './progress.js';
 

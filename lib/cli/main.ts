@@ -14,7 +14,7 @@ import { PROOF_MAGIC, decodeProof, type GhostProof } from '../proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate } from '../proof-verify.js';
 import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
-import { fromHex, toHex } from '../serve/wire.js';
+import { fromHex, toHex } from '../bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier } from './classifier.js';
 import { runDemo } from './demo.js';
 import { Progress } from './progress.js';

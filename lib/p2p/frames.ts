@@ -5,7 +5,7 @@
  * against the bytes that remain and the limits before it allocates, and throws
  * FormatError (never a RangeError) on hostile bytes. Loads no addon and no libp2p.
  */
-import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32 } from '../bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, readInputRecord, writeInputRecord } from '../bytes.js';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import type { ProofInput } from '../proof-format.js';
 
@@ -92,15 +92,13 @@ export function encodeRequest(req: ForwardRequest): Uint8Array {
     checkU32('input rows', inp.rows, 1, FRAME_LIMITS.rows);
     checkU32('input cols', inp.cols, 1, FRAME_LIMITS.cols);
     if (!(inp.data instanceof Float32Array) || inp.data.length !== inp.rows * inp.cols) throw new InvalidArgumentError('input data must be a Float32Array of rows x cols');
-    w.u8(1).u32(inp.rows).u32(inp.cols).f32s(inp.data);
   } else if (inp.kind === 'ids') {
     if (!(inp.ids instanceof Uint32Array)) throw new InvalidArgumentError('input ids must be a Uint32Array');
     checkU32('input id count', inp.ids.length, 1, FRAME_LIMITS.rows);
-    w.u8(2).u32(inp.ids.length).u32s(inp.ids);
   } else {
     throw new InvalidArgumentError('input kind must be f32 or ids');
   }
-  return w.finish();
+  return writeInputRecord(w, inp).finish();
 }
 
 function header(r: ByteReader, type: number): number {
@@ -111,12 +109,6 @@ function header(r: ByteReader, type: number): number {
   return r.u32('request id');
 }
 
-function count(r: ByteReader, field: string, min: number, max: number): number {
-  const v = r.u32(field);
-  if (v < min || v > max) throw new FormatError('LIMIT', `${r.what}: ${field} ${v} is outside ${min}..${max}`);
-  return v;
-}
-
 /** Decodes a request payload; throws FormatError with a reason. */
 export function decodeRequest(bytes: Uint8Array): ForwardRequest {
   if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('a request must be a Uint8Array');
@@ -125,21 +117,8 @@ export function decodeRequest(bytes: Uint8Array): ForwardRequest {
   const requestId = header(r, TYPE_REQUEST);
   const ghost = r.bytes(32, 'ghost digest');
   const firstLayer = r.u32('first layer');
-  const layers = count(r, 'layer count', 1, FRAME_LIMITS.layers);
-  const kind = r.u8('input kind');
-  let input: ProofInput;
-  if (kind === 1) {
-    const rows = count(r, 'input rows', 1, FRAME_LIMITS.rows);
-    const cols = count(r, 'input cols', 1, FRAME_LIMITS.cols);
-    const data = r.f32s(rows * cols, 'input');
-    checkFiniteF32(data, 'the input');
-    input = { kind: 'f32', rows, cols, data };
-  } else if (kind === 2) {
-    const n = count(r, 'input id count', 1, FRAME_LIMITS.rows);
-    input = { kind: 'ids', ids: r.u32s(n, 'input ids') };
-  } else {
-    throw new FormatError('BAD_VALUE', `request: input kind ${kind}`);
-  }
+  const layers = r.count('layer count', 1, FRAME_LIMITS.layers);
+  const input = readInputRecord(r, { maxRows: FRAME_LIMITS.rows, maxCols: FRAME_LIMITS.cols });
   r.end();
   return { requestId, ghost, firstLayer, layers, input };
 }

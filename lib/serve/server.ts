@@ -35,9 +35,9 @@ import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOpt
 import { SparseTensor } from '../sparse-tensor.js';
 import { PatternCache, decodeProof } from '../proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
-import { bytesEqual } from '../bytes.js';
+import { bytesEqual, fromHex, toHex } from '../bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
-import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList, fromHex, toHex } from './wire.js';
+import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList } from './wire.js';
 
 /** One request as logged (`log` option, onLog). */
 export interface RequestLogEntry {

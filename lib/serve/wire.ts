@@ -3,13 +3,13 @@
  * little-endian, floats IEEE 754 little-endian, as in docs/proof-format.md; proofs
  * travel in their own encoding (encodeProof). Loads no addon: the client uses it too.
  */
-import { ByteReader, ByteWriter, checkFiniteF32 } from '../bytes.js';
+import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../bytes.js';
 import { toIds } from '../args.js';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import type { GhostManifest } from '../ghost-file.js';
 
 /** What one forward request asks: B rows of f32 (a HopfieldLookup first) or B ids (an Embedding first). */
-export type ForwardInput = { kind: 'f32'; rows: number; cols: number; data: Float32Array } | { kind: 'ids'; ids: Uint32Array };
+export type ForwardInput = InputRecord;
 
 /** The gradient of some rows of one tensor of the served model (tensor: its index in the Ghost file). */
 export interface WireGrad {
@@ -45,32 +45,16 @@ export function encodeForwardRequest(input: ForwardInput): Uint8Array {
   const w = new ByteWriter();
   if (input.kind === 'f32') {
     if (input.data.length !== input.rows * input.cols) throw new InvalidArgumentError(`input data has ${input.data.length} values, rows x cols = ${input.rows * input.cols}`);
-    w.u8(1).u32(input.rows).u32(input.cols).f32s(input.data);
-  } else {
-    w.u8(2).u32(input.ids.length).u32s(input.ids);
   }
-  return w.finish();
+  return writeInputRecord(w, input).finish();
 }
 
 export function decodeForwardRequest(bytes: Uint8Array): ForwardInput {
   const r = new ByteReader(bytes, 'forward request');
-  const kind = r.u8('input kind');
-  let out: ForwardInput;
-  if (kind === 1) {
-    const rows = r.u32('rows'), cols = r.u32('cols');
-    if (rows === 0 || cols === 0) throw new FormatError('BAD_VALUE', 'forward request: rows and cols must be at least 1');
-    r.need(rows * cols * 4, 'input values');
-    const data = r.f32s(rows * cols, 'input values');
-    checkFiniteF32(data, 'forward request: input values');
-    out = { kind: 'f32', rows, cols, data };
-  } else if (kind === 2) {
-    const count = r.u32('id count');
-    if (count === 0) throw new FormatError('BAD_VALUE', 'forward request: no ids');
-    r.need(count * 4, 'ids');
-    out = { kind: 'ids', ids: r.u32s(count, 'ids') };
-  } else {
-    throw new FormatError('BAD_VALUE', `forward request: unknown input kind ${kind}`);
-  }
+  // No limit beyond the body's size (the server bounds it); an empty input is BAD_VALUE here, not LIMIT.
+  const out = readInputRecord(r, { maxRows: 2 ** 32 - 1, maxCols: 2 ** 32 - 1, allowEmpty: true });
+  if (out.kind === 'f32' && (out.rows === 0 || out.cols === 0)) throw new FormatError('BAD_VALUE', 'forward request: rows and cols must be at least 1');
+  if (out.kind === 'ids' && out.ids.length === 0) throw new FormatError('BAD_VALUE', 'forward request: no ids');
   r.end();
   return out;
 }
@@ -94,8 +78,7 @@ export function encodeTrainRequest(grads: readonly WireGrad[]): Uint8Array {
 
 export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): WireGradU32[] {
   const r = new ByteReader(bytes, 'training request');
-  const count = r.u32('entry count');
-  if (count < 1 || count > WIRE_LIMITS.gradEntries) throw new FormatError('LIMIT', `training request: ${count} entries (1..${WIRE_LIMITS.gradEntries})`);
+  const count = r.count('entry count', 1, WIRE_LIMITS.gradEntries);
   const out: WireGradU32[] = [];
   const seen = new Set<number>();
   for (let e = 0; e < count; e++) {
@@ -104,9 +87,7 @@ export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): Wir
     if (!t) throw new FormatError('BAD_VALUE', `training request: entry ${e} names tensor ${tensor}; the model has ${ghost.tensors.length}`);
     if (seen.has(tensor)) throw new FormatError('BAD_VALUE', `training request: tensor ${tensor} appears twice; concatenate its rows`);
     seen.add(tensor);
-    const c = r.u32('row count');
-    if (c < 1 || c > WIRE_LIMITS.gradRows) throw new FormatError('LIMIT', `training request: entry ${e} has ${c} rows (1..${WIRE_LIMITS.gradRows})`);
-    r.need(c * 4 + c * t.dim * 4, 'ids and gradients');
+    const c = r.count(`entry ${e} row count`, 1, WIRE_LIMITS.gradRows, 4 + t.dim * 4); // ids and gradients
     const ids = r.u32s(c, 'ids');
     for (const id of ids) if (id >= t.n) throw new FormatError('BAD_VALUE', `training request: entry ${e}: id ${id} >= N = ${t.n} of ${t.name}`);
     const grads = r.f32s(c * t.dim, 'gradients');
@@ -128,13 +109,10 @@ export function encodeProofList(firstGeneration: number, proofs: readonly Uint8A
 export function decodeProofList(bytes: Uint8Array): { firstGeneration: number; proofs: Uint8Array[] } {
   const r = new ByteReader(bytes, 'proof list');
   const firstGeneration = r.u64('first generation');
-  const count = r.u32('proof count');
-  if (count > WIRE_LIMITS.proofs) throw new FormatError('LIMIT', `proof list: ${count} proofs`);
+  const count = r.count('proof count', 0, WIRE_LIMITS.proofs, 4); // each at least its u32 length
   const proofs: Uint8Array[] = [];
   for (let i = 0; i < count; i++) {
-    const n = r.u32('proof length');
-    r.need(n, 'proof');
-    proofs.push(r.bytes(n, 'proof'));
+    proofs.push(r.bytes(r.u32('proof length'), 'proof'));
   }
   r.end();
   return { firstGeneration, proofs };
@@ -156,15 +134,3 @@ export function coalesce(ids: Uint32Array, grads: Float32Array, dim: number): { 
   return { ids: u, grads: sum };
 }
 
-/** Lower-case hex of bytes. */
-export function toHex(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-}
-
-/** Bytes of a hex string (even length, [0-9a-fA-F]); throws InvalidArgumentError otherwise. */
-export function fromHex(s: string): Uint8Array {
-  if (!/^(?:[0-9a-fA-F]{2})*$/.test(s)) throw new InvalidArgumentError('not a hex string');
-  const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
