@@ -97,7 +97,9 @@ export async function runCrashTest(options = {}) {
       try {
         const seq = t.file.seq;
         if (seq < lastAck) throw new Error(`kill ${k}: checkpoint ${lastAck} was acknowledged but the file holds ${seq} (lost)`);
-        if (seq > lastAck + 1) throw new Error(`kill ${k}: the file holds ${seq}, beyond the in-flight ${lastAck + 1}`);
+        if (seq > lastAck + 1) {
+          throw new Error(`kill ${k}: the file holds ${seq}, beyond the in-flight ${lastAck + 1} (READY ${ready ? ready[1] : 'not seen'}, ${acks.length} acks ${acks.length ? `${acks[0]}..${acks[acks.length - 1]}` : ''}, durable before ${durable}, killed ${fromSpawn ? 'from spawn' : 'from READY'} after ${delay.toFixed(0)} ms; stdout ${JSON.stringify(out.slice(-200))})`);
+        }
         if (seq === lastAck + 1) stats.inFlightCommitted++;
         stats.maxCompactedSeq = Math.max(stats.maxCompactedSeq, t.file.compactedSeq);
         while (refSteps < seq) {
