@@ -276,8 +276,9 @@ export class ProverClient {
     for (const [i, e] of grads.entries()) {
       const t = g.tensors[e.tensor];
       if (!t) throw new InvalidArgumentError(`grads[${i}].tensor ${e.tensor} is not in the Ghost file`);
-      if (!(e.ids instanceof Uint32Array) || !(e.grads instanceof Float32Array) || e.grads.length !== e.ids.length * t.dim) {
-        throw new InvalidArgumentError(`grads[${i}] must hold ids (Uint32Array) and ids.length x ${t.dim} gradients (Float32Array)`);
+      // ids are a Uint32Array here (normalizeWireGrads checked and converted them).
+      if (!(e.grads instanceof Float32Array) || e.grads.length !== e.ids.length * t.dim) {
+        throw new InvalidArgumentError(`grads[${i}] must hold ids.length x ${t.dim} gradients (Float32Array)`);
       }
     }
     // Every attempt is conditional (X-Ghost-If-Generation: the generation this client is at):

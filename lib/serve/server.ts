@@ -857,10 +857,7 @@ export class ProverServer {
       if (tensors && this.dir) {
         await truncate(join(this.dir, 'updates.bin'), this.#logBytes);
         await writeSynced(join(this.dir, 'updates.bin'), new Uint8Array(0), 'a');
-        for (const ti of new Set(tensors)) {
-          const t = this.model.tensors[ti]!;
-          if (t.file) await t.checkpointAsync();
-        }
+        await this.#checkpoint(tensors);
         await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
       }
     } catch (err) {
@@ -881,6 +878,14 @@ export class ProverServer {
     }
   }
 
+  /** Checkpoints each file-backed tensor among `tensors` once (the step's rows, or their undo). */
+  async #checkpoint(tensors: readonly number[]): Promise<void> {
+    for (const ti of new Set(tensors)) {
+      const t = this.model.tensors[ti]!;
+      if (t.file) await t.checkpointAsync();
+    }
+  }
+
   /** The log record (fsynced), every touched tensor checkpointed, then ghost.bin replaced: the step is durable. */
   async #persist(proofs: Uint8Array[], ghost: PinnedGhost, tensors: number[]): Promise<void> {
     if (!this.dir) return;
@@ -893,10 +898,7 @@ export class ProverServer {
       at += 4 + p.length;
     }
     await writeSynced(join(this.dir, 'updates.bin'), framed, 'a');
-    for (const ti of new Set(tensors)) {
-      const t = this.model.tensors[ti]!;
-      if (t.file) await t.checkpointAsync();
-    }
+    await this.#checkpoint(tensors);
     await replaceFile(this.dir, 'ghost.bin', ghost.bytes);
     this.#logBytes += framed.length;
   }
