@@ -41,14 +41,7 @@ const MAX_SUBKEYS = 65_535; // n^2 slot ids must fit in uint32
  * scores are the f64 sums. ids1/s1 and ids2/s2 are the per-table results. It is the
  * canonical selection's own routine (cbestPairs), so both order candidates alike.
  */
-export const combineProductKeys: (
-  n: number,
-  k: number,
-  ids1: ArrayLike<number>,
-  s1: ArrayLike<number>,
-  ids2: ArrayLike<number>,
-  s2: ArrayLike<number>,
-) => ProductKeyResult = cbestPairs;
+export const combineProductKeys: typeof cbestPairs = cbestPairs;
 
 export class ProductKeyIndex {
   /** Sub-keys for the first half of the query (n rows of dim1). */
