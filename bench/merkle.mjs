@@ -30,7 +30,7 @@ const root = join(here, '..');
 const require = createRequire(join(root, 'package.json'));
 
 const { SparseTensor, simdInfo, multiproofSize } = await import(join(root, 'dist/index.js'));
-const { loadVerifier } = await import(join(root, 'dist/verify.js'));
+const { loadVerifier } = await import(join(root, 'dist/verify/index.js'));
 const { native } = await import(join(root, 'dist/internal.js'));
 const { createBLAKE3 } = require('hash-wasm');
 const { MerkleTree } = require('merkletreejs');

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, rng, round, ROOT, sampleFor, stats, table, writeResults } from './lib/common.mjs';
 
 const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, simdInfo } = await import(join(ROOT, 'dist/index.js'));
-const { verifyForward } = await import(join(ROOT, 'dist/verify.js'));
+const { verifyForward } = await import(join(ROOT, 'dist/verify/index.js'));
 const { GhostClient, LayerNode, modelProver } = await import(join(ROOT, 'dist/p2p/index.js'));
 
 const QUICK = process.argv.includes('--quick');

@@ -40,7 +40,7 @@ import { join } from 'node:path';
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, rng, round, ROOT, sampleFor, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
 const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, SparseSGD, SparseAdam, PatternCache, simdInfo } = await import(join(ROOT, 'dist/index.js'));
-const { pinGhost, verifyForward, verifyUpdate } = await import(join(ROOT, 'dist/verify.js'));
+const { pinGhost, verifyForward, verifyUpdate } = await import(join(ROOT, 'dist/verify/index.js'));
 
 // ---------------------------------------------------------------- parameters
 

@@ -31,7 +31,7 @@ import { fileURLToPath } from 'node:url';
 
 import { fmt, logger, machine, nowMs, otherProcesses, rng, round, ROOT, table, tryGc, writeResults } from './lib/common.mjs';
 
-const V = await import(join(ROOT, 'dist/verify.js'));
+const V = await import(join(ROOT, 'dist/verify/index.js'));
 const { ByteWriter, PROOF_MAGIC } = await import(join(ROOT, 'dist/internal.js'));
 
 const childArg = process.argv.find((a) => a.startsWith('--child='));

@@ -1,4 +1,4 @@
-export { SparseTensor } from './sparse-tensor.js';
+export { SparseTensor } from './tensor/sparse-tensor.js';
 export type {
   BatchSearchOptions,
   BatchSearchResult,
@@ -15,9 +15,9 @@ export type {
   PatternProof,
   SearchOptions,
   SearchResult,
-} from './sparse-tensor.js';
-export { simdInfo } from './simd.js';
-export type { SimdInfo, SimdLevel } from './simd.js';
+} from './tensor/sparse-tensor.js';
+export { simdInfo } from './tensor/simd.js';
+export type { SimdInfo, SimdLevel } from './tensor/simd.js';
 export {
   DetachedBufferError,
   FormatError,
@@ -32,20 +32,20 @@ export {
   StorageError,
   TensorBusyError,
   UnsupportedError,
-} from './errors.js';
-export type { FormatFailure, GhostTensorErrorCode, P2PFailure, ProofFailure, StorageFailure } from './errors.js';
-export { HASH_SCHEME, checkProof, loadVerifier, multiproofSize, rootOf, verify } from './verify.js';
-export type { MerkleHasher, Verifier } from './verify.js';
-export { ProductKeyIndex, combineProductKeys } from './product-keys.js';
-export type { ProductKeyBatchResult, ProductKeyResult } from './product-keys.js';
-export { DenseAdam, SparseAdam, SparseSGD } from './optim.js';
-export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './optim.js';
-export { Embedding, HopfieldLookup } from './layers.js';
-export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './layers.js';
-export { Model } from './model.js';
-export { NO_KEY, Projection, SparseSelfAttention } from './attention.js';
-export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './attention.js';
-export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model.js';
+} from './shared/errors.js';
+export type { FormatFailure, GhostTensorErrorCode, P2PFailure, ProofFailure, StorageFailure } from './shared/errors.js';
+export { HASH_SCHEME, checkProof, loadVerifier, multiproofSize, rootOf, verify } from './verify/index.js';
+export type { MerkleHasher, Verifier } from './verify/index.js';
+export { ProductKeyIndex, combineProductKeys } from './tensor/product-keys.js';
+export type { ProductKeyBatchResult, ProductKeyResult } from './tensor/product-keys.js';
+export { DenseAdam, SparseAdam, SparseSGD } from './model/optim.js';
+export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './model/optim.js';
+export { Embedding, HopfieldLookup } from './model/layers.js';
+export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './model/layers.js';
+export { Model } from './model/model.js';
+export { NO_KEY, Projection, SparseSelfAttention } from './model/attention.js';
+export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/attention.js';
+export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
 export {
   CANONICAL_VERSION,
   DEFAULT_VERIFIER_LIMITS,
@@ -61,7 +61,7 @@ export {
   verifierLimits,
   verifyForward,
   verifyUpdate,
-} from './verify.js';
-export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify.js';
+} from './verify/index.js';
+export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify/index.js';
 export { ProverClient, ProverServer } from './serve/index.js';
 export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServerLogOption, ServerStats, WireGrad } from './serve/index.js';

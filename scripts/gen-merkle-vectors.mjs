@@ -3,7 +3,7 @@
 import { writeFileSync } from 'node:fs';
 
 import { SparseTensor } from '../dist/index.js';
-import { f32le, loadVerifier, rootOf } from '../dist/verify.js';
+import { f32le, loadVerifier, rootOf } from '../dist/verify/index.js';
 
 const hex = (u) => Buffer.from(u).toString('hex');
 const V = await loadVerifier();

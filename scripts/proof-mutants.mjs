@@ -13,7 +13,7 @@ import fc from 'fast-check';
 /** A single decode + verify slower than this counts as a hang. */
 export const HANG_MS = 2000;
 
-/** RowKind of lib/proof-format.ts (how a row of a pattern block travels). */
+/** RowKind of lib/verify/proof-format.ts (how a row of a pattern block travels). */
 const RowKind = { Full: 0, Held: 1, Delta: 2 };
 
 /** @param {Uint8Array} b */

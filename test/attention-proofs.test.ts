@@ -18,10 +18,10 @@ import {
   SparseSelfAttention,
   SparseTensor,
 } from '../lib/index.js';
-import { cattention, cprojection } from '../lib/canonical.js';
-import { decodeGhost, encodeGhost, type GhostAttentionLayer, type GhostManifest } from '../lib/ghost-file.js';
-import { PatternCache, decodeProof, encodeProof, type ForwardProof } from '../lib/proof-format.js';
-import { pinGhost, verifyForward, verifyUpdate } from '../lib/proof-verify.js';
+import { cattention, cprojection } from '../lib/verify/canonical.js';
+import { decodeGhost, encodeGhost, type GhostAttentionLayer, type GhostManifest } from '../lib/verify/ghost-file.js';
+import { PatternCache, decodeProof, encodeProof, type ForwardProof } from '../lib/verify/proof-format.js';
+import { pinGhost, verifyForward, verifyUpdate } from '../lib/verify/proof-verify.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 

@@ -14,7 +14,7 @@ import {
   SparseTensor,
 } from '../lib/index.js';
 import type { SparseGrad } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
 
 interface Ref {

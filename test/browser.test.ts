@@ -231,7 +231,7 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       ctx.skip(msg);
       return;
     }
-    for (const f of [join(DIST, 'verify.js'), join(HASH_WASM, 'index.esm.js')]) {
+    for (const f of [join(DIST, 'verify', 'index.js'), join(HASH_WASM, 'index.esm.js')]) {
       if (!existsSync(f)) throw new Error(`${f} is missing: run \`npx tsc -p tsconfig.build.json\` (npm test builds it) and npm ci`);
     }
 
@@ -302,7 +302,7 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       for (const p of ['/dist/../package.json', '/dist/%2e%2e/package.json', '/dist/..%2fpackage.json', '/hash-wasm/../../../package.json', '/dist/%00verify.js']) {
         expect(`${p} -> ${await rawGet(port, p)}`).toBe(`${p} -> 404`);
       }
-      expect(await rawGet(port, '/dist/verify.js')).toBe(200);
+      expect(await rawGet(port, '/dist/verify/index.js')).toBe(200);
       server.notFound.length = 0;
 
       const url = `http://127.0.0.1:${port}/index.html`;
@@ -338,10 +338,10 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       const r = await Promise.race([server.result, exited, timeout]);
       console.log(`browser verification: ${Date.now() - started} ms in ${r.userAgent}`);
 
-      // It ran in Chromium, without Node's globals, and the import graph of dist/verify.js loaded.
+      // It ran in Chromium, without Node's globals, and the import graph of dist/verify/index.js loaded.
       expect(r.userAgent).toMatch(/HeadlessChrome\/\d+/);
       expect(r.nodeGlobals).toBe(false);
-      expect(r.importError, `importing /dist/verify.js in the browser failed (does lib/verify.ts pull a Node built-in?)\npage console: ${pageConsole.join('\n')}`).toBeUndefined();
+      expect(r.importError, `importing /dist/verify/index.js in the browser failed (does lib/verify/index.ts pull a Node built-in?)\npage console: ${pageConsole.join('\n')}`).toBeUndefined();
       expect(r.error, `the page threw; requests: ${server.requests.join(', ')}\npage console: ${pageConsole.join('\n')}`).toBeUndefined();
       expect(server.notFound).toEqual([]);
       expect(server.requests.some((q) => q.startsWith('GET /hash-wasm/index.esm.js'))).toBe(true);

@@ -1,15 +1,15 @@
 /**
- * The shared byte helpers of lib/bytes.ts: the one hex codec, the bounded-count reader
+ * The shared byte helpers of lib/shared/bytes.ts: the one hex codec, the bounded-count reader
  * and the one input-record codec that proofs, prover requests and peer requests share.
  * References: Node's Buffer hex, and input-record bytes built here by hand from the
  * documented layout (docs/proof-format.md, docs/serving.md, docs/p2p.md).
  */
 import { describe, expect, it } from 'vitest';
 
-import { ByteReader, ByteWriter, fromHex, readInputRecord, toHex, writeInputRecord, type InputRecord } from '../lib/bytes.js';
-import { FormatError, InvalidArgumentError } from '../lib/errors.js';
+import { ByteReader, ByteWriter, fromHex, readInputRecord, toHex, writeInputRecord, type InputRecord } from '../lib/shared/bytes.js';
+import { FormatError, InvalidArgumentError } from '../lib/shared/errors.js';
 import { decodeRequest, encodeRequest } from '../lib/p2p/frames.js';
-import { PROOF_MAGIC, decodeProof, encodeProof, type ForwardProof } from '../lib/proof-format.js';
+import { PROOF_MAGIC, decodeProof, encodeProof, type ForwardProof } from '../lib/verify/proof-format.js';
 import { decodeForwardRequest, encodeForwardRequest } from '../lib/serve/wire.js';
 
 import { reason } from './helpers/reason.js';

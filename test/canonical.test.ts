@@ -5,9 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { cexp, clog1pNeg, cmix, coptimizerStep, cpowi, cproductKeys, csimilarity, csoftmax, cstate } from '../lib/canonical.js';
+import { cexp, clog1pNeg, cmix, coptimizerStep, cpowi, cproductKeys, csimilarity, csoftmax, cstate } from '../lib/verify/canonical.js';
 import { SparseAdam, SparseSGD, SparseTensor } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/tensor/native.js';
 import { exactPairRanking } from './helpers/exact-sum.js';
 import { Rng } from './helpers/rng.js';
 

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Model, decodeProof, encodeProof, type ForwardProof } from '../lib/index.js';
 import { main } from '../lib/cli/main.js';
 import { ProverClient } from '../lib/serve/index.js';
-import { toHex } from '../lib/bytes.js';
+import { toHex } from '../lib/shared/bytes.js';
 import { Rng } from './helpers/rng.js';
 
 const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { SparseAdam, SparseTensor } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/tensor/native.js';
 import { runCrashTest } from '../scripts/crash-test.mjs';
 import { crashStates, type TraceOp } from './helpers/power-loss.js';
 import { Rng } from './helpers/rng.js';

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, SparseTensor, simdInfo, UnsupportedError, type SimdLevel } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
 
 const info = simdInfo();

@@ -2,8 +2,8 @@ import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, OutOfRangeError, ProofError, SparseTensor, TensorBusyError } from '../lib/index.js';
-import { native } from '../lib/native.js';
-import { f32le, loadVerifier, multiproofSize, rootOf, type MerkleHasher, type Verifier } from '../lib/verify.js';
+import { native } from '../lib/tensor/native.js';
+import { f32le, loadVerifier, multiproofSize, rootOf, type MerkleHasher, type Verifier } from '../lib/verify/index.js';
 import { Rng } from './helpers/rng.js';
 
 let V: Verifier;

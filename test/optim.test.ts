@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { HopfieldLookup, InvalidArgumentError, Model, NonFiniteError, OutOfRangeError, SparseTensor, TensorBusyError, decodeProof, encodeProof, verifyUpdate } from '../lib/index.js';
-import { native } from '../lib/native.js';
-import { DenseAdam, SparseAdam, SparseSGD } from '../lib/optim.js';
+import { native } from '../lib/tensor/native.js';
+import { DenseAdam, SparseAdam, SparseSGD } from '../lib/model/optim.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 

@@ -2,7 +2,7 @@
  * Options that cannot work are refused where they are given (the constructor or the
  * call that takes them), with a typed error naming the option, not at the first
  * forward or never. Unknown option keys (a misspelt option) are refused by one helper
- * (checkOptions in lib/args.ts). Ids are accepted as number[] wherever a Uint32Array is.
+ * (checkOptions in lib/shared/args.ts). Ids are accepted as number[] wherever a Uint32Array is.
  */
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -8,12 +8,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Embedding, HopfieldLookup, Model, ProductKeyIndex, SparseSGD, SparseTensor, decodeProof, encodeProof, verifyForward, type ForwardProof, type PinnedGhost } from '../lib/index.js';
-import { cmix, csoftmax, cstate } from '../lib/canonical.js';
-import type { GhostHopfieldLayer } from '../lib/ghost-file.js';
-import { ByteWriter } from '../lib/bytes.js';
-import { PROOF_MAGIC, type ProofInput } from '../lib/proof-format.js';
-import { P2PError } from '../lib/errors.js';
-import { FormatError, OutOfRangeError } from '../lib/errors.js';
+import { cmix, csoftmax, cstate } from '../lib/verify/canonical.js';
+import type { GhostHopfieldLayer } from '../lib/verify/ghost-file.js';
+import { ByteWriter } from '../lib/shared/bytes.js';
+import { PROOF_MAGIC, type ProofInput } from '../lib/verify/proof-format.js';
+import { P2PError } from '../lib/shared/errors.js';
+import { FormatError, OutOfRangeError } from '../lib/shared/errors.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, GhostClient, LayerNode, P2PForwardError, decodeRequest, decodeResponse, encodeRequest, encodeResponse, modelProver, type DropReason, type ForwardResponse, type LayerProver, type P2PForwardResult } from '../lib/p2p/index.js';
 import { readFrame } from '../lib/p2p/host.js';
 import { Rng } from './helpers/rng.js';

@@ -66,7 +66,7 @@ vi.mock('node:fs/promises', async (importOriginal) => {
 });
 
 const { Embedding, HopfieldLookup, Model, SparseTensor } = await import('../lib/index.js');
-const { native } = await import('../lib/native.js');
+const { native } = await import('../lib/tensor/native.js');
 const { Rng } = await import('./helpers/rng.js');
 
 const dirs: string[] = [];

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { Embedding, HopfieldLookup, Model, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
-import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify.js';
+import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 

@@ -16,7 +16,7 @@ import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyUpdate, type ForwardProof, type GhostProof, type UpdateProof } from '../lib/index.js';
-import { RowKind, type PatternBlock } from '../lib/proof-format.js';
+import { RowKind, type PatternBlock } from '../lib/verify/proof-format.js';
 import { HANG_MS, buildPool, check as checkWith, fieldOffsets, hex, mutate, mutationArb, sameClaim, type Context, type FieldOffset, type Honest, type Outcome } from '../scripts/proof-mutants.mjs';
 
 /** The library under test, injected into the shared fuzzer (the script passes dist/). */

@@ -30,9 +30,9 @@ import {
   type PinnedGhost,
   type UpdateProof,
 } from '../lib/index.js';
-import { cmix, csimilarity, csoftmax, cstate } from '../lib/canonical.js';
-import { withRoot } from '../lib/ghost-file.js';
-import { RowKind } from '../lib/proof-format.js';
+import { cmix, csimilarity, csoftmax, cstate } from '../lib/verify/canonical.js';
+import { withRoot } from '../lib/verify/ghost-file.js';
+import { RowKind } from '../lib/verify/proof-format.js';
 import { twoLayerModel } from './helpers/models.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { pinGhost } from '../lib/index.js';
-import { toHex } from '../lib/bytes.js';
+import { toHex } from '../lib/shared/bytes.js';
 import { encodeForwardRequest, encodeTrainRequest } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';

@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import { Model } from '../lib/index.js';
 import { ProverClient, ProverServer } from '../lib/serve/index.js';
-import { toHex } from '../lib/bytes.js';
+import { toHex } from '../lib/shared/bytes.js';
 import { twoLayerModel } from './helpers/models.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';

@@ -19,7 +19,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { RemoteError, decodeProof, verifyForward } from '../lib/index.js';
 import { ProverClient, ProverServer, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
 import { Counter, Histogram, Registry } from '../lib/serve/metrics.js';
-import { toHex } from '../lib/bytes.js';
+import { toHex } from '../lib/shared/bytes.js';
 import { twoLayerModel } from './helpers/models.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';

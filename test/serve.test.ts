@@ -15,8 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Model, OutOfRangeError, StorageError, decodeProof, encodeProof, pinGhost, verifyForward, type ForwardProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeForwardRequest, encodeTrainRequest } from '../lib/serve/index.js';
-import { toHex } from '../lib/bytes.js';
-import { internalNative } from '../lib/sparse-tensor.js';
+import { toHex } from '../lib/shared/bytes.js';
+import { internalNative } from '../lib/tensor/sparse-tensor.js';
 import { twoLayerModel } from './helpers/models.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';

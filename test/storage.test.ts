@@ -15,7 +15,7 @@ import {
   verify,
   type StorageFailure,
 } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'gt-storage-'));

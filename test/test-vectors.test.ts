@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { native } from '../lib/native.js';
-import { ProofError, loadVerifier, rootOf, type Verifier } from '../lib/verify.js';
+import { native } from '../lib/tensor/native.js';
+import { ProofError, loadVerifier, rootOf, type Verifier } from '../lib/verify/index.js';
 
 interface Vector {
   n: number;

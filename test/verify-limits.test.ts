@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { ProofError } from '../lib/errors.js';
-import { encodeGhost } from '../lib/ghost-file.js';
-import { DEFAULT_VERIFIER_LIMITS, VerifyBudget, decodeProof } from '../lib/proof-format.js';
-import { attentionCanonical, pinGhost, verifyForward } from '../lib/proof-verify.js';
+import { ProofError } from '../lib/shared/errors.js';
+import { encodeGhost } from '../lib/verify/ghost-file.js';
+import { DEFAULT_VERIFIER_LIMITS, VerifyBudget, decodeProof } from '../lib/verify/proof-format.js';
+import { attentionCanonical, pinGhost, verifyForward } from '../lib/verify/proof-verify.js';
 import { attentionGhost, attentionProof, embeddingGhost, heldRowsProof, repeatedIds } from './helpers/hostile.js';
 import { reason } from './helpers/reason.js';
 
@@ -75,7 +75,7 @@ describe('verifier limits', () => {
       writeFileSync(pfile, bytes);
       const child = `
         import { readFileSync } from 'node:fs';
-        const v = await import(${JSON.stringify(join(process.cwd(), 'dist/verify.js'))});
+        const v = await import(${JSON.stringify(join(process.cwd(), 'dist/verify/index.js'))});
         const g = await v.pinGhost(readFileSync(${JSON.stringify(gfile)}));
         const bytes = readFileSync(${JSON.stringify(pfile)});
         const out = [];

@@ -11,10 +11,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 
-import { FormatError } from '../errors.js';
-import { HopfieldLookup } from '../layers.js';
-import { DenseAdam, SparseAdam } from '../optim.js';
-import { SparseTensor } from '../sparse-tensor.js';
+import { FormatError } from '../shared/errors.js';
+import { HopfieldLookup } from '../model/layers.js';
+import { DenseAdam, SparseAdam } from '../model/optim.js';
+import { SparseTensor } from '../tensor/sparse-tensor.js';
 
 /** The package root (dist/cli/ -> ../..). */
 export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');

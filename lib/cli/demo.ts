@@ -9,14 +9,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
-import { FormatError, ProofError } from '../errors.js';
-import { HopfieldLookup } from '../layers.js';
-import { Model } from '../model.js';
-import { decodeProof, encodeProof, type ForwardProof } from '../proof-format.js';
-import { verifyForward, type PinnedGhost } from '../proof-verify.js';
+import { FormatError, ProofError } from '../shared/errors.js';
+import { HopfieldLookup } from '../model/layers.js';
+import { Model } from '../model/model.js';
+import { decodeProof, encodeProof, type ForwardProof } from '../verify/proof-format.js';
+import { verifyForward, type PinnedGhost } from '../verify/proof-verify.js';
 import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
-import { toHex } from '../bytes.js';
+import { toHex } from '../shared/bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier, type Trained } from './classifier.js';
 import { Progress } from './progress.js';
 

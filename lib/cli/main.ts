@@ -7,14 +7,14 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
-import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../errors.js';
-import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../ghost-file.js';
-import { Model } from '../model.js';
-import { PROOF_MAGIC, decodeProof, type GhostProof } from '../proof-format.js';
-import { pinGhost, verifyForward, verifyUpdate } from '../proof-verify.js';
+import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../shared/errors.js';
+import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../verify/ghost-file.js';
+import { Model } from '../model/model.js';
+import { PROOF_MAGIC, decodeProof, type GhostProof } from '../verify/proof-format.js';
+import { pinGhost, verifyForward, verifyUpdate } from '../verify/proof-verify.js';
 import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
-import { fromHex, toHex } from '../bytes.js';
+import { fromHex, toHex } from '../shared/bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier } from './classifier.js';
 import { runDemo } from './demo.js';
 import { Progress } from './progress.js';

@@ -6,11 +6,11 @@
  * not verify, an error status, a timeout, a broken stream) to retry another. Needs no
  * addon: the verifier is the TypeScript one.
  */
-import { toIds } from '../args.js';
-import { bytesEqual } from '../bytes.js';
-import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../errors.js';
-import { decodeProof, verifierLimits, type ProofInput, type VerifierLimits } from '../proof-format.js';
-import { verifyForward, type PinnedGhost } from '../proof-verify.js';
+import { toIds } from '../shared/args.js';
+import { bytesEqual } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../shared/errors.js';
+import { decodeProof, verifierLimits, type ProofInput, type VerifierLimits } from '../verify/proof-format.js';
+import { verifyForward, type PinnedGhost } from '../verify/proof-verify.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeResponse, encodeRequest, sameInput, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from './host.js';
 import { layerKey } from './keys.js';

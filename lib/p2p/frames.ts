@@ -5,9 +5,9 @@
  * against the bytes that remain and the limits before it allocates, and throws
  * FormatError (never a RangeError) on hostile bytes. Loads no addon and no libp2p.
  */
-import { ByteReader, ByteWriter, bytesEqual, readInputRecord, writeInputRecord } from '../bytes.js';
-import { FormatError, InvalidArgumentError } from '../errors.js';
-import type { ProofInput } from '../proof-format.js';
+import { ByteReader, ByteWriter, bytesEqual, readInputRecord, writeInputRecord } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError } from '../shared/errors.js';
+import type { ProofInput } from '../verify/proof-format.js';
 
 /** The request/response protocol id. */
 export const FORWARD_PROTOCOL = '/ghost-tensor/forward/1.0.0';

@@ -15,7 +15,7 @@ import type { Libp2p } from 'libp2p';
 
 import { setMaxListeners } from 'node:events';
 
-import { P2PError } from '../errors.js';
+import { P2PError } from '../shared/errors.js';
 
 /** The DHT protocol id of ghost-tensor peers (not the public IPFS DHT's /ipfs/kad/1.0.0). */
 export const DHT_PROTOCOL = '/ghost-tensor/lan/kad/1.0.0';

@@ -7,7 +7,7 @@
 import { CID } from 'multiformats/cid';
 import { sha256 } from 'multiformats/hashes/sha2';
 
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../shared/errors.js';
 
 const RAW = 0x55;
 const enc = new TextEncoder();

@@ -6,12 +6,12 @@
  */
 import type { Connection, Stream } from '@libp2p/interface';
 
-import { checkInteger } from '../args.js';
-import { bytesEqual } from '../bytes.js';
-import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
-import type { Model } from '../model.js';
-import type { ProofInput } from '../proof-format.js';
-import type { PinnedGhost } from '../proof-verify.js';
+import { checkInteger } from '../shared/args.js';
+import { bytesEqual } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../shared/errors.js';
+import type { Model } from '../model/model.js';
+import type { ProofInput } from '../verify/proof-format.js';
+import type { PinnedGhost } from '../verify/proof-verify.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeRequest, encodeResponse, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, writeFrame, type GhostLibp2p, type HostOptions } from './host.js';
 import { ghostKey, layerKey } from './keys.js';

@@ -5,10 +5,10 @@
  * moves only through update proofs it verified itself, one generation at a time.
  * Uses fetch and the TypeScript verifier only (no addon).
  */
-import { bytesEqual, fromHex, toHex } from '../bytes.js';
-import { InvalidArgumentError, ProofError, RemoteError } from '../errors.js';
-import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../proof-format.js';
-import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
+import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
+import { InvalidArgumentError, ProofError, RemoteError } from '../shared/errors.js';
+import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../verify/proof-format.js';
+import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, normalizeWireGrads, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
 
 /** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */

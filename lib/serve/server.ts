@@ -26,16 +26,16 @@ import { readFileSync } from 'node:fs';
 import { readFile, rename, truncate } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exists, syncDir, writeSynced } from '../durable-fs.js';
+import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
 import { join } from 'node:path';
 
-import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../errors.js';
-import { Model } from '../model.js';
-import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../optim.js';
-import { SparseTensor } from '../sparse-tensor.js';
-import { PatternCache, decodeProof } from '../proof-format.js';
-import { pinGhost, verifyUpdate, type PinnedGhost } from '../proof-verify.js';
-import { bytesEqual, fromHex, toHex } from '../bytes.js';
+import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../shared/errors.js';
+import { Model } from '../model/model.js';
+import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../model/optim.js';
+import { SparseTensor } from '../tensor/sparse-tensor.js';
+import { PatternCache, decodeProof } from '../verify/proof-format.js';
+import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
+import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
 import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList } from './wire.js';
 

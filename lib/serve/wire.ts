@@ -3,10 +3,10 @@
  * little-endian, floats IEEE 754 little-endian, as in docs/proof-format.md; proofs
  * travel in their own encoding (encodeProof). Loads no addon: the client uses it too.
  */
-import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../bytes.js';
-import { toIds } from '../args.js';
-import { FormatError, InvalidArgumentError } from '../errors.js';
-import type { GhostManifest } from '../ghost-file.js';
+import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
+import { toIds } from '../shared/args.js';
+import { FormatError, InvalidArgumentError } from '../shared/errors.js';
+import type { GhostManifest } from '../verify/ghost-file.js';
 
 /** What one forward request asks: B rows of f32 (a HopfieldLookup first) or B ids (an Embedding first). */
 export type ForwardInput = InputRecord;

@@ -16,7 +16,7 @@ constexpr double kLog2e = 1.4426950408889634;
 constexpr double kLn2Hi = 6.93147180369123816490e-1;
 constexpr double kLn2Lo = 1.90821492927058770002e-10;
 
-// 1/k!, each a correctly rounded division, as lib/canonical.ts computes them.
+// 1/k!, each a correctly rounded division, as lib/verify/canonical.ts computes them.
 struct ExpCoef {
   double c[14];
   ExpCoef() {

@@ -1,5 +1,5 @@
 // Canonical arithmetic v1 (docs/proof-format.md): the routines whose results a
-// proof claims. They give the same bits as lib/canonical.ts: f32 inputs widened to
+// proof claims. They give the same bits as lib/verify/canonical.ts: f32 inputs widened to
 // f64, every sum in f64 in a fixed order from +0 with no fused multiply-add (the
 // build uses -ffp-contract=off), exp and log1p from + - * / and exact scaling by
 // powers of two (no libm), sqrt (correctly rounded) allowed, ties to the lower id.

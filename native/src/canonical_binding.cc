@@ -1,6 +1,6 @@
 // Addon functions for the canonical arithmetic (native/src/canonical.h): the prover
 // computes what a proof claims with these; tests compare them bit for bit with
-// lib/canonical.ts. Every size is checked here, at the edge.
+// lib/verify/canonical.ts. Every size is checked here, at the edge.
 #include <napi.h>
 
 #include <cmath>

@@ -1,6 +1,6 @@
 // Errors raised by the core. Each carries a stable code that the Node-API layer
 // copies onto the JavaScript error, where the TypeScript wrapper maps it to a
-// typed error class (lib/errors.ts).
+// typed error class (lib/shared/errors.ts).
 #pragma once
 #include <stdexcept>
 #include <string>

@@ -1,6 +1,6 @@
 // The sparse Hopfield lookup's math over rows already gathered (B inputs, k selected
 // rows each, row-major B*k rows). Pure functions, parallel over inputs; the layer
-// (lib/layers.ts) does retrieval and gathering and calls these off the JS thread.
+// (lib/model/layers.ts) does retrieval and gathering and calls these off the JS thread.
 //   forward:  a = softmax(beta * s) per input, out = sum_j a_j rows_j      (B x w)
 //   backward: dRows_j = a_j dOut, ds_j = beta a_j (dOut.rows_j - dOut.out),
 //             dbeta = sum a_j (dOut.rows_j - dOut.out) s_j

@@ -29,7 +29,7 @@ async function main() {
   /** @type {any} */
   let mod;
   try {
-    mod = await import('/dist/verify.js');
+    mod = await import('/dist/verify/index.js');
   } catch (err) {
     const e = /** @type {any} */ (err);
     result.importError = `${e && e.name}: ${e && e.message}`;

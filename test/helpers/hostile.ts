@@ -5,11 +5,11 @@
  * an id), a long attention sequence (O(n^2) from n rows). Shared by the tests, the bench
  * (bench/verify-cost.mjs) and the fuzzer.
  */
-import { ByteWriter } from '../../lib/bytes.js';
-import { CANONICAL_VERSION } from '../../lib/canonical.js';
-import { GHOST_FORMAT_VERSION, type GhostLayer, type GhostManifest, type GhostTensor } from '../../lib/ghost-file.js';
-import { HASH_SCHEME, loadHasher, rootOf } from '../../lib/merkle-verify.js';
-import { PROOF_FORMAT_VERSION, PROOF_MAGIC } from '../../lib/proof-format.js';
+import { ByteWriter } from '../../lib/shared/bytes.js';
+import { CANONICAL_VERSION } from '../../lib/verify/canonical.js';
+import { GHOST_FORMAT_VERSION, type GhostLayer, type GhostManifest, type GhostTensor } from '../../lib/verify/ghost-file.js';
+import { HASH_SCHEME, loadHasher, rootOf } from '../../lib/verify/merkle.js';
+import { PROOF_FORMAT_VERSION, PROOF_MAGIC } from '../../lib/verify/proof-format.js';
 
 export function manifest(tensors: GhostTensor[], layers: GhostLayer[]): GhostManifest {
   return { formatVersion: GHOST_FORMAT_VERSION, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };

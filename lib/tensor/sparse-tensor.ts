@@ -6,8 +6,8 @@
  * validates the whole batch before changing anything, so a rejected write leaves
  * the tensor as it was.
  */
-import { checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, callNative, callNativeAsync, fromNative } from './errors.js';
+import { checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
+import { InvalidArgumentError, OutOfRangeError, callNative, callNativeAsync, fromNative } from '../shared/errors.js';
 import {
   native,
   type NativeFileInfo,

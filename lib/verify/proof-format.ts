@@ -6,9 +6,9 @@
  * travel as ids or deltas. Decoding checks every length against the bytes that
  * remain and the limits below before it allocates. Loads no addon.
  */
-import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from './bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
-import { FormatError, InvalidArgumentError, ProofError } from './errors.js';
+import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import type { GhostAttentionLayer, GhostHopfieldLayer, GhostManifest } from './ghost-file.js';
 
 export const PROOF_FORMAT_VERSION = 1;

@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { NativeError } from './errors.js';
+import { NativeError } from '../shared/errors.js';
 import type { HnswOptions } from './sparse-tensor.js';
 
 export type NativeMetric = 'ip' | 'cosine' | 'l2';
@@ -239,7 +239,7 @@ let cached: NativeAddon | undefined;
 export function native(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
-  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
   try {
     const load = require('node-gyp-build') as (dir: string) => unknown;
     cached = load(root) as NativeAddon;

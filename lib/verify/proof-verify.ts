@@ -2,15 +2,15 @@
  * Verifying Ghost proofs against a pinned Ghost file (docs/proof-format.md). The
  * verifier trusts only the Ghost file: it checks every revealed pattern against the
  * tensor roots there, recomputes each layer's output itself with the canonical
- * arithmetic (lib/canonical.ts), re-derives product-key selections from the sub-key
+ * arithmetic (lib/verify/canonical.ts), re-derives product-key selections from the sub-key
  * tables, and accepts only when its result equals the claim bit for bit. Loads no
  * addon: runs in a browser too.
  */
-import { bytesEqual } from './bytes.js';
+import { bytesEqual } from '../shared/bytes.js';
 import { cattention, cmix, coptimizerStep, cprojection, cproductKeys, csimilarity, csoftmax, cstate } from './canonical.js';
-import { InvalidArgumentError, ProofError } from './errors.js';
+import { InvalidArgumentError, ProofError } from '../shared/errors.js';
 import { attentionWidth, decodeGhost, encodeGhost, withRoot, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostManifest, type GhostProjection } from './ghost-file.js';
-import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle-verify.js';
+import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle.js';
 import {
   HASH_CALL_WORK,
   HASH_WORK,
@@ -316,7 +316,7 @@ function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer,
 /**
  * Runs an attention layer (n input rows = one sequence) with the canonical arithmetic
  * over revealed projection tensors; returns n x dOut f32. The prover computes its
- * claim with this same function (lib/model.ts), so honest outputs match bit for bit.
+ * claim with this same function (lib/model/model.ts), so honest outputs match bit for bit.
  */
 export function attentionCanonical(g: GhostManifest, l: GhostAttentionLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array): Float32Array {
   const project = (p: GhostProjection | null, input: Float32Array, inDim: number): Float32Array => {

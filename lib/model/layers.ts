@@ -13,12 +13,12 @@
  * and the gradients cover all N rows (a dense Adam step is then SparseAdam over all
  * rows). Sparse with k = N equals dense.
  */
-import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from './errors.js';
-import { native } from './native.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
+import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from '../shared/errors.js';
+import { native } from '../tensor/native.js';
 import type { SparseGrad } from './optim.js';
-import { ProductKeyIndex } from './product-keys.js';
-import { SparseTensor, internalNative } from './sparse-tensor.js';
+import { ProductKeyIndex } from '../tensor/product-keys.js';
+import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 
 export type Similarity = 'ip' | 'cosine' | 'l2';
 

@@ -2,13 +2,13 @@
  * `ghost-tensor/verify`: everything a verifier needs, with no native addon, so a
  * browser or a light client can check proofs against a trusted root.
  */
-import { InvalidArgumentError, ProofError } from './errors.js';
-import { checkMultiproof, f32le, loadHasher, type MerkleHasher } from './merkle-verify.js';
+import { InvalidArgumentError, ProofError } from '../shared/errors.js';
+import { checkMultiproof, f32le, loadHasher, type MerkleHasher } from './merkle.js';
 
-export { GhostTensorError, InvalidArgumentError, ProofError } from './errors.js';
-export type { GhostTensorErrorCode, ProofFailure } from './errors.js';
-export { HASH_SCHEME, MAX_LEAVES, f32le, loadHasher, multiproofSize, rootOf } from './merkle-verify.js';
-export type { MerkleHasher } from './merkle-verify.js';
+export { GhostTensorError, InvalidArgumentError, ProofError } from '../shared/errors.js';
+export type { GhostTensorErrorCode, ProofFailure } from '../shared/errors.js';
+export { HASH_SCHEME, MAX_LEAVES, f32le, loadHasher, multiproofSize, rootOf } from './merkle.js';
+export type { MerkleHasher } from './merkle.js';
 
 function leafBytesOf(leaves: Uint8Array | Float32Array): Uint8Array {
   if (leaves instanceof Float32Array) return f32le(leaves);
@@ -76,8 +76,8 @@ export async function loadVerifier(): Promise<Verifier> {
 }
 
 // Ghost files, proofs and their verification (docs/proof-format.md).
-export { FormatError } from './errors.js';
-export type { FormatFailure } from './errors.js';
+export { FormatError } from '../shared/errors.js';
+export type { FormatFailure } from '../shared/errors.js';
 export { CANONICAL_VERSION } from './canonical.js';
 export type { CanonicalOptimizer, CanonicalRowState, CanonicalSimilarity } from './canonical.js';
 export { GHOST_FORMAT_VERSION, GHOST_LIMITS, attentionWidth, decodeGhost, encodeGhost, ghostDigest, ghostToJSON, withRoot } from './ghost-file.js';

@@ -25,10 +25,10 @@
  * Small dense parameters (a learned beta, a bias vector) use DenseAdam, a plain
  * TypeScript Adam over Float32Arrays with the same formulas.
  */
-import { checkBoolean, checkFloat32Array, checkOptions, toIds } from './args.js';
-import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative, fromNative } from './errors.js';
-import type { NativeOptimizerInfo, NativeOptimizerOptions } from './native.js';
-import { SparseTensor, internalNative } from './sparse-tensor.js';
+import { checkBoolean, checkFloat32Array, checkOptions, toIds } from '../shared/args.js';
+import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative, fromNative } from '../shared/errors.js';
+import type { NativeOptimizerInfo, NativeOptimizerOptions } from '../tensor/native.js';
+import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 
 export interface AdamOptions {
   /** Learning rate (default 1e-3). */

@@ -5,8 +5,8 @@
  */
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 
-import { bytesEqual } from './bytes.js';
-import { InvalidArgumentError, ProofError } from './errors.js';
+import { bytesEqual } from '../shared/bytes.js';
+import { InvalidArgumentError, ProofError } from '../shared/errors.js';
 
 export const HASH_SCHEME = 'ghost-tensor/merkle/v1';
 /** Largest N: ids are uint32. */

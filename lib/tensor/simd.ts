@@ -1,5 +1,5 @@
 /** Which SIMD level the kernels run at, and what this machine supports. */
-import { callNative } from './errors.js';
+import { callNative } from '../shared/errors.js';
 import { native, type NativeSimdLevel } from './native.js';
 
 export type SimdLevel = NativeSimdLevel;

@@ -5,9 +5,9 @@
  * Merkle root, in one canonical byte encoding, so BLAKE3 of the bytes identifies
  * the model. Loads no addon.
  */
-import { ByteReader, ByteWriter, toHex } from './bytes.js';
-import { FormatError, InvalidArgumentError } from './errors.js';
-import { HASH_SCHEME, loadHasher } from './merkle-verify.js';
+import { ByteReader, ByteWriter, toHex } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError } from '../shared/errors.js';
+import { HASH_SCHEME, loadHasher } from './merkle.js';
 import { CANONICAL_VERSION, type CanonicalSimilarity } from './canonical.js';
 
 export const GHOST_FORMAT_VERSION = 1;

@@ -3,25 +3,25 @@
  * proofs (one layer, a span, or the whole chain), update proofs of optimizer steps,
  * and save / load to a directory (docs/proof-format.md).
  *
- * A proof claims what the canonical arithmetic computes (lib/canonical.ts, run
+ * A proof claims what the canonical arithmetic computes (lib/verify/canonical.ts, run
  * natively here and in TypeScript by the verifier), so prove() returns that output;
  * forward() is the fast f32 path and may differ from it in the last bits.
  */
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { exists, syncDir, writeSynced } from './durable-fs.js';
+import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
 import { join } from 'node:path';
 
-import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
-import { bytesEqual } from './bytes.js';
-import { FormatError, InvalidArgumentError, OutOfRangeError, ProofError, callNative } from './errors.js';
-import { decodeGhost, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostProjection, type GhostTensor } from './ghost-file.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
+import { bytesEqual } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError, OutOfRangeError, ProofError, callNative } from '../shared/errors.js';
+import { decodeGhost, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostProjection, type GhostTensor } from '../verify/ghost-file.js';
 import { Projection, SparseSelfAttention } from './attention.js';
-import { CANONICAL_VERSION, type CanonicalOptimizer } from './canonical.js';
-import { HASH_SCHEME } from './merkle-verify.js';
+import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
+import { HASH_SCHEME } from '../verify/merkle.js';
 import { Embedding, HopfieldLookup } from './layers.js';
-import { native } from './native.js';
+import { native } from '../tensor/native.js';
 import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
-import { ProductKeyIndex } from './product-keys.js';
+import { ProductKeyIndex } from '../tensor/product-keys.js';
 import {
   attentionReads,
   encodeProof,
@@ -36,9 +36,9 @@ import {
   type ProofInput,
   type ResolvedBlock,
   type UpdateProof,
-} from './proof-format.js';
-import { attentionCanonical, pinGhost, type PinnedGhost } from './proof-verify.js';
-import { SparseTensor, internalNative } from './sparse-tensor.js';
+} from '../verify/proof-format.js';
+import { attentionCanonical, pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
+import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 
 export type ModelLayer = HopfieldLookup | Embedding | SparseSelfAttention;
 

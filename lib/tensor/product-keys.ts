@@ -15,9 +15,9 @@
  * holding the two tables re-derives the same selection. Nothing
  * needs maintaining while the tables train: every search reads their current values.
  */
-import { checkFloat32Array, checkInteger, checkOptions, toIds } from './args.js';
-import { cbestPairs } from './canonical.js';
-import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
+import { checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
+import { cbestPairs } from '../verify/canonical.js';
+import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from '../shared/errors.js';
 import type { SimdLevel } from './simd.js';
 import { SparseTensor, internalNative, type OpenFileOptions, type SaveFileOptions, type SearchOptions } from './sparse-tensor.js';
 

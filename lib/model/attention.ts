@@ -18,11 +18,11 @@
  * function. The selection is an exact blocked scan (SIMD score tiles and a bounded
  * heap per query, O(n k) memory); backward() goes through the selected keys only.
  */
-import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions } from './args.js';
-import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from './errors.js';
-import { native } from './native.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions } from '../shared/args.js';
+import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from '../shared/errors.js';
+import { native } from '../tensor/native.js';
 import type { SparseGrad } from './optim.js';
-import { SparseTensor } from './sparse-tensor.js';
+import { SparseTensor } from '../tensor/sparse-tensor.js';
 
 /** Padding in `ids` where a causal query has fewer than k keys to choose from. */
 export const NO_KEY = 0xffffffff;
