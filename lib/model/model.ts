@@ -484,6 +484,23 @@ export class Model {
       for (const t of tensors) t.close();
       throw err;
     }
+    let model: Model;
+    try {
+      model = await Model.fromManifest(m, tensors);
+    } catch (err) {
+      for (const t of tensors) t.close();
+      throw err;
+    }
+    const again = await model.ghost();
+    if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
+    return { model, ghost };
+  }
+
+  /**
+   * The model a Ghost manifest describes, over `tensors` (the manifest's tensor list, in
+   * order, holding its roots). HNSW graphs are rebuilt with the recorded parameters.
+   */
+  static async fromManifest(m: GhostManifest, tensors: readonly SparseTensor[]): Promise<Model> {
     const layers: ModelLayer[] = [];
     for (const l of m.layers) {
       if (l.op === 'embedding') {
@@ -513,9 +530,6 @@ export class Model {
       const ef = l.index.kind === 'hnsw' && l.index.ef > 0 ? { ef: l.index.ef } : {};
       layers.push(new HopfieldLookup({ keys, values, k: l.k, beta: l.beta, similarity: l.similarity, normalize: l.normalize, index, updateSteps: l.updateSteps, ...ef }));
     }
-    const model = new Model(layers);
-    const again = await model.ghost();
-    if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
-    return { model, ghost };
+    return new Model(layers);
   }
 }
