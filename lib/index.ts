@@ -40,11 +40,12 @@ export { ProductKeyIndex, combineProductKeys } from './tensor/product-keys.js';
 export type { ProductKeyBatchResult, ProductKeyResult } from './tensor/product-keys.js';
 export { DenseAdam, SparseAdam, SparseSGD } from './model/optim.js';
 export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './model/optim.js';
-export { Embedding, HopfieldLookup } from './model/layers.js';
-export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './model/layers.js';
+export { Embedding } from './model/kinds/embedding.js';
+export { HopfieldLookup } from './model/kinds/hopfield.js';
+export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './model/kinds/hopfield.js';
 export { Model } from './model/model.js';
-export { NO_KEY, Projection, SparseSelfAttention } from './model/attention.js';
-export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/attention.js';
+export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
+export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
 export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
 export {
   CANONICAL_VERSION,

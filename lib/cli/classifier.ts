@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 
 import { FormatError } from '../shared/errors.js';
-import { HopfieldLookup } from '../model/layers.js';
+import { HopfieldLookup } from '../model/kinds/hopfield.js';
 import { DenseAdam, SparseAdam } from '../model/optim.js';
 import { SparseTensor } from '../tensor/sparse-tensor.js';
 

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
 import { FormatError, ProofError } from '../shared/errors.js';
-import { HopfieldLookup } from '../model/layers.js';
+import { HopfieldLookup } from '../model/kinds/hopfield.js';
 import { Model } from '../model/model.js';
 import { decodeProof, encodeProof, type ForwardProof } from '../verify/proof-format.js';
 import { verifyForward, type PinnedGhost } from '../verify/proof-verify.js';

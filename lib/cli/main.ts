@@ -9,6 +9,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../shared/errors.js';
 import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../verify/ghost-file.js';
+import { describeLayer } from '../verify/kinds/index.js';
 import { Model } from '../model/model.js';
 import { PROOF_MAGIC, decodeProof, type GhostProof } from '../verify/proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate } from '../verify/proof-verify.js';
@@ -465,16 +466,7 @@ function describeGhost(m: ReturnType<typeof decodeGhost>): string[] {
     `${m.tensors.length} tensor(s):`,
     ...m.tensors.map((t, i) => `  [${i}] ${t.name}: ${t.n.toLocaleString('en-US')} x ${t.dim} ${t.dtype}, root ${toHex(t.root)}`),
     `${m.layers.length} layer(s):`,
-    ...m.layers.map((l, i) => {
-      if (l.op === 'embedding') return `  [${i}] embedding: table ${l.table}, dim ${l.dim}`;
-      if (l.op === 'attention') {
-        const proj = (name: string, p: { tensor: number; k: number } | null): string =>
-          p === null ? '' : `, ${name} ${p.tensor}${p.k < m.tensors[p.tensor]!.n ? ` (top ${p.k} columns)` : ''}`;
-        return `  [${i}] attention: ${l.dIn} -> ${l.dOut}, ${l.heads} head(s), k = ${l.k}${l.causal ? ', causal' : ''}, scale ${l.scale.toPrecision(5)}` +
-          `${proj('query', l.query)}${proj('key', l.key)}${proj('value', l.value)}${proj('output', l.output)}`;
-      }
-      return `  [${i}] hopfield: ${l.dIn} -> ${l.dOut}, k = ${l.k}, beta ${l.beta.toPrecision(5)}, ${l.similarity}${l.normalize ? ', normalized' : ''}, ${l.updateSteps} step(s), ${l.index.kind} index, keys ${l.keys.join('+')}, values ${l.values}`;
-    }),
+    ...m.layers.map((_, i) => `  [${i}] ${describeLayer(m, i)}`),
   ];
 }
 

@@ -13,19 +13,13 @@ import { join } from 'node:path';
 
 import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
 import { bytesEqual } from '../shared/bytes.js';
-import { FormatError, InvalidArgumentError, OutOfRangeError, ProofError, callNative } from '../shared/errors.js';
-import { decodeGhost, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostLayer, type GhostManifest, type GhostProjection, type GhostTensor } from '../verify/ghost-file.js';
-import { Projection, SparseSelfAttention } from './attention.js';
+import { FormatError, InvalidArgumentError, ProofError, callNative } from '../shared/errors.js';
+import { decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
 import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
 import { HASH_SCHEME } from '../verify/merkle.js';
-import { Embedding, HopfieldLookup } from './layers.js';
-import { native } from '../tensor/native.js';
 import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
-import { ProductKeyIndex } from '../tensor/product-keys.js';
 import {
-  attentionReads,
   encodeProof,
-  hopfieldReads,
   planBlock,
   positionsToProve,
   sortedUniqueIds,
@@ -37,16 +31,12 @@ import {
   type ResolvedBlock,
   type UpdateProof,
 } from '../verify/proof-format.js';
-import { attentionCanonical, pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
+import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
+import type { LayerShape } from './layer-kind.js';
+import { kindOf, kindOfEntry, type AnyLayerKind, type ModelLayer } from './kinds/index.js';
 
-export type ModelLayer = HopfieldLookup | Embedding | SparseSelfAttention;
-
-/** An attention layer's widths in a model: input (dIn), Q/K/V (D) and output. */
-function attentionWidths(l: SparseSelfAttention, prevOut: number): { dIn: number; D: number; out: number } {
-  const dIn = l.inDim ?? prevOut;
-  return { dIn, ...l.widths(dIn) };
-}
+export type { ModelLayer };
 
 export interface ProveOptions {
   /** First layer to prove (default 0). */
@@ -78,50 +68,35 @@ export class Model {
   readonly tensors: readonly SparseTensor[];
   /** Their names in the Ghost file. */
   readonly names: readonly string[];
+  /** Each layer's kind and shape (input and output widths), found once. */
+  readonly #kinds: readonly AnyLayerKind[];
+  readonly #shapes: readonly LayerShape[];
 
   constructor(layers: readonly ModelLayer[]) {
     if (!Array.isArray(layers) || layers.length === 0) throw new InvalidArgumentError('layers must be a non-empty array');
     const tensors: SparseTensor[] = [];
     const names: string[] = [];
-    const use = (t: SparseTensor, name: string): void => {
-      if (!tensors.includes(t)) {
-        tensors.push(t);
-        names.push(name);
-      }
-    };
+    const kinds: AnyLayerKind[] = [];
+    const shapes: LayerShape[] = [];
     let prevOut = -1;
     layers.forEach((l, i) => {
-      if (l instanceof Embedding) {
-        if (i !== 0) throw new InvalidArgumentError(`layer ${i}: an Embedding takes ids, so it can only be the first layer`);
-        use(l.table, `l${i}.table`);
-        prevOut = l.dim;
-      } else if (l instanceof HopfieldLookup) {
-        if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
-        if (prevOut !== -1 && prevOut !== l.dim) throw new InvalidArgumentError(`layer ${i} takes ${l.dim} inputs but layer ${i - 1} gives ${prevOut}`);
-        if (l.keys instanceof ProductKeyIndex) {
-          use(l.keys.keys1, `l${i}.keys1`);
-          use(l.keys.keys2, `l${i}.keys2`);
-        } else {
-          use(l.keys, `l${i}.keys`);
+      const kind = kindOf(l, `layer ${i}`);
+      const shape = kind.shape(l, i, prevOut);
+      for (const [suffix, t] of kind.tensors(l)) {
+        if (!tensors.includes(t)) {
+          tensors.push(t);
+          names.push(`l${i}.${suffix}`);
         }
-        use(l.values, `l${i}.values`);
-        prevOut = l.outDim;
-      } else if (l instanceof SparseSelfAttention) {
-        if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
-        if (l.inDim === null && prevOut === -1) throw new InvalidArgumentError(`layer ${i}: an attention layer without projections cannot come first (its width is unknown)`);
-        const w = attentionWidths(l, prevOut);
-        if (prevOut !== -1 && prevOut !== w.dIn) throw new InvalidArgumentError(`layer ${i} takes ${w.dIn} inputs but layer ${i - 1} gives ${prevOut}`);
-        if (w.D % l.heads !== 0) throw new InvalidArgumentError(`layer ${i}: width ${w.D} is not a multiple of ${l.heads} heads`);
-        if (l.output !== null && l.output.inDim !== w.D) throw new InvalidArgumentError(`layer ${i}: the output projection reads ${l.output.inDim} values; the attention gives ${w.D}`);
-        for (const [name, p] of [['query', l.query], ['key', l.key], ['value', l.value], ['output', l.output]] as const) if (p !== null) use(p.weight, `l${i}.${name}`);
-        prevOut = w.out;
-      } else {
-        throw new InvalidArgumentError(`layer ${i} is not a HopfieldLookup, an Embedding or a SparseSelfAttention`);
       }
+      kinds.push(kind);
+      shapes.push(shape);
+      prevOut = shape.outWidth;
     });
     this.layers = [...layers];
     this.tensors = tensors;
     this.names = names;
+    this.#kinds = kinds;
+    this.#shapes = shapes;
   }
 
   /** Closes the tensor files of a loaded model (their locks are released); the model is unusable after. */
@@ -144,55 +119,8 @@ export class Model {
       if (!t.committed) throw new InvalidArgumentError(`tensor ${this.names[i]} is not committed: await model.commit() first`);
       return { name: this.names[i]!, dtype: 'f32', dim: t.dim, n: t.size, root: t.root() };
     });
-    let prevOut = -1;
-    const layers: GhostLayer[] = this.layers.map((l) => {
-      const before = prevOut;
-      prevOut = this.#outWidth(l, prevOut);
-      if (l instanceof Embedding) return { op: 'embedding', table: this.#index(l.table), dim: l.dim };
-      if (l instanceof SparseSelfAttention) return this.#attentionManifest(l, before);
-      const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
-      const hnsw = !pk && l.index === 'hnsw' ? (l.keys as SparseTensor).hnsw : null;
-      if (!pk && l.index === 'hnsw' && !hnsw) throw new InvalidArgumentError('a HopfieldLookup with index hnsw needs its graph: buildHnsw() first');
-      return {
-        op: 'hopfield',
-        dIn: l.dim,
-        dOut: l.outDim,
-        k: l.k,
-        beta: l.beta,
-        similarity: l.similarity,
-        normalize: l.normalize,
-        updateSteps: l.updateSteps,
-        index: pk ? { kind: 'product-keys', subKeys: pk.subKeys } : hnsw ? { kind: 'hnsw', M: hnsw.M, efConstruction: hnsw.efConstruction, ef: l.ef ?? 0 } : { kind: 'exact' },
-        keys: pk ? [this.#index(pk.keys1), this.#index(pk.keys2)] : [this.#index(l.keys as SparseTensor)],
-        values: this.#index(l.values),
-      };
-    });
+    const layers: GhostLayer[] = this.layers.map((l, i) => this.#kinds[i]!.ghost(l, this.#shapes[i]!, (t) => this.#index(t)));
     return { formatVersion: 1, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
-  }
-
-  #outWidth(l: ModelLayer, prevOut: number): number {
-    if (l instanceof Embedding) return l.dim;
-    if (l instanceof SparseSelfAttention) return attentionWidths(l, prevOut).out;
-    return l.outDim;
-  }
-
-  #inWidth(li: number): number {
-    let w = -1;
-    for (let i = 0; i < li; i++) w = this.#outWidth(this.layers[i]!, w);
-    const l = this.layers[li]!;
-    if (l instanceof Embedding) return -1;
-    if (l instanceof SparseSelfAttention) return attentionWidths(l, w).dIn;
-    return l.dim;
-  }
-
-  #attentionManifest(l: SparseSelfAttention, prevOut: number): GhostAttentionLayer {
-    const w = attentionWidths(l, prevOut);
-    const proj = (p: Projection | null): GhostProjection | null => (p === null ? null : { tensor: this.#index(p.weight), k: p.full ? p.outDim : p.k });
-    return {
-      op: 'attention', dIn: w.dIn, dOut: w.out, heads: l.heads, k: l.k, causal: l.causal,
-      scale: Math.fround(l.scale ?? 1 / Math.sqrt(w.D / l.heads)),
-      query: proj(l.query), key: proj(l.key), value: proj(l.value), output: proj(l.output),
-    };
   }
 
   /** The Ghost file (canonical bytes and digest) of the model as it is now. */
@@ -203,27 +131,35 @@ export class Model {
 
   /** The fast forward pass (f32 kernels): ids for an Embedding-first model, else B x dim floats. */
   async forward(input: Float32Array | Uint32Array | readonly number[]): Promise<Float32Array> {
-    let x: Float32Array | null = null;
-    for (const [i, l] of this.layers.entries()) {
-      if (l instanceof Embedding) x = l.forward(toIds('input', input as Uint32Array | readonly number[]));
-      else if (l instanceof SparseSelfAttention) {
-        if (i === 0) checkFloat32Array('input', input);
-        x = (await l.forward(i === 0 ? (input as Float32Array) : x!, this.#inWidth(i))).y;
-      } else {
-        if (i === 0) checkFloat32Array('input', input);
-        x = (await l.forward(i === 0 ? (input as Float32Array) : x!)).y;
-      }
+    let x: Float32Array | Uint32Array = this.#checkInput(0, input).input;
+    for (const [i, l] of this.layers.entries()) x = (await this.#kinds[i]!.forward(l, x, this.#shapes[i]!)).y;
+    return x as Float32Array;
+  }
+
+  /** The input of layer `li` checked: ids, or f32 rows of its width (finite when `finite`). */
+  #checkInput(li: number, input: Float32Array | Uint32Array | readonly number[], finite = false): { input: Float32Array | Uint32Array; rows: number } {
+    const w = this.#shapes[li]!.inWidth;
+    if (w === -1) {
+      const ids = toIds('input', input as Uint32Array | readonly number[]);
+      return { input: ids, rows: ids.length };
     }
-    return x!;
+    checkFloat32Array('input', input);
+    const x = input as Float32Array;
+    if (finite) {
+      if (x.length === 0 || x.length % w !== 0) throw new InvalidArgumentError(`input length ${x.length} must be a positive multiple of ${w}`);
+      for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new InvalidArgumentError(`input[${i}] is not finite`);
+    }
+    return { input: x, rows: x.length / w };
   }
 
   /**
    * Runs layers [firstLayer, firstLayer + layers) with the canonical arithmetic and
    * returns the output with a forward proof: per layer the selected ids of every
    * retrieval stage and one block per tensor read (its patterns and one compact
-   * multiproof). Product-key layers select canonically (the verifier re-derives the
-   * selection); exact and HNSW layers select with the fast index on the canonical
-   * state rounded to f32 (the verifier cannot re-check that choice: see the docs).
+   * multiproof). Each layer's part is its kind's (lib/model/kinds/): product-key layers
+   * select canonically (the verifier re-derives the selection); exact and HNSW layers
+   * select with the fast index on the canonical state rounded to f32 (the verifier
+   * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads']);
@@ -233,66 +169,48 @@ export class Model {
     if (!Number.isInteger(first) || first < 0 || first >= this.layers.length) throw new InvalidArgumentError(`firstLayer must be in 0..${this.layers.length - 1}`);
     if (!Number.isInteger(count) || count < 1 || first + count > this.layers.length) throw new InvalidArgumentError(`layers must be in 1..${this.layers.length - first}`);
     const ghost = await this.ghost();
+    const checked = this.#checkInput(first, input, true);
     let x: Float32Array | null = null;
     let ids: Uint32Array | null = null;
     let pin: ProofInput;
-    let B: number;
-    if (this.layers[first] instanceof Embedding) {
-      ids = toIds('input', input as Uint32Array | readonly number[]);
+    const B = checked.rows;
+    if (checked.input instanceof Uint32Array) {
+      ids = checked.input;
       if (ids.length === 0) throw new InvalidArgumentError('input is empty');
       pin = { kind: 'ids', ids: ids.slice() };
-      B = ids.length;
     } else {
-      checkFloat32Array('input', input);
-      const dim = this.#inWidth(first);
-      x = input as Float32Array;
-      if (x.length === 0 || x.length % dim !== 0) throw new InvalidArgumentError(`input length ${x.length} must be a positive multiple of ${dim}`);
-      for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new InvalidArgumentError(`input[${i}] is not finite`);
-      B = x.length / dim;
-      pin = { kind: 'f32', rows: B, cols: dim, data: x.slice() };
+      x = checked.input;
+      pin = { kind: 'f32', rows: B, cols: this.#shapes[first]!.inWidth, data: x.slice() };
     }
     const evidence: LayerEvidence[] = [];
     // The verifier records revealed rows only once the whole proof holds, so the mirror
     // must not see this proof's rows while it plans the later layers' blocks.
     const revealed: ResolvedBlock[] = [];
+    const cache = options.cache;
     let cols = 0;
     for (let li = first; li < first + count; li++) {
-      const l = this.layers[li]!;
-      if (l instanceof Embedding) {
-        const u = sortedUniqueIds([ids!]);
-        const block = this.#block(l.table, u, false, options.cache);
-        const at = new Map<number, number>();
-        u.forEach((id, i) => at.set(id, i));
-        const rows = l.table.gather(u);
-        x = new Float32Array(B * l.dim);
-        ids!.forEach((id, b) => x!.set(rows.subarray(at.get(id)! * l.dim, (at.get(id)! + 1) * l.dim), b * l.dim));
-        evidence.push({ op: 'embedding', stages: [], blocks: [block.block] });
-        revealed.push(block.resolved);
-        cols = l.dim;
-      } else if (l instanceof SparseSelfAttention) {
-        const gl = ghost.manifest.layers[li] as GhostAttentionLayer;
-        if (l.k > B) throw new OutOfRangeError(`layer ${li}: k (${l.k}) must be at most the sequence length (${B} rows)`);
-        const blocks: PatternBlock[] = [];
-        const rows = new Map<number, Float32Array>();
-        for (const ti of attentionReads(gl).keys()) {
-          const t = this.tensors[ti]!;
-          const b = this.#block(t, allIds(t.size), true, options.cache);
-          blocks.push(b.block);
-          revealed.push(b.resolved);
-          rows.set(ti, b.resolved.rows);
-        }
-        x = attentionCanonical(ghost.manifest, gl, x!, B, (ti) => rows.get(ti)!);
-        evidence.push({ op: 'attention', stages: [], blocks });
-        cols = gl.dOut;
-      } else {
-        const r = await this.#proveHopfield(l, ghost.manifest.layers[li] as GhostHopfieldLayer, x!, B, options);
-        x = r.y;
-        evidence.push(r.evidence);
-        revealed.push(...r.resolved);
-        cols = l.outDim;
-      }
+      const r = await this.#kinds[li]!.prove(this.layers[li]!, {
+        ghost,
+        index: li,
+        rows: B,
+        ids,
+        x,
+        cache,
+        threads: options.threads,
+        tensor: (i) => this.tensors[i]!,
+        tensorIndex: (t) => this.#index(t),
+        block: (i, rows) => {
+          const t = this.tensors[i]!;
+          return this.#block(t, rows === 'all' ? allIds(t.size) : rows, rows === 'all', cache);
+        },
+      });
+      x = r.y;
+      ids = null;
+      evidence.push(r.evidence);
+      revealed.push(...r.resolved);
+      cols = this.#shapes[li]!.outWidth;
     }
-    options.cache?.record(revealed);
+    cache?.record(revealed);
     const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
     return { output: x!, proof, bytes: encodeProof(proof) };
   }
@@ -313,54 +231,6 @@ export class Model {
       if (pos.length > 0) block.hashes = callNative(() => internalNative(t).prove(Uint32Array.from(pos, (i) => ids[i]!)));
     }
     return { block, resolved: { tensor: ti, ids, rows, dim: t.dim, root } };
-  }
-
-  async #proveHopfield(l: HopfieldLookup, gl: GhostHopfieldLayer, x: Float32Array, B: number, options: ProveOptions) {
-    const k = l.k, d = l.dim;
-    const nat = native();
-    const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
-    let q = callNative(() => nat.canonicalStates(x, B, d, l.normalize));
-    const t1 = pk ? pk.keys1.gather(allIds(pk.subKeys)) : null;
-    const t2 = pk ? pk.keys2.gather(allIds(pk.subKeys)) : null;
-    const stages: Uint32Array[] = [];
-    let out: Float64Array = new Float64Array(0);
-    for (let step = 1; step <= l.updateSteps; step++) {
-      const last = step === l.updateSteps;
-      let ids: Uint32Array;
-      let s: Float64Array;
-      let keyRows: Float32Array;
-      if (pk) {
-        const r = callNative(() => nat.canonicalProductKeys(q, t1!, t2!, pk.subKeys, pk.keys1.dim, pk.keys2.dim, B, k, options.threads));
-        ids = r.ids;
-        s = r.scores;
-        keyRows = last ? new Float32Array(0) : pk.keyRows(ids);
-      } else {
-        const keys = l.keys as SparseTensor;
-        const r = await keys.searchBatch(Float32Array.from(q), k, {
-          metric: l.similarity,
-          index: l.index,
-          ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
-          ...(options.threads === undefined ? {} : { threads: options.threads }),
-        });
-        ids = r.ids;
-        keyRows = keys.gather(ids);
-        s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
-      }
-      stages.push(ids);
-      const rows = last ? l.values.gather(ids) : keyRows;
-      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
-      q = out;
-    }
-    // One block per tensor the layer reads, as the verifier requires them.
-    const blocks: PatternBlock[] = [];
-    const resolved: ResolvedBlock[] = [];
-    for (const [ti, ids] of hopfieldReads(gl, stages)) {
-      const t = this.tensors[ti]!;
-      const b = this.#block(t, ids === 'all' ? allIds(t.size) : ids, ids === 'all', options.cache);
-      blocks.push(b.block);
-      resolved.push(b.resolved);
-    }
-    return { y: Float32Array.from(out), evidence: { op: 'hopfield' as const, stages, blocks }, resolved };
   }
 
   /**
@@ -502,34 +372,7 @@ export class Model {
    */
   static async fromManifest(m: GhostManifest, tensors: readonly SparseTensor[]): Promise<Model> {
     const layers: ModelLayer[] = [];
-    for (const l of m.layers) {
-      if (l.op === 'embedding') {
-        layers.push(new Embedding(tensors[l.table]!));
-        continue;
-      }
-      if (l.op === 'attention') {
-        const proj = (p: GhostProjection): Projection => new Projection({ weight: tensors[p.tensor]!, k: p.k });
-        layers.push(new SparseSelfAttention({
-          heads: l.heads, k: l.k, causal: l.causal, scale: l.scale,
-          ...(l.query ? { query: proj(l.query) } : {}), ...(l.key ? { key: proj(l.key) } : {}),
-          ...(l.value ? { value: proj(l.value) } : {}), ...(l.output ? { output: proj(l.output) } : {}),
-        }));
-        continue;
-      }
-      const values = tensors[l.values]!;
-      let keys: SparseTensor | ProductKeyIndex;
-      let index: 'exact' | 'hnsw' = 'exact';
-      if (l.index.kind === 'product-keys') keys = ProductKeyIndex.fromTables(tensors[l.keys[0]!]!, tensors[l.keys[1]!]!);
-      else {
-        keys = tensors[l.keys[0]!]!;
-        if (l.index.kind === 'hnsw') {
-          index = 'hnsw';
-          if (!keys.hnsw) await keys.buildHnsw({ metric: l.similarity, M: l.index.M, efConstruction: l.index.efConstruction });
-        }
-      }
-      const ef = l.index.kind === 'hnsw' && l.index.ef > 0 ? { ef: l.index.ef } : {};
-      layers.push(new HopfieldLookup({ keys, values, k: l.k, beta: l.beta, similarity: l.similarity, normalize: l.normalize, index, updateSteps: l.updateSteps, ...ef }));
-    }
+    for (const l of m.layers) layers.push(await kindOfEntry(l).fromGhost(l, tensors));
     return new Model(layers);
   }
 }

@@ -11,6 +11,7 @@ import { bytesEqual } from '../shared/bytes.js';
 import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError, P2PError, ProofError, type FormatFailure, type ProofFailure } from '../shared/errors.js';
 import { decodeProof, verifierLimits, type ProofInput, type VerifierLimits } from '../verify/proof-format.js';
 import { verifyForward, type PinnedGhost } from '../verify/proof-verify.js';
+import { layerInput } from '../verify/kinds/index.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeResponse, encodeRequest, sameInput, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from './host.js';
 import { layerKey } from './keys.js';
@@ -259,21 +260,21 @@ export class GhostClient {
 
   /** The first span's input in the frame form, checked against the first layer. */
   #input(input: Float32Array | Uint32Array | readonly number[], ghost: PinnedGhost, first: number): ProofInput {
-    const l = ghost.manifest.layers[first]!;
-    if (l.op === 'embedding') {
+    const l = layerInput(ghost.manifest, first);
+    if (l.kind === 'ids') {
       const ids = toIds('input', input).slice(); // integers in 0..2^32-1 (a Uint32Array or an array of them)
       if (ids.length === 0 || ids.length > FRAME_LIMITS.rows) throw new InvalidArgumentError(`input: layer ${first} (embedding) takes 1..${FRAME_LIMITS.rows} ids`);
-      const n = ghost.manifest.tensors[l.table]!.n;
+      const n = l.n;
       const i = ids.findIndex((id) => id >= n);
       if (i >= 0) throw new OutOfRangeError(`input[${i}] = ${ids[i]} is beyond the ${n} rows of layer ${first}'s table`);
       return { kind: 'ids', ids };
     }
-    if (!(input instanceof Float32Array) || input.length === 0 || input.length % l.dIn !== 0 || input.length / l.dIn > FRAME_LIMITS.rows) {
-      throw new InvalidArgumentError(`input: layer ${first} takes a Float32Array of 1..${FRAME_LIMITS.rows} rows of ${l.dIn}`);
+    if (!(input instanceof Float32Array) || input.length === 0 || input.length % l.cols !== 0 || input.length / l.cols > FRAME_LIMITS.rows) {
+      throw new InvalidArgumentError(`input: layer ${first} takes a Float32Array of 1..${FRAME_LIMITS.rows} rows of ${l.cols}`);
     }
     const bad = input.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) throw new NonFiniteError(`input[${bad}] is not finite`);
-    return { kind: 'f32', rows: input.length / l.dIn, cols: l.dIn, data: input.slice() };
+    return { kind: 'f32', rows: input.length / l.cols, cols: l.cols, data: input.slice() };
   }
 
   /** The client's checks of one hop, then verifyForward: throws ProofError / FormatError. */

@@ -12,6 +12,7 @@ import { FormatError, InvalidArgumentError, NonFiniteError, OutOfRangeError } fr
 import type { Model } from '../model/model.js';
 import type { ProofInput } from '../verify/proof-format.js';
 import type { PinnedGhost } from '../verify/proof-verify.js';
+import { layerInput } from '../verify/kinds/index.js';
 import { FORWARD_PROTOCOL, FRAME_LIMITS, decodeRequest, encodeResponse, type ErrorStatus, type ForwardRequest, type ForwardResponse } from './frames.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, writeFrame, type GhostLibp2p, type HostOptions } from './host.js';
 import { ghostKey, layerKey } from './keys.js';
@@ -171,14 +172,13 @@ export class LayerNode {
     for (let l = req.firstLayer; l < end; l++) {
       if (!this.#served.has(l)) return fail('NOT_SERVED', `layer ${l} is not served here (serving ${this.layers.join(', ')})`);
     }
-    const first = g.manifest.layers[req.firstLayer]!;
+    const first = layerInput(g.manifest, req.firstLayer);
     const inp = req.input;
-    if (first.op === 'embedding') {
-      if (inp.kind !== 'ids') return fail('BAD_INPUT', `layer ${req.firstLayer} (embedding) takes ids`);
-      const n = g.manifest.tensors[first.table]!.n;
-      if (inp.ids.some((id) => id >= n)) return fail('BAD_INPUT', `an id is >= the table's ${n} rows`);
-    } else if (inp.kind !== 'f32' || inp.cols !== first.dIn) {
-      return fail('BAD_INPUT', `layer ${req.firstLayer} takes rows of ${first.dIn} f32`);
+    if (first.kind === 'ids') {
+      if (inp.kind !== 'ids') return fail('BAD_INPUT', `layer ${req.firstLayer} (${g.manifest.layers[req.firstLayer]!.op}) takes ids`);
+      if (inp.ids.some((id) => id >= first.n)) return fail('BAD_INPUT', `an id is >= the table's ${first.n} rows`);
+    } else if (inp.kind !== 'f32' || inp.cols !== first.cols) {
+      return fail('BAD_INPUT', `layer ${req.firstLayer} takes rows of ${first.cols} f32`);
     }
     if (this.#active >= this.#maxConcurrent) return fail('BUSY', `${this.#active} proofs in progress`);
     this.#active++;

@@ -9,6 +9,7 @@ import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../shared/errors.js';
 import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../verify/proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
+import { layerInput } from '../verify/kinds/index.js';
 import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, normalizeWireGrads, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
 
 /** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */
@@ -351,14 +352,14 @@ export class ProverClient {
   }
 
   #input(input: Float32Array | Uint32Array, rows: number | undefined): ForwardInput {
-    const l0 = this.#ghost.manifest.layers[0]!;
+    const first = layerInput(this.#ghost.manifest, 0);
     if (input instanceof Uint32Array) {
-      if (l0.op !== 'embedding') throw new InvalidArgumentError('this model takes f32 rows, not ids');
+      if (first.kind !== 'ids') throw new InvalidArgumentError('this model takes f32 rows, not ids');
       return { kind: 'ids', ids: input };
     }
     if (!(input instanceof Float32Array)) throw new InvalidArgumentError('input must be a Float32Array or a Uint32Array');
-    if (l0.op !== 'hopfield') throw new InvalidArgumentError('this model takes ids (an Embedding first)');
-    const cols = l0.dIn;
+    if (first.kind !== 'f32') throw new InvalidArgumentError('this model takes ids (an Embedding first)');
+    const cols = first.cols;
     if (input.length === 0 || input.length % cols !== 0) throw new InvalidArgumentError(`input length ${input.length} must be a positive multiple of ${cols}`);
     const B = input.length / cols;
     if (rows !== undefined && rows !== B) throw new InvalidArgumentError(`rows = ${rows} but the input holds ${B}`);

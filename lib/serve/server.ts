@@ -34,6 +34,7 @@ import { Model } from '../model/model.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../model/optim.js';
 import { SparseTensor } from '../tensor/sparse-tensor.js';
 import { PatternCache, decodeProof } from '../verify/proof-format.js';
+import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
@@ -781,14 +782,13 @@ export class ProverServer {
   }
 
   #checkInput(input: ReturnType<typeof decodeForwardRequest>): void {
-    const l0 = this.#ghost.manifest.layers[0]!;
-    if (l0.op === 'embedding') {
+    const first = layerInput(this.#ghost.manifest, 0);
+    if (first.kind === 'ids') {
       if (input.kind !== 'ids') throw new HttpError(400, 'BAD_INPUT', 'this model takes ids (an Embedding first)');
-      const n = this.#ghost.manifest.tensors[l0.table]!.n;
-      for (const id of input.ids) if (id >= n) throw new HttpError(400, 'BAD_INPUT', `id ${id} >= N = ${n}`);
+      for (const id of input.ids) if (id >= first.n) throw new HttpError(400, 'BAD_INPUT', `id ${id} >= N = ${first.n}`);
     } else {
       if (input.kind !== 'f32') throw new HttpError(400, 'BAD_INPUT', 'this model takes f32 rows');
-      if (input.cols !== l0.dIn) throw new HttpError(400, 'BAD_INPUT', `rows of ${input.cols} values; this model takes ${l0.dIn}`);
+      if (input.cols !== first.cols) throw new HttpError(400, 'BAD_INPUT', `rows of ${input.cols} values; this model takes ${first.cols}`);
     }
   }
 

@@ -9,7 +9,8 @@
 import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
-import type { GhostAttentionLayer, GhostHopfieldLayer, GhostManifest } from './ghost-file.js';
+import type { GhostManifest } from './ghost-file.js';
+import { specByCode, specByOp, type LayerOp } from './kinds/index.js';
 
 export const PROOF_FORMAT_VERSION = 1;
 /** 0x89 'GTPRF' CR LF. */
@@ -172,7 +173,7 @@ export interface PatternBlock {
 export type ProofInput = InputRecord;
 
 export interface LayerEvidence {
-  op: 'hopfield' | 'embedding' | 'attention';
+  op: LayerOp;
   /** Hopfield: per retrieval stage, the B x k selected ids (each input's in rank order). Others: none. */
   stages: Uint32Array[];
   blocks: PatternBlock[];
@@ -218,37 +219,8 @@ export function sortedUniqueIds(lists: readonly Uint32Array[]): Uint32Array {
   return Uint32Array.from(s).sort();
 }
 
-/**
- * What a Hopfield layer's proof reveals, one block per tensor in this order (the
- * prover writes these blocks, the verifier requires exactly them): product keys, both
- * sub-key tables whole ('all') and the values at the last stage's ids; otherwise the
- * keys at every stage's ids and the values at the last stage's (one set when keys and
- * values are one tensor).
- */
-export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Array[]): Map<number, Uint32Array | 'all'> {
-  const last = stages[stages.length - 1]!;
-  const reads = new Map<number, Uint32Array | 'all'>();
-  if (l.index.kind === 'product-keys') {
-    reads.set(l.keys[0]!, 'all');
-    reads.set(l.keys[1]!, 'all');
-    reads.set(l.values, sortedUniqueIds([last]));
-  } else {
-    reads.set(l.keys[0]!, sortedUniqueIds(stages));
-    if (l.values !== l.keys[0]) reads.set(l.values, sortedUniqueIds([last]));
-  }
-  return reads;
-}
-
-/**
- * What an attention layer's proof reveals: every projection tensor whole ('all'), so
- * the verifier recomputes Q, K and V, re-derives each sparse projection's kept columns
- * and each query's top-k keys itself (nothing about the selection is taken on trust).
- */
-export function attentionReads(l: GhostAttentionLayer): Map<number, 'all'> {
-  const reads = new Map<number, 'all'>();
-  for (const p of [l.query, l.key, l.value, l.output]) if (p !== null) reads.set(p.tensor, 'all');
-  return reads;
-}
+export { hopfieldReads } from './kinds/hopfield.js';
+export { attentionReads } from './kinds/attention.js';
 
 // ---------------------------------------------------------------------------
 // XOR deltas: per f32, a 2-bit tag (0: unchanged, 1: XOR fits 16 bits, 2: 24 bits,
@@ -489,8 +461,6 @@ function writeOptimizer(w: ByteWriter, p: CanonicalOptimizer): void {
   w.u8(p.kind === 'adam' ? 2 : 1).f32(p.lr).f32(p.beta1).f32(p.beta2).f32(p.eps).f32(p.weightDecay).u8(p.rowStep ? 1 : 0);
 }
 
-const OP_CODES = { hopfield: 1, embedding: 2, attention: 3 } as const;
-const OP_NAMES: Readonly<Record<number, LayerEvidence['op']>> = { 1: 'hopfield', 2: 'embedding', 3: 'attention' };
 
 export function encodeProof(p: GhostProof): Uint8Array {
   const w = new ByteWriter();
@@ -499,7 +469,9 @@ export function encodeProof(p: GhostProof): Uint8Array {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
     writeInputRecord(w, p.input);
     for (const l of p.layers) {
-      w.u8(OP_CODES[l.op]).u8(l.stages.length);
+      const spec = specByOp(l.op);
+      if (spec === undefined) throw new InvalidArgumentError(`proof: unknown op ${JSON.stringify(l.op)}`);
+      w.u8(spec.code).u8(l.stages.length);
       for (const s of l.stages) w.u32(s.length).u32s(s);
       w.u8(l.blocks.length);
       for (const b of l.blocks) writeBlock(w, b);
@@ -629,7 +601,7 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
     const layers: LayerEvidence[] = [];
     for (let i = 0; i < nl; i++) {
       const op = r.u8('op');
-      const opName = OP_NAMES[op];
+      const opName = specByCode(op)?.op;
       if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
       if (g && g.layers[firstLayer + i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${firstLayer + i} is ${g.layers[firstLayer + i]!.op}; the proof says ${opName}`);
       const ns = r.u8('stage count');

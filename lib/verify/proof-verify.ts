@@ -7,33 +7,32 @@
  * addon: runs in a browser too.
  */
 import { bytesEqual } from '../shared/bytes.js';
-import { cattention, cmix, coptimizerStep, cprojection, cproductKeys, csimilarity, csoftmax, cstate } from './canonical.js';
 import { InvalidArgumentError, ProofError } from '../shared/errors.js';
-import { attentionWidth, decodeGhost, encodeGhost, withRoot, type GhostAttentionLayer, type GhostHopfieldLayer, type GhostManifest, type GhostProjection } from './ghost-file.js';
+import { coptimizerStep } from './canonical.js';
+import { decodeGhost, encodeGhost, withRoot, type GhostManifest } from './ghost-file.js';
+import { specOf } from './kinds/index.js';
+import { fail, type Revealed } from './layer-spec.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle.js';
 import {
   HASH_CALL_WORK,
   HASH_WORK,
-  PAIR_WORK,
   merkleCalls,
   RowKind,
   VerifyBudget,
   applyDelta,
-  attentionReads,
   decodeProof,
   encodeProof,
-  hopfieldReads,
   positionsToProve,
-  sortedUniqueIds,
   type ForwardProof,
   type GhostProof,
   type LayerEvidence,
   type PatternBlock,
   type PatternCache,
-  type ResolvedBlock,
   type UpdateProof,
   type VerifierLimits,
 } from './proof-format.js';
+
+export { attentionCanonical } from './kinds/attention.js';
 
 /** A Ghost file the verifier pins: its manifest, canonical bytes and digest. */
 export interface PinnedGhost {
@@ -79,11 +78,6 @@ export interface VerifiedForward {
   cost: VerifyCost;
 }
 
-/** Rows of one tensor a layer may read (ids sorted: a row is found by bisection; an all-rows block: id * dim). */
-interface Revealed extends ResolvedBlock {
-  all: boolean;
-}
-
 /**
  * The proof to check: bytes are decoded; an object goes through its encoding and back,
  * so every length in it is checked exactly as for bytes off the wire. Decoding checks
@@ -109,10 +103,6 @@ function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint
   if (p.kind !== kind) fail('WRONG_KIND', `${name(p.kind)} where ${name(kind)} is expected`);
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   return p as Extract<GhostProof, { kind: K }>;
-}
-
-function fail(reason: ConstructorParameters<typeof ProofError>[0], message: string): never {
-  throw new ProofError(reason, message);
 }
 
 /**
@@ -179,21 +169,6 @@ function resolveLayer(
   return out;
 }
 
-function rowOf(r: Revealed, id: number): number {
-  if (r.all) {
-    if (id < r.ids.length) return id * r.dim;
-  } else {
-    let lo = 0, hi = r.ids.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (r.ids[mid]! < id) lo = mid + 1;
-      else hi = mid;
-    }
-    if (lo < r.ids.length && r.ids[lo] === id) return lo * r.dim;
-  }
-  fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
-}
-
 /**
  * Charges what verifying a forward proof will hold and do, from its headers and the
  * pinned Ghost file, before any block is hashed or any layer computed: the blocks'
@@ -213,129 +188,12 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
       const n = g.tensors[b.tensor]?.n ?? b.ids.length;
       budget.workFor(b.ids.length * b.dim * HASH_WORK + merkleCalls(b.ids.length, n) * HASH_CALL_WORK, `checking layer ${li}'s block of ${b.ids.length} rows`);
     }
-    if (l.op === 'embedding') {
-      budget.cellsFor(B * (l.dim + 2), `layer ${li}'s ${B} x ${l.dim} output`);
-      budget.workFor(B * l.dim, `layer ${li} (embedding)`);
-      width = l.dim;
-    } else if (l.op === 'hopfield') {
-      const S = l.updateSteps, k = l.k;
-      const pk = l.index.kind === 'product-keys' ? l.index.subKeys : 0;
-      // Per input and stage: k similarities and a mix of k rows (or, for product keys, both tables scored and k^2 pairs ranked).
-      const perStage = (pk ? pk * l.dIn + PAIR_WORK * k * k : PAIR_WORK * k) + 2 * k * l.dIn;
-      budget.cellsFor(B * (l.dOut + l.dIn + S * k) + 2 * pk + k * k, `layer ${li}'s ${B} x ${l.dOut} output and states`);
-      budget.workFor(B * (S * perStage + k * l.dOut), `layer ${li} (hopfield, B = ${B}, k = ${k}, ${S} stages)`);
-      width = l.dOut;
-    } else {
-      const n = B;
-      budget.atMost(n, budget.limits.maxSequence, `layer ${li} (attention): the sequence length`, 'maxSequence');
-      const D = attentionWidth(g, l), dk = D / l.heads;
-      let work = 0, cells = 0;
-      for (const [pr, inDim] of [[l.query, l.dIn], [l.key, l.dIn], [l.value, l.dIn], [l.output, D]] as const) {
-        if (pr === null) continue;
-        const m = g.tensors[pr.tensor]!.n;
-        work += n * inDim * m + (pr.k < m ? n * m * (16 + Math.ceil(pr.k / 16)) : 0);
-        cells += n * m + m + inDim;
-      }
-      const kk = Math.min(l.k, n);
-      const pairs = l.causal ? (n * (n + 1)) / 2 : n * n;
-      work += l.heads * pairs * (PAIR_WORK + 2 * dk + Math.ceil(kk / 16)) + n * kk * D;
-      cells += 2 * n * D + n * l.dOut + 2 * n + kk;
-      budget.cellsFor(cells, `layer ${li} (attention, n = ${n})`);
-      budget.workFor(work, `layer ${li} (attention, n = ${n}, D = ${D})`);
-      width = l.dOut;
-    }
+    const spec = specOf(l);
+    spec.plan(l, g, B, budget, li);
+    width = spec.outWidth(l, g);
   }
   const o = p.output;
   if (o.rows !== B || o.cols !== width) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${B} x ${width}`);
-}
-
-/** One Hopfield layer recomputed canonically from its evidence; returns B x dOut f32. */
-function hopfieldLayer(h: MerkleHasher, g: GhostManifest, l: GhostHopfieldLayer, ev: LayerEvidence, x: Float32Array, B: number, li: number, cache: PatternCache | undefined, resolved: Revealed[]): Float32Array {
-  const k = l.k, d = l.dIn;
-  if (ev.stages.length !== l.updateSteps) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${l.updateSteps}`);
-  const pk = l.index.kind === 'product-keys';
-  const n = g.tensors[l.values]!.n;
-  for (const [si, st] of ev.stages.entries()) {
-    if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
-    for (let b = 0; b < B; b++) {
-      const seen = new Set<number>();
-      for (let i = 0; i < k; i++) {
-        const id = st[b * k + i]!;
-        if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
-        if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
-        seen.add(id);
-      }
-    }
-  }
-  const rev = resolveLayer(h, g, ev, hopfieldReads(l, ev.stages), cache, li);
-  resolved.push(...rev.values());
-  const V = rev.get(l.values)!;
-  const out = new Float32Array(B * l.dOut);
-  const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
-  const K = pk ? null : rev.get(l.keys[0]!)!;
-  for (let b = 0; b < B; b++) {
-    let q = cstate(x, b * d, d, l.normalize);
-    for (let si = 0; si < ev.stages.length; si++) {
-      const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
-      let s: Float64Array;
-      if (sub) {
-        const d1 = sub.t1.dim;
-        const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
-        for (let i = 0; i < k; i++) {
-          if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
-        }
-        s = sel.scores;
-      } else {
-        s = new Float64Array(k);
-        for (let i = 0; i < k; i++) s[i] = csimilarity(l.similarity, q, K!.rows, rowOf(K!, ids[i]!), d);
-      }
-      const a = csoftmax(s, l.beta);
-      const toValues = si === ev.stages.length - 1;
-      if (toValues) {
-        const offs = Array.from(ids, (id) => rowOf(V, id));
-        const y = cmix(a, V.rows, offs, l.dOut);
-        for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = y[j]!;
-      } else if (sub) {
-        // Mixing product keys: each key is its two sub-keys side by side.
-        const q2 = new Float64Array(d);
-        const d1 = sub.t1.dim, d2 = sub.t2.dim;
-        for (let i = 0; i < k; i++) {
-          const o1 = rowOf(sub.t1, Math.floor(ids[i]! / sub.n)), o2 = rowOf(sub.t2, ids[i]! % sub.n);
-          for (let j = 0; j < d1; j++) q2[j] = q2[j]! + a[i]! * sub.t1.rows[o1 + j]!;
-          for (let j = 0; j < d2; j++) q2[d1 + j] = q2[d1 + j]! + a[i]! * sub.t2.rows[o2 + j]!;
-        }
-        q = q2;
-      } else {
-        q = cmix(a, K!.rows, Array.from(ids, (id) => rowOf(K!, id)), d);
-      }
-    }
-  }
-  return out;
-}
-
-/**
- * Runs an attention layer (n input rows = one sequence) with the canonical arithmetic
- * over revealed projection tensors; returns n x dOut f32. The prover computes its
- * claim with this same function (lib/model/model.ts), so honest outputs match bit for bit.
- */
-export function attentionCanonical(g: GhostManifest, l: GhostAttentionLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array): Float32Array {
-  const project = (p: GhostProjection | null, input: Float32Array, inDim: number): Float32Array => {
-    if (p === null) return input;
-    const t = g.tensors[p.tensor]!;
-    return cprojection(input, n, inDim, rowsOf(p.tensor), t.n, p.k);
-  };
-  const q = project(l.query, x, l.dIn), k = project(l.key, x, l.dIn), v = project(l.value, x, l.dIn);
-  const o = cattention(q, k, v, n, l.heads, l.k, l.causal, l.scale);
-  return project(l.output, o, attentionWidth(g, l));
-}
-
-/** One attention layer: its blocks must reveal every projection tensor whole. */
-function attentionLayer(h: MerkleHasher, g: GhostManifest, l: GhostAttentionLayer, ev: LayerEvidence, x: Float32Array, n: number, li: number, cache: PatternCache | undefined, resolved: Revealed[]): Float32Array {
-  if (ev.stages.length !== 0) fail('SHAPE', `layer ${li} (attention) carries ${ev.stages.length} stages; the verifier derives the selection itself`);
-  if (l.k > n) fail('SHAPE', `layer ${li} attends to k = ${l.k} keys; the sequence has ${n} rows`);
-  const rev = resolveLayer(h, g, ev, attentionReads(l), cache, li);
-  resolved.push(...rev.values());
-  return attentionCanonical(g, l, x, n, (t) => rev.get(t)!.rows);
 }
 
 /**
@@ -368,29 +226,29 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
     const l = g.layers[li]!;
     const ev = p.layers[i]!;
     if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
-    if (l.op === 'embedding') {
-      if (!ids) fail('SHAPE', `layer ${li} (embedding) takes ids`);
-      if (ev.stages.length !== 0) fail('SHAPE', `layer ${li} (embedding) has no retrieval stages`);
-      const t = g.tensors[l.table]!;
-      for (const id of ids) if (id >= t.n) fail('ID_OUT_OF_RANGE', `embedding id ${id} >= N = ${t.n}`);
-      const rev = resolveLayer(h, g, ev, new Map([[l.table, sortedUniqueIds([ids])]]), cache, li).get(l.table)!;
-      resolved.push(rev);
-      const y = new Float32Array(B * l.dim);
-      ids.forEach((id, b) => y.set(rev.rows.subarray(rowOf(rev, id), rowOf(rev, id) + l.dim), b * l.dim));
-      x = y;
-      ids = null;
-      cols = l.dim;
-    } else if (l.op === 'attention') {
-      if (!x) fail('SHAPE', `layer ${li} (attention) takes vectors, not ids`);
-      if (x.length !== B * l.dIn) fail('SHAPE', `layer ${li} takes ${l.dIn} values per row; it got ${x.length / B}`);
-      x = attentionLayer(h, g, l, ev, x, B, li, cache, resolved);
-      cols = l.dOut;
+    const spec = specOf(l);
+    const input = spec.input(l, g);
+    if (input.kind === 'ids') {
+      if (!ids) fail('SHAPE', `layer ${li} (${l.op}) takes ids`);
     } else {
-      if (!x) fail('SHAPE', `layer ${li} (hopfield) takes vectors, not ids`);
-      if (x.length !== B * l.dIn) fail('SHAPE', `layer ${li} takes ${l.dIn} values per input; it got ${x.length / B}`);
-      x = hopfieldLayer(h, g, l, ev, x, B, li, cache, resolved);
-      cols = l.dOut;
+      if (!x) fail('SHAPE', `layer ${li} (${l.op}) takes vectors, not ids`);
+      if (x.length !== B * input.cols) fail('SHAPE', `layer ${li} takes ${input.cols} values per row; it got ${x.length / B}`);
     }
+    x = spec.verify(l, {
+      manifest: g,
+      evidence: ev,
+      index: li,
+      rows: B,
+      ids,
+      x,
+      reveal: (need) => {
+        const rev = resolveLayer(h, g, ev, need, cache, li);
+        resolved.push(...rev.values());
+        return rev;
+      },
+    });
+    ids = null;
+    cols = spec.outWidth(l, g);
   }
   const y = x!;
   const o = p.output;

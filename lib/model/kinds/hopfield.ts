@@ -1,6 +1,7 @@
 /**
- * Layers over SparseTensors: HopfieldLookup (essay Fig. 3) and Embedding, each with a
- * dense mode that is the baseline (same math over all N patterns).
+ * The HopfieldLookup kind (essay Fig. 3): the layer, with a dense mode that is the
+ * baseline (same math over all N patterns), and its place in a Model (hopfieldKind;
+ * the verifier half is lib/verify/kinds/hopfield.ts).
  *
  * HopfieldLookup, for each input x (B of them, d floats):
  *   q = normalize ? x / |x| : x
@@ -13,12 +14,15 @@
  * and the gradients cover all N rows (a dense Adam step is then SparseAdam over all
  * rows). Sparse with k = N equals dense.
  */
-import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
-import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNativeAsync } from '../shared/errors.js';
-import { native } from '../tensor/native.js';
-import type { SparseGrad } from './optim.js';
-import { ProductKeyIndex } from '../tensor/product-keys.js';
-import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../../shared/args.js';
+import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNative, callNativeAsync } from '../../shared/errors.js';
+import { hopfieldReads, hopfieldSpec, type GhostHopfieldLayer } from '../../verify/kinds/hopfield.js';
+import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
+import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
+import { native } from '../../tensor/native.js';
+import type { SparseGrad } from '../optim.js';
+import { ProductKeyIndex } from '../../tensor/product-keys.js';
+import { SparseTensor, internalNative } from '../../tensor/sparse-tensor.js';
 
 export type Similarity = 'ip' | 'cosine' | 'l2';
 
@@ -345,39 +349,121 @@ export class HopfieldLookup {
 }
 
 /** One-to-one lookup of rows of a table; sparse gradient (dense mode: a gradient over all rows). */
-export class Embedding {
-  readonly table: SparseTensor;
-  readonly mode: 'sparse' | 'dense';
 
-  constructor(table: SparseTensor, options: { mode?: 'sparse' | 'dense' } = {}) {
-    options = checkOptions('Embedding', options, ['mode']);
-    if (!(table instanceof SparseTensor)) throw new InvalidArgumentError('table must be a SparseTensor');
-    this.table = table;
-    this.mode = options.mode ?? 'sparse';
-    if (this.mode !== 'sparse' && this.mode !== 'dense') throw new InvalidArgumentError(`mode must be 'sparse' or 'dense', got ${String(options.mode)}`);
-  }
+/** HopfieldLookup in a Model: its tensors, its Ghost entry, the layer an entry describes, its part of a proof. */
+export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
+  spec: hopfieldSpec,
+  name: 'a HopfieldLookup',
+  is: (layer): layer is HopfieldLookup => layer instanceof HopfieldLookup,
 
-  get dim(): number {
-    return this.table.dim;
-  }
+  shape(l, i, prevOut): LayerShape {
+    if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
+    if (prevOut !== -1 && prevOut !== l.dim) throw new InvalidArgumentError(`layer ${i} takes ${l.dim} inputs but layer ${i - 1} gives ${prevOut}`);
+    return { inWidth: l.dim, outWidth: l.outDim };
+  },
 
-  /** ids.length x dim rows. */
-  forward(ids: Uint32Array | readonly number[]): Float32Array {
-    return this.table.gather(toIds('ids', ids));
-  }
+  tensors(l): [string, SparseTensor][] {
+    const keys: [string, SparseTensor][] = l.keys instanceof ProductKeyIndex ? [['keys1', l.keys.keys1], ['keys2', l.keys.keys2]] : [['keys', l.keys]];
+    return [...keys, ['values', l.values]];
+  },
 
-  /** The gradient of sum(dy . forward(ids)): the rows of dy (repeats are summed by the optimizer). */
-  backward(ids: Uint32Array | readonly number[], dy: Float32Array): SparseGrad {
-    const u = toIds('ids', ids);
-    checkFloat32Array('dy', dy);
-    const d = this.dim;
-    if (dy.length !== u.length * d) throw new InvalidArgumentError(`dy has length ${dy.length}, expected ids.length * dim = ${u.length * d}`);
-    const n = this.table.size;
-    for (let i = 0; i < u.length; i++) if (u[i]! >= n) throw new OutOfRangeError(`ids[${i}] = ${u[i]} is out of range (size ${n})`);
-    if (this.mode === 'sparse') return { tensor: this.table, ids: u, grads: dy.slice() };
-    const all = allIds(n);
-    const g = new Float32Array(n * d);
-    for (let i = 0; i < u.length; i++) for (let j = 0; j < d; j++) g[u[i]! * d + j]! += dy[i * d + j]!;
-    return { tensor: this.table, ids: all, grads: g };
-  }
-}
+  ghost(l, _shape, index): GhostHopfieldLayer {
+    const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
+    const hnsw = !pk && l.index === 'hnsw' ? (l.keys as SparseTensor).hnsw : null;
+    if (!pk && l.index === 'hnsw' && !hnsw) throw new InvalidArgumentError('a HopfieldLookup with index hnsw needs its graph: buildHnsw() first');
+    return {
+      op: 'hopfield',
+      dIn: l.dim,
+      dOut: l.outDim,
+      k: l.k,
+      beta: l.beta,
+      similarity: l.similarity,
+      normalize: l.normalize,
+      updateSteps: l.updateSteps,
+      index: pk ? { kind: 'product-keys', subKeys: pk.subKeys } : hnsw ? { kind: 'hnsw', M: hnsw.M, efConstruction: hnsw.efConstruction, ef: l.ef ?? 0 } : { kind: 'exact' },
+      keys: pk ? [index(pk.keys1), index(pk.keys2)] : [index(l.keys as SparseTensor)],
+      values: index(l.values),
+    };
+  },
+
+  async fromGhost(l, tensors): Promise<HopfieldLookup> {
+    const values = tensors[l.values]!;
+    let keys: SparseTensor | ProductKeyIndex;
+    let index: 'exact' | 'hnsw' = 'exact';
+    if (l.index.kind === 'product-keys') keys = ProductKeyIndex.fromTables(tensors[l.keys[0]!]!, tensors[l.keys[1]!]!);
+    else {
+      keys = tensors[l.keys[0]!]!;
+      if (l.index.kind === 'hnsw') {
+        index = 'hnsw';
+        if (!keys.hnsw) await keys.buildHnsw({ metric: l.similarity, M: l.index.M, efConstruction: l.index.efConstruction });
+      }
+    }
+    const ef = l.index.kind === 'hnsw' && l.index.ef > 0 ? { ef: l.index.ef } : {};
+    return new HopfieldLookup({ keys, values, k: l.k, beta: l.beta, similarity: l.similarity, normalize: l.normalize, index, updateSteps: l.updateSteps, ...ef });
+  },
+
+  async forward(l, input): Promise<{ y: Float32Array; ctx: unknown }> {
+    checkFloat32Array('input', input);
+    const r = await l.forward(input as Float32Array);
+    return { y: r.y, ctx: r.ctx };
+  },
+
+  async backward(l, ctx, dy): Promise<LayerGradients> {
+    const r = await l.backward(ctx as HopfieldContext, dy);
+    return { dx: r.dx, grads: r.grads, dense: [{ param: l.betaParam, grad: Float32Array.of(r.dBeta) }] };
+  },
+
+  /**
+   * Product-key layers select canonically (the verifier re-derives the selection);
+   * exact and HNSW layers select with the fast index on the canonical state rounded to
+   * f32 (the verifier cannot re-check that choice: see the docs). The scores and mixes
+   * are the canonical arithmetic, run natively.
+   */
+  async prove(l, c): Promise<ProvedLayer> {
+    const gl = c.ghost.manifest.layers[c.index] as GhostHopfieldLayer;
+    const B = c.rows, k = l.k, d = l.dim;
+    const nat = native();
+    const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
+    let q = callNative(() => nat.canonicalStates(c.x!, B, d, l.normalize));
+    const t1 = pk ? pk.keys1.gather(allIds(pk.subKeys)) : null;
+    const t2 = pk ? pk.keys2.gather(allIds(pk.subKeys)) : null;
+    const stages: Uint32Array[] = [];
+    let out: Float64Array = new Float64Array(0);
+    for (let step = 1; step <= l.updateSteps; step++) {
+      const last = step === l.updateSteps;
+      let ids: Uint32Array;
+      let s: Float64Array;
+      let keyRows: Float32Array;
+      if (pk) {
+        const r = callNative(() => nat.canonicalProductKeys(q, t1!, t2!, pk.subKeys, pk.keys1.dim, pk.keys2.dim, B, k, c.threads));
+        ids = r.ids;
+        s = r.scores;
+        keyRows = last ? new Float32Array(0) : pk.keyRows(ids);
+      } else {
+        const keys = l.keys as SparseTensor;
+        const r = await keys.searchBatch(Float32Array.from(q), k, {
+          metric: l.similarity,
+          index: l.index,
+          ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
+          ...(c.threads === undefined ? {} : { threads: c.threads }),
+        });
+        ids = r.ids;
+        keyRows = keys.gather(ids);
+        s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
+      }
+      stages.push(ids);
+      const rows = last ? l.values.gather(ids) : keyRows;
+      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
+      q = out;
+    }
+    // One block per tensor the layer reads, as the verifier requires them.
+    const blocks: PatternBlock[] = [];
+    const resolved: ResolvedBlock[] = [];
+    for (const [ti, ids] of hopfieldReads(gl, stages)) {
+      const b = c.block(ti, ids);
+      blocks.push(b.block);
+      resolved.push(b.resolved);
+    }
+    return { y: Float32Array.from(out), evidence: { op: 'hopfield', stages, blocks }, resolved };
+  },
+};

@@ -18,11 +18,14 @@
  * function. The selection is an exact blocked scan (SIMD score tiles and a bounded
  * heap per query, O(n k) memory); backward() goes through the selected keys only.
  */
-import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions } from '../shared/args.js';
-import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from '../shared/errors.js';
-import { native } from '../tensor/native.js';
-import type { SparseGrad } from './optim.js';
-import { SparseTensor } from '../tensor/sparse-tensor.js';
+import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions } from '../../shared/args.js';
+import { InvalidArgumentError, OutOfRangeError, callNativeAsync } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
+import type { SparseGrad } from '../optim.js';
+import { SparseTensor } from '../../tensor/sparse-tensor.js';
+import { attentionCanonical, attentionReads, attentionSpec, type GhostAttentionLayer, type GhostProjection } from '../../verify/kinds/attention.js';
+import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
+import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
 /** Padding in `ids` where a causal query has fewer than k keys to choose from. */
 export const NO_KEY = 0xffffffff;
@@ -359,3 +362,79 @@ function mergeByTensor(grads: SparseGrad[]): SparseGrad[] {
   }
   return out;
 }
+
+/** An attention layer's widths in a model: input (dIn), Q/K/V (D) and output. */
+function attentionWidths(l: SparseSelfAttention, prevOut: number): { dIn: number; D: number; out: number } {
+  const dIn = l.inDim ?? prevOut;
+  return { dIn, ...l.widths(dIn) };
+}
+
+/** SparseSelfAttention in a Model: a proof reveals its projections whole; the claim is attentionCanonical. */
+export const attentionKind: LayerKind<SparseSelfAttention, GhostAttentionLayer> = {
+  spec: attentionSpec,
+  name: 'a SparseSelfAttention',
+  is: (layer): layer is SparseSelfAttention => layer instanceof SparseSelfAttention,
+
+  shape(l, i, prevOut): LayerShape {
+    if (l.mode !== 'sparse') throw new InvalidArgumentError(`layer ${i}: a proved model uses sparse layers (dense mode is the baseline)`);
+    if (l.inDim === null && prevOut === -1) throw new InvalidArgumentError(`layer ${i}: an attention layer without projections cannot come first (its width is unknown)`);
+    const w = attentionWidths(l, prevOut);
+    if (prevOut !== -1 && prevOut !== w.dIn) throw new InvalidArgumentError(`layer ${i} takes ${w.dIn} inputs but layer ${i - 1} gives ${prevOut}`);
+    if (w.D % l.heads !== 0) throw new InvalidArgumentError(`layer ${i}: width ${w.D} is not a multiple of ${l.heads} heads`);
+    if (l.output !== null && l.output.inDim !== w.D) throw new InvalidArgumentError(`layer ${i}: the output projection reads ${l.output.inDim} values; the attention gives ${w.D}`);
+    return { inWidth: w.dIn, outWidth: w.out };
+  },
+
+  tensors(l): [string, SparseTensor][] {
+    const out: [string, SparseTensor][] = [];
+    for (const [name, p] of [['query', l.query], ['key', l.key], ['value', l.value], ['output', l.output]] as const) if (p !== null) out.push([name, p.weight]);
+    return out;
+  },
+
+  ghost(l, shape, index): GhostAttentionLayer {
+    const D = l.widths(shape.inWidth).D;
+    const proj = (p: Projection | null): GhostProjection | null => (p === null ? null : { tensor: index(p.weight), k: p.full ? p.outDim : p.k });
+    return {
+      op: 'attention', dIn: shape.inWidth, dOut: shape.outWidth, heads: l.heads, k: l.k, causal: l.causal,
+      scale: Math.fround(l.scale ?? 1 / Math.sqrt(D / l.heads)),
+      query: proj(l.query), key: proj(l.key), value: proj(l.value), output: proj(l.output),
+    };
+  },
+
+  async fromGhost(l, tensors): Promise<SparseSelfAttention> {
+    const proj = (p: GhostProjection): Projection => new Projection({ weight: tensors[p.tensor]!, k: p.k });
+    return new SparseSelfAttention({
+      heads: l.heads, k: l.k, causal: l.causal, scale: l.scale,
+      ...(l.query ? { query: proj(l.query) } : {}), ...(l.key ? { key: proj(l.key) } : {}),
+      ...(l.value ? { value: proj(l.value) } : {}), ...(l.output ? { output: proj(l.output) } : {}),
+    });
+  },
+
+  async forward(l, input, shape): Promise<{ y: Float32Array; ctx: unknown }> {
+    checkFloat32Array('input', input);
+    const r = await l.forward(input as Float32Array, shape.inWidth);
+    return { y: r.y, ctx: r.ctx };
+  },
+
+  async backward(l, ctx, dy): Promise<LayerGradients> {
+    const r = await l.backward(ctx as AttentionContext, dy);
+    return { dx: r.dx, grads: r.grads, dense: [] };
+  },
+
+  async prove(l, c): Promise<ProvedLayer> {
+    const gl = c.ghost.manifest.layers[c.index] as GhostAttentionLayer;
+    const B = c.rows;
+    if (l.k > B) throw new OutOfRangeError(`layer ${c.index}: k (${l.k}) must be at most the sequence length (${B} rows)`);
+    const blocks: PatternBlock[] = [];
+    const resolved: ResolvedBlock[] = [];
+    const rows = new Map<number, Float32Array>();
+    for (const ti of attentionReads(gl).keys()) {
+      const b = c.block(ti, 'all');
+      blocks.push(b.block);
+      resolved.push(b.resolved);
+      rows.set(ti, b.resolved.rows);
+    }
+    const y = attentionCanonical(c.ghost.manifest, gl, c.x!, B, (ti) => rows.get(ti)!);
+    return { y, evidence: { op: 'attention', stages: [], blocks }, resolved };
+  },
+};

@@ -1,0 +1,85 @@
+/**
+ * What a layer kind is to a Model (docs/layer-kinds.md): the model-tier half of a kind,
+ * beside its verifier half (lib/verify/layer-spec.ts). It knows the layer object: which
+ * tensors it uses, how it chains, its Ghost-file entry and the layer a Ghost entry
+ * describes, its fast forward and backward, and how the prover makes the layer's part
+ * of a forward proof (the rows it reveals and the canonical output it claims).
+ *
+ * Model, its prover, save / load and the CLI dispatch through the registry
+ * (lib/model/kinds/index.ts); none of them names a layer class.
+ */
+import type { GhostLayerBase, LayerSpec } from '../verify/layer-spec.js';
+import type { LayerEvidence, PatternBlock, PatternCache, ResolvedBlock } from '../verify/proof-format.js';
+import type { PinnedGhost } from '../verify/proof-verify.js';
+import type { SparseGrad } from './optim.js';
+import type { SparseTensor } from '../tensor/sparse-tensor.js';
+
+/** What a backward pass gives: the input's gradient (null for ids), sparse row gradients, dense parameter gradients. */
+export interface LayerGradients {
+  dx: Float32Array | null;
+  grads: SparseGrad[];
+  /** Gradients of dense parameters the layer owns (e.g. a learned beta), same length as each param. */
+  dense: { param: Float32Array; grad: Float32Array }[];
+}
+
+/** What Model gives a kind to prove one layer. */
+export interface ProveLayerContext {
+  /** The Ghost file the proof is for (the layer's entry is ghost.manifest.layers[index]). */
+  readonly ghost: PinnedGhost;
+  readonly index: number;
+  /** Rows in the batch (attention: the sequence length). */
+  readonly rows: number;
+  /** The input: ids for an ids-taking layer, else rows x width f32 (the canonical output of the layer before). */
+  readonly ids: Uint32Array | null;
+  readonly x: Float32Array | null;
+  readonly cache: PatternCache | undefined;
+  readonly threads: number | undefined;
+  /** The model's tensor at Ghost-file index `i`, and a tensor's index. */
+  tensor(i: number): SparseTensor;
+  tensorIndex(t: SparseTensor): number;
+  /** A block revealing rows `ids` (sorted, unique) or every row ('all') of the tensor at Ghost-file index `i`. */
+  block(i: number, ids: Uint32Array | 'all'): { block: PatternBlock; resolved: ResolvedBlock };
+}
+
+/** One layer's part of a forward proof: its canonical output, its evidence and the rows it revealed. */
+export interface ProvedLayer {
+  y: Float32Array;
+  evidence: LayerEvidence;
+  resolved: ResolvedBlock[];
+}
+
+/** How a layer sits in a model: its input and output widths (-1 input: it takes ids). */
+export interface LayerShape {
+  inWidth: number;
+  outWidth: number;
+}
+
+export interface LayerKind<Layer, L extends GhostLayerBase> {
+  /** The verifier half: Ghost entry codec and checks, reads, canonical forward. */
+  readonly spec: LayerSpec<L>;
+  /** Class names for messages ("a HopfieldLookup"). */
+  readonly name: string;
+  /** Whether `layer` is of this kind: the one place a layer's class is tested. */
+  is(layer: unknown): layer is Layer;
+
+  /**
+   * Checks the layer at position `index` after a layer giving `prevOut` values per row
+   * (-1: it is first) and returns its shape; throws InvalidArgumentError when it cannot
+   * stand there (a proved model uses sparse layers; widths must chain).
+   */
+  shape(layer: Layer, index: number, prevOut: number): LayerShape;
+  /** The tensors the layer uses, in Ghost-file order, with their name suffix (`l<i>.<suffix>`). */
+  tensors(layer: Layer): [string, SparseTensor][];
+  /** Its Ghost-file entry; `tensorIndex` maps a tensor to its index in the file. */
+  ghost(layer: Layer, shape: LayerShape, tensorIndex: (t: SparseTensor) => number): L;
+  /** The layer a Ghost entry describes, over the model's tensors (HNSW graphs are rebuilt). */
+  fromGhost(l: L, tensors: readonly SparseTensor[]): Promise<Layer>;
+
+  /** The fast forward pass (f32 kernels); `ctx` is what backward needs. */
+  forward(layer: Layer, input: Float32Array | Uint32Array, shape: LayerShape): Promise<{ y: Float32Array; ctx: unknown }>;
+  /** The backward pass from forward's ctx and the output's gradient. */
+  backward(layer: Layer, ctx: unknown, dy: Float32Array): Promise<LayerGradients>;
+
+  /** The layer's part of a forward proof: the canonical output and the evidence the verifier needs. */
+  prove(layer: Layer, ctx: ProveLayerContext): Promise<ProvedLayer>;
+}

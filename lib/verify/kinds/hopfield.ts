@@ -1,0 +1,202 @@
+/**
+ * The HopfieldLookup kind, verifier half (docs/proof-format.md, "Hopfield layers"):
+ * retrieval of the top-k keys (exact, HNSW or product keys), softmax over beta times
+ * their similarities, a mix of the values; `updateSteps` stages, the earlier ones
+ * mixing keys into the next state.
+ */
+import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
+import { cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
+import type { GhostManifest } from '../ghost-file.js';
+import { GHOST_LIMITS, fail, ghostBad, ghostLimit, rowOf, type LayerSpec } from '../layer-spec.js';
+import { PAIR_WORK, sortedUniqueIds } from '../proof-format.js';
+
+export type GhostIndex =
+  | { kind: 'exact' }
+  | { kind: 'hnsw'; M: number; efConstruction: number; ef: number }
+  | { kind: 'product-keys'; subKeys: number };
+
+export interface GhostHopfieldLayer {
+  op: 'hopfield';
+  dIn: number;
+  dOut: number;
+  k: number;
+  /** An f32 value. */
+  beta: number;
+  similarity: CanonicalSimilarity;
+  normalize: boolean;
+  updateSteps: number;
+  index: GhostIndex;
+  /** Tensor indexes of the keys: one (exact, hnsw) or the two sub-key tables (product keys). */
+  keys: number[];
+  values: number;
+}
+
+const SIMS: readonly CanonicalSimilarity[] = ['ip', 'cosine', 'l2'];
+const INDEX_KINDS = ['exact', 'hnsw', 'product-keys'] as const;
+
+/**
+ * What a Hopfield layer's proof reveals, one block per tensor in this order (the
+ * prover writes these blocks, the verifier requires exactly them): product keys, both
+ * sub-key tables whole ('all') and the values at the last stage's ids; otherwise the
+ * keys at every stage's ids and the values at the last stage's (one set when keys and
+ * values are one tensor).
+ */
+export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Array[]): Map<number, Uint32Array | 'all'> {
+  const last = stages[stages.length - 1]!;
+  const reads = new Map<number, Uint32Array | 'all'>();
+  if (l.index.kind === 'product-keys') {
+    reads.set(l.keys[0]!, 'all');
+    reads.set(l.keys[1]!, 'all');
+    reads.set(l.values, sortedUniqueIds([last]));
+  } else {
+    reads.set(l.keys[0]!, sortedUniqueIds(stages));
+    if (l.values !== l.keys[0]) reads.set(l.values, sortedUniqueIds([last]));
+  }
+  return reads;
+}
+
+export const hopfieldSpec: LayerSpec<GhostHopfieldLayer> = {
+  op: 'hopfield',
+  code: 1,
+
+  encode(w: ByteWriter, l: GhostHopfieldLayer): void {
+    w.u32(l.dIn).u32(l.dOut).u32(l.k).f32(l.beta).u8(SIMS.indexOf(l.similarity)).u8(l.normalize ? 1 : 0).u16(l.updateSteps);
+    w.u8(INDEX_KINDS.indexOf(l.index.kind));
+    if (l.index.kind === 'hnsw') w.u32(l.index.M).u32(l.index.efConstruction).u32(l.index.ef);
+    else if (l.index.kind === 'product-keys') w.u32(l.index.subKeys);
+    for (const k of l.keys) w.u32(k);
+    w.u32(l.values);
+  },
+
+  decode(r: ByteReader, i: number): GhostHopfieldLayer {
+    const dIn = r.u32('dIn'), dOut = r.u32('dOut'), k = r.u32('k'), beta = r.f32('beta');
+    const sim = SIMS[r.u8('similarity')];
+    if (sim === undefined) ghostBad(`layer ${i}: unknown similarity`);
+    const norm = r.u8('normalize');
+    if (norm > 1) ghostBad(`layer ${i}: normalize must be 0 or 1`);
+    const updateSteps = r.u16('updateSteps');
+    const kind = INDEX_KINDS[r.u8('index kind')];
+    let index: GhostIndex;
+    if (kind === 'exact') index = { kind };
+    else if (kind === 'hnsw') index = { kind, M: r.u32('M'), efConstruction: r.u32('efConstruction'), ef: r.u32('ef') };
+    else if (kind === 'product-keys') index = { kind, subKeys: r.u32('subKeys') };
+    else ghostBad(`layer ${i}: unknown index kind`);
+    const keys = kind === 'product-keys' ? [r.u32('keys1'), r.u32('keys2')] : [r.u32('keys')];
+    return { op: 'hopfield', dIn, dOut, k, beta, similarity: sim, normalize: norm === 1, updateSteps, index, keys, values: r.u32('values') };
+  },
+
+  check(l, c): number {
+    const at = c.at;
+    ghostLimit(`${at} dIn`, l.dIn, 1, GHOST_LIMITS.dim);
+    ghostLimit(`${at} dOut`, l.dOut, 1, GHOST_LIMITS.dim);
+    ghostLimit(`${at} k`, l.k, 1, GHOST_LIMITS.k);
+    ghostLimit(`${at} updateSteps`, l.updateSteps, 1, GHOST_LIMITS.updateSteps);
+    if (!Number.isFinite(l.beta) || Math.fround(l.beta) !== l.beta) ghostBad(`${at}: beta must be a finite f32`);
+    if (!SIMS.includes(l.similarity)) ghostBad(`${at}: unknown similarity`);
+    if (typeof l.normalize !== 'boolean') ghostBad(`${at}: normalize must be a boolean`);
+    if (c.prevOut !== -1 && c.prevOut !== l.dIn) ghostBad(`${at}: takes ${l.dIn} inputs but the layer before gives ${c.prevOut}`);
+    const v = c.tensor(l.values, `${at} values`);
+    if (v.dim !== l.dOut) ghostBad(`${at}: dOut ${l.dOut} differs from its values' dim ${v.dim}`);
+    const idx = l.index;
+    if (idx.kind === 'product-keys') {
+      ghostLimit(`${at} subKeys`, idx.subKeys, 1, GHOST_LIMITS.subKeys);
+      if (l.similarity !== 'ip') ghostBad(`${at}: product keys score by inner product`);
+      if (l.keys.length !== 2) ghostBad(`${at}: product keys need two sub-key tables`);
+      const [a, b] = [c.tensor(l.keys[0]!, `${at} keys`), c.tensor(l.keys[1]!, `${at} keys`)];
+      if (a.n !== idx.subKeys || b.n !== idx.subKeys) ghostBad(`${at}: sub-key tables must hold subKeys = ${idx.subKeys} rows`);
+      if (a.dim + b.dim !== l.dIn) ghostBad(`${at}: sub-key dims ${a.dim} + ${b.dim} differ from dIn ${l.dIn}`);
+      if (v.n !== idx.subKeys * idx.subKeys) ghostBad(`${at}: values hold ${v.n} rows, product keys address ${idx.subKeys ** 2}`);
+    } else {
+      if (idx.kind === 'hnsw') {
+        ghostLimit(`${at} M`, idx.M, 2, 65535);
+        ghostLimit(`${at} efConstruction`, idx.efConstruction, 1, 1_000_000);
+        ghostLimit(`${at} ef`, idx.ef, 0, 1_000_000);
+      } else if (idx.kind !== 'exact') ghostBad(`${at}: unknown index kind`);
+      if (l.keys.length !== 1) ghostBad(`${at}: needs exactly one key tensor`);
+      const kt = c.tensor(l.keys[0]!, `${at} keys`);
+      if (kt.dim !== l.dIn) ghostBad(`${at}: dIn ${l.dIn} differs from its keys' dim ${kt.dim}`);
+      if (kt.n !== v.n) ghostBad(`${at}: keys hold ${kt.n} patterns and values ${v.n}`);
+    }
+    if (l.k > v.n) ghostBad(`${at}: k = ${l.k} exceeds N = ${v.n}`);
+    return l.dOut;
+  },
+
+  describe(l): string {
+    return `hopfield: ${l.dIn} -> ${l.dOut}, k = ${l.k}, beta ${l.beta.toPrecision(5)}, ${l.similarity}${l.normalize ? ', normalized' : ''}, ${l.updateSteps} step(s), ${l.index.kind} index, keys ${l.keys.join('+')}, values ${l.values}`;
+  },
+
+  input: (l) => ({ kind: 'f32', cols: l.dIn }),
+  outWidth: (l) => l.dOut,
+
+  plan(l, _m, B, budget, li): void {
+    const S = l.updateSteps, k = l.k;
+    const pk = l.index.kind === 'product-keys' ? l.index.subKeys : 0;
+    // Per input and stage: k similarities and a mix of k rows (or, for product keys, both tables scored and k^2 pairs ranked).
+    const perStage = (pk ? pk * l.dIn + PAIR_WORK * k * k : PAIR_WORK * k) + 2 * k * l.dIn;
+    budget.cellsFor(B * (l.dOut + l.dIn + S * k) + 2 * pk + k * k, `layer ${li}'s ${B} x ${l.dOut} output and states`);
+    budget.workFor(B * (S * perStage + k * l.dOut), `layer ${li} (hopfield, B = ${B}, k = ${k}, ${S} stages)`);
+  },
+
+  verify(l, ctx): Float32Array {
+    const g: GhostManifest = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, x = ctx.x!;
+    const k = l.k, d = l.dIn;
+    if (ev.stages.length !== l.updateSteps) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${l.updateSteps}`);
+    const pk = l.index.kind === 'product-keys';
+    const n = g.tensors[l.values]!.n;
+    for (const [si, st] of ev.stages.entries()) {
+      if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
+      for (let b = 0; b < B; b++) {
+        const seen = new Set<number>();
+        for (let i = 0; i < k; i++) {
+          const id = st[b * k + i]!;
+          if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
+          if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
+          seen.add(id);
+        }
+      }
+    }
+    const rev = ctx.reveal(hopfieldReads(l, ev.stages));
+    const V = rev.get(l.values)!;
+    const out = new Float32Array(B * l.dOut);
+    const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
+    const K = pk ? null : rev.get(l.keys[0]!)!;
+    for (let b = 0; b < B; b++) {
+      let q = cstate(x, b * d, d, l.normalize);
+      for (let si = 0; si < ev.stages.length; si++) {
+        const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
+        let s: Float64Array;
+        if (sub) {
+          const d1 = sub.t1.dim;
+          const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
+          for (let i = 0; i < k; i++) {
+            if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
+          }
+          s = sel.scores;
+        } else {
+          s = new Float64Array(k);
+          for (let i = 0; i < k; i++) s[i] = csimilarity(l.similarity, q, K!.rows, rowOf(K!, ids[i]!), d);
+        }
+        const a = csoftmax(s, l.beta);
+        const toValues = si === ev.stages.length - 1;
+        if (toValues) {
+          const offs = Array.from(ids, (id) => rowOf(V, id));
+          const y = cmix(a, V.rows, offs, l.dOut);
+          for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = y[j]!;
+        } else if (sub) {
+          // Mixing product keys: each key is its two sub-keys side by side.
+          const q2 = new Float64Array(d);
+          const d1 = sub.t1.dim, d2 = sub.t2.dim;
+          for (let i = 0; i < k; i++) {
+            const o1 = rowOf(sub.t1, Math.floor(ids[i]! / sub.n)), o2 = rowOf(sub.t2, ids[i]! % sub.n);
+            for (let j = 0; j < d1; j++) q2[j] = q2[j]! + a[i]! * sub.t1.rows[o1 + j]!;
+            for (let j = 0; j < d2; j++) q2[d1 + j] = q2[d1 + j]! + a[i]! * sub.t2.rows[o2 + j]!;
+          }
+          q = q2;
+        } else {
+          q = cmix(a, K!.rows, Array.from(ids, (id) => rowOf(K!, id)), d);
+        }
+      }
+    }
+    return out;
+  },
+};

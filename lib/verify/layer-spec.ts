@@ -1,0 +1,125 @@
+/**
+ * What a layer kind is to the verifier (docs/layer-kinds.md): its Ghost-file entry
+ * (encode, decode, checks), the rows of which tensors its proofs reveal, what checking
+ * it costs, and its canonical forward, which the verifier runs on the revealed rows
+ * and the prover runs to make its claim. One module per kind in lib/verify/kinds/, one
+ * line per kind in lib/verify/kinds/index.ts. Loads no addon.
+ *
+ * The model tier adds the other half of a kind (lib/model/layer-kind.ts): the layer
+ * object, its fast forward and backward, and how the prover gathers the rows.
+ */
+import type { ByteReader, ByteWriter } from '../shared/bytes.js';
+import { FormatError, ProofError, type ProofFailure } from '../shared/errors.js';
+import type { GhostManifest, GhostTensor } from './ghost-file.js';
+import type { LayerEvidence, ResolvedBlock, VerifyBudget } from './proof-format.js';
+
+/** Bounds of Ghost-file fields (decoding refuses values past them). */
+export const GHOST_LIMITS = { tensors: 4096, layers: 4096, nameBytes: 64, dim: 2 ** 24, k: 2 ** 16, updateSteps: 100, subKeys: 65535, heads: 4096 } as const;
+
+/** Every layer entry of a Ghost file has its kind's op name. */
+export interface GhostLayerBase {
+  op: string;
+}
+
+/** What a layer takes: ids into a table of n rows, or rows of `cols` f32 values. */
+export type LayerInput = { kind: 'ids'; n: number } | { kind: 'f32'; cols: number };
+
+/** Rows of one tensor revealed to a layer (ids sorted; an all-rows block holds every id). */
+export interface Revealed extends ResolvedBlock {
+  all: boolean;
+}
+
+/** What checkGhost gives a kind's check: the manifest, the layer's position and a checked tensor lookup. */
+export interface GhostCheckContext {
+  readonly manifest: GhostManifest;
+  /** The layer's index. */
+  readonly index: number;
+  /** "layer i", for messages. */
+  readonly at: string;
+  /** The output width of the layer before (-1 for the first layer). */
+  readonly prevOut: number;
+  /** The tensor `i`, or FormatError BAD_VALUE naming `what` when it does not exist. */
+  tensor(i: number, what: string): GhostTensor;
+}
+
+/** What the verifier gives a kind to recompute one layer of a forward proof. */
+export interface VerifyLayerContext {
+  readonly manifest: GhostManifest;
+  readonly evidence: LayerEvidence;
+  /** The layer's index in the model. */
+  readonly index: number;
+  /** Rows in the batch (for attention: the sequence length). */
+  readonly rows: number;
+  /** The input: ids for a layer whose input() is 'ids', else rows x cols f32. */
+  readonly ids: Uint32Array | null;
+  readonly x: Float32Array | null;
+  /**
+   * Checks that the layer's blocks reveal exactly `need` (tensor -> sorted ids, or
+   * 'all'), each row against the Ghost file's root, and returns them by tensor.
+   */
+  reveal(need: Map<number, Uint32Array | 'all'>): Map<number, Revealed>;
+}
+
+export interface LayerSpec<L extends GhostLayerBase = GhostLayerBase> {
+  /** The op name in manifests, proofs and messages. */
+  readonly op: L['op'];
+  /** Its byte in Ghost files and proofs: stable, never reused. */
+  readonly code: number;
+
+  /** Writes the layer's fields (after the op byte). */
+  encode(w: ByteWriter, l: L): void;
+  /** Reads the fields after the op byte from untrusted bytes (every length bounded). */
+  decode(r: ByteReader, index: number): L;
+  /** Checks what the encoding cannot (limits, references, widths); returns the output width. */
+  check(l: L, c: GhostCheckContext): number;
+  /** One line for `ghost-tensor inspect`. */
+  describe(l: L, m: GhostManifest): string;
+
+  /** What the layer takes. */
+  input(l: L, m: GhostManifest): LayerInput;
+  /** Output values per row. */
+  outWidth(l: L, m: GhostManifest): number;
+
+  /**
+   * Charges what checking this layer of a forward proof holds and does, from the
+   * proof's headers and the Ghost file, before any of it is done (rows: the batch).
+   */
+  plan(l: L, m: GhostManifest, rows: number, budget: VerifyBudget, index: number): void;
+  /**
+   * Recomputes the layer from its evidence with the canonical arithmetic: checks the
+   * evidence's stages, reveals exactly the rows the layer reads (ctx.reveal) and returns
+   * rows x outWidth f32, which the verifier compares with the claim bit for bit.
+   */
+  verify(l: L, ctx: VerifyLayerContext): Float32Array;
+}
+
+export function fail(reason: ProofFailure, message: string): never {
+  throw new ProofError(reason, message);
+}
+
+/** A Ghost file's value that breaks a rule: FormatError BAD_VALUE. */
+export function ghostBad(message: string): never {
+  throw new FormatError('BAD_VALUE', `Ghost file: ${message}`);
+}
+
+/** An integer field within lo..hi, or FormatError LIMIT. */
+export function ghostLimit(field: string, v: number, lo: number, hi: number): number {
+  if (!Number.isInteger(v) || v < lo || v > hi) throw new FormatError('LIMIT', `Ghost file: ${field} = ${v} is outside ${lo}..${hi}`);
+  return v;
+}
+
+/** Offset of row `id` in a revealed block's rows, or ProofError BLOCK_IDS when it was not revealed. */
+export function rowOf(r: Revealed, id: number): number {
+  if (r.all) {
+    if (id < r.ids.length) return id * r.dim;
+  } else {
+    let lo = 0, hi = r.ids.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (r.ids[mid]! < id) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo < r.ids.length && r.ids[lo] === id) return lo * r.dim;
+  }
+  fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
+}
