@@ -93,6 +93,11 @@ export class ModelDirectory {
     this.#pending = { proofs, ghosts };
   }
 
+  /** Where each file of the directory `path` lives (for tools that show them: the CLI's inspect). */
+  static files(path: string): { ghost: string; firstGhost: string; log: string; tensor: (i: number) => string } {
+    return { ghost: join(path, GHOST), firstGhost: join(path, FIRST_GHOST), log: join(path, LOG), tensor: (i) => join(path, tensorFile(i)) };
+  }
+
   /**
    * Writes a new directory `path` (it must not exist): one tensor file per tensor and
    * ghost.bin, into a temporary directory beside it, everything fsynced, then renamed
