@@ -4,13 +4,14 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../shared/errors.js';
 import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../verify/ghost-file.js';
 import { describeLayer } from '../verify/kinds/index.js';
 import { Model } from '../model/model.js';
+import { ModelDirectory } from '../model/model-dir.js';
 import { PROOF_MAGIC, decodeProof, type GhostProof } from '../verify/proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate } from '../verify/proof-verify.js';
 import { ProverClient } from '../serve/client.js';
@@ -72,7 +73,7 @@ function readBytes(path: string): Uint8Array {
 
 /** A Ghost file path, or a model directory (its ghost.bin). */
 function ghostPath(path: string): string {
-  return existsSync(path) && statSync(path).isDirectory() ? join(path, 'ghost.bin') : path;
+  return existsSync(path) && statSync(path).isDirectory() ? ModelDirectory.files(path).ghost : path;
 }
 
 function startsWith(b: Uint8Array, magic: Uint8Array): boolean {
@@ -396,23 +397,15 @@ async function inspect(path: string, json: boolean): Promise<number> {
     else lines.forEach((l) => out(l));
   };
   if (statSync(path).isDirectory()) {
-    const ghostBytes = readBytes(join(path, 'ghost.bin'));
+    const layout = ModelDirectory.files(path);
+    const ghostBytes = readBytes(layout.ghost);
     const g = await pinGhost(decodeGhost(ghostBytes));
     const files = g.manifest.tensors.map((t, i) => {
-      const f = join(path, 'tensors', `${i}.gtt`);
-      return { name: t.name, file: `tensors/${i}.gtt`, bytes: existsSync(f) ? statSync(f).size : null, wal: existsSync(`${f}.wal`) ? statSync(`${f}.wal`).size : 0 };
+      const f = layout.tensor(i);
+      return { name: t.name, file: relative(path, f), bytes: existsSync(f) ? statSync(f).size : null, wal: existsSync(`${f}.wal`) ? statSync(`${f}.wal`).size : 0 };
     });
-    let generation = 0;
-    const log = join(path, 'updates.bin');
-    if (existsSync(log)) {
-      const b = readFileSync(log);
-      for (let at = 0; at + 4 <= b.length; ) {
-        const n = b.readUInt32LE(at);
-        if (at + 4 + n > b.length) break;
-        generation++;
-        at += 4 + n;
-      }
-    }
+    // Whole records of the update log (a torn last one is not counted).
+    const generation = (await ModelDirectory.readLog(path)).proofs.length;
     print({ kind: 'model directory', path, digest: toHex(g.digest), generation, ghost: ghostToJSON(g.manifest), files }, [
       `model directory ${path}`,
       `  Ghost digest ${toHex(g.digest)} (generation ${generation}: update proofs in updates.bin)`,

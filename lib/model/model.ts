@@ -7,16 +7,13 @@
  * natively here and in TypeScript by the verifier), so prove() returns that output;
  * forward() is the fast f32 path and may differ from it in the last bits.
  */
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
-import { join } from 'node:path';
-
 import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
 import { bytesEqual } from '../shared/bytes.js';
-import { FormatError, InvalidArgumentError, ProofError, callNative } from '../shared/errors.js';
-import { decodeGhost, type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
+import { FormatError, InvalidArgumentError, callNative } from '../shared/errors.js';
+import { type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
 import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
 import { HASH_SCHEME } from '../verify/merkle.js';
+import { ModelDirectory } from './model-dir.js';
 import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
 import {
   encodeProof,
@@ -298,28 +295,14 @@ export class Model {
    * Saves the model to a new directory `dir` (it must not exist): `ghost.bin` (the
    * Ghost file) and one tensor file per tensor, `tensors/<i>.gtt` (docs/storage.md:
    * values and Merkle tree; with `optimizerState`, room for Adam / SGD state), written
-   * into a temporary directory, fsynced, then renamed to `dir` in one step.
+   * into a temporary directory, fsynced, then renamed to `dir` in one step
+   * (ModelDirectory.save, ./model-dir.ts, owns the layout).
    */
   async save(dir: string, options: { optimizerState?: boolean } = {}): Promise<PinnedGhost> {
     options = checkOptions('Model.save', options, ['optimizerState']);
     checkBoolean('optimizerState', options.optimizerState, false);
     const ghost = await this.ghost();
-    if (await exists(dir)) throw new InvalidArgumentError(`${dir} exists; save into a new directory`);
-    const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-    await mkdir(join(tmp, 'tensors'), { recursive: true });
-    try {
-      for (const [i, t] of this.tensors.entries()) {
-        await t.saveFile(join(tmp, 'tensors', `${i}.gtt`), { optimizerState: options.optimizerState === true });
-      }
-      await writeSynced(join(tmp, 'ghost.bin'), ghost.bytes, 'wx');
-      await syncDir(join(tmp, 'tensors'));
-      await syncDir(tmp);
-      await rename(tmp, dir);
-      await syncDir(join(dir, '..'));
-    } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
-      throw err;
-    }
+    await ModelDirectory.save(dir, ghost, this.tensors, { optimizerState: options.optimizerState === true });
     return ghost;
   }
 
@@ -329,7 +312,8 @@ export class Model {
    * against the rows, as docs/storage.md describes) and its root must equal the Ghost
    * file's; HNSW graphs are rebuilt with the recorded parameters. Throws FormatError,
    * StorageError or ProofError('ROOT_MISMATCH' / 'GHOST_MISMATCH') for a damaged or
-   * unexpected directory.
+   * unexpected directory. ModelDirectory.open (./model-dir.ts) opens the files; this
+   * builds the layers over them (fromManifest).
    */
   static async load(dir: string, options: { expectDigest?: Uint8Array; verify?: boolean; readOnly?: boolean } = {}): Promise<{ model: Model; ghost: PinnedGhost }> {
     options = checkOptions('Model.load', options, ['expectDigest', 'verify', 'readOnly']);
@@ -338,22 +322,12 @@ export class Model {
     if (options.expectDigest !== undefined && !(options.expectDigest instanceof Uint8Array && options.expectDigest.length === 32)) {
       throw new InvalidArgumentError('expectDigest must be a 32-byte Uint8Array');
     }
-    const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin')))));
-    if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${dir}/ghost.bin is not the expected model`);
+    const { ghost, tensors } = await ModelDirectory.open(dir, {
+      ...(options.expectDigest === undefined ? {} : { expectDigest: options.expectDigest }),
+      verify: options.verify ?? true,
+      readOnly: options.readOnly === true,
+    });
     const m = ghost.manifest;
-    const tensors: SparseTensor[] = [];
-    try {
-      for (const [i, gt] of m.tensors.entries()) {
-        const t = await SparseTensor.openFile(join(dir, 'tensors', `${i}.gtt`), { verify: options.verify ?? true, readOnly: options.readOnly === true });
-        tensors.push(t);
-        if (t.dim !== gt.dim || t.size !== gt.n || !bytesEqual(t.root(), gt.root)) {
-          throw new ProofError('ROOT_MISMATCH', `tensors/${i}.gtt (${gt.name}) holds ${t.size} x ${t.dim} with another root than the Ghost file's ${gt.n} x ${gt.dim}`);
-        }
-      }
-    } catch (err) {
-      for (const t of tensors) t.close();
-      throw err;
-    }
     let model: Model;
     try {
       model = await Model.fromManifest(m, tensors);

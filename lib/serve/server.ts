@@ -12,9 +12,11 @@
  * Training requests are all or nothing: each entry's update proof is verified by the
  * server itself (the addon-free verifier, against the served Ghost file) before it is
  * kept, and any failure undoes every entry taken. Durable before visible: a step is
- * published (generation, Ghost file, /updates) and acknowledged only after its update
- * proofs are appended to `<dir>/updates.bin` and fsynced, every touched tensor file is
- * checkpointed (docs/storage.md) and `<dir>/ghost.bin` is replaced atomically. Request
+ * published (generation, Ghost file, /updates) and acknowledged only after the model
+ * directory has made it durable (ModelDirectory.appendStep, lib/model/model-dir.ts: the
+ * update log fsynced, every touched tensor file checkpointed, ghost.bin replaced). The
+ * directory's files, their recovery at open and the undo of a step that could not be
+ * saved belong to ModelDirectory; this file is HTTP, scheduling and the step's flow. Request
  * bodies held at once are bounded by maxInflightBytes across all connections. close()
  * (and the CLI's SIGTERM handler) stops accepting, finishes every accepted request,
  * then closes the tensor files (checkpoint, compact, clean mark).
@@ -23,17 +25,15 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
-import { readFile, rename, truncate } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
-import { join } from 'node:path';
 
 import { FormatError, GhostTensorError, InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../shared/errors.js';
 import { Model } from '../model/model.js';
+import { ModelDirectory } from '../model/model-dir.js';
+import type { SparseTensor } from '../tensor/sparse-tensor.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../model/optim.js';
-import { SparseTensor } from '../tensor/sparse-tensor.js';
-import { PatternCache, decodeProof } from '../verify/proof-format.js';
+import { PatternCache } from '../verify/proof-format.js';
 import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
@@ -236,54 +236,12 @@ function tokenMatches(given: string, expected: string): boolean {
 }
 
 
-
-
-/** Whether every tensor file of the directory has the root the Ghost file gives it. */
-async function rootsMatch(dir: string, g: PinnedGhost): Promise<boolean> {
-  for (const [i, gt] of g.manifest.tensors.entries()) {
-    const t = await SparseTensor.openFile(join(dir, 'tensors', `${i}.gtt`), { readOnly: true });
-    try {
-      if (!bytesEqual(t.root(), gt.root)) return false;
-    } finally {
-      t.close();
-    }
-  }
-  return true;
-}
-
-/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
-async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
-  const tmp = join(dir, `${name}.tmp-${process.pid}`);
-  await writeSynced(tmp, bytes);
-  await rename(tmp, join(dir, name));
-  await syncDir(dir);
-}
-
-/** Records of updates.bin: u32 length + proof bytes each; a torn last record is cut off. */
-async function readUpdateLog(path: string): Promise<{ proofs: Uint8Array[]; validBytes: number; fileBytes: number }> {
-  let buf: Uint8Array;
-  try {
-    buf = new Uint8Array(await readFile(path));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { proofs: [], validBytes: 0, fileBytes: 0 };
-    throw err;
-  }
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const proofs: Uint8Array[] = [];
-  let at = 0;
-  while (at + 4 <= buf.length) {
-    const n = dv.getUint32(at, true);
-    if (at + 4 + n > buf.length) break;
-    proofs.push(buf.slice(at + 4, at + 4 + n));
-    at += 4 + n;
-  }
-  return { proofs, validBytes: at, fileBytes: buf.length };
-}
-
 export class ProverServer {
   readonly model: Model;
   /** The model directory (null: an in-memory model, nothing persisted). */
   readonly dir: string | null;
+  /** Its files: the update log, ghost.bin and the tensor checkpoints of each step (null: in memory). */
+  readonly #store: ModelDirectory | null;
   readonly #o: Required<Omit<ProverServerOptions, 'trainToken' | 'threads' | 'onLog' | 'optimizer' | 'log'>> & Pick<ProverServerOptions, 'trainToken' | 'threads' | 'onLog'>;
   readonly #log: { format: 'json' | 'text'; write: (line: string) => void } | null;
   readonly #startedAt = performance.now();
@@ -306,8 +264,6 @@ export class ProverServer {
   #ghosts: (PinnedGhost | null)[] = [];
   #firstKept: number;
   #closing: Promise<void> | null = null;
-  /** Length of updates.bin up to the last durable step. */
-  #logBytes = 0;
   /** Request body bytes reserved by the requests in flight (at most maxInflightBytes). */
   #bodyBytes = 0;
   /** Set when a failed step could not be undone: no more training or proving. */
@@ -318,7 +274,7 @@ export class ProverServer {
   /** Pattern-cache sessions by id, least recently used first. `seq`: proofs made in the session (-1: none yet). */
   readonly #sessions = new Map<string, { cache: PatternCache; seq: number; busy: boolean }>();
 
-  private constructor(model: Model, ghost: PinnedGhost, dir: string | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
+  private constructor(model: Model, ghost: PinnedGhost, store: ModelDirectory | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
     const int = (name: string, v: number | undefined, def: number, lo: number, hi: number): number => {
       const x = v ?? def;
       if (!Number.isInteger(x) || x < lo || x > hi) throw new OutOfRangeError(`${name} must be an integer in ${lo}..${hi}, got ${String(v)}`);
@@ -368,7 +324,8 @@ export class ProverServer {
       throw new InvalidArgumentError('trainToken must be a string of at least 8 characters');
     }
     this.model = model;
-    this.dir = dir;
+    this.dir = store ? store.path : null;
+    this.#store = store;
     this.#ghost = ghost;
     this.#generation = generation;
     this.#firstKept = generation;
@@ -400,52 +357,17 @@ export class ProverServer {
    */
   static async open(dir: string, options: ProverServerOptions = {}): Promise<ProverServer> {
     const writable = options.trainToken !== undefined;
-    const logPath = join(dir, 'updates.bin'), g0Path = join(dir, 'ghost-0.bin');
-    const log = await readUpdateLog(logPath);
-    if (log.validBytes < log.fileBytes && writable) await truncate(logPath, log.validBytes);
-    let proofs = log.proofs;
-    // history[g]: the Ghost file at generation g, replayed from ghost-0.bin (every step must verify).
-    let history: PinnedGhost[] | null = null;
-    if (proofs.length > 0 && (await exists(g0Path))) {
-      history = [await pinGhost(new Uint8Array(await readFile(g0Path)))];
-      for (const p of proofs) history.push((await verifyUpdate(history[history.length - 1]!, p)).ghost);
-      const onDisk = await pinGhost(new Uint8Array(await readFile(join(dir, 'ghost.bin'))));
-      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
-        // Stopped while persisting a step (after the log, before ghost.bin): the tensor files hold
-        // the Ghost file of some generation between ghost.bin's and the log's end. Nothing after
-        // ghost.bin's generation was acknowledged; resume at the generation the files hold.
-        const from = history.findIndex((h) => bytesEqual(h.digest, onDisk.digest));
-        if (from < 0) throw new FormatError('NON_CANONICAL', `${dir}: ghost.bin (${toHex(onDisk.digest)}) is not on the path of updates.bin from ghost-0.bin`);
-        let at = -1;
-        for (let g = proofs.length; g >= from && at < 0; g--) if (await rootsMatch(dir, history[g]!)) at = g;
-        if (at < 0) throw new FormatError('NON_CANONICAL', `${dir}: the tensor files hold none of the Ghost files of generations ${from}..${proofs.length}`);
-        if (!writable) throw new FormatError('NON_CANONICAL', `${dir}: interrupted while saving generation ${at}; open it with training enabled once to repair it`);
-        await replaceFile(dir, 'ghost.bin', history[at]!.bytes);
-        await truncate(logPath, proofs.slice(0, at).reduce((n, p) => n + 4 + p.length, 0));
-        proofs = proofs.slice(0, at);
-        history = history.slice(0, at + 1);
-      }
-    }
+    // The log replayed and an interrupted step repaired (docs/serving.md), before the model loads.
+    const store = await ModelDirectory.recover(dir, { writable });
     const { model, ghost } = await Model.load(dir, { readOnly: !writable });
     try {
-      if (proofs.length === 0) {
-        // The history starts here: keep its first Ghost file, to name every later one.
-        if (writable) await replaceFile(dir, 'ghost-0.bin', ghost.bytes);
-      } else if (!history) {
-        // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
-        const last = decodeProof(proofs[proofs.length - 1]!);
-        const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
-        if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
-          throw new FormatError('NON_CANONICAL', `${dir}: updates.bin ends with a step that ghost.bin does not hold`);
-        }
-      }
-      const s = new ProverServer(model, ghost, dir, proofs.length, options, true);
+      const { generation, proofs, ghosts } = await store.start(ghost);
+      const s = new ProverServer(model, ghost, store, generation, options, true);
       // The recent proofs (and the Ghost files before them, when known) for clients that catch up.
       const keep = Math.min(proofs.length, s.#o.keepUpdates);
       s.#updates = proofs.slice(proofs.length - keep);
-      s.#ghosts = history ? history.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
+      s.#ghosts = ghosts ? ghosts.slice(proofs.length - keep, proofs.length) : s.#updates.map(() => null);
       s.#firstKept = proofs.length - keep;
-      s.#logBytes = proofs.reduce((n, p) => n + 4 + p.length, 0);
       return s;
     } catch (err) {
       model.close();
@@ -847,19 +769,14 @@ export class ProverServer {
 
   /**
    * Puts the rows of the entries taken back, last first. After a failed #persist
-   * (`tensors` given), also cuts updates.bin back, checkpoints the tensors at the old
-   * rows and rewrites ghost.bin. If any of that fails the server stops training and
+   * (`tensors` given), also puts the directory's files back (ModelDirectory.undoStep:
+   * the log cut back, the tensors checkpointed at the old rows, ghost.bin rewritten). If any of that fails the server stops training and
    * proving (NEEDS_RESTART); a restart repairs the directory (docs/serving.md).
    */
   async #undo(undo: readonly RowsSnapshot[], tensors: readonly number[] | null): Promise<void> {
     try {
       for (const s of [...undo].reverse()) this.#optimizer!.restore(s);
-      if (tensors && this.dir) {
-        await truncate(join(this.dir, 'updates.bin'), this.#logBytes);
-        await writeSynced(join(this.dir, 'updates.bin'), new Uint8Array(0), 'a');
-        await this.#checkpoint(tensors);
-        await replaceFile(this.dir, 'ghost.bin', this.#ghost.bytes);
-      }
+      if (tensors && this.#store) await this.#store.undoStep(this.#ghost, this.#tensors(tensors));
     } catch (err) {
       this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
     }
@@ -878,29 +795,13 @@ export class ProverServer {
     }
   }
 
-  /** Checkpoints each file-backed tensor among `tensors` once (the step's rows, or their undo). */
-  async #checkpoint(tensors: readonly number[]): Promise<void> {
-    for (const ti of new Set(tensors)) {
-      const t = this.model.tensors[ti]!;
-      if (t.file) await t.checkpointAsync();
-    }
+  #tensors(indices: readonly number[]): SparseTensor[] {
+    return indices.map((i) => this.model.tensors[i]!);
   }
 
-  /** The log record (fsynced), every touched tensor checkpointed, then ghost.bin replaced: the step is durable. */
+  /** The step made durable (ModelDirectory.appendStep: log record, touched tensors checkpointed, ghost.bin). */
   async #persist(proofs: Uint8Array[], ghost: PinnedGhost, tensors: number[]): Promise<void> {
-    if (!this.dir) return;
-    const framed = new Uint8Array(proofs.reduce((n, p) => n + 4 + p.length, 0));
-    const dv = new DataView(framed.buffer);
-    let at = 0;
-    for (const p of proofs) {
-      dv.setUint32(at, p.length, true);
-      framed.set(p, at + 4);
-      at += 4 + p.length;
-    }
-    await writeSynced(join(this.dir, 'updates.bin'), framed, 'a');
-    await this.#checkpoint(tensors);
-    await replaceFile(this.dir, 'ghost.bin', ghost.bytes);
-    this.#logBytes += framed.length;
+    if (this.#store) await this.#store.appendStep(proofs, ghost, this.#tensors(tensors));
   }
 
   /**

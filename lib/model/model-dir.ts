@@ -1,0 +1,296 @@
+/**
+ * The model directory (docs/storage.md, "The model directory"): its layout and its
+ * durability, in one place. Model.save / Model.load and the prover service (lib/serve)
+ * go through this class; no other module names a file of the directory.
+ *
+ *   ghost.bin          the Ghost file the tensor files hold: the directory's commit point
+ *   tensors/<i>.gtt    one tensor file per tensor of the Ghost file, in its order
+ *   updates.bin        the update log of a served directory: per step, a u32 (little
+ *                      endian) length then the update proof's bytes; appended and fsynced
+ *   ghost-0.bin        the Ghost file the log starts from (generation 0)
+ *
+ * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
+ * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
+ * written log first, then the tensor files it touched (each checkpoint atomic), then
+ * ghost.bin, so after a stop the tensor files hold the Ghost file of some generation
+ * between ghost.bin's and the log's end, which recover() finds and repairs to.
+ */
+import { mkdir, readFile, rename, rm, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { bytesEqual, toHex } from '../shared/bytes.js';
+import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
+import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
+import { decodeGhost } from '../verify/ghost-file.js';
+import { decodeProof } from '../verify/proof-format.js';
+import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
+import { SparseTensor } from '../tensor/sparse-tensor.js';
+
+const GHOST = 'ghost.bin';
+const FIRST_GHOST = 'ghost-0.bin';
+const LOG = 'updates.bin';
+const TENSORS = 'tensors';
+
+/** Where the tensor file of tensor `i` lives, relative to the directory. */
+function tensorFile(i: number): string {
+  return `${TENSORS}/${i}.gtt`;
+}
+
+/** Records of an update log as read: the whole records, and how many bytes they take of the file's. */
+export interface UpdateLog {
+  proofs: Uint8Array[];
+  /** Bytes of whole records (a torn last record is not counted). */
+  validBytes: number;
+  fileBytes: number;
+}
+
+/** The served history of a directory after recovery: what a prover service starts from. */
+export interface DirectoryHistory {
+  /** Update proofs in the log: the generation ghost.bin holds. */
+  generation: number;
+  /** proofs[g] moves generation g to g + 1. */
+  proofs: Uint8Array[];
+  /**
+   * ghosts[g]: the Ghost file at generation g (0..generation), replayed from ghost-0.bin
+   * with every step verified; null for a directory without ghost-0.bin (served before it
+   * existed), whose log is checked only by its last step.
+   */
+  ghosts: PinnedGhost[] | null;
+}
+
+/** Bytes a log record of each proof takes (u32 length + bytes). */
+function framedBytes(proofs: readonly Uint8Array[]): number {
+  return proofs.reduce((n, p) => n + 4 + p.length, 0);
+}
+
+/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
+async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  const tmp = join(dir, `${name}.tmp-${process.pid}`);
+  await writeSynced(tmp, bytes);
+  await rename(tmp, join(dir, name));
+  await syncDir(dir);
+}
+
+/** Checkpoints each file-backed tensor among `tensors` once, in order of first mention. */
+async function checkpoint(tensors: readonly SparseTensor[]): Promise<void> {
+  for (const t of new Set(tensors)) if (t.file) await t.checkpointAsync();
+}
+
+export class ModelDirectory {
+  /** The directory, as given. */
+  readonly path: string;
+  /** Whether it may be written (repaired, logged to); read-only opens refuse to repair. */
+  readonly writable: boolean;
+  /** Length of updates.bin up to the last durable step. */
+  #logBytes = 0;
+  /** The recovered log and its replayed Ghost files, until start() hands them over. */
+  #pending: { proofs: Uint8Array[]; ghosts: PinnedGhost[] | null } | null;
+  #started = false;
+
+  private constructor(path: string, writable: boolean, proofs: Uint8Array[], ghosts: PinnedGhost[] | null) {
+    this.path = path;
+    this.writable = writable;
+    this.#pending = { proofs, ghosts };
+  }
+
+  /** Where each file of the directory `path` lives (for tools that show them: the CLI's inspect). */
+  static files(path: string): { ghost: string; firstGhost: string; log: string; tensor: (i: number) => string } {
+    return { ghost: join(path, GHOST), firstGhost: join(path, FIRST_GHOST), log: join(path, LOG), tensor: (i) => join(path, tensorFile(i)) };
+  }
+
+  /**
+   * Writes a new directory `path` (it must not exist): one tensor file per tensor and
+   * ghost.bin, into a temporary directory beside it, everything fsynced, then renamed
+   * to `path` in one step (and the parent fsynced). On failure nothing is left.
+   */
+  static async save(path: string, ghost: PinnedGhost, tensors: readonly SparseTensor[], options: { optimizerState: boolean }): Promise<void> {
+    if (await exists(path)) throw new InvalidArgumentError(`${path} exists; save into a new directory`);
+    const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
+    await mkdir(join(tmp, TENSORS), { recursive: true });
+    try {
+      for (const [i, t] of tensors.entries()) {
+        await t.saveFile(join(tmp, tensorFile(i)), { optimizerState: options.optimizerState });
+      }
+      await writeSynced(join(tmp, GHOST), ghost.bytes, 'wx');
+      await syncDir(join(tmp, TENSORS));
+      await syncDir(tmp);
+      await rename(tmp, path);
+      await syncDir(join(path, '..'));
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Opens the directory's files: ghost.bin (decoded and pinned; `expectDigest`, if given,
+   * must be its digest) and each tensor file (memory-mapped; `verify`: every Merkle node
+   * checked; `readOnly`), whose size and root must be the Ghost file's. The caller owns
+   * the tensors (Model.load builds the layers over them). Throws FormatError, StorageError
+   * or ProofError('GHOST_MISMATCH' / 'ROOT_MISMATCH'); on failure no file is left open.
+   */
+  static async open(path: string, options: { expectDigest?: Uint8Array; verify: boolean; readOnly: boolean }): Promise<{ ghost: PinnedGhost; tensors: SparseTensor[] }> {
+    const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(path, GHOST)))));
+    if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${path}/${GHOST} is not the expected model`);
+    const tensors: SparseTensor[] = [];
+    try {
+      for (const [i, gt] of ghost.manifest.tensors.entries()) {
+        const t = await SparseTensor.openFile(join(path, tensorFile(i)), { verify: options.verify, readOnly: options.readOnly });
+        tensors.push(t);
+        if (t.dim !== gt.dim || t.size !== gt.n || !bytesEqual(t.root(), gt.root)) {
+          throw new ProofError('ROOT_MISMATCH', `${tensorFile(i)} (${gt.name}) holds ${t.size} x ${t.dim} with another root than the Ghost file's ${gt.n} x ${gt.dim}`);
+        }
+      }
+    } catch (err) {
+      for (const t of tensors) t.close();
+      throw err;
+    }
+    return { ghost, tensors };
+  }
+
+  /** Reads the update log of `path`: whole records; a torn last record is left out (not cut). */
+  static async readLog(path: string): Promise<UpdateLog> {
+    let buf: Uint8Array;
+    try {
+      buf = new Uint8Array(await readFile(join(path, LOG)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { proofs: [], validBytes: 0, fileBytes: 0 };
+      throw err;
+    }
+    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const proofs: Uint8Array[] = [];
+    let at = 0;
+    while (at + 4 <= buf.length) {
+      const n = dv.getUint32(at, true);
+      if (at + 4 + n > buf.length) break;
+      proofs.push(buf.slice(at + 4, at + 4 + n));
+      at += 4 + n;
+    }
+    return { proofs, validBytes: at, fileBytes: buf.length };
+  }
+
+  /**
+   * Brings a directory to a consistent generation before its model is loaded. Reads the
+   * update log (writable: a torn last record is cut off). With ghost-0.bin, replays the
+   * log from it with verifyUpdate (every step must verify, else ProofError); if the
+   * replay does not end at ghost.bin, the directory was stopped while saving a step
+   * (after the log, before ghost.bin): ghost.bin must lie on the replayed path
+   * (FormatError NON_CANONICAL otherwise), the tensor files must hold the Ghost file of a
+   * generation between it and the log's end, and, writable, ghost.bin is rewritten to
+   * that generation and the log cut back to it (nothing after ghost.bin's generation was
+   * published). Read-only, such a directory is refused (NON_CANONICAL). Then load the
+   * model (Model.load) and call start() with its Ghost file.
+   */
+  static async recover(path: string, options: { writable: boolean }): Promise<ModelDirectory> {
+    const writable = options.writable;
+    const logPath = join(path, LOG), g0Path = join(path, FIRST_GHOST);
+    const log = await ModelDirectory.readLog(path);
+    if (log.validBytes < log.fileBytes && writable) await truncate(logPath, log.validBytes);
+    let proofs = log.proofs;
+    // history[g]: the Ghost file at generation g, replayed from ghost-0.bin (every step must verify).
+    let history: PinnedGhost[] | null = null;
+    if (proofs.length > 0 && (await exists(g0Path))) {
+      history = [await pinGhost(new Uint8Array(await readFile(g0Path)))];
+      for (const p of proofs) history.push((await verifyUpdate(history[history.length - 1]!, p)).ghost);
+      const onDisk = await pinGhost(new Uint8Array(await readFile(join(path, GHOST))));
+      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
+        // Stopped while persisting a step (after the log, before ghost.bin): the tensor files hold
+        // the Ghost file of some generation between ghost.bin's and the log's end. Nothing after
+        // ghost.bin's generation was acknowledged; resume at the generation the files hold.
+        const from = history.findIndex((h) => bytesEqual(h.digest, onDisk.digest));
+        if (from < 0) throw new FormatError('NON_CANONICAL', `${path}: ${GHOST} (${toHex(onDisk.digest)}) is not on the path of ${LOG} from ${FIRST_GHOST}`);
+        let at = -1;
+        for (let g = proofs.length; g >= from && at < 0; g--) if (await ModelDirectory.#rootsMatch(path, history[g]!)) at = g;
+        if (at < 0) throw new FormatError('NON_CANONICAL', `${path}: the tensor files hold none of the Ghost files of generations ${from}..${proofs.length}`);
+        if (!writable) throw new FormatError('NON_CANONICAL', `${path}: interrupted while saving generation ${at}; open it with training enabled once to repair it`);
+        await replaceFile(path, GHOST, history[at]!.bytes);
+        await truncate(logPath, framedBytes(proofs.slice(0, at)));
+        proofs = proofs.slice(0, at);
+        history = history.slice(0, at + 1);
+      }
+    }
+    return new ModelDirectory(path, writable, proofs, history);
+  }
+
+  /** Whether every tensor file of the directory has the root the Ghost file gives it. */
+  static async #rootsMatch(path: string, g: PinnedGhost): Promise<boolean> {
+    for (const [i, gt] of g.manifest.tensors.entries()) {
+      const t = await SparseTensor.openFile(join(path, tensorFile(i)), { readOnly: true });
+      try {
+        if (!bytesEqual(t.root(), gt.root)) return false;
+      } finally {
+        t.close();
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Starts the history at `ghost`, the Ghost file of the model loaded from the recovered
+   * directory, and hands it over (once). An empty log starts here: writable, ghost-0.bin
+   * becomes `ghost`. A log without ghost-0.bin must end with a step `ghost` holds
+   * (FormatError NON_CANONICAL otherwise).
+   */
+  async start(ghost: PinnedGhost): Promise<DirectoryHistory> {
+    const pending = this.#pending;
+    if (!pending) throw new InvalidArgumentError(`${this.path}: the history was started already`);
+    const { proofs, ghosts } = pending;
+    if (proofs.length === 0) {
+      // The history starts here: keep its first Ghost file, to name every later one.
+      if (this.writable) await replaceFile(this.path, FIRST_GHOST, ghost.bytes);
+    } else if (!ghosts) {
+      // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
+      const last = decodeProof(proofs[proofs.length - 1]!);
+      const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
+      if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
+        throw new FormatError('NON_CANONICAL', `${this.path}: ${LOG} ends with a step that ${GHOST} does not hold`);
+      }
+    }
+    this.#pending = null;
+    this.#started = true;
+    this.#logBytes = framedBytes(proofs);
+    return { generation: proofs.length, proofs, ghosts };
+  }
+
+  #checkWritable(what: string): void {
+    if (!this.#started) throw new InvalidArgumentError(`${this.path}: start() the history before ${what}`);
+    if (!this.writable) throw new InvalidArgumentError(`${this.path} was opened read-only; cannot ${what}`);
+  }
+
+  /**
+   * Makes a step durable: its update proofs appended to updates.bin and fsynced, every
+   * file-backed tensor among `tensors` (those the step touched) checkpointed, then
+   * ghost.bin replaced by `ghost` (the Ghost file after the step). Only once this resolves
+   * may the step be published. On failure call undoStep().
+   */
+  async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[]): Promise<void> {
+    this.#checkWritable('log a step');
+    const framed = new Uint8Array(framedBytes(proofs));
+    const dv = new DataView(framed.buffer);
+    let at = 0;
+    for (const p of proofs) {
+      dv.setUint32(at, p.length, true);
+      framed.set(p, at + 4);
+      at += 4 + p.length;
+    }
+    await writeSynced(join(this.path, LOG), framed, 'a');
+    await checkpoint(tensors);
+    await replaceFile(this.path, GHOST, ghost.bytes);
+    this.#logBytes += framed.length;
+  }
+
+  /**
+   * Puts the files back after a failed appendStep(), once the caller has put the rows of
+   * `tensors` back in memory: updates.bin cut back to the last durable step (and fsynced),
+   * the tensors checkpointed at their old rows, ghost.bin rewritten to `ghost` (the Ghost
+   * file before the step). If this throws, the directory is repaired by the next
+   * recover() of a writable open.
+   */
+  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[]): Promise<void> {
+    this.#checkWritable('undo a step');
+    await truncate(join(this.path, LOG), this.#logBytes);
+    await writeSynced(join(this.path, LOG), new Uint8Array(0), 'a');
+    await checkpoint(tensors);
+    await replaceFile(this.path, GHOST, ghost.bytes);
+  }
+}
