@@ -7,7 +7,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, HopfieldLookup, Model, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Linear, Model, RMSNorm, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { kindOf, LAYER_KINDS, type ModelLayer } from '../lib/model/kinds/index.js';
 import { decodeGhost, encodeGhost } from '../lib/verify/ghost-file.js';
 import { describeLayer, layerInput, LAYER_SPECS, specByCode, specByOp } from '../lib/verify/kinds/index.js';
@@ -32,6 +32,12 @@ async function models(rng: Rng): Promise<Record<string, Model>> {
       new Embedding(t(20, d)),
       new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: t(6, d) }), key: new Projection({ weight: t(6, d), k: 4 }), value: new Projection({ weight: t(6, d) }) }),
     ]),
+    linearNorm: new Model([
+      new Linear({ weight: t(6, d), bias: t(1, 6), k: 4 }),
+      new RMSNorm({ gain: t(1, 6), eps: 1e-5 }),
+      new Linear({ weight: t(d, 6) }),
+      new HopfieldLookup({ keys: t(30, d), values: t(30, 3), k: 2 }),
+    ]),
     attentionFirst: new Model([
       new SparseSelfAttention({ heads: 1, k: 3, causal: false, query: new Projection({ weight: t(4, d) }), key: new Projection({ weight: t(4, d) }), value: new Projection({ weight: t(4, d) }), output: new Projection({ weight: t(d, 4) }) }),
       new HopfieldLookup({ keys: t(30, d), values: t(30, 2), k: 2 }),
@@ -53,7 +59,7 @@ describe('layer kinds', () => {
     }
     expect(new Set(LAYER_SPECS.map((s) => s.code)).size).toBe(LAYER_SPECS.length);
     expect(specByCode(0)).toBeUndefined();
-    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding or a SparseSelfAttention/);
+    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding, a SparseSelfAttention, a Linear or an RMSNorm$/);
   });
 
   it('each kind: the Ghost entry round-trips, fromGhost gives a layer with the same entry, describe and input follow the entry', async () => {
@@ -72,7 +78,7 @@ describe('layer kinds', () => {
         expect(describeLayer(m, i).startsWith(`${l.op}:`)).toBe(true);
         const inp = layerInput(m, i);
         if (l.op === 'embedding') expect(inp).toEqual({ kind: 'ids', n: m.tensors[l.table]!.n });
-        else expect(inp).toEqual({ kind: 'f32', cols: l.dIn });
+        else expect(inp).toEqual({ kind: 'f32', cols: 'dIn' in l ? l.dIn : l.dim });
       });
     }
     expect([...seen].sort()).toEqual(LAYER_SPECS.map((s) => s.op).sort());
@@ -89,6 +95,8 @@ describe('layer kinds', () => {
       for (const l of model.layers as ModelLayer[]) {
         if (l instanceof Embedding) x = l.forward(input as number[]);
         else if (l instanceof SparseSelfAttention) x = (await l.forward(x ?? (input as Float32Array), l.inDim ?? width)).y;
+        else if (l instanceof Linear) x = (await l.forward(x ?? (input as Float32Array))).y;
+        else if (l instanceof RMSNorm) x = l.forward(x ?? (input as Float32Array)).y;
         else x = (await l.forward(x ?? (input as Float32Array))).y;
         width = x.length / 5;
       }

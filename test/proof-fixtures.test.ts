@@ -5,8 +5,9 @@
  * build (test/fixtures/model-v1/) must still load to the same Ghost file and prove the
  * same bytes. These guard refactors that must not change the formats or the arithmetic.
  *
- * `GT_WRITE_FIXTURES=1 npx vitest run test/proof-fixtures.test.ts` rewrites them: do
- * that only on purpose (a format change), never to make this test pass.
+ * `GT_WRITE_FIXTURES=1 npx vitest run test/proof-fixtures.test.ts` rewrites the proofs
+ * and Ghost files (and saves the model directory only when it is missing): do that only
+ * on purpose (a new kind, a format change), never to make this test pass.
  */
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, HopfieldLookup, Model, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Linear, Model, RMSNorm, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
@@ -61,6 +62,14 @@ const builders: Record<string, () => Promise<{ model: Model; input: Float32Array
     const attn = new SparseSelfAttention({ heads: 2, k: 3, causal: true, query: proj(D, d), key: proj(D, d, 5), value: proj(D, d), output: proj(D, D) });
     const hop = new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(40 * D), D), values: SparseTensor.fromArray(rng.f32(40 * 3), 3), k: 4 });
     return { model: new Model([emb, attn, hop]), input: [3, 17, 3, 29, 0, 11] };
+  },
+  // Linear (top-5 of 8 columns, with a bias), RMSNorm, then exact retrieval.
+  'linear-rmsnorm': async () => {
+    const rng = new Rng(15);
+    const lin = new Linear({ weight: SparseTensor.fromArray(rng.f32(8 * 6), 6), bias: SparseTensor.fromArray(rng.f32(8), 8), k: 5 });
+    const norm = new RMSNorm({ gain: SparseTensor.fromArray(rng.f32(8), 8), eps: 1e-5 });
+    const hop = new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(24 * 8), 8), values: SparseTensor.fromArray(rng.f32(24 * 3), 3), k: 3 });
+    return { model: new Model([lin, norm, hop]), input: rng.f32(4 * 6) };
   },
   // Attention without projections after a retrieval layer (non-causal).
   'attention-bare': async () => {
@@ -129,10 +138,7 @@ describe('proofs made by an earlier build', () => {
 
   it('a model directory saved by that build loads to the same Ghost file and proves the same bytes', async () => {
     const { model, input } = await builders['embedding-attention']!();
-    if (WRITE) {
-      rmSync(modelDir, { recursive: true, force: true });
-      await model.save(modelDir, { optimizerState: true });
-    }
+    if (WRITE && !existsSync(modelDir)) await model.save(modelDir, { optimizerState: true });
     expect(existsSync(join(modelDir, 'ghost.bin'))).toBe(true);
     const copy = join(scratch, 'model');
     cpSync(modelDir, copy, { recursive: true });

@@ -76,3 +76,11 @@ export function checkBoolean(name: string, value: unknown, def: boolean): boolea
   if (typeof value !== 'boolean') throw new InvalidArgumentError(`${name} must be true or false, got ${describe(value)}`);
   return value;
 }
+
+/** A finite number in [lo, hi] (or (lo, hi] when loOpen), else OutOfRangeError. */
+export function checkNumber(name: string, x: unknown, lo: number, hi: number, loOpen = false): number {
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi || (loOpen && x === lo)) {
+    throw new OutOfRangeError(`${name} must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${String(x)}`);
+  }
+  return x;
+}

@@ -32,6 +32,8 @@ export type { GhostHopfieldLayer, GhostIndex } from './kinds/hopfield.js';
 export type { GhostEmbeddingLayer } from './kinds/embedding.js';
 export type { GhostAttentionLayer, GhostProjection } from './kinds/attention.js';
 export { attentionWidth } from './kinds/attention.js';
+export type { GhostLinearLayer } from './kinds/linear.js';
+export type { GhostRmsNormLayer } from './kinds/rmsnorm.js';
 export type { GhostLayer, LayerOp } from './kinds/index.js';
 
 export interface GhostManifest {

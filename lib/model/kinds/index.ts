@@ -11,11 +11,15 @@ import type { LayerKind } from '../layer-kind.js';
 import { attentionKind } from './attention.js';
 import { embeddingKind } from './embedding.js';
 import { hopfieldKind } from './hopfield.js';
+import { linearKind } from './linear.js';
+import { rmsnormKind } from './rmsnorm.js';
 
 export const LAYER_KINDS = [
   hopfieldKind,
   embeddingKind,
   attentionKind,
+  linearKind,
+  rmsnormKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;

@@ -9,11 +9,15 @@ import type { LayerInput, LayerSpec } from '../layer-spec.js';
 import { attentionSpec } from './attention.js';
 import { embeddingSpec } from './embedding.js';
 import { hopfieldSpec } from './hopfield.js';
+import { linearSpec } from './linear.js';
+import { rmsnormSpec } from './rmsnorm.js';
 
 export const LAYER_SPECS = [
   hopfieldSpec,
   embeddingSpec,
   attentionSpec,
+  linearSpec,
+  rmsnormSpec,
 ] as const;
 
 type LayerOf<S> = S extends LayerSpec<infer L> ? L : never;
