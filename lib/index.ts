@@ -42,6 +42,7 @@ export { DenseAdam, SparseAdam, SparseSGD } from './model/optim.js';
 export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './model/optim.js';
 export { Embedding } from './model/kinds/embedding.js';
 export { HopfieldLookup } from './model/kinds/hopfield.js';
+export { Add, Residual } from './model/kinds/add.js';
 export { Linear } from './model/kinds/linear.js';
 export type { LinearContext, LinearOptions } from './model/kinds/linear.js';
 export { RMSNorm } from './model/kinds/rmsnorm.js';
@@ -50,7 +51,7 @@ export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLooku
 export { Model } from './model/model.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
-export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
+export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
 export {
   CANONICAL_VERSION,
   DEFAULT_VERIFIER_LIMITS,

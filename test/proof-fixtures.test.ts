@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, HopfieldLookup, Linear, Model, RMSNorm, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Linear, Model, RMSNorm, Residual, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
@@ -70,6 +70,19 @@ const builders: Record<string, () => Promise<{ model: Model; input: Float32Array
     const norm = new RMSNorm({ gain: SparseTensor.fromArray(rng.f32(8), 8), eps: 1e-5 });
     const hop = new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(24 * 8), 8), values: SparseTensor.fromArray(rng.f32(24 * 3), 3), k: 3 });
     return { model: new Model([lin, norm, hop]), input: rng.f32(4 * 6) };
+  },
+  // A graph (Ghost format 2): embedding, an attention block and an MLP block (residual), a head.
+  graph: async () => {
+    const rng = new Rng(16);
+    const d = 8;
+    const w = (n: number, c: number) => SparseTensor.fromArray(rng.f32(n * c, 0.5), c);
+    const model = new Model([
+      new Embedding(w(16, d)),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: w(d, d) }), key: new Projection({ weight: w(d, d) }), value: new Projection({ weight: w(d, d) }) })]),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new Linear({ weight: w(2 * d, d), bias: w(1, 2 * d), k: 6 }), new Linear({ weight: w(d, 2 * d) })]),
+      new Linear({ weight: w(16, d) }),
+    ]);
+    return { model, input: [5, 3, 11, 0, 7, 5] };
   },
   // Attention without projections after a retrieval layer (non-causal).
   'attention-bare': async () => {

@@ -8,6 +8,7 @@ import { InvalidArgumentError } from '../../shared/errors.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import type { GhostLayerBase } from '../../verify/layer-spec.js';
 import type { LayerKind } from '../layer-kind.js';
+import { addKind } from './add.js';
 import { attentionKind } from './attention.js';
 import { embeddingKind } from './embedding.js';
 import { hopfieldKind } from './hopfield.js';
@@ -20,6 +21,7 @@ export const LAYER_KINDS = [
   attentionKind,
   linearKind,
   rmsnormKind,
+  addKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;
