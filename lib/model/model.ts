@@ -31,7 +31,7 @@ import {
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import type { LayerShape } from './layer-kind.js';
-import { Add, Residual } from './kinds/add.js';
+import { Block, expandChain } from './blocks.js';
 import { kindOf, kindOfEntry, type AnyLayerKind, type ModelLayer } from './kinds/index.js';
 
 export type { ModelLayer };
@@ -84,37 +84,28 @@ export class Model {
   readonly #shapes: readonly LayerShape[];
 
   /**
-   * A chain of layers, where a `Residual` stands for `x + body(x)`; or, with
+   * A chain of layers and blocks (a `Residual` is `x + body(x)`, a `GatedMLP` is
+   * down(silu(gate(x)) * up(x))); or, with
    * `options.inputs`, any graph of layers (docs/layer-kinds.md, "Graphs and residual blocks").
    */
-  constructor(layers: readonly (ModelLayer | Residual)[], options: ModelOptions = {}) {
+  constructor(layers: readonly (ModelLayer | Block)[], options: ModelOptions = {}) {
     if (!Array.isArray(layers) || layers.length === 0) throw new InvalidArgumentError('layers must be a non-empty array');
     options = checkOptions('Model', options, ['inputs']);
     const flat: ModelLayer[] = [];
     let given: readonly (readonly number[])[];
     if (options.inputs !== undefined) {
-      if (layers.some((l) => l instanceof Residual)) throw new InvalidArgumentError('give either Residual blocks or options.inputs, not both');
+      if (layers.some((l) => l instanceof Block)) throw new InvalidArgumentError('give either blocks (Residual, GatedMLP) or options.inputs, not both');
       if (!Array.isArray(options.inputs) || options.inputs.length !== layers.length) throw new InvalidArgumentError(`options.inputs must list the inputs of each of the ${layers.length} layers`);
       flat.push(...(layers as ModelLayer[]));
       given = options.inputs;
     } else {
-      // A Residual becomes its body's layers, then an Add of the block's input and the body's output.
+      // Blocks become their layers, each reading what the block lays out.
       const ins: number[][] = [];
-      let cur = -1;
-      const push = (l: ModelLayer, from: number[]): void => {
+      expandChain(layers, (l, from) => {
         flat.push(l);
         ins.push(from);
-        cur = flat.length - 1;
-      };
-      for (const item of layers) {
-        if (!(item instanceof Residual)) {
-          push(item, [cur]);
-          continue;
-        }
-        const start = cur;
-        for (const l of item.body) push(l, [cur]);
-        push(new Add(1), [start, cur]); // the width is set below, once the shapes are known
-      }
+        return flat.length - 1;
+      }, -1);
       given = ins;
     }
     const tensors: SparseTensor[] = [];
@@ -136,12 +127,7 @@ export class Model {
         return j === -1 ? (i === 0 ? -1 : modelInput) : shapes[j]!.outWidth;
       });
       if (widths.some((w) => w !== widths[0])) throw new InvalidArgumentError(`layer ${i} (${kind.spec.op}) reads outputs of widths ${widths.join(', ')}; they must be equal`);
-      let l = l0;
-      if (l instanceof Add && options.inputs === undefined) {
-        if (widths[0] === -1) throw new InvalidArgumentError('a Residual block cannot start at an ids input (put it after the Embedding)');
-        l = new Add(widths[0]!);
-        flat[i] = l;
-      }
+      const l = l0;
       const shape = kind.shape(l, i, widths[0]!);
       if (i === 0) modelInput = shape.inWidth;
       for (const [suffix, t] of kind.tensors(l)) {

@@ -261,6 +261,19 @@ export function crmsnorm(x: Float32Array, n: number, d: number, gain: Float32Arr
 }
 
 /**
+ * The gate of a gated MLP (docs/layer-kinds.md, "Gated MLP"): per value, in f64,
+ * silu(g) = g / (1 + cexp(-g)) and y = f(silu(g) * u).
+ */
+export function cglu(gate: Float32Array, up: Float32Array): Float32Array {
+  const y = new Float32Array(gate.length);
+  for (let i = 0; i < gate.length; i++) {
+    const g = gate[i]!;
+    y[i] = (g / (1 + cexp(-g))) * up[i]!;
+  }
+  return y;
+}
+
+/**
  * Top-k multi-head self-attention over one sequence of n rows (Q, K, V: n x D f32,
  * head h in columns [h dk, (h + 1) dk)): for each head and query i, s_j = cdot of the
  * head's slices of q_i and k_j for every visible j (j <= i when causal), the top

@@ -34,6 +34,8 @@ export type { GhostAttentionLayer, GhostProjection } from './kinds/attention.js'
 export { attentionWidth } from './kinds/attention.js';
 export type { GhostLinearLayer } from './kinds/linear.js';
 export type { GhostRmsNormLayer } from './kinds/rmsnorm.js';
+export type { GhostAddLayer } from './kinds/add.js';
+export type { GhostGluLayer } from './kinds/glu.js';
 export type { GhostLayer, LayerOp } from './kinds/index.js';
 
 export interface GhostManifest {

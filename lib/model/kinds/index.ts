@@ -11,6 +11,7 @@ import type { LayerKind } from '../layer-kind.js';
 import { addKind } from './add.js';
 import { attentionKind } from './attention.js';
 import { embeddingKind } from './embedding.js';
+import { gluKind } from './glu.js';
 import { hopfieldKind } from './hopfield.js';
 import { linearKind } from './linear.js';
 import { rmsnormKind } from './rmsnorm.js';
@@ -22,6 +23,7 @@ export const LAYER_KINDS = [
   linearKind,
   rmsnormKind,
   addKind,
+  gluKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;

@@ -9,6 +9,7 @@ import type { LayerInput, LayerSpec } from '../layer-spec.js';
 import { addSpec } from './add.js';
 import { attentionSpec } from './attention.js';
 import { embeddingSpec } from './embedding.js';
+import { gluSpec } from './glu.js';
 import { hopfieldSpec } from './hopfield.js';
 import { linearSpec } from './linear.js';
 import { rmsnormSpec } from './rmsnorm.js';
@@ -20,6 +21,7 @@ export const LAYER_SPECS = [
   linearSpec,
   rmsnormSpec,
   addSpec,
+  gluSpec,
 ] as const;
 
 type LayerOf<S> = S extends LayerSpec<infer L> ? L : never;
