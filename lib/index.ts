@@ -44,6 +44,7 @@ export { Embedding } from './model/kinds/embedding.js';
 export { HopfieldLookup } from './model/kinds/hopfield.js';
 export { Add } from './model/kinds/add.js';
 export { Glu } from './model/kinds/glu.js';
+export { PositionEmbedding } from './model/kinds/position.js';
 export { Block, GatedMLP, Residual } from './model/blocks.js';
 export type { EmitLayer } from './model/blocks.js';
 export { Linear } from './model/kinds/linear.js';

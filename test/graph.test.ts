@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Add, Embedding, FormatError, GatedMLP, Linear, Model, Projection, RMSNorm, Residual, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Add, Embedding, FormatError, GatedMLP, Linear, PositionEmbedding, Model, Projection, RMSNorm, Residual, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { cadd } from '../lib/verify/kinds/add.js';
 import { cglu } from '../lib/verify/canonical.js';
 import { kindOf } from '../lib/model/kinds/index.js';
@@ -185,6 +185,40 @@ describe('graphs of layers', () => {
     expect(ghost.manifest.layers[3]).toEqual({ op: 'glu', dim: h, activation: 'silu' });
     const p = await model.prove(x);
     expect(Buffer.from((await verifyForward(ghost, p.bytes)).output.buffer).equals(Buffer.from(p.output.buffer))).toBe(true);
+  });
+
+  it('PositionEmbedding: row i gets P_i; its proof reveals rows 0..n-1 only; a sequence past the table is refused', async () => {
+    const rng = new Rng(8);
+    const d = 4;
+    const emb = new Embedding(SparseTensor.fromArray(rng.f32(10 * d), d));
+    const pos = new PositionEmbedding(SparseTensor.fromArray(rng.f32(6 * d), d));
+    const head = new Linear({ weight: SparseTensor.fromArray(rng.f32(3 * d), d) });
+    const model = new Model([emb, pos, head]);
+    const ids = [7, 7, 2];
+    const x = emb.forward(ids);
+    const P = pos.table.gather([0, 1, 2]);
+    const got = (await pos.forward(x)).y;
+    for (let i = 0; i < got.length; i++) expect(got[i]).toBe(Math.fround(x[i]! + P[i]!));
+    // The same id at two positions gives two rows.
+    expect(Array.from(got.subarray(0, d))).not.toEqual(Array.from(got.subarray(d, 2 * d)));
+    const ghost = await model.ghost();
+    const p = await model.prove(ids);
+    const block = (decodeProof(p.bytes) as ForwardProof).layers[1]!.blocks[0]!;
+    expect(Array.from(block.ids)).toEqual([0, 1, 2]);
+    await verifyForward(ghost, p.bytes);
+    // Backward: dx = dy, and rows 0..n-1 of the table get dy.
+    const dy = rng.f32(3 * d);
+    const g = await kindOf(pos).backward(pos, 3, dy);
+    expect(g.dx).toBe(dy);
+    expect(Array.from(g.grads[0]!.ids)).toEqual([0, 1, 2]);
+    expect(Array.from(g.grads[0]!.grads)).toEqual(Array.from(dy));
+    // Seven positions do not fit a table of six: refused by the layer, the prover and the verifier.
+    await expect(model.forward([1, 2, 3, 4, 5, 6, 7])).rejects.toThrow(/holds 6/);
+    await expect(model.prove([1, 2, 3, 4, 5, 6, 7])).rejects.toThrow(/holds 6/);
+    const long = decodeProof((await new Model([emb, new PositionEmbedding(SparseTensor.fromArray(rng.f32(8 * d), d)), head]).prove([1, 2, 3, 4, 5, 6, 7])).bytes) as ForwardProof;
+    long.ghost = ghost.digest;
+    // Its block of 7 rows of a 6-row table is refused as it is decoded, before the layer runs.
+    expect(await reason(verifyForward(ghost, encodeProof(long)))).toBe('BLOCK_IDS');
   });
 
   it('save / load keeps the graph, the Ghost file and the proofs', async () => {

@@ -7,7 +7,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, RMSNorm, Residual, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, GatedMLP, PositionEmbedding, HopfieldLookup, Linear, Model, RMSNorm, Residual, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { kindOf, LAYER_KINDS, type ModelLayer } from '../lib/model/kinds/index.js';
 import { decodeGhost, encodeGhost } from '../lib/verify/ghost-file.js';
 import { describeLayer, layerInput, LAYER_SPECS, specByCode, specByOp } from '../lib/verify/kinds/index.js';
@@ -30,6 +30,7 @@ async function models(rng: Rng): Promise<Record<string, Model>> {
     productKeys: new Model([new HopfieldLookup({ keys: ProductKeyIndex.fromTables(t(6, 4), t(6, 4)), values: t(36, 3), k: 5 })]),
     embeddingAttention: new Model([
       new Embedding(t(20, d)),
+      new PositionEmbedding(t(9, d)),
       new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: t(6, d) }), key: new Projection({ weight: t(6, d), k: 4 }), value: new Projection({ weight: t(6, d) }) }),
     ]),
     linearNorm: new Model([
@@ -65,7 +66,7 @@ describe('layer kinds', () => {
     }
     expect(new Set(LAYER_SPECS.map((s) => s.code)).size).toBe(LAYER_SPECS.length);
     expect(specByCode(0)).toBeUndefined();
-    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding, a SparseSelfAttention, a Linear, an RMSNorm, an Add or a Glu$/);
+    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding, a SparseSelfAttention, a Linear, an RMSNorm, an Add, a Glu or a PositionEmbedding$/);
   });
 
   it('each kind: the Ghost entry round-trips, fromGhost gives a layer with the same entry, describe and input follow the entry', async () => {
@@ -84,7 +85,7 @@ describe('layer kinds', () => {
         expect(describeLayer(m, i).startsWith(`${l.op}:`)).toBe(true);
         const inp = layerInput(m, i);
         if (l.op === 'embedding') expect(inp).toEqual({ kind: 'ids', n: m.tensors[l.table]!.n });
-        else if (l.op === 'add' || l.op === 'glu') expect(inp).toEqual({ kind: 'f32', cols: l.dim });
+        else if (l.op === 'add' || l.op === 'glu' || l.op === 'position') expect(inp).toEqual({ kind: 'f32', cols: l.dim });
         else expect(inp).toEqual({ kind: 'f32', cols: 'dIn' in l ? l.dIn : l.dim });
       });
     }
@@ -104,6 +105,7 @@ describe('layer kinds', () => {
         if (l instanceof Embedding) x = l.forward(input as number[]);
         else if (l instanceof SparseSelfAttention) x = (await l.forward(x ?? (input as Float32Array), l.inDim ?? width)).y;
         else if (l instanceof Linear) x = (await l.forward(x ?? (input as Float32Array))).y;
+        else if (l instanceof PositionEmbedding) x = l.forward(x!).y;
         else if (l instanceof RMSNorm) x = l.forward(x ?? (input as Float32Array)).y;
         else if (l instanceof HopfieldLookup) x = (await l.forward(x ?? (input as Float32Array))).y;
         else throw new Error('a chain model here has no Add');

@@ -14,6 +14,7 @@ import { embeddingKind } from './embedding.js';
 import { gluKind } from './glu.js';
 import { hopfieldKind } from './hopfield.js';
 import { linearKind } from './linear.js';
+import { positionKind } from './position.js';
 import { rmsnormKind } from './rmsnorm.js';
 
 export const LAYER_KINDS = [
@@ -24,6 +25,7 @@ export const LAYER_KINDS = [
   rmsnormKind,
   addKind,
   gluKind,
+  positionKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;

@@ -12,6 +12,7 @@ import { embeddingSpec } from './embedding.js';
 import { gluSpec } from './glu.js';
 import { hopfieldSpec } from './hopfield.js';
 import { linearSpec } from './linear.js';
+import { positionSpec } from './position.js';
 import { rmsnormSpec } from './rmsnorm.js';
 
 export const LAYER_SPECS = [
@@ -22,6 +23,7 @@ export const LAYER_SPECS = [
   rmsnormSpec,
   addSpec,
   gluSpec,
+  positionSpec,
 ] as const;
 
 type LayerOf<S> = S extends LayerSpec<infer L> ? L : never;
