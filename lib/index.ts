@@ -45,6 +45,8 @@ export { HopfieldLookup } from './model/kinds/hopfield.js';
 export { Add } from './model/kinds/add.js';
 export { Glu } from './model/kinds/glu.js';
 export { PositionEmbedding } from './model/kinds/position.js';
+export { ProductKeyMemory } from './model/kinds/memory.js';
+export type { ProductKeyMemoryContext, ProductKeyMemoryOptions } from './model/kinds/memory.js';
 export { Block, GatedMLP, Residual } from './model/blocks.js';
 export type { EmitLayer } from './model/blocks.js';
 export { Linear } from './model/kinds/linear.js';

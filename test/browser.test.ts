@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PositionEmbedding, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
+import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PositionEmbedding, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -298,6 +298,7 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       new PositionEmbedding(w(8, d)),
       new Residual([new RMSNorm({ gain: w(1, d) }), new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: w(d, d) }), key: new Projection({ weight: w(d, d) }), value: new Projection({ weight: w(d, d) }) })]),
       new Residual([new RMSNorm({ gain: w(1, d) }), new GatedMLP({ gate: new Linear({ weight: w(2 * d, d) }), up: new Linear({ weight: w(2 * d, d), bias: w(1, 2 * d), k: 6 }), down: new Linear({ weight: w(d, 2 * d) }) })]),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new ProductKeyMemory({ query: w(2 * 4, d), keys: [[w(5, 2), w(5, 2)], [w(5, 2), w(5, 2)]], values: w(25, d), k: 3 })]),
       new Linear({ weight: w(16, d) }),
     ]);
     const graphGhost = await graphModel.ghost();

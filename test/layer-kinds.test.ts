@@ -7,7 +7,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, GatedMLP, PositionEmbedding, HopfieldLookup, Linear, Model, RMSNorm, Residual, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, GatedMLP, PositionEmbedding, ProductKeyMemory, HopfieldLookup, Linear, Model, RMSNorm, Residual, type SparseGrad, ProductKeyIndex, Projection, ProverClient, ProverServer, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { kindOf, LAYER_KINDS, type ModelLayer } from '../lib/model/kinds/index.js';
 import { decodeGhost, encodeGhost } from '../lib/verify/ghost-file.js';
 import { describeLayer, layerInput, LAYER_SPECS, specByCode, specByOp } from '../lib/verify/kinds/index.js';
@@ -42,6 +42,7 @@ async function models(rng: Rng): Promise<Record<string, Model>> {
     residual: new Model([
       new Linear({ weight: t(d, 6) }),
       new Residual([new RMSNorm({ gain: t(1, d) }), new Linear({ weight: t(d, d), k: 5 })]),
+      new Residual([new ProductKeyMemory({ query: t(2 * 4, d), keys: [[t(5, 2), t(5, 2)], [t(5, 2), t(5, 2)]], values: t(25, d), k: 3 })]),
       new Residual([new RMSNorm({ gain: t(1, d) }), new GatedMLP({ gate: new Linear({ weight: t(12, d) }), up: new Linear({ weight: t(12, d), bias: t(1, 12) }), down: new Linear({ weight: t(d, 12) }) })]),
       new HopfieldLookup({ keys: t(20, d), values: t(20, 3), k: 2 }),
     ]),
@@ -66,7 +67,7 @@ describe('layer kinds', () => {
     }
     expect(new Set(LAYER_SPECS.map((s) => s.code)).size).toBe(LAYER_SPECS.length);
     expect(specByCode(0)).toBeUndefined();
-    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding, a SparseSelfAttention, a Linear, an RMSNorm, an Add, a Glu or a PositionEmbedding$/);
+    expect(() => kindOf({})).toThrow(/is not a HopfieldLookup, an Embedding, a SparseSelfAttention, a Linear, an RMSNorm, an Add, a Glu, a PositionEmbedding or a ProductKeyMemory$/);
   });
 
   it('each kind: the Ghost entry round-trips, fromGhost gives a layer with the same entry, describe and input follow the entry', async () => {
@@ -85,8 +86,9 @@ describe('layer kinds', () => {
         expect(describeLayer(m, i).startsWith(`${l.op}:`)).toBe(true);
         const inp = layerInput(m, i);
         if (l.op === 'embedding') expect(inp).toEqual({ kind: 'ids', n: m.tensors[l.table]!.n });
-        else if (l.op === 'add' || l.op === 'glu' || l.op === 'position') expect(inp).toEqual({ kind: 'f32', cols: l.dim });
-        else expect(inp).toEqual({ kind: 'f32', cols: 'dIn' in l ? l.dIn : l.dim });
+        else if (l.op === 'add' || l.op === 'glu' || l.op === 'position' || l.op === 'rmsnorm') expect(inp).toEqual({ kind: 'f32', cols: 'dim' in l ? l.dim : -1 });
+        else if (l.op === 'memory') expect(inp).toEqual({ kind: 'f32', cols: l.dIn });
+        else expect(inp).toEqual({ kind: 'f32', cols: l.dIn });
       });
     }
     expect([...seen].sort()).toEqual(LAYER_SPECS.map((s) => s.op).sort());

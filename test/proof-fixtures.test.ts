@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, HopfieldLookup, Linear, Model, RMSNorm, Residual, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Linear, Model, PositionEmbedding, ProductKeyMemory, RMSNorm, Residual, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
@@ -83,6 +83,19 @@ const builders: Record<string, () => Promise<{ model: Model; input: Float32Array
       new Linear({ weight: w(16, d) }),
     ]);
     return { model, input: [5, 3, 11, 0, 7, 5] };
+  },
+  // Learned positions and a two-head product-key memory in a residual block.
+  memory: async () => {
+    const rng = new Rng(17);
+    const d = 8;
+    const w = (n: number, c: number) => SparseTensor.fromArray(rng.f32(n * c, 0.5), c);
+    const model = new Model([
+      new Embedding(w(16, d)),
+      new PositionEmbedding(w(8, d)),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new ProductKeyMemory({ query: w(2 * 6, d), keys: [[w(7, 3), w(7, 3)], [w(7, 3), w(7, 3)]], values: w(49, d), k: 4 })]),
+      new Linear({ weight: w(16, d) }),
+    ]);
+    return { model, input: [1, 9, 4, 4, 15] };
   },
   // Attention without projections after a retrieval layer (non-causal).
   'attention-bare': async () => {

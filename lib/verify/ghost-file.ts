@@ -37,6 +37,7 @@ export type { GhostRmsNormLayer } from './kinds/rmsnorm.js';
 export type { GhostAddLayer } from './kinds/add.js';
 export type { GhostGluLayer } from './kinds/glu.js';
 export type { GhostPositionLayer } from './kinds/position.js';
+export type { GhostMemoryLayer } from './kinds/memory.js';
 export type { GhostLayer, LayerOp } from './kinds/index.js';
 
 export interface GhostManifest {

@@ -14,6 +14,7 @@ import { embeddingKind } from './embedding.js';
 import { gluKind } from './glu.js';
 import { hopfieldKind } from './hopfield.js';
 import { linearKind } from './linear.js';
+import { memoryKind } from './memory.js';
 import { positionKind } from './position.js';
 import { rmsnormKind } from './rmsnorm.js';
 
@@ -26,6 +27,7 @@ export const LAYER_KINDS = [
   addKind,
   gluKind,
   positionKind,
+  memoryKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;

@@ -12,6 +12,7 @@ import { embeddingSpec } from './embedding.js';
 import { gluSpec } from './glu.js';
 import { hopfieldSpec } from './hopfield.js';
 import { linearSpec } from './linear.js';
+import { memorySpec } from './memory.js';
 import { positionSpec } from './position.js';
 import { rmsnormSpec } from './rmsnorm.js';
 
@@ -24,6 +25,7 @@ export const LAYER_SPECS = [
   addSpec,
   gluSpec,
   positionSpec,
+  memorySpec,
 ] as const;
 
 type LayerOf<S> = S extends LayerSpec<infer L> ? L : never;
