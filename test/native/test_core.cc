@@ -10,23 +10,23 @@
 #include <memory>
 #include <vector>
 
-#include "../../native/src/canonical.h"
+#include "../../native/src/core/canonical.h"
 #include <unistd.h>
 
-#include "../../native/src/cpu.h"
-#include "../../native/src/dense_hopfield.h"
-#include "../../native/src/optimizer.h"
-#include "../../native/src/parallel.h"
-#include "../../native/src/product_keys.h"
-#include "../../native/src/errors.h"
-#include "../../native/src/attention.h"
-#include "../../native/src/hnsw_index.h"
-#include "../../native/src/kernels.h"
-#include "../../native/src/merkle.h"
-#include "../../native/src/search.h"
-#include "../../native/src/sparse_tensor.h"
-#include "../../native/src/tensor_file.h"
-#include "../../native/src/topk.h"
+#include "../../native/src/core/cpu.h"
+#include "../../native/src/core/dense_hopfield.h"
+#include "../../native/src/core/optimizer.h"
+#include "../../native/src/core/parallel.h"
+#include "../../native/src/core/product_keys.h"
+#include "../../native/src/core/errors.h"
+#include "../../native/src/core/attention.h"
+#include "../../native/src/core/hnsw_index.h"
+#include "../../native/src/core/kernels.h"
+#include "../../native/src/core/merkle.h"
+#include "../../native/src/core/search.h"
+#include "../../native/src/core/sparse_tensor.h"
+#include "../../native/src/core/tensor_file.h"
+#include "../../native/src/core/topk.h"
 #include "../../native/third_party/blake3/blake3.h"
 
 static int g_passed = 0, g_failed = 0;

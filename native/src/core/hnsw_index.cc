@@ -13,7 +13,7 @@
 #include <unistd.h>
 #endif
 
-#include "../third_party/blake3/blake3.h"
+#include "../../third_party/blake3/blake3.h"
 #include "hnswlib_include.h"
 #include "parallel.h"
 #include "search.h"

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "cpu.h"
-#include "merkle.h"
-#include "errors.h"
-#include "metric.h"
+#include "../core/cpu.h"
+#include "../core/merkle.h"
+#include "../core/errors.h"
+#include "../core/metric.h"
 
 namespace gt {
 

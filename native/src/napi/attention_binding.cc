@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "attention.h"
+#include "../core/attention.h"
 #include "attention_binding.h"
-#include "kernels.h"
+#include "../core/kernels.h"
 #include "napi_util.h"
 
 namespace gt {

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "hopfield_binding.h"
-#include "kernels.h"
+#include "../core/kernels.h"
 #include "napi_util.h"
-#include "sparse_hopfield.h"
-#include "sparse_tensor.h"
+#include "../core/sparse_hopfield.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 

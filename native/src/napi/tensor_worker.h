@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "napi_util.h"
-#include "sparse_tensor.h"
+#include "../core/sparse_tensor.h"
 #include "tensor_binding.h"
 
 namespace gt {

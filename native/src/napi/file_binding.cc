@@ -6,9 +6,9 @@
 
 #include "file_binding.h"
 #include "napi_util.h"
-#include "parallel.h"
+#include "../core/parallel.h"
 #include "tensor_binding.h"
-#include "tensor_file.h"
+#include "../core/tensor_file.h"
 #include "tensor_worker.h"
 
 namespace gt {

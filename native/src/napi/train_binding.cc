@@ -4,12 +4,12 @@
 #include <string>
 #include <vector>
 
-#include "dense_hopfield.h"
-#include "product_keys.h"
-#include "kernels.h"
+#include "../core/dense_hopfield.h"
+#include "../core/product_keys.h"
+#include "../core/kernels.h"
 #include "napi_util.h"
 #include "tensor_binding.h"
-#include "tensor_file.h"
+#include "../core/tensor_file.h"
 #include "tensor_worker.h"
 
 namespace gt {

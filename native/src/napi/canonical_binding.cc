@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "canonical.h"
+#include "../core/canonical.h"
 #include "canonical_binding.h"
 #include "napi_util.h"
-#include "sparse_tensor.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 

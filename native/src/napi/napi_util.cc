@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "parallel.h"
-#include "sparse_tensor.h"
+#include "../core/parallel.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 

@@ -4,10 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
+#include "../core/kernels.h"
 #include "napi_util.h"
-#include "parallel.h"
-#include "search.h"
+#include "../core/parallel.h"
+#include "../core/search.h"
 #include "tensor_worker.h"
 
 namespace gt {

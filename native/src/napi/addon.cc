@@ -7,12 +7,12 @@
 #include "file_binding.h"
 #include "hopfield_binding.h"
 #include "attention_binding.h"
-#include "../third_party/blake3/blake3.h"
-#include "cpu.h"
-#include "kernels.h"
-#include "merkle.h"
+#include "../../third_party/blake3/blake3.h"
+#include "../core/cpu.h"
+#include "../core/kernels.h"
+#include "../core/merkle.h"
 #include "napi_util.h"
-#include "parallel.h"
+#include "../core/parallel.h"
 #include "tensor_binding.h"
 
 namespace gt {
