@@ -1,10 +1,7 @@
-// Addon functions for self-attention (see attention_binding.cc).
+// Module functions for self-attention and the linear layer (see attention_binding.cc).
 #pragma once
 #include <napi.h>
 
 namespace gt {
-Napi::Value AttentionForwardAsync(const Napi::CallbackInfo& info);
-Napi::Value AttentionBackwardAsync(const Napi::CallbackInfo& info);
-Napi::Value LinearAsync(const Napi::CallbackInfo& info);
-Napi::Value LinearBackwardAsync(const Napi::CallbackInfo& info);
+void register_attention_functions(Napi::Env env, Napi::Object exports);
 }  // namespace gt

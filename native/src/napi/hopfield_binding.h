@@ -1,9 +1,7 @@
-// Addon functions for the sparse Hopfield math (see hopfield_binding.cc).
+// Module functions for the sparse Hopfield math (see hopfield_binding.cc).
 #pragma once
 #include <napi.h>
 
 namespace gt {
-Napi::Value HopfieldMixAsync(const Napi::CallbackInfo& info);
-Napi::Value HopfieldMixBackwardAsync(const Napi::CallbackInfo& info);
-Napi::Value HopfieldKeyBackwardAsync(const Napi::CallbackInfo& info);
+void register_hopfield_functions(Napi::Env env, Napi::Object exports);
 }  // namespace gt
