@@ -17,7 +17,9 @@ Napi::Error make_error(Napi::Env env, const char* code, const std::string& messa
 }
 
 Napi::Error make_error(Napi::Env env, const Error& e) {
-  return make_error(env, error_code_string(e.code()), e.what());
+  Napi::Error err = make_error(env, error_code_string(e.code()), e.what());
+  if (e.reason() != nullptr) err.Set("reason", Napi::String::New(env, e.reason()));
+  return err;
 }
 
 Napi::Error js_error(Napi::Env env, std::exception_ptr failure) {

@@ -366,7 +366,7 @@ TensorBinding* TensorBinding::from_value(const Napi::Value& v, const char* name)
 }
 
 SparseTensor& TensorBinding::present() {
-  if (file_ && file_->closed()) throw Error(ErrorCode::Storage, "CLOSED: the tensor file was closed");
+  if (file_ && file_->closed()) throw StorageError(StorageReason::Closed, "the tensor file was closed");
   if (!adopted_.IsEmpty() && adopted_.Value().IsDetached())
     throw Error(ErrorCode::Detached, "the adopted Float32Array's buffer was detached (transferred)");
   return *tensor_;
@@ -881,7 +881,7 @@ Napi::Value TensorBinding::FileCheckpointAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("checkpoint");
     TensorFile* f = file_or_throw("checkpoint");
-    if (f->closed()) throw Error(ErrorCode::Storage, "CLOSED: the tensor file was closed");
+    if (f->closed()) throw StorageError(StorageReason::Closed, "the tensor file was closed");
     const size_t compact_bytes = size_arg(info, 0, "compactBytes", 0, 9007199254740991.0);
     const size_t compact_rows = size_arg(info, 1, "compactRows", 0, 9007199254740991.0);
     const bool force = info.Length() > 2 && info[2].ToBoolean().Value();
