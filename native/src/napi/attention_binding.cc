@@ -1,4 +1,4 @@
-// Addon functions for self-attention (attention.h): pure functions over copied
+// Addon functions for self-attention (native/src/core/attention.h): pure functions over copied
 // arrays, run on a worker thread, settling a promise. Every argument is checked
 // here, before the work is queued.
 #include <napi.h>

@@ -24,6 +24,7 @@
 
 namespace gt {
 
+// A checked search: metric, level, k, query count, threads (tensor_binding.cc parses it).
 struct SearchRequest {
   Metric metric = Metric::IP;
   SimdLevel level = SimdLevel::Scalar;
@@ -32,6 +33,7 @@ struct SearchRequest {
   size_t threads = 1;
 };
 
+// { ids, scores } of a search.
 inline Napi::Object result_object(Napi::Env env, const std::vector<uint32_t>& ids, const std::vector<float>& scores) {
   Napi::Object out = Napi::Object::New(env);
   Napi::Uint32Array idv = Napi::Uint32Array::New(env, ids.size());
@@ -43,6 +45,7 @@ inline Napi::Object result_object(Napi::Env env, const std::vector<uint32_t>& id
   return out;
 }
 
+// The core's arguments for an exact search of r over n rows of d floats at data.
 inline ExactSearchArgs search_args(const float* data, size_t n, size_t d, const SearchRequest& r, const float* queries) {
   ExactSearchArgs a;
   a.data = data;
