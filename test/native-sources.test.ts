@@ -82,6 +82,13 @@ describe('native sources: one list', () => {
     expect(includes('native/src/napi/addon.cc')).toContain('napi.h');
   });
 
+  it('every storage failure carries a reason: nothing builds Error(ErrorCode::Storage, ...) without StorageError', () => {
+    const raw = walk(join(ROOT, 'native/src'))
+      .filter((f) => /\.(h|cc)$/.test(f) && !f.endsWith('/errors.h'))
+      .filter((f) => /Error\(\s*ErrorCode::Storage\b/.test(readFileSync(join(ROOT, f), 'utf8')));
+    expect(raw).toEqual([]);
+  });
+
   it('binding.gyp and the sanitizer build name no source themselves: they read the list', () => {
     const gyp = readFileSync(join(ROOT, 'binding.gyp'), 'utf8').replace(/#.*$/gm, '');
     const san = readFileSync(join(ROOT, 'test/native/run-sanitized.sh'), 'utf8').replace(/#.*$/gm, '');
