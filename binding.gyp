@@ -1,8 +1,9 @@
 {
-  # The one build of the addon. Sources are listed once, here.
+  # The one build of the addon. The sources are listed once, in native/sources.json
+  # (read here through native/sources.cjs; the sanitizer script reads the same list).
   # Per-level SIMD sources (ours and BLAKE3's) are compiled in their own static
   # libraries with the flags they need (x86-64 only); nothing else gets those flags,
-  # and the library picks a level at run time (native/src/cpu.cc, blake3_dispatch.c).
+  # and the library picks a level at run time (native/src/core/cpu.cc, blake3_dispatch.c).
   # Never -march=native: a shipped binary runs on any x86-64 / arm64.
   # The conditions read target_arch (node-gyp --arch), so a cross build for arm64
   # (scripts/prebuild.sh) takes the arm64 branches on an x86-64 host.
@@ -25,50 +26,23 @@
     {
       "target_name": "ghost_tensor",
       "sources": [
-        "native/src/addon.cc",
-        "native/src/attention.cc",
-        "native/src/attention_binding.cc",
-        "native/src/blake3_batch.c",
-        "native/src/canonical.cc",
-        "native/src/canonical_binding.cc",
-        "native/src/cpu.cc",
-        "native/src/dense_hopfield.cc",
-        "native/src/errors.cc",
-        "native/src/file_binding.cc",
-        "native/src/hnsw_index.cc",
-        "native/src/hopfield_binding.cc",
-        "native/src/optimizer.cc",
-        "native/src/kernels.cc",
-        "native/src/kernels_scalar.cc",
-        "native/src/kernels_neon.cc",
-        "native/src/merkle.cc",
-        "native/src/metric.cc",
-        "native/src/napi_util.cc",
-        "native/src/parallel.cc",
-        "native/src/product_keys.cc",
-        "native/src/search.cc",
-        "native/src/sparse_hopfield.cc",
-        "native/src/sparse_tensor.cc",
-        "native/src/tensor_binding.cc",
-        "native/src/tensor_file.cc",
-        "native/src/train_binding.cc",
-        "native/third_party/blake3/blake3.c",
-        "native/third_party/blake3/blake3_dispatch.c",
-        "native/third_party/blake3/blake3_portable.c",
+        "<!@(node native/sources.cjs core)",
+        "<!@(node native/sources.cjs napi)",
+        "<!@(node native/sources.cjs blake3)",
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "conditions": [
         ["target_arch=='x64'", {
-          "dependencies": ["gt_x64_avx2", "gt_x64_avx512", "gt_x64_sse"],
+          "dependencies": ["gt_x64_sse2", "gt_x64_sse41", "gt_x64_avx2", "gt_x64_avx512"],
         }, {
           # Not x86-64: these files compile to null tables; BLAKE3 uses portable C (or NEON).
-          "sources": ["native/src/kernels_avx2.cc", "native/src/kernels_avx512.cc"],
+          "sources": ["<!@(node native/sources.cjs x64-portable)"],
           "defines": ["BLAKE3_NO_SSE2", "BLAKE3_NO_SSE41", "BLAKE3_NO_AVX2", "BLAKE3_NO_AVX512"],
         }],
         ["target_arch=='arm64'", {
-          "sources": ["native/third_party/blake3/blake3_neon.c"],
-          "defines": ["BLAKE3_USE_NEON=1"],
+          "sources": ["<!@(node native/sources.cjs arm64.sources)"],
+          "defines": ["<!@(node native/sources.cjs arm64.defines)"],
         }],
         ["OS=='linux'", {"libraries": ["-lpthread"]}],
       ],
@@ -78,30 +52,48 @@
     ["target_arch=='x64'", {
       "targets": [
         {
-          "target_name": "gt_x64_sse",
+          "target_name": "gt_x64_sse2",
           "type": "static_library",
-          "sources": ["native/third_party/blake3/blake3_sse2.c", "native/third_party/blake3/blake3_sse41.c"],
-          "cflags": ["-msse4.1"],
-          "xcode_settings": {"OTHER_CFLAGS": ["-msse4.1"]},
+          "sources": ["<!@(node native/sources.cjs x64.sse2.sources)"],
+          "cflags": ["<!@(node native/sources.cjs x64.sse2.flags)"],
+          "cflags_cc": ["<!@(node native/sources.cjs x64.sse2.flags)"],
+          "xcode_settings": {
+            "OTHER_CFLAGS": ["<!@(node native/sources.cjs x64.sse2.flags)"],
+            "OTHER_CPLUSPLUSFLAGS": ["<!@(node native/sources.cjs x64.sse2.flags)"],
+          },
+        },
+        {
+          "target_name": "gt_x64_sse41",
+          "type": "static_library",
+          "sources": ["<!@(node native/sources.cjs x64.sse41.sources)"],
+          "cflags": ["<!@(node native/sources.cjs x64.sse41.flags)"],
+          "cflags_cc": ["<!@(node native/sources.cjs x64.sse41.flags)"],
+          "xcode_settings": {
+            "OTHER_CFLAGS": ["<!@(node native/sources.cjs x64.sse41.flags)"],
+            "OTHER_CPLUSPLUSFLAGS": ["<!@(node native/sources.cjs x64.sse41.flags)"],
+          },
         },
         {
           "target_name": "gt_x64_avx2",
           "type": "static_library",
-          "sources": ["native/src/kernels_avx2.cc", "native/third_party/blake3/blake3_avx2.c"],
-          "cflags": ["-mavx2", "-mfma"],
-          "cflags_cc": ["-mavx2", "-mfma"],
-          "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma"], "OTHER_CPLUSPLUSFLAGS": ["-mavx2", "-mfma"]},
+          "sources": ["<!@(node native/sources.cjs x64.avx2.sources)"],
+          "cflags": ["<!@(node native/sources.cjs x64.avx2.flags)"],
+          "cflags_cc": ["<!@(node native/sources.cjs x64.avx2.flags)"],
+          "xcode_settings": {
+            "OTHER_CFLAGS": ["<!@(node native/sources.cjs x64.avx2.flags)"],
+            "OTHER_CPLUSPLUSFLAGS": ["<!@(node native/sources.cjs x64.avx2.flags)"],
+          },
           "msvs_settings": {"VCCLCompilerTool": {"EnableEnhancedInstructionSet": "5"}},
         },
         {
           "target_name": "gt_x64_avx512",
           "type": "static_library",
-          "sources": ["native/src/kernels_avx512.cc", "native/third_party/blake3/blake3_avx512.c"],
-          "cflags": ["-mavx512f", "-mavx512vl", "-mavx2", "-mfma"],
-          "cflags_cc": ["-mavx512f", "-mavx512vl", "-mavx2", "-mfma"],
+          "sources": ["<!@(node native/sources.cjs x64.avx512.sources)"],
+          "cflags": ["<!@(node native/sources.cjs x64.avx512.flags)"],
+          "cflags_cc": ["<!@(node native/sources.cjs x64.avx512.flags)"],
           "xcode_settings": {
-            "OTHER_CFLAGS": ["-mavx512f", "-mavx512vl", "-mavx2", "-mfma"],
-            "OTHER_CPLUSPLUSFLAGS": ["-mavx512f", "-mavx512vl", "-mavx2", "-mfma"],
+            "OTHER_CFLAGS": ["<!@(node native/sources.cjs x64.avx512.flags)"],
+            "OTHER_CPLUSPLUSFLAGS": ["<!@(node native/sources.cjs x64.avx512.flags)"],
           },
           "msvs_settings": {"VCCLCompilerTool": {"AdditionalOptions": ["/arch:AVX512"]}},
         },

@@ -153,9 +153,11 @@ export class StorageError extends GhostTensorError {
   }
 }
 
+// The addon sets the reason as a property of its error (gt::StorageError in
+// native/src/core/errors.h); a missing or unknown one is an I/O failure.
 function storageError(message: string, cause: unknown): StorageError {
-  const token = /^([A-Z_]+):/.exec(message)?.[1];
-  const reason = token !== undefined && STORAGE_FAILURES.includes(token) ? (token as StorageFailure) : 'IO';
+  const r = typeof cause === 'object' && cause !== null ? (cause as { reason?: unknown }).reason : undefined;
+  const reason = typeof r === 'string' && STORAGE_FAILURES.includes(r) ? (r as StorageFailure) : 'IO';
   return new StorageError(reason, message, { cause });
 }
 

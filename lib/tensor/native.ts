@@ -224,7 +224,7 @@ export interface NativeAddon {
   ): { ids: Uint32Array; scores: Float64Array };
   openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
   openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
-  /** Test only: records the file operations of tensor files (native/src/tensor_file.h). */
+  /** Test only: records the file operations of tensor files (native/src/core/tensor_file.h). */
   tensorFileTrace(cmd: 'start'): undefined;
   tensorFileTrace(cmd: 'size'): number;
   tensorFileTrace(cmd: 'stop'): Array<{ op: string; path: string; offset: number; data?: Uint8Array; path2?: string }>;

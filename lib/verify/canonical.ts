@@ -1,7 +1,7 @@
 /**
  * Canonical arithmetic v1 (docs/proof-format.md, "Canonical arithmetic"): what a
  * proof claims is computed by these routines, which give the same bits here and in
- * C++ (native/src/canonical.cc), so a verifier's recomputation equals the prover's
+ * C++ (native/src/core/canonical.cc), so a verifier's recomputation equals the prover's
  * claim exactly, with no tolerance band.
  *
  * The rules: values are f32 patterns and inputs, widened exactly to f64; every sum
@@ -394,7 +394,7 @@ const f = Math.fround;
 
 /**
  * One optimizer step over `count` distinct rows (old values `rows`, coalesced
- * gradients `grads`, both count x d), exactly as native/src/optimizer.cc takes it:
+ * gradients `grads`, both count x d), exactly as native/src/core/optimizer.cc takes it:
  * per-row scalars in f64 with the canonical exp / log1p / powi, then per element in
  * f32 (each operation rounded with Math.fround, which equals f32 arithmetic for
  * + - * / and sqrt). `globalStep` and `logDecay` are the optimizer's before the step.

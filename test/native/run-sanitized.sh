@@ -11,8 +11,6 @@ mkdir -p "$out"
 CXX=${CXX:-g++}
 CC=${CC:-gcc}
 SAN=${GT_SAN:-"-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"}
-src=native/src
-b3=native/third_party/blake3
 objs=()
 compile() {  # file, extra flags...
   local f=$1; shift
@@ -23,26 +21,38 @@ compile() {  # file, extra flags...
   esac
   objs+=("$o")
 }
-for f in attention canonical cpu dense_hopfield errors hnsw_index kernels kernels_scalar kernels_neon merkle metric optimizer parallel product_keys search sparse_hopfield sparse_tensor tensor_file; do
-  compile "$src/$f.cc"
-done
+list() { node native/sources.cjs "$1"; }  # one group of native/sources.json (the list binding.gyp reads)
+# BLAKE3's per-level defines, as binding.gyp sets them: x86-64 builds every level;
+# elsewhere the x86 levels are off (and arm64 adds NEON).
 arch=${GT_ARCH:-$(uname -m)}
-if [ "$arch" = "x86_64" ]; then
-  compile "$src/kernels_avx2.cc" -mavx2 -mfma
-  compile "$src/kernels_avx512.cc" -mavx512f -mavx512vl -mavx2 -mfma
-  compile "$b3/blake3_sse2.c" -msse2
-  compile "$b3/blake3_sse41.c" -msse4.1
-  compile "$b3/blake3_avx2.c" -mavx2
-  compile "$b3/blake3_avx512.c" -mavx512f -mavx512vl
-  b3defs=()
-else
-  compile "$src/kernels_avx2.cc"
-  compile "$src/kernels_avx512.cc"
+b3defs=()
+if [ "$arch" != "x86_64" ]; then
   b3defs=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512)
-  if [ "$arch" = "aarch64" ]; then compile "$b3/blake3_neon.c" -DBLAKE3_USE_NEON=1; b3defs+=(-DBLAKE3_USE_NEON=1); fi
+  if [ "$arch" = "aarch64" ]; then
+    for d in $(list arm64.defines); do b3defs+=("-D$d"); done
+  fi
 fi
-for f in blake3 blake3_dispatch blake3_portable; do compile "$b3/$f.c" "${b3defs[@]}"; done
-compile "$src/blake3_batch.c" "${b3defs[@]}"
+# Assignments, so that a failing list stops the script (set -e).
+core=$(list core)
+b3=$(list blake3)
+levels=$(node -p "Object.keys(require('./native/sources.json').x64).join(' ')")
+for f in $core $b3; do
+  case "$f" in
+    *.c) compile "$f" "${b3defs[@]}" ;;
+    *) compile "$f" ;;
+  esac
+done
+if [ "$arch" = "x86_64" ]; then
+  for level in $levels; do
+    mapfile -t flags < <(list "x64.$level.flags")
+    for f in $(list "x64.$level.sources"); do compile "$f" "${flags[@]}"; done
+  done
+else
+  for f in $(list x64-portable); do compile "$f"; done  # null tables
+  if [ "$arch" = "aarch64" ]; then
+    for f in $(list arm64.sources); do compile "$f" "${b3defs[@]}"; done
+  fi
+fi
 compile test/native/test_core.cc
 $CXX $SAN "${objs[@]}" -o "$out/test_core" -lpthread
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=${GT_ASAN_OPTIONS:-detect_leaks=1} ${GT_RUN:-} "$out/test_core"

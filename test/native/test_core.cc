@@ -10,23 +10,23 @@
 #include <memory>
 #include <vector>
 
-#include "../../native/src/canonical.h"
+#include "../../native/src/core/canonical.h"
 #include <unistd.h>
 
-#include "../../native/src/cpu.h"
-#include "../../native/src/dense_hopfield.h"
-#include "../../native/src/optimizer.h"
-#include "../../native/src/parallel.h"
-#include "../../native/src/product_keys.h"
-#include "../../native/src/errors.h"
-#include "../../native/src/attention.h"
-#include "../../native/src/hnsw_index.h"
-#include "../../native/src/kernels.h"
-#include "../../native/src/merkle.h"
-#include "../../native/src/search.h"
-#include "../../native/src/sparse_tensor.h"
-#include "../../native/src/tensor_file.h"
-#include "../../native/src/topk.h"
+#include "../../native/src/core/cpu.h"
+#include "../../native/src/core/dense_hopfield.h"
+#include "../../native/src/core/optimizer.h"
+#include "../../native/src/core/parallel.h"
+#include "../../native/src/core/product_keys.h"
+#include "../../native/src/core/errors.h"
+#include "../../native/src/core/attention.h"
+#include "../../native/src/core/hnsw_index.h"
+#include "../../native/src/core/kernels.h"
+#include "../../native/src/core/merkle.h"
+#include "../../native/src/core/search.h"
+#include "../../native/src/core/sparse_tensor.h"
+#include "../../native/src/core/tensor_file.h"
+#include "../../native/src/core/topk.h"
 #include "../../native/third_party/blake3/blake3.h"
 
 static int g_passed = 0, g_failed = 0;
@@ -46,6 +46,20 @@ static bool throws_code(gt::ErrorCode code, F&& f) {
     f();
   } catch (const gt::Error& e) {
     return e.code() == code;
+  }
+  return false;
+}
+
+// A StorageError with this reason, whose message starts with the reason's token.
+template <typename F>
+static bool throws_reason(gt::StorageReason reason, F&& f) {
+  try {
+    f();
+  } catch (const gt::StorageError& e) {
+    const std::string token = std::string(gt::storage_reason_string(reason)) + ": ";
+    return e.code() == gt::ErrorCode::Storage && e.storage_reason() == reason && std::string(e.reason()) + ": " == token &&
+           std::string(e.what()).compare(0, token.size(), token) == 0;
+  } catch (const std::exception&) {
   }
   return false;
 }
@@ -623,7 +637,7 @@ static void test_tensor_file() {
     opt.state(all.data(), n, m1.data(), v1.data(), s1.data(), k1.data());
     ref_opt.state(all.data(), n, m2.data(), v2.data(), s2.data(), k2.data());
     CHECK(m1 == m2 && v1 == v2 && s1 == s2 && k1 == k2 && opt.steps() == ref_opt.steps());
-    CHECK(throws_code(gt::ErrorCode::Storage, [&] { f->checkpoint(*tree, 0, 0.0, 0); }));  // read-only
+    CHECK(throws_reason(gt::StorageReason::ReadOnly, [&] { f->checkpoint(*tree, 0, 0.0, 0); }));
   }
   // A flipped header byte; a flipped value under verify; a damaged log record.
   auto flip = [&](const std::string& file, long off) {
@@ -638,11 +652,11 @@ static void test_tensor_file() {
   CHECK(throws_code(gt::ErrorCode::Storage, [&] { open(false, true); }));
   flip(path, 8192 + 5);
   flip(path + ".wal", 64 + 100);
-  CHECK(throws_code(gt::ErrorCode::Storage, [&] { open(false, false); }));
+  CHECK(throws_reason(gt::StorageReason::WalCorrupt, [&] { open(false, false); }));
   flip(path + ".wal", 64 + 100);
   flip(path, 30);  // slot A (N); slot B is the current one after the compaction
   flip(path, 4096 + 30);
-  CHECK(throws_code(gt::ErrorCode::Storage, [&] { open(false, false); }));
+  CHECK(throws_reason(gt::StorageReason::HeaderChecksum, [&] { open(false, false); }));
   std::remove((path + ".wal").c_str());
   std::remove(path.c_str());
   rmdir(dir);
@@ -715,7 +729,7 @@ static void test_tensor_file_verified_reads() {
   CHECK(r.f->info().rows_checked == n - 3);
   const uint32_t bad = 777, good = 778;
   const std::vector<float> delta(d, 0.5f);
-  CHECK(throws_code(gt::ErrorCode::Storage, [&] { r.t->set(&bad, 1, delta.data()); }));
+  CHECK(throws_reason(gt::StorageReason::RowMismatch, [&] { r.t->set(&bad, 1, delta.data()); }));
   CHECK(throws_code(gt::ErrorCode::Storage, [&] { r.t->add(&bad, 1, delta.data()); }));
   r.t->add(&good, 1, delta.data());
   const uint32_t s5 = 5, s6 = 6;

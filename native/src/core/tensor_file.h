@@ -14,8 +14,8 @@
 // stored tree's top against the recorded root, and on request or after an unclean
 // close every stored tree node against the rows; it then replays complete log
 // records through the tensor's write path, checking each record's root. Damage is
-// reported as gt::Error(ErrorCode::Storage) whose message starts with a reason
-// token (docs/storage.md lists them).
+// reported as gt::StorageError (errors.h): ErrorCode::Storage with a reason
+// (docs/storage.md lists them), also the first token of its message.
 #pragma once
 #include <atomic>
 #include <cstddef>

@@ -1,23 +1,31 @@
 // Argument checking and error conversion at the Node-API edge. Every exported
-// function runs inside guard(), so no C++ exception crosses into JavaScript
-// unconverted: gt::Error keeps its code, std::bad_alloc becomes ERR_GT_OUT_OF_MEMORY,
-// anything else ERR_GT_INTERNAL.
+// function runs inside guard() and every asynchronous job derives from AsyncJob
+// (async_job.h); both convert a C++ exception with js_error(), so no exception
+// crosses into JavaScript unconverted and both paths give the same error.
 #pragma once
 #include <napi.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
-#include "cpu.h"
-#include "merkle.h"
-#include "errors.h"
-#include "metric.h"
+#include "../core/cpu.h"
+#include "../core/merkle.h"
+#include "../core/errors.h"
+#include "../core/metric.h"
 
 namespace gt {
 
 Napi::Error make_error(Napi::Env env, const char* code, const std::string& message);
+// A gt::Error's code (and a StorageError's reason, as `reason`) on a JavaScript error.
 Napi::Error make_error(Napi::Env env, const Error& e);
+
+// The one mapping of a C++ exception to a JavaScript error: a Napi::Error is already
+// one; gt::Error keeps its code (and a storage reason); std::bad_alloc becomes
+// ERR_GT_OUT_OF_MEMORY "out of memory"; any other exception ERR_GT_INTERNAL with its
+// message. Called on the JavaScript thread.
+Napi::Error js_error(Napi::Env env, std::exception_ptr failure);
 
 template <typename F>
 Napi::Value guard(const Napi::CallbackInfo& info, F&& body) {
@@ -25,12 +33,8 @@ Napi::Value guard(const Napi::CallbackInfo& info, F&& body) {
     return body();
   } catch (const Napi::Error&) {
     throw;
-  } catch (const Error& e) {
-    throw make_error(info.Env(), e);
-  } catch (const std::bad_alloc&) {
-    throw make_error(info.Env(), "ERR_GT_OUT_OF_MEMORY", "out of memory");
-  } catch (const std::exception& e) {
-    throw make_error(info.Env(), "ERR_GT_INTERNAL", e.what());
+  } catch (...) {
+    throw js_error(info.Env(), std::current_exception());
   }
 }
 
@@ -62,6 +66,9 @@ Napi::Uint8Array hash_to_js(Napi::Env env, const Hash& h);
 Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 // `threads` at index: undefined means default_threads(); else an integer in 1..1024.
 size_t threads_arg(const Napi::CallbackInfo& info, size_t index);
+
+// A non-empty string (a file path).
+std::string path_arg(const Napi::CallbackInfo& info, size_t index);
 
 // A SIMD level name, or undefined for the default level; must be supported.
 SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index);

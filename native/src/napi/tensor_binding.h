@@ -4,12 +4,12 @@
 
 #include <memory>
 
-#include "hnsw_index.h"
-#include "merkle.h"
+#include "../core/hnsw_index.h"
+#include "../core/merkle.h"
 #include "napi_util.h"
-#include "optimizer.h"
-#include "sparse_tensor.h"
-#include "tensor_file.h"
+#include "../core/optimizer.h"
+#include "../core/sparse_tensor.h"
+#include "../core/tensor_file.h"
 
 namespace gt {
 

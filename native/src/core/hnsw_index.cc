@@ -13,7 +13,7 @@
 #include <unistd.h>
 #endif
 
-#include "../third_party/blake3/blake3.h"
+#include "../../third_party/blake3/blake3.h"
 #include "hnswlib_include.h"
 #include "parallel.h"
 #include "search.h"
@@ -93,33 +93,33 @@ bool file_digest(const std::string& path, uint64_t* length, uint8_t out[32]) {
 
 void write_synced(const std::string& path, const uint8_t* bytes, size_t n) {
   std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) throw Error(ErrorCode::Storage, "IO: cannot write " + path);
+  if (f == nullptr) throw StorageError(StorageReason::IO, "cannot write " + path);
   const bool ok = std::fwrite(bytes, 1, n, f) == n && std::fflush(f) == 0
 #if !defined(_WIN32)
                   && ::fsync(::fileno(f)) == 0
 #endif
       ;
   std::fclose(f);
-  if (!ok) throw Error(ErrorCode::Storage, "IO: writing " + path + " failed");
+  if (!ok) throw StorageError(StorageReason::IO, "writing " + path + " failed");
 }
 
 void check_graph_digest(const std::string& path) {
   uint8_t want[48];
   std::FILE* f = std::fopen((path + ".b3").c_str(), "rb");
   if (f == nullptr)
-    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: " + path + ".b3 is missing: the graph cannot be checked");
+    throw StorageError(StorageReason::IndexChecksum, path + ".b3 is missing: the graph cannot be checked");
   const size_t got = std::fread(want, 1, sizeof want, f);
   const bool extra = std::fgetc(f) != EOF;
   std::fclose(f);
   if (got != sizeof want || extra || std::memcmp(want, kHnswSumMagic, 8) != 0)
-    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: " + path + ".b3 is not a graph checksum file");
+    throw StorageError(StorageReason::IndexChecksum, path + ".b3 is not a graph checksum file");
   uint64_t length = 0, want_length = 0;
   for (int i = 0; i < 8; ++i) want_length |= static_cast<uint64_t>(want[8 + i]) << (8 * i);
   uint8_t digest[32];
   if (!file_digest(path, &length, digest))
-    throw Error(ErrorCode::Storage, "IO: cannot read the HNSW graph " + path);
+    throw StorageError(StorageReason::IO, "cannot read the HNSW graph " + path);
   if (length != want_length || std::memcmp(digest, want + 16, 32) != 0)
-    throw Error(ErrorCode::Storage, "INDEX_CHECKSUM: the HNSW graph " + path + " does not match its checksum (damaged)");
+    throw StorageError(StorageReason::IndexChecksum, "the HNSW graph " + path + " does not match its checksum (damaged)");
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Addon functions for self-attention (attention.h): pure functions over copied
+// Addon functions for self-attention (native/src/core/attention.h): pure functions over copied
 // arrays, run on a worker thread, settling a promise. Every argument is checked
 // here, before the work is queued.
 #include <napi.h>
@@ -8,9 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "attention.h"
+#include "../core/attention.h"
 #include "attention_binding.h"
-#include "kernels.h"
+#include "../core/kernels.h"
+#include "async_job.h"
 #include "napi_util.h"
 
 namespace gt {
@@ -32,12 +33,10 @@ float scale_arg(const Napi::CallbackInfo& info, size_t index) {
   return static_cast<float>(s);
 }
 
-class AttentionWorker : public Napi::AsyncWorker {
+class AttentionWorker : public AsyncJob {
  public:
   enum class Op { Forward, Backward, Linear, LinearBackward };
-  AttentionWorker(Napi::Env env, Op op)
-      : Napi::AsyncWorker(env, "ghost-tensor:attention"), op(op), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
+  AttentionWorker(Napi::Env env, Op op) : AsyncJob(env, "ghost-tensor:attention"), op(op) {}
 
   Op op;
   AttentionArgs args;
@@ -46,53 +45,46 @@ class AttentionWorker : public Napi::AsyncWorker {
   size_t m = 0, d = 0;  // linear: W is m x d, X is n x d
 
  private:
-  void Execute() override {
-    try {
-      args.kernels = &kernels();
-      args.Q = q.data();
-      args.K = k.data();
-      args.V = v.data();
-      const size_t n = args.n, D = args.heads * args.dk;
-      switch (op) {
-        case Op::Forward:
-          out.resize(n * D);
-          if (args.k > 0) {
-            ids.resize(args.heads * n * args.k);
-            weights.resize(args.heads * n * args.k);
-            topk_attention_forward(args, out.data(), ids.data(), weights.data());
-          } else {
-            lse.resize(args.heads * n);
-            dense_attention_forward(args, out.data(), lse.data());
-          }
-          break;
-        case Op::Backward:
-          r1.resize(n * D);
-          r2.resize(n * D);
-          r3.resize(n * D);
-          if (args.k > 0)
-            topk_attention_backward(args, ids.data(), weights.data(), dout.data(), r1.data(), r2.data(), r3.data());
-          else
-            dense_attention_backward(args, out.data(), lse.data(), dout.data(), r1.data(), r2.data(), r3.data());
-          break;
-        case Op::Linear:
-          r1.resize(n * m);
-          linear_forward(q.data(), n, k.data(), m, d, args.threads, kernels(), r1.data());
-          break;
-        case Op::LinearBackward:
-          r1.resize(n * d);
-          r2.resize(m * d);
-          linear_backward(q.data(), n, k.data(), m, d, dout.data(), args.threads, kernels(), r1.data(), r2.data());
-          break;
-      }
-    } catch (const std::bad_alloc&) {
-      SetError("out of memory");
-    } catch (const std::exception& e) {
-      SetError(e.what());
+  void Run() override {
+    args.kernels = &kernels();
+    args.Q = q.data();
+    args.K = k.data();
+    args.V = v.data();
+    const size_t n = args.n, D = args.heads * args.dk;
+    switch (op) {
+      case Op::Forward:
+        out.resize(n * D);
+        if (args.k > 0) {
+          ids.resize(args.heads * n * args.k);
+          weights.resize(args.heads * n * args.k);
+          topk_attention_forward(args, out.data(), ids.data(), weights.data());
+        } else {
+          lse.resize(args.heads * n);
+          dense_attention_forward(args, out.data(), lse.data());
+        }
+        break;
+      case Op::Backward:
+        r1.resize(n * D);
+        r2.resize(n * D);
+        r3.resize(n * D);
+        if (args.k > 0)
+          topk_attention_backward(args, ids.data(), weights.data(), dout.data(), r1.data(), r2.data(), r3.data());
+        else
+          dense_attention_backward(args, out.data(), lse.data(), dout.data(), r1.data(), r2.data(), r3.data());
+        break;
+      case Op::Linear:
+        r1.resize(n * m);
+        linear_forward(q.data(), n, k.data(), m, d, args.threads, kernels(), r1.data());
+        break;
+      case Op::LinearBackward:
+        r1.resize(n * d);
+        r2.resize(m * d);
+        linear_backward(q.data(), n, k.data(), m, d, dout.data(), args.threads, kernels(), r1.data(), r2.data());
+        break;
     }
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
+  Napi::Value Result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
     switch (op) {
       case Op::Forward:
@@ -119,14 +111,8 @@ class AttentionWorker : public Napi::AsyncWorker {
         o.Set("dw", f32_array(env, r2));
         break;
     }
-    deferred_.Resolve(o);
+    return o;
   }
-  void OnError(const Napi::Error& e) override {
-    const bool oom = e.Message() == "out of memory";
-    deferred_.Reject(make_error(Env(), oom ? "ERR_GT_OUT_OF_MEMORY" : "ERR_GT_INTERNAL", e.Message()).Value());
-  }
-
-  Napi::Promise::Deferred deferred_;
 };
 
 // (n, heads, dk, k, causal, scale, threads) at 0..6, then q, k, v at 7..9.
@@ -149,12 +135,6 @@ std::unique_ptr<AttentionWorker> attention_worker(const Napi::CallbackInfo& info
   return w;
 }
 
-Napi::Value queue(std::unique_ptr<AttentionWorker> w) {
-  Napi::Promise p = w->promise();
-  w.release()->Queue();
-  return p;
-}
-
 // (n, m, d, threads) at 0..3.
 std::unique_ptr<AttentionWorker> linear_worker(const Napi::CallbackInfo& info, AttentionWorker::Op op) {
   auto w = std::make_unique<AttentionWorker>(info.Env(), op);
@@ -169,8 +149,6 @@ std::unique_ptr<AttentionWorker> linear_worker(const Napi::CallbackInfo& info, A
   w->k = copy_f32(info, 5, "weight", w->m * w->d);
   return w;
 }
-
-}  // namespace
 
 // attentionForwardAsync(n, heads, headDim, k, causal, scale, threads, q, k, v)
 //   -> Promise<{ out, ids, weights }> (k >= 1: top-k) | Promise<{ out, lse }> (k = 0: dense)
@@ -214,6 +192,15 @@ Napi::Value LinearBackwardAsync(const Napi::CallbackInfo& info) {
     w->dout = copy_f32(info, 6, "dY", w->args.n * w->m);
     return queue(std::move(w));
   });
+}
+
+}  // namespace
+
+void register_attention_functions(Napi::Env env, Napi::Object exports) {
+  exports.Set("attentionForwardAsync", Napi::Function::New(env, AttentionForwardAsync));
+  exports.Set("attentionBackwardAsync", Napi::Function::New(env, AttentionBackwardAsync));
+  exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
+  exports.Set("linearBackwardAsync", Napi::Function::New(env, LinearBackwardAsync));
 }
 
 }  // namespace gt

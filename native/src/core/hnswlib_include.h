@@ -7,7 +7,7 @@
 #pragma GCC diagnostic ignored "-Wtype-limits"
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #endif
-#include "../third_party/hnswlib/hnswlib.h"
+#include "../../third_party/hnswlib/hnswlib.h"
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif

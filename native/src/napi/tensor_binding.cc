@@ -1,14 +1,27 @@
+// NativeTensor, the JavaScript class over gt::SparseTensor: every method of the class,
+// in three parts: rows, search, Merkle commitment and HNSW; training (the sparse
+// optimizer beside the values, the dense Hopfield baseline, product-key search); the
+// tensor file behind a file-backed tensor. The asynchronous methods check their
+// arguments here and queue a job of tensor_jobs.h.
 #include "tensor_binding.h"
 
+#include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "kernels.h"
+#include "../core/dense_hopfield.h"
+#include "../core/kernels.h"
+#include "../core/parallel.h"
+#include "../core/product_keys.h"
+#include "../core/search.h"
+#include "../core/tensor_file.h"
+#include "async_job.h"
+#include "file_binding.h"
 #include "napi_util.h"
-#include "parallel.h"
-#include "search.h"
-#include "tensor_worker.h"
+#include "tensor_jobs.h"
 
 namespace gt {
 
@@ -17,14 +30,6 @@ namespace {
 const napi_type_tag kTensorTag = {0x67686f737454656eULL, 0x736f724e61746976ULL};  // "ghostTen" "sorNativ"
 constexpr double kMaxRowsD = static_cast<double>(SparseTensor::kMaxRows);
 constexpr double kMaxDimD = static_cast<double>(SparseTensor::kMaxDim);
-
-struct SearchRequest {
-  Metric metric = Metric::IP;
-  SimdLevel level = SimdLevel::Scalar;
-  size_t k = 0;
-  size_t nq = 0;
-  size_t threads = 1;
-};
 
 // Checks queries against the tensor (non-empty, length, finite); returns their count.
 size_t check_queries(const SparseTensor& t, const ArrayArg<float>& q, bool batch) {
@@ -54,71 +59,6 @@ SearchRequest parse_search(const Napi::CallbackInfo& info, const SparseTensor& t
   return r;
 }
 
-Napi::Object result_object(Napi::Env env, const std::vector<uint32_t>& ids, const std::vector<float>& scores) {
-  Napi::Object out = Napi::Object::New(env);
-  Napi::Uint32Array idv = Napi::Uint32Array::New(env, ids.size());
-  Napi::Float32Array sv = Napi::Float32Array::New(env, scores.size());
-  std::copy(ids.begin(), ids.end(), idv.Data());
-  std::copy(scores.begin(), scores.end(), sv.Data());
-  out.Set("ids", idv);
-  out.Set("scores", sv);
-  return out;
-}
-
-ExactSearchArgs search_args(const float* data, size_t n, size_t d, const SearchRequest& r, const float* queries) {
-  ExactSearchArgs a;
-  a.data = data;
-  a.n = n;
-  a.d = d;
-  a.queries = queries;
-  a.nq = r.nq;
-  a.k = r.k;
-  a.metric = r.metric;
-  a.threads = r.threads;
-  a.kernels = &kernels_for(r.level);
-  return a;
-}
-
-class SearchWorker : public TensorWorker {
- public:
-  SearchWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
-               const SearchRequest& r, const float* queries)
-      : TensorWorker(env, "ghost-tensor:search", owner, owner_obj, t),
-        req_(r),
-        queries_(queries, queries + r.nq * t.dim()),
-        ids_(r.nq * r.k),
-        scores_(r.nq * r.k) {}
-
- private:
-  void Run() override {
-    check_all_rows();  // a scan reads every row
-    exact_search(search_args(storage_->data(), n_, d_, req_, queries_.data()), ids_.data(), scores_.data());
-  }
-  Napi::Value Settle(Napi::Env env, TensorBinding&) override { return result_object(env, ids_, scores_); }
-
-  SearchRequest req_;
-  std::vector<float> queries_;  // copied: JavaScript may reuse its buffer meanwhile
-  std::vector<uint32_t> ids_;
-  std::vector<float> scores_;
-};
-
-class CommitWorker : public TensorWorker {
- public:
-  CommitWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t, size_t threads)
-      : TensorWorker(env, "ghost-tensor:commit", owner, owner_obj, t), threads_(threads) {}
-
- private:
-  void Run() override { levels_ = build_merkle_levels(storage_->data(), n_, d_, threads_); }
-  Napi::Value Settle(Napi::Env env, TensorBinding& owner) override {
-    owner.install_merkle(std::move(levels_));
-    return env.Undefined();
-  }
-
-  size_t threads_;
-  MerkleLevels levels_;
-};
-
-
 HnswParams hnsw_params(const Napi::CallbackInfo& info, size_t index) {
   if (index >= info.Length() || !info[index].IsObject())
     throw Error(ErrorCode::InvalidArgument, "HNSW options must be an object");
@@ -144,65 +84,6 @@ HnswParams hnsw_params(const Napi::CallbackInfo& info, size_t index) {
   return p;
 }
 
-class HnswBuildWorker : public TensorWorker {
- public:
-  HnswBuildWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, SparseTensor& t, const HnswParams& p,
-                  size_t threads)
-      : TensorWorker(env, "ghost-tensor:hnsw-build", owner, owner_obj, t), tensor_(t), params_(p), threads_(threads) {}
-
- private:
-  // Writes are refused while this runs, so building (and registering as a listener)
-  // here cannot race with the JavaScript thread.
-  void Run() override { index_ = std::make_unique<HnswIndex>(tensor_, params_, threads_); }
-  Napi::Value Settle(Napi::Env env, TensorBinding& owner) override {
-    owner.install_hnsw(std::move(index_));
-    return env.Undefined();
-  }
-  SparseTensor& tensor_;
-  HnswParams params_;
-  size_t threads_;
-  std::unique_ptr<HnswIndex> index_;
-};
-
-class HnswSearchWorker : public TensorWorker {
- public:
-  HnswSearchWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
-                   const HnswIndex& index, const SearchRequest& r, size_t ef, const float* queries)
-      : TensorWorker(env, "ghost-tensor:hnsw-search", owner, owner_obj, t),
-        index_(index),
-        req_(r),
-        ef_(ef),
-        queries_(queries, queries + r.nq * t.dim()),
-        ids_(r.nq * r.k),
-        scores_(r.nq * r.k) {}
-
- private:
-  void Run() override { index_.search_batch(queries_.data(), req_.nq, req_.k, ef_, req_.threads, ids_.data(), scores_.data()); }
-  Napi::Value Settle(Napi::Env env, TensorBinding&) override { return result_object(env, ids_, scores_); }
-  const HnswIndex& index_;  // kept alive: the index is not replaced while the tensor is busy
-  SearchRequest req_;
-  size_t ef_;
-  std::vector<float> queries_;
-  std::vector<uint32_t> ids_;
-  std::vector<float> scores_;
-};
-
-class HnswRefreshWorker : public TensorWorker {
- public:
-  HnswRefreshWorker(Napi::Env env, TensorBinding* owner, Napi::Object owner_obj, const SparseTensor& t,
-                    HnswIndex& index, size_t budget, size_t threads)
-      : TensorWorker(env, "ghost-tensor:hnsw-refresh", owner, owner_obj, t),
-        index_(index),
-        budget_(budget),
-        threads_(threads) {}
-
- private:
-  void Run() override { done_ = index_.refresh(budget_, threads_); }
-  Napi::Value Settle(Napi::Env env, TensorBinding&) override { return Napi::Number::New(env, static_cast<double>(done_)); }
-  HnswIndex& index_;
-  size_t budget_, threads_, done_ = 0;
-};
-
 }  // namespace
 
 void TensorBinding::install_hnsw(std::unique_ptr<HnswIndex> index) {
@@ -221,10 +102,8 @@ Napi::Value TensorBinding::HnswBuildAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("buildHnsw");
     const HnswParams p = hnsw_params(info, 0);
-    auto* worker = new HnswBuildWorker(info.Env(), this, info.This().As<Napi::Object>(), t, p, threads_arg(info, 1));
-    Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    return queue(std::make_unique<HnswBuildWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, p,
+                                                   threads_arg(info, 1)));
   });
 }
 
@@ -307,10 +186,8 @@ Napi::Value TensorBinding::HnswSearchBatchAsync(const Napi::CallbackInfo& info) 
     r.k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
     const size_t ef = ef_arg(info, 2, r.k);
     r.threads = threads_arg(info, 3);
-    auto* worker = new HnswSearchWorker(info.Env(), this, info.This().As<Napi::Object>(), t, index, r, ef, q.data);
-    Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    return queue(std::make_unique<HnswSearchWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, index, r, ef,
+                                                    q.data));
   });
 }
 
@@ -327,11 +204,8 @@ Napi::Value TensorBinding::HnswRefreshAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = writable("refreshHnsw");
     const size_t budget = size_arg(info, 0, "budget", 0, 4294967295.0);
-    auto* worker = new HnswRefreshWorker(info.Env(), this, info.This().As<Napi::Object>(), t, hnsw(), budget,
-                                         threads_arg(info, 1));
-    Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    return queue(std::make_unique<HnswRefreshWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, hnsw(),
+                                                     budget, threads_arg(info, 1)));
   });
 }
 
@@ -360,10 +234,8 @@ Napi::Value TensorBinding::CommitAsync(const Napi::CallbackInfo& info) {
       d.Resolve(info.Env().Undefined());
       return d.Promise();
     }
-    auto* worker = new CommitWorker(info.Env(), this, info.This().As<Napi::Object>(), t, threads_arg(info, 0));
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
+    return queue(
+        std::make_unique<CommitWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, threads_arg(info, 0)));
   });
 }
 
@@ -494,7 +366,7 @@ TensorBinding* TensorBinding::from_value(const Napi::Value& v, const char* name)
 }
 
 SparseTensor& TensorBinding::present() {
-  if (file_ && file_->closed()) throw Error(ErrorCode::Storage, "CLOSED: the tensor file was closed");
+  if (file_ && file_->closed()) throw StorageError(StorageReason::Closed, "the tensor file was closed");
   if (!adopted_.IsEmpty() && adopted_.Value().IsDetached())
     throw Error(ErrorCode::Detached, "the adopted Float32Array's buffer was detached (transferred)");
   return *tensor_;
@@ -648,10 +520,439 @@ Napi::Value TensorBinding::SearchBatchAsync(const Napi::CallbackInfo& info) {
     SparseTensor& t = usable();
     const ArrayArg<float> q = f32_arg(info, 0, "queries");
     const SearchRequest r = parse_search(info, t, q, true);
-    auto* worker = new SearchWorker(info.Env(), this, info.This().As<Napi::Object>(), t, r, q.data);
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
+    return queue(std::make_unique<SearchWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, r, q.data));
+  });
+}
+
+// ---- Training: the sparse optimizer beside the values, the dense Hopfield baseline,
+// product-key search.
+
+namespace {
+
+OptimizerParams optimizer_params(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsObject())
+    throw Error(ErrorCode::InvalidArgument, "optimizer options must be an object");
+  Napi::Object o = info[index].As<Napi::Object>();
+  OptimizerParams p;
+  auto num = [&](const char* key, double fallback) -> float {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return static_cast<float>(fallback);
+    if (!v.IsNumber()) throw Error(ErrorCode::InvalidArgument, std::string(key) + " must be a number");
+    const double x = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(x)) throw Error(ErrorCode::OutOfRange, std::string(key) + " must be finite");
+    return static_cast<float>(x);
+  };
+  Napi::Value kind = o.Get("kind");
+  const std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : "";
+  if (k == "adam") p.kind = OptimizerKind::Adam;
+  else if (k == "sgd") p.kind = OptimizerKind::SGD;
+  else throw Error(ErrorCode::InvalidArgument, "optimizer kind must be 'adam' or 'sgd'");
+  p.lr = num("lr", k == "adam" ? 1e-3 : 1e-2);
+  p.beta1 = num("beta1", 0.9);
+  p.beta2 = num("beta2", 0.999);
+  p.eps = num("eps", 1e-8);
+  p.weight_decay = num("weightDecay", 0.0);
+  Napi::Value bias = o.Get("biasCorrection");
+  const std::string b = bias.IsUndefined() ? "row" : (bias.IsString() ? bias.As<Napi::String>().Utf8Value() : "");
+  if (b == "row") p.row_step = true;
+  else if (b == "global") p.row_step = false;
+  else throw Error(ErrorCode::InvalidArgument, "biasCorrection must be 'row' or 'global'");
+  check_optimizer_params(p);
+  return p;
+}
+
+float finite_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsNumber())
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a number");
+  const double x = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(x)) throw Error(ErrorCode::OutOfRange, std::string(name) + " must be finite");
+  return static_cast<float>(x);
+}
+
+}  // namespace
+
+// optimStepAsync(ids, grads) -> Promise<distinct rows touched>
+Napi::Value TensorBinding::OptimStepAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    SparseOptimizer& opt = step_args(info, &ids, &grads);
+    SparseTensor& t = *tensor_;
+    t.check_ids(ids.data, ids.length, "ids");
+    return queue(std::make_unique<OptimStepWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, opt, ids, grads,
+                                                   file_.get()));
+  });
+}
+
+// productKeySearchAsync(keys2, queries, k, threads?) -> Promise<{ ids: Uint32Array, scores: Float64Array }>
+// This tensor is sub-key table 1; slots are i * n + j.
+Napi::Value TensorBinding::ProductKeySearchAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& k1 = usable();
+    TensorBinding* b2 = TensorBinding::from_value(info[0], "keys2");
+    SparseTensor& k2 = b2->usable();
+    if (k1.size() == 0 || k1.size() != k2.size())
+      throw Error(ErrorCode::InvalidArgument, "the sub-key tables must be non-empty and of the same length");
+    if (k1.size() > 65535) throw Error(ErrorCode::OutOfRange, "more than 65535 sub-keys: slot ids would not fit in uint32");
+    const size_t d = k1.dim() + k2.dim();
+    const ArrayArg<float> q = f32_arg(info, 1, "queries");
+    if (q.length == 0 || q.length % d != 0)
+      throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(d));
+    check_finite_length(q, q.length, "queries");
+    const size_t n = k1.size();
+    const size_t k = size_arg(info, 2, "k", 1, static_cast<double>(n * n));
+    const size_t threads = threads_arg(info, 3);
+    auto w = std::make_unique<ProductKeyWorker>(info.Env(), this, info.This().As<Napi::Object>(), k1, b2,
+                                                info[0].As<Napi::Object>(), k2);
+    w->args.n = n;
+    w->args.d1 = k1.dim();
+    w->args.d2 = k2.dim();
+    w->args.nq = q.length / d;
+    w->args.k = k;
+    w->args.threads = threads;
+    w->args.kernels = &kernels();
+    w->queries.assign(q.data, q.data + q.length);
+    return queue(std::move(w));
+  });
+}
+
+// optimInit({ kind, lr, beta1, beta2, eps, weightDecay, biasCorrection }): replaces
+// any optimizer state of this tensor with fresh (zero) state.
+Napi::Value TensorBinding::OptimInit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("attaching an optimizer");
+    const OptimizerParams p = optimizer_params(info, 0);
+    const bool replace = info.Length() > 1 && info[1].ToBoolean().Value();
+    if (optimizer_ && !replace)
+      throw Error(ErrorCode::InvalidArgument, "the tensor already has an optimizer (its state lives with the tensor); detach() it first");
+    if (file_) {
+      // The state lives in the file: a new optimizer resumes it (m, v, row counters,
+      // decay marks and the global scalars of the last checkpoint or detach).
+      if (!file_->has_state())
+        throw Error(ErrorCode::InvalidArgument,
+                    "this tensor file has no optimizer state; create it with optimizerState: true");
+      if (optimizer_) file_->set_scalars(optimizer_->steps(), optimizer_->log_decay());
+      optimizer_.reset();
+      optimizer_ = std::make_unique<SparseOptimizer>(t, p, file_->state());
+      return info.Env().Undefined();
+    }
+    optimizer_.reset();
+    optimizer_ = std::make_unique<SparseOptimizer>(t, p);
+    return info.Env().Undefined();
+  });
+}
+
+// optimDetach(): drops this tensor's optimizer state.
+Napi::Value TensorBinding::OptimDetach(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    writable("detaching an optimizer");
+    if (file_ && optimizer_) file_->set_scalars(optimizer_->steps(), optimizer_->log_decay());
+    optimizer_.reset();
+    return info.Env().Undefined();
+  });
+}
+
+SparseOptimizer& TensorBinding::step_args(const Napi::CallbackInfo& info, ArrayArg<uint32_t>* ids, ArrayArg<float>* grads) {
+  SparseTensor& t = writable("an optimizer step");
+  if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+  *ids = u32_arg(info, 0, "ids");
+  *grads = f32_arg(info, 1, "grads");
+  if (grads->length != ids->length * t.dim())
+    throw Error(ErrorCode::InvalidArgument, "grads has length " + std::to_string(grads->length) +
+                                                ", expected ids.length * dim = " + std::to_string(ids->length * t.dim()));
+  return *optimizer_;
+}
+
+// optimStep(ids: Uint32Array, grads: Float32Array) -> distinct rows touched
+Napi::Value TensorBinding::OptimStep(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    SparseOptimizer& opt = step_args(info, &ids, &grads);
+    tensor_->check_ids(ids.data, ids.length, "ids");
+    check_step_rows(tensor_->read_guard(), file_.get(), ids.data, ids.length);
+    const size_t n = opt.step(ids.data, ids.length, grads.data);
+    after_write();
+    return Napi::Number::New(info.Env(), static_cast<double>(n));
+  });
+}
+
+// optimCheck(ids, grads): the checks optimStep makes before changing anything, alone
+// (a multi-tensor step checks every entry first, so it is all or nothing).
+Napi::Value TensorBinding::OptimCheck(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    ArrayArg<uint32_t> ids;
+    ArrayArg<float> grads;
+    step_args(info, &ids, &grads).check_step(ids.data, ids.length, grads.data);
+    // A multi-tensor step checks every entry before stepping any: damaged rows too.
+    check_step_rows(tensor_->read_guard(), file_.get(), ids.data, ids.length);
+    return info.Env().Undefined();
+  });
+}
+
+// optimState(ids) -> { m, v, steps }
+Napi::Value TensorBinding::OptimState(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    t.check_ids(ids.data, ids.length, "ids");
+    if (file_) file_->check_state(ids.data, ids.length);
+    std::vector<float> m(ids.length * t.dim()), v(ids.length * t.dim());
+    std::vector<uint32_t> steps(ids.length);
+    Napi::Float64Array marks = Napi::Float64Array::New(info.Env(), ids.length);
+    optimizer_->state(ids.data, ids.length, m.data(), v.data(), steps.data(), marks.Data());
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("m", f32_array(info.Env(), m));
+    out.Set("v", f32_array(info.Env(), v));
+    Napi::Uint32Array s = Napi::Uint32Array::New(info.Env(), steps.size());
+    std::copy(steps.begin(), steps.end(), s.Data());
+    out.Set("steps", s);
+    out.Set("marks", marks);
+    return out;
+  });
+}
+
+// optimRestore(ids, values, m, v, steps, marks, globalStep, logDecay): puts rows back
+// (SparseOptimizer::restore); m and v are empty for SGD.
+Napi::Value TensorBinding::OptimRestore(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("restore");
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
+    const ArrayArg<float> values = f32_arg(info, 1, "values");
+    const ArrayArg<float> m = f32_arg(info, 2, "m");
+    const ArrayArg<float> v = f32_arg(info, 3, "v");
+    const ArrayArg<uint32_t> steps = u32_arg(info, 4, "steps");
+    const ArrayArg<double> marks = f64_arg(info, 5, "marks");
+    const double global_step = info[6].IsNumber() ? info[6].As<Napi::Number>().DoubleValue() : -1.0;
+    const double log_decay = info[7].IsNumber() ? info[7].As<Napi::Number>().DoubleValue() : 1.0;
+    const size_t cells = ids.length * t.dim();
+    const bool adam = optimizer_->params().kind == OptimizerKind::Adam;
+    if (values.length != cells || steps.length != ids.length || marks.length != ids.length ||
+        m.length != (adam ? cells : 0) || v.length != (adam ? cells : 0))
+      throw Error(ErrorCode::InvalidArgument, "restore: array lengths do not match ids.length and dim");
+    if (!(global_step >= 0.0 && global_step <= 9007199254740991.0 && global_step == std::floor(global_step)))
+      throw Error(ErrorCode::OutOfRange, "restore: globalStep must be a safe integer >= 0");
+    optimizer_->restore(ids.data, ids.length, values.data, m.data, v.data, steps.data, marks.data,
+                        static_cast<uint64_t>(global_step), log_decay);
+    after_write();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TensorBinding::OptimSetLr(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!optimizer_) throw Error(ErrorCode::InvalidArgument, "the tensor has no optimizer");
+    optimizer_->set_lr(finite_arg(info, 0, "lr"));
+    return info.Env().Undefined();
+  });
+}
+
+// optimInfo() -> null | { kind, lr, beta1, beta2, eps, weightDecay, biasCorrection, steps, logDecay }
+Napi::Value TensorBinding::OptimInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    usable();
+    if (!optimizer_) return info.Env().Null();
+    const OptimizerParams& p = optimizer_->params();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("kind", p.kind == OptimizerKind::Adam ? "adam" : "sgd");
+    o.Set("lr", p.lr);
+    o.Set("beta1", p.beta1);
+    o.Set("beta2", p.beta2);
+    o.Set("eps", p.eps);
+    o.Set("weightDecay", p.weight_decay);
+    o.Set("biasCorrection", p.row_step ? "row" : "global");
+    o.Set("steps", static_cast<double>(optimizer_->steps()));
+    o.Set("logDecay", optimizer_->log_decay());
+    return o;
+  });
+}
+
+namespace {
+// Shared argument parsing: (values, Q, beta, metric, threads) at 0..4.
+std::unique_ptr<DenseHopfieldWorker> dense_worker(const Napi::CallbackInfo& info, TensorBinding* self, SparseTensor& kt) {
+  TensorBinding* vb = TensorBinding::from_value(info[0], "values");
+  SparseTensor& vt = vb->usable();
+  if (kt.size() == 0) throw Error(ErrorCode::OutOfRange, "the key tensor is empty");
+  if (vt.size() != kt.size())
+    throw Error(ErrorCode::InvalidArgument, "keys and values hold different pattern counts (" + std::to_string(kt.size()) +
+                                                " vs " + std::to_string(vt.size()) + ")");
+  const ArrayArg<float> q = f32_arg(info, 1, "queries");
+  if (q.length == 0 || q.length % kt.dim() != 0)
+    throw Error(ErrorCode::InvalidArgument, "queries length must be a positive multiple of dim " + std::to_string(kt.dim()));
+  check_finite_length(q, q.length, "queries");
+  const float beta = finite_arg(info, 2, "beta");
+  const Metric metric = metric_arg(info, 3);
+  const size_t threads = threads_arg(info, 4);
+  auto w = std::make_unique<DenseHopfieldWorker>(info.Env(), self, info.This().As<Napi::Object>(), kt, vb,
+                                                 info[0].As<Napi::Object>(), vt);
+  w->args.B = q.length / kt.dim();
+  w->args.d = kt.dim();
+  w->args.N = kt.size();
+  w->args.dv = vt.dim();
+  w->args.beta = beta;
+  w->args.metric = metric;
+  w->args.threads = threads;
+  w->args.kernels = &kernels();
+  w->q.assign(q.data, q.data + q.length);
+  return w;
+}
+}  // namespace
+
+// denseHopfieldForwardAsync(values, queries, beta, metric, threads?) -> Promise<{ y, lse }>
+Napi::Value TensorBinding::DenseHopfieldForwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return queue(dense_worker(info, this, usable())); });
+}
+
+// denseHopfieldBackwardAsync(values, queries, beta, metric, threads, y, lse, dy)
+//   -> Promise<{ dQ, dK, dV, dBeta }>
+Napi::Value TensorBinding::DenseHopfieldBackwardAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& kt = usable();
+    TensorBinding* vb = TensorBinding::from_value(info[0], "values");
+    const size_t dv = vb->usable().dim();
+    const ArrayArg<float> q = f32_arg(info, 1, "queries");
+    const size_t B = q.length / kt.dim();
+    const ArrayArg<float> y = f32_arg(info, 5, "y");
+    const ArrayArg<float> lse = f32_arg(info, 6, "lse");
+    const ArrayArg<float> dy = f32_arg(info, 7, "dy");
+    check_finite_length(y, B * dv, "y");
+    check_finite_length(lse, B, "lse");
+    check_finite_length(dy, B * dv, "dy");
+    auto w = dense_worker(info, this, kt);
+    w->backward = true;
+    w->y.assign(y.data, y.data + y.length);
+    w->lse.assign(lse.data, lse.data + lse.length);
+    w->dy.assign(dy.data, dy.data + dy.length);
+    return queue(std::move(w));
+  });
+}
+
+// ---- Tensor files (file_binding.cc opens and creates them).
+
+// Constructor path: adopt an opened file (see TensorBinding::TensorBinding).
+void TensorBinding::adopt_file(const Napi::Value& handle) {
+  bool ours = false;
+  if (napi_check_object_type_tag(handle.Env(), handle, &kPendingTag, &ours) != napi_ok || !ours)
+    throw Error(ErrorCode::InvalidArgument, "expected a file opened by openTensorFile");
+  PendingFile* p = handle.As<Napi::External<PendingFile>>().Data();
+  if (p == nullptr || !p->file) throw Error(ErrorCode::InvalidArgument, "the opened file was already used");
+  tensor_ = std::move(p->tensor);
+  merkle_ = std::move(p->tree);
+  file_ = std::move(p->file);
+}
+
+TensorFile* TensorBinding::file_or_throw(const char* op) {
+  if (!file_) throw Error(ErrorCode::InvalidArgument, std::string(op) + ": the tensor is not backed by a file");
+  return file_.get();
+}
+
+// saveFileAsync(path, optimizerState, threads?) -> Promise<void>: writes this (in-memory)
+// tensor's rows and tree to a new file atomically.
+Napi::Value TensorBinding::SaveFileAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("saveFile");
+    const std::string path = path_arg(info, 0);
+    if (t.size() == 0) throw Error(ErrorCode::OutOfRange, "an empty tensor cannot be saved (no rows)");
+    const bool state = info.Length() > 1 && info[1].ToBoolean().Value();
+    return queue(std::make_unique<SaveWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, path, state,
+                                              threads_arg(info, 2)));
+  });
+}
+
+// fileCheckpoint(compactBytes, compactRows) -> sequence number of the new durable checkpoint
+Napi::Value TensorBinding::FileCheckpoint(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    writable("checkpoint");
+    TensorFile* f = file_or_throw("checkpoint");
+    const size_t compact_bytes = size_arg(info, 0, "compactBytes", 0, 9007199254740991.0);
+    const size_t compact_rows = size_arg(info, 1, "compactRows", 0, 9007199254740991.0);
+    const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
+    const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
+    const uint64_t seq = f->checkpoint(*merkle_, gs, ld, compact_bytes, compact_rows);
+    return Napi::Number::New(info.Env(), static_cast<double>(seq));
+  });
+}
+
+// fileCheckpointAsync(compactBytes, compactRows, forceCompact) -> Promise<sequence number>
+Napi::Value TensorBinding::FileCheckpointAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = writable("checkpoint");
+    TensorFile* f = file_or_throw("checkpoint");
+    if (f->closed()) throw StorageError(StorageReason::Closed, "the tensor file was closed");
+    const size_t compact_bytes = size_arg(info, 0, "compactBytes", 0, 9007199254740991.0);
+    const size_t compact_rows = size_arg(info, 1, "compactRows", 0, 9007199254740991.0);
+    const bool force = info.Length() > 2 && info[2].ToBoolean().Value();
+    const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
+    const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
+    return queue(std::make_unique<CheckpointWorker>(info.Env(), this, info.This().As<Napi::Object>(), t, *f, *merkle_,
+                                                    gs, ld, compact_bytes, compact_rows, force));
+  });
+}
+
+// fileCompact(): checkpoint, then apply the log to the main file.
+Napi::Value TensorBinding::FileCompact(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    writable("compact");
+    TensorFile* f = file_or_throw("compact");
+    const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
+    const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
+    f->checkpoint(*merkle_, gs, ld, 0);
+    f->compact(false);
+    return info.Env().Undefined();
+  });
+}
+
+// fileClose(): checkpoint, compact, mark clean; the tensor is unusable afterwards.
+Napi::Value TensorBinding::FileClose(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    TensorFile* f = file_or_throw("close");
+    if (f->closed()) return info.Env().Undefined();
+    writable("close");
+    if (f->info().writable) {
+      const uint64_t gs = optimizer_ ? optimizer_->steps() : f->global_step();
+      const double ld = optimizer_ ? optimizer_->log_decay() : f->log_decay();
+      f->checkpoint(*merkle_, gs, ld, 0);
+    }
+    f->close();
+    release_file_tensor();
+    return info.Env().Undefined();
+  });
+}
+
+void TensorBinding::release_file_tensor() {
+  const size_t dim = tensor_->dim();
+  optimizer_.reset();
+  hnsw_.reset();
+  merkle_.reset();
+  view_buffer_.Reset();
+  view_storage_.reset();
+  // Row views keep the mapping alive through their own reference; the tensor lets go.
+  tensor_ = std::make_unique<SparseTensor>(dim, 0);
+}
+
+Napi::Value TensorBinding::FileInfoJs(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (!file_) return info.Env().Null();
+    if (!file_->closed()) usable();  // not while an asynchronous checkpoint runs
+    const FileInfo i = file_->info();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("seq", static_cast<double>(i.seq));
+    o.Set("compactedSeq", static_cast<double>(i.compacted_seq));
+    o.Set("walBytes", static_cast<double>(i.wal_bytes));
+    o.Set("pendingRows", static_cast<double>(i.pending_rows));
+    o.Set("uncompactedRows", static_cast<double>(i.uncompacted_rows));
+    o.Set("replayedRecords", static_cast<double>(i.replayed_records));
+    o.Set("wasClean", i.was_clean);
+    o.Set("verified", i.verified);
+    o.Set("writable", i.writable);
+    o.Set("optimizerState", i.has_state);
+    o.Set("formatVersion", static_cast<double>(i.format_version));
+    o.Set("rowsChecked", static_cast<double>(i.rows_checked));
+    o.Set("closed", file_->closed());
+    return o;
   });
 }
 

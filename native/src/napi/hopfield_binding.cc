@@ -1,28 +1,28 @@
-// Addon functions for the sparse Hopfield math (native/src/sparse_hopfield.h): pure
+// Addon functions for the sparse Hopfield math (native/src/core/sparse_hopfield.h): pure
 // functions over copied arrays, run on a worker thread, settling a promise.
 #include <napi.h>
 
 #include <cmath>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hopfield_binding.h"
-#include "kernels.h"
+#include "../core/kernels.h"
+#include "async_job.h"
 #include "napi_util.h"
-#include "sparse_hopfield.h"
-#include "sparse_tensor.h"
+#include "../core/sparse_hopfield.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 
 namespace {
 
-class HopfieldWorker : public Napi::AsyncWorker {
+class HopfieldWorker : public AsyncJob {
  public:
   enum class Op { Mix, MixBackward, KeyBackward };
-  explicit HopfieldWorker(Napi::Env env, Op op)
-      : Napi::AsyncWorker(env, "ghost-tensor:hopfield"), op_(op), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
+  HopfieldWorker(Napi::Env env, Op op) : AsyncJob(env, "ghost-tensor:hopfield"), op_(op) {}
 
   size_t B = 0, k = 0, w = 0, threads = 1;
   float beta = 1.0f;
@@ -30,37 +30,32 @@ class HopfieldWorker : public Napi::AsyncWorker {
   std::vector<float> rows, s, weights, out, dout, q;
 
  private:
-  void Execute() override {
-    try {
-      SparseMixArgs a;
-      a.B = B;
-      a.k = k;
-      a.w = w;
-      a.rows = rows.data();
-      a.s = s.data();
-      a.beta = beta;
-      a.threads = threads;
-      a.kernels = &kernels();
-      if (op_ == Op::Mix) {
-        weights.resize(B * k);
-        out.resize(B * w);
-        sparse_mix_forward(a, weights.data(), out.data());
-      } else if (op_ == Op::MixBackward) {
-        r1_.resize(B * k * w);
-        r2_.resize(B * k);
-        sparse_mix_backward(a, weights.data(), out.data(), dout.data(), r1_.data(), r2_.data(), &dbeta_);
-      } else {
-        r1_.resize(B * w);      // dq
-        r2_.resize(B * k * w);  // dkeys
-        sparse_key_backward(metric, B, k, w, q.data(), rows.data(), s.data(), dout.data(), threads, kernels(), r1_.data(),
-                            r2_.data());
-      }
-    } catch (const std::exception& e) {
-      SetError(e.what());
+  void Run() override {
+    SparseMixArgs a;
+    a.B = B;
+    a.k = k;
+    a.w = w;
+    a.rows = rows.data();
+    a.s = s.data();
+    a.beta = beta;
+    a.threads = threads;
+    a.kernels = &kernels();
+    if (op_ == Op::Mix) {
+      weights.resize(B * k);
+      out.resize(B * w);
+      sparse_mix_forward(a, weights.data(), out.data());
+    } else if (op_ == Op::MixBackward) {
+      r1_.resize(B * k * w);
+      r2_.resize(B * k);
+      sparse_mix_backward(a, weights.data(), out.data(), dout.data(), r1_.data(), r2_.data(), &dbeta_);
+    } else {
+      r1_.resize(B * w);      // dq
+      r2_.resize(B * k * w);  // dkeys
+      sparse_key_backward(metric, B, k, w, q.data(), rows.data(), s.data(), dout.data(), threads, kernels(), r1_.data(),
+                          r2_.data());
     }
   }
-  void OnOK() override {
-    Napi::Env env = Env();
+  Napi::Value Result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
     if (op_ == Op::Mix) {
       o.Set("weights", f32_array(env, weights));
@@ -73,14 +68,10 @@ class HopfieldWorker : public Napi::AsyncWorker {
       o.Set("dq", f32_array(env, r1_));
       o.Set("dKeys", f32_array(env, r2_));
     }
-    deferred_.Resolve(o);
-  }
-  void OnError(const Napi::Error& e) override {
-    deferred_.Reject(make_error(Env(), "ERR_GT_INTERNAL", e.Message()).Value());
+    return o;
   }
 
   Op op_;
-  Napi::Promise::Deferred deferred_;
   std::vector<float> r1_, r2_;
   double dbeta_ = 0.0;
 };
@@ -106,13 +97,9 @@ Napi::Value queue(const Napi::CallbackInfo& info, HopfieldWorker::Op op, Fill&& 
     auto worker = std::make_unique<HopfieldWorker>(info.Env(), op);
     shape_args(info, worker.get());
     fill(*worker);
-    Napi::Promise p = worker->promise();
-    worker.release()->Queue();
-    return p;
+    return queue(std::move(worker));
   });
 }
-
-}  // namespace
 
 // hopfieldMixAsync(B, k, w, rows, s, beta, threads?) -> Promise<{ weights, out }>
 Napi::Value HopfieldMixAsync(const Napi::CallbackInfo& info) {
@@ -147,6 +134,14 @@ Napi::Value HopfieldKeyBackwardAsync(const Napi::CallbackInfo& info) {
     h.q = copy_f32(info, 7, "q", h.B * h.w);
     h.dout = copy_f32(info, 8, "ds", h.B * h.k);
   });
+}
+
+}  // namespace
+
+void register_hopfield_functions(Napi::Env env, Napi::Object exports) {
+  exports.Set("hopfieldMixAsync", Napi::Function::New(env, HopfieldMixAsync));
+  exports.Set("hopfieldMixBackwardAsync", Napi::Function::New(env, HopfieldMixBackwardAsync));
+  exports.Set("hopfieldKeyBackwardAsync", Napi::Function::New(env, HopfieldKeyBackwardAsync));
 }
 
 }  // namespace gt

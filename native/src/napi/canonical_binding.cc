@@ -1,4 +1,4 @@
-// Addon functions for the canonical arithmetic (native/src/canonical.h): the prover
+// Addon functions for the canonical arithmetic (native/src/core/canonical.h): the prover
 // computes what a proof claims with these; tests compare them bit for bit with
 // lib/verify/canonical.ts. Every size is checked here, at the edge.
 #include <napi.h>
@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "canonical.h"
+#include "../core/canonical.h"
 #include "canonical_binding.h"
 #include "napi_util.h"
-#include "sparse_tensor.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 
@@ -133,7 +133,7 @@ Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void InitCanonical(Napi::Env env, Napi::Object exports) {
+void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalMath", Napi::Function::New(env, CanonicalMath));
   exports.Set("canonicalPowi", Napi::Function::New(env, CanonicalPowi));
   exports.Set("canonicalStates", Napi::Function::New(env, CanonicalStates));

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <new>
 
-#include "parallel.h"
-#include "sparse_tensor.h"
+#include "../core/parallel.h"
+#include "../core/sparse_tensor.h"
 
 namespace gt {
 
@@ -15,7 +17,25 @@ Napi::Error make_error(Napi::Env env, const char* code, const std::string& messa
 }
 
 Napi::Error make_error(Napi::Env env, const Error& e) {
-  return make_error(env, error_code_string(e.code()), e.what());
+  Napi::Error err = make_error(env, error_code_string(e.code()), e.what());
+  if (e.reason() != nullptr) err.Set("reason", Napi::String::New(env, e.reason()));
+  return err;
+}
+
+Napi::Error js_error(Napi::Env env, std::exception_ptr failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const Napi::Error& e) {
+    return e;
+  } catch (const Error& e) {
+    return make_error(env, e);
+  } catch (const std::bad_alloc&) {
+    return make_error(env, "ERR_GT_OUT_OF_MEMORY", "out of memory");
+  } catch (const std::exception& e) {
+    return make_error(env, "ERR_GT_INTERNAL", e.what());
+  } catch (...) {
+    return make_error(env, "ERR_GT_INTERNAL", "a native exception of unknown type");
+  }
 }
 
 namespace {
@@ -87,6 +107,12 @@ Hash hash_arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
 size_t threads_arg(const Napi::CallbackInfo& info, size_t index) {
   return info.Length() > index && !info[index].IsUndefined() ? size_arg(info, index, "threads", 1, 1024)
                                                              : default_threads();
+}
+
+std::string path_arg(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsString() || info[index].As<Napi::String>().Utf8Value().empty())
+    throw Error(ErrorCode::InvalidArgument, "path must be a non-empty string");
+  return info[index].As<Napi::String>().Utf8Value();
 }
 
 SimdLevel level_arg(const Napi::CallbackInfo& info, size_t index) {

@@ -21,7 +21,7 @@
 //   (NonFinite): such a state could not be written into an update proof.
 // - Every step is reproducible bit for bit by lib/canonical-optim.ts (an update
 //   proof's verifier re-runs it): the per-row scalars use the canonical exp, log1p
-//   and integer power (native/src/canonical.h), the per-element math is plain f32
+//   and integer power (native/src/core/canonical.h), the per-element math is plain f32
 //   + - * / sqrt in a fixed order, built without fused multiply-add.
 #pragma once
 #include <cstddef>

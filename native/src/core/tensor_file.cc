@@ -36,12 +36,10 @@ constexpr size_t kWalHeaderBytes = 64;
 constexpr size_t kRecHeaderBytes = 96;
 constexpr uint32_t kDtypeF32 = 1;
 
-[[noreturn]] void fail(const char* reason, const std::string& msg) {
-  throw Error(ErrorCode::Storage, std::string(reason) + ": " + msg);
-}
+[[noreturn]] void fail(StorageReason reason, const std::string& detail) { throw StorageError(reason, detail); }
 
 [[noreturn]] void fail_errno(const std::string& what) {
-  fail("IO", what + ": " + std::strerror(errno));
+  fail(StorageReason::IO, what + ": " + std::strerror(errno));
 }
 
 bool host_little_endian() {
@@ -287,29 +285,29 @@ std::vector<uint8_t> encode_header(const FileHeader& h) {
 }
 
 FileHeader decode_header(const uint8_t* b, size_t length) {
-  if (length < kHeaderBytes) fail("TRUNCATED", "a header slot is shorter than 256 bytes");
-  if (std::memcmp(b, kMagic, 8) != 0) fail("BAD_MAGIC", "not a ghost-tensor file (magic differs)");
+  if (length < kHeaderBytes) fail(StorageReason::Truncated, "a header slot is shorter than 256 bytes");
+  if (std::memcmp(b, kMagic, 8) != 0) fail(StorageReason::BadMagic, "not a ghost-tensor file (magic differs)");
   const Hash c = blake3(b, kChecksumAt);
-  if (std::memcmp(c.data(), b + kChecksumAt, 32) != 0) fail("HEADER_CHECKSUM", "header checksum mismatch");
+  if (std::memcmp(c.data(), b + kChecksumAt, 32) != 0) fail(StorageReason::HeaderChecksum, "header checksum mismatch");
   FileHeader h;
   h.format_version = get32(b + 8);
   if (h.format_version != 1 && h.format_version != 2)
-    fail("VERSION", "format version " + std::to_string(h.format_version) + " is not supported (this build reads 1 and 2)");
-  if (get32(b + 12) != kHeaderBytes) fail("BAD_HEADER", "header length field is not 256");
+    fail(StorageReason::Version, "format version " + std::to_string(h.format_version) + " is not supported (this build reads 1 and 2)");
+  if (get32(b + 12) != kHeaderBytes) fail(StorageReason::BadHeader, "header length field is not 256");
   h.hash_scheme = get32(b + 16);
   if (h.hash_scheme != 1)
-    fail("VERSION", "hash scheme " + std::to_string(h.hash_scheme) + " is not supported (this build knows 1)");
-  if (get32(b + 20) != kDtypeF32) fail("BAD_HEADER", "dtype is not f32");
+    fail(StorageReason::Version, "hash scheme " + std::to_string(h.hash_scheme) + " is not supported (this build knows 1)");
+  if (get32(b + 20) != kDtypeF32) fail(StorageReason::BadHeader, "dtype is not f32");
   h.n = get64(b + 24);
   h.dim = get32(b + 32);
   const uint32_t flags = get32(b + 36);
   const uint32_t clean = get32(b + 56);
-  if (h.n == 0 || h.n > SparseTensor::kMaxRows) fail("BAD_HEADER", "N = " + std::to_string(h.n) + " is out of range");
+  if (h.n == 0 || h.n > SparseTensor::kMaxRows) fail(StorageReason::BadHeader, "N = " + std::to_string(h.n) + " is out of range");
   if (h.dim == 0 || h.dim > SparseTensor::kMaxDim)
-    fail("BAD_HEADER", "dim = " + std::to_string(h.dim) + " is out of range");
+    fail(StorageReason::BadHeader, "dim = " + std::to_string(h.dim) + " is out of range");
   // v1: bit 0 (optimizer state); v2: bits 0 and 1 (state and its per-row checks).
   const uint32_t want_flags = h.format_version == 2 ? 3u : (flags & 1u);
-  if (flags != want_flags || clean > 1 || get32(b + 60) != 0) fail("BAD_HEADER", "unknown flags");
+  if (flags != want_flags || clean > 1 || get32(b + 60) != 0) fail(StorageReason::BadHeader, "unknown flags");
   h.has_state = (flags & 1u) != 0;
   h.has_state_check = (flags & 2u) != 0;
   h.slot_gen = get64(b + 40);
@@ -319,7 +317,7 @@ FileHeader decode_header(const uint8_t* b, size_t length) {
   std::memcpy(h.root.data(), b + 80, 32);
   h.global_step = get64(b + 112);
   h.log_decay = getf64(b + 120);
-  if (!std::isfinite(h.log_decay) || h.log_decay > 0.0) fail("BAD_HEADER", "the decay log is not finite and <= 0");
+  if (!std::isfinite(h.log_decay) || h.log_decay > 0.0) fail(StorageReason::BadHeader, "the decay log is not finite and <= 0");
   const FileHeader want = file_layout(h.n, h.dim, h.has_state, h.has_state_check);
   h.state_check = want.state_check;
   FileRegion* regions[6] = {&h.values, &h.m, &h.v, &h.steps, &h.decay, &h.merkle};
@@ -328,7 +326,7 @@ FileHeader decode_header(const uint8_t* b, size_t length) {
     regions[i]->offset = get64(b + 128 + 16 * i);
     regions[i]->length = get64(b + 136 + 16 * i);
     if (regions[i]->offset != expect[i]->offset || regions[i]->length != expect[i]->length)
-      fail("BAD_HEADER", "region " + std::to_string(i) + " does not have the layout of format v" +
+      fail(StorageReason::BadHeader, "region " + std::to_string(i) + " does not have the layout of format v" +
                              std::to_string(h.format_version));
   }
   return h;
@@ -383,7 +381,7 @@ void TensorFile::create(const std::string& path, uint64_t n, uint32_t dim, bool 
   // Replacing a file that a writer has open would strand that writer's log: refuse.
   FileDescriptor existing(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (existing && ::flock(existing.get(), LOCK_EX | LOCK_NB) != 0)
-    fail("LOCKED", path + " is open elsewhere; close it before replacing it");
+    fail(StorageReason::Locked, path + " is open elsewhere; close it before replacing it");
   FileHeader h = file_layout(n, dim, with_state, true);
   std::random_device rd;
   for (int i = 0; i < 16; ++i) h.gen_id[i] = static_cast<uint8_t>(rd());
@@ -473,45 +471,48 @@ std::unique_ptr<TensorFile> TensorFile::open(const std::string& path, const File
   trace_fd(f->fd_.get(), path);
   // One writer, or any number of readers.
   if (::flock(f->fd_.get(), (opts.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) fail("LOCKED", path + " is open for writing elsewhere (or being read while opening to write)");
+    if (errno == EWOULDBLOCK) fail(StorageReason::Locked, path + " is open for writing elsewhere (or being read while opening to write)");
     fail_errno("locking " + path);
   }
   const uint64_t size = file_size(f->fd_.get(), "the tensor file");
-  if (size < 2 * kSlotBytes) fail("TRUNCATED", "the file is " + std::to_string(size) + " bytes, shorter than its header");
+  if (size < 2 * kSlotBytes) fail(StorageReason::Truncated, "the file is " + std::to_string(size) + " bytes, shorter than its header");
 
   // Both slots; the valid one with the higher generation wins.
   uint8_t slots[2][kHeaderBytes];
   if (!pread_all(f->fd_.get(), slots[0], kHeaderBytes, 0, "header slot A") ||
       !pread_all(f->fd_.get(), slots[1], kHeaderBytes, kSlotBytes, "header slot B"))
-    fail("TRUNCATED", "the header slots are incomplete");
+    fail(StorageReason::Truncated, "the header slots are incomplete");
   FileHeader hs[2];
   bool ok[2] = {false, false};
   std::string err[2];
+  StorageReason reason_a = StorageReason::BadHeader;
   for (int i = 0; i < 2; ++i) {
     try {
       hs[i] = decode_header(slots[i], kHeaderBytes);
       ok[i] = true;
-    } catch (const Error& e) {
-      err[i] = e.what();
+    } catch (const StorageError& e) {
+      err[i] = i == 0 ? e.detail() : e.what();
+      if (i == 0) reason_a = e.storage_reason();
     }
   }
   if (!ok[0] && !ok[1]) {
-    // Slot B is zeros until the first header rewrite: report slot A's problem then.
+    // Slot B is zeros until the first header rewrite: report slot A's problem then
+    // (with slot A's reason either way).
     bool b_blank = true;
     for (size_t i = 0; i < kHeaderBytes; ++i) b_blank = b_blank && slots[1][i] == 0;
-    throw Error(ErrorCode::Storage, b_blank ? err[0] : err[0] + " (slot B: " + err[1] + ")");
+    fail(reason_a, b_blank ? err[0] : err[0] + " (slot B: " + err[1] + ")");
   }
   int slot = ok[0] && (!ok[1] || hs[0].slot_gen >= hs[1].slot_gen) ? 0 : 1;
   if (ok[0] && ok[1] && (hs[0].n != hs[1].n || hs[0].dim != hs[1].dim || hs[0].has_state != hs[1].has_state ||
                          hs[0].has_state_check != hs[1].has_state_check ||
                          std::memcmp(hs[0].gen_id, hs[1].gen_id, 16) != 0))
-    fail("BAD_HEADER", "the two header slots describe different tensors");
+    fail(StorageReason::BadHeader, "the two header slots describe different tensors");
   f->header_ = hs[slot];
   f->slot_ = slot;
   const FileHeader& h = f->header_;
   const uint64_t want = file_length(h);
   if (size < want)
-    fail("TRUNCATED", "the file is " + std::to_string(size) + " bytes; its header needs " + std::to_string(want));
+    fail(StorageReason::Truncated, "the file is " + std::to_string(size) + " bytes; its header needs " + std::to_string(want));
 
   // MAP_NORESERVE: a private writable mapping larger than RAM + swap must not be
   // refused by overcommit accounting; only pages actually written take memory.
@@ -657,13 +658,13 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
     }
     if (!header_ok) {
       // A log header torn while being reset (nothing after it) holds no records.
-      if (size > kWalHeaderBytes) fail("WAL_CORRUPT", "the log header is damaged");
+      if (size > kWalHeaderBytes) fail(StorageReason::WalCorrupt, "the log header is damaged");
     } else {
       if (std::memcmp(hb + 16, header_.gen_id, 16) != 0)
-        fail("WAL_MISMATCH", "the log belongs to another file (generation id differs)");
+        fail(StorageReason::WalMismatch, "the log belongs to another file (generation id differs)");
       const uint64_t base = get64(hb + 32);
       if (base > header_.seq)
-        fail("WAL_MISMATCH", "the log starts after checkpoint " + std::to_string(base) + " but the file holds " +
+        fail(StorageReason::WalMismatch, "the log starts after checkpoint " + std::to_string(base) + " but the file holds " +
                                  std::to_string(header_.seq) + " (a log was lost)");
       uint64_t at = kWalHeaderBytes, prev = base;
       std::vector<uint8_t> rec;
@@ -685,7 +686,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           pread_all(wal.get(), rest.data(), rest.size(), at, "the log tail");
           const bool zeros = std::all_of(rest.begin(), rest.end(), [](uint8_t x) { return x == 0; });
           if (zeros && size - at <= rest.size()) break;
-          fail("WAL_CORRUPT", "log record at byte " + std::to_string(at) + " is malformed");
+          fail(StorageReason::WalCorrupt, "log record at byte " + std::to_string(at) + " is malformed");
         }
         const uint64_t total = kRecHeaderBytes + payload + 32;
         if (size - at < total) break;  // torn tail: the record never completed
@@ -694,11 +695,11 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
         const Hash c = blake3(rec.data(), static_cast<size_t>(total - 32));
         if (std::memcmp(c.data(), rec.data() + total - 32, 32) != 0) {
           if (at + total == size) break;  // the last record, torn: never acknowledged
-          fail("WAL_CORRUPT", "log record at byte " + std::to_string(at) + " fails its checksum");
+          fail(StorageReason::WalCorrupt, "log record at byte " + std::to_string(at) + " fails its checksum");
         }
         const uint64_t seq = get64(rh + 8);
         if (seq != prev + 1)
-          fail("WAL_CORRUPT", "log record " + std::to_string(seq) + " follows " + std::to_string(prev));
+          fail(StorageReason::WalCorrupt, "log record " + std::to_string(seq) + " follows " + std::to_string(prev));
         prev = seq;
         if (seq > header_.seq) {
           const uint8_t* p = rec.data() + kRecHeaderBytes;
@@ -706,7 +707,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           for (size_t i = 0; i < count; ++i) {
             ids[i] = get32(p + 4 * i);
             if (ids[i] >= header_.n || (i > 0 && ids[i] <= ids[i - 1]))
-              fail("WAL_CORRUPT", "log record " + std::to_string(seq) + " has bad row ids");
+              fail(StorageReason::WalCorrupt, "log record " + std::to_string(seq) + " has bad row ids");
           }
           const uint8_t* rows = p + ids_bytes;
           std::vector<float> vals(count * d);
@@ -714,7 +715,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           try {
             tensor.set(ids.data(), count, vals.data());  // the tree follows
           } catch (const Error& e) {
-            fail("WAL_CORRUPT", "log record " + std::to_string(seq) + ": " + e.what());
+            fail(StorageReason::WalCorrupt, "log record " + std::to_string(seq) + ": " + e.what());
           }
           if (header_.has_state) {
             const ExternalOptimizerState s = state();
@@ -736,7 +737,7 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
           std::memcpy(expected_root.data(), rh + 40, 32);
           global_step_ = get64(rh + 24);
           log_decay_ = getf64(rh + 32);
-          if (!std::isfinite(log_decay_) || log_decay_ > 0.0) fail("WAL_CORRUPT", "bad decay log in a record");
+          if (!std::isfinite(log_decay_) || log_decay_ > 0.0) fail(StorageReason::WalCorrupt, "bad decay log in a record");
           open_global_step_ = global_step_;
           open_log_decay_ = log_decay_;
           durable_global_step_ = global_step_;
@@ -762,11 +763,11 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
     ::madvise(map_->base(), map_->length(), MADV_RANDOM);
     if (!good) {
       if (bad_level == SIZE_MAX)
-        fail("NON_FINITE", "row " + std::to_string(bad_index) + " holds NaN or an infinity");
+        fail(StorageReason::NonFinite, "row " + std::to_string(bad_index) + " holds NaN or an infinity");
       if (bad_level == 0)
-        fail("ROOT_MISMATCH", "row " + std::to_string(bad_index) +
+        fail(StorageReason::RootMismatch, "row " + std::to_string(bad_index) +
                                   " does not match its stored leaf hash (values or tree region damaged)");
-      fail("ROOT_MISMATCH", "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
+      fail(StorageReason::RootMismatch, "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
                                 " does not match its children (tree region damaged)");
     }
     if (header_.has_state) {
@@ -788,9 +789,9 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
   }
   if (tree.root() != expected_root) {
     if (replayed_ > 0)
-      fail("WAL_ROOT_MISMATCH", "after replaying the log up to checkpoint " + std::to_string(seq_) +
+      fail(StorageReason::WalRootMismatch, "after replaying the log up to checkpoint " + std::to_string(seq_) +
                                     " the root differs from the one it recorded");
-    fail("ROOT_MISMATCH", "the stored tree's top does not give the recorded root");
+    fail(StorageReason::RootMismatch, "the stored tree's top does not give the recorded root");
   }
   std::sort(replayed_rows.begin(), replayed_rows.end());
   replayed_rows.erase(std::unique(replayed_rows.begin(), replayed_rows.end()), replayed_rows.end());
@@ -814,9 +815,9 @@ void TensorFile::recover(SparseTensor& tensor, MerkleTree& tree) {
 }
 
 void TensorFile::check_usable(const char* op) const {
-  if (closed_) fail("CLOSED", std::string(op) + " on a closed tensor file");
-  if (!writable_) fail("READ_ONLY", std::string(op) + ": the file was opened read-only");
-  if (failed_) fail("IO", std::string(op) + ": an earlier sync failed; the file's durable state is unknown, reopen it");
+  if (closed_) fail(StorageReason::Closed, std::string(op) + " on a closed tensor file");
+  if (!writable_) fail(StorageReason::ReadOnly, std::string(op) + ": the file was opened read-only");
+  if (failed_) fail(StorageReason::IO, std::string(op) + ": an earlier sync failed; the file's durable state is unknown, reopen it");
   if (tensor_ == nullptr) throw Error(ErrorCode::InvalidArgument, "the tensor file was not recovered");
 }
 
@@ -1103,10 +1104,10 @@ void TensorFile::verify_row(uint32_t id) const {
   const size_t d = header_.dim;
   const float* row = reinterpret_cast<const float*>(map_->base() + header_.values.offset) + size_t{id} * d;
   if (first_non_finite(row, d) != d)
-    fail("NON_FINITE", "row " + std::to_string(id) + " read from the file holds NaN or an infinity");
+    fail(StorageReason::NonFinite, "row " + std::to_string(id) + " read from the file holds NaN or an infinity");
   Hash h = hash_leaf(row, d);
   if (h != levels_[0][id])
-    fail("ROW_MISMATCH", "row " + std::to_string(id) +
+    fail(StorageReason::RowMismatch, "row " + std::to_string(id) +
                              " read from the file does not match its stored leaf hash (values or tree region damaged)");
   // Climb until a node already known to agree with the root (the top always does).
   size_t idx = id, level = 0;
@@ -1116,7 +1117,7 @@ void TensorFile::verify_row(uint32_t id) const {
     const size_t left = idx & ~size_t{1}, right = left + 1;
     const Hash parent = right < l.n ? hash_node(l[left], l[right]) : l[idx];  // a lone last node is promoted
     if (parent != levels_[level + 1][idx / 2])
-      fail("ROW_MISMATCH", "the stored tree path of row " + std::to_string(id) + " does not match at level " +
+      fail(StorageReason::RowMismatch, "the stored tree path of row " + std::to_string(id) + " does not match at level " +
                                std::to_string(level + 1) + " (tree region damaged)");
     idx /= 2;
     ++level;
@@ -1199,11 +1200,11 @@ void TensorFile::check_all() const {
                                          header_.n, header_.dim, levels_, threads_, &bad_level, &bad_index, true);
   if (!good) {
     if (bad_level == SIZE_MAX)
-      fail("NON_FINITE", "row " + std::to_string(bad_index) + " read from the file holds NaN or an infinity");
+      fail(StorageReason::NonFinite, "row " + std::to_string(bad_index) + " read from the file holds NaN or an infinity");
     if (bad_level == 0)
-      fail("ROW_MISMATCH", "row " + std::to_string(bad_index) +
+      fail(StorageReason::RowMismatch, "row " + std::to_string(bad_index) +
                                " read from the file does not match its stored leaf hash (values or tree region damaged)");
-    fail("ROW_MISMATCH", "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
+    fail(StorageReason::RowMismatch, "tree node " + std::to_string(bad_index) + " at level " + std::to_string(bad_level) +
                              " does not match its children (tree region damaged)");
   }
   all_rows_ok_.store(true, std::memory_order_release);
@@ -1250,23 +1251,23 @@ void TensorFile::verify_state(uint32_t id, std::vector<uint8_t>& buf) const {
         zero_state = a == 0 && b == 0;
       }
       if (!zero_state)
-        fail("STATE_MISMATCH", "the optimizer state of row " + std::to_string(id) +
+        fail(StorageReason::StateMismatch, "the optimizer state of row " + std::to_string(id) +
                                    " is not zero but its check is (state or check region damaged)");
     } else if (std::memcmp(stored, want, 16) != 0) {
-      fail("STATE_MISMATCH", "the optimizer state of row " + std::to_string(id) +
+      fail(StorageReason::StateMismatch, "the optimizer state of row " + std::to_string(id) +
                                  " does not match its stored check (m, v, counter, decay mark or check region damaged)");
     }
   }
   // Values no acknowledged step can produce (what a v1 file can be checked for).
   for (size_t j = 0; j < d; ++j)
     if (!std::isfinite(m[j]) || !std::isfinite(v[j]) || !(v[j] >= 0.0f))
-      fail("STATE_INVALID", "the optimizer state of row " + std::to_string(id) + " has m or v non-finite or v < 0");
+      fail(StorageReason::StateInvalid, "the optimizer state of row " + std::to_string(id) + " has m or v non-finite or v < 0");
   if (s.row_steps[id] > open_global_step_)
-    fail("STATE_INVALID", "row " + std::to_string(id) + " counts " + std::to_string(s.row_steps[id]) +
+    fail(StorageReason::StateInvalid, "row " + std::to_string(id) + " counts " + std::to_string(s.row_steps[id]) +
                               " updates, more than the " + std::to_string(open_global_step_) + " steps checkpointed");
   const double mark = s.decay_mark[id];
   if (!std::isfinite(mark) || mark > 0.0 || mark < open_log_decay_)
-    fail("STATE_INVALID", "the decay mark of row " + std::to_string(id) + " is outside [decay log, 0]");
+    fail(StorageReason::StateInvalid, "the decay mark of row " + std::to_string(id) + " is outside [decay log, 0]");
   set_bit(state_ok_.get(), id);
 }
 

@@ -1,6 +1,6 @@
 #include "blake3_batch.h"
 
-#include "../third_party/blake3/blake3_impl.h"
+#include "../../third_party/blake3/blake3_impl.h"
 
 void gt_blake3_keyed_many(const uint8_t key[32], const uint8_t* const* inputs, size_t n, size_t len,
                           uint8_t* out) {
