@@ -76,3 +76,14 @@ export function checkBoolean(name: string, value: unknown, def: boolean): boolea
   if (typeof value !== 'boolean') throw new InvalidArgumentError(`${name} must be true or false, got ${describe(value)}`);
   return value;
 }
+
+/**
+ * A finite number in [lo, hi] (in (lo, hi] when `loOpen`); OutOfRangeError names the
+ * argument otherwise (NaN, an infinity, a non-number included).
+ */
+export function checkNumber(name: string, value: unknown, lo: number, hi: number, loOpen = false): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < lo || value > hi || (loOpen && value === lo)) {
+    throw new OutOfRangeError(`${name} must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${describe(value)}`);
+  }
+  return value;
+}
