@@ -144,6 +144,22 @@ describe('Tape: backward against central finite differences of the f64 loss', ()
     expectClose(probes);
   });
 
+  it('one layer used twice (shared weights): its sparse rows and its beta gather both uses', async () => {
+    const rng = new Rng(17);
+    const l = hopfield(rng, 6, 4, 4), head = hopfield(rng, 5, 4, 3);
+    const x = rng.f32(3 * 4);
+    const run = async (): Promise<{ tape: Tape; loss: TapeLoss }> => {
+      const tape = new Tape();
+      const h = await tape.layer(l, await tape.layer(l, tape.input(x, 4)));
+      return { tape, loss: tape.softmaxCrossEntropy(await tape.layer(head, h), [2, 0, 1]) };
+    };
+    const { tape, loss } = await run();
+    const grads = await tape.backward(loss);
+    expect(grads.sparse.find((g) => g.tensor === l.values)!.ids).toHaveLength(2 * 3 * 6); // two uses x 3 rows x k
+    expect(grads.dense.map((g) => g.param)).toEqual([head.betaParam, l.betaParam]);
+    expectClose(await finiteDifferences(async () => (await run()).loss.value, grads, [], rng));
+  });
+
   it('MSE through a HopfieldLookup (and an add of a value to itself: its gradient counts twice)', async () => {
     const rng = new Rng(9);
     const l = hopfield(rng, 5, 4, 3);
