@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { Embedding, HopfieldLookup, Model, SparseTensor } from '../lib/index.js';
-import { InvalidArgumentError, OutOfRangeError } from '../lib/shared/errors.js';
+import { InvalidArgumentError, NonFiniteError, OutOfRangeError } from '../lib/shared/errors.js';
 import { DataLoader, fit, type EpochRecord } from '../lib/model/train/fit.js';
 import { init } from '../lib/model/train/init.js';
 import { scheduleFactor, type Schedule } from '../lib/model/train/schedule.js';
@@ -51,14 +51,15 @@ describe('Trainer: clipping, routing and schedules', () => {
     const g = fakeGrads(l, rng, 1);
     const info = await t.step(g);
     expect(info.gradNorm).toBeGreaterThan(0.5);
-    expect(info.clipScale).toBeCloseTo(0.5 / info.gradNorm, 12);
+    expect(info.clipScale).toBeCloseTo(0.5 / info.gradNorm!, 12);
     expect(Math.abs(movedNorm(l) - 0.5)).toBeLessThan(1e-6);
     // The norm the trainer reports is that of the coalesced gradient: what the step moved, before clipping.
     const l2 = zeroLayer();
-    const t2 = new Trainer([l2], { optimizer: 'sgd', lr: 1 });
+    const t2 = new Trainer([l2], { optimizer: 'sgd', lr: 1, clipNorm: 1e9 });
     const g2 = fakeGrads(l2, new Rng(1), 1);
     const info2 = await t2.step(g2);
-    expect(Math.abs(movedNorm(l2) - info2.gradNorm)).toBeLessThan(1e-6 * info2.gradNorm);
+    expect(info2.clipScale).toBe(1);
+    expect(Math.abs(movedNorm(l2) - info2.gradNorm!)).toBeLessThan(1e-6 * info2.gradNorm!);
     expect(info2.gradNorm).toBe(info.gradNorm);
   });
 
@@ -86,6 +87,20 @@ describe('Trainer: clipping, routing and schedules', () => {
     expect(Math.abs(l.values.gather([0])[0]!)).toBeCloseTo(0.01, 6);
     const other = SparseTensor.fromArray(new Float32Array(4), 4);
     await expect(t.step({ sparse: [{ tensor: other, ids: [0], grads: new Float32Array(4) }], dense: [], of: () => null })).rejects.toThrow(InvalidArgumentError);
+    // A non-finite gradient anywhere: NonFiniteError and nothing moves (with or without clipping).
+    for (const clipNorm of [undefined, 1]) {
+      const l3 = zeroLayer();
+      const t3 = new Trainer([l3], { lr: 0.01, ...(clipNorm === undefined ? {} : { clipNorm }) });
+      for (const where of ['sparse', 'dense'] as const) {
+        const g = fakeGrads(l3, rng, 1);
+        if (where === 'sparse') g.sparse[1]!.grads[2] = NaN;
+        else g.dense[0]!.grad[0] = Infinity;
+        await expect(t3.step(g)).rejects.toThrow(NonFiniteError);
+        expect(movedNorm(l3)).toBe(0);
+        expect(t3.steps).toBe(0);
+      }
+      t3.detach();
+    }
     expect(() => new Trainer([l])).toThrow(/already has an optimizer/);
     expect(() => new Trainer([l], { replaceState: true })).not.toThrow();
   });

@@ -8,7 +8,8 @@
  *   1. checks every gradient (its tensor is one of the layers', finite values);
  *   2. with clipNorm c, computes the global norm |g| over all sparse and dense gradients
  *      in f64 (a tensor's repeated ids summed first, as the optimizer will) and, when
- *      |g| > c, multiplies every gradient by c / |g| (rounded to f32);
+ *      |g| > c, multiplies every gradient by c / |g| (rounded to f32); without clipNorm
+ *      the norm is not computed (it costs a pass over every gradient: globalNorm());
  *   3. sets the learning rate of both optimizers to lr * scheduleFactor(schedule, t),
  *      t the number of steps taken before this one (schedule.ts);
  *   4. steps the sparse optimizer (off the JavaScript thread) and the dense one.
@@ -49,8 +50,8 @@ export interface StepInfo {
   step: number;
   /** The learning rate this step used. */
   lr: number;
-  /** The global gradient norm before clipping (f64). */
-  gradNorm: number;
+  /** The global gradient norm before clipping (f64); computed only with clipNorm, else null. */
+  gradNorm: number | null;
   /** The factor the gradients were multiplied by (1: not clipped). */
   clipScale: number;
 }
@@ -60,18 +61,41 @@ export function globalNorm(sparse: readonly SparseGrad[], dense: readonly { grad
   let sum = 0;
   for (const g of sparse) {
     const d = g.tensor.dim;
-    const rows = new Map<number, Float64Array>();
-    const ids = g.ids;
+    const ids = g.ids, grads = g.grads;
+    // Each distinct id's summed row, in one f64 buffer (distinct ids found first).
+    const slot = new Map<number, number>();
+    const at = new Int32Array(ids.length);
     for (let r = 0; r < ids.length; r++) {
-      const id = ids[r]!;
-      let acc = rows.get(id);
-      if (acc === undefined) rows.set(id, (acc = new Float64Array(d)));
-      for (let j = 0; j < d; j++) acc[j]! += g.grads[r * d + j]!;
+      let s = slot.get(ids[r]!);
+      if (s === undefined) slot.set(ids[r]!, (s = slot.size * d));
+      at[r] = s;
     }
-    for (const acc of rows.values()) for (let j = 0; j < d; j++) sum += acc[j]! * acc[j]!;
+    const acc = new Float64Array(slot.size * d);
+    for (let r = 0; r < ids.length; r++) {
+      const o = r * d, a = at[r]!;
+      for (let j = 0; j < d; j++) acc[a + j]! += grads[o + j]!;
+    }
+    const used = slot.size * d;
+    for (let j = 0; j < used; j++) sum += acc[j]! * acc[j]!;
   }
-  for (const g of dense) for (let j = 0; j < g.grad.length; j++) sum += g.grad[j]! * g.grad[j]!;
+  for (const g of dense) {
+    const grad = g.grad;
+    for (let j = 0; j < grad.length; j++) sum += grad[j]! * grad[j]!;
+  }
   return Math.sqrt(sum);
+}
+
+/** Names the first non-finite gradient value. */
+function nonFinite(grads: Gradients): string {
+  for (const [i, g] of grads.sparse.entries()) {
+    const j = g.grads.findIndex((v) => !Number.isFinite(v));
+    if (j >= 0) return `grads.sparse[${i}].grads[${j}] is not finite`;
+  }
+  for (const [i, g] of grads.dense.entries()) {
+    const j = g.grad.findIndex((v) => !Number.isFinite(v));
+    if (j >= 0) return `grads.dense[${i}].grad[${j}] is not finite`;
+  }
+  return 'a gradient is not finite';
 }
 
 function scaled(a: Float32Array, s: number): Float32Array {
@@ -156,7 +180,6 @@ export class Trainer {
       if (seen.has(g.tensor)) throw new InvalidArgumentError(`grads.sparse[${i}]: a tensor appears twice; concatenate its rows`);
       seen.add(g.tensor);
       if (!(g.grads instanceof Float32Array) || g.grads.length !== g.ids.length * g.tensor.dim) throw new InvalidArgumentError(`grads.sparse[${i}].grads must be ids.length * dim floats`);
-      for (let j = 0; j < g.grads.length; j++) if (!Number.isFinite(g.grads[j]!)) throw new NonFiniteError(`grads.sparse[${i}].grads[${j}] is not finite`);
     });
     const dparams = new Set<Float32Array>();
     grads.dense.forEach((g, i) => {
@@ -165,10 +188,14 @@ export class Trainer {
       }
       if (dparams.has(g.param)) throw new InvalidArgumentError(`grads.dense[${i}]: a parameter appears twice; sum its gradients`);
       dparams.add(g.param);
+      // Checked here, not only by the dense optimizer, which steps after the sparse one.
       for (let j = 0; j < g.grad.length; j++) if (!Number.isFinite(g.grad[j]!)) throw new NonFiniteError(`grads.dense[${i}].grad[${j}] is not finite`);
     });
-    const gradNorm = globalNorm(grads.sparse, grads.dense);
-    const clipScale = this.clipNorm !== null && gradNorm > this.clipNorm ? this.clipNorm / gradNorm : 1;
+    // Finite squares of f32 values cannot overflow f64: the norm is finite iff every
+    // gradient is. Without clipNorm the optimizers check finiteness themselves.
+    const gradNorm = this.clipNorm === null ? null : globalNorm(grads.sparse, grads.dense);
+    if (gradNorm !== null && !Number.isFinite(gradNorm)) throw new NonFiniteError(nonFinite(grads));
+    const clipScale = gradNorm !== null && gradNorm > this.clipNorm! ? this.clipNorm! / gradNorm : 1;
     const sparse = clipScale === 1 ? grads.sparse : grads.sparse.map((g) => ({ tensor: g.tensor, ids: g.ids, grads: scaled(g.grads, clipScale) }));
     const dense = clipScale === 1 ? grads.dense : grads.dense.map((g) => ({ param: g.param, grad: scaled(g.grad, clipScale) }));
     const lr = this.lr;
