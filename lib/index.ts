@@ -42,11 +42,22 @@ export { DenseAdam, SparseAdam, SparseSGD } from './model/optim.js';
 export type { AdamOptions, OptimizerInfo, RowState, RowsSnapshot, SgdOptions, SparseGrad } from './model/optim.js';
 export { Embedding } from './model/kinds/embedding.js';
 export { HopfieldLookup } from './model/kinds/hopfield.js';
+export { Add } from './model/kinds/add.js';
+export { Glu } from './model/kinds/glu.js';
+export { PositionEmbedding } from './model/kinds/position.js';
+export { ProductKeyMemory } from './model/kinds/memory.js';
+export type { ProductKeyMemoryContext, ProductKeyMemoryOptions } from './model/kinds/memory.js';
+export { Block, GatedMLP, Residual } from './model/blocks.js';
+export type { EmitLayer } from './model/blocks.js';
+export { Linear } from './model/kinds/linear.js';
+export type { LinearContext, LinearOptions } from './model/kinds/linear.js';
+export { RMSNorm } from './model/kinds/rmsnorm.js';
+export type { RMSNormContext, RMSNormOptions } from './model/kinds/rmsnorm.js';
 export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './model/kinds/hopfield.js';
 export { Model } from './model/model.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
-export type { ModelLayer, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
+export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
 export { DataLoader, Tape, TapeLoss, TapeValue, Trainer, fit, globalNorm, init, mse, scheduleFactor, seededRandom, softmaxCrossEntropy } from './model/train/index.js';
 export type {
   Batch,

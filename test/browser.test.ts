@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { HopfieldLookup, Model, Projection, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
+import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PositionEmbedding, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -84,6 +84,8 @@ interface BrowserResult {
   ghostDigest?: string;
   forward?: { rows: number; cols: number; outputHex: string };
   attention?: { rows: number; cols: number; outputHex: string };
+  linear?: { rows: number; cols: number; outputHex: string };
+  graph?: { rows: number; cols: number; outputHex: string };
   updates?: { file: string; tensor: number; digest: string }[];
   tampered?: { name: string; reason: string; error: string }[];
   honestAgain?: string;
@@ -281,10 +283,35 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     ]);
     const attnGhost = await attnModel.ghost();
     const attnFwd = await attnModel.prove(rng.f32(7 * 6));
+    // Linear (top-5 of 8 columns, with a bias), RMSNorm, then exact Hopfield.
+    const linModel = new Model([
+      new Linear({ weight: SparseTensor.fromArray(rng.f32(8 * 6), 6), bias: SparseTensor.fromArray(rng.f32(8), 8), k: 5 }),
+      new RMSNorm({ gain: SparseTensor.fromArray(rng.f32(8), 8) }),
+      new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(20 * 8), 8), values: SparseTensor.fromArray(rng.f32(20 * 4), 4), k: 3 }),
+    ]);
+    const linGhost = await linModel.ghost();
+    // A small transformer: embedding, attention and MLP residual blocks, norm, head (a graph).
+    const d = 8;
+    const w = (n: number, c: number) => SparseTensor.fromArray(rng.f32(n * c, 0.5), c);
+    const graphModel = new Model([
+      new Embedding(w(16, d)),
+      new PositionEmbedding(w(8, d)),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: w(d, d) }), key: new Projection({ weight: w(d, d) }), value: new Projection({ weight: w(d, d) }) })]),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new GatedMLP({ gate: new Linear({ weight: w(2 * d, d) }), up: new Linear({ weight: w(2 * d, d), bias: w(1, 2 * d), k: 6 }), down: new Linear({ weight: w(d, 2 * d) }) })]),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new ProductKeyMemory({ query: w(2 * 4, d), keys: [[w(5, 2), w(5, 2)], [w(5, 2), w(5, 2)]], values: w(25, d), k: 3 })]),
+      new Linear({ weight: w(16, d) }),
+    ]);
+    const graphGhost = await graphModel.ghost();
+    const graphFwd = await graphModel.prove([5, 3, 11, 0, 7]);
+    const linFwd = await linModel.prove(rng.f32(5 * 6));
 
     const data = new Map<string, Uint8Array>([
       ['attention-ghost.bin', attnGhost.bytes],
       ['attention-forward.bin', attnFwd.bytes],
+      ['linear-ghost.bin', linGhost.bytes],
+      ['graph-ghost.bin', graphGhost.bytes],
+      ['graph-forward.bin', graphFwd.bytes],
+      ['linear-forward.bin', linFwd.bytes],
       ['ghost.bin', ghost.bytes],
       ['forward.bin', fwd.bytes],
       ...ups.map((u, i): [string, Uint8Array] => [`${updateFiles[i]!}.bin`, u.bytes]),
@@ -351,6 +378,8 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       expect(r.forward).toEqual({ rows: B, cols: 5, outputHex: hex(fwd.output) });
       expect(r.honestAgain).toBe('ACCEPTED');
       expect(r.attention).toEqual({ rows: 7, cols: 3, outputHex: hex(attnFwd.output) });
+      expect(r.linear).toEqual({ rows: 5, cols: 4, outputHex: hex(linFwd.output) });
+      expect(r.graph).toEqual({ rows: 5, cols: 16, outputHex: hex(graphFwd.output) });
 
       // Update proofs: after each, the Ghost digest the next proof was made against; after the last, the model's.
       const want = ups.map((_, i) => (i + 1 < ups.length ? hex(decodeProof(ups[i + 1]!.bytes).ghost) : hex(after.digest)));

@@ -5,8 +5,9 @@
  * build (test/fixtures/model-v1/) must still load to the same Ghost file and prove the
  * same bytes. These guard refactors that must not change the formats or the arithmetic.
  *
- * `GT_WRITE_FIXTURES=1 npx vitest run test/proof-fixtures.test.ts` rewrites them: do
- * that only on purpose (a format change), never to make this test pass.
+ * `GT_WRITE_FIXTURES=1 npx vitest run test/proof-fixtures.test.ts` rewrites the proofs
+ * and Ghost files (and saves the model directory only when it is missing): do that only
+ * on purpose (a new kind, a format change), never to make this test pass.
  */
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { Embedding, HopfieldLookup, Model, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
+import { Embedding, HopfieldLookup, Linear, Model, PositionEmbedding, ProductKeyMemory, RMSNorm, Residual, Projection, SparseAdam, SparseSGD, SparseSelfAttention, SparseTensor } from '../lib/index.js';
 import { decodeProof, pinGhost, verifyForward, verifyUpdate, type ForwardProof, type UpdateProof } from '../lib/verify/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
@@ -61,6 +62,40 @@ const builders: Record<string, () => Promise<{ model: Model; input: Float32Array
     const attn = new SparseSelfAttention({ heads: 2, k: 3, causal: true, query: proj(D, d), key: proj(D, d, 5), value: proj(D, d), output: proj(D, D) });
     const hop = new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(40 * D), D), values: SparseTensor.fromArray(rng.f32(40 * 3), 3), k: 4 });
     return { model: new Model([emb, attn, hop]), input: [3, 17, 3, 29, 0, 11] };
+  },
+  // Linear (top-5 of 8 columns, with a bias), RMSNorm, then exact retrieval.
+  'linear-rmsnorm': async () => {
+    const rng = new Rng(15);
+    const lin = new Linear({ weight: SparseTensor.fromArray(rng.f32(8 * 6), 6), bias: SparseTensor.fromArray(rng.f32(8), 8), k: 5 });
+    const norm = new RMSNorm({ gain: SparseTensor.fromArray(rng.f32(8), 8), eps: 1e-5 });
+    const hop = new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(24 * 8), 8), values: SparseTensor.fromArray(rng.f32(24 * 3), 3), k: 3 });
+    return { model: new Model([lin, norm, hop]), input: rng.f32(4 * 6) };
+  },
+  // A graph (Ghost format 2): embedding, an attention block and an MLP block (residual), a head.
+  graph: async () => {
+    const rng = new Rng(16);
+    const d = 8;
+    const w = (n: number, c: number) => SparseTensor.fromArray(rng.f32(n * c, 0.5), c);
+    const model = new Model([
+      new Embedding(w(16, d)),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new SparseSelfAttention({ heads: 2, k: 2, causal: true, query: new Projection({ weight: w(d, d) }), key: new Projection({ weight: w(d, d) }), value: new Projection({ weight: w(d, d) }) })]),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new Linear({ weight: w(2 * d, d), bias: w(1, 2 * d), k: 6 }), new Linear({ weight: w(d, 2 * d) })]),
+      new Linear({ weight: w(16, d) }),
+    ]);
+    return { model, input: [5, 3, 11, 0, 7, 5] };
+  },
+  // Learned positions and a two-head product-key memory in a residual block.
+  memory: async () => {
+    const rng = new Rng(17);
+    const d = 8;
+    const w = (n: number, c: number) => SparseTensor.fromArray(rng.f32(n * c, 0.5), c);
+    const model = new Model([
+      new Embedding(w(16, d)),
+      new PositionEmbedding(w(8, d)),
+      new Residual([new RMSNorm({ gain: w(1, d) }), new ProductKeyMemory({ query: w(2 * 6, d), keys: [[w(7, 3), w(7, 3)], [w(7, 3), w(7, 3)]], values: w(49, d), k: 4 })]),
+      new Linear({ weight: w(16, d) }),
+    ]);
+    return { model, input: [1, 9, 4, 4, 15] };
   },
   // Attention without projections after a retrieval layer (non-causal).
   'attention-bare': async () => {
@@ -129,10 +164,7 @@ describe('proofs made by an earlier build', () => {
 
   it('a model directory saved by that build loads to the same Ghost file and proves the same bytes', async () => {
     const { model, input } = await builders['embedding-attention']!();
-    if (WRITE) {
-      rmSync(modelDir, { recursive: true, force: true });
-      await model.save(modelDir, { optimizerState: true });
-    }
+    if (WRITE && !existsSync(modelDir)) await model.save(modelDir, { optimizerState: true });
     expect(existsSync(join(modelDir, 'ghost.bin'))).toBe(true);
     const copy = join(scratch, 'model');
     cpSync(modelDir, copy, { recursive: true });

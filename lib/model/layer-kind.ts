@@ -17,6 +17,8 @@ import type { SparseTensor } from '../tensor/sparse-tensor.js';
 /** What a backward pass gives: the input's gradient (null for ids), sparse row gradients, dense parameter gradients. */
 export interface LayerGradients {
   dx: Float32Array | null;
+  /** A layer with several inputs (arity > 1): the gradients of the others, in order. */
+  dxOthers?: Float32Array[];
   grads: SparseGrad[];
   /** Gradients of dense parameters the layer owns (e.g. a learned beta), same length as each param. */
   dense: { param: Float32Array; grad: Float32Array }[];
@@ -29,9 +31,11 @@ export interface ProveLayerContext {
   readonly index: number;
   /** Rows in the batch (attention: the sequence length). */
   readonly rows: number;
-  /** The input: ids for an ids-taking layer, else rows x width f32 (the canonical output of the layer before). */
+  /** The input: ids for an ids-taking layer, else rows x width f32 (the canonical output of the layer it reads). */
   readonly ids: Uint32Array | null;
   readonly x: Float32Array | null;
+  /** Every input of a layer with several (arity > 1), in order; [x] otherwise. */
+  readonly inputs: readonly Float32Array[];
   readonly cache: PatternCache | undefined;
   readonly threads: number | undefined;
   /** The model's tensor at Ghost-file index `i`, and a tensor's index. */
@@ -75,8 +79,8 @@ export interface LayerKind<Layer, L extends GhostLayerBase> {
   /** The layer a Ghost entry describes, over the model's tensors (HNSW graphs are rebuilt). */
   fromGhost(l: L, tensors: readonly SparseTensor[]): Promise<Layer>;
 
-  /** The fast forward pass (f32 kernels); `ctx` is what backward needs. */
-  forward(layer: Layer, input: Float32Array | Uint32Array, shape: LayerShape): Promise<{ y: Float32Array; ctx: unknown }>;
+  /** The fast forward pass (f32 kernels); `ctx` is what backward needs. `others`: the inputs after the first (arity > 1). */
+  forward(layer: Layer, input: Float32Array | Uint32Array, shape: LayerShape, others?: readonly Float32Array[]): Promise<{ y: Float32Array; ctx: unknown }>;
   /** The backward pass from forward's ctx and the output's gradient. */
   backward(layer: Layer, ctx: unknown, dy: Float32Array): Promise<LayerGradients>;
 

@@ -10,7 +10,7 @@
 import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
 import { bytesEqual } from '../shared/bytes.js';
 import { FormatError, InvalidArgumentError, callNative } from '../shared/errors.js';
-import { type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
+import { GHOST_FORMAT_VERSION, GHOST_GRAPH_VERSION, isChain, spanSource, type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
 import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
 import { HASH_SCHEME } from '../verify/merkle.js';
 import { ModelDirectory } from './model-dir.js';
@@ -31,6 +31,7 @@ import {
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import type { LayerShape } from './layer-kind.js';
+import { Block, expandChain } from './blocks.js';
 import { kindOf, kindOfEntry, type AnyLayerKind, type ModelLayer } from './kinds/index.js';
 
 export type { ModelLayer };
@@ -59,8 +60,21 @@ export interface ProvedUpdate {
   bytes: Uint8Array;
 }
 
+/** What `new Model` takes besides the layers. */
+export interface ModelOptions {
+  /**
+   * A graph: per layer, the layers whose outputs it takes, in order (-1: the model's
+   * input), each earlier than the layer. Default: a chain (layer i takes layer i - 1).
+   * The last layer's output is the model's; every other layer's must be read.
+   */
+  inputs?: readonly (readonly number[])[];
+}
+
 export class Model {
+  /** The layers (a Residual is listed as its body's layers and an Add). */
   readonly layers: readonly ModelLayer[];
+  /** Per layer, the layers whose outputs it takes (-1: the model's input). */
+  readonly inputs: readonly (readonly number[])[];
   /** Every tensor the layers use, once each, in order of first use: the Ghost file's tensor list. */
   readonly tensors: readonly SparseTensor[];
   /** Their names in the Ghost file. */
@@ -69,16 +83,53 @@ export class Model {
   readonly #kinds: readonly AnyLayerKind[];
   readonly #shapes: readonly LayerShape[];
 
-  constructor(layers: readonly ModelLayer[]) {
+  /**
+   * A chain of layers and blocks (a `Residual` is `x + body(x)`, a `GatedMLP` is
+   * down(silu(gate(x)) * up(x))); or, with
+   * `options.inputs`, any graph of layers (docs/layer-kinds.md, "Graphs and residual blocks").
+   */
+  constructor(layers: readonly (ModelLayer | Block)[], options: ModelOptions = {}) {
     if (!Array.isArray(layers) || layers.length === 0) throw new InvalidArgumentError('layers must be a non-empty array');
+    options = checkOptions('Model', options, ['inputs']);
+    const flat: ModelLayer[] = [];
+    let given: readonly (readonly number[])[];
+    if (options.inputs !== undefined) {
+      if (layers.some((l) => l instanceof Block)) throw new InvalidArgumentError('give either blocks (Residual, GatedMLP) or options.inputs, not both');
+      if (!Array.isArray(options.inputs) || options.inputs.length !== layers.length) throw new InvalidArgumentError(`options.inputs must list the inputs of each of the ${layers.length} layers`);
+      flat.push(...(layers as ModelLayer[]));
+      given = options.inputs;
+    } else {
+      // Blocks become their layers, each reading what the block lays out.
+      const ins: number[][] = [];
+      expandChain(layers, (l, from) => {
+        flat.push(l);
+        ins.push(from);
+        return flat.length - 1;
+      }, -1);
+      given = ins;
+    }
     const tensors: SparseTensor[] = [];
     const names: string[] = [];
     const kinds: AnyLayerKind[] = [];
     const shapes: LayerShape[] = [];
-    let prevOut = -1;
-    layers.forEach((l, i) => {
-      const kind = kindOf(l, `layer ${i}`);
-      const shape = kind.shape(l, i, prevOut);
+    const inputs: number[][] = [];
+    const used = new Uint8Array(flat.length);
+    let modelInput = -1;
+    flat.forEach((l0, i) => {
+      const kind = kindOf(l0, `layer ${i}`);
+      const ins = given[i];
+      const arity = kind.spec.arity ?? 1;
+      if (!Array.isArray(ins) || ins.length !== arity) throw new InvalidArgumentError(`layer ${i} (${kind.spec.op}) takes ${arity} input(s)`);
+      const widths = ins.map((j) => {
+        if (!Number.isInteger(j) || j < -1 || j >= i) throw new InvalidArgumentError(`layer ${i} reads layer ${String(j)}, which is not an earlier layer or the model's input (-1)`);
+        if (j === -1 && i > 0 && modelInput === -1) throw new InvalidArgumentError(`layer ${i} reads the model's input, which is ids (only the first layer takes them)`);
+        if (j >= 0) used[j] = 1;
+        return j === -1 ? (i === 0 ? -1 : modelInput) : shapes[j]!.outWidth;
+      });
+      if (widths.some((w) => w !== widths[0])) throw new InvalidArgumentError(`layer ${i} (${kind.spec.op}) reads outputs of widths ${widths.join(', ')}; they must be equal`);
+      const l = l0;
+      const shape = kind.shape(l, i, widths[0]!);
+      if (i === 0) modelInput = shape.inWidth;
       for (const [suffix, t] of kind.tensors(l)) {
         if (!tensors.includes(t)) {
           tensors.push(t);
@@ -87,9 +138,11 @@ export class Model {
       }
       kinds.push(kind);
       shapes.push(shape);
-      prevOut = shape.outWidth;
+      inputs.push([...ins]);
     });
-    this.layers = [...layers];
+    for (let j = 0; j + 1 < flat.length; j++) if (!used[j]) throw new InvalidArgumentError(`layer ${j}'s output is read by no later layer`);
+    this.layers = flat;
+    this.inputs = inputs;
     this.tensors = tensors;
     this.names = names;
     this.#kinds = kinds;
@@ -117,7 +170,8 @@ export class Model {
       return { name: this.names[i]!, dtype: 'f32', dim: t.dim, n: t.size, root: t.root() };
     });
     const layers: GhostLayer[] = this.layers.map((l, i) => this.#kinds[i]!.ghost(l, this.#shapes[i]!, (t) => this.#index(t)));
-    return { formatVersion: 1, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
+    const m: GhostManifest = { formatVersion: GHOST_FORMAT_VERSION, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
+    return isChain(this.inputs) ? m : { ...m, formatVersion: GHOST_GRAPH_VERSION, inputs: this.inputs.map((ins) => [...ins]) };
   }
 
   /** The Ghost file (canonical bytes and digest) of the model as it is now. */
@@ -128,9 +182,13 @@ export class Model {
 
   /** The fast forward pass (f32 kernels): ids for an Embedding-first model, else B x dim floats. */
   async forward(input: Float32Array | Uint32Array | readonly number[]): Promise<Float32Array> {
-    let x: Float32Array | Uint32Array = this.#checkInput(0, input).input;
-    for (const [i, l] of this.layers.entries()) x = (await this.#kinds[i]!.forward(l, x, this.#shapes[i]!)).y;
-    return x as Float32Array;
+    const x = this.#checkInput(0, input).input;
+    const outs: Float32Array[] = [];
+    for (const [i, l] of this.layers.entries()) {
+      const [first, ...others] = this.inputs[i]!.map((j) => (j === -1 ? x : outs[j]!));
+      outs.push((await this.#kinds[i]!.forward(l, first!, this.#shapes[i]!, others as Float32Array[])).y);
+    }
+    return outs[outs.length - 1]!;
   }
 
   /** The input of layer `li` checked: ids, or f32 rows of its width (finite when `finite`). */
@@ -165,33 +223,42 @@ export class Model {
     const count = options.layers ?? this.layers.length - first;
     if (!Number.isInteger(first) || first < 0 || first >= this.layers.length) throw new InvalidArgumentError(`firstLayer must be in 0..${this.layers.length - 1}`);
     if (!Number.isInteger(count) || count < 1 || first + count > this.layers.length) throw new InvalidArgumentError(`layers must be in 1..${this.layers.length - first}`);
+    for (let li = first; li < first + count; li++) {
+      for (const j of this.inputs[li]!) {
+        if (spanSource(first, j) === null) throw new InvalidArgumentError(`layer ${li} reads ${j === -1 ? "the model's input" : `layer ${j}`}, outside layers ${first}..${first + count - 1}: prove a span that starts at or before it`);
+      }
+    }
     const ghost = await this.ghost();
     const checked = this.#checkInput(first, input, true);
-    let x: Float32Array | null = null;
-    let ids: Uint32Array | null = null;
+    let spanX: Float32Array | null = null;
+    let spanIds: Uint32Array | null = null;
     let pin: ProofInput;
     const B = checked.rows;
     if (checked.input instanceof Uint32Array) {
-      ids = checked.input;
-      if (ids.length === 0) throw new InvalidArgumentError('input is empty');
-      pin = { kind: 'ids', ids: ids.slice() };
+      spanIds = checked.input;
+      if (spanIds.length === 0) throw new InvalidArgumentError('input is empty');
+      pin = { kind: 'ids', ids: spanIds.slice() };
     } else {
-      x = checked.input;
-      pin = { kind: 'f32', rows: B, cols: this.#shapes[first]!.inWidth, data: x.slice() };
+      spanX = checked.input;
+      pin = { kind: 'f32', rows: B, cols: this.#shapes[first]!.inWidth, data: spanX.slice() };
     }
     const evidence: LayerEvidence[] = [];
     // The verifier records revealed rows only once the whole proof holds, so the mirror
     // must not see this proof's rows while it plans the later layers' blocks.
     const revealed: ResolvedBlock[] = [];
     const cache = options.cache;
+    const outs: Float32Array[] = [];
     let cols = 0;
     for (let li = first; li < first + count; li++) {
+      const sources = this.inputs[li]!.map((j) => (spanSource(first, j) === 'span' ? null : outs[j - first]!));
+      const inputs = sources.map((s) => s ?? spanX) as Float32Array[];
       const r = await this.#kinds[li]!.prove(this.layers[li]!, {
         ghost,
         index: li,
         rows: B,
-        ids,
-        x,
+        ids: sources[0] === null ? spanIds : null,
+        x: inputs[0] ?? null,
+        inputs: spanIds !== null && sources[0] === null ? [] : inputs,
         cache,
         threads: options.threads,
         tensor: (i) => this.tensors[i]!,
@@ -201,12 +268,12 @@ export class Model {
           return this.#block(t, rows === 'all' ? allIds(t.size) : rows, rows === 'all', cache);
         },
       });
-      x = r.y;
-      ids = null;
+      outs.push(r.y);
       evidence.push(r.evidence);
       revealed.push(...r.resolved);
       cols = this.#shapes[li]!.outWidth;
     }
+    const x = outs[outs.length - 1];
     cache?.record(revealed);
     const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
     return { output: x!, proof, bytes: encodeProof(proof) };
@@ -347,6 +414,6 @@ export class Model {
   static async fromManifest(m: GhostManifest, tensors: readonly SparseTensor[]): Promise<Model> {
     const layers: ModelLayer[] = [];
     for (const l of m.layers) layers.push(await kindOfEntry(l).fromGhost(l, tensors));
-    return new Model(layers);
+    return new Model(layers, m.inputs === undefined ? {} : { inputs: m.inputs });
   }
 }

@@ -25,7 +25,7 @@
  * Small dense parameters (a learned beta, a bias vector) use DenseAdam, a plain
  * TypeScript Adam over Float32Arrays with the same formulas.
  */
-import { checkBoolean, checkFloat32Array, checkOptions, toIds } from '../shared/args.js';
+import { checkBoolean, checkFloat32Array, checkNumber, checkOptions, toIds } from '../shared/args.js';
 import { InvalidArgumentError, NonFiniteError, OutOfRangeError, callNative, fromNative } from '../shared/errors.js';
 import type { NativeOptimizerInfo, NativeOptimizerOptions } from '../tensor/native.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
@@ -84,12 +84,6 @@ export interface RowState {
   marks: Float64Array;
 }
 
-function checkNumber(name: string, x: unknown, lo: number, hi: number, loOpen = false): number {
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi || (loOpen && x === lo)) {
-    throw new OutOfRangeError(`${name} must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${String(x)}`);
-  }
-  return x;
-}
 
 abstract class SparseOptimizerBase {
   readonly #tensors: SparseTensor[];

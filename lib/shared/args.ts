@@ -77,13 +77,10 @@ export function checkBoolean(name: string, value: unknown, def: boolean): boolea
   return value;
 }
 
-/**
- * A finite number in [lo, hi] (in (lo, hi] when `loOpen`); OutOfRangeError names the
- * argument otherwise (NaN, an infinity, a non-number included).
- */
-export function checkNumber(name: string, value: unknown, lo: number, hi: number, loOpen = false): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < lo || value > hi || (loOpen && value === lo)) {
-    throw new OutOfRangeError(`${name} must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${describe(value)}`);
+/** A finite number in [lo, hi] (or (lo, hi] when loOpen), else OutOfRangeError. */
+export function checkNumber(name: string, x: unknown, lo: number, hi: number, loOpen = false): number {
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi || (loOpen && x === lo)) {
+    throw new OutOfRangeError(`${name} must be a finite number in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${String(x)}`);
   }
-  return value;
+  return x;
 }

@@ -225,6 +225,55 @@ export function cprojection(x: Float32Array, n: number, dIn: number, W: Float32A
 }
 
 /**
+ * A linear layer (docs/layer-kinds.md, "Linear"): for each of the n rows, s_j = cdot(x_i,
+ * W_j) over the m patterns of W; with kp < m only the top kp (ctopk: ties to the lower j)
+ * are kept, the others are 0; then y_ij = f32(s_j + b_j) (the sum in f64; b = 0 without
+ * a bias). Without a bias this is cprojection, bit for bit.
+ */
+export function clinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): Float32Array {
+  if (bias === null) return cprojection(x, n, dIn, W, m, kp);
+  const y = new Float32Array(n * m);
+  const q = new Float64Array(dIn);
+  for (let i = 0; i < n; i++) {
+    for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
+    const s = cdots(q, W, m, dIn);
+    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]! + bias[j]!;
+    else {
+      for (let j = 0; j < m; j++) y[i * m + j] = bias[j]!;
+      for (const j of ctopk(s, kp)) y[i * m + j] = s[j]! + bias[j]!;
+    }
+  }
+  return y;
+}
+
+/**
+ * RMSNorm (docs/layer-kinds.md, "RMSNorm") of n rows of d f32: per row, in f64,
+ * ms = (sum_t x_t * x_t, in order) / d, r = 1 / sqrt(ms + eps), and y_t = f32((x_t * r) * g_t).
+ */
+export function crmsnorm(x: Float32Array, n: number, d: number, gain: Float32Array, eps: number): Float32Array {
+  const y = new Float32Array(n * d);
+  for (let i = 0; i < n; i++) {
+    const o = i * d;
+    const r = 1 / Math.sqrt(cdot(x, o, x, o, d) / d + eps);
+    for (let t = 0; t < d; t++) y[o + t] = (x[o + t]! * r) * gain[t]!;
+  }
+  return y;
+}
+
+/**
+ * The gate of a gated MLP (docs/layer-kinds.md, "Gated MLP"): per value, in f64,
+ * silu(g) = g / (1 + cexp(-g)) and y = f(silu(g) * u).
+ */
+export function cglu(gate: Float32Array, up: Float32Array): Float32Array {
+  const y = new Float32Array(gate.length);
+  for (let i = 0; i < gate.length; i++) {
+    const g = gate[i]!;
+    y[i] = (g / (1 + cexp(-g))) * up[i]!;
+  }
+  return y;
+}
+
+/**
  * Top-k multi-head self-attention over one sequence of n rows (Q, K, V: n x D f32,
  * head h in columns [h dk, (h + 1) dk)): for each head and query i, s_j = cdot of the
  * head's slices of q_i and k_j for every visible j (j <= i when causal), the top

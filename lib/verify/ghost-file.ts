@@ -32,14 +32,53 @@ export type { GhostHopfieldLayer, GhostIndex } from './kinds/hopfield.js';
 export type { GhostEmbeddingLayer } from './kinds/embedding.js';
 export type { GhostAttentionLayer, GhostProjection } from './kinds/attention.js';
 export { attentionWidth } from './kinds/attention.js';
+export type { GhostLinearLayer } from './kinds/linear.js';
+export type { GhostRmsNormLayer } from './kinds/rmsnorm.js';
+export type { GhostAddLayer } from './kinds/add.js';
+export type { GhostGluLayer } from './kinds/glu.js';
+export type { GhostPositionLayer } from './kinds/position.js';
+export type { GhostMemoryLayer } from './kinds/memory.js';
 export type { GhostLayer, LayerOp } from './kinds/index.js';
 
 export interface GhostManifest {
+  /** 1: the layers are a chain; 2 (GHOST_GRAPH_VERSION): a graph, with `inputs`. */
   formatVersion: number;
   hashScheme: string;
   arithmetic: number;
   tensors: GhostTensor[];
   layers: GhostLayer[];
+  /**
+   * Format 2 only: per layer, the layers whose outputs it takes, in order (-1: the
+   * model's input), each earlier than the layer. Absent in format 1, where layer i
+   * takes layer i - 1's output; a graph that is a chain is written as format 1.
+   */
+  inputs?: number[][];
+}
+
+/** The format version of a Ghost file whose layers form a graph (a chain is version 1). */
+export const GHOST_GRAPH_VERSION = 2;
+/** Inputs one layer may take. */
+const MAX_INPUTS = 8;
+
+/** The layers whose outputs layer li takes (-1: the model's input). */
+export function layerInputs(m: GhostManifest, li: number): readonly number[] {
+  return m.inputs?.[li] ?? [li - 1];
+}
+
+/**
+ * Where input j of a layer comes from in a proof of the span of layers from `first`:
+ * 'span' (the span's input: layer first - 1's output, or the model's input when first is
+ * 0), 'layer' (a layer inside the span), or null (a layer before the span, or the model's
+ * input in a span that starts later: the span cannot be proved on its own).
+ */
+export function spanSource(first: number, j: number): 'span' | 'layer' | null {
+  if (j === first - 1) return 'span';
+  return j >= first ? 'layer' : null;
+}
+
+/** Whether per-layer inputs describe a chain (layer i takes layer i - 1 only). */
+export function isChain(inputs: readonly (readonly number[])[]): boolean {
+  return inputs.every((ins, i) => ins.length === 1 && ins[0] === i - 1);
 }
 
 const NAME_RE = /^[A-Za-z0-9._/-]{1,64}$/;
@@ -47,7 +86,7 @@ const te = new TextEncoder();
 
 /** Checks what the encoding cannot: references in range, dimensions that agree, layers that chain. */
 export function checkGhost(m: GhostManifest): void {
-  if (m.formatVersion !== GHOST_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${m.formatVersion}`);
+  if (m.formatVersion !== GHOST_FORMAT_VERSION && m.formatVersion !== GHOST_GRAPH_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${m.formatVersion}`);
   if (m.hashScheme !== HASH_SCHEME) throw new FormatError('BAD_VERSION', `Ghost file: hash scheme ${m.hashScheme}`);
   if (m.arithmetic !== CANONICAL_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: canonical arithmetic ${m.arithmetic}`);
   limit('tensor count', m.tensors.length, 1, GHOST_LIMITS.tensors);
@@ -66,13 +105,37 @@ export function checkGhost(m: GhostManifest): void {
     if (!Number.isInteger(i) || i < 0 || i >= m.tensors.length) bad(`${what} names tensor ${i}, which does not exist`);
     return m.tensors[i]!;
   };
-  let prevOut = -1;
+  const graph = m.formatVersion === GHOST_GRAPH_VERSION;
+  if (!graph && m.inputs !== undefined) bad('a format-1 file (a chain) has no layer inputs');
+  if (graph) {
+    if (!Array.isArray(m.inputs) || m.inputs.length !== m.layers.length) bad('a format-2 file gives the inputs of every layer');
+    if (isChain(m.inputs)) throw new FormatError('NON_CANONICAL', 'Ghost file: the layers form a chain, which is written as format 1');
+  }
+  // Output widths by layer; the model's input width is the first layer's (-1: it takes ids).
+  const widths: number[] = [];
+  let modelInput = -1;
+  const used = new Uint8Array(m.layers.length);
   m.layers.forEach((l, li) => {
     const at = `layer ${li}`;
     const spec = specByOp(l.op);
     if (spec === undefined) bad(`${at}: unknown op`);
-    prevOut = spec.check(l, { manifest: m, index: li, at, prevOut, tensor });
+    const ins = layerInputs(m, li);
+    const arity = spec.arity ?? 1;
+    if (!Array.isArray(ins) || ins.length !== arity) bad(`${at} (${l.op}) takes ${arity} input(s); the file gives ${Array.isArray(ins) ? ins.length : 'none'}`);
+    const inWidths = ins.map((j) => {
+      if (!Number.isInteger(j) || j < -1 || j >= li) bad(`${at} reads layer ${j}, which is not an earlier layer or the model's input (-1)`);
+      if (j === -1 && li > 0 && modelInput === -1) bad(`${at} reads the model's input, which is ids (only the first layer takes them)`);
+      if (j >= 0) used[j] = 1;
+      return j === -1 ? (li === 0 ? -1 : modelInput) : widths[j]!;
+    });
+    if (inWidths.some((w) => w !== inWidths[0])) bad(`${at} (${l.op}) takes inputs of widths ${inWidths.join(', ')}; they must be equal`);
+    widths.push(spec.check(l, { manifest: m, index: li, at, prevOut: inWidths[0]!, tensor }));
+    if (li === 0) {
+      const first = spec.input(l, m);
+      modelInput = first.kind === 'ids' ? -1 : first.cols;
+    }
   });
+  for (let j = 0; j + 1 < m.layers.length; j++) if (!used[j]) bad(`layer ${j}'s output is read by no later layer`);
 }
 
 /** The canonical bytes of a manifest (checked first). */
@@ -88,10 +151,15 @@ export function encodeGhost(m: GhostManifest): Uint8Array {
     w.u8(name.length).bytes(name).u8(1).u32(t.dim).u64(t.n).bytes(t.root);
   }
   w.u32(m.layers.length);
-  for (const l of m.layers) {
+  for (const [li, l] of m.layers.entries()) {
     const spec = specOf(l);
     w.u8(spec.code);
     spec.encode(w, l);
+    if (m.formatVersion === GHOST_GRAPH_VERSION) {
+      const ins = m.inputs![li]!;
+      w.u8(ins.length);
+      for (const j of ins) w.u32(j + 1);
+    }
   }
   return w.finish();
 }
@@ -104,7 +172,7 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== GHOST_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a Ghost file');
   const formatVersion = r.u16('format version');
-  if (formatVersion !== GHOST_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${formatVersion}`);
+  if (formatVersion !== GHOST_FORMAT_VERSION && formatVersion !== GHOST_GRAPH_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${formatVersion}`);
   const arithmetic = r.u16('arithmetic version');
   const hashScheme = new TextDecoder('utf-8', { fatal: false }).decode(r.bytes(r.u8('hash scheme length'), 'hash scheme'));
   const nt = r.count('tensor count', 1, GHOST_LIMITS.tensors);
@@ -120,14 +188,21 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
   }
   const nl = r.count('layer count', 1, GHOST_LIMITS.layers);
   const layers: GhostLayer[] = [];
+  const inputs: number[][] = [];
   for (let i = 0; i < nl; i++) {
     const op = r.u8('op');
     const spec = specByCode(op);
     if (spec === undefined) bad(`layer ${i}: unknown op ${op}`);
     layers.push(spec.decode(r, i));
+    if (formatVersion === GHOST_GRAPH_VERSION) {
+      const n = limit(`layer ${i} input count`, r.u8('input count'), 1, MAX_INPUTS);
+      const ins: number[] = [];
+      for (let k = 0; k < n; k++) ins.push(r.u32('input') - 1);
+      inputs.push(ins);
+    }
   }
   r.end();
-  const m: GhostManifest = { formatVersion, hashScheme, arithmetic, tensors, layers };
+  const m: GhostManifest = { formatVersion, hashScheme, arithmetic, tensors, layers, ...(formatVersion === GHOST_GRAPH_VERSION ? { inputs } : {}) };
   checkGhost(m);
   return m;
 }

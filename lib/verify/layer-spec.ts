@@ -36,7 +36,7 @@ export interface GhostCheckContext {
   readonly index: number;
   /** "layer i", for messages. */
   readonly at: string;
-  /** The output width of the layer before (-1 for the first layer). */
+  /** The width of the layer's (first) input: the output of the layer it reads (-1 for the first layer). */
   readonly prevOut: number;
   /** The tensor `i`, or FormatError BAD_VALUE naming `what` when it does not exist. */
   tensor(i: number, what: string): GhostTensor;
@@ -50,9 +50,11 @@ export interface VerifyLayerContext {
   readonly index: number;
   /** Rows in the batch (for attention: the sequence length). */
   readonly rows: number;
-  /** The input: ids for a layer whose input() is 'ids', else rows x cols f32. */
+  /** The input: ids for a layer whose input() is 'ids', else rows x cols f32 (its first input). */
   readonly ids: Uint32Array | null;
   readonly x: Float32Array | null;
+  /** Every input of a layer that takes several (arity > 1), in order; [x] otherwise. */
+  readonly inputs: readonly Float32Array[];
   /**
    * Checks that the layer's blocks reveal exactly `need` (tensor -> sorted ids, or
    * 'all'), each row against the Ghost file's root, and returns them by tensor.
@@ -65,6 +67,8 @@ export interface LayerSpec<L extends GhostLayerBase = GhostLayerBase> {
   readonly op: L['op'];
   /** Its byte in Ghost files and proofs: stable, never reused. */
   readonly code: number;
+  /** How many layer outputs it takes (default 1; a graph's add takes 2). All must have its input width. */
+  readonly arity?: number;
 
   /** Writes the layer's fields (after the op byte). */
   encode(w: ByteWriter, l: L): void;

@@ -9,7 +9,7 @@
 import { bytesEqual } from '../shared/bytes.js';
 import { InvalidArgumentError, ProofError } from '../shared/errors.js';
 import { coptimizerStep } from './canonical.js';
-import { decodeGhost, encodeGhost, withRoot, type GhostManifest } from './ghost-file.js';
+import { decodeGhost, encodeGhost, layerInputs, spanSource, withRoot, type GhostManifest } from './ghost-file.js';
 import { specOf } from './kinds/index.js';
 import { fail, type Revealed } from './layer-spec.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle.js';
@@ -184,6 +184,9 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
     const l = g.layers[li]!;
     const ev = p.layers[i]!;
     if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
+    for (const j of layerInputs(g, li)) {
+      if (spanSource(p.firstLayer, j) === null) fail('LAYER_MISMATCH', `layer ${li} reads ${j === -1 ? "the model's input" : `layer ${j}`}, outside the proved layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1}`);
+    }
     for (const b of ev.blocks) {
       const n = g.tensors[b.tensor]?.n ?? b.ids.length;
       budget.workFor(b.ids.length * b.dim * HASH_WORK + merkleCalls(b.ids.length, n) * HASH_CALL_WORK, `checking layer ${li}'s block of ${b.ids.length} rows`);
@@ -210,16 +213,11 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
   planForward(g, p, budget);
   const cache = options.cache;
   const resolved: Revealed[] = [];
-  let x: Float32Array | null = null;
-  let ids: Uint32Array | null = null;
-  let B: number;
-  if (p.input.kind === 'ids') {
-    ids = p.input.ids;
-    B = ids.length;
-  } else {
-    x = p.input.data;
-    B = p.input.rows;
-  }
+  // The span's input (ids or rows), then each proved layer's output by position.
+  const spanIds = p.input.kind === 'ids' ? p.input.ids : null;
+  const spanX = p.input.kind === 'ids' ? null : p.input.data;
+  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
+  const outs: Float32Array[] = [];
   let cols = 0;
   for (let i = 0; i < p.layers.length; i++) {
     const li = p.firstLayer + i;
@@ -228,28 +226,34 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
     if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
     const spec = specOf(l);
     const input = spec.input(l, g);
+    const sources = layerInputs(g, li).map((j) => (spanSource(p.firstLayer, j) === 'span' ? null : outs[j - p.firstLayer]!));
+    const ids = sources[0] === null ? spanIds : null;
+    const inputs = sources.map((s) => s ?? spanX);
     if (input.kind === 'ids') {
       if (!ids) fail('SHAPE', `layer ${li} (${l.op}) takes ids`);
     } else {
-      if (!x) fail('SHAPE', `layer ${li} (${l.op}) takes vectors, not ids`);
-      if (x.length !== B * input.cols) fail('SHAPE', `layer ${li} takes ${input.cols} values per row; it got ${x.length / B}`);
+      for (const x of inputs) {
+        if (!x) fail('SHAPE', `layer ${li} (${l.op}) takes vectors, not ids`);
+        if (x.length !== B * input.cols) fail('SHAPE', `layer ${li} takes ${input.cols} values per row; it got ${x.length / B}`);
+      }
     }
-    x = spec.verify(l, {
+    outs.push(spec.verify(l, {
       manifest: g,
       evidence: ev,
       index: li,
       rows: B,
       ids,
-      x,
+      x: inputs[0]!,
+      inputs: input.kind === 'ids' ? [] : (inputs as Float32Array[]),
       reveal: (need) => {
         const rev = resolveLayer(h, g, ev, need, cache, li);
         resolved.push(...rev.values());
         return rev;
       },
-    });
-    ids = null;
+    }));
     cols = spec.outWidth(l, g);
   }
+  const x = outs[outs.length - 1];
   const y = x!;
   const o = p.output;
   if (o.rows !== B || o.cols !== cols || o.data.length !== y.length) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${B} x ${cols}`);

@@ -78,6 +78,14 @@ async function main() {
   const ag = await mod.pinGhost(await bytesOf('/data/attention-ghost.bin'));
   const av = await mod.verifyForward(ag, await bytesOf('/data/attention-forward.bin'));
   result.attention = { rows: av.rows, cols: av.cols, outputHex: hex(new Uint8Array(av.output.buffer, av.output.byteOffset, av.output.byteLength)) };
+  // Linear (sparse columns, bias) and RMSNorm layers before a Hopfield layer.
+  const lg = await mod.pinGhost(await bytesOf('/data/linear-ghost.bin'));
+  const lv = await mod.verifyForward(lg, await bytesOf('/data/linear-forward.bin'));
+  // A small transformer (a graph: two residual blocks, Ghost format 2).
+  const tg = await mod.pinGhost(await bytesOf('/data/graph-ghost.bin'));
+  const tv = await mod.verifyForward(tg, await bytesOf('/data/graph-forward.bin'));
+  result.graph = { rows: tv.rows, cols: tv.cols, outputHex: hex(new Uint8Array(tv.output.buffer, tv.output.byteOffset, tv.output.byteLength)) };
+  result.linear = { rows: lv.rows, cols: lv.cols, outputHex: hex(new Uint8Array(lv.output.buffer, lv.output.byteOffset, lv.output.byteLength)) };
   // The honest forward proof still verifies after all that (nothing was mutated in place).
   result.honestAgain = (await outcome(mod, () => mod.verifyForward(pinned, files.get('forward')))).reason;
   return result;

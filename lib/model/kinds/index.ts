@@ -8,14 +8,26 @@ import { InvalidArgumentError } from '../../shared/errors.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import type { GhostLayerBase } from '../../verify/layer-spec.js';
 import type { LayerKind } from '../layer-kind.js';
+import { addKind } from './add.js';
 import { attentionKind } from './attention.js';
 import { embeddingKind } from './embedding.js';
+import { gluKind } from './glu.js';
 import { hopfieldKind } from './hopfield.js';
+import { linearKind } from './linear.js';
+import { memoryKind } from './memory.js';
+import { positionKind } from './position.js';
+import { rmsnormKind } from './rmsnorm.js';
 
 export const LAYER_KINDS = [
   hopfieldKind,
   embeddingKind,
   attentionKind,
+  linearKind,
+  rmsnormKind,
+  addKind,
+  gluKind,
+  positionKind,
+  memoryKind,
 ] as const;
 
 type LayerOf<K> = K extends LayerKind<infer T, GhostLayerBase> ? T : never;

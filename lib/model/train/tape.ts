@@ -90,7 +90,7 @@ export interface Gradients {
 
 type TapeRecord =
   | { op: 'input'; out: number }
-  | { op: 'layer'; out: number; in: number | null; kind: AnyLayerKind; layer: ModelLayer; ctx: unknown }
+  | { op: 'layer'; out: number; in: number | null; others: number[]; kind: AnyLayerKind; layer: ModelLayer; ctx: unknown }
   | { op: 'add'; out: number; a: number; b: number };
 
 export class Tape {
@@ -126,23 +126,30 @@ export class Tape {
 
   /**
    * Runs `layer` (any registered kind) on x: a value of this tape, or ids for a layer
-   * that takes ids (an Embedding). Its input width must be what the layer takes.
+   * that takes ids (an Embedding). Its input width must be what the layer takes. A kind
+   * with several inputs (an Add, a Glu) takes the others after x, of x's shape.
    */
-  async layer(layer: ModelLayer, x: TapeValue | Uint32Array | readonly number[]): Promise<TapeValue> {
+  async layer(layer: ModelLayer, x: TapeValue | Uint32Array | readonly number[], ...others: TapeValue[]): Promise<TapeValue> {
     this.#open('tape.layer');
     const kind = kindOf(layer);
     const isIds = !(x instanceof TapeValue);
     const v = isIds ? null : this.#own('x', x);
     const ids = isIds ? toIds('x', x) : null;
     if (ids !== null && ids.length === 0) throw new InvalidArgumentError('x: no ids');
+    const arity = kind.spec.arity ?? 1;
+    if (others.length !== arity - 1) throw new InvalidArgumentError(`${kind.name} takes ${arity} input(s), got ${1 + others.length}`);
+    others.forEach((o, i) => {
+      this.#own(`input ${i + 2}`, o);
+      if (v === null || o.rows !== v.rows || o.cols !== v.cols) throw new InvalidArgumentError(`${kind.name}: its inputs must have one shape`);
+    });
     const rows = v ? v.rows : ids!.length;
     const shape = layerShape(kind, layer, v ? v.cols : -1);
-    const r = await kind.forward(layer, v ? v.data : ids!, shape);
+    const r = await kind.forward(layer, v ? v.data : ids!, shape, others.map((o) => o.data));
     const outWidth = shape.outWidth > 0 ? shape.outWidth : r.y.length / rows;
     if (!Number.isInteger(outWidth) || r.y.length !== rows * outWidth) {
       throw new InvalidArgumentError(`${kind.name} gave ${r.y.length} values for ${rows} rows: its input width is not ${v ? v.cols : 'ids'}`);
     }
-    return this.#push(r.y, rows, outWidth, (out) => ({ op: 'layer', out, in: v ? v.index : null, kind, layer, ctx: r.ctx }));
+    return this.#push(r.y, rows, outWidth, (out) => ({ op: 'layer', out, in: v ? v.index : null, others: others.map((o) => o.index), kind, layer, ctx: r.ctx }));
   }
 
   /** a + b, element-wise (a residual connection); the two must have one shape. */
@@ -157,18 +164,24 @@ export class Tape {
   }
 
   /**
-   * A Model's layers one after another on x: a value of this tape, ids for an
-   * Embedding-first model, or the first layer's rows of floats.
+   * A Model's layers on x, each reading what the model says it reads (a chain, or the
+   * graph its blocks or `inputs` lay out): x is a value of this tape, ids for an
+   * Embedding-first model, or the first layer's rows of floats. Returns the last
+   * layer's output.
    */
   async model(model: Model, x: TapeValue | Float32Array | Uint32Array | readonly number[]): Promise<TapeValue> {
     this.#open('tape.model');
-    let h: TapeValue | Uint32Array | readonly number[];
+    let input: TapeValue | Uint32Array | readonly number[];
     if (x instanceof Float32Array) {
       const l0 = model.layers[0]!;
-      h = this.input(x, kindOf(l0).shape(l0, 0, -1).inWidth);
-    } else h = x;
-    for (const l of model.layers) h = await this.layer(l, h);
-    return h as TapeValue;
+      input = this.input(x, kindOf(l0).shape(l0, 0, -1).inWidth);
+    } else input = x;
+    const outs: TapeValue[] = [];
+    for (const [i, l] of model.layers.entries()) {
+      const ins = model.inputs[i]!.map((j) => (j === -1 ? input : outs[j]!));
+      outs.push(await this.layer(l, ins[0]!, ...(ins.slice(1) as TapeValue[])));
+    }
+    return outs[outs.length - 1]!;
   }
 
   /** Mean softmax cross-entropy of `logits` (rows x classes) against one class id per row (losses.ts). */
@@ -223,6 +236,11 @@ export class Tape {
         } else if (rec.op === 'layer') {
           const b = await rec.kind.backward(rec.layer, rec.ctx, g);
           if (rec.in !== null && b.dx !== null) send(rec.in, b.dx);
+          rec.others.forEach((o, k) => {
+            const d = b.dxOthers?.[k];
+            if (d === undefined) throw new InvalidArgumentError(`${rec.kind.name}: its backward gave no gradient for input ${k + 2}`);
+            send(o, d);
+          });
           for (const s of b.grads) sparse.set(s.tensor, [...(sparse.get(s.tensor) ?? []), s]);
           for (const d of b.dense) {
             const cur = dense.get(d.param);

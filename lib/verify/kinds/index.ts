@@ -6,14 +6,26 @@
 import { FormatError } from '../../shared/errors.js';
 import type { GhostManifest } from '../ghost-file.js';
 import type { LayerInput, LayerSpec } from '../layer-spec.js';
+import { addSpec } from './add.js';
 import { attentionSpec } from './attention.js';
 import { embeddingSpec } from './embedding.js';
+import { gluSpec } from './glu.js';
 import { hopfieldSpec } from './hopfield.js';
+import { linearSpec } from './linear.js';
+import { memorySpec } from './memory.js';
+import { positionSpec } from './position.js';
+import { rmsnormSpec } from './rmsnorm.js';
 
 export const LAYER_SPECS = [
   hopfieldSpec,
   embeddingSpec,
   attentionSpec,
+  linearSpec,
+  rmsnormSpec,
+  addSpec,
+  gluSpec,
+  positionSpec,
+  memorySpec,
 ] as const;
 
 type LayerOf<S> = S extends LayerSpec<infer L> ? L : never;
@@ -54,5 +66,6 @@ export function layerInput(m: GhostManifest, li: number): LayerInput {
 /** One line describing layer `li` (for `ghost-tensor inspect`). */
 export function describeLayer(m: GhostManifest, li: number): string {
   const l = m.layers[li]!;
-  return specOf(l).describe(l, m);
+  const ins = m.inputs?.[li];
+  return `${specOf(l).describe(l, m)}${ins ? `; reads ${ins.map((j) => (j === -1 ? 'the input' : `[${j}]`)).join(' and ')}` : ''}`;
 }

@@ -1,0 +1,58 @@
+/**
+ * The Glu kind, verifier half (docs/layer-kinds.md, "Gated MLP"): silu(gate) * up per
+ * value, over two layer outputs of one width (the gate and up projections of a gated
+ * MLP). No tensors, no evidence.
+ */
+import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
+import { cglu } from '../canonical.js';
+import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type LayerSpec } from '../layer-spec.js';
+
+export interface GhostGluLayer {
+  op: 'glu';
+  dim: number;
+  /** The gate's activation; 'silu' (SwiGLU) is the one defined. */
+  activation: 'silu';
+}
+
+const ACTIVATIONS = ['silu'] as const;
+
+export const gluSpec: LayerSpec<GhostGluLayer> = {
+  op: 'glu',
+  code: 7,
+  arity: 2,
+
+  encode(w: ByteWriter, l: GhostGluLayer): void {
+    w.u32(l.dim).u8(ACTIVATIONS.indexOf(l.activation));
+  },
+
+  decode(r: ByteReader, i: number): GhostGluLayer {
+    const dim = r.u32('dim');
+    const activation = ACTIVATIONS[r.u8('activation')];
+    if (activation === undefined) ghostBad(`layer ${i}: unknown activation`);
+    return { op: 'glu', dim, activation };
+  },
+
+  check(l, c): number {
+    ghostLimit(`${c.at} dim`, l.dim, 1, GHOST_LIMITS.dim);
+    if (!ACTIVATIONS.includes(l.activation)) ghostBad(`${c.at}: unknown activation`);
+    if (c.index === 0) ghostBad(`${c.at}: a glu takes two layer outputs, so it cannot be the first layer`);
+    if (c.prevOut !== -1 && c.prevOut !== l.dim) ghostBad(`${c.at}: takes ${l.dim} inputs but the layer it reads gives ${c.prevOut}`);
+    return l.dim;
+  },
+
+  describe: (l) => `glu: ${l.dim}, ${l.activation}(gate) * up`,
+
+  input: (l) => ({ kind: 'f32', cols: l.dim }),
+  outWidth: (l) => l.dim,
+
+  plan(l, _m, n, budget, li): void {
+    budget.cellsFor(n * l.dim, `layer ${li} (glu, ${n} x ${l.dim})`);
+    budget.workFor(24 * n * l.dim, `layer ${li} (glu)`);
+  },
+
+  verify(_l, ctx): Float32Array {
+    if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${ctx.index} (glu) has no retrieval stages`);
+    ctx.reveal(new Map());
+    return cglu(ctx.inputs[0]!, ctx.inputs[1]!);
+  },
+};
