@@ -81,8 +81,8 @@ describe('examples travel with the package', () => {
     expect(Number(acc![1])).toBeGreaterThan(30); // chance is 10%
   });
 
-  it('fit-fashion-mnist trains with fit for one short epoch on the shipped subset', () => {
-    const r = run('fit-fashion-mnist.mjs', ['--data=' + join(ROOT, 'data', 'fashion-mnist-small'), '--epochs=1', '--n=128', '--k=8', '--train=1000']);
+  it.each(['projection', 'hopfield'])('fit-fashion-mnist (--model=%s) trains with fit for one short epoch on the shipped subset', (model) => {
+    const r = run('fit-fashion-mnist.mjs', ['--data=' + join(ROOT, 'data', 'fashion-mnist-small'), `--model=${model}`, '--epochs=1', '--n=128', '--k=8', '--train=1000']);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/1000 training, 1000 test images/);
     expect(r.stderr).toMatch(/epoch 1\/1: loss [\d.]+, accuracy [\d.]+%, validation loss/); // fit's progress line
