@@ -58,6 +58,24 @@ export { Model } from './model/model.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
 export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
+export { DataLoader, Tape, TapeLoss, TapeValue, Trainer, fit, globalNorm, init, mse, scheduleFactor, seededRandom, softmaxCrossEntropy } from './model/train/index.js';
+export type {
+  Batch,
+  ClassTargets,
+  CrossEntropyResult,
+  Dataset,
+  EpochRecord,
+  FitOptions,
+  ForwardFn,
+  Gradients,
+  History,
+  LossResult,
+  Schedule,
+  SeedOption,
+  StepInfo,
+  StepRecord,
+  TrainerOptions,
+} from './model/train/index.js';
 export {
   CANONICAL_VERSION,
   DEFAULT_VERIFIER_LIMITS,

@@ -58,7 +58,7 @@ describe('examples travel with the package', () => {
     }
   });
 
-  it.each(['associative-recall.mjs', 'fashion-mnist.mjs'])('%s --help prints its usage and exits 0', (file) => {
+  it.each(['associative-recall.mjs', 'fashion-mnist.mjs', 'fit-fashion-mnist.mjs'])('%s --help prints its usage and exits 0', (file) => {
     const r = run(file, ['--help']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
@@ -77,6 +77,16 @@ describe('examples travel with the package', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/1000 training, 1000 test images/);
     const acc = /\| sparse \| 128 \| 8 \| 1 \| ([\d.]+)% \|/.exec(r.stdout);
+    expect(acc, r.stdout).not.toBeNull();
+    expect(Number(acc![1])).toBeGreaterThan(30); // chance is 10%
+  });
+
+  it.each(['projection', 'hopfield'])('fit-fashion-mnist (--model=%s) trains with fit for one short epoch on the shipped subset', (model) => {
+    const r = run('fit-fashion-mnist.mjs', ['--data=' + join(ROOT, 'data', 'fashion-mnist-small'), `--model=${model}`, '--epochs=1', '--n=128', '--k=8', '--train=1000']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/1000 training, 1000 test images/);
+    expect(r.stderr).toMatch(/epoch 1\/1: loss [\d.]+, accuracy [\d.]+%, validation loss/); // fit's progress line
+    const acc = /\| 1 \| [\d.]+ \| [\d.]+% \| [\d.]+ \| ([\d.]+)% \|/.exec(r.stdout);
     expect(acc, r.stdout).not.toBeNull();
     expect(Number(acc![1])).toBeGreaterThan(30); // chance is 10%
   });

@@ -18,7 +18,7 @@ import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
 import { toHex } from '../shared/bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier, type Trained } from './classifier.js';
-import { Progress } from './progress.js';
+import { Progress } from '../model/train/progress.js';
 
 export interface DemoOptions {
   quick: boolean;

@@ -19,7 +19,7 @@ import { ProverServer } from '../serve/server.js';
 import { fromHex, toHex } from '../shared/bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier } from './classifier.js';
 import { runDemo } from './demo.js';
-import { Progress } from './progress.js';
+import { Progress } from '../model/train/progress.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT = {
