@@ -7,11 +7,26 @@
  *
  * The model tier adds the other half of a kind (lib/model/layer-kind.ts): the layer
  * object, its fast forward and backward, and how the prover gathers the rows.
+ *
+ * A kind module imports at run time only this module, canonical.ts and other kinds:
+ * proof-format.ts and ghost-file.ts import the registry, so a kind importing them back
+ * would make a cycle that fails when a kind module is imported first
+ * (test/module-graph.test.ts imports every module first, alone).
  */
 import type { ByteReader, ByteWriter } from '../shared/bytes.js';
 import { FormatError, ProofError, type ProofFailure } from '../shared/errors.js';
 import type { GhostManifest, GhostTensor } from './ghost-file.js';
 import type { LayerEvidence, ResolvedBlock, VerifyBudget } from './proof-format.js';
+
+/** Work units per attention score (a query-key pair of one head) besides its dk multiply-adds: the call, the top-k insertion, the scratch (docs/proof-format.md, "Verifier limits"). */
+export const PAIR_WORK = 128;
+
+/** The sorted unique ids of some lists. */
+export function sortedUniqueIds(lists: readonly Uint32Array[]): Uint32Array {
+  const s = new Set<number>();
+  for (const l of lists) for (const id of l) s.add(id);
+  return Uint32Array.from(s).sort();
+}
 
 /** Bounds of Ghost-file fields (decoding refuses values past them). */
 export const GHOST_LIMITS = { tensors: 4096, layers: 4096, nameBytes: 64, dim: 2 ** 24, k: 2 ** 16, updateSteps: 100, subKeys: 65535, heads: 4096 } as const;

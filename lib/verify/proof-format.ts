@@ -68,8 +68,7 @@ export const OBJECT_CELLS = 32;
  */
 export const HASH_WORK = 8;
 export const HASH_CALL_WORK = 2048;
-/** Work units per attention score (a query-key pair of one head) besides its dk multiply-adds: the call, the top-k insertion, the scratch. */
-export const PAIR_WORK = 128;
+export { PAIR_WORK } from './layer-spec.js';
 
 /** An upper bound of the hash calls checking `rows` rows of a tensor of N rows take (leaves and multiproof nodes). */
 export function merkleCalls(rows: number, n: number): number {
@@ -212,12 +211,7 @@ export interface UpdateProof {
 
 export type GhostProof = ForwardProof | UpdateProof;
 
-/** The sorted unique ids of some lists. */
-export function sortedUniqueIds(lists: readonly Uint32Array[]): Uint32Array {
-  const s = new Set<number>();
-  for (const l of lists) for (const id of l) s.add(id);
-  return Uint32Array.from(s).sort();
-}
+export { sortedUniqueIds } from './layer-spec.js';
 
 export { hopfieldReads } from './kinds/hopfield.js';
 export { attentionReads } from './kinds/attention.js';

@@ -8,8 +8,7 @@
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cattention, cprojection } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type LayerSpec } from '../layer-spec.js';
-import { PAIR_WORK } from '../proof-format.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, type LayerSpec } from '../layer-spec.js';
 
 /** A projection of an attention layer: tensor `tensor` (pattern j = output column j), keeping `k` columns per row (k = N: all). */
 export interface GhostProjection {

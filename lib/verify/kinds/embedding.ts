@@ -3,8 +3,7 @@
  * is a row of its table (docs/proof-format.md, "Embedding layers").
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { fail, ghostBad, rowOf, type LayerSpec } from '../layer-spec.js';
-import { sortedUniqueIds } from '../proof-format.js';
+import { fail, ghostBad, rowOf, sortedUniqueIds, type LayerSpec } from '../layer-spec.js';
 
 export interface GhostEmbeddingLayer {
   op: 'embedding';

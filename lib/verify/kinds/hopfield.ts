@@ -7,8 +7,7 @@
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { GHOST_LIMITS, fail, ghostBad, ghostLimit, rowOf, type LayerSpec } from '../layer-spec.js';
-import { PAIR_WORK, sortedUniqueIds } from '../proof-format.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type LayerSpec } from '../layer-spec.js';
 
 export type GhostIndex =
   | { kind: 'exact' }

@@ -11,8 +11,7 @@
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { clinear, cmix, cproductKeys, csoftmax, cstate } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { GHOST_LIMITS, fail, ghostBad, ghostLimit, rowOf, type LayerSpec } from '../layer-spec.js';
-import { PAIR_WORK, sortedUniqueIds } from '../proof-format.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type LayerSpec } from '../layer-spec.js';
 
 export interface GhostMemoryLayer {
   op: 'memory';
