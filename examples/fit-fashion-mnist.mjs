@@ -12,16 +12,24 @@
  * the test split each epoch and draws a progress line on stderr. No hand-written loop,
  * loss or optimizer routing: compare examples/fashion-mnist.mjs.
  *
- *   node examples/fit-fashion-mnist.mjs [--model=projection|hopfield] [--epochs=E] [--n=N] [--k=K] [--d=D] [--train=T] [--data=DIR]
+ * Then the trained model is saved, loaded back, served over HTTP with proofs, and a
+ * client that pins its Ghost file classifies test images, each answer verified (the
+ * proofs cover the projection too): it prints how many it checked and that their
+ * labels are the local model's.
+ *
+ *   node examples/fit-fashion-mnist.mjs [--model=projection|hopfield] [--epochs=E] [--n=N] [--k=K] [--d=D] [--train=T] [--data=DIR] [--serve=S]
  *
  * Reads the full dataset from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
  * when installed, else the 4,000 + 1,000 image subset the package ships
  * (data/fashion-mnist-small); --data=DIR names another folder of the four IDX .gz files.
  * --help prints this text.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { HopfieldLookup, Linear, Model, SparseTensor, Trainer, fit, init, seededRandom } from 'ghost-tensor';
+import { HopfieldLookup, Linear, Model, ProverClient, ProverServer, SparseTensor, Trainer, fit, init, seededRandom } from 'ghost-tensor';
 import { DATA_DIR, SMALL_DATA_DIR, datasetAvailable, loadSplit } from './fashion-mnist.mjs';
 import { arg, helpAndExit } from './lib/cli.mjs';
 
@@ -74,6 +82,29 @@ async function main() {
   console.log('|---|---|---|---|---|');
   for (const e of history.epochs) {
     console.log(`| ${e.epoch} | ${e.loss.toFixed(4)} | ${(100 * e.accuracy).toFixed(2)}% | ${e.valLoss.toFixed(4)} | ${(100 * e.valAccuracy).toFixed(2)}% |`);
+  }
+
+  // Save, load back, serve with proofs; a client pinned to the Ghost file checks every answer.
+  const served = Number(arg('serve', 16));
+  if (served <= 0) return;
+  const scratch = await mkdtemp(join(tmpdir(), 'fit-fashion-mnist-'));
+  try {
+    const saved = await model.save(join(scratch, 'model'));
+    const { model: loaded } = await Model.load(join(scratch, 'model'), { expectDigest: saved.digest });
+    const server = await ProverServer.fromModel(loaded);
+    const client = await ProverClient.connect(await server.listen(), saved.digest);
+    let agree = 0;
+    const argmax = (a) => a.indexOf(Math.max(...a));
+    for (let i = 0; i < Math.min(served, test.n); i++) {
+      const x = test.x.slice(i * 784, (i + 1) * 784);
+      const answer = await client.forward(x); // throws unless the proof verifies against the pinned Ghost file
+      if (argmax(Array.from(answer.output)) === argmax(Array.from(await model.forward(x)))) agree++;
+    }
+    console.log(`served: saved, reloaded and served the model (Ghost ${Buffer.from(saved.digest).toString('hex').slice(0, 16)}...); ${Math.min(served, test.n)} answers verified, ${agree} with the local model's label`);
+    await server.close();
+    loaded.close();
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
   }
 }
 

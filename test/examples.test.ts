@@ -89,5 +89,10 @@ describe('examples travel with the package', () => {
     const acc = /\| 1 \| [\d.]+ \| [\d.]+% \| [\d.]+ \| ([\d.]+)% \|/.exec(r.stdout);
     expect(acc, r.stdout).not.toBeNull();
     expect(Number(acc![1])).toBeGreaterThan(30); // chance is 10%
+    // Saved, reloaded, served: every answer verified against the pinned Ghost file, and labelled as the local model does.
+    const served = /served: .* (\d+) answers verified, (\d+) with the local model's label/.exec(r.stdout);
+    expect(served, r.stdout).not.toBeNull();
+    expect(Number(served![1])).toBe(16);
+    expect(Number(served![2])).toBe(16);
   });
 });
