@@ -47,7 +47,7 @@ export { Glu } from './model/kinds/glu.js';
 export { PositionEmbedding } from './model/kinds/position.js';
 export { ProductKeyMemory } from './model/kinds/memory.js';
 export type { ProductKeyMemoryContext, ProductKeyMemoryOptions } from './model/kinds/memory.js';
-export { Block, GatedMLP, Residual } from './model/blocks.js';
+export { Block, GatedMLP, GatedMemory, Residual } from './model/blocks.js';
 export type { EmitLayer } from './model/blocks.js';
 export { Linear } from './model/kinds/linear.js';
 export type { LinearContext, LinearOptions } from './model/kinds/linear.js';

@@ -10,7 +10,9 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { FormatError, Linear, Model, ProductKeyMemory, RMSNorm, Residual, SparseTensor } from '../lib/index.js';
+import { Embedding, FormatError, GatedMemory, Linear, Model, ProductKeyMemory, RMSNorm, Residual, SparseTensor, Tape, Trainer } from '../lib/index.js';
+import { cadd } from '../lib/verify/kinds/add.js';
+import { cglu } from '../lib/verify/canonical.js';
 import { decodeGhost, encodeGhost, type GhostManifest, type GhostMemoryLayer } from '../lib/verify/ghost-file.js';
 import { decodeProof, encodeProof, type ForwardProof } from '../lib/verify/proof-format.js';
 import { verifyForward } from '../lib/verify/proof-verify.js';
@@ -156,6 +158,69 @@ describe('ProductKeyMemory', () => {
     const kb = row.layers[memAt]!.blocks[1]!;
     (kb.payload[0] as Float32Array)[0]! += 0.25;
     expect(await reason(verifyForward(ghost, encodeProof(row)))).toBe('ROOT_MISMATCH');
+  });
+
+  it('GatedMemory: silu(gate x) * memory(x), trained through the tape against finite differences, proved and verified', async () => {
+    const rng = new Rng(5);
+    const p = parts(rng, 2, 4, 2, 2, 6, 6);
+    const mem = layer(p, 16);
+    const gate = new Linear({ weight: SparseTensor.fromArray(rng.f32(6 * 6), 6) });
+    const first = new Linear({ weight: SparseTensor.fromArray(rng.f32(6 * 3), 3) });
+    const model = new Model([first, new Residual([new GatedMemory({ memory: mem, gate })])]);
+    expect(model.layers.map((l) => l.constructor.name)).toEqual(['Linear', 'Linear', 'ProductKeyMemory', 'Glu', 'Add']);
+    const x = rng.f32(2 * 3);
+    const x0 = (await first.forward(x)).y;
+    const want = cadd(x0, cglu((await gate.forward(x0)).y, (await mem.forward(x0)).y));
+    expect(Buffer.from((await model.forward(x)).buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    // The gradient of an MSE loss with respect to the input, through the gate and the memory (k = N: smooth).
+    const target = rng.f32(2 * 6);
+    const lossAt = async (xs: Float32Array): Promise<number> => {
+      const t = new Tape();
+      return t.mse(await t.model(model, xs), target).value;
+    };
+    const tape = new Tape();
+    const input = tape.input(x, 3);
+    const g = await tape.backward(tape.mse(await tape.model(model, input), target));
+    for (let i = 0; i < x.length; i++) {
+      const up = x.slice(), down = x.slice();
+      up[i]! += 1e-2;
+      down[i]! -= 1e-2;
+      expect(g.of(input)![i]!).toBeCloseTo(((await lossAt(up)) - (await lossAt(down))) / (up[i]! - down[i]!), 2);
+    }
+    const ghost = await model.ghost();
+    await verifyForward(ghost, (await model.prove(x)).bytes);
+  });
+
+  it('a memory whose value table is a memory-mapped tensor file (2^16 slots) proves and verifies; a tied output head trains', async () => {
+    const rng = new Rng(6);
+    const path = join(scratch, 'values.gtt');
+    await SparseTensor.createFile(path, { rows: 256 * 256, dim: 8, seed: 3, scale: 0.1, optimizerState: true });
+    const values = await SparseTensor.openFile(path);
+    try {
+      const mem = new ProductKeyMemory({ query: SparseTensor.fromArray(rng.f32(16 * 8, 0.5), 8), keys: [[SparseTensor.fromArray(rng.f32(256 * 8), 8), SparseTensor.fromArray(rng.f32(256 * 8), 8)]], values, k: 8 });
+      const table = SparseTensor.fromArray(rng.f32(20 * 8, 0.5), 8);
+      // The head's weight is the embedding table (tied): one tensor, listed once.
+      const model = new Model([new Embedding(table), new Residual([mem]), new Linear({ weight: table })]);
+      expect(model.tensors.filter((t) => t === table).length).toBe(1);
+      const ids = [3, 17, 4, 4, 19];
+      const ghost = await model.ghost();
+      const v = await verifyForward(ghost, (await model.prove(ids)).bytes);
+      expect(v.cols).toBe(20);
+      // The tied table gets one gradient entry with the rows of both uses.
+      const tape = new Tape();
+      const loss = tape.softmaxCrossEntropy(await tape.model(model, ids), Uint32Array.from([17, 4, 4, 19, 3]));
+      const grads = await tape.backward(loss);
+      const tied = grads.sparse.filter((e) => e.tensor === table);
+      expect(tied.length).toBe(1);
+      expect(tied[0]!.ids.length).toBe(ids.length + 20);
+      const trainer = new Trainer(model, { lr: 1e-2 });
+      const before = table.gather([3]);
+      await trainer.step(grads);
+      expect(Array.from(table.gather([3]))).not.toEqual(Array.from(before));
+      trainer.detach();
+    } finally {
+      values.close();
+    }
   });
 
   it('hostile Ghost entries are refused; save / load keeps the layer and its proofs', async () => {

@@ -8,6 +8,7 @@ import { Add } from './kinds/add.js';
 import { Glu } from './kinds/glu.js';
 import type { ModelLayer } from './kinds/index.js';
 import type { Linear } from './kinds/linear.js';
+import type { ProductKeyMemory } from './kinds/memory.js';
 
 /** Adds a layer reading `inputs` (-1: the model's input) and returns its index. */
 export type EmitLayer = (layer: ModelLayer, inputs: number[]) => number;
@@ -54,5 +55,25 @@ export class GatedMLP extends Block {
     const g = emit(this.gate, [input]);
     const u = emit(this.up, [input]);
     return emit(this.down, [emit(new Glu(), [g, u])]);
+  }
+}
+
+/**
+ * A product-key memory with output gating (the "memory+" of Berges et al. 2024, without
+ * its output projection, which a Linear after the block gives): silu(gate(x)) * memory(x).
+ */
+export class GatedMemory extends Block {
+  readonly memory: ProductKeyMemory;
+  readonly gate: Linear;
+  constructor(o: { memory: ProductKeyMemory; gate: Linear }) {
+    super();
+    if (o === null || typeof o !== 'object' || !o.memory || !o.gate) throw new InvalidArgumentError('GatedMemory needs { memory, gate }');
+    this.memory = o.memory;
+    this.gate = o.gate;
+  }
+  expand(emit: EmitLayer, input: number): number {
+    const g = emit(this.gate, [input]);
+    const m = emit(this.memory, [input]);
+    return emit(new Glu(), [g, m]);
   }
 }
