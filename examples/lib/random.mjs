@@ -3,17 +3,8 @@
  * repository use the same functions, re-exported by bench/lib/common.mjs).
  */
 
-/** mulberry32: small seeded PRNG, uniform in [0, 1). */
-export function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32: small seeded PRNG, uniform in [0, 1) (the library's seededRandom; seeds are integers in 0..2^32-1). */
+export { seededRandom as rng } from 'ghost-tensor';
 
 /** A standard normal deviate from two uniforms of `rand` (Box-Muller). */
 export function gaussian(rand) {

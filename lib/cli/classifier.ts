@@ -13,6 +13,7 @@ import { gunzipSync } from 'node:zlib';
 
 import { FormatError } from '../shared/errors.js';
 import { HopfieldLookup } from '../model/kinds/hopfield.js';
+import { seededRandom } from '../model/train/init.js';
 import { DenseAdam, SparseAdam } from '../model/optim.js';
 import { SparseTensor } from '../tensor/sparse-tensor.js';
 
@@ -49,16 +50,6 @@ export function loadSplit(dir: string, split: 'train' | 't10k', limit = Infinity
   return { x, y, n };
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface TrainOptions {
   mode: 'sparse' | 'dense';
@@ -86,7 +77,7 @@ export interface Trained {
 /** Trains one classifier from `seed` (sparse and dense start from the same patterns). */
 export async function trainClassifier(train: Split, test: Split, o: TrainOptions): Promise<Trained> {
   const d = 784, batch = o.batch ?? 128, lr = o.lr ?? 3e-3;
-  const rand = mulberry32(o.seed ?? 1);
+  const rand = seededRandom(o.seed ?? 1);
   const pick = Array.from({ length: o.n }, () => Math.floor(rand() * train.n));
   const kd = new Float32Array(o.n * d);
   const vd = new Float32Array(o.n * 10);

@@ -87,3 +87,21 @@ export interface LayerKind<Layer, L extends GhostLayerBase> {
   /** The layer's part of a forward proof: the canonical output and the evidence the verifier needs. */
   prove(layer: Layer, ctx: ProveLayerContext): Promise<ProvedLayer>;
 }
+
+/**
+ * Blocks revealing every row of each tensor in `tensors` (Ghost-file indexes, in order):
+ * the blocks and resolved rows for a ProvedLayer, and each tensor's rows by index for the
+ * canonical forward.
+ */
+export function revealWhole(c: ProveLayerContext, tensors: Iterable<number>): { blocks: PatternBlock[]; resolved: ResolvedBlock[]; rows: Map<number, Float32Array> } {
+  const blocks: PatternBlock[] = [];
+  const resolved: ResolvedBlock[] = [];
+  const rows = new Map<number, Float32Array>();
+  for (const ti of tensors) {
+    const b = c.block(ti, 'all');
+    blocks.push(b.block);
+    resolved.push(b.resolved);
+    rows.set(ti, b.resolved.rows);
+  }
+  return { blocks, resolved, rows };
+}

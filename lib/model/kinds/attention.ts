@@ -24,8 +24,7 @@ import { native } from '../../tensor/native.js';
 import type { SparseGrad } from '../optim.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 import { attentionCanonical, attentionReads, attentionSpec, type GhostAttentionLayer, type GhostProjection } from '../../verify/kinds/attention.js';
-import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
+import { revealWhole, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 
 /** Padding in `ids` where a causal query has fewer than k keys to choose from. */
 export const NO_KEY = 0xffffffff;
@@ -425,15 +424,7 @@ export const attentionKind: LayerKind<SparseSelfAttention, GhostAttentionLayer> 
     const gl = c.ghost.manifest.layers[c.index] as GhostAttentionLayer;
     const B = c.rows;
     if (l.k > B) throw new OutOfRangeError(`layer ${c.index}: k (${l.k}) must be at most the sequence length (${B} rows)`);
-    const blocks: PatternBlock[] = [];
-    const resolved: ResolvedBlock[] = [];
-    const rows = new Map<number, Float32Array>();
-    for (const ti of attentionReads(gl).keys()) {
-      const b = c.block(ti, 'all');
-      blocks.push(b.block);
-      resolved.push(b.resolved);
-      rows.set(ti, b.resolved.rows);
-    }
+    const { blocks, resolved, rows } = revealWhole(c, attentionReads(gl).keys());
     const y = attentionCanonical(c.ghost.manifest, gl, c.x!, B, (ti) => rows.get(ti)!);
     return { y, evidence: { op: 'attention', stages: [], blocks }, resolved };
   },

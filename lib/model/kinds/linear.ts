@@ -10,8 +10,7 @@ import { checkFloat32Array, checkOptions } from '../../shared/args.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 import { linearCanonical, linearReads, linearSpec, type GhostLinearLayer } from '../../verify/kinds/linear.js';
-import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
+import { revealWhole, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import type { SparseGrad } from '../optim.js';
 import { Projection, type ProjectionContext } from './attention.js';
 
@@ -118,15 +117,7 @@ export const linearKind: LayerKind<Linear, GhostLinearLayer> = {
 
   async prove(l, c): Promise<ProvedLayer> {
     const gl = c.ghost.manifest.layers[c.index] as GhostLinearLayer;
-    const blocks: PatternBlock[] = [];
-    const resolved: ResolvedBlock[] = [];
-    const rows = new Map<number, Float32Array>();
-    for (const ti of linearReads(gl).keys()) {
-      const b = c.block(ti, 'all');
-      blocks.push(b.block);
-      resolved.push(b.resolved);
-      rows.set(ti, b.resolved.rows);
-    }
+    const { blocks, resolved, rows } = revealWhole(c, linearReads(gl).keys());
     const y = linearCanonical(c.ghost.manifest, gl, c.x!, c.rows, (ti) => rows.get(ti)!);
     return { y, evidence: { op: 'linear', stages: [], blocks }, resolved };
   },
