@@ -16,6 +16,7 @@ import { cglu } from '../lib/verify/canonical.js';
 import { decodeGhost, encodeGhost, type GhostManifest, type GhostMemoryLayer } from '../lib/verify/ghost-file.js';
 import { decodeProof, encodeProof, type ForwardProof } from '../lib/verify/proof-format.js';
 import { verifyForward } from '../lib/verify/proof-verify.js';
+import { editedGhostReason } from './helpers/ghost-edit.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 
@@ -231,16 +232,7 @@ describe('ProductKeyMemory', () => {
     expect(g.layers[0]).toMatchObject({ op: 'memory', dIn: 6, dOut: 4, heads: 2, k: 5, subKeys: 5 });
     const bytes = encodeGhost(g);
     expect(decodeGhost(bytes)).toEqual(g);
-    const broken = (f: (l: GhostMemoryLayer, m: GhostManifest) => void): string => {
-      const m = decodeGhost(bytes);
-      f(m.layers[0] as GhostMemoryLayer, m);
-      try {
-        encodeGhost(m);
-        return 'accepted';
-      } catch (err) {
-        return err instanceof FormatError ? err.reason : String(err);
-      }
-    };
+    const broken = (f: (l: GhostMemoryLayer, m: GhostManifest) => void): string => editedGhostReason(bytes, (m) => f(m.layers[0] as GhostMemoryLayer, m));
     expect(broken(() => {})).toBe('accepted');
     expect(broken((l) => { l.k = 26; })).toBe('LIMIT');
     expect(broken((l) => { l.heads = 3; })).toBe('BAD_VALUE');
