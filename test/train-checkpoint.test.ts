@@ -2,12 +2,13 @@
 // a run stopped at arbitrary points (no checkpoint, files closed or dropped) and resumed
 // equals an uninterrupted in-memory run bit for bit: every tensor's rows and root, the
 // dense parameter, and every step's loss. Damaged or mismatched directories are refused.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
+import { loadHasher } from '../lib/verify/merkle.js';
 import { HopfieldLookup, Linear, Model, SparseTensor, StorageError, Tape, Trainer, TrainingRun, init, type TrainerOptions } from '../lib/index.js';
 
 const OPTIONS: TrainerOptions = { lr: 0.02, weightDecay: 0.01, clipNorm: 0.5, schedule: { kind: 'cosine', warmupSteps: 3, totalSteps: 40, floor: 0.1 } };
@@ -91,5 +92,127 @@ describe('TrainingRun: checkpoints and resume', () => {
     expect(losses).toEqual(ref.losses);
     expect(snapshot(run.model)).toEqual(ref.after[N]);
     await run.close();
+  });
+
+  /**
+   * Crash states built from copies of the directory: `early` is the directory right after
+   * the checkpoint at step 5 (its files are what a stop would leave: writes since the
+   * checkpoint stay in memory), `log` train.log at step 12 (before the next checkpoint),
+   * `late` the directory after the checkpoint at 12.
+   */
+  async function crashStates(): Promise<{ early: string; late: string; log: Buffer; ref: Awaited<ReturnType<typeof reference>> }> {
+    const ref = await reference(16);
+    const path = join(dir, 'run');
+    const run = await TrainingRun.create(path, buildModel(), OPTIONS);
+    for (let s = 1; s <= 12; s++) {
+      await trainStep(run.model, run.trainer, s);
+      if (s === 5) {
+        await run.checkpoint();
+        cpSync(path, join(dir, 'early'), { recursive: true });
+      }
+    }
+    const log = readFileSync(join(path, 'train.log'));
+    await run.checkpoint();
+    cpSync(path, join(dir, 'late'), { recursive: true });
+    await run.close({ checkpoint: false });
+    return { early: join(dir, 'early'), late: join(dir, 'late'), log, ref };
+  }
+
+  /** Opens `path`, checks it is at step `at` equal to the reference, trains on to 16 and checks again. */
+  async function resumeAndFinish(path: string, at: number, ref: Awaited<ReturnType<typeof reference>>): Promise<void> {
+    const run = await TrainingRun.open(path);
+    expect(run.steps).toBe(at);
+    expect(snapshot(run.model)).toEqual(ref.after[at]);
+    for (let s = at + 1; s <= 16; s++) expect(await trainStep(run.model, run.trainer, s)).toBe(ref.losses[s - 1]);
+    expect(snapshot(run.model)).toEqual(ref.after[16]);
+    await run.close();
+  }
+
+  it('tensor files and train-state.bin at the previous checkpoint, the log holding every step since: replayed to the last step', async () => {
+    const { early, log, ref } = await crashStates();
+    writeFileSync(join(early, 'train.log'), log);
+    await resumeAndFinish(early, 12, ref);
+  });
+
+  it('stopped between tensor checkpoints (tensor 1 at step 12, the others at 5; train-state.bin at 5): each tensor replays only its own missing steps', async () => {
+    const { early, late, log, ref } = await crashStates();
+    writeFileSync(join(early, 'train.log'), log);
+    const files = readdirSync(join(late, 'tensors')).filter((f) => f.startsWith('1.gtt'));
+    expect(files.length).toBeGreaterThan(0);
+    rmSync(join(early, 'tensors', '1.gtt.wal'), { force: true });
+    for (const f of files) cpSync(join(late, 'tensors', f), join(early, 'tensors', f));
+    await resumeAndFinish(early, 12, ref);
+  });
+
+  it('stopped after ghost.bin was replaced, before train-state.bin: the dense parameter comes from train-state.bin, not the newer Ghost file', async () => {
+    const { early, late, log, ref } = await crashStates();
+    writeFileSync(join(early, 'train.log'), log);
+    expect(readFileSync(join(late, 'ghost.bin')).equals(readFileSync(join(early, 'ghost.bin')))).toBe(false);
+    cpSync(join(late, 'ghost.bin'), join(early, 'ghost.bin'));
+    await resumeAndFinish(early, 12, ref);
+  });
+
+  it('stopped after train-state.bin, before the log was emptied: the stale records are skipped', async () => {
+    const { late, log, ref } = await crashStates();
+    writeFileSync(join(late, 'train.log'), log);
+    await resumeAndFinish(late, 12, ref);
+  });
+
+  it('a torn last record is cut off: the run resumes at the step before it, and goes on', async () => {
+    const { early, log, ref } = await crashStates();
+    // Steps 6..12: cut the last record in its middle, then a run with a garbage-checked last record.
+    const lens: number[] = [];
+    for (let at = 0; at < log.length; ) {
+      const n = log.readUInt32LE(at) + 4 + 16;
+      lens.push(n);
+      at += n;
+    }
+    expect(lens.length).toBe(7);
+    const upTo11 = lens.slice(0, 6).reduce((a, b) => a + b, 0);
+    writeFileSync(join(early, 'train.log'), log.subarray(0, upTo11 + 30));
+    await resumeAndFinish(early, 11, ref);
+  });
+
+  it('a last record with a bad check is a torn tail; a bad check with records after it is refused (WAL_CORRUPT)', async () => {
+    const { early, log, ref } = await crashStates();
+    const bad = Buffer.from(log);
+    bad[bad.length - 1]! ^= 1;
+    writeFileSync(join(early, 'train.log'), bad);
+    cpSync(early, join(dir, 'early2'), { recursive: true });
+    await resumeAndFinish(early, 11, ref);
+    const mid = Buffer.from(log);
+    mid[40]! ^= 1; // inside the first record's body
+    writeFileSync(join(dir, 'early2', 'train.log'), mid);
+    const err = await TrainingRun.open(join(dir, 'early2')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect((err as StorageError).reason).toBe('WAL_CORRUPT');
+  });
+
+  it('a tensor file ahead of the log (its log lost) is refused (WAL_MISMATCH), and so is a gap in the steps', async () => {
+    const { early, late, log } = await crashStates();
+    cpSync(early, join(dir, 'gap'), { recursive: true });
+    // Tensor 0 at step 12, train-state.bin at 5, an empty log: ahead of the log.
+    for (const f of readdirSync(join(late, 'tensors')).filter((x) => x.startsWith('0.gtt'))) cpSync(join(late, 'tensors', f), join(early, 'tensors', f));
+    rmSync(join(early, 'train.log'), { force: true });
+    const err = await TrainingRun.open(early).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect((err as StorageError).reason).toBe('WAL_MISMATCH');
+    // The first record (step 6) dropped: the log starts at 7.
+    const first = log.readUInt32LE(0) + 4 + 16;
+    writeFileSync(join(dir, 'gap', 'train.log'), log.subarray(first));
+    const err2 = await TrainingRun.open(join(dir, 'gap')).catch((e: unknown) => e);
+    expect(err2).toBeInstanceOf(StorageError);
+    expect((err2 as StorageError).reason).toBe('WAL_MISMATCH');
+    // A record renumbered (step 6 says 9, its check recomputed): its per-tensor steps still follow on, the step numbers do not.
+    const body = Buffer.from(log.subarray(4, first - 16));
+    body.writeUInt32LE(9, 0);
+    const check = (await loadHasher()).hash(Buffer.concat([log.subarray(0, 4), body])).subarray(0, 16);
+    writeFileSync(join(dir, 'gap', 'train.log'), Buffer.concat([log.subarray(0, 4), body, check, log.subarray(first)]));
+    const err3 = await TrainingRun.open(join(dir, 'gap')).catch((e: unknown) => e);
+    expect(err3).toBeInstanceOf(StorageError);
+    expect((err3 as StorageError).reason).toBe('WAL_MISMATCH');
+    // A refused open leaves no file locked: the directory opens once repaired.
+    writeFileSync(join(dir, 'gap', 'train.log'), log);
+    await (await TrainingRun.open(join(dir, 'gap'))).close({ checkpoint: false });
   });
 });
