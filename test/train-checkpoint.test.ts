@@ -2,14 +2,14 @@
 // a run stopped at arbitrary points (no checkpoint, files closed or dropped) and resumed
 // equals an uninterrupted in-memory run bit for bit: every tensor's rows and root, the
 // dense parameter, and every step's loss. Damaged or mismatched directories are refused.
-import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { loadHasher } from '../lib/verify/merkle.js';
-import { HopfieldLookup, Linear, Model, SparseTensor, StorageError, Tape, Trainer, TrainingRun, init, type TrainerOptions } from '../lib/index.js';
+import { HopfieldLookup, Linear, Model, OutOfRangeError, SparseTensor, StorageError, Tape, Trainer, TrainingRun, init, type TrainerOptions } from '../lib/index.js';
 
 const OPTIONS: TrainerOptions = { lr: 0.02, weightDecay: 0.01, clipNorm: 0.5, schedule: { kind: 'cosine', warmupSteps: 3, totalSteps: 40, floor: 0.1 } };
 
@@ -214,5 +214,18 @@ describe('TrainingRun: checkpoints and resume', () => {
     // A refused open leaves no file locked: the directory opens once repaired.
     writeFileSync(join(dir, 'gap', 'train.log'), log);
     await (await TrainingRun.open(join(dir, 'gap'))).close({ checkpoint: false });
+  });
+
+  it('create refuses options the Trainer refuses and leaves no directory; a checkpointed run loads as a plain model (Model.load) at its step', async () => {
+    const path = join(dir, 'bad');
+    await expect(TrainingRun.create(path, buildModel(), { lr: -1 })).rejects.toThrow(OutOfRangeError);
+    expect(existsSync(path)).toBe(false);
+    const ref = await reference(6);
+    const run = await TrainingRun.create(join(dir, 'run'), buildModel(), OPTIONS);
+    for (let s = 1; s <= 6; s++) await trainStep(run.model, run.trainer, s);
+    await run.close();
+    const { model } = await Model.load(join(dir, 'run'));
+    expect(snapshot(model)).toEqual(ref.after[6]);
+    model.close();
   });
 });

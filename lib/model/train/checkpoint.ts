@@ -23,7 +23,7 @@
  * the state after the last durable record, bit for bit. Anything else (a damaged record
  * with records after it, a tensor ahead of the log or behind its start, a gap) is refused.
  */
-import { open as openFile, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { open as openFile, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 
 import { checkOptions } from '../../shared/args.js';
 import { bytesEqual } from '../../shared/bytes.js';
@@ -285,13 +285,17 @@ export class TrainingRun {
   static async create(path: string, model: Model, options: TrainerOptions = {}): Promise<TrainingRun> {
     if (!(model instanceof Model)) throw new InvalidArgumentError('TrainingRun.create needs a Model');
     const o = checkOptions('TrainingRun.create', options, ['optimizer', 'lr', 'weightDecay', 'beta1', 'beta2', 'eps', 'schedule', 'clipNorm']);
-    // Checks the options (and that the model trains) before anything is written.
-    const probe = new Trainer(model.layers, { ...o, replaceState: true });
-    probe.detach();
     await model.save(path, { optimizerState: true });
-    const state: TrainState = { step: 0, options: o, tensorSteps: model.tensors.map(() => 0), dense: denseParams(model).map((p) => ({ param: p.slice(), adam: null })) };
-    await ModelDirectory.replaceTrainState(path, await encodeState(state));
-    return TrainingRun.open(path);
+    try {
+      // The tensor files start with zero optimizer state (saveFile does not copy an attached optimizer's).
+      const state: TrainState = { step: 0, options: o, tensorSteps: model.tensors.map(() => 0), dense: denseParams(model).map((p) => ({ param: p.slice(), adam: null })) };
+      await ModelDirectory.replaceTrainState(path, await encodeState(state));
+      return await TrainingRun.open(path);
+    } catch (err) {
+      // Options the Trainer refuses (checked by open()) leave no directory behind.
+      await rm(path, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   /**
