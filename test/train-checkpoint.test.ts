@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { loadHasher } from '../lib/verify/merkle.js';
-import { HopfieldLookup, Linear, Model, OutOfRangeError, SparseTensor, StorageError, Tape, Trainer, TrainingRun, init, type TrainerOptions } from '../lib/index.js';
+import { HopfieldLookup, Linear, Model, NonFiniteError, OutOfRangeError, SparseTensor, StorageError, Tape, Trainer, TrainingRun, init, type Gradients, type TrainerOptions } from '../lib/index.js';
 
 const OPTIONS: TrainerOptions = { lr: 0.02, weightDecay: 0.01, clipNorm: 0.5, schedule: { kind: 'cosine', warmupSteps: 3, totalSteps: 40, floor: 0.1 } };
 
@@ -227,5 +227,26 @@ describe('TrainingRun: checkpoints and resume', () => {
     const { model } = await Model.load(join(dir, 'run'));
     expect(snapshot(model)).toEqual(ref.after[6]);
     model.close();
+  });
+
+  it('a logged step the optimizer refuses is cut off the log; the run then refuses steps and checkpoints, and reopens at the step before', async () => {
+    const path = join(dir, 'run');
+    const { clipNorm: _, ...noClip } = OPTIONS;
+    const run = await TrainingRun.create(path, buildModel(), noClip);
+    for (let s = 1; s <= 3; s++) await trainStep(run.model, run.trainer, s);
+    const before = snapshot(run.model);
+    const logBytes = readFileSync(join(path, 'train.log')).length;
+    // A finite gradient the optimizer refuses after the record is durable: v = (1 - beta2) g^2 overflows f32.
+    const t = run.model.tensors[0]!;
+    const bad = { sparse: [{ tensor: t, ids: Uint32Array.of(0), grads: new Float32Array(t.dim).fill(1e30) }], dense: [], of: () => null } as unknown as Gradients;
+    await expect(run.trainer.step(bad)).rejects.toThrow(NonFiniteError);
+    expect(readFileSync(join(path, 'train.log')).length).toBe(logBytes);
+    await expect(run.trainer.step(bad)).rejects.toThrow(/reopen/);
+    await expect(run.checkpoint()).rejects.toThrow(/reopen/);
+    await run.close();
+    const again = await TrainingRun.open(path);
+    expect(again.steps).toBe(3);
+    expect(snapshot(again.model)).toEqual(before);
+    await again.close();
   });
 });
