@@ -249,4 +249,29 @@ describe('TrainingRun: checkpoints and resume', () => {
     expect(snapshot(again.model)).toEqual(before);
     await again.close();
   });
+
+  it('a checkpoint while a step is in flight, or a step while a checkpoint is, is refused (it would empty the log under a logged step)', async () => {
+    const ref = await reference(4);
+    const path = join(dir, 'run');
+    const run = await TrainingRun.create(path, buildModel(), OPTIONS);
+    for (let s = 1; s <= 2; s++) await trainStep(run.model, run.trainer, s);
+    const gradsOf = async (s: number): Promise<Gradients> => {
+      const { inputs, targets } = batchOf(s);
+      const tape = new Tape();
+      return tape.backward(tape.softmaxCrossEntropy(await tape.model(run.model, tape.input(inputs, 8)), targets));
+    };
+    // step() logs before its first await returns: a checkpoint called right after is refused.
+    const step3 = run.trainer.step(await gradsOf(3));
+    await expect(run.checkpoint()).rejects.toThrow(/in flight/);
+    expect((await step3).step).toBe(3);
+    const g4 = await gradsOf(4);
+    const ck = run.checkpoint();
+    await expect(run.trainer.step(g4)).rejects.toThrow(/in flight/);
+    expect(await ck).toBe(3);
+    expect((await run.trainer.step(g4)).step).toBe(4);
+    await run.close({ checkpoint: false });
+    const again = await TrainingRun.open(path);
+    expect(snapshot(again.model)).toEqual(ref.after[4]);
+    await again.close();
+  });
 });

@@ -252,6 +252,8 @@ export class TrainingRun {
   #log: FileHandle | null;
   #logBytes: number;
   #poisoned = false;
+  /** A step (logged, not yet applied) or a checkpoint is in flight: the log and the state must not move under it. */
+  #busy = false;
   /** Where the last appended record starts (cut back to when its step fails to apply). */
   #recordStart = 0;
   #checkpointed: number;
@@ -271,6 +273,9 @@ export class TrainingRun {
         return run.#poisoned;
       },
       append: (p) => this.#append(p),
+      applied: () => {
+        this.#busy = false;
+      },
       failed: () => this.#failed(),
     };
     trainerInternals.setJournal(trainer, journal);
@@ -390,6 +395,7 @@ export class TrainingRun {
 
   async #append(p: PreparedStep): Promise<void> {
     const log = this.#openLog();
+    this.#claim('step');
     const sparse = this.trainer.sparseOptimizer;
     const record: LogRecord = {
       step: p.step,
@@ -410,8 +416,16 @@ export class TrainingRun {
     framed.set(body, 4);
     framed.set(await check16(framed.subarray(0, 4 + body.length)), 4 + body.length);
     this.#recordStart = this.#logBytes;
-    for (let at = 0; at < framed.length; ) at += (await log.write(framed, at)).bytesWritten;
-    await log.datasync();
+    try {
+      for (let at = 0; at < framed.length; ) at += (await log.write(framed, at)).bytesWritten;
+      await log.datasync();
+    } catch (err) {
+      // Not durable: the step is not taken; what reached the file is a torn tail, or a
+      // record the next open() replays (the step was never acknowledged, either is allowed).
+      this.#poisoned = true;
+      this.#busy = false;
+      throw err;
+    }
     this.#logBytes += framed.length;
   }
 
@@ -422,11 +436,18 @@ export class TrainingRun {
    */
   async #failed(): Promise<void> {
     this.#poisoned = true;
+    this.#busy = false;
     const log = this.#log;
     if (log === null) return;
     await log.truncate(this.#recordStart);
     await log.datasync();
     this.#logBytes = this.#recordStart;
+  }
+
+  /** Refuses a step or checkpoint while another is in flight (each must be awaited before the next). */
+  #claim(what: string): void {
+    if (this.#busy) throw new InvalidArgumentError(`a step or checkpoint of this training run is in flight; await it before the next ${what}`);
+    this.#busy = true;
   }
 
   #openLog(): FileHandle {
@@ -442,6 +463,15 @@ export class TrainingRun {
   async checkpoint(): Promise<number> {
     const log = this.#openLog();
     if (this.#poisoned) throw new InvalidArgumentError('a step of this training run failed after it was logged; reopen the run (TrainingRun.open)');
+    this.#claim('checkpoint');
+    try {
+      return await this.#checkpoint(log);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #checkpoint(log: FileHandle): Promise<number> {
     for (const t of this.model.tensors) await t.checkpointAsync();
     await ModelDirectory.replaceGhost(this.path, await this.model.ghost());
     const sparse = this.trainer.sparseOptimizer;

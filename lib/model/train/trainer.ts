@@ -221,6 +221,7 @@ export class Trainer {
       if (journal !== null) await journal.failed(prepared);
       throw err;
     }
+    journal?.applied();
     this.#steps++;
     return { step: this.#steps, lr: prepared.lr, gradNorm, clipScale };
   }
@@ -276,6 +277,8 @@ export interface StepJournal {
   /** Set once a logged step failed to apply: the in-memory state is no longer the log's. */
   readonly poisoned: boolean;
   append(p: PreparedStep): Promise<void>;
+  /** The logged step was applied. */
+  applied(): void;
   /** The logged step `p` failed to apply: its record is taken back and the journal poisoned. */
   failed(p: PreparedStep): Promise<void>;
 }
