@@ -227,6 +227,12 @@ describe('TrainingRun: checkpoints and resume', () => {
     const { model } = await Model.load(join(dir, 'run'));
     expect(snapshot(model)).toEqual(ref.after[6]);
     model.close();
+    // Model.open resumes the run (TrainingRun.open).
+    const resumed = await Model.open(join(dir, 'run'));
+    expect(resumed).toBeInstanceOf(TrainingRun);
+    expect(resumed.steps).toBe(6);
+    expect(snapshot(resumed.model)).toEqual(ref.after[6]);
+    await resumed.close();
   });
 
   it('a logged step the optimizer refuses is cut off the log; the run then refuses steps and checkpoints, and reopens at the step before', async () => {
