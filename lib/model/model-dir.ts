@@ -8,6 +8,8 @@
  *   updates.bin        the update log of a served directory: per step, a u32 (little
  *                      endian) length then the update proof's bytes; appended and fsynced
  *   ghost-0.bin        the Ghost file the log starts from (generation 0)
+ *   train.log          a training run's step records since its last checkpoint (lib/model/train/checkpoint.ts)
+ *   train-state.bin    a training run's dense state and step count at its last checkpoint
  *
  * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
  * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
@@ -30,6 +32,8 @@ const GHOST = 'ghost.bin';
 const FIRST_GHOST = 'ghost-0.bin';
 const LOG = 'updates.bin';
 const TENSORS = 'tensors';
+const TRAIN_LOG = 'train.log';
+const TRAIN_STATE = 'train-state.bin';
 
 /** Where the tensor file of tensor `i` lives, relative to the directory. */
 function tensorFile(i: number): string {
@@ -140,6 +144,43 @@ export class ModelDirectory {
         if (t.dim !== gt.dim || t.size !== gt.n || !bytesEqual(t.root(), gt.root)) {
           throw new ProofError('ROOT_MISMATCH', `${tensorFile(i)} (${gt.name}) holds ${t.size} x ${t.dim} with another root than the Ghost file's ${gt.n} x ${gt.dim}`);
         }
+      }
+    } catch (err) {
+      for (const t of tensors) t.close();
+      throw err;
+    }
+    return { ghost, tensors };
+  }
+
+  /** Where a training run's files live (lib/model/train/checkpoint.ts, docs/training.md "Training checkpoints and resume"). */
+  static trainingFiles(path: string): { log: string; state: string } {
+    return { log: join(path, TRAIN_LOG), state: join(path, TRAIN_STATE) };
+  }
+
+  /** Replaces a training run's train-state.bin atomically (a new file, fsynced, renamed, the directory fsynced). */
+  static async replaceTrainState(path: string, bytes: Uint8Array): Promise<void> {
+    await replaceFile(path, TRAIN_STATE, bytes);
+  }
+
+  /** Replaces ghost.bin atomically by the Ghost file the tensor files now hold (a training checkpoint). */
+  static async replaceGhost(path: string, ghost: PinnedGhost): Promise<void> {
+    await replaceFile(path, GHOST, ghost.bytes);
+  }
+
+  /**
+   * Opens a training directory's files for resuming: ghost.bin (its layers and shapes;
+   * after a stop its roots may be older or newer than the tensor files', which the
+   * training log reconciles) and each tensor file, writable, whose shape must be the
+   * Ghost file's. On failure no file is left open.
+   */
+  static async openForTraining(path: string): Promise<{ ghost: PinnedGhost; tensors: SparseTensor[] }> {
+    const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(path, GHOST)))));
+    const tensors: SparseTensor[] = [];
+    try {
+      for (const [i, gt] of ghost.manifest.tensors.entries()) {
+        const t = await SparseTensor.openFile(join(path, tensorFile(i)));
+        tensors.push(t);
+        if (t.dim !== gt.dim || t.size !== gt.n) throw new FormatError('BAD_VALUE', `${tensorFile(i)} (${gt.name}) holds ${t.size} x ${t.dim}, the Ghost file ${gt.n} x ${gt.dim}`);
       }
     } catch (err) {
       for (const t of tensors) t.close();

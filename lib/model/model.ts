@@ -14,6 +14,7 @@ import { GHOST_FORMAT_VERSION, GHOST_GRAPH_VERSION, isChain, spanSource, type Gh
 import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
 import { HASH_SCHEME } from '../verify/merkle.js';
 import { ModelDirectory } from './model-dir.js';
+import type { TrainingRun } from './train/checkpoint.js';
 import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
 import {
   encodeProof,
@@ -405,6 +406,17 @@ export class Model {
     const again = await model.ghost();
     if (!bytesEqual(again.digest, ghost.digest)) throw new FormatError('NON_CANONICAL', `${dir}: the loaded model does not reproduce its Ghost file`);
     return { model, ghost };
+  }
+
+  /**
+   * Resumes the training run in `dir` (a directory TrainingRun.create started) where its
+   * last durable step left it: the same as TrainingRun.open(dir) (docs/training.md,
+   * "Training checkpoints and resume"). Its `model` and `trainer` continue the run.
+   */
+  static async open(dir: string): Promise<TrainingRun> {
+    // Loaded on demand: the training run module imports this one.
+    const { TrainingRun } = await import('./train/checkpoint.js');
+    return TrainingRun.open(dir);
   }
 
   /**

@@ -241,6 +241,17 @@ export class SparseSGD extends SparseOptimizerBase {
   }
 }
 
+/** A DenseAdam's moments and step count, for a training checkpoint (lib/model/train/checkpoint.ts); not exported from the package. */
+export interface DenseAdamState {
+  m: Float64Array[];
+  v: Float64Array[];
+  t: number;
+}
+export let denseAdamInternals: {
+  state(o: DenseAdam): DenseAdamState;
+  setState(o: DenseAdam, s: DenseAdamState): void;
+};
+
 /** Adam over small dense parameters held in Float32Arrays (a learned beta, biases). */
 export class DenseAdam {
   readonly #params: Float32Array[];
@@ -266,6 +277,17 @@ export class DenseAdam {
     this.eps = checkNumber('eps', options.eps ?? 1e-8, 0, 1, true);
   }
 
+  static {
+    denseAdamInternals = {
+      state: (o) => ({ m: o.#m.map((a) => a.slice()), v: o.#v.map((a) => a.slice()), t: o.#t }),
+      setState: (o, st) => {
+        st.m.forEach((a, i) => o.#m[i]!.set(a));
+        st.v.forEach((a, i) => o.#v[i]!.set(a));
+        o.#t = st.t;
+      },
+    };
+  }
+
   /** One step; grads[i] matches params[i] in length. */
   step(grads: readonly (Float32Array | Float64Array)[]): void {
     if (grads.length !== this.#params.length) throw new InvalidArgumentError(`expected ${this.#params.length} gradients, got ${grads.length}`);
@@ -285,3 +307,4 @@ export class DenseAdam {
     });
   }
 }
+

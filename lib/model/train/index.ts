@@ -11,3 +11,4 @@ export { Trainer, globalNorm } from './trainer.js';
 export type { StepInfo, TrainerOptions } from './trainer.js';
 export { DataLoader, fit } from './fit.js';
 export type { Batch, Dataset, EpochRecord, FitOptions, ForwardFn, History, StepRecord } from './fit.js';
+export { TrainingRun } from './checkpoint.js';

@@ -104,6 +104,16 @@ function scaled(a: Float32Array, s: number): Float32Array {
   return out;
 }
 
+/** Access to a Trainer's private state for the training run (checkpoint.ts); not exported from the package. */
+export let trainerInternals: {
+  setJournal(t: Trainer, j: StepJournal | null): void;
+  apply(t: Trainer, p: PreparedStep): Promise<void>;
+  setSteps(t: Trainer, n: number): void;
+  denseOptimizer(t: Trainer, param: Float32Array): DenseAdam | undefined;
+  setDenseOptimizer(t: Trainer, param: Float32Array, o: DenseAdam): void;
+  adamOptions(t: Trainer): { beta1?: number; beta2?: number; eps?: number };
+};
+
 export class Trainer {
   /** The model trained, when the Trainer was given one. */
   readonly model: Model | null;
@@ -118,6 +128,7 @@ export class Trainer {
   readonly #dense = new Map<Float32Array, DenseAdam>();
   readonly #adam: { beta1?: number; beta2?: number; eps?: number };
   #steps = 0;
+  #journal: StepJournal | null = null;
 
   constructor(modelOrLayers: Model | readonly ModelLayer[], options: TrainerOptions = {}) {
     const o = checkOptions('Trainer', options, ['optimizer', 'lr', 'weightDecay', 'beta1', 'beta2', 'eps', 'schedule', 'clipNorm', 'replaceState']);
@@ -198,12 +209,31 @@ export class Trainer {
     const clipScale = gradNorm !== null && gradNorm > this.clipNorm! ? this.clipNorm! / gradNorm : 1;
     const sparse = clipScale === 1 ? grads.sparse : grads.sparse.map((g) => ({ tensor: g.tensor, ids: g.ids, grads: scaled(g.grads, clipScale) }));
     const dense = clipScale === 1 ? grads.dense : grads.dense.map((g) => ({ param: g.param, grad: scaled(g.grad, clipScale) }));
-    const lr = this.lr;
-    if (this.#sparse !== null && sparse.length > 0) {
-      this.#sparse.lr = lr;
-      await this.#sparse.stepAsync(sparse);
+    const prepared: PreparedStep = { step: this.#steps + 1, lr: this.lr, sparse, dense };
+    const journal = this.#journal;
+    if (journal !== null) {
+      if (journal.poisoned) throw new InvalidArgumentError('a step of this training run failed after it was logged; reopen the run (TrainingRun.open) to continue');
+      await journal.append(prepared);
     }
-    for (const g of dense) {
+    try {
+      await this.#apply(prepared);
+    } catch (err) {
+      if (journal !== null) await journal.failed(prepared);
+      throw err;
+    }
+    journal?.applied();
+    this.#steps++;
+    return { step: this.#steps, lr: prepared.lr, gradNorm, clipScale };
+  }
+
+  /** Takes a prepared step: the optimizers get exactly these arguments (a replay calls this too). */
+  async #apply(p: PreparedStep): Promise<void> {
+    const lr = p.lr;
+    if (this.#sparse !== null && p.sparse.length > 0) {
+      this.#sparse.lr = lr;
+      await this.#sparse.stepAsync(p.sparse);
+    }
+    for (const g of p.dense) {
       if (this.optimizer === 'sgd') {
         for (let j = 0; j < g.param.length; j++) g.param[j] = g.param[j]! - lr * g.grad[j]!;
         continue;
@@ -213,7 +243,44 @@ export class Trainer {
       opt.lr = lr;
       opt.step([g.grad]);
     }
-    this.#steps++;
-    return { step: this.#steps, lr, gradNorm, clipScale };
+  }
+
+  static {
+    trainerInternals = {
+      setJournal: (t, j) => {
+        t.#journal = j;
+      },
+      apply: (t, p) => t.#apply(p),
+      setSteps: (t, n) => {
+        t.#steps = n;
+      },
+      denseOptimizer: (t, param) => t.#dense.get(param),
+      setDenseOptimizer: (t, param, o) => {
+        t.#dense.set(param, o);
+      },
+      adamOptions: (t) => ({ ...t.#adam }),
+    };
   }
 }
+
+/** Exactly what one step hands the optimizers (after clipping): what a training log records. */
+export interface PreparedStep {
+  /** The step's number (steps taken before it + 1). */
+  step: number;
+  lr: number;
+  sparse: readonly SparseGrad[];
+  dense: readonly { param: Float32Array; grad: Float32Array }[];
+}
+
+/** A training run's log (lib/model/train/checkpoint.ts): a step is appended, durably, before it is taken. */
+export interface StepJournal {
+  /** Set once a logged step failed to apply: the in-memory state is no longer the log's. */
+  readonly poisoned: boolean;
+  append(p: PreparedStep): Promise<void>;
+  /** The logged step was applied. */
+  applied(): void;
+  /** The logged step `p` failed to apply: its record is taken back and the journal poisoned. */
+  failed(p: PreparedStep): Promise<void>;
+}
+
+
