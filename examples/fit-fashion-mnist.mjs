@@ -3,7 +3,7 @@
  * The Fashion-MNIST classifier of examples/fashion-mnist.mjs as a Model, trained with
  * the training API:
  *
- *   image x (784) -> Linear (784 -> d, learned) -> HopfieldLookup (N prototypes as keys,
+ *   image x (784) -> Linear (784 -> d, weight and bias learned: an affine map) -> HopfieldLookup (N prototypes as keys,
  *   their labels as values, cosine similarity, learned beta) -> 10 logits
  *
  * (--model=hopfield: the HopfieldLookup alone over raw pixels, as `ghost-tensor demo`).
@@ -50,7 +50,9 @@ async function buildModel(kind, train, n, k, d) {
   const proto = prototypes(train, n, 1);
   const hopfield = (keys) => new HopfieldLookup({ keys, values: proto.values, k, similarity: 'cosine', normalize: true, beta: 10 });
   if (kind === 'hopfield') return new Model([hopfield(SparseTensor.fromArray(proto.x, 784))]);
-  const linear = new Linear({ weight: init.normal(d, 784, { std: 1 / Math.sqrt(784), seed: 2 }) });
+  // An affine map of the pixels (weight and bias, both learned): the preprocessing and the
+  // projection in one layer, so the proofs cover them.
+  const linear = new Linear({ weight: init.normal(d, 784, { std: 1 / Math.sqrt(784), seed: 2 }), bias: SparseTensor.fromArray(new Float32Array(d), d) });
   const keys = SparseTensor.fromArray((await linear.forward(proto.x)).y, d);
   return new Model([linear, hopfield(keys)]);
 }
