@@ -218,6 +218,9 @@ export interface NativeAddon {
   canonicalStates(x: Float32Array, B: number, d: number, normalize: boolean): Float64Array;
   canonicalScores(q: Float64Array, rows: Float32Array, B: number, k: number, d: number, metric: NativeMetric): Float64Array;
   canonicalMix(s: Float64Array, beta: number, rows: Float32Array, B: number, k: number, w: number): Float64Array;
+  canonicalLinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): Float32Array;
+  canonicalRmsNorm(x: Float32Array, n: number, d: number, gain: Float32Array, eps: number): Float32Array;
+  canonicalJoin(a: Float32Array, b: Float32Array, which: 'add' | 'glu'): Float32Array;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined,

@@ -4,8 +4,9 @@
  * lib/verify/kinds/add.ts). No tensors; the fast forward is the canonical sum.
  */
 import { checkInteger } from '../../shared/args.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
-import { addSpec, cadd, type GhostAddLayer } from '../../verify/kinds/add.js';
+import { InvalidArgumentError, callNative } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
+import { addSpec, type GhostAddLayer } from '../../verify/kinds/add.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
 export class Add {
@@ -35,7 +36,7 @@ export const addKind: LayerKind<Add, GhostAddLayer> = {
   async forward(_l, input, _shape, others): Promise<{ y: Float32Array; ctx: unknown }> {
     const a = input as Float32Array, b = others?.[0];
     if (!(a instanceof Float32Array) || !(b instanceof Float32Array) || a.length !== b.length) throw new InvalidArgumentError('an Add takes two Float32Arrays of one length');
-    return { y: cadd(a, b), ctx: null };
+    return { y: callNative(() => native().canonicalJoin(a, b, 'add')), ctx: null };
   },
 
   async backward(_l, _ctx, dy): Promise<LayerGradients> {
@@ -44,6 +45,6 @@ export const addKind: LayerKind<Add, GhostAddLayer> = {
 
   async prove(_l, c): Promise<ProvedLayer> {
     const [a, b] = c.inputs;
-    return { y: cadd(a!, b!), evidence: { op: 'add', stages: [], blocks: [] }, resolved: [] };
+    return { y: callNative(() => native().canonicalJoin(a!, b!, 'add')), evidence: { op: 'add', stages: [], blocks: [] }, resolved: [] };
   },
 };

@@ -2,11 +2,12 @@
  * The Glu kind: silu(gate) * up per value, the middle of a gated MLP (SwiGLU; the block
  * is GatedMLP in lib/model/blocks.ts); and its place in a Model (gluKind; the verifier
  * half is lib/verify/kinds/glu.ts). No tensors; the fast forward is the canonical one
- * (cglu, f64 per value).
+ * (cglu, f64 per value, run natively).
  */
 import { checkInteger } from '../../shared/args.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
-import { cexp, cglu } from '../../verify/canonical.js';
+import { InvalidArgumentError, callNative } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
+import { cexp } from '../../verify/canonical.js';
 import { gluSpec, type GhostGluLayer } from '../../verify/kinds/glu.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
@@ -43,7 +44,7 @@ export const gluKind: LayerKind<Glu, GhostGluLayer> = {
   async forward(_l, input, _shape, others): Promise<{ y: Float32Array; ctx: unknown }> {
     const gate = input as Float32Array, up = others?.[0];
     if (!(gate instanceof Float32Array) || !(up instanceof Float32Array) || gate.length !== up.length) throw new InvalidArgumentError('a Glu takes two Float32Arrays of one length');
-    return { y: cglu(gate, up), ctx: { gate, up } satisfies GluContext };
+    return { y: callNative(() => native().canonicalJoin(gate, up, 'glu')), ctx: { gate, up } satisfies GluContext };
   },
 
   /** With s = sigmoid(g): d/dg = dy u s (1 + g (1 - s)), d/du = dy g s. */
@@ -59,6 +60,6 @@ export const gluKind: LayerKind<Glu, GhostGluLayer> = {
   },
 
   async prove(_l, c): Promise<ProvedLayer> {
-    return { y: cglu(c.inputs[0]!, c.inputs[1]!), evidence: { op: 'glu', stages: [], blocks: [] }, resolved: [] };
+    return { y: callNative(() => native().canonicalJoin(c.inputs[0]!, c.inputs[1]!, 'glu')), evidence: { op: 'glu', stages: [], blocks: [] }, resolved: [] };
   },
 };

@@ -7,9 +7,10 @@
  * and trained by the sparse optimizer (the weight's rows that took part, the bias row).
  */
 import { checkFloat32Array, checkOptions } from '../../shared/args.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { InvalidArgumentError, callNative } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
-import { linearCanonical, linearReads, linearSpec, type GhostLinearLayer } from '../../verify/kinds/linear.js';
+import { linearReads, linearSpec, type GhostLinearLayer } from '../../verify/kinds/linear.js';
 import { revealWhole, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import type { SparseGrad } from '../optim.js';
 import { Projection, type ProjectionContext } from './attention.js';
@@ -118,7 +119,9 @@ export const linearKind: LayerKind<Linear, GhostLinearLayer> = {
   async prove(l, c): Promise<ProvedLayer> {
     const gl = c.ghost.manifest.layers[c.index] as GhostLinearLayer;
     const { blocks, resolved, rows } = revealWhole(c, linearReads(gl).keys());
-    const y = linearCanonical(c.ghost.manifest, gl, c.x!, c.rows, (ti) => rows.get(ti)!);
+    // clinear natively (native/src/core/canonical.cc: the same bits, test/canonical-kinds.test.ts).
+    const bias = gl.bias === null ? null : rows.get(gl.bias)!;
+    const y = callNative(() => native().canonicalLinear(c.x!, c.rows, gl.dIn, rows.get(gl.weight)!, gl.dOut, gl.k, bias));
     return { y, evidence: { op: 'linear', stages: [], blocks }, resolved };
   },
 };

@@ -7,9 +7,9 @@
  * between math libraries, so its canonical forward is one f32 addition per value.
  */
 import { checkFloat32Array } from '../../shared/args.js';
-import { InvalidArgumentError, OutOfRangeError } from '../../shared/errors.js';
+import { InvalidArgumentError, OutOfRangeError, callNative } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
-import { cadd } from '../../verify/kinds/add.js';
 import { positionIds, positionSpec, type GhostPositionLayer } from '../../verify/kinds/position.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
@@ -33,7 +33,7 @@ export class PositionEmbedding {
     if (x.length === 0 || x.length % d !== 0) throw new InvalidArgumentError(`x length ${x.length} must be a positive multiple of dim ${d}`);
     const n = x.length / d;
     if (n > this.maxLength) throw new OutOfRangeError(`a sequence of ${n} rows; the position table holds ${this.maxLength}`);
-    return { y: cadd(x, this.table.gather(positionIds(n))), ctx: n };
+    return { y: callNative(() => native().canonicalJoin(x, this.table.gather(positionIds(n)), 'add')), ctx: n };
   }
 }
 
@@ -65,6 +65,6 @@ export const positionKind: LayerKind<PositionEmbedding, GhostPositionLayer> = {
     const gl = c.ghost.manifest.layers[c.index] as GhostPositionLayer;
     if (c.rows > l.maxLength) throw new OutOfRangeError(`layer ${c.index}: a sequence of ${c.rows} rows; the position table holds ${l.maxLength}`);
     const b = c.block(gl.table, positionIds(c.rows));
-    return { y: cadd(c.x!, b.resolved.rows), evidence: { op: 'position', stages: [], blocks: [b.block] }, resolved: [b.resolved] };
+    return { y: callNative(() => native().canonicalJoin(c.x!, b.resolved.rows, 'add')), evidence: { op: 'position', stages: [], blocks: [b.block] }, resolved: [b.resolved] };
   },
 };

@@ -3,12 +3,12 @@
  * gain; and its place in a Model (rmsnormKind; the verifier half is
  * lib/verify/kinds/rmsnorm.ts). The gain is a SparseTensor of one row, committed by the
  * Ghost file and trained by the sparse optimizer. The forward pass is the canonical
- * arithmetic itself (crmsnorm: f64 per row, O(n d)), so forward and proof agree exactly.
+ * arithmetic itself (crmsnorm, run natively: f64 per row, O(n d)), so forward and proof agree exactly.
  */
 import { checkFloat32Array, checkNumber, checkOptions } from '../../shared/args.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { InvalidArgumentError, callNative } from '../../shared/errors.js';
+import { native } from '../../tensor/native.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
-import { crmsnorm } from '../../verify/canonical.js';
 import { rmsnormSpec, type GhostRmsNormLayer } from '../../verify/kinds/rmsnorm.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 import type { SparseGrad } from '../optim.js';
@@ -59,7 +59,7 @@ export class RMSNorm {
       for (let t = 0; t < d; t++) s = s + x[i * d + t]! * x[i * d + t]!;
       r[i] = 1 / Math.sqrt(s / d + this.eps);
     }
-    return { y: crmsnorm(x, n, d, this.gain.gather([0]), this.eps), ctx: { n, x, r } };
+    return { y: callNative(() => native().canonicalRmsNorm(x, n, d, this.gain.gather([0]), this.eps)), ctx: { n, x, r } };
   }
 
   /**
@@ -116,7 +116,7 @@ export const rmsnormKind: LayerKind<RMSNorm, GhostRmsNormLayer> = {
   async prove(l, c): Promise<ProvedLayer> {
     const gl = c.ghost.manifest.layers[c.index] as GhostRmsNormLayer;
     const b = c.block(gl.gain, 'all');
-    const y = crmsnorm(c.x!, c.rows, l.dim, b.resolved.rows, l.eps);
+    const y = callNative(() => native().canonicalRmsNorm(c.x!, c.rows, l.dim, b.resolved.rows, l.eps));
     return { y, evidence: { op: 'rmsnorm', stages: [], blocks: [b.block] }, resolved: [b.resolved] };
   },
 };

@@ -232,5 +232,54 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
   });
 }
 
+std::vector<float> linear(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias) {
+  std::vector<float> y(n * m, 0.0f);
+  std::vector<double> q(d_in), s(m);
+  const auto ident = [](uint32_t p) { return p; };
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t t = 0; t < d_in; ++t) q[t] = static_cast<double>(x[i * d_in + t]);
+    dots(q.data(), W, m, d_in, s.data());
+    float* yi = y.data() + i * m;
+    if (bias != nullptr && kp < m)
+      for (size_t j = 0; j < m; ++j) yi[j] = bias[j];
+    const auto put = [&](size_t j) {
+      yi[j] = bias == nullptr ? static_cast<float>(s[j]) : static_cast<float>(s[j] + static_cast<double>(bias[j]));
+    };
+    if (kp >= m) {
+      for (size_t j = 0; j < m; ++j) put(j);
+    } else {
+      for (const uint32_t j : topk(s.data(), m, kp, ident)) put(j);
+    }
+  }
+  return y;
+}
+
+std::vector<float> rmsnorm(const float* x, size_t n, size_t d, const float* gain, float eps) {
+  std::vector<float> y(n * d);
+  for (size_t i = 0; i < n; ++i) {
+    const float* xi = x + i * d;
+    double ss = 0.0;
+    for (size_t t = 0; t < d; ++t) ss = ss + static_cast<double>(xi[t]) * static_cast<double>(xi[t]);
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(d) + static_cast<double>(eps));
+    for (size_t t = 0; t < d; ++t) y[i * d + t] = static_cast<float>((static_cast<double>(xi[t]) * r) * static_cast<double>(gain[t]));
+  }
+  return y;
+}
+
+std::vector<float> glu(const float* gate, const float* up, size_t len) {
+  std::vector<float> y(len);
+  for (size_t i = 0; i < len; ++i) {
+    const double g = gate[i];
+    y[i] = static_cast<float>((g / (1.0 + canonical::exp(-g))) * static_cast<double>(up[i]));
+  }
+  return y;
+}
+
+std::vector<float> add(const float* a, const float* b, size_t len) {
+  std::vector<float> y(len);
+  for (size_t i = 0; i < len; ++i) y[i] = static_cast<float>(static_cast<double>(a[i]) + static_cast<double>(b[i]));
+  return y;
+}
+
 }  // namespace canonical
 }  // namespace gt

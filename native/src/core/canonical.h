@@ -63,5 +63,19 @@ inline bool pair_better(const PairScore& u, const PairScore& v) {
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
                   size_t k, uint32_t* ids, double* scores, size_t threads);
 
+// A linear layer (lib/verify/canonical.ts clinear): per row of x (n x d_in), the m
+// dots with W's rows in f64, the top kp kept (all when kp >= m, ties to the lower j),
+// y = f32(s) without a bias, else f32(s + b) for a kept j and b_j for the others.
+std::vector<float> linear(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias);
+
+// RMSNorm (crmsnorm): per row, r = 1 / sqrt(sum x^2 / d + eps) in f64, y = f32((x r) g).
+std::vector<float> rmsnorm(const float* x, size_t n, size_t d, const float* gain, float eps);
+
+// The gate of a gated MLP (cglu): f32((g / (1 + exp(-g))) * u), exp canonical.
+std::vector<float> glu(const float* gate, const float* up, size_t len);
+
+// The sum of two layer outputs (cadd): one f32 addition per value.
+std::vector<float> add(const float* a, const float* b, size_t len);
+
 }  // namespace canonical
 }  // namespace gt

@@ -131,6 +131,57 @@ Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
   });
 }
 
+// (x: Float32Array (n x dIn), n, dIn, W: Float32Array (m x dIn), m, kp, bias: Float32Array (m) | null) -> Float32Array (n x m)
+Napi::Value CanonicalLinear(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const size_t n = size_arg(info, 1, "n", 1, kMaxCount);
+    const size_t d_in = size_arg(info, 2, "dIn", 1, kMaxDim);
+    const ArrayArg<float> w = f32_arg(info, 3, "W");
+    const size_t m = size_arg(info, 4, "m", 1, kMaxCount);
+    const size_t kp = size_arg(info, 5, "kp", 1, kMaxCount);
+    check_finite_length(x, n * d_in, "x");
+    check_finite_length(w, m * d_in, "W");
+    const bool has_bias = info.Length() > 6 && !info[6].IsNull() && !info[6].IsUndefined();
+    if (!has_bias) return f32_array(info.Env(), canonical::linear(x.data, n, d_in, w.data, m, kp, nullptr));
+    const ArrayArg<float> b = f32_arg(info, 6, "bias");
+    check_finite_length(b, m, "bias");
+    return f32_array(info.Env(), canonical::linear(x.data, n, d_in, w.data, m, kp, b.data));
+  });
+}
+
+// (x: Float32Array (n x d), n, d, gain: Float32Array (d), eps: an f32 > 0) -> Float32Array (n x d)
+Napi::Value CanonicalRmsNorm(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const size_t n = size_arg(info, 1, "n", 1, kMaxCount);
+    const size_t d = size_arg(info, 2, "d", 1, kMaxDim);
+    const ArrayArg<float> g = f32_arg(info, 3, "gain");
+    if (info.Length() < 5 || !info[4].IsNumber()) throw Error(ErrorCode::InvalidArgument, "eps must be a number");
+    const double eps = info[4].As<Napi::Number>().DoubleValue();
+    if (!(eps > 0.0) || !std::isfinite(eps) || static_cast<double>(static_cast<float>(eps)) != eps)
+      throw Error(ErrorCode::InvalidArgument, "eps must be a finite f32 value > 0");
+    check_finite_length(x, n * d, "x");
+    check_finite_length(g, d, "gain");
+    return f32_array(info.Env(), canonical::rmsnorm(x.data, n, d, g.data, static_cast<float>(eps)));
+  });
+}
+
+// (a: Float32Array, b: Float32Array of a's length, which: 'add' | 'glu') -> Float32Array
+Napi::Value CanonicalJoin(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> a = f32_arg(info, 0, "a");
+    const ArrayArg<float> b = f32_arg(info, 1, "b");
+    check_finite_length(a, a.length, "a");
+    check_finite_length(b, a.length, "b");
+    if (info.Length() < 3 || !info[2].IsString()) throw Error(ErrorCode::InvalidArgument, "which must be a string");
+    const std::string which = info[2].As<Napi::String>().Utf8Value();
+    if (which == "add") return f32_array(info.Env(), canonical::add(a.data, b.data, a.length));
+    if (which == "glu") return f32_array(info.Env(), canonical::glu(a.data, b.data, a.length));
+    throw Error(ErrorCode::InvalidArgument, "which must be 'add' or 'glu'");
+  });
+}
+
 }  // namespace
 
 void register_canonical_functions(Napi::Env env, Napi::Object exports) {
@@ -140,6 +191,9 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalScores", Napi::Function::New(env, CanonicalScores));
   exports.Set("canonicalMix", Napi::Function::New(env, CanonicalMix));
   exports.Set("canonicalProductKeys", Napi::Function::New(env, CanonicalProductKeys));
+  exports.Set("canonicalLinear", Napi::Function::New(env, CanonicalLinear));
+  exports.Set("canonicalRmsNorm", Napi::Function::New(env, CanonicalRmsNorm));
+  exports.Set("canonicalJoin", Napi::Function::New(env, CanonicalJoin));
 }
 
 }  // namespace gt
