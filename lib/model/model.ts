@@ -116,8 +116,8 @@ export class Model {
     const inputs: number[][] = [];
     const used = new Uint8Array(flat.length);
     let modelInput = -1;
-    flat.forEach((l0, i) => {
-      const kind = kindOf(l0, `layer ${i}`);
+    flat.forEach((l, i) => {
+      const kind = kindOf(l, `layer ${i}`);
       const ins = given[i];
       const arity = kind.spec.arity ?? 1;
       if (!Array.isArray(ins) || ins.length !== arity) throw new InvalidArgumentError(`layer ${i} (${kind.spec.op}) takes ${arity} input(s)`);
@@ -128,7 +128,6 @@ export class Model {
         return j === -1 ? (i === 0 ? -1 : modelInput) : shapes[j]!.outWidth;
       });
       if (widths.some((w) => w !== widths[0])) throw new InvalidArgumentError(`layer ${i} (${kind.spec.op}) reads outputs of widths ${widths.join(', ')}; they must be equal`);
-      const l = l0;
       const shape = kind.shape(l, i, widths[0]!);
       if (i === 0) modelInput = shape.inWidth;
       for (const [suffix, t] of kind.tensors(l)) {

@@ -24,8 +24,6 @@ export interface RMSNormOptions {
 export interface RMSNormContext {
   readonly n: number;
   readonly x: Float32Array;
-  /** Per row, 1 / sqrt(mean(x^2) + eps) in f64. */
-  readonly r: Float64Array;
 }
 
 export class RMSNorm {
@@ -53,13 +51,7 @@ export class RMSNorm {
     if (x.length === 0 || x.length % d !== 0) throw new InvalidArgumentError(`x length ${x.length} must be a positive multiple of dim ${d}`);
     for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new InvalidArgumentError(`x[${i}] is not finite`);
     const n = x.length / d;
-    const r = new Float64Array(n);
-    for (let i = 0; i < n; i++) {
-      let s = 0;
-      for (let t = 0; t < d; t++) s = s + x[i * d + t]! * x[i * d + t]!;
-      r[i] = 1 / Math.sqrt(s / d + this.eps);
-    }
-    return { y: callNative(() => native().canonicalRmsNorm(x, n, d, this.gain.gather([0]), this.eps)), ctx: { n, x, r } };
+    return { y: callNative(() => native().canonicalRmsNorm(x, n, d, this.gain.gather([0]), this.eps)), ctx: { n, x } };
   }
 
   /**
@@ -74,7 +66,10 @@ export class RMSNorm {
     const dx = new Float32Array(n * d);
     const dg = new Float64Array(d);
     for (let i = 0; i < n; i++) {
-      const o = i * d, r = ctx.r[i]!;
+      const o = i * d;
+      let ss = 0;
+      for (let t = 0; t < d; t++) ss = ss + x[o + t]! * x[o + t]!;
+      const r = 1 / Math.sqrt(ss / d + this.eps);
       let dot = 0;
       for (let t = 0; t < d; t++) dot = dot + dy[o + t]! * g[t]! * x[o + t]!;
       const c = (r * r * r * dot) / d;
