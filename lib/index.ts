@@ -76,6 +76,21 @@ export type {
   StepRecord,
   TrainerOptions,
 } from './model/train/index.js';
+export { END_OF_DOCUMENT, evaluateBitsPerByte, generate, languageModel, languageModelCost, loadCorpus, lossPlot, mergeGradients, modelContext, readLanguageModelRun, resolveLanguageModelConfig, splitDocuments, trainLanguageModel, unigramBitsPerByte } from './model/lm/index.js';
+export type {
+  Corpus,
+  CorpusOptions,
+  GenerateOptions,
+  Generation,
+  LanguageModelConfig,
+  LanguageModelCost,
+  LanguageModelRecord,
+  LanguageModelRunConfig,
+  LanguageModelTrainingOptions,
+  LanguageModelTrainingResult,
+  MemoryConfig,
+  ResolvedLanguageModelConfig,
+} from './model/lm/index.js';
 export {
   CANONICAL_VERSION,
   DEFAULT_VERIFIER_LIMITS,
@@ -88,10 +103,12 @@ export {
   encodeProof,
   ghostDigest,
   pinGhost,
+  sampleToken,
   verifierLimits,
   verifyForward,
+  verifyGeneration,
   verifyUpdate,
 } from './verify/index.js';
-export type { ForwardProof, GhostManifest, GhostProof, PinnedGhost, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify/index.js';
+export type { ForwardProof, GenerationRecord, GhostManifest, GhostProof, PinnedGhost, SamplingOptions, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify/index.js';
 export { ProverClient, ProverServer } from './serve/index.js';
 export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServerLogOption, ServerStats, WireGrad } from './serve/index.js';

@@ -296,7 +296,10 @@ describe('SparseSelfAttention', () => {
   it('bad shapes, k out of range and hostile contexts are typed errors', async () => {
     const rng = new Rng(61);
     const layer = new SparseSelfAttention({ heads: 4, k: 8 });
-    await expect(layer.forward(rng.f32(7 * 32), 32)).rejects.toThrow(OutOfRangeError); // k > n
+    // k > n: every query attends to all the keys it may see, exactly as with k = n.
+    const short = rng.f32(7 * 32);
+    const all = await layer.forward(short, 32);
+    expect(Array.from(all.y)).toEqual(Array.from((await new SparseSelfAttention({ heads: 4, k: 7 }).forward(short, 32)).y));
     await expect(layer.forward(rng.f32(33), 32)).rejects.toThrow(InvalidArgumentError); // not whole rows
     await expect(layer.forward(rng.f32(20 * 30), 30)).rejects.toThrow(InvalidArgumentError); // 30 % 4 heads
     await expect(layer.forward(rng.f32(20 * 32))).rejects.toThrow(InvalidArgumentError); // no width

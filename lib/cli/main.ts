@@ -20,6 +20,8 @@ import { fromHex, toHex } from '../shared/bytes.js';
 import { CLASS_NAMES, DEMO_DATA_DIR, PACKAGE_ROOT, argmax, loadSplit, trainClassifier } from './classifier.js';
 import { runDemo } from './demo.js';
 import { Progress } from '../model/train/progress.js';
+import type { LanguageModelConfig } from '../model/lm/model.js';
+import { DEFAULT as LM_DEFAULT, QUICK as LM_QUICK, runGenerate, runTrainLm } from './lm.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT = {
@@ -154,6 +156,143 @@ state (docs/proof-format.md, docs/storage.md), ready for \`ghost-tensor serve\`.
     },
   },
 
+  'train-lm': {
+    summary: 'train a byte-level language model on English text (resumes a stopped run)',
+    usage: 'ghost-tensor train-lm --out DIR [--quick] [--corpus fortunes|gcide|FILE] [--steps N] [...]',
+    help: `Trains a byte-level transformer (docs/lm.md) on a Debian English corpus and keeps
+it in DIR: the model directory, lm.json, lm-log.jsonl (one JSON line per logged
+step and validation) and loss.svg. Every step is durable before it is taken;
+SIGINT or SIGTERM stops after the step in progress and checkpoints; the same
+command resumes exactly where the run stopped.
+
+  --out DIR            the run directory (new, or a stopped run to resume)       (required)
+  --quick              a minute: context 64, dim 64, 2 layers, 300 steps
+  --corpus C           fortunes (default; apt-get install fortunes), gcide
+                       (apt-get install dict-gcide) or a text file
+  --steps N            optimizer steps (default 2000; quick 300)
+  --batch B            windows per step (default 8)
+  --context S          bytes per window (default 128; quick 64)
+  --dim D              model width (default 128; quick 64)
+  --layers L           transformer layers (default 2)
+  --heads H            attention heads (default 4)
+  --hidden F           gated MLP width (default 3 x dim)
+  --attention-k K      keys per query (default: all earlier ones)
+  --memory-layers I,J  layers whose MLP is a product-key memory (default none)
+  --memory-keys n      sub-keys per table: the memory holds n^2 rows (default 256)
+  --memory-k K         slots per head (default 32)
+  --memory-heads H     product-key heads (default 4)
+  --lr LR              peak learning rate (default 0.003; quick 0.01), warm-up then cosine
+  --seed S             data order (default 1); the model's initialisation is --init-seed
+  --init-seed S        default 1
+  --eval-every N       validate every N steps (default steps / 10)
+  --eval-bytes N       validation bytes scored each time (default 16384; quick 4096)
+  --checkpoint-every N default 200
+  --quiet              no progress bar`,
+    options: {
+      out: { type: 'string' },
+      quick: { type: 'boolean' },
+      corpus: { type: 'string' },
+      steps: { type: 'string' },
+      batch: { type: 'string' },
+      context: { type: 'string' },
+      dim: { type: 'string' },
+      layers: { type: 'string' },
+      heads: { type: 'string' },
+      hidden: { type: 'string' },
+      'attention-k': { type: 'string' },
+      'memory-layers': { type: 'string' },
+      'memory-keys': { type: 'string' },
+      'memory-k': { type: 'string' },
+      'memory-heads': { type: 'string' },
+      lr: { type: 'string' },
+      seed: { type: 'string' },
+      'init-seed': { type: 'string' },
+      'eval-every': { type: 'string' },
+      'eval-bytes': { type: 'string' },
+      'checkpoint-every': { type: 'string' },
+      quiet: { type: 'boolean' },
+    },
+    positionals: [0, 0],
+    run: async (v) => {
+      const dir = str(v, 'out');
+      if (!dir) throw new UsageError('--out DIR is required');
+      const p = v.quick === true ? LM_QUICK : LM_DEFAULT;
+      const dim = num(v, 'dim', p.model.dim, 2, 16384);
+      const memoryLayers = str(v, 'memory-layers');
+      const layers = num(v, 'layers', p.model.layers, 1, 256);
+      const model: LanguageModelConfig = {
+        context: num(v, 'context', p.model.context, 2, 65536),
+        dim,
+        layers,
+        heads: num(v, 'heads', p.model.heads, 1, 1024),
+        hidden: num(v, 'hidden', v.dim === undefined ? p.model.hidden : 3 * dim, 1, 65536),
+        ...(v['attention-k'] === undefined ? {} : { attentionK: num(v, 'attention-k', 32, 1, 65536) }),
+        seed: num(v, 'init-seed', 1, 0, 2 ** 31),
+        ...(memoryLayers === undefined ? {} : {
+          memory: {
+            layers: memoryLayers.split(',').map((s) => {
+              const i = Number(s);
+              if (!Number.isInteger(i) || i < 0 || i >= layers) throw new UsageError(`--memory-layers must list layers in 0..${layers - 1}, got ${memoryLayers}`);
+              return i;
+            }),
+            subKeys: num(v, 'memory-keys', 256, 2, 65536),
+            k: num(v, 'memory-k', 32, 1, 65536),
+            heads: num(v, 'memory-heads', 4, 1, 64),
+          },
+        }),
+      };
+      const steps = num(v, 'steps', p.steps, 1, 2 ** 40);
+      return runTrainLm({
+        out: dir,
+        corpus: str(v, 'corpus') ?? 'fortunes',
+        model,
+        training: {
+          steps,
+          batch: num(v, 'batch', p.batch, 1, 4096),
+          lr: num(v, 'lr', p.lr, 0, 10, false),
+          seed: num(v, 'seed', 1, 0, 2 ** 32 - 1),
+          ...(v['eval-every'] === undefined ? {} : { evalEvery: num(v, 'eval-every', 1, 1, 2 ** 40) }),
+          checkpointEvery: num(v, 'checkpoint-every', 200, 1, 2 ** 40),
+          evalBytes: num(v, 'eval-bytes', p.evalBytes, 2, 2 ** 40),
+        },
+        quiet: v.quiet === true,
+      }, out);
+    },
+  },
+  generate: {
+    summary: 'sample text from a trained language model, optionally proving every token',
+    usage: 'ghost-tensor generate DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S] [--prove]',
+    help: `Samples bytes from the language model in DIR (a train-lm run) and prints them as
+they come. With --prove, every token comes with a forward proof of the whole model on
+its context; the proofs and every sampled token (the sampler is recomputed from the
+proved logits) are then checked by the addon-free verifier against DIR's Ghost file
+(docs/lm.md, "Generating with proofs"); exit 1 when any check fails.
+
+  --prompt TEXT     the start of the text (default: a new document)
+  --tokens N        bytes to generate, at most (default 200; stops at a document's end)
+  --temperature T   default 0.8 (0: always the most likely byte)
+  --top-p P         default 0.95
+  --seed S          default 1
+  --prove           prove and verify every token`,
+    options: {
+      prompt: { type: 'string' },
+      tokens: { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      prove: { type: 'boolean' },
+    },
+    positionals: [1, 1],
+    run: async (v, pos) => runGenerate({
+      dir: pos[0]!,
+      prompt: str(v, 'prompt') ?? '',
+      tokens: num(v, 'tokens', 200, 0, 2 ** 24),
+      temperature: num(v, 'temperature', 0.8, 0, 1e6, false),
+      topP: num(v, 'top-p', 0.95, 1e-9, 1, false),
+      seed: num(v, 'seed', 1, 0, 2 ** 32 - 1),
+      prove: v.prove === true,
+    }, (s) => void process.stderr.write(s + '\n'), (s) => void process.stdout.write(s)),
+  },
   serve: {
     summary: 'serve a model directory over HTTP (forward proofs; training with a token)',
     usage: 'ghost-tensor serve DIR [--host H] [--port P] [--token-file F] [--lr LR] [...]',

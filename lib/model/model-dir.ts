@@ -21,7 +21,7 @@ import { mkdir, readFile, rename, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { bytesEqual, toHex } from '../shared/bytes.js';
-import { exists, syncDir, writeSynced } from '../shared/durable-fs.js';
+import { exists, replaceFile, syncDir, writeSynced } from '../shared/durable-fs.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import { decodeGhost } from '../verify/ghost-file.js';
 import { decodeProof } from '../verify/proof-format.js';
@@ -65,14 +65,6 @@ export interface DirectoryHistory {
 /** Bytes a log record of each proof takes (u32 length + bytes). */
 function framedBytes(proofs: readonly Uint8Array[]): number {
   return proofs.reduce((n, p) => n + 4 + p.length, 0);
-}
-
-/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
-async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
-  const tmp = join(dir, `${name}.tmp-${process.pid}`);
-  await writeSynced(tmp, bytes);
-  await rename(tmp, join(dir, name));
-  await syncDir(dir);
 }
 
 /** Checkpoints each file-backed tensor among `tensors` once, in order of first mention. */

@@ -1,5 +1,6 @@
 /** Small durable-file helpers shared by Model.save / load and the prover service. */
-import { open, stat } from 'node:fs/promises';
+import { open, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 
 export async function exists(path: string): Promise<boolean> {
   try {
@@ -30,4 +31,12 @@ export async function syncDir(path: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/** Replaces dir/name atomically: a new file, fsynced, renamed over it, the directory fsynced. */
+export async function replaceFile(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  const tmp = join(dir, `${name}.tmp-${process.pid}`);
+  await writeSynced(tmp, bytes);
+  await rename(tmp, join(dir, name));
+  await syncDir(dir);
 }

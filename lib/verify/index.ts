@@ -86,3 +86,5 @@ export { DEFAULT_VERIFIER_LIMITS, PROOF_FORMAT_VERSION, PROOF_LIMITS, PatternCac
 export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, PatternBlock, ProofInput, UpdateProof, VerifierLimits } from './proof-format.js';
 export { attentionCanonical, pinGhost, verifyForward, verifyUpdate } from './proof-verify.js';
 export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyCost, VerifyOptions } from './proof-verify.js';
+export { sampleToken, verifyGeneration } from './generation.js';
+export type { GenerationRecord, SamplingOptions } from './generation.js';

@@ -28,6 +28,7 @@ import {
   type LayerEvidence,
   type PatternBlock,
   type PatternCache,
+  type ProofInput,
   type UpdateProof,
   type VerifierLimits,
 } from './proof-format.js';
@@ -76,6 +77,11 @@ export interface VerifiedForward {
   cols: number;
   /** What the check was charged against the limits. */
   cost: VerifyCost;
+  /** The proof's input (ids, or rows of floats): what the output is the model's answer to. */
+  input: ProofInput;
+  /** The layers proved: firstLayer .. firstLayer + layers - 1 (the whole model when 0 and its layer count). */
+  firstLayer: number;
+  layers: number;
 }
 
 /**
@@ -264,7 +270,7 @@ export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | Forw
     fail('OUTPUT_MISMATCH', `output[${at}]: the verifier computes ${y[at]}, the proof claims ${o.data[at]}`);
   }
   cache?.record(resolved);
-  return { output: y, rows: B, cols, cost: { cells: budget.cells, work: budget.work } };
+  return { output: y, rows: B, cols, cost: { cells: budget.cells, work: budget.work }, input: p.input, firstLayer: p.firstLayer, layers: p.layers.length };
 }
 
 export interface VerifiedUpdate {

@@ -286,8 +286,8 @@ export class SparseSelfAttention {
     if (this.output !== null && this.output.inDim !== D)
       throw new InvalidArgumentError(`the output projection reads width ${this.output.inDim}, the attention gives ${D}`);
     const sparse = this.mode === 'sparse';
-    if (sparse && this.k > n) throw new OutOfRangeError(`k (${this.k}) must be at most the sequence length n (${n})`);
-    const kEff = sparse ? this.k : 0;
+    // A sequence shorter than k: every query attends to all the keys it may see (as the canonical forward does).
+    const kEff = sparse ? Math.min(this.k, n) : 0;
     const pq = this.query === null ? null : await this.query.forward(x);
     const pk = this.key === null ? null : await this.key.forward(x);
     const pv = this.value === null ? null : await this.value.forward(x);
@@ -423,7 +423,6 @@ export const attentionKind: LayerKind<SparseSelfAttention, GhostAttentionLayer> 
   async prove(l, c): Promise<ProvedLayer> {
     const gl = c.ghost.manifest.layers[c.index] as GhostAttentionLayer;
     const B = c.rows;
-    if (l.k > B) throw new OutOfRangeError(`layer ${c.index}: k (${l.k}) must be at most the sequence length (${B} rows)`);
     const { blocks, resolved, rows } = revealWhole(c, attentionReads(gl).keys());
     const y = attentionCanonical(c.ghost.manifest, gl, c.x!, B, (ti) => rows.get(ti)!);
     return { y, evidence: { op: 'attention', stages: [], blocks }, resolved };

@@ -19,17 +19,8 @@ import { checkInteger, checkNumber, checkOptions, describe } from '../../shared/
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 
-/** mulberry32: a uniform in [0, 1) per call, from a 32-bit seed. */
-export function seededRandom(seed: number): () => number {
-  let a = checkInteger('seed', seed, 0, 2 ** 32 - 1) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from '../../shared/random.js';
+import { seededRandom } from '../../shared/random.js';
 
 function gaussian(rand: () => number): number {
   const u1 = rand(), u2 = rand();

@@ -149,7 +149,7 @@ export const attentionSpec: LayerSpec<GhostAttentionLayer> = {
   verify(l, ctx): Float32Array {
     const li = ctx.index, n = ctx.rows;
     if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${li} (attention) carries ${ctx.evidence.stages.length} stages; the verifier derives the selection itself`);
-    if (l.k > n) fail('SHAPE', `layer ${li} attends to k = ${l.k} keys; the sequence has ${n} rows`);
+    // A sequence shorter than k: each query attends to every key it may see (cattention takes min(k, candidates)).
     const rev = ctx.reveal(attentionReads(l));
     return attentionCanonical(ctx.manifest, l, ctx.x!, n, (t) => rev.get(t)!.rows);
   },

@@ -1,0 +1,74 @@
+/**
+ * Sampling text from a language model (docs/lm.md, "Generating with proofs"): token by
+ * token, each from the logits of the last position of the context (the prompt and the
+ * tokens so far, the last `context` of them), with the sampler of
+ * lib/verify/generation.ts and the i-th draw of seededRandom(seed). With `prove`, each
+ * token's logits are the canonical ones of a forward proof of the whole model, and the
+ * proofs come back with the tokens: verifyGeneration (ghost-tensor/verify) checks them.
+ */
+import { checkBoolean, checkInteger, checkOptions, toIds } from '../../shared/args.js';
+import { InvalidArgumentError } from '../../shared/errors.js';
+import { seededRandom } from '../../shared/random.js';
+import { sampleToken, type GenerationRecord, type SamplingOptions } from '../../verify/generation.js';
+import { PositionEmbedding } from '../kinds/position.js';
+import type { Model } from '../model.js';
+import { END_OF_DOCUMENT } from './corpus.js';
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Tokens to generate (at most). */
+  tokens: number;
+  /** Seed of the draws (default 1). */
+  seed?: number;
+  /** Prove each token's forward pass (default false). */
+  prove?: boolean;
+  /** Stop after END_OF_DOCUMENT (byte 0; default true). */
+  stopAtEndOfDocument?: boolean;
+  /** Called with each token as it is made (and its proof). */
+  onToken?: (token: number, proof: Uint8Array | null) => void | Promise<void>;
+}
+
+export interface Generation extends GenerationRecord {
+  prompt: Uint32Array;
+  tokens: Uint32Array;
+  temperature: number;
+  topP: number;
+}
+
+/** The longest input a model takes: its PositionEmbedding's rows (null: no limit of its own). */
+export function modelContext(model: Model): number | null {
+  for (const l of model.layers) if (l instanceof PositionEmbedding) return l.maxLength;
+  return null;
+}
+
+export async function generate(model: Model, prompt: Uint32Array | Uint8Array | readonly number[], options: GenerateOptions): Promise<Generation> {
+  const o = checkOptions('generate', options, ['tokens', 'seed', 'prove', 'stopAtEndOfDocument', 'onToken', 'temperature', 'topP']);
+  const n = checkInteger('tokens', o.tokens, 0, 2 ** 24);
+  const seed = checkInteger('seed', o.seed ?? 1, 0, 2 ** 32 - 1);
+  const prove = checkBoolean('prove', o.prove, false);
+  const stop = checkBoolean('stopAtEndOfDocument', o.stopAtEndOfDocument, true);
+  const sampling = { temperature: o.temperature ?? 1, topP: o.topP ?? 1 };
+  const p = toIds('prompt', prompt instanceof Uint8Array ? Array.from(prompt) : prompt);
+  if (p.length === 0) throw new InvalidArgumentError('the prompt is empty: give at least one token (END_OF_DOCUMENT starts a new document)');
+  const context = modelContext(model) ?? p.length + n;
+  const rand = seededRandom(seed);
+  const seq = Array.from(p);
+  const tokens: number[] = [];
+  const proofs: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    const ids = Uint32Array.from(seq.slice(Math.max(0, seq.length - context)));
+    let logits: Float32Array, proof: Uint8Array | null = null;
+    if (prove) {
+      const r = await model.prove(ids);
+      proof = r.bytes;
+      proofs.push(proof);
+      logits = r.output;
+    } else logits = await model.forward(ids);
+    const V = logits.length / ids.length;
+    const token = sampleToken(logits.subarray((ids.length - 1) * V, ids.length * V), sampling, rand());
+    tokens.push(token);
+    seq.push(token);
+    await o.onToken?.(token, proof);
+    if (stop && token === END_OF_DOCUMENT) break;
+  }
+  return { prompt: p, tokens: Uint32Array.from(tokens), proofs, seed, context, temperature: sampling.temperature, topP: sampling.topP };
+}
