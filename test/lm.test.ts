@@ -18,6 +18,7 @@ import { afterAll, describe, expect, it, vi } from 'vitest';
 import {
   END_OF_DOCUMENT,
   Model,
+  PatternCache,
   SparseTensor,
   generate,
   languageModel,
@@ -247,6 +248,12 @@ describe.skipIf(!available)('training on fortunes', () => {
       expect(g.proofs.length).toBe(6);
       const logits = await verifyGeneration(ghost, g);
       expect(logits.length).toBe(6);
+      // With pattern caches on both sides, later proofs carry ids for rows sent before: smaller, and they verify.
+      const cached = await generate(model, prompt, { tokens: 4, temperature: 0.8, topP: 0.95, seed: 4, prove: true, cache: new PatternCache(), stopAtEndOfDocument: false });
+      expect(Array.from(cached.tokens)).toEqual(Array.from(g.tokens.subarray(0, 4)));
+      expect(cached.proofs[1]!.length).toBeLessThan(g.proofs[1]!.length / 4);
+      await verifyGeneration(ghost, cached, { cache: new PatternCache() });
+      expect(await reason(verifyGeneration(ghost, cached))).not.toBe('ACCEPTED'); // without the cache the ids mean nothing
       // Without proofs, the same seed gives the same text from the fast forward (its logits differ in the last bits at most).
       const fast = await generate(model, prompt, { tokens: 6, temperature: 0, seed: 4, stopAtEndOfDocument: false });
       const proved = await generate(model, prompt, { tokens: 6, temperature: 0, seed: 4, prove: true, stopAtEndOfDocument: false });
@@ -264,7 +271,7 @@ describe.skipIf(!available)('training on fortunes', () => {
       const p = Uint8Array.from(flipped[0]!);
       p[p.length - 9]! ^= 1;
       flipped[0] = p;
-      expect(await reason(verifyGeneration(ghost, { ...g, proofs: flipped }))).not.toBe('ok');
+      expect(await reason(verifyGeneration(ghost, { ...g, proofs: flipped }))).not.toBe('ACCEPTED');
       // A span proof (not the whole model) does not stand for a token.
       const span = await model.prove(Uint32Array.from(prompt), { layers: 2 });
       expect(await reason(verifyGeneration(ghost, { ...g, tokens: g.tokens.slice(0, 1), proofs: [span.bytes] }))).toBe('INPUT_MISMATCH');

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../../shared/errors.js';
 import { seededRandom } from '../../shared/random.js';
 import { sampleToken, type GenerationRecord, type SamplingOptions } from '../../verify/generation.js';
 import { PositionEmbedding } from '../kinds/position.js';
+import type { PatternCache } from '../../verify/proof-format.js';
 import type { Model } from '../model.js';
 import { END_OF_DOCUMENT } from './corpus.js';
 
@@ -21,6 +22,13 @@ export interface GenerateOptions extends SamplingOptions {
   seed?: number;
   /** Prove each token's forward pass (default false). */
   prove?: boolean;
+  /**
+   * With prove: the prover's mirror of the verifier's PatternCache (Model.prove): rows
+   * the verifier already holds travel as ids, so after the first token a proof carries
+   * only the rows it has not sent before. The verifier passes its own cache to
+   * verifyGeneration.
+   */
+  cache?: PatternCache;
   /** Stop after END_OF_DOCUMENT (byte 0; default true). */
   stopAtEndOfDocument?: boolean;
   /** Called with each token as it is made (and its proof). */
@@ -41,7 +49,7 @@ export function modelContext(model: Model): number | null {
 }
 
 export async function generate(model: Model, prompt: Uint32Array | Uint8Array | readonly number[], options: GenerateOptions): Promise<Generation> {
-  const o = checkOptions('generate', options, ['tokens', 'seed', 'prove', 'stopAtEndOfDocument', 'onToken', 'temperature', 'topP']);
+  const o = checkOptions('generate', options, ['tokens', 'seed', 'prove', 'cache', 'stopAtEndOfDocument', 'onToken', 'temperature', 'topP']);
   const n = checkInteger('tokens', o.tokens, 0, 2 ** 24);
   const seed = checkInteger('seed', o.seed ?? 1, 0, 2 ** 32 - 1);
   const prove = checkBoolean('prove', o.prove, false);
@@ -58,7 +66,7 @@ export async function generate(model: Model, prompt: Uint32Array | Uint8Array | 
     const ids = Uint32Array.from(seq.slice(Math.max(0, seq.length - context)));
     let logits: Float32Array, proof: Uint8Array | null = null;
     if (prove) {
-      const r = await model.prove(ids);
+      const r = await model.prove(ids, o.cache === undefined ? {} : { cache: o.cache });
       proof = r.bytes;
       proofs.push(proof);
       logits = r.output;
