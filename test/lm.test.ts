@@ -33,6 +33,7 @@ import {
   type Gradients,
 } from '../lib/index.js';
 import { main } from '../lib/cli/main.js';
+import { ProverClient, ProverServer } from '../lib/serve/index.js';
 import { FORTUNES_DIR } from '../lib/model/lm/corpus.js';
 import { stepOffsets } from '../lib/model/lm/train.js';
 import { sampleToken, verifyGeneration } from '../lib/verify/generation.js';
@@ -279,6 +280,26 @@ describe.skipIf(!available)('training on fortunes', () => {
       model.close();
     }
   }, 120_000);
+});
+
+describe.skipIf(!available)('serving the language model', () => {
+  it('the HTTP service answers a context of bytes with a proof the client verifies; its logits are the local proof\'s', async () => {
+    const model = languageModel({ context: 16, dim: 16, layers: 1, heads: 2, hidden: 24, memory: { layers: [0], subKeys: 4, k: 2, heads: 2, keyDim: 8 } });
+    const server = await ProverServer.fromModel(model);
+    try {
+      const url = await server.listen();
+      const client = await ProverClient.connect(url, (await model.ghost()).digest);
+      for (const text of ['T', 'The cat sat.']) {
+        const ids = Uint32Array.from(new TextEncoder().encode(text));
+        const served = await client.forward(ids);
+        const local = await model.prove(ids);
+        expect(Buffer.from(served.output.buffer, served.output.byteOffset, served.output.byteLength).equals(Buffer.from(local.output.buffer))).toBe(true);
+        expect(served.output.length).toBe(ids.length * 256);
+      }
+    } finally {
+      await server.close();
+    }
+  });
 });
 
 describe.skipIf(!available)('the command line', () => {
