@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PositionEmbedding, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
+import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PatternCache, PositionEmbedding, generate, languageModel, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -304,6 +304,11 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     const graphGhost = await graphModel.ghost();
     const graphFwd = await graphModel.prove([5, 3, 11, 0, 7]);
     const linFwd = await linModel.prove(rng.f32(5 * 6));
+    // A byte-level language model (a memory layer in place of the MLP) generating with a proof per token, caches on both sides.
+    const lmModel = languageModel({ context: 8, dim: 8, layers: 1, heads: 2, hidden: 12, memory: { layers: [0], subKeys: 3, k: 2, heads: 2, keyDim: 4 } });
+    const lmGhost = await lmModel.ghost();
+    const gen = await generate(lmModel, [72, 105, 32], { tokens: 4, temperature: 0.9, topP: 0.9, seed: 3, prove: true, cache: new PatternCache(), stopAtEndOfDocument: false });
+    const generation = { prompt: Array.from(gen.prompt), tokens: Array.from(gen.tokens), seed: gen.seed, context: gen.context, temperature: gen.temperature, topP: gen.topP };
 
     const data = new Map<string, Uint8Array>([
       ['attention-ghost.bin', attnGhost.bytes],
@@ -312,10 +317,12 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       ['graph-ghost.bin', graphGhost.bytes],
       ['graph-forward.bin', graphFwd.bytes],
       ['linear-forward.bin', linFwd.bytes],
+      ['lm-ghost.bin', lmGhost.bytes],
+      ...gen.proofs.map((p, i): [string, Uint8Array] => [`lm-gen-${i}.bin`, p]),
       ['ghost.bin', ghost.bytes],
       ['forward.bin', fwd.bytes],
       ...ups.map((u, i): [string, Uint8Array] => [`${updateFiles[i]!}.bin`, u.bytes]),
-      ['case.json', new TextEncoder().encode(JSON.stringify({ forward: 'forward', updates: updateFiles, tamper }))],
+      ['case.json', new TextEncoder().encode(JSON.stringify({ forward: 'forward', updates: updateFiles, tamper, generation }))],
     ]);
     const server = new PageServer(data);
     const port = await server.listen();
@@ -380,6 +387,8 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       expect(r.attention).toEqual({ rows: 7, cols: 3, outputHex: hex(attnFwd.output) });
       expect(r.linear).toEqual({ rows: 5, cols: 4, outputHex: hex(linFwd.output) });
       expect(r.graph).toEqual({ rows: 5, cols: 16, outputHex: hex(graphFwd.output) });
+      // Every generated token's proof and sampling verified in the browser; a changed token refused.
+      expect(r.generation).toEqual({ tokens: 4, forged: 'OUTPUT_MISMATCH' });
 
       // Update proofs: after each, the Ghost digest the next proof was made against; after the last, the model's.
       const want = ups.map((_, i) => (i + 1 < ups.length ? hex(decodeProof(ups[i + 1]!.bytes).ghost) : hex(after.digest)));

@@ -35,7 +35,7 @@ async function main() {
     result.importError = `${e && e.name}: ${e && e.message}`;
     return result;
   }
-  /** @type {{ forward: string, updates: string[], tamper: { name: string, file: string, offset: number, mask: number, expect: string }[] }} */
+  /** @type {{ forward: string, updates: string[], tamper: { name: string, file: string, offset: number, mask: number, expect: string }[], generation: { prompt: number[], tokens: number[], seed: number, context: number, temperature: number, topP: number } }} */
   const c = await (await fetch('/data/case.json')).json();
   const files = new Map();
   for (const f of ['ghost', 'forward', ...c.updates]) files.set(f, await bytesOf(`/data/${f}.bin`));
@@ -85,6 +85,16 @@ async function main() {
   const tg = await mod.pinGhost(await bytesOf('/data/graph-ghost.bin'));
   const tv = await mod.verifyForward(tg, await bytesOf('/data/graph-forward.bin'));
   result.graph = { rows: tv.rows, cols: tv.cols, outputHex: hex(new Uint8Array(tv.output.buffer, tv.output.byteOffset, tv.output.byteLength)) };
+  // A language model's generation: a proof per token, and the sampler recomputed from the proved logits.
+  const lmg = await mod.pinGhost(await bytesOf('/data/lm-ghost.bin'));
+  const gc = c.generation;
+  const proofs = [];
+  for (let i = 0; i < gc.tokens.length; i++) proofs.push(await bytesOf(`/data/lm-gen-${i}.bin`));
+  const rec = { prompt: gc.prompt, tokens: gc.tokens, seed: gc.seed, context: gc.context, temperature: gc.temperature, topP: gc.topP, proofs };
+  const verified = await mod.verifyGeneration(lmg, rec, { cache: new mod.PatternCache() });
+  const forgedTokens = gc.tokens.map((/** @type {number} */ t, /** @type {number} */ i) => (i === 2 ? (t + 1) % 256 : t));
+  const forged = await outcome(mod, () => mod.verifyGeneration(lmg, { ...rec, tokens: forgedTokens }, { cache: new mod.PatternCache() }));
+  result.generation = { tokens: verified.length, forged: forged.reason };
   result.linear = { rows: lv.rows, cols: lv.cols, outputHex: hex(new Uint8Array(lv.output.buffer, lv.output.byteOffset, lv.output.byteLength)) };
   // The honest forward proof still verifies after all that (nothing was mutated in place).
   result.honestAgain = (await outcome(mod, () => mod.verifyForward(pinned, files.get('forward')))).reason;
