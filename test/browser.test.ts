@@ -86,6 +86,7 @@ interface BrowserResult {
   attention?: { rows: number; cols: number; outputHex: string };
   linear?: { rows: number; cols: number; outputHex: string };
   graph?: { rows: number; cols: number; outputHex: string };
+  generation?: { tokens: number; forged: string };
   updates?: { file: string; tensor: number; digest: string }[];
   tampered?: { name: string; reason: string; error: string }[];
   honestAgain?: string;
