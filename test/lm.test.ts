@@ -324,6 +324,10 @@ describe.skipIf(!available)('the command line', () => {
     expect(g.code).toBe(0);
     expect(g.stdout.startsWith('A')).toBe(true);
     expect(g.stderr).toMatch(/verified +\d+ forward proofs/);
+    const digest = /Ghost digest ([0-9a-f]{64})/.exec(g.stderr)![1]!;
+    expect((await run('generate', out, '--tokens', '2', '--digest', digest)).code).toBe(0);
+    expect((await run('generate', out, '--tokens', '2', '--digest', digest.replace(/^./, (c) => (c === '0' ? '1' : '0')))).code).toBe(1);
+    expect((await run('generate', out, '--digest', 'abc')).code).toBe(2);
     expect((await run('train-lm')).code).toBe(2);
     expect((await run('train-lm', '--out', join(dir, 'x'), '--memory-layers', '5')).code).toBe(2);
     expect((await run('generate', join(dir, 'nothing'))).code).toBe(3);

@@ -81,10 +81,12 @@ export interface GenerateArgs {
   topP: number;
   seed: number;
   prove: boolean;
+  /** Pin: the model's Ghost digest must be this. */
+  digest?: Uint8Array;
 }
 
 export async function runGenerate(a: GenerateArgs, print: (s: string) => void, write: (s: string) => void): Promise<number> {
-  const { model, ghost } = await Model.load(a.dir, { readOnly: true });
+  const { model, ghost } = await Model.load(a.dir, { readOnly: true, ...(a.digest === undefined ? {} : { expectDigest: a.digest }) });
   try {
     const prompt = a.prompt.length === 0 ? Uint8Array.of(END_OF_DOCUMENT) : new TextEncoder().encode(a.prompt);
     if (a.prompt.length > 0) write(a.prompt);

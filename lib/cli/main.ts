@@ -69,6 +69,12 @@ function str(values: Record<string, string | boolean | undefined>, name: string)
   return typeof v === 'string' ? v : undefined;
 }
 
+/** A 32-byte Ghost digest given as 64 hex digits (UsageError otherwise). */
+function parseDigest(hex: string): Uint8Array {
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new UsageError(`--digest must be 64 hex digits (a Ghost digest), got ${hex}`);
+  return fromHex(hex);
+}
+
 function readBytes(path: string): Uint8Array {
   return new Uint8Array(readFileSync(path));
 }
@@ -273,7 +279,8 @@ proved logits) are then checked by the addon-free verifier against DIR's Ghost f
   --temperature T   default 0.8 (0: always the most likely byte)
   --top-p P         default 0.95
   --seed S          default 1
-  --prove           prove and verify every token`,
+  --prove           prove and verify every token
+  --digest HEX      refuse the model unless its Ghost digest is HEX (pin what you verify against)`,
     options: {
       prompt: { type: 'string' },
       tokens: { type: 'string' },
@@ -281,9 +288,11 @@ proved logits) are then checked by the addon-free verifier against DIR's Ghost f
       'top-p': { type: 'string' },
       seed: { type: 'string' },
       prove: { type: 'boolean' },
+      digest: { type: 'string' },
     },
     positionals: [1, 1],
     run: async (v, pos) => runGenerate({
+      ...(str(v, 'digest') === undefined ? {} : { digest: parseDigest(str(v, 'digest')!) }),
       dir: pos[0]!,
       prompt: str(v, 'prompt') ?? '',
       tokens: num(v, 'tokens', 200, 0, 2 ** 24),
