@@ -76,7 +76,7 @@ export type {
   StepRecord,
   TrainerOptions,
 } from './model/train/index.js';
-export { END_OF_DOCUMENT, evaluateBitsPerByte, generate, languageModel, languageModelCost, loadCorpus, lossPlot, mergeGradients, modelContext, readLanguageModelRun, resolveLanguageModelConfig, splitDocuments, trainLanguageModel, unigramBitsPerByte } from './model/lm/index.js';
+export { END_OF_DOCUMENT, evaluateBitsPerByte, generate, languageModel, languageModelCost, loadCorpus, lossPlot, modelContext, readLanguageModelRun, resolveLanguageModelConfig, splitDocuments, trainLanguageModel, unigramBitsPerByte } from './model/lm/index.js';
 export type {
   Corpus,
   CorpusOptions,

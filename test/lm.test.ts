@@ -24,7 +24,6 @@ import {
   languageModel,
   languageModelCost,
   loadCorpus,
-  mergeGradients,
   resolveLanguageModelConfig,
   splitDocuments,
   trainLanguageModel,
@@ -35,7 +34,7 @@ import {
 import { main } from '../lib/cli/main.js';
 import { ProverClient, ProverServer } from '../lib/serve/index.js';
 import { FORTUNES_DIR } from '../lib/model/lm/corpus.js';
-import { stepOffsets } from '../lib/model/lm/train.js';
+import { stepOffsets, sumGradients } from '../lib/model/lm/train.js';
 import { sampleToken, verifyGeneration } from '../lib/verify/generation.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
@@ -120,7 +119,7 @@ describe('the model', () => {
   });
 });
 
-describe('merged gradients', () => {
+describe('summed gradients', () => {
   it('each distinct row once, the sum over windows times the scale (against a float64 sum)', () => {
     const rng = new Rng(5);
     const t = SparseTensor.fromArray(rng.f32(10 * 3), 3);
@@ -129,7 +128,7 @@ describe('merged gradients', () => {
       const ids = Uint32Array.from({ length: 6 }, () => rng.int(0, 9));
       return { sparse: [{ tensor: t, ids, grads: rng.f32(18) }], dense: [{ param, grad: rng.f32(4) }], of: () => null };
     });
-    const m = mergeGradients(list, 0.5);
+    const m = sumGradients(list, 0.5);
     const ref = new Map<number, Float64Array>();
     for (const g of list) {
       const s = g.sparse[0]!;

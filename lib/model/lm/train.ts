@@ -13,7 +13,7 @@
  * sees is a function of its number: a resumed run takes the same steps as one that
  * never stopped, bit for bit. Each window is one Tape (the windows run `concurrency`
  * at a time); their gradients are summed per row in window order and divided by
- * `batch`, then one Trainer step (warm-up and cosine schedule, global-norm clipping).
+ * `batch` (sumGradients: each distinct row once, so the step's durable record stays small), then one Trainer step (warm-up and cosine schedule, global-norm clipping).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -116,7 +116,7 @@ export function stepOffsets(seed: number, t: number, batch: number, length: numb
  * The gradients of several windows as one step's: per SparseTensor each distinct row
  * once (rows summed in f32 in window order), dense parameters summed; all times `scale`.
  */
-export function mergeGradients(list: readonly Gradients[], scale: number): Pick<Gradients, 'sparse' | 'dense'> & { of(): null } {
+export function sumGradients(list: readonly Gradients[], scale: number): Pick<Gradients, 'sparse' | 'dense'> & { of(): null } {
   // Each tensor's distinct rows, in order of first appearance; then their sums in one f32 buffer.
   const rows = new Map<SparseTensor, Map<number, number>>();
   for (const g of list) {
@@ -308,7 +308,7 @@ export async function trainLanguageModel(dir: string, corpus: Corpus, options: L
           losses[b0 + j] = loss.value;
         }));
       }
-      const info = await run.step(mergeGradients(grads, 1 / t.batch));
+      const info = await run.step(sumGradients(grads, 1 / t.batch));
       const loss = losses.reduce((a, b) => a + b, 0) / t.batch;
       recent.push(loss);
       stepsHere++;
