@@ -9,6 +9,7 @@
  * The corpus is Debian's `fortunes` package (.ci/run installs it); without it these
  * tests are skipped outside CI and fail in CI.
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -281,6 +282,38 @@ describe.skipIf(!available)('training on fortunes', () => {
   }, 120_000);
 });
 
+describe.skipIf(!available || !!process.env.GT_SANITIZED)('killed training', () => {
+  it('train-lm killed with SIGKILL at random moments, then resumed by the same command, ends at the digest of a run never killed', async () => {
+    const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
+    const args = (out: string): string[] => ['train-lm', '--out', out, '--steps', '30', '--batch', '2', '--context', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--eval-every', '100', '--eval-bytes', '64', '--checkpoint-every', '7', '--quiet'];
+    const straight = spawnSync(process.execPath, [BIN, ...args(join(dir, 'k-straight'))], { encoding: 'utf8' });
+    expect(straight.status, straight.stderr).toBe(0);
+    const rng = new Rng(17);
+    const out = join(dir, 'k-killed');
+    let kills = 0;
+    for (let attempt = 0; attempt < 12; attempt++) {
+      const child = spawn(process.execPath, [BIN, ...args(out)], { stdio: 'ignore' });
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 300 + rng.int(0, 2500));
+      const code = await exited;
+      clearTimeout(timer);
+      if (code === 0) break;
+      kills++;
+    }
+    expect(kills).toBeGreaterThanOrEqual(2);
+    // Finish (a no-op if the last attempt did).
+    const last = spawnSync(process.execPath, [BIN, ...args(out)], { encoding: 'utf8' });
+    expect(last.status, last.stderr).toBe(0);
+    const a = await Model.load(join(dir, 'k-straight'), { readOnly: true }), b = await Model.load(out, { readOnly: true });
+    try {
+      expect(Buffer.from(b.ghost.digest).toString('hex')).toBe(Buffer.from(a.ghost.digest).toString('hex'));
+    } finally {
+      a.model.close();
+      b.model.close();
+    }
+  }, 240_000);
+});
+
 describe.skipIf(!available)('serving the language model', () => {
   it('the HTTP service answers a context of bytes with a proof the client verifies; its logits are the local proof\'s', async () => {
     const model = languageModel({ context: 16, dim: 16, layers: 1, heads: 2, hidden: 24, memory: { layers: [0], subKeys: 4, k: 2, heads: 2, keyDim: 8 } });
@@ -328,6 +361,14 @@ describe.skipIf(!available)('the command line', () => {
     expect((await run('generate', out, '--tokens', '2', '--digest', digest.replace(/^./, (c) => (c === '0' ? '1' : '0')))).code).toBe(1);
     expect((await run('generate', out, '--digest', 'abc')).code).toBe(2);
     expect((await run('train-lm')).code).toBe(2);
+    // Refuses a directory that is not a run, and a run with another schedule length.
+    writeFileSync(join(dir, 'not-a-run'), 'x');
+    expect((await run('train-lm', '--out', join(dir, 'not-a-run'), '--quiet')).code).toBe(3);
+    // Run again on a finished run: it resumes with the run's own settings (nothing left to do).
+    const again = await run('train-lm', '--out', out, '--steps', '21', '--quiet');
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/resuming .* \(20 steps/);
+    expect(again.stdout).toMatch(/steps +20\n/);
     expect((await run('train-lm', '--out', join(dir, 'x'), '--memory-layers', '5')).code).toBe(2);
     expect((await run('generate', join(dir, 'nothing'))).code).toBe(3);
   }, 120_000);

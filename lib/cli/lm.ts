@@ -42,6 +42,7 @@ export interface TrainLmArgs {
 
 export async function runTrainLm(a: TrainLmArgs, print: (s: string) => void): Promise<number> {
   const resuming = existsSync(join(a.out, LM_CONFIG));
+  if (!resuming && existsSync(a.out)) throw Object.assign(new Error(`${a.out} exists and is not a train-lm run (no ${LM_CONFIG}); choose a new directory`), { code: 'EEXIST' });
   const corpus = await loadCorpus({ source: resuming ? (await readLanguageModelRun(a.out)).corpus.source : a.corpus });
   const unigram = unigramBitsPerByte(corpus.train, corpus.validation);
   if (resuming) {

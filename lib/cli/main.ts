@@ -169,7 +169,8 @@ state (docs/proof-format.md, docs/storage.md), ready for \`ghost-tensor serve\`.
 it in DIR: the model directory, lm.json, lm-log.jsonl (one JSON line per logged
 step and validation) and loss.svg. Every step is durable before it is taken;
 SIGINT or SIGTERM stops after the step in progress and checkpoints; the same
-command resumes exactly where the run stopped.
+command resumes exactly where the run stopped (with the run's own settings, from
+DIR/lm.json: other options are then ignored).
 
   --out DIR            the run directory (new, or a stopped run to resume)       (required)
   --quick              a minute: context 64, dim 64, 2 layers, 300 steps

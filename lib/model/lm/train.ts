@@ -15,11 +15,11 @@
  * at a time); their gradients are summed per row in window order and divided by
  * `batch` (sumGradients: each distinct row once, so the step's durable record stays small), then one Trainer step (warm-up and cosine schedule, global-norm clipping).
  */
-import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 
 import { checkInteger, checkNumber, checkOptions } from '../../shared/args.js';
-import { exists, replaceFile } from '../../shared/durable-fs.js';
+import { exists, replaceFile, syncDir } from '../../shared/durable-fs.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import type { SparseTensor } from '../../tensor/sparse-tensor.js';
 import type { Model } from '../model.js';
@@ -256,10 +256,17 @@ export async function trainLanguageModel(dir: string, corpus: Corpus, options: L
       training,
       corpus: { source: corpus.source, licence: corpus.licence, trainBytes: corpus.train.length, validationBytes: corpus.validation.length, documents: { ...corpus.documents } },
     };
+    // Made whole beside dir, then renamed into place: a crash leaves no half-made run at dir.
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
     const m = languageModel(model);
-    run = await TrainingRun.create(dir, m, { lr: training.lr, schedule: schedule(training), clipNorm: training.clipNorm, weightDecay: training.weightDecay });
+    const made = await TrainingRun.create(tmp, m, { lr: training.lr, schedule: schedule(training), clipNorm: training.clipNorm, weightDecay: training.weightDecay });
     m.close();
-    await replaceFile(dir, LM_CONFIG, new TextEncoder().encode(`${JSON.stringify(cfg, null, 2)}\n`));
+    await made.close();
+    await replaceFile(tmp, LM_CONFIG, new TextEncoder().encode(`${JSON.stringify(cfg, null, 2)}\n`));
+    await rename(tmp, dir);
+    await syncDir(dirname(resolve(dir)));
+    run = await TrainingRun.open(dir);
   }
   const t = cfg.training, S = cfg.model.context;
   const evalEvery = checkInteger('evalEvery', o.evalEvery ?? Math.max(1, Math.floor(t.steps / 10)), 1, 2 ** 40);
