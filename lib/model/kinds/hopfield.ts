@@ -65,6 +65,8 @@ export interface HopfieldStage {
   readonly out: Float32Array;
   /** true: the mixed rows are the values (last stage); false: the keys (update steps). */
   readonly toValues: boolean;
+  /** The rows mixed (B x k rows, as gathered by the forward): backward reads them instead of gathering again. */
+  readonly rows?: Float32Array;
 }
 
 /** What forward() keeps for backward(); treat as opaque. */
@@ -218,7 +220,7 @@ export class HopfieldLookup {
       const rows = toValues ? this.values.gather(ids) : this.#keyRows(ids);
       const w = toValues ? this.outDim : this.dim;
       const m = await callNativeAsync(() => native().hopfieldMixAsync(B, this.k, w, rows, s, beta, this.threads));
-      stages.push({ q: state, ids, s, a: m.weights, out: m.out, toValues });
+      stages.push({ q: state, ids, s, a: m.weights, out: m.out, toValues, rows });
       state = m.out;
     }
     const last = stages[stages.length - 1]!;
@@ -291,8 +293,8 @@ export class HopfieldLookup {
   async #stageBackward(st: HopfieldStage, dOut: Float32Array, beta: number, B: number): Promise<{ dq: Float32Array; grads: SparseGrad[]; dBeta: number }> {
     const k = this.k, d = this.dim;
     const { ids, s, a, out } = st;
-    const keyRows = this.#keyRows(ids);
-    const rows = st.toValues ? this.values.gather(ids) : keyRows;
+    const keyRows = !st.toValues && st.rows !== undefined ? st.rows : this.#keyRows(ids);
+    const rows = st.rows ?? (st.toValues ? this.values.gather(ids) : keyRows);
     const w = out.length / B;
     const mb = await callNativeAsync(() => native().hopfieldMixBackwardAsync(B, k, w, rows, s, beta, this.threads, a, out, dOut));
     const metric = this.keys instanceof ProductKeyIndex ? 'ip' : this.similarity;
