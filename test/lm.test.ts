@@ -147,6 +147,18 @@ describe('summed gradients', () => {
     for (let j = 0; j < 4; j++) expect(m.dense[0]!.grad[j]).toBeCloseTo(0.5 * list.reduce((a, g) => a + g.dense[0]!.grad[j]!, 0), 5);
   });
 
+  it('a table beyond 2^22 rows (kept in a Map, not a slot table) sums the same', () => {
+    const rng = new Rng(6);
+    const big = SparseTensor.fromArray(new Float32Array(2 ** 22 + 5), 1);
+    const ids = [2 ** 22 + 4, 3, 2 ** 22 + 4, 0, 3];
+    const list: Gradients[] = [0, 1].map(() => ({ sparse: [{ tensor: big, ids: Uint32Array.from(ids), grads: rng.f32(5) }], dense: [], of: () => null }));
+    const m = sumGradients(list, 1).sparse[0]!;
+    expect(Array.from(m.ids)).toEqual([2 ** 22 + 4, 3, 0]);
+    const want = [0, 0, 0];
+    for (const g of list) ids.forEach((id, r) => (want[[2 ** 22 + 4, 3, 0].indexOf(id)]! += g.sparse[0]!.grads[r]!));
+    want.forEach((w, i) => expect(m.grads[i]).toBeCloseTo(w, 5));
+  });
+
   it('step offsets are a function of the seed and the step, inside the text', () => {
     const a = stepOffsets(1, 7, 16, 1000, 64), b = stepOffsets(1, 7, 16, 1000, 64);
     expect(a).toEqual(b);

@@ -117,31 +117,45 @@ export function stepOffsets(seed: number, t: number, batch: number, length: numb
  * once (rows summed in f32 in window order), dense parameters summed; all times `scale`.
  */
 export function sumGradients(list: readonly Gradients[], scale: number): Pick<Gradients, 'sparse' | 'dense'> & { of(): null } {
-  // Each tensor's distinct rows, in order of first appearance; then their sums in one f32 buffer.
-  const rows = new Map<SparseTensor, Map<number, number>>();
+  // Each tensor's distinct rows, in order of first appearance (a slot table indexed by id
+  // for tables up to 2^22 rows, a Map beyond); then their sums in one f32 buffer.
+  interface Rows { table: Int32Array | null; map: Map<number, number> | null; ids: number[]; d: number }
+  const rows = new Map<SparseTensor, Rows>();
+  const slotOf = (e: Rows, id: number): number => (e.table !== null ? e.table[id]! : (e.map!.get(id) ?? -1));
   for (const g of list) {
     for (const s of g.sparse) {
-      let slot = rows.get(s.tensor);
-      if (slot === undefined) rows.set(s.tensor, (slot = new Map()));
-      for (const id of s.ids as Uint32Array) if (!slot.has(id)) slot.set(id, slot.size);
+      let e = rows.get(s.tensor);
+      if (e === undefined) {
+        const n = s.tensor.size;
+        e = n <= 2 ** 22 ? { table: new Int32Array(n).fill(-1), map: null, ids: [], d: s.tensor.dim } : { table: null, map: new Map(), ids: [], d: s.tensor.dim };
+        rows.set(s.tensor, e);
+      }
+      const ids = s.ids as Uint32Array;
+      for (let r = 0; r < ids.length; r++) {
+        const id = ids[r]!;
+        if (slotOf(e, id) >= 0) continue;
+        if (e.table !== null) e.table[id] = e.ids.length;
+        else e.map!.set(id, e.ids.length);
+        e.ids.push(id);
+      }
     }
   }
   const sparse: SparseGrad[] = [];
   const bufs = new Map<SparseTensor, Float32Array>();
-  for (const [t, slot] of rows) bufs.set(t, new Float32Array(slot.size * t.dim));
+  for (const [t, e] of rows) bufs.set(t, new Float32Array(e.ids.length * e.d));
   for (const g of list) {
     for (const s of g.sparse) {
-      const slot = rows.get(s.tensor)!, buf = bufs.get(s.tensor)!, d = s.tensor.dim, ids = s.ids as Uint32Array, gr = s.grads;
+      const e = rows.get(s.tensor)!, buf = bufs.get(s.tensor)!, d = e.d, ids = s.ids as Uint32Array, gr = s.grads;
       for (let r = 0; r < ids.length; r++) {
-        const o = slot.get(ids[r]!)! * d, src = r * d;
+        const o = slotOf(e, ids[r]!) * d, src = r * d;
         for (let j = 0; j < d; j++) buf[o + j] = buf[o + j]! + gr[src + j]!;
       }
     }
   }
-  for (const [t, slot] of rows) {
+  for (const [t, e] of rows) {
     const buf = bufs.get(t)!;
     if (scale !== 1) for (let j = 0; j < buf.length; j++) buf[j] = buf[j]! * scale;
-    sparse.push({ tensor: t, ids: Uint32Array.from(slot.keys()), grads: buf });
+    sparse.push({ tensor: t, ids: Uint32Array.from(e.ids), grads: buf });
   }
   const dense = new Map<Float32Array, Float32Array>();
   for (const g of list) {
