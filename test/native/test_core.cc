@@ -897,6 +897,33 @@ static void test_attention() {
         if (k == n || (causal && k >= n)) CHECK(max_rel(out, full.out) < 1e-5);
       }
     }
+    // linear_forward / linear_backward (packed-panel GEMM): odd shapes around the 16-column
+    // panels, the 32-row tasks and the 128-term depth blocks, against f64 references; the
+    // bits do not depend on the thread count.
+    for (size_t n : {1, 33, 70}) for (size_t m : {1, 17, 48}) for (size_t d : {3, 16, 130, 300}) {
+      const std::vector<float> X = rand_vec(n * d), W = rand_vec(m * d), dY = rand_vec(n * m);
+      std::vector<double> wy(n * m, 0.0), wdx(n * d, 0.0), wdw(m * d, 0.0);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < m; ++j)
+          for (size_t t = 0; t < d; ++t) {
+            wy[i * m + j] += double(X[i * d + t]) * W[j * d + t];
+            wdx[i * d + t] += double(dY[i * m + j]) * W[j * d + t];
+            wdw[j * d + t] += double(dY[i * m + j]) * X[i * d + t];
+          }
+      std::vector<float> y1(n * m), y3(n * m), dx1(n * d, 7.0f), dw1(m * d, 7.0f), dx3(n * d), dw3(m * d);
+      gt::linear_forward(X.data(), n, W.data(), m, d, 1, K, y1.data());
+      gt::linear_forward(X.data(), n, W.data(), m, d, 3, K, y3.data());
+      gt::linear_backward(X.data(), n, W.data(), m, d, dY.data(), 1, K, dx1.data(), dw1.data());
+      gt::linear_backward(X.data(), n, W.data(), m, d, dY.data(), 3, K, dx3.data(), dw3.data());
+      // |error| against the sum of |terms| (relative error of a dot product of d terms).
+      const auto close = [](const std::vector<float>& got, const std::vector<double>& want, size_t terms) {
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+        return worst < 1e-6 * double(terms) + 1e-6;
+      };
+      CHECK(close(y1, wy, d) && close(dx1, wdx, m) && close(dw1, wdw, n));
+      CHECK(y1 == y3 && dx1 == dx3 && dw1 == dw3);
+    }
     // Bad arguments are refused before any work.
     gt::AttentionArgs bad;
     bad.kernels = &K;

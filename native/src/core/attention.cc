@@ -300,29 +300,89 @@ void dense_attention_backward(const AttentionArgs& a, const float* out, const fl
   merge_heads(dVh, n, H, dk, dV);
 }
 
-void linear_forward(const float* X, size_t n, const float* W, size_t m, size_t d, size_t threads,
-                    const Kernels& kern, float* y) {
-  const size_t nb = (n + kQueryBlock - 1) / kQueryBlock;
-  parallel_for(nb, threads, [&](size_t begin, size_t end, size_t) {
+namespace {
+
+constexpr size_t kPanel = 16;        // columns of B per packed panel (gemm_acc's register block)
+constexpr size_t kGemmRows = 32;     // rows of C per task
+constexpr size_t kGemmDepth = 128;   // terms of the sum per pass (the A block stays in cache)
+constexpr double kGemmThreadWork = 1u << 21;  // multiply-adds per extra thread worth its start
+
+// A buffer of at least `count` floats that keeps its memory between calls on this
+// thread (the addon's worker threads live on): a fresh large allocation is mapped
+// and page-faulted anew on each call, which costs more than the packing itself.
+float* scratch(std::vector<float>& buf, size_t count) {
+  if (buf.size() < count) buf.resize(count);
+  return buf.data();
+}
+
+// B (kd x nc) with element (t, j) at B[t * rs + j * cs], packed into `out` as column
+// panels of kPanel: panel p holds columns [p * kPanel, ...) as kd contiguous rows of
+// kPanel (the last panel's missing columns are 0). Strided rows of B alias in the L1
+// cache; a panel is read with unit stride instead.
+const float* pack_panels(const float* B, size_t kd, size_t nc, size_t rs, size_t cs, std::vector<float>& buf) {
+  const size_t panels = (nc + kPanel - 1) / kPanel;
+  float* out = scratch(buf, panels * kd * kPanel);
+  for (size_t p = 0; p < panels; ++p) {
+    const size_t j0 = p * kPanel, w = std::min(kPanel, nc - j0);
+    float* dst = out + p * kd * kPanel;
+    if (w < kPanel) std::fill(dst, dst + kd * kPanel, 0.0f);
+    if (cs == 1) {
+      for (size_t t = 0; t < kd; ++t) std::copy(B + t * rs + j0, B + t * rs + j0 + w, dst + t * kPanel);
+    } else {
+      for (size_t c = 0; c < w; ++c) {
+        const float* src = B + (j0 + c) * cs;
+        for (size_t t = 0; t < kd; ++t) dst[t * kPanel + c] = src[t * rs];
+      }
+    }
+  }
+  return out;
+}
+
+thread_local std::vector<float> tl_packed, tl_transposed;
+
+// C (m x nc) = A (m x kd, row-major) B, B given packed (pack_panels); C overwritten.
+// Each element is summed in increasing t by gemm_acc (depth blocks in order, C
+// carried between them in f32), so the result does not depend
+// on the thread count.
+void gemm_packed(float* C, const float* A, const float* Bp, size_t m, size_t kd, size_t nc, size_t threads,
+                 const Kernels& kern) {
+  std::fill(C, C + m * nc, 0.0f);
+  const size_t blocks = (m + kGemmRows - 1) / kGemmRows, panels = (nc + kPanel - 1) / kPanel;
+  const double work = static_cast<double>(m) * kd * nc;
+  const size_t useful = static_cast<size_t>(std::max(1.0, work / kGemmThreadWork));
+  parallel_for(blocks, std::min(threads, useful), [&](size_t begin, size_t end, size_t) {
     for (size_t b = begin; b < end; ++b) {
-      const size_t i0 = b * kQueryBlock, qn = std::min(kQueryBlock, n - i0);
-      kern.dot_block(X + i0 * d, qn, W, m, d, y + i0 * m, m);
+      const size_t i0 = b * kGemmRows, rows = std::min(kGemmRows, m - i0);
+      for (size_t t0 = 0; t0 < kd; t0 += kGemmDepth) {
+        const size_t depth = std::min(kGemmDepth, kd - t0);
+        for (size_t p = 0; p < panels; ++p) {
+          const size_t j0 = p * kPanel, w = std::min(kPanel, nc - j0);
+          kern.gemm_acc(C + i0 * nc + j0, nc, A + i0 * kd + t0, kd, Bp + (p * kd + t0) * kPanel, kPanel, rows, depth, w);
+        }
+      }
     }
   });
 }
 
+}  // namespace
+
+void linear_forward(const float* X, size_t n, const float* W, size_t m, size_t d, size_t threads,
+                    const Kernels& kern, float* y) {
+  // y = X W^T: B = W^T, element (t, j) = W[j * d + t].
+  gemm_packed(y, X, pack_panels(W, d, m, 1, d, tl_packed), n, d, m, threads, kern);
+}
+
 void linear_backward(const float* X, size_t n, const float* W, size_t m, size_t d, const float* dY, size_t threads,
                      const Kernels& kern, float* dX, float* dW) {
-  std::fill(dX, dX + n * d, 0.0f);
-  std::fill(dW, dW + m * d, 0.0f);
-  parallel_for(n, threads, [&](size_t begin, size_t end, size_t) {
-    for (size_t i = begin; i < end; ++i)
-      for (size_t j = 0; j < m; ++j) kern.axpy(dX + i * d, dY[i * m + j], W + j * d, d);
-  });
-  parallel_for(m, threads, [&](size_t begin, size_t end, size_t) {
-    for (size_t j = begin; j < end; ++j)
-      for (size_t i = 0; i < n; ++i) kern.axpy(dW + j * d, dY[i * m + j], X + i * d, d);
-  });
+  gemm_packed(dX, dY, pack_panels(W, m, d, d, 1, tl_packed), n, m, d, threads, kern);  // dX = dY W
+  // dW = dY^T X: A = dY^T (m x n, row-major).
+  float* dyt = scratch(tl_transposed, m * n);
+  constexpr size_t kTile = 32;
+  for (size_t i0 = 0; i0 < n; i0 += kTile)
+    for (size_t j0 = 0; j0 < m; j0 += kTile)
+      for (size_t i = i0; i < std::min(n, i0 + kTile); ++i)
+        for (size_t j = j0; j < std::min(m, j0 + kTile); ++j) dyt[j * n + i] = dY[i * m + j];
+  gemm_packed(dW, dyt, pack_panels(X, n, d, d, 1, tl_packed), m, n, d, threads, kern);
 }
 
 }  // namespace gt
