@@ -173,6 +173,25 @@ struct Recorder : gt::WriteListener {
 };
 
 static void test_tensor() {
+  {
+    // first_non_finite (blocks of 64 tested branch-free, then scanned): one NaN, +Inf or
+    // -Inf at every position of arrays around the block size, among extreme finite values.
+    bool all_ok = true;
+    const float bad[3] = {std::nanf(""), INFINITY, -INFINITY};
+    for (size_t n : {0, 1, 63, 64, 65, 200}) {
+      std::vector<float> a(n);
+      for (size_t i = 0; i < n; ++i) a[i] = (i % 3 == 0) ? 3.4028235e38f : (i % 3 == 1) ? -1e-45f : -0.0f;
+      all_ok = all_ok && gt::first_non_finite(a.data(), n) == n;
+      for (size_t at = 0; at < n; ++at)
+        for (float b : bad) {
+          std::vector<float> c = a;
+          c[at] = b;
+          if (at + 7 < n) c[at + 7] = b;  // a second one later: the first is reported
+          all_ok = all_ok && gt::first_non_finite(c.data(), n) == at;
+        }
+    }
+    CHECK(all_ok);
+  }
   const size_t d = 5;
   gt::SparseTensor t(d, 1);
   Recorder rec;
