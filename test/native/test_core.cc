@@ -366,6 +366,22 @@ static void test_optimizer() {
   const float g[] = {1, 1, 1, 2, 2, 2, 3, 3, 3};
   CHECK(opt.step(ids, 3, g) == 2);
   CHECK(t.row(0)[0] == 1 - 0.5f * 2 && t.row(1)[0] == 4 && t.row(2)[2] == 9 - 0.5f * 4);
+  // Ids in non-decreasing order with a repeat (summed, not read in place as distinct
+  // rows), then strictly ascending ids (read in place).
+  {
+    gt::SparseTensor u(2, 0);
+    const float u0[] = {10, 20, 30, 40, 50, 60};
+    u.append(u0, 3);
+    gt::SparseOptimizer sgd(u, p);
+    const uint32_t rep[] = {0, 1, 1};
+    const float gr[] = {2, 4, 1, 1, 3, 5};
+    CHECK(sgd.step(rep, 3, gr) == 2);
+    CHECK(u.row(0)[0] == 9 && u.row(0)[1] == 18 && u.row(1)[0] == 28 && u.row(1)[1] == 37 && u.row(2)[0] == 50);
+    const uint32_t asc[] = {0, 2};
+    const float ga[] = {2, 2, 4, 8};
+    CHECK(sgd.step(asc, 2, ga) == 2);
+    CHECK(u.row(0)[0] == 8 && u.row(1)[0] == 28 && u.row(2)[0] == 48 && u.row(2)[1] == 56);
+  }
   // A non-finite result is refused and changes nothing.
   const float huge[] = {3e38f, 3e38f, 3e38f, 3e38f, 3e38f, 3e38f};
   const uint32_t twice[] = {1, 1};
