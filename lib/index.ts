@@ -58,7 +58,7 @@ export { Model } from './model/model.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
 export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
-export { DataLoader, Tape, TapeLoss, TapeValue, Trainer, TrainingRun, fit, globalNorm, init, mse, scheduleFactor, seededRandom, softmaxCrossEntropy } from './model/train/index.js';
+export { DataLoader, Tape, TapeLoss, TapeValue, Trainer, TrainingRun, fit, globalNorm, init, mergeGradients, mse, scheduleFactor, seededRandom, softmaxCrossEntropy } from './model/train/index.js';
 export type {
   Batch,
   ClassTargets,
@@ -70,6 +70,7 @@ export type {
   Gradients,
   History,
   LossResult,
+  MergeGradientsOptions,
   Schedule,
   SeedOption,
   StepInfo,

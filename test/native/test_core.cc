@@ -173,6 +173,25 @@ struct Recorder : gt::WriteListener {
 };
 
 static void test_tensor() {
+  {
+    // first_non_finite (blocks of 64 tested branch-free, then scanned): one NaN, +Inf or
+    // -Inf at every position of arrays around the block size, among extreme finite values.
+    bool all_ok = true;
+    const float bad[3] = {std::nanf(""), INFINITY, -INFINITY};
+    for (size_t n : {0, 1, 63, 64, 65, 200}) {
+      std::vector<float> a(n);
+      for (size_t i = 0; i < n; ++i) a[i] = (i % 3 == 0) ? 3.4028235e38f : (i % 3 == 1) ? -1e-45f : -0.0f;
+      all_ok = all_ok && gt::first_non_finite(a.data(), n) == n;
+      for (size_t at = 0; at < n; ++at)
+        for (float b : bad) {
+          std::vector<float> c = a;
+          c[at] = b;
+          if (at + 7 < n) c[at + 7] = b;  // a second one later: the first is reported
+          all_ok = all_ok && gt::first_non_finite(c.data(), n) == at;
+        }
+    }
+    CHECK(all_ok);
+  }
   const size_t d = 5;
   gt::SparseTensor t(d, 1);
   Recorder rec;
@@ -347,6 +366,22 @@ static void test_optimizer() {
   const float g[] = {1, 1, 1, 2, 2, 2, 3, 3, 3};
   CHECK(opt.step(ids, 3, g) == 2);
   CHECK(t.row(0)[0] == 1 - 0.5f * 2 && t.row(1)[0] == 4 && t.row(2)[2] == 9 - 0.5f * 4);
+  // Ids in non-decreasing order with a repeat (summed, not read in place as distinct
+  // rows), then strictly ascending ids (read in place).
+  {
+    gt::SparseTensor u(2, 0);
+    const float u0[] = {10, 20, 30, 40, 50, 60};
+    u.append(u0, 3);
+    gt::SparseOptimizer sgd(u, p);
+    const uint32_t rep[] = {0, 1, 1};
+    const float gr[] = {2, 4, 1, 1, 3, 5};
+    CHECK(sgd.step(rep, 3, gr) == 2);
+    CHECK(u.row(0)[0] == 9 && u.row(0)[1] == 18 && u.row(1)[0] == 28 && u.row(1)[1] == 37 && u.row(2)[0] == 50);
+    const uint32_t asc[] = {0, 2};
+    const float ga[] = {2, 2, 4, 8};
+    CHECK(sgd.step(asc, 2, ga) == 2);
+    CHECK(u.row(0)[0] == 8 && u.row(1)[0] == 28 && u.row(2)[0] == 48 && u.row(2)[1] == 56);
+  }
   // A non-finite result is refused and changes nothing.
   const float huge[] = {3e38f, 3e38f, 3e38f, 3e38f, 3e38f, 3e38f};
   const uint32_t twice[] = {1, 1};
@@ -896,6 +931,33 @@ static void test_attention() {
         CHECK(max_rel(out, pick.out) < 1e-4);
         if (k == n || (causal && k >= n)) CHECK(max_rel(out, full.out) < 1e-5);
       }
+    }
+    // linear_forward / linear_backward (packed-panel GEMM): odd shapes around the 16-column
+    // panels, the 32-row tasks and the 128-term depth blocks, against f64 references; the
+    // bits do not depend on the thread count.
+    for (size_t n : {1, 33, 70}) for (size_t m : {1, 17, 48}) for (size_t d : {3, 16, 130, 300}) {
+      const std::vector<float> X = rand_vec(n * d), W = rand_vec(m * d), dY = rand_vec(n * m);
+      std::vector<double> wy(n * m, 0.0), wdx(n * d, 0.0), wdw(m * d, 0.0);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < m; ++j)
+          for (size_t t = 0; t < d; ++t) {
+            wy[i * m + j] += double(X[i * d + t]) * W[j * d + t];
+            wdx[i * d + t] += double(dY[i * m + j]) * W[j * d + t];
+            wdw[j * d + t] += double(dY[i * m + j]) * X[i * d + t];
+          }
+      std::vector<float> y1(n * m), y3(n * m), dx1(n * d, 7.0f), dw1(m * d, 7.0f), dx3(n * d), dw3(m * d);
+      gt::linear_forward(X.data(), n, W.data(), m, d, 1, K, y1.data());
+      gt::linear_forward(X.data(), n, W.data(), m, d, 3, K, y3.data());
+      gt::linear_backward(X.data(), n, W.data(), m, d, dY.data(), 1, K, dx1.data(), dw1.data());
+      gt::linear_backward(X.data(), n, W.data(), m, d, dY.data(), 3, K, dx3.data(), dw3.data());
+      // |error| against the sum of |terms| (relative error of a dot product of d terms).
+      const auto close = [](const std::vector<float>& got, const std::vector<double>& want, size_t terms) {
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+        return worst < 1e-6 * double(terms) + 1e-6;
+      };
+      CHECK(close(y1, wy, d) && close(dx1, wdx, m) && close(dw1, wdw, n));
+      CHECK(y1 == y3 && dx1 == dx3 && dw1 == dw3);
     }
     // Bad arguments are refused before any work.
     gt::AttentionArgs bad;

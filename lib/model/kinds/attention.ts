@@ -288,9 +288,7 @@ export class SparseSelfAttention {
     const sparse = this.mode === 'sparse';
     // A sequence shorter than k: every query attends to all the keys it may see (as the canonical forward does).
     const kEff = sparse ? Math.min(this.k, n) : 0;
-    const pq = this.query === null ? null : await this.query.forward(x);
-    const pk = this.key === null ? null : await this.key.forward(x);
-    const pv = this.value === null ? null : await this.value.forward(x);
+    const [pq, pk, pv] = await inTurnOrTogether([this.query, this.key, this.value], (p) => p.forward(x));
     const q = pq?.y ?? x, k = pk?.y ?? x, v = pv?.y ?? x;
     const scale = this.#scale ?? 1 / Math.sqrt(dk);
     const r = await callNativeAsync(() => native().attentionForwardAsync(n, this.heads, dk, kEff, this.causal, scale, this.threads, q, k, v));
@@ -327,17 +325,27 @@ export class SparseSelfAttention {
     const streams: [Projection | null, ProjectionContext | null, Float32Array][] = [
       [this.query, ctx.proj.q, r.dq], [this.key, ctx.proj.k, r.dk], [this.value, ctx.proj.v, r.dv],
     ];
-    for (const [p, pctx, g] of streams) {
-      let part = g;
-      if (p !== null) {
-        const b = await p.backward(pctx!, g);
-        part = b.dx;
-        grads.push(b.grad);
-      }
-      for (let i = 0; i < dx.length; i++) dx[i]! += part[i]!;
-    }
+    const back = await inTurnOrTogether(streams.map(([p]) => p), (p, i) => p.backward(streams[i]![1]!, streams[i]![2]));
+    streams.forEach(([, , g], i) => {
+      const b = back[i];
+      if (b != null) grads.push(b.grad);
+      const part = b == null ? g : b.dx;
+      for (let j = 0; j < dx.length; j++) dx[j]! += part[j]!;
+    });
     return { dx, grads: mergeByTensor(grads) };
   }
+}
+
+/**
+ * f(p, i) for each projection p (null: none). Dense ones (`full`: a copy-in, copy-out
+ * native product each) run together, so their jobs overlap on the worker threads; with
+ * a sparse one among them they run in turn. Results in the order of `ps` either way.
+ */
+async function inTurnOrTogether<T>(ps: readonly (Projection | null)[], f: (p: Projection, i: number) => Promise<T>): Promise<(T | null)[]> {
+  if (ps.every((p) => p === null || p.full)) return Promise.all(ps.map((p, i) => (p === null ? null : f(p, i))));
+  const out: (T | null)[] = [];
+  for (const [i, p] of ps.entries()) out.push(p === null ? null : await f(p, i));
+  return out;
 }
 
 /** One SparseGrad per tensor (a weight shared by projections gets their rows together). */

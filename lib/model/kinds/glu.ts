@@ -7,7 +7,6 @@
 import { checkInteger } from '../../shared/args.js';
 import { InvalidArgumentError, callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
-import { cexp } from '../../verify/canonical.js';
 import { gluSpec, type GhostGluLayer } from '../../verify/kinds/glu.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
@@ -50,11 +49,13 @@ export const gluKind: LayerKind<Glu, GhostGluLayer> = {
   /** With s = sigmoid(g): d/dg = dy u s (1 + g (1 - s)), d/du = dy g s. */
   async backward(_l, ctx, dy): Promise<LayerGradients> {
     const { gate, up } = ctx as GluContext;
-    const dg = new Float32Array(gate.length), du = new Float32Array(gate.length);
-    for (let i = 0; i < gate.length; i++) {
-      const g = gate[i]!, s = 1 / (1 + cexp(-g));
-      dg[i] = dy[i]! * up[i]! * s * (1 + g * (1 - s));
-      du[i] = dy[i]! * g * s;
+    // Math.exp, not the canonical cexp: gradients are not part of the canonical arithmetic.
+    const n = gate.length;
+    const dg = new Float32Array(n), du = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const g = gate[i]!, s = 1 / (1 + Math.exp(-g)), d = dy[i]!;
+      dg[i] = d * up[i]! * s * (1 + g * (1 - s));
+      du[i] = d * g * s;
     }
     return { dx: dg, dxOthers: [du], grads: [], dense: [] };
   },

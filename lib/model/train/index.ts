@@ -8,6 +8,8 @@ export type { Schedule } from './schedule.js';
 export { init, seededRandom } from './init.js';
 export type { SeedOption } from './init.js';
 export { Trainer, globalNorm } from './trainer.js';
+export { mergeGradients } from './merge.js';
+export type { MergeGradientsOptions } from './merge.js';
 export type { StepInfo, TrainerOptions } from './trainer.js';
 export { DataLoader, fit } from './fit.js';
 export type { Batch, Dataset, EpochRecord, FitOptions, ForwardFn, History, StepRecord } from './fit.js';

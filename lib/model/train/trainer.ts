@@ -62,6 +62,13 @@ export function globalNorm(sparse: readonly SparseGrad[], dense: readonly { grad
   for (const g of sparse) {
     const d = g.tensor.dim;
     const ids = g.ids, grads = g.grads;
+    // Strictly increasing ids (every row once, the usual case): each row is its own sum.
+    let increasing = true;
+    for (let r = 1; r < ids.length && increasing; r++) increasing = ids[r]! > ids[r - 1]!;
+    if (increasing) {
+      for (let j = 0; j < grads.length; j++) sum += grads[j]! * grads[j]!;
+      continue;
+    }
     // Each distinct id's summed row, in one f64 buffer (distinct ids found first).
     const slot = new Map<number, number>();
     const at = new Int32Array(ids.length);

@@ -92,45 +92,79 @@ void SparseOptimizer::check_step(const uint32_t* ids, size_t count, const float*
   if (bad != n) throw Error(ErrorCode::NonFinite, "grads[" + std::to_string(bad) + "] is not finite");
 }
 
+namespace {
+
+// A step's new values and moments are built in full before any is committed. A fresh
+// buffer of a dense layer's size is mapped and page-faulted anew by every step, which
+// costs more than the Adam arithmetic; each thread keeps its buffers up to kKeep floats
+// each (larger steps allocate, and free when the next step is smaller).
+struct StepScratch {
+  static constexpr size_t kKeep = size_t{1} << 22;  // 16 MiB per buffer
+  std::vector<float> w, m, v;
+  float* take(std::vector<float>& buf, size_t count) {
+    if (buf.size() < count || (buf.size() > kKeep && count <= kKeep)) {
+      std::vector<float>().swap(buf);
+      buf.resize(count);
+    }
+    return buf.data();
+  }
+};
+
+StepScratch& step_scratch() {
+  thread_local StepScratch scratch;
+  return scratch;
+}
+
+}  // namespace
+
 size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* grads) {
   check_step(ids, count, grads);
   const size_t d = tensor_.dim();
 
   // Coalesce: distinct ids ascending; each one's gradients summed in order of appearance.
-  std::vector<uint32_t> order(count);
-  std::iota(order.begin(), order.end(), 0u);
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
-  std::vector<uint32_t> rows;
-  std::vector<float> g;
-  rows.reserve(count);
-  g.reserve(count * d);
-  for (size_t i = 0; i < count; ++i) {
-    const uint32_t src = order[i];
-    const float* gi = grads + static_cast<size_t>(src) * d;
-    if (rows.empty() || rows.back() != ids[src]) {
-      rows.push_back(ids[src]);
-      g.insert(g.end(), gi, gi + d);
-    } else {
-      float* acc = g.data() + (rows.size() - 1) * d;
-      for (size_t j = 0; j < d; ++j) acc[j] += gi[j];
+  // Ids already strictly ascending (a dense layer's rows, the usual case) are their own
+  // coalesced form: the ids and gradients are read in place.
+  bool ascending = true;
+  for (size_t i = 1; i < count && ascending; ++i) ascending = ids[i] > ids[i - 1];
+  std::vector<uint32_t> rows_buf;
+  std::vector<float> g_buf;
+  if (!ascending) {
+    std::vector<uint32_t> order(count);
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
+    rows_buf.reserve(count);
+    g_buf.reserve(count * d);
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t src = order[i];
+      const float* gi = grads + static_cast<size_t>(src) * d;
+      if (rows_buf.empty() || rows_buf.back() != ids[src]) {
+        rows_buf.push_back(ids[src]);
+        g_buf.insert(g_buf.end(), gi, gi + d);
+      } else {
+        float* acc = g_buf.data() + (rows_buf.size() - 1) * d;
+        for (size_t j = 0; j < d; ++j) acc[j] += gi[j];
+      }
     }
   }
-  const size_t nr = rows.size();
+  const uint32_t* rows = ascending ? ids : rows_buf.data();
+  const float* g = ascending ? grads : g_buf.data();
+  const size_t nr = ascending ? count : rows_buf.size();
 
   const OptimizerParams& p = params_;
   const double new_log_decay =
       p.weight_decay > 0.0f ? log_decay_ + canonical::log1p_neg(-static_cast<double>(p.lr) * p.weight_decay) : log_decay_;
   const bool adam = p.kind == OptimizerKind::Adam;
-  std::vector<float> w(nr * d), m, v;
-  if (adam) {
-    m.resize(nr * d);
-    v.resize(nr * d);
-  }
+  // The new values and moments, built whole before anything is committed, in buffers
+  // this thread keeps (StepScratch).
+  StepScratch& scratch = step_scratch();
+  float* w = scratch.take(scratch.w, nr * d);
+  float* m = adam ? scratch.take(scratch.m, nr * d) : nullptr;
+  float* v = adam ? scratch.take(scratch.v, nr * d) : nullptr;
   for (size_t r = 0; r < nr; ++r) {
     const uint32_t id = rows[r];
     const float* cur = tensor_.row(id);
-    const float* gr = g.data() + r * d;
-    float* wr = w.data() + r * d;
+    const float* gr = g + r * d;
+    float* wr = w + r * d;
     const float decay = p.weight_decay > 0.0f ? static_cast<float>(canonical::exp(new_log_decay - decay_mark_[id])) : 1.0f;
     if (!adam) {
       for (size_t j = 0; j < d; ++j) wr[j] = cur[j] * decay - p.lr * gr[j];
@@ -143,8 +177,8 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
     const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
     const float* m0 = m_ + static_cast<size_t>(id) * d;
     const float* v0 = v_ + static_cast<size_t>(id) * d;
-    float* mr = m.data() + r * d;
-    float* vr = v.data() + r * d;
+    float* mr = m + r * d;
+    float* vr = v + r * d;
     for (size_t j = 0; j < d; ++j) {
       mr[j] = p.beta1 * m0[j] + (1.0f - p.beta1) * gr[j];
       vr[j] = p.beta2 * v0[j] + (1.0f - p.beta2) * gr[j] * gr[j];
@@ -157,28 +191,28 @@ size_t SparseOptimizer::step(const uint32_t* ids, size_t count, const float* gra
   // written into an update proof (nor opened again from a checkpoint). Counters must not wrap.
   if (!std::isfinite(new_log_decay)) throw Error(ErrorCode::NonFinite, "the decay log would not be finite");
   if (adam) {
-    const size_t bad_m = first_non_finite(m.data(), m.size());
-    if (bad_m != m.size())
+    const size_t bad_m = first_non_finite(m, nr * d);
+    if (bad_m != nr * d)
       throw Error(ErrorCode::NonFinite, "the step's new m of row " + std::to_string(rows[bad_m / d]) + " is not finite");
-    const size_t bad_v = first_non_finite(v.data(), v.size());
-    if (bad_v != v.size())
+    const size_t bad_v = first_non_finite(v, nr * d);
+    if (bad_v != nr * d)
       throw Error(ErrorCode::NonFinite, "the step's new v of row " + std::to_string(rows[bad_v / d]) +
                                             " is not finite (the gradient squared overflows)");
   }
-  const size_t bad_w = first_non_finite(w.data(), w.size());
-  if (bad_w != w.size())
+  const size_t bad_w = first_non_finite(w, nr * d);
+  if (bad_w != nr * d)
     throw Error(ErrorCode::NonFinite, "the step's new value of row " + std::to_string(rows[bad_w / d]) + " is not finite");
   for (size_t r = 0; r < nr; ++r)
     if (row_steps_[rows[r]] == UINT32_MAX)
       throw Error(ErrorCode::OutOfRange, "row " + std::to_string(rows[r]) + " has taken 2^32 - 1 steps; its counter is full");
   // Writes (validating again); throws before anything changed.
-  tensor_.set(rows.data(), nr, w.data());
+  tensor_.set(rows, nr, w);
 
   for (size_t r = 0; r < nr; ++r) {
     const uint32_t id = rows[r];
     if (adam) {
-      std::copy(m.begin() + r * d, m.begin() + (r + 1) * d, m_ + static_cast<size_t>(id) * d);
-      std::copy(v.begin() + r * d, v.begin() + (r + 1) * d, v_ + static_cast<size_t>(id) * d);
+      std::copy(m + r * d, m + (r + 1) * d, m_ + static_cast<size_t>(id) * d);
+      std::copy(v + r * d, v + (r + 1) * d, v_ + static_cast<size_t>(id) * d);
     }
     ++row_steps_[id];
     decay_mark_[id] = new_log_decay;
