@@ -4,7 +4,7 @@
  * and of its proof) and batches, per SIMD level, against the machine's plain read
  * bandwidth and against the peers, all in one process.
  *
- *   nice -n 5 node bench/exact-topk.mjs --quick   about a minute and a half on 2 cores
+ *   nice -n 5 node bench/exact-topk.mjs --quick   about two minutes on 2 cores
  *   nice -n 5 node bench/exact-topk.mjs           longer runs, larger data
  *
  * Sections:
@@ -69,8 +69,8 @@ const nameArg = process.argv.find((a) => a.startsWith('--name='));
 const OUT_NAME = nameArg ? nameArg.slice('--name='.length) : QUICK ? 'exact-topk-quick' : 'exact-topk';
 if (!/^[a-z0-9][a-z0-9._-]*$/i.test(OUT_NAME)) throw new Error(`--name must be a plain file name, got ${OUT_NAME}`);
 const P = QUICK
-  ? { bytes: 128 * 2 ** 20, dims: [16, 64, 128, 784, 1024], reps1q: 9, batch: 32, repsBatch: 2, fashionRounds: 15, k: 10, seed: 0x746f706b }
-  : { bytes: 256 * 2 ** 20, dims: [16, 64, 128, 784, 1024], reps1q: 21, batch: 64, repsBatch: 3, fashionRounds: 41, k: 10, seed: 0x746f706b };
+  ? { bytes: 128 * 2 ** 20, dims: [16, 64, 128, 784, 1024], reps1q: 25, batch: 32, repsBatch: 2, fashionRounds: 31, k: 10, seed: 0x746f706b }
+  : { bytes: 256 * 2 ** 20, dims: [16, 64, 128, 784, 1024], reps1q: 41, batch: 64, repsBatch: 3, fashionRounds: 61, k: 10, seed: 0x746f706b };
 const FASHION_DIR = '/usr/share/datasets/fashion-mnist';
 
 const log = logger('exact-topk');
@@ -163,6 +163,7 @@ async function levelSection() {
           oneGbps: round(bytes / med(one[l]) / 1e6),
           oneGbpsBest: round(bytes / Math.min(...one[l]) / 1e6),
           batchQps: round((P.batch * 1e3) / med(batch[l])),
+          batchMsMin: round(Math.min(...batch[l])),
           batchGbps: round((P.batch * bytes) / med(batch[l]) / 1e6),
           top10SameAsScalar: same,
         });
@@ -178,7 +179,9 @@ async function levelSection() {
       r.readRatio = round(r.oneGbps / plain);
       r.readRatioBest = round(r.oneGbpsBest / plainBest);
       r.oneVsScalar = round(r.oneQps / sc.oneQps);
+      r.oneVsScalarBest = round(sc.oneMsMin / r.oneMsMin);
       r.batchVsScalar = round(r.batchQps / sc.batchQps);
+      r.batchVsScalarBest = round(sc.batchMsMin / r.batchMsMin);
     }
     tryGc();
   }
@@ -189,10 +192,11 @@ const s1 = await levelSection();
 results.levels = s1.rows;
 results.reads = s1.reads;
 for (const r of s1.rows) {
-  if (r.level !== 'scalar' && r.oneVsScalar < 0.95)
-    checks.push(`1q d=${r.d} ${r.metric} ${r.level}: ${r.oneQps} q/s, ${r.oneVsScalar}x scalar`);
-  if (r.level !== 'scalar' && r.batchVsScalar < 0.95)
-    checks.push(`batch d=${r.d} ${r.metric} ${r.level}: ${r.batchQps} q/s, ${r.batchVsScalar}x scalar`);
+  // Fastest calls: on a shared machine the medians move with the neighbours' load.
+  if (r.level !== 'scalar' && r.oneVsScalarBest < 0.95)
+    checks.push(`1q d=${r.d} ${r.metric} ${r.level}: best call ${r.oneVsScalarBest}x scalar's (medians ${r.oneVsScalar}x)`);
+  if (r.level !== 'scalar' && r.batchVsScalarBest < 0.95)
+    checks.push(`batch d=${r.d} ${r.metric} ${r.level}: best call ${r.batchVsScalarBest}x scalar's (medians ${r.batchVsScalar}x)`);
   if (r.level === BEST && r.readRatioBest < 0.8)
     checks.push(`1q d=${r.d} ${r.metric} ${r.level}: best call at ${Math.round(r.readRatioBest * 100)}% of the best plain read`);
 }
@@ -208,10 +212,13 @@ table(
     { key: 'oneGbps', header: '1q GB/s' },
     { key: 'readRatio', header: '1q/read med' },
     { key: 'readRatioBest', header: '1q/read best' },
-    { key: 'oneVsScalar', header: '1q vs scalar' },
+    { key: 'oneMsMin', header: '1q ms best' },
+    { key: 'oneVsScalar', header: '1q vs scalar med' },
+    { key: 'oneVsScalarBest', header: '1q vs scalar best' },
     { key: 'batchQps', header: `batch${P.batch} q/s` },
     { key: 'batchGbps', header: 'batch GB/s' },
-    { key: 'batchVsScalar', header: 'batch vs scalar' },
+    { key: 'batchVsScalar', header: 'batch vs scalar med' },
+    { key: 'batchVsScalarBest', header: 'batch vs scalar best' },
     { key: 'top10SameAsScalar', header: 'top-10 = scalar' },
   ],
   {
