@@ -21,7 +21,7 @@
  *        ours 1q rows/Nt  await t.searchBatch(q, 10, { threads: all }) (rows split across threads)
  *        usearch          exactSearch(rows, q, 784, 10, L2sq, threads) with threads 1 and 0 (its default: all)
  *        hnswlib-node     BruteforceSearch('l2').searchKnn(q, 10) (one thread)
- *        read             kernelPair('sum', best level, rows)
+ *        read             kernelPair('sum', level, rows), the fastest level each round
  *      interleaved round by round; ratios ours / peer from the medians, and whether all
  *      return the same top-10 ids. usearch is not a dependency of this package: it is
  *      loaded from node_modules if present, else from $GT_BENCH_PEERS (a folder where
@@ -301,8 +301,9 @@ async function fashionSection() {
       const dt = c.async ? await timeMsAsync(() => c.fn(round_)) : timeMs(() => c.fn(round_));
       if (round_ >= 2) ms[name].push(dt);
     }
+    // The plain read: each level's sum kernel; the fastest level per round counts.
     let sink = 0;
-    const dt = timeMs(() => (sink += nat.kernelPair('sum', BEST, X)));
+    const dt = Math.min(...LEVELS.map((l) => timeMs(() => (sink += nat.kernelPair('sum', l, X)))));
     if (!Number.isFinite(sink)) throw new Error('non-finite sum');
     if (round_ >= 2) readMs.push(dt);
   }
@@ -354,7 +355,7 @@ if (existsSync(`${FASHION_DIR}/train-images-idx3-ubyte.gz`)) {
     {
       title: `2. Fashion-MNIST 60k x 784, l2, top-10, one query per call (plain read ${fmt(s2.plainReadGbps)} GB/s median, ${fmt(s2.plainReadGbpsBest)} best)`,
       notes: [
-        `medians of ${P.fashionRounds} interleaved rounds; q/s = 1000 / median ms; /read = GB/s over kernelPair('sum', '${BEST}') of the same rows;`,
+        `medians of ${P.fashionRounds} interleaved rounds; q/s = 1000 / median ms; /read = GB/s over the plain read of the same rows (kernelPair('sum'), fastest level each round);`,
         `med columns compare medians, best columns the fastest call of each (less exposed to other processes on a shared machine).`,
         `ours rows/${CORES}t = searchBatch of the one query with threads ${CORES} (rows split, heaps merged: the same result).`,
         peer ? `usearch ${peer.version}: exactSearch(..., threads 1) and with its default threads (0: all cores).` : 'usearch: not installed (set GT_BENCH_PEERS to a folder where `npm install usearch` ran).',
