@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { SparseTensor, simdInfo, type Metric } from '../lib/index.js';
+import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
 
 // Independent reference: score every row in double precision and sort in TypeScript
@@ -51,6 +52,60 @@ describe('exact top-k', () => {
           }
         }
       }
+    });
+  }
+
+  // One query per call streams the rows through the level's one-row kernel; a group of
+  // four queries goes through the four-query block kernel. Both must give every pair
+  // the same bits (the summation order is fixed per level), on shapes that end inside a
+  // SIMD vector, a row block and a group of four, with NaN, infinities and overflow.
+  for (const level of simdInfo().supported) {
+    it(`one query, a few queries and a batch score every row with the same bits (level ${level})`, async () => {
+      let nonFinite = 0;
+      // Rows must be finite; these make infinite and NaN scores (overflow, inf - inf) and subnormals.
+      const hostile = [3e38, -3e38, 1e30, -1e30, 1e-40];
+      for (const [n, d] of [[9, 1], [301, 7], [999, 17], [1001, 100], [333, 129], [130, 784], [77, 1000]] as const) {
+        const r = new Rng(n * 7 + d);
+        const data = r.f32(n * d);
+        for (let h = 0; h < hostile.length; h++) data[((h * 37) % n) * d + ((h * 5) % d)] = hostile[h]!;
+        if (d > 1) data[1] = -3e38; // row 0 against query 0: +inf + -inf = NaN for ip, inf for l2
+        // A row equal to another (a real tie at every level: same operands, same order).
+        data.copyWithin(((n - 1) % n) * d, 0, d);
+        const Q = r.f32(4 * d);
+        Q[0] = 2e38;
+        if (d > 1) Q[1] = 2e38;
+        // Adopted from an offset view too: rows that start off any vector alignment.
+        const buf = new Float32Array(n * d + 1);
+        buf.set(data, 1);
+        for (const t of [SparseTensor.fromArray(data, d), SparseTensor.fromArray(buf.subarray(1), d, { adopt: true })]) {
+          for (const metric of ['ip', 'l2'] as const) {
+            const block = native().kernelBlock(metric === 'l2' ? 'l2' : 'dot', level, Q, data, d); // 4 x n, 4-query kernel
+            nonFinite += block.filter((x) => !Number.isFinite(x)).length;
+            const k = Math.min(n, 10);
+            for (let i = 0; i < 4; i++) {
+              const s = Array.from(block.subarray(i * n, (i + 1) * n), (x) =>
+                Number.isNaN(x) ? (metric === 'l2' ? Infinity : -Infinity) : x,
+              );
+              const ids = s.map((_, j) => j);
+              ids.sort((a, b) => (s[a] === s[b] ? a - b : metric === 'l2' ? (s[a]! < s[b]! ? -1 : 1) : s[a]! > s[b]! ? -1 : 1));
+              const want = ids.slice(0, k);
+              const got = t.search(Q.subarray(i * d, (i + 1) * d), k, { metric, level });
+              expect(Array.from(got.ids)).toEqual(want);
+              expect(Array.from(got.scores)).toEqual(want.map((j) => s[j]));
+            }
+            // A few queries (1..3: the one-row path for each) and all four (block path).
+            for (const nq of [1, 2, 3, 4]) {
+              const b = await t.searchBatch(Q.subarray(0, nq * d), k, { metric, level, threads: 1 });
+              for (let i = 0; i < nq; i++) {
+                const one = t.search(Q.subarray(i * d, (i + 1) * d), k, { metric, level });
+                expect(Array.from(b.ids.subarray(i * k, (i + 1) * k))).toEqual(Array.from(one.ids));
+                expect(Array.from(b.scores.subarray(i * k, (i + 1) * k))).toEqual(Array.from(one.scores));
+              }
+            }
+          }
+        }
+      }
+      expect(nonFinite).toBeGreaterThan(0);
     });
   }
 

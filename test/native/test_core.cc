@@ -129,6 +129,34 @@ static void test_topk_and_search() {
   auto s = h.sorted();
   CHECK(s.size() == 3 && s[0].id == 1 && s[1].id == 2 && s[2].id == 3);
 
+  // push_run (one compare per row once full) keeps exactly what push() on each keeps:
+  // runs of few distinct values (ties), NaN, infinities and signed zeros, both orders,
+  // k from 0 to above the row count, split into runs at arbitrary points.
+  {
+    const float vals[] = {0.0f, -0.0f, 1.0f, -1.0f, NAN, INFINITY, -INFINITY, 2.0f};
+    uint64_t st = 12345;
+    for (bool desc : {true, false})
+      for (size_t k : {0, 1, 3, 10, 40}) {
+        std::vector<float> sc(33);
+        for (float& x : sc) {
+          st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+          x = vals[(st >> 33) % 8];
+        }
+        gt::TopK one(k, desc), run(k, desc);
+        for (size_t j = 0; j < sc.size(); ++j) one.push(sc[j], static_cast<uint32_t>(j));
+        for (size_t a = 0; a < sc.size();) {
+          const size_t len = std::min<size_t>(sc.size() - a, 1 + (a * 7) % 5);
+          run.push_run(sc.data() + a, len, static_cast<uint32_t>(a));
+          a += len;
+        }
+        const auto x = one.sorted(), y = run.sorted();
+        bool same = x.size() == y.size();
+        for (size_t i = 0; same && i < x.size(); ++i)
+          same = x[i].id == y[i].id && std::memcmp(&x[i].score, &y[i].score, sizeof(float)) == 0;
+        CHECK(same);
+      }
+  }
+
   for (gt::SimdLevel level : gt::supported_simd_levels()) {
     for (size_t n : {1, 5, 64, 3000}) {
       const size_t d = 7;

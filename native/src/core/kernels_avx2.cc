@@ -122,11 +122,12 @@ void block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t d, 
   size_t i = 0;
   for (; i + 4 <= nq; i += 4)  // 4 queries x 1 row: each row chunk loaded once for 4 FMAs
     for (size_t j = 0; j < nr; ++j) micro<kL2, 4, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
-  for (; i < nq; ++i) {  // leftover queries: 1 query x 4 rows
-    size_t j = 0;
-    for (; j + 4 <= nr; j += 4) micro<kL2, 1, 4>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
-    for (; j < nr; ++j) micro<kL2, 1, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
-  }
+  // Leftover queries (all of them for one query per call): one row at a time, in
+  // address order. This streams R at the plain-read bandwidth; interleaving several
+  // rows (1 query x 4 rows) made four strided streams that ran at half of it.
+  // Successive rows' dependency chains are independent, so they overlap anyway.
+  for (; i < nq; ++i)
+    for (size_t j = 0; j < nr; ++j) micro<kL2, 1, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
 }
 
 void dot_block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,

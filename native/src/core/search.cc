@@ -45,15 +45,13 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
       if (a.metric == Metric::L2) K.l2_block(Q, qn, R, rn, d, scores.data(), rb);
       else K.dot_block(Q, qn, R, rn, d, scores.data(), rb);
       for (size_t i = 0; i < qn; ++i) {
-        TopK& h = heaps[qs + i - q0];
-        const float* s = scores.data() + i * rb;
+        float* s = scores.data() + i * rb;
         if (a.metric == Metric::Cosine) {
           const float qq = qnorm2[qs + i - q0];
-          for (size_t j = 0; j < rn; ++j)
-            h.push(cosine_from(s[j], qq, rnorm2[j]), static_cast<uint32_t>(rs + j));
-        } else {
-          for (size_t j = 0; j < rn; ++j) h.push(s[j], static_cast<uint32_t>(rs + j));
+          for (size_t j = 0; j < rn; ++j) s[j] = cosine_from(s[j], qq, rnorm2[j]);
         }
+        // Rows arrive in increasing id order for each heap (see TopK::push_run).
+        heaps[qs + i - q0].push_run(s, rn, static_cast<uint32_t>(rs));
       }
     }
   }

@@ -40,6 +40,31 @@ class TopK {
     }
   }
 
+  // Offers scores[j] with id id0 + j for j < n, where every one of these ids is above
+  // every id offered before (a scan in row order). Then a candidate whose score equals
+  // the worst kept one loses the tie, so once k are held only a strictly better score
+  // can enter: one compare per row (NaN compares false, and NaN would rank last anyway),
+  // the same result as push() on each in turn.
+  void push_run(const float* scores, size_t n, uint32_t id0) {
+    size_t j = 0;
+    for (; j < n && heap_.size() < k_; ++j) push(scores[j], id0 + static_cast<uint32_t>(j));
+    if (j == n || k_ == 0) return;
+    float worst = heap_.front().score;
+    if (desc_) {
+      for (; j < n; ++j)
+        if (scores[j] > worst) {
+          push(scores[j], id0 + static_cast<uint32_t>(j));
+          worst = heap_.front().score;
+        }
+    } else {
+      for (; j < n; ++j)
+        if (scores[j] < worst) {
+          push(scores[j], id0 + static_cast<uint32_t>(j));
+          worst = heap_.front().score;
+        }
+    }
+  }
+
   // Fast reject for scan loops: a candidate that is not better than this can be skipped.
   bool full() const { return heap_.size() == k_; }
   const Hit& worst() const { return heap_.front(); }
