@@ -17,7 +17,7 @@ import { PatternCache } from '../verify/proof-format.js';
 /** The --quick preset: a minute on two cores, enough to see the model learn. */
 export const QUICK = {
   model: { context: 64, dim: 64, layers: 2, heads: 4, hidden: 192 } satisfies LanguageModelConfig,
-  steps: 300,
+  steps: 600,
   batch: 8,
   lr: 1e-2,
   evalBytes: 4096,

@@ -173,10 +173,10 @@ command resumes exactly where the run stopped (with the run's own settings, from
 DIR/lm.json: other options are then ignored).
 
   --out DIR            the run directory (new, or a stopped run to resume)       (required)
-  --quick              a minute: context 64, dim 64, 2 layers, 300 steps
+  --quick              under a minute: context 64, dim 64, 2 layers, 600 steps
   --corpus C           fortunes (default; apt-get install fortunes), gcide
                        (apt-get install dict-gcide) or a text file
-  --steps N            optimizer steps (default 2000; quick 300)
+  --steps N            optimizer steps (default 2000; quick 600)
   --batch B            windows per step (default 8)
   --context S          bytes per window (default 128; quick 64)
   --dim D              model width (default 128; quick 64)
