@@ -297,18 +297,31 @@ describe.skipIf(!available)('training on fortunes', () => {
 describe.skipIf(!available || !!process.env.GT_SANITIZED)('killed training', () => {
   it('train-lm killed with SIGKILL at random moments, then resumed by the same command, ends at the digest of a run never killed', async () => {
     const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
-    const args = (out: string): string[] => ['train-lm', '--out', out, '--steps', '30', '--batch', '2', '--context', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--eval-every', '100', '--eval-bytes', '64', '--checkpoint-every', '7', '--quiet'];
+    const args = (out: string): string[] => ['train-lm', '--out', out, '--steps', '120', '--batch', '2', '--context', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--eval-every', '100', '--eval-bytes', '64', '--checkpoint-every', '7', '--quiet'];
     const straight = spawnSync(process.execPath, [BIN, ...args(join(dir, 'k-straight'))], { encoding: 'utf8' });
     expect(straight.status, straight.stderr).toBe(0);
     const rng = new Rng(17);
     const out = join(dir, 'k-killed');
+    const logLines = (): number => {
+      try {
+        return readFileSync(join(out, 'lm-log.jsonl'), 'utf8').split('\n').length - 1;
+      } catch {
+        return 0;
+      }
+    };
     let kills = 0;
     for (let attempt = 0; attempt < 12; attempt++) {
       const child = spawn(process.execPath, [BIN, ...args(out)], { stdio: 'ignore' });
-      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-      const timer = setTimeout(() => child.kill('SIGKILL'), 300 + rng.int(0, 2500));
+      let done = false;
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => ((done = true), r(code))));
+      // A kill while it starts (the run is being made or opened), or a few log lines further on.
+      const early = rng.next() < 0.25;
+      const target = logLines() + rng.int(1, 3);
+      const t0 = Date.now();
+      while (!done && (early ? Date.now() - t0 < rng.int(50, 600) : logLines() < target)) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, rng.int(0, 30)));
+      if (!done) child.kill('SIGKILL');
       const code = await exited;
-      clearTimeout(timer);
       if (code === 0) break;
       kills++;
     }
