@@ -51,7 +51,7 @@ describe('PatternCache', () => {
     // Ids on both sides of the small-key range (tensor < 2^10, id < 2^20).
     const tensors = [0, 1, 5, 1023, 1024, 70000];
     const idsOf = [0, 1, 2, 3, 7, 1048575, 1048576, 2 ** 32 - 1];
-    const roots = [new Uint8Array(32), new Uint8Array(32).fill(1)];
+    const roots: Uint8Array[] = [new Uint8Array(32), new Uint8Array(32).fill(1)];
     const value = (): Float32Array => Float32Array.from({ length: dim }, () => rng.int(0, 2)); // small: rows repeat
     for (const capacity of [0, 1, 3, 17, 400]) {
       let cache = new PatternCache(capacity);

@@ -8,7 +8,7 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { simdInfo } from '../lib/index.js';
+import { HopfieldLookup, Model, PatternCache, ProductKeyIndex, ProductKeyMemory, SparseTensor, simdInfo, verifyForward } from '../lib/index.js';
 import { native, type NativeSimdLevel } from '../lib/tensor/native.js';
 import { cproductKeys } from '../lib/verify/canonical.js';
 import { exactPairRanking } from './helpers/exact-sum.js';
@@ -150,5 +150,34 @@ describe('screened product-key selection equals the canonical one bit for bit', 
     expect(() => native().canonicalProductKeys(new Float64Array(4), t, bad, n, d, d, 1, 2, 1)).toThrow(/t2\[5\] is not finite/);
     expect(() => native().canonicalProductKeys(Float64Array.of(0, 0, Infinity, 0), t, t, n, d, d, 1, 2, 1)).toThrow(/q\[2\] is not finite/);
     expect(() => native().canonicalProductKeys(new Float64Array(4), t, t, n, d, d, 1, 2, 1, 'bogus' as NativeSimdLevel)).toThrow(/level must be/);
+  });
+});
+
+describe('proofs of screened product-key layers verify (the verifier re-derives every row in f64)', () => {
+  it('a two-step HopfieldLookup over product keys and a two-head memory, without and with caches', async () => {
+    const rng = new Rng(77);
+    const d = 16, n = 48; // k = 4 <= n / 4: the prover screens
+    const w = (rows: number, c: number, scale = 1): SparseTensor => SparseTensor.fromArray(rng.f32(rows * c, scale), c);
+    const pk = ProductKeyIndex.fromTables(w(n, d / 2), w(n, d / 2));
+    const model = new Model([
+      new HopfieldLookup({ keys: pk, values: w(n * n, d), k: 4, updateSteps: 2 }),
+      new ProductKeyMemory({ query: w(2 * 8, d), keys: [[w(n, 4), w(n, 4)], [w(n, 4), w(n, 4)]], values: w(n * n, d), k: 4 }),
+    ]);
+    const ghost = await model.ghost();
+    const mirror = new PatternCache(1 << 16), held = new PatternCache(1 << 16);
+    for (let r = 0; r < 4; r++) {
+      const x = rng.f32(5 * d);
+      const plain = await model.prove(x);
+      const v = await verifyForward(ghost, plain.bytes);
+      expect(bits(Float64Array.from(v.output))).toBe(bits(Float64Array.from(plain.output)));
+      const cached = await model.prove(x, { cache: mirror });
+      const vc = await verifyForward(ghost, cached.bytes, { cache: held });
+      expect(bits(Float64Array.from(vc.output))).toBe(bits(Float64Array.from(plain.output)));
+      // The same input again: every row (tables included) travels as an id.
+      const again = await model.prove(x, { cache: mirror });
+      expect(again.bytes.length).toBeLessThan(plain.bytes.length / 4);
+      const va = await verifyForward(ghost, again.bytes, { cache: held });
+      expect(bits(Float64Array.from(va.output))).toBe(bits(Float64Array.from(plain.output)));
+    }
   });
 });
