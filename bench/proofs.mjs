@@ -6,6 +6,7 @@
  *   node --expose-gc bench/proofs.mjs           full run (~15 min on 2 cores, ~6 GiB peak RSS at N = 2^24)
  *   node --expose-gc bench/proofs.mjs --quick   small sizes, few repetitions (~1 min); writes proofs-quick.json
  *   --max-log2n=L                               stop the N sweep at 2^L (default 24)
+ *   --kinds=pk --log2n=14,18,22 --name=NAME     only these kinds / N sweep sizes; results to NAME.json
  *
  * One layer, d = 64 inputs, values of dv = 64, beta default (1/sqrt(64)), similarity ip,
  * keys and values uniform in [-1, 1), queries uniform in [-1, 1)^64:
@@ -50,6 +51,13 @@ function numArg(name) {
   return a ? Number(a.slice(name.length + 3)) : undefined;
 }
 const MAX_LOG2N = numArg('max-log2n') ?? 24;
+function listArg(name) {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3).split(',') : undefined;
+}
+const KINDS = listArg('kinds') ?? ['exact', 'pk'];
+const LOG2N = listArg('log2n')?.map(Number);
+const NAME = listArg('name')?.[0];
 
 const P = {
   d: 64,
@@ -57,7 +65,7 @@ const P = {
   beta: 1 / 8,
   similarity: 'ip',
   kSweep: { log2N: QUICK ? 12 : 16, k: QUICK ? [1, 16, 256] : [1, 4, 16, 64, 256] },
-  nSweep: { k: 32, log2N: (QUICK ? [10, 12, 14] : [10, 12, 14, 16, 18, 20, 22, 24]).filter((l) => l <= MAX_LOG2N) },
+  nSweep: { k: 32, log2N: (LOG2N ?? (QUICK ? [10, 12, 14] : [10, 12, 14, 16, 18, 20, 22, 24])).filter((l) => l <= MAX_LOG2N) },
   exactMaxLog2N: 22,
   batches: [1, 64],
   budgetMs: QUICK ? 150 : 700,
@@ -82,7 +90,7 @@ const others = [
 const log = logger('proofs');
 const simd = simdInfo();
 const results = {
-  name: QUICK ? 'proofs-quick' : 'proofs',
+  name: NAME ?? (QUICK ? 'proofs-quick' : 'proofs'),
   date: new Date().toISOString(),
   command: ['node --expose-gc bench/proofs.mjs', ...process.argv.slice(2)].join(' '),
   machine: machine({ simd }),
@@ -254,7 +262,7 @@ async function runConfig(kind, sweep, log2N, T, k, B) {
 
 const rowsOut = [];
 const plan = [];
-for (const kind of ['exact', 'pk']) {
+for (const kind of KINDS) {
   for (const log2N of [...new Set([P.kSweep.log2N, ...P.nSweep.log2N])].sort((a, b) => a - b)) {
     if (kind === 'exact' && log2N > P.exactMaxLog2N) continue;
     const ks = [];

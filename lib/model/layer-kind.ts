@@ -13,6 +13,7 @@ import type { LayerEvidence, PatternBlock, PatternCache, ResolvedBlock } from '.
 import type { PinnedGhost } from '../verify/proof-verify.js';
 import type { SparseGrad } from './optim.js';
 import type { SparseTensor } from '../tensor/sparse-tensor.js';
+import { OutOfRangeError } from '../shared/errors.js';
 
 /** What a backward pass gives: the input's gradient (null for ids), sparse row gradients, dense parameter gradients. */
 export interface LayerGradients {
@@ -104,4 +105,25 @@ export function revealWhole(c: ProveLayerContext, tensors: Iterable<number>): { 
     rows.set(ti, b.resolved.rows);
   }
   return { blocks, resolved, rows };
+}
+
+/**
+ * Rows `ids` (any order, repeats allowed) of a resolved block that reveals each of them
+ * (block ids ascending, as blocks have them), concatenated: the rows a canonical forward
+ * mixes, copied from the block the proof carries rather than gathered a second time.
+ */
+export function rowsOf(r: ResolvedBlock, ids: Uint32Array): Float32Array {
+  const d = r.dim, have = r.ids, out = new Float32Array(ids.length * d);
+  for (let t = 0; t < ids.length; t++) {
+    const id = ids[t]!;
+    let lo = 0, hi = have.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (have[mid]! < id) lo = mid + 1;
+      else hi = mid;
+    }
+    if (have[lo] !== id) throw new OutOfRangeError(`row ${id} of tensor ${r.tensor} is not in its block`);
+    out.set(r.rows.subarray(lo * d, (lo + 1) * d), t * d);
+  }
+  return out;
 }

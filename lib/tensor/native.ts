@@ -223,8 +223,8 @@ export interface NativeAddon {
   canonicalJoin(a: Float32Array, b: Float32Array, which: 'add' | 'glu'): Float32Array;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
-    threads: number | undefined,
-  ): { ids: Uint32Array; scores: Float64Array };
+    threads: number | undefined, screen?: NativeSimdLevel | 'none',
+  ): { ids: Uint32Array; scores: Float64Array; canonicalRows: number };
   openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
   openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
   /** Test only: records the file operations of tensor files (native/src/core/tensor_file.h). */

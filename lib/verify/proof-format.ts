@@ -291,55 +291,106 @@ export interface HeldRow {
   root: Uint8Array;
 }
 
+/** A held row and when it was last used (the stamp of its newest entry in the queue). */
+interface HeldEntry extends HeldRow {
+  stamp: number;
+}
+
 export class PatternCache {
   readonly capacity: number;
-  readonly #rows = new Map<number, HeldRow>();
+  readonly #rows = new Map<number, HeldEntry>();
+  // Recency without moving map entries (a Map delete + set costs ~0.5 us): every use
+  // appends (key, stamp) to this queue and stamps the entry; the least recently used
+  // row is the first queued pair whose stamp is still its entry's. Stale pairs are
+  // skipped and, once they are most of the queue, compacted away.
+  #qKeys: number[] = [];
+  #qStamps: number[] = [];
+  #head = 0;
+  #stamp = 0;
 
   /** Holds at most `capacity` rows (default 65536); the least recently used leave first. */
   constructor(capacity = 65536) {
     if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 26) throw new InvalidArgumentError('capacity must be an integer in 0..2^26');
     this.capacity = capacity;
   }
+  /**
+   * The map key of (tensor, id): a small integer (V8 keeps it unboxed, so lookups do
+   * not allocate) when tensor < 2^10 and id < 2^20, else a negative number; distinct
+   * pairs get distinct keys either way.
+   */
   static #key(tensor: number, id: number): number {
-    return tensor * 2 ** 32 + id;
+    return tensor < 1024 && id < 1048576 ? tensor * 1048576 + id : -(tensor * 2 ** 32 + id) - 1;
   }
   get(tensor: number, id: number): HeldRow | undefined {
     return this.#rows.get(PatternCache.#key(tensor, id));
   }
+  /** Marks `e` (now the entry of `key`) most recently used. */
+  #use(key: number, e: HeldEntry): void {
+    e.stamp = ++this.#stamp;
+    this.#rows.set(key, e);
+    this.#qKeys.push(key);
+    this.#qStamps.push(e.stamp);
+    if (this.#qKeys.length - this.#head > 2 * this.#rows.size + 1024) this.#compact();
+  }
+  /** Drops stale queue pairs (the order of the live ones is kept). */
+  #compact(): void {
+    const keys: number[] = [], stamps: number[] = [];
+    for (let i = this.#head; i < this.#qKeys.length; i++) {
+      const key = this.#qKeys[i]!, st = this.#qStamps[i]!;
+      if (this.#rows.get(key)?.stamp === st) {
+        keys.push(key);
+        stamps.push(st);
+      }
+    }
+    this.#qKeys = keys;
+    this.#qStamps = stamps;
+    this.#head = 0;
+  }
   /** Records that the peer holds `row` for (tensor, id), verified against `root`, and marks it most recently used. */
   put(tensor: number, id: number, row: Float32Array, root: Uint8Array): void {
-    const key = PatternCache.#key(tensor, id);
-    this.#rows.delete(key);
-    this.#rows.set(key, { row, bits: u32view(row), root });
+    this.#use(PatternCache.#key(tensor, id), { row, bits: u32view(row), root, stamp: 0 });
   }
   /** Drops the least recently used rows beyond the capacity. */
   trim(): void {
-    for (const key of this.#rows.keys()) {
-      if (this.#rows.size <= this.capacity) break;
-      this.#rows.delete(key);
+    while (this.#rows.size > this.capacity && this.#head < this.#qKeys.length) {
+      const key = this.#qKeys[this.#head]!, st = this.#qStamps[this.#head]!;
+      this.#head++;
+      if (this.#rows.get(key)?.stamp === st) this.#rows.delete(key);
     }
+    if (this.#head > 1024 && this.#head * 2 > this.#qKeys.length) this.#compact();
   }
   /** Records every row of resolved blocks (in block and id order), then trims. A row held with the same bits keeps its copy. */
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
       const bits = u32view(b.rows);
       for (let t = 0; t < b.ids.length; t++) {
-        const old = this.get(b.tensor, b.ids[t]!);
-        const keep = old !== undefined && sameBits(old, bits, t * b.dim, b.dim);
-        this.put(b.tensor, b.ids[t]!, keep ? old.row : b.rows.slice(t * b.dim, (t + 1) * b.dim), b.root);
+        const key = PatternCache.#key(b.tensor, b.ids[t]!);
+        const old = this.#rows.get(key);
+        if (old !== undefined && sameBits(old, bits, t * b.dim, b.dim)) {
+          // The same bits: keep the copy (and the entry when the root is the same too).
+          this.#use(key, old.root === b.root ? old : { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
+        } else {
+          const row = b.rows.slice(t * b.dim, (t + 1) * b.dim);
+          this.#use(key, { row, bits: u32view(row), root: b.root, stamp: 0 });
+        }
       }
     }
     this.trim();
   }
   clear(): void {
     this.#rows.clear();
+    this.#qKeys = [];
+    this.#qStamps = [];
+    this.#head = 0;
   }
   /** An independent copy (same rows, same recency order). */
   clone(): PatternCache {
     const c = new PatternCache(this.capacity);
-    for (const [key, h] of this.#rows) {
+    for (let i = this.#head; i < this.#qKeys.length; i++) {
+      const key = this.#qKeys[i]!, h = this.#rows.get(key);
+      if (h === undefined || h.stamp !== this.#qStamps[i]) continue;
       const row = h.row.slice();
-      c.#rows.set(key, { row, bits: u32view(row), root: h.root });
+      c.#use(key, { row, bits: u32view(row), root: h.root, stamp: 0 });
     }
     return c;
   }

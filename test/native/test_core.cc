@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <memory>
@@ -621,6 +622,50 @@ static void test_canonical() {
       for (size_t t = 0; t < k; ++t) ok = ok && ids[t] == all[t].second;
     }
     CHECK(ok);
+  }
+  // Screened selection (f32 kernels + error bound, docs/product-keys.md) equals the
+  // unscreened canonical one bit for bit at every level, and actually screens; states
+  // beyond f32 range and a table near the f32 maximum fall back.
+  {
+    // Its own generator: the later tests' data stay what they were.
+    std::mt19937 gen(777);
+    const auto vec = [&gen](size_t len) {
+      std::uniform_real_distribution<float> u(-1, 1);
+      std::vector<float> v(len);
+      for (auto& x : v) x = u(gen);
+      return v;
+    };
+    const size_t m = 300, e1 = 7, e2 = 9, Bq = 6, kq = 5;
+    auto V1 = vec(m * e1), V2 = vec(m * e2), Qv = vec(Bq * (e1 + e2));
+    std::vector<double> Q2(Qv.begin(), Qv.end());
+    for (size_t j = 0; j < e1 + e2; ++j) {
+      Q2[1 * (e1 + e2) + j] *= 1e200;  // state 1: not an f32
+      Q2[2 * (e1 + e2) + j] *= 1e-300;  // state 2: underflows to 0 in f32
+    }
+    auto W1 = V1;
+    for (auto& x : W1) x *= 3e38f;  // products overflow f32
+    bool same = true, screened = true, fell_back = true;
+    for (const auto* T1v : {&V1, &W1}) {
+      std::vector<uint32_t> ref_ids(Bq * kq), ids(Bq * kq);
+      std::vector<double> ref_sc(Bq * kq), sc(Bq * kq);
+      size_t rows = 0;
+      c::product_keys(Q2.data(), T1v->data(), V2.data(), m, e1, e2, Bq, kq, ref_ids.data(), ref_sc.data(), 1, nullptr, &rows);
+      same = same && rows == 2 * m * Bq;
+      for (gt::SimdLevel level : gt::supported_simd_levels()) {
+        c::product_keys(Q2.data(), T1v->data(), V2.data(), m, e1, e2, Bq, kq, ids.data(), sc.data(), 2, &gt::kernels_for(level), &rows);
+        same = same && ids == ref_ids && std::memcmp(sc.data(), ref_sc.data(), sc.size() * sizeof(double)) == 0;
+        if (T1v == &V1) screened = screened && rows < m * Bq + 2 * m * 2;  // states 1, 2 in full
+        else fell_back = fell_back && rows >= m * Bq;  // table 1 in full for every state
+      }
+    }
+    CHECK(same);
+    CHECK(screened);
+    CHECK(fell_back);
+    CHECK(c::abs_max_bits(V1.data(), 0) == 0);
+    V1[17] = -std::numeric_limits<float>::infinity();
+    CHECK(c::abs_max_bits(V1.data(), V1.size()) == 0x7f800000u);
+    V1[3] = std::numeric_limits<float>::quiet_NaN();
+    CHECK(c::abs_max_bits(V1.data(), V1.size()) > 0x7f800000u);
   }
 }
 

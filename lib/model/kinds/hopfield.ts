@@ -18,7 +18,7 @@ import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, to
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNative, callNativeAsync } from '../../shared/errors.js';
 import { hopfieldReads, hopfieldSpec, type GhostHopfieldLayer } from '../../verify/kinds/hopfield.js';
 import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
+import { rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import { native } from '../../tensor/native.js';
 import type { SparseGrad } from '../optim.js';
 import { ProductKeyIndex } from '../../tensor/product-keys.js';
@@ -427,8 +427,13 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
     const nat = native();
     const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
     let q = callNative(() => nat.canonicalStates(c.x!, B, d, l.normalize));
-    const t1 = pk ? pk.keys1.gather(allIds(pk.subKeys)) : null;
-    const t2 = pk ? pk.keys2.gather(allIds(pk.subKeys)) : null;
+    // Product keys: the proof reveals both tables whole; the selection reads those rows.
+    const whole = new Map<number, { block: PatternBlock; resolved: ResolvedBlock }>();
+    if (pk) for (const ti of gl.keys) if (!whole.has(ti)) whole.set(ti, c.block(ti, 'all'));
+    const t1 = pk ? whole.get(gl.keys[0]!)!.resolved.rows : null;
+    const t2 = pk ? whole.get(gl.keys[1]!)!.resolved.rows : null;
+    // One block per tensor the layer reads, as the verifier requires them (hopfieldReads).
+    const made = new Map<number, { block: PatternBlock; resolved: ResolvedBlock }>();
     const stages: Uint32Array[] = [];
     let out: Float64Array = new Float64Array(0);
     for (let step = 1; step <= l.updateSteps; step++) {
@@ -454,15 +459,19 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
         s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
       }
       stages.push(ids);
-      const rows = last ? l.values.gather(ids) : keyRows;
+      let rows = keyRows;
+      if (last) {
+        // The last stage's value rows come from the values' block (no second gather).
+        for (const [ti, reads] of hopfieldReads(gl, stages)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
+        rows = rowsOf(made.get(gl.values)!.resolved, ids);
+      }
       out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
       q = out;
     }
-    // One block per tensor the layer reads, as the verifier requires them.
     const blocks: PatternBlock[] = [];
     const resolved: ResolvedBlock[] = [];
-    for (const [ti, ids] of hopfieldReads(gl, stages)) {
-      const b = c.block(ti, ids);
+    for (const ti of hopfieldReads(gl, stages).keys()) {
+      const b = made.get(ti)!;
       blocks.push(b.block);
       resolved.push(b.resolved);
     }

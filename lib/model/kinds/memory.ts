@@ -14,7 +14,7 @@ import { ProductKeyIndex } from '../../tensor/product-keys.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 import { memoryQueries, memoryReads, memorySpec, type GhostMemoryLayer } from '../../verify/kinds/memory.js';
 import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
+import { rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import type { SparseGrad } from '../optim.js';
 import { HopfieldLookup, type HopfieldContext } from './hopfield.js';
 import { Linear, type LinearContext } from './linear.js';
@@ -185,6 +185,7 @@ export const memoryKind: LayerKind<ProductKeyMemory, GhostMemoryLayer> = {
     const stages: Uint32Array[] = [];
     const acc = new Float64Array(B * l.outDim);
     const keyBlocks: { block: PatternBlock; resolved: ResolvedBlock }[] = [];
+    const scores: Float64Array[] = [];
     for (let h = 0; h < l.heads; h++) {
       const qh = new Float64Array(B * dk);
       for (let b = 0; b < B; b++) for (let t = 0; t < dk; t++) qh[b * dk + t] = q[b * hdk + h * dk + t]!;
@@ -192,11 +193,16 @@ export const memoryKind: LayerKind<ProductKeyMemory, GhostMemoryLayer> = {
       keyBlocks.push(a, bT);
       const r = callNative(() => nat.canonicalProductKeys(qh, a.resolved.rows, bT.resolved.rows, n, a.resolved.dim, bT.resolved.dim, B, k, c.threads));
       stages.push(r.ids);
-      const mixed = callNative(() => nat.canonicalMix(r.scores, l.beta, l.values.gather(r.ids), B, k, l.outDim));
-      for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + mixed[i]!;
+      scores.push(r.scores);
     }
+    // The value rows every head chose, gathered once for the block; each head's mix
+    // copies its rows from it (the heads summed in head order, as the verifier does).
     const reads = memoryReads(gl, stages);
     const vBlock = c.block(gl.values, reads.get(gl.values) as Uint32Array);
+    for (let h = 0; h < l.heads; h++) {
+      const mixed = callNative(() => nat.canonicalMix(scores[h]!, l.beta, rowsOf(vBlock.resolved, stages[h]!), B, k, l.outDim));
+      for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + mixed[i]!;
+    }
     const all = [qBlock, ...keyBlocks, vBlock];
     return { y: Float32Array.from(acc), evidence: { op: 'memory', stages, blocks: all.map((b) => b.block) }, resolved: all.map((b) => b.resolved) };
   },

@@ -1,6 +1,7 @@
 #include "canonical.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -206,30 +207,199 @@ std::vector<double> mix(const double* s, float beta, const float* rows, size_t B
   return out;
 }
 
+namespace {
+
+// s[c] = dot(q, t + rows[c] * d, d) for c < m: dots() over listed rows, four at a time
+// (each row's sum one term at a time in j order: the same bits as dot()).
+void dots_rows(const double* q, const float* t, const uint32_t* rows, size_t m, size_t d, double* s) {
+  size_t c = 0;
+  for (; c + 4 <= m; c += 4) {
+    const float *r0 = t + rows[c] * d, *r1 = t + rows[c + 1] * d, *r2 = t + rows[c + 2] * d, *r3 = t + rows[c + 3] * d;
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    for (size_t j = 0; j < d; ++j) {
+      const double qj = q[j];
+      a0 = a0 + qj * static_cast<double>(r0[j]);
+      a1 = a1 + qj * static_cast<double>(r1[j]);
+      a2 = a2 + qj * static_cast<double>(r2[j]);
+      a3 = a3 + qj * static_cast<double>(r3[j]);
+    }
+    s[c] = a0;
+    s[c + 1] = a1;
+    s[c + 2] = a2;
+    s[c + 3] = a3;
+  }
+  for (; c < m; ++c) s[c] = dot(q, t + rows[c] * d, d);
+}
+
+// Screening bound E for one state half qb (d values) against a table whose largest
+// |value| is tmax (docs/product-keys.md, "Proving fast"): for every row t_i,
+// |f32 kernel score of (f32(qb), t_i) - canonical f64 score of (qb, t_i)| <= E.
+// Returns a negative number when the bound does not hold (screening off): d too large,
+// values too large for f32 arithmetic, a non-finite table.
+double screen_bound(const double* qb, size_t d, uint32_t tmax_bits) {
+  if (d > (size_t{1} << 20) || tmax_bits >= 0x7f800000u) return -1.0;
+  float tmax_f;
+  std::memcpy(&tmax_f, &tmax_bits, sizeof tmax_f);
+  const double tmax = tmax_f;
+  double sq = 0.0;
+  for (size_t j = 0; j < d; ++j) sq = sq + std::fabs(qb[j]);
+  const double lim = 0x1p100;
+  if (!(sq <= lim) || !(sq * tmax <= lim)) return -1.0;
+  const double dd = static_cast<double>(d);
+  const double rel = (2.0 * (dd + 1.0) * 0x1p-24) * sq * tmax * (1.0 + 0x1p-20);
+  const double abs = (4.0 * dd + 4.0) * 0x1p-126 * (1.0 + tmax + sq);
+  return rel + abs;
+}
+
+// Per-thread buffers of product_keys.
+struct PkScratch {
+  std::vector<float> qf, a, tmp;
+  std::vector<double> s;
+  std::vector<uint32_t> cand;
+};
+
+// The canonical top-kk rows of table t (n x d) for state half qb, best first, and their
+// canonical scores: topk(dots(qb, t)) restricted to what it returns. `a` (n f32 scores
+// of f32(qb)) and E >= 0: only rows with a_i >= a_(kk) - 2.5 E are scored canonically
+// (the others are beaten by kk rows outright); E < 0 or too many candidates: all rows.
+void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, const float* a, double E,
+               PkScratch& sc, std::vector<uint32_t>& top, std::vector<double>& top_s, size_t& scored) {
+  const auto ident = [](uint32_t p) { return p; };
+  bool screened = false;
+  if (E >= 0.0 && a != nullptr) {
+    // The kk-th largest a_i: a min-heap of the kk largest so far (most a_i fail the
+    // test against its root, a predictable branch).
+    sc.tmp.assign(a, a + kk);
+    float* h = sc.tmp.data();
+    std::make_heap(h, h + kk, [](float x, float y) { return x > y; });
+    for (size_t i = kk; i < n; ++i) {
+      const float v = a[i];
+      if (!(v > h[0])) continue;
+      // Replace the root (the smallest kept) by v and sift it down.
+      size_t p = 0;
+      for (;;) {
+        size_t c = 2 * p + 1;
+        if (c >= kk) break;
+        if (c + 1 < kk && h[c + 1] < h[c]) ++c;
+        if (!(h[c] < v)) break;
+        h[p] = h[c];
+        p = c;
+      }
+      h[p] = v;
+    }
+    // a_i >= thr_f (an f32 at or below thr) keeps every row with a_i >= thr.
+    const double thr = static_cast<double>(h[0]) - 2.5 * E;
+    float thr_f = static_cast<float>(thr);
+    if (static_cast<double>(thr_f) > thr) thr_f = std::nextafter(thr_f, -HUGE_VALF);
+    sc.cand.clear();
+    for (size_t i = 0; i < n; ++i)
+      if (a[i] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(i));
+    screened = sc.cand.size() * 2 <= n;
+  }
+  if (!screened) {
+    sc.s.resize(n);
+    dots(qb, t, n, d, sc.s.data());
+    top = topk(sc.s.data(), n, kk, ident);
+    top_s.resize(kk);
+    for (size_t i = 0; i < kk; ++i) top_s[i] = sc.s[top[i]];
+    scored += n;
+    return;
+  }
+  const size_t m = sc.cand.size();  // >= kk: the kk best a_i are candidates
+  sc.s.resize(m);
+  dots_rows(qb, t, sc.cand.data(), m, d, sc.s.data());
+  const uint32_t* cand = sc.cand.data();
+  const std::vector<uint32_t> pos = topk(sc.s.data(), m, kk, [cand](uint32_t p) { return cand[p]; });
+  top.resize(kk);
+  top_s.resize(kk);
+  for (size_t i = 0; i < kk; ++i) {
+    top[i] = cand[pos[i]];
+    top_s[i] = sc.s[pos[i]];
+  }
+  scored += m;
+}
+
+}  // namespace
+
+uint32_t abs_max_bits(const float* t, size_t len) {
+  // Signed compares of non-negative values, eight independent lanes (vectorizable).
+  int32_t m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    int32_t b[8];
+    std::memcpy(b, t + i, sizeof b);
+    for (int l = 0; l < 8; ++l) {
+      const int32_t v = b[l] & 0x7fffffff;
+      m[l] = v > m[l] ? v : m[l];
+    }
+  }
+  for (; i < len; ++i) {
+    int32_t v;
+    std::memcpy(&v, t + i, sizeof v);
+    v &= 0x7fffffff;
+    m[0] = v > m[0] ? v : m[0];
+  }
+  int32_t r = 0;
+  for (int l = 0; l < 8; ++l) r = m[l] > r ? m[l] : r;
+  return static_cast<uint32_t>(r);
+}
+
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
-                  size_t k, uint32_t* ids, double* out_scores, size_t threads) {
+                  size_t k, uint32_t* ids, double* out_scores, size_t threads, const Kernels* fast,
+                  size_t* canonical_rows, const uint32_t* tmax_bits) {
   const size_t d = d1 + d2;
   const size_t kk = std::min(k, n);
+  // Screening pays only when it can leave most rows out.
+  const bool screen = fast != nullptr && kk * 4 <= n;
+  const uint32_t tmax1 = !screen ? 0x7f800000u : tmax_bits != nullptr ? tmax_bits[0] : abs_max_bits(t1, n * d1);
+  const uint32_t tmax2 = !screen ? 0x7f800000u : tmax_bits != nullptr ? tmax_bits[1] : abs_max_bits(t2, n * d2);
+  constexpr size_t kGroup = 8;  // states screened per kernel call
+  std::atomic<size_t> scored_all{0};
   parallel_for(B, threads, [&](size_t lo, size_t hi, size_t) {
-    std::vector<double> s1(n), s2(n);
+    PkScratch sc;
+    std::vector<float> a1, a2;
+    std::vector<uint32_t> top1, top2;
+    std::vector<double> s1, s2;
     std::vector<PairScore> pair(kk * kk);
-    for (size_t b = lo; b < hi; ++b) {
-      const double* qb = q + b * d;
-      dots(qb, t1, n, d1, s1.data());
-      dots(qb + d1, t2, n, d2, s2.data());
-      auto ident = [](uint32_t p) { return p; };
-      const std::vector<uint32_t> top1 = topk(s1.data(), n, kk, ident);
-      const std::vector<uint32_t> top2 = topk(s2.data(), n, kk, ident);
-      for (size_t a = 0; a < kk; ++a)
-        for (size_t c = 0; c < kk; ++c)
-          pair[a * kk + c] = pair_score(s1[top1[a]], s2[top2[c]], static_cast<uint32_t>(top1[a] * n + top2[c]));
-      std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k), pair.end(), pair_better);
-      for (size_t t = 0; t < k; ++t) {
-        ids[b * k + t] = pair[t].id;
-        out_scores[b * k + t] = pair[t].hi;
+    size_t scored = 0;
+    for (size_t g = lo; g < hi; g += kGroup) {
+      const size_t ng = std::min(kGroup, hi - g);
+      if (screen) {
+        // f32 scores of the group's states against both tables (the fast kernels).
+        for (int half = 0; half < 2; ++half) {
+          const size_t dh = half == 0 ? d1 : d2, off = half == 0 ? 0 : d1;
+          sc.qf.resize(ng * dh);
+          for (size_t b = 0; b < ng; ++b)
+            for (size_t j = 0; j < dh; ++j) {
+              // A value beyond 2^100 turns screening off for its state (screen_bound):
+              // 0 keeps the conversion in range.
+              const double v = q[(g + b) * d + off + j];
+              sc.qf[b * dh + j] = std::fabs(v) <= 0x1p100 ? static_cast<float>(v) : 0.0f;
+            }
+          std::vector<float>& a = half == 0 ? a1 : a2;
+          a.resize(ng * n);
+          fast->dot_block(sc.qf.data(), ng, half == 0 ? t1 : t2, n, dh, a.data(), n);
+        }
+      }
+      for (size_t b = g; b < g + ng; ++b) {
+        const double* qb = q + b * d;
+        const double E1 = screen ? screen_bound(qb, d1, tmax1) : -1.0;
+        const double E2 = screen ? screen_bound(qb + d1, d2, tmax2) : -1.0;
+        table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
+        table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
+        for (size_t x = 0; x < kk; ++x)
+          for (size_t c = 0; c < kk; ++c)
+            pair[x * kk + c] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
+        std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k), pair.end(), pair_better);
+        for (size_t t = 0; t < k; ++t) {
+          ids[b * k + t] = pair[t].id;
+          out_scores[b * k + t] = pair[t].hi;
+        }
       }
     }
+    scored_all.fetch_add(scored, std::memory_order_relaxed);
   });
+  if (canonical_rows != nullptr) *canonical_rows = scored_all.load();
 }
 
 std::vector<float> linear(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias) {

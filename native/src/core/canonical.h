@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels.h"
 #include "metric.h"
 
 namespace gt {
@@ -60,8 +61,22 @@ inline bool pair_better(const PairScore& u, const PairScore& v) {
 // Product-key selection for B states (d1 + d2 each) over tables t1 (n x d1), t2
 // (n x d2): the exact top-k slots (i1 * n + i2) of all n^2 by pair_better; scores
 // are the rounded sums hi.
+//
+// `fast` (default: the kernels of default_simd_level()) screens each table with f32
+// scores first and computes the canonical f64 score only for the rows that a rigorous
+// bound on the f32 error cannot rule out of the table's top-k (docs/product-keys.md,
+// "Proving fast"); nullptr scores every row canonically (the reference). The result is
+// the same bits either way. `canonical_rows`, when given, receives the number of table
+// rows scored in f64 over all states and both tables. `tmax_bits`, when given, holds
+// abs_max_bits() of t1 and t2 (the binding computes them as its finiteness check).
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
-                  size_t k, uint32_t* ids, double* scores, size_t threads);
+                  size_t k, uint32_t* ids, double* scores, size_t threads, const Kernels* fast = &kernels(),
+                  size_t* canonical_rows = nullptr, const uint32_t* tmax_bits = nullptr);
+
+// The largest |t[i]| as its f32 bit pattern without the sign (the integer order of
+// these patterns is the order of the absolute values): >= 0x7f800000 exactly when
+// some t[i] is infinite or NaN.
+uint32_t abs_max_bits(const float* t, size_t len);
 
 // A linear layer (lib/verify/canonical.ts clinear): per row of x (n x d_in), the m
 // dots with W's rows in f64, the top kp kept (all when kp >= m, ties to the lower j),

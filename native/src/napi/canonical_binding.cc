@@ -104,8 +104,9 @@ Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
   });
 }
 
-// (q: Float64Array (B x (d1+d2)), t1: Float32Array (n x d1), t2 (n x d2), n, d1, d2, B, k, threads)
-//   -> { ids: Uint32Array (B x k), scores: Float64Array (B x k) }
+// (q: Float64Array (B x (d1+d2)), t1: Float32Array (n x d1), t2 (n x d2), n, d1, d2, B, k, threads,
+//  screen?: level name | 'none')
+//   -> { ids: Uint32Array (B x k), scores: Float64Array (B x k), canonicalRows: rows scored in f64 }
 Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const ArrayArg<double> q = f64_arg(info, 0, "q");
@@ -119,14 +120,24 @@ Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
     const size_t threads = threads_arg(info, 8);
     check_len(q.length, B * (d1 + d2), "q");
     check_finite(q.data, q.length, "q");
-    check_finite_length(t1, n * d1, "t1");
-    check_finite_length(t2, n * d2, "t2");
+    check_len(t1.length, n * d1, "t1");
+    check_len(t2.length, n * d2, "t2");
+    // One pass per table gives both the finiteness check and the screening bound's max.
+    const uint32_t tmax[2] = {canonical::abs_max_bits(t1.data, t1.length), canonical::abs_max_bits(t2.data, t2.length)};
+    if (tmax[0] >= 0x7f800000u) check_finite_length(t1, n * d1, "t1");
+    if (tmax[1] >= 0x7f800000u) check_finite_length(t2, n * d2, "t2");
     Napi::Uint32Array ids = Napi::Uint32Array::New(info.Env(), B * k);
     Napi::Float64Array scores = Napi::Float64Array::New(info.Env(), B * k);
-    canonical::product_keys(q.data, t1.data, t2.data, n, d1, d2, B, k, ids.Data(), scores.Data(), threads);
+    // screen: undefined (the default SIMD level's kernels), a level name, or 'none'
+    // (every row scored canonically: the reference the tests compare with).
+    const bool none = info.Length() > 9 && info[9].IsString() && info[9].As<Napi::String>().Utf8Value() == "none";
+    const Kernels* fast = none ? nullptr : &kernels_for(level_arg(info, 9));
+    size_t scored = 0;
+    canonical::product_keys(q.data, t1.data, t2.data, n, d1, d2, B, k, ids.Data(), scores.Data(), threads, fast, &scored, tmax);
     Napi::Object out = Napi::Object::New(info.Env());
     out.Set("ids", ids);
     out.Set("scores", scores);
+    out.Set("canonicalRows", Napi::Number::New(info.Env(), static_cast<double>(scored)));
     return out;
   });
 }

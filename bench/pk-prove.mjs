@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+/**
+ * Product-key proving cost in CPU time: one HopfieldLookup layer over
+ * ProductKeyIndex.random(sqrt(N), 64) (two tables of sqrt(N) x 32), values N x 64, k = 32.
+ * Per configuration, medians over repeated calls of the process CPU time (user + system,
+ * all threads, process.cpuUsage) and of the wall time of:
+ *   forward   await layer.forward(x)                      the fast f32 path
+ *   prove     await model.prove(x)                        no cache: both tables travel in full
+ *   held      await model.prove(x, { cache: mirror })     the verifier holds every row (ids only)
+ * CPU time is what a loaded machine (other jobs on the cores) distorts least; bench/proofs.mjs
+ * has the wall-clock view and the verifier's side.
+ *
+ *   node --expose-gc bench/pk-prove.mjs [--log2n=16,20,22] [--batches=1,64]
+ *        [--root=DIR]   measure the build in DIR (its dist/ and build/), e.g. a copy of an older commit's
+ *        [--name=NAME]  results to bench/results/NAME.json (default pk-prove)
+ */
+import { join } from 'node:path';
+
+import { cpuHogs, fmt, fmtBytes, logger, machine, otherProcesses, ROOT, rng, table, tryGc, writeResults } from './lib/common.mjs';
+
+const arg = (name) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3);
+const root = arg('root') ?? ROOT;
+const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, PatternCache, simdInfo } = await import(join(root, 'dist/index.js'));
+const LOG2N = (arg('log2n') ?? '16,20,22').split(',').map(Number);
+const BATCHES = (arg('batches') ?? '1,64').split(',').map(Number);
+const NAME = arg('name') ?? 'pk-prove';
+const K = 32;
+const log = logger('pk-prove');
+
+const results = {
+  name: NAME,
+  date: new Date().toISOString(),
+  command: ['node --expose-gc bench/pk-prove.mjs', ...process.argv.slice(2)].join(' '),
+  build: root,
+  machine: machine({ simd: simdInfo() }),
+  otherProcessesAtStart: otherProcesses(),
+  cpuHogsAtStart: cpuHogs(),
+  parameters: { k: K, d: 64, dv: 64, layer: 'HopfieldLookup({ keys: ProductKeyIndex.random(sqrt(N), 64), values: N x 64, k: 32 })', units: 'ms per call, medians' },
+  configs: [],
+};
+
+async function cpuAndWall(fn) {
+  const c = process.cpuUsage();
+  const t = performance.now();
+  await fn();
+  const d = process.cpuUsage(c);
+  return [(d.user + d.system) / 1000, performance.now() - t];
+}
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1];
+};
+
+for (const log2N of LOG2N) {
+  tryGc();
+  const rand = rng(0x706b + log2N);
+  const n = 2 ** (log2N / 2), N = n * n;
+  const keys = ProductKeyIndex.random(n, 64, rand);
+  const v = new Float32Array(N * 64);
+  for (let i = 0; i < v.length; i++) v[i] = rand() * 2 - 1;
+  const values = SparseTensor.fromArray(v, 64, { adopt: true });
+  for (const t of [keys.keys1, keys.keys2, values]) await t.commit();
+  const layer = new HopfieldLookup({ keys, values, k: K });
+  const model = new Model([layer]);
+  for (const B of BATCHES) {
+    const x = Float32Array.from({ length: B * 64 }, () => rand() * 2 - 1);
+    const mirror = new PatternCache(2 ** 22);
+    await layer.forward(x);
+    await model.prove(x);
+    await model.prove(x, { cache: mirror });
+    const reps = B === 1 ? 300 : 40;
+    const f = [], p = [], h = [];
+    // Interleaved, so load from other jobs hits the three alike.
+    for (let r = 0; r < reps; r++) {
+      f.push(await cpuAndWall(() => layer.forward(x)));
+      p.push(await cpuAndWall(() => model.prove(x)));
+      h.push(await cpuAndWall(() => model.prove(x, { cache: mirror })));
+    }
+    const c = {
+      log2N, n, B, k: K,
+      forwardCpuMs: median(f.map((z) => z[0])), proveCpuMs: median(p.map((z) => z[0])), heldCpuMs: median(h.map((z) => z[0])),
+      forwardMs: median(f.map((z) => z[1])), proveMs: median(p.map((z) => z[1])), heldMs: median(h.map((z) => z[1])),
+      bytes: (await model.prove(x)).bytes.length, heldBytes: (await model.prove(x, { cache: mirror })).bytes.length,
+    };
+    c.proveOverhead = (c.proveCpuMs - c.forwardCpuMs) / c.forwardCpuMs;
+    c.heldOverhead = (c.heldCpuMs - c.forwardCpuMs) / c.forwardCpuMs;
+    results.configs.push(c);
+    log(`N=2^${log2N} B=${B}: cpu forward ${fmt(c.forwardCpuMs)} prove ${fmt(c.proveCpuMs)} held ${fmt(c.heldCpuMs)} ms`);
+    writeResults(NAME, { ...results, partial: true });
+  }
+}
+
+const pct = (x) => `${fmt(100 * x, 3)}%`;
+table(results.configs, [
+  { key: 'log2N', header: 'N', format: (x) => `2^${x}` },
+  'B',
+  { key: 'forwardCpuMs', header: 'forward cpu ms' },
+  { key: 'proveCpuMs', header: 'prove cpu ms' },
+  { key: 'proveOverhead', header: '(prove-fwd)/fwd', format: pct },
+  { key: 'heldCpuMs', header: 'held cpu ms' },
+  { key: 'heldOverhead', header: '(held-fwd)/fwd', format: pct },
+  { key: 'forwardMs', header: 'fwd wall' },
+  { key: 'proveMs', header: 'prove wall' },
+  { key: 'heldMs', header: 'held wall' },
+  { key: 'bytes', header: 'bytes', format: fmtBytes },
+  { key: 'heldBytes', header: 'held bytes', format: fmtBytes },
+], { title: `Product-key proving, CPU time (${root === ROOT ? 'this build' : root})` });
+results.otherProcessesAtEnd = otherProcesses();
+writeResults(NAME, results);
