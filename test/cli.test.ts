@@ -11,12 +11,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Model, decodeProof, encodeProof, type ForwardProof } from '../lib/index.js';
-import { main } from '../lib/cli/main.js';
 import { ProverClient } from '../lib/serve/index.js';
 import { toHex } from '../lib/shared/bytes.js';
+import { runCli } from './helpers/cli.js';
 import { Rng } from './helpers/rng.js';
 
 const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
@@ -32,18 +32,7 @@ function cli(...args: string[]): { code: number; stdout: string; stderr: string 
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** main(args) in this process, its stdout and stderr captured. */
-async function run(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '', stderr = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    return { code: await main(args), stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const run = runCli;
 
 /** Starts `ghost-tensor serve`; resolves once it prints its URL and digest. */
 async function serve(...args: string[]): Promise<{ child: ChildProcess; url: string; digest: string; output: () => string }> {

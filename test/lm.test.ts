@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import {
   END_OF_DOCUMENT,
@@ -32,12 +32,12 @@ import {
   type Corpus,
   type Gradients,
 } from '../lib/index.js';
-import { main } from '../lib/cli/main.js';
 import { ProverClient, ProverServer } from '../lib/serve/index.js';
 import { FORTUNES_DIR } from '../lib/model/lm/corpus.js';
 import { stepOffsets, sumGradients } from '../lib/model/lm/train.js';
 import { sampleToken, verifyGeneration } from '../lib/verify/generation.js';
 import { reason } from './helpers/reason.js';
+import { runCli } from './helpers/cli.js';
 import { Rng } from './helpers/rng.js';
 
 const available = existsSync(FORTUNES_DIR) || !!process.env.CI;
@@ -360,17 +360,7 @@ describe.skipIf(!available)('serving the language model', () => {
 });
 
 describe.skipIf(!available)('the command line', () => {
-  async function run(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '', stderr = '';
-    const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-    const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-    try {
-      return { code: await main(args), stdout, stderr };
-    } finally {
-      o.mockRestore();
-      e.mockRestore();
-    }
-  }
+  const run = runCli;
 
   it('train-lm then generate --prove: the text comes out and its proofs verify', async () => {
     const out = join(dir, 'cli');
