@@ -6,7 +6,7 @@
  * validation bits per byte, timed generating with and without proofs. Each run is a
  * child process, so its peak RSS is its own.
  *
- *   node bench/lm.mjs [--steps N] [--batch B] [--only a,b] [--quick]
+ *   node bench/lm.mjs [--steps N] [--batch B] [--only a,b] [--quick] [--name NAME]
  *
  * Runs (the same width, layers and data; see RUNS):
  *   dense        gated-MLP transformer, every key attended, context 128
@@ -17,7 +17,7 @@
  *   attn-1024    dense attention at context 1024; topk-1024: top-32 keys per query
  * At context 256 and 1024 a step holds fewer windows, so the tokens per step match.
  *
- * Writes bench/results/lm.json (and lm.svg: validation bits per byte against tokens).
+ * Writes bench/results/lm.json (or NAME.json) and lm.svg (validation bits per byte against tokens).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -87,7 +87,7 @@ async function child(name, steps, batchScale, corpusSource) {
 
 const { values } = parseArgs({
   options: {
-    child: { type: 'string' }, steps: { type: 'string' }, batch: { type: 'string' }, only: { type: 'string' }, quick: { type: 'boolean' }, corpus: { type: 'string' },
+    child: { type: 'string' }, name: { type: 'string' }, steps: { type: 'string' }, batch: { type: 'string' }, only: { type: 'string' }, quick: { type: 'boolean' }, corpus: { type: 'string' },
   },
 });
 const steps = Number(values.steps ?? (values.quick ? 40 : 1500));
@@ -148,9 +148,10 @@ const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'
 const series = results.map((r, i) => ({ name: r.name, color: COLORS[i % COLORS.length], dash: r.name.startsWith('attn'), points: r.evals.map((e) => [e.tokens, e.valBpb]) }));
 try {
   const chart = lineChart({ x: 0, y: 0, width: 640, height: 360, title: 'validation bits per byte', xLabel: 'training tokens', yLabel: 'bits per byte', series });
-  writeFileSync(join(ROOT, 'bench', 'results', 'lm.svg'), svgDocument(820, 380, [chart, legend({ x: 660, y: 40, entries: series })]));
+  writeFileSync(join(ROOT, 'bench', 'results', `${values.name ?? 'lm'}.svg`), svgDocument(820, 380, [chart, legend({ x: 660, y: 40, entries: series })]));
 } catch (e) {
   log(`no plot: ${e.message}`);
 }
-const file = writeResults('lm', { machine: machine({ simd: simdInfo() }), date: new Date().toISOString(), corpus: { source: corpusSource, licence: corpus.licence, trainBytes: corpus.train.length, validationBytes: corpus.validation.length }, unigramBpb: unigram, parameters: { steps, batchScale, base: BASE, runs: Object.fromEntries(names.map((n) => [n, RUNS[n]])) }, results, goals, otherProcesses: hogs });
+const resultName = values.name ?? 'lm';
+const file = writeResults(resultName, { machine: machine({ simd: simdInfo() }), date: new Date().toISOString(), corpus: { source: corpusSource, licence: corpus.licence, trainBytes: corpus.train.length, validationBytes: corpus.validation.length }, unigramBpb: unigram, parameters: { steps, batchScale, base: BASE, runs: Object.fromEntries(names.map((n) => [n, RUNS[n]])) }, results, goals, otherProcesses: hogs });
 log(`wrote ${file}`);
