@@ -56,7 +56,7 @@ async function child(name, steps, batchScale, corpusSource) {
       model, steps, batch: spec.windows * batchScale, lr: 5e-3, evalEvery: Math.max(1, Math.floor(steps / 8)), evalBytes: 16384, checkpointEvery: 500, progress: true,
     });
     const trainSeconds = (performance.now() - t0) / 1000;
-    const { model: m } = await lm.Model.load(out, { readOnly: true });
+    const { model: m, ghost } = await lm.Model.load(out, { readOnly: true });
     const prompt = new TextEncoder().encode('The ');
     let t = performance.now();
     const plain = await lm.generate(m, prompt, { tokens: 64, temperature: 0.8, topP: 0.95, stopAtEndOfDocument: false });
@@ -64,11 +64,9 @@ async function child(name, steps, batchScale, corpusSource) {
     t = performance.now();
     const proved = await lm.generate(m, prompt, { tokens: 8, temperature: 0.8, topP: 0.95, prove: true, cache: new lm.PatternCache(), stopAtEndOfDocument: false });
     const proveTps = proved.tokens.length / ((performance.now() - t) / 1000);
-    const g = await lm.Model.load(out, { readOnly: true });
     t = performance.now();
-    await lm.verifyGeneration(g.ghost, proved, { cache: new lm.PatternCache() });
+    await lm.verifyGeneration(ghost, proved, { cache: new lm.PatternCache() });
     const verifyMs = (performance.now() - t) / proved.tokens.length;
-    g.model.close();
     m.close();
     const cost = lm.languageModelCost(model);
     const evals = r.history.filter((x) => x.type === 'eval').map((x) => ({ tokens: x.tokens, valBpb: x.valBpb }));

@@ -43,10 +43,10 @@ export interface TrainLmArgs {
 export async function runTrainLm(a: TrainLmArgs, print: (s: string) => void): Promise<number> {
   const resuming = existsSync(join(a.out, LM_CONFIG));
   if (!resuming && existsSync(a.out)) throw Object.assign(new Error(`${a.out} exists and is not a train-lm run (no ${LM_CONFIG}); choose a new directory`), { code: 'EEXIST' });
-  const corpus = await loadCorpus({ source: resuming ? (await readLanguageModelRun(a.out)).corpus.source : a.corpus });
+  const cfg = resuming ? await readLanguageModelRun(a.out) : null;
+  const corpus = await loadCorpus({ source: cfg?.corpus.source ?? a.corpus });
   const unigram = unigramBitsPerByte(corpus.train, corpus.validation);
-  if (resuming) {
-    const cfg = await readLanguageModelRun(a.out);
+  if (cfg !== null) {
     print(`resuming ${a.out} (${cfg.training.steps} steps of ${cfg.training.batch} x ${cfg.model.context} bytes)`);
     a.training.steps = cfg.training.steps;
   } else {
