@@ -55,6 +55,23 @@ double dot(const double* a, const float* b, size_t n) {
   return s;
 }
 
+// Four rows' dot() with q at once (four independent chains, each one term at a time in
+// j order: the same bits as dot()), into s[0..3].
+inline void dot4(const double* q, const float* r0, const float* r1, const float* r2, const float* r3, size_t d, double* s) {
+  double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+  for (size_t j = 0; j < d; ++j) {
+    const double qj = q[j];
+    a0 = a0 + qj * static_cast<double>(r0[j]);
+    a1 = a1 + qj * static_cast<double>(r1[j]);
+    a2 = a2 + qj * static_cast<double>(r2[j]);
+    a3 = a3 + qj * static_cast<double>(r3[j]);
+  }
+  s[0] = a0;
+  s[1] = a1;
+  s[2] = a2;
+  s[3] = a3;
+}
+
 // s[i] = dot(q, t + i * d, d) for i in [0, n): four rows at a time, each row's sum
 // still one term at a time in j order (four independent chains: the same bits as
 // dot(), about four times the throughput of one latency-bound chain).
@@ -62,18 +79,7 @@ void dots(const double* q, const float* t, size_t n, size_t d, double* s) {
   size_t i = 0;
   for (; i + 4 <= n; i += 4) {
     const float *r0 = t + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    for (size_t j = 0; j < d; ++j) {
-      const double qj = q[j];
-      a0 = a0 + qj * static_cast<double>(r0[j]);
-      a1 = a1 + qj * static_cast<double>(r1[j]);
-      a2 = a2 + qj * static_cast<double>(r2[j]);
-      a3 = a3 + qj * static_cast<double>(r3[j]);
-    }
-    s[i] = a0;
-    s[i + 1] = a1;
-    s[i + 2] = a2;
-    s[i + 3] = a3;
+    dot4(q, r0, r1, r2, r3, d, s + i);
   }
   for (; i < n; ++i) s[i] = dot(q, t + i * d, d);
 }
@@ -215,18 +221,7 @@ void dots_rows(const double* q, const float* t, const uint32_t* rows, size_t m, 
   size_t c = 0;
   for (; c + 4 <= m; c += 4) {
     const float *r0 = t + rows[c] * d, *r1 = t + rows[c + 1] * d, *r2 = t + rows[c + 2] * d, *r3 = t + rows[c + 3] * d;
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    for (size_t j = 0; j < d; ++j) {
-      const double qj = q[j];
-      a0 = a0 + qj * static_cast<double>(r0[j]);
-      a1 = a1 + qj * static_cast<double>(r1[j]);
-      a2 = a2 + qj * static_cast<double>(r2[j]);
-      a3 = a3 + qj * static_cast<double>(r3[j]);
-    }
-    s[c] = a0;
-    s[c + 1] = a1;
-    s[c + 2] = a2;
-    s[c + 3] = a3;
+    dot4(q, r0, r1, r2, r3, d, s + c);
   }
   for (; c < m; ++c) s[c] = dot(q, t + rows[c] * d, d);
 }
