@@ -77,6 +77,43 @@ export interface VerifyLayerContext {
   reveal(need: Map<number, Uint32Array | 'all'>): Map<number, Revealed>;
 }
 
+/** What a kind's canonical training forward gives: its output (bit for bit what verify gives) and what its backward needs. */
+export interface TrainedForward {
+  y: Float32Array;
+  saved: unknown;
+}
+
+/**
+ * What the step verifier (lib/verify/step.ts) gives a kind's canonical backward: the
+ * layer's forward as it ran (inputs, revealed rows, output, evidence, trainForward's
+ * saved state) and the f64 gradient accumulators of tensor rows.
+ */
+export interface BackwardContext {
+  readonly manifest: GhostManifest;
+  /** The layer's index in the model. */
+  readonly index: number;
+  /** Rows in the batch (attention: the sequence length). */
+  readonly rows: number;
+  /** The forward's input: ids for a layer whose input() is 'ids' (inputs is then []), else every f32 input in order. */
+  readonly ids: Uint32Array | null;
+  readonly inputs: readonly Float32Array[];
+  /** The layer's evidence (its stages: the selection, re-derived or checked by the forward). */
+  readonly evidence: LayerEvidence;
+  /** The rows the forward revealed, by tensor (what ctx.reveal returned). */
+  readonly revealed: ReadonlyMap<number, Revealed>;
+  /** The forward's output (rows x outWidth f32). */
+  readonly y: Float32Array;
+  /** trainForward's saved state (undefined when the kind has no trainForward). */
+  readonly saved: unknown;
+  /**
+   * The f64 gradient accumulator of row `id` of tensor `tensor` (dim values, zero when
+   * first asked); the backward adds each contribution into it (`acc[j] = acc[j] + c`,
+   * in the kind's documented order). Rows of one tensor from several layers share one
+   * accumulator. Throws ProofError BLOCK_IDS for a row the layer did not reveal.
+   */
+  grad(tensor: number, id: number): Float64Array;
+}
+
 export interface LayerSpec<L extends GhostLayerBase = GhostLayerBase> {
   /** The op name in manifests, proofs and messages. */
   readonly op: L['op'];
@@ -110,6 +147,21 @@ export interface LayerSpec<L extends GhostLayerBase = GhostLayerBase> {
    * rows x outWidth f32, which the verifier compares with the claim bit for bit.
    */
   verify(l: L, ctx: VerifyLayerContext): Float32Array;
+
+  /**
+   * Step proofs, optional: the canonical forward that also keeps what backward needs.
+   * Its output must be verify's, bit for bit (it makes the same checks). Absent: the
+   * step verifier runs verify and backward gets `saved` undefined.
+   */
+  trainForward?(l: L, ctx: VerifyLayerContext): TrainedForward;
+  /**
+   * Step proofs: the canonical backward (docs/step-proofs.md). From dy (rows x outWidth
+   * f32, d loss / d output), adds d loss / d row into ctx.grad for every revealed row the
+   * output depends on, in f64, and returns d loss / d input for each f32 input in order
+   * (rows x its cols, computed in f64 and rounded to f32 once; [] for ids). Absent: a
+   * model with this kind cannot make step proofs (ProofError LAYER_MISMATCH).
+   */
+  backward?(l: L, ctx: BackwardContext, dy: Float32Array): Float32Array[];
 }
 
 export function fail(reason: ProofFailure, message: string): never {

@@ -8,6 +8,7 @@
  */
 import { bytesEqual } from '../shared/bytes.js';
 import { InvalidArgumentError, ProofError } from '../shared/errors.js';
+import { canonicalBackward, canonicalForward, type CanonicalBackward, type CanonicalForward } from './backward.js';
 import { coptimizerStep } from './canonical.js';
 import { decodeGhost, encodeGhost, layerInputs, spanSource, withRoot, type GhostManifest } from './ghost-file.js';
 import { specOf } from './kinds/index.js';
@@ -324,4 +325,24 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
   }
   options.cache?.record([{ tensor: p.tensor, dim: d, ids: old.ids, rows: stepped.rows, root: p.newRoot }]);
   return { ghost: await pinGhost(withRoot(g, p.tensor, p.newRoot)), tensor: p.tensor, ids: old.ids, rows: stepped.rows, cost: { cells: budget.cells, work: budget.work } };
+}
+
+/**
+ * The canonical forward and backward of a forward proof's layers for `dy` (d loss / d
+ * the proved output): the proof is checked as verifyForward checks it (roots, selections,
+ * the output bit for bit), then lib/verify/backward.ts runs each kind's canonical
+ * backward. What step proofs compute; the kinds' tests compare it with float64
+ * references and finite differences. Not in the public API.
+ */
+export async function canonicalGradients(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, dy: Float32Array, options: VerifyOptions = {}): Promise<{ forward: CanonicalForward; backward: CanonicalBackward }> {
+  const h = await loadHasher();
+  const budget = new VerifyBudget(options.limits);
+  const p = openProof(ghost, proof, 'forward', budget);
+  const g = ghost.manifest;
+  if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
+  planForward(g, p, budget);
+  const fwd = canonicalForward(g, p.firstLayer, p.input, p.layers, (li, ev, need) => resolveLayer(h, g, ev, need, options.cache, li));
+  const y = fwd.output, o = p.output;
+  if (!bytesEqual(new Uint8Array(y.buffer, y.byteOffset, y.byteLength), new Uint8Array(o.data.buffer, o.data.byteOffset, o.data.byteLength))) fail('OUTPUT_MISMATCH', 'the canonical forward differs from the claimed output');
+  return { forward: fwd, backward: canonicalBackward(g, fwd, dy) };
 }

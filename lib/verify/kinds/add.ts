@@ -54,4 +54,9 @@ export const addSpec: LayerSpec<GhostAddLayer> = {
     const [a, b] = ctx.inputs;
     return cadd(a!, b!);
   },
+
+  // y = f(a + b): d y / d a = d y / d b = 1, so each input's gradient is dy.
+  backward(_l, _ctx, dy): Float32Array[] {
+    return [dy, dy];
+  },
 };

@@ -50,4 +50,14 @@ export const embeddingSpec: LayerSpec<GhostEmbeddingLayer> = {
     ids.forEach((id, b) => y.set(rev.rows.subarray(rowOf(rev, id), rowOf(rev, id) + l.dim), b * l.dim));
     return y;
   },
+
+  // Row ids[b] receives dy_b, for b in order (a repeated id sums its rows in f64).
+  backward(l, ctx, dy): Float32Array[] {
+    const ids = ctx.ids!, d = l.dim;
+    for (let b = 0; b < ids.length; b++) {
+      const acc = ctx.grad(l.table, ids[b]!);
+      for (let j = 0; j < d; j++) acc[j] = acc[j]! + dy[b * d + j]!;
+    }
+    return [];
+  },
 };

@@ -57,4 +57,14 @@ export const positionSpec: LayerSpec<GhostPositionLayer> = {
     const rows = ctx.reveal(new Map([[l.table, positionIds(n)]])).get(l.table)!.rows;
     return cadd(ctx.x!, rows);
   },
+
+  // y_i = f(x_i + P_i): the input's gradient is dy, and row i of the table receives dy_i.
+  backward(l, ctx, dy): Float32Array[] {
+    const d = l.dim;
+    for (let i = 0; i < ctx.rows; i++) {
+      const acc = ctx.grad(l.table, i);
+      for (let j = 0; j < d; j++) acc[j] = acc[j]! + dy[i * d + j]!;
+    }
+    return [dy];
+  },
 };

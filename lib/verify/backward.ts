@@ -1,0 +1,200 @@
+/**
+ * The canonical forward and backward of a model's layers, as step proofs recompute
+ * them (docs/step-proofs.md). The forward is the forward proof's (each kind's verify,
+ * or its trainForward, which gives the same bits and keeps what backward needs); the
+ * backward walks the layers in reverse and calls each kind's canonical backward
+ * (lib/verify/layer-spec.ts). Rules, the same for the prover and the verifier (both run
+ * this module):
+ *
+ * - A layer output's gradient is f32. When several layers read one output (or the
+ *   model's input), their contributions are added in f32 (`f(a + b)`) in the order the
+ *   backward meets them: readers in decreasing layer index, a reader's inputs in order.
+ * - A tensor row's gradient is one f64 accumulator per (tensor, id) shared by every
+ *   layer, added to in backward order (layers in decreasing index, each kind's own
+ *   documented order), rounded to f32 once at the end.
+ *
+ * Loads no addon.
+ */
+import { ProofError } from '../shared/errors.js';
+import { layerInputs, spanSource, type GhostManifest } from './ghost-file.js';
+import { specOf, type GhostLayer } from './kinds/index.js';
+import { fail, rowOf, type LayerSpec, type Revealed } from './layer-spec.js';
+import type { LayerEvidence, ProofInput } from './proof-format.js';
+
+/** One layer's forward as it ran: what its backward needs. */
+export interface ForwardRecord {
+  index: number;
+  layer: GhostLayer;
+  spec: LayerSpec<GhostLayer>;
+  evidence: LayerEvidence;
+  /** Sources of its inputs: -1 the span's input, else the position of the layer (relative to the first) whose output it reads. */
+  sources: number[];
+  ids: Uint32Array | null;
+  inputs: Float32Array[];
+  revealed: Map<number, Revealed>;
+  y: Float32Array;
+  saved: unknown;
+}
+
+/** The canonical forward of layers first .. first + evidence.length - 1 and the records backward needs. */
+export interface CanonicalForward {
+  output: Float32Array;
+  cols: number;
+  rows: number;
+  records: ForwardRecord[];
+}
+
+/**
+ * Runs the canonical forward over the proof's input and evidence. `reveal(li, ev, need)`
+ * returns the rows a layer reads (the verifier checks them against the roots). Checks
+ * input shapes as verifyForward does.
+ */
+export function canonicalForward(
+  g: GhostManifest,
+  first: number,
+  input: ProofInput,
+  evidence: readonly LayerEvidence[],
+  reveal: (li: number, ev: LayerEvidence, need: Map<number, Uint32Array | 'all'>) => Map<number, Revealed>,
+): CanonicalForward {
+  const spanIds = input.kind === 'ids' ? input.ids : null;
+  const spanX = input.kind === 'ids' ? null : input.data;
+  const B = input.kind === 'ids' ? input.ids.length : input.rows;
+  const outs: Float32Array[] = [];
+  const records: ForwardRecord[] = [];
+  let cols = 0;
+  for (let i = 0; i < evidence.length; i++) {
+    const li = first + i;
+    const l = g.layers[li]!;
+    const ev = evidence[i]!;
+    if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
+    const spec = specOf(l);
+    const want = spec.input(l, g);
+    const sources = layerInputs(g, li).map((j) => (spanSource(first, j) === 'span' ? -1 : j - first));
+    const ids = sources[0] === -1 ? spanIds : null;
+    const inputs = sources.map((s) => (s === -1 ? spanX : outs[s]!));
+    if (want.kind === 'ids') {
+      if (!ids) fail('SHAPE', `layer ${li} (${l.op}) takes ids`);
+    } else {
+      for (const x of inputs) {
+        if (!x) fail('SHAPE', `layer ${li} (${l.op}) takes vectors, not ids`);
+        if (x.length !== B * want.cols) fail('SHAPE', `layer ${li} takes ${want.cols} values per row; it got ${x.length / B}`);
+      }
+    }
+    let revealed = new Map<number, Revealed>();
+    const ctx = {
+      manifest: g,
+      evidence: ev,
+      index: li,
+      rows: B,
+      ids,
+      x: inputs[0]!,
+      inputs: want.kind === 'ids' ? [] : (inputs as Float32Array[]),
+      reveal: (need: Map<number, Uint32Array | 'all'>) => (revealed = reveal(li, ev, need)),
+    };
+    const r = spec.trainForward ? spec.trainForward(l, ctx) : { y: spec.verify(l, ctx), saved: undefined };
+    outs.push(r.y);
+    records.push({ index: li, layer: l, spec, evidence: ev, sources, ids, inputs: ctx.inputs as Float32Array[], revealed, y: r.y, saved: r.saved });
+    cols = spec.outWidth(l, g);
+  }
+  return { output: outs[outs.length - 1]!, cols, rows: B, records };
+}
+
+/** A tensor's gradient: sorted ids and their rows (ids.length x dim f32). */
+export interface TensorGradient {
+  tensor: number;
+  ids: Uint32Array;
+  grads: Float32Array;
+}
+
+/** What the canonical backward gives. */
+export interface CanonicalBackward {
+  /** d loss / d span input (rows x cols f32), or null when the input is ids or nothing reads it as floats. */
+  input: Float32Array | null;
+  /** Per tensor with any accumulated row, ascending tensor index: its rows' gradients. */
+  tensors: TensorGradient[];
+}
+
+/** f64 accumulators of tensor rows, by tensor then id. */
+export class GradientAccumulator {
+  readonly #rows = new Map<number, Map<number, Float64Array>>();
+  constructor(private readonly g: GhostManifest) {}
+
+  row(tensor: number, id: number): Float64Array {
+    let t = this.#rows.get(tensor);
+    if (!t) this.#rows.set(tensor, (t = new Map()));
+    let r = t.get(id);
+    if (!r) t.set(id, (r = new Float64Array(this.g.tensors[tensor]!.dim)));
+    return r;
+  }
+
+  /** Each tensor's rows, ids ascending, rounded to f32 once. */
+  result(): TensorGradient[] {
+    const out: TensorGradient[] = [];
+    for (const tensor of [...this.#rows.keys()].sort((a, b) => a - b)) {
+      const m = this.#rows.get(tensor)!;
+      const d = this.g.tensors[tensor]!.dim;
+      const ids = Uint32Array.from(m.keys()).sort();
+      const grads = new Float32Array(ids.length * d);
+      ids.forEach((id, i) => grads.set(m.get(id)!, i * d));
+      out.push({ tensor, ids, grads });
+    }
+    return out;
+  }
+}
+
+/**
+ * The canonical backward from dy (d loss / d the last layer's output, rows x cols f32)
+ * through the records of canonicalForward, in reverse (see the module comment).
+ */
+export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: Float32Array): CanonicalBackward {
+  const recs = fwd.records;
+  const n = recs.length;
+  if (dy.length !== fwd.output.length) fail('SHAPE', `the output's gradient has ${dy.length} values; the output has ${fwd.output.length}`);
+  const grads: (Float32Array | null)[] = new Array<Float32Array | null>(n).fill(null);
+  let spanGrad: Float32Array | null = null;
+  grads[n - 1] = dy;
+  const owned = new Uint8Array(n);
+  const send = (source: number, d: Float32Array): void => {
+    if (source === -1) {
+      if (spanGrad === null) spanGrad = Float32Array.from(d);
+      else for (let j = 0; j < d.length; j++) spanGrad[j] = spanGrad[j]! + d[j]!;
+      return;
+    }
+    const cur = grads[source];
+    if (cur === null || cur === undefined) {
+      grads[source] = d;
+      return;
+    }
+    const acc = owned[source] ? cur : Float32Array.from(cur);
+    for (let j = 0; j < acc.length; j++) acc[j] = acc[j]! + d[j]!;
+    grads[source] = acc;
+    owned[source] = 1;
+  };
+  const acc = new GradientAccumulator(g);
+  for (let i = n - 1; i >= 0; i--) {
+    const r = recs[i]!;
+    const d = grads[i];
+    if (d === null || d === undefined) continue;
+    if (!r.spec.backward) fail('LAYER_MISMATCH', `layer ${r.index} (${r.layer.op}) has no canonical backward: it cannot be trained by step proofs`);
+    const dx = r.spec.backward(r.layer, {
+      manifest: g,
+      index: r.index,
+      rows: fwd.rows,
+      ids: r.ids,
+      inputs: r.inputs,
+      evidence: r.evidence,
+      revealed: r.revealed,
+      y: r.y,
+      saved: r.saved,
+      grad: (tensor, id) => {
+        const rev = r.revealed.get(tensor);
+        if (!rev) fail('BLOCK_IDS', `layer ${r.index}'s backward reads tensor ${tensor}, which it did not reveal`);
+        rowOf(rev, id);
+        return acc.row(tensor, id);
+      },
+    }, d);
+    if (dx.length !== r.inputs.length) throw new ProofError('SHAPE', `layer ${r.index} (${r.layer.op}): its backward gave ${dx.length} input gradients for ${r.inputs.length} inputs`);
+    dx.forEach((dxi, k) => send(r.sources[k]!, dxi));
+  }
+  return { input: spanGrad, tensors: acc.result() };
+}
