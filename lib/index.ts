@@ -57,7 +57,8 @@ export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLooku
 export { Model } from './model/model.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
-export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedUpdate } from './model/model.js';
+export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedStep, ProvedUpdate } from './model/model.js';
+export type { StepBatch, StepTrainingOptions } from './model/train/step-training.js';
 export { DataLoader, Tape, TapeLoss, TapeValue, Trainer, TrainingRun, fit, globalNorm, init, mergeGradients, mse, scheduleFactor, seededRandom, softmaxCrossEntropy } from './model/train/index.js';
 export type {
   Batch,
@@ -108,8 +109,9 @@ export {
   verifierLimits,
   verifyForward,
   verifyGeneration,
+  verifyTrainStep,
   verifyUpdate,
 } from './verify/index.js';
-export type { ForwardProof, GenerationRecord, GhostManifest, GhostProof, PinnedGhost, SamplingOptions, UpdateProof, VerifiedForward, VerifiedUpdate, VerifierLimits } from './verify/index.js';
+export type { ForwardProof, GenerationRecord, GhostManifest, GhostProof, GhostTraining, PinnedGhost, SamplingOptions, StepProof, UpdateProof, VerifiedForward, VerifiedStep, VerifiedUpdate, VerifierLimits } from './verify/index.js';
 export { ProverClient, ProverServer } from './serve/index.js';
 export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServerLogOption, ServerStats, WireGrad } from './serve/index.js';

@@ -589,6 +589,15 @@ async function inspect(path: string, json: boolean): Promise<number> {
           ...l.blocks.map((b) => `    block of tensor ${b.tensor}: ${b.all ? 'all ' : ''}${b.rows} rows of ${b.dim} (${b.full} in full), multiproof of ${b.hashes} hashes`),
         ]),
       ]);
+    } else if (p.kind === 'step') {
+      const rows = p.blocks.reduce((a, b) => a + b.ids.length, 0);
+      const batch = p.input.kind === 'f32' ? p.input.rows : p.input.ids.length;
+      print({ kind: 'step proof', bytes: bytes.length, ghost: toHex(p.ghost), step: p.step, batch, layers: p.layers.length, blocks: p.blocks.map((b) => ({ tensor: b.tensor, rows: b.ids.length, all: b.all })), states: p.states.length, newGhost: toHex(p.newGhost) }, [
+        `step proof ${path} (${bytes.length.toLocaleString('en-US')} bytes; not verified: use ghost-tensor verify)`,
+        `  step ${p.step} of Ghost digest ${toHex(p.ghost)}`,
+        `  batch of ${batch}, ${p.layers.length} layers, ${rows.toLocaleString('en-US')} rows read from ${p.blocks.length} tensor(s), the state of ${p.states.length} trained tensor(s)`,
+        `  Ghost digest after the step ${toHex(p.newGhost)}`,
+      ]);
     } else {
       print({ kind: 'update proof', bytes: bytes.length, ghost: toHex(p.ghost), tensor: p.tensor, optimizer: p.optimizer, globalStep: p.globalStep, rows: p.block.ids.length, newRoot: toHex(p.newRoot) }, [
         `update proof ${path} (${bytes.length.toLocaleString('en-US')} bytes; not verified: use ghost-tensor verify)`,

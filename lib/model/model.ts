@@ -10,7 +10,7 @@
 import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, toIds } from '../shared/args.js';
 import { bytesEqual } from '../shared/bytes.js';
 import { FormatError, InvalidArgumentError, callNative } from '../shared/errors.js';
-import { GHOST_FORMAT_VERSION, GHOST_GRAPH_VERSION, isChain, spanSource, type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
+import { GHOST_FORMAT_VERSION, GHOST_GRAPH_VERSION, GHOST_TRAINING_VERSION, encodeGhost, isChain, spanSource, type GhostLayer, type GhostManifest, type GhostTensor } from '../verify/ghost-file.js';
 import { CANONICAL_VERSION, type CanonicalOptimizer } from '../verify/canonical.js';
 import { HASH_SCHEME } from '../verify/merkle.js';
 import { ModelDirectory } from './model-dir.js';
@@ -30,6 +30,11 @@ import {
   type UpdateProof,
 } from '../verify/proof-format.js';
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
+import { computeStep, recordStep } from '../verify/step.js';
+import type { StepProof } from '../verify/proof-format.js';
+import { loadHasher } from '../verify/merkle.js';
+import { VerifyBudget } from '../verify/proof-format.js';
+import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import type { LayerShape } from './layer-kind.js';
 import { Block, expandChain } from './blocks.js';
@@ -69,7 +74,32 @@ export interface ModelOptions {
    * The last layer's output is the model's; every other layer's must be read.
    */
   inputs?: readonly (readonly number[])[];
+  /**
+   * Train by step proofs (docs/step-proofs.md): the rule (loss, optimizer, schedule,
+   * clipping, frozen tensors) the Ghost file then commits, with each trained tensor's
+   * optimizer-state root; `proveTrainStep` takes the steps.
+   */
+  training?: StepTrainingOptions;
 }
+
+/** A training step with its step proof (Model.proveTrainStep). */
+export interface ProvedStep {
+  proof: StepProof;
+  /** The encoded proof (docs/step-proofs.md). */
+  bytes: Uint8Array;
+  /** The Ghost file after the step (the model's now). */
+  ghost: PinnedGhost;
+  /** The step's number (0-based). */
+  step: number;
+  /** The canonical output on the batch before the step, the loss (f64), the learning rate used, the gradient norm before clipping. */
+  output: Float32Array;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+}
+
+/** Limits for the prover's own run of the step computation: its work is its own. */
+const PROVER_LIMITS = { maxProofBytes: 2 ** 30, maxBatch: 2 ** 32, maxSequence: 2 ** 32, maxCells: Number.MAX_SAFE_INTEGER, maxWork: Number.MAX_SAFE_INTEGER };
 
 export class Model {
   /** The layers (a Residual is listed as its body's layers and an Add). */
@@ -83,6 +113,8 @@ export class Model {
   /** Each layer's kind and shape (input and output widths), found once. */
   readonly #kinds: readonly AnyLayerKind[];
   readonly #shapes: readonly LayerShape[];
+  readonly #trainingOptions: StepTrainingOptions | undefined;
+  #training: StepTraining | null = null;
 
   /**
    * A chain of layers and blocks (a `Residual` is `x + body(x)`, a `GatedMLP` is
@@ -91,7 +123,8 @@ export class Model {
    */
   constructor(layers: readonly (ModelLayer | Block)[], options: ModelOptions = {}) {
     if (!Array.isArray(layers) || layers.length === 0) throw new InvalidArgumentError('layers must be a non-empty array');
-    options = checkOptions('Model', options, ['inputs']);
+    options = checkOptions('Model', options, ['inputs', 'training']);
+    this.#trainingOptions = options.training;
     const flat: ModelLayer[] = [];
     let given: readonly (readonly number[])[];
     if (options.inputs !== undefined) {
@@ -157,6 +190,7 @@ export class Model {
   /** Builds the Merkle tree of every tensor that has none yet (off the JavaScript thread). */
   async commit(): Promise<void> {
     for (const t of this.tensors) if (!t.committed) await t.commit();
+    if (this.#trainingOptions !== undefined && this.#training === null) this.#training = await StepTraining.create(this.#trainingOptions, this.tensors);
   }
 
   #index(t: SparseTensor): number {
@@ -171,6 +205,10 @@ export class Model {
     });
     const layers: GhostLayer[] = this.layers.map((l, i) => this.#kinds[i]!.ghost(l, this.#shapes[i]!, (t) => this.#index(t)));
     const m: GhostManifest = { formatVersion: GHOST_FORMAT_VERSION, hashScheme: HASH_SCHEME, arithmetic: CANONICAL_VERSION, tensors, layers };
+    if (this.#trainingOptions !== undefined) {
+      if (this.#training === null) throw new InvalidArgumentError('the training rule is set up by commit(): await model.commit() first');
+      return { ...m, formatVersion: GHOST_TRAINING_VERSION, inputs: this.inputs.map((ins) => [...ins]), training: this.#training.section() };
+    }
     return isChain(this.inputs) ? m : { ...m, formatVersion: GHOST_GRAPH_VERSION, inputs: this.inputs.map((ins) => [...ins]) };
   }
 
@@ -356,6 +394,76 @@ export class Model {
       out.push({ proof, bytes: encodeProof(proof) });
     }
     return out;
+  }
+
+  /**
+   * One training step on `batch` with its step proof (docs/step-proofs.md): the forward
+   * (its selection as prove() makes it), one block per tensor the step reads (written
+   * rows with every Merkle path) and the optimizer state of the rows it writes; the step
+   * itself is computed by the verifier's code (lib/verify/step.ts: canonical forward,
+   * loss, backward, clipping, schedule, optimizer) and applied, so the model holds what a
+   * verifier computes, bit for bit. Needs `new Model(layers, { training })`. `cache`
+   * mirrors the verifier's (held rows travel as ids or deltas; both record the step's rows).
+   */
+  async proveTrainStep(batch: StepBatch, options: { cache?: PatternCache } = {}): Promise<ProvedStep> {
+    options = checkOptions('Model.proveTrainStep', options, ['cache']);
+    if (batch === null || typeof batch !== 'object') throw new InvalidArgumentError('batch must be { input, targets }');
+    checkOptions('batch', batch, ['input', 'targets']);
+    if (this.#trainingOptions === undefined) noTrainingRule();
+    const ghost = await this.ghost();
+    const tr = this.#training!;
+    // The forward's selection, and the rows each layer reads.
+    const fwd = await this.prove(batch.input);
+    const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
+    const targets = tr.targets(batch.targets, B, cols);
+    const reads = new Map<number, { all: boolean; ids: Set<number> }>();
+    for (const ev of fwd.proof.layers) {
+      for (const b of ev.blocks) {
+        const r = reads.get(b.tensor) ?? { all: false, ids: new Set<number>() };
+        if (b.all) r.all = true;
+        else for (const id of b.ids) r.ids.add(id);
+        reads.set(b.tensor, r);
+      }
+    }
+    const cache = options.cache;
+    const blocks: PatternBlock[] = [];
+    const states: StepProof['states'] = [];
+    for (const ti of [...reads.keys()].sort((a, b) => a - b)) {
+      const r = reads.get(ti)!;
+      const t = this.tensors[ti]!;
+      const ids = r.all ? allIds(t.size) : Uint32Array.from(r.ids).sort();
+      const trained = tr.trained.get(ti);
+      blocks.push(this.#block(t, ids, r.all, cache, trained !== undefined).block);
+      if (trained) states.push({ tensor: ti, dim: t.dim, all: r.all, ids, leaves: trained.state.leaves(ids), hashes: r.all ? new Uint8Array(0) : trained.state.prove(ids) });
+    }
+    const proof: StepProof = {
+      kind: 'step',
+      ghost: ghost.digest,
+      step: tr.step,
+      input: fwd.proof.input,
+      targets,
+      layers: fwd.proof.layers.map((l) => ({ op: l.op, stages: l.stages })),
+      blocks,
+      states,
+      newGhost: new Uint8Array(32),
+    };
+    const h = await loadHasher();
+    const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS));
+    // Apply what the step computed, then check the model's own roots agree with it.
+    for (const w of r.writes) {
+      const t = this.tensors[w.tensor]!;
+      t.scatter(w.ids, w.rows);
+      const e = tr.trained.get(w.tensor)!;
+      e.state.set(w.ids, w.state);
+      if (!bytesEqual(t.root(), w.root) || !bytesEqual(e.state.root(), w.stateRoot)) throw new Error(`internal: tensor ${w.tensor}'s roots after the step differ from the step's`);
+    }
+    for (const e of r.manifest.training!.tensors) tr.trained.get(e.tensor)!.logDecay = e.logDecay;
+    tr.step += 1;
+    const next = await this.ghost();
+    if (!bytesEqual(next.bytes, encodeGhost(r.manifest))) throw new Error('internal: the model after the step differs from the step\'s Ghost file');
+    proof.newGhost = next.digest;
+    recordStep(cache, r);
+    return { proof, bytes: encodeProof(proof), ghost: next, step: proof.step, output: r.output, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm };
   }
 
   /**

@@ -86,6 +86,7 @@ export type ProofFailure =
   | 'SELECTION_MISMATCH' // product keys: the claimed ids are not the top-k the verifier re-derives
   | 'OUTPUT_MISMATCH' // the verifier's canonical recomputation differs from the claimed output
   | 'UPDATE_MISMATCH' // an update proof's new root differs from the one the verifier computes
+  | 'NO_TRAINING_RULE' // a step proof for a Ghost file that commits no training rule (format 3), or a model without one asked to prove a step
   | 'BUDGET' // checking the proof would take more memory or work than the verifier's limits allow (VerifierLimits; refused from the headers, before the work)
   // A peer's answer (docs/p2p.md), checked by the client before verifyForward:
   | 'INPUT_MISMATCH'; // the proof is of another input than the one the client sent

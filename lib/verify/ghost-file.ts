@@ -11,6 +11,7 @@ import { HASH_SCHEME, loadHasher } from './merkle.js';
 import { CANONICAL_VERSION } from './canonical.js';
 import { specByCode, specByOp, specOf, type GhostLayer } from './kinds/index.js';
 import { GHOST_LIMITS, ghostBad as bad, ghostLimit as limit } from './layer-spec.js';
+import { checkTraining, readTraining, writeTraining, type GhostTraining } from './training.js';
 
 export const GHOST_FORMAT_VERSION = 1;
 /** 0x89 'GHOST' CR LF: a binary file that is not text. */
@@ -53,10 +54,21 @@ export interface GhostManifest {
    * takes layer i - 1's output; a graph that is a chain is written as format 1.
    */
   inputs?: number[][];
+  /**
+   * Format 3 (GHOST_TRAINING_VERSION) only: the training rule step proofs follow, with
+   * the step count and each trained tensor's optimizer-state root (lib/verify/training.ts).
+   * A format-3 file also gives every layer's inputs, a chain's too.
+   */
+  training?: GhostTraining;
 }
 
 /** The format version of a Ghost file whose layers form a graph (a chain is version 1). */
 export const GHOST_GRAPH_VERSION = 2;
+/** The format version of a Ghost file that commits a training rule (docs/step-proofs.md). */
+export const GHOST_TRAINING_VERSION = 3;
+const isVersion = (v: number): boolean => v === GHOST_FORMAT_VERSION || v === GHOST_GRAPH_VERSION || v === GHOST_TRAINING_VERSION;
+/** Whether a format version writes every layer's inputs. */
+const hasInputs = (v: number): boolean => v === GHOST_GRAPH_VERSION || v === GHOST_TRAINING_VERSION;
 /** Inputs one layer may take. */
 const MAX_INPUTS = 8;
 
@@ -86,7 +98,7 @@ const te = new TextEncoder();
 
 /** Checks what the encoding cannot: references in range, dimensions that agree, layers that chain. */
 export function checkGhost(m: GhostManifest): void {
-  if (m.formatVersion !== GHOST_FORMAT_VERSION && m.formatVersion !== GHOST_GRAPH_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${m.formatVersion}`);
+  if (!isVersion(m.formatVersion)) throw new FormatError('BAD_VERSION', `Ghost file: format version ${m.formatVersion}`);
   if (m.hashScheme !== HASH_SCHEME) throw new FormatError('BAD_VERSION', `Ghost file: hash scheme ${m.hashScheme}`);
   if (m.arithmetic !== CANONICAL_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: canonical arithmetic ${m.arithmetic}`);
   limit('tensor count', m.tensors.length, 1, GHOST_LIMITS.tensors);
@@ -105,12 +117,14 @@ export function checkGhost(m: GhostManifest): void {
     if (!Number.isInteger(i) || i < 0 || i >= m.tensors.length) bad(`${what} names tensor ${i}, which does not exist`);
     return m.tensors[i]!;
   };
-  const graph = m.formatVersion === GHOST_GRAPH_VERSION;
+  const graph = hasInputs(m.formatVersion);
   if (!graph && m.inputs !== undefined) bad('a format-1 file (a chain) has no layer inputs');
   if (graph) {
-    if (!Array.isArray(m.inputs) || m.inputs.length !== m.layers.length) bad('a format-2 file gives the inputs of every layer');
-    if (isChain(m.inputs)) throw new FormatError('NON_CANONICAL', 'Ghost file: the layers form a chain, which is written as format 1');
+    if (!Array.isArray(m.inputs) || m.inputs.length !== m.layers.length) bad(`a format-${m.formatVersion} file gives the inputs of every layer`);
+    if (m.formatVersion === GHOST_GRAPH_VERSION && isChain(m.inputs)) throw new FormatError('NON_CANONICAL', 'Ghost file: the layers form a chain, which is written as format 1');
   }
+  if ((m.formatVersion === GHOST_TRAINING_VERSION) !== (m.training !== undefined)) bad('a training rule is written in format 3, and only there');
+  if (m.training !== undefined) checkTraining(m.training, m.tensors.length);
   // Output widths by layer; the model's input width is the first layer's (-1: it takes ids).
   const widths: number[] = [];
   let modelInput = -1;
@@ -155,12 +169,13 @@ export function encodeGhost(m: GhostManifest): Uint8Array {
     const spec = specOf(l);
     w.u8(spec.code);
     spec.encode(w, l);
-    if (m.formatVersion === GHOST_GRAPH_VERSION) {
+    if (hasInputs(m.formatVersion)) {
       const ins = m.inputs![li]!;
       w.u8(ins.length);
       for (const j of ins) w.u32(j + 1);
     }
   }
+  if (m.training !== undefined) writeTraining(w, m.training);
   return w.finish();
 }
 
@@ -172,7 +187,7 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== GHOST_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a Ghost file');
   const formatVersion = r.u16('format version');
-  if (formatVersion !== GHOST_FORMAT_VERSION && formatVersion !== GHOST_GRAPH_VERSION) throw new FormatError('BAD_VERSION', `Ghost file: format version ${formatVersion}`);
+  if (!isVersion(formatVersion)) throw new FormatError('BAD_VERSION', `Ghost file: format version ${formatVersion}`);
   const arithmetic = r.u16('arithmetic version');
   const hashScheme = new TextDecoder('utf-8', { fatal: false }).decode(r.bytes(r.u8('hash scheme length'), 'hash scheme'));
   const nt = r.count('tensor count', 1, GHOST_LIMITS.tensors);
@@ -194,15 +209,16 @@ export function decodeGhost(bytes: Uint8Array): GhostManifest {
     const spec = specByCode(op);
     if (spec === undefined) bad(`layer ${i}: unknown op ${op}`);
     layers.push(spec.decode(r, i));
-    if (formatVersion === GHOST_GRAPH_VERSION) {
+    if (hasInputs(formatVersion)) {
       const n = limit(`layer ${i} input count`, r.u8('input count'), 1, MAX_INPUTS);
       const ins: number[] = [];
       for (let k = 0; k < n; k++) ins.push(r.u32('input') - 1);
       inputs.push(ins);
     }
   }
+  const training = formatVersion === GHOST_TRAINING_VERSION ? readTraining(r, tensors.length) : undefined;
   r.end();
-  const m: GhostManifest = { formatVersion, hashScheme, arithmetic, tensors, layers, ...(formatVersion === GHOST_GRAPH_VERSION ? { inputs } : {}) };
+  const m: GhostManifest = { formatVersion, hashScheme, arithmetic, tensors, layers, ...(hasInputs(formatVersion) ? { inputs } : {}), ...(training ? { training } : {}) };
   checkGhost(m);
   return m;
 }
@@ -220,5 +236,9 @@ export function withRoot(m: GhostManifest, tensor: number, root: Uint8Array): Gh
 
 /** A JSON-friendly view (roots in hex) for display. */
 export function ghostToJSON(m: GhostManifest): unknown {
-  return { ...m, tensors: m.tensors.map((t) => ({ ...t, root: toHex(t.root) })) };
+  return {
+    ...m,
+    tensors: m.tensors.map((t) => ({ ...t, root: toHex(t.root) })),
+    ...(m.training ? { training: { ...m.training, tensors: m.training.tensors.map((e) => ({ ...e, stateRoot: toHex(e.stateRoot) })) } } : {}),
+  };
 }

@@ -83,8 +83,12 @@ export type { CanonicalOptimizer, CanonicalRowState, CanonicalSimilarity } from 
 export { GHOST_FORMAT_VERSION, GHOST_LIMITS, attentionWidth, decodeGhost, encodeGhost, ghostDigest, ghostToJSON, withRoot } from './ghost-file.js';
 export type { GhostAttentionLayer, GhostEmbeddingLayer, GhostHopfieldLayer, GhostIndex, GhostLayer, GhostManifest, GhostProjection, GhostTensor } from './ghost-file.js';
 export { DEFAULT_VERIFIER_LIMITS, PROOF_FORMAT_VERSION, PROOF_LIMITS, PatternCache, VerifyBudget, verifierLimits, RowKind, applyDelta, attentionReads, decodeProof, encodeDelta, encodeProof } from './proof-format.js';
-export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, PatternBlock, ProofInput, UpdateProof, VerifierLimits } from './proof-format.js';
+export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, PatternBlock, ProofInput, StateBlock, StepLayer, StepProof, UpdateProof, VerifierLimits } from './proof-format.js';
 export { attentionCanonical, pinGhost, verifyForward, verifyUpdate } from './proof-verify.js';
 export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyCost, VerifyOptions } from './proof-verify.js';
 export { sampleToken, verifyGeneration } from './generation.js';
+export { verifyTrainStep } from './step.js';
+export type { VerifiedStep } from './step.js';
+export { GHOST_TRAINING_VERSION } from './ghost-file.js';
+export type { GhostSchedule, GhostTrainedTensor, GhostTraining, StepTargets } from './training.js';
 export type { GenerationRecord, SamplingOptions } from './generation.js';

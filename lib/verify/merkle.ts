@@ -78,9 +78,16 @@ export function f32le(values: Float32Array): Uint8Array {
 export function rootOf(h: MerkleHasher, data: Float32Array, dim: number): Uint8Array {
   const n = data.length / dim;
   if (!Number.isInteger(n)) throw new InvalidArgumentError('data length is not a multiple of dim');
-  const bytes = f32le(data);
+  return rootOfLeaves(h, f32le(data), n);
+}
+
+/** Root of n leaves of equal length (a multiple of 4 bytes; the root binds length / 4 as d) by a full rebuild. */
+export function rootOfLeaves(h: MerkleHasher, bytes: Uint8Array, n: number): Uint8Array {
+  const len = bytes.length / n;
+  if (!Number.isInteger(len) || len % 4 !== 0) throw new InvalidArgumentError('leaf bytes do not split into n leaves of whole f32s');
+  const dim = len / 4;
   let level: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) level.push(h.hashLeaf(bytes.subarray(i * dim * 4, (i + 1) * dim * 4)));
+  for (let i = 0; i < n; i++) level.push(h.hashLeaf(bytes.subarray(i * len, (i + 1) * len)));
   while (level.length > 1) {
     const next: Uint8Array[] = [];
     for (let j = 0; 2 * j < level.length; j++) {
@@ -148,12 +155,29 @@ export function checkMultiproof(
   proof: Uint8Array,
 ): void {
   if (!(root instanceof Uint8Array) || root.length !== 32) throw new ProofError('BAD_ROOT', 'root must be 32 bytes');
+  const got = multiproofRoot(h, n, ids, leafBytes, proof);
+  if (!bytesEqual(got, root)) throw new ProofError('ROOT_MISMATCH', 'the recomputed root differs from the trusted root');
+}
+
+/**
+ * The root that leaves `leafBytes` at `ids` and a compact multiproof reduce to (the
+ * checks of checkMultiproof but the comparison): with the old leaves it is the old root;
+ * with new leaves and the same siblings, the root after those rows change (what an
+ * update or step proof's verifier computes).
+ */
+export function multiproofRoot(
+  h: MerkleHasher,
+  n: number,
+  ids: Uint32Array | readonly number[],
+  leafBytes: Uint8Array,
+  proof: Uint8Array,
+): Uint8Array {
   if (!(leafBytes instanceof Uint8Array)) throw new InvalidArgumentError('leafBytes must be a Uint8Array');
   if (!(proof instanceof Uint8Array)) throw new InvalidArgumentError('proof must be a Uint8Array');
   const needed = multiproofSize(n, ids); // checks N and ids before any hashing
   const k = ids.length;
   const leafLen = leafBytes.length / k;
-  if (!Number.isInteger(leafLen) || leafLen === 0 || leafLen % 4 !== 0 || leafLen / 4 > 2 ** 24) {
+  if (!Number.isInteger(leafLen) || leafLen === 0 || leafLen % 4 !== 0 || leafLen / 4 > 2 ** 26) {
     throw new ProofError('LEAF_LENGTH', `${leafBytes.length} leaf bytes do not split into ${k} patterns of f32`);
   }
   if (proof.length !== needed * 32) {
@@ -185,6 +209,5 @@ export function checkMultiproof(
   if (cur.length !== 1 || cur[0]!.i !== 0 || used !== needed) {
     throw new ProofError('PROOF_LENGTH', 'the proof did not reduce to exactly one root with every hash used');
   }
-  const got = h.commitRoot(n, leafLen / 4, cur[0]!.h);
-  if (!bytesEqual(got, root)) throw new ProofError('ROOT_MISMATCH', 'the recomputed root differs from the trusted root');
+  return h.commitRoot(n, leafLen / 4, cur[0]!.h);
 }

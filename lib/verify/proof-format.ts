@@ -11,6 +11,7 @@ import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import type { GhostManifest } from './ghost-file.js';
 import { specByCode, specByOp, type LayerOp } from './kinds/index.js';
+import { readOptimizer as readOptimizerOf, stateDim, stateRowBytes, writeOptimizer, type StepTargets } from './training.js';
 
 export const PROOF_FORMAT_VERSION = 1;
 /** 0x89 'GTPRF' CR LF. */
@@ -137,7 +138,7 @@ export interface DecodeOptions {
    */
   ghost?: { readonly manifest: GhostManifest; readonly digest: Uint8Array };
   /** The kind expected (WRONG_KIND as soon as the kind byte is read). */
-  kind?: 'forward' | 'update';
+  kind?: GhostProof['kind'];
 }
 
 /**
@@ -209,7 +210,58 @@ export interface UpdateProof {
   newRoot: Uint8Array;
 }
 
-export type GhostProof = ForwardProof | UpdateProof;
+/**
+ * The optimizer state of the rows of one trained tensor a step proof writes (the same
+ * ids as its pattern block), as leaf bytes (lib/verify/training.ts stateLeaves), with a
+ * compact multiproof of every row against the tensor's state root (none for all rows).
+ */
+export interface StateBlock {
+  tensor: number;
+  /** The tensor's dim d (a state row is 8 d + 12 bytes). */
+  dim: number;
+  all: boolean;
+  ids: Uint32Array;
+  leaves: Uint8Array;
+  hashes: Uint8Array;
+}
+
+/** A layer's part of a step proof: its selection (stages), as in a forward proof; its rows travel in the proof's blocks. */
+export interface StepLayer {
+  op: LayerOp;
+  stages: Uint32Array[];
+}
+
+/**
+ * A step proof (docs/step-proofs.md): one training step of the whole model on a batch,
+ * recomputed by the verifier from the batch, the revealed rows and their optimizer
+ * state; it gives the Ghost file after the step.
+ */
+export interface StepProof {
+  kind: 'step';
+  /** Digest of the Ghost file before the step. */
+  ghost: Uint8Array;
+  /** The step's number (the Ghost file's training step). */
+  step: number;
+  input: ProofInput;
+  targets: StepTargets;
+  /** Every layer of the model, in order. */
+  layers: StepLayer[];
+  /** One block per tensor the step reads (ascending tensor index): the union of the rows every layer reads. */
+  blocks: PatternBlock[];
+  /** One per trained tensor with a block (ascending), over the same ids. */
+  states: StateBlock[];
+  /** Digest of the Ghost file after the step. */
+  newGhost: Uint8Array;
+}
+
+export type GhostProof = ForwardProof | UpdateProof | StepProof;
+
+/** "a forward proof", "an update proof", "a step proof". */
+export function proofName(k: GhostProof['kind']): string {
+  return k === 'update' ? 'an update proof' : k === 'step' ? 'a step proof' : 'a forward proof';
+}
+const KIND_CODES = { forward: 1, update: 2, step: 3 } as const;
+const KIND_NAMES = ['', 'forward', 'update', 'step'] as const;
 
 export { sortedUniqueIds } from './layer-spec.js';
 
@@ -502,11 +554,6 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
   w.u32(b.hashes.length / 32).bytes(b.hashes);
 }
 
-function writeOptimizer(w: ByteWriter, p: CanonicalOptimizer): void {
-  w.u8(p.kind === 'adam' ? 2 : 1).f32(p.lr).f32(p.beta1).f32(p.beta2).f32(p.eps).f32(p.weightDecay).u8(p.rowStep ? 1 : 0);
-}
-
-
 export function encodeProof(p: GhostProof): Uint8Array {
   const w = new ByteWriter();
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
@@ -522,7 +569,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
       for (const b of l.blocks) writeBlock(w, b);
     }
     w.u32(p.output.rows).u32(p.output.cols).f32s(p.output.data);
-  } else {
+  } else if (p.kind === 'update') {
     w.u8(2).bytes(p.ghost).u32(p.tensor);
     writeOptimizer(w, p.optimizer);
     w.u64(p.globalStep).f64(p.logDecay);
@@ -530,6 +577,27 @@ export function encodeProof(p: GhostProof): Uint8Array {
     w.f32s(p.grads);
     if (p.optimizer.kind === 'adam') w.f32s(p.state.m).f32s(p.state.v);
     w.u32s(p.state.steps).f64s(p.state.marks).bytes(p.newRoot);
+  } else {
+    w.u8(3).bytes(p.ghost).u64(p.step);
+    writeInputRecord(w, p.input);
+    if (p.targets.kind === 'classes') w.u8(1).u32(p.targets.ids.length).u32s(p.targets.ids);
+    else w.u8(2).u32(p.targets.data.length).f32s(p.targets.data);
+    w.u32(p.layers.length);
+    for (const l of p.layers) {
+      const spec = specByOp(l.op);
+      if (spec === undefined) throw new InvalidArgumentError(`proof: unknown op ${JSON.stringify(l.op)}`);
+      w.u8(spec.code).u8(l.stages.length);
+      for (const st of l.stages) w.u32(st.length).u32s(st);
+    }
+    w.u32(p.blocks.length);
+    for (const b of p.blocks) writeBlock(w, b);
+    w.u32(p.states.length);
+    for (const b of p.states) {
+      w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
+      if (!b.all) w.u32s(b.ids);
+      w.bytes(b.leaves).u32(b.hashes.length / 32).bytes(b.hashes);
+    }
+    w.bytes(p.newGhost);
   }
   return w.finish();
 }
@@ -585,23 +653,47 @@ function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undef
 }
 
 function readOptimizer(r: ByteReader): CanonicalOptimizer {
-  const kind = r.u8('optimizer kind');
-  if (kind !== 1 && kind !== 2) throw new FormatError('BAD_VALUE', `proof: optimizer kind ${kind}`);
-  const p: CanonicalOptimizer = {
-    kind: kind === 2 ? 'adam' : 'sgd',
-    lr: r.f32('lr'),
-    beta1: r.f32('beta1'),
-    beta2: r.f32('beta2'),
-    eps: r.f32('eps'),
-    weightDecay: r.f32('weightDecay'),
-    rowStep: false,
-  };
-  const rs = r.u8('rowStep');
-  if (rs > 1) throw new FormatError('BAD_VALUE', 'proof: rowStep must be 0 or 1');
-  p.rowStep = rs === 1;
-  const ok = p.lr >= 0 && p.weightDecay >= 0 && p.lr * p.weightDecay < 1 && p.beta1 >= 0 && p.beta1 < 1 && p.beta2 >= 0 && p.beta2 < 1 && p.eps > 0 && Number.isFinite(p.eps) && Number.isFinite(p.lr) && Number.isFinite(p.weightDecay);
-  if (!ok) throw new FormatError('BAD_VALUE', 'proof: optimizer parameters out of range');
-  return p;
+  return readOptimizerOf(r, 'proof');
+}
+
+/** A state block from untrusted bytes: checked against the pinned Ghost file and charged before its rows are read. */
+function readStateBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undefined): StateBlock {
+  const tensor = r.u32('state tensor');
+  const dim = r.count('state dim', 1, PROOF_LIMITS.dim);
+  const flags = r.u8('state flags');
+  if (flags > 1) throw new FormatError('BAD_VALUE', `proof: state block flags ${flags}`);
+  const all = flags === 1;
+  const n = r.count('state row count', 1, PROOF_LIMITS.blockIds);
+  const gt = g?.tensors[tensor];
+  if (g) {
+    if (!gt) throw new ProofError('LAYER_MISMATCH', `a state block names tensor ${tensor}; the Ghost file has ${g.tensors.length}`);
+    if (dim !== gt.dim) throw new ProofError('SHAPE', `a state block of tensor ${gt.name} has dim ${dim}; the Ghost file says ${gt.dim}`);
+    if (all ? n !== gt.n : n > gt.n) throw new ProofError('BLOCK_IDS', `a state block of ${gt.name} has ${n} rows; N = ${gt.n}`);
+  }
+  budget.cellsFor(OBJECT_CELLS + n * (stateDim(dim) + ROW_CELLS), `a state block of ${n} rows of ${dim}`);
+  let ids: Uint32Array;
+  if (all) {
+    r.need(n * stateRowBytes(dim), 'state rows');
+    ids = new Uint32Array(n);
+    for (let t = 0; t < n; t++) ids[t] = t;
+  } else {
+    ids = r.u32s(n, 'state ids');
+    for (let t = 1; t < n; t++) if (ids[t]! <= ids[t - 1]!) throw new FormatError('BAD_VALUE', `proof: state ids not strictly ascending at ${t}`);
+    if (gt && ids[n - 1]! >= gt.n) throw new ProofError('ID_OUT_OF_RANGE', `a state block of ${gt.name} names id ${ids[n - 1]} >= N = ${gt.n}`);
+  }
+  const leaves = r.bytes(n * stateRowBytes(dim), 'state rows');
+  const hc = r.count('state hash count', 0, 2 ** 32 - 1, 32);
+  return { tensor, dim, all, ids, leaves, hashes: r.bytes(hc * 32, 'state hashes') };
+}
+
+/** Stage lists of a layer (forward and step proofs). */
+function readStages(r: ByteReader, budget: VerifyBudget, i: number): Uint32Array[] {
+  const ns = r.u8('stage count');
+  if (ns > PROOF_LIMITS.stages) throw new FormatError('LIMIT', `proof: ${ns} stages`);
+  budget.cellsFor(OBJECT_CELLS * (1 + ns), `layer ${i}'s stage lists`);
+  const stages: Uint32Array[] = [];
+  for (let s = 0; s < ns; s++) stages.push(r.u32s(r.u32('stage length'), 'stage ids'));
+  return stages;
 }
 
 /**
@@ -623,9 +715,9 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
   const version = r.u16('version');
   if (version !== PROOF_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
   const kind = r.u8('kind');
-  if (options.kind !== undefined && (kind === 1 || kind === 2) && (kind === 1 ? 'forward' : 'update') !== options.kind) {
-    const name = (k: string): string => (k === 'update' ? 'an update proof' : 'a forward proof');
-    throw new ProofError('WRONG_KIND', `${name(kind === 1 ? 'forward' : 'update')} where ${name(options.kind)} is expected`);
+  const kindName = KIND_NAMES[kind];
+  if (options.kind !== undefined && kindName && KIND_CODES[options.kind] !== kind) {
+    throw new ProofError('WRONG_KIND', `${proofName(kindName)} where ${proofName(options.kind)} is expected`);
   }
   const readDigest = (): Uint8Array => {
     const d = r.bytes(32, 'ghost digest');
@@ -649,11 +741,7 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
       const opName = specByCode(op)?.op;
       if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
       if (g && g.layers[firstLayer + i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${firstLayer + i} is ${g.layers[firstLayer + i]!.op}; the proof says ${opName}`);
-      const ns = r.u8('stage count');
-      if (ns > PROOF_LIMITS.stages) throw new FormatError('LIMIT', `proof: ${ns} stages`);
-      budget.cellsFor(OBJECT_CELLS * (1 + ns), `layer ${i}'s stage lists`);
-      const stages: Uint32Array[] = [];
-      for (let s = 0; s < ns; s++) stages.push(r.u32s(r.u32('stage length'), 'stage ids'));
+      const stages = readStages(r, budget, i);
       const nb = r.u8('block count');
       if (nb > PROOF_LIMITS.blocksPerLayer) throw new FormatError('LIMIT', `proof: ${nb} blocks in layer ${i}`);
       const blocks: PatternBlock[] = [];
@@ -686,6 +774,49 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
     const marks = r.f64s(n, 'decay marks');
     for (let i = 0; i < n; i++) if (!Number.isFinite(marks[i]!) || marks[i]! > 0 || marks[i]! < logDecay) throw new FormatError('BAD_VALUE', `proof: decay mark ${i} out of range`);
     out = { kind: 'update', ghost, tensor, optimizer, globalStep, logDecay, block, grads, state: { m, v, steps, marks }, newRoot: r.bytes(32, 'new root') };
+  } else if (kind === 3) {
+    const ghost = readDigest();
+    const step = r.u64('step');
+    if (g?.training && step !== g.training.step) throw new ProofError('GHOST_MISMATCH', `the proof is of step ${step}; the Ghost file's next step is ${g.training.step}`);
+    const input = readInputRecord(r, {
+      maxRows: 2 ** 32 - 1,
+      maxCols: PROOF_LIMITS.dim,
+      charge: (n, k) => budget.atMost(n, L.maxBatch, k === 'f32' ? 'input rows' : 'input ids', 'maxBatch'),
+    });
+    const tk = r.u8('targets kind');
+    let targets: StepTargets;
+    if (tk === 1) {
+      const n = r.count('target count', 1, L.maxBatch, 4);
+      targets = { kind: 'classes', ids: r.u32s(n, 'targets') };
+    } else if (tk === 2) {
+      const n = r.count('target values', 1, 2 ** 32 - 1, 4);
+      budget.cellsFor(n, `${n} target values`);
+      targets = { kind: 'values', data: r.f32s(n, 'targets') };
+      checkFiniteF32(targets.data, 'a target');
+    } else throw new FormatError('BAD_VALUE', `proof: targets kind ${tk}`);
+    const nl = r.count('layer count', 1, PROOF_LIMITS.layers);
+    if (g && nl !== g.layers.length) throw new ProofError('LAYER_MISMATCH', `a step proof covers every layer: ${nl} given, the model has ${g.layers.length}`);
+    const layers: StepLayer[] = [];
+    for (let i = 0; i < nl; i++) {
+      const op = r.u8('op');
+      const opName = specByCode(op)?.op;
+      if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
+      if (g && g.layers[i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${i} is ${g.layers[i]!.op}; the proof says ${opName}`);
+      layers.push({ op: opName, stages: readStages(r, budget, i) });
+    }
+    const nb = r.count('block count', 0, g ? g.tensors.length : 4096);
+    const blocks: PatternBlock[] = [];
+    for (let b = 0; b < nb; b++) {
+      blocks.push(readBlock(r, budget, g));
+      if (b > 0 && blocks[b]!.tensor <= blocks[b - 1]!.tensor) throw new FormatError('BAD_VALUE', 'proof: step blocks must name ascending tensors');
+    }
+    const ns = r.count('state count', 0, nb);
+    const states: StateBlock[] = [];
+    for (let b = 0; b < ns; b++) {
+      states.push(readStateBlock(r, budget, g));
+      if (b > 0 && states[b]!.tensor <= states[b - 1]!.tensor) throw new FormatError('BAD_VALUE', 'proof: state blocks must name ascending tensors');
+    }
+    out = { kind: 'step', ghost, step, input, targets, layers, blocks, states, newGhost: r.bytes(32, 'new ghost digest') };
   } else {
     throw new FormatError('BAD_VALUE', `proof: kind ${kind}`);
   }

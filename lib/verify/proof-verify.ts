@@ -24,6 +24,7 @@ import {
   decodeProof,
   encodeProof,
   positionsToProve,
+  proofName,
   type ForwardProof,
   type GhostProof,
   type LayerEvidence,
@@ -104,10 +105,9 @@ function canonicalProof(proof: Uint8Array | GhostProof, ghost: PinnedGhost, kind
 }
 
 /** The proof, checked to be of `kind` and for the pinned Ghost file. */
-function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint8Array | GhostProof, kind: K, budget: VerifyBudget): Extract<GhostProof, { kind: K }> {
+export function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint8Array | GhostProof, kind: K, budget: VerifyBudget): Extract<GhostProof, { kind: K }> {
   const p = canonicalProof(proof, ghost, kind, budget);
-  const name = (k: GhostProof['kind']): string => (k === 'update' ? 'an update proof' : 'a forward proof');
-  if (p.kind !== kind) fail('WRONG_KIND', `${name(p.kind)} where ${name(kind)} is expected`);
+  if (p.kind !== kind) fail('WRONG_KIND', `${proofName(p.kind)} where ${proofName(kind)} is expected`);
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   return p as Extract<GhostProof, { kind: K }>;
 }
@@ -117,7 +117,7 @@ function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proof: Uint
  * tensor's root: the multiproof covers every row (`everyPath`), or every row but those
  * held verified against this same root.
  */
-function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
+export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
   const t = g.tensors[b.tensor];
   if (!t) fail('LAYER_MISMATCH', `a block names tensor ${b.tensor}; the Ghost file has ${g.tensors.length}`);
   if (b.dim !== t.dim) fail('SHAPE', `a block of tensor ${t.name} has dim ${b.dim}; the Ghost file says ${t.dim}`);

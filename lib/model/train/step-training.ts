@@ -1,0 +1,129 @@
+/**
+ * Training by step proofs (docs/step-proofs.md): the training rule a Model commits in
+ * its Ghost file, the optimizer state of its trained tensors (step-state.ts), and the
+ * making of a step proof: the forward's selection, one block per tensor read, the state
+ * of the rows written, then the step computed by the verifier's own code
+ * (lib/verify/step.ts) and applied to the tensors. The model then holds exactly what the
+ * verifier computed, bit for bit (checked: the tensors' native roots must equal it).
+ */
+import { checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
+import { InvalidArgumentError, ProofError } from '../../shared/errors.js';
+import type { SparseTensor } from '../../tensor/sparse-tensor.js';
+import type { CanonicalOptimizer } from '../../verify/canonical.js';
+import { loadHasher, type MerkleHasher } from '../../verify/merkle.js';
+import type { GhostSchedule, GhostTraining, StepTargets } from '../../verify/training.js';
+import { checkSchedule, type Schedule } from './schedule.js';
+import { StateTree } from './step-state.js';
+
+/** What `new Model(layers, { training })` takes: the rule step proofs follow. */
+export interface StepTrainingOptions {
+  /** 'cross-entropy' (targets: one class id per row) or 'mse' (targets: rows x outputs values). */
+  loss: 'cross-entropy' | 'mse';
+  /** 'adam' (default) or 'sgd'. */
+  optimizer?: 'adam' | 'sgd';
+  /** Base learning rate (default 1e-3 for Adam, 1e-2 for SGD); rounded to f32. */
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  /** Decoupled weight decay (default 0), lazy with catch-up as in SparseAdam. */
+  weightDecay?: number;
+  /** Adam's bias correction by each row's own step count ('row', default) or the global step. */
+  biasCorrection?: 'row' | 'global';
+  /** Learning-rate schedule (default constant); computed canonically (docs/step-proofs.md). */
+  schedule?: Schedule;
+  /** Clip the global gradient norm to this (default: no clipping). */
+  clipNorm?: number;
+  /** Tensors not trained (default: none; every tensor of the model is trained). */
+  frozen?: readonly SparseTensor[];
+}
+
+/** A batch to train on: the model's input (ids or rows of floats) and the targets. */
+export interface StepBatch {
+  input: Float32Array | Uint32Array | readonly number[];
+  /** Class ids (cross-entropy; one per row) or values (mse; rows x outputs). */
+  targets: Uint32Array | readonly number[] | Float32Array;
+}
+
+/** The training rule and state of a Model trained by step proofs. */
+export class StepTraining {
+  readonly loss: 'cross-entropy' | 'mse';
+  readonly optimizer: CanonicalOptimizer;
+  readonly schedule: GhostSchedule;
+  readonly clipNorm: number;
+  /** Steps taken. */
+  step = 0;
+  /** Per trained tensor (by Ghost-file index): its decay log and state tree. */
+  readonly trained = new Map<number, { logDecay: number; state: StateTree }>();
+
+  private constructor(o: StepTrainingOptions) {
+    this.loss = o.loss;
+    const adam = (o.optimizer ?? 'adam') === 'adam';
+    const f32 = (name: string, v: number, lo: number, hi: number): number => Math.fround(checkNumber(name, v, lo, hi));
+    this.optimizer = {
+      kind: adam ? 'adam' : 'sgd',
+      lr: f32('training.lr', o.lr ?? (adam ? 1e-3 : 1e-2), 0, 1e6),
+      beta1: f32('training.beta1', o.beta1 ?? 0.9, 0, 0.999999),
+      beta2: f32('training.beta2', o.beta2 ?? 0.999, 0, 0.99999999),
+      eps: f32('training.eps', o.eps ?? 1e-8, 1e-30, 1),
+      weightDecay: f32('training.weightDecay', o.weightDecay ?? 0, 0, 1e6),
+      rowStep: (o.biasCorrection ?? 'row') === 'row',
+    };
+    if (!(this.optimizer.lr * this.optimizer.weightDecay < 1)) throw new InvalidArgumentError('training: lr x weightDecay must be below 1');
+    const s = checkSchedule(o.schedule ?? { kind: 'constant' });
+    this.schedule = s.kind === 'cosine' ? { kind: 'cosine', warmupSteps: s.warmupSteps ?? 0, totalSteps: s.totalSteps, floor: s.floor ?? 0 } : s;
+    this.clipNorm = o.clipNorm === undefined ? 0 : Math.fround(checkNumber('training.clipNorm', o.clipNorm, Number.MIN_VALUE, 1e30));
+  }
+
+  /** The rule for a model's tensors: every tensor trained but the frozen ones, each from the zero state. */
+  static async create(options: StepTrainingOptions, tensors: readonly SparseTensor[]): Promise<StepTraining> {
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`training must be an object, got ${describe(options)}`);
+    const o = checkOptions('training', options, ['loss', 'optimizer', 'lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'biasCorrection', 'schedule', 'clipNorm', 'frozen']);
+    if (o.loss !== 'cross-entropy' && o.loss !== 'mse') throw new InvalidArgumentError(`training.loss must be 'cross-entropy' or 'mse', got ${describe(o.loss)}`);
+    if (o.optimizer !== undefined && o.optimizer !== 'adam' && o.optimizer !== 'sgd') throw new InvalidArgumentError(`training.optimizer must be 'adam' or 'sgd', got ${describe(o.optimizer)}`);
+    if (o.biasCorrection !== undefined && o.biasCorrection !== 'row' && o.biasCorrection !== 'global') throw new InvalidArgumentError(`training.biasCorrection must be 'row' or 'global'`);
+    const frozen = o.frozen ?? [];
+    if (!Array.isArray(frozen) || frozen.some((t) => !tensors.includes(t))) throw new InvalidArgumentError('training.frozen must list tensors of the model');
+    const st = new StepTraining(o);
+    const h = await loadHasher();
+    tensors.forEach((t, i) => {
+      if (!frozen.includes(t)) st.trained.set(i, { logDecay: 0, state: new StateTree(h, t.size, t.dim) });
+    });
+    if (st.trained.size === 0) throw new InvalidArgumentError('training: every tensor is frozen');
+    return st;
+  }
+
+  /** The Ghost file's training section as the model stands. */
+  section(): GhostTraining {
+    return {
+      loss: this.loss,
+      optimizer: { ...this.optimizer },
+      schedule: { ...this.schedule },
+      clipNorm: this.clipNorm,
+      step: this.step,
+      tensors: [...this.trained].sort((a, b) => a[0] - b[0]).map(([tensor, e]) => ({ tensor, logDecay: e.logDecay, stateRoot: e.state.root() })),
+    };
+  }
+
+  /** The targets of a batch, checked against the loss and the output's shape. */
+  targets(t: StepBatch['targets'], rows: number, cols: number): StepTargets {
+    if (this.loss === 'cross-entropy') {
+      if (t instanceof Float32Array) throw new InvalidArgumentError('a cross-entropy step takes class ids as targets');
+      const ids = toIds('targets', t);
+      if (ids.length !== rows) throw new InvalidArgumentError(`${ids.length} targets for a batch of ${rows}`);
+      ids.forEach((c, i) => checkInteger(`targets[${i}]`, c, 0, cols - 1));
+      return { kind: 'classes', ids: ids.slice() };
+    }
+    if (!(t instanceof Float32Array)) throw new InvalidArgumentError('an mse step takes a Float32Array of targets');
+    if (t.length !== rows * cols) throw new InvalidArgumentError(`${t.length} target values for an output of ${rows} x ${cols}`);
+    for (let i = 0; i < t.length; i++) if (!Number.isFinite(t[i]!)) throw new InvalidArgumentError(`targets[${i}] is not finite`);
+    return { kind: 'values', data: t.slice() };
+  }
+}
+
+export { StateTree };
+export type { MerkleHasher };
+/** A prover that has no training rule. */
+export function noTrainingRule(): never {
+  throw new ProofError('NO_TRAINING_RULE', 'this model has no training rule: build it with new Model(layers, { training }) (docs/step-proofs.md)');
+}

@@ -1,0 +1,280 @@
+/**
+ * Step proofs (docs/step-proofs.md): one training step of a whole model, recomputed by
+ * the verifier from the batch (inputs and targets), the rows the step reads with their
+ * multiproofs, and the optimizer state of the rows it writes with theirs. Nothing in
+ * the proof is trusted: the forward (the selection re-derived where forward proofs
+ * re-derive it), the loss's gradient, the backward into every row (each kind's canonical
+ * backward), the clipping, the learning rate of this step, the optimizer update and the
+ * new value and state roots are all the verifier's own, and the proof is accepted only
+ * when the Ghost file they give has the claimed digest.
+ *
+ * The prover (Model.proveTrainStep) runs this same module on the proof it builds, so
+ * both sides compute the step with the same code. Loads no addon.
+ */
+import { bytesEqual } from '../shared/bytes.js';
+import { ProofError } from '../shared/errors.js';
+import { canonicalBackward, canonicalForward } from './backward.js';
+import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
+import { encodeGhost, type GhostManifest } from './ghost-file.js';
+import { specOf } from './kinds/index.js';
+import { fail, type Revealed } from './layer-spec.js';
+import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
+import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type StateBlock, type StepProof } from './proof-format.js';
+import { openProof, pinGhost, resolveBlock, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
+import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
+
+/** One trained tensor's rows a step wrote: their new values and optimizer state. */
+export interface StepWrite {
+  tensor: number;
+  all: boolean;
+  ids: Uint32Array;
+  /** New values (ids.length x dim). */
+  rows: Float32Array;
+  /** New optimizer state of those rows. */
+  state: CanonicalRowState;
+  /** The gradient the optimizer took (after clipping), ids.length x dim. */
+  grads: Float32Array;
+  root: Uint8Array;
+  stateRoot: Uint8Array;
+}
+
+/** What a step computes. */
+export interface StepOutcome {
+  /** The Ghost file after the step. */
+  manifest: GhostManifest;
+  /** The model's output on the batch before the step (rows x cols). */
+  output: Float32Array;
+  rows: number;
+  cols: number;
+  /** The loss on the batch before the step (f64; reported, not checked bit for bit). */
+  loss: number;
+  /** The learning rate this step used (f32), the global gradient norm before clipping and the clipping factor (1: none). */
+  lr: number;
+  gradNorm: number;
+  clipScale: number;
+  writes: StepWrite[];
+  /** Rows of frozen tensors the step read (unchanged). */
+  read: Revealed[];
+}
+
+const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
+
+/**
+ * Charges what checking the step holds and does, from the proof's headers and the Ghost
+ * file, before any of it: each layer's forward (its kind's plan) and backward (twice
+ * the forward's work), the blocks' hashing (twice for written rows: the old and the new
+ * root), the state rows, the optimizer.
+ */
+function planStep(g: GhostManifest, t: GhostTraining, p: StepProof, budget: VerifyBudget): void {
+  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
+  for (const [li, l] of g.layers.entries()) {
+    const before = budget.work, cellsBefore = budget.cells;
+    specOf(l).plan(l, g, B, budget, li);
+    budget.workFor(2 * (budget.work - before), `layer ${li}'s backward`);
+    budget.cellsFor(2 * (budget.cells - cellsBefore), `layer ${li}'s backward`);
+  }
+  const trained = new Set(t.tensors.map((e) => e.tensor));
+  for (const b of p.blocks) {
+    const n = g.tensors[b.tensor]!.n;
+    const w = trained.has(b.tensor) ? 2 : 1;
+    budget.workFor(w * work(b.all ? n : b.ids.length, b.dim, n) + (w - 1) * 24 * b.ids.length * b.dim, `the block of tensor ${b.tensor} (${b.ids.length} rows)`);
+    if (w === 2) budget.cellsFor(4 * b.ids.length * b.dim, `the new rows, state and gradients of tensor ${b.tensor}`);
+  }
+  for (const s of p.states) {
+    const n = g.tensors[s.tensor]!.n;
+    budget.workFor(2 * work(s.ids.length, stateDim(s.dim), n), `the state block of tensor ${s.tensor}`);
+  }
+}
+
+/** Offset of `id` in sorted `ids`, or -1. */
+function indexOf(ids: Uint32Array, id: number): number {
+  let lo = 0, hi = ids.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ids[mid]! < id) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < ids.length && ids[lo] === id ? lo : -1;
+}
+
+/**
+ * The step a proof describes, computed from nothing but the pinned Ghost file, the proof
+ * and the verifier's cache (rows sent as held ids or deltas). Throws ProofError naming
+ * the first check that fails. Does not compare the claimed new digest (verifyTrainStep
+ * does; the prover fills it in from this result).
+ */
+export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, cache: PatternCache | undefined, budget: VerifyBudget): StepOutcome {
+  const g = ghost.manifest;
+  const t = g.training;
+  if (!t) fail('NO_TRAINING_RULE', 'the pinned Ghost file commits no training rule (format 3): it cannot be trained by step proofs');
+  if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
+  if (p.step !== t.step) fail('GHOST_MISMATCH', `the proof is of step ${p.step}; the Ghost file's next step is ${t.step}`);
+  if (p.layers.length !== g.layers.length) fail('LAYER_MISMATCH', `a step proof covers every layer: ${p.layers.length} given, the model has ${g.layers.length}`);
+  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
+  planStep(g, t, p, budget);
+
+  // The rows read, each block checked against its tensor's root (written rows with every path: the new root needs the siblings).
+  const trained = new Map(t.tensors.map((e) => [e.tensor, e]));
+  const blocks = new Map<number, { block: PatternBlock; rev: Revealed; used: Uint8Array }>();
+  for (const b of p.blocks) {
+    if (blocks.has(b.tensor)) fail('BLOCK_IDS', `two blocks of tensor ${b.tensor}`);
+    const rev = resolveBlock(h, g, b, cache, trained.has(b.tensor));
+    blocks.set(b.tensor, { block: b, rev, used: new Uint8Array(b.ids.length) });
+  }
+  // The optimizer state of the rows written: one state block per trained tensor read, over the same rows.
+  const states = new Map<number, { block: StateBlock; state: CanonicalRowState }>();
+  const written = p.blocks.filter((b) => trained.has(b.tensor));
+  if (p.states.length !== written.length) fail('BLOCK_IDS', `the step writes ${written.length} trained tensors; the proof carries ${p.states.length} state blocks`);
+  p.states.forEach((s, i) => {
+    const b = written[i]!;
+    const e = trained.get(s.tensor);
+    if (s.tensor !== b.tensor || !e) fail('BLOCK_IDS', `state block ${i} is of tensor ${s.tensor}; the step writes tensor ${b.tensor}`);
+    if (s.all !== b.all || s.ids.length !== b.ids.length || s.ids.some((id, k) => id !== b.ids[k])) fail('BLOCK_IDS', `the state block of tensor ${s.tensor} does not cover exactly the rows the step writes`);
+    const n = g.tensors[s.tensor]!.n;
+    let root: Uint8Array;
+    try {
+      root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, s.ids, s.leaves, s.hashes);
+    } catch (err) {
+      if (err instanceof ProofError) throw err;
+      throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+    }
+    if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
+    states.set(s.tensor, { block: s, state: readStateLeaves(s.dim, s.leaves, s.ids.length, e.logDecay) });
+  });
+
+  // The forward, each layer served from the blocks: exactly the rows it reads.
+  const fwd = canonicalForward(g, 0, p.input, p.layers.map((l) => ({ op: l.op, stages: l.stages, blocks: [] })), (li, _ev, need) => {
+    const out = new Map<number, Revealed>();
+    for (const [tensor, want] of need) {
+      const b = blocks.get(tensor);
+      if (!b) fail('BLOCK_IDS', `layer ${li} reads tensor ${tensor}, which the proof does not reveal`);
+      if (want === 'all') {
+        if (!b.block.all) fail('BLOCK_IDS', `layer ${li} reads tensor ${tensor} whole; its block lists ids`);
+        b.used.fill(1);
+        out.set(tensor, b.rev);
+        continue;
+      }
+      const d = b.rev.dim;
+      const rows = new Float32Array(want.length * d);
+      want.forEach((id, k) => {
+        const at = b.block.all ? (id < b.rev.ids.length ? id : -1) : indexOf(b.rev.ids, id);
+        if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
+        b.used[at] = 1;
+        rows.set(b.rev.rows.subarray(at * d, (at + 1) * d), k * d);
+      });
+      out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
+    }
+    return out;
+  });
+  for (const b of blocks.values()) {
+    const at = b.used.indexOf(0);
+    if (at >= 0) fail('BLOCK_IDS', `the block of tensor ${b.block.tensor} reveals row ${b.block.ids[at]}, which the step does not read`);
+  }
+
+  // The loss's gradient, then the backward.
+  const y = fwd.output, cols = fwd.cols;
+  if (p.targets.kind === 'classes') {
+    if (t.loss !== 'cross-entropy') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives class ids`);
+    if (p.targets.ids.length !== B) fail('SHAPE', `${p.targets.ids.length} targets for a batch of ${B}`);
+    for (const c of p.targets.ids) if (c >= cols) fail('SHAPE', `target class ${c} of ${cols}`);
+  } else {
+    if (t.loss !== 'mse') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives target values`);
+    if (p.targets.data.length !== B * cols) fail('SHAPE', `${p.targets.data.length} target values for an output of ${B} x ${cols}`);
+  }
+  const loss = closs(t.loss, y, B, cols, p.targets);
+  const back = canonicalBackward(g, fwd, loss.grad);
+
+  // Each written row's gradient (0 for a row the output does not depend on), then clipping.
+  const grads = written.map((b) => {
+    const d = b.dim, out = new Float32Array(b.ids.length * d);
+    const got = back.tensors.find((x) => x.tensor === b.tensor);
+    if (got) got.ids.forEach((id, k) => out.set(got.grads.subarray(k * d, (k + 1) * d), (b.all ? id : indexOf(b.ids, id)) * d));
+    return out;
+  });
+  const clip = cclip(grads, t.clipNorm);
+
+  // The optimizer, with this step's learning rate; every trained tensor's decay log advances.
+  const lr = cstepLr(t, t.step);
+  const params = { ...t.optimizer, lr };
+  const f = Math.fround;
+  const writes: StepWrite[] = [];
+  const newTrained = t.tensors.map((e) => ({ ...e, logDecay: f(params.weightDecay) > 0 ? e.logDecay + clog1pNeg(-f(lr) * f(params.weightDecay)) : e.logDecay }));
+  if (newTrained.some((e) => !Number.isFinite(e.logDecay))) fail('UPDATE_MISMATCH', 'the step gives a non-finite decay log; the optimizer would have refused it');
+  const roots = g.tensors.map((x) => x.root);
+  written.forEach((b, i) => {
+    const e = trained.get(b.tensor)!, d = b.dim, n = g.tensors[b.tensor]!.n;
+    const st = states.get(b.tensor)!;
+    for (let r = 0; r < st.state.steps.length; r++) if (st.state.steps[r] === 0xffffffff) fail('UPDATE_MISMATCH', `row ${b.ids[r]} of tensor ${b.tensor}: its counter is full`);
+    const rev = blocks.get(b.tensor)!.rev;
+    const stepped = coptimizerStep(params, t.step, e.logDecay, d, rev.rows, grads[i]!, st.state);
+    for (let k = 0; k < stepped.rows.length; k++) if (!Number.isFinite(stepped.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
+    for (const a of [stepped.state.m, stepped.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
+    const leaves = stateLeaves(d, stepped.state, b.ids.length);
+    const root = b.all ? rootOf(h, stepped.rows, d) : multiproofRoot(h, n, b.ids, f32le(stepped.rows), b.hashes);
+    const stateRoot = b.all ? rootOfLeaves(h, leaves, n) : multiproofRoot(h, n, b.ids, leaves, st.block.hashes);
+    roots[b.tensor] = root;
+    const ne = newTrained.find((x) => x.tensor === b.tensor)!;
+    ne.stateRoot = stateRoot;
+    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, root, stateRoot });
+  });
+  const manifest: GhostManifest = {
+    ...g,
+    tensors: g.tensors.map((x, i) => (roots[i] === x.root ? x : { ...x, root: roots[i]! })),
+    training: { ...t, step: t.step + 1, tensors: newTrained },
+  };
+  const read = [...blocks.values()].filter((b) => !trained.has(b.block.tensor)).map((b) => b.rev);
+  return { manifest, output: y, rows: B, cols, loss: loss.value, lr, gradNorm: clip.norm, clipScale: clip.scale, writes, read };
+}
+
+export interface VerifiedStep {
+  /** The Ghost file after the step: what the next proof (forward or step) must name. */
+  ghost: PinnedGhost;
+  /** The step's number (0-based). */
+  step: number;
+  /** The model's output on the batch before the step, the loss, the learning rate, the gradient norm and the clipping factor. */
+  output: Float32Array;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  clipScale: number;
+  /** Per trained tensor written: its ids and their new rows (as the verifier computed them). */
+  writes: { tensor: number; ids: Uint32Array; rows: Float32Array }[];
+  cost: VerifyCost;
+}
+
+/**
+ * Verifies a step proof against the pinned Ghost file (which must commit a training
+ * rule): recomputes the whole step and accepts only when the Ghost file it gives has the
+ * proof's claimed digest (ProofError UPDATE_MISMATCH otherwise). Returns the Ghost file
+ * after the step; with a cache, records the written rows at their new roots and the
+ * frozen rows read.
+ */
+export async function verifyTrainStep(ghost: PinnedGhost, proof: Uint8Array | StepProof, options: VerifyOptions = {}): Promise<VerifiedStep> {
+  const h = await loadHasher();
+  const budget = new VerifyBudget(options.limits);
+  const p = openProof(ghost, proof, 'step', budget);
+  const r = computeStep(h, ghost, p, options.cache, budget);
+  const bytes = encodeGhost(r.manifest);
+  if (!bytesEqual(h.hash(bytes), p.newGhost)) fail('UPDATE_MISMATCH', 'the Ghost file the step gives differs from the one the proof claims');
+  recordStep(options.cache, r);
+  return {
+    ghost: await pinGhost(bytes),
+    step: p.step,
+    output: r.output,
+    loss: r.loss,
+    lr: r.lr,
+    gradNorm: r.gradNorm,
+    clipScale: r.clipScale,
+    writes: r.writes.map((w) => ({ tensor: w.tensor, ids: w.ids, rows: w.rows })),
+    cost: { cells: budget.cells, work: budget.work },
+  };
+}
+
+/** What both caches record after a step: the written rows at their new roots, the frozen rows read. */
+export function recordStep(cache: PatternCache | undefined, r: StepOutcome): void {
+  if (!cache) return;
+  cache.record([
+    ...r.writes.map((w) => ({ tensor: w.tensor, dim: w.rows.length / w.ids.length, ids: w.ids, rows: w.rows, root: w.root })),
+    ...r.read,
+  ]);
+}

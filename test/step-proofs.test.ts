@@ -1,0 +1,202 @@
+/**
+ * Step proofs (docs/step-proofs.md): a model trained by proveTrainStep, each step
+ * verified by verifyTrainStep from nothing but the pinned Ghost file and the proof; the
+ * Ghost file's training rule; the optimizer-state tree; forgeries refused with their reason.
+ */
+import { describe, expect, it } from 'vitest';
+
+import { Add, Embedding, Model, PatternCache, PositionEmbedding, SparseAdam, SparseTensor, decodeGhost, decodeProof, encodeGhost, encodeProof, pinGhost, verifyTrainStep } from '../lib/index.js';
+import type { StepProof } from '../lib/index.js';
+import { loadHasher, rootOfLeaves } from '../lib/verify/merkle.js';
+import { StateTree } from '../lib/model/train/step-state.js';
+import { ccosPi, cscheduleFactor, stateRowBytes, zeroStateRoot } from '../lib/verify/training.js';
+import { reason } from './helpers/reason.js';
+import { Rng } from './helpers/rng.js';
+
+/** A bigram model: logits of the next id = the table row of the current id (an embedding of width V). */
+function bigram(rng: Rng, V: number, training: ConstructorParameters<typeof Model>[1] extends infer O ? O : never) {
+  const table = SparseTensor.fromArray(rng.f32(V * V), V);
+  return { table, model: new Model([new Embedding(table)], training) };
+}
+
+describe('step proofs', () => {
+  it('zeroStateRoot and the sparse state tree agree with a full rebuild, and its multiproofs check', async () => {
+    const h = await loadHasher();
+    const rng = new Rng(3);
+    for (const n of [1, 2, 3, 5, 8, 13, 64, 100]) {
+      const d = 3, rb = stateRowBytes(d);
+      const tree = new StateTree(h, n, d);
+      expect(tree.root()).toEqual(zeroStateRoot(h, n, d));
+      expect(tree.root()).toEqual(rootOfLeaves(h, new Uint8Array(n * rb), n));
+      // Write some rows, compare with a rebuild over all leaves, and check a multiproof.
+      const ids = Uint32Array.from(new Set(Array.from({ length: Math.min(n, 4) }, () => rng.int(0, n - 1)))).sort();
+      const state = { m: rng.f32(ids.length * d), v: Float32Array.from(rng.f32(ids.length * d), Math.abs), steps: Uint32Array.from(ids, (i) => i + 1), marks: Float64Array.from(ids, (i) => -i / 8) };
+      tree.set(ids, state);
+      const all = new Uint8Array(n * rb);
+      const leaves = tree.leaves(ids);
+      ids.forEach((id, k) => all.set(leaves.subarray(k * rb, (k + 1) * rb), id * rb));
+      expect(tree.root()).toEqual(rootOfLeaves(h, all, n));
+      const { multiproofRoot } = await import('../lib/verify/merkle.js');
+      expect(multiproofRoot(h, n, ids, leaves, tree.prove(ids))).toEqual(tree.root());
+    }
+  });
+
+  it('the canonical cosine and schedule follow the formulas', () => {
+    for (let p = 0; p <= 1; p += 1 / 64) expect(Math.abs(ccosPi(p) - Math.cos(Math.PI * p))).toBeLessThan(1e-15);
+    const s = { kind: 'cosine' as const, warmupSteps: 10, totalSteps: 110, floor: 0.1 };
+    expect(cscheduleFactor(s, 4)).toBe(0.5);
+    expect(cscheduleFactor(s, 60)).toBeCloseTo(0.1 + 0.9 * (1 + Math.cos(Math.PI / 2)) / 2, 14);
+    expect(cscheduleFactor(s, 500)).toBeCloseTo(0.1, 14);
+  });
+
+  it('a Ghost file with a training rule round-trips, and other files are unchanged', async () => {
+    const { model } = bigram(new Rng(1), 5, { training: { loss: 'cross-entropy', lr: 0.01, schedule: { kind: 'cosine', warmupSteps: 2, totalSteps: 50 }, clipNorm: 1, weightDecay: 0.01 } });
+    const g = await model.ghost();
+    expect(g.manifest.formatVersion).toBe(3);
+    expect(decodeGhost(g.bytes)).toEqual(g.manifest);
+    expect(encodeGhost(decodeGhost(g.bytes))).toEqual(g.bytes);
+    const plain = new Model([new Embedding(model.tensors[0]!)]);
+    expect((await plain.ghost()).manifest.formatVersion).toBe(1);
+    // Hostile: a training section on a format-1 file, trailing bytes, a bad schedule.
+    const bad = g.bytes.slice();
+    bad[8] = 1;
+    expect(() => decodeGhost(bad)).toThrow();
+    expect(() => decodeGhost(Uint8Array.from([...g.bytes, 0]))).toThrow();
+  });
+
+  it('steps of a bigram model verify one after another; the verifier follows the model through its Ghost files', async () => {
+    const rng = new Rng(5);
+    const V = 7;
+    const { model, table } = bigram(rng, V, { training: { loss: 'cross-entropy', lr: 0.05, clipNorm: 10 } });
+    let pinned = await pinGhost((await model.ghost()).bytes);
+    const ids = Uint32Array.from([1, 4, 4, 6, 0, 2, 4]);
+    const targets = Uint32Array.from([4, 4, 6, 0, 2, 4, 1]);
+    const losses: number[] = [];
+    for (let s = 0; s < 5; s++) {
+      const step = await model.proveTrainStep({ input: ids, targets });
+      const v = await verifyTrainStep(pinned, step.bytes);
+      expect(v.ghost.digest).toEqual(step.ghost.digest);
+      expect(v.step).toBe(s);
+      losses.push(v.loss);
+      pinned = v.ghost;
+    }
+    expect(losses[4]).toBeLessThan(losses[0]!);
+    expect(pinned.manifest.tensors[0]!.root).toEqual(table.root());
+  });
+
+  it('the step equals SparseAdam on the analytic gradient (a second implementation)', async () => {
+    const rng = new Rng(6);
+    const V = 5;
+    const { model, table } = bigram(rng, V, { training: { loss: 'cross-entropy', lr: 0.01 } });
+    const twin = SparseTensor.fromArray(table.gather([0, 1, 2, 3, 4]), V);
+    const opt = new SparseAdam([twin], { lr: 0.01 });
+    const ids = Uint32Array.from([0, 3, 3, 1]);
+    const targets = Uint32Array.from([3, 1, 4, 0]);
+    for (let s = 0; s < 3; s++) {
+      // d CE / d logits = (softmax - onehot) / B, rows of a repeated id summed.
+      const rows = twin.gather(ids);
+      const g = new Float32Array(ids.length * V);
+      for (let b = 0; b < ids.length; b++) {
+        let m = -Infinity, z = 0;
+        for (let c = 0; c < V; c++) m = Math.max(m, rows[b * V + c]!);
+        for (let c = 0; c < V; c++) z += Math.exp(rows[b * V + c]! - m);
+        for (let c = 0; c < V; c++) g[b * V + c] = (Math.exp(rows[b * V + c]! - m) / z - (c === targets[b] ? 1 : 0)) / ids.length;
+      }
+      opt.step([{ tensor: twin, ids, grads: g }]);
+      await model.proveTrainStep({ input: ids, targets });
+    }
+    const a = table.gather([0, 1, 2, 3, 4]), b = twin.gather([0, 1, 2, 3, 4]);
+    for (let i = 0; i < a.length; i++) expect(a[i]).toBeCloseTo(b[i]!, 6);
+    // Rows never read keep their values.
+    expect(table.gather([2])).toEqual(twin.gather([2]));
+  });
+
+  it('with a pattern cache, later steps send held rows and still verify', async () => {
+    const rng = new Rng(8);
+    const { model } = bigram(rng, 9, { training: { loss: 'cross-entropy', lr: 0.02 } });
+    const mine = new PatternCache(), theirs = new PatternCache();
+    let pinned = await model.ghost();
+    const sizes: number[] = [];
+    for (let s = 0; s < 3; s++) {
+      const step = await model.proveTrainStep({ input: [1, 2, 3, 1], targets: [2, 3, 1, 2] }, { cache: mine });
+      pinned = (await verifyTrainStep(pinned, step.bytes, { cache: theirs })).ghost;
+      sizes.push(step.bytes.length);
+    }
+    expect(sizes[2]).toBeLessThan(sizes[0]!);
+  });
+
+  it('refuses forged steps, each with its reason', async () => {
+    const rng = new Rng(9);
+    const V = 6;
+    const { model } = bigram(rng, V, { training: { loss: 'cross-entropy', lr: 0.05 } });
+    const g0 = await model.ghost();
+    const batch = { input: [1, 2, 2, 5], targets: [2, 5, 0, 1] };
+    const s0 = await model.proveTrainStep(batch);
+    const g1 = s0.ghost;
+    const s1 = await model.proveTrainStep(batch);
+    const forge = async (p: StepProof | Uint8Array, g = g0) => reason(verifyTrainStep(g, p));
+    const copy = (): StepProof => decodeProof(s0.bytes) as StepProof;
+    expect(await forge(s0.bytes)).toBe('ACCEPTED');
+    // Another batch: a changed target, a changed input id.
+    let p = copy();
+    (p.targets as { ids: Uint32Array }).ids[0] = 3;
+    expect(await forge(p)).toBe('UPDATE_MISMATCH');
+    p = copy();
+    if (p.input.kind === 'ids') p.input.ids[3] = 1;
+    expect(await forge(p)).toBe('BLOCK_IDS');
+    // A changed optimizer state (the case an update proof accepted): one m value.
+    p = copy();
+    const st = p.states[0]!;
+    st.leaves = st.leaves.slice();
+    new DataView(st.leaves.buffer).setFloat32(0, 0.5, true);
+    expect(await forge(p)).toBe('ROOT_MISMATCH');
+    // A new Ghost file that is not the step's.
+    p = copy();
+    p.newGhost = p.newGhost.slice();
+    p.newGhost[0]! ^= 1;
+    expect(await forge(p)).toBe('UPDATE_MISMATCH');
+    // Another step number; a skipped step (step 1 against the Ghost file before step 0); a replayed step.
+    p = copy();
+    p.step = 1;
+    expect(await forge(p)).toBe('GHOST_MISMATCH');
+    expect(await forge(s1.bytes, g0)).toBe('GHOST_MISMATCH');
+    expect(await forge(s0.bytes, g1)).toBe('GHOST_MISMATCH');
+    expect(await forge(s1.bytes, g1)).toBe('ACCEPTED');
+    // A changed row value.
+    p = copy();
+    const row = p.blocks[0]!.payload.find((x) => x instanceof Float32Array) as Float32Array;
+    row[0] = row[0]! + 1;
+    expect(await forge(p)).toBe('ROOT_MISMATCH');
+    // A row the step does not read, a state block missing.
+    p = copy();
+    p.states = [];
+    expect(await forge(p)).toBe('BLOCK_IDS');
+    // A Ghost file without a training rule.
+    const plain = await new Model([new Embedding(model.tensors[0]!)]).ghost();
+    const q = copy();
+    q.ghost = plain.digest;
+    expect(await reason(verifyTrainStep(plain, encodeProof(q)))).toBe('NO_TRAINING_RULE');
+  });
+
+  it('a graph of embedding, position and add trains by step proofs with mse', async () => {
+    const rng = new Rng(11);
+    const V = 5, d = 4, n = 6;
+    const table = SparseTensor.fromArray(rng.f32(V * d), d);
+    const pos = SparseTensor.fromArray(rng.f32(8 * d), d);
+    const model = new Model([new Embedding(table), new PositionEmbedding(pos), new Add()], { inputs: [[-1], [0], [0, 1]], training: { loss: 'mse', optimizer: 'sgd', lr: 0.1, frozen: [pos] } });
+    let pinned = await model.ghost();
+    expect(pinned.manifest.training!.tensors.map((e) => e.tensor)).toEqual([0]);
+    const targets = rng.f32(n * d);
+    const posBefore = pos.gather([0, 1, 2]);
+    let first = 0, last = 0;
+    for (let s = 0; s < 4; s++) {
+      const step = await model.proveTrainStep({ input: [0, 1, 4, 4, 2, 0], targets });
+      const v = await verifyTrainStep(pinned, step.bytes);
+      pinned = v.ghost;
+      if (s === 0) first = v.loss;
+      last = v.loss;
+    }
+    expect(last).toBeLessThan(first);
+    expect(pos.gather([0, 1, 2])).toEqual(posBefore);
+  });
+});
