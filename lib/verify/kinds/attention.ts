@@ -6,9 +6,9 @@
  * tensor whole; the verifier re-derives every selection itself.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { cattention, cprojection } from '../canonical.js';
+import { cdot, cdots, cmix, csoftmax, ctopk } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, type LayerSpec } from '../layer-spec.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, type BackwardContext, type LayerSpec, type VerifyLayerContext } from '../layer-spec.js';
 
 /** A projection of an attention layer: tensor `tensor` (pattern j = output column j), keeping `k` columns per row (k = N: all). */
 export interface GhostProjection {
@@ -49,20 +49,203 @@ export function attentionReads(l: GhostAttentionLayer): Map<number, 'all'> {
 }
 
 /**
+ * What an attention layer's canonical training forward keeps for its backward
+ * (trainForward; docs/attention.md, "Canonical backward"). Q, K and V are the f32
+ * projection outputs (the input itself where a projection is absent), o the f32 mix
+ * before the output projection.
+ */
+export interface AttentionSaved {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  o: Float32Array;
+  /** Per projection that keeps kp < m columns: each row's kept columns (n x kp, ascending); null when dense or absent. */
+  kept: { query: Uint32Array | null; key: Uint32Array | null; value: Uint32Array | null; output: Uint32Array | null };
+  /** Keys per query slot: min(k, n). */
+  kk: number;
+  /** Per head and query (heads x n x kk): the selected key positions in rank order (ctopk's), then -1 for a causal query that sees fewer. */
+  top: Int32Array;
+  /** Their softmax weights (csoftmax's f64 values), 0 on padding. */
+  weights: Float64Array;
+}
+
+/**
+ * cprojection (canonical.ts) bit for bit, also giving each row's kept columns
+ * (ascending) when `keep` and kp < m.
+ */
+function projectKeep(input: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, keep: boolean): { y: Float32Array; kept: Uint32Array | null } {
+  const y = new Float32Array(n * m);
+  const kept = keep && kp < m ? new Uint32Array(n * kp) : null;
+  const q = new Float64Array(dIn);
+  for (let i = 0; i < n; i++) {
+    for (let t = 0; t < dIn; t++) q[t] = input[i * dIn + t]!;
+    const s = cdots(q, W, m, dIn);
+    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]!;
+    else {
+      const top = ctopk(s, kp);
+      for (const j of top) y[i * m + j] = s[j]!;
+      if (kept !== null) {
+        kept.set(top, i * kp);
+        kept.subarray(i * kp, (i + 1) * kp).sort();
+      }
+    }
+  }
+  return { y, kept };
+}
+
+/**
+ * cattention (canonical.ts) bit for bit, also giving each (head, query)'s selected keys
+ * and softmax weights when `keep`.
+ */
+function attendKeep(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kTop: number, causal: boolean, scale: number, keep: boolean):
+  { o: Float32Array; kk: number; top: Int32Array; weights: Float64Array } {
+  const D = q.length / n, dk = D / heads, kk = Math.min(kTop, n);
+  const out = new Float32Array(n * D);
+  const topAll = new Int32Array(keep ? heads * n * kk : 0).fill(-1);
+  const weights = new Float64Array(keep ? heads * n * kk : 0);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < n; i++) {
+      const m = causal ? i + 1 : n;
+      const s = new Float64Array(m);
+      for (let j = 0; j < m; j++) s[j] = cdot(q, i * D + h * dk, k, j * D + h * dk, dk);
+      const top = ctopk(s, Math.min(kTop, m));
+      const a = csoftmax(Float64Array.from(top, (j) => s[j]!), scale);
+      const o = cmix(a, v, top.map((j) => j * D + h * dk), dk);
+      for (let t = 0; t < dk; t++) out[i * D + h * dk + t] = o[t]!;
+      if (keep) {
+        topAll.set(top, (h * n + i) * kk);
+        weights.set(a, (h * n + i) * kk);
+      }
+    }
+  }
+  return { o: out, kk, top: topAll, weights };
+}
+
+/**
+ * The canonical forward of an attention layer (n input rows = one sequence) over its
+ * projection tensors' rows: n x dOut f32 and, when `keep`, what the canonical backward
+ * needs. The one code path of the verifier (verify, trainForward) and the prover.
+ */
+export function attentionTrain(g: GhostManifest, l: GhostAttentionLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array, keep: boolean):
+  { y: Float32Array; saved: AttentionSaved | null } {
+  const project = (p: GhostProjection | null, input: Float32Array, inDim: number): { y: Float32Array; kept: Uint32Array | null } =>
+    p === null ? { y: input, kept: null } : projectKeep(input, n, inDim, rowsOf(p.tensor), g.tensors[p.tensor]!.n, p.k, keep);
+  const q = project(l.query, x, l.dIn), k = project(l.key, x, l.dIn), v = project(l.value, x, l.dIn);
+  const a = attendKeep(q.y, k.y, v.y, n, l.heads, l.k, l.causal, l.scale, keep);
+  const y = project(l.output, a.o, attentionWidth(g, l));
+  if (!keep) return { y: y.y, saved: null };
+  return {
+    y: y.y,
+    saved: {
+      q: q.y, k: k.y, v: v.y, o: a.o,
+      kept: { query: q.kept, key: k.kept, value: v.kept, output: y.kept },
+      kk: a.kk, top: a.top, weights: a.weights,
+    },
+  };
+}
+
+/**
  * Runs an attention layer (n input rows = one sequence) with the canonical arithmetic
  * over its projection tensors' rows; returns n x dOut f32. The verifier runs it on
  * revealed rows and the prover (lib/model/kinds/attention.ts) to make its claim, so
  * honest outputs match bit for bit.
  */
 export function attentionCanonical(g: GhostManifest, l: GhostAttentionLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array): Float32Array {
-  const project = (p: GhostProjection | null, input: Float32Array, inDim: number): Float32Array => {
-    if (p === null) return input;
-    const t = g.tensors[p.tensor]!;
-    return cprojection(input, n, inDim, rowsOf(p.tensor), t.n, p.k);
-  };
-  const q = project(l.query, x, l.dIn), k = project(l.key, x, l.dIn), v = project(l.value, x, l.dIn);
-  const o = cattention(q, k, v, n, l.heads, l.k, l.causal, l.scale);
-  return project(l.output, o, attentionWidth(g, l));
+  return attentionTrain(g, l, x, n, rowsOf, false).y;
+}
+
+/** The revealed rows of a projection's tensor (all of them), or ProofError BLOCK_IDS. */
+function revealedWhole(ctx: BackwardContext, p: GhostProjection): Float32Array {
+  const r = ctx.revealed.get(p.tensor);
+  if (r === undefined || !r.all) fail('BLOCK_IDS', `layer ${ctx.index} (attention): tensor ${p.tensor} was not revealed whole`);
+  return r.rows;
+}
+
+/**
+ * The backward of one projection y = f32(input W^T) (kept columns only): for each row i
+ * ascending, each kept column c ascending (every c when dense) with g = dP[i m + c]:
+ * dIn[i, t] += g * W[c, t] and the accumulator of row c of W gets g * input[i, t]
+ * (t ascending). Accumulators are taken (ctx.grad) for the columns some row kept.
+ */
+function projectionBackward(ctx: BackwardContext, p: GhostProjection, input: Float32Array, inDim: number, dP: ArrayLike<number>, kept: Uint32Array | null, dIn: Float64Array): void {
+  const m = ctx.manifest.tensors[p.tensor]!.n, n = ctx.rows;
+  const W = revealedWhole(ctx, p);
+  const dense = p.k >= m;
+  if (!dense && kept === null) fail('SHAPE', `layer ${ctx.index} (attention): the kept columns of tensor ${p.tensor} were not saved`);
+  const kp = dense ? m : p.k;
+  const acc: (Float64Array | undefined)[] = new Array<Float64Array | undefined>(m);
+  if (dense) for (let c = 0; c < m; c++) acc[c] = ctx.grad(p.tensor, c);
+  else {
+    const used = new Uint8Array(m);
+    for (const c of kept!) used[c] = 1;
+    for (let c = 0; c < m; c++) if (used[c] === 1) acc[c] = ctx.grad(p.tensor, c);
+  }
+  for (let i = 0; i < n; i++) {
+    const xo = i * inDim;
+    for (let r = 0; r < kp; r++) {
+      const c = dense ? r : kept![i * kp + r]!;
+      const gv = dP[i * m + c]!, a = acc[c]!, wo = c * inDim;
+      for (let t = 0; t < inDim; t++) {
+        dIn[xo + t] = dIn[xo + t]! + gv * W[wo + t]!;
+        a[t] = a[t]! + gv * input[xo + t]!;
+      }
+    }
+  }
+}
+
+/**
+ * The canonical backward of an attention layer (docs/attention.md, "Canonical backward
+ * (step proofs)"): the output projection, then the attention per head and query
+ * through the selected keys, then the Q, K and V projections into one f64 dx, rounded
+ * to f32 once.
+ */
+export function attentionBackward(l: GhostAttentionLayer, ctx: BackwardContext, dy: Float32Array): Float32Array[] {
+  const g = ctx.manifest, n = ctx.rows, x = ctx.inputs[0]!;
+  const D = attentionWidth(g, l), dk = D / l.heads, dOut = l.dOut;
+  if (dy.length !== n * dOut) fail('SHAPE', `layer ${ctx.index} (attention): dy has ${dy.length} values; the output has ${n * dOut}`);
+  const s = (ctx.saved as AttentionSaved | null | undefined) ??
+    attentionTrain(g, l, x, n, (t) => revealedWhole(ctx, { tensor: t, k: 0 }), true).saved!;
+  // The output projection: dO (f64) from dy.
+  let dO: Float64Array;
+  if (l.output === null) dO = Float64Array.from(dy);
+  else {
+    dO = new Float64Array(n * D);
+    projectionBackward(ctx, l.output, s.o, D, dy, s.kept.output, dO);
+  }
+  // The attention through the selected keys (held fixed), heads then queries ascending.
+  const { q, k, v, kk, top, weights } = s;
+  const dQ = new Float64Array(n * D), dK = new Float64Array(n * D), dV = new Float64Array(n * D);
+  const dA = new Float64Array(kk);
+  for (let h = 0; h < l.heads; h++) {
+    const ho = h * dk;
+    for (let i = 0; i < n; i++) {
+      const cnt = Math.min(l.k, l.causal ? i + 1 : n), base = (h * n + i) * kk, io = i * D + ho;
+      let mu = 0;
+      for (let r = 0; r < cnt; r++) {
+        const jo = top[base + r]! * D + ho;
+        let d = 0;
+        for (let t = 0; t < dk; t++) d = d + dO[io + t]! * v[jo + t]!;
+        dA[r] = d;
+        mu = mu + weights[base + r]! * d;
+      }
+      for (let r = 0; r < cnt; r++) {
+        const jo = top[base + r]! * D + ho, a = weights[base + r]!;
+        const gz = (a * (dA[r]! - mu)) * l.scale;
+        for (let t = 0; t < dk; t++) {
+          dV[jo + t] = dV[jo + t]! + a * dO[io + t]!;
+          dQ[io + t] = dQ[io + t]! + gz * k[jo + t]!;
+          dK[jo + t] = dK[jo + t]! + gz * q[io + t]!;
+        }
+      }
+    }
+  }
+  // Q, K, V in that order into one f64 dx (an absent projection passes its gradient through).
+  const dx = new Float64Array(n * l.dIn);
+  for (const [p, dP, kept] of [[l.query, dQ, s.kept.query], [l.key, dK, s.kept.key], [l.value, dV, s.kept.value]] as const) {
+    if (p === null) for (let j = 0; j < dx.length; j++) dx[j] = dx[j]! + dP[j]!;
+    else projectionBackward(ctx, p, x, l.dIn, dP, kept, dx);
+  }
+  return [Float32Array.from(dx)];
 }
 
 const PROJECTIONS = ['query', 'key', 'value', 'output'] as const;
@@ -147,10 +330,19 @@ export const attentionSpec: LayerSpec<GhostAttentionLayer> = {
   },
 
   verify(l, ctx): Float32Array {
-    const li = ctx.index, n = ctx.rows;
-    if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${li} (attention) carries ${ctx.evidence.stages.length} stages; the verifier derives the selection itself`);
-    // A sequence shorter than k: each query attends to every key it may see (cattention takes min(k, candidates)).
-    const rev = ctx.reveal(attentionReads(l));
-    return attentionCanonical(ctx.manifest, l, ctx.x!, n, (t) => rev.get(t)!.rows);
+    return attentionRun(l, ctx, false).y;
   },
+
+  trainForward: (l, ctx) => attentionRun(l, ctx, true),
+
+  backward: attentionBackward,
 };
+
+/** verify and trainForward: one code path (`keep` only records what backward needs). */
+function attentionRun(l: GhostAttentionLayer, ctx: VerifyLayerContext, keep: boolean): { y: Float32Array; saved: AttentionSaved | null } {
+  const li = ctx.index, n = ctx.rows;
+  if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${li} (attention) carries ${ctx.evidence.stages.length} stages; the verifier derives the selection itself`);
+  // A sequence shorter than k: each query attends to every key it may see (attendKeep takes min(k, candidates)).
+  const rev = ctx.reveal(attentionReads(l));
+  return attentionTrain(ctx.manifest, l, ctx.x!, n, (t) => rev.get(t)!.rows, keep);
+}
