@@ -61,10 +61,10 @@ function twoLayerModel(lib, seed) {
 }
 
 /**
- * The 9 honest proofs, each with the context it verifies in: forward proofs with and
+ * The 11 honest proofs, each with the context it verifies in: forward proofs with and
  * without the verifier's cache, with deltas, of an Embedding-first and of an
- * attention-first model, and update
- * proofs of Adam and SGD steps (with rows in full and held).
+ * attention-first model, update proofs of Adam and SGD steps (with rows in full and
+ * held), and step proofs (cold, and with rows held).
  */
 export async function buildPool(lib) {
   const { Embedding, HopfieldLookup, Model, PatternCache, SparseAdam, SparseSGD, SparseTensor, verifyForward } = lib;
@@ -137,13 +137,29 @@ export async function buildPool(lib) {
   const f = await m5.prove(r5.f32(5 * 6));
   pool.push({ name: 'F forward, attention first', bytes: f.bytes, ctx: { kind: 'forward', ghost: await m5.ghost(), prover: m5 }, output: f.output });
 
+  // S1, S2: step proofs (docs/step-proofs.md) of a graph trained by them: Adam with weight
+  // decay, clipping and a cosine schedule. S1 cold; S2 the next step, the verifier holding rows.
+  const { Add, PositionEmbedding } = lib;
+  const r7 = Rng(700);
+  const m7 = new Model([new Embedding(SparseTensor.fromArray(r7.f32(12 * 6), 6)), new PositionEmbedding(SparseTensor.fromArray(r7.f32(8 * 6), 6)), new Add()], {
+    inputs: [[-1], [0], [0, 1]],
+    training: { loss: 'cross-entropy', lr: 0.05, weightDecay: 0.01, clipNorm: 0.5, schedule: { kind: 'cosine', warmupSteps: 1, totalSteps: 10 } },
+  });
+  const sMirror = new PatternCache(), sCache = new PatternCache();
+  const g7 = await m7.ghost();
+  const s1 = await m7.proveTrainStep({ input: [3, 1, 4, 1, 5], targets: [1, 4, 1, 5, 2] }, { cache: sMirror });
+  pool.push({ name: 'S1 step', bytes: s1.bytes, ctx: { kind: 'step', ghost: g7 }, next: s1.ghost.digest });
+  await lib.verifyTrainStep(g7, s1.bytes, { cache: sCache });
+  const s2 = await m7.proveTrainStep({ input: [3, 1, 4, 11], targets: [0, 4, 2, 5] }, { cache: sMirror });
+  pool.push({ name: 'S2 step, held rows', bytes: s2.bytes, ctx: { kind: 'step', ghost: s1.ghost, cache: sCache.clone() }, next: s2.ghost.digest });
+
   // Each context's tight limits: exactly what its honest proof is charged (a mutant that
   // asks for one cell, one work unit, one input row or one byte more is refused: BUDGET).
   for (const h of pool) {
     const options = h.ctx.cache ? { cache: h.ctx.cache.clone() } : {};
-    const v = h.ctx.kind === 'forward' ? await verifyForward(h.ctx.ghost, h.bytes, options) : await lib.verifyUpdate(h.ctx.ghost, h.bytes, options);
+    const v = h.ctx.kind === 'forward' ? await verifyForward(h.ctx.ghost, h.bytes, options) : h.ctx.kind === 'step' ? await lib.verifyTrainStep(h.ctx.ghost, h.bytes, options) : await lib.verifyUpdate(h.ctx.ghost, h.bytes, options);
     const p = lib.decodeProof(h.bytes);
-    const B = p.kind === 'forward' ? (p.input.kind === 'ids' ? p.input.ids.length : p.input.rows) : 1;
+    const B = p.kind !== 'update' ? (p.input.kind === 'ids' ? p.input.ids.length : p.input.rows) : 1;
     h.ctx.limits = { maxProofBytes: h.bytes.length, maxBatch: B, maxSequence: B, maxCells: v.cost.cells, maxWork: Math.max(1, v.cost.work) };
   }
   return pool;
@@ -170,7 +186,47 @@ export function fieldOffsets(p, total) {
     u32(); // hash count
     at += b.hashes.length;
   };
-  if (p.kind === 'forward') {
+  const input = () => {
+    u8(); // input kind
+    if (p.input.kind === 'f32') {
+      u32();
+      u32();
+      at += 4 * p.input.data.length;
+    } else {
+      u32();
+      at += 4 * p.input.ids.length;
+    }
+  };
+  if (p.kind === 'step') {
+    at += 8; // step
+    input();
+    u8(); // targets kind
+    u32();
+    at += 4 * (p.targets.kind === 'classes' ? p.targets.ids.length : p.targets.data.length);
+    u32(); // layer count
+    for (const l of p.layers) {
+      u8(); // op
+      u8(); // stage count
+      for (const st of l.stages) {
+        u32();
+        at += 4 * st.length;
+      }
+    }
+    u32(); // block count
+    p.blocks.forEach(block);
+    u32(); // state count
+    for (const b of p.states) {
+      u32(); // tensor
+      u32(); // dim
+      u8(); // flags
+      u32(); // count
+      if (!b.all) at += 4 * b.ids.length;
+      at += b.leaves.length;
+      u32(); // hash count
+      at += b.hashes.length;
+    }
+    at += 32;
+  } else if (p.kind === 'forward') {
     u32(); // first layer
     u32(); // layer count
     u8(); // input kind
@@ -240,7 +296,7 @@ function bomb(lib, b, m) {
     return b;
   }
   if (m.kind === 'held-all') {
-    const blk = p.kind === 'update' ? p.block : p.layers.find((l) => l.blocks.length > 0)?.blocks[0];
+    const blk = p.kind === 'update' ? p.block : p.kind === 'step' ? p.blocks[0] : p.layers.find((l) => l.blocks.length > 0)?.blocks[0];
     if (!blk) return b;
     const n = Math.min([blk.ids.length + 1, 4096, 2 ** 16][m.size % 3], p.kind === 'update' ? Math.floor(2 ** 16 / blk.dim) : Infinity);
     blk.all = p.kind === 'forward';
@@ -385,12 +441,13 @@ const finding = (tag, message) => Object.assign(new Error(message), { tag });
  * exact cost), so that any mutant asking for more is refused with BUDGET.
  */
 export async function check(lib, ctx, bytes, pool, tight = false) {
-  const { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyUpdate } = lib;
+  const { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyTrainStep, verifyUpdate } = lib;
   const t0 = performance.now();
   let verified;
   try {
     const options = { ...(ctx.cache ? { cache: ctx.cache.clone() } : {}), ...(tight && ctx.limits ? { limits: ctx.limits } : {}) };
     if (ctx.kind === 'forward') verified = { output: (await verifyForward(ctx.ghost, bytes, options)).output };
+    else if (ctx.kind === 'step') verified = { next: (await verifyTrainStep(ctx.ghost, bytes, options)).ghost.digest };
     else verified = { next: (await verifyUpdate(ctx.ghost, bytes, options)).ghost.digest };
   } catch (err) {
     const ms = performance.now() - t0;
@@ -405,8 +462,8 @@ export async function check(lib, ctx, bytes, pool, tight = false) {
   const h = pool.findIndex((p) => same(p.bytes, bytes));
   if (h >= 0 && same(reencoded, pool[h].bytes) && result(pool[h])) return { accepted: true, how: 'identical', honest: h };
   // ...or an update proof that ends at the Ghost file an honest step from the same one ends at...
-  if (ctx.kind === 'update' && same(reencoded, bytes)) {
-    const e = pool.findIndex((p) => p.ctx.kind === 'update' && same(p.ctx.ghost.digest, ctx.ghost.digest) && result(p));
+  if ((ctx.kind === 'update' || ctx.kind === 'step') && same(reencoded, bytes)) {
+    const e = pool.findIndex((p) => p.ctx.kind === ctx.kind && same(p.ctx.ghost.digest, ctx.ghost.digest) && result(p));
     if (e >= 0) return { accepted: true, how: 'equivalent', honest: e };
   }
   // ...or a forward proof of another input that is exactly the prover's proof of that input.

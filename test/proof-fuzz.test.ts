@@ -15,7 +15,7 @@
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyUpdate, type ForwardProof, type GhostProof, type UpdateProof } from '../lib/index.js';
+import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyTrainStep, verifyUpdate, type ForwardProof, type GhostProof, type StepProof, type UpdateProof } from '../lib/index.js';
 import { RowKind, type PatternBlock } from '../lib/verify/proof-format.js';
 import { HANG_MS, buildPool, check as checkWith, fieldOffsets, hex, mutate, mutationArb, sameClaim, type Context, type FieldOffset, type Honest, type Outcome } from '../scripts/proof-mutants.mjs';
 
@@ -47,7 +47,7 @@ beforeAll(async () => {
 
 describe('proof fuzzing', () => {
   it('every honest proof verifies in its context and round-trips through the codec', async () => {
-    expect(pool.length).toBe(9);
+    expect(pool.length).toBe(11);
     for (const [i, h] of pool.entries()) {
       expect(encodeProof(decodeProof(h.bytes))).toEqual(h.bytes);
       expect(await check(h.ctx, h.bytes, pool)).toEqual({ accepted: true, how: 'identical', honest: i });
@@ -117,10 +117,11 @@ describe('proof fuzzing', () => {
 
 // ---------------------------------------------------------------- structured mutations
 
-type Field = 'blockId' | 'stageId' | 'hash' | 'pattern' | 'output' | 'input' | 'ghost' | 'firstLayer' | 'tensor' | 'grad' | 'newRoot' | 'lr';
+type Field = 'blockId' | 'stageId' | 'hash' | 'pattern' | 'output' | 'input' | 'ghost' | 'firstLayer' | 'tensor' | 'grad' | 'newRoot' | 'lr' | 'target' | 'state' | 'newGhost' | 'stepNo';
 
 const FORWARD_FIELDS: Field[] = ['blockId', 'stageId', 'hash', 'pattern', 'output', 'input', 'ghost', 'firstLayer'];
 const UPDATE_FIELDS: Field[] = ['blockId', 'hash', 'pattern', 'ghost', 'tensor', 'grad', 'newRoot', 'lr'];
+const STEP_FIELDS: Field[] = ['blockId', 'hash', 'pattern', 'input', 'target', 'state', 'newGhost', 'stepNo'];
 
 /** A different f32 (bitwise) than `old`, from `v`. */
 function otherF32(old: number, v: number): number {
@@ -136,7 +137,7 @@ function otherF32(old: number, v: number): number {
 function change(p: GhostProof, field: Field, i: number, j: number, v: number, bit: number): boolean {
   /** v as a non-negative integer (ids, offsets); v itself for values. */
   const vi = Number.isInteger(v) ? Math.abs(v) : Math.floor(Math.abs(v) * 1e6);
-  const blocks: PatternBlock[] = p.kind === 'forward' ? p.layers.flatMap((l) => l.blocks) : [p.block];
+  const blocks: PatternBlock[] = p.kind === 'forward' ? p.layers.flatMap((l) => l.blocks) : p.kind === 'step' ? p.blocks : [p.block];
   const pick = <T>(a: readonly T[]): T | undefined => (a.length === 0 ? undefined : a[i % a.length]);
   switch (field) {
     case 'blockId': {
@@ -176,7 +177,7 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       return true;
     }
     case 'input': {
-      if (p.kind !== 'forward') return false;
+      if (p.kind === 'update') return false;
       if (p.input.kind === 'f32') {
         const t = j % p.input.data.length;
         p.input.data[t] = otherF32(p.input.data[t]!, v);
@@ -212,6 +213,32 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       if (p.kind !== 'update') return false;
       p.optimizer.lr = Math.fround(p.optimizer.lr * (vi % 2 === 0 ? 2 : 0.5));
       return true;
+    case 'target': {
+      if (p.kind !== 'step') return false;
+      if (p.targets.kind === 'classes') {
+        const t = j % p.targets.ids.length, old = p.targets.ids[t]!;
+        p.targets.ids[t] = vi % 2 === 0 ? (old + 1 + (vi % 5)) % 6 : vi >>> 0;
+        return p.targets.ids[t] !== old;
+      }
+      const t = j % p.targets.data.length;
+      p.targets.data[t] = otherF32(p.targets.data[t]!, v);
+      return true;
+    }
+    case 'state': {
+      if (p.kind !== 'step') return false;
+      const st = pick(p.states);
+      if (!st) return false;
+      st.leaves[j % st.leaves.length]! ^= 1 << bit;
+      return true;
+    }
+    case 'newGhost':
+      if (p.kind !== 'step') return false;
+      p.newGhost[j % 32]! ^= 1 << bit;
+      return true;
+    case 'stepNo':
+      if (p.kind !== 'step') return false;
+      p.step = p.step + 1 + (vi % 5);
+      return true;
   }
 }
 
@@ -220,7 +247,7 @@ describe('structured mutations, re-encoded', () => {
     const reasons = new Map<string, number>();
     let reproved = 0;
     const arb = fc.record({
-      base: fc.nat({ max: 7 }),
+      base: fc.nat({ max: 10 }),
       field: fc.nat({ max: 7 }),
       i: fc.nat(),
       j: fc.nat(),
@@ -231,9 +258,9 @@ describe('structured mutations, re-encoded', () => {
       fc.asyncProperty(arb, async ({ base, field, i, j, v, bit }) => {
         const h = pool[base % pool.length]!;
         const p = decodeProof(h.bytes);
-        const f = (p.kind === 'forward' ? FORWARD_FIELDS : UPDATE_FIELDS)[field]!;
-        // Inputs are re-proved as an oracle, so only forward proofs with a prover get input changes.
-        fc.pre(f !== 'input' || h.ctx.prover !== undefined);
+        const f = (p.kind === 'forward' ? FORWARD_FIELDS : p.kind === 'step' ? STEP_FIELDS : UPDATE_FIELDS)[field]!;
+        // Inputs are re-proved as an oracle, so only forward proofs with a prover get input changes (a step's must all be refused).
+        fc.pre(f !== 'input' || h.ctx.prover !== undefined || p.kind === 'step');
         fc.pre(change(p, f, i, j, v, bit));
         const what = `${h.name}: ${f} (i=${i} j=${j} v=${v} bit=${bit})`;
         // The object itself: a ProofError (or a FormatError: an object is checked through its
@@ -242,11 +269,12 @@ describe('structured mutations, re-encoded', () => {
         let objReason = 'ACCEPTED';
         try {
           if (p.kind === 'forward') await verifyForward(h.ctx.ghost, p, opts());
+          else if (p.kind === 'step') await verifyTrainStep(h.ctx.ghost, p, opts());
           else await verifyUpdate(h.ctx.ghost, p, opts());
         } catch (err) {
           if (!(err instanceof ProofError || err instanceof FormatError)) throw new Error(`${what}: the object was refused with ${(err as Error)?.constructor?.name}: ${(err as Error)?.message}`);
           // Only the decoder's structural checks may answer with a FormatError.
-          if (err instanceof FormatError && !['blockId', 'stageId', 'input', 'tensor'].includes(f)) throw new Error(`${what}: FormatError ${err.message} for a change the format cannot see`);
+          if (err instanceof FormatError && !['blockId', 'stageId', 'input', 'tensor', 'state'].includes(f)) throw new Error(`${what}: FormatError ${err.message} for a change the format cannot see`);
           objReason = err.reason;
         }
         const bytes = encodeProof(p);
