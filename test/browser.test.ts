@@ -17,8 +17,8 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PatternCache, PositionEmbedding, generate, languageModel, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type SparseGrad } from '../lib/index.js';
-import { twoLayerModel } from './helpers/models.js';
+import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PatternCache, PositionEmbedding, generate, languageModel, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type ProvedStep, type SparseGrad } from '../lib/index.js';
+import { stepProofModel, twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -87,6 +87,7 @@ interface BrowserResult {
   linear?: { rows: number; cols: number; outputHex: string };
   graph?: { rows: number; cols: number; outputHex: string };
   generation?: { tokens: number; forged: string };
+  steps?: { digests: string[]; forged: string };
   updates?: { file: string; tensor: number; digest: string }[];
   tampered?: { name: string; reason: string; error: string }[];
   honestAgain?: string;
@@ -310,6 +311,11 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     const lmGhost = await lmModel.ghost();
     const gen = await generate(lmModel, [72, 105, 32], { tokens: 4, temperature: 0.9, topP: 0.9, seed: 3, prove: true, cache: new PatternCache(), stopAtEndOfDocument: false });
     const generation = { prompt: Array.from(gen.prompt), tokens: Array.from(gen.tokens), seed: gen.seed, context: gen.context, temperature: gen.temperature, topP: gen.topP };
+    // Training steps with step proofs (docs/step-proofs.md): the browser follows the model through them.
+    const stepModel = stepProofModel(rng);
+    const stepGhost = await stepModel.ghost();
+    const stepProofs: ProvedStep[] = [];
+    for (let s = 0; s < 2; s++) stepProofs.push(await stepModel.proveTrainStep({ input: [1, 5, 3, 5, 0], targets: [5, 3, 5, 0, 2] }));
 
     const data = new Map<string, Uint8Array>([
       ['attention-ghost.bin', attnGhost.bytes],
@@ -320,10 +326,12 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       ['linear-forward.bin', linFwd.bytes],
       ['lm-ghost.bin', lmGhost.bytes],
       ...gen.proofs.map((p, i): [string, Uint8Array] => [`lm-gen-${i}.bin`, p]),
+      ['step-ghost.bin', stepGhost.bytes],
+      ...stepProofs.map((p, i): [string, Uint8Array] => [`step-${i}.bin`, p.bytes]),
       ['ghost.bin', ghost.bytes],
       ['forward.bin', fwd.bytes],
       ...ups.map((u, i): [string, Uint8Array] => [`${updateFiles[i]!}.bin`, u.bytes]),
-      ['case.json', new TextEncoder().encode(JSON.stringify({ forward: 'forward', updates: updateFiles, tamper, generation }))],
+      ['case.json', new TextEncoder().encode(JSON.stringify({ forward: 'forward', updates: updateFiles, tamper, generation, steps: stepProofs.length }))],
     ]);
     const server = new PageServer(data);
     const port = await server.listen();
@@ -390,6 +398,8 @@ describe('ghost-tensor/verify in headless Chromium', () => {
       expect(r.graph).toEqual({ rows: 5, cols: 16, outputHex: hex(graphFwd.output) });
       // Every generated token's proof and sampling verified in the browser; a changed token refused.
       expect(r.generation).toEqual({ tokens: 4, forged: 'OUTPUT_MISMATCH' });
+      // Step proofs: the browser recomputed each training step and reached the prover's Ghost files; a forged one refused.
+      expect(r.steps).toEqual({ digests: stepProofs.map((p) => hex(p.ghost.digest)), forged: 'UPDATE_MISMATCH' });
 
       // Update proofs: after each, the Ghost digest the next proof was made against; after the last, the model's.
       const want = ups.map((_, i) => (i + 1 < ups.length ? hex(decodeProof(ups[i + 1]!.bytes).ghost) : hex(after.digest)));

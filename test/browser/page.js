@@ -35,7 +35,7 @@ async function main() {
     result.importError = `${e && e.name}: ${e && e.message}`;
     return result;
   }
-  /** @type {{ forward: string, updates: string[], tamper: { name: string, file: string, offset: number, mask: number, expect: string }[], generation: { prompt: number[], tokens: number[], seed: number, context: number, temperature: number, topP: number } }} */
+  /** @type {{ forward: string, steps: number, updates: string[], tamper: { name: string, file: string, offset: number, mask: number, expect: string }[], generation: { prompt: number[], tokens: number[], seed: number, context: number, temperature: number, topP: number } }} */
   const c = await (await fetch('/data/case.json')).json();
   const files = new Map();
   for (const f of ['ghost', 'forward', ...c.updates]) files.set(f, await bytesOf(`/data/${f}.bin`));
@@ -95,6 +95,17 @@ async function main() {
   const forgedTokens = gc.tokens.map((/** @type {number} */ t, /** @type {number} */ i) => (i === 2 ? (t + 1) % 256 : t));
   const forged = await outcome(mod, () => mod.verifyGeneration(lmg, { ...rec, tokens: forgedTokens }, { cache: new mod.PatternCache() }));
   result.generation = { tokens: verified.length, forged: forged.reason };
+  // Training steps with step proofs: each recomputed here, the Ghost file followed from one to the next.
+  let sg = await mod.pinGhost(await bytesOf('/data/step-ghost.bin'));
+  const sg0 = sg;
+  const digests = [];
+  for (let i = 0; i < c.steps; i++) {
+    sg = (await mod.verifyTrainStep(sg, await bytesOf(`/data/step-${i}.bin`))).ghost;
+    digests.push(hex(sg.digest));
+  }
+  const bad = (await bytesOf('/data/step-0.bin')).slice();
+  bad[bad.length - 1] ^= 1; // the claimed Ghost digest after the step
+  result.steps = { digests, forged: (await outcome(mod, () => mod.verifyTrainStep(sg0, bad))).reason };
   result.linear = { rows: lv.rows, cols: lv.cols, outputHex: hex(new Uint8Array(lv.output.buffer, lv.output.byteOffset, lv.output.byteLength)) };
   // The honest forward proof still verifies after all that (nothing was mutated in place).
   result.honestAgain = (await outcome(mod, () => mod.verifyForward(pinned, files.get('forward')))).reason;
