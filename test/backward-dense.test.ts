@@ -205,13 +205,37 @@ describe('canonical backward: linear', () => {
     const want = [...[...new Set(kept)].sort((a, b) => a - b).map((j) => `0:${j}`), '1:0'];
     expect(rerun(g.forward.rows, rec, dy).asked).toEqual(want);
     const wRev = rec.revealed.get(0)!, bRev = rec.revealed.get(1)!;
-    // The weight revealed as some rows only, or not at all; the bias missing.
+    // The weight revealed as some rows only, as every row but not as a whole block, or not at
+    // all; the bias not whole, or missing.
     const part: Revealed = { ...wRev, all: false, ids: wRev.ids.subarray(0, 6), rows: wRev.rows.subarray(0, 24) };
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[0, part], [1, bRev]]) }))).toBe('BLOCK_IDS');
+    expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[0, { ...wRev, all: false }], [1, bRev]]) }))).toBe('BLOCK_IDS');
+    expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[0, wRev], [1, { ...bRev, all: false }]]) }))).toBe('BLOCK_IDS');
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[1, bRev]]) }))).toBe('BLOCK_IDS');
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[0, wRev]]) }))).toBe('BLOCK_IDS');
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { saved: undefined }))).toBe('SHAPE');
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { saved: kept.subarray(1) }))).toBe('SHAPE');
+  });
+});
+
+describe('canonical backward: the documented summation orders', () => {
+  // 2^60 + (-2^60) + 1 in f64 is 1 in that order and 0 in the reverse one (1 - 2^60 rounds to -2^60).
+  const big = 2 ** 60;
+
+  it('linear: dx over columns ascending, a weight row over batch rows ascending', async () => {
+    const W = SparseTensor.fromArray(Float32Array.of(big, -big, 1), 1), B = SparseTensor.fromArray(new Float32Array(3), 3);
+    const g = await canonicalGrads(new Model([new Linear({ weight: W, bias: B })]), Float32Array.of(big, -big, 1), new Float32Array(9).fill(1));
+    expect(Array.from(g.input!)).toEqual([1, 1, 1]);
+    expect(Array.from(g.dense(W))).toEqual([1, 1, 1]);
+    expect(Array.from(g.dense(B))).toEqual([3, 3, 3]);
+  });
+
+  it('rmsnorm: the gain row over batch rows ascending', async () => {
+    const G = SparseTensor.fromArray(Float32Array.of(1, 1), 2);
+    const x = Float32Array.of(3, 4, 3, 4, 3, 4), dy = Float32Array.of(big, big, -big, -big, 1, 1);
+    const g = await canonicalGrads(new Model([new RMSNorm({ gain: G, eps: 1e-6 })]), x, dy);
+    const r = 1 / Math.sqrt(12.5 + Math.fround(1e-6));
+    expect(Array.from(g.dense(G))).toEqual([Math.fround(3 * r), Math.fround(4 * r)]);
   });
 });
 
@@ -242,6 +266,7 @@ describe('canonical backward: rmsnorm', () => {
     const rec = g.forward.records[0]!;
     expect(rerun(g.forward.rows, rec, dy).asked).toEqual(['0:0']);
     expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map() }))).toBe('BLOCK_IDS');
+    expect(reasonOf(() => rerun(g.forward.rows, rec, dy, { revealed: new Map([[0, { ...rec.revealed.get(0)!, all: false }]]) }))).toBe('BLOCK_IDS');
   });
 });
 
