@@ -4,7 +4,7 @@
  * MLP). No tensors, no evidence.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { cglu } from '../canonical.js';
+import { cexp, cglu } from '../canonical.js';
 import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type LayerSpec } from '../layer-spec.js';
 
 export interface GhostGluLayer {
@@ -54,5 +54,20 @@ export const gluSpec: LayerSpec<GhostGluLayer> = {
     if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${ctx.index} (glu) has no retrieval stages`);
     ctx.reveal(new Map());
     return cglu(ctx.inputs[0]!, ctx.inputs[1]!);
+  },
+
+  // docs/layer-kinds.md, "Graphs and residual blocks": per value, in f64 from the f32 values,
+  // e = cexp(-g), s = 1 / (1 + e) (sigmoid; e = Infinity for g < -709.7 gives s = 0);
+  // dgate = f32(((dy u) s) (1 + g (1 - s))), dup = f32(dy (g / (1 + e))) (silu(g) as cglu's).
+  backward(_l, ctx, dy): Float32Array[] {
+    const gate = ctx.inputs[0]!, up = ctx.inputs[1]!, n = gate.length;
+    const dg = new Float32Array(n), du = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const g = gate[i]!, d = dy[i]!;
+      const e = cexp(-g), s = 1 / (1 + e);
+      dg[i] = d * up[i]! * s * (1 + g * (1 - s));
+      du[i] = d * (g / (1 + e));
+    }
+    return [dg, du];
   },
 };

@@ -6,9 +6,9 @@
  * verifier re-derives the kept columns itself.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { clinear } from '../canonical.js';
+import { clinear, cdots, ctopk } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type LayerSpec } from '../layer-spec.js';
+import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type BackwardContext, type LayerSpec, type VerifyLayerContext } from '../layer-spec.js';
 
 export interface GhostLinearLayer {
   op: 'linear';
@@ -32,6 +32,41 @@ export function linearReads(l: GhostLinearLayer): Map<number, 'all'> {
 /** The layer's canonical output for n rows of x, over the weight's and bias's rows. */
 export function linearCanonical(g: GhostManifest, l: GhostLinearLayer, x: Float32Array, n: number, rowsOf: (tensor: number) => Float32Array): Float32Array {
   return clinear(x, n, l.dIn, rowsOf(l.weight), g.tensors[l.weight]!.n, l.k, l.bias === null ? null : rowsOf(l.bias));
+}
+
+/**
+ * clinear (canonical.ts), keeping what the canonical backward needs: with k < dOut, each
+ * row's kept columns (n x k, each row's ascending); null when every column is kept. The
+ * same arithmetic as clinear: cdots of the row with every pattern, ctopk (ties to the
+ * lower column), y_ij = f32(s_j + b_j) for a kept column, f32(b_j) (or 0) for another.
+ */
+export function linearTrain(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): { y: Float32Array; kept: Uint32Array | null } {
+  if (kp >= m) return { y: clinear(x, n, dIn, W, m, kp, bias), kept: null };
+  const y = new Float32Array(n * m);
+  const kept = new Uint32Array(n * kp);
+  const q = new Float64Array(dIn);
+  for (let i = 0; i < n; i++) {
+    for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
+    const s = cdots(q, W, m, dIn);
+    if (bias !== null) for (let j = 0; j < m; j++) y[i * m + j] = bias[j]!;
+    const top = ctopk(s, kp);
+    for (const j of top) y[i * m + j] = bias === null ? s[j]! : s[j]! + bias[j]!;
+    kept.set(Uint32Array.from(top).sort(), i * kp);
+  }
+  return { y, kept };
+}
+
+/** The rows of a tensor the layer's forward revealed whole (its backward reads them), or ProofError BLOCK_IDS. */
+export function wholeRows(ctx: BackwardContext, tensor: number): Float32Array {
+  const r = ctx.revealed.get(tensor);
+  if (!r || !r.all) fail('BLOCK_IDS', `layer ${ctx.index}'s backward reads tensor ${tensor} whole, which its forward did not reveal`);
+  return r.rows;
+}
+
+function linearForward(l: GhostLinearLayer, ctx: VerifyLayerContext): { y: Float32Array; kept: Uint32Array | null } {
+  if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${ctx.index} (linear) carries ${ctx.evidence.stages.length} stages; the verifier derives the selection itself`);
+  const rev = ctx.reveal(linearReads(l));
+  return linearTrain(ctx.x!, ctx.rows, l.dIn, rev.get(l.weight)!.rows, ctx.manifest.tensors[l.weight]!.n, l.k, l.bias === null ? null : rev.get(l.bias)!.rows);
 }
 
 export const linearSpec: LayerSpec<GhostLinearLayer> = {
@@ -79,8 +114,54 @@ export const linearSpec: LayerSpec<GhostLinearLayer> = {
   },
 
   verify(l, ctx): Float32Array {
-    if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${ctx.index} (linear) carries ${ctx.evidence.stages.length} stages; the verifier derives the selection itself`);
-    const rev = ctx.reveal(linearReads(l));
-    return linearCanonical(ctx.manifest, l, ctx.x!, ctx.rows, (t) => rev.get(t)!.rows);
+    return linearForward(l, ctx).y;
+  },
+
+  trainForward(l, ctx) {
+    const r = linearForward(l, ctx);
+    return { y: r.y, saved: r.kept };
+  },
+
+  // docs/layer-kinds.md, "Linear": K_i = row i's kept columns (all when k = dOut), in f64 from
+  // the f32 values. dx_it = f32(sum over j in K_i ascending of dy_ij W_jt). Weight row j (one
+  // with j in some K_i) receives dy_ij x_i for i ascending; the bias row receives dy_i for i
+  // ascending (every column: an unkept y_ij is b_j). Each product of two f32 is exact in f64.
+  backward(l, ctx, dy): Float32Array[] {
+    const n = ctx.rows, dIn = l.dIn, m = l.dOut, x = ctx.inputs[0]!;
+    const kept = ctx.saved as Uint32Array | null | undefined;
+    const sparse = l.k < m;
+    if (sparse && !(kept instanceof Uint32Array && kept.length === n * l.k)) fail('SHAPE', `layer ${ctx.index} (linear): its backward needs the forward's kept columns (trainForward)`);
+    const W = wholeRows(ctx, l.weight);
+    if (l.bias !== null) wholeRows(ctx, l.bias);
+    const kp = sparse ? l.k : m;
+    const col = (i: number, r: number): number => (sparse ? kept![i * kp + r]! : r);
+    // dx, and which (row, column) pairs are kept.
+    const dx = new Float32Array(n * dIn);
+    const acc = new Float64Array(dIn);
+    const mask = sparse ? new Uint8Array(n * m) : null;
+    for (let i = 0; i < n; i++) {
+      acc.fill(0);
+      for (let r = 0; r < kp; r++) {
+        const j = col(i, r);
+        if (mask) mask[i * m + j] = 1;
+        const d = dy[i * m + j]!, o = j * dIn;
+        for (let t = 0; t < dIn; t++) acc[t] = acc[t]! + d * W[o + t]!;
+      }
+      for (let t = 0; t < dIn; t++) dx[i * dIn + t] = acc[t]!;
+    }
+    for (let j = 0; j < m; j++) {
+      let g: Float64Array | null = null;
+      for (let i = 0; i < n; i++) {
+        if (mask && !mask[i * m + j]) continue;
+        g ??= ctx.grad(l.weight, j);
+        const d = dy[i * m + j]!, o = i * dIn;
+        for (let t = 0; t < dIn; t++) g[t] = g[t]! + d * x[o + t]!;
+      }
+    }
+    if (l.bias !== null) {
+      const b = ctx.grad(l.bias, 0);
+      for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) b[j] = b[j]! + dy[i * m + j]!;
+    }
+    return [dx];
   },
 };

@@ -4,8 +4,9 @@
  * of dim. A proof reveals the gain.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { crmsnorm } from '../canonical.js';
+import { cdot, crmsnorm } from '../canonical.js';
 import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type LayerSpec } from '../layer-spec.js';
+import { wholeRows } from './linear.js';
 
 export interface GhostRmsNormLayer {
   op: 'rmsnorm';
@@ -52,5 +53,28 @@ export const rmsnormSpec: LayerSpec<GhostRmsNormLayer> = {
     if (ctx.evidence.stages.length !== 0) fail('SHAPE', `layer ${ctx.index} (rmsnorm) has no retrieval stages`);
     const gain = ctx.reveal(new Map([[l.gain, 'all' as const]])).get(l.gain)!;
     return crmsnorm(ctx.x!, ctx.rows, l.dim, gain.rows, l.eps);
+  },
+
+  // docs/layer-kinds.md, "RMSNorm": per row i, in f64 from the f32 values, r = 1 / sqrt(cdot(x, x)
+  // / d + eps) as the forward computes it, a_t = dy_t g_t, p = sum_t a_t x_t (t ascending),
+  // c = (((r r) r) p) / d; dx_t = f32(r a_t - c x_t); the gain row receives (dy_t x_t) r, rows
+  // i ascending. The products of two f32 (a_t, dy_t x_t) are exact in f64.
+  backward(l, ctx, dy): Float32Array[] {
+    const d = l.dim, n = ctx.rows, x = ctx.inputs[0]!, eps = l.eps;
+    const g = wholeRows(ctx, l.gain);
+    const acc = ctx.grad(l.gain, 0);
+    const dx = new Float32Array(n * d);
+    for (let i = 0; i < n; i++) {
+      const o = i * d;
+      const r = 1 / Math.sqrt(cdot(x, o, x, o, d) / d + eps);
+      let p = 0;
+      for (let t = 0; t < d; t++) p = p + dy[o + t]! * g[t]! * x[o + t]!;
+      const c = (r * r * r * p) / d;
+      for (let t = 0; t < d; t++) {
+        dx[o + t] = r * (dy[o + t]! * g[t]!) - c * x[o + t]!;
+        acc[t] = acc[t]! + dy[o + t]! * x[o + t]! * r;
+      }
+    }
+    return [dx];
   },
 };
