@@ -3,6 +3,10 @@
  * verified by verifyTrainStep from nothing but the pinned Ghost file and the proof; the
  * Ghost file's training rule; the optimizer-state tree; forgeries refused with their reason.
  */
+import { cpSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import { Add, Embedding, Model, PatternCache, PositionEmbedding, SparseAdam, SparseTensor, decodeGhost, decodeProof, encodeGhost, encodeProof, pinGhost, verifyTrainStep } from '../lib/index.js';
@@ -198,5 +202,43 @@ describe('step proofs', () => {
     }
     expect(last).toBeLessThan(first);
     expect(pos.gather([0, 1, 2])).toEqual(posBefore);
+  });
+
+  it('a model trained by step proofs saves and loads with its optimizer state, and goes on training', async () => {
+    const rng = new Rng(12);
+    const { model } = bigram(rng, 6, { training: { loss: 'cross-entropy', lr: 0.05, weightDecay: 0.01 } });
+    const dir = mkdtempSync(join(tmpdir(), 'gt-step-'));
+    try {
+      const batch = { input: [1, 2, 3], targets: [2, 3, 4] };
+      await model.proveTrainStep(batch);
+      await model.proveTrainStep({ input: [5, 0], targets: [0, 1] });
+      const saved = await model.save(join(dir, 'm'));
+      // A loaded model trains its files in place: load a copy.
+      cpSync(join(dir, 'm'), join(dir, 'm2'), { recursive: true });
+      const { model: loaded, ghost } = await Model.load(join(dir, 'm2'));
+      expect(ghost.digest).toEqual(saved.digest);
+      expect((await loaded.ghost()).digest).toEqual(saved.digest);
+      // Both go on to the same next step, which verifies against the saved Ghost file.
+      const a = await model.proveTrainStep(batch), b = await loaded.proveTrainStep(batch);
+      expect(b.bytes).toEqual(a.bytes);
+      expect((await verifyTrainStep(saved, b.bytes)).ghost.digest).toEqual(b.ghost.digest);
+      loaded.close();
+      // A damaged or missing state file is refused.
+      const ro = await Model.load(join(dir, 'm'), { readOnly: true });
+      expect(ro.ghost.digest).toEqual(saved.digest);
+      ro.model.close();
+      const file = join(dir, 'm', 'step-state.bin');
+      const good = readFileSync(file);
+      const bad = Uint8Array.from(good);
+      bad[bad.length - 3]! ^= 1;
+      writeFileSync(file, bad);
+      expect(await reason(Model.load(join(dir, 'm')))).toBe('ROOT_MISMATCH');
+      writeFileSync(file, good.subarray(0, good.length - 1));
+      expect(await reason(Model.load(join(dir, 'm')))).toBe('TRUNCATED');
+      unlinkSync(file);
+      expect(await reason(Model.load(join(dir, 'm')))).toBe('ROOT_MISMATCH');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -10,6 +10,8 @@
  *   ghost-0.bin        the Ghost file the log starts from (generation 0)
  *   train.log          a training run's step records since its last checkpoint (lib/model/train/checkpoint.ts)
  *   train-state.bin    a training run's dense state and step count at its last checkpoint
+ *   step-state.bin     a model trained by step proofs: the optimizer state its Ghost file's
+ *                      state roots commit (lib/model/train/step-training.ts)
  *
  * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
  * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
@@ -34,6 +36,7 @@ const LOG = 'updates.bin';
 const TENSORS = 'tensors';
 const TRAIN_LOG = 'train.log';
 const TRAIN_STATE = 'train-state.bin';
+const STEP_STATE = 'step-state.bin';
 
 /** Where the tensor file of tensor `i` lives, relative to the directory. */
 function tensorFile(i: number): string {
@@ -99,7 +102,7 @@ export class ModelDirectory {
    * ghost.bin, into a temporary directory beside it, everything fsynced, then renamed
    * to `path` in one step (and the parent fsynced). On failure nothing is left.
    */
-  static async save(path: string, ghost: PinnedGhost, tensors: readonly SparseTensor[], options: { optimizerState: boolean }): Promise<void> {
+  static async save(path: string, ghost: PinnedGhost, tensors: readonly SparseTensor[], options: { optimizerState: boolean; stepState?: Uint8Array }): Promise<void> {
     if (await exists(path)) throw new InvalidArgumentError(`${path} exists; save into a new directory`);
     const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
     await mkdir(join(tmp, TENSORS), { recursive: true });
@@ -107,6 +110,7 @@ export class ModelDirectory {
       for (const [i, t] of tensors.entries()) {
         await t.saveFile(join(tmp, tensorFile(i)), { optimizerState: options.optimizerState });
       }
+      if (options.stepState) await writeSynced(join(tmp, STEP_STATE), options.stepState, 'wx');
       await writeSynced(join(tmp, GHOST), ghost.bytes, 'wx');
       await syncDir(join(tmp, TENSORS));
       await syncDir(tmp);
@@ -125,7 +129,7 @@ export class ModelDirectory {
    * the tensors (Model.load builds the layers over them). Throws FormatError, StorageError
    * or ProofError('GHOST_MISMATCH' / 'ROOT_MISMATCH'); on failure no file is left open.
    */
-  static async open(path: string, options: { expectDigest?: Uint8Array; verify: boolean; readOnly: boolean }): Promise<{ ghost: PinnedGhost; tensors: SparseTensor[] }> {
+  static async open(path: string, options: { expectDigest?: Uint8Array; verify: boolean; readOnly: boolean }): Promise<{ ghost: PinnedGhost; tensors: SparseTensor[]; stepState: Uint8Array | null }> {
     const ghost = await pinGhost(decodeGhost(new Uint8Array(await readFile(join(path, GHOST)))));
     if (options.expectDigest && !bytesEqual(options.expectDigest, ghost.digest)) throw new ProofError('GHOST_MISMATCH', `${path}/${GHOST} is not the expected model`);
     const tensors: SparseTensor[] = [];
@@ -141,7 +145,9 @@ export class ModelDirectory {
       for (const t of tensors) t.close();
       throw err;
     }
-    return { ghost, tensors };
+    const stepPath = join(path, STEP_STATE);
+    const stepState = ghost.manifest.training && (await exists(stepPath)) ? new Uint8Array(await readFile(stepPath)) : null;
+    return { ghost, tensors, stepState };
   }
 
   /** Where a training run's files live (lib/model/train/checkpoint.ts, docs/training.md "Training checkpoints and resume"). */

@@ -477,7 +477,7 @@ export class Model {
     options = checkOptions('Model.save', options, ['optimizerState']);
     checkBoolean('optimizerState', options.optimizerState, false);
     const ghost = await this.ghost();
-    await ModelDirectory.save(dir, ghost, this.tensors, { optimizerState: options.optimizerState === true });
+    await ModelDirectory.save(dir, ghost, this.tensors, { optimizerState: options.optimizerState === true, ...(this.#training ? { stepState: this.#training.encodeState() } : {}) });
     return ghost;
   }
 
@@ -497,7 +497,7 @@ export class Model {
     if (options.expectDigest !== undefined && !(options.expectDigest instanceof Uint8Array && options.expectDigest.length === 32)) {
       throw new InvalidArgumentError('expectDigest must be a 32-byte Uint8Array');
     }
-    const { ghost, tensors } = await ModelDirectory.open(dir, {
+    const { ghost, tensors, stepState } = await ModelDirectory.open(dir, {
       ...(options.expectDigest === undefined ? {} : { expectDigest: options.expectDigest }),
       verify: options.verify ?? true,
       readOnly: options.readOnly === true,
@@ -505,7 +505,7 @@ export class Model {
     const m = ghost.manifest;
     let model: Model;
     try {
-      model = await Model.fromManifest(m, tensors);
+      model = await Model.fromManifest(m, tensors, stepState);
     } catch (err) {
       for (const t of tensors) t.close();
       throw err;
@@ -530,9 +530,14 @@ export class Model {
    * The model a Ghost manifest describes, over `tensors` (the manifest's tensor list, in
    * order, holding its roots). HNSW graphs are rebuilt with the recorded parameters.
    */
-  static async fromManifest(m: GhostManifest, tensors: readonly SparseTensor[]): Promise<Model> {
+  static async fromManifest(m: GhostManifest, tensors: readonly SparseTensor[], stepState: Uint8Array | null = null): Promise<Model> {
     const layers: ModelLayer[] = [];
     for (const l of m.layers) layers.push(await kindOfEntry(l).fromGhost(l, tensors));
-    return new Model(layers, m.inputs === undefined ? {} : { inputs: m.inputs });
+    if (m.training === undefined) return new Model(layers, m.inputs === undefined ? {} : { inputs: m.inputs });
+    // Trained by step proofs: the rule from the Ghost file, the optimizer state from the state file, checked against its roots.
+    const { options, training } = await StepTraining.restore(m, tensors, stepState);
+    const model = new Model(layers, { inputs: m.inputs!, training: options });
+    model.#training = training;
+    return model;
   }
 }

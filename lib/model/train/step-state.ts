@@ -116,6 +116,12 @@ export class StateTree {
     return bytes;
   }
 
+  /** The rows ever written (ids ascending) and their leaf bytes, concatenated. */
+  entries(): { ids: Uint32Array; leaves: Uint8Array } {
+    const ids = Uint32Array.from(this.#leaves.keys()).sort();
+    return { ids, leaves: this.leaves(ids) };
+  }
+
   /** Rows ever written (their state may since have returned to anything). */
   get written(): number {
     return this.#leaves.size;

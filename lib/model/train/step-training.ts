@@ -7,7 +7,10 @@
  * verifier computed, bit for bit (checked: the tensors' native roots must equal it).
  */
 import { checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
-import { InvalidArgumentError, ProofError } from '../../shared/errors.js';
+import { ByteReader, ByteWriter, bytesEqual } from '../../shared/bytes.js';
+import { FormatError, InvalidArgumentError, ProofError } from '../../shared/errors.js';
+import type { GhostManifest } from '../../verify/ghost-file.js';
+import { readStateLeaves, stateRowBytes } from '../../verify/training.js';
 import type { SparseTensor } from '../../tensor/sparse-tensor.js';
 import type { CanonicalOptimizer } from '../../verify/canonical.js';
 import { loadHasher, type MerkleHasher } from '../../verify/merkle.js';
@@ -93,6 +96,52 @@ export class StepTraining {
     return st;
   }
 
+  /**
+   * The rule and state a Ghost file's training section and a saved state file describe
+   * (Model.load): every trained tensor's state rows restored, its root checked against the
+   * Ghost file's (ProofError ROOT_MISMATCH otherwise).
+   */
+  static async restore(m: GhostManifest, tensors: readonly SparseTensor[], stateFile: Uint8Array | null): Promise<{ options: StepTrainingOptions; training: StepTraining }> {
+    const t = m.training!;
+    const trained = new Set(t.tensors.map((e) => e.tensor));
+    const o = t.optimizer;
+    const options: StepTrainingOptions = {
+      loss: t.loss,
+      optimizer: o.kind,
+      lr: o.lr,
+      beta1: o.beta1,
+      beta2: o.beta2,
+      eps: o.eps,
+      weightDecay: o.weightDecay,
+      biasCorrection: o.rowStep ? 'row' : 'global',
+      schedule: t.schedule,
+      ...(t.clipNorm > 0 ? { clipNorm: t.clipNorm } : {}),
+      frozen: tensors.filter((_, i) => !trained.has(i)),
+    };
+    const st = await StepTraining.create(options, tensors);
+    st.step = t.step;
+    const rows = stateFile === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(stateFile, m);
+    for (const e of t.tensors) {
+      const mine = st.trained.get(e.tensor)!;
+      mine.logDecay = e.logDecay;
+      const r = rows.get(e.tensor);
+      if (r && r.ids.length > 0) mine.state.set(r.ids, readStateLeaves(mine.state.dim, r.leaves, r.ids.length, e.logDecay));
+      if (!bytesEqual(mine.state.root(), e.stateRoot)) throw new ProofError('ROOT_MISMATCH', `the optimizer state of tensor ${e.tensor} is not the one the Ghost file commits${stateFile === null ? ' (the directory has no step-state.bin)' : ''}`);
+    }
+    return { options, training: st };
+  }
+
+  /** The state file's bytes (decodeStepState reads them): every trained tensor's written rows. */
+  encodeState(): Uint8Array {
+    const w = new ByteWriter();
+    w.bytes(STATE_MAGIC).u16(1).u32(this.trained.size);
+    for (const [tensor, e] of [...this.trained].sort((a, b) => a[0] - b[0])) {
+      const { ids, leaves } = e.state.entries();
+      w.u32(tensor).u32(e.state.dim).u64(e.state.n).u32(ids.length).u32s(ids).bytes(leaves);
+    }
+    return w.finish();
+  }
+
   /** The Ghost file's training section as the model stands. */
   section(): GhostTraining {
     return {
@@ -119,6 +168,35 @@ export class StepTraining {
     for (let i = 0; i < t.length; i++) if (!Number.isFinite(t[i]!)) throw new InvalidArgumentError(`targets[${i}] is not finite`);
     return { kind: 'values', data: t.slice() };
   }
+}
+
+const STATE_MAGIC = Uint8Array.from([0x89, 0x47, 0x54, 0x53, 0x54, 0x41, 0x0d, 0x0a]); // 0x89 'GTSTA' CR LF
+
+/**
+ * Reads a state file (untrusted bytes: every count checked against the Ghost file and
+ * the bytes left before anything is allocated): per trained tensor, its written rows.
+ */
+export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number, { ids: Uint32Array; leaves: Uint8Array }> {
+  const r = new ByteReader(bytes, 'step state');
+  const magic = r.bytes(8, 'magic');
+  if (magic.some((b, i) => b !== STATE_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a step-state file');
+  const version = r.u16('version');
+  if (version !== 1) throw new FormatError('BAD_VERSION', `step state: version ${version}`);
+  const trained = m.training?.tensors ?? [];
+  const n = r.count('tensor count', 0, trained.length);
+  const out = new Map<number, { ids: Uint32Array; leaves: Uint8Array }>();
+  for (let i = 0; i < n; i++) {
+    const tensor = r.u32('tensor'), dim = r.u32('dim'), rows = r.u64('rows');
+    const gt = m.tensors[tensor];
+    if (!gt || !trained.some((e) => e.tensor === tensor) || out.has(tensor)) throw new FormatError('BAD_VALUE', `step state: tensor ${tensor} is not a trained tensor of the Ghost file (or appears twice)`);
+    if (dim !== gt.dim || rows !== gt.n) throw new FormatError('BAD_VALUE', `step state: tensor ${tensor} is ${rows} x ${dim}; the Ghost file says ${gt.n} x ${gt.dim}`);
+    const count = r.count('written rows', 0, gt.n, 4 + stateRowBytes(dim));
+    const ids = r.u32s(count, 'ids');
+    for (let k = 0; k < count; k++) if (ids[k]! >= gt.n || (k > 0 && ids[k]! <= ids[k - 1]!)) throw new FormatError('BAD_VALUE', `step state: tensor ${tensor}'s ids are not ascending ids below N`);
+    out.set(tensor, { ids, leaves: r.bytes(count * stateRowBytes(dim), 'state rows') });
+  }
+  r.end();
+  return out;
 }
 
 export { StateTree };
