@@ -81,22 +81,26 @@ interface HopCase {
   normalize: boolean;
   index: 'exact' | 'hnsw' | 'pk';
   steps: number;
-  /** Keys and values are one tensor (exact / hnsw). */
+  /** Keys and values are one tensor (exact / hnsw); product keys: the two sub-key tables are one tensor. */
   shared?: boolean;
 }
 
 const B = 5, N = 12, D = 4, DV = 3, K = 3, BETA = 1.25;
 const PK_N = 4, PK_D1 = 2, PK_D2 = 3;
+/** The sub-key dims of a product-key case (one table twice: both PK_D2). */
+const pkDims = (c: HopCase): [number, number] => (c.shared ? [PK_D2, PK_D2] : [PK_D1, PK_D2]);
 
 /** A one-layer model of the case, its input (row 3 repeats row 0, so rows are shared across the batch) and dy. */
 async function hopfieldSetup(c: HopCase, seed: number) {
   const rng = new Rng(seed);
-  const d = c.index === 'pk' ? PK_D1 + PK_D2 : D;
+  const [d1, d2] = pkDims(c);
+  const d = c.index === 'pk' ? d1 + d2 : D;
   const n = c.index === 'pk' ? PK_N * PK_N : N;
   let keys: SparseTensor | ProductKeyIndex;
   let values: SparseTensor;
   if (c.index === 'pk') {
-    keys = ProductKeyIndex.fromTables(SparseTensor.fromArray(rng.f32(PK_N * PK_D1), PK_D1), SparseTensor.fromArray(rng.f32(PK_N * PK_D2), PK_D2));
+    const t1 = SparseTensor.fromArray(rng.f32(PK_N * d1), d1);
+    keys = ProductKeyIndex.fromTables(t1, c.shared ? t1 : SparseTensor.fromArray(rng.f32(PK_N * d2), d2));
     values = SparseTensor.fromArray(rng.f32(n * DV), DV);
   } else {
     keys = SparseTensor.fromArray(rng.f32(N * D), D);
@@ -120,7 +124,8 @@ function hopfieldRef(c: HopCase, layer: HopfieldLookup, P: Map<SparseTensor, Flo
   const keyRow = (id: number): number[] => {
     if (layer.keys instanceof ProductKeyIndex) {
       const t1 = P.get(layer.keys.keys1)!, t2 = P.get(layer.keys.keys2)!, i1 = Math.floor(id / PK_N), i2 = id % PK_N;
-      return [...t1.subarray(i1 * PK_D1, (i1 + 1) * PK_D1), ...t2.subarray(i2 * PK_D2, (i2 + 1) * PK_D2)];
+      const [d1, d2] = pkDims(c);
+      return [...t1.subarray(i1 * d1, (i1 + 1) * d1), ...t2.subarray(i2 * d2, (i2 + 1) * d2)];
     }
     return Array.from(P.get(layer.keys)!.subarray(id * d, (id + 1) * d));
   };
@@ -207,6 +212,9 @@ describe('canonical backward: hopfield against float64 finite differences', () =
       });
     }
   }
+  it('product keys whose two sub-key tables are one tensor, 2 stages (a row gets both halves\' gradients)', async () => {
+    await checkHopfield({ sim: 'ip', normalize: true, index: 'pk', steps: 2, shared: true }, 151);
+  });
   it('keys and values one tensor, 3 stages (a row gets gradients as a key, a mixed key and a value)', async () => {
     await checkHopfield({ sim: 'ip', normalize: false, index: 'exact', steps: 3, shared: true }, 150);
   });
