@@ -200,6 +200,8 @@ function memoryBackward(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Ar
   const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, hdk = H * dk;
   const V = ctx.revealed.get(l.values)!, W = ctx.revealed.get(l.query)!;
   const Wo = Array.from({ length: hdk }, (_, m) => rowOf(W, m));
+  // Every query row gets a gradient (B >= 1): their accumulators, asked once.
+  const Wacc = B > 0 ? Array.from({ length: hdk }, (_, m) => ctx.grad(l.query, m)) : [];
   const dx = new Float32Array(B * dIn);
   const gy = new Float64Array(dv), dq = new Float64Array(hdk), da = new Float64Array(k), ds = new Float64Array(k), dxb = new Float64Array(dIn);
   const { q, a } = sv;
@@ -246,7 +248,7 @@ function memoryBackward(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Ar
     }
     for (let t = 0; t < dIn; t++) dx[xo + t] = dxb[t]!;
     for (let m = 0; m < hdk; m++) {
-      const c = dq[m]!, acc = ctx.grad(l.query, m);
+      const c = dq[m]!, acc = Wacc[m]!;
       for (let t = 0; t < dIn; t++) acc[t] = acc[t]! + c * x[xo + t]!;
     }
   }
