@@ -2,7 +2,8 @@
  * The HopfieldLookup kind, verifier half (docs/proof-format.md, "Hopfield layers"):
  * retrieval of the top-k keys (exact, HNSW or product keys), softmax over beta times
  * their similarities, a mix of the values; `updateSteps` stages, the earlier ones
- * mixing keys into the next state.
+ * mixing keys into the next state. Its canonical backward (step proofs) goes through
+ * every stage with the selection held (docs/layer-kinds.md, "HopfieldLookup").
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cdot, cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
@@ -338,8 +339,8 @@ function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float
         } else {
           const nk = Math.sqrt(cdot(Kr, o, Kr, o, d));
           if (nq === 0 || nk === 0) continue; // the score is the constant 0
-          const si_ = s[ao + i]!;
-          const u = c / (nq * nk), vq = (c * si_) / (nq * nq), vk = (c * si_) / (nk * nk);
+          const score = s[ao + i]!;
+          const u = c / (nq * nk), vq = (c * score) / (nq * nq), vk = (c * score) / (nk * nk);
           for (let j = 0; j < d; j++) {
             dq[j] = dq[j]! + (u * Kr[o + j]! - vq * q[qo + j]!);
             acc[j] = acc[j]! + (u * q[qo + j]! - vk * Kr[o + j]!);

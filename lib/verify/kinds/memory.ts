@@ -6,7 +6,8 @@
  * softmax(beta * score) and mixes their rows of one value table shared by the heads; the
  * heads' outputs are summed. A proof reveals the query weight and every sub-key table
  * whole, and the value rows the heads selected; the verifier re-derives each head's
- * selection.
+ * selection. Its canonical backward (step proofs) reaches the query weight, the
+ * selected sub-key and value rows and the input (docs/layer-kinds.md).
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cdot, clinear, cmix, cproductKeys, csoftmax, cstate } from '../canonical.js';
