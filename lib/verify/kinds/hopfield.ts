@@ -2,12 +2,13 @@
  * The HopfieldLookup kind, verifier half (docs/proof-format.md, "Hopfield layers"):
  * retrieval of the top-k keys (exact, HNSW or product keys), softmax over beta times
  * their similarities, a mix of the values; `updateSteps` stages, the earlier ones
- * mixing keys into the next state.
+ * mixing keys into the next state. Its canonical backward (step proofs) goes through
+ * every stage with the selection held (docs/layer-kinds.md, "HopfieldLookup").
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
+import { cdot, cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type LayerSpec } from '../layer-spec.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from '../layer-spec.js';
 
 export type GhostIndex =
   | { kind: 'exact' }
@@ -137,65 +138,230 @@ export const hopfieldSpec: LayerSpec<GhostHopfieldLayer> = {
   },
 
   verify(l, ctx): Float32Array {
-    const g: GhostManifest = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, x = ctx.x!;
-    const k = l.k, d = l.dIn;
-    if (ev.stages.length !== l.updateSteps) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${l.updateSteps}`);
-    const pk = l.index.kind === 'product-keys';
-    const n = g.tensors[l.values]!.n;
-    for (const [si, st] of ev.stages.entries()) {
-      if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
-      for (let b = 0; b < B; b++) {
-        const seen = new Set<number>();
-        for (let i = 0; i < k; i++) {
-          const id = st[b * k + i]!;
-          if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
-          if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
-          seen.add(id);
-        }
-      }
-    }
-    const rev = ctx.reveal(hopfieldReads(l, ev.stages));
-    const V = rev.get(l.values)!;
-    const out = new Float32Array(B * l.dOut);
-    const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
-    const K = pk ? null : rev.get(l.keys[0]!)!;
-    for (let b = 0; b < B; b++) {
-      let q = cstate(x, b * d, d, l.normalize);
-      for (let si = 0; si < ev.stages.length; si++) {
-        const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
-        let s: Float64Array;
-        if (sub) {
-          const d1 = sub.t1.dim;
-          const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
-          for (let i = 0; i < k; i++) {
-            if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
-          }
-          s = sel.scores;
-        } else {
-          s = new Float64Array(k);
-          for (let i = 0; i < k; i++) s[i] = csimilarity(l.similarity, q, K!.rows, rowOf(K!, ids[i]!), d);
-        }
-        const a = csoftmax(s, l.beta);
-        const toValues = si === ev.stages.length - 1;
-        if (toValues) {
-          const offs = Array.from(ids, (id) => rowOf(V, id));
-          const y = cmix(a, V.rows, offs, l.dOut);
-          for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = y[j]!;
-        } else if (sub) {
-          // Mixing product keys: each key is its two sub-keys side by side.
-          const q2 = new Float64Array(d);
-          const d1 = sub.t1.dim, d2 = sub.t2.dim;
-          for (let i = 0; i < k; i++) {
-            const o1 = rowOf(sub.t1, Math.floor(ids[i]! / sub.n)), o2 = rowOf(sub.t2, ids[i]! % sub.n);
-            for (let j = 0; j < d1; j++) q2[j] = q2[j]! + a[i]! * sub.t1.rows[o1 + j]!;
-            for (let j = 0; j < d2; j++) q2[d1 + j] = q2[d1 + j]! + a[i]! * sub.t2.rows[o2 + j]!;
-          }
-          q = q2;
-        } else {
-          q = cmix(a, K!.rows, Array.from(ids, (id) => rowOf(K!, id)), d);
-        }
-      }
-    }
-    return out;
+    return hopfieldForward(l, ctx, false).y;
   },
+
+  trainForward(l, ctx): TrainedForward {
+    return hopfieldForward(l, ctx, true);
+  },
+
+  backward(l, ctx, dy): Float32Array[] {
+    return [hopfieldBackward(l, ctx, dy)];
+  },
+
 };
+
+/**
+ * What the training forward keeps for the backward, per input b and stage si (slot
+ * b * S + si): the stage's state q (f64, dIn values at slot * dIn), its scores s and
+ * softmax weights a (f64, k values at slot * k).
+ */
+export interface HopfieldSaved {
+  q: Float64Array;
+  s: Float64Array;
+  a: Float64Array;
+}
+
+/** The canonical forward (verify's), keeping each stage's state, scores and weights when `keep`. */
+function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: boolean): { y: Float32Array; saved: HopfieldSaved | null } {
+  const g: GhostManifest = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, x = ctx.x!;
+  const k = l.k, d = l.dIn, S = l.updateSteps;
+  if (ev.stages.length !== S) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${S}`);
+  const pk = l.index.kind === 'product-keys';
+  const n = g.tensors[l.values]!.n;
+  for (const [si, st] of ev.stages.entries()) {
+    if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
+    for (let b = 0; b < B; b++) {
+      const seen = new Set<number>();
+      for (let i = 0; i < k; i++) {
+        const id = st[b * k + i]!;
+        if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
+        if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
+        seen.add(id);
+      }
+    }
+  }
+  const rev = ctx.reveal(hopfieldReads(l, ev.stages));
+  const V = rev.get(l.values)!;
+  const out = new Float32Array(B * l.dOut);
+  const saved: HopfieldSaved | null = keep ? { q: new Float64Array(B * S * d), s: new Float64Array(B * S * k), a: new Float64Array(B * S * k) } : null;
+  const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
+  const K = pk ? null : rev.get(l.keys[0]!)!;
+  for (let b = 0; b < B; b++) {
+    let q = cstate(x, b * d, d, l.normalize);
+    for (let si = 0; si < S; si++) {
+      const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
+      let s: Float64Array;
+      if (sub) {
+        const d1 = sub.t1.dim;
+        const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
+        for (let i = 0; i < k; i++) {
+          if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
+        }
+        s = sel.scores;
+      } else {
+        s = new Float64Array(k);
+        for (let i = 0; i < k; i++) s[i] = csimilarity(l.similarity, q, K!.rows, rowOf(K!, ids[i]!), d);
+      }
+      const a = csoftmax(s, l.beta);
+      if (saved) {
+        const slot = b * S + si;
+        saved.q.set(q, slot * d);
+        saved.s.set(s, slot * k);
+        saved.a.set(a, slot * k);
+      }
+      const toValues = si === S - 1;
+      if (toValues) {
+        const offs = Array.from(ids, (id) => rowOf(V, id));
+        const y = cmix(a, V.rows, offs, l.dOut);
+        for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = y[j]!;
+      } else if (sub) {
+        // Mixing product keys: each key is its two sub-keys side by side.
+        const q2 = new Float64Array(d);
+        const d1 = sub.t1.dim, d2 = sub.t2.dim;
+        for (let i = 0; i < k; i++) {
+          const o1 = rowOf(sub.t1, Math.floor(ids[i]! / sub.n)), o2 = rowOf(sub.t2, ids[i]! % sub.n);
+          for (let j = 0; j < d1; j++) q2[j] = q2[j]! + a[i]! * sub.t1.rows[o1 + j]!;
+          for (let j = 0; j < d2; j++) q2[d1 + j] = q2[d1 + j]! + a[i]! * sub.t2.rows[o2 + j]!;
+        }
+        q = q2;
+      } else {
+        q = cmix(a, K!.rows, Array.from(ids, (id) => rowOf(K!, id)), d);
+      }
+    }
+  }
+  return { y: out, saved };
+}
+
+/** trainForward's saved state, or (when the step ran verify) the same recomputed from the context. */
+function savedOf(l: GhostHopfieldLayer, ctx: BackwardContext): HopfieldSaved {
+  const sv = ctx.saved as HopfieldSaved | undefined;
+  const B = ctx.rows, S = l.updateSteps;
+  if (sv && sv.q instanceof Float64Array && sv.q.length === B * S * l.dIn && sv.a.length === B * S * l.k && sv.s.length === B * S * l.k) return sv;
+  const x = ctx.inputs[0];
+  if (!x) fail('SHAPE', `layer ${ctx.index} (hopfield) takes vectors`);
+  const again = hopfieldForward(l, {
+    manifest: ctx.manifest, evidence: ctx.evidence, index: ctx.index, rows: B, ids: null, x, inputs: ctx.inputs,
+    reveal: () => ctx.revealed as Map<number, Revealed>,
+  }, true);
+  return again.saved!;
+}
+
+/**
+ * The canonical backward (docs/layer-kinds.md, "HopfieldLookup", "Canonical backward"):
+ * per input b in order, the stages in reverse, each (1) the mixed rows (i in rank
+ * order), (2) the softmax, (3) the similarity (i in rank order) to the key rows and the
+ * state; then through normalize to dx, rounded to f32 once. The selection is the
+ * proof's (held constant); beta is not trained.
+ */
+function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float32Array): Float32Array {
+  const sv = savedOf(l, ctx);
+  const B = ctx.rows, k = l.k, d = l.dIn, dv = l.dOut, S = l.updateSteps, beta = l.beta;
+  const ev = ctx.evidence, x = ctx.inputs[0]!;
+  const V = ctx.revealed.get(l.values)!;
+  const pk = l.index.kind === 'product-keys' ? l.index.subKeys : 0;
+  const T1 = pk ? ctx.revealed.get(l.keys[0]!)! : null, T2 = pk ? ctx.revealed.get(l.keys[1]!)! : null;
+  const K = pk ? null : ctx.revealed.get(l.keys[0]!)!;
+  const d1 = T1 ? T1.dim : d;
+  const sim = pk ? 'ip' : l.similarity;
+  const dx = new Float32Array(B * d);
+  const g = new Float64Array(Math.max(d, dv)), dq = new Float64Array(d), da = new Float64Array(k), ds = new Float64Array(k);
+  for (let b = 0; b < B; b++) {
+    for (let j = 0; j < dv; j++) g[j] = dy[b * dv + j]!;
+    for (let si = S - 1; si >= 0; si--) {
+      const ids = ev.stages[si]!.subarray(b * k, (b + 1) * k);
+      const slot = b * S + si, qo = slot * d, ao = slot * k;
+      const q = sv.q, a = sv.a, s = sv.s;
+      // (1) out = sum_i a_i R_i: da_i = g . R_i, dR_i += a_i g.
+      for (let i = 0; i < k; i++) {
+        const id = ids[i]!, ai = a[ao + i]!;
+        if (si === S - 1) {
+          const o = rowOf(V, id);
+          da[i] = cdot(g, 0, V.rows, o, dv);
+          const acc = ctx.grad(l.values, id);
+          for (let j = 0; j < dv; j++) acc[j] = acc[j]! + ai * g[j]!;
+        } else if (pk) {
+          const i1 = Math.floor(id / pk), i2 = id % pk;
+          const o1 = rowOf(T1!, i1), o2 = rowOf(T2!, i2);
+          let t = 0;
+          for (let j = 0; j < d1; j++) t = t + g[j]! * T1!.rows[o1 + j]!;
+          for (let j = d1; j < d; j++) t = t + g[j]! * T2!.rows[o2 + j - d1]!;
+          da[i] = t;
+          const a1 = ctx.grad(l.keys[0]!, i1);
+          for (let j = 0; j < d1; j++) a1[j] = a1[j]! + ai * g[j]!;
+          const a2 = ctx.grad(l.keys[1]!, i2);
+          for (let j = d1; j < d; j++) a2[j - d1] = a2[j - d1]! + ai * g[j]!;
+        } else {
+          const o = rowOf(K!, id);
+          da[i] = cdot(g, 0, K!.rows, o, d);
+          const acc = ctx.grad(l.keys[0]!, id);
+          for (let j = 0; j < d; j++) acc[j] = acc[j]! + ai * g[j]!;
+        }
+      }
+      // (2) a = softmax(beta s): ds_i = beta * (a_i * (da_i - sum_t a_t da_t)).
+      let rho = 0;
+      for (let i = 0; i < k; i++) rho = rho + a[ao + i]! * da[i]!;
+      for (let i = 0; i < k; i++) ds[i] = beta * (a[ao + i]! * (da[i]! - rho));
+      // (3) s_i = sim(q, K_i): dq and dK_i.
+      dq.fill(0);
+      const nq = sim === 'cosine' ? Math.sqrt(cdot(q, qo, q, qo, d)) : 0;
+      for (let i = 0; i < k; i++) {
+        const id = ids[i]!, c = ds[i]!;
+        if (pk) {
+          const i1 = Math.floor(id / pk), i2 = id % pk;
+          const o1 = rowOf(T1!, i1), o2 = rowOf(T2!, i2);
+          const a1 = ctx.grad(l.keys[0]!, i1);
+          for (let j = 0; j < d1; j++) {
+            dq[j] = dq[j]! + c * T1!.rows[o1 + j]!;
+            a1[j] = a1[j]! + c * q[qo + j]!;
+          }
+          const a2 = ctx.grad(l.keys[1]!, i2);
+          for (let j = d1; j < d; j++) {
+            dq[j] = dq[j]! + c * T2!.rows[o2 + j - d1]!;
+            a2[j - d1] = a2[j - d1]! + c * q[qo + j]!;
+          }
+          continue;
+        }
+        const o = rowOf(K!, id), Kr = K!.rows;
+        const acc = ctx.grad(l.keys[0]!, id);
+        if (sim === 'ip') {
+          for (let j = 0; j < d; j++) {
+            dq[j] = dq[j]! + c * Kr[o + j]!;
+            acc[j] = acc[j]! + c * q[qo + j]!;
+          }
+        } else if (sim === 'l2') {
+          const w = 2 * c;
+          for (let j = 0; j < d; j++) {
+            const t = q[qo + j]! - Kr[o + j]!;
+            dq[j] = dq[j]! - w * t;
+            acc[j] = acc[j]! + w * t;
+          }
+        } else {
+          const nk = Math.sqrt(cdot(Kr, o, Kr, o, d));
+          if (nq === 0 || nk === 0) continue; // the score is the constant 0
+          const score = s[ao + i]!;
+          const u = c / (nq * nk), vq = (c * score) / (nq * nq), vk = (c * score) / (nk * nk);
+          for (let j = 0; j < d; j++) {
+            dq[j] = dq[j]! + (u * Kr[o + j]! - vq * q[qo + j]!);
+            acc[j] = acc[j]! + (u * q[qo + j]! - vk * Kr[o + j]!);
+          }
+        }
+      }
+      for (let j = 0; j < d; j++) g[j] = dq[j]!;
+    }
+    // The first state: q = x, or q = x / |x| (dx = (g - q (q . g)) / |x|; 0 when x = 0).
+    const xo = b * d;
+    if (!l.normalize) {
+      for (let j = 0; j < d; j++) dx[xo + j] = g[j]!;
+    } else {
+      const nx = Math.sqrt(cdot(x, xo, x, xo, d));
+      if (nx > 0) {
+        const q0 = sv.q, qo = b * S * d;
+        let p = 0;
+        for (let j = 0; j < d; j++) p = p + q0[qo + j]! * g[j]!;
+        for (let j = 0; j < d; j++) dx[xo + j] = (g[j]! - q0[qo + j]! * p) / nx;
+      }
+    }
+  }
+  return dx;
+}

@@ -6,12 +6,13 @@
  * softmax(beta * score) and mixes their rows of one value table shared by the heads; the
  * heads' outputs are summed. A proof reveals the query weight and every sub-key table
  * whole, and the value rows the heads selected; the verifier re-derives each head's
- * selection.
+ * selection. Its canonical backward (step proofs) reaches the query weight, the
+ * selected sub-key and value rows and the input (docs/layer-kinds.md).
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { clinear, cmix, cproductKeys, csoftmax, cstate } from '../canonical.js';
+import { cdot, clinear, cmix, cproductKeys, csoftmax, cstate } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
-import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type LayerSpec } from '../layer-spec.js';
+import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from '../layer-spec.js';
 
 export interface GhostMemoryLayer {
   op: 'memory';
@@ -112,33 +113,145 @@ export const memorySpec: LayerSpec<GhostMemoryLayer> = {
   },
 
   verify(l, ctx): Float32Array {
-    const g = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, k = l.k;
-    if (ev.stages.length !== l.heads) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; one per head (${l.heads}) is expected`);
-    const N = l.subKeys * l.subKeys;
-    for (const [h, st] of ev.stages.entries()) {
-      if (st.length !== B * k) fail('SHAPE', `layer ${li} head ${h} lists ${st.length} ids; B x k = ${B * k}`);
-      for (const id of st) if (id >= N) fail('ID_OUT_OF_RANGE', `layer ${li} head ${h}: slot ${id} >= N = ${N}`);
-    }
-    const rev = ctx.reveal(memoryReads(l, ev.stages));
-    const V = rev.get(l.values)!;
-    const q = memoryQueries(g, l, ctx.x!, B, rev.get(l.query)!.rows);
-    const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, d2 = dk - d1, hdk = l.heads * dk;
-    const out = new Float32Array(B * l.dOut);
-    const acc = new Float64Array(l.dOut);
-    for (let b = 0; b < B; b++) {
-      acc.fill(0);
-      for (let h = 0; h < l.heads; h++) {
-        const qh = cstate(q, b * hdk + h * dk, dk, false);
-        const sel = cproductKeys(qh, rev.get(l.keys[2 * h]!)!.rows, rev.get(l.keys[2 * h + 1]!)!.rows, l.subKeys, d1, d2, k);
-        const ids = ev.stages[h]!.subarray(b * k, (b + 1) * k);
-        for (let i = 0; i < k; i++) {
-          if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} head ${h} input ${b}: rank ${i} is slot ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
-        }
-        const y = cmix(csoftmax(sel.scores, l.beta), V.rows, Array.from(ids, (id) => rowOf(V, id)), l.dOut);
-        for (let j = 0; j < l.dOut; j++) acc[j] = acc[j]! + y[j]!;
-      }
-      for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = acc[j]!;
-    }
-    return out;
+    return memoryForward(l, ctx, false).y;
   },
+
+  trainForward(l, ctx): TrainedForward {
+    return memoryForward(l, ctx, true);
+  },
+
+  backward(l, ctx, dy): Float32Array[] {
+    return [memoryBackward(l, ctx, dy)];
+  },
+
 };
+
+/**
+ * What the training forward keeps for the backward: the queries (B x heads dk f32, as
+ * clinear rounded them) and, per input b and head h (slot b * heads + h), the scores s
+ * and softmax weights a (f64, k values at slot * k).
+ */
+export interface MemorySaved {
+  q: Float32Array;
+  s: Float64Array;
+  a: Float64Array;
+}
+
+/** The canonical forward (verify's), keeping the queries, scores and weights when `keep`. */
+function memoryForward(l: GhostMemoryLayer, ctx: VerifyLayerContext, keep: boolean): { y: Float32Array; saved: MemorySaved | null } {
+  const g = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, k = l.k, H = l.heads;
+  if (ev.stages.length !== H) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; one per head (${H}) is expected`);
+  const N = l.subKeys * l.subKeys;
+  for (const [h, st] of ev.stages.entries()) {
+    if (st.length !== B * k) fail('SHAPE', `layer ${li} head ${h} lists ${st.length} ids; B x k = ${B * k}`);
+    for (const id of st) if (id >= N) fail('ID_OUT_OF_RANGE', `layer ${li} head ${h}: slot ${id} >= N = ${N}`);
+  }
+  const rev = ctx.reveal(memoryReads(l, ev.stages));
+  const V = rev.get(l.values)!;
+  const q = memoryQueries(g, l, ctx.x!, B, rev.get(l.query)!.rows);
+  const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, d2 = dk - d1, hdk = H * dk;
+  const out = new Float32Array(B * l.dOut);
+  const saved: MemorySaved | null = keep ? { q, s: new Float64Array(B * H * k), a: new Float64Array(B * H * k) } : null;
+  const acc = new Float64Array(l.dOut);
+  for (let b = 0; b < B; b++) {
+    acc.fill(0);
+    for (let h = 0; h < H; h++) {
+      const qh = cstate(q, b * hdk + h * dk, dk, false);
+      const sel = cproductKeys(qh, rev.get(l.keys[2 * h]!)!.rows, rev.get(l.keys[2 * h + 1]!)!.rows, l.subKeys, d1, d2, k);
+      const ids = ev.stages[h]!.subarray(b * k, (b + 1) * k);
+      for (let i = 0; i < k; i++) {
+        if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} head ${h} input ${b}: rank ${i} is slot ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
+      }
+      const a = csoftmax(sel.scores, l.beta);
+      if (saved) {
+        saved.s.set(sel.scores, (b * H + h) * k);
+        saved.a.set(a, (b * H + h) * k);
+      }
+      const y = cmix(a, V.rows, Array.from(ids, (id) => rowOf(V, id)), l.dOut);
+      for (let j = 0; j < l.dOut; j++) acc[j] = acc[j]! + y[j]!;
+    }
+    for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = acc[j]!;
+  }
+  return { y: out, saved };
+}
+
+/** trainForward's saved state, or (when the step ran verify) the same recomputed from the context. */
+function savedOf(l: GhostMemoryLayer, ctx: BackwardContext): MemorySaved {
+  const sv = ctx.saved as MemorySaved | undefined;
+  const B = ctx.rows, n = B * l.heads * l.k;
+  if (sv && sv.q instanceof Float32Array && sv.q.length === B * memoryHeadDim(ctx.manifest, l) * l.heads && sv.s.length === n && sv.a.length === n) return sv;
+  const x = ctx.inputs[0];
+  if (!x) fail('SHAPE', `layer ${ctx.index} (memory) takes vectors`);
+  return memoryForward(l, {
+    manifest: ctx.manifest, evidence: ctx.evidence, index: ctx.index, rows: B, ids: null, x, inputs: ctx.inputs,
+    reveal: () => ctx.revealed as Map<number, Revealed>,
+  }, true).saved!;
+}
+
+/**
+ * The canonical backward (docs/layer-kinds.md, "Product-key memory", "Canonical
+ * backward"): per input b in order, the heads in order, each (1) the value rows (i in
+ * rank order), (2) the softmax, (3) the sub-key rows and the head's query (i in rank
+ * order); then the query projection: dx_b (patterns m ascending) and the weight rows
+ * (m ascending). The selections are the proof's; beta is not trained.
+ */
+function memoryBackward(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Array): Float32Array {
+  const g = ctx.manifest, sv = savedOf(l, ctx), ev = ctx.evidence, x = ctx.inputs[0]!;
+  const B = ctx.rows, k = l.k, H = l.heads, dv = l.dOut, dIn = l.dIn, n = l.subKeys, beta = l.beta;
+  const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, hdk = H * dk;
+  const V = ctx.revealed.get(l.values)!, W = ctx.revealed.get(l.query)!;
+  const Wo = Array.from({ length: hdk }, (_, m) => rowOf(W, m));
+  // Every query row gets a gradient (B >= 1): their accumulators, asked once.
+  const Wacc = B > 0 ? Array.from({ length: hdk }, (_, m) => ctx.grad(l.query, m)) : [];
+  const dx = new Float32Array(B * dIn);
+  const gy = new Float64Array(dv), dq = new Float64Array(hdk), da = new Float64Array(k), ds = new Float64Array(k), dxb = new Float64Array(dIn);
+  const { q, a } = sv;
+  for (let b = 0; b < B; b++) {
+    for (let j = 0; j < dv; j++) gy[j] = dy[b * dv + j]!;
+    dq.fill(0);
+    for (let h = 0; h < H; h++) {
+      const ids = ev.stages[h]!.subarray(b * k, (b + 1) * k);
+      const ao = (b * H + h) * k, qo = b * hdk + h * dk, ho = h * dk;
+      // (1) y += sum_i a_i V_i: da_i = g . V_i, dV_i += a_i g.
+      for (let i = 0; i < k; i++) {
+        const id = ids[i]!, ai = a[ao + i]!;
+        da[i] = cdot(gy, 0, V.rows, rowOf(V, id), dv);
+        const acc = ctx.grad(l.values, id);
+        for (let j = 0; j < dv; j++) acc[j] = acc[j]! + ai * gy[j]!;
+      }
+      // (2) ds_i = beta * (a_i * (da_i - sum_t a_t da_t)).
+      let rho = 0;
+      for (let i = 0; i < k; i++) rho = rho + a[ao + i]! * da[i]!;
+      for (let i = 0; i < k; i++) ds[i] = beta * (a[ao + i]! * (da[i]! - rho));
+      // (3) s_i = q[:d1] . T1[i1] + q[d1:] . T2[i2] for slot i1 n + i2.
+      const T1 = ctx.revealed.get(l.keys[2 * h]!)!, T2 = ctx.revealed.get(l.keys[2 * h + 1]!)!;
+      for (let i = 0; i < k; i++) {
+        const id = ids[i]!, c = ds[i]!, i1 = Math.floor(id / n), i2 = id % n;
+        const o1 = rowOf(T1, i1), o2 = rowOf(T2, i2);
+        const a1 = ctx.grad(l.keys[2 * h]!, i1);
+        for (let j = 0; j < d1; j++) {
+          dq[ho + j] = dq[ho + j]! + c * T1.rows[o1 + j]!;
+          a1[j] = a1[j]! + c * q[qo + j]!;
+        }
+        const a2 = ctx.grad(l.keys[2 * h + 1]!, i2);
+        for (let j = d1; j < dk; j++) {
+          dq[ho + j] = dq[ho + j]! + c * T2.rows[o2 + j - d1]!;
+          a2[j - d1] = a2[j - d1]! + c * q[qo + j]!;
+        }
+      }
+    }
+    // The query projection q_m = x . W_m: dx_b = sum_m dq_m W_m, dW_m += dq_m x_b.
+    const xo = b * dIn;
+    dxb.fill(0);
+    for (let m = 0; m < hdk; m++) {
+      const c = dq[m]!, o = Wo[m]!;
+      for (let t = 0; t < dIn; t++) dxb[t] = dxb[t]! + c * W.rows[o + t]!;
+    }
+    for (let t = 0; t < dIn; t++) dx[xo + t] = dxb[t]!;
+    for (let m = 0; m < hdk; m++) {
+      const c = dq[m]!, acc = Wacc[m]!;
+      for (let t = 0; t < dIn; t++) acc[t] = acc[t]! + c * x[xo + t]!;
+    }
+  }
+  return dx;
+}
