@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { Embedding, GatedMLP, HopfieldLookup, Linear, Model, PatternCache, PositionEmbedding, generate, languageModel, ProductKeyMemory, Projection, RMSNorm, Residual, SparseAdam, SparseSelfAttention, SparseTensor, decodeProof, type ProvedStep, type SparseGrad } from '../lib/index.js';
-import { stepProofModel, twoLayerModel } from './helpers/models.js';
+import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -311,11 +311,13 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     const lmGhost = await lmModel.ghost();
     const gen = await generate(lmModel, [72, 105, 32], { tokens: 4, temperature: 0.9, topP: 0.9, seed: 3, prove: true, cache: new PatternCache(), stopAtEndOfDocument: false });
     const generation = { prompt: Array.from(gen.prompt), tokens: Array.from(gen.tokens), seed: gen.seed, context: gen.context, temperature: gen.temperature, topP: gen.topP };
-    // Training steps with step proofs (docs/step-proofs.md): the browser follows the model through them.
-    const stepModel = stepProofModel(rng);
+    // Training steps with step proofs (docs/step-proofs.md) of a language model with every kind a
+    // step can train (embedding, positions, norms, attention, gated MLP, memory layer, head), then
+    // of a small graph: the browser recomputes each step and follows the model through them.
+    const stepModel = languageModel({ context: 6, dim: 8, layers: 2, heads: 2, hidden: 8, memory: { layers: [1], subKeys: 3, k: 2, heads: 2, keyDim: 4 } }, { training: { loss: 'cross-entropy', lr: 0.01, clipNorm: 1, weightDecay: 0.01, schedule: { kind: 'cosine', warmupSteps: 1, totalSteps: 5 } } });
     const stepGhost = await stepModel.ghost();
     const stepProofs: ProvedStep[] = [];
-    for (let s = 0; s < 2; s++) stepProofs.push(await stepModel.proveTrainStep({ input: [1, 5, 3, 5, 0], targets: [5, 3, 5, 0, 2] }));
+    for (let s = 0; s < 2; s++) stepProofs.push(await stepModel.proveTrainStep({ input: [72, 105, 33, 32, 72, 105], targets: [105, 33, 32, 72, 105, 33] }));
 
     const data = new Map<string, Uint8Array>([
       ['attention-ghost.bin', attnGhost.bytes],

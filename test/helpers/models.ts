@@ -1,5 +1,5 @@
 /** Small models shared by the proof, browser and fuzz tests. */
-import { Add, Embedding, HopfieldLookup, Model, PositionEmbedding, ProductKeyIndex, SparseTensor } from '../../lib/index.js';
+import { HopfieldLookup, Model, ProductKeyIndex, SparseTensor } from '../../lib/index.js';
 import type { Rng } from './rng.js';
 
 /**
@@ -23,15 +23,3 @@ export function twoLayerModel(rng: Rng): { model: Model; l0: HopfieldLookup; l1:
   return { model: new Model([l0, l1]), l0, l1 };
 }
 
-/**
- * A model trained by step proofs (docs/step-proofs.md) for the browser test and the
- * fuzzer: ids in, logits of 6 classes out (an embedding, learned positions, their sum),
- * Adam with weight decay, clipping and a cosine schedule.
- */
-export function stepProofModel(rng: Rng): Model {
-  const d = 6;
-  return new Model([new Embedding(SparseTensor.fromArray(rng.f32(12 * d), d)), new PositionEmbedding(SparseTensor.fromArray(rng.f32(8 * d), d)), new Add()], {
-    inputs: [[-1], [0], [0, 1]],
-    training: { loss: 'cross-entropy', lr: 0.05, weightDecay: 0.01, clipNorm: 0.5, schedule: { kind: 'cosine', warmupSteps: 1, totalSteps: 10 } },
-  });
-}

@@ -14,6 +14,7 @@
  * Every tensor is a SparseTensor (committed, provable, trained by the sparse optimizer);
  * initialisation is seeded (train/init.ts), so a config and a seed give one model.
  */
+import type { StepTrainingOptions } from '../train/step-training.js';
 import { checkInteger, checkOptions, describe } from '../../shared/args.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
@@ -106,7 +107,7 @@ export function resolveLanguageModelConfig(config: LanguageModelConfig = {}): Re
  * 1 / sqrt(2 layers); norms' gains 1; sub-keys normal(0, 1 / sqrt(keyDim / 2)); memory
  * values normal(0, 1 / sqrt(dim)).
  */
-export function languageModel(config: LanguageModelConfig = {}): Model {
+export function languageModel(config: LanguageModelConfig = {}, options: { training?: StepTrainingOptions } = {}): Model {
   const c = resolveLanguageModelConfig(config);
   let seed = c.seed * 1000;
   const normal = (n: number, d: number, std: number): SparseTensor => init.normal(n, d, { std, seed: seed++ });
@@ -135,7 +136,7 @@ export function languageModel(config: LanguageModelConfig = {}): Model {
     }
   }
   items.push(new RMSNorm({ gain: ones(D) }), linear(c.vocab, D));
-  return new Model(items);
+  return new Model(items, options.training === undefined ? {} : { training: options.training });
 }
 
 /** Multiply-adds per token of a config's forward pass, by part (docs/lm.md, "Compute"). */
