@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { Add, Embedding, HopfieldLookup, Model, PatternCache, PositionEmbedding, ProductKeyIndex, SparseAdam, SparseTensor, decodeGhost, decodeProof, encodeGhost, encodeProof, languageModel, pinGhost, verifyTrainStep } from '../lib/index.js';
+import { Add, Embedding, HopfieldLookup, Model, PatternCache, PositionEmbedding, ProductKeyIndex, SparseAdam, SparseSGD, SparseTensor, decodeGhost, decodeProof, encodeGhost, encodeProof, languageModel, pinGhost, verifyTrainStep } from '../lib/index.js';
 import type { StepProof } from '../lib/index.js';
 import { loadHasher, rootOfLeaves } from '../lib/verify/merkle.js';
 import { StateTree } from '../lib/model/train/step-state.js';
@@ -287,5 +287,42 @@ describe('step proofs', () => {
     const st = p.layers[1]!.stages[0]!;
     [st[0], st[1]] = [st[1]!, st[0]!];
     expect(await reason(verifyTrainStep(pinned, p))).toBe('SELECTION_MISMATCH');
+  });
+
+  it('clipping, the schedule and weight decay match an independent SGD reference', async () => {
+    const rng = new Rng(14);
+    const V = 5, lr = 0.5, wd = 0.1, clip = 0.05;
+    const { model, table } = bigram(rng, V, { training: { loss: 'cross-entropy', optimizer: 'sgd', lr, weightDecay: wd, clipNorm: clip, schedule: { kind: 'warmup', warmupSteps: 4 } } });
+    const twin = SparseTensor.fromArray(table.gather([0, 1, 2, 3, 4]), V);
+    const opt = new SparseSGD([twin], { lr, weightDecay: wd });
+    const batches = [{ ids: [0, 3, 3], y: [3, 1, 4] }, { ids: [2, 4], y: [0, 0] }, { ids: [0, 3], y: [1, 1] }];
+    for (const [s, b] of batches.entries()) {
+      // The analytic gradient, rows of a repeated id summed, clipped by the global norm; lr x the warm-up factor.
+      const rows = twin.gather(b.ids);
+      const acc = new Map<number, Float64Array>();
+      for (let i = 0; i < b.ids.length; i++) {
+        let m = -Infinity, z = 0;
+        for (let c = 0; c < V; c++) m = Math.max(m, rows[i * V + c]!);
+        for (let c = 0; c < V; c++) z += Math.exp(rows[i * V + c]! - m);
+        const a = acc.get(b.ids[i]!) ?? new Float64Array(V);
+        for (let c = 0; c < V; c++) a[c]! += (Math.exp(rows[i * V + c]! - m) / z - (c === b.y[i] ? 1 : 0)) / b.ids.length;
+        acc.set(b.ids[i]!, a);
+      }
+      let norm = 0;
+      for (const a of acc.values()) for (const g of a) norm += g * g;
+      norm = Math.sqrt(norm);
+      const scale = norm > clip ? clip / norm : 1;
+      expect(norm).toBeGreaterThan(clip); // the clipping is exercised
+      const ids = [...acc.keys()].sort((p, q) => p - q);
+      const grads = new Float32Array(ids.length * V);
+      ids.forEach((id, k) => acc.get(id)!.forEach((g, c) => (grads[k * V + c] = g * scale)));
+      opt.lr = lr * Math.min(1, (s + 1) / 4);
+      opt.step([{ tensor: twin, ids, grads }]);
+      const v = await model.proveTrainStep({ input: b.ids, targets: b.y });
+      expect(v.lr).toBe(Math.fround(lr * Math.min(1, (s + 1) / 4)));
+      expect(v.gradNorm).toBeCloseTo(norm, 6);
+    }
+    const a = table.gather([0, 1, 2, 3, 4]), want = twin.gather([0, 1, 2, 3, 4]);
+    for (let i = 0; i < a.length; i++) expect(a[i]).toBeCloseTo(want[i]!, 6);
   });
 });
