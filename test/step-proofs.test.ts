@@ -14,6 +14,7 @@ import type { StepProof } from '../lib/index.js';
 import { loadHasher, rootOfLeaves } from '../lib/verify/merkle.js';
 import { StateTree } from '../lib/model/train/step-state.js';
 import { ccosPi, cscheduleFactor, stateRowBytes, zeroStateRoot } from '../lib/verify/training.js';
+import { runCli } from './helpers/cli.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
 
@@ -324,5 +325,33 @@ describe('step proofs', () => {
     }
     const a = table.gather([0, 1, 2, 3, 4]), want = twin.gather([0, 1, 2, 3, 4]);
     for (let i = 0; i < a.length; i++) expect(a[i]).toBeCloseTo(want[i]!, 6);
+  });
+
+  it('ghost-tensor verify checks step proof files and writes the Ghost file after each step', async () => {
+    const rng = new Rng(15);
+    const { model } = bigram(rng, 5, { training: { loss: 'cross-entropy', lr: 0.05 } });
+    const dir = mkdtempSync(join(tmpdir(), 'gt-step-cli-'));
+    try {
+      writeFileSync(join(dir, 'g0.bin'), (await model.ghost()).bytes);
+      const s0 = await model.proveTrainStep({ input: [1, 2], targets: [2, 3] });
+      const s1 = await model.proveTrainStep({ input: [3, 1], targets: [4, 0] });
+      writeFileSync(join(dir, 's0.bin'), s0.bytes);
+      writeFileSync(join(dir, 's1.bin'), s1.bytes);
+      let r = await runCli('verify', '--ghost', join(dir, 'g0.bin'), join(dir, 's0.bin'), '--next-ghost', join(dir, 'g1.bin'), '--json');
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ verified: true, kind: 'step', step: 0 });
+      expect(new Uint8Array(readFileSync(join(dir, 'g1.bin')))).toEqual(s0.ghost.bytes);
+      r = await runCli('verify', '--ghost', join(dir, 'g1.bin'), join(dir, 's1.bin'));
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/verified: step proof of step 1/);
+      // The second step against the first Ghost file: refused, exit 1.
+      r = await runCli('verify', '--ghost', join(dir, 'g0.bin'), join(dir, 's1.bin'));
+      expect(r.code).toBe(1);
+      expect(r.stdout + r.stderr).toMatch(/GHOST_MISMATCH/);
+      r = await runCli('inspect', join(dir, 's1.bin'));
+      expect(r.stdout).toMatch(/step proof .* \(\d/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -14,6 +14,7 @@ import { Model } from '../model/model.js';
 import { ModelDirectory } from '../model/model-dir.js';
 import { PROOF_MAGIC, decodeProof, type GhostProof } from '../verify/proof-format.js';
 import { pinGhost, verifyForward, verifyUpdate } from '../verify/proof-verify.js';
+import { verifyTrainStep } from '../verify/step.js';
 import { ProverClient } from '../serve/client.js';
 import { ProverServer } from '../serve/server.js';
 import { fromHex, toHex } from '../shared/bytes.js';
@@ -464,17 +465,19 @@ Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
 
   verify: {
     summary: 'verify a proof file against a Ghost file',
-    usage: 'ghost-tensor verify --ghost GHOST PROOF [--digest HEX] [--json]',
-    help: `Verifies a forward or update proof (docs/proof-format.md) against a Ghost file. The
-verifier trusts only the Ghost file (and, with --digest, checks its digest first).
+    usage: 'ghost-tensor verify --ghost GHOST PROOF [--digest HEX] [--next-ghost OUT] [--json]',
+    help: `Verifies a forward, update or step proof (docs/proof-format.md, docs/step-proofs.md)
+against a Ghost file. The verifier trusts only the Ghost file (and, with --digest,
+checks its digest first). A step proof is the whole training step recomputed.
 
-  --ghost PATH    the Ghost file, or a model directory (its ghost.bin)   (required)
-  --digest HEX    the digest the Ghost file must have
-  --json          print the result as JSON
+  --ghost PATH        the Ghost file, or a model directory (its ghost.bin)   (required)
+  --digest HEX        the digest the Ghost file must have
+  --next-ghost OUT    update and step proofs: write the Ghost file after the step to OUT
+  --json              print the result as JSON
 
 Exit 0 verified, 1 rejected (the reason is printed: OUTPUT_MISMATCH, ROOT_MISMATCH, ...),
 3 the Ghost file or the proof file cannot be read.`,
-    options: { ghost: { type: 'string' }, digest: { type: 'string' }, json: { type: 'boolean' } },
+    options: { ghost: { type: 'string' }, digest: { type: 'string' }, 'next-ghost': { type: 'string' }, json: { type: 'boolean' } },
     positionals: [1, 1],
     run: async (v, [proofPath]) => {
       const gp = str(v, 'ghost');
@@ -496,8 +499,17 @@ Exit 0 verified, 1 rejected (the reason is printed: OUTPUT_MISMATCH, ROOT_MISMAT
         const r = await verifyForward(ghost, bytes);
         if (v.json === true) out(JSON.stringify({ verified: true, kind: 'forward', digest: toHex(ghost.digest), rows: r.rows, cols: r.cols, output: Array.from(r.output) }));
         else out(`verified: forward proof, layers ${proof.firstLayer}..${proof.firstLayer + proof.layers.length - 1}, ${r.rows} x ${r.cols} output, Ghost digest ${toHex(ghost.digest)}`);
+      } else if (proof.kind === 'step') {
+        const r = await verifyTrainStep(ghost, bytes);
+        const next = str(v, 'next-ghost');
+        if (next !== undefined) writeFileSync(next, r.ghost.bytes);
+        const rows = r.writes.reduce((n, w) => n + w.ids.length, 0);
+        if (v.json === true) out(JSON.stringify({ verified: true, kind: 'step', digest: toHex(ghost.digest), step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, rowsWritten: rows, next: toHex(r.ghost.digest) }));
+        else out(`verified: step proof of step ${r.step} (loss ${r.loss.toFixed(4)}, lr ${r.lr.toPrecision(4)}, ${rows.toLocaleString('en-US')} rows written in ${r.writes.length} tensor(s)); the Ghost digest moves ${toHex(ghost.digest)} -> ${toHex(r.ghost.digest)}`);
       } else {
         const r = await verifyUpdate(ghost, bytes);
+        const next = str(v, 'next-ghost');
+        if (next !== undefined) writeFileSync(next, r.ghost.bytes);
         if (v.json === true) out(JSON.stringify({ verified: true, kind: 'update', digest: toHex(ghost.digest), tensor: r.tensor, rows: r.ids.length, next: toHex(r.ghost.digest) }));
         else out(`verified: update proof of tensor ${r.tensor} (${ghost.manifest.tensors[r.tensor]!.name}), ${r.ids.length} rows; the Ghost digest moves ${toHex(ghost.digest)} -> ${toHex(r.ghost.digest)}`);
       }
