@@ -45,9 +45,11 @@ export interface CanonicalForward {
 }
 
 /**
- * Runs the canonical forward over the proof's input and evidence. `reveal(li, ev, need)`
- * returns the rows a layer reads (the verifier checks them against the roots). Checks
- * input shapes as verifyForward does.
+ * Runs the canonical forward over the proof's input and evidence (verifyForward and step
+ * proofs). `reveal(li, ev, need)` returns the rows a layer reads (the verifier checks
+ * them against the roots). Checks each layer's op and input shapes. With `train`, each
+ * kind's trainForward runs where it has one (the records keep what backward needs);
+ * without, its verify.
  */
 export function canonicalForward(
   g: GhostManifest,
@@ -55,6 +57,7 @@ export function canonicalForward(
   input: ProofInput,
   evidence: readonly LayerEvidence[],
   reveal: (li: number, ev: LayerEvidence, need: Map<number, Uint32Array | 'all'>) => Map<number, Revealed>,
+  train = true,
 ): CanonicalForward {
   const spanIds = input.kind === 'ids' ? input.ids : null;
   const spanX = input.kind === 'ids' ? null : input.data;
@@ -91,7 +94,7 @@ export function canonicalForward(
       inputs: want.kind === 'ids' ? [] : (inputs as Float32Array[]),
       reveal: (need: Map<number, Uint32Array | 'all'>) => (revealed = reveal(li, ev, need)),
     };
-    const r = spec.trainForward ? spec.trainForward(l, ctx) : { y: spec.verify(l, ctx), saved: undefined };
+    const r = train && spec.trainForward ? spec.trainForward(l, ctx) : { y: spec.verify(l, ctx), saved: undefined };
     outs.push(r.y);
     records.push({ index: li, layer: l, spec, evidence: ev, sources, ids, inputs: ctx.inputs as Float32Array[], revealed, y: r.y, saved: r.saved });
     cols = spec.outWidth(l, g);

@@ -212,36 +212,32 @@ export function ctopk(scores: Float64Array, k: number, idOf: (pos: number) => nu
  * s_j = cdot(x_i, W_j); with kp < m only the top kp of each row (ctopk: ties to the
  * lower j) are kept and the others are 0. Returns n x m f32, each kept s_j rounded.
  */
-export function cprojection(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number): Float32Array {
-  const y = new Float32Array(n * m);
-  const q = new Float64Array(dIn);
-  for (let i = 0; i < n; i++) {
-    for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
-    const s = cdots(q, W, m, dIn);
-    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]!;
-    else for (const j of ctopk(s, kp)) y[i * m + j] = s[j]!;
-  }
-  return y;
+export function cprojection(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, kept?: Uint32Array): Float32Array {
+  return clinear(x, n, dIn, W, m, kp, null, kept);
 }
 
 /**
  * A linear layer (docs/layer-kinds.md, "Linear"): for each of the n rows, s_j = cdot(x_i,
  * W_j) over the m patterns of W; with kp < m only the top kp (ctopk: ties to the lower j)
  * are kept, the others are 0; then y_ij = f32(s_j + b_j) (the sum in f64; b = 0 without
- * a bias). Without a bias this is cprojection, bit for bit.
+ * a bias: cprojection). With kp < m and `kept` (n x kp), each row's kept columns are
+ * written there, ascending (what the canonical backward needs).
  */
-export function clinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): Float32Array {
-  if (bias === null) return cprojection(x, n, dIn, W, m, kp);
+export function clinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null, kept?: Uint32Array): Float32Array {
   const y = new Float32Array(n * m);
   const q = new Float64Array(dIn);
   for (let i = 0; i < n; i++) {
     for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
     const s = cdots(q, W, m, dIn);
-    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]! + bias[j]!;
-    else {
-      for (let j = 0; j < m; j++) y[i * m + j] = bias[j]!;
-      for (const j of ctopk(s, kp)) y[i * m + j] = s[j]! + bias[j]!;
+    if (kp >= m) {
+      if (bias === null) for (let j = 0; j < m; j++) y[i * m + j] = s[j]!;
+      else for (let j = 0; j < m; j++) y[i * m + j] = s[j]! + bias[j]!;
+      continue;
     }
+    if (bias !== null) for (let j = 0; j < m; j++) y[i * m + j] = bias[j]!;
+    const top = ctopk(s, kp);
+    for (const j of top) y[i * m + j] = bias === null ? s[j]! : s[j]! + bias[j]!;
+    if (kept) kept.set(Uint32Array.from(top).sort(), i * kp);
   }
   return y;
 }
@@ -280,7 +276,18 @@ export function cglu(gate: Float32Array, up: Float32Array): Float32Array {
  * min(k, visible) by ctopk, csoftmax(s, scale) over them, cmix of the v_j slices.
  * Returns n x D f32.
  */
-export function cattention(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kTop: number, causal: boolean, scale: number): Float32Array {
+export function cattention(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  n: number,
+  heads: number,
+  kTop: number,
+  causal: boolean,
+  scale: number,
+  /** Called per head and query with the selected key positions (rank order) and their softmax weights (the canonical backward keeps them). */
+  onQuery?: (h: number, i: number, top: number[], a: Float64Array) => void,
+): Float32Array {
   const D = q.length / n, dk = D / heads;
   const out = new Float32Array(n * D);
   for (let h = 0; h < heads; h++) {
@@ -292,6 +299,7 @@ export function cattention(q: Float32Array, k: Float32Array, v: Float32Array, n:
       const a = csoftmax(Float64Array.from(top, (j) => s[j]!), scale);
       const o = cmix(a, v, top.map((j) => j * D + h * dk), dk);
       for (let t = 0; t < dk; t++) out[i * D + h * dk + t] = o[t]!;
+      onQuery?.(h, i, top, a);
     }
   }
   return out;

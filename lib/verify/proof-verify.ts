@@ -212,66 +212,38 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
  * not decode) otherwise.
  */
 export async function verifyForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions = {}): Promise<VerifiedForward> {
+  const { p, fwd, resolved, budget } = await checkForward(ghost, proof, options, false);
+  options.cache?.record(resolved);
+  return { output: fwd.output, rows: fwd.rows, cols: fwd.cols, cost: { cells: budget.cells, work: budget.work }, input: p.input, firstLayer: p.firstLayer, layers: p.layers.length };
+}
+
+/**
+ * A forward proof checked (roots, selections, the claimed output bit for bit) with its
+ * canonical forward's records (`train`: what the canonical backward needs) and the rows
+ * it revealed (recorded in the cache by the caller once it accepts).
+ */
+async function checkForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, options: VerifyOptions, train: boolean): Promise<{ p: ForwardProof; fwd: CanonicalForward; resolved: Revealed[]; budget: VerifyBudget }> {
   const h = await loadHasher();
   const budget = new VerifyBudget(options.limits);
   const p = openProof(ghost, proof, 'forward', budget);
   const g = ghost.manifest;
   if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
   planForward(g, p, budget);
-  const cache = options.cache;
   const resolved: Revealed[] = [];
-  // The span's input (ids or rows), then each proved layer's output by position.
-  const spanIds = p.input.kind === 'ids' ? p.input.ids : null;
-  const spanX = p.input.kind === 'ids' ? null : p.input.data;
-  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
-  const outs: Float32Array[] = [];
-  let cols = 0;
-  for (let i = 0; i < p.layers.length; i++) {
-    const li = p.firstLayer + i;
-    const l = g.layers[li]!;
-    const ev = p.layers[i]!;
-    if (ev.op !== l.op) fail('LAYER_MISMATCH', `layer ${li} is ${l.op}; the proof says ${ev.op}`);
-    const spec = specOf(l);
-    const input = spec.input(l, g);
-    const sources = layerInputs(g, li).map((j) => (spanSource(p.firstLayer, j) === 'span' ? null : outs[j - p.firstLayer]!));
-    const ids = sources[0] === null ? spanIds : null;
-    const inputs = sources.map((s) => s ?? spanX);
-    if (input.kind === 'ids') {
-      if (!ids) fail('SHAPE', `layer ${li} (${l.op}) takes ids`);
-    } else {
-      for (const x of inputs) {
-        if (!x) fail('SHAPE', `layer ${li} (${l.op}) takes vectors, not ids`);
-        if (x.length !== B * input.cols) fail('SHAPE', `layer ${li} takes ${input.cols} values per row; it got ${x.length / B}`);
-      }
-    }
-    outs.push(spec.verify(l, {
-      manifest: g,
-      evidence: ev,
-      index: li,
-      rows: B,
-      ids,
-      x: inputs[0]!,
-      inputs: input.kind === 'ids' ? [] : (inputs as Float32Array[]),
-      reveal: (need) => {
-        const rev = resolveLayer(h, g, ev, need, cache, li);
-        resolved.push(...rev.values());
-        return rev;
-      },
-    }));
-    cols = spec.outWidth(l, g);
-  }
-  const x = outs[outs.length - 1];
-  const y = x!;
-  const o = p.output;
-  if (o.rows !== B || o.cols !== cols || o.data.length !== y.length) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${B} x ${cols}`);
-  const yb = new Uint8Array(y.buffer), ob = new Uint8Array(o.data.buffer, o.data.byteOffset, o.data.byteLength);
+  const fwd = canonicalForward(g, p.firstLayer, p.input, p.layers, (li, ev, need) => {
+    const rev = resolveLayer(h, g, ev, need, options.cache, li);
+    resolved.push(...rev.values());
+    return rev;
+  }, train);
+  const y = fwd.output, o = p.output;
+  if (o.rows !== fwd.rows || o.cols !== fwd.cols || o.data.length !== y.length) fail('SHAPE', `the claimed output is ${o.rows} x ${o.cols}; the layers give ${fwd.rows} x ${fwd.cols}`);
+  const yb = new Uint8Array(y.buffer, y.byteOffset, y.byteLength), ob = new Uint8Array(o.data.buffer, o.data.byteOffset, o.data.byteLength);
   if (!bytesEqual(yb, ob)) {
     let at = 0;
     while (Object.is(y[at], o.data[at])) at++;
     fail('OUTPUT_MISMATCH', `output[${at}]: the verifier computes ${y[at]}, the proof claims ${o.data[at]}`);
   }
-  cache?.record(resolved);
-  return { output: y, rows: B, cols, cost: { cells: budget.cells, work: budget.work }, input: p.input, firstLayer: p.firstLayer, layers: p.layers.length };
+  return { p, fwd, resolved, budget };
 }
 
 export interface VerifiedUpdate {
@@ -335,14 +307,6 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
  * references and finite differences. Not in the public API.
  */
 export async function canonicalGradients(ghost: PinnedGhost, proof: Uint8Array | ForwardProof, dy: Float32Array, options: VerifyOptions = {}): Promise<{ forward: CanonicalForward; backward: CanonicalBackward }> {
-  const h = await loadHasher();
-  const budget = new VerifyBudget(options.limits);
-  const p = openProof(ghost, proof, 'forward', budget);
-  const g = ghost.manifest;
-  if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
-  planForward(g, p, budget);
-  const fwd = canonicalForward(g, p.firstLayer, p.input, p.layers, (li, ev, need) => resolveLayer(h, g, ev, need, options.cache, li));
-  const y = fwd.output, o = p.output;
-  if (!bytesEqual(new Uint8Array(y.buffer, y.byteOffset, y.byteLength), new Uint8Array(o.data.buffer, o.data.byteOffset, o.data.byteLength))) fail('OUTPUT_MISMATCH', 'the canonical forward differs from the claimed output');
-  return { forward: fwd, backward: canonicalBackward(g, fwd, dy) };
+  const { fwd } = await checkForward(ghost, proof, options, true);
+  return { forward: fwd, backward: canonicalBackward(ghost.manifest, fwd, dy) };
 }

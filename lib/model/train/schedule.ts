@@ -16,6 +16,7 @@
  */
 import { checkInteger, checkNumber, checkOptions, describe } from '../../shared/args.js';
 import { InvalidArgumentError } from '../../shared/errors.js';
+import { cscheduleFactor } from '../../verify/training.js';
 
 export type Schedule =
   | { kind: 'constant' }
@@ -52,22 +53,13 @@ export function checkSchedule(s: unknown): Schedule {
   }
 }
 
-/** The factor the learning rate is multiplied by at step t (0-based), per the formulas above. */
+/**
+ * The factor the learning rate is multiplied by at step t (0-based), per the formulas
+ * above: the canonical computation step proofs use (lib/verify/training.ts: its cosine is
+ * built from + - * / only), so a Trainer and a step-proved model follow one schedule.
+ */
 export function scheduleFactor(schedule: Schedule, step: number): number {
   const s = checkSchedule(schedule);
   const t = checkInteger('step', step, 0, MAX_STEPS);
-  switch (s.kind) {
-    case 'constant':
-      return 1;
-    case 'warmup':
-      return Math.min(1, (t + 1) / s.warmupSteps);
-    case 'cosine': {
-      const W = s.warmupSteps!, T = s.totalSteps, f = s.floor!;
-      if (t < W) return (t + 1) / W;
-      const p = Math.min(1, (t - W) / (T - W));
-      return f + ((1 - f) * (1 + Math.cos(Math.PI * p))) / 2;
-    }
-    case 'step':
-      return s.gamma ** Math.floor(t / s.every);
-  }
+  return cscheduleFactor(s.kind === 'cosine' ? { kind: 'cosine', warmupSteps: s.warmupSteps!, totalSteps: s.totalSteps, floor: s.floor! } : s, t);
 }

@@ -6,7 +6,7 @@
  * tensor whole; the verifier re-derives every selection itself.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { cdot, cdots, cmix, csoftmax, ctopk } from '../canonical.js';
+import { cattention, cprojection } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
 import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, type BackwardContext, type LayerSpec, type VerifyLayerContext } from '../layer-spec.js';
 
@@ -69,56 +69,23 @@ export interface AttentionSaved {
   weights: Float64Array;
 }
 
-/**
- * cprojection (canonical.ts) bit for bit, also giving each row's kept columns
- * (ascending) when `keep` and kp < m.
- */
+/** cprojection, also giving each row's kept columns (ascending) when `keep` and kp < m. */
 function projectKeep(input: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, keep: boolean): { y: Float32Array; kept: Uint32Array | null } {
-  const y = new Float32Array(n * m);
   const kept = keep && kp < m ? new Uint32Array(n * kp) : null;
-  const q = new Float64Array(dIn);
-  for (let i = 0; i < n; i++) {
-    for (let t = 0; t < dIn; t++) q[t] = input[i * dIn + t]!;
-    const s = cdots(q, W, m, dIn);
-    if (kp >= m) for (let j = 0; j < m; j++) y[i * m + j] = s[j]!;
-    else {
-      const top = ctopk(s, kp);
-      for (const j of top) y[i * m + j] = s[j]!;
-      if (kept !== null) {
-        kept.set(top, i * kp);
-        kept.subarray(i * kp, (i + 1) * kp).sort();
-      }
-    }
-  }
-  return { y, kept };
+  return { y: cprojection(input, n, dIn, W, m, kp, kept ?? undefined), kept };
 }
 
-/**
- * cattention (canonical.ts) bit for bit, also giving each (head, query)'s selected keys
- * and softmax weights when `keep`.
- */
+/** cattention, also giving each (head, query)'s selected keys and softmax weights when `keep`. */
 function attendKeep(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kTop: number, causal: boolean, scale: number, keep: boolean):
   { o: Float32Array; kk: number; top: Int32Array; weights: Float64Array } {
-  const D = q.length / n, dk = D / heads, kk = Math.min(kTop, n);
-  const out = new Float32Array(n * D);
+  const kk = Math.min(kTop, n);
   const topAll = new Int32Array(keep ? heads * n * kk : 0).fill(-1);
   const weights = new Float64Array(keep ? heads * n * kk : 0);
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < n; i++) {
-      const m = causal ? i + 1 : n;
-      const s = new Float64Array(m);
-      for (let j = 0; j < m; j++) s[j] = cdot(q, i * D + h * dk, k, j * D + h * dk, dk);
-      const top = ctopk(s, Math.min(kTop, m));
-      const a = csoftmax(Float64Array.from(top, (j) => s[j]!), scale);
-      const o = cmix(a, v, top.map((j) => j * D + h * dk), dk);
-      for (let t = 0; t < dk; t++) out[i * D + h * dk + t] = o[t]!;
-      if (keep) {
-        topAll.set(top, (h * n + i) * kk);
-        weights.set(a, (h * n + i) * kk);
-      }
-    }
-  }
-  return { o: out, kk, top: topAll, weights };
+  const o = cattention(q, k, v, n, heads, kTop, causal, scale, keep ? (h, i, top, a) => {
+    topAll.set(top, (h * n + i) * kk);
+    weights.set(a, (h * n + i) * kk);
+  } : undefined);
+  return { o, kk, top: topAll, weights };
 }
 
 /**

@@ -6,7 +6,7 @@
  * verifier re-derives the kept columns itself.
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { clinear, cdots, ctopk } from '../canonical.js';
+import { clinear } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
 import { GHOST_LIMITS, fail, ghostBad, ghostLimit, type BackwardContext, type LayerSpec, type VerifyLayerContext } from '../layer-spec.js';
 
@@ -41,19 +41,8 @@ export function linearCanonical(g: GhostManifest, l: GhostLinearLayer, x: Float3
  * lower column), y_ij = f32(s_j + b_j) for a kept column, f32(b_j) (or 0) for another.
  */
 export function linearTrain(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): { y: Float32Array; kept: Uint32Array | null } {
-  if (kp >= m) return { y: clinear(x, n, dIn, W, m, kp, bias), kept: null };
-  const y = new Float32Array(n * m);
-  const kept = new Uint32Array(n * kp);
-  const q = new Float64Array(dIn);
-  for (let i = 0; i < n; i++) {
-    for (let t = 0; t < dIn; t++) q[t] = x[i * dIn + t]!;
-    const s = cdots(q, W, m, dIn);
-    if (bias !== null) for (let j = 0; j < m; j++) y[i * m + j] = bias[j]!;
-    const top = ctopk(s, kp);
-    for (const j of top) y[i * m + j] = bias === null ? s[j]! : s[j]! + bias[j]!;
-    kept.set(Uint32Array.from(top).sort(), i * kp);
-  }
-  return { y, kept };
+  const kept = kp < m ? new Uint32Array(n * kp) : null;
+  return { y: clinear(x, n, dIn, W, m, kp, bias, kept ?? undefined), kept };
 }
 
 /** The rows of a tensor the layer's forward revealed whole (its backward reads them), or ProofError BLOCK_IDS. */
