@@ -167,7 +167,13 @@ describe('held keys: the screened canonical selection', () => {
     const subnormal = rng.f32(n * d).map((v) => v * 2 ** -140);
     const zeros = rng.f32(n * d).map((v, i) => (Math.floor(i / d) % 3 === 0 ? 0 : v));
     const huge = rng.f32(n * d).map((v) => v * 2 ** 60);
+    // One base row plus noise of a few f32 ulps, d = 64: the f32 kernels order these keys differently from f64.
+    const dn = 64, nn = 512;
+    const baseRow = rng.f32(dn);
+    const close = new Float32Array(nn * dn);
+    for (let i = 0; i < nn; i++) for (let j = 0; j < dn; j++) close[i * dn + j] = Math.fround(baseRow[j]! * (1 + rng.int(-4, 4) * 2 ** -23));
     for (const sim of sims) {
+      agree({ q: Float64Array.from(rng.f32(6 * dn)), keys: close, n: nn, d: dn, B: 6, k }, sim);
       agree({ q: qNear, keys: near, n, d, B: 1, k }, sim);
       agree({ q: Float64Array.from(rng.f32(2 * d)), keys: tiny, n, d, B: 2, k }, sim);
       agree({ q: Float64Array.from(rng.f32(2 * d)), keys: subnormal, n, d, B: 2, k }, sim);
