@@ -22,6 +22,7 @@ import {
   verifyForward,
   type ForwardProof,
 } from '../lib/index.js';
+import { ProverClient, ProverServer, encodeForwardRequest } from '../lib/serve/index.js';
 import { native, type NativeSimdLevel } from '../lib/tensor/native.js';
 import { cexactTopK, cmix, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../lib/verify/canonical.js';
 import { RowKind } from '../lib/verify/proof-format.js';
@@ -286,5 +287,31 @@ describe('held keys: attacks and options', () => {
     // Refused before anything was resolved: nothing reached the cache.
     expect(cache.size).toBe(0);
     expect(await reason(verifyForward(ghost, r.bytes, { limits: { maxWork: v.cost.work } }))).toBe('ACCEPTED');
+  });
+
+  it('over HTTP: a requireSelection client gets proofs with every key, then held keys in a session; a bad X-Ghost-Reveal-Keys is 400', async () => {
+    const rng = new Rng(25);
+    const n = 1024, d = 32;
+    const { model } = layerModel(rng, { n, d, k: 8, sim: 'cosine', normalize: true });
+    const server = await ProverServer.fromModel(model, { sessions: 2 });
+    const url = await server.listen();
+    try {
+      const digest = (await model.ghost()).digest;
+      const held = await ProverClient.connect(url, digest, { requireSelection: true, session: true });
+      const first = await held.forward(rng.f32(2 * d));
+      expect(first.proof.length).toBeGreaterThan(n * d * 4);
+      const second = await held.forward(rng.f32(2 * d));
+      expect(second.proof.length).toBeLessThan(n / 4 + 8192);
+      // A plain client gets plain proofs (its selection unproven); they fail requireSelection.
+      const plain = await ProverClient.connect(url, digest);
+      const p = await plain.forward(rng.f32(d));
+      expect(p.proof.length).toBeLessThan(n * d);
+      expect(await reason(verifyForward(await pinGhost((await model.ghost()).bytes), p.proof, { requireSelection: true }))).toBe('SELECTION_UNPROVEN');
+      const res = await fetch(`${url}/forward`, { method: 'POST', headers: { 'X-Ghost-Reveal-Keys': 'some' }, body: Buffer.from(encodeForwardRequest({ kind: 'f32', rows: 1, cols: d, data: rng.f32(d) })) });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toBe('BAD_REVEAL_KEYS');
+    } finally {
+      await server.close();
+    }
   });
 });
