@@ -99,7 +99,9 @@ describe('demo', () => {
     expect(r.stdout).toMatch(/^sparse \(k = 32\)\s+\d+\.\d%/m);
     expect(r.stdout).toMatch(/^dense \(all 256\)\s+\d+\.\d%/m);
     expect(r.stdout).toMatch(/proof {2}verified in \d+ ms/);
-    for (const reason of ['OUTPUT_MISMATCH', 'ROOT_MISMATCH', 'DUPLICATE_ID', 'GHOST_MISMATCH']) expect(r.stdout).toContain(`rejected: ${reason}`);
+    for (const reason of ['OUTPUT_MISMATCH', 'ROOT_MISMATCH', 'DUPLICATE_ID', 'GHOST_MISMATCH', 'SELECTION_MISMATCH']) expect(r.stdout).toContain(`rejected: ${reason}`);
+    expect(r.stdout).toMatch(/the selection is proven/);
+    expect(r.stdout).toMatch(/query  8 more: a proof of \d+\.\d KiB \(the keys held/);
     expect(r.stdout).not.toContain('ACCEPTED');
     expect(r.stderr).toBe(''); // --quiet: no progress
   });
