@@ -222,8 +222,9 @@ export class Model {
    * returns the output with a forward proof: per layer the selected ids of every
    * retrieval stage and one block per tensor read (its patterns and one compact
    * multiproof). Each layer's part is its kind's (lib/model/kinds/): product-key layers
-   * select canonically (the verifier re-derives the selection); exact and HNSW layers
-   * select with the fast index on the canonical state rounded to f32 (the verifier
+   * select canonically (the verifier re-derives the selection), and so do exact layers
+   * named by `revealKeys` (held keys: the key tensor revealed whole); other exact and HNSW
+   * layers select with the fast index on the canonical state rounded to f32 (the verifier
    * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
