@@ -99,7 +99,9 @@ describe('demo', () => {
     expect(r.stdout).toMatch(/^sparse \(k = 32\)\s+\d+\.\d%/m);
     expect(r.stdout).toMatch(/^dense \(all 256\)\s+\d+\.\d%/m);
     expect(r.stdout).toMatch(/proof {2}verified in \d+ ms/);
-    for (const reason of ['OUTPUT_MISMATCH', 'ROOT_MISMATCH', 'DUPLICATE_ID', 'GHOST_MISMATCH']) expect(r.stdout).toContain(`rejected: ${reason}`);
+    for (const reason of ['OUTPUT_MISMATCH', 'ROOT_MISMATCH', 'DUPLICATE_ID', 'GHOST_MISMATCH', 'SELECTION_MISMATCH']) expect(r.stdout).toContain(`rejected: ${reason}`);
+    expect(r.stdout).toMatch(/the selection is proven/);
+    expect(r.stdout).toMatch(/query  8 more: a proof of \d+\.\d KiB \(the keys held/);
     expect(r.stdout).not.toContain('ACCEPTED');
     expect(r.stderr).toBe(''); // --quiet: no progress
   });
@@ -142,6 +144,10 @@ describe('train, serve, query, verify, inspect', () => {
     const mine = await local.prove(p.input.kind === 'f32' ? p.input.data : new Float32Array(0));
     expect(res.output.flat()).toEqual(Array.from(mine.output));
     local.close();
+    // --require-selection: the answer reveals every key (the selection is re-derived), and says so in its size.
+    const held = await run('query', s.url, '--digest', digest, '--test-images', '0', '--require-selection', '--json');
+    expect(held.code).toBe(0);
+    expect((JSON.parse(held.stdout) as { proofBytes: number }).proofBytes).toBeGreaterThan(64 * 784 * 4);
 
     const ok = await run('verify', '--ghost', model, proof, '--digest', digest);
     expect([ok.code, ok.stdout.startsWith('verified: forward proof')]).toEqual([0, true]);

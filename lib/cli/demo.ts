@@ -1,8 +1,10 @@
 /**
  * `ghost-tensor demo`: trains the sparse classifier and its dense baseline on the
  * shipped Fashion-MNIST subset, saves the sparse one as a model directory, serves it
- * on loopback, asks for a forward proof over HTTP, verifies it against the pinned
- * Ghost digest, then tampers with it and shows each rejection. Results on stdout,
+ * on loopback, asks for forward proofs over HTTP that prove their selection too (held
+ * keys: the first proof carries every key, the next sends them as held ids), verifies
+ * them against the pinned Ghost digest, then tampers with the first and shows each
+ * rejection. Results on stdout,
  * progress on stderr.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -12,6 +14,8 @@ import { join, relative } from 'node:path';
 import { FormatError, ProofError } from '../shared/errors.js';
 import { HopfieldLookup } from '../model/kinds/hopfield.js';
 import { Model } from '../model/model.js';
+import type { SparseTensor } from '../tensor/sparse-tensor.js';
+import { cmix, csimilarity, csoftmax, cstate } from '../verify/canonical.js';
 import { decodeProof, encodeProof, type ForwardProof } from '../verify/proof-format.js';
 import { verifyForward, type PinnedGhost } from '../verify/proof-verify.js';
 import { ProverClient } from '../serve/client.js';
@@ -84,10 +88,12 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const shown = relative(PACKAGE_ROOT, dir).startsWith('..') ? dir : relative(process.cwd(), dir);
     print(`saved  ${shown}: ghost.bin (${ghost.bytes.length} bytes) + ${model.tensors.length} tensor files`);
     print(`ghost  digest ${toHex(ghost.digest)}`);
-    server = await ProverServer.open(dir);
+    // One session: the client's cache keeps the keys of the first proof, so the next sends them as ids.
+    server = await ProverServer.open(dir, { sessions: 1 });
     const url = await server.listen();
     print(`serve  prover on ${url} (POST /forward), client pinned to that digest`);
-    const client = await ProverClient.connect(url, ghost.digest);
+    // requireSelection: the server reveals every key, and the client re-derives each top-k itself.
+    const client = await ProverClient.connect(url, ghost.digest, { requireSelection: true, session: true });
     const B = 8;
     const x = test.x.slice(0, B * 784);
     const t0 = performance.now();
@@ -95,9 +101,13 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const ms = performance.now() - t0;
     const pred = Array.from({ length: B }, (_, b) => argmax(served.output, b * 10, 10));
     const right = pred.filter((p, b) => p === test.y[b]).length;
-    print(`query  ${B} test images over HTTP -> 10 logits each + a forward proof of ${kib(served.proof.length)}`);
+    print(`query  ${B} test images over HTTP -> 10 logits each + a forward proof of ${kib(served.proof.length)} (every key, once)`);
     print(`proof  verified in ${ms.toFixed(0)} ms (request, proving and verification): ${right}/${B} right`);
     print(`       predicted: ${pred.map((p) => CLASS_NAMES[p]).join(', ')}`);
+    print(`       the selection is proven: the client re-derived each image's top-${k} of all ${size.n.toLocaleString('en-US')} keys`);
+    const t1 = performance.now();
+    const again = await client.forward(test.x.slice(B * 784, 2 * B * 784));
+    print(`query  ${B} more: a proof of ${kib(again.proof.length)} (the keys held from the first: 2 bits each), verified in ${(performance.now() - t1).toFixed(0)} ms`);
     print('');
     print('tamper with the proof; each must be rejected:');
     const tampers = await tamperings(served.proof, ghost, sparse, dense);
@@ -115,7 +125,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 
 async function verdict(ghost: PinnedGhost, bytes: Uint8Array): Promise<string> {
   try {
-    await verifyForward(ghost, bytes);
+    await verifyForward(ghost, bytes, { requireSelection: true });
     return 'ACCEPTED (a bug)';
   } catch (err) {
     if (err instanceof ProofError || err instanceof FormatError) return `rejected: ${err.reason}`;
@@ -143,5 +153,26 @@ async function tamperings(proof: Uint8Array, ghost: PinnedGhost, sparse: Trained
   // 4. The honest proof, checked against the dense baseline's Ghost file (another model).
   const other = new Model([new HopfieldLookup({ keys: dense.layer.keys, values: dense.layer.values, k: sparse.layer.k, similarity: 'cosine', normalize: true, beta: dense.layer.beta })]);
   out.push(['present it as the dense model\'s answer', await verdict(await other.ghost(), proof)]);
+  // 5. Input 0 attends to another genuine pattern instead of its last-ranked one: its value
+  //    row with a valid multiproof, the output recomputed canonically (without held keys, accepted).
+  const chosen = decodeProof(proof) as ForwardProof;
+  const ev = chosen.layers[0]!;
+  const l = sparse.layer, k = l.k, d = l.dim, dv = l.outDim;
+  const st = ev.stages[0]!;
+  let id = 0;
+  while (st.subarray(0, k).includes(id)) id++;
+  st[k - 1] = id;
+  const need = Uint32Array.from(new Set(st)).sort();
+  const pr = l.values.prove(need);
+  ev.blocks[1] = { tensor: ev.blocks[1]!.tensor, dim: dv, all: false, ids: need, kinds: new Uint8Array(need.length), payload: Array.from(need, (_, i) => pr.leaves.slice(i * dv, (i + 1) * dv)), hashes: pr.proof };
+  const input = chosen.input.kind === 'f32' ? chosen.input.data : new Float32Array(0);
+  for (let b = 0; b < chosen.output.rows; b++) {
+    const ids = st.subarray(b * k, (b + 1) * k);
+    const q = cstate(input, b * d, d, l.normalize);
+    const rows = (l.keys as SparseTensor).gather(ids);
+    const s = Float64Array.from(ids, (_, i) => csimilarity(l.similarity, q, rows, i * d, d));
+    chosen.output.data.set(Float32Array.from(cmix(csoftmax(s, l.beta), l.values.gather(ids), Array.from(ids, (_, i) => i * dv), dv)), b * dv);
+  }
+  out.push(['attend to another pattern (re-proved honestly)', await verdict(ghost, encodeProof(chosen))]);
   return out;
 }

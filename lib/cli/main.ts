@@ -404,6 +404,8 @@ and accepts the answer only if its forward proof verifies and is of these inputs
   --input FILE         raw little-endian f32 values, B x (the model's input width)
   --test-images LIST   images of the shipped test subset, e.g. 0,1,2 (for the demo's classifier)
   --proof-out FILE     write the received proof (for \`ghost-tensor verify\`)
+  --require-selection  ask for held keys and refuse a proof whose top-k selection cannot be
+                       re-derived (an exact layer's keys travel whole; docs/proof-format.md 5)
   --json               print the result as JSON
   --deadline SECONDS   per call (connect, then forward), retries on an unreachable server or
                        a 503 included, default 5
@@ -415,6 +417,7 @@ Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
       input: { type: 'string' },
       'test-images': { type: 'string' },
       'proof-out': { type: 'string' },
+      'require-selection': { type: 'boolean' },
       json: { type: 'boolean' },
       deadline: { type: 'string' },
     },
@@ -445,7 +448,7 @@ Exit 0 verified, 1 rejected, 4 server unreachable or refused.`,
         throw e instanceof FormatError ? new Rejected(e) : e;
       };
       const deadlineMs = num(v, 'deadline', 5, 0.001, 86_400, false) * 1000;
-      const client = await ProverClient.connect(url!, fromHex(hex), { ...gen, deadlineMs }).catch(rejectUndecodable);
+      const client = await ProverClient.connect(url!, fromHex(hex), { ...gen, deadlineMs, requireSelection: v['require-selection'] === true }).catch(rejectUndecodable);
       const r = await client.forward(x, { deadlineMs }).catch(rejectUndecodable);
       const pout = str(v, 'proof-out');
       if (pout !== undefined) writeFileSync(pout, r.proof);

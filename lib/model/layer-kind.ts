@@ -39,6 +39,12 @@ export interface ProveLayerContext {
   readonly inputs: readonly Float32Array[];
   readonly cache: PatternCache | undefined;
   readonly threads: number | undefined;
+  /**
+   * Held keys (ProveOptions.revealKeys): reveal this layer's key tensor whole and select
+   * canonically, so the verifier re-derives the selection. Exact-index Hopfield layers
+   * apply it; other kinds ignore it.
+   */
+  readonly revealKeys?: boolean;
   /** The model's tensor at Ghost-file index `i`, and a tensor's index. */
   tensor(i: number): SparseTensor;
   tensorIndex(t: SparseTensor): number;

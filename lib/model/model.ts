@@ -51,6 +51,16 @@ export interface ProveOptions {
   cache?: PatternCache;
   /** Worker threads for the product-key selection. */
   threads?: number;
+  /**
+   * Held keys (docs/proof-format.md section 5): 'all' reveals the key tensor of every
+   * exact-index HopfieldLookup in the span whole and selects canonically, so a verifier
+   * re-derives each selection (verifyForward's requireSelection accepts only such
+   * proofs); a list names the layers (each an exact-index HopfieldLookup in the span).
+   * The first proof carries every key (N x d f32, no hashes); with a `cache`, later
+   * proofs send them as held ids (2 bits a key). Default 'none': the selection is the
+   * prover's. HNSW layers keep the graph's selection (unproven) under 'all'.
+   */
+  revealKeys?: 'none' | 'all' | readonly number[];
 }
 
 export interface ProvedForward {
@@ -250,12 +260,13 @@ export class Model {
    * returns the output with a forward proof: per layer the selected ids of every
    * retrieval stage and one block per tensor read (its patterns and one compact
    * multiproof). Each layer's part is its kind's (lib/model/kinds/): product-key layers
-   * select canonically (the verifier re-derives the selection); exact and HNSW layers
-   * select with the fast index on the canonical state rounded to f32 (the verifier
+   * select canonically (the verifier re-derives the selection), and so do exact layers
+   * named by `revealKeys` (held keys: the key tensor revealed whole); other exact and HNSW
+   * layers select with the fast index on the canonical state rounded to f32 (the verifier
    * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
-    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads']);
+    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys']);
     if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);
     const first = options.firstLayer ?? 0;
     const count = options.layers ?? this.layers.length - first;
@@ -267,6 +278,7 @@ export class Model {
       }
     }
     const ghost = await this.ghost();
+    const reveal = revealedKeyLayers(ghost.manifest, first, count, options.revealKeys);
     const checked = this.#checkInput(first, input, true);
     let spanX: Float32Array | null = null;
     let spanIds: Uint32Array | null = null;
@@ -299,6 +311,7 @@ export class Model {
         inputs: spanIds !== null && sources[0] === null ? [] : inputs,
         cache,
         threads: options.threads,
+        revealKeys: reveal.has(li),
         tensor: (i) => this.tensors[i]!,
         tensorIndex: (t) => this.#index(t),
         block: (i, rows) => {
@@ -540,4 +553,25 @@ export class Model {
     model.#training = training;
     return model;
   }
+}
+
+/** The layers of a span [first, first + count) whose keys a proof reveals whole (ProveOptions.revealKeys). */
+function revealedKeyLayers(g: GhostManifest, first: number, count: number, o: ProveOptions['revealKeys']): Set<number> {
+  const out = new Set<number>();
+  const exact = (li: number): boolean => {
+    const l = g.layers[li]!;
+    return l.op === 'hopfield' && l.index.kind === 'exact';
+  };
+  if (o === undefined || o === 'none') return out;
+  if (o === 'all') {
+    for (let li = first; li < first + count; li++) if (exact(li)) out.add(li);
+    return out;
+  }
+  if (!Array.isArray(o)) throw new InvalidArgumentError(`revealKeys must be 'none', 'all' or a list of layer indexes, got ${String(o)}`);
+  for (const li of o as readonly unknown[]) {
+    if (typeof li !== 'number' || !Number.isInteger(li) || li < first || li >= first + count) throw new InvalidArgumentError(`revealKeys: ${String(li)} is not a layer of the proved span ${first}..${first + count - 1}`);
+    if (!exact(li)) throw new InvalidArgumentError(`revealKeys: layer ${li} is not a HopfieldLookup with an exact index (only those select over keys a proof can reveal whole)`);
+    out.add(li);
+  }
+  return out;
 }

@@ -48,6 +48,15 @@ export interface ProverClientOptions {
   session?: boolean;
   /** What verifying one proof may cost (default DEFAULT_VERIFIER_LIMITS; docs/proof-format.md, "Verifier limits"): past them, ProofError BUDGET from the headers. */
   limits?: Partial<VerifierLimits>;
+  /**
+   * Held keys (docs/serving.md, docs/proof-format.md section 5): forward requests ask
+   * the server to reveal the keys of its exact-index Hopfield layers whole
+   * (`X-Ghost-Reveal-Keys: all`) and proofs are verified with `requireSelection`, so a
+   * proof whose selection the client cannot re-derive (an HNSW layer, or a server that
+   * ignores the request) is refused with ProofError SELECTION_UNPROVEN. With `session`
+   * the keys travel whole once and then as held ids.
+   */
+  requireSelection?: boolean;
 }
 
 /** Options of one call. */
@@ -80,6 +89,7 @@ export class ProverClient {
   readonly url: string;
   readonly #o: { token?: string; timeoutMs: number; maxResponseBytes: number; deadlineMs: number; attempts: number; baseMs: number; maxMs: number };
   readonly #limits: VerifierLimits;
+  readonly #requireSelection: boolean;
   #ghost: PinnedGhost;
   #generation: number;
   /** The Ghost files of the recent generations this client verified (the current one included). */
@@ -107,6 +117,7 @@ export class ProverClient {
       ...(o.token === undefined ? {} : { token: o.token }),
     };
     this.#limits = verifierLimits(o.limits);
+    this.#requireSelection = o.requireSelection === true;
     this.#session = o.session === true ? { id: globalThis.crypto.randomUUID().replace(/-/g, ''), cache: new PatternCache(0), seq: 0, lock: Promise.resolve() } : null;
   }
 
@@ -232,7 +243,9 @@ export class ProverClient {
     // The answer must be at least as new as the Ghost file pinned when asking (no replays).
     const asked = this.#generation;
     const s = this.#session;
-    const r = await this.#request('POST', '/forward', deadline, encodeForwardRequest(req), false, undefined, s ? { 'X-Ghost-Session': s.id, 'X-Ghost-Session-Seq': String(s.seq) } : undefined);
+    const headers: Record<string, string> = s ? { 'X-Ghost-Session': s.id, 'X-Ghost-Session-Seq': String(s.seq) } : {};
+    if (this.#requireSelection) headers['X-Ghost-Reveal-Keys'] = 'all';
+    const r = await this.#request('POST', '/forward', deadline, encodeForwardRequest(req), false, undefined, Object.keys(headers).length > 0 ? headers : undefined);
     // Cheap checks first: the proof must be of this input.
     const p = decodeProof(r.body, { kind: 'forward', limits: this.#limits });
     if (p.kind !== 'forward') throw new ProofError('WRONG_KIND', 'the server answered a forward request with an update proof');
@@ -254,7 +267,7 @@ export class ProverClient {
     }
     let v: Awaited<ReturnType<typeof verifyForward>>;
     try {
-      v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits, ...(cache ? { cache } : {}) });
+      v = await verifyForward(this.#history.get(at) ?? this.#ghost, r.body, { limits: this.#limits, requireSelection: this.#requireSelection, ...(cache ? { cache } : {}) });
     } catch (err) {
       // A rejected proof changes nothing here, but the server's mirror moved: start afresh next time.
       if (s) s.seq = 0;

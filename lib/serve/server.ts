@@ -574,6 +574,9 @@ export class ProverServer {
         const B = batchOf(input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(input);
+        // Held keys (docs/serving.md): the client asks for proofs whose exact selection it can re-derive.
+        const revealHeader = req.headers['x-ghost-reveal-keys'];
+        if (revealHeader !== undefined && revealHeader !== 'all' && revealHeader !== 'none') throw new HttpError(400, 'BAD_REVEAL_KEYS', "X-Ghost-Reveal-Keys must be 'all' or 'none'");
         const session = this.#session(req);
         try {
           const out = await this.#sched.run(false, async () => {
@@ -583,6 +586,7 @@ export class ProverServer {
               const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, {
                 ...(this.#o.threads === undefined ? {} : { threads: this.#o.threads }),
                 ...(session ? { cache: session.cache } : {}),
+                ...(revealHeader === 'all' ? { revealKeys: 'all' as const } : {}),
               });
               return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
             } finally {

@@ -83,7 +83,8 @@ export type ProofFailure =
   | 'BLOCK_IDS' // a block does not reveal exactly the patterns the claimed computation reads
   | 'DUPLICATE_ID' // one input's k selected ids repeat an id
   | 'NOT_HELD' // a pattern sent by id only (or as a delta) is not in the verifier's cache
-  | 'SELECTION_MISMATCH' // product keys: the claimed ids are not the top-k the verifier re-derives
+  | 'SELECTION_MISMATCH' // product keys, or held keys (an exact layer revealing every key): the claimed ids are not the top-k the verifier re-derives
+  | 'SELECTION_UNPROVEN' // requireSelection: an exact or HNSW layer's proof does not reveal its keys whole, so its selection cannot be re-derived
   | 'OUTPUT_MISMATCH' // the verifier's canonical recomputation differs from the claimed output
   | 'UPDATE_MISMATCH' // an update proof's new root differs from the one the verifier computes
   | 'NO_TRAINING_RULE' // a step proof for a Ghost file that commits no training rule (format 3), or a model without one asked to prove a step

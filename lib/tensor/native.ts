@@ -225,6 +225,10 @@ export interface NativeAddon {
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined, screen?: NativeSimdLevel | 'none',
   ): { ids: Uint32Array; scores: Float64Array; canonicalRows: number };
+  canonicalExactTopK(
+    q: Float64Array, keys: Float32Array, n: number, d: number, B: number, k: number, metric: NativeMetric,
+    threads: number | undefined, screen?: NativeSimdLevel | 'none',
+  ): { ids: Uint32Array; scores: Float64Array; canonicalRows: number };
   openTensorFile(path: string, options: NativeFileOpenOptions): NativeOpenedFile;
   openTensorFileAsync(path: string, options: NativeFileOpenOptions): Promise<NativeOpenedFile>;
   /** Test only: records the file operations of tensor files (native/src/core/tensor_file.h). */

@@ -208,6 +208,31 @@ export function ctopk(scores: Float64Array, k: number, idOf: (pos: number) => nu
 }
 
 /**
+ * The exact top-k of all n keys (n x d f32) for state q under `sim` (held keys,
+ * docs/proof-format.md section 5): csimilarity of every key, then ctopk (score
+ * descending, ties to the lower id). `norms`, for cosine, may hold each key's
+ * sqrt(cdot(K_i, K_i)) computed once (the same bits as csimilarity's). Returns the ids
+ * in rank order and their scores.
+ */
+export function cexactTopK(sim: CanonicalSimilarity, q: Float64Array, keys: Float32Array, n: number, d: number, k: number, norms?: Float64Array): { ids: Uint32Array; scores: Float64Array } {
+  let s: Float64Array;
+  if (sim === 'ip') s = cdots(q, keys, n, d);
+  else if (sim === 'cosine') {
+    s = cdots(q, keys, n, d);
+    const nq = Math.sqrt(cdot(q, 0, q, 0, d));
+    for (let i = 0; i < n; i++) {
+      const nk = norms ? norms[i]! : Math.sqrt(cdot(keys, i * d, keys, i * d, d));
+      s[i] = nq === 0 || nk === 0 ? 0 : s[i]! / (nq * nk);
+    }
+  } else {
+    s = new Float64Array(n);
+    for (let i = 0; i < n; i++) s[i] = csimilarity('l2', q, keys, i * d, d);
+  }
+  const top = ctopk(s, Math.min(k, n));
+  return { ids: Uint32Array.from(top), scores: Float64Array.from(top, (p) => s[p]!) };
+}
+
+/**
  * A projection (docs/attention.md) of n rows x (dIn f32 each) by the m patterns of W:
  * s_j = cdot(x_i, W_j); with kp < m only the top kp of each row (ctopk: ties to the
  * lower j) are kept and the others are 0. Returns n x m f32, each kept s_j rounded.

@@ -11,6 +11,7 @@ import { InvalidArgumentError, ProofError } from '../shared/errors.js';
 import { canonicalBackward, canonicalForward, type CanonicalBackward, type CanonicalForward } from './backward.js';
 import { coptimizerStep } from './canonical.js';
 import { decodeGhost, encodeGhost, layerInputs, spanSource, withRoot, type GhostManifest } from './ghost-file.js';
+import { hopfieldRevealsKeys, planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
 import { specOf } from './kinds/index.js';
 import { fail, type Revealed } from './layer-spec.js';
 import { checkMultiproof, loadHasher, type MerkleHasher } from './merkle.js';
@@ -64,6 +65,13 @@ export interface VerifyOptions {
    * and refused past these (ProofError BUDGET) before the allocation or the work.
    */
   limits?: Partial<VerifierLimits>;
+  /**
+   * Refuse (ProofError SELECTION_UNPROVEN) a proof in which an exact or HNSW Hopfield
+   * layer's selection is the prover's word: one whose proof does not reveal the layer's
+   * keys whole (held keys, docs/proof-format.md section 5). Every other kind's
+   * selection is re-derived anyway. verifyForward only; default false.
+   */
+  requireSelection?: boolean;
 }
 
 /** What checking a proof was charged (VerifierLimits): cells of memory and estimated work units. */
@@ -200,6 +208,7 @@ function planForward(g: GhostManifest, p: ForwardProof, budget: VerifyBudget): v
     }
     const spec = specOf(l);
     spec.plan(l, g, B, budget, li);
+    if (l.op === 'hopfield') planHopfieldSelection(l as GhostHopfieldLayer, g, ev, B, budget, li);
     width = spec.outWidth(l, g);
   }
   const o = p.output;
@@ -229,6 +238,14 @@ async function checkForward(ghost: PinnedGhost, proof: Uint8Array | ForwardProof
   const g = ghost.manifest;
   if (p.firstLayer + p.layers.length > g.layers.length) fail('LAYER_MISMATCH', `layers ${p.firstLayer}..${p.firstLayer + p.layers.length - 1} do not exist (the model has ${g.layers.length})`);
   planForward(g, p, budget);
+  if (options.requireSelection) {
+    p.layers.forEach((ev, i) => {
+      const l = g.layers[p.firstLayer + i]!;
+      if (l.op === 'hopfield' && !hopfieldRevealsKeys(l as GhostHopfieldLayer, ev) && (l as GhostHopfieldLayer).index.kind !== 'product-keys') {
+        fail('SELECTION_UNPROVEN', `layer ${p.firstLayer + i} (${(l as GhostHopfieldLayer).index.kind} index) does not reveal its keys whole, so its selection cannot be re-derived (prove with revealKeys)`);
+      }
+    });
+  }
   const resolved: Revealed[] = [];
   const fwd = canonicalForward(g, p.firstLayer, p.input, p.layers, (li, ev, need) => {
     const rev = resolveLayer(h, g, ev, need, options.cache, li);

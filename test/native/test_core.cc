@@ -669,6 +669,37 @@ static void test_canonical() {
   }
 }
 
+// Held keys (canonical::exact_topk): the screened selection gives the bits of scoring
+// every key in f64 at every SIMD level and metric, scores few keys on random data, and
+// scores every key for states beyond f32 range or tables it cannot bound.
+static void test_exact_topk() {
+  namespace c = gt::canonical;
+  std::mt19937 gen(4242);
+  std::uniform_real_distribution<float> u(-1, 1);
+  const size_t n = 400, d = 13, B = 5, k = 7;
+  std::vector<float> K(n * d), Qf(B * d);
+  for (auto& x : K) x = u(gen);
+  for (auto& x : Qf) x = u(gen);
+  std::vector<double> Q(Qf.begin(), Qf.end());
+  for (size_t j = 0; j < d; ++j) Q[3 * d + j] *= 1e200;  // state 3: not an f32: scored in full
+  for (size_t i = 0; i < d; ++i) K[5 * d + i] = 0.0f;      // a zero key (cosine 0)
+  bool same = true, few = true;
+  for (gt::Metric m : {gt::Metric::IP, gt::Metric::Cosine, gt::Metric::L2}) {
+    std::vector<uint32_t> ref_ids(B * k), ids(B * k);
+    std::vector<double> ref_sc(B * k), sc(B * k);
+    size_t rows = 0;
+    c::exact_topk(Q.data(), K.data(), n, d, B, k, m, ref_ids.data(), ref_sc.data(), 1, nullptr, &rows);
+    same = same && rows == n * B;
+    for (gt::SimdLevel level : gt::supported_simd_levels()) {
+      c::exact_topk(Q.data(), K.data(), n, d, B, k, m, ids.data(), sc.data(), 2, &gt::kernels_for(level), &rows);
+      same = same && ids == ref_ids && std::memcmp(sc.data(), ref_sc.data(), sc.size() * sizeof(double)) == 0;
+      few = few && rows < n + (B - 1) * n / 4;
+    }
+  }
+  CHECK(same);
+  CHECK(few);
+}
+
 // Tensor files: save, open, train, checkpoint, "crash" (drop the handle without
 // closing), reopen: the rows, the root (against a fresh in-memory rebuild) and the
 // optimizer state must equal an in-memory run of the same steps; damaged headers and
@@ -1057,6 +1088,7 @@ int main() {
   test_optimizer();
   test_dense_hopfield();
   test_product_keys();
+  test_exact_topk();
   test_canonical();
   test_tensor_file();
   test_attention();

@@ -416,22 +416,27 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
   },
 
   /**
-   * Product-key layers select canonically (the verifier re-derives the selection);
-   * exact and HNSW layers select with the fast index on the canonical state rounded to
-   * f32 (the verifier cannot re-check that choice: see the docs). The scores and mixes
-   * are the canonical arithmetic, run natively.
+   * Product-key layers select canonically (the verifier re-derives the selection), and
+   * so do exact layers with held keys (c.revealKeys: the key tensor is revealed whole
+   * and each stage's exact top-k of all N keys is taken with the screened canonical
+   * selection, canonicalExactTopK). Otherwise exact and HNSW layers select with the fast
+   * index on the canonical state rounded to f32 (the verifier cannot re-check that
+   * choice: see the docs). The scores and mixes are the canonical arithmetic, run natively.
    */
   async prove(l, c): Promise<ProvedLayer> {
     const gl = c.ghost.manifest.layers[c.index] as GhostHopfieldLayer;
     const B = c.rows, k = l.k, d = l.dim;
     const nat = native();
     const pk = l.keys instanceof ProductKeyIndex ? l.keys : null;
+    const heldKeys = c.revealKeys === true && !pk && l.index === 'exact';
     let q = callNative(() => nat.canonicalStates(c.x!, B, d, l.normalize));
     // Product keys: the proof reveals both tables whole; the selection reads those rows.
+    // Held keys: the key tensor whole.
     const whole = new Map<number, { block: PatternBlock; resolved: ResolvedBlock }>();
-    if (pk) for (const ti of gl.keys) if (!whole.has(ti)) whole.set(ti, c.block(ti, 'all'));
+    if (pk || heldKeys) for (const ti of heldKeys ? [gl.keys[0]!] : gl.keys) if (!whole.has(ti)) whole.set(ti, c.block(ti, 'all'));
     const t1 = pk ? whole.get(gl.keys[0]!)!.resolved.rows : null;
     const t2 = pk ? whole.get(gl.keys[1]!)!.resolved.rows : null;
+    const allKeys = heldKeys ? whole.get(gl.keys[0]!)!.resolved : null;
     // One block per tensor the layer reads, as the verifier requires them (hopfieldReads).
     const made = new Map<number, { block: PatternBlock; resolved: ResolvedBlock }>();
     const stages: Uint32Array[] = [];
@@ -446,6 +451,11 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
         ids = r.ids;
         s = r.scores;
         keyRows = last ? new Float32Array(0) : pk.keyRows(ids);
+      } else if (allKeys) {
+        const r = callNative(() => nat.canonicalExactTopK(q, allKeys.rows, allKeys.ids.length, d, B, k, l.similarity, c.threads));
+        ids = r.ids;
+        s = r.scores;
+        keyRows = last ? new Float32Array(0) : rowsOf(allKeys, ids);
       } else {
         const keys = l.keys as SparseTensor;
         const r = await keys.searchBatch(Float32Array.from(q), k, {
@@ -462,7 +472,7 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
       let rows = keyRows;
       if (last) {
         // The last stage's value rows come from the values' block (no second gather).
-        for (const [ti, reads] of hopfieldReads(gl, stages)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
+        for (const [ti, reads] of hopfieldReads(gl, stages, heldKeys)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
         rows = rowsOf(made.get(gl.values)!.resolved, ids);
       }
       out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
@@ -470,7 +480,7 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
     }
     const blocks: PatternBlock[] = [];
     const resolved: ResolvedBlock[] = [];
-    for (const ti of hopfieldReads(gl, stages).keys()) {
+    for (const ti of hopfieldReads(gl, stages, heldKeys).keys()) {
       const b = made.get(ti)!;
       blocks.push(b.block);
       resolved.push(b.resolved);

@@ -6,8 +6,9 @@
  * every stage with the selection held (docs/layer-kinds.md, "HopfieldLookup").
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
-import { cdot, cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
+import { cdot, cexactTopK, cmix, cproductKeys, csimilarity, csoftmax, cstate, type CanonicalSimilarity } from '../canonical.js';
 import type { GhostManifest } from '../ghost-file.js';
+import type { LayerEvidence, VerifyBudget } from '../proof-format.js';
 import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from '../layer-spec.js';
 
 export type GhostIndex =
@@ -39,9 +40,11 @@ const INDEX_KINDS = ['exact', 'hnsw', 'product-keys'] as const;
  * prover writes these blocks, the verifier requires exactly them): product keys, both
  * sub-key tables whole ('all') and the values at the last stage's ids; otherwise the
  * keys at every stage's ids and the values at the last stage's (one set when keys and
- * values are one tensor).
+ * values are one tensor). With `allKeys` (held keys: an exact or HNSW layer whose
+ * proof reveals its key tensor whole, docs/proof-format.md section 5) the keys are
+ * 'all' instead, and the verifier re-derives each stage's exact top-k from them.
  */
-export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Array[]): Map<number, Uint32Array | 'all'> {
+export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Array[], allKeys = false): Map<number, Uint32Array | 'all'> {
   const last = stages[stages.length - 1]!;
   const reads = new Map<number, Uint32Array | 'all'>();
   if (l.index.kind === 'product-keys') {
@@ -49,10 +52,33 @@ export function hopfieldReads(l: GhostHopfieldLayer, stages: readonly Uint32Arra
     reads.set(l.keys[1]!, 'all');
     reads.set(l.values, sortedUniqueIds([last]));
   } else {
-    reads.set(l.keys[0]!, sortedUniqueIds(stages));
+    reads.set(l.keys[0]!, allKeys ? 'all' : sortedUniqueIds(stages));
     if (l.values !== l.keys[0]) reads.set(l.values, sortedUniqueIds([last]));
   }
   return reads;
+}
+
+/**
+ * Whether a proof of this layer reveals its keys whole (held keys): an exact or HNSW
+ * layer whose key tensor's block is an all-rows block. The verifier then re-derives the
+ * selection; without it the selection is the prover's (requireSelection refuses it).
+ */
+export function hopfieldRevealsKeys(l: GhostHopfieldLayer, ev: LayerEvidence): boolean {
+  return l.index.kind !== 'product-keys' && ev.blocks.some((b) => b.tensor === l.keys[0] && b.all);
+}
+
+/**
+ * Charges re-deriving the selection of a held-keys proof (every key scored per input
+ * and stage, twice the dot products for cosine norms once per layer, the ranking)
+ * before any of it is done; nothing for other layers. proof-verify.ts calls it beside
+ * the kind's plan, from the proof's headers.
+ */
+export function planHopfieldSelection(l: GhostHopfieldLayer, m: GhostManifest, ev: LayerEvidence, B: number, budget: VerifyBudget, li: number): void {
+  if (!hopfieldRevealsKeys(l, ev)) return;
+  const n = m.tensors[l.keys[0]!]!.n;
+  budget.cellsFor(2 * n, `layer ${li}'s scores of all ${n} keys`);
+  if (l.similarity === 'cosine') budget.workFor(n * l.dIn, `layer ${li}'s ${n} key norms`);
+  budget.workFor(B * l.updateSteps * n * (l.dIn + 16), `layer ${li}'s exact top-${l.k} of ${n} keys for ${B} inputs and ${l.updateSteps} stages`);
 }
 
 export const hopfieldSpec: LayerSpec<GhostHopfieldLayer> = {
@@ -181,12 +207,16 @@ function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: b
       }
     }
   }
-  const rev = ctx.reveal(hopfieldReads(l, ev.stages));
+  const held = hopfieldRevealsKeys(l, ev);
+  const rev = ctx.reveal(hopfieldReads(l, ev.stages, held));
   const V = rev.get(l.values)!;
   const out = new Float32Array(B * l.dOut);
   const saved: HopfieldSaved | null = keep ? { q: new Float64Array(B * S * d), s: new Float64Array(B * S * k), a: new Float64Array(B * S * k) } : null;
   const sub = pk ? { t1: rev.get(l.keys[0]!)!, t2: rev.get(l.keys[1]!)!, n: (l.index as { subKeys: number }).subKeys } : null;
   const K = pk ? null : rev.get(l.keys[0]!)!;
+  // Held keys: every key is here (an all-rows block, rows in id order); cosine norms once.
+  const nK = K ? K.ids.length : 0;
+  const norms = held && l.similarity === 'cosine' ? Float64Array.from({ length: nK }, (_, i) => Math.sqrt(cdot(K!.rows, i * d, K!.rows, i * d, d))) : undefined;
   for (let b = 0; b < B; b++) {
     let q = cstate(x, b * d, d, l.normalize);
     for (let si = 0; si < S; si++) {
@@ -197,6 +227,12 @@ function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: b
         const sel = cproductKeys(q, sub.t1.rows, sub.t2.rows, sub.n, d1, sub.t2.dim, k);
         for (let i = 0; i < k; i++) {
           if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the product-key top-${k} has ${sel.ids[i]}`);
+        }
+        s = sel.scores;
+      } else if (held) {
+        const sel = cexactTopK(l.similarity, q, K!.rows, nK, d, k, norms);
+        for (let i = 0; i < k; i++) {
+          if (sel.ids[i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} stage ${si} input ${b}: rank ${i} is id ${ids[i]}; the exact top-${k} of all ${nK} keys has ${sel.ids[i]}`);
         }
         s = sel.scores;
       } else {

@@ -397,6 +397,181 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
   if (canonical_rows != nullptr) *canonical_rows = scored_all.load();
 }
 
+namespace {
+
+// Canonical similarities of state qb (|qb| = nq, canonical, for cosine) with the keys
+// rows[c] (c < m; all n keys in order when rows is nullptr), as scores() computes them.
+void score_rows(const double* qb, double nq, const float* keys, const uint32_t* rows, size_t m, size_t d, Metric metric,
+                double* s) {
+  if (metric == Metric::IP) {
+    if (rows == nullptr) dots(qb, keys, m, d, s);
+    else dots_rows(qb, keys, rows, m, d, s);
+    return;
+  }
+  for (size_t c = 0; c < m; ++c) {
+    const float* r = keys + static_cast<size_t>(rows == nullptr ? c : rows[c]) * d;
+    double t = 0.0;
+    if (metric == Metric::Cosine) {
+      for (size_t j = 0; j < d; ++j) t = t + static_cast<double>(r[j]) * static_cast<double>(r[j]);
+      const double nk = std::sqrt(t);
+      s[c] = (nq == 0.0 || nk == 0.0) ? 0.0 : dot(qb, r, d) / (nq * nk);
+    } else {
+      for (size_t j = 0; j < d; ++j) {
+        const double u = qb[j] - static_cast<double>(r[j]);
+        t = t + u * u;
+      }
+      s[c] = -t;
+    }
+  }
+}
+
+// Per-thread buffers of exact_topk.
+struct ExactScratch {
+  std::vector<float> qf, a;
+  std::vector<double> lo, hi, tmp, s;
+  std::vector<uint32_t> cand;
+};
+
+// Interval bounds [lo_i, hi_i] on the canonical score of every key i for state qb,
+// from the f32 kernel's a_i (dot of f32(qb) and K_i for ip and cosine, squared L2
+// distance for l2) and, for cosine, n2_i (the kernel's dot of K_i with itself). The
+// bounds and their proof: docs/proof-format.md, "Held keys: proving fast". Returns
+// false when no bound holds (values too large for the f32 arithmetic): score all.
+bool exact_bounds(const double* qb, size_t d, size_t n, Metric metric, const float* a, const float* n2, double tmax,
+                  double nq, ExactScratch& sc) {
+  if (d > (size_t{1} << 20) || !(tmax <= 0x1p50)) return false;
+  const double dd = static_cast<double>(d), u = 0x1p-24, e = 0x1p-53;
+  double S = 0.0, amax = 0.0;
+  for (size_t j = 0; j < d; ++j) {
+    S = S + std::fabs(qb[j]);
+    amax = std::max(amax, std::fabs(qb[j]));
+  }
+  if (!(S <= 0x1p100) || !(S * tmax <= 0x1p100) || !(amax <= 0x1p50)) return false;
+  sc.lo.resize(n);
+  sc.hi.resize(n);
+  if (metric == Metric::IP) {
+    // docs/product-keys.md's bound E, padded for the rounding of lo and hi.
+    const double E = 1.25 * (2.0 * (dd + 1.0) * u * S * tmax * (1.0 + 0x1p-20) + (4.0 * dd + 4.0) * 0x1p-126 * (1.0 + tmax + S));
+    for (size_t i = 0; i < n; ++i) {
+      sc.lo[i] = static_cast<double>(a[i]) - E;
+      sc.hi[i] = static_cast<double>(a[i]) + E;
+    }
+    return true;
+  }
+  if (metric == Metric::Cosine) {
+    if (nq == 0.0) return false;  // every score is 0: nothing to screen
+    const double rho = 1.1 * (dd + 1.0) * u, delta = (dd + 1.0) * 0x1p-126;
+    const double U = (4.0 * dd + 4.0) * 0x1p-126 * (1.0 + tmax + S);
+    const double base = 2.0 * (dd + 1.0) * u * (1.0 + 0x1p-20) + (4.0 * dd + 20.0) * e;
+    for (size_t i = 0; i < n; ++i) {
+      const double m2 = n2[i];
+      const double n2lo = (m2 - delta) / (1.0 + rho);
+      const double r = n2lo > 0.0 ? rho + delta / n2lo : 1.0;
+      if (!(r <= 0.1)) {
+        // A key whose norm the f32 pass cannot bound away from 0: always a candidate.
+        sc.lo[i] = -2.0;
+        sc.hi[i] = 2.0;
+        continue;
+      }
+      const double den = nq * std::sqrt(n2lo);
+      const double c = static_cast<double>(a[i]) / (nq * std::sqrt(m2));
+      const double err = 2.0 * (base + U / den + 1.2 * (std::fabs(static_cast<double>(a[i])) / den) * r);
+      sc.lo[i] = c - err;
+      sc.hi[i] = c + err;
+    }
+    return true;
+  }
+  // L2: the kernel's distance l_i bounds the distance D~ of f32(qb), whose square root
+  // is within |qb - f32(qb)| <= w of the real sqrt(D).
+  const double rho = 1.1 * (dd + 2.0) * u, delta = (3.0 * dd + 3.0) * 0x1p-126;
+  const double w = (u * nq * (1.0 + 0x1p-20) + std::sqrt(dd) * 0x1p-126) * (1.0 + 0x1p-30);
+  const double pad = 0x1p-30 + (dd + 2.0) * 0x1p-52;
+  for (size_t i = 0; i < n; ++i) {
+    const double l = a[i];
+    const double dlo = std::max(0.0, (l - delta) / (1.0 + rho)), dhi = (l + delta) / (1.0 - rho);
+    const double rlo = std::max(0.0, std::sqrt(dlo) * (1.0 - 0x1p-30) - w), rhi = std::sqrt(dhi) * (1.0 + 0x1p-30) + w;
+    sc.lo[i] = -(rhi * rhi) * (1.0 + pad);
+    sc.hi[i] = -(rlo * rlo) * (1.0 - pad);
+  }
+  return true;
+}
+
+}  // namespace
+
+void exact_topk(const double* q, const float* keys, size_t n, size_t d, size_t B, size_t k, Metric metric, uint32_t* ids,
+                double* out_scores, size_t threads, const Kernels* fast, size_t* canonical_rows, const uint32_t* tmax_bits) {
+  k = std::min(k, n);
+  // Screening pays only when it can leave most keys out.
+  const bool screen = fast != nullptr && k * 4 <= n;
+  uint32_t tbits = 0x7f800000u;
+  if (screen) tbits = tmax_bits != nullptr ? *tmax_bits : abs_max_bits(keys, n * d);
+  float tmax_f;
+  std::memcpy(&tmax_f, &tbits, sizeof tmax_f);
+  const double tmax = tbits >= 0x7f800000u ? HUGE_VAL : static_cast<double>(tmax_f);
+  // Cosine: the kernel's squared norm of every key, once for all states.
+  std::vector<float> n2;
+  if (screen && metric == Metric::Cosine && tmax <= 0x1p50) {
+    n2.resize(n);
+    for (size_t i = 0; i < n; ++i) n2[i] = fast->dot(keys + i * d, keys + i * d, d);
+  }
+  constexpr size_t kGroup = 8;  // states screened per kernel call
+  std::atomic<size_t> scored_all{0};
+  parallel_for(B, threads, [&](size_t lo, size_t hi, size_t) {
+    ExactScratch sc;
+    size_t scored = 0;
+    for (size_t g = lo; g < hi; g += kGroup) {
+      const size_t ng = std::min(kGroup, hi - g);
+      if (screen) {
+        sc.qf.resize(ng * d);
+        for (size_t b = 0; b < ng; ++b)
+          for (size_t j = 0; j < d; ++j) {
+            // A value beyond 2^50 turns screening off for its state (exact_bounds).
+            const double v = q[(g + b) * d + j];
+            sc.qf[b * d + j] = std::fabs(v) <= 0x1p50 ? static_cast<float>(v) : 0.0f;
+          }
+        sc.a.resize(ng * n);
+        if (metric == Metric::L2) fast->l2_block(sc.qf.data(), ng, keys, n, d, sc.a.data(), n);
+        else fast->dot_block(sc.qf.data(), ng, keys, n, d, sc.a.data(), n);
+      }
+      for (size_t b = g; b < g + ng; ++b) {
+        const double* qb = q + b * d;
+        double nq = 0.0;
+        {
+          double t = 0.0;
+          for (size_t j = 0; j < d; ++j) t = t + qb[j] * qb[j];
+          nq = std::sqrt(t);
+        }
+        bool screened = false;
+        if (screen && exact_bounds(qb, d, n, metric, sc.a.data() + (b - g) * n, n2.data(), tmax, nq, sc)) {
+          // theta: the k-th largest lower bound; a key whose upper bound is below it is
+          // beaten strictly by k keys.
+          sc.tmp.assign(sc.lo.begin(), sc.lo.end());
+          std::nth_element(sc.tmp.begin(), sc.tmp.begin() + static_cast<std::ptrdiff_t>(k - 1), sc.tmp.end(),
+                           [](double x, double y) { return x > y; });
+          const double theta = sc.tmp[k - 1];
+          sc.cand.clear();
+          for (size_t i = 0; i < n; ++i)
+            if (sc.hi[i] >= theta) sc.cand.push_back(static_cast<uint32_t>(i));
+          screened = sc.cand.size() * 2 <= n;
+        }
+        const size_t m = screened ? sc.cand.size() : n;
+        sc.s.resize(m);
+        score_rows(qb, nq, keys, screened ? sc.cand.data() : nullptr, m, d, metric, sc.s.data());
+        const uint32_t* cand = sc.cand.data();
+        const std::vector<uint32_t> pos =
+            screened ? topk(sc.s.data(), m, k, [cand](uint32_t p) { return cand[p]; }) : topk(sc.s.data(), m, k, [](uint32_t p) { return p; });
+        for (size_t t = 0; t < k; ++t) {
+          ids[b * k + t] = screened ? cand[pos[t]] : pos[t];
+          out_scores[b * k + t] = sc.s[pos[t]];
+        }
+        scored += m;
+      }
+    }
+    scored_all.fetch_add(scored, std::memory_order_relaxed);
+  });
+  if (canonical_rows != nullptr) *canonical_rows = scored_all.load();
+}
+
 std::vector<float> linear(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias) {
   std::vector<float> y(n * m, 0.0f);
   std::vector<double> q(d_in), s(m);

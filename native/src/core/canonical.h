@@ -73,6 +73,18 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
                   size_t k, uint32_t* ids, double* scores, size_t threads, const Kernels* fast = &kernels(),
                   size_t* canonical_rows = nullptr, const uint32_t* tmax_bits = nullptr);
 
+// The exact top-k of all n keys (n x d) for B states under `m` (docs/proof-format.md,
+// "Held keys"): the canonical similarity of every key (as scores() computes it),
+// ranked by score descending, ties to the lower id; scores are those canonical values.
+// What a verifier holding every key re-derives. `fast` screens with the f32 kernels
+// first and scores canonically only the keys whose interval bound on the f32 error
+// (docs/proof-format.md, "Held keys: proving fast") cannot rule out; nullptr scores every key
+// (the reference). Same bits either way. `canonical_rows` receives the keys scored in
+// f64 over all states. Keys and states must be finite (the binding checks).
+void exact_topk(const double* q, const float* keys, size_t n, size_t d, size_t B, size_t k, Metric m, uint32_t* ids,
+                double* scores, size_t threads, const Kernels* fast = &kernels(), size_t* canonical_rows = nullptr,
+                const uint32_t* tmax_bits = nullptr);
+
 // The largest |t[i]| as its f32 bit pattern without the sign (the integer order of
 // these patterns is the order of the absolute values): >= 0x7f800000 exactly when
 // some t[i] is infinite or NaN.

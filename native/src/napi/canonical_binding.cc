@@ -142,6 +142,38 @@ Napi::Value CanonicalProductKeys(const Napi::CallbackInfo& info) {
   });
 }
 
+// (q: Float64Array (B x d), keys: Float32Array (n x d), n, d, B, k, metric, threads, screen?: level name | 'none')
+//   -> { ids: Uint32Array (B x k), scores: Float64Array (B x k), canonicalRows: keys scored in f64 }
+// The exact top-k of all n keys (canonical::exact_topk): what a verifier holding every key re-derives.
+Napi::Value CanonicalExactTopK(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> q = f64_arg(info, 0, "q");
+    const ArrayArg<float> keys = f32_arg(info, 1, "keys");
+    const size_t n = size_arg(info, 2, "n", 1, kMaxCount);
+    const size_t d = size_arg(info, 3, "d", 1, kMaxDim);
+    const size_t B = size_arg(info, 4, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 5, "k", 1, static_cast<double>(n));
+    const Metric m = metric_arg(info, 6);
+    const size_t threads = threads_arg(info, 7);
+    check_len(q.length, B * d, "q");
+    check_finite(q.data, q.length, "q");
+    check_len(keys.length, n * d, "keys");
+    const uint32_t tmax = canonical::abs_max_bits(keys.data, keys.length);
+    if (tmax >= 0x7f800000u) check_finite_length(keys, n * d, "keys");
+    Napi::Uint32Array ids = Napi::Uint32Array::New(info.Env(), B * k);
+    Napi::Float64Array scores = Napi::Float64Array::New(info.Env(), B * k);
+    const bool none = info.Length() > 8 && info[8].IsString() && info[8].As<Napi::String>().Utf8Value() == "none";
+    const Kernels* fast = none ? nullptr : &kernels_for(level_arg(info, 8));
+    size_t scored = 0;
+    canonical::exact_topk(q.data, keys.data, n, d, B, k, m, ids.Data(), scores.Data(), threads, fast, &scored, &tmax);
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("ids", ids);
+    out.Set("scores", scores);
+    out.Set("canonicalRows", Napi::Number::New(info.Env(), static_cast<double>(scored)));
+    return out;
+  });
+}
+
 // (x: Float32Array (n x dIn), n, dIn, W: Float32Array (m x dIn), m, kp, bias: Float32Array (m) | null) -> Float32Array (n x m)
 Napi::Value CanonicalLinear(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
@@ -202,6 +234,7 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalScores", Napi::Function::New(env, CanonicalScores));
   exports.Set("canonicalMix", Napi::Function::New(env, CanonicalMix));
   exports.Set("canonicalProductKeys", Napi::Function::New(env, CanonicalProductKeys));
+  exports.Set("canonicalExactTopK", Napi::Function::New(env, CanonicalExactTopK));
   exports.Set("canonicalLinear", Napi::Function::New(env, CanonicalLinear));
   exports.Set("canonicalRmsNorm", Napi::Function::New(env, CanonicalRmsNorm));
   exports.Set("canonicalJoin", Napi::Function::New(env, CanonicalJoin));
