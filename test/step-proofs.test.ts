@@ -354,4 +354,17 @@ describe('step proofs', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('concurrent proveTrainStep calls are taken one after another, each against the Ghost file the last one left', async () => {
+    const rng = new Rng(16);
+    const { model } = bigram(rng, 6, { training: { loss: 'cross-entropy', lr: 0.05 } });
+    let pinned = await model.ghost();
+    const steps = await Promise.all([0, 1, 2, 3].map((i) => model.proveTrainStep({ input: [i, i + 1], targets: [i + 1, i + 2] })));
+    expect(steps.map((s) => s.step)).toEqual([0, 1, 2, 3]);
+    for (const s of steps) pinned = (await verifyTrainStep(pinned, s.bytes)).ghost;
+    expect(pinned.digest).toEqual((await model.ghost()).digest);
+    // A failed call (bad targets) does not stop the queue.
+    await expect(model.proveTrainStep({ input: [1], targets: [9] })).rejects.toThrow();
+    expect((await model.proveTrainStep({ input: [1], targets: [2] })).step).toBe(4);
+  });
 });

@@ -125,6 +125,8 @@ export class Model {
   readonly #shapes: readonly LayerShape[];
   readonly #trainingOptions: StepTrainingOptions | undefined;
   #training: StepTraining | null = null;
+  /** Step proofs are taken one at a time: the tail of the queue of proveTrainStep calls. */
+  #stepQueue: Promise<unknown> = Promise.resolve();
 
   /**
    * A chain of layers and blocks (a `Residual` is `x + body(x)`, a `GatedMLP` is
@@ -419,6 +421,13 @@ export class Model {
    * mirrors the verifier's (held rows travel as ids or deltas; both record the step's rows).
    */
   async proveTrainStep(batch: StepBatch, options: { cache?: PatternCache } = {}): Promise<ProvedStep> {
+    // Calls made while a step runs wait for it: each step starts from the model the last one left.
+    const run = this.#stepQueue.then(() => this.#proveTrainStep(batch, options));
+    this.#stepQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #proveTrainStep(batch: StepBatch, options: { cache?: PatternCache }): Promise<ProvedStep> {
     options = checkOptions('Model.proveTrainStep', options, ['cache']);
     if (batch === null || typeof batch !== 'object') throw new InvalidArgumentError('batch must be { input, targets }');
     checkOptions('batch', batch, ['input', 'targets']);
