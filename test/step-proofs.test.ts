@@ -367,4 +367,21 @@ describe('step proofs', () => {
     await expect(model.proveTrainStep({ input: [1], targets: [9] })).rejects.toThrow();
     expect((await model.proveTrainStep({ input: [1], targets: [2] })).step).toBe(4);
   });
+
+  it('a model with a training rule moves only by step proofs: update proofs are refused on both sides', async () => {
+    const rng = new Rng(17);
+    const V = 5;
+    const { model, table } = bigram(rng, V, { training: { loss: 'cross-entropy', lr: 0.05 } });
+    const pinned = await model.ghost();
+    const opt = new SparseSGD([table], { lr: 1 });
+    await expect(model.proveStep(opt, [{ tensor: table, ids: [1], grads: new Float32Array(V).fill(1) }])).rejects.toThrow(/proveTrainStep/);
+    // An update proof made on a plain twin of the model (same tensor, same root) against the trained Ghost file.
+    const twin = new Model([new Embedding(table)]);
+    const [u] = await twin.proveStep(opt, [{ tensor: table, ids: [1], grads: new Float32Array(V).fill(1) }]);
+    const forged = decodeProof(u!.bytes);
+    if (forged.kind !== 'update') throw new Error('not an update proof');
+    forged.ghost = pinned.digest;
+    const { verifyUpdate } = await import('../lib/index.js');
+    expect(await reason(verifyUpdate(pinned, encodeProof(forged)))).toBe('WRONG_KIND');
+  });
 });

@@ -359,6 +359,7 @@ export class Model {
    */
   async proveStep(optimizer: SparseAdam | SparseSGD, grads: readonly SparseGrad[], options: { cache?: PatternCache } = {}): Promise<ProvedUpdate[]> {
     options = checkOptions('Model.proveStep', options, ['cache']);
+    if (this.#trainingOptions !== undefined) throw new InvalidArgumentError('this model has a training rule: it trains by proveTrainStep (step proofs), not proveStep');
     if (!Array.isArray(grads)) throw new InvalidArgumentError('grads must be an array of { tensor, ids, grads }');
     if (new Set(grads.map((g) => g?.tensor)).size !== grads.length) throw new InvalidArgumentError('a tensor appears twice in one step; concatenate its rows');
     const out: ProvedUpdate[] = [];

@@ -285,6 +285,9 @@ export async function verifyUpdate(ghost: PinnedGhost, proof: Uint8Array | Updat
   const budget = new VerifyBudget(options.limits);
   const p = openProof(ghost, proof, 'update', budget);
   const g = ghost.manifest;
+  // A model whose Ghost file commits a training rule moves only by step proofs: an update
+  // proof (a revealed gradient) would change a root without its optimizer state or step.
+  if (g.training) fail('WRONG_KIND', 'this Ghost file commits a training rule: it moves only by step proofs (verifyTrainStep), not update proofs');
   const t = g.tensors[p.tensor];
   if (!t) fail('LAYER_MISMATCH', `tensor ${p.tensor} does not exist`);
   if (p.block.tensor !== p.tensor) fail('LAYER_MISMATCH', `the block is of tensor ${p.block.tensor}; the proof updates tensor ${p.tensor}`);
