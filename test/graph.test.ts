@@ -100,7 +100,9 @@ describe('graphs of layers', () => {
     expect(broken((m) => { m.inputs![6] = [4]; })).toBe('BAD_VALUE'); // widths 32 -> 8 expected
     expect(broken((m) => { delete m.inputs; })).toBe('BAD_VALUE'); // format 2 without inputs
     expect(broken((m) => { m.formatVersion = 1; })).toBe('BAD_VALUE'); // format 1 with inputs
-    expect(broken((m) => { m.formatVersion = 3; })).toBe('BAD_VERSION');
+    expect(broken((m) => { m.formatVersion = 4; })).toBe('BAD_VERSION');
+    // Format 3 is a graph with a training rule: without one it is refused.
+    expect(broken((m) => { m.formatVersion = 3; })).toBe('BAD_VALUE');
     for (let cut = 0; cut < bytes.length; cut++) expect(() => decodeGhost(bytes.subarray(0, cut))).toThrow(FormatError);
   });
 

@@ -78,14 +78,18 @@ export function f32le(values: Float32Array): Uint8Array {
 export function rootOf(h: MerkleHasher, data: Float32Array, dim: number): Uint8Array {
   const n = data.length / dim;
   if (!Number.isInteger(n)) throw new InvalidArgumentError('data length is not a multiple of dim');
-  return rootOfLeaves(h, f32le(data), n);
+  return rootOfBytes(h, f32le(data), n, dim);
 }
 
-/** Root of n leaves of equal length (a multiple of 4 bytes; the root binds length / 4 as d) by a full rebuild. */
+/** Root of n >= 1 leaves of equal length (a multiple of 4 bytes; the root binds length / 4 as d) by a full rebuild. */
 export function rootOfLeaves(h: MerkleHasher, bytes: Uint8Array, n: number): Uint8Array {
   const len = bytes.length / n;
-  if (!Number.isInteger(len) || len % 4 !== 0) throw new InvalidArgumentError('leaf bytes do not split into n leaves of whole f32s');
-  const dim = len / 4;
+  if (!Number.isInteger(n) || n < 1 || !Number.isInteger(len) || len % 4 !== 0) throw new InvalidArgumentError('leaf bytes do not split into n leaves of whole f32s');
+  return rootOfBytes(h, bytes, n, len / 4);
+}
+
+function rootOfBytes(h: MerkleHasher, bytes: Uint8Array, n: number, dim: number): Uint8Array {
+  const len = dim * 4;
   let level: Uint8Array[] = [];
   for (let i = 0; i < n; i++) level.push(h.hashLeaf(bytes.subarray(i * len, (i + 1) * len)));
   while (level.length > 1) {
