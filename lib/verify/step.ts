@@ -34,6 +34,8 @@ export interface StepWrite {
   state: CanonicalRowState;
   /** The gradient the optimizer took (after clipping), ids.length x dim. */
   grads: Float32Array;
+  /** The new state rows' leaf bytes (stateLeaves of `state`), concatenated. */
+  leaves: Uint8Array;
   root: Uint8Array;
   stateRoot: Uint8Array;
 }
@@ -222,7 +224,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     roots[b.tensor] = root;
     const ne = newTrained.find((x) => x.tensor === b.tensor)!;
     ne.stateRoot = stateRoot;
-    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, root, stateRoot });
+    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, leaves, root, stateRoot });
   });
   const manifest: GhostManifest = {
     ...g,
