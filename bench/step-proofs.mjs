@@ -9,6 +9,7 @@
  *                                                         writes step-proofs-quick.json
  *   --cases=classifier,lm,lm-memory,memory-n             only these cases
  *   --name=NAME                                          results to bench/results/NAME.json
+ *   --dist=DIR                                           measure the build in DIR instead of dist/
  *
  * Cases:
  *   classifier  the demo's Fashion-MNIST classifier (lib/cli/classifier.ts): one HopfieldLookup,
@@ -36,6 +37,8 @@
  *   bytes      the proof's size cold (verifier holds nothing) and with a PatternCache on both
  *              sides after `cachedSteps` steps (rows the verifier holds travel as ids / deltas),
  *              with that step's prove and verify time.
+ *   cpu        the JSON also gives each median's CPU time of this process (user + system, all
+ *              threads): on a shared machine it moves less with other jobs than wall time does.
  * Figures are medians over the timed steps. Tables to stdout, progress to stderr.
  */
 import { join } from 'node:path';
@@ -43,16 +46,17 @@ import { readFileSync } from 'node:fs';
 
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, round, ROOT, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
-const lib = await import(join(ROOT, 'dist/index.js'));
-const { HopfieldLookup, Model, PatternCache, SparseTensor, Tape, Trainer, languageModel, simdInfo } = lib;
-const { verifyTrainStep } = await import(join(ROOT, 'dist/verify/index.js'));
-const { loadSplit, DEMO_DATA_DIR } = await import(join(ROOT, 'dist/cli/classifier.js'));
-
 const QUICK = process.argv.includes('--quick');
 function listArg(name) {
   const a = process.argv.find((x) => x.startsWith(`--${name}=`));
   return a ? a.slice(name.length + 3).split(',') : undefined;
 }
+// --dist=DIR: measure another build (a copy of dist/ inside the repository, e.g. one from before a change)
+const DIST = listArg('dist')?.[0] ?? 'dist';
+const lib = await import(join(ROOT, DIST, 'index.js'));
+const { HopfieldLookup, Model, PatternCache, SparseTensor, Tape, Trainer, languageModel, simdInfo } = lib;
+const { verifyTrainStep } = await import(join(ROOT, DIST, 'verify/index.js'));
+const { loadSplit, DEMO_DATA_DIR } = await import(join(ROOT, DIST, 'cli/classifier.js'));
 const CASES = listArg('cases') ?? ['classifier', 'lm', 'lm-memory', 'memory-n'];
 const NAME = listArg('name')?.[0] ?? (QUICK ? 'step-proofs-quick' : 'step-proofs');
 const log = logger('step-proofs');
@@ -140,6 +144,12 @@ const cfgLabel = (c) => `S${c.context} D${c.dim} L${c.layers}`;
 
 // ---------------------------------------------------------------- measuring
 
+/** CPU milliseconds (user + system) this process has used. */
+function cpuMs() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
 async function plainStep(q, batch) {
   const tape = new Tape();
   const logits = await tape.model(q.model, batch.input);
@@ -161,22 +171,29 @@ async function runCase(c, { withPlain = true } = {}) {
   let pinned = await model.ghost();
   const buildMs = nowMs() - t0;
   const sPlain = [], sProve = [], sVerify = [], bytesCold = [], losses = [];
+  const cPlain = [], cProve = [], cVerify = [];
   let s = 0;
   const one = async (keep) => {
     const batch = c.batch(s++);
     if (q) {
-      const t = nowMs();
+      const t = nowMs(), t1 = cpuMs();
       await plainStep(q, batch);
-      if (keep) sPlain.push(nowMs() - t);
+      if (keep) {
+        sPlain.push(nowMs() - t);
+        cPlain.push(cpuMs() - t1);
+      }
     }
-    let t = nowMs();
+    let t = nowMs(), t1 = cpuMs();
     const step = await model.proveTrainStep(batch);
-    const dtP = nowMs() - t;
+    const dtP = nowMs() - t, cpuP = cpuMs() - t1;
     t = nowMs();
+    t1 = cpuMs();
     const v = await verifyTrainStep(pinned, step.bytes);
-    const dtV = nowMs() - t;
+    const dtV = nowMs() - t, cpuV = cpuMs() - t1;
     pinned = v.ghost;
     if (keep) {
+      cProve.push(cpuP);
+      cVerify.push(cpuV);
       sProve.push(dtP);
       sVerify.push(dtV);
       bytesCold.push(step.bytes.length);
@@ -224,6 +241,10 @@ async function runCase(c, { withPlain = true } = {}) {
     verifyP10Ms: round(stats(sVerify).p10),
     verifyP90Ms: round(stats(sVerify).p90),
     verifyOverProve: round(verify / prove, 3),
+    // CPU time of this process (all its threads: the plain step's native work runs on 2)
+    plainCpuMs: q ? round(stats(cPlain).median) : null,
+    proveCpuMs: round(stats(cProve).median),
+    verifyCpuMs: round(stats(cVerify).median),
     bytesCold: Math.round(stats(bytesCold).median),
     bytesCached: last.bytes,
     cachedAfterSteps: P.cachedSteps,
@@ -281,7 +302,7 @@ const file = writeResults(NAME, {
   date: new Date().toISOString(),
   machine: mach,
   loadavgAtEnd: machine().loadavg,
-  parameters: { ...P, cores: CORES },
+  parameters: { ...P, cores: CORES, dist: DIST },
   otherProcesses: hogs,
   results,
 });
