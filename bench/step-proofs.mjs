@@ -15,7 +15,8 @@
  *   classifier  the demo's Fashion-MNIST classifier (lib/cli/classifier.ts): one HopfieldLookup,
  *               cosine, normalised input, N = 2,048 stored images of 784 pixels as keys, values
  *               of 10 (5 x one-hot label), k = 32, beta 10 (held fixed under step proofs),
- *               batches of 128 images from data/fashion-mnist-small; cross-entropy, Adam lr 3e-3.
+ *               batches of 128 images from data/fashion-mnist-small; cross-entropy, Adam lr 3e-3
+ *               (the plain twin's Trainer also steps beta, one DenseAdam scalar).
  *   lm          the language model of `train-lm --quick` (lib/cli/lm.ts: context 64, dim 64,
  *               2 layers, 4 heads, hidden 192): one window of 64 bytes of text per step;
  *               cross-entropy, Adam lr 1e-2, clip to global norm 1.
