@@ -477,7 +477,7 @@ export class Model {
       const t = this.tensors[w.tensor]!;
       t.scatter(w.ids, w.rows);
       const e = tr.trained.get(w.tensor)!;
-      e.state.set(w.ids, w.state);
+      e.state.set(w.ids, w.state, w.leaves);
       if (!bytesEqual(t.root(), w.root) || !bytesEqual(e.state.root(), w.stateRoot)) throw new Error(`internal: tensor ${w.tensor}'s roots after the step differ from the step's`);
     }
     for (const e of r.manifest.training!.tensors) tr.trained.get(e.tensor)!.logDecay = e.logDecay;

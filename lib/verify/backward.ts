@@ -117,16 +117,36 @@ export interface CanonicalBackward {
   tensors: TensorGradient[];
 }
 
-/** f64 accumulators of tensor rows, by tensor then id. */
+/** Values in the largest slab of accumulators (32,768 f64: 256 KiB). */
+const SLAB_VALUES = 32768;
+
+/**
+ * f64 accumulators of tensor rows, by tensor then id. Rows are views into slabs (zeroed
+ * at allocation), so a new row costs no ArrayBuffer of its own. A tensor's slabs double
+ * from 4 rows up to SLAB_VALUES values (at least one row), so the rows allocated and not
+ * used are fewer than the rows used, and at most one slab.
+ */
 export class GradientAccumulator {
-  readonly #rows = new Map<number, Map<number, Float64Array>>();
+  readonly #rows = new Map<number, { dim: number; byId: Map<number, Float64Array>; slab: Float64Array; used: number; size: number }>();
   constructor(private readonly g: GhostManifest) {}
 
   row(tensor: number, id: number): Float64Array {
     let t = this.#rows.get(tensor);
-    if (!t) this.#rows.set(tensor, (t = new Map()));
-    let r = t.get(id);
-    if (!r) t.set(id, (r = new Float64Array(this.g.tensors[tensor]!.dim)));
+    if (!t) {
+      const dim = this.g.tensors[tensor]!.dim;
+      this.#rows.set(tensor, (t = { dim, byId: new Map(), slab: new Float64Array(0), used: 0, size: 0 }));
+    }
+    let r = t.byId.get(id);
+    if (!r) {
+      if (t.used === t.size) {
+        t.size = Math.max(1, Math.min(t.size === 0 ? 4 : 2 * t.size, Math.floor(SLAB_VALUES / t.dim)));
+        t.slab = new Float64Array(t.size * t.dim);
+        t.used = 0;
+      }
+      r = t.slab.subarray(t.used * t.dim, (t.used + 1) * t.dim);
+      t.used++;
+      t.byId.set(id, r);
+    }
     return r;
   }
 
@@ -134,11 +154,11 @@ export class GradientAccumulator {
   result(): TensorGradient[] {
     const out: TensorGradient[] = [];
     for (const tensor of [...this.#rows.keys()].sort((a, b) => a - b)) {
-      const m = this.#rows.get(tensor)!;
+      const m = this.#rows.get(tensor)!.byId;
       const d = this.g.tensors[tensor]!.dim;
       const ids = Uint32Array.from(m.keys()).sort();
       const grads = new Float32Array(ids.length * d);
-      ids.forEach((id, i) => grads.set(m.get(id)!, i * d));
+      for (let i = 0; i < ids.length; i++) grads.set(m.get(ids[i]!)!, i * d);
       out.push({ tensor, ids, grads });
     }
     return out;
@@ -179,6 +199,9 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
     const d = grads[i];
     if (d === null || d === undefined) continue;
     if (!r.spec.backward) fail('LAYER_MISMATCH', `layer ${r.index} (${r.layer.op}) has no canonical backward: it cannot be trained by step proofs`);
+    // This layer's accumulators by tensor and position in its revealed block: a row asked
+    // again (every head and input of a layer asks for its rows) costs a lookup in an array.
+    const seen = new Map<number, (Float64Array | undefined)[]>();
     const dx = r.spec.backward(r.layer, {
       manifest: g,
       index: r.index,
@@ -192,8 +215,10 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
       grad: (tensor, id) => {
         const rev = r.revealed.get(tensor);
         if (!rev) fail('BLOCK_IDS', `layer ${r.index}'s backward reads tensor ${tensor}, which it did not reveal`);
-        rowOf(rev, id);
-        return acc.row(tensor, id);
+        const at = rowOf(rev, id) / rev.dim;
+        let views = seen.get(tensor);
+        if (!views) seen.set(tensor, (views = []));
+        return (views[at] ??= acc.row(tensor, id));
       },
     }, d);
     if (dx.length !== r.inputs.length) throw new ProofError('SHAPE', `layer ${r.index} (${r.layer.op}): its backward gave ${dx.length} input gradients for ${r.inputs.length} inputs`);

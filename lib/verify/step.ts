@@ -34,6 +34,8 @@ export interface StepWrite {
   state: CanonicalRowState;
   /** The gradient the optimizer took (after clipping), ids.length x dim. */
   grads: Float32Array;
+  /** The new state rows' leaf bytes (stateLeaves of `state`), concatenated. */
+  leaves: Uint8Array;
   root: Uint8Array;
   stateRoot: Uint8Array;
 }
@@ -154,14 +156,15 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
         out.set(tensor, b.rev);
         continue;
       }
-      const d = b.rev.dim;
+      const d = b.rev.dim, src = b.rev.rows, all = b.block.all;
       const rows = new Float32Array(want.length * d);
-      want.forEach((id, k) => {
-        const at = b.block.all ? (id < b.rev.ids.length ? id : -1) : indexOf(b.rev.ids, id);
+      for (let k = 0; k < want.length; k++) {
+        const id = want[k]!;
+        const at = all ? (id < b.rev.ids.length ? id : -1) : indexOf(b.rev.ids, id);
         if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
         b.used[at] = 1;
-        rows.set(b.rev.rows.subarray(at * d, (at + 1) * d), k * d);
-      });
+        for (let j = 0, o = at * d, w = k * d; j < d; j++) rows[w + j] = src[o + j]!;
+      }
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
     return out;
@@ -188,7 +191,13 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   const grads = written.map((b) => {
     const d = b.dim, out = new Float32Array(b.ids.length * d);
     const got = back.tensors.find((x) => x.tensor === b.tensor);
-    if (got) got.ids.forEach((id, k) => out.set(got.grads.subarray(k * d, (k + 1) * d), (b.all ? id : indexOf(b.ids, id)) * d));
+    if (got) {
+      for (let k = 0; k < got.ids.length; k++) {
+        const id = got.ids[k]!, w = (b.all ? id : indexOf(b.ids, id)) * d;
+        if (w < 0) fail('BLOCK_IDS', `row ${id} of tensor ${b.tensor} has a gradient but is not in its block`); // unreachable: backward reads revealed rows only
+        for (let j = 0, o = k * d; j < d; j++) out[w + j] = got.grads[o + j]!;
+      }
+    }
     return out;
   });
   const clip = cclip(grads, t.clipNorm);
@@ -215,7 +224,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     roots[b.tensor] = root;
     const ne = newTrained.find((x) => x.tensor === b.tensor)!;
     ne.stateRoot = stateRoot;
-    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, root, stateRoot });
+    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, leaves, root, stateRoot });
   });
   const manifest: GhostManifest = {
     ...g,

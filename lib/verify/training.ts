@@ -254,11 +254,25 @@ export function stateDim(d: number): number {
   return 2 * d + 3;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** Leaf bytes of `count` state rows (m and v: count x d; SGD rows have zero moments). */
 export function stateLeaves(d: number, s: CanonicalRowState, count: number): Uint8Array {
   const rb = stateRowBytes(d);
   const out = new Uint8Array(count * rb);
   const dv = new DataView(out.buffer);
+  if (LITTLE_ENDIAN) {
+    // The same bytes: f32 copied as f32 (a row is 4-byte aligned: rb = 8d + 12), the mark through the DataView.
+    const w = new Float32Array(out.buffer), u = new Uint32Array(out.buffer), q = rb / 4;
+    for (let r = 0; r < count; r++) {
+      const o = r * rb;
+      if (s.m.length) w.set(s.m.subarray(r * d, (r + 1) * d), r * q);
+      if (s.v.length) w.set(s.v.subarray(r * d, (r + 1) * d), r * q + d);
+      u[r * q + 2 * d] = s.steps[r]!;
+      dv.setFloat64(o + 8 * d + 4, s.marks[r]!, true);
+    }
+    return out;
+  }
   for (let r = 0; r < count; r++) {
     const o = r * rb;
     for (let j = 0; j < d; j++) {
@@ -276,11 +290,18 @@ export function readStateLeaves(d: number, bytes: Uint8Array, count: number, log
   const rb = stateRowBytes(d);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const m = new Float32Array(count * d), v = new Float32Array(count * d), steps = new Uint32Array(count), marks = new Float64Array(count);
+  // Aligned little-endian bytes: the f32 values copied as they are (the same values as getFloat32).
+  const w = LITTLE_ENDIAN && bytes.byteOffset % 4 === 0 && bytes.byteLength >= count * rb && d > 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, (count * rb) / 4) : null;
   for (let r = 0; r < count; r++) {
     const o = r * rb;
-    for (let j = 0; j < d; j++) {
-      m[r * d + j] = dv.getFloat32(o + 4 * j, true);
-      v[r * d + j] = dv.getFloat32(o + 4 * (d + j), true);
+    if (w) {
+      m.set(w.subarray(o / 4, o / 4 + d), r * d);
+      v.set(w.subarray(o / 4 + d, o / 4 + 2 * d), r * d);
+    } else {
+      for (let j = 0; j < d; j++) {
+        m[r * d + j] = dv.getFloat32(o + 4 * j, true);
+        v[r * d + j] = dv.getFloat32(o + 4 * (d + j), true);
+      }
     }
     steps[r] = dv.getUint32(o + 8 * d, true);
     marks[r] = dv.getFloat64(o + 8 * d + 4, true);

@@ -67,9 +67,13 @@ export class StateTree {
     return readStateLeaves(this.dim, this.leaves(ids), ids.length, -Infinity);
   }
 
-  /** Sets rows `ids` (sorted, unique) to `state` and updates the tree: O(rows log N) hashes. */
-  set(ids: Uint32Array, state: CanonicalRowState): void {
-    const bytes = stateLeaves(this.dim, state, ids.length);
+  /**
+   * Sets rows `ids` (sorted, unique) to `state` and updates the tree: O(rows log N)
+   * hashes. `bytes`: the state's leaf bytes when the caller has them (a step computes
+   * them for its state root), else they are encoded here.
+   */
+  set(ids: Uint32Array, state: CanonicalRowState, bytes: Uint8Array = stateLeaves(this.dim, state, ids.length)): void {
+    if (bytes.length !== ids.length * this.#rowBytes) throw new Error(`internal: ${bytes.length} state leaf bytes for ${ids.length} rows`);
     const rb = this.#rowBytes;
     let cur: number[] = [];
     ids.forEach((id, k) => {

@@ -1,0 +1,310 @@
+#!/usr/bin/env node
+/**
+ * Step proofs benchmark (docs/step-proofs.md, issue 21): what one proved training step
+ * costs against the plain training step of the same model, how long a verifier takes,
+ * and how many bytes travel.
+ *
+ *   nice node --expose-gc bench/step-proofs.mjs           all cases (~5-8 min on 2 cores)
+ *   nice node --expose-gc bench/step-proofs.mjs --quick   fewer steps, case (c) up to 2^16 rows (~2 min);
+ *                                                         writes step-proofs-quick.json
+ *   --cases=classifier,lm,lm-memory,memory-n             only these cases
+ *   --name=NAME                                          results to bench/results/NAME.json
+ *   --dist=DIR                                           measure the build in DIR instead of dist/
+ *
+ * Cases:
+ *   classifier  the demo's Fashion-MNIST classifier (lib/cli/classifier.ts): one HopfieldLookup,
+ *               cosine, normalised input, N = 2,048 stored images of 784 pixels as keys, values
+ *               of 10 (5 x one-hot label), k = 32, beta 10 (held fixed under step proofs),
+ *               batches of 128 images from data/fashion-mnist-small; cross-entropy, Adam lr 3e-3
+ *               (the plain twin's Trainer also steps beta, one DenseAdam scalar).
+ *   lm          the language model of `train-lm --quick` (lib/cli/lm.ts: context 64, dim 64,
+ *               2 layers, 4 heads, hidden 192): one window of 64 bytes of text per step;
+ *               cross-entropy, Adam lr 1e-2, clip to global norm 1.
+ *   lm-memory   the same with its memory-layer variant (`--memory-layers 1`: layer 1's MLP is a
+ *               product-key memory of 256^2 = 65,536 rows, 4 heads, k = 32).
+ *   memory-n    a small LM (context 16, dim 32, 1 layer, 2 heads, hidden 64) whose MLP is a memory
+ *               layer of 2^12, 2^16 or 2^20 value rows (2 heads, k = 8): verify time and proof
+ *               bytes against N. The values' rows the step reads are k per head and token; only
+ *               their Merkle paths (log N) and the two sub-key tables (2 sqrt(N) rows, sent
+ *               until the verifier holds them) grow with N.
+ *
+ * Per case, with two copies of the model built from the same weights and trained on the same
+ * batches, in interleaved rounds (load from other jobs falls on both):
+ *   plain      the fast path: a Tape forward/backward and a Trainer step (SparseAdam, clipping)
+ *   prove      model.proveTrainStep(batch): the selection, the verifier's canonical step
+ *              (forward, loss, backward, optimizer) run by the prover, the writes, the encoding
+ *   overhead   (prove - plain) / plain (the issue's goal: at most 0.25)
+ *   verify     verifyTrainStep(pinned, bytes) in TypeScript, no addon, verifier holding nothing
+ *   bytes      the proof's size cold (verifier holds nothing) and with a PatternCache on both
+ *              sides after `cachedSteps` steps (rows the verifier holds travel as ids / deltas),
+ *              with that step's prove and verify time.
+ *   cpu        the JSON also gives each median's CPU time of this process (user + system, all
+ *              threads): on a shared machine it moves less with other jobs than wall time does.
+ * Figures are medians over the timed steps. Tables to stdout, progress to stderr.
+ */
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+
+import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, round, ROOT, stats, table, tryGc, writeResults } from './lib/common.mjs';
+
+const QUICK = process.argv.includes('--quick');
+function listArg(name) {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3).split(',') : undefined;
+}
+// --dist=DIR: measure another build (a copy of dist/ inside the repository, e.g. one from before a change)
+const DIST = listArg('dist')?.[0] ?? 'dist';
+const lib = await import(join(ROOT, DIST, 'index.js'));
+const { HopfieldLookup, Model, PatternCache, SparseTensor, Tape, Trainer, languageModel, simdInfo } = lib;
+const { verifyTrainStep } = await import(join(ROOT, DIST, 'verify/index.js'));
+const { loadSplit, DEMO_DATA_DIR } = await import(join(ROOT, DIST, 'cli/classifier.js'));
+const CASES = listArg('cases') ?? ['classifier', 'lm', 'lm-memory', 'memory-n'];
+const NAME = listArg('name')?.[0] ?? (QUICK ? 'step-proofs-quick' : 'step-proofs');
+const log = logger('step-proofs');
+
+const P = {
+  quick: QUICK,
+  warmSteps: 1,
+  rounds: QUICK ? 3 : 6,
+  cachedSteps: QUICK ? 3 : 4,
+  classifier: { n: 2048, d: 784, k: 32, batch: 128, beta: 10, lr: 3e-3, seed: 1 },
+  lm: { config: { context: 64, dim: 64, layers: 2, heads: 4, hidden: 192 }, lr: 1e-2, clipNorm: 1 },
+  lmMemory: { layers: [1], subKeys: 256, k: 32, heads: 4 },
+  memoryN: {
+    config: { context: 16, dim: 32, layers: 1, heads: 2, hidden: 64 },
+    memory: { layers: [0], k: 8, heads: 2 },
+    log2N: QUICK ? [12, 16] : [12, 16, 20],
+    lr: 1e-2,
+    clipNorm: 1,
+  },
+};
+
+/** Text for the language models: this repository's docs (fixed, no corpus to install). */
+const TEXT = Uint8Array.from(readFileSync(join(ROOT, 'docs', 'lm.md')));
+/** Window s of S bytes (inputs) and the next bytes (targets). */
+function lmBatch(S, s) {
+  const off = (s * 997) % (TEXT.length - S - 1);
+  return { input: Uint32Array.from(TEXT.subarray(off, off + S)), targets: Uint32Array.from(TEXT.subarray(off + 1, off + S + 1)) };
+}
+
+// ---------------------------------------------------------------- the models
+
+function classifierCase() {
+  const c = P.classifier;
+  const train = loadSplit(DEMO_DATA_DIR, 'train');
+  // As trainClassifier: N random training images as keys, their labels (x 5) as values.
+  let seed = c.seed >>> 0;
+  const rand = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  const pick = Array.from({ length: c.n }, () => Math.floor(rand() * train.n));
+  const kd = new Float32Array(c.n * c.d), vd = new Float32Array(c.n * 10);
+  pick.forEach((r, i) => {
+    kd.set(train.x.subarray(r * c.d, (r + 1) * c.d), i * c.d);
+    vd[i * 10 + train.y[r]] = 5;
+  });
+  const make = (training) => {
+    const layer = new HopfieldLookup({ keys: SparseTensor.fromArray(kd.slice(), c.d), values: SparseTensor.fromArray(vd.slice(), 10), k: c.k, similarity: 'cosine', normalize: true, beta: c.beta });
+    return new Model([layer], training ? { training } : {});
+  };
+  const batch = (s) => {
+    const X = new Float32Array(c.batch * c.d), Y = new Uint32Array(c.batch);
+    for (let b = 0; b < c.batch; b++) {
+      const r = (s * c.batch + b * 7919) % train.n;
+      X.set(train.x.subarray(r * c.d, (r + 1) * c.d), b * c.d);
+      Y[b] = train.y[r];
+    }
+    return { input: X, targets: Y };
+  };
+  const training = { loss: 'cross-entropy', optimizer: 'adam', lr: c.lr };
+  return {
+    name: 'classifier',
+    label: `Fashion-MNIST HopfieldLookup N=${c.n} k=${c.k} B=${c.batch}`,
+    proved: () => make(training),
+    plain: () => {
+      const m = make(null);
+      return { model: m, trainer: new Trainer(m, { lr: c.lr }) };
+    },
+    batch,
+  };
+}
+
+function lmCase(name, config, lr, clipNorm, memory) {
+  const cfg = { ...config, ...(memory ? { memory } : {}), seed: 1 };
+  const training = { loss: 'cross-entropy', optimizer: 'adam', lr, clipNorm };
+  return {
+    name,
+    label: memory ? `LM ${cfgLabel(config)} + memory ${memory.subKeys}^2 rows` : `LM ${cfgLabel(config)}`,
+    proved: () => languageModel(cfg, { training }),
+    plain: () => {
+      const m = languageModel(cfg);
+      return { model: m, trainer: new Trainer(m, { lr, clipNorm }) };
+    },
+    batch: (s) => lmBatch(config.context, s),
+  };
+}
+const cfgLabel = (c) => `S${c.context} D${c.dim} L${c.layers}`;
+
+// ---------------------------------------------------------------- measuring
+
+/** CPU milliseconds (user + system) this process has used. */
+function cpuMs() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+async function plainStep(q, batch) {
+  const tape = new Tape();
+  const logits = await tape.model(q.model, batch.input);
+  const loss = tape.softmaxCrossEntropy(logits, batch.targets);
+  await q.trainer.step(await tape.backward(loss));
+  return loss.value;
+}
+
+/**
+ * Runs one case: warm-up, `rounds` interleaved (plain, prove cold, verify cold) steps, then
+ * `cachedSteps` steps with a PatternCache on both sides. withPlain false: no plain twin.
+ */
+async function runCase(c, { withPlain = true } = {}) {
+  tryGc();
+  log(`${c.label}: building`);
+  const t0 = nowMs();
+  const model = c.proved();
+  const q = withPlain ? c.plain() : null;
+  let pinned = await model.ghost();
+  const buildMs = nowMs() - t0;
+  const sPlain = [], sProve = [], sVerify = [], bytesCold = [], losses = [];
+  const cPlain = [], cProve = [], cVerify = [];
+  let s = 0;
+  const one = async (keep) => {
+    const batch = c.batch(s++);
+    if (q) {
+      const t = nowMs(), t1 = cpuMs();
+      await plainStep(q, batch);
+      if (keep) {
+        sPlain.push(nowMs() - t);
+        cPlain.push(cpuMs() - t1);
+      }
+    }
+    let t = nowMs(), t1 = cpuMs();
+    const step = await model.proveTrainStep(batch);
+    const dtP = nowMs() - t, cpuP = cpuMs() - t1;
+    t = nowMs();
+    t1 = cpuMs();
+    const v = await verifyTrainStep(pinned, step.bytes);
+    const dtV = nowMs() - t, cpuV = cpuMs() - t1;
+    pinned = v.ghost;
+    if (keep) {
+      cProve.push(cpuP);
+      cVerify.push(cpuV);
+      sProve.push(dtP);
+      sVerify.push(dtV);
+      bytesCold.push(step.bytes.length);
+      losses.push(v.loss);
+    }
+    return { dtP, dtV };
+  };
+  for (let i = 0; i < P.warmSteps; i++) await one(false);
+  for (let r = 0; r < P.rounds; r++) {
+    await one(true);
+    log(`  round ${r + 1}/${P.rounds}: ${q ? `plain ${fmt(sPlain.at(-1))} ms, ` : ''}prove ${fmt(sProve.at(-1))} ms, verify ${fmt(sVerify.at(-1))} ms, ${fmtBytes(bytesCold.at(-1))}`);
+  }
+  // With caches: the prover's mirror of what the verifier holds, and the verifier's own.
+  const mine = new PatternCache(), theirs = new PatternCache();
+  const cached = [];
+  for (let i = 0; i < P.cachedSteps; i++) {
+    const batch = c.batch(s++);
+    let t = nowMs();
+    const step = await model.proveTrainStep(batch, { cache: mine });
+    const dtP = nowMs() - t;
+    t = nowMs();
+    const v = await verifyTrainStep(pinned, step.bytes, { cache: theirs });
+    const dtV = nowMs() - t;
+    pinned = v.ghost;
+    cached.push({ bytes: step.bytes.length, proveMs: dtP, verifyMs: dtV });
+  }
+  const last = cached.at(-1);
+  const plain = q ? stats(sPlain).median : NaN;
+  const prove = stats(sProve).median, verify = stats(sVerify).median;
+  const res = {
+    case: c.name,
+    label: c.label,
+    ...(c.extra ?? {}),
+    tensors: model.tensors.map((t) => ({ n: t.size, dim: t.dim })),
+    buildMs: round(buildMs),
+    steps: sProve.length,
+    plainMs: round(plain),
+    plainP10Ms: q ? round(stats(sPlain).p10) : null,
+    plainP90Ms: q ? round(stats(sPlain).p90) : null,
+    proveMs: round(prove),
+    proveP10Ms: round(stats(sProve).p10),
+    proveP90Ms: round(stats(sProve).p90),
+    overhead: q ? round((prove - plain) / plain, 3) : null,
+    verifyMs: round(verify),
+    verifyP10Ms: round(stats(sVerify).p10),
+    verifyP90Ms: round(stats(sVerify).p90),
+    verifyOverProve: round(verify / prove, 3),
+    // CPU time of this process (all its threads: the plain step's native work runs on 2)
+    plainCpuMs: q ? round(stats(cPlain).median) : null,
+    proveCpuMs: round(stats(cProve).median),
+    verifyCpuMs: round(stats(cVerify).median),
+    bytesCold: Math.round(stats(bytesCold).median),
+    bytesCached: last.bytes,
+    cachedAfterSteps: P.cachedSteps,
+    cachedProveMs: round(last.proveMs),
+    cachedVerifyMs: round(last.verifyMs),
+    cachedBytesPerStep: cached.map((x) => x.bytes),
+    firstLoss: round(losses[0]),
+    lastLoss: round(losses.at(-1)),
+  };
+  model.close?.();
+  q?.model.close?.();
+  return res;
+}
+
+// ---------------------------------------------------------------- run
+
+const simd = simdInfo();
+log(`simd ${JSON.stringify(simd)}`);
+const mach = machine({ simd });
+const results = [];
+const c = P.lm.config;
+for (const name of CASES) {
+  if (name === 'classifier') results.push(await runCase(classifierCase()));
+  else if (name === 'lm') results.push(await runCase(lmCase('lm', c, P.lm.lr, P.lm.clipNorm, null)));
+  else if (name === 'lm-memory') results.push(await runCase(lmCase('lm-memory', c, P.lm.lr, P.lm.clipNorm, P.lmMemory)));
+  else if (name === 'memory-n') {
+    const m = P.memoryN;
+    for (const l of m.log2N) {
+      const sub = 2 ** (l / 2);
+      const cs = lmCase(`memory-n`, m.config, m.lr, m.clipNorm, { ...m.memory, subKeys: sub });
+      cs.extra = { log2N: l, memoryRows: 2 ** l };
+      results.push(await runCase(cs, { withPlain: true }));
+    }
+  } else throw new Error(`unknown case ${name}`);
+}
+
+table(results, [
+  { key: 'label', header: 'case' },
+  { key: 'plainMs', header: 'plain ms' }, { key: 'proveMs', header: 'prove ms' },
+  { key: 'overhead', header: '(prove-plain)/plain' },
+  { key: 'verifyMs', header: 'verify ms' }, { key: 'verifyOverProve', header: 'verify/prove' },
+  { key: 'bytesCold', header: 'bytes cold', format: fmtBytes }, { key: 'bytesCached', header: 'bytes cached', format: fmtBytes },
+  { key: 'cachedVerifyMs', header: 'verify cached ms' },
+], {
+  title: 'Step proofs: one training step proved and verified',
+  notes: [
+    'plain = Tape forward/backward + Trainer (SparseAdam) step; prove = model.proveTrainStep; verify = verifyTrainStep (no addon, verifier holds nothing).',
+    `medians of ${P.rounds} interleaved steps; "cached" = the step after ${P.cachedSteps - 1} earlier steps with a PatternCache on both sides.`,
+    `simd ${simd.level ?? JSON.stringify(simd)}; load average at start ${mach.loadavg.join(' ')}, at end ${machine().loadavg.join(' ')}`,
+  ],
+});
+const hogs = cpuHogs();
+if (hogs.length > 0) console.log(`\n  other processes using CPU:\n    ${hogs.join('\n    ')}`);
+const file = writeResults(NAME, {
+  date: new Date().toISOString(),
+  machine: mach,
+  loadavgAtEnd: machine().loadavg,
+  parameters: { ...P, cores: CORES, dist: DIST },
+  otherProcesses: hogs,
+  results,
+});
+log(`wrote ${file}`);
