@@ -69,8 +69,13 @@ export class StateTree {
 
   /** Sets rows `ids` (sorted, unique) to `state` and updates the tree: O(rows log N) hashes. */
   set(ids: Uint32Array, state: CanonicalRowState): void {
-    const bytes = stateLeaves(this.dim, state, ids.length);
+    this.setLeaves(ids, stateLeaves(this.dim, state, ids.length));
+  }
+
+  /** Sets rows `ids` (sorted, unique) to these leaf bytes (ids.length rows; a step proof's old state rows, to undo a step). */
+  setLeaves(ids: Uint32Array, bytes: Uint8Array): void {
     const rb = this.#rowBytes;
+    if (bytes.length !== ids.length * rb) throw new RangeError(`internal: ${bytes.length} bytes of state leaves for ${ids.length} rows of ${rb}`);
     let cur: number[] = [];
     ids.forEach((id, k) => {
       const leaf = bytes.slice(k * rb, (k + 1) * rb);
