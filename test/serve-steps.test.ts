@@ -10,6 +10,8 @@
  * (tensor files and step-state.bin of either generation) rolled back at open.
  */
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -129,6 +131,59 @@ describe('serving a model trained by step proofs', () => {
     const { model, ghost } = await Model.load(dir);
     expect(toHex(ghost.digest)).toBe(toHex(c2.ghost.digest));
     model.close();
+  });
+
+  it('the client returns only a verified step of its own batch: a swapped batch is refused, a lost answer is found again through /updates', async () => {
+    const { dir, g0 } = await savedModel('proxy');
+    const server = await ProverServer.open(dir, { trainToken: TOKEN });
+    const real = await server.listen();
+    // A proxy in front of the server: 'swap' sends another batch in the client's place; 'drop' takes the step, then breaks the connection.
+    let mode: 'pass' | 'swap' | 'drop' = 'pass';
+    const proxy = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        void (async () => {
+          let body: Uint8Array | undefined = req.method === 'POST' ? Buffer.concat(chunks) : undefined;
+          const m = req.url === '/train-step' ? mode : 'pass';
+          if (m === 'swap') body = encodeStepRequest({ input: { kind: 'ids', ids: examples(2).input }, targets: { kind: 'classes', ids: examples(2).targets } });
+          const headers: Record<string, string> = {};
+          for (const h of ['authorization', 'x-ghost-if-generation', 'content-type']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
+          const r = await fetch(`${real}${req.url}`, { method: req.method!, headers, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}) });
+          const out = Buffer.from(await r.arrayBuffer());
+          if (m === 'drop') {
+            mode = 'pass';
+            req.socket.destroy();
+            return;
+          }
+          const h: Record<string, string> = {};
+          r.headers.forEach((v, k) => (h[k] = v));
+          res.writeHead(r.status, h).end(out);
+        })();
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    try {
+      const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+      await client.trainStep(examples(0));
+      mode = 'swap';
+      expect(await reason(client.trainStep(examples(1)))).toBe('INPUT_MISMATCH');
+      // The server took the other batch; the client did not move on the answer (it follows the step only through /updates).
+      expect(client.generation).toBe(1);
+      expect(server.generation).toBe(2);
+      expect(await client.sync()).toBe(1);
+      mode = 'drop';
+      const r = await client.trainStep(examples(1));
+      expect(server.generation).toBe(3);
+      expect(r.generation).toBe(3);
+      expect(toHex(r.ghost.digest)).toBe(toHex(server.ghost.digest));
+      const p = decodeProof(r.proof) as StepProof;
+      expect(p.targets.kind === 'classes' && Array.from(p.targets.ids)).toEqual(Array.from(examples(1).targets));
+    } finally {
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+      await server.close();
+    }
   });
 
   it('hostile step requests get their typed errors and change nothing', async () => {
