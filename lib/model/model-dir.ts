@@ -13,6 +13,10 @@
  *   step-state.bin     a model trained by step proofs: the optimizer state its Ghost file's
  *                      state roots commit (lib/model/train/step-training.ts)
  *
+ * A served model trained by step proofs logs step proofs instead of update proofs, and
+ * each durable step also replaces step-state.bin (before ghost.bin); a step stopped
+ * halfway is rolled back at recover() from the old rows the logged proof reveals.
+ *
  * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
  * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
  * written log first, then the tensor files it touched (each checkpoint atomic), then
@@ -73,9 +77,13 @@ function framedBytes(proofs: readonly Uint8Array[]): number {
   return proofs.reduce((n, p) => n + 4 + p.length, 0);
 }
 
-/** The Ghost file after `proof` (an update proof or a step proof), verified against `ghost`. */
+/**
+ * The Ghost file after `proof`, verified against `ghost`: a step proof when `ghost` commits
+ * a training rule (such a model moves only by step proofs; an update proof is WRONG_KIND),
+ * else an update proof.
+ */
 async function nextGhost(ghost: PinnedGhost, proof: Uint8Array): Promise<PinnedGhost> {
-  return decodeProof(proof).kind === 'step' ? (await verifyTrainStep(ghost, proof)).ghost : (await verifyUpdate(ghost, proof)).ghost;
+  return ghost.manifest.training !== undefined ? (await verifyTrainStep(ghost, proof)).ghost : (await verifyUpdate(ghost, proof)).ghost;
 }
 
 /** Checkpoints each file-backed tensor among `tensors` once, in order of first mention. */
@@ -225,7 +233,9 @@ export class ModelDirectory {
    * (FormatError NON_CANONICAL otherwise), the tensor files must hold the Ghost file of a
    * generation between it and the log's end, and, writable, ghost.bin is rewritten to
    * that generation and the log cut back to it (nothing after ghost.bin's generation was
-   * published). Read-only, such a directory is refused (NON_CANONICAL). Then load the
+   * published). A log of step proofs whose last step ghost.bin does not hold yet is
+   * rolled back instead (#rollBackStep: its tensors and step-state.bin may each be at
+   * either generation). Read-only, such a directory is refused (NON_CANONICAL). Then load the
    * model (Model.load) and call start() with its Ghost file.
    */
   static async recover(path: string, options: { writable: boolean }): Promise<ModelDirectory> {
@@ -354,8 +364,10 @@ export class ModelDirectory {
 
   /**
    * Makes a step durable: its update proofs appended to updates.bin and fsynced, every
-   * file-backed tensor among `tensors` (those the step touched) checkpointed, then
-   * ghost.bin replaced by `ghost` (the Ghost file after the step). Only once this resolves
+   * file-backed tensor among `tensors` (those the step touched) checkpointed,
+   * step-state.bin replaced by `stepState` when given (a model trained by step proofs: the
+   * state the new Ghost file commits), then ghost.bin replaced by `ghost` (the Ghost file
+   * after the step). Only once this resolves
    * may the step be published. On failure call undoStep().
    */
   async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: Uint8Array): Promise<void> {
