@@ -114,4 +114,4 @@ export {
 } from './verify/index.js';
 export type { ForwardProof, GenerationRecord, GhostManifest, GhostProof, GhostTraining, PinnedGhost, SamplingOptions, StepProof, UpdateProof, VerifiedForward, VerifiedStep, VerifiedUpdate, VerifierLimits } from './verify/index.js';
 export { ProverClient, ProverServer } from './serve/index.js';
-export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServerLogOption, ServerStats, WireGrad } from './serve/index.js';
+export type { CallOptions, ForwardInput, ProverClientOptions, ProverServerOptions, RequestLogEntry, ServedForward, ServedStep, ServedTrainStep, ServerLogOption, ServerStats, StepExamples, WireGrad } from './serve/index.js';

@@ -4,7 +4,9 @@
  * and /forward; it is killed with SIGKILL at random moments and restarted on the same
  * directory. Every (generation, digest) any reader or the trainer was ever shown must
  * be in the restarted server's history (GET /ghost?generation=G), and no two answers
- * may name different digests for one generation (a fork).
+ * may name different digests for one generation (a fork). Twice: a model trained by
+ * update proofs (POST /train, five entries a request) and a language model trained by
+ * step proofs (POST /train-step: one step touches every tensor and step-state.bin).
  *
  * Runs the compiled CLI (dist/): `npm run build:ts` first.
  */
@@ -15,9 +17,9 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { pinGhost } from '../lib/index.js';
+import { languageModel, pinGhost } from '../lib/index.js';
 import { toHex } from '../lib/shared/bytes.js';
-import { encodeForwardRequest, encodeTrainRequest } from '../lib/serve/wire.js';
+import { encodeForwardRequest, encodeStepRequest, encodeTrainRequest } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -48,16 +50,51 @@ async function serve(dir: string, tokenFile: string): Promise<{ child: ChildProc
 const exited = (c: ChildProcess): Promise<void> =>
   c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', () => r()));
 
+/** What the trainer posts and a reader asks, per kind of model. */
+interface Kind {
+  trainPath: string;
+  trainBody: (rng: Rng) => Uint8Array;
+  forwardBody: (rng: Rng) => Uint8Array;
+}
+
+async function updateModel(rng: Rng, dir: string): Promise<Kind> {
+  const { model } = twoLayerModel(rng);
+  await model.save(dir, { optimizerState: true });
+  const dims = model.tensors.map((t) => ({ n: t.size, d: t.dim }));
+  model.close();
+  return {
+    trainPath: '/train',
+    // One entry per tensor: five proofs, five checkpoints per request.
+    trainBody: (r) => encodeTrainRequest(dims.map(({ n, d }, tensor) => ({ tensor, ids: Uint32Array.of(r.int(0, n - 1), r.int(0, n - 1)), grads: r.f32(2 * d, 0.1) }))),
+    forwardBody: (r) => encodeForwardRequest({ kind: 'f32', rows: 1, cols: 16, data: r.f32(16) }),
+  };
+}
+
+async function stepModel(_rng: Rng, dir: string): Promise<Kind> {
+  const V = 24;
+  const model = languageModel({ vocab: V, context: 8, dim: 8, layers: 1, heads: 2, hidden: 8, seed: 11 }, { training: { loss: 'cross-entropy', lr: 0.02, clipNorm: 1 } });
+  await model.commit();
+  await model.save(dir);
+  model.close();
+  const ids = (r: Rng, n: number): Uint32Array => Uint32Array.from({ length: n }, () => r.int(0, V - 1));
+  return {
+    trainPath: '/train-step',
+    // One step proof per request, touching every tensor and step-state.bin.
+    trainBody: (r) => encodeStepRequest({ input: { kind: 'ids', ids: ids(r, 6) }, targets: { kind: 'classes', ids: ids(r, 6) } }),
+    forwardBody: (r) => encodeForwardRequest({ kind: 'ids', ids: ids(r, 4) }),
+  };
+}
+
 describe('SIGKILL at random moments while training and reading', () => {
-  it('no reader ever sees a generation that the restarted server does not have', async () => {
+  it.each([
+    ['update proofs (POST /train)', updateModel, 'model'],
+    ['step proofs (POST /train-step)', stepModel, 'lm'],
+  ] as const)('no reader ever sees a generation that the restarted server does not have: %s', async (_name, make, name) => {
     const rng = new Rng(Number(process.env.GT_CRASH_SEED ?? 20261206));
-    const { model } = twoLayerModel(rng);
-    const dir = join(base, 'model');
-    await model.save(dir, { optimizerState: true });
+    const dir = join(base, name);
+    const kind = await make(rng, dir);
     const tokenFile = join(base, 'token');
     writeFileSync(tokenFile, `${TOKEN}\n`);
-    const dims = model.tensors.map((t) => ({ n: t.size, d: t.dim }));
-    model.close();
 
     /** generation -> digest, from every answer anyone got. */
     const seen = new Map<number, string>();
@@ -91,10 +128,9 @@ describe('SIGKILL at random moments while training and reading', () => {
       let stop = false;
       const train = async (): Promise<void> => {
         while (!stop) {
-          // One entry per tensor: five proofs, five checkpoints per request.
-          const body = encodeTrainRequest(dims.map(({ n, d }, tensor) => ({ tensor, ids: Uint32Array.of(rng.int(0, n - 1), rng.int(0, n - 1)), grads: rng.f32(2 * d, 0.1) })));
+          const body = kind.trainBody(rng);
           try {
-            const res = await fetch(`${s.url}/train`, { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { Authorization: `Bearer ${TOKEN}` } });
+            const res = await fetch(`${s.url}${kind.trainPath}`, { method: 'POST', body: body as Uint8Array<ArrayBuffer>, headers: { Authorization: `Bearer ${TOKEN}` } });
             await res.arrayBuffer();
             if (res.ok) {
               headers(res, 'train');
@@ -105,19 +141,19 @@ describe('SIGKILL at random moments while training and reading', () => {
           }
         }
       };
-      const read = async (kind: number): Promise<void> => {
+      const read = async (which: number): Promise<void> => {
         while (!stop) {
           try {
-            if (kind === 0) {
+            if (which === 0) {
               const res = await fetch(`${s.url}/ghost`);
               const bytes = new Uint8Array(await res.arrayBuffer());
               if (res.ok) see(Number(res.headers.get('x-ghost-generation')), toHex((await pinGhost(bytes)).digest), 'ghost');
-            } else if (kind === 1) {
+            } else if (which === 1) {
               const res = await fetch(`${s.url}/updates?from=0`);
               await res.arrayBuffer();
               if (res.ok) headers(res, 'updates');
             } else {
-              const res = await fetch(`${s.url}/forward`, { method: 'POST', body: encodeForwardRequest({ kind: 'f32', rows: 1, cols: 16, data: rng.f32(16) }) as Uint8Array<ArrayBuffer> });
+              const res = await fetch(`${s.url}/forward`, { method: 'POST', body: kind.forwardBody(rng) as Uint8Array<ArrayBuffer> });
               await res.arrayBuffer();
               if (res.ok) headers(res, 'forward');
             }

@@ -13,6 +13,10 @@
  *   step-state.bin     a model trained by step proofs: the optimizer state its Ghost file's
  *                      state roots commit (lib/model/train/step-training.ts)
  *
+ * A served model trained by step proofs logs step proofs instead of update proofs, and
+ * each durable step also replaces step-state.bin (before ghost.bin); a step stopped
+ * halfway is rolled back at recover() from the old rows the logged proof reveals.
+ *
  * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
  * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
  * written log first, then the tensor files it touched (each checkpoint atomic), then
@@ -26,9 +30,12 @@ import { bytesEqual, toHex } from '../shared/bytes.js';
 import { exists, replaceFile, syncDir, writeSynced } from '../shared/durable-fs.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import { decodeGhost } from '../verify/ghost-file.js';
-import { decodeProof } from '../verify/proof-format.js';
+import { decodeProof, type StepProof } from '../verify/proof-format.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
+import { verifyTrainStep } from '../verify/step.js';
 import { SparseTensor } from '../tensor/sparse-tensor.js';
+import { allIds } from '../shared/args.js';
+import { rollBackStepState } from './train/step-training.js';
 
 const GHOST = 'ghost.bin';
 const FIRST_GHOST = 'ghost-0.bin';
@@ -68,6 +75,15 @@ export interface DirectoryHistory {
 /** Bytes a log record of each proof takes (u32 length + bytes). */
 function framedBytes(proofs: readonly Uint8Array[]): number {
   return proofs.reduce((n, p) => n + 4 + p.length, 0);
+}
+
+/**
+ * The Ghost file after `proof`, verified against `ghost`: a step proof when `ghost` commits
+ * a training rule (such a model moves only by step proofs; an update proof is WRONG_KIND),
+ * else an update proof.
+ */
+async function nextGhost(ghost: PinnedGhost, proof: Uint8Array): Promise<PinnedGhost> {
+  return ghost.manifest.training !== undefined ? (await verifyTrainStep(ghost, proof)).ghost : (await verifyUpdate(ghost, proof)).ghost;
 }
 
 /** Checkpoints each file-backed tensor among `tensors` once, in order of first mention. */
@@ -217,7 +233,9 @@ export class ModelDirectory {
    * (FormatError NON_CANONICAL otherwise), the tensor files must hold the Ghost file of a
    * generation between it and the log's end, and, writable, ghost.bin is rewritten to
    * that generation and the log cut back to it (nothing after ghost.bin's generation was
-   * published). Read-only, such a directory is refused (NON_CANONICAL). Then load the
+   * published). A log of step proofs whose last step ghost.bin does not hold yet is
+   * rolled back instead (#rollBackStep: its tensors and step-state.bin may each be at
+   * either generation). Read-only, such a directory is refused (NON_CANONICAL). Then load the
    * model (Model.load) and call start() with its Ghost file.
    */
   static async recover(path: string, options: { writable: boolean }): Promise<ModelDirectory> {
@@ -230,9 +248,22 @@ export class ModelDirectory {
     let history: PinnedGhost[] | null = null;
     if (proofs.length > 0 && (await exists(g0Path))) {
       history = [await pinGhost(new Uint8Array(await readFile(g0Path)))];
-      for (const p of proofs) history.push((await verifyUpdate(history[history.length - 1]!, p)).ghost);
+      // A served log holds update proofs or, for a model trained by step proofs, step proofs.
+      for (const p of proofs) history.push(await nextGhost(history[history.length - 1]!, p));
       const onDisk = await pinGhost(new Uint8Array(await readFile(join(path, GHOST))));
-      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
+      const last = proofs.length - 1;
+      const lastProof = decodeProof(proofs[last]!);
+      if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest) && lastProof.kind === 'step' && bytesEqual(history[last]!.digest, onDisk.digest)) {
+        // Stopped while persisting a step proof's step (after the log, before ghost.bin): one step
+        // touches many tensors and the state file, which may each hold the step or not. Roll
+        // every one of them back to the rows the proof reveals (ghost.bin's generation), and
+        // cut the step from the log: it was never acknowledged.
+        if (!writable) throw new FormatError('NON_CANONICAL', `${path}: interrupted while saving step ${lastProof.step}; open it with training enabled once to repair it`);
+        await ModelDirectory.#rollBackStep(path, history[last]!, lastProof);
+        await truncate(logPath, framedBytes(proofs.slice(0, last)));
+        proofs = proofs.slice(0, last);
+        history = history.slice(0, last + 1);
+      } else if (!bytesEqual(history[proofs.length]!.digest, onDisk.digest)) {
         // Stopped while persisting a step (after the log, before ghost.bin): the tensor files hold
         // the Ghost file of some generation between ghost.bin's and the log's end. Nothing after
         // ghost.bin's generation was acknowledged; resume at the generation the files hold.
@@ -249,6 +280,40 @@ export class ModelDirectory {
       }
     }
     return new ModelDirectory(path, writable, proofs, history);
+  }
+
+  /**
+   * Puts the directory's tensor files and step-state.bin back to `before` (the Ghost file
+   * before the step `proof`), from the old rows and state rows the proof reveals; each
+   * tensor file checkpointed, the state file replaced atomically. Idempotent. Then every
+   * tensor root must be `before`'s (FormatError NON_CANONICAL otherwise); the state roots
+   * are checked when the model loads.
+   */
+  static async #rollBackStep(path: string, before: PinnedGhost, proof: StepProof): Promise<void> {
+    const m = before.manifest;
+    const trained = new Set((m.training?.tensors ?? []).map((e) => e.tensor));
+    for (const b of proof.blocks) {
+      if (!trained.has(b.tensor)) continue;
+      const gt = m.tensors[b.tensor]!;
+      const ids = b.ids.length === 0 && b.all ? allIds(gt.n) : b.ids;
+      const rows = new Float32Array(ids.length * gt.dim);
+      for (let k = 0; k < ids.length; k++) {
+        const row = b.payload[k];
+        if (!(row instanceof Float32Array) || row.length !== gt.dim) throw new FormatError('NON_CANONICAL', `${path}: the logged step does not reveal row ${ids[k]} of tensor ${b.tensor} whole`);
+        rows.set(row, k * gt.dim);
+      }
+      const t = await SparseTensor.openFile(join(path, tensorFile(b.tensor)));
+      try {
+        t.scatter(ids, rows);
+        await t.checkpointAsync();
+      } finally {
+        t.close();
+      }
+    }
+    const statePath = join(path, STEP_STATE);
+    const file = (await exists(statePath)) ? new Uint8Array(await readFile(statePath)) : null;
+    await replaceFile(path, STEP_STATE, rollBackStepState(file, m, proof));
+    if (!(await ModelDirectory.#rootsMatch(path, before))) throw new FormatError('NON_CANONICAL', `${path}: the tensor files do not hold ${GHOST} after rolling back the unfinished step ${proof.step}`);
   }
 
   /** Whether every tensor file of the directory has the root the Ghost file gives it. */
@@ -281,7 +346,8 @@ export class ModelDirectory {
       // No first Ghost file: at least the last logged step must be the one ghost.bin holds.
       const last = decodeProof(proofs[proofs.length - 1]!);
       const root = last.kind === 'update' ? ghost.manifest.tensors[last.tensor]?.root : undefined;
-      if (last.kind !== 'update' || !root || toHex(root) !== toHex(last.newRoot)) {
+      const held = last.kind === 'step' ? bytesEqual(last.newGhost, ghost.digest) : last.kind === 'update' && root !== undefined && toHex(root) === toHex(last.newRoot);
+      if (!held) {
         throw new FormatError('NON_CANONICAL', `${this.path}: ${LOG} ends with a step that ${GHOST} does not hold`);
       }
     }
@@ -298,11 +364,13 @@ export class ModelDirectory {
 
   /**
    * Makes a step durable: its update proofs appended to updates.bin and fsynced, every
-   * file-backed tensor among `tensors` (those the step touched) checkpointed, then
-   * ghost.bin replaced by `ghost` (the Ghost file after the step). Only once this resolves
+   * file-backed tensor among `tensors` (those the step touched) checkpointed,
+   * step-state.bin replaced by `stepState` when given (a model trained by step proofs: the
+   * state the new Ghost file commits), then ghost.bin replaced by `ghost` (the Ghost file
+   * after the step). Only once this resolves
    * may the step be published. On failure call undoStep().
    */
-  async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[]): Promise<void> {
+  async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: Uint8Array): Promise<void> {
     this.#checkWritable('log a step');
     const framed = new Uint8Array(framedBytes(proofs));
     const dv = new DataView(framed.buffer);
@@ -314,6 +382,7 @@ export class ModelDirectory {
     }
     await writeSynced(join(this.path, LOG), framed, 'a');
     await checkpoint(tensors);
+    if (stepState) await replaceFile(this.path, STEP_STATE, stepState);
     await replaceFile(this.path, GHOST, ghost.bytes);
     this.#logBytes += framed.length;
   }
@@ -325,11 +394,12 @@ export class ModelDirectory {
    * file before the step). If this throws, the directory is repaired by the next
    * recover() of a writable open.
    */
-  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[]): Promise<void> {
+  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: Uint8Array): Promise<void> {
     this.#checkWritable('undo a step');
     await truncate(join(this.path, LOG), this.#logBytes);
     await writeSynced(join(this.path, LOG), new Uint8Array(0), 'a');
     await checkpoint(tensors);
+    if (stepState) await replaceFile(this.path, STEP_STATE, stepState);
     await replaceFile(this.path, GHOST, ghost.bytes);
   }
 }

@@ -490,6 +490,24 @@ export class Model {
   }
 
   /**
+   * The optimizer state of a model trained by step proofs, as `step-state.bin` holds it
+   * (null: no training rule). The prover service writes it with each durable step.
+   */
+  stepState(): Uint8Array | null {
+    return this.#training ? this.#training.encodeState() : null;
+  }
+
+  /**
+   * Takes back the last step proveTrainStep took, from its proof (the old rows and state
+   * rows it reveals) and `before`, the Ghost file before it: for a service whose step could
+   * not be made durable. Throws if the model's roots are then not `before`'s.
+   */
+  undoTrainStep(step: ProvedStep, before: PinnedGhost): void {
+    if (this.#training === null) noTrainingRule();
+    this.#training.undo(step.proof, before.manifest, this.tensors);
+  }
+
+  /**
    * Saves the model to a new directory `dir` (it must not exist): `ghost.bin` (the
    * Ghost file) and one tensor file per tensor, `tensors/<i>.gtt` (docs/storage.md:
    * values and Merkle tree; with `optimizerState`, room for Adam / SGD state), written

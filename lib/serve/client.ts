@@ -2,15 +2,19 @@
  * The verifying client of a prover service (docs/serving.md). It pins a Ghost file
  * and accepts nothing it cannot verify: every forward answer must verify against the
  * pinned Ghost file and be a proof of the very input sent; the pinned Ghost file
- * moves only through update proofs it verified itself, one generation at a time.
+ * moves only through update proofs it verified itself, one generation at a time; a
+ * model whose Ghost file commits a training rule (format 3) moves only through step
+ * proofs it verified itself (verifyTrainStep: the whole step recomputed).
  * Uses fetch and the TypeScript verifier only (no addon).
  */
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { InvalidArgumentError, ProofError, RemoteError } from '../shared/errors.js';
-import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type UpdateProof, type VerifierLimits } from '../verify/proof-format.js';
+import { PatternCache, decodeProof, verifierLimits, type ForwardProof, type StepProof, type UpdateProof, type VerifierLimits } from '../verify/proof-format.js';
+import { verifyTrainStep } from '../verify/step.js';
+import type { StepTargets } from '../verify/training.js';
 import { pinGhost, verifyForward, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { layerInput } from '../verify/kinds/index.js';
-import { coalesce, decodeProofList, encodeForwardRequest, encodeTrainRequest, normalizeWireGrads, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
+import { coalesce, decodeProofList, encodeForwardRequest, encodeStepRequest, encodeTrainRequest, normalizeWireGrads, type ForwardInput, type WireGrad, type WireGradU32 } from './wire.js';
 
 /** Generations of Ghost files a client remembers (to check answers made just before a step it followed). */
 const HISTORY = 64;
@@ -83,6 +87,29 @@ export interface ServedStep {
   ghost: PinnedGhost;
   /** The verified update proofs, one per tensor entry, in order. */
   proofs: Uint8Array[];
+}
+
+/** A training step of a model trained by step proofs, as the client verified it (trainStep). */
+export interface ServedTrainStep {
+  /** The generation after the step. */
+  generation: number;
+  /** The Ghost file after the step (pinned). */
+  ghost: PinnedGhost;
+  /** The verified step proof. */
+  proof: Uint8Array;
+  /** The step's number in the Ghost file's training rule (0-based). */
+  step: number;
+  /** As the verifier recomputed them: the model's output on the batch before the step, the loss, the learning rate, the gradient norm before clipping. */
+  output: Float32Array;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+}
+
+/** The examples of one step: the model's input and the targets (class ids for cross-entropy, a Float32Array of rows x outputs for mse). */
+export interface StepExamples {
+  input: Float32Array | Uint32Array;
+  targets: Uint32Array | readonly number[] | Float32Array;
 }
 
 export class ProverClient {
@@ -213,14 +240,22 @@ export class ProverClient {
     return list.proofs.length;
   }
 
-  async #follow(proof: Uint8Array): Promise<void> {
-    const v = await verifyUpdate(this.#ghost, proof, { limits: this.#limits });
+  /**
+   * Verifies the next proof of the chain against the pinned Ghost file and pins its result:
+   * a step proof (verifyTrainStep) when the pinned file commits a training rule, else an
+   * update proof (verifyUpdate). Returns the verified step (null for an update proof).
+   */
+  async #follow(proof: Uint8Array): Promise<Awaited<ReturnType<typeof verifyTrainStep>> | null> {
+    const stepped = this.#ghost.manifest.training !== undefined;
+    const s = stepped ? await verifyTrainStep(this.#ghost, proof, { limits: this.#limits }) : null;
+    const v = s ?? (await verifyUpdate(this.#ghost, proof, { limits: this.#limits }));
     this.#ghost = v.ghost;
     this.#proofs.set(this.#generation, proof);
     this.#proofs.delete(this.#generation - HISTORY);
     this.#generation++;
     this.#history.set(this.#generation, v.ghost);
     this.#history.delete(this.#generation - HISTORY);
+    return s;
   }
 
   /**
@@ -287,6 +322,7 @@ export class ProverClient {
     const grads = normalizeWireGrads(wireGrads);
     const deadline = this.#deadline(options);
     const g = this.#ghost.manifest;
+    if (g.training !== undefined) throw new InvalidArgumentError('this model is trained by step proofs: send examples with trainStep()');
     for (const [i, e] of grads.entries()) {
       const t = g.tensors[e.tensor];
       if (!t) throw new InvalidArgumentError(`grads[${i}].tensor ${e.tensor} is not in the Ghost file`);
@@ -342,6 +378,78 @@ export class ProverClient {
     });
   }
 
+  /**
+   * One training step of a model trained by step proofs (needs the token): the examples
+   * (the model's input and its targets) go to POST /train-step; the answer must be one
+   * step proof of exactly this batch that verifies against the pinned Ghost file
+   * (verifyTrainStep recomputes the whole step); the pinned Ghost file then moves to the
+   * result. Conditional and retried as train() is (X-Ghost-If-Generation).
+   */
+  async trainStep(examples: StepExamples, options: CallOptions = {}): Promise<ServedTrainStep> {
+    const deadline = this.#deadline(options);
+    const training = this.#ghost.manifest.training;
+    if (training === undefined) throw new InvalidArgumentError('this model commits no training rule: train it with train() (update proofs)');
+    if (examples === null || typeof examples !== 'object') throw new InvalidArgumentError('examples must be { input, targets }');
+    const input = this.#input(examples.input, undefined);
+    const t = examples.targets;
+    let targets: StepTargets;
+    if (training.loss === 'cross-entropy') {
+      if (t instanceof Float32Array) throw new InvalidArgumentError('a cross-entropy model takes class ids as targets');
+      const ids = t instanceof Uint32Array ? t : Uint32Array.from(t as readonly number[]);
+      if (!(t instanceof Uint32Array) && (t as readonly number[]).some((c) => !Number.isInteger(c) || c < 0 || c > 0xffffffff)) throw new InvalidArgumentError('targets must be class ids (integers >= 0)');
+      targets = { kind: 'classes', ids };
+    } else {
+      if (!(t instanceof Float32Array)) throw new InvalidArgumentError('an mse model takes a Float32Array of targets');
+      targets = { kind: 'values', data: t };
+    }
+    const body = encodeStepRequest({ input, targets });
+    let r: Answer;
+    for (;;) {
+      const at = this.#generation;
+      try {
+        r = await this.#request('POST', '/train-step', deadline, body, true, at);
+        break;
+      } catch (err) {
+        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
+      }
+      const found = await this.#locked(async () => {
+        await this.#syncNow(undefined, deadline);
+        if (this.#generation - at > HISTORY) {
+          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
+        }
+        for (let g = at; g < this.#generation; g++) {
+          const bytes = this.#proofs.get(g);
+          if (bytes && isSameBatch(decodeProof(bytes, { kind: 'step', limits: this.#limits }), input, targets)) {
+            // Taken before: verify it again from its Ghost file for the figures the answer reports.
+            const v = await verifyTrainStep(this.#history.get(g)!, bytes, { limits: this.#limits });
+            return { generation: g + 1, ghost: this.#history.get(g + 1) ?? v.ghost, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
+          }
+        }
+        return null;
+      });
+      if (found) return found;
+    }
+    const list = decodeProofList(r.body);
+    if (list.proofs.length !== 1) throw new ProofError('INPUT_MISMATCH', `one step was sent, ${list.proofs.length} proofs came back`);
+    const bytes = list.proofs[0]!;
+    const p = decodeProof(bytes, { kind: 'step', limits: this.#limits });
+    if (!isSameBatch(p, input, targets)) throw new ProofError('INPUT_MISMATCH', 'the step proof is of another batch (input or targets) than the one sent');
+    return this.#locked(async () => {
+      const at = list.firstGeneration;
+      if (at > this.#generation) await this.#syncNow(at, deadline);
+      if (at === this.#generation) {
+        const v = (await this.#follow(bytes))!;
+        return { generation: at + 1, ghost: v.ghost, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
+      }
+      // Already followed through /updates (a concurrent call): it must be the same step.
+      const before = this.#history.get(at), after = this.#history.get(at + 1);
+      if (!before || !after) throw new ProofError('GHOST_MISMATCH', `the step at generation ${at} is older than this client's recent history`);
+      const v = await verifyTrainStep(before, bytes, { limits: this.#limits });
+      if (!bytesEqual(v.ghost.digest, after.digest)) throw new ProofError('GHOST_MISMATCH', `the server answered generation ${at} with another step than /updates did`);
+      return { generation: at + 1, ghost: after, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
+    });
+  }
+
   /** This client's step among the verified ones from generation `from`: E consecutive update proofs revealing exactly these gradients. */
   #findStep(from: number, grads: readonly WireGradU32[]): ServedStep | null {
     const tensors = this.#ghost.manifest.tensors;
@@ -387,7 +495,7 @@ export class ProverClient {
    */
   async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number, extra?: Record<string, string>): Promise<Answer> {
     // A conditional training step is taken at most once whatever the attempts (the server checks the generation).
-    const idempotent = !(method === 'POST' && path === '/train') || ifGeneration !== undefined;
+    const idempotent = !(method === 'POST' && (path === '/train' || path === '/train-step')) || ifGeneration !== undefined;
     for (let attempt = 1; ; attempt++) {
       const left = deadline - performance.now();
       if (left <= 0) throw new RemoteError(0, 'DEADLINE_EXCEEDED', `${method} ${path}: the call's deadline passed before attempt ${attempt}`);
@@ -546,6 +654,21 @@ function checkSameInput(p: ForwardProof, req: ForwardInput): void {
       ? p.input.rows === req.rows && p.input.cols === req.cols && bytesEqual(u8(p.input.data), u8(req.data))
       : p.input.kind === 'ids' && req.kind === 'ids' && bytesEqual(u8(p.input.ids), u8(req.ids));
   if (!same) throw new ProofError('INPUT_MISMATCH', 'the proof is of another input than the one sent');
+}
+
+/** Whether a step proof is of exactly this batch: the same input record and the same targets, bit for bit. */
+function isSameBatch(p: ReturnType<typeof decodeProof>, input: ForwardInput, targets: StepTargets): boolean {
+  if (p.kind !== 'step') return false;
+  const q: StepProof = p;
+  const sameInput =
+    q.input.kind === 'f32' && input.kind === 'f32'
+      ? q.input.rows === input.rows && q.input.cols === input.cols && bytesEqual(u8(q.input.data), u8(input.data))
+      : q.input.kind === 'ids' && input.kind === 'ids' && bytesEqual(u8(q.input.ids), u8(input.ids));
+  const sameTargets =
+    q.targets.kind === 'classes' && targets.kind === 'classes'
+      ? bytesEqual(u8(q.targets.ids), u8(targets.ids))
+      : q.targets.kind === 'values' && targets.kind === 'values' && bytesEqual(u8(q.targets.data), u8(targets.data));
+  return sameInput && sameTargets;
 }
 
 function checkSameGrads(p: UpdateProof, g: WireGradU32, dim: number): void {

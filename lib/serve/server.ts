@@ -38,7 +38,10 @@ import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
-import { batchOf, decodeForwardRequest, decodeTrainRequest, encodeProofList } from './wire.js';
+import { batchOf, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, encodeProofList, type StepRequest } from './wire.js';
+import { verifyTrainStep } from '../verify/step.js';
+import { specOf } from '../verify/kinds/index.js';
+import type { ProvedStep } from '../model/model.js';
 
 /** One request as logged (`log` option, onLog). */
 export interface RequestLogEntry {
@@ -66,7 +69,7 @@ export interface RequestLogEntry {
 export type ServerLogOption = 'json' | 'text' | { format: 'json' | 'text'; write?: (line: string) => void };
 
 /** The routes metrics and logs name (anything else is 'other', so label values stay bounded). */
-const ROUTES = new Set(['/ghost', '/updates', '/forward', '/train', '/health', '/metrics']);
+const ROUTES = new Set(['/ghost', '/updates', '/forward', '/train', '/train-step', '/health', '/metrics']);
 
 function packageVersion(): string {
   // lib/serve/server.ts and dist/serve/server.js both sit two levels under the package root.
@@ -331,7 +334,8 @@ export class ProverServer {
     this.#firstKept = generation;
     this.#ownsModel = ownsModel;
     this.#sched = new Scheduler(this.#o.maxConcurrent, this.#o.maxQueue, this.#o.queueTimeoutMs);
-    if (options.trainToken === undefined) this.#optimizer = null;
+    // A model trained by step proofs follows its own committed rule (POST /train-step); no update-proof optimizer.
+    if (options.trainToken === undefined || ghost.manifest.training !== undefined) this.#optimizer = null;
     else {
       const opt = options.optimizer ?? { kind: 'adam' as const, lr: 1e-3 };
       const { kind, ...rest } = opt;
@@ -607,6 +611,7 @@ export class ProverServer {
       }
       case '/train': {
         allow('POST');
+        if (this.#ghost.manifest.training !== undefined) throw new HttpError(409, 'STEP_TRAINED', 'this model is trained by step proofs: POST /train-step with examples');
         if (!this.#optimizer || this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
         this.#checkNotBroken();
         const auth = req.headers.authorization ?? '';
@@ -632,6 +637,38 @@ export class ProverServer {
         });
         this.#served.train++;
         return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost, lease);
+      }
+      case '/train-step': {
+        allow('POST');
+        if (this.#ghost.manifest.training === undefined) throw new HttpError(409, 'NO_TRAINING_RULE', 'this model commits no training rule: POST /train with gradients (update proofs)');
+        if (this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
+        this.#checkNotBroken();
+        const auth = req.headers.authorization ?? '';
+        const m = /^Bearer (.+)$/.exec(auth);
+        if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
+        const ifHeader = req.headers['x-ghost-if-generation'];
+        const ifGeneration = ifHeader === undefined ? null : parseGeneration(String(ifHeader));
+        const body = await this.#readBody(req, lease);
+        const batch = decodeStepRequest(body);
+        const B = batchOf(batch.input);
+        if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
+        this.#checkInput(batch.input);
+        this.#checkTargets(batch, B);
+        const out = await this.#sched.run(true, async () => {
+          this.#checkNotBroken();
+          if (ifGeneration !== null && ifGeneration !== this.#generation) {
+            throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
+          }
+          const t = performance.now();
+          try {
+            return await this.#trainStep(batch);
+          } finally {
+            lease.proveMs = performance.now() - t;
+            this.#mProveSeconds.observe({ kind: 'train' }, lease.proveMs / 1000);
+          }
+        });
+        this.#served.train++;
+        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, [out.proof]), this.#generation, this.#ghost, lease);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
@@ -716,6 +753,77 @@ export class ProverServer {
       if (input.kind !== 'f32') throw new HttpError(400, 'BAD_INPUT', 'this model takes f32 rows');
       if (input.cols !== first.cols) throw new HttpError(400, 'BAD_INPUT', `rows of ${input.cols} values; this model takes ${first.cols}`);
     }
+  }
+
+  /**
+   * The targets of a step request against the model, before any work (400 BAD_TARGETS):
+   * class ids (cross-entropy), one per output row, each below the output width; or values
+   * (mse), rows x the output width. An output row per input row (B).
+   */
+  #checkTargets(batch: StepRequest, B: number): void {
+    const m = this.#ghost.manifest;
+    const last = m.layers[m.layers.length - 1]!;
+    const cols = specOf(last).outWidth(last, m);
+    const t = batch.targets;
+    if (m.training!.loss === 'cross-entropy') {
+      if (t.kind !== 'classes') throw new HttpError(400, 'BAD_TARGETS', 'this model trains with cross-entropy: targets are class ids');
+      if (t.ids.length !== B) throw new HttpError(400, 'BAD_TARGETS', `${t.ids.length} class ids for ${B} inputs`);
+      for (const [i, c] of t.ids.entries()) if (c >= cols) throw new HttpError(400, 'BAD_TARGETS', `targets[${i}] = ${c} is not a class below the output width ${cols}`);
+    } else {
+      if (t.kind !== 'values') throw new HttpError(400, 'BAD_TARGETS', 'this model trains with mse: targets are f32 values');
+      if (t.data.length !== B * cols) throw new HttpError(400, 'BAD_TARGETS', `${t.data.length} target values for ${B} x ${cols} outputs`);
+    }
+  }
+
+  /**
+   * One step of a model trained by step proofs, all or nothing: Model.proveTrainStep takes
+   * it (the verifier's own computation, applied), the server verifies the encoded proof
+   * itself (verifyTrainStep against the served Ghost file), then makes it durable (the
+   * log, the touched tensor files, step-state.bin, ghost.bin) and only then publishes it.
+   * Any failure puts the model back (Model.undoTrainStep, from the proof's old rows and
+   * state rows) and the files (ModelDirectory.undoStep); if that fails, NEEDS_RESTART.
+   */
+  async #trainStep(batch: StepRequest): Promise<{ from: number; proof: Uint8Array }> {
+    const before = this.#ghost;
+    const from = this.#generation;
+    let step: ProvedStep;
+    try {
+      step = await this.model.proveTrainStep({ input: batch.input.kind === 'f32' ? batch.input.data : batch.input.ids, targets: batch.targets.kind === 'classes' ? batch.targets.ids : batch.targets.data });
+    } catch (err) {
+      // proveTrainStep changes nothing before its step is computed; a failure while applying it is internal.
+      if (!bytesEqual((await this.model.ghost()).digest, before.digest)) this.#broken = `a step failed half applied (${err instanceof Error ? err.message : String(err)}); restart the server`;
+      throw err;
+    }
+    const undo = async (files: boolean): Promise<void> => {
+      try {
+        this.model.undoTrainStep(step, before);
+        if (files && this.#store) await this.#store.undoStep(before, this.#stepTensors(step), this.model.stepState() ?? undefined);
+      } catch (err) {
+        this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
+      }
+    };
+    try {
+      const v = await verifyTrainStep(before, step.bytes);
+      if (!bytesEqual(v.ghost.digest, step.ghost.digest)) throw new Error('it verifies to another Ghost file than the model\'s');
+    } catch (err) {
+      await undo(false);
+      throw new HttpError(500, 'SELF_CHECK_FAILED', `the step proof does not verify against the served Ghost file (${err instanceof Error ? err.message : String(err)}); nothing was changed`);
+    }
+    try {
+      if (this.#store) await this.#store.appendStep([step.bytes], step.ghost, this.#stepTensors(step), this.model.stepState() ?? undefined);
+    } catch (err) {
+      await undo(true);
+      const e = toHttpError(err);
+      throw new HttpError(500, 'NOT_DURABLE', `the step could not be saved (${e.message}); nothing was changed`);
+    }
+    this.#remember(step.bytes, step.ghost);
+    return { from, proof: step.bytes };
+  }
+
+  /** The trained tensors a step read (and so may have written): the ones to checkpoint. */
+  #stepTensors(step: ProvedStep): SparseTensor[] {
+    const trained = new Set(this.#ghost.manifest.training?.tensors.map((e) => e.tensor) ?? []);
+    return step.proof.blocks.filter((b) => trained.has(b.tensor)).map((b) => this.model.tensors[b.tensor]!);
   }
 
   /**

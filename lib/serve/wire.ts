@@ -7,6 +7,7 @@ import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeInputReco
 import { toIds } from '../shared/args.js';
 import { FormatError, InvalidArgumentError } from '../shared/errors.js';
 import type { GhostManifest } from '../verify/ghost-file.js';
+import type { StepTargets } from '../verify/training.js';
 
 /** What one forward request asks: B rows of f32 (a HopfieldLookup first) or B ids (an Embedding first). */
 export type ForwardInput = InputRecord;
@@ -96,6 +97,50 @@ export function decodeTrainRequest(bytes: Uint8Array, ghost: GhostManifest): Wir
   }
   r.end();
   return out;
+}
+
+/** What one step request asks (POST /train-step): a batch of inputs and their targets. */
+export interface StepRequest {
+  input: ForwardInput;
+  /** Class ids (cross-entropy: one per output row) or values (mse: rows x outputs). */
+  targets: StepTargets;
+}
+
+/**
+ * Step request: the input record (as a forward request), then the targets as a step proof
+ * holds them: u8 kind (1 class ids: u32 count, count u32; 2 values: u32 count, count f32),
+ * nothing after.
+ */
+export function encodeStepRequest(req: StepRequest): Uint8Array {
+  const w = new ByteWriter();
+  if (req.input.kind === 'f32' && req.input.data.length !== req.input.rows * req.input.cols) throw new InvalidArgumentError(`input data has ${req.input.data.length} values, rows x cols = ${req.input.rows * req.input.cols}`);
+  writeInputRecord(w, req.input);
+  if (req.targets.kind === 'classes') w.u8(1).u32(req.targets.ids.length).u32s(req.targets.ids);
+  else w.u8(2).u32(req.targets.data.length).f32s(req.targets.data);
+  return w.finish();
+}
+
+/**
+ * Reads a step request (untrusted: each count checked against the bytes left before its
+ * array is allocated, f32 values finite). The server then checks the counts against the
+ * model (the batch, the output width, the loss).
+ */
+export function decodeStepRequest(bytes: Uint8Array): StepRequest {
+  const r = new ByteReader(bytes, 'step request');
+  const input = readInputRecord(r, { maxRows: 2 ** 32 - 1, maxCols: 2 ** 32 - 1 });
+  const kind = r.u8('targets kind');
+  let targets: StepTargets;
+  if (kind === 1) {
+    const n = r.count('target count', 1, 2 ** 32 - 1, 4);
+    targets = { kind: 'classes', ids: r.u32s(n, 'targets') };
+  } else if (kind === 2) {
+    const n = r.count('target count', 1, 2 ** 32 - 1, 4);
+    const data = r.f32s(n, 'targets');
+    checkFiniteF32(data, 'step request: a target');
+    targets = { kind: 'values', data };
+  } else throw new FormatError('BAD_VALUE', `step request: targets kind ${kind}`);
+  r.end();
+  return { input, targets };
 }
 
 /** A list of proofs: u64 first generation, u32 count, count x (u32 length, proof bytes). */

@@ -73,8 +73,13 @@ export class StateTree {
    * them for its state root), else they are encoded here.
    */
   set(ids: Uint32Array, state: CanonicalRowState, bytes: Uint8Array = stateLeaves(this.dim, state, ids.length)): void {
-    if (bytes.length !== ids.length * this.#rowBytes) throw new Error(`internal: ${bytes.length} state leaf bytes for ${ids.length} rows`);
+    this.setLeaves(ids, bytes);
+  }
+
+  /** Sets rows `ids` (sorted, unique) to these leaf bytes (ids.length rows; a step proof's old state rows, to undo a step). */
+  setLeaves(ids: Uint32Array, bytes: Uint8Array): void {
     const rb = this.#rowBytes;
+    if (bytes.length !== ids.length * rb) throw new RangeError(`internal: ${bytes.length} bytes of state leaves for ${ids.length} rows of ${rb}`);
     let cur: number[] = [];
     ids.forEach((id, k) => {
       const leaf = bytes.slice(k * rb, (k + 1) * rb);

@@ -6,7 +6,8 @@
  * (lib/verify/step.ts) and applied to the tensors. The model then holds exactly what the
  * verifier computed, bit for bit (checked: the tensors' native roots must equal it).
  */
-import { checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
+import { allIds, checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
+import type { StepProof } from '../../verify/proof-format.js';
 import { ByteReader, ByteWriter, bytesEqual } from '../../shared/bytes.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../../shared/errors.js';
 import type { GhostManifest } from '../../verify/ghost-file.js';
@@ -131,6 +132,44 @@ export class StepTraining {
     return { options, training: st };
   }
 
+  /**
+   * Takes back the step `proof` made (proveTrainStep applied it; the prover service undoes
+   * a step it could not make durable): every trained tensor's rows put back to the values
+   * the proof's blocks reveal, its state rows to the proof's state leaves, the step count
+   * and decay marks to `before`'s (the Ghost file before the step). Then each root must be
+   * `before`'s (Error otherwise: the caller stops and a restart repairs from the files).
+   */
+  undo(proof: StepProof, before: GhostManifest, tensors: readonly SparseTensor[]): void {
+    const tb = before.training;
+    if (!tb) throw new Error('internal: undo of a step against a Ghost file without a training rule');
+    for (const b of proof.blocks) {
+      if (!this.trained.has(b.tensor)) continue;
+      const t = tensors[b.tensor]!;
+      const ids = b.ids.length === 0 && b.all ? allIds(t.size) : b.ids;
+      const rows = new Float32Array(ids.length * t.dim);
+      for (let k = 0; k < ids.length; k++) {
+        const row = b.payload[k];
+        if (!(row instanceof Float32Array) || row.length !== t.dim) throw new Error(`internal: the step's block of tensor ${b.tensor} does not hold row ${ids[k]} whole; it cannot be undone from the proof`);
+        rows.set(row, k * t.dim);
+      }
+      t.scatter(ids, rows);
+    }
+    for (const s of proof.states) {
+      const e = this.trained.get(s.tensor);
+      if (!e) continue;
+      const ids = s.ids.length === 0 && s.all ? allIds(e.state.n) : s.ids;
+      e.state.setLeaves(ids, s.leaves);
+    }
+    this.step = tb.step;
+    for (const e of tb.tensors) this.trained.get(e.tensor)!.logDecay = e.logDecay;
+    for (const [i, t] of tensors.entries()) {
+      if (!bytesEqual(t.root(), before.tensors[i]!.root)) throw new Error(`internal: tensor ${i}'s root after undoing the step is not the Ghost file's before it`);
+    }
+    for (const e of tb.tensors) {
+      if (!bytesEqual(this.trained.get(e.tensor)!.state.root(), e.stateRoot)) throw new Error(`internal: tensor ${e.tensor}'s optimizer state after undoing the step is not the Ghost file's before it`);
+    }
+  }
+
   /** The state file's bytes (decodeStepState reads them): every trained tensor's written rows. */
   encodeState(): Uint8Array {
     const w = new ByteWriter();
@@ -197,6 +236,35 @@ export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number
   }
   r.end();
   return out;
+}
+
+/**
+ * A state file (step-state.bin) with the rows a step proof wrote put back to the state the
+ * proof reveals for them (its old leaves): the state file before the step, whether `file`
+ * was written before or after it (idempotent). ModelDirectory.recover rolls back a step that
+ * was logged but not finished; the result's roots are checked when the model loads.
+ */
+export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, proof: StepProof): Uint8Array {
+  const rows = file === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(file, m);
+  const trained = m.training?.tensors ?? [];
+  const w = new ByteWriter();
+  w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
+  for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
+    const gt = m.tensors[e.tensor]!;
+    const rb = stateRowBytes(gt.dim);
+    const byId = new Map<number, Uint8Array>();
+    const r = rows.get(e.tensor);
+    if (r) r.ids.forEach((id, k) => byId.set(id, r.leaves.subarray(k * rb, (k + 1) * rb)));
+    for (const s of proof.states) {
+      if (s.tensor !== e.tensor) continue;
+      const ids = s.ids.length === 0 && s.all ? allIds(gt.n) : s.ids;
+      ids.forEach((id, k) => byId.set(id, s.leaves.subarray(k * rb, (k + 1) * rb)));
+    }
+    const ids = Uint32Array.from(byId.keys()).sort();
+    w.u32(e.tensor).u32(gt.dim).u64(gt.n).u32(ids.length).u32s(ids);
+    for (const id of ids) w.bytes(byId.get(id)!);
+  }
+  return w.finish();
 }
 
 export { StateTree };
