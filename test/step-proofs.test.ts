@@ -384,4 +384,39 @@ describe('step proofs', () => {
     const { verifyUpdate } = await import('../lib/index.js');
     expect(await reason(verifyUpdate(pinned, encodeProof(forged)))).toBe('WRONG_KIND');
   });
+
+  it('a step writes only the rows its backward touches: read-whole sub-key tables and held keys keep their other rows', async () => {
+    const rng = new Rng(18);
+    // Product keys: both sub-key tables are read whole (the verifier re-derives the selection); only the selected rows move.
+    const t1 = SparseTensor.fromArray(rng.f32(8 * 4), 4), t2 = SparseTensor.fromArray(rng.f32(8 * 4), 4);
+    const pk = new Model([new HopfieldLookup({ keys: ProductKeyIndex.fromTables(t1, t2), values: SparseTensor.fromArray(rng.f32(64 * 3), 3), k: 2, beta: 2 })], { training: { loss: 'cross-entropy', lr: 0.05 } });
+    let pinned = await pk.ghost();
+    const before1 = t1.gather(Uint32Array.from({ length: 8 }, (_, i) => i));
+    const step = await pk.proveTrainStep({ input: rng.f32(1 * 8), targets: [1] });
+    pinned = (await verifyTrainStep(pinned, step.bytes)).ghost;
+    const p = step.proof;
+    expect(p.blocks.find((b) => b.tensor === 0)!.all).toBe(true);
+    const s1 = p.states.find((b) => b.tensor === 0)!;
+    expect(s1.ids.length).toBeLessThanOrEqual(2);
+    const after1 = t1.gather(Uint32Array.from({ length: 8 }, (_, i) => i));
+    for (let r = 0; r < 8; r++) {
+      const moved = after1.subarray(r * 4, r * 4 + 4).some((v, j) => v !== before1[r * 4 + j]);
+      expect(moved, `row ${r}`).toBe(s1.ids.includes(r));
+    }
+    // Held keys: an exact layer's keys revealed whole, its selection re-derived, only the selected keys written.
+    const keys = SparseTensor.fromArray(rng.f32(30 * 6), 6);
+    const ex = new Model([new HopfieldLookup({ keys, values: SparseTensor.fromArray(rng.f32(30 * 3), 3), k: 3, similarity: 'cosine', normalize: true, beta: 3 })], { training: { loss: 'cross-entropy', lr: 0.05 } });
+    let g = await ex.ghost();
+    const x = rng.f32(2 * 6);
+    const held = await ex.proveTrainStep({ input: x, targets: [0, 2] }, { revealKeys: 'all' });
+    expect(held.proof.blocks[0]!.all).toBe(true);
+    expect(held.proof.states[0]!.ids.length).toBeLessThanOrEqual(6);
+    g = (await verifyTrainStep(g, held.bytes)).ghost;
+    const next = await ex.proveTrainStep({ input: x, targets: [0, 2] }, { revealKeys: 'all' });
+    const forged = decodeProof(next.bytes) as StepProof;
+    const st = forged.layers[0]!.stages[0]!;
+    [st[0], st[1]] = [st[1]!, st[0]!];
+    expect(await reason(verifyTrainStep(g, forged))).toBe('SELECTION_MISMATCH');
+    expect((await verifyTrainStep(g, next.bytes)).step).toBe(1);
+  });
 });

@@ -421,22 +421,22 @@ export class Model {
    * verifier computes, bit for bit. Needs `new Model(layers, { training })`. `cache`
    * mirrors the verifier's (held rows travel as ids or deltas; both record the step's rows).
    */
-  async proveTrainStep(batch: StepBatch, options: { cache?: PatternCache } = {}): Promise<ProvedStep> {
+  async proveTrainStep(batch: StepBatch, options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] } = {}): Promise<ProvedStep> {
     // Calls made while a step runs wait for it: each step starts from the model the last one left.
     const run = this.#stepQueue.then(() => this.#proveTrainStep(batch, options));
     this.#stepQueue = run.catch(() => undefined);
     return run;
   }
 
-  async #proveTrainStep(batch: StepBatch, options: { cache?: PatternCache }): Promise<ProvedStep> {
-    options = checkOptions('Model.proveTrainStep', options, ['cache']);
+  async #proveTrainStep(batch: StepBatch, options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] }): Promise<ProvedStep> {
+    options = checkOptions('Model.proveTrainStep', options, ['cache', 'revealKeys']);
     if (batch === null || typeof batch !== 'object') throw new InvalidArgumentError('batch must be { input, targets }');
     checkOptions('batch', batch, ['input', 'targets']);
     if (this.#trainingOptions === undefined) noTrainingRule();
     const ghost = await this.ghost();
     const tr = this.#training!;
     // The forward's selection, and the rows each layer reads.
-    const fwd = await this.prove(batch.input);
+    const fwd = await this.prove(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
     const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
     const targets = tr.targets(batch.targets, B, cols);
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
@@ -450,15 +450,21 @@ export class Model {
     }
     const cache = options.cache;
     const blocks: PatternBlock[] = [];
-    const states: StepProof['states'] = [];
     for (const ti of [...reads.keys()].sort((a, b) => a - b)) {
       const r = reads.get(ti)!;
       const t = this.tensors[ti]!;
       const ids = r.all ? allIds(t.size) : Uint32Array.from(r.ids).sort();
-      const trained = tr.trained.get(ti);
-      blocks.push(this.#block(t, ids, r.all, cache, trained !== undefined).block);
-      if (trained) states.push({ tensor: ti, dim: t.dim, all: r.all, ids, leaves: trained.state.leaves(ids), hashes: r.all ? new Uint8Array(0) : trained.state.prove(ids) });
+      blocks.push(this.#block(t, ids, r.all, cache, tr.trained.has(ti)).block);
     }
+    // The optimizer state of the rows the step writes (the rows its backward touches), asked for by the step itself.
+    const states: StepProof['states'] = [];
+    const stateOf = (ti: number, ids: Uint32Array): StepProof['states'][number] => {
+      const st = tr.trained.get(ti)!.state;
+      const all = ids.length === st.n;
+      const block = { tensor: ti, dim: st.dim, all, ids, leaves: st.leaves(ids), hashes: all ? new Uint8Array(0) : st.prove(ids) };
+      states.push(block);
+      return block;
+    };
     const proof: StepProof = {
       kind: 'step',
       ghost: ghost.digest,
@@ -471,7 +477,7 @@ export class Model {
       newGhost: new Uint8Array(32),
     };
     const h = await loadHasher();
-    const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS));
+    const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), stateOf);
     // Apply what the step computed, then check the model's own roots agree with it.
     for (const w of r.writes) {
       const t = this.tensors[w.tensor]!;

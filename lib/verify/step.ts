@@ -16,10 +16,11 @@ import { ProofError } from '../shared/errors.js';
 import { canonicalBackward, canonicalForward } from './backward.js';
 import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
+import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
 import { specOf } from './kinds/index.js';
 import { fail, type Revealed } from './layer-spec.js';
 import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
-import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type StateBlock, type StepProof } from './proof-format.js';
+import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
 import { openProof, pinGhost, resolveBlock, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
 import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
 
@@ -55,9 +56,15 @@ export interface StepOutcome {
   gradNorm: number;
   clipScale: number;
   writes: StepWrite[];
-  /** Rows of frozen tensors the step read (unchanged). */
-  read: Revealed[];
+  /** Every row the step read, as it is after the step, with its tensor's root then: what both caches record. */
+  record: ResolvedBlock[];
 }
+
+/**
+ * Where the prover's run of computeStep takes the optimizer state of the rows a step
+ * writes (its state trees); the verifier's comes from the proof's state blocks.
+ */
+export type StateSource = (tensor: number, ids: Uint32Array) => StateBlock;
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
 
@@ -72,6 +79,7 @@ function planStep(g: GhostManifest, t: GhostTraining, p: StepProof, budget: Veri
   for (const [li, l] of g.layers.entries()) {
     const before = budget.work, cellsBefore = budget.cells;
     specOf(l).plan(l, g, B, budget, li);
+    if (l.op === 'hopfield') planHopfieldSelection(l as GhostHopfieldLayer, g, { op: l.op, stages: p.layers[li]!.stages, blocks: p.blocks }, B, budget, li);
     budget.workFor(2 * (budget.work - before), `layer ${li}'s backward`);
     budget.cellsFor(2 * (budget.cells - cellsBefore), `layer ${li}'s backward`);
   }
@@ -105,7 +113,7 @@ function indexOf(ids: Uint32Array, id: number): number {
  * the first check that fails. Does not compare the claimed new digest (verifyTrainStep
  * does; the prover fills it in from this result).
  */
-export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, cache: PatternCache | undefined, budget: VerifyBudget): StepOutcome {
+export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, cache: PatternCache | undefined, budget: VerifyBudget, stateOf?: StateSource): StepOutcome {
   const g = ghost.manifest;
   const t = g.training;
   if (!t) fail('NO_TRAINING_RULE', 'the pinned Ghost file commits no training rule (format 3): it cannot be trained by step proofs');
@@ -123,29 +131,9 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const rev = resolveBlock(h, g, b, cache, trained.has(b.tensor));
     blocks.set(b.tensor, { block: b, rev, used: new Uint8Array(b.ids.length) });
   }
-  // The optimizer state of the rows written: one state block per trained tensor read, over the same rows.
-  const states = new Map<number, { block: StateBlock; state: CanonicalRowState }>();
-  const written = p.blocks.filter((b) => trained.has(b.tensor));
-  if (p.states.length !== written.length) fail('BLOCK_IDS', `the step writes ${written.length} trained tensors; the proof carries ${p.states.length} state blocks`);
-  p.states.forEach((s, i) => {
-    const b = written[i]!;
-    const e = trained.get(s.tensor);
-    if (s.tensor !== b.tensor || !e) fail('BLOCK_IDS', `state block ${i} is of tensor ${s.tensor}; the step writes tensor ${b.tensor}`);
-    if (s.all !== b.all || s.ids.length !== b.ids.length || s.ids.some((id, k) => id !== b.ids[k])) fail('BLOCK_IDS', `the state block of tensor ${s.tensor} does not cover exactly the rows the step writes`);
-    const n = g.tensors[s.tensor]!.n;
-    let root: Uint8Array;
-    try {
-      root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, s.ids, s.leaves, s.hashes);
-    } catch (err) {
-      if (err instanceof ProofError) throw err;
-      throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
-    }
-    if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
-    states.set(s.tensor, { block: s, state: readStateLeaves(s.dim, s.leaves, s.ids.length, e.logDecay) });
-  });
-
   // The forward, each layer served from the blocks: exactly the rows it reads.
-  const fwd = canonicalForward(g, 0, p.input, p.layers.map((l) => ({ op: l.op, stages: l.stages, blocks: [] })), (li, _ev, need) => {
+  // Each layer sees the step's blocks as its evidence's (a HopfieldLookup whose key block is all rows re-derives its exact selection: held keys).
+  const fwd = canonicalForward(g, 0, p.input, p.layers.map((l) => ({ op: l.op, stages: l.stages, blocks: p.blocks })), (li, _ev, need) => {
     const out = new Map<number, Revealed>();
     for (const [tensor, want] of need) {
       const b = blocks.get(tensor);
@@ -187,19 +175,33 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   const loss = closs(t.loss, y, B, cols, p.targets);
   const back = canonicalBackward(g, fwd, loss.grad);
 
-  // Each written row's gradient (0 for a row the output does not depend on), then clipping.
-  const grads = written.map((b) => {
-    const d = b.dim, out = new Float32Array(b.ids.length * d);
-    const got = back.tensors.find((x) => x.tensor === b.tensor);
-    if (got) {
-      for (let k = 0; k < got.ids.length; k++) {
-        const id = got.ids[k]!, w = (b.all ? id : indexOf(b.ids, id)) * d;
-        if (w < 0) fail('BLOCK_IDS', `row ${id} of tensor ${b.tensor} has a gradient but is not in its block`); // unreachable: backward reads revealed rows only
-        for (let j = 0, o = k * d; j < d; j++) out[w + j] = got.grads[o + j]!;
-      }
+  // The rows written: every row of a trained tensor the backward touched (its gradient may
+  // be 0), each with its optimizer state, one state block per such tensor (ascending).
+  const touched = back.tensors.filter((x) => trained.has(x.tensor));
+  const written = touched.map((x) => blocks.get(x.tensor)!.block);
+  const grads = touched.map((x) => x.grads);
+  let nextState = 0;
+  const states = touched.map((x) => {
+    const e = trained.get(x.tensor)!, n = g.tensors[x.tensor]!.n, d = g.tensors[x.tensor]!.dim;
+    let s: StateBlock;
+    if (stateOf) s = stateOf(x.tensor, x.ids);
+    else {
+      s = p.states[nextState++] ?? fail('BLOCK_IDS', `the step writes rows of tensor ${x.tensor}; the proof carries no state block for them`);
+      if (s.tensor !== x.tensor) fail('BLOCK_IDS', `a state block of tensor ${s.tensor} where the step writes tensor ${x.tensor}`);
+      const same = s.all ? x.ids.length === n : s.ids.length === x.ids.length && s.ids.every((id, k) => id === x.ids[k]);
+      if (!same) fail('BLOCK_IDS', `the state block of tensor ${x.tensor} does not cover exactly the ${x.ids.length} rows the step writes`);
     }
-    return out;
+    let root: Uint8Array;
+    try {
+      root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
+    } catch (err) {
+      if (err instanceof ProofError) throw err;
+      throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+    }
+    if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
+    return { block: s, state: readStateLeaves(d, s.leaves, x.ids.length, e.logDecay) };
   });
+  if (!stateOf && nextState !== p.states.length) fail('BLOCK_IDS', `the proof carries ${p.states.length} state blocks; the step writes ${nextState} trained tensors`);
   const clip = cclip(grads, t.clipNorm);
 
   // The optimizer, with this step's learning rate; every trained tensor's decay log advances.
@@ -210,29 +212,45 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   const newTrained = t.tensors.map((e) => ({ ...e, logDecay: f(params.weightDecay) > 0 ? e.logDecay + clog1pNeg(-f(lr) * f(params.weightDecay)) : e.logDecay }));
   if (newTrained.some((e) => !Number.isFinite(e.logDecay))) fail('UPDATE_MISMATCH', 'the step gives a non-finite decay log; the optimizer would have refused it');
   const roots = g.tensors.map((x) => x.root);
-  written.forEach((b, i) => {
-    const e = trained.get(b.tensor)!, d = b.dim, n = g.tensors[b.tensor]!.n;
-    const st = states.get(b.tensor)!;
-    for (let r = 0; r < st.state.steps.length; r++) if (st.state.steps[r] === 0xffffffff) fail('UPDATE_MISMATCH', `row ${b.ids[r]} of tensor ${b.tensor}: its counter is full`);
+  const record: ResolvedBlock[] = [];
+  touched.forEach((x, i) => {
+    const b = written[i]!, e = trained.get(b.tensor)!, d = b.dim, n = g.tensors[b.tensor]!.n;
+    const st = states[i]!;
+    const ids = x.ids;
+    for (let r = 0; r < st.state.steps.length; r++) if (st.state.steps[r] === 0xffffffff) fail('UPDATE_MISMATCH', `row ${ids[r]} of tensor ${b.tensor}: its counter is full`);
     const rev = blocks.get(b.tensor)!.rev;
-    const stepped = coptimizerStep(params, t.step, e.logDecay, d, rev.rows, grads[i]!, st.state);
+    // The written rows' old values, and where each sits in the block.
+    const at = new Int32Array(ids.length);
+    const old = new Float32Array(ids.length * d);
+    for (let k = 0; k < ids.length; k++) {
+      const pos = b.all ? ids[k]! : indexOf(b.ids, ids[k]!);
+      at[k] = pos;
+      for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
+    }
+    const stepped = coptimizerStep(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
     for (let k = 0; k < stepped.rows.length; k++) if (!Number.isFinite(stepped.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
     for (const a of [stepped.state.m, stepped.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
-    const leaves = stateLeaves(d, stepped.state, b.ids.length);
-    const root = b.all ? rootOf(h, stepped.rows, d) : multiproofRoot(h, n, b.ids, f32le(stepped.rows), b.hashes);
-    const stateRoot = b.all ? rootOfLeaves(h, leaves, n) : multiproofRoot(h, n, b.ids, leaves, st.block.hashes);
+    // The block's rows after the step (the unwritten ones unchanged) give the new root with the block's siblings.
+    const after = Float32Array.from(rev.rows);
+    for (let k = 0; k < ids.length; k++) for (let j = 0, o = at[k]! * d, w = k * d; j < d; j++) after[o + j] = stepped.rows[w + j]!;
+    const leaves = stateLeaves(d, stepped.state, ids.length);
+    const root = b.all ? rootOf(h, after, d) : multiproofRoot(h, n, b.ids, f32le(after), b.hashes);
+    const stateRoot = st.block.all ? rootOfLeaves(h, leaves, n) : multiproofRoot(h, n, ids, leaves, st.block.hashes);
     roots[b.tensor] = root;
-    const ne = newTrained.find((x) => x.tensor === b.tensor)!;
-    ne.stateRoot = stateRoot;
-    writes.push({ tensor: b.tensor, all: b.all, ids: b.ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, leaves, root, stateRoot });
+    newTrained.find((y) => y.tensor === b.tensor)!.stateRoot = stateRoot;
+    writes.push({ tensor: b.tensor, all: st.block.all, ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, leaves, root, stateRoot });
+    record.push({ tensor: b.tensor, dim: d, ids: rev.ids, rows: after, root });
   });
   const manifest: GhostManifest = {
     ...g,
     tensors: g.tensors.map((x, i) => (roots[i] === x.root ? x : { ...x, root: roots[i]! })),
     training: { ...t, step: t.step + 1, tensors: newTrained },
   };
-  const read = [...blocks.values()].filter((b) => !trained.has(b.block.tensor)).map((b) => b.rev);
-  return { manifest, output: y, rows: B, cols, loss: loss.value, lr, gradNorm: clip.norm, clipScale: clip.scale, writes, read };
+  // Frozen tensors' rows and trained tensors' rows no layer's backward touched: unchanged (at the new root for the latter).
+  for (const b of blocks.values()) {
+    if (!record.some((r) => r.tensor === b.block.tensor)) record.push(trained.has(b.block.tensor) ? { ...b.rev, root: roots[b.block.tensor]! } : b.rev);
+  }
+  return { manifest, output: y, rows: B, cols, loss: loss.value, lr, gradNorm: clip.norm, clipScale: clip.scale, writes, record };
 }
 
 export interface VerifiedStep {
@@ -282,8 +300,5 @@ export async function verifyTrainStep(ghost: PinnedGhost, proof: Uint8Array | St
 /** What both caches record after a step: the written rows at their new roots, the frozen rows read. */
 export function recordStep(cache: PatternCache | undefined, r: StepOutcome): void {
   if (!cache) return;
-  cache.record([
-    ...r.writes.map((w) => ({ tensor: w.tensor, dim: w.rows.length / w.ids.length, ids: w.ids, rows: w.rows, root: w.root })),
-    ...r.read,
-  ]);
+  cache.record(r.record);
 }
