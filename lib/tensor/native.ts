@@ -174,6 +174,7 @@ export interface NativeSimdInfo {
   envError: string | null;
   threads: number;
   blake3: string;
+  blake3Simd: string;
 }
 
 export interface NativeAddon {

@@ -17,6 +17,12 @@ export interface SimdInfo {
   threads: number;
   /** Version of the vendored BLAKE3 C implementation. */
   blake3: string;
+  /**
+   * The level BLAKE3 hashes at (Merkle trees, checksums): `avx512`, `avx2`, `sse41`,
+   * `sse2`, `neon` or `portable`. BLAKE3 picks its own level from the CPU, independent of
+   * GHOST_TENSOR_SIMD; GHOST_TENSOR_BLAKE3_SIMD caps it (set before the library loads).
+   */
+  blake3Simd: string;
 }
 
 /**

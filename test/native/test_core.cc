@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "../../native/src/core/blake3_batch.h"
 #include "../../native/src/core/canonical.h"
 #include <unistd.h>
 
@@ -321,6 +322,78 @@ static void test_blake3_and_hnsw() {
   CHECK(recall(50) >= 0.9);
 }
 
+
+// The batched keyed hash (one chunk: hash_many over the inputs; several chunks: chunk
+// j of 16 inputs at once, then their chunk trees level by level) against the official
+// streaming hasher, input by input; and the blocked tree build against a reference
+// built level by level from single hashes, across the 2048-row block edges.
+static void test_merkle_batched() {
+  std::mt19937 rng(2424);  // its own generator: the shared one's sequence stays as later tests expect
+  auto rand_vec = [&](size_t n) {
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<float> v(n);
+    for (auto& x : v) x = u(rng);
+    return v;
+  };
+  const gt::Hash& key = gt::merkle_keys().leaf;
+  bool same = true;
+  for (size_t len : {64, 128, 960, 1024, 1088, 2048, 2112, 3072, 3136, 4096, 5184, 7168, 16384, 33 * 1024 + 512,
+                     64 * 1024}) {
+    for (size_t n : {1, 3, 16, 17, 40}) {
+      std::vector<uint8_t> bytes(n * len + 7);
+      for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+      std::vector<const uint8_t*> ptrs(n);
+      for (size_t i = 0; i < n; ++i) ptrs[i] = bytes.data() + 7 * (i % 2) + (n - 1 - i) * len;  // odd offsets, reversed
+      std::vector<uint8_t> out(n * 32);
+      gt_blake3_keyed_many(key.data(), ptrs.data(), n, len, out.data());
+      for (size_t i = 0; i < n; ++i) {
+        blake3_hasher h;
+        blake3_hasher_init_keyed(&h, key.data());
+        blake3_hasher_update(&h, ptrs[i], len);
+        uint8_t want[32];
+        blake3_hasher_finalize(&h, want, 32);
+        if (std::memcmp(want, out.data() + i * 32, 32) != 0) {
+          std::fprintf(stderr, "  keyed_many differs: len %zu n %zu input %zu\n", len, n, i);
+          same = false;
+        }
+      }
+    }
+  }
+  CHECK(same);
+  bool tree_same = true;
+  for (size_t d : {16, 100, 784}) {
+    for (size_t n : {1, 2, 3, 2047, 2048, 2049, 4096 + 2048 + 5}) {
+      if (d == 784 && n > 2049) continue;  // keeps the sanitized run short
+      auto data = rand_vec(n * d);
+      std::vector<std::vector<gt::Hash>> ref(1);
+      for (size_t i = 0; i < n; ++i) ref[0].push_back(gt::hash_leaf(data.data() + i * d, d));
+      while (ref.back().size() > 1) {
+        const auto& c = ref.back();
+        std::vector<gt::Hash> p;
+        for (size_t j = 0; 2 * j < c.size(); ++j) p.push_back(2 * j + 1 < c.size() ? gt::hash_node(c[2 * j], c[2 * j + 1]) : c[2 * j]);
+        ref.push_back(std::move(p));
+      }
+      for (size_t threads : {1, 2}) {
+        const auto built = gt::build_merkle_levels(data.data(), n, d, threads);
+        bool ok = built.size() == ref.size();
+        for (size_t l = 0; ok && l < ref.size(); ++l) ok = std::equal(ref[l].begin(), ref[l].end(), built[l].begin(), built[l].end());
+        if (!ok) std::fprintf(stderr, "  tree differs: d %zu n %zu threads %zu\n", d, n, threads);
+        tree_same = tree_same && ok;
+      }
+    }
+  }
+  // A level of >= 1 MiB (mapped storage): 40,000 leaves.
+  {
+    const size_t d = 16, n = 40000;
+    auto data = rand_vec(n * d);
+    const auto built = gt::build_merkle_levels(data.data(), n, d, 2);
+    bool ok = true;
+    for (size_t i = 0; i < n; i += 997) ok = ok && built[0][i] == gt::hash_leaf(data.data() + i * d, d);
+    ok = ok && built[1][n / 2 - 1] == gt::hash_node(built[0][n - 2], built[0][n - 1]);
+    tree_same = tree_same && ok;
+  }
+  CHECK(tree_same);
+}
 
 static void test_merkle() {
   // The tree follows every write: root == a fresh build after random writes and appends.
@@ -1085,6 +1158,7 @@ int main() {
   test_tensor();
   test_blake3_and_hnsw();
   test_merkle();
+  test_merkle_batched();
   test_optimizer();
   test_dense_hopfield();
   test_product_keys();

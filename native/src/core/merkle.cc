@@ -5,10 +5,52 @@
 #include <cstring>
 #include <string>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "blake3_batch.h"
 #include "parallel.h"
 
 namespace gt {
+
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#define GT_LEVEL_HUGEPAGES 1
+namespace {
+constexpr size_t kHugePage = size_t{2} << 20;
+size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+}  // namespace
+#endif
+
+void* merkle_level_alloc(size_t bytes) {
+#if defined(GT_LEVEL_HUGEPAGES)
+  if (bytes >= kHugePage) {
+    // Map a huge page more than needed, keep the 2 MiB-aligned part, return the rest.
+    const size_t len = huge_round(bytes);
+    void* m = mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    const uintptr_t raw = reinterpret_cast<uintptr_t>(m);
+    const uintptr_t p = (raw + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
+    if (p > raw) munmap(m, p - raw);
+    if (raw + len + kHugePage > p + len) munmap(reinterpret_cast<void*>(p + len), raw + len + kHugePage - (p + len));
+    madvise(reinterpret_cast<void*>(p), len, MADV_HUGEPAGE);  // advice: without THP, plain pages
+    return reinterpret_cast<void*>(p);
+  }
+#endif
+  return ::operator new(bytes);
+}
+
+void merkle_level_free(void* p, size_t bytes) noexcept {
+  if (p == nullptr) return;
+#if defined(GT_LEVEL_HUGEPAGES)
+  if (bytes >= kHugePage) {
+    munmap(p, huge_round(bytes));
+    return;
+  }
+#endif
+  (void)bytes;
+  ::operator delete(p);
+}
 
 std::vector<size_t> merkle_level_widths(uint64_t n) {
   std::vector<size_t> w;
@@ -57,6 +99,11 @@ void leaf_bytes(const float* row, size_t dim, std::vector<uint8_t>& scratch, con
     for (int j = 0; j < 4; ++j) scratch[i * 4 + j] = b[3 - j];
   }
   *out = scratch.data();
+}
+
+// Whether rows of `len` bytes go through the batched (SIMD over many rows) path.
+bool leaf_batched(size_t len) {
+  return len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_MAX_BATCH_LEN && little_endian();
 }
 
 }  // namespace
@@ -108,7 +155,7 @@ void resize_levels(MerkleLevels& levels, size_t n) {
 void hash_leaves(const float* data, size_t dim, size_t first, size_t count, size_t threads,
                  const LevelSpan& leaves) {
   const size_t len = dim * 4;
-  const bool batched = len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_CHUNK_LEN && little_endian();
+  const bool batched = leaf_batched(len);
   const size_t useful = count * len < (size_t{1} << 20) ? 1 : threads;
   parallel_for(count, useful, [&](size_t b, size_t e, size_t) {
     if (batched) {
@@ -153,15 +200,40 @@ void hash_parents(const LevelSpan& child, const LevelSpan& parent, size_t from, 
   });
 }
 
+// Builds every level over rows [0, n) into `lv` (shaped by widths(n)). Rows go in
+// aligned blocks of 2^kBlockLog: a block's leaves, then the nodes of its subtree
+// (levels 1 .. kBlockLog), while its leaves are still in cache; then the levels above
+// the blocks, which are small. Same nodes as level by level: a block's range at level
+// l is [s >> l, ceil(t / 2^l)), its children were hashed before it, and the promoted
+// last node of a level (only in the last block) follows the same rule.
+void build_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& lv, size_t threads) {
+  constexpr size_t kBlockLog = 11;
+  constexpr size_t kBlock = size_t{1} << kBlockLog;
+  const size_t blocks = (n + kBlock - 1) / kBlock;
+  const size_t depth = std::min(kBlockLog, lv.size() - 1);
+  const size_t useful = n * dim * 4 < (size_t{1} << 20) ? 1 : threads;
+  parallel_for(blocks, useful, [&](size_t b, size_t e, size_t) {
+    for (size_t k = b; k < e; ++k) {
+      const size_t s = k * kBlock, t = std::min(n, s + kBlock);
+      hash_leaves(data, dim, s, t - s, 1, lv[0]);
+      for (size_t l = 1; l <= depth; ++l) {
+        const size_t to = std::min(lv[l].size(), ((t - 1) >> l) + 1);
+        hash_parents(lv[l - 1], lv[l], s >> l, to, 1);
+      }
+    }
+  });
+  for (size_t l = depth; l + 1 < lv.size(); ++l) hash_parents(lv[l], lv[l + 1], 0, lv[l + 1].size(), threads);
+}
+
 }  // namespace
 
 MerkleLevels build_merkle_levels(const float* data, size_t n, size_t dim, size_t threads) {
   MerkleLevels levels;
   resize_levels(levels, n);
   if (n == 0) return levels;
-  auto span = [&](size_t l) { return LevelSpan{levels[l].data(), levels[l].size()}; };
-  hash_leaves(data, dim, 0, n, threads, span(0));
-  for (size_t l = 0; l + 1 < levels.size(); ++l) hash_parents(span(l), span(l + 1), 0, levels[l + 1].size(), threads);
+  std::vector<LevelSpan> spans(levels.size());
+  for (size_t l = 0; l < levels.size(); ++l) spans[l] = LevelSpan{levels[l].data(), levels[l].size()};
+  build_levels(data, n, dim, spans, threads);
   return levels;
 }
 
@@ -171,8 +243,7 @@ void build_merkle_into(const float* data, size_t n, size_t dim, const std::vecto
   for (size_t l = 0; l < w.size(); ++l)
     if (levels[l].size() != w[l]) throw Error(ErrorCode::InvalidArgument, "levels do not have the tree's shape");
   if (n == 0) return;
-  hash_leaves(data, dim, 0, n, threads, levels[0]);
-  for (size_t l = 0; l + 1 < levels.size(); ++l) hash_parents(levels[l], levels[l + 1], 0, levels[l + 1].size(), threads);
+  build_levels(data, n, dim, levels, threads);
 }
 
 bool verify_merkle_levels(const float* data, size_t n, size_t dim, const std::vector<LevelSpan>& levels,
@@ -283,7 +354,7 @@ void MerkleTree::on_rows_changed(const uint32_t* ids, size_t count) {
   std::vector<size_t> cur(ids, ids + count);
   std::vector<const uint8_t*> ptrs;
   std::vector<Hash> out;
-  if (len % GT_BLAKE3_BLOCK_LEN == 0 && len <= GT_BLAKE3_CHUNK_LEN && little_endian()) {
+  if (leaf_batched(len)) {
     ptrs.resize(count);
     out.resize(count);
     for (size_t t = 0; t < count; ++t) ptrs[t] = reinterpret_cast<const uint8_t*>(tensor_.row(cur[t]));

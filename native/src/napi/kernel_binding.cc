@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "../core/blake3_batch.h"
 #include "../core/cpu.h"
 #include "../core/kernels.h"
 #include "../core/parallel.h"
@@ -35,6 +36,7 @@ Napi::Value SimdInfo(const Napi::CallbackInfo& info) {
   out.Set("envError", simd_env_error().empty() ? env.Null() : Napi::String::New(env, simd_env_error()));
   out.Set("threads", static_cast<double>(default_threads()));
   out.Set("blake3", blake3_version());
+  out.Set("blake3Simd", gt_blake3_simd_name());
   return out;
 }
 

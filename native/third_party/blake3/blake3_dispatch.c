@@ -1,6 +1,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "blake3_impl.h"
 
@@ -122,6 +124,21 @@ static
               features |= AVX512F;
           }
         }
+      }
+    }
+    /* ghost-tensor patch (the only change to the vendored sources): the environment
+     * variable GHOST_TENSOR_BLAKE3_SIMD = portable | sse2 | sse41 | avx2 | avx512 caps
+     * the detected level (benchmarks and tests compare levels on one machine). A level
+     * the CPU lacks, or an unknown name, leaves the detection as it is. */
+    {
+      const char *cap = getenv("GHOST_TENSOR_BLAKE3_SIMD");
+      if (cap != NULL && *cap != '\0') {
+        enum cpu_feature keep = features;
+        if (strcmp(cap, "portable") == 0) keep = 0;
+        else if (strcmp(cap, "sse2") == 0) keep = SSE2;
+        else if (strcmp(cap, "sse41") == 0) keep = SSE2 | SSSE3 | SSE41;
+        else if (strcmp(cap, "avx2") == 0) keep = SSE2 | SSSE3 | SSE41 | AVX | AVX2;
+        features &= keep;
       }
     }
     g_cpu_features = features;
@@ -273,4 +290,29 @@ size_t blake3_simd_degree(void) {
   return 4;
 #endif
   return 1;
+}
+
+/* ghost-tensor patch: the name of the level blake3_hash_many dispatches to (after the
+ * GHOST_TENSOR_BLAKE3_SIMD cap above), for simdInfo() and the benchmarks. */
+const char *blake3_gt_simd_name(void) {
+#if defined(IS_X86)
+  const enum cpu_feature features = get_cpu_features();
+  MAYBE_UNUSED(features);
+#if !defined(BLAKE3_NO_AVX512)
+  if ((features & (AVX512F|AVX512VL)) == (AVX512F|AVX512VL)) return "avx512";
+#endif
+#if !defined(BLAKE3_NO_AVX2)
+  if (features & AVX2) return "avx2";
+#endif
+#if !defined(BLAKE3_NO_SSE41)
+  if (features & SSE41) return "sse41";
+#endif
+#if !defined(BLAKE3_NO_SSE2)
+  if (features & SSE2) return "sse2";
+#endif
+#endif
+#if BLAKE3_USE_NEON == 1
+  return "neon";
+#endif
+  return "portable";
 }
