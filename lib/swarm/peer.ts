@@ -35,7 +35,7 @@ import {
 export interface SwarmOptions extends HostOptions {
   /** Digest of the swarm's generation-0 Ghost file: the swarm's identity (its topics). */
   genesis: Uint8Array;
-  /** Peer id of the sequencer. */
+  /** Peer id of the sequencer, or 'self' for the sequencer itself. */
   sequencer: string;
   /** A replica of the model at a generation of the chain (the genesis model, or one loaded from the peer's own directory). Needed to propose steps. */
   model?: Model;
@@ -113,7 +113,7 @@ export class SwarmPeer {
     this.libp2p = libp2p;
     this.banned = banned;
     this.genesis = options.genesis;
-    this.sequencer = options.sequencer;
+    this.sequencer = options.sequencer === 'self' ? libp2p.peerId.toString() : options.sequencer;
     this.topics = swarmTopics(options.genesis);
     this.#maxStrikes = options.maxStrikes ?? 1;
     this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
