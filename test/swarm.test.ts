@@ -171,8 +171,11 @@ describe('swarm: untrusted peers train one model', () => {
     expect(J.stats.verified).toBe(seq.generation);
     const digest = await converged([A, B, W, J]);
     expect((await J.model!.ghost()).digest).toEqual(digest);
-    // And the joiner follows new entries live.
-    expect((await A.propose(batch(new Rng(30), 1))).accepted).toBe(true);
+    // And the joiner follows new entries live; A's next proposal is made on its scratch
+    // replica, which replayed B's step (no copy of the model).
+    expect((await B.propose(batch(new Rng(30), 5))).accepted).toBe(true);
+    await A.waitFor(B.generation); // else A proposes against the generation before (a stale step)
+    expect((await A.propose(batch(new Rng(31), 1))).accepted).toBe(true);
     await converged([A, B, W, J]);
   }, 60_000);
 });

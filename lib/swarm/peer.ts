@@ -244,6 +244,7 @@ export class SwarmPeer {
       const g = this.generation;
       const step = await scratch.proveTrainStep(batch);
       this.#pending = step.bytes;
+      if (!bytesEqual(step.proof.ghost, this.#head.digest)) throw new Error(`internal: the scratch replica is not at the head (generation ${g})`);
       return { g, step };
     });
     const { g, step } = made;
