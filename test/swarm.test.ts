@@ -179,3 +179,75 @@ describe('swarm: untrusted peers train one model', () => {
     await converged([A, B, W, J]);
   }, 60_000);
 });
+
+describe('swarm frames', () => {
+  it('round-trip, and hostile bytes (truncation, trailing bytes, counts over the limits, wrong version or type) fail with FormatError', async () => {
+    const { decodeLogEntry, decodeLogRequest, decodeLogResponse, decodeStepMessage, encodeLogRequest, encodeLogResponse } = await import('../lib/swarm/index.js');
+    const { FormatError } = await import('../lib/index.js');
+    const genesis = new Uint8Array(32).fill(7);
+    const proof = Uint8Array.from({ length: 50 }, (_, i) => i);
+    const entry = encodeLogEntry(genesis, { generation: 2 ** 40, proof });
+    expect(decodeLogEntry(entry)).toEqual({ genesis, generation: 2 ** 40, proof });
+    expect(decodeStepMessage(encodeStepMessage(proof))).toEqual(proof);
+    const req = encodeLogRequest({ requestId: 9, genesis, from: 3, count: 1024 });
+    expect(decodeLogRequest(req)).toEqual({ requestId: 9, genesis, from: 3, count: 1024 });
+    const res = encodeLogResponse({ requestId: 9, status: 'OK', head: 5, entries: [{ generation: 3, proof }, { generation: 4, proof: proof.subarray(1) }] });
+    expect(decodeLogResponse(res).entries.map((e) => e.generation)).toEqual([3, 4]);
+    const all: [Uint8Array, (b: Uint8Array) => unknown][] = [[entry, decodeLogEntry], [encodeStepMessage(proof), decodeStepMessage], [req, decodeLogRequest], [res, decodeLogResponse]];
+    for (const [bytes, decode] of all) {
+      for (let n = 0; n < bytes.length; n++) expect(() => decode(bytes.subarray(0, n))).toThrow(FormatError);
+      expect(() => decode(Uint8Array.from([...bytes, 0]))).toThrow(FormatError);
+      for (const at of [0, 1]) {
+        const bad = bytes.slice();
+        bad[at] = bad[at]! ^ 0x40;
+        expect(() => decode(bad)).toThrow(FormatError);
+      }
+    }
+    // A count over the limit is refused before anything is allocated.
+    const big = req.slice();
+    new DataView(big.buffer).setUint32(big.length - 4, 1025, true);
+    expect(() => decodeLogRequest(big)).toThrow(/outside 1..1024/);
+    const many = res.slice();
+    new DataView(many.buffer).setUint32(2 + 4 + 1 + 8, 2 ** 31, true);
+    expect(() => decodeLogResponse(many)).toThrow(FormatError);
+    const long = entry.slice();
+    new DataView(long.buffer).setUint32(2 + 32 + 8, 2 ** 30, true);
+    expect(() => decodeLogEntry(long)).toThrow(FormatError);
+  });
+});
+
+describe('swarm: a forging sequencer', () => {
+  it('a log entry from the sequencer that does not verify is refused by every peer, which disconnect it; the log does not move', async () => {
+    const g0 = await genesisModel().ghost();
+    const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
+    const common = { genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs };
+    const A = await SwarmPeer.start({ ...common, model: genesisModel() });
+    const W = await SwarmPeer.start({ ...common, ghost: g0 });
+    try {
+      await A.ready();
+      expect((await A.propose(batch(new Rng(1), 1))).accepted).toBe(true);
+      await W.waitFor(1);
+      // The sequencer signs an entry for generation 1 whose proof has one byte flipped.
+      const m = genesisModel();
+      for (const e of seq.entries()) {
+        const p = decodeProof(e.proof) as StepProof;
+        await m.proveTrainStep({ input: p.input.kind === 'ids' ? p.input.ids : new Uint32Array(0), targets: p.targets.kind === 'classes' ? p.targets.ids : new Uint32Array(0) });
+      }
+      const step = await m.proveTrainStep(batch(new Rng(2), 1));
+      const bad = step.bytes.slice();
+      bad[bad.length - 40] = bad[bad.length - 40]! ^ 1;
+      await pubsubOf(seq).publish(seq.topics.log, encodeLogEntry(g0.digest, { generation: 1, proof: bad }));
+      const until = Date.now() + 10_000;
+      while ((!A.banned.has(seq.peerId) || !W.banned.has(seq.peerId)) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      for (const p of [A, W]) {
+        expect(p.banned.has(seq.peerId)).toBe(true);
+        expect(p.generation).toBe(1);
+        expect(p.rejections[0]).toMatchObject({ peer: seq.peerId, topic: 'log' });
+        expect(p.rejections[0]!.reason).toMatch(/^ProofError/);
+      }
+      expect((await A.model!.ghost()).digest).toEqual(W.head.digest);
+    } finally {
+      await Promise.all([seq, A, W].map((p) => p.stop()));
+    }
+  }, 60_000);
+});
