@@ -251,3 +251,50 @@ describe('swarm: a forging sequencer', () => {
     }
   }, 60_000);
 });
+
+describe('swarm: a restarted sequencer', () => {
+  it('resumes from its log file (fsynced before each entry is published; a torn last record is cut off) and the swarm continues', async () => {
+    const { generateKeyPair } = await import('@libp2p/crypto/keys');
+    const { appendFileSync, readFileSync: read } = await import('node:fs');
+    const key = await generateKeyPair('Ed25519');
+    const d = mkdtempSync(join(tmpdir(), 'gt-sw-'));
+    const logFile = join(d, 'log.bin');
+    const g0 = await genesisModel().ghost();
+    let seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0, privateKey: key, logFile });
+    const A = await SwarmPeer.start({ genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs, model: genesisModel() });
+    const others: SwarmPeer[] = [];
+    try {
+      await A.ready();
+      for (let i = 0; i < 3; i++) expect((await A.propose(batch(new Rng(40 + i), 1))).accepted).toBe(true);
+      const head = seq.head.digest;
+      const size = read(logFile).length;
+      expect(size).toBe(seq.entries().reduce((n, e) => n + 12 + e.proof.length, 0));
+      await seq.stop();
+      appendFileSync(logFile, Uint8Array.from([3, 0, 0, 0, 0, 0, 0, 0, 200, 0])); // a crash inside the next append
+      seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0, privateKey: key, logFile });
+      expect(seq.peerId).toBe(A.sequencer);
+      expect(seq.generation).toBe(3);
+      expect(seq.head.digest).toEqual(head);
+      expect(read(logFile).length).toBe(size);
+      // A trainer joins the restarted sequencer: it fetches the log (served from the
+      // file's entries), verifies it, and its proposal is sequenced.
+      const J = await SwarmPeer.start({ genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs, model: genesisModel() });
+      others.push(J);
+      await J.catchUp(seq.peerId);
+      expect(J.head.digest).toEqual(head);
+      await J.ready();
+      expect((await J.propose(batch(new Rng(50), 1))).accepted).toBe(true);
+      expect(seq.generation).toBe(4);
+      expect((await J.model!.ghost()).digest).toEqual(seq.head.digest);
+      // A log file whose entry does not verify is refused at start.
+      const bad = new Uint8Array(read(logFile));
+      bad[bad.length - 40] = bad[bad.length - 40]! ^ 1;
+      const badFile = join(d, 'bad.bin');
+      appendFileSync(badFile, bad);
+      await expect(SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0, logFile: badFile })).rejects.toThrow(/does not verify/);
+    } finally {
+      await Promise.all([seq, A, ...others].map((p) => p.stop()));
+      rmSync(d, { recursive: true, force: true });
+    }
+  }, 60_000);
+});

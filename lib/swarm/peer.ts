@@ -12,7 +12,7 @@
  * the step's own batch (the step is deterministic), then its digest must equal the
  * verified one.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -45,6 +45,12 @@ export interface SwarmOptions extends HostOptions {
   maxStrikes?: number;
   /** One fetch of log entries (dial, request, response), ms (default 10 000). */
   fetchTimeoutMs?: number;
+  /**
+   * A file the peer appends each entry to, fsynced before the entry is applied (and, at
+   * the sequencer, published). At start its entries from the peer's generation on are
+   * verified and applied again; a torn last record (a crash during an append) is cut off.
+   */
+  logFile?: string;
 }
 
 /** Why a message was refused (SwarmPeer.events). */
@@ -108,6 +114,7 @@ export class SwarmPeer {
   #stopped = false;
   #requestId = 1;
   #V!: typeof TVR;
+  #logFd: number | undefined;
 
   private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
     this.libp2p = libp2p;
@@ -161,6 +168,12 @@ export class SwarmPeer {
     if (peer.isSequencer) {
       ps.topicValidators.set(topics.steps, (from, msg) => peer.#onStep(from, msg));
       ps.subscribe(topics.steps);
+    }
+    try {
+      if (options.logFile !== undefined) await peer.#openLog(options.logFile);
+    } catch (err) {
+      await host.stop();
+      throw err;
     }
     await host.handle(SWARM_LOG_PROTOCOL, (stream, conn) => peer.#serve(stream, conn), { maxInboundStreams: 16 });
     return peer;
@@ -291,6 +304,9 @@ export class SwarmPeer {
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.libp2p.stop();
+    await this.#queue;
+    if (this.#logFd !== undefined) closeSync(this.#logFd);
+    this.#logFd = undefined;
     this.#scratch?.close();
     this.#scratch = undefined;
   }
@@ -342,9 +358,47 @@ export class SwarmPeer {
     }
   }
 
-  /** Applies a verified step at the head: log, replica (replayed), scratch, head. */
-  async #apply(proof: Uint8Array, v: VerifiedStep): Promise<void> {
+  /**
+   * Reads the log file: records of u64 generation, u32 length, the step proof. Entries
+   * below the peer's generation are skipped, the others verified and applied in order;
+   * a torn last record is cut off. Then keeps the file open for appending.
+   */
+  async #openLog(file: string): Promise<void> {
+    const bytes = existsSync(file) ? new Uint8Array(readFileSync(file)) : new Uint8Array(0);
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let at = 0;
+    while (bytes.length - at >= 12) {
+      const generation = dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 2 ** 32;
+      const n = dv.getUint32(at + 8, true);
+      if (n === 0 || n > SWARM_LIMITS.proofBytes || bytes.length - at - 12 < n) break;
+      const proof = bytes.slice(at + 12, at + 12 + n);
+      at += 12 + n;
+      if (generation < this.generation) continue;
+      if (generation > this.generation) throw new FormatError('BAD_VALUE', `${file}: entry of generation ${generation} where ${this.generation} was expected`);
+      const v = await this.#verify(proof);
+      if (typeof v === 'string') throw new FormatError('BAD_VALUE', `${file}: the entry of generation ${generation} does not verify: ${v}`);
+      await this.#apply(proof, v, false);
+    }
+    this.#logFd = openSync(file, 'a+');
+    if (at < bytes.length) {
+      ftruncateSync(this.#logFd, at);
+      fsyncSync(this.#logFd);
+    }
+  }
+
+  /** Applies a verified step at the head: log file (fsynced), replica (replayed), scratch, head. */
+  async #apply(proof: Uint8Array, v: VerifiedStep, durable = true): Promise<void> {
     const g = this.generation;
+    if (durable && this.#logFd !== undefined) {
+      const rec = new Uint8Array(12 + proof.length);
+      const dv = new DataView(rec.buffer);
+      dv.setUint32(0, g % 2 ** 32, true);
+      dv.setUint32(4, Math.floor(g / 2 ** 32), true);
+      dv.setUint32(8, proof.length, true);
+      rec.set(proof, 12);
+      for (let off = 0; off < rec.length; ) off += writeSync(this.#logFd, rec, off);
+      fsyncSync(this.#logFd);
+    }
     if (this.#model) {
       const p = decodeProof(proof) as StepProof;
       const batch: StepBatch = {
