@@ -286,6 +286,18 @@ describe('swarm: a restarted sequencer', () => {
       expect((await J.propose(batch(new Rng(50), 1))).accepted).toBe(true);
       expect(seq.generation).toBe(4);
       expect((await J.model!.ghost()).digest).toEqual(seq.head.digest);
+      // A, connected before the restart, dials the sequencer back (once it has seen the
+      // old connection close) and follows: it fetches the step it missed and proposes.
+      const { peerIdFromString } = await import('@libp2p/peer-id');
+      const seqId = peerIdFromString(seq.peerId);
+      while (A.libp2p.getConnections(seqId).some((c) => c.status === 'open' && c.remoteAddr.toString() !== seq.multiaddrs[0]!.split('/p2p/')[0])) await new Promise((r) => setTimeout(r, 20));
+      await A.libp2p.dial((await import('@multiformats/multiaddr')).multiaddr(seq.multiaddrs[0]!));
+      await A.catchUp(seq.peerId);
+      expect(A.generation).toBe(4);
+      await A.ready();
+      expect((await A.propose(batch(new Rng(51), 1))).accepted).toBe(true);
+      await J.waitFor(5);
+      expect((await J.model!.ghost()).digest).toEqual((await A.model!.ghost()).digest);
       // A log file whose entry does not verify is refused at start.
       const bad = new Uint8Array(read(logFile));
       bad[bad.length - 40] = bad[bad.length - 40]! ^ 1;
