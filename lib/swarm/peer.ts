@@ -45,6 +45,8 @@ export interface SwarmOptions extends HostOptions {
   maxStrikes?: number;
   /** One fetch of log entries (dial, request, response), ms (default 10 000). */
   fetchTimeoutMs?: number;
+  /** When the connection to the sequencer closes: wait between dials back, ms (default 500). Then catchUp(). */
+  redialMs?: number;
   /**
    * A file the peer appends each entry to, fsynced before the entry is applied (and, at
    * the sequencer, published). At start its entries from the peer's generation on are
@@ -115,6 +117,8 @@ export class SwarmPeer {
   #requestId = 1;
   #V!: typeof TVR;
   #logFd: number | undefined;
+  #redialing = false;
+  readonly #redialMs: number;
 
   private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
     this.libp2p = libp2p;
@@ -124,6 +128,7 @@ export class SwarmPeer {
     this.topics = swarmTopics(options.genesis);
     this.#maxStrikes = options.maxStrikes ?? 1;
     this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
+    this.#redialMs = options.redialMs ?? 500;
     this.#head = head;
     this.#model = options.model;
     this.#digests.set(this.generation, hex(head.digest));
@@ -161,6 +166,9 @@ export class SwarmPeer {
       connectionGater: { denyDialPeer: gate, denyInboundEncryptedConnection: gate, denyOutboundEncryptedConnection: gate },
     });
     const peer = new SwarmPeer(host, options, head, banned);
+    host.addEventListener('peer:disconnect', (e) => {
+      if (e.detail.toString() === peer.sequencer && !peer.isSequencer) void peer.#redial();
+    });
     peer.#V = TopicValidatorResult;
     const ps = peer.#pubsub;
     ps.topicValidators.set(topics.log, (from, msg) => peer.#onLog(from, msg));
@@ -312,6 +320,32 @@ export class SwarmPeer {
   }
 
   // --- internals -------------------------------------------------------------------
+
+  /**
+   * The sequencer went away: dial it back at the addresses the peer store holds (every
+   * `redialMs`, until it answers, the peer stops or bans it), then fetch what was missed.
+   */
+  async #redial(): Promise<void> {
+    if (this.#redialing) return;
+    this.#redialing = true;
+    try {
+      const id = await toPeerId(this.sequencer);
+      while (!this.#stopped && !this.banned.has(this.sequencer)) {
+        await new Promise((r) => setTimeout(r, this.#redialMs));
+        if (this.#stopped) return;
+        if (this.libp2p.getConnections(id).length > 0) break;
+        try {
+          await this.libp2p.dial(id, { signal: AbortSignal.timeout(this.#fetchTimeoutMs) });
+          break;
+        } catch {
+          // not back yet
+        }
+      }
+      if (!this.#stopped && !this.banned.has(this.sequencer)) await this.catchUp(this.sequencer).catch(() => {});
+    } finally {
+      this.#redialing = false;
+    }
+  }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.#queue.then(fn, fn);
