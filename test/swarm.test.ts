@@ -158,7 +158,7 @@ describe('swarm: untrusted peers train one model', () => {
     await B.stop();
     for (let i = 0; i < 2; i++) expect((await A.propose(batch(new Rng(20 + i), 1))).accepted).toBe(true);
     const loaded = (await Model.load(join(d, 'b'))).model;
-    B = await SwarmPeer.start({ genesis, sequencer: seq.peerId, bootstrap: A.multiaddrs, model: loaded });
+    B = await SwarmPeer.start({ genesis, sequencer: seq.peerId, bootstrap: [...A.multiaddrs, ...seq.multiaddrs], model: loaded });
     expect(B.generation).toBe(savedAt);
     await B.catchUp(A.peerId);
     expect(B.stats.fetched).toBe(seq.generation - savedAt);

@@ -256,10 +256,12 @@ export class SwarmPeer {
   /**
    * Makes a step proof on `batch` against the current generation and proposes it to the
    * sequencer; resolves once the log has passed that generation: accepted when the
-   * entry there is this proof, passed over (stale) otherwise. Needs a model.
+   * entry there is this proof, passed over (stale) otherwise. Needs a model and waits
+   * (ready()) until gossipsub knows the sequencer's subscription to `steps`.
    */
   async propose(batch: StepBatch, options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
     if (!this.#model) throw new InvalidArgumentError('a verify-only peer cannot propose steps (start it with a model)');
+    await this.ready();
     const made = await this.#serial(async () => {
       const scratch = await this.#scratchAtHead();
       const g = this.generation;
