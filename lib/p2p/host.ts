@@ -8,7 +8,7 @@
  * Promise.withResolvers, which Node 20 lacks (Node >= 22 has it).
  */
 import type { Identify } from '@libp2p/identify';
-import type { PeerId, PrivateKey, Stream } from '@libp2p/interface';
+import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interface';
 import type { KadDHT, SingleKadDHT } from '@libp2p/kad-dht';
 import type { Ping } from '@libp2p/ping';
 import type { Libp2p } from 'libp2p';
@@ -65,11 +65,20 @@ export interface HostOptions {
 }
 
 /**
+ * What a caller adds to the host (lib/swarm: gossipsub, and a gater that keeps banned
+ * peers out). Services are libp2p service factories, reached as host.services[name].
+ */
+export interface HostExtras {
+  services?: Record<string, (components: never) => unknown>;
+  connectionGater?: ConnectionGater;
+}
+
+/**
  * Creates, starts and bootstraps a libp2p node. `dhtServer`: answer DHT queries (layer
  * nodes) or only ask (clients). With bootstrap addresses it resolves once a DHT peer
  * is in the routing table (P2PError BOOTSTRAP when none can be dialled or none joins).
  */
-export async function createHost(options: HostOptions, dhtServer: boolean): Promise<GhostLibp2p> {
+export async function createHost(options: HostOptions, dhtServer: boolean, extra: HostExtras = {}): Promise<GhostLibp2p> {
   installP2PPolyfills();
   const [{ createLibp2p }, { tcp }, { noise }, { yamux }, kad, { identify }, { ping }, { multiaddr }] = await Promise.all([
     import('libp2p'),
@@ -98,8 +107,10 @@ export async function createHost(options: HostOptions, dhtServer: boolean): Prom
         peerInfoMapper: kad.removePublicAddressesMapper,
         initialQuerySelfInterval: 200,
       }),
+      ...(extra.services ?? {}),
     },
-  });
+    ...(extra.connectionGater ? { connectionGater: extra.connectionGater } : {}),
+  }) as unknown as GhostLibp2p;
   // libp2p records a node's own addresses in its peer store 1 s (a debounce) after it
   // starts listening; until then its DHT answers leave the node out of the providers it
   // lists for its own keys. Record them now.

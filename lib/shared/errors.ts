@@ -166,7 +166,9 @@ function storageError(message: string, cause: unknown): StorageError {
 /** Why a peer-to-peer forward pass failed (docs/p2p.md). */
 export type P2PFailure =
   | 'NO_PROVIDER' // no provider left for a layer (none found on the DHT, or every one was dropped)
-  | 'BOOTSTRAP'; // none of the bootstrap addresses could be dialled
+  | 'BOOTSTRAP' // none of the bootstrap addresses could be dialled
+  | 'NO_PEER' // swarm: no peer could serve the log entries asked for
+  | 'TIMEOUT'; // swarm: a step was not sequenced (accepted or passed over) in time
 
 /** A peer-to-peer operation that could not complete. `reason` says why; `detail` carries what the client learned (its report). */
 export class P2PError extends GhostTensorError {

@@ -1,0 +1,161 @@
+/**
+ * Messages of a training swarm (docs/swarm.md): the gossipsub topics' payloads (a step
+ * proposed by a trainer, a log entry published by the sequencer) and the frames of the
+ * request/response protocol `/ghost-tensor/swarm/log/1.0.0` that fetches log entries
+ * (each frame one varint length-prefixed message, lib/p2p/host.ts readFrame/writeFrame).
+ * All integers little-endian. Decoding checks every length against the bytes that
+ * remain and the limits before it allocates, and throws FormatError on hostile bytes.
+ * Loads no addon and no libp2p.
+ */
+import { ByteReader, ByteWriter } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError } from '../shared/errors.js';
+
+/** The request/response protocol id (fetching log entries). */
+export const SWARM_LOG_PROTOCOL = '/ghost-tensor/swarm/log/1.0.0';
+export const SWARM_VERSION = 1;
+
+export const SWARM_LIMITS = {
+  /** Bytes of one step proof in a message or a response. */
+  proofBytes: 16 * 2 ** 20,
+  /** Entries asked for, or answered, in one request. */
+  entries: 1024,
+  /** Bytes of one response payload (checked on the length prefix). */
+  responseBytes: 64 * 2 ** 20,
+  /** Bytes of one request payload. */
+  requestBytes: 64,
+} as const;
+
+const T_STEP = 1;
+const T_ENTRY = 2;
+const T_REQUEST = 3;
+const T_RESPONSE = 4;
+
+/** The two gossipsub topics of the swarm whose generation-0 Ghost digest is `genesis`. */
+export function swarmTopics(genesis: Uint8Array): { steps: string; log: string } {
+  const hex = Buffer.from(genesis).toString('hex');
+  return { steps: `/ghost-tensor/swarm/1/${hex}/steps`, log: `/ghost-tensor/swarm/1/${hex}/log` };
+}
+
+function digest(name: string, d: Uint8Array): Uint8Array {
+  if (!(d instanceof Uint8Array) || d.length !== 32) throw new InvalidArgumentError(`${name} must be a 32-byte digest`);
+  return d;
+}
+
+function proofBytes(p: Uint8Array): Uint8Array {
+  if (!(p instanceof Uint8Array) || p.length === 0 || p.length > SWARM_LIMITS.proofBytes) throw new InvalidArgumentError(`a step proof must be 1..${SWARM_LIMITS.proofBytes} bytes`);
+  return p;
+}
+
+function head(r: ByteReader, type: number): void {
+  const v = r.u8('version');
+  if (v !== SWARM_VERSION) throw new FormatError('BAD_VERSION', `${r.what}: version ${v}`);
+  const t = r.u8('type');
+  if (t !== type) throw new FormatError('BAD_VALUE', `${r.what}: type ${t}, expected ${type}`);
+}
+
+function readProof(r: ByteReader): Uint8Array {
+  const n = r.count('proof length', 1, SWARM_LIMITS.proofBytes, 1);
+  return r.bytes(n, 'proof');
+}
+
+/** A proposed step (topic `steps`): u8 version, u8 type 1, u32 length, the step proof. */
+export function encodeStepMessage(proof: Uint8Array): Uint8Array {
+  proofBytes(proof);
+  return new ByteWriter().u8(SWARM_VERSION).u8(T_STEP).u32(proof.length).bytes(proof).finish();
+}
+
+export function decodeStepMessage(bytes: Uint8Array): Uint8Array {
+  const r = new ByteReader(bytes, 'step message');
+  head(r, T_STEP);
+  const p = readProof(r);
+  r.end();
+  return p;
+}
+
+/** One entry of the log: the step proof that takes generation `generation` to the next. */
+export interface LogEntry {
+  generation: number;
+  proof: Uint8Array;
+}
+
+/** A log entry (topic `log`): u8 version, u8 type 2, 32-byte genesis digest, u64 generation, u32 length, the step proof. */
+export function encodeLogEntry(genesis: Uint8Array, e: LogEntry): Uint8Array {
+  return new ByteWriter().u8(SWARM_VERSION).u8(T_ENTRY).bytes(digest('genesis', genesis)).u64(e.generation).u32(proofBytes(e.proof).length).bytes(e.proof).finish();
+}
+
+export function decodeLogEntry(bytes: Uint8Array): { genesis: Uint8Array } & LogEntry {
+  const r = new ByteReader(bytes, 'log entry');
+  head(r, T_ENTRY);
+  const genesis = r.bytes(32, 'genesis digest');
+  const generation = r.u64('generation');
+  const proof = readProof(r);
+  r.end();
+  return { genesis, generation, proof };
+}
+
+/** Ask for up to `count` entries from generation `from`: u8 version, u8 type 3, u32 request id, 32-byte genesis, u64 from, u32 count (1..1024). */
+export interface LogRequest {
+  requestId: number;
+  genesis: Uint8Array;
+  from: number;
+  count: number;
+}
+
+export function encodeLogRequest(q: LogRequest): Uint8Array {
+  if (!Number.isInteger(q.count) || q.count < 1 || q.count > SWARM_LIMITS.entries) throw new InvalidArgumentError(`count must be 1..${SWARM_LIMITS.entries}`);
+  return new ByteWriter().u8(SWARM_VERSION).u8(T_REQUEST).u32(q.requestId).bytes(digest('genesis', q.genesis)).u64(q.from).u32(q.count).finish();
+}
+
+export function decodeLogRequest(bytes: Uint8Array): LogRequest {
+  if (bytes.length > SWARM_LIMITS.requestBytes) throw new FormatError('LIMIT', `log request: ${bytes.length} bytes`);
+  const r = new ByteReader(bytes, 'log request');
+  head(r, T_REQUEST);
+  const requestId = r.u32('request id');
+  const genesis = r.bytes(32, 'genesis digest');
+  const from = r.u64('from');
+  const count = r.count('count', 1, SWARM_LIMITS.entries);
+  r.end();
+  return { requestId, genesis, from, count };
+}
+
+/** Response status (u8). */
+export const LOG_STATUS = { OK: 0, MALFORMED: 1, WRONG_SWARM: 2, NOT_HELD: 3 } as const;
+export type LogStatus = keyof typeof LOG_STATUS;
+const LOG_STATUS_NAMES = new Map<number, LogStatus>(Object.entries(LOG_STATUS).map(([k, v]) => [v, k as LogStatus]));
+
+/**
+ * u8 version, u8 type 4, u32 request id, u8 status, u64 the answering peer's head
+ * generation, u32 entry count (0..1024), per entry u64 generation, u32 length, the proof.
+ * Entries are consecutive from the generation asked for (fewer when the peer holds fewer).
+ */
+export interface LogResponse {
+  requestId: number;
+  status: LogStatus;
+  head: number;
+  entries: LogEntry[];
+}
+
+export function encodeLogResponse(res: LogResponse): Uint8Array {
+  const w = new ByteWriter().u8(SWARM_VERSION).u8(T_RESPONSE).u32(res.requestId).u8(LOG_STATUS[res.status]).u64(res.head).u32(res.entries.length);
+  for (const e of res.entries) w.u64(e.generation).u32(proofBytes(e.proof).length).bytes(e.proof);
+  return w.finish();
+}
+
+export function decodeLogResponse(bytes: Uint8Array, maxBytes: number = SWARM_LIMITS.responseBytes): LogResponse {
+  if (bytes.length > maxBytes) throw new FormatError('LIMIT', `log response: ${bytes.length} bytes`);
+  const r = new ByteReader(bytes, 'log response');
+  head(r, T_RESPONSE);
+  const requestId = r.u32('request id');
+  const code = r.u8('status');
+  const status = LOG_STATUS_NAMES.get(code);
+  if (status === undefined) throw new FormatError('BAD_VALUE', `log response: status ${code}`);
+  const h = r.u64('head');
+  const n = r.count('entry count', 0, SWARM_LIMITS.entries, 13);
+  const entries: LogEntry[] = [];
+  for (let i = 0; i < n; i++) {
+    const generation = r.u64('generation');
+    entries.push({ generation, proof: readProof(r) });
+  }
+  r.end();
+  return { requestId, status, head: h, entries };
+}

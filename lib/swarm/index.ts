@@ -1,0 +1,12 @@
+/**
+ * Training together (docs/swarm.md): untrusted peers train one model over libp2p with
+ * step proofs; a sequencer orders them into a log that every peer verifies. libp2p is
+ * loaded on first use (after the Node 20 polyfill of lib/p2p/host.ts).
+ */
+export { SwarmPeer } from './peer.js';
+export type { ProposeResult, SwarmOptions, SwarmRejection, SwarmStats } from './peer.js';
+export {
+  LOG_STATUS, SWARM_LIMITS, SWARM_LOG_PROTOCOL, SWARM_VERSION, decodeLogEntry, decodeLogRequest, decodeLogResponse,
+  decodeStepMessage, encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics,
+} from './frames.js';
+export type { LogEntry, LogRequest, LogResponse, LogStatus } from './frames.js';

@@ -1,0 +1,635 @@
+/**
+ * A peer of a training swarm (docs/swarm.md): untrusted peers train one model over
+ * libp2p. Trainers propose step proofs on their own data (gossipsub topic `steps`); one
+ * configured sequencer verifies each and orders the accepted ones into a log (topic
+ * `log`, generation g -> g + 1); every peer verifies every log entry (verifyTrainStep)
+ * against the Ghost file of its generation before applying it, and fetches entries it
+ * missed over `/ghost-tensor/swarm/log/1.0.0`. Stale steps (made at a generation the log
+ * has passed) are not sequenced; invalid ones are rejected, their sender scored down
+ * (gossipsub's invalid-message penalty, and a local strike count) and disconnected.
+ *
+ * A peer that holds a model applies a verified step by replaying it: proveTrainStep on
+ * the step's own batch (the step is deterministic), then its digest must equal the
+ * verified one.
+ */
+import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import type { Connection, PeerId, Stream } from '@libp2p/interface';
+import type { GossipSub, Message, TopicValidatorResult as TVR } from '@libp2p/gossipsub';
+
+import { bytesEqual } from '../shared/bytes.js';
+import { FormatError, InvalidArgumentError, P2PError, ProofError } from '../shared/errors.js';
+import { Model } from '../model/model.js';
+import type { StepBatch } from '../model/train/step-training.js';
+import { decodeProof, type StepProof } from '../verify/proof-format.js';
+import type { PinnedGhost } from '../verify/proof-verify.js';
+import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
+import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
+import {
+  SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogEntry, decodeLogRequest, decodeLogResponse, decodeStepMessage,
+  encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogResponse,
+} from './frames.js';
+
+export interface SwarmOptions extends HostOptions {
+  /** Digest of the swarm's generation-0 Ghost file: the swarm's identity (its topics). */
+  genesis: Uint8Array;
+  /** Peer id of the sequencer, or 'self' for the sequencer itself. */
+  sequencer: string;
+  /** A replica of the model at a generation of the chain (the genesis model, or one loaded from the peer's own directory). Needed to propose steps. */
+  model?: Model;
+  /** Without a model (a verify-only peer): the Ghost file it starts from (the genesis one). */
+  ghost?: PinnedGhost;
+  /** Invalid messages a peer may send before it is disconnected and refused (default 1). */
+  maxStrikes?: number;
+  /** One fetch of log entries (dial, request, response), ms (default 10 000). */
+  fetchTimeoutMs?: number;
+  /** When the connection to the sequencer closes: wait between dials back, ms (default 500). Then catchUp(). */
+  redialMs?: number;
+  /**
+   * A file the peer appends each entry to, fsynced before the entry is applied (and, at
+   * the sequencer, published). At start its entries from the peer's generation on are
+   * verified and applied again; a torn last record (a crash during an append) is cut off.
+   */
+  logFile?: string;
+}
+
+/** Why a message was refused (SwarmPeer.events). */
+export interface SwarmRejection {
+  peer: string;
+  topic: 'steps' | 'log' | 'fetch';
+  reason: string;
+}
+
+export interface SwarmStats {
+  /** Steps this peer verified (log entries, and proposals at the sequencer). */
+  verified: number;
+  /** Log entries applied. */
+  applied: number;
+  /** Proposals passed over as stale (sequencer). */
+  stale: number;
+  /** Messages rejected (invalid step, forged entry, bad fetch answer). */
+  rejected: number;
+  /** Log entries fetched over the request/response protocol. */
+  fetched: number;
+  /** Payload bytes of gossipsub messages received (before dedup by gossipsub: those that reached validation) and of fetch responses. */
+  bytesIn: number;
+  /** Payload bytes this peer published and answered. */
+  bytesOut: number;
+}
+
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+/** Proposal outcome: accepted into the log at `generation`, or passed over (another step took that generation first). */
+export interface ProposeResult {
+  accepted: boolean;
+  generation: number;
+  proof: Uint8Array;
+  loss: number;
+}
+
+export class SwarmPeer {
+  readonly libp2p: GhostLibp2p;
+  readonly genesis: Uint8Array;
+  readonly sequencer: string;
+  readonly topics: { steps: string; log: string };
+  readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, bytesIn: 0, bytesOut: 0 };
+  readonly rejections: SwarmRejection[] = [];
+  /** Peers disconnected and refused for misbehaviour. */
+  readonly banned: Set<string>;
+  readonly #strikes = new Map<string, number>();
+  readonly #maxStrikes: number;
+  readonly #fetchTimeoutMs: number;
+  /** Entries held, by generation (from the peer's first generation on). */
+  readonly #log = new Map<number, Uint8Array>();
+  /** Ghost digest (hex) at each generation this peer has passed. */
+  readonly #digests = new Map<number, string>();
+  #head: PinnedGhost;
+  #model: Model | undefined;
+  /** The proposer's scratch replica: clean at #scratchGen, or at #scratchGen + 1 after its pending proposal. */
+  #scratch: Model | undefined;
+  #scratchGen = -1;
+  #pending: Uint8Array | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+  #waiters: (() => void)[] = [];
+  #stopped = false;
+  #requestId = 1;
+  #V!: typeof TVR;
+  #logFd: number | undefined;
+  #redialing = false;
+  readonly #redialMs: number;
+
+  private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
+    this.libp2p = libp2p;
+    this.banned = banned;
+    this.genesis = options.genesis;
+    this.sequencer = options.sequencer === 'self' ? libp2p.peerId.toString() : options.sequencer;
+    this.topics = swarmTopics(options.genesis);
+    this.#maxStrikes = options.maxStrikes ?? 1;
+    this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
+    this.#redialMs = options.redialMs ?? 500;
+    this.#head = head;
+    this.#model = options.model;
+    this.#digests.set(this.generation, hex(head.digest));
+  }
+
+  /** Starts a peer: joins the swarm's topics and serves its log. Call catchUp() to fetch what it missed. */
+  static async start(options: SwarmOptions): Promise<SwarmPeer> {
+    if (!(options.genesis instanceof Uint8Array) || options.genesis.length !== 32) throw new InvalidArgumentError('genesis must be a 32-byte Ghost digest');
+    if (typeof options.sequencer !== 'string' || options.sequencer.length === 0) throw new InvalidArgumentError('sequencer must be a peer id');
+    const head = options.model ? await options.model.ghost() : options.ghost;
+    if (!head) throw new InvalidArgumentError('a swarm peer needs a model or a Ghost file to start from');
+    if (!head.manifest.training) throw new InvalidArgumentError('the model commits no training rule (new Model(layers, { training }))');
+    const banned = new Set<string>();
+    const [{ gossipsub, TopicValidatorResult }, { createTopicScoreParams }] = await Promise.all([import('@libp2p/gossipsub'), import('@libp2p/gossipsub/score')]);
+    const topics = swarmTopics(options.genesis);
+    // Every invalid message costs its sender 100 points (squared count x weight), under
+    // the graylist threshold (-80): gossipsub then ignores it; a banned peer's
+    // application score keeps it there. All peers of a test share 127.0.0.1, so the
+    // IP-colocation penalty is off.
+    const topic = createTopicScoreParams({ topicWeight: 1, invalidMessageDeliveriesWeight: -100, invalidMessageDeliveriesDecay: 0.99, timeInMeshWeight: 0, firstMessageDeliveriesWeight: 0, meshMessageDeliveriesWeight: 0, meshFailurePenaltyWeight: 0 });
+    const pubsub = gossipsub({
+      allowPublishToZeroTopicPeers: true,
+      emitSelf: false,
+      scoreParams: {
+        IPColocationFactorWeight: 0,
+        appSpecificScore: (p: string) => (banned.has(p) ? -1e6 : 0),
+        appSpecificWeight: 1,
+        topics: { [topics.steps]: topic, [topics.log]: topic },
+      },
+      maxInboundDataLength: SWARM_LIMITS.proofBytes + 1024,
+    });
+    const gate = (p: PeerId): boolean => banned.has(p.toString());
+    const host = await createHost(options, true, {
+      services: { pubsub: pubsub as (components: never) => unknown },
+      connectionGater: { denyDialPeer: gate, denyInboundEncryptedConnection: gate, denyOutboundEncryptedConnection: gate },
+    });
+    const peer = new SwarmPeer(host, options, head, banned);
+    host.addEventListener('peer:disconnect', (e) => {
+      if (e.detail.toString() === peer.sequencer && !peer.isSequencer) void peer.#redial();
+    });
+    peer.#V = TopicValidatorResult;
+    const ps = peer.#pubsub;
+    ps.topicValidators.set(topics.log, (from, msg) => peer.#onLog(from, msg));
+    ps.subscribe(topics.log);
+    if (peer.isSequencer) {
+      ps.topicValidators.set(topics.steps, (from, msg) => peer.#onStep(from, msg));
+      ps.subscribe(topics.steps);
+    }
+    try {
+      if (options.logFile !== undefined) await peer.#openLog(options.logFile);
+    } catch (err) {
+      await host.stop();
+      throw err;
+    }
+    await host.handle(SWARM_LOG_PROTOCOL, (stream, conn) => peer.#serve(stream, conn), { maxInboundStreams: 16 });
+    return peer;
+  }
+
+  get #pubsub(): GossipSub {
+    return (this.libp2p.services as unknown as { pubsub: GossipSub }).pubsub;
+  }
+
+  get peerId(): string {
+    return this.libp2p.peerId.toString();
+  }
+
+  get multiaddrs(): string[] {
+    return this.libp2p.getMultiaddrs().map(String);
+  }
+
+  get isSequencer(): boolean {
+    return this.peerId === this.sequencer;
+  }
+
+  /** The Ghost file at the peer's current generation (every step before it verified). */
+  get head(): PinnedGhost {
+    return this.#head;
+  }
+
+  /** The generation: the Ghost file's training step count. */
+  get generation(): number {
+    return this.#head.manifest.training!.step;
+  }
+
+  /** The replica of the model this peer holds (undefined for a verify-only peer). */
+  get model(): Model | undefined {
+    return this.#model;
+  }
+
+  /** The log entries this peer holds, ascending. */
+  entries(): LogEntry[] {
+    return [...this.#log.entries()].sort((a, b) => a[0] - b[0]).map(([generation, proof]) => ({ generation, proof }));
+  }
+
+  /** gossipsub's score of a peer (misbehaviour drives it below the graylist threshold). */
+  score(peer: string): number {
+    return (this.#pubsub as unknown as { getScore(p: string): number }).getScore(peer);
+  }
+
+  /** Resolves when the gossipsub subscriptions needed to propose (the sequencer's `steps`) or follow are known. */
+  async ready(timeoutMs = 10_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    const ok = (): boolean => this.isSequencer || this.#pubsub.getSubscribers(this.topics.steps).some((p) => p.toString() === this.sequencer);
+    while (!ok()) {
+      if (Date.now() > until) throw new P2PError('NO_PEER', 'the sequencer is not subscribed to the steps topic of any connected peer');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Resolves when the peer reaches `generation` (P2PError TIMEOUT after timeoutMs). */
+  async waitFor(generation: number, timeoutMs = 30_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (this.generation < generation) {
+      if (Date.now() > until) throw new P2PError('TIMEOUT', `still at generation ${this.generation}, waiting for ${generation}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 50);
+        this.#waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  /**
+   * Makes a step proof on `batch` against the current generation and proposes it to the
+   * sequencer; resolves once the log has passed that generation: accepted when the
+   * entry there is this proof, passed over (stale) otherwise. Needs a model and waits
+   * (ready()) until gossipsub knows the sequencer's subscription to `steps`.
+   */
+  async propose(batch: StepBatch, options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
+    if (!this.#model) throw new InvalidArgumentError('a verify-only peer cannot propose steps (start it with a model)');
+    await this.ready();
+    const made = await this.#serial(async () => {
+      const scratch = await this.#scratchAtHead();
+      const g = this.generation;
+      const step = await scratch.proveTrainStep(batch);
+      this.#pending = step.bytes;
+      if (!bytesEqual(step.proof.ghost, this.#head.digest)) throw new Error(`internal: the scratch replica is not at the head (generation ${g})`);
+      return { g, step };
+    });
+    const { g, step } = made;
+    if (this.isSequencer) {
+      await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
+    } else {
+      const data = encodeStepMessage(step.bytes);
+      await this.#pubsub.publish(this.topics.steps, data);
+      this.stats.bytesOut += data.length;
+    }
+    await this.waitFor(g + 1, options.timeoutMs ?? 30_000);
+    const entry = this.#log.get(g);
+    return { accepted: entry !== undefined && bytesEqual(entry, step.bytes), generation: g, proof: step.bytes, loss: step.loss };
+  }
+
+  /**
+   * Fetches and applies, each verified, the entries from this peer's generation on, from
+   * `from` (a peer id; default the sequencer, then any connected peer) until that peer
+   * has none newer. Returns the generation reached.
+   */
+  async catchUp(from?: string): Promise<number> {
+    return this.#serial(async () => {
+      const candidates = from ? [from] : [this.sequencer, ...this.libp2p.getPeers().map(String).filter((p) => p !== this.sequencer)];
+      for (const p of candidates) {
+        if (p === this.peerId || this.banned.has(p)) continue;
+        try {
+          await this.#fetchFrom(p, Infinity);
+          return this.generation;
+        } catch (err) {
+          if (from) throw err;
+        }
+      }
+      if (candidates.length > 0 && !from) throw new P2PError('NO_PEER', 'no peer answered a log request');
+      return this.generation;
+    });
+  }
+
+  /** Saves the peer's replica to a new directory (Model.save: tensors, Ghost file, optimizer state); restart with Model.load and { model }. */
+  async save(dir: string): Promise<PinnedGhost> {
+    if (!this.#model) throw new InvalidArgumentError('a verify-only peer holds no model to save');
+    return this.#serial(() => this.#model!.save(dir));
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.libp2p.stop();
+    await this.#queue;
+    if (this.#logFd !== undefined) closeSync(this.#logFd);
+    this.#logFd = undefined;
+    this.#scratch?.close();
+    this.#scratch = undefined;
+  }
+
+  // --- internals -------------------------------------------------------------------
+
+  /**
+   * The sequencer went away: dial it back at the addresses the peer store holds (every
+   * `redialMs`, until it answers, the peer stops or bans it), then fetch what was missed.
+   */
+  async #redial(): Promise<void> {
+    if (this.#redialing) return;
+    this.#redialing = true;
+    try {
+      const id = await toPeerId(this.sequencer);
+      while (!this.#stopped && !this.banned.has(this.sequencer)) {
+        await new Promise((r) => setTimeout(r, this.#redialMs));
+        if (this.#stopped) return;
+        if (this.libp2p.getConnections(id).length > 0) break;
+        try {
+          await this.libp2p.dial(id, { signal: AbortSignal.timeout(this.#fetchTimeoutMs) });
+          break;
+        } catch {
+          // not back yet
+        }
+      }
+      if (!this.#stopped && !this.banned.has(this.sequencer)) await this.catchUp(this.sequencer).catch(() => {});
+    } finally {
+      this.#redialing = false;
+    }
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  #strike(peer: string, topic: SwarmRejection['topic'], reason: string): void {
+    this.stats.rejected++;
+    this.rejections.push({ peer, topic, reason });
+    const n = (this.#strikes.get(peer) ?? 0) + 1;
+    this.#strikes.set(peer, n);
+    if (n >= this.#maxStrikes && !this.banned.has(peer)) {
+      this.banned.add(peer);
+      void toPeerId(peer).then((id) => this.libp2p.hangUp(id)).catch(() => {});
+    }
+  }
+
+  /** A replica at the head to propose on: the scratch one when it is clean there, else a copy of the model (save and load). */
+  async #scratchAtHead(): Promise<Model> {
+    if (this.#scratch && this.#scratchGen === this.generation && this.#pending === undefined) return this.#scratch;
+    this.#scratch?.close();
+    const tmp = mkdtempSync(join(tmpdir(), 'gt-swarm-'));
+    try {
+      await this.#model!.save(join(tmp, 'm'));
+      this.#scratch = (await Model.load(join(tmp, 'm'), { expectDigest: this.#head.digest })).model;
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    this.#scratchGen = this.generation;
+    this.#pending = undefined;
+    return this.#scratch;
+  }
+
+  /** Verifies `proof` against the head: the VerifiedStep, or a reason. */
+  async #verify(proof: Uint8Array): Promise<VerifiedStep | string> {
+    try {
+      const v = await verifyTrainStep(this.#head, proof);
+      this.stats.verified++;
+      return v;
+    } catch (err) {
+      if (err instanceof ProofError || err instanceof FormatError) return `${err.constructor.name}: ${err.message}`;
+      throw err;
+    }
+  }
+
+  /**
+   * Reads the log file: records of u64 generation, u32 length, the step proof. Entries
+   * below the peer's generation are skipped, the others verified and applied in order;
+   * a torn last record is cut off. Then keeps the file open for appending.
+   */
+  async #openLog(file: string): Promise<void> {
+    const bytes = existsSync(file) ? new Uint8Array(readFileSync(file)) : new Uint8Array(0);
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let at = 0;
+    while (bytes.length - at >= 12) {
+      const generation = dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 2 ** 32;
+      const n = dv.getUint32(at + 8, true);
+      if (n === 0 || n > SWARM_LIMITS.proofBytes || bytes.length - at - 12 < n) break;
+      const proof = bytes.slice(at + 12, at + 12 + n);
+      at += 12 + n;
+      if (generation < this.generation) continue;
+      if (generation > this.generation) throw new FormatError('BAD_VALUE', `${file}: entry of generation ${generation} where ${this.generation} was expected`);
+      const v = await this.#verify(proof);
+      if (typeof v === 'string') throw new FormatError('BAD_VALUE', `${file}: the entry of generation ${generation} does not verify: ${v}`);
+      await this.#apply(proof, v, false);
+    }
+    this.#logFd = openSync(file, 'a+');
+    if (at < bytes.length) {
+      ftruncateSync(this.#logFd, at);
+      fsyncSync(this.#logFd);
+    }
+  }
+
+  /** Applies a verified step at the head: log file (fsynced), replica (replayed), scratch, head. */
+  async #apply(proof: Uint8Array, v: VerifiedStep, durable = true): Promise<void> {
+    const g = this.generation;
+    if (durable && this.#logFd !== undefined) {
+      const rec = new Uint8Array(12 + proof.length);
+      const dv = new DataView(rec.buffer);
+      dv.setUint32(0, g % 2 ** 32, true);
+      dv.setUint32(4, Math.floor(g / 2 ** 32), true);
+      dv.setUint32(8, proof.length, true);
+      rec.set(proof, 12);
+      for (let off = 0; off < rec.length; ) off += writeSync(this.#logFd, rec, off);
+      fsyncSync(this.#logFd);
+    }
+    if (this.#model) {
+      const p = decodeProof(proof) as StepProof;
+      const batch: StepBatch = {
+        input: p.input.kind === 'ids' ? p.input.ids : p.input.data,
+        targets: p.targets.kind === 'classes' ? p.targets.ids : p.targets.data,
+      };
+      const mine = this.#pending !== undefined && this.#scratchGen === g && bytesEqual(this.#pending, proof);
+      const r = await this.#model.proveTrainStep(batch);
+      if (!bytesEqual(r.ghost.digest, v.ghost.digest)) throw new Error(`internal: replaying generation ${g} gave another Ghost file than the verified step (a non-deterministic selection?)`);
+      if (mine) {
+        this.#pending = undefined;
+        this.#scratchGen = g + 1;
+      } else if (this.#pending === undefined && this.#scratch && this.#scratchGen === g) {
+        await this.#scratch.proveTrainStep(batch);
+        this.#scratchGen = g + 1;
+      }
+    }
+    this.#log.set(g, proof);
+    this.#head = v.ghost;
+    this.#digests.set(g + 1, hex(v.ghost.digest));
+    this.stats.applied++;
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Sequencer: a proposed step. */
+  async #onStep(from: PeerId, msg: Message): Promise<TVR> {
+    const V = this.#V;
+    this.stats.bytesIn += msg.data.length;
+    let proof: Uint8Array;
+    try {
+      proof = decodeStepMessage(msg.data);
+    } catch (err) {
+      this.#strike(from.toString(), 'steps', (err as Error).message);
+      return V.Reject;
+    }
+    return this.#serial(() => this.#sequence(from, proof));
+  }
+
+  async #sequence(from: PeerId, proof: Uint8Array): Promise<TVR> {
+    const V = this.#V;
+    const who = from.toString();
+    let p;
+    try {
+      p = decodeProof(proof);
+    } catch (err) {
+      this.#strike(who, 'steps', (err as Error).message);
+      return V.Reject;
+    }
+    if (p.kind !== 'step') {
+      this.#strike(who, 'steps', `${p.kind} proof, not a step proof`);
+      return V.Reject;
+    }
+    const g = this.generation;
+    // The concurrency rule: a step is sequenced only at the generation it was made at.
+    if (p.step < g && this.#digests.get(p.step) === hex(p.ghost)) {
+      this.stats.stale++;
+      return V.Ignore;
+    }
+    if (p.step !== g) {
+      this.#strike(who, 'steps', `a step at generation ${p.step} against a Ghost file the log never had (the log is at ${g})`);
+      return V.Reject;
+    }
+    const v = await this.#verify(proof);
+    if (typeof v === 'string') {
+      this.#strike(who, 'steps', v);
+      return V.Reject;
+    }
+    await this.#apply(proof, v);
+    const data = encodeLogEntry(this.genesis, { generation: g, proof });
+    if (!this.#stopped) {
+      await this.#pubsub.publish(this.topics.log, data).catch(() => {});
+      this.stats.bytesOut += data.length;
+    }
+    return V.Accept;
+  }
+
+  /** Every peer: a log entry (only the sequencer's, signed). */
+  async #onLog(from: PeerId, msg: Message): Promise<TVR> {
+    const V = this.#V;
+    const who = from.toString();
+    this.stats.bytesIn += msg.data.length;
+    if (msg.type !== 'signed' || msg.from.toString() !== this.sequencer) {
+      this.#strike(who, 'log', 'a log entry not signed by the sequencer');
+      return V.Reject;
+    }
+    if (this.isSequencer) return V.Ignore;
+    let e: ReturnType<typeof decodeLogEntry>;
+    try {
+      e = decodeLogEntry(msg.data);
+    } catch (err) {
+      this.#strike(who, 'log', (err as Error).message);
+      return V.Reject;
+    }
+    if (!bytesEqual(e.genesis, this.genesis)) {
+      this.#strike(who, 'log', 'a log entry of another swarm');
+      return V.Reject;
+    }
+    return this.#serial(async () => {
+      if (e.generation < this.generation) return V.Ignore;
+      if (e.generation > this.generation) {
+        // Missed entries: fetch them from whoever sent this one, then the sequencer.
+        for (const p of [who, this.sequencer]) {
+          if (this.generation >= e.generation || p === this.peerId || this.banned.has(p)) continue;
+          await this.#fetchFrom(p, e.generation).catch(() => {});
+        }
+        if (e.generation !== this.generation) return V.Ignore;
+      }
+      const v = await this.#verify(e.proof);
+      if (typeof v === 'string') {
+        this.#strike(who, 'log', v);
+        return V.Reject;
+      }
+      await this.#apply(e.proof, v);
+      return V.Accept;
+    });
+  }
+
+  /** Fetches entries from this peer's generation up to (not including) `until` from `peer`, verifying and applying each. */
+  async #fetchFrom(peer: string, until: number): Promise<void> {
+    while (this.generation < until) {
+      const from = this.generation;
+      const res = await this.#request(peer, from, Math.min(SWARM_LIMITS.entries, 64));
+      if (res.status !== 'OK') throw new P2PError('NO_PEER', `${peer} answered ${res.status}`);
+      if (res.entries.length === 0) return;
+      for (const [i, e] of res.entries.entries()) {
+        if (e.generation !== from + i) {
+          this.#strike(peer, 'fetch', `entry ${i} is of generation ${e.generation}, asked from ${from}`);
+          throw new P2PError('NO_PEER', 'a fetched entry out of order');
+        }
+        if (e.generation >= until) return;
+        const v = await this.#verify(e.proof);
+        if (typeof v === 'string') {
+          this.#strike(peer, 'fetch', v);
+          throw new P2PError('NO_PEER', `a fetched entry does not verify: ${v}`);
+        }
+        this.stats.fetched++;
+        await this.#apply(e.proof, v);
+      }
+      if (this.generation >= res.head) return;
+    }
+  }
+
+  async #request(peer: string, from: number, count: number): Promise<LogResponse> {
+    const signal = deadlineSignal(this.#fetchTimeoutMs);
+    const requestId = this.#requestId++ >>> 0;
+    const stream = await this.libp2p.dialProtocol(await toPeerId(peer), SWARM_LOG_PROTOCOL, { signal });
+    try {
+      await writeFrame(stream, encodeLogRequest({ requestId, genesis: this.genesis, from, count }), signal);
+      await stream.close({ signal });
+      const payload = await readFrame(stream, SWARM_LIMITS.responseBytes, this.#fetchTimeoutMs);
+      this.stats.bytesIn += payload.length;
+      const res = decodeLogResponse(payload);
+      if (res.requestId !== requestId) throw new FormatError('BAD_VALUE', 'a response to another request');
+      return res;
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+      if (err instanceof FormatError) this.#strike(peer, 'fetch', err.message);
+      throw err;
+    }
+  }
+
+  async #serve(stream: Stream, _conn: Connection): Promise<void> {
+    const hard = setTimeout(() => stream.abort(new Error('ghost-tensor swarm: stream deadline')), 30_000);
+    hard.unref();
+    stream.addEventListener('close', () => clearTimeout(hard), { once: true });
+    try {
+      let res: LogResponse;
+      try {
+        const q = decodeLogRequest(await readFrame(stream, SWARM_LIMITS.requestBytes, 10_000));
+        if (!bytesEqual(q.genesis, this.genesis)) res = { requestId: q.requestId, status: 'WRONG_SWARM', head: this.generation, entries: [] };
+        else {
+          const entries: LogEntry[] = [];
+          let bytes = 0;
+          for (let g = q.from; entries.length < q.count; g++) {
+            const proof = this.#log.get(g);
+            if (!proof || bytes + proof.length > SWARM_LIMITS.responseBytes / 2) break;
+            entries.push({ generation: g, proof });
+            bytes += proof.length + 12;
+          }
+          const held = entries.length > 0 || q.from >= this.generation;
+          res = { requestId: q.requestId, status: held ? 'OK' : 'NOT_HELD', head: this.generation, entries };
+        }
+      } catch (err) {
+        if (!(err instanceof FormatError) && !(err instanceof FrameReadError)) throw err;
+        res = { requestId: 0, status: 'MALFORMED', head: this.generation, entries: [] };
+      }
+      const signal = deadlineSignal(30_000);
+      const out = encodeLogResponse(res);
+      this.stats.bytesOut += out.length;
+      await writeFrame(stream, out, signal);
+      await stream.close({ signal });
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+}
