@@ -58,12 +58,20 @@ describe('examples travel with the package', () => {
     }
   });
 
-  it.each(['associative-recall.mjs', 'fashion-mnist.mjs', 'fit-fashion-mnist.mjs'])('%s --help prints its usage and exits 0', (file) => {
+  it.each(['associative-recall.mjs', 'fashion-mnist.mjs', 'fit-fashion-mnist.mjs', 'step-proofs.mjs'])('%s --help prints its usage and exits 0', (file) => {
     const r = run(file, ['--help']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/node examples\//);
     expect(r.stdout).toMatch(/--help/);
+  });
+
+  it('step-proofs trains 3 steps by step proofs and its verifier reaches the model\'s Ghost file', () => {
+    const r = run('step-proofs.mjs', ['--steps=3', '--context=12']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.match(/^\| \d \| [\d.]+ \| /gm)?.length).toBe(3);
+    expect(r.stdout).toMatch(/verified 3 steps: the verifier's Ghost file [0-9a-f]+\.\.\. is the model's/);
+    expect(run('step-proofs.mjs', ['--steps=0']).status).toBe(2);
   });
 
   it('associative-recall runs a tiny training (3 steps) and prints its table', () => {
