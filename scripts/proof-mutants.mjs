@@ -229,15 +229,7 @@ export function fieldOffsets(p, total) {
   } else if (p.kind === 'forward') {
     u32(); // first layer
     u32(); // layer count
-    u8(); // input kind
-    if (p.input.kind === 'f32') {
-      u32();
-      u32();
-      at += 4 * p.input.data.length;
-    } else {
-      u32();
-      at += 4 * p.input.ids.length;
-    }
+    input();
     for (const l of p.layers) {
       u8(); // op
       u8(); // stage count

@@ -335,26 +335,9 @@ export class ProverClient {
     // the server takes it only at that generation, so an attempt whose fate is unknown (the
     // connection broke) can be sent again: at most one of them is taken. On 409 the client
     // follows the new steps (verified) and looks among them for its own before sending again.
-    const body = encodeTrainRequest(grads);
-    let r: Answer;
-    for (;;) {
-      const at = this.#generation;
-      try {
-        r = await this.#request('POST', '/train', deadline, body, true, at);
-        break;
-      } catch (err) {
-        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
-      }
-      const found = await this.#locked(async () => {
-        await this.#syncNow(undefined, deadline);
-        if (this.#generation - at > HISTORY) {
-          // The steps since are no longer all remembered: whether this one is among them is unknown.
-          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
-        }
-        return this.#findStep(at, grads);
-      });
-      if (found) return found;
-    }
+    const sent = await this.#conditional('/train', encodeTrainRequest(grads), deadline, (at) => this.#findStep(at, grads));
+    if ('found' in sent) return sent.found;
+    const r = sent.answer;
     const list = decodeProofList(r.body);
     if (list.proofs.length !== grads.length) throw new ProofError('INPUT_MISMATCH', `${grads.length} entries were sent, ${list.proofs.length} update proofs came back`);
     return this.#locked(async () => {
@@ -402,33 +385,19 @@ export class ProverClient {
       if (!(t instanceof Float32Array)) throw new InvalidArgumentError('an mse model takes a Float32Array of targets');
       targets = { kind: 'values', data: t };
     }
-    const body = encodeStepRequest({ input, targets });
-    let r: Answer;
-    for (;;) {
-      const at = this.#generation;
-      try {
-        r = await this.#request('POST', '/train-step', deadline, body, true, at);
-        break;
-      } catch (err) {
-        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
+    const sent = await this.#conditional('/train-step', encodeStepRequest({ input, targets }), deadline, async (at): Promise<ServedTrainStep | null> => {
+      for (let g = at; g < this.#generation; g++) {
+        const bytes = this.#proofs.get(g);
+        if (bytes && isSameBatch(decodeProof(bytes, { kind: 'step', limits: this.#limits }), input, targets)) {
+          // Taken before: verify it again from its Ghost file for the figures the answer reports.
+          const v = await verifyTrainStep(this.#history.get(g)!, bytes, { limits: this.#limits });
+          return { generation: g + 1, ghost: this.#history.get(g + 1) ?? v.ghost, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
+        }
       }
-      const found = await this.#locked(async () => {
-        await this.#syncNow(undefined, deadline);
-        if (this.#generation - at > HISTORY) {
-          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
-        }
-        for (let g = at; g < this.#generation; g++) {
-          const bytes = this.#proofs.get(g);
-          if (bytes && isSameBatch(decodeProof(bytes, { kind: 'step', limits: this.#limits }), input, targets)) {
-            // Taken before: verify it again from its Ghost file for the figures the answer reports.
-            const v = await verifyTrainStep(this.#history.get(g)!, bytes, { limits: this.#limits });
-            return { generation: g + 1, ghost: this.#history.get(g + 1) ?? v.ghost, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
-          }
-        }
-        return null;
-      });
-      if (found) return found;
-    }
+      return null;
+    });
+    if ('found' in sent) return sent.found;
+    const r = sent.answer;
     const list = decodeProofList(r.body);
     if (list.proofs.length !== 1) throw new ProofError('INPUT_MISMATCH', `one step was sent, ${list.proofs.length} proofs came back`);
     const bytes = list.proofs[0]!;
@@ -493,6 +462,32 @@ export class ProverClient {
    * Retry-After) and tries again while the deadline allows. POST /train is retried only
    * when the server cannot have taken it: a 503, or a connection refused.
    */
+  /**
+   * Sends a training request conditional on this client's generation (X-Ghost-If-Generation):
+   * the server takes it only there, so an attempt whose fate is unknown (the connection
+   * broke) can be sent again and at most one is taken. On 409 the client follows the new
+   * steps (verified) and asks `find` whether its own is among them from generation `at`.
+   */
+  async #conditional<T>(path: string, body: Uint8Array, deadline: number, find: (at: number) => T | null | Promise<T | null>): Promise<{ answer: Answer } | { found: T }> {
+    for (;;) {
+      const at = this.#generation;
+      try {
+        return { answer: await this.#request('POST', path, deadline, body, true, at) };
+      } catch (err) {
+        if (!(err instanceof RemoteError) || err.reason !== 'GENERATION_CONFLICT') throw err;
+      }
+      const found = await this.#locked(async () => {
+        await this.#syncNow(undefined, deadline);
+        if (this.#generation - at > HISTORY) {
+          // The steps since are no longer all remembered: whether this one is among them is unknown.
+          throw new RemoteError(409, 'GENERATION_CONFLICT', `the model moved ${this.#generation - at} steps while this step was sent; this client remembers ${HISTORY}: whether it was taken is unknown (check the chain before sending it again)`);
+        }
+        return find(at);
+      });
+      if (found) return { found };
+    }
+  }
+
   async #request(method: 'GET' | 'POST', path: string, deadline: number, body?: Uint8Array, auth = false, ifGeneration?: number, extra?: Record<string, string>): Promise<Answer> {
     // A conditional training step is taken at most once whatever the attempts (the server checks the generation).
     const idempotent = !(method === 'POST' && (path === '/train' || path === '/train-step')) || ifGeneration !== undefined;

@@ -613,66 +613,57 @@ export class ProverServer {
         allow('POST');
         if (this.#ghost.manifest.training !== undefined) throw new HttpError(409, 'STEP_TRAINED', 'this model is trained by step proofs: POST /train-step with examples');
         if (!this.#optimizer || this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
-        this.#checkNotBroken();
-        const auth = req.headers.authorization ?? '';
-        const m = /^Bearer (.+)$/.exec(auth);
-        if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
-        const ifHeader = req.headers['x-ghost-if-generation'];
-        const ifGeneration = ifHeader === undefined ? null : parseGeneration(String(ifHeader));
+        const ifGeneration = this.#authorizeTraining(req, this.#o.trainToken);
         const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
-        const out = await this.#sched.run(true, async () => {
-          this.#checkNotBroken();
-          // A conditional step (the client's retries): taken only at the generation it names.
-          if (ifGeneration !== null && ifGeneration !== this.#generation) {
-            throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
-          }
-          const t = performance.now();
-          try {
-            return await this.#train(grads);
-          } finally {
-            lease.proveMs = performance.now() - t;
-            this.#mProveSeconds.observe({ kind: 'train' }, lease.proveMs / 1000);
-          }
-        });
-        this.#served.train++;
+        const out = await this.#runTraining(lease, ifGeneration, () => this.#train(grads));
         return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost, lease);
       }
       case '/train-step': {
         allow('POST');
         if (this.#ghost.manifest.training === undefined) throw new HttpError(409, 'NO_TRAINING_RULE', 'this model commits no training rule: POST /train with gradients (update proofs)');
         if (this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
-        this.#checkNotBroken();
-        const auth = req.headers.authorization ?? '';
-        const m = /^Bearer (.+)$/.exec(auth);
-        if (!m || !tokenMatches(m[1]!, this.#o.trainToken)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
-        const ifHeader = req.headers['x-ghost-if-generation'];
-        const ifGeneration = ifHeader === undefined ? null : parseGeneration(String(ifHeader));
+        const ifGeneration = this.#authorizeTraining(req, this.#o.trainToken);
         const body = await this.#readBody(req, lease);
         const batch = decodeStepRequest(body);
         const B = batchOf(batch.input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
         this.#checkInput(batch.input);
         this.#checkTargets(batch, B);
-        const out = await this.#sched.run(true, async () => {
-          this.#checkNotBroken();
-          if (ifGeneration !== null && ifGeneration !== this.#generation) {
-            throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
-          }
-          const t = performance.now();
-          try {
-            return await this.#trainStep(batch);
-          } finally {
-            lease.proveMs = performance.now() - t;
-            this.#mProveSeconds.observe({ kind: 'train' }, lease.proveMs / 1000);
-          }
-        });
-        this.#served.train++;
+        const out = await this.#runTraining(lease, ifGeneration, () => this.#trainStep(batch));
         return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, [out.proof]), this.#generation, this.#ghost, lease);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
     }
+  }
+
+  /** A training request's bearer token checked; returns the generation it is conditional on (X-Ghost-If-Generation), or null. */
+  #authorizeTraining(req: IncomingMessage, token: string): number | null {
+    this.#checkNotBroken();
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    if (!m || !tokenMatches(m[1]!, token)) throw new HttpError(401, 'UNAUTHORIZED', 'training needs the bearer token', { 'WWW-Authenticate': 'Bearer realm="ghost-tensor"' });
+    const ifHeader = req.headers['x-ghost-if-generation'];
+    return ifHeader === undefined ? null : parseGeneration(String(ifHeader));
+  }
+
+  /** Runs one training request in the scheduler's exclusive slot: a conditional step only at the generation it names (the client's retries), timed. */
+  async #runTraining<T>(lease: Lease, ifGeneration: number | null, step: () => Promise<T>): Promise<T> {
+    const out = await this.#sched.run(true, async () => {
+      this.#checkNotBroken();
+      if (ifGeneration !== null && ifGeneration !== this.#generation) {
+        throw new HttpError(409, 'GENERATION_CONFLICT', `the step was asked at generation ${ifGeneration}; the server is at ${this.#generation}`, { 'X-Ghost-Generation': String(this.#generation) });
+      }
+      const t = performance.now();
+      try {
+        return await step();
+      } finally {
+        lease.proveMs = performance.now() - t;
+        this.#mProveSeconds.observe({ kind: 'train' }, lease.proveMs / 1000);
+      }
+    });
+    this.#served.train++;
+    return out;
   }
 
   /**

@@ -554,6 +554,14 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
   w.u32(b.hashes.length / 32).bytes(b.hashes);
 }
 
+/** A layer's op and its stage lists (forward and step proofs). */
+function writeStages(w: ByteWriter, l: { op: LayerOp; stages: readonly Uint32Array[] }): void {
+  const spec = specByOp(l.op);
+  if (spec === undefined) throw new InvalidArgumentError(`proof: unknown op ${JSON.stringify(l.op)}`);
+  w.u8(spec.code).u8(l.stages.length);
+  for (const s of l.stages) w.u32(s.length).u32s(s);
+}
+
 export function encodeProof(p: GhostProof): Uint8Array {
   const w = new ByteWriter();
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
@@ -561,10 +569,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
     writeInputRecord(w, p.input);
     for (const l of p.layers) {
-      const spec = specByOp(l.op);
-      if (spec === undefined) throw new InvalidArgumentError(`proof: unknown op ${JSON.stringify(l.op)}`);
-      w.u8(spec.code).u8(l.stages.length);
-      for (const s of l.stages) w.u32(s.length).u32s(s);
+      writeStages(w, l);
       w.u8(l.blocks.length);
       for (const b of l.blocks) writeBlock(w, b);
     }
@@ -583,12 +588,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
     if (p.targets.kind === 'classes') w.u8(1).u32(p.targets.ids.length).u32s(p.targets.ids);
     else w.u8(2).u32(p.targets.data.length).f32s(p.targets.data);
     w.u32(p.layers.length);
-    for (const l of p.layers) {
-      const spec = specByOp(l.op);
-      if (spec === undefined) throw new InvalidArgumentError(`proof: unknown op ${JSON.stringify(l.op)}`);
-      w.u8(spec.code).u8(l.stages.length);
-      for (const st of l.stages) w.u32(st.length).u32s(st);
-    }
+    for (const l of p.layers) writeStages(w, l);
     w.u32(p.blocks.length);
     for (const b of p.blocks) writeBlock(w, b);
     w.u32(p.states.length);
