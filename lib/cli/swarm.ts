@@ -11,7 +11,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { InvalidArgumentError, ProofError } from '../shared/errors.js';
+import { FormatError, ProofError } from '../shared/errors.js';
 import { toHex } from '../shared/bytes.js';
 import { languageModel, type LanguageModelConfig } from '../model/lm/model.js';
 import { Model } from '../model/model.js';
@@ -63,7 +63,7 @@ export class WindowBatches {
   #state: number;
 
   constructor(bytes: Uint8Array, context: number, seed: number) {
-    if (bytes.length < context + 1) throw new InvalidArgumentError(`the data file has ${bytes.length} bytes; a window needs ${context + 1} (--context + 1)`);
+    if (bytes.length < context + 1) throw new FormatError('BAD_VALUE', `the data file has ${bytes.length} bytes; a window needs ${context + 1} (--context + 1)`);
     this.#bytes = bytes;
     this.#context = context;
     this.#state = (seed >>> 0) || 1;
