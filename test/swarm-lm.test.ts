@@ -3,13 +3,15 @@
  * a verify-only sequencer and two trainers on loopback, each trainer proposing windows
  * of its own text concurrently. Every honest peer ends at one Ghost digest, equal to the
  * log replayed on a fresh generation-0 model with no network (and to the chain of
- * verified Ghost files), and each trainer's replica is exactly that model.
+ * verified Ghost files), and each trainer's replica is exactly that model. Then the same
+ * with a sequencer that announces only each entry's digest: peers fetch the proof.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { decodeProof, languageModel, pinGhost, verifyTrainStep } from '../lib/index.js';
 import type { Model, StepProof } from '../lib/index.js';
-import { SwarmPeer } from '../lib/swarm/index.js';
+import { FormatError } from '../lib/index.js';
+import { SwarmPeer, decodeLogAnnouncement, encodeLogAnnouncement, isLogAnnouncement } from '../lib/swarm/index.js';
 
 const CONTEXT = 8;
 /** The shared config every peer builds generation 0 from. */
@@ -85,5 +87,42 @@ describe('swarm: a language model trained by step proofs', () => {
     } finally {
       ref.close();
     }
+  }, 60_000);
+
+  it('digest-only announcements: a verify-only peer and a trainer fetch each proof, reach the same digest, and the trainer no longer receives its own proofs back', async () => {
+    // The frames: round trip, and hostile bytes refused.
+    const ann = { genesis: new Uint8Array(32).fill(1), generation: 5, proofDigest: new Uint8Array(32).fill(2) };
+    const bytes = encodeLogAnnouncement(ann);
+    expect(bytes.length).toBe(74);
+    expect(isLogAnnouncement(bytes)).toBe(true);
+    expect(decodeLogAnnouncement(bytes)).toEqual(ann);
+    for (const bad of [bytes.subarray(0, 73), Uint8Array.from([...bytes, 0]), Uint8Array.of(2, ...bytes.subarray(1)), Uint8Array.of(1, 2, ...bytes.subarray(2))]) {
+      expect(() => decodeLogAnnouncement(bad)).toThrow(FormatError);
+    }
+
+    const trainerIn: number[] = [];
+    for (const announce of ['digest', 'entry'] as const) {
+      const g0 = await genesisModel().ghost();
+      const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0, announce });
+      peers.push(seq);
+      const common = { genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs };
+      const A = await SwarmPeer.start({ ...common, model: genesisModel() });
+      peers.push(A);
+      const W = await SwarmPeer.start({ ...common, ghost: g0 });
+      peers.push(W);
+      await A.ready();
+      for (let i = 0; i < 3; i++) expect((await A.propose(window(0, i))).accepted).toBe(true);
+      await W.waitFor(3, 15_000);
+      expect(hex(W.head.digest)).toBe(hex(seq.head.digest));
+      expect(hex((await A.model!.ghost()).digest)).toBe(hex(seq.head.digest));
+      expect(W.entries().map((e) => hex(e.proof))).toEqual(seq.entries().map((e) => hex(e.proof)));
+      // With digests, the verify-only peer fetched every proof; the trainer had its own.
+      expect(W.stats.fetched).toBe(announce === 'digest' ? 3 : 0);
+      expect(A.stats.fetched).toBe(0);
+      trainerIn.push(A.stats.bytesIn);
+    }
+    // The trainer no longer receives its own proofs back: only the announcements (74 bytes each).
+    expect(trainerIn[0]).toBeLessThanOrEqual(3 * 74);
+    expect(trainerIn[1]).toBeGreaterThan(3 * 1000);
   }, 60_000);
 });
