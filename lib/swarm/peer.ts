@@ -83,7 +83,7 @@ export interface SwarmStats {
   fetched: number;
   /** Payload bytes of gossipsub messages received (before dedup by gossipsub: those that reached validation) and of fetch responses. */
   bytesIn: number;
-  /** Payload bytes this peer published and answered. */
+  /** Payload bytes this peer published (times the peers gossipsub sent each message to) and answered. */
   bytesOut: number;
 }
 
@@ -286,8 +286,8 @@ export class SwarmPeer {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
       const data = encodeStepMessage(step.bytes);
-      await this.#pubsub.publish(this.topics.steps, data);
-      this.stats.bytesOut += data.length;
+      const sent = await this.#pubsub.publish(this.topics.steps, data);
+      this.stats.bytesOut += data.length * Math.max(1, sent.recipients.length);
     }
     await this.waitFor(g + 1, options.timeoutMs ?? 30_000);
     const entry = this.#log.get(g);
@@ -520,8 +520,8 @@ export class SwarmPeer {
       ? encodeLogAnnouncement({ genesis: this.genesis, generation: g, proofDigest: (await loadHasher()).hash(proof) })
       : encodeLogEntry(this.genesis, { generation: g, proof });
     if (!this.#stopped) {
-      await this.#pubsub.publish(this.topics.log, data).catch(() => {});
-      this.stats.bytesOut += data.length;
+      const sent = await this.#pubsub.publish(this.topics.log, data).catch(() => ({ recipients: [] }));
+      this.stats.bytesOut += data.length * sent.recipients.length;
     }
     return V.Accept;
   }
