@@ -1,7 +1,7 @@
 /**
  * `ghost-tensor swarm` (docs/cli.md): usage errors with their exit codes (in this
  * process), then two peers as child processes on loopback (bin/ghost-tensor.mjs over
- * dist/: `npm run build:ts` first): a sequencer and a trainer on a text file. Both end at
+ * dist/: `npm run build:ts` first): a sequencer (announcing digests) and a trainer on a text file. Both end at
  * one digest, equal to the sequencer's log file verified from generation 0 with no
  * network; SIGTERM stops the sequencer cleanly, and the same command resumes it at its
  * generation.
@@ -90,6 +90,8 @@ describe('ghost-tensor swarm', () => {
       [['--dir', d, '--role', 'sequencer', '--dim', '9'], /--dim \(9\) must be a multiple of --heads \(2\)/],
       [['--dir', d, '--role', 'sequencer', '--lr', 'fast'], /--lr must be a number/],
       [['--dir', d, '--role', 'sequencer', '--bogus'], /Unknown option '--bogus'/],
+      [['--dir', d, '--role', 'sequencer', '--announce', 'all'], /--announce takes entry or digest/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', boot, '--announce', 'digest'], /--announce is for the sequencer/],
     ];
     for (const [args, re] of cases) {
       const r = await runCli('swarm', ...args);
@@ -109,7 +111,7 @@ describe('ghost-tensor swarm', () => {
 
   it('a sequencer and a trainer (two processes) reach one digest, that of the log verified from generation 0; SIGTERM stops, the same command resumes', async () => {
     const sdir = join(base, 'seq'), tdir = join(base, 'trainer');
-    const seq = start('--dir', sdir, '--role', 'sequencer', ...MODEL);
+    const seq = start('--dir', sdir, '--role', 'sequencer', '--announce', 'digest', ...MODEL);
     const id = (await until(seq, /^peer (\S+)$/m))[1]!;
     const addr = (await until(seq, /^listen (\S+)$/m))[1]!;
     const genesis = (await until(seq, /^genesis ([0-9a-f]{64})$/m))[1]!;

@@ -554,6 +554,8 @@ and its Ghost digest is the swarm's identity (--digest pins it).
                      seeded offset, the next byte of each position its target
   --steps N          trainer: stop after N accepted proposals (default: until stopped)
   --until G          stop once the log reaches generation G
+  --announce A       sequencer: publish each log entry whole (entry, default) or only its
+                     digest (digest: peers fetch the proof; fewer bytes, docs/swarm.md)
   --seed S           trainer: the offsets of its windows (default 1; give each trainer its own)
   --context S        model: bytes per window (default 32)
   --dim D            model width (default 16)
@@ -579,6 +581,7 @@ digest than --digest, 4 when no peer can be reached.`,
       data: { type: 'string' },
       steps: { type: 'string' },
       until: { type: 'string' },
+      announce: { type: 'string' },
       seed: { type: 'string' },
       context: { type: 'string' },
       dim: { type: 'string' },
@@ -604,6 +607,9 @@ digest than --digest, 4 when no peer can be reached.`,
         if (sequencer === undefined) throw new UsageError(`--sequencer ID is required for a ${role}`);
         if (bootstrap.length === 0) throw new UsageError(`--bootstrap ADDR is required for a ${role}`);
       } else if (sequencer !== undefined) throw new UsageError('--sequencer names another peer; the sequencer is itself');
+      const announce = str(v, 'announce');
+      if (announce !== undefined && announce !== 'entry' && announce !== 'digest') throw new UsageError(`--announce takes entry or digest, got ${announce}`);
+      if (announce !== undefined && role !== 'sequencer') throw new UsageError('--announce is for the sequencer');
       if (role === 'trainer' && str(v, 'data') === undefined) throw new UsageError('a trainer needs --data FILE');
       if (role !== 'trainer' && (str(v, 'data') !== undefined || v.steps !== undefined)) throw new UsageError('--data and --steps are for a trainer');
       for (const b of bootstrap) if (!/^\/.+\/p2p\/[1-9A-HJ-NP-Za-km-z]+$/.test(b)) throw new UsageError(`--bootstrap takes multiaddrs ending in /p2p/<peer id>, got ${b}`);
@@ -623,6 +629,7 @@ digest than --digest, 4 when no peer can be reached.`,
         ...(str(v, 'data') === undefined ? {} : { data: str(v, 'data')! }),
         ...(steps === undefined ? {} : { steps }),
         ...(until === undefined ? {} : { until }),
+        ...(announce === undefined ? {} : { announce }),
         seed: num(v, 'seed', 1, 0, 2 ** 32 - 1),
         config: {
           model: {

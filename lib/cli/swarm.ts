@@ -43,6 +43,8 @@ export interface SwarmArgs {
   steps?: number;
   /** Stop once the head reaches this generation. */
   until?: number;
+  /** Sequencer: publish whole entries (default) or only their digests. */
+  announce?: 'entry' | 'digest';
   seed: number;
   quiet: boolean;
 }
@@ -142,6 +144,7 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
     ...(model ? { model } : { ghost: g0 }),
     privateKey,
     logFile: join(a.dir, FILES.log),
+    ...(a.announce ? { announce: a.announce } : {}),
     bootstrap: a.bootstrap,
     ...(a.listen ? { listen: a.listen } : {}),
   }).catch((e: unknown) => {
