@@ -109,7 +109,7 @@ describe('ghost-tensor swarm', () => {
     expect(r.stderr).toMatch(/the data file has 9 bytes; a window needs 17/);
   }, 30_000);
 
-  it('a sequencer and a trainer (two processes) reach one digest, that of the log verified from generation 0; SIGTERM stops, the same command resumes', async () => {
+  it('a sequencer and a trainer (two processes) reach one digest, that of the log verified from generation 0; SIGTERM / SIGINT stop, the same commands resume', async () => {
     const sdir = join(base, 'seq'), tdir = join(base, 'trainer');
     const seq = start('--dir', sdir, '--role', 'sequencer', '--announce', 'digest', ...MODEL);
     const id = (await until(seq, /^peer (\S+)$/m))[1]!;
@@ -141,11 +141,24 @@ describe('ghost-tensor swarm', () => {
     model.close();
     expect(Buffer.from(ghost.digest).toString('hex')).toBe(sEnd![2]);
 
-    // The same command resumes the sequencer at its generation, with its peer id.
-    const again = start('--dir', sdir, '--role', 'sequencer', '--until', '2', ...MODEL);
-    expect(await again.exit, again.stderr()).toBe(0);
+    // The same command resumes the sequencer at its generation, with its peer id, and the
+    // trainer from its saved replica; SIGINT stops the sequencer as SIGTERM does.
+    const again = start('--dir', sdir, '--role', 'sequencer', '--announce', 'digest', ...MODEL);
+    expect((await until(again, /^role (.*)$/m))[1]).toBe('sequencer (resumed at generation 2)');
     expect(again.stdout()).toContain(`peer ${id}`);
-    expect(again.stdout()).toContain('role sequencer (resumed at generation 2)');
-    expect(again.stdout()).toContain(`stopped at generation 2, digest ${sEnd![2]}`);
+    const addr2 = (await until(again, /^listen (\S+)$/m))[1]!;
+    const more = start('--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr2, '--data', TEXT, '--steps', '1', ...MODEL);
+    expect(await more.exit, more.stderr()).toBe(0);
+    expect(more.stdout()).toContain('role trainer (resumed at generation 2)');
+    expect(more.stderr()).not.toMatch(/replaying the log from generation 0/);
+    const mEnd = /stopped at generation 3, digest ([0-9a-f]{64})/.exec(more.stdout());
+    expect(mEnd).not.toBeNull();
+    again.child.kill('SIGINT');
+    expect(await again.exit, again.stderr()).toBe(0);
+    expect(again.stderr()).toMatch(/SIGINT: saving the peer's state/);
+    expect(again.stdout()).toContain(`stopped at generation 3, digest ${mEnd![1]}`);
+    let p3 = g0;
+    for (const e of logRecords(join(sdir, 'log.bin'))) p3 = (await verifyTrainStep(p3, e.proof)).ghost;
+    expect(Buffer.from(p3.digest).toString('hex')).toBe(mEnd![1]);
   }, 60_000);
 });
