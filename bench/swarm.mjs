@@ -6,6 +6,10 @@
  * concurrency rule passes over stale steps), bytes per step per peer against a dense
  * ring all-reduce of the same model, the latency from a proposal to its acceptance, and
  * the time a new peer takes to fetch and verify a log of L entries from generation 0.
+ * Each swarm runs twice: the sequencer publishing whole log entries, then only their
+ * digests (announce: 'digest'; peers fetch the proof). Bytes are the payloads the peers'
+ * stats count: messages that reached validation (gossipsub drops a duplicate before it,
+ * so the copies a mesh forwards twice are not counted) and fetch frames.
  *
  * node bench/swarm.mjs [--proposals N] [--vocab V]; progress to stderr, results to
  * bench/results/swarm.json. Needs dist/ (npm run build:ts).
@@ -42,9 +46,9 @@ function batch(r, stride) {
   return { input, targets: Uint32Array.from(input, (x) => (x + stride) % V) };
 }
 
-async function swarm(trainers) {
+async function swarm(trainers, announce) {
   const g0 = await genesisModel().ghost();
-  const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
+  const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0, announce });
   const common = { genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs };
   const W = await SwarmPeer.start({ ...common, ghost: g0 });
   const T = [];
@@ -55,9 +59,9 @@ async function swarm(trainers) {
 
 const results = { name: 'swarm', date: new Date().toISOString(), machine: machine(), config: { V, batch: BATCH, proposalsPerTrainer: PROPOSALS, model: `Embedding ${V} x ${V} (bigram), cross-entropy, SGD lr 0.05`, peers: 'sequencer (verify-only) + 1 verify-only + trainers, one process, loopback TCP' }, runs: [], catchUp: [] };
 const rows = [];
-for (const n of [1, 2, 4]) {
-  log(`${n} trainer(s)`);
-  const s = await swarm(n);
+for (const [announce, n] of [['entry', 1], ['entry', 2], ['entry', 4], ['digest', 1], ['digest', 2], ['digest', 4]]) {
+  log(`${n} trainer(s), announce ${announce}`);
+  const s = await swarm(n, announce);
   const lat = [];
   const t0 = nowMs();
   const outs = await Promise.all(s.T.map(async (t, k) => {
@@ -83,15 +87,17 @@ for (const n of [1, 2, 4]) {
   const params = V * V * 4;
   const dense = (2 * (peers - 1) / peers) * params * 2; // ring all-reduce: each peer sends and receives 2 (P-1)/P of the gradient
   const digests = new Set(s.all.map((p) => Buffer.from(p.head.digest).toString('hex')));
+  const trainersIn = stats(s.T.map((t) => t.stats.bytesIn / steps)).median;
   const run = {
-    trainers: n, peers, proposals, accepted, steps, acceptedFraction: round(accepted / proposals), stale: s.seq.stats.stale, ms: round(ms),
+    announce, trainers: n, peers, proposals, accepted, steps, acceptedFraction: round(accepted / proposals), stale: s.seq.stats.stale, ms: round(ms),
     stepsPerSec: round(steps / (ms / 1000)), examplesPerSec: round((steps * BATCH) / (ms / 1000)), proofBytesMedian: proofBytes,
     bytesPerStepPerPeer: { median: round(stats(bytes).median), max: round(Math.max(...bytes)), byPeer: bytes.map((b) => round(b)) },
     denseAllReduceBytesPerStepPerPeer: round(dense), acceptLatencyMs: stats(lat), oneDigest: digests.size === 1,
+    trainerBytesInPerStep: round(trainersIn), verifyOnlyBytesInPerStep: round(s.W.stats.bytesIn / steps), sequencerBytesOutPerStep: round(s.seq.stats.bytesOut / steps),
   };
   results.runs.push(run);
-  rows.push({ trainers: n, steps: `${accepted}/${proposals}`, frac: run.acceptedFraction, sps: run.stepsPerSec, eps: run.examplesPerSec, lat: run.acceptLatencyMs.median, proof: proofBytes, bpp: run.bytesPerStepPerPeer.median, dense: run.denseAllReduceBytesPerStepPerPeer, agree: run.oneDigest ? 'yes' : 'NO' });
-  if (n === 1) {
+  rows.push({ announce, trainers: n, tin: run.trainerBytesInPerStep, win: run.verifyOnlyBytesInPerStep, sout: run.sequencerBytesOutPerStep, steps: `${accepted}/${proposals}`, frac: run.acceptedFraction, sps: run.stepsPerSec, eps: run.examplesPerSec, lat: run.acceptLatencyMs.median, proof: proofBytes, bpp: run.bytesPerStepPerPeer.median, dense: run.denseAllReduceBytesPerStepPerPeer, agree: run.oneDigest ? 'yes' : 'NO' });
+  if (n === 1 && announce === 'entry') {
     // Catch-up: a new peer from the shared seed fetches and verifies the log from generation 0.
     const r = lcg(7);
     for (const L of [8, 16, 32]) {
@@ -110,6 +116,7 @@ for (const n of [1, 2, 4]) {
 }
 
 table(rows, [
+  'announce',
   'trainers',
   { key: 'steps', header: 'accepted/proposed' },
   { key: 'frac', header: 'accepted fraction' },
@@ -119,6 +126,9 @@ table(rows, [
   { key: 'proof', header: 'proof bytes', format: (v) => fmtBytes(v) },
   { key: 'bpp', header: 'bytes/step/peer', format: (v) => fmtBytes(v) },
   { key: 'dense', header: 'dense all-reduce bytes/step/peer', format: (v) => fmtBytes(v) },
+  { key: 'tin', header: 'trainer in/step', format: (v) => fmtBytes(v) },
+  { key: 'win', header: 'verify-only in/step', format: (v) => fmtBytes(v) },
+  { key: 'sout', header: 'sequencer out/step', format: (v) => fmtBytes(v) },
   { key: 'agree', header: 'one digest' },
 ], { title: `Swarm training on loopback (bigram ${V} x ${V}, batch ${BATCH}, ${PROPOSALS} proposals per trainer)`, notes: ['trainers wait for the head before each proposal; a proposal passed over is stale (another step took its generation)'] });
 table(results.catchUp, [{ key: 'logLength', header: 'log length' }, { key: 'ms', header: 'catch-up ms' }, { key: 'msPerEntry', header: 'ms per entry' }, { key: 'sameDigest', header: 'same digest', format: String }], { title: 'A new peer catches up from generation 0 (fetch + verify + replay)' });

@@ -54,7 +54,7 @@ const exited = (c: ChildProcess): Promise<{ code: number | null; signal: NodeJS.
 
 describe('help and usage', () => {
   it('--help on every command exits 0 with its usage; bad usage exits 2', async () => {
-    for (const cmd of ['demo', 'train', 'serve', 'query', 'verify', 'inspect', 'bench']) {
+    for (const cmd of ['demo', 'train', 'serve', 'query', 'verify', 'inspect', 'swarm', 'bench']) {
       const r = await run(cmd, '--help');
       expect(`${cmd}: ${r.code}`).toBe(`${cmd}: 0`);
       expect(r.stdout).toContain(`usage: ghost-tensor ${cmd}`);
@@ -63,7 +63,7 @@ describe('help and usage', () => {
     // through the installed entry point
     const top = cli('--help');
     expect(top.code).toBe(0);
-    for (const cmd of ['demo', 'train', 'serve', 'query', 'verify', 'inspect', 'bench']) expect(top.stdout).toContain(`  ${cmd} `);
+    for (const cmd of ['demo', 'train', 'serve', 'query', 'verify', 'inspect', 'swarm', 'bench']) expect(top.stdout).toContain(`  ${cmd} `);
     expect(top.stdout).toContain('exit codes: 0 ok, 1 proof rejected, 2 usage error');
     expect(cli('frobnicate').code).toBe(2);
     expect((await run()).code).toBe(2);

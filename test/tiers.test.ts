@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 const LIB = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'lib');
 
 /** Lower numbers are lower tiers. serve and p2p are siblings: neither imports the other. */
-const TIER: Record<string, number> = { shared: 0, verify: 1, tensor: 2, model: 3, serve: 4, p2p: 4, swarm: 5, cli: 5, '.': 6 };
+const TIER: Record<string, number> = { shared: 0, verify: 1, tensor: 2, model: 3, serve: 4, p2p: 4, swarm: 5, cli: 6, '.': 6 };
 
 function walk(dir: string): string[] {
   return readdirSync(dir).flatMap((f) => {

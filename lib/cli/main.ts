@@ -1,13 +1,13 @@
 /**
  * The `ghost-tensor` command line (docs/cli.md): demo, train, serve, query, verify,
- * inspect, bench. Exit codes (EXIT) are part of the interface.
+ * inspect, swarm, bench. Exit codes (EXIT) are part of the interface.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
-import { FormatError, GhostTensorError, ProofError, RemoteError, StorageError } from '../shared/errors.js';
+import { FormatError, GhostTensorError, P2PError, ProofError, RemoteError, StorageError } from '../shared/errors.js';
 import { decodeGhost, ghostToJSON, GHOST_MAGIC } from '../verify/ghost-file.js';
 import { describeLayer } from '../verify/kinds/index.js';
 import { Model } from '../model/model.js';
@@ -23,6 +23,7 @@ import { runDemo } from './demo.js';
 import { Progress } from '../model/train/progress.js';
 import type { LanguageModelConfig } from '../model/lm/model.js';
 import { DEFAULT as LM_DEFAULT, QUICK as LM_QUICK, runGenerate, runTrainLm } from './lm.js';
+import { runSwarm, type SwarmRole } from './swarm.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT = {
@@ -534,6 +535,118 @@ Exit 0, or 3 when PATH cannot be read or is none of these.`,
     run: async (v, [path]) => inspect(path!, v.json === true),
   },
 
+  swarm: {
+    summary: 'train a small language model together with untrusted peers (sequencer, trainer or verify-only)',
+    usage: 'ghost-tensor swarm --dir DIR --role sequencer|trainer|verify [--digest HEX --sequencer ID --bootstrap ADDR] [--data FILE] [...]',
+    help: `Joins a training swarm (docs/swarm.md) over libp2p: every step is a step proof that
+every peer verifies before applying it. The model is a byte-level language model
+trained by step proofs; every peer builds generation 0 from the model options below,
+and its Ghost digest is the swarm's identity (--digest pins it).
+
+  --dir DIR          the peer's state: key (its peer id), log file, replica   (required)
+  --role R           sequencer (orders the steps; verify-only), trainer (proposes
+                     steps on --data) or verify (follows and serves the log)   (required)
+  --digest HEX       the swarm's generation-0 Ghost digest (required but for the sequencer)
+  --sequencer ID     the sequencer's peer id            (required but for the sequencer)
+  --bootstrap ADDRS  multiaddrs with /p2p/<id>, comma-separated (required but for the sequencer)
+  --listen ADDRS     multiaddrs to listen on, comma-separated (default a free TCP port on 127.0.0.1)
+  --data FILE        trainer: a text file; each step is a window of --context bytes at a
+                     seeded offset, the next byte of each position its target
+  --steps N          trainer: stop after N accepted proposals (default: until stopped)
+  --until G          stop once the log reaches generation G
+  --announce A       sequencer: publish each log entry whole (entry, default) or only its
+                     digest (digest: peers fetch the proof; fewer bytes, docs/swarm.md)
+  --seed S           trainer: the offsets of its windows (default 1; give each trainer its own)
+  --context S        model: bytes per window (default 32)
+  --dim D            model width (default 16)
+  --layers L         transformer layers (default 1)
+  --heads H          attention heads (default 2)
+  --hidden F         gated MLP width (default 3 x dim)
+  --init-seed S      the initialisation (default 1)
+  --lr LR            learning rate (default 0.01)
+  --quiet            no progress lines
+
+Prints "peer <id>", "listen <addr>" and "genesis <hex>" on stdout once started, progress
+(generation, steps accepted / stale, peers) on stderr, and "stopped at generation G,
+digest HEX" at the end. SIGINT or SIGTERM: finishes the proposal in flight, saves the
+replica, leaves; the same command resumes. Exit 1 when the model options give another
+digest than --digest, 4 when no peer can be reached.`,
+    options: {
+      dir: { type: 'string' },
+      role: { type: 'string' },
+      digest: { type: 'string' },
+      sequencer: { type: 'string' },
+      bootstrap: { type: 'string' },
+      listen: { type: 'string' },
+      data: { type: 'string' },
+      steps: { type: 'string' },
+      until: { type: 'string' },
+      announce: { type: 'string' },
+      seed: { type: 'string' },
+      context: { type: 'string' },
+      dim: { type: 'string' },
+      layers: { type: 'string' },
+      heads: { type: 'string' },
+      hidden: { type: 'string' },
+      'init-seed': { type: 'string' },
+      lr: { type: 'string' },
+      quiet: { type: 'boolean' },
+    },
+    positionals: [0, 0],
+    run: async (v) => {
+      const dir = str(v, 'dir');
+      if (!dir) throw new UsageError('--dir DIR is required');
+      const role = str(v, 'role');
+      if (role !== 'sequencer' && role !== 'trainer' && role !== 'verify') throw new UsageError(`--role takes sequencer, trainer or verify, got ${String(role)}`);
+      const list = (name: string): string[] | undefined => str(v, name)?.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+      const bootstrap = list('bootstrap') ?? [];
+      const digest = str(v, 'digest');
+      const sequencer = str(v, 'sequencer');
+      if (role !== 'sequencer') {
+        if (digest === undefined) throw new UsageError(`--digest HEX (the swarm's generation-0 Ghost digest) is required for a ${role}`);
+        if (sequencer === undefined) throw new UsageError(`--sequencer ID is required for a ${role}`);
+        if (bootstrap.length === 0) throw new UsageError(`--bootstrap ADDR is required for a ${role}`);
+      } else if (sequencer !== undefined) throw new UsageError('--sequencer names another peer; the sequencer is itself');
+      const announce = str(v, 'announce');
+      if (announce !== undefined && announce !== 'entry' && announce !== 'digest') throw new UsageError(`--announce takes entry or digest, got ${announce}`);
+      if (announce !== undefined && role !== 'sequencer') throw new UsageError('--announce is for the sequencer');
+      if (role === 'trainer' && str(v, 'data') === undefined) throw new UsageError('a trainer needs --data FILE');
+      if (role !== 'trainer' && (str(v, 'data') !== undefined || v.steps !== undefined)) throw new UsageError('--data and --steps are for a trainer');
+      for (const b of bootstrap) if (!/^\/.+\/p2p\/[1-9A-HJ-NP-Za-km-z]+$/.test(b)) throw new UsageError(`--bootstrap takes multiaddrs ending in /p2p/<peer id>, got ${b}`);
+      const dim = num(v, 'dim', 16, 2, 4096);
+      const heads = num(v, 'heads', 2, 1, 256);
+      if (dim % heads !== 0) throw new UsageError(`--dim (${dim}) must be a multiple of --heads (${heads})`);
+      const listen = list('listen');
+      const steps = v.steps === undefined ? undefined : num(v, 'steps', 1, 1, 2 ** 40);
+      const until = v.until === undefined ? undefined : num(v, 'until', 1, 0, 2 ** 40);
+      return runSwarm({
+        dir,
+        role: role as SwarmRole,
+        ...(digest === undefined ? {} : { digest: parseDigest(digest) }),
+        ...(sequencer === undefined ? {} : { sequencer }),
+        bootstrap,
+        ...(listen === undefined ? {} : { listen }),
+        ...(str(v, 'data') === undefined ? {} : { data: str(v, 'data')! }),
+        ...(steps === undefined ? {} : { steps }),
+        ...(until === undefined ? {} : { until }),
+        ...(announce === undefined ? {} : { announce }),
+        seed: num(v, 'seed', 1, 0, 2 ** 32 - 1),
+        config: {
+          model: {
+            context: num(v, 'context', 32, 2, 4096),
+            dim,
+            layers: num(v, 'layers', 1, 1, 64),
+            heads,
+            hidden: num(v, 'hidden', 3 * dim, 1, 65536),
+            seed: num(v, 'init-seed', 1, 0, 2 ** 31),
+          },
+          lr: num(v, 'lr', 0.01, 0, 10, false),
+        },
+        quiet: v.quiet === true,
+      }, out, err);
+    },
+  },
+
   bench: {
     summary: 'list the benchmarks in bench/, or run one',
     usage: 'ghost-tensor bench [NAME [ARGS...]]',
@@ -677,7 +790,7 @@ function topHelp(): string {
     ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(w)}  ${c.summary}`),
     '',
     'exit codes: 0 ok, 1 proof rejected, 2 usage error, 3 file missing or malformed,',
-    '            4 server unreachable or refused, 5 internal error',
+    '            4 server or peers unreachable or refused, 5 internal error',
     '',
     'docs/cli.md has the details; `npm start` runs the demo.',
   ].join('\n');
@@ -752,6 +865,10 @@ function report(name: string, e: unknown, usage: string): number {
   if (e instanceof ProofError) {
     err(`rejected: ${e.reason}: ${e.message.replace(/^[A-Z_]+: /, '')}`);
     return EXIT.REJECTED;
+  }
+  if (e instanceof P2PError) {
+    err(`ghost-tensor ${name}: no peer could be reached or answered: ${e.message}`);
+    return EXIT.REMOTE;
   }
   if (e instanceof RemoteError) {
     err(`ghost-tensor ${name}: ${e.status === 0 ? 'server unreachable' : `server refused (${e.status})`}: ${e.message}`);

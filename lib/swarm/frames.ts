@@ -29,6 +29,7 @@ const T_STEP = 1;
 const T_ENTRY = 2;
 const T_REQUEST = 3;
 const T_RESPONSE = 4;
+const T_ANNOUNCE = 5;
 
 /** The two gossipsub topics of the swarm whose generation-0 Ghost digest is `genesis`. */
 export function swarmTopics(genesis: Uint8Array): { steps: string; log: string } {
@@ -91,6 +92,37 @@ export function decodeLogEntry(bytes: Uint8Array): { genesis: Uint8Array } & Log
   const proof = readProof(r);
   r.end();
   return { genesis, generation, proof };
+}
+
+/**
+ * A digest-only log entry (topic `log`, when the sequencer announces digests): u8
+ * version, u8 type 5, 32-byte genesis digest, u64 generation, 32-byte BLAKE3-256 of the
+ * step proof. A peer fetches the proof (the log-fetch protocol) from the peer that
+ * forwarded the announcement, else the sequencer, and checks its digest before verifying it.
+ */
+export interface LogAnnouncement {
+  genesis: Uint8Array;
+  generation: number;
+  proofDigest: Uint8Array;
+}
+
+export function encodeLogAnnouncement(a: LogAnnouncement): Uint8Array {
+  return new ByteWriter().u8(SWARM_VERSION).u8(T_ANNOUNCE).bytes(digest('genesis', a.genesis)).u64(a.generation).bytes(digest('proofDigest', a.proofDigest)).finish();
+}
+
+export function decodeLogAnnouncement(bytes: Uint8Array): LogAnnouncement {
+  const r = new ByteReader(bytes, 'log announcement');
+  head(r, T_ANNOUNCE);
+  const genesis = r.bytes(32, 'genesis digest');
+  const generation = r.u64('generation');
+  const proofDigest = r.bytes(32, 'proof digest');
+  r.end();
+  return { genesis, generation, proofDigest };
+}
+
+/** Whether a `log` topic payload is a digest-only announcement (type 5) rather than a whole entry. */
+export function isLogAnnouncement(bytes: Uint8Array): boolean {
+  return bytes.length >= 2 && bytes[1] === T_ANNOUNCE;
 }
 
 /** Ask for up to `count` entries from generation `from`: u8 version, u8 type 3, u32 request id, 32-byte genesis, u64 from, u32 count (1..1024). */

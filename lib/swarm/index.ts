@@ -6,7 +6,7 @@
 export { SwarmPeer } from './peer.js';
 export type { ProposeResult, SwarmOptions, SwarmRejection, SwarmStats } from './peer.js';
 export {
-  LOG_STATUS, SWARM_LIMITS, SWARM_LOG_PROTOCOL, SWARM_VERSION, decodeLogEntry, decodeLogRequest, decodeLogResponse,
-  decodeStepMessage, encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics,
+  LOG_STATUS, SWARM_LIMITS, SWARM_LOG_PROTOCOL, SWARM_VERSION, decodeLogAnnouncement, decodeLogEntry, decodeLogRequest, decodeLogResponse,
+  decodeStepMessage, encodeLogAnnouncement, encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, isLogAnnouncement, swarmTopics,
 } from './frames.js';
-export type { LogEntry, LogRequest, LogResponse, LogStatus } from './frames.js';
+export type { LogAnnouncement, LogEntry, LogRequest, LogResponse, LogStatus } from './frames.js';

@@ -27,8 +27,9 @@ import { decodeProof, type StepProof } from '../verify/proof-format.js';
 import type { PinnedGhost } from '../verify/proof-verify.js';
 import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
+import { loadHasher } from '../verify/merkle.js';
 import {
-  SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogEntry, decodeLogRequest, decodeLogResponse, decodeStepMessage,
+  SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogAnnouncement, decodeLogEntry, encodeLogAnnouncement, isLogAnnouncement, decodeLogRequest, decodeLogResponse, decodeStepMessage,
   encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogResponse,
 } from './frames.js';
 
@@ -53,6 +54,13 @@ export interface SwarmOptions extends HostOptions {
    * verified and applied again; a torn last record (a crash during an append) is cut off.
    */
   logFile?: string;
+  /**
+   * Sequencer: what it publishes on `log` for each entry: the whole entry (default), or
+   * only its digest ('digest'): peers then fetch the proof from the peer that forwarded
+   * the announcement (which holds it: it validated it first), or the sequencer. A step
+   * then crosses the network about once per peer instead of once per gossipsub link.
+   */
+  announce?: 'entry' | 'digest';
 }
 
 /** Why a message was refused (SwarmPeer.events). */
@@ -75,7 +83,7 @@ export interface SwarmStats {
   fetched: number;
   /** Payload bytes of gossipsub messages received (before dedup by gossipsub: those that reached validation) and of fetch responses. */
   bytesIn: number;
-  /** Payload bytes this peer published and answered. */
+  /** Payload bytes this peer published (times the peers gossipsub sent each message to) and answered. */
   bytesOut: number;
 }
 
@@ -119,6 +127,7 @@ export class SwarmPeer {
   #logFd: number | undefined;
   #redialing = false;
   readonly #redialMs: number;
+  readonly #announce: 'entry' | 'digest';
 
   private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
     this.libp2p = libp2p;
@@ -129,6 +138,8 @@ export class SwarmPeer {
     this.#maxStrikes = options.maxStrikes ?? 1;
     this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
     this.#redialMs = options.redialMs ?? 500;
+    if (options.announce !== undefined && options.announce !== 'entry' && options.announce !== 'digest') throw new InvalidArgumentError("announce must be 'entry' or 'digest'");
+    this.#announce = options.announce ?? 'entry';
     this.#head = head;
     this.#model = options.model;
     this.#digests.set(this.generation, hex(head.digest));
@@ -275,8 +286,8 @@ export class SwarmPeer {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
       const data = encodeStepMessage(step.bytes);
-      await this.#pubsub.publish(this.topics.steps, data);
-      this.stats.bytesOut += data.length;
+      const sent = await this.#pubsub.publish(this.topics.steps, data);
+      this.stats.bytesOut += data.length * Math.max(1, sent.recipients.length);
     }
     await this.waitFor(g + 1, options.timeoutMs ?? 30_000);
     const entry = this.#log.get(g);
@@ -505,10 +516,12 @@ export class SwarmPeer {
       return V.Reject;
     }
     await this.#apply(proof, v);
-    const data = encodeLogEntry(this.genesis, { generation: g, proof });
+    const data = this.#announce === 'digest'
+      ? encodeLogAnnouncement({ genesis: this.genesis, generation: g, proofDigest: (await loadHasher()).hash(proof) })
+      : encodeLogEntry(this.genesis, { generation: g, proof });
     if (!this.#stopped) {
-      await this.#pubsub.publish(this.topics.log, data).catch(() => {});
-      this.stats.bytesOut += data.length;
+      const sent = await this.#pubsub.publish(this.topics.log, data).catch(() => ({ recipients: [] }));
+      this.stats.bytesOut += data.length * sent.recipients.length;
     }
     return V.Accept;
   }
@@ -523,6 +536,7 @@ export class SwarmPeer {
       return V.Reject;
     }
     if (this.isSequencer) return V.Ignore;
+    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data);
     let e: ReturnType<typeof decodeLogEntry>;
     try {
       e = decodeLogEntry(msg.data);
@@ -550,6 +564,60 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(e.proof, v);
+      return V.Accept;
+    });
+  }
+
+  /**
+   * A digest-only log entry: the proof is this peer's own pending proposal, or fetched
+   * from the peer that forwarded the announcement (it validated it, so it holds it), then
+   * the sequencer; its BLAKE3 digest must be the announced one (else the answering peer is
+   * struck), then it is verified and applied as a whole entry is. Forwarded only once
+   * applied, so whoever receives it from this peer can fetch the proof here.
+   */
+  async #onAnnouncement(who: string, data: Uint8Array): Promise<TVR> {
+    const V = this.#V;
+    let a: ReturnType<typeof decodeLogAnnouncement>;
+    try {
+      a = decodeLogAnnouncement(data);
+    } catch (err) {
+      this.#strike(who, 'log', (err as Error).message);
+      return V.Reject;
+    }
+    if (!bytesEqual(a.genesis, this.genesis)) {
+      this.#strike(who, 'log', 'a log announcement of another swarm');
+      return V.Reject;
+    }
+    const hasher = await loadHasher();
+    return this.#serial(async () => {
+      if (a.generation < this.generation) return V.Ignore;
+      for (const p of [who, this.sequencer]) {
+        if (this.generation >= a.generation || p === this.peerId || this.banned.has(p)) continue;
+        await this.#fetchFrom(p, a.generation).catch(() => {});
+      }
+      if (a.generation !== this.generation) return V.Ignore;
+      let proof = this.#pending !== undefined && this.#scratchGen === a.generation && bytesEqual(hasher.hash(this.#pending), a.proofDigest) ? this.#pending : undefined;
+      for (const p of [who, this.sequencer]) {
+        if (proof !== undefined || p === this.peerId || this.banned.has(p)) continue;
+        try {
+          const res = await this.#request(p, a.generation, 1);
+          const e = res.entries[0];
+          if (res.status !== 'OK' || e === undefined || e.generation !== a.generation) continue;
+          if (bytesEqual(hasher.hash(e.proof), a.proofDigest)) {
+            proof = e.proof;
+            this.stats.fetched++;
+          } else this.#strike(p, 'fetch', `the entry of generation ${a.generation} is not the announced one`);
+        } catch {
+          // unreachable or malformed (struck in #request): try the next
+        }
+      }
+      if (proof === undefined) return V.Ignore;
+      const v = await this.#verify(proof);
+      if (typeof v === 'string') {
+        this.#strike(who, 'log', v);
+        return V.Reject;
+      }
+      await this.#apply(proof, v);
       return V.Accept;
     });
   }

@@ -1,0 +1,212 @@
+/**
+ * `ghost-tensor swarm` (docs/cli.md, docs/swarm.md): join a training swarm of a small
+ * byte-level language model as its sequencer, a trainer on a local text file, or a
+ * verify-only peer. The command table in main.ts parses the options; this runs.
+ *
+ * The peer's state lives in one directory (--dir): its libp2p key (peer.key, so the
+ * peer id survives a restart), the swarm it joined (swarm.json), the log file (log.bin:
+ * every entry fsynced before it is applied) and, for a trainer, its replica (model/,
+ * saved at a clean stop). The same command resumes from there.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { FormatError, ProofError } from '../shared/errors.js';
+import { toHex } from '../shared/bytes.js';
+import { languageModel, type LanguageModelConfig } from '../model/lm/model.js';
+import { Model } from '../model/model.js';
+import type { StepBatch, StepTrainingOptions } from '../model/train/step-training.js';
+import type { PinnedGhost } from '../verify/proof-verify.js';
+import { SwarmPeer } from '../swarm/peer.js';
+
+export type SwarmRole = 'sequencer' | 'trainer' | 'verify';
+
+/** The swarm's generation-0 model: every peer builds it from these (the digest must match). */
+export interface SwarmModelConfig {
+  model: Required<Pick<LanguageModelConfig, 'context' | 'dim' | 'layers' | 'heads' | 'hidden' | 'seed'>>;
+  lr: number;
+}
+
+export interface SwarmArgs {
+  dir: string;
+  role: SwarmRole;
+  /** The generation-0 Ghost digest to join (required unless the sequencer). */
+  digest?: Uint8Array;
+  /** The sequencer's peer id (required unless the sequencer). */
+  sequencer?: string;
+  bootstrap: string[];
+  listen?: string[];
+  /** Trainer: the text file whose windows are its batches. */
+  data?: string;
+  config: SwarmModelConfig;
+  /** Trainer: stop after this many accepted proposals. */
+  steps?: number;
+  /** Stop once the head reaches this generation. */
+  until?: number;
+  /** Sequencer: publish whole entries (default) or only their digests. */
+  announce?: 'entry' | 'digest';
+  seed: number;
+  quiet: boolean;
+}
+
+/** The generation-0 model of a swarm command: a byte-level language model trained by step proofs. */
+export function swarmGenesisModel(c: SwarmModelConfig): Model {
+  const training: StepTrainingOptions = { loss: 'cross-entropy', lr: c.lr, clipNorm: 1 };
+  return languageModel({ ...c.model, vocab: 256 }, { training });
+}
+
+/**
+ * A trainer's batches: a window of `context` bytes of the file at a seeded offset, the
+ * byte after each as its target (one sequence per step).
+ */
+export class WindowBatches {
+  readonly #bytes: Uint8Array;
+  readonly #context: number;
+  #state: number;
+
+  constructor(bytes: Uint8Array, context: number, seed: number) {
+    if (bytes.length < context + 1) throw new FormatError('BAD_VALUE', `the data file has ${bytes.length} bytes; a window needs ${context + 1} (--context + 1)`);
+    this.#bytes = bytes;
+    this.#context = context;
+    this.#state = (seed >>> 0) || 1;
+  }
+
+  next(): StepBatch {
+    // xorshift32: a fixed sequence of offsets per seed.
+    let x = this.#state;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.#state = x >>> 0;
+    const o = this.#state % (this.#bytes.length - this.#context);
+    return { input: Uint32Array.from(this.#bytes.subarray(o, o + this.#context)), targets: Uint32Array.from(this.#bytes.subarray(o + 1, o + 1 + this.#context)) };
+  }
+}
+
+const FILES = { key: 'peer.key', info: 'swarm.json', log: 'log.bin', model: 'model', live: 'model.live', next: 'model.next' } as const;
+
+async function peerKey(dir: string): Promise<import('@libp2p/interface').PrivateKey> {
+  const { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } = await import('@libp2p/crypto/keys');
+  const f = join(dir, FILES.key);
+  if (existsSync(f)) return privateKeyFromProtobuf(new Uint8Array(readFileSync(f)));
+  const key = await generateKeyPair('Ed25519');
+  writeFileSync(`${f}.tmp`, privateKeyToProtobuf(key), { mode: 0o600 });
+  renameSync(`${f}.tmp`, f);
+  return key;
+}
+
+/**
+ * The trainer's replica: the one saved at its last clean stop (moved aside to model.live
+ * while the peer runs, since training writes its files in place), else generation 0.
+ * A crash leaves no model/, and the log file then replays every step from generation 0.
+ */
+async function loadReplica(dir: string, genesis: () => Model, print: (s: string) => void): Promise<Model> {
+  rmSync(join(dir, FILES.next), { recursive: true, force: true });
+  rmSync(join(dir, FILES.live), { recursive: true, force: true });
+  if (!existsSync(join(dir, FILES.model))) return genesis();
+  renameSync(join(dir, FILES.model), join(dir, FILES.live));
+  try {
+    return (await Model.load(join(dir, FILES.live))).model;
+  } catch (e) {
+    print(`swarm: the saved replica does not load (${(e as Error).message}); replaying the log from generation 0`);
+    return genesis();
+  }
+}
+
+async function saveReplica(dir: string, peer: SwarmPeer): Promise<void> {
+  rmSync(join(dir, FILES.next), { recursive: true, force: true });
+  await peer.save(join(dir, FILES.next));
+  renameSync(join(dir, FILES.next), join(dir, FILES.model));
+}
+
+export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s: string) => void): Promise<number> {
+  mkdirSync(a.dir, { recursive: true });
+  const g0Model = swarmGenesisModel(a.config);
+  const g0: PinnedGhost = await g0Model.ghost();
+  g0Model.close();
+  if (a.digest !== undefined && toHex(a.digest) !== toHex(g0.digest)) {
+    throw new ProofError('GHOST_MISMATCH', `the model these options build has Ghost digest ${toHex(g0.digest)}, not ${toHex(a.digest)} (use the swarm's --context --dim --layers --heads --hidden --init-seed --lr)`);
+  }
+  const infoFile = join(a.dir, FILES.info);
+  if (existsSync(infoFile)) {
+    const info = JSON.parse(readFileSync(infoFile, 'utf8')) as { genesis?: string };
+    if (info.genesis !== toHex(g0.digest)) throw new ProofError('GHOST_MISMATCH', `${a.dir} holds a peer of the swarm ${info.genesis}, not ${toHex(g0.digest)}`);
+  } else {
+    writeFileSync(`${infoFile}.tmp`, JSON.stringify({ genesis: toHex(g0.digest), role: a.role, config: a.config }, null, 2) + '\n');
+    renameSync(`${infoFile}.tmp`, infoFile);
+  }
+  const batches = a.data !== undefined ? new WindowBatches(new Uint8Array(readFileSync(a.data)), a.config.model.context, a.seed) : undefined;
+  const privateKey = await peerKey(a.dir);
+  const model = a.role === 'trainer' ? await loadReplica(a.dir, () => swarmGenesisModel(a.config), err) : undefined;
+  const peer = await SwarmPeer.start({
+    genesis: g0.digest,
+    sequencer: a.role === 'sequencer' ? 'self' : a.sequencer!,
+    ...(model ? { model } : { ghost: g0 }),
+    privateKey,
+    logFile: join(a.dir, FILES.log),
+    ...(a.announce ? { announce: a.announce } : {}),
+    bootstrap: a.bootstrap,
+    ...(a.listen ? { listen: a.listen } : {}),
+  }).catch((e: unknown) => {
+    model?.close();
+    throw e;
+  });
+
+  let stopping: string | undefined;
+  let wake: (() => void) | undefined;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    stopping ??= sig;
+    wake?.();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let accepted = 0, passed = 0, lastLoss = NaN;
+  let shown = '';
+  const progress = (force = false): void => {
+    if (a.quiet && !force) return;
+    const s = peer.stats;
+    const line = `swarm generation ${peer.generation}  ${a.role === 'trainer' ? `proposals accepted ${accepted} stale ${passed}${Number.isFinite(lastLoss) ? `  loss ${lastLoss.toFixed(4)}` : ''}` : `applied ${s.applied}${peer.isSequencer ? ` stale ${s.stale}` : ''}`}  rejected ${s.rejected}  peers ${peer.libp2p.getPeers().length}`;
+    if (line !== shown || force) err(line);
+    shown = line;
+  };
+  try {
+    print(`peer ${peer.peerId}`);
+    for (const m of peer.multiaddrs) print(`listen ${m}`);
+    print(`genesis ${toHex(g0.digest)}`);
+    print(`role ${a.role}${peer.generation > 0 ? ` (resumed at generation ${peer.generation})` : ''}`);
+    if (!peer.isSequencer && stopping === undefined) {
+      await peer.catchUp();
+      progress();
+    }
+    const done = (): boolean => stopping !== undefined || (a.until !== undefined && peer.generation >= a.until) || (a.steps !== undefined && accepted >= a.steps);
+    if (batches && !done()) await peer.ready();
+    while (!done()) {
+      if (batches) {
+        const r = await peer.propose(batches.next());
+        if (r.accepted) accepted++;
+        else passed++;
+        lastLoss = r.loss;
+      } else {
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 250);
+        });
+      }
+      progress();
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    if (stopping !== undefined) err(`swarm: ${stopping}: saving the peer's state and leaving`);
+    try {
+      if (peer.model) await saveReplica(a.dir, peer);
+    } finally {
+      await peer.stop();
+      peer.model?.close();
+      rmSync(join(a.dir, FILES.live), { recursive: true, force: true });
+    }
+  }
+  progress(true);
+  print(`stopped at generation ${peer.generation}, digest ${toHex(peer.head.digest)}`);
+  return 0;
+}

@@ -1,0 +1,192 @@
+/**
+ * `ghost-tensor swarm` (docs/cli.md): usage errors with their exit codes (in this
+ * process), then two peers as child processes on loopback (bin/ghost-tensor.mjs over
+ * dist/: `npm run build:ts` first): a sequencer (announcing digests) and a trainer on a text file. Both end at
+ * one digest, equal to the sequencer's log file verified from generation 0 with no
+ * network; SIGTERM stops the sequencer cleanly, and the same command resumes it at its
+ * generation.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { Model, verifyTrainStep } from '../lib/index.js';
+import { swarmGenesisModel, type SwarmModelConfig } from '../lib/cli/swarm.js';
+import { runCli } from './helpers/cli.js';
+
+const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
+const base = mkdtempSync(join(tmpdir(), 'gt-swarm-cli-'));
+const children: ChildProcess[] = [];
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  rmSync(base, { recursive: true, force: true });
+});
+
+const TEXT = join(base, 'text.txt');
+writeFileSync(TEXT, 'It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n'.repeat(4));
+/** Small model options, the same for every peer (the command's defaults otherwise). */
+const MODEL = ['--context', '16', '--dim', '8', '--hidden', '12'];
+const CONFIG: SwarmModelConfig = { model: { context: 16, dim: 8, layers: 1, heads: 2, hidden: 12, seed: 1 }, lr: 0.01 };
+
+interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exit: Promise<number | null>;
+}
+
+function start(...args: string[]): Running {
+  const child = spawn(process.execPath, [BIN, 'swarm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '', err = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
+  const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return { child, stdout: () => out, stderr: () => err, exit };
+}
+
+async function until(r: Running, re: RegExp): Promise<RegExpExecArray> {
+  for (let i = 0; i < 600; i++) {
+    const m = re.exec(r.stdout());
+    if (m) return m;
+    if (r.child.exitCode !== null) break;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  throw new Error(`no ${re} in: ${r.stdout()}\n${r.stderr()}`);
+}
+
+/** The log file's records (u64 generation, u32 length, the step proof). */
+function logRecords(file: string): { generation: number; proof: Uint8Array }[] {
+  const b = new Uint8Array(readFileSync(file));
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out = [];
+  for (let at = 0; at < b.length; ) {
+    const n = dv.getUint32(at + 8, true);
+    out.push({ generation: dv.getUint32(at, true), proof: b.slice(at + 12, at + 12 + n) });
+    at += 12 + n;
+  }
+  return out;
+}
+
+describe('ghost-tensor swarm', () => {
+  it('usage errors exit 2, a digest the options do not build exits 1, a data file shorter than a window exits 3', async () => {
+    const d = join(base, 'usage');
+    const z = '0'.repeat(64);
+    const boot = '/ip4/127.0.0.1/tcp/1/p2p/12D3KooWSXPScNSYFvDQ5TKAAk9gdxitMg2NQchU7s8kLKe8AEkv';
+    const cases: [string[], RegExp][] = [
+      [['--role', 'sequencer'], /--dir DIR is required/],
+      [['--dir', d, '--role', 'boss'], /--role takes sequencer, trainer or verify/],
+      [['--dir', d, '--role', 'trainer', '--sequencer', 'x', '--bootstrap', boot, '--data', TEXT], /--digest HEX .* is required/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--bootstrap', boot], /--sequencer ID is required/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x'], /--bootstrap ADDR is required/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', '/ip4/127.0.0.1/tcp/1'], /--bootstrap takes multiaddrs ending in \/p2p/],
+      [['--dir', d, '--role', 'trainer', '--digest', z, '--sequencer', 'x', '--bootstrap', boot], /a trainer needs --data FILE/],
+      [['--dir', d, '--role', 'sequencer', '--data', TEXT], /--data and --steps are for a trainer/],
+      [['--dir', d, '--role', 'sequencer', '--sequencer', 'x'], /the sequencer is itself/],
+      [['--dir', d, '--role', 'sequencer', '--digest', 'abc'], /--digest must be 64 hex digits/],
+      [['--dir', d, '--role', 'sequencer', '--dim', '9'], /--dim \(9\) must be a multiple of --heads \(2\)/],
+      [['--dir', d, '--role', 'sequencer', '--lr', 'fast'], /--lr must be a number/],
+      [['--dir', d, '--role', 'sequencer', '--bogus'], /Unknown option '--bogus'/],
+      [['--dir', d, '--role', 'sequencer', '--announce', 'all'], /--announce takes entry or digest/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', boot, '--announce', 'digest'], /--announce is for the sequencer/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await runCli('swarm', ...args);
+      expect(`${args.join(' ')}: ${r.code}`).toBe(`${args.join(' ')}: 2`);
+      expect(r.stderr).toMatch(re);
+    }
+    const mismatch = await runCli('swarm', '--dir', d, '--role', 'sequencer', '--digest', z, ...MODEL);
+    expect(mismatch.code).toBe(1);
+    expect(mismatch.stderr).toMatch(/rejected: GHOST_MISMATCH/);
+    const short = join(base, 'short.txt');
+    writeFileSync(short, 'too short');
+    const g0 = await swarmGenesisModel(CONFIG).ghost();
+    const r = await runCli('swarm', '--dir', join(base, 'short'), '--role', 'trainer', '--digest', Buffer.from(g0.digest).toString('hex'), '--sequencer', 'x', '--bootstrap', boot, '--data', short, ...MODEL);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/the data file has 9 bytes; a window needs 17/);
+  }, 30_000);
+
+  it('a sequencer and a trainer (two processes) reach one digest, that of the log verified from generation 0; SIGTERM / SIGINT stop, the same commands resume', async () => {
+    const sdir = join(base, 'seq'), tdir = join(base, 'trainer');
+    const seq = start('--dir', sdir, '--role', 'sequencer', '--announce', 'digest', ...MODEL);
+    const id = (await until(seq, /^peer (\S+)$/m))[1]!;
+    const addr = (await until(seq, /^listen (\S+)$/m))[1]!;
+    const genesis = (await until(seq, /^genesis ([0-9a-f]{64})$/m))[1]!;
+    const g0 = await swarmGenesisModel(CONFIG).ghost();
+    expect(genesis).toBe(Buffer.from(g0.digest).toString('hex'));
+
+    const trainer = start('--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr, '--data', TEXT, '--steps', '2', ...MODEL);
+    expect(await trainer.exit, trainer.stderr()).toBe(0);
+    const tEnd = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(trainer.stdout());
+    expect(tEnd?.[1]).toBe('2');
+    expect(trainer.stderr()).toMatch(/swarm generation 2 {2}proposals accepted 2 stale 0 {2}loss \d/);
+
+    seq.child.kill('SIGTERM');
+    expect(await seq.exit, seq.stderr()).toBe(0);
+    expect(seq.stderr()).toMatch(/SIGTERM: saving the peer's state/);
+    const sEnd = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(seq.stdout());
+    expect(sEnd?.slice(1)).toEqual(tEnd?.slice(1));
+
+    // The reference: the sequencer's log file verified from generation 0, no network.
+    const log = logRecords(join(sdir, 'log.bin'));
+    expect(log.map((e) => e.generation)).toEqual([0, 1]);
+    let pinned = g0;
+    for (const e of log) pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+    expect(Buffer.from(pinned.digest).toString('hex')).toBe(sEnd![2]);
+    // The trainer's saved replica is that model.
+    const { model, ghost } = await Model.load(join(tdir, 'model'), { readOnly: true });
+    model.close();
+    expect(Buffer.from(ghost.digest).toString('hex')).toBe(sEnd![2]);
+
+    // The same command resumes the sequencer at its generation, with its peer id, and the
+    // trainer from its saved replica; SIGINT stops the sequencer as SIGTERM does.
+    const again = start('--dir', sdir, '--role', 'sequencer', '--announce', 'digest', ...MODEL);
+    expect((await until(again, /^role (.*)$/m))[1]).toBe('sequencer (resumed at generation 2)');
+    expect(again.stdout()).toContain(`peer ${id}`);
+    const addr2 = (await until(again, /^listen (\S+)$/m))[1]!;
+    const more = start('--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr2, '--data', TEXT, '--steps', '1', ...MODEL);
+    expect(await more.exit, more.stderr()).toBe(0);
+    expect(more.stdout()).toContain('role trainer (resumed at generation 2)');
+    expect(more.stderr()).not.toMatch(/replaying the log from generation 0/);
+    const mEnd = /stopped at generation 3, digest ([0-9a-f]{64})/.exec(more.stdout());
+    expect(mEnd).not.toBeNull();
+    again.child.kill('SIGINT');
+    expect(await again.exit, again.stderr()).toBe(0);
+    expect(again.stderr()).toMatch(/SIGINT: saving the peer's state/);
+    expect(again.stdout()).toContain(`stopped at generation 3, digest ${mEnd![1]}`);
+    let p3 = g0;
+    for (const e of logRecords(join(sdir, 'log.bin'))) p3 = (await verifyTrainStep(p3, e.proof)).ghost;
+    expect(Buffer.from(p3.digest).toString('hex')).toBe(mEnd![1]);
+  }, 60_000);
+
+  it('a trainer killed with SIGKILL mid-run restarts with the same command, catches up from its log file and the sequencer, and converges', async () => {
+    const sdir = join(base, 'kill-seq'), tdir = join(base, 'kill-trainer');
+    const seq = start('--dir', sdir, '--role', 'sequencer', ...MODEL);
+    const id = (await until(seq, /^peer (\S+)$/m))[1]!;
+    const addr = (await until(seq, /^listen (\S+)$/m))[1]!;
+    const genesis = (await until(seq, /^genesis ([0-9a-f]{64})$/m))[1]!;
+    const args = ['--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr, '--data', TEXT, ...MODEL];
+    const t = start(...args);
+    for (let i = 0; i < 600 && !/proposals accepted 2 /.test(t.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(t.stderr()).toMatch(/proposals accepted 2 /);
+    t.child.kill('SIGKILL');
+    await t.exit;
+    // No clean stop: no saved replica (training wrote model.live/ in place, or nothing was saved).
+    const back = start(...args, '--steps', '1');
+    expect(await back.exit, back.stderr()).toBe(0);
+    const end = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(back.stdout());
+    expect(Number(end?.[1])).toBeGreaterThanOrEqual(3);
+    seq.child.kill('SIGTERM');
+    expect(await seq.exit, seq.stderr()).toBe(0);
+    expect(seq.stdout()).toContain(`stopped at generation ${end![1]}, digest ${end![2]}`);
+    let pinned = await swarmGenesisModel(CONFIG).ghost();
+    for (const e of logRecords(join(sdir, 'log.bin'))) pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+    expect(Buffer.from(pinned.digest).toString('hex')).toBe(end![2]);
+    const { model, ghost } = await Model.load(join(tdir, 'model'), { readOnly: true });
+    model.close();
+    expect(Buffer.from(ghost.digest).toString('hex')).toBe(end![2]);
+  }, 60_000);
+});
