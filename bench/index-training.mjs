@@ -116,20 +116,42 @@ const P = {
   recallQueries: 200,
   recallK: 10,
   recallEf: [128, 512],
-  policies: [
-    { name: 'drift-only', every: 0, budget: 0, desc: 'no explicit refresh; only the automatic one inside add past maxDirty' },
-    { name: 'budget', every: 100, budget: 256, desc: 'refreshHnsw(256) every 100 steps (test/hnsw.test.ts schedule)' },
-    { name: 'every-step', every: 1, budget: 32, desc: 'refreshHnsw(32) every step' },
-  ],
+  policies: [],
   seeds: { rows: 0x726f7773, heldOut: 0x686f6c64, queries: 0x71756572, picks: 0x7069636b, deltas: 0x64656c74 },
   dirtySeriesEvery: 10, // dirty-row counts kept in the JSON every this many steps
 };
+// Policies by name (--policies=a,b,...; default: the old default's three schedules and
+// the repair re-link, the default since issue 24 item 7, drift-only and every step).
+// 'hnswlib' policies re-link with hnswlib's updatePoint (neighborUpdateProbability 0).
+const DRIFT = floatArg('drift');
+const CATALOGUE = {
+  'drift-only': { every: 0, budget: 0, opts: { relink: 'hnswlib' }, desc: 'hnswlib re-link (the old default); no explicit refresh; only the automatic one inside add past maxDirty' },
+  budget: { every: 100, budget: 256, opts: { relink: 'hnswlib' }, desc: 'hnswlib re-link; refreshHnsw(256) every 100 steps (test/hnsw.test.ts schedule)' },
+  'every-step': { every: 1, budget: 32, opts: { relink: 'hnswlib' }, desc: 'hnswlib re-link; refreshHnsw(32) every step' },
+  'repair drift-only': { every: 0, budget: 0, opts: { relink: 'repair' }, desc: 'repair re-link (the new default); no explicit refresh' },
+  'repair every-step': { every: 1, budget: 32, opts: { relink: 'repair' }, desc: 'repair re-link; refreshHnsw(32) every step' },
+};
+{
+  const a = process.argv.find((x) => x.startsWith('--policies='));
+  const names = a ? a.slice('--policies='.length).split(',') : ['drift-only', 'every-step', 'repair drift-only', 'repair every-step'];
+  if (names[0] !== 'drift-only') names.unshift('drift-only');
+  for (const name of names) {
+    // a name may end in ' d<threshold>': that policy with driftThreshold <threshold>
+    const m = /^(.*) d([0-9.]+)$/.exec(name);
+    const c = CATALOGUE[m ? m[1] : name];
+    if (!c) throw new Error(`unknown policy ${name}; known: ${Object.keys(CATALOGUE).join(', ')} (each may end in ' d<driftThreshold>')`);
+    const opts = { ...c.opts };
+    if (DRIFT !== undefined && name.startsWith('repair')) opts.driftThreshold = DRIFT;
+    if (m) opts.driftThreshold = Number(m[2]);
+    P.policies.push({ name, ...c, opts, desc: c.desc + (opts.driftThreshold !== undefined ? `, driftThreshold ${opts.driftThreshold}` : '') });
+  }
+}
 if (NEIGHBOR_UPDATE !== undefined)
   P.policies.push({
     name: `drift-only nbr=${NEIGHBOR_UPDATE}`,
     every: 0,
     budget: 0,
-    neighborUpdateProbability: NEIGHBOR_UPDATE,
+    opts: { relink: 'hnswlib', neighborUpdateProbability: NEIGHBOR_UPDATE },
     desc: `drift-only on a graph loaded with neighborUpdateProbability ${NEIGHBOR_UPDATE} (refresh also re-links one-hop neighbours)`,
   });
 if (P.steps % P.recallEvery !== 0) P.recallEvery = Math.max(1, Math.floor(P.steps / 10));
@@ -262,8 +284,7 @@ const pol = [];
 for (const p of P.policies) {
   const t = SparseTensor.fromArray(rows0, d, { metric: P.metric });
   const tl = nowMs();
-  const extra = p.neighborUpdateProbability !== undefined ? { neighborUpdateProbability: p.neighborUpdateProbability } : {};
-  t.loadHnsw(graphFile, { metric: P.metric, ...P.hnsw, ...extra });
+  t.loadHnsw(graphFile, { metric: P.metric, ...P.hnsw, ...p.opts });
   const loadSec = (nowMs() - tl) / 1e3;
   const tc = nowMs();
   await t.commit();
@@ -728,7 +749,8 @@ results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);
 console.log(checks.map((c) => `  - [${c.ok ? 'ok' : 'FAILED'}] ${c.check}${c.detail ? `: ${c.detail}` : ''}`).join('\n'));
 console.log(`\n  elapsed ${fmt(results.elapsedSec)} s`);
-const file = writeResults('index-training', results);
+const NAME = process.argv.find((x) => x.startsWith('--name='))?.slice('--name='.length) ?? 'index-training';
+const file = writeResults(NAME, results);
 log(`done in ${results.elapsedSec} s; wrote ${file} and ${svgFile}`);
 if (idViolations > 0) {
   log(`FAILED: ${idViolations} returned ids >= N`);

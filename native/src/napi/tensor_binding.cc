@@ -81,6 +81,13 @@ HnswParams hnsw_params(const Napi::CallbackInfo& info, size_t index) {
   p.drift_threshold = static_cast<float>(num("driftThreshold", 0, 1e30, 0.05));
   p.max_dirty = static_cast<size_t>(num("maxDirty", 0, 4294967295.0, 0));
   p.neighbor_update_probability = static_cast<float>(num("neighborUpdateProbability", 0, 1, 0));
+  Napi::Value r = o.Get("relink");
+  if (!r.IsUndefined()) {
+    const std::string mode = r.IsString() ? r.As<Napi::String>().Utf8Value() : std::string();
+    if (mode == "repair") p.relink = HnswParams::Relink::Repair;
+    else if (mode == "hnswlib") p.relink = HnswParams::Relink::Hnswlib;
+    else throw Error(ErrorCode::InvalidArgument, "relink must be 'repair' or 'hnswlib'");
+  }
   return p;
 }
 
