@@ -50,7 +50,7 @@ export interface HnswOptions {
   efConstruction?: number;
   /** Level-assignment seed (default 100). */
   seed?: number;
-  /** Relative L2 drift of a row from its graph copy that marks it dirty (default 0.05). */
+  /** Relative L2 drift of a row from its graph copy that marks it dirty (default 0.1). */
   driftThreshold?: number;
   /** Dirty rows that trigger an automatic refresh on write (default max(256, N/50)). */
   maxDirty?: number;

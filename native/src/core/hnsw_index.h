@@ -39,7 +39,7 @@ struct HnswParams {
   size_t M = 16;
   size_t ef_construction = 200;
   size_t seed = 100;
-  float drift_threshold = 0.05f;  // relative L2 drift that marks a row dirty
+  float drift_threshold = 0.1f;  // relative L2 drift that marks a row dirty (chosen in bench/index-training.mjs)
   size_t max_dirty = 0;           // 0: max(256, N / 50), recomputed as N grows
   // hnswlib's updatePoint also rebuilds the neighbour lists of each one-hop neighbour
   // with this probability; 1.0 (hnswlib's default) costs ~30x an insertion here.
