@@ -211,6 +211,7 @@ describe('HNSW index', () => {
     await expect(t.buildHnsw({ M: 1 })).rejects.toBeInstanceOf(OutOfRangeError);
     await expect(t.buildHnsw({ metric: 'x' as Metric })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(t.buildHnsw({ driftThreshold: -1 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(t.buildHnsw({ relink: 'always' as 'repair' })).rejects.toBeInstanceOf(InvalidArgumentError);
     await t.buildHnsw({ metric: 'l2' });
     expect(() => t.search(new Float32Array(4), 5, { index: 'hnsw', ef: 4 })).toThrow(OutOfRangeError); // ef < k
     expect(() => t.search(new Float32Array(4), 101, { index: 'hnsw' })).toThrow(OutOfRangeError); // k > N
