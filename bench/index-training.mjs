@@ -6,13 +6,15 @@
  *   node bench/index-training.mjs --quick    N = 2e4, 2,000 steps (~2 min)
  *   --n=N, --steps=S, --batch=B              override the row count / steps / queries per step
  *   --replot                                 only redraw the SVG from bench/results/index-training.json
+ *   --policies=a,b,...                       policies by name (see CATALOGUE below; ' d<x>' sets driftThreshold x)
+ *   --name=NAME                              results to bench/results/NAME.json and NAME-recall.svg
  *   --neighbor-update=P                      add a fourth policy: drift-only on a graph loaded with
  *                                            neighborUpdateProbability = P (a refresh also rebuilds the
  *                                            one-hop neighbours' lists with probability P; default 0)
  *
  * A training-like loop over a SparseTensor of N random unit vectors (Gaussian,
- * normalised; d = 64, metric cosine, HNSW M = 16, efConstruction = 200, seed 100, default
- * driftThreshold 0.05 and maxDirty max(256, N/50)). Each step:
+ * normalised; d = 64, metric cosine, HNSW M = 16, efConstruction = 200, seed 100, the
+ * policy's driftThreshold and maxDirty max(256, N/50)). Each step:
  *   (a) search   await t.searchBatch(B fresh random unit queries, 32, { index: 'hnsw' })   (the forward; default ef = 128)
  *   (b) write    t.add(ids, deltas): 32 rows picked from the ids that search returned (32 distinct
  *                queries; in each, the returned id with the smallest salted hash, i.e. a uniform draw from its
@@ -116,20 +118,44 @@ const P = {
   recallQueries: 200,
   recallK: 10,
   recallEf: [128, 512],
-  policies: [
-    { name: 'drift-only', every: 0, budget: 0, desc: 'no explicit refresh; only the automatic one inside add past maxDirty' },
-    { name: 'budget', every: 100, budget: 256, desc: 'refreshHnsw(256) every 100 steps (test/hnsw.test.ts schedule)' },
-    { name: 'every-step', every: 1, budget: 32, desc: 'refreshHnsw(32) every step' },
-  ],
+  policies: [],
   seeds: { rows: 0x726f7773, heldOut: 0x686f6c64, queries: 0x71756572, picks: 0x7069636b, deltas: 0x64656c74 },
   dirtySeriesEvery: 10, // dirty-row counts kept in the JSON every this many steps
 };
+// Policies by name (--policies=a,b,...; default: the old default, drift-only, against the
+// new default, drift-only, and the repair re-link at the old threshold 0.05). The first
+// three names are the old default's schedules (hnswlib's updatePoint with
+// neighborUpdateProbability 0, driftThreshold 0.05); 'repair ...' use the defaults since
+// issue 24 item 7 (relink 'repair', driftThreshold 0.1). A name may end in ' d<threshold>'.
+const DRIFT = floatArg('drift');
+const CATALOGUE = {
+  'drift-only': { every: 0, budget: 0, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'the old default (hnswlib re-link, driftThreshold 0.05); no explicit refresh; only the automatic one inside add past maxDirty' },
+  budget: { every: 100, budget: 256, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'hnswlib re-link, driftThreshold 0.05; refreshHnsw(256) every 100 steps (test/hnsw.test.ts schedule)' },
+  'every-step': { every: 1, budget: 32, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'hnswlib re-link, driftThreshold 0.05; refreshHnsw(32) every step' },
+  'repair drift-only': { every: 0, budget: 0, opts: { relink: 'repair' }, desc: 'the new default (repair re-link, driftThreshold 0.1); no explicit refresh' },
+  'repair every-step': { every: 1, budget: 32, opts: { relink: 'repair' }, desc: 'repair re-link; refreshHnsw(32) every step' },
+};
+{
+  const a = process.argv.find((x) => x.startsWith('--policies='));
+  const names = a ? a.slice('--policies='.length).split(',') : ['drift-only', 'repair drift-only', 'repair drift-only d0.05'];
+  if (names[0] !== 'drift-only') names.unshift('drift-only');
+  for (const name of names) {
+    // a name may end in ' d<threshold>': that policy with driftThreshold <threshold>
+    const m = /^(.*) d([0-9.]+)$/.exec(name);
+    const c = CATALOGUE[m ? m[1] : name];
+    if (!c) throw new Error(`unknown policy ${name}; known: ${Object.keys(CATALOGUE).join(', ')} (each may end in ' d<driftThreshold>')`);
+    const opts = { ...c.opts };
+    if (DRIFT !== undefined && name.startsWith('repair')) opts.driftThreshold = DRIFT;
+    if (m) opts.driftThreshold = Number(m[2]);
+    P.policies.push({ name, ...c, opts, desc: c.desc + (opts.driftThreshold !== undefined ? `, driftThreshold ${opts.driftThreshold}` : '') });
+  }
+}
 if (NEIGHBOR_UPDATE !== undefined)
   P.policies.push({
     name: `drift-only nbr=${NEIGHBOR_UPDATE}`,
     every: 0,
     budget: 0,
-    neighborUpdateProbability: NEIGHBOR_UPDATE,
+    opts: { relink: 'hnswlib', driftThreshold: 0.05, neighborUpdateProbability: NEIGHBOR_UPDATE },
     desc: `drift-only on a graph loaded with neighborUpdateProbability ${NEIGHBOR_UPDATE} (refresh also re-links one-hop neighbours)`,
   });
 if (P.steps % P.recallEvery !== 0) P.recallEvery = Math.max(1, Math.floor(P.steps / 10));
@@ -262,8 +288,7 @@ const pol = [];
 for (const p of P.policies) {
   const t = SparseTensor.fromArray(rows0, d, { metric: P.metric });
   const tl = nowMs();
-  const extra = p.neighborUpdateProbability !== undefined ? { neighborUpdateProbability: p.neighborUpdateProbability } : {};
-  t.loadHnsw(graphFile, { metric: P.metric, ...P.hnsw, ...extra });
+  t.loadHnsw(graphFile, { metric: P.metric, ...P.hnsw, ...p.opts });
   const loadSec = (nowMs() - tl) / 1e3;
   const tc = nowMs();
   await t.commit();
@@ -717,6 +742,7 @@ table(
 
 // ---------------------------------------------------------------- SVG
 
+results.name = process.argv.find((x) => x.startsWith('--name='))?.slice('--name='.length) ?? 'index-training';
 const svgFile = plotRecall(results);
 
 // ---------------------------------------------------------------- results
@@ -728,7 +754,7 @@ results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);
 console.log(checks.map((c) => `  - [${c.ok ? 'ok' : 'FAILED'}] ${c.check}${c.detail ? `: ${c.detail}` : ''}`).join('\n'));
 console.log(`\n  elapsed ${fmt(results.elapsedSec)} s`);
-const file = writeResults('index-training', results);
+const file = writeResults(results.name, results);
 log(`done in ${results.elapsedSec} s; wrote ${file} and ${svgFile}`);
 if (idViolations > 0) {
   log(`FAILED: ${idViolations} returned ids >= N`);
@@ -788,7 +814,7 @@ function plotRecall(res) {
       `${res.command}: N=${fmtCount(PP.n)} x ${PP.d} random unit vectors, ${PP.metric}, batch ${PP.batch}, k ${PP.k}, ` +
       `${PP.rowsPerStep} rows +/-${PP.deltaScale}/element per step; ${res.date.slice(0, 10)}`,
   });
-  const file = join(RESULTS_DIR, 'index-training-recall.svg');
+  const file = join(RESULTS_DIR, `${res.name ?? 'index-training'}-recall.svg`);
   writeFileSync(file, svg);
   return file;
 }

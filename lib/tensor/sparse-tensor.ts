@@ -27,7 +27,7 @@ const MAX_DIM = 2 ** 24;
 const MAX_ROWS = 2 ** 32 - 1;
 const SEARCH_KEYS = ['metric', 'level', 'index', 'ef'] as const;
 const BATCH_SEARCH_KEYS = [...SEARCH_KEYS, 'threads'] as const;
-const HNSW_KEYS = ['metric', 'M', 'efConstruction', 'seed', 'driftThreshold', 'maxDirty', 'neighborUpdateProbability', 'threads'] as const;
+const HNSW_KEYS = ['metric', 'M', 'efConstruction', 'seed', 'driftThreshold', 'maxDirty', 'neighborUpdateProbability', 'relink', 'threads'] as const;
 const THREADS_KEYS = ['threads'] as const;
 
 export interface SearchOptions {
@@ -50,7 +50,7 @@ export interface HnswOptions {
   efConstruction?: number;
   /** Level-assignment seed (default 100). */
   seed?: number;
-  /** Relative L2 drift of a row from its graph copy that marks it dirty (default 0.05). */
+  /** Relative L2 drift of a row from its graph copy that marks it dirty (default 0.1). */
   driftThreshold?: number;
   /** Dirty rows that trigger an automatic refresh on write (default max(256, N/50)). */
   maxDirty?: number;
@@ -60,6 +60,13 @@ export interface HnswOptions {
    * default 1 costs many insertions per row).
    */
   neighborUpdateProbability?: number;
+  /**
+   * How a refresh re-links a moved row (default 'repair'): 'repair' links it as an
+   * insertion would (up to 2M links at layer 0) and hands the slots of old neighbours
+   * that still point to it to their nearest former co-neighbour; 'hnswlib' is hnswlib's
+   * updatePoint (M links at layer 0, with neighborUpdateProbability). See docs/retrieval.md.
+   */
+  relink?: 'repair' | 'hnswlib';
   /** Build threads (default: all cores). */
   threads?: number;
 }
@@ -572,6 +579,12 @@ export class SparseTensor {
         throw new InvalidArgumentError(`neighborUpdateProbability must be in 0..1, got ${String(p)}`);
       }
       o.neighborUpdateProbability = p;
+    }
+    if (options.relink !== undefined) {
+      if (options.relink !== 'repair' && options.relink !== 'hnswlib') {
+        throw new InvalidArgumentError(`relink must be 'repair' or 'hnswlib', got ${String(options.relink)}`);
+      }
+      o.relink = options.relink;
     }
     return o;
   }

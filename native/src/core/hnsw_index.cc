@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <queue>
 #include <string>
 #include <vector>
 
@@ -266,7 +267,8 @@ size_t HnswIndex::refresh_locked(size_t budget, size_t threads) {
     std::vector<float> v(tensor_.dim());
     for (size_t i = b; i < e; ++i) {
       graph_vector(todo[i], v.data());
-      if (present[i]) graph_->updatePoint(v.data(), internal[i], params_.neighbor_update_probability);
+      if (present[i] && params_.relink == HnswParams::Relink::Repair) relink_row(internal[i], v.data());
+      else if (present[i]) graph_->updatePoint(v.data(), internal[i], params_.neighbor_update_probability);
       else graph_->addPoint(v.data(), static_cast<hnswlib::labeltype>(todo[i]));
     }
   });
@@ -275,6 +277,118 @@ size_t HnswIndex::refresh_locked(size_t budget, size_t threads) {
   refreshed_ += todo.size();
   dirty_list_.erase(dirty_list_.begin(), dirty_list_.begin() + static_cast<std::ptrdiff_t>(consumed));
   return todo.size();
+}
+
+// Re-links a row that moved, as an insertion would link it, and repairs what hnswlib's
+// updatePoint leaves behind (measured in bench/index-training.mjs):
+// - hnswlib keeps at most M links of the row at layer 0 after an update (an insertion
+//   starts with M, then gains back-links up to 2M from later insertions, which a moved
+//   row no longer gets); here the heuristic keeps up to maxM0 (2M) at layer 0;
+// - the row's old layer-0 neighbours keep pointing to it after it moved away: each one
+//   that does, and is not a new neighbour, gets that slot back for the nearest of the
+//   row's other old neighbours (near it, since they were near the row), when nearer.
+// Locks one link list at a time, as hnswlib does, so refreshes of several rows can run
+// on several threads.
+void HnswIndex::relink_row(uint32_t internal_id, const float* v) {
+  using Graph = hnswlib::HierarchicalNSW<float>;
+  using Node = hnswlib::tableint;
+  using Queue = std::priority_queue<std::pair<float, Node>, std::vector<std::pair<float, Node>>, Graph::CompareByFirst>;
+  Graph& g = *graph_;
+  const Node id = internal_id;
+  const int elem_level = g.element_levels_[id];
+  const std::vector<Node> old0 = g.getConnectionsWithLock(id, 0);
+  std::memcpy(g.getDataByInternalId(id), v, g.data_size_);
+  if (g.cur_element_count <= 1) return;
+  auto dist = [&](const void* a, Node b) { return g.fstdistfunc_(a, g.getDataByInternalId(b), g.dist_func_param_); };
+
+  Node cur = g.enterpoint_node_;
+  const int max_level = g.maxlevel_;
+  if (elem_level < max_level) {
+    float cur_dist = dist(v, cur);
+    for (int level = max_level; level > elem_level; --level) {
+      bool changed = true;
+      while (changed) {
+        changed = false;
+        std::unique_lock<std::mutex> lk(g.link_list_locks_[cur]);
+        unsigned* data = g.get_linklist_at_level(cur, level);
+        const int size = g.getListCount(data);
+        const Node* list = reinterpret_cast<const Node*>(data + 1);
+        for (int i = 0; i < size; ++i) {
+          const float d = dist(v, list[i]);
+          if (d < cur_dist) {
+            cur_dist = d;
+            cur = list[i];
+            changed = true;
+          }
+        }
+      }
+    }
+  }
+
+  std::vector<Node> new0;
+  for (int level = std::min(elem_level, max_level); level >= 0; --level) {
+    Queue found = g.searchBaseLayer(cur, v, level);
+    Queue cand;
+    for (; !found.empty(); found.pop())
+      if (found.top().second != id) cand.push(found.top());
+    if (cand.empty()) continue;
+    const size_t cap = level == 0 ? g.maxM0_ : g.maxM_;
+    g.getNeighborsByHeuristic2(cand, cap);
+    std::vector<Node> sel;
+    for (; !cand.empty(); cand.pop()) sel.push_back(cand.top().second);
+    cur = sel.back();  // the nearest (the queue pops farthest first)
+    {
+      std::unique_lock<std::mutex> lk(g.link_list_locks_[id]);
+      unsigned* ll = g.get_linklist_at_level(id, level);
+      g.setListCount(ll, static_cast<unsigned short>(sel.size()));
+      std::copy(sel.begin(), sel.end(), reinterpret_cast<Node*>(ll + 1));
+    }
+    // Back-links, as hnswlib's insertion makes them (the heuristic when a list is full).
+    for (Node n : sel) {
+      std::unique_lock<std::mutex> lk(g.link_list_locks_[n]);
+      unsigned* ll = g.get_linklist_at_level(n, level);
+      const size_t size = g.getListCount(ll);
+      Node* list = reinterpret_cast<Node*>(ll + 1);
+      if (std::find(list, list + size, id) != list + size) continue;
+      if (size < cap) {
+        list[size] = id;
+        g.setListCount(ll, static_cast<unsigned short>(size + 1));
+        continue;
+      }
+      const void* nd = g.getDataByInternalId(n);
+      Queue keep;
+      keep.emplace(dist(nd, id), id);
+      for (size_t j = 0; j < size; ++j) keep.emplace(dist(nd, list[j]), list[j]);
+      g.getNeighborsByHeuristic2(keep, cap);
+      size_t j = 0;
+      for (; !keep.empty(); keep.pop()) list[j++] = keep.top().second;
+      g.setListCount(ll, static_cast<unsigned short>(j));
+    }
+    if (level == 0) new0 = std::move(sel);
+  }
+
+  // Old layer-0 neighbours that still point to the moved row.
+  for (Node x : old0) {
+    if (x == id || std::find(new0.begin(), new0.end(), x) != new0.end()) continue;
+    std::unique_lock<std::mutex> lk(g.link_list_locks_[x]);
+    unsigned* ll = g.get_linklist_at_level(x, 0);
+    const size_t size = g.getListCount(ll);
+    Node* list = reinterpret_cast<Node*>(ll + 1);
+    Node* slot = std::find(list, list + size, id);
+    if (slot == list + size) continue;
+    const void* xd = g.getDataByInternalId(x);
+    float best = dist(xd, id);
+    Node pick = id;
+    for (Node c : old0) {
+      if (c == x || c == id || std::find(list, list + size, c) != list + size) continue;
+      const float d = dist(xd, c);
+      if (d < best) {
+        best = d;
+        pick = c;
+      }
+    }
+    *slot = pick;
+  }
 }
 
 void HnswIndex::save(const std::string& path, size_t threads) {

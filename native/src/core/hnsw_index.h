@@ -39,11 +39,19 @@ struct HnswParams {
   size_t M = 16;
   size_t ef_construction = 200;
   size_t seed = 100;
-  float drift_threshold = 0.05f;  // relative L2 drift that marks a row dirty
+  float drift_threshold = 0.1f;  // relative L2 drift that marks a row dirty (chosen in bench/index-training.mjs)
   size_t max_dirty = 0;           // 0: max(256, N / 50), recomputed as N grows
   // hnswlib's updatePoint also rebuilds the neighbour lists of each one-hop neighbour
   // with this probability; 1.0 (hnswlib's default) costs ~30x an insertion here.
   float neighbor_update_probability = 0.0f;
+  // How a refresh re-links a row already in the graph:
+  //  Repair  (default) our re-link: the row's own lists get up to 2M links at layer 0
+  //          (hnswlib's updatePoint keeps only M there, so re-linked rows lose half their
+  //          out-degree), and each old neighbour that still points to the row, now farther
+  //          away, gets that slot back for the nearest of the row's old neighbours.
+  //  Hnswlib hnswlib's updatePoint with neighbor_update_probability.
+  enum class Relink { Repair, Hnswlib };
+  Relink relink = Relink::Repair;
 };
 
 // How many of the graph's ef candidates a search re-scores on current values:
@@ -98,6 +106,8 @@ class HnswIndex : public WriteListener {
   // The row as the graph stores it (normalised for cosine).
   void graph_vector(uint32_t id, float* out) const;
   size_t refresh_locked(size_t budget, size_t threads);
+  // Re-links row `internal` (already in the graph) at its new graph vector `v` (Repair mode).
+  void relink_row(uint32_t internal, const float* v);
 
   SparseTensor& tensor_;
   HnswParams params_;

@@ -78,9 +78,16 @@ HnswParams hnsw_params(const Napi::CallbackInfo& info, size_t index) {
   p.M = static_cast<size_t>(num("M", 2, 256, 16));
   p.ef_construction = static_cast<size_t>(num("efConstruction", 1, 100000, 200));
   p.seed = static_cast<size_t>(num("seed", 0, 4294967295.0, 100));
-  p.drift_threshold = static_cast<float>(num("driftThreshold", 0, 1e30, 0.05));
+  p.drift_threshold = static_cast<float>(num("driftThreshold", 0, 1e30, 0.1));
   p.max_dirty = static_cast<size_t>(num("maxDirty", 0, 4294967295.0, 0));
   p.neighbor_update_probability = static_cast<float>(num("neighborUpdateProbability", 0, 1, 0));
+  Napi::Value r = o.Get("relink");
+  if (!r.IsUndefined()) {
+    const std::string mode = r.IsString() ? r.As<Napi::String>().Utf8Value() : std::string();
+    if (mode == "repair") p.relink = HnswParams::Relink::Repair;
+    else if (mode == "hnswlib") p.relink = HnswParams::Relink::Hnswlib;
+    else throw Error(ErrorCode::InvalidArgument, "relink must be 'repair' or 'hnswlib'");
+  }
   return p;
 }
 
