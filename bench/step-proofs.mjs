@@ -38,12 +38,15 @@
  *   bytes      the proof's size cold (verifier holds nothing) and with a PatternCache on both
  *              sides after `cachedSteps` steps (rows the verifier holds travel as ids / deltas),
  *              with that step's prove and verify time.
+ *   sha256     a SHA-256 over every proof's bytes of the case, in order (cold and cached): a speed
+ *              change to the step code must leave it unchanged (same bits).
  *   cpu        the JSON also gives each median's CPU time of this process (user + system, all
  *              threads): on a shared machine it moves less with other jobs than wall time does.
  * Figures are medians over the timed steps. Tables to stdout, progress to stderr.
  */
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, round, ROOT, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
@@ -172,6 +175,7 @@ async function runCase(c, { withPlain = true } = {}) {
   let pinned = await model.ghost();
   const buildMs = nowMs() - t0;
   const sPlain = [], sProve = [], sVerify = [], bytesCold = [], losses = [];
+  const proofHash = createHash('sha256');
   const cPlain = [], cProve = [], cVerify = [];
   let s = 0;
   const one = async (keep) => {
@@ -187,6 +191,7 @@ async function runCase(c, { withPlain = true } = {}) {
     let t = nowMs(), t1 = cpuMs();
     const step = await model.proveTrainStep(batch);
     const dtP = nowMs() - t, cpuP = cpuMs() - t1;
+    proofHash.update(step.bytes);
     t = nowMs();
     t1 = cpuMs();
     const v = await verifyTrainStep(pinned, step.bytes);
@@ -215,6 +220,7 @@ async function runCase(c, { withPlain = true } = {}) {
     let t = nowMs();
     const step = await model.proveTrainStep(batch, { cache: mine });
     const dtP = nowMs() - t;
+    proofHash.update(step.bytes);
     t = nowMs();
     const v = await verifyTrainStep(pinned, step.bytes, { cache: theirs });
     const dtV = nowMs() - t;
@@ -252,9 +258,11 @@ async function runCase(c, { withPlain = true } = {}) {
     cachedProveMs: round(last.proveMs),
     cachedVerifyMs: round(last.verifyMs),
     cachedBytesPerStep: cached.map((x) => x.bytes),
+    proofSha256: proofHash.digest('hex'),
     firstLoss: round(losses[0]),
     lastLoss: round(losses.at(-1)),
   };
+  log(`  proofs' sha256 ${res.proofSha256}`);
   model.close?.();
   q?.model.close?.();
   return res;
