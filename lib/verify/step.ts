@@ -70,7 +70,8 @@ export type StateSource = (tensor: number, ids: Uint32Array) => StateBlock;
  * The prover's own run of computeStep (Model.proveTrainStep; a verifier never passes
  * this): the blocks are the ones it built from its own trees, so their rows are taken as
  * they are (resolved from its cache like a verifier's, but their multiproofs are not
- * checked again), the state rows come from its state trees, and the new value and state
+ * checked again), the state rows come from its state trees (not checked again against
+ * its state roots), and the new value and state
  * roots are those of its trees after `apply` wrote the step into them (called once per
  * written tensor, after every check of the step passed). The step, its bytes and its
  * result are the same as a verifier's run gives; the prover only skips re-hashing what
@@ -224,14 +225,17 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       const same = s.all ? x.ids.length === n : s.ids.length === x.ids.length && s.ids.every((id, k) => id === x.ids[k]);
       if (!same) fail('BLOCK_IDS', `the state block of tensor ${x.tensor} does not cover exactly the ${x.ids.length} rows the step writes`);
     }
-    let root: Uint8Array;
-    try {
-      root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
-    } catch (err) {
-      if (err instanceof ProofError) throw err;
-      throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+    // The state rows against the state root (not for the prover's own state tree, which gave them).
+    if (!prover) {
+      let root: Uint8Array;
+      try {
+        root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
+      } catch (err) {
+        if (err instanceof ProofError) throw err;
+        throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+      }
+      if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
     }
-    if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
     return { block: s, state: readStateLeaves(d, s.leaves, x.ids.length, e.logDecay) };
   });
   if (!stateOf && nextState !== p.states.length) fail('BLOCK_IDS', `the proof carries ${p.states.length} state blocks; the step writes ${nextState} trained tensors`);
