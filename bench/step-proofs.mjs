@@ -10,6 +10,11 @@
  *   --cases=classifier,lm,lm-memory,memory-n             only these cases
  *   --name=NAME                                          results to bench/results/NAME.json
  *   --dist=DIR                                           measure the build in DIR instead of dist/
+ *   --ab=DIR                                             A/B instead: per case, the proved model built by DIR and by
+ *                                                        dist/ (same weights), proving and verifying the same batches in
+ *                                                        alternating order in one process; the proofs must be identical
+ *                                                        byte for byte; median CPU ms of each (less moved by other jobs
+ *                                                        than two separate runs); results to step-proofs-ab.json
  *
  * Cases:
  *   classifier  the demo's Fashion-MNIST classifier (lib/cli/classifier.ts): one HopfieldLookup,
@@ -38,12 +43,15 @@
  *   bytes      the proof's size cold (verifier holds nothing) and with a PatternCache on both
  *              sides after `cachedSteps` steps (rows the verifier holds travel as ids / deltas),
  *              with that step's prove and verify time.
+ *   sha256     a SHA-256 over every proof's bytes of the case, in order (cold and cached): a speed
+ *              change to the step code must leave it unchanged (same bits).
  *   cpu        the JSON also gives each median's CPU time of this process (user + system, all
  *              threads): on a shared machine it moves less with other jobs than wall time does.
  * Figures are medians over the timed steps. Tables to stdout, progress to stderr.
  */
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, round, ROOT, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
@@ -55,7 +63,7 @@ function listArg(name) {
 // --dist=DIR: measure another build (a copy of dist/ inside the repository, e.g. one from before a change)
 const DIST = listArg('dist')?.[0] ?? 'dist';
 const lib = await import(join(ROOT, DIST, 'index.js'));
-const { HopfieldLookup, Model, PatternCache, SparseTensor, Tape, Trainer, languageModel, simdInfo } = lib;
+const { PatternCache, Tape, Trainer, simdInfo } = lib;
 const { verifyTrainStep } = await import(join(ROOT, DIST, 'verify/index.js'));
 const { loadSplit, DEMO_DATA_DIR } = await import(join(ROOT, DIST, 'cli/classifier.js'));
 const CASES = listArg('cases') ?? ['classifier', 'lm', 'lm-memory', 'memory-n'];
@@ -89,7 +97,8 @@ function lmBatch(S, s) {
 
 // ---------------------------------------------------------------- the models
 
-function classifierCase() {
+function classifierCase(L = lib) {
+  const { HopfieldLookup, Model, SparseTensor } = L;
   const c = P.classifier;
   const train = loadSplit(DEMO_DATA_DIR, 'train');
   // As trainClassifier: N random training images as keys, their labels (x 5) as values.
@@ -127,7 +136,8 @@ function classifierCase() {
   };
 }
 
-function lmCase(name, config, lr, clipNorm, memory) {
+function lmCase(name, config, lr, clipNorm, memory, L = lib) {
+  const { languageModel } = L;
   const cfg = { ...config, ...(memory ? { memory } : {}), seed: 1 };
   const training = { loss: 'cross-entropy', optimizer: 'adam', lr, clipNorm };
   return {
@@ -172,6 +182,7 @@ async function runCase(c, { withPlain = true } = {}) {
   let pinned = await model.ghost();
   const buildMs = nowMs() - t0;
   const sPlain = [], sProve = [], sVerify = [], bytesCold = [], losses = [];
+  const proofHash = createHash('sha256');
   const cPlain = [], cProve = [], cVerify = [];
   let s = 0;
   const one = async (keep) => {
@@ -187,6 +198,7 @@ async function runCase(c, { withPlain = true } = {}) {
     let t = nowMs(), t1 = cpuMs();
     const step = await model.proveTrainStep(batch);
     const dtP = nowMs() - t, cpuP = cpuMs() - t1;
+    proofHash.update(step.bytes);
     t = nowMs();
     t1 = cpuMs();
     const v = await verifyTrainStep(pinned, step.bytes);
@@ -215,6 +227,7 @@ async function runCase(c, { withPlain = true } = {}) {
     let t = nowMs();
     const step = await model.proveTrainStep(batch, { cache: mine });
     const dtP = nowMs() - t;
+    proofHash.update(step.bytes);
     t = nowMs();
     const v = await verifyTrainStep(pinned, step.bytes, { cache: theirs });
     const dtV = nowMs() - t;
@@ -252,12 +265,81 @@ async function runCase(c, { withPlain = true } = {}) {
     cachedProveMs: round(last.proveMs),
     cachedVerifyMs: round(last.verifyMs),
     cachedBytesPerStep: cached.map((x) => x.bytes),
+    proofSha256: proofHash.digest('hex'),
     firstLoss: round(losses[0]),
     lastLoss: round(losses.at(-1)),
   };
+  log(`  proofs' sha256 ${res.proofSha256}`);
   model.close?.();
   q?.model.close?.();
   return res;
+}
+
+// ---------------------------------------------------------------- A/B of two builds
+
+const AB = listArg('ab')?.[0];
+
+/** Per case: the model of build A (--ab=DIR) and of build B (dist/), the same batches in alternating order; CPU ms medians. */
+async function abCase(make, libA, verifyA, rounds) {
+  const a = make(libA), b = make(lib);
+  const ma = a.proved(), mb = b.proved();
+  let ga = await ma.ghost(), gb = await mb.ghost();
+  const t = { proveA: [], proveB: [], verifyA: [], verifyB: [] };
+  for (let s = 0; s < rounds + 1; s++) {
+    const batch = a.batch(s);
+    const order = s % 2 === 0 ? ['A', 'B'] : ['B', 'A'];
+    const bytes = {};
+    tryGc();
+    for (const who of order) {
+      const m = who === 'A' ? ma : mb, verify = who === 'A' ? verifyA : verifyTrainStep;
+      let c0 = cpuMs();
+      const step = await m.proveTrainStep(batch);
+      const cp = cpuMs() - c0;
+      c0 = cpuMs();
+      const v = await verify(who === 'A' ? ga : gb, step.bytes);
+      const cv = cpuMs() - c0;
+      if (who === 'A') ga = v.ghost;
+      else gb = v.ghost;
+      bytes[who] = step.bytes;
+      if (s > 0) {
+        t[`prove${who}`].push(cp);
+        t[`verify${who}`].push(cv);
+      }
+    }
+    if (Buffer.compare(bytes.A, bytes.B) !== 0) throw new Error(`${a.label}: the two builds' proofs of step ${s} differ`);
+  }
+  ma.close?.();
+  mb.close?.();
+  const med = (x) => round(stats(x).median);
+  const res = { case: a.name, label: a.label, ...(a.extra ?? {}), steps: rounds, proveCpuMsA: med(t.proveA), proveCpuMsB: med(t.proveB), verifyCpuMsA: med(t.verifyA), verifyCpuMsB: med(t.verifyB), identicalProofs: true };
+  log(`${a.label}: prove CPU ms ${res.proveCpuMsA} -> ${res.proveCpuMsB}, verify ${res.verifyCpuMsA} -> ${res.verifyCpuMsB}; proofs identical`);
+  return res;
+}
+
+if (AB !== undefined) {
+  const libA = await import(join(ROOT, AB, 'index.js'));
+  const { verifyTrainStep: verifyA } = await import(join(ROOT, AB, 'verify/index.js'));
+  const rounds = QUICK ? 6 : 12;
+  const results = [];
+  const c = P.lm.config, m = P.memoryN;
+  for (const name of CASES) {
+    if (name === 'classifier') results.push(await abCase(classifierCase, libA, verifyA, rounds));
+    else if (name === 'lm') results.push(await abCase((L) => lmCase('lm', c, P.lm.lr, P.lm.clipNorm, null, L), libA, verifyA, rounds));
+    else if (name === 'lm-memory') results.push(await abCase((L) => lmCase('lm-memory', c, P.lm.lr, P.lm.clipNorm, P.lmMemory, L), libA, verifyA, rounds));
+    else if (name === 'memory-n') {
+      for (const l of m.log2N) {
+        results.push(await abCase((L) => Object.assign(lmCase('memory-n', m.config, m.lr, m.clipNorm, { ...m.memory, subKeys: 2 ** (l / 2) }, L), { extra: { log2N: l } }), libA, verifyA, rounds));
+      }
+    } else throw new Error(`unknown case ${name}`);
+  }
+  table(results, [
+    { key: 'label', header: 'case' },
+    { key: 'proveCpuMsA', header: `prove CPU ms ${AB}` }, { key: 'proveCpuMsB', header: `prove CPU ms ${DIST}` },
+    { key: 'verifyCpuMsA', header: `verify CPU ms ${AB}` }, { key: 'verifyCpuMsB', header: `verify CPU ms ${DIST}` },
+  ], { title: `Step proofs A/B: ${AB} against ${DIST} (medians of ${rounds} alternating steps; proofs identical)` });
+  const file = writeResults(listArg('name')?.[0] ?? 'step-proofs-ab', { date: new Date().toISOString(), machine: machine(), parameters: { ...P, a: AB, b: DIST, rounds }, otherProcesses: cpuHogs(), results });
+  log(`wrote ${file}`);
+  process.exit(0);
 }
 
 // ---------------------------------------------------------------- run

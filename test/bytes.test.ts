@@ -69,6 +69,54 @@ describe('hex', () => {
   });
 });
 
+describe('ByteWriter', () => {
+  // Reference: the same fields written with Node's Buffer into one array, not through ByteWriter.
+  it('gives the fields in order, little-endian, across its chunk boundaries, for writes of every size', () => {
+    let seed = 7;
+    const rand = (): number => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+    for (let trial = 0; trial < 40; trial++) {
+      const w = new ByteWriter();
+      const parts: Buffer[] = [];
+      const fields = 1 + Math.floor(rand() * 300);
+      for (let f = 0; f < fields; f++) {
+        const kind = Math.floor(rand() * 8);
+        const b = Buffer.alloc(kind === 0 ? 1 : kind === 1 ? 2 : kind <= 3 ? 4 : 8);
+        if (kind === 0) { const v = Math.floor(rand() * 256); w.u8(v); b.writeUInt8(v); }
+        else if (kind === 1) { const v = Math.floor(rand() * 65536); w.u16(v); b.writeUInt16LE(v); }
+        else if (kind === 2) { const v = Math.floor(rand() * 2 ** 32); w.u32(v); b.writeUInt32LE(v); }
+        else if (kind === 3) { const v = rand() * 2e6 - 1e6; w.f32(v); b.writeFloatLE(v); }
+        else if (kind === 4) { const v = Math.floor(rand() * 2 ** 53); w.u64(v); b.writeBigUInt64LE(BigInt(v)); }
+        else if (kind === 5) { const v = rand() * 2e6 - 1e6; w.f64(v); b.writeDoubleLE(v); }
+        else {
+          // A run of bytes or f32s, sometimes larger than the writer's chunks so far.
+          const n = Math.floor(rand() * (rand() < 0.1 ? 5000 : 300));
+          if (kind === 6) {
+            const bytes = Uint8Array.from({ length: n }, () => Math.floor(rand() * 256));
+            w.bytes(bytes);
+            parts.push(Buffer.from(bytes));
+          } else {
+            const a = Float32Array.from({ length: n }, () => rand() - 0.5);
+            w.f32s(a.subarray(1));
+            const c = Buffer.alloc(4 * Math.max(0, n - 1));
+            for (let i = 1; i < n; i++) c.writeFloatLE(a[i]!, 4 * (i - 1));
+            parts.push(c);
+          }
+          continue;
+        }
+        parts.push(b);
+      }
+      const ref = new Uint8Array(Buffer.concat(parts));
+      expect(w.length).toBe(ref.length);
+      const out = w.finish();
+      expect(Buffer.compare(out, ref)).toBe(0);
+      // finish() is a copy: the writer goes on, and the first result does not change.
+      w.u32(0xdeadbeef);
+      expect(Buffer.compare(w.finish(), Buffer.concat([ref, Buffer.from([0xef, 0xbe, 0xad, 0xde])]))).toBe(0);
+      expect(Buffer.compare(out, ref)).toBe(0);
+    }
+  });
+});
+
 describe('ByteReader.count', () => {
   const u32 = (v: number, tail = 0): Uint8Array => new ByteWriter().u32(v).bytes(new Uint8Array(tail)).finish();
 

@@ -9,18 +9,27 @@ import { FormatError, InvalidArgumentError } from './errors.js';
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export class ByteWriter {
+  /**
+   * The bytes are written into chunks, each at least twice the size of the one before,
+   * joined once by finish(): a large proof is copied once more, not once per doubling
+   * (the output is the same bytes).
+   */
+  #chunks: Uint8Array[] = [];
+  #done = 0;
   #buf = new Uint8Array(256);
   #dv = new DataView(this.#buf.buffer);
   #at = 0;
 
   #room(n: number): void {
     if (this.#at + n <= this.#buf.length) return;
-    let cap = this.#buf.length * 2;
-    while (cap < this.#at + n) cap *= 2;
-    const next = new Uint8Array(cap);
-    next.set(this.#buf.subarray(0, this.#at));
+    if (this.#at > 0) {
+      this.#chunks.push(this.#buf.subarray(0, this.#at));
+      this.#done += this.#at;
+    }
+    const next = new Uint8Array(Math.max(n, 2 * this.#buf.length));
     this.#buf = next;
     this.#dv = new DataView(next.buffer);
+    this.#at = 0;
   }
   u8(v: number): this {
     this.#room(1);
@@ -81,10 +90,19 @@ export class ByteWriter {
     return this;
   }
   get length(): number {
-    return this.#at;
+    return this.#done + this.#at;
   }
+  /** The bytes written so far (a copy: the writer may go on). */
   finish(): Uint8Array {
-    return this.#buf.slice(0, this.#at);
+    if (this.#chunks.length === 0) return this.#buf.slice(0, this.#at);
+    const out = new Uint8Array(this.#done + this.#at);
+    let o = 0;
+    for (const c of this.#chunks) {
+      out.set(c, o);
+      o += c.length;
+    }
+    out.set(this.#buf.subarray(0, this.#at), o);
+    return out;
   }
 }
 

@@ -20,7 +20,7 @@ import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield
 import { specOf } from './kinds/index.js';
 import { fail, type Revealed } from './layer-spec.js';
 import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
-import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
+import { applyDelta, HASH_CALL_WORK, HASH_WORK, merkleCalls, RowKind, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
 import { openProof, pinGhost, resolveBlock, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
 import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
 
@@ -65,6 +65,39 @@ export interface StepOutcome {
  * writes (its state trees); the verifier's comes from the proof's state blocks.
  */
 export type StateSource = (tensor: number, ids: Uint32Array) => StateBlock;
+
+/**
+ * The prover's own run of computeStep (Model.proveTrainStep; a verifier never passes
+ * this): the blocks are the ones it built from its own trees, so their rows are taken as
+ * they are (resolved from its cache like a verifier's, but their multiproofs are not
+ * checked again), the state rows come from its state trees (not checked again against
+ * its state roots), and the new value and state
+ * roots are those of its trees after `apply` wrote the step into them (called once per
+ * written tensor, after every check of the step passed). The step, its bytes and its
+ * result are the same as a verifier's run gives; the prover only skips re-hashing what
+ * its trees hash anyway.
+ */
+export interface ProverRun {
+  stateOf: StateSource;
+  apply: (w: { tensor: number; ids: Uint32Array; rows: Float32Array; state: CanonicalRowState; leaves: Uint8Array }) => { root: Uint8Array; stateRoot: Uint8Array };
+}
+
+/** A block's rows resolved as resolveBlock does (cache for held and delta rows), with no multiproof check: the prover's own blocks only. */
+function ownBlock(g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined): Revealed {
+  const t = g.tensors[b.tensor]!;
+  const rows = new Float32Array(b.ids.length * b.dim);
+  for (let i = 0; i < b.ids.length; i++) {
+    const kind = b.kinds[i];
+    if (kind === RowKind.Full) {
+      rows.set(b.payload[i] as Float32Array, i * b.dim);
+      continue;
+    }
+    const held = cache?.get(b.tensor, b.ids[i]!)?.row;
+    if (held?.length !== b.dim) fail('NOT_HELD', `pattern ${b.ids[i]} of ${t.name} was sent as ${kind === RowKind.Held ? 'an id' : 'a delta'}, but this verifier does not hold it`);
+    rows.set(kind === RowKind.Held ? held : applyDelta(held, b.payload[i] as Uint8Array), i * b.dim);
+  }
+  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, all: b.all };
+}
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
 
@@ -113,7 +146,8 @@ function indexOf(ids: Uint32Array, id: number): number {
  * the first check that fails. Does not compare the claimed new digest (verifyTrainStep
  * does; the prover fills it in from this result).
  */
-export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, cache: PatternCache | undefined, budget: VerifyBudget, stateOf?: StateSource): StepOutcome {
+export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, cache: PatternCache | undefined, budget: VerifyBudget, prover?: ProverRun): StepOutcome {
+  const stateOf = prover?.stateOf;
   const g = ghost.manifest;
   const t = g.training;
   if (!t) fail('NO_TRAINING_RULE', 'the pinned Ghost file commits no training rule (format 3): it cannot be trained by step proofs');
@@ -128,7 +162,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   const blocks = new Map<number, { block: PatternBlock; rev: Revealed; used: Uint8Array }>();
   for (const b of p.blocks) {
     if (blocks.has(b.tensor)) fail('BLOCK_IDS', `two blocks of tensor ${b.tensor}`);
-    const rev = resolveBlock(h, g, b, cache, trained.has(b.tensor));
+    const rev = prover ? ownBlock(g, b, cache) : resolveBlock(h, g, b, cache, trained.has(b.tensor));
     blocks.set(b.tensor, { block: b, rev, used: new Uint8Array(b.ids.length) });
   }
   // The forward, each layer served from the blocks: exactly the rows it reads.
@@ -191,14 +225,17 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       const same = s.all ? x.ids.length === n : s.ids.length === x.ids.length && s.ids.every((id, k) => id === x.ids[k]);
       if (!same) fail('BLOCK_IDS', `the state block of tensor ${x.tensor} does not cover exactly the ${x.ids.length} rows the step writes`);
     }
-    let root: Uint8Array;
-    try {
-      root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
-    } catch (err) {
-      if (err instanceof ProofError) throw err;
-      throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+    // The state rows against the state root (not for the prover's own state tree, which gave them).
+    if (!prover) {
+      let root: Uint8Array;
+      try {
+        root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
+      } catch (err) {
+        if (err instanceof ProofError) throw err;
+        throw new ProofError('PROOF_LENGTH', `the state block of tensor ${s.tensor}: ${(err as Error).message}`);
+      }
+      if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
     }
-    if (!bytesEqual(root, e.stateRoot)) fail('ROOT_MISMATCH', `the state rows of tensor ${s.tensor} are not the ones its state root commits`);
     return { block: s, state: readStateLeaves(d, s.leaves, x.ids.length, e.logDecay) };
   });
   if (!stateOf && nextState !== p.states.length) fail('BLOCK_IDS', `the proof carries ${p.states.length} state blocks; the step writes ${nextState} trained tensors`);
@@ -213,8 +250,9 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   if (newTrained.some((e) => !Number.isFinite(e.logDecay))) fail('UPDATE_MISMATCH', 'the step gives a non-finite decay log; the optimizer would have refused it');
   const roots = g.tensors.map((x) => x.root);
   const record: ResolvedBlock[] = [];
-  touched.forEach((x, i) => {
-    const b = written[i]!, e = trained.get(b.tensor)!, d = b.dim, n = g.tensors[b.tensor]!.n;
+  // First every check of the optimizer's result, then the new roots (a prover's `apply` writes only a step that passed).
+  const stepped = touched.map((x, i) => {
+    const b = written[i]!, e = trained.get(b.tensor)!, d = b.dim;
     const st = states[i]!;
     const ids = x.ids;
     for (let r = 0; r < st.state.steps.length; r++) if (st.state.steps[r] === 0xffffffff) fail('UPDATE_MISMATCH', `row ${ids[r]} of tensor ${b.tensor}: its counter is full`);
@@ -227,18 +265,30 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       at[k] = pos;
       for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
     }
-    const stepped = coptimizerStep(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
-    for (let k = 0; k < stepped.rows.length; k++) if (!Number.isFinite(stepped.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
-    for (const a of [stepped.state.m, stepped.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
+    const out = coptimizerStep(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
+    for (let k = 0; k < out.rows.length; k++) if (!Number.isFinite(out.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
+    for (const a of [out.state.m, out.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
+    return { at, out };
+  });
+  touched.forEach((x, i) => {
+    const b = written[i]!, d = b.dim, n = g.tensors[b.tensor]!.n;
+    const st = states[i]!;
+    const ids = x.ids;
+    const { at, out } = stepped[i]!;
+    const rev = blocks.get(b.tensor)!.rev;
     // The block's rows after the step (the unwritten ones unchanged) give the new root with the block's siblings.
-    const after = Float32Array.from(rev.rows);
-    for (let k = 0; k < ids.length; k++) for (let j = 0, o = at[k]! * d, w = k * d; j < d; j++) after[o + j] = stepped.rows[w + j]!;
-    const leaves = stateLeaves(d, stepped.state, ids.length);
-    const root = b.all ? rootOf(h, after, d) : multiproofRoot(h, n, b.ids, f32le(after), b.hashes);
-    const stateRoot = st.block.all ? rootOfLeaves(h, leaves, n) : multiproofRoot(h, n, ids, leaves, st.block.hashes);
+    const after = rev.rows.slice();
+    for (let k = 0; k < ids.length; k++) for (let j = 0, o = at[k]! * d, w = k * d; j < d; j++) after[o + j] = out.rows[w + j]!;
+    const leaves = stateLeaves(d, out.state, ids.length);
+    let root: Uint8Array, stateRoot: Uint8Array;
+    if (prover) ({ root, stateRoot } = prover.apply({ tensor: b.tensor, ids, rows: out.rows, state: out.state, leaves }));
+    else {
+      root = b.all ? rootOf(h, after, d) : multiproofRoot(h, n, b.ids, f32le(after), b.hashes);
+      stateRoot = st.block.all ? rootOfLeaves(h, leaves, n) : multiproofRoot(h, n, ids, leaves, st.block.hashes);
+    }
     roots[b.tensor] = root;
     newTrained.find((y) => y.tensor === b.tensor)!.stateRoot = stateRoot;
-    writes.push({ tensor: b.tensor, all: st.block.all, ids, rows: stepped.rows, state: stepped.state, grads: grads[i]!, leaves, root, stateRoot });
+    writes.push({ tensor: b.tensor, all: st.block.all, ids, rows: out.rows, state: out.state, grads: grads[i]!, leaves, root, stateRoot });
     record.push({ tensor: b.tensor, dim: d, ids: rev.ids, rows: after, root });
   });
   const manifest: GhostManifest = {

@@ -7,6 +7,7 @@
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cattention, cprojection } from '../canonical.js';
+import { addScaled } from './linear.js';
 import type { GhostManifest } from '../ghost-file.js';
 import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, type BackwardContext, type LayerSpec, type VerifyLayerContext } from '../layer-spec.js';
 
@@ -152,10 +153,8 @@ function projectionBackward(ctx: BackwardContext, p: GhostProjection, input: Flo
     for (let r = 0; r < kp; r++) {
       const c = dense ? r : kept![i * kp + r]!;
       const gv = dP[i * m + c]!, a = acc[c]!, wo = c * inDim;
-      for (let t = 0; t < inDim; t++) {
-        dIn[xo + t] = dIn[xo + t]! + gv * W[wo + t]!;
-        a[t] = a[t]! + gv * input[xo + t]!;
-      }
+      addScaled(dIn, xo, gv, W, wo, inDim);
+      addScaled(a, 0, gv, input, xo, inDim);
     }
   }
 }

@@ -10,6 +10,7 @@ import { cdot, cexactTopK, cmix, cproductKeys, csimilarity, csoftmax, cstate, ty
 import type { GhostManifest } from '../ghost-file.js';
 import type { LayerEvidence, VerifyBudget } from '../proof-format.js';
 import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from '../layer-spec.js';
+import { addScaled } from './linear.js';
 
 export type GhostIndex =
   | { kind: 'exact' }
@@ -290,6 +291,30 @@ function savedOf(l: GhostHopfieldLayer, ctx: BackwardContext): HopfieldSaved {
  * state; then through normalize to dx, rounded to f32 once. The selection is the
  * proof's (held constant); beta is not trained.
  */
+/**
+ * The cosine score's step for one key: dq_j += u K_j - vq q_j and dK_j += u q_j - vk K_j,
+ * each in the canonical order of its f64 operations, unrolled by 4.
+ */
+function cosineStep(dq: Float64Array, acc: Float64Array, Kr: Float32Array, o: number, q: Float32Array | Float64Array, qo: number, u: number, vq: number, vk: number, d: number): void {
+  let j = 0;
+  for (; j + 4 <= d; j += 4) {
+    const k0 = Kr[o + j]!, k1 = Kr[o + j + 1]!, k2 = Kr[o + j + 2]!, k3 = Kr[o + j + 3]!;
+    const q0 = q[qo + j]!, q1 = q[qo + j + 1]!, q2 = q[qo + j + 2]!, q3 = q[qo + j + 3]!;
+    dq[j] = dq[j]! + (u * k0 - vq * q0);
+    acc[j] = acc[j]! + (u * q0 - vk * k0);
+    dq[j + 1] = dq[j + 1]! + (u * k1 - vq * q1);
+    acc[j + 1] = acc[j + 1]! + (u * q1 - vk * k1);
+    dq[j + 2] = dq[j + 2]! + (u * k2 - vq * q2);
+    acc[j + 2] = acc[j + 2]! + (u * q2 - vk * k2);
+    dq[j + 3] = dq[j + 3]! + (u * k3 - vq * q3);
+    acc[j + 3] = acc[j + 3]! + (u * q3 - vk * k3);
+  }
+  for (; j < d; j++) {
+    dq[j] = dq[j]! + (u * Kr[o + j]! - vq * q[qo + j]!);
+    acc[j] = acc[j]! + (u * q[qo + j]! - vk * Kr[o + j]!);
+  }
+}
+
 function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float32Array): Float32Array {
   const sv = savedOf(l, ctx);
   const B = ctx.rows, k = l.k, d = l.dIn, dv = l.dOut, S = l.updateSteps, beta = l.beta;
@@ -314,8 +339,7 @@ function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float
         if (si === S - 1) {
           const o = rowOf(V, id);
           da[i] = cdot(g, 0, V.rows, o, dv);
-          const acc = ctx.grad(l.values, id);
-          for (let j = 0; j < dv; j++) acc[j] = acc[j]! + ai * g[j]!;
+          addScaled(ctx.grad(l.values, id), 0, ai, g, 0, dv);
         } else if (pk) {
           const i1 = Math.floor(id / pk), i2 = id % pk;
           const o1 = rowOf(T1!, i1), o2 = rowOf(T2!, i2);
@@ -323,15 +347,12 @@ function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float
           for (let j = 0; j < d1; j++) t = t + g[j]! * T1!.rows[o1 + j]!;
           for (let j = d1; j < d; j++) t = t + g[j]! * T2!.rows[o2 + j - d1]!;
           da[i] = t;
-          const a1 = ctx.grad(l.keys[0]!, i1);
-          for (let j = 0; j < d1; j++) a1[j] = a1[j]! + ai * g[j]!;
-          const a2 = ctx.grad(l.keys[1]!, i2);
-          for (let j = d1; j < d; j++) a2[j - d1] = a2[j - d1]! + ai * g[j]!;
+          addScaled(ctx.grad(l.keys[0]!, i1), 0, ai, g, 0, d1);
+          addScaled(ctx.grad(l.keys[1]!, i2), 0, ai, g, d1, d - d1);
         } else {
           const o = rowOf(K!, id);
           da[i] = cdot(g, 0, K!.rows, o, d);
-          const acc = ctx.grad(l.keys[0]!, id);
-          for (let j = 0; j < d; j++) acc[j] = acc[j]! + ai * g[j]!;
+          addScaled(ctx.grad(l.keys[0]!, id), 0, ai, g, 0, d);
         }
       }
       // (2) a = softmax(beta s): ds_i = beta * (a_i * (da_i - sum_t a_t da_t)).
@@ -346,25 +367,17 @@ function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float
         if (pk) {
           const i1 = Math.floor(id / pk), i2 = id % pk;
           const o1 = rowOf(T1!, i1), o2 = rowOf(T2!, i2);
-          const a1 = ctx.grad(l.keys[0]!, i1);
-          for (let j = 0; j < d1; j++) {
-            dq[j] = dq[j]! + c * T1!.rows[o1 + j]!;
-            a1[j] = a1[j]! + c * q[qo + j]!;
-          }
-          const a2 = ctx.grad(l.keys[1]!, i2);
-          for (let j = d1; j < d; j++) {
-            dq[j] = dq[j]! + c * T2!.rows[o2 + j - d1]!;
-            a2[j - d1] = a2[j - d1]! + c * q[qo + j]!;
-          }
+          addScaled(dq, 0, c, T1!.rows, o1, d1);
+          addScaled(ctx.grad(l.keys[0]!, i1), 0, c, q, qo, d1);
+          addScaled(dq, d1, c, T2!.rows, o2, d - d1);
+          addScaled(ctx.grad(l.keys[1]!, i2), 0, c, q, qo + d1, d - d1);
           continue;
         }
         const o = rowOf(K!, id), Kr = K!.rows;
         const acc = ctx.grad(l.keys[0]!, id);
         if (sim === 'ip') {
-          for (let j = 0; j < d; j++) {
-            dq[j] = dq[j]! + c * Kr[o + j]!;
-            acc[j] = acc[j]! + c * q[qo + j]!;
-          }
+          addScaled(dq, 0, c, Kr, o, d);
+          addScaled(acc, 0, c, q, qo, d);
         } else if (sim === 'l2') {
           const w = 2 * c;
           for (let j = 0; j < d; j++) {
@@ -377,10 +390,7 @@ function hopfieldBackward(l: GhostHopfieldLayer, ctx: BackwardContext, dy: Float
           if (nq === 0 || nk === 0) continue; // the score is the constant 0
           const score = s[ao + i]!;
           const u = c / (nq * nk), vq = (c * score) / (nq * nq), vk = (c * score) / (nk * nk);
-          for (let j = 0; j < d; j++) {
-            dq[j] = dq[j]! + (u * Kr[o + j]! - vq * q[qo + j]!);
-            acc[j] = acc[j]! + (u * q[qo + j]! - vk * Kr[o + j]!);
-          }
+          cosineStep(dq, acc, Kr, o, q, qo, u, vq, vk, d);
         }
       }
       for (let j = 0; j < d; j++) g[j] = dq[j]!;

@@ -45,6 +45,22 @@ export function linearTrain(x: Float32Array, n: number, dIn: number, W: Float32A
   return { y: clinear(x, n, dIn, W, m, kp, bias, kept ?? undefined), kept };
 }
 
+/**
+ * dst[d + t] = dst[d + t] + c * src[s + t] for t = 0..len-1, each element in its own f64
+ * multiply and add (no fused multiply-add in JavaScript): the canonical backwards' inner
+ * loop, unrolled by 4 (the same arithmetic as the plain loop, element by element).
+ */
+export function addScaled(dst: Float64Array, d: number, c: number, src: Float32Array | Float64Array, s: number, len: number): void {
+  let t = 0;
+  for (; t + 4 <= len; t += 4) {
+    dst[d + t] = dst[d + t]! + c * src[s + t]!;
+    dst[d + t + 1] = dst[d + t + 1]! + c * src[s + t + 1]!;
+    dst[d + t + 2] = dst[d + t + 2]! + c * src[s + t + 2]!;
+    dst[d + t + 3] = dst[d + t + 3]! + c * src[s + t + 3]!;
+  }
+  for (; t < len; t++) dst[d + t] = dst[d + t]! + c * src[s + t]!;
+}
+
 /** The rows of a tensor the layer's forward revealed whole (its backward reads them), or ProofError BLOCK_IDS. */
 export function wholeRows(ctx: BackwardContext, tensor: number): Float32Array {
   const r = ctx.revealed.get(tensor);
@@ -133,8 +149,7 @@ export const linearSpec: LayerSpec<GhostLinearLayer> = {
       for (let r = 0; r < kp; r++) {
         const j = col(i, r);
         if (mask) mask[i * m + j] = 1;
-        const d = dy[i * m + j]!, o = j * dIn;
-        for (let t = 0; t < dIn; t++) acc[t] = acc[t]! + d * W[o + t]!;
+        addScaled(acc, 0, dy[i * m + j]!, W, j * dIn, dIn);
       }
       for (let t = 0; t < dIn; t++) dx[i * dIn + t] = acc[t]!;
     }
@@ -143,8 +158,7 @@ export const linearSpec: LayerSpec<GhostLinearLayer> = {
       for (let i = 0; i < n; i++) {
         if (mask && !mask[i * m + j]) continue;
         g ??= ctx.grad(l.weight, j);
-        const d = dy[i * m + j]!, o = i * dIn;
-        for (let t = 0; t < dIn; t++) g[t] = g[t]! + d * x[o + t]!;
+        addScaled(g, 0, dy[i * m + j]!, x, i * dIn, dIn);
       }
     }
     if (l.bias !== null) {

@@ -11,6 +11,7 @@
  */
 import type { ByteReader, ByteWriter } from '../../shared/bytes.js';
 import { cdot, clinear, cmix, cproductKeys, csoftmax, cstate } from '../canonical.js';
+import { addScaled } from './linear.js';
 import type { GhostManifest } from '../ghost-file.js';
 import { fail, GHOST_LIMITS, ghostBad, ghostLimit, PAIR_WORK, rowOf, sortedUniqueIds, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from '../layer-spec.js';
 
@@ -217,7 +218,7 @@ function memoryBackward(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Ar
         const id = ids[i]!, ai = a[ao + i]!;
         da[i] = cdot(gy, 0, V.rows, rowOf(V, id), dv);
         const acc = ctx.grad(l.values, id);
-        for (let j = 0; j < dv; j++) acc[j] = acc[j]! + ai * gy[j]!;
+        addScaled(acc, 0, ai, gy, 0, dv);
       }
       // (2) ds_i = beta * (a_i * (da_i - sum_t a_t da_t)).
       let rho = 0;
@@ -229,28 +230,22 @@ function memoryBackward(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Ar
         const id = ids[i]!, c = ds[i]!, i1 = Math.floor(id / n), i2 = id % n;
         const o1 = rowOf(T1, i1), o2 = rowOf(T2, i2);
         const a1 = ctx.grad(l.keys[2 * h]!, i1);
-        for (let j = 0; j < d1; j++) {
-          dq[ho + j] = dq[ho + j]! + c * T1.rows[o1 + j]!;
-          a1[j] = a1[j]! + c * q[qo + j]!;
-        }
+        addScaled(dq, ho, c, T1.rows, o1, d1);
+        addScaled(a1, 0, c, q, qo, d1);
         const a2 = ctx.grad(l.keys[2 * h + 1]!, i2);
-        for (let j = d1; j < dk; j++) {
-          dq[ho + j] = dq[ho + j]! + c * T2.rows[o2 + j - d1]!;
-          a2[j - d1] = a2[j - d1]! + c * q[qo + j]!;
-        }
+        addScaled(dq, ho + d1, c, T2.rows, o2, dk - d1);
+        addScaled(a2, 0, c, q, qo + d1, dk - d1);
       }
     }
     // The query projection q_m = x . W_m: dx_b = sum_m dq_m W_m, dW_m += dq_m x_b.
     const xo = b * dIn;
     dxb.fill(0);
     for (let m = 0; m < hdk; m++) {
-      const c = dq[m]!, o = Wo[m]!;
-      for (let t = 0; t < dIn; t++) dxb[t] = dxb[t]! + c * W.rows[o + t]!;
+      addScaled(dxb, 0, dq[m]!, W.rows, Wo[m]!, dIn);
     }
     for (let t = 0; t < dIn; t++) dx[xo + t] = dxb[t]!;
     for (let m = 0; m < hdk; m++) {
-      const c = dq[m]!, acc = Wacc[m]!;
-      for (let t = 0; t < dIn; t++) acc[t] = acc[t]! + c * x[xo + t]!;
+      addScaled(Wacc[m]!, 0, dq[m]!, x, xo, dIn);
     }
   }
   return dx;
