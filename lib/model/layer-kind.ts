@@ -8,7 +8,7 @@
  * Model, its prover, save / load and the CLI dispatch through the registry
  * (lib/model/kinds/index.ts); none of them names a layer class.
  */
-import type { GhostLayerBase, LayerSpec } from '../verify/layer-spec.js';
+import { sortedIndexOf, type GhostLayerBase, type LayerSpec } from '../verify/layer-spec.js';
 import type { LayerEvidence, PatternBlock, PatternCache, ResolvedBlock } from '../verify/proof-format.js';
 import type { PinnedGhost } from '../verify/proof-verify.js';
 import type { SparseGrad } from './optim.js';
@@ -122,13 +122,8 @@ export function rowsOf(r: ResolvedBlock, ids: Uint32Array): Float32Array {
   const d = r.dim, have = r.ids, out = new Float32Array(ids.length * d);
   for (let t = 0; t < ids.length; t++) {
     const id = ids[t]!;
-    let lo = 0, hi = have.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (have[mid]! < id) lo = mid + 1;
-      else hi = mid;
-    }
-    if (have[lo] !== id) throw new OutOfRangeError(`row ${id} of tensor ${r.tensor} is not in its block`);
+    const lo = sortedIndexOf(have, id);
+    if (lo < 0) throw new OutOfRangeError(`row ${id} of tensor ${r.tensor} is not in its block`);
     out.set(r.rows.subarray(lo * d, (lo + 1) * d), t * d);
   }
   return out;

@@ -179,18 +179,20 @@ export function ghostLimit(field: string, v: number, lo: number, hi: number): nu
   return v;
 }
 
+/** The position of `id` in ascending `ids` (binary search), or -1. */
+export function sortedIndexOf(ids: Uint32Array, id: number): number {
+  let lo = 0, hi = ids.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ids[mid]! < id) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < ids.length && ids[lo] === id ? lo : -1;
+}
+
 /** Offset of row `id` in a revealed block's rows, or ProofError BLOCK_IDS when it was not revealed. */
 export function rowOf(r: Revealed, id: number): number {
-  if (r.all) {
-    if (id < r.ids.length) return id * r.dim;
-  } else {
-    let lo = 0, hi = r.ids.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (r.ids[mid]! < id) lo = mid + 1;
-      else hi = mid;
-    }
-    if (lo < r.ids.length && r.ids[lo] === id) return lo * r.dim;
-  }
-  fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
+  const at = r.all ? (id < r.ids.length ? id : -1) : sortedIndexOf(r.ids, id);
+  if (at < 0) fail('BLOCK_IDS', `pattern ${id} of tensor ${r.tensor} is read but not revealed`);
+  return at * r.dim;
 }

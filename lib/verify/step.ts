@@ -18,10 +18,10 @@ import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.j
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
 import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
 import { specOf } from './kinds/index.js';
-import { fail, type Revealed } from './layer-spec.js';
+import { fail, sortedIndexOf, type Revealed } from './layer-spec.js';
 import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
-import { applyDelta, HASH_CALL_WORK, HASH_WORK, merkleCalls, RowKind, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
-import { openProof, pinGhost, resolveBlock, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
+import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
+import { openProof, pinGhost, resolveBlock, resolveRows, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
 import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
 
 /** One trained tensor's rows a step wrote: their new values and optimizer state. */
@@ -82,23 +82,6 @@ export interface ProverRun {
   apply: (w: { tensor: number; ids: Uint32Array; rows: Float32Array; state: CanonicalRowState; leaves: Uint8Array }) => { root: Uint8Array; stateRoot: Uint8Array };
 }
 
-/** A block's rows resolved as resolveBlock does (cache for held and delta rows), with no multiproof check: the prover's own blocks only. */
-function ownBlock(g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined): Revealed {
-  const t = g.tensors[b.tensor]!;
-  const rows = new Float32Array(b.ids.length * b.dim);
-  for (let i = 0; i < b.ids.length; i++) {
-    const kind = b.kinds[i];
-    if (kind === RowKind.Full) {
-      rows.set(b.payload[i] as Float32Array, i * b.dim);
-      continue;
-    }
-    const held = cache?.get(b.tensor, b.ids[i]!)?.row;
-    if (held?.length !== b.dim) fail('NOT_HELD', `pattern ${b.ids[i]} of ${t.name} was sent as ${kind === RowKind.Held ? 'an id' : 'a delta'}, but this verifier does not hold it`);
-    rows.set(kind === RowKind.Held ? held : applyDelta(held, b.payload[i] as Uint8Array), i * b.dim);
-  }
-  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, all: b.all };
-}
-
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
 
 /**
@@ -129,17 +112,6 @@ function planStep(g: GhostManifest, t: GhostTraining, p: StepProof, budget: Veri
   }
 }
 
-/** Offset of `id` in sorted `ids`, or -1. */
-function indexOf(ids: Uint32Array, id: number): number {
-  let lo = 0, hi = ids.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (ids[mid]! < id) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo < ids.length && ids[lo] === id ? lo : -1;
-}
-
 /**
  * The step a proof describes, computed from nothing but the pinned Ghost file, the proof
  * and the verifier's cache (rows sent as held ids or deltas). Throws ProofError naming
@@ -162,7 +134,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   const blocks = new Map<number, { block: PatternBlock; rev: Revealed; used: Uint8Array }>();
   for (const b of p.blocks) {
     if (blocks.has(b.tensor)) fail('BLOCK_IDS', `two blocks of tensor ${b.tensor}`);
-    const rev = prover ? ownBlock(g, b, cache) : resolveBlock(h, g, b, cache, trained.has(b.tensor));
+    const rev = prover ? resolveRows(g, b, cache) : resolveBlock(h, g, b, cache, trained.has(b.tensor));
     blocks.set(b.tensor, { block: b, rev, used: new Uint8Array(b.ids.length) });
   }
   // The forward, each layer served from the blocks: exactly the rows it reads.
@@ -182,7 +154,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       const rows = new Float32Array(want.length * d);
       for (let k = 0; k < want.length; k++) {
         const id = want[k]!;
-        const at = all ? (id < b.rev.ids.length ? id : -1) : indexOf(b.rev.ids, id);
+        const at = all ? (id < b.rev.ids.length ? id : -1) : sortedIndexOf(b.rev.ids, id);
         if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
         b.used[at] = 1;
         for (let j = 0, o = at * d, w = k * d; j < d; j++) rows[w + j] = src[o + j]!;
@@ -261,7 +233,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const at = new Int32Array(ids.length);
     const old = new Float32Array(ids.length * d);
     for (let k = 0; k < ids.length; k++) {
-      const pos = b.all ? ids[k]! : indexOf(b.ids, ids[k]!);
+      const pos = b.all ? ids[k]! : sortedIndexOf(b.ids, ids[k]!);
       at[k] = pos;
       for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
     }
