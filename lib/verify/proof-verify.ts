@@ -121,11 +121,12 @@ export function openProof<K extends GhostProof['kind']>(ghost: PinnedGhost, proo
 }
 
 /**
- * Resolves a block's rows (cache for held and delta rows) and checks them against the
- * tensor's root: the multiproof covers every row (`everyPath`), or every row but those
- * held verified against this same root.
+ * A block's rows with the held and delta rows taken from the cache, checked against the
+ * Ghost file's shape (tensor, dim, all rows = N, every held row present) but not against
+ * its root: resolveBlock adds the multiproof check; a prover's run of a step
+ * (lib/verify/step.ts) reads its own blocks with this alone.
  */
-export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
+export function resolveRows(g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined): Revealed {
   const t = g.tensors[b.tensor];
   if (!t) fail('LAYER_MISMATCH', `a block names tensor ${b.tensor}; the Ghost file has ${g.tensors.length}`);
   if (b.dim !== t.dim) fail('SHAPE', `a block of tensor ${t.name} has dim ${b.dim}; the Ghost file says ${t.dim}`);
@@ -143,6 +144,17 @@ export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock,
     const row = b.kinds[i] === RowKind.Full ? (p as Float32Array) : b.kinds[i] === RowKind.Held ? held! : applyDelta(held!, p as Uint8Array);
     rows.set(row, i * b.dim);
   }
+  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, all: b.all };
+}
+
+/**
+ * Resolves a block's rows (cache for held and delta rows) and checks them against the
+ * tensor's root: the multiproof covers every row (`everyPath`), or every row but those
+ * held verified against this same root.
+ */
+export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
+  const r = resolveRows(g, b, cache);
+  const t = g.tensors[b.tensor]!, rows = r.rows;
   if (b.all) {
     // Every row: the tree is rebuilt whole (no hashes), unless all are held at this root.
     if (b.hashes.length !== 0) fail('PROOF_LENGTH', `an all-rows block of ${t.name} carries hashes`);
@@ -157,7 +169,7 @@ export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock,
       checkMultiproof(h, t.root, t.n, Uint32Array.from(pos, (i) => b.ids[i]!), new Uint8Array(sub.buffer), b.hashes);
     }
   }
-  return { tensor: b.tensor, dim: b.dim, ids: b.ids, rows, root: t.root, all: b.all };
+  return r;
 }
 
 /** Checks that the layer's blocks reveal exactly `need` (tensor -> ids or 'all') and resolves them. */
