@@ -54,8 +54,7 @@ export function checkTraining(t: GhostTraining, tensorCount: number): void {
   const o = t.optimizer;
   if (o.kind !== 'adam' && o.kind !== 'sgd') bad('optimizer kind');
   for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) if (!Number.isFinite(o[k]) || Math.fround(o[k]) !== o[k]) bad(`optimizer ${k} must be a finite f32`);
-  const ok = o.lr >= 0 && o.weightDecay >= 0 && o.lr * o.weightDecay < 1 && o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0;
-  if (!ok) bad('optimizer parameters out of range');
+  if (!optimizerInRange(o)) bad('optimizer parameters out of range');
   if (typeof o.rowStep !== 'boolean') bad('rowStep must be a boolean');
   const s = t.schedule;
   const steps = (v: number, lo: number, what: string): void => {
@@ -93,6 +92,11 @@ export function checkTraining(t: GhostTraining, tensorCount: number): void {
 
 const SCHEDULE_CODES = { constant: 0, warmup: 1, cosine: 2, step: 3 } as const;
 
+/** The ranges an optimizer's parameters must lie in (finite; betas in [0, 1); eps > 0; lr x weightDecay < 1). */
+function optimizerInRange(p: CanonicalOptimizer): boolean {
+  return p.lr >= 0 && p.weightDecay >= 0 && p.lr * p.weightDecay < 1 && p.beta1 >= 0 && p.beta1 < 1 && p.beta2 >= 0 && p.beta2 < 1 && p.eps > 0 && Number.isFinite(p.eps) && Number.isFinite(p.lr) && Number.isFinite(p.weightDecay);
+}
+
 export function writeOptimizer(w: ByteWriter, p: CanonicalOptimizer): void {
   w.u8(p.kind === 'adam' ? 2 : 1).f32(p.lr).f32(p.beta1).f32(p.beta2).f32(p.eps).f32(p.weightDecay).u8(p.rowStep ? 1 : 0);
 }
@@ -104,8 +108,7 @@ export function readOptimizer(r: ByteReader, where: string): CanonicalOptimizer 
   const rs = r.u8('rowStep');
   if (rs > 1) throw new FormatError('BAD_VALUE', `${where}: rowStep must be 0 or 1`);
   p.rowStep = rs === 1;
-  const ok = p.lr >= 0 && p.weightDecay >= 0 && p.lr * p.weightDecay < 1 && p.beta1 >= 0 && p.beta1 < 1 && p.beta2 >= 0 && p.beta2 < 1 && p.eps > 0 && Number.isFinite(p.eps) && Number.isFinite(p.lr) && Number.isFinite(p.weightDecay);
-  if (!ok) throw new FormatError('BAD_VALUE', `${where}: optimizer parameters out of range`);
+  if (!optimizerInRange(p)) throw new FormatError('BAD_VALUE', `${where}: optimizer parameters out of range`);
   return p;
 }
 
