@@ -30,7 +30,7 @@ import {
   type UpdateProof,
 } from '../verify/proof-format.js';
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
-import { computeStep, recordStep } from '../verify/step.js';
+import { computeStep, recordStep, type VerifiedStep } from '../verify/step.js';
 import type { StepProof } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
@@ -92,20 +92,16 @@ export interface ModelOptions {
   training?: StepTrainingOptions;
 }
 
-/** A training step with its step proof (Model.proveTrainStep). */
-export interface ProvedStep {
+/**
+ * A training step with its step proof (Model.proveTrainStep): the proof, and what a
+ * verifier of it gets (VerifiedStep): the Ghost file after the step (the model's now),
+ * the step's number, the canonical output on the batch before it, the loss, the learning
+ * rate and the gradient norm before clipping.
+ */
+export interface ProvedStep extends Pick<VerifiedStep, 'ghost' | 'step' | 'output' | 'loss' | 'lr' | 'gradNorm'> {
   proof: StepProof;
   /** The encoded proof (docs/step-proofs.md). */
   bytes: Uint8Array;
-  /** The Ghost file after the step (the model's now). */
-  ghost: PinnedGhost;
-  /** The step's number (0-based). */
-  step: number;
-  /** The canonical output on the batch before the step, the loss (f64), the learning rate used, the gradient norm before clipping. */
-  output: Float32Array;
-  loss: number;
-  lr: number;
-  gradNorm: number;
 }
 
 /** Limits for the prover's own run of the step computation: its work is its own. */
