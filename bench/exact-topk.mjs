@@ -33,9 +33,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 
+import { loadUsearch } from './lib/peers.mjs';
 import { CORES, ROOT, fmt, fmtBytes, fmtCount, logger, machine, nowMs, randomFloats, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
 const require = createRequire(join(ROOT, 'package.json'));
@@ -44,23 +45,6 @@ const { native } = await import(join(ROOT, 'dist/internal.js'));
 const { BruteforceSearch } = require('hnswlib-node');
 const hnswlibVersion = require('hnswlib-node/package.json').version;
 
-function loadUsearch() {
-  const places = [ROOT, process.env.GT_BENCH_PEERS].filter(Boolean);
-  for (const dir of places) {
-    try {
-      const req = createRequire(join(dir, 'package.json'));
-      const usearch = req('usearch');
-      // usearch's exports map hides package.json: read it beside the resolved entry.
-      let dirOf = dirname(req.resolve('usearch'));
-      while (!existsSync(join(dirOf, 'package.json')) || JSON.parse(readFileSync(join(dirOf, 'package.json'), 'utf8')).name !== 'usearch')
-        dirOf = dirname(dirOf);
-      return { usearch, version: JSON.parse(readFileSync(join(dirOf, 'package.json'), 'utf8')).version, from: dir };
-    } catch (e) {
-      if (e?.code !== 'MODULE_NOT_FOUND' && e?.code !== 'ERR_PACKAGE_PATH_NOT_EXPORTED') throw e;
-    }
-  }
-  return null;
-}
 const peer = loadUsearch();
 
 const QUICK = process.argv.includes('--quick');

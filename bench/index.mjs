@@ -38,10 +38,17 @@
  *   3. For target recalls 0.90, 0.95, 0.99: each library's smallest swept ef reaching
  *      the target and its q/s there, with ratios ours / hnswlib.
  *
+ * usearch (Unum), when present (not a dependency: from node_modules, else from
+ * $GT_BENCH_PEERS, a folder where `npm install usearch` was run), is the third library:
+ * new Index({ metric, connectivity: M, expansion_add: efConstruction, quantization: 'f32' }),
+ * add(keys, rows, all cores) (its build is multi-threaded, so compare it with ours at all
+ * cores), saved once and loaded into an Index with expansion_search = ef for each ef (its
+ * JavaScript API sets ef only at construction), search(q, 10, 1 thread) per query.
+ *
  * Tables go to stdout, progress to stderr; results to bench/results/index.json
  * (--quick writes it too; parameters.quick says which).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -63,11 +70,13 @@ import {
   tryGc,
   writeResults,
 } from './lib/common.mjs';
+import { loadUsearch } from './lib/peers.mjs';
 
 const require = createRequire(join(ROOT, 'package.json'));
 const { SparseTensor, simdInfo } = await import(join(ROOT, 'dist/index.js'));
 const { HierarchicalNSW } = require('hnswlib-node');
 const hnswlibVersion = require('hnswlib-node/package.json').version;
+const peer = loadUsearch();
 
 // ---------------------------------------------------------------- parameters
 
@@ -131,6 +140,7 @@ const results = {
     quick: QUICK,
     ...P,
     hnswlibNode: hnswlibVersion,
+    usearch: peer ? `${peer.version} (from ${peer.from})` : 'not installed (npm install usearch, then GT_BENCH_PEERS=<that folder>)',
     ours: 'SparseTensor.buildHnsw / search / searchBatch (vendored hnswlib, our runtime-dispatched SIMD kernels)',
     hnswlibNodeApi:
       'HierarchicalNSW: initIndex(N, M, efConstruction, seed), addPoint(number[], label) per row, setEf(ef), searchKnn(number[], k) per query; ' +
@@ -343,7 +353,38 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
   if (!Number.isFinite(sink)) throw new Error('non-finite data');
   log(`${key}:   ${fmt(hBuildSec)} s (${fmt(n / hBuildSec)} points/s; row copies to number[] ${fmt(hCopySec)} s of it)`);
 
+  let us = null;
+  if (peer) {
+    const cfg = (ef) => ({
+      metric: metric === 'l2' ? 'l2sq' : 'ip',
+      connectivity: P.M,
+      dimensions: d,
+      expansion_add: P.efConstruction,
+      expansion_search: ef,
+      quantization: 'f32',
+    });
+    log(`${key}: usearch ${peer.version} add x ${fmtCount(n)} (threads ${CORES}) ...`);
+    const idx = new peer.usearch.Index(cfg(64));
+    const keys = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) keys[i] = BigInt(i);
+    cpu0 = process.cpuUsage();
+    t = nowMs();
+    idx.add(keys, data, CORES);
+    const buildSec = (nowMs() - t) / 1e3;
+    const buildCpu = cpuSec(cpu0);
+    if (Number(idx.size()) !== n) throw new Error(`usearch holds ${idx.size()} points, expected ${n}`);
+    const file = join(os.tmpdir(), `gt-bench-index-usearch-${process.pid}-${key}.usearch`);
+    idx.save(file);
+    us = { cfg, file, buildSec, buildCpu };
+    log(`${key}:   ${fmt(buildSec)} s (${fmt(n / buildSec)} points/s; process CPU ${fmt(buildCpu)} s)`);
+    tryGc();
+  }
+
   out.build = {
+    usearchSec: us ? round(us.buildSec) : null,
+    usearchCpuSec: us ? round(us.buildCpu) : null,
+    usearchThreads: us ? CORES : null,
+    ratioUsearchOverOursAllCores: us ? round(us.buildSec / buildAllSec) : null,
     M: P.M,
     efConstruction: P.efConstruction,
     seed: P.seed,
@@ -372,6 +413,7 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
   const qArrays = qSingle.map((q) => Array.from(q));
   const sweep = [];
   const reached = { ours: false, hnswlib: false };
+  const uIds = new Uint32Array(nq * K);
   for (const ef of P.efSweep) {
     if (ef < K) continue;
     if (ef > n) break;
@@ -381,6 +423,11 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
     const oursIds = new Uint32Array(nq * K);
     const hIds = new Uint32Array(nq * K);
     let batchIds = null;
+    let ui = null;
+    if (us) {
+      ui = new peer.usearch.Index(us.cfg(ef));
+      ui.load(us.file);
+    }
     const modes = {
       ours1q: () => {
         for (let i = 0; i < nq; i++) oursIds.set(tAll.search(qSingle[i], K, opt).ids, i * K);
@@ -394,9 +441,17 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
       oursBatch: async () => {
         batchIds = (await tAll.searchBatch(queries, K, batchOpt)).ids;
       },
+      ...(ui && {
+        usearch1q: () => {
+          for (let i = 0; i < nq; i++) {
+            const m = ui.search(qSingle[i], K, 1);
+            for (let j = 0; j < K; j++) uIds[i * K + j] = Number(m.keys[j]);
+          }
+        },
+      }),
     };
-    const ms = { ours1q: [], hnswlib1q: [], oursBatch: [] };
-    const spent = { ours1q: 0, hnswlib1q: 0, oursBatch: 0 };
+    const ms = Object.fromEntries(Object.keys(modes).map((m) => [m, []]));
+    const spent = Object.fromEntries(Object.keys(modes).map((m) => [m, 0]));
     // round 0 is the warm-up (its results give the recall); untimed unless every mode is slow
     const warm = {};
     for (const [m, fn] of Object.entries(modes)) {
@@ -421,6 +476,7 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
     const recallOurs = recallOf(oursIds, truth, nq, K);
     const recallH = recallOf(hIds, truth, nq, K);
     const recallBatch = recallOf(batchIds, truth, nq, K);
+    const recallU = ui ? recallOf(uIds, truth, nq, K) : null;
     let batchSame = 0;
     for (let i = 0; i < nq * K; i++) if (batchIds[i] === oursIds[i]) batchSame++;
     const recall1tGraph = t1 ? recallOf((await t1.searchBatch(queries, K, batchOpt)).ids, truth, nq, K) : null;
@@ -436,21 +492,26 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
       ours1q: qps(ms.ours1q, nq),
       oursBatch: qps(ms.oursBatch, nq),
       hnswlib1q: qps(ms.hnswlib1q, nq),
+      recallUsearch: ui ? round(recallU) : null,
+      usearch1q: ui ? qps(ms.usearch1q, nq) : null,
     };
     row.ratio1q = round(row.ours1q.median / row.hnswlib1q.median);
+    row.ratio1qUsearch = ui ? round(row.ours1q.median / row.usearch1q.median) : null;
     row.ratioBatchOverHnswlib1q = round(row.oursBatch.median / row.hnswlib1q.median);
     if (batchSame !== nq * K || recallBatch !== recallOurs)
       checks.push(`${key} ef=${ef}: searchBatch ids differ from search in ${nq * K - batchSame} of ${nq * K} places`);
     sweep.push(row);
     log(
       `${key}: ef=${ef}: recall ours ${fmt(recallOurs, 4)} (1t graph ${fmt(recall1tGraph, 4)}), hnswlib ${fmt(recallH, 4)}; ` +
-        `q/s ours 1q ${fmt(row.ours1q.median)}, batch ${fmt(row.oursBatch.median)}, hnswlib 1q ${fmt(row.hnswlib1q.median)} ` +
+        `q/s ours 1q ${fmt(row.ours1q.median)}, batch ${fmt(row.oursBatch.median)}, hnswlib 1q ${fmt(row.hnswlib1q.median)}` +
+        (ui ? `, usearch 1q ${fmt(row.usearch1q.median)} (recall ${fmt(recallU, 4)}) ` : ' ') +
         `(${row.ours1q.rounds} rounds)`,
     );
     if (recallOurs >= P.stopWhenBothReach) reached.ours = true;
     if (recallH >= P.stopWhenBothReach) reached.hnswlib = true;
     if (reached.ours && reached.hnswlib) break;
   }
+  if (us) rmSync(us.file, { force: true });
   out.sweep = sweep;
   out.sweepStoppedAt = sweep[sweep.length - 1].ef;
   if (!(reached.ours && reached.hnswlib))
@@ -464,6 +525,10 @@ async function runDataset({ key, title, data, d, metric, queries, dataNote }) {
     const row = { target };
     if (o) row.ours = { ef: o.ef, recall: o.recallOurs, qps1q: o.ours1q.median, qpsBatch: o.oursBatch.median, batchThreads: CORES };
     if (hh) row.hnswlib = { ef: hh.ef, recall: hh.recallHnswlib, qps1q: hh.hnswlib1q.median };
+    const uu = us ? sweep.find((r) => r.recallUsearch >= target) : null;
+    if (uu) row.usearch = { ef: uu.ef, recall: uu.recallUsearch, qps1q: uu.usearch1q.median };
+    if (o && uu) row.ratio1qUsearch = round(o.ours1q.median / uu.usearch1q.median);
+    else if (us) row.ratio1qUsearch = null;
     if (o && hh) {
       row.ratio1q = round(o.ours1q.median / hh.hnswlib1q.median);
       row.ratioBatchOverHnswlib1q = round(o.oursBatch.median / hh.hnswlib1q.median);
@@ -543,6 +608,12 @@ table(
     { key: 'hnswlibRowCopySec', header: '(of it: number[] copy s)' },
     { key: 'ratioHnswlibOverOurs1Thread', header: 'hnswlib / ours 1t' },
     { key: 'ratioHnswlibOverOursAllCores', header: `hnswlib / ours ${CORES}t` },
+    ...(peer
+      ? [
+          { key: 'usearchSec', header: `usearch ${CORES}t s` },
+          { key: 'ratioUsearchOverOursAllCores', header: `usearch / ours ${CORES}t` },
+        ]
+      : []),
   ],
   {
     title: `1. HNSW build time, M=${P.M}, efConstruction=${P.efConstruction}, seed ${P.seed}`,
@@ -567,6 +638,9 @@ for (const r of results.datasets) {
       h1: s.hnswlib1q.median,
       ratio: s.ratio1q,
       ratioB: s.ratioBatchOverHnswlib1q,
+      rU: s.recallUsearch,
+      u1: s.usearch1q?.median,
+      ratioU: s.ratio1qUsearch,
     })),
     [
       { key: 'ef', header: 'ef' },
@@ -578,6 +652,13 @@ for (const r of results.datasets) {
       { key: 'h1', header: 'hnswlib 1q q/s' },
       { key: 'ratio', header: 'ours/hnswlib 1q' },
       { key: 'ratioB', header: `ours ${CORES}t / hnswlib 1q` },
+      ...(peer
+        ? [
+            { key: 'rU', header: 'recall usearch', format: (v) => v.toFixed(4) },
+            { key: 'u1', header: 'usearch 1q q/s' },
+            { key: 'ratioU', header: 'ours/usearch 1q' },
+          ]
+        : []),
     ],
     {
       title: `2${r.key}. Recall@${P.k} vs ef: ${dsLabel(r)}, ${r.queries} queries`,
@@ -607,6 +688,9 @@ for (const r of results.datasets)
       ratio: t.ratio1q,
       ratioB: t.ratioBatchOverHnswlib1q,
       ratioBC: t.ratioBatchOverHnswlib1qTimesCores,
+      efU: t.usearch?.ef ?? 'not reached',
+      u1: t.usearch?.qps1q,
+      ratioU: t.ratio1qUsearch,
     });
 table(
   targetRows,
@@ -621,6 +705,13 @@ table(
     { key: 'ratio', header: 'ours/hnswlib 1q' },
     { key: 'ratioB', header: `ours ${CORES}t / hnswlib 1q` },
     { key: 'ratioBC', header: `ours ${CORES}t / (hnswlib 1q x ${CORES})` },
+    ...(peer
+      ? [
+          { key: 'efU', header: 'usearch ef' },
+          { key: 'u1', header: 'usearch 1q q/s' },
+          { key: 'ratioU', header: 'ours/usearch 1q' },
+        ]
+      : []),
   ],
   {
     title: `3. Queries/s at target recall@${P.k} (smallest swept ef reaching it, per library)`,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -12,6 +13,9 @@
 
 #if !defined(_WIN32)
 #include <unistd.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 #include "../../third_party/blake3/blake3.h"
@@ -34,6 +38,41 @@ struct HnswIndex::Space : public hnswlib::SpaceInterface<float> {
 };
 
 namespace {
+bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "off") == 0;
+}
+
+// Asks Linux for transparent huge pages under the graph's base layer (vectors and level-0
+// links, ~400 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
+// pages nearly every hop also misses the TLB. Advice only: nothing changes where the
+// kernel has THP off, and the bytes are the same. The whole 2 MiB pages inside the
+// block are advised (malloc's block is page-aligned at best). GHOST_TENSOR_HUGE_PAGES=off
+// (read at each build, load or resize) leaves them out, to measure what they give
+// (bench/hnsw-memory.mjs).
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (env_off("GHOST_TENSOR_HUGE_PAGES")) return;
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// The graph's memory settings, at each build, load or resize: huge pages under its base
+// layer, and whether a search prefetches all of a node's unvisited neighbours before
+// scoring them (vendored hnswalg.h, searchBaseLayerST; rows of at most 512 bytes only:
+// on wider rows the extra prefetches cost more than they hide). GHOST_TENSOR_HNSW_PREFETCH=off
+// turns the latter off, to measure it.
+void advise_graph(hnswlib::HierarchicalNSW<float>& g) {
+  advise_huge_pages(g.data_level0_memory_, g.max_elements_ * g.size_data_per_element_);
+  g.gt_prefetch_all_ = !env_off("GHOST_TENSOR_HNSW_PREFETCH");
+}
+
 void check_params(const HnswParams& p) {
   if (p.M < 2 || p.M > 256) throw Error(ErrorCode::OutOfRange, "M must be in 2..256");
   if (p.ef_construction < 1 || p.ef_construction > 100000)
@@ -53,6 +92,7 @@ HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t thre
   const size_t n = tensor_.size();
   graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::max<size_t>(n, 1), params_.M,
                                                              params_.ef_construction, params_.seed);
+  advise_graph(*graph_);  // before addPoint first touches the pages
   graph_->setEf(1);  // the per-call ef is passed as the candidate count instead
   dirty_.assign(n, 0);
   parallel_for(n, n < 1000 ? 1 : threads, [&](size_t b, size_t e, size_t) {
@@ -138,6 +178,7 @@ HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, const std::
   }
   if (graph_->cur_element_count != tensor_.size() || graph_->data_size_ != tensor_.dim() * sizeof(float))
     throw Error(ErrorCode::InvalidArgument, "the saved HNSW graph does not match this tensor (rows or dim differ)");
+  advise_graph(*graph_);  // already filled: khugepaged may collapse its pages later
   for (size_t i = 0; i < tensor_.size(); ++i)
     if (graph_->label_lookup_.find(i) == graph_->label_lookup_.end())
       throw Error(ErrorCode::InvalidArgument, "the saved HNSW graph lacks row " + std::to_string(i));
@@ -253,7 +294,10 @@ size_t HnswIndex::refresh_locked(size_t budget, size_t threads) {
     return 0;
   }
   const size_t need = *std::max_element(todo.begin(), todo.end()) + 1;
-  if (need > graph_->max_elements_) graph_->resizeIndex(std::max(need, graph_->max_elements_ * 3 / 2));
+  if (need > graph_->max_elements_) {
+    graph_->resizeIndex(std::max(need, graph_->max_elements_ * 3 / 2));
+    advise_graph(*graph_);  // realloc may have moved the base layer
+  }
   // A row already in the graph gets its vector replaced and its own links repaired
   // (updatePoint); a new row is inserted.
   std::vector<hnswlib::tableint> internal(todo.size());

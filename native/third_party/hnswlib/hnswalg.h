@@ -23,6 +23,7 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
     size_t max_elements_{0};
     mutable std::atomic<size_t> cur_element_count{0};  // current number of elements
     size_t size_data_per_element_{0};
+    bool gt_prefetch_all_{true};  // ghost-tensor: see searchBaseLayerST
     size_t size_links_per_element_{0};
     mutable std::atomic<size_t> num_deleted_{0};  // number of deleted elements
     size_t M_{0};
@@ -375,6 +376,19 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
             _mm_prefetch((char *) (visited_array + *(data + 1) + 64), _MM_HINT_T0);
             _mm_prefetch(data_level0_memory_ + (*(data + 1)) * size_data_per_element_ + offsetData_, _MM_HINT_T0);
             _mm_prefetch((char *) (data + 2), _MM_HINT_T0);
+            // ghost-tensor: on rows of at most 512 bytes, prefetch the vectors of every
+            // neighbour not yet visited before scoring any, so their misses overlap instead
+            // of coming one neighbour ahead (the loop below still prefetches the next one).
+            // gt_prefetch_all_ is set by native/src/core/hnsw_index.cc.
+            if (gt_prefetch_all_ && data_size_ <= 512) {
+                const size_t lines = data_size_;
+                for (size_t j = 1; j <= size; j++) {
+                    const tableint c = (tableint) *(data + j);
+                    if (visited_array[c] == visited_array_tag) continue;
+                    const char *p = data_level0_memory_ + c * size_data_per_element_ + offsetData_;
+                    for (size_t off = 0; off < lines; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+                }
+            }
 #endif
 
             for (size_t j = 1; j <= size; j++) {
