@@ -12,7 +12,7 @@
  * the step's own batch (the step is deterministic), then its digest must equal the
  * verified one.
  */
-import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,15 +20,17 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { GossipSub, Message, TopicValidatorResult as TVR } from '@libp2p/gossipsub';
 
 import { bytesEqual } from '../shared/bytes.js';
-import { FormatError, InvalidArgumentError, P2PError, ProofError } from '../shared/errors.js';
+import { FormatError, InvalidArgumentError, P2PError, ProofError, StorageError } from '../shared/errors.js';
 import { Model } from '../model/model.js';
 import type { StepBatch } from '../model/train/step-training.js';
 import { decodeProof, type StepProof } from '../verify/proof-format.js';
-import type { PinnedGhost } from '../verify/proof-verify.js';
+import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
 import { loadHasher } from '../verify/merkle.js';
 import {
+  CHECKPOINT_FILE_NAME, CHECKPOINT_LIMITS, SWARM_CHECKPOINT_PROTOCOL, decodeCheckpointRequest, decodeCheckpointResponse, encodeCheckpointRequest, encodeCheckpointResponse,
+  type CheckpointFile, type CheckpointRequest, type CheckpointResponse,
   SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogAnnouncement, decodeLogEntry, encodeLogAnnouncement, isLogAnnouncement, decodeLogRequest, decodeLogResponse, decodeStepMessage,
   encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogResponse,
 } from './frames.js';
@@ -61,12 +63,43 @@ export interface SwarmOptions extends HostOptions {
    * then crosses the network about once per peer instead of once per gossipsub link.
    */
   announce?: 'entry' | 'digest';
+  /**
+   * How catchUp() joins (default 0): 0 fetches and verifies every log entry from the
+   * peer's generation; 'checkpoint' first fetches a recent checkpoint (the Ghost file, the
+   * tensor files and the optimizer state) from a peer, checks that its Ghost digest is on
+   * the chain the sequencer's log entries name (their headers, not re-verified) and every
+   * root against the fetched bytes (Model.load), then verifies the log from there.
+   */
+  verifyFrom?: 0 | 'checkpoint';
+  /** Where fetched checkpoints are written (a directory per checkpoint; default a temporary directory removed by stop()). */
+  checkpointDir?: string;
+  /** Bytes a fetched checkpoint may have in all (checked on its file list before any is fetched; default 4 GiB). */
+  maxCheckpointBytes?: number;
+  /** One checkpoint fetch in all (file list, chunks), ms (default 120 000). */
+  checkpointTimeoutMs?: number;
+}
+
+/** catchUp()'s options. */
+export interface CatchUpOptions {
+  /** Overrides SwarmOptions.verifyFrom for this call. */
+  verifyFrom?: 0 | 'checkpoint';
+  /** Peers to ask for a checkpoint, in order (default: every connected peer, the sequencer last). */
+  checkpointPeers?: string[];
+}
+
+/** A checkpoint this peer serves: a Model.save of its replica at `generation`. */
+interface Snapshot {
+  generation: number;
+  digest: Uint8Array;
+  root: string;
+  dir: string;
+  files: CheckpointFile[];
 }
 
 /** Why a message was refused (SwarmPeer.events). */
 export interface SwarmRejection {
   peer: string;
-  topic: 'steps' | 'log' | 'fetch';
+  topic: 'steps' | 'log' | 'fetch' | 'checkpoint';
   reason: string;
 }
 
@@ -81,6 +114,8 @@ export interface SwarmStats {
   rejected: number;
   /** Log entries fetched over the request/response protocol. */
   fetched: number;
+  /** Checkpoints fetched, checked and installed (catchUp with verifyFrom 'checkpoint'). */
+  checkpoints: number;
   /** Payload bytes of gossipsub messages received (before dedup by gossipsub: those that reached validation) and of fetch responses. */
   bytesIn: number;
   /** Payload bytes this peer published (times the peers gossipsub sent each message to) and answered. */
@@ -102,7 +137,7 @@ export class SwarmPeer {
   readonly genesis: Uint8Array;
   readonly sequencer: string;
   readonly topics: { steps: string; log: string };
-  readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, bytesIn: 0, bytesOut: 0 };
+  readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, checkpoints: 0, bytesIn: 0, bytesOut: 0 };
   readonly rejections: SwarmRejection[] = [];
   /** Peers disconnected and refused for misbehaviour. */
   readonly banned: Set<string>;
@@ -128,6 +163,14 @@ export class SwarmPeer {
   #redialing = false;
   readonly #redialMs: number;
   readonly #announce: 'entry' | 'digest';
+  readonly #verifyFrom: 0 | 'checkpoint';
+  readonly #checkpointDir: string | undefined;
+  readonly #maxCheckpointBytes: number;
+  readonly #checkpointTimeoutMs: number;
+  /** Checkpoints served (the newest last; two kept so a fetch under way survives one step). */
+  readonly #snapshots: Snapshot[] = [];
+  /** Directories this peer created for fetched checkpoints (removed by stop() unless under checkpointDir). */
+  readonly #tempDirs: string[] = [];
 
   private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
     this.libp2p = libp2p;
@@ -140,6 +183,11 @@ export class SwarmPeer {
     this.#redialMs = options.redialMs ?? 500;
     if (options.announce !== undefined && options.announce !== 'entry' && options.announce !== 'digest') throw new InvalidArgumentError("announce must be 'entry' or 'digest'");
     this.#announce = options.announce ?? 'entry';
+    if (options.verifyFrom !== undefined && options.verifyFrom !== 0 && options.verifyFrom !== 'checkpoint') throw new InvalidArgumentError("verifyFrom must be 0 or 'checkpoint'");
+    this.#verifyFrom = options.verifyFrom ?? 0;
+    this.#checkpointDir = options.checkpointDir;
+    this.#maxCheckpointBytes = options.maxCheckpointBytes ?? 4 * 2 ** 30;
+    this.#checkpointTimeoutMs = options.checkpointTimeoutMs ?? 120_000;
     this.#head = head;
     this.#model = options.model;
     this.#digests.set(this.generation, hex(head.digest));
@@ -195,6 +243,7 @@ export class SwarmPeer {
       throw err;
     }
     await host.handle(SWARM_LOG_PROTOCOL, (stream, conn) => peer.#serve(stream, conn), { maxInboundStreams: 16 });
+    await host.handle(SWARM_CHECKPOINT_PROTOCOL, (stream) => peer.#serveCheckpoint(stream), { maxInboundStreams: 8 });
     return peer;
   }
 
@@ -299,8 +348,12 @@ export class SwarmPeer {
    * `from` (a peer id; default the sequencer, then any connected peer) until that peer
    * has none newer. Returns the generation reached.
    */
-  async catchUp(from?: string): Promise<number> {
+  async catchUp(from?: string, options: CatchUpOptions = {}): Promise<number> {
     return this.#serial(async () => {
+      if ((options.verifyFrom ?? this.#verifyFrom) === 'checkpoint' && !this.isSequencer) {
+        const others = this.libp2p.getPeers().map(String).filter((p) => p !== this.sequencer);
+        await this.#joinByCheckpoint(options.checkpointPeers ?? [...(from ? [from] : []), ...others, this.sequencer]);
+      }
       const candidates = from ? [from] : [this.sequencer, ...this.libp2p.getPeers().map(String).filter((p) => p !== this.sequencer)];
       for (const p of candidates) {
         if (p === this.peerId || this.banned.has(p)) continue;
@@ -330,6 +383,8 @@ export class SwarmPeer {
     this.#logFd = undefined;
     this.#scratch?.close();
     this.#scratch = undefined;
+    for (const s of this.#snapshots.splice(0)) rmSync(s.root, { recursive: true, force: true });
+    for (const d of this.#tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
   }
 
   // --- internals -------------------------------------------------------------------
@@ -391,6 +446,240 @@ export class SwarmPeer {
     this.#scratchGen = this.generation;
     this.#pending = undefined;
     return this.#scratch;
+  }
+
+  // --- checkpoints ---------------------------------------------------------------
+
+  /** The checkpoint this peer serves: a save of its replica at the head (made again once the head moved). */
+  async #snapshot(): Promise<Snapshot | undefined> {
+    if (!this.#model || this.#stopped) return undefined;
+    return this.#serial(async () => {
+      const last = this.#snapshots.at(-1);
+      if (last && last.generation === this.generation) return last;
+      const root = mkdtempSync(join(tmpdir(), 'gt-swarm-cp-'));
+      try {
+        const dir = join(root, 'm');
+        const ghost = await this.#model!.save(dir);
+        const names = [...readdirSync(dir), ...readdirSync(join(dir, 'tensors')).map((f) => `tensors/${f}`)].filter((n) => CHECKPOINT_FILE_NAME.test(n));
+        names.sort((a, b) => (a === 'ghost.bin' ? -1 : b === 'ghost.bin' ? 1 : a < b ? -1 : a > b ? 1 : 0));
+        const files = names.map((name) => {
+          const fd = openSync(join(dir, name), 'r');
+          try {
+            return { name, size: fstatSync(fd).size };
+          } finally {
+            closeSync(fd);
+          }
+        });
+        const snap: Snapshot = { generation: this.generation, digest: ghost.digest, root, dir, files };
+        this.#snapshots.push(snap);
+        while (this.#snapshots.length > 2) rmSync(this.#snapshots.shift()!.root, { recursive: true, force: true });
+        return snap;
+      } catch (err) {
+        rmSync(root, { recursive: true, force: true });
+        throw err;
+      }
+    });
+  }
+
+  /** Answers one checkpoint request: the latest checkpoint's file list, or a chunk of one of its files. */
+  async #serveCheckpoint(stream: Stream): Promise<void> {
+    const hard = setTimeout(() => stream.abort(new Error('ghost-tensor swarm: stream deadline')), 30_000);
+    hard.unref();
+    stream.addEventListener('close', () => clearTimeout(hard), { once: true });
+    try {
+      let res: CheckpointResponse;
+      try {
+        const q = decodeCheckpointRequest(await readFrame(stream, CHECKPOINT_LIMITS.requestBytes, 10_000));
+        const notHeld: CheckpointResponse = q.what === 'list'
+          ? { requestId: q.requestId, status: 'NOT_HELD', what: 'list', generation: this.generation, digest: this.#head.digest, files: [] }
+          : { requestId: q.requestId, status: 'NOT_HELD', what: 'chunk', bytes: new Uint8Array(0) };
+        if (!bytesEqual(q.genesis, this.genesis)) res = { ...notHeld, status: 'WRONG_SWARM' };
+        else if (q.what === 'list') {
+          const snap = await this.#snapshot();
+          res = snap ? { requestId: q.requestId, status: 'OK', what: 'list', generation: snap.generation, digest: snap.digest, files: snap.files } : notHeld;
+        } else {
+          const snap = this.#snapshots.find((x) => bytesEqual(x.digest, q.digest));
+          const f = snap?.files[q.file];
+          if (!snap || !f) res = notHeld;
+          else if (q.offset >= f.size) res = { ...notHeld, status: 'MALFORMED' };
+          else {
+            const n = Math.min(q.length, f.size - q.offset);
+            const bytes = new Uint8Array(n);
+            const fd = openSync(join(snap.dir, f.name), 'r');
+            try {
+              for (let at = 0; at < n; ) {
+                const k = readSync(fd, bytes, at, n - at, q.offset + at);
+                if (k === 0) throw new Error('internal: a checkpoint file is shorter than listed');
+                at += k;
+              }
+            } finally {
+              closeSync(fd);
+            }
+            res = { requestId: q.requestId, status: 'OK', what: 'chunk', bytes };
+          }
+        }
+      } catch (err) {
+        if (!(err instanceof FormatError) && !(err instanceof FrameReadError)) throw err;
+        res = { requestId: 0, status: 'MALFORMED', what: 'chunk', bytes: new Uint8Array(0) };
+      }
+      const signal = deadlineSignal(30_000);
+      const out = encodeCheckpointResponse(res);
+      this.stats.bytesOut += out.length;
+      await writeFrame(stream, out, signal);
+      await stream.close({ signal });
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  async #checkpointRequest(peer: string, q: CheckpointRequest, signal: AbortSignal): Promise<CheckpointResponse> {
+    const stream = await this.libp2p.dialProtocol(await toPeerId(peer), SWARM_CHECKPOINT_PROTOCOL, { signal: deadlineSignal(this.#fetchTimeoutMs, signal) });
+    try {
+      await writeFrame(stream, encodeCheckpointRequest(q), signal);
+      await stream.close({ signal });
+      const payload = await readFrame(stream, CHECKPOINT_LIMITS.responseBytes, this.#fetchTimeoutMs);
+      this.stats.bytesIn += payload.length;
+      const res = decodeCheckpointResponse(payload);
+      if (res.requestId !== q.requestId || res.what !== q.what) throw new FormatError('BAD_VALUE', 'a response to another request');
+      return res;
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+      if (err instanceof FormatError) this.#strike(peer, 'checkpoint', err.message);
+      throw err;
+    }
+  }
+
+  /**
+   * The Ghost digests of the chain from this peer's generation to `until`, as the
+   * sequencer's log entries name them: each entry's proof header names the Ghost file
+   * it was made against and the one after it (the steps are not verified here). Null
+   * when the sequencer cannot be asked or answers a broken chain (its entries are then
+   * not trusted for this); 'short' when the sequencer's log ends before `until`.
+   */
+  async #chainTo(until: number, known: Map<number, string>): Promise<Map<number, string> | 'short' | null> {
+    if (this.isSequencer || this.banned.has(this.sequencer)) return null;
+    let g = Math.max(...[...known.keys()].filter((k) => k >= this.generation));
+    try {
+      while (g < until) {
+        const res = await this.#request(this.sequencer, g, Math.min(SWARM_LIMITS.entries, 256, until - g));
+        if (res.status === 'OK' && res.entries.length === 0 && res.head <= g) return 'short';
+        if (res.status !== 'OK' || res.entries.length === 0) return null;
+          for (const e of res.entries) {
+          if (e.generation !== g) return null;
+          const p = decodeProof(e.proof);
+          if (p.kind !== 'step' || p.step !== g || hex(p.ghost) !== known.get(g)) {
+            this.#strike(this.sequencer, 'fetch', `the log entry of generation ${g} does not continue the chain`);
+            return null;
+          }
+          known.set(g + 1, hex(p.newGhost));
+          g++;
+          if (g >= until) break;
+        }
+      }
+      return known;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Joins by a checkpoint: asks `candidates` in order for their latest checkpoint, and
+   * installs the first that is ahead of this peer, on the chain (#chainTo) and whose
+   * files load (Model.load with the chain's digest: every tensor root, the optimizer
+   * state root and the Ghost file checked against the fetched bytes). A peer serving a
+   * checkpoint off the chain or with damaged files is struck. Returns whether one was
+   * installed; catchUp() then verifies the log from there.
+   */
+  async #joinByCheckpoint(candidates: string[]): Promise<boolean> {
+    const known = new Map<number, string>([[this.generation, hex(this.#head.digest)]]);
+    const deadline = deadlineSignal(this.#checkpointTimeoutMs);
+    const tried = new Set<string>();
+    for (const p of candidates) {
+      if (p === this.peerId || this.banned.has(p) || tried.has(p) || deadline.aborted) continue;
+      tried.add(p);
+      let list: CheckpointResponse;
+      try {
+        list = await this.#checkpointRequest(p, { requestId: this.#requestId++ >>> 0, genesis: this.genesis, what: 'list' }, deadline);
+      } catch {
+        continue;
+      }
+      if (list.what !== 'list' || list.status !== 'OK' || list.generation <= this.generation) continue;
+      const c = list.generation;
+      const chain = await this.#chainTo(c, known);
+      if (chain === null) return false; // the chain cannot be checked: catchUp() replays the log instead
+      if (chain === 'short') {
+        this.#strike(p, 'checkpoint', `a checkpoint at generation ${c}, beyond the end of the sequencer's log`);
+        continue;
+      }
+      if (chain.get(c) !== hex(list.digest)) {
+        this.#strike(p, 'checkpoint', `a checkpoint at generation ${c} whose Ghost file is not the log's there`);
+        continue;
+      }
+      const total = list.files.reduce((a, f) => a + f.size, 0);
+      const ghostFile = list.files.findIndex((f) => f.name === 'ghost.bin');
+      if (ghostFile < 0 || total > this.#maxCheckpointBytes) {
+        this.#strike(p, 'checkpoint', ghostFile < 0 ? 'a checkpoint without its Ghost file' : `a checkpoint of ${total} bytes (at most ${this.#maxCheckpointBytes})`);
+        continue;
+      }
+      const root = this.#checkpointDir ?? mkdtempSync(join(tmpdir(), 'gt-swarm-join-'));
+      const dir = join(root, `generation-${c}-${hex(list.digest).slice(0, 16)}`);
+      if (this.#checkpointDir === undefined) this.#tempDirs.push(root);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(join(dir, 'tensors'), { recursive: true });
+      const struck = this.stats.rejected;
+      try {
+        // A verify-only peer needs only the Ghost file.
+        const wanted = this.#model ? list.files : [list.files[ghostFile]!];
+        for (const f of wanted) {
+          const fd = openSync(join(dir, f.name), 'wx');
+          try {
+            for (let at = 0; at < f.size; ) {
+              if (deadline.aborted) throw new P2PError('TIMEOUT', `the checkpoint was not fetched within ${this.#checkpointTimeoutMs} ms`);
+              const length = Math.min(CHECKPOINT_LIMITS.chunkBytes, f.size - at);
+              const res = await this.#checkpointRequest(p, { requestId: this.#requestId++ >>> 0, genesis: this.genesis, what: 'chunk', digest: list.digest, file: list.files.indexOf(f), offset: at, length }, deadline);
+              if (res.what !== 'chunk' || res.status !== 'OK') throw new P2PError('NO_PEER', `${p} answered ${res.status} for ${f.name}`);
+              if (res.bytes.length !== length) throw new FormatError('BAD_VALUE', `${f.name}: a chunk of ${res.bytes.length} bytes, asked ${length}`);
+              for (let off = 0; off < length; ) off += writeSync(fd, res.bytes, off, length - off, at + off);
+              at += length;
+            }
+            fsyncSync(fd);
+          } finally {
+            closeSync(fd);
+          }
+        }
+        let head: PinnedGhost, model: Model | undefined;
+        if (this.#model) ({ model, ghost: head } = await Model.load(dir, { expectDigest: list.digest }));
+        else {
+          head = await pinGhost(new Uint8Array(readFileSync(join(dir, 'ghost.bin'))));
+          if (!bytesEqual(head.digest, list.digest)) throw new ProofError('GHOST_MISMATCH', 'the Ghost file is not the listed one');
+        }
+        if (head.manifest.training?.step !== c || !head.manifest.training) {
+          model?.close();
+          throw new ProofError('GHOST_MISMATCH', `the Ghost file is at step ${head.manifest.training?.step}, listed at generation ${c}`);
+        }
+        // Installed: the replica, the head and the chain's digests; the log from here is verified by catchUp().
+        this.#model?.close();
+        this.#model = model;
+        this.#scratch?.close();
+        this.#scratch = undefined;
+        this.#scratchGen = -1;
+        this.#pending = undefined;
+        for (const [g, d] of chain) if (g <= c) this.#digests.set(g, d);
+        this.#head = head;
+        this.stats.checkpoints++;
+        const w = this.#waiters;
+        this.#waiters = [];
+        for (const f of w) f();
+        return true;
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        if (err instanceof ProofError || err instanceof FormatError || err instanceof StorageError) {
+          if (this.stats.rejected === struck) this.#strike(p, 'checkpoint', `${err.constructor.name}: ${err.message}`);
+        }
+        // unreachable, timed out or damaged: the next peer
+      }
+    }
+    return false;
   }
 
   /** Verifies `proof` against the head: the VerifiedStep, or a reason. */
