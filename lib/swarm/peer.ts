@@ -38,8 +38,18 @@ import {
 export interface SwarmOptions extends HostOptions {
   /** Digest of the swarm's generation-0 Ghost file: the swarm's identity (its topics). */
   genesis: Uint8Array;
-  /** Peer id of the sequencer, or 'self' for the sequencer itself. */
-  sequencer: string;
+  /** Peer id of the sequencer, or 'self' for the sequencer itself: the one-item shorthand of `sequencers`. */
+  sequencer?: string;
+  /**
+   * The sequencers in order of takeover (peer ids, 'self' for this peer). The first
+   * sequences; a peer moves to the next when the current one is silent for `takeoverMs`
+   * while a proposal at the head waits, is caught forging (a log entry that does not
+   * verify) or equivocating (two signed entries for one generation), or when a later
+   * one's entry verifies at its head.
+   */
+  sequencers?: string[];
+  /** How long a proposal at the head may wait for the current sequencer before a peer moves to the next, ms (default 10 000). */
+  takeoverMs?: number;
   /** A replica of the model at a generation of the chain (the genesis model, or one loaded from the peer's own directory). Needed to propose steps. */
   model?: Model;
   /** Without a model (a verify-only peer): the Ghost file it starts from (the genesis one). */
@@ -77,6 +87,32 @@ export interface SwarmOptions extends HostOptions {
   maxCheckpointBytes?: number;
   /** One checkpoint fetch in all (file list, chunks), ms (default 120 000). */
   checkpointTimeoutMs?: number;
+}
+
+/** A move to the next sequencer (SwarmPeer.takeovers). */
+export interface SwarmTakeover {
+  /** The sequencer replaced, and the one now followed. */
+  from: string;
+  to: string;
+  /** This peer's generation when it moved. */
+  generation: number;
+  reason: string;
+}
+
+/** One sequencer's signed gossipsub message (topic `log`), as received: checkable by anyone with its public key. */
+export interface SignedLogMessage {
+  from: string;
+  topic: string;
+  data: Uint8Array;
+  sequenceNumber: bigint;
+  signature: Uint8Array;
+}
+
+/** Evidence of equivocation: two different entries for one generation, both signed by `sequencer`. */
+export interface SwarmEquivocation {
+  sequencer: string;
+  generation: number;
+  messages: [SignedLogMessage, SignedLogMessage];
 }
 
 /** catchUp()'s options. */
@@ -135,7 +171,21 @@ export interface ProposeResult {
 export class SwarmPeer {
   readonly libp2p: GhostLibp2p;
   readonly genesis: Uint8Array;
-  readonly sequencer: string;
+  /** The configured sequencers, in order of takeover ('self' resolved to this peer's id). */
+  readonly sequencers: readonly string[];
+  /** Moves to the next sequencer this peer made, in order. */
+  readonly takeovers: SwarmTakeover[] = [];
+  /** Sequencers caught signing two different entries for one generation, with the two signed messages. */
+  readonly equivocations: SwarmEquivocation[] = [];
+  #seqIndex = 0;
+  readonly #takeoverMs: number;
+  /** When a proposal at the head was first made or seen and not yet sequenced (ms). */
+  #waitingSince: number | undefined;
+  /** A standby sequencer: proposals at its head it saw while another sequenced (it sequences them when it takes over). */
+  #held: { from: PeerId; proof: Uint8Array }[] = [];
+  /** The signed log message each entry came in (entries received on gossipsub). */
+  readonly #signed = new Map<number, SignedLogMessage>();
+  #timer: ReturnType<typeof setInterval> | undefined;
   readonly topics: { steps: string; log: string };
   readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, checkpoints: 0, bytesIn: 0, bytesOut: 0 };
   readonly rejections: SwarmRejection[] = [];
@@ -176,7 +226,9 @@ export class SwarmPeer {
     this.libp2p = libp2p;
     this.banned = banned;
     this.genesis = options.genesis;
-    this.sequencer = options.sequencer === 'self' ? libp2p.peerId.toString() : options.sequencer;
+    const self = libp2p.peerId.toString();
+    this.sequencers = (options.sequencers ?? [options.sequencer!]).map((p) => (p === 'self' ? self : p));
+    this.#takeoverMs = options.takeoverMs ?? 10_000;
     this.topics = swarmTopics(options.genesis);
     this.#maxStrikes = options.maxStrikes ?? 1;
     this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
@@ -196,7 +248,12 @@ export class SwarmPeer {
   /** Starts a peer: joins the swarm's topics and serves its log. Call catchUp() to fetch what it missed. */
   static async start(options: SwarmOptions): Promise<SwarmPeer> {
     if (!(options.genesis instanceof Uint8Array) || options.genesis.length !== 32) throw new InvalidArgumentError('genesis must be a 32-byte Ghost digest');
-    if (typeof options.sequencer !== 'string' || options.sequencer.length === 0) throw new InvalidArgumentError('sequencer must be a peer id');
+    const list = options.sequencers ?? (options.sequencer === undefined ? [] : [options.sequencer]);
+    if (options.sequencers !== undefined && options.sequencer !== undefined && !(options.sequencers.length === 1 && options.sequencers[0] === options.sequencer)) throw new InvalidArgumentError('give sequencer or sequencers, not both');
+    if (!Array.isArray(list) || list.length === 0 || list.length > 64 || list.some((p) => typeof p !== 'string' || p.length === 0) || new Set(list).size !== list.length) {
+      throw new InvalidArgumentError('sequencer must be a peer id, or sequencers a list of 1..64 different peer ids');
+    }
+    if (options.takeoverMs !== undefined && !(Number.isFinite(options.takeoverMs) && options.takeoverMs > 0)) throw new InvalidArgumentError('takeoverMs must be a positive number');
     const head = options.model ? await options.model.ghost() : options.ghost;
     if (!head) throw new InvalidArgumentError('a swarm peer needs a model or a Ghost file to start from');
     if (!head.manifest.training) throw new InvalidArgumentError('the model commits no training rule (new Model(layers, { training }))');
@@ -232,9 +289,13 @@ export class SwarmPeer {
     const ps = peer.#pubsub;
     ps.topicValidators.set(topics.log, (from, msg) => peer.#onLog(from, msg));
     ps.subscribe(topics.log);
-    if (peer.isSequencer) {
+    if (peer.sequencers.includes(peer.peerId)) {
       ps.topicValidators.set(topics.steps, (from, msg) => peer.#onStep(from, msg));
       ps.subscribe(topics.steps);
+    }
+    if (peer.sequencers.length > 1) {
+      peer.#timer = setInterval(() => peer.#tick(), Math.max(25, Math.min(1000, peer.#takeoverMs / 4)));
+      peer.#timer.unref();
     }
     try {
       if (options.logFile !== undefined) await peer.#openLog(options.logFile);
@@ -257,6 +318,11 @@ export class SwarmPeer {
 
   get multiaddrs(): string[] {
     return this.libp2p.getMultiaddrs().map(String);
+  }
+
+  /** The sequencer this peer follows now (the first of `sequencers` until a takeover). */
+  get sequencer(): string {
+    return this.sequencers[this.#seqIndex]!;
   }
 
   get isSequencer(): boolean {
@@ -335,6 +401,7 @@ export class SwarmPeer {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
       const data = encodeStepMessage(step.bytes);
+      this.#waitingSince ??= Date.now();
       const sent = await this.#pubsub.publish(this.topics.steps, data);
       this.stats.bytesOut += data.length * Math.max(1, sent.recipients.length);
     }
@@ -377,6 +444,7 @@ export class SwarmPeer {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
     await this.libp2p.stop();
     await this.#queue;
     if (this.#logFd !== undefined) closeSync(this.#logFd);
@@ -397,8 +465,9 @@ export class SwarmPeer {
     if (this.#redialing) return;
     this.#redialing = true;
     try {
-      const id = await toPeerId(this.sequencer);
-      while (!this.#stopped && !this.banned.has(this.sequencer)) {
+      const target = this.sequencer;
+      const id = await toPeerId(target);
+      while (!this.#stopped && !this.banned.has(target) && this.sequencer === target) {
         await new Promise((r) => setTimeout(r, this.#redialMs));
         if (this.#stopped) return;
         if (this.libp2p.getConnections(id).length > 0) break;
@@ -409,7 +478,7 @@ export class SwarmPeer {
           // not back yet
         }
       }
-      if (!this.#stopped && !this.banned.has(this.sequencer)) await this.catchUp(this.sequencer).catch(() => {});
+      if (!this.#stopped && !this.banned.has(target) && this.sequencer === target) await this.catchUp(target).catch(() => {});
     } finally {
       this.#redialing = false;
     }
@@ -429,6 +498,7 @@ export class SwarmPeer {
     if (n >= this.#maxStrikes && !this.banned.has(peer)) {
       this.banned.add(peer);
       void toPeerId(peer).then((id) => this.libp2p.hangUp(id)).catch(() => {});
+      if (peer === this.sequencer && !this.isSequencer) void this.#advance(`the sequencer was caught: ${reason}`);
     }
   }
 
@@ -753,6 +823,8 @@ export class SwarmPeer {
       }
     }
     this.#log.set(g, proof);
+    this.#waitingSince = undefined;
+    this.#held = [];
     this.#head = v.ghost;
     this.#digests.set(g + 1, hex(v.ghost.digest));
     this.stats.applied++;
@@ -772,7 +844,59 @@ export class SwarmPeer {
       this.#strike(from.toString(), 'steps', (err as Error).message);
       return V.Reject;
     }
+    if (!this.isSequencer) {
+      // A standby sequencer: it keeps proposals at its head, to time the current
+      // sequencer's silence and to sequence them if it takes over.
+      try {
+        const p = decodeProof(proof);
+        if (p.kind === 'step' && p.step === this.generation && bytesEqual(p.ghost, this.#head.digest) && this.#held.length < 16) {
+          this.#held.push({ from, proof });
+          this.#waitingSince ??= Date.now();
+        }
+      } catch {
+        // judged by the sequencer that sequences it
+      }
+      return V.Ignore;
+    }
     return this.#serial(() => this.#sequence(from, proof));
+  }
+
+  /** Every few hundred ms: move to the next sequencer when a proposal at the head has waited `takeoverMs`. */
+  #tick(): void {
+    if (this.#stopped || this.isSequencer || this.#waitingSince === undefined) return;
+    if (Date.now() - this.#waitingSince < this.#takeoverMs) return;
+    void this.#advance(`silent for ${this.#takeoverMs} ms with a proposal pending at generation ${this.generation}`);
+  }
+
+  /**
+   * Follows the sequencer at index `to` (default the next). A peer that becomes the
+   * sequencer first fetches, verifying each, the entries any connected peer holds beyond
+   * its head (the highest verified generation it can reach), then sequences the
+   * proposals it held; a trainer sends its pending proposal again.
+   */
+  async #advance(reason: string, to = this.#seqIndex + 1): Promise<void> {
+    if (this.#stopped || to <= this.#seqIndex || to >= this.sequencers.length) return;
+    const from = this.sequencer;
+    this.#seqIndex = to;
+    this.#waitingSince = undefined;
+    this.takeovers.push({ from, to: this.sequencer, generation: this.generation, reason });
+    if (this.isSequencer) {
+      await this.#serial(async () => {
+        for (const p of this.libp2p.getPeers().map(String)) {
+          if (p === from || this.banned.has(p)) continue;
+          await this.#fetchFrom(p, Infinity).catch(() => {});
+        }
+        const held = this.#held;
+        this.#held = [];
+        for (const h of held) if ((await this.#sequence(h.from, h.proof)) === this.#V.Accept) break;
+      }).catch(() => {});
+    } else if (this.#pending !== undefined && this.#scratchGen === this.generation) {
+      const pending = this.#pending;
+      this.#waitingSince = Date.now();
+      await this.ready()
+        .then(() => (this.#stopped || this.#pending !== pending ? undefined : this.#pubsub.publish(this.topics.steps, encodeStepMessage(pending))))
+        .catch(() => {});
+    }
   }
 
   async #sequence(from: PeerId, proof: Uint8Array): Promise<TVR> {
@@ -815,17 +939,23 @@ export class SwarmPeer {
     return V.Accept;
   }
 
-  /** Every peer: a log entry (only the sequencer's, signed). */
+  /**
+   * Every peer: a log entry, signed by a configured sequencer: the current one, or a
+   * later one in the list (followed from then on once its entry verifies). An earlier,
+   * replaced one's is ignored.
+   */
   async #onLog(from: PeerId, msg: Message): Promise<TVR> {
     const V = this.#V;
     const who = from.toString();
     this.stats.bytesIn += msg.data.length;
-    if (msg.type !== 'signed' || msg.from.toString() !== this.sequencer) {
-      this.#strike(who, 'log', 'a log entry not signed by the sequencer');
+    const k = msg.type === 'signed' ? this.sequencers.indexOf(msg.from.toString()) : -1;
+    if (msg.type !== 'signed' || k < 0) {
+      this.#strike(who, 'log', 'a log entry not signed by a sequencer');
       return V.Reject;
     }
-    if (this.isSequencer) return V.Ignore;
-    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data);
+    if (k < this.#seqIndex || (k === this.#seqIndex && this.isSequencer)) return V.Ignore;
+    const author = msg.from.toString();
+    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data, k);
     let e: ReturnType<typeof decodeLogEntry>;
     try {
       e = decodeLogEntry(msg.data);
@@ -837,11 +967,23 @@ export class SwarmPeer {
       this.#strike(who, 'log', 'a log entry of another swarm');
       return V.Reject;
     }
+    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
     return this.#serial(async () => {
-      if (e.generation < this.generation) return V.Ignore;
+      if (e.generation < this.generation) {
+        // Equivocation: another entry for a generation this peer holds, both signed by one sequencer.
+        const mine = this.#signed.get(e.generation);
+        const held = this.#log.get(e.generation);
+        if (held && mine && mine.from === author && !bytesEqual(held, e.proof)) {
+          this.equivocations.push({ sequencer: author, generation: e.generation, messages: [mine, signed] });
+          this.#strike(author, 'log', `equivocation: two signed entries for generation ${e.generation}`);
+          if (author !== who) return V.Ignore; // the forwarder did nothing wrong
+          return V.Reject;
+        }
+        return V.Ignore;
+      }
       if (e.generation > this.generation) {
-        // Missed entries: fetch them from whoever sent this one, then the sequencer.
-        for (const p of [who, this.sequencer]) {
+        // Missed entries: fetch them from whoever sent this one, then its author.
+        for (const p of [who, author]) {
           if (this.generation >= e.generation || p === this.peerId || this.banned.has(p)) continue;
           await this.#fetchFrom(p, e.generation).catch(() => {});
         }
@@ -853,6 +995,8 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(e.proof, v);
+      this.#signed.set(e.generation, signed);
+      if (k > this.#seqIndex) void this.#advance(`an entry of ${author}, later in the list, verified at generation ${e.generation}`, k);
       return V.Accept;
     });
   }
@@ -864,7 +1008,7 @@ export class SwarmPeer {
    * struck), then it is verified and applied as a whole entry is. Forwarded only once
    * applied, so whoever receives it from this peer can fetch the proof here.
    */
-  async #onAnnouncement(who: string, data: Uint8Array): Promise<TVR> {
+  async #onAnnouncement(who: string, data: Uint8Array, k: number): Promise<TVR> {
     const V = this.#V;
     let a: ReturnType<typeof decodeLogAnnouncement>;
     try {
@@ -907,6 +1051,7 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(proof, v);
+      if (k > this.#seqIndex) void this.#advance(`an announcement of ${this.sequencers[k]}, later in the list, verified at generation ${a.generation}`, k);
       return V.Accept;
     });
   }
