@@ -478,7 +478,16 @@ export class SwarmPeer {
           // not back yet
         }
       }
-      if (!this.#stopped && !this.banned.has(target) && this.sequencer === target) await this.catchUp(target).catch(() => {});
+      if (!this.#stopped && !this.banned.has(target) && this.sequencer === target) {
+        await this.catchUp(target).catch(() => {});
+        // A proposal sent before the sequencer went away may never have reached it: send it again.
+        const pending = this.#pending;
+        if (pending !== undefined && this.#scratchGen === this.generation && !this.#stopped) {
+          await this.ready()
+            .then(() => (this.#stopped || this.#pending !== pending ? undefined : this.#pubsub.publish(this.topics.steps, encodeStepMessage(pending))))
+            .catch(() => {});
+        }
+      }
     } finally {
       this.#redialing = false;
     }
