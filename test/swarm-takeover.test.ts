@@ -152,4 +152,66 @@ describe('swarm: sequencer takeover', () => {
       await Promise.all(peers.map((p) => p.stop()));
     }
   }, 60_000);
+
+  it('a partition (simulated with the connection gater): the side cut from the sequencer cannot advance, so the log cannot fork; after healing no step is lost and all agree', async () => {
+    const g0 = await genesisModel().ghost();
+    const genesis = g0.digest;
+    const S = await SwarmPeer.start({ genesis, sequencer: 'self', ghost: g0 });
+    const common = { genesis, sequencer: S.peerId, bootstrap: S.multiaddrs };
+    const A = await SwarmPeer.start({ ...common, model: genesisModel() });
+    const B = await SwarmPeer.start({ ...common, model: genesisModel(), bootstrap: [...S.multiaddrs, ...A.multiaddrs] });
+    const W = await SwarmPeer.start({ ...common, ghost: g0, bootstrap: [...S.multiaddrs, ...B.multiaddrs] });
+    const peers = [S, A, B, W];
+    try {
+      await Promise.all([A.ready(), B.ready()]);
+      expect((await A.propose(batch(new Rng(30), 1))).accepted).toBe(true);
+      await Promise.all([B, W].map((p) => p.waitFor(1)));
+      // The cut: {S, A} | {B, W}. Each side's gater refuses the other's peers (the set
+      // SwarmPeer's connection gater reads), and the open connections are closed.
+      const sides = [[S, A], [B, W]] as const;
+      const cut = async (on: boolean): Promise<void> => {
+        for (const [mine, theirs] of [[sides[0], sides[1]], [sides[1], sides[0]]] as const) {
+          for (const p of mine) {
+            for (const q of theirs) {
+              if (on) {
+                p.banned.add(q.peerId);
+                await p.libp2p.hangUp(q.libp2p.peerId).catch(() => {});
+              } else p.banned.delete(q.peerId);
+            }
+          }
+        }
+      };
+      await cut(true);
+      expect(B.libp2p.getConnections(S.libp2p.peerId)).toHaveLength(0);
+      // B's side: a proposal made at generation 1 reaches no sequencer; its head does not move.
+      const m = genesisModel();
+      await m.proveTrainStep(stepBatch(S.entries()[0]!.proof));
+      const lost = await m.proveTrainStep(batch(new Rng(31), 5));
+      m.close();
+      await pubsubOf(B).publish(B.topics.steps, (await import('../lib/swarm/index.js')).encodeStepMessage(lost.bytes));
+      // S's side goes on.
+      for (let i = 0; i < 2; i++) expect((await A.propose(batch(new Rng(32 + i), 1))).accepted).toBe(true);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(B.generation).toBe(1);
+      expect(W.generation).toBe(1);
+      expect(S.generation).toBe(3);
+      const before = S.entries().map((e) => Buffer.from(e.proof).toString('hex'));
+      // Heal: the gaters let the peers through again; the cut-off side dials and fetches what it missed.
+      await cut(false);
+      await Promise.all([B, W].map((p) => p.libp2p.dial(S.libp2p.peerId)));
+      await Promise.all([B.catchUp(), W.catchUp()]);
+      for (const p of [A, B, W]) expect(p.head.digest).toEqual(S.head.digest);
+      await B.ready();
+      expect((await B.propose(batch(new Rng(34), 5))).accepted).toBe(true);
+      await Promise.all([A, W].map((p) => p.waitFor(4)));
+      // No fork, no step lost: the log before the heal is a prefix of the log after it, and everyone holds its replay.
+      expect(S.entries().slice(0, 3).map((e) => Buffer.from(e.proof).toString('hex'))).toEqual(before);
+      for (const p of [A, B, W]) expect(p.head.digest).toEqual(S.head.digest);
+      for (const p of [A, B]) expect((await p.model!.ghost()).digest).toEqual(S.head.digest);
+      expect(await replay(S.entries())).toEqual(S.head.digest);
+      expect(S.entries().some((e) => Buffer.from(e.proof).equals(Buffer.from(lost.bytes)))).toBe(false);
+    } finally {
+      await Promise.all(peers.map((p) => p.stop()));
+    }
+  }, 60_000);
 });
