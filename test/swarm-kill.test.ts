@@ -15,7 +15,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { verifyTrainStep } from '../lib/index.js';
+import { Model, verifyTrainStep } from '../lib/index.js';
 import { swarmGenesisModel, type SwarmModelConfig } from '../lib/cli/swarm.js';
 import { Rng } from './helpers/rng.js';
 
@@ -183,5 +183,9 @@ describe('ghost-tensor swarm: SIGKILL at random moments', () => {
     let pinned = await swarmGenesisModel(CONFIG).ghost();
     for (const e of log) pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
     expect(Buffer.from(pinned.digest).toString('hex')).toBe(tEnd[2]);
+    // The trainer's replica, saved at its clean stop, is that model.
+    const { model, ghost } = await Model.load(join(tdir, 'model'), { readOnly: true });
+    model.close();
+    expect(Buffer.from(ghost.digest).toString('hex')).toBe(tEnd[2]);
   }, 60_000);
 });
