@@ -5,14 +5,17 @@
  * the swarm's sequenced steps/s and examples/s, the fraction of proposals accepted (the
  * concurrency rule passes over stale steps), bytes per step per peer against a dense
  * ring all-reduce of the same model, the latency from a proposal to its acceptance, and
- * the time a new peer takes to fetch and verify a log of L entries from generation 0.
+ * the time a new peer takes to fetch and verify a log of L entries from generation 0,
+ * against joining by a checkpoint (verifyFrom 'checkpoint': the trainer's tensor files
+ * and optimizer state, checked against the chain the sequencer's log headers name).
  * Each swarm runs twice: the sequencer publishing whole log entries, then only their
  * digests (announce: 'digest'; peers fetch the proof). Bytes are the payloads the peers'
  * stats count: messages that reached validation (gossipsub drops a duplicate before it,
  * so the copies a mesh forwards twice are not counted) and fetch frames.
  *
- * node bench/swarm.mjs [--proposals N] [--vocab V]; progress to stderr, results to
- * bench/results/swarm.json. Needs dist/ (npm run build:ts).
+ * node bench/swarm.mjs [--proposals N] [--vocab V] [--catchup-only 1]; progress to stderr, results to
+ * bench/results/swarm.json (swarm-catchup.json with --catchup-only 1: one trainer, then
+ * only the catch-up table). Needs dist/ (npm run build:ts).
  */
 import { join } from 'node:path';
 
@@ -29,6 +32,7 @@ const arg = (name, dflt) => {
 const PROPOSALS = arg('proposals', 8);
 const V = arg('vocab', 64);
 const BATCH = 16;
+const CATCHUP_ONLY = arg('catchup-only', 0) === 1;
 
 function lcg(seed) {
   let s = seed >>> 0;
@@ -57,9 +61,10 @@ async function swarm(trainers, announce) {
   return { g0, seq, W, T, all: [seq, W, ...T] };
 }
 
-const results = { name: 'swarm', date: new Date().toISOString(), machine: machine(), config: { V, batch: BATCH, proposalsPerTrainer: PROPOSALS, model: `Embedding ${V} x ${V} (bigram), cross-entropy, SGD lr 0.05`, peers: 'sequencer (verify-only) + 1 verify-only + trainers, one process, loopback TCP' }, runs: [], catchUp: [] };
+const results = { name: CATCHUP_ONLY ? 'swarm-catchup' : 'swarm', date: new Date().toISOString(), machine: machine(), config: { V, batch: BATCH, proposalsPerTrainer: PROPOSALS, model: `Embedding ${V} x ${V} (bigram), cross-entropy, SGD lr 0.05`, peers: 'sequencer (verify-only) + 1 verify-only + trainers, one process, loopback TCP' }, runs: [], catchUp: [] };
 const rows = [];
-for (const [announce, n] of [['entry', 1], ['entry', 2], ['entry', 4], ['digest', 1], ['digest', 2], ['digest', 4]]) {
+const configs = CATCHUP_ONLY ? [['entry', 1]] : [['entry', 1], ['entry', 2], ['entry', 4], ['digest', 1], ['digest', 2], ['digest', 4]];
+for (const [announce, n] of configs) {
   log(`${n} trainer(s), announce ${announce}`);
   const s = await swarm(n, announce);
   const lat = [];
@@ -100,22 +105,34 @@ for (const [announce, n] of [['entry', 1], ['entry', 2], ['entry', 4], ['digest'
   if (n === 1 && announce === 'entry') {
     // Catch-up: a new peer from the shared seed fetches and verifies the log from generation 0.
     const r = lcg(7);
-    for (const L of [8, 16, 32]) {
+    for (const L of [8, 16, 32, 64]) {
       while (s.seq.generation < L) await s.T[0].propose(batch(r, 1));
       await s.W.waitFor(L);
       const J = await SwarmPeer.start({ genesis: s.g0.digest, sequencer: s.seq.peerId, bootstrap: s.W.multiaddrs, model: genesisModel() });
       const a = nowMs();
       await J.catchUp(s.W.peerId);
       const c = nowMs() - a;
-      results.catchUp.push({ logLength: J.generation, ms: round(c), msPerEntry: round(c / J.generation), verified: J.stats.verified, sameDigest: Buffer.from(J.head.digest).equals(Buffer.from(s.seq.head.digest)) });
-      log(`catch-up of ${J.generation} entries: ${fmt(c)} ms`);
-      await J.stop();
+      // By a checkpoint: the trainer's files (checked against the sequencer's headers), then no entry left to verify.
+      const K = await SwarmPeer.start({ genesis: s.g0.digest, sequencer: s.seq.peerId, bootstrap: [...s.seq.multiaddrs, ...s.T[0].multiaddrs], model: genesisModel(), verifyFrom: 'checkpoint' });
+      while (!K.libp2p.getPeers().some((p) => p.toString() === s.T[0].peerId)) await new Promise((res) => setTimeout(res, 10));
+      const b = nowMs();
+      await K.catchUp(undefined, { checkpointPeers: [s.T[0].peerId] });
+      const k = nowMs() - b;
+      const same = (p) => Buffer.from(p.head.digest).equals(Buffer.from(s.seq.head.digest));
+      results.catchUp.push({
+        logLength: J.generation, ms: round(c), msPerEntry: round(c / J.generation), verified: J.stats.verified, bytesIn: J.stats.bytesIn, sameDigest: same(J),
+        checkpoint: { ms: round(k), bytesIn: K.stats.bytesIn, installed: K.stats.checkpoints, entriesVerifiedAfter: K.stats.verified, sameDigest: same(K) && Buffer.from((await K.model.ghost()).digest).equals(Buffer.from(s.seq.head.digest)) },
+      });
+      log(`catch-up of ${J.generation} entries: ${fmt(c)} ms by the log, ${fmt(k)} ms by a checkpoint`);
+      await Promise.all([J.stop(), K.stop()]);
+      J.model.close();
+      K.model.close();
     }
   }
   await Promise.all(s.all.map((p) => p.stop()));
 }
 
-table(rows, [
+if (rows.length > 0) table(rows, [
   'announce',
   'trainers',
   { key: 'steps', header: 'accepted/proposed' },
@@ -131,7 +148,16 @@ table(rows, [
   { key: 'sout', header: 'sequencer out/step', format: (v) => fmtBytes(v) },
   { key: 'agree', header: 'one digest' },
 ], { title: `Swarm training on loopback (bigram ${V} x ${V}, batch ${BATCH}, ${PROPOSALS} proposals per trainer)`, notes: ['trainers wait for the head before each proposal; a proposal passed over is stale (another step took its generation)'] });
-table(results.catchUp, [{ key: 'logLength', header: 'log length' }, { key: 'ms', header: 'catch-up ms' }, { key: 'msPerEntry', header: 'ms per entry' }, { key: 'sameDigest', header: 'same digest', format: String }], { title: 'A new peer catches up from generation 0 (fetch + verify + replay)' });
+table(results.catchUp.map((c) => ({ ...c, cpMs: c.checkpoint.ms, cpBytes: c.checkpoint.bytesIn, cpSame: c.checkpoint.sameDigest })), [
+  { key: 'logLength', header: 'log length' },
+  { key: 'ms', header: 'by the log: ms' },
+  { key: 'msPerEntry', header: 'ms per entry' },
+  { key: 'bytesIn', header: 'bytes in', format: (v) => fmtBytes(v) },
+  { key: 'cpMs', header: 'by a checkpoint: ms' },
+  { key: 'cpBytes', header: 'bytes in', format: (v) => fmtBytes(v) },
+  { key: 'sameDigest', header: 'same digest (log)', format: String },
+  { key: 'cpSame', header: 'same digest (checkpoint)', format: String },
+], { title: 'A new peer catches up from generation 0: log replay (fetch + verify + replay) against a checkpoint (headers + files + Model.load)' });
 results.cpuHogsAtEnd = cpuHogs();
 log(`wrote ${writeResults(results.name, results)}`);
 process.exit(0);

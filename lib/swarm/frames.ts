@@ -191,3 +191,137 @@ export function decodeLogResponse(bytes: Uint8Array, maxBytes: number = SWARM_LI
   r.end();
   return { requestId, status, head: h, entries };
 }
+
+// --- checkpoint transfer -------------------------------------------------------------
+
+/** The request/response protocol id (fetching a checkpoint: its file list, then chunks of its files). */
+export const SWARM_CHECKPOINT_PROTOCOL = '/ghost-tensor/swarm/checkpoint/1.0.0';
+
+export const CHECKPOINT_LIMITS = {
+  /** Files of one checkpoint (the Ghost file, the optimizer state, one file per tensor). */
+  files: 4096,
+  /** Bytes of one file name. */
+  nameBytes: 64,
+  /** Bytes of one chunk asked for or answered. */
+  chunkBytes: 2 ** 20,
+  /** Bytes of one request payload. */
+  requestBytes: 96,
+  /** Bytes of one response payload (checked on the length prefix): a chunk, or a file list. */
+  responseBytes: 2 ** 20 + 64,
+} as const;
+
+const T_CP_REQUEST = 6;
+const T_CP_RESPONSE = 7;
+
+/**
+ * The names a checkpoint's files may have (Model.save's layout: ghost.bin, step-state.bin,
+ * tensors/<i>.gtt). Anything else is refused: a name is joined to a directory of the
+ * asking peer, so it must never hold `..`, a leading `/` or another separator.
+ */
+export const CHECKPOINT_FILE_NAME = /^(?:ghost\.bin|step-state\.bin|tensors\/(?:0|[1-9][0-9]{0,5})\.gtt)$/;
+
+/**
+ * Ask for a checkpoint's file list (`file` absent: the answering peer's latest
+ * checkpoint) or for `length` bytes of file `file` at `offset` of the checkpoint whose
+ * Ghost digest is `digest`. u8 version, u8 type 6, u32 request id, 32-byte genesis,
+ * u8 what (0 list, 1 chunk), then for a chunk 32-byte digest, u16 file, u64 offset,
+ * u32 length (1..1 MiB).
+ */
+export type CheckpointRequest =
+  | { requestId: number; genesis: Uint8Array; what: 'list' }
+  | { requestId: number; genesis: Uint8Array; what: 'chunk'; digest: Uint8Array; file: number; offset: number; length: number };
+
+export function encodeCheckpointRequest(q: CheckpointRequest): Uint8Array {
+  const w = new ByteWriter().u8(SWARM_VERSION).u8(T_CP_REQUEST).u32(q.requestId).bytes(digest('genesis', q.genesis));
+  if (q.what === 'list') return w.u8(0).finish();
+  if (!Number.isInteger(q.file) || q.file < 0 || q.file >= CHECKPOINT_LIMITS.files) throw new InvalidArgumentError(`file must be 0..${CHECKPOINT_LIMITS.files - 1}`);
+  if (!Number.isInteger(q.length) || q.length < 1 || q.length > CHECKPOINT_LIMITS.chunkBytes) throw new InvalidArgumentError(`length must be 1..${CHECKPOINT_LIMITS.chunkBytes}`);
+  return w.u8(1).bytes(digest('digest', q.digest)).u16(q.file).u64(q.offset).u32(q.length).finish();
+}
+
+export function decodeCheckpointRequest(bytes: Uint8Array): CheckpointRequest {
+  if (bytes.length > CHECKPOINT_LIMITS.requestBytes) throw new FormatError('LIMIT', `checkpoint request: ${bytes.length} bytes`);
+  const r = new ByteReader(bytes, 'checkpoint request');
+  head(r, T_CP_REQUEST);
+  const requestId = r.u32('request id');
+  const genesis = r.bytes(32, 'genesis digest');
+  const what = r.u8('what');
+  if (what === 0) {
+    r.end();
+    return { requestId, genesis, what: 'list' };
+  }
+  if (what !== 1) throw new FormatError('BAD_VALUE', `checkpoint request: what ${what}`);
+  const d = r.bytes(32, 'checkpoint digest');
+  const file = r.u16('file');
+  if (file >= CHECKPOINT_LIMITS.files) throw new FormatError('LIMIT', `checkpoint request: file ${file}`);
+  const offset = r.u64('offset');
+  const length = r.count('length', 1, CHECKPOINT_LIMITS.chunkBytes);
+  r.end();
+  return { requestId, genesis, what: 'chunk', digest: d, file, offset, length };
+}
+
+/** One file of a checkpoint's list. */
+export interface CheckpointFile {
+  name: string;
+  size: number;
+}
+
+/**
+ * u8 version, u8 type 7, u32 request id, u8 status (LOG_STATUS: NOT_HELD when the peer
+ * holds no checkpoint, or no longer the one asked for), u8 what, then for a list u64
+ * generation, 32-byte Ghost digest, u32 file count (0..4096), per file u8 name length,
+ * the name (CHECKPOINT_FILE_NAME), u64 size; for a chunk u32 length, the bytes.
+ */
+export type CheckpointResponse =
+  | { requestId: number; status: LogStatus; what: 'list'; generation: number; digest: Uint8Array; files: CheckpointFile[] }
+  | { requestId: number; status: LogStatus; what: 'chunk'; bytes: Uint8Array };
+
+export function encodeCheckpointResponse(res: CheckpointResponse): Uint8Array {
+  const w = new ByteWriter().u8(SWARM_VERSION).u8(T_CP_RESPONSE).u32(res.requestId).u8(LOG_STATUS[res.status]);
+  if (res.what === 'chunk') {
+    if (res.bytes.length > CHECKPOINT_LIMITS.chunkBytes) throw new InvalidArgumentError('a chunk is at most 1 MiB');
+    return w.u8(1).u32(res.bytes.length).bytes(res.bytes).finish();
+  }
+  if (res.files.length > CHECKPOINT_LIMITS.files) throw new InvalidArgumentError('too many files');
+  w.u8(0).u64(res.generation).bytes(digest('digest', res.digest)).u32(res.files.length);
+  for (const f of res.files) {
+    const name = new TextEncoder().encode(f.name);
+    if (name.length === 0 || name.length > CHECKPOINT_LIMITS.nameBytes) throw new InvalidArgumentError(`a file name must be 1..${CHECKPOINT_LIMITS.nameBytes} bytes`);
+    w.u8(name.length).bytes(name).u64(f.size);
+  }
+  return w.finish();
+}
+
+export function decodeCheckpointResponse(bytes: Uint8Array): CheckpointResponse {
+  if (bytes.length > CHECKPOINT_LIMITS.responseBytes) throw new FormatError('LIMIT', `checkpoint response: ${bytes.length} bytes`);
+  const r = new ByteReader(bytes, 'checkpoint response');
+  head(r, T_CP_RESPONSE);
+  const requestId = r.u32('request id');
+  const code = r.u8('status');
+  const status = LOG_STATUS_NAMES.get(code);
+  if (status === undefined) throw new FormatError('BAD_VALUE', `checkpoint response: status ${code}`);
+  const what = r.u8('what');
+  if (what === 1) {
+    const n = r.count('chunk length', 0, CHECKPOINT_LIMITS.chunkBytes, 1);
+    const b = r.bytes(n, 'chunk');
+    r.end();
+    return { requestId, status, what: 'chunk', bytes: b };
+  }
+  if (what !== 0) throw new FormatError('BAD_VALUE', `checkpoint response: what ${what}`);
+  const generation = r.u64('generation');
+  const d = r.bytes(32, 'checkpoint digest');
+  const n = r.count('file count', 0, CHECKPOINT_LIMITS.files, 10);
+  const files: CheckpointFile[] = [];
+  const seen = new Set<string>();
+  for (let i = 0; i < n; i++) {
+    const len = r.u8('name length');
+    if (len === 0 || len > CHECKPOINT_LIMITS.nameBytes) throw new FormatError('LIMIT', `checkpoint response: a file name of ${len} bytes`);
+    const name = new TextDecoder('utf-8', { fatal: false }).decode(r.bytes(len, 'name'));
+    if (!CHECKPOINT_FILE_NAME.test(name)) throw new FormatError('BAD_VALUE', `checkpoint response: file name ${JSON.stringify(name)}`);
+    if (seen.has(name)) throw new FormatError('BAD_VALUE', `checkpoint response: file ${name} listed twice`);
+    seen.add(name);
+    files.push({ name, size: r.u64('size') });
+  }
+  r.end();
+  return { requestId, status, what: 'list', generation, digest: d, files };
+}

@@ -12,7 +12,7 @@
  * the step's own batch (the step is deterministic), then its digest must equal the
  * verified one.
  */
-import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,15 +20,17 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { GossipSub, Message, TopicValidatorResult as TVR } from '@libp2p/gossipsub';
 
 import { bytesEqual } from '../shared/bytes.js';
-import { FormatError, InvalidArgumentError, P2PError, ProofError } from '../shared/errors.js';
+import { FormatError, InvalidArgumentError, P2PError, ProofError, StorageError } from '../shared/errors.js';
 import { Model } from '../model/model.js';
 import type { StepBatch } from '../model/train/step-training.js';
 import { decodeProof, type StepProof } from '../verify/proof-format.js';
-import type { PinnedGhost } from '../verify/proof-verify.js';
+import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
 import { loadHasher } from '../verify/merkle.js';
 import {
+  CHECKPOINT_FILE_NAME, CHECKPOINT_LIMITS, SWARM_CHECKPOINT_PROTOCOL, decodeCheckpointRequest, decodeCheckpointResponse, encodeCheckpointRequest, encodeCheckpointResponse,
+  type CheckpointFile, type CheckpointRequest, type CheckpointResponse,
   SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogAnnouncement, decodeLogEntry, encodeLogAnnouncement, isLogAnnouncement, decodeLogRequest, decodeLogResponse, decodeStepMessage,
   encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogResponse,
 } from './frames.js';
@@ -36,8 +38,18 @@ import {
 export interface SwarmOptions extends HostOptions {
   /** Digest of the swarm's generation-0 Ghost file: the swarm's identity (its topics). */
   genesis: Uint8Array;
-  /** Peer id of the sequencer, or 'self' for the sequencer itself. */
-  sequencer: string;
+  /** Peer id of the sequencer, or 'self' for the sequencer itself: the one-item shorthand of `sequencers`. */
+  sequencer?: string;
+  /**
+   * The sequencers in order of takeover (peer ids, 'self' for this peer). The first
+   * sequences; a peer moves to the next when the current one is silent for `takeoverMs`
+   * while a proposal at the head waits, is caught forging (a log entry that does not
+   * verify) or equivocating (two signed entries for one generation), or when a later
+   * one's entry verifies at its head.
+   */
+  sequencers?: string[];
+  /** How long a proposal at the head may wait for the current sequencer before a peer moves to the next, ms (default 10 000). */
+  takeoverMs?: number;
   /** A replica of the model at a generation of the chain (the genesis model, or one loaded from the peer's own directory). Needed to propose steps. */
   model?: Model;
   /** Without a model (a verify-only peer): the Ghost file it starts from (the genesis one). */
@@ -61,12 +73,69 @@ export interface SwarmOptions extends HostOptions {
    * then crosses the network about once per peer instead of once per gossipsub link.
    */
   announce?: 'entry' | 'digest';
+  /**
+   * How catchUp() joins (default 0): 0 fetches and verifies every log entry from the
+   * peer's generation; 'checkpoint' first fetches a recent checkpoint (the Ghost file, the
+   * tensor files and the optimizer state) from a peer, checks that its Ghost digest is on
+   * the chain the sequencer's log entries name (their headers, not re-verified) and every
+   * root against the fetched bytes (Model.load), then verifies the log from there.
+   */
+  verifyFrom?: 0 | 'checkpoint';
+  /** Where fetched checkpoints are written (a directory per checkpoint; default a temporary directory removed by stop()). */
+  checkpointDir?: string;
+  /** Bytes a fetched checkpoint may have in all (checked on its file list before any is fetched; default 4 GiB). */
+  maxCheckpointBytes?: number;
+  /** One checkpoint fetch in all (file list, chunks), ms (default 120 000). */
+  checkpointTimeoutMs?: number;
+}
+
+/** A move to the next sequencer (SwarmPeer.takeovers). */
+export interface SwarmTakeover {
+  /** The sequencer replaced, and the one now followed. */
+  from: string;
+  to: string;
+  /** This peer's generation when it moved. */
+  generation: number;
+  reason: string;
+}
+
+/** One sequencer's signed gossipsub message (topic `log`), as received: checkable by anyone with its public key. */
+export interface SignedLogMessage {
+  from: string;
+  topic: string;
+  data: Uint8Array;
+  sequenceNumber: bigint;
+  signature: Uint8Array;
+}
+
+/** Evidence of equivocation: two different entries for one generation, both signed by `sequencer`. */
+export interface SwarmEquivocation {
+  sequencer: string;
+  generation: number;
+  messages: [SignedLogMessage, SignedLogMessage];
+}
+
+/** catchUp()'s options. */
+export interface CatchUpOptions {
+  /** Overrides SwarmOptions.verifyFrom for this call. */
+  verifyFrom?: 0 | 'checkpoint';
+  /** Peers to ask for a checkpoint, in order (default: every connected peer, the sequencer last). */
+  checkpointPeers?: string[];
+}
+
+/** A checkpoint this peer serves: a Model.save of its replica at `generation`. */
+interface Snapshot {
+  generation: number;
+  digest: Uint8Array;
+  root: string;
+  dir: string;
+  files: CheckpointFile[];
 }
 
 /** Why a message was refused (SwarmPeer.events). */
 export interface SwarmRejection {
   peer: string;
-  topic: 'steps' | 'log' | 'fetch';
+  topic: 'steps' | 'log' | 'fetch' | 'checkpoint';
   reason: string;
 }
 
@@ -81,6 +150,8 @@ export interface SwarmStats {
   rejected: number;
   /** Log entries fetched over the request/response protocol. */
   fetched: number;
+  /** Checkpoints fetched, checked and installed (catchUp with verifyFrom 'checkpoint'). */
+  checkpoints: number;
   /** Payload bytes of gossipsub messages received (before dedup by gossipsub: those that reached validation) and of fetch responses. */
   bytesIn: number;
   /** Payload bytes this peer published (times the peers gossipsub sent each message to) and answered. */
@@ -100,9 +171,23 @@ export interface ProposeResult {
 export class SwarmPeer {
   readonly libp2p: GhostLibp2p;
   readonly genesis: Uint8Array;
-  readonly sequencer: string;
+  /** The configured sequencers, in order of takeover ('self' resolved to this peer's id). */
+  readonly sequencers: readonly string[];
+  /** Moves to the next sequencer this peer made, in order. */
+  readonly takeovers: SwarmTakeover[] = [];
+  /** Sequencers caught signing two different entries for one generation, with the two signed messages. */
+  readonly equivocations: SwarmEquivocation[] = [];
+  #seqIndex = 0;
+  readonly #takeoverMs: number;
+  /** When a proposal at the head was first made or seen and not yet sequenced (ms). */
+  #waitingSince: number | undefined;
+  /** A standby sequencer: proposals at its head it saw while another sequenced (it sequences them when it takes over). */
+  #held: { from: PeerId; proof: Uint8Array }[] = [];
+  /** The signed log message each entry came in (entries received on gossipsub). */
+  readonly #signed = new Map<number, SignedLogMessage>();
+  #timer: ReturnType<typeof setInterval> | undefined;
   readonly topics: { steps: string; log: string };
-  readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, bytesIn: 0, bytesOut: 0 };
+  readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, checkpoints: 0, bytesIn: 0, bytesOut: 0 };
   readonly rejections: SwarmRejection[] = [];
   /** Peers disconnected and refused for misbehaviour. */
   readonly banned: Set<string>;
@@ -128,18 +213,33 @@ export class SwarmPeer {
   #redialing = false;
   readonly #redialMs: number;
   readonly #announce: 'entry' | 'digest';
+  readonly #verifyFrom: 0 | 'checkpoint';
+  readonly #checkpointDir: string | undefined;
+  readonly #maxCheckpointBytes: number;
+  readonly #checkpointTimeoutMs: number;
+  /** Checkpoints served (the newest last; two kept so a fetch under way survives one step). */
+  readonly #snapshots: Snapshot[] = [];
+  /** Directories this peer created for fetched checkpoints (removed by stop() unless under checkpointDir). */
+  readonly #tempDirs: string[] = [];
 
   private constructor(libp2p: GhostLibp2p, options: SwarmOptions, head: PinnedGhost, banned: Set<string>) {
     this.libp2p = libp2p;
     this.banned = banned;
     this.genesis = options.genesis;
-    this.sequencer = options.sequencer === 'self' ? libp2p.peerId.toString() : options.sequencer;
+    const self = libp2p.peerId.toString();
+    this.sequencers = (options.sequencers ?? [options.sequencer!]).map((p) => (p === 'self' ? self : p));
+    this.#takeoverMs = options.takeoverMs ?? 10_000;
     this.topics = swarmTopics(options.genesis);
     this.#maxStrikes = options.maxStrikes ?? 1;
     this.#fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
     this.#redialMs = options.redialMs ?? 500;
     if (options.announce !== undefined && options.announce !== 'entry' && options.announce !== 'digest') throw new InvalidArgumentError("announce must be 'entry' or 'digest'");
     this.#announce = options.announce ?? 'entry';
+    if (options.verifyFrom !== undefined && options.verifyFrom !== 0 && options.verifyFrom !== 'checkpoint') throw new InvalidArgumentError("verifyFrom must be 0 or 'checkpoint'");
+    this.#verifyFrom = options.verifyFrom ?? 0;
+    this.#checkpointDir = options.checkpointDir;
+    this.#maxCheckpointBytes = options.maxCheckpointBytes ?? 4 * 2 ** 30;
+    this.#checkpointTimeoutMs = options.checkpointTimeoutMs ?? 120_000;
     this.#head = head;
     this.#model = options.model;
     this.#digests.set(this.generation, hex(head.digest));
@@ -148,7 +248,12 @@ export class SwarmPeer {
   /** Starts a peer: joins the swarm's topics and serves its log. Call catchUp() to fetch what it missed. */
   static async start(options: SwarmOptions): Promise<SwarmPeer> {
     if (!(options.genesis instanceof Uint8Array) || options.genesis.length !== 32) throw new InvalidArgumentError('genesis must be a 32-byte Ghost digest');
-    if (typeof options.sequencer !== 'string' || options.sequencer.length === 0) throw new InvalidArgumentError('sequencer must be a peer id');
+    const list = options.sequencers ?? (options.sequencer === undefined ? [] : [options.sequencer]);
+    if (options.sequencers !== undefined && options.sequencer !== undefined && !(options.sequencers.length === 1 && options.sequencers[0] === options.sequencer)) throw new InvalidArgumentError('give sequencer or sequencers, not both');
+    if (!Array.isArray(list) || list.length === 0 || list.length > 64 || list.some((p) => typeof p !== 'string' || p.length === 0) || new Set(list).size !== list.length) {
+      throw new InvalidArgumentError('sequencer must be a peer id, or sequencers a list of 1..64 different peer ids');
+    }
+    if (options.takeoverMs !== undefined && !(Number.isFinite(options.takeoverMs) && options.takeoverMs > 0)) throw new InvalidArgumentError('takeoverMs must be a positive number');
     const head = options.model ? await options.model.ghost() : options.ghost;
     if (!head) throw new InvalidArgumentError('a swarm peer needs a model or a Ghost file to start from');
     if (!head.manifest.training) throw new InvalidArgumentError('the model commits no training rule (new Model(layers, { training }))');
@@ -184,9 +289,13 @@ export class SwarmPeer {
     const ps = peer.#pubsub;
     ps.topicValidators.set(topics.log, (from, msg) => peer.#onLog(from, msg));
     ps.subscribe(topics.log);
-    if (peer.isSequencer) {
+    if (peer.sequencers.includes(peer.peerId)) {
       ps.topicValidators.set(topics.steps, (from, msg) => peer.#onStep(from, msg));
       ps.subscribe(topics.steps);
+    }
+    if (peer.sequencers.length > 1) {
+      peer.#timer = setInterval(() => peer.#tick(), Math.max(25, Math.min(1000, peer.#takeoverMs / 4)));
+      peer.#timer.unref();
     }
     try {
       if (options.logFile !== undefined) await peer.#openLog(options.logFile);
@@ -195,6 +304,7 @@ export class SwarmPeer {
       throw err;
     }
     await host.handle(SWARM_LOG_PROTOCOL, (stream, conn) => peer.#serve(stream, conn), { maxInboundStreams: 16 });
+    await host.handle(SWARM_CHECKPOINT_PROTOCOL, (stream) => peer.#serveCheckpoint(stream), { maxInboundStreams: 8 });
     return peer;
   }
 
@@ -208,6 +318,11 @@ export class SwarmPeer {
 
   get multiaddrs(): string[] {
     return this.libp2p.getMultiaddrs().map(String);
+  }
+
+  /** The sequencer this peer follows now (the first of `sequencers` until a takeover). */
+  get sequencer(): string {
+    return this.sequencers[this.#seqIndex]!;
   }
 
   get isSequencer(): boolean {
@@ -286,6 +401,7 @@ export class SwarmPeer {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
       const data = encodeStepMessage(step.bytes);
+      this.#waitingSince ??= Date.now();
       const sent = await this.#pubsub.publish(this.topics.steps, data);
       this.stats.bytesOut += data.length * Math.max(1, sent.recipients.length);
     }
@@ -299,8 +415,12 @@ export class SwarmPeer {
    * `from` (a peer id; default the sequencer, then any connected peer) until that peer
    * has none newer. Returns the generation reached.
    */
-  async catchUp(from?: string): Promise<number> {
+  async catchUp(from?: string, options: CatchUpOptions = {}): Promise<number> {
     return this.#serial(async () => {
+      if ((options.verifyFrom ?? this.#verifyFrom) === 'checkpoint' && !this.isSequencer) {
+        const others = this.libp2p.getPeers().map(String).filter((p) => p !== this.sequencer);
+        await this.#joinByCheckpoint(options.checkpointPeers ?? [...(from ? [from] : []), ...others, this.sequencer]);
+      }
       const candidates = from ? [from] : [this.sequencer, ...this.libp2p.getPeers().map(String).filter((p) => p !== this.sequencer)];
       for (const p of candidates) {
         if (p === this.peerId || this.banned.has(p)) continue;
@@ -324,12 +444,15 @@ export class SwarmPeer {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
     await this.libp2p.stop();
     await this.#queue;
     if (this.#logFd !== undefined) closeSync(this.#logFd);
     this.#logFd = undefined;
     this.#scratch?.close();
     this.#scratch = undefined;
+    for (const s of this.#snapshots.splice(0)) rmSync(s.root, { recursive: true, force: true });
+    for (const d of this.#tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
   }
 
   // --- internals -------------------------------------------------------------------
@@ -342,8 +465,9 @@ export class SwarmPeer {
     if (this.#redialing) return;
     this.#redialing = true;
     try {
-      const id = await toPeerId(this.sequencer);
-      while (!this.#stopped && !this.banned.has(this.sequencer)) {
+      const target = this.sequencer;
+      const id = await toPeerId(target);
+      while (!this.#stopped && !this.banned.has(target) && this.sequencer === target) {
         await new Promise((r) => setTimeout(r, this.#redialMs));
         if (this.#stopped) return;
         if (this.libp2p.getConnections(id).length > 0) break;
@@ -354,7 +478,16 @@ export class SwarmPeer {
           // not back yet
         }
       }
-      if (!this.#stopped && !this.banned.has(this.sequencer)) await this.catchUp(this.sequencer).catch(() => {});
+      if (!this.#stopped && !this.banned.has(target) && this.sequencer === target) {
+        await this.catchUp(target).catch(() => {});
+        // A proposal sent before the sequencer went away may never have reached it: send it again.
+        const pending = this.#pending;
+        if (pending !== undefined && this.#scratchGen === this.generation && !this.#stopped) {
+          await this.ready()
+            .then(() => (this.#stopped || this.#pending !== pending ? undefined : this.#pubsub.publish(this.topics.steps, encodeStepMessage(pending))))
+            .catch(() => {});
+        }
+      }
     } finally {
       this.#redialing = false;
     }
@@ -374,6 +507,7 @@ export class SwarmPeer {
     if (n >= this.#maxStrikes && !this.banned.has(peer)) {
       this.banned.add(peer);
       void toPeerId(peer).then((id) => this.libp2p.hangUp(id)).catch(() => {});
+      if (peer === this.sequencer && !this.isSequencer) void this.#advance(`the sequencer was caught: ${reason}`);
     }
   }
 
@@ -391,6 +525,240 @@ export class SwarmPeer {
     this.#scratchGen = this.generation;
     this.#pending = undefined;
     return this.#scratch;
+  }
+
+  // --- checkpoints ---------------------------------------------------------------
+
+  /** The checkpoint this peer serves: a save of its replica at the head (made again once the head moved). */
+  async #snapshot(): Promise<Snapshot | undefined> {
+    if (!this.#model || this.#stopped) return undefined;
+    return this.#serial(async () => {
+      const last = this.#snapshots.at(-1);
+      if (last && last.generation === this.generation) return last;
+      const root = mkdtempSync(join(tmpdir(), 'gt-swarm-cp-'));
+      try {
+        const dir = join(root, 'm');
+        const ghost = await this.#model!.save(dir);
+        const names = [...readdirSync(dir), ...readdirSync(join(dir, 'tensors')).map((f) => `tensors/${f}`)].filter((n) => CHECKPOINT_FILE_NAME.test(n));
+        names.sort((a, b) => (a === 'ghost.bin' ? -1 : b === 'ghost.bin' ? 1 : a < b ? -1 : a > b ? 1 : 0));
+        const files = names.map((name) => {
+          const fd = openSync(join(dir, name), 'r');
+          try {
+            return { name, size: fstatSync(fd).size };
+          } finally {
+            closeSync(fd);
+          }
+        });
+        const snap: Snapshot = { generation: this.generation, digest: ghost.digest, root, dir, files };
+        this.#snapshots.push(snap);
+        while (this.#snapshots.length > 2) rmSync(this.#snapshots.shift()!.root, { recursive: true, force: true });
+        return snap;
+      } catch (err) {
+        rmSync(root, { recursive: true, force: true });
+        throw err;
+      }
+    });
+  }
+
+  /** Answers one checkpoint request: the latest checkpoint's file list, or a chunk of one of its files. */
+  async #serveCheckpoint(stream: Stream): Promise<void> {
+    const hard = setTimeout(() => stream.abort(new Error('ghost-tensor swarm: stream deadline')), 30_000);
+    hard.unref();
+    stream.addEventListener('close', () => clearTimeout(hard), { once: true });
+    try {
+      let res: CheckpointResponse;
+      try {
+        const q = decodeCheckpointRequest(await readFrame(stream, CHECKPOINT_LIMITS.requestBytes, 10_000));
+        const notHeld: CheckpointResponse = q.what === 'list'
+          ? { requestId: q.requestId, status: 'NOT_HELD', what: 'list', generation: this.generation, digest: this.#head.digest, files: [] }
+          : { requestId: q.requestId, status: 'NOT_HELD', what: 'chunk', bytes: new Uint8Array(0) };
+        if (!bytesEqual(q.genesis, this.genesis)) res = { ...notHeld, status: 'WRONG_SWARM' };
+        else if (q.what === 'list') {
+          const snap = await this.#snapshot();
+          res = snap ? { requestId: q.requestId, status: 'OK', what: 'list', generation: snap.generation, digest: snap.digest, files: snap.files } : notHeld;
+        } else {
+          const snap = this.#snapshots.find((x) => bytesEqual(x.digest, q.digest));
+          const f = snap?.files[q.file];
+          if (!snap || !f) res = notHeld;
+          else if (q.offset >= f.size) res = { ...notHeld, status: 'MALFORMED' };
+          else {
+            const n = Math.min(q.length, f.size - q.offset);
+            const bytes = new Uint8Array(n);
+            const fd = openSync(join(snap.dir, f.name), 'r');
+            try {
+              for (let at = 0; at < n; ) {
+                const k = readSync(fd, bytes, at, n - at, q.offset + at);
+                if (k === 0) throw new Error('internal: a checkpoint file is shorter than listed');
+                at += k;
+              }
+            } finally {
+              closeSync(fd);
+            }
+            res = { requestId: q.requestId, status: 'OK', what: 'chunk', bytes };
+          }
+        }
+      } catch (err) {
+        if (!(err instanceof FormatError) && !(err instanceof FrameReadError)) throw err;
+        res = { requestId: 0, status: 'MALFORMED', what: 'chunk', bytes: new Uint8Array(0) };
+      }
+      const signal = deadlineSignal(30_000);
+      const out = encodeCheckpointResponse(res);
+      this.stats.bytesOut += out.length;
+      await writeFrame(stream, out, signal);
+      await stream.close({ signal });
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  async #checkpointRequest(peer: string, q: CheckpointRequest, signal: AbortSignal): Promise<CheckpointResponse> {
+    const stream = await this.libp2p.dialProtocol(await toPeerId(peer), SWARM_CHECKPOINT_PROTOCOL, { signal: deadlineSignal(this.#fetchTimeoutMs, signal) });
+    try {
+      await writeFrame(stream, encodeCheckpointRequest(q), signal);
+      await stream.close({ signal });
+      const payload = await readFrame(stream, CHECKPOINT_LIMITS.responseBytes, this.#fetchTimeoutMs);
+      this.stats.bytesIn += payload.length;
+      const res = decodeCheckpointResponse(payload);
+      if (res.requestId !== q.requestId || res.what !== q.what) throw new FormatError('BAD_VALUE', 'a response to another request');
+      return res;
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)));
+      if (err instanceof FormatError) this.#strike(peer, 'checkpoint', err.message);
+      throw err;
+    }
+  }
+
+  /**
+   * The Ghost digests of the chain from this peer's generation to `until`, as the
+   * sequencer's log entries name them: each entry's proof header names the Ghost file
+   * it was made against and the one after it (the steps are not verified here). Null
+   * when the sequencer cannot be asked or answers a broken chain (its entries are then
+   * not trusted for this); 'short' when the sequencer's log ends before `until`.
+   */
+  async #chainTo(until: number, known: Map<number, string>): Promise<Map<number, string> | 'short' | null> {
+    if (this.isSequencer || this.banned.has(this.sequencer)) return null;
+    let g = Math.max(...[...known.keys()].filter((k) => k >= this.generation));
+    try {
+      while (g < until) {
+        const res = await this.#request(this.sequencer, g, Math.min(SWARM_LIMITS.entries, 256, until - g));
+        if (res.status === 'OK' && res.entries.length === 0 && res.head <= g) return 'short';
+        if (res.status !== 'OK' || res.entries.length === 0) return null;
+          for (const e of res.entries) {
+          if (e.generation !== g) return null;
+          const p = decodeProof(e.proof);
+          if (p.kind !== 'step' || p.step !== g || hex(p.ghost) !== known.get(g)) {
+            this.#strike(this.sequencer, 'fetch', `the log entry of generation ${g} does not continue the chain`);
+            return null;
+          }
+          known.set(g + 1, hex(p.newGhost));
+          g++;
+          if (g >= until) break;
+        }
+      }
+      return known;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Joins by a checkpoint: asks `candidates` in order for their latest checkpoint, and
+   * installs the first that is ahead of this peer, on the chain (#chainTo) and whose
+   * files load (Model.load with the chain's digest: every tensor root, the optimizer
+   * state root and the Ghost file checked against the fetched bytes). A peer serving a
+   * checkpoint off the chain or with damaged files is struck. Returns whether one was
+   * installed; catchUp() then verifies the log from there.
+   */
+  async #joinByCheckpoint(candidates: string[]): Promise<boolean> {
+    const known = new Map<number, string>([[this.generation, hex(this.#head.digest)]]);
+    const deadline = deadlineSignal(this.#checkpointTimeoutMs);
+    const tried = new Set<string>();
+    for (const p of candidates) {
+      if (p === this.peerId || this.banned.has(p) || tried.has(p) || deadline.aborted) continue;
+      tried.add(p);
+      let list: CheckpointResponse;
+      try {
+        list = await this.#checkpointRequest(p, { requestId: this.#requestId++ >>> 0, genesis: this.genesis, what: 'list' }, deadline);
+      } catch {
+        continue;
+      }
+      if (list.what !== 'list' || list.status !== 'OK' || list.generation <= this.generation) continue;
+      const c = list.generation;
+      const chain = await this.#chainTo(c, known);
+      if (chain === null) return false; // the chain cannot be checked: catchUp() replays the log instead
+      if (chain === 'short') {
+        this.#strike(p, 'checkpoint', `a checkpoint at generation ${c}, beyond the end of the sequencer's log`);
+        continue;
+      }
+      if (chain.get(c) !== hex(list.digest)) {
+        this.#strike(p, 'checkpoint', `a checkpoint at generation ${c} whose Ghost file is not the log's there`);
+        continue;
+      }
+      const total = list.files.reduce((a, f) => a + f.size, 0);
+      const ghostFile = list.files.findIndex((f) => f.name === 'ghost.bin');
+      if (ghostFile < 0 || total > this.#maxCheckpointBytes) {
+        this.#strike(p, 'checkpoint', ghostFile < 0 ? 'a checkpoint without its Ghost file' : `a checkpoint of ${total} bytes (at most ${this.#maxCheckpointBytes})`);
+        continue;
+      }
+      const root = this.#checkpointDir ?? mkdtempSync(join(tmpdir(), 'gt-swarm-join-'));
+      const dir = join(root, `generation-${c}-${hex(list.digest).slice(0, 16)}`);
+      if (this.#checkpointDir === undefined) this.#tempDirs.push(root);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(join(dir, 'tensors'), { recursive: true });
+      const struck = this.stats.rejected;
+      try {
+        // A verify-only peer needs only the Ghost file.
+        const wanted = this.#model ? list.files : [list.files[ghostFile]!];
+        for (const f of wanted) {
+          const fd = openSync(join(dir, f.name), 'wx');
+          try {
+            for (let at = 0; at < f.size; ) {
+              if (deadline.aborted) throw new P2PError('TIMEOUT', `the checkpoint was not fetched within ${this.#checkpointTimeoutMs} ms`);
+              const length = Math.min(CHECKPOINT_LIMITS.chunkBytes, f.size - at);
+              const res = await this.#checkpointRequest(p, { requestId: this.#requestId++ >>> 0, genesis: this.genesis, what: 'chunk', digest: list.digest, file: list.files.indexOf(f), offset: at, length }, deadline);
+              if (res.what !== 'chunk' || res.status !== 'OK') throw new P2PError('NO_PEER', `${p} answered ${res.status} for ${f.name}`);
+              if (res.bytes.length !== length) throw new FormatError('BAD_VALUE', `${f.name}: a chunk of ${res.bytes.length} bytes, asked ${length}`);
+              for (let off = 0; off < length; ) off += writeSync(fd, res.bytes, off, length - off, at + off);
+              at += length;
+            }
+            fsyncSync(fd);
+          } finally {
+            closeSync(fd);
+          }
+        }
+        let head: PinnedGhost, model: Model | undefined;
+        if (this.#model) ({ model, ghost: head } = await Model.load(dir, { expectDigest: list.digest }));
+        else {
+          head = await pinGhost(new Uint8Array(readFileSync(join(dir, 'ghost.bin'))));
+          if (!bytesEqual(head.digest, list.digest)) throw new ProofError('GHOST_MISMATCH', 'the Ghost file is not the listed one');
+        }
+        if (head.manifest.training?.step !== c || !head.manifest.training) {
+          model?.close();
+          throw new ProofError('GHOST_MISMATCH', `the Ghost file is at step ${head.manifest.training?.step}, listed at generation ${c}`);
+        }
+        // Installed: the replica, the head and the chain's digests; the log from here is verified by catchUp().
+        this.#model?.close();
+        this.#model = model;
+        this.#scratch?.close();
+        this.#scratch = undefined;
+        this.#scratchGen = -1;
+        this.#pending = undefined;
+        for (const [g, d] of chain) if (g <= c) this.#digests.set(g, d);
+        this.#head = head;
+        this.stats.checkpoints++;
+        const w = this.#waiters;
+        this.#waiters = [];
+        for (const f of w) f();
+        return true;
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        if (err instanceof ProofError || err instanceof FormatError || err instanceof StorageError) {
+          if (this.stats.rejected === struck) this.#strike(p, 'checkpoint', `${err.constructor.name}: ${err.message}`);
+        }
+        // unreachable, timed out or damaged: the next peer
+      }
+    }
+    return false;
   }
 
   /** Verifies `proof` against the head: the VerifiedStep, or a reason. */
@@ -464,6 +832,8 @@ export class SwarmPeer {
       }
     }
     this.#log.set(g, proof);
+    this.#waitingSince = undefined;
+    this.#held = [];
     this.#head = v.ghost;
     this.#digests.set(g + 1, hex(v.ghost.digest));
     this.stats.applied++;
@@ -483,7 +853,59 @@ export class SwarmPeer {
       this.#strike(from.toString(), 'steps', (err as Error).message);
       return V.Reject;
     }
+    if (!this.isSequencer) {
+      // A standby sequencer: it keeps proposals at its head, to time the current
+      // sequencer's silence and to sequence them if it takes over.
+      try {
+        const p = decodeProof(proof);
+        if (p.kind === 'step' && p.step === this.generation && bytesEqual(p.ghost, this.#head.digest) && this.#held.length < 16) {
+          this.#held.push({ from, proof });
+          this.#waitingSince ??= Date.now();
+        }
+      } catch {
+        // judged by the sequencer that sequences it
+      }
+      return V.Ignore;
+    }
     return this.#serial(() => this.#sequence(from, proof));
+  }
+
+  /** Every few hundred ms: move to the next sequencer when a proposal at the head has waited `takeoverMs`. */
+  #tick(): void {
+    if (this.#stopped || this.isSequencer || this.#waitingSince === undefined) return;
+    if (Date.now() - this.#waitingSince < this.#takeoverMs) return;
+    void this.#advance(`silent for ${this.#takeoverMs} ms with a proposal pending at generation ${this.generation}`);
+  }
+
+  /**
+   * Follows the sequencer at index `to` (default the next). A peer that becomes the
+   * sequencer first fetches, verifying each, the entries any connected peer holds beyond
+   * its head (the highest verified generation it can reach), then sequences the
+   * proposals it held; a trainer sends its pending proposal again.
+   */
+  async #advance(reason: string, to = this.#seqIndex + 1): Promise<void> {
+    if (this.#stopped || to <= this.#seqIndex || to >= this.sequencers.length) return;
+    const from = this.sequencer;
+    this.#seqIndex = to;
+    this.#waitingSince = undefined;
+    this.takeovers.push({ from, to: this.sequencer, generation: this.generation, reason });
+    if (this.isSequencer) {
+      await this.#serial(async () => {
+        for (const p of this.libp2p.getPeers().map(String)) {
+          if (p === from || this.banned.has(p)) continue;
+          await this.#fetchFrom(p, Infinity).catch(() => {});
+        }
+        const held = this.#held;
+        this.#held = [];
+        for (const h of held) if ((await this.#sequence(h.from, h.proof)) === this.#V.Accept) break;
+      }).catch(() => {});
+    } else if (this.#pending !== undefined && this.#scratchGen === this.generation) {
+      const pending = this.#pending;
+      this.#waitingSince = Date.now();
+      await this.ready()
+        .then(() => (this.#stopped || this.#pending !== pending ? undefined : this.#pubsub.publish(this.topics.steps, encodeStepMessage(pending))))
+        .catch(() => {});
+    }
   }
 
   async #sequence(from: PeerId, proof: Uint8Array): Promise<TVR> {
@@ -526,17 +948,23 @@ export class SwarmPeer {
     return V.Accept;
   }
 
-  /** Every peer: a log entry (only the sequencer's, signed). */
+  /**
+   * Every peer: a log entry, signed by a configured sequencer: the current one, or a
+   * later one in the list (followed from then on once its entry verifies). An earlier,
+   * replaced one's is ignored.
+   */
   async #onLog(from: PeerId, msg: Message): Promise<TVR> {
     const V = this.#V;
     const who = from.toString();
     this.stats.bytesIn += msg.data.length;
-    if (msg.type !== 'signed' || msg.from.toString() !== this.sequencer) {
-      this.#strike(who, 'log', 'a log entry not signed by the sequencer');
+    const k = msg.type === 'signed' ? this.sequencers.indexOf(msg.from.toString()) : -1;
+    if (msg.type !== 'signed' || k < 0) {
+      this.#strike(who, 'log', 'a log entry not signed by a sequencer');
       return V.Reject;
     }
-    if (this.isSequencer) return V.Ignore;
-    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data);
+    if (k < this.#seqIndex || (k === this.#seqIndex && this.isSequencer)) return V.Ignore;
+    const author = msg.from.toString();
+    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data, k);
     let e: ReturnType<typeof decodeLogEntry>;
     try {
       e = decodeLogEntry(msg.data);
@@ -548,11 +976,23 @@ export class SwarmPeer {
       this.#strike(who, 'log', 'a log entry of another swarm');
       return V.Reject;
     }
+    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
     return this.#serial(async () => {
-      if (e.generation < this.generation) return V.Ignore;
+      if (e.generation < this.generation) {
+        // Equivocation: another entry for a generation this peer holds, both signed by one sequencer.
+        const mine = this.#signed.get(e.generation);
+        const held = this.#log.get(e.generation);
+        if (held && mine && mine.from === author && !bytesEqual(held, e.proof)) {
+          this.equivocations.push({ sequencer: author, generation: e.generation, messages: [mine, signed] });
+          this.#strike(author, 'log', `equivocation: two signed entries for generation ${e.generation}`);
+          if (author !== who) return V.Ignore; // the forwarder did nothing wrong
+          return V.Reject;
+        }
+        return V.Ignore;
+      }
       if (e.generation > this.generation) {
-        // Missed entries: fetch them from whoever sent this one, then the sequencer.
-        for (const p of [who, this.sequencer]) {
+        // Missed entries: fetch them from whoever sent this one, then its author.
+        for (const p of [who, author]) {
           if (this.generation >= e.generation || p === this.peerId || this.banned.has(p)) continue;
           await this.#fetchFrom(p, e.generation).catch(() => {});
         }
@@ -564,6 +1004,8 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(e.proof, v);
+      this.#signed.set(e.generation, signed);
+      if (k > this.#seqIndex) void this.#advance(`an entry of ${author}, later in the list, verified at generation ${e.generation}`, k);
       return V.Accept;
     });
   }
@@ -575,7 +1017,7 @@ export class SwarmPeer {
    * struck), then it is verified and applied as a whole entry is. Forwarded only once
    * applied, so whoever receives it from this peer can fetch the proof here.
    */
-  async #onAnnouncement(who: string, data: Uint8Array): Promise<TVR> {
+  async #onAnnouncement(who: string, data: Uint8Array, k: number): Promise<TVR> {
     const V = this.#V;
     let a: ReturnType<typeof decodeLogAnnouncement>;
     try {
@@ -618,6 +1060,7 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(proof, v);
+      if (k > this.#seqIndex) void this.#advance(`an announcement of ${this.sequencers[k]}, later in the list, verified at generation ${a.generation}`, k);
       return V.Accept;
     });
   }
