@@ -18,6 +18,7 @@
  *   --no-batch-search   the server scans once per proof (ProverServerOptions.batchSearch false)
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
+ *   --out NAME          write bench/results/NAME.json instead
  *
  * Two servers run as `ghost-tensor serve` child processes (so the load generator's CPU
  * and memory are not the servers'), on 127.0.0.1, --max-batch 64, --queue 1024: one
@@ -68,6 +69,7 @@ const { values: a } = parseArgs({
     'no-batch-search': { type: 'boolean', default: false },
     'server-node-args': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
+    out: { type: 'string' },
   },
 });
 const quick = a.quick;
@@ -248,7 +250,7 @@ try {
     },
   );
   const errors = phases.reduce((s, p) => s + p.errors + p.noProofs.errors, 0) + (soakResult?.errors ?? 0);
-  const file = writeResults(quick ? 'serve-quick' : 'serve', {
+  const file = writeResults(a.out ?? (quick ? 'serve-quick' : 'serve'), {
     name: 'serve',
     date: new Date().toISOString(),
     command: ['node --expose-gc bench/serve.mjs', ...process.argv.slice(2)].join(' '),

@@ -13,8 +13,9 @@
  * (test/serve-batching.test.ts compares with separate calls, and with a server without
  * the batcher). Only the exact index is batched; HNSW searches go through as they are.
  *
- * No timer: a search with no scan of its kind running starts at once (no latency added
- * to a lone request); the ones that come while it runs wait for it and go together.
+ * No timer: a search starts at once while fewer than `scans` scans of its kind run (no
+ * latency added to a lone request, and two cores each run one); the ones that come
+ * while that many run wait for the first to end and go together.
  * A scan that fails is retried query by query, so one caller's failure is its own.
  */
 import type { BatchSearchOptions, SparseTensor } from '../tensor/sparse-tensor.js';
@@ -26,19 +27,21 @@ interface Waiter {
 }
 
 interface Lane {
-  running: boolean;
+  /** Scans of this lane running. */
+  running: number;
   waiting: Waiter[];
-  /** Queries (rows of dim) held by the waiters. */
-  queued: number;
 }
 
 export interface SearchBatcherOptions {
   /** Most queries in one joined scan (default 64); more wait for the next one. */
   maxQueries?: number;
+  /** Scans of one tensor (and k, options) that run at once before searches wait to be joined (default 2). */
+  scans?: number;
 }
 
 export class SearchBatcher {
   readonly maxQueries: number;
+  readonly scans: number;
   readonly #lanes = new WeakMap<SparseTensor, Map<string, Lane>>();
   /** Scans made and queries searched (for tests and benchmarks). */
   readonly stats = { scans: 0, queries: 0 };
@@ -47,6 +50,9 @@ export class SearchBatcher {
     const m = options.maxQueries ?? 64;
     if (!Number.isInteger(m) || m < 1) throw new RangeError(`maxQueries must be a positive integer, got ${String(m)}`);
     this.maxQueries = m;
+    const c = options.scans ?? 2;
+    if (!Number.isInteger(c) || c < 1) throw new RangeError(`scans must be a positive integer, got ${String(c)}`);
+    this.scans = c;
   }
 
   /** The ids of `tensor.searchBatch(queries, k, options)`: the top k of each query, concatenated. */
@@ -56,22 +62,18 @@ export class SearchBatcher {
     let lanes = this.#lanes.get(tensor);
     if (!lanes) this.#lanes.set(tensor, (lanes = new Map()));
     let lane = lanes.get(key);
-    if (!lane) lanes.set(key, (lane = { running: false, waiting: [], queued: 0 }));
+    if (!lane) lanes.set(key, (lane = { running: 0, waiting: [] }));
     const l = lane;
     return new Promise<Uint32Array>((resolve, reject) => {
       l.waiting.push({ queries, resolve, reject });
-      l.queued += queries.length / tensor.dim;
-      if (!l.running) this.#next(tensor, k, options, l);
+      if (l.running < this.scans) this.#next(tensor, k, options, l);
     });
   }
 
-  /** Runs the waiting searches of a lane (up to maxQueries, at least one) as one scan, then the next. */
+  /** Runs the waiting searches of a lane (up to maxQueries, at least one) as one scan; when it ends, the next. */
   #next(tensor: SparseTensor, k: number, options: BatchSearchOptions, lane: Lane): void {
-    if (lane.waiting.length === 0) {
-      lane.running = false;
-      return;
-    }
-    lane.running = true;
+    if (lane.waiting.length === 0) return;
+    lane.running++;
     const d = tensor.dim;
     const batch: Waiter[] = [];
     let rows = 0;
@@ -81,8 +83,10 @@ export class SearchBatcher {
       batch.push(lane.waiting.shift()!);
       rows += n;
     }
-    lane.queued -= rows;
-    void this.#scan(tensor, k, options, batch, rows).finally(() => this.#next(tensor, k, options, lane));
+    void this.#scan(tensor, k, options, batch, rows).finally(() => {
+      lane.running--;
+      this.#next(tensor, k, options, lane);
+    });
   }
 
   async #scan(tensor: SparseTensor, k: number, options: BatchSearchOptions, batch: Waiter[], rows: number): Promise<void> {
