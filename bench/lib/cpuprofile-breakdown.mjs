@@ -10,7 +10,8 @@
  *
  * REQUESTS (the phase's request count, printed by the benchmark) turns shares into
  * microseconds per request. The profiler samples wall time: on a loaded machine a part
- * also carries the time the thread waited for a core while in it.
+ * also carries the time the thread waited for a core while in it (compare the
+ * benchmark's server CPU per request, from /proc).
  */
 import { readFileSync } from 'node:fs';
 
@@ -51,9 +52,14 @@ for (const [id, t] of dt) {
   const part = PARTS.find(([, tests]) => tests.some((test) => stack.some(test)))?.[0] ?? 'other';
   parts.set(part, (parts.get(part) ?? 0) + t);
 }
-console.log(`| part | main thread | ${requests ? 'µs per request |' : ''}`);
+// Shares of the busy time (idle left out: it is the event loop waiting, and includes the
+// time before and after the load).
+const idle = parts.get(PARTS[0][0]) ?? 0;
+parts.delete(PARTS[0][0]);
+const busy = total - idle;
+console.log(`| part | share of the main thread's busy time |${requests ? ' µs per request |' : ''}`);
 console.log(`|---|---|${requests ? '---|' : ''}`);
 for (const [part, t] of [...parts].sort((a, b) => b[1] - a[1])) {
-  console.log(`| ${part} | ${((100 * t) / total).toFixed(1)}% |${requests ? ` ${Math.round(t / requests)} |` : ''}`);
+  console.log(`| ${part} | ${((100 * t) / busy).toFixed(1)}% |${requests ? ` ${Math.round(t / requests)} |` : ''}`);
 }
-console.log(`\n${(total / 1e6).toFixed(2)} s sampled${requests ? `, ${requests} requests` : ''}`);
+console.log(`\n${(total / 1e6).toFixed(2)} s sampled, ${(busy / 1e6).toFixed(2)} s busy${requests ? ` (${Math.round(busy / requests)} µs per request over ${requests} requests)` : ''}`);
