@@ -7,9 +7,11 @@
  * medians of the wall time and of the process CPU time (user + system) per proof, and
  * the queries per scan. The proofs are checked equal, byte for byte, between the two.
  *
- *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8]
+ *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8] [--threads T]
  *
- * Results: bench/results/serve-batching.json.
+ * --threads T: Model.prove's threads (ProverServerOptions.threads), which also sets the
+ * threads of each scan (default: the machine's cores, started anew by every scan).
+ * Results: bench/results/serve-batching.json (serve-batching-threadsT.json with --threads).
  */
 import { cpuUsage } from 'node:process';
 import { parseArgs } from 'node:util';
@@ -24,8 +26,10 @@ const { values: a } = parseArgs({
     batch: { type: 'string', default: '1' },
     proofs: { type: 'string', default: '400' },
     reps: { type: 'string', default: '8' },
+    threads: { type: 'string' },
   },
 });
+const threads = a.threads === undefined ? undefined : Number(a.threads);
 const N = 2048, D = 784, K = 32, DV = 10, B = Number(a.batch), n = Number(a.proofs), reps = Number(a.reps);
 const rand = rng(7);
 const model = new Model([new HopfieldLookup({ keys: SparseTensor.fromArray(randomFloats(rand, N * D), D), values: SparseTensor.fromArray(randomFloats(rand, N * DV), DV), k: K, similarity: 'cosine', normalize: true })]);
@@ -48,7 +52,7 @@ for (const P of a.concurrency.split(',').map(Number)) {
       await Promise.all(Array.from({ length: P }, async () => {
         while (next < n) {
           const i = next++;
-          out[i] = (await model.prove(inputs[i % inputs.length], batcher ? { batcher } : {})).bytes;
+          out[i] = (await model.prove(inputs[i % inputs.length], { ...(batcher ? { batcher } : {}), ...(threads === undefined ? {} : { threads }) })).bytes;
         }
       }));
       runs[mode].wall.push((performance.now() - t0) / n);
@@ -72,6 +76,6 @@ table(rows, [
   { key: 'cpuOffMs', header: 'CPU ms/proof, one scan each', format: (v) => fmt(round(v, 3)) },
   { key: 'cpuOnMs', header: 'batched', format: (v) => fmt(round(v, 3)) },
   { key: 'queriesPerScan', header: 'queries per scan', format: (v) => fmt(round(v, 2)) },
-], { title: `forward proofs with and without the batched search (in process; N = ${fmt(N)} x ${D}, k = ${K}, batch ${B}; medians of ${reps})` });
-const file = writeResults('serve-batching', { name: 'serve-batching', date: new Date().toISOString(), command: ['node bench/serve-batching.mjs', ...process.argv.slice(2)].join(' '), machine: machine({ simd: simdInfo().level }), cpuHogs: cpuHogs(), parameters: { n: N, dim: D, k: K, dout: DV, batch: B, proofs: n, reps }, rows });
+], { title: `forward proofs with and without the batched search (in process; N = ${fmt(N)} x ${D}, k = ${K}, batch ${B}${threads === undefined ? '' : `, ${threads} thread(s) a scan`}; medians of ${reps})` });
+const file = writeResults(threads === undefined ? 'serve-batching' : `serve-batching-threads${threads}`, { name: 'serve-batching', date: new Date().toISOString(), command: ['node bench/serve-batching.mjs', ...process.argv.slice(2)].join(' '), machine: machine({ simd: simdInfo().level }), cpuHogs: cpuHogs(), parameters: { n: N, dim: D, k: K, dout: DV, batch: B, proofs: n, reps, threads: threads ?? null }, rows });
 log(`wrote ${file}`);

@@ -16,6 +16,7 @@
  *                       raw keep-alive sockets that skip the answer by its Content-Length;
  *                       autocannon parses every answer in JavaScript, about a core at batch 32)
  *   --no-batch-search   the server scans once per proof (ProverServerOptions.batchSearch false)
+ *   --threads T         the servers' --threads (threads of each scan; default: the machine's cores)
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
@@ -67,6 +68,7 @@ const { values: a } = parseArgs({
     concurrency: { type: 'string', default: '4' },
     client: { type: 'string', default: 'lean' },
     'no-batch-search': { type: 'boolean', default: false },
+    threads: { type: 'string' },
     'server-node-args': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
@@ -79,7 +81,7 @@ const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), 
 const batches = a.batches.split(',').map(Number);
 if (a.client !== 'lean' && a.client !== 'autocannon') throw new Error('--client takes lean or autocannon');
 const batchSearch = !a['no-batch-search'];
-const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, client: a.client, maxBatch: 64, host: '127.0.0.1' };
+const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1' };
 
 // ----------------------------------------------------------------- the served model
 const rand = rng(7);
@@ -101,7 +103,7 @@ const ghost = await pinGhost(ghostBytes);
 // ----------------------------------------------------------------- the servers (child processes)
 async function startServer(extra) {
   const nodeArgs = a['server-node-args'].split(' ').filter(Boolean);
-  const args = [...nodeArgs, join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...extra];
+  const args = [...nodeArgs, join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...extra];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let banner = '';
   child.stdout.setEncoding('utf8');
@@ -243,7 +245,7 @@ try {
       { key: 'errors', header: 'errors', format: (v, r) => String(v + (r.noProofs?.errors ?? 0)) },
     ],
     {
-      title: `forward with and without proofs over HTTP (loopback, ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}, client ${a.client}; N = ${fmt(N)} x ${D}, k = ${K})`,
+      title: `forward with and without proofs over HTTP (loopback, ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}${a.threads === undefined ? '' : `, ${a.threads} thread(s) a scan`}, client ${a.client}; N = ${fmt(N)} x ${D}, k = ${K})`,
       notes: soakResult
         ? [`server RSS during the soak: first ${soakResult.rss.windowSeconds.toFixed(0)} s after warm-up ${fmtBytes(soakResult.rss.firstWindowMeanBytes)}, last ${soakResult.rss.windowSeconds.toFixed(0)} s ${fmtBytes(soakResult.rss.lastWindowMeanBytes)} (${(100 * soakResult.rss.growth).toFixed(1)}%): ${soakResult.rss.grew ? 'GREW' : 'no growth'}; max ${fmtBytes(soakResult.rss.maxBytes)}`]
         : [],
