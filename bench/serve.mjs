@@ -1,29 +1,43 @@
 #!/usr/bin/env node
 /**
- * Prover service benchmark: forward requests with proofs over HTTP on loopback
- * (autocannon), then a soak that samples the server's memory.
+ * Prover service benchmark: forward requests with proofs over HTTP on loopback, side
+ * by side with the same service answering without proofs, then a soak that samples the
+ * server's memory.
  *
- *   node --expose-gc bench/serve.mjs                      full run: 20 s per batch size, 10 min soak
+ *   node --expose-gc bench/serve.mjs                      full run: 20 s per phase, 10 min soak
  *   node --expose-gc bench/serve.mjs --soak-seconds 60    shorter soak
- *   --phase-seconds S   seconds per batch-size phase (default 20)
+ *   --phase-seconds S   seconds per phase (default 20)
+ *   --batches 1,32,64   batch sizes (inputs per request)
  *   --n N --dim D --k K --dout V   the served model (default: the demo's shape, N = 2048 patterns
  *                       of 784, k = 32, values of 10, cosine on normalised input; random patterns)
- *   --connections C     concurrent connections (default 4; the server proves 2 at once)
+ *   --connections C     concurrent connections (default 4)
+ *   --concurrency P     requests the server proves at once (default 4)
+ *   --client lean|autocannon   the load generator (default lean: bench/lib/http-load.mjs,
+ *                       raw keep-alive sockets that skip the answer by its Content-Length;
+ *                       autocannon parses every answer in JavaScript, about a core at batch 32)
+ *   --no-batch-search   the server scans once per proof (ProverServerOptions.batchSearch false)
+ *   --threads T         the servers' --threads (threads of each scan; default: the machine's cores)
+ *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
+ *   --out NAME          write bench/results/NAME.json instead
  *
- * The server is `ghost-tensor serve` in a child process (so autocannon's own CPU use
- * and memory are not the server's), on 127.0.0.1, with --max-batch 64, --concurrency 2
- * and a queue of 1024. Each request is POST /forward with B random inputs (B = 1, then
- * B = 64): the server runs the canonical forward, builds the Merkle multiproofs and
- * encodes the proof (docs/serving.md). One answer of each batch size is verified
- * (verifyForward, outside the timed phases) before the phase.
+ * Two servers run as `ghost-tensor serve` child processes (so the load generator's CPU
+ * and memory are not the servers'), on 127.0.0.1, --max-batch 64, --queue 1024: one
+ * answers with proofs (the canonical forward, the Merkle multiproofs, the encoded
+ * proof), the other with `--no-proofs` (the fast f32 forward's output only: what the
+ * service costs without proofs). Each phase runs on the one, then on the other. One
+ * answer with a proof of each batch size is verified (verifyForward, outside the timed
+ * phases) before its phase.
  *
- * Figures: requests/s (mean over the phase), latency p50 / p99 (ms), response bytes,
- * errors (connection errors + timeouts + non-2xx: must be 0). Soak: batch 1 for
- * --soak-seconds, the server's RSS (/proc/<pid>/status VmRSS) sampled every 5 s;
- * "grew" compares the mean of the first minute with the mean of the last (first and
- * last 20% of the samples when the soak is shorter than 3 minutes), after a 30 s warm-up
- * (10% of the soak when shorter) that is left out of both.
+ * Figures: requests/s and inputs/s (over the phase), latency p50 / p99 (ms), answer
+ * bytes, the server's CPU time per request (user + system of the server process, from
+ * /proc/PID/stat: the machine's other load does not enter it as it enters the rates),
+ * errors (connection errors + timeouts + non-2xx: must be 0), and the ratio without /
+ * with proofs. Soak: batch 1 with proofs for --soak-seconds, the server's RSS
+ * (/proc/<pid>/status VmRSS) sampled every 5 s; "grew" compares the mean of the first
+ * minute with the mean of the last (first and last 20% of the samples when the soak is
+ * shorter than 3 minutes), after a 30 s warm-up (10% of the soak when shorter) that is
+ * left out of both.
  *
  * Tables go to stdout, progress to stderr; results to bench/results/serve.json.
  */
@@ -36,6 +50,7 @@ import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 
 import { cpuHogs, fmt, fmtBytes, logger, machine, otherProcesses, randomFloats, rng, round, ROOT, table, writeResults } from './lib/common.mjs';
+import { httpLoad } from './lib/http-load.mjs';
 import { HopfieldLookup, Model, SparseTensor, pinGhost, simdInfo, verifyForward } from '../dist/index.js';
 import { encodeForwardRequest } from '../dist/internal.js';
 
@@ -44,19 +59,29 @@ const { values: a } = parseArgs({
   options: {
     'soak-seconds': { type: 'string', default: '600' },
     'phase-seconds': { type: 'string', default: '20' },
+    batches: { type: 'string', default: '1,32,64' },
     n: { type: 'string', default: '2048' },
     dim: { type: 'string', default: '784' },
     k: { type: 'string', default: '32' },
     dout: { type: 'string', default: '10' },
     connections: { type: 'string', default: '4' },
+    concurrency: { type: 'string', default: '4' },
+    client: { type: 'string', default: 'lean' },
+    'no-batch-search': { type: 'boolean', default: false },
+    threads: { type: 'string' },
+    'server-node-args': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
+    out: { type: 'string' },
   },
 });
 const quick = a.quick;
 const soakSeconds = quick ? 20 : Number(a['soak-seconds']);
 const phaseSeconds = quick ? 5 : Number(a['phase-seconds']);
-const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), C = Number(a.connections);
-const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, serverConcurrency: 2, maxBatch: 64, host: '127.0.0.1' };
+const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), C = Number(a.connections), P = Number(a.concurrency);
+const batches = a.batches.split(',').map(Number);
+if (a.client !== 'lean' && a.client !== 'autocannon') throw new Error('--client takes lean or autocannon');
+const batchSearch = !a['no-batch-search'];
+const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1' };
 
 // ----------------------------------------------------------------- the served model
 const rand = rng(7);
@@ -75,26 +100,39 @@ const dir = join(tmp, 'model');
 const ghostBytes = new Uint8Array(readFileSync(join(dir, 'ghost.bin')));
 const ghost = await pinGhost(ghostBytes);
 
-// ----------------------------------------------------------------- the server (child process)
-const child = spawn(process.execPath, [join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', '2', '--queue', '1024'], { stdio: ['ignore', 'pipe', 'inherit'] });
-let banner = '';
-child.stdout.setEncoding('utf8');
-child.stdout.on('data', (s) => (banner += s));
-for (let i = 0; i < 600 && !/training /.test(banner); i++) await new Promise((r) => setTimeout(r, 50));
-const url = /serving (\S+)/.exec(banner)?.[1];
-if (!url) throw new Error(`the server did not start: ${banner}`);
-log(`server pid ${child.pid} at ${url}; model N = ${N} x ${D}, k = ${K}, values ${DV}`);
+// ----------------------------------------------------------------- the servers (child processes)
+async function startServer(extra) {
+  const nodeArgs = a['server-node-args'].split(' ').filter(Boolean);
+  const args = [...nodeArgs, join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...extra];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  let banner = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (s) => (banner += s));
+  for (let i = 0; i < 600 && !/training /.test(banner); i++) await new Promise((r) => setTimeout(r, 50));
+  const url = /serving (\S+)/.exec(banner)?.[1];
+  if (!url) throw new Error(`the server did not start: ${banner}`);
+  return { child, url };
+}
+const proved = await startServer([]);
+const plain = await startServer(['--no-proofs']);
+log(`servers: with proofs pid ${proved.child.pid} at ${proved.url}, without pid ${plain.child.pid} at ${plain.url}; model N = ${N} x ${D}, k = ${K}, values ${DV}; ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}, client ${a.client}`);
 
-function rssBytes() {
-  const s = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+function rssBytes(pid) {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+) kB/.exec(s)[1]) * 1024;
+}
+/** User + system CPU seconds of a process so far. */
+function cpuSeconds(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
 function body(B) {
   return Buffer.from(encodeForwardRequest({ kind: 'f32', rows: B, cols: D, data: randomFloats(rand, B * D) }));
 }
 
-async function checkOne(B) {
+async function checkOne(url, B) {
   const res = await fetch(`${url}/forward`, { method: 'POST', body: body(B) });
   if (!res.ok) throw new Error(`POST /forward (B = ${B}) -> ${res.status}`);
   const bytes = new Uint8Array(await res.arrayBuffer());
@@ -103,15 +141,15 @@ async function checkOne(B) {
   return bytes.length;
 }
 
-function cannon(opts) {
+function cannon(url, opts) {
   return new Promise((resolve, reject) => {
     const inst = autocannon({ url: `${url}/forward`, method: 'POST', headers: { 'content-type': 'application/octet-stream' }, connections: C, timeout: 30, ...opts }, (err, r) => (err ? reject(err) : resolve(r)));
     autocannon.track(inst, { renderProgressBar: false, renderResultsTable: false, renderLatencyTable: false });
   });
 }
 
-const summarise = (r) => ({
-  requestsPerSecond: round(r.requests.average, 4),
+const summariseCannon = (r) => ({
+  requestsPerSecond: round(r.requests.total / r.duration, 4),
   latencyMsP50: r.latency.p50,
   latencyMsP99: r.latency.p99,
   latencyMsMean: round(r.latency.average, 4),
@@ -124,70 +162,97 @@ const summarise = (r) => ({
   bytesPerSecond: round(r.throughput.average, 4),
 });
 
+/** One load run against a server: the load generator's figures and the server's CPU per request. */
+async function load(server, bodies, seconds) {
+  const cpu0 = cpuSeconds(server.child.pid);
+  let r;
+  if (a.client === 'lean') {
+    const x = await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds });
+    r = { ...x, requestsPerSecond: round(x.requestsPerSecond, 4), latencyMsP50: round(x.latencyMsP50, 4), latencyMsP99: round(x.latencyMsP99, 4), latencyMsMean: round(x.latencyMsMean, 4), durationSeconds: round(x.durationSeconds, 4), bytesPerSecond: round(x.bytes / x.durationSeconds, 4) };
+  } else {
+    r = summariseCannon(await cannon(server.url, { duration: seconds, requests: bodies.map((b) => ({ method: 'POST', body: b })) }));
+  }
+  const cpu = cpuSeconds(server.child.pid) - cpu0;
+  return { ...r, serverCpuSeconds: round(cpu, 4), serverCpuMsPerRequest: round((1000 * cpu) / Math.max(1, r.requests), 4), rssBytesAfter: rssBytes(server.child.pid) };
+}
+
 const phases = [];
 try {
-  for (const B of [1, 64]) {
-    const proofBytes = await checkOne(B);
+  for (const B of batches) {
+    const proofBytes = await checkOne(proved.url, B);
     // A few bodies, cycled, so the server does not see one input only.
-    const requests = Array.from({ length: 8 }, () => ({ method: 'POST', body: body(B) }));
-    log(`batch ${B}: ${phaseSeconds} s, ${C} connections (proof of ${fmtBytes(proofBytes)} verified first)`);
-    const r = await cannon({ duration: phaseSeconds, requests });
-    phases.push({ batch: B, proofBytes, rssBytesAfter: rssBytes(), ...summarise(r) });
+    const bodies = Array.from({ length: 8 }, () => body(B));
+    log(`batch ${B}: ${phaseSeconds} s with proofs (proof of ${fmtBytes(proofBytes)} verified first), then ${phaseSeconds} s without`);
+    const withProofs = await load(proved, bodies, phaseSeconds);
+    const without = await load(plain, bodies, phaseSeconds);
+    phases.push({ batch: B, proofBytes, ...withProofs, noProofs: without, costRatio: round(without.requestsPerSecond / withProofs.requestsPerSecond, 4), cpuRatio: round(withProofs.serverCpuMsPerRequest / without.serverCpuMsPerRequest, 4) });
   }
 
   // ----------------------------------------------------------------- soak
-  log(`soak: batch 1 for ${soakSeconds} s, RSS sampled every 5 s`);
-  const samples = [];
-  const t0 = Date.now();
-  samples.push({ t: 0, rss: rssBytes() });
-  const timer = setInterval(() => {
-    samples.push({ t: (Date.now() - t0) / 1000, rss: rssBytes() });
-    const last = samples[samples.length - 1];
-    if (samples.length % 12 === 0) log(`  ${last.t.toFixed(0)} s: server RSS ${fmtBytes(last.rss)}`);
-  }, 5000);
-  const requests = Array.from({ length: 16 }, () => ({ method: 'POST', body: body(1) }));
-  const soak = await cannon({ duration: soakSeconds, requests });
-  clearInterval(timer);
-  samples.push({ t: (Date.now() - t0) / 1000, rss: rssBytes() });
+  let soakResult = null;
+  if (soakSeconds > 0) {
+    log(`soak: batch 1 with proofs for ${soakSeconds} s, RSS sampled every 5 s`);
+    const pid = proved.child.pid;
+    const samples = [];
+    const t0 = Date.now();
+    samples.push({ t: 0, rss: rssBytes(pid) });
+    const timer = setInterval(() => {
+      samples.push({ t: (Date.now() - t0) / 1000, rss: rssBytes(pid) });
+      const last = samples[samples.length - 1];
+      if (samples.length % 12 === 0) log(`  ${last.t.toFixed(0)} s: server RSS ${fmtBytes(last.rss)}`);
+    }, 5000);
+    const soak = await load(proved, Array.from({ length: 16 }, () => body(1)), soakSeconds);
+    clearInterval(timer);
+    samples.push({ t: (Date.now() - t0) / 1000, rss: rssBytes(pid) });
 
-  const warm = Math.min(30, soakSeconds * 0.1);
-  const window = soakSeconds >= 180 ? 60 : soakSeconds * 0.2;
-  const mean = (xs) => xs.reduce((s, x) => s + x.rss, 0) / Math.max(1, xs.length);
-  const first = samples.filter((s) => s.t >= warm && s.t < warm + window);
-  const last = samples.filter((s) => s.t > soakSeconds - window);
-  const firstMean = mean(first), lastMean = mean(last);
-  const growth = (lastMean - firstMean) / firstMean;
-  // "Grew": the last window's mean is more than 5% (and 16 MiB) above the first's.
-  const grew = growth > 0.05 && lastMean - firstMean > 16 * 2 ** 20;
-  const soakResult = {
-    batch: 1,
-    ...summarise(soak),
-    rss: { warmupSeconds: warm, windowSeconds: window, firstWindowMeanBytes: Math.round(firstMean), lastWindowMeanBytes: Math.round(lastMean), growth: round(growth, 4), grew, maxBytes: Math.max(...samples.map((s) => s.rss)), samples: samples.map((s) => ({ t: round(s.t, 4), rssBytes: s.rss })) },
-  };
+    const warm = Math.min(30, soakSeconds * 0.1);
+    const window = soakSeconds >= 180 ? 60 : soakSeconds * 0.2;
+    const mean = (xs) => xs.reduce((s, x) => s + x.rss, 0) / Math.max(1, xs.length);
+    const first = samples.filter((s) => s.t >= warm && s.t < warm + window);
+    const last = samples.filter((s) => s.t > soakSeconds - window);
+    const firstMean = mean(first), lastMean = mean(last);
+    const growth = (lastMean - firstMean) / firstMean;
+    // "Grew": the last window's mean is more than 5% (and 16 MiB) above the first's.
+    const grew = growth > 0.05 && lastMean - firstMean > 16 * 2 ** 20;
+    soakResult = {
+      batch: 1,
+      ...soak,
+      rss: { warmupSeconds: warm, windowSeconds: window, firstWindowMeanBytes: Math.round(firstMean), lastWindowMeanBytes: Math.round(lastMean), growth: round(growth, 4), grew, maxBytes: Math.max(...samples.map((s) => s.rss)), samples: samples.map((s) => ({ t: round(s.t, 4), rssBytes: s.rss })) },
+    };
+  }
 
   // ----------------------------------------------------------------- report
-  const rows = [...phases.map((p) => ({ phase: `batch ${p.batch}`, ...p })), { phase: `soak (batch 1, ${soakSeconds} s)`, ...soakResult, proofBytes: phases[0].proofBytes }];
+  const rows = [
+    ...phases.map((p) => ({ phase: `batch ${p.batch}`, ...p, plainInputs: p.noProofs.requestsPerSecond * p.batch, plainP99: p.noProofs.latencyMsP99, plainCpu: p.noProofs.serverCpuMsPerRequest })),
+    ...(soakResult ? [{ phase: `soak (batch 1, ${soakSeconds} s)`, ...soakResult, proofBytes: phases.find((p) => p.batch === 1)?.proofBytes }] : []),
+  ];
+  const opt = (f) => (v) => (v === undefined || v === null ? '' : f(v));
   table(
     rows,
     [
       'phase',
       { key: 'requestsPerSecond', header: 'req/s' },
       { key: 'requestsPerSecond', header: 'inputs/s', format: (v, r) => fmt(v * (r.batch ?? 1)) },
-      { key: 'latencyMsP50', header: 'p50 ms' },
-      { key: 'latencyMsP99', header: 'p99 ms' },
-      { key: 'proofBytes', header: 'proof', format: (v) => fmtBytes(v) },
+      { key: 'latencyMsP50', header: 'p50 ms', format: (v) => fmt(round(v, 2)) },
+      { key: 'latencyMsP99', header: 'p99 ms', format: (v) => fmt(round(v, 2)) },
+      { key: 'serverCpuMsPerRequest', header: 'server CPU ms/req', format: (v) => fmt(round(v, 3)) },
+      { key: 'proofBytes', header: 'proof', format: opt((v) => fmtBytes(v)) },
+      { key: 'plainInputs', header: 'no proofs: inputs/s', format: opt((v) => fmt(v)) },
+      { key: 'plainP99', header: 'p99 ms', format: opt((v) => fmt(round(v, 2))) },
+      { key: 'plainCpu', header: 'CPU ms/req', format: opt((v) => fmt(round(v, 3))) },
+      { key: 'costRatio', header: 'rate without / with', format: opt((v) => `${fmt(round(v, 2))}x`) },
       { key: 'requests', header: 'requests' },
-      { key: 'errors', header: 'errors' },
+      { key: 'errors', header: 'errors', format: (v, r) => String(v + (r.noProofs?.errors ?? 0)) },
     ],
     {
-      title: `forward + proof over HTTP (loopback, ${C} connections; N = ${fmt(N)} x ${D}, k = ${K})`,
-      notes: [
-        `server RSS during the soak: first ${window.toFixed(0)} s after warm-up ${fmtBytes(firstMean)}, last ${window.toFixed(0)} s ${fmtBytes(lastMean)} (${(100 * growth).toFixed(1)}%): ${grew ? 'GREW' : 'no growth'}; max ${fmtBytes(soakResult.rss.maxBytes)}`,
-      ],
+      title: `forward with and without proofs over HTTP (loopback, ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}${a.threads === undefined ? '' : `, ${a.threads} thread(s) a scan`}, client ${a.client}; N = ${fmt(N)} x ${D}, k = ${K})`,
+      notes: soakResult
+        ? [`server RSS during the soak: first ${soakResult.rss.windowSeconds.toFixed(0)} s after warm-up ${fmtBytes(soakResult.rss.firstWindowMeanBytes)}, last ${soakResult.rss.windowSeconds.toFixed(0)} s ${fmtBytes(soakResult.rss.lastWindowMeanBytes)} (${(100 * soakResult.rss.growth).toFixed(1)}%): ${soakResult.rss.grew ? 'GREW' : 'no growth'}; max ${fmtBytes(soakResult.rss.maxBytes)}`]
+        : [],
     },
   );
-  const errors = phases.reduce((s, p) => s + p.errors, 0) + soakResult.errors;
-  const file = writeResults(quick ? 'serve-quick' : 'serve', {
+  const errors = phases.reduce((s, p) => s + p.errors + p.noProofs.errors, 0) + (soakResult?.errors ?? 0);
+  const file = writeResults(a.out ?? (quick ? 'serve-quick' : 'serve'), {
     name: 'serve',
     date: new Date().toISOString(),
     command: ['node --expose-gc bench/serve.mjs', ...process.argv.slice(2)].join(' '),
@@ -206,7 +271,9 @@ try {
     process.exitCode = 1;
   }
 } finally {
-  child.kill('SIGTERM');
-  await new Promise((r) => child.once('exit', r));
+  for (const s of [proved, plain]) {
+    s.child.kill('SIGTERM');
+    await new Promise((r) => s.child.once('exit', r));
+  }
   rmSync(tmp, { recursive: true, force: true });
 }

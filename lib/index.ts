@@ -55,6 +55,8 @@ export { RMSNorm } from './model/kinds/rmsnorm.js';
 export type { RMSNormContext, RMSNormOptions } from './model/kinds/rmsnorm.js';
 export type { HopfieldContext, HopfieldForward, HopfieldGradients, HopfieldLookupOptions, Similarity } from './model/kinds/hopfield.js';
 export { Model } from './model/model.js';
+export { SearchBatcher } from './model/search-batcher.js';
+export type { SearchBatcherOptions } from './model/search-batcher.js';
 export { NO_KEY, Projection, SparseSelfAttention } from './model/kinds/attention.js';
 export type { AttentionContext, AttentionForward, AttentionGradients, ProjectionContext, ProjectionOptions, SparseSelfAttentionOptions } from './model/kinds/attention.js';
 export type { ModelLayer, ModelOptions, ProveOptions, ProvedForward, ProvedStep, ProvedUpdate } from './model/model.js';

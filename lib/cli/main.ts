@@ -329,6 +329,12 @@ finishes every accepted request, closes the tensor files, exits 0.
   --session-rows R    rows each session holds, default 4096 (memory: N x R x dim x 4 bytes)
   --log FORMAT        one line per request on stderr: json (one JSON object per line,
                       docs/serving.md "Logs") or text
+  --threads T         threads of each proof's scans and product-key selection (default:
+                      the machine's cores, started anew by each; 1 suits many requests at once)
+  --no-batch-search   one exact scan per forward proof (default: proofs running at once
+                      share one scan; the answers are the same bytes)
+  --no-proofs         answer /forward with the output only (fast f32 forward, no proof;
+                      unverifiable: for measuring what proofs cost)
 GET /metrics answers the Prometheus text format; GET /health a small JSON summary.`,
     options: {
       host: { type: 'string' },
@@ -343,6 +349,9 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
       log: { type: 'string' },
       sessions: { type: 'string' },
       'session-rows': { type: 'string' },
+      threads: { type: 'string' },
+      'no-batch-search': { type: 'boolean' },
+      'no-proofs': { type: 'boolean' },
     },
     positionals: [1, 1],
     run: async (v, [dir]) => {
@@ -362,6 +371,9 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
         maxQueue: num(v, 'queue', 64, 0, 2 ** 20),
         sessions: num(v, 'sessions', 0, 0, 2 ** 16),
         sessionRows: num(v, 'session-rows', 4096, 1, 2 ** 24),
+        ...(v.threads === undefined ? {} : { threads: num(v, 'threads', 1, 1, 1024) }),
+        ...(v['no-batch-search'] === true ? { batchSearch: false } : {}),
+        ...(v['no-proofs'] === true ? { proofs: false } : {}),
         ...(token === undefined ? {} : { trainToken: token, optimizer: { kind: 'adam' as const, lr: num(v, 'lr', 1e-3, 0, 10, false) } }),
         ...(logFormat === undefined ? {} : { log: { format: logFormat, write: (line: string) => err(line) } }),
       });

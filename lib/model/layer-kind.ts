@@ -12,7 +12,7 @@ import { sortedIndexOf, type GhostLayerBase, type LayerSpec } from '../verify/la
 import type { LayerEvidence, PatternBlock, PatternCache, ResolvedBlock } from '../verify/proof-format.js';
 import type { PinnedGhost } from '../verify/proof-verify.js';
 import type { SparseGrad } from './optim.js';
-import type { SparseTensor } from '../tensor/sparse-tensor.js';
+import type { BatchSearchOptions, SparseTensor } from '../tensor/sparse-tensor.js';
 import { OutOfRangeError } from '../shared/errors.js';
 
 /** What a backward pass gives: the input's gradient (null for ids), sparse row gradients, dense parameter gradients. */
@@ -45,6 +45,12 @@ export interface ProveLayerContext {
    * apply it; other kinds ignore it.
    */
   readonly revealKeys?: boolean;
+  /**
+   * The exact search of a layer's selection: the ids of `tensor.searchBatch(queries, k,
+   * options)`. Model gives a SearchBatcher's (ProveOptions.batcher: concurrent proofs
+   * share one scan, the same ids) or the tensor's own.
+   */
+  search(tensor: SparseTensor, queries: Float32Array, k: number, options: BatchSearchOptions): Promise<Uint32Array>;
   /** The model's tensor at Ghost-file index `i`, and a tensor's index. */
   tensor(i: number): SparseTensor;
   tensorIndex(t: SparseTensor): number;

@@ -36,6 +36,7 @@ import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
 import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
+import { SearchBatcher } from './search-batcher.js';
 import type { LayerShape } from './layer-kind.js';
 import { Block, expandChain } from './blocks.js';
 import { kindOf, kindOfEntry, type AnyLayerKind, type ModelLayer } from './kinds/index.js';
@@ -61,6 +62,12 @@ export interface ProveOptions {
    * prover's. HNSW layers keep the graph's selection (unproven) under 'all'.
    */
   revealKeys?: 'none' | 'all' | readonly number[];
+  /**
+   * Joins this proof's exact searches with those of other proofs running at once into one
+   * scan (a prover serving several requests; docs/serving.md, "Performance"). The proof
+   * is the same bytes with or without it.
+   */
+  batcher?: SearchBatcher;
 }
 
 export interface ProvedForward {
@@ -264,7 +271,9 @@ export class Model {
    * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
-    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys']);
+    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher']);
+    const batcher = options.batcher;
+    if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
     if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);
     const first = options.firstLayer ?? 0;
     const count = options.layers ?? this.layers.length - first;
@@ -310,6 +319,7 @@ export class Model {
         cache,
         threads: options.threads,
         revealKeys: reveal.has(li),
+        search: batcher ? (t, q, k, o) => batcher.search(t, q, k, o) : async (t, q, k, o) => (await t.searchBatch(q, k, o)).ids,
         tensor: (i) => this.tensors[i]!,
         tensorIndex: (t) => this.#index(t),
         block: (i, rows) => {

@@ -34,11 +34,12 @@ import { ModelDirectory } from '../model/model-dir.js';
 import type { SparseTensor } from '../tensor/sparse-tensor.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../model/optim.js';
 import { PatternCache } from '../verify/proof-format.js';
+import { SearchBatcher } from '../model/search-batcher.js';
 import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
-import { batchOf, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, encodeProofList, type StepRequest } from './wire.js';
+import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, encodeProofList, type StepRequest } from './wire.js';
 import { verifyTrainStep } from '../verify/step.js';
 import { specOf } from '../verify/kinds/index.js';
 import type { ProvedStep } from '../model/model.js';
@@ -122,6 +123,19 @@ export interface ProverServerOptions {
   sessions?: number;
   /** Rows each session's cache holds (default 4096). */
   sessionRows?: number;
+  /**
+   * Forward proofs running at once share one exact scan of the key tensor (a
+   * SearchBatcher: the searches that arrive while a scan runs go in the next one; the
+   * answers are the same bytes). Default true; false scans once per proof.
+   */
+  batchSearch?: boolean;
+  /**
+   * false: POST /forward answers the output only (`application/vnd.ghost-tensor.output`:
+   * u32 rows, u32 cols, rows x cols f32), from the fast f32 forward pass, with no proof:
+   * the same service without proofs, to measure what proofs cost (bench/serve.mjs).
+   * Clients cannot verify such answers (ProverClient refuses them). Default true.
+   */
+  proofs?: boolean;
   /** Called with each request's outcome (for logs). */
   onLog?: (entry: RequestLogEntry) => void;
   /**
@@ -140,6 +154,8 @@ export interface ServerStats {
   /** Request body bytes held now (reserved by Content-Length, or received so far). */
   bodyBytes: number;
   served: { forward: number; train: number; rejected: number };
+  /** Exact scans made for forward proofs and the queries they searched (batchSearch; null when off): queries / scans is the batching factor. */
+  search: { scans: number; queries: number } | null;
 }
 
 /** An HTTP failure: status, a reason token, a message. */
@@ -158,6 +174,8 @@ class HttpError extends Error {
 const PROOF_TYPE = 'application/vnd.ghost-tensor.proof';
 const GHOST_TYPE = 'application/vnd.ghost-tensor.ghost';
 const LIST_TYPE = 'application/vnd.ghost-tensor.proof-list';
+const OUTPUT_TYPE = 'application/vnd.ghost-tensor.output';
+
 
 /**
  * Runs jobs with at most `max` at once; a writer runs alone. First come, first served:
@@ -258,6 +276,8 @@ export class ProverServer {
   readonly #optimizer: SparseAdam | SparseSGD | null;
   readonly #ownsModel: boolean;
   readonly #sched: Scheduler;
+  /** Joins the exact searches of forward proofs running at once (null: batchSearch false). */
+  readonly #batcher: SearchBatcher | null;
   #server: Server | null = null;
   #ghost: PinnedGhost;
   /** Generation of #ghost. */
@@ -278,6 +298,10 @@ export class ProverServer {
   readonly #sessions = new Map<string, { cache: PatternCache; seq: number; busy: boolean }>();
 
   private constructor(model: Model, ghost: PinnedGhost, store: ModelDirectory | null, generation: number, options: ProverServerOptions, ownsModel: boolean) {
+    const bool = (name: string, v: boolean | undefined, def: boolean): boolean => {
+      if (v !== undefined && typeof v !== 'boolean') throw new InvalidArgumentError(`${name} must be a boolean`);
+      return v ?? def;
+    };
     const int = (name: string, v: number | undefined, def: number, lo: number, hi: number): number => {
       const x = v ?? def;
       if (!Number.isInteger(x) || x < lo || x > hi) throw new OutOfRangeError(`${name} must be an integer in ${lo}..${hi}, got ${String(v)}`);
@@ -296,6 +320,8 @@ export class ProverServer {
       keepUpdates: int('keepUpdates', options.keepUpdates, 4096, 0, 2 ** 24),
       sessions: int('sessions', options.sessions, 0, 0, 2 ** 16),
       sessionRows: int('sessionRows', options.sessionRows, 4096, 1, 2 ** 24),
+      batchSearch: bool('batchSearch', options.batchSearch, true),
+      proofs: bool('proofs', options.proofs, true),
       ...(options.trainToken === undefined ? {} : { trainToken: options.trainToken }),
       ...(options.threads === undefined ? {} : { threads: options.threads }),
       ...(options.onLog === undefined ? {} : { onLog: options.onLog }),
@@ -334,6 +360,7 @@ export class ProverServer {
     this.#firstKept = generation;
     this.#ownsModel = ownsModel;
     this.#sched = new Scheduler(this.#o.maxConcurrent, this.#o.maxQueue, this.#o.queueTimeoutMs);
+    this.#batcher = this.#o.batchSearch ? new SearchBatcher() : null;
     // A model trained by step proofs follows its own committed rule (POST /train-step); no update-proof optimizer.
     if (options.trainToken === undefined || ghost.manifest.training !== undefined) this.#optimizer = null;
     else {
@@ -419,7 +446,7 @@ export class ProverServer {
     return this.#ghost;
   }
   get stats(): ServerStats {
-    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, bodyBytes: this.#bodyBytes, served: { ...this.#served } };
+    return { generation: this.#generation, digest: toHex(this.#ghost.digest), running: this.#sched.running, queued: this.#sched.queued, bodyBytes: this.#bodyBytes, served: { ...this.#served }, search: this.#batcher ? { ...this.#batcher.stats } : null };
   }
 
   /**
@@ -587,10 +614,13 @@ export class ProverServer {
             this.#checkNotBroken();
             const t = performance.now();
             try {
-              const r = await this.model.prove(input.kind === 'f32' ? input.data : input.ids, {
+              const x = input.kind === 'f32' ? input.data : input.ids;
+              if (!this.#o.proofs) return { bytes: encodeOutput(await this.model.forward(x), batchOf(input)), generation: this.#generation, ghost: this.#ghost };
+              const r = await this.model.prove(x, {
                 ...(this.#o.threads === undefined ? {} : { threads: this.#o.threads }),
                 ...(session ? { cache: session.cache } : {}),
                 ...(revealHeader === 'all' ? { revealKeys: 'all' as const } : {}),
+                ...(this.#batcher ? { batcher: this.#batcher } : {}),
               });
               return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
             } finally {
@@ -604,7 +634,7 @@ export class ProverServer {
             res.setHeader('X-Ghost-Session-Base', session.fresh ? 'fresh' : 'held');
             res.setHeader('X-Ghost-Session-Rows', String(this.#o.sessionRows));
           }
-          return this.#send(res, 200, PROOF_TYPE, out.bytes, out.generation, out.ghost, lease);
+          return this.#send(res, 200, this.#o.proofs ? PROOF_TYPE : OUTPUT_TYPE, out.bytes, out.generation, out.ghost, lease);
         } finally {
           if (session) session.release();
         }

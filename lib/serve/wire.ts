@@ -61,6 +61,23 @@ export function decodeForwardRequest(bytes: Uint8Array): ForwardInput {
 }
 
 /** Inputs in a forward request (its batch size B). */
+/**
+ * The answer of a server with proofs off (ProverServerOptions.proofs false): u32 rows,
+ * u32 cols, rows x cols f32 (unverifiable; for measuring what proofs cost).
+ */
+export function encodeOutput(y: Float32Array, rows: number): Uint8Array {
+  if (!Number.isInteger(rows) || rows < 1 || y.length % rows !== 0) throw new InvalidArgumentError(`${y.length} values are not ${rows} rows`);
+  return new ByteWriter().u32(rows).u32(y.length / rows).f32s(y).finish();
+}
+
+export function decodeOutput(bytes: Uint8Array): { rows: number; cols: number; data: Float32Array } {
+  const r = new ByteReader(bytes, 'output');
+  const rows = r.u32('rows'), cols = r.u32('cols');
+  const data = r.f32s(rows * cols, 'output values');
+  r.end();
+  return { rows, cols, data };
+}
+
 export function batchOf(input: ForwardInput): number {
   return input.kind === 'f32' ? input.rows : input.ids.length;
 }

@@ -458,13 +458,12 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
         keyRows = last ? new Float32Array(0) : rowsOf(allKeys, ids);
       } else {
         const keys = l.keys as SparseTensor;
-        const r = await keys.searchBatch(Float32Array.from(q), k, {
+        ids = await c.search(keys, Float32Array.from(q), k, {
           metric: l.similarity,
           index: l.index,
           ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
           ...(c.threads === undefined ? {} : { threads: c.threads }),
         });
-        ids = r.ids;
         keyRows = keys.gather(ids);
         s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
       }
