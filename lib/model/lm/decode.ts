@@ -17,7 +17,7 @@
  * approximate); 'auto' scans exactly up to `indexThreshold` keys and switches to the
  * index past it.
  */
-import { checkFloat32Array, checkInteger, checkOptions, toIds } from '../../shared/args.js';
+import { allIds, checkFloat32Array, checkInteger, checkOptions, toIds } from '../../shared/args.js';
 import { InvalidArgumentError, OutOfRangeError, callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
@@ -134,6 +134,17 @@ export class AttentionDecoder {
     return this.#length;
   }
 
+  /** The HNSW search breadth (index 'hnsw' / 'auto'); may be changed between steps (>= k). */
+  get ef(): number {
+    return this.#opt.ef;
+  }
+  set ef(ef: number) {
+    if (this.#heads === null) throw new InvalidArgumentError("ef applies to index 'hnsw' or 'auto' only");
+    const e = checkInteger('ef', ef, 1, 1_000_000);
+    if (e < this.layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${this.layer.k}), got ${e}`);
+    this.#opt.ef = e;
+  }
+
   stats(): AttentionDecoderStats {
     return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps };
   }
@@ -175,8 +186,15 @@ export class AttentionDecoder {
 
   async #project(x: Float32Array): Promise<{ q: Float32Array; k: Float32Array; v: Float32Array }> {
     const l = this.layer;
-    // As SparseSelfAttention.forward: each stream is its projection of x, or x itself.
-    const [q, k, v] = await Promise.all([l.query, l.key, l.value].map(async (p) => (p === null ? x : (await p.forward(x)).y)));
+    // As SparseSelfAttention.forward: each stream is its projection of x, or x itself. A dense
+    // projection of a step's one row runs on this thread (linear_forward, the bits of
+    // Projection.forward's worker job) rather than waiting for a worker.
+    const one = x.length === this.dIn;
+    const [q, k, v] = await Promise.all([l.query, l.key, l.value].map(async (p) => {
+      if (p === null) return x;
+      if (one && p.full) return callNative(() => native().linear(1, p.outDim, p.inDim, x, p.weight.gather(allIds(p.outDim))));
+      return (await p.forward(x)).y;
+    }));
     return { q: q!, k: k!, v: v! };
   }
 
@@ -216,6 +234,9 @@ export class AttentionDecoder {
     const { q, k, v } = await this.#project(x);
     this.#appendKV(k, v, 1);
     await this.#maybeBuild();
+    // The new key is linked into each head's graph now (one insertion per head and step), so
+    // a step's cost includes the index's upkeep and no backlog of unlinked keys builds up.
+    if (this.#indexed) for (const t of this.#heads!) t.refreshHnsw(1, { threads: 1 });
     const l = this.layer, L = this.#length, H = l.heads, dk = this.headDim;
     const kk = l.mode === 'dense' ? 0 : l.k;
     let r: { out: Float32Array };

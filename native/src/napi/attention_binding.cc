@@ -194,6 +194,26 @@ Napi::Value LinearBackwardAsync(const Napi::CallbackInfo& info) {
   });
 }
 
+// linear(n, outDim, inDim, x, weight) -> y = x weight^T on the calling thread (one thread):
+// linear_forward as linearAsync runs it (the same bits), without a worker hop for the few
+// rows of a decoding step.
+Napi::Value Linear(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const size_t n = size_arg(info, 0, "n", 1, 1 << 24), m = size_arg(info, 1, "outDim", 1, 1 << 20),
+                 d = size_arg(info, 2, "inDim", 1, 1 << 20);
+    if (static_cast<double>(n) * d > kMaxElements || static_cast<double>(n) * m > kMaxElements ||
+        static_cast<double>(m) * d > kMaxElements)
+      throw Error(ErrorCode::OutOfRange, "linear: an array would be too large");
+    const ArrayArg<float> x = f32_arg(info, 3, "x");
+    check_finite_length(x, n * d, "x");
+    const ArrayArg<float> w = f32_arg(info, 4, "weight");
+    check_finite_length(w, m * d, "weight");
+    std::vector<float> y(n * m);
+    linear_forward(x.data, n, w.data, m, d, 1, kernels(), y.data());
+    return f32_array(info.Env(), y);
+  });
+}
+
 // attentionDecode(L, heads, headDim, k, scale, q, keysPacked, values[, selIds, selScores])
 //   -> { out, ids, weights } (ids and weights: heads x k; empty when k = 0, dense)
 // Synchronous, on the calling thread: one query row per head against a KV cache the caller
@@ -267,6 +287,7 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
 void register_attention_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionForwardAsync", Napi::Function::New(env, AttentionForwardAsync));
   exports.Set("attentionBackwardAsync", Napi::Function::New(env, AttentionBackwardAsync));
+  exports.Set("linear", Napi::Function::New(env, Linear));
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
   exports.Set("linearBackwardAsync", Napi::Function::New(env, LinearBackwardAsync));

@@ -1,0 +1,130 @@
+// Long-context decoding (issue 24 item 5): one causal attention layer decoding a token
+// at a time against a KV cache of L positions, for dense attention (every key), exact
+// top-k (the blocked scan over the cache) and indexed top-k (an HNSW graph per head over
+// the cached keys, each new key inserted in the step), and the recall@k of the indexed
+// selection against the exact one at the same query and cache.
+//
+// The layer: 4 heads of headDim 64 (D = 256), k = 32, dense 256 x 256 query, key and value
+// projections (no output projection), random normal weights / sqrt(256). A step is
+// AttentionDecoder.step: the three projections of the new row, appending its key and
+// value, the selection, the softmax and the mix, on one thread. The cache is filled with
+// prefill() (keys and values of L rows; the index is built over them, timed apart), then
+// `steps` rows are decoded (the context grows from L to L + steps; each ef's run continues
+// the same cache).
+//
+// Inputs (--data): 'random': rows uniform in [-1, 1)^256 (keys and queries are then
+// nearly isotropic Gaussians: the hardest case for a proximity graph, and attention is
+// almost flat); 'clustered': rows = one of 64 seeded centres (uniform [-1, 1)^256) plus
+// Gaussian noise of std 0.5, queries drawn the same way (keys that group by content,
+// closer to what a trained model's keys do).
+//
+// Usage: node bench/decode.mjs [--ls=1024,4096,16384,65536] [--steps=48] [--ef=64,128,256]
+//        [--data=random,clustered] [--m=16] [--ef-construction=100]
+import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
+import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
+
+const arg = (name, def) => {
+  const a = process.argv.find((s) => s.startsWith(`--${name}=`));
+  return a === undefined ? def : a.slice(name.length + 3);
+};
+const Ls = arg('ls', '1024,4096,16384,65536').split(',').map(Number);
+const steps = Number(arg('steps', 48));
+const efs = arg('ef', '64,128,256').split(',').map(Number);
+const datas = arg('data', 'random,clustered').split(',');
+const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));
+const heads = 4, dk = 64, D = heads * dk, k = 32;
+
+function weight(seed) {
+  const r = rng(seed), w = new Float32Array(D * D);
+  for (let i = 0; i < w.length; i++) w[i] = gaussian(r) / Math.sqrt(D);
+  return SparseTensor.fromArray(w, D);
+}
+const W = { q: weight(1), k: weight(2), v: weight(3) };
+const layer = (mode) =>
+  new SparseSelfAttention({
+    heads, k, causal: true, mode,
+    query: new Projection({ weight: W.q }), key: new Projection({ weight: W.k }), value: new Projection({ weight: W.v }),
+  });
+
+function rows(kind, n, seed) {
+  const r = rng(seed), x = new Float32Array(n * D);
+  if (kind === 'random') {
+    for (let i = 0; i < x.length; i++) x[i] = 2 * r() - 1;
+    return x;
+  }
+  const rc = rng(99), C = 64, centres = new Float32Array(C * D);
+  for (let i = 0; i < centres.length; i++) centres[i] = 2 * rc() - 1;
+  for (let i = 0; i < n; i++) {
+    const c = Math.floor(r() * C);
+    for (let t = 0; t < D; t++) x[i * D + t] = centres[c * D + t] + 0.5 * gaussian(r);
+  }
+  return x;
+}
+
+/** Decodes rows [from, from + steps) of x; returns tokens/s (step time only) and, with recallOf, the mean recall. */
+async function decode(dec, x, from, recallOf) {
+  let ms = 0, rsum = 0;
+  for (let i = 0; i < steps; i++) {
+    const row = x.subarray((from + i) * D, (from + i + 1) * D);
+    const t0 = nowMs();
+    await dec.step(row);
+    ms += nowMs() - t0;
+    if (recallOf) rsum += await recallOf(dec, row);
+  }
+  return { tokensPerSecond: (steps * 1000) / ms, recall: recallOf ? rsum / steps : null };
+}
+
+async function recall(dec, row) {
+  const q = (await dec.layer.query.forward(row)).y;
+  const exact = dec.exactSelection(q), got = dec.indexSelection(q);
+  let hit = 0, total = 0;
+  for (let h = 0; h < heads; h++) {
+    const want = new Set(exact.subarray(h * k, (h + 1) * k));
+    for (const id of got.subarray(h * k, (h + 1) * k)) if (want.has(id)) hit++;
+    total += want.size;
+  }
+  return hit / total;
+}
+
+const startedAt = new Date().toISOString();
+const others = otherProcesses();
+const results = [];
+for (const data of datas) {
+  for (const L of Ls) {
+    const x = rows(data, L + steps * (efs.length + 1), L + (data === 'random' ? 0 : 7));
+    const prefix = x.subarray(0, L * D);
+    const row = { data, L };
+    for (const mode of ['dense', 'exact']) {
+      tryGc();
+      const dec = new AttentionDecoder(layer(mode === 'dense' ? 'dense' : 'sparse'), { maxLength: L + steps * (efs.length + 1) });
+      await dec.prefill(prefix);
+      row[`${mode}TokS`] = round((await decode(dec, x, L, null)).tokensPerSecond);
+      console.log(`${data} L=${L} ${mode}: ${row[`${mode}TokS`]} tokens/s`);
+    }
+    tryGc();
+    const dec = new AttentionDecoder(layer('sparse'), { maxLength: L + steps * (efs.length + 1), index: 'hnsw', ef: efs[0], M, efConstruction: efC });
+    const t0 = nowMs();
+    await dec.prefill(prefix);
+    row.buildS = round((nowMs() - t0) / 1000);
+    row.hnsw = [];
+    for (const [j, ef] of efs.entries()) {
+      dec.ef = ef;
+      const r = await decode(dec, x, L + steps * j, recall);
+      row.hnsw.push({ ef, tokensPerSecond: round(r.tokensPerSecond), speedup: round(r.tokensPerSecond / row.exactTokS), recall: round(r.recall) });
+      console.log(`${data} L=${L} hnsw ef=${ef}: ${round(r.tokensPerSecond)} tokens/s (${round(r.tokensPerSecond / row.exactTokS)}x exact), recall@${k} ${round(r.recall)}`);
+    }
+    results.push(row);
+  }
+}
+
+const flat = results.flatMap((r) => r.hnsw.map((h) => ({ data: r.data, L: r.L, dense: r.denseTokS, exact: r.exactTokS, ef: h.ef, hnsw: h.tokensPerSecond, speedup: h.speedup, recall: h.recall, buildS: r.buildS })));
+table(flat, ['data', 'L', { key: 'dense', header: 'dense tok/s' }, { key: 'exact', header: 'exact top-k tok/s' }, 'ef', { key: 'hnsw', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `recall@${k}` }, { key: 'buildS', header: 'build s' }], {
+  title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions`,
+});
+const file = writeResults('decode', {
+  name: 'decode', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
+  machine: machine(), otherProcesses: others,
+  parameters: { heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection', hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step' } },
+  rows: results,
+});
+console.log(`wrote ${file}`);
