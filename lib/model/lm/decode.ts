@@ -41,6 +41,13 @@ export interface DecoderOptions {
   M?: number;
   /** HNSW build breadth (default 100). */
   efConstruction?: number;
+  /**
+   * When a new key joins its head's HNSW graph: 'step' (default) links it in its own step;
+   * 'batched' leaves it to the index's schedule (unlinked keys are scanned exactly by every
+   * search; past max(256, N / 50) of them, half are linked in one refresh on the worker
+   * threads), so most steps skip the insertion and a few pay for many.
+   */
+  link?: 'step' | 'batched';
   /** Longest context when the model has no PositionEmbedding (default 65,536). */
   maxLength?: number;
 }
@@ -51,22 +58,25 @@ interface ResolvedIndexOptions {
   ef: number;
   M: number;
   efConstruction: number;
+  link: 'step' | 'batched';
 }
 
-export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'maxLength'] as const;
+export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'maxLength'] as const;
 
 function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLength: number | undefined } {
   checkOptions('decoder', o, DECODER_OPTION_KEYS);
   const index = o.index ?? 'exact';
   if (index !== 'exact' && index !== 'hnsw' && index !== 'auto') throw new InvalidArgumentError(`index must be 'exact', 'hnsw' or 'auto', got ${String(index)}`);
   if (index !== 'auto' && o.indexThreshold !== undefined) throw new InvalidArgumentError("indexThreshold applies to index 'auto' only");
-  if (index === 'exact') for (const key of ['ef', 'M', 'efConstruction'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
+  if (o.link !== undefined && o.link !== 'step' && o.link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(o.link)}`);
+  if (index === 'exact') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
   return {
     index,
     threshold: checkInteger('indexThreshold', o.indexThreshold ?? 4096, 1, 2 ** 24),
     ef: checkInteger('ef', o.ef ?? 256, 1, 1_000_000),
     M: checkInteger('M', o.M ?? 16, 2, 256),
     efConstruction: checkInteger('efConstruction', o.efConstruction ?? 100, 1, 100_000),
+    link: o.link ?? 'step',
     maxLength: o.maxLength === undefined ? undefined : checkInteger('maxLength', o.maxLength, 1, 2 ** 24),
   };
 }
@@ -143,6 +153,16 @@ export class AttentionDecoder {
     const e = checkInteger('ef', ef, 1, 1_000_000);
     if (e < this.layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${this.layer.k}), got ${e}`);
     this.#opt.ef = e;
+  }
+
+  /** When new keys join the graphs (DecoderOptions.link); may be changed between steps. */
+  get link(): 'step' | 'batched' {
+    return this.#opt.link;
+  }
+  set link(link: 'step' | 'batched') {
+    if (this.#heads === null) throw new InvalidArgumentError("link applies to index 'hnsw' or 'auto' only");
+    if (link !== 'step' && link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(link)}`);
+    this.#opt.link = link;
   }
 
   stats(): AttentionDecoderStats {
@@ -236,7 +256,7 @@ export class AttentionDecoder {
     await this.#maybeBuild();
     // The new key is linked into each head's graph now (one insertion per head and step), so
     // a step's cost includes the index's upkeep and no backlog of unlinked keys builds up.
-    if (this.#indexed) for (const t of this.#heads!) t.refreshHnsw(1, { threads: 1 });
+    if (this.#indexed && this.#opt.link === 'step') for (const t of this.#heads!) t.refreshHnsw(1, { threads: 1 });
     const l = this.layer, L = this.#length, H = l.heads, dk = this.headDim;
     const kk = l.mode === 'dense' ? 0 : l.k;
     let r: { out: Float32Array };
