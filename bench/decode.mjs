@@ -67,23 +67,11 @@ function rows(kind, n, seed) {
   return x;
 }
 
-/** Decodes rows [from, from + steps) of x; returns tokens/s (step time only) and, with recallOf, the mean recall. */
-async function decode(dec, x, from, recallOf) {
-  let ms = 0, rsum = 0;
-  for (let i = 0; i < WARM; i++) await dec.step(x.subarray((from + steps + i) * D, (from + steps + i + 1) * D));
-  for (let i = 0; i < steps; i++) {
-    const row = x.subarray((from + i) * D, (from + i + 1) * D);
-    const t0 = nowMs();
-    await dec.step(row);
-    ms += nowMs() - t0;
-    if (recallOf) rsum += await recallOf(dec, row);
-  }
-  return { tokensPerSecond: (steps * 1000) / ms, recall: recallOf ? rsum / steps : null };
+async function q1(dec, row) {
+  return (await dec.layer.query.forward(row)).y;
 }
 
-async function recall(dec, row) {
-  const q = (await dec.layer.query.forward(row)).y;
-  const exact = dec.exactSelection(q), got = dec.indexSelection(q);
+function recallOf(exact, got) {
   let hit = 0, total = 0;
   for (let h = 0; h < heads; h++) {
     const want = new Set(exact.subarray(h * k, (h + 1) * k));
@@ -93,55 +81,68 @@ async function recall(dec, row) {
   return hit / total;
 }
 
+/** Times fn and adds the milliseconds to acc[key]. */
+async function timed(acc, key, fn) {
+  const t0 = nowMs();
+  const r = await fn();
+  acc[key] = (acc[key] ?? 0) + nowMs() - t0;
+  return r;
+}
+
 const startedAt = new Date().toISOString();
 const others = otherProcesses();
 const results = [];
 for (const data of datas) {
   for (const L of Ls) {
-    const x = rows(data, L + (steps + WARM) * (2 * efs.length + 1), L + (data === 'random' ? 0 : 7));
+    const rowsNeeded = L + (steps + WARM) * efs.length;
+    const x = rows(data, rowsNeeded, L + (data === 'random' ? 0 : 7));
     const prefix = x.subarray(0, L * D);
-    const row = { data, L };
-    for (const mode of ['dense', 'exact']) {
-      tryGc();
-      const dec = new AttentionDecoder(layer(mode === 'dense' ? 'dense' : 'sparse'), { maxLength: L + (steps + WARM) * (2 * efs.length + 1) });
-      await dec.prefill(prefix);
-      row[`${mode}TokS`] = round((await decode(dec, x, L, null)).tokensPerSecond);
-      console.log(`${data} L=${L} ${mode}: ${row[`${mode}TokS`]} tokens/s`);
-    }
     tryGc();
-    const dec = new AttentionDecoder(layer('sparse'), { maxLength: L + (steps + WARM) * (2 * efs.length + 1), index: 'hnsw', ef: efs[0], M, efConstruction: efC });
+    const dense = new AttentionDecoder(layer('dense'), { maxLength: rowsNeeded });
+    const exact = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded });
+    const hnsw = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'hnsw', ef: efs[0], M, efConstruction: efC });
+    await dense.prefill(prefix);
+    await exact.prefill(prefix);
     const t0 = nowMs();
-    await dec.prefill(prefix);
-    row.buildS = round((nowMs() - t0) / 1000);
-    row.hnsw = [];
+    await hnsw.prefill(prefix);
+    const buildS = round((nowMs() - t0) / 1000);
+    // The three decoders step through the same rows, interleaved step by step, so a swing
+    // in the machine's load falls on all of them alike.
     for (const [j, ef] of efs.entries()) {
-      dec.ef = ef;
-      // 'step': each new key linked into the graphs in its step (the full cost of a step);
-      // 'batched': new keys left unlinked and scanned exactly (fewer than 256 of them in a
-      // run, so no batch refresh falls in it: the search alone, the upkeep not counted).
-      dec.link = 'step';
-      const r = await decode(dec, x, L + (steps + WARM) * (2 * j), recall);
-      dec.link = 'batched';
-      const b = await decode(dec, x, L + (steps + WARM) * (2 * j + 1), recall);
-      dec.link = 'step';
-      row.hnsw.push({
-        ef, tokensPerSecond: round(r.tokensPerSecond), speedup: round(r.tokensPerSecond / row.exactTokS), recall: round(r.recall),
-        searchOnlyTokensPerSecond: round(b.tokensPerSecond), searchOnlySpeedup: round(b.tokensPerSecond / row.exactTokS), searchOnlyRecall: round(b.recall),
-      });
-      console.log(`${data} L=${L} hnsw ef=${ef}: ${round(r.tokensPerSecond)} tokens/s (${round(r.tokensPerSecond / row.exactTokS)}x exact), recall@${k} ${round(r.recall)}; search only ${round(b.tokensPerSecond)} (${round(b.tokensPerSecond / row.exactTokS)}x), recall ${round(b.recall)}`);
+      hnsw.ef = ef;
+      const ms = {};
+      let rsum = 0;
+      for (let i = 0; i < steps + WARM; i++) {
+        const at = L + (steps + WARM) * j + i, row = x.subarray(at * D, (at + 1) * D);
+        const acc = i < WARM ? {} : ms;
+        await timed(acc, 'dense', () => dense.step(row));
+        await timed(acc, 'exact', () => exact.step(row));
+        await timed(acc, 'hnsw', () => hnsw.step(row));
+        // The selection alone, at the same query and cache: the exact scan, the index search.
+        const q = await q1(exact, row);
+        const e = await timed(acc, 'exactSelect', () => exact.exactSelection(q));
+        const g = await timed(acc, 'hnswSelect', () => hnsw.indexSelection(q));
+        if (i >= WARM) rsum += recallOf(e, g);
+      }
+      const tps = (key) => round((steps * 1000) / ms[key]);
+      const r = {
+        data, L, ef, denseTokS: tps('dense'), exactTokS: tps('exact'), hnswTokS: tps('hnsw'), speedup: round(ms.exact / ms.hnsw),
+        recall: round(rsum / steps), exactSelectMs: round(ms.exactSelect / steps), hnswSelectMs: round(ms.hnswSelect / steps),
+        selectSpeedup: round(ms.exactSelect / ms.hnswSelect), buildS,
+      };
+      results.push(r);
+      console.log(JSON.stringify(r));
     }
-    results.push(row);
   }
 }
 
-const flat = results.flatMap((r) => r.hnsw.map((h) => ({ data: r.data, L: r.L, dense: r.denseTokS, exact: r.exactTokS, ef: h.ef, hnsw: h.tokensPerSecond, speedup: h.speedup, recall: h.recall, so: h.searchOnlyTokensPerSecond, soSpeedup: h.searchOnlySpeedup, soRecall: h.searchOnlyRecall, buildS: r.buildS })));
-table(flat, ['data', 'L', { key: 'dense', header: 'dense tok/s' }, { key: 'exact', header: 'exact top-k tok/s' }, 'ef', { key: 'hnsw', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `recall@${k}` }, { key: 'so', header: 'search-only tok/s' }, { key: 'soSpeedup', header: 'search-only/exact' }, { key: 'soRecall', header: 'its recall' }, { key: 'buildS', header: 'build s' }], {
+table(results, ['data', 'L', 'ef', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `recall@${k}` }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'selectSpeedup', header: 'select speedup' }, { key: 'buildS', header: 'build s' }], {
   title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions`,
 });
 const file = writeResults('decode', {
   name: 'decode', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
   machine: machine(), otherProcesses: others,
-  parameters: { heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection', hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: "'step': each new key linked in its step; 'batched' (search only): new keys scanned exactly, not linked within a run" } },
+  parameters: { heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection', hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step', interleaved: 'dense, exact and hnsw decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query (4 heads), timed apart' } },
   rows: results,
 });
 console.log(`wrote ${file}`);
