@@ -80,10 +80,14 @@ export type {
   StepRecord,
   TrainerOptions,
 } from './model/train/index.js';
-export { END_OF_DOCUMENT, evaluateBitsPerByte, generate, languageModel, languageModelCost, loadCorpus, lossPlot, modelContext, readLanguageModelRun, resolveLanguageModelConfig, splitDocuments, trainLanguageModel, unigramBitsPerByte } from './model/lm/index.js';
+export { AttentionDecoder, Decoder, decoder, END_OF_DOCUMENT, evaluateBitsPerByte, generate, languageModel, languageModelCost, loadCorpus, lossPlot, modelContext, readLanguageModelRun, resolveLanguageModelConfig, splitDocuments, trainLanguageModel, unigramBitsPerByte } from './model/lm/index.js';
 export type {
   Corpus,
   CorpusOptions,
+  AttentionDecoderStats,
+  DecodeIndex,
+  DecoderOptions,
+  DecoderStats,
   GenerateOptions,
   Generation,
   LanguageModelConfig,

@@ -200,6 +200,11 @@ export interface NativeAddon {
     n: number, heads: number, headDim: number, k: number, causal: boolean, scale: number, threads: number | undefined,
     q: Float32Array, key: Float32Array, v: Float32Array, dOut: Float32Array, a: Uint32Array | Float32Array, b: Float32Array,
   ): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array }>;
+  linear(n: number, outDim: number, inDim: number, x: Float32Array, weight: Float32Array): Float32Array;
+  attentionDecode(
+    L: number, heads: number, headDim: number, k: number, scale: number, q: Float32Array, keysPacked: Float32Array, values: Float32Array,
+    selIds?: Uint32Array, selScores?: Float32Array,
+  ): { out: Float32Array; ids: Uint32Array; weights: Float32Array };
   linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
   linearBackwardAsync(
     n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array, dY: Float32Array,

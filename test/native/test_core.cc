@@ -1149,6 +1149,72 @@ static void test_attention() {
   }
 }
 
+// decode_attention (incremental decoding): the last row of a causal top-k forward over L
+// rows, bit for bit, from keys packed block-major; the dense decode against the dense
+// forward's last row; a given selection (the exact one) gives the same output. Own generator,
+// so the shared stream of the other tests does not move.
+static void test_decode_attention() {
+  std::mt19937 gen(2024);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const auto vec = [&](size_t n) { std::vector<float> v(n); for (float& x : v) x = u(gen); return v; };
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    for (size_t L : {1, 17, 300}) for (size_t dk : {12, 64}) for (size_t k : {5, 32}) {
+      const size_t H = 2, D = H * dk;
+      const std::vector<float> Q = vec(L * D), Kt = vec(L * D), V = vec(L * D);
+      gt::AttentionArgs a;
+      a.Q = Q.data(); a.K = Kt.data(); a.V = V.data();
+      a.n = L; a.heads = H; a.dk = dk; a.causal = true; a.scale = 1.0f / std::sqrt(float(dk));
+      a.threads = 2; a.kernels = &K; a.k = std::min(k, L);
+      std::vector<float> out(L * D), w(H * L * a.k);
+      std::vector<uint32_t> ids(H * L * a.k);
+      gt::topk_attention_forward(a, out.data(), ids.data(), w.data());
+      std::vector<float> kp(gt::decode_key_packed_size(L, H, dk), 0.0f);
+      for (size_t j = 0; j < L; ++j)
+        for (size_t h = 0; h < H; ++h)
+          for (size_t t = 0; t < dk; ++t)
+            kp[((j / gt::kDecodeKeyBlock * H + h) * dk + t) * gt::kDecodeKeyBlock + j % gt::kDecodeKeyBlock] = Kt[j * D + h * dk + t];
+      gt::DecodeArgs d;
+      d.q = Q.data() + (L - 1) * D; d.Kp = kp.data(); d.V = V.data();
+      d.L = L; d.heads = H; d.dk = dk; d.k = k; d.scale = a.scale; d.kernels = &K;
+      std::vector<float> o(D), dw(H * k), o2(D), dw2(H * k);
+      std::vector<uint32_t> did(H * k);
+      gt::decode_attention(d, o.data(), did.data(), dw.data());
+      bool same = std::memcmp(o.data(), out.data() + (L - 1) * D, D * sizeof(float)) == 0;
+      for (size_t h = 0; h < H; ++h)
+        for (size_t c = 0; c < k; ++c) {
+          const size_t f = (h * L + L - 1) * a.k + c;
+          if (c < a.k) same = same && did[h * k + c] == ids[f] && std::memcmp(&dw[h * k + c], &w[f], sizeof(float)) == 0;
+          else same = same && did[h * k + c] == gt::kNoKey && dw[h * k + c] == 0.0f;
+        }
+      CHECK(same);
+      // The exact selection handed in as a selection: the same output.
+      std::vector<float> sel_scores(H * k, 0.0f);
+      for (size_t h = 0; h < H; ++h)
+        for (size_t c = 0; c < a.k; ++c) {
+          double s = 0;
+          for (size_t t = 0; t < dk; ++t) s += double(d.q[h * dk + t]) * Kt[did[h * k + c] * D + h * dk + t];
+          sel_scores[h * k + c] = float(s);
+        }
+      gt::decode_attention_selected(d, did.data(), sel_scores.data(), o2.data(), dw2.data());
+      std::vector<double> od(o.begin(), o.end());
+      CHECK(max_rel(o2, od) < 1e-4);
+      // Dense: the dense forward's last row.
+      std::vector<float> lse(H * L);
+      gt::dense_attention_forward(a, out.data(), lse.data());
+      d.k = 0;
+      gt::decode_attention(d, o.data(), nullptr, nullptr);
+      std::vector<double> want(out.begin() + (L - 1) * D, out.begin() + L * D);
+      CHECK(max_rel(o, want) < 1e-5);
+    }
+    gt::DecodeArgs bad;
+    bad.kernels = &K;
+    bool threw = false;
+    try { gt::decode_attention(bad, nullptr, nullptr, nullptr); } catch (const std::invalid_argument&) { threw = true; }
+    CHECK(threw);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -1166,6 +1232,7 @@ int main() {
   test_canonical();
   test_tensor_file();
   test_attention();
+  test_decode_attention();
   test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

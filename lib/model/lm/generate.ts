@@ -7,13 +7,14 @@
  * proofs come back with the tokens: verifyGeneration (ghost-tensor/verify) checks them.
  */
 import { checkBoolean, checkInteger, checkOptions, toIds } from '../../shared/args.js';
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { InvalidArgumentError, OutOfRangeError, UnsupportedError } from '../../shared/errors.js';
 import { seededRandom } from '../../shared/random.js';
 import { sampleToken, type GenerationRecord, type SamplingOptions } from '../../verify/generation.js';
 import { PositionEmbedding } from '../kinds/position.js';
 import type { PatternCache } from '../../verify/proof-format.js';
 import type { Model } from '../model.js';
 import { END_OF_DOCUMENT } from './corpus.js';
+import { Decoder, type DecodeIndex } from './decode.js';
 
 export interface GenerateOptions extends SamplingOptions {
   /** Tokens to generate (at most). */
@@ -31,6 +32,20 @@ export interface GenerateOptions extends SamplingOptions {
   cache?: PatternCache;
   /** Stop after END_OF_DOCUMENT (byte 0; default true). */
   stopAtEndOfDocument?: boolean;
+  /**
+   * Decode with a KV cache (lib/model/lm/decode.ts): each token costs one row through the
+   * model instead of a forward over the whole context. With index 'exact' the tokens and
+   * logits are those of the uncached run, bit for bit. The context does not slide: the
+   * prompt and tokens - 1 must fit the model's positions (OutOfRangeError before any
+   * work otherwise). Default false.
+   */
+  kvCache?: boolean;
+  /** With kvCache: the selection of each head's keys (Decoder's `index`; default 'exact'). */
+  index?: DecodeIndex;
+  /** With kvCache and index 'auto': the cached keys from which the HNSW index selects. */
+  indexThreshold?: number;
+  /** With kvCache and an index: the HNSW search breadth. */
+  ef?: number;
   /** Called with each token as it is made (and its proof). */
   onToken?: (token: number, proof: Uint8Array | null) => void | Promise<void>;
 }
@@ -49,7 +64,7 @@ export function modelContext(model: Model): number | null {
 }
 
 export async function generate(model: Model, prompt: Uint32Array | Uint8Array | readonly number[], options: GenerateOptions): Promise<Generation> {
-  const o = checkOptions('generate', options, ['tokens', 'seed', 'prove', 'cache', 'stopAtEndOfDocument', 'onToken', 'temperature', 'topP']);
+  const o = checkOptions('generate', options, ['tokens', 'seed', 'prove', 'cache', 'stopAtEndOfDocument', 'onToken', 'temperature', 'topP', 'kvCache', 'index', 'indexThreshold', 'ef']);
   const n = checkInteger('tokens', o.tokens, 0, 2 ** 24);
   const seed = checkInteger('seed', o.seed ?? 1, 0, 2 ** 32 - 1);
   const prove = checkBoolean('prove', o.prove, false);
@@ -57,8 +72,32 @@ export async function generate(model: Model, prompt: Uint32Array | Uint8Array | 
   const sampling = { temperature: o.temperature ?? 1, topP: o.topP ?? 1 };
   const p = toIds('prompt', prompt instanceof Uint8Array ? Array.from(prompt) : prompt);
   if (p.length === 0) throw new InvalidArgumentError('the prompt is empty: give at least one token (END_OF_DOCUMENT starts a new document)');
+  const kvCache = checkBoolean('kvCache', o.kvCache, false);
+  if (!kvCache) for (const key of ['index', 'indexThreshold', 'ef'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies with kvCache: true only`);
+  // A proof re-derives each selection exactly (docs/proof-format.md section 5); an index's is not re-derivable.
+  if (prove && kvCache && (o.index ?? 'exact') !== 'exact') throw new UnsupportedError(`prove needs the exact selection: index '${String(o.index)}' selects keys a verifier cannot re-derive (use index 'exact', or no kvCache)`);
   const context = modelContext(model) ?? p.length + n;
   const rand = seededRandom(seed);
+  if (kvCache && !prove) {
+    if (p.length + Math.max(n, 1) - 1 > context) throw new OutOfRangeError(`with kvCache the context does not slide: the prompt (${p.length}) and tokens - 1 (${Math.max(n, 1) - 1}) must fit the model's ${context} positions`);
+    const dec = new Decoder(model, {
+      ...(o.index === undefined ? {} : { index: o.index }),
+      ...(o.indexThreshold === undefined ? {} : { indexThreshold: o.indexThreshold }),
+      ...(o.ef === undefined ? {} : { ef: o.ef }),
+    });
+    const tokens: number[] = [];
+    if (n > 0) {
+      let logits = await dec.append(p);
+      for (let i = 0; i < n; i++) {
+        const token = sampleToken(logits, sampling, rand());
+        tokens.push(token);
+        await o.onToken?.(token, null);
+        if ((stop && token === END_OF_DOCUMENT) || i === n - 1) break;
+        logits = await dec.step(token);
+      }
+    }
+    return { prompt: p, tokens: Uint32Array.from(tokens), proofs: [], seed, context, temperature: sampling.temperature, topP: sampling.topP };
+  }
   const seq = Array.from(p);
   const tokens: number[] = [];
   const proofs: Uint8Array[] = [];

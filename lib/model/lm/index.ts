@@ -7,3 +7,5 @@ export { evaluateBitsPerByte, lossPlot, readLanguageModelRun, trainLanguageModel
 export type { LanguageModelRecord, LanguageModelRunConfig, LanguageModelTrainingOptions, LanguageModelTrainingResult } from './train.js';
 export { generate, modelContext } from './generate.js';
 export type { GenerateOptions, Generation } from './generate.js';
+export { AttentionDecoder, Decoder, decoder } from './decode.js';
+export type { AttentionDecoderStats, DecodeIndex, DecoderOptions, DecoderStats } from './decode.js';

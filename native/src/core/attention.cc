@@ -202,6 +202,119 @@ void topk_attention_forward(const AttentionArgs& a, float* out, uint32_t* ids, f
   });
 }
 
+namespace {
+
+void check_decode(const DecodeArgs& a) {
+  if (a.kernels == nullptr || a.q == nullptr || a.Kp == nullptr || a.V == nullptr || a.L == 0 || a.heads == 0 ||
+      a.dk == 0 || !(a.scale > 0.0f) || !std::isfinite(a.scale))
+    throw std::invalid_argument("decode_attention: bad arguments");
+}
+
+// Softmax over m selected scores (best first) and the mix of their values, in
+// topk_attention_forward's order: sc = scale * s - scale * s_0, vexp, z summed in
+// rank order, w = e * (1 / z), o = sum of axpy in rank order.
+void softmax_mix(const DecodeArgs& a, size_t h, const float* scores, const uint32_t* idv, size_t m, float* sc,
+                 float* w, float* o, uint32_t* ids_out, float* w_out) {
+  const Kernels& kern = *a.kernels;
+  const size_t D = a.heads * a.dk;
+  const float top = a.scale * scores[0];
+  for (size_t c = 0; c < m; ++c) sc[c] = a.scale * scores[c] - top;
+  kern.vexp(sc, w, m);
+  float z = 0.0f;
+  for (size_t c = 0; c < m; ++c) z += w[c];
+  const float inv = 1.0f / z;
+  std::fill(o, o + a.dk, 0.0f);
+  for (size_t c = 0; c < m; ++c) {
+    const float wc = w[c] * inv;
+    if (ids_out != nullptr) ids_out[c] = idv[c];
+    if (w_out != nullptr) w_out[c] = wc;
+    kern.axpy(o, wc, a.V + static_cast<size_t>(idv[c]) * D + h * a.dk, a.dk);
+  }
+  for (size_t c = m; c < a.k; ++c) {
+    if (ids_out != nullptr) ids_out[c] = kNoKey;
+    if (w_out != nullptr) w_out[c] = 0.0f;
+  }
+}
+
+}  // namespace
+
+void decode_attention(const DecodeArgs& a, float* out, uint32_t* ids, float* weights) {
+  check_decode(a);
+  const size_t L = a.L, H = a.heads, dk = a.dk, D = H * dk;
+  const Kernels& kern = *a.kernels;
+  const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  std::vector<float> tile(kDecodeKeyBlock);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  if (a.k > 0) {
+    const size_t kk = std::min(a.k, L);
+    std::vector<float> sc(kk), w(kk), hs(kk);
+    std::vector<uint32_t> hi(kk);
+    for (size_t h = 0; h < H; ++h) {
+      TopK hp(kk, true);
+      float thr = neg_inf;
+      for (size_t b = 0; b < nb; ++b) {
+        const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
+        std::fill(tile.begin(), tile.end(), 0.0f);
+        kern.gemm_acc(tile.data(), kDecodeKeyBlock, a.q + h * dk, dk, a.Kp + (b * H + h) * dk * kDecodeKeyBlock,
+                      kDecodeKeyBlock, 1, dk, kn);
+        // As topk_attention_forward: keys in increasing id order, only a score above the k-th enters.
+        for (size_t c = 0; c < kn; ++c) {
+          if (!(tile[c] > thr)) continue;
+          hp.push(tile[c], static_cast<uint32_t>(j0 + c));
+          if (hp.full()) thr = hp.worst().score;
+        }
+      }
+      const std::vector<Hit> hits = hp.sorted();
+      for (size_t c = 0; c < hits.size(); ++c) {
+        hs[c] = hits[c].score;
+        hi[c] = hits[c].id;
+      }
+      softmax_mix(a, h, hs.data(), hi.data(), hits.size(), sc.data(), w.data(), out + h * dk,
+                  ids == nullptr ? nullptr : ids + h * a.k, weights == nullptr ? nullptr : weights + h * a.k);
+    }
+    return;
+  }
+  // Dense: every score, then one softmax and the mix in key order.
+  std::vector<float> s(L), e(L);
+  for (size_t h = 0; h < H; ++h) {
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
+      std::fill(s.begin() + j0, s.begin() + j0 + kn, 0.0f);
+      kern.gemm_acc(s.data() + j0, kDecodeKeyBlock, a.q + h * dk, dk, a.Kp + (b * H + h) * dk * kDecodeKeyBlock,
+                    kDecodeKeyBlock, 1, dk, kn);
+    }
+    float mx = neg_inf;
+    for (size_t j = 0; j < L; ++j) mx = std::max(mx, s[j]);
+    const float top = a.scale * mx;
+    for (size_t j = 0; j < L; ++j) s[j] = a.scale * s[j] - top;
+    kern.vexp(s.data(), e.data(), L);
+    float z = 0.0f;
+    for (size_t j = 0; j < L; ++j) z += e[j];
+    const float inv = 1.0f / z;
+    float* o = out + h * dk;
+    std::fill(o, o + dk, 0.0f);
+    for (size_t j = 0; j < L; ++j) kern.axpy(o, e[j] * inv, a.V + j * D + h * dk, dk);
+  }
+}
+
+void decode_attention_selected(const DecodeArgs& a, const uint32_t* sel_ids, const float* sel_scores, float* out,
+                               float* weights) {
+  check_decode(a);
+  if (a.k == 0) throw std::invalid_argument("decode_attention_selected: k must be >= 1");
+  std::vector<float> sc(a.k), w(a.k);
+  for (size_t h = 0; h < a.heads; ++h) {
+    const uint32_t* idv = sel_ids + h * a.k;
+    size_t m = 0;
+    while (m < a.k && idv[m] != kNoKey) {
+      if (idv[m] >= a.L) throw std::out_of_range("decode_attention_selected: a key id is >= L");
+      ++m;
+    }
+    if (m == 0) throw std::invalid_argument("decode_attention_selected: a head selected no key");
+    softmax_mix(a, h, sel_scores + h * a.k, idv, m, sc.data(), w.data(), out + h * a.dk, nullptr,
+                weights == nullptr ? nullptr : weights + h * a.k);
+  }
+}
+
 void topk_attention_backward(const AttentionArgs& a, const uint32_t* ids, const float* weights, const float* dout,
                              float* dQ, float* dK, float* dV) {
   check(a, true);

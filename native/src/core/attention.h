@@ -48,6 +48,35 @@ void dense_attention_forward(const AttentionArgs& a, float* out, float* lse);
 void dense_attention_backward(const AttentionArgs& a, const float* out, const float* lse, const float* dout,
                               float* dQ, float* dK, float* dV);
 
+// Incremental decoding (one new query per head against a KV cache of L rows).
+// Keys are packed block-major, so appending a key never moves the others:
+//   Kp[((b * H + h) * dk + t) * kDecodeKeyBlock + c] = key (b * kDecodeKeyBlock + c), head h, column t
+// (decode_key_packed_size(L, H, dk) floats, blocks zero-padded); V is L x (H * dk), row-major.
+constexpr size_t kDecodeKeyBlock = 256;
+inline size_t decode_key_packed_size(size_t L, size_t H, size_t dk) {
+  return ((L + kDecodeKeyBlock - 1) / kDecodeKeyBlock) * H * dk * kDecodeKeyBlock;
+}
+
+struct DecodeArgs {
+  const float* q = nullptr;   // H * dk: the new row's query
+  const float* Kp = nullptr;  // packed keys, as above
+  const float* V = nullptr;   // L x (H * dk)
+  size_t L = 0, heads = 1, dk = 0;
+  size_t k = 0;  // 0: dense (every key); else top-k
+  float scale = 1.0f;
+  const Kernels* kernels = nullptr;
+};
+
+// The last row of a causal attention over L rows. Top-k: the same score tiles, selection,
+// softmax and mix as topk_attention_forward computes for query L - 1 (bit for bit with the
+// same kernels), min(k, L) keys; ids and weights (H x k, best first) padded with kNoKey / 0.
+// Dense (k = 0): softmax over every key, two passes (ids and weights may be null).
+void decode_attention(const DecodeArgs& a, float* out, uint32_t* ids, float* weights);
+// The same softmax and mix over a selection made elsewhere (an approximate index): per head
+// sel_ids (H x k; valid ids < L first, then kNoKey) with their scores q . k_j in sel_scores.
+void decode_attention_selected(const DecodeArgs& a, const uint32_t* sel_ids, const float* sel_scores, float* out,
+                               float* weights);
+
 // y (n x m) = X (n x d) W^T for W (m x d): y_ij = x_i . w_j.
 void linear_forward(const float* X, size_t n, const float* W, size_t m, size_t d, size_t threads,
                     const Kernels& kern, float* y);

@@ -194,11 +194,101 @@ Napi::Value LinearBackwardAsync(const Napi::CallbackInfo& info) {
   });
 }
 
+// linear(n, outDim, inDim, x, weight) -> y = x weight^T on the calling thread (one thread):
+// linear_forward as linearAsync runs it (the same bits), without a worker hop for the few
+// rows of a decoding step.
+Napi::Value Linear(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const size_t n = size_arg(info, 0, "n", 1, 1 << 24), m = size_arg(info, 1, "outDim", 1, 1 << 20),
+                 d = size_arg(info, 2, "inDim", 1, 1 << 20);
+    if (static_cast<double>(n) * d > kMaxElements || static_cast<double>(n) * m > kMaxElements ||
+        static_cast<double>(m) * d > kMaxElements)
+      throw Error(ErrorCode::OutOfRange, "linear: an array would be too large");
+    const ArrayArg<float> x = f32_arg(info, 3, "x");
+    check_finite_length(x, n * d, "x");
+    const ArrayArg<float> w = f32_arg(info, 4, "weight");
+    check_finite_length(w, m * d, "weight");
+    std::vector<float> y(n * m);
+    linear_forward(x.data, n, w.data, m, d, 1, kernels(), y.data());
+    return f32_array(info.Env(), y);
+  });
+}
+
+// attentionDecode(L, heads, headDim, k, scale, q, keysPacked, values[, selIds, selScores])
+//   -> { out, ids, weights } (ids and weights: heads x k; empty when k = 0, dense)
+// Synchronous, on the calling thread: one query row per head against a KV cache the caller
+// keeps (layout in attention.h, decode_attention). The cache arrays are read in place (not
+// copied: they grow to the context's size and a decode step reads them once); q and the
+// selection are checked here. With a selection (top-k only), its ids (heads x k, each
+// head's valid ids < L first, then NO_KEY) and their scores (finite, non-increasing per
+// head) replace the exact scan.
+Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    DecodeArgs a;
+    a.L = size_arg(info, 0, "L", 1, 1 << 24);
+    a.heads = size_arg(info, 1, "heads", 1, 4096);
+    a.dk = size_arg(info, 2, "headDim", 1, 65536);
+    a.k = size_arg(info, 3, "k", 0, 1 << 24);
+    a.scale = scale_arg(info, 4);
+    a.kernels = &kernels();
+    const size_t D = a.heads * a.dk;
+    if (static_cast<double>(a.L) * D > kMaxElements || static_cast<double>(a.heads) * a.k > kMaxElements)
+      throw Error(ErrorCode::OutOfRange, "L * heads * headDim (or heads * k) is too large");
+    const ArrayArg<float> q = f32_arg(info, 5, "q");
+    check_finite_length(q, D, "q");
+    const ArrayArg<float> kp = f32_arg(info, 6, "keysPacked");
+    const ArrayArg<float> v = f32_arg(info, 7, "values");
+    if (kp.length < decode_key_packed_size(a.L, a.heads, a.dk))
+      throw Error(ErrorCode::InvalidArgument, "keysPacked holds fewer than L keys");
+    if (v.length < a.L * D) throw Error(ErrorCode::InvalidArgument, "values holds fewer than L rows");
+    a.q = q.data;
+    a.Kp = kp.data;
+    a.V = v.data;
+    std::vector<float> out(D), weights(a.heads * a.k);
+    std::vector<uint32_t> ids(a.heads * a.k);
+    const bool selected = info.Length() > 8 && !info[8].IsUndefined();
+    if (selected) {
+      if (a.k == 0) throw Error(ErrorCode::InvalidArgument, "a selection needs k >= 1");
+      const ArrayArg<uint32_t> si = u32_arg(info, 8, "selIds");
+      const ArrayArg<float> ss = f32_arg(info, 9, "selScores");
+      if (si.length != a.heads * a.k || ss.length != a.heads * a.k)
+        throw Error(ErrorCode::InvalidArgument, "selIds and selScores must hold heads * k values");
+      for (size_t h = 0; h < a.heads; ++h) {
+        size_t m = 0;
+        for (; m < a.k && si.data[h * a.k + m] != kNoKey; ++m) {
+          const float sc = ss.data[h * a.k + m];
+          if (si.data[h * a.k + m] >= a.L) throw Error(ErrorCode::OutOfRange, "selIds: a key id is >= L");
+          if (!std::isfinite(sc)) throw Error(ErrorCode::NonFinite, "selScores: a score is not finite");
+          if (m > 0 && !(sc <= ss.data[h * a.k + m - 1]))
+            throw Error(ErrorCode::InvalidArgument, "selScores must be best first (non-increasing) per head");
+        }
+        if (m == 0) throw Error(ErrorCode::InvalidArgument, "selIds: a head selected no key");
+        for (size_t c = m; c < a.k; ++c)
+          if (si.data[h * a.k + c] != kNoKey) throw Error(ErrorCode::InvalidArgument, "selIds: NO_KEY padding must come last");
+      }
+      std::copy(si.data, si.data + si.length, ids.begin());
+      decode_attention_selected(a, si.data, ss.data, out.data(), weights.data());
+    } else {
+      decode_attention(a, out.data(), a.k > 0 ? ids.data() : nullptr, a.k > 0 ? weights.data() : nullptr);
+    }
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("out", f32_array(env, out));
+    Napi::Uint32Array ia = Napi::Uint32Array::New(env, ids.size());
+    std::copy(ids.begin(), ids.end(), ia.Data());
+    o.Set("ids", ia);
+    o.Set("weights", f32_array(env, weights));
+    return o;
+  });
+}
+
 }  // namespace
 
 void register_attention_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionForwardAsync", Napi::Function::New(env, AttentionForwardAsync));
   exports.Set("attentionBackwardAsync", Napi::Function::New(env, AttentionBackwardAsync));
+  exports.Set("linear", Napi::Function::New(env, Linear));
+  exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
   exports.Set("linearBackwardAsync", Napi::Function::New(env, LinearBackwardAsync));
 }

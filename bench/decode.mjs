@@ -1,0 +1,148 @@
+// Long-context decoding (issue 24 item 5): one causal attention layer decoding a token
+// at a time against a KV cache of L positions, for dense attention (every key), exact
+// top-k (the blocked scan over the cache) and indexed top-k (an HNSW graph per head over
+// the cached keys, each new key inserted in the step), and the recall@k of the indexed
+// selection against the exact one at the same query and cache.
+//
+// The layer: 4 heads of headDim 64 (D = 256), k = 32, dense 256 x 256 query, key and value
+// projections (no output projection), random normal weights / sqrt(256). A step is
+// AttentionDecoder.step: the three projections of the new row, appending its key and
+// value, the selection, the softmax and the mix, on one thread. The cache is filled with
+// prefill() (keys and values of L rows; the index is built over them, timed apart), then
+// `steps` rows are decoded (the context grows from L to L + steps; each ef's run continues
+// the same cache).
+//
+// Inputs (--data): 'random': rows uniform in [-1, 1)^256, so keys and queries are nearly
+// isotropic Gaussians of intrinsic dimension 64 per head (the hardest case for a proximity
+// graph; attention over them is almost flat); 'lowrank': rows = U z + noise, z standard
+// normal in 16 dimensions, U a seeded 256 x 16 normal matrix / 4, noise std 0.1 (keys of low
+// intrinsic dimension, as measured for trained models' keys: Singhania et al. 2024, "Loki:
+// Low-rank keys for efficient sparse attention"); queries are drawn the same way.
+//
+// Usage: node bench/decode.mjs [--ls=1024,4096,16384,65536] [--steps=48] [--ef=64,128,256]
+//        [--data=random,lowrank] [--m=16] [--ef-construction=100]
+import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
+import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
+
+const arg = (name, def) => {
+  const a = process.argv.find((s) => s.startsWith(`--${name}=`));
+  return a === undefined ? def : a.slice(name.length + 3);
+};
+const Ls = arg('ls', '1024,4096,16384,65536').split(',').map(Number);
+const steps = Number(arg('steps', 48));
+const efs = arg('ef', '64,128,256').split(',').map(Number);
+const datas = arg('data', 'random,lowrank').split(',');
+const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));
+const heads = 4, dk = 64, D = heads * dk, k = 32;
+const WARM = 4; // untimed steps before the timed ones of each run (rows of its own, past the timed ones)
+
+function weight(seed) {
+  const r = rng(seed), w = new Float32Array(D * D);
+  for (let i = 0; i < w.length; i++) w[i] = gaussian(r) / Math.sqrt(D);
+  return SparseTensor.fromArray(w, D);
+}
+const W = { q: weight(1), k: weight(2), v: weight(3) };
+const layer = (mode) =>
+  new SparseSelfAttention({
+    heads, k, causal: true, mode,
+    query: new Projection({ weight: W.q }), key: new Projection({ weight: W.k }), value: new Projection({ weight: W.v }),
+  });
+
+function rows(kind, n, seed) {
+  const r = rng(seed), x = new Float32Array(n * D);
+  if (kind === 'random') {
+    for (let i = 0; i < x.length; i++) x[i] = 2 * r() - 1;
+    return x;
+  }
+  const R = 16, ru = rng(99), U = new Float32Array(D * R), z = new Float32Array(R);
+  for (let i = 0; i < U.length; i++) U[i] = gaussian(ru) / 4;
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < R; c++) z[c] = gaussian(r);
+    for (let t = 0; t < D; t++) {
+      let s = 0.1 * gaussian(r);
+      for (let c = 0; c < R; c++) s += U[t * R + c] * z[c];
+      x[i * D + t] = s;
+    }
+  }
+  return x;
+}
+
+async function q1(dec, row) {
+  return (await dec.layer.query.forward(row)).y;
+}
+
+function recallOf(exact, got) {
+  let hit = 0, total = 0;
+  for (let h = 0; h < heads; h++) {
+    const want = new Set(exact.subarray(h * k, (h + 1) * k));
+    for (const id of got.subarray(h * k, (h + 1) * k)) if (want.has(id)) hit++;
+    total += want.size;
+  }
+  return hit / total;
+}
+
+/** Times fn and adds the milliseconds to acc[key]. */
+async function timed(acc, key, fn) {
+  const t0 = nowMs();
+  const r = await fn();
+  acc[key] = (acc[key] ?? 0) + nowMs() - t0;
+  return r;
+}
+
+const startedAt = new Date().toISOString();
+const others = otherProcesses();
+const results = [];
+for (const data of datas) {
+  for (const L of Ls) {
+    const rowsNeeded = L + (steps + WARM) * efs.length;
+    const x = rows(data, rowsNeeded, L + (data === 'random' ? 0 : 7));
+    const prefix = x.subarray(0, L * D);
+    tryGc();
+    const dense = new AttentionDecoder(layer('dense'), { maxLength: rowsNeeded });
+    const exact = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded });
+    const hnsw = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'hnsw', ef: efs[0], M, efConstruction: efC });
+    await dense.prefill(prefix);
+    await exact.prefill(prefix);
+    const t0 = nowMs();
+    await hnsw.prefill(prefix);
+    const buildS = round((nowMs() - t0) / 1000);
+    // The three decoders step through the same rows, interleaved step by step, so a swing
+    // in the machine's load falls on all of them alike.
+    for (const [j, ef] of efs.entries()) {
+      hnsw.ef = ef;
+      const ms = {};
+      let rsum = 0;
+      for (let i = 0; i < steps + WARM; i++) {
+        const at = L + (steps + WARM) * j + i, row = x.subarray(at * D, (at + 1) * D);
+        const acc = i < WARM ? {} : ms;
+        await timed(acc, 'dense', () => dense.step(row));
+        await timed(acc, 'exact', () => exact.step(row));
+        await timed(acc, 'hnsw', () => hnsw.step(row));
+        // The selection alone, at the same query and cache: the exact scan, the index search.
+        const q = await q1(exact, row);
+        const e = await timed(acc, 'exactSelect', () => exact.exactSelection(q));
+        const g = await timed(acc, 'hnswSelect', () => hnsw.indexSelection(q));
+        if (i >= WARM) rsum += recallOf(e, g);
+      }
+      const tps = (key) => round((steps * 1000) / ms[key]);
+      const r = {
+        data, L, ef, denseTokS: tps('dense'), exactTokS: tps('exact'), hnswTokS: tps('hnsw'), speedup: round(ms.exact / ms.hnsw),
+        recall: round(rsum / steps), exactSelectMs: round(ms.exactSelect / steps), hnswSelectMs: round(ms.hnswSelect / steps),
+        selectSpeedup: round(ms.exactSelect / ms.hnswSelect), buildS,
+      };
+      results.push(r);
+      console.log(JSON.stringify(r));
+    }
+  }
+}
+
+table(results, ['data', 'L', 'ef', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `recall@${k}` }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'selectSpeedup', header: 'select speedup' }, { key: 'buildS', header: 'build s' }], {
+  title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions`,
+});
+const file = writeResults('decode', {
+  name: 'decode', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
+  machine: machine(), otherProcesses: others,
+  parameters: { heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection', hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step', interleaved: 'dense, exact and hnsw decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query (4 heads), timed apart' } },
+  rows: results,
+});
+console.log(`wrote ${file}`);
