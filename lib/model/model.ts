@@ -34,6 +34,7 @@ import { computeStep, recordStep, type VerifiedStep } from '../verify/step.js';
 import type { StepProof } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
+import { STEP_NATIVE, stepNative } from './train/step-native.js';
 import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import type { LayerShape } from './layer-kind.js';
@@ -480,6 +481,7 @@ export class Model {
     // proof (tests check every proof this way; the bench compares the proofs' bytes).
     const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
       stateOf,
+      ...(stepNative.on ? { native: STEP_NATIVE } : {}),
       apply: (w) => {
         const t = this.tensors[w.tensor]!;
         t.scatter(w.ids, w.rows);

@@ -13,7 +13,7 @@
  */
 import { bytesEqual } from '../shared/bytes.js';
 import { ProofError } from '../shared/errors.js';
-import { canonicalBackward, canonicalForward } from './backward.js';
+import { canonicalBackward, canonicalForward, type NativeBackward } from './backward.js';
 import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
 import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
@@ -80,6 +80,8 @@ export type StateSource = (tensor: number, ids: Uint32Array) => StateBlock;
 export interface ProverRun {
   stateOf: StateSource;
   apply: (w: { tensor: number; ids: Uint32Array; rows: Float32Array; state: CanonicalRowState; leaves: Uint8Array }) => { root: Uint8Array; stateRoot: Uint8Array };
+  /** Native mirrors of the backward and the optimizer step (the same bits; lib/model/train/step-native.ts). */
+  native?: NativeBackward & { optimizerStep?: typeof coptimizerStep };
 }
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
@@ -179,7 +181,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     if (p.targets.data.length !== B * cols) fail('SHAPE', `${p.targets.data.length} target values for an output of ${B} x ${cols}`);
   }
   const loss = closs(t.loss, y, B, cols, p.targets);
-  const back = canonicalBackward(g, fwd, loss.grad);
+  const back = canonicalBackward(g, fwd, loss.grad, prover?.native);
 
   // The rows written: every row of a trained tensor the backward touched (its gradient may
   // be 0), each with its optimizer state, one state block per such tensor (ascending).
@@ -237,7 +239,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       at[k] = pos;
       for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
     }
-    const out = coptimizerStep(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
+    const out = (prover?.native?.optimizerStep ?? coptimizerStep)(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
     for (let k = 0; k < out.rows.length; k++) if (!Number.isFinite(out.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
     for (const a of [out.state.m, out.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
     return { at, out };
