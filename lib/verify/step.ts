@@ -159,7 +159,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
         const at = all ? (id < b.rev.ids.length ? id : -1) : sortedIndexOf(b.rev.ids, id);
         if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
         b.used[at] = 1;
-        for (let j = 0, o = at * d, w = k * d; j < d; j++) rows[w + j] = src[o + j]!;
+        rows.set(src.subarray(at * d, (at + 1) * d), k * d);
       }
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
@@ -237,7 +237,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     for (let k = 0; k < ids.length; k++) {
       const pos = b.all ? ids[k]! : sortedIndexOf(b.ids, ids[k]!);
       at[k] = pos;
-      for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
+      old.set(rev.rows.subarray(pos * d, (pos + 1) * d), k * d);
     }
     const out = (prover?.native?.optimizerStep ?? coptimizerStep)(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
     for (let k = 0; k < out.rows.length; k++) if (!Number.isFinite(out.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
@@ -252,7 +252,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const rev = blocks.get(b.tensor)!.rev;
     // The block's rows after the step (the unwritten ones unchanged) give the new root with the block's siblings.
     const after = rev.rows.slice();
-    for (let k = 0; k < ids.length; k++) for (let j = 0, o = at[k]! * d, w = k * d; j < d; j++) after[o + j] = out.rows[w + j]!;
+    for (let k = 0; k < ids.length; k++) after.set(out.rows.subarray(k * d, (k + 1) * d), at[k]! * d);
     const leaves = stateLeaves(d, out.state, ids.length);
     let root: Uint8Array, stateRoot: Uint8Array;
     if (prover) ({ root, stateRoot } = prover.apply({ tensor: b.tensor, ids, rows: out.rows, state: out.state, leaves }));
