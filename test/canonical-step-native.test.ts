@@ -12,9 +12,9 @@ import { GradientAccumulator } from '../lib/verify/backward.js';
 import { coptimizerStep, type CanonicalOptimizer, type CanonicalRowState } from '../lib/verify/canonical.js';
 import type { GhostManifest } from '../lib/verify/ghost-file.js';
 import { hopfieldSpec, type GhostHopfieldLayer } from '../lib/verify/kinds/hopfield.js';
-import type { BackwardContext, Revealed } from '../lib/verify/layer-spec.js';
+import type { BackwardContext, Revealed, VerifyLayerContext } from '../lib/verify/layer-spec.js';
 import type { LayerEvidence } from '../lib/verify/proof-format.js';
-import { hopfieldBackwardNative, optimizerStepNative, stepNative } from '../lib/model/train/step-native.js';
+import { hopfieldBackwardNative, hopfieldTrainForwardNative, optimizerStepNative, stepNative } from '../lib/model/train/step-native.js';
 import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
 
@@ -86,13 +86,14 @@ function hopfieldCase(rng: Rng, c: Case) {
   // Held keys: the keys revealed whole (row = id); the selection is not re-derived here (the backward holds it).
   const evidence: LayerEvidence = { op: 'hopfield', stages, blocks: [] };
   const revealed = new Map<number, Revealed>();
-  const fwd = hopfieldSpec.trainForward!(l, {
-    manifest, evidence, index: 0, rows: B, ids: null, x, inputs: [x],
+  const fctx = (ev: LayerEvidence = evidence): VerifyLayerContext => ({
+    manifest, evidence: ev, index: 0, rows: B, ids: null, x, inputs: [x],
     reveal: (need) => {
       for (const [t, want] of need) revealed.set(t, reveal(t, t === 0 ? keys : vals, t === 0 ? d : dv, c.held && t === 0 ? 'all' : want));
       return revealed;
     },
   });
+  const fwd = hopfieldSpec.trainForward!(l, fctx());
   const dy = values(rng, B * dv, c.hostile, c.nonFinite);
   // Accumulators already holding other layers' contributions (the same start on both sides).
   const prior = Array.from({ length: n }, () => values(rng, d, false));
@@ -108,7 +109,7 @@ function hopfieldCase(rng: Rng, c: Case) {
     for (let id = 0; id < n; id += 3) acc.row(0, id).set(prior[id]!.subarray(0, d));
     return acc;
   };
-  return { l, dy, ctx, fresh };
+  return { l, dy, ctx, fresh, fctx, fwd, stages };
 }
 
 function compareHopfield(c: Case, seed: number): void {
@@ -186,6 +187,51 @@ describe('native HopfieldLookup backward = the verifier\'s TypeScript, bit for b
     bad(5, f32(3), /keys' length is not a multiple of d/);
     bad(18, 0.1, /beta must be an f32 value/);
     bad(13, 0, /B/);
+  });
+});
+
+describe('native HopfieldLookup training forward = the verifier\'s TypeScript, bit for bit', () => {
+  const code = (f: () => unknown): string => {
+    try {
+      f();
+    } catch (e) {
+      return e instanceof ProofError ? `${e.reason}: ${e.message}` : String(e);
+    }
+    return 'ACCEPTED';
+  };
+  it('every similarity, normalize or not, 1 and 3 stages, random, hostile (NaN and infinities too), zero rows', () => {
+    let seed = 2000;
+    for (const sim of ['ip', 'cosine', 'l2'] as const) {
+      for (const normalize of [false, true]) {
+        for (const S of [1, 3]) {
+          for (const v of [{ hostile: false }, { hostile: true }, { hostile: true, nonFinite: true }, { hostile: false, zeroRows: true }, { hostile: false, shared: true }]) {
+            const { l, fctx, fwd } = hopfieldCase(new Rng(seed++), { sim, normalize, S, shared: false, held: false, ...v });
+            const n = hopfieldTrainForwardNative(l, fctx());
+            expect(n).not.toBeNull();
+            expect(bits(n!.y)).toBe(bits(fwd.y));
+            const sn = n!.saved as { q: Float64Array; s: Float64Array; a: Float64Array }, st = fwd.saved as typeof sn;
+            expect([bits(sn.q), bits(sn.s), bits(sn.a)]).toEqual([bits(st.q), bits(st.s), bits(st.a)]);
+          }
+        }
+      }
+    }
+  });
+  it('refuses a selection as the TypeScript does (shape, id out of range, duplicate), and leaves held and product keys to it', () => {
+    const { l, fctx, stages } = hopfieldCase(new Rng(3), { sim: 'cosine', normalize: true, S: 2, shared: false, held: false, hostile: false });
+    const evs: LayerEvidence[] = [
+      { op: 'hopfield', stages: [stages[0]!], blocks: [] },
+      { op: 'hopfield', stages: [stages[0]!, stages[1]!.subarray(1)], blocks: [] },
+      { op: 'hopfield', stages: [stages[0]!, Uint32Array.from(stages[1]!, (id, i) => (i === 5 ? 24 : id))], blocks: [] },
+      { op: 'hopfield', stages: [Uint32Array.from(stages[0]!, (id, i) => (i === 1 ? stages[0]![0]! : id)), stages[1]!], blocks: [] },
+    ];
+    for (const ev of evs) {
+      const t = code(() => hopfieldSpec.trainForward!(l, fctx(ev)));
+      expect(t).toMatch(/^(SHAPE|ID_OUT_OF_RANGE|DUPLICATE_ID): /);
+      expect(code(() => hopfieldTrainForwardNative(l, fctx(ev)))).toBe(t);
+    }
+    const held: LayerEvidence = { op: 'hopfield', stages, blocks: [{ tensor: 0, all: true } as never] };
+    expect(hopfieldTrainForwardNative(l, fctx(held))).toBeNull();
+    expect(hopfieldTrainForwardNative({ ...l, index: { kind: 'product-keys', subKeys: 5 }, keys: [0, 1] }, fctx())).toBeNull();
   });
 });
 

@@ -228,6 +228,12 @@ export interface NativeAddon {
     keyRow: Uint32Array, keyAcc: Uint32Array, valueRow: Uint32Array, valueAcc: Uint32Array, accKeys: Float64Array, accValues: Float64Array,
     B: number, k: number, d: number, dv: number, S: number, beta: number, metric: NativeMetric, normalize: boolean,
   ): Float32Array;
+  /** The prover's HopfieldLookup training forward (native/src/core/canonical_step.h): fills y, q, s, a. */
+  canonicalHopfieldForward(
+    x: Float32Array, keys: Float32Array, values: Float32Array, keyRow: Uint32Array, valueRow: Uint32Array,
+    B: number, k: number, d: number, dv: number, S: number, beta: number, metric: NativeMetric, normalize: boolean,
+    y: Float32Array, q: Float64Array, s: Float64Array, a: Float64Array,
+  ): void;
   /** The prover's optimizer step (coptimizerStep's bits); fills the out arrays, returns the new decay log. */
   canonicalOptimizerStep(
     params: Float64Array, d: number, rows: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array, steps: Uint32Array, marks: Float64Array,

@@ -13,7 +13,7 @@
  */
 import { bytesEqual } from '../shared/bytes.js';
 import { ProofError } from '../shared/errors.js';
-import { canonicalBackward, canonicalForward, type NativeBackward } from './backward.js';
+import { canonicalBackward, canonicalForward, type NativeStepHooks } from './backward.js';
 import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
 import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
@@ -81,7 +81,7 @@ export interface ProverRun {
   stateOf: StateSource;
   apply: (w: { tensor: number; ids: Uint32Array; rows: Float32Array; state: CanonicalRowState; leaves: Uint8Array }) => { root: Uint8Array; stateRoot: Uint8Array };
   /** Native mirrors of the backward and the optimizer step (the same bits; lib/model/train/step-native.ts). */
-  native?: NativeBackward & { optimizerStep?: typeof coptimizerStep };
+  native?: NativeStepHooks & { optimizerStep?: typeof coptimizerStep };
 }
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
@@ -164,7 +164,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
     return out;
-  });
+  }, true, prover?.native);
   for (const b of blocks.values()) {
     const at = b.used.indexOf(0);
     if (at >= 0) fail('BLOCK_IDS', `the block of tensor ${b.block.tensor} reveals row ${b.block.ids[at]}, which the step does not read`);

@@ -1174,6 +1174,14 @@ static void test_canonical_step() {
       CHECK(acc_keys[2] == 0.0 && acc_keys[3] == -6.0 && acc_keys[0] == 13.0 && acc_keys[1] == 13.0);
     }
   }
+  {  // The forward: a zero state scores 0 against both keys: a = (1/2, 1/2), y = (1 + 3) / 2.
+    const float x0[2] = {0, 0};
+    float y[1] = {-1};
+    double fq[2] = {-1, -1}, fs[2] = {-1, -1}, fa[2] = {-1, -1};
+    c::HopfieldForward f{1, 2, 2, 1, 1, 2.0, gt::Metric::IP, true, x0, keys, values, key_row, value_row, y, fq, fs, fa};
+    c::hopfield_forward(f);
+    CHECK(y[0] == 2.0f && fq[0] == 0.0 && fq[1] == 0.0 && fs[0] == 0.0 && fs[1] == 0.0 && fa[0] == 0.5 && fa[1] == 0.5);
+  }
   // SGD: rows - lr g, no decay; Adam's first step moves each value by about lr against its gradient's sign.
   const float rows[2] = {1, 2}, grads[2] = {2, -4}, zero[2] = {0, 0};
   const uint32_t steps[1] = {3};

@@ -4,6 +4,9 @@
  * (ProverRun.native). Each gives the same bits as the verifier's TypeScript (compared
  * bit for bit in test/canonical-step-native.test.ts); a verifier never runs them.
  *
+ * - HopfieldLookup training forward (exact and HNSW selections without held keys): the
+ *   kind's own checks of the selection and its reveal, then states, scores, softmax
+ *   weights and mixes in C++ (what the backward keeps).
  * - HopfieldLookup backward (exact and HNSW selections, every similarity, normalize, any
  *   number of stages; product keys run the TypeScript): the layer's f64 accumulator rows
  *   (ctx.grad, shared with every other layer) are gathered into one buffer, added to in
@@ -12,11 +15,11 @@
  */
 import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
-import type { NativeBackward } from '../../verify/backward.js';
+import type { NativeStepHooks } from '../../verify/backward.js';
 import type { CanonicalOptimizer, CanonicalRowState, coptimizerStep } from '../../verify/canonical.js';
-import type { GhostHopfieldLayer, HopfieldSaved } from '../../verify/kinds/hopfield.js';
+import { hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type HopfieldSaved } from '../../verify/kinds/hopfield.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
-import { rowOf, type BackwardContext } from '../../verify/layer-spec.js';
+import { fail, rowOf, type BackwardContext, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
 /** Accumulator rows of one tensor asked through ctx.grad, each given a slot in one f64 buffer. */
 class Slots {
@@ -39,6 +42,49 @@ class Slots {
   scatter(buf: Float64Array, dim: number): void {
     this.views.forEach((v, i) => v.set(buf.subarray(i * dim, (i + 1) * dim)));
   }
+}
+
+/**
+ * The HopfieldLookup training forward in C++ (kinds/hopfield.ts hopfieldForward with
+ * `keep`), or null for product keys and held keys (their selection is re-derived: the
+ * TypeScript runs). The selection's checks are the TypeScript's, with its messages.
+ */
+export function hopfieldTrainForwardNative(l: GhostHopfieldLayer, ctx: VerifyLayerContext): TrainedForward | null {
+  const ev = ctx.evidence;
+  if (l.index.kind === 'product-keys' || hopfieldRevealsKeys(l, ev)) return null;
+  const li = ctx.index, B = ctx.rows, x = ctx.x;
+  const k = l.k, d = l.dIn, dv = l.dOut, S = l.updateSteps;
+  if (!x) return null;
+  if (ev.stages.length !== S) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${S}`);
+  const n = ctx.manifest.tensors[l.values]!.n;
+  for (const [si, st] of ev.stages.entries()) {
+    if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
+    for (let b = 0; b < B; b++) {
+      const seen = new Set<number>();
+      for (let i = 0; i < k; i++) {
+        const id = st[b * k + i]!;
+        if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
+        if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
+        seen.add(id);
+      }
+    }
+  }
+  const rev = ctx.reveal(hopfieldReads(l, ev.stages, false));
+  const K = rev.get(l.keys[0]!)!, V = rev.get(l.values)!;
+  const keyRow = new Uint32Array(B * S * k), valueRow = new Uint32Array(B * k);
+  for (let b = 0; b < B; b++) {
+    for (let si = 0; si < S; si++) {
+      const st = ev.stages[si]!;
+      for (let i = 0; i < k; i++) keyRow[(b * S + si) * k + i] = rowOf(K, st[b * k + i]!) / d;
+    }
+    const last = ev.stages[S - 1]!;
+    for (let i = 0; i < k; i++) valueRow[b * k + i] = rowOf(V, last[b * k + i]!) / dv;
+  }
+  const y = new Float32Array(B * dv);
+  const saved: HopfieldSaved = { q: new Float64Array(B * S * d), s: new Float64Array(B * S * k), a: new Float64Array(B * S * k) };
+  const nat = native();
+  callNative(() => nat.canonicalHopfieldForward(x, K.rows, V.rows, keyRow, valueRow, B, k, d, dv, S, l.beta, l.similarity, l.normalize, y, saved.q, saved.s, saved.a));
+  return { y, saved };
 }
 
 /** The HopfieldLookup backward in C++, or null (product keys, or a shape the TypeScript should report). */
@@ -102,7 +148,10 @@ export function optimizerStepNative(p: CanonicalOptimizer, globalStep: number, l
 export const stepNative = { on: process.env['GT_STEP_NATIVE'] !== '0' };
 
 /** What Model.proveTrainStep passes to computeStep (ProverRun.native). */
-export const STEP_NATIVE: NativeBackward & { optimizerStep: typeof coptimizerStep } = {
+export const STEP_NATIVE: NativeStepHooks & { optimizerStep: typeof coptimizerStep } = {
+  trainForward(layer: GhostLayer, ctx: VerifyLayerContext): TrainedForward | null {
+    return layer.op === 'hopfield' ? hopfieldTrainForwardNative(layer, ctx) : null;
+  },
   backward(layer: GhostLayer, ctx: BackwardContext, dy: Float32Array): Float32Array[] | null {
     if (layer.op !== 'hopfield') return null;
     const dx = hopfieldBackwardNative(layer, ctx, dy);

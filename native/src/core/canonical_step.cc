@@ -29,6 +29,72 @@ void add_scaled(double* dst, double c, const T* src, size_t len) {
 
 }  // namespace
 
+void hopfield_forward(const HopfieldForward& p) {
+  const size_t B = p.B, k = p.k, d = p.d, dv = p.dv, S = p.S;
+  const double beta = p.beta;
+  std::vector<double> cur(d, 0.0), next(d, 0.0), ym(dv, 0.0);
+  for (size_t b = 0; b < B; ++b) {
+    // cstate
+    const float* xb = p.x + b * d;
+    for (size_t j = 0; j < d; ++j) cur[j] = 0.0;
+    if (!p.normalize) {
+      for (size_t j = 0; j < d; ++j) cur[j] = static_cast<double>(xb[j]);
+    } else {
+      const double n = std::sqrt(dot_in_order(xb, xb, d));
+      if (n > 0.0)
+        for (size_t j = 0; j < d; ++j) cur[j] = static_cast<double>(xb[j]) / n;
+    }
+    for (size_t si = 0; si < S; ++si) {
+      const size_t slot = b * S + si, ao = slot * k;
+      double* s = p.s + ao;
+      double* a = p.a + ao;
+      for (size_t j = 0; j < d; ++j) p.q[slot * d + j] = cur[j];
+      // csimilarity
+      for (size_t i = 0; i < k; ++i) {
+        const float* K = p.keys + static_cast<size_t>(p.key_row[ao + i]) * d;
+        double v;
+        if (p.sim == Metric::IP) {
+          v = dot_in_order(cur.data(), K, d);
+        } else if (p.sim == Metric::Cosine) {
+          const double nq = std::sqrt(dot_in_order(cur.data(), cur.data(), d));
+          const double nk = std::sqrt(dot_in_order(K, K, d));
+          v = (nq == 0.0 || nk == 0.0) ? 0.0 : dot_in_order(cur.data(), K, d) / (nq * nk);
+        } else {
+          double t = 0.0;
+          for (size_t j = 0; j < d; ++j) {
+            const double u = cur[j] - static_cast<double>(K[j]);
+            t = t + u * u;
+          }
+          v = -t;
+        }
+        s[i] = v;
+      }
+      // csoftmax
+      double m = -HUGE_VAL;
+      for (size_t i = 0; i < k; ++i) {
+        a[i] = beta * s[i];
+        if (a[i] > m) m = a[i];
+      }
+      double sum = 0.0;
+      for (size_t i = 0; i < k; ++i) {
+        a[i] = exp(a[i] - m);
+        sum = sum + a[i];
+      }
+      for (size_t i = 0; i < k; ++i) a[i] = a[i] / sum;
+      // cmix
+      if (si == S - 1) {
+        for (size_t j = 0; j < dv; ++j) ym[j] = 0.0;
+        for (size_t i = 0; i < k; ++i) add_scaled(ym.data(), a[i], p.values + static_cast<size_t>(p.value_row[b * k + i]) * dv, dv);
+        for (size_t j = 0; j < dv; ++j) p.y[b * dv + j] = static_cast<float>(ym[j]);
+      } else {
+        for (size_t j = 0; j < d; ++j) next[j] = 0.0;
+        for (size_t i = 0; i < k; ++i) add_scaled(next.data(), a[i], p.keys + static_cast<size_t>(p.key_row[ao + i]) * d, d);
+        cur.swap(next);
+      }
+    }
+  }
+}
+
 void hopfield_backward(const HopfieldBackward& p) {
   const size_t B = p.B, k = p.k, d = p.d, dv = p.dv, S = p.S;
   const double beta = p.beta;

@@ -41,6 +41,28 @@ struct HopfieldBackward {
   float* dx;  // B x d (out)
 };
 
+// lib/verify/kinds/hopfield.ts hopfieldForward with `keep` (trainForward; not product
+// keys, not held keys): per input its first state (cstate), then per stage the
+// similarities to its k key rows (csimilarity), their softmax (csoftmax) and the mix
+// (cmix) of the key rows (earlier stages: the next state) or of the value rows (the last:
+// y, rounded to f32). Fills q, s, a as HopfieldBackward takes them, and y (B x dv).
+struct HopfieldForward {
+  size_t B, k, d, dv, S;
+  double beta;
+  Metric sim;
+  bool normalize;
+  const float* x;
+  const float* keys;
+  const float* values;
+  const uint32_t* key_row;    // B*S*k
+  const uint32_t* value_row;  // B*k
+  float* y;
+  double* q;
+  double* s;
+  double* a;
+};
+void hopfield_forward(const HopfieldForward& p);
+
 // lib/verify/kinds/hopfield.ts hopfieldBackward: dx, and every touched accumulator row
 // added to in the same order.
 void hopfield_backward(const HopfieldBackward& p);

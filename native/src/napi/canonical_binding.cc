@@ -305,6 +305,49 @@ Napi::Value CanonicalHopfieldBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// The prover's HopfieldLookup training forward (mirrors lib/verify/kinds/hopfield.ts
+// hopfieldForward with keep; not product keys, not held keys):
+// (x, keys, values, keyRow, valueRow, B, k, d, dv, S, beta, metric, normalize, y, q, s, a)
+// fills y (B x dv f32), q (B*S x d), s and a (B*S x k, f64).
+Napi::Value CanonicalHopfieldForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> keys = f32_arg(info, 1, "keys");
+    const ArrayArg<float> values = f32_arg(info, 2, "values");
+    const ArrayArg<uint32_t> key_row = u32_arg(info, 3, "keyRow");
+    const ArrayArg<uint32_t> value_row = u32_arg(info, 4, "valueRow");
+    const size_t B = size_arg(info, 5, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 6, "k", 1, kMaxCount);
+    const size_t d = size_arg(info, 7, "d", 1, kMaxDim);
+    const size_t dv = size_arg(info, 8, "dv", 1, kMaxDim);
+    const size_t S = size_arg(info, 9, "S", 1, 65535);
+    const double beta = f32_number(info, 10, "beta");
+    const Metric m = metric_arg(info, 11);
+    if (info.Length() < 13 || !info[12].IsBoolean()) throw Error(ErrorCode::InvalidArgument, "normalize must be a boolean");
+    const ArrayArg<float> y = f32_arg(info, 13, "y");
+    const ArrayArg<double> q = f64_arg(info, 14, "q");
+    const ArrayArg<double> s = f64_arg(info, 15, "s");
+    const ArrayArg<double> a = f64_arg(info, 16, "a");
+    const size_t BS = checked_mul(B, S, "B x S");
+    const size_t entries = checked_mul(BS, k, "B x S x k");
+    check_len(x.length, checked_mul(B, d, "B x d"), "x");
+    check_len(key_row.length, entries, "keyRow");
+    check_len(value_row.length, B * k, "valueRow");
+    check_len(y.length, checked_mul(B, dv, "B x dv"), "y");
+    check_len(q.length, checked_mul(BS, d, "B x S x d"), "q");
+    check_len(s.length, entries, "s");
+    check_len(a.length, entries, "a");
+    if (keys.length % d != 0) throw Error(ErrorCode::InvalidArgument, "keys' length is not a multiple of d");
+    if (values.length % dv != 0) throw Error(ErrorCode::InvalidArgument, "values' length is not a multiple of dv");
+    check_rows(key_row, keys.length / d, "keyRow");
+    check_rows(value_row, values.length / dv, "valueRow");
+    canonical::HopfieldForward p{B, k, d, dv, S, beta, m, info[12].As<Napi::Boolean>().Value(), x.data, keys.data, values.data,
+                                 key_row.data, value_row.data, y.data, q.data, s.data, a.data};
+    canonical::hopfield_forward(p);
+    return info.Env().Undefined();
+  });
+}
+
 // The prover's optimizer step (mirrors lib/verify/canonical.ts coptimizerStep):
 // (params: Float64Array [adam 0/1, rowStep 0/1, lr, beta1, beta2, eps, weightDecay
 // (f32 values), globalStep, logDecay], d, rows, grads, m, v, steps, marks, outRows, outM,
@@ -367,6 +410,7 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalRmsNorm", Napi::Function::New(env, CanonicalRmsNorm));
   exports.Set("canonicalJoin", Napi::Function::New(env, CanonicalJoin));
   exports.Set("canonicalHopfieldBackward", Napi::Function::New(env, CanonicalHopfieldBackward));
+  exports.Set("canonicalHopfieldForward", Napi::Function::New(env, CanonicalHopfieldForward));
   exports.Set("canonicalOptimizerStep", Napi::Function::New(env, CanonicalOptimizerStep));
 }
 
