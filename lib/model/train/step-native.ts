@@ -21,6 +21,18 @@ import { hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type Hopfi
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import { fail, rowOf, type BackwardContext, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
+/**
+ * Scratch buffers for the gathered accumulators, kept between calls (grow only): a fresh
+ * buffer of this size costs more in first-touch page faults than the copies themselves
+ * (docs/step-proofs.md, "What proving a step costs"). Safe to share: computeStep is
+ * synchronous, and each call scatters its rows back before it returns.
+ */
+const scratch: Float64Array[] = [new Float64Array(0), new Float64Array(0)];
+function scratchOf(which: 0 | 1, n: number): Float64Array {
+  if (scratch[which]!.length < n) scratch[which] = new Float64Array(Math.max(n, Math.ceil(scratch[which]!.length * 1.5)));
+  return scratch[which]!.subarray(0, n);
+}
+
 /** Accumulator rows of one tensor asked through ctx.grad, each given a slot in one f64 buffer. */
 class Slots {
   readonly views: Float64Array[] = [];
@@ -34,8 +46,8 @@ class Slots {
     }
     return s;
   }
-  gather(dim: number): Float64Array {
-    const buf = new Float64Array(this.views.length * dim);
+  gather(dim: number, which: 0 | 1): Float64Array {
+    const buf = scratchOf(which, this.views.length * dim);
     this.views.forEach((v, i) => buf.set(v, i * dim));
     return buf;
   }
@@ -117,8 +129,8 @@ export function hopfieldBackwardNative(l: GhostHopfieldLayer, ctx: BackwardConte
       }
     }
   }
-  const accKeys = ks.gather(d);
-  const accValues = shared ? accKeys : vs.gather(dv);
+  const accKeys = ks.gather(d, 0);
+  const accValues = shared ? accKeys : vs.gather(dv, 1);
   const nat = native();
   const dx = callNative(() => nat.canonicalHopfieldBackward(x, dy, sv.q, sv.s, sv.a, K.rows, V.rows, keyRow, keyAcc, valueRow, valueAcc, accKeys, accValues, B, k, d, dv, S, l.beta, l.similarity, l.normalize));
   ks.scatter(accKeys, d);
