@@ -265,6 +265,12 @@ export class Model {
    * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
+    const r = await this.#proveForward(input, options);
+    return { ...r, bytes: encodeProof(r.proof) };
+  }
+
+  /** prove() without the encoding (proveTrainStep takes only its selection and input). */
+  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys']);
     if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);
     const first = options.firstLayer ?? 0;
@@ -326,7 +332,7 @@ export class Model {
     const x = outs[outs.length - 1];
     cache?.record(revealed);
     const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
-    return { output: x!, proof, bytes: encodeProof(proof) };
+    return { output: x!, proof };
   }
 
   /**
@@ -433,7 +439,7 @@ export class Model {
     const ghost = await this.ghost();
     const tr = this.#training!;
     // The forward's selection, and the rows each layer reads.
-    const fwd = await this.prove(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
+    const fwd = await this.#proveForward(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
     const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
     const targets = tr.targets(batch.targets, B, cols);
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
