@@ -38,6 +38,8 @@
  *   plain      the fast path: a Tape forward/backward and a Trainer step (SparseAdam, clipping)
  *   prove      model.proveTrainStep(batch): the selection, the verifier's canonical step
  *              (forward, loss, backward, optimizer) run by the prover, the writes, the encoding
+ *              (with its C++ mirrors of the same bits, lib/model/train/step-native.ts;
+ *              GT_STEP_NATIVE=0 runs the TypeScript only; bench/step-profile.mjs: where the time goes)
  *   overhead   (prove - plain) / plain (the issue's goal: at most 0.25)
  *   verify     verifyTrainStep(pinned, bytes) in TypeScript, no addon, verifier holding nothing
  *   bytes      the proof's size cold (verifier holds nothing) and with a PatternCache on both

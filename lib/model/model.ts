@@ -34,6 +34,7 @@ import { computeStep, recordStep, type VerifiedStep } from '../verify/step.js';
 import type { StepProof } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
+import { STEP_NATIVE, stepNative } from './train/step-native.js';
 import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import { SearchBatcher } from './search-batcher.js';
@@ -271,6 +272,12 @@ export class Model {
    * cannot re-check that choice: see the docs).
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
+    const r = await this.#proveForward(input, options);
+    return { ...r, bytes: encodeProof(r.proof) };
+  }
+
+  /** prove() without the encoding (proveTrainStep takes only its selection and input). */
+  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
@@ -335,7 +342,7 @@ export class Model {
     const x = outs[outs.length - 1];
     cache?.record(revealed);
     const proof: ForwardProof = { kind: 'forward', ghost: ghost.digest, firstLayer: first, input: pin, layers: evidence, output: { rows: B, cols, data: x! } };
-    return { output: x!, proof, bytes: encodeProof(proof) };
+    return { output: x!, proof };
   }
 
   /**
@@ -442,7 +449,7 @@ export class Model {
     const ghost = await this.ghost();
     const tr = this.#training!;
     // The forward's selection, and the rows each layer reads.
-    const fwd = await this.prove(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
+    const fwd = await this.#proveForward(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
     const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
     const targets = tr.targets(batch.targets, B, cols);
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
@@ -490,6 +497,7 @@ export class Model {
     // proof (tests check every proof this way; the bench compares the proofs' bytes).
     const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
       stateOf,
+      ...(stepNative.on ? { native: STEP_NATIVE } : {}),
       apply: (w) => {
         const t = this.tensors[w.tensor]!;
         t.scatter(w.ids, w.rows);

@@ -227,6 +227,23 @@ export interface NativeAddon {
   canonicalLinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): Float32Array;
   canonicalRmsNorm(x: Float32Array, n: number, d: number, gain: Float32Array, eps: number): Float32Array;
   canonicalJoin(a: Float32Array, b: Float32Array, which: 'add' | 'glu'): Float32Array;
+  /** The prover's HopfieldLookup backward (native/src/core/canonical_step.h); accKeys / accValues are added to in place. */
+  canonicalHopfieldBackward(
+    x: Float32Array, dy: Float32Array, q: Float64Array, s: Float64Array, a: Float64Array, keys: Float32Array, values: Float32Array,
+    keyRow: Uint32Array, keyAcc: Uint32Array, valueRow: Uint32Array, valueAcc: Uint32Array, accKeys: Float64Array, accValues: Float64Array,
+    B: number, k: number, d: number, dv: number, S: number, beta: number, metric: NativeMetric, normalize: boolean,
+  ): Float32Array;
+  /** The prover's HopfieldLookup training forward (native/src/core/canonical_step.h): fills y, q, s, a. */
+  canonicalHopfieldForward(
+    x: Float32Array, keys: Float32Array, values: Float32Array, keyRow: Uint32Array, valueRow: Uint32Array,
+    B: number, k: number, d: number, dv: number, S: number, beta: number, metric: NativeMetric, normalize: boolean,
+    y: Float32Array, q: Float64Array, s: Float64Array, a: Float64Array,
+  ): void;
+  /** The prover's optimizer step (coptimizerStep's bits); fills the out arrays, returns the new decay log. */
+  canonicalOptimizerStep(
+    params: Float64Array, d: number, rows: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array, steps: Uint32Array, marks: Float64Array,
+    outRows: Float32Array, outM: Float32Array, outV: Float32Array, outSteps: Uint32Array, outMarks: Float64Array,
+  ): number;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined, screen?: NativeSimdLevel | 'none',

@@ -18,7 +18,7 @@
 import { ProofError } from '../shared/errors.js';
 import { layerInputs, spanSource, type GhostManifest } from './ghost-file.js';
 import { specOf, type GhostLayer } from './kinds/index.js';
-import { fail, rowOf, type LayerSpec, type Revealed } from './layer-spec.js';
+import { fail, rowOf, type BackwardContext, type LayerSpec, type Revealed, type TrainedForward, type VerifyLayerContext } from './layer-spec.js';
 import type { LayerEvidence, ProofInput } from './proof-format.js';
 
 /** One layer's forward as it ran: what its backward needs. */
@@ -58,6 +58,7 @@ export function canonicalForward(
   evidence: readonly LayerEvidence[],
   reveal: (li: number, ev: LayerEvidence, need: Map<number, Uint32Array | 'all'>) => Map<number, Revealed>,
   train = true,
+  native?: NativeStepHooks,
 ): CanonicalForward {
   const spanIds = input.kind === 'ids' ? input.ids : null;
   const spanX = input.kind === 'ids' ? null : input.data;
@@ -84,7 +85,7 @@ export function canonicalForward(
       }
     }
     let revealed = new Map<number, Revealed>();
-    const ctx = {
+    const ctx: VerifyLayerContext = {
       manifest: g,
       evidence: ev,
       index: li,
@@ -94,12 +95,24 @@ export function canonicalForward(
       inputs: want.kind === 'ids' ? [] : (inputs as Float32Array[]),
       reveal: (need: Map<number, Uint32Array | 'all'>) => (revealed = reveal(li, ev, need)),
     };
-    const r = train && spec.trainForward ? spec.trainForward(l, ctx) : { y: spec.verify(l, ctx), saved: undefined };
+    const r = train && spec.trainForward ? (native?.trainForward?.(l, ctx) ?? spec.trainForward(l, ctx)) : { y: spec.verify(l, ctx), saved: undefined };
     outs.push(r.y);
     records.push({ index: li, layer: l, spec, evidence: ev, sources, ids, inputs: ctx.inputs as Float32Array[], revealed, y: r.y, saved: r.saved });
     cols = spec.outWidth(l, g);
   }
   return { output: outs[outs.length - 1]!, cols, rows: B, records };
+}
+
+/**
+ * Faster mirrors of kinds' canonical forward and backward that the prover injects
+ * (Model.proveTrainStep through ProverRun.native; lib/verify never fills this and loads no
+ * addon). A hook gives the same bits as the kind's TypeScript (trainForward: the same
+ * checks, the same reveal; backward: the same ctx.grad accumulators added to in the same
+ * order), or returns null, before doing anything, to let the TypeScript run.
+ */
+export interface NativeStepHooks {
+  trainForward?(layer: GhostLayer, ctx: VerifyLayerContext): TrainedForward | null;
+  backward?(layer: GhostLayer, ctx: BackwardContext, dy: Float32Array): Float32Array[] | null;
 }
 
 /** A tensor's gradient: sorted ids and their rows (ids.length x dim f32). */
@@ -168,8 +181,9 @@ export class GradientAccumulator {
 /**
  * The canonical backward from dy (d loss / d the last layer's output, rows x cols f32)
  * through the records of canonicalForward, in reverse (see the module comment).
+ * `native` (the prover's only) runs a kind's backward natively where it can.
  */
-export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: Float32Array): CanonicalBackward {
+export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: Float32Array, native?: NativeStepHooks): CanonicalBackward {
   const recs = fwd.records;
   const n = recs.length;
   if (dy.length !== fwd.output.length) fail('SHAPE', `the output's gradient has ${dy.length} values; the output has ${fwd.output.length}`);
@@ -202,7 +216,7 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
     // This layer's accumulators by tensor and position in its revealed block: a row asked
     // again (every head and input of a layer asks for its rows) costs a lookup in an array.
     const seen = new Map<number, (Float64Array | undefined)[]>();
-    const dx = r.spec.backward(r.layer, {
+    const ctx: BackwardContext = {
       manifest: g,
       index: r.index,
       rows: fwd.rows,
@@ -220,7 +234,8 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
         if (!views) seen.set(tensor, (views = []));
         return (views[at] ??= acc.row(tensor, id));
       },
-    }, d);
+    };
+    const dx = native?.backward?.(r.layer, ctx, d) ?? r.spec.backward(r.layer, ctx, d);
     if (dx.length !== r.inputs.length) throw new ProofError('SHAPE', `layer ${r.index} (${r.layer.op}): its backward gave ${dx.length} input gradients for ${r.inputs.length} inputs`);
     dx.forEach((dxi, k) => send(r.sources[k]!, dxi));
   }

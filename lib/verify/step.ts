@@ -13,7 +13,7 @@
  */
 import { bytesEqual } from '../shared/bytes.js';
 import { ProofError } from '../shared/errors.js';
-import { canonicalBackward, canonicalForward } from './backward.js';
+import { canonicalBackward, canonicalForward, type NativeStepHooks } from './backward.js';
 import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
 import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
@@ -80,6 +80,8 @@ export type StateSource = (tensor: number, ids: Uint32Array) => StateBlock;
 export interface ProverRun {
   stateOf: StateSource;
   apply: (w: { tensor: number; ids: Uint32Array; rows: Float32Array; state: CanonicalRowState; leaves: Uint8Array }) => { root: Uint8Array; stateRoot: Uint8Array };
+  /** Native mirrors of the backward and the optimizer step (the same bits; lib/model/train/step-native.ts). */
+  native?: NativeStepHooks & { optimizerStep?: typeof coptimizerStep };
 }
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
@@ -157,12 +159,12 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
         const at = all ? (id < b.rev.ids.length ? id : -1) : sortedIndexOf(b.rev.ids, id);
         if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
         b.used[at] = 1;
-        for (let j = 0, o = at * d, w = k * d; j < d; j++) rows[w + j] = src[o + j]!;
+        rows.set(src.subarray(at * d, (at + 1) * d), k * d);
       }
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
     return out;
-  });
+  }, true, prover?.native);
   for (const b of blocks.values()) {
     const at = b.used.indexOf(0);
     if (at >= 0) fail('BLOCK_IDS', `the block of tensor ${b.block.tensor} reveals row ${b.block.ids[at]}, which the step does not read`);
@@ -179,7 +181,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     if (p.targets.data.length !== B * cols) fail('SHAPE', `${p.targets.data.length} target values for an output of ${B} x ${cols}`);
   }
   const loss = closs(t.loss, y, B, cols, p.targets);
-  const back = canonicalBackward(g, fwd, loss.grad);
+  const back = canonicalBackward(g, fwd, loss.grad, prover?.native);
 
   // The rows written: every row of a trained tensor the backward touched (its gradient may
   // be 0), each with its optimizer state, one state block per such tensor (ascending).
@@ -235,9 +237,9 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     for (let k = 0; k < ids.length; k++) {
       const pos = b.all ? ids[k]! : sortedIndexOf(b.ids, ids[k]!);
       at[k] = pos;
-      for (let j = 0, o = pos * d, w = k * d; j < d; j++) old[w + j] = rev.rows[o + j]!;
+      old.set(rev.rows.subarray(pos * d, (pos + 1) * d), k * d);
     }
-    const out = coptimizerStep(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
+    const out = (prover?.native?.optimizerStep ?? coptimizerStep)(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
     for (let k = 0; k < out.rows.length; k++) if (!Number.isFinite(out.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
     for (const a of [out.state.m, out.state.v]) for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite optimizer state in tensor ${b.tensor}`);
     return { at, out };
@@ -250,7 +252,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const rev = blocks.get(b.tensor)!.rev;
     // The block's rows after the step (the unwritten ones unchanged) give the new root with the block's siblings.
     const after = rev.rows.slice();
-    for (let k = 0; k < ids.length; k++) for (let j = 0, o = at[k]! * d, w = k * d; j < d; j++) after[o + j] = out.rows[w + j]!;
+    for (let k = 0; k < ids.length; k++) after.set(out.rows.subarray(k * d, (k + 1) * d), at[k]! * d);
     const leaves = stateLeaves(d, out.state, ids.length);
     let root: Uint8Array, stateRoot: Uint8Array;
     if (prover) ({ root, stateRoot } = prover.apply({ tensor: b.tensor, ids, rows: out.rows, state: out.state, leaves }));

@@ -13,6 +13,7 @@
 
 #include "../../native/src/core/blake3_batch.h"
 #include "../../native/src/core/canonical.h"
+#include "../../native/src/core/canonical_step.h"
 #include <unistd.h>
 
 #include "../../native/src/core/cpu.h"
@@ -1215,6 +1216,57 @@ static void test_decode_attention() {
   }
 }
 
+// The prover's canonical step mirror (canonical_step.h) on a case worked by hand (every
+// value exact), under the sanitizers: accumulators added to, not overwritten; the
+// TypeScript comparison is test/canonical-step-native.test.ts.
+static void test_canonical_step() {
+  namespace c = gt::canonical;
+  const float x[2] = {1, 0}, dy[1] = {2}, keys[4] = {1, 0, 0, 1}, values[2] = {1, 3};
+  const double q[2] = {1, 2}, s[2] = {0, 0}, a[2] = {0.25, 0.75};
+  const uint32_t key_row[2] = {0, 1}, key_acc[2] = {1, 0}, value_row[2] = {0, 1}, value_acc[2] = {0, 1};
+  for (gt::Metric m : {gt::Metric::IP, gt::Metric::L2}) {
+    double acc_keys[4] = {10, 10, 0, 0}, acc_values[2] = {0, 0};
+    float dx[2] = {-7, -7};
+    c::HopfieldBackward p{1, 2, 2, 1, 1, 2.0, m, false, x, dy, q, s, a, keys, values, key_row, key_acc, value_row, value_acc,
+                          acc_keys, acc_values, dx};
+    c::hopfield_backward(p);
+    // da = (2, 6), rho = 5, ds = (-1.5, 1.5); values' rows get a_i g = (0.5, 1.5).
+    CHECK(acc_values[0] == 0.5 && acc_values[1] == 1.5);
+    if (m == gt::Metric::IP) {  // dq = sum ds_i K_i; dK_i += ds_i q (row 0 in slot 1, row 1 in slot 0 on top of 10)
+      CHECK(dx[0] == -1.5f && dx[1] == 1.5f);
+      CHECK(acc_keys[2] == -1.5 && acc_keys[3] == -3.0 && acc_keys[0] == 11.5 && acc_keys[1] == 13.0);
+    } else {  // dq -= 2 ds_i (q - K_i), dK_i += 2 ds_i (q - K_i)
+      CHECK(dx[0] == -3.0f && dx[1] == 3.0f);
+      CHECK(acc_keys[2] == 0.0 && acc_keys[3] == -6.0 && acc_keys[0] == 13.0 && acc_keys[1] == 13.0);
+    }
+  }
+  {  // The forward: a zero state scores 0 against both keys: a = (1/2, 1/2), y = (1 + 3) / 2.
+    const float x0[2] = {0, 0};
+    float y[1] = {-1};
+    double fq[2] = {-1, -1}, fs[2] = {-1, -1}, fa[2] = {-1, -1};
+    c::HopfieldForward f{1, 2, 2, 1, 1, 2.0, gt::Metric::IP, true, x0, keys, values, key_row, value_row, y, fq, fs, fa};
+    c::hopfield_forward(f);
+    CHECK(y[0] == 2.0f && fq[0] == 0.0 && fq[1] == 0.0 && fs[0] == 0.0 && fs[1] == 0.0 && fa[0] == 0.5 && fa[1] == 0.5);
+  }
+  // SGD: rows - lr g, no decay; Adam's first step moves each value by about lr against its gradient's sign.
+  const float rows[2] = {1, 2}, grads[2] = {2, -4}, zero[2] = {0, 0};
+  const uint32_t steps[1] = {3};
+  const double marks[1] = {0};
+  float out[2], om[2], ov[2];
+  uint32_t osteps[1];
+  double omarks[1];
+  c::OptimizerStep sgd{false, true, 0.5f, 0.9f, 0.999f, 1e-8f, 0.0f, 0, 0.0, 1, 2, rows, grads, nullptr, nullptr, steps, marks,
+                       out, nullptr, nullptr, osteps, omarks};
+  CHECK(c::optimizer_step(sgd) == 0.0);
+  CHECK(out[0] == 0.0f && out[1] == 4.0f && osteps[0] == 4 && omarks[0] == 0.0);
+  const uint32_t fresh[1] = {0};
+  c::OptimizerStep adam{true, true, 0.25f, 0.5f, 0.75f, 1e-8f, 0.0f, 0, 0.0, 1, 2, rows, grads, zero, zero, fresh, marks,
+                        out, om, ov, osteps, omarks};
+  c::optimizer_step(adam);
+  CHECK(om[0] == 1.0f && om[1] == -2.0f && ov[0] == 1.0f && ov[1] == 4.0f && osteps[0] == 1);
+  CHECK(std::fabs(out[0] - 0.75f) < 1e-6f && std::fabs(out[1] - 2.25f) < 1e-6f);
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -1230,6 +1282,7 @@ int main() {
   test_product_keys();
   test_exact_topk();
   test_canonical();
+  test_canonical_step();
   test_tensor_file();
   test_attention();
   test_decode_attention();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../core/canonical.h"
+#include "../core/canonical_step.h"
 #include "canonical_binding.h"
 #include "napi_util.h"
 #include "../core/sparse_tensor.h"
@@ -225,6 +226,176 @@ Napi::Value CanonicalJoin(const Napi::CallbackInfo& info) {
   });
 }
 
+// a * b, or InvalidArgument when it does not fit in size_t.
+size_t checked_mul(size_t a, size_t b, const char* what) {
+  if (a != 0 && b > static_cast<size_t>(-1) / a) throw Error(ErrorCode::InvalidArgument, std::string(what) + " is too large");
+  return a * b;
+}
+
+// Every index of `idx` is below `n` (rows of the buffer it indexes).
+void check_rows(const ArrayArg<uint32_t>& idx, size_t n, const char* name) {
+  for (size_t i = 0; i < idx.length; ++i)
+    if (idx.data[i] >= n)
+      throw Error(ErrorCode::InvalidArgument,
+                  std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(idx.data[i]) + " is not below " + std::to_string(n));
+}
+
+double f32_number(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (info.Length() <= index || !info[index].IsNumber()) throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be a number");
+  const double v = info[index].As<Napi::Number>().DoubleValue();
+  if (static_cast<double>(static_cast<float>(v)) != v && !std::isnan(v))
+    throw Error(ErrorCode::InvalidArgument, std::string(name) + " must be an f32 value");
+  return v;
+}
+
+// The prover's HopfieldLookup backward (native/src/core/canonical_step.h; mirrors
+// lib/verify/kinds/hopfield.ts, not product keys):
+// (x, dy, q, s, a, keys, values, keyRow, keyAcc, valueRow, valueAcc, accKeys, accValues,
+//  B, k, d, dv, S, beta, metric, normalize) -> dx (Float32Array B x d); accKeys and
+// accValues (Float64Array, may be one buffer) are added to in place. Values are not
+// checked for finiteness: the TypeScript takes any (NaN and infinities propagate alike).
+Napi::Value CanonicalHopfieldBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> dy = f32_arg(info, 1, "dy");
+    const ArrayArg<double> q = f64_arg(info, 2, "q");
+    const ArrayArg<double> s = f64_arg(info, 3, "s");
+    const ArrayArg<double> a = f64_arg(info, 4, "a");
+    const ArrayArg<float> keys = f32_arg(info, 5, "keys");
+    const ArrayArg<float> values = f32_arg(info, 6, "values");
+    const ArrayArg<uint32_t> key_row = u32_arg(info, 7, "keyRow");
+    const ArrayArg<uint32_t> key_acc = u32_arg(info, 8, "keyAcc");
+    const ArrayArg<uint32_t> value_row = u32_arg(info, 9, "valueRow");
+    const ArrayArg<uint32_t> value_acc = u32_arg(info, 10, "valueAcc");
+    const ArrayArg<double> acc_keys = f64_arg(info, 11, "accKeys");
+    const ArrayArg<double> acc_values = f64_arg(info, 12, "accValues");
+    const size_t B = size_arg(info, 13, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 14, "k", 1, kMaxCount);
+    const size_t d = size_arg(info, 15, "d", 1, kMaxDim);
+    const size_t dv = size_arg(info, 16, "dv", 1, kMaxDim);
+    const size_t S = size_arg(info, 17, "S", 1, 65535);
+    const double beta = f32_number(info, 18, "beta");
+    const Metric m = metric_arg(info, 19);
+    if (info.Length() < 21 || !info[20].IsBoolean()) throw Error(ErrorCode::InvalidArgument, "normalize must be a boolean");
+    const size_t BS = checked_mul(B, S, "B x S");
+    const size_t entries = checked_mul(BS, k, "B x S x k");
+    check_len(x.length, checked_mul(B, d, "B x d"), "x");
+    check_len(dy.length, checked_mul(B, dv, "B x dv"), "dy");
+    check_len(q.length, checked_mul(BS, d, "B x S x d"), "q");
+    check_len(s.length, entries, "s");
+    check_len(a.length, entries, "a");
+    check_len(key_row.length, entries, "keyRow");
+    check_len(key_acc.length, entries, "keyAcc");
+    check_len(value_row.length, B * k, "valueRow");
+    check_len(value_acc.length, B * k, "valueAcc");
+    if (keys.length % d != 0) throw Error(ErrorCode::InvalidArgument, "keys' length is not a multiple of d");
+    if (values.length % dv != 0) throw Error(ErrorCode::InvalidArgument, "values' length is not a multiple of dv");
+    if (acc_keys.length % d != 0) throw Error(ErrorCode::InvalidArgument, "accKeys' length is not a multiple of d");
+    if (acc_values.length % dv != 0) throw Error(ErrorCode::InvalidArgument, "accValues' length is not a multiple of dv");
+    check_rows(key_row, keys.length / d, "keyRow");
+    check_rows(key_acc, acc_keys.length / d, "keyAcc");
+    check_rows(value_row, values.length / dv, "valueRow");
+    check_rows(value_acc, acc_values.length / dv, "valueAcc");
+    Napi::Float32Array dx = Napi::Float32Array::New(info.Env(), x.length);
+    canonical::HopfieldBackward p{B, k, d, dv, S, beta, m, info[20].As<Napi::Boolean>().Value(), x.data, dy.data, q.data, s.data,
+                                  a.data, keys.data, values.data, key_row.data, key_acc.data, value_row.data, value_acc.data,
+                                  acc_keys.data, acc_values.data, dx.Data()};
+    canonical::hopfield_backward(p);
+    return dx;
+  });
+}
+
+// The prover's HopfieldLookup training forward (mirrors lib/verify/kinds/hopfield.ts
+// hopfieldForward with keep; not product keys, not held keys):
+// (x, keys, values, keyRow, valueRow, B, k, d, dv, S, beta, metric, normalize, y, q, s, a)
+// fills y (B x dv f32), q (B*S x d), s and a (B*S x k, f64).
+Napi::Value CanonicalHopfieldForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> keys = f32_arg(info, 1, "keys");
+    const ArrayArg<float> values = f32_arg(info, 2, "values");
+    const ArrayArg<uint32_t> key_row = u32_arg(info, 3, "keyRow");
+    const ArrayArg<uint32_t> value_row = u32_arg(info, 4, "valueRow");
+    const size_t B = size_arg(info, 5, "B", 1, kMaxCount);
+    const size_t k = size_arg(info, 6, "k", 1, kMaxCount);
+    const size_t d = size_arg(info, 7, "d", 1, kMaxDim);
+    const size_t dv = size_arg(info, 8, "dv", 1, kMaxDim);
+    const size_t S = size_arg(info, 9, "S", 1, 65535);
+    const double beta = f32_number(info, 10, "beta");
+    const Metric m = metric_arg(info, 11);
+    if (info.Length() < 13 || !info[12].IsBoolean()) throw Error(ErrorCode::InvalidArgument, "normalize must be a boolean");
+    const ArrayArg<float> y = f32_arg(info, 13, "y");
+    const ArrayArg<double> q = f64_arg(info, 14, "q");
+    const ArrayArg<double> s = f64_arg(info, 15, "s");
+    const ArrayArg<double> a = f64_arg(info, 16, "a");
+    const size_t BS = checked_mul(B, S, "B x S");
+    const size_t entries = checked_mul(BS, k, "B x S x k");
+    check_len(x.length, checked_mul(B, d, "B x d"), "x");
+    check_len(key_row.length, entries, "keyRow");
+    check_len(value_row.length, B * k, "valueRow");
+    check_len(y.length, checked_mul(B, dv, "B x dv"), "y");
+    check_len(q.length, checked_mul(BS, d, "B x S x d"), "q");
+    check_len(s.length, entries, "s");
+    check_len(a.length, entries, "a");
+    if (keys.length % d != 0) throw Error(ErrorCode::InvalidArgument, "keys' length is not a multiple of d");
+    if (values.length % dv != 0) throw Error(ErrorCode::InvalidArgument, "values' length is not a multiple of dv");
+    check_rows(key_row, keys.length / d, "keyRow");
+    check_rows(value_row, values.length / dv, "valueRow");
+    canonical::HopfieldForward p{B, k, d, dv, S, beta, m, info[12].As<Napi::Boolean>().Value(), x.data, keys.data, values.data,
+                                 key_row.data, value_row.data, y.data, q.data, s.data, a.data};
+    canonical::hopfield_forward(p);
+    return info.Env().Undefined();
+  });
+}
+
+// The prover's optimizer step (mirrors lib/verify/canonical.ts coptimizerStep):
+// (params: Float64Array [adam 0/1, rowStep 0/1, lr, beta1, beta2, eps, weightDecay
+// (f32 values), globalStep, logDecay], d, rows, grads, m, v, steps, marks, outRows, outM,
+// outV, outSteps, outMarks) -> the new decay log. count = steps.length; m, v, outM, outV
+// are empty for SGD.
+Napi::Value CanonicalOptimizerStep(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<double> params = f64_arg(info, 0, "params");
+    check_len(params.length, 9, "params");
+    const size_t d = size_arg(info, 1, "d", 1, kMaxDim);
+    const ArrayArg<float> rows = f32_arg(info, 2, "rows");
+    const ArrayArg<float> grads = f32_arg(info, 3, "grads");
+    const ArrayArg<float> m = f32_arg(info, 4, "m");
+    const ArrayArg<float> v = f32_arg(info, 5, "v");
+    const ArrayArg<uint32_t> steps = u32_arg(info, 6, "steps");
+    const ArrayArg<double> marks = f64_arg(info, 7, "marks");
+    const ArrayArg<float> out_rows = f32_arg(info, 8, "outRows");
+    const ArrayArg<float> out_m = f32_arg(info, 9, "outM");
+    const ArrayArg<float> out_v = f32_arg(info, 10, "outV");
+    const ArrayArg<uint32_t> out_steps = u32_arg(info, 11, "outSteps");
+    const ArrayArg<double> out_marks = f64_arg(info, 12, "outMarks");
+    const double* P = params.data;
+    for (size_t i = 2; i < 7; ++i)
+      if (!std::isfinite(P[i]) || static_cast<double>(static_cast<float>(P[i])) != P[i])
+        throw Error(ErrorCode::InvalidArgument, "params[" + std::to_string(i) + "] must be a finite f32 value");
+    if (!(P[7] >= 0.0 && P[7] <= 9007199254740991.0 && std::floor(P[7]) == P[7]))
+      throw Error(ErrorCode::InvalidArgument, "params[7] (the global step) must be an integer in [0, 2^53)");
+    const bool adam = P[0] != 0.0;
+    const size_t count = steps.length;
+    const size_t n = checked_mul(count, d, "count x d");
+    check_len(marks.length, count, "marks");
+    check_len(rows.length, n, "rows");
+    check_len(grads.length, n, "grads");
+    check_len(m.length, adam ? n : 0, "m");
+    check_len(v.length, adam ? n : 0, "v");
+    check_len(out_rows.length, n, "outRows");
+    check_len(out_m.length, adam ? n : 0, "outM");
+    check_len(out_v.length, adam ? n : 0, "outV");
+    check_len(out_steps.length, count, "outSteps");
+    check_len(out_marks.length, count, "outMarks");
+    canonical::OptimizerStep o{adam, P[1] != 0.0, static_cast<float>(P[2]), static_cast<float>(P[3]), static_cast<float>(P[4]),
+                               static_cast<float>(P[5]), static_cast<float>(P[6]), P[7], P[8], count, d, rows.data, grads.data,
+                               m.data, v.data, steps.data, marks.data, out_rows.data, out_m.data, out_v.data, out_steps.data,
+                               out_marks.data};
+    return Napi::Number::New(info.Env(), canonical::optimizer_step(o));
+  });
+}
+
 }  // namespace
 
 void register_canonical_functions(Napi::Env env, Napi::Object exports) {
@@ -238,6 +409,9 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalLinear", Napi::Function::New(env, CanonicalLinear));
   exports.Set("canonicalRmsNorm", Napi::Function::New(env, CanonicalRmsNorm));
   exports.Set("canonicalJoin", Napi::Function::New(env, CanonicalJoin));
+  exports.Set("canonicalHopfieldBackward", Napi::Function::New(env, CanonicalHopfieldBackward));
+  exports.Set("canonicalHopfieldForward", Napi::Function::New(env, CanonicalHopfieldForward));
+  exports.Set("canonicalOptimizerStep", Napi::Function::New(env, CanonicalOptimizerStep));
 }
 
 }  // namespace gt

@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+/**
+ * Where one proved training step's time goes (docs/step-proofs.md, "What proving a step
+ * costs"): runs `steps` proveTrainStep calls of a bench/step-proofs.mjs case under V8's
+ * sampling profiler (node:inspector, in process) and charges every sample to the
+ * innermost phase on its stack, by function name. Shares of the sampled time, so a loaded
+ * machine moves them less than it moves times. Prints a table; writes
+ * bench/results/step-profile.json.
+ *
+ *   node bench/step-profile.mjs [--steps=6] [--cases=classifier,lm]
+ *   GT_STEP_NATIVE=0 node bench/step-profile.mjs     the prover without its native mirrors
+ */
+import { Session } from 'node:inspector';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+
+import { ROOT, machine, table, writeResults } from './lib/common.mjs';
+
+const arg = (name, def) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3) ?? def;
+const STEPS = Number(arg('steps', '6'));
+const CASES = arg('cases', 'classifier,lm').split(',');
+const lib = await import(join(ROOT, 'dist', 'index.js'));
+
+function classifier() {
+  const { HopfieldLookup, Model, SparseTensor } = lib;
+  return import(join(ROOT, 'dist', 'cli', 'classifier.js')).then(({ loadSplit, DEMO_DATA_DIR }) => {
+    const c = { n: 2048, d: 784, k: 32, batch: 128, beta: 10, lr: 3e-3 };
+    const train = loadSplit(DEMO_DATA_DIR, 'train');
+    let seed = 1;
+    const rand = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+    const kd = new Float32Array(c.n * c.d), vd = new Float32Array(c.n * 10);
+    for (let i = 0; i < c.n; i++) {
+      const r = Math.floor(rand() * train.n);
+      kd.set(train.x.subarray(r * c.d, (r + 1) * c.d), i * c.d);
+      vd[i * 10 + train.y[r]] = 5;
+    }
+    const layer = new HopfieldLookup({ keys: SparseTensor.fromArray(kd, c.d), values: SparseTensor.fromArray(vd, 10), k: c.k, similarity: 'cosine', normalize: true, beta: c.beta });
+    const model = new Model([layer], { training: { loss: 'cross-entropy', optimizer: 'adam', lr: c.lr } });
+    const batch = (s) => {
+      const X = new Float32Array(c.batch * c.d), Y = new Uint32Array(c.batch);
+      for (let b = 0; b < c.batch; b++) {
+        const r = (s * c.batch + b * 7919) % train.n;
+        X.set(train.x.subarray(r * c.d, (r + 1) * c.d), b * c.d);
+        Y[b] = train.y[r];
+      }
+      return { input: X, targets: Y };
+    };
+    return { label: 'Fashion-MNIST classifier (as bench/step-proofs.mjs)', model, batch };
+  });
+}
+
+function lm() {
+  const TEXT = Uint8Array.from(readFileSync(join(ROOT, 'docs', 'lm.md')));
+  const S = 64;
+  const model = lib.languageModel({ context: 64, dim: 64, layers: 2, heads: 4, hidden: 192, seed: 1 }, { training: { loss: 'cross-entropy', optimizer: 'adam', lr: 1e-2, clipNorm: 1 } });
+  const batch = (s) => {
+    const off = (s * 997) % (TEXT.length - S - 1);
+    return { input: Uint32Array.from(TEXT.subarray(off, off + S)), targets: Uint32Array.from(TEXT.subarray(off + 1, off + S + 1)) };
+  };
+  return { label: '`train-lm --quick` LM, one window of 64 bytes', model, batch };
+}
+
+/** Phases by the name of a function on the stack (the innermost listed one wins). */
+const PHASES = [
+  ['prove', 'selection: the forward proof (prove)'],
+  ['#block', 'blocks: rows gathered, multiproofs'],
+  ['stateOf', 'state blocks: leaves, multiproofs'],
+  ['readStateLeaves', 'state leaves decoded'],
+  ['stateLeaves', 'state leaves encoded'],
+  ['canonicalForward', 'canonical forward'],
+  ['closs', 'loss gradient'],
+  ['canonicalBackward', 'canonical backward'],
+  ['cclip', 'clipping'],
+  ['coptimizerStep', 'optimizer'],
+  ['optimizerStepNative', 'optimizer'],
+  ['apply', 'apply: scatter, state tree hashing, roots'],
+  ['encodeProof', 'proof encoding'],
+  ['computeStep', 'computeStep: checks, copies, rows after the step'],
+];
+const byName = new Map(PHASES);
+
+function post(session, method, params) {
+  return new Promise((resolve, reject) => session.post(method, params, (err, r) => (err ? reject(err) : resolve(r))));
+}
+
+const results = [];
+for (const name of CASES) {
+  const c = name === 'classifier' ? await classifier() : lm();
+  await c.model.proveTrainStep(c.batch(0));
+  const session = new Session();
+  session.connect();
+  await post(session, 'Profiler.enable');
+  await post(session, 'Profiler.setSamplingInterval', { interval: 200 });
+  await post(session, 'Profiler.start');
+  const cpu0 = process.cpuUsage();
+  for (let s = 1; s <= STEPS; s++) await c.model.proveTrainStep(c.batch(s));
+  const cpu = process.cpuUsage(cpu0);
+  const { profile } = await post(session, 'Profiler.stop');
+  session.disconnect();
+  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of profile.nodes) for (const ch of n.children ?? []) parent.set(ch, n.id);
+  const self = new Map();
+  profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + profile.timeDeltas[i]));
+  const share = new Map();
+  let total = 0;
+  for (const [id, t] of self) {
+    const fn = nodes.get(id).callFrame.functionName;
+    if (fn === '(idle)' || fn === '(program)') continue;
+    let phase = fn === '(garbage collector)' ? 'garbage collection' : 'other';
+    for (let x = id; x !== undefined && phase === 'other'; x = parent.get(x)) {
+      const p = byName.get(nodes.get(x).callFrame.functionName);
+      if (p) phase = p;
+    }
+    share.set(phase, (share.get(phase) ?? 0) + t);
+    total += t;
+  }
+  const rows = [...share].sort((a, b) => b[1] - a[1]).map(([phase, t]) => ({ phase, share: `${((100 * t) / total).toFixed(0)}%`, ms: (t / 1000 / STEPS).toFixed(1) }));
+  table(rows, [{ key: 'phase', header: 'phase' }, { key: 'share', header: 'share' }, { key: 'ms', header: 'sampled ms/step' }], {
+    title: `${c.label}: ${STEPS} proved steps, native mirrors ${process.env.GT_STEP_NATIVE === '0' ? 'off' : 'on'}, CPU ${((cpu.user + cpu.system) / 1000 / STEPS).toFixed(0)} ms/step`,
+  });
+  results.push({ case: name, label: c.label, steps: STEPS, native: process.env.GT_STEP_NATIVE !== '0', cpuMsPerStep: (cpu.user + cpu.system) / 1000 / STEPS, phases: rows });
+}
+writeResults(arg('name', process.env.GT_STEP_NATIVE === '0' ? 'step-profile-ts' : 'step-profile'), { date: new Date().toISOString(), machine: machine(), results });
