@@ -7,7 +7,7 @@
  * verifier computed, bit for bit (checked: the tensors' native roots must equal it).
  */
 import { allIds, checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
-import type { StepProof } from '../../verify/proof-format.js';
+import { StateKind, type StepProof } from '../../verify/proof-format.js';
 import { ByteReader, ByteWriter, bytesEqual } from '../../shared/bytes.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../../shared/errors.js';
 import type { GhostManifest } from '../../verify/ghost-file.js';
@@ -257,6 +257,7 @@ export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, pro
     if (r) r.ids.forEach((id, k) => byId.set(id, r.leaves.subarray(k * rb, (k + 1) * rb)));
     for (const s of proof.states) {
       if (s.tensor !== e.tensor) continue;
+      if (s.kinds?.some((k) => k === StateKind.Held || k === StateKind.Delta)) throw new Error(`internal: the step's state block of tensor ${s.tensor} does not carry every row (a proof made with a cache); it cannot be rolled back from the proof`);
       const ids = s.ids.length === 0 && s.all ? allIds(gt.n) : s.ids;
       ids.forEach((id, k) => byId.set(id, s.leaves.subarray(k * rb, (k + 1) * rb)));
     }
