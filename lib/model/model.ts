@@ -509,6 +509,16 @@ export class Model {
   }
 
   /**
+   * The state-log record of the step `step` took (the last one): the state rows it wrote,
+   * as they are now. The prover service appends it to step-state.log instead of rewriting
+   * step-state.bin whole (docs/step-proofs.md, "Saving and loading").
+   */
+  stepStateRecord(step: ProvedStep): Uint8Array {
+    if (this.#training === null) noTrainingRule();
+    return this.#training.encodeStateRecord(step.proof);
+  }
+
+  /**
    * Takes back the last step proveTrainStep took, from its proof (the old rows and state
    * rows it reveals) and `before`, the Ghost file before it: for a service whose step could
    * not be made durable. Throws if the model's roots are then not `before`'s.

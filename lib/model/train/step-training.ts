@@ -181,6 +181,23 @@ export class StepTraining {
     return w.finish();
   }
 
+  /**
+   * A record of the state log (step-state.log, decodeStateRecord reads it): the state rows
+   * the step `proof` wrote, as they are now (the step applied), and the step count after
+   * it. Bytes: the written rows' ids and leaves, not every row ever written.
+   */
+  encodeStateRecord(proof: StepProof): Uint8Array {
+    const w = new ByteWriter();
+    w.u64(proof.step + 1).u32(proof.states.length);
+    for (const s of proof.states) {
+      const e = this.trained.get(s.tensor);
+      if (!e) throw new Error(`internal: a state block of tensor ${s.tensor}, which is not trained`);
+      const ids = s.ids.length === 0 && s.all ? allIds(e.state.n) : s.ids;
+      w.u32(s.tensor).u32(e.state.dim).u32(ids.length).u32s(ids).bytes(e.state.leaves(ids));
+    }
+    return w.finish();
+  }
+
   /** The Ghost file's training section as the model stands. */
   section(): GhostTraining {
     return {
@@ -264,6 +281,80 @@ export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, pro
     const ids = Uint32Array.from(byId.keys()).sort();
     w.u32(e.tensor).u32(gt.dim).u64(gt.n).u32(ids.length).u32s(ids);
     for (const id of ids) w.bytes(byId.get(id)!);
+  }
+  return w.finish();
+}
+
+/** One record of a state log: the step count after its step, and per tensor the rows it wrote. */
+export interface StateRecord {
+  step: number;
+  tensors: { tensor: number; ids: Uint32Array; leaves: Uint8Array }[];
+}
+
+/** The step count a state record ends at (its first 8 bytes), or -1 if it is shorter. */
+export function stateRecordStep(bytes: Uint8Array): number {
+  return bytes.length < 8 ? -1 : new ByteReader(bytes, 'step state record').u64('step');
+}
+
+/**
+ * Reads a state record (encodeStateRecord), checked against the Ghost file's trained
+ * tensors and shapes (FormatError otherwise) before anything is allocated.
+ */
+export function decodeStateRecord(bytes: Uint8Array, m: GhostManifest): StateRecord {
+  const r = new ByteReader(bytes, 'step state record');
+  const step = r.u64('step');
+  const trained = m.training?.tensors ?? [];
+  const n = r.count('tensor count', 0, trained.length);
+  const tensors: StateRecord['tensors'] = [];
+  for (let i = 0; i < n; i++) {
+    const tensor = r.u32('tensor'), dim = r.u32('dim');
+    const gt = m.tensors[tensor];
+    if (!gt || !trained.some((e) => e.tensor === tensor) || dim !== gt.dim) throw new FormatError('BAD_VALUE', `step state record: tensor ${tensor} of dim ${dim} is not a trained tensor of the Ghost file`);
+    const count = r.count('rows', 0, gt.n, 4 + stateRowBytes(dim));
+    const ids = r.u32s(count, 'ids');
+    for (let k = 0; k < count; k++) if (ids[k]! >= gt.n || (k > 0 && ids[k]! <= ids[k - 1]!)) throw new FormatError('BAD_VALUE', `step state record: tensor ${tensor}'s ids are not ascending ids below N`);
+    tensors.push({ tensor, ids, leaves: r.bytes(count * stateRowBytes(dim), 'state rows') });
+  }
+  r.end();
+  return { step, tensors };
+}
+
+/**
+ * The state file `base` (step-state.bin, or null: no row written) with the state log's
+ * records applied in order, each row set to the record's leaf: the state file of the
+ * Ghost file `m`. Only records of steps up to m's step are applied (a later one is a step
+ * that was not finished; recover() cuts it). Applying a record the base already holds
+ * gives the same rows (the last record that writes a row holds its state at the base's
+ * step or later), so a log not yet cut after a compaction is harmless. The result's roots
+ * are checked when the model loads (StepTraining.restore).
+ */
+export function applyStateLog(base: Uint8Array | null, records: readonly Uint8Array[], m: GhostManifest): Uint8Array {
+  const rows = base === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(base, m);
+  const trained = m.training?.tensors ?? [];
+  const byId = new Map<number, Map<number, Uint8Array>>();
+  for (const e of trained) {
+    const rb = stateRowBytes(m.tensors[e.tensor]!.dim);
+    const map = new Map<number, Uint8Array>();
+    const r = rows.get(e.tensor);
+    if (r) r.ids.forEach((id, k) => map.set(id, r.leaves.subarray(k * rb, (k + 1) * rb)));
+    byId.set(e.tensor, map);
+  }
+  const upTo = m.training?.step ?? 0;
+  for (const bytes of records) {
+    const rec = decodeStateRecord(bytes, m);
+    if (rec.step > upTo) continue;
+    for (const t of rec.tensors) {
+      const rb = stateRowBytes(m.tensors[t.tensor]!.dim), map = byId.get(t.tensor)!;
+      t.ids.forEach((id, k) => map.set(id, t.leaves.subarray(k * rb, (k + 1) * rb)));
+    }
+  }
+  const w = new ByteWriter();
+  w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
+  for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
+    const gt = m.tensors[e.tensor]!, map = byId.get(e.tensor)!;
+    const ids = Uint32Array.from(map.keys()).sort();
+    w.u32(e.tensor).u32(gt.dim).u64(gt.n).u32(ids.length).u32s(ids);
+    for (const id of ids) w.bytes(map.get(id)!);
   }
   return w.finish();
 }
