@@ -12,13 +12,36 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import { Embedding, Model, SparseTensor } from '../lib/index.js';
 import { ProverClient, ProverServer } from '../lib/serve/index.js';
 import { toHex } from '../lib/shared/bytes.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
+
+/** The next `count` renames onto a file named `name`, or opens of it to append, throw EIO. */
+const faults = vi.hoisted(() => ({ name: '', count: 0 }));
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const orig = await importOriginal<typeof import('node:fs/promises')>();
+  return {
+    ...orig,
+    rename: async (from: string, to: string): Promise<void> => {
+      if (faults.count > 0 && to.endsWith(`/${faults.name}`)) {
+        faults.count--;
+        throw Object.assign(new Error(`EIO: injected, rename '${from}' -> '${to}'`), { code: 'EIO' });
+      }
+      return orig.rename(from, to);
+    },
+    open: async (path: string, flags?: string, mode?: number) => {
+      if (faults.count > 0 && flags === 'a' && String(path).endsWith(`/${faults.name}`)) {
+        faults.count--;
+        throw Object.assign(new Error(`EIO: injected, append to '${path}'`), { code: 'EIO' });
+      }
+      return orig.open(path, flags, mode);
+    },
+  };
+});
 
 const base = mkdtempSync(join(tmpdir(), 'gt-step-state-log-'));
 afterAll(() => rmSync(base, { recursive: true, force: true }));
@@ -84,7 +107,46 @@ describe('step-state.log', () => {
     expect([server.generation, toHex(server.ghost.digest)]).toEqual([at.gen, at.digest]);
     client = await ProverClient.connect(await server.listen(), g0, { generation: 0, token: TOKEN });
     expect(toHex(client.ghost.digest)).toBe(at.digest);
+    const ghostBefore = readFileSync(join(dir, 'ghost.bin')), logBefore = readFileSync(log);
     expect((await client.trainStep({ input: Uint32Array.of(9, 10), targets: Uint32Array.of(3, 4) })).generation).toBe(at.gen + 1);
     await server.close();
+    expect(size(log)).toBeGreaterThan(logBefore.length); // the step appended its record (no compaction)
+
+    // Stopped before ghost.bin was replaced: the step is rolled back (its record cut; the log's earlier records still apply to step-state.bin).
+    writeFileSync(join(dir, 'ghost.bin'), ghostBefore);
+    server = await ProverServer.open(dir, { trainToken: TOKEN });
+    expect([server.generation, toHex(server.ghost.digest)]).toEqual([at.gen, at.digest]);
+    expect(readFileSync(log)).toEqual(logBefore);
+    client = await ProverClient.connect(await server.listen(), g0, { generation: 0, token: TOKEN });
+    expect((await client.trainStep({ input: Uint32Array.of(9, 10), targets: Uint32Array.of(3, 4) })).generation).toBe(at.gen + 1);
+    await server.close();
+  });
+
+  it('a step whose state record cannot be appended, or whose ghost.bin cannot be replaced after it, is undone: the log cut back, the files as they were', async () => {
+    const { dir, g0 } = await saved('faults');
+    const log = join(dir, 'step-state.log');
+    const server = await ProverServer.open(dir, { trainToken: TOKEN });
+    const client = await ProverClient.connect(await server.listen(), g0, { generation: 0, token: TOKEN });
+    await client.trainStep({ input: Uint32Array.of(1, 2, 3, 4, 5, 6), targets: Uint32Array.of(0, 1, 2, 3, 4, 5) });
+    await client.trainStep({ input: Uint32Array.of(1, 1), targets: Uint32Array.of(0, 1) });
+    const files = () => ['updates.bin', 'ghost.bin', 'step-state.bin', 'step-state.log'].map((f) => (existsSync(join(dir, f)) ? toHex(readFileSync(join(dir, f))) : ''));
+    for (const name of ['step-state.log', 'ghost.bin']) {
+      const at = { gen: server.generation, files: files() };
+      faults.name = name;
+      faults.count = 1;
+      expect(await reason(client.trainStep({ input: Uint32Array.of(2, 2), targets: Uint32Array.of(3, 4) }))).toBe('NOT_DURABLE');
+      expect(faults.count).toBe(0);
+      expect(server.generation).toBe(at.gen);
+      expect(files()).toEqual(at.files);
+      // The next step appends to the log again and verifies from the client's Ghost file.
+      const grew = size(log);
+      expect((await client.trainStep({ input: Uint32Array.of(3, 3), targets: Uint32Array.of(5, 6) })).generation).toBe(at.gen + 1);
+      expect(size(log)).not.toBe(grew);
+    }
+    await server.close();
+    // And a restart is at the same generation.
+    const again = await ProverServer.open(dir, { trainToken: TOKEN });
+    expect(again.generation).toBe(server.generation);
+    await again.close();
   });
 });

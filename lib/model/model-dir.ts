@@ -164,8 +164,10 @@ export class ModelDirectory {
   /** Length of step-state.log up to the last durable step, and of step-state.bin (what the log is compacted against). */
   #stateLogBytes = 0;
   #stateBaseBytes = 0;
-  /** Bytes written to step-state.log and step-state.bin by this instance (the bench reads it). */
+  /** Bytes written to step-state.log and step-state.bin by this instance. */
   stateBytesWritten = 0;
+  /** Whether the last appendStep() may have rewritten step-state.bin for a step it did not finish (undoStep() puts it back). */
+  #baseAhead = false;
   /** The recovered log and its replayed Ghost files, until start() hands them over. */
   #pending: { proofs: Uint8Array[]; ghosts: PinnedGhost[] | null } | null;
   #started = false;
@@ -415,14 +417,13 @@ export class ModelDirectory {
         t.close();
       }
     }
-    // With a state log, step-state.bin never holds an unfinished step (it is compacted only
-    // after ghost.bin): the step's record is cut from the log (#recoverStateLog). A directory
-    // written before the log had its step-state.bin replaced per step: put its rows back.
-    if (!(await exists(join(path, STEP_LOG)))) {
-      const statePath = join(path, STEP_STATE);
-      const file = (await exists(statePath)) ? new Uint8Array(await readFile(statePath)) : null;
-      await replaceFile(path, STEP_STATE, rollBackStepState(file, m, proof));
-    }
+    // step-state.bin may hold the step (a step that writes about half the state or more
+    // rewrites it before ghost.bin): its rows put back, and it names `before`'s step. The
+    // step's record in step-state.log, if any, is cut by #recoverStateLog.
+    const statePath = join(path, STEP_STATE);
+    const file = (await exists(statePath)) ? new Uint8Array(await readFile(statePath)) : null;
+    const back = rollBackStepState(file, m, proof);
+    if (back !== file) await replaceFile(path, STEP_STATE, back);
     if (!(await ModelDirectory.#rootsMatch(path, before))) throw new FormatError('NON_CANONICAL', `${path}: the tensor files do not hold ${GHOST} after rolling back the unfinished step ${proof.step}`);
   }
 
@@ -495,29 +496,47 @@ export class ModelDirectory {
     }
     await writeSynced(join(this.path, LOG), framed, 'a');
     await checkpoint(tensors);
-    const record = stepState ? await frameStateRecord(stepState.record) : null;
-    if (record) {
+    let record: Uint8Array | null = stepState ? await frameStateRecord(stepState.record) : null;
+    this.#baseAhead = false;
+    if (stepState && record && 2 * record.length >= this.#stateBaseBytes) {
+      // The step writes about half the state or more: step-state.bin rewritten whole (it names
+      // the step; recover() rolls it back from the logged proof if ghost.bin is not replaced).
+      const full = stepState.full();
+      this.#baseAhead = true;
+      await replaceFile(this.path, STEP_STATE, full);
+      this.stateBytesWritten += full.length;
+      this.#stateBaseBytes = full.length;
+      record = null;
+    } else if (record) {
       await writeSynced(join(this.path, STEP_LOG), record, 'a');
       this.stateBytesWritten += record.length;
     }
     await replaceFile(this.path, GHOST, ghost.bytes);
     this.#logBytes += framed.length;
-    if (record && stepState) {
-      this.#stateLogBytes += record.length;
-      if (this.#stateLogBytes >= this.#stateBaseBytes) {
-        try {
-          const full = stepState.full();
-          await replaceFile(this.path, STEP_STATE, full);
-          this.stateBytesWritten += full.length;
-          this.#stateBaseBytes = full.length;
-          await truncate(join(this.path, STEP_LOG), 0);
-          await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
-          this.#stateLogBytes = 0;
-        } catch {
-          // The step is durable either way: step-state.bin is the old or the new state, and the
-          // log's records (all of steps ghost.bin holds) give the same rows on top of either.
-        }
+    this.#baseAhead = false;
+    if (!stepState) return;
+    if (record) this.#stateLogBytes += record.length;
+    try {
+      if (record && this.#stateLogBytes >= this.#stateBaseBytes) {
+        // Compaction: the log as large as step-state.bin, which is rewritten at this step.
+        const full = stepState.full();
+        await replaceFile(this.path, STEP_STATE, full);
+        this.stateBytesWritten += full.length;
+        this.#stateBaseBytes = full.length;
       }
+      if (this.#stateLogBytes > 0 && !record) {
+        // step-state.bin holds this step: the log's records (of earlier steps) are no longer needed.
+        await truncate(join(this.path, STEP_LOG), 0);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+        this.#stateLogBytes = 0;
+      } else if (record && this.#stateLogBytes >= this.#stateBaseBytes) {
+        await truncate(join(this.path, STEP_LOG), 0);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+        this.#stateLogBytes = 0;
+      }
+    } catch {
+      // The step is durable either way: step-state.bin names the step it holds, and records of
+      // steps up to it are skipped when the log is applied (applyStateLog).
     }
   }
 
@@ -529,14 +548,23 @@ export class ModelDirectory {
    * before the step). If this throws, the directory is repaired by the next
    * recover() of a writable open.
    */
-  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[], stateLog = false): Promise<void> {
+  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: () => Uint8Array): Promise<void> {
     this.#checkWritable('undo a step');
     await truncate(join(this.path, LOG), this.#logBytes);
     await writeSynced(join(this.path, LOG), new Uint8Array(0), 'a');
     await checkpoint(tensors);
-    if (stateLog && (await exists(join(this.path, STEP_LOG)))) {
-      await truncate(join(this.path, STEP_LOG), this.#stateLogBytes);
-      await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+    if (stepState) {
+      if (await exists(join(this.path, STEP_LOG))) {
+        await truncate(join(this.path, STEP_LOG), this.#stateLogBytes);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+      }
+      // A step-state.bin rewritten (or maybe rewritten) for the failed step: put back (the state in memory, undone).
+      if (this.#baseAhead) {
+        const full = stepState();
+        await replaceFile(this.path, STEP_STATE, full);
+        this.#stateBaseBytes = full.length;
+        this.#baseAhead = false;
+      }
     }
     await replaceFile(this.path, GHOST, ghost.bytes);
   }

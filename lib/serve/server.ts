@@ -789,7 +789,7 @@ export class ProverServer {
     const undo = async (files: boolean): Promise<void> => {
       try {
         this.model.undoTrainStep(step, before);
-        if (files && this.#store) await this.#store.undoStep(before, this.#stepTensors(step), true);
+        if (files && this.#store) await this.#store.undoStep(before, this.#stepTensors(step), () => this.model.stepState()!);
       } catch (err) {
         this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
       }

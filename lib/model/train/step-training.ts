@@ -173,7 +173,7 @@ export class StepTraining {
   /** The state file's bytes (decodeStepState reads them): every trained tensor's written rows. */
   encodeState(): Uint8Array {
     const w = new ByteWriter();
-    w.bytes(STATE_MAGIC).u16(1).u32(this.trained.size);
+    w.bytes(STATE_MAGIC).u16(2).u64(this.step).u32(this.trained.size);
     for (const [tensor, e] of [...this.trained].sort((a, b) => a[0] - b[0])) {
       const { ids, leaves } = e.state.entries();
       w.u32(tensor).u32(e.state.dim).u64(e.state.n).u32(ids.length).u32s(ids).bytes(leaves);
@@ -237,7 +237,8 @@ export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== STATE_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a step-state file');
   const version = r.u16('version');
-  if (version !== 1) throw new FormatError('BAD_VERSION', `step state: version ${version}`);
+  if (version !== 1 && version !== 2) throw new FormatError('BAD_VERSION', `step state: version ${version}`);
+  if (version === 2) r.u64('step');
   const trained = m.training?.tensors ?? [];
   const n = r.count('tensor count', 0, trained.length);
   const out = new Map<number, { ids: Uint32Array; leaves: Uint8Array }>();
@@ -259,13 +260,19 @@ export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number
  * A state file (step-state.bin) with the rows a step proof wrote put back to the state the
  * proof reveals for them (its old leaves): the state file before the step, whether `file`
  * was written before or after it (idempotent). ModelDirectory.recover rolls back a step that
- * was logged but not finished; the result's roots are checked when the model loads.
+ * was logged but not finished; the result's roots are checked when the model loads. A
+ * version-2 file that names a step up to `m`'s does not hold the step: it is returned as it
+ * is (the state log's later records still apply to it). One that names the step after is
+ * put back and names `m`'s; a version-1 file (or none) is put back and stays version 1.
  */
 export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, proof: StepProof): Uint8Array {
+  const at = file === null ? -1 : stepStateStep(file);
+  if (file !== null && at >= 0 && at <= (m.training?.step ?? 0)) return file;
   const rows = file === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(file, m);
   const trained = m.training?.tensors ?? [];
   const w = new ByteWriter();
-  w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
+  if (at >= 0) w.bytes(STATE_MAGIC).u16(2).u64(m.training?.step ?? 0).u32(trained.length);
+  else w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
   for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
     const gt = m.tensors[e.tensor]!;
     const rb = stateRowBytes(gt.dim);
@@ -289,6 +296,17 @@ export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, pro
 export interface StateRecord {
   step: number;
   tensors: { tensor: number; ids: Uint32Array; leaves: Uint8Array }[];
+}
+
+/**
+ * The step count a state file holds the state after (version 2), or -1 for a version-1
+ * file (written before the state log: every record applies to it) or bytes too short.
+ */
+export function stepStateStep(bytes: Uint8Array): number {
+  if (bytes.length < 18 || STATE_MAGIC.some((b, i) => b !== bytes[i])) return -1;
+  const r = new ByteReader(bytes, 'step state');
+  r.bytes(8, 'magic');
+  return r.u16('version') === 2 ? r.u64('step') : -1;
 }
 
 /** The step count a state record ends at (its first 8 bytes), or -1 if it is shorter. */
@@ -322,11 +340,10 @@ export function decodeStateRecord(bytes: Uint8Array, m: GhostManifest): StateRec
 /**
  * The state file `base` (step-state.bin, or null: no row written) with the state log's
  * records applied in order, each row set to the record's leaf: the state file of the
- * Ghost file `m`. Only records of steps up to m's step are applied (a later one is a step
- * that was not finished; recover() cuts it). Applying a record the base already holds
- * gives the same rows (the last record that writes a row holds its state at the base's
- * step or later), so a log not yet cut after a compaction is harmless. The result's roots
- * are checked when the model loads (StepTraining.restore).
+ * Ghost file `m`. Only records of steps after the base's (version 2 names its step) and up
+ * to m's step are applied (a later one is a step that was not finished; recover() cuts
+ * it), so a log not yet emptied after the base was rewritten is harmless. The result's
+ * roots are checked when the model loads (StepTraining.restore).
  */
 export function applyStateLog(base: Uint8Array | null, records: readonly Uint8Array[], m: GhostManifest): Uint8Array {
   const rows = base === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(base, m);
@@ -340,16 +357,17 @@ export function applyStateLog(base: Uint8Array | null, records: readonly Uint8Ar
     byId.set(e.tensor, map);
   }
   const upTo = m.training?.step ?? 0;
+  const from = base === null ? -1 : stepStateStep(base);
   for (const bytes of records) {
     const rec = decodeStateRecord(bytes, m);
-    if (rec.step > upTo) continue;
+    if (rec.step > upTo || rec.step <= from) continue;
     for (const t of rec.tensors) {
       const rb = stateRowBytes(m.tensors[t.tensor]!.dim), map = byId.get(t.tensor)!;
       t.ids.forEach((id, k) => map.set(id, t.leaves.subarray(k * rb, (k + 1) * rb)));
     }
   }
   const w = new ByteWriter();
-  w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
+  w.bytes(STATE_MAGIC).u16(2).u64(m.training?.step ?? 0).u32(trained.length);
   for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
     const gt = m.tensors[e.tensor]!, map = byId.get(e.tensor)!;
     const ids = Uint32Array.from(map.keys()).sort();
