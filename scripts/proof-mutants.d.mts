@@ -58,7 +58,8 @@ export type Mutation =
   | { op: 'duplicate'; from: number; len: number; at: number }
   | { op: 'length'; field: number; value: number }
   | { op: 'replace'; donor: number }
-  | { op: 'bomb'; kind: 'held-all' | 'repeat' | 'long'; size: number };
+  | { op: 'bomb'; kind: 'held-all' | 'repeat' | 'long'; size: number }
+  | { op: 'statekind'; row: number; kind: number };
 
 /** A refusal (the reason of the FormatError or ProofError), or how the mutant was accepted (`honest`: the pool index, -1 for reproved). */
 export type Outcome = { accepted: false; reason: string } | { accepted: true; how: 'identical' | 'equivalent' | 'reproved'; honest: number };

@@ -147,9 +147,12 @@ export async function buildPool(lib) {
   });
   const sMirror = new PatternCache(), sCache = new PatternCache();
   const g7 = await m7.ghost();
-  const s1 = await m7.proveTrainStep({ input: [3, 1, 4, 1, 5], targets: [1, 4, 1, 5, 2] }, { cache: sMirror });
+  // S1 made without a cache (its state rows in full, the encoding without row kinds); the
+  // prover's mirror then records it as the verifier does, so S2's rows and state rows travel held.
+  const s1 = await m7.proveTrainStep({ input: [3, 1, 4, 1, 5], targets: [1, 4, 1, 5, 2] });
   pool.push({ name: 'S1 step', bytes: s1.bytes, ctx: { kind: 'step', ghost: g7 }, next: s1.ghost.digest });
   await lib.verifyTrainStep(g7, s1.bytes, { cache: sCache });
+  await lib.verifyTrainStep(g7, s1.bytes, { cache: sMirror });
   const s2 = await m7.proveTrainStep({ input: [3, 1, 4, 11], targets: [0, 4, 2, 5] }, { cache: sMirror });
   pool.push({ name: 'S2 step, held rows', bytes: s2.bytes, ctx: { kind: 'step', ghost: s1.ghost, cache: sCache.clone() }, next: s2.ghost.digest });
 
@@ -221,7 +224,12 @@ export function fieldOffsets(p, total) {
       u8(); // flags
       u32(); // count
       if (!b.all) at += 4 * b.ids.length;
-      at += b.leaves.length;
+      if (!b.kinds) at += b.leaves.length;
+      else {
+        // Coded rows (flag 2): the kinds, then the Full rows' leaves and the Delta rows' deltas.
+        at += Math.ceil(b.ids.length / 4);
+        b.kinds.forEach((k, t) => (at += k === 0 ? 8 * b.dim + 12 : k === 2 ? b.deltas[t].length : 0));
+      }
       u32(); // hash count
       at += b.hashes.length;
     }
@@ -271,7 +279,33 @@ export const mutationArb = fc.oneof(
   { arbitrary: fc.record({ op: fc.constant('length'), field: fc.nat(), value: fc.oneof(fc.constantFrom(...HUGE), fc.nat({ max: 2 ** 32 - 1 }), fc.integer({ min: -3, max: 3 })) }), weight: 5 },
   { arbitrary: fc.record({ op: fc.constant('replace'), donor: fc.nat() }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant('bomb'), kind: fc.constantFrom('held-all', 'repeat', 'long'), size: fc.nat() }), weight: 1 },
+  { arbitrary: fc.record({ op: fc.constant('statekind'), row: fc.nat(), kind: fc.integer({ min: 0, max: 3 }) }), weight: 1 },
 );
+
+/**
+ * A step proof's optimizer-state row marked as travelling another way (StateKind: 0 Full,
+ * 1 Held, 2 Delta, 3 Zero), re-encoded: a row claimed held (or a no-op delta against the
+ * held copy) that the verifier does not hold, a row claimed zero, a held row sent "in
+ * full" as zeros. `b` unchanged when it does not decode or has no state block.
+ */
+function stateKind(lib, b, m) {
+  let p;
+  try {
+    p = lib.decodeProof(b);
+  } catch {
+    return b;
+  }
+  if (p.kind !== 'step' || p.states.length === 0) return b;
+  const s = p.states[m.row % p.states.length];
+  const n = s.ids.length, t = Math.floor(m.row / p.states.length) % n;
+  if (!s.kinds) {
+    s.kinds = new Uint8Array(n);
+    s.deltas = new Array(n).fill(null);
+  }
+  s.kinds[t] = m.kind;
+  s.deltas[t] = m.kind === 2 ? new Uint8Array(Math.ceil((2 * s.dim + 3) / 4)) : null;
+  return lib.encodeProof(p);
+}
 
 /**
  * The costly shapes of the hostile proofs (docs/proof-format.md, "Verifier limits") on
@@ -389,6 +423,9 @@ export function mutate(base, muts, pool, fields, lib) {
         break;
       case 'bomb':
         if (lib) b = bomb(lib, b, m);
+        break;
+      case 'statekind':
+        if (lib) b = stateKind(lib, b, m);
         break;
     }
   }

@@ -16,7 +16,7 @@ import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyTrainStep, verifyUpdate, type ForwardProof, type GhostProof, type StepProof, type UpdateProof } from '../lib/index.js';
-import { RowKind, type PatternBlock } from '../lib/verify/proof-format.js';
+import { RowKind, StateKind, type PatternBlock } from '../lib/verify/proof-format.js';
 import { HANG_MS, buildPool, check as checkWith, fieldOffsets, hex, mutate, mutationArb, sameClaim, type Context, type FieldOffset, type Honest, type Outcome } from '../scripts/proof-mutants.mjs';
 
 /** The library under test, injected into the shared fuzzer (the script passes dist/). */
@@ -228,7 +228,12 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       if (p.kind !== 'step') return false;
       const st = pick(p.states);
       if (!st) return false;
-      st.leaves[j % st.leaves.length]! ^= 1 << bit;
+      // A row that travels (in a block coded against a cache, only Full rows carry their leaf).
+      const rb = 8 * st.dim + 12;
+      const sent = st.kinds ? Array.from(st.kinds.keys()).filter((t) => st.kinds![t] === StateKind.Full) : null;
+      if (sent && sent.length === 0) return false;
+      const at = sent ? sent[j % sent.length]! * rb + (j % rb) : j % st.leaves.length;
+      st.leaves[at]! ^= 1 << bit;
       return true;
     }
     case 'newGhost':

@@ -5,13 +5,14 @@
  * directory. Every (generation, digest) any reader or the trainer was ever shown must
  * be in the restarted server's history (GET /ghost?generation=G), and no two answers
  * may name different digests for one generation (a fork). Twice: a model trained by
- * update proofs (POST /train, five entries a request) and a language model trained by
- * step proofs (POST /train-step: one step touches every tensor and step-state.bin).
+ * update proofs (POST /train, five entries a request) and a language model with a memory
+ * layer trained by step proofs (POST /train-step: one step touches every tensor and the
+ * optimizer state: its record appended to step-state.log, or step-state.bin rewritten).
  *
  * Runs the compiled CLI (dist/): `npm run build:ts` first.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -72,14 +73,16 @@ async function updateModel(rng: Rng, dir: string): Promise<Kind> {
 
 async function stepModel(_rng: Rng, dir: string): Promise<Kind> {
   const V = 24;
-  const model = languageModel({ vocab: V, context: 8, dim: 8, layers: 1, heads: 2, hidden: 8, seed: 11 }, { training: { loss: 'cross-entropy', lr: 0.02, clipNorm: 1 } });
+  // Its MLP a memory layer: a step writes few of the value rows, so steps append their state
+  // rows to step-state.log, and a step that writes half the state or more rewrites step-state.bin (both paths).
+  const model = languageModel({ vocab: V, context: 8, dim: 8, layers: 1, heads: 2, hidden: 8, seed: 11, memory: { layers: [0], subKeys: 32, k: 4, heads: 1 } }, { training: { loss: 'cross-entropy', lr: 0.02, clipNorm: 1 } });
   await model.commit();
   await model.save(dir);
   model.close();
   const ids = (r: Rng, n: number): Uint32Array => Uint32Array.from({ length: n }, () => r.int(0, V - 1));
   return {
     trainPath: '/train-step',
-    // One step proof per request, touching every tensor and step-state.bin.
+    // One step proof per request, touching every tensor and the optimizer state (step-state.log or step-state.bin).
     trainBody: (r) => encodeStepRequest({ input: { kind: 'ids', ids: ids(r, 6) }, targets: { kind: 'classes', ids: ids(r, 6) } }),
     forwardBody: (r) => encodeForwardRequest({ kind: 'ids', ids: ids(r, 4) }),
   };
@@ -174,5 +177,7 @@ describe('SIGKILL at random moments while training and reading', () => {
     // The test exercised something: steps were acknowledged and generations seen.
     expect(acked).toBeGreaterThan(0);
     expect(Math.max(...seen.keys())).toBeGreaterThan(0);
+    // Step proofs: some step appended its state rows to the log (the incremental path ran under the kills).
+    if (kind.trainPath === '/train-step') expect(existsSync(join(dir, 'step-state.log'))).toBe(true);
   }, 120_000);
 });

@@ -21,9 +21,11 @@ import { Model, decodeProof, encodeProof, languageModel, pinGhost, verifyTrainSt
 import type { PinnedGhost, StepProof } from '../lib/index.js';
 import { ProverClient, ProverServer, decodeProofList, encodeStepRequest } from '../lib/serve/index.js';
 import { ByteWriter, toHex } from '../lib/shared/bytes.js';
+import { ModelDirectory } from '../lib/model/model-dir.js';
+import { loadHasher } from '../lib/verify/merkle.js';
 import { reason } from './helpers/reason.js';
 
-/** The next `count` renames onto a file named `name` throw EIO. */
+/** The next `count` renames onto a file named `name`, or opens of it to append, throw EIO. */
 const faults = vi.hoisted(() => ({ name: '', count: 0 }));
 vi.mock('node:fs/promises', async (importOriginal) => {
   const orig = await importOriginal<typeof import('node:fs/promises')>();
@@ -35,6 +37,13 @@ vi.mock('node:fs/promises', async (importOriginal) => {
         throw Object.assign(new Error(`EIO: injected, rename '${from}' -> '${to}'`), { code: 'EIO' });
       }
       return orig.rename(from, to);
+    },
+    open: async (path: string, flags?: string, mode?: number) => {
+      if (faults.count > 0 && flags === 'a' && String(path).endsWith(`/${faults.name}`)) {
+        faults.count--;
+        throw Object.assign(new Error(`EIO: injected, append to '${path}'`), { code: 'EIO' });
+      }
+      return orig.open(path, flags, mode);
     },
   };
 });
@@ -61,8 +70,14 @@ function examples(o: number): { input: Uint32Array; targets: Uint32Array } {
 }
 
 /** What a step changes on disk (equal before and after a refused step). */
-function files(dir: string): { log: number; ghost: string; state: string } {
-  return { log: statSync(join(dir, 'updates.bin')).size, ghost: toHex(readFileSync(join(dir, 'ghost.bin'))), state: toHex(readFileSync(join(dir, 'step-state.bin'))) };
+function files(dir: string): { log: number; ghost: string; state: string; stateLog: string } {
+  const stateLog = join(dir, 'step-state.log');
+  return {
+    log: statSync(join(dir, 'updates.bin')).size,
+    ghost: toHex(readFileSync(join(dir, 'ghost.bin'))),
+    state: toHex(readFileSync(join(dir, 'step-state.bin'))),
+    stateLog: existsSync(stateLog) ? toHex(readFileSync(stateLog)) : '',
+  };
 }
 
 describe('serving a model trained by step proofs', () => {
@@ -227,6 +242,7 @@ describe('serving a model trained by step proofs', () => {
     const url = await server.listen();
     const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
     await client.trainStep(examples(0));
+    // This model's steps write most of its state: each rewrites step-state.bin whole (before ghost.bin). The state log's faults: test/step-state-log.test.ts.
     for (const name of ['ghost.bin', 'step-state.bin']) {
       const at = { gen: server.generation, digest: toHex(server.ghost.digest), files: files(dir) };
       faults.name = name;
@@ -273,18 +289,35 @@ describe('serving a model trained by step proofs', () => {
     await client.trainStep(examples(2));
     await server.close();
     const tensorCount = g2.manifest.tensors.length;
-    // The step was logged; then a stop left ghost.bin at generation 2 and each other file at 2 or 3.
-    const cases: { name: string; oldTensors: (i: number) => boolean; oldState: boolean }[] = [
-      { name: 'nothing else written', oldTensors: () => true, oldState: true },
-      { name: 'half of the tensor files written', oldTensors: (i) => i % 2 === 0, oldState: true },
-      { name: 'every tensor file and the state written', oldTensors: () => false, oldState: false },
-      { name: 'the state written, not the tensors', oldTensors: () => true, oldState: false },
+    // Step 3's state record as the server appends it to step-state.log (u32 length, the
+    // record, its BLAKE3), made here from the model loaded at generation 3 and the logged proof.
+    const { model: m3 } = await Model.load(dir, { readOnly: true });
+    const { proofs } = await ModelDirectory.readLog(dir);
+    const record = m3.stepStateRecord({ proof: decodeProof(proofs[proofs.length - 1]!) as StepProof } as Parameters<typeof m3.stepStateRecord>[0]);
+    m3.close();
+    const h = await loadHasher();
+    const framed = new Uint8Array([...new Uint8Array(Uint32Array.of(record.length).buffer), ...record, ...h.hash(record)]);
+    const oldLog = existsSync(join(before, 'step-state.log')) ? readFileSync(join(before, 'step-state.log')) : new Uint8Array(0);
+    // The step was logged; then a stop left ghost.bin at generation 2 and each other file at 2 or 3
+    // (step-state.bin is compacted only after ghost.bin: always generation 2's; the state log
+    // with or without step 3's record, or with a torn or damaged part of it).
+    // step-state.bin: generation 2's, or 3's (this model's steps write most of the state: each rewrites it before ghost.bin).
+    const cases: { name: string; oldTensors: (i: number) => boolean; newBin?: boolean; stateLog: Uint8Array }[] = [
+      { name: 'nothing else written', oldTensors: () => true, stateLog: oldLog },
+      { name: 'half of the tensor files written', oldTensors: (i) => i % 2 === 0, stateLog: oldLog },
+      { name: 'every tensor file and step-state.bin written', oldTensors: () => false, newBin: true, stateLog: oldLog },
+      { name: 'step-state.bin written, not the tensors', oldTensors: () => true, newBin: true, stateLog: oldLog },
+      { name: 'every tensor file and the state record written', oldTensors: () => false, stateLog: Buffer.concat([oldLog, framed]) },
+      { name: 'the state record written, not the tensors', oldTensors: () => true, stateLog: Buffer.concat([oldLog, framed]) },
+      { name: 'half the state record written', oldTensors: () => false, stateLog: Buffer.concat([oldLog, framed.subarray(0, framed.length >> 1)]) },
+      { name: 'the state record damaged', oldTensors: () => false, stateLog: Buffer.concat([oldLog, framed.map((b, i) => (i === 9 ? b ^ 1 : b))]) },
     ];
     for (const c of cases) {
       const torn = join(base, `torn-${cases.indexOf(c)}`);
       cpSync(dir, torn, { recursive: true });
       writeFileSync(join(torn, 'ghost.bin'), readFileSync(join(before, 'ghost.bin')));
-      if (c.oldState) writeFileSync(join(torn, 'step-state.bin'), readFileSync(join(before, 'step-state.bin')));
+      if (!c.newBin) writeFileSync(join(torn, 'step-state.bin'), readFileSync(join(before, 'step-state.bin')));
+      writeFileSync(join(torn, 'step-state.log'), c.stateLog);
       for (let i = 0; i < tensorCount; i++) {
         if (!c.oldTensors(i)) continue;
         // A tensor file is its main file and its write-ahead log (docs/storage.md): both from generation 2.
@@ -297,6 +330,8 @@ describe('serving a model trained by step proofs', () => {
       const s = await ProverServer.open(torn, { trainToken: TOKEN });
       expect([c.name, s.generation, toHex(s.ghost.digest)]).toEqual([c.name, 2, toHex(g2.digest)]);
       expect(statSync(join(torn, 'updates.bin')).size).toBe(statSync(join(before, 'updates.bin')).size);
+      // The unfinished step's state record (whole, torn or damaged) is cut, never applied.
+      expect(readFileSync(join(torn, 'step-state.log'))).toEqual(Buffer.from(oldLog));
       const cl = await ProverClient.connect(await s.listen(), g0.bytes, { generation: 0, token: TOKEN });
       const r = await cl.trainStep(examples(2));
       expect(r.generation).toBe(3);

@@ -11,11 +11,19 @@
  *   train.log          a training run's step records since its last checkpoint (lib/model/train/checkpoint.ts)
  *   train-state.bin    a training run's dense state and step count at its last checkpoint
  *   step-state.bin     a model trained by step proofs: the optimizer state its Ghost file's
- *                      state roots commit (lib/model/train/step-training.ts)
+ *                      state roots commit (lib/model/train/step-training.ts), as of its
+ *                      last compaction
+ *   step-state.log     a served model trained by step proofs: per durable step since the
+ *                      last compaction, a u32 length, a record of the state rows the step
+ *                      wrote (encodeStateRecord) and the record's BLAKE3; appended and fsynced
  *
  * A served model trained by step proofs logs step proofs instead of update proofs, and
- * each durable step also replaces step-state.bin (before ghost.bin); a step stopped
- * halfway is rolled back at recover() from the old rows the logged proof reveals.
+ * each durable step also appends its state rows to step-state.log (before ghost.bin);
+ * once the log is as large as step-state.bin, step-state.bin is rewritten whole and the
+ * log emptied (after ghost.bin). Opening applies the log's records up to ghost.bin's step
+ * to step-state.bin (a torn or damaged tail is cut, never trusted; the state roots are
+ * checked at load); a step stopped halfway is rolled back at recover() from the old rows
+ * the logged proof reveals and its state record cut.
  *
  * Invariants: ghost.bin is only ever replaced whole (write, fsync, rename, fsync the
  * directory), so a reader sees an old or a new Ghost file, never a mix; a step is
@@ -23,7 +31,7 @@
  * ghost.bin, so after a stop the tensor files hold the Ghost file of some generation
  * between ghost.bin's and the log's end, which recover() finds and repairs to.
  */
-import { mkdir, readFile, rename, rm, truncate } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { bytesEqual, toHex } from '../shared/bytes.js';
@@ -35,7 +43,8 @@ import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify
 import { verifyTrainStep } from '../verify/step.js';
 import { SparseTensor } from '../tensor/sparse-tensor.js';
 import { allIds } from '../shared/args.js';
-import { rollBackStepState } from './train/step-training.js';
+import { applyStateLog, rollBackStepState, stateRecordStep } from './train/step-training.js';
+import { loadHasher } from '../verify/merkle.js';
 
 const GHOST = 'ghost.bin';
 const FIRST_GHOST = 'ghost-0.bin';
@@ -44,6 +53,60 @@ const TENSORS = 'tensors';
 const TRAIN_LOG = 'train.log';
 const TRAIN_STATE = 'train-state.bin';
 const STEP_STATE = 'step-state.bin';
+const STEP_LOG = 'step-state.log';
+
+/** The records of a state log as read: whole records whose checksum holds, in order, and where each ends. */
+interface StateLog {
+  records: Uint8Array[];
+  /** Byte offset after each record. */
+  ends: number[];
+  /** Bytes of whole, checked records (a torn or damaged tail is not counted). */
+  validBytes: number;
+  fileBytes: number;
+  /**
+   * Whether what follows the valid records can be a torn last write: a record cut short,
+   * or one last record whose checksum fails. Otherwise (a damaged record with more after
+   * it) the log is damaged, not torn: recover() leaves it, and the state roots refuse it.
+   */
+  tornTail: boolean;
+}
+
+/** Reads step-state.log: records up to the first torn or damaged one (its checksum is the payload's BLAKE3). */
+async function readStateLog(path: string): Promise<StateLog> {
+  let buf: Uint8Array;
+  try {
+    buf = new Uint8Array(await readFile(join(path, STEP_LOG)));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { records: [], ends: [], validBytes: 0, fileBytes: 0, tornTail: true };
+    throw err;
+  }
+  const h = await loadHasher();
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const records: Uint8Array[] = [], ends: number[] = [];
+  let at = 0;
+  while (at + 4 <= buf.length) {
+    const n = dv.getUint32(at, true);
+    if (at + 4 + n + 32 > buf.length) break;
+    const payload = buf.subarray(at + 4, at + 4 + n);
+    if (!bytesEqual(h.hash(payload), buf.subarray(at + 4 + n, at + 4 + n + 32))) break;
+    records.push(payload);
+    at += 4 + n + 32;
+    ends.push(at);
+  }
+  const rest = buf.length - at;
+  const tornTail = rest < 4 || 4 + dv.getUint32(at, true) + 32 >= rest;
+  return { records, ends, validBytes: at, fileBytes: buf.length, tornTail };
+}
+
+/** A state record framed for step-state.log: u32 length, the record, its BLAKE3. */
+async function frameStateRecord(record: Uint8Array): Promise<Uint8Array> {
+  const h = await loadHasher();
+  const out = new Uint8Array(4 + record.length + 32);
+  new DataView(out.buffer).setUint32(0, record.length, true);
+  out.set(record, 4);
+  out.set(h.hash(record), 4 + record.length);
+  return out;
+}
 
 /** Where the tensor file of tensor `i` lives, relative to the directory. */
 function tensorFile(i: number): string {
@@ -98,14 +161,23 @@ export class ModelDirectory {
   readonly writable: boolean;
   /** Length of updates.bin up to the last durable step. */
   #logBytes = 0;
+  /** Length of step-state.log up to the last durable step, and of step-state.bin (what the log is compacted against). */
+  #stateLogBytes = 0;
+  #stateBaseBytes = 0;
+  /** Bytes written to step-state.log and step-state.bin by this instance. */
+  stateBytesWritten = 0;
+  /** Whether the last appendStep() may have rewritten step-state.bin for a step it did not finish (undoStep() puts it back). */
+  #baseAhead = false;
   /** The recovered log and its replayed Ghost files, until start() hands them over. */
   #pending: { proofs: Uint8Array[]; ghosts: PinnedGhost[] | null } | null;
   #started = false;
 
-  private constructor(path: string, writable: boolean, proofs: Uint8Array[], ghosts: PinnedGhost[] | null) {
+  private constructor(path: string, writable: boolean, proofs: Uint8Array[], ghosts: PinnedGhost[] | null, state: { logBytes: number; baseBytes: number } = { logBytes: 0, baseBytes: 0 }) {
     this.path = path;
     this.writable = writable;
     this.#pending = { proofs, ghosts };
+    this.#stateLogBytes = state.logBytes;
+    this.#stateBaseBytes = state.baseBytes;
   }
 
   /** Where each file of the directory `path` lives (for tools that show them: the CLI's inspect). */
@@ -162,7 +234,12 @@ export class ModelDirectory {
       throw err;
     }
     const stepPath = join(path, STEP_STATE);
-    const stepState = ghost.manifest.training && (await exists(stepPath)) ? new Uint8Array(await readFile(stepPath)) : null;
+    let stepState: Uint8Array | null = ghost.manifest.training && (await exists(stepPath)) ? new Uint8Array(await readFile(stepPath)) : null;
+    if (ghost.manifest.training) {
+      // The state log's records (up to ghost.bin's step) on top of the last compaction.
+      const log = await readStateLog(path);
+      if (log.records.length > 0) stepState = applyStateLog(stepState, log.records, ghost.manifest);
+    }
     return { ghost, tensors, stepState };
   }
 
@@ -279,7 +356,37 @@ export class ModelDirectory {
         history = history.slice(0, at + 1);
       }
     }
-    return new ModelDirectory(path, writable, proofs, history);
+    const state = await ModelDirectory.#recoverStateLog(path, writable);
+    return new ModelDirectory(path, writable, proofs, history, state);
+  }
+
+  /**
+   * Cuts step-state.log (writable) after its last whole record of a step ghost.bin holds:
+   * a torn or damaged tail, and the record of a step that was not finished (or was undone
+   * halfway). Returns the log's length then and step-state.bin's.
+   */
+  static async #recoverStateLog(path: string, writable: boolean): Promise<{ logBytes: number; baseBytes: number }> {
+    const log = await readStateLog(path);
+    const basePath = join(path, STEP_STATE);
+    const baseBytes = (await exists(basePath)) ? (await stat(basePath)).size : 0;
+    if (log.fileBytes === 0) return { logBytes: 0, baseBytes };
+    const g = decodeGhost(new Uint8Array(await readFile(join(path, GHOST))));
+    const upTo = g.training?.step ?? 0;
+    let keep = 0, later = false;
+    for (const [i, r] of log.records.entries()) {
+      if (stateRecordStep(r) > upTo) {
+        later = true;
+        break;
+      }
+      keep = log.ends[i]!;
+    }
+    // A damaged record followed by more is not cut: what follows may be acknowledged steps (the state roots refuse the model at load).
+    if (!later && !log.tornTail) return { logBytes: log.validBytes, baseBytes };
+    if (keep < log.fileBytes && writable) {
+      await truncate(join(path, STEP_LOG), keep);
+      await writeSynced(join(path, STEP_LOG), new Uint8Array(0), 'a');
+    }
+    return { logBytes: keep, baseBytes };
   }
 
   /**
@@ -310,9 +417,13 @@ export class ModelDirectory {
         t.close();
       }
     }
+    // step-state.bin may hold the step (a step that writes about half the state or more
+    // rewrites it before ghost.bin): its rows put back, and it names `before`'s step. The
+    // step's record in step-state.log, if any, is cut by #recoverStateLog.
     const statePath = join(path, STEP_STATE);
     const file = (await exists(statePath)) ? new Uint8Array(await readFile(statePath)) : null;
-    await replaceFile(path, STEP_STATE, rollBackStepState(file, m, proof));
+    const back = rollBackStepState(file, m, proof);
+    if (back !== file) await replaceFile(path, STEP_STATE, back);
     if (!(await ModelDirectory.#rootsMatch(path, before))) throw new FormatError('NON_CANONICAL', `${path}: the tensor files do not hold ${GHOST} after rolling back the unfinished step ${proof.step}`);
   }
 
@@ -364,13 +475,16 @@ export class ModelDirectory {
 
   /**
    * Makes a step durable: its update proofs appended to updates.bin and fsynced, every
-   * file-backed tensor among `tensors` (those the step touched) checkpointed,
-   * step-state.bin replaced by `stepState` when given (a model trained by step proofs: the
-   * state the new Ghost file commits), then ghost.bin replaced by `ghost` (the Ghost file
-   * after the step). Only once this resolves
-   * may the step be published. On failure call undoStep().
+   * file-backed tensor among `tensors` (those the step touched) checkpointed, for a model
+   * trained by step proofs the step's state record (`stepState.record`: the state rows it
+   * wrote) appended to step-state.log and fsynced, then ghost.bin replaced by `ghost` (the
+   * Ghost file after the step). Only once this resolves may the step be published. On
+   * failure call undoStep(). Then, once the log is as large as step-state.bin, the log is
+   * compacted: step-state.bin replaced by `stepState.full()` (every state row the new
+   * Ghost file commits) and the log emptied; a failure there leaves the step durable and
+   * the log as it was (a later step compacts it).
    */
-  async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: Uint8Array): Promise<void> {
+  async appendStep(proofs: readonly Uint8Array[], ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: { record: Uint8Array; full: () => Uint8Array }): Promise<void> {
     this.#checkWritable('log a step');
     const framed = new Uint8Array(framedBytes(proofs));
     const dv = new DataView(framed.buffer);
@@ -382,24 +496,76 @@ export class ModelDirectory {
     }
     await writeSynced(join(this.path, LOG), framed, 'a');
     await checkpoint(tensors);
-    if (stepState) await replaceFile(this.path, STEP_STATE, stepState);
+    let record: Uint8Array | null = stepState ? await frameStateRecord(stepState.record) : null;
+    this.#baseAhead = false;
+    if (stepState && record && 2 * record.length >= this.#stateBaseBytes) {
+      // The step writes about half the state or more: step-state.bin rewritten whole (it names
+      // the step; recover() rolls it back from the logged proof if ghost.bin is not replaced).
+      const full = stepState.full();
+      this.#baseAhead = true;
+      await replaceFile(this.path, STEP_STATE, full);
+      this.stateBytesWritten += full.length;
+      this.#stateBaseBytes = full.length;
+      record = null;
+    } else if (record) {
+      await writeSynced(join(this.path, STEP_LOG), record, 'a');
+      this.stateBytesWritten += record.length;
+    }
     await replaceFile(this.path, GHOST, ghost.bytes);
     this.#logBytes += framed.length;
+    this.#baseAhead = false;
+    if (!stepState) return;
+    if (record) this.#stateLogBytes += record.length;
+    try {
+      if (record && this.#stateLogBytes >= this.#stateBaseBytes) {
+        // Compaction: the log as large as step-state.bin, which is rewritten at this step.
+        const full = stepState.full();
+        await replaceFile(this.path, STEP_STATE, full);
+        this.stateBytesWritten += full.length;
+        this.#stateBaseBytes = full.length;
+      }
+      if (this.#stateLogBytes > 0 && !record) {
+        // step-state.bin holds this step: the log's records (of earlier steps) are no longer needed.
+        await truncate(join(this.path, STEP_LOG), 0);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+        this.#stateLogBytes = 0;
+      } else if (record && this.#stateLogBytes >= this.#stateBaseBytes) {
+        await truncate(join(this.path, STEP_LOG), 0);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+        this.#stateLogBytes = 0;
+      }
+    } catch {
+      // The step is durable either way: step-state.bin names the step it holds, and records of
+      // steps up to it are skipped when the log is applied (applyStateLog).
+    }
   }
 
   /**
    * Puts the files back after a failed appendStep(), once the caller has put the rows of
    * `tensors` back in memory: updates.bin cut back to the last durable step (and fsynced),
-   * the tensors checkpointed at their old rows, ghost.bin rewritten to `ghost` (the Ghost
-   * file before the step). If this throws, the directory is repaired by the next
+   * the tensors checkpointed at their old rows, with `stateLog` step-state.log cut back to
+   * the last durable step (and fsynced), ghost.bin rewritten to `ghost` (the Ghost file
+   * before the step). If this throws, the directory is repaired by the next
    * recover() of a writable open.
    */
-  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: Uint8Array): Promise<void> {
+  async undoStep(ghost: PinnedGhost, tensors: readonly SparseTensor[], stepState?: () => Uint8Array): Promise<void> {
     this.#checkWritable('undo a step');
     await truncate(join(this.path, LOG), this.#logBytes);
     await writeSynced(join(this.path, LOG), new Uint8Array(0), 'a');
     await checkpoint(tensors);
-    if (stepState) await replaceFile(this.path, STEP_STATE, stepState);
+    if (stepState) {
+      if (await exists(join(this.path, STEP_LOG))) {
+        await truncate(join(this.path, STEP_LOG), this.#stateLogBytes);
+        await writeSynced(join(this.path, STEP_LOG), new Uint8Array(0), 'a');
+      }
+      // A step-state.bin rewritten (or maybe rewritten) for the failed step: put back (the state in memory, undone).
+      if (this.#baseAhead) {
+        const full = stepState();
+        await replaceFile(this.path, STEP_STATE, full);
+        this.#stateBaseBytes = full.length;
+        this.#baseAhead = false;
+      }
+    }
     await replaceFile(this.path, GHOST, ghost.bytes);
   }
 }

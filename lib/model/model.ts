@@ -19,6 +19,7 @@ import type { SparseAdam, SparseGrad, SparseSGD } from './optim.js';
 import {
   encodeProof,
   planBlock,
+  planStateBlock,
   positionsToProve,
   sortedUniqueIds,
   type ForwardProof,
@@ -474,7 +475,9 @@ export class Model {
     const stateOf = (ti: number, ids: Uint32Array): StepProof['states'][number] => {
       const st = tr.trained.get(ti)!.state;
       const all = ids.length === st.n;
-      const block = { tensor: ti, dim: st.dim, all, ids, leaves: st.leaves(ids), hashes: all ? new Uint8Array(0) : st.prove(ids) };
+      const full = { tensor: ti, dim: st.dim, all, ids, leaves: st.leaves(ids), hashes: all ? new Uint8Array(0) : st.prove(ids) };
+      // With a cache: state rows the verifier holds travel as held or deltas, zero rows as nothing (every leaf stays in the block for the step).
+      const block = cache ? planStateBlock(full, cache) : full;
       states.push(block);
       return block;
     };
@@ -521,6 +524,16 @@ export class Model {
    */
   stepState(): Uint8Array | null {
     return this.#training ? this.#training.encodeState() : null;
+  }
+
+  /**
+   * The state-log record of the step `step` took (the last one): the state rows it wrote,
+   * as they are now. The prover service appends it to step-state.log instead of rewriting
+   * step-state.bin whole (docs/step-proofs.md, "Saving and loading").
+   */
+  stepStateRecord(step: ProvedStep): Uint8Array {
+    if (this.#training === null) noTrainingRule();
+    return this.#training.encodeStateRecord(step.proof);
   }
 
   /**

@@ -800,7 +800,8 @@ export class ProverServer {
    * One step of a model trained by step proofs, all or nothing: Model.proveTrainStep takes
    * it (the verifier's own computation, applied), the server verifies the encoded proof
    * itself (verifyTrainStep against the served Ghost file), then makes it durable (the
-   * log, the touched tensor files, step-state.bin, ghost.bin) and only then publishes it.
+   * log, the touched tensor files, the step's record in step-state.log, ghost.bin) and
+   * only then publishes it.
    * Any failure puts the model back (Model.undoTrainStep, from the proof's old rows and
    * state rows) and the files (ModelDirectory.undoStep); if that fails, NEEDS_RESTART.
    */
@@ -818,7 +819,7 @@ export class ProverServer {
     const undo = async (files: boolean): Promise<void> => {
       try {
         this.model.undoTrainStep(step, before);
-        if (files && this.#store) await this.#store.undoStep(before, this.#stepTensors(step), this.model.stepState() ?? undefined);
+        if (files && this.#store) await this.#store.undoStep(before, this.#stepTensors(step), () => this.model.stepState()!);
       } catch (err) {
         this.#broken = `a failed step could not be undone (${err instanceof Error ? err.message : String(err)}); restart the server`;
       }
@@ -831,7 +832,8 @@ export class ProverServer {
       throw new HttpError(500, 'SELF_CHECK_FAILED', `the step proof does not verify against the served Ghost file (${err instanceof Error ? err.message : String(err)}); nothing was changed`);
     }
     try {
-      if (this.#store) await this.#store.appendStep([step.bytes], step.ghost, this.#stepTensors(step), this.model.stepState() ?? undefined);
+      // The state rows the step wrote go to step-state.log; step-state.bin is rewritten whole only when the log has grown as large (ModelDirectory.appendStep).
+      if (this.#store) await this.#store.appendStep([step.bytes], step.ghost, this.#stepTensors(step), { record: this.model.stepStateRecord(step), full: () => this.model.stepState()! });
     } catch (err) {
       await undo(true);
       const e = toHttpError(err);

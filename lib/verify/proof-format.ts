@@ -221,7 +221,20 @@ export interface StateBlock {
   dim: number;
   all: boolean;
   ids: Uint32Array;
+  /**
+   * The rows' leaf bytes, concatenated. In a decoded block with `kinds`, only Full and
+   * Zero rows are filled in; resolveStateLeaves gives every row (held and delta rows from
+   * the verifier's cache).
+   */
   leaves: Uint8Array;
+  /**
+   * How each row travels (StateKind per id), when the block was planned against a
+   * PatternCache (planStateBlock; encoded with flag 2). Absent: every row in full, the
+   * encoding of proofs made without a cache (and before state rows were cached).
+   */
+  kinds?: Uint8Array;
+  /** Per id: the encoded XOR delta of a Delta row (over the leaf's 2 d + 3 words), else null. */
+  deltas?: (Uint8Array | null)[];
   hashes: Uint8Array;
 }
 
@@ -280,8 +293,12 @@ function u32view(a: Float32Array): Uint32Array {
 
 /** Encodes `next` as an XOR delta against `held` (same length). */
 export function encodeDelta(held: Float32Array, next: Float32Array): Uint8Array {
-  const h = u32view(held), n = u32view(next);
-  const d = next.length;
+  return encodeWordDelta(u32view(held), u32view(next));
+}
+
+/** The XOR delta of 32-bit words (f32 rows, or a state row's 2 d + 3 words). */
+function encodeWordDelta(h: Uint32Array, n: Uint32Array): Uint8Array {
+  const d = n.length;
   const tags = new Uint8Array(Math.ceil(d / 4));
   const body: number[] = [];
   for (let j = 0; j < d; j++) {
@@ -314,10 +331,16 @@ function readDelta(r: ByteReader, dim: number): Uint8Array {
 
 /** Applies an encoded delta to `held`; the result must be finite. */
 export function applyDelta(held: Float32Array, delta: Uint8Array): Float32Array {
-  const d = held.length;
+  const out = new Float32Array(held.length);
+  applyWordDelta(u32view(held), delta, u32view(out));
+  checkFiniteF32(out, 'a delta-decoded pattern');
+  return out;
+}
+
+/** Applies an encoded delta of 32-bit words to `h`, into `o` (same length). */
+function applyWordDelta(h: Uint32Array, delta: Uint8Array, o: Uint32Array): void {
+  const d = h.length;
   const tagLen = Math.ceil(d / 4);
-  const out = new Float32Array(d);
-  const o = u32view(out), h = u32view(held);
   let at = tagLen;
   for (let j = 0; j < d; j++) {
     const tag = (delta[j >> 2]! >> (2 * (j & 3))) & 3;
@@ -326,8 +349,11 @@ export function applyDelta(held: Float32Array, delta: Uint8Array): Float32Array 
     o[j] = (h[j]! ^ x) >>> 0;
   }
   if (at !== delta.length) throw new FormatError('BAD_VALUE', 'delta length does not match its tags');
-  checkFiniteF32(out, 'a delta-decoded pattern');
-  return out;
+}
+
+/** 32-bit words of leaf bytes (a view when aligned, else a copy). */
+function words(b: Uint8Array): Uint32Array {
+  return b.byteOffset % 4 === 0 ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength >> 2) : new Uint32Array(b.slice().buffer);
 }
 
 // ---------------------------------------------------------------------------
@@ -348,9 +374,36 @@ interface HeldEntry extends HeldRow {
   stamp: number;
 }
 
+/** An optimizer-state row a verifier holds (step proofs): its leaf bytes (8 d + 12) and the state root it was computed under. */
+export interface HeldState {
+  leaf: Uint8Array;
+  /** The leaf's 2 d + 3 words (a view of `leaf`). */
+  words: Uint32Array;
+  root: Uint8Array;
+}
+
+interface HeldStateEntry extends HeldState {
+  stamp: number;
+}
+
+/** The state rows of one tensor a step wrote (their leaves after it, concatenated) and the state root after it. */
+export interface ResolvedStates {
+  tensor: number;
+  dim: number;
+  ids: Uint32Array;
+  leaves: Uint8Array;
+  root: Uint8Array;
+}
+
 export class PatternCache {
   readonly capacity: number;
   readonly #rows = new Map<number, HeldEntry>();
+  /**
+   * Optimizer-state rows (step proofs), a key space of their own: (tensor, id) keys as
+   * #rows's. They share the capacity and the recency queue with the value rows; their
+   * queue stamps are negative.
+   */
+  readonly #states = new Map<number, HeldStateEntry>();
   // Recency without moving map entries (a Map delete + set costs ~0.5 us): every use
   // appends (key, stamp) to this queue and stamps the entry; the least recently used
   // row is the first queued pair whose stamp is still its entry's. Stale pairs are
@@ -376,20 +429,36 @@ export class PatternCache {
   get(tensor: number, id: number): HeldRow | undefined {
     return this.#rows.get(PatternCache.#key(tensor, id));
   }
+  /** The optimizer-state row (tensor, id) this cache holds (step proofs), if any. */
+  getState(tensor: number, id: number): HeldState | undefined {
+    return this.#states.get(PatternCache.#key(tensor, id));
+  }
   /** Marks `e` (now the entry of `key`) most recently used. */
   #use(key: number, e: HeldEntry): void {
     e.stamp = ++this.#stamp;
     this.#rows.set(key, e);
     this.#qKeys.push(key);
     this.#qStamps.push(e.stamp);
-    if (this.#qKeys.length - this.#head > 2 * this.#rows.size + 1024) this.#compact();
+    if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
+  }
+  /** Marks the state entry `e` (now the entry of `key`) most recently used (its queue stamp negated). */
+  #useState(key: number, e: HeldStateEntry): void {
+    e.stamp = ++this.#stamp;
+    this.#states.set(key, e);
+    this.#qKeys.push(key);
+    this.#qStamps.push(-e.stamp);
+    if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
+  }
+  /** Whether the queue pair (key, st) is still its entry's newest. */
+  #live(key: number, st: number): boolean {
+    return st > 0 ? this.#rows.get(key)?.stamp === st : this.#states.get(key)?.stamp === -st;
   }
   /** Drops stale queue pairs (the order of the live ones is kept). */
   #compact(): void {
     const keys: number[] = [], stamps: number[] = [];
     for (let i = this.#head; i < this.#qKeys.length; i++) {
       const key = this.#qKeys[i]!, st = this.#qStamps[i]!;
-      if (this.#rows.get(key)?.stamp === st) {
+      if (this.#live(key, st)) {
         keys.push(key);
         stamps.push(st);
       }
@@ -402,12 +471,12 @@ export class PatternCache {
   put(tensor: number, id: number, row: Float32Array, root: Uint8Array): void {
     this.#use(PatternCache.#key(tensor, id), { row, bits: u32view(row), root, stamp: 0 });
   }
-  /** Drops the least recently used rows beyond the capacity. */
+  /** Drops the least recently used rows (value and state rows alike) beyond the capacity. */
   trim(): void {
-    while (this.#rows.size > this.capacity && this.#head < this.#qKeys.length) {
+    while (this.size > this.capacity && this.#head < this.#qKeys.length) {
       const key = this.#qKeys[this.#head]!, st = this.#qStamps[this.#head]!;
       this.#head++;
-      if (this.#rows.get(key)?.stamp === st) this.#rows.delete(key);
+      if (this.#live(key, st)) (st > 0 ? this.#rows : this.#states).delete(key);
     }
     if (this.#head > 1024 && this.#head * 2 > this.#qKeys.length) this.#compact();
   }
@@ -429,8 +498,24 @@ export class PatternCache {
     }
     this.trim();
   }
+  /**
+   * Records the optimizer-state rows a verified step wrote (in block and id order; each
+   * leaf copied), then trims. Both sides of a step proof call this after the step
+   * (recordStep), so the prover's mirror holds what the verifier holds.
+   */
+  recordStates(blocks: readonly ResolvedStates[]): void {
+    for (const b of blocks) {
+      const rb = stateRowBytes(b.dim);
+      for (let t = 0; t < b.ids.length; t++) {
+        const leaf = b.leaves.slice(t * rb, (t + 1) * rb);
+        this.#useState(PatternCache.#key(b.tensor, b.ids[t]!), { leaf, words: new Uint32Array(leaf.buffer), root: b.root, stamp: 0 });
+      }
+    }
+    this.trim();
+  }
   clear(): void {
     this.#rows.clear();
+    this.#states.clear();
     this.#qKeys = [];
     this.#qStamps = [];
     this.#head = 0;
@@ -439,15 +524,25 @@ export class PatternCache {
   clone(): PatternCache {
     const c = new PatternCache(this.capacity);
     for (let i = this.#head; i < this.#qKeys.length; i++) {
-      const key = this.#qKeys[i]!, h = this.#rows.get(key);
-      if (h === undefined || h.stamp !== this.#qStamps[i]) continue;
-      const row = h.row.slice();
-      c.#use(key, { row, bits: u32view(row), root: h.root, stamp: 0 });
+      const key = this.#qKeys[i]!, st = this.#qStamps[i]!;
+      if (!this.#live(key, st)) continue;
+      if (st > 0) {
+        const row = this.#rows.get(key)!.row.slice();
+        c.#use(key, { row, bits: u32view(row), root: this.#rows.get(key)!.root, stamp: 0 });
+      } else {
+        const e = this.#states.get(key)!, leaf = e.leaf.slice();
+        c.#useState(key, { leaf, words: new Uint32Array(leaf.buffer), root: e.root, stamp: 0 });
+      }
     }
     return c;
   }
+  /** Rows held: value rows and optimizer-state rows (the capacity counts both). */
   get size(): number {
-    return this.#rows.size;
+    return this.#rows.size + this.#states.size;
+  }
+  /** Optimizer-state rows held (step proofs). */
+  get stateSize(): number {
+    return this.#states.size;
   }
 }
 
@@ -515,6 +610,83 @@ export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: F
     payload.push(row); // a view: `rows` belongs to the block from here on
   }
   return { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
+}
+
+/**
+ * How one optimizer-state row of a step proof travels when the block was planned against
+ * a cache: Full (its 8 d + 12 leaf bytes), Held (the verifier holds these bytes), Delta
+ * (an XOR delta over the leaf's words against the held copy), Zero (the zero row every
+ * state starts from: nothing sent). Every state row, whatever its kind, is checked
+ * against the state root by the block's multiproof.
+ */
+export const StateKind = { Full: 0, Held: 1, Delta: 2, Zero: 3 } as const;
+
+/**
+ * Plans how the state rows of a block (its `leaves`, every row) travel against `cache`:
+ * Zero for an all-zero leaf, Held when the cache holds the same bytes, Delta when it
+ * holds other bytes and the delta is smaller, Full otherwise.
+ */
+export function planStateBlock(b: StateBlock, cache: PatternCache): StateBlock {
+  const q = stateRowBytes(b.dim) / 4, n = b.ids.length;
+  const w = words(b.leaves);
+  const kinds = new Uint8Array(n);
+  const deltas: (Uint8Array | null)[] = new Array<null>(n).fill(null);
+  for (let t = 0; t < n; t++) {
+    const row = w.subarray(t * q, (t + 1) * q);
+    let zero = true;
+    for (let j = 0; zero && j < q; j++) zero = row[j] === 0;
+    if (zero) {
+      kinds[t] = StateKind.Zero;
+      continue;
+    }
+    const h = cache.getState(b.tensor, b.ids[t]!);
+    if (h && h.words.length === q) {
+      let same = true;
+      for (let j = 0; same && j < q; j++) same = h.words[j] === row[j];
+      if (same) {
+        kinds[t] = StateKind.Held;
+        continue;
+      }
+      const delta = encodeWordDelta(h.words, row);
+      if (delta.length < q * 4) {
+        kinds[t] = StateKind.Delta;
+        deltas[t] = delta;
+        continue;
+      }
+    }
+    kinds[t] = StateKind.Full;
+  }
+  return { ...b, kinds, deltas };
+}
+
+/**
+ * Every state row of a block as leaf bytes: held and delta rows from `cache` (ProofError
+ * NOT_HELD when it does not hold one, checked before anything is allocated), the others
+ * as decoded. A block without kinds is returned as it is. The copy is charged to `budget`.
+ */
+export function resolveStateLeaves(s: StateBlock, cache: PatternCache | undefined, budget: VerifyBudget): Uint8Array {
+  const kinds = s.kinds;
+  if (!kinds) return s.leaves;
+  const rb = stateRowBytes(s.dim), q = rb / 4, n = s.ids.length;
+  const held: (HeldState | undefined)[] = new Array<undefined>(n);
+  for (let t = 0; t < n; t++) {
+    if (kinds[t] !== StateKind.Held && kinds[t] !== StateKind.Delta) continue;
+    const h = cache?.getState(s.tensor, s.ids[t]!);
+    if (h === undefined || h.words.length !== q) {
+      throw new ProofError('NOT_HELD', `the optimizer state of row ${s.ids[t]} of tensor ${s.tensor} was sent as ${kinds[t] === StateKind.Held ? 'held' : 'a delta'}, but this verifier does not hold it`);
+    }
+    held[t] = h;
+  }
+  budget.cellsFor(n * q, `the state rows of tensor ${s.tensor}`);
+  const out = new Uint8Array(n * rb);
+  const o = new Uint32Array(out.buffer);
+  for (let t = 0; t < n; t++) {
+    const k = kinds[t]!;
+    if (k === StateKind.Held) o.set(held[t]!.words, t * q);
+    else if (k === StateKind.Delta) applyWordDelta(held[t]!.words, s.deltas![t]!, o.subarray(t * q, (t + 1) * q));
+    else out.set(s.leaves.subarray(t * rb, (t + 1) * rb), t * rb);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -593,9 +765,21 @@ export function encodeProof(p: GhostProof): Uint8Array {
     for (const b of p.blocks) writeBlock(w, b);
     w.u32(p.states.length);
     for (const b of p.states) {
-      w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
+      const k = b.kinds;
+      w.u32(b.tensor).u32(b.dim).u8((b.all ? 1 : 0) | (k ? 2 : 0)).u32(b.ids.length);
       if (!b.all) w.u32s(b.ids);
-      w.bytes(b.leaves).u32(b.hashes.length / 32).bytes(b.hashes);
+      if (!k) w.bytes(b.leaves);
+      else {
+        const packed = new Uint8Array(Math.ceil(b.ids.length / 4));
+        for (let t = 0; t < b.ids.length; t++) packed[t >> 2]! |= k[t]! << (2 * (t & 3));
+        w.bytes(packed);
+        const rb = stateRowBytes(b.dim);
+        for (let t = 0; t < b.ids.length; t++) {
+          if (k[t] === StateKind.Full) w.bytes(b.leaves.subarray(t * rb, (t + 1) * rb));
+          else if (k[t] === StateKind.Delta) w.bytes(b.deltas![t]!);
+        }
+      }
+      w.u32(b.hashes.length / 32).bytes(b.hashes);
     }
     w.bytes(p.newGhost);
   }
@@ -661,8 +845,8 @@ function readStateBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | 
   const tensor = r.u32('state tensor');
   const dim = r.count('state dim', 1, PROOF_LIMITS.dim);
   const flags = r.u8('state flags');
-  if (flags > 1) throw new FormatError('BAD_VALUE', `proof: state block flags ${flags}`);
-  const all = flags === 1;
+  if (flags > 3) throw new FormatError('BAD_VALUE', `proof: state block flags ${flags}`);
+  const all = (flags & 1) === 1, coded = (flags & 2) === 2;
   const n = r.count('state row count', 1, PROOF_LIMITS.blockIds);
   const gt = g?.tensors[tensor];
   if (g) {
@@ -673,7 +857,7 @@ function readStateBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | 
   budget.cellsFor(OBJECT_CELLS + n * (stateDim(dim) + ROW_CELLS), `a state block of ${n} rows of ${dim}`);
   let ids: Uint32Array;
   if (all) {
-    r.need(n * stateRowBytes(dim), 'state rows');
+    r.need(coded ? Math.ceil(n / 4) : n * stateRowBytes(dim), 'state rows'); // bounds the allocation below by the bytes present
     ids = new Uint32Array(n);
     for (let t = 0; t < n; t++) ids[t] = t;
   } else {
@@ -681,9 +865,26 @@ function readStateBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | 
     for (let t = 1; t < n; t++) if (ids[t]! <= ids[t - 1]!) throw new FormatError('BAD_VALUE', `proof: state ids not strictly ascending at ${t}`);
     if (gt && ids[n - 1]! >= gt.n) throw new ProofError('ID_OUT_OF_RANGE', `a state block of ${gt.name} names id ${ids[n - 1]} >= N = ${gt.n}`);
   }
-  const leaves = r.bytes(n * stateRowBytes(dim), 'state rows');
+  const rb = stateRowBytes(dim);
+  if (!coded) {
+    const leaves = r.bytes(n * rb, 'state rows');
+    const hc = r.count('state hash count', 0, 2 ** 32 - 1, 32);
+    return { tensor, dim, all, ids, leaves, hashes: r.bytes(hc * 32, 'state hashes') };
+  }
+  // Row kinds (2 bits each), then the Full rows' leaves and the Delta rows' deltas in order.
+  const packed = r.bytes(Math.ceil(n / 4), 'state row kinds');
+  if (n % 4 !== 0 && packed[packed.length - 1]! >> (2 * (n % 4)) !== 0) throw new FormatError('NON_CANONICAL', 'proof: padding bits of the state row kinds are not zero');
+  const kinds = new Uint8Array(n);
+  const deltas: (Uint8Array | null)[] = new Array<null>(n).fill(null);
+  const leaves = new Uint8Array(n * rb);
+  for (let t = 0; t < n; t++) {
+    const k = (packed[t >> 2]! >> (2 * (t & 3))) & 3;
+    kinds[t] = k;
+    if (k === StateKind.Full) leaves.set(r.bytes(rb, 'state row'), t * rb);
+    else if (k === StateKind.Delta) deltas[t] = readDelta(r, rb / 4);
+  }
   const hc = r.count('state hash count', 0, 2 ** 32 - 1, 32);
-  return { tensor, dim, all, ids, leaves, hashes: r.bytes(hc * 32, 'state hashes') };
+  return { tensor, dim, all, ids, leaves, kinds, deltas, hashes: r.bytes(hc * 32, 'state hashes') };
 }
 
 /** Stage lists of a layer (forward and step proofs). */

@@ -20,7 +20,7 @@ import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield
 import { specOf } from './kinds/index.js';
 import { fail, sortedIndexOf, type Revealed } from './layer-spec.js';
 import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
-import { HASH_CALL_WORK, HASH_WORK, merkleCalls, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type StateBlock, type StepProof } from './proof-format.js';
+import { HASH_CALL_WORK, HASH_WORK, merkleCalls, resolveStateLeaves, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type ResolvedStates, type StateBlock, type StepProof } from './proof-format.js';
 import { openProof, pinGhost, resolveBlock, resolveRows, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
 import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
 
@@ -58,6 +58,8 @@ export interface StepOutcome {
   writes: StepWrite[];
   /** Every row the step read, as it is after the step, with its tensor's root then: what both caches record. */
   record: ResolvedBlock[];
+  /** Every state row the step wrote, as it is after the step, with its state root then: what both caches record too. */
+  stateRecord: ResolvedStates[];
 }
 
 /**
@@ -200,7 +202,10 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       if (!same) fail('BLOCK_IDS', `the state block of tensor ${x.tensor} does not cover exactly the ${x.ids.length} rows the step writes`);
     }
     // The state rows against the state root (not for the prover's own state tree, which gave them).
+    // Held and delta rows come from the cache first (the prover's block has every leaf).
     if (!prover) {
+      const leaves = resolveStateLeaves(s, cache, budget);
+      if (leaves !== s.leaves) s = { tensor: s.tensor, dim: s.dim, all: s.all, ids: s.ids, leaves, hashes: s.hashes };
       let root: Uint8Array;
       try {
         root = s.all ? (s.hashes.length === 0 ? rootOfLeaves(h, s.leaves, n) : fail('PROOF_LENGTH', `an all-rows state block of tensor ${s.tensor} carries hashes`)) : multiproofRoot(h, n, x.ids, s.leaves, s.hashes);
@@ -224,6 +229,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   if (newTrained.some((e) => !Number.isFinite(e.logDecay))) fail('UPDATE_MISMATCH', 'the step gives a non-finite decay log; the optimizer would have refused it');
   const roots = g.tensors.map((x) => x.root);
   const record: ResolvedBlock[] = [];
+  const stateRecord: ResolvedStates[] = [];
   // First every check of the optimizer's result, then the new roots (a prover's `apply` writes only a step that passed).
   const stepped = touched.map((x, i) => {
     const b = written[i]!, e = trained.get(b.tensor)!, d = b.dim;
@@ -264,6 +270,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     newTrained.find((y) => y.tensor === b.tensor)!.stateRoot = stateRoot;
     writes.push({ tensor: b.tensor, all: st.block.all, ids, rows: out.rows, state: out.state, grads: grads[i]!, leaves, root, stateRoot });
     record.push({ tensor: b.tensor, dim: d, ids: rev.ids, rows: after, root });
+    stateRecord.push({ tensor: b.tensor, dim: d, ids, leaves, root: stateRoot });
   });
   const manifest: GhostManifest = {
     ...g,
@@ -274,7 +281,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   for (const b of blocks.values()) {
     if (!record.some((r) => r.tensor === b.block.tensor)) record.push(trained.has(b.block.tensor) ? { ...b.rev, root: roots[b.block.tensor]! } : b.rev);
   }
-  return { manifest, output: y, rows: B, cols, loss: loss.value, lr, gradNorm: clip.norm, clipScale: clip.scale, writes, record };
+  return { manifest, output: y, rows: B, cols, loss: loss.value, lr, gradNorm: clip.norm, clipScale: clip.scale, writes, record, stateRecord };
 }
 
 export interface VerifiedStep {
@@ -297,8 +304,8 @@ export interface VerifiedStep {
  * Verifies a step proof against the pinned Ghost file (which must commit a training
  * rule): recomputes the whole step and accepts only when the Ghost file it gives has the
  * proof's claimed digest (ProofError UPDATE_MISMATCH otherwise). Returns the Ghost file
- * after the step; with a cache, records the written rows at their new roots and the
- * frozen rows read.
+ * after the step; with a cache, records the written rows at their new roots, their new
+ * optimizer state, and the frozen rows read.
  */
 export async function verifyTrainStep(ghost: PinnedGhost, proof: Uint8Array | StepProof, options: VerifyOptions = {}): Promise<VerifiedStep> {
   const h = await loadHasher();
@@ -321,8 +328,13 @@ export async function verifyTrainStep(ghost: PinnedGhost, proof: Uint8Array | St
   };
 }
 
-/** What both caches record after a step: the written rows at their new roots, the frozen rows read. */
+/**
+ * What both caches record after a step: the rows read (the written ones at their new
+ * roots), then the written rows' new optimizer state at the new state roots. Called only
+ * once the step verified (a refused step leaves the cache as it was).
+ */
 export function recordStep(cache: PatternCache | undefined, r: StepOutcome): void {
   if (!cache) return;
   cache.record(r.record);
+  cache.recordStates(r.stateRecord);
 }

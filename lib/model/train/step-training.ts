@@ -7,7 +7,7 @@
  * verifier computed, bit for bit (checked: the tensors' native roots must equal it).
  */
 import { allIds, checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
-import type { StepProof } from '../../verify/proof-format.js';
+import { StateKind, type StepProof } from '../../verify/proof-format.js';
 import { ByteReader, ByteWriter, bytesEqual } from '../../shared/bytes.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../../shared/errors.js';
 import type { GhostManifest } from '../../verify/ghost-file.js';
@@ -173,10 +173,27 @@ export class StepTraining {
   /** The state file's bytes (decodeStepState reads them): every trained tensor's written rows. */
   encodeState(): Uint8Array {
     const w = new ByteWriter();
-    w.bytes(STATE_MAGIC).u16(1).u32(this.trained.size);
+    w.bytes(STATE_MAGIC).u16(2).u64(this.step).u32(this.trained.size);
     for (const [tensor, e] of [...this.trained].sort((a, b) => a[0] - b[0])) {
       const { ids, leaves } = e.state.entries();
       w.u32(tensor).u32(e.state.dim).u64(e.state.n).u32(ids.length).u32s(ids).bytes(leaves);
+    }
+    return w.finish();
+  }
+
+  /**
+   * A record of the state log (step-state.log, decodeStateRecord reads it): the state rows
+   * the step `proof` wrote, as they are now (the step applied), and the step count after
+   * it. Bytes: the written rows' ids and leaves, not every row ever written.
+   */
+  encodeStateRecord(proof: StepProof): Uint8Array {
+    const w = new ByteWriter();
+    w.u64(proof.step + 1).u32(proof.states.length);
+    for (const s of proof.states) {
+      const e = this.trained.get(s.tensor);
+      if (!e) throw new Error(`internal: a state block of tensor ${s.tensor}, which is not trained`);
+      const ids = s.ids.length === 0 && s.all ? allIds(e.state.n) : s.ids;
+      w.u32(s.tensor).u32(e.state.dim).u32(ids.length).u32s(ids).bytes(e.state.leaves(ids));
     }
     return w.finish();
   }
@@ -220,7 +237,8 @@ export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== STATE_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a step-state file');
   const version = r.u16('version');
-  if (version !== 1) throw new FormatError('BAD_VERSION', `step state: version ${version}`);
+  if (version !== 1 && version !== 2) throw new FormatError('BAD_VERSION', `step state: version ${version}`);
+  if (version === 2) r.u64('step');
   const trained = m.training?.tensors ?? [];
   const n = r.count('tensor count', 0, trained.length);
   const out = new Map<number, { ids: Uint32Array; leaves: Uint8Array }>();
@@ -242,13 +260,19 @@ export function decodeStepState(bytes: Uint8Array, m: GhostManifest): Map<number
  * A state file (step-state.bin) with the rows a step proof wrote put back to the state the
  * proof reveals for them (its old leaves): the state file before the step, whether `file`
  * was written before or after it (idempotent). ModelDirectory.recover rolls back a step that
- * was logged but not finished; the result's roots are checked when the model loads.
+ * was logged but not finished; the result's roots are checked when the model loads. A
+ * version-2 file that names a step up to `m`'s does not hold the step: it is returned as it
+ * is (the state log's later records still apply to it). One that names the step after is
+ * put back and names `m`'s; a version-1 file (or none) is put back and stays version 1.
  */
 export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, proof: StepProof): Uint8Array {
+  const at = file === null ? -1 : stepStateStep(file);
+  if (file !== null && at >= 0 && at <= (m.training?.step ?? 0)) return file;
   const rows = file === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(file, m);
   const trained = m.training?.tensors ?? [];
   const w = new ByteWriter();
-  w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
+  if (at >= 0) w.bytes(STATE_MAGIC).u16(2).u64(m.training?.step ?? 0).u32(trained.length);
+  else w.bytes(STATE_MAGIC).u16(1).u32(trained.length);
   for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
     const gt = m.tensors[e.tensor]!;
     const rb = stateRowBytes(gt.dim);
@@ -257,12 +281,98 @@ export function rollBackStepState(file: Uint8Array | null, m: GhostManifest, pro
     if (r) r.ids.forEach((id, k) => byId.set(id, r.leaves.subarray(k * rb, (k + 1) * rb)));
     for (const s of proof.states) {
       if (s.tensor !== e.tensor) continue;
+      if (s.kinds?.some((k) => k === StateKind.Held || k === StateKind.Delta)) throw new Error(`internal: the step's state block of tensor ${s.tensor} does not carry every row (a proof made with a cache); it cannot be rolled back from the proof`);
       const ids = s.ids.length === 0 && s.all ? allIds(gt.n) : s.ids;
       ids.forEach((id, k) => byId.set(id, s.leaves.subarray(k * rb, (k + 1) * rb)));
     }
     const ids = Uint32Array.from(byId.keys()).sort();
     w.u32(e.tensor).u32(gt.dim).u64(gt.n).u32(ids.length).u32s(ids);
     for (const id of ids) w.bytes(byId.get(id)!);
+  }
+  return w.finish();
+}
+
+/** One record of a state log: the step count after its step, and per tensor the rows it wrote. */
+export interface StateRecord {
+  step: number;
+  tensors: { tensor: number; ids: Uint32Array; leaves: Uint8Array }[];
+}
+
+/**
+ * The step count a state file holds the state after (version 2), or -1 for a version-1
+ * file (written before the state log: every record applies to it) or bytes too short.
+ */
+export function stepStateStep(bytes: Uint8Array): number {
+  if (bytes.length < 18 || STATE_MAGIC.some((b, i) => b !== bytes[i])) return -1;
+  const r = new ByteReader(bytes, 'step state');
+  r.bytes(8, 'magic');
+  return r.u16('version') === 2 ? r.u64('step') : -1;
+}
+
+/** The step count a state record ends at (its first 8 bytes), or -1 if it is shorter. */
+export function stateRecordStep(bytes: Uint8Array): number {
+  return bytes.length < 8 ? -1 : new ByteReader(bytes, 'step state record').u64('step');
+}
+
+/**
+ * Reads a state record (encodeStateRecord), checked against the Ghost file's trained
+ * tensors and shapes (FormatError otherwise) before anything is allocated.
+ */
+export function decodeStateRecord(bytes: Uint8Array, m: GhostManifest): StateRecord {
+  const r = new ByteReader(bytes, 'step state record');
+  const step = r.u64('step');
+  const trained = m.training?.tensors ?? [];
+  const n = r.count('tensor count', 0, trained.length);
+  const tensors: StateRecord['tensors'] = [];
+  for (let i = 0; i < n; i++) {
+    const tensor = r.u32('tensor'), dim = r.u32('dim');
+    const gt = m.tensors[tensor];
+    if (!gt || !trained.some((e) => e.tensor === tensor) || dim !== gt.dim) throw new FormatError('BAD_VALUE', `step state record: tensor ${tensor} of dim ${dim} is not a trained tensor of the Ghost file`);
+    const count = r.count('rows', 0, gt.n, 4 + stateRowBytes(dim));
+    const ids = r.u32s(count, 'ids');
+    for (let k = 0; k < count; k++) if (ids[k]! >= gt.n || (k > 0 && ids[k]! <= ids[k - 1]!)) throw new FormatError('BAD_VALUE', `step state record: tensor ${tensor}'s ids are not ascending ids below N`);
+    tensors.push({ tensor, ids, leaves: r.bytes(count * stateRowBytes(dim), 'state rows') });
+  }
+  r.end();
+  return { step, tensors };
+}
+
+/**
+ * The state file `base` (step-state.bin, or null: no row written) with the state log's
+ * records applied in order, each row set to the record's leaf: the state file of the
+ * Ghost file `m`. Only records of steps after the base's (version 2 names its step) and up
+ * to m's step are applied (a later one is a step that was not finished; recover() cuts
+ * it), so a log not yet emptied after the base was rewritten is harmless. The result's
+ * roots are checked when the model loads (StepTraining.restore).
+ */
+export function applyStateLog(base: Uint8Array | null, records: readonly Uint8Array[], m: GhostManifest): Uint8Array {
+  const rows = base === null ? new Map<number, { ids: Uint32Array; leaves: Uint8Array }>() : decodeStepState(base, m);
+  const trained = m.training?.tensors ?? [];
+  const byId = new Map<number, Map<number, Uint8Array>>();
+  for (const e of trained) {
+    const rb = stateRowBytes(m.tensors[e.tensor]!.dim);
+    const map = new Map<number, Uint8Array>();
+    const r = rows.get(e.tensor);
+    if (r) r.ids.forEach((id, k) => map.set(id, r.leaves.subarray(k * rb, (k + 1) * rb)));
+    byId.set(e.tensor, map);
+  }
+  const upTo = m.training?.step ?? 0;
+  const from = base === null ? -1 : stepStateStep(base);
+  for (const bytes of records) {
+    const rec = decodeStateRecord(bytes, m);
+    if (rec.step > upTo || rec.step <= from) continue;
+    for (const t of rec.tensors) {
+      const rb = stateRowBytes(m.tensors[t.tensor]!.dim), map = byId.get(t.tensor)!;
+      t.ids.forEach((id, k) => map.set(id, t.leaves.subarray(k * rb, (k + 1) * rb)));
+    }
+  }
+  const w = new ByteWriter();
+  w.bytes(STATE_MAGIC).u16(2).u64(m.training?.step ?? 0).u32(trained.length);
+  for (const e of [...trained].sort((a, b) => a.tensor - b.tensor)) {
+    const gt = m.tensors[e.tensor]!, map = byId.get(e.tensor)!;
+    const ids = Uint32Array.from(map.keys()).sort();
+    w.u32(e.tensor).u32(gt.dim).u64(gt.n).u32(ids.length).u32s(ids);
+    for (const id of ids) w.bytes(map.get(id)!);
   }
   return w.finish();
 }
