@@ -19,29 +19,9 @@ import { ProverClient, ProverServer } from '../lib/serve/index.js';
 import { toHex } from '../lib/shared/bytes.js';
 import { reason } from './helpers/reason.js';
 import { Rng } from './helpers/rng.js';
+import { faults } from './helpers/fs-faults.js';
 
-/** The next `count` renames onto a file named `name`, or opens of it to append, throw EIO. */
-const faults = vi.hoisted(() => ({ name: '', count: 0 }));
-vi.mock('node:fs/promises', async (importOriginal) => {
-  const orig = await importOriginal<typeof import('node:fs/promises')>();
-  return {
-    ...orig,
-    rename: async (from: string, to: string): Promise<void> => {
-      if (faults.count > 0 && to.endsWith(`/${faults.name}`)) {
-        faults.count--;
-        throw Object.assign(new Error(`EIO: injected, rename '${from}' -> '${to}'`), { code: 'EIO' });
-      }
-      return orig.rename(from, to);
-    },
-    open: async (path: string, flags?: string, mode?: number) => {
-      if (faults.count > 0 && flags === 'a' && String(path).endsWith(`/${faults.name}`)) {
-        faults.count--;
-        throw Object.assign(new Error(`EIO: injected, append to '${path}'`), { code: 'EIO' });
-      }
-      return orig.open(path, flags, mode);
-    },
-  };
-});
+vi.mock('node:fs/promises', async (orig) => (await import('./helpers/fs-faults.js')).faultyFs(await orig()));
 
 const base = mkdtempSync(join(tmpdir(), 'gt-step-state-log-'));
 afterAll(() => rmSync(base, { recursive: true, force: true }));

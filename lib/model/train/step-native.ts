@@ -17,7 +17,7 @@ import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
 import type { NativeStepHooks } from '../../verify/backward.js';
 import type { CanonicalOptimizer, CanonicalRowState, coptimizerStep } from '../../verify/canonical.js';
-import { hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type HopfieldSaved } from '../../verify/kinds/hopfield.js';
+import { checkHopfieldStages, hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type HopfieldSaved } from '../../verify/kinds/hopfield.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import { fail, rowOf, type BackwardContext, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
@@ -67,20 +67,7 @@ export function hopfieldTrainForwardNative(l: GhostHopfieldLayer, ctx: VerifyLay
   const li = ctx.index, B = ctx.rows, x = ctx.x;
   const k = l.k, d = l.dIn, dv = l.dOut, S = l.updateSteps;
   if (!x) return null;
-  if (ev.stages.length !== S) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${S}`);
-  const n = ctx.manifest.tensors[l.values]!.n;
-  for (const [si, st] of ev.stages.entries()) {
-    if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
-    for (let b = 0; b < B; b++) {
-      const seen = new Set<number>();
-      for (let i = 0; i < k; i++) {
-        const id = st[b * k + i]!;
-        if (id >= n) fail('ID_OUT_OF_RANGE', `layer ${li} stage ${si}: id ${id} >= N = ${n}`);
-        if (seen.has(id)) fail('DUPLICATE_ID', `layer ${li} stage ${si}: input ${b} selects id ${id} twice`);
-        seen.add(id);
-      }
-    }
-  }
+  checkHopfieldStages(l, ctx);
   const rev = ctx.reveal(hopfieldReads(l, ev.stages, false));
   const K = rev.get(l.keys[0]!)!, V = rev.get(l.values)!;
   const keyRow = new Uint32Array(B * S * k), valueRow = new Uint32Array(B * k);

@@ -189,13 +189,15 @@ export interface HopfieldSaved {
   a: Float64Array;
 }
 
-/** The canonical forward (verify's), keeping each stage's state, scores and weights when `keep`. */
-function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: boolean): { y: Float32Array; saved: HopfieldSaved | null } {
-  const g: GhostManifest = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, x = ctx.x!;
-  const k = l.k, d = l.dIn, S = l.updateSteps;
+/**
+ * The checks of a layer's evidence before any row is read: one stage per update step, each
+ * listing k ids per input, every id below N and none twice for one input (the canonical
+ * forward's and the prover's native mirror's, lib/model/train/step-native.ts).
+ */
+export function checkHopfieldStages(l: GhostHopfieldLayer, ctx: VerifyLayerContext): void {
+  const ev = ctx.evidence, li = ctx.index, B = ctx.rows, k = l.k, S = l.updateSteps;
   if (ev.stages.length !== S) fail('SHAPE', `layer ${li} has ${ev.stages.length} stages; the Ghost file says ${S}`);
-  const pk = l.index.kind === 'product-keys';
-  const n = g.tensors[l.values]!.n;
+  const n = ctx.manifest.tensors[l.values]!.n;
   for (const [si, st] of ev.stages.entries()) {
     if (st.length !== B * k) fail('SHAPE', `layer ${li} stage ${si} lists ${st.length} ids; B x k = ${B * k}`);
     for (let b = 0; b < B; b++) {
@@ -208,6 +210,14 @@ function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: b
       }
     }
   }
+}
+
+/** The canonical forward (verify's), keeping each stage's state, scores and weights when `keep`. */
+function hopfieldForward(l: GhostHopfieldLayer, ctx: VerifyLayerContext, keep: boolean): { y: Float32Array; saved: HopfieldSaved | null } {
+  const g: GhostManifest = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, x = ctx.x!;
+  const k = l.k, d = l.dIn, S = l.updateSteps;
+  checkHopfieldStages(l, ctx);
+  const pk = l.index.kind === 'product-keys';
   const held = hopfieldRevealsKeys(l, ev);
   const rev = ctx.reveal(hopfieldReads(l, ev.stages, held));
   const V = rev.get(l.values)!;
