@@ -85,7 +85,13 @@ describe('ghost-tensor swarm', () => {
       [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', '/ip4/127.0.0.1/tcp/1'], /--bootstrap takes multiaddrs ending in \/p2p/],
       [['--dir', d, '--role', 'trainer', '--digest', z, '--sequencer', 'x', '--bootstrap', boot], /a trainer needs --data FILE/],
       [['--dir', d, '--role', 'sequencer', '--data', TEXT], /--data and --steps are for a trainer/],
-      [['--dir', d, '--role', 'sequencer', '--sequencer', 'x'], /the sequencer is itself/],
+      [['--dir', d, '--role', 'sequencer', '--sequencer', 'x'], /a sequencer lists itself in --sequencer as self/],
+      [['--dir', d, '--role', 'sequencer', '--sequencer', 'x,self'], /--digest HEX .* is required for a sequencer that is not first/],
+      [['--dir', d, '--role', 'sequencer', '--sequencer', 'x,self', '--digest', z], /--bootstrap ADDR is required for a sequencer that is not first/],
+      [['--dir', d, '--role', 'sequencer', '--sequencer', 'self,self'], /--sequencer lists a peer twice/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x,self', '--bootstrap', boot], /only a sequencer lists itself/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', boot, '--join', 'snapshot'], /--join takes log or checkpoint/],
+      [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', boot, '--takeover-ms', '0'], /--takeover-ms/],
       [['--dir', d, '--role', 'sequencer', '--digest', 'abc'], /--digest must be 64 hex digits/],
       [['--dir', d, '--role', 'sequencer', '--dim', '9'], /--dim \(9\) must be a multiple of --heads \(2\)/],
       [['--dir', d, '--role', 'sequencer', '--lr', 'fast'], /--lr must be a number/],
@@ -160,6 +166,37 @@ describe('ghost-tensor swarm', () => {
     let p3 = g0;
     for (const e of logRecords(join(sdir, 'log.bin'))) p3 = (await verifyTrainStep(p3, e.proof)).ghost;
     expect(Buffer.from(p3.digest).toString('hex')).toBe(mEnd![1]);
+  }, 60_000);
+  it('--sequencer A,B: when A is killed the trainer moves to B, which sequences on; B ends at the trainer\'s digest, that of its log from the takeover verified on the log before it', async () => {
+    const g0 = await swarmGenesisModel(CONFIG).ghost();
+    const genesis = Buffer.from(g0.digest).toString('hex');
+    const a = start('--dir', join(base, 'tk-a'), '--role', 'sequencer', ...MODEL, '--quiet');
+    const aId = (await until(a, /^peer (\S+)$/m))[1]!;
+    const aAddr = (await until(a, /^listen (\S+)$/m))[1]!;
+    const b = start('--dir', join(base, 'tk-b'), '--role', 'sequencer', '--sequencer', `${aId},self`, '--digest', genesis, '--bootstrap', aAddr, '--takeover-ms', '1000', ...MODEL, '--quiet');
+    const bId = (await until(b, /^peer (\S+)$/m))[1]!;
+    const bAddr = (await until(b, /^listen (\S+)$/m))[1]!;
+    await until(b, /^role sequencer$/m);
+    const t = start('--dir', join(base, 'tk-t'), '--role', 'trainer', '--sequencer', `${aId},${bId}`, '--digest', genesis, '--bootstrap', `${aAddr},${bAddr}`,
+      '--takeover-ms', '1000', '--data', TEXT, '--until', '4', ...MODEL);
+    for (let i = 0; i < 600 && !/swarm generation [2-9]/.test(t.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(t.stderr()).toMatch(/swarm generation [2-9]/);
+    a.child.kill('SIGKILL');
+    expect(await t.exit, t.stderr()).toBe(0);
+    const tEnd = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(t.stdout());
+    expect(Number(tEnd?.[1])).toBeGreaterThanOrEqual(4);
+    b.child.kill('SIGTERM');
+    expect(await b.exit, b.stderr()).toBe(0);
+    const bEnd = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(b.stdout());
+    expect(bEnd?.slice(1)).toEqual(tEnd?.slice(1));
+    // A's log up to the kill, then B's from where it took over: one chain from generation 0.
+    const la = logRecords(join(base, 'tk-a', 'log.bin')), lb = logRecords(join(base, 'tk-b', 'log.bin'));
+    const byGen = new Map<number, Uint8Array>();
+    for (const e of [...la, ...lb]) byGen.set(e.generation, e.proof);
+    let pinned = g0;
+    for (let g = 0; g < Number(bEnd![1]); g++) pinned = (await verifyTrainStep(pinned, byGen.get(g)!)).ghost;
+    expect(Buffer.from(pinned.digest).toString('hex')).toBe(bEnd![2]);
+    expect(lb.length).toBeGreaterThan(0);
   }, 60_000);
   // A trainer killed with SIGKILL (and the verify-only peer and the sequencer): test/swarm-kill.test.ts.
 });

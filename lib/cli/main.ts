@@ -549,7 +549,7 @@ Exit 0, or 3 when PATH cannot be read or is none of these.`,
 
   swarm: {
     summary: 'train a small language model together with untrusted peers (sequencer, trainer or verify-only)',
-    usage: 'ghost-tensor swarm --dir DIR --role sequencer|trainer|verify [--digest HEX --sequencer ID --bootstrap ADDR] [--data FILE] [...]',
+    usage: 'ghost-tensor swarm --dir DIR --role sequencer|trainer|verify [--digest HEX --sequencer ID[,ID...] --bootstrap ADDR] [--data FILE] [...]',
     help: `Joins a training swarm (docs/swarm.md) over libp2p: every step is a step proof that
 every peer verifies before applying it. The model is a byte-level language model
 trained by step proofs; every peer builds generation 0 from the model options below,
@@ -559,7 +559,14 @@ and its Ghost digest is the swarm's identity (--digest pins it).
   --role R           sequencer (orders the steps; verify-only), trainer (proposes
                      steps on --data) or verify (follows and serves the log)   (required)
   --digest HEX       the swarm's generation-0 Ghost digest (required but for the sequencer)
-  --sequencer ID     the sequencer's peer id            (required but for the sequencer)
+  --sequencer IDS    the sequencer's peer id            (required but for the sequencer);
+                     several, comma-separated: the sequencers in order of takeover
+                     (docs/swarm.md); a sequencer lists itself as self (default: self)
+  --takeover-ms MS   move to the next sequencer after MS without the log moving while a
+                     proposal waits (default 10000)
+  --join J           log (verify every step from generation 0, default) or checkpoint
+                     (fetch a recent checkpoint from a peer, check it against the log's
+                     chain of digests, verify the log from it: docs/swarm.md)
   --bootstrap ADDRS  multiaddrs with /p2p/<id>, comma-separated (required but for the sequencer)
   --listen ADDRS     multiaddrs to listen on, comma-separated (default a free TCP port on 127.0.0.1)
   --data FILE        trainer: a text file; each step is a window of --context bytes at a
@@ -588,6 +595,8 @@ digest than --digest, 4 when no peer can be reached.`,
       role: { type: 'string' },
       digest: { type: 'string' },
       sequencer: { type: 'string' },
+      'takeover-ms': { type: 'string' },
+      join: { type: 'string' },
       bootstrap: { type: 'string' },
       listen: { type: 'string' },
       data: { type: 'string' },
@@ -613,12 +622,23 @@ digest than --digest, 4 when no peer can be reached.`,
       const list = (name: string): string[] | undefined => str(v, name)?.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
       const bootstrap = list('bootstrap') ?? [];
       const digest = str(v, 'digest');
-      const sequencer = str(v, 'sequencer');
-      if (role !== 'sequencer') {
-        if (digest === undefined) throw new UsageError(`--digest HEX (the swarm's generation-0 Ghost digest) is required for a ${role}`);
-        if (sequencer === undefined) throw new UsageError(`--sequencer ID is required for a ${role}`);
-        if (bootstrap.length === 0) throw new UsageError(`--bootstrap ADDR is required for a ${role}`);
-      } else if (sequencer !== undefined) throw new UsageError('--sequencer names another peer; the sequencer is itself');
+      const sequencers = list('sequencer');
+      if (sequencers !== undefined && new Set(sequencers).size !== sequencers.length) throw new UsageError('--sequencer lists a peer twice');
+      const selfAt = sequencers?.indexOf('self') ?? -1;
+      if (role === 'sequencer') {
+        if (sequencers !== undefined && selfAt < 0) throw new UsageError('a sequencer lists itself in --sequencer as self (its place in the order of takeover)');
+      } else {
+        if (sequencers === undefined) throw new UsageError(`--sequencer ID is required for a ${role}`);
+        if (selfAt >= 0) throw new UsageError(`--sequencer: only a sequencer lists itself (self); this is a ${role}`);
+      }
+      // Every peer but the first sequencer joins a running swarm.
+      if (role !== 'sequencer' || selfAt > 0) {
+        if (digest === undefined) throw new UsageError(`--digest HEX (the swarm's generation-0 Ghost digest) is required for a ${role}${role === 'sequencer' ? ' that is not first in --sequencer' : ''}`);
+        if (bootstrap.length === 0) throw new UsageError(`--bootstrap ADDR is required for a ${role}${role === 'sequencer' ? ' that is not first in --sequencer' : ''}`);
+      }
+      const join = str(v, 'join');
+      if (join !== undefined && join !== 'log' && join !== 'checkpoint') throw new UsageError(`--join takes log or checkpoint, got ${join}`);
+      const takeoverMs = v['takeover-ms'] === undefined ? undefined : num(v, 'takeover-ms', 10_000, 1, 2 ** 31);
       const announce = str(v, 'announce');
       if (announce !== undefined && announce !== 'entry' && announce !== 'digest') throw new UsageError(`--announce takes entry or digest, got ${announce}`);
       if (announce !== undefined && role !== 'sequencer') throw new UsageError('--announce is for the sequencer');
@@ -635,7 +655,9 @@ digest than --digest, 4 when no peer can be reached.`,
         dir,
         role: role as SwarmRole,
         ...(digest === undefined ? {} : { digest: parseDigest(digest) }),
-        ...(sequencer === undefined ? {} : { sequencer }),
+        sequencers: sequencers ?? ['self'],
+        ...(takeoverMs === undefined ? {} : { takeoverMs }),
+        ...(join === undefined ? {} : { join }),
         bootstrap,
         ...(listen === undefined ? {} : { listen }),
         ...(str(v, 'data') === undefined ? {} : { data: str(v, 'data')! }),

@@ -32,8 +32,12 @@ export interface SwarmArgs {
   role: SwarmRole;
   /** The generation-0 Ghost digest to join (required unless the sequencer). */
   digest?: Uint8Array;
-  /** The sequencer's peer id (required unless the sequencer). */
-  sequencer?: string;
+  /** The sequencers in order of takeover (peer ids; 'self' for this peer, which a sequencer lists). */
+  sequencers: string[];
+  /** Move to the next sequencer after this long without the log moving while a proposal waits (SwarmOptions.takeoverMs). */
+  takeoverMs?: number;
+  /** How to reach the head: verify every step from generation 0 (log, default) or from a fetched checkpoint. */
+  join?: 'log' | 'checkpoint';
   bootstrap: string[];
   listen?: string[];
   /** Trainer: the text file whose windows are its batches. */
@@ -140,7 +144,9 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
   const model = a.role === 'trainer' ? await loadReplica(a.dir, () => swarmGenesisModel(a.config), err) : undefined;
   const peer = await SwarmPeer.start({
     genesis: g0.digest,
-    sequencer: a.role === 'sequencer' ? 'self' : a.sequencer!,
+    sequencers: a.sequencers,
+    ...(a.takeoverMs === undefined ? {} : { takeoverMs: a.takeoverMs }),
+    ...(a.join === 'checkpoint' ? { verifyFrom: 'checkpoint' as const } : {}),
     ...(model ? { model } : { ghost: g0 }),
     privateKey,
     logFile: join(a.dir, FILES.log),
