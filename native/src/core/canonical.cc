@@ -136,54 +136,51 @@ double powi(double b, uint64_t t) {
   return r;
 }
 
+void state(const float* x, size_t d, bool normalize, double* q) {
+  if (!normalize) {
+    for (size_t j = 0; j < d; ++j) q[j] = x[j];
+    return;
+  }
+  double s = 0.0;
+  for (size_t j = 0; j < d; ++j) s = s + static_cast<double>(x[j]) * static_cast<double>(x[j]);
+  const double n = std::sqrt(s);
+  for (size_t j = 0; j < d; ++j) q[j] = n > 0.0 ? static_cast<double>(x[j]) / n : 0.0;
+}
+
 std::vector<double> states(const float* x, size_t B, size_t d, bool normalize) {
   std::vector<double> q(B * d, 0.0);
-  for (size_t b = 0; b < B; ++b) {
-    const float* xb = x + b * d;
-    double* qb = q.data() + b * d;
-    if (!normalize) {
-      for (size_t j = 0; j < d; ++j) qb[j] = xb[j];
-      continue;
-    }
-    double s = 0.0;
-    for (size_t j = 0; j < d; ++j) s = s + static_cast<double>(xb[j]) * static_cast<double>(xb[j]);
-    const double n = std::sqrt(s);
-    if (n > 0.0)
-      for (size_t j = 0; j < d; ++j) qb[j] = static_cast<double>(xb[j]) / n;
-  }
+  for (size_t b = 0; b < B; ++b) state(x + b * d, d, normalize, q.data() + b * d);
   return q;
+}
+
+double norm(const double* q, size_t d) {
+  double t = 0.0;
+  for (size_t j = 0; j < d; ++j) t = t + q[j] * q[j];
+  return std::sqrt(t);
+}
+
+double similarity(const double* q, double nq, const float* r, size_t d, Metric m) {
+  if (m == Metric::IP) return dot(q, r, d);
+  if (m == Metric::Cosine) {
+    double t = 0.0;
+    for (size_t j = 0; j < d; ++j) t = t + static_cast<double>(r[j]) * static_cast<double>(r[j]);
+    const double nk = std::sqrt(t);
+    return (nq == 0.0 || nk == 0.0) ? 0.0 : dot(q, r, d) / (nq * nk);
+  }
+  double t = 0.0;
+  for (size_t j = 0; j < d; ++j) {
+    const double u = q[j] - static_cast<double>(r[j]);
+    t = t + u * u;
+  }
+  return -t;
 }
 
 std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m) {
   std::vector<double> s(B * k);
   for (size_t b = 0; b < B; ++b) {
     const double* qb = q + b * d;
-    double nq = 0.0;
-    if (m == Metric::Cosine) {
-      double t = 0.0;
-      for (size_t j = 0; j < d; ++j) t = t + qb[j] * qb[j];
-      nq = std::sqrt(t);
-    }
-    for (size_t i = 0; i < k; ++i) {
-      const float* r = rows + (b * k + i) * d;
-      double v;
-      if (m == Metric::IP) {
-        v = dot(qb, r, d);
-      } else if (m == Metric::Cosine) {
-        double t = 0.0;
-        for (size_t j = 0; j < d; ++j) t = t + static_cast<double>(r[j]) * static_cast<double>(r[j]);
-        const double nk = std::sqrt(t);
-        v = (nq == 0.0 || nk == 0.0) ? 0.0 : dot(qb, r, d) / (nq * nk);
-      } else {
-        double t = 0.0;
-        for (size_t j = 0; j < d; ++j) {
-          const double u = qb[j] - static_cast<double>(r[j]);
-          t = t + u * u;
-        }
-        v = -t;
-      }
-      s[b * k + i] = v;
-    }
+    const double nq = m == Metric::Cosine ? norm(qb, d) : 0.0;
+    for (size_t i = 0; i < k; ++i) s[b * k + i] = similarity(qb, nq, rows + (b * k + i) * d, d, m);
   }
   return s;
 }

@@ -24,6 +24,14 @@ double powi(double b, uint64_t t);
 
 // First states of B inputs (B x d f32): widened, or x / |x| (zero stays zero).
 std::vector<double> states(const float* x, size_t B, size_t d, bool normalize);
+// The first state of one input x (d f32) into q (d values), as states() gives each.
+void state(const float* x, size_t d, bool normalize, double* q);
+
+// |q| = sqrt(sum_j q_j^2), the sum in j order from +0 (COSINE's norm of a state).
+double norm(const double* q, size_t d);
+// The similarity of one state q (nq = norm(q, d), read by COSINE only) with one row r,
+// as scores() gives each pair.
+double similarity(const double* q, double nq, const float* r, size_t d, Metric m);
 
 // s[b*k + i] = similarity(q_b, rows[(b*k + i) * d ...]) for B states and k rows each.
 // IP: q.K; COSINE: q.K / (|q| |K|), 0 if either is zero; L2: -|q - K|^2.

@@ -35,40 +35,16 @@ void hopfield_forward(const HopfieldForward& p) {
   std::vector<double> cur(d, 0.0), next(d, 0.0), ym(dv, 0.0);
   for (size_t b = 0; b < B; ++b) {
     // cstate
-    const float* xb = p.x + b * d;
-    for (size_t j = 0; j < d; ++j) cur[j] = 0.0;
-    if (!p.normalize) {
-      for (size_t j = 0; j < d; ++j) cur[j] = static_cast<double>(xb[j]);
-    } else {
-      const double n = std::sqrt(dot_in_order(xb, xb, d));
-      if (n > 0.0)
-        for (size_t j = 0; j < d; ++j) cur[j] = static_cast<double>(xb[j]) / n;
-    }
+    state(p.x + b * d, d, p.normalize, cur.data());
     for (size_t si = 0; si < S; ++si) {
       const size_t slot = b * S + si, ao = slot * k;
       double* s = p.s + ao;
       double* a = p.a + ao;
       for (size_t j = 0; j < d; ++j) p.q[slot * d + j] = cur[j];
       // csimilarity
-      for (size_t i = 0; i < k; ++i) {
-        const float* K = p.keys + static_cast<size_t>(p.key_row[ao + i]) * d;
-        double v;
-        if (p.sim == Metric::IP) {
-          v = dot_in_order(cur.data(), K, d);
-        } else if (p.sim == Metric::Cosine) {
-          const double nq = std::sqrt(dot_in_order(cur.data(), cur.data(), d));
-          const double nk = std::sqrt(dot_in_order(K, K, d));
-          v = (nq == 0.0 || nk == 0.0) ? 0.0 : dot_in_order(cur.data(), K, d) / (nq * nk);
-        } else {
-          double t = 0.0;
-          for (size_t j = 0; j < d; ++j) {
-            const double u = cur[j] - static_cast<double>(K[j]);
-            t = t + u * u;
-          }
-          v = -t;
-        }
-        s[i] = v;
-      }
+      const double nq = p.sim == Metric::Cosine ? norm(cur.data(), d) : 0.0;
+      for (size_t i = 0; i < k; ++i)
+        s[i] = similarity(cur.data(), nq, p.keys + static_cast<size_t>(p.key_row[ao + i]) * d, d, p.sim);
       // csoftmax
       double m = -HUGE_VAL;
       for (size_t i = 0; i < k; ++i) {
@@ -124,7 +100,7 @@ void hopfield_backward(const HopfieldBackward& p) {
       for (size_t i = 0; i < k; ++i) ds[i] = beta * (a[i] * (da[i] - rho));
       // (3) s_i = sim(q, K_i): dq and dK_i.
       for (size_t j = 0; j < d; ++j) dq[j] = 0.0;
-      const double nq = p.sim == Metric::Cosine ? std::sqrt(dot_in_order(q, q, d)) : 0.0;
+      const double nq = p.sim == Metric::Cosine ? norm(q, d) : 0.0;
       for (size_t i = 0; i < k; ++i) {
         const double c = ds[i];
         const float* K = p.keys + static_cast<size_t>(p.key_row[ao + i]) * d;
