@@ -6,47 +6,17 @@
  * network; SIGTERM stops the sequencer cleanly, and the same command resumes it at its
  * generation.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { Model, verifyTrainStep } from '../lib/index.js';
-import { swarmGenesisModel, type SwarmModelConfig } from '../lib/cli/swarm.js';
+import { swarmGenesisModel } from '../lib/cli/swarm.js';
 import { runCli } from './helpers/cli.js';
+import { CONFIG, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
 
-const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
-const base = mkdtempSync(join(tmpdir(), 'gt-swarm-cli-'));
-const children: ChildProcess[] = [];
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  rmSync(base, { recursive: true, force: true });
-});
-
-const TEXT = join(base, 'text.txt');
-writeFileSync(TEXT, 'It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n'.repeat(4));
-/** Small model options, the same for every peer (the command's defaults otherwise). */
-const MODEL = ['--context', '16', '--dim', '8', '--hidden', '12'];
-const CONFIG: SwarmModelConfig = { model: { context: 16, dim: 8, layers: 1, heads: 2, hidden: 12, seed: 1 }, lr: 0.01 };
-
-interface Running {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exit: Promise<number | null>;
-}
-
-function start(...args: string[]): Running {
-  const child = spawn(process.execPath, [BIN, 'swarm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '', err = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
-  const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return { child, stdout: () => out, stderr: () => err, exit };
-}
+const { base, TEXT, start } = swarmScratch('gt-swarm-cli-');
 
 async function until(r: Running, re: RegExp): Promise<RegExpExecArray> {
   for (let i = 0; i < 600; i++) {
@@ -56,19 +26,6 @@ async function until(r: Running, re: RegExp): Promise<RegExpExecArray> {
     await new Promise((res) => setTimeout(res, 50));
   }
   throw new Error(`no ${re} in: ${r.stdout()}\n${r.stderr()}`);
-}
-
-/** The log file's records (u64 generation, u32 length, the step proof). */
-function logRecords(file: string): { generation: number; proof: Uint8Array }[] {
-  const b = new Uint8Array(readFileSync(file));
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const out = [];
-  for (let at = 0; at < b.length; ) {
-    const n = dv.getUint32(at + 8, true);
-    out.push({ generation: dv.getUint32(at, true), proof: b.slice(at + 12, at + 12 + n) });
-    at += 12 + n;
-  }
-  return out;
 }
 
 describe('ghost-tensor swarm', () => {

@@ -7,49 +7,20 @@
  * sequencer's log after it, the log verifies from generation 0, and every peer ends at its
  * digest. bin/ghost-tensor.mjs runs over dist/ (`npm run build:ts` first).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { Model, verifyTrainStep } from '../lib/index.js';
-import { swarmGenesisModel, type SwarmModelConfig } from '../lib/cli/swarm.js';
+import { swarmGenesisModel } from '../lib/cli/swarm.js';
 import { Rng } from './helpers/rng.js';
+import { CONFIG, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
 
-const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
-const base = mkdtempSync(join(tmpdir(), 'gt-swarm-kill-'));
-const children: ChildProcess[] = [];
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  rmSync(base, { recursive: true, force: true });
-});
-
-const TEXT = join(base, 'text.txt');
-writeFileSync(TEXT, 'It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n'.repeat(4));
-const MODEL = ['--context', '16', '--dim', '8', '--hidden', '12'];
-const CONFIG: SwarmModelConfig = { model: { context: 16, dim: 8, layers: 1, heads: 2, hidden: 12, seed: 1 }, lr: 0.01 };
+const { base, TEXT, start } = swarmScratch('gt-swarm-kill-');
 /** The seed of the kill moments (printed, so a failure can be replayed). */
 const SEED = Number(process.env.SWARM_KILL_SEED ?? 22);
-
-interface Running {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exit: Promise<number | null>;
-}
-
-function start(args: string[]): Running {
-  const child = spawn(process.execPath, [BIN, 'swarm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '', err = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
-  const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return { child, stdout: () => out, stderr: () => err, exit };
-}
 
 async function waitFor<T>(what: string, f: () => T | undefined | null | false, ms = 20_000): Promise<T> {
   for (const end = Date.now() + ms; ; ) {
@@ -62,19 +33,6 @@ async function waitFor<T>(what: string, f: () => T | undefined | null | false, m
 
 /** The highest generation a peer's progress lines (stderr) or start line reported. */
 const reported = (r: Running): number => Math.max(0, ...[...r.stderr().matchAll(/swarm generation (\d+)/g)].map((m) => Number(m[1])), ...[...r.stdout().matchAll(/resumed at generation (\d+)/g)].map((m) => Number(m[1])));
-
-function logRecords(file: string): { generation: number; proof: Uint8Array }[] {
-  const b = new Uint8Array(readFileSync(file));
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const out = [];
-  for (let at = 0; at + 12 <= b.length; ) {
-    const n = dv.getUint32(at + 8, true);
-    if (at + 12 + n > b.length) break; // a torn last record: the sequencer cuts it off at start
-    out.push({ generation: dv.getUint32(at, true), proof: b.slice(at + 12, at + 12 + n) });
-    at += 12 + n;
-  }
-  return out;
-}
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -99,7 +57,7 @@ describe('ghost-tensor swarm: SIGKILL at random moments', () => {
     const id = peerIdFromPrivateKey(key).toString();
     const addr = `${listen}/p2p/${id}`;
     const genesis = Buffer.from((await swarmGenesisModel(CONFIG).ghost()).digest).toString('hex');
-    let seq = start(seqArgs);
+    let seq = start(...seqArgs);
     await waitFor('the sequencer listening', () => /^listen /m.test(seq.stdout()));
     const join_ = ['--digest', genesis, '--sequencer', id, '--bootstrap', addr, ...MODEL];
     const tArgs = ['--dir', tdir, '--role', 'trainer', '--data', TEXT, ...join_];
@@ -110,11 +68,11 @@ describe('ghost-tensor swarm: SIGKILL at random moments', () => {
      * sequencer is itself down: a bootstrap address that refuses exits 4).
      */
     const supervised = (args: string[]): { cur: () => Running; killAt: (ms: number) => Promise<number> } => {
-      let r = start(args);
+      let r = start(...args);
       const restart = (): void => {
         void r.exit.then((code) => {
           if (code !== 0 && !stopping) {
-            r = start(args);
+            r = start(...args);
             restart();
           }
         });
@@ -146,7 +104,7 @@ describe('ghost-tensor swarm: SIGKILL at random moments', () => {
         const f = Math.max(reported(seq), reported(t.cur()), reported(w.cur()));
         seq.child.kill('SIGKILL');
         await seq.exit;
-        seq = start(seqArgs);
+        seq = start(...seqArgs);
         return f;
       })(),
     ]);
