@@ -12,52 +12,25 @@
  */
 import { Session } from 'node:inspector';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
 
 import { ROOT, machine, table, writeResults } from './lib/common.mjs';
+import { classifierCase, lmCase } from './lib/step-cases.mjs';
 
 const arg = (name, def) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3) ?? def;
 const STEPS = Number(arg('steps', '6'));
 const CASES = arg('cases', 'classifier,lm').split(',');
 const lib = await import(join(ROOT, 'dist', 'index.js'));
 
-function classifier() {
-  const { HopfieldLookup, Model, SparseTensor } = lib;
-  return import(join(ROOT, 'dist', 'cli', 'classifier.js')).then(({ loadSplit, DEMO_DATA_DIR }) => {
-    const c = { n: 2048, d: 784, k: 32, batch: 128, beta: 10, lr: 3e-3 };
-    const train = loadSplit(DEMO_DATA_DIR, 'train');
-    let seed = 1;
-    const rand = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
-    const kd = new Float32Array(c.n * c.d), vd = new Float32Array(c.n * 10);
-    for (let i = 0; i < c.n; i++) {
-      const r = Math.floor(rand() * train.n);
-      kd.set(train.x.subarray(r * c.d, (r + 1) * c.d), i * c.d);
-      vd[i * 10 + train.y[r]] = 5;
-    }
-    const layer = new HopfieldLookup({ keys: SparseTensor.fromArray(kd, c.d), values: SparseTensor.fromArray(vd, 10), k: c.k, similarity: 'cosine', normalize: true, beta: c.beta });
-    const model = new Model([layer], { training: { loss: 'cross-entropy', optimizer: 'adam', lr: c.lr } });
-    const batch = (s) => {
-      const X = new Float32Array(c.batch * c.d), Y = new Uint32Array(c.batch);
-      for (let b = 0; b < c.batch; b++) {
-        const r = (s * c.batch + b * 7919) % train.n;
-        X.set(train.x.subarray(r * c.d, (r + 1) * c.d), b * c.d);
-        Y[b] = train.y[r];
-      }
-      return { input: X, targets: Y };
-    };
-    return { label: 'Fashion-MNIST classifier (as bench/step-proofs.mjs)', model, batch };
-  });
+// The cases of bench/step-proofs.mjs, with its parameters (the same models and batches).
+async function classifier() {
+  const data = await import(join(ROOT, 'dist', 'cli', 'classifier.js'));
+  const c = classifierCase(lib, data, { n: 2048, d: 784, k: 32, batch: 128, beta: 10, lr: 3e-3, seed: 1 });
+  return { label: 'Fashion-MNIST classifier (as bench/step-proofs.mjs)', model: c.proved(), batch: c.batch };
 }
 
 function lm() {
-  const TEXT = Uint8Array.from(readFileSync(join(ROOT, 'docs', 'lm.md')));
-  const S = 64;
-  const model = lib.languageModel({ context: 64, dim: 64, layers: 2, heads: 4, hidden: 192, seed: 1 }, { training: { loss: 'cross-entropy', optimizer: 'adam', lr: 1e-2, clipNorm: 1 } });
-  const batch = (s) => {
-    const off = (s * 997) % (TEXT.length - S - 1);
-    return { input: Uint32Array.from(TEXT.subarray(off, off + S)), targets: Uint32Array.from(TEXT.subarray(off + 1, off + S + 1)) };
-  };
-  return { label: '`train-lm --quick` LM, one window of 64 bytes', model, batch };
+  const c = lmCase(lib, 'lm', { context: 64, dim: 64, layers: 2, heads: 4, hidden: 192 }, 1e-2, 1, null);
+  return { label: '`train-lm --quick` LM, one window of 64 bytes', model: c.proved(), batch: c.batch };
 }
 
 /** Phases by the name of a function on the stack (the innermost listed one wins). */

@@ -52,7 +52,6 @@
  * Figures are medians over the timed steps. Tables to stdout, progress to stderr.
  */
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 
 import { CORES, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, round, ROOT, stats, table, tryGc, writeResults } from './lib/common.mjs';
@@ -65,9 +64,10 @@ function listArg(name) {
 // --dist=DIR: measure another build (a copy of dist/ inside the repository, e.g. one from before a change)
 const DIST = listArg('dist')?.[0] ?? 'dist';
 const lib = await import(join(ROOT, DIST, 'index.js'));
-const { PatternCache, Tape, Trainer, simdInfo } = lib;
+const { PatternCache, Tape, simdInfo } = lib;
 const { verifyTrainStep } = await import(join(ROOT, DIST, 'verify/index.js'));
-const { loadSplit, DEMO_DATA_DIR } = await import(join(ROOT, DIST, 'cli/classifier.js'));
+const classifierData = await import(join(ROOT, DIST, 'cli/classifier.js'));
+const stepCases = await import('./lib/step-cases.mjs');
 const CASES = listArg('cases') ?? ['classifier', 'lm', 'lm-memory', 'memory-n'];
 const NAME = listArg('name')?.[0] ?? (QUICK ? 'step-proofs-quick' : 'step-proofs');
 const log = logger('step-proofs');
@@ -89,71 +89,10 @@ const P = {
   },
 };
 
-/** Text for the language models: this repository's docs (fixed, no corpus to install). */
-const TEXT = Uint8Array.from(readFileSync(join(ROOT, 'docs', 'lm.md')));
-/** Window s of S bytes (inputs) and the next bytes (targets). */
-function lmBatch(S, s) {
-  const off = (s * 997) % (TEXT.length - S - 1);
-  return { input: Uint32Array.from(TEXT.subarray(off, off + S)), targets: Uint32Array.from(TEXT.subarray(off + 1, off + S + 1)) };
-}
+// ---------------------------------------------------------------- the models (bench/lib/step-cases.mjs)
 
-// ---------------------------------------------------------------- the models
-
-function classifierCase(L = lib) {
-  const { HopfieldLookup, Model, SparseTensor } = L;
-  const c = P.classifier;
-  const train = loadSplit(DEMO_DATA_DIR, 'train');
-  // As trainClassifier: N random training images as keys, their labels (x 5) as values.
-  let seed = c.seed >>> 0;
-  const rand = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
-  const pick = Array.from({ length: c.n }, () => Math.floor(rand() * train.n));
-  const kd = new Float32Array(c.n * c.d), vd = new Float32Array(c.n * 10);
-  pick.forEach((r, i) => {
-    kd.set(train.x.subarray(r * c.d, (r + 1) * c.d), i * c.d);
-    vd[i * 10 + train.y[r]] = 5;
-  });
-  const make = (training) => {
-    const layer = new HopfieldLookup({ keys: SparseTensor.fromArray(kd.slice(), c.d), values: SparseTensor.fromArray(vd.slice(), 10), k: c.k, similarity: 'cosine', normalize: true, beta: c.beta });
-    return new Model([layer], training ? { training } : {});
-  };
-  const batch = (s) => {
-    const X = new Float32Array(c.batch * c.d), Y = new Uint32Array(c.batch);
-    for (let b = 0; b < c.batch; b++) {
-      const r = (s * c.batch + b * 7919) % train.n;
-      X.set(train.x.subarray(r * c.d, (r + 1) * c.d), b * c.d);
-      Y[b] = train.y[r];
-    }
-    return { input: X, targets: Y };
-  };
-  const training = { loss: 'cross-entropy', optimizer: 'adam', lr: c.lr };
-  return {
-    name: 'classifier',
-    label: `Fashion-MNIST HopfieldLookup N=${c.n} k=${c.k} B=${c.batch}`,
-    proved: () => make(training),
-    plain: () => {
-      const m = make(null);
-      return { model: m, trainer: new Trainer(m, { lr: c.lr }) };
-    },
-    batch,
-  };
-}
-
-function lmCase(name, config, lr, clipNorm, memory, L = lib) {
-  const { languageModel } = L;
-  const cfg = { ...config, ...(memory ? { memory } : {}), seed: 1 };
-  const training = { loss: 'cross-entropy', optimizer: 'adam', lr, clipNorm };
-  return {
-    name,
-    label: memory ? `LM ${cfgLabel(config)} + memory ${memory.subKeys}^2 rows` : `LM ${cfgLabel(config)}`,
-    proved: () => languageModel(cfg, { training }),
-    plain: () => {
-      const m = languageModel(cfg);
-      return { model: m, trainer: new Trainer(m, { lr, clipNorm }) };
-    },
-    batch: (s) => lmBatch(config.context, s),
-  };
-}
-const cfgLabel = (c) => `S${c.context} D${c.dim} L${c.layers}`;
+const classifierCase = (L = lib) => stepCases.classifierCase(L, classifierData, P.classifier);
+const lmCase = (name, config, lr, clipNorm, memory, L = lib) => stepCases.lmCase(L, name, config, lr, clipNorm, memory);
 
 // ---------------------------------------------------------------- measuring
 
