@@ -6,7 +6,7 @@
  * command refuses training with workers and a directory it cannot open, leaving no
  * process behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -18,36 +18,18 @@ import { pinGhost, verifyForward, type PinnedGhost } from '../lib/index.js';
 import { encodeForwardRequest } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
+import { killAll, spawnCli } from './helpers/spawn-cli.js';
 
-const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
 const base = mkdtempSync(join(tmpdir(), 'gt-serve-workers-'));
 const dir = join(base, 'model');
-const children: ChildProcess[] = [];
 let pinned: PinnedGhost;
 afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killAll();
   rmSync(base, { recursive: true, force: true });
 });
 beforeAll(async () => {
   pinned = await pinGhost((await twoLayerModel(new Rng(41)).model.save(dir)).bytes);
 });
-
-interface Run {
-  child: ChildProcess;
-  out: () => string;
-  errText: () => string;
-}
-
-function start(args: string[], env: NodeJS.ProcessEnv = process.env): Run {
-  const child = spawn(process.execPath, [BIN, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
-  children.push(child);
-  let text = '', errText = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (s: string) => (text += s));
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (s: string) => (errText += s));
-  return { child, out: () => text, errText: () => errText };
-}
 
 const until = async (f: () => boolean, what: string, ms = 30_000): Promise<void> => {
   for (const t0 = Date.now(); !f(); ) {
@@ -55,8 +37,6 @@ const until = async (f: () => boolean, what: string, ms = 30_000): Promise<void>
     await new Promise((r) => setTimeout(r, 50));
   }
 };
-const exitOf = (c: ChildProcess): Promise<number | null> =>
-  c.exitCode !== null || c.signalCode !== null ? Promise.resolve(c.exitCode) : new Promise((r) => c.once('exit', (code) => r(code)));
 const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0);
@@ -91,10 +71,10 @@ const servedForward = async (url: string): Promise<number> => (JSON.parse(Buffer
 
 describe('serve --workers', () => {
   it('spreads connections over the workers, replaces one killed with SIGKILL, and stops them all on SIGTERM', async () => {
-    const run = start([dir, '--port', '0', '--workers', '2']);
-    await until(() => /workers 2 \(pids \d+, \d+\)/.test(run.out()), 'the banner');
-    const url = /serving (\S+)/.exec(run.out())![1]!;
-    const pids = /pids (\d+), (\d+)/.exec(run.out())!.slice(1).map(Number);
+    const run = spawnCli(['serve', dir, '--port', '0', '--workers', '2']);
+    await until(() => /workers 2 \(pids \d+, \d+\)/.test(run.stdout()), 'the banner');
+    const url = /serving (\S+)/.exec(run.stdout())![1]!;
+    const pids = /pids (\d+), (\d+)/.exec(run.stdout())!.slice(1).map(Number);
     expect(pids[0]).not.toBe(pids[1]);
     expect(pids).not.toContain(run.child.pid);
     const rng = new Rng(7);
@@ -106,32 +86,31 @@ describe('serve --workers', () => {
 
     // A worker killed with SIGKILL is replaced; every request still gets a proof that verifies.
     process.kill(pids[0]!, 'SIGKILL');
-    await until(() => /exited \(signal SIGKILL\); starting another/.test(run.errText()), 'the restart');
-    await until(() => /worker \d+ listening/.test(run.errText()), 'the new worker');
+    await until(() => /exited \(signal SIGKILL\); starting another/.test(run.stderr()), 'the restart');
+    await until(() => /worker \d+ listening/.test(run.stderr()), 'the new worker');
     for (let i = 0; i < 8; i++) await forward(url, rng);
     // The new worker took part of them (a lone survivor would have served all 8 and the earlier ones).
     const after = [await servedForward(url), await servedForward(url)];
     expect(Math.min(...after)).toBeLessThan(8);
 
     run.child.kill('SIGTERM');
-    expect(await exitOf(run.child)).toBe(0);
-    expect(run.out()).toMatch(/\nstopped\n/);
+    expect(await run.exit).toBe(0);
+    expect(run.stdout()).toMatch(/\nstopped\n/);
     await until(() => !alive(pids[1]!), 'the workers to exit', 10_000);
   });
 
   it('refuses training with workers and a directory it cannot open, and leaves no process behind', async () => {
     const tok = join(base, 'token');
     writeFileSync(tok, 'correct-horse-battery\n');
-    const a = start([dir, '--port', '0', '--workers', '2', '--token-file', tok]);
-    expect(await exitOf(a.child)).toBe(2);
-    expect(a.errText()).toMatch(/--workers serves read-only/);
-    const b = start([dir, '--port', '0', '--workers', '0']);
-    expect(await exitOf(b.child)).toBe(2);
-    const c = start([join(base, 'missing'), '--port', '0', '--workers', '3']);
-    expect(await exitOf(c.child)).toBe(3);
-    expect(c.errText()).toMatch(/before it listened/);
+    const a = spawnCli(['serve', dir, '--port', '0', '--workers', '2', '--token-file', tok]);
+    expect(await a.exit).toBe(2);
+    expect(a.stderr()).toMatch(/--workers serves read-only/);
+    const b = spawnCli(['serve', dir, '--port', '0', '--workers', '0']);
+    expect(await b.exit).toBe(2);
+    const c = spawnCli(['serve', join(base, 'missing'), '--port', '0', '--workers', '3']);
+    expect(await c.exit).toBe(3);
+    expect(c.stderr()).toMatch(/before it listened/);
     await new Promise((r) => setTimeout(r, 300));
-    const { execFileSync } = await import('node:child_process');
     const left = execFileSync('ps', ['-eo', 'args']).toString().split('\n').filter((l) => l.includes(join(base, 'missing')));
     expect(left).toEqual([]);
   });

@@ -24,22 +24,11 @@ import { HASH_CALL_WORK, HASH_WORK, merkleCalls, resolveStateLeaves, VerifyBudge
 import { openProof, pinGhost, resolveBlock, resolveRows, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
 import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining, type StepTargets } from './training.js';
 
-function concatF32(parts: readonly Float32Array[]): Float32Array {
+/** The parts one after another in one new array. */
+function concat<T extends Float32Array | Uint32Array>(parts: readonly T[], make: (n: number) => T): T {
   let n = 0;
   for (const a of parts) n += a.length;
-  const out = new Float32Array(n);
-  n = 0;
-  for (const a of parts) {
-    out.set(a, n);
-    n += a.length;
-  }
-  return out;
-}
-
-function concatU32(parts: readonly Uint32Array[]): Uint32Array {
-  let n = 0;
-  for (const a of parts) n += a.length;
-  const out = new Uint32Array(n);
+  const out = make(n);
   n = 0;
   for (const a of parts) {
     out.set(a, n);
@@ -221,8 +210,8 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       if (q.targets.data.length !== Bq * cols) fail('SHAPE', `${q.targets.data.length} target values for an output of ${Bq} x ${cols}`);
     }
   }
-  const y = seqs.length === 1 ? fwds[0]!.output : concatF32(fwds.map((x) => x.output));
-  const targets: StepTargets = seqs.length === 1 ? p.targets : p.targets.kind === 'classes' ? { kind: 'classes', ids: concatU32(seqs.map((q) => (q.targets as { ids: Uint32Array }).ids)) } : { kind: 'values', data: concatF32(seqs.map((q) => (q.targets as { data: Float32Array }).data)) };
+  const y = seqs.length === 1 ? fwds[0]!.output : concat(fwds.map((x) => x.output), (n) => new Float32Array(n));
+  const targets: StepTargets = seqs.length === 1 ? p.targets : p.targets.kind === 'classes' ? { kind: 'classes', ids: concat(seqs.map((q) => (q.targets as { ids: Uint32Array }).ids), (n) => new Uint32Array(n)) } : { kind: 'values', data: concat(seqs.map((q) => (q.targets as { data: Float32Array }).data), (n) => new Float32Array(n)) };
   const loss = closs(t.loss, y, B, cols, targets);
   const acc = new GradientAccumulator(g);
   let off = 0;
