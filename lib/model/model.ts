@@ -104,8 +104,9 @@ export interface ModelOptions {
 /**
  * A training step with its step proof (Model.proveTrainStep): the proof, and what a
  * verifier of it gets (VerifiedStep): the Ghost file after the step (the model's now),
- * the step's number, the canonical output on the batch before it, the loss, the learning
- * rate and the gradient norm before clipping.
+ * the step's number, the canonical output on the batch before it (a batch of several
+ * sequences: their outputs one after another), the loss, the learning rate and the
+ * gradient norm before clipping.
  */
 export interface ProvedStep extends Pick<VerifiedStep, 'ghost' | 'step' | 'output' | 'loss' | 'lr' | 'gradNorm'> {
   proof: StepProof;
