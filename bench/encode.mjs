@@ -7,7 +7,8 @@
  * Fashion-MNIST classifier of bench/step-proofs.mjs (N = 2,048, B = 128), made once
  * without a cache and once against a PatternCache (its rows held, sent as deltas). Each
  * proof is encoded by both encoders, alternating; the bytes must be equal (the bench
- * stops otherwise). Per encoder: the median wall ms of one encode, and the ArrayBuffer
+ * stops otherwise). Per encoder: the median wall ms of one encode (after a full GC, and
+ * back to back in a loop, GC included), and the ArrayBuffer
  * bytes one encode allocates per byte of proof (process.memoryUsage().arrayBuffers
  * after one encode minus before it, right after a full GC; the proof itself is 1.0;
  * samples during which a GC ran (v8.GCProfiler) are dropped, see `gcDropped`).
@@ -95,6 +96,17 @@ for (const p of proofs) {
       throw new Error(`${p.name}: the encoders disagree (${pair.old.length} and ${pair.new.length} bytes)`);
     }
   }
+  // Back to back, GC included (what a busy server pays): `loop` encodes per block, old and new blocks alternating.
+  const loop = { old: [], new: [] };
+  const perBlock = Math.max(2, Math.round(p.reps / 2));
+  for (let r = 0; r < 6; r++) {
+    for (const mode of r % 2 ? ['new', 'old'] : ['old', 'new']) {
+      const enc = mode === 'old' ? encodeOld : encodeProof;
+      const t = nowMs();
+      for (let i = 0; i < perBlock; i++) enc(p.proof);
+      loop[mode].push((nowMs() - t) / perBlock);
+    }
+  }
   const med = (xs) => (xs.length ? stats(xs).median : NaN);
   const row = {
     proof: p.name,
@@ -105,6 +117,8 @@ for (const p of proofs) {
     oldAllocPerByte: round(med(res.old.alloc) / size, 3),
     newAllocPerByte: round(med(res.new.alloc) / size, 3),
     gcDropped: res.old.dropped + res.new.dropped,
+    oldLoopMs: round(med(loop.old)),
+    newLoopMs: round(med(loop.new)),
   };
   row.speedup = round(row.oldMs / row.newMs, 3);
   rows.push(row);
@@ -117,6 +131,8 @@ table(rows, [
   { key: 'oldMs', header: 'old ms' },
   { key: 'newMs', header: 'new ms' },
   { key: 'speedup', header: 'old/new' },
+  { key: 'oldLoopMs', header: 'old ms in a loop' },
+  { key: 'newLoopMs', header: 'new ms in a loop' },
   { key: 'oldAllocPerByte', header: 'old alloc B/B', format: (v) => String(v) },
   { key: 'newAllocPerByte', header: 'new alloc B/B', format: (v) => String(v) },
 ], { title: 'Proof encoding: the old encoder (chunks doubling, joined) against the current one; the same bytes' });
@@ -128,7 +144,7 @@ const file = writeResults(QUICK ? 'encode-quick' : 'encode', {
   cpuHogs: cpuHogs(),
   notes: [
     'old = bench/lib/encode-reference.mjs (the encoder of commit 9ba29d8, verbatim); new = dist encodeProof. Every encode pair compared byte for byte.',
-    'ms: median wall time of one encode, old and new alternating. alloc B/B: median ArrayBuffer bytes allocated by one encode per byte of proof (memoryUsage().arrayBuffers after minus before, after a full GC); samples during which a GC ran (v8.GCProfiler) are dropped (gcDropped).',
+    'ms: median wall time of one encode after a full GC, old and new alternating (fresh memory, no GC inside). ms in a loop: reps/2 encodes back to back, GC included, 3 blocks each, alternating; the median block. alloc B/B: median ArrayBuffer bytes allocated by one encode per byte of proof (memoryUsage().arrayBuffers after minus before, after a full GC); samples during which a GC ran (v8.GCProfiler) are dropped (gcDropped).',
   ],
   rows,
 });
