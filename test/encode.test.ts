@@ -19,6 +19,7 @@ import { RowKind, StateKind, decodeProof, encodeProof, type ForwardProof, type G
 import { specByOp } from '../lib/verify/kinds/index.js';
 import { stateRowBytes, writeOptimizer } from '../lib/verify/training.js';
 import { makeReferenceEncoder } from '../bench/lib/encode-reference.mjs';
+import { decodeProofList, encodeProofList, proofListParts } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
 
@@ -251,5 +252,26 @@ describe('ByteWriter: exact size', () => {
     pass = 0;
     expect(internal(() => writeExact((w) => (pass++ === 0 ? w.u32(1) : w.u16(1))))).toMatch(/^ERR_GT_INTERNAL: .*2 bytes written of the exact size 4/);
     expect(internal(() => new ByteCounter().u8(1).finish())).toMatch(/^ERR_GT_INTERNAL: ByteCounter/);
+  });
+});
+
+describe('proof lists (the server\'s /updates, /train and /train-step answers)', () => {
+  it('proofListParts are encodeProofList\'s bytes in order, with the proofs themselves as parts (not copied)', () => {
+    const rng = new Rng(13);
+    const reference = (first: number, proofs: Uint8Array[]): Uint8Array => {
+      const w = new ByteWriter().u64(first).u32(proofs.length);
+      for (const p of proofs) w.u32(p.length).bytes(p);
+      return w.finish();
+    };
+    for (const count of [0, 1, 3]) {
+      const proofs = Array.from({ length: count }, (_, i) => Uint8Array.from({ length: 5 + 40 * i }, () => Math.floor(rng.next() * 256)));
+      const first = 2 ** 40 + count;
+      const parts = proofListParts(first, proofs);
+      const joined = Buffer.concat(parts);
+      expect(hex(joined)).toBe(hex(reference(first, proofs)));
+      expect(hex(encodeProofList(first, proofs))).toBe(hex(joined));
+      for (const p of proofs) expect(parts).toContain(p);
+      expect(decodeProofList(joined).proofs.map(hex)).toEqual(proofs.map(hex));
+    }
   });
 });
