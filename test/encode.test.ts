@@ -181,6 +181,27 @@ describe('encodeProof: the same bytes as the encoder before it', () => {
     }
   });
 
+  it('into: the proof is written into the caller\'s array of the size asked for (the same bytes); another size is refused', async () => {
+    const rng = new Rng(14);
+    const { model } = twoLayerModel(rng);
+    const x = rng.f32(2 * 16);
+    const plain = await model.prove(x);
+    const backing = new ArrayBuffer(plain.bytes.length + 100);
+    new Uint8Array(backing).fill(0xee);
+    let asked = -1;
+    const into = (size: number): Uint8Array => {
+      asked = size;
+      return new Uint8Array(backing, 0, size);
+    };
+    const r = await model.prove(x, { into });
+    expect(asked).toBe(plain.bytes.length);
+    expect(r.bytes.buffer).toBe(backing);
+    expect(hex(r.bytes)).toBe(hex(plain.bytes));
+    expect(() => encodeProof(plain.proof, { into: (n) => new Uint8Array(n + 1) })).toThrow(InvalidArgumentError);
+    expect(() => encodeProof(plain.proof, { into: () => [] as unknown as Uint8Array })).toThrow(InvalidArgumentError);
+    await expect(model.prove(x, { into: 5 as unknown as () => Uint8Array })).rejects.toThrow(InvalidArgumentError);
+  });
+
   it('a step proof whose state blocks mix coded and uncoded rows decodes and re-encodes to the same bytes', async () => {
     const rng = new Rng(11);
     const clf = new Model([new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(30 * 6), 6), values: SparseTensor.fromArray(rng.f32(30 * 3), 3), k: 2 })], {

@@ -39,6 +39,7 @@ import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
+import { OutputPool } from './output-pool.js';
 import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, proofListParts, type StepRequest } from './wire.js';
 import { verifyTrainStep } from '../verify/step.js';
 import { specOf } from '../verify/kinds/index.js';
@@ -278,6 +279,8 @@ export class ProverServer {
   readonly #sched: Scheduler;
   /** Joins the exact searches of forward proofs running at once (null: batchSearch false). */
   readonly #batcher: SearchBatcher | null;
+  /** Output buffers of forward proofs, reused once an answer is handed to the OS (output-pool.ts). */
+  readonly #outputs = new OutputPool();
   #server: Server | null = null;
   #ghost: PinnedGhost;
   /** Generation of #ghost. */
@@ -621,6 +624,7 @@ export class ProverServer {
                 ...(session ? { cache: session.cache } : {}),
                 ...(revealHeader === 'all' ? { revealKeys: 'all' as const } : {}),
                 ...(this.#batcher ? { batcher: this.#batcher } : {}),
+                into: (size: number) => this.#outputs.take(size),
               });
               return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
             } finally {
@@ -634,6 +638,8 @@ export class ProverServer {
             res.setHeader('X-Ghost-Session-Base', session.fresh ? 'fresh' : 'held');
             res.setHeader('X-Ghost-Session-Rows', String(this.#o.sessionRows));
           }
+          // The proof's buffer goes back to the pool once node:http has handed all of it to the OS (not on 'close': a write may still hold it).
+          if (this.#o.proofs) res.once('finish', () => this.#outputs.give(out.bytes));
           return this.#send(res, 200, this.#o.proofs ? PROOF_TYPE : OUTPUT_TYPE, out.bytes, out.generation, out.ghost, lease);
         } finally {
           if (session) session.release();

@@ -27,7 +27,8 @@ export class ByteWriter {
    * twice the size of the one before, joined once by finish(). Exact (`new
    * ByteWriter(size)`, the size computed beforehand, e.g. by a ByteCounter pass over the
    * same writes): one allocation of exactly `size` bytes, not zeroed, written in place;
-   * finish() returns that array itself, without a copy. A write past `size`, or finish()
+   * finish() returns that array itself, without a copy (`new ByteWriter(array)`: the
+   * same into the caller's array, whose length is the size). A write past `size`, or finish()
    * before all `size` bytes are written, throws GhostTensorError ERR_GT_INTERNAL (a
    * sizing bug; never truncated or padded output, never uninitialized bytes handed out).
    */
@@ -39,10 +40,14 @@ export class ByteWriter {
   /** The exact size, or -1 when growing. */
   readonly #exact: number;
 
-  constructor(exactSize?: number) {
+  constructor(exactSize?: number | Uint8Array) {
     if (exactSize === undefined) {
       this.#exact = -1;
       this.#buf = new Uint8Array(256);
+    } else if (exactSize instanceof Uint8Array) {
+      // Exact mode into the caller's array (its length is the size; every byte is overwritten).
+      this.#exact = exactSize.length;
+      this.#buf = exactSize;
     } else {
       if (!Number.isSafeInteger(exactSize) || exactSize < 0) throw new InvalidArgumentError(`ByteWriter: exact size ${exactSize} must be a non-negative safe integer`);
       this.#exact = exactSize;
@@ -208,11 +213,21 @@ export class ByteCounter extends ByteWriter {
   }
 }
 
-/** The bytes `write` produces, in one allocation of exactly their size: a counting pass, then the writing pass. */
-export function writeExact(write: (w: ByteWriter) => void): Uint8Array {
+/**
+ * The bytes `write` produces, in one array of exactly their size: a counting pass, then
+ * the writing pass. The array is a fresh one, or `into(size)`'s (which must return a
+ * Uint8Array of exactly `size` bytes; they are all overwritten).
+ */
+export function writeExact(write: (w: ByteWriter) => void, into?: (size: number) => Uint8Array): Uint8Array {
   const c = new ByteCounter();
   write(c);
-  const w = new ByteWriter(c.length);
+  const size = c.length;
+  let target: number | Uint8Array = size;
+  if (into !== undefined) {
+    target = into(size);
+    if (!(target instanceof Uint8Array) || target.length !== size) throw new InvalidArgumentError(`an output array must be a Uint8Array of the ${size} bytes asked for`);
+  }
+  const w = new ByteWriter(target);
   write(w);
   return w.finish();
 }

@@ -753,8 +753,17 @@ function writeStages(w: ByteWriter, l: { op: LayerOp; stages: readonly Uint32Arr
  * counting pass over the proof, then one pass writing each field in place (revealed
  * rows, state leaves and hashes copied once, from where the proof object holds them).
  */
-export function encodeProof(p: GhostProof): Uint8Array {
-  return writeExact((w) => writeProof(w, p));
+export function encodeProof(p: GhostProof, options: EncodeOptions = {}): Uint8Array {
+  return writeExact((w) => writeProof(w, p), options.into);
+}
+
+export interface EncodeOptions {
+  /**
+   * Where the bytes go: called once with the proof's exact size, returns a Uint8Array of
+   * exactly that length (InvalidArgumentError otherwise), which encodeProof fills and
+   * returns (a server's reused output buffers). Default: a fresh array.
+   */
+  into?: (size: number) => Uint8Array;
 }
 
 function writeProof(w: ByteWriter, p: GhostProof): void {
