@@ -20,6 +20,8 @@
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
+ *   --dist DIR          the servers run the build in DIR (a copy of dist/ at the repository's root,
+ *                       e.g. one from before a change; default dist)
  *
  * Two servers run as `ghost-tensor serve` child processes (so the load generator's CPU
  * and memory are not the servers'), on 127.0.0.1, --max-batch 64, --queue 1024: one
@@ -45,6 +47,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import autocannon from 'autocannon';
@@ -72,6 +75,7 @@ const { values: a } = parseArgs({
     'server-node-args': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
+    dist: { type: 'string', default: 'dist' },
   },
 });
 const quick = a.quick;
@@ -81,7 +85,7 @@ const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), 
 const batches = a.batches.split(',').map(Number);
 if (a.client !== 'lean' && a.client !== 'autocannon') throw new Error('--client takes lean or autocannon');
 const batchSearch = !a['no-batch-search'];
-const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1' };
+const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1', dist: a.dist };
 
 // ----------------------------------------------------------------- the served model
 const rand = rng(7);
@@ -103,7 +107,9 @@ const ghost = await pinGhost(ghostBytes);
 // ----------------------------------------------------------------- the servers (child processes)
 async function startServer(extra) {
   const nodeArgs = a['server-node-args'].split(' ').filter(Boolean);
-  const args = [...nodeArgs, join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...extra];
+  // The servers run the CLI of --dist (default dist/, as bin/ghost-tensor.mjs does); the client side always dist/.
+  const cli = a.dist === 'dist' ? [join(ROOT, 'bin', 'ghost-tensor.mjs')] : ['--input-type=module', '-e', `const { main } = await import(${JSON.stringify(pathToFileURL(join(ROOT, a.dist, 'cli', 'main.js')).href)}); process.exitCode = await main(process.argv.slice(1));`];
+  const args = [...nodeArgs, ...cli, 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...extra];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let banner = '';
   child.stdout.setEncoding('utf8');

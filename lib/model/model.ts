@@ -70,6 +70,12 @@ export interface ProveOptions {
    * is the same bytes with or without it.
    */
   batcher?: SearchBatcher;
+  /**
+   * Where the encoded proof goes (encodeProof's `into`): called once with its exact size,
+   * returns a Uint8Array of that length, which `bytes` then is. A server passes its
+   * reused output buffers (docs/serving.md, "Performance"). Default: a fresh array.
+   */
+  into?: (size: number) => Uint8Array;
 }
 
 export interface ProvedForward {
@@ -275,12 +281,13 @@ export class Model {
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
     const r = await this.#proveForward(input, options);
-    return { ...r, bytes: encodeProof(r.proof) };
+    if (options.into !== undefined && typeof options.into !== 'function') throw new InvalidArgumentError('into must be a function');
+    return { ...r, bytes: encodeProof(r.proof, options.into === undefined ? {} : { into: options.into }) };
   }
 
   /** prove() without the encoding (proveTrainStep takes only its selection and input). */
   async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
-    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher']);
+    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher', 'into']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
     if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);

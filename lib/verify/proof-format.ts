@@ -6,7 +6,7 @@
  * travel as ids or deltas. Decoding checks every length against the bytes that
  * remain and the limits below before it allocates. Loads no addon.
  */
-import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeExact, writeInputRecord, type InputRecord } from '../shared/bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import type { GhostManifest } from './ghost-file.js';
@@ -701,12 +701,26 @@ export function resolveStateLeaves(s: StateBlock, cache: PatternCache | undefine
 // ---------------------------------------------------------------------------
 // Encoding
 
+// One pass of writes, run twice by encodeProof (writeExact): through a ByteCounter for the
+// exact size, then into one array of that size. The writes must not depend on which
+// writer they go to; a wrong size is an internal error (ERR_GT_INTERNAL), never a short
+// or padded proof.
+
+/** The first n 2-bit kinds, four to a byte, the first in the low bits (row and state kinds). */
+function writePacked2(w: ByteWriter, kinds: Uint8Array, n: number): void {
+  for (let t = 0; t < n; t += 4) {
+    let v = kinds[t]!;
+    if (t + 1 < n) v |= kinds[t + 1]! << 2;
+    if (t + 2 < n) v |= kinds[t + 2]! << 4;
+    if (t + 3 < n) v |= kinds[t + 3]! << 6;
+    w.u8(v);
+  }
+}
+
 function writeBlock(w: ByteWriter, b: PatternBlock): void {
   w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
   if (!b.all) w.u32s(b.ids);
-  const kinds = new Uint8Array(Math.ceil(b.ids.length / 4));
-  for (let t = 0; t < b.ids.length; t++) kinds[t >> 2]! |= b.kinds[t]! << (2 * (t & 3));
-  w.bytes(kinds);
+  writePacked2(w, b.kinds, b.ids.length);
   // Consecutive full rows that are adjacent views of one buffer go out in one write.
   let run: Float32Array | null = null;
   let runLength = 0;
@@ -743,8 +757,25 @@ function writeStages(w: ByteWriter, l: { op: LayerOp; stages: readonly Uint32Arr
   for (const s of l.stages) w.u32(s.length).u32s(s);
 }
 
-export function encodeProof(p: GhostProof): Uint8Array {
-  const w = new ByteWriter();
+/**
+ * The proof's bytes (docs/proof-format.md), in one allocation of their exact size: a
+ * counting pass over the proof, then one pass writing each field in place (revealed
+ * rows, state leaves and hashes copied once, from where the proof object holds them).
+ */
+export function encodeProof(p: GhostProof, options: EncodeOptions = {}): Uint8Array {
+  return writeExact((w) => writeProof(w, p), options.into);
+}
+
+export interface EncodeOptions {
+  /**
+   * Where the bytes go: called once with the proof's exact size, returns a Uint8Array of
+   * exactly that length (InvalidArgumentError otherwise), which encodeProof fills and
+   * returns (a server's reused output buffers). Default: a fresh array.
+   */
+  into?: (size: number) => Uint8Array;
+}
+
+function writeProof(w: ByteWriter, p: GhostProof): void {
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
   if (p.kind === 'forward') {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
@@ -783,9 +814,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
       if (!b.all) w.u32s(b.ids);
       if (!k) w.bytes(b.leaves);
       else {
-        const packed = new Uint8Array(Math.ceil(b.ids.length / 4));
-        for (let t = 0; t < b.ids.length; t++) packed[t >> 2]! |= k[t]! << (2 * (t & 3));
-        w.bytes(packed);
+        writePacked2(w, k, b.ids.length);
         const rb = stateRowBytes(b.dim);
         for (let t = 0; t < b.ids.length; t++) {
           if (k[t] === StateKind.Full) w.bytes(b.leaves.subarray(t * rb, (t + 1) * rb));
@@ -796,7 +825,6 @@ export function encodeProof(p: GhostProof): Uint8Array {
     }
     w.bytes(p.newGhost);
   }
-  return w.finish();
 }
 
 // ---------------------------------------------------------------------------
