@@ -210,7 +210,7 @@ export interface NativeAddon {
   /** A key sketch over a decode cache's packed keys (native/src/core/key_sketch.h); rank 0: auto. */
   keySketchNew(heads: number, headDim: number, rank: number, keysPacked: Float32Array, L: number): NativeKeySketch;
   keySketchAppend(sketch: NativeKeySketch, keysPacked: Float32Array, L: number): void;
-  keySketchSelect(sketch: NativeKeySketch, q: Float32Array, keysPacked: Float32Array, k: number): { ids: Uint32Array; scores: Float32Array; candidates: number };
+  keySketchSelect(sketch: NativeKeySketch, q: Float32Array, keysPacked: Float32Array, k: number, maxScored?: number): { ids: Uint32Array; scores: Float32Array; candidates: number; capped: number };
   keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number };
   linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
   linearBackwardAsync(

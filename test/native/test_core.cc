@@ -1287,7 +1287,7 @@ static void test_key_sketch() {
         sk.append(kp.data(), L);
         CHECK(sk.length() == L && (rank == 0 || sk.rank(0) == rank));
         gt::SketchSelectStats st;
-        sk.select(q.data(), kp.data(), k, K, sid.data(), ss.data(), &st);
+        sk.select(q.data(), kp.data(), k, 0, K, sid.data(), ss.data(), &st);
         total_cand += st.candidates;
         total_keys += H * L;
         bool same = sid == ids;
@@ -1306,12 +1306,12 @@ static void test_key_sketch() {
     gt::KeySketch s(1, 4, 0);
     std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
     std::vector<uint32_t> id(2);
-    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 2, gt::kernels(), id.data(), sc.data(), nullptr); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 2, 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
     CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.append(kp.data(), 3); }));
     s.fit(kp.data(), 3);
     CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.fit(kp.data(), 3); }));
     CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.append(kp.data(), 2); }));
-    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 0, 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
   }
 }
 

@@ -49,6 +49,12 @@ export interface DecoderOptions {
   indexThreshold?: number;
   /** With 'sketch': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' energy, per head). */
   rank?: number;
+  /**
+   * With 'sketch': at most this many keys per head are scored exactly (>= k; default: no
+   * limit, the exact selection). A head whose certified candidates are more scores the
+   * maxScored best of them by sketch score: faster, and approximate (stats().sketchCapped).
+   */
+  maxScored?: number;
   /** HNSW search breadth (default 256; at least the layer's k). */
   ef?: number;
   /** HNSW links per node (default 16). */
@@ -74,9 +80,10 @@ interface ResolvedIndexOptions {
   efConstruction: number;
   link: 'step' | 'batched';
   rank: number; // 0: auto
+  maxScored: number; // 0: no limit
 }
 
-export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'rank', 'maxLength'] as const;
+export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'rank', 'maxScored', 'maxLength'] as const;
 
 function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLength: number | undefined } {
   checkOptions('decoder', o, DECODER_OPTION_KEYS);
@@ -85,7 +92,7 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
   if (index !== 'auto' && index !== 'sketch' && o.indexThreshold !== undefined) throw new InvalidArgumentError("indexThreshold applies to index 'auto' or 'sketch' only");
   if (o.link !== undefined && o.link !== 'step' && o.link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(o.link)}`);
   if (index === 'exact' || index === 'sketch') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
-  if (index !== 'sketch' && o.rank !== undefined) throw new InvalidArgumentError("rank applies to index 'sketch' only");
+  for (const key of ['rank', 'maxScored'] as const) if (index !== 'sketch' && o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'sketch' only`);
   return {
     index,
     threshold: checkInteger('indexThreshold', o.indexThreshold ?? (index === 'sketch' ? 1024 : 32_768), 1, 2 ** 24),
@@ -94,6 +101,7 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
     efConstruction: checkInteger('efConstruction', o.efConstruction ?? 100, 1, 100_000),
     link: o.link ?? 'step',
     rank: o.rank === undefined ? 0 : checkInteger('rank', o.rank, 1, 4096),
+    maxScored: o.maxScored === undefined ? 0 : checkInteger('maxScored', o.maxScored, 1, 2 ** 24),
     maxLength: o.maxLength === undefined ? undefined : checkInteger('maxLength', o.maxLength, 1, 2 ** 24),
   };
 }
@@ -114,6 +122,8 @@ export interface AttentionDecoderStats {
   sketchCandidates: number | null;
   /** Index 'sketch': the basis size per head (empty before the sketch is fitted). */
   sketchRanks: number[];
+  /** Index 'sketch' with maxScored: heads of the last sketch step that hit the limit (their selection approximate). */
+  sketchCapped: number;
 }
 
 /**
@@ -137,6 +147,7 @@ export class AttentionDecoder {
   #sketch: NativeKeySketch | null = null; // index 'sketch', once fitted
   #sketchFitAt = 0; // cached keys when the sketch was last fitted
   #sketchCandidates: number | null = null;
+  #sketchCapped = 0;
   #indexed = false;
   #indexedSteps = 0;
   #exactSteps = 0;
@@ -158,6 +169,7 @@ export class AttentionDecoder {
     this.headDim = this.D / layer.heads;
     this.maxLength = r.maxLength ?? 2 ** 16;
     if (r.index !== 'exact' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
+    if (r.maxScored !== 0 && r.maxScored < layer.k) throw new OutOfRangeError(`maxScored must be >= the layer's k (${layer.k}), got ${r.maxScored}`);
     if (r.rank > this.headDim) throw new OutOfRangeError(`rank must be <= headDim (${this.headDim}), got ${r.rank}`);
     if ((r.index === 'auto' || r.index === 'sketch') && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
     this.#opt = r;
@@ -192,7 +204,7 @@ export class AttentionDecoder {
 
   stats(): AttentionDecoderStats {
     const ranks = this.#sketch === null ? [] : native().keySketchInfo(this.#sketch).ranks;
-    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks };
+    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped };
   }
 
   #grow(need: number): void {
@@ -304,8 +316,9 @@ export class AttentionDecoder {
     let r: { out: Float32Array };
     if (this.#sketch !== null && L > kk) {
       const sk = this.#sketch;
-      const s = callNative(() => native().keySketchSelect(sk, q, this.#keys, kk));
+      const s = callNative(() => native().keySketchSelect(sk, q, this.#keys, kk, this.#opt.maxScored));
       this.#sketchCandidates = s.candidates;
+      this.#sketchCapped = s.capped;
       r = callNative(() => native().attentionDecode(L, H, dk, kk, this.#scale, q, this.#keys, this.#values, s.ids, s.scores));
       this.#indexedSteps++;
     } else if (this.#indexed && this.#heads !== null && L > kk) {
@@ -344,7 +357,7 @@ export class AttentionDecoder {
     if (!this.#indexed) return null;
     if (this.#sketch !== null) {
       const sk = this.#sketch;
-      return callNative(() => native().keySketchSelect(sk, q, this.#keys, this.layer.k)).ids;
+      return callNative(() => native().keySketchSelect(sk, q, this.#keys, this.layer.k, this.#opt.maxScored)).ids;
     }
     const H = this.layer.heads, dk = this.headDim, kk = Math.min(this.layer.k, this.#length);
     const ids = new Uint32Array(H * this.layer.k).fill(NO_KEY);

@@ -4,13 +4,18 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 
+#include "cpu.h"
 #include "errors.h"
+#include "kernels.h"
 #include "topk.h"
 
 namespace gt {
 
 namespace {
+
+static_assert(kDecodeKeyBlock == 256, "key_sketch_avx2.cc assumes blocks of 256 keys");
 
 // Rounding allowance of the bound (key_sketch.h), relative to |q| |k|.
 constexpr float kDelta = 1.0f / 4096.0f;
@@ -22,7 +27,41 @@ inline float key_at(const float* Kp, size_t H, size_t dk, size_t h, size_t j, si
   return Kp[((b * H + h) * dk + t) * kDecodeKeyBlock + c];
 }
 
+// Scores the n <= 16 candidates cj[batch[i]] into cs[batch[i]]: their row-major keys as the
+// columns of one dk x 16 operand (unused columns zero), one gemm_acc through its vector path.
+void score_batch(const Kernels& kern, const float* qh, size_t dk, const float* rows, const uint32_t* cj,
+                 const size_t* batch, size_t n, float* tile, float* cs) {
+  std::fill(tile, tile + dk * 16, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const float* kr = rows + static_cast<size_t>(cj[batch[i]]) * dk;
+    for (size_t t = 0; t < dk; ++t) tile[t * 16 + i] = kr[t];
+  }
+  float out[16] = {0};
+  kern.gemm_acc(out, 16, qh, dk, tile, 16, 1, dk, 16);
+  for (size_t i = 0; i < n; ++i) cs[batch[i]] = out[i];
+}
+
 }  // namespace
+
+void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
+                          const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
+  float ml = -std::numeric_limits<float>::infinity(), mh = ml;
+  std::fill(a, a + kn, 0.0f);
+  for (size_t t = 0; t < r; ++t) {
+    const float ut = u[t];
+    const int8_t* ct = codes + t * kDecodeKeyBlock;
+    for (size_t c = 0; c < kn; ++c) a[c] += ut * static_cast<float>(ct[c]);
+  }
+  for (size_t c = 0; c < kn; ++c) {
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c] + coef[2] * nrm[c]) * coef[3];
+    lo[c] = a[c] - B;
+    hi[c] = a[c] + B;
+    ml = std::max(ml, lo[c]);
+    mh = std::max(mh, hi[c]);
+  }
+  maxes[0] = ml;
+  maxes[1] = mh;
+}
 
 void symmetric_eigen(std::vector<double>& A, size_t n, std::vector<double>& w, std::vector<double>& V) {
   if (A.size() != n * n) throw Error(ErrorCode::InvalidArgument, "symmetric_eigen: A must be n x n");
@@ -145,11 +184,13 @@ void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
   hd.eps.resize(j1);
   hd.rho.resize(j1);
   hd.nrm.resize(j1);
+  hd.rows.resize(j1 * dk, 0.0f);
   std::vector<double> kv(dk), p(r), perp(dk);
   for (size_t j = j0; j < j1; ++j) {
     double nk = 0.0;
     for (size_t t = 0; t < dk; ++t) {
       kv[t] = key_at(Kp, nheads_, dk, h, j, t);
+      hd.rows[j * dk + t] = key_at(Kp, nheads_, dk, h, j, t);
       nk += kv[t] * kv[t];
     }
     double qe = 0.0;
@@ -175,8 +216,8 @@ void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
       for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * perp[c];
       pp += s * s;
     }
-    // A non-finite key gets an infinite bound: it is always a candidate.
-    const float inf = std::numeric_limits<float>::infinity();
+    // A non-finite key gets the largest bound (never NaN: B is then +inf or, for q = 0, 0).
+    const float inf = std::numeric_limits<float>::max();
     const double e = std::sqrt(qe) + std::sqrt(pp);
     hd.eps[j] = std::isfinite(e) ? static_cast<float>(e) : inf;
     hd.rho[j] = std::isfinite(rho) ? static_cast<float>(std::sqrt(rho)) : inf;
@@ -192,17 +233,29 @@ void KeySketch::append(const float* Kp, size_t L) {
   length_ = L;
 }
 
-void KeySketch::select(const float* q, const float* Kp, size_t k, const Kernels& kern, uint32_t* ids, float* scores,
-                       SketchSelectStats* stats) const {
+void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern,
+                       uint32_t* ids, float* scores, SketchSelectStats* stats) const {
   if (!fitted_ || length_ == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: select before fit");
   if (q == nullptr || Kp == nullptr || ids == nullptr || scores == nullptr || k == 0)
     throw Error(ErrorCode::InvalidArgument, "KeySketch: select needs q, Kp, k >= 1 and outputs");
+  if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "KeySketch: max_scored must be 0 or >= k");
+  SketchScan scan = sketch_scan_portable;
+  if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2))
+    scan = kSketchScanAVX2;
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  std::vector<float> hi(L), acc(kDecodeKeyBlock), u;
+  // Scratch without initialisation (every entry below L is written by the scan).
+  std::unique_ptr<float[]> hi_(new float[L]), av_(new float[L]), lo_(new float[L]);
+  float* hi = hi_.get();
+  float* av = av_.get();
+  float* lov = lo_.get();
+  std::vector<float> u, blockhi(nb), cs, tile(dk * 16);
+  std::vector<uint32_t> cj;
+  size_t batch[16];
+  std::vector<Hit> best;
   std::vector<double> pi, qperp(dk);
-  size_t cand = 0;
+  size_t cand = 0, capped = 0;
   for (size_t h = 0; h < H; ++h) {
     const Head& hd = heads_[h];
     const size_t r = hd.r;
@@ -225,58 +278,84 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, const Kernels&
     }
     double qp = 0.0;
     for (size_t c = 0; c < dk; ++c) qp += qperp[c] * qperp[c];
-    const float Pi = static_cast<float>(std::sqrt(pn)), Qp = static_cast<float>(std::sqrt(qp)),
-                Qd = kDelta * static_cast<float>(std::sqrt(qn));
+    const float coef[4] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)),
+                           kDelta * static_cast<float>(std::sqrt(qn)), kBoundUp};
     // Pass 1: the sketch's interval per key; lambda = the kk-th largest lower end.
     TopK lows(kk, true);
     float lambda = neg_inf;
     for (size_t b = 0; b < nb; ++b) {
       const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      const int8_t* cb = hd.codes.data() + b * r * kDecodeKeyBlock;
-      for (size_t t = 0; t < r; ++t) {
-        const float ut = u[t];
-        const int8_t* ct = cb + t * kDecodeKeyBlock;
-        for (size_t c = 0; c < kDecodeKeyBlock; ++c) acc[c] += ut * static_cast<float>(ct[c]);
-      }
-      const float* e = hd.eps.data() + j0;
-      const float* rh = hd.rho.data() + j0;
-      const float* nm = hd.nrm.data() + j0;
-      float* hb = hi.data() + j0;
+      float maxes[2];
+      scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0,
+           hd.nrm.data() + j0, coef, kn, av + j0, lov + j0, hi + j0, maxes);
+      blockhi[b] = maxes[1];
+      if (!(maxes[0] > lambda)) continue;  // no lower end in this block enters
       for (size_t c = 0; c < kn; ++c) {
-        const float B = (Pi * e[c] + Qp * rh[c] + Qd * nm[c]) * kBoundUp;
-        const float lo = acc[c] - B;
-        hb[c] = acc[c] + B;
-        if (lo > lambda) {
-          lows.push(lo, static_cast<uint32_t>(j0 + c));
+        if (lov[j0 + c] > lambda) {
+          lows.push(lov[j0 + c], static_cast<uint32_t>(j0 + c));
           if (lows.full()) lambda = lows.worst().score;
         }
       }
     }
     if (!lows.full()) lambda = neg_inf;
-    // Pass 2: the candidates, scored and selected as decode_attention does.
-    // A candidate's score comes from the same call shape as decode_attention's tile: its
-    // group of 16 columns (one cache line of each key row), or the block's last columns past
-    // the last full group, so that gemm_acc takes the same path (vector or tail) for it and
-    // rounds alike (the tail may fuse differently from the vector path).
+    // Over the cap: only the max_scored candidates of highest sketch score are scored (their
+    // upper ends are set to +inf, every other key's to -inf).
+    if (max_scored != 0) {
+      size_t count = 0;
+      for (size_t j = 0; j < L; ++j) count += hi[j] < lambda ? 0 : 1;
+      if (count > max_scored) {
+        ++capped;
+        best.clear();
+        for (size_t j = 0; j < L; ++j)
+          if (!(hi[j] < lambda)) best.push_back(Hit{std::isnan(av[j]) ? neg_inf : av[j], static_cast<uint32_t>(j)});
+        std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(max_scored - 1), best.end(),
+                         [](const Hit& a, const Hit& b) { return a.score != b.score ? a.score > b.score : a.id < b.id; });
+        for (size_t j = 0; j < L; ++j) hi[j] = neg_inf;
+        for (size_t i = 0; i < max_scored; ++i) hi[best[i].id] = std::numeric_limits<float>::infinity();
+        for (size_t b = 0; b < nb; ++b) blockhi[b] = std::numeric_limits<float>::infinity();
+        lambda = 0.0f;
+      }
+    }
+    // Pass 2: the candidates, scored and selected as decode_attention does. Each score takes
+    // the gemm_acc path decode_attention's tile takes for that key, so it rounds alike (the
+    // tail may fuse differently from the vector path): a key in a full 16-column group of the
+    // scan is scored by the vector path, 16 candidates at a time gathered from the row-major
+    // copy into one 16-column operand (each column's sum is the same chain of multiply-adds
+    // as in the scan); a key past its block's last full group by the tail, on its packed
+    // column group as the scan scores it.
+    cj.clear();
+    for (size_t j = 0; j < L; ++j) {
+      if (j % kDecodeKeyBlock == 0 && blockhi[j / kDecodeKeyBlock] < lambda) {
+        j += kDecodeKeyBlock - 1;  // no key of this block is a candidate
+        continue;
+      }
+      if (!(hi[j] < lambda)) cj.push_back(static_cast<uint32_t>(j));
+    }
+    cand += cj.size();
+    cs.resize(cj.size());
+    const float* Kh = Kp + h * dk * kDecodeKeyBlock;
+    size_t nfull = 0;
+    for (size_t i = 0; i < cj.size(); ++i) {
+      const size_t j = cj[i], b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
+      const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
+      if (g + 16 <= kn) {
+        batch[nfull++] = i;
+        if (nfull == 16) {
+          score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
+          nfull = 0;
+        }
+      } else {
+        float t16[16] = {0};
+        kern.gemm_acc(t16, 16, qh, dk, Kh + b * H * dk * kDecodeKeyBlock + g, kDecodeKeyBlock, 1, dk, kn - g);
+        cs[i] = t16[c - g];
+      }
+    }
+    if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
     TopK hp(kk, true);
     float thr = neg_inf;
-    const float* Kh = Kp + h * dk * kDecodeKeyBlock;
-    size_t group = std::numeric_limits<size_t>::max();
-    for (size_t j = 0; j < L; ++j) {
-      if (hi[j] < lambda) continue;
-      ++cand;
-      const size_t b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
-      const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
-      if (j - c + g != group) {
-        group = j - c + g;
-        std::fill(acc.begin(), acc.begin() + 16, 0.0f);
-        kern.gemm_acc(acc.data(), kDecodeKeyBlock, qh, dk, Kh + b * H * dk * kDecodeKeyBlock + g, kDecodeKeyBlock, 1, dk,
-                      std::min<size_t>(16, kn - g));
-      }
-      const float s = acc[c - g];
-      if (!(s > thr)) continue;
-      hp.push(s, static_cast<uint32_t>(j));
+    for (size_t i = 0; i < cj.size(); ++i) {
+      if (!(cs[i] > thr)) continue;
+      hp.push(cs[i], cj[i]);
       if (hp.full()) thr = hp.worst().score;
     }
     const std::vector<Hit> hits = hp.sorted();
@@ -285,7 +364,10 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, const Kernels&
       scores[h * k + c] = c < hits.size() ? hits[c].score : 0.0f;
     }
   }
-  if (stats != nullptr) stats->candidates = cand;
+  if (stats != nullptr) {
+    stats->candidates = cand;
+    stats->capped = capped;
+  }
 }
 
 }  // namespace gt

@@ -18,7 +18,11 @@
 // by the exact path's kernel on their packed f32 column and selected by its rule (keys in id
 // order, a score enters above the k-th; ties to the lower id), so the selection and scores
 // are the exact scan's, bit for bit, whatever the basis, rank or data: only the number of
-// candidates (the cost) depends on how well the basis fits the keys.
+// candidates (the cost) depends on how well the basis fits the keys. Candidates are scored from
+// a row-major copy of the keys (one key's dk floats are adjacent: a few cache lines, where its
+// packed column spans dk lines), 16 at a time through the gemm_acc path the scan's 16-column
+// groups take, so each score has the scan's bits; a key in the scan's last partial group (its
+// tail path) is scored on its packed column as the scan scores it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -37,7 +41,20 @@ constexpr double kSketchEnergy = 0.99;
 
 struct SketchSelectStats {
   size_t candidates = 0;  // keys scored exactly (over the heads of one call)
+  size_t capped = 0;      // heads whose certified candidates exceeded max_scored (approximate)
 };
+
+// The first pass over one block of kn keys (kn <= kDecodeKeyBlock): per key c < kn the sketch
+// score a[c] = sum over t < r of u[t] * codes[t * kDecodeKeyBlock + c], its bound
+// B = (coef[0] eps[c] + coef[1] rho[c] + coef[2] nrm[c]) * coef[3], lo[c] = a - B, hi[c] = a + B;
+// returns max over c of lo in maxes[0] and of hi in maxes[1]. kSketchScanAVX2 is null where
+// AVX2 was not compiled in (the portable sketch_scan_portable runs).
+using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
+                            const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi,
+                            float* maxes);
+void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
+                          const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+extern const SketchScan kSketchScanAVX2;
 
 class KeySketch {
  public:
@@ -60,8 +77,12 @@ class KeySketch {
 
   // The exact top-k of each head for the query q (heads x dk) over keys [0, length()) of Kp:
   // ids and scores (heads x k, best first; min(k, length()) valid, then kNoKey / 0).
-  void select(const float* q, const float* Kp, size_t k, const Kernels& kern, uint32_t* ids, float* scores,
-              SketchSelectStats* stats) const;
+  // max_scored (0: no limit, else >= k): a head whose certified candidates are more than this
+  // scores only the max_scored best of them by sketch score (then the selection may miss keys:
+  // an approximate mode, counted in stats->capped). The first pass runs with AVX2 unless kern
+  // is the scalar table.
+  void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
+              float* scores, SketchSelectStats* stats) const;
 
  private:
   struct Head {
@@ -70,6 +91,7 @@ class KeySketch {
     std::vector<float> step;    // r quantisation steps
     std::vector<int8_t> codes;  // block-major: codes[(b * r + t) * kDecodeKeyBlock + c]
     std::vector<float> eps, rho, nrm;  // per key
+    std::vector<float> rows;           // the f32 keys row-major (L x dk)
   };
   void encode(size_t h, const float* Kp, size_t j0, size_t j1);
 

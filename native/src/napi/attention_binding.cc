@@ -335,8 +335,10 @@ Napi::Value KeySketchAppend(const Napi::CallbackInfo& info) {
   });
 }
 
-// keySketchSelect(sketch, q, keysPacked, k) -> { ids, scores, candidates }: the exact top-k
-// per head (heads x k, best first, padded with NO_KEY / 0) and how many keys were scored.
+// keySketchSelect(sketch, q, keysPacked, k[, maxScored]) -> { ids, scores, candidates, capped }:
+// the exact top-k per head (heads x k, best first, padded with NO_KEY / 0), how many keys were
+// scored, and how many heads hit maxScored (0 or absent: no limit; else >= k) and so selected
+// approximately.
 Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     KeySketch& sk = sketch_arg(info, 0);
@@ -345,10 +347,12 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
     check_finite_length(q, H * dk, "q");
     const float* kp = packed_keys_arg(info, 2, sk.length(), H, dk);
     const size_t k = size_arg(info, 3, "k", 1, 1 << 16);
+    const size_t max_scored = info.Length() > 4 && !info[4].IsUndefined() ? size_arg(info, 4, "maxScored", 0, 1 << 24) : 0;
+    if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "maxScored must be 0 or >= k");
     std::vector<uint32_t> ids(H * k);
     std::vector<float> scores(H * k);
     SketchSelectStats st;
-    sk.select(q.data, kp, k, kernels(), ids.data(), scores.data(), &st);
+    sk.select(q.data, kp, k, max_scored, kernels(), ids.data(), scores.data(), &st);
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     Napi::Uint32Array ia = Napi::Uint32Array::New(env, ids.size());
@@ -356,6 +360,7 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
     o.Set("ids", ia);
     o.Set("scores", f32_array(env, scores));
     o.Set("candidates", Napi::Number::New(env, static_cast<double>(st.candidates)));
+    o.Set("capped", Napi::Number::New(env, static_cast<double>(st.capped)));
     return o;
   });
 }
