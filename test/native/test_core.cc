@@ -1250,7 +1250,7 @@ static void test_key_sketch() {
   }
   std::mt19937 gen(2025);
   std::normal_distribution<float> nf(0.0f, 1.0f);
-  size_t total_cand = 0, total_keys = 0;
+  size_t total_cand = 0, total_keys = 0, total_capped = 0;
   for (gt::SimdLevel level : gt::supported_simd_levels()) {
     const gt::Kernels& K = gt::kernels_for(level);
     for (size_t L : {1, 40, 300, 1100}) for (size_t dk : {12, 64}) for (size_t k : {5, 32}) for (int lowrank : {0, 1})
@@ -1296,10 +1296,34 @@ static void test_key_sketch() {
                std::memcmp(w.data(), w2.data(), w.size() * sizeof(float)) == 0;
         if (!same) std::printf("key sketch: L %zu dk %zu k %zu lowrank %d rank %zu differs\n", L, dk, k, lowrank, rank);
         CHECK(same);
+        // A limit no head reaches: the same selection; the limit k: each head scores at most
+        // k keys (approximate), its scores best first over distinct ids.
+        std::vector<uint32_t> cid(H * k);
+        std::vector<float> cs(H * k);
+        gt::SketchSelectStats cst;
+        sk.select(q.data(), kp.data(), k, std::max(k, L), K, cid.data(), cs.data(), &cst);
+        CHECK(cid == ids && cst.capped == 0);
+        sk.select(q.data(), kp.data(), k, k, K, cid.data(), cs.data(), &cst);
+        total_capped += cst.capped;
+        CHECK(cst.candidates <= H * k);
+        for (size_t h = 0; h < H; ++h) {
+          std::vector<uint32_t> hs(cid.begin() + h * k, cid.begin() + h * k + std::min(k, L));
+          std::sort(hs.begin(), hs.end());
+          CHECK(std::adjacent_find(hs.begin(), hs.end()) == hs.end() && hs.back() < L);
+          for (size_t c = 1; c < std::min(k, L); ++c) CHECK(cs[h * k + c] <= cs[h * k + c - 1]);
+        }
       }
   }
   // The bound prunes: on these keys far fewer than all of them are scored exactly.
   CHECK(total_cand < total_keys / 2);
+  CHECK(total_capped > 0);
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
+    gt::KeySketch s(1, 4, 0);
+    std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
+    std::vector<uint32_t> id(2);
+    s.fit(kp.data(), 3);
+    s.select(q.data(), kp.data(), 2, 1, gt::kernels(), id.data(), sc.data(), nullptr);
+  }));
   CHECK(throws_code(gt::ErrorCode::OutOfRange, [] { gt::KeySketch s(2, 8, 9); }));
   CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch s(0, 8, 0); }));
   {

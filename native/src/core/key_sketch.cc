@@ -44,7 +44,7 @@ void score_batch(const Kernels& kern, const float* qh, size_t dk, const float* r
 }  // namespace
 
 void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
+                          const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
   float ml = -std::numeric_limits<float>::infinity(), mh = ml;
   std::fill(a, a + kn, 0.0f);
   for (size_t t = 0; t < r; ++t) {
@@ -53,7 +53,7 @@ void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const f
     for (size_t c = 0; c < kn; ++c) a[c] += ut * static_cast<float>(ct[c]);
   }
   for (size_t c = 0; c < kn; ++c) {
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c] + coef[2] * nrm[c]) * coef[3];
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
     lo[c] = a[c] - B;
     hi[c] = a[c] + B;
     ml = std::max(ml, lo[c]);
@@ -119,7 +119,7 @@ KeySketch::KeySketch(size_t heads, size_t dk, size_t rank) : nheads_(heads), dk_
 size_t KeySketch::bytes() const {
   size_t n = 0;
   for (const Head& hd : heads_)
-    n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.nrm.size());
+    n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.rows.size());
   return n;
 }
 
@@ -183,7 +183,6 @@ void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
   hd.codes.resize(blocks * r * kDecodeKeyBlock, 0);
   hd.eps.resize(j1);
   hd.rho.resize(j1);
-  hd.nrm.resize(j1);
   hd.rows.resize(j1 * dk, 0.0f);
   std::vector<double> kv(dk), p(r), perp(dk);
   for (size_t j = j0; j < j1; ++j) {
@@ -219,9 +218,11 @@ void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
     // A non-finite key gets the largest bound (never NaN: B is then +inf or, for q = 0, 0).
     const float inf = std::numeric_limits<float>::max();
     const double e = std::sqrt(qe) + std::sqrt(pp);
-    hd.eps[j] = std::isfinite(e) ? static_cast<float>(e) : inf;
-    hd.rho[j] = std::isfinite(rho) ? static_cast<float>(std::sqrt(rho)) : inf;
-    hd.nrm[j] = std::isfinite(nk) ? static_cast<float>(std::sqrt(nk)) : inf;
+    // delta |q| |k| <= |pi| delta |k| + |q_perp| delta |k|: the rounding allowance joins both.
+    const double dn = double(kDelta) * std::sqrt(nk);
+    const double ee = e + dn, rr = std::sqrt(rho) + dn;
+    hd.eps[j] = std::isfinite(ee) && ee < inf ? static_cast<float>(ee) : inf;
+    hd.rho[j] = std::isfinite(rr) && rr < inf ? static_cast<float>(rr) : inf;
   }
 }
 
@@ -245,13 +246,12 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  // Scratch without initialisation (every entry below L is written by the scan).
-  std::unique_ptr<float[]> hi_(new float[L]), av_(new float[L]), lo_(new float[L]);
-  float* hi = hi_.get();
-  float* av = av_.get();
-  float* lov = lo_.get();
-  std::vector<float> u, blockhi(nb), cs, tile(dk * 16);
-  std::vector<uint32_t> cj;
+  // Per-thread scratch kept between calls (the candidates and their scores), and one block's
+  // sketch scores and ends.
+  thread_local std::vector<float> cs, ca;
+  thread_local std::vector<uint32_t> cj;
+  float av[kDecodeKeyBlock], lov[kDecodeKeyBlock], hiv[kDecodeKeyBlock];
+  std::vector<float> u, tile(dk * 16);
   size_t batch[16];
   std::vector<Hit> best;
   std::vector<double> pi, qperp(dk);
@@ -262,10 +262,8 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     const float* qh = q + h * dk;
     pi.assign(r, 0.0);
     u.assign(r, 0.0f);
-    double qn = 0.0;
     for (size_t c = 0; c < dk; ++c) {
       qperp[c] = qh[c];
-      qn += double(qh[c]) * qh[c];
     }
     double pn = 0.0;
     for (size_t t = 0; t < r; ++t) {
@@ -278,43 +276,59 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     }
     double qp = 0.0;
     for (size_t c = 0; c < dk; ++c) qp += qperp[c] * qperp[c];
-    const float coef[4] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)),
-                           kDelta * static_cast<float>(std::sqrt(qn)), kBoundUp};
+    const float coef[3] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)), kBoundUp};
     // Pass 1: the sketch's interval per key; lambda = the kk-th largest lower end.
     TopK lows(kk, true);
+    cj.clear();
+    ca.clear();
     float lambda = neg_inf;
     for (size_t b = 0; b < nb; ++b) {
       const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
       float maxes[2];
       scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0,
-           hd.nrm.data() + j0, coef, kn, av + j0, lov + j0, hi + j0, maxes);
-      blockhi[b] = maxes[1];
-      if (!(maxes[0] > lambda)) continue;  // no lower end in this block enters
-      for (size_t c = 0; c < kn; ++c) {
-        if (lov[j0 + c] > lambda) {
-          lows.push(lov[j0 + c], static_cast<uint32_t>(j0 + c));
-          if (lows.full()) lambda = lows.worst().score;
+           coef, kn, av, lov, hiv, maxes);
+      if (maxes[0] > lambda) {
+        for (size_t c = 0; c < kn; ++c) {
+          if (lov[c] > lambda) {
+            lows.push(lov[c], static_cast<uint32_t>(j0 + c));
+            if (lows.full()) lambda = lows.worst().score;
+          }
         }
       }
+      // Keys whose upper end reaches lambda so far (lambda only grows: a key dropped here
+      // stays out), with their sketch scores; filtered by the final lambda below.
+      if (maxes[1] < lambda) continue;
+      for (size_t c = 0; c < kn; ++c)
+        if (!(hiv[c] < lambda)) {
+          cj.push_back(static_cast<uint32_t>(j0 + c));
+          ca.push_back(hiv[c]);
+          ca.push_back(av[c]);
+        }
     }
     if (!lows.full()) lambda = neg_inf;
-    // Over the cap: only the max_scored candidates of highest sketch score are scored (their
-    // upper ends are set to +inf, every other key's to -inf).
-    if (max_scored != 0) {
-      size_t count = 0;
-      for (size_t j = 0; j < L; ++j) count += hi[j] < lambda ? 0 : 1;
-      if (count > max_scored) {
-        ++capped;
-        best.clear();
-        for (size_t j = 0; j < L; ++j)
-          if (!(hi[j] < lambda)) best.push_back(Hit{std::isnan(av[j]) ? neg_inf : av[j], static_cast<uint32_t>(j)});
-        std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(max_scored - 1), best.end(),
-                         [](const Hit& a, const Hit& b) { return a.score != b.score ? a.score > b.score : a.id < b.id; });
-        for (size_t j = 0; j < L; ++j) hi[j] = neg_inf;
-        for (size_t i = 0; i < max_scored; ++i) hi[best[i].id] = std::numeric_limits<float>::infinity();
-        for (size_t b = 0; b < nb; ++b) blockhi[b] = std::numeric_limits<float>::infinity();
-        lambda = 0.0f;
+    {
+      size_t m = 0;
+      for (size_t i = 0; i < cj.size(); ++i)
+        if (!(ca[2 * i] < lambda)) {
+          cj[m] = cj[i];
+          ca[2 * m + 1] = ca[2 * i + 1];
+          ++m;
+        }
+      cj.resize(m);
+    }
+    // Over the cap: only the max_scored candidates of highest sketch score are scored.
+    if (max_scored != 0 && cj.size() > max_scored) {
+      ++capped;
+      best.clear();
+      for (size_t i = 0; i < cj.size(); ++i) {
+        const float a = ca[2 * i + 1];
+        best.push_back(Hit{std::isnan(a) ? neg_inf : a, cj[i]});
       }
+      std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(max_scored - 1), best.end(),
+                       [](const Hit& x, const Hit& y) { return x.score != y.score ? x.score > y.score : x.id < y.id; });
+      cj.resize(max_scored);
+      for (size_t i = 0; i < max_scored; ++i) cj[i] = best[i].id;
+      std::sort(cj.begin(), cj.end());
     }
     // Pass 2: the candidates, scored and selected as decode_attention does. Each score takes
     // the gemm_acc path decode_attention's tile takes for that key, so it rounds alike (the
@@ -323,14 +337,6 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     // copy into one 16-column operand (each column's sum is the same chain of multiply-adds
     // as in the scan); a key past its block's last full group by the tail, on its packed
     // column group as the scan scores it.
-    cj.clear();
-    for (size_t j = 0; j < L; ++j) {
-      if (j % kDecodeKeyBlock == 0 && blockhi[j / kDecodeKeyBlock] < lambda) {
-        j += kDecodeKeyBlock - 1;  // no key of this block is a candidate
-        continue;
-      }
-      if (!(hi[j] < lambda)) cj.push_back(static_cast<uint32_t>(j));
-    }
     cand += cj.size();
     cs.resize(cj.size());
     const float* Kh = Kp + h * dk * kDecodeKeyBlock;

@@ -3,14 +3,14 @@
 // Per head, the keys of a decode cache (packed block-major as attention.h's decode layout)
 // get a compact sketch: an orthonormal basis P (r x dk, the top r eigenvectors of the keys'
 // second moment, fitted once), each key's coordinates p = P k quantised to int8 with one
-// step per coordinate (c_t = round(p_t / s_t), clamped to +-127), and three norms per key:
-//   eps = |p - s.c| + |P k_perp|   (the quantisation error; the second term: P's rounding)
-//   rho = |k_perp|, k_perp = k - P^T p   (what the basis leaves out)
-//   nrm = |k|
+// step per coordinate (c_t = round(p_t / s_t), clamped to +-127), and two norms per key:
+//   eps = |p - s.c| + |P k_perp| + delta |k|   (the quantisation error; P's rounding)
+//   rho = |k_perp| + delta |k|, k_perp = k - P^T p   (what the basis leaves out)
 // For a query q with pi = P q and q_perp = q - P^T pi, q . k = pi . (s.c) + pi . (p - s.c)
 // + q_perp . k_perp + (P^T pi) . k_perp, so the sketch's score a = sum_t (pi_t s_t) c_t is
-// within B = |pi| eps + |q_perp| rho + delta |q| nrm of the exact one, delta = 2^-12 covering
-// every f32 rounding of both sides (each is below (dk + r) 2^-24 |q| |k|, > 10x smaller).
+// within B = |pi| eps + |q_perp| rho of the exact one: the terms delta |k| add at least
+// delta |q| |k| (|q| <= |pi| + |q_perp|), delta = 2^-12 covering every f32 rounding of both
+// sides (each is below (dk + r) 2^-24 |q| |k|, > 10x smaller).
 //
 // select(): one pass over the codes (r bytes a key instead of the f32 key's 4 dk) gives
 // per key [a - B, a + B]; lambda = the k-th largest lower end; a key whose upper end is below
@@ -46,14 +46,13 @@ struct SketchSelectStats {
 
 // The first pass over one block of kn keys (kn <= kDecodeKeyBlock): per key c < kn the sketch
 // score a[c] = sum over t < r of u[t] * codes[t * kDecodeKeyBlock + c], its bound
-// B = (coef[0] eps[c] + coef[1] rho[c] + coef[2] nrm[c]) * coef[3], lo[c] = a - B, hi[c] = a + B;
+// B = (coef[0] eps[c] + coef[1] rho[c]) * coef[2], lo[c] = a - B, hi[c] = a + B;
 // returns max over c of lo in maxes[0] and of hi in maxes[1]. kSketchScanAVX2 is null where
 // AVX2 was not compiled in (the portable sketch_scan_portable runs).
 using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi,
-                            float* maxes);
+                            const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
 void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+                          const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
 
 class KeySketch {
@@ -90,7 +89,7 @@ class KeySketch {
     std::vector<float> basis;   // r x dk, orthonormal rows
     std::vector<float> step;    // r quantisation steps
     std::vector<int8_t> codes;  // block-major: codes[(b * r + t) * kDecodeKeyBlock + c]
-    std::vector<float> eps, rho, nrm;  // per key
+    std::vector<float> eps, rho;  // per key, each plus delta |k| (see above)
     std::vector<float> rows;           // the f32 keys row-major (L x dk)
   };
   void encode(size_t h, const float* Kp, size_t j0, size_t j1);

@@ -8,8 +8,7 @@
 
 namespace gt {
 using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* nrm, const float* coef, size_t kn, float* a, float* lo, float* hi,
-                            float* maxes);
+                            const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
 constexpr size_t kSketchBlock = 256;  // kSketchBlock (static_assert in key_sketch.cc)
 }  // namespace gt
@@ -28,12 +27,11 @@ inline float hmax(__m256 v) {
 }
 
 // As sketch_scan_portable (key_sketch.h): 32 keys at a time, then the rest one by one.
-void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* nrm,
-               const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
+void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
+               size_t kn, float* a, float* lo, float* hi, float* maxes) {
   const float ninf = -__builtin_inff();
   __m256 mlo = _mm256_set1_ps(ninf), mhi = mlo;
-  const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]),
-               c3 = _mm256_set1_ps(coef[3]);
+  const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]);
   size_t c = 0;
   for (; c + 32 <= kn; c += 32) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -50,9 +48,7 @@ void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, 
     for (int g = 0; g < 4; ++g) {
       const size_t o = c + 8 * static_cast<size_t>(g);
       const __m256 B = _mm256_mul_ps(
-          _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + o)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + o))),
-                        _mm256_mul_ps(c2, _mm256_loadu_ps(nrm + o))),
-          c3);
+          _mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + o)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + o))), c2);
       const __m256 l = _mm256_sub_ps(acc[g], B), h = _mm256_add_ps(acc[g], B);
       _mm256_storeu_ps(a + o, acc[g]);
       _mm256_storeu_ps(lo + o, l);
@@ -65,7 +61,7 @@ void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, 
   for (; c < kn; ++c) {
     float s = 0.0f;
     for (size_t t = 0; t < r; ++t) s += u[t] * static_cast<float>(codes[t * kSketchBlock + c]);
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c] + coef[2] * nrm[c]) * coef[3];
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
     a[c] = s;
     lo[c] = s - B;
     hi[c] = s + B;
