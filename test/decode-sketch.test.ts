@@ -82,6 +82,22 @@ describe("index 'sketch'", () => {
     expect(lowRankCandidates).toBeLessThan(lowRankKeys / 4);
   }, 120_000);
 
+  it('maxScored caps the keys scored per head (then the selection may differ from the exact one)', async () => {
+    const heads = 2, dk = 32, D = heads * dk, k = 8, n = 400, x = rows(n, D, 4, false);
+    const l = layer(heads, D, k);
+    const capped = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, rank: 1, maxScored: k });
+    await capped.prefill(x.subarray(0, 300 * D));
+    let cappedHeads = 0;
+    for (let i = 300; i < n; i++) {
+      await capped.step(x.subarray(i * D, (i + 1) * D));
+      const st = capped.stats();
+      expect(st.sketchCandidates!).toBeLessThanOrEqual(heads * k);
+      cappedHeads += st.sketchCapped;
+    }
+    // Rank 1 on isotropic keys rules out few keys: every head hits the cap.
+    expect(cappedHeads).toBe(heads * 100);
+  });
+
   it('a model generates the same tokens as with the exact scan, logits bit for bit', async () => {
     const model = languageModel({ context: 200, dim: 64, layers: 2, heads: 2, hidden: 64, attentionK: 8, seed: 5 });
     const prompt = [72, 101, 108, 108, 111];
@@ -106,6 +122,9 @@ describe("index 'sketch'", () => {
     expect(() => new Decoder(model, { index: 'sketch', rank: 9 })).toThrow(OutOfRangeError); // headDim 8
     expect(() => new Decoder(model, { index: 'sketch', indexThreshold: 3 })).toThrow(OutOfRangeError); // below k
     expect(() => new Decoder(model, { index: 'sketch', rank: 8, indexThreshold: 4 })).not.toThrow();
+    expect(() => new Decoder(model, { index: 'exact', maxScored: 8 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', maxScored: 3 })).toThrow(OutOfRangeError); // below k
+    expect(() => new Decoder(model, { index: 'sketch', maxScored: 4 })).not.toThrow();
     const H = 2, dk = 4, L = 3, D = H * dk, kp = new Float32Array(256 * D).map((_, i) => Math.sin(i)), q = new Float32Array(D).fill(0.5);
     const sk = native().keySketchNew(H, dk, 0, kp, L);
     expect(native().keySketchInfo(sk)).toMatchObject({ length: 3 });
@@ -119,6 +138,7 @@ describe("index 'sketch'", () => {
     expect(call(() => nat.keySketchSelect(sk, new Float32Array(D).fill(NaN), kp, 2))).toThrow(NonFiniteError);
     expect(call(() => nat.keySketchSelect(sk, q.subarray(1), kp, 2))).toThrow(InvalidArgumentError);
     expect(call(() => nat.keySketchSelect(sk, q, kp, 0))).toThrow(OutOfRangeError);
+    expect(call(() => nat.keySketchSelect(sk, q, kp, 2, 1))).toThrow(OutOfRangeError); // maxScored below k
     expect(call(() => nat.keySketchAppend(sk, kp, 2))).toThrow(OutOfRangeError);
     expect(call(() => nat.keySketchAppend(sk, kp.subarray(0, 10), 4))).toThrow(InvalidArgumentError);
   });

@@ -213,7 +213,7 @@ export class AttentionDecoder {
     const blocks = Math.ceil(cap / KEY_BLOCK);
     const keys = new Float32Array(blocks * KEY_BLOCK * this.D);
     keys.set(this.#keys);
-    const values = new Float32Array(cap * this.D);
+    const values = new Float32Array(blocks * KEY_BLOCK * this.D); // #cap rows (a prefill of a non-multiple of 256 rows overflowed at its next step)
     values.set(this.#values);
     this.#keys = keys;
     this.#values = values;
