@@ -166,6 +166,8 @@ export interface ProposeResult {
   generation: number;
   proof: Uint8Array;
   loss: number;
+  /** performance.now() when the step proof was made, before it was sent (for latency measured in one process). */
+  provedAt: number;
 }
 
 export class SwarmPeer {
@@ -392,11 +394,12 @@ export class SwarmPeer {
       const scratch = await this.#scratchAtHead();
       const g = this.generation;
       const step = await scratch.proveTrainStep(batch);
+      const provedAt = performance.now();
       this.#pending = step.bytes;
       if (!bytesEqual(step.proof.ghost, this.#head.digest)) throw new Error(`internal: the scratch replica is not at the head (generation ${g})`);
-      return { g, step };
+      return { g, step, provedAt };
     });
-    const { g, step } = made;
+    const { g, step, provedAt } = made;
     if (this.isSequencer) {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
@@ -407,7 +410,7 @@ export class SwarmPeer {
     }
     await this.waitFor(g + 1, options.timeoutMs ?? 30_000);
     const entry = this.#log.get(g);
-    return { accepted: entry !== undefined && bytesEqual(entry, step.bytes), generation: g, proof: step.bytes, loss: step.loss };
+    return { accepted: entry !== undefined && bytesEqual(entry, step.bytes), generation: g, proof: step.bytes, loss: step.loss, provedAt };
   }
 
   /**
