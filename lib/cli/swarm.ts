@@ -182,6 +182,8 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
     print(`role ${a.role}${peer.generation > 0 ? ` (resumed at generation ${peer.generation})` : ''}`);
     if (!peer.isSequencer && stopping === undefined) {
       await peer.catchUp();
+      const cp = peer.lastCheckpoint;
+      if (cp) print(`joined by a checkpoint at generation ${cp.generation} (Ghost digest ${toHex(cp.digest)}) from ${cp.from}`);
       progress();
     }
     const done = (): boolean => stopping !== undefined || (a.until !== undefined && peer.generation >= a.until) || (a.steps !== undefined && accepted >= a.steps);

@@ -189,6 +189,8 @@ export class SwarmPeer {
   readonly #signed = new Map<number, SignedLogMessage>();
   #timer: ReturnType<typeof setInterval> | undefined;
   readonly topics: { steps: string; log: string };
+  /** The last checkpoint this peer installed (verifyFrom 'checkpoint'): its generation, Ghost digest and the peer that served it. */
+  lastCheckpoint: { generation: number; digest: Uint8Array; from: string } | undefined;
   readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, checkpoints: 0, bytesIn: 0, bytesOut: 0 };
   readonly rejections: SwarmRejection[] = [];
   /** Peers disconnected and refused for misbehaviour. */
@@ -749,6 +751,7 @@ export class SwarmPeer {
         for (const [g, d] of chain) if (g <= c) this.#digests.set(g, d);
         this.#head = head;
         this.stats.checkpoints++;
+        this.lastCheckpoint = { generation: c, digest: head.digest, from: p };
         const w = this.#waiters;
         this.#waiters = [];
         for (const f of w) f();
