@@ -970,7 +970,8 @@ export class SwarmPeer {
     }
     if (k < this.#seqIndex || (k === this.#seqIndex && this.isSequencer)) return V.Ignore;
     const author = msg.from.toString();
-    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data, k);
+    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
+    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, signed, k);
     let e: ReturnType<typeof decodeLogEntry>;
     try {
       e = decodeLogEntry(msg.data);
@@ -982,20 +983,9 @@ export class SwarmPeer {
       this.#strike(who, 'log', 'a log entry of another swarm');
       return V.Reject;
     }
-    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
+    const hasher = await loadHasher();
     return this.#serial(async () => {
-      if (e.generation < this.generation) {
-        // Equivocation: another entry for a generation this peer holds, both signed by one sequencer.
-        const mine = this.#signed.get(e.generation);
-        const held = this.#log.get(e.generation);
-        if (held && mine && mine.from === author && !bytesEqual(held, e.proof)) {
-          this.equivocations.push({ sequencer: author, generation: e.generation, messages: [mine, signed] });
-          this.#strike(author, 'log', `equivocation: two signed entries for generation ${e.generation}`);
-          if (author !== who) return V.Ignore; // the forwarder did nothing wrong
-          return V.Reject;
-        }
-        return V.Ignore;
-      }
+      if (e.generation < this.generation) return this.#equivocation(who, signed, e.generation, () => hasher.hash(e.proof));
       if (e.generation > this.generation) {
         // Missed entries: fetch them from whoever sent this one, then its author.
         for (const p of [who, author]) {
@@ -1017,17 +1007,36 @@ export class SwarmPeer {
   }
 
   /**
+   * A signed log message (a whole entry or a digest-only announcement) for a generation
+   * this peer holds: if the signed message it applied there has the same author and
+   * commits to another proof (BLAKE3-256 of the step proof, what an announcement carries),
+   * the sequencer equivocated: both signed messages are kept as evidence, and it is struck.
+   * Otherwise (a duplicate, or an entry this peer fetched rather than received signed:
+   * no pair of signed messages to compare) ignored.
+   */
+  async #equivocation(who: string, signed: SignedLogMessage, generation: number, proofDigest: () => Uint8Array): Promise<TVR> {
+    const V = this.#V;
+    const mine = this.#signed.get(generation);
+    const held = this.#log.get(generation);
+    if (!held || !mine || mine.from !== signed.from) return V.Ignore;
+    if (bytesEqual((await loadHasher()).hash(held), proofDigest())) return V.Ignore;
+    this.equivocations.push({ sequencer: signed.from, generation, messages: [mine, signed] });
+    this.#strike(signed.from, 'log', `equivocation: two signed log messages for generation ${generation}`);
+    return signed.from === who ? V.Reject : V.Ignore; // a forwarder did nothing wrong
+  }
+
+  /**
    * A digest-only log entry: the proof is this peer's own pending proposal, or fetched
    * from the peer that forwarded the announcement (it validated it, so it holds it), then
    * the sequencer; its BLAKE3 digest must be the announced one (else the answering peer is
    * struck), then it is verified and applied as a whole entry is. Forwarded only once
    * applied, so whoever receives it from this peer can fetch the proof here.
    */
-  async #onAnnouncement(who: string, data: Uint8Array, k: number): Promise<TVR> {
+  async #onAnnouncement(who: string, signed: SignedLogMessage, k: number): Promise<TVR> {
     const V = this.#V;
     let a: ReturnType<typeof decodeLogAnnouncement>;
     try {
-      a = decodeLogAnnouncement(data);
+      a = decodeLogAnnouncement(signed.data);
     } catch (err) {
       this.#strike(who, 'log', (err as Error).message);
       return V.Reject;
@@ -1038,7 +1047,7 @@ export class SwarmPeer {
     }
     const hasher = await loadHasher();
     return this.#serial(async () => {
-      if (a.generation < this.generation) return V.Ignore;
+      if (a.generation < this.generation) return this.#equivocation(who, signed, a.generation, () => a.proofDigest);
       for (const p of [who, this.sequencer]) {
         if (this.generation >= a.generation || p === this.peerId || this.banned.has(p)) continue;
         await this.#fetchFrom(p, a.generation).catch(() => {});
@@ -1066,6 +1075,7 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(proof, v);
+      this.#signed.set(a.generation, signed);
       if (k > this.#seqIndex) void this.#advance(`an announcement of ${this.sequencers[k]}, later in the list, verified at generation ${a.generation}`, k);
       return V.Accept;
     });
