@@ -22,7 +22,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { verifyTrainStep } from '../lib/index.js';
 import { swarmGenesisModel } from '../lib/cli/swarm.js';
@@ -129,53 +129,81 @@ async function waitFor<T>(what: string, f: () => T | undefined | null | false, p
   }
 }
 
+/** The cut between the bridges: the link down, and the TCP connections across it destroyed (ss -K) in every namespace. */
+const CUT = `ip link set x0 down; ip link set x1 down
+  for i in 1 2; do for j in 3 4; do ip netns exec gt$i ss -K dst 10.22.0.$j >/dev/null 2>&1; ip netns exec gt$j ss -K dst 10.22.0.$i >/dev/null 2>&1; done; done`;
+const HEAL = 'ip link set x0 up; ip link set x1 up';
+
+/**
+ * Four peers, named in namespace order (gt1..gt4): their keys are made here (each
+ * directory's peer.key), so every address is known before any starts; `startIn` runs
+ * `ghost-tensor swarm` in the peer's namespace on `port`.
+ */
+async function fourPeers<N extends string>(ns: Netns, names: readonly [N, N, N, N], port: number, children: ChildProcess[]) {
+  const { generateKeyPair, privateKeyToProtobuf } = await import('@libp2p/crypto/keys');
+  const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
+  const dirs = {} as Record<N, string>, ids = {} as Record<N, string>, addr = {} as Record<N, string>;
+  for (const [i, n] of names.entries()) {
+    const key = await generateKeyPair('Ed25519');
+    dirs[n] = join(base, `${port}-${n}`);
+    mkdirSync(dirs[n], { recursive: true });
+    writeFileSync(join(dirs[n], 'peer.key'), privateKeyToProtobuf(key));
+    ids[n] = peerIdFromPrivateKey(key).toString();
+    addr[n] = `/ip4/10.22.0.${i + 1}/tcp/${port}/p2p/${ids[n]}`;
+  }
+  const peers = {} as Record<N, Running>;
+  const startIn = (n: N, args: string[]): Running => {
+    const i = names.indexOf(n) + 1;
+    const child = ns.spawnIn(`gt${i}`, [NODE, BIN, 'swarm', '--dir', dirs[n], '--listen', `/ip4/10.22.0.${i}/tcp/${port}`, ...MODEL, ...args]);
+    children.push(child);
+    let out = '', err = '';
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+    child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
+    const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    return (peers[n] = { child, stdout: () => out, stderr: () => err, exit });
+  };
+  /** A peer's log file holds every entry it applied (appended and fsynced before applying; the sequencer's before it published it). */
+  const log = (n: N): { generation: number; proof: Uint8Array }[] => logRecords(join(dirs[n], 'log.bin'));
+  const held = (n: N): number => log(n).length;
+  return { dirs, ids, addr, peers, startIn, log, held };
+}
+
+/** A log verified from generation 0 with no network: the digest (hex) at every generation. */
+async function replayDigests(log: { generation: number; proof: Uint8Array }[]): Promise<string[]> {
+  expect(log.map((e) => e.generation)).toEqual([...Array(log.length).keys()]);
+  let pinned = await swarmGenesisModel(CONFIG).ghost();
+  const at = [Buffer.from(pinned.digest).toString('hex')];
+  for (const e of log) {
+    pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+    at.push(Buffer.from(pinned.digest).toString('hex'));
+  }
+  return at;
+}
+const hexes = (l: { proof: Uint8Array }[]): string[] => l.map((e) => Buffer.from(e.proof).toString('hex'));
+const ended = (r: Running): { generation: number; digest: string } | undefined => {
+  const e = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(r.stdout());
+  return e ? { generation: Number(e[1]), digest: e[2]! } : undefined;
+};
+
 describe.skipIf(typeof netns === 'string')('ghost-tensor swarm: a partition in network namespaces', () => {
   it('the link between two groups goes down while two trainers propose: the side without the sequencer does not advance, the other does; after healing all end at one digest, the log replayed, with no verified step lost', async () => {
     const ns = netns as Netns;
     const children: ChildProcess[] = [];
     try {
-      const { generateKeyPair, privateKeyToProtobuf } = await import('@libp2p/crypto/keys');
-      const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
-      // Every peer's key is made here (its directory's peer.key), so every address is known before any starts.
-      const names = ['S', 'A', 'B', 'W'] as const;
-      const dirs: Record<string, string> = {}, ids: Record<string, string> = {}, addr: Record<string, string> = {};
-      for (const [i, n] of names.entries()) {
-        const key = await generateKeyPair('Ed25519');
-        dirs[n] = join(base, n);
-        mkdirSync(dirs[n], { recursive: true });
-        writeFileSync(join(dirs[n], 'peer.key'), privateKeyToProtobuf(key));
-        ids[n] = peerIdFromPrivateKey(key).toString();
-        addr[n] = `/ip4/10.22.0.${i + 1}/tcp/4022/p2p/${ids[n]}`;
-      }
+      const { ids, addr, peers, startIn, log, held } = await fourPeers(ns, ['S', 'A', 'B', 'W'], 4022, children);
       const genesis = Buffer.from((await swarmGenesisModel(CONFIG).ghost()).digest).toString('hex');
       const U = 40;
-      const peers: Record<string, Running> = {};
-      const startIn = (n: (typeof names)[number], args: string[]): Running => {
-        const i = names.indexOf(n) + 1;
-        const child = ns.spawnIn(`gt${i}`, [NODE, BIN, 'swarm', '--dir', dirs[n]!, '--listen', `/ip4/10.22.0.${i}/tcp/4022`, ...MODEL, ...args]);
-        children.push(child);
-        let out = '', err = '';
-        child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-        child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
-        const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-        return (peers[n] = { child, stdout: () => out, stderr: () => err, exit });
-      };
-      const join_ = ['--digest', genesis, '--sequencer', ids.S!];
+      const join_ = ['--digest', genesis, '--sequencer', ids.S];
       const S = startIn('S', ['--role', 'sequencer']);
       await waitFor('the sequencer listening', () => /^listen /m.test(S.stdout()), peers);
-      const A = startIn('A', ['--role', 'trainer', '--data', TEXT, '--seed', '1', '--until', String(U), ...join_, '--bootstrap', addr.S!]);
+      const A = startIn('A', ['--role', 'trainer', '--data', TEXT, '--seed', '1', '--until', String(U), ...join_, '--bootstrap', addr.S]);
       const B = startIn('B', ['--role', 'trainer', '--data', TEXT, '--seed', '2', '--until', String(U), ...join_, '--bootstrap', `${addr.S},${addr.A}`]);
       const W = startIn('W', ['--role', 'verify', '--until', String(U), ...join_, '--bootstrap', `${addr.S},${addr.B}`]);
       await waitFor('every peer at generation 2', () => [S, A, B, W].every((r) => reported(r) >= 2), peers);
 
-      // A peer's log file holds every entry it applied (appended and fsynced before applying; the sequencer's before it
-      // published it): its generation, read without waiting for the peer to print it.
-      const held = (n: string): number => logRecords(join(dirs[n]!, 'log.bin')).length;
-      // The cut: {S, A} | {B, W}. The link between the bridges goes down, and the TCP connections across it are
-      // destroyed (ss -K), as a partition longer than the peers' timeouts would: what is published meanwhile is lost
-      // to the other side, not queued in TCP for after the heal.
-      ns.run(`ip link set x0 down; ip link set x1 down
-        for i in 1 2; do for j in 3 4; do ip netns exec gt$i ss -K dst 10.22.0.$j >/dev/null 2>&1; ip netns exec gt$j ss -K dst 10.22.0.$i >/dev/null 2>&1; done; done`);
+      // The cut: {S, A} | {B, W}. The TCP connections across it are destroyed, as a partition longer than the
+      // peers' timeouts would: what is published meanwhile is lost to the other side, not queued in TCP for after the heal.
+      ns.run(CUT);
       // No entry the sequencer had not logged by now can reach the cut-off side until the heal.
       const sAtCut = held('S');
       const atCut = { S: reported(S), Baccepted: accepted(B) };
@@ -191,43 +219,94 @@ describe.skipIf(typeof netns === 'string')('ghost-tensor swarm: a partition in n
       expect(held('S')).toBeGreaterThanOrEqual(cutSide + 6);
 
       // Heal: the cut-off side dials the sequencer back, fetches and verifies what it missed, and training goes on to U.
-      ns.run('ip link set x0 up; ip link set x1 up');
+      ns.run(HEAL);
       for (const [n, r] of Object.entries({ A, B, W })) {
         const code = await r.exit;
         expect(code, `${n}: ${r.stderr().slice(-1500)}`).toBe(0);
       }
       S.child.kill('SIGTERM');
       expect(await S.exit, S.stderr().slice(-1500)).toBe(0);
-      // A trainer may propose once more while the step that reaches U is being applied (--until is checked between
-      // proposals), so a peer stops at U or just past it; each at a prefix of the one log.
-      const ends = Object.fromEntries(Object.entries(peers).map(([n, r]) => {
-        const e = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(r.stdout());
-        expect(e, n).not.toBeNull();
-        return [n, { generation: Number(e![1]), digest: e![2]! }];
-      }));
       // B's proposals were sequenced again after the heal: the cut-off trainer was heard again.
       expect(accepted(B)).toBeGreaterThan(atCut.Baccepted);
 
       // The reference: the sequencer's log file verified from generation 0 with no network, the digest at every generation.
-      const log = logRecords(join(dirs.S!, 'log.bin'));
-      expect(log.map((e) => e.generation)).toEqual([...Array(ends.S!.generation).keys()]);
-      let pinned = await swarmGenesisModel(CONFIG).ghost();
-      const at = [Buffer.from(pinned.digest).toString('hex')];
-      for (const e of log) {
-        pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
-        at.push(Buffer.from(pinned.digest).toString('hex'));
-      }
-      // No verified step lost, no fork: every peer's own log file (fsynced before it applied each entry) is the
-      // sequencer's log up to the peer's generation, and the peer's digest is the replay's there.
-      const hex = (l: { proof: Uint8Array }[]): string[] => l.map((e) => Buffer.from(e.proof).toString('hex'));
-      for (const [n, e] of Object.entries(ends)) {
-        expect(e.generation, n).toBeGreaterThanOrEqual(U);
-        expect(e.digest, n).toBe(at[e.generation]);
-        expect(hex(logRecords(join(dirs[n]!, 'log.bin'))), n).toEqual(hex(log.slice(0, e.generation)));
+      const seqLog = log('S');
+      const at = await replayDigests(seqLog);
+      // A trainer may propose once more while the step that reaches U is being applied (--until is checked between
+      // proposals), so a peer stops at U or just past it. No verified step lost, no fork: every peer's own log file is
+      // the sequencer's log up to the peer's generation, and the peer's digest is the replay's there.
+      for (const n of ['S', 'A', 'B', 'W'] as const) {
+        const e = ended(peers[n]);
+        expect(e, n).toBeDefined();
+        expect(e!.generation, n).toBeGreaterThanOrEqual(U);
+        expect(e!.digest, n).toBe(at[e!.generation]);
+        expect(hexes(log(n)), n).toEqual(hexes(seqLog.slice(0, e!.generation)));
       }
     } finally {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-      ns.close();
     }
   }, 60_000);
+
+  it('with a backup sequencer on the cut-off side, that side takes over and the swarm forks (by design): both logs verify from generation 0, share every entry before the cut, and the fork is not repaired by the heal', async () => {
+    const ns = netns as Netns;
+    const children: ChildProcess[] = [];
+    try {
+      const { ids, addr, peers, startIn, log, held } = await fourPeers(ns, ['S1', 'A', 'S2', 'B'], 4023, children);
+      const genesis = Buffer.from((await swarmGenesisModel(CONFIG).ghost()).digest).toString('hex');
+      const list = (self: 'S1' | 'S2' | undefined): string => [self === 'S1' ? 'self' : ids.S1, self === 'S2' ? 'self' : ids.S2].join(',');
+      const common = ['--digest', genesis, '--takeover-ms', '1500'];
+      const S1 = startIn('S1', ['--role', 'sequencer', '--sequencer', list('S1'), '--takeover-ms', '1500']);
+      await waitFor('the first sequencer listening', () => /^listen /m.test(S1.stdout()), peers);
+      const S2 = startIn('S2', ['--role', 'sequencer', '--sequencer', list('S2'), ...common, '--bootstrap', addr.S1]);
+      const A = startIn('A', ['--role', 'trainer', '--data', TEXT, '--seed', '1', '--sequencer', list(undefined), ...common, '--bootstrap', `${addr.S1},${addr.S2}`]);
+      const B = startIn('B', ['--role', 'trainer', '--data', TEXT, '--seed', '2', '--sequencer', list(undefined), ...common, '--bootstrap', `${addr.S1},${addr.S2}`]);
+      await waitFor('every peer at generation 2', () => (['S1', 'S2', 'A', 'B'] as const).every((n) => held(n) >= 2), peers);
+
+      ns.run(CUT);
+      const c = held('S1');
+      // Each side goes on: S1 sequences A's steps; B's proposal waits 1.5 s, then B and S2 move to S2, which sequences B's.
+      await waitFor('both sides three steps past the cut', () => held('S1') >= c + 3 && held('S2') >= c + 3 && held('B') >= c + 3, peers);
+      expect(S2.stderr()).toMatch(/swarm: following sequencer \S+ \(this peer\) from generation \d+: silent for 1500 ms/);
+      expect(B.stderr()).toMatch(new RegExp(`swarm: following sequencer ${ids.S2} from generation \\d+`));
+      ns.run(HEAL);
+      // Let the two sides meet again for a while; then every peer is killed (SIGKILL: a trainer whose proposal waits on a
+      // sequencer of the other side would wait out its 30 s timeout at SIGTERM). Its log file is its durable state.
+      await new Promise((r) => setTimeout(r, 2000));
+      for (const r of [A, B, S2, S1]) r.child.kill('SIGKILL');
+      for (const r of [A, B, S2, S1]) await r.exit;
+
+      // The fork: the two sequencers' logs agree before some generation f >= 2 and differ there; each verifies from 0.
+      const l1 = log('S1'), l2 = log('S2');
+      const h1 = hexes(l1), h2 = hexes(l2);
+      let f = 0;
+      while (f < Math.min(h1.length, h2.length) && h1[f] === h2[f]) f++;
+      expect(f).toBeGreaterThanOrEqual(2);
+      expect(f).toBeLessThanOrEqual(c);
+      expect(h1.length).toBeGreaterThan(f);
+      expect(h2.length).toBeGreaterThan(f);
+      const at1 = await replayDigests(l1), at2 = await replayDigests(l2);
+      expect(at1[f + 1]).not.toBe(at2[f + 1]);
+      // Every peer is on one of the two verified logs (its log file a prefix of its side's, its digest the replay's), and
+      // none was rewritten by the heal: the fork is not repaired.
+      // Every peer's log file is a prefix of its side's log, past the fork: none was rewritten by the heal, and none
+      // moved to the other side's log (the fork is not repaired).
+      for (const [n, side] of [['S1', h1], ['A', h1], ['S2', h2], ['B', h2]] as const) {
+        const mine = hexes(log(n));
+        expect(mine.length, n).toBeGreaterThan(f);
+        expect(mine, n).toEqual(side.slice(0, mine.length));
+      }
+      expect(at1.length).toBe(h1.length + 1);
+      expect(at2.length).toBe(h2.length + 1);
+      if (process.env.SWARM_NETNS_DEBUG) {
+        console.log('fork at', f, 'cut at', c, 'lengths', h1.length, h2.length);
+        for (const [n, r] of Object.entries(peers) as [string, Running][]) console.log(n, r.stderr().split('\n').filter((l) => /following|rejected [1-9]/.test(l)).slice(-4).join('\n'));
+      }
+    } finally {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }
+  }, 60_000);
+});
+
+afterAll(() => {
+  if (typeof netns !== 'string') netns.close();
 });

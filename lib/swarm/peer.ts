@@ -391,7 +391,16 @@ export class SwarmPeer {
    */
   async propose(batch: StepBatch, options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
     if (!this.#model) throw new InvalidArgumentError('a verify-only peer cannot propose steps (start it with a model)');
-    await this.ready();
+    // With a standby after the current sequencer, wait for the current one only takeoverMs: if it is unreachable (a
+    // partition, a crash), the proposal goes to a standby that gossipsub knows (it keeps proposals at its head), and
+    // the silence moves this peer, and the standby, on after takeoverMs (#tick).
+    const standby = this.#seqIndex + 1 < this.sequencers.length;
+    try {
+      await this.ready(standby ? this.#takeoverMs : undefined);
+    } catch (err) {
+      const later = this.#pubsub.getSubscribers(this.topics.steps).some((p) => this.sequencers.indexOf(p.toString()) > this.#seqIndex);
+      if (!standby || !later) throw err;
+    }
     const made = await this.#serial(async () => {
       const scratch = await this.#scratchAtHead();
       const g = this.generation;
