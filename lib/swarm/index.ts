@@ -10,4 +10,4 @@ export {
   LOG_STATUS, SWARM_LIMITS, SWARM_LOG_PROTOCOL, SWARM_VERSION, decodeLogAnnouncement, decodeLogEntry, decodeLogRequest, decodeLogResponse,
   decodeStepMessage, encodeLogAnnouncement, encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, isLogAnnouncement, swarmTopics,
 } from './frames.js';
-export type { CheckpointFile, CheckpointRequest, CheckpointResponse, LogAnnouncement, LogEntry, LogRequest, LogResponse, LogStatus } from './frames.js';
+export type { CheckpointFile, CheckpointRequest, CheckpointResponse, LogAnnouncement, LogEntry, LogHeader, LogRequest, LogResponse, LogStatus } from './frames.js';
