@@ -199,7 +199,7 @@ describe.skipIf(typeof netns === 'string')('ghost-tensor swarm: a partition in n
       const A = startIn('A', ['--role', 'trainer', '--data', TEXT, '--seed', '1', '--until', String(U), ...join_, '--bootstrap', addr.S]);
       const B = startIn('B', ['--role', 'trainer', '--data', TEXT, '--seed', '2', '--until', String(U), ...join_, '--bootstrap', `${addr.S},${addr.A}`]);
       const W = startIn('W', ['--role', 'verify', '--until', String(U), ...join_, '--bootstrap', `${addr.S},${addr.B}`]);
-      await waitFor('every peer at generation 2', () => [S, A, B, W].every((r) => reported(r) >= 2), peers);
+      await waitFor('every peer at generation 2', () => (['S', 'A', 'B', 'W'] as const).every((n) => held(n) >= 2), peers);
 
       // The cut: {S, A} | {B, W}. The TCP connections across it are destroyed, as a partition longer than the
       // peers' timeouts would: what is published meanwhile is lost to the other side, not queued in TCP for after the heal.
