@@ -4,7 +4,9 @@
  * cross-entropy) by step proofs for a fixed number of proposals per trainer. Measures
  * the swarm's sequenced steps/s and examples/s, the fraction of proposals accepted (the
  * concurrency rule passes over stale steps), bytes per step per peer against a dense
- * ring all-reduce of the same model, the latency from a proposal to its acceptance, and
+ * ring all-reduce of the same model, the latency from a proposal to its acceptance, the
+ * verified-step latency (from the moment the trainer's step proof was made to the moment
+ * each peer, and the last peer, applied it: p50 and p99 per trainer count and per peer), and
  * the time a new peer takes to fetch and verify a log of L entries from generation 0,
  * against joining by a checkpoint (verifyFrom 'checkpoint': the trainer's tensor files
  * and optimizer state, checked against the chain the sequencer's log headers name).
@@ -33,6 +35,36 @@ const PROPOSALS = arg('proposals', 8);
 const V = arg('vocab', 64);
 const BATCH = 16;
 const CATCHUP_ONLY = arg('catchup-only', 0) === 1;
+
+/** The q-quantile of sorted samples (linear between neighbours). */
+function quantileOf(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  const x = (sorted.length - 1) * q, i = Math.floor(x), f = x - i;
+  return i + 1 < sorted.length ? sorted[i] * (1 - f) + sorted[i + 1] * f : sorted[i];
+}
+const p50p99 = (samples) => {
+  const s = [...samples].sort((a, b) => a - b);
+  return { p50: round(quantileOf(s, 0.5)), p99: round(quantileOf(s, 0.99)), max: round(s[s.length - 1]), n: s.length };
+};
+
+/**
+ * When each peer applied each generation (performance.now(), the clock of
+ * ProposeResult.provedAt): waitFor(g) resolves in the peer's apply of the step to g.
+ */
+function watchApplies(peers) {
+  const at = peers.map(() => new Map());
+  peers.forEach(async (p, i) => {
+    for (let g = p.generation + 1; ; g++) {
+      try {
+        await p.waitFor(g, 600_000);
+      } catch {
+        return; // stopped
+      }
+      at[i].set(g, performance.now());
+    }
+  });
+  return at;
+}
 
 function lcg(seed) {
   let s = seed >>> 0;
@@ -67,6 +99,7 @@ const configs = CATCHUP_ONLY ? [['entry', 1]] : [['entry', 1], ['entry', 2], ['e
 for (const [announce, n] of configs) {
   log(`${n} trainer(s), announce ${announce}`);
   const s = await swarm(n, announce);
+  const applied = watchApplies(s.all);
   const lat = [];
   const t0 = nowMs();
   const outs = await Promise.all(s.T.map(async (t, k) => {
@@ -92,20 +125,27 @@ for (const [announce, n] of configs) {
   const params = V * V * 4;
   const dense = (2 * (peers - 1) / peers) * params * 2; // ring all-reduce: each peer sends and receives 2 (P-1)/P of the gradient
   const digests = new Set(s.all.map((p) => Buffer.from(p.head.digest).toString('hex')));
+  // Verified-step latency: from the trainer's proof to each peer's apply of the step (generation g -> g + 1).
+  const acc = outs.flat().filter((r) => r.accepted);
+  const perPeer = s.all.map((_, i) => acc.map((r) => applied[i].get(r.generation + 1) - r.provedAt));
+  const lastPeer = acc.map((r) => Math.max(...s.all.map((_, i) => applied[i].get(r.generation + 1))) - r.provedAt);
+  const roles = ['sequencer', 'verify-only', ...s.T.map((_, k) => `trainer ${k + 1}`)];
+  const appliedLatencyMs = { lastPeer: p50p99(lastPeer), byPeer: Object.fromEntries(roles.map((role, i) => [role, p50p99(perPeer[i])])) };
   const trainersIn = stats(s.T.map((t) => t.stats.bytesIn / steps)).median;
   const run = {
     announce, trainers: n, peers, proposals, accepted, steps, acceptedFraction: round(accepted / proposals), stale: s.seq.stats.stale, ms: round(ms),
     stepsPerSec: round(steps / (ms / 1000)), examplesPerSec: round((steps * BATCH) / (ms / 1000)), proofBytesMedian: proofBytes,
     bytesPerStepPerPeer: { median: round(stats(bytes).median), max: round(Math.max(...bytes)), byPeer: bytes.map((b) => round(b)) },
-    denseAllReduceBytesPerStepPerPeer: round(dense), acceptLatencyMs: stats(lat), oneDigest: digests.size === 1,
+    denseAllReduceBytesPerStepPerPeer: round(dense), acceptLatencyMs: stats(lat), appliedLatencyMs, oneDigest: digests.size === 1,
     trainerBytesInPerStep: round(trainersIn), verifyOnlyBytesInPerStep: round(s.W.stats.bytesIn / steps), sequencerBytesOutPerStep: round(s.seq.stats.bytesOut / steps),
   };
   results.runs.push(run);
-  rows.push({ announce, trainers: n, tin: run.trainerBytesInPerStep, win: run.verifyOnlyBytesInPerStep, sout: run.sequencerBytesOutPerStep, steps: `${accepted}/${proposals}`, frac: run.acceptedFraction, sps: run.stepsPerSec, eps: run.examplesPerSec, lat: run.acceptLatencyMs.median, proof: proofBytes, bpp: run.bytesPerStepPerPeer.median, dense: run.denseAllReduceBytesPerStepPerPeer, agree: run.oneDigest ? 'yes' : 'NO' });
+  rows.push({ announce, trainers: n, tin: run.trainerBytesInPerStep, win: run.verifyOnlyBytesInPerStep, sout: run.sequencerBytesOutPerStep, steps: `${accepted}/${proposals}`, frac: run.acceptedFraction, sps: run.stepsPerSec, eps: run.examplesPerSec, lat: run.acceptLatencyMs.median, l50: appliedLatencyMs.lastPeer.p50, l99: appliedLatencyMs.lastPeer.p99, proof: proofBytes, bpp: run.bytesPerStepPerPeer.median, dense: run.denseAllReduceBytesPerStepPerPeer, agree: run.oneDigest ? 'yes' : 'NO' });
   if (n === 1 && announce === 'entry') {
     // Catch-up: a new peer from the shared seed fetches and verifies the log from generation 0.
     const r = lcg(7);
-    for (const L of [8, 16, 32, 64]) {
+    // Log lengths above what the run itself sequenced (16 proposals already make a log of 16).
+    for (const L of [8, 16, 32, 64].filter((x) => x >= s.seq.generation)) {
       while (s.seq.generation < L) await s.T[0].propose(batch(r, 1));
       await s.W.waitFor(L);
       const J = await SwarmPeer.start({ genesis: s.g0.digest, sequencer: s.seq.peerId, bootstrap: s.W.multiaddrs, model: genesisModel() });
@@ -132,6 +172,11 @@ for (const [announce, n] of configs) {
   await Promise.all(s.all.map((p) => p.stop()));
 }
 
+if (results.runs.length > 0) {
+  table(results.runs.flatMap((r) => Object.entries(r.appliedLatencyMs.byPeer).map(([peer, l]) => ({ announce: r.announce, trainers: r.trainers, peer, p50: l.p50, p99: l.p99, max: l.max, n: l.n }))), [
+    'announce', 'trainers', 'peer', { key: 'p50', header: 'proof -> applied ms p50' }, { key: 'p99', header: 'p99' }, { key: 'max', header: 'max' }, { key: 'n', header: 'steps' },
+  ], { title: 'Verified-step latency per peer: from the moment the trainer made its step proof to the moment the peer applied it (verified; a peer with a model also replayed it)' });
+}
 if (rows.length > 0) table(rows, [
   'announce',
   'trainers',
@@ -140,6 +185,8 @@ if (rows.length > 0) table(rows, [
   { key: 'sps', header: 'steps/s' },
   { key: 'eps', header: 'examples/s' },
   { key: 'lat', header: 'accept latency ms (median)' },
+  { key: 'l50', header: 'proof -> last peer applied ms p50' },
+  { key: 'l99', header: 'p99' },
   { key: 'proof', header: 'proof bytes', format: (v) => fmtBytes(v) },
   { key: 'bpp', header: 'bytes/step/peer', format: (v) => fmtBytes(v) },
   { key: 'dense', header: 'dense all-reduce bytes/step/peer', format: (v) => fmtBytes(v) },

@@ -71,6 +71,51 @@ afterAll(() => {
 });
 
 describe('swarm: joining by a checkpoint', () => {
+  it('a header-only log request: the sequencer answers each entry\'s Ghost digests (72 bytes an entry), equal to the chain of the log replayed on one model; past the head, OK and empty', async () => {
+    const { SWARM_LOG_PROTOCOL, decodeLogResponse, encodeLogRequest } = await import('../lib/swarm/index.js');
+    const g0 = await genesisModel().ghost();
+    const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
+    const A = await SwarmPeer.start({ genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs, model: genesisModel() });
+    try {
+      await A.ready();
+      for (let i = 0; i < 5; i++) expect((await A.propose(batch(new Rng(300 + i), 1 + i))).accepted).toBe(true);
+      const ask = async (from: number, count: number, headers: boolean): Promise<{ bytes: number; res: ReturnType<typeof decodeLogResponse> }> => {
+        const stream = await A.libp2p.dialProtocol(seq.libp2p.peerId, SWARM_LOG_PROTOCOL);
+        const signal = deadlineSignal(10_000);
+        await writeFrame(stream, encodeLogRequest({ requestId: 7, genesis: g0.digest, from, count, headers }), signal);
+        await stream.close({ signal });
+        const payload = await readFrame(stream, 2 ** 26, 10_000);
+        return { bytes: payload.length, res: decodeLogResponse(payload) };
+      };
+      const { bytes, res } = await ask(1, 10, true);
+      expect(res.status).toBe('OK');
+      expect(res.entries).toEqual([]);
+      expect(res.headers!.map((h) => h.generation)).toEqual([1, 2, 3, 4]);
+      expect(bytes).toBe(2 + 4 + 1 + 8 + 4 + 4 * 72);
+      // The reference: the chain of Ghost digests the log replayed on one model goes through.
+      const m = genesisModel();
+      const chain = [(await m.ghost()).digest];
+      for (const e of seq.entries()) {
+        const p = decodeProof(e.proof) as StepProof;
+        if (p.input.kind !== 'ids' || p.targets.kind !== 'classes') throw new Error('a bigram step');
+        chain.push((await m.proveTrainStep({ input: p.input.ids, targets: p.targets.ids })).ghost.digest);
+      }
+      m.close();
+      for (const h of res.headers!) {
+        expect(Buffer.from(h.ghost).equals(Buffer.from(chain[h.generation]!))).toBe(true);
+        expect(Buffer.from(h.newGhost).equals(Buffer.from(chain[h.generation + 1]!))).toBe(true);
+      }
+      // Whole entries cost the proofs; a request beyond the head is OK and empty.
+      expect((await ask(1, 10, false)).bytes).toBeGreaterThan(4 * 1000);
+      const past = await ask(5, 3, true);
+      expect(past.res.status).toBe('OK');
+      expect(past.res.headers).toEqual([]);
+      expect(past.res.head).toBe(5);
+    } finally {
+      await Promise.all([A.stop(), seq.stop()]);
+    }
+  }, 60_000);
+
   it('three peers serving damaged checkpoints are struck; the joiner installs an honest one, verifies the log from it and follows the swarm', async () => {
     const d = mkdtempSync(join(tmpdir(), 'gt-swcp-'));
     dirs.push(d);

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import { Embedding, Model, SparseTensor, decodeProof, verifyTrainStep } from '../lib/index.js';
 import type { StepProof } from '../lib/index.js';
-import { SwarmPeer, decodeLogEntry, encodeLogEntry, type LogEntry } from '../lib/swarm/index.js';
+import { SwarmPeer, decodeLogAnnouncement, decodeLogEntry, encodeLogAnnouncement, encodeLogEntry, type LogEntry, type SignedLogMessage } from '../lib/swarm/index.js';
 import { Rng } from './helpers/rng.js';
 
 const V = 12;
@@ -48,6 +48,19 @@ async function setup(): Promise<{ keys: import('@libp2p/interface').PrivateKey[]
   const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
   const keys = [await generateKeyPair('Ed25519'), await generateKeyPair('Ed25519')];
   return { keys, ids: keys.map((k) => peerIdFromPrivateKey(k).toString()), g0: await genesisModel().ghost() };
+}
+
+/**
+ * Checks a kept signed log message as gossipsub does (StrictSign): the author's signature
+ * over "libp2p-pubsub:" and the protobuf message (from, data, seqno, topic).
+ */
+async function verifySigned(pub: import('@libp2p/interface').PublicKey, m: SignedLogMessage): Promise<boolean> {
+  const { RPC } = await import('@libp2p/gossipsub/message');
+  const { peerIdFromString } = await import('@libp2p/peer-id');
+  const seqno = new Uint8Array(8);
+  new DataView(seqno.buffer).setBigUint64(0, m.sequenceNumber, false);
+  const body = RPC.Message.encode({ from: peerIdFromString(m.from).toMultihash().bytes, data: m.data, seqno, topic: m.topic });
+  return pub.verify(new Uint8Array([...new TextEncoder().encode('libp2p-pubsub:'), ...body]), m.signature);
 }
 
 type Pubsub = { publish(topic: string, data: Uint8Array): Promise<unknown> };
@@ -147,6 +160,67 @@ describe('swarm: sequencer takeover', () => {
       await W.waitFor(3);
       expect(W.head.digest).toEqual(S2.head.digest);
       expect((await A.model!.ghost()).digest).toEqual(S2.head.digest);
+      expect(await replay(S2.entries())).toEqual(S2.head.digest);
+    } finally {
+      await Promise.all(peers.map((p) => p.stop()));
+    }
+  }, 60_000);
+
+  it('with digest-only announcements, the first sequencer signs two digests for one generation: peers keep both signed announcements, ban it and move to the second; a repeated identical announcement is not equivocation', async () => {
+    const { keys, ids, g0 } = await setup();
+    const genesis = g0.digest;
+    const common = { genesis, sequencers: ids, takeoverMs: 60_000, announce: 'digest' as const };
+    const S1 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[0]! });
+    const S2 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[1]!, bootstrap: S1.multiaddrs });
+    const boot = [...S1.multiaddrs, ...S2.multiaddrs];
+    const A = await SwarmPeer.start({ ...common, model: genesisModel(), bootstrap: boot });
+    const W = await SwarmPeer.start({ ...common, ghost: g0, bootstrap: boot });
+    const peers = [S1, S2, A, W];
+    try {
+      await A.ready();
+      for (let i = 0; i < 2; i++) expect((await A.propose(batch(new Rng(20 + i), 1 + i))).accepted).toBe(true);
+      await Promise.all([S2, W].map((p) => p.waitFor(2)));
+      // The entry of generation 1 (made at 1, taking the log to 2), which every peer applied.
+      const held = S1.entries()[1]!.proof;
+      const announce = (proofDigest: Uint8Array): Promise<unknown> => pubsubOf(S1).publish(S1.topics.log, encodeLogAnnouncement({ genesis, generation: 1, proofDigest }));
+      // First the same announcement again (a new gossipsub message, the same signed statement): not equivocation.
+      const { loadHasher } = await import('../lib/verify/merkle.js');
+      const blake = await loadHasher();
+      await announce(blake.hash(held));
+      // Then another digest for generation 1 (of a valid, different step), signed by S1.
+      const m = genesisModel();
+      await m.proveTrainStep(stepBatch(S1.entries()[0]!.proof));
+      const other = await m.proveTrainStep(batch(new Rng(98), 7));
+      m.close();
+      expect(blake.hash(other.bytes)).not.toEqual(blake.hash(held));
+      await announce(blake.hash(other.bytes));
+      await until(() => [S2, A, W].every((p) => p.banned.has(ids[0]!) && p.sequencer === ids[1]));
+      for (const p of [S2, A, W]) {
+        expect(p.equivocations).toHaveLength(1);
+        const ev = p.equivocations[0]!;
+        expect(ev).toMatchObject({ sequencer: ids[0], generation: 1 });
+        const [a, b] = ev.messages.map((x) => decodeLogAnnouncement(x.data));
+        expect(a!.generation).toBe(1);
+        expect(b!.generation).toBe(1);
+        const hx = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+        expect(hx(a!.proofDigest)).toBe(hx(blake.hash(held)));
+        expect(hx(b!.proofDigest)).toBe(hx(blake.hash(other.bytes)));
+        for (const x of ev.messages) {
+          expect(x.from).toBe(ids[0]);
+          expect(x.signature.length).toBe(64);
+        }
+        expect(p.generation).toBe(2);
+      }
+      // The evidence checks with the sequencer's public key alone: gossipsub's signed record of each message.
+      const pub = keys[0]!.publicKey;
+      for (const x of W.equivocations[0]!.messages) expect(await verifySigned(pub, x)).toBe(true);
+      const forged = { ...W.equivocations[0]!.messages[1], data: encodeLogAnnouncement({ genesis, generation: 1, proofDigest: new Uint8Array(32).fill(7) }) };
+      expect(await verifySigned(pub, forged)).toBe(false);
+      expect(S2.isSequencer).toBe(true);
+      await A.ready();
+      expect((await A.propose(batch(new Rng(22), 3))).accepted).toBe(true);
+      await W.waitFor(3);
+      expect(W.head.digest).toEqual(S2.head.digest);
       expect(await replay(S2.entries())).toEqual(S2.head.digest);
     } finally {
       await Promise.all(peers.map((p) => p.stop()));

@@ -193,7 +193,20 @@ describe('swarm frames', () => {
     expect(decodeLogRequest(req)).toEqual({ requestId: 9, genesis, from: 3, count: 1024 });
     const res = encodeLogResponse({ requestId: 9, status: 'OK', head: 5, entries: [{ generation: 3, proof }, { generation: 4, proof: proof.subarray(1) }] });
     expect(decodeLogResponse(res).entries.map((e) => e.generation)).toEqual([3, 4]);
-    const all: [Uint8Array, (b: Uint8Array) => unknown][] = [[entry, decodeLogEntry], [encodeStepMessage(proof), decodeStepMessage], [req, decodeLogRequest], [res, decodeLogResponse]];
+    // Header-only requests (type 8) and answers (type 9).
+    const hreq = encodeLogRequest({ requestId: 9, genesis, from: 3, count: 2, headers: true });
+    expect(decodeLogRequest(hreq)).toEqual({ requestId: 9, genesis, from: 3, count: 2, headers: true });
+    const hs = [{ generation: 3, ghost: new Uint8Array(32).fill(1), newGhost: new Uint8Array(32).fill(2) }, { generation: 4, ghost: new Uint8Array(32).fill(2), newGhost: new Uint8Array(32).fill(3) }];
+    const hres = encodeLogResponse({ requestId: 9, status: 'OK', head: 5, entries: [], headers: hs });
+    expect(hres.length).toBe(2 + 4 + 1 + 8 + 4 + 2 * 72);
+    const hdec = decodeLogResponse(hres);
+    expect(hdec.entries).toEqual([]);
+    expect(hdec.headers!.map((h) => [h.generation, h.ghost[0], h.newGhost[0]])).toEqual([[3, 1, 2], [4, 2, 3]]);
+    expect(decodeLogResponse(res).headers).toBeUndefined();
+    const hmany = hres.slice();
+    new DataView(hmany.buffer).setUint32(2 + 4 + 1 + 8, 1024, true);
+    expect(() => decodeLogResponse(hmany)).toThrow(FormatError); // 1024 headers claimed, 2 present: refused before reading them
+    const all: [Uint8Array, (b: Uint8Array) => unknown][] = [[entry, decodeLogEntry], [encodeStepMessage(proof), decodeStepMessage], [req, decodeLogRequest], [res, decodeLogResponse], [hreq, decodeLogRequest], [hres, decodeLogResponse]];
     for (const [bytes, decode] of all) {
       for (let n = 0; n < bytes.length; n++) expect(() => decode(bytes.subarray(0, n))).toThrow(FormatError);
       expect(() => decode(Uint8Array.from([...bytes, 0]))).toThrow(FormatError);

@@ -11,7 +11,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { FormatError, ProofError } from '../shared/errors.js';
+import { FormatError, P2PError, ProofError } from '../shared/errors.js';
 import { toHex } from '../shared/bytes.js';
 import { languageModel, type LanguageModelConfig } from '../model/lm/model.js';
 import { Model } from '../model/model.js';
@@ -167,8 +167,13 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   let accepted = 0, passed = 0, lastLoss = NaN;
-  let shown = '';
+  let shown = '', moves = 0;
   const progress = (force = false): void => {
+    // Sequencer takeovers, each once (also with --quiet: they change whom the peer follows).
+    for (; moves < peer.takeovers.length; moves++) {
+      const t = peer.takeovers[moves]!;
+      err(`swarm: following sequencer ${t.to}${t.to === peer.peerId ? ' (this peer)' : ''} from generation ${t.generation}: ${t.reason}`);
+    }
     if (a.quiet && !force) return;
     const s = peer.stats;
     const line = `swarm generation ${peer.generation}  ${a.role === 'trainer' ? `proposals accepted ${accepted} stale ${passed}${Number.isFinite(lastLoss) ? `  loss ${lastLoss.toFixed(4)}` : ''}` : `applied ${s.applied}${peer.isSequencer ? ` stale ${s.stale}` : ''}`}  rejected ${s.rejected}  peers ${peer.libp2p.getPeers().length}`;
@@ -182,16 +187,26 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
     print(`role ${a.role}${peer.generation > 0 ? ` (resumed at generation ${peer.generation})` : ''}`);
     if (!peer.isSequencer && stopping === undefined) {
       await peer.catchUp();
+      const cp = peer.lastCheckpoint;
+      if (cp) print(`joined by a checkpoint at generation ${cp.generation} (Ghost digest ${toHex(cp.digest)}) from ${cp.from}`);
       progress();
     }
     const done = (): boolean => stopping !== undefined || (a.until !== undefined && peer.generation >= a.until) || (a.steps !== undefined && accepted >= a.steps);
     if (batches && !done()) await peer.ready();
     while (!done()) {
       if (batches) {
-        const r = await peer.propose(batches.next());
-        if (r.accepted) accepted++;
-        else passed++;
-        lastLoss = r.loss;
+        // A trainer cut off from the sequencer (no subscription seen, or its proposal not sequenced in time) waits and
+        // proposes again: the peer dials the sequencer back, or moves to the next one (--takeover-ms).
+        const r = await peer.propose(batches.next()).catch((e: unknown) => {
+          if (!(e instanceof P2PError) || stopping !== undefined) throw e;
+          err(`swarm: ${e.message}; proposing again`);
+          return new Promise<undefined>((res) => setTimeout(() => res(undefined), 500));
+        });
+        if (r) {
+          if (r.accepted) accepted++;
+          else passed++;
+          lastLoss = r.loss;
+        }
       } else {
         await new Promise<void>((r) => {
           wake = r;

@@ -30,6 +30,8 @@ const T_ENTRY = 2;
 const T_REQUEST = 3;
 const T_RESPONSE = 4;
 const T_ANNOUNCE = 5;
+const T_HEADER_REQUEST = 8;
+const T_HEADER_RESPONSE = 9;
 
 /** The two gossipsub topics of the swarm whose generation-0 Ghost digest is `genesis`. */
 export function swarmTopics(genesis: Uint8Array): { steps: string; log: string } {
@@ -125,29 +127,49 @@ export function isLogAnnouncement(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[1] === T_ANNOUNCE;
 }
 
-/** Ask for up to `count` entries from generation `from`: u8 version, u8 type 3, u32 request id, 32-byte genesis, u64 from, u32 count (1..1024). */
+/**
+ * Ask for up to `count` entries from generation `from`: u8 version, u8 type 3, u32 request
+ * id, 32-byte genesis, u64 from, u32 count (1..1024). With `headers`, type 8 (same body):
+ * only each entry's header (the Ghost digests before and after its step) is answered.
+ */
 export interface LogRequest {
   requestId: number;
   genesis: Uint8Array;
   from: number;
   count: number;
+  headers?: boolean;
 }
 
 export function encodeLogRequest(q: LogRequest): Uint8Array {
   if (!Number.isInteger(q.count) || q.count < 1 || q.count > SWARM_LIMITS.entries) throw new InvalidArgumentError(`count must be 1..${SWARM_LIMITS.entries}`);
-  return new ByteWriter().u8(SWARM_VERSION).u8(T_REQUEST).u32(q.requestId).bytes(digest('genesis', q.genesis)).u64(q.from).u32(q.count).finish();
+  return new ByteWriter().u8(SWARM_VERSION).u8(q.headers ? T_HEADER_REQUEST : T_REQUEST).u32(q.requestId).bytes(digest('genesis', q.genesis)).u64(q.from).u32(q.count).finish();
+}
+
+function headOf(r: ByteReader, types: readonly number[]): number {
+  const v = r.u8('version');
+  if (v !== SWARM_VERSION) throw new FormatError('BAD_VERSION', `${r.what}: version ${v}`);
+  const t = r.u8('type');
+  if (!types.includes(t)) throw new FormatError('BAD_VALUE', `${r.what}: type ${t}, expected ${types.join(' or ')}`);
+  return t;
 }
 
 export function decodeLogRequest(bytes: Uint8Array): LogRequest {
   if (bytes.length > SWARM_LIMITS.requestBytes) throw new FormatError('LIMIT', `log request: ${bytes.length} bytes`);
   const r = new ByteReader(bytes, 'log request');
-  head(r, T_REQUEST);
+  const t = headOf(r, [T_REQUEST, T_HEADER_REQUEST]);
   const requestId = r.u32('request id');
   const genesis = r.bytes(32, 'genesis digest');
   const from = r.u64('from');
   const count = r.count('count', 1, SWARM_LIMITS.entries);
   r.end();
-  return { requestId, genesis, from, count };
+  return { requestId, genesis, from, count, ...(t === T_HEADER_REQUEST ? { headers: true } : {}) };
+}
+
+/** An entry's header: the Ghost digest its step was made against and the one after it. */
+export interface LogHeader {
+  generation: number;
+  ghost: Uint8Array;
+  newGhost: Uint8Array;
 }
 
 /** Response status (u8). */
@@ -165,9 +187,20 @@ export interface LogResponse {
   status: LogStatus;
   head: number;
   entries: LogEntry[];
+  /**
+   * The answer to a header request (type 9, in place of entries: u32 count (0..1024), per
+   * entry u64 generation, 32-byte Ghost digest, 32-byte new Ghost digest).
+   */
+  headers?: LogHeader[];
 }
 
 export function encodeLogResponse(res: LogResponse): Uint8Array {
+  if (res.headers !== undefined) {
+    if (res.entries.length > 0 || res.headers.length > SWARM_LIMITS.entries) throw new InvalidArgumentError(`a header response carries 0..${SWARM_LIMITS.entries} headers and no entries`);
+    const w = new ByteWriter().u8(SWARM_VERSION).u8(T_HEADER_RESPONSE).u32(res.requestId).u8(LOG_STATUS[res.status]).u64(res.head).u32(res.headers.length);
+    for (const h of res.headers) w.u64(h.generation).bytes(digest('ghost', h.ghost)).bytes(digest('newGhost', h.newGhost));
+    return w.finish();
+  }
   const w = new ByteWriter().u8(SWARM_VERSION).u8(T_RESPONSE).u32(res.requestId).u8(LOG_STATUS[res.status]).u64(res.head).u32(res.entries.length);
   for (const e of res.entries) w.u64(e.generation).u32(proofBytes(e.proof).length).bytes(e.proof);
   return w.finish();
@@ -176,12 +209,19 @@ export function encodeLogResponse(res: LogResponse): Uint8Array {
 export function decodeLogResponse(bytes: Uint8Array, maxBytes: number = SWARM_LIMITS.responseBytes): LogResponse {
   if (bytes.length > maxBytes) throw new FormatError('LIMIT', `log response: ${bytes.length} bytes`);
   const r = new ByteReader(bytes, 'log response');
-  head(r, T_RESPONSE);
+  const t = headOf(r, [T_RESPONSE, T_HEADER_RESPONSE]);
   const requestId = r.u32('request id');
   const code = r.u8('status');
   const status = LOG_STATUS_NAMES.get(code);
   if (status === undefined) throw new FormatError('BAD_VALUE', `log response: status ${code}`);
   const h = r.u64('head');
+  if (t === T_HEADER_RESPONSE) {
+    const n = r.count('header count', 0, SWARM_LIMITS.entries, 72);
+    const headers: LogHeader[] = [];
+    for (let i = 0; i < n; i++) headers.push({ generation: r.u64('generation'), ghost: r.bytes(32, 'ghost digest'), newGhost: r.bytes(32, 'new ghost digest') });
+    r.end();
+    return { requestId, status, head: h, entries: [], headers };
+  }
   const n = r.count('entry count', 0, SWARM_LIMITS.entries, 13);
   const entries: LogEntry[] = [];
   for (let i = 0; i < n; i++) {

@@ -32,7 +32,7 @@ import {
   CHECKPOINT_FILE_NAME, CHECKPOINT_LIMITS, SWARM_CHECKPOINT_PROTOCOL, decodeCheckpointRequest, decodeCheckpointResponse, encodeCheckpointRequest, encodeCheckpointResponse,
   type CheckpointFile, type CheckpointRequest, type CheckpointResponse,
   SWARM_LIMITS, SWARM_LOG_PROTOCOL, decodeLogAnnouncement, decodeLogEntry, encodeLogAnnouncement, isLogAnnouncement, decodeLogRequest, decodeLogResponse, decodeStepMessage,
-  encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogResponse,
+  encodeLogEntry, encodeLogRequest, encodeLogResponse, encodeStepMessage, swarmTopics, type LogEntry, type LogHeader, type LogResponse,
 } from './frames.js';
 
 export interface SwarmOptions extends HostOptions {
@@ -166,6 +166,8 @@ export interface ProposeResult {
   generation: number;
   proof: Uint8Array;
   loss: number;
+  /** performance.now() when the step proof was made, before it was sent (for latency measured in one process). */
+  provedAt: number;
 }
 
 export class SwarmPeer {
@@ -187,6 +189,8 @@ export class SwarmPeer {
   readonly #signed = new Map<number, SignedLogMessage>();
   #timer: ReturnType<typeof setInterval> | undefined;
   readonly topics: { steps: string; log: string };
+  /** The last checkpoint this peer installed (verifyFrom 'checkpoint'): its generation, Ghost digest and the peer that served it. */
+  lastCheckpoint: { generation: number; digest: Uint8Array; from: string } | undefined;
   readonly stats: SwarmStats = { verified: 0, applied: 0, stale: 0, rejected: 0, fetched: 0, checkpoints: 0, bytesIn: 0, bytesOut: 0 };
   readonly rejections: SwarmRejection[] = [];
   /** Peers disconnected and refused for misbehaviour. */
@@ -387,16 +391,26 @@ export class SwarmPeer {
    */
   async propose(batch: StepBatch, options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
     if (!this.#model) throw new InvalidArgumentError('a verify-only peer cannot propose steps (start it with a model)');
-    await this.ready();
+    // With a standby after the current sequencer, wait for the current one only takeoverMs: if it is unreachable (a
+    // partition, a crash), the proposal goes to a standby that gossipsub knows (it keeps proposals at its head), and
+    // the silence moves this peer, and the standby, on after takeoverMs (#tick).
+    const standby = this.#seqIndex + 1 < this.sequencers.length;
+    try {
+      await this.ready(standby ? this.#takeoverMs : undefined);
+    } catch (err) {
+      const later = this.#pubsub.getSubscribers(this.topics.steps).some((p) => this.sequencers.indexOf(p.toString()) > this.#seqIndex);
+      if (!standby || !later) throw err;
+    }
     const made = await this.#serial(async () => {
       const scratch = await this.#scratchAtHead();
       const g = this.generation;
       const step = await scratch.proveTrainStep(batch);
+      const provedAt = performance.now();
       this.#pending = step.bytes;
       if (!bytesEqual(step.proof.ghost, this.#head.digest)) throw new Error(`internal: the scratch replica is not at the head (generation ${g})`);
-      return { g, step };
+      return { g, step, provedAt };
     });
-    const { g, step } = made;
+    const { g, step, provedAt } = made;
     if (this.isSequencer) {
       await this.#serial(() => this.#sequence(this.libp2p.peerId, step.bytes));
     } else {
@@ -407,7 +421,7 @@ export class SwarmPeer {
     }
     await this.waitFor(g + 1, options.timeoutMs ?? 30_000);
     const entry = this.#log.get(g);
-    return { accepted: entry !== undefined && bytesEqual(entry, step.bytes), generation: g, proof: step.bytes, loss: step.loss };
+    return { accepted: entry !== undefined && bytesEqual(entry, step.bytes), generation: g, proof: step.bytes, loss: step.loss, provedAt };
   }
 
   /**
@@ -640,17 +654,18 @@ export class SwarmPeer {
     let g = Math.max(...[...known.keys()].filter((k) => k >= this.generation));
     try {
       while (g < until) {
-        const res = await this.#request(this.sequencer, g, Math.min(SWARM_LIMITS.entries, 256, until - g));
-        if (res.status === 'OK' && res.entries.length === 0 && res.head <= g) return 'short';
-        if (res.status !== 'OK' || res.entries.length === 0) return null;
-          for (const e of res.entries) {
-          if (e.generation !== g) return null;
-          const p = decodeProof(e.proof);
-          if (p.kind !== 'step' || p.step !== g || hex(p.ghost) !== known.get(g)) {
+        // Headers only (72 bytes an entry): the steps are not verified here either way.
+        const res = await this.#request(this.sequencer, g, Math.min(SWARM_LIMITS.entries, until - g), true);
+        const headers = res.headers ?? [];
+        if (res.status === 'OK' && headers.length === 0 && res.head <= g) return 'short';
+        if (res.status !== 'OK' || headers.length === 0) return null;
+        for (const h of headers) {
+          if (h.generation !== g) return null;
+          if (hex(h.ghost) !== known.get(g)) {
             this.#strike(this.sequencer, 'fetch', `the log entry of generation ${g} does not continue the chain`);
             return null;
           }
-          known.set(g + 1, hex(p.newGhost));
+          known.set(g + 1, hex(h.newGhost));
           g++;
           if (g >= until) break;
         }
@@ -746,6 +761,7 @@ export class SwarmPeer {
         for (const [g, d] of chain) if (g <= c) this.#digests.set(g, d);
         this.#head = head;
         this.stats.checkpoints++;
+        this.lastCheckpoint = { generation: c, digest: head.digest, from: p };
         const w = this.#waiters;
         this.#waiters = [];
         for (const f of w) f();
@@ -964,7 +980,8 @@ export class SwarmPeer {
     }
     if (k < this.#seqIndex || (k === this.#seqIndex && this.isSequencer)) return V.Ignore;
     const author = msg.from.toString();
-    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, msg.data, k);
+    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
+    if (isLogAnnouncement(msg.data)) return this.#onAnnouncement(who, signed, k);
     let e: ReturnType<typeof decodeLogEntry>;
     try {
       e = decodeLogEntry(msg.data);
@@ -976,20 +993,9 @@ export class SwarmPeer {
       this.#strike(who, 'log', 'a log entry of another swarm');
       return V.Reject;
     }
-    const signed: SignedLogMessage = { from: author, topic: msg.topic, data: msg.data, sequenceNumber: msg.sequenceNumber, signature: msg.signature };
+    const hasher = await loadHasher();
     return this.#serial(async () => {
-      if (e.generation < this.generation) {
-        // Equivocation: another entry for a generation this peer holds, both signed by one sequencer.
-        const mine = this.#signed.get(e.generation);
-        const held = this.#log.get(e.generation);
-        if (held && mine && mine.from === author && !bytesEqual(held, e.proof)) {
-          this.equivocations.push({ sequencer: author, generation: e.generation, messages: [mine, signed] });
-          this.#strike(author, 'log', `equivocation: two signed entries for generation ${e.generation}`);
-          if (author !== who) return V.Ignore; // the forwarder did nothing wrong
-          return V.Reject;
-        }
-        return V.Ignore;
-      }
+      if (e.generation < this.generation) return this.#equivocation(who, signed, e.generation, () => hasher.hash(e.proof));
       if (e.generation > this.generation) {
         // Missed entries: fetch them from whoever sent this one, then its author.
         for (const p of [who, author]) {
@@ -1011,17 +1017,36 @@ export class SwarmPeer {
   }
 
   /**
+   * A signed log message (a whole entry or a digest-only announcement) for a generation
+   * this peer holds: if the signed message it applied there has the same author and
+   * commits to another proof (BLAKE3-256 of the step proof, what an announcement carries),
+   * the sequencer equivocated: both signed messages are kept as evidence, and it is struck.
+   * Otherwise (a duplicate, or an entry this peer fetched rather than received signed:
+   * no pair of signed messages to compare) ignored.
+   */
+  async #equivocation(who: string, signed: SignedLogMessage, generation: number, proofDigest: () => Uint8Array): Promise<TVR> {
+    const V = this.#V;
+    const mine = this.#signed.get(generation);
+    const held = this.#log.get(generation);
+    if (!held || !mine || mine.from !== signed.from) return V.Ignore;
+    if (bytesEqual((await loadHasher()).hash(held), proofDigest())) return V.Ignore;
+    this.equivocations.push({ sequencer: signed.from, generation, messages: [mine, signed] });
+    this.#strike(signed.from, 'log', `equivocation: two signed log messages for generation ${generation}`);
+    return signed.from === who ? V.Reject : V.Ignore; // a forwarder did nothing wrong
+  }
+
+  /**
    * A digest-only log entry: the proof is this peer's own pending proposal, or fetched
    * from the peer that forwarded the announcement (it validated it, so it holds it), then
    * the sequencer; its BLAKE3 digest must be the announced one (else the answering peer is
    * struck), then it is verified and applied as a whole entry is. Forwarded only once
    * applied, so whoever receives it from this peer can fetch the proof here.
    */
-  async #onAnnouncement(who: string, data: Uint8Array, k: number): Promise<TVR> {
+  async #onAnnouncement(who: string, signed: SignedLogMessage, k: number): Promise<TVR> {
     const V = this.#V;
     let a: ReturnType<typeof decodeLogAnnouncement>;
     try {
-      a = decodeLogAnnouncement(data);
+      a = decodeLogAnnouncement(signed.data);
     } catch (err) {
       this.#strike(who, 'log', (err as Error).message);
       return V.Reject;
@@ -1032,7 +1057,7 @@ export class SwarmPeer {
     }
     const hasher = await loadHasher();
     return this.#serial(async () => {
-      if (a.generation < this.generation) return V.Ignore;
+      if (a.generation < this.generation) return this.#equivocation(who, signed, a.generation, () => a.proofDigest);
       for (const p of [who, this.sequencer]) {
         if (this.generation >= a.generation || p === this.peerId || this.banned.has(p)) continue;
         await this.#fetchFrom(p, a.generation).catch(() => {});
@@ -1060,6 +1085,7 @@ export class SwarmPeer {
         return V.Reject;
       }
       await this.#apply(proof, v);
+      this.#signed.set(a.generation, signed);
       if (k > this.#seqIndex) void this.#advance(`an announcement of ${this.sequencers[k]}, later in the list, verified at generation ${a.generation}`, k);
       return V.Accept;
     });
@@ -1090,17 +1116,18 @@ export class SwarmPeer {
     }
   }
 
-  async #request(peer: string, from: number, count: number): Promise<LogResponse> {
+  async #request(peer: string, from: number, count: number, headers = false): Promise<LogResponse> {
     const signal = deadlineSignal(this.#fetchTimeoutMs);
     const requestId = this.#requestId++ >>> 0;
     const stream = await this.libp2p.dialProtocol(await toPeerId(peer), SWARM_LOG_PROTOCOL, { signal });
     try {
-      await writeFrame(stream, encodeLogRequest({ requestId, genesis: this.genesis, from, count }), signal);
+      await writeFrame(stream, encodeLogRequest({ requestId, genesis: this.genesis, from, count, headers }), signal);
       await stream.close({ signal });
       const payload = await readFrame(stream, SWARM_LIMITS.responseBytes, this.#fetchTimeoutMs);
       this.stats.bytesIn += payload.length;
       const res = decodeLogResponse(payload);
       if (res.requestId !== requestId) throw new FormatError('BAD_VALUE', 'a response to another request');
+      if ((res.headers !== undefined) !== headers && res.status === 'OK') throw new FormatError('BAD_VALUE', headers ? 'entries where headers were asked for' : 'headers where entries were asked for');
       return res;
     } catch (err) {
       stream.abort(err instanceof Error ? err : new Error(String(err)));
@@ -1118,7 +1145,18 @@ export class SwarmPeer {
       try {
         const q = decodeLogRequest(await readFrame(stream, SWARM_LIMITS.requestBytes, 10_000));
         if (!bytesEqual(q.genesis, this.genesis)) res = { requestId: q.requestId, status: 'WRONG_SWARM', head: this.generation, entries: [] };
-        else {
+        else if (q.headers) {
+          // The headers of the entries held from q.from (read from the proofs this peer verified).
+          const headers: LogHeader[] = [];
+          for (let g = q.from; headers.length < q.count; g++) {
+            const proof = this.#log.get(g);
+            if (!proof) break;
+            const p = decodeProof(proof) as StepProof;
+            headers.push({ generation: g, ghost: p.ghost, newGhost: p.newGhost });
+          }
+          const held = headers.length > 0 || q.from >= this.generation;
+          res = { requestId: q.requestId, status: held ? 'OK' : 'NOT_HELD', head: this.generation, entries: [], headers };
+        } else {
           const entries: LogEntry[] = [];
           let bytes = 0;
           for (let g = q.from; entries.length < q.count; g++) {
