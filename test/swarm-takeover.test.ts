@@ -50,6 +50,18 @@ async function setup(): Promise<{ keys: import('@libp2p/interface').PrivateKey[]
   return { keys, ids: keys.map((k) => peerIdFromPrivateKey(k).toString()), g0: await genesisModel().ghost() };
 }
 
+/** Two sequencers in takeover order (S1 then S2), a trainer A and a verify-only peer W, announcing whole entries or digests. */
+async function twoSequencers(announce: 'entry' | 'digest') {
+  const { keys, ids, g0 } = await setup();
+  const common = { genesis: g0.digest, sequencers: ids, takeoverMs: 60_000, ...(announce === 'digest' ? { announce } : {}) };
+  const S1 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[0]! });
+  const S2 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[1]!, bootstrap: S1.multiaddrs });
+  const boot = [...S1.multiaddrs, ...S2.multiaddrs];
+  const A = await SwarmPeer.start({ ...common, model: genesisModel(), bootstrap: boot });
+  const W = await SwarmPeer.start({ ...common, ghost: g0, bootstrap: boot });
+  return { keys, ids, g0, S1, S2, A, W, peers: [S1, S2, A, W] };
+}
+
 /**
  * Checks a kept signed log message as gossipsub does (StrictSign): the author's signature
  * over "libp2p-pubsub:" and the protobuf message (from, data, seqno, topic).
@@ -120,15 +132,8 @@ describe('swarm: sequencer takeover', () => {
   }, 60_000);
 
   it('the first sequencer signs two entries for one generation: peers keep both signed messages, ban it and move to the second', async () => {
-    const { keys, ids, g0 } = await setup();
+    const { keys, ids, g0, S1, S2, A, W, peers } = await twoSequencers('entry');
     const genesis = g0.digest;
-    const common = { genesis, sequencers: ids, takeoverMs: 60_000 };
-    const S1 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[0]! });
-    const S2 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[1]!, bootstrap: S1.multiaddrs });
-    const boot = [...S1.multiaddrs, ...S2.multiaddrs];
-    const A = await SwarmPeer.start({ ...common, model: genesisModel(), bootstrap: boot });
-    const W = await SwarmPeer.start({ ...common, ghost: g0, bootstrap: boot });
-    const peers = [S1, S2, A, W];
     try {
       await A.ready();
       for (let i = 0; i < 2; i++) expect((await A.propose(batch(new Rng(10 + i), 1 + i))).accepted).toBe(true);
@@ -167,15 +172,8 @@ describe('swarm: sequencer takeover', () => {
   }, 60_000);
 
   it('with digest-only announcements, the first sequencer signs two digests for one generation: peers keep both signed announcements, ban it and move to the second; a repeated identical announcement is not equivocation', async () => {
-    const { keys, ids, g0 } = await setup();
+    const { keys, ids, g0, S1, S2, A, W, peers } = await twoSequencers('digest');
     const genesis = g0.digest;
-    const common = { genesis, sequencers: ids, takeoverMs: 60_000, announce: 'digest' as const };
-    const S1 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[0]! });
-    const S2 = await SwarmPeer.start({ ...common, ghost: g0, privateKey: keys[1]!, bootstrap: S1.multiaddrs });
-    const boot = [...S1.multiaddrs, ...S2.multiaddrs];
-    const A = await SwarmPeer.start({ ...common, model: genesisModel(), bootstrap: boot });
-    const W = await SwarmPeer.start({ ...common, ghost: g0, bootstrap: boot });
-    const peers = [S1, S2, A, W];
     try {
       await A.ready();
       for (let i = 0; i < 2; i++) expect((await A.propose(batch(new Rng(20 + i), 1 + i))).accepted).toBe(true);
