@@ -19,7 +19,7 @@ import { linearSpec, type GhostLinearLayer } from '../lib/verify/kinds/linear.js
 import { rmsnormSpec, type GhostRmsNormLayer } from '../lib/verify/kinds/rmsnorm.js';
 import type { BackwardContext, LayerSpec, Revealed, TrainedForward, VerifyLayerContext } from '../lib/verify/layer-spec.js';
 import {
-  attentionBackwardNative, attentionTrainForwardNative, gluBackwardNative, linearBackwardNative, linearTrainForwardNative, rmsnormBackwardNative, stepNative,
+  attentionBackwardNative, attentionTrainForwardNative, gluBackwardNative, gluForwardNative, linearBackwardNative, linearTrainForwardNative, rmsnormBackwardNative, stepNative,
 } from '../lib/model/train/step-native.js';
 import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
@@ -227,7 +227,7 @@ describe('native attention forward and backward = the verifier\'s TypeScript, bi
   });
 });
 
-describe('native RMSNorm and gated-MLP backward = the verifier\'s TypeScript, bit for bit', () => {
+describe('native RMSNorm backward and gated-MLP forward and backward = the verifier\'s TypeScript, bit for bit', () => {
   it('RMSNorm: random, hostile, NaN and infinities, zero rows', () => {
     let seed = 600;
     for (const k of KINDS) {
@@ -246,7 +246,7 @@ describe('native RMSNorm and gated-MLP backward = the verifier\'s TypeScript, bi
       }
     }
   });
-  it('glu: random, hostile, NaN and infinities, gates past exp\'s range', () => {
+  it('glu forward and backward: random, hostile, NaN and infinities, gates past exp\'s range', () => {
     let seed = 700;
     for (const k of KINDS) {
       const rng = new Rng(seed++);
@@ -255,7 +255,7 @@ describe('native RMSNorm and gated-MLP backward = the verifier\'s TypeScript, bi
       const gate = values(rng, n * d, k.hostile, k.nonFinite), up = values(rng, n * d, k.hostile, k.nonFinite);
       gate.set([-750, -709.8, -709.6, 745.3, 88, -88, 0, -0, 1e-45]);
       const c = layerCase(rng, l, [], [gate, up], n, k);
-      compare(gluSpec as LayerSpec<GhostLayer>, l, c, values(rng, n * d, k.hostile, k.nonFinite), null, (ctx, g) => gluBackwardNative(ctx, g), () => []);
+      compare(gluSpec as LayerSpec<GhostLayer>, l, c, values(rng, n * d, k.hostile, k.nonFinite), (_l, ctx) => gluForwardNative(ctx), (ctx, g) => gluBackwardNative(ctx, g), () => []);
     }
   });
 });

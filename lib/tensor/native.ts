@@ -265,6 +265,8 @@ export interface NativeAddon {
   canonicalRmsNormBackward(x: Float32Array, dy: Float32Array, gain: Float32Array, n: number, d: number, eps: number, dx: Float32Array, accGain: Float64Array): void;
   /** The prover's gated-MLP backward: fills dGate and dUp. */
   canonicalGluBackward(gate: Float32Array, up: Float32Array, dy: Float32Array, dGate: Float32Array, dUp: Float32Array): void;
+  /** cglu into y, taking any value (canonicalJoin refuses non-finite ones). */
+  canonicalGluForward(gate: Float32Array, up: Float32Array, y: Float32Array): void;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined, screen?: NativeSimdLevel | 'none',

@@ -12,6 +12,13 @@
  *   (ctx.grad, shared with every other layer) are gathered into one buffer, added to in
  *   C++ in the TypeScript's order, and scattered back (copies are exact).
  * - The optimizer step (coptimizerStep).
+ * - The language-model kinds: Linear (dense or top-k, with its bias) and attention (its
+ *   projections, the top-k selection re-derived by the TypeScript's own insertion, the
+ *   softmax and the mix) forward and backward, the gated MLP's forward and backward,
+ *   RMSNorm's backward. Each projection's accumulator rows are gathered, added to in C++
+ *   and scattered back per call, so tensors shared between projections or layers see
+ *   the TypeScript's order. Embedding, position, add, RMSNorm's forward and the memory
+ *   layer run the TypeScript (cheap, or not mirrored yet: docs/step-proofs.md).
  */
 import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
@@ -298,6 +305,18 @@ export function gluBackwardNative(ctx: BackwardContext, dy: Float32Array): Float
   return [dg, du];
 }
 
+
+/** The gated MLP's forward in C++ (kinds/glu.ts verify: no stages, an empty reveal), or null for a shape the TypeScript should report. */
+export function gluForwardNative(ctx: VerifyLayerContext): TrainedForward | null {
+  const gate = ctx.inputs[0], up = ctx.inputs[1];
+  if (ctx.evidence.stages.length !== 0 || !gate || !up || up.length !== gate.length) return null;
+  ctx.reveal(new Map());
+  const y = new Float32Array(gate.length);
+  const nat = native();
+  callNative(() => nat.canonicalGluForward(gate, up, y));
+  return { y, saved: undefined };
+}
+
 /**
  * Whether Model.proveTrainStep uses these (default on; GT_STEP_NATIVE=0 turns them off, for
  * A/B runs; tests flip `on` to compare both paths byte for byte).
@@ -311,6 +330,7 @@ export const STEP_NATIVE: NativeStepHooks & { optimizerStep: typeof coptimizerSt
       case 'hopfield': return hopfieldTrainForwardNative(layer, ctx);
       case 'linear': return linearTrainForwardNative(layer, ctx);
       case 'attention': return attentionTrainForwardNative(layer, ctx);
+      case 'glu': return gluForwardNative(ctx);
       default: return null;
     }
   },

@@ -3,6 +3,7 @@
 // lib/verify/canonical.ts. Every size is checked here, at the edge.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -586,6 +587,22 @@ Napi::Value CanonicalGluBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// (gate, up, y: Float32Arrays of one length; y out) cglu without the finiteness check of
+// canonicalJoin (the step's forward takes any value, as the TypeScript does).
+Napi::Value CanonicalGluForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> gate = f32_arg(info, 0, "gate");
+    const ArrayArg<float> up = f32_arg(info, 1, "up");
+    const ArrayArg<float> y = f32_arg(info, 2, "y");
+    check_len(up.length, gate.length, "up");
+    check_len(y.length, gate.length, "y");
+    const std::vector<float> out = canonical::glu(gate.data, up.data, gate.length);
+    std::copy(out.begin(), out.end(), y.data);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void register_canonical_functions(Napi::Env env, Napi::Object exports) {
@@ -608,6 +625,7 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalAttentionCoreBackward", Napi::Function::New(env, CanonicalAttentionCoreBackward));
   exports.Set("canonicalRmsNormBackward", Napi::Function::New(env, CanonicalRmsNormBackward));
   exports.Set("canonicalGluBackward", Napi::Function::New(env, CanonicalGluBackward));
+  exports.Set("canonicalGluForward", Napi::Function::New(env, CanonicalGluForward));
 }
 
 }  // namespace gt
