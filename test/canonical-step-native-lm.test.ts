@@ -2,7 +2,8 @@
  * The prover's C++ mirrors of the language-model kinds (native/src/core/canonical_step.cc,
  * lib/model/train/step-native.ts) against the verifier's TypeScript: Linear (dense and
  * top-k, with and without a bias), attention (its projections, the top-k selection
- * re-derived, causal or not, shared projection tensors), RMSNorm and the gated MLP;
+ * re-derived, causal or not, shared projection tensors), RMSNorm, the gated MLP and the
+ * product-key memory layer's backward;
  * bit for bit on random and hostile inputs (zeros, -0, ties, huge and tiny values, NaN and
  * infinities, which the TypeScript takes), the same refusals, and whole proved LM steps
  * with the mirrors on and off giving the same proof bytes and digests.
@@ -16,10 +17,11 @@ import { attentionSpec, type AttentionSaved, type GhostAttentionLayer, type Ghos
 import { gluSpec, type GhostGluLayer } from '../lib/verify/kinds/glu.js';
 import type { GhostLayer } from '../lib/verify/kinds/index.js';
 import { linearSpec, type GhostLinearLayer } from '../lib/verify/kinds/linear.js';
+import { memorySpec, type GhostMemoryLayer, type MemorySaved } from '../lib/verify/kinds/memory.js';
 import { rmsnormSpec, type GhostRmsNormLayer } from '../lib/verify/kinds/rmsnorm.js';
 import type { BackwardContext, LayerSpec, Revealed, TrainedForward, VerifyLayerContext } from '../lib/verify/layer-spec.js';
 import {
-  attentionBackwardNative, attentionTrainForwardNative, gluBackwardNative, gluForwardNative, linearBackwardNative, linearTrainForwardNative, rmsnormBackwardNative, stepNative,
+  attentionBackwardNative, attentionTrainForwardNative, gluBackwardNative, gluForwardNative, linearBackwardNative, memoryBackwardNative, linearTrainForwardNative, rmsnormBackwardNative, stepNative,
 } from '../lib/model/train/step-native.js';
 import { native } from '../lib/tensor/native.js';
 import { Rng } from './helpers/rng.js';
@@ -257,6 +259,64 @@ describe('native RMSNorm backward and gated-MLP forward and backward = the verif
       const c = layerCase(rng, l, [], [gate, up], n, k);
       compare(gluSpec as LayerSpec<GhostLayer>, l, c, values(rng, n * d, k.hostile, k.nonFinite), (_l, ctx) => gluForwardNative(ctx), (ctx, g) => gluBackwardNative(ctx, g), () => []);
     }
+  });
+});
+
+
+describe('native product-key memory backward = the verifier\'s TypeScript, bit for bit', () => {
+  // 2 heads of dk = 3 + 2, 4^2 slots of 5, k = 3; the values revealed in part (the slots the stages name).
+  const run = (seed: number, k: Kind, repeat: boolean): void => {
+    const rng = new Rng(seed);
+    const B = 4, H = 2, kk = 3, n = 4, d1 = 3, d2 = 2, dk = d1 + d2, dIn = 6, dv = 5;
+    const l: GhostMemoryLayer = { op: 'memory', dIn, dOut: dv, heads: H, k: kk, subKeys: n, beta: Math.fround(k.hostile ? 20 : 1.5), query: 0, keys: [1, 2, 3, 4], values: 5 };
+    const shapes: [number, number][] = [[H * dk, dIn], [n, d1], [n, d2], [n, d1], [n, d2], [n * n, dv]];
+    const root = new Uint8Array(32);
+    const manifest = { version: 3, layers: [l], tensors: shapes.map(([rows, dim]) => ({ n: rows, dim, root })) } as unknown as GhostManifest;
+    const data = shapes.map(([rows, dim]) => values(rng, rows * dim, k.hostile, k.nonFinite));
+    // Slots per (input, head): distinct within the head; `repeat`: every input picks the same (accumulators shared across inputs).
+    const stages = Array.from({ length: H }, () => {
+      const st = new Uint32Array(B * kk);
+      for (let b = 0; b < B; b++) {
+        const pick = new Set<number>();
+        while (pick.size < kk) pick.add(repeat && b > 0 ? st[pick.size]! : rng.int(0, n * n - 1));
+        st.set([...pick], b * kk);
+      }
+      return st;
+    });
+    const used = Uint32Array.from(new Set(stages.flatMap((st) => [...st]))).sort();
+    const revealed = new Map<number, Revealed>();
+    shapes.forEach(([rows, dim], t) => {
+      if (t === 5) {
+        const r = new Float32Array(used.length * dim);
+        used.forEach((id, i) => r.set(data[t]!.subarray(id * dim, (id + 1) * dim), i * dim));
+        revealed.set(t, { tensor: t, dim, ids: used, rows: r, root, all: false });
+      } else revealed.set(t, { tensor: t, dim, ids: Uint32Array.from({ length: rows }, (_, i) => i), rows: data[t]!, root, all: true });
+    });
+    const x = values(rng, B * dIn, k.hostile, k.nonFinite);
+    const a = Float64Array.from({ length: B * H * kk }, () => (k.nonFinite && rng.next() < 0.1 ? NaN : rng.next()));
+    const saved: MemorySaved = { q: values(rng, B * H * dk, k.hostile, k.nonFinite), s: new Float64Array(B * H * kk), a };
+    const dy = values(rng, B * dv, k.hostile, k.nonFinite);
+    const evidence = { op: 'memory', stages, blocks: [] } as never;
+    const fresh = (): GradientAccumulator => {
+      const acc = new GradientAccumulator(manifest);
+      acc.row(5, used[0]!).set(values(new Rng(seed + 1), dv, false));
+      acc.row(0, 2).set(values(new Rng(seed + 2), dIn, false));
+      return acc;
+    };
+    const ctx = (acc: GradientAccumulator): BackwardContext => ({
+      manifest, index: 0, rows: B, ids: null, inputs: [x], evidence, revealed, y: new Float32Array(B * dv), saved,
+      grad: (t, id) => acc.row(t, id),
+    });
+    const aT = fresh(), aN = fresh();
+    const dxT = memorySpec.backward!(l, ctx(aT), dy)[0]!;
+    const dxN = memoryBackwardNative(l, ctx(aN), dy);
+    expect(dxN).not.toBeNull();
+    expect(bits(dxN!)).toBe(bits(dxT));
+    sameAccumulators(aT, aN);
+  };
+  it('random, hostile, NaN and infinities, slots repeated across inputs', () => {
+    let seed = 800;
+    for (const k of KINDS) for (const repeat of [false, true]) run(seed++, k, repeat);
   });
 });
 

@@ -267,6 +267,12 @@ export interface NativeAddon {
   canonicalGluBackward(gate: Float32Array, up: Float32Array, dy: Float32Array, dGate: Float32Array, dUp: Float32Array): void;
   /** cglu into y, taking any value (canonicalJoin refuses non-finite ones). */
   canonicalGluForward(gate: Float32Array, up: Float32Array, y: Float32Array): void;
+  /** The prover's product-key memory backward (canonical_step.h memory_backward); the acc buffers are added to in place. */
+  canonicalMemoryBackward(
+    x: Float32Array, dy: Float32Array, q: Float32Array, a: Float64Array, values: Float32Array, valueRow: Uint32Array, valueAcc: Uint32Array, accValues: Float64Array,
+    t1: Float32Array, t1Row: Uint32Array, t1Acc: Uint32Array, accT1: Float64Array, t2: Float32Array, t2Row: Uint32Array, t2Acc: Uint32Array, accT2: Float64Array,
+    W: Float32Array, accW: Float64Array, B: number, H: number, k: number, dv: number, dIn: number, dk: number, d1: number, beta: number,
+  ): Float32Array;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined, screen?: NativeSimdLevel | 'none',

@@ -1334,6 +1334,19 @@ static void test_canonical_step_lm() {
     c::rmsnorm_backward(x, dy, gain, 1, 2, 0.0f, dx, acc);
     CHECK(dx[0] == 1.0f && dx[1] == -1.0f && acc[0] == 1.0 && acc[1] == 4.0);
   }
+  {  // memory_backward, one input, one head, k 2: da = (2, 6), rho = 5, ds = beta a (da - rho) = (-1.5, 1.5).
+    const float x[1] = {1}, dy[1] = {2}, q[2] = {1, 2}, values[2] = {1, 3}, t1[2] = {1, 2}, t2[2] = {4, 8}, W[2] = {10, 100};
+    const double a[2] = {0.25, 0.75};
+    const uint32_t rows[2] = {0, 1}, accs[2] = {1, 0};
+    double acc_v[2] = {0, 0}, acc_t1[2] = {0, 0}, acc_t2[2] = {0, 0}, acc_w[2] = {0, 0};
+    float dx[1] = {-1};
+    c::MemoryBackward m{1, 1, 2, 1, 1, 2, 1, 2.0, x, dy, q, a, values, rows, accs, acc_v, t1, rows, accs, acc_t1, t2, rows, accs, acc_t2,
+                        W, acc_w, dx};
+    c::memory_backward(m);
+    // dq = (-1.5 + 3, -6 + 12) = (1.5, 6): dx = 15 + 600; the entries' accumulators sit in swapped slots.
+    CHECK(dx[0] == 615.0f && acc_w[0] == 1.5 && acc_w[1] == 6.0);
+    CHECK(acc_v[1] == 0.5 && acc_v[0] == 1.5 && acc_t1[1] == -1.5 && acc_t1[0] == 1.5 && acc_t2[1] == -3.0 && acc_t2[0] == 3.0);
+  }
   {  // glu_backward at g = 0: sigmoid 1/2, silu 0.
     const float gate[1] = {0}, up[1] = {3}, dy[1] = {2};
     float dg[1], du[1];

@@ -17,8 +17,9 @@
  *   softmax and the mix) forward and backward, the gated MLP's forward and backward,
  *   RMSNorm's backward. Each projection's accumulator rows are gathered, added to in C++
  *   and scattered back per call, so tensors shared between projections or layers see
- *   the TypeScript's order. Embedding, position, add, RMSNorm's forward and the memory
- *   layer run the TypeScript (cheap, or not mirrored yet: docs/step-proofs.md).
+ *   the TypeScript's order. The product-key memory layer's backward (its forward, with
+ *   the product-key selection, runs the TypeScript). Embedding, position, add and
+ *   RMSNorm's forward run the TypeScript (cheap).
  */
 import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
@@ -28,6 +29,7 @@ import { checkHopfieldStages, hopfieldReads, hopfieldRevealsKeys, type GhostHopf
 import { attentionReads, attentionWidth, type AttentionSaved, type GhostAttentionLayer, type GhostProjection } from '../../verify/kinds/attention.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import { linearReads, wholeRows, type GhostLinearLayer } from '../../verify/kinds/linear.js';
+import { memoryHeadDim, type GhostMemoryLayer, type MemorySaved } from '../../verify/kinds/memory.js';
 import type { GhostRmsNormLayer } from '../../verify/kinds/rmsnorm.js';
 import { fail, rowOf, type BackwardContext, type Revealed, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
@@ -39,7 +41,7 @@ import { fail, rowOf, type BackwardContext, type Revealed, type TrainedForward, 
  */
 const scratch: Float64Array[] = [];
 /** Slots of `scratch`: one per buffer live at once in one hook. */
-const enum Scratch { Keys = 0, Values = 1, Weight = 2, DOut = 3, DQ = 4, DK = 5, DV = 6, DIn = 7 }
+const enum Scratch { Keys = 0, Values = 1, Weight = 2, DOut = 3, DQ = 4, DK = 5, DV = 6, DIn = 7, T1 = 8, T2 = 9 }
 function scratchOf(which: Scratch, n: number): Float64Array {
   const cur = scratch[which] ?? new Float64Array(0);
   scratch[which] = cur.length < n ? new Float64Array(Math.max(n, Math.ceil(cur.length * 1.5))) : cur;
@@ -317,6 +319,83 @@ export function gluForwardNative(ctx: VerifyLayerContext): TrainedForward | null
   return { y, saved: undefined };
 }
 
+
+/** Every head's sub-key tables of one side, one after another, kept between calls (grow only). */
+const tableScratch: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
+function tablesOf(which: 0 | 1, n: number): Float32Array {
+  if (tableScratch[which]!.length < n) tableScratch[which] = new Float32Array(Math.max(n, Math.ceil(tableScratch[which]!.length * 1.5)));
+  return tableScratch[which]!.subarray(0, n);
+}
+
+/**
+ * The product-key memory backward in C++ (kinds/memory.ts memoryBackward), or null when the
+ * forward's saved state or a shape is not what it should be (the TypeScript recomputes or
+ * reports it). Rows are located (rowOf) and accumulators taken (ctx.grad) in the
+ * TypeScript's order, so a row the layer did not reveal fails with its error.
+ */
+export function memoryBackwardNative(l: GhostMemoryLayer, ctx: BackwardContext, dy: Float32Array): Float32Array | null {
+  const g = ctx.manifest, B = ctx.rows, k = l.k, H = l.heads, dv = l.dOut, dIn = l.dIn, n = l.subKeys;
+  const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, d2 = dk - d1, hdk = H * dk;
+  const sv = ctx.saved as MemorySaved | undefined, x = ctx.inputs[0], stages = ctx.evidence.stages;
+  if (!sv || !(sv.q instanceof Float32Array) || sv.q.length !== B * hdk || sv.a.length !== B * H * k) return null;
+  if (!x || x.length !== B * dIn || dy.length !== B * dv || stages.length !== H || stages.some((st) => st.length !== B * k)) return null;
+  const V = ctx.revealed.get(l.values), W = ctx.revealed.get(l.query);
+  if (!V || !W || V.dim !== dv || W.dim !== dIn || W.rows.length < hdk * dIn) return null;
+  const T1 = l.keys.filter((_, j) => j % 2 === 0).map((t) => ctx.revealed.get(t)), T2 = l.keys.filter((_, j) => j % 2 === 1).map((t) => ctx.revealed.get(t));
+  if (T1.some((t) => !t || t.dim !== d1) || T2.some((t) => !t || t.dim !== d2)) return null;
+  // The query weight's rows 0..hdk-1 in order (rowOf, as the TypeScript's Wo) and their accumulators.
+  let Wrows = W.rows;
+  if (!(W.all && W.rows.length === hdk * dIn)) {
+    Wrows = new Float32Array(hdk * dIn);
+    for (let m = 0; m < hdk; m++) Wrows.set(W.rows.subarray(rowOf(W, m), rowOf(W, m) + dIn), m * dIn);
+  }
+  const Wacc = Array.from({ length: hdk }, (_, m) => ctx.grad(l.query, m));
+  // Every head's tables, one after another.
+  const base1: number[] = [], base2: number[] = [];
+  let r1 = 0, r2 = 0;
+  for (let h = 0; h < H; h++) {
+    base1.push(r1);
+    base2.push(r2);
+    r1 += T1[h]!.rows.length / d1;
+    r2 += T2[h]!.rows.length / d2;
+  }
+  const t1 = tablesOf(0, r1 * d1), t2 = tablesOf(1, r2 * d2);
+  for (let h = 0; h < H; h++) {
+    t1.set(T1[h]!.rows, base1[h]! * d1);
+    t2.set(T2[h]!.rows, base2[h]! * d2);
+  }
+  const E = B * H * k;
+  const valueRow = new Uint32Array(E), valueAcc = new Uint32Array(E), t1Row = new Uint32Array(E), t1Acc = new Uint32Array(E), t2Row = new Uint32Array(E), t2Acc = new Uint32Array(E);
+  const vs = new Slots(), s1 = new Slots(), s2 = new Slots();
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const st = stages[h]!, ao = (b * H + h) * k;
+      for (let i = 0; i < k; i++) {
+        const id = st[b * k + i]!;
+        valueRow[ao + i] = rowOf(V, id) / dv;
+        valueAcc[ao + i] = vs.slot(ctx.grad(l.values, id));
+      }
+      for (let i = 0; i < k; i++) {
+        const id = st[b * k + i]!, i1 = Math.floor(id / n), i2 = id % n;
+        t1Row[ao + i] = base1[h]! + rowOf(T1[h]!, i1) / d1;
+        t1Acc[ao + i] = s1.slot(ctx.grad(l.keys[2 * h]!, i1));
+        t2Row[ao + i] = base2[h]! + rowOf(T2[h]!, i2) / d2;
+        t2Acc[ao + i] = s2.slot(ctx.grad(l.keys[2 * h + 1]!, i2));
+      }
+    }
+  }
+  const accV = vs.gather(dv, Scratch.Values), acc1 = s1.gather(d1, Scratch.T1), acc2 = s2.gather(d2, Scratch.T2);
+  const accW = scratchOf(Scratch.DIn, hdk * dIn);
+  Wacc.forEach((v, m) => accW.set(v, m * dIn));
+  const nat = native();
+  const dx = callNative(() => nat.canonicalMemoryBackward(x, dy, sv.q, sv.a, V.rows, valueRow, valueAcc, accV, t1, t1Row, t1Acc, acc1, t2, t2Row, t2Acc, acc2, Wrows, accW, B, H, k, dv, dIn, dk, d1, l.beta));
+  vs.scatter(accV, dv);
+  s1.scatter(acc1, d1);
+  s2.scatter(acc2, d2);
+  Wacc.forEach((v, m) => v.set(accW.subarray(m * dIn, (m + 1) * dIn)));
+  return dx;
+}
+
 /**
  * Whether Model.proveTrainStep uses these (default on; GT_STEP_NATIVE=0 turns them off, for
  * A/B runs; tests flip `on` to compare both paths byte for byte).
@@ -342,6 +421,7 @@ export const STEP_NATIVE: NativeStepHooks & { optimizerStep: typeof coptimizerSt
       case 'attention': return one(attentionBackwardNative(layer, ctx, dy));
       case 'rmsnorm': return one(rmsnormBackwardNative(layer, ctx, dy));
       case 'glu': return gluBackwardNative(ctx, dy);
+      case 'memory': return one(memoryBackwardNative(layer, ctx, dy));
       default: return null;
     }
   },

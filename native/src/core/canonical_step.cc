@@ -372,5 +372,39 @@ void glu_backward(const float* gate, const float* up, const float* dy, size_t le
   }
 }
 
+void memory_backward(const MemoryBackward& p) {
+  const size_t B = p.B, H = p.H, k = p.k, dv = p.dv, d_in = p.d_in, dk = p.dk, d1 = p.d1, d2 = dk - d1, hdk = H * dk;
+  std::vector<double> gy(dv), dq(hdk), da(k), ds(k), dxb(d_in);
+  for (size_t b = 0; b < B; ++b) {
+    for (size_t j = 0; j < dv; ++j) gy[j] = static_cast<double>(p.dy[b * dv + j]);
+    for (size_t m = 0; m < hdk; ++m) dq[m] = 0.0;
+    for (size_t h = 0; h < H; ++h) {
+      const size_t ao = (b * H + h) * k, qo = b * hdk + h * dk, ho = h * dk;
+      // (1) y += sum_i a_i V_i: da_i = g . V_i, dV_i += a_i g.
+      for (size_t i = 0; i < k; ++i) {
+        da[i] = dot_in_order(gy.data(), p.values + static_cast<size_t>(p.value_row[ao + i]) * dv, dv);
+        add_scaled(p.acc_values + static_cast<size_t>(p.value_acc[ao + i]) * dv, p.a[ao + i], gy.data(), dv);
+      }
+      // (2) ds_i = beta (a_i (da_i - sum_t a_t da_t)).
+      double rho = 0.0;
+      for (size_t i = 0; i < k; ++i) rho = rho + p.a[ao + i] * da[i];
+      for (size_t i = 0; i < k; ++i) ds[i] = p.beta * (p.a[ao + i] * (da[i] - rho));
+      // (3) s_i = q[:d1] . T1[i1] + q[d1:] . T2[i2].
+      for (size_t i = 0; i < k; ++i) {
+        const double c = ds[i];
+        add_scaled(dq.data() + ho, c, p.t1 + static_cast<size_t>(p.t1_row[ao + i]) * d1, d1);
+        add_scaled(p.acc_t1 + static_cast<size_t>(p.t1_acc[ao + i]) * d1, c, p.q + qo, d1);
+        add_scaled(dq.data() + ho + d1, c, p.t2 + static_cast<size_t>(p.t2_row[ao + i]) * d2, d2);
+        add_scaled(p.acc_t2 + static_cast<size_t>(p.t2_acc[ao + i]) * d2, c, p.q + qo + d1, d2);
+      }
+    }
+    // The query projection: dx_b = sum_m dq_m W_m, dW_m += dq_m x_b.
+    for (size_t t = 0; t < d_in; ++t) dxb[t] = 0.0;
+    for (size_t m = 0; m < hdk; ++m) add_scaled(dxb.data(), dq[m], p.W + m * d_in, d_in);
+    for (size_t t = 0; t < d_in; ++t) p.dx[b * d_in + t] = static_cast<float>(dxb[t]);
+    for (size_t m = 0; m < hdk; ++m) add_scaled(p.acc_w + m * d_in, dq[m], p.x + b * d_in, d_in);
+  }
+}
+
 }  // namespace canonical
 }  // namespace gt

@@ -165,5 +165,37 @@ void rmsnorm_backward(const float* x, const float* dy, const float* gain, size_t
 // kinds/glu.ts backward: dgate and dup (len f32 each).
 void glu_backward(const float* gate, const float* up, const float* dy, size_t len, float* dgate, float* dup);
 
+// kinds/memory.ts memoryBackward (the product-key memory layer; the selections are the
+// proof's, beta is not trained). Per input b, per head h (entry e = (b H + h) k + i):
+// value_row[e] / value_acc[e]: the row of `values` (rows of dv) and of `acc_values`;
+// t1_row[e] / t1_acc[e]: the row of `t1` (rows of d1: every head's first sub-key table,
+// one after another) and of `acc_t1`; t2_* the same for the second tables (rows of
+// dk - d1). W (hdk x d_in, hdk = H dk) is the query weight, acc_w its accumulator rows
+// (added to); dx (B x d_in f32, out). Every index is checked by the caller.
+struct MemoryBackward {
+  size_t B, H, k, dv, d_in, dk, d1;
+  double beta;  // an f32 value
+  const float* x;
+  const float* dy;
+  const float* q;   // B x hdk (the forward's f32 queries)
+  const double* a;  // B H k
+  const float* values;
+  const uint32_t* value_row;
+  const uint32_t* value_acc;
+  double* acc_values;
+  const float* t1;
+  const uint32_t* t1_row;
+  const uint32_t* t1_acc;
+  double* acc_t1;
+  const float* t2;
+  const uint32_t* t2_row;
+  const uint32_t* t2_acc;
+  double* acc_t2;
+  const float* W;
+  double* acc_w;
+  float* dx;
+};
+void memory_backward(const MemoryBackward& p);
+
 }  // namespace canonical
 }  // namespace gt

@@ -603,6 +603,70 @@ Napi::Value CanonicalGluForward(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// The prover's product-key memory backward (canonical_step.h memory_backward):
+// (x, dy, q, a, values, valueRow, valueAcc, accValues, t1, t1Row, t1Acc, accT1, t2, t2Row,
+//  t2Acc, accT2, W, accW, B, H, k, dv, dIn, dk, d1, beta) -> dx (B x dIn f32); the acc
+// buffers are added to in place.
+Napi::Value CanonicalMemoryBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> dy = f32_arg(info, 1, "dy");
+    const ArrayArg<float> q = f32_arg(info, 2, "q");
+    const ArrayArg<double> a = f64_arg(info, 3, "a");
+    const ArrayArg<float> values = f32_arg(info, 4, "values");
+    const ArrayArg<uint32_t> value_row = u32_arg(info, 5, "valueRow");
+    const ArrayArg<uint32_t> value_acc = u32_arg(info, 6, "valueAcc");
+    const ArrayArg<double> acc_values = f64_arg(info, 7, "accValues");
+    const ArrayArg<float> t1 = f32_arg(info, 8, "t1");
+    const ArrayArg<uint32_t> t1_row = u32_arg(info, 9, "t1Row");
+    const ArrayArg<uint32_t> t1_acc = u32_arg(info, 10, "t1Acc");
+    const ArrayArg<double> acc_t1 = f64_arg(info, 11, "accT1");
+    const ArrayArg<float> t2 = f32_arg(info, 12, "t2");
+    const ArrayArg<uint32_t> t2_row = u32_arg(info, 13, "t2Row");
+    const ArrayArg<uint32_t> t2_acc = u32_arg(info, 14, "t2Acc");
+    const ArrayArg<double> acc_t2 = f64_arg(info, 15, "accT2");
+    const ArrayArg<float> w = f32_arg(info, 16, "W");
+    const ArrayArg<double> acc_w = f64_arg(info, 17, "accW");
+    const size_t B = size_arg(info, 18, "B", 1, kMaxCount);
+    const size_t H = size_arg(info, 19, "H", 1, 64);
+    const size_t k = size_arg(info, 20, "k", 1, kMaxCount);
+    const size_t dv = size_arg(info, 21, "dv", 1, kMaxDim);
+    const size_t d_in = size_arg(info, 22, "dIn", 1, kMaxDim);
+    const size_t dk = size_arg(info, 23, "dk", 2, kMaxDim);
+    const size_t d1 = size_arg(info, 24, "d1", 1, kMaxDim);
+    const double beta = f32_number(info, 25, "beta");
+    if (d1 >= dk) throw Error(ErrorCode::InvalidArgument, "d1 must be below dk");
+    const size_t d2 = dk - d1, hdk = checked_mul(H, dk, "H x dk");
+    const size_t entries = checked_mul(checked_mul(B, H, "B x H"), k, "B x H x k");
+    check_len(x.length, checked_mul(B, d_in, "B x dIn"), "x");
+    check_len(dy.length, checked_mul(B, dv, "B x dv"), "dy");
+    check_len(q.length, checked_mul(B, hdk, "B x H x dk"), "q");
+    check_len(a.length, entries, "a");
+    for (const auto& [len, name] : {std::pair<size_t, const char*>{value_row.length, "valueRow"}, {value_acc.length, "valueAcc"},
+                                    {t1_row.length, "t1Row"}, {t1_acc.length, "t1Acc"}, {t2_row.length, "t2Row"}, {t2_acc.length, "t2Acc"}})
+      check_len(len, entries, name);
+    check_len(w.length, checked_mul(hdk, d_in, "H x dk x dIn"), "W");
+    check_len(acc_w.length, w.length, "accW");
+    const auto rows_of = [](size_t len, size_t dim, const char* name) {
+      if (len % dim != 0) throw Error(ErrorCode::InvalidArgument, std::string(name) + "'s length is not a multiple of its row length");
+      return len / dim;
+    };
+    check_rows(value_row, rows_of(values.length, dv, "values"), "valueRow");
+    check_rows(value_acc, rows_of(acc_values.length, dv, "accValues"), "valueAcc");
+    check_rows(t1_row, rows_of(t1.length, d1, "t1"), "t1Row");
+    check_rows(t1_acc, rows_of(acc_t1.length, d1, "accT1"), "t1Acc");
+    check_rows(t2_row, rows_of(t2.length, d2, "t2"), "t2Row");
+    check_rows(t2_acc, rows_of(acc_t2.length, d2, "accT2"), "t2Acc");
+    Napi::Float32Array dx = Napi::Float32Array::New(info.Env(), x.length);
+    canonical::MemoryBackward p{B, H, k, dv, d_in, dk, d1, beta, x.data, dy.data, q.data, a.data, values.data, value_row.data,
+                                value_acc.data, acc_values.data, t1.data, t1_row.data, t1_acc.data, acc_t1.data, t2.data,
+                                t2_row.data, t2_acc.data, acc_t2.data, w.data, acc_w.data, dx.Data()};
+    canonical::memory_backward(p);
+    return dx;
+  });
+}
+
 }  // namespace
 
 void register_canonical_functions(Napi::Env env, Napi::Object exports) {
@@ -626,6 +690,7 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalRmsNormBackward", Napi::Function::New(env, CanonicalRmsNormBackward));
   exports.Set("canonicalGluBackward", Napi::Function::New(env, CanonicalGluBackward));
   exports.Set("canonicalGluForward", Napi::Function::New(env, CanonicalGluForward));
+  exports.Set("canonicalMemoryBackward", Napi::Function::New(env, CanonicalMemoryBackward));
 }
 
 }  // namespace gt
