@@ -17,19 +17,19 @@
  *   softmax and the mix) forward and backward, the gated MLP's forward and backward,
  *   RMSNorm's backward. Each projection's accumulator rows are gathered, added to in C++
  *   and scattered back per call, so tensors shared between projections or layers see
- *   the TypeScript's order. The product-key memory layer: its queries and selection in
- *   the forward, and its backward. Embedding, position, add and
+ *   the TypeScript's order. The product-key memory layer's backward (its forward, with
+ *   the product-key selection, runs the TypeScript). Embedding, position, add and
  *   RMSNorm's forward run the TypeScript (cheap).
  */
 import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
 import type { NativeStepHooks } from '../../verify/backward.js';
-import { cmix, cproductKeys, csoftmax, type CanonicalOptimizer, type CanonicalRowState, type coptimizerStep } from '../../verify/canonical.js';
+import type { CanonicalOptimizer, CanonicalRowState, coptimizerStep } from '../../verify/canonical.js';
 import { checkHopfieldStages, hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type HopfieldSaved } from '../../verify/kinds/hopfield.js';
 import { attentionReads, attentionWidth, type AttentionSaved, type GhostAttentionLayer, type GhostProjection } from '../../verify/kinds/attention.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import { linearReads, wholeRows, type GhostLinearLayer } from '../../verify/kinds/linear.js';
-import { memoryHeadDim, memoryReads, type GhostMemoryLayer, type MemorySaved } from '../../verify/kinds/memory.js';
+import { memoryHeadDim, type GhostMemoryLayer, type MemorySaved } from '../../verify/kinds/memory.js';
 import type { GhostRmsNormLayer } from '../../verify/kinds/rmsnorm.js';
 import { fail, rowOf, type BackwardContext, type Revealed, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
@@ -396,70 +396,6 @@ export function memoryBackwardNative(l: GhostMemoryLayer, ctx: BackwardContext, 
   return dx;
 }
 
-
-/** Whether every value is finite (canonicalProductKeys refuses others; the TypeScript takes them). */
-function allFinite(a: Float32Array | Float64Array): boolean {
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return false;
-  return true;
-}
-
-/**
- * The product-key memory layer's training forward (kinds/memory.ts memoryForward with
- * `keep`) with its queries (linear_train) and each head's product-key selection
- * (canonicalProductKeys, the mirror of cproductKeys the forward proof uses) in C++; the
- * softmax and mix are the TypeScript's own functions. The selection's checks are the
- * TypeScript's: a malformed one returns null before anything runs; a mismatch fails with
- * its message, in its order. A head with a non-finite query or sub-key runs cproductKeys.
- */
-export function memoryTrainForwardNative(l: GhostMemoryLayer, ctx: VerifyLayerContext): TrainedForward | null {
-  const g = ctx.manifest, ev = ctx.evidence, li = ctx.index, B = ctx.rows, k = l.k, H = l.heads, x = ctx.x, n = l.subKeys;
-  const N = n * n;
-  if (!x || ev.stages.length !== H) return null;
-  for (const st of ev.stages) {
-    if (st.length !== B * k) return null;
-    for (const id of st) if (id >= N) return null;
-  }
-  const rev = ctx.reveal(memoryReads(l, ev.stages));
-  const V = rev.get(l.values)!;
-  const m = g.tensors[l.query]!.n;
-  const q = linearTrainNative(x, B, l.dIn, rev.get(l.query)!.rows, m, m, null).y;
-  const dk = memoryHeadDim(g, l), d1 = g.tensors[l.keys[0]!]!.dim, d2 = dk - d1, hdk = H * dk;
-  const nat = native();
-  const sel = Array.from({ length: H }, (_, h) => {
-    const qh = new Float64Array(B * dk);
-    for (let b = 0; b < B; b++) for (let j = 0; j < dk; j++) qh[b * dk + j] = q[b * hdk + h * dk + j]!;
-    const T1 = rev.get(l.keys[2 * h]!)!.rows, T2 = rev.get(l.keys[2 * h + 1]!)!.rows;
-    if (allFinite(qh) && allFinite(T1) && allFinite(T2)) return callNative(() => nat.canonicalProductKeys(qh, T1, T2, n, d1, d2, B, k, undefined));
-    const ids = new Uint32Array(B * k), scores = new Float64Array(B * k);
-    for (let b = 0; b < B; b++) {
-      const r = cproductKeys(qh.subarray(b * dk, (b + 1) * dk), T1, T2, n, d1, d2, k);
-      ids.set(r.ids, b * k);
-      scores.set(r.scores, b * k);
-    }
-    return { ids, scores };
-  });
-  const out = new Float32Array(B * l.dOut);
-  const saved: MemorySaved = { q, s: new Float64Array(B * H * k), a: new Float64Array(B * H * k) };
-  const acc = new Float64Array(l.dOut);
-  for (let b = 0; b < B; b++) {
-    acc.fill(0);
-    for (let h = 0; h < H; h++) {
-      const ids = ev.stages[h]!.subarray(b * k, (b + 1) * k), got = sel[h]!.ids;
-      for (let i = 0; i < k; i++) {
-        if (got[b * k + i] !== ids[i]) fail('SELECTION_MISMATCH', `layer ${li} head ${h} input ${b}: rank ${i} is slot ${ids[i]}; the product-key top-${k} has ${got[b * k + i]}`);
-      }
-      const scores = sel[h]!.scores.subarray(b * k, (b + 1) * k);
-      const a = csoftmax(scores, l.beta);
-      saved.s.set(scores, (b * H + h) * k);
-      saved.a.set(a, (b * H + h) * k);
-      const y = cmix(a, V.rows, Array.from(ids, (id) => rowOf(V, id)), l.dOut);
-      for (let j = 0; j < l.dOut; j++) acc[j] = acc[j]! + y[j]!;
-    }
-    for (let j = 0; j < l.dOut; j++) out[b * l.dOut + j] = acc[j]!;
-  }
-  return { y: out, saved };
-}
-
 /**
  * Whether Model.proveTrainStep uses these (default on; GT_STEP_NATIVE=0 turns them off, for
  * A/B runs; tests flip `on` to compare both paths byte for byte).
@@ -474,7 +410,6 @@ export const STEP_NATIVE: NativeStepHooks & { optimizerStep: typeof coptimizerSt
       case 'linear': return linearTrainForwardNative(layer, ctx);
       case 'attention': return attentionTrainForwardNative(layer, ctx);
       case 'glu': return gluForwardNative(ctx);
-      case 'memory': return memoryTrainForwardNative(layer, ctx);
       default: return null;
     }
   },
