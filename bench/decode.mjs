@@ -1,8 +1,9 @@
 // Long-context decoding (issue 24 item 5): one causal attention layer decoding a token
 // at a time against a KV cache of L positions, for dense attention (every key), exact
-// top-k (the blocked scan over the cache) and indexed top-k (an HNSW graph per head over
-// the cached keys, each new key inserted in the step), and the recall@k of the indexed
-// selection against the exact one at the same query and cache.
+// top-k (the blocked scan over the cache), the key sketch (index 'sketch': the exact top-k
+// from a certified int8 low-rank first pass, native/src/core/key_sketch.h) and, with --ef,
+// indexed top-k (an HNSW graph per head over the cached keys, each new key inserted in the
+// step), and the recall@k of each selection against the exact one at the same query and cache.
 //
 // The layer: 4 heads of headDim 64 (D = 256), k = 32, dense 256 x 256 query, key and value
 // projections (no output projection), random normal weights / sqrt(256). A step is
@@ -20,7 +21,8 @@
 // Low-rank keys for efficient sparse attention"); queries are drawn the same way.
 //
 // Usage: node bench/decode.mjs [--ls=1024,4096,16384,65536] [--steps=48] [--ef=64,128,256]
-//        [--data=random,lowrank] [--m=16] [--ef-construction=100]
+//        [--data=random,lowrank] [--m=16] [--ef-construction=100] [--rank=R (sketch; default auto)]
+// --ef= (empty, the default) leaves HNSW out: its build takes minutes at 64k keys.
 import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
 import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
 
@@ -30,7 +32,10 @@ const arg = (name, def) => {
 };
 const Ls = arg('ls', '1024,4096,16384,65536').split(',').map(Number);
 const steps = Number(arg('steps', 48));
-const efs = arg('ef', '64,128,256').split(',').map(Number);
+const efs = arg('ef', '').split(',').filter((e) => e !== '').map(Number);
+const rank = arg('rank', undefined) === undefined ? undefined : Number(arg('rank', undefined));
+// --max-scored=0,256: sketch runs without a limit (0: exact) and with one (approximate past it).
+const maxScoreds = arg('max-scored', '0').split(',').map(Number);
 const datas = arg('data', 'random,lowrank').split(',');
 const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));
 const heads = 4, dk = 64, D = heads * dk, k = 32;
@@ -94,55 +99,87 @@ const others = otherProcesses();
 const results = [];
 for (const data of datas) {
   for (const L of Ls) {
-    const rowsNeeded = L + (steps + WARM) * efs.length;
+    const runs = efs.length === 0 ? [null] : efs;
+    const rowsNeeded = L + (steps + WARM) * runs.length;
     const x = rows(data, rowsNeeded, L + (data === 'random' ? 0 : 7));
     const prefix = x.subarray(0, L * D);
     tryGc();
     const dense = new AttentionDecoder(layer('dense'), { maxLength: rowsNeeded });
     const exact = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded });
-    const hnsw = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'hnsw', ef: efs[0], M, efConstruction: efC });
+    const sketches = maxScoreds.map((m) => new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'sketch', ...(rank === undefined ? {} : { rank }), ...(m === 0 ? {} : { maxScored: m }) }));
+    const hnsw = efs.length === 0 ? null : new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'hnsw', ef: efs[0], M, efConstruction: efC });
     await dense.prefill(prefix);
     await exact.prefill(prefix);
-    const t0 = nowMs();
-    await hnsw.prefill(prefix);
-    const buildS = round((nowMs() - t0) / 1000);
-    // The three decoders step through the same rows, interleaved step by step, so a swing
-    // in the machine's load falls on all of them alike.
-    for (const [j, ef] of efs.entries()) {
-      hnsw.ef = ef;
+    let t0 = nowMs();
+    await sketches[0].prefill(prefix);
+    const sketchBuildS = round((nowMs() - t0) / 1000);
+    for (const sk of sketches.slice(1)) await sk.prefill(prefix);
+    let buildS = null;
+    if (hnsw !== null) {
+      t0 = nowMs();
+      await hnsw.prefill(prefix);
+      buildS = round((nowMs() - t0) / 1000);
+    }
+    // The decoders step through the same rows, interleaved step by step, so a swing in the
+    // machine's load falls on all of them alike.
+    for (const [j, ef] of runs.entries()) {
+      if (hnsw !== null) hnsw.ef = ef;
       const ms = {};
       let rsum = 0;
+      const ssum = maxScoreds.map(() => 0), cand = maxScoreds.map(() => 0), capped = maxScoreds.map(() => 0);
       for (let i = 0; i < steps + WARM; i++) {
         const at = L + (steps + WARM) * j + i, row = x.subarray(at * D, (at + 1) * D);
         const acc = i < WARM ? {} : ms;
         await timed(acc, 'dense', () => dense.step(row));
         await timed(acc, 'exact', () => exact.step(row));
-        await timed(acc, 'hnsw', () => hnsw.step(row));
-        // The selection alone, at the same query and cache: the exact scan, the index search.
+        for (const [m, sk] of sketches.entries()) {
+          await timed(acc, `sketch${m}`, () => sk.step(row));
+          if (i >= WARM) {
+            cand[m] += sk.stats().sketchCandidates;
+            capped[m] += sk.stats().sketchCapped;
+          }
+        }
+        if (hnsw !== null) await timed(acc, 'hnsw', () => hnsw.step(row));
+        // The selection alone, at the same query and cache: the exact scan, the sketch, the index search.
         const q = await q1(exact, row);
         const e = await timed(acc, 'exactSelect', () => exact.exactSelection(q));
-        const g = await timed(acc, 'hnswSelect', () => hnsw.indexSelection(q));
-        if (i >= WARM) rsum += recallOf(e, g);
+        for (const [m, sk] of sketches.entries()) {
+          const s = await timed(acc, `sketchSelect${m}`, () => sk.indexSelection(q));
+          if (i >= WARM) ssum[m] += recallOf(e, s);
+        }
+        if (hnsw !== null) {
+          const g = await timed(acc, 'hnswSelect', () => hnsw.indexSelection(q));
+          if (i >= WARM) rsum += recallOf(e, g);
+        }
       }
       const tps = (key) => round((steps * 1000) / ms[key]);
-      const r = {
-        data, L, ef, denseTokS: tps('dense'), exactTokS: tps('exact'), hnswTokS: tps('hnsw'), speedup: round(ms.exact / ms.hnsw),
-        recall: round(rsum / steps), exactSelectMs: round(ms.exactSelect / steps), hnswSelectMs: round(ms.hnswSelect / steps),
-        selectSpeedup: round(ms.exactSelect / ms.hnswSelect), buildS,
-      };
-      results.push(r);
-      console.log(JSON.stringify(r));
+      for (const [m, sk] of sketches.entries()) {
+        const r = {
+          data, L, denseTokS: tps('dense'), exactTokS: tps('exact'), maxScored: maxScoreds[m],
+          sketchTokS: tps(`sketch${m}`), sketchSpeedup: round(ms.exact / ms[`sketch${m}`]), sketchRecall: round(ssum[m] / steps),
+          sketchRank: sk.stats().sketchRanks.join('/'), sketchCandidates: round(cand[m] / steps / heads), sketchCappedHeads: round(capped[m] / steps / heads), sketchBuildS,
+          exactSelectMs: round(ms.exactSelect / steps), sketchSelectMs: round(ms[`sketchSelect${m}`] / steps),
+        };
+        if (hnsw !== null) Object.assign(r, { ef, hnswTokS: tps('hnsw'), speedup: round(ms.exact / ms.hnsw), recall: round(rsum / steps), hnswSelectMs: round(ms.hnswSelect / steps), selectSpeedup: round(ms.exactSelect / ms.hnswSelect), buildS });
+        results.push(r);
+        console.log(JSON.stringify(r));
+      }
     }
   }
 }
 
-table(results, ['data', 'L', 'ef', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `recall@${k}` }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'selectSpeedup', header: 'select speedup' }, { key: 'buildS', header: 'build s' }], {
-  title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions`,
-});
+const cols = ['data', 'L', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'maxScored', header: 'maxScored' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `sketch recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }, { key: 'sketchBuildS', header: 'sketch fit s' }];
+if (efs.length > 0) cols.push('ef', { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `hnsw recall@${k}` }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'buildS', header: 'hnsw build s' });
+table(results, cols, { title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions` });
 const file = writeResults('decode', {
   name: 'decode', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
   machine: machine(), otherProcesses: others,
-  parameters: { heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection', hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step', interleaved: 'dense, exact and hnsw decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query (4 heads), timed apart' } },
+  parameters: {
+    heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection',
+    sketch: { rank: rank ?? 'auto (99% of the keys\' energy per head)', maxScored: maxScoreds, cappedShare: 'share of heads and steps whose certified candidates exceeded maxScored (selected approximately)', fitted: 'to the L prefilled keys (refitted when the cache doubles)', scoredPerHead: 'keys scored exactly per head and step (the rest ruled out by the bound)' },
+    ...(efs.length === 0 ? {} : { hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step' } }),
+    interleaved: 'the decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query (4 heads), timed apart',
+  },
   rows: results,
 });
 console.log(`wrote ${file}`);

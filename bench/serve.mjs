@@ -20,6 +20,10 @@
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
+ *   --workers N         the servers' --workers (N processes on one port; CPU and RSS are summed
+ *                       over the primary and the workers; the workers run this tree's bin/, even with --dist)
+ *   --dist DIR          the servers run the build in DIR (a copy of dist/ at the repository's root,
+ *                       e.g. one from before a change; default dist)
  *
  * Two servers run as `ghost-tensor serve` child processes (so the load generator's CPU
  * and memory are not the servers'), on 127.0.0.1, --max-batch 64, --queue 1024: one
@@ -45,6 +49,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import autocannon from 'autocannon';
@@ -72,6 +77,8 @@ const { values: a } = parseArgs({
     'server-node-args': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
+    dist: { type: 'string', default: 'dist' },
+    workers: { type: 'string', default: '1' },
   },
 });
 const quick = a.quick;
@@ -81,7 +88,7 @@ const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), 
 const batches = a.batches.split(',').map(Number);
 if (a.client !== 'lean' && a.client !== 'autocannon') throw new Error('--client takes lean or autocannon');
 const batchSearch = !a['no-batch-search'];
-const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1' };
+const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1', dist: a.dist, workers: Number(a.workers) };
 
 // ----------------------------------------------------------------- the served model
 const rand = rng(7);
@@ -103,29 +110,41 @@ const ghost = await pinGhost(ghostBytes);
 // ----------------------------------------------------------------- the servers (child processes)
 async function startServer(extra) {
   const nodeArgs = a['server-node-args'].split(' ').filter(Boolean);
-  const args = [...nodeArgs, join(ROOT, 'bin', 'ghost-tensor.mjs'), 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...extra];
+  // The servers run the CLI of --dist (default dist/, as bin/ghost-tensor.mjs does); the client side always dist/.
+  const cli = a.dist === 'dist' ? [join(ROOT, 'bin', 'ghost-tensor.mjs')] : ['--input-type=module', '-e', `const { main } = await import(${JSON.stringify(pathToFileURL(join(ROOT, a.dist, 'cli', 'main.js')).href)}); process.exitCode = await main(process.argv.slice(1));`];
+  const workers = Number(a.workers);
+  const args = [...nodeArgs, ...cli, 'serve', dir, '--port', '0', '--max-batch', '64', '--concurrency', String(P), '--queue', '1024', ...(batchSearch ? [] : ['--no-batch-search']), ...(a.threads === undefined ? [] : ['--threads', a.threads]), ...(workers > 1 ? ['--workers', String(workers)] : []), ...extra];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let banner = '';
   child.stdout.setEncoding('utf8');
   child.stdout.on('data', (s) => (banner += s));
-  for (let i = 0; i < 600 && !/training /.test(banner); i++) await new Promise((r) => setTimeout(r, 50));
+  const done = workers > 1 ? /workers \d+ \(pids [\d, ]+\)/ : /training /;
+  for (let i = 0; i < 600 && !done.test(banner); i++) await new Promise((r) => setTimeout(r, 50));
   const url = /serving (\S+)/.exec(banner)?.[1];
   if (!url) throw new Error(`the server did not start: ${banner}`);
-  return { child, url };
+  // With --workers, the CPU and memory are the primary's and every worker's.
+  const pids = [child.pid, ...(/\(pids ([\d, ]+)\)/.exec(banner)?.[1].split(', ').map(Number) ?? [])];
+  return { child, url, pids };
 }
 const proved = await startServer([]);
 const plain = await startServer(['--no-proofs']);
 log(`servers: with proofs pid ${proved.child.pid} at ${proved.url}, without pid ${plain.child.pid} at ${plain.url}; model N = ${N} x ${D}, k = ${K}, values ${DV}; ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}, client ${a.client}`);
 
-function rssBytes(pid) {
-  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+) kB/.exec(s)[1]) * 1024;
+/** Resident memory of the server's processes (summed: the workers' shared pages of the tensor files count once per worker). */
+function rssBytes(pids) {
+  let sum = 0;
+  for (const pid of [pids].flat()) sum += Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;
+  return sum;
 }
-/** User + system CPU seconds of a process so far. */
-function cpuSeconds(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+/** User + system CPU seconds of the server's processes so far. */
+function cpuSeconds(pids) {
+  let sum = 0;
+  for (const pid of [pids].flat()) {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    sum += (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  }
+  return sum;
 }
 
 function body(B) {
@@ -164,7 +183,7 @@ const summariseCannon = (r) => ({
 
 /** One load run against a server: the load generator's figures and the server's CPU per request. */
 async function load(server, bodies, seconds) {
-  const cpu0 = cpuSeconds(server.child.pid);
+  const cpu0 = cpuSeconds(server.pids);
   let r;
   if (a.client === 'lean') {
     const x = await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds });
@@ -172,8 +191,8 @@ async function load(server, bodies, seconds) {
   } else {
     r = summariseCannon(await cannon(server.url, { duration: seconds, requests: bodies.map((b) => ({ method: 'POST', body: b })) }));
   }
-  const cpu = cpuSeconds(server.child.pid) - cpu0;
-  return { ...r, serverCpuSeconds: round(cpu, 4), serverCpuMsPerRequest: round((1000 * cpu) / Math.max(1, r.requests), 4), rssBytesAfter: rssBytes(server.child.pid) };
+  const cpu = cpuSeconds(server.pids) - cpu0;
+  return { ...r, serverCpuSeconds: round(cpu, 4), serverCpuMsPerRequest: round((1000 * cpu) / Math.max(1, r.requests), 4), rssBytesAfter: rssBytes(server.pids) };
 }
 
 const phases = [];
@@ -192,7 +211,7 @@ try {
   let soakResult = null;
   if (soakSeconds > 0) {
     log(`soak: batch 1 with proofs for ${soakSeconds} s, RSS sampled every 5 s`);
-    const pid = proved.child.pid;
+    const pid = proved.pids;
     const samples = [];
     const t0 = Date.now();
     samples.push({ t: 0, rss: rssBytes(pid) });

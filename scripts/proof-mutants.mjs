@@ -61,10 +61,10 @@ function twoLayerModel(lib, seed) {
 }
 
 /**
- * The 11 honest proofs, each with the context it verifies in: forward proofs with and
+ * The 12 honest proofs, each with the context it verifies in: forward proofs with and
  * without the verifier's cache, with deltas, of an Embedding-first and of an
  * attention-first model, update proofs of Adam and SGD steps (with rows in full and
- * held), and step proofs (cold, and with rows held).
+ * held), and step proofs (cold, with rows held, and of three sequences).
  */
 export async function buildPool(lib) {
   const { Embedding, HopfieldLookup, Model, PatternCache, SparseAdam, SparseSGD, SparseTensor, verifyForward } = lib;
@@ -155,6 +155,13 @@ export async function buildPool(lib) {
   await lib.verifyTrainStep(g7, s1.bytes, { cache: sMirror });
   const s2 = await m7.proveTrainStep({ input: [3, 1, 4, 11], targets: [0, 4, 2, 5] }, { cache: sMirror });
   pool.push({ name: 'S2 step, held rows', bytes: s2.bytes, ctx: { kind: 'step', ghost: s1.ghost, cache: sCache.clone() }, next: s2.ghost.digest });
+  // S3: a step of three sequences (kind 4), from S2's Ghost file, without a cache.
+  const s3 = await m7.proveTrainStep([
+    { input: [2, 7, 1], targets: [5, 1, 3] },
+    { input: [5, 0, 9, 3], targets: [0, 4, 3, 1] },
+    { input: [6], targets: [2] },
+  ]);
+  pool.push({ name: 'S3 step of three sequences', bytes: s3.bytes, ctx: { kind: 'step', ghost: s2.ghost }, next: s3.ghost.digest });
 
   // Each context's tight limits: exactly what its honest proof is charged (a mutant that
   // asks for one cell, one work unit, one input row or one byte more is refused: BUDGET).
@@ -162,8 +169,10 @@ export async function buildPool(lib) {
     const options = h.ctx.cache ? { cache: h.ctx.cache.clone() } : {};
     const v = h.ctx.kind === 'forward' ? await verifyForward(h.ctx.ghost, h.bytes, options) : h.ctx.kind === 'step' ? await lib.verifyTrainStep(h.ctx.ghost, h.bytes, options) : await lib.verifyUpdate(h.ctx.ghost, h.bytes, options);
     const p = lib.decodeProof(h.bytes);
-    const B = p.kind !== 'update' ? (p.input.kind === 'ids' ? p.input.ids.length : p.input.rows) : 1;
-    h.ctx.limits = { maxProofBytes: h.bytes.length, maxBatch: B, maxSequence: B, maxCells: v.cost.cells, maxWork: Math.max(1, v.cost.work) };
+    // Rows per sequence (a step proof of several sequences: its batch is all of them; its longest is the sequence limit).
+    const rows = p.kind === 'update' ? [1] : [p, ...(p.kind === 'step' ? (p.more ?? []) : [])].map((q) => (q.input.kind === 'ids' ? q.input.ids.length : q.input.rows));
+    const B = rows.reduce((a, b) => a + b, 0);
+    h.ctx.limits = { maxProofBytes: h.bytes.length, maxBatch: B, maxSequence: Math.max(...rows), maxCells: v.cost.cells, maxWork: Math.max(1, v.cost.work) };
   }
   return pool;
 }
@@ -189,30 +198,34 @@ export function fieldOffsets(p, total) {
     u32(); // hash count
     at += b.hashes.length;
   };
-  const input = () => {
+  const input = (x = p.input) => {
     u8(); // input kind
-    if (p.input.kind === 'f32') {
+    if (x.kind === 'f32') {
       u32();
       u32();
-      at += 4 * p.input.data.length;
+      at += 4 * x.data.length;
     } else {
       u32();
-      at += 4 * p.input.ids.length;
+      at += 4 * x.ids.length;
     }
   };
   if (p.kind === 'step') {
     at += 8; // step
-    input();
-    u8(); // targets kind
-    u32();
-    at += 4 * (p.targets.kind === 'classes' ? p.targets.ids.length : p.targets.data.length);
-    u32(); // layer count
-    for (const l of p.layers) {
-      u8(); // op
-      u8(); // stage count
-      for (const st of l.stages) {
-        u32();
-        at += 4 * st.length;
+    const seqs = p.more?.length ? [p, ...p.more] : [p];
+    if (seqs.length > 1) u32(); // sequence count (kind 4)
+    for (const q of seqs) {
+      input(q.input);
+      u8(); // targets kind
+      u32();
+      at += 4 * (q.targets.kind === 'classes' ? q.targets.ids.length : q.targets.data.length);
+      u32(); // layer count
+      for (const l of q.layers) {
+        u8(); // op
+        u8(); // stage count
+        for (const st of l.stages) {
+          u32();
+          at += 4 * st.length;
+        }
       }
     }
     u32(); // block count

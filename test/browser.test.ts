@@ -317,7 +317,10 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     const stepModel = languageModel({ context: 6, dim: 8, layers: 2, heads: 2, hidden: 8, memory: { layers: [1], subKeys: 3, k: 2, heads: 2, keyDim: 4 } }, { training: { loss: 'cross-entropy', lr: 0.01, clipNorm: 1, weightDecay: 0.01, schedule: { kind: 'cosine', warmupSteps: 1, totalSteps: 5 } } });
     const stepGhost = await stepModel.ghost();
     const stepProofs: ProvedStep[] = [];
-    for (let s = 0; s < 2; s++) stepProofs.push(await stepModel.proveTrainStep({ input: [72, 105, 33, 32, 72, 105], targets: [105, 33, 32, 72, 105, 33] }));
+    stepProofs.push(await stepModel.proveTrainStep({ input: [72, 105, 33, 32, 72, 105], targets: [105, 33, 32, 72, 105, 33] }));
+    // The second step is a batch of two sequences (proof kind 4).
+    stepProofs.push(await stepModel.proveTrainStep([{ input: [72, 105, 33, 32, 72, 105], targets: [105, 33, 32, 72, 105, 33] }, { input: [111, 107, 33], targets: [107, 33, 10] }]));
+    if (stepProofs[1]!.bytes[10] !== 4) throw new Error('the two-sequence step is not a kind 4 proof');
 
     const data = new Map<string, Uint8Array>([
       ['attention-ghost.bin', attnGhost.bytes],

@@ -134,8 +134,8 @@ describe('indexed selection', () => {
       }
     }
     expect(auto.stats().attention).toEqual([
-      { length: 180, indexed: true, exactSteps: 64, indexedSteps: 116 },
-      { length: 180, indexed: true, exactSteps: 64, indexedSteps: 116 },
+      { length: 180, indexed: true, exactSteps: 64, indexedSteps: 116, sketchCandidates: null, sketchRanks: [], sketchCapped: 0 },
+      { length: 180, indexed: true, exactSteps: 64, indexedSteps: 116, sketchCandidates: null, sketchRanks: [], sketchCapped: 0 },
     ]);
     // ef 200 over at most 180 keys: the graph finds (nearly) every right key.
     expect(same).toBeGreaterThanOrEqual(110);

@@ -16,6 +16,7 @@ import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { FormatError, ProofError, decodeProof, encodeProof, verifyForward, verifyTrainStep, verifyUpdate, type ForwardProof, type GhostProof, type StepProof, type UpdateProof } from '../lib/index.js';
+import type { StepSequence } from '../lib/verify/proof-format.js';
 import { RowKind, StateKind, type PatternBlock } from '../lib/verify/proof-format.js';
 import { HANG_MS, buildPool, check as checkWith, fieldOffsets, hex, mutate, mutationArb, sameClaim, type Context, type FieldOffset, type Honest, type Outcome } from '../scripts/proof-mutants.mjs';
 
@@ -47,7 +48,7 @@ beforeAll(async () => {
 
 describe('proof fuzzing', () => {
   it('every honest proof verifies in its context and round-trips through the codec', async () => {
-    expect(pool.length).toBe(11);
+    expect(pool.length).toBe(12);
     for (const [i, h] of pool.entries()) {
       expect(encodeProof(decodeProof(h.bytes))).toEqual(h.bytes);
       expect(await check(h.ctx, h.bytes, pool)).toEqual({ accepted: true, how: 'identical', honest: i });
@@ -178,13 +179,14 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
     }
     case 'input': {
       if (p.kind === 'update') return false;
-      if (p.input.kind === 'f32') {
-        const t = j % p.input.data.length;
-        p.input.data[t] = otherF32(p.input.data[t]!, v);
+      const q = p.kind === 'step' ? sequenceOf(p, vi) : p;
+      if (q.input.kind === 'f32') {
+        const t = j % q.input.data.length;
+        q.input.data[t] = otherF32(q.input.data[t]!, v);
       } else {
-        const t = j % p.input.ids.length, old = p.input.ids[t]!;
-        p.input.ids[t] = vi % 2 === 0 ? (old + 1 + (vi % 49)) % 50 : vi >>> 0;
-        if (p.input.ids[t] === old) return false;
+        const t = j % q.input.ids.length, old = q.input.ids[t]!;
+        q.input.ids[t] = vi % 2 === 0 ? (old + 1 + (vi % 49)) % 50 : vi >>> 0;
+        if (q.input.ids[t] === old) return false;
       }
       return true;
     }
@@ -215,13 +217,14 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       return true;
     case 'target': {
       if (p.kind !== 'step') return false;
-      if (p.targets.kind === 'classes') {
-        const t = j % p.targets.ids.length, old = p.targets.ids[t]!;
-        p.targets.ids[t] = vi % 2 === 0 ? (old + 1 + (vi % 5)) % 6 : vi >>> 0;
-        return p.targets.ids[t] !== old;
+      const q = sequenceOf(p, vi);
+      if (q.targets.kind === 'classes') {
+        const t = j % q.targets.ids.length, old = q.targets.ids[t]!;
+        q.targets.ids[t] = vi % 2 === 0 ? (old + 1 + (vi % 5)) % 6 : vi >>> 0;
+        return q.targets.ids[t] !== old;
       }
-      const t = j % p.targets.data.length;
-      p.targets.data[t] = otherF32(p.targets.data[t]!, v);
+      const t = j % q.targets.data.length;
+      q.targets.data[t] = otherF32(q.targets.data[t]!, v);
       return true;
     }
     case 'state': {
@@ -245,6 +248,12 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       p.step = p.step + 1 + (vi % 5);
       return true;
   }
+}
+
+/** One of a step proof's sequences (the first, or one of `more`), chosen by v. */
+function sequenceOf(p: StepProof, v: number): StepSequence {
+  const all: StepSequence[] = [p, ...(p.more ?? [])];
+  return all[(v >>> 3) % all.length]!;
 }
 
 describe('structured mutations, re-encoded', () => {

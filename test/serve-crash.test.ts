@@ -11,7 +11,7 @@
  *
  * Runs the compiled CLI (dist/): `npm run build:ts` first.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,28 +23,22 @@ import { toHex } from '../lib/shared/bytes.js';
 import { encodeForwardRequest, encodeStepRequest, encodeTrainRequest } from '../lib/serve/wire.js';
 import { twoLayerModel } from './helpers/models.js';
 import { Rng } from './helpers/rng.js';
+import { killAll, spawnCli } from './helpers/spawn-cli.js';
 
-const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
 const TOKEN = 'correct-horse-battery';
 const base = mkdtempSync(join(tmpdir(), 'gt-serve-crash-'));
-const children: ChildProcess[] = [];
 afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killAll();
   rmSync(base, { recursive: true, force: true });
 });
 
 async function serve(dir: string, tokenFile: string): Promise<{ child: ChildProcess; url: string; generation: number }> {
-  const child = spawn(process.execPath, [BIN, 'serve', dir, '--port', '0', '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let text = '', errText = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (s: string) => (text += s));
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (s: string) => (errText += s));
-  for (let i = 0; i < 600 && !/generation \d+/.test(text) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
-  const url = /serving (\S+)/.exec(text)?.[1];
-  const g = /generation (\d+)/.exec(text)?.[1];
-  if (!url || g === undefined) throw new Error(`serve did not start: ${text} ${errText}`);
+  const run = spawnCli(['serve', dir, '--port', '0', '--token-file', tokenFile]);
+  const child = run.child;
+  for (let i = 0; i < 600 && !/generation \d+/.test(run.stdout()) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+  const url = /serving (\S+)/.exec(run.stdout())?.[1];
+  const g = /generation (\d+)/.exec(run.stdout())?.[1];
+  if (!url || g === undefined) throw new Error(`serve did not start: ${run.stdout()} ${run.stderr()}`);
   return { child, url, generation: Number(g) };
 }
 

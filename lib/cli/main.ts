@@ -24,6 +24,7 @@ import { Progress } from '../model/train/progress.js';
 import type { LanguageModelConfig } from '../model/lm/model.js';
 import { DEFAULT as LM_DEFAULT, QUICK as LM_QUICK, runGenerate, runTrainLm } from './lm.js';
 import { runSwarm, type SwarmRole } from './swarm.js';
+import { isServeWorker, leavePrimary, reportReady, runServePrimary } from './serve-workers.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT = {
@@ -54,6 +55,9 @@ interface Command {
 }
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
+const outLine = out;
+/** The arguments main() was called with (the serve primary starts its workers with them). */
+let invokedWith: readonly string[] = [];
 const err = (s: string): void => void process.stderr.write(s + '\n');
 
 function num(values: Record<string, string | boolean | undefined>, name: string, def: number, lo: number, hi: number, integer = true): number {
@@ -307,7 +311,7 @@ proved logits) are then checked by the addon-free verifier against DIR's Ghost f
   },
   serve: {
     summary: 'serve a model directory over HTTP (forward proofs; training with a token)',
-    usage: 'ghost-tensor serve DIR [--host H] [--port P] [--token-file F] [--lr LR] [...]',
+    usage: 'ghost-tensor serve DIR [--host H] [--port P] [--token-file F] [--lr LR] [--workers N] [...]',
     help: `Serves the model directory DIR (docs/serving.md): GET /ghost, GET /updates,
 POST /forward (outputs with forward proofs) and, with a token, POST /train (update
 proofs; each step is durable before it is answered). Prints \`serving <url>\` and
@@ -335,6 +339,10 @@ finishes every accepted request, closes the tensor files, exits 0.
                       share one scan; the answers are the same bytes)
   --no-proofs         answer /forward with the output only (fast f32 forward, no proof;
                       unverifiable: for measuring what proofs cost)
+  --workers N         serve from N processes sharing the port (default 1): HTTP and proof
+                      encoding run on each process's main thread, so N = the cores uses them
+                      all. Read-only (no training). A worker that dies is restarted; SIGTERM
+                      stops them all. Each worker keeps its own sessions and /metrics.
 GET /metrics answers the Prometheus text format; GET /health a small JSON summary.`,
     options: {
       host: { type: 'string' },
@@ -352,12 +360,19 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
       threads: { type: 'string' },
       'no-batch-search': { type: 'boolean' },
       'no-proofs': { type: 'boolean' },
+      workers: { type: 'string' },
     },
     positionals: [1, 1],
     run: async (v, [dir]) => {
       const tf = str(v, 'token-file');
       const token = tf !== undefined ? readFileSync(tf, 'utf8').split('\n')[0]!.trim() : process.env.GHOST_TENSOR_TOKEN;
       if (token !== undefined && token.length < 8) throw new UsageError('the training token must be at least 8 characters');
+      const workers = num(v, 'workers', 1, 1, 256);
+      if (workers > 1 && token !== undefined) throw new UsageError('--workers serves read-only: a model trains in one process (unset GHOST_TENSOR_TOKEN, drop --token-file)');
+      const worker = isServeWorker();
+      if (workers > 1 && !worker) return runServePrimary({ workers, bin: join(PACKAGE_ROOT, 'bin', 'ghost-tensor.mjs'), argv: invokedWith, out: outLine, err });
+      // A worker reports to the primary instead of printing the banner.
+      const out = worker ? (): void => undefined : outLine;
       const logArg = str(v, 'log');
       if (logArg !== undefined && logArg !== 'json' && logArg !== 'text') throw new UsageError('--log takes json or text');
       const logFormat: 'json' | 'text' | undefined = logArg;
@@ -378,6 +393,7 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
         ...(logFormat === undefined ? {} : { log: { format: logFormat, write: (line: string) => err(line) } }),
       });
       const url = await server.listen();
+      if (worker) reportReady({ url, digest: toHex(server.ghost.digest), generation: server.generation });
       // With --log json, stderr holds only JSON objects: the start and the stop are events too.
       const event = (e: string, fields: Record<string, unknown>): void =>
         err(JSON.stringify({ time: new Date().toISOString(), level: 'info', event: e, ...fields }));
@@ -387,17 +403,27 @@ GET /metrics answers the Prometheus text format; GET /health a small JSON summar
       out(`generation ${server.generation}`);
       out(`training ${token === undefined ? 'disabled' : 'enabled'}`);
       await new Promise<void>((resolve) => {
+        let stopped = false;
         const stop = (sig: string): void => {
+          // A worker keeps its handlers (the terminal's SIGINT and the primary's SIGTERM both
+          // reach it: the second must not kill it mid-request); a lone server's second signal
+          // takes the default action.
+          if (stopped) return;
+          stopped = true;
           if (logFormat === 'json') event('shutdown', { signal: sig, generation: server.generation });
-          else err(`${sig}: finishing accepted requests, then closing the model`);
-          process.off('SIGTERM', onTerm);
-          process.off('SIGINT', onInt);
+          else if (!worker) err(`${sig}: finishing accepted requests, then closing the model`);
+          if (!worker) {
+            process.off('SIGTERM', onTerm);
+            process.off('SIGINT', onInt);
+          }
           void server.close().then(resolve);
         };
         const onTerm = (): void => stop('SIGTERM');
         const onInt = (): void => stop('SIGINT');
         process.on('SIGTERM', onTerm);
         process.on('SIGINT', onInt);
+        // A worker whose primary is gone gets no more connections: it stops.
+        if (worker) process.on('disconnect', () => stop('disconnect'));
       });
       if (logFormat === 'json') event('stopped', { generation: server.generation, digest: toHex(server.ghost.digest) });
       out(`stopped at generation ${server.generation}, digest ${toHex(server.ghost.digest)}`);
@@ -840,6 +866,7 @@ function version(): string {
 
 /** Runs the command line; resolves to the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
+  invokedWith = argv;
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     const sub = name === 'help' ? rest[0] : undefined;
@@ -884,6 +911,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     return await cmd.run(parsed.values, parsed.positionals);
   } catch (e) {
     return report(name, e, cmd.usage);
+  } finally {
+    // A serve worker's channel to its primary would keep it alive after the command ends (or fails).
+    leavePrimary();
   }
 }
 

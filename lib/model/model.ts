@@ -32,7 +32,7 @@ import {
 } from '../verify/proof-format.js';
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { computeStep, recordStep, type VerifiedStep } from '../verify/step.js';
-import type { StepProof } from '../verify/proof-format.js';
+import type { StepProof, StepSequence } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
 import { STEP_NATIVE, stepNative } from './train/step-native.js';
@@ -70,6 +70,12 @@ export interface ProveOptions {
    * is the same bytes with or without it.
    */
   batcher?: SearchBatcher;
+  /**
+   * Where the encoded proof goes (encodeProof's `into`): called once with its exact size,
+   * returns a Uint8Array of that length, which `bytes` then is. A server passes its
+   * reused output buffers (docs/serving.md, "Performance"). Default: a fresh array.
+   */
+  into?: (size: number) => Uint8Array;
 }
 
 export interface ProvedForward {
@@ -104,8 +110,9 @@ export interface ModelOptions {
 /**
  * A training step with its step proof (Model.proveTrainStep): the proof, and what a
  * verifier of it gets (VerifiedStep): the Ghost file after the step (the model's now),
- * the step's number, the canonical output on the batch before it, the loss, the learning
- * rate and the gradient norm before clipping.
+ * the step's number, the canonical output on the batch before it (a batch of several
+ * sequences: their outputs one after another), the loss, the learning rate and the
+ * gradient norm before clipping.
  */
 export interface ProvedStep extends Pick<VerifiedStep, 'ghost' | 'step' | 'output' | 'loss' | 'lr' | 'gradNorm'> {
   proof: StepProof;
@@ -274,12 +281,13 @@ export class Model {
    */
   async prove(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<ProvedForward> {
     const r = await this.#proveForward(input, options);
-    return { ...r, bytes: encodeProof(r.proof) };
+    if (options.into !== undefined && typeof options.into !== 'function') throw new InvalidArgumentError('into must be a function');
+    return { ...r, bytes: encodeProof(r.proof, options.into === undefined ? {} : { into: options.into }) };
   }
 
   /** prove() without the encoding (proveTrainStep takes only its selection and input). */
   async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
-    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher']);
+    options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher', 'into']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
     if (options.threads !== undefined) checkInteger('threads', options.threads, 1, 1024);
@@ -434,32 +442,44 @@ export class Model {
    * loss, backward, clipping, schedule, optimizer) and applied, so the model holds what a
    * verifier computes, bit for bit. Needs `new Model(layers, { training })`. `cache`
    * mirrors the verifier's (held rows travel as ids or deltas; both record the step's rows).
+   *
+   * An array of batches is one step on several sequences (a model with attention sees one
+   * sequence per forward): one forward and backward per sequence into one set of
+   * gradients, the loss the mean over every row of every sequence, one optimizer step.
    */
-  async proveTrainStep(batch: StepBatch, options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] } = {}): Promise<ProvedStep> {
+  async proveTrainStep(batch: StepBatch | readonly StepBatch[], options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] } = {}): Promise<ProvedStep> {
     // Calls made while a step runs wait for it: each step starts from the model the last one left.
     const run = this.#stepQueue.then(() => this.#proveTrainStep(batch, options));
     this.#stepQueue = run.catch(() => undefined);
     return run;
   }
 
-  async #proveTrainStep(batch: StepBatch, options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] }): Promise<ProvedStep> {
+  async #proveTrainStep(batch: StepBatch | readonly StepBatch[], options: { cache?: PatternCache; revealKeys?: ProveOptions['revealKeys'] }): Promise<ProvedStep> {
     options = checkOptions('Model.proveTrainStep', options, ['cache', 'revealKeys']);
-    if (batch === null || typeof batch !== 'object') throw new InvalidArgumentError('batch must be { input, targets }');
-    checkOptions('batch', batch, ['input', 'targets']);
+    const list: readonly StepBatch[] = Array.isArray(batch) ? batch : [batch as StepBatch];
+    if (list.length === 0) throw new InvalidArgumentError('batch must be { input, targets } or a non-empty array of them (one per sequence)');
+    list.forEach((b, i) => {
+      const where = Array.isArray(batch) ? `batch[${i}]` : 'batch';
+      if (b === null || typeof b !== 'object') throw new InvalidArgumentError(`${where} must be { input, targets }`);
+      checkOptions(where, b, ['input', 'targets']);
+    });
     if (this.#trainingOptions === undefined) noTrainingRule();
     const ghost = await this.ghost();
     const tr = this.#training!;
-    // The forward's selection, and the rows each layer reads.
-    const fwd = await this.#proveForward(batch.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
-    const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
-    const targets = tr.targets(batch.targets, B, cols);
+    // Each sequence's forward selection, and the rows the layers read over all of them.
+    const sequences: StepSequence[] = [];
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
-    for (const ev of fwd.proof.layers) {
-      for (const b of ev.blocks) {
-        const r = reads.get(b.tensor) ?? { all: false, ids: new Set<number>() };
-        if (b.all) r.all = true;
-        else for (const id of b.ids) r.ids.add(id);
-        reads.set(b.tensor, r);
+    for (const b of list) {
+      const fwd = await this.#proveForward(b.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
+      const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
+      sequences.push({ input: fwd.proof.input, targets: tr.targets(b.targets, B, cols), layers: fwd.proof.layers.map((l) => ({ op: l.op, stages: l.stages })) });
+      for (const ev of fwd.proof.layers) {
+        for (const blk of ev.blocks) {
+          const r = reads.get(blk.tensor) ?? { all: false, ids: new Set<number>() };
+          if (blk.all) r.all = true;
+          else for (const id of blk.ids) r.ids.add(id);
+          reads.set(blk.tensor, r);
+        }
       }
     }
     const cache = options.cache;
@@ -485,9 +505,8 @@ export class Model {
       kind: 'step',
       ghost: ghost.digest,
       step: tr.step,
-      input: fwd.proof.input,
-      targets,
-      layers: fwd.proof.layers.map((l) => ({ op: l.op, stages: l.stages })),
+      ...sequences[0]!,
+      ...(sequences.length > 1 ? { more: sequences.slice(1) } : {}),
       blocks,
       states,
       newGhost: new Uint8Array(32),

@@ -39,7 +39,8 @@ import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
-import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, encodeProofList, type StepRequest } from './wire.js';
+import { OutputPool } from './output-pool.js';
+import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, proofListParts, type StepRequest } from './wire.js';
 import { verifyTrainStep } from '../verify/step.js';
 import { specOf } from '../verify/kinds/index.js';
 import type { ProvedStep } from '../model/model.js';
@@ -278,6 +279,8 @@ export class ProverServer {
   readonly #sched: Scheduler;
   /** Joins the exact searches of forward proofs running at once (null: batchSearch false). */
   readonly #batcher: SearchBatcher | null;
+  /** Output buffers of forward proofs, reused once an answer is handed to the OS (output-pool.ts). */
+  readonly #outputs = new OutputPool();
   #server: Server | null = null;
   #ghost: PinnedGhost;
   /** Generation of #ghost. */
@@ -578,7 +581,7 @@ export class ProverServer {
         if (from > to || to > this.#generation) throw new HttpError(400, 'BAD_GENERATION', `from ${from} to ${to}: the server is at generation ${this.#generation}`);
         if (from < this.#firstKept) throw new HttpError(410, 'GONE', `update proofs before generation ${this.#firstKept} are not kept; pin a newer Ghost file`);
         const proofs = this.#updates.slice(from - this.#firstKept, to - this.#firstKept);
-        return this.#send(res, 200, LIST_TYPE, encodeProofList(from, proofs), this.#generation, this.#ghost, lease);
+        return this.#send(res, 200, LIST_TYPE, proofListParts(from, proofs), this.#generation, this.#ghost, lease);
       }
       case '/health': {
         allow('GET');
@@ -621,6 +624,7 @@ export class ProverServer {
                 ...(session ? { cache: session.cache } : {}),
                 ...(revealHeader === 'all' ? { revealKeys: 'all' as const } : {}),
                 ...(this.#batcher ? { batcher: this.#batcher } : {}),
+                into: (size: number) => this.#outputs.take(size),
               });
               return { bytes: r.bytes, generation: this.#generation, ghost: this.#ghost };
             } finally {
@@ -634,6 +638,8 @@ export class ProverServer {
             res.setHeader('X-Ghost-Session-Base', session.fresh ? 'fresh' : 'held');
             res.setHeader('X-Ghost-Session-Rows', String(this.#o.sessionRows));
           }
+          // The proof's buffer goes back to the pool once node:http has handed all of it to the OS (not on 'close': a write may still hold it).
+          if (this.#o.proofs) res.once('finish', () => this.#outputs.give(out.bytes));
           return this.#send(res, 200, this.#o.proofs ? PROOF_TYPE : OUTPUT_TYPE, out.bytes, out.generation, out.ghost, lease);
         } finally {
           if (session) session.release();
@@ -647,7 +653,7 @@ export class ProverServer {
         const body = await this.#readBody(req, lease);
         const grads = decodeTrainRequest(body, this.#ghost.manifest);
         const out = await this.#runTraining(lease, ifGeneration, () => this.#train(grads));
-        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, out.proofs), this.#generation, this.#ghost, lease);
+        return this.#send(res, 200, LIST_TYPE, proofListParts(out.from, out.proofs), this.#generation, this.#ghost, lease);
       }
       case '/train-step': {
         allow('POST');
@@ -661,7 +667,7 @@ export class ProverServer {
         this.#checkInput(batch.input);
         this.#checkTargets(batch, B);
         const out = await this.#runTraining(lease, ifGeneration, () => this.#trainStep(batch));
-        return this.#send(res, 200, LIST_TYPE, encodeProofList(out.from, [out.proof]), this.#generation, this.#ghost, lease);
+        return this.#send(res, 200, LIST_TYPE, proofListParts(out.from, [out.proof]), this.#generation, this.#ghost, lease);
       }
       default:
         throw new HttpError(404, 'NOT_FOUND', `no route ${path}`);
@@ -985,16 +991,24 @@ export class ProverServer {
     return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
-  #send(res: ServerResponse, status: number, type: string, body: Uint8Array, generation: number, ghost: PinnedGhost, lease: Lease): number {
+  /** Sends `body` (or its parts, in order, written one after the other without joining them: a list of step proofs is megabytes). */
+  #send(res: ServerResponse, status: number, type: string, body: Uint8Array | readonly Uint8Array[], generation: number, ghost: PinnedGhost, lease: Lease): number {
+    const parts = body instanceof Uint8Array ? [body] : body;
+    let length = 0;
+    for (const p of parts) length += p.length;
     res.writeHead(status, {
       'Content-Type': type,
-      'Content-Length': body.length,
+      'Content-Length': length,
       'X-Ghost-Generation': String(generation),
       'X-Ghost-Digest': toHex(ghost.digest),
       ...(this.#closing ? { Connection: 'close' } : {}),
     });
-    res.end(body);
-    lease.sent = body.length;
+    if (parts.length > 1) {
+      res.cork(); // one writev for the parts; end() uncorks
+      for (let i = 0; i < parts.length - 1; i++) res.write(parts[i]);
+    }
+    res.end(parts[parts.length - 1]);
+    lease.sent = length;
     return status;
   }
 }

@@ -3,7 +3,7 @@
  * little-endian, floats IEEE 754 little-endian, as in docs/proof-format.md; proofs
  * travel in their own encoding (encodeProof). Loads no addon: the client uses it too.
  */
-import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
+import { ByteReader, ByteWriter, checkFiniteF32, readInputRecord, writeExact, writeInputRecord, type InputRecord } from '../shared/bytes.js';
 import { toIds } from '../shared/args.js';
 import { FormatError, InvalidArgumentError } from '../shared/errors.js';
 import type { GhostManifest } from '../verify/ghost-file.js';
@@ -162,10 +162,26 @@ export function decodeStepRequest(bytes: Uint8Array): StepRequest {
 
 /** A list of proofs: u64 first generation, u32 count, count x (u32 length, proof bytes). */
 export function encodeProofList(firstGeneration: number, proofs: readonly Uint8Array[]): Uint8Array {
-  const w = new ByteWriter();
-  w.u64(firstGeneration).u32(proofs.length);
-  for (const p of proofs) w.u32(p.length).bytes(p);
-  return w.finish();
+  return writeExact((w) => {
+    w.u64(firstGeneration).u32(proofs.length);
+    for (const p of proofs) w.u32(p.length).bytes(p);
+  });
+}
+
+/**
+ * The bytes of encodeProofList, in order, without copying the proofs: the headers in small
+ * arrays of their own, each proof as it is (the server writes the parts to the socket one
+ * after the other; a step proof is megabytes).
+ */
+export function proofListParts(firstGeneration: number, proofs: readonly Uint8Array[]): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  let head = new ByteWriter(16).u64(firstGeneration).u32(proofs.length);
+  for (let i = 0; i < proofs.length; i++) {
+    parts.push(head.u32(proofs[i]!.length).finish(), proofs[i]!);
+    head = new ByteWriter(4);
+  }
+  if (proofs.length === 0) parts.push(new ByteWriter(12).u64(firstGeneration).u32(0).finish());
+  return parts;
 }
 
 export function decodeProofList(bytes: Uint8Array): { firstGeneration: number; proofs: Uint8Array[] } {

@@ -4,24 +4,63 @@
  * the caller's limits) before it allocates, and throws FormatError, never a
  * RangeError, on hostile input. Loads no addon.
  */
-import { FormatError, InvalidArgumentError } from './errors.js';
+import { FormatError, GhostTensorError, InvalidArgumentError } from './errors.js';
 
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
+/**
+ * A fresh byte array of `n` bytes whose contents the caller overwrites entirely: under
+ * Node, memory that is not zeroed first (Buffer.allocUnsafeSlow: its own ArrayBuffer, at
+ * offset 0, never the shared pool), returned as a plain Uint8Array; elsewhere (a
+ * browser) a zeroed Uint8Array.
+ */
+function uninitialized(n: number): Uint8Array {
+  const B = (globalThis as { Buffer?: { allocUnsafeSlow(n: number): Uint8Array } }).Buffer;
+  if (B === undefined || n === 0) return new Uint8Array(n);
+  const b = B.allocUnsafeSlow(n);
+  return new Uint8Array(b.buffer, b.byteOffset, n);
+}
+
 export class ByteWriter {
   /**
-   * The bytes are written into chunks, each at least twice the size of the one before,
-   * joined once by finish(): a large proof is copied once more, not once per doubling
-   * (the output is the same bytes).
+   * Two modes. Growing (no size given): the bytes are written into chunks, each at least
+   * twice the size of the one before, joined once by finish(). Exact (`new
+   * ByteWriter(size)`, the size computed beforehand, e.g. by a ByteCounter pass over the
+   * same writes): one allocation of exactly `size` bytes, not zeroed, written in place;
+   * finish() returns that array itself, without a copy (`new ByteWriter(array)`: the
+   * same into the caller's array, whose length is the size). A write past `size`, or finish()
+   * before all `size` bytes are written, throws GhostTensorError ERR_GT_INTERNAL (a
+   * sizing bug; never truncated or padded output, never uninitialized bytes handed out).
    */
   #chunks: Uint8Array[] = [];
   #done = 0;
-  #buf = new Uint8Array(256);
-  #dv = new DataView(this.#buf.buffer);
+  #buf: Uint8Array;
+  #dv: DataView;
   #at = 0;
+  /** The exact size, or -1 when growing. */
+  readonly #exact: number;
+
+  constructor(exactSize?: number | Uint8Array) {
+    if (exactSize === undefined) {
+      this.#exact = -1;
+      this.#buf = new Uint8Array(256);
+    } else if (exactSize instanceof Uint8Array) {
+      // Exact mode into the caller's array (its length is the size; every byte is overwritten).
+      this.#exact = exactSize.length;
+      this.#buf = exactSize;
+    } else {
+      if (!Number.isSafeInteger(exactSize) || exactSize < 0) throw new InvalidArgumentError(`ByteWriter: exact size ${exactSize} must be a non-negative safe integer`);
+      this.#exact = exactSize;
+      this.#buf = uninitialized(exactSize);
+    }
+    this.#dv = new DataView(this.#buf.buffer, this.#buf.byteOffset, this.#buf.byteLength);
+  }
 
   #room(n: number): void {
     if (this.#at + n <= this.#buf.length) return;
+    if (this.#exact >= 0) {
+      throw new GhostTensorError('ERR_GT_INTERNAL', `ByteWriter: a write of ${n} bytes at offset ${this.#at} passes the exact size ${this.#exact} (the size computed for this output is wrong)`);
+    }
     if (this.#at > 0) {
       this.#chunks.push(this.#buf.subarray(0, this.#at));
       this.#done += this.#at;
@@ -92,8 +131,18 @@ export class ByteWriter {
   get length(): number {
     return this.#done + this.#at;
   }
-  /** The bytes written so far (a copy: the writer may go on). */
+  /**
+   * The bytes written so far. Growing: a copy (the writer may go on). Exact: the one
+   * array itself (it is full: the writer takes no more), or ERR_GT_INTERNAL when fewer
+   * bytes than the exact size were written.
+   */
   finish(): Uint8Array {
+    if (this.#exact >= 0) {
+      if (this.#at !== this.#exact) {
+        throw new GhostTensorError('ERR_GT_INTERNAL', `ByteWriter: ${this.#at} bytes written of the exact size ${this.#exact} (the size computed for this output is wrong)`);
+      }
+      return this.#buf;
+    }
     if (this.#chunks.length === 0) return this.#buf.slice(0, this.#at);
     const out = new Uint8Array(this.#done + this.#at);
     let o = 0;
@@ -104,6 +153,83 @@ export class ByteWriter {
     out.set(this.#buf.subarray(0, this.#at), o);
     return out;
   }
+}
+
+/**
+ * A ByteWriter that writes nothing and counts: run the same writes through it first,
+ * then through `new ByteWriter(counter.length)` (one exact allocation). finish() is
+ * not for it (ERR_GT_INTERNAL).
+ */
+export class ByteCounter extends ByteWriter {
+  #n = 0;
+  constructor() {
+    super(0);
+  }
+  override u8(_v: number): this {
+    this.#n += 1;
+    return this;
+  }
+  override u16(_v: number): this {
+    this.#n += 2;
+    return this;
+  }
+  override u32(_v: number): this {
+    this.#n += 4;
+    return this;
+  }
+  override u64(_v: number): this {
+    this.#n += 8;
+    return this;
+  }
+  override f32(_v: number): this {
+    this.#n += 4;
+    return this;
+  }
+  override f64(_v: number): this {
+    this.#n += 8;
+    return this;
+  }
+  override bytes(b: Uint8Array): this {
+    this.#n += b.length;
+    return this;
+  }
+  override f32s(a: Float32Array): this {
+    this.#n += a.byteLength;
+    return this;
+  }
+  override f64s(a: Float64Array): this {
+    this.#n += a.byteLength;
+    return this;
+  }
+  override u32s(a: Uint32Array): this {
+    this.#n += a.byteLength;
+    return this;
+  }
+  override get length(): number {
+    return this.#n;
+  }
+  override finish(): Uint8Array {
+    throw new GhostTensorError('ERR_GT_INTERNAL', 'ByteCounter: counts bytes, holds none (finish() a ByteWriter of its length)');
+  }
+}
+
+/**
+ * The bytes `write` produces, in one array of exactly their size: a counting pass, then
+ * the writing pass. The array is a fresh one, or `into(size)`'s (which must return a
+ * Uint8Array of exactly `size` bytes; they are all overwritten).
+ */
+export function writeExact(write: (w: ByteWriter) => void, into?: (size: number) => Uint8Array): Uint8Array {
+  const c = new ByteCounter();
+  write(c);
+  const size = c.length;
+  let target: number | Uint8Array = size;
+  if (into !== undefined) {
+    target = into(size);
+    if (!(target instanceof Uint8Array) || target.length !== size) throw new InvalidArgumentError(`an output array must be a Uint8Array of the ${size} bytes asked for`);
+  }
+  const w = new ByteWriter(target);
+  write(w);
+  return w.finish();
 }
 
 export class ByteReader {

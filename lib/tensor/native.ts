@@ -153,6 +153,8 @@ export interface NativeFileInfo {
 
 /** An opened tensor file not yet wrapped by a NativeTensor (opaque). */
 export type NativeOpenedFile = { readonly __openedFile: unique symbol };
+/** An opaque key sketch (keySketchNew). */
+export type NativeKeySketch = { readonly __keySketch: unique symbol };
 
 export interface NativeFileOpenOptions {
   readOnly?: boolean;
@@ -205,6 +207,11 @@ export interface NativeAddon {
     L: number, heads: number, headDim: number, k: number, scale: number, q: Float32Array, keysPacked: Float32Array, values: Float32Array,
     selIds?: Uint32Array, selScores?: Float32Array,
   ): { out: Float32Array; ids: Uint32Array; weights: Float32Array };
+  /** A key sketch over a decode cache's packed keys (native/src/core/key_sketch.h); rank 0: auto. */
+  keySketchNew(heads: number, headDim: number, rank: number, keysPacked: Float32Array, L: number): NativeKeySketch;
+  keySketchAppend(sketch: NativeKeySketch, keysPacked: Float32Array, L: number): void;
+  keySketchSelect(sketch: NativeKeySketch, q: Float32Array, keysPacked: Float32Array, k: number, maxScored?: number): { ids: Uint32Array; scores: Float32Array; candidates: number; capped: number };
+  keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number };
   linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
   linearBackwardAsync(
     n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array, dY: Float32Array,

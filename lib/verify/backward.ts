@@ -187,6 +187,17 @@ export class GradientAccumulator {
  * `native` (the prover's only) runs a kind's backward natively where it can.
  */
 export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: Float32Array, native?: NativeStepHooks): CanonicalBackward {
+  const acc = new GradientAccumulator(g);
+  const input = canonicalBackwardInto(acc, g, fwd, dy, native);
+  return { input, tensors: acc.result() };
+}
+
+/**
+ * canonicalBackward into the accumulators `acc`, which several forwards can share (a
+ * step of several sequences: each sequence's backward adds to the same f64 rows, in
+ * sequence order). Returns d loss / d the span input (or null, as canonicalBackward).
+ */
+export function canonicalBackwardInto(acc: GradientAccumulator, g: GhostManifest, fwd: CanonicalForward, dy: Float32Array, native?: NativeStepHooks): Float32Array | null {
   const recs = fwd.records;
   const n = recs.length;
   if (dy.length !== fwd.output.length) fail('SHAPE', `the output's gradient has ${dy.length} values; the output has ${fwd.output.length}`);
@@ -210,7 +221,6 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
     grads[source] = acc;
     owned[source] = 1;
   };
-  const acc = new GradientAccumulator(g);
   for (let i = n - 1; i >= 0; i--) {
     const r = recs[i]!;
     const d = grads[i];
@@ -242,5 +252,5 @@ export function canonicalBackward(g: GhostManifest, fwd: CanonicalForward, dy: F
     if (dx.length !== r.inputs.length) throw new ProofError('SHAPE', `layer ${r.index} (${r.layer.op}): its backward gave ${dx.length} input gradients for ${r.inputs.length} inputs`);
     dx.forEach((dxi, k) => send(r.sources[k]!, dxi));
   }
-  return { input: spanGrad, tensors: acc.result() };
+  return spanGrad;
 }

@@ -83,7 +83,7 @@ export type { CanonicalOptimizer, CanonicalRowState, CanonicalSimilarity } from 
 export { GHOST_FORMAT_VERSION, GHOST_LIMITS, attentionWidth, decodeGhost, encodeGhost, ghostDigest, ghostToJSON, withRoot } from './ghost-file.js';
 export type { GhostAttentionLayer, GhostEmbeddingLayer, GhostHopfieldLayer, GhostIndex, GhostLayer, GhostManifest, GhostProjection, GhostTensor } from './ghost-file.js';
 export { DEFAULT_VERIFIER_LIMITS, PROOF_FORMAT_VERSION, PROOF_LIMITS, PatternCache, VerifyBudget, verifierLimits, RowKind, StateKind, applyDelta, attentionReads, decodeProof, encodeDelta, encodeProof } from './proof-format.js';
-export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, HeldState, PatternBlock, ProofInput, StateBlock, StepLayer, StepProof, UpdateProof, VerifierLimits } from './proof-format.js';
+export type { DecodeOptions, ForwardProof, GhostProof, LayerEvidence, HeldState, PatternBlock, ProofInput, StateBlock, StepLayer, StepProof, StepSequence, UpdateProof, VerifierLimits } from './proof-format.js';
 export { attentionCanonical, pinGhost, verifyForward, verifyUpdate } from './proof-verify.js';
 export type { PinnedGhost, VerifiedForward, VerifiedUpdate, VerifyCost, VerifyOptions } from './proof-verify.js';
 export { sampleToken, verifyGeneration } from './generation.js';

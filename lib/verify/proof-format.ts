@@ -6,7 +6,7 @@
  * travel as ids or deltas. Decoding checks every length against the bytes that
  * remain and the limits below before it allocates. Loads no addon.
  */
-import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeInputRecord, type InputRecord } from '../shared/bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, checkFiniteF32, readInputRecord, writeExact, writeInputRecord, type InputRecord } from '../shared/bytes.js';
 import type { CanonicalOptimizer, CanonicalRowState } from './canonical.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../shared/errors.js';
 import type { GhostManifest } from './ghost-file.js';
@@ -244,21 +244,30 @@ export interface StepLayer {
   stages: Uint32Array[];
 }
 
+/** One sequence of a step's batch: its input, its targets and every layer's selection on it. */
+export interface StepSequence {
+  input: ProofInput;
+  targets: StepTargets;
+  /** Every layer of the model, in order. */
+  layers: StepLayer[];
+}
+
 /**
  * A step proof (docs/step-proofs.md): one training step of the whole model on a batch,
  * recomputed by the verifier from the batch, the revealed rows and their optimizer
- * state; it gives the Ghost file after the step.
+ * state; it gives the Ghost file after the step. The batch is the first sequence
+ * (input, targets, layers) and then `more`: a model whose layers see one sequence per
+ * call (attention) takes a batch of several sequences as one forward per sequence; the
+ * loss is the mean over every row of every sequence.
  */
-export interface StepProof {
+export interface StepProof extends StepSequence {
   kind: 'step';
   /** Digest of the Ghost file before the step. */
   ghost: Uint8Array;
   /** The step's number (the Ghost file's training step). */
   step: number;
-  input: ProofInput;
-  targets: StepTargets;
-  /** Every layer of the model, in order. */
-  layers: StepLayer[];
+  /** The batch's further sequences, after the first (absent or empty: one sequence; encoded as kind 4 when not empty). */
+  more?: StepSequence[];
   /** One block per tensor the step reads (ascending tensor index): the union of the rows every layer reads. */
   blocks: PatternBlock[];
   /** One per trained tensor with a block (ascending), over the same ids. */
@@ -273,8 +282,8 @@ export type GhostProof = ForwardProof | UpdateProof | StepProof;
 export function proofName(k: GhostProof['kind']): string {
   return k === 'update' ? 'an update proof' : k === 'step' ? 'a step proof' : 'a forward proof';
 }
-const KIND_CODES = { forward: 1, update: 2, step: 3 } as const;
-const KIND_NAMES = ['', 'forward', 'update', 'step'] as const;
+/** Codes of the kinds; a step proof of several sequences is kind 4. */
+const KIND_NAMES = ['', 'forward', 'update', 'step', 'step'] as const;
 
 export { sortedUniqueIds } from './layer-spec.js';
 
@@ -692,12 +701,26 @@ export function resolveStateLeaves(s: StateBlock, cache: PatternCache | undefine
 // ---------------------------------------------------------------------------
 // Encoding
 
+// One pass of writes, run twice by encodeProof (writeExact): through a ByteCounter for the
+// exact size, then into one array of that size. The writes must not depend on which
+// writer they go to; a wrong size is an internal error (ERR_GT_INTERNAL), never a short
+// or padded proof.
+
+/** The first n 2-bit kinds, four to a byte, the first in the low bits (row and state kinds). */
+function writePacked2(w: ByteWriter, kinds: Uint8Array, n: number): void {
+  for (let t = 0; t < n; t += 4) {
+    let v = kinds[t]!;
+    if (t + 1 < n) v |= kinds[t + 1]! << 2;
+    if (t + 2 < n) v |= kinds[t + 2]! << 4;
+    if (t + 3 < n) v |= kinds[t + 3]! << 6;
+    w.u8(v);
+  }
+}
+
 function writeBlock(w: ByteWriter, b: PatternBlock): void {
   w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
   if (!b.all) w.u32s(b.ids);
-  const kinds = new Uint8Array(Math.ceil(b.ids.length / 4));
-  for (let t = 0; t < b.ids.length; t++) kinds[t >> 2]! |= b.kinds[t]! << (2 * (t & 3));
-  w.bytes(kinds);
+  writePacked2(w, b.kinds, b.ids.length);
   // Consecutive full rows that are adjacent views of one buffer go out in one write.
   let run: Float32Array | null = null;
   let runLength = 0;
@@ -734,8 +757,25 @@ function writeStages(w: ByteWriter, l: { op: LayerOp; stages: readonly Uint32Arr
   for (const s of l.stages) w.u32(s.length).u32s(s);
 }
 
-export function encodeProof(p: GhostProof): Uint8Array {
-  const w = new ByteWriter();
+/**
+ * The proof's bytes (docs/proof-format.md), in one allocation of their exact size: a
+ * counting pass over the proof, then one pass writing each field in place (revealed
+ * rows, state leaves and hashes copied once, from where the proof object holds them).
+ */
+export function encodeProof(p: GhostProof, options: EncodeOptions = {}): Uint8Array {
+  return writeExact((w) => writeProof(w, p), options.into);
+}
+
+export interface EncodeOptions {
+  /**
+   * Where the bytes go: called once with the proof's exact size, returns a Uint8Array of
+   * exactly that length (InvalidArgumentError otherwise), which encodeProof fills and
+   * returns (a server's reused output buffers). Default: a fresh array.
+   */
+  into?: (size: number) => Uint8Array;
+}
+
+function writeProof(w: ByteWriter, p: GhostProof): void {
   w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
   if (p.kind === 'forward') {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
@@ -755,12 +795,16 @@ export function encodeProof(p: GhostProof): Uint8Array {
     if (p.optimizer.kind === 'adam') w.f32s(p.state.m).f32s(p.state.v);
     w.u32s(p.state.steps).f64s(p.state.marks).bytes(p.newRoot);
   } else {
-    w.u8(3).bytes(p.ghost).u64(p.step);
-    writeInputRecord(w, p.input);
-    if (p.targets.kind === 'classes') w.u8(1).u32(p.targets.ids.length).u32s(p.targets.ids);
-    else w.u8(2).u32(p.targets.data.length).f32s(p.targets.data);
-    w.u32(p.layers.length);
-    for (const l of p.layers) writeStages(w, l);
+    const more = p.more ?? [];
+    w.u8(more.length === 0 ? 3 : 4).bytes(p.ghost).u64(p.step);
+    if (more.length > 0) w.u32(1 + more.length);
+    for (const q of [p, ...more]) {
+      writeInputRecord(w, q.input);
+      if (q.targets.kind === 'classes') w.u8(1).u32(q.targets.ids.length).u32s(q.targets.ids);
+      else w.u8(2).u32(q.targets.data.length).f32s(q.targets.data);
+      w.u32(q.layers.length);
+      for (const l of q.layers) writeStages(w, l);
+    }
     w.u32(p.blocks.length);
     for (const b of p.blocks) writeBlock(w, b);
     w.u32(p.states.length);
@@ -770,9 +814,7 @@ export function encodeProof(p: GhostProof): Uint8Array {
       if (!b.all) w.u32s(b.ids);
       if (!k) w.bytes(b.leaves);
       else {
-        const packed = new Uint8Array(Math.ceil(b.ids.length / 4));
-        for (let t = 0; t < b.ids.length; t++) packed[t >> 2]! |= k[t]! << (2 * (t & 3));
-        w.bytes(packed);
+        writePacked2(w, k, b.ids.length);
         const rb = stateRowBytes(b.dim);
         for (let t = 0; t < b.ids.length; t++) {
           if (k[t] === StateKind.Full) w.bytes(b.leaves.subarray(t * rb, (t + 1) * rb));
@@ -783,7 +825,6 @@ export function encodeProof(p: GhostProof): Uint8Array {
     }
     w.bytes(p.newGhost);
   }
-  return w.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -917,7 +958,7 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
   if (version !== PROOF_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
   const kind = r.u8('kind');
   const kindName = KIND_NAMES[kind];
-  if (options.kind !== undefined && kindName && KIND_CODES[options.kind] !== kind) {
+  if (options.kind !== undefined && kindName && kindName !== options.kind) {
     throw new ProofError('WRONG_KIND', `${proofName(kindName)} where ${proofName(options.kind)} is expected`);
   }
   const readDigest = (): Uint8Array => {
@@ -975,35 +1016,44 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
     const marks = r.f64s(n, 'decay marks');
     for (let i = 0; i < n; i++) if (!Number.isFinite(marks[i]!) || marks[i]! > 0 || marks[i]! < logDecay) throw new FormatError('BAD_VALUE', `proof: decay mark ${i} out of range`);
     out = { kind: 'update', ghost, tensor, optimizer, globalStep, logDecay, block, grads, state: { m, v, steps, marks }, newRoot: r.bytes(32, 'new root') };
-  } else if (kind === 3) {
+  } else if (kind === 3 || kind === 4) {
     const ghost = readDigest();
     const step = r.u64('step');
     if (g?.training && step !== g.training.step) throw new ProofError('GHOST_MISMATCH', `the proof is of step ${step}; the Ghost file's next step is ${g.training.step}`);
-    const input = readInputRecord(r, {
-      maxRows: 2 ** 32 - 1,
-      maxCols: PROOF_LIMITS.dim,
-      charge: (n, k) => budget.atMost(n, L.maxBatch, k === 'f32' ? 'input rows' : 'input ids', 'maxBatch'),
-    });
-    const tk = r.u8('targets kind');
-    let targets: StepTargets;
-    if (tk === 1) {
-      const n = r.count('target count', 1, L.maxBatch, 4);
-      targets = { kind: 'classes', ids: r.u32s(n, 'targets') };
-    } else if (tk === 2) {
-      const n = r.count('target values', 1, 2 ** 32 - 1, 4);
-      budget.cellsFor(n, `${n} target values`);
-      targets = { kind: 'values', data: r.f32s(n, 'targets') };
-      checkFiniteF32(targets.data, 'a target');
-    } else throw new FormatError('BAD_VALUE', `proof: targets kind ${tk}`);
-    const nl = r.count('layer count', 1, PROOF_LIMITS.layers);
-    if (g && nl !== g.layers.length) throw new ProofError('LAYER_MISMATCH', `a step proof covers every layer: ${nl} given, the model has ${g.layers.length}`);
-    const layers: StepLayer[] = [];
-    for (let i = 0; i < nl; i++) {
-      const op = r.u8('op');
-      const opName = specByCode(op)?.op;
-      if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
-      if (g && g.layers[i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${i} is ${g.layers[i]!.op}; the proof says ${opName}`);
-      layers.push({ op: opName, stages: readStages(r, budget, i) });
+    // Kind 4: several sequences, each charged before it is read; their rows together are the batch (maxBatch).
+    const count = kind === 3 ? 1 : r.count('sequence count', 2, L.maxBatch);
+    let rows = 0;
+    const charge = (n: number, what: string): void => {
+      budget.atMost(rows + n, L.maxBatch, what, 'maxBatch');
+      rows += n;
+    };
+    const sequences: StepSequence[] = [];
+    for (let q = 0; q < count; q++) {
+      budget.cellsFor(OBJECT_CELLS, `sequence ${q}`);
+      const input = readInputRecord(r, { maxRows: 2 ** 32 - 1, maxCols: PROOF_LIMITS.dim, charge: (n, k) => charge(n, k === 'f32' ? 'input rows' : 'input ids') });
+      const tk = r.u8('targets kind');
+      let targets: StepTargets;
+      if (tk === 1) {
+        const n = r.count('target count', 1, L.maxBatch, 4);
+        targets = { kind: 'classes', ids: r.u32s(n, 'targets') };
+      } else if (tk === 2) {
+        const n = r.count('target values', 1, 2 ** 32 - 1, 4);
+        budget.cellsFor(n, `${n} target values`);
+        targets = { kind: 'values', data: r.f32s(n, 'targets') };
+        checkFiniteF32(targets.data, 'a target');
+      } else throw new FormatError('BAD_VALUE', `proof: targets kind ${tk}`);
+      const nl = r.count('layer count', 1, PROOF_LIMITS.layers);
+      if (g && nl !== g.layers.length) throw new ProofError('LAYER_MISMATCH', `a step proof covers every layer: ${nl} given, the model has ${g.layers.length}`);
+      if (q > 0 && nl !== sequences[0]!.layers.length) throw new FormatError('BAD_VALUE', `proof: sequence ${q} has ${nl} layers, sequence 0 has ${sequences[0]!.layers.length}`);
+      const layers: StepLayer[] = [];
+      for (let i = 0; i < nl; i++) {
+        const op = r.u8('op');
+        const opName = specByCode(op)?.op;
+        if (opName === undefined) throw new FormatError('BAD_VALUE', `proof: layer ${i} op ${op}`);
+        if (g && g.layers[i]!.op !== opName) throw new ProofError('LAYER_MISMATCH', `layer ${i} is ${g.layers[i]!.op}; the proof says ${opName}`);
+        layers.push({ op: opName, stages: readStages(r, budget, i) });
+      }
+      sequences.push({ input, targets, layers });
     }
     const nb = r.count('block count', 0, g ? g.tensors.length : 4096);
     const blocks: PatternBlock[] = [];
@@ -1017,7 +1067,8 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
       states.push(readStateBlock(r, budget, g));
       if (b > 0 && states[b]!.tensor <= states[b - 1]!.tensor) throw new FormatError('BAD_VALUE', 'proof: state blocks must name ascending tensors');
     }
-    out = { kind: 'step', ghost, step, input, targets, layers, blocks, states, newGhost: r.bytes(32, 'new ghost digest') };
+    const [head, ...more] = sequences as [StepSequence, ...StepSequence[]];
+    out = { kind: 'step', ghost, step, ...head, ...(more.length > 0 ? { more } : {}), blocks, states, newGhost: r.bytes(32, 'new ghost digest') };
   } else {
     throw new FormatError('BAD_VALUE', `proof: kind ${kind}`);
   }

@@ -13,16 +13,29 @@
  */
 import { bytesEqual } from '../shared/bytes.js';
 import { ProofError } from '../shared/errors.js';
-import { canonicalBackward, canonicalForward, type NativeStepHooks } from './backward.js';
+import { canonicalBackwardInto, canonicalForward, GradientAccumulator, type CanonicalForward, type NativeStepHooks } from './backward.js';
 import { clog1pNeg, coptimizerStep, type CanonicalRowState } from './canonical.js';
 import { encodeGhost, type GhostManifest } from './ghost-file.js';
 import { planHopfieldSelection, type GhostHopfieldLayer } from './kinds/hopfield.js';
 import { specOf } from './kinds/index.js';
 import { fail, sortedIndexOf, type Revealed } from './layer-spec.js';
 import { f32le, loadHasher, multiproofRoot, rootOf, rootOfLeaves, type MerkleHasher } from './merkle.js';
-import { HASH_CALL_WORK, HASH_WORK, merkleCalls, resolveStateLeaves, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type ResolvedStates, type StateBlock, type StepProof } from './proof-format.js';
+import { HASH_CALL_WORK, HASH_WORK, merkleCalls, resolveStateLeaves, VerifyBudget, type PatternBlock, type PatternCache, type ResolvedBlock, type ResolvedStates, type StateBlock, type StepProof, type StepSequence } from './proof-format.js';
 import { openProof, pinGhost, resolveBlock, resolveRows, type PinnedGhost, type VerifyCost, type VerifyOptions } from './proof-verify.js';
-import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining } from './training.js';
+import { cclip, closs, cstepLr, readStateLeaves, stateDim, stateLeaves, type GhostTraining, type StepTargets } from './training.js';
+
+/** The parts one after another in one new array. */
+function concat<T extends Float32Array | Uint32Array>(parts: readonly T[], make: (n: number) => T): T {
+  let n = 0;
+  for (const a of parts) n += a.length;
+  const out = make(n);
+  n = 0;
+  for (const a of parts) {
+    out.set(a, n);
+    n += a.length;
+  }
+  return out;
+}
 
 /** One trained tensor's rows a step wrote: their new values and optimizer state. */
 export interface StepWrite {
@@ -88,6 +101,13 @@ export interface ProverRun {
 
 const work = (rows: number, dim: number, n: number): number => rows * dim * HASH_WORK + merkleCalls(rows, n) * HASH_CALL_WORK;
 
+/** The sequences of a step's batch, in order: the proof's first, then `more`. */
+export function sequencesOf(p: StepProof): StepSequence[] {
+  return p.more === undefined || p.more.length === 0 ? [p] : [p, ...p.more];
+}
+
+const rowsOf = (q: StepSequence): number => (q.input.kind === 'ids' ? q.input.ids.length : q.input.rows);
+
 /**
  * Charges what checking the step holds and does, from the proof's headers and the Ghost
  * file, before any of it: each layer's forward (its kind's plan) and backward (twice
@@ -95,13 +115,15 @@ const work = (rows: number, dim: number, n: number): number => rows * dim * HASH
  * root), the state rows, the optimizer.
  */
 function planStep(g: GhostManifest, t: GhostTraining, p: StepProof, budget: VerifyBudget): void {
-  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
-  for (const [li, l] of g.layers.entries()) {
-    const before = budget.work, cellsBefore = budget.cells;
-    specOf(l).plan(l, g, B, budget, li);
-    if (l.op === 'hopfield') planHopfieldSelection(l as GhostHopfieldLayer, g, { op: l.op, stages: p.layers[li]!.stages, blocks: p.blocks }, B, budget, li);
-    budget.workFor(2 * (budget.work - before), `layer ${li}'s backward`);
-    budget.cellsFor(2 * (budget.cells - cellsBefore), `layer ${li}'s backward`);
+  for (const q of sequencesOf(p)) {
+    const B = rowsOf(q);
+    for (const [li, l] of g.layers.entries()) {
+      const before = budget.work, cellsBefore = budget.cells;
+      specOf(l).plan(l, g, B, budget, li);
+      if (l.op === 'hopfield') planHopfieldSelection(l as GhostHopfieldLayer, g, { op: l.op, stages: q.layers[li]!.stages, blocks: p.blocks }, B, budget, li);
+      budget.workFor(2 * (budget.work - before), `layer ${li}'s backward`);
+      budget.cellsFor(2 * (budget.cells - cellsBefore), `layer ${li}'s backward`);
+    }
   }
   const trained = new Set(t.tensors.map((e) => e.tensor));
   for (const b of p.blocks) {
@@ -129,8 +151,10 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
   if (!t) fail('NO_TRAINING_RULE', 'the pinned Ghost file commits no training rule (format 3): it cannot be trained by step proofs');
   if (!bytesEqual(p.ghost, ghost.digest)) fail('GHOST_MISMATCH', 'the proof is for another Ghost file');
   if (p.step !== t.step) fail('GHOST_MISMATCH', `the proof is of step ${p.step}; the Ghost file's next step is ${t.step}`);
-  if (p.layers.length !== g.layers.length) fail('LAYER_MISMATCH', `a step proof covers every layer: ${p.layers.length} given, the model has ${g.layers.length}`);
-  const B = p.input.kind === 'ids' ? p.input.ids.length : p.input.rows;
+  const seqs = sequencesOf(p);
+  for (const q of seqs) if (q.layers.length !== g.layers.length) fail('LAYER_MISMATCH', `a step proof covers every layer: ${q.layers.length} given, the model has ${g.layers.length}`);
+  let B = 0;
+  for (const q of seqs) B += rowsOf(q);
   planStep(g, t, p, budget);
 
   // The rows read, each block checked against its tensor's root (written rows with every path: the new root needs the siblings).
@@ -141,9 +165,9 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const rev = prover ? resolveRows(g, b, cache) : resolveBlock(h, g, b, cache, trained.has(b.tensor));
     blocks.set(b.tensor, { block: b, rev, used: new Uint8Array(b.ids.length) });
   }
-  // The forward, each layer served from the blocks: exactly the rows it reads.
+  // The forward of each sequence, each layer served from the blocks: exactly the rows it reads.
   // Each layer sees the step's blocks as its evidence's (a HopfieldLookup whose key block is all rows re-derives its exact selection: held keys).
-  const fwd = canonicalForward(g, 0, p.input, p.layers.map((l) => ({ op: l.op, stages: l.stages, blocks: p.blocks })), (li, _ev, need) => {
+  const reveal = (li: number, need: Map<number, Uint32Array | 'all'>): Map<number, Revealed> => {
     const out = new Map<number, Revealed>();
     for (const [tensor, want] of need) {
       const b = blocks.get(tensor);
@@ -166,24 +190,37 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
     return out;
-  }, true, prover?.native);
+  };
+  const fwds: CanonicalForward[] = seqs.map((q) => canonicalForward(g, 0, q.input, q.layers.map((l) => ({ op: l.op, stages: l.stages, blocks: p.blocks })), (li, _ev, need) => reveal(li, need), true, prover?.native));
   for (const b of blocks.values()) {
     const at = b.used.indexOf(0);
     if (at >= 0) fail('BLOCK_IDS', `the block of tensor ${b.block.tensor} reveals row ${b.block.ids[at]}, which the step does not read`);
   }
 
-  // The loss's gradient, then the backward.
-  const y = fwd.output, cols = fwd.cols;
-  if (p.targets.kind === 'classes') {
-    if (t.loss !== 'cross-entropy') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives class ids`);
-    if (p.targets.ids.length !== B) fail('SHAPE', `${p.targets.ids.length} targets for a batch of ${B}`);
-    for (const c of p.targets.ids) if (c >= cols) fail('SHAPE', `target class ${c} of ${cols}`);
-  } else {
-    if (t.loss !== 'mse') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives target values`);
-    if (p.targets.data.length !== B * cols) fail('SHAPE', `${p.targets.data.length} target values for an output of ${B} x ${cols}`);
+  // The loss (the mean over every row of every sequence) and its gradient, then each sequence's backward into one set of accumulators.
+  const cols = fwds[0]!.cols;
+  for (const [s, q] of seqs.entries()) {
+    const Bq = rowsOf(q);
+    if (q.targets.kind === 'classes') {
+      if (t.loss !== 'cross-entropy') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives class ids`);
+      if (q.targets.ids.length !== Bq) fail('SHAPE', `${q.targets.ids.length} targets for ${seqs.length > 1 ? `sequence ${s}'s` : 'a batch of'} ${Bq}${seqs.length > 1 ? ' rows' : ''}`);
+      for (const c of q.targets.ids) if (c >= cols) fail('SHAPE', `target class ${c} of ${cols}`);
+    } else {
+      if (t.loss !== 'mse') fail('SHAPE', `the training rule's loss is ${t.loss}; the proof gives target values`);
+      if (q.targets.data.length !== Bq * cols) fail('SHAPE', `${q.targets.data.length} target values for an output of ${Bq} x ${cols}`);
+    }
   }
-  const loss = closs(t.loss, y, B, cols, p.targets);
-  const back = canonicalBackward(g, fwd, loss.grad, prover?.native);
+  const y = seqs.length === 1 ? fwds[0]!.output : concat(fwds.map((x) => x.output), (n) => new Float32Array(n));
+  const targets: StepTargets = seqs.length === 1 ? p.targets : p.targets.kind === 'classes' ? { kind: 'classes', ids: concat(seqs.map((q) => (q.targets as { ids: Uint32Array }).ids), (n) => new Uint32Array(n)) } : { kind: 'values', data: concat(seqs.map((q) => (q.targets as { data: Float32Array }).data), (n) => new Float32Array(n)) };
+  const loss = closs(t.loss, y, B, cols, targets);
+  const acc = new GradientAccumulator(g);
+  let off = 0;
+  for (const fwd of fwds) {
+    const n = fwd.output.length;
+    canonicalBackwardInto(acc, g, fwd, seqs.length === 1 ? loss.grad : loss.grad.subarray(off, off + n), prover?.native);
+    off += n;
+  }
+  const back = { tensors: acc.result() };
 
   // The rows written: every row of a trained tensor the backward touched (its gradient may
   // be 0), each with its optimizer state, one state block per such tensor (ascending).

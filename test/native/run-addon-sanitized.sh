@@ -36,7 +36,7 @@ unsanitized=(
   test/module-graph.test.ts test/docs-links.test.ts test/public-surface.test.ts
   test/browser.test.ts test/proof-fuzz.test.ts
   test/attention-quality.test.ts
-  test/serve-crash.test.ts test/swarm-cli.test.ts test/swarm-kill.test.ts test/examples.test.ts
+  test/serve-crash.test.ts test/serve-workers.test.ts test/swarm-cli.test.ts test/swarm-kill.test.ts test/examples.test.ts
 )
 exclude=()
 for f in "${unsanitized[@]}"; do

@@ -25,6 +25,7 @@
 #include "../../native/src/core/attention.h"
 #include "../../native/src/core/hnsw_index.h"
 #include "../../native/src/core/kernels.h"
+#include "../../native/src/core/key_sketch.h"
 #include "../../native/src/core/merkle.h"
 #include "../../native/src/core/search.h"
 #include "../../native/src/core/sparse_tensor.h"
@@ -1216,6 +1217,128 @@ static void test_decode_attention() {
   }
 }
 
+// KeySketch (key_sketch.h): the certified first pass selects exactly what decode_attention's
+// scan selects (ids and, through decode_attention_selected, the output bit for bit) for any
+// rank, on isotropic and low-rank keys, for keys fitted and keys appended later; the Jacobi
+// eigen-decomposition against its definition; hostile arguments refused. Own generator.
+static void test_key_sketch() {
+  {
+    std::mt19937 gen(7);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    const size_t n = 9;
+    std::vector<double> A(n * n), A0;
+    for (size_t i = 0; i < n; ++i)
+      for (size_t j = 0; j <= i; ++j) A[i * n + j] = A[j * n + i] = nd(gen);
+    A0 = A;
+    std::vector<double> w, V;
+    gt::symmetric_eigen(A, n, w, V);
+    double worst = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      if (i > 0) CHECK(w[i] <= w[i - 1]);
+      for (size_t a = 0; a < n; ++a) {
+        double av = 0.0;
+        for (size_t b = 0; b < n; ++b) av += A0[a * n + b] * V[i * n + b];
+        worst = std::max(worst, std::fabs(av - w[i] * V[i * n + a]));
+      }
+      for (size_t j = 0; j < n; ++j) {
+        double d = 0.0;
+        for (size_t b = 0; b < n; ++b) d += V[i * n + b] * V[j * n + b];
+        worst = std::max(worst, std::fabs(d - (i == j ? 1.0 : 0.0)));
+      }
+    }
+    CHECK(worst < 1e-9);
+  }
+  std::mt19937 gen(2025);
+  std::normal_distribution<float> nf(0.0f, 1.0f);
+  size_t total_cand = 0, total_keys = 0, total_capped = 0;
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    for (size_t L : {1, 40, 300, 1100}) for (size_t dk : {12, 64}) for (size_t k : {5, 32}) for (int lowrank : {0, 1})
+      for (size_t rank : {size_t(0), size_t(1), size_t(4), dk}) {
+        const size_t H = 2, D = H * dk, R = 3;
+        std::vector<float> Kt(L * D), V(L * D), q(D), U(D * R);
+        for (float& x : U) x = nf(gen);
+        for (size_t j = 0; j < L; ++j) {
+          float z[R] = {nf(gen), nf(gen), nf(gen)};
+          for (size_t c = 0; c < D; ++c) {
+            float s = lowrank ? 0.05f * nf(gen) : nf(gen);
+            if (lowrank) for (size_t i = 0; i < R; ++i) s += U[c * R + i] * z[i];
+            Kt[j * D + c] = s;
+            V[j * D + c] = nf(gen);
+          }
+        }
+        // Duplicate keys: ties broken by the lower id on both paths.
+        if (L > 10) std::copy(Kt.begin() + 3 * D, Kt.begin() + 4 * D, Kt.begin() + 9 * D);
+        for (size_t c = 0; c < D; ++c) q[c] = Kt[(L / 2) * D + c] + 0.1f * nf(gen);
+        std::vector<float> kp(gt::decode_key_packed_size(L, H, dk), 0.0f);
+        for (size_t j = 0; j < L; ++j)
+          for (size_t h = 0; h < H; ++h)
+            for (size_t t = 0; t < dk; ++t)
+              kp[((j / gt::kDecodeKeyBlock * H + h) * dk + t) * gt::kDecodeKeyBlock + j % gt::kDecodeKeyBlock] = Kt[j * D + h * dk + t];
+        gt::DecodeArgs d;
+        d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
+        d.L = L; d.heads = H; d.dk = dk; d.k = k; d.scale = 0.125f; d.kernels = &K;
+        std::vector<float> o(D), w(H * k), o2(D), w2(H * k), ss(H * k);
+        std::vector<uint32_t> ids(H * k), sid(H * k);
+        gt::decode_attention(d, o.data(), ids.data(), w.data());
+        // Fitted on the first part, the rest appended (a prompt, then decoded keys).
+        gt::KeySketch sk(H, dk, rank);
+        sk.fit(kp.data(), std::max<size_t>(1, L / 3));
+        sk.append(kp.data(), L);
+        CHECK(sk.length() == L && (rank == 0 || sk.rank(0) == rank));
+        gt::SketchSelectStats st;
+        sk.select(q.data(), kp.data(), k, 0, K, sid.data(), ss.data(), &st);
+        total_cand += st.candidates;
+        total_keys += H * L;
+        bool same = sid == ids;
+        gt::decode_attention_selected(d, sid.data(), ss.data(), o2.data(), w2.data());
+        same = same && std::memcmp(o.data(), o2.data(), D * sizeof(float)) == 0 &&
+               std::memcmp(w.data(), w2.data(), w.size() * sizeof(float)) == 0;
+        if (!same) std::printf("key sketch: L %zu dk %zu k %zu lowrank %d rank %zu differs\n", L, dk, k, lowrank, rank);
+        CHECK(same);
+        // A limit no head reaches: the same selection; the limit k: each head scores at most
+        // k keys (approximate), its scores best first over distinct ids.
+        std::vector<uint32_t> cid(H * k);
+        std::vector<float> cs(H * k);
+        gt::SketchSelectStats cst;
+        sk.select(q.data(), kp.data(), k, std::max(k, L), K, cid.data(), cs.data(), &cst);
+        CHECK(cid == ids && cst.capped == 0);
+        sk.select(q.data(), kp.data(), k, k, K, cid.data(), cs.data(), &cst);
+        total_capped += cst.capped;
+        CHECK(cst.candidates <= H * k);
+        for (size_t h = 0; h < H; ++h) {
+          std::vector<uint32_t> hs(cid.begin() + h * k, cid.begin() + h * k + std::min(k, L));
+          std::sort(hs.begin(), hs.end());
+          CHECK(std::adjacent_find(hs.begin(), hs.end()) == hs.end() && hs.back() < L);
+          for (size_t c = 1; c < std::min(k, L); ++c) CHECK(cs[h * k + c] <= cs[h * k + c - 1]);
+        }
+      }
+  }
+  // The bound prunes: on these keys far fewer than all of them are scored exactly.
+  CHECK(total_cand < total_keys / 2);
+  CHECK(total_capped > 0);
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
+    gt::KeySketch s(1, 4, 0);
+    std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
+    std::vector<uint32_t> id(2);
+    s.fit(kp.data(), 3);
+    s.select(q.data(), kp.data(), 2, 1, gt::kernels(), id.data(), sc.data(), nullptr);
+  }));
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [] { gt::KeySketch s(2, 8, 9); }));
+  CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch s(0, 8, 0); }));
+  {
+    gt::KeySketch s(1, 4, 0);
+    std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
+    std::vector<uint32_t> id(2);
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 2, 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.append(kp.data(), 3); }));
+    s.fit(kp.data(), 3);
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.fit(kp.data(), 3); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.append(kp.data(), 2); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 0, 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
+  }
+}
+
 // The prover's canonical step mirror (canonical_step.h) on a case worked by hand (every
 // value exact), under the sanitizers: accumulators added to, not overwritten; the
 // TypeScript comparison is test/canonical-step-native.test.ts.
@@ -1375,6 +1498,7 @@ int main() {
   test_tensor_file();
   test_attention();
   test_decode_attention();
+  test_key_sketch();
   test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

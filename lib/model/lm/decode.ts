@@ -16,11 +16,14 @@
  * 'hnsw' selects with the project's HNSW graph over the head's cached keys (inner
  * product, new keys inserted as they come; each returned score is exact, the selection
  * approximate); 'auto' scans exactly up to `indexThreshold` keys and switches to the
- * index past it.
+ * index past it; 'sketch' selects exactly what 'exact' selects (the same ids and scores, so
+ * the same output bit for bit) from a certified first pass over a compact sketch of the keys
+ * (native/src/core/key_sketch.h: int8 codes in a low-rank basis fitted to the keys, with a
+ * bound on each key's error; only the keys the bound cannot rule out are scored exactly).
  */
 import { allIds, checkFloat32Array, checkInteger, checkOptions, toIds } from '../../shared/args.js';
 import { InvalidArgumentError, OutOfRangeError, callNative } from '../../shared/errors.js';
-import { native } from '../../tensor/native.js';
+import { native, type NativeKeySketch } from '../../tensor/native.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 import { NO_KEY, SparseSelfAttention } from '../kinds/attention.js';
 import { kindOf, type AnyLayerKind } from '../kinds/index.js';
@@ -29,13 +32,29 @@ import type { LayerShape } from '../layer-kind.js';
 import type { Model } from '../model.js';
 
 /** How a decoding step selects each head's top-k keys. */
-export type DecodeIndex = 'exact' | 'hnsw' | 'auto';
+export type DecodeIndex = 'exact' | 'hnsw' | 'auto' | 'sketch';
 
 export interface DecoderOptions {
-  /** 'exact' (default): scan every cached key; 'hnsw': an HNSW graph per head; 'auto': exact up to indexThreshold keys, then HNSW. */
+  /**
+   * 'exact' (default): scan every cached key; 'hnsw': an HNSW graph per head; 'auto': exact up
+   * to indexThreshold keys, then HNSW; 'sketch': the exact selection through a key sketch
+   * (exact scan up to indexThreshold keys, then the sketch, refitted each time the cache doubles).
+   */
   index?: DecodeIndex;
-  /** With 'auto': the cached keys from which the index selects (default 32,768: bench/decode.mjs found the exact scan faster up to 16k keys; at least k). */
+  /**
+   * With 'auto': the cached keys from which the index selects (default 32,768: bench/decode.mjs
+   * found the exact scan faster up to 16k keys). With 'sketch': the keys its basis is first
+   * fitted to (default 1,024). At least k.
+   */
   indexThreshold?: number;
+  /** With 'sketch': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' energy, per head). */
+  rank?: number;
+  /**
+   * With 'sketch': at most this many keys per head are scored exactly (>= k; default: no
+   * limit, the exact selection). A head whose certified candidates are more scores the
+   * maxScored best of them by sketch score: faster, and approximate (stats().sketchCapped).
+   */
+  maxScored?: number;
   /** HNSW search breadth (default 256; at least the layer's k). */
   ef?: number;
   /** HNSW links per node (default 16). */
@@ -60,24 +79,29 @@ interface ResolvedIndexOptions {
   M: number;
   efConstruction: number;
   link: 'step' | 'batched';
+  rank: number; // 0: auto
+  maxScored: number; // 0: no limit
 }
 
-export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'maxLength'] as const;
+export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'rank', 'maxScored', 'maxLength'] as const;
 
 function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLength: number | undefined } {
   checkOptions('decoder', o, DECODER_OPTION_KEYS);
   const index = o.index ?? 'exact';
-  if (index !== 'exact' && index !== 'hnsw' && index !== 'auto') throw new InvalidArgumentError(`index must be 'exact', 'hnsw' or 'auto', got ${String(index)}`);
-  if (index !== 'auto' && o.indexThreshold !== undefined) throw new InvalidArgumentError("indexThreshold applies to index 'auto' only");
+  if (index !== 'exact' && index !== 'hnsw' && index !== 'auto' && index !== 'sketch') throw new InvalidArgumentError(`index must be 'exact', 'hnsw', 'auto' or 'sketch', got ${String(index)}`);
+  if (index !== 'auto' && index !== 'sketch' && o.indexThreshold !== undefined) throw new InvalidArgumentError("indexThreshold applies to index 'auto' or 'sketch' only");
   if (o.link !== undefined && o.link !== 'step' && o.link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(o.link)}`);
-  if (index === 'exact') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
+  if (index === 'exact' || index === 'sketch') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
+  for (const key of ['rank', 'maxScored'] as const) if (index !== 'sketch' && o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'sketch' only`);
   return {
     index,
-    threshold: checkInteger('indexThreshold', o.indexThreshold ?? 32_768, 1, 2 ** 24),
+    threshold: checkInteger('indexThreshold', o.indexThreshold ?? (index === 'sketch' ? 1024 : 32_768), 1, 2 ** 24),
     ef: checkInteger('ef', o.ef ?? 256, 1, 1_000_000),
     M: checkInteger('M', o.M ?? 16, 2, 256),
     efConstruction: checkInteger('efConstruction', o.efConstruction ?? 100, 1, 100_000),
     link: o.link ?? 'step',
+    rank: o.rank === undefined ? 0 : checkInteger('rank', o.rank, 1, 4096),
+    maxScored: o.maxScored === undefined ? 0 : checkInteger('maxScored', o.maxScored, 1, 2 ** 24),
     maxLength: o.maxLength === undefined ? undefined : checkInteger('maxLength', o.maxLength, 1, 2 ** 24),
   };
 }
@@ -94,6 +118,12 @@ export interface AttentionDecoderStats {
   /** Steps that selected with the index, and with the exact scan. */
   indexedSteps: number;
   exactSteps: number;
+  /** Index 'sketch': keys scored exactly by the last sketch step, over the heads (null before one). */
+  sketchCandidates: number | null;
+  /** Index 'sketch': the basis size per head (empty before the sketch is fitted). */
+  sketchRanks: number[];
+  /** Index 'sketch' with maxScored: heads of the last sketch step that hit the limit (their selection approximate). */
+  sketchCapped: number;
 }
 
 /**
@@ -114,6 +144,10 @@ export class AttentionDecoder {
   #keys = new Float32Array(0); // packed block-major (native decode layout)
   #values = new Float32Array(0); // L x D
   #heads: SparseTensor[] | null = null; // per head the cached keys (index 'hnsw' / 'auto')
+  #sketch: NativeKeySketch | null = null; // index 'sketch', once fitted
+  #sketchFitAt = 0; // cached keys when the sketch was last fitted
+  #sketchCandidates: number | null = null;
+  #sketchCapped = 0;
   #indexed = false;
   #indexedSteps = 0;
   #exactSteps = 0;
@@ -135,10 +169,12 @@ export class AttentionDecoder {
     this.headDim = this.D / layer.heads;
     this.maxLength = r.maxLength ?? 2 ** 16;
     if (r.index !== 'exact' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
-    if (r.index === 'auto' && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
+    if (r.maxScored !== 0 && r.maxScored < layer.k) throw new OutOfRangeError(`maxScored must be >= the layer's k (${layer.k}), got ${r.maxScored}`);
+    if (r.rank > this.headDim) throw new OutOfRangeError(`rank must be <= headDim (${this.headDim}), got ${r.rank}`);
+    if ((r.index === 'auto' || r.index === 'sketch') && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
     this.#opt = r;
     this.#scale = layer.scale ?? 1 / Math.sqrt(this.headDim);
-    if (r.index !== 'exact') this.#heads = Array.from({ length: layer.heads }, () => SparseTensor.create(this.headDim, { metric: 'ip' }));
+    if (r.index === 'hnsw' || r.index === 'auto') this.#heads = Array.from({ length: layer.heads }, () => SparseTensor.create(this.headDim, { metric: 'ip' }));
   }
 
   get length(): number {
@@ -167,7 +203,8 @@ export class AttentionDecoder {
   }
 
   stats(): AttentionDecoderStats {
-    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps };
+    const ranks = this.#sketch === null ? [] : native().keySketchInfo(this.#sketch).ranks;
+    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped };
   }
 
   #grow(need: number): void {
@@ -176,7 +213,7 @@ export class AttentionDecoder {
     const blocks = Math.ceil(cap / KEY_BLOCK);
     const keys = new Float32Array(blocks * KEY_BLOCK * this.D);
     keys.set(this.#keys);
-    const values = new Float32Array(cap * this.D);
+    const values = new Float32Array(blocks * KEY_BLOCK * this.D); // #cap rows (a prefill of a non-multiple of 256 rows overflowed at its next step)
     values.set(this.#values);
     this.#keys = keys;
     this.#values = values;
@@ -240,8 +277,24 @@ export class AttentionDecoder {
   }
 
   async #maybeBuild(): Promise<void> {
-    if (this.#heads === null || this.#indexed) return;
     const o = this.#opt;
+    if (o.index === 'sketch') {
+      const L = this.#length;
+      if (L <= o.threshold) return;
+      // Fitted to every cached key when the threshold is reached, refitted each time the cache
+      // doubles (the basis then follows the keys; a stale one costs candidates, never exactness).
+      if (this.#sketch === null || L >= 2 * this.#sketchFitAt) {
+        const sk = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L));
+        this.#sketch = sk;
+        this.#sketchFitAt = L;
+        this.#indexed = true;
+      } else {
+        const sk = this.#sketch;
+        callNative(() => native().keySketchAppend(sk, this.#keys, L));
+      }
+      return;
+    }
+    if (this.#heads === null || this.#indexed) return;
     const start = o.index === 'hnsw' ? this.layer.k + 1 : o.threshold + 1;
     if (this.#length < start) return;
     for (const t of this.#heads) await t.buildHnsw({ metric: 'ip', M: o.M, efConstruction: o.efConstruction, seed: 100 });
@@ -257,11 +310,18 @@ export class AttentionDecoder {
     await this.#maybeBuild();
     // The new key is linked into each head's graph now (one insertion per head and step), so
     // a step's cost includes the index's upkeep and no backlog of unlinked keys builds up.
-    if (this.#indexed && this.#opt.link === 'step') for (const t of this.#heads!) t.refreshHnsw(1, { threads: 1 });
+    if (this.#indexed && this.#heads !== null && this.#opt.link === 'step') for (const t of this.#heads!) t.refreshHnsw(1, { threads: 1 });
     const l = this.layer, L = this.#length, H = l.heads, dk = this.headDim;
     const kk = l.mode === 'dense' ? 0 : l.k;
     let r: { out: Float32Array };
-    if (this.#indexed && L > kk) {
+    if (this.#sketch !== null && L > kk) {
+      const sk = this.#sketch;
+      const s = callNative(() => native().keySketchSelect(sk, q, this.#keys, kk, this.#opt.maxScored));
+      this.#sketchCandidates = s.candidates;
+      this.#sketchCapped = s.capped;
+      r = callNative(() => native().attentionDecode(L, H, dk, kk, this.#scale, q, this.#keys, this.#values, s.ids, s.scores));
+      this.#indexedSteps++;
+    } else if (this.#indexed && this.#heads !== null && L > kk) {
       const ids = new Uint32Array(H * kk).fill(NO_KEY), scores = new Float32Array(H * kk);
       for (let h = 0; h < H; h++) {
         const s = this.#heads![h]!.search(q.subarray(h * dk, (h + 1) * dk), kk, { index: 'hnsw', ef: this.#opt.ef });
@@ -295,6 +355,10 @@ export class AttentionDecoder {
     checkFloat32Array('q', q);
     if (q.length !== this.D) throw new InvalidArgumentError(`q must hold ${this.D} values`);
     if (!this.#indexed) return null;
+    if (this.#sketch !== null) {
+      const sk = this.#sketch;
+      return callNative(() => native().keySketchSelect(sk, q, this.#keys, this.layer.k, this.#opt.maxScored)).ids;
+    }
     const H = this.layer.heads, dk = this.headDim, kk = Math.min(this.layer.k, this.#length);
     const ids = new Uint32Array(H * this.layer.k).fill(NO_KEY);
     for (let h = 0; h < H; h++) ids.set(this.#heads![h]!.search(q.subarray(h * dk, (h + 1) * dk), kk, { index: 'hnsw', ef: this.#opt.ef }).ids, h * this.layer.k);

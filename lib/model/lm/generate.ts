@@ -42,7 +42,7 @@ export interface GenerateOptions extends SamplingOptions {
   kvCache?: boolean;
   /** With kvCache: the selection of each head's keys (Decoder's `index`; default 'exact'). */
   index?: DecodeIndex;
-  /** With kvCache and index 'auto': the cached keys from which the HNSW index selects. */
+  /** With kvCache and index 'auto' or 'sketch': the cached keys from which the index selects (Decoder's indexThreshold). */
   indexThreshold?: number;
   /** With kvCache and an index: the HNSW search breadth. */
   ef?: number;

@@ -11,6 +11,7 @@
 #include "../core/attention.h"
 #include "attention_binding.h"
 #include "../core/kernels.h"
+#include "../core/key_sketch.h"
 #include "async_job.h"
 #include "napi_util.h"
 
@@ -282,6 +283,103 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// ---- The key sketch (key_sketch.h): an External owned by JavaScript, tagged so that no
+// other object is taken for one. Synchronous, on the calling thread, like attentionDecode;
+// the packed keys are the caller's cache, read in place.
+const napi_type_tag kSketchTag = {0x67686f73744b6579ULL, 0x536b657463684e61ULL};  // "ghostKey" "SketchNa"
+
+KeySketch& sketch_arg(const Napi::CallbackInfo& info, size_t index) {
+  bool ours = false;
+  if (index >= info.Length() || !info[index].IsExternal() ||
+      napi_check_object_type_tag(info.Env(), info[index], &kSketchTag, &ours) != napi_ok || !ours)
+    throw Error(ErrorCode::InvalidArgument, "expected a key sketch made by keySketchNew");
+  return *info[index].As<Napi::External<KeySketch>>().Data();
+}
+
+const float* packed_keys_arg(const Napi::CallbackInfo& info, size_t index, size_t L, size_t heads, size_t dk) {
+  const ArrayArg<float> kp = f32_arg(info, index, "keysPacked");
+  if (kp.length < decode_key_packed_size(L, heads, dk)) throw Error(ErrorCode::InvalidArgument, "keysPacked holds fewer than L keys");
+  return kp.data;
+}
+
+// keySketchNew(heads, headDim, rank, keysPacked, L) -> External: fitted to keys [0, L) and
+// holding them (rank 0: auto).
+Napi::Value KeySketchNew(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const size_t heads = size_arg(info, 0, "heads", 1, 4096);
+    const size_t dk = size_arg(info, 1, "headDim", 1, 4096);
+    const size_t rank = size_arg(info, 2, "rank", 0, 4096);
+    if (rank > dk) throw Error(ErrorCode::OutOfRange, "rank must be <= headDim");
+    const size_t L = size_arg(info, 4, "L", 1, 1 << 24);
+    if (static_cast<double>(L) * heads * dk > kMaxElements) throw Error(ErrorCode::OutOfRange, "L * heads * headDim is too large");
+    const float* kp = packed_keys_arg(info, 3, L, heads, dk);
+    auto sk = std::make_unique<KeySketch>(heads, dk, rank);
+    sk->fit(kp, L);
+    Napi::Env env = info.Env();
+    Napi::External<KeySketch> ext = Napi::External<KeySketch>::New(env, sk.release(), [](Napi::Env, KeySketch* p) { delete p; });
+    if (napi_type_tag_object(env, ext, &kSketchTag) != napi_ok) throw std::runtime_error("cannot tag a key sketch");
+    return ext;
+  });
+}
+
+// keySketchAppend(sketch, keysPacked, L): encodes keys [length, L).
+Napi::Value KeySketchAppend(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    KeySketch& sk = sketch_arg(info, 0);
+    const size_t L = size_arg(info, 2, "L", 1, 1 << 24);
+    if (L < sk.length()) throw Error(ErrorCode::OutOfRange, "L is below the sketch's length");
+    if (static_cast<double>(L) * sk.heads() * sk.dk() > kMaxElements) throw Error(ErrorCode::OutOfRange, "L * heads * headDim is too large");
+    sk.append(packed_keys_arg(info, 1, L, sk.heads(), sk.dk()), L);
+    return info.Env().Undefined();
+  });
+}
+
+// keySketchSelect(sketch, q, keysPacked, k[, maxScored]) -> { ids, scores, candidates, capped }:
+// the exact top-k per head (heads x k, best first, padded with NO_KEY / 0), how many keys were
+// scored, and how many heads hit maxScored (0 or absent: no limit; else >= k) and so selected
+// approximately.
+Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    KeySketch& sk = sketch_arg(info, 0);
+    const size_t H = sk.heads(), dk = sk.dk();
+    const ArrayArg<float> q = f32_arg(info, 1, "q");
+    check_finite_length(q, H * dk, "q");
+    const float* kp = packed_keys_arg(info, 2, sk.length(), H, dk);
+    const size_t k = size_arg(info, 3, "k", 1, 1 << 16);
+    const size_t max_scored = info.Length() > 4 && !info[4].IsUndefined() ? size_arg(info, 4, "maxScored", 0, 1 << 24) : 0;
+    if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "maxScored must be 0 or >= k");
+    std::vector<uint32_t> ids(H * k);
+    std::vector<float> scores(H * k);
+    SketchSelectStats st;
+    sk.select(q.data, kp, k, max_scored, kernels(), ids.data(), scores.data(), &st);
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    Napi::Uint32Array ia = Napi::Uint32Array::New(env, ids.size());
+    std::copy(ids.begin(), ids.end(), ia.Data());
+    o.Set("ids", ia);
+    o.Set("scores", f32_array(env, scores));
+    o.Set("candidates", Napi::Number::New(env, static_cast<double>(st.candidates)));
+    o.Set("capped", Napi::Number::New(env, static_cast<double>(st.capped)));
+    return o;
+  });
+}
+
+// keySketchInfo(sketch) -> { length, ranks, bytes }
+Napi::Value KeySketchInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const KeySketch& sk = sketch_arg(info, 0);
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("length", Napi::Number::New(env, static_cast<double>(sk.length())));
+    Napi::Array ranks = Napi::Array::New(env, sk.heads());
+    for (size_t h = 0; h < sk.heads(); ++h) ranks.Set(static_cast<uint32_t>(h), Napi::Number::New(env, static_cast<double>(sk.rank(h))));
+    o.Set("ranks", ranks);
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(sk.bytes())));
+    return o;
+  });
+}
+
 }  // namespace
 
 void register_attention_functions(Napi::Env env, Napi::Object exports) {
@@ -289,6 +387,10 @@ void register_attention_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionBackwardAsync", Napi::Function::New(env, AttentionBackwardAsync));
   exports.Set("linear", Napi::Function::New(env, Linear));
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
+  exports.Set("keySketchNew", Napi::Function::New(env, KeySketchNew));
+  exports.Set("keySketchAppend", Napi::Function::New(env, KeySketchAppend));
+  exports.Set("keySketchSelect", Napi::Function::New(env, KeySketchSelect));
+  exports.Set("keySketchInfo", Napi::Function::New(env, KeySketchInfo));
   exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
   exports.Set("linearBackwardAsync", Napi::Function::New(env, LinearBackwardAsync));
 }

@@ -1,0 +1,379 @@
+// The key sketch: see key_sketch.h.
+#include "key_sketch.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "cpu.h"
+#include "errors.h"
+#include "kernels.h"
+#include "topk.h"
+
+namespace gt {
+
+namespace {
+
+static_assert(kDecodeKeyBlock == 256, "key_sketch_avx2.cc assumes blocks of 256 keys");
+
+// Rounding allowance of the bound (key_sketch.h), relative to |q| |k|.
+constexpr float kDelta = 1.0f / 4096.0f;
+// Rounds the bound up past its own f32 rounding.
+constexpr float kBoundUp = 1.0f + 1.0f / (1 << 20);
+
+inline float key_at(const float* Kp, size_t H, size_t dk, size_t h, size_t j, size_t t) {
+  const size_t b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock;
+  return Kp[((b * H + h) * dk + t) * kDecodeKeyBlock + c];
+}
+
+// Scores the n <= 16 candidates cj[batch[i]] into cs[batch[i]]: their row-major keys as the
+// columns of one dk x 16 operand (unused columns zero), one gemm_acc through its vector path.
+void score_batch(const Kernels& kern, const float* qh, size_t dk, const float* rows, const uint32_t* cj,
+                 const size_t* batch, size_t n, float* tile, float* cs) {
+  std::fill(tile, tile + dk * 16, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const float* kr = rows + static_cast<size_t>(cj[batch[i]]) * dk;
+    for (size_t t = 0; t < dk; ++t) tile[t * 16 + i] = kr[t];
+  }
+  float out[16] = {0};
+  kern.gemm_acc(out, 16, qh, dk, tile, 16, 1, dk, 16);
+  for (size_t i = 0; i < n; ++i) cs[batch[i]] = out[i];
+}
+
+}  // namespace
+
+void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
+                          const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
+  float ml = -std::numeric_limits<float>::infinity(), mh = ml;
+  std::fill(a, a + kn, 0.0f);
+  for (size_t t = 0; t < r; ++t) {
+    const float ut = u[t];
+    const int8_t* ct = codes + t * kDecodeKeyBlock;
+    for (size_t c = 0; c < kn; ++c) a[c] += ut * static_cast<float>(ct[c]);
+  }
+  for (size_t c = 0; c < kn; ++c) {
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
+    lo[c] = a[c] - B;
+    hi[c] = a[c] + B;
+    ml = std::max(ml, lo[c]);
+    mh = std::max(mh, hi[c]);
+  }
+  maxes[0] = ml;
+  maxes[1] = mh;
+}
+
+void symmetric_eigen(std::vector<double>& A, size_t n, std::vector<double>& w, std::vector<double>& V) {
+  if (A.size() != n * n) throw Error(ErrorCode::InvalidArgument, "symmetric_eigen: A must be n x n");
+  std::vector<double> E(n * n, 0.0);  // columns: eigenvectors
+  for (size_t i = 0; i < n; ++i) E[i * n + i] = 1.0;
+  double diag = 0.0;
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j) diag += A[i * n + j] * A[i * n + j];
+  for (int sweep = 0; sweep < 64; ++sweep) {
+    double off = 0.0;
+    for (size_t p = 0; p < n; ++p)
+      for (size_t q = p + 1; q < n; ++q) off += A[p * n + q] * A[p * n + q];
+    if (!(off > 1e-30 * diag)) break;
+    for (size_t p = 0; p < n; ++p)
+      for (size_t q = p + 1; q < n; ++q) {
+        const double apq = A[p * n + q];
+        if (apq == 0.0) continue;
+        const double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * apq);
+        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1.0));
+        const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
+        for (size_t k = 0; k < n; ++k) {  // A J
+          const double akp = A[k * n + p], akq = A[k * n + q];
+          A[k * n + p] = c * akp - s * akq;
+          A[k * n + q] = s * akp + c * akq;
+        }
+        for (size_t k = 0; k < n; ++k) {  // J^T (A J)
+          const double apk = A[p * n + k], aqk = A[q * n + k];
+          A[p * n + k] = c * apk - s * aqk;
+          A[q * n + k] = s * apk + c * aqk;
+        }
+        for (size_t k = 0; k < n; ++k) {
+          const double ekp = E[k * n + p], ekq = E[k * n + q];
+          E[k * n + p] = c * ekp - s * ekq;
+          E[k * n + q] = s * ekp + c * ekq;
+        }
+      }
+  }
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return A[a * n + a] > A[b * n + b]; });
+  w.assign(n, 0.0);
+  V.assign(n * n, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    w[i] = A[order[i] * n + order[i]];
+    for (size_t k = 0; k < n; ++k) V[i * n + k] = E[k * n + order[i]];
+  }
+}
+
+KeySketch::KeySketch(size_t heads, size_t dk, size_t rank) : nheads_(heads), dk_(dk), rank_(rank), heads_(heads) {
+  if (heads == 0 || dk == 0 || heads > 4096 || dk > 4096)
+    throw Error(ErrorCode::InvalidArgument, "KeySketch: heads and dk must be in 1..4096");
+  if (rank > dk) throw Error(ErrorCode::OutOfRange, "KeySketch: rank must be in 0..dk");
+}
+
+size_t KeySketch::bytes() const {
+  size_t n = 0;
+  for (const Head& hd : heads_)
+    n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.rows.size());
+  return n;
+}
+
+void KeySketch::fit(const float* Kp, size_t L) {
+  if (fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: already fitted");
+  if (Kp == nullptr || L == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: fit needs at least one key");
+  const size_t dk = dk_, ns = std::min(L, kSketchSample);
+  std::vector<double> M(dk * dk), w, V, kv(dk);
+  for (size_t h = 0; h < nheads_; ++h) {
+    Head& hd = heads_[h];
+    std::fill(M.begin(), M.end(), 0.0);
+    for (size_t i = 0; i < ns; ++i) {
+      const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
+      for (size_t t = 0; t < dk; ++t) kv[t] = key_at(Kp, nheads_, dk, h, j, t);
+      for (size_t a = 0; a < dk; ++a)
+        for (size_t b = a; b < dk; ++b) M[a * dk + b] += kv[a] * kv[b];
+    }
+    for (size_t a = 0; a < dk; ++a)
+      for (size_t b = 0; b < a; ++b) M[a * dk + b] = M[b * dk + a];
+    symmetric_eigen(M, dk, w, V);
+    size_t r = rank_;
+    if (r == 0) {
+      double total = 0.0;
+      for (double x : w) total += std::max(x, 0.0);
+      double kept = 0.0;
+      r = dk;
+      for (size_t i = 0; i < dk; ++i) {
+        kept += std::max(w[i], 0.0);
+        if (kept >= kSketchEnergy * total) {
+          r = i + 1;
+          break;
+        }
+      }
+    }
+    hd.r = r;
+    hd.basis.assign(r * dk, 0.0f);
+    for (size_t i = 0; i < r * dk; ++i) hd.basis[i] = static_cast<float>(V[i]);
+    // One step per coordinate: the sample's largest |p_t| maps to 127 (a later key beyond it
+    // is clamped; its eps grows, the bound stays sound).
+    std::vector<double> mx(r, 0.0);
+    for (size_t i = 0; i < ns; ++i) {
+      const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
+      for (size_t t = 0; t < r; ++t) {
+        double p = 0.0;
+        for (size_t c = 0; c < dk; ++c) p += double(hd.basis[t * dk + c]) * key_at(Kp, nheads_, dk, h, j, c);
+        mx[t] = std::max(mx[t], std::fabs(p));
+      }
+    }
+    hd.step.assign(r, 1.0f);
+    for (size_t t = 0; t < r; ++t)
+      if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / 127.0);
+  }
+  fitted_ = true;
+  append(Kp, L);
+}
+
+void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
+  Head& hd = heads_[h];
+  const size_t dk = dk_, r = hd.r;
+  const size_t blocks = (j1 + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  hd.codes.resize(blocks * r * kDecodeKeyBlock, 0);
+  hd.eps.resize(j1);
+  hd.rho.resize(j1);
+  hd.rows.resize(j1 * dk, 0.0f);
+  std::vector<double> kv(dk), p(r), perp(dk);
+  for (size_t j = j0; j < j1; ++j) {
+    double nk = 0.0;
+    for (size_t t = 0; t < dk; ++t) {
+      kv[t] = key_at(Kp, nheads_, dk, h, j, t);
+      hd.rows[j * dk + t] = key_at(Kp, nheads_, dk, h, j, t);
+      nk += kv[t] * kv[t];
+    }
+    double qe = 0.0;
+    const size_t b = j / kDecodeKeyBlock, cc = j % kDecodeKeyBlock;
+    for (size_t t = 0; t < r; ++t) {
+      double s = 0.0;
+      for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * kv[c];
+      p[t] = s;
+      double code = std::nearbyint(s / double(hd.step[t]));
+      if (!(code <= 127.0)) code = std::isnan(code) ? 0.0 : 127.0;
+      if (code < -127.0) code = -127.0;
+      hd.codes[(b * r + t) * kDecodeKeyBlock + cc] = static_cast<int8_t>(code);
+      const double e = s - code * double(hd.step[t]);
+      qe += e * e;
+    }
+    perp = kv;
+    for (size_t t = 0; t < r; ++t)
+      for (size_t c = 0; c < dk; ++c) perp[c] -= p[t] * double(hd.basis[t * dk + c]);
+    double rho = 0.0, pp = 0.0;
+    for (size_t c = 0; c < dk; ++c) rho += perp[c] * perp[c];
+    for (size_t t = 0; t < r; ++t) {
+      double s = 0.0;
+      for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * perp[c];
+      pp += s * s;
+    }
+    // A non-finite key gets the largest bound (never NaN: B is then +inf or, for q = 0, 0).
+    const float inf = std::numeric_limits<float>::max();
+    const double e = std::sqrt(qe) + std::sqrt(pp);
+    // delta |q| |k| <= |pi| delta |k| + |q_perp| delta |k|: the rounding allowance joins both.
+    const double dn = double(kDelta) * std::sqrt(nk);
+    const double ee = e + dn, rr = std::sqrt(rho) + dn;
+    hd.eps[j] = std::isfinite(ee) && ee < inf ? static_cast<float>(ee) : inf;
+    hd.rho[j] = std::isfinite(rr) && rr < inf ? static_cast<float>(rr) : inf;
+  }
+}
+
+void KeySketch::append(const float* Kp, size_t L) {
+  if (!fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: append before fit");
+  if (Kp == nullptr || L < length_) throw Error(ErrorCode::InvalidArgument, "KeySketch: append needs L >= length()");
+  if (L == length_) return;
+  for (size_t h = 0; h < nheads_; ++h) encode(h, Kp, length_, L);
+  length_ = L;
+}
+
+void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern,
+                       uint32_t* ids, float* scores, SketchSelectStats* stats) const {
+  if (!fitted_ || length_ == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: select before fit");
+  if (q == nullptr || Kp == nullptr || ids == nullptr || scores == nullptr || k == 0)
+    throw Error(ErrorCode::InvalidArgument, "KeySketch: select needs q, Kp, k >= 1 and outputs");
+  if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "KeySketch: max_scored must be 0 or >= k");
+  SketchScan scan = sketch_scan_portable;
+  if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2))
+    scan = kSketchScanAVX2;
+  const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
+  const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  // Per-thread scratch kept between calls (the candidates and their scores), and one block's
+  // sketch scores and ends.
+  thread_local std::vector<float> cs, ca;
+  thread_local std::vector<uint32_t> cj;
+  float av[kDecodeKeyBlock], lov[kDecodeKeyBlock], hiv[kDecodeKeyBlock];
+  std::vector<float> u, tile(dk * 16);
+  size_t batch[16];
+  std::vector<Hit> best;
+  std::vector<double> pi, qperp(dk);
+  size_t cand = 0, capped = 0;
+  for (size_t h = 0; h < H; ++h) {
+    const Head& hd = heads_[h];
+    const size_t r = hd.r;
+    const float* qh = q + h * dk;
+    pi.assign(r, 0.0);
+    u.assign(r, 0.0f);
+    for (size_t c = 0; c < dk; ++c) {
+      qperp[c] = qh[c];
+    }
+    double pn = 0.0;
+    for (size_t t = 0; t < r; ++t) {
+      double s = 0.0;
+      for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * qh[c];
+      pi[t] = s;
+      pn += s * s;
+      u[t] = static_cast<float>(s * double(hd.step[t]));
+      for (size_t c = 0; c < dk; ++c) qperp[c] -= s * double(hd.basis[t * dk + c]);
+    }
+    double qp = 0.0;
+    for (size_t c = 0; c < dk; ++c) qp += qperp[c] * qperp[c];
+    const float coef[3] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)), kBoundUp};
+    // Pass 1: the sketch's interval per key; lambda = the kk-th largest lower end.
+    TopK lows(kk, true);
+    cj.clear();
+    ca.clear();
+    float lambda = neg_inf;
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
+      float maxes[2];
+      scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0,
+           coef, kn, av, lov, hiv, maxes);
+      if (maxes[0] > lambda) {
+        for (size_t c = 0; c < kn; ++c) {
+          if (lov[c] > lambda) {
+            lows.push(lov[c], static_cast<uint32_t>(j0 + c));
+            if (lows.full()) lambda = lows.worst().score;
+          }
+        }
+      }
+      // Keys whose upper end reaches lambda so far (lambda only grows: a key dropped here
+      // stays out), with their sketch scores; filtered by the final lambda below.
+      if (maxes[1] < lambda) continue;
+      for (size_t c = 0; c < kn; ++c)
+        if (!(hiv[c] < lambda)) {
+          cj.push_back(static_cast<uint32_t>(j0 + c));
+          ca.push_back(hiv[c]);
+          ca.push_back(av[c]);
+        }
+    }
+    if (!lows.full()) lambda = neg_inf;
+    {
+      size_t m = 0;
+      for (size_t i = 0; i < cj.size(); ++i)
+        if (!(ca[2 * i] < lambda)) {
+          cj[m] = cj[i];
+          ca[2 * m + 1] = ca[2 * i + 1];
+          ++m;
+        }
+      cj.resize(m);
+    }
+    // Over the cap: only the max_scored candidates of highest sketch score are scored.
+    if (max_scored != 0 && cj.size() > max_scored) {
+      ++capped;
+      best.clear();
+      for (size_t i = 0; i < cj.size(); ++i) {
+        const float a = ca[2 * i + 1];
+        best.push_back(Hit{std::isnan(a) ? neg_inf : a, cj[i]});
+      }
+      std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(max_scored - 1), best.end(),
+                       [](const Hit& x, const Hit& y) { return x.score != y.score ? x.score > y.score : x.id < y.id; });
+      cj.resize(max_scored);
+      for (size_t i = 0; i < max_scored; ++i) cj[i] = best[i].id;
+      std::sort(cj.begin(), cj.end());
+    }
+    // Pass 2: the candidates, scored and selected as decode_attention does. Each score takes
+    // the gemm_acc path decode_attention's tile takes for that key, so it rounds alike (the
+    // tail may fuse differently from the vector path): a key in a full 16-column group of the
+    // scan is scored by the vector path, 16 candidates at a time gathered from the row-major
+    // copy into one 16-column operand (each column's sum is the same chain of multiply-adds
+    // as in the scan); a key past its block's last full group by the tail, on its packed
+    // column group as the scan scores it.
+    cand += cj.size();
+    cs.resize(cj.size());
+    const float* Kh = Kp + h * dk * kDecodeKeyBlock;
+    size_t nfull = 0;
+    for (size_t i = 0; i < cj.size(); ++i) {
+      const size_t j = cj[i], b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
+      const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
+      if (g + 16 <= kn) {
+        batch[nfull++] = i;
+        if (nfull == 16) {
+          score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
+          nfull = 0;
+        }
+      } else {
+        float t16[16] = {0};
+        kern.gemm_acc(t16, 16, qh, dk, Kh + b * H * dk * kDecodeKeyBlock + g, kDecodeKeyBlock, 1, dk, kn - g);
+        cs[i] = t16[c - g];
+      }
+    }
+    if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
+    TopK hp(kk, true);
+    float thr = neg_inf;
+    for (size_t i = 0; i < cj.size(); ++i) {
+      if (!(cs[i] > thr)) continue;
+      hp.push(cs[i], cj[i]);
+      if (hp.full()) thr = hp.worst().score;
+    }
+    const std::vector<Hit> hits = hp.sorted();
+    for (size_t c = 0; c < k; ++c) {
+      ids[h * k + c] = c < hits.size() ? hits[c].id : kNoKey;
+      scores[h * k + c] = c < hits.size() ? hits[c].score : 0.0f;
+    }
+  }
+  if (stats != nullptr) {
+    stats->candidates = cand;
+    stats->capped = capped;
+  }
+}
+
+}  // namespace gt

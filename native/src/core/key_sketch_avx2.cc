@@ -1,0 +1,82 @@
+// The key sketch's first pass (key_sketch.h) with AVX2 + FMA: compiled with -mavx2 -mfma in
+// the avx2 library, reached only when cpu.cc found AVX2 (key_sketch.cc checks). Elsewhere
+// (other architectures) the pointer is null and the portable loop runs. Like the kernel
+// files, it includes no project header with inline functions (none compiled with these flags
+// can be picked by the linker for baseline code): the declarations are repeated here.
+#include <cstddef>
+#include <cstdint>
+
+namespace gt {
+using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
+                            const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+extern const SketchScan kSketchScanAVX2;
+constexpr size_t kSketchBlock = 256;  // kSketchBlock (static_assert in key_sketch.cc)
+}  // namespace gt
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+namespace gt {
+namespace {
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+// As sketch_scan_portable (key_sketch.h): 32 keys at a time, then the rest one by one.
+void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
+               size_t kn, float* a, float* lo, float* hi, float* maxes) {
+  const float ninf = -__builtin_inff();
+  __m256 mlo = _mm256_set1_ps(ninf), mhi = mlo;
+  const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]);
+  size_t c = 0;
+  for (; c + 32 <= kn; c += 32) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (size_t t = 0; t < r; ++t) {
+      const int8_t* p = codes + t * kSketchBlock + c;
+      const __m256 ut = _mm256_set1_ps(u[t]);
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m128i l = _mm256_castsi256_si128(raw), h = _mm256_extracti128_si256(raw, 1);
+      acc[0] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)), acc[0]);
+      acc[1] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(l, 8))), acc[1]);
+      acc[2] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)), acc[2]);
+      acc[3] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(h, 8))), acc[3]);
+    }
+    for (int g = 0; g < 4; ++g) {
+      const size_t o = c + 8 * static_cast<size_t>(g);
+      const __m256 B = _mm256_mul_ps(
+          _mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + o)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + o))), c2);
+      const __m256 l = _mm256_sub_ps(acc[g], B), h = _mm256_add_ps(acc[g], B);
+      _mm256_storeu_ps(a + o, acc[g]);
+      _mm256_storeu_ps(lo + o, l);
+      _mm256_storeu_ps(hi + o, h);
+      mlo = _mm256_max_ps(mlo, l);
+      mhi = _mm256_max_ps(mhi, h);
+    }
+  }
+  float ml = hmax(mlo), mh = hmax(mhi);
+  for (; c < kn; ++c) {
+    float s = 0.0f;
+    for (size_t t = 0; t < r; ++t) s += u[t] * static_cast<float>(codes[t * kSketchBlock + c]);
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
+    a[c] = s;
+    lo[c] = s - B;
+    hi[c] = s + B;
+    ml = lo[c] > ml ? lo[c] : ml;
+    mh = hi[c] > mh ? hi[c] : mh;
+  }
+  maxes[0] = ml;
+  maxes[1] = mh;
+}
+
+}  // namespace
+const SketchScan kSketchScanAVX2 = scan_avx2;
+}  // namespace gt
+#else
+namespace gt {
+const SketchScan kSketchScanAVX2 = nullptr;
+}
+#endif

@@ -1,0 +1,145 @@
+/**
+ * Index 'sketch' (docs/attention.md, "The key sketch"; native/src/core/key_sketch.h): the
+ * certified first pass selects exactly what the exact scan selects, so every decoded output
+ * is the exact decoder's bit for bit — on low-rank and isotropic keys, at the auto rank and
+ * at ranks 1 and headDim, across the switch from the scan, appended keys and refits; a model
+ * generates the same tokens; hostile options and native arguments are refused with typed
+ * errors. (Speed is bench/decode.mjs's.)
+ */
+import { describe, expect, it } from 'vitest';
+
+import { AttentionDecoder, Decoder, InvalidArgumentError, NonFiniteError, OutOfRangeError, Projection, SparseSelfAttention, SparseTensor, generate, languageModel } from '../lib/index.js';
+import { callNative } from '../lib/shared/errors.js';
+import { seededRandom } from '../lib/shared/random.js';
+import { native } from '../lib/tensor/native.js';
+
+function bits(a: Float32Array): Uint32Array {
+  return new Uint32Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
+}
+
+function normal(r: () => number): number {
+  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+}
+
+/** n rows of width d: isotropic uniform, or U z + noise with z in 4 dimensions (low-rank keys). */
+function rows(n: number, d: number, seed: number, lowRank: boolean): Float32Array {
+  const r = seededRandom(seed), x = new Float32Array(n * d);
+  if (!lowRank) {
+    for (let i = 0; i < x.length; i++) x[i] = 2 * r() - 1;
+    return x;
+  }
+  const R = 4, ru = seededRandom(99), U = Array.from({ length: d * R }, () => normal(ru) / 2);
+  for (let i = 0; i < n; i++) {
+    const z = Array.from({ length: R }, () => normal(r));
+    for (let t = 0; t < d; t++) {
+      let s = 0.05 * normal(r);
+      for (let c = 0; c < R; c++) s += U[t * R + c]! * z[c]!;
+      x[i * d + t] = s;
+    }
+  }
+  return x;
+}
+
+function layer(heads: number, D: number, k: number): SparseSelfAttention {
+  const w = (seed: number) => {
+    const r = seededRandom(seed), a = new Float32Array(D * D);
+    for (let i = 0; i < a.length; i++) a[i] = normal(r) / Math.sqrt(D);
+    return new Projection({ weight: SparseTensor.fromArray(a, D) });
+  };
+  return new SparseSelfAttention({ heads, k, causal: true, query: w(1), key: w(2), value: w(3) });
+}
+
+describe("index 'sketch'", () => {
+  it('every step is the exact decoder\'s output bit for bit (low-rank and isotropic keys; auto rank, 1 and headDim)', async () => {
+    const heads = 2, dk = 32, D = heads * dk, k = 8, n = 700;
+    let lowRankCandidates = 0, lowRankKeys = 0;
+    for (const lowRank of [true, false]) {
+      const x = rows(n, D, lowRank ? 3 : 4, lowRank);
+      for (const rank of [undefined, 1, dk]) {
+        const l = layer(heads, D, k);
+        const exact = new AttentionDecoder(l, { maxLength: n });
+        // Fitted at 40 keys, refitted at 80, 160, 320 and 640: appended keys and refits both run.
+        const sketch = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, ...(rank === undefined ? {} : { rank }) });
+        await exact.prefill(x.subarray(0, 10 * D));
+        await sketch.prefill(x.subarray(0, 10 * D));
+        for (let i = 10; i < n; i++) {
+          const row = x.subarray(i * D, (i + 1) * D);
+          const a = await exact.step(row), b = await sketch.step(row);
+          expect(bits(b)).toEqual(bits(a));
+          if (lowRank && rank === undefined && i >= 400) {
+            lowRankCandidates += sketch.stats().sketchCandidates!;
+            lowRankKeys += heads * (i + 1);
+          }
+        }
+        const st = sketch.stats();
+        expect(st).toMatchObject({ length: n, indexed: true, exactSteps: 30, indexedSteps: n - 40 });
+        if (rank !== undefined) expect(st.sketchRanks).toEqual([rank, rank]);
+        const q = x.subarray(5 * D, 6 * D);
+        expect(Array.from(sketch.indexSelection(q)!)).toEqual(Array.from(exact.exactSelection(q)));
+      }
+    }
+    // What the sketch is for: on low-rank keys the bound rules out most of them.
+    expect(lowRankCandidates).toBeLessThan(lowRankKeys / 4);
+  }, 120_000);
+
+  it('maxScored caps the keys scored per head (then the selection may differ from the exact one)', async () => {
+    const heads = 2, dk = 32, D = heads * dk, k = 8, n = 400, x = rows(n, D, 4, false);
+    const l = layer(heads, D, k);
+    const capped = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, rank: 1, maxScored: k });
+    await capped.prefill(x.subarray(0, 300 * D));
+    let cappedHeads = 0;
+    for (let i = 300; i < n; i++) {
+      await capped.step(x.subarray(i * D, (i + 1) * D));
+      const st = capped.stats();
+      expect(st.sketchCandidates!).toBeLessThanOrEqual(heads * k);
+      cappedHeads += st.sketchCapped;
+    }
+    // Rank 1 on isotropic keys rules out few keys: every head hits the cap.
+    expect(cappedHeads).toBe(heads * 100);
+  });
+
+  it('a model generates the same tokens as with the exact scan, logits bit for bit', async () => {
+    const model = languageModel({ context: 200, dim: 64, layers: 2, heads: 2, hidden: 64, attentionK: 8, seed: 5 });
+    const prompt = [72, 101, 108, 108, 111];
+    const opts = { tokens: 150, temperature: 0.9, seed: 3, stopAtEndOfDocument: false, kvCache: true } as const;
+    const a = await generate(model, prompt, opts);
+    const b = await generate(model, prompt, { ...opts, index: 'sketch', indexThreshold: 16 });
+    expect(Array.from(b.tokens)).toEqual(Array.from(a.tokens));
+    const seq = [...prompt, ...a.tokens.slice(0, 100)];
+    const e = new Decoder(model), s = new Decoder(model, { index: 'sketch', indexThreshold: 16 });
+    for (const t of seq) expect(bits(await s.step(t))).toEqual(bits(await e.step(t)));
+    expect(s.stats().attention[0]).toMatchObject({ indexed: true, exactSteps: 16, indexedSteps: seq.length - 16 });
+  }, 60_000);
+
+  it('refuses hostile options and native arguments with typed errors', () => {
+    const model = languageModel({ context: 32, dim: 16, layers: 1, heads: 2, hidden: 16, attentionK: 4, seed: 2 });
+    expect(() => new Decoder(model, { index: 'exact', rank: 4 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'hnsw', rank: 4 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', ef: 64 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', link: 'batched' })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', rank: 0 })).toThrow(OutOfRangeError);
+    expect(() => new Decoder(model, { index: 'sketch', rank: 2.5 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', rank: 9 })).toThrow(OutOfRangeError); // headDim 8
+    expect(() => new Decoder(model, { index: 'sketch', indexThreshold: 3 })).toThrow(OutOfRangeError); // below k
+    expect(() => new Decoder(model, { index: 'sketch', rank: 8, indexThreshold: 4 })).not.toThrow();
+    expect(() => new Decoder(model, { index: 'exact', maxScored: 8 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', maxScored: 3 })).toThrow(OutOfRangeError); // below k
+    expect(() => new Decoder(model, { index: 'sketch', maxScored: 4 })).not.toThrow();
+    const H = 2, dk = 4, L = 3, D = H * dk, kp = new Float32Array(256 * D).map((_, i) => Math.sin(i)), q = new Float32Array(D).fill(0.5);
+    const sk = native().keySketchNew(H, dk, 0, kp, L);
+    expect(native().keySketchInfo(sk)).toMatchObject({ length: 3 });
+    expect(native().keySketchSelect(sk, q, kp, 2).ids.length).toBe(4);
+    const nat = native();
+    const call = (f: () => unknown) => () => callNative(f);
+    expect(call(() => nat.keySketchNew(H, dk, 5, kp, L))).toThrow(OutOfRangeError);
+    expect(call(() => nat.keySketchNew(H, dk, 0, kp.subarray(0, 10), L))).toThrow(InvalidArgumentError);
+    expect(call(() => nat.keySketchSelect({} as never, q, kp, 2))).toThrow(InvalidArgumentError);
+    expect(call(() => nat.keySketchSelect(kp as never, q, kp, 2))).toThrow(/key sketch/);
+    expect(call(() => nat.keySketchSelect(sk, new Float32Array(D).fill(NaN), kp, 2))).toThrow(NonFiniteError);
+    expect(call(() => nat.keySketchSelect(sk, q.subarray(1), kp, 2))).toThrow(InvalidArgumentError);
+    expect(call(() => nat.keySketchSelect(sk, q, kp, 0))).toThrow(OutOfRangeError);
+    expect(call(() => nat.keySketchSelect(sk, q, kp, 2, 1))).toThrow(OutOfRangeError); // maxScored below k
+    expect(call(() => nat.keySketchAppend(sk, kp, 2))).toThrow(OutOfRangeError);
+    expect(call(() => nat.keySketchAppend(sk, kp.subarray(0, 10), 4))).toThrow(InvalidArgumentError);
+  });
+});

@@ -1,0 +1,104 @@
+/**
+ * The server's reused output buffers (lib/serve/output-pool.ts, docs/serving.md
+ * "Performance"): the pool hands a buffer out once until it is given back, and the
+ * server gives an answer's buffer back only when node:http has handed the whole answer
+ * to the OS. Checked against model.prove() of the same input (the same bytes), with a
+ * client that holds its answer unread while other requests are proved and answered:
+ * a buffer reused too early would overwrite the answer still waiting to be sent.
+ */
+import { connect } from 'node:net';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { HopfieldLookup, Model, SparseTensor } from '../lib/index.js';
+import { ProverServer, encodeForwardRequest } from '../lib/serve/index.js';
+import { OutputPool } from '../lib/serve/output-pool.js';
+import { Rng } from './helpers/rng.js';
+
+describe('OutputPool', () => {
+  it('reuses a given-back buffer for a size it fits, never hands one out twice, ignores foreign or repeated gives, keeps its limits', () => {
+    const pool = new OutputPool(300_000, 2);
+    const a = pool.take(100_000), b = pool.take(100_000);
+    expect(a.length).toBe(100_000);
+    expect(a.buffer).not.toBe(b.buffer);
+    pool.give(a);
+    pool.give(a); // twice: once only
+    pool.give(new Uint8Array(100_000)); // not the pool's
+    expect(pool.free.buffers).toBe(1);
+    const c = pool.take(90_000);
+    expect(c.buffer).toBe(a.buffer);
+    expect(c.length).toBe(90_000);
+    expect(pool.take(90_000).buffer).not.toBe(a.buffer); // c holds it
+    // Not reused for a size far below its capacity, nor one above it.
+    pool.give(c);
+    expect(pool.take(1000).buffer).not.toBe(a.buffer);
+    expect(pool.take(200_000).buffer).not.toBe(a.buffer);
+    expect(pool.free.buffers).toBe(1);
+    // Limits: at most 2 buffers, at most 300,000 bytes free (the largest leave first).
+    pool.give(b);
+    const big = pool.take(250_000);
+    pool.give(big);
+    expect(pool.free.buffers).toBeLessThanOrEqual(2);
+    expect(pool.free.bytes).toBeLessThanOrEqual(300_000);
+  });
+});
+
+describe('a prover server reusing its output buffers', () => {
+  const rng = new Rng(31);
+  const D = 1024, N = 8192;
+  let model: Model;
+  let server: ProverServer;
+  let url: URL;
+  beforeAll(async () => {
+    model = new Model([new HopfieldLookup({ keys: SparseTensor.fromArray(rng.f32(N * D), D), values: SparseTensor.fromArray(rng.f32(N * 4), 4), k: 64 })]);
+    server = await ProverServer.fromModel(model, { maxConcurrent: 2, maxBatch: 64 });
+    url = new URL(await server.listen());
+  });
+  afterAll(async () => {
+    await server.close();
+    model.close();
+  });
+
+  /** A raw keep-alive request whose answer this test reads when it chooses (the server's writes wait meanwhile). */
+  function rawForward(body: Uint8Array): { read: () => Promise<Uint8Array> } {
+    const sock = connect(Number(url.port), url.hostname);
+    const head = `POST /forward HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+    sock.write(head);
+    sock.write(body);
+    sock.pause();
+    return {
+      read: () => new Promise((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        sock.on('data', (c: Buffer) => chunks.push(c));
+        sock.on('error', reject);
+        sock.on('end', () => {
+          const all = Buffer.concat(chunks);
+          const at = all.indexOf('\r\n\r\n');
+          expect(all.subarray(0, at).toString('latin1')).toMatch(/^HTTP\/1\.1 200/);
+          resolve(new Uint8Array(all.subarray(at + 4)));
+        });
+        sock.resume();
+      }),
+    };
+  }
+
+  it('answers held unread while others are proved are still their own proofs, byte for byte', async () => {
+    const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+    const inputs = Array.from({ length: 6 }, (_, i) => rng.f32((i % 2 ? 64 : 60) * D));
+    const expected = await Promise.all(inputs.map(async (x) => hex((await model.prove(x)).bytes)));
+    for (let round = 0; round < 2; round++) {
+      // Each answer is about 13 MiB, more than loopback's socket buffers (4 MiB here): the kernel takes part of it, the rest waits in node:http for the reader.
+      const held = inputs.slice(0, 3).map((x) => rawForward(encodeForwardRequest({ kind: 'f32', rows: x.length / D, cols: D, data: x })));
+      await new Promise((r) => setTimeout(r, 300));
+      // Meanwhile: more proofs of other inputs, answered and read (their buffers taken from the pool).
+      for (let i = 3; i < inputs.length; i++) {
+        const x = inputs[i]!;
+        const r = await fetch(new URL('/forward', url), { method: 'POST', body: Buffer.from(encodeForwardRequest({ kind: 'f32', rows: x.length / D, cols: D, data: x })) });
+        expect(r.status).toBe(200);
+        expect(hex(new Uint8Array(await r.arrayBuffer()))).toBe(expected[i]);
+      }
+      const got = await Promise.all(held.map((h) => h.read()));
+      got.forEach((b, i) => expect(hex(b)).toBe(expected[i]));
+    }
+  });
+});
