@@ -326,7 +326,7 @@ describe('a proved LM step with the native mirrors equals the TypeScript-only on
     const off = (s * 31) % (TEXT.length - S - 1);
     return { input: Uint32Array.from(TEXT.subarray(off, off + S)), targets: Uint32Array.from(TEXT.subarray(off + 1, off + S + 1)) };
   };
-  const run = async (on: boolean, cfg: NonNullable<Parameters<typeof languageModel>[0]>): Promise<Uint8Array[]> => {
+  const run = async (on: boolean, cfg: NonNullable<Parameters<typeof languageModel>[0]>, seqs = 1): Promise<Uint8Array[]> => {
     const was = stepNative.on;
     stepNative.on = on;
     try {
@@ -334,7 +334,7 @@ describe('a proved LM step with the native mirrors equals the TypeScript-only on
       let pinned = await pinGhost((await m.ghost()).bytes);
       const out: Uint8Array[] = [];
       for (let s = 0; s < 3; s++) {
-        const p = await m.proveTrainStep(batch(cfg.context!, s));
+        const p = await m.proveTrainStep(seqs === 1 ? batch(cfg.context!, s) : Array.from({ length: seqs }, (_, j) => batch(cfg.context!, s * seqs + j)));
         pinned = (await verifyTrainStep(pinned, p.bytes)).ghost;
         out.push(p.bytes, p.ghost.digest);
       }
@@ -347,10 +347,12 @@ describe('a proved LM step with the native mirrors equals the TypeScript-only on
     ['2 layers, attention over every key', { context: 12, dim: 16, layers: 2, heads: 2, hidden: 24, seed: 4 }],
     ['top-4 attention and a product-key memory layer', { context: 12, dim: 16, layers: 2, heads: 2, hidden: 24, attentionK: 4, memory: { layers: [1], subKeys: 4, k: 2, heads: 2, keyDim: 8 }, seed: 5 }],
   ];
+  configs.push(['two sequences a step (one proof of kind 4), top-4 attention', { context: 10, dim: 16, layers: 1, heads: 2, hidden: 24, attentionK: 4, seed: 6 }]);
   for (const [name, cfg] of configs) {
+    const seqs = name.startsWith('two sequences') ? 2 : 1;
     it(name, async () => {
-      const ts = await run(false, cfg);
-      const nat = await run(true, cfg);
+      const ts = await run(false, cfg, seqs);
+      const nat = await run(true, cfg, seqs);
       expect(nat.length).toBe(ts.length);
       nat.forEach((b, i) => expect(Buffer.from(b).equals(Buffer.from(ts[i]!)), `item ${i}`).toBe(true));
     });
