@@ -7,7 +7,7 @@
  * machine moves them less than it moves times. Prints a table; writes
  * bench/results/step-profile.json.
  *
- *   node bench/step-profile.mjs [--steps=6] [--cases=classifier,lm]
+ *   node bench/step-profile.mjs [--steps=6] [--cases=classifier,lm,lm-memory]
  *   GT_STEP_NATIVE=0 node bench/step-profile.mjs     the prover without its native mirrors
  */
 import { Session } from 'node:inspector';
@@ -28,9 +28,9 @@ async function classifier() {
   return { label: 'Fashion-MNIST classifier (as bench/step-proofs.mjs)', model: c.proved(), batch: c.batch };
 }
 
-function lm() {
-  const c = lmCase(lib, 'lm', { context: 64, dim: 64, layers: 2, heads: 4, hidden: 192 }, 1e-2, 1, null);
-  return { label: '`train-lm --quick` LM, one window of 64 bytes', model: c.proved(), batch: c.batch };
+function lm(memory = null) {
+  const c = lmCase(lib, 'lm', { context: 64, dim: 64, layers: 2, heads: 4, hidden: 192 }, 1e-2, 1, memory);
+  return { label: `\`train-lm --quick\` LM${memory ? ' with a memory layer of 256^2 rows' : ''}, one window of 64 bytes`, model: c.proved(), batch: c.batch };
 }
 
 /** Phases by the name of a function on the stack (the innermost listed one wins). */
@@ -58,7 +58,8 @@ function post(session, method, params) {
 
 const results = [];
 for (const name of CASES) {
-  const c = name === 'classifier' ? await classifier() : lm();
+  // lm-memory: bench/step-proofs.mjs's lm-memory case (layer 1's MLP a product-key memory of 256^2 rows, 4 heads, k = 32).
+  const c = name === 'classifier' ? await classifier() : name === 'lm-memory' ? lm({ layers: [1], subKeys: 256, k: 32, heads: 4 }) : lm();
   await c.model.proveTrainStep(c.batch(0));
   const session = new Session();
   session.connect();

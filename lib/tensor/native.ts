@@ -251,6 +251,35 @@ export interface NativeAddon {
     params: Float64Array, d: number, rows: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array, steps: Uint32Array, marks: Float64Array,
     outRows: Float32Array, outM: Float32Array, outV: Float32Array, outSteps: Uint32Array, outMarks: Float64Array,
   ): number;
+  /** The prover's Linear / projection training forward (canonical_step.h linear_train): fills y and, when kp < m, kept. */
+  canonicalLinearTrain(x: Float32Array, W: Float32Array, bias: Float32Array | null, n: number, dIn: number, m: number, kp: number, y: Float32Array, kept: Uint32Array): void;
+  /** The prover's projection backward (canonical_step.h projection_backward): dIn, accW and accB (empty: none) are added to. */
+  canonicalProjectionBackward(
+    input: Float32Array, W: Float32Array, kept: Uint32Array, dP: Float32Array | Float64Array, dIn: Float64Array, accW: Float64Array, accB: Float64Array,
+    n: number, inDim: number, m: number, kp: number,
+  ): void;
+  /** The prover's attention core with its selection kept (canonical_step.h attention_core): fills o, top (0xffffffff: none), weights. */
+  canonicalAttentionCore(
+    q: Float32Array, k: Float32Array, v: Float32Array, o: Float32Array, top: Uint32Array, weights: Float64Array,
+    n: number, heads: number, kTop: number, causal: boolean, scale: number,
+  ): void;
+  /** The prover's attention core backward (canonical_step.h attention_core_backward): dQ, dK, dV are added to. */
+  canonicalAttentionCoreBackward(
+    q: Float32Array, k: Float32Array, v: Float32Array, top: Uint32Array, weights: Float64Array, dO: Float64Array, dQ: Float64Array, dK: Float64Array, dV: Float64Array,
+    n: number, heads: number, kTop: number, causal: boolean, scale: number,
+  ): void;
+  /** The prover's RMSNorm backward: fills dx, adds to accGain. */
+  canonicalRmsNormBackward(x: Float32Array, dy: Float32Array, gain: Float32Array, n: number, d: number, eps: number, dx: Float32Array, accGain: Float64Array): void;
+  /** The prover's gated-MLP backward: fills dGate and dUp. */
+  canonicalGluBackward(gate: Float32Array, up: Float32Array, dy: Float32Array, dGate: Float32Array, dUp: Float32Array): void;
+  /** cglu into y, taking any value (canonicalJoin refuses non-finite ones). */
+  canonicalGluForward(gate: Float32Array, up: Float32Array, y: Float32Array): void;
+  /** The prover's product-key memory backward (canonical_step.h memory_backward); the acc buffers are added to in place. */
+  canonicalMemoryBackward(
+    x: Float32Array, dy: Float32Array, q: Float32Array, a: Float64Array, values: Float32Array, valueRow: Uint32Array, valueAcc: Uint32Array, accValues: Float64Array,
+    t1: Float32Array, t1Row: Uint32Array, t1Acc: Uint32Array, accT1: Float64Array, t2: Float32Array, t2Row: Uint32Array, t2Acc: Uint32Array, accT2: Float64Array,
+    W: Float32Array, accW: Float64Array, B: number, H: number, k: number, dv: number, dIn: number, dk: number, d1: number, beta: number,
+  ): Float32Array;
   canonicalProductKeys(
     q: Float64Array, t1: Float32Array, t2: Float32Array, n: number, d1: number, d2: number, B: number, k: number,
     threads: number | undefined, screen?: NativeSimdLevel | 'none',

@@ -95,7 +95,9 @@ export function canonicalForward(
       inputs: want.kind === 'ids' ? [] : (inputs as Float32Array[]),
       reveal: (need: Map<number, Uint32Array | 'all'>) => (revealed = reveal(li, ev, need)),
     };
-    const r = train && spec.trainForward ? (native?.trainForward?.(l, ctx) ?? spec.trainForward(l, ctx)) : { y: spec.verify(l, ctx), saved: undefined };
+    // The prover's hook may also take a kind without a trainForward (its verify's output, nothing saved).
+    const r = !train ? { y: spec.verify(l, ctx), saved: undefined }
+      : native?.trainForward?.(l, ctx) ?? (spec.trainForward ? spec.trainForward(l, ctx) : { y: spec.verify(l, ctx), saved: undefined });
     outs.push(r.y);
     records.push({ index: li, layer: l, spec, evidence: ev, sources, ids, inputs: ctx.inputs as Float32Array[], revealed, y: r.y, saved: r.saved });
     cols = spec.outWidth(l, g);
@@ -107,7 +109,8 @@ export function canonicalForward(
  * Faster mirrors of kinds' canonical forward and backward that the prover injects
  * (Model.proveTrainStep through ProverRun.native; lib/verify never fills this and loads no
  * addon). A hook gives the same bits as the kind's TypeScript (trainForward: the same
- * checks, the same reveal; backward: the same ctx.grad accumulators added to in the same
+ * checks, the same reveal, and for a kind without a trainForward its verify's output and
+ * nothing saved; backward: the same ctx.grad accumulators added to in the same
  * order), or returns null, before doing anything, to let the TypeScript run.
  */
 export interface NativeStepHooks {

@@ -1390,6 +1390,94 @@ static void test_canonical_step() {
   CHECK(std::fabs(out[0] - 0.75f) < 1e-6f && std::fabs(out[1] - 2.25f) < 1e-6f);
 }
 
+// The prover's mirrors of the language-model kinds (canonical_step.h) on cases worked by
+// hand (every value exact), under the sanitizers; the TypeScript comparison is
+// test/canonical-step-native-lm.test.ts.
+static void test_canonical_step_lm() {
+  namespace c = gt::canonical;
+  {  // topk_ranked: ties to the lower position; a NaN is kept only while fewer than k are held,
+     // where sorted insertion leaves it (not where a sort would put it).
+    const double s[5] = {1, 3, 3, std::nan(""), 2};
+    uint32_t top[5] = {9, 9, 9, 9, 9};
+    CHECK(c::topk_ranked(s, 5, 3, top) == 3);
+    CHECK(top[0] == 1 && top[1] == 2 && top[2] == 4);
+    CHECK(c::topk_ranked(s, 5, 5, top) == 5);
+    CHECK(top[0] == 1 && top[1] == 2 && top[2] == 0 && top[3] == 3 && top[4] == 4);
+    CHECK(c::topk_ranked(s, 5, 0, top) == 0);
+  }
+  {  // linear_train: s = (1, 2, 3), top 2 = columns 2, 1 (kept ascending), the other column its bias.
+    const float x[2] = {1, 2}, W[6] = {1, 0, 0, 1, 1, 1}, bias[3] = {10, 20, 30};
+    float y[3] = {-1, -1, -1};
+    uint32_t kept[2] = {9, 9};
+    c::linear_train(x, 1, 2, W, 3, 2, bias, y, kept);
+    CHECK(y[0] == 10.0f && y[1] == 22.0f && y[2] == 33.0f && kept[0] == 1 && kept[1] == 2);
+    c::linear_train(x, 1, 2, W, 3, 3, nullptr, y, nullptr);
+    CHECK(y[0] == 1.0f && y[1] == 2.0f && y[2] == 3.0f);
+  }
+  {  // projection_backward (dense, with a bias): every accumulator added to, not overwritten.
+    const float input[2] = {3, 4}, W[4] = {1, 0, 0, 1};
+    const float dP[2] = {1, 2};
+    double d_in[2] = {10, 10}, acc_w[4] = {0, 0, 1, 1}, acc_b[2] = {5, 5};
+    c::projection_backward(input, 1, 2, W, 2, 2, static_cast<const uint32_t*>(nullptr), dP, d_in, acc_w, acc_b);
+    CHECK(d_in[0] == 11.0 && d_in[1] == 12.0);
+    CHECK(acc_w[0] == 3.0 && acc_w[1] == 4.0 && acc_w[2] == 7.0 && acc_w[3] == 9.0);
+    CHECK(acc_b[0] == 6.0 && acc_b[1] == 7.0);
+    // Top-1 of 2 columns per row: only row 1's kept column 1 is touched.
+    const uint32_t kept[1] = {1};
+    const double dP64[2] = {100, 1};
+    double d2[2] = {0, 0}, w2[4] = {0, 0, 0, 0};
+    c::projection_backward(input, 1, 2, W, 2, 1, kept, dP64, d2, w2, static_cast<double*>(nullptr));
+    CHECK(d2[0] == 0.0 && d2[1] == 1.0 && w2[0] == 0.0 && w2[1] == 0.0 && w2[2] == 3.0 && w2[3] == 4.0);
+  }
+  {  // attention_core, causal, k 1: query 0 sees key 0 only; query 1 picks key 1 (score 2 > 1).
+    const float q[2] = {1, 1}, k[2] = {1, 2}, v[2] = {5, 7};
+    float o[2] = {-1, -1};
+    uint32_t top[2] = {9, 9};
+    double w[2] = {-1, -1};
+    c::AttentionCore a{2, 1, 1, 1, true, 0.5, q, k, v, o, top, w};
+    c::attention_core(a);
+    CHECK(o[0] == 5.0f && o[1] == 7.0f && top[0] == 0 && top[1] == 1 && w[0] == 1.0 && w[1] == 1.0);
+    // k 2 over 2 keys, causal: query 0 fills one slot; the other is padding.
+    uint32_t top2[4];
+    double w2[4];
+    c::AttentionCore a2{2, 1, 1, 2, true, 0.5, q, k, v, o, top2, w2};
+    c::attention_core(a2);
+    CHECK(top2[0] == 0 && top2[1] == 0xffffffffu && w2[1] == 0.0 && top2[2] == 1 && top2[3] == 0);
+    // Backward with one key per query: the weight is 1, so dQ and dK get 0 and dV gets dO.
+    const double dO[2] = {1, 2};
+    double dQ[2] = {0, 0}, dK[2] = {0, 0}, dV[2] = {0, 0.5};
+    c::AttentionCoreBackward b{2, 1, 1, 1, true, 0.5, q, k, v, top, w, dO, dQ, dK, dV};
+    c::attention_core_backward(b);
+    CHECK(dV[0] == 1.0 && dV[1] == 2.5 && dQ[0] == 0.0 && dQ[1] == 0.0 && dK[0] == 0.0 && dK[1] == 0.0);
+  }
+  {  // rmsnorm_backward with eps 0 and x = (1, 1): r = 1, p = 2, c = 1.
+    const float x[2] = {1, 1}, dy[2] = {1, 0}, gain[2] = {2, 2};
+    float dx[2];
+    double acc[2] = {0, 4};
+    c::rmsnorm_backward(x, dy, gain, 1, 2, 0.0f, dx, acc);
+    CHECK(dx[0] == 1.0f && dx[1] == -1.0f && acc[0] == 1.0 && acc[1] == 4.0);
+  }
+  {  // memory_backward, one input, one head, k 2: da = (2, 6), rho = 5, ds = beta a (da - rho) = (-1.5, 1.5).
+    const float x[1] = {1}, dy[1] = {2}, q[2] = {1, 2}, values[2] = {1, 3}, t1[2] = {1, 2}, t2[2] = {4, 8}, W[2] = {10, 100};
+    const double a[2] = {0.25, 0.75};
+    const uint32_t rows[2] = {0, 1}, accs[2] = {1, 0};
+    double acc_v[2] = {0, 0}, acc_t1[2] = {0, 0}, acc_t2[2] = {0, 0}, acc_w[2] = {0, 0};
+    float dx[1] = {-1};
+    c::MemoryBackward m{1, 1, 2, 1, 1, 2, 1, 2.0, x, dy, q, a, values, rows, accs, acc_v, t1, rows, accs, acc_t1, t2, rows, accs, acc_t2,
+                        W, acc_w, dx};
+    c::memory_backward(m);
+    // dq = (-1.5 + 3, -6 + 12) = (1.5, 6): dx = 15 + 600; the entries' accumulators sit in swapped slots.
+    CHECK(dx[0] == 615.0f && acc_w[0] == 1.5 && acc_w[1] == 6.0);
+    CHECK(acc_v[1] == 0.5 && acc_v[0] == 1.5 && acc_t1[1] == -1.5 && acc_t1[0] == 1.5 && acc_t2[1] == -3.0 && acc_t2[0] == 3.0);
+  }
+  {  // glu_backward at g = 0: sigmoid 1/2, silu 0.
+    const float gate[1] = {0}, up[1] = {3}, dy[1] = {2};
+    float dg[1], du[1];
+    c::glu_backward(gate, up, dy, 1, dg, du);
+    CHECK(dg[0] == 3.0f && du[0] == 0.0f);
+  }
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -1406,6 +1494,7 @@ int main() {
   test_exact_topk();
   test_canonical();
   test_canonical_step();
+  test_canonical_step_lm();
   test_tensor_file();
   test_attention();
   test_decode_attention();

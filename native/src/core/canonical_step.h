@@ -89,5 +89,113 @@ struct OptimizerStep {
 // Returns the new decay log.
 double optimizer_step(const OptimizerStep& p);
 
+
+// ---- The language-model kinds (lib/verify/kinds/{linear,attention,rmsnorm,glu}.ts). ----
+// Values are not checked for finiteness: the TypeScript takes any, and NaN and
+// infinities go through the same operations in the same order (a NaN's sign and
+// payload aside). Every size and index is checked by the binding.
+
+// lib/verify/canonical.ts ctopk over positions 0..n-1 (ids = positions): the best
+// min(k, n) by score descending, ties to the lower position, in rank order, by the
+// TypeScript's own sorted insertion (a NaN score never beats another and is kept only
+// while fewer than k are held: the same list as the TypeScript's). Returns the count.
+size_t topk_ranked(const double* s, size_t n, size_t k, uint32_t* top);
+
+// clinear (cprojection without a bias) with `kept`: per row of x (n x d_in), s_j =
+// cdot(x_i, W_j) for the m rows of W; kp >= m: y_ij = f32(s_j (+ b_j)); else y_ij =
+// f32(b_j) (0 without a bias) but for the top kp (topk_ranked), f32(s_j (+ b_j)), and
+// kept (n x kp, nullptr when kp >= m) gets each row's kept columns ascending.
+void linear_train(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias, float* y,
+                  uint32_t* kept);
+
+// The backward of one projection y = input W^T (+ b) (kinds/linear.ts backward,
+// kinds/attention.ts projectionBackward): for each row i ascending, each kept column c
+// ascending (every c when kept is nullptr) with g = dP[i m + c]:
+//   d_in[i, t] = d_in[i, t] + g W[c, t] (t ascending; d_in is added to, not cleared);
+//   acc_w[c, t] = acc_w[c, t] + g input[i, t] (acc_w: m rows of d_in, only kept columns'
+//   rows are touched);
+// and, with acc_b (m values), acc_b[j] = acc_b[j] + dP[i m + j] for every i, j (a bias
+// receives every column: an unkept y_ij is b_j). Per accumulator value the additions
+// run in the TypeScript's order (i ascending), so the bits are the same.
+template <typename G>
+void projection_backward(const float* input, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const uint32_t* kept,
+                         const G* dP, double* d_in_acc, double* acc_w, double* acc_b);
+
+// cattention with `keep` (kinds/attention.ts attendKeep): per head h and query i, the
+// scores s_j = cdot of the head's slices of q_i and k_j (j <= i when causal), the top
+// min(k_top, m) by topk_ranked, csoftmax(scale) over them, cmix of the v_j slices into
+// o (n x D f32). top[(h n + i) kk + r] (kk = min(k_top, n)) gets the r-th selected
+// position (0xffffffff past a causal query's count), weights its f64 weight (0 past it).
+struct AttentionCore {
+  size_t n, heads, D, k_top;
+  bool causal;
+  double scale;  // an f32 value
+  const float* q;
+  const float* k;
+  const float* v;
+  float* o;
+  uint32_t* top;
+  double* weights;
+};
+void attention_core(const AttentionCore& p);
+
+// kinds/attention.ts attentionBackward's middle: from dO (n x D f64) through the kept
+// selection and weights into dQ, dK, dV (n x D f64, added to; the caller zeroes them),
+// heads then queries ascending, in the TypeScript's order.
+struct AttentionCoreBackward {
+  size_t n, heads, D, k_top;
+  bool causal;
+  double scale;
+  const float* q;
+  const float* k;
+  const float* v;
+  const uint32_t* top;
+  const double* weights;
+  const double* dO;
+  double* dQ;
+  double* dK;
+  double* dV;
+};
+void attention_core_backward(const AttentionCoreBackward& p);
+
+// kinds/rmsnorm.ts backward: dx (n x d f32) and the gain's accumulator row (d f64, added to).
+void rmsnorm_backward(const float* x, const float* dy, const float* gain, size_t n, size_t d, float eps, float* dx,
+                      double* acc_gain);
+
+// kinds/glu.ts backward: dgate and dup (len f32 each).
+void glu_backward(const float* gate, const float* up, const float* dy, size_t len, float* dgate, float* dup);
+
+// kinds/memory.ts memoryBackward (the product-key memory layer; the selections are the
+// proof's, beta is not trained). Per input b, per head h (entry e = (b H + h) k + i):
+// value_row[e] / value_acc[e]: the row of `values` (rows of dv) and of `acc_values`;
+// t1_row[e] / t1_acc[e]: the row of `t1` (rows of d1: every head's first sub-key table,
+// one after another) and of `acc_t1`; t2_* the same for the second tables (rows of
+// dk - d1). W (hdk x d_in, hdk = H dk) is the query weight, acc_w its accumulator rows
+// (added to); dx (B x d_in f32, out). Every index is checked by the caller.
+struct MemoryBackward {
+  size_t B, H, k, dv, d_in, dk, d1;
+  double beta;  // an f32 value
+  const float* x;
+  const float* dy;
+  const float* q;   // B x hdk (the forward's f32 queries)
+  const double* a;  // B H k
+  const float* values;
+  const uint32_t* value_row;
+  const uint32_t* value_acc;
+  double* acc_values;
+  const float* t1;
+  const uint32_t* t1_row;
+  const uint32_t* t1_acc;
+  double* acc_t1;
+  const float* t2;
+  const uint32_t* t2_row;
+  const uint32_t* t2_acc;
+  double* acc_t2;
+  const float* W;
+  double* acc_w;
+  float* dx;
+};
+void memory_backward(const MemoryBackward& p);
+
 }  // namespace canonical
 }  // namespace gt

@@ -3,6 +3,7 @@
 // lib/verify/canonical.ts. Every size is checked here, at the edge.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -396,6 +397,276 @@ Napi::Value CanonicalOptimizerStep(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// ---- The prover's mirrors of the language-model kinds (canonical_step.h). Values are
+// not checked for finiteness (the TypeScript takes any); sizes and indices are, before
+// any work. ----
+
+
+// (x, W, bias | null, n, dIn, m, kp, y (n x m f32, out), kept (n x kp u32 when kp < m, else empty; out))
+Napi::Value CanonicalLinearTrain(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> w = f32_arg(info, 1, "W");
+    const bool has_bias = info.Length() > 2 && !info[2].IsNull() && !info[2].IsUndefined();
+    ArrayArg<float> b;
+    if (has_bias) b = f32_arg(info, 2, "bias");
+    const size_t n = size_arg(info, 3, "n", 1, kMaxCount);
+    const size_t d_in = size_arg(info, 4, "dIn", 1, kMaxDim);
+    const size_t m = size_arg(info, 5, "m", 1, kMaxCount);
+    const size_t kp = size_arg(info, 6, "kp", 1, kMaxCount);
+    const ArrayArg<float> y = f32_arg(info, 7, "y");
+    const ArrayArg<uint32_t> kept = u32_arg(info, 8, "kept");
+    check_len(x.length, checked_mul(n, d_in, "n x dIn"), "x");
+    check_len(w.length, checked_mul(m, d_in, "m x dIn"), "W");
+    if (has_bias) check_len(b.length, m, "bias");
+    check_len(y.length, checked_mul(n, m, "n x m"), "y");
+    check_len(kept.length, kp < m ? checked_mul(n, kp, "n x kp") : 0, "kept");
+    canonical::linear_train(x.data, n, d_in, w.data, m, kp, has_bias ? b.data : nullptr, y.data, kp < m ? kept.data : nullptr);
+    return info.Env().Undefined();
+  });
+}
+
+// (input, W, kept (n x kp u32, or empty: every column), dP (n x m, Float32Array or
+// Float64Array), dIn (n x inDim f64, added to), accW (m x inDim f64, added to), accB (m
+// f64 added to, or empty: no bias), n, inDim, m, kp)
+Napi::Value CanonicalProjectionBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> input = f32_arg(info, 0, "input");
+    const ArrayArg<float> w = f32_arg(info, 1, "W");
+    const ArrayArg<uint32_t> kept = u32_arg(info, 2, "kept");
+    if (info.Length() < 4 || !info[3].IsTypedArray()) throw Error(ErrorCode::InvalidArgument, "dP must be a Float32Array or a Float64Array");
+    const bool dp64 = info[3].As<Napi::TypedArray>().TypedArrayType() == napi_float64_array;
+    ArrayArg<float> dp32;
+    ArrayArg<double> dp64a;
+    if (dp64) dp64a = f64_arg(info, 3, "dP");
+    else dp32 = f32_arg(info, 3, "dP");
+    const ArrayArg<double> d_in = f64_arg(info, 4, "dIn");
+    const ArrayArg<double> acc_w = f64_arg(info, 5, "accW");
+    const ArrayArg<double> acc_b = f64_arg(info, 6, "accB");
+    const size_t n = size_arg(info, 7, "n", 1, kMaxCount);
+    const size_t in_dim = size_arg(info, 8, "inDim", 1, kMaxDim);
+    const size_t m = size_arg(info, 9, "m", 1, kMaxCount);
+    const size_t kp = size_arg(info, 10, "kp", 1, kMaxCount);
+    const size_t nm = checked_mul(n, m, "n x m");
+    check_len(input.length, checked_mul(n, in_dim, "n x inDim"), "input");
+    check_len(w.length, checked_mul(m, in_dim, "m x inDim"), "W");
+    const bool dense = kept.length == 0;
+    if (!dense) {
+      if (kp >= m) throw Error(ErrorCode::InvalidArgument, "kept must be empty when kp >= m");
+      check_len(kept.length, checked_mul(n, kp, "n x kp"), "kept");
+      check_rows(kept, m, "kept");
+    }
+    check_len(dp64 ? dp64a.length : dp32.length, nm, "dP");
+    check_len(d_in.length, input.length, "dIn");
+    check_len(acc_w.length, w.length, "accW");
+    if (acc_b.length != 0) check_len(acc_b.length, m, "accB");
+    double* b = acc_b.length != 0 ? acc_b.data : nullptr;
+    const uint32_t* kk = dense ? nullptr : kept.data;
+    if (dp64)
+      canonical::projection_backward(input.data, n, in_dim, w.data, m, kp, kk, dp64a.data, d_in.data, acc_w.data, b);
+    else
+      canonical::projection_backward(input.data, n, in_dim, w.data, m, kp, kk, dp32.data, d_in.data, acc_w.data, b);
+    return info.Env().Undefined();
+  });
+}
+
+// The shapes of an attention core call: n, heads, kTop, causal, scale from index i on; D from q.
+struct CoreShape {
+  size_t n, heads, k_top, D, kk;
+  bool causal;
+  double scale;
+};
+CoreShape core_shape(const Napi::CallbackInfo& info, size_t i, size_t q_len) {
+  CoreShape c{};
+  c.n = size_arg(info, i, "n", 1, kMaxCount);
+  c.heads = size_arg(info, i + 1, "heads", 1, kMaxCount);
+  c.k_top = size_arg(info, i + 2, "kTop", 1, kMaxCount);
+  if (info.Length() <= i + 3 || !info[i + 3].IsBoolean()) throw Error(ErrorCode::InvalidArgument, "causal must be a boolean");
+  c.causal = info[i + 3].As<Napi::Boolean>().Value();
+  c.scale = f32_number(info, i + 4, "scale");
+  if (q_len % c.n != 0) throw Error(ErrorCode::InvalidArgument, "q's length is not a multiple of n");
+  c.D = q_len / c.n;
+  if (c.D == 0 || c.D % c.heads != 0) throw Error(ErrorCode::InvalidArgument, "the width is not a positive multiple of heads");
+  c.kk = c.k_top < c.n ? c.k_top : c.n;
+  return c;
+}
+
+// (q, k, v (n x D f32), o (n x D f32, out), top (heads x n x kk u32, out), weights (f64, out), n, heads, kTop, causal, scale)
+Napi::Value CanonicalAttentionCore(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> q = f32_arg(info, 0, "q");
+    const ArrayArg<float> k = f32_arg(info, 1, "k");
+    const ArrayArg<float> v = f32_arg(info, 2, "v");
+    const ArrayArg<float> o = f32_arg(info, 3, "o");
+    const ArrayArg<uint32_t> top = u32_arg(info, 4, "top");
+    const ArrayArg<double> weights = f64_arg(info, 5, "weights");
+    const CoreShape c = core_shape(info, 6, q.length);
+    check_len(k.length, q.length, "k");
+    check_len(v.length, q.length, "v");
+    check_len(o.length, q.length, "o");
+    const size_t slots = checked_mul(checked_mul(c.heads, c.n, "heads x n"), c.kk, "heads x n x kk");
+    check_len(top.length, slots, "top");
+    check_len(weights.length, slots, "weights");
+    canonical::AttentionCore p{c.n, c.heads, c.D, c.k_top, c.causal, c.scale, q.data, k.data, v.data, o.data, top.data, weights.data};
+    canonical::attention_core(p);
+    return info.Env().Undefined();
+  });
+}
+
+// (q, k, v, top, weights, dO (n x D f64), dQ, dK, dV (n x D f64, added to), n, heads, kTop, causal, scale)
+Napi::Value CanonicalAttentionCoreBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> q = f32_arg(info, 0, "q");
+    const ArrayArg<float> k = f32_arg(info, 1, "k");
+    const ArrayArg<float> v = f32_arg(info, 2, "v");
+    const ArrayArg<uint32_t> top = u32_arg(info, 3, "top");
+    const ArrayArg<double> weights = f64_arg(info, 4, "weights");
+    const ArrayArg<double> dO = f64_arg(info, 5, "dO");
+    const ArrayArg<double> dQ = f64_arg(info, 6, "dQ");
+    const ArrayArg<double> dK = f64_arg(info, 7, "dK");
+    const ArrayArg<double> dV = f64_arg(info, 8, "dV");
+    const CoreShape c = core_shape(info, 9, q.length);
+    for (const auto& [len, name] : {std::pair<size_t, const char*>{k.length, "k"}, {v.length, "v"}, {dO.length, "dO"}, {dQ.length, "dQ"},
+                                    {dK.length, "dK"}, {dV.length, "dV"}})
+      check_len(len, q.length, name);
+    const size_t slots = checked_mul(checked_mul(c.heads, c.n, "heads x n"), c.kk, "heads x n x kk");
+    check_len(top.length, slots, "top");
+    check_len(weights.length, slots, "weights");
+    // Every selected position a query may read (the first min(kTop, visible) of its slot) is a row.
+    for (size_t h = 0; h < c.heads; ++h)
+      for (size_t i = 0; i < c.n; ++i) {
+        const size_t vis = c.causal ? i + 1 : c.n, cnt = c.k_top < vis ? c.k_top : vis, base = (h * c.n + i) * c.kk;
+        for (size_t r = 0; r < cnt; ++r)
+          if (top.data[base + r] >= c.n)
+            throw Error(ErrorCode::InvalidArgument, "top[" + std::to_string(base + r) + "] = " + std::to_string(top.data[base + r]) + " is not below " + std::to_string(c.n));
+      }
+    canonical::AttentionCoreBackward p{c.n, c.heads, c.D, c.k_top, c.causal, c.scale, q.data, k.data, v.data, top.data, weights.data,
+                                       dO.data, dQ.data, dK.data, dV.data};
+    canonical::attention_core_backward(p);
+    return info.Env().Undefined();
+  });
+}
+
+// (x, dy, gain, n, d, eps (an f32), dx (n x d f32, out), accGain (d f64, added to))
+Napi::Value CanonicalRmsNormBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> dy = f32_arg(info, 1, "dy");
+    const ArrayArg<float> g = f32_arg(info, 2, "gain");
+    const size_t n = size_arg(info, 3, "n", 1, kMaxCount);
+    const size_t d = size_arg(info, 4, "d", 1, kMaxDim);
+    const double eps = f32_number(info, 5, "eps");
+    const ArrayArg<float> dx = f32_arg(info, 6, "dx");
+    const ArrayArg<double> acc = f64_arg(info, 7, "accGain");
+    const size_t nd = checked_mul(n, d, "n x d");
+    check_len(x.length, nd, "x");
+    check_len(dy.length, nd, "dy");
+    check_len(g.length, d, "gain");
+    check_len(dx.length, nd, "dx");
+    check_len(acc.length, d, "accGain");
+    canonical::rmsnorm_backward(x.data, dy.data, g.data, n, d, static_cast<float>(eps), dx.data, acc.data);
+    return info.Env().Undefined();
+  });
+}
+
+// (gate, up, dy, dGate, dUp: Float32Arrays of one length; the last two out)
+Napi::Value CanonicalGluBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> gate = f32_arg(info, 0, "gate");
+    const ArrayArg<float> up = f32_arg(info, 1, "up");
+    const ArrayArg<float> dy = f32_arg(info, 2, "dy");
+    const ArrayArg<float> dg = f32_arg(info, 3, "dGate");
+    const ArrayArg<float> du = f32_arg(info, 4, "dUp");
+    check_len(up.length, gate.length, "up");
+    check_len(dy.length, gate.length, "dy");
+    check_len(dg.length, gate.length, "dGate");
+    check_len(du.length, gate.length, "dUp");
+    canonical::glu_backward(gate.data, up.data, dy.data, gate.length, dg.data, du.data);
+    return info.Env().Undefined();
+  });
+}
+
+
+// (gate, up, y: Float32Arrays of one length; y out) cglu without the finiteness check of
+// canonicalJoin (the step's forward takes any value, as the TypeScript does).
+Napi::Value CanonicalGluForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> gate = f32_arg(info, 0, "gate");
+    const ArrayArg<float> up = f32_arg(info, 1, "up");
+    const ArrayArg<float> y = f32_arg(info, 2, "y");
+    check_len(up.length, gate.length, "up");
+    check_len(y.length, gate.length, "y");
+    const std::vector<float> out = canonical::glu(gate.data, up.data, gate.length);
+    std::copy(out.begin(), out.end(), y.data);
+    return info.Env().Undefined();
+  });
+}
+
+
+// The prover's product-key memory backward (canonical_step.h memory_backward):
+// (x, dy, q, a, values, valueRow, valueAcc, accValues, t1, t1Row, t1Acc, accT1, t2, t2Row,
+//  t2Acc, accT2, W, accW, B, H, k, dv, dIn, dk, d1, beta) -> dx (B x dIn f32); the acc
+// buffers are added to in place.
+Napi::Value CanonicalMemoryBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ArrayArg<float> x = f32_arg(info, 0, "x");
+    const ArrayArg<float> dy = f32_arg(info, 1, "dy");
+    const ArrayArg<float> q = f32_arg(info, 2, "q");
+    const ArrayArg<double> a = f64_arg(info, 3, "a");
+    const ArrayArg<float> values = f32_arg(info, 4, "values");
+    const ArrayArg<uint32_t> value_row = u32_arg(info, 5, "valueRow");
+    const ArrayArg<uint32_t> value_acc = u32_arg(info, 6, "valueAcc");
+    const ArrayArg<double> acc_values = f64_arg(info, 7, "accValues");
+    const ArrayArg<float> t1 = f32_arg(info, 8, "t1");
+    const ArrayArg<uint32_t> t1_row = u32_arg(info, 9, "t1Row");
+    const ArrayArg<uint32_t> t1_acc = u32_arg(info, 10, "t1Acc");
+    const ArrayArg<double> acc_t1 = f64_arg(info, 11, "accT1");
+    const ArrayArg<float> t2 = f32_arg(info, 12, "t2");
+    const ArrayArg<uint32_t> t2_row = u32_arg(info, 13, "t2Row");
+    const ArrayArg<uint32_t> t2_acc = u32_arg(info, 14, "t2Acc");
+    const ArrayArg<double> acc_t2 = f64_arg(info, 15, "accT2");
+    const ArrayArg<float> w = f32_arg(info, 16, "W");
+    const ArrayArg<double> acc_w = f64_arg(info, 17, "accW");
+    const size_t B = size_arg(info, 18, "B", 1, kMaxCount);
+    const size_t H = size_arg(info, 19, "H", 1, 64);
+    const size_t k = size_arg(info, 20, "k", 1, kMaxCount);
+    const size_t dv = size_arg(info, 21, "dv", 1, kMaxDim);
+    const size_t d_in = size_arg(info, 22, "dIn", 1, kMaxDim);
+    const size_t dk = size_arg(info, 23, "dk", 2, kMaxDim);
+    const size_t d1 = size_arg(info, 24, "d1", 1, kMaxDim);
+    const double beta = f32_number(info, 25, "beta");
+    if (d1 >= dk) throw Error(ErrorCode::InvalidArgument, "d1 must be below dk");
+    const size_t d2 = dk - d1, hdk = checked_mul(H, dk, "H x dk");
+    const size_t entries = checked_mul(checked_mul(B, H, "B x H"), k, "B x H x k");
+    check_len(x.length, checked_mul(B, d_in, "B x dIn"), "x");
+    check_len(dy.length, checked_mul(B, dv, "B x dv"), "dy");
+    check_len(q.length, checked_mul(B, hdk, "B x H x dk"), "q");
+    check_len(a.length, entries, "a");
+    for (const auto& [len, name] : {std::pair<size_t, const char*>{value_row.length, "valueRow"}, {value_acc.length, "valueAcc"},
+                                    {t1_row.length, "t1Row"}, {t1_acc.length, "t1Acc"}, {t2_row.length, "t2Row"}, {t2_acc.length, "t2Acc"}})
+      check_len(len, entries, name);
+    check_len(w.length, checked_mul(hdk, d_in, "H x dk x dIn"), "W");
+    check_len(acc_w.length, w.length, "accW");
+    const auto rows_of = [](size_t len, size_t dim, const char* name) {
+      if (len % dim != 0) throw Error(ErrorCode::InvalidArgument, std::string(name) + "'s length is not a multiple of its row length");
+      return len / dim;
+    };
+    check_rows(value_row, rows_of(values.length, dv, "values"), "valueRow");
+    check_rows(value_acc, rows_of(acc_values.length, dv, "accValues"), "valueAcc");
+    check_rows(t1_row, rows_of(t1.length, d1, "t1"), "t1Row");
+    check_rows(t1_acc, rows_of(acc_t1.length, d1, "accT1"), "t1Acc");
+    check_rows(t2_row, rows_of(t2.length, d2, "t2"), "t2Row");
+    check_rows(t2_acc, rows_of(acc_t2.length, d2, "accT2"), "t2Acc");
+    Napi::Float32Array dx = Napi::Float32Array::New(info.Env(), x.length);
+    canonical::MemoryBackward p{B, H, k, dv, d_in, dk, d1, beta, x.data, dy.data, q.data, a.data, values.data, value_row.data,
+                                value_acc.data, acc_values.data, t1.data, t1_row.data, t1_acc.data, acc_t1.data, t2.data,
+                                t2_row.data, t2_acc.data, acc_t2.data, w.data, acc_w.data, dx.Data()};
+    canonical::memory_backward(p);
+    return dx;
+  });
+}
+
 }  // namespace
 
 void register_canonical_functions(Napi::Env env, Napi::Object exports) {
@@ -412,6 +683,14 @@ void register_canonical_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("canonicalHopfieldBackward", Napi::Function::New(env, CanonicalHopfieldBackward));
   exports.Set("canonicalHopfieldForward", Napi::Function::New(env, CanonicalHopfieldForward));
   exports.Set("canonicalOptimizerStep", Napi::Function::New(env, CanonicalOptimizerStep));
+  exports.Set("canonicalLinearTrain", Napi::Function::New(env, CanonicalLinearTrain));
+  exports.Set("canonicalProjectionBackward", Napi::Function::New(env, CanonicalProjectionBackward));
+  exports.Set("canonicalAttentionCore", Napi::Function::New(env, CanonicalAttentionCore));
+  exports.Set("canonicalAttentionCoreBackward", Napi::Function::New(env, CanonicalAttentionCoreBackward));
+  exports.Set("canonicalRmsNormBackward", Napi::Function::New(env, CanonicalRmsNormBackward));
+  exports.Set("canonicalGluBackward", Napi::Function::New(env, CanonicalGluBackward));
+  exports.Set("canonicalGluForward", Napi::Function::New(env, CanonicalGluForward));
+  exports.Set("canonicalMemoryBackward", Napi::Function::New(env, CanonicalMemoryBackward));
 }
 
 }  // namespace gt
