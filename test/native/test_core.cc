@@ -1151,6 +1151,17 @@ static void test_attention() {
   }
 }
 
+// Row-major keys (L rows of H heads x dk) packed block-major, as decode_attention reads them.
+static std::vector<float> pack_decode_keys(const std::vector<float>& Kt, size_t L, size_t H, size_t dk) {
+  const size_t D = H * dk;
+  std::vector<float> kp(gt::decode_key_packed_size(L, H, dk), 0.0f);
+  for (size_t j = 0; j < L; ++j)
+    for (size_t h = 0; h < H; ++h)
+      for (size_t t = 0; t < dk; ++t)
+        kp[((j / gt::kDecodeKeyBlock * H + h) * dk + t) * gt::kDecodeKeyBlock + j % gt::kDecodeKeyBlock] = Kt[j * D + h * dk + t];
+  return kp;
+}
+
 // decode_attention (incremental decoding): the last row of a causal top-k forward over L
 // rows, bit for bit, from keys packed block-major; the dense decode against the dense
 // forward's last row; a given selection (the exact one) gives the same output. Own generator,
@@ -1171,11 +1182,7 @@ static void test_decode_attention() {
       std::vector<float> out(L * D), w(H * L * a.k);
       std::vector<uint32_t> ids(H * L * a.k);
       gt::topk_attention_forward(a, out.data(), ids.data(), w.data());
-      std::vector<float> kp(gt::decode_key_packed_size(L, H, dk), 0.0f);
-      for (size_t j = 0; j < L; ++j)
-        for (size_t h = 0; h < H; ++h)
-          for (size_t t = 0; t < dk; ++t)
-            kp[((j / gt::kDecodeKeyBlock * H + h) * dk + t) * gt::kDecodeKeyBlock + j % gt::kDecodeKeyBlock] = Kt[j * D + h * dk + t];
+      std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
       gt::DecodeArgs d;
       d.q = Q.data() + (L - 1) * D; d.Kp = kp.data(); d.V = V.data();
       d.L = L; d.heads = H; d.dk = dk; d.k = k; d.scale = a.scale; d.kernels = &K;
@@ -1270,11 +1277,7 @@ static void test_key_sketch() {
         // Duplicate keys: ties broken by the lower id on both paths.
         if (L > 10) std::copy(Kt.begin() + 3 * D, Kt.begin() + 4 * D, Kt.begin() + 9 * D);
         for (size_t c = 0; c < D; ++c) q[c] = Kt[(L / 2) * D + c] + 0.1f * nf(gen);
-        std::vector<float> kp(gt::decode_key_packed_size(L, H, dk), 0.0f);
-        for (size_t j = 0; j < L; ++j)
-          for (size_t h = 0; h < H; ++h)
-            for (size_t t = 0; t < dk; ++t)
-              kp[((j / gt::kDecodeKeyBlock * H + h) * dk + t) * gt::kDecodeKeyBlock + j % gt::kDecodeKeyBlock] = Kt[j * D + h * dk + t];
+        std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
         gt::DecodeArgs d;
         d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
         d.L = L; d.heads = H; d.dk = dk; d.k = k; d.scale = 0.125f; d.kernels = &K;
