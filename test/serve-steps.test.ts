@@ -181,6 +181,27 @@ describe('serving a model trained by step proofs', () => {
     }
   });
 
+  it('a step on several sequences: one request, one kind 4 proof the client verifies, the same Ghost file as the library\'s step on the same sequences', async () => {
+    const { dir, g0 } = await savedModel('sequences');
+    cpSync(dir, `${dir}-twin`, { recursive: true });
+    const twin = (await Model.load(`${dir}-twin`)).model;
+    const server = await ProverServer.open(dir, { trainToken: TOKEN });
+    const url = await server.listen();
+    const client = await ProverClient.connect(url, g0.digest, { token: TOKEN });
+    const batch = [examples(0), examples(5), { input: TEXT.slice(2, 5), targets: TEXT.slice(3, 6) }];
+    const r = await client.trainStep(batch);
+    const p = decodeProof(r.proof) as StepProof;
+    expect(r.proof[10]).toBe(4);
+    expect(p.more?.length).toBe(2);
+    expect(Array.from((p.more![1]!.input as { ids: Uint32Array }).ids)).toEqual(Array.from(batch[2]!.input));
+    expect(toHex(r.ghost.digest)).toBe(toHex(server.ghost.digest));
+    expect(toHex((await twin.proveTrainStep(batch)).ghost.digest)).toBe(toHex(r.ghost.digest));
+    // The next step, of one sequence, follows it.
+    expect((await client.trainStep([examples(1)])).generation).toBe(2);
+    twin.close();
+    await server.close();
+  });
+
   it('hostile step requests get their typed errors and change nothing', async () => {
     const { dir, g0 } = await savedModel('hostile');
     const server = await ProverServer.open(dir, { trainToken: TOKEN, maxBatch: 8 });
@@ -206,6 +227,14 @@ describe('serving a model trained by step proofs', () => {
     expect(await post(step(input, { kind: 'classes', ids: Uint32Array.of(1, 2, 3) }))).toEqual([400, 'BAD_TARGETS']); // too few targets
     expect(await post(step(Uint32Array.of(1, 2, VOCAB), { kind: 'classes', ids: Uint32Array.of(1, 2, 3) }))).toEqual([400, 'BAD_INPUT']); // id >= vocab
     expect(await post(step(new Uint32Array(9), { kind: 'classes', ids: new Uint32Array(9) }))).toEqual([413, 'BATCH_TOO_LARGE']);
+    // Several sequences: a huge or too small count, one bad sequence among good ones, more rows together than maxBatch.
+    expect(await post(new ByteWriter().u8(3).u32(0xffffffff).finish())).toEqual([400, 'BAD_BODY']);
+    expect(await post(Uint8Array.from([3, 1, 0, 0, 0, ...good]))).toEqual([400, 'BAD_BODY']);
+    const two = (a: Uint8Array, b: Uint8Array): Uint8Array => Uint8Array.from([3, 2, 0, 0, 0, ...a, ...b]);
+    const small = step(input.slice(0, 3), { kind: 'classes', ids: Uint32Array.of(4, 5, 6) });
+    expect(await post(two(small, step(input.slice(0, 4), { kind: 'classes', ids: Uint32Array.of(1, 2, 3) })))).toEqual([400, 'BAD_TARGETS']);
+    expect(await post(two(small, step(Uint32Array.of(1, 2, VOCAB), { kind: 'classes', ids: Uint32Array.of(1, 2, 3) })))).toEqual([400, 'BAD_INPUT']);
+    expect(await post(two(good, good))).toEqual([413, 'BATCH_TOO_LARGE']); // 12 rows against maxBatch 8
     expect(await post(good, 'wrong-token-here')).toEqual([401, 'UNAUTHORIZED']);
     expect(server.generation).toBe(before.gen);
     expect(toHex(server.ghost.digest)).toBe(before.digest);

@@ -366,29 +366,34 @@ export class ProverClient {
    * (the model's input and its targets) go to POST /train-step; the answer must be one
    * step proof of exactly this batch that verifies against the pinned Ghost file
    * (verifyTrainStep recomputes the whole step); the pinned Ghost file then moves to the
-   * result. Conditional and retried as train() is (X-Ghost-If-Generation).
+   * result. Conditional and retried as train() is (X-Ghost-If-Generation). An array of
+   * examples is one step on several sequences (Model.proveTrainStep with an array).
    */
-  async trainStep(examples: StepExamples, options: CallOptions = {}): Promise<ServedTrainStep> {
+  async trainStep(examples: StepExamples | readonly StepExamples[], options: CallOptions = {}): Promise<ServedTrainStep> {
     const deadline = this.#deadline(options);
     const training = this.#ghost.manifest.training;
     if (training === undefined) throw new InvalidArgumentError('this model commits no training rule: train it with train() (update proofs)');
-    if (examples === null || typeof examples !== 'object') throw new InvalidArgumentError('examples must be { input, targets }');
-    const input = this.#input(examples.input, undefined);
-    const t = examples.targets;
-    let targets: StepTargets;
-    if (training.loss === 'cross-entropy') {
-      if (t instanceof Float32Array) throw new InvalidArgumentError('a cross-entropy model takes class ids as targets');
-      const ids = t instanceof Uint32Array ? t : Uint32Array.from(t as readonly number[]);
-      if (!(t instanceof Uint32Array) && (t as readonly number[]).some((c) => !Number.isInteger(c) || c < 0 || c > 0xffffffff)) throw new InvalidArgumentError('targets must be class ids (integers >= 0)');
-      targets = { kind: 'classes', ids };
-    } else {
-      if (!(t instanceof Float32Array)) throw new InvalidArgumentError('an mse model takes a Float32Array of targets');
-      targets = { kind: 'values', data: t };
-    }
-    const sent = await this.#conditional('/train-step', encodeStepRequest({ input, targets }), deadline, async (at): Promise<ServedTrainStep | null> => {
+    const many = Array.isArray(examples);
+    const given: readonly StepExamples[] = many ? examples : [examples as StepExamples];
+    if (given.length === 0) throw new InvalidArgumentError('examples must be { input, targets } or a non-empty array of them');
+    const batch = given.map((e, i): { input: ForwardInput; targets: StepTargets } => {
+      const where = many ? `examples[${i}]` : 'examples';
+      if (e === null || typeof e !== 'object') throw new InvalidArgumentError(`${where} must be { input, targets }`);
+      const input = this.#input(e.input, undefined);
+      const t = e.targets;
+      if (training.loss === 'cross-entropy') {
+        if (t instanceof Float32Array) throw new InvalidArgumentError(`${where}: a cross-entropy model takes class ids as targets`);
+        const ids = t instanceof Uint32Array ? t : Uint32Array.from(t as readonly number[]);
+        if (!(t instanceof Uint32Array) && (t as readonly number[]).some((c) => !Number.isInteger(c) || c < 0 || c > 0xffffffff)) throw new InvalidArgumentError(`${where}: targets must be class ids (integers >= 0)`);
+        return { input, targets: { kind: 'classes', ids } };
+      }
+      if (!(t instanceof Float32Array)) throw new InvalidArgumentError(`${where}: an mse model takes a Float32Array of targets`);
+      return { input, targets: { kind: 'values', data: t } };
+    });
+    const sent = await this.#conditional('/train-step', encodeStepRequest(batch), deadline, async (at): Promise<ServedTrainStep | null> => {
       for (let g = at; g < this.#generation; g++) {
         const bytes = this.#proofs.get(g);
-        if (bytes && isSameBatch(decodeProof(bytes, { kind: 'step', limits: this.#limits }), input, targets)) {
+        if (bytes && isSameBatch(decodeProof(bytes, { kind: 'step', limits: this.#limits }), batch)) {
           // Taken before: verify it again from its Ghost file for the figures the answer reports.
           const v = await verifyTrainStep(this.#history.get(g)!, bytes, { limits: this.#limits });
           return { generation: g + 1, ghost: this.#history.get(g + 1) ?? v.ghost, proof: bytes, step: v.step, output: v.output, loss: v.loss, lr: v.lr, gradNorm: v.gradNorm };
@@ -402,7 +407,7 @@ export class ProverClient {
     if (list.proofs.length !== 1) throw new ProofError('INPUT_MISMATCH', `one step was sent, ${list.proofs.length} proofs came back`);
     const bytes = list.proofs[0]!;
     const p = decodeProof(bytes, { kind: 'step', limits: this.#limits });
-    if (!isSameBatch(p, input, targets)) throw new ProofError('INPUT_MISMATCH', 'the step proof is of another batch (input or targets) than the one sent');
+    if (!isSameBatch(p, batch)) throw new ProofError('INPUT_MISMATCH', 'the step proof is of another batch (input or targets) than the one sent');
     return this.#locked(async () => {
       const at = list.firstGeneration;
       if (at > this.#generation) await this.#syncNow(at, deadline);
@@ -652,9 +657,13 @@ function checkSameInput(p: ForwardProof, req: ForwardInput): void {
 }
 
 /** Whether a step proof is of exactly this batch: the same input record and the same targets, bit for bit. */
-function isSameBatch(p: ReturnType<typeof decodeProof>, input: ForwardInput, targets: StepTargets): boolean {
+function isSameBatch(p: ReturnType<typeof decodeProof>, batch: readonly { input: ForwardInput; targets: StepTargets }[]): boolean {
   if (p.kind !== 'step') return false;
-  const q: StepProof = p;
+  const seqs = [p, ...(p.more ?? [])];
+  return seqs.length === batch.length && seqs.every((q, i) => sameSequence(q, batch[i]!.input, batch[i]!.targets));
+}
+
+function sameSequence(q: Pick<StepProof, 'input' | 'targets'>, input: ForwardInput, targets: StepTargets): boolean {
   const sameInput =
     q.input.kind === 'f32' && input.kind === 'f32'
       ? q.input.rows === input.rows && q.input.cols === input.cols && bytesEqual(u8(q.input.data), u8(input.data))

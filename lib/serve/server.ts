@@ -40,7 +40,7 @@ import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
 import { OutputPool } from './output-pool.js';
-import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequest, decodeTrainRequest, proofListParts, type StepRequest } from './wire.js';
+import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequests, decodeTrainRequest, proofListParts, type StepRequest } from './wire.js';
 import { verifyTrainStep } from '../verify/step.js';
 import { specOf } from '../verify/kinds/index.js';
 import type { ProvedStep } from '../model/model.js';
@@ -661,12 +661,16 @@ export class ProverServer {
         if (this.#o.trainToken === undefined) throw new HttpError(403, 'TRAINING_DISABLED', 'this server takes no training requests');
         const ifGeneration = this.#authorizeTraining(req, this.#o.trainToken);
         const body = await this.#readBody(req, lease);
-        const batch = decodeStepRequest(body);
-        const B = batchOf(batch.input);
+        // One sequence, or several (one step over all of them); their inputs together are the batch.
+        const batches = decodeStepRequests(body);
+        let B = 0;
+        for (const batch of batches) B += batchOf(batch.input);
         if (B > this.#o.maxBatch) throw new HttpError(413, 'BATCH_TOO_LARGE', `${B} inputs; this server takes at most ${this.#o.maxBatch} per request`);
-        this.#checkInput(batch.input);
-        this.#checkTargets(batch, B);
-        const out = await this.#runTraining(lease, ifGeneration, () => this.#trainStep(batch));
+        for (const batch of batches) {
+          this.#checkInput(batch.input);
+          this.#checkTargets(batch, batchOf(batch.input));
+        }
+        const out = await this.#runTraining(lease, ifGeneration, () => this.#trainStep(batches));
         return this.#send(res, 200, LIST_TYPE, proofListParts(out.from, [out.proof]), this.#generation, this.#ghost, lease);
       }
       default:
@@ -811,12 +815,13 @@ export class ProverServer {
    * Any failure puts the model back (Model.undoTrainStep, from the proof's old rows and
    * state rows) and the files (ModelDirectory.undoStep); if that fails, NEEDS_RESTART.
    */
-  async #trainStep(batch: StepRequest): Promise<{ from: number; proof: Uint8Array }> {
+  async #trainStep(batches: readonly StepRequest[]): Promise<{ from: number; proof: Uint8Array }> {
     const before = this.#ghost;
     const from = this.#generation;
     let step: ProvedStep;
     try {
-      step = await this.model.proveTrainStep({ input: batch.input.kind === 'f32' ? batch.input.data : batch.input.ids, targets: batch.targets.kind === 'classes' ? batch.targets.ids : batch.targets.data });
+      const list = batches.map((b) => ({ input: b.input.kind === 'f32' ? b.input.data : b.input.ids, targets: b.targets.kind === 'classes' ? b.targets.ids : b.targets.data }));
+      step = await this.model.proveTrainStep(list.length === 1 ? list[0]! : list);
     } catch (err) {
       // proveTrainStep changes nothing before its step is computed; a failure while applying it is internal.
       if (!bytesEqual((await this.model.ghost()).digest, before.digest)) this.#broken = `a step failed half applied (${err instanceof Error ? err.message : String(err)}); restart the server`;

@@ -126,24 +126,27 @@ export interface StepRequest {
 /**
  * Step request: the input record (as a forward request), then the targets as a step proof
  * holds them: u8 kind (1 class ids: u32 count, count u32; 2 values: u32 count, count f32),
- * nothing after.
+ * nothing after. A step on several sequences (an array of more than one): u8 3, u32
+ * count, then count times the input record and the targets.
  */
-export function encodeStepRequest(req: StepRequest): Uint8Array {
+export function encodeStepRequest(req: StepRequest | readonly StepRequest[]): Uint8Array {
+  const list: readonly StepRequest[] = Array.isArray(req) ? req : [req as StepRequest];
+  if (list.length === 0) throw new InvalidArgumentError('a step request needs at least one sequence');
   const w = new ByteWriter();
-  if (req.input.kind === 'f32' && req.input.data.length !== req.input.rows * req.input.cols) throw new InvalidArgumentError(`input data has ${req.input.data.length} values, rows x cols = ${req.input.rows * req.input.cols}`);
-  writeInputRecord(w, req.input);
-  if (req.targets.kind === 'classes') w.u8(1).u32(req.targets.ids.length).u32s(req.targets.ids);
-  else w.u8(2).u32(req.targets.data.length).f32s(req.targets.data);
+  if (list.length > 1) w.u8(SEQUENCES).u32(list.length);
+  for (const q of list) {
+    if (q.input.kind === 'f32' && q.input.data.length !== q.input.rows * q.input.cols) throw new InvalidArgumentError(`input data has ${q.input.data.length} values, rows x cols = ${q.input.rows * q.input.cols}`);
+    writeInputRecord(w, q.input);
+    if (q.targets.kind === 'classes') w.u8(1).u32(q.targets.ids.length).u32s(q.targets.ids);
+    else w.u8(2).u32(q.targets.data.length).f32s(q.targets.data);
+  }
   return w.finish();
 }
 
-/**
- * Reads a step request (untrusted: each count checked against the bytes left before its
- * array is allocated, f32 values finite). The server then checks the counts against the
- * model (the batch, the output width, the loss).
- */
-export function decodeStepRequest(bytes: Uint8Array): StepRequest {
-  const r = new ByteReader(bytes, 'step request');
+/** The leading byte of a step request of several sequences (an input record starts with 1 or 2). */
+const SEQUENCES = 3;
+
+function readStepRequest(r: ByteReader): StepRequest {
   const input = readInputRecord(r, { maxRows: 2 ** 32 - 1, maxCols: 2 ** 32 - 1 });
   const kind = r.u8('targets kind');
   let targets: StepTargets;
@@ -156,8 +159,35 @@ export function decodeStepRequest(bytes: Uint8Array): StepRequest {
     checkFiniteF32(data, 'step request: a target');
     targets = { kind: 'values', data };
   } else throw new FormatError('BAD_VALUE', `step request: targets kind ${kind}`);
-  r.end();
   return { input, targets };
+}
+
+/**
+ * Reads a step request of one sequence (untrusted: each count checked against the bytes
+ * left before its array is allocated, f32 values finite). The server then checks the
+ * counts against the model (the batch, the output width, the loss).
+ */
+export function decodeStepRequest(bytes: Uint8Array): StepRequest {
+  const list = decodeStepRequests(bytes);
+  if (list.length !== 1) throw new FormatError('BAD_VALUE', `step request: ${list.length} sequences where one is expected`);
+  return list[0]!;
+}
+
+/**
+ * Reads a step request of one or several sequences (as decodeStepRequest; the count of
+ * sequences is checked against the bytes left, each taking at least 10).
+ */
+export function decodeStepRequests(bytes: Uint8Array): StepRequest[] {
+  const r = new ByteReader(bytes, 'step request');
+  let count = 1;
+  if (bytes.length > 0 && bytes[0] === SEQUENCES) {
+    r.u8('request kind');
+    count = r.count('sequence count', 2, 2 ** 32 - 1, 10);
+  }
+  const out: StepRequest[] = [];
+  for (let i = 0; i < count; i++) out.push(readStepRequest(r));
+  r.end();
+  return out;
 }
 
 /** A list of proofs: u64 first generation, u32 count, count x (u32 length, proof bytes). */
