@@ -36,6 +36,7 @@ import type { StepProof, StepSequence } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
 import { STEP_NATIVE, stepNative } from './train/step-native.js';
+import { memoryProvedForward } from './kinds/memory.js';
 import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import { SearchBatcher } from './search-batcher.js';
@@ -517,17 +518,23 @@ export class Model {
     // and the new roots are the trees' (the native tree after the scatter, the state tree
     // after set: each leaf hashed once). The verifier computes the same roots from the
     // proof (tests check every proof this way; the bench compares the proofs' bytes).
-    const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
-      stateOf,
-      ...(stepNative.on ? { native: STEP_NATIVE } : {}),
-      apply: (w) => {
-        const t = this.tensors[w.tensor]!;
-        t.scatter(w.ids, w.rows);
-        const st = tr.trained.get(w.tensor)!.state;
-        st.set(w.ids, w.state, w.leaves);
-        return { root: t.root(), stateRoot: st.root() };
-      },
-    });
+    // A memory layer's canonical forward takes its forward proof's selection (memoryProvedForward), then forgets it.
+    let r: ReturnType<typeof computeStep>;
+    try {
+      r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
+        stateOf,
+        ...(stepNative.on ? { native: STEP_NATIVE } : {}),
+        apply: (w) => {
+          const t = this.tensors[w.tensor]!;
+          t.scatter(w.ids, w.rows);
+          const st = tr.trained.get(w.tensor)!.state;
+          st.set(w.ids, w.state, w.leaves);
+          return { root: t.root(), stateRoot: st.root() };
+        },
+      });
+    } finally {
+      for (const q of sequences) for (const l of q.layers) memoryProvedForward.delete(l.stages);
+    }
     for (const e of r.manifest.training!.tensors) tr.trained.get(e.tensor)!.logDecay = e.logDecay;
     tr.step += 1;
     const next = await this.ghost();
