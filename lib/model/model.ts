@@ -286,8 +286,14 @@ export class Model {
     return { ...r, bytes: encodeProof(r.proof, options.into === undefined ? {} : { into: options.into }) };
   }
 
-  /** prove() without the encoding (proveTrainStep takes only its selection and input). */
-  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
+  /**
+   * prove() without the encoding (proveTrainStep takes only its selection and input).
+   * `selectionOnly` (proveTrainStep's): the layers' blocks carry their ids and nothing
+   * else (no rows planned, no multiproof): the step builds its own blocks over the union
+   * of the sequences' reads; the forward proof's are never encoded. The selection, the
+   * rows each layer reads and its output are the same.
+   */
+  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions, selectionOnly = false): Promise<Omit<ProvedForward, 'bytes'>> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher', 'into']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
@@ -341,7 +347,12 @@ export class Model {
         tensorIndex: (t) => this.#index(t),
         block: (i, rows) => {
           const t = this.tensors[i]!;
-          return this.#block(t, rows === 'all' ? allIds(t.size) : rows, rows === 'all', cache);
+          const ids = rows === 'all' ? allIds(t.size) : rows;
+          if (!selectionOnly) return this.#block(t, ids, rows === 'all', cache);
+          return {
+            block: { tensor: i, dim: t.dim, all: rows === 'all', ids, kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) },
+            resolved: { tensor: i, ids, rows: t.gather(ids), dim: t.dim, root: t.root() },
+          };
         },
       });
       outs.push(r.y);
@@ -471,7 +482,7 @@ export class Model {
     const sequences: StepSequence[] = [];
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
     for (const b of list) {
-      const fwd = await this.#proveForward(b.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
+      const fwd = await this.#proveForward(b.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys }, true);
       const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
       sequences.push({ input: fwd.proof.input, targets: tr.targets(b.targets, B, cols), layers: fwd.proof.layers.map((l) => ({ op: l.op, stages: l.stages })) });
       for (const ev of fwd.proof.layers) {
