@@ -17,8 +17,9 @@
  *   softmax and the mix) forward and backward, the gated MLP's forward and backward,
  *   RMSNorm's backward. Each projection's accumulator rows are gathered, added to in C++
  *   and scattered back per call, so tensors shared between projections or layers see
- *   the TypeScript's order. The product-key memory layer's backward (its forward, with
- *   the product-key selection, runs the TypeScript). Embedding, position, add and
+ *   the TypeScript's order. The product-key memory layer's backward, and its training
+ *   forward taken from the step's own forward proof (memoryTrainForwardNative: the
+ *   selection is not derived a second time). Embedding, position, add and
  *   RMSNorm's forward run the TypeScript (cheap).
  */
 import { callNative } from '../../shared/errors.js';
