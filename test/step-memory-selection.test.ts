@@ -5,7 +5,8 @@
  * TypeScript training forward bit for bit (output, queries, scores, softmax weights),
  * the selection it reuses is the one the TypeScript re-derives, it refuses (null: the
  * TypeScript runs) an input or a table that is not what the forward proof used and a
- * selection out of range, and a step forgets what the forward proof kept.
+ * selection out of range, a step's selection-only forward proofs give the public prove()'s
+ * stages and reads, and a step forgets what the forward proof kept.
  */
 import { describe, expect, it } from 'vitest';
 
@@ -107,6 +108,35 @@ describe('the memory training forward from the forward proof\'s selection', () =
     }
     // No forward proof kept for these stages: null.
     expect(memoryTrainForwardNative(l, contextOf(m, g, li, { ...ev, stages: ev.stages.map((s) => s.slice()) }, pf.x))).toBeNull();
+  });
+
+  it('a step\'s selection-only forward gives the public prove()\'s stages and reads: the step\'s blocks are their union', async () => {
+    for (const cfg of CONFIGS) {
+      for (const off of [2, 19]) {
+        const m = languageModel(cfg, TRAINING);
+        const input = Uint32Array.from(TEXT.subarray(off, off + cfg.context)), targets = Uint32Array.from(TEXT.subarray(off + 1, off + cfg.context + 1));
+        const fp = (await m.prove(input)).proof;
+        const step = (await m.proveTrainStep({ input, targets })).proof;
+        expect(step.layers.length).toBe(fp.layers.length);
+        step.layers.forEach((l, li) => {
+          expect(l.op).toBe(fp.layers[li]!.op);
+          expect(l.stages.map(bits)).toEqual(fp.layers[li]!.stages.map(bits));
+        });
+        // The rows the full forward proof reveals, per tensor: the step's blocks (ids, and whole or not).
+        const want = new Map<number, { all: boolean; ids: Set<number> }>();
+        for (const l of fp.layers) for (const b of l.blocks) {
+          const w = want.get(b.tensor) ?? { all: false, ids: new Set<number>() };
+          w.all ||= b.all;
+          for (const id of b.ids) w.ids.add(id);
+          want.set(b.tensor, w);
+        }
+        expect(step.blocks.map((b) => b.tensor)).toEqual([...want.keys()].sort((a, b) => a - b));
+        for (const b of step.blocks) {
+          expect(b.all).toBe(want.get(b.tensor)!.all);
+          expect(bits(b.ids)).toBe(bits(Uint32Array.from(want.get(b.tensor)!.ids).sort()));
+        }
+      }
+    }
   });
 
   it('a proved step forgets what its forward proofs kept', async () => {
