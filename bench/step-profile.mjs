@@ -7,7 +7,9 @@
  * machine moves them less than it moves times. Prints a table; writes
  * bench/results/step-profile.json.
  *
- *   node bench/step-profile.mjs [--steps=6] [--cases=classifier,lm,lm-memory]
+ *   node bench/step-profile.mjs [--steps=6] [--cases=classifier,lm,lm-memory] [--top=N]
+ *     (--top=N also prints the N functions with the most self and inclusive time;
+ *     --interval=US the sampling interval, default 200 us: a longer one perturbs less)
  *   GT_STEP_NATIVE=0 node bench/step-profile.mjs     the prover without its native mirrors
  */
 import { Session } from 'node:inspector';
@@ -19,6 +21,7 @@ import { classifierCase, lmCase } from './lib/step-cases.mjs';
 const arg = (name, def) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3) ?? def;
 const STEPS = Number(arg('steps', '6'));
 const CASES = arg('cases', 'classifier,lm').split(',');
+const TOP = Number(arg('top', '0'));
 const lib = await import(join(ROOT, 'dist', 'index.js'));
 
 // The cases of bench/step-proofs.mjs, with its parameters (the same models and batches).
@@ -64,7 +67,7 @@ for (const name of CASES) {
   const session = new Session();
   session.connect();
   await post(session, 'Profiler.enable');
-  await post(session, 'Profiler.setSamplingInterval', { interval: 200 });
+  await post(session, 'Profiler.setSamplingInterval', { interval: Number(arg('interval', '200')) });
   await post(session, 'Profiler.start');
   const cpu0 = process.cpuUsage();
   for (let s = 1; s <= STEPS; s++) await c.model.proveTrainStep(c.batch(s));
@@ -93,6 +96,24 @@ for (const name of CASES) {
   table(rows, [{ key: 'phase', header: 'phase' }, { key: 'share', header: 'share' }, { key: 'ms', header: 'sampled ms/step' }], {
     title: `${c.label}: ${STEPS} proved steps, native mirrors ${process.env.GT_STEP_NATIVE === '0' ? 'off' : 'on'}, CPU ${((cpu.user + cpu.system) / 1000 / STEPS).toFixed(0)} ms/step`,
   });
+  if (TOP > 0) {
+    // --top=N: the N functions with the most self time, and the N with the most inclusive time (each function once per stack).
+    const selfFn = new Map(), incl = new Map();
+    const key = (n) => `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber + 1}`;
+    for (const [id, t] of self) {
+      const k = key(nodes.get(id));
+      selfFn.set(k, (selfFn.get(k) ?? 0) + t);
+      const seen = new Set();
+      for (let x = id; x !== undefined; x = parent.get(x)) {
+        const kx = key(nodes.get(x));
+        if (!seen.has(kx)) { seen.add(kx); incl.set(kx, (incl.get(kx) ?? 0) + t); }
+      }
+    }
+    for (const [title, m] of [['self', selfFn], ['inclusive', incl]]) {
+      const top = [...m].sort((a, b) => b[1] - a[1]).slice(0, TOP).map(([fn, t]) => ({ fn, ms: (t / 1000 / STEPS).toFixed(1) }));
+      table(top, [{ key: 'fn', header: 'function' }, { key: 'ms', header: 'sampled ms/step' }], { title: `${c.label}: top ${TOP} by ${title} time` });
+    }
+  }
   results.push({ case: name, label: c.label, steps: STEPS, native: process.env.GT_STEP_NATIVE !== '0', cpuMsPerStep: (cpu.user + cpu.system) / 1000 / STEPS, phases: rows });
 }
 writeResults(arg('name', process.env.GT_STEP_NATIVE === '0' ? 'step-profile-ts' : 'step-profile'), { date: new Date().toISOString(), machine: machine(), results });

@@ -36,6 +36,7 @@ import type { StepProof, StepSequence } from '../verify/proof-format.js';
 import { loadHasher } from '../verify/merkle.js';
 import { VerifyBudget } from '../verify/proof-format.js';
 import { STEP_NATIVE, stepNative } from './train/step-native.js';
+import { memoryProvedForward } from './kinds/memory.js';
 import { StepTraining, noTrainingRule, type StepBatch, type StepTrainingOptions } from './train/step-training.js';
 import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import { SearchBatcher } from './search-batcher.js';
@@ -285,8 +286,14 @@ export class Model {
     return { ...r, bytes: encodeProof(r.proof, options.into === undefined ? {} : { into: options.into }) };
   }
 
-  /** prove() without the encoding (proveTrainStep takes only its selection and input). */
-  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions): Promise<Omit<ProvedForward, 'bytes'>> {
+  /**
+   * prove() without the encoding (proveTrainStep takes only its selection and input).
+   * `selectionOnly` (proveTrainStep's): the layers' blocks carry their ids and nothing
+   * else (no rows planned, no multiproof): the step builds its own blocks over the union
+   * of the sequences' reads; the forward proof's are never encoded. The selection, the
+   * rows each layer reads and its output are the same.
+   */
+  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions, selectionOnly = false): Promise<Omit<ProvedForward, 'bytes'>> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher', 'into']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
@@ -340,7 +347,12 @@ export class Model {
         tensorIndex: (t) => this.#index(t),
         block: (i, rows) => {
           const t = this.tensors[i]!;
-          return this.#block(t, rows === 'all' ? allIds(t.size) : rows, rows === 'all', cache);
+          const ids = rows === 'all' ? allIds(t.size) : rows;
+          if (!selectionOnly) return this.#block(t, ids, rows === 'all', cache);
+          return {
+            block: { tensor: i, dim: t.dim, all: rows === 'all', ids, kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) },
+            resolved: { tensor: i, ids, rows: t.gather(ids), dim: t.dim, root: t.root() },
+          };
         },
       });
       outs.push(r.y);
@@ -470,7 +482,7 @@ export class Model {
     const sequences: StepSequence[] = [];
     const reads = new Map<number, { all: boolean; ids: Set<number> }>();
     for (const b of list) {
-      const fwd = await this.#proveForward(b.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys });
+      const fwd = await this.#proveForward(b.input, options.revealKeys === undefined ? {} : { revealKeys: options.revealKeys }, true);
       const B = fwd.proof.output.rows, cols = fwd.proof.output.cols;
       sequences.push({ input: fwd.proof.input, targets: tr.targets(b.targets, B, cols), layers: fwd.proof.layers.map((l) => ({ op: l.op, stages: l.stages })) });
       for (const ev of fwd.proof.layers) {
@@ -517,17 +529,23 @@ export class Model {
     // and the new roots are the trees' (the native tree after the scatter, the state tree
     // after set: each leaf hashed once). The verifier computes the same roots from the
     // proof (tests check every proof this way; the bench compares the proofs' bytes).
-    const r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
-      stateOf,
-      ...(stepNative.on ? { native: STEP_NATIVE } : {}),
-      apply: (w) => {
-        const t = this.tensors[w.tensor]!;
-        t.scatter(w.ids, w.rows);
-        const st = tr.trained.get(w.tensor)!.state;
-        st.set(w.ids, w.state, w.leaves);
-        return { root: t.root(), stateRoot: st.root() };
-      },
-    });
+    // A memory layer's canonical forward takes its forward proof's selection (memoryProvedForward), then forgets it.
+    let r: ReturnType<typeof computeStep>;
+    try {
+      r = computeStep(h, ghost, proof, cache, new VerifyBudget(PROVER_LIMITS), {
+        stateOf,
+        ...(stepNative.on ? { native: STEP_NATIVE } : {}),
+        apply: (w) => {
+          const t = this.tensors[w.tensor]!;
+          t.scatter(w.ids, w.rows);
+          const st = tr.trained.get(w.tensor)!.state;
+          st.set(w.ids, w.state, w.leaves);
+          return { root: t.root(), stateRoot: st.root() };
+        },
+      });
+    } finally {
+      for (const q of sequences) for (const l of q.layers) memoryProvedForward.delete(l.stages);
+    }
     for (const e of r.manifest.training!.tensors) tr.trained.get(e.tensor)!.logDecay = e.logDecay;
     tr.step += 1;
     const next = await this.ghost();

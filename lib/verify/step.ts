@@ -37,6 +37,19 @@ function concat<T extends Float32Array | Uint32Array>(parts: readonly T[], make:
   return out;
 }
 
+/** The 32-bit words of f32 values (a view): copies through it keep every bit, a NaN's payload too. */
+const words = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
+
+/**
+ * Copies n words from src at `from` to dst at `to`: what `dst.set(src.subarray(from, from
+ * + n), to)` does, without a view object per short row (a step copies thousands of rows of
+ * 64 values; a long row is copied by set, whose view costs less than its loop).
+ */
+function copyWords(dst: Uint32Array, to: number, src: Uint32Array, from: number, n: number): void {
+  if (n >= 256) dst.set(src.subarray(from, from + n), to);
+  else for (let j = 0; j < n; j++) dst[to + j] = src[from + j]!;
+}
+
 /** One trained tensor's rows a step wrote: their new values and optimizer state. */
 export interface StepWrite {
   tensor: number;
@@ -178,14 +191,14 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
         out.set(tensor, b.rev);
         continue;
       }
-      const d = b.rev.dim, src = b.rev.rows, all = b.block.all;
-      const rows = new Float32Array(want.length * d);
+      const d = b.rev.dim, src = words(b.rev.rows), all = b.block.all;
+      const rows = new Float32Array(want.length * d), dst = words(rows);
       for (let k = 0; k < want.length; k++) {
         const id = want[k]!;
         const at = all ? (id < b.rev.ids.length ? id : -1) : sortedIndexOf(b.rev.ids, id);
         if (at < 0) fail('BLOCK_IDS', `layer ${li} reads row ${id} of tensor ${tensor}, which the proof does not reveal`);
         b.used[at] = 1;
-        rows.set(src.subarray(at * d, (at + 1) * d), k * d);
+        copyWords(dst, k * d, src, at * d, d);
       }
       out.set(tensor, { tensor, dim: d, ids: want, rows, root: b.rev.root, all: false });
     }
@@ -276,11 +289,11 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const rev = blocks.get(b.tensor)!.rev;
     // The written rows' old values, and where each sits in the block.
     const at = new Int32Array(ids.length);
-    const old = new Float32Array(ids.length * d);
+    const old = new Float32Array(ids.length * d), oldW = words(old), revW = words(rev.rows);
     for (let k = 0; k < ids.length; k++) {
       const pos = b.all ? ids[k]! : sortedIndexOf(b.ids, ids[k]!);
       at[k] = pos;
-      old.set(rev.rows.subarray(pos * d, (pos + 1) * d), k * d);
+      copyWords(oldW, k * d, revW, pos * d, d);
     }
     const out = (prover?.native?.optimizerStep ?? coptimizerStep)(params, t.step, e.logDecay, d, old, grads[i]!, st.state);
     for (let k = 0; k < out.rows.length; k++) if (!Number.isFinite(out.rows[k]!)) fail('UPDATE_MISMATCH', `the step gives a non-finite value in tensor ${b.tensor}; the optimizer would have refused it`);
@@ -294,8 +307,8 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     const { at, out } = stepped[i]!;
     const rev = blocks.get(b.tensor)!.rev;
     // The block's rows after the step (the unwritten ones unchanged) give the new root with the block's siblings.
-    const after = rev.rows.slice();
-    for (let k = 0; k < ids.length; k++) after.set(out.rows.subarray(k * d, (k + 1) * d), at[k]! * d);
+    const after = rev.rows.slice(), afterW = words(after), outW = words(out.rows);
+    for (let k = 0; k < ids.length; k++) copyWords(afterW, at[k]! * d, outW, k * d, d);
     const leaves = stateLeaves(d, out.state, ids.length);
     let root: Uint8Array, stateRoot: Uint8Array;
     if (prover) ({ root, stateRoot } = prover.apply({ tensor: b.tensor, ids, rows: out.rows, state: out.state, leaves }));

@@ -138,6 +138,26 @@ export class ProductKeyMemory {
   }
 }
 
+/**
+ * What a memory layer's forward proof computed, for the prover's own step (Model.
+ * proveTrainStep): the input it read, the query and sub-key rows its selection used, the
+ * queries, each head's scores (B x k, rank order) and the layer's output. Keyed by the
+ * proof's `stages` array of that layer (the step's canonical forward sees the same
+ * array), so the step's native training forward (memoryTrainForwardNative,
+ * lib/model/train/step-native.ts) takes the selection from here instead of re-deriving
+ * it, when the rows and input it is given have the same bits. Never part of a proof; a
+ * verifier never sees it. proveTrainStep deletes its entries after the step.
+ */
+export interface MemoryProvedForward {
+  x: Float32Array;
+  queryRows: Float32Array;
+  keyRows: readonly Float32Array[];
+  q: Float32Array;
+  scores: readonly Float64Array[];
+  y: Float32Array;
+}
+export const memoryProvedForward = new WeakMap<readonly Uint32Array[], MemoryProvedForward>();
+
 export const memoryKind: LayerKind<ProductKeyMemory, GhostMemoryLayer> = {
   spec: memorySpec,
   name: 'a ProductKeyMemory',
@@ -204,6 +224,8 @@ export const memoryKind: LayerKind<ProductKeyMemory, GhostMemoryLayer> = {
       for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + mixed[i]!;
     }
     const all = [qBlock, ...keyBlocks, vBlock];
-    return { y: Float32Array.from(acc), evidence: { op: 'memory', stages, blocks: all.map((b) => b.block) }, resolved: all.map((b) => b.resolved) };
+    const y = Float32Array.from(acc);
+    memoryProvedForward.set(stages, { x: c.x!, queryRows: qBlock.resolved.rows, keyRows: keyBlocks.map((b) => b.resolved.rows), q, scores, y });
+    return { y, evidence: { op: 'memory', stages, blocks: all.map((b) => b.block) }, resolved: all.map((b) => b.resolved) };
   },
 };

@@ -17,19 +17,21 @@
  *   softmax and the mix) forward and backward, the gated MLP's forward and backward,
  *   RMSNorm's backward. Each projection's accumulator rows are gathered, added to in C++
  *   and scattered back per call, so tensors shared between projections or layers see
- *   the TypeScript's order. The product-key memory layer's backward (its forward, with
- *   the product-key selection, runs the TypeScript). Embedding, position, add and
+ *   the TypeScript's order. The product-key memory layer's backward, and its training
+ *   forward taken from the step's own forward proof (memoryTrainForwardNative: the
+ *   selection is not derived a second time). Embedding, position, add and
  *   RMSNorm's forward run the TypeScript (cheap).
  */
 import { callNative } from '../../shared/errors.js';
 import { native } from '../../tensor/native.js';
 import type { NativeStepHooks } from '../../verify/backward.js';
-import type { CanonicalOptimizer, CanonicalRowState, coptimizerStep } from '../../verify/canonical.js';
+import { csoftmax, type CanonicalOptimizer, type CanonicalRowState, type coptimizerStep } from '../../verify/canonical.js';
 import { checkHopfieldStages, hopfieldReads, hopfieldRevealsKeys, type GhostHopfieldLayer, type HopfieldSaved } from '../../verify/kinds/hopfield.js';
 import { attentionReads, attentionWidth, type AttentionSaved, type GhostAttentionLayer, type GhostProjection } from '../../verify/kinds/attention.js';
 import type { GhostLayer } from '../../verify/kinds/index.js';
 import { linearReads, wholeRows, type GhostLinearLayer } from '../../verify/kinds/linear.js';
-import { memoryHeadDim, type GhostMemoryLayer, type MemorySaved } from '../../verify/kinds/memory.js';
+import { memoryHeadDim, memoryReads, type GhostMemoryLayer, type MemorySaved } from '../../verify/kinds/memory.js';
+import { memoryProvedForward } from '../kinds/memory.js';
 import type { GhostRmsNormLayer } from '../../verify/kinds/rmsnorm.js';
 import { fail, rowOf, type BackwardContext, type Revealed, type TrainedForward, type VerifyLayerContext } from '../../verify/layer-spec.js';
 
@@ -327,6 +329,49 @@ function tablesOf(which: 0 | 1, n: number): Float32Array {
   return tableScratch[which]!.subarray(0, n);
 }
 
+/** Whether two f32 arrays hold the same bits. */
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  const x = new Int32Array(a.buffer, a.byteOffset, a.length), y = new Int32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/**
+ * The product-key memory training forward from the step's own forward proof (kinds/memory.ts
+ * memoryForward with `keep`), or null (the TypeScript runs). The forward proof computed
+ * the queries, each head's product-key selection and scores and the output with the
+ * canonical arithmetic (its C++ mirrors, the same bits as the TypeScript); the step's
+ * forward would compute all of them again from the same input and rows. So when the
+ * layer's input, query weight and sub-key tables have the bits the forward proof used,
+ * this takes its queries, scores and output, and computes only the softmax weights
+ * (csoftmax, what the backward keeps). The selection's checks (its shape and range) are
+ * the TypeScript's; the reveal is the same.
+ */
+export function memoryTrainForwardNative(l: GhostMemoryLayer, ctx: VerifyLayerContext): TrainedForward | null {
+  const ev = ctx.evidence, B = ctx.rows, k = l.k, H = l.heads, N = l.subKeys * l.subKeys;
+  const pf = memoryProvedForward.get(ev.stages);
+  if (!pf || !ctx.x || !sameBits(ctx.x, pf.x) || ev.stages.length !== H || pf.scores.length !== H || pf.keyRows.length !== 2 * H) return null;
+  for (const st of ev.stages) {
+    if (st.length !== B * k) return null;
+    for (let i = 0; i < st.length; i++) if (st[i]! >= N) return null;
+  }
+  if (pf.scores.some((s) => s.length !== B * k) || pf.y.length !== B * l.dOut) return null;
+  const rev = ctx.reveal(memoryReads(l, ev.stages));
+  if (!sameBits(rev.get(l.query)!.rows, pf.queryRows)) return null;
+  for (let j = 0; j < 2 * H; j++) if (!sameBits(rev.get(l.keys[j]!)!.rows, pf.keyRows[j]!)) return null;
+  const saved: MemorySaved = { q: pf.q, s: new Float64Array(B * H * k), a: new Float64Array(B * H * k) };
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const s = pf.scores[h]!.subarray(b * k, (b + 1) * k), at = (b * H + h) * k;
+      saved.s.set(s, at);
+      saved.a.set(csoftmax(s, l.beta), at);
+    }
+  }
+  return { y: pf.y.slice(), saved };
+}
+
 /**
  * The product-key memory backward in C++ (kinds/memory.ts memoryBackward), or null when the
  * forward's saved state or a shape is not what it should be (the TypeScript recomputes or
@@ -410,6 +455,7 @@ export const STEP_NATIVE: NativeStepHooks & { optimizerStep: typeof coptimizerSt
       case 'linear': return linearTrainForwardNative(layer, ctx);
       case 'attention': return attentionTrainForwardNative(layer, ctx);
       case 'glu': return gluForwardNative(ctx);
+      case 'memory': return memoryTrainForwardNative(layer, ctx);
       default: return null;
     }
   },

@@ -54,11 +54,12 @@ export class StateTree {
 
   /** Leaf bytes of rows `ids` (sorted), concatenated. */
   leaves(ids: Uint32Array): Uint8Array {
-    const out = new Uint8Array(ids.length * this.#rowBytes);
-    ids.forEach((id, k) => {
-      const l = this.#leaves.get(id);
-      if (l) out.set(l, k * this.#rowBytes);
-    });
+    const rb = this.#rowBytes;
+    const out = new Uint8Array(ids.length * rb);
+    for (let k = 0; k < ids.length; k++) {
+      const l = this.#leaves.get(ids[k]!);
+      if (l) out.set(l, k * rb);
+    }
     return out;
   }
 
@@ -81,12 +82,17 @@ export class StateTree {
     const rb = this.#rowBytes;
     if (bytes.length !== ids.length * rb) throw new RangeError(`internal: ${bytes.length} bytes of state leaves for ${ids.length} rows of ${rb}`);
     let cur: number[] = [];
-    ids.forEach((id, k) => {
-      const leaf = bytes.slice(k * rb, (k + 1) * rb);
-      this.#leaves.set(id, leaf);
+    // A row written before keeps its leaf's buffer (no one else holds it: leaves() and
+    // entries() copy); a new row gets its own copy (not a view of `bytes`, which would
+    // keep a whole step's leaves alive for one row).
+    for (let k = 0; k < ids.length; k++) {
+      const id = ids[k]!, src = bytes.subarray(k * rb, (k + 1) * rb);
+      let leaf = this.#leaves.get(id);
+      if (leaf) leaf.set(src);
+      else this.#leaves.set(id, (leaf = src.slice()));
       this.#nodes[0]!.set(id, this.#h.hashLeaf(leaf));
       cur.push(id);
-    });
+    }
     for (let level = 0; level + 1 < this.#widths.length; level++) {
       const width = this.#widths[level]!;
       const next: number[] = [];
