@@ -89,6 +89,29 @@ describe('swarm: a language model trained by step proofs', () => {
     }
   }, 60_000);
 
+  it('a step of several sequences (kind 4) proposed by one trainer is applied by the other trainer\'s replica and every peer', async () => {
+    const g0 = await genesisModel().ghost();
+    const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
+    peers.push(seq);
+    const common = { genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs };
+    const A = await SwarmPeer.start({ ...common, model: genesisModel() });
+    peers.push(A);
+    const B = await SwarmPeer.start({ ...common, model: genesisModel() });
+    peers.push(B);
+    await Promise.all([A.ready(), B.ready()]);
+    const r = await A.propose([window(0, 1), window(0, 2), window(0, 3)]);
+    expect(r.accepted).toBe(true);
+    expect(r.proof[10]).toBe(4);
+    await B.waitFor(1);
+    expect((await B.propose(window(1, 1))).accepted).toBe(true);
+    await Promise.all([A, B].map((p) => p.waitFor(2)));
+    // B's replica replayed A's three-sequence step (and A's replica B's step): both hold the sequencer's head.
+    for (const p of [A, B]) {
+      expect(hex(p.head.digest)).toBe(hex(seq.head.digest));
+      expect(hex((await p.model!.ghost()).digest)).toBe(hex(seq.head.digest));
+    }
+  }, 60_000);
+
   it('digest-only announcements: a verify-only peer and a trainer fetch each proof, reach the same digest, and the trainer no longer receives its own proofs back', async () => {
     // The frames: round trip, and hostile bytes refused.
     const ann = { genesis: new Uint8Array(32).fill(1), generation: 5, proofDigest: new Uint8Array(32).fill(2) };

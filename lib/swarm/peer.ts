@@ -23,7 +23,7 @@ import { bytesEqual } from '../shared/bytes.js';
 import { FormatError, InvalidArgumentError, P2PError, ProofError, StorageError } from '../shared/errors.js';
 import { Model } from '../model/model.js';
 import type { StepBatch } from '../model/train/step-training.js';
-import { decodeProof, type StepProof } from '../verify/proof-format.js';
+import { decodeProof, type StepProof, type StepSequence } from '../verify/proof-format.js';
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
@@ -389,7 +389,7 @@ export class SwarmPeer {
    * entry there is this proof, passed over (stale) otherwise. Needs a model and waits
    * (ready()) until gossipsub knows the sequencer's subscription to `steps`.
    */
-  async propose(batch: StepBatch, options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
+  async propose(batch: StepBatch | readonly StepBatch[], options: { timeoutMs?: number } = {}): Promise<ProposeResult> {
     if (!this.#model) throw new InvalidArgumentError('a verify-only peer cannot propose steps (start it with a model)');
     // With a standby after the current sequencer, wait for the current one only takeoverMs: if it is unreachable (a
     // partition, a crash), the proposal goes to a standby that gossipsub knows (it keeps proposals at its head), and
@@ -831,11 +831,7 @@ export class SwarmPeer {
       fsyncSync(this.#logFd);
     }
     if (this.#model) {
-      const p = decodeProof(proof) as StepProof;
-      const batch: StepBatch = {
-        input: p.input.kind === 'ids' ? p.input.ids : p.input.data,
-        targets: p.targets.kind === 'classes' ? p.targets.ids : p.targets.data,
-      };
+      const batch = batchOf(decodeProof(proof) as StepProof);
       const mine = this.#pending !== undefined && this.#scratchGen === g && bytesEqual(this.#pending, proof);
       const r = await this.#model.proveTrainStep(batch);
       if (!bytesEqual(r.ghost.digest, v.ghost.digest)) throw new Error(`internal: replaying generation ${g} gave another Ghost file than the verified step (a non-deterministic selection?)`);
@@ -1181,4 +1177,14 @@ export class SwarmPeer {
       stream.abort(err instanceof Error ? err : new Error(String(err)));
     }
   }
+}
+
+/**
+ * The batch a step proof was made on, as Model.proveTrainStep takes it: one sequence, or
+ * every sequence of a proof of several (kind 4) in order. A replica replays a verified
+ * step with it.
+ */
+function batchOf(p: StepProof): StepBatch | StepBatch[] {
+  const one = (q: StepSequence): StepBatch => ({ input: q.input.kind === 'ids' ? q.input.ids : q.input.data, targets: q.targets.kind === 'classes' ? q.targets.ids : q.targets.data });
+  return p.more === undefined || p.more.length === 0 ? one(p) : [p, ...p.more].map(one);
 }
