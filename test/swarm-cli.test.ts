@@ -41,7 +41,9 @@ describe('ghost-tensor swarm', () => {
       [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x'], /--bootstrap ADDR is required/],
       [['--dir', d, '--role', 'verify', '--digest', z, '--sequencer', 'x', '--bootstrap', '/ip4/127.0.0.1/tcp/1'], /--bootstrap takes multiaddrs ending in \/p2p/],
       [['--dir', d, '--role', 'trainer', '--digest', z, '--sequencer', 'x', '--bootstrap', boot], /a trainer needs --data FILE/],
-      [['--dir', d, '--role', 'sequencer', '--data', TEXT], /--data and --steps are for a trainer/],
+      [['--dir', d, '--role', 'sequencer', '--data', TEXT], /--data, --steps and --sequences are for a trainer/],
+      [['--dir', d, '--role', 'sequencer', '--sequences', '2'], /--data, --steps and --sequences are for a trainer/],
+      [['--dir', d, '--role', 'trainer', '--digest', z, '--sequencer', 'x', '--bootstrap', boot, '--data', TEXT, '--sequences', '0'], /--sequences/],
       [['--dir', d, '--role', 'sequencer', '--sequencer', 'x'], /a sequencer lists itself in --sequencer as self/],
       [['--dir', d, '--role', 'sequencer', '--sequencer', 'x,self'], /--digest HEX .* is required for a sequencer that is not first/],
       [['--dir', d, '--role', 'sequencer', '--sequencer', 'x,self', '--digest', z], /--bootstrap ADDR is required for a sequencer that is not first/],
@@ -110,7 +112,8 @@ describe('ghost-tensor swarm', () => {
     expect((await until(again, /^role (.*)$/m))[1]).toBe('sequencer (resumed at generation 2)');
     expect(again.stdout()).toContain(`peer ${id}`);
     const addr2 = (await until(again, /^listen (\S+)$/m))[1]!;
-    const more = start('--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr2, '--data', TEXT, '--steps', '1', ...MODEL);
+    // This step is one of three windows (--sequences 3: a step proof of kind 4).
+    const more = start('--dir', tdir, '--role', 'trainer', '--digest', genesis, '--sequencer', id, '--bootstrap', addr2, '--data', TEXT, '--steps', '1', '--sequences', '3', ...MODEL);
     expect(await more.exit, more.stderr()).toBe(0);
     expect(more.stdout()).toContain('role trainer (resumed at generation 2)');
     expect(more.stderr()).not.toMatch(/replaying the log from generation 0/);
@@ -121,7 +124,9 @@ describe('ghost-tensor swarm', () => {
     expect(again.stderr()).toMatch(/SIGINT: saving the peer's state/);
     expect(again.stdout()).toContain(`stopped at generation 3, digest ${mEnd![1]}`);
     let p3 = g0;
-    for (const e of logRecords(join(sdir, 'log.bin'))) p3 = (await verifyTrainStep(p3, e.proof)).ghost;
+    const log3 = logRecords(join(sdir, 'log.bin'));
+    expect(log3.map((e) => e.proof[10])).toEqual([3, 3, 4]);
+    for (const e of log3) p3 = (await verifyTrainStep(p3, e.proof)).ghost;
     expect(Buffer.from(p3.digest).toString('hex')).toBe(mEnd![1]);
   }, 60_000);
   it('--sequencer A,B: when A is killed the trainer moves to B, which sequences on; B ends at the trainer\'s digest, that of its log from the takeover verified on the log before it', async () => {

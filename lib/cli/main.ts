@@ -598,6 +598,8 @@ and its Ghost digest is the swarm's identity (--digest pins it).
   --data FILE        trainer: a text file; each step is a window of --context bytes at a
                      seeded offset, the next byte of each position its target
   --steps N          trainer: stop after N accepted proposals (default: until stopped)
+  --sequences K      trainer: windows per step (default 1; K > 1: one step of K sequences,
+                     a step proof of kind 4)
   --until G          stop once the log reaches generation G
   --announce A       sequencer: publish each log entry whole (entry, default) or only its
                      digest (digest: peers fetch the proof; fewer bytes, docs/swarm.md)
@@ -627,6 +629,7 @@ digest than --digest, 4 when no peer can be reached.`,
       listen: { type: 'string' },
       data: { type: 'string' },
       steps: { type: 'string' },
+      sequences: { type: 'string' },
       until: { type: 'string' },
       announce: { type: 'string' },
       seed: { type: 'string' },
@@ -669,7 +672,7 @@ digest than --digest, 4 when no peer can be reached.`,
       if (announce !== undefined && announce !== 'entry' && announce !== 'digest') throw new UsageError(`--announce takes entry or digest, got ${announce}`);
       if (announce !== undefined && role !== 'sequencer') throw new UsageError('--announce is for the sequencer');
       if (role === 'trainer' && str(v, 'data') === undefined) throw new UsageError('a trainer needs --data FILE');
-      if (role !== 'trainer' && (str(v, 'data') !== undefined || v.steps !== undefined)) throw new UsageError('--data and --steps are for a trainer');
+      if (role !== 'trainer' && (str(v, 'data') !== undefined || v.steps !== undefined || v.sequences !== undefined)) throw new UsageError('--data, --steps and --sequences are for a trainer');
       for (const b of bootstrap) if (!/^\/.+\/p2p\/[1-9A-HJ-NP-Za-km-z]+$/.test(b)) throw new UsageError(`--bootstrap takes multiaddrs ending in /p2p/<peer id>, got ${b}`);
       const dim = num(v, 'dim', 16, 2, 4096);
       const heads = num(v, 'heads', 2, 1, 256);
@@ -688,6 +691,7 @@ digest than --digest, 4 when no peer can be reached.`,
         ...(listen === undefined ? {} : { listen }),
         ...(str(v, 'data') === undefined ? {} : { data: str(v, 'data')! }),
         ...(steps === undefined ? {} : { steps }),
+        sequences: num(v, 'sequences', 1, 1, 64),
         ...(until === undefined ? {} : { until }),
         ...(announce === undefined ? {} : { announce }),
         seed: num(v, 'seed', 1, 0, 2 ** 32 - 1),

@@ -45,6 +45,8 @@ export interface SwarmArgs {
   config: SwarmModelConfig;
   /** Trainer: stop after this many accepted proposals. */
   steps?: number;
+  /** Trainer: windows per step (1: one sequence; more: one step of several sequences). */
+  sequences?: number;
   /** Stop once the head reaches this generation. */
   until?: number;
   /** Sequencer: publish whole entries (default) or only their digests. */
@@ -197,7 +199,9 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
       if (batches) {
         // A trainer cut off from the sequencer (no subscription seen, or its proposal not sequenced in time) waits and
         // proposes again: the peer dials the sequencer back, or moves to the next one (--takeover-ms).
-        const r = await peer.propose(batches.next()).catch((e: unknown) => {
+        const k = a.sequences ?? 1;
+        const batch = k === 1 ? batches.next() : Array.from({ length: k }, () => batches.next());
+        const r = await peer.propose(batch).catch((e: unknown) => {
           if (!(e instanceof P2PError) || stopping !== undefined) throw e;
           err(`swarm: ${e.message}; proposing again`);
           return new Promise<undefined>((res) => setTimeout(() => res(undefined), 500));
