@@ -24,27 +24,9 @@ import {
   attentionBackwardNative, attentionTrainForwardNative, gluBackwardNative, gluForwardNative, linearBackwardNative, memoryBackwardNative, linearTrainForwardNative, rmsnormBackwardNative, stepNative,
 } from '../lib/model/train/step-native.js';
 import { native } from '../lib/tensor/native.js';
+import { bits, values } from './helpers/bit-values.js';
 import { Rng } from './helpers/rng.js';
 
-/** The bytes of `a`, every NaN written as the one NaN (a NaN's sign and payload are not portable; no NaN reaches a proof). */
-const bits = (a: Float64Array | Float32Array | Uint32Array | Int32Array | null): string => {
-  if (a === null) return 'null';
-  if ((a instanceof Float32Array || a instanceof Float64Array) && a.some((v) => Number.isNaN(v))) a = a.map((v) => (Number.isNaN(v) ? NaN : v));
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('hex');
-};
-
-const HOSTILE = [0, -0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, 1, -1, 0.5, 1e-20, 7e20];
-
-/** n f32 values: random, or (hostile) a mix with huge, tiny, subnormal, zeros and repeats, NaN / infinities when `nonFinite`. */
-function values(rng: Rng, n: number, hostile: boolean, nonFinite = false): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    if (!hostile || rng.next() < 0.5) a[i] = rng.signed();
-    else if (nonFinite && rng.next() < 0.1) a[i] = [NaN, Infinity, -Infinity][rng.int(0, 2)]!;
-    else a[i] = HOSTILE[rng.int(0, HOSTILE.length - 1)]!;
-  }
-  return a;
-}
 
 interface Kind { hostile: boolean; nonFinite?: boolean; ties?: boolean }
 

@@ -36,7 +36,8 @@ describe('swarm: a language model trained by step proofs', () => {
     for (const p of peers) p.model?.close();
   });
 
-  it('three peers end at one digest, equal to replaying the log from generation 0', async () => {
+  /** A verify-only sequencer and two trainers, each from generation 0, ready to propose. */
+  async function sequencerAndTwoTrainers() {
     const g0 = await genesisModel().ghost();
     const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
     peers.push(seq);
@@ -46,6 +47,11 @@ describe('swarm: a language model trained by step proofs', () => {
     const B = await SwarmPeer.start({ ...common, model: genesisModel() });
     peers.push(B);
     await Promise.all([A.ready(), B.ready()]);
+    return { g0, seq, A, B };
+  }
+
+  it('three peers end at one digest, equal to replaying the log from generation 0', async () => {
+    const { g0, seq, A, B } = await sequencerAndTwoTrainers();
 
     // Both trainers propose at once: some proposals race for one generation and are passed over.
     const results = await Promise.all([A, B].map(async (p, t) => {
@@ -90,15 +96,7 @@ describe('swarm: a language model trained by step proofs', () => {
   }, 60_000);
 
   it('a step of several sequences (kind 4) proposed by one trainer is applied by the other trainer\'s replica and every peer', async () => {
-    const g0 = await genesisModel().ghost();
-    const seq = await SwarmPeer.start({ genesis: g0.digest, sequencer: 'self', ghost: g0 });
-    peers.push(seq);
-    const common = { genesis: g0.digest, sequencer: seq.peerId, bootstrap: seq.multiaddrs };
-    const A = await SwarmPeer.start({ ...common, model: genesisModel() });
-    peers.push(A);
-    const B = await SwarmPeer.start({ ...common, model: genesisModel() });
-    peers.push(B);
-    await Promise.all([A.ready(), B.ready()]);
+    const { g0, seq, A, B } = await sequencerAndTwoTrainers();
     const r = await A.propose([window(0, 1), window(0, 2), window(0, 3)]);
     expect(r.accepted).toBe(true);
     expect(r.proof[10]).toBe(4);
