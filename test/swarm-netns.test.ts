@@ -19,7 +19,7 @@
  * bin/ghost-tensor.mjs runs over dist/ (`npm run build:ts` first).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
@@ -117,7 +117,7 @@ const reported = (r: Running): number => Math.max(0, ...[...r.stderr().matchAll(
 /** A trainer's accepted proposals, from its last progress line. */
 const accepted = (r: Running): number => Math.max(0, ...[...r.stderr().matchAll(/proposals accepted (\d+)/g)].map((m) => Number(m[1])));
 
-async function waitFor<T>(what: string, f: () => T | undefined | null | false, peers: Record<string, Running>, ms = 20_000): Promise<T> {
+async function waitFor<T>(what: string, f: () => T | undefined | null | false, peers: Record<string, Running>, ms = 45_000): Promise<T> {
   for (const end = Date.now() + ms; ; ) {
     const v = f();
     if (v !== undefined && v !== null && v !== false) return v;
@@ -163,7 +163,8 @@ async function fourPeers<N extends string>(ns: Netns, names: readonly [N, N, N, 
     return (peers[n] = { child, stdout: () => out, stderr: () => err, exit });
   };
   /** A peer's log file holds every entry it applied (appended and fsynced before applying; the sequencer's before it published it). */
-  const log = (n: N): { generation: number; proof: Uint8Array }[] => logRecords(join(dirs[n], 'log.bin'));
+  // (None yet while the process is starting: it creates the file when it opens its log.)
+  const log = (n: N): { generation: number; proof: Uint8Array }[] => (existsSync(join(dirs[n], 'log.bin')) ? logRecords(join(dirs[n], 'log.bin')) : []);
   const held = (n: N): number => log(n).length;
   return { dirs, ids, addr, peers, startIn, log, held };
 }
@@ -245,7 +246,7 @@ describe.skipIf(typeof netns === 'string')('ghost-tensor swarm: a partition in n
     } finally {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     }
-  }, 60_000);
+  }, 150_000);
 
   it('with a backup sequencer on the cut-off side, that side takes over and the swarm forks (by design): both logs verify from generation 0, share every entry before the cut, and the fork is not repaired by the heal', async () => {
     const ns = netns as Netns;
@@ -304,7 +305,7 @@ describe.skipIf(typeof netns === 'string')('ghost-tensor swarm: a partition in n
     } finally {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     }
-  }, 60_000);
+  }, 150_000);
 });
 
 afterAll(() => {

@@ -50,6 +50,18 @@ async function setup(): Promise<{ keys: import('@libp2p/interface').PrivateKey[]
   return { keys, ids: keys.map((k) => peerIdFromPrivateKey(k).toString()), g0: await genesisModel().ghost() };
 }
 
+/** Runs a dial, trying again (up to 5 times, 200 ms apart) when it fails. */
+async function dialAgain<T>(dial: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await dial();
+    } catch (err) {
+      if (i >= 4) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
 /** Two sequencers in takeover order (S1 then S2), a trainer A and a verify-only peer W, announcing whole entries or digests. */
 async function twoSequencers(announce: 'entry' | 'digest') {
   const { keys, ids, g0 } = await setup();
@@ -270,7 +282,8 @@ describe('swarm: sequencer takeover', () => {
       const before = S.entries().map((e) => Buffer.from(e.proof).toString('hex'));
       // Heal: the gaters let the peers through again; the cut-off side dials and fetches what it missed.
       await cut(false);
-      await Promise.all([B, W].map((p) => p.libp2p.dial(S.libp2p.peerId)));
+      // A dial can meet a connection the cut is still closing (ECONNRESET in the handshake): tried again, as a peer would.
+      await Promise.all([B, W].map((p) => dialAgain(() => p.libp2p.dial(S.libp2p.peerId))));
       await Promise.all([B.catchUp(), W.catchUp()]);
       for (const p of [A, B, W]) expect(p.head.digest).toEqual(S.head.digest);
       await B.ready();
