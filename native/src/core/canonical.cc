@@ -72,18 +72,6 @@ inline void dot4(const double* q, const float* r0, const float* r1, const float*
   s[3] = a3;
 }
 
-// s[i] = dot(q, t + i * d, d) for i in [0, n): four rows at a time, each row's sum
-// still one term at a time in j order (four independent chains: the same bits as
-// dot(), about four times the throughput of one latency-bound chain).
-void dots(const double* q, const float* t, size_t n, size_t d, double* s) {
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float *r0 = t + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
-    dot4(q, r0, r1, r2, r3, d, s + i);
-  }
-  for (; i < n; ++i) s[i] = dot(q, t + i * d, d);
-}
-
 // Positions 0..n-1 of `s` ranked by score descending, then id ascending; first k.
 template <typename IdOf>
 std::vector<uint32_t> topk(const double* s, size_t n, size_t k, IdOf id_of) {
@@ -97,6 +85,27 @@ std::vector<uint32_t> topk(const double* s, size_t n, size_t k, IdOf id_of) {
 }
 
 }  // namespace
+
+void dots(const double* q, const float* t, size_t n, size_t d, double* s) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float *r0 = t + i * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
+    dot4(q, r0, r1, r2, r3, d, s + i);
+  }
+  for (; i < n; ++i) s[i] = dot(q, t + i * d, d);
+}
+
+void softmax_in_place(double* z, size_t k) {
+  double m = -HUGE_VAL;
+  for (size_t i = 0; i < k; ++i)
+    if (z[i] > m) m = z[i];
+  double sum = 0.0;
+  for (size_t i = 0; i < k; ++i) {
+    z[i] = canonical::exp(z[i] - m);
+    sum = sum + z[i];
+  }
+  for (size_t i = 0; i < k; ++i) z[i] = z[i] / sum;
+}
 
 double exp(double x) {
   if (std::isnan(x)) return x;
@@ -189,17 +198,8 @@ std::vector<double> mix(const double* s, float beta, const float* rows, size_t B
   std::vector<double> out(B * w, 0.0), z(k);
   const double bt = beta;
   for (size_t b = 0; b < B; ++b) {
-    double m = -HUGE_VAL;
-    for (size_t i = 0; i < k; ++i) {
-      z[i] = bt * s[b * k + i];
-      if (z[i] > m) m = z[i];
-    }
-    double sum = 0.0;
-    for (size_t i = 0; i < k; ++i) {
-      z[i] = canonical::exp(z[i] - m);
-      sum = sum + z[i];
-    }
-    for (size_t i = 0; i < k; ++i) z[i] = z[i] / sum;
+    for (size_t i = 0; i < k; ++i) z[i] = bt * s[b * k + i];
+    softmax_in_place(z.data(), k);
     double* ob = out.data() + b * w;
     for (size_t i = 0; i < k; ++i) {
       const float* r = rows + (b * k + i) * w;

@@ -37,6 +37,13 @@ double similarity(const double* q, double nq, const float* r, size_t d, Metric m
 // IP: q.K; COSINE: q.K / (|q| |K|), 0 if either is zero; L2: -|q - K|^2.
 std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m);
 
+// s[i] = the dot of q with row i of t (n rows of d), each sum from +0 one term at a time in
+// order (four rows at once: four independent chains, the same bits).
+void dots(const double* q, const float* t, size_t n, size_t d, double* s);
+
+// csoftmax in place: z_i = exp(z_i - max z) / (their sum, added in order), with exp().
+void softmax_in_place(double* z, size_t k);
+
 // out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b).
 std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w);
 

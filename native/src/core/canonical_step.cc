@@ -47,17 +47,8 @@ void hopfield_forward(const HopfieldForward& p) {
       for (size_t i = 0; i < k; ++i)
         s[i] = similarity(cur.data(), nq, p.keys + static_cast<size_t>(p.key_row[ao + i]) * d, d, p.sim);
       // csoftmax
-      double m = -HUGE_VAL;
-      for (size_t i = 0; i < k; ++i) {
-        a[i] = beta * s[i];
-        if (a[i] > m) m = a[i];
-      }
-      double sum = 0.0;
-      for (size_t i = 0; i < k; ++i) {
-        a[i] = exp(a[i] - m);
-        sum = sum + a[i];
-      }
-      for (size_t i = 0; i < k; ++i) a[i] = a[i] / sum;
+      for (size_t i = 0; i < k; ++i) a[i] = beta * s[i];
+      softmax_in_place(a, k);
       // cmix
       if (si == S - 1) {
         for (size_t j = 0; j < dv; ++j) ym[j] = 0.0;
@@ -205,39 +196,13 @@ size_t topk_ranked(const double* s, size_t n, size_t k, uint32_t* top) {
   return len;
 }
 
-namespace {
-
-// cdots: s[j] = cdot(q, W_j) for the m rows of W (each sum from +0, t ascending); four
-// independent rows at a time, each still one chain in order (the same bits).
-void dots_rows(const double* q, const float* W, size_t m, size_t d, double* s) {
-  size_t j = 0;
-  for (; j + 4 <= m; j += 4) {
-    const float *r0 = W + j * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    for (size_t t = 0; t < d; ++t) {
-      const double qt = q[t];
-      a0 = a0 + qt * static_cast<double>(r0[t]);
-      a1 = a1 + qt * static_cast<double>(r1[t]);
-      a2 = a2 + qt * static_cast<double>(r2[t]);
-      a3 = a3 + qt * static_cast<double>(r3[t]);
-    }
-    s[j] = a0;
-    s[j + 1] = a1;
-    s[j + 2] = a2;
-    s[j + 3] = a3;
-  }
-  for (; j < m; ++j) s[j] = dot_in_order(q, W + j * d, d);
-}
-
-}  // namespace
-
 void linear_train(const float* x, size_t n, size_t d_in, const float* W, size_t m, size_t kp, const float* bias, float* y,
                   uint32_t* kept) {
   std::vector<double> q(d_in), s(m);
   std::vector<uint32_t> top(kp < m ? kp : 0);
   for (size_t i = 0; i < n; ++i) {
     for (size_t t = 0; t < d_in; ++t) q[t] = static_cast<double>(x[i * d_in + t]);
-    dots_rows(q.data(), W, m, d_in, s.data());
+    dots(q.data(), W, m, d_in, s.data());
     float* yi = y + i * m;
     const auto put = [&](size_t j) {
       yi[j] = bias == nullptr ? static_cast<float>(s[j]) : static_cast<float>(s[j] + static_cast<double>(bias[j]));
@@ -292,17 +257,8 @@ void attention_core(const AttentionCore& p) {
       for (size_t j = 0; j < m; ++j) s[j] = dot_in_order(p.q + i * D + ho, p.k + j * D + ho, dk);
       const size_t cnt = topk_ranked(s.data(), m, p.k_top < m ? p.k_top : m, top.data());
       // csoftmax over the selected scores
-      double mx = -HUGE_VAL;
-      for (size_t r = 0; r < cnt; ++r) {
-        a[r] = p.scale * s[top[r]];
-        if (a[r] > mx) mx = a[r];
-      }
-      double sum = 0.0;
-      for (size_t r = 0; r < cnt; ++r) {
-        a[r] = exp(a[r] - mx);
-        sum = sum + a[r];
-      }
-      for (size_t r = 0; r < cnt; ++r) a[r] = a[r] / sum;
+      for (size_t r = 0; r < cnt; ++r) a[r] = p.scale * s[top[r]];
+      softmax_in_place(a.data(), cnt);
       // cmix of the selected v slices
       for (size_t t = 0; t < dk; ++t) o[t] = 0.0;
       for (size_t r = 0; r < cnt; ++r) add_scaled(o.data(), a[r], p.v + static_cast<size_t>(top[r]) * D + ho, dk);
