@@ -35,6 +35,7 @@ import type { SparseTensor } from '../tensor/sparse-tensor.js';
 import { SparseAdam, SparseSGD, type AdamOptions, type RowsSnapshot, type SgdOptions } from '../model/optim.js';
 import { PatternCache } from '../verify/proof-format.js';
 import { SearchBatcher } from '../model/search-batcher.js';
+import { stepBatchOf } from '../model/train/step-training.js';
 import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
@@ -820,7 +821,7 @@ export class ProverServer {
     const from = this.#generation;
     let step: ProvedStep;
     try {
-      const list = batches.map((b) => ({ input: b.input.kind === 'f32' ? b.input.data : b.input.ids, targets: b.targets.kind === 'classes' ? b.targets.ids : b.targets.data }));
+      const list = batches.map(stepBatchOf);
       step = await this.model.proveTrainStep(list.length === 1 ? list[0]! : list);
     } catch (err) {
       // proveTrainStep changes nothing before its step is computed; a failure while applying it is internal.

@@ -22,8 +22,8 @@ import type { GossipSub, Message, TopicValidatorResult as TVR } from '@libp2p/go
 import { bytesEqual } from '../shared/bytes.js';
 import { FormatError, InvalidArgumentError, P2PError, ProofError, StorageError } from '../shared/errors.js';
 import { Model } from '../model/model.js';
-import type { StepBatch } from '../model/train/step-training.js';
-import { decodeProof, type StepProof, type StepSequence } from '../verify/proof-format.js';
+import { stepBatchOf, type StepBatch } from '../model/train/step-training.js';
+import { decodeProof, type StepProof } from '../verify/proof-format.js';
 import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
 import { verifyTrainStep, type VerifiedStep } from '../verify/step.js';
 import { FrameReadError, createHost, deadlineSignal, readFrame, toPeerId, writeFrame, type GhostLibp2p, type HostOptions } from '../p2p/host.js';
@@ -1185,6 +1185,5 @@ export class SwarmPeer {
  * step with it.
  */
 function batchOf(p: StepProof): StepBatch | StepBatch[] {
-  const one = (q: StepSequence): StepBatch => ({ input: q.input.kind === 'ids' ? q.input.ids : q.input.data, targets: q.targets.kind === 'classes' ? q.targets.ids : q.targets.data });
-  return p.more === undefined || p.more.length === 0 ? one(p) : [p, ...p.more].map(one);
+  return p.more === undefined || p.more.length === 0 ? stepBatchOf(p) : [p, ...p.more].map(stepBatchOf);
 }

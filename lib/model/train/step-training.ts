@@ -8,7 +8,7 @@
  */
 import { allIds, checkInteger, checkNumber, checkOptions, describe, toIds } from '../../shared/args.js';
 import { StateKind, type StepProof } from '../../verify/proof-format.js';
-import { ByteReader, ByteWriter, bytesEqual } from '../../shared/bytes.js';
+import { ByteReader, ByteWriter, bytesEqual, type InputRecord } from '../../shared/bytes.js';
 import { FormatError, InvalidArgumentError, ProofError } from '../../shared/errors.js';
 import type { GhostManifest } from '../../verify/ghost-file.js';
 import { readStateLeaves, stateRowBytes } from '../../verify/training.js';
@@ -47,6 +47,14 @@ export interface StepBatch {
   input: Float32Array | Uint32Array | readonly number[];
   /** Class ids (cross-entropy; one per row) or values (mse; rows x outputs). */
   targets: Uint32Array | readonly number[] | Float32Array;
+}
+
+/**
+ * The batch of one recorded sequence, as Model.proveTrainStep takes it: a step proof's
+ * sequence (a swarm replica replays a verified step with it) or a served step request.
+ */
+export function stepBatchOf(q: { input: InputRecord; targets: StepTargets }): StepBatch {
+  return { input: q.input.kind === 'ids' ? q.input.ids : q.input.data, targets: q.targets.kind === 'classes' ? q.targets.ids : q.targets.data };
 }
 
 /** The training rule and state of a Model trained by step proofs. */
