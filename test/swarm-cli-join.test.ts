@@ -90,4 +90,67 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     model.close();
     expect(Buffer.from(ghost.digest).toString('hex')).toBe(end[2]);
   }, 60_000);
+  it('a trainer and a verify-only peer that joined by a checkpoint restart from their own directories: the trainer after SIGKILL, the verify-only peer after SIGTERM', async () => {
+    const S = start('--dir', join(base, 'seq2'), '--role', 'sequencer', ...MODEL);
+    await until('the sequencer listening', () => /^listen /m.test(S.stdout()), [S]);
+    const genesis = /^genesis ([0-9a-f]{64})$/m.exec(S.stdout())![1]!;
+    const seqId = /^peer (\S+)$/m.exec(S.stdout())![1]!;
+    const join_ = ['--digest', genesis, '--sequencer', seqId, ...MODEL];
+    const T = start('--dir', join(base, 't2'), '--role', 'trainer', '--data', TEXT, '--seed', '1', ...join_, '--bootstrap', address(S));
+    const all = [S, T];
+    await until('the trainer listening', () => /^listen /m.test(T.stdout()), all);
+    await until('generation 6', () => reported(S) >= 6, all);
+    const jdir = join(base, 'joiner2'), vdir = join(base, 'verifier2');
+    const boot = ['--bootstrap', `${address(S)},${address(T)}`];
+    const J = start('--dir', jdir, '--role', 'trainer', '--data', TEXT, '--seed', '2', '--join', 'checkpoint', ...join_, ...boot);
+    const V = start('--dir', vdir, '--role', 'verify', '--join', 'checkpoint', ...join_, ...boot);
+    all.push(J, V);
+    const logged = (d: string): boolean => existsSync(join(d, 'log.bin')) && logRecords(join(d, 'log.bin')).length > 0;
+    await until('both checkpoints installed', () => logged(jdir) && logged(vdir), all);
+    T.child.kill('SIGTERM');
+    expect(await T.exit, T.stderr().slice(-1500)).toBe(0);
+    const c = Number(/^joined by a checkpoint at generation (\d+)/m.exec(J.stdout())![1]);
+    const cv = Number(/^joined by a checkpoint at generation (\d+)/m.exec(V.stdout())![1]);
+    expect(logRecords(join(jdir, 'log.bin'))[0]!.generation).toBe(c);
+    expect(logRecords(join(vdir, 'log.bin'))[0]!.generation).toBe(cv);
+    // The trainer is killed once a proposal of its own is sequenced (its log file then holds a step it made).
+    await until('an accepted proposal of the joiner', () => /proposals accepted [1-9]/.test(J.stderr()), all);
+    J.child.kill('SIGKILL');
+    await J.exit;
+    V.child.kill('SIGTERM');
+    expect(await V.exit, V.stderr().slice(-1500)).toBe(0);
+
+    // Restarted with the same command lines: each resumes past its checkpoint, from its own directory.
+    const J2 = start('--dir', jdir, '--role', 'trainer', '--data', TEXT, '--seed', '3', '--steps', '1', '--join', 'checkpoint', ...join_, '--bootstrap', address(S));
+    all.push(J2);
+    await until('the restarted trainer to stop after one accepted proposal', () => J2.child.exitCode !== null, all);
+    expect(await J2.exit, J2.stderr().slice(-1500)).toBe(0);
+    const resumed = /^role trainer \(resumed at generation (\d+)\)$/m.exec(J2.stdout());
+    expect(resumed, J2.stdout()).not.toBeNull();
+    expect(Number(resumed![1])).toBeGreaterThanOrEqual(c);
+    const head = reported(S);
+    const V2 = start('--dir', vdir, '--role', 'verify', '--join', 'checkpoint', '--until', String(head), ...join_, '--bootstrap', address(S));
+    all.push(V2);
+    await until('the restarted verify-only peer to reach the head', () => V2.child.exitCode !== null, all);
+    expect(await V2.exit, V2.stderr().slice(-1500)).toBe(0);
+    const vres = /^role verify \(resumed at generation (\d+)\)$/m.exec(V2.stdout());
+    expect(vres, V2.stdout()).not.toBeNull();
+    expect(Number(vres![1])).toBeGreaterThanOrEqual(cv);
+    S.child.kill('SIGTERM');
+    expect(await S.exit, S.stderr().slice(-1500)).toBe(0);
+
+    // Both end on the sequencer's log verified from generation 0.
+    const log = logRecords(join(base, 'seq2', 'log.bin'));
+    let pinned = await swarmGenesisModel(CONFIG).ghost();
+    const at = [Buffer.from(pinned.digest).toString('hex')];
+    for (const e of log) {
+      pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+      at.push(Buffer.from(pinned.digest).toString('hex'));
+    }
+    for (const r of [J2, V2]) {
+      const end = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(r.stdout())!;
+      expect(end[2]).toBe(at[Number(end[1])]);
+    }
+    expect(Number(/stopped at generation (\d+)/.exec(V2.stdout())![1])).toBeGreaterThanOrEqual(head);
+  }, 90_000);
 });

@@ -6,7 +6,9 @@
  * The peer's state lives in one directory (--dir): its libp2p key (peer.key, so the
  * peer id survives a restart), the swarm it joined (swarm.json), the log file (log.bin:
  * every entry fsynced before it is applied) and, for a trainer, its replica (model/,
- * saved at a clean stop). The same command resumes from there.
+ * saved at a clean stop). The same command resumes from there. A peer that joined by a
+ * checkpoint has a log file that starts there, so it also keeps a restart point from the
+ * join on: a trainer its replica, a verify-only peer the head's Ghost file (ghost.bin).
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,7 +18,8 @@ import { toHex } from '../shared/bytes.js';
 import { languageModel, type LanguageModelConfig } from '../model/lm/model.js';
 import { Model } from '../model/model.js';
 import type { StepBatch, StepTrainingOptions } from '../model/train/step-training.js';
-import type { PinnedGhost } from '../verify/proof-verify.js';
+import { pinGhost, type PinnedGhost } from '../verify/proof-verify.js';
+import { replaceFile } from '../shared/durable-fs.js';
 import { SwarmPeer } from '../swarm/peer.js';
 
 export type SwarmRole = 'sequencer' | 'trainer' | 'verify';
@@ -89,7 +92,7 @@ export class WindowBatches {
   }
 }
 
-const FILES = { key: 'peer.key', info: 'swarm.json', log: 'log.bin', model: 'model', live: 'model.live', next: 'model.next' } as const;
+const FILES = { key: 'peer.key', info: 'swarm.json', log: 'log.bin', model: 'model', live: 'model.live', next: 'model.next', old: 'model.old', ghost: 'ghost.bin' } as const;
 
 async function peerKey(dir: string): Promise<import('@libp2p/interface').PrivateKey> {
   const { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } = await import('@libp2p/crypto/keys');
@@ -102,27 +105,82 @@ async function peerKey(dir: string): Promise<import('@libp2p/interface').Private
 }
 
 /**
- * The trainer's replica: the one saved at its last clean stop (moved aside to model.live
- * while the peer runs, since training writes its files in place), else generation 0.
- * A crash leaves no model/, and the log file then replays every step from generation 0.
+ * The generation of the log file's first entry (undefined: no file or no whole entry).
+ * A log that starts after generation 0 (the peer joined by a checkpoint) cannot rebuild
+ * the peer from generation 0: its restart point is a saved replica (a trainer) or Ghost
+ * file (a verify-only peer), kept from the join on (keepRestartPoint).
+ */
+function logStart(file: string): number | undefined {
+  if (!existsSync(file)) return undefined;
+  const b = readFileSync(file);
+  if (b.length < 12) return undefined;
+  return b.readUInt32LE(0) + b.readUInt32LE(4) * 2 ** 32;
+}
+
+/**
+ * The trainer's replica: the one saved last (at a clean stop, or kept at the join of a
+ * peer whose log starts at a checkpoint), moved aside to model.live while the peer runs,
+ * since training writes its files in place; else generation 0. A save swaps directories
+ * (model.next, then model.old), so a crash during one leaves a whole replica under one of
+ * the three names: each is tried (Model.load checks every root), the newest first.
+ * A crash leaves no model/ for a peer that joined by the log, and its log file then
+ * replays every step from generation 0.
  */
 async function loadReplica(dir: string, genesis: () => Model, print: (s: string) => void): Promise<Model> {
-  rmSync(join(dir, FILES.next), { recursive: true, force: true });
   rmSync(join(dir, FILES.live), { recursive: true, force: true });
-  if (!existsSync(join(dir, FILES.model))) return genesis();
-  renameSync(join(dir, FILES.model), join(dir, FILES.live));
-  try {
-    return (await Model.load(join(dir, FILES.live))).model;
-  } catch (e) {
-    print(`swarm: the saved replica does not load (${(e as Error).message}); replaying the log from generation 0`);
-    return genesis();
+  const names = [FILES.model, FILES.next, FILES.old].filter((n) => existsSync(join(dir, n)));
+  let model: Model | undefined;
+  for (const n of names) {
+    if (model) {
+      rmSync(join(dir, n), { recursive: true, force: true });
+      continue;
+    }
+    renameSync(join(dir, n), join(dir, FILES.live));
+    try {
+      model = (await Model.load(join(dir, FILES.live))).model;
+    } catch (e) {
+      print(`swarm: the saved replica ${n}/ does not load (${(e as Error).message})${n === names[names.length - 1] ? '; replaying the log from generation 0' : ''}`);
+      rmSync(join(dir, FILES.live), { recursive: true, force: true });
+    }
   }
+  return model ?? genesis();
 }
 
 async function saveReplica(dir: string, peer: SwarmPeer): Promise<void> {
   rmSync(join(dir, FILES.next), { recursive: true, force: true });
   await peer.save(join(dir, FILES.next));
+  if (existsSync(join(dir, FILES.model))) {
+    rmSync(join(dir, FILES.old), { recursive: true, force: true });
+    renameSync(join(dir, FILES.model), join(dir, FILES.old));
+  }
   renameSync(join(dir, FILES.next), join(dir, FILES.model));
+  rmSync(join(dir, FILES.old), { recursive: true, force: true });
+}
+
+/**
+ * A verify-only peer's start: generation 0, or, when its log file starts after it (a
+ * checkpoint join), the Ghost file it kept (ghost.bin, written by keepRestartPoint).
+ */
+async function verifierStart(dir: string, g0: PinnedGhost): Promise<PinnedGhost> {
+  const first = logStart(join(dir, FILES.log));
+  if (first === undefined || first === 0) return g0;
+  const f = join(dir, FILES.ghost);
+  if (!existsSync(f)) throw new FormatError('BAD_VALUE', `${join(dir, FILES.log)} starts at generation ${first} (the peer joined by a checkpoint) and ${f} is missing; remove the log file and join again`);
+  const g = await pinGhost(new Uint8Array(readFileSync(f)));
+  if (g.manifest.training === undefined || g.manifest.training.step < first) throw new FormatError('BAD_VALUE', `${f} is not at the log file's first generation (${first}) or after it; remove the log file and join again`);
+  return g;
+}
+
+/**
+ * Where a peer whose log file starts after generation 0 restarts from, kept up to date:
+ * a trainer's replica (model/), a verify-only peer's Ghost file (ghost.bin). A peer whose
+ * log starts at generation 0 needs none (the log replays it).
+ */
+async function keepRestartPoint(dir: string, peer: SwarmPeer): Promise<void> {
+  const first = logStart(join(dir, FILES.log));
+  if (first === undefined || first === 0) return;
+  if (peer.model) await saveReplica(dir, peer);
+  else await replaceFile(dir, FILES.ghost, peer.head.bytes);
 }
 
 export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s: string) => void): Promise<number> {
@@ -144,12 +202,13 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
   const batches = a.data !== undefined ? new WindowBatches(new Uint8Array(readFileSync(a.data)), a.config.model.context, a.seed) : undefined;
   const privateKey = await peerKey(a.dir);
   const model = a.role === 'trainer' ? await loadReplica(a.dir, () => swarmGenesisModel(a.config), err) : undefined;
+  const start = model ? undefined : await verifierStart(a.dir, g0);
   const peer = await SwarmPeer.start({
     genesis: g0.digest,
     sequencers: a.sequencers,
     ...(a.takeoverMs === undefined ? {} : { takeoverMs: a.takeoverMs }),
     ...(a.join === 'checkpoint' ? { verifyFrom: 'checkpoint' as const } : {}),
-    ...(model ? { model } : { ghost: g0 }),
+    ...(model ? { model } : { ghost: start! }),
     privateKey,
     logFile: join(a.dir, FILES.log),
     ...(a.announce ? { announce: a.announce } : {}),
@@ -170,6 +229,7 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
   process.on('SIGTERM', onSignal);
   let accepted = 0, passed = 0, lastLoss = NaN;
   let shown = '', moves = 0;
+  let kept: SwarmPeer['lastCheckpoint'];
   const progress = (force = false): void => {
     // Sequencer takeovers, each once (also with --quiet: they change whom the peer follows).
     for (; moves < peer.takeovers.length; moves++) {
@@ -191,6 +251,9 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
       await peer.catchUp();
       const cp = peer.lastCheckpoint;
       if (cp) print(`joined by a checkpoint at generation ${cp.generation} (Ghost digest ${toHex(cp.digest)}) from ${cp.from}`);
+      // A crash from here on restarts from this point, not from generation 0, which its log file no longer reaches.
+      await keepRestartPoint(a.dir, peer);
+      kept = peer.lastCheckpoint;
       progress();
     }
     const done = (): boolean => stopping !== undefined || (a.until !== undefined && peer.generation >= a.until) || (a.steps !== undefined && accepted >= a.steps);
@@ -217,6 +280,12 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
           setTimeout(r, 250);
         });
       }
+      // A later catch-up (after the sequencer's connection closed) may install a newer checkpoint, and the log file
+      // then skips to it: the restart point moves there too.
+      if (peer.lastCheckpoint !== kept) {
+        kept = peer.lastCheckpoint;
+        await keepRestartPoint(a.dir, peer);
+      }
       progress();
     }
   } finally {
@@ -225,6 +294,7 @@ export async function runSwarm(a: SwarmArgs, print: (s: string) => void, err: (s
     if (stopping !== undefined) err(`swarm: ${stopping}: saving the peer's state and leaving`);
     try {
       if (peer.model) await saveReplica(a.dir, peer);
+      else await keepRestartPoint(a.dir, peer);
     } finally {
       await peer.stop();
       peer.model?.close();
