@@ -33,17 +33,37 @@ const reported = (r: Running): number => Math.max(0, ...[...r.stderr().matchAll(
 /** The first address a peer listens on (with its /p2p/ id). */
 const address = (r: Running): string => /^listen (\S+\/p2p\/\S+)$/m.exec(r.stdout())![1]!;
 
+/**
+ * A sequencer (in base/NAME-seq) and a trainer proposing without pause (base/NAME-t), once
+ * the log is 6 steps long: `join_` are the options every joiner repeats.
+ */
+async function swarmAtGeneration6(name: string): Promise<{ S: Running; T: Running; all: Running[]; join_: string[]; log: () => { generation: number; proof: Uint8Array }[] }> {
+  const S = start('--dir', join(base, `${name}-seq`), '--role', 'sequencer', ...MODEL);
+  await until('the sequencer listening', () => /^listen /m.test(S.stdout()), [S]);
+  const genesis = /^genesis ([0-9a-f]{64})$/m.exec(S.stdout())![1]!;
+  const seqId = /^peer (\S+)$/m.exec(S.stdout())![1]!;
+  const join_ = ['--digest', genesis, '--sequencer', seqId, ...MODEL];
+  const T = start('--dir', join(base, `${name}-t`), '--role', 'trainer', '--data', TEXT, '--seed', '1', ...join_, '--bootstrap', address(S));
+  const all = [S, T];
+  await until('the trainer listening', () => /^listen /m.test(T.stdout()), all);
+  await until('generation 6', () => reported(S) >= 6, all);
+  return { S, T, all, join_, log: () => logRecords(join(base, `${name}-seq`, 'log.bin')) };
+}
+
+/** The Ghost digest (hex) at every generation of a sequencer's log, verified from generation 0 with no network. */
+async function digestsOf(log: { proof: Uint8Array }[]): Promise<string[]> {
+  let pinned = await swarmGenesisModel(CONFIG).ghost();
+  const at = [Buffer.from(pinned.digest).toString('hex')];
+  for (const e of log) {
+    pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+    at.push(Buffer.from(pinned.digest).toString('hex'));
+  }
+  return at;
+}
+
 describe('ghost-tensor swarm --join checkpoint', () => {
   it('a trainer joins by another trainer\'s checkpoint, verifies the log from there, proposes, and ends at the digest of the log replayed from generation 0', async () => {
-    const S = start('--dir', join(base, 'seq'), '--role', 'sequencer', ...MODEL);
-    await until('the sequencer listening', () => /^listen /m.test(S.stdout()), [S]);
-    const genesis = /^genesis ([0-9a-f]{64})$/m.exec(S.stdout())![1]!;
-    const seqId = /^peer (\S+)$/m.exec(S.stdout())![1]!;
-    const join_ = ['--digest', genesis, '--sequencer', seqId, ...MODEL];
-    const T = start('--dir', join(base, 't1'), '--role', 'trainer', '--data', TEXT, '--seed', '1', ...join_, '--bootstrap', address(S));
-    const all = [S, T];
-    await until('the trainer listening', () => /^listen /m.test(T.stdout()), all);
-    await until('generation 6', () => reported(S) >= 6, all);
+    const { S, T, all, join_, log: seqLog } = await swarmAtGeneration6('one');
     const jdir = join(base, 'joiner');
     const J = start('--dir', jdir, '--role', 'trainer', '--data', TEXT, '--seed', '2', '--steps', '2', '--join', 'checkpoint', ...join_, '--bootstrap', `${address(S)},${address(T)}`);
     all.push(J);
@@ -71,14 +91,9 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     expect(J.stderr()).toMatch(/proposals accepted 2/);
 
     // The reference: the sequencer's log file verified from generation 0, the digest at every generation.
-    const log = logRecords(join(base, 'seq', 'log.bin'));
+    const log = seqLog();
     expect(log.length).toBeGreaterThanOrEqual(G);
-    let pinned = await swarmGenesisModel(CONFIG).ghost();
-    const at = [Buffer.from(pinned.digest).toString('hex')];
-    for (const e of log) {
-      pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
-      at.push(Buffer.from(pinned.digest).toString('hex'));
-    }
+    const at = await digestsOf(log);
     expect(cp![2]).toBe(at[c]);
     expect(end[2]).toBe(at[G]);
     // The joiner's log file starts at the checkpoint: it fetched no entry before it, and every entry after it is the sequencer's.
@@ -91,15 +106,7 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     expect(Buffer.from(ghost.digest).toString('hex')).toBe(end[2]);
   }, 60_000);
   it('a trainer and a verify-only peer that joined by a checkpoint restart from their own directories: the trainer after SIGKILL, the verify-only peer after SIGTERM', async () => {
-    const S = start('--dir', join(base, 'seq2'), '--role', 'sequencer', ...MODEL);
-    await until('the sequencer listening', () => /^listen /m.test(S.stdout()), [S]);
-    const genesis = /^genesis ([0-9a-f]{64})$/m.exec(S.stdout())![1]!;
-    const seqId = /^peer (\S+)$/m.exec(S.stdout())![1]!;
-    const join_ = ['--digest', genesis, '--sequencer', seqId, ...MODEL];
-    const T = start('--dir', join(base, 't2'), '--role', 'trainer', '--data', TEXT, '--seed', '1', ...join_, '--bootstrap', address(S));
-    const all = [S, T];
-    await until('the trainer listening', () => /^listen /m.test(T.stdout()), all);
-    await until('generation 6', () => reported(S) >= 6, all);
+    const { S, T, all, join_, log: seqLog } = await swarmAtGeneration6('two');
     const jdir = join(base, 'joiner2'), vdir = join(base, 'verifier2');
     const boot = ['--bootstrap', `${address(S)},${address(T)}`];
     const J = start('--dir', jdir, '--role', 'trainer', '--data', TEXT, '--seed', '2', '--join', 'checkpoint', ...join_, ...boot);
@@ -140,13 +147,7 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     expect(await S.exit, S.stderr().slice(-1500)).toBe(0);
 
     // Both end on the sequencer's log verified from generation 0.
-    const log = logRecords(join(base, 'seq2', 'log.bin'));
-    let pinned = await swarmGenesisModel(CONFIG).ghost();
-    const at = [Buffer.from(pinned.digest).toString('hex')];
-    for (const e of log) {
-      pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
-      at.push(Buffer.from(pinned.digest).toString('hex'));
-    }
+    const at = await digestsOf(seqLog());
     for (const r of [J2, V2]) {
       const end = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(r.stdout())!;
       expect(end[2]).toBe(at[Number(end[1])]);
