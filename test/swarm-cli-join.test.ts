@@ -15,9 +15,8 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { Model, verifyTrainStep } from '../lib/index.js';
-import { swarmGenesisModel } from '../lib/cli/swarm.js';
-import { CONFIG, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
+import { Model } from '../lib/index.js';
+import { logDigests, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
 
 const { base, TEXT, start } = swarmScratch('gt-swarm-join-');
 
@@ -48,17 +47,6 @@ async function swarmAtGeneration6(name: string): Promise<{ S: Running; T: Runnin
   await until('the trainer listening', () => /^listen /m.test(T.stdout()), all);
   await until('generation 6', () => reported(S) >= 6, all);
   return { S, T, all, join_, log: () => logRecords(join(base, `${name}-seq`, 'log.bin')) };
-}
-
-/** The Ghost digest (hex) at every generation of a sequencer's log, verified from generation 0 with no network. */
-async function digestsOf(log: { proof: Uint8Array }[]): Promise<string[]> {
-  let pinned = await swarmGenesisModel(CONFIG).ghost();
-  const at = [Buffer.from(pinned.digest).toString('hex')];
-  for (const e of log) {
-    pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
-    at.push(Buffer.from(pinned.digest).toString('hex'));
-  }
-  return at;
 }
 
 describe('ghost-tensor swarm --join checkpoint', () => {
@@ -93,7 +81,7 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     // The reference: the sequencer's log file verified from generation 0, the digest at every generation.
     const log = seqLog();
     expect(log.length).toBeGreaterThanOrEqual(G);
-    const at = await digestsOf(log);
+    const at = await logDigests(log);
     expect(cp![2]).toBe(at[c]);
     expect(end[2]).toBe(at[G]);
     // The joiner's log file starts at the checkpoint: it fetched no entry before it, and every entry after it is the sequencer's.
@@ -147,7 +135,7 @@ describe('ghost-tensor swarm --join checkpoint', () => {
     expect(await S.exit, S.stderr().slice(-1500)).toBe(0);
 
     // Both end on the sequencer's log verified from generation 0.
-    const at = await digestsOf(seqLog());
+    const at = await logDigests(seqLog());
     for (const r of [J2, V2]) {
       const end = /stopped at generation (\d+), digest ([0-9a-f]{64})/.exec(r.stdout())!;
       expect(end[2]).toBe(at[Number(end[1])]);

@@ -24,9 +24,8 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { verifyTrainStep } from '../lib/index.js';
 import { swarmGenesisModel } from '../lib/cli/swarm.js';
-import { CONFIG, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
+import { CONFIG, logDigests, logRecords, MODEL, swarmScratch, type Running } from './helpers/swarm-cli.js';
 
 const NODE = process.execPath;
 const BIN = join(import.meta.dirname, '..', 'bin', 'ghost-tensor.mjs');
@@ -172,13 +171,7 @@ async function fourPeers<N extends string>(ns: Netns, names: readonly [N, N, N, 
 /** A log verified from generation 0 with no network: the digest (hex) at every generation. */
 async function replayDigests(log: { generation: number; proof: Uint8Array }[]): Promise<string[]> {
   expect(log.map((e) => e.generation)).toEqual([...Array(log.length).keys()]);
-  let pinned = await swarmGenesisModel(CONFIG).ghost();
-  const at = [Buffer.from(pinned.digest).toString('hex')];
-  for (const e of log) {
-    pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
-    at.push(Buffer.from(pinned.digest).toString('hex'));
-  }
-  return at;
+  return logDigests(log);
 }
 const hexes = (l: { proof: Uint8Array }[]): string[] => l.map((e) => Buffer.from(e.proof).toString('hex'));
 const ended = (r: Running): { generation: number; digest: string } | undefined => {

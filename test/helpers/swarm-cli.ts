@@ -12,7 +12,8 @@ import { join } from 'node:path';
 
 import { afterAll } from 'vitest';
 
-import type { SwarmModelConfig } from '../../lib/cli/swarm.js';
+import { swarmGenesisModel, type SwarmModelConfig } from '../../lib/cli/swarm.js';
+import { verifyTrainStep } from '../../lib/index.js';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'ghost-tensor.mjs');
 
@@ -61,4 +62,15 @@ export function logRecords(file: string): { generation: number; proof: Uint8Arra
     at += 12 + n;
   }
   return out;
+}
+
+/** A sequencer's log verified from generation 0 with no network: the Ghost digest (hex) at every generation. */
+export async function logDigests(log: readonly { proof: Uint8Array }[]): Promise<string[]> {
+  let pinned = await swarmGenesisModel(CONFIG).ghost();
+  const at = [Buffer.from(pinned.digest).toString('hex')];
+  for (const e of log) {
+    pinned = (await verifyTrainStep(pinned, e.proof)).ghost;
+    at.push(Buffer.from(pinned.digest).toString('hex'));
+  }
+  return at;
 }
