@@ -195,7 +195,8 @@ std::vector<double> scores(const double* q, const float* rows, size_t B, size_t 
   return s;
 }
 
-std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w) {
+std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
+                        const uint32_t* pos) {
   std::vector<double> out(B * w, 0.0), z(k);
   const double bt = beta;
   for (size_t b = 0; b < B; ++b) {
@@ -203,7 +204,7 @@ std::vector<double> mix(const double* s, float beta, const float* rows, size_t B
     softmax_in_place(z.data(), k);
     double* ob = out.data() + b * w;
     for (size_t i = 0; i < k; ++i) {
-      const float* r = rows + (b * k + i) * w;
+      const float* r = rows + (pos != nullptr ? static_cast<size_t>(pos[b * k + i]) : b * k + i) * w;
       const double a = z[i];
       for (size_t j = 0; j < w; ++j) ob[j] = ob[j] + a * static_cast<double>(r[j]);
     }
@@ -472,7 +473,7 @@ void score_rows(const double* qb, double nq, const float* keys, const uint32_t* 
 struct ExactScratch {
   std::vector<float> qf, a;
   std::vector<double> lo, hi, tmp, s;
-  std::vector<uint32_t> cand;
+  std::vector<uint32_t> cand, pos;
 };
 
 // Interval bounds [lo_i, hi_i] on the canonical score of every key i for state qb,

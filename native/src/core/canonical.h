@@ -44,8 +44,11 @@ void dots(const double* q, const float* t, size_t n, size_t d, double* s);
 // csoftmax in place: z_i = exp(z_i - max z) / (their sum, added in order), with exp().
 void softmax_in_place(double* z, size_t k);
 
-// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b).
-std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w);
+// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b). With
+// `pos` (B x k, each below the caller's row count), row pos[b*k + i] of rows instead
+// (the rows of a proof's block, each revealed once): the same bits.
+std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
+                        const uint32_t* pos = nullptr);
 
 // The rounding error of hi = a + b (Knuth's TwoSum, + and - only): a + b == hi + lo
 // exactly, for finite a, b whose sum does not overflow.
