@@ -588,6 +588,15 @@ export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8A
 }
 
 /**
+ * The blocks planBlock made: the rows their Full entries view (row t of `rows` is view t)
+ * and the entries as planned. writeBlock writes consecutive Full rows whose entries are
+ * still the planned views as one slice of `rows` (the same bytes, an edit in place
+ * included) without reading each view's buffer and offset; any other entry (replaced,
+ * reordered, a block built by hand) goes the general way.
+ */
+const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; views: readonly (Float32Array | Uint8Array | null)[] }>();
+
+/**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
  * holds the same bytes, as a delta when it holds an older copy and the delta is
  * smaller, in full otherwise (full rows are views of `rows`, which the block then
@@ -618,8 +627,11 @@ export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: F
     kinds[t] = RowKind.Full;
     payload.push(row); // a view: `rows` belongs to the block from here on
   }
-  return { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
+  const block: PatternBlock = { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
+  planned.set(block, { rows, dim, views: payload.slice() });
+  return block;
 }
+
 
 /**
  * How one optimizer-state row of a step proof travels when the block was planned against
@@ -729,9 +741,19 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
     run = null;
     runLength = 0;
   };
-  for (let t = 0; t < b.ids.length; t++) {
+  const plan = planned.get(b);
+  const n = b.ids.length;
+  for (let t = 0; t < n; t++) {
     const p = b.payload[t];
     if (b.kinds[t] === RowKind.Full) {
+      if (plan !== undefined && p != null && p === plan.views[t]) {
+        let u = t + 1;
+        while (u < n && b.kinds[u] === RowKind.Full && b.payload[u] != null && b.payload[u] === plan.views[u]) u++;
+        flush();
+        w.f32s(plan.rows.subarray(t * plan.dim, u * plan.dim));
+        t = u - 1;
+        continue;
+      }
       const row = p as Float32Array;
       if (run && row.buffer === run.buffer && row.byteOffset === run.byteOffset + runLength * 4) {
         runLength += row.length;
