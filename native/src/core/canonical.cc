@@ -473,7 +473,7 @@ void score_rows(const double* qb, double nq, const float* keys, const uint32_t* 
 struct ExactScratch {
   std::vector<float> qf, a;
   std::vector<double> lo, hi, tmp, s;
-  std::vector<uint32_t> cand, pos;
+  std::vector<uint32_t> cand;
 };
 
 // Interval bounds [lo_i, hi_i] on the canonical score of every key i for state qb,
