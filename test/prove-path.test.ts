@@ -121,5 +121,11 @@ describe('encodeProof writes planned rows as slices', () => {
     expect(Array.from(bt.payload[7] as Float32Array)).toEqual([100, 101, 102, 103]);
     expect(Array.from(bv.payload[0] as Float32Array)).toEqual(Array.from(vals.payload[0] as Float32Array));
     expect(Array.from(bv.payload[0] as Float32Array)).toEqual(Array.from(values.row(vals.ids[1]!)));
+    // An all-Full block whose payload was never read: a kind changed alone still counts.
+    const fresh = (await model.prove(x2)).proof;
+    fresh.layers[0]!.blocks[1]!.kinds[2] = RowKind.Held;
+    const lazy = encodeProof(fresh); // before anything reads the payload
+    expect(Buffer.from(lazy).equals(Buffer.from(encodeProof(copyOf(fresh))))).toBe(true);
+    expect(lazy.length).toBe(plain.bytes.length - 4 * 4);
   });
 });

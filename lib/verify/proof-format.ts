@@ -587,51 +587,87 @@ export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8A
   return out;
 }
 
+type Payload = (Float32Array | Uint8Array | null)[];
+
 /**
  * The blocks planBlock made: the rows their Full entries view (row t of `rows` is view t)
- * and the entries as planned. writeBlock writes consecutive Full rows whose entries are
- * still the planned views as one slice of `rows` (the same bytes, an edit in place
- * included) without reading each view's buffer and offset; any other entry (replaced,
- * reordered, a block built by hand) goes the general way.
+ * and the entries as planned (`views`, a copy; null while the payload of an all-Full
+ * block has not been read: it is made on first read). writeBlock writes consecutive Full
+ * rows whose entries are still the planned views as one slice of `rows` (the same bytes,
+ * an edit in place included) without reading each view's buffer and offset; any other
+ * entry (replaced, reordered, a block built by hand) goes the general way.
  */
-const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; views: readonly (Float32Array | Uint8Array | null)[] }>();
+const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; n: number; views: readonly (Float32Array | Uint8Array | null)[] | null }>();
 
 /**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
  * holds the same bytes, as a delta when it holds an older copy and the delta is
  * smaller, in full otherwise (full rows are views of `rows`, which the block then
  * owns). The caller then proves the positions positionsToProve() names and sets
- * their multiproof as `hashes`.
+ * their multiproof as `hashes`. When every row travels in full (no cache, or it holds
+ * none of them), the payload's views are made when it is first read (encodeProof does
+ * not need them).
  */
 export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
-  const kinds = new Uint8Array(ids.length);
-  const payload: (Float32Array | Uint8Array | null)[] = [];
-  const bits = u32view(rows);
-  for (let t = 0; t < ids.length; t++) {
-    const row = rows.subarray(t * dim, (t + 1) * dim);
-    const h = cache?.get(tensor, ids[t]!);
-    const held = h?.row;
-    if (h && held && held.length === dim) {
+  const n = ids.length;
+  const kinds = new Uint8Array(n); // RowKind.Full is 0
+  let deltas: (Uint8Array | null)[] | null = null;
+  let allFull = true;
+  if (cache !== undefined) {
+    const bits = u32view(rows);
+    for (let t = 0; t < n; t++) {
+      const h = cache.get(tensor, ids[t]!);
+      const held = h?.row;
+      if (!h || !held || held.length !== dim) continue;
       if (sameBits(h, bits, t * dim, dim)) {
         kinds[t] = RowKind.Held;
-        payload.push(null);
+        allFull = false;
         continue;
       }
-      const delta = encodeDelta(held, row);
+      const delta = encodeDelta(held, rows.subarray(t * dim, (t + 1) * dim));
       if (delta.length < dim * 4) {
         kinds[t] = RowKind.Delta;
-        payload.push(delta);
-        continue;
+        (deltas ??= new Array<Uint8Array | null>(n).fill(null))[t] = delta;
+        allFull = false;
       }
     }
-    kinds[t] = RowKind.Full;
-    payload.push(row); // a view: `rows` belongs to the block from here on
   }
-  const block: PatternBlock = { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
-  planned.set(block, { rows, dim, views: payload.slice() });
+  const views = (): Payload => {
+    const payload: Payload = new Array<null>(n).fill(null);
+    for (let t = 0; t < n; t++) {
+      // A view: `rows` belongs to the block from here on.
+      payload[t] = kinds[t] === RowKind.Full ? rows.subarray(t * dim, (t + 1) * dim) : kinds[t] === RowKind.Delta ? deltas![t]! : null;
+    }
+    return payload;
+  };
+  const hashes = new Uint8Array(0);
+  if (!allFull) {
+    const payload = views();
+    const block: PatternBlock = { tensor, dim, all, ids, kinds, payload, hashes };
+    planned.set(block, { rows, dim, n, views: payload.slice() });
+    return block;
+  }
+  const plan = { rows, dim, n, views: null as Payload | null };
+  let payload: Payload | null = null;
+  const block = { tensor, dim, all, ids, kinds, hashes } as PatternBlock;
+  Object.defineProperty(block, 'payload', {
+    enumerable: true,
+    configurable: true,
+    get(): Payload {
+      if (payload === null) {
+        payload = views();
+        plan.views = payload.slice();
+      }
+      return payload;
+    },
+    set(v: Payload) {
+      if (plan.views === null) plan.views = views();
+      payload = v;
+    },
+  });
+  planned.set(block, plan);
   return block;
 }
-
 
 /**
  * How one optimizer-state row of a step proof travels when the block was planned against
@@ -743,14 +779,22 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
   };
   const plan = planned.get(b);
   const n = b.ids.length;
+  if (plan !== undefined && plan.views === null && n === plan.n && b.kinds.length === n && b.kinds.every((k) => k === RowKind.Full)) {
+    // An all-Full block whose payload was never read: its rows, as planned.
+    w.f32s(plan.rows.subarray(0, n * plan.dim));
+    w.u32(b.hashes.length / 32).bytes(b.hashes);
+    return;
+  }
+  const payload = b.payload;
+  const views = plan?.views ?? null; // read after the payload (a first read plans the views)
   for (let t = 0; t < n; t++) {
-    const p = b.payload[t];
+    const p = payload[t];
     if (b.kinds[t] === RowKind.Full) {
-      if (plan !== undefined && p != null && p === plan.views[t]) {
+      if (views !== null && p != null && p === views[t]) {
         let u = t + 1;
-        while (u < n && b.kinds[u] === RowKind.Full && b.payload[u] != null && b.payload[u] === plan.views[u]) u++;
+        while (u < n && b.kinds[u] === RowKind.Full && payload[u] != null && payload[u] === views[u]) u++;
         flush();
-        w.f32s(plan.rows.subarray(t * plan.dim, u * plan.dim));
+        w.f32s(plan!.rows.subarray(t * plan!.dim, u * plan!.dim));
         t = u - 1;
         continue;
       }
