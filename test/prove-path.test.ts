@@ -4,7 +4,8 @@
  * - canonicalProductKeys ranks only the pairs (x, c) of the two top lists with
  *   (x + 1) (c + 1) <= k: the same slots and score bits as the verifier's cproductKeys
  *   (all k' x k' pairs) and an exact BigInt ranking, for k up to n^2 and with ties;
- * - sortedUniqueIds (one typed-array sort) equals a Set-and-sort of the same lists;
+ * - sortedUniqueIds (one typed-array sort) equals a Set-and-sort of the same lists, and
+ *   positionsOf (a sort and a merge for many ids) a Map of the block's ids;
  * - canonicalMix with `pos` (a block's rows mixed in place) equals the mix of the rows
  *   copied out, bit for bit, and refuses positions outside the rows;
  * - encodeProof writes rows planBlock planned as slices of their array: the same bytes
@@ -14,6 +15,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { HopfieldLookup, Model, PatternCache, ProductKeyIndex, SparseTensor } from '../lib/index.js';
+import { positionsOf } from '../lib/model/layer-kind.js';
 import { native } from '../lib/tensor/native.js';
 import { cproductKeys } from '../lib/verify/canonical.js';
 import { decodeProof, encodeProof, RowKind, sortedUniqueIds, type ForwardProof, type PatternBlock } from '../lib/verify/proof-format.js';
@@ -55,6 +57,22 @@ describe('sortedUniqueIds', () => {
       const got = sortedUniqueIds(lists);
       expect(got).toBeInstanceOf(Uint32Array);
       expect(Array.from(got)).toEqual(ref(lists));
+    }
+  });
+});
+
+describe('positionsOf', () => {
+  it('finds every id in a block (few ids and many, repeats), and names an id the block lacks', () => {
+    const rng = new Rng(15);
+    for (const [n, span] of [[5, 40], [63, 40], [64, 40], [3000, 500], [3000, 2 ** 32 - 1]] as const) {
+      const ids = Uint32Array.from({ length: n }, () => Math.min(2 ** 32 - 1, Math.floor(rng.next() * span)));
+      const have = sortedUniqueIds([ids, Uint32Array.of(0, 7)]);
+      const block = { tensor: 3, dim: 1, ids: have, rows: new Float32Array(have.length), root: new Uint8Array(32) };
+      const pos = positionsOf(block, ids);
+      const at = new Map(Array.from(have, (id, i) => [id, i]));
+      expect(Array.from(pos)).toEqual(Array.from(ids, (id) => at.get(id)));
+      const gone = have.filter((id) => id !== ids[n >> 1]);
+      expect(() => positionsOf({ ...block, ids: gone }, ids)).toThrow(new RegExp(`row ${ids[n >> 1]} of tensor 3 is not in its block`));
     }
   });
 });
