@@ -442,10 +442,10 @@ export class PatternCache {
   getState(tensor: number, id: number): HeldState | undefined {
     return this.#states.get(PatternCache.#key(tensor, id));
   }
-  /** Marks `e` (now the entry of `key`) most recently used. */
-  #use(key: number, e: HeldEntry): void {
+  /** Marks `e` (now the entry of `key`; `stored`: it already is) most recently used. */
+  #use(key: number, e: HeldEntry, stored = false): void {
     e.stamp = ++this.#stamp;
-    this.#rows.set(key, e);
+    if (!stored) this.#rows.set(key, e);
     this.#qKeys.push(key);
     this.#qStamps.push(e.stamp);
     if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
@@ -493,12 +493,16 @@ export class PatternCache {
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
       const bits = u32view(b.rows);
+      // An earlier root array with the bytes of b.root (rows recorded by one proof share one).
+      let sameRoot: Uint8Array = b.root;
       for (let t = 0; t < b.ids.length; t++) {
         const key = PatternCache.#key(b.tensor, b.ids[t]!);
         const old = this.#rows.get(key);
         if (old !== undefined && sameBits(old, bits, t * b.dim, b.dim)) {
           // The same bits: keep the copy (and the entry when the root is the same too).
-          this.#use(key, old.root === b.root ? old : { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
+          if (old.root !== sameRoot && bytesEqual(old.root, b.root)) sameRoot = old.root;
+          if (old.root === sameRoot) this.#use(key, old, true);
+          else this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
         } else {
           const row = b.rows.slice(t * b.dim, (t + 1) * b.dim);
           this.#use(key, { row, bits: u32view(row), root: b.root, stamp: 0 });
