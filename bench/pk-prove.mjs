@@ -12,8 +12,12 @@
  *
  *   node --expose-gc bench/pk-prove.mjs [--log2n=16,20,22] [--batches=1,64]
  *        [--root=DIR]   measure the build in DIR (its dist/ and build/), e.g. a copy of an older commit's
+ *        [--base=DIR]   also measure the build in DIR, interleaved with this one (prove and held
+ *                       of both on the same data, call by call): columns "base prove", "base held"
+ *                       and the ratios new / base; the proofs' SHA-256 are compared
  *        [--name=NAME]  results to bench/results/NAME.json (default pk-prove)
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 
 import { cpuHogs, fmt, fmtBytes, logger, machine, otherProcesses, ROOT, rng, table, tryGc, writeResults } from './lib/common.mjs';
@@ -21,6 +25,8 @@ import { cpuHogs, fmt, fmtBytes, logger, machine, otherProcesses, ROOT, rng, tab
 const arg = (name) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3);
 const root = arg('root') ?? ROOT;
 const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, PatternCache, simdInfo } = await import(join(root, 'dist/index.js'));
+const baseRoot = arg('base');
+const base = baseRoot === undefined ? null : await import(join(baseRoot, 'dist/index.js'));
 const LOG2N = (arg('log2n') ?? '16,20,22').split(',').map(Number);
 const BATCHES = (arg('batches') ?? '1,64').split(',').map(Number);
 const NAME = arg('name') ?? 'pk-prove';
@@ -32,6 +38,7 @@ const results = {
   date: new Date().toISOString(),
   command: ['node --expose-gc bench/pk-prove.mjs', ...process.argv.slice(2)].join(' '),
   build: root,
+  base: baseRoot ?? null,
   machine: machine({ simd: simdInfo() }),
   otherProcessesAtStart: otherProcesses(),
   cpuHogsAtStart: cpuHogs(),
@@ -51,39 +58,61 @@ const median = (xs) => {
   return s[s.length >> 1];
 };
 
-for (const log2N of LOG2N) {
-  tryGc();
+/** The layer and model of one size, built by library L from the seed alone (the same data for every build). */
+async function setup(L, log2N) {
   const rand = rng(0x706b + log2N);
   const n = 2 ** (log2N / 2), N = n * n;
-  const keys = ProductKeyIndex.random(n, 64, rand);
+  const keys = L.ProductKeyIndex.random(n, 64, rand);
   const v = new Float32Array(N * 64);
   for (let i = 0; i < v.length; i++) v[i] = rand() * 2 - 1;
-  const values = SparseTensor.fromArray(v, 64, { adopt: true });
+  const values = L.SparseTensor.fromArray(v, 64, { adopt: true });
   for (const t of [keys.keys1, keys.keys2, values]) await t.commit();
-  const layer = new HopfieldLookup({ keys, values, k: K });
-  const model = new Model([layer]);
+  const layer = new L.HopfieldLookup({ keys, values, k: K });
+  return { layer, model: new L.Model([layer]), mirror: () => new L.PatternCache(2 ** 22), rand };
+}
+const sha = (b) => createHash('sha256').update(b).digest('hex');
+
+for (const log2N of LOG2N) {
+  tryGc();
+  const n = 2 ** (log2N / 2);
+  const { layer, model, mirror: newMirror, rand } = await setup({ Model, HopfieldLookup, ProductKeyIndex, SparseTensor, PatternCache }, log2N);
+  const other = base === null ? null : await setup(base, log2N);
   for (const B of BATCHES) {
     const x = Float32Array.from({ length: B * 64 }, () => rand() * 2 - 1);
-    const mirror = new PatternCache(2 ** 22);
+    const mirror = newMirror();
     await layer.forward(x);
     await model.prove(x);
     await model.prove(x, { cache: mirror });
+    const baseMirror = other?.mirror();
+    if (other) await other.model.prove(x, { cache: baseMirror });
     const reps = B === 1 ? 300 : 40;
-    const f = [], p = [], h = [];
-    // Interleaved, so load from other jobs hits the three alike.
+    const f = [], p = [], h = [], bp = [], bh = [];
+    // Interleaved, so load from other jobs hits them alike.
     for (let r = 0; r < reps; r++) {
       f.push(await cpuAndWall(() => layer.forward(x)));
       p.push(await cpuAndWall(() => model.prove(x)));
       h.push(await cpuAndWall(() => model.prove(x, { cache: mirror })));
+      if (other) {
+        bp.push(await cpuAndWall(() => other.model.prove(x)));
+        bh.push(await cpuAndWall(() => other.model.prove(x, { cache: baseMirror })));
+      }
     }
+    const proof = (await model.prove(x)).bytes, held = (await model.prove(x, { cache: mirror })).bytes;
     const c = {
       log2N, n, B, k: K,
       forwardCpuMs: median(f.map((z) => z[0])), proveCpuMs: median(p.map((z) => z[0])), heldCpuMs: median(h.map((z) => z[0])),
       forwardMs: median(f.map((z) => z[1])), proveMs: median(p.map((z) => z[1])), heldMs: median(h.map((z) => z[1])),
-      bytes: (await model.prove(x)).bytes.length, heldBytes: (await model.prove(x, { cache: mirror })).bytes.length,
+      bytes: proof.length, heldBytes: held.length,
     };
     c.proveOverhead = (c.proveCpuMs - c.forwardCpuMs) / c.forwardCpuMs;
     c.heldOverhead = (c.heldCpuMs - c.forwardCpuMs) / c.forwardCpuMs;
+    if (other) {
+      c.baseProveCpuMs = median(bp.map((z) => z[0]));
+      c.baseHeldCpuMs = median(bh.map((z) => z[0]));
+      c.proveVsBase = c.proveCpuMs / c.baseProveCpuMs;
+      c.heldVsBase = c.heldCpuMs / c.baseHeldCpuMs;
+      c.sameProofAsBase = sha(proof) === sha((await other.model.prove(x)).bytes) && sha(held) === sha((await other.model.prove(x, { cache: baseMirror })).bytes);
+    }
     results.configs.push(c);
     log(`N=2^${log2N} B=${B}: cpu forward ${fmt(c.forwardCpuMs)} prove ${fmt(c.proveCpuMs)} held ${fmt(c.heldCpuMs)} ms`);
     writeResults(NAME, { ...results, partial: true });
@@ -104,6 +133,13 @@ table(results.configs, [
   { key: 'heldMs', header: 'held wall' },
   { key: 'bytes', header: 'bytes', format: fmtBytes },
   { key: 'heldBytes', header: 'held bytes', format: fmtBytes },
+  ...(base === null ? [] : [
+    { key: 'baseProveCpuMs', header: 'base prove cpu' },
+    { key: 'proveVsBase', header: 'prove/base', format: (x) => fmt(x, 3) },
+    { key: 'baseHeldCpuMs', header: 'base held cpu' },
+    { key: 'heldVsBase', header: 'held/base', format: (x) => fmt(x, 3) },
+    { key: 'sameProofAsBase', header: 'same SHA-256', format: (x) => (x ? 'yes' : 'NO') },
+  ]),
 ], { title: `Product-key proving, CPU time (${root === ROOT ? 'this build' : root})` });
 results.otherProcessesAtEnd = otherProcesses();
 writeResults(NAME, results);

@@ -125,12 +125,40 @@ export function revealWhole(c: ProveLayerContext, tensors: Iterable<number>): { 
  * mixes, copied from the block the proof carries rather than gathered a second time.
  */
 export function rowsOf(r: ResolvedBlock, ids: Uint32Array): Float32Array {
-  const d = r.dim, have = r.ids, out = new Float32Array(ids.length * d);
-  for (let t = 0; t < ids.length; t++) {
-    const id = ids[t]!;
-    const lo = sortedIndexOf(have, id);
-    if (lo < 0) throw new OutOfRangeError(`row ${id} of tensor ${r.tensor} is not in its block`);
-    out.set(r.rows.subarray(lo * d, (lo + 1) * d), t * d);
-  }
+  const d = r.dim, pos = positionsOf(r, ids), out = new Float32Array(ids.length * d);
+  for (let t = 0; t < ids.length; t++) out.set(r.rows.subarray(pos[t]! * d, (pos[t]! + 1) * d), t * d);
   return out;
 }
+
+/**
+ * Where rows `ids` (any order, repeats allowed) are in a resolved block that reveals each
+ * of them: canonicalMix's `pos`, which mixes the block's rows in place (no copy per use).
+ */
+export function positionsOf(r: ResolvedBlock, ids: Uint32Array): Uint32Array {
+  const have = r.ids, n = ids.length, pos = new Uint32Array(n);
+  const missing = (id: number): never => {
+    throw new OutOfRangeError(`row ${id} of tensor ${r.tensor} is not in its block`);
+  };
+  if (n < 64 || n >= 2 ** 21) {
+    for (let t = 0; t < n; t++) {
+      const lo = sortedIndexOf(have, ids[t]!);
+      if (lo < 0) missing(ids[t]!);
+      pos[t] = lo;
+    }
+    return pos;
+  }
+  // Many ids: sort (id, t) packed as id 2^21 + t (exact below 2^53), then one merge
+  // with the block's ascending ids.
+  const keys = new Float64Array(n);
+  for (let t = 0; t < n; t++) keys[t] = ids[t]! * 2097152 + t;
+  keys.sort();
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    const key = keys[i]!, t = key % 2097152, id = (key - t) / 2097152;
+    while (at < have.length && have[at]! < id) at++;
+    if (at === have.length || have[at] !== id) missing(id);
+    pos[t] = at;
+  }
+  return pos;
+}
+

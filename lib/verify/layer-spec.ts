@@ -21,11 +21,20 @@ import type { LayerEvidence, ResolvedBlock, VerifyBudget } from './proof-format.
 /** Work units per attention score (a query-key pair of one head) besides its dk multiply-adds: the call, the top-k insertion, the scratch (docs/proof-format.md, "Verifier limits"). */
 export const PAIR_WORK = 128;
 
-/** The sorted unique ids of some lists. */
+/** The sorted unique ids of some lists (one typed-array sort of them all, then one pass). */
 export function sortedUniqueIds(lists: readonly Uint32Array[]): Uint32Array {
-  const s = new Set<number>();
-  for (const l of lists) for (const id of l) s.add(id);
-  return Uint32Array.from(s).sort();
+  let n = 0;
+  for (const l of lists) n += l.length;
+  const all = new Uint32Array(n);
+  let at = 0;
+  for (const l of lists) {
+    all.set(l, at);
+    at += l.length;
+  }
+  all.sort();
+  let m = 0;
+  for (let t = 0; t < n; t++) if (m === 0 || all[t]! !== all[m - 1]!) all[m++] = all[t]!;
+  return all.slice(0, m);
 }
 
 /** Bounds of Ghost-file fields (decoding refuses values past them). */

@@ -442,10 +442,10 @@ export class PatternCache {
   getState(tensor: number, id: number): HeldState | undefined {
     return this.#states.get(PatternCache.#key(tensor, id));
   }
-  /** Marks `e` (now the entry of `key`) most recently used. */
-  #use(key: number, e: HeldEntry): void {
+  /** Marks `e` (now the entry of `key`; `stored`: it already is) most recently used. */
+  #use(key: number, e: HeldEntry, stored = false): void {
     e.stamp = ++this.#stamp;
-    this.#rows.set(key, e);
+    if (!stored) this.#rows.set(key, e);
     this.#qKeys.push(key);
     this.#qStamps.push(e.stamp);
     if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
@@ -493,12 +493,16 @@ export class PatternCache {
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
       const bits = u32view(b.rows);
+      // An earlier root array with the bytes of b.root (rows recorded by one proof share one).
+      let sameRoot: Uint8Array = b.root;
       for (let t = 0; t < b.ids.length; t++) {
         const key = PatternCache.#key(b.tensor, b.ids[t]!);
         const old = this.#rows.get(key);
         if (old !== undefined && sameBits(old, bits, t * b.dim, b.dim)) {
           // The same bits: keep the copy (and the entry when the root is the same too).
-          this.#use(key, old.root === b.root ? old : { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
+          if (old.root !== sameRoot && bytesEqual(old.root, b.root)) sameRoot = old.root;
+          if (old.root === sameRoot) this.#use(key, old, true);
+          else this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
         } else {
           const row = b.rows.slice(t * b.dim, (t + 1) * b.dim);
           this.#use(key, { row, bits: u32view(row), root: b.root, stamp: 0 });
@@ -587,38 +591,86 @@ export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8A
   return out;
 }
 
+type Payload = (Float32Array | Uint8Array | null)[];
+
+/**
+ * The blocks planBlock made: the rows their Full entries view (row t of `rows` is view t)
+ * and the entries as planned (`views`, a copy; null while the payload of an all-Full
+ * block has not been read: it is made on first read). writeBlock writes consecutive Full
+ * rows whose entries are still the planned views as one slice of `rows` (the same bytes,
+ * an edit in place included) without reading each view's buffer and offset; any other
+ * entry (replaced, reordered, a block built by hand) goes the general way.
+ */
+const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; n: number; views: readonly (Float32Array | Uint8Array | null)[] | null }>();
+
 /**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
  * holds the same bytes, as a delta when it holds an older copy and the delta is
  * smaller, in full otherwise (full rows are views of `rows`, which the block then
  * owns). The caller then proves the positions positionsToProve() names and sets
- * their multiproof as `hashes`.
+ * their multiproof as `hashes`. When every row travels in full (no cache, or it holds
+ * none of them), the payload's views are made when it is first read (encodeProof does
+ * not need them).
  */
 export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
-  const kinds = new Uint8Array(ids.length);
-  const payload: (Float32Array | Uint8Array | null)[] = [];
-  const bits = u32view(rows);
-  for (let t = 0; t < ids.length; t++) {
-    const row = rows.subarray(t * dim, (t + 1) * dim);
-    const h = cache?.get(tensor, ids[t]!);
-    const held = h?.row;
-    if (h && held && held.length === dim) {
+  const n = ids.length;
+  const kinds = new Uint8Array(n); // RowKind.Full is 0
+  let deltas: (Uint8Array | null)[] | null = null;
+  let allFull = true;
+  if (cache !== undefined) {
+    const bits = u32view(rows);
+    for (let t = 0; t < n; t++) {
+      const h = cache.get(tensor, ids[t]!);
+      const held = h?.row;
+      if (!h || !held || held.length !== dim) continue;
       if (sameBits(h, bits, t * dim, dim)) {
         kinds[t] = RowKind.Held;
-        payload.push(null);
+        allFull = false;
         continue;
       }
-      const delta = encodeDelta(held, row);
+      const delta = encodeDelta(held, rows.subarray(t * dim, (t + 1) * dim));
       if (delta.length < dim * 4) {
         kinds[t] = RowKind.Delta;
-        payload.push(delta);
-        continue;
+        (deltas ??= new Array<Uint8Array | null>(n).fill(null))[t] = delta;
+        allFull = false;
       }
     }
-    kinds[t] = RowKind.Full;
-    payload.push(row); // a view: `rows` belongs to the block from here on
   }
-  return { tensor, dim, all, ids, kinds, payload, hashes: new Uint8Array(0) };
+  const views = (): Payload => {
+    const payload: Payload = new Array<null>(n).fill(null);
+    for (let t = 0; t < n; t++) {
+      // A view: `rows` belongs to the block from here on.
+      payload[t] = kinds[t] === RowKind.Full ? rows.subarray(t * dim, (t + 1) * dim) : kinds[t] === RowKind.Delta ? deltas![t]! : null;
+    }
+    return payload;
+  };
+  const hashes = new Uint8Array(0);
+  if (!allFull) {
+    const payload = views();
+    const block: PatternBlock = { tensor, dim, all, ids, kinds, payload, hashes };
+    planned.set(block, { rows, dim, n, views: payload.slice() });
+    return block;
+  }
+  const plan = { rows, dim, n, views: null as Payload | null };
+  let payload: Payload | null = null;
+  const block = { tensor, dim, all, ids, kinds, hashes } as PatternBlock;
+  Object.defineProperty(block, 'payload', {
+    enumerable: true,
+    configurable: true,
+    get(): Payload {
+      if (payload === null) {
+        payload = views();
+        plan.views = payload.slice();
+      }
+      return payload;
+    },
+    set(v: Payload) {
+      if (plan.views === null) plan.views = views();
+      payload = v;
+    },
+  });
+  planned.set(block, plan);
+  return block;
 }
 
 /**
@@ -729,9 +781,27 @@ function writeBlock(w: ByteWriter, b: PatternBlock): void {
     run = null;
     runLength = 0;
   };
-  for (let t = 0; t < b.ids.length; t++) {
-    const p = b.payload[t];
+  const plan = planned.get(b);
+  const n = b.ids.length;
+  if (plan !== undefined && plan.views === null && n === plan.n && b.kinds.length === n && b.kinds.every((k) => k === RowKind.Full)) {
+    // An all-Full block whose payload was never read: its rows, as planned.
+    w.f32s(plan.rows.subarray(0, n * plan.dim));
+    w.u32(b.hashes.length / 32).bytes(b.hashes);
+    return;
+  }
+  const payload = b.payload;
+  const views = plan?.views ?? null; // read after the payload (a first read plans the views)
+  for (let t = 0; t < n; t++) {
+    const p = payload[t];
     if (b.kinds[t] === RowKind.Full) {
+      if (views !== null && p != null && p === views[t]) {
+        let u = t + 1;
+        while (u < n && b.kinds[u] === RowKind.Full && payload[u] != null && payload[u] === views[u]) u++;
+        flush();
+        w.f32s(plan!.rows.subarray(t * plan!.dim, u * plan!.dim));
+        t = u - 1;
+        continue;
+      }
       const row = p as Float32Array;
       if (run && row.buffer === run.buffer && row.byteOffset === run.byteOffset + runLength * 4) {
         runLength += row.length;

@@ -18,7 +18,7 @@ import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, to
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNative, callNativeAsync } from '../../shared/errors.js';
 import { hopfieldReads, hopfieldSpec, type GhostHopfieldLayer } from '../../verify/kinds/hopfield.js';
 import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import { rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
+import { positionsOf, rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import { native } from '../../tensor/native.js';
 import type { SparseGrad } from '../optim.js';
 import { ProductKeyIndex } from '../../tensor/product-keys.js';
@@ -469,12 +469,15 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
       }
       stages.push(ids);
       let rows = keyRows;
+      let pos: Uint32Array | undefined;
       if (last) {
-        // The last stage's value rows come from the values' block (no second gather).
+        // The last stage mixes the values' block rows in place (no second gather, no copy).
         for (const [ti, reads] of hopfieldReads(gl, stages, heldKeys)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
-        rows = rowsOf(made.get(gl.values)!.resolved, ids);
+        const vb = made.get(gl.values)!.resolved;
+        rows = vb.rows;
+        pos = positionsOf(vb, ids);
       }
-      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
+      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d, pos));
       q = out;
     }
     const blocks: PatternBlock[] = [];

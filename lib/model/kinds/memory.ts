@@ -14,7 +14,7 @@ import { ProductKeyIndex } from '../../tensor/product-keys.js';
 import { SparseTensor } from '../../tensor/sparse-tensor.js';
 import { memoryQueries, memoryReads, memorySpec, type GhostMemoryLayer } from '../../verify/kinds/memory.js';
 import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import { rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
+import { positionsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import type { SparseGrad } from '../optim.js';
 import { HopfieldLookup, type HopfieldContext } from './hopfield.js';
 import { Linear, type LinearContext } from './linear.js';
@@ -216,11 +216,11 @@ export const memoryKind: LayerKind<ProductKeyMemory, GhostMemoryLayer> = {
       scores.push(r.scores);
     }
     // The value rows every head chose, gathered once for the block; each head's mix
-    // copies its rows from it (the heads summed in head order, as the verifier does).
+    // reads its rows there (canonicalMix's pos; the heads summed in head order, as the verifier does).
     const reads = memoryReads(gl, stages);
     const vBlock = c.block(gl.values, reads.get(gl.values) as Uint32Array);
     for (let h = 0; h < l.heads; h++) {
-      const mixed = callNative(() => nat.canonicalMix(scores[h]!, l.beta, rowsOf(vBlock.resolved, stages[h]!), B, k, l.outDim));
+      const mixed = callNative(() => nat.canonicalMix(scores[h]!, l.beta, vBlock.resolved.rows, B, k, l.outDim, positionsOf(vBlock.resolved, stages[h]!)));
       for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + mixed[i]!;
     }
     const all = [qBlock, ...keyBlocks, vBlock];

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 
 #include "parallel.h"
@@ -194,7 +195,8 @@ std::vector<double> scores(const double* q, const float* rows, size_t B, size_t 
   return s;
 }
 
-std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w) {
+std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
+                        const uint32_t* pos) {
   std::vector<double> out(B * w, 0.0), z(k);
   const double bt = beta;
   for (size_t b = 0; b < B; ++b) {
@@ -202,7 +204,7 @@ std::vector<double> mix(const double* s, float beta, const float* rows, size_t B
     softmax_in_place(z.data(), k);
     double* ob = out.data() + b * w;
     for (size_t i = 0; i < k; ++i) {
-      const float* r = rows + (b * k + i) * w;
+      const float* r = rows + (pos != nullptr ? static_cast<size_t>(pos[b * k + i]) : b * k + i) * w;
       const double a = z[i];
       for (size_t j = 0; j < w; ++j) ob[j] = ob[j] + a * static_cast<double>(r[j]);
     }
@@ -247,8 +249,52 @@ double screen_bound(const double* qb, size_t d, uint32_t tmax_bits) {
 struct PkScratch {
   std::vector<float> qf, a, tmp;
   std::vector<double> s;
-  std::vector<uint32_t> cand;
+  std::vector<uint32_t> cand, pos;
 };
+
+// The largest of a[0..8) (finite values), without branches.
+inline float block_max8(const float* a) {
+  float m[4];
+  for (int l = 0; l < 4; ++l) m[l] = a[l] > a[l + 4] ? a[l] : a[l + 4];
+  const float x = m[0] > m[2] ? m[0] : m[2], y = m[1] > m[3] ? m[1] : m[3];
+  return x > y ? x : y;
+}
+
+// The kk-th largest of a[0..n) (finite values, 1 <= kk <= n). Few rows per kept one:
+// nth_element on a copy; many: a min-heap of the kk largest so far, which most a_i
+// fail to enter (a predictable branch).
+float kth_largest(const float* a, size_t n, size_t kk, std::vector<float>& tmp) {
+  if (n <= 16 * kk) {
+    tmp.assign(a, a + n);
+    std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(kk - 1), tmp.end(), std::greater<float>());
+    return tmp[kk - 1];
+  }
+  tmp.assign(a, a + kk);
+  float* h = tmp.data();
+  std::make_heap(h, h + kk, [](float x, float y) { return x > y; });
+  const auto push = [h, kk](float v) {
+    if (!(v > h[0])) return;
+    // Replace the root (the smallest kept) by v and sift it down.
+    size_t p = 0;
+    for (;;) {
+      size_t c = 2 * p + 1;
+      if (c >= kk) break;
+      if (c + 1 < kk && h[c + 1] < h[c]) ++c;
+      if (!(h[c] < v)) break;
+      h[p] = h[c];
+      p = c;
+    }
+    h[p] = v;
+  };
+  size_t i = kk;
+  // Eight at a time: a block whose largest value cannot enter is skipped whole.
+  for (; i + 8 <= n; i += 8) {
+    if (!(block_max8(a + i) > h[0])) continue;
+    for (size_t j = i; j < i + 8; ++j) push(a[j]);
+  }
+  for (; i < n; ++i) push(a[i]);
+  return h[0];
+}
 
 // The canonical top-kk rows of table t (n x d) for state half qb, best first, and their
 // canonical scores: topk(dots(qb, t)) restricted to what it returns. `a` (n f32 scores
@@ -259,34 +305,23 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
   const auto ident = [](uint32_t p) { return p; };
   bool screened = false;
   if (E >= 0.0 && a != nullptr) {
-    // The kk-th largest a_i: a min-heap of the kk largest so far (most a_i fail the
-    // test against its root, a predictable branch).
-    sc.tmp.assign(a, a + kk);
-    float* h = sc.tmp.data();
-    std::make_heap(h, h + kk, [](float x, float y) { return x > y; });
-    for (size_t i = kk; i < n; ++i) {
-      const float v = a[i];
-      if (!(v > h[0])) continue;
-      // Replace the root (the smallest kept) by v and sift it down.
-      size_t p = 0;
-      for (;;) {
-        size_t c = 2 * p + 1;
-        if (c >= kk) break;
-        if (c + 1 < kk && h[c + 1] < h[c]) ++c;
-        if (!(h[c] < v)) break;
-        h[p] = h[c];
-        p = c;
-      }
-      h[p] = v;
-    }
+    // The kk-th largest a_i (the a_i are finite when E >= 0: screen_bound).
+    const float kth = kth_largest(a, n, kk, sc.tmp);
     // a_i >= thr_f (an f32 at or below thr) keeps every row with a_i >= thr.
-    const double thr = static_cast<double>(h[0]) - 2.5 * E;
+    const double thr = static_cast<double>(kth) - 2.5 * E;
     float thr_f = static_cast<float>(thr);
     if (static_cast<double>(thr_f) > thr) thr_f = std::nextafter(thr_f, -HUGE_VALF);
     sc.cand.clear();
-    for (size_t i = 0; i < n; ++i)
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      if (!(block_max8(a + i) >= thr_f)) continue;
+      for (size_t j = i; j < i + 8; ++j)
+        if (a[j] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(j));
+    }
+    for (; i < n; ++i)
       if (a[i] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(i));
-    screened = sc.cand.size() * 2 <= n;
+    // At least kk (the kk largest a_i pass); the first test only guards the reads below.
+    screened = sc.cand.size() >= kk && sc.cand.size() * 2 <= n;
   }
   if (!screened) {
     sc.s.resize(n);
@@ -300,8 +335,15 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
   const size_t m = sc.cand.size();  // >= kk: the kk best a_i are candidates
   sc.s.resize(m);
   dots_rows(qb, t, sc.cand.data(), m, d, sc.s.data());
+  // The candidates ranked canonically (usually about kk of them: one sort).
   const uint32_t* cand = sc.cand.data();
-  const std::vector<uint32_t> pos = topk(sc.s.data(), m, kk, [cand](uint32_t p) { return cand[p]; });
+  const double* cs = sc.s.data();
+  sc.pos.resize(m);
+  std::iota(sc.pos.begin(), sc.pos.end(), 0u);
+  const auto better = [cs, cand](uint32_t x, uint32_t y) { return cs[x] > cs[y] || (cs[x] == cs[y] && cand[x] < cand[y]); };
+  if (m > 2 * kk) std::partial_sort(sc.pos.begin(), sc.pos.begin() + static_cast<std::ptrdiff_t>(kk), sc.pos.end(), better);
+  else std::sort(sc.pos.begin(), sc.pos.end(), better);
+  const uint32_t* pos = sc.pos.data();
   top.resize(kk);
   top_s.resize(kk);
   for (size_t i = 0; i < kk; ++i) {
@@ -352,7 +394,7 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
     std::vector<float> a1, a2;
     std::vector<uint32_t> top1, top2;
     std::vector<double> s1, s2;
-    std::vector<PairScore> pair(kk * kk);
+    std::vector<PairScore> pair(pair_candidates(k, kk));
     size_t scored = 0;
     for (size_t g = lo; g < hi; g += kGroup) {
       const size_t ng = std::min(kGroup, hi - g);
@@ -379,10 +421,15 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
         const double E2 = screen ? screen_bound(qb + d1, d2, tmax2) : -1.0;
         table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
         table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
-        for (size_t x = 0; x < kk; ++x)
-          for (size_t c = 0; c < kk; ++c)
-            pair[x * kk + c] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
-        std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k), pair.end(), pair_better);
+        // Only pairs with (x + 1) (c + 1) <= k can be among the best k (pair_candidates).
+        size_t m = 0;
+        for (size_t x = 0; x < kk; ++x) {
+          const size_t cmax = std::min(kk, k / (x + 1));
+          for (size_t c = 0; c < cmax; ++c)
+            pair[m++] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
+        }
+        std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k),
+                          pair.begin() + static_cast<std::ptrdiff_t>(m), pair_better);
         for (size_t t = 0; t < k; ++t) {
           ids[b * k + t] = pair[t].id;
           out_scores[b * k + t] = pair[t].hi;

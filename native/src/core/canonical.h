@@ -44,8 +44,11 @@ void dots(const double* q, const float* t, size_t n, size_t d, double* s);
 // csoftmax in place: z_i = exp(z_i - max z) / (their sum, added in order), with exp().
 void softmax_in_place(double* z, size_t k);
 
-// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b).
-std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w);
+// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b). With
+// `pos` (B x k, each below the caller's row count), row pos[b*k + i] of rows instead
+// (the rows of a proof's block, each revealed once): the same bits.
+std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
+                        const uint32_t* pos = nullptr);
 
 // The rounding error of hi = a + b (Knuth's TwoSum, + and - only): a + b == hi + lo
 // exactly, for finite a, b whose sum does not overflow.
@@ -71,6 +74,22 @@ inline bool pair_better(const PairScore& u, const PairScore& v) {
   if (u.hi != v.hi) return u.hi > v.hi;
   if (u.lo != v.lo) return u.lo > v.lo;
   return u.id < v.id;
+}
+
+// The pairs (x, c) of two per-table top lists (each of kk, best first in the canonical
+// order: score descending, ties to the lower row) that can be among the best k slots:
+// those with (x + 1) (c + 1) <= k. Every (x', c') != (x, c) with x' <= x and c' <= c is
+// strictly better than (x, c) by pair_better (its exact sum is at least as large; when
+// equal, both sub-scores are equal and the lists' tie order gives it the lower slot id),
+// so (x, c) has at least (x + 1) (c + 1) - 1 better pairs (docs/product-keys.md). This
+// returns how many pairs that is, at least k when k <= kk * kk.
+inline size_t pair_candidates(size_t k, size_t kk) {
+  size_t m = 0;
+  for (size_t x = 0; x < kk; ++x) {
+    const size_t c = k / (x + 1);
+    m += c < kk ? c : kk;
+  }
+  return m;
 }
 
 // Product-key selection for B states (d1 + d2 each) over tables t1 (n x d1), t2

@@ -87,7 +87,8 @@ Napi::Value CanonicalScores(const Napi::CallbackInfo& info) {
   });
 }
 
-// (s: Float64Array (B x k), beta, rows: Float32Array (B x k x w), B, k, w) -> Float64Array (B x w)
+// (s: Float64Array (B x k), beta, rows: Float32Array (B x k x w), B, k, w, pos?) -> Float64Array (B x w)
+// pos (Uint32Array, B x k): rows holds any number of rows of w and (b, i) mixes row pos[b*k + i].
 Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const ArrayArg<double> s = f64_arg(info, 0, "s");
@@ -101,8 +102,21 @@ Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
     const size_t w = size_arg(info, 5, "w", 1, kMaxDim);
     check_len(s.length, B * k, "s");
     check_finite(s.data, s.length, "s");
-    check_finite_length(rows, B * k * w, "rows");
-    return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w));
+    if (info.Length() < 7 || info[6].IsUndefined()) {
+      check_finite_length(rows, B * k * w, "rows");
+      return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w));
+    }
+    // pos: which of the rows each (b, i) mixes (a block's rows, each once).
+    const ArrayArg<uint32_t> pos = u32_arg(info, 6, "pos");
+    check_len(pos.length, B * k, "pos");
+    if (rows.length % w != 0) throw Error(ErrorCode::InvalidArgument, "rows length must be a multiple of w");
+    check_finite_length(rows, rows.length, "rows");
+    const size_t m = rows.length / w;
+    for (size_t t = 0; t < pos.length; ++t)
+      if (pos.data[t] >= m)
+        throw Error(ErrorCode::OutOfRange, "pos[" + std::to_string(t) + "] = " + std::to_string(pos.data[t]) +
+                                               " is not below the " + std::to_string(m) + " rows");
+    return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w, pos.data));
   });
 }
 
