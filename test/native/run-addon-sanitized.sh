@@ -30,13 +30,17 @@ npx tsc -p tsconfig.build.json
 # that load no addon code of their own (module loading, docs links, the public surface,
 # the browser's addon-free verifier, the verifier fuzzer), learning-quality runs whose
 # native calls the unit files already cover under the sanitizers, and child-process
-# harnesses (SIGKILL loops, examples, the swarm command) whose time goes to process
-# start-up and waiting, not to native code.
+# harnesses (SIGKILL loops, examples, the swarm command, the CLI's commands) whose time
+# goes to process start-up and waiting, not to native code, and the libp2p peer and swarm
+# suites, whose time goes to the network stack (the proofs and steps their peers make and
+# replay are the native paths the proof, step and swarm-lm files run here).
 unsanitized=(
   test/module-graph.test.ts test/docs-links.test.ts test/public-surface.test.ts
   test/browser.test.ts test/proof-fuzz.test.ts
   test/attention-quality.test.ts
   test/serve-crash.test.ts test/serve-workers.test.ts test/swarm-cli.test.ts test/swarm-cli-join.test.ts test/swarm-netns.test.ts test/swarm-kill.test.ts test/examples.test.ts
+  test/cli.test.ts
+  test/p2p.test.ts test/swarm.test.ts test/swarm-takeover.test.ts test/swarm-five.test.ts
 )
 exclude=()
 for f in "${unsanitized[@]}"; do
