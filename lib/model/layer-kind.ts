@@ -120,6 +120,22 @@ export function revealWhole(c: ProveLayerContext, tensors: Iterable<number>): { 
 }
 
 /**
+ * Where rows `ids` (any order, repeats allowed) sit in a resolved block that reveals each
+ * of them (block ids ascending): the `at` argument of the native canonicalScores and
+ * canonicalMix, which then read the block's rows in place instead of a copy of them in
+ * pair order (rowsOf).
+ */
+export function positionsOf(r: ResolvedBlock, ids: Uint32Array): Uint32Array {
+  const have = r.ids, at = new Uint32Array(ids.length);
+  for (let t = 0; t < ids.length; t++) {
+    const lo = sortedIndexOf(have, ids[t]!);
+    if (lo < 0) throw new OutOfRangeError(`row ${ids[t]!} of tensor ${r.tensor} is not in its block`);
+    at[t] = lo;
+  }
+  return at;
+}
+
+/**
  * Rows `ids` (any order, repeats allowed) of a resolved block that reveals each of them
  * (block ids ascending, as blocks have them), concatenated: the rows a canonical forward
  * mixes, copied from the block the proof carries rather than gathered a second time.

@@ -18,7 +18,7 @@ import { allIds, checkBoolean, checkFloat32Array, checkInteger, checkOptions, to
 import { InvalidArgumentError, OutOfRangeError, UnsupportedError, callNative, callNativeAsync } from '../../shared/errors.js';
 import { hopfieldReads, hopfieldSpec, type GhostHopfieldLayer } from '../../verify/kinds/hopfield.js';
 import type { PatternBlock, ResolvedBlock } from '../../verify/proof-format.js';
-import { rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
+import { positionsOf, rowsOf, type LayerGradients, type LayerKind, type LayerShape, type ProvedLayer } from '../layer-kind.js';
 import { native } from '../../tensor/native.js';
 import type { SparseGrad } from '../optim.js';
 import { ProductKeyIndex } from '../../tensor/product-keys.js';
@@ -464,17 +464,24 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
           ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
           ...(c.threads === undefined ? {} : { threads: c.threads }),
         });
-        keyRows = keys.gather(ids);
-        s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
+        // The last stage scores the key rows in place in the keys' block (below): one gather of them, not two.
+        keyRows = last ? new Float32Array(0) : keys.gather(ids);
+        s = last ? new Float64Array(0) : callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
       }
       stages.push(ids);
-      let rows = keyRows;
       if (last) {
-        // The last stage's value rows come from the values' block (no second gather).
+        // The last stage reads its rows in place in the blocks the proof carries: the value rows
+        // (and, for a searched exact or HNSW layer, the key rows) are not gathered a second time.
         for (const [ti, reads] of hopfieldReads(gl, stages, heldKeys)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
-        rows = rowsOf(made.get(gl.values)!.resolved, ids);
+        if (!pk && !allKeys) {
+          const kb = made.get(gl.keys[0]!)!.resolved;
+          s = callNative(() => nat.canonicalScores(q, kb.rows, B, k, d, l.similarity, positionsOf(kb, ids)));
+        }
+        const vb = made.get(gl.values)!.resolved;
+        out = callNative(() => nat.canonicalMix(s, l.beta, vb.rows, B, k, l.outDim, positionsOf(vb, ids)));
+      } else {
+        out = callNative(() => nat.canonicalMix(s, l.beta, keyRows, B, k, d));
       }
-      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d));
       q = out;
     }
     const blocks: PatternBlock[] = [];
