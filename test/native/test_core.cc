@@ -103,26 +103,30 @@ static void test_kernels() {
       CHECK(K.hnsw_ip(a.data(), b.data(), &n) == 1.0f - K.dot(a.data(), b.data(), n));
       CHECK(K.hnsw_l2(a.data(), b.data(), &n) == K.l2sq(a.data(), b.data(), n));
     }
-    // Block kernels: every pair equals the 1x1 computation bit for bit.
-    const size_t d = 29, nq = 9, nr = 11;
-    auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
-    std::vector<float> out(nq * nr), one(1);
-    K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
-    bool same = true;
-    for (size_t i = 0; i < nq; ++i)
-      for (size_t j = 0; j < nr; ++j) {
-        K.dot_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
-        same = same && one[0] == out[i * nr + j];
-      }
-    CHECK(same);
-    K.l2_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
-    same = true;
-    for (size_t i = 0; i < nq; ++i)
-      for (size_t j = 0; j < nr; ++j) {
-        K.l2_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
-        same = same && one[0] == out[i * nr + j];
-      }
-    CHECK(same);
+    // Block kernels: every pair equals the 1x1 computation bit for bit, across the
+    // tiles (4 x 4 on AVX-512, 4 x 2 on AVX2) and the rows and queries left over.
+    for (const size_t d : {29, 784})
+      for (const size_t nq : {9, 8})
+        for (const size_t nr : {11, 13}) {
+      auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
+      std::vector<float> out(nq * nr), one(1);
+      K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+      bool same = true;
+      for (size_t i = 0; i < nq; ++i)
+        for (size_t j = 0; j < nr; ++j) {
+          K.dot_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+          same = same && one[0] == out[i * nr + j];
+        }
+      CHECK(same);
+      K.l2_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+      same = true;
+      for (size_t i = 0; i < nq; ++i)
+        for (size_t j = 0; j < nr; ++j) {
+          K.l2_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+          same = same && one[0] == out[i * nr + j];
+        }
+      CHECK(same);
+    }
   }
 }
 
