@@ -169,7 +169,9 @@ static void test_topk_and_search() {
     for (size_t n : {1, 5, 64, 3000}) {
       const size_t d = 7;
       auto data = rand_ints(n * d, -2, 2);
-      const size_t nq = 13;
+      // 13 queries: each thread scans a range of rows and the heaps merge; 100: each
+      // thread takes a range of queries (search.cc, kRowSplitQueries).
+      for (const size_t nq : {13, 100}) {
       auto q = rand_ints(nq * d, -2, 2);
       for (gt::Metric m : {gt::Metric::IP, gt::Metric::L2}) {
         const size_t k = std::min<size_t>(n, 6);
@@ -196,6 +198,7 @@ static void test_topk_and_search() {
           }
           CHECK(ok);
         }
+      }
       }
     }
   }
