@@ -19,7 +19,8 @@
  *   --threads T         the servers' --threads (threads of each scan; default: the machine's cores)
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --perf DIR          record the proving server with `perf record -g` during each phase with proofs
- *                       into DIR/batch-B.data (the servers get --perf-basic-prof); then
+ *                       (after an unrecorded warm-up of up to 3 s) into DIR/batch-B.data (the servers
+ *                       get --perf-basic-prof); then
  *                       `perf script -i DIR/batch-1.data | node bench/lib/perf-breakdown.mjs`
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
@@ -191,6 +192,8 @@ const summariseCannon = (r) => ({
 async function load(server, bodies, seconds, perfFile) {
   let perf = null;
   if (perfFile !== undefined) {
+    // A warm-up first, not recorded: the server's first seconds are mostly JIT compilation.
+    await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds: Math.min(3, seconds) });
     mkdirSync(a.perf, { recursive: true });
     perf = spawn('perf', ['record', '-F', '999', '-g', '-o', perfFile, '-p', server.pids.join(',')], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 300));
