@@ -20,7 +20,7 @@
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
  *   --perf DIR          record the proving server with `perf record -g` during each phase with proofs
  *                       (after an unrecorded warm-up of up to 3 s) into DIR/batch-B.data (the servers
- *                       get --perf-basic-prof); then
+ *                       get --perf-basic-prof, so node leaves /tmp/perf-PID.map files behind); then
  *                       `perf script -i DIR/batch-1.data | node bench/lib/perf-breakdown.mjs`
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
