@@ -7,11 +7,11 @@
  * medians of the wall time and of the process CPU time (user + system) per proof, and
  * the queries per scan. The proofs are checked equal, byte for byte, between the two.
  *
- *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8] [--threads T]
+ *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8] [--threads T] [--out NAME]
  *
  * --threads T: Model.prove's threads (ProverServerOptions.threads), which also sets the
  * threads of each scan (default: the machine's cores, started anew by every scan).
- * Results: bench/results/serve-batching.json (serve-batching-threadsT.json with --threads).
+ * Results: bench/results/serve-batching.json (serve-batching-threadsT.json with --threads; NAME.json with --out).
  */
 import { cpuUsage } from 'node:process';
 import { parseArgs } from 'node:util';
@@ -27,6 +27,7 @@ const { values: a } = parseArgs({
     proofs: { type: 'string', default: '400' },
     reps: { type: 'string', default: '8' },
     threads: { type: 'string' },
+    out: { type: 'string' },
   },
 });
 const threads = a.threads === undefined ? undefined : Number(a.threads);
@@ -77,5 +78,5 @@ table(rows, [
   { key: 'cpuOnMs', header: 'batched', format: (v) => fmt(round(v, 3)) },
   { key: 'queriesPerScan', header: 'queries per scan', format: (v) => fmt(round(v, 2)) },
 ], { title: `forward proofs with and without the batched search (in process; N = ${fmt(N)} x ${D}, k = ${K}, batch ${B}${threads === undefined ? '' : `, ${threads} thread(s) a scan`}; medians of ${reps})` });
-const file = writeResults(threads === undefined ? 'serve-batching' : `serve-batching-threads${threads}`, { name: 'serve-batching', date: new Date().toISOString(), command: ['node bench/serve-batching.mjs', ...process.argv.slice(2)].join(' '), machine: machine({ simd: simdInfo().level }), cpuHogs: cpuHogs(), parameters: { n: N, dim: D, k: K, dout: DV, batch: B, proofs: n, reps, threads: threads ?? null }, rows });
+const file = writeResults(a.out ?? (threads === undefined ? 'serve-batching' : `serve-batching-threads${threads}`), { name: 'serve-batching', date: new Date().toISOString(), command: ['node bench/serve-batching.mjs', ...process.argv.slice(2)].join(' '), machine: machine({ simd: simdInfo().level }), cpuHogs: cpuHogs(), parameters: { n: N, dim: D, k: K, dout: DV, batch: B, proofs: n, reps, threads: threads ?? null }, rows });
 log(`wrote ${file}`);

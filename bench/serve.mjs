@@ -18,6 +18,10 @@
  *   --no-batch-search   the server scans once per proof (ProverServerOptions.batchSearch false)
  *   --threads T         the servers' --threads (threads of each scan; default: the machine's cores)
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
+ *   --perf DIR          record the proving server with `perf record -g` during each phase with proofs
+ *                       (after an unrecorded warm-up of up to 3 s) into DIR/batch-B.data (the servers
+ *                       get --perf-basic-prof, so node leaves /tmp/perf-PID.map files behind); then
+ *                       `perf script -i DIR/batch-1.data | node bench/lib/perf-breakdown.mjs`
  *   --quick             5 s phases and a 20 s soak (a smoke run); writes serve-quick.json
  *   --out NAME          write bench/results/NAME.json instead
  *   --workers N         the servers' --workers (N processes on one port; CPU and RSS are summed
@@ -37,7 +41,9 @@
  * bytes, the server's CPU time per request (user + system of the server process, from
  * /proc/PID/stat: the machine's other load does not enter it as it enters the rates),
  * errors (connection errors + timeouts + non-2xx: must be 0), and the ratio without /
- * with proofs. Soak: batch 1 with proofs for --soak-seconds, the server's RSS
+ * with proofs. The load generator's own CPU per request (this process: user + system, the
+ * kernel's receive path included) is reported too: on two cores what it takes is not the
+ * servers'. Soak: batch 1 with proofs for --soak-seconds, the server's RSS
  * (/proc/<pid>/status VmRSS) sampled every 5 s; "grew" compares the mean of the first
  * minute with the mean of the last (first and last 20% of the samples when the soak is
  * shorter than 3 minutes), after a 30 s warm-up (10% of the soak when shorter) that is
@@ -46,7 +52,7 @@
  * Tables go to stdout, progress to stderr; results to bench/results/serve.json.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -75,6 +81,7 @@ const { values: a } = parseArgs({
     'no-batch-search': { type: 'boolean', default: false },
     threads: { type: 'string' },
     'server-node-args': { type: 'string', default: '' },
+    perf: { type: 'string' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     dist: { type: 'string', default: 'dist' },
@@ -109,7 +116,7 @@ const ghost = await pinGhost(ghostBytes);
 
 // ----------------------------------------------------------------- the servers (child processes)
 async function startServer(extra) {
-  const nodeArgs = a['server-node-args'].split(' ').filter(Boolean);
+  const nodeArgs = [...a['server-node-args'].split(' ').filter(Boolean), ...(a.perf === undefined ? [] : ['--perf-basic-prof'])];
   // The servers run the CLI of --dist (default dist/, as bin/ghost-tensor.mjs does); the client side always dist/.
   const cli = a.dist === 'dist' ? [join(ROOT, 'bin', 'ghost-tensor.mjs')] : ['--input-type=module', '-e', `const { main } = await import(${JSON.stringify(pathToFileURL(join(ROOT, a.dist, 'cli', 'main.js')).href)}); process.exitCode = await main(process.argv.slice(1));`];
   const workers = Number(a.workers);
@@ -181,8 +188,17 @@ const summariseCannon = (r) => ({
   bytesPerSecond: round(r.throughput.average, 4),
 });
 
-/** One load run against a server: the load generator's figures and the server's CPU per request. */
-async function load(server, bodies, seconds) {
+/** One load run against a server: the load generator's figures, the server's CPU per request and the load generator's. */
+async function load(server, bodies, seconds, perfFile) {
+  let perf = null;
+  if (perfFile !== undefined) {
+    // A warm-up first, not recorded: the server's first seconds are mostly JIT compilation.
+    await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds: Math.min(3, seconds) });
+    mkdirSync(a.perf, { recursive: true });
+    perf = spawn('perf', ['record', '-F', '999', '-g', '-o', perfFile, '-p', server.pids.join(',')], { stdio: 'ignore' });
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  const own0 = process.cpuUsage();
   const cpu0 = cpuSeconds(server.pids);
   let r;
   if (a.client === 'lean') {
@@ -192,7 +208,12 @@ async function load(server, bodies, seconds) {
     r = summariseCannon(await cannon(server.url, { duration: seconds, requests: bodies.map((b) => ({ method: 'POST', body: b })) }));
   }
   const cpu = cpuSeconds(server.pids) - cpu0;
-  return { ...r, serverCpuSeconds: round(cpu, 4), serverCpuMsPerRequest: round((1000 * cpu) / Math.max(1, r.requests), 4), rssBytesAfter: rssBytes(server.pids) };
+  const own = process.cpuUsage(own0);
+  if (perf) {
+    perf.kill('SIGINT');
+    await new Promise((r) => perf.once('exit', r));
+  }
+  return { ...r, serverCpuSeconds: round(cpu, 4), serverCpuMsPerRequest: round((1000 * cpu) / Math.max(1, r.requests), 4), clientCpuMsPerRequest: round((own.user + own.system) / 1000 / Math.max(1, r.requests), 4), rssBytesAfter: rssBytes(server.pids) };
 }
 
 const phases = [];
@@ -202,7 +223,7 @@ try {
     // A few bodies, cycled, so the server does not see one input only.
     const bodies = Array.from({ length: 8 }, () => body(B));
     log(`batch ${B}: ${phaseSeconds} s with proofs (proof of ${fmtBytes(proofBytes)} verified first), then ${phaseSeconds} s without`);
-    const withProofs = await load(proved, bodies, phaseSeconds);
+    const withProofs = await load(proved, bodies, phaseSeconds, a.perf === undefined ? undefined : join(a.perf, `batch-${B}.data`));
     const without = await load(plain, bodies, phaseSeconds);
     phases.push({ batch: B, proofBytes, ...withProofs, noProofs: without, costRatio: round(without.requestsPerSecond / withProofs.requestsPerSecond, 4), cpuRatio: round(withProofs.serverCpuMsPerRequest / without.serverCpuMsPerRequest, 4) });
   }
@@ -255,6 +276,7 @@ try {
       { key: 'latencyMsP50', header: 'p50 ms', format: (v) => fmt(round(v, 2)) },
       { key: 'latencyMsP99', header: 'p99 ms', format: (v) => fmt(round(v, 2)) },
       { key: 'serverCpuMsPerRequest', header: 'server CPU ms/req', format: (v) => fmt(round(v, 3)) },
+      { key: 'clientCpuMsPerRequest', header: 'load gen. CPU ms/req', format: opt((v) => fmt(round(v, 3))) },
       { key: 'proofBytes', header: 'proof', format: opt((v) => fmtBytes(v)) },
       { key: 'plainInputs', header: 'no proofs: inputs/s', format: opt((v) => fmt(v)) },
       { key: 'plainP99', header: 'p99 ms', format: opt((v) => fmt(round(v, 2))) },

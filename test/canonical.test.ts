@@ -164,6 +164,48 @@ describe('canonical layer math: C++ equals TypeScript bit for bit', () => {
     expect(rounded).toBeGreaterThan(0); // the data does hit rounding ties where the lower id loses
   });
 
+  it('scores and mix read rows in place through `at` (a block\'s rows, any order, repeats): the same bits as the pair-order copy', () => {
+    for (const sim of ['ip', 'cosine', 'l2'] as const) {
+      for (const gen of [(n: number) => rng.f32(n, 2), (n: number) => hostile(rng, n)]) {
+        const B = 3, k = 9, d = 11, w = 5, n = 14;
+        const x = gen(B * d);
+        const keys = gen(n * d), vals = gen(n * w);
+        keys.fill(0, 2 * d, 3 * d); // one zero key
+        const at = Uint32Array.from({ length: B * k }, (_, p) => (p * 5 + (p % 3)) % n); // repeats, not sorted
+        at[4] = 2;
+        const beta = Math.fround(0.1 + rng.next());
+        const q = native().canonicalStates(x, B, d, true);
+        // The TypeScript reference over the rows copied out in pair order.
+        const st = new Float64Array(B * k), yt = new Float64Array(B * w);
+        for (let b = 0; b < B; b++) {
+          const qb = q.subarray(b * d, (b + 1) * d);
+          const s = new Float64Array(k);
+          for (let i = 0; i < k; i++) s[i] = csimilarity(sim, qb, keys, at[b * k + i]! * d, d);
+          st.set(s, b * k);
+          yt.set(cmix(csoftmax(s, beta), vals, Array.from({ length: k }, (_, i) => at[b * k + i]! * w), w), b * w);
+        }
+        const sn = native().canonicalScores(q, keys, B, k, d, sim, at);
+        expect(bits(sn)).toBe(bits(st));
+        expect(bits(native().canonicalMix(sn, beta, vals, B, k, w, at))).toBe(bits(yt));
+      }
+    }
+  });
+
+  it('rejects hostile `at`: wrong length, a position past the rows, rows not whole, a non-finite row', () => {
+    const q = new Float64Array(4), rows = new Float32Array(3 * 4), s = new Float64Array(2);
+    const ok = Uint32Array.of(0, 2);
+    expect(native().canonicalScores(q, rows, 1, 2, 4, 'ip', ok).length).toBe(2);
+    expect(() => native().canonicalScores(q, rows, 1, 2, 4, 'ip', Uint32Array.of(0))).toThrow(/at has length 1, expected B \* k = 2/);
+    expect(() => native().canonicalScores(q, rows, 1, 2, 4, 'ip', Uint32Array.of(0, 3))).toThrow(expect.objectContaining({ code: 'ERR_GT_OUT_OF_RANGE' }));
+    expect(() => native().canonicalMix(s, 0.5, rows, 1, 2, 4, Uint32Array.of(2 ** 32 - 1, 0))).toThrow(/at\[0\] = 4294967295 is not below the 3 rows/);
+    expect(() => native().canonicalScores(q, new Float32Array(10), 1, 2, 4, 'ip', ok)).toThrow(/not a whole number of rows of 4/);
+    expect(() => native().canonicalScores(q, rows, 1, 2, 4, 'ip', new Float32Array(2) as unknown as Uint32Array)).toThrow(/at/);
+    const bad = rows.slice();
+    bad[5] = Infinity; // row 1, which no pair reads: every row is checked
+    expect(() => native().canonicalScores(q, bad, 1, 2, 4, 'ip', ok)).toThrow(expect.objectContaining({ code: 'ERR_GT_NON_FINITE' }));
+    expect(() => native().canonicalMix(s, 0.5, bad, 1, 2, 4, ok)).toThrow(/rows\[5\] is not finite/);
+  });
+
   it('rejects bad shapes and non-finite inputs with typed errors', () => {
     expect(() => native().canonicalScores(new Float64Array(3), new Float32Array(6), 1, 2, 4, 'ip')).toThrow(/q has length 3/);
     expect(() => native().canonicalScores(new Float64Array([NaN, 0]), new Float32Array(2), 1, 1, 2, 'ip')).toThrow(/q\[0\] is not finite/);

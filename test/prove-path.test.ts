@@ -90,9 +90,9 @@ describe('canonicalMix with positions', () => {
     expect(bits(a)).toBe(bits(native().canonicalMix(s, 0.5, copied, B, k, w)));
     const bad = pos.slice();
     bad[B * k - 1] = m;
-    expect(() => native().canonicalMix(s, 0.5, rows, B, k, w, bad)).toThrow(/pos\[34\] = 11/);
+    expect(() => native().canonicalMix(s, 0.5, rows, B, k, w, bad)).toThrow(/at\[34\] = 11/);
     expect(() => native().canonicalMix(s, 0.5, rows, B, k, w, pos.subarray(1))).toThrow();
-    expect(() => native().canonicalMix(s, 0.5, rows.subarray(1), B, k, w, pos)).toThrow(/multiple/);
+    expect(() => native().canonicalMix(s, 0.5, rows.subarray(1), B, k, w, pos)).toThrow(/whole number of rows/);
   });
 });
 

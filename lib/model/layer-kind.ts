@@ -131,8 +131,10 @@ export function rowsOf(r: ResolvedBlock, ids: Uint32Array): Float32Array {
 }
 
 /**
- * Where rows `ids` (any order, repeats allowed) are in a resolved block that reveals each
- * of them: canonicalMix's `pos`, which mixes the block's rows in place (no copy per use).
+ * Where rows `ids` (any order, repeats allowed) sit in a resolved block that reveals each
+ * of them (block ids ascending): the `at` argument of the native canonicalScores and
+ * canonicalMix, which then read the block's rows in place instead of a copy of them in
+ * pair order (rowsOf).
  */
 export function positionsOf(r: ResolvedBlock, ids: Uint32Array): Uint32Array {
   const have = r.ids, n = ids.length, pos = new Uint32Array(n);

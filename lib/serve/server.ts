@@ -251,6 +251,14 @@ class Scheduler {
   }
 }
 
+/** The hex digest of a served Ghost file, made once per file (every answer's X-Ghost-Digest). */
+const digestHexes = new WeakMap<PinnedGhost, string>();
+function digestHex(ghost: PinnedGhost): string {
+  let hex = digestHexes.get(ghost);
+  if (hex === undefined) digestHexes.set(ghost, (hex = toHex(ghost.digest)));
+  return hex;
+}
+
 /** sha256 of both, then a constant-time comparison (lengths do not leak either). */
 function tokenMatches(given: string, expected: string): boolean {
   const a = createHash('sha256').update(given).digest();
@@ -1006,7 +1014,7 @@ export class ProverServer {
       'Content-Type': type,
       'Content-Length': length,
       'X-Ghost-Generation': String(generation),
-      'X-Ghost-Digest': toHex(ghost.digest),
+      'X-Ghost-Digest': digestHex(ghost),
       ...(this.#closing ? { Connection: 'close' } : {}),
     });
     if (parts.length > 1) {

@@ -229,9 +229,9 @@ export interface NativeAddon {
   canonicalMath(x: Float64Array, which: 'exp' | 'log1pNeg'): Float64Array;
   canonicalPowi(b: number, t: number): number;
   canonicalStates(x: Float32Array, B: number, d: number, normalize: boolean): Float64Array;
-  canonicalScores(q: Float64Array, rows: Float32Array, B: number, k: number, d: number, metric: NativeMetric): Float64Array;
-  /** pos (B x k): row pos[b * k + i] of rows for (b, i) instead of row b * k + i. */
-  canonicalMix(s: Float64Array, beta: number, rows: Float32Array, B: number, k: number, w: number, pos?: Uint32Array): Float64Array;
+  /** `at` (B x k): pair p reads row at[p] of rows (any n x d) instead of row p. */
+  canonicalScores(q: Float64Array, rows: Float32Array, B: number, k: number, d: number, metric: NativeMetric, at?: Uint32Array): Float64Array;
+  canonicalMix(s: Float64Array, beta: number, rows: Float32Array, B: number, k: number, w: number, at?: Uint32Array): Float64Array;
   canonicalLinear(x: Float32Array, n: number, dIn: number, W: Float32Array, m: number, kp: number, bias: Float32Array | null): Float32Array;
   canonicalRmsNorm(x: Float32Array, n: number, d: number, gain: Float32Array, eps: number): Float32Array;
   canonicalJoin(a: Float32Array, b: Float32Array, which: 'add' | 'glu'): Float32Array;

@@ -103,26 +103,30 @@ static void test_kernels() {
       CHECK(K.hnsw_ip(a.data(), b.data(), &n) == 1.0f - K.dot(a.data(), b.data(), n));
       CHECK(K.hnsw_l2(a.data(), b.data(), &n) == K.l2sq(a.data(), b.data(), n));
     }
-    // Block kernels: every pair equals the 1x1 computation bit for bit.
-    const size_t d = 29, nq = 9, nr = 11;
-    auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
-    std::vector<float> out(nq * nr), one(1);
-    K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
-    bool same = true;
-    for (size_t i = 0; i < nq; ++i)
-      for (size_t j = 0; j < nr; ++j) {
-        K.dot_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
-        same = same && one[0] == out[i * nr + j];
-      }
-    CHECK(same);
-    K.l2_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
-    same = true;
-    for (size_t i = 0; i < nq; ++i)
-      for (size_t j = 0; j < nr; ++j) {
-        K.l2_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
-        same = same && one[0] == out[i * nr + j];
-      }
-    CHECK(same);
+    // Block kernels: every pair equals the 1x1 computation bit for bit, across the
+    // tiles (4 x 4 on AVX-512, 4 x 2 on AVX2) and the rows and queries left over.
+    for (const size_t d : {29, 784})
+      for (const size_t nq : {9, 8})
+        for (const size_t nr : {11, 13}) {
+      auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
+      std::vector<float> out(nq * nr), one(1);
+      K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+      bool same = true;
+      for (size_t i = 0; i < nq; ++i)
+        for (size_t j = 0; j < nr; ++j) {
+          K.dot_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+          same = same && one[0] == out[i * nr + j];
+        }
+      CHECK(same);
+      K.l2_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
+      same = true;
+      for (size_t i = 0; i < nq; ++i)
+        for (size_t j = 0; j < nr; ++j) {
+          K.l2_block(Q.data() + i * d, 1, R.data() + j * d, 1, d, one.data(), 1);
+          same = same && one[0] == out[i * nr + j];
+        }
+      CHECK(same);
+    }
   }
 }
 
@@ -165,7 +169,9 @@ static void test_topk_and_search() {
     for (size_t n : {1, 5, 64, 3000}) {
       const size_t d = 7;
       auto data = rand_ints(n * d, -2, 2);
-      const size_t nq = 13;
+      // 13 queries: each thread scans a range of rows and the heaps merge; 100: each
+      // thread takes a range of queries (search.cc, kRowSplitQueries).
+      for (const size_t nq : {13, 100}) {
       auto q = rand_ints(nq * d, -2, 2);
       for (gt::Metric m : {gt::Metric::IP, gt::Metric::L2}) {
         const size_t k = std::min<size_t>(n, 6);
@@ -192,6 +198,7 @@ static void test_topk_and_search() {
           }
           CHECK(ok);
         }
+      }
       }
     }
   }

@@ -352,6 +352,14 @@ export class HopfieldLookup {
 
 /** One-to-one lookup of rows of a table; sparse gradient (dense mode: a gradient over all rows). */
 
+/** Whether two id lists are the same ids in the same order. */
+function sameIds(a: Uint32Array, b: Uint32Array): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** HopfieldLookup in a Model: its tensors, its Ghost entry, the layer an entry describes, its part of a proof. */
 export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
   spec: hopfieldSpec,
@@ -464,20 +472,27 @@ export const hopfieldKind: LayerKind<HopfieldLookup, GhostHopfieldLayer> = {
           ...(l.ef === undefined ? {} : { ef: Math.max(l.ef, k) }),
           ...(c.threads === undefined ? {} : { threads: c.threads }),
         });
-        keyRows = keys.gather(ids);
-        s = callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
+        // The last stage scores the key rows in place in the keys' block (below): one gather of them, not two.
+        keyRows = last ? new Float32Array(0) : keys.gather(ids);
+        s = last ? new Float64Array(0) : callNative(() => nat.canonicalScores(q, keyRows, B, k, d, l.similarity));
       }
       stages.push(ids);
-      let rows = keyRows;
-      let pos: Uint32Array | undefined;
       if (last) {
-        // The last stage mixes the values' block rows in place (no second gather, no copy).
+        // The last stage reads its rows in place in the blocks the proof carries: the value rows
+        // (and, for a searched exact or HNSW layer, the key rows) are not gathered a second time.
         for (const [ti, reads] of hopfieldReads(gl, stages, heldKeys)) made.set(ti, (reads === 'all' ? whole.get(ti) : undefined) ?? c.block(ti, reads));
         const vb = made.get(gl.values)!.resolved;
-        rows = vb.rows;
-        pos = positionsOf(vb, ids);
+        const atValues = positionsOf(vb, ids);
+        if (!pk && !allKeys) {
+          const kb = made.get(gl.keys[0]!)!.resolved;
+          // With one stage both blocks reveal the same ids (its sorted selection): the same positions.
+          const atKeys = sameIds(kb.ids, vb.ids) ? atValues : positionsOf(kb, ids);
+          s = callNative(() => nat.canonicalScores(q, kb.rows, B, k, d, l.similarity, atKeys));
+        }
+        out = callNative(() => nat.canonicalMix(s, l.beta, vb.rows, B, k, l.outDim, atValues));
+      } else {
+        out = callNative(() => nat.canonicalMix(s, l.beta, keyRows, B, k, d));
       }
-      out = callNative(() => nat.canonicalMix(s, l.beta, rows, B, k, last ? l.outDim : d, pos));
       q = out;
     }
     const blocks: PatternBlock[] = [];

@@ -185,18 +185,78 @@ double similarity(const double* q, double nq, const float* r, size_t d, Metric m
   return -t;
 }
 
-std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m) {
+namespace {
+
+// similarity() of one state with four rows at once: each row's sums (its dot, and for
+// COSINE its own norm; for L2 its squared distance) are separate chains, one term at a
+// time in j order, so each gives similarity()'s bits; eight (COSINE) or four independent
+// chains run in parallel instead of one waiting on the last add.
+void similarity4(const double* q, double nq, const float* const r[4], size_t d, Metric m, double* s) {
+  if (m == Metric::IP) {
+    dot4(q, r[0], r[1], r[2], r[3], d, s);
+    return;
+  }
+  if (m == Metric::Cosine) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;  // q . r
+    double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;  // r . r
+    for (size_t j = 0; j < d; ++j) {
+      const double qj = q[j];
+      const double x0 = static_cast<double>(r[0][j]), x1 = static_cast<double>(r[1][j]);
+      const double x2 = static_cast<double>(r[2][j]), x3 = static_cast<double>(r[3][j]);
+      t0 = t0 + x0 * x0;
+      t1 = t1 + x1 * x1;
+      t2 = t2 + x2 * x2;
+      t3 = t3 + x3 * x3;
+      a0 = a0 + qj * x0;
+      a1 = a1 + qj * x1;
+      a2 = a2 + qj * x2;
+      a3 = a3 + qj * x3;
+    }
+    const double t[4] = {t0, t1, t2, t3}, a[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; ++i) {
+      const double nk = std::sqrt(t[i]);
+      s[i] = (nq == 0.0 || nk == 0.0) ? 0.0 : a[i] / (nq * nk);
+    }
+    return;
+  }
+  double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+  for (size_t j = 0; j < d; ++j) {
+    const double qj = q[j];
+    const double u0 = qj - static_cast<double>(r[0][j]), u1 = qj - static_cast<double>(r[1][j]);
+    const double u2 = qj - static_cast<double>(r[2][j]), u3 = qj - static_cast<double>(r[3][j]);
+    t0 = t0 + u0 * u0;
+    t1 = t1 + u1 * u1;
+    t2 = t2 + u2 * u2;
+    t3 = t3 + u3 * u3;
+  }
+  s[0] = -t0;
+  s[1] = -t1;
+  s[2] = -t2;
+  s[3] = -t3;
+}
+
+}  // namespace
+
+std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m,
+                           const uint32_t* at) {
   std::vector<double> s(B * k);
+  auto row = [&](size_t p) { return rows + (at ? static_cast<size_t>(at[p]) : p) * d; };
   for (size_t b = 0; b < B; ++b) {
     const double* qb = q + b * d;
     const double nq = m == Metric::Cosine ? norm(qb, d) : 0.0;
-    for (size_t i = 0; i < k; ++i) s[b * k + i] = similarity(qb, nq, rows + (b * k + i) * d, d, m);
+    size_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+      const size_t p = b * k + i;
+      const float* const r[4] = {row(p), row(p + 1), row(p + 2), row(p + 3)};
+      similarity4(qb, nq, r, d, m, s.data() + p);
+    }
+    for (; i < k; ++i) s[b * k + i] = similarity(qb, nq, row(b * k + i), d, m);
   }
   return s;
 }
 
 std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
-                        const uint32_t* pos) {
+                        const uint32_t* at) {
   std::vector<double> out(B * w, 0.0), z(k);
   const double bt = beta;
   for (size_t b = 0; b < B; ++b) {
@@ -204,7 +264,8 @@ std::vector<double> mix(const double* s, float beta, const float* rows, size_t B
     softmax_in_place(z.data(), k);
     double* ob = out.data() + b * w;
     for (size_t i = 0; i < k; ++i) {
-      const float* r = rows + (pos != nullptr ? static_cast<size_t>(pos[b * k + i]) : b * k + i) * w;
+      const size_t p = b * k + i;
+      const float* r = rows + (at ? static_cast<size_t>(at[p]) : p) * w;
       const double a = z[i];
       for (size_t j = 0; j < w; ++j) ob[j] = ob[j] + a * static_cast<double>(r[j]);
     }

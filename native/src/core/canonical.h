@@ -33,9 +33,13 @@ double norm(const double* q, size_t d);
 // as scores() gives each pair.
 double similarity(const double* q, double nq, const float* r, size_t d, Metric m);
 
-// s[b*k + i] = similarity(q_b, rows[(b*k + i) * d ...]) for B states and k rows each.
-// IP: q.K; COSINE: q.K / (|q| |K|), 0 if either is zero; L2: -|q - K|^2.
-std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m);
+// s[b*k + i] = similarity(q_b, row r) for B states and k rows each, where r is
+// rows[(b*k + i) * d ...], or with `at`, rows[at[b*k + i] * d ...] (B*k positions, each
+// below the caller's row count: a block's rows read in place, no B x k copy).
+// IP: q.K; COSINE: q.K / (|q| |K|), 0 if either is zero; L2: -|q - K|^2. Four pairs at
+// once (independent chains, each sum one term at a time in j order): similarity()'s bits.
+std::vector<double> scores(const double* q, const float* rows, size_t B, size_t k, size_t d, Metric m,
+                           const uint32_t* at = nullptr);
 
 // s[i] = the dot of q with row i of t (n rows of d), each sum from +0 one term at a time in
 // order (four rows at once: four independent chains, the same bits).
@@ -44,11 +48,10 @@ void dots(const double* q, const float* t, size_t n, size_t d, double* s);
 // csoftmax in place: z_i = exp(z_i - max z) / (their sum, added in order), with exp().
 void softmax_in_place(double* z, size_t k);
 
-// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b). With
-// `pos` (B x k, each below the caller's row count), row pos[b*k + i] of rows instead
-// (the rows of a proof's block, each revealed once): the same bits.
+// out[b*w + j] = sum_i a_bi rows[(b*k + i) * w + j], a_b = softmax(beta * s_b); with `at`,
+// row (b, i) is rows[at[b*k + i] * w ...] (as scores()).
 std::vector<double> mix(const double* s, float beta, const float* rows, size_t B, size_t k, size_t w,
-                        const uint32_t* pos = nullptr);
+                        const uint32_t* at = nullptr);
 
 // The rounding error of hi = a + b (Knuth's TwoSum, + and - only): a + b == hi + lo
 // exactly, for finite a, b whose sum does not overflow.

@@ -71,7 +71,38 @@ Napi::Value CanonicalStates(const Napi::CallbackInfo& info) {
   });
 }
 
-// (q: Float64Array (B x d), rows: Float32Array (B x k x d), B, k, d, metric) -> Float64Array (B x k)
+namespace {
+
+// The rows of canonicalScores / canonicalMix, checked: without `at` (argument `at_index`
+// undefined), B x k rows of w in pair order; with it, any whole number of rows of w and
+// B x k positions, each below that number (the pair's row is rows[at[p] * w ...]).
+// Every row must be finite. Returns the positions (nullptr without them).
+const uint32_t* pair_rows(const Napi::CallbackInfo& info, size_t at_index, const ArrayArg<float>& rows, size_t B,
+                          size_t k, size_t w) {
+  if (info.Length() <= at_index || info[at_index].IsUndefined()) {
+    check_finite_length(rows, B * k * w, "rows");
+    return nullptr;
+  }
+  const ArrayArg<uint32_t> at = u32_arg(info, at_index, "at");
+  if (at.length != B * k)
+    throw Error(ErrorCode::InvalidArgument, "at has length " + std::to_string(at.length) + ", expected B * k = " +
+                                                std::to_string(B * k));
+  if (rows.length % w != 0)
+    throw Error(ErrorCode::InvalidArgument, "rows has length " + std::to_string(rows.length) +
+                                                ", not a whole number of rows of " + std::to_string(w));
+  const size_t n = rows.length / w;
+  for (size_t p = 0; p < at.length; ++p)
+    if (at.data[p] >= n)
+      throw Error(ErrorCode::OutOfRange, "at[" + std::to_string(p) + "] = " + std::to_string(at.data[p]) +
+                                             " is not below the " + std::to_string(n) + " rows");
+  check_finite_length(rows, rows.length, "rows");
+  return at.data;
+}
+
+}  // namespace
+
+// (q: Float64Array (B x d), rows: Float32Array (B x k x d), B, k, d, metric, at?: Uint32Array (B x k))
+//   -> Float64Array (B x k); with `at`, rows is any n x d and pair p reads row at[p]
 Napi::Value CanonicalScores(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const ArrayArg<double> q = f64_arg(info, 0, "q");
@@ -82,13 +113,13 @@ Napi::Value CanonicalScores(const Napi::CallbackInfo& info) {
     const Metric m = metric_arg(info, 5);
     check_len(q.length, B * d, "q");
     check_finite(q.data, q.length, "q");
-    check_finite_length(rows, B * k * d, "rows");
-    return f64_array(info.Env(), canonical::scores(q.data, rows.data, B, k, d, m));
+    const uint32_t* at = pair_rows(info, 6, rows, B, k, d);
+    return f64_array(info.Env(), canonical::scores(q.data, rows.data, B, k, d, m, at));
   });
 }
 
-// (s: Float64Array (B x k), beta, rows: Float32Array (B x k x w), B, k, w, pos?) -> Float64Array (B x w)
-// pos (Uint32Array, B x k): rows holds any number of rows of w and (b, i) mixes row pos[b*k + i].
+// (s: Float64Array (B x k), beta, rows: Float32Array (B x k x w), B, k, w, at?: Uint32Array (B x k))
+//   -> Float64Array (B x w); `at` as for canonicalScores
 Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const ArrayArg<double> s = f64_arg(info, 0, "s");
@@ -102,21 +133,8 @@ Napi::Value CanonicalMix(const Napi::CallbackInfo& info) {
     const size_t w = size_arg(info, 5, "w", 1, kMaxDim);
     check_len(s.length, B * k, "s");
     check_finite(s.data, s.length, "s");
-    if (info.Length() < 7 || info[6].IsUndefined()) {
-      check_finite_length(rows, B * k * w, "rows");
-      return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w));
-    }
-    // pos: which of the rows each (b, i) mixes (a block's rows, each once).
-    const ArrayArg<uint32_t> pos = u32_arg(info, 6, "pos");
-    check_len(pos.length, B * k, "pos");
-    if (rows.length % w != 0) throw Error(ErrorCode::InvalidArgument, "rows length must be a multiple of w");
-    check_finite_length(rows, rows.length, "rows");
-    const size_t m = rows.length / w;
-    for (size_t t = 0; t < pos.length; ++t)
-      if (pos.data[t] >= m)
-        throw Error(ErrorCode::OutOfRange, "pos[" + std::to_string(t) + "] = " + std::to_string(pos.data[t]) +
-                                               " is not below the " + std::to_string(m) + " rows");
-    return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w, pos.data));
+    const uint32_t* at = pair_rows(info, 6, rows, B, k, w);
+    return f64_array(info.Env(), canonical::mix(s.data, static_cast<float>(beta), rows.data, B, k, w, at));
   });
 }
 
