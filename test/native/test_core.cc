@@ -1320,6 +1320,48 @@ static void test_key_sketch() {
   // The bound prunes: on these keys far fewer than all of them are scored exactly.
   CHECK(total_cand < total_keys / 2);
   CHECK(total_capped > 0);
+  // An amortised refit: started at 100 keys, carried by the following one-key appends (one
+  // head's basis per call, then 32 earlier keys per call), it completes and replaces the
+  // bases; the selection is the exact scan's before, during and after it, at every level.
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    const size_t H = 2, dk = 16, D = H * dk, L = 600, k = 8, R = 3;
+    std::vector<float> Kt(L * D), V(L * D, 1.0f), q(D), U(D * R);
+    for (float& x : U) x = nf(gen);
+    for (size_t j = 0; j < L; ++j) {
+      float z[R] = {nf(gen), nf(gen), nf(gen)};
+      // The keys turn: the later ones lie in another subspace than the first 100.
+      for (size_t c = 0; c < D; ++c) {
+        float s = 0.05f * nf(gen);
+        for (size_t i = 0; i < R; ++i) s += (j < 100 ? U[c * R + i] : U[((c + 5) % D) * R + i]) * z[i];
+        Kt[j * D + c] = s;
+      }
+    }
+    std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
+    gt::KeySketch sk(H, dk, 0);
+    sk.fit(kp.data(), 50);
+    sk.append(kp.data(), 100);
+    sk.refit(100);
+    CHECK(sk.refitting() && sk.refits() == 0);
+    size_t done_at = 0;
+    std::vector<uint32_t> ids(H * k), sid(H * k);
+    std::vector<float> o(D), w(H * k), ss(H * k);
+    for (size_t n = 101; n <= L; ++n) {
+      sk.append(kp.data(), n);
+      if (done_at == 0 && !sk.refitting()) done_at = n;
+      for (size_t c = 0; c < D; ++c) q[c] = Kt[(n / 2) * D + c] + 0.1f * nf(gen);
+      gt::DecodeArgs d;
+      d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
+      d.L = n; d.heads = H; d.dk = dk; d.k = k; d.scale = 0.25f; d.kernels = &K;
+      gt::decode_attention(d, o.data(), ids.data(), w.data());
+      sk.select(q.data(), kp.data(), k, 0, K, sid.data(), ss.data(), nullptr);
+      CHECK(sid == ids);
+    }
+    // 2 calls for the bases, then 100 keys at 33 a call: done within a few more.
+    CHECK(done_at > 101 && done_at < 110 && sk.refits() == 1);
+    CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { sk.refit(L + 1); }));
+  }
+  CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch s(1, 4, 0); s.refit(1); }));
   CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
     gt::KeySketch s(1, 4, 0);
     std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
