@@ -1362,6 +1362,41 @@ static void test_key_sketch() {
     CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { sk.refit(L + 1); }));
   }
   CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch s(1, 4, 0); s.refit(1); }));
+  // The first pass's SIMD versions give each key the same a and hi, bit for bit, at every block
+  // width (their vector and scalar parts split the keys alike), and a NaN upper end makes the
+  // block's max +inf.
+  if (gt::kSketchScanAVX2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) {
+    std::vector<gt::SketchScan> scans = {gt::kSketchScanAVX2};
+    if (gt::kSketchScanAVX512 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX512)) scans.push_back(gt::kSketchScanAVX512);
+    std::uniform_int_distribution<int> code(-127, 127);
+    for (size_t r : {1, 16, 61}) for (size_t kn : {256, 255, 224, 200, 40, 31, 1}) {
+      std::vector<int8_t> codes(r * gt::kDecodeKeyBlock);
+      for (int8_t& c : codes) c = static_cast<int8_t>(code(gen));
+      std::vector<float> u(r), eps(kn), rho(kn), a0(kn), h0(kn), a1(kn), h1(kn);
+      for (float& x : u) x = nf(gen);
+      for (size_t c = 0; c < kn; ++c) { eps[c] = std::fabs(nf(gen)); rho[c] = std::fabs(nf(gen)); }
+      if (kn > 3) rho[3] = std::numeric_limits<float>::quiet_NaN();
+      const float coef[3] = {1.5f, 0.5f, 1.0f + 1.0f / (1 << 20)};
+      float m0[2], m1[2];
+      gt::sketch_scan_portable(codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a0.data(), h0.data(), m0);
+      CHECK(kn <= 3 || m0[1] == std::numeric_limits<float>::infinity());
+      for (gt::SketchScan sc : scans) {
+        sc(codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a1.data(), h1.data(), m1);
+        CHECK(m1[1] == m0[1]);
+        if (sc != scans[0]) {
+          std::vector<float> a2(kn), h2(kn);
+          float m2[2];
+          scans[0](codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a2.data(), h2.data(), m2);
+          CHECK(std::memcmp(a1.data(), a2.data(), kn * 4) == 0 && std::memcmp(h1.data(), h2.data(), kn * 4) == 0);
+          CHECK(m1[0] == m2[0]);
+        }
+        // Against the portable loop: within f32 rounding (fused against unfused sums).
+        double worst = 0.0;
+        for (size_t c = 0; c < kn; ++c) worst = std::max(worst, std::fabs(double(a1[c]) - a0[c]));
+        CHECK(worst < 1e-3 * double(r) * 127.0);
+      }
+    }
+  }
   CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
     gt::KeySketch s(1, 4, 0);
     std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);

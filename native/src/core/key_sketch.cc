@@ -311,6 +311,8 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
   if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2)) {
     scan = kSketchScanAVX2;
     collect = kSketchCollectAVX2;
+    if (kSketchScanAVX512 != nullptr && simd_level_supported(SimdLevel::AVX512) && &kern == &kernels_for(SimdLevel::AVX512))
+      scan = kSketchScanAVX512;
   }
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;

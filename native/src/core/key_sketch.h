@@ -65,6 +65,9 @@ using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const
 void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
                           const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
+// The same pass with AVX-512F (key_sketch_avx512.cc), 16 keys a vector: each key's a and hi
+// are scan_avx2's bits. Null where AVX-512 was not compiled in.
+extern const SketchScan kSketchScanAVX512;
 // The indices j < n (increasing) with v[j] > thr (strict) or !(v[j] < thr) (not strict: NaN
 // included) written to out; returns how many. kSketchCollectAVX2 as kSketchScanAVX2.
 using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool strict, uint32_t* out);
@@ -105,8 +108,8 @@ class KeySketch {
   // ids and scores (heads x k, best first; min(k, length()) valid, then kNoKey / 0).
   // max_scored (0: no limit, else >= k): each head scores exactly the max_scored keys of best
   // sketch score and no more; a head whose certificate then fails may miss keys (an approximate
-  // mode, counted in stats->capped). The first pass runs with AVX2 unless kern is the scalar
-  // table.
+  // mode, counted in stats->capped). The first pass runs with AVX-512 when kern is the AVX-512
+  // table, with AVX2 unless kern is the scalar table (the same a and hi either way).
   void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
               float* scores, SketchSelectStats* stats) const;
 
