@@ -110,10 +110,11 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
 }
 
 /**
- * Index 'auto': the cached keys past which the sketch selects (bench/decode.mjs: below this the
- * exact scan was as fast or faster; docs/attention.md "The key sketch").
+ * Index 'auto': the cached keys past which the sketch selects (bench/decode.mjs and
+ * bench/decode-trained.mjs: at 1k and 4k keys the exact scan was as fast or faster on some
+ * inputs; from 16k on the sketch was faster on all but one run; docs/attention.md "The key sketch").
  */
-export const AUTO_THRESHOLD = 4096;
+export const AUTO_THRESHOLD = 16_384;
 
 /** Keys per packed block (native kDecodeKeyBlock). */
 const KEY_BLOCK = 256;
