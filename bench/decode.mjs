@@ -22,7 +22,12 @@
 //
 // Usage: node bench/decode.mjs [--ls=1024,4096,16384,65536] [--steps=48] [--ef=64,128,256]
 //        [--data=random,lowrank] [--m=16] [--ef-construction=100] [--rank=R (sketch; default auto)]
+//        [--max-scored=0,256] [--refit=L] [--out=decode]
 // --ef= (empty, the default) leaves HNSW out: its build takes minutes at 64k keys.
+// --refit=L: instead, the sketch's amortised refit (key_sketch.h, refit()): a sketch decoder
+// and an exact one cache L - 1 keys (the sketch fitted to the first L / 2), then step together
+// until the refit that the step reaching L starts has completed; per step time, the worst and
+// the median of each. Writes bench/results/<out>.json (default decode, or decode-refit).
 import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
 import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
 
@@ -38,6 +43,8 @@ const rank = arg('rank', undefined) === undefined ? undefined : Number(arg('rank
 const maxScoreds = arg('max-scored', '0').split(',').map(Number);
 const datas = arg('data', 'random,lowrank').split(',');
 const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));
+const refitL = arg('refit', '') === '' ? null : Number(arg('refit', ''));
+const out = arg('out', refitL === null ? 'decode' : 'decode-refit');
 const heads = 4, dk = 64, D = heads * dk, k = 32;
 const WARM = 4; // untimed steps before the timed ones of each run (rows of its own, past the timed ones)
 
@@ -97,6 +104,49 @@ async function timed(acc, key, fn) {
 const startedAt = new Date().toISOString();
 const others = otherProcesses();
 const results = [];
+const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+if (refitL !== null) {
+  for (const data of datas) {
+    const extra = 4096;
+    const x = rows(data, refitL + extra, refitL + 13);
+    const exact = new AttentionDecoder(layer('sparse'), { maxLength: refitL + extra });
+    const sk = new AttentionDecoder(layer('sparse'), { maxLength: refitL + extra, index: 'sketch', ...(rank === undefined ? {} : { rank }) });
+    const half = refitL / 2;
+    for (const d of [exact, sk]) {
+      await d.prefill(x.subarray(0, half * D)); // the sketch fitted to these
+      await d.prefill(x.subarray(half * D, (refitL - 1) * D)); // no doubling yet: appended
+    }
+    const te = [], ts = [];
+    let at = refitL - 1;
+    for (; at < refitL + extra; at++) {
+      const row = x.subarray(at * D, (at + 1) * D);
+      let t0 = nowMs();
+      await exact.step(row);
+      te.push(nowMs() - t0);
+      t0 = nowMs();
+      await sk.step(row);
+      ts.push(nowMs() - t0);
+      if (sk.stats().sketchRefits === 1) break;
+    }
+    const r = {
+      data, L: refitL, refitSteps: ts.length, refitDone: sk.stats().sketchRefits === 1,
+      exactWorstMs: round(Math.max(...te)), exactMedianMs: round(median(te)),
+      sketchWorstMs: round(Math.max(...ts)), sketchMedianMs: round(median(ts)),
+      sketchMedianSpeedup: round(median(te) / median(ts)),
+    };
+    results.push(r);
+    console.log(JSON.stringify(r));
+  }
+  table(results, ['data', 'L', { key: 'refitSteps', header: 'steps to refit' }, { key: 'exactMedianMs', header: 'exact median ms' }, { key: 'exactWorstMs', header: 'exact worst ms' }, { key: 'sketchMedianMs', header: 'sketch median ms' }, { key: 'sketchWorstMs', header: 'sketch worst ms' }, { key: 'sketchMedianSpeedup', header: 'median exact/sketch' }], { title: `Decode steps across the sketch's amortised refit at L keys (${heads} heads x ${dk}, k = ${k})` });
+  const file = writeResults(out, {
+    name: out, date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
+    machine: machine(), otherProcesses: others,
+    parameters: { heads, headDim: dk, k, refit: 'sketch fitted to L/2 keys; L-1 cached; the step reaching L starts the refit; stepped until it completed', interleaved: 'exact and sketch decoders step through the same rows in turn' },
+    rows: results,
+  });
+  console.log(`wrote ${file}`);
+  process.exit(0);
+}
 for (const data of datas) {
   for (const L of Ls) {
     const runs = efs.length === 0 ? [null] : efs;
@@ -124,16 +174,20 @@ for (const data of datas) {
     // machine's load falls on all of them alike.
     for (const [j, ef] of runs.entries()) {
       if (hnsw !== null) hnsw.ef = ef;
-      const ms = {};
+      const ms = {}, worst = {};
       let rsum = 0;
       const ssum = maxScoreds.map(() => 0), cand = maxScoreds.map(() => 0), capped = maxScoreds.map(() => 0);
       for (let i = 0; i < steps + WARM; i++) {
         const at = L + (steps + WARM) * j + i, row = x.subarray(at * D, (at + 1) * D);
         const acc = i < WARM ? {} : ms;
         await timed(acc, 'dense', () => dense.step(row));
+        const e0 = acc.exact ?? 0;
         await timed(acc, 'exact', () => exact.step(row));
+        if (i >= WARM) worst.exact = Math.max(worst.exact ?? 0, acc.exact - e0);
         for (const [m, sk] of sketches.entries()) {
+          const s0 = acc[`sketch${m}`] ?? 0;
           await timed(acc, `sketch${m}`, () => sk.step(row));
+          if (i >= WARM) worst[m] = Math.max(worst[m] ?? 0, acc[`sketch${m}`] - s0);
           if (i >= WARM) {
             cand[m] += sk.stats().sketchCandidates;
             capped[m] += sk.stats().sketchCapped;
@@ -159,6 +213,7 @@ for (const data of datas) {
           sketchTokS: tps(`sketch${m}`), sketchSpeedup: round(ms.exact / ms[`sketch${m}`]), sketchRecall: round(ssum[m] / steps),
           sketchRank: sk.stats().sketchRanks.join('/'), sketchCandidates: round(cand[m] / steps / heads), sketchCappedHeads: round(capped[m] / steps / heads), sketchBuildS,
           exactSelectMs: round(ms.exactSelect / steps), sketchSelectMs: round(ms[`sketchSelect${m}`] / steps),
+          exactWorstStepMs: round(worst.exact), sketchWorstStepMs: round(worst[m]),
         };
         if (hnsw !== null) Object.assign(r, { ef, hnswTokS: tps('hnsw'), speedup: round(ms.exact / ms.hnsw), recall: round(rsum / steps), hnswSelectMs: round(ms.hnswSelect / steps), selectSpeedup: round(ms.exactSelect / ms.hnswSelect), buildS });
         results.push(r);
@@ -171,8 +226,8 @@ for (const data of datas) {
 const cols = ['data', 'L', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'maxScored', header: 'maxScored' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `sketch recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }, { key: 'sketchBuildS', header: 'sketch fit s' }];
 if (efs.length > 0) cols.push('ef', { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `hnsw recall@${k}` }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'buildS', header: 'hnsw build s' });
 table(results, cols, { title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions` });
-const file = writeResults('decode', {
-  name: 'decode', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
+const file = writeResults(out, {
+  name: out, date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
   machine: machine(), otherProcesses: others,
   parameters: {
     heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection',

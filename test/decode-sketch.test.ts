@@ -58,7 +58,8 @@ describe("index 'sketch'", () => {
       for (const rank of [undefined, 1, dk]) {
         const l = layer(heads, D, k);
         const exact = new AttentionDecoder(l, { maxLength: n });
-        // Fitted at 40 keys, refitted at 80, 160, 320 and 640: appended keys and refits both run.
+        // Fitted at 41 keys, refitted from 82, 164, 328 and 656 (each amortised over the steps
+        // after it starts, the old basis selecting meanwhile): appended keys and refits both run.
         const sketch = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, ...(rank === undefined ? {} : { rank }) });
         await exact.prefill(x.subarray(0, 10 * D));
         await sketch.prefill(x.subarray(0, 10 * D));
@@ -72,7 +73,7 @@ describe("index 'sketch'", () => {
           }
         }
         const st = sketch.stats();
-        expect(st).toMatchObject({ length: n, indexed: true, exactSteps: 30, indexedSteps: n - 40 });
+        expect(st).toMatchObject({ length: n, indexed: true, exactSteps: 30, indexedSteps: n - 40, sketchRefits: 4 });
         if (rank !== undefined) expect(st.sketchRanks).toEqual([rank, rank]);
         const q = x.subarray(5 * D, 6 * D);
         expect(Array.from(sketch.indexSelection(q)!)).toEqual(Array.from(exact.exactSelection(q)));
@@ -109,6 +110,10 @@ describe("index 'sketch'", () => {
     const e = new Decoder(model), s = new Decoder(model, { index: 'sketch', indexThreshold: 16 });
     for (const t of seq) expect(bits(await s.step(t))).toEqual(bits(await e.step(t)));
     expect(s.stats().attention[0]).toMatchObject({ indexed: true, exactSteps: 16, indexedSteps: seq.length - 16 });
+    // Its selection is the exact one, so a proved generation may name it (each token is proved
+    // as without the cache); 'hnsw' stays UnsupportedError (test/decode.test.ts).
+    const p = await generate(model, prompt, { tokens: 1, temperature: 0, stopAtEndOfDocument: false, kvCache: true, index: 'sketch', prove: true });
+    expect(p.proofs).toHaveLength(1);
   }, 60_000);
 
   it('refuses hostile options and native arguments with typed errors', () => {

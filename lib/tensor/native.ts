@@ -211,7 +211,8 @@ export interface NativeAddon {
   keySketchNew(heads: number, headDim: number, rank: number, keysPacked: Float32Array, L: number): NativeKeySketch;
   keySketchAppend(sketch: NativeKeySketch, keysPacked: Float32Array, L: number): void;
   keySketchSelect(sketch: NativeKeySketch, q: Float32Array, keysPacked: Float32Array, k: number, maxScored?: number): { ids: Uint32Array; scores: Float32Array; candidates: number; capped: number };
-  keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number };
+  keySketchRefit(sketch: NativeKeySketch, L: number): void;
+  keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number; refitting: boolean; refits: number };
   linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
   linearBackwardAsync(
     n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array, dY: Float32Array,

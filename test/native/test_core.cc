@@ -1327,6 +1327,83 @@ static void test_key_sketch() {
   // The bound prunes: on these keys far fewer than all of them are scored exactly.
   CHECK(total_cand < total_keys / 2);
   CHECK(total_capped > 0);
+  // An amortised refit: started at 100 keys, carried by the following one-key appends (one
+  // head's basis per call, then 32 earlier keys per call), it completes and replaces the
+  // bases; the selection is the exact scan's before, during and after it, at every level.
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    const size_t H = 2, dk = 16, D = H * dk, L = 600, k = 8, R = 3;
+    std::vector<float> Kt(L * D), V(L * D, 1.0f), q(D), U(D * R);
+    for (float& x : U) x = nf(gen);
+    for (size_t j = 0; j < L; ++j) {
+      float z[R] = {nf(gen), nf(gen), nf(gen)};
+      // The keys turn: the later ones lie in another subspace than the first 100.
+      for (size_t c = 0; c < D; ++c) {
+        float s = 0.05f * nf(gen);
+        for (size_t i = 0; i < R; ++i) s += (j < 100 ? U[c * R + i] : U[((c + 5) % D) * R + i]) * z[i];
+        Kt[j * D + c] = s;
+      }
+    }
+    std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
+    gt::KeySketch sk(H, dk, 0);
+    sk.fit(kp.data(), 50);
+    sk.append(kp.data(), 100);
+    sk.refit(100);
+    CHECK(sk.refitting() && sk.refits() == 0);
+    size_t done_at = 0;
+    std::vector<uint32_t> ids(H * k), sid(H * k);
+    std::vector<float> o(D), w(H * k), ss(H * k);
+    for (size_t n = 101; n <= L; ++n) {
+      sk.append(kp.data(), n);
+      if (done_at == 0 && !sk.refitting()) done_at = n;
+      for (size_t c = 0; c < D; ++c) q[c] = Kt[(n / 2) * D + c] + 0.1f * nf(gen);
+      gt::DecodeArgs d;
+      d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
+      d.L = n; d.heads = H; d.dk = dk; d.k = k; d.scale = 0.25f; d.kernels = &K;
+      gt::decode_attention(d, o.data(), ids.data(), w.data());
+      sk.select(q.data(), kp.data(), k, 0, K, sid.data(), ss.data(), nullptr);
+      CHECK(sid == ids);
+    }
+    // 2 calls for the bases, then 100 keys at 33 a call: done within a few more.
+    CHECK(done_at > 101 && done_at < 110 && sk.refits() == 1);
+    CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { sk.refit(L + 1); }));
+  }
+  CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch s(1, 4, 0); s.refit(1); }));
+  // The first pass's SIMD versions give each key the same a and hi, bit for bit, at every block
+  // width (their vector and scalar parts split the keys alike), and a NaN upper end makes the
+  // block's max +inf.
+  if (gt::kSketchScanAVX2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) {
+    std::vector<gt::SketchScan> scans = {gt::kSketchScanAVX2};
+    if (gt::kSketchScanAVX512 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX512)) scans.push_back(gt::kSketchScanAVX512);
+    std::uniform_int_distribution<int> code(-127, 127);
+    for (size_t r : {1, 16, 61}) for (size_t kn : {256, 255, 224, 200, 40, 31, 1}) {
+      std::vector<int8_t> codes(r * gt::kDecodeKeyBlock);
+      for (int8_t& c : codes) c = static_cast<int8_t>(code(gen));
+      std::vector<float> u(r), eps(kn), rho(kn), a0(kn), h0(kn), a1(kn), h1(kn);
+      for (float& x : u) x = nf(gen);
+      for (size_t c = 0; c < kn; ++c) { eps[c] = std::fabs(nf(gen)); rho[c] = std::fabs(nf(gen)); }
+      if (kn > 3) rho[3] = std::numeric_limits<float>::quiet_NaN();
+      const float coef[3] = {1.5f, 0.5f, 1.0f + 1.0f / (1 << 20)};
+      float m0[2], m1[2];
+      gt::sketch_scan_portable(codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a0.data(), h0.data(), m0);
+      CHECK(kn <= 3 || m0[1] == std::numeric_limits<float>::infinity());
+      for (gt::SketchScan sc : scans) {
+        sc(codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a1.data(), h1.data(), m1);
+        CHECK(m1[1] == m0[1]);
+        if (sc != scans[0]) {
+          std::vector<float> a2(kn), h2(kn);
+          float m2[2];
+          scans[0](codes.data(), r, u.data(), eps.data(), rho.data(), coef, kn, a2.data(), h2.data(), m2);
+          CHECK(std::memcmp(a1.data(), a2.data(), kn * 4) == 0 && std::memcmp(h1.data(), h2.data(), kn * 4) == 0);
+          CHECK(m1[0] == m2[0]);
+        }
+        // Against the portable loop: within f32 rounding (fused against unfused sums).
+        double worst = 0.0;
+        for (size_t c = 0; c < kn; ++c) worst = std::max(worst, std::fabs(double(a1[c]) - a0[c]));
+        CHECK(worst < 1e-3 * double(r) * 127.0);
+      }
+    }
+  }
   CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
     gt::KeySketch s(1, 4, 0);
     std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);

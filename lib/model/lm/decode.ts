@@ -36,23 +36,25 @@ export type DecodeIndex = 'exact' | 'hnsw' | 'auto' | 'sketch';
 
 export interface DecoderOptions {
   /**
-   * 'exact' (default): scan every cached key; 'hnsw': an HNSW graph per head; 'auto': exact up
-   * to indexThreshold keys, then HNSW; 'sketch': the exact selection through a key sketch
-   * (exact scan up to indexThreshold keys, then the sketch, refitted each time the cache doubles).
+   * 'exact' (default): scan every cached key; 'hnsw': an HNSW graph per head (approximate);
+   * 'sketch': the exact selection through a key sketch (exact scan up to indexThreshold keys,
+   * then the sketch, refitted in the background each time the cache doubles); 'auto': the
+   * sketch past a larger default threshold (the context from which bench/decode.mjs measured
+   * it faster than the scan). 'exact', 'sketch' and 'auto' select the same keys.
    */
   index?: DecodeIndex;
   /**
-   * With 'auto': the cached keys from which the index selects (default 32,768: bench/decode.mjs
-   * found the exact scan faster up to 16k keys). With 'sketch': the keys its basis is first
-   * fitted to (default 1,024). At least k.
+   * With 'sketch' or 'auto': the cached keys past which the sketch selects (its basis first
+   * fitted to them; default 1,024 for 'sketch', AUTO_THRESHOLD for 'auto'). At least k.
    */
   indexThreshold?: number;
-  /** With 'sketch': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' energy, per head). */
+  /** With 'sketch' or 'auto': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' energy, per head). */
   rank?: number;
   /**
-   * With 'sketch': at most this many keys per head are scored exactly (>= k; default: no
-   * limit, the exact selection). A head whose certified candidates are more scores the
-   * maxScored best of them by sketch score: faster, and approximate (stats().sketchCapped).
+   * With 'sketch' or 'auto': at most this many keys per head are scored exactly (>= k;
+   * default: no limit, the exact selection): the maxScored best by sketch score. A head whose
+   * certificate then fails keeps the top k of those, possibly missing keys (approximate,
+   * stats().sketchCapped).
    */
   maxScored?: number;
   /** HNSW search breadth (default 256; at least the layer's k). */
@@ -90,12 +92,13 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
   const index = o.index ?? 'exact';
   if (index !== 'exact' && index !== 'hnsw' && index !== 'auto' && index !== 'sketch') throw new InvalidArgumentError(`index must be 'exact', 'hnsw', 'auto' or 'sketch', got ${String(index)}`);
   if (index !== 'auto' && index !== 'sketch' && o.indexThreshold !== undefined) throw new InvalidArgumentError("indexThreshold applies to index 'auto' or 'sketch' only");
+  const sketch = index === 'sketch' || index === 'auto';
   if (o.link !== undefined && o.link !== 'step' && o.link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(o.link)}`);
-  if (index === 'exact' || index === 'sketch') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' or 'auto' only`);
-  for (const key of ['rank', 'maxScored'] as const) if (index !== 'sketch' && o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'sketch' only`);
+  if (index !== 'hnsw') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' only`);
+  for (const key of ['rank', 'maxScored'] as const) if (!sketch && o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'sketch' or 'auto' only`);
   return {
     index,
-    threshold: checkInteger('indexThreshold', o.indexThreshold ?? (index === 'sketch' ? 1024 : 32_768), 1, 2 ** 24),
+    threshold: checkInteger('indexThreshold', o.indexThreshold ?? (index === 'auto' ? AUTO_THRESHOLD : 1024), 1, 2 ** 24),
     ef: checkInteger('ef', o.ef ?? 256, 1, 1_000_000),
     M: checkInteger('M', o.M ?? 16, 2, 256),
     efConstruction: checkInteger('efConstruction', o.efConstruction ?? 100, 1, 100_000),
@@ -105,6 +108,13 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
     maxLength: o.maxLength === undefined ? undefined : checkInteger('maxLength', o.maxLength, 1, 2 ** 24),
   };
 }
+
+/**
+ * Index 'auto': the cached keys past which the sketch selects (bench/decode.mjs and
+ * bench/decode-trained.mjs: at 1k and 4k keys the exact scan was as fast or faster on some
+ * inputs; from 16k on the sketch was faster on all but one run; docs/attention.md "The key sketch").
+ */
+export const AUTO_THRESHOLD = 16_384;
 
 /** Keys per packed block (native kDecodeKeyBlock). */
 const KEY_BLOCK = 256;
@@ -122,8 +132,10 @@ export interface AttentionDecoderStats {
   sketchCandidates: number | null;
   /** Index 'sketch': the basis size per head (empty before the sketch is fitted). */
   sketchRanks: number[];
-  /** Index 'sketch' with maxScored: heads of the last sketch step that hit the limit (their selection approximate). */
+  /** Index 'sketch' with maxScored: heads of the last sketch step whose certificate failed within the limit (their selection approximate). */
   sketchCapped: number;
+  /** Index 'sketch': refits completed since the first fit (each amortised over the steps after a doubling of the cache). */
+  sketchRefits: number;
 }
 
 /**
@@ -148,6 +160,7 @@ export class AttentionDecoder {
   #sketchFitAt = 0; // cached keys when the sketch was last fitted
   #sketchCandidates: number | null = null;
   #sketchCapped = 0;
+  #weights: (Float32Array | undefined)[] = []; // dense q, k, v projection weights, copied at the first step
   #indexed = false;
   #indexedSteps = 0;
   #exactSteps = 0;
@@ -168,25 +181,25 @@ export class AttentionDecoder {
     if (this.D % layer.heads !== 0) throw new InvalidArgumentError(`the attention width ${this.D} must be a multiple of heads (${layer.heads})`);
     this.headDim = this.D / layer.heads;
     this.maxLength = r.maxLength ?? 2 ** 16;
-    if (r.index !== 'exact' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
+    if (r.index === 'hnsw' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
     if (r.maxScored !== 0 && r.maxScored < layer.k) throw new OutOfRangeError(`maxScored must be >= the layer's k (${layer.k}), got ${r.maxScored}`);
     if (r.rank > this.headDim) throw new OutOfRangeError(`rank must be <= headDim (${this.headDim}), got ${r.rank}`);
     if ((r.index === 'auto' || r.index === 'sketch') && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
     this.#opt = r;
     this.#scale = layer.scale ?? 1 / Math.sqrt(this.headDim);
-    if (r.index === 'hnsw' || r.index === 'auto') this.#heads = Array.from({ length: layer.heads }, () => SparseTensor.create(this.headDim, { metric: 'ip' }));
+    if (r.index === 'hnsw') this.#heads = Array.from({ length: layer.heads }, () => SparseTensor.create(this.headDim, { metric: 'ip' }));
   }
 
   get length(): number {
     return this.#length;
   }
 
-  /** The HNSW search breadth (index 'hnsw' / 'auto'); may be changed between steps (>= k). */
+  /** The HNSW search breadth (index 'hnsw'); may be changed between steps (>= k). */
   get ef(): number {
     return this.#opt.ef;
   }
   set ef(ef: number) {
-    if (this.#heads === null) throw new InvalidArgumentError("ef applies to index 'hnsw' or 'auto' only");
+    if (this.#heads === null) throw new InvalidArgumentError("ef applies to index 'hnsw' only");
     const e = checkInteger('ef', ef, 1, 1_000_000);
     if (e < this.layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${this.layer.k}), got ${e}`);
     this.#opt.ef = e;
@@ -197,14 +210,15 @@ export class AttentionDecoder {
     return this.#opt.link;
   }
   set link(link: 'step' | 'batched') {
-    if (this.#heads === null) throw new InvalidArgumentError("link applies to index 'hnsw' or 'auto' only");
+    if (this.#heads === null) throw new InvalidArgumentError("link applies to index 'hnsw' only");
     if (link !== 'step' && link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(link)}`);
     this.#opt.link = link;
   }
 
   stats(): AttentionDecoderStats {
-    const ranks = this.#sketch === null ? [] : native().keySketchInfo(this.#sketch).ranks;
-    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped };
+    const info = this.#sketch === null ? null : native().keySketchInfo(this.#sketch);
+    const ranks = info === null ? [] : info.ranks;
+    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped, sketchRefits: info === null ? 0 : info.refits };
   }
 
   #grow(need: number): void {
@@ -248,9 +262,15 @@ export class AttentionDecoder {
     // projection of a step's one row runs on this thread (linear_forward, the bits of
     // Projection.forward's worker job) rather than waiting for a worker.
     const one = x.length === this.dIn;
-    const [q, k, v] = await Promise.all([l.query, l.key, l.value].map(async (p) => {
+    const [q, k, v] = await Promise.all([l.query, l.key, l.value].map(async (p, i) => {
       if (p === null) return x;
-      if (one && p.full) return callNative(() => native().linear(1, p.outDim, p.inDim, x, p.weight.gather(allIds(p.outDim))));
+      if (one && p.full) {
+        // The weights as at the decoder's first step (a copy per step cost as much as the
+        // three projections themselves at D = 256: bench/decode.mjs). A layer trained after
+        // that needs a new decoder, as its cached keys and values would be stale too.
+        const w = (this.#weights[i] ??= p.weight.gather(allIds(p.outDim)));
+        return callNative(() => native().linear(1, p.outDim, p.inDim, x, w));
+      }
       return (await p.forward(x)).y;
     }));
     return { q: q!, k: k!, v: v! };
@@ -273,29 +293,36 @@ export class AttentionDecoder {
     const n = this.#checkRows(x);
     const { k, v } = await this.#project(x);
     this.#appendKV(k, v, n);
-    await this.#maybeBuild();
+    await this.#maybeBuild(n > 1);
   }
 
-  async #maybeBuild(): Promise<void> {
+  /** bulk: a prefill of several rows (a refit may run whole, as the prefill's own cost grows with it). */
+  async #maybeBuild(bulk = false): Promise<void> {
     const o = this.#opt;
-    if (o.index === 'sketch') {
+    if (o.index === 'sketch' || o.index === 'auto') {
       const L = this.#length;
       if (L <= o.threshold) return;
-      // Fitted to every cached key when the threshold is reached, refitted each time the cache
-      // doubles (the basis then follows the keys; a stale one costs candidates, never exactness).
-      if (this.#sketch === null || L >= 2 * this.#sketchFitAt) {
-        const sk = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L));
-        this.#sketch = sk;
+      // Fitted to every cached key when the threshold is first passed; refitted each time the
+      // cache doubles (the basis then follows the keys; a stale one costs candidates, never
+      // exactness). In a step the refit is amortised (key_sketch.h, refit(): one head's basis,
+      // then 32 earlier keys, per step, the old basis selecting meanwhile), so no step pays for
+      // a whole refit; a prefill of many rows refits at once.
+      const sk = this.#sketch;
+      if (sk === null || (bulk && L >= 2 * this.#sketchFitAt)) {
+        this.#sketch = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L));
         this.#sketchFitAt = L;
         this.#indexed = true;
-      } else {
-        const sk = this.#sketch;
-        callNative(() => native().keySketchAppend(sk, this.#keys, L));
+        return;
       }
+      if (L >= 2 * this.#sketchFitAt) {
+        callNative(() => native().keySketchRefit(sk, L - 1));
+        this.#sketchFitAt = L;
+      }
+      callNative(() => native().keySketchAppend(sk, this.#keys, L));
       return;
     }
     if (this.#heads === null || this.#indexed) return;
-    const start = o.index === 'hnsw' ? this.layer.k + 1 : o.threshold + 1;
+    const start = this.layer.k + 1;
     if (this.#length < start) return;
     for (const t of this.#heads) await t.buildHnsw({ metric: 'ip', M: o.M, efConstruction: o.efConstruction, seed: 100 });
     this.#indexed = true;

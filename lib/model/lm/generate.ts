@@ -44,7 +44,7 @@ export interface GenerateOptions extends SamplingOptions {
   index?: DecodeIndex;
   /** With kvCache and index 'auto' or 'sketch': the cached keys from which the index selects (Decoder's indexThreshold). */
   indexThreshold?: number;
-  /** With kvCache and an index: the HNSW search breadth. */
+  /** With kvCache and index 'hnsw': the HNSW search breadth. */
   ef?: number;
   /** Called with each token as it is made (and its proof). */
   onToken?: (token: number, proof: Uint8Array | null) => void | Promise<void>;
@@ -74,8 +74,10 @@ export async function generate(model: Model, prompt: Uint32Array | Uint8Array | 
   if (p.length === 0) throw new InvalidArgumentError('the prompt is empty: give at least one token (END_OF_DOCUMENT starts a new document)');
   const kvCache = checkBoolean('kvCache', o.kvCache, false);
   if (!kvCache) for (const key of ['index', 'indexThreshold', 'ef'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies with kvCache: true only`);
-  // A proof re-derives each selection exactly (docs/proof-format.md section 5); an index's is not re-derivable.
-  if (prove && kvCache && (o.index ?? 'exact') !== 'exact') throw new UnsupportedError(`prove needs the exact selection: index '${String(o.index)}' selects keys a verifier cannot re-derive (use index 'exact', or no kvCache)`);
+  // A proof re-derives each selection exactly (docs/proof-format.md section 5): 'exact', 'sketch'
+  // and 'auto' select exactly those keys (the sketch's selection is certified to be the scan's,
+  // bit for bit); 'hnsw' selects keys a verifier cannot re-derive.
+  if (prove && kvCache && o.index === 'hnsw') throw new UnsupportedError("prove needs the exact selection: index 'hnsw' selects keys a verifier cannot re-derive (use index 'exact', 'sketch' or 'auto', or no kvCache)");
   const context = modelContext(model) ?? p.length + n;
   const rand = seededRandom(seed);
   if (kvCache && !prove) {

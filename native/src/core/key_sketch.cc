@@ -44,8 +44,8 @@ void score_batch(const Kernels& kern, const float* qh, size_t dk, const float* r
 }  // namespace
 
 void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes) {
-  float ml = -std::numeric_limits<float>::infinity(), mh = ml;
+                          const float* coef, size_t kn, float* a, float* hi, float* maxes) {
+  float ma = -std::numeric_limits<float>::infinity(), mh = ma;
   std::fill(a, a + kn, 0.0f);
   for (size_t t = 0; t < r; ++t) {
     const float ut = u[t];
@@ -54,13 +54,19 @@ void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const f
   }
   for (size_t c = 0; c < kn; ++c) {
     const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
-    lo[c] = a[c] - B;
     hi[c] = a[c] + B;
-    ml = std::max(ml, lo[c]);
-    mh = std::max(mh, hi[c]);
+    ma = std::max(ma, a[c]);  // NaN leaves the max as it was
+    mh = std::isnan(hi[c]) ? std::numeric_limits<float>::infinity() : std::max(mh, hi[c]);
   }
-  maxes[0] = ml;
+  maxes[0] = ma;
   maxes[1] = mh;
+}
+
+size_t sketch_collect_portable(const float* v, size_t n, float thr, bool strict, uint32_t* out) {
+  size_t m = 0;
+  for (size_t j = 0; j < n; ++j)
+    if (strict ? v[j] > thr : !(v[j] < thr)) out[m++] = static_cast<uint32_t>(j);
+  return m;
 }
 
 void symmetric_eigen(std::vector<double>& A, size_t n, std::vector<double>& w, std::vector<double>& V) {
@@ -118,66 +124,77 @@ KeySketch::KeySketch(size_t heads, size_t dk, size_t rank) : nheads_(heads), dk_
 
 size_t KeySketch::bytes() const {
   size_t n = 0;
-  for (const Head& hd : heads_)
-    n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.rows.size());
+  for (const std::vector<Head>* hs : {&heads_, &next_})
+    for (const Head& hd : *hs)
+      n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.rows.size());
   return n;
+}
+
+void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t ns) const {
+  const size_t dk = dk_;
+  std::vector<double> M(dk * dk, 0.0), w, V, kv(dk);
+  for (size_t i = 0; i < ns; ++i) {
+    const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
+    for (size_t t = 0; t < dk; ++t) kv[t] = key_at(Kp, nheads_, dk, h, j, t);
+    for (size_t a = 0; a < dk; ++a)
+      for (size_t b = a; b < dk; ++b) M[a * dk + b] += kv[a] * kv[b];
+  }
+  for (size_t a = 0; a < dk; ++a)
+    for (size_t b = 0; b < a; ++b) M[a * dk + b] = M[b * dk + a];
+  symmetric_eigen(M, dk, w, V);
+  size_t r = rank_;
+  if (r == 0) {
+    double total = 0.0;
+    for (double x : w) total += std::max(x, 0.0);
+    double kept = 0.0;
+    r = dk;
+    for (size_t i = 0; i < dk; ++i) {
+      kept += std::max(w[i], 0.0);
+      if (kept >= kSketchEnergy * total) {
+        r = i + 1;
+        break;
+      }
+    }
+  }
+  hd = Head{};
+  hd.r = r;
+  hd.basis.assign(r * dk, 0.0f);
+  for (size_t i = 0; i < r * dk; ++i) hd.basis[i] = static_cast<float>(V[i]);
+  // One step per coordinate: the sample's largest |p_t| maps to 127 (a later key beyond it
+  // is clamped; its eps grows, the bound stays sound).
+  std::vector<double> mx(r, 0.0);
+  for (size_t i = 0; i < ns; ++i) {
+    const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
+    for (size_t t = 0; t < r; ++t) {
+      double p = 0.0;
+      for (size_t c = 0; c < dk; ++c) p += double(hd.basis[t * dk + c]) * key_at(Kp, nheads_, dk, h, j, c);
+      mx[t] = std::max(mx[t], std::fabs(p));
+    }
+  }
+  hd.step.assign(r, 1.0f);
+  for (size_t t = 0; t < r; ++t)
+    if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / 127.0);
 }
 
 void KeySketch::fit(const float* Kp, size_t L) {
   if (fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: already fitted");
   if (Kp == nullptr || L == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: fit needs at least one key");
-  const size_t dk = dk_, ns = std::min(L, kSketchSample);
-  std::vector<double> M(dk * dk), w, V, kv(dk);
-  for (size_t h = 0; h < nheads_; ++h) {
-    Head& hd = heads_[h];
-    std::fill(M.begin(), M.end(), 0.0);
-    for (size_t i = 0; i < ns; ++i) {
-      const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
-      for (size_t t = 0; t < dk; ++t) kv[t] = key_at(Kp, nheads_, dk, h, j, t);
-      for (size_t a = 0; a < dk; ++a)
-        for (size_t b = a; b < dk; ++b) M[a * dk + b] += kv[a] * kv[b];
-    }
-    for (size_t a = 0; a < dk; ++a)
-      for (size_t b = 0; b < a; ++b) M[a * dk + b] = M[b * dk + a];
-    symmetric_eigen(M, dk, w, V);
-    size_t r = rank_;
-    if (r == 0) {
-      double total = 0.0;
-      for (double x : w) total += std::max(x, 0.0);
-      double kept = 0.0;
-      r = dk;
-      for (size_t i = 0; i < dk; ++i) {
-        kept += std::max(w[i], 0.0);
-        if (kept >= kSketchEnergy * total) {
-          r = i + 1;
-          break;
-        }
-      }
-    }
-    hd.r = r;
-    hd.basis.assign(r * dk, 0.0f);
-    for (size_t i = 0; i < r * dk; ++i) hd.basis[i] = static_cast<float>(V[i]);
-    // One step per coordinate: the sample's largest |p_t| maps to 127 (a later key beyond it
-    // is clamped; its eps grows, the bound stays sound).
-    std::vector<double> mx(r, 0.0);
-    for (size_t i = 0; i < ns; ++i) {
-      const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
-      for (size_t t = 0; t < r; ++t) {
-        double p = 0.0;
-        for (size_t c = 0; c < dk; ++c) p += double(hd.basis[t * dk + c]) * key_at(Kp, nheads_, dk, h, j, c);
-        mx[t] = std::max(mx[t], std::fabs(p));
-      }
-    }
-    hd.step.assign(r, 1.0f);
-    for (size_t t = 0; t < r; ++t)
-      if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / 127.0);
-  }
+  for (size_t h = 0; h < nheads_; ++h) fit_basis(heads_[h], h, Kp, L, std::min(L, kSketchSample));
   fitted_ = true;
   append(Kp, L);
 }
 
-void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
-  Head& hd = heads_[h];
+void KeySketch::refit(size_t L) {
+  if (!fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: refit before fit");
+  if (L == 0 || L > length_) throw Error(ErrorCode::OutOfRange, "KeySketch: refit needs 1 <= L <= length()");
+  next_.assign(nheads_, Head{});
+  next_fitted_ = 0;
+  next_length_ = 0;
+  refit_at_ = L;
+  refitting_ = true;
+}
+
+void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const {
   const size_t dk = dk_, r = hd.r;
   const size_t blocks = (j1 + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   hd.codes.resize(blocks * r * kDecodeKeyBlock, 0);
@@ -229,9 +246,58 @@ void KeySketch::encode(size_t h, const float* Kp, size_t j0, size_t j1) {
 void KeySketch::append(const float* Kp, size_t L) {
   if (!fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: append before fit");
   if (Kp == nullptr || L < length_) throw Error(ErrorCode::InvalidArgument, "KeySketch: append needs L >= length()");
-  if (L == length_) return;
-  for (size_t h = 0; h < nheads_; ++h) encode(h, Kp, length_, L);
+  const size_t added = L - length_;
+  for (size_t h = 0; h < nheads_; ++h) encode(heads_[h], h, Kp, length_, L);
   length_ = L;
+  if (!refitting_) return;
+  // The refit's share of this call: one head's basis (from a sample of the keys [0, refit_at_)),
+  // else up to kSketchRefitChunk earlier keys plus this call's encoded under the new bases;
+  // once the new bases hold every key they replace the old ones.
+  if (next_fitted_ < nheads_) {
+    fit_basis(next_[next_fitted_], next_fitted_, Kp, refit_at_, std::min(refit_at_, kSketchRefitSample));
+    ++next_fitted_;
+    return;
+  }
+  const size_t to = std::min(L, next_length_ + kSketchRefitChunk + added);
+  for (size_t h = 0; h < nheads_; ++h) encode(next_[h], h, Kp, next_length_, to);
+  next_length_ = to;
+  if (next_length_ == L) {
+    heads_.swap(next_);
+    next_.clear();
+    refitting_ = false;
+    ++refits_;
+  }
+}
+
+// Scores the candidates cj[0..n) of head h exactly into cs, each by the gemm_acc path the
+// exact scan takes for it (so it rounds alike: the tail may fuse differently from the vector
+// path): a key in a full 16-column group of the scan by the vector path, 16 candidates at a
+// time gathered from the row-major copy into one 16-column operand (each column's sum is the
+// same chain of multiply-adds as in the scan); a key past its block's last full group by the
+// tail, on its packed column group as the scan scores it.
+void KeySketch::score(size_t h, const float* qh, const float* Kp, const uint32_t* cj, size_t n, const Kernels& kern,
+                      float* tile, float* cs) const {
+  const Head& hd = heads_[h];
+  const size_t L = length_, dk = dk_, H = nheads_;
+  const float* Kh = Kp + h * dk * kDecodeKeyBlock;
+  size_t batch[16];
+  size_t nfull = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t j = cj[i], b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
+    const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
+    if (g + 16 <= kn) {
+      batch[nfull++] = i;
+      if (nfull == 16) {
+        score_batch(kern, qh, dk, hd.rows.data(), cj, batch, nfull, tile, cs);
+        nfull = 0;
+      }
+    } else {
+      float t16[16] = {0};
+      kern.gemm_acc(t16, 16, qh, dk, Kh + b * H * dk * kDecodeKeyBlock + g, kDecodeKeyBlock, 1, dk, kn - g);
+      cs[i] = t16[c - g];
+    }
+  }
+  if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj, batch, nfull, tile, cs);
 }
 
 void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern,
@@ -241,19 +307,34 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     throw Error(ErrorCode::InvalidArgument, "KeySketch: select needs q, Kp, k >= 1 and outputs");
   if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "KeySketch: max_scored must be 0 or >= k");
   SketchScan scan = sketch_scan_portable;
-  if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2))
+  SketchCollect collect = sketch_collect_portable;
+  if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2)) {
     scan = kSketchScanAVX2;
+    collect = kSketchCollectAVX2;
+    if (kSketchScanAVX512 != nullptr && simd_level_supported(SimdLevel::AVX512) && &kern == &kernels_for(SimdLevel::AVX512))
+      scan = kSketchScanAVX512;
+  }
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  // Per-thread scratch kept between calls (the candidates and their scores), and one block's
-  // sketch scores and ends.
-  thread_local std::vector<float> cs, ca;
-  thread_local std::vector<uint32_t> cj;
-  float av[kDecodeKeyBlock], lov[kDecodeKeyBlock], hiv[kDecodeKeyBlock];
+  // The first stage's size: max_scored, or (exact mode) kSketchFirst x k.
+  const size_t M = std::min(L, max_scored != 0 ? max_scored : kSketchFirst * k);
+  // Per-thread scratch kept between calls: every key's sketch score and upper end, the
+  // candidates and their exact scores.
+  struct Scratch {
+    std::vector<float> a, hi, bhi, cs;
+    std::vector<uint32_t> cj;
+  };
+  thread_local Scratch scr;
+  scr.a.resize(nb * kDecodeKeyBlock);
+  scr.hi.resize(nb * kDecodeKeyBlock);
+  scr.bhi.resize(nb);
+  float* const A = scr.a.data();
+  float* const Hi = scr.hi.data();
+  float* const Bhi = scr.bhi.data();  // per block, the largest hi (NaN: +inf)
+  std::vector<float>& cs = scr.cs;
+  std::vector<uint32_t>& cj = scr.cj;
   std::vector<float> u, tile(dk * 16);
-  size_t batch[16];
-  std::vector<Hit> best;
+  uint32_t idx[kDecodeKeyBlock];
   std::vector<double> pi, qperp(dk);
   size_t cand = 0, capped = 0;
   for (size_t h = 0; h < H; ++h) {
@@ -262,9 +343,7 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     const float* qh = q + h * dk;
     pi.assign(r, 0.0);
     u.assign(r, 0.0f);
-    for (size_t c = 0; c < dk; ++c) {
-      qperp[c] = qh[c];
-    }
+    for (size_t c = 0; c < dk; ++c) qperp[c] = qh[c];
     double pn = 0.0;
     for (size_t t = 0; t < r; ++t) {
       double s = 0.0;
@@ -277,93 +356,78 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     double qp = 0.0;
     for (size_t c = 0; c < dk; ++c) qp += qperp[c] * qperp[c];
     const float coef[3] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)), kBoundUp};
-    // Pass 1: the sketch's interval per key; lambda = the kk-th largest lower end.
-    TopK lows(kk, true);
-    cj.clear();
-    ca.clear();
-    float lambda = neg_inf;
+    // Stage 1: one pass over the codes: every key's sketch score a and upper end hi = a + B
+    // (hi >= its exact score); the M keys of best sketch score kept (ties to the lower id).
+    TopK first(M, true);
     for (size_t b = 0; b < nb; ++b) {
       const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
       float maxes[2];
-      scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0,
-           coef, kn, av, lov, hiv, maxes);
-      if (maxes[0] > lambda) {
-        for (size_t c = 0; c < kn; ++c) {
-          if (lov[c] > lambda) {
-            lows.push(lov[c], static_cast<uint32_t>(j0 + c));
-            if (lows.full()) lambda = lows.worst().score;
-          }
+      scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0, coef, kn,
+           A + j0, Hi + j0, maxes);
+      Bhi[b] = maxes[1];
+      if (!first.full()) {
+        first.push_run(A + j0, kn, static_cast<uint32_t>(j0));
+      } else if (maxes[0] > first.worst().score) {
+        // The keys above the worst kept score as the block starts (the worst only rises).
+        const size_t m = collect(A + j0, kn, first.worst().score, true, idx);
+        for (size_t i = 0; i < m; ++i) {
+          const size_t j = j0 + idx[i];
+          if (A[j] > first.worst().score) first.push(A[j], static_cast<uint32_t>(j));
         }
       }
-      // Keys whose upper end reaches lambda so far (lambda only grows: a key dropped here
-      // stays out), with their sketch scores; filtered by the final lambda below.
-      if (maxes[1] < lambda) continue;
-      for (size_t c = 0; c < kn; ++c)
-        if (!(hiv[c] < lambda)) {
-          cj.push_back(static_cast<uint32_t>(j0 + c));
-          ca.push_back(hiv[c]);
-          ca.push_back(av[c]);
-        }
     }
-    if (!lows.full()) lambda = neg_inf;
-    {
-      size_t m = 0;
-      for (size_t i = 0; i < cj.size(); ++i)
-        if (!(ca[2 * i] < lambda)) {
-          cj[m] = cj[i];
-          ca[2 * m + 1] = ca[2 * i + 1];
-          ++m;
-        }
-      cj.resize(m);
-    }
-    // Over the cap: only the max_scored candidates of highest sketch score are scored.
-    if (max_scored != 0 && cj.size() > max_scored) {
-      ++capped;
-      best.clear();
-      for (size_t i = 0; i < cj.size(); ++i) {
-        const float a = ca[2 * i + 1];
-        best.push_back(Hit{std::isnan(a) ? neg_inf : a, cj[i]});
-      }
-      std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(max_scored - 1), best.end(),
-                       [](const Hit& x, const Hit& y) { return x.score != y.score ? x.score > y.score : x.id < y.id; });
-      cj.resize(max_scored);
-      for (size_t i = 0; i < max_scored; ++i) cj[i] = best[i].id;
-      std::sort(cj.begin(), cj.end());
-    }
-    // Pass 2: the candidates, scored and selected as decode_attention does. Each score takes
-    // the gemm_acc path decode_attention's tile takes for that key, so it rounds alike (the
-    // tail may fuse differently from the vector path): a key in a full 16-column group of the
-    // scan is scored by the vector path, 16 candidates at a time gathered from the row-major
-    // copy into one 16-column operand (each column's sum is the same chain of multiply-adds
-    // as in the scan); a key past its block's last full group by the tail, on its packed
-    // column group as the scan scores it.
-    cand += cj.size();
+    // Stage 2: the M scored exactly; s_k = the k-th best exact score among them.
+    const std::vector<Hit> firsts = first.sorted();
+    cj.resize(firsts.size());
+    for (size_t i = 0; i < firsts.size(); ++i) cj[i] = firsts[i].id;
     cs.resize(cj.size());
-    const float* Kh = Kp + h * dk * kDecodeKeyBlock;
-    size_t nfull = 0;
-    for (size_t i = 0; i < cj.size(); ++i) {
-      const size_t j = cj[i], b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
-      const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
-      if (g + 16 <= kn) {
-        batch[nfull++] = i;
-        if (nfull == 16) {
-          score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
-          nfull = 0;
+    score(h, qh, Kp, cj.data(), cj.size(), kern, tile.data(), cs.data());
+    TopK hp(kk, true);
+    for (size_t i = 0; i < cj.size(); ++i) hp.push(cs[i], cj[i]);
+    size_t scored = cj.size();
+    // The certificate: every key left out has an exact score <= its hi; when the largest such
+    // hi is below s_k, none of them can enter the top k (nor tie into it), and the selection
+    // is the exact scan's. (A left-out key is one ranked below the first stage's worst by
+    // (score, id); a NaN sketch score counts as left out, which only makes the test stricter.)
+    if (M < L) {
+      const Hit worst = first.worst();
+      const float s_k = hp.worst().score;
+      // Only blocks whose largest hi reaches s_k can hold a key that breaks the certificate.
+      bool holds = true;
+      for (size_t b = 0; b < nb && holds; ++b) {
+        if (Bhi[b] < s_k) continue;
+        const size_t j0 = b * kDecodeKeyBlock, m = collect(Hi + j0, std::min(kDecodeKeyBlock, L - j0), s_k, false, idx);
+        for (size_t i = 0; i < m && holds; ++i) {
+          const size_t j = j0 + idx[i];
+          const float a = A[j];
+          holds = a > worst.score || (a == worst.score && j <= worst.id);
         }
-      } else {
-        float t16[16] = {0};
-        kern.gemm_acc(t16, 16, qh, dk, Kh + b * H * dk * kDecodeKeyBlock + g, kDecodeKeyBlock, 1, dk, kn - g);
-        cs[i] = t16[c - g];
+      }
+      if (!holds) {
+        if (max_scored != 0) {
+          ++capped;  // approximate: the limit left keys that might belong to the top k
+        } else {
+          // Exact mode: the left-out keys whose upper end reaches s_k are scored too (a key
+          // with hi < s_k has k keys of exact score >= s_k above it).
+          cj.clear();
+          for (size_t b = 0; b < nb; ++b) {
+            if (Bhi[b] < s_k) continue;
+            const size_t j0 = b * kDecodeKeyBlock, m = collect(Hi + j0, std::min(kDecodeKeyBlock, L - j0), s_k, false, idx);
+            for (size_t i = 0; i < m; ++i) {
+              const size_t j = j0 + idx[i];
+              const float a = A[j];
+              if (a > worst.score || (a == worst.score && j <= worst.id)) continue;
+              cj.push_back(static_cast<uint32_t>(j));
+            }
+          }
+          cs.resize(cj.size());
+          score(h, qh, Kp, cj.data(), cj.size(), kern, tile.data(), cs.data());
+          for (size_t i = 0; i < cj.size(); ++i) hp.push(cs[i], cj[i]);
+          scored += cj.size();
+        }
       }
     }
-    if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj.data(), batch, nfull, tile.data(), cs.data());
-    TopK hp(kk, true);
-    float thr = neg_inf;
-    for (size_t i = 0; i < cj.size(); ++i) {
-      if (!(cs[i] > thr)) continue;
-      hp.push(cs[i], cj[i]);
-      if (hp.full()) thr = hp.worst().score;
-    }
+    cand += scored;
     const std::vector<Hit> hits = hp.sorted();
     for (size_t c = 0; c < k; ++c) {
       ids[h * k + c] = c < hits.size() ? hits[c].id : kNoKey;

@@ -12,17 +12,22 @@
 // delta |q| |k| (|q| <= |pi| + |q_perp|), delta = 2^-12 covering every f32 rounding of both
 // sides (each is below (dk + r) 2^-24 |q| |k|, > 10x smaller).
 //
-// select(): one pass over the codes (r bytes a key instead of the f32 key's 4 dk) gives
-// per key [a - B, a + B]; lambda = the k-th largest lower end; a key whose upper end is below
-// lambda has k keys above it and cannot be in the top k. The rest (the candidates) are scored
-// by the exact path's kernel on their packed f32 column and selected by its rule (keys in id
-// order, a score enters above the k-th; ties to the lower id), so the selection and scores
-// are the exact scan's, bit for bit, whatever the basis, rank or data: only the number of
-// candidates (the cost) depends on how well the basis fits the keys. Candidates are scored from
-// a row-major copy of the keys (one key's dk floats are adjacent: a few cache lines, where its
-// packed column spans dk lines), 16 at a time through the gemm_acc path the scan's 16-column
-// groups take, so each score has the scan's bits; a key in the scan's last partial group (its
-// tail path) is scored on its packed column as the scan scores it.
+// select(): one pass over the codes (r bytes a key instead of the f32 key's 4 dk) gives each
+// key its sketch score a and upper end hi = a + B >= q . k; the M keys of best sketch score
+// (M = max_scored, else kSketchFirst x k) are scored exactly, and s_k is the k-th best of
+// those exact scores. The certificate: when every other key's hi is below s_k, none of them
+// can enter the top k (nor tie into it), so the top k of the M is the exact selection. When
+// the certificate fails, the exact mode (max_scored 0) also scores every other key whose hi
+// reaches s_k (a key with hi < s_k has k keys of exact score >= s_k above it); with max_scored
+// the head keeps the top k of its M, possibly missing keys (counted in stats->capped). Each
+// exact score is taken by the exact path's kernel and the top k by its rule (better score,
+// ties to the lower id), so a certified selection's ids and scores are the exact scan's, bit
+// for bit, whatever the basis, rank or data: only the number of keys scored (the cost) depends
+// on how well the basis fits the keys. Candidates are scored from a row-major copy of the keys
+// (one key's dk floats are adjacent: a few cache lines, where its packed column spans dk
+// lines), 16 at a time through the gemm_acc path the scan's 16-column groups take, so each
+// score has the scan's bits; a key in the scan's last partial group (its tail path) is scored
+// on its packed column as the scan scores it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -33,8 +38,14 @@
 
 namespace gt {
 
+// Keys scored exactly in select()'s first stage, per unit of k, when max_scored is 0.
+constexpr size_t kSketchFirst = 4;
 // Keys sampled (evenly strided) per head to fit the basis.
 constexpr size_t kSketchSample = 8192;
+// A refit (refit()): keys sampled per head for its bases, and earlier keys it encodes per
+// append() call once the bases are fitted (one head's basis per call before that).
+constexpr size_t kSketchRefitSample = 2048;
+constexpr size_t kSketchRefitChunk = 32;
 // With rank 0 (auto), per head the smallest r whose basis keeps this share of the sampled
 // keys' energy (sum of |k|^2).
 constexpr double kSketchEnergy = 0.99;
@@ -45,15 +56,23 @@ struct SketchSelectStats {
 };
 
 // The first pass over one block of kn keys (kn <= kDecodeKeyBlock): per key c < kn the sketch
-// score a[c] = sum over t < r of u[t] * codes[t * kDecodeKeyBlock + c], its bound
-// B = (coef[0] eps[c] + coef[1] rho[c]) * coef[2], lo[c] = a - B, hi[c] = a + B;
-// returns max over c of lo in maxes[0] and of hi in maxes[1]. kSketchScanAVX2 is null where
-// AVX2 was not compiled in (the portable sketch_scan_portable runs).
+// score a[c] = sum over t < r of u[t] * codes[t * kDecodeKeyBlock + c] and its upper end
+// hi[c] = a[c] + (coef[0] eps[c] + coef[1] rho[c]) * coef[2]; returns the max over c of a in
+// maxes[0] and of hi in maxes[1] (a NaN lane leaves a max as it was). kSketchScanAVX2 is null
+// where AVX2 was not compiled in (the portable sketch_scan_portable runs).
 using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+                            const float* coef, size_t kn, float* a, float* hi, float* maxes);
 void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+                          const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
+// The same pass with AVX-512F (key_sketch_avx512.cc), 16 keys a vector: each key's a and hi
+// are scan_avx2's bits. Null where AVX-512 was not compiled in.
+extern const SketchScan kSketchScanAVX512;
+// The indices j < n (increasing) with v[j] > thr (strict) or !(v[j] < thr) (not strict: NaN
+// included) written to out; returns how many. kSketchCollectAVX2 as kSketchScanAVX2.
+using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool strict, uint32_t* out);
+size_t sketch_collect_portable(const float* v, size_t n, float thr, bool strict, uint32_t* out);
+extern const SketchCollect kSketchCollectAVX2;
 
 class KeySketch {
  public:
@@ -63,8 +82,19 @@ class KeySketch {
   // Fits each head's basis to the keys [0, L) of the packed cache Kp (L >= 1), then encodes
   // them. Once only.
   void fit(const float* Kp, size_t L);
-  // Encodes the keys [length(), L) of Kp (earlier keys must be unchanged). After fit().
+  // Encodes the keys [length(), L) of Kp (earlier keys must be unchanged). After fit(). While
+  // a refit is under way, each call also does a bounded share of it (see refit()), so no call
+  // pays for a whole refit; Kp must then hold the keys [0, L) the refit reads.
   void append(const float* Kp, size_t L);
+  // Starts an amortised refit: new bases fitted to a sample of the keys [0, L) (L <= length()),
+  // one head per later append() call, then every key encoded under them, kSketchRefitChunk
+  // earlier keys (and the call's new ones) per call; when done they replace the current bases.
+  // Until then select() uses the current ones (a stale basis costs candidates, never
+  // exactness). A refit started while one is under way restarts it.
+  void refit(size_t L);
+  bool refitting() const { return refitting_; }
+  // Refits completed.
+  size_t refits() const { return refits_; }
 
   bool fitted() const { return fitted_; }
   size_t length() const { return length_; }
@@ -76,10 +106,10 @@ class KeySketch {
 
   // The exact top-k of each head for the query q (heads x dk) over keys [0, length()) of Kp:
   // ids and scores (heads x k, best first; min(k, length()) valid, then kNoKey / 0).
-  // max_scored (0: no limit, else >= k): a head whose certified candidates are more than this
-  // scores only the max_scored best of them by sketch score (then the selection may miss keys:
-  // an approximate mode, counted in stats->capped). The first pass runs with AVX2 unless kern
-  // is the scalar table.
+  // max_scored (0: no limit, else >= k): each head scores exactly the max_scored keys of best
+  // sketch score and no more; a head whose certificate then fails may miss keys (an approximate
+  // mode, counted in stats->capped). The first pass runs with AVX-512 when kern is the AVX-512
+  // table, with AVX2 unless kern is the scalar table (the same a and hi either way).
   void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
               float* scores, SketchSelectStats* stats) const;
 
@@ -92,12 +122,19 @@ class KeySketch {
     std::vector<float> eps, rho;  // per key, each plus delta |k| (see above)
     std::vector<float> rows;           // the f32 keys row-major (L x dk)
   };
-  void encode(size_t h, const float* Kp, size_t j0, size_t j1);
+  void fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t ns) const;
+  void encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const;
+  void score(size_t h, const float* qh, const float* Kp, const uint32_t* cj, size_t n, const Kernels& kern, float* tile,
+             float* cs) const;
 
   size_t nheads_, dk_, rank_;
   bool fitted_ = false;
   size_t length_ = 0;
   std::vector<Head> heads_;
+  // A refit under way: its heads, how many have bases, how many keys they hold, its sample's L.
+  std::vector<Head> next_;
+  size_t next_fitted_ = 0, next_length_ = 0, refit_at_ = 0, refits_ = 0;
+  bool refitting_ = false;
 };
 
 // Eigen-decomposition of a symmetric n x n matrix A (row-major, overwritten) by cyclic

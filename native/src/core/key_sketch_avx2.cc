@@ -8,8 +8,10 @@
 
 namespace gt {
 using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* coef, size_t kn, float* a, float* lo, float* hi, float* maxes);
+                            const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
+using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool strict, uint32_t* out);
+extern const SketchCollect kSketchCollectAVX2;
 constexpr size_t kSketchBlock = 256;  // kSketchBlock (static_assert in key_sketch.cc)
 }  // namespace gt
 
@@ -28,9 +30,10 @@ inline float hmax(__m256 v) {
 
 // As sketch_scan_portable (key_sketch.h): 32 keys at a time, then the rest one by one.
 void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
-               size_t kn, float* a, float* lo, float* hi, float* maxes) {
+               size_t kn, float* a, float* hi, float* maxes) {
   const float ninf = -__builtin_inff();
-  __m256 mlo = _mm256_set1_ps(ninf), mhi = mlo;
+  const __m256 pinf = _mm256_set1_ps(__builtin_inff());
+  __m256 ma = _mm256_set1_ps(ninf), mhi = ma;
   const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]);
   size_t c = 0;
   for (; c + 32 <= kn; c += 32) {
@@ -49,34 +52,53 @@ void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, 
       const size_t o = c + 8 * static_cast<size_t>(g);
       const __m256 B = _mm256_mul_ps(
           _mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + o)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + o))), c2);
-      const __m256 l = _mm256_sub_ps(acc[g], B), h = _mm256_add_ps(acc[g], B);
+      const __m256 h = _mm256_add_ps(acc[g], B);
       _mm256_storeu_ps(a + o, acc[g]);
-      _mm256_storeu_ps(lo + o, l);
       _mm256_storeu_ps(hi + o, h);
-      mlo = _mm256_max_ps(mlo, l);
-      mhi = _mm256_max_ps(mhi, h);
+      ma = _mm256_max_ps(acc[g], ma);  // a NaN lane leaves the max as it was
+      // A NaN upper end counts as +inf in the max (a block holding one is never skipped).
+      mhi = _mm256_max_ps(_mm256_blendv_ps(h, pinf, _mm256_cmp_ps(h, h, _CMP_UNORD_Q)), mhi);
     }
   }
-  float ml = hmax(mlo), mh = hmax(mhi);
+  float ml = hmax(ma), mh = hmax(mhi);
   for (; c < kn; ++c) {
     float s = 0.0f;
     for (size_t t = 0; t < r; ++t) s += u[t] * static_cast<float>(codes[t * kSketchBlock + c]);
     const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
     a[c] = s;
-    lo[c] = s - B;
     hi[c] = s + B;
-    ml = lo[c] > ml ? lo[c] : ml;
-    mh = hi[c] > mh ? hi[c] : mh;
+    ml = s > ml ? s : ml;
+    mh = hi[c] != hi[c] ? __builtin_inff() : (hi[c] > mh ? hi[c] : mh);
   }
   maxes[0] = ml;
   maxes[1] = mh;
 }
 
+// As sketch_collect_portable (key_sketch.h): 8 values a compare, the set lanes' indices in order.
+size_t collect_avx2(const float* v, size_t n, float thr, bool strict, uint32_t* out) {
+  const __m256 t = _mm256_set1_ps(thr);
+  size_t m = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 x = _mm256_loadu_ps(v + j);
+    unsigned bits = static_cast<unsigned>(
+        _mm256_movemask_ps(strict ? _mm256_cmp_ps(x, t, _CMP_GT_OQ) : _mm256_cmp_ps(x, t, _CMP_NLT_UQ)));
+    while (bits != 0) {
+      out[m++] = static_cast<uint32_t>(j + static_cast<size_t>(__builtin_ctz(bits)));
+      bits &= bits - 1;
+    }
+  }
+  for (; j < n; ++j)
+    if (strict ? v[j] > thr : !(v[j] < thr)) out[m++] = static_cast<uint32_t>(j);
+  return m;
+}
+
 }  // namespace
 const SketchScan kSketchScanAVX2 = scan_avx2;
+const SketchCollect kSketchCollectAVX2 = collect_avx2;
 }  // namespace gt
 #else
 namespace gt {
 const SketchScan kSketchScanAVX2 = nullptr;
+const SketchCollect kSketchCollectAVX2 = nullptr;
 }
 #endif

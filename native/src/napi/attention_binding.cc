@@ -335,6 +335,18 @@ Napi::Value KeySketchAppend(const Napi::CallbackInfo& info) {
   });
 }
 
+// keySketchRefit(sketch, L): starts an amortised refit to the keys [0, L) (L <= its length),
+// carried out by the following keySketchAppend calls (key_sketch.h, refit()).
+Napi::Value KeySketchRefit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    KeySketch& sk = sketch_arg(info, 0);
+    const size_t L = size_arg(info, 1, "L", 1, 1 << 24);
+    if (L > sk.length()) throw Error(ErrorCode::OutOfRange, "L is above the sketch's length");
+    sk.refit(L);
+    return info.Env().Undefined();
+  });
+}
+
 // keySketchSelect(sketch, q, keysPacked, k[, maxScored]) -> { ids, scores, candidates, capped }:
 // the exact top-k per head (heads x k, best first, padded with NO_KEY / 0), how many keys were
 // scored, and how many heads hit maxScored (0 or absent: no limit; else >= k) and so selected
@@ -365,7 +377,7 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
   });
 }
 
-// keySketchInfo(sketch) -> { length, ranks, bytes }
+// keySketchInfo(sketch) -> { length, ranks, bytes, refitting, refits }
 Napi::Value KeySketchInfo(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const KeySketch& sk = sketch_arg(info, 0);
@@ -376,6 +388,8 @@ Napi::Value KeySketchInfo(const Napi::CallbackInfo& info) {
     for (size_t h = 0; h < sk.heads(); ++h) ranks.Set(static_cast<uint32_t>(h), Napi::Number::New(env, static_cast<double>(sk.rank(h))));
     o.Set("ranks", ranks);
     o.Set("bytes", Napi::Number::New(env, static_cast<double>(sk.bytes())));
+    o.Set("refitting", Napi::Boolean::New(env, sk.refitting()));
+    o.Set("refits", Napi::Number::New(env, static_cast<double>(sk.refits())));
     return o;
   });
 }
@@ -389,6 +403,7 @@ void register_attention_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("keySketchNew", Napi::Function::New(env, KeySketchNew));
   exports.Set("keySketchAppend", Napi::Function::New(env, KeySketchAppend));
+  exports.Set("keySketchRefit", Napi::Function::New(env, KeySketchRefit));
   exports.Set("keySketchSelect", Napi::Function::New(env, KeySketchSelect));
   exports.Set("keySketchInfo", Napi::Function::New(env, KeySketchInfo));
   exports.Set("linearAsync", Napi::Function::New(env, LinearAsync));
