@@ -67,7 +67,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, otherProcesses, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, otherProcesses, resultName, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 const argv = process.argv.slice(2);
@@ -76,7 +76,7 @@ const QUICK = argv.includes('--quick');
 const CHILD = argv.indexOf('--child');
 /** The value of --key=VALUE, or undefined. */
 const opt = (key) => argv.find((a) => a.startsWith(`--${key}=`))?.slice(key.length + 3);
-const NAME = opt('name') ?? 'training';
+const NAME = resultName('training'); // --name=NAME: letters, digits, '.', '_', '-' (it names files in bench/results)
 
 // ---------------------------------------------------------------- parameters
 
