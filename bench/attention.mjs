@@ -8,6 +8,7 @@
  *   --repeats=R      alternating rounds per n (default 3; 1 once dense takes over a minute)
  *   --projections    also: the layer with dense Projection q/k/v/o (256 x 256 SparseTensors), n = 1k..4k
  *   --replot         re-print the tables and redraw bench/results/attention.svg from bench/results/attention.json (no run)
+ *   --name=NAME      write (or --replot) bench/results/NAME.json and NAME.svg instead of attention.*
  *
  * What is measured: the attention core only, no projections (SparseSelfAttention without
  * query/key/value/output, so Q = K = V = X), non-causal. X (n x 256) and the upstream
@@ -38,7 +39,9 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CORES, RESULTS_DIR, ROOT, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, randomFloats, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+import { CORES, RESULTS_DIR, ROOT, cpuHogs, fmt, fmtBytes, logger, machine, nowMs, otherProcesses, randomFloats, resultName, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+
+const RESULT_NAME = resultName('attention'); // --name=NAME writes bench/results/NAME.json and NAME.svg
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 const argv = process.argv.slice(2);
@@ -68,7 +71,7 @@ const P = {
   oneRoundAboveMs: 60_000, // one round per n once a dense pass took longer than this
   childTimeoutSec: 3600,
 };
-const SVG_FILE = join(RESULTS_DIR, 'attention.svg');
+const SVG_FILE = join(RESULTS_DIR, `${RESULT_NAME}.svg`);
 const MODES = ['sparse', 'dense'];
 
 // ================================================================ child: one pass (or a few) of one mode at one n
@@ -156,7 +159,7 @@ async function child(mode, n, proj, log) {
 const log = logger('attention');
 
 if (argv.includes('--replot')) {
-  const res = JSON.parse(readFileSync(join(RESULTS_DIR, 'attention.json'), 'utf8'));
+  const res = JSON.parse(readFileSync(join(RESULTS_DIR, `${RESULT_NAME}.json`), 'utf8'));
   printTables(res);
   writeFileSync(SVG_FILE, plot(res));
   log(`wrote ${SVG_FILE} from the existing JSON`);
@@ -251,7 +254,7 @@ function slope(rows, get, minN = 0) {
 }
 
 const results = {
-  name: 'attention',
+  name: RESULT_NAME,
   date: new Date().toISOString(),
   command: ['node --expose-gc bench/attention.mjs', ...argv].join(' '),
   machine: machine(),
@@ -294,7 +297,7 @@ function finish() {
   };
   results.elapsedSec = round((nowMs() - t0All) / 1e3);
   results.loadavgEnd = os.loadavg().map((v) => round(v, 3));
-  writeResults('attention', results);
+  writeResults(RESULT_NAME, results);
   writeFileSync(SVG_FILE, plot(results));
 }
 
@@ -338,7 +341,7 @@ finish();
 rmSync(tmp, { recursive: true, force: true });
 
 printTables(results);
-log(`done in ${results.elapsedSec} s; wrote ${join(RESULTS_DIR, 'attention.json')} and ${SVG_FILE}`);
+log(`done in ${results.elapsedSec} s; wrote ${join(RESULTS_DIR, `${RESULT_NAME}.json`)} and ${SVG_FILE}`);
 
 // ---------------------------------------------------------------- tables
 

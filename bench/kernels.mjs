@@ -6,6 +6,10 @@
  *   node bench/kernels.mjs --quick    smaller sizes, under a minute
  *   --hnsw-limit=SECONDS              skip hnswlib-node at a size whose projected load
  *                                     time exceeds this (default 120)
+ *   --name=NAME                       write bench/results/NAME.json instead of kernels.json:
+ *                                     section 2 runs at the process's level, so the top-k
+ *                                     figures per SIMD level are one run per level, e.g.
+ *                                     GHOST_TENSOR_SIMD=avx2 node bench/kernels.mjs --name=kernels-avx2
  *
  * Sections:
  *   1. Dot-product throughput per supported SIMD level: one query against nr rows,
@@ -42,6 +46,7 @@ import {
   machine,
   nowMs,
   randomFloats,
+  resultName,
   rng,
   round,
   sampleFor,
@@ -50,6 +55,8 @@ import {
   tryGc,
   writeResults,
 } from './lib/common.mjs';
+
+const RESULT_NAME = resultName('kernels'); // --name=NAME writes bench/results/NAME.json
 
 const require = createRequire(join(ROOT, 'package.json'));
 const { SparseTensor, simdInfo } = await import(join(ROOT, 'dist/index.js'));
@@ -109,7 +116,7 @@ const BEST = simd.level; // default (best supported unless GHOST_TENSOR_SIMD say
 const METRIC = 'ip';
 
 const results = {
-  name: 'kernels',
+  name: RESULT_NAME,
   date: new Date().toISOString(),
   command: ['node bench/kernels.mjs', ...process.argv.slice(2)].join(' '),
   machine: machine({ simd }),
@@ -478,5 +485,5 @@ results.loadavgEnd = os.loadavg().map((x) => round(x, 3));
 results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);
 console.log(checks.length === 0 ? '  none flagged' : checks.map((c) => `  - ${c}`).join('\n'));
-const file = writeResults('kernels', results);
+const file = writeResults(RESULT_NAME, results);
 log(`done in ${results.elapsedSec} s; wrote ${file}`);

@@ -78,7 +78,7 @@ if (process.argv.includes('--child')) {
     const w = process.hrtime.bigint();
     const r = fn();
     const d = process.cpuUsage(c);
-    return { cpu: (d.user + d.system) / 1e3, wall: Number(process.hrtime.bigint() - w) / 1e6, r };
+    return { cpu: (d.user + d.system) / 1e3, sys: d.system / 1e3, wall: Number(process.hrtime.bigint() - w) / 1e6, r };
   };
   const rand = rng(P.seed);
   const all = randomFloats(rand, P.bytes / 4);
@@ -95,11 +95,12 @@ if (process.argv.includes('--child')) {
     const hex = (u8) => Buffer.from(u8).toString('hex');
     const roots = new Set();
     for (const fn of Object.values(cases)) fn(); // warm: page in, allocator
-    const s = { raw: { cpu: [], wall: [] }, root: { cpu: [], wall: [] }, commit: { cpu: [], wall: [] } };
+    const s = { raw: { cpu: [], sys: [], wall: [] }, root: { cpu: [], sys: [], wall: [] }, commit: { cpu: [], sys: [], wall: [] } };
     for (let r = 0; r < P.reps; r++) {
       for (const [k, fn] of Object.entries(cases)) {
         const m = cpuMs(fn);
         s[k].cpu.push(m.cpu);
+        s[k].sys.push(m.sys);
         s[k].wall.push(m.wall);
         if (k !== 'raw') roots.add(hex(m.r));
       }
@@ -117,6 +118,7 @@ if (process.argv.includes('--child')) {
       entry[k] = {
         cpuMedianMs: round(med(k, 'cpu')),
         cpuMinMs: round(stats(s[k].cpu).min),
+        sysMedianMs: round(med(k, 'sys')), // system time (page faults, huge-page compaction) inside the CPU time
         wallMedianMs: round(med(k, 'wall')),
         gbpsCpu: round((n * d * 4) / (med(k, 'cpu') / 1e3) / 1e9),
         cpuSamplesMs: s[k].cpu.map((x) => round(x)),
@@ -185,12 +187,13 @@ for (const level of wanted) {
     e.raw.cpuMedianMs.toFixed(1),
     e.root.cpuMedianMs.toFixed(1),
     e.commit.cpuMedianMs.toFixed(1),
+    `${e.raw.sysMedianMs.toFixed(1)} / ${e.root.sysMedianMs.toFixed(1)} / ${e.commit.sysMedianMs.toFixed(1)}`,
     e.ratios.root.toFixed(3),
     e.ratios.commit.toFixed(3),
     `${e.ratios.rootWall.toFixed(3)} / ${e.ratios.commitWall.toFixed(3)}`,
     e.bound.toFixed(3),
   ]);
-  const headers = ['d', 'N', 'raw ms', 'root ms', 'commit ms', 'ratio root', 'ratio commit', 'wall ratios', 'bound'];
+  const headers = ['d', 'N', 'raw ms', 'root ms', 'commit ms', 'of which sys ms', 'ratio root', 'ratio commit', 'wall ratios', 'bound'];
   const widths = headers.map((h, j) => Math.max(h.length, ...rows.map((x) => x[j].length)));
   const line = (x) => x.map((c, j) => (j === 0 ? c.padEnd(widths[j]) : c.padStart(widths[j]))).join('  ');
   console.log(
@@ -204,6 +207,7 @@ for (const level of wanted) {
   );
 }
 console.log('\n  ratio = raw BLAKE3 time / build time (goal 0.9); bound = stream compressions / tree compressions.');
+console.log('  of which sys ms = system time (raw / root / commit) inside the CPU times: page faults and huge-page compaction, not hashing.');
 results.loadavgAtEnd = (await import('node:os')).default.loadavg().map((x) => round(x, 3));
 const file = writeResults(results.name, results);
 log(`load average at end ${results.loadavgAtEnd.join(' ')}; wrote ${file}`);

@@ -4,6 +4,7 @@
  *
  *   node bench/merkle.mjs            full run: N = 2^20 patterns of d = 64 f32 (256 MiB), ~5 min
  *   node bench/merkle.mjs --quick    N = 2^16, well under a minute
+ *   --name=NAME                      write bench/results/NAME.json instead of merkle.json
  *
  * Sections:
  *   1. Tree build vs raw BLAKE3 of the same bytes (native().blake3, single thread,
@@ -21,9 +22,11 @@
  */
 import { createRequire } from 'node:module';
 
-import { CORES, logger, machine, nowMs, randomFloats, rng, round, stats, writeResults } from './lib/common.mjs';
+import { CORES, logger, machine, nowMs, randomFloats, rng, resultName, round, stats, writeResults } from './lib/common.mjs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+const RESULT_NAME = resultName('merkle'); // --name=NAME writes bench/results/NAME.json
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -127,7 +130,7 @@ function table(title, headers, rows, notes = []) {
 
 const nat = native();
 const results = {
-  name: 'merkle',
+  name: RESULT_NAME,
   date: new Date().toISOString(),
   command: `node bench/merkle.mjs${QUICK ? ' --quick' : ''}`,
   machine: machine({ simd: simdInfo() }),
@@ -553,5 +556,5 @@ results.verify = { n: N, dim: D, rows: vrows, headlineK: 32 };
 // ---------------------------------------------------------------- output
 
 results.elapsedSec = round((nowMs() - t0All) / 1e3);
-const outFile = writeResults('merkle', results); // --quick writes it too (parameters.quick says which)
+const outFile = writeResults(RESULT_NAME, results); // --quick writes it too (parameters.quick says which)
 log(`done in ${results.elapsedSec} s; wrote ${outFile}`);

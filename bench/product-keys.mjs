@@ -6,6 +6,7 @@
  *   node --expose-gc bench/product-keys.mjs --quick   N = 2^16, 2^18 (~10 s)
  *   --dense-build-limit=SECONDS                       skip the dense search at a size whose key table took longer
  *                                                     than this to build (default 60)
+ *   --name=NAME                                       write bench/results/NAME.json (a run per GHOST_TENSOR_SIMD level)
  *
  * For each N = n^2 (n = 256, 512, 1024, 2048 sub-keys per table), d = 64 (two sub-key
  * tables of d/2 = 32, ProductKeyIndex.random(n, 64, rng): uniform in [-1, 1)), k = 32,
@@ -51,6 +52,7 @@ import {
   machine,
   nowMs,
   rng,
+  resultName,
   round,
   sampleFor,
   stats,
@@ -58,6 +60,8 @@ import {
   tryGc,
   writeResults,
 } from './lib/common.mjs';
+
+const RESULT_NAME = resultName('product-keys'); // --name=NAME writes bench/results/NAME.json
 
 const { SparseTensor, ProductKeyIndex, combineProductKeys, simdInfo } = await import(join(ROOT, 'dist/index.js'));
 
@@ -91,7 +95,7 @@ const P = {
 const log = logger('product-keys');
 const simd = simdInfo();
 const results = {
-  name: 'product-keys',
+  name: RESULT_NAME,
   date: new Date().toISOString(),
   command: ['node bench/product-keys.mjs', ...process.argv.slice(2)].join(' '),
   machine: machine({ simd }),
@@ -377,7 +381,7 @@ async function runSize(log2N) {
 
 for (const l of P.log2N) {
   results.sizes.push(await runSize(l));
-  writeResults('product-keys', { ...results, partial: true, checks });
+  writeResults(RESULT_NAME, { ...results, partial: true, checks });
   tryGc();
 }
 
@@ -476,6 +480,6 @@ results.elapsedSec = round((nowMs() - t0All) / 1e3);
 console.log(`\n## Checks\n`);
 console.log(checks.map((c) => `  - [${c.ok ? 'ok' : 'FAILED'}] ${c.check}${c.detail ? `: ${c.detail}` : ''}`).join('\n'));
 console.log(`\n  elapsed ${fmt(results.elapsedSec)} s`);
-const file = writeResults('product-keys', results);
+const file = writeResults(RESULT_NAME, results);
 log(`done in ${results.elapsedSec} s; wrote ${file}`);
 if (checks.some((c) => !c.ok && /exactly/.test(c.check))) process.exitCode = 1;

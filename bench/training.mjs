@@ -7,6 +7,14 @@
  *   node bench/training.mjs --quick    N = 2^10 .. 2^14, a minute or two
  *   node bench/training.mjs --replot   re-print the tables and redraw the SVG from
  *                                      bench/results/training.json (no measuring)
+ *   --log2n=18,20                      only these N (exponents of 2)
+ *   --variants=sparse-pk,dense         only these variants
+ *   --levels=scalar,avx2,avx512        run each library variant once per SIMD level
+ *                                      (GHOST_TENSOR_SIMD in the child), interleaved
+ *                                      level after level at each (N, variant), and
+ *                                      report dense / sparse per level; tfjs runs once
+ *   --name=NAME                        write bench/results/NAME.json and NAME-step.svg
+ *                                      (default training; --replot reads it too)
  *
  * A step: a HopfieldLookup layer with keys (N x 64) and values (N x 64), k = 32,
  * beta = 1/8, similarity 'ip', normalize: true, over a batch of 256 random inputs;
@@ -59,19 +67,22 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, otherProcesses, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
+import { CORES, RESULTS_DIR, ROOT, fmt, logger, machine, nowMs, otherProcesses, resultName, rng, round, stats, table, tryGc, writeResults } from './lib/common.mjs';
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 const argv = process.argv.slice(2);
 const REPLOT = argv.includes('--replot');
 const QUICK = argv.includes('--quick');
 const CHILD = argv.indexOf('--child');
+/** The value of --key=VALUE, or undefined. */
+const opt = (key) => argv.find((a) => a.startsWith(`--${key}=`))?.slice(key.length + 3);
+const NAME = resultName('training'); // --name=NAME: letters, digits, '.', '_', '-' (it names files in bench/results)
 
 // ---------------------------------------------------------------- parameters
 
 const P = {
   quick: QUICK,
-  log2Ns: QUICK ? [10, 12, 14] : [10, 12, 14, 16, 18, 20],
+  log2Ns: opt('log2n') ? opt('log2n').split(',').map(Number) : QUICK ? [10, 12, 14] : [10, 12, 14, 16, 18, 20],
   dim: 64,
   dv: 64,
   subKeyDim: 32,
@@ -96,8 +107,21 @@ const P = {
     childTimeoutSec: { 'sparse-pk': 600, 'sparse-hnsw': 900, 'sparse-exact': 600, dense: 900, tfjs: 420 },
   },
 };
-const VARIANTS = ['sparse-pk', 'sparse-hnsw', 'sparse-exact', 'dense', 'tfjs'];
+const ALL_VARIANTS = ['sparse-pk', 'sparse-hnsw', 'sparse-exact', 'dense', 'tfjs'];
 const SPARSE = ['sparse-pk', 'sparse-hnsw', 'sparse-exact'];
+let BASE_VARIANTS = opt('variants') ? opt('variants').split(',') : ALL_VARIANTS;
+/** SIMD levels to run each library variant at (GHOST_TENSOR_SIMD in the child); [] = the default level only. */
+let LEVELS = opt('levels') ? opt('levels').split(',') : [];
+for (const v of BASE_VARIANTS) if (!ALL_VARIANTS.includes(v)) throw new Error(`--variants: unknown variant ${v} (${ALL_VARIANTS.join(', ')})`);
+if (P.log2Ns.some((e) => !Number.isInteger(e) || e < 2 || e > 26)) throw new Error(`--log2n: exponents 2..26, got ${opt('log2n')}`);
+/** A result column: the variant at one SIMD level ('dense@avx2'), or the bare variant without --levels. */
+const key = (variant, level) => (level && variant !== 'tfjs' ? `${variant}@${level}` : variant);
+const baseOf = (k) => k.split('@')[0];
+const levelOf = (k) => k.split('@')[1];
+const columns = () => BASE_VARIANTS.flatMap((v) => (LEVELS.length && v !== 'tfjs' ? LEVELS.map((l) => key(v, l)) : [v]));
+let VARIANTS = columns();
+/** The levels to report ratios at: each of --levels, or [undefined] (the bare variants). */
+const ratioLevels = () => (LEVELS.length ? LEVELS : [undefined]);
 
 // ---------------------------------------------------------------- shared helpers
 
@@ -177,7 +201,9 @@ if (CHILD >= 0) {
   const library = libraryProvenance(); // before the import: what this child loads
   try {
     const r = variant === 'tfjs' ? await runTfjs(log2N, log) : await runLibrary(variant, log2N, log, emit);
-    emit({ ok: true, library, ...r });
+    let simd = null;
+    if (variant !== 'tfjs') simd = (await import(join(ROOT, 'dist/index.js'))).simdInfo();
+    emit({ ok: true, library, simd: simd && { level: simd.level, envError: simd.envError, blake3Simd: simd.blake3Simd }, ...r });
   } catch (err) {
     log(`FAILED: ${err?.stack ?? err}`);
     emit({ ok: false, variant, log2N, error: String(err?.message ?? err), maxRssMiB: round(maxRssMiB()) });
@@ -565,14 +591,16 @@ const tmp = mkdtempSync(join(os.tmpdir(), 'gt-training-'));
 const otherLoad = () =>
   otherProcesses({ pattern: 'bench/|cc1plus|vitest|examples/|node-gyp', exclude: [THIS_FILE, 'bench/training.mjs'], maxLength: Infinity });
 
-function runChild(variant, log2N) {
-  const out = join(tmp, `${variant}-${log2N}.json`);
+function runChild(variant, log2N, level) {
+  const out = join(tmp, `${key(variant, level)}-${log2N}.json`);
+  const env = { ...process.env };
+  if (level) env.GHOST_TENSOR_SIMD = level;
   const args = ['--expose-gc', THIS_FILE, '--child', variant, String(log2N), '--out', out, ...(QUICK ? ['--quick'] : [])];
   const before = { loadavg: os.loadavg().map((x) => round(x, 3)), others: otherLoad() };
   const seen = new Set(before.others);
   const t = nowMs();
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: ROOT });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: ROOT, env });
     const sampler = setInterval(() => {
       for (const l of otherLoad()) if (!l.startsWith(`${child.pid} `)) seen.add(l);
     }, 3000);
@@ -593,6 +621,11 @@ function runChild(variant, log2N) {
         r = { ok: false, variant, log2N, error: timedOut ? `killed after ${limitSec} s` : `child exited (code ${code}, signal ${signal}) without a result` };
       }
       r.wallSec = round((nowMs() - t) / 1e3);
+      if (level) {
+        r.simdRequested = level;
+        if (r.ok && r.simd?.level !== level) r.error = `asked GHOST_TENSOR_SIMD=${level}, ran at ${r.simd?.level} (${r.simd?.envError})`;
+        if (r.error) r.ok = false;
+      }
       r.loadBefore = before;
       for (const l of otherLoad()) seen.add(l);
       r.othersDuring = [...seen];
@@ -601,9 +634,9 @@ function runChild(variant, log2N) {
   });
 }
 
-/** Why (variant, log2N) should be skipped given the results at smaller N, or null. */
-function skipReason(variant, log2N, runs) {
-  const prev = Object.values(runs[variant]).filter((r) => r.log2N < log2N).sort((a, b) => b.log2N - a.log2N)[0];
+/** Why (variant, log2N) at `level` should be skipped given the results at smaller N, or null. */
+function skipReason(variant, log2N, runs, level) {
+  const prev = Object.values(runs[key(variant, level)]).filter((r) => r.log2N < log2N).sort((a, b) => b.log2N - a.log2N)[0];
   if (!prev) return null;
   const f = 2 ** (log2N - prev.log2N);
   if (!prev.ok) return `not run: it ${prev.skipped ? 'was stopped' : 'failed'} at 2^${prev.log2N} (${prev.error ?? prev.skipReason})`;
@@ -622,22 +655,27 @@ function skipReason(variant, log2N, runs) {
 
 let results;
 if (REPLOT) {
-  results = JSON.parse(readFileSync(join(RESULTS_DIR, 'training.json'), 'utf8'));
+  results = JSON.parse(readFileSync(join(RESULTS_DIR, `${NAME}.json`), 'utf8'));
   P.log2Ns = results.parameters.log2Ns;
+  BASE_VARIANTS = results.parameters.variants;
+  LEVELS = results.parameters.levels ?? [];
+  VARIANTS = columns();
   P.quick = results.parameters.quick;
   log(`replot of ${results.command} from ${results.date}`);
 } else {
-  log(`${QUICK ? 'quick' : 'full'} run: N = ${P.log2Ns.map((e) => `2^${e}`).join(', ')}; cores = ${CORES}`);
+  log(`${QUICK ? 'quick' : 'full'} run: N = ${P.log2Ns.map((e) => `2^${e}`).join(', ')}; ${VARIANTS.join(', ')}; cores = ${CORES}`);
   const startOthers = otherLoad();
   if (startOthers.length) log(`other load at start: ${startOthers.join(' | ')}`);
   results = {
-    name: 'training',
+    name: NAME,
     date: new Date().toISOString(),
-    command: `node bench/training.mjs${QUICK ? ' --quick' : ''}`,
+    command: `node bench/training.mjs ${argv.join(' ')}`.trim(),
     machine: machine(),
     parameters: {
       ...P,
-      variants: VARIANTS,
+      variants: BASE_VARIANTS,
+      levels: LEVELS,
+      columns: VARIANTS,
       units: { ms: 'milliseconds (wall clock)', MiB: '2^20 bytes' },
       step: 'forward (256 inputs) -> backward (dy = w) -> SparseAdam.step over the key and value tensors -> t.root() of each tensor (+ refreshHnsw for sparse-hnsw); tfjs: valueAndGrads + adam.applyGradients + reading dx and the loss (no commitment)',
     },
@@ -646,21 +684,24 @@ if (REPLOT) {
   };
 
   for (const log2N of P.log2Ns) {
-    for (const variant of VARIANTS) {
-      const why = skipReason(variant, log2N, results.runs);
-      if (why) {
-        log(`${variant} 2^${log2N}: ${why}`);
-        results.runs[variant][log2N] = { ok: false, variant, log2N, skipped: true, skipReason: why };
-        continue;
+    for (const variant of BASE_VARIANTS) {
+      for (const level of variant !== 'tfjs' && LEVELS.length ? LEVELS : [undefined]) {
+        const k = key(variant, level);
+        const why = skipReason(variant, log2N, results.runs, level);
+        if (why) {
+          log(`${k} 2^${log2N}: ${why}`);
+          results.runs[k][log2N] = { ok: false, variant, log2N, skipped: true, skipReason: why };
+          continue;
+        }
+        log(`${k} 2^${log2N} ...`);
+        const r = await runChild(variant, log2N, level);
+        results.runs[k][log2N] = r;
+        log(
+          r.ok
+            ? `${k} 2^${log2N}: median step ${fmt(r.medianStepMs)} ms, peak RSS ${fmt(r.maxRssMiB)} MiB (${r.wallSec} s)`
+            : `${k} 2^${log2N}: ${r.error}`,
+        );
       }
-      log(`${variant} 2^${log2N} ...`);
-      const r = await runChild(variant, log2N);
-      results.runs[variant][log2N] = r;
-      log(
-        r.ok
-          ? `${variant} 2^${log2N}: median step ${fmt(r.medianStepMs)} ms, peak RSS ${fmt(r.maxRssMiB)} MiB (${r.wallSec} s)`
-          : `${variant} 2^${log2N}: ${r.error}`,
-      );
     }
   }
 }
@@ -668,7 +709,7 @@ if (REPLOT) {
 // ---------------------------------------------------------------- tables
 
 const get = (v, e) => {
-  const r = results.runs[v][e];
+  const r = results.runs[v]?.[e];
   return r && r.ok ? r : null;
 };
 const stepOf = (v, e) => get(v, e)?.medianStepMs;
@@ -690,14 +731,27 @@ function libraryNote() {
   }
   return `WARNING: the library changed during the run (${libs.size} builds): ${[...libs.entries()].map(([k, at]) => `${k} (last at ${at})`).join('; ')}`;
 }
+/** Ratio columns: dense over each sparse variant and tfjs over dense, at each level (suffix @level with --levels). */
+const ratioCols = ratioLevels().flatMap((l) => {
+  const at = l ? `@${l}` : '';
+  return [
+    ['denseOverPk', 'sparse-pk', 'dense/pk'],
+    ['denseOverHnsw', 'sparse-hnsw', 'dense/hnsw'],
+    ['denseOverExact', 'sparse-exact', 'dense/exact'],
+    ['tfjsOverDense', 'tfjs', 'tfjs/dense'],
+  ]
+    .filter(([, v]) => BASE_VARIANTS.includes(v) && BASE_VARIANTS.includes('dense'))
+    .map(([name, v, header]) => ({
+      name: name + at,
+      header: header + (l ? ` ${l}` : ''),
+      of: (e) => (v === 'tfjs' ? ratio(stepOf('tfjs', e), stepOf(key('dense', l), e)) : ratio(stepOf(key('dense', l), e), stepOf(key(v, l), e))),
+    }));
+});
 const summary = P.log2Ns.map((e) => ({
   log2N: e,
   n: 2 ** e,
   ...Object.fromEntries(VARIANTS.map((v) => [v, stepOf(v, e)])),
-  denseOverPk: ratio(stepOf('dense', e), stepOf('sparse-pk', e)),
-  denseOverHnsw: ratio(stepOf('dense', e), stepOf('sparse-hnsw', e)),
-  denseOverExact: ratio(stepOf('dense', e), stepOf('sparse-exact', e)),
-  tfjsOverDense: ratio(stepOf('tfjs', e), stepOf('dense', e)),
+  ...Object.fromEntries(ratioCols.map((c) => [c.name, c.of(e)])),
 }));
 results.summary = summary;
 const skipNote = (v) =>
@@ -706,21 +760,15 @@ table(
   summary,
   [
     { key: 'log2N', header: 'N', format: (x) => exp(x) },
-    { key: 'sparse-pk', header: 'sparse-pk ms', format: markIf('sparse-pk') },
-    { key: 'sparse-hnsw', header: 'sparse-hnsw ms', format: markIf('sparse-hnsw') },
-    { key: 'sparse-exact', header: 'sparse-exact ms', format: markIf('sparse-exact') },
-    { key: 'dense', header: 'dense ms', format: markIf('dense') },
-    { key: 'tfjs', header: 'tfjs ms', format: markIf('tfjs') },
-    { key: 'denseOverPk', header: 'dense/pk' },
-    { key: 'denseOverHnsw', header: 'dense/hnsw' },
-    { key: 'denseOverExact', header: 'dense/exact' },
-    { key: 'tfjsOverDense', header: 'tfjs/dense' },
+    ...VARIANTS.map((v) => ({ key: v, header: `${v} ms`, format: markIf(v) })),
+    ...ratioCols.map((c) => ({ key: c.name, header: c.header })),
   ],
   {
     title: `1. Median training-step time (batch ${P.batch}, d = dv = ${P.dim}, k = ${P.k}), ms`,
     notes: [
       'step = forward + backward + SparseAdam.step (incl. Merkle path updates) + root() reads (+ refreshHnsw(256) for hnsw); tfjs: no commitment.',
       'Each (variant, N) in its own process, one after another; 1 warm-up step, then the median of the timed steps.',
+      ...(LEVELS.length ? [`variant@level: GHOST_TENSOR_SIMD=level in the child (checked against simdInfo().level); at each (N, variant) the levels run one after another (${LEVELS.join(', ')}).`] : []),
       ...VARIANTS.flatMap(skipNote),
       ...VARIANTS.flatMap((v) =>
         P.log2Ns.filter((e) => contended(v, e)).map((e) => `! ${v} ${exp(e)} shared the machine with: ${results.runs[v][e].othersDuring.join(' | ')}`),
@@ -731,7 +779,7 @@ table(
 );
 
 const bdRows = [];
-for (const v of SPARSE.concat(['dense'])) {
+for (const v of VARIANTS.filter((c) => baseOf(c) !== 'tfjs')) {
   for (const e of P.log2Ns) {
     const r = get(v, e);
     if (!r) continue;
@@ -743,8 +791,8 @@ for (const v of SPARSE.concat(['dense'])) {
       step: b.stepMs,
       retrieval: b.retrievalMs,
       gather: b.gatherMs,
-      nativeMath: v === 'dense' ? undefined : b.nativeMathMs,
-      rest: v === 'dense' ? undefined : b.restMs,
+      nativeMath: baseOf(v) === 'dense' ? undefined : b.nativeMathMs,
+      rest: baseOf(v) === 'dense' ? undefined : b.restMs,
       fwd: b.forwardMs,
       bwd: b.backwardMs,
       optimizer: b.optimizerMs,
@@ -795,20 +843,24 @@ table(
 );
 
 const thrRows = P.log2Ns
-  .map((e) => ({
-    log2N: e,
-    denseFwd: get('dense', e)?.breakdown.forwardGflops,
-    denseBwd: get('dense', e)?.breakdown.backwardGflops,
-    denseOpt: get('dense', e)?.breakdown.optimizerMs,
-    denseMerkle: get('dense', e)?.twin.merkleMs,
-    tfjsFb: get('tfjs', e)?.breakdown.forwardBackwardGflops,
-    tfjsOpt: get('tfjs', e)?.breakdown.optimizerMs,
-  }))
+  .flatMap((e) =>
+    ratioLevels().map((l) => ({
+      log2N: e,
+      level: l ?? '',
+      denseFwd: get(key('dense', l), e)?.breakdown.forwardGflops,
+      denseBwd: get(key('dense', l), e)?.breakdown.backwardGflops,
+      denseOpt: get(key('dense', l), e)?.breakdown.optimizerMs,
+      denseMerkle: get(key('dense', l), e)?.twin.merkleMs,
+      tfjsFb: get('tfjs', e)?.breakdown.forwardBackwardGflops,
+      tfjsOpt: get('tfjs', e)?.breakdown.optimizerMs,
+    })),
+  )
   .filter((r) => r.denseFwd !== undefined || r.tfjsFb !== undefined);
 table(
   thrRows,
   [
     { key: 'log2N', header: 'N', format: (x) => exp(x) },
+    ...(LEVELS.length ? [{ key: 'level', header: 'dense SIMD' }] : []),
     { key: 'denseFwd', header: 'dense fwd GFLOP/s' },
     { key: 'denseBwd', header: 'dense bwd GFLOP/s' },
     { key: 'denseOpt', header: 'dense optimizer ms' },
@@ -896,17 +948,19 @@ const checks = {
   growthExponent: Object.fromEntries(VARIANTS.map((v) => [v, growth(v)])),
   growthNote: 'slope of log(step time) vs log(N), least squares over the largest 3 measured sizes: ~0 = flat (log N), 1 = linear in N',
 };
-for (const v of ['sparse-pk', 'sparse-hnsw']) {
-  const r = ratio(stepOf('dense', top), stepOf(v, top));
+const checkedSparse = ratioLevels().flatMap((l) => ['sparse-pk', 'sparse-hnsw'].map((v) => key(v, l)));
+for (const v of checkedSparse) {
+  const r = ratio(stepOf(key('dense', levelOf(v)), top), stepOf(v, top));
   checks[`denseOver_${v}_at_2^${top}`] = r ?? null;
   checks[`${v} >= 50x faster than dense at 2^${top}`] = r === undefined ? null : r >= 50;
 }
 {
   // Same data, same math: the first (warm-up) step's loss of dense and tfjs must agree.
+  const denseKey = key('dense', ratioLevels().at(-1));
   const agree = P.log2Ns
-    .filter((e) => get('dense', e) && get('tfjs', e))
+    .filter((e) => get(denseKey, e) && get('tfjs', e))
     .map((e) => {
-      const a = get('dense', e).lossFirst, b = get('tfjs', e).lossFirst;
+      const a = get(denseKey, e).lossFirst, b = get('tfjs', e).lossFirst;
       return { log2N: e, dense: a, tfjs: b, relDiff: round(Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), 1e-3), 3) };
     });
   checks.denseVsTfjsFirstLoss = agree;
@@ -916,8 +970,8 @@ checks.rootsMatchFreshRebuild = Object.values(results.runs).flatMap((v) => Objec
 results.checks = checks;
 table(
   [
-    ...['sparse-pk', 'sparse-hnsw'].map((v) => ({
-      check: `${v} >= 50x faster per step than dense at N = ${exp(top)}`,
+    ...checkedSparse.map((v) => ({
+      check: `${v} >= 50x faster per step than dense${levelOf(v) ? `@${levelOf(v)}` : ''} at N = ${exp(top)}`,
       value: checks[`denseOver_${v}_at_2^${top}`] === null ? 'not measured' : `${fmt(checks[`denseOver_${v}_at_2^${top}`])}x`,
       pass: checks[`${v} >= 50x faster than dense at 2^${top}`] ?? 'n/a',
     })),
@@ -942,6 +996,7 @@ table(
 function svgPlot() {
   const W = 820, H = 500, L = 78, R = 220, T = 48, B = 58;
   const colors = { 'sparse-pk': '#1b9e77', 'sparse-hnsw': '#7570b3', 'sparse-exact': '#e6ab02', dense: '#d95f02', tfjs: '#e7298a' };
+  const dashes = (v) => (levelOf(v) && LEVELS.indexOf(levelOf(v)) > 0 ? ` stroke-dasharray="${['', '6 3', '2 3', '8 3 2 3'][LEVELS.indexOf(levelOf(v)) % 4]}"` : '');
   const pts = VARIANTS.map((v) => ({ v, p: P.log2Ns.filter((e) => stepOf(v, e) !== undefined).map((e) => [e, stepOf(v, e)]) }));
   const ys = pts.flatMap((s) => s.p.map((q) => q[1]));
   const yLo = Math.floor(Math.log10(Math.min(...ys)));
@@ -972,14 +1027,14 @@ function svgPlot() {
   o.push(`<text transform="translate(18 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">median step time</text>`);
   pts.forEach(({ v, p }, i) => {
     if (!p.length) return;
-    const c = colors[v];
-    o.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${p.map(([e, ms]) => `${X(e).toFixed(1)},${Y(ms).toFixed(1)}`).join(' ')}"/>`);
+    const c = colors[baseOf(v)];
+    o.push(`<polyline fill="none" stroke="${c}" stroke-width="2"${dashes(v)} points="${p.map(([e, ms]) => `${X(e).toFixed(1)},${Y(ms).toFixed(1)}`).join(' ')}"/>`);
     for (const [e, ms] of p) {
       const fill = contended(v, e) ? `fill="white" stroke="${c}" stroke-width="2"` : `fill="${c}"`;
       o.push(`<circle cx="${X(e).toFixed(1)}" cy="${Y(ms).toFixed(1)}" r="3.5" ${fill}><title>${esc(v)} 2^${e}: ${fmt(ms)} ms${contended(v, e) ? ' (machine shared with another process)' : ''}</title></circle>`);
     }
     const ly = T + 14 + i * 20;
-    o.push(`<line x1="${W - R + 14}" y1="${ly - 4}" x2="${W - R + 38}" y2="${ly - 4}" stroke="${c}" stroke-width="2"/>`);
+    o.push(`<line x1="${W - R + 14}" y1="${ly - 4}" x2="${W - R + 38}" y2="${ly - 4}" stroke="${c}" stroke-width="2"${dashes(v)}/>`);
     o.push(`<circle cx="${W - R + 26}" cy="${ly - 4}" r="3.5" fill="${c}"/>`);
     const g = checks.growthExponent[v];
     o.push(`<text x="${W - R + 44}" y="${ly}">${esc(v)}${g ? ` (slope ${g.slope})` : ''}</text>`);
@@ -998,7 +1053,7 @@ function svgPlot() {
   o.push('</svg>');
   return o.join('\n') + '\n';
 }
-const svgFile = join(RESULTS_DIR, 'training-step.svg');
+const svgFile = join(RESULTS_DIR, `${NAME}-step.svg`);
 writeFileSync(svgFile, svgPlot());
 
 // ---------------------------------------------------------------- output
@@ -1008,6 +1063,6 @@ if (!REPLOT) {
   results.otherLoadAtEnd = otherLoad();
   results.elapsedSec = round((nowMs() - t0All) / 1e3);
 }
-const outFile = writeResults('training', results); // --quick writes it too (parameters.quick says which)
+const outFile = writeResults(NAME, results); // --quick writes it too (parameters.quick says which)
 rmSync(tmp, { recursive: true, force: true });
 log(`${REPLOT ? 'replotted' : `done in ${results.elapsedSec} s`}; wrote ${outFile} and ${svgFile}`);

@@ -205,6 +205,17 @@ export function machine(extra = {}) {
   };
 }
 
+/**
+ * The results name of this run: `--name=NAME` on the command line, else `dflt`. Lets a
+ * re-run (at another GHOST_TENSOR_SIMD level, say) keep its own file beside the default.
+ */
+export function resultName(dflt) {
+  const a = process.argv.find((x) => x.startsWith('--name='));
+  const name = a === undefined ? dflt : a.slice('--name='.length);
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new Error(`--name: letters, digits, '.', '_' and '-' only, got ${JSON.stringify(name)}`);
+  return name;
+}
+
 /** Writes `obj` as bench/results/<name>.json (pretty-printed) and returns the path. */
 export function writeResults(name, obj) {
   mkdirSync(RESULTS_DIR, { recursive: true });
