@@ -39,7 +39,7 @@ unsanitized=(
   test/browser.test.ts test/proof-fuzz.test.ts
   test/attention-quality.test.ts
   test/serve-crash.test.ts test/serve-workers.test.ts test/swarm-cli.test.ts test/swarm-cli-join.test.ts test/swarm-netns.test.ts test/swarm-kill.test.ts test/examples.test.ts
-  test/cli.test.ts
+  test/cli.test.ts test/bench-levels.test.ts
   test/p2p.test.ts test/swarm.test.ts test/swarm-takeover.test.ts test/swarm-five.test.ts
 )
 exclude=()
