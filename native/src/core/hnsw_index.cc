@@ -90,8 +90,13 @@ HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t thre
   tensor_.check_all_rows();  // the build reads every row
   space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
   const size_t n = tensor_.size();
+  // Vectors on cache-line boundaries (vendored hnswalg.h, gt_align_rows): at d = 64 a
+  // distance reads 4 lines instead of 5. GHOST_TENSOR_HNSW_ALIGN=off keeps upstream's
+  // packed layout, to measure it (bench/hnsw-memory.mjs). A loaded graph keeps the layout
+  // it was saved with.
   graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::max<size_t>(n, 1), params_.M,
-                                                             params_.ef_construction, params_.seed);
+                                                             params_.ef_construction, params_.seed, false,
+                                                             !env_off("GHOST_TENSOR_HNSW_ALIGN"));
   advise_graph(*graph_);  // before addPoint first touches the pages
   graph_->setEf(1);  // the per-call ef is passed as the candidate count instead
   dirty_.assign(n, 0);
