@@ -79,6 +79,7 @@ void check_params(const HnswParams& p) {
     throw Error(ErrorCode::OutOfRange, "efConstruction must be in 1..100000");
   if (!(p.neighbor_update_probability >= 0.0f && p.neighbor_update_probability <= 1.0f))
     throw Error(ErrorCode::OutOfRange, "neighborUpdateProbability must be in 0..1");
+  if (p.relink_ef > 100000) throw Error(ErrorCode::OutOfRange, "relinkEf must be in 0..100000");
   if (!(p.drift_threshold >= 0.0f) || !std::isfinite(p.drift_threshold))
     throw Error(ErrorCode::OutOfRange, "driftThreshold must be a finite number >= 0");
 }
@@ -376,7 +377,7 @@ void HnswIndex::relink_row(uint32_t internal_id, const float* v) {
 
   std::vector<Node> new0;
   for (int level = std::min(elem_level, max_level); level >= 0; --level) {
-    Queue found = g.searchBaseLayer(cur, v, level);
+    Queue found = g.searchBaseLayer(cur, v, level, params_.relink_ef);
     Queue cand;
     for (; !found.empty(); found.pop())
       if (found.top().second != id) cand.push(found.top());
