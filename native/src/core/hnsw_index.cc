@@ -44,7 +44,7 @@ bool env_off(const char* name) {
 }
 
 // Asks Linux for transparent huge pages under the graph's base layer (vectors and level-0
-// links, ~400 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
+// links, 448 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
 // pages nearly every hop also misses the TLB. Advice only: nothing changes where the
 // kernel has THP off, and the bytes are the same. The whole 2 MiB pages inside the
 // block are advised (malloc's block is page-aligned at best). GHOST_TENSOR_HUGE_PAGES=off
