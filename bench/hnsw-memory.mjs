@@ -4,14 +4,15 @@
  * graph"): graphs of the same rows built with the defaults (transparent huge pages
  * under the base layer; all unvisited neighbours prefetched before they are scored, on
  * rows of at most 512 bytes) and with each turned off (GHOST_TENSOR_HUGE_PAGES=off,
- * GHOST_TENSOR_HNSW_PREFETCH=off, or both), searched one query per call (t.search on the
+ * GHOST_TENSOR_HNSW_PREFETCH=off, or both; 'packed': upstream's element layout instead of
+ * vectors on 64-byte lines, GHOST_TENSOR_HNSW_ALIGN=off), searched one query per call (t.search on the
  * JS thread) in interleaved rounds at each ef; q/s from the medians, recall@10 of each
  * against the exact top-10, and the huge-page bytes each build added to the process
  * (AnonHugePages of /proc/self/smaps_rollup).
  *
  *   node bench/hnsw-memory.mjs [--ns=200000] [--d=64] [--ef=128,512] [--queries=500]
  *        [--m=16] [--ef-construction=64] [--rounds=7]
- *        [--variants=default,no-huge-pages,no-prefetch,neither] [--name=hnsw-memory]
+ *        [--variants=default,no-huge-pages,no-prefetch,neither,packed] [--name=hnsw-memory]
  *
  * Rows and queries: random unit vectors (Gaussian components, normalised), metric ip.
  * efConstruction is lower than bench/index.mjs's 200: the point is the memory layout,
@@ -57,6 +58,7 @@ const VARIANTS = {
   'no-huge-pages': { GHOST_TENSOR_HUGE_PAGES: 'off' },
   'no-prefetch': { GHOST_TENSOR_HNSW_PREFETCH: 'off' },
   neither: { GHOST_TENSOR_HUGE_PAGES: 'off', GHOST_TENSOR_HNSW_PREFETCH: 'off' },
+  packed: { GHOST_TENSOR_HNSW_ALIGN: 'off' },
 };
 for (const v of P.variants) if (!(v in VARIANTS)) throw new Error(`--variants: unknown ${v} (known: ${Object.keys(VARIANTS).join(', ')})`);
 if (P.variants[0] !== 'default') throw new Error('--variants must start with default (the others are compared with it)');
@@ -86,7 +88,7 @@ function unitVectors(seed, n, d) {
   return a;
 }
 
-const KNOBS = ['GHOST_TENSOR_HUGE_PAGES', 'GHOST_TENSOR_HNSW_PREFETCH'];
+const KNOBS = ['GHOST_TENSOR_HUGE_PAGES', 'GHOST_TENSOR_HNSW_PREFETCH', 'GHOST_TENSOR_HNSW_ALIGN'];
 async function build(data, env) {
   for (const k of KNOBS) delete process.env[k];
   Object.assign(process.env, env);
@@ -170,7 +172,7 @@ table(rows, [
   title: `HNSW one query per call, ${P.d}-d unit vectors (ip), M=${P.M}, efConstruction=${P.efConstruction}, k=${P.k}, ${P.queries} queries, median of ${P.rounds} interleaved rounds`,
   notes: [
     `THP: ${thpMode}. default: huge pages and the neighbour prefetch; no-huge-pages: GHOST_TENSOR_HUGE_PAGES=off;`,
-    'no-prefetch: GHOST_TENSOR_HNSW_PREFETCH=off; neither: both off. Each graph is its own build.',
+    'no-prefetch: GHOST_TENSOR_HNSW_PREFETCH=off; neither: both off; packed: GHOST_TENSOR_HNSW_ALIGN=off (upstream element layout). Each graph is its own build.',
   ],
 });
 const file = writeResults(NAME, {

@@ -132,7 +132,8 @@ const CATALOGUE = {
   'drift-only': { every: 0, budget: 0, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'the old default (hnswlib re-link, driftThreshold 0.05); no explicit refresh; only the automatic one inside add past maxDirty' },
   budget: { every: 100, budget: 256, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'hnswlib re-link, driftThreshold 0.05; refreshHnsw(256) every 100 steps (test/hnsw.test.ts schedule)' },
   'every-step': { every: 1, budget: 32, opts: { relink: 'hnswlib', driftThreshold: 0.05 }, desc: 'hnswlib re-link, driftThreshold 0.05; refreshHnsw(32) every step' },
-  'repair drift-only': { every: 0, budget: 0, opts: { relink: 'repair' }, desc: 'the new default (repair re-link, driftThreshold 0.1); no explicit refresh' },
+  'repair drift-only': { every: 0, budget: 0, opts: { relink: 'repair' }, desc: 'the default (repair re-link, driftThreshold 0.1, relinkEf 64); no explicit refresh' },
+  'repair-ef200 drift-only': { every: 0, budget: 0, opts: { relink: 'repair', relinkEf: 0 }, desc: 'repair re-link searching efConstruction (200) candidates per re-link, as an insertion (the default before relinkEf 64); no explicit refresh' },
   'repair every-step': { every: 1, budget: 32, opts: { relink: 'repair' }, desc: 'repair re-link; refreshHnsw(32) every step' },
 };
 {

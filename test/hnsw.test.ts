@@ -122,7 +122,7 @@ describe('HNSW index', () => {
     const repair = await run();
     const legacy = await run('hnswlib');
     expect(repair.fresh).toBe(legacy.fresh); // the same final rows
-    expect(repair.moved).toBeGreaterThanOrEqual(repair.fresh - 0.02);
+    expect(repair.moved).toBeGreaterThanOrEqual(repair.fresh - 0.02); // relinkEf 64, the default
     expect(legacy.moved).toBeLessThan(legacy.fresh - 0.02); // the test can tell the two apart
   }, 120_000);
 
@@ -145,6 +145,45 @@ describe('HNSW index', () => {
     // Small moves below the drift threshold do not dirty a row.
     t.add([5], new Float32Array(d).fill(1e-6));
     expect(t.hnsw!.dirty).toBe(0);
+  });
+
+  it('the cache-line layout of the graph answers exactly as upstream hnswlib\'s packed layout, also after growing', async () => {
+    // One build thread: both graphs are the same graph, only the bytes sit elsewhere
+    // (GHOST_TENSOR_HNSW_ALIGN=off is read at each build). Appending past the capacity
+    // moves the base layer (resizeIndex); the exact index is the reference for recall.
+    const rng = new Rng(40);
+    const d = 64, n = 4000, extra = 1500;
+    const data = unitVectors(rng, n + extra, d);
+    const queries = unitVectors(rng, 200, d);
+    const build = async (align: boolean): Promise<SparseTensor> => {
+      const t = SparseTensor.fromArray(data.subarray(0, n * d), d, { metric: 'ip' });
+      const prev = process.env.GHOST_TENSOR_HNSW_ALIGN;
+      if (align) delete process.env.GHOST_TENSOR_HNSW_ALIGN;
+      else process.env.GHOST_TENSOR_HNSW_ALIGN = 'off';
+      try {
+        await t.buildHnsw({ threads: 1, maxDirty: 100_000 });
+      } finally {
+        if (prev === undefined) delete process.env.GHOST_TENSOR_HNSW_ALIGN;
+        else process.env.GHOST_TENSOR_HNSW_ALIGN = prev;
+      }
+      return t;
+    };
+    const aligned = await build(true);
+    const packed = await build(false);
+    for (const grow of [false, true]) {
+      if (grow) {
+        for (const t of [aligned, packed]) {
+          t.append(data.subarray(n * d));
+          expect(t.refreshHnsw(extra, { threads: 1 })).toBe(extra);
+          expect(t.hnsw).toMatchObject({ inGraph: n + extra, dirty: 0 });
+        }
+      }
+      const a = await aligned.searchBatch(queries, 10, { index: 'hnsw', ef: 32 });
+      const p = await packed.searchBatch(queries, 10, { index: 'hnsw', ef: 32 });
+      expect(Array.from(a.ids)).toEqual(Array.from(p.ids));
+      expect(Array.from(a.scores)).toEqual(Array.from(p.scores));
+      expect(await recall(aligned, queries, 10, 'ip', 128)).toBeGreaterThanOrEqual(0.9);
+    }
   });
 
   it('saved and loaded, the index answers exactly as before', async () => {
@@ -212,7 +251,13 @@ describe('HNSW index', () => {
     await expect(t.buildHnsw({ metric: 'x' as Metric })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(t.buildHnsw({ driftThreshold: -1 })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(t.buildHnsw({ relink: 'always' as 'repair' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(t.buildHnsw({ relinkEf: -1 })).rejects.toBeInstanceOf(OutOfRangeError);
+    await expect(t.buildHnsw({ relinkEf: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(t.buildHnsw({ relinkEf: 100_001 })).rejects.toBeInstanceOf(OutOfRangeError);
+    await t.buildHnsw({ metric: 'l2', relinkEf: 0 });
+    expect(t.hnsw!.relinkEf).toBe(0); // efConstruction, as an insertion
     await t.buildHnsw({ metric: 'l2' });
+    expect(t.hnsw!.relinkEf).toBe(64); // the default
     expect(() => t.search(new Float32Array(4), 5, { index: 'hnsw', ef: 4 })).toThrow(OutOfRangeError); // ef < k
     expect(() => t.search(new Float32Array(4), 101, { index: 'hnsw' })).toThrow(OutOfRangeError); // k > N
     expect(() => t.search(new Float32Array(3), 1, { index: 'hnsw' })).toThrow(InvalidArgumentError); // wrong dim

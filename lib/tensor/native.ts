@@ -128,6 +128,8 @@ export interface NativeHnswStats {
   M: number;
   efConstruction: number;
   driftThreshold: number;
+  /** Candidates searched to re-link a moved row (0: efConstruction). */
+  relinkEf: number;
   inGraph: number;
   dirty: number;
   refreshed: number;

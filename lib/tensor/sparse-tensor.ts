@@ -27,7 +27,7 @@ const MAX_DIM = 2 ** 24;
 const MAX_ROWS = 2 ** 32 - 1;
 const SEARCH_KEYS = ['metric', 'level', 'index', 'ef'] as const;
 const BATCH_SEARCH_KEYS = [...SEARCH_KEYS, 'threads'] as const;
-const HNSW_KEYS = ['metric', 'M', 'efConstruction', 'seed', 'driftThreshold', 'maxDirty', 'neighborUpdateProbability', 'relink', 'threads'] as const;
+const HNSW_KEYS = ['metric', 'M', 'efConstruction', 'seed', 'driftThreshold', 'maxDirty', 'neighborUpdateProbability', 'relink', 'relinkEf', 'threads'] as const;
 const THREADS_KEYS = ['threads'] as const;
 
 export interface SearchOptions {
@@ -67,6 +67,12 @@ export interface HnswOptions {
    * updatePoint (M links at layer 0, with neighborUpdateProbability). See docs/retrieval.md.
    */
   relink?: 'repair' | 'hnswlib';
+  /**
+   * With relink 'repair': candidates searched per layer to re-link a moved row (default 64;
+   * 0 means efConstruction, as an insertion). 64 kept recall above a fresh build's at
+   * 2-3x less upkeep than 200 (docs/retrieval.md, bench/index-training.mjs).
+   */
+  relinkEf?: number;
   /** Build threads (default: all cores). */
   threads?: number;
 }
@@ -586,6 +592,7 @@ export class SparseTensor {
       }
       o.relink = options.relink;
     }
+    if (options.relinkEf !== undefined) o.relinkEf = checkInteger('relinkEf', options.relinkEf, 0, 100_000);
     return o;
   }
 

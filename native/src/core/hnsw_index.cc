@@ -44,7 +44,7 @@ bool env_off(const char* name) {
 }
 
 // Asks Linux for transparent huge pages under the graph's base layer (vectors and level-0
-// links, ~400 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
+// links, 448 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
 // pages nearly every hop also misses the TLB. Advice only: nothing changes where the
 // kernel has THP off, and the bytes are the same. The whole 2 MiB pages inside the
 // block are advised (malloc's block is page-aligned at best). GHOST_TENSOR_HUGE_PAGES=off
@@ -79,6 +79,7 @@ void check_params(const HnswParams& p) {
     throw Error(ErrorCode::OutOfRange, "efConstruction must be in 1..100000");
   if (!(p.neighbor_update_probability >= 0.0f && p.neighbor_update_probability <= 1.0f))
     throw Error(ErrorCode::OutOfRange, "neighborUpdateProbability must be in 0..1");
+  if (p.relink_ef > 100000) throw Error(ErrorCode::OutOfRange, "relinkEf must be in 0..100000");
   if (!(p.drift_threshold >= 0.0f) || !std::isfinite(p.drift_threshold))
     throw Error(ErrorCode::OutOfRange, "driftThreshold must be a finite number >= 0");
 }
@@ -90,8 +91,13 @@ HnswIndex::HnswIndex(SparseTensor& tensor, const HnswParams& params, size_t thre
   tensor_.check_all_rows();  // the build reads every row
   space_ = std::make_unique<Space>(tensor_.dim(), params_.metric, kernels_);
   const size_t n = tensor_.size();
+  // Vectors on cache-line boundaries (vendored hnswalg.h, gt_align_rows): at d = 64 a
+  // distance reads 4 lines instead of 5. GHOST_TENSOR_HNSW_ALIGN=off keeps upstream's
+  // packed layout, to measure it (bench/hnsw-memory.mjs). A loaded graph keeps the layout
+  // it was saved with.
   graph_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::max<size_t>(n, 1), params_.M,
-                                                             params_.ef_construction, params_.seed);
+                                                             params_.ef_construction, params_.seed, false,
+                                                             !env_off("GHOST_TENSOR_HNSW_ALIGN"));
   advise_graph(*graph_);  // before addPoint first touches the pages
   graph_->setEf(1);  // the per-call ef is passed as the candidate count instead
   dirty_.assign(n, 0);
@@ -371,7 +377,7 @@ void HnswIndex::relink_row(uint32_t internal_id, const float* v) {
 
   std::vector<Node> new0;
   for (int level = std::min(elem_level, max_level); level >= 0; --level) {
-    Queue found = g.searchBaseLayer(cur, v, level);
+    Queue found = g.searchBaseLayer(cur, v, level, params_.relink_ef);
     Queue cand;
     for (; !found.empty(); found.pop())
       if (found.top().second != id) cand.push(found.top());

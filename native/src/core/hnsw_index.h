@@ -52,6 +52,11 @@ struct HnswParams {
   //  Hnswlib hnswlib's updatePoint with neighbor_update_probability.
   enum class Relink { Repair, Hnswlib };
   Relink relink = Relink::Repair;
+  // Repair: candidates searched per layer to re-link a moved row (hnswlib's insertion
+  // uses ef_construction). A moved row's new neighbourhood is near its old one, and 64
+  // kept recall@10 above a fresh build's at 2-3x less cost per row than 200
+  // (bench/index-training.mjs, docs/retrieval.md). 0: ef_construction.
+  size_t relink_ef = 64;
 };
 
 // How many of the graph's ef candidates a search re-scores on current values:

@@ -81,6 +81,7 @@ HnswParams hnsw_params(const Napi::CallbackInfo& info, size_t index) {
   p.drift_threshold = static_cast<float>(num("driftThreshold", 0, 1e30, 0.1));
   p.max_dirty = static_cast<size_t>(num("maxDirty", 0, 4294967295.0, 0));
   p.neighbor_update_probability = static_cast<float>(num("neighborUpdateProbability", 0, 1, 0));
+  p.relink_ef = static_cast<size_t>(num("relinkEf", 0, 100000, 64));
   Napi::Value r = o.Get("relink");
   if (!r.IsUndefined()) {
     const std::string mode = r.IsString() ? r.As<Napi::String>().Utf8Value() : std::string();
@@ -145,6 +146,7 @@ Napi::Value TensorBinding::HnswStatsJs(const Napi::CallbackInfo& info) {
     o.Set("M", static_cast<double>(p.M));
     o.Set("efConstruction", static_cast<double>(p.ef_construction));
     o.Set("driftThreshold", static_cast<double>(p.drift_threshold));
+    o.Set("relinkEf", static_cast<double>(p.relink_ef));
     o.Set("inGraph", static_cast<double>(st.in_graph));
     o.Set("dirty", static_cast<double>(st.dirty));
     o.Set("refreshed", static_cast<double>(st.refreshed));

@@ -4,6 +4,7 @@
 #include "hnswlib.h"
 #include <atomic>
 #include <random>
+#include <stdint.h>
 #include <stdlib.h>
 #include <assert.h>
 #include <unordered_set>
@@ -24,6 +25,10 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
     mutable std::atomic<size_t> cur_element_count{0};  // current number of elements
     size_t size_data_per_element_{0};
     bool gt_prefetch_all_{true};  // ghost-tensor: see searchBaseLayerST
+    // ghost-tensor: the base layer's block as malloc returned it; data_level0_memory_ is
+    // its first 64-byte boundary (gt_alloc_level0), so that with the aligned layout
+    // (constructor argument gt_align_rows) every vector starts on a cache line.
+    char *gt_level0_block_{nullptr};
     size_t size_links_per_element_{0};
     mutable std::atomic<size_t> num_deleted_{0};  // number of deleted elements
     size_t M_{0};
@@ -93,7 +98,8 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
         size_t M = 16,
         size_t ef_construction = 200,
         size_t random_seed = 100,
-        bool allow_replace_deleted = false)
+        bool allow_replace_deleted = false,
+        bool gt_align_rows = false)  // ghost-tensor: see below
         : label_op_locks_(MAX_LABEL_OPERATION_LOCKS),
             link_list_locks_(max_elements),
             element_levels_(max_elements),
@@ -123,8 +129,17 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
         offsetData_ = size_links_level0_;
         label_offset_ = size_links_level0_ + data_size_;
         offsetLevel0_ = 0;
+        if (gt_align_rows) {
+            // ghost-tensor: links, label, then the vector on the next 64-byte boundary and
+            // the element padded to 64 bytes: a vector of 64 floats spans 4 cache lines
+            // instead of 5 (upstream's element of 396 bytes puts it at any 4-byte offset).
+            // The offsets are saved in the file, so upstream loads such a graph unchanged.
+            label_offset_ = size_links_level0_;
+            offsetData_ = (size_links_level0_ + sizeof(labeltype) + 63) / 64 * 64;
+            size_data_per_element_ = (offsetData_ + data_size_ + 63) / 64 * 64;
+        }
 
-        data_level0_memory_ = (char *) malloc(max_elements_ * size_data_per_element_);
+        data_level0_memory_ = gt_alloc_level0(max_elements_ * size_data_per_element_);
         if (data_level0_memory_ == nullptr)
             throw std::runtime_error("Not enough memory");
 
@@ -149,8 +164,18 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
         clear();
     }
 
+    // ghost-tensor: a block of `bytes` starting on a 64-byte boundary (gt_level0_block_
+    // keeps malloc's pointer, which clear() frees); nullptr when malloc fails.
+    char *gt_alloc_level0(size_t bytes) {
+        char *raw = (char *) malloc(bytes + 64);
+        if (raw == nullptr) return nullptr;
+        gt_level0_block_ = raw;
+        return raw + ((64 - (reinterpret_cast<uintptr_t>(raw) & 63)) & 63);
+    }
+
     void clear() {
-        free(data_level0_memory_);
+        free(gt_level0_block_);  // ghost-tensor: was free(data_level0_memory_)
+        gt_level0_block_ = nullptr;
         data_level0_memory_ = nullptr;
         for (tableint i = 0; i < cur_element_count; i++) {
             if (element_levels_[i] > 0)
@@ -224,7 +249,10 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
     }
 
     std::priority_queue<std::pair<dist_t, tableint>, std::vector<std::pair<dist_t, tableint>>, CompareByFirst>
-    searchBaseLayer(tableint ep_id, const void *data_point, int layer) {
+    searchBaseLayer(tableint ep_id, const void *data_point, int layer, size_t gt_ef = 0) {
+        // ghost-tensor: gt_ef > 0 searches with that many candidates instead of
+        // ef_construction_ (native/src/core/hnsw_index.cc re-links moved rows with fewer).
+        const size_t ef_construction = gt_ef > 0 ? gt_ef : ef_construction_;
         VisitedList *vl = visited_list_pool_->getFreeVisitedList();
         vl_type *visited_array = vl->mass;
         vl_type visited_array_tag = vl->curV;
@@ -246,7 +274,7 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
 
         while (!candidateSet.empty()) {
             std::pair<dist_t, tableint> curr_el_pair = candidateSet.top();
-            if ((-curr_el_pair.first) > lowerBound && top_candidates.size() == ef_construction_) {
+            if ((-curr_el_pair.first) > lowerBound && top_candidates.size() == ef_construction) {
                 break;
             }
             candidateSet.pop();
@@ -286,7 +314,7 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
                 char *currObj1 = (getDataByInternalId(candidate_id));
 
                 dist_t dist1 = fstdistfunc_(data_point, currObj1, dist_func_param_);
-                if (top_candidates.size() < ef_construction_ || lowerBound > dist1) {
+                if (top_candidates.size() < ef_construction || lowerBound > dist1) {
                     candidateSet.emplace(-dist1, candidate_id);
 #ifdef USE_SSE
                     _mm_prefetch(getDataByInternalId(candidateSet.top().second), _MM_HINT_T0);
@@ -295,7 +323,7 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
                     if (!isMarkedDeleted(candidate_id))
                         top_candidates.emplace(dist1, candidate_id);
 
-                    if (top_candidates.size() > ef_construction_)
+                    if (top_candidates.size() > ef_construction)
                         top_candidates.pop();
 
                     if (!top_candidates.empty())
@@ -380,13 +408,15 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
             // neighbour not yet visited before scoring any, so their misses overlap instead
             // of coming one neighbour ahead (the loop below still prefetches the next one).
             // gt_prefetch_all_ is set by native/src/core/hnsw_index.cc.
+            // Every cache line the vector touches, also the last one of an unaligned vector.
             if (gt_prefetch_all_ && data_size_ <= 512) {
-                const size_t lines = data_size_;
                 for (size_t j = 1; j <= size; j++) {
                     const tableint c = (tableint) *(data + j);
                     if (visited_array[c] == visited_array_tag) continue;
                     const char *p = data_level0_memory_ + c * size_data_per_element_ + offsetData_;
-                    for (size_t off = 0; off < lines; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+                    const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
+                    const uintptr_t last = reinterpret_cast<uintptr_t>(p) + data_size_ - 1;
+                    for (uintptr_t a = first; a <= last; a += 64) _mm_prefetch(reinterpret_cast<const char *>(a), _MM_HINT_T0);
                 }
             }
 #endif
@@ -658,9 +688,16 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
         std::vector<std::mutex>(new_max_elements).swap(link_list_locks_);
 
         // Reallocate base layer
-        char * data_level0_memory_new = (char *) realloc(data_level0_memory_, new_max_elements * size_data_per_element_);
-        if (data_level0_memory_new == nullptr)
+        // ghost-tensor: a new aligned block and a copy (was realloc, which keeps no alignment)
+        char *old_block = gt_level0_block_;
+        char *old_level0 = data_level0_memory_;
+        char * data_level0_memory_new = gt_alloc_level0(new_max_elements * size_data_per_element_);
+        if (data_level0_memory_new == nullptr) {
+            gt_level0_block_ = old_block;
             throw std::runtime_error("Not enough memory: resizeIndex failed to allocate base layer");
+        }
+        memcpy(data_level0_memory_new, old_level0, cur_element_count * size_data_per_element_);
+        free(old_block);
         data_level0_memory_ = data_level0_memory_new;
 
         // Reallocate all other layers
@@ -791,7 +828,7 @@ class HierarchicalNSW : public AlgorithmInterface<dist_t> {
 
         input.seekg(pos, input.beg);
 
-        data_level0_memory_ = (char *) malloc(max_elements * size_data_per_element_);
+        data_level0_memory_ = gt_alloc_level0(max_elements * size_data_per_element_);  // ghost-tensor: aligned
         if (data_level0_memory_ == nullptr)
             throw std::runtime_error("Not enough memory: loadIndex failed to allocate level0");
         input.read(data_level0_memory_, cur_element_count * size_data_per_element_);
