@@ -103,12 +103,12 @@ describe('serve --workers', () => {
     const tok = join(base, 'token');
     writeFileSync(tok, 'correct-horse-battery\n');
     const a = spawnCli(['serve', dir, '--port', '0', '--workers', '2', '--token-file', tok]);
-    expect(await a.exit).toBe(2);
+    expect(await a.exit, a.stderr()).toBe(2);
     expect(a.stderr()).toMatch(/--workers serves read-only/);
     const b = spawnCli(['serve', dir, '--port', '0', '--workers', '0']);
-    expect(await b.exit).toBe(2);
+    expect(await b.exit, b.stderr()).toBe(2);
     const c = spawnCli(['serve', join(base, 'missing'), '--port', '0', '--workers', '3']);
-    expect(await c.exit).toBe(3);
+    expect(await c.exit, c.stderr()).toBe(3);
     expect(c.stderr()).toMatch(/before it listened/);
     await new Promise((r) => setTimeout(r, 300));
     const left = execFileSync('ps', ['-eo', 'args']).toString().split('\n').filter((l) => l.includes(join(base, 'missing')));

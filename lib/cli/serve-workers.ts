@@ -83,6 +83,10 @@ export async function runServePrimary(o: { workers: number; bin: string; argv: r
         o.out(`workers ${o.workers} (pids ${[...ready.keys()].map((x) => x.process.pid).join(', ')})`);
       }
     });
+    // A worker's IPC channel can fail while it dies (EPIPE, ECONNRESET when the primary
+    // stops the others as one fails at start): its 'exit' follows and decides; an 'error'
+    // without a listener would crash the primary with exit code 1 instead.
+    w.on('error', (e: Error) => o.err(`ghost-tensor serve: worker ${w.process.pid}: ${e.message}`));
     w.on('exit', (code, signal) => {
       live.delete(w);
       const wasReady = ready.delete(w);
