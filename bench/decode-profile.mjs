@@ -16,6 +16,7 @@
 import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
 import { native } from '../dist/tensor/native.js';
 import { gaussian, machine, nowMs, otherProcesses, rng, round, table, writeResults } from './lib/common.mjs';
+import { decodeInputs } from './lib/decode-inputs.mjs';
 
 const arg = (name, def) => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -30,29 +31,9 @@ function weight(seed) {
 }
 const W = { q: weight(1), k: weight(2), v: weight(3) };
 const layer = () => new SparseSelfAttention({ heads, k, causal: true, mode: 'sparse', query: new Projection({ weight: W.q }), key: new Projection({ weight: W.k }), value: new Projection({ weight: W.v }) });
-// As bench/decode.mjs's inputs.
-function rows(kind, n, seed) {
-  const r = rng(seed), x = new Float32Array(n * D);
-  if (kind === 'random') {
-    for (let i = 0; i < x.length; i++) x[i] = 2 * r() - 1;
-    return x;
-  }
-  const R = 16, ru = rng(99), U = new Float32Array(D * R), z = new Float32Array(R);
-  for (let i = 0; i < U.length; i++) U[i] = gaussian(ru) / 4;
-  for (let i = 0; i < n; i++) {
-    for (let c = 0; c < R; c++) z[c] = gaussian(r);
-    for (let t = 0; t < D; t++) {
-      let s = 0.1 * gaussian(r);
-      for (let c = 0; c < R; c++) s += U[t * R + c] * z[c];
-      x[i * D + t] = s;
-    }
-  }
-  return x;
-}
-
 const startedAt = new Date().toISOString();
 const others = otherProcesses();
-const x = rows(data, L + S, 5);
+const x = decodeInputs(data, L + S, 5, D);
 const n = native(), acc = {};
 const wrapped = ['linear', 'keySketchSelect', 'keySketchAppend', 'attentionDecode'];
 const originals = Object.fromEntries(wrapped.map((f) => [f, n[f]]));
@@ -91,7 +72,7 @@ for (const which of ['exact', 'sketch']) {
 }
 for (const f of wrapped) n[f] = originals[f];
 
-const y = rows('random', refitL + 64, 6);
+const y = decodeInputs('random', refitL + 64, 6, D);
 const sk = new AttentionDecoder(layer(), { maxLength: refitL + 64, index: 'sketch' });
 await sk.prefill(y.subarray(0, (refitL / 2) * D));
 await sk.prefill(y.subarray((refitL / 2) * D, (refitL - 2) * D));

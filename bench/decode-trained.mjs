@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as lm from '../dist/index.js';
 import { machine, nowMs, otherProcesses, round, table, writeResults, logger } from './lib/common.mjs';
+import { recallOf } from './lib/decode-inputs.mjs';
 
 const arg = (name, def) => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -70,16 +71,6 @@ const rowsOf = (from, n) => {
   return x;
 };
 
-function recallOf(exact, got, heads) {
-  let hit = 0, total = 0;
-  for (let h = 0; h < heads; h++) {
-    const want = new Set(exact.subarray(h * k, (h + 1) * k));
-    for (const id of got.subarray(h * k, (h + 1) * k)) if (want.has(id)) hit++;
-    total += want.size;
-  }
-  return hit / total;
-}
-
 const results = [];
 for (const L of Ls) {
   const maxLength = L + STEPS + WARM;
@@ -103,7 +94,7 @@ for (const L of Ls) {
     const e = await timed('exact', () => exact.exactSelection(q), sel);
     for (const [m, s] of sketches.entries()) {
       const g = await timed(m, () => s.indexSelection(q), sel);
-      if (i >= WARM) rec[m] += recallOf(e, g, layer.heads);
+      if (i >= WARM) rec[m] += recallOf(e, g, layer.heads, k);
     }
   }
   for (const [m, s] of sketches.entries()) {

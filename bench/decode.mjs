@@ -30,6 +30,7 @@
 // the median of each. Writes bench/results/<out>.json (default decode, or decode-refit).
 import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
 import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
+import { decodeInputs, recallOf } from './lib/decode-inputs.mjs';
 
 const arg = (name, def) => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -60,37 +61,8 @@ const layer = (mode) =>
     query: new Projection({ weight: W.q }), key: new Projection({ weight: W.k }), value: new Projection({ weight: W.v }),
   });
 
-function rows(kind, n, seed) {
-  const r = rng(seed), x = new Float32Array(n * D);
-  if (kind === 'random') {
-    for (let i = 0; i < x.length; i++) x[i] = 2 * r() - 1;
-    return x;
-  }
-  const R = 16, ru = rng(99), U = new Float32Array(D * R), z = new Float32Array(R);
-  for (let i = 0; i < U.length; i++) U[i] = gaussian(ru) / 4;
-  for (let i = 0; i < n; i++) {
-    for (let c = 0; c < R; c++) z[c] = gaussian(r);
-    for (let t = 0; t < D; t++) {
-      let s = 0.1 * gaussian(r);
-      for (let c = 0; c < R; c++) s += U[t * R + c] * z[c];
-      x[i * D + t] = s;
-    }
-  }
-  return x;
-}
-
 async function q1(dec, row) {
   return (await dec.layer.query.forward(row)).y;
-}
-
-function recallOf(exact, got) {
-  let hit = 0, total = 0;
-  for (let h = 0; h < heads; h++) {
-    const want = new Set(exact.subarray(h * k, (h + 1) * k));
-    for (const id of got.subarray(h * k, (h + 1) * k)) if (want.has(id)) hit++;
-    total += want.size;
-  }
-  return hit / total;
 }
 
 /** Times fn and adds the milliseconds to acc[key]. */
@@ -108,7 +80,7 @@ const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.fl
 if (refitL !== null) {
   for (const data of datas) {
     const extra = 4096;
-    const x = rows(data, refitL + extra, refitL + 13);
+    const x = decodeInputs(data, refitL + extra, refitL + 13, D);
     const exact = new AttentionDecoder(layer('sparse'), { maxLength: refitL + extra });
     const sk = new AttentionDecoder(layer('sparse'), { maxLength: refitL + extra, index: 'sketch', ...(rank === undefined ? {} : { rank }) });
     const half = refitL / 2;
@@ -151,7 +123,7 @@ for (const data of datas) {
   for (const L of Ls) {
     const runs = efs.length === 0 ? [null] : efs;
     const rowsNeeded = L + (steps + WARM) * runs.length;
-    const x = rows(data, rowsNeeded, L + (data === 'random' ? 0 : 7));
+    const x = decodeInputs(data, rowsNeeded, L + (data === 'random' ? 0 : 7), D);
     const prefix = x.subarray(0, L * D);
     tryGc();
     const dense = new AttentionDecoder(layer('dense'), { maxLength: rowsNeeded });
@@ -199,11 +171,11 @@ for (const data of datas) {
         const e = await timed(acc, 'exactSelect', () => exact.exactSelection(q));
         for (const [m, sk] of sketches.entries()) {
           const s = await timed(acc, `sketchSelect${m}`, () => sk.indexSelection(q));
-          if (i >= WARM) ssum[m] += recallOf(e, s);
+          if (i >= WARM) ssum[m] += recallOf(e, s, heads, k);
         }
         if (hnsw !== null) {
           const g = await timed(acc, 'hnswSelect', () => hnsw.indexSelection(q));
-          if (i >= WARM) rsum += recallOf(e, g);
+          if (i >= WARM) rsum += recallOf(e, g, heads, k);
         }
       }
       const tps = (key) => round((steps * 1000) / ms[key]);
