@@ -10,7 +10,7 @@
  * checkpoint has a log file that starts there, so it also keeps a restart point from the
  * join on: a trainer its replica, a verify-only peer the head's Ghost file (ghost.bin).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { FormatError, P2PError, ProofError } from '../shared/errors.js';
@@ -112,8 +112,14 @@ async function peerKey(dir: string): Promise<import('@libp2p/interface').Private
  */
 function logStart(file: string): number | undefined {
   if (!existsSync(file)) return undefined;
-  const b = readFileSync(file);
-  if (b.length < 12) return undefined;
+  // The first record's header only: the log holds every step's proof.
+  const b = Buffer.alloc(12);
+  const fd = openSync(file, 'r');
+  try {
+    if (readSync(fd, b, 0, 12, 0) < 12) return undefined;
+  } finally {
+    closeSync(fd);
+  }
   return b.readUInt32LE(0) + b.readUInt32LE(4) * 2 ** 32;
 }
 
