@@ -11,6 +11,7 @@ import { embeddingSpec, type GhostEmbeddingLayer } from '../../verify/kinds/embe
 import { sortedUniqueIds } from '../../verify/proof-format.js';
 import type { LayerGradients, LayerKind, LayerShape, ProvedLayer } from '../layer-kind.js';
 
+/** One-to-one lookup of rows of a table; sparse gradient (dense mode: a gradient over all rows). */
 export class Embedding {
   readonly table: SparseTensor;
   readonly mode: 'sparse' | 'dense';

@@ -350,8 +350,6 @@ export class HopfieldLookup {
   }
 }
 
-/** One-to-one lookup of rows of a table; sparse gradient (dense mode: a gradient over all rows). */
-
 /** Whether two id lists are the same ids in the same order. */
 function sameIds(a: Uint32Array, b: Uint32Array): boolean {
   if (a === b) return true;
