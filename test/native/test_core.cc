@@ -24,6 +24,7 @@
 #include "../../native/src/core/errors.h"
 #include "../../native/src/core/attention.h"
 #include "../../native/src/core/hnsw_index.h"
+#include "../../native/src/core/huge_pages.h"
 #include "../../native/src/core/kernels.h"
 #include "../../native/src/core/key_sketch.h"
 #include "../../native/src/core/merkle.h"
@@ -1565,6 +1566,80 @@ static void test_canonical_step_lm() {
   }
 }
 
+// The AnonHugePages (KiB) of the mapping holding p, from /proc/self/smaps; -1 if unknown.
+static long anon_huge_kib(const void* p) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return -1;
+  char line[512];
+  bool in = false;
+  long kib = -1;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      if (in) break;
+      in = a >= lo && a < hi;
+    } else if (in && std::sscanf(line, "AnonHugePages: %ld kB", &kib) == 1) {
+      break;
+    }
+  }
+  std::fclose(f);
+  return kib;
+}
+
+static void test_huge_pages() {
+  const size_t mib2 = size_t{2} << 20;
+  for (size_t bytes : {size_t{1}, size_t{64}, size_t{4096} + 3, mib2 - 1, mib2, mib2 + 1, 5 * mib2 + 12}) {
+    unsigned char* p = static_cast<unsigned char*>(gt::huge_alloc(bytes, true));
+    CHECK(reinterpret_cast<uintptr_t>(p) % 64 == 0);
+#if defined(__linux__)
+    if (bytes >= mib2) CHECK(reinterpret_cast<uintptr_t>(p) % mib2 == 0);
+#endif
+    bool zero = true;
+    for (size_t i = 0; i < bytes; ++i) zero = zero && p[i] == 0;
+    CHECK(zero);
+    std::memset(p, 0xab, bytes);  // every byte writable (ASan: within the block)
+    CHECK(p[bytes - 1] == 0xab);
+    gt::huge_free(p, bytes);
+  }
+  // A tensor growing from small storage (operator new) past 2 MiB (a mapping) keeps its rows.
+  {
+    const size_t d = 784, n = 1000;  // 3.1 MB
+    const auto rows = rand_vec(n * d);
+    gt::SparseTensor t(d, 4);
+    for (size_t i = 0; i < n; i += 100) t.append(rows.data() + i * d, 100);
+    CHECK(t.size() == n && std::memcmp(t.data(), rows.data(), n * d * sizeof(float)) == 0);
+  }
+#if defined(__linux__)
+  // Where THP is on in "madvise" or "always" mode, a touched 8 MiB buffer gets huge pages,
+  // and GHOST_TENSOR_HUGE_PAGES=off leaves them out in "madvise" mode.
+  FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  char mode[128] = {0};
+  if (f != nullptr) {
+    if (std::fgets(mode, sizeof mode, f) == nullptr) mode[0] = 0;
+    std::fclose(f);
+  }
+  const bool madvise_mode = std::strstr(mode, "[madvise]") != nullptr;
+  if (madvise_mode || std::strstr(mode, "[always]") != nullptr) {
+    const size_t bytes = 4 * mib2;
+    void* on = gt::huge_alloc(bytes, false);
+    std::memset(on, 1, bytes);
+    CHECK(anon_huge_kib(on) >= 2048);
+    gt::huge_free(on, bytes);
+    if (madvise_mode) {
+      setenv("GHOST_TENSOR_HUGE_PAGES", "off", 1);
+      void* off = gt::huge_alloc(bytes, false);
+      std::memset(off, 1, bytes);
+      CHECK(anon_huge_kib(off) == 0);
+      gt::huge_free(off, bytes);
+      unsetenv("GHOST_TENSOR_HUGE_PAGES");
+    }
+  } else {
+    std::printf("huge pages: THP is off here (%s), the advice is not checked\n", mode[0] ? mode : "no /sys entry");
+  }
+#endif
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -1572,6 +1647,7 @@ int main() {
   test_kernels();
   test_topk_and_search();
   test_tensor();
+  test_huge_pages();
   test_blake3_and_hnsw();
   test_merkle();
   test_merkle_batched();

@@ -14,12 +14,10 @@
 #if !defined(_WIN32)
 #include <unistd.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "../../third_party/blake3/blake3.h"
 #include "hnswlib_include.h"
+#include "huge_pages.h"
 #include "parallel.h"
 #include "search.h"
 #include "topk.h"
@@ -43,25 +41,11 @@ bool env_off(const char* name) {
   return v != nullptr && std::strcmp(v, "off") == 0;
 }
 
-// Asks Linux for transparent huge pages under the graph's base layer (vectors and level-0
-// links, 448 bytes a row at d = 64): a search hops between rows at random, so with 4 KiB
-// pages nearly every hop also misses the TLB. Advice only: nothing changes where the
-// kernel has THP off, and the bytes are the same. The whole 2 MiB pages inside the
-// block are advised (malloc's block is page-aligned at best). GHOST_TENSOR_HUGE_PAGES=off
-// (read at each build, load or resize) leaves them out, to measure what they give
-// (bench/hnsw-memory.mjs).
-void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (env_off("GHOST_TENSOR_HUGE_PAGES")) return;
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
+// Transparent huge pages under the graph's base layer (vectors and level-0 links, 448
+// bytes a row at d = 64): a search hops between rows at random, so with 4 KiB pages
+// nearly every hop also misses the TLB. advise_huge_pages (huge_pages.h) advises the
+// whole 2 MiB pages inside hnswlib's block; GHOST_TENSOR_HUGE_PAGES=off (read at each
+// build, load or resize) leaves them out, to measure what they give (bench/hnsw-memory.mjs).
 
 // The graph's memory settings, at each build, load or resize: huge pages under its base
 // layer, and whether a search prefetches all of a node's unvisited neighbours before

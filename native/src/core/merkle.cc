@@ -5,52 +5,16 @@
 #include <cstring>
 #include <string>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "blake3_batch.h"
+#include "huge_pages.h"
 #include "parallel.h"
 
 namespace gt {
 
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-#define GT_LEVEL_HUGEPAGES 1
-namespace {
-constexpr size_t kHugePage = size_t{2} << 20;
-size_t huge_round(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
-}  // namespace
-#endif
+void* merkle_level_alloc(size_t bytes) { return huge_alloc(bytes, false); }
 
-void* merkle_level_alloc(size_t bytes) {
-#if defined(GT_LEVEL_HUGEPAGES)
-  if (bytes >= kHugePage) {
-    // Map a huge page more than needed, keep the 2 MiB-aligned part, return the rest.
-    const size_t len = huge_round(bytes);
-    void* m = mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) throw std::bad_alloc();
-    const uintptr_t raw = reinterpret_cast<uintptr_t>(m);
-    const uintptr_t p = (raw + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
-    if (p > raw) munmap(m, p - raw);
-    if (raw + len + kHugePage > p + len) munmap(reinterpret_cast<void*>(p + len), raw + len + kHugePage - (p + len));
-    madvise(reinterpret_cast<void*>(p), len, MADV_HUGEPAGE);  // advice: without THP, plain pages
-    return reinterpret_cast<void*>(p);
-  }
-#endif
-  return ::operator new(bytes);
-}
-
-void merkle_level_free(void* p, size_t bytes) noexcept {
-  if (p == nullptr) return;
-#if defined(GT_LEVEL_HUGEPAGES)
-  if (bytes >= kHugePage) {
-    munmap(p, huge_round(bytes));
-    return;
-  }
-#endif
-  (void)bytes;
-  ::operator delete(p);
-}
+void merkle_level_free(void* p, size_t bytes) noexcept { huge_free(p, bytes); }
 
 std::vector<size_t> merkle_level_widths(uint64_t n) {
   std::vector<size_t> w;

@@ -34,12 +34,11 @@ Hash hash_leaf(const float* row, size_t dim);
 Hash hash_node(const Hash& left, const Hash& right);
 Hash commit_root(uint64_t n, uint32_t dim, const Hash& top);
 
-// Storage of one tree level. A large level (>= 2 MiB) is its own mapping, 2 MiB
-// aligned, with MADV_HUGEPAGE on Linux (transparent huge pages in "madvise" mode, the
-// common default): one fault per 2 MiB instead of one per 4 KiB. Measured on the
-// 2-core VM of bench/merkle.mjs: first writes to 48 MiB cost 170-220 ms of page faults
-// with 4 KiB pages (more than hashing the 256 MiB of leaves under the tree, ~53 ms),
-// 4-5 ms with huge pages. Elsewhere, and for small levels, operator new.
+// Storage of one tree level: huge_alloc (huge_pages.h), so a large level (>= 2 MiB) is
+// its own mapping on transparent huge pages. Measured on the 2-core VM of
+// bench/merkle.mjs: first writes to 48 MiB cost 170-220 ms of page faults with 4 KiB
+// pages (more than hashing the 256 MiB of leaves under the tree, ~53 ms), 4-5 ms with
+// huge pages.
 //
 // Elements are default-initialised (construct() without arguments: no zeroing pass,
 // another 3-4 ms at 48 MiB); every builder writes each node before anything reads it

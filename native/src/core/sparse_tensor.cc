@@ -8,10 +8,11 @@
 #include <string>
 #include <unordered_map>
 
+#include "huge_pages.h"
+
 namespace gt {
 
 namespace {
-constexpr std::align_val_t kAlign{64};
 
 std::string fmt_id(const char* what, size_t index, uint32_t id, size_t n) {
   return std::string(what) + "[" + std::to_string(index) + "] = " + std::to_string(id) +
@@ -39,9 +40,8 @@ size_t first_non_finite(const float* p, size_t n) {
 
 std::shared_ptr<Storage> Storage::allocate(size_t rows, size_t dim) {
   std::shared_ptr<Storage> s(new Storage());
-  const size_t bytes = std::max<size_t>(rows * dim * sizeof(float), 64);
-  s->data_ = static_cast<float*>(::operator new(bytes, kAlign));
-  std::memset(s->data_, 0, bytes);
+  s->bytes_ = std::max<size_t>(rows * dim * sizeof(float), 64);
+  s->data_ = static_cast<float*>(huge_alloc(s->bytes_, true));
   s->capacity_rows_ = rows;
   s->owned_ = true;
   return s;
@@ -63,7 +63,7 @@ std::shared_ptr<Storage> Storage::fixed(float* data, size_t rows, std::function<
 }
 
 Storage::~Storage() {
-  if (owned_) ::operator delete(data_, kAlign);
+  if (owned_) huge_free(data_, bytes_);
   if (release_) release_();
 }
 

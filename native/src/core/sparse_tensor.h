@@ -15,8 +15,9 @@
 
 namespace gt {
 
-// Row storage. Owned storage is 64-byte aligned; adopted storage points at memory
-// kept alive by someone else (the JavaScript buffer it came from).
+// Row storage. Owned storage is 64-byte aligned and, from 2 MiB, on transparent huge
+// pages (huge_pages.h: a scan reads a new 4 KiB page every few rows); adopted storage
+// points at memory kept alive by someone else (the JavaScript buffer it came from).
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate(size_t rows, size_t dim);
@@ -36,6 +37,7 @@ class Storage {
  private:
   Storage() = default;
   float* data_ = nullptr;
+  size_t bytes_ = 0;  // owned: the bytes allocated
   size_t capacity_rows_ = 0;
   bool owned_ = false;
   bool fixed_ = false;
