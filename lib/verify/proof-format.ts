@@ -505,7 +505,7 @@ export class PatternCache {
     this.#qKeys.push(key);
     this.#qStamps.push(stamp);
     this.#qWhat.push(what);
-    if (this.#qKeys.length - this.#head > 2 * (this.#rows.size + this.#states.size + this.#tables.size) + 1024) this.#compact();
+    if (this.#qKeys.length - this.#head > 4 * (this.#rows.size + this.#states.size + this.#tables.size) + 4096) this.#compact();
   }
   /** Marks `e` (now the entry of `key`; `stored`: it already is) most recently used. */
   #use(key: number, e: HeldEntry, stored = false): void {
@@ -708,9 +708,8 @@ function sameWords(a: Uint32Array, ai: number, b: Uint32Array, bi: number, n: nu
 
 /** Whether a held row has the bits of bits[at, at + dim) (bit patterns: -0 and 0 differ). */
 function sameBits(held: HeldRow, bits: Uint32Array, at: number, dim: number): boolean {
-  if (held.bits.length !== dim) return false;
-  for (let j = 0; j < dim; j++) if (held.bits[j] !== bits[at + j]) return false;
-  return true;
+  const h = held.bits;
+  return h.length === dim && sameWords(h, 0, bits, at, dim);
 }
 
 /**
@@ -720,11 +719,15 @@ function sameBits(held: HeldRow, bits: Uint32Array, at: number, dim: number): bo
  */
 export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8Array, root: Uint8Array, cache: PatternCache | undefined): number[] {
   const out: number[] = [];
+  // A root array already found equal to `root` (rows recorded by one proof share one).
+  let sameRoot: Uint8Array = root;
   for (let t = 0; t < ids.length; t++) {
     const held = kinds[t] === RowKind.Held ? cache?.get(tensor, ids[t]!) : undefined;
-    let same = held !== undefined && held.root.length === root.length;
-    for (let j = 0; same && j < root.length; j++) same = held!.root[j] === root[j];
-    if (!same) out.push(t);
+    if (held === undefined) out.push(t);
+    else if (held.root !== sameRoot) {
+      if (bytesEqual(held.root, root)) sameRoot = held.root;
+      else out.push(t);
+    }
   }
   return out;
 }
