@@ -88,15 +88,21 @@ for (const log2N of LOG2N) {
     if (other) await other.model.prove(x, { cache: baseMirror });
     const reps = B === 1 ? 300 : 40;
     const f = [], p = [], h = [], bp = [], bh = [];
-    // Interleaved, so load from other jobs hits them alike.
-    for (let r = 0; r < reps; r++) {
-      f.push(await cpuAndWall(() => layer.forward(x)));
+    // Interleaved, so load from other jobs hits them alike; with a base, the two builds take
+    // turns going first (an A/A run, --base=. , showed 10-20% in favour of whichever runs second).
+    const mine = async () => {
       p.push(await cpuAndWall(() => model.prove(x)));
       h.push(await cpuAndWall(() => model.prove(x, { cache: mirror })));
-      if (other) {
-        bp.push(await cpuAndWall(() => other.model.prove(x)));
-        bh.push(await cpuAndWall(() => other.model.prove(x, { cache: baseMirror })));
-      }
+    };
+    const theirs = async () => {
+      bp.push(await cpuAndWall(() => other.model.prove(x)));
+      bh.push(await cpuAndWall(() => other.model.prove(x, { cache: baseMirror })));
+    };
+    for (let r = 0; r < reps; r++) {
+      f.push(await cpuAndWall(() => layer.forward(x)));
+      if (other && r % 2 === 1) await theirs();
+      await mine();
+      if (other && r % 2 === 0) await theirs();
     }
     const proof = (await model.prove(x)).bytes, held = (await model.prove(x, { cache: mirror })).bytes;
     const c = {
