@@ -570,7 +570,8 @@ export class PatternCache {
    */
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
-      if (b.all === true) {
+      // Every row (sorted unique ids ending at n - 1: 0..n-1): a held table.
+      if (b.all === true && b.ids.length > 0 && b.ids[b.ids.length - 1] === b.ids.length - 1) {
         this.#recordTable(b);
         continue;
       }
