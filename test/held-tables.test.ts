@@ -206,8 +206,15 @@ describe('held tables', () => {
     }
     const rng = new Rng(44);
     const dim = 2, N = [5, 3, 8];
-    const roots = [new Uint8Array(32), new Uint8Array(32).fill(1), new Uint8Array(32).fill(2)];
-    const value = (n: number): Float32Array => Float32Array.from({ length: n * dim }, () => rng.int(0, 1));
+    const roots: Uint8Array[] = [new Uint8Array(32), new Uint8Array(32).fill(1), new Uint8Array(32).fill(2)];
+    // A root binds its rows: the row of (tensor, id) under a root is fixed (small values: rows repeat across roots).
+    const memo = new Map<string, number[]>();
+    const rowOf = (t: number, id: number, root: Uint8Array): number[] => {
+      const key = `${t}/${id}/${roots.indexOf(root)}`;
+      if (!memo.has(key)) memo.set(key, Array.from({ length: dim }, () => rng.int(0, 1)));
+      return memo.get(key)!;
+    };
+    const value = (t: number, ids: Uint32Array, root: Uint8Array): Float32Array => Float32Array.from(Array.from(ids).flatMap((id) => rowOf(t, id, root)));
     for (const capacity of [0, 4, 7, 12, 40]) {
       let cache = new PatternCache(capacity);
       const ref = new Ref(capacity);
@@ -215,10 +222,12 @@ describe('held tables', () => {
         const blocks: ResolvedBlock[] = [];
         for (let b = rng.int(1, 3); b > 0; b--) {
           const t = rng.int(0, N.length - 1), root = roots[rng.int(0, 2)]!;
-          if (rng.next() < 0.4) blocks.push({ tensor: t, dim, ids: Uint32Array.from({ length: N[t]! }, (_, i) => i), rows: value(N[t]!), root, all: true });
-          else {
+          if (rng.next() < 0.4) {
+            const ids = Uint32Array.from({ length: N[t]! }, (_, i) => i);
+            blocks.push({ tensor: t, dim, ids, rows: value(t, ids, root), root, all: true });
+          } else {
             const ids = Uint32Array.from(new Set(Array.from({ length: rng.int(1, 3) }, () => rng.int(0, N[t]! - 1)))).sort();
-            blocks.push({ tensor: t, dim, ids, rows: value(ids.length), root });
+            blocks.push({ tensor: t, dim, ids, rows: value(t, ids, root), root });
           }
         }
         cache.record(blocks);

@@ -394,7 +394,7 @@ export class Model {
     const ti = this.#index(t);
     const rows = t.gather(ids);
     const root = t.root();
-    const block = planBlock(ti, t.dim, ids, rows, all, cache);
+    const block = planBlock(ti, t.dim, ids, rows, all, cache, root);
     if (!all) {
       const pos = everyPath ? Array.from(ids, (_, i) => i) : positionsToProve(ti, ids, block.kinds, root, cache);
       // The rows are gathered above: only the hashes are needed from the tree.

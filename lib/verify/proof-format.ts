@@ -562,11 +562,14 @@ export class PatternCache {
     if (this.#head > 1024 && this.#head * 2 > this.#qKeys.length) this.#compact();
   }
   /**
-   * Records every row of resolved blocks (in block and id order), then trims. A block of
-   * every row (`all`) is recorded as a held table: kept (and marked used) when the cache
+   * Records every row of resolved blocks (in block and id order), then trims. Every row
+   * recorded must be the one verified against its block's root: a root binds its rows, so
+   * a row already held at the same root is the same row and is not compared again. A block
+   * of every row (`all`) is recorded as a held table: kept (and marked used) when the cache
    * holds the tensor whole at the same root, else replaced by a copy of the block's rows.
-   * Another block's rows are recorded one by one; a row held with the same bits keeps its
-   * copy (a row of a held table at the table's root marks the table used).
+   * Another block's rows are recorded one by one; a row held at the same root, or with the
+   * same bits at another, keeps its copy (a row of a held table at the table's root marks
+   * the table used).
    */
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
@@ -584,9 +587,8 @@ export class PatternCache {
         const key = PatternCache.#key(b.tensor, id);
         const old = this.#rows.get(key);
         if (w !== undefined && id < w.n && (old === undefined || old.stamp < w.stamp)) {
-          // The copy held is the table's row.
-          const at = id * w.dim;
-          if (w.dim === b.dim && sameWords(w.bits, at, bits, t * b.dim, b.dim)) {
+          // The copy held is the table's row: at the table's root, the same row (a root binds its rows).
+          if (w.dim === b.dim) {
             if (w.root !== sameRoot && bytesEqual(w.root, b.root)) sameRoot = w.root;
             if (w.root === sameRoot) {
               this.#useTable(w);
@@ -596,12 +598,20 @@ export class PatternCache {
           this.#recordRow(key, b, t);
           continue;
         }
-        if (old !== undefined && sameBits(old, bits, t * b.dim, b.dim)) {
-          // The same bits: keep the copy (and the entry when the root is the same too).
+        if (old !== undefined && old.bits.length === b.dim) {
+          // At the same root, the same row: keep the entry (its bits are compared only across roots).
           if (old.root !== sameRoot && bytesEqual(old.root, b.root)) sameRoot = old.root;
-          if (old.root === sameRoot) this.#use(key, old, true);
-          else this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
-        } else this.#recordRow(key, b, t);
+          if (old.root === sameRoot) {
+            this.#use(key, old, true);
+            continue;
+          }
+          // The same bits at another root: keep the copy.
+          if (sameBits(old, bits, t * b.dim, b.dim)) {
+            this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
+            continue;
+          }
+        }
+        this.#recordRow(key, b, t);
       }
     }
     this.trim();
@@ -747,25 +757,34 @@ const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; n: 
 
 /**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
- * holds the same bytes, as a delta when it holds an older copy and the delta is
+ * holds the same bytes (a row it holds at `root`, the tensor's current root, is those
+ * bytes and is not compared), as a delta when it holds an older copy and the delta is
  * smaller, in full otherwise (full rows are views of `rows`, which the block then
  * owns). The caller then proves the positions positionsToProve() names and sets
  * their multiproof as `hashes`. When every row travels in full (no cache, or it holds
  * none of them), the payload's views are made when it is first read (encodeProof does
  * not need them).
  */
-export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
+export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache, root?: Uint8Array): PatternBlock {
   const n = ids.length;
   const kinds = new Uint8Array(n); // RowKind.Full is 0
   let deltas: (Uint8Array | null)[] | null = null;
   let allFull = true;
   if (cache !== undefined) {
     const bits = u32view(rows);
+    // A root array already found equal to `root` (rows recorded by one proof share one).
+    let sameRoot = root;
     for (let t = 0; t < n; t++) {
       const h = cache.get(tensor, ids[t]!);
       const held = h?.row;
       if (!h || !held || held.length !== dim) continue;
-      if (sameBits(h, bits, t * dim, dim)) {
+      // Held at the tensor's current root: the same row (the root binds it), not compared.
+      let atRoot = root !== undefined && h.root === sameRoot;
+      if (!atRoot && root !== undefined && bytesEqual(h.root, root)) {
+        sameRoot = h.root;
+        atRoot = true;
+      }
+      if (atRoot || sameBits(h, bits, t * dim, dim)) {
         kinds[t] = RowKind.Held;
         allFull = false;
         continue;
