@@ -104,6 +104,7 @@ export {
   DEFAULT_VERIFIER_LIMITS,
   GHOST_FORMAT_VERSION,
   PROOF_FORMAT_VERSION,
+  PROOF_HELD_TABLES_VERSION,
   PatternCache,
   decodeGhost,
   decodeProof,

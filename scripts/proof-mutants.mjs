@@ -62,7 +62,7 @@ function twoLayerModel(lib, seed) {
 
 /**
  * The 12 honest proofs, each with the context it verifies in: forward proofs with and
- * without the verifier's cache, with deltas, of an Embedding-first and of an
+ * without the verifier's cache (C and D carry held tables), with deltas, of an Embedding-first and of an
  * attention-first model, update proofs of Adam and SGD steps (with rows in full and
  * held), and step proofs (cold, with rows held, and of three sequences).
  */
@@ -86,6 +86,8 @@ export async function buildPool(lib) {
   const first = await m2.prove(x, { cache: mirror });
   await verifyForward(ghost1, first.bytes, { cache: vcache });
   const c = await m2.prove(x, { cache: mirror });
+  // The product-key tables travel as held tables (proof format version 2).
+  if (c.proof.layers[1].blocks.filter((b) => b.heldTable).length !== 2) throw new Error('buildPool: C should carry two held tables');
   pool.push({ name: 'C forward, all held', bytes: c.bytes, ctx: { kind: 'forward', ghost: ghost1, cache: vcache.clone(), prover: m1 }, output: c.output });
   await verifyForward(ghost1, c.bytes, { cache: vcache });
 
@@ -191,6 +193,7 @@ export function fieldOffsets(p, total) {
     u32(); // tensor
     u32(); // dim
     u8(); // flags
+    if (b.heldTable) return; // a held table (format version 2): the marker alone
     u32(); // id count
     if (!b.all) at += 4 * b.ids.length;
     at += Math.ceil(b.ids.length / 4);

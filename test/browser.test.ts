@@ -311,6 +311,8 @@ describe('ghost-tensor/verify in headless Chromium', () => {
     const lmGhost = await lmModel.ghost();
     const gen = await generate(lmModel, [72, 105, 32], { tokens: 4, temperature: 0.9, topP: 0.9, seed: 3, prove: true, cache: new PatternCache(), stopAtEndOfDocument: false });
     const generation = { prompt: Array.from(gen.prompt), tokens: Array.from(gen.tokens), seed: gen.seed, context: gen.context, temperature: gen.temperature, topP: gen.topP };
+    // After the first token the memory layer's query weight and sub-key tables travel as held tables (proof format version 2).
+    if (gen.proofs.length < 2 || !gen.proofs.slice(1).every((p) => p[8] === 2)) throw new Error('the generation\'s later proofs should carry held tables');
     // Training steps with step proofs (docs/step-proofs.md) of a language model with every kind a
     // step can train (embedding, positions, norms, attention, gated MLP, memory layer, head), then
     // of a small graph: the browser recomputes each step and follows the model through them.

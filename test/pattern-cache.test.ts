@@ -51,8 +51,15 @@ describe('PatternCache', () => {
     // Ids on both sides of the small-key range (tensor < 2^10, id < 2^20).
     const tensors = [0, 1, 5, 1023, 1024, 70000];
     const idsOf = [0, 1, 2, 3, 7, 1048575, 1048576, 2 ** 32 - 1];
-    const roots: Uint8Array[] = [new Uint8Array(32), new Uint8Array(32).fill(1)];
-    const value = (): Float32Array => Float32Array.from({ length: dim }, () => rng.int(0, 2)); // small: rows repeat
+    const roots: Uint8Array[] = [0, 1, 2, 3].map((i) => new Uint8Array(32).fill(i));
+    // A root binds its rows (what the cache may assume of rows verified against it): the row of
+    // (tensor, id) under a root is fixed; small values, so rows repeat across roots.
+    const memo = new Map<string, Float32Array>();
+    const value = (t: number, id: number, root: Uint8Array): Float32Array => {
+      const key = `${t}/${id}/${roots.indexOf(root)}`;
+      if (!memo.has(key)) memo.set(key, Float32Array.from({ length: dim }, () => rng.int(0, 2)));
+      return memo.get(key)!.slice();
+    };
     for (const capacity of [0, 1, 3, 17, 400]) {
       let cache = new PatternCache(capacity);
       let ref = new RefCache(capacity);
@@ -60,7 +67,7 @@ describe('PatternCache', () => {
         const r = rng.next();
         if (r < 0.3) {
           const t = tensors[rng.int(0, tensors.length - 1)]!, id = idsOf[rng.int(0, idsOf.length - 1)]!;
-          const row = value(), root = roots[rng.int(0, 1)]!;
+          const root = roots[rng.int(0, roots.length - 1)]!, row = value(t, id, root);
           cache.put(t, id, row, root);
           ref.put(t, id, row, root);
           if (rng.next() < 0.5) {
@@ -71,9 +78,10 @@ describe('PatternCache', () => {
           const blocks: ResolvedBlock[] = [];
           for (let b = rng.int(1, 3); b > 0; b--) {
             const ids = Uint32Array.from(new Set(Array.from({ length: rng.int(1, 6) }, () => idsOf[rng.int(0, idsOf.length - 1)]!))).sort();
+            const tensor = tensors[rng.int(0, tensors.length - 1)]!, root = roots[rng.int(0, roots.length - 1)]!;
             const rows = new Float32Array(ids.length * dim);
-            for (let i = 0; i < ids.length; i++) rows.set(value(), i * dim);
-            blocks.push({ tensor: tensors[rng.int(0, tensors.length - 1)]!, dim, ids, rows, root: roots[rng.int(0, 1)]! });
+            for (let i = 0; i < ids.length; i++) rows.set(value(tensor, ids[i]!, root), i * dim);
+            blocks.push({ tensor, dim, ids, rows, root });
           }
           cache.record(blocks);
           ref.record(blocks);

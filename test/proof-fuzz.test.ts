@@ -118,9 +118,9 @@ describe('proof fuzzing', () => {
 
 // ---------------------------------------------------------------- structured mutations
 
-type Field = 'blockId' | 'stageId' | 'hash' | 'pattern' | 'output' | 'input' | 'ghost' | 'firstLayer' | 'tensor' | 'grad' | 'newRoot' | 'lr' | 'target' | 'state' | 'newGhost' | 'stepNo';
+type Field = 'blockId' | 'stageId' | 'hash' | 'pattern' | 'output' | 'input' | 'ghost' | 'firstLayer' | 'table' | 'tensor' | 'grad' | 'newRoot' | 'lr' | 'target' | 'state' | 'newGhost' | 'stepNo';
 
-const FORWARD_FIELDS: Field[] = ['blockId', 'stageId', 'hash', 'pattern', 'output', 'input', 'ghost', 'firstLayer'];
+const FORWARD_FIELDS: Field[] = ['blockId', 'stageId', 'hash', 'pattern', 'output', 'input', 'ghost', 'firstLayer', 'table'];
 const UPDATE_FIELDS: Field[] = ['blockId', 'hash', 'pattern', 'ghost', 'tensor', 'grad', 'newRoot', 'lr'];
 const STEP_FIELDS: Field[] = ['blockId', 'hash', 'pattern', 'input', 'target', 'state', 'newGhost', 'stepNo'];
 
@@ -197,6 +197,17 @@ function change(p: GhostProof, field: Field, i: number, j: number, v: number, bi
       if (p.kind !== 'forward') return false;
       p.firstLayer = p.firstLayer + 1 + (vi % 5);
       return true;
+    case 'table': {
+      // A held table (format version 2) retargeted to another tensor, or a block that is not
+      // one (rows in full, or a layer's ids) turned into a held-table marker.
+      if (p.kind !== 'forward') return false;
+      const held = blocks.filter((x) => x.heldTable === true);
+      const b = held.length > 0 && vi % 2 === 0 ? pick(held)! : pick(blocks.filter((x) => x.heldTable !== true && !(x.all && x.kinds.every((k) => k === RowKind.Held))));
+      if (!b) return false;
+      if (b.heldTable === true) b.tensor = (b.tensor + 1 + (vi % 5)) >>> 0;
+      else Object.assign(b, { all: true, heldTable: true, ids: new Uint32Array(0), kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) });
+      return true;
+    }
     case 'tensor':
       if (p.kind !== 'update') return false;
       p.tensor = (p.tensor + 1 + (vi % 6)) >>> 0;
@@ -262,7 +273,7 @@ describe('structured mutations, re-encoded', () => {
     let reproved = 0;
     const arb = fc.record({
       base: fc.nat({ max: 10 }),
-      field: fc.nat({ max: 7 }),
+      field: fc.nat({ max: 8 }),
       i: fc.nat(),
       j: fc.nat(),
       v: fc.oneof(fc.nat({ max: 2 ** 32 - 1 }), fc.integer({ min: 0, max: 400 }), fc.double({ noNaN: true, min: -4, max: 4 })),
@@ -272,7 +283,8 @@ describe('structured mutations, re-encoded', () => {
       fc.asyncProperty(arb, async ({ base, field, i, j, v, bit }) => {
         const h = pool[base % pool.length]!;
         const p = decodeProof(h.bytes);
-        const f = (p.kind === 'forward' ? FORWARD_FIELDS : p.kind === 'step' ? STEP_FIELDS : UPDATE_FIELDS)[field]!;
+        const fields = p.kind === 'forward' ? FORWARD_FIELDS : p.kind === 'step' ? STEP_FIELDS : UPDATE_FIELDS;
+        const f = fields[field % fields.length]!;
         // Inputs are re-proved as an oracle, so only forward proofs with a prover get input changes (a step's must all be refused).
         fc.pre(f !== 'input' || h.ctx.prover !== undefined || p.kind === 'step');
         fc.pre(change(p, f, i, j, v, bit));
@@ -288,7 +300,7 @@ describe('structured mutations, re-encoded', () => {
         } catch (err) {
           if (!(err instanceof ProofError || err instanceof FormatError)) throw new Error(`${what}: the object was refused with ${(err as Error)?.constructor?.name}: ${(err as Error)?.message}`);
           // Only the decoder's structural checks may answer with a FormatError.
-          if (err instanceof FormatError && !['blockId', 'stageId', 'input', 'tensor', 'state'].includes(f)) throw new Error(`${what}: FormatError ${err.message} for a change the format cannot see`);
+          if (err instanceof FormatError && !['blockId', 'stageId', 'input', 'tensor', 'state', 'table'].includes(f)) throw new Error(`${what}: FormatError ${err.message} for a change the format cannot see`);
           objReason = err.reason;
         }
         const bytes = encodeProof(p);
@@ -308,7 +320,7 @@ describe('structured mutations, re-encoded', () => {
     );
     const refused = [...reasons.values()].reduce((s, v) => s + v, 0);
     console.log(`structured: ${refused} refused ${JSON.stringify(Object.fromEntries([...reasons].sort((p, q) => q[1] - p[1])))}, ${reproved} input changes accepted as the honest proof of the new input`);
-    for (const r of ['ROOT_MISMATCH', 'BLOCK_IDS', 'OUTPUT_MISMATCH', 'GHOST_MISMATCH', 'UPDATE_MISMATCH']) expect(reasons.get(r) ?? 0, r).toBeGreaterThan(0);
+    for (const r of ['ROOT_MISMATCH', 'BLOCK_IDS', 'OUTPUT_MISMATCH', 'GHOST_MISMATCH', 'UPDATE_MISMATCH', 'NOT_HELD']) expect(reasons.get(r) ?? 0, r).toBeGreaterThan(0);
     expect(refused).toBeGreaterThan(STRUCT_RUNS * 0.8);
   });
 

@@ -107,7 +107,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     print(`       the selection is proven: the client re-derived each image's top-${k} of all ${size.n.toLocaleString('en-US')} keys`);
     const t1 = performance.now();
     const again = await client.forward(test.x.slice(B * 784, 2 * B * 784));
-    print(`query  ${B} more: a proof of ${kib(again.proof.length)} (the keys held from the first: 2 bits each), verified in ${(performance.now() - t1).toFixed(0)} ms`);
+    const againMs = performance.now() - t1;
+    // The keys, held whole at their root since the first proof, travel as one held-table marker (docs/proof-format.md section 6).
+    const heldTable = (decodeProof(again.proof) as ForwardProof).layers.some((l) => l.blocks.some((b) => b.heldTable === true));
+    print(`query  ${B} more: a proof of ${kib(again.proof.length)} (the keys held from the first: ${heldTable ? 'one 9-byte held-table marker' : '2 bits each'}), verified in ${againMs.toFixed(0)} ms`);
     print('');
     print('tamper with the proof; each must be rejected:');
     const tampers = await tamperings(served.proof, ghost, sparse, dense);

@@ -768,7 +768,7 @@ async function inspect(path: string, json: boolean): Promise<number> {
         layer: p.firstLayer + i,
         op: l.op,
         stages: l.stages.map((s) => s.length),
-        blocks: l.blocks.map((b) => ({ tensor: b.tensor, dim: b.dim, rows: b.ids.length, all: b.all, full: b.kinds.filter((x) => x === 0).length, hashes: b.hashes.length / 32 })),
+        blocks: l.blocks.map((b) => ({ tensor: b.tensor, dim: b.dim, rows: b.ids.length, all: b.all, heldTable: b.heldTable === true, full: b.kinds.filter((x) => x === 0).length, hashes: b.hashes.length / 32 })),
         firstIds: l.stages[l.stages.length - 1]?.subarray(0, 8).join(',') ?? '',
       }));
       const inputDesc = p.input.kind === 'f32' ? `${p.input.rows} x ${p.input.cols} f32` : `${p.input.ids.length} ids`;
@@ -778,7 +778,7 @@ async function inspect(path: string, json: boolean): Promise<number> {
         `  input ${inputDesc}, output ${p.output.rows} x ${p.output.cols}: ${Array.from(p.output.data.subarray(0, Math.min(10, p.output.data.length)), (x) => x.toFixed(4)).join(' ')}${p.output.data.length > 10 ? ' ...' : ''}`,
         ...layers.flatMap((l) => [
           `  layer ${l.layer} (${l.op}): ${l.stages.length} stage(s) of ${l.stages.join(', ')} ids${l.firstIds ? `; last stage starts ${l.firstIds}` : ''}`,
-          ...l.blocks.map((b) => `    block of tensor ${b.tensor}: ${b.all ? 'all ' : ''}${b.rows} rows of ${b.dim} (${b.full} in full), multiproof of ${b.hashes} hashes`),
+          ...l.blocks.map((b) => (b.heldTable ? `    block of tensor ${b.tensor}: held table (every row of ${b.dim}, held by the verifier at the tensor's root)` : `    block of tensor ${b.tensor}: ${b.all ? 'all ' : ''}${b.rows} rows of ${b.dim} (${b.full} in full), multiproof of ${b.hashes} hashes`)),
         ]),
       ]);
     } else if (p.kind === 'step') {

@@ -347,6 +347,9 @@ export class Model {
         tensorIndex: (t) => this.#index(t),
         block: (i, rows) => {
           const t = this.tensors[i]!;
+          // A tensor the verifier holds whole at its current root: one marker, the rows from the mirror (O(1)).
+          const held = rows === 'all' && !selectionOnly ? this.#heldTable(t, cache) : undefined;
+          if (held !== undefined) return held;
           const ids = rows === 'all' ? allIds(t.size) : rows;
           if (!selectionOnly) return this.#block(t, ids, rows === 'all', cache);
           return {
@@ -367,6 +370,22 @@ export class Model {
   }
 
   /**
+   * The held-table block of tensor t (a forward proof's marker, docs/proof-format.md
+   * section 3) when the mirror holds t whole at its current root, with the mirror's copy of
+   * its rows (the same rows: one root is one table); else undefined.
+   */
+  #heldTable(t: SparseTensor, cache: PatternCache | undefined): { block: PatternBlock; resolved: ResolvedBlock } | undefined {
+    if (cache === undefined) return undefined;
+    const ti = this.#index(t);
+    const w = cache.getTable(ti);
+    if (w === undefined || w.n !== t.size || w.dim !== t.dim) return undefined;
+    const root = t.root();
+    if (!bytesEqual(w.root, root)) return undefined;
+    const block: PatternBlock = { tensor: ti, dim: t.dim, all: true, heldTable: true, ids: new Uint32Array(0), kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) };
+    return { block, resolved: { tensor: ti, ids: w.ids, rows: w.rows, dim: t.dim, root: w.root, all: true } };
+  }
+
+  /**
    * A block revealing `ids` (sorted, unique) of tensor t. Its multiproof covers the
    * rows the peer does not hold verified against the current root (every row when
    * `everyPath`, as an update proof needs); an all-rows block needs none.
@@ -375,13 +394,13 @@ export class Model {
     const ti = this.#index(t);
     const rows = t.gather(ids);
     const root = t.root();
-    const block = planBlock(ti, t.dim, ids, rows, all, cache);
+    const block = planBlock(ti, t.dim, ids, rows, all, cache, root);
     if (!all) {
       const pos = everyPath ? Array.from(ids, (_, i) => i) : positionsToProve(ti, ids, block.kinds, root, cache);
       // The rows are gathered above: only the hashes are needed from the tree.
       if (pos.length > 0) block.hashes = callNative(() => internalNative(t).prove(Uint32Array.from(pos, (i) => ids[i]!)));
     }
-    return { block, resolved: { tensor: ti, ids, rows, dim: t.dim, root } };
+    return { block, resolved: { tensor: ti, ids, rows, dim: t.dim, root, all } };
   }
 
   /**

@@ -13,7 +13,15 @@ import type { GhostManifest } from './ghost-file.js';
 import { specByCode, specByOp, type LayerOp } from './kinds/index.js';
 import { readOptimizer as readOptimizerOf, stateDim, stateRowBytes, writeOptimizer, type StepTargets } from './training.js';
 
+/** The proof format version of a proof without held-table blocks (every proof before version 2). */
 export const PROOF_FORMAT_VERSION = 1;
+/**
+ * The version of a forward proof that carries a held-table block (a tensor the verifier
+ * holds whole at its current root, sent as a marker: docs/proof-format.md section 3).
+ * A proof is written as version 2 exactly when it has one, so every other proof keeps
+ * its version 1 bytes; a version 2 proof without one is refused (NON_CANONICAL).
+ */
+export const PROOF_HELD_TABLES_VERSION = 2;
 /** 0x89 'GTPRF' CR LF. */
 export const PROOF_MAGIC = Uint8Array.from([0x89, 0x47, 0x54, 0x50, 0x52, 0x46, 0x0d, 0x0a]);
 export const PROOF_LIMITS = {
@@ -155,6 +163,12 @@ export interface PatternBlock {
   dim: number;
   /** true: the block reveals every row, ids 0..count-1 (a product-key table); no hashes needed. */
   all: boolean;
+  /**
+   * A held table (forward proofs, format version 2): the verifier holds every row of the
+   * tensor at its current root (PatternCache.getTable), so the block is only this marker:
+   * `all` is true and ids, kinds, payload and hashes are empty. Absent or false otherwise.
+   */
+  heldTable?: boolean;
   /** Sorted, unique ids. */
   ids: Uint32Array;
   /** RowKind per id. */
@@ -383,6 +397,29 @@ interface HeldEntry extends HeldRow {
   stamp: number;
 }
 
+/**
+ * A tensor the peer holds whole: every row, verified against `root` (the tensor's root
+ * when a proof revealed all its rows). A later forward proof may send it as a held-table
+ * marker while the tensor's root is still `root` (docs/proof-format.md section 6).
+ */
+export interface HeldTable {
+  readonly tensor: number;
+  readonly dim: number;
+  /** Rows (the tensor's N). */
+  readonly n: number;
+  /** Every row, n x dim: the cache's own copy (read it, never write it). */
+  readonly rows: Float32Array;
+  readonly root: Uint8Array;
+  /** 0, 1, ..., n - 1 (read only). */
+  readonly ids: Uint32Array;
+}
+
+interface HeldTableEntry extends HeldTable {
+  /** The rows' bits (a view of `rows`). */
+  readonly bits: Uint32Array;
+  stamp: number;
+}
+
 /** An optimizer-state row a verifier holds (step proofs): its leaf bytes (8 d + 12) and the state root it was computed under. */
 export interface HeldState {
   leaf: Uint8Array;
@@ -404,21 +441,31 @@ export interface ResolvedStates {
   root: Uint8Array;
 }
 
+/** What a recency-queue pair names: a value row, an optimizer-state row or a whole table. */
+const Q_ROW = 0, Q_STATE = 1, Q_TABLE = 2;
+
 export class PatternCache {
   readonly capacity: number;
   readonly #rows = new Map<number, HeldEntry>();
   /**
    * Optimizer-state rows (step proofs), a key space of their own: (tensor, id) keys as
-   * #rows's. They share the capacity and the recency queue with the value rows; their
-   * queue stamps are negative.
+   * #rows's. They share the capacity and the recency queue with the value rows.
    */
   readonly #states = new Map<number, HeldStateEntry>();
+  /**
+   * Tensors held whole, by tensor index (one entry each, counted as its n rows against the
+   * capacity, one place in the recency order: used, kept and evicted as a unit).
+   */
+  readonly #tables = new Map<number, HeldTableEntry>();
+  /** The rows of every held table. */
+  #tableRows = 0;
   // Recency without moving map entries (a Map delete + set costs ~0.5 us): every use
-  // appends (key, stamp) to this queue and stamps the entry; the least recently used
-  // row is the first queued pair whose stamp is still its entry's. Stale pairs are
+  // appends (key, stamp, what) to this queue and stamps the entry; the least recently
+  // used entry is the first queued pair whose stamp is still its entry's. Stale pairs are
   // skipped and, once they are most of the queue, compacted away.
   #qKeys: number[] = [];
   #qStamps: number[] = [];
+  #qWhat: number[] = [];
   #head = 0;
   #stamp = 0;
 
@@ -435,81 +482,162 @@ export class PatternCache {
   static #key(tensor: number, id: number): number {
     return tensor < 1024 && id < 1048576 ? tensor * 1048576 + id : -(tensor * 2 ** 32 + id) - 1;
   }
+  /**
+   * The row (tensor, id) the peer holds: its own entry, or its row in the tensor's held
+   * table, whichever was used last (the copy verified most recently).
+   */
   get(tensor: number, id: number): HeldRow | undefined {
-    return this.#rows.get(PatternCache.#key(tensor, id));
+    const r = this.#rows.get(PatternCache.#key(tensor, id));
+    const w = this.#tables.get(tensor);
+    if (w === undefined || id >= w.n || (r !== undefined && r.stamp > w.stamp)) return r;
+    return { row: w.rows.subarray(id * w.dim, (id + 1) * w.dim), bits: w.bits.subarray(id * w.dim, (id + 1) * w.dim), root: w.root };
+  }
+  /** The tensor the peer holds whole (every row, at the table's root), if any. */
+  getTable(tensor: number): HeldTable | undefined {
+    return this.#tables.get(tensor);
   }
   /** The optimizer-state row (tensor, id) this cache holds (step proofs), if any. */
   getState(tensor: number, id: number): HeldState | undefined {
     return this.#states.get(PatternCache.#key(tensor, id));
   }
+  /** Appends (key, stamp, what) to the recency queue. */
+  #queue(key: number, stamp: number, what: number): void {
+    this.#qKeys.push(key);
+    this.#qStamps.push(stamp);
+    this.#qWhat.push(what);
+    if (this.#qKeys.length - this.#head > 4 * (this.#rows.size + this.#states.size + this.#tables.size) + 4096) this.#compact();
+  }
   /** Marks `e` (now the entry of `key`; `stored`: it already is) most recently used. */
   #use(key: number, e: HeldEntry, stored = false): void {
     e.stamp = ++this.#stamp;
     if (!stored) this.#rows.set(key, e);
-    this.#qKeys.push(key);
-    this.#qStamps.push(e.stamp);
-    if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
+    this.#queue(key, e.stamp, Q_ROW);
   }
-  /** Marks the state entry `e` (now the entry of `key`) most recently used (its queue stamp negated). */
+  /** Marks the state entry `e` (now the entry of `key`) most recently used. */
   #useState(key: number, e: HeldStateEntry): void {
     e.stamp = ++this.#stamp;
     this.#states.set(key, e);
-    this.#qKeys.push(key);
-    this.#qStamps.push(-e.stamp);
-    if (this.#qKeys.length - this.#head > 2 * this.size + 1024) this.#compact();
+    this.#queue(key, e.stamp, Q_STATE);
   }
-  /** Whether the queue pair (key, st) is still its entry's newest. */
-  #live(key: number, st: number): boolean {
-    return st > 0 ? this.#rows.get(key)?.stamp === st : this.#states.get(key)?.stamp === -st;
+  /** Marks the table `e` (now the entry of its tensor) most recently used. */
+  #useTable(e: HeldTableEntry): void {
+    e.stamp = ++this.#stamp;
+    this.#queue(e.tensor, e.stamp, Q_TABLE);
+  }
+  /** Whether the queue pair (key, st, what) is still its entry's newest. */
+  #live(key: number, st: number, what: number): boolean {
+    return (what === Q_ROW ? this.#rows : what === Q_STATE ? this.#states : this.#tables).get(key)?.stamp === st;
   }
   /** Drops stale queue pairs (the order of the live ones is kept). */
   #compact(): void {
-    const keys: number[] = [], stamps: number[] = [];
+    const keys: number[] = [], stamps: number[] = [], what: number[] = [];
     for (let i = this.#head; i < this.#qKeys.length; i++) {
-      const key = this.#qKeys[i]!, st = this.#qStamps[i]!;
-      if (this.#live(key, st)) {
+      const key = this.#qKeys[i]!, st = this.#qStamps[i]!, w = this.#qWhat[i]!;
+      if (this.#live(key, st, w)) {
         keys.push(key);
         stamps.push(st);
+        what.push(w);
       }
     }
     this.#qKeys = keys;
     this.#qStamps = stamps;
+    this.#qWhat = what;
     this.#head = 0;
   }
   /** Records that the peer holds `row` for (tensor, id), verified against `root`, and marks it most recently used. */
   put(tensor: number, id: number, row: Float32Array, root: Uint8Array): void {
     this.#use(PatternCache.#key(tensor, id), { row, bits: u32view(row), root, stamp: 0 });
   }
-  /** Drops the least recently used rows (value and state rows alike) beyond the capacity. */
+  /** Drops the least recently used entries (value rows, state rows and tables alike) beyond the capacity. */
   trim(): void {
     while (this.size > this.capacity && this.#head < this.#qKeys.length) {
-      const key = this.#qKeys[this.#head]!, st = this.#qStamps[this.#head]!;
+      const key = this.#qKeys[this.#head]!, st = this.#qStamps[this.#head]!, w = this.#qWhat[this.#head]!;
       this.#head++;
-      if (this.#live(key, st)) (st > 0 ? this.#rows : this.#states).delete(key);
+      if (!this.#live(key, st, w)) continue;
+      if (w === Q_TABLE) {
+        this.#tableRows -= this.#tables.get(key)!.n;
+        this.#tables.delete(key);
+      } else (w === Q_ROW ? this.#rows : this.#states).delete(key);
     }
     if (this.#head > 1024 && this.#head * 2 > this.#qKeys.length) this.#compact();
   }
-  /** Records every row of resolved blocks (in block and id order), then trims. A row held with the same bits keeps its copy. */
+  /**
+   * Records every row of resolved blocks (in block and id order), then trims. Every row
+   * recorded must be the one verified against its block's root: a root binds its rows, so
+   * a row already held at the same root is the same row and is not compared again. A block
+   * of every row (`all`) is recorded as a held table: kept (and marked used) when the cache
+   * holds the tensor whole at the same root, else replaced by a copy of the block's rows.
+   * Another block's rows are recorded one by one; a row held at the same root, or with the
+   * same bits at another, keeps its copy (a row of a held table at the table's root marks
+   * the table used).
+   */
   record(blocks: readonly ResolvedBlock[]): void {
     for (const b of blocks) {
+      // Every row (sorted unique ids ending at n - 1: 0..n-1): a held table.
+      if (b.all === true && b.ids.length > 0 && b.ids[b.ids.length - 1] === b.ids.length - 1) {
+        this.#recordTable(b);
+        continue;
+      }
       const bits = u32view(b.rows);
+      const w = this.#tables.get(b.tensor);
       // An earlier root array with the bytes of b.root (rows recorded by one proof share one).
       let sameRoot: Uint8Array = b.root;
       for (let t = 0; t < b.ids.length; t++) {
-        const key = PatternCache.#key(b.tensor, b.ids[t]!);
+        const id = b.ids[t]!;
+        const key = PatternCache.#key(b.tensor, id);
         const old = this.#rows.get(key);
-        if (old !== undefined && sameBits(old, bits, t * b.dim, b.dim)) {
-          // The same bits: keep the copy (and the entry when the root is the same too).
-          if (old.root !== sameRoot && bytesEqual(old.root, b.root)) sameRoot = old.root;
-          if (old.root === sameRoot) this.#use(key, old, true);
-          else this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
-        } else {
-          const row = b.rows.slice(t * b.dim, (t + 1) * b.dim);
-          this.#use(key, { row, bits: u32view(row), root: b.root, stamp: 0 });
+        if (w !== undefined && id < w.n && (old === undefined || old.stamp < w.stamp)) {
+          // The copy held is the table's row: at the table's root, the same row (a root binds its rows).
+          if (w.dim === b.dim) {
+            if (w.root !== sameRoot && bytesEqual(w.root, b.root)) sameRoot = w.root;
+            if (w.root === sameRoot) {
+              this.#useTable(w);
+              continue;
+            }
+          }
+          this.#recordRow(key, b, t);
+          continue;
         }
+        if (old !== undefined && old.bits.length === b.dim) {
+          // At the same root, the same row: keep the entry (its bits are compared only across roots).
+          if (old.root !== sameRoot && bytesEqual(old.root, b.root)) sameRoot = old.root;
+          if (old.root === sameRoot) {
+            this.#use(key, old, true);
+            continue;
+          }
+          // The same bits at another root: keep the copy.
+          if (sameBits(old, bits, t * b.dim, b.dim)) {
+            this.#use(key, { row: old.row, bits: old.bits, root: b.root, stamp: 0 });
+            continue;
+          }
+        }
+        this.#recordRow(key, b, t);
       }
     }
     this.trim();
+  }
+  /** Row t of block b as a new entry (its own copy). */
+  #recordRow(key: number, b: ResolvedBlock, t: number): void {
+    const row = b.rows.slice(t * b.dim, (t + 1) * b.dim);
+    this.#use(key, { row, bits: u32view(row), root: b.root, stamp: 0 });
+  }
+  /** Every row of tensor b.tensor, verified against b.root: the held table (see record). */
+  #recordTable(b: ResolvedBlock): void {
+    const n = b.ids.length;
+    const w = this.#tables.get(b.tensor);
+    // One root is one table (the root binds every row and N): the same root, the same rows.
+    if (w !== undefined && w.n === n && w.dim === b.dim && (w.root === b.root || bytesEqual(w.root, b.root))) {
+      this.#useTable(w);
+      return;
+    }
+    const rows = b.rows.slice(0, n * b.dim);
+    const ids = new Uint32Array(n);
+    for (let i = 0; i < n; i++) ids[i] = i;
+    if (w !== undefined) this.#tableRows -= w.n;
+    const e: HeldTableEntry = { tensor: b.tensor, dim: b.dim, n, rows, bits: u32view(rows), root: b.root, ids, stamp: 0 };
+    this.#tables.set(b.tensor, e);
+    this.#tableRows += n;
+    this.#useTable(e);
   }
   /**
    * Records the optimizer-state rows a verified step wrote (in block and id order; each
@@ -529,33 +657,46 @@ export class PatternCache {
   clear(): void {
     this.#rows.clear();
     this.#states.clear();
+    this.#tables.clear();
+    this.#tableRows = 0;
     this.#qKeys = [];
     this.#qStamps = [];
+    this.#qWhat = [];
     this.#head = 0;
   }
-  /** An independent copy (same rows, same recency order). */
+  /** An independent copy (same rows, tables and state rows, same recency order). */
   clone(): PatternCache {
     const c = new PatternCache(this.capacity);
     for (let i = this.#head; i < this.#qKeys.length; i++) {
-      const key = this.#qKeys[i]!, st = this.#qStamps[i]!;
-      if (!this.#live(key, st)) continue;
-      if (st > 0) {
-        const row = this.#rows.get(key)!.row.slice();
-        c.#use(key, { row, bits: u32view(row), root: this.#rows.get(key)!.root, stamp: 0 });
-      } else {
+      const key = this.#qKeys[i]!, st = this.#qStamps[i]!, w = this.#qWhat[i]!;
+      if (!this.#live(key, st, w)) continue;
+      if (w === Q_ROW) {
+        const e = this.#rows.get(key)!, row = e.row.slice();
+        c.#use(key, { row, bits: u32view(row), root: e.root, stamp: 0 });
+      } else if (w === Q_STATE) {
         const e = this.#states.get(key)!, leaf = e.leaf.slice();
         c.#useState(key, { leaf, words: new Uint32Array(leaf.buffer), root: e.root, stamp: 0 });
+      } else {
+        const e = this.#tables.get(key)!, rows = e.rows.slice();
+        const t: HeldTableEntry = { tensor: e.tensor, dim: e.dim, n: e.n, rows, bits: u32view(rows), root: e.root, ids: e.ids.slice(), stamp: 0 };
+        c.#tables.set(key, t);
+        c.#tableRows += t.n;
+        c.#useTable(t);
       }
     }
     return c;
   }
-  /** Rows held: value rows and optimizer-state rows (the capacity counts both). */
+  /** Rows held: value rows, the rows of held tables and optimizer-state rows (the capacity counts all three). */
   get size(): number {
-    return this.#rows.size + this.#states.size;
+    return this.#rows.size + this.#states.size + this.#tableRows;
   }
   /** Optimizer-state rows held (step proofs). */
   get stateSize(): number {
     return this.#states.size;
+  }
+  /** Tensors held whole. */
+  get tableCount(): number {
+    return this.#tables.size;
   }
 }
 
@@ -566,13 +707,20 @@ export interface ResolvedBlock {
   ids: Uint32Array;
   rows: Float32Array;
   root: Uint8Array;
+  /** Every row of the tensor (ids 0..N-1): PatternCache.record keeps it as a held table. */
+  all?: boolean;
+}
+
+/** Whether a[ai, ai + n) and b[bi, bi + n) hold the same words. */
+function sameWords(a: Uint32Array, ai: number, b: Uint32Array, bi: number, n: number): boolean {
+  for (let j = 0; j < n; j++) if (a[ai + j] !== b[bi + j]) return false;
+  return true;
 }
 
 /** Whether a held row has the bits of bits[at, at + dim) (bit patterns: -0 and 0 differ). */
 function sameBits(held: HeldRow, bits: Uint32Array, at: number, dim: number): boolean {
-  if (held.bits.length !== dim) return false;
-  for (let j = 0; j < dim; j++) if (held.bits[j] !== bits[at + j]) return false;
-  return true;
+  const h = held.bits;
+  return h.length === dim && sameWords(h, 0, bits, at, dim);
 }
 
 /**
@@ -582,11 +730,15 @@ function sameBits(held: HeldRow, bits: Uint32Array, at: number, dim: number): bo
  */
 export function positionsToProve(tensor: number, ids: Uint32Array, kinds: Uint8Array, root: Uint8Array, cache: PatternCache | undefined): number[] {
   const out: number[] = [];
+  // A root array already found equal to `root` (rows recorded by one proof share one).
+  let sameRoot: Uint8Array = root;
   for (let t = 0; t < ids.length; t++) {
     const held = kinds[t] === RowKind.Held ? cache?.get(tensor, ids[t]!) : undefined;
-    let same = held !== undefined && held.root.length === root.length;
-    for (let j = 0; same && j < root.length; j++) same = held!.root[j] === root[j];
-    if (!same) out.push(t);
+    if (held === undefined) out.push(t);
+    else if (held.root !== sameRoot) {
+      if (bytesEqual(held.root, root)) sameRoot = held.root;
+      else out.push(t);
+    }
   }
   return out;
 }
@@ -605,25 +757,34 @@ const planned = new WeakMap<PatternBlock, { rows: Float32Array; dim: number; n: 
 
 /**
  * Plans how the rows (ids.length x dim) of one tensor travel: as an id when `cache`
- * holds the same bytes, as a delta when it holds an older copy and the delta is
+ * holds the same bytes (a row it holds at `root`, the tensor's current root, is those
+ * bytes and is not compared), as a delta when it holds an older copy and the delta is
  * smaller, in full otherwise (full rows are views of `rows`, which the block then
  * owns). The caller then proves the positions positionsToProve() names and sets
  * their multiproof as `hashes`. When every row travels in full (no cache, or it holds
  * none of them), the payload's views are made when it is first read (encodeProof does
  * not need them).
  */
-export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache): PatternBlock {
+export function planBlock(tensor: number, dim: number, ids: Uint32Array, rows: Float32Array, all: boolean, cache?: PatternCache, root?: Uint8Array): PatternBlock {
   const n = ids.length;
   const kinds = new Uint8Array(n); // RowKind.Full is 0
   let deltas: (Uint8Array | null)[] | null = null;
   let allFull = true;
   if (cache !== undefined) {
     const bits = u32view(rows);
+    // A root array already found equal to `root` (rows recorded by one proof share one).
+    let sameRoot = root;
     for (let t = 0; t < n; t++) {
       const h = cache.get(tensor, ids[t]!);
       const held = h?.row;
       if (!h || !held || held.length !== dim) continue;
-      if (sameBits(h, bits, t * dim, dim)) {
+      // Held at the tensor's current root: the same row (the root binds it), not compared.
+      let atRoot = root !== undefined && h.root === sameRoot;
+      if (!atRoot && root !== undefined && bytesEqual(h.root, root)) {
+        sameRoot = h.root;
+        atRoot = true;
+      }
+      if (atRoot || sameBits(h, bits, t * dim, dim)) {
         kinds[t] = RowKind.Held;
         allFull = false;
         continue;
@@ -769,7 +930,16 @@ function writePacked2(w: ByteWriter, kinds: Uint8Array, n: number): void {
   }
 }
 
+/** A held-table block (forward proofs of format version 2): the marker alone. */
+function writeHeldTable(w: ByteWriter, b: PatternBlock): void {
+  if (!b.all || b.ids.length !== 0 || b.kinds.length !== 0 || b.payload.length !== 0 || b.hashes.length !== 0) {
+    throw new InvalidArgumentError(`proof: the held-table block of tensor ${b.tensor} must be all rows with no ids, kinds, payload or hashes`);
+  }
+  w.u32(b.tensor).u32(b.dim).u8(2);
+}
+
 function writeBlock(w: ByteWriter, b: PatternBlock): void {
+  if (b.heldTable === true) throw new InvalidArgumentError(`proof: a held-table block (tensor ${b.tensor}) may appear only in a forward proof`);
   w.u32(b.tensor).u32(b.dim).u8(b.all ? 1 : 0).u32(b.ids.length);
   if (!b.all) w.u32s(b.ids);
   writePacked2(w, b.kinds, b.ids.length);
@@ -845,15 +1015,20 @@ export interface EncodeOptions {
   into?: (size: number) => Uint8Array;
 }
 
+/** The format version a proof is written in: 2 exactly when it carries a held-table block. */
+function versionOf(p: GhostProof): number {
+  return p.kind === 'forward' && p.layers.some((l) => l.blocks.some((b) => b.heldTable === true)) ? PROOF_HELD_TABLES_VERSION : PROOF_FORMAT_VERSION;
+}
+
 function writeProof(w: ByteWriter, p: GhostProof): void {
-  w.bytes(PROOF_MAGIC).u16(PROOF_FORMAT_VERSION);
+  w.bytes(PROOF_MAGIC).u16(versionOf(p));
   if (p.kind === 'forward') {
     w.u8(1).bytes(p.ghost).u32(p.firstLayer).u32(p.layers.length);
     writeInputRecord(w, p.input);
     for (const l of p.layers) {
       writeStages(w, l);
       w.u8(l.blocks.length);
-      for (const b of l.blocks) writeBlock(w, b);
+      for (const b of l.blocks) (b.heldTable === true ? writeHeldTable : writeBlock)(w, b);
     }
     w.u32(p.output.rows).u32(p.output.cols).f32s(p.output.data);
   } else if (p.kind === 'update') {
@@ -900,20 +1075,33 @@ function writeProof(w: ByteWriter, p: GhostProof): void {
 // ---------------------------------------------------------------------------
 // Decoding (untrusted bytes)
 
-function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undefined): PatternBlock {
+/**
+ * A pattern block from untrusted bytes. `heldTables` (forward proofs of format version 2):
+ * flags 2, a held-table marker, is allowed; the caller counts them in `found`.
+ */
+function readBlock(r: ByteReader, budget: VerifyBudget, g: GhostManifest | undefined, heldTables = false, found?: { heldTables: number }): PatternBlock {
   const tensor = r.u32('block tensor');
   const dim = r.count('block dim', 1, PROOF_LIMITS.dim);
   const flags = r.u8('block flags');
-  if (flags > 1) throw new FormatError('BAD_VALUE', `proof: block flags ${flags}`);
+  if (flags > 2 || (flags === 2 && !heldTables)) throw new FormatError('BAD_VALUE', `proof: block flags ${flags}`);
+  const gt = g?.tensors[tensor];
+  const checkTensor = (): void => {
+    if (!g) return;
+    if (!gt) throw new ProofError('LAYER_MISMATCH', `a block names tensor ${tensor}; the Ghost file has ${g.tensors.length}`);
+    if (dim !== gt.dim) throw new ProofError('SHAPE', `a block of tensor ${gt.name} has dim ${dim}; the Ghost file says ${gt.dim}`);
+  };
+  if (flags === 2) {
+    // A held table: nothing follows (its rows come from the verifier's cache, not copied).
+    checkTensor();
+    budget.cellsFor(OBJECT_CELLS, `a held-table block of tensor ${tensor}`);
+    if (found) found.heldTables++;
+    return { tensor, dim, all: true, heldTable: true, ids: new Uint32Array(0), kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) };
+  }
   const all = flags === 1;
   const n = r.count('block id count', 1, PROOF_LIMITS.blockIds);
   // Checked against the pinned Ghost file and charged before anything is allocated for the rows.
-  const gt = g?.tensors[tensor];
-  if (g) {
-    if (!gt) throw new ProofError('LAYER_MISMATCH', `a block names tensor ${tensor}; the Ghost file has ${g.tensors.length}`);
-    if (dim !== gt.dim) throw new ProofError('SHAPE', `a block of tensor ${gt.name} has dim ${dim}; the Ghost file says ${gt.dim}`);
-    if (all ? n !== gt.n : n > gt.n) throw new ProofError('BLOCK_IDS', `a${all ? 'n all-rows' : ''} block of ${gt.name} has ${n} rows; N = ${gt.n}`);
-  }
+  checkTensor();
+  if (gt && (all ? n !== gt.n : n > gt.n)) throw new ProofError('BLOCK_IDS', `a${all ? 'n all-rows' : ''} block of ${gt.name} has ${n} rows; N = ${gt.n}`);
   budget.cellsFor(OBJECT_CELLS + n * (dim + ROW_CELLS), `a block of ${n} rows of ${dim}`);
   let ids: Uint32Array;
   if (all) {
@@ -1025,7 +1213,9 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
   const magic = r.bytes(8, 'magic');
   if (magic.some((b, i) => b !== PROOF_MAGIC[i])) throw new FormatError('BAD_MAGIC', 'not a Ghost proof');
   const version = r.u16('version');
-  if (version !== PROOF_FORMAT_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
+  if (version !== PROOF_FORMAT_VERSION && version !== PROOF_HELD_TABLES_VERSION) throw new FormatError('BAD_VERSION', `proof: format version ${version}`);
+  // Version 2: forward proofs with held-table blocks (at least one: else the proof is written as version 1).
+  const found = { heldTables: 0 };
   const kind = r.u8('kind');
   const kindName = KIND_NAMES[kind];
   if (options.kind !== undefined && kindName && kindName !== options.kind) {
@@ -1057,7 +1247,7 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
       const nb = r.u8('block count');
       if (nb > PROOF_LIMITS.blocksPerLayer) throw new FormatError('LIMIT', `proof: ${nb} blocks in layer ${i}`);
       const blocks: PatternBlock[] = [];
-      for (let b = 0; b < nb; b++) blocks.push(readBlock(r, budget, g));
+      for (let b = 0; b < nb; b++) blocks.push(readBlock(r, budget, g, version === PROOF_HELD_TABLES_VERSION, found));
       layers.push({ op: opName, stages, blocks });
     }
     const rows = r.count('output rows', 1, 2 ** 32 - 1), cols = r.count('output cols', 1, PROOF_LIMITS.dim);
@@ -1143,5 +1333,6 @@ export function decodeProof(bytes: Uint8Array, options: DecodeOptions = {}): Gho
     throw new FormatError('BAD_VALUE', `proof: kind ${kind}`);
   }
   r.end();
+  if (version === PROOF_HELD_TABLES_VERSION && found.heldTables === 0) throw new FormatError('NON_CANONICAL', 'proof: format version 2 without a held-table block (such a proof is written as version 1)');
   return out;
 }

@@ -130,6 +130,13 @@ export function resolveRows(g: GhostManifest, b: PatternBlock, cache: PatternCac
   const t = g.tensors[b.tensor];
   if (!t) fail('LAYER_MISMATCH', `a block names tensor ${b.tensor}; the Ghost file has ${g.tensors.length}`);
   if (b.dim !== t.dim) fail('SHAPE', `a block of tensor ${t.name} has dim ${b.dim}; the Ghost file says ${t.dim}`);
+  if (b.heldTable === true) {
+    // A held table: the cache's copy of every row, held at the Ghost file's root (nothing copied, nothing hashed).
+    const w = cache?.getTable(b.tensor);
+    if (w === undefined) fail('NOT_HELD', `tensor ${t.name} was sent as a held table, but this verifier does not hold it whole`);
+    if (w.n !== t.n || w.dim !== t.dim || !bytesEqual(w.root, t.root)) fail('NOT_HELD', `tensor ${t.name} was sent as a held table, but this verifier holds it whole at another root`);
+    return { tensor: b.tensor, dim: b.dim, ids: w.ids, rows: w.rows, root: t.root, all: true };
+  }
   if (b.all && b.ids.length !== t.n) fail('BLOCK_IDS', `an all-rows block of ${t.name} has ${b.ids.length} rows; N = ${t.n}`);
   // Every held row must be there before anything is allocated for the block.
   for (let i = 0; i < b.ids.length; i++) {
@@ -155,7 +162,10 @@ export function resolveRows(g: GhostManifest, b: PatternBlock, cache: PatternCac
 export function resolveBlock(h: MerkleHasher, g: GhostManifest, b: PatternBlock, cache: PatternCache | undefined, everyPath = false): Revealed {
   const r = resolveRows(g, b, cache);
   const t = g.tensors[b.tensor]!, rows = r.rows;
-  if (b.all) {
+  if (b.heldTable === true) {
+    // Held whole at this root (resolveRows checked it): membership was shown when it was recorded.
+    if (b.hashes.length !== 0) fail('PROOF_LENGTH', `the held table ${t.name} carries hashes`);
+  } else if (b.all) {
     // Every row: the tree is rebuilt whole (no hashes), unless all are held at this root.
     if (b.hashes.length !== 0) fail('PROOF_LENGTH', `an all-rows block of ${t.name} carries hashes`);
     if (positionsToProve(b.tensor, b.ids, b.kinds, t.root, cache).length > 0) checkMultiproof(h, t.root, t.n, b.ids, new Uint8Array(rows.buffer), b.hashes);

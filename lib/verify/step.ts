@@ -319,7 +319,7 @@ export function computeStep(h: MerkleHasher, ghost: PinnedGhost, p: StepProof, c
     roots[b.tensor] = root;
     newTrained.find((y) => y.tensor === b.tensor)!.stateRoot = stateRoot;
     writes.push({ tensor: b.tensor, all: st.block.all, ids, rows: out.rows, state: out.state, grads: grads[i]!, leaves, root, stateRoot });
-    record.push({ tensor: b.tensor, dim: d, ids: rev.ids, rows: after, root });
+    record.push({ tensor: b.tensor, dim: d, ids: rev.ids, rows: after, root, all: b.all });
     stateRecord.push({ tensor: b.tensor, dim: d, ids, leaves, root: stateRoot });
   });
   const manifest: GhostManifest = {
