@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "parallel.h"
@@ -32,12 +34,14 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
   if (a.metric == Metric::Cosine) {
     qnorm2.resize(q1 - q0);
     for (size_t q = q0; q < q1; ++q) qnorm2[q - q0] = K.dot(a.queries + q * d, a.queries + q * d, d);
-    rnorm2.resize(rb);
+    if (a.row_norm2 == nullptr) rnorm2.resize(rb);
   }
   for (size_t rs = r0; rs < r1; rs += rb) {
     const size_t rn = std::min(rb, r1 - rs);
     const float* R = a.data + rs * d;
-    if (a.metric == Metric::Cosine)
+    // The rows' squared norms: cached (the same kernel's values) or computed here.
+    const float* rn2 = a.row_norm2 != nullptr ? a.row_norm2 + rs : rnorm2.data();
+    if (a.metric == Metric::Cosine && a.row_norm2 == nullptr)
       for (size_t j = 0; j < rn; ++j) rnorm2[j] = K.dot(R + j * d, R + j * d, d);
     for (size_t qs = q0; qs < q1; qs += kQueryGroup) {
       const size_t qn = std::min(kQueryGroup, q1 - qs);
@@ -48,7 +52,7 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
         float* s = scores.data() + i * rb;
         if (a.metric == Metric::Cosine) {
           const float qq = qnorm2[qs + i - q0];
-          for (size_t j = 0; j < rn; ++j) s[j] = cosine_from(s[j], qq, rnorm2[j]);
+          for (size_t j = 0; j < rn; ++j) s[j] = cosine_from(s[j], qq, rn2[j]);
         }
         // Rows arrive in increasing id order for each heap (see TopK::push_run).
         heaps[qs + i - q0].push_run(s, rn, static_cast<uint32_t>(rs));
@@ -66,6 +70,39 @@ void write_out(const TopK& h, size_t k, uint32_t* ids, float* scores) {
 }
 
 }  // namespace
+
+bool row_norm_cache_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GHOST_TENSOR_NORM_CACHE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
+std::shared_ptr<const std::vector<float>> RowNormCache::get(uint64_t version, const Kernels& K, const float* data,
+                                                            size_t n, size_t d, size_t threads) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (norms_ && version_ == version && kernels_ == &K && data_ == data && n_ == n && d_ == d) return norms_;
+  auto fresh = std::make_shared<std::vector<float>>(n);
+  float* out = fresh->data();
+  const size_t useful = static_cast<double>(n) * d < 4e6 ? 1 : std::max<size_t>(1, threads);
+  parallel_for(n, useful, [&](size_t r0, size_t r1, size_t) {
+    for (size_t r = r0; r < r1; ++r) out[r] = K.dot(data + r * d, data + r * d, d);
+  });
+  norms_ = std::move(fresh);
+  version_ = version;
+  kernels_ = &K;
+  data_ = data;
+  n_ = n;
+  d_ = d;
+  ++fills_;
+  return norms_;
+}
+
+uint64_t RowNormCache::fills() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return fills_;
+}
 
 float exact_score(const Kernels& K, Metric metric, const float* q, const float* r, size_t d) {
   float s;
