@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "../../native/src/core/blake3_batch.h"
@@ -1565,6 +1566,47 @@ static void test_canonical_step_lm() {
   }
 }
 
+// Exact scans from several threads at once share the scan's helper threads (search.cc,
+// ScanPool): each caller gets the ids and score bits of a one-thread scan.
+static void test_concurrent_scans() {
+  std::mt19937 gen(4242);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const size_t d = 29, n = 2500, k = 7;
+  std::vector<float> data(n * d);
+  for (auto& x : data) x = u(gen);
+  const size_t callers = 4, rounds = 6;
+  std::vector<std::vector<float>> queries(callers);
+  for (auto& q : queries) {
+    q.resize(40 * d);
+    for (auto& x : q) x = u(gen);
+  }
+  auto search = [&](const std::vector<float>& q, size_t nq, gt::Metric m, size_t threads, std::vector<uint32_t>& ids,
+                    std::vector<float>& sc) {
+    gt::ExactSearchArgs a;
+    a.data = data.data(); a.n = n; a.d = d; a.queries = q.data(); a.nq = nq; a.k = k;
+    a.metric = m; a.threads = threads; a.kernels = &gt::kernels_for(gt::default_simd_level());
+    ids.assign(nq * k, 0);
+    sc.assign(nq * k, 0);
+    gt::exact_search(a, ids.data(), sc.data());
+  };
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (size_t c = 0; c < callers; ++c)
+    ts.emplace_back([&, c] {
+      for (size_t r = 0; r < rounds; ++r) {
+        const size_t nq = r % 2 == 0 ? 1 : 40;  // rows split across threads; queries split
+        const gt::Metric m = r % 3 == 0 ? gt::Metric::Cosine : gt::Metric::IP;
+        std::vector<uint32_t> i1, i2;
+        std::vector<float> s1, s2;
+        search(queries[c], nq, m, 3, i1, s1);
+        search(queries[c], nq, m, 1, i2, s2);
+        if (i1 != i2 || std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(float)) != 0) bad++;
+      }
+    });
+  for (auto& t : ts) t.join();
+  CHECK(bad.load() == 0);
+}
+
 // The exact cosine scan's cached row norms (search.h, RowNormCache): a scan given them
 // gives the same ids and score bits as one that computes them; the tensor's version
 // changes on every write path; the cache refills only for a new key.
@@ -1649,6 +1691,7 @@ int main() {
   test_decode_attention();
   test_key_sketch();
   test_row_norm_cache();
+  test_concurrent_scans();
   test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
