@@ -7,8 +7,9 @@
  * medians of the wall time and of the process CPU time (user + system) per proof, and
  * the queries per scan. The proofs are checked equal, byte for byte, between the two.
  *
- *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8] [--threads T] [--out NAME]
+ *   node bench/serve-batching.mjs [--concurrency 1,2,4,8] [--batch 1] [--proofs 400] [--reps 8] [--threads T] [--scans S] [--out NAME]
  *
+ * --scans S: the SearchBatcher's scans at once (default 2).
  * --threads T: Model.prove's threads (ProverServerOptions.threads), which also sets the
  * threads of each scan (default: the machine's cores, started anew by every scan).
  * Results: bench/results/serve-batching.json (serve-batching-threadsT.json with --threads; NAME.json with --out).
@@ -27,6 +28,7 @@ const { values: a } = parseArgs({
     proofs: { type: 'string', default: '400' },
     reps: { type: 'string', default: '8' },
     threads: { type: 'string' },
+    scans: { type: 'string' },
     out: { type: 'string' },
   },
 });
@@ -45,7 +47,7 @@ for (const P of a.concurrency.split(',').map(Number)) {
   let firstProofs = [];
   for (let r = 0; r < reps; r++) {
     for (const mode of ['off', 'on']) {
-      const batcher = mode === 'on' ? new SearchBatcher() : undefined;
+      const batcher = mode === 'on' ? new SearchBatcher(a.scans === undefined ? {} : { scans: Number(a.scans) }) : undefined;
       const out = new Array(n);
       let next = 0;
       const c0 = cpuUsage();

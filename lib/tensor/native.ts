@@ -43,6 +43,8 @@ export interface NativeTensor {
     level: NativeSimdLevel | undefined,
     threads: number | undefined,
   ): Promise<NativeSearchResult>;
+  /** The write version and how often the exact cosine scan's row norms were computed (-1: no cache, adopted memory). */
+  normCacheInfo(): { version: number; fills: number };
   commit(threads: number | undefined): void;
   commitAsync(threads: number | undefined): Promise<void>;
   isCommitted(): boolean;

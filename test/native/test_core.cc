@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "../../native/src/core/blake3_batch.h"
@@ -1640,6 +1641,109 @@ static void test_huge_pages() {
 #endif
 }
 
+// Exact scans from several threads at once share the scan's helper threads (search.cc,
+// ScanPool): each caller gets the ids and score bits of a one-thread scan.
+static void test_concurrent_scans() {
+  std::mt19937 gen(4242);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const size_t d = 29, n = 2500, k = 7;
+  std::vector<float> data(n * d);
+  for (auto& x : data) x = u(gen);
+  const size_t callers = 4, rounds = 6;
+  std::vector<std::vector<float>> queries(callers);
+  for (auto& q : queries) {
+    q.resize(40 * d);
+    for (auto& x : q) x = u(gen);
+  }
+  auto search = [&](const std::vector<float>& q, size_t nq, gt::Metric m, size_t threads, std::vector<uint32_t>& ids,
+                    std::vector<float>& sc) {
+    gt::ExactSearchArgs a;
+    a.data = data.data(); a.n = n; a.d = d; a.queries = q.data(); a.nq = nq; a.k = k;
+    a.metric = m; a.threads = threads; a.kernels = &gt::kernels_for(gt::default_simd_level());
+    ids.assign(nq * k, 0);
+    sc.assign(nq * k, 0);
+    gt::exact_search(a, ids.data(), sc.data());
+  };
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (size_t c = 0; c < callers; ++c)
+    ts.emplace_back([&, c] {
+      for (size_t r = 0; r < rounds; ++r) {
+        const size_t nq = r % 2 == 0 ? 1 : 40;  // rows split across threads; queries split
+        const gt::Metric m = r % 3 == 0 ? gt::Metric::Cosine : gt::Metric::IP;
+        std::vector<uint32_t> i1, i2;
+        std::vector<float> s1, s2;
+        search(queries[c], nq, m, 3, i1, s1);
+        search(queries[c], nq, m, 1, i2, s2);
+        if (i1 != i2 || std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(float)) != 0) bad++;
+      }
+    });
+  for (auto& t : ts) t.join();
+  CHECK(bad.load() == 0);
+}
+
+// The exact cosine scan's cached row norms (search.h, RowNormCache): a scan given them
+// gives the same ids and score bits as one that computes them; the tensor's version
+// changes on every write path; the cache refills only for a new key.
+static void test_row_norm_cache() {
+  std::mt19937 gen(777);  // its own stream: the shared generator's later users stay as they were
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const size_t d = 37, n = 700;
+  std::vector<float> data(n * d);
+  for (auto& x : data) x = u(gen);
+  data[5 * d + 3] = 0;  // a few zero rows: cosine 0 either way
+  std::fill(data.begin() + 9 * d, data.begin() + 10 * d, 0.0f);
+  for (gt::SimdLevel level : gt::supported_simd_levels()) {
+    const gt::Kernels& K = gt::kernels_for(level);
+    gt::RowNormCache cache;
+    auto norms = cache.get(1, K, data.data(), n, d, 2);
+    CHECK(cache.fills() == 1 && norms->size() == n);
+    CHECK(cache.get(1, K, data.data(), n, d, 2) == norms && cache.fills() == 1);
+    CHECK(cache.get(2, K, data.data(), n, d, 2) != norms && cache.fills() == 2);
+    CHECK(cache.get(2, K, data.data(), n - 1, d, 2)->size() == n - 1 && cache.fills() == 3);
+    norms = cache.get(3, K, data.data(), n, d, 1);
+    bool same_norms = true;
+    for (size_t r = 0; r < n; ++r) same_norms = same_norms && (*norms)[r] == K.dot(&data[r * d], &data[r * d], d);
+    CHECK(same_norms);
+    for (const size_t nq : {1, 5, 40})
+      for (size_t threads : {1, 2, 3}) {
+        std::vector<float> q(nq * d);
+        for (auto& x : q) x = u(gen);
+        gt::ExactSearchArgs a;
+        a.data = data.data(); a.n = n; a.d = d; a.queries = q.data(); a.nq = nq; a.k = 9;
+        a.metric = gt::Metric::Cosine; a.threads = threads; a.kernels = &K;
+        std::vector<uint32_t> i1(nq * 9), i2(nq * 9);
+        std::vector<float> s1(nq * 9), s2(nq * 9);
+        gt::exact_search(a, i1.data(), s1.data());
+        a.row_norm2 = norms->data();
+        gt::exact_search(a, i2.data(), s2.data());
+        CHECK(i1 == i2 && std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(float)) == 0);
+      }
+  }
+  // Every write path gives a new version; a new tensor never reuses one.
+  gt::SparseTensor t(d, 0);
+  uint64_t v = t.version();
+  auto moved = [&]() { const bool m = t.version() != v; v = t.version(); return m; };
+  t.append(data.data(), 10);
+  CHECK(moved());
+  const uint32_t ids[2] = {1, 4};
+  t.set(ids, 2, data.data() + 20 * d);
+  CHECK(moved());
+  t.add(ids, 2, data.data() + 30 * d);
+  CHECK(moved());
+  t.reserve(t.capacity() + 50);
+  CHECK(moved());
+  const uint32_t bad[1] = {999};
+  CHECK(throws_code(gt::ErrorCode::OutOfRange, [&] { t.set(bad, 1, data.data()); }));
+  CHECK(!moved());  // refused whole: nothing changed
+  gt::SparseTensor other(d, 0);
+  CHECK(other.version() != t.version());
+  CHECK(t.norm_cache() != nullptr && t.norm_cache() != other.norm_cache());
+  auto adopted = gt::Storage::adopt(data.data(), n, nullptr);
+  gt::SparseTensor borrowed(d, n, adopted);
+  CHECK(borrowed.norm_cache() == nullptr);  // its owner can write it outside the write path
+}
+
 int main() {
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
@@ -1662,6 +1766,8 @@ int main() {
   test_attention();
   test_decode_attention();
   test_key_sketch();
+  test_row_norm_cache();
+  test_concurrent_scans();
   test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -1,7 +1,15 @@
 #include "search.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <thread>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "parallel.h"
@@ -32,12 +40,14 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
   if (a.metric == Metric::Cosine) {
     qnorm2.resize(q1 - q0);
     for (size_t q = q0; q < q1; ++q) qnorm2[q - q0] = K.dot(a.queries + q * d, a.queries + q * d, d);
-    rnorm2.resize(rb);
+    if (a.row_norm2 == nullptr) rnorm2.resize(rb);
   }
   for (size_t rs = r0; rs < r1; rs += rb) {
     const size_t rn = std::min(rb, r1 - rs);
     const float* R = a.data + rs * d;
-    if (a.metric == Metric::Cosine)
+    // The rows' squared norms: cached (the same kernel's values) or computed here.
+    const float* rn2 = a.row_norm2 != nullptr ? a.row_norm2 + rs : rnorm2.data();
+    if (a.metric == Metric::Cosine && a.row_norm2 == nullptr)
       for (size_t j = 0; j < rn; ++j) rnorm2[j] = K.dot(R + j * d, R + j * d, d);
     for (size_t qs = q0; qs < q1; qs += kQueryGroup) {
       const size_t qn = std::min(kQueryGroup, q1 - qs);
@@ -48,7 +58,7 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
         float* s = scores.data() + i * rb;
         if (a.metric == Metric::Cosine) {
           const float qq = qnorm2[qs + i - q0];
-          for (size_t j = 0; j < rn; ++j) s[j] = cosine_from(s[j], qq, rnorm2[j]);
+          for (size_t j = 0; j < rn; ++j) s[j] = cosine_from(s[j], qq, rn2[j]);
         }
         // Rows arrive in increasing id order for each heap (see TopK::push_run).
         heaps[qs + i - q0].push_run(s, rn, static_cast<uint32_t>(rs));
@@ -56,6 +66,123 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
     }
   }
 }
+
+
+// Persistent helper threads for the exact scan. A one-query scan of the demo's keys
+// takes about 0.2 ms a thread; starting and joining a std::thread for it on every call
+// (parallel_for) cost a thread creation, a stack mapping and the joins' wake-ups each
+// time. A scan here is cut into chunks that the calling thread and any idle helper
+// claim one at a time (an atomic counter), so a scan never waits for a helper that is
+// busy with another scan: the caller takes the chunks nobody claimed. What a chunk
+// computes does not depend on who runs it, so the results are those of parallel_for.
+class ScanPool {
+ public:
+  static ScanPool& get() {
+    // Leaked on purpose: its threads sleep for the life of the process (a static
+    // destructor would have to join threads that the runtime may already have stopped).
+    static ScanPool* pool = new ScanPool(default_threads() > 1 ? default_threads() - 1 : 0);
+    return *pool;
+  }
+
+  // Runs fn(begin, end, chunk) for `chunks` contiguous ranges covering [0, n), on the
+  // calling thread and idle helpers; returns once all have run. The first exception
+  // thrown by a chunk is rethrown here after every chunk ended.
+  void run(size_t n, size_t chunks, const std::function<void(size_t, size_t, size_t)>& fn) {
+    if (!enabled()) {
+      parallel_for(n, chunks, fn);  // GHOST_TENSOR_SCAN_POOL=0: a thread started per call, as before
+      return;
+    }
+    chunks = std::max<size_t>(1, std::min(chunks, n));
+    if (chunks == 1 || helpers_ == 0) {
+      for (size_t c = 0; c < chunks; ++c) fn(n * c / chunks, n * (c + 1) / chunks, c);
+      return;
+    }
+    auto job = std::make_shared<Job>();
+    job->n = n;
+    job->chunks = chunks;
+    job->fn = &fn;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(job);
+    }
+    if (chunks - 1 >= helpers_) wake_.notify_all();
+    else
+      for (size_t i = 0; i + 1 < chunks; ++i) wake_.notify_one();
+    work(*job);
+    {
+      // Chunks a helper claimed may still run: wait for them.
+      std::unique_lock<std::mutex> lock(job->mutex);
+      job->finished.wait(lock, [&] { return job->done == job->chunks; });
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = std::find(queue_.begin(), queue_.end(), job);
+      if (it != queue_.end()) queue_.erase(it);
+    }
+    if (job->error) std::rethrow_exception(job->error);
+  }
+
+ private:
+  static bool enabled() {
+    static const bool on = [] {
+      const char* v = std::getenv("GHOST_TENSOR_SCAN_POOL");
+      return v == nullptr || std::string(v) != "0";
+    }();
+    return on;
+  }
+
+  struct Job {
+    size_t n = 0, chunks = 0;
+    const std::function<void(size_t, size_t, size_t)>* fn = nullptr;
+    std::atomic<size_t> next{0};
+    size_t done = 0;  // under mutex
+    std::mutex mutex;
+    std::condition_variable finished;
+    std::exception_ptr error;  // under mutex
+  };
+
+  explicit ScanPool(size_t helpers) : helpers_(helpers) {
+    for (size_t i = 0; i < helpers_; ++i) std::thread([this] { loop(); }).detach();
+  }
+
+  // Claims and runs chunks of `job` until none is left.
+  static void work(Job& job) {
+    for (;;) {
+      const size_t c = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= job.chunks) return;
+      std::exception_ptr err;
+      try {
+        (*job.fn)(job.n * c / job.chunks, job.n * (c + 1) / job.chunks, c);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(job.mutex);
+      if (err && !job.error) job.error = err;
+      if (++job.done == job.chunks) job.finished.notify_all();
+    }
+  }
+
+  void loop() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] {
+          while (!queue_.empty() && queue_.front()->next.load(std::memory_order_relaxed) >= queue_.front()->chunks)
+            queue_.pop_front();  // every chunk claimed: nothing left for a helper
+          return !queue_.empty();
+        });
+        job = queue_.front();
+      }
+      work(*job);
+    }
+  }
+
+  const size_t helpers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> queue_;
+};
 
 void write_out(const TopK& h, size_t k, uint32_t* ids, float* scores) {
   const std::vector<Hit> hits = h.sorted();
@@ -66,6 +193,39 @@ void write_out(const TopK& h, size_t k, uint32_t* ids, float* scores) {
 }
 
 }  // namespace
+
+bool row_norm_cache_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GHOST_TENSOR_NORM_CACHE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
+std::shared_ptr<const std::vector<float>> RowNormCache::get(uint64_t version, const Kernels& K, const float* data,
+                                                            size_t n, size_t d, size_t threads) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (norms_ && version_ == version && kernels_ == &K && data_ == data && n_ == n && d_ == d) return norms_;
+  auto fresh = std::make_shared<std::vector<float>>(n);
+  float* out = fresh->data();
+  const size_t useful = static_cast<double>(n) * d < 4e6 ? 1 : std::max<size_t>(1, threads);
+  parallel_for(n, useful, [&](size_t r0, size_t r1, size_t) {
+    for (size_t r = r0; r < r1; ++r) out[r] = K.dot(data + r * d, data + r * d, d);
+  });
+  norms_ = std::move(fresh);
+  version_ = version;
+  kernels_ = &K;
+  data_ = data;
+  n_ = n;
+  d_ = d;
+  ++fills_;
+  return norms_;
+}
+
+uint64_t RowNormCache::fills() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return fills_;
+}
 
 float exact_score(const Kernels& K, Metric metric, const float* q, const float* r, size_t d) {
   float s;
@@ -90,7 +250,7 @@ void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores
   const double work = static_cast<double>(a.n) * a.d * a.nq;
   const size_t useful = work < 2e5 ? 1 : threads;
   if (a.nq >= kRowSplitQueries * useful || useful == 1) {
-    parallel_for(a.nq, useful, [&](size_t q0, size_t q1, size_t) {
+    ScanPool::get().run(a.nq, useful, [&](size_t q0, size_t q1, size_t) {
       for (size_t g0 = q0; g0 < q1; g0 += kQueryGroup * 8) {
         const size_t g1 = std::min(q1, g0 + kQueryGroup * 8);
         std::vector<TopK> heaps(g1 - g0, TopK(a.k, desc));
@@ -101,7 +261,7 @@ void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores
     return;
   }
   std::vector<std::vector<TopK>> partial(useful);
-  parallel_for(a.n, useful, [&](size_t r0, size_t r1, size_t w) {
+  ScanPool::get().run(a.n, useful, [&](size_t r0, size_t r1, size_t w) {
     partial[w].assign(a.nq, TopK(a.k, desc));
     scan(a, 0, a.nq, r0, r1, partial[w]);
   });

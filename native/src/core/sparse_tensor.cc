@@ -9,10 +9,16 @@
 #include <unordered_map>
 
 #include "huge_pages.h"
+#include "search.h"
 
 namespace gt {
 
 namespace {
+
+// Process-wide, so no two states of any two tensors share a version (a tensor made at
+// the address of a freed one, over the same memory, still gets a new one).
+std::atomic<uint64_t> g_next_version{1};
+uint64_t next_version() { return g_next_version.fetch_add(1, std::memory_order_relaxed); }
 
 std::string fmt_id(const char* what, size_t index, uint32_t id, size_t n) {
   return std::string(what) + "[" + std::to_string(index) + "] = " + std::to_string(id) +
@@ -67,7 +73,8 @@ Storage::~Storage() {
   if (release_) release_();
 }
 
-SparseTensor::SparseTensor(size_t dim, size_t capacity_rows) : dim_(dim) {
+SparseTensor::SparseTensor(size_t dim, size_t capacity_rows)
+    : dim_(dim), version_(next_version()), norms_(std::make_shared<RowNormCache>()) {
   if (dim == 0 || dim > kMaxDim)
     throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim) + ", got " +
                                            std::to_string(dim));
@@ -77,7 +84,8 @@ SparseTensor::SparseTensor(size_t dim, size_t capacity_rows) : dim_(dim) {
 }
 
 SparseTensor::SparseTensor(size_t dim, size_t rows, std::shared_ptr<Storage> storage, bool check_finite)
-    : dim_(dim), rows_(rows), storage_(std::move(storage)) {
+    : dim_(dim), rows_(rows), storage_(std::move(storage)), version_(next_version()),
+      norms_(std::make_shared<RowNormCache>()) {
   if (dim == 0 || dim > kMaxDim)
     throw Error(ErrorCode::OutOfRange, "dim must be in 1.." + std::to_string(kMaxDim));
   if (rows > kMaxRows || rows > storage_->capacity_rows())
@@ -97,8 +105,11 @@ void SparseTensor::reserve(size_t rows) {
     throw Error(ErrorCode::OutOfRange, "capacity exceeds " + std::to_string(kMaxRows) + " patterns");
   auto fresh = Storage::allocate(rows, dim_);
   if (rows_ > 0) std::memcpy(fresh->data(), storage_->data(), rows_ * dim_ * sizeof(float));
+  bump_version();
   storage_ = std::move(fresh);
 }
+
+void SparseTensor::bump_version() { version_ = next_version(); }
 
 void SparseTensor::check_ids(const uint32_t* ids, size_t count, const char* what) const {
   for (size_t i = 0; i < count; ++i)
@@ -141,6 +152,7 @@ void SparseTensor::apply_write(const WriteBatch& b) {
       reserve(std::min(want, kMaxRows));
     }
     const size_t first = rows_;
+    bump_version();
     std::memcpy(storage_->data() + first * d, b.values, b.count * d * sizeof(float));
     rows_ += b.count;
     for (WriteListener* l : listeners_) l->on_rows_appended(first, b.count);
@@ -158,6 +170,7 @@ void SparseTensor::apply_write(const WriteBatch& b) {
     // A set reads no old value, but the tree rehashes each row's path from its stored
     // siblings: those must be checked before the new root is computed over them.
     check_rows(touched.data(), touched.size());
+    bump_version();
     for (size_t i = 0; i < b.count; ++i)
       std::memcpy(storage_->data() + size_t{b.ids[i]} * d, b.values + i * d, d * sizeof(float));
     notify_changed(touched);
@@ -180,6 +193,7 @@ void SparseTensor::apply_write(const WriteBatch& b) {
   const size_t overflow = first_non_finite(scratch.data(), scratch.size());
   if (overflow != scratch.size())
     throw Error(ErrorCode::NonFinite, "adding the deltas overflows to a non-finite value");
+  bump_version();
   for (const auto& [id, s] : slot)
     std::memcpy(storage_->data() + size_t{id} * d, scratch.data() + s * d, d * sizeof(float));
   notify_changed(touched);

@@ -5,6 +5,7 @@
 // rows changed. Later layers (the Merkle tree, the ANN indexes) keep their views
 // consistent by listening there, so no write path can bypass them.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -14,6 +15,8 @@
 #include "errors.h"
 
 namespace gt {
+
+class RowNormCache;  // search.h
 
 // Row storage. Owned storage is 64-byte aligned and, from 2 MiB, on transparent huge
 // pages (huge_pages.h: a scan reads a new 4 KiB page every few rows); adopted storage
@@ -135,14 +138,32 @@ class SparseTensor {
   // Checks that ids are < size(); names `what` in the error.
   void check_ids(const uint32_t* ids, size_t count, const char* what) const;
 
+  // The write version: a number no other state of any tensor in the process has had.
+  // It changes on every change of the rows (each branch of apply_write, reserve) and a
+  // new tensor starts with a fresh one, so state kept beside the rows (the cosine norms
+  // of the exact scan, RowNormCache) is valid exactly while the version it was made at
+  // is current.
+  uint64_t version() const { return version_; }
+
+  // The cache of the rows' squared norms for the exact cosine scan (search.h), or null
+  // where the rows can change outside the write path: adopted JavaScript memory, which
+  // its owner can still write (such a tensor's scans compute every norm, as before).
+  std::shared_ptr<RowNormCache> norm_cache() const {
+    return storage_->owned() || storage_->is_fixed() ? norms_ : nullptr;
+  }
+
  private:
   void notify_changed(std::vector<uint32_t>& ids);
+  // Rows are about to change (or the storage be replaced): a new version.
+  void bump_version();
 
   size_t dim_;
   size_t rows_ = 0;
   std::shared_ptr<Storage> storage_;
   std::vector<WriteListener*> listeners_;
   const ReadGuard* guard_ = nullptr;
+  uint64_t version_ = 0;
+  std::shared_ptr<RowNormCache> norms_;
 };
 
 // Index of the first non-finite value in [p, p + n), or n when all are finite.

@@ -291,6 +291,7 @@ Napi::Function TensorBinding::Init(Napi::Env env) {
                          InstanceMethod<&TensorBinding::Search>("search"),
                          InstanceMethod<&TensorBinding::SearchBatch>("searchBatch"),
                          InstanceMethod<&TensorBinding::SearchBatchAsync>("searchBatchAsync"),
+                         InstanceMethod<&TensorBinding::NormCacheInfo>("normCacheInfo"),
                          InstanceMethod<&TensorBinding::Commit>("commit"),
                          InstanceMethod<&TensorBinding::CommitAsync>("commitAsync"),
                          InstanceMethod<&TensorBinding::IsCommitted>("isCommitted"),
@@ -518,9 +519,25 @@ Napi::Value TensorBinding::search_now(const Napi::CallbackInfo& info, bool batch
     const SearchRequest r = parse_search(info, t, q, batch);
     std::vector<uint32_t> ids(r.nq * r.k);
     std::vector<float> scores(r.nq * r.k);
-    t.check_all_rows();  // a scan reads every row
-    exact_search(search_args(t.data(), t.size(), t.dim(), r, q.data), ids.data(), scores.data());
+    t.check_all_rows();  // a scan reads every row (and so do the norms)
+    ExactSearchArgs a = search_args(t.data(), t.size(), t.dim(), r, q.data);
+    const std::shared_ptr<const std::vector<float>> norms = cached_norms(t.norm_cache(), t.version(), a);
+    if (norms) a.row_norm2 = norms->data();
+    exact_search(a, ids.data(), scores.data());
     return result_object(info.Env(), ids, scores);
+  });
+}
+
+// normCacheInfo() -> { version, fills } (tests: the write version, and how often the
+// exact cosine scan's row norms were computed; fills is -1 where no cache is kept).
+Napi::Value TensorBinding::NormCacheInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    SparseTensor& t = usable();
+    Napi::Object o = Napi::Object::New(info.Env());
+    const std::shared_ptr<RowNormCache> c = t.norm_cache();
+    o.Set("version", Napi::Number::New(info.Env(), static_cast<double>(t.version())));
+    o.Set("fills", Napi::Number::New(info.Env(), c ? static_cast<double>(c->fills()) : -1.0));
+    return o;
   });
 }
 

@@ -51,6 +51,7 @@ class TensorBinding : public Napi::ObjectWrap<TensorBinding> {
   Napi::Value Search(const Napi::CallbackInfo& info);
   Napi::Value SearchBatch(const Napi::CallbackInfo& info);
   Napi::Value SearchBatchAsync(const Napi::CallbackInfo& info);
+  Napi::Value NormCacheInfo(const Napi::CallbackInfo& info);
   Napi::Value Commit(const Napi::CallbackInfo& info);
   Napi::Value CommitAsync(const Napi::CallbackInfo& info);
   Napi::Value IsCommitted(const Napi::CallbackInfo& info);

@@ -60,6 +60,15 @@ inline ExactSearchArgs search_args(const float* data, size_t n, size_t d, const 
   return a;
 }
 
+// The rows' cosine norms for a scan of r (null: the scan computes them): from the
+// tensor's RowNormCache at `version`, the version the rows had when the search was
+// asked for (a search holds the tensor busy, so no write comes in between).
+inline std::shared_ptr<const std::vector<float>> cached_norms(const std::shared_ptr<RowNormCache>& cache,
+                                                              uint64_t version, const ExactSearchArgs& a) {
+  if (!cache || a.metric != Metric::Cosine || a.n == 0 || !row_norm_cache_enabled()) return nullptr;
+  return cache->get(version, *a.kernels, a.data, a.n, a.d, a.threads);
+}
+
 // Exact search over every row.
 class SearchWorker : public TensorWorker {
  public:
@@ -69,12 +78,17 @@ class SearchWorker : public TensorWorker {
         req_(r),
         queries_(queries, queries + r.nq * t.dim()),
         ids_(r.nq * r.k),
-        scores_(r.nq * r.k) {}
+        scores_(r.nq * r.k),
+        norm_cache_(t.norm_cache()),
+        version_(t.version()) {}
 
  private:
   void Run() override {
-    check_all_rows();  // a scan reads every row
-    exact_search(search_args(storage_->data(), n_, d_, req_, queries_.data()), ids_.data(), scores_.data());
+    check_all_rows();  // a scan reads every row (and so do the norms)
+    ExactSearchArgs a = search_args(storage_->data(), n_, d_, req_, queries_.data());
+    const std::shared_ptr<const std::vector<float>> norms = cached_norms(norm_cache_, version_, a);
+    if (norms) a.row_norm2 = norms->data();
+    exact_search(a, ids_.data(), scores_.data());
   }
   Napi::Value Settle(Napi::Env env, TensorBinding&) override { return result_object(env, ids_, scores_); }
 
@@ -82,6 +96,8 @@ class SearchWorker : public TensorWorker {
   std::vector<float> queries_;  // copied: JavaScript may reuse its buffer meanwhile
   std::vector<uint32_t> ids_;
   std::vector<float> scores_;
+  std::shared_ptr<RowNormCache> norm_cache_;
+  uint64_t version_;
 };
 
 class CommitWorker : public TensorWorker {
