@@ -24,57 +24,45 @@ constexpr size_t kSketchBlock512 = 256;  // kDecodeKeyBlock (static_assert in ke
 namespace gt {
 namespace {
 
-void scan_avx512(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
-                 size_t kn, float* a, float* hi, float* maxes) {
-  const float ninf = -__builtin_inff();
+// G groups of 16 keys from key c: each key's a and hi, and the running maxes (a NaN a leaves
+// ma as it was; a NaN hi counts as +inf, so a block holding one is never skipped).
+template <int G>
+inline void scan_groups(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, __m512 c0,
+                        __m512 c1, __m512 c2, size_t c, float* a, float* hi, __m512& ma, __m512& mhi) {
   const __m512 pinf = _mm512_set1_ps(__builtin_inff());
-  __m512 ma = _mm512_set1_ps(ninf), mhi = ma;
-  const __m512 c0 = _mm512_set1_ps(coef[0]), c1 = _mm512_set1_ps(coef[1]), c2 = _mm512_set1_ps(coef[2]);
-  size_t c = 0;
-  for (; c + 64 <= kn; c += 64) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (size_t t = 0; t < r; ++t) {
-      const int8_t* p = codes + t * kSketchBlock512 + c;
-      const __m512 ut = _mm512_set1_ps(u[t]);
-      for (int g = 0; g < 4; ++g) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g));
-        acc[g] = _mm512_fmadd_ps(ut, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), acc[g]);
-      }
-    }
-    for (int g = 0; g < 4; ++g) {
-      const size_t o = c + 16 * static_cast<size_t>(g);
-      const __m512 B = _mm512_mul_ps(
-          _mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2);
-      const __m512 h = _mm512_add_ps(acc[g], B);
-      _mm512_storeu_ps(a + o, acc[g]);
-      _mm512_storeu_ps(hi + o, h);
-      ma = _mm512_max_ps(acc[g], ma);  // a NaN lane leaves the max as it was
-      // A NaN upper end counts as +inf in the max (a block holding one is never skipped).
-      mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
+  __m512 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
+  for (size_t t = 0; t < r; ++t) {
+    const int8_t* p = codes + t * kSketchBlock512 + c;
+    const __m512 ut = _mm512_set1_ps(u[t]);
+    for (int g = 0; g < G; ++g) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g));
+      acc[g] = _mm512_fmadd_ps(ut, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), acc[g]);
     }
   }
+  for (int g = 0; g < G; ++g) {
+    const size_t o = c + 16 * static_cast<size_t>(g);
+    const __m512 B = _mm512_mul_ps(
+        _mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2);
+    const __m512 h = _mm512_add_ps(acc[g], B);
+    _mm512_storeu_ps(a + o, acc[g]);
+    _mm512_storeu_ps(hi + o, h);
+    ma = _mm512_max_ps(acc[g], ma);
+    mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
+  }
+}
+
+void scan_avx512(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
+                 size_t kn, float* a, float* hi, float* maxes) {
+  __m512 ma = _mm512_set1_ps(-__builtin_inff()), mhi = ma;
+  const __m512 c0 = _mm512_set1_ps(coef[0]), c1 = _mm512_set1_ps(coef[1]), c2 = _mm512_set1_ps(coef[2]);
+  size_t c = 0;
+  for (; c + 64 <= kn; c += 64) scan_groups<4>(codes, r, u, eps, rho, c0, c1, c2, c, a, hi, ma, mhi);
   // A last 32 keys by vector too: scan_avx2 takes every key below kn - kn % 32 by its vector
   // path (fused), the rest by its scalar loop (not fused), and so does this pass.
-  for (; c + 32 <= kn; c += 32) {
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (size_t t = 0; t < r; ++t) {
-      const int8_t* p = codes + t * kSketchBlock512 + c;
-      const __m512 ut = _mm512_set1_ps(u[t]);
-      for (int g = 0; g < 2; ++g) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g));
-        acc[g] = _mm512_fmadd_ps(ut, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), acc[g]);
-      }
-    }
-    for (int g = 0; g < 2; ++g) {
-      const size_t o = c + 16 * static_cast<size_t>(g);
-      const __m512 B = _mm512_mul_ps(
-          _mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2);
-      const __m512 h = _mm512_add_ps(acc[g], B);
-      _mm512_storeu_ps(a + o, acc[g]);
-      _mm512_storeu_ps(hi + o, h);
-      ma = _mm512_max_ps(acc[g], ma);
-      mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
-    }
+  if (c + 32 <= kn) {
+    scan_groups<2>(codes, r, u, eps, rho, c0, c1, c2, c, a, hi, ma, mhi);
+    c += 32;
   }
   float ml = _mm512_reduce_max_ps(ma), mh = _mm512_reduce_max_ps(mhi);
   for (; c < kn; ++c) {
