@@ -118,6 +118,8 @@ export const AUTO_THRESHOLD = 16_384;
 
 /** Keys per packed block (native kDecodeKeyBlock). */
 const KEY_BLOCK = 256;
+/** Queries kept for the key sketch's fit (native kSketchQuerySample). */
+const QUERY_SAMPLE = 2048;
 
 /** What one attention layer's cache holds and how its last step selected. */
 export interface AttentionDecoderStats {
@@ -160,6 +162,12 @@ export class AttentionDecoder {
   #sketchFitAt = 0; // cached keys when the sketch was last fitted
   #sketchCandidates: number | null = null;
   #sketchCapped = 0;
+  // Index 'sketch' / 'auto': the latest queries (up to QUERY_SAMPLE rows, a ring) of the
+  // prefills (a strided sample of each) and of the steps before the sketch exists, handed to
+  // keySketchNew so its bases fit the queries too (native/src/core/key_sketch.h, observe()).
+  #qRing: Float32Array | null = null;
+  #qCount = 0;
+  #qNext = 0;
   #weights: (Float32Array | undefined)[] = []; // dense q, k, v projection weights, copied at the first step
   #indexed = false;
   #indexedSteps = 0;
@@ -292,8 +300,29 @@ export class AttentionDecoder {
   async prefill(x: Float32Array): Promise<void> {
     const n = this.#checkRows(x);
     const { k, v } = await this.#project(x);
+    if (this.#opt.index === 'sketch' || this.#opt.index === 'auto') {
+      // The queries of a strided sample of the rows (the prefill computes no query otherwise).
+      const ns = Math.min(n, QUERY_SAMPLE), xs = new Float32Array(ns * this.dIn);
+      for (let i = 0; i < ns; i++) {
+        const j = Math.floor((i * n) / ns);
+        xs.set(x.subarray(j * this.dIn, (j + 1) * this.dIn), i * this.dIn);
+      }
+      const qp = this.layer.query;
+      this.#observe(qp === null ? xs : (await qp.forward(xs)).y, ns);
+    }
     this.#appendKV(k, v, n);
     await this.#maybeBuild(n > 1);
+  }
+
+  /** Adds n query rows (n x D) to the ring of queries for the sketch's fit. */
+  #observe(q: Float32Array, n: number): void {
+    const D = this.D, cap = Math.min(QUERY_SAMPLE, this.maxLength);
+    this.#qRing ??= new Float32Array(cap * D);
+    for (let i = Math.max(0, n - cap); i < n; i++) {
+      this.#qRing.set(q.subarray(i * D, (i + 1) * D), this.#qNext * D);
+      this.#qNext = (this.#qNext + 1) % cap;
+      this.#qCount = Math.min(this.#qCount + 1, cap);
+    }
   }
 
   /** bulk: a prefill of several rows (a refit may run whole, as the prefill's own cost grows with it). */
@@ -309,7 +338,8 @@ export class AttentionDecoder {
       // a whole refit; a prefill of many rows refits at once.
       const sk = this.#sketch;
       if (sk === null || (bulk && L >= 2 * this.#sketchFitAt)) {
-        this.#sketch = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L));
+        const qs = this.#qRing === null ? undefined : this.#qRing.subarray(0, this.#qCount * this.D);
+        this.#sketch = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L, qs));
         this.#sketchFitAt = L;
         this.#indexed = true;
         return;
@@ -333,6 +363,8 @@ export class AttentionDecoder {
     const n = this.#checkRows(x);
     if (n !== 1) throw new InvalidArgumentError(`step takes one row (${this.dIn} values), got ${n}`);
     const { q, k, v } = await this.#project(x);
+    // Before the sketch exists its fit's queries are kept here; after, it observes those it serves.
+    if (this.#sketch === null && (this.#opt.index === 'sketch' || this.#opt.index === 'auto')) this.#observe(q, 1);
     this.#appendKV(k, v, 1);
     await this.#maybeBuild();
     // The new key is linked into each head's graph now (one insertion per head and step), so
@@ -384,7 +416,7 @@ export class AttentionDecoder {
     if (!this.#indexed) return null;
     if (this.#sketch !== null) {
       const sk = this.#sketch;
-      return callNative(() => native().keySketchSelect(sk, q, this.#keys, this.layer.k, this.#opt.maxScored)).ids;
+      return callNative(() => native().keySketchSelect(sk, q, this.#keys, this.layer.k, this.#opt.maxScored, false)).ids;
     }
     const H = this.layer.heads, dk = this.headDim, kk = Math.min(this.layer.k, this.#length);
     const ids = new Uint32Array(H * this.layer.k).fill(NO_KEY);

@@ -56,7 +56,7 @@ uint64_t xgetbv0() {
   return (static_cast<uint64_t>(edx) << 32) | eax;
 #endif
 }
-struct X86Features { bool avx2_fma = false; bool avx512 = false; };
+struct X86Features { bool avx2_fma = false; bool avx512 = false; bool avx512_vnni = false; };
 X86Features detect_x86() {
   X86Features f;
   uint32_t r[4];
@@ -76,6 +76,7 @@ X86Features detect_x86() {
   const bool avx512f = (r[1] >> 16) & 1;
   f.avx2_fma = ymm_state && avx2 && fma;
   f.avx512 = f.avx2_fma && zmm_state && avx512f;
+  f.avx512_vnni = f.avx512 && ((r[1] >> 30) & 1) && ((r[2] >> 11) & 1);  // AVX512BW, AVX512_VNNI
   return f;
 }
 }  // namespace
@@ -91,6 +92,15 @@ std::vector<SimdLevel> supported_simd_levels() {
   levels.push_back(SimdLevel::NEON);  // NEON (ASIMD) is mandatory on AArch64
 #endif
   return levels;
+}
+
+bool cpu_has_avx512_vnni() {
+#if GT_X86
+  static const X86Features f = detect_x86();
+  return f.avx512_vnni;
+#else
+  return false;
+#endif
 }
 
 bool simd_level_supported(SimdLevel level) {

@@ -14,6 +14,8 @@ bool parse_simd_level(const std::string& name, SimdLevel* out);
 // Levels this CPU (and OS) can run, scalar first.
 std::vector<SimdLevel> supported_simd_levels();
 bool simd_level_supported(SimdLevel level);
+// AVX-512 with AVX512BW and AVX512_VNNI (the key sketch's first pass, key_sketch_avx512.cc).
+bool cpu_has_avx512_vnni();
 
 // The best supported level, lowered by the environment variable GHOST_TENSOR_SIMD
 // when it names a supported level. An unknown or unsupported name is recorded in

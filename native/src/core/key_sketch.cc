@@ -15,7 +15,7 @@ namespace gt {
 
 namespace {
 
-static_assert(kDecodeKeyBlock == 256, "key_sketch_avx2.cc assumes blocks of 256 keys");
+static_assert(kDecodeKeyBlock % 16 == 0, "the sketch's code layout groups 16 keys");
 
 // Rounding allowance of the bound (key_sketch.h), relative to |q| |k|.
 constexpr float kDelta = 1.0f / 4096.0f;
@@ -43,17 +43,18 @@ void score_batch(const Kernels& kern, const float* qh, size_t dk, const float* r
 
 }  // namespace
 
-void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* coef, size_t kn, float* a, float* hi, float* maxes) {
+void sketch_scan_portable(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                          const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes) {
   float ma = -std::numeric_limits<float>::infinity(), mh = ma;
-  std::fill(a, a + kn, 0.0f);
-  for (size_t t = 0; t < r; ++t) {
-    const float ut = u[t];
-    const int8_t* ct = codes + t * kDecodeKeyBlock;
-    for (size_t c = 0; c < kn; ++c) a[c] += ut * static_cast<float>(ct[c]);
-  }
   for (size_t c = 0; c < kn; ++c) {
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
+    int32_t n0 = 0, n1 = 0;
+    for (size_t t = 0; t < 4 * g4; ++t) {
+      const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
+      n0 += static_cast<int32_t>(w[t]) * code;
+      n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
+    }
+    a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
+    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3];
     hi[c] = a[c] + B;
     ma = std::max(ma, a[c]);  // NaN leaves the max as it was
     mh = std::isnan(hi[c]) ? std::numeric_limits<float>::infinity() : std::max(mh, hi[c]);
@@ -127,7 +128,7 @@ size_t KeySketch::bytes() const {
   for (const std::vector<Head>* hs : {&heads_, &next_})
     for (const Head& hd : *hs)
       n += hd.codes.size() + 4 * (hd.basis.size() + hd.step.size() + hd.eps.size() + hd.rho.size() + hd.rows.size());
-  return n;
+  return n + 4 * queries_.size();
 }
 
 void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t ns) const {
@@ -138,6 +139,23 @@ void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t 
     for (size_t t = 0; t < dk; ++t) kv[t] = key_at(Kp, nheads_, dk, h, j, t);
     for (size_t a = 0; a < dk; ++a)
       for (size_t b = a; b < dk; ++b) M[a * dk + b] += kv[a] * kv[b];
+  }
+  if (qn_ > 0) {
+    // With queries observed: the keys' and the queries' second moments, each scaled to trace 1
+    // (key_sketch.h, observe()).
+    std::vector<double> Mq(dk * dk, 0.0);
+    for (size_t i = 0; i < qn_; ++i) {
+      const float* qv = queries_.data() + (i * nheads_ + h) * dk;
+      for (size_t a = 0; a < dk; ++a)
+        for (size_t b = a; b < dk; ++b) Mq[a * dk + b] += double(qv[a]) * double(qv[b]);
+    }
+    double tk = 0.0, tq = 0.0;
+    for (size_t a = 0; a < dk; ++a) {
+      tk += M[a * dk + a];
+      tq += Mq[a * dk + a];
+    }
+    const double sk = tk > 0.0 && std::isfinite(tk) ? 1.0 / tk : 1.0, sq = tq > 0.0 && std::isfinite(tq) ? 1.0 / tq : 1.0;
+    for (size_t i = 0; i < dk * dk; ++i) M[i] = M[i] * sk + Mq[i] * sq;
   }
   for (size_t a = 0; a < dk; ++a)
     for (size_t b = 0; b < a; ++b) M[a * dk + b] = M[b * dk + a];
@@ -176,6 +194,22 @@ void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t 
     if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / 127.0);
 }
 
+void KeySketch::observe(const float* Q, size_t n) {
+  if (Q == nullptr && n > 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: observe needs queries");
+  const size_t D = nheads_ * dk_;
+  for (size_t i = 0; i < n; ++i)
+    for (size_t c = 0; c < D; ++c)
+      if (!std::isfinite(Q[i * D + c])) throw Error(ErrorCode::NonFinite, "KeySketch: a query is not finite");
+  queries_.resize(kSketchQuerySample * D);
+  // Only the latest kSketchQuerySample rows can stay.
+  const size_t skip = n > kSketchQuerySample ? n - kSketchQuerySample : 0;
+  for (size_t i = skip; i < n; ++i) {
+    std::copy(Q + i * D, Q + (i + 1) * D, queries_.begin() + qnext_ * D);
+    qnext_ = (qnext_ + 1) % kSketchQuerySample;
+    qn_ = std::min(qn_ + 1, kSketchQuerySample);
+  }
+}
+
 void KeySketch::fit(const float* Kp, size_t L) {
   if (fitted_) throw Error(ErrorCode::InvalidArgument, "KeySketch: already fitted");
   if (Kp == nullptr || L == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: fit needs at least one key");
@@ -195,9 +229,9 @@ void KeySketch::refit(size_t L) {
 }
 
 void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const {
-  const size_t dk = dk_, r = hd.r;
+  const size_t dk = dk_, r = hd.r, g4 = (r + 3) / 4;
   const size_t blocks = (j1 + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
-  hd.codes.resize(blocks * r * kDecodeKeyBlock, 0);
+  hd.codes.resize(blocks * g4 * 4 * kDecodeKeyBlock, 128);  // 128: code 0 (padding coordinates, later keys)
   hd.eps.resize(j1);
   hd.rho.resize(j1);
   hd.rows.resize(j1 * dk, 0.0f);
@@ -218,7 +252,7 @@ void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1
       double code = std::nearbyint(s / double(hd.step[t]));
       if (!(code <= 127.0)) code = std::isnan(code) ? 0.0 : 127.0;
       if (code < -127.0) code = -127.0;
-      hd.codes[(b * r + t) * kDecodeKeyBlock + cc] = static_cast<int8_t>(code);
+      hd.codes[b * g4 * 4 * kDecodeKeyBlock + ((cc / 16) * g4 + t / 4) * 64 + (cc % 16) * 4 + t % 4] = static_cast<uint8_t>(static_cast<int>(code) + 128);
       const double e = s - code * double(hd.step[t]);
       qe += e * e;
     }
@@ -311,7 +345,8 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
   if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2)) {
     scan = kSketchScanAVX2;
     collect = kSketchCollectAVX2;
-    if (kSketchScanAVX512 != nullptr && simd_level_supported(SimdLevel::AVX512) && &kern == &kernels_for(SimdLevel::AVX512))
+    if (kSketchScanAVX512 != nullptr && simd_level_supported(SimdLevel::AVX512) && cpu_has_avx512_vnni() &&
+        &kern == &kernels_for(SimdLevel::AVX512))
       scan = kSketchScanAVX512;
   }
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
@@ -333,16 +368,17 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
   float* const Bhi = scr.bhi.data();  // per block, the largest hi (NaN: +inf)
   std::vector<float>& cs = scr.cs;
   std::vector<uint32_t>& cj = scr.cj;
-  std::vector<float> u, tile(dk * 16);
+  std::vector<float> tile(dk * 16);
+  std::vector<int8_t> wq;
   uint32_t idx[kDecodeKeyBlock];
-  std::vector<double> pi, qperp(dk);
+  std::vector<double> pi, u, e, qperp(dk);
   size_t cand = 0, capped = 0;
   for (size_t h = 0; h < H; ++h) {
     const Head& hd = heads_[h];
-    const size_t r = hd.r;
+    const size_t r = hd.r, g4 = (r + 3) / 4;
     const float* qh = q + h * dk;
     pi.assign(r, 0.0);
-    u.assign(r, 0.0f);
+    u.assign(r, 0.0);
     for (size_t c = 0; c < dk; ++c) qperp[c] = qh[c];
     double pn = 0.0;
     for (size_t t = 0; t < r; ++t) {
@@ -350,20 +386,46 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
       for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * qh[c];
       pi[t] = s;
       pn += s * s;
-      u[t] = static_cast<float>(s * double(hd.step[t]));
+      u[t] = s * double(hd.step[t]);
       for (size_t c = 0; c < dk; ++c) qperp[c] -= s * double(hd.basis[t * dk + c]);
     }
     double qp = 0.0;
     for (size_t c = 0; c < dk; ++c) qp += qperp[c] * qperp[c];
-    const float coef[3] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)), kBoundUp};
+    // u quantised to int8 twice (key_sketch.h): w_0 = round(u / sig_0), then w_1 of the remainder;
+    // e = u - sig_0 w_0 - sig_1 w_1 (exact in double: each product has at most 31 bits).
+    wq.assign(8 * g4, 0);
+    float sig[2];
+    e = u;
+    double extent = 0.0;  // 127 sum_t (sig_0 |w_0t| + sig_1 |w_1t|): the largest |a'| can be
+    for (int l = 0; l < 2; ++l) {
+      double mx = 0.0;
+      for (size_t t = 0; t < r; ++t) mx = std::max(mx, std::fabs(e[t]));
+      const float st = mx > 0.0 && std::isfinite(mx) ? static_cast<float>(mx / 127.0) : 1.0f;
+      sig[l] = st > 0.0f ? st : 1.0f;  // a step below the smallest float: 1 (w = 0)
+      for (size_t t = 0; t < r; ++t) {
+        const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(e[t] / double(sig[l]))));
+        wq[l * 4 * g4 + t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
+        e[t] -= double(sig[l]) * double(wq[l * 4 * g4 + t]);
+        extent += 127.0 * double(sig[l]) * std::fabs(double(wq[l * 4 * g4 + t]));
+      }
+    }
+    double E = 0.0;
+    for (size_t t = 0; t < r; ++t) E += 127.0 * std::fabs(e[t]);
+    // E and the f32 rounding of a' (a conversion, two products and a sum: below 2^-21 of extent),
+    // rounded up past their own f32 rounding.
+    const double Eb = (E + extent * (1.0 / (1 << 21))) * (1.0 + 1.0 / (1 << 20));
+    const float coef[4] = {static_cast<float>(std::sqrt(pn)), static_cast<float>(std::sqrt(qp)), kBoundUp,
+                           std::isfinite(Eb) && Eb < double(std::numeric_limits<float>::max())
+                               ? static_cast<float>(Eb)
+                               : std::numeric_limits<float>::infinity()};
     // Stage 1: one pass over the codes: every key's sketch score a and upper end hi = a + B
     // (hi >= its exact score); the M keys of best sketch score kept (ties to the lower id).
     TopK first(M, true);
     for (size_t b = 0; b < nb; ++b) {
       const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
       float maxes[2];
-      scan(hd.codes.data() + b * r * kDecodeKeyBlock, r, u.data(), hd.eps.data() + j0, hd.rho.data() + j0, coef, kn,
-           A + j0, Hi + j0, maxes);
+      scan(hd.codes.data() + b * g4 * 4 * kDecodeKeyBlock, g4, wq.data(), sig, hd.eps.data() + j0, hd.rho.data() + j0,
+           coef, kn, A + j0, Hi + j0, maxes);
       Bhi[b] = maxes[1];
       if (!first.full()) {
         first.push_run(A + j0, kn, static_cast<uint32_t>(j0));

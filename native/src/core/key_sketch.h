@@ -11,9 +11,14 @@
 // within B = |pi| eps + |q_perp| rho of the exact one: the terms delta |k| add at least
 // delta |q| |k| (|q| <= |pi| + |q_perp|), delta = 2^-12 covering every f32 rounding of both
 // sides (each is below (dk + r) 2^-24 |q| |k|, > 10x smaller).
+// The first pass computes a in integers: u = (pi_t s_t) is quantised to int8 twice (w_0 with
+// step sig_0 = max |u_t| / 127, then w_1 of the remainder with its own step), so u = sig_0 w_0 +
+// sig_1 w_1 + e and the pass's a' = sig_0 (w_0 . c) + sig_1 (w_1 . c) differs from a by
+// e . c, at most E = 127 sum |e_t| (about 2^-14 of 127 sum |u_t|); E, and the f32 rounding of a'
+// (2^-21 of its largest possible size), join the bound: hi = a' + B + E'.
 //
-// select(): one pass over the codes (r bytes a key instead of the f32 key's 4 dk) gives each
-// key its sketch score a and upper end hi = a + B >= q . k; the M keys of best sketch score
+// select(): one pass over the codes (4 ceil(r / 4) bytes a key instead of the f32 key's 4 dk)
+// gives each key its sketch score a and upper end hi = a + B >= q . k; the M keys of best sketch score
 // (M = max_scored, else kSketchFirst x k) are scored exactly, and s_k is the k-th best of
 // those exact scores. The certificate: when every other key's hi is below s_k, none of them
 // can enter the top k (nor tie into it), so the top k of the M is the exact selection. When
@@ -39,7 +44,7 @@
 namespace gt {
 
 // Keys scored exactly in select()'s first stage, per unit of k, when max_scored is 0.
-constexpr size_t kSketchFirst = 4;
+constexpr size_t kSketchFirst = 2;
 // Keys sampled (evenly strided) per head to fit the basis.
 constexpr size_t kSketchSample = 8192;
 // A refit (refit()): keys sampled per head for its bases, and earlier keys it encodes per
@@ -47,26 +52,35 @@ constexpr size_t kSketchSample = 8192;
 constexpr size_t kSketchRefitSample = 2048;
 constexpr size_t kSketchRefitChunk = 32;
 // With rank 0 (auto), per head the smallest r whose basis keeps this share of the sampled
-// keys' energy (sum of |k|^2).
+// keys' energy (sum of |k|^2), or with queries observed, of the sum of the keys' and the
+// queries' second moments, each scaled to trace 1.
 constexpr double kSketchEnergy = 0.99;
+// Queries kept (the latest) for fitting bases (observe()).
+constexpr size_t kSketchQuerySample = 2048;
 
 struct SketchSelectStats {
   size_t candidates = 0;  // keys scored exactly (over the heads of one call)
   size_t capped = 0;      // heads whose certified candidates exceeded max_scored (approximate)
 };
 
-// The first pass over one block of kn keys (kn <= kDecodeKeyBlock): per key c < kn the sketch
-// score a[c] = sum over t < r of u[t] * codes[t * kDecodeKeyBlock + c] and its upper end
-// hi[c] = a[c] + (coef[0] eps[c] + coef[1] rho[c]) * coef[2]; returns the max over c of a in
-// maxes[0] and of hi in maxes[1] (a NaN lane leaves a max as it was). kSketchScanAVX2 is null
-// where AVX2 was not compiled in (the portable sketch_scan_portable runs).
-using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* coef, size_t kn, float* a, float* hi, float* maxes);
-void sketch_scan_portable(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                          const float* coef, size_t kn, float* a, float* hi, float* maxes);
+// The first pass over one block of kn keys (kn <= kDecodeKeyBlock), in integers. A key's codes
+// are stored biased (code + 128, as uint8), 16 keys' codes contiguous (one pass streams through
+// memory), in groups of four coordinates: codes[((c / 16) * g4 + g) * 64 + (c % 16) * 4 + i]
+// for coordinate t = 4 g + i of key c (g < g4; the coordinates past r hold 128). The query comes as two int8 vectors w (w[0..4 g4) and
+// w[4 g4..8 g4), zero past r) with scales sig: per key c < kn the exact int32 sums
+// n_l = sum_t w_l[t] (codes[..] - 128), then a[c] = float(n_0) * sig[0] + float(n_1) * sig[1]
+// and hi[c] = a[c] + ((coef[0] eps[c] + coef[1] rho[c]) * coef[2] + coef[3]), f32, unfused, in
+// this order; returns the max over c of a in maxes[0] and of hi in maxes[1] (a NaN hi counts as
+// +inf). Integer sums and one fixed order of f32 operations: every version gives each key the
+// same a and hi, bit for bit. kSketchScanAVX2 is null where AVX2 was not compiled in (the
+// portable sketch_scan_portable runs).
+using SketchScan = void (*)(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                            const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes);
+void sketch_scan_portable(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                          const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
-// The same pass with AVX-512F (key_sketch_avx512.cc), 16 keys a vector: each key's a and hi
-// are scan_avx2's bits. Null where AVX-512 was not compiled in.
+// The same pass with AVX-512 VNNI (key_sketch_avx512.cc: vpdpbusd, 16 keys x 4 coordinates an
+// instruction). Null where AVX-512 was not compiled in; run only where cpu_has_avx512_vnni().
 extern const SketchScan kSketchScanAVX512;
 // The indices j < n (increasing) with v[j] > thr (strict) or !(v[j] < thr) (not strict: NaN
 // included) written to out; returns how many. kSketchCollectAVX2 as kSketchScanAVX2.
@@ -82,6 +96,15 @@ class KeySketch {
   // Fits each head's basis to the keys [0, L) of the packed cache Kp (L >= 1), then encodes
   // them. Once only.
   void fit(const float* Kp, size_t L);
+  // Records n queries (n x heads x dk, row-major), the latest kSketchQuerySample kept, for the
+  // bases fitted from then on (fit(), refit()). The bound's largest term is |q_perp| rho: a
+  // basis fitted to the keys alone leaves out the directions the queries take when these lie
+  // outside the keys' subspace (as for the bench's low-rank keys and a trained model's:
+  // docs/attention.md), so q_perp is most of q and the bound is loose. Fitted to both second
+  // moments, the basis holds both subspaces: q_perp and k_perp are both small. Any orthonormal
+  // basis keeps the bound sound; the queries only change the cost (the keys scored).
+  void observe(const float* Q, size_t n);
+  size_t queries() const { return qn_; }
   // Encodes the keys [length(), L) of Kp (earlier keys must be unchanged). After fit(). While
   // a refit is under way, each call also does a bounded share of it (see refit()), so no call
   // pays for a whole refit; Kp must then hold the keys [0, L) the refit reads.
@@ -108,8 +131,9 @@ class KeySketch {
   // ids and scores (heads x k, best first; min(k, length()) valid, then kNoKey / 0).
   // max_scored (0: no limit, else >= k): each head scores exactly the max_scored keys of best
   // sketch score and no more; a head whose certificate then fails may miss keys (an approximate
-  // mode, counted in stats->capped). The first pass runs with AVX-512 when kern is the AVX-512
-  // table, with AVX2 unless kern is the scalar table (the same a and hi either way).
+  // mode, counted in stats->capped). The first pass runs with AVX-512 VNNI when kern is the
+  // AVX-512 table and the CPU has VNNI, with AVX2 unless kern is the scalar table (the same a and
+  // hi either way).
   void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
               float* scores, SketchSelectStats* stats) const;
 
@@ -118,7 +142,7 @@ class KeySketch {
     size_t r = 0;
     std::vector<float> basis;   // r x dk, orthonormal rows
     std::vector<float> step;    // r quantisation steps
-    std::vector<int8_t> codes;  // block-major: codes[(b * r + t) * kDecodeKeyBlock + c]
+    std::vector<uint8_t> codes;  // per block of 256 keys g4 x 1,024 bytes, as SketchScan reads them
     std::vector<float> eps, rho;  // per key, each plus delta |k| (see above)
     std::vector<float> rows;           // the f32 keys row-major (L x dk)
   };
@@ -134,6 +158,9 @@ class KeySketch {
   // A refit under way: its heads, how many have bases, how many keys they hold, its sample's L.
   std::vector<Head> next_;
   size_t next_fitted_ = 0, next_length_ = 0, refit_at_ = 0, refits_ = 0;
+  // observe()'s ring: up to kSketchQuerySample rows of heads x dk; qn_ held, qnext_ the next slot.
+  std::vector<float> queries_;
+  size_t qn_ = 0, qnext_ = 0;
   bool refitting_ = false;
 };
 

@@ -7,12 +7,11 @@
 #include <cstdint>
 
 namespace gt {
-using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* coef, size_t kn, float* a, float* hi, float* maxes);
+using SketchScan = void (*)(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                            const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX2;
 using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool strict, uint32_t* out);
 extern const SketchCollect kSketchCollectAVX2;
-constexpr size_t kSketchBlock = 256;  // kSketchBlock (static_assert in key_sketch.cc)
 }  // namespace gt
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -28,46 +27,58 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-// As sketch_scan_portable (key_sketch.h): 32 keys at a time, then the rest one by one.
-void scan_avx2(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
-               size_t kn, float* a, float* hi, float* maxes) {
-  const float ninf = -__builtin_inff();
+// One key's a and hi by the portable loop's arithmetic (the keys past the last 8).
+inline void scan_one(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                     const float* rho, const float* coef, size_t c, float* a, float* hi) {
+  int32_t n0 = 0, n1 = 0;
+  for (size_t t = 0; t < 4 * g4; ++t) {
+    const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
+    n0 += static_cast<int32_t>(w[t]) * code;
+    n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
+  }
+  a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
+  hi[c] = a[c] + ((coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3]);
+}
+
+// As sketch_scan_portable (key_sketch.h): 8 keys x 4 coordinates a 32-byte load, each code
+// unbiased (xor 0x80 gives code as int8), then |code| (u8) times w with code's sign (s8) by
+// vpmaddubsw (|code| |w| <= 127 * 127: two of them never saturate int16) and vpmaddwd with ones:
+// the exact int32 sums, the same as the portable loop's.
+void scan_avx2(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps, const float* rho,
+               const float* coef, size_t kn, float* a, float* hi, float* maxes) {
   const __m256 pinf = _mm256_set1_ps(__builtin_inff());
-  __m256 ma = _mm256_set1_ps(ninf), mhi = ma;
-  const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]);
+  __m256 ma = _mm256_set1_ps(-__builtin_inff()), mhi = ma;
+  const __m256 c0 = _mm256_set1_ps(coef[0]), c1 = _mm256_set1_ps(coef[1]), c2 = _mm256_set1_ps(coef[2]),
+               c3 = _mm256_set1_ps(coef[3]), s0 = _mm256_set1_ps(sig[0]), s1 = _mm256_set1_ps(sig[1]);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
   size_t c = 0;
-  for (; c + 32 <= kn; c += 32) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (size_t t = 0; t < r; ++t) {
-      const int8_t* p = codes + t * kSketchBlock + c;
-      const __m256 ut = _mm256_set1_ps(u[t]);
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m128i l = _mm256_castsi256_si128(raw), h = _mm256_extracti128_si256(raw, 1);
-      acc[0] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)), acc[0]);
-      acc[1] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(l, 8))), acc[1]);
-      acc[2] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)), acc[2]);
-      acc[3] = _mm256_fmadd_ps(ut, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(h, 8))), acc[3]);
+  for (; c + 8 <= kn; c += 8) {
+    __m256i n0 = _mm256_setzero_si256(), n1 = _mm256_setzero_si256();
+    for (size_t g = 0; g < g4; ++g) {
+      const __m256i x = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + ((c / 16) * g4 + g) * 64 + (c % 16) * 4)), bias);
+      int32_t w0, w1;
+      __builtin_memcpy(&w0, w + 4 * g, 4);
+      __builtin_memcpy(&w1, w + 4 * g4 + 4 * g, 4);
+      const __m256i ax = _mm256_abs_epi8(x);
+      n0 = _mm256_add_epi32(n0, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_set1_epi32(w0), x)), ones));
+      n1 = _mm256_add_epi32(n1, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_set1_epi32(w1), x)), ones));
     }
-    for (int g = 0; g < 4; ++g) {
-      const size_t o = c + 8 * static_cast<size_t>(g);
-      const __m256 B = _mm256_mul_ps(
-          _mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + o)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + o))), c2);
-      const __m256 h = _mm256_add_ps(acc[g], B);
-      _mm256_storeu_ps(a + o, acc[g]);
-      _mm256_storeu_ps(hi + o, h);
-      ma = _mm256_max_ps(acc[g], ma);  // a NaN lane leaves the max as it was
-      // A NaN upper end counts as +inf in the max (a block holding one is never skipped).
-      mhi = _mm256_max_ps(_mm256_blendv_ps(h, pinf, _mm256_cmp_ps(h, h, _CMP_UNORD_Q)), mhi);
-    }
+    const __m256 av = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(n0), s0), _mm256_mul_ps(_mm256_cvtepi32_ps(n1), s1));
+    const __m256 B = _mm256_add_ps(
+        _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(c0, _mm256_loadu_ps(eps + c)), _mm256_mul_ps(c1, _mm256_loadu_ps(rho + c))), c2),
+        c3);
+    const __m256 h = _mm256_add_ps(av, B);
+    _mm256_storeu_ps(a + c, av);
+    _mm256_storeu_ps(hi + c, h);
+    ma = _mm256_max_ps(av, ma);
+    // A NaN upper end counts as +inf in the max (a block holding one is never skipped).
+    mhi = _mm256_max_ps(_mm256_blendv_ps(h, pinf, _mm256_cmp_ps(h, h, _CMP_UNORD_Q)), mhi);
   }
   float ml = hmax(ma), mh = hmax(mhi);
   for (; c < kn; ++c) {
-    float s = 0.0f;
-    for (size_t t = 0; t < r; ++t) s += u[t] * static_cast<float>(codes[t * kSketchBlock + c]);
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
-    a[c] = s;
-    hi[c] = s + B;
-    ml = s > ml ? s : ml;
+    scan_one(codes, g4, w, sig, eps, rho, coef, c, a, hi);
+    ml = a[c] > ml ? a[c] : ml;
     mh = hi[c] != hi[c] ? __builtin_inff() : (hi[c] > mh ? hi[c] : mh);
   }
   maxes[0] = ml;

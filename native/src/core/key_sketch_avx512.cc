@@ -1,16 +1,19 @@
-// The key sketch's first pass (key_sketch.h) with AVX-512F: compiled with the avx512 library's
-// flags, reached only when cpu.cc found AVX-512 and the caller's kernels are the AVX-512 table
-// (key_sketch.cc checks). Each key's lane computes what scan_avx2 computes for it (the same
-// fused multiply-adds over t in the same order, the same bound), 16 keys a vector instead of 8.
-// As key_sketch_avx2.cc, no project header with inline functions is included.
+// The key sketch's first pass (key_sketch.h) with AVX-512 VNNI: compiled in the avx512 library,
+// its functions carry the target attribute for AVX512BW and AVX512_VNNI (the library's flags
+// stay AVX-512F, so no other code there can use them), reached only when cpu.cc found AVX-512
+// with VNNI and the caller's kernels are the AVX-512 table (key_sketch.cc checks). vpdpbusd
+// multiplies 16 keys x 4 biased codes (u8) by the query's 4 int8 weights and adds the four
+// products to each key's int32 sum: the exact sums of the portable loop plus 128 sum w, which is
+// subtracted (exact too); then the same f32 operations in the same order, so each key's a and hi
+// are the portable loop's bits. As key_sketch_avx2.cc, no project header with inline functions
+// is included.
 #include <cstddef>
 #include <cstdint>
 
 namespace gt {
-using SketchScan = void (*)(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho,
-                            const float* coef, size_t kn, float* a, float* hi, float* maxes);
+using SketchScan = void (*)(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                            const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX512;
-constexpr size_t kSketchBlock512 = 256;  // kDecodeKeyBlock (static_assert in key_sketch.cc)
 }  // namespace gt
 
 #if defined(__AVX512F__) && defined(__FMA__)
@@ -21,69 +24,72 @@ constexpr size_t kSketchBlock512 = 256;  // kDecodeKeyBlock (static_assert in ke
 #endif
 #include <immintrin.h>
 
+#define GT_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
 namespace gt {
 namespace {
 
-void scan_avx512(const int8_t* codes, size_t r, const float* u, const float* eps, const float* rho, const float* coef,
-                 size_t kn, float* a, float* hi, float* maxes) {
-  const float ninf = -__builtin_inff();
+// G groups of 16 keys from key c: each key's a and hi, and the running maxes (a NaN hi counts
+// as +inf, so a block holding one is never skipped).
+template <int G>
+GT_VNNI inline void scan_groups(const uint8_t* codes, size_t g4, const int8_t* w, __m512 s0, __m512 s1, __m512i b0,
+                                __m512i b1, const float* eps, const float* rho, __m512 c0, __m512 c1, __m512 c2,
+                                __m512 c3, size_t c, float* a, float* hi, __m512& ma, __m512& mhi) {
   const __m512 pinf = _mm512_set1_ps(__builtin_inff());
-  __m512 ma = _mm512_set1_ps(ninf), mhi = ma;
-  const __m512 c0 = _mm512_set1_ps(coef[0]), c1 = _mm512_set1_ps(coef[1]), c2 = _mm512_set1_ps(coef[2]);
+  __m512i n0[G], n1[G];
+  for (int g = 0; g < G; ++g) n0[g] = n1[g] = _mm512_setzero_si512();
+  for (size_t q = 0; q < g4; ++q) {
+    int32_t w0, w1;
+    __builtin_memcpy(&w0, w + 4 * q, 4);
+    __builtin_memcpy(&w1, w + 4 * g4 + 4 * q, 4);
+    const __m512i v0 = _mm512_set1_epi32(w0), v1 = _mm512_set1_epi32(w1);
+    for (int g = 0; g < G; ++g) {
+      const __m512i x = _mm512_loadu_si512(codes + ((c / 16 + static_cast<size_t>(g)) * g4 + q) * 64);
+      n0[g] = _mm512_dpbusd_epi32(n0[g], x, v0);
+      n1[g] = _mm512_dpbusd_epi32(n1[g], x, v1);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t o = c + 16 * static_cast<size_t>(g);
+    const __m512 av = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(n0[g], b0)), s0),
+                                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(n1[g], b1)), s1));
+    const __m512 B = _mm512_add_ps(
+        _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2),
+        c3);
+    const __m512 h = _mm512_add_ps(av, B);
+    _mm512_storeu_ps(a + o, av);
+    _mm512_storeu_ps(hi + o, h);
+    ma = _mm512_max_ps(av, ma);
+    mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
+  }
+}
+
+GT_VNNI void scan_avx512(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
+                         const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes) {
+  __m512 ma = _mm512_set1_ps(-__builtin_inff()), mhi = ma;
+  const __m512 c0 = _mm512_set1_ps(coef[0]), c1 = _mm512_set1_ps(coef[1]), c2 = _mm512_set1_ps(coef[2]),
+               c3 = _mm512_set1_ps(coef[3]), s0 = _mm512_set1_ps(sig[0]), s1 = _mm512_set1_ps(sig[1]);
+  // 128 sum_t w_l[t]: what the bias of the codes adds to each sum.
+  int32_t sw0 = 0, sw1 = 0;
+  for (size_t t = 0; t < 4 * g4; ++t) {
+    sw0 += w[t];
+    sw1 += w[4 * g4 + t];
+  }
+  const __m512i b0 = _mm512_set1_epi32(128 * sw0), b1 = _mm512_set1_epi32(128 * sw1);
   size_t c = 0;
-  for (; c + 64 <= kn; c += 64) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (size_t t = 0; t < r; ++t) {
-      const int8_t* p = codes + t * kSketchBlock512 + c;
-      const __m512 ut = _mm512_set1_ps(u[t]);
-      for (int g = 0; g < 4; ++g) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g));
-        acc[g] = _mm512_fmadd_ps(ut, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), acc[g]);
-      }
-    }
-    for (int g = 0; g < 4; ++g) {
-      const size_t o = c + 16 * static_cast<size_t>(g);
-      const __m512 B = _mm512_mul_ps(
-          _mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2);
-      const __m512 h = _mm512_add_ps(acc[g], B);
-      _mm512_storeu_ps(a + o, acc[g]);
-      _mm512_storeu_ps(hi + o, h);
-      ma = _mm512_max_ps(acc[g], ma);  // a NaN lane leaves the max as it was
-      // A NaN upper end counts as +inf in the max (a block holding one is never skipped).
-      mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
-    }
-  }
-  // A last 32 keys by vector too: scan_avx2 takes every key below kn - kn % 32 by its vector
-  // path (fused), the rest by its scalar loop (not fused), and so does this pass.
-  for (; c + 32 <= kn; c += 32) {
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (size_t t = 0; t < r; ++t) {
-      const int8_t* p = codes + t * kSketchBlock512 + c;
-      const __m512 ut = _mm512_set1_ps(u[t]);
-      for (int g = 0; g < 2; ++g) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g));
-        acc[g] = _mm512_fmadd_ps(ut, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), acc[g]);
-      }
-    }
-    for (int g = 0; g < 2; ++g) {
-      const size_t o = c + 16 * static_cast<size_t>(g);
-      const __m512 B = _mm512_mul_ps(
-          _mm512_add_ps(_mm512_mul_ps(c0, _mm512_loadu_ps(eps + o)), _mm512_mul_ps(c1, _mm512_loadu_ps(rho + o))), c2);
-      const __m512 h = _mm512_add_ps(acc[g], B);
-      _mm512_storeu_ps(a + o, acc[g]);
-      _mm512_storeu_ps(hi + o, h);
-      ma = _mm512_max_ps(acc[g], ma);
-      mhi = _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, h, _CMP_UNORD_Q), h, pinf), mhi);
-    }
-  }
+  for (; c + 64 <= kn; c += 64) scan_groups<4>(codes, g4, w, s0, s1, b0, b1, eps, rho, c0, c1, c2, c3, c, a, hi, ma, mhi);
+  for (; c + 16 <= kn; c += 16) scan_groups<1>(codes, g4, w, s0, s1, b0, b1, eps, rho, c0, c1, c2, c3, c, a, hi, ma, mhi);
   float ml = _mm512_reduce_max_ps(ma), mh = _mm512_reduce_max_ps(mhi);
   for (; c < kn; ++c) {
-    float s = 0.0f;
-    for (size_t t = 0; t < r; ++t) s += u[t] * static_cast<float>(codes[t * kSketchBlock512 + c]);
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2];
-    a[c] = s;
-    hi[c] = s + B;
-    ml = s > ml ? s : ml;
+    int32_t n0 = 0, n1 = 0;
+    for (size_t t = 0; t < 4 * g4; ++t) {
+      const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
+      n0 += static_cast<int32_t>(w[t]) * code;
+      n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
+    }
+    a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
+    hi[c] = a[c] + ((coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3]);
+    ml = a[c] > ml ? a[c] : ml;
     mh = hi[c] != hi[c] ? __builtin_inff() : (hi[c] > mh ? hi[c] : mh);
   }
   maxes[0] = ml;

@@ -303,8 +303,9 @@ const float* packed_keys_arg(const Napi::CallbackInfo& info, size_t index, size_
   return kp.data;
 }
 
-// keySketchNew(heads, headDim, rank, keysPacked, L) -> External: fitted to keys [0, L) and
-// holding them (rank 0: auto).
+// keySketchNew(heads, headDim, rank, keysPacked, L[, queries]) -> External: fitted to keys
+// [0, L) and holding them (rank 0: auto); queries (n x heads x headDim, finite), when given,
+// are observed first (key_sketch.h, observe()), so the bases fit them too.
 Napi::Value KeySketchNew(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const size_t heads = size_arg(info, 0, "heads", 1, 4096);
@@ -315,6 +316,11 @@ Napi::Value KeySketchNew(const Napi::CallbackInfo& info) {
     if (static_cast<double>(L) * heads * dk > kMaxElements) throw Error(ErrorCode::OutOfRange, "L * heads * headDim is too large");
     const float* kp = packed_keys_arg(info, 3, L, heads, dk);
     auto sk = std::make_unique<KeySketch>(heads, dk, rank);
+    if (info.Length() > 5 && !info[5].IsUndefined()) {
+      const ArrayArg<float> qs = f32_arg(info, 5, "queries");
+      if (qs.length % (heads * dk) != 0) throw Error(ErrorCode::InvalidArgument, "queries must hold whole rows of heads * headDim");
+      sk->observe(qs.data, qs.length / (heads * dk));
+    }
     sk->fit(kp, L);
     Napi::Env env = info.Env();
     Napi::External<KeySketch> ext = Napi::External<KeySketch>::New(env, sk.release(), [](Napi::Env, KeySketch* p) { delete p; });
@@ -347,10 +353,11 @@ Napi::Value KeySketchRefit(const Napi::CallbackInfo& info) {
   });
 }
 
-// keySketchSelect(sketch, q, keysPacked, k[, maxScored]) -> { ids, scores, candidates, capped }:
+// keySketchSelect(sketch, q, keysPacked, k[, maxScored[, observe]]) -> { ids, scores, candidates, capped }:
 // the exact top-k per head (heads x k, best first, padded with NO_KEY / 0), how many keys were
 // scored, and how many heads hit maxScored (0 or absent: no limit; else >= k) and so selected
-// approximately.
+// approximately. Unless observe is false, the query is then observed (key_sketch.h,
+// observe()): later refits fit the queries served.
 Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     KeySketch& sk = sketch_arg(info, 0);
@@ -365,6 +372,7 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
     std::vector<float> scores(H * k);
     SketchSelectStats st;
     sk.select(q.data, kp, k, max_scored, kernels(), ids.data(), scores.data(), &st);
+    if (!(info.Length() > 5 && info[5].IsBoolean() && !info[5].As<Napi::Boolean>().Value())) sk.observe(q.data, 1);
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     Napi::Uint32Array ia = Napi::Uint32Array::New(env, ids.size());
