@@ -106,10 +106,11 @@ static void test_kernels() {
       CHECK(K.hnsw_l2(a.data(), b.data(), &n) == K.l2sq(a.data(), b.data(), n));
     }
     // Block kernels: every pair equals the 1x1 computation bit for bit, across the
-    // tiles (4 x 4 on AVX-512, 4 x 2 on AVX2) and the rows and queries left over.
-    for (const size_t d : {29, 784})
-      for (const size_t nq : {9, 8})
-        for (const size_t nr : {11, 13}) {
+    // tiles (4 x 4 on AVX-512, 4 x 2 on AVX2), the rows and queries left over, and the
+    // 16-rows-at-once path of a query left over on short rows (AVX-512, d <= 128).
+    for (const size_t d : {1, 16, 29, 64, 100, 128, 129, 784})
+      for (const size_t nq : {9, 8, 1})
+        for (const size_t nr : {11, 13, 37}) {
       auto Q = rand_vec(nq * d), R = rand_vec(nr * d);
       std::vector<float> out(nq * nr), one(1);
       K.dot_block(Q.data(), nq, R.data(), nr, d, out.data(), nr);
