@@ -13,6 +13,7 @@ export type {
   HnswOptions,
   Metric,
   PatternProof,
+  SearchOneOptions,
   SearchOptions,
   SearchResult,
 } from './tensor/sparse-tensor.js';

@@ -160,6 +160,41 @@ describe('exact top-k', () => {
     expect(Array.from(r.ids)).toEqual(refTopK(data, d, q, 25, 'l2'));
   });
 
+  it('one query with threads (rows split into pieces between the caller and the scan pool) equals one thread and the reference', () => {
+    // Integer data: exact scores, real ties. Rows not a multiple of the pieces, k past a
+    // piece's worth of ties; d 24 and 100 (short rows: the 16-rows-at-once kernel path).
+    for (const d of [24, 100]) {
+      const n = 20_011;
+      const data = rng.f32ints(n * d, -2, 2);
+      const t = SparseTensor.fromArray(data, d);
+      for (const metric of METRICS) {
+        const q = rng.f32ints(d, -2, 2);
+        const one = t.search(q, 40, { metric, threads: 1 });
+        for (const threads of [2, 3, 8]) {
+          const r = t.search(q, 40, { metric, threads });
+          expect(Array.from(r.ids)).toEqual(Array.from(one.ids));
+          expect(Array.from(r.scores)).toEqual(Array.from(one.scores));
+        }
+        expect(Array.from(t.search(q, 40, { metric }).ids)).toEqual(Array.from(one.ids)); // the default: all cores
+        if (metric !== 'cosine') expect(Array.from(one.ids)).toEqual(refTopK(data, d, q, 40, metric));
+      }
+      // k = n: every row of every piece is scored once, in the one-thread order.
+      const q = rng.f32ints(d, -2, 2);
+      const all1 = t.search(q, n, { metric: 'l2', threads: 1 });
+      const all3 = t.search(q, n, { metric: 'l2', threads: 3 });
+      expect(new Set(all3.ids).size).toBe(n);
+      expect(Array.from(all3.ids)).toEqual(Array.from(all1.ids));
+    }
+  });
+
+  it('search refuses a bad threads option, and threads with the hnsw index', async () => {
+    const t = SparseTensor.fromArray(rng.f32(64 * 4), 4);
+    await t.buildHnsw({ M: 4, efConstruction: 16 });
+    const q = rng.f32(4);
+    for (const threads of [0, 1025, 1.5, Number.NaN]) expect(() => t.search(q, 3, { threads })).toThrow(/threads/);
+    expect(() => t.search(q, 3, { index: 'hnsw', threads: 2 })).toThrow(/threads applies to index 'exact' only/);
+  });
+
   it('an empty batch returns empty results', async () => {
     const t = SparseTensor.fromArray(new Float32Array([1, 2, 3, 4]), 2);
     const r = await t.searchBatch(new Float32Array(0), 1);

@@ -28,7 +28,7 @@ export interface NativeTensor {
   gather(ids: Uint32Array): Float32Array;
   set(ids: Uint32Array, values: Float32Array): void;
   add(ids: Uint32Array, deltas: Float32Array): void;
-  search(query: Float32Array, k: number, metric: NativeMetric, level: NativeSimdLevel | undefined): NativeSearchResult;
+  search(query: Float32Array, k: number, metric: NativeMetric, level: NativeSimdLevel | undefined, threads?: number): NativeSearchResult;
   searchBatch(
     queries: Float32Array,
     k: number,

@@ -80,6 +80,15 @@ export interface HnswOptions {
 /** State of the HNSW index. */
 export type HnswInfo = NativeHnswStats;
 
+export interface SearchOneOptions extends SearchOptions {
+  /**
+   * Exact index: threads the scan's rows are split across (the calling thread and the
+   * scan pool's helpers; default: all cores, or GHOST_TENSOR_THREADS). The result is the
+   * same for any value. Small scans run on the calling thread alone.
+   */
+  threads?: number;
+}
+
 export interface BatchSearchOptions extends SearchOptions {
   /** Worker threads (default: all cores, or GHOST_TENSOR_THREADS). */
   threads?: number;
@@ -415,14 +424,16 @@ export class SparseTensor {
   }
 
   /** Exact top-k of one query (length dim). 1 <= k <= size. */
-  search(query: Float32Array, k: number, options: SearchOptions = {}): SearchResult {
-    options = checkOptions('search', options, SEARCH_KEYS);
+  search(query: Float32Array, k: number, options: SearchOneOptions = {}): SearchResult {
+    options = checkOptions('search', options, BATCH_SEARCH_KEYS);
     checkFloat32Array('query', query);
     this.#checkK(k);
     const { hnsw, ef } = this.#indexArgs(options, k);
+    const threads = options.threads === undefined ? undefined : checkInteger('threads', options.threads, 1, 1024);
+    if (threads !== undefined && hnsw) throw new InvalidArgumentError("threads applies to index 'exact' only");
     if (hnsw) return callNative(() => this.#native.hnswSearch(query, k, ef));
     const metric = checkMetric('metric', options.metric ?? this.metric);
-    return callNative(() => this.#native.search(query, k, metric, options.level));
+    return callNative(() => this.#native.search(query, k, metric, options.level, threads));
   }
 
   /**

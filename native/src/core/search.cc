@@ -77,6 +77,15 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
 // computes does not depend on who runs it, so the results are those of parallel_for.
 class ScanPool {
  public:
+  // GHOST_TENSOR_SCAN_POOL is not "0" (then run() starts a thread per chunk).
+  static bool enabled() {
+    static const bool on = [] {
+      const char* v = std::getenv("GHOST_TENSOR_SCAN_POOL");
+      return v == nullptr || std::string(v) != "0";
+    }();
+    return on;
+  }
+
   static ScanPool& get() {
     // Leaked on purpose: its threads sleep for the life of the process (a static
     // destructor would have to join threads that the runtime may already have stopped).
@@ -123,13 +132,6 @@ class ScanPool {
   }
 
  private:
-  static bool enabled() {
-    static const bool on = [] {
-      const char* v = std::getenv("GHOST_TENSOR_SCAN_POOL");
-      return v == nullptr || std::string(v) != "0";
-    }();
-    return on;
-  }
 
   struct Job {
     size_t n = 0, chunks = 0;
@@ -260,8 +262,12 @@ void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores
     });
     return;
   }
-  std::vector<std::vector<TopK>> partial(useful);
-  ScanPool::get().run(a.n, useful, [&](size_t r0, size_t r1, size_t w) {
+  // Row split: more pieces than threads, so that a helper that starts late (or is busy
+  // with another scan) leaves the calling thread more pieces instead of a wait.
+  constexpr size_t kPiecesPerThread = 4;
+  const size_t pieces = std::min(useful * kPiecesPerThread, std::max<size_t>(useful, a.n / 1024));
+  std::vector<std::vector<TopK>> partial(pieces);
+  ScanPool::get().run(a.n, ScanPool::enabled() ? pieces : useful, [&](size_t r0, size_t r1, size_t w) {
     partial[w].assign(a.nq, TopK(a.k, desc));
     scan(a, 0, a.nq, r0, r1, partial[w]);
   });

@@ -55,7 +55,7 @@ SearchRequest parse_search(const Napi::CallbackInfo& info, const SparseTensor& t
   r.k = size_arg(info, 1, "k", 1, static_cast<double>(t.size()));
   r.metric = metric_arg(info, 2);
   r.level = level_arg(info, 3);
-  if (batch) r.threads = threads_arg(info, 4);
+  r.threads = threads_arg(info, 4);  // one query too: its rows split across the scan pool
   return r;
 }
 
@@ -506,7 +506,7 @@ Napi::Value TensorBinding::Add(const Napi::CallbackInfo& info) {
   });
 }
 
-// search(query, k, metric, level?) -> { ids, scores }
+// search(query, k, metric, level?, threads?) -> { ids, scores }
 Napi::Value TensorBinding::Search(const Napi::CallbackInfo& info) { return search_now(info, false); }
 
 // searchBatch(queries, k, metric, level?, threads?) -> { ids, scores } (nq * k each)
