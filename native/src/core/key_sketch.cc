@@ -1,5 +1,6 @@
 // The key sketch: see key_sketch.h.
 #include "key_sketch.h"
+#include "key_sketch_one.h"
 
 #include <algorithm>
 #include <cmath>
@@ -47,15 +48,7 @@ void sketch_scan_portable(const uint8_t* codes, size_t g4, const int8_t* w, cons
                           const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes) {
   float ma = -std::numeric_limits<float>::infinity(), mh = ma;
   for (size_t c = 0; c < kn; ++c) {
-    int32_t n0 = 0, n1 = 0;
-    for (size_t t = 0; t < 4 * g4; ++t) {
-      const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
-      n0 += static_cast<int32_t>(w[t]) * code;
-      n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
-    }
-    a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
-    const float B = (coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3];
-    hi[c] = a[c] + B;
+    sketch_detail::score_one(codes, g4, w, sig, eps, rho, coef, c, a, hi);
     ma = std::max(ma, a[c]);  // NaN leaves the max as it was
     mh = std::isnan(hi[c]) ? std::numeric_limits<float>::infinity() : std::max(mh, hi[c]);
   }

@@ -17,6 +17,8 @@ extern const SketchCollect kSketchCollectAVX2;
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include "key_sketch_one.h"
+
 namespace gt {
 namespace {
 
@@ -25,19 +27,6 @@ inline float hmax(__m256 v) {
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
   return _mm_cvtss_f32(m);
-}
-
-// One key's a and hi by the portable loop's arithmetic (the keys past the last 8).
-inline void scan_one(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
-                     const float* rho, const float* coef, size_t c, float* a, float* hi) {
-  int32_t n0 = 0, n1 = 0;
-  for (size_t t = 0; t < 4 * g4; ++t) {
-    const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
-    n0 += static_cast<int32_t>(w[t]) * code;
-    n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
-  }
-  a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
-  hi[c] = a[c] + ((coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3]);
 }
 
 // As sketch_scan_portable (key_sketch.h): 8 keys x 4 coordinates a 32-byte load, each code
@@ -77,7 +66,7 @@ void scan_avx2(const uint8_t* codes, size_t g4, const int8_t* w, const float* si
   }
   float ml = hmax(ma), mh = hmax(mhi);
   for (; c < kn; ++c) {
-    scan_one(codes, g4, w, sig, eps, rho, coef, c, a, hi);
+    sketch_detail::score_one(codes, g4, w, sig, eps, rho, coef, c, a, hi);
     ml = a[c] > ml ? a[c] : ml;
     mh = hi[c] != hi[c] ? __builtin_inff() : (hi[c] > mh ? hi[c] : mh);
   }

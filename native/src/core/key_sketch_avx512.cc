@@ -24,6 +24,8 @@ extern const SketchScan kSketchScanAVX512;
 #endif
 #include <immintrin.h>
 
+#include "key_sketch_one.h"
+
 #define GT_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
 namespace gt {
@@ -81,14 +83,7 @@ GT_VNNI void scan_avx512(const uint8_t* codes, size_t g4, const int8_t* w, const
   for (; c + 16 <= kn; c += 16) scan_groups<1>(codes, g4, w, s0, s1, b0, b1, eps, rho, c0, c1, c2, c3, c, a, hi, ma, mhi);
   float ml = _mm512_reduce_max_ps(ma), mh = _mm512_reduce_max_ps(mhi);
   for (; c < kn; ++c) {
-    int32_t n0 = 0, n1 = 0;
-    for (size_t t = 0; t < 4 * g4; ++t) {
-      const int32_t code = static_cast<int32_t>(codes[((c / 16) * g4 + t / 4) * 64 + (c % 16) * 4 + t % 4]) - 128;
-      n0 += static_cast<int32_t>(w[t]) * code;
-      n1 += static_cast<int32_t>(w[4 * g4 + t]) * code;
-    }
-    a[c] = static_cast<float>(n0) * sig[0] + static_cast<float>(n1) * sig[1];
-    hi[c] = a[c] + ((coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3]);
+    sketch_detail::score_one(codes, g4, w, sig, eps, rho, coef, c, a, hi);
     ml = a[c] > ml ? a[c] : ml;
     mh = hi[c] != hi[c] ? __builtin_inff() : (hi[c] > mh ? hi[c] : mh);
   }
