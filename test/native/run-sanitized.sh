@@ -55,4 +55,5 @@ else
 fi
 compile test/native/test_core.cc
 $CXX $SAN "${objs[@]}" -o "$out/test_core" -lpthread
-UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=${GT_ASAN_OPTIONS:-detect_leaks=1} ${GT_RUN:-} "$out/test_core"
+# GT_NATIVE_EMULATED: the run is under an emulator (GT_RUN), whose /proc shows the host's pages, not the guest's.
+GT_NATIVE_EMULATED=${GT_RUN:+1} UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=${GT_ASAN_OPTIONS:-detect_leaks=1} ${GT_RUN:-} "$out/test_core"
