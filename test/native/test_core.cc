@@ -2,6 +2,7 @@
 // run-sanitized.sh. Each check compares against an independent reference.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <random>
 #include <string>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -1709,6 +1711,51 @@ static void test_huge_pages() {
 #endif
 }
 
+// The scan pool runs every chunk once, over its own range, on at most `threads` threads
+// (the caller included): with threads = 1 no helper joins, even an idle one.
+static void test_scan_pool_threads() {
+  for (const size_t threads : {size_t{1}, size_t{2}, size_t{3}}) {
+    const size_t n = 1000, chunks = 8;
+    std::mutex m;
+    std::vector<std::thread::id> who(chunks);
+    std::vector<size_t> runs(chunks, 0);
+    bool ranges_ok = true;
+    gt::scan_pool_run(n, chunks, threads, [&](size_t b, size_t e, size_t c) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // time for an idle helper to join
+      std::lock_guard<std::mutex> lock(m);
+      ranges_ok = ranges_ok && c < chunks && b == n * c / chunks && e == n * (c + 1) / chunks;
+      if (c < chunks) {
+        ++runs[c];
+        who[c] = std::this_thread::get_id();
+      }
+    });
+    CHECK(ranges_ok);
+    CHECK(std::all_of(runs.begin(), runs.end(), [](size_t r) { return r == 1; }));
+    std::vector<std::thread::id> distinct(who);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    CHECK(distinct.size() <= threads);
+    if (threads == 1) CHECK(distinct.size() == 1 && distinct[0] == std::this_thread::get_id());
+  }
+  // Helpers that come free from another scan, not only the ones a call wakes, respect the
+  // cap: a wide job on another thread ends early and its helpers look for work while a
+  // two-thread job still has chunks left.
+  {
+    std::thread wide([] { gt::scan_pool_run(12, 12, 4, [](size_t, size_t, size_t) { std::this_thread::sleep_for(std::chrono::milliseconds(1)); }); });
+    std::mutex m;
+    std::vector<std::thread::id> who;
+    gt::scan_pool_run(40, 40, 2, [&](size_t, size_t, size_t) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::lock_guard<std::mutex> lock(m);
+      who.push_back(std::this_thread::get_id());
+    });
+    wide.join();
+    std::sort(who.begin(), who.end());
+    who.erase(std::unique(who.begin(), who.end()), who.end());
+    CHECK(who.size() <= 2);
+  }
+}
+
 // Exact scans from several threads at once share the scan's helper threads (search.cc,
 // ScanPool): each caller gets the ids and score bits of a one-thread scan.
 static void test_concurrent_scans() {
@@ -1813,6 +1860,9 @@ static void test_row_norm_cache() {
 }
 
 int main() {
+  // Four threads by default whatever the machine (unless the environment says otherwise),
+  // so the scan pool has three helpers and test_scan_pool_threads can see a cap below them.
+  setenv("GHOST_TENSOR_THREADS", "4", 0);
   std::printf("simd levels:");
   for (auto l : gt::supported_simd_levels()) std::printf(" %s", gt::simd_level_name(l));
   std::printf("\n");
@@ -1836,6 +1886,7 @@ int main() {
   test_key_sketch();
   test_row_norm_cache();
   test_concurrent_scans();
+  test_scan_pool_threads();
   test_tensor_file_verified_reads();  // last: it must not shift the shared generator's stream
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -67,7 +67,6 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
   }
 }
 
-
 // Persistent helper threads for the exact scan. A one-query scan of the demo's keys
 // takes about 0.2 ms a thread; starting and joining a std::thread for it on every call
 // (parallel_for) cost a thread creation, a stack mapping and the joins' wake-ups each
@@ -77,15 +76,6 @@ void scan(const ExactSearchArgs& a, size_t q0, size_t q1, size_t r0, size_t r1,
 // computes does not depend on who runs it, so the results are those of parallel_for.
 class ScanPool {
  public:
-  // GHOST_TENSOR_SCAN_POOL is not "0" (then run() starts a thread per chunk).
-  static bool enabled() {
-    static const bool on = [] {
-      const char* v = std::getenv("GHOST_TENSOR_SCAN_POOL");
-      return v == nullptr || std::string(v) != "0";
-    }();
-    return on;
-  }
-
   static ScanPool& get() {
     // Leaked on purpose: its threads sleep for the life of the process (a static
     // destructor would have to join threads that the runtime may already have stopped).
@@ -94,29 +84,37 @@ class ScanPool {
   }
 
   // Runs fn(begin, end, chunk) for `chunks` contiguous ranges covering [0, n), on the
-  // calling thread and idle helpers; returns once all have run. The first exception
-  // thrown by a chunk is rethrown here after every chunk ended.
-  void run(size_t n, size_t chunks, const std::function<void(size_t, size_t, size_t)>& fn) {
+  // calling thread and at most threads - 1 idle helpers; returns once all have run. The
+  // first exception thrown by a chunk is rethrown here after every chunk ended.
+  void run(size_t n, size_t chunks, size_t threads, const std::function<void(size_t, size_t, size_t)>& fn) {
+    chunks = std::max<size_t>(1, std::min(chunks, n));
+    threads = std::max<size_t>(1, std::min(threads, chunks));
+    const auto range = [&](size_t c) { fn(n * c / chunks, n * (c + 1) / chunks, c); };
     if (!enabled()) {
-      parallel_for(n, chunks, fn);  // GHOST_TENSOR_SCAN_POOL=0: a thread started per call, as before
+      // GHOST_TENSOR_SCAN_POOL=0: `threads` threads started per call, as before the pool,
+      // each running a contiguous run of chunks.
+      parallel_for(chunks, threads, [&](size_t c0, size_t c1, size_t) {
+        for (size_t c = c0; c < c1; ++c) range(c);
+      });
       return;
     }
-    chunks = std::max<size_t>(1, std::min(chunks, n));
-    if (chunks == 1 || helpers_ == 0) {
-      for (size_t c = 0; c < chunks; ++c) fn(n * c / chunks, n * (c + 1) / chunks, c);
+    if (threads == 1 || helpers_ == 0) {
+      for (size_t c = 0; c < chunks; ++c) range(c);
       return;
     }
     auto job = std::make_shared<Job>();
     job->n = n;
     job->chunks = chunks;
+    job->max_workers = threads;
     job->fn = &fn;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       queue_.push_back(job);
     }
-    if (chunks - 1 >= helpers_) wake_.notify_all();
+    const size_t wake = std::min(threads - 1, helpers_);
+    if (wake == helpers_) wake_.notify_all();
     else
-      for (size_t i = 0; i + 1 < chunks; ++i) wake_.notify_one();
+      for (size_t i = 0; i < wake; ++i) wake_.notify_one();
     work(*job);
     {
       // Chunks a helper claimed may still run: wait for them.
@@ -132,9 +130,19 @@ class ScanPool {
   }
 
  private:
+  // GHOST_TENSOR_SCAN_POOL is not "0" (read once).
+  static bool enabled() {
+    static const bool on = [] {
+      const char* v = std::getenv("GHOST_TENSOR_SCAN_POOL");
+      return v == nullptr || std::string(v) != "0";
+    }();
+    return on;
+  }
 
   struct Job {
     size_t n = 0, chunks = 0;
+    size_t max_workers = 1;  // threads that may claim chunks, the caller included
+    size_t workers = 1;      // the caller and the helpers that joined (under the pool's mutex_)
     const std::function<void(size_t, size_t, size_t)>* fn = nullptr;
     std::atomic<size_t> next{0};
     size_t done = 0;  // under mutex
@@ -170,11 +178,14 @@ class ScanPool {
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] {
-          while (!queue_.empty() && queue_.front()->next.load(std::memory_order_relaxed) >= queue_.front()->chunks)
-            queue_.pop_front();  // every chunk claimed: nothing left for a helper
+          // Every chunk claimed, or as many threads on it as it allows: nothing for a helper.
+          while (!queue_.empty() && (queue_.front()->next.load(std::memory_order_relaxed) >= queue_.front()->chunks ||
+                                     queue_.front()->workers >= queue_.front()->max_workers))
+            queue_.pop_front();
           return !queue_.empty();
         });
         job = queue_.front();
+        ++job->workers;
       }
       work(*job);
     }
@@ -185,6 +196,14 @@ class ScanPool {
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
 };
+
+}  // namespace
+
+void scan_pool_run(size_t n, size_t chunks, size_t threads, const std::function<void(size_t, size_t, size_t)>& fn) {
+  ScanPool::get().run(n, chunks, threads, fn);
+}
+
+namespace {
 
 void write_out(const TopK& h, size_t k, uint32_t* ids, float* scores) {
   const std::vector<Hit> hits = h.sorted();
@@ -252,7 +271,7 @@ void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores
   const double work = static_cast<double>(a.n) * a.d * a.nq;
   const size_t useful = work < 2e5 ? 1 : threads;
   if (a.nq >= kRowSplitQueries * useful || useful == 1) {
-    ScanPool::get().run(a.nq, useful, [&](size_t q0, size_t q1, size_t) {
+    scan_pool_run(a.nq, useful, useful, [&](size_t q0, size_t q1, size_t) {
       for (size_t g0 = q0; g0 < q1; g0 += kQueryGroup * 8) {
         const size_t g1 = std::min(q1, g0 + kQueryGroup * 8);
         std::vector<TopK> heaps(g1 - g0, TopK(a.k, desc));
@@ -267,7 +286,7 @@ void exact_search(const ExactSearchArgs& a, uint32_t* out_ids, float* out_scores
   constexpr size_t kPiecesPerThread = 4;
   const size_t pieces = std::min(useful * kPiecesPerThread, std::max<size_t>(useful, a.n / 1024));
   std::vector<std::vector<TopK>> partial(pieces);
-  ScanPool::get().run(a.n, ScanPool::enabled() ? pieces : useful, [&](size_t r0, size_t r1, size_t w) {
+  scan_pool_run(a.n, pieces, useful, [&](size_t r0, size_t r1, size_t w) {
     partial[w].assign(a.nq, TopK(a.k, desc));
     scan(a, 0, a.nq, r0, r1, partial[w]);
   });

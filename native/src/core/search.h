@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -56,6 +57,14 @@ class RowNormCache {
   uint64_t fills_ = 0;
   std::shared_ptr<const std::vector<float>> norms_;
 };
+
+// Runs fn(begin, end, chunk) for `chunks` contiguous ranges covering [0, n) on the
+// calling thread and at most threads - 1 of the exact scan's persistent helper threads
+// (the machine's cores less one); idle helpers claim chunks as they come, so a caller
+// never waits for a helper busy elsewhere. The first exception thrown by a chunk is
+// rethrown after every chunk ended. GHOST_TENSOR_SCAN_POOL=0: `threads` threads
+// started for the call instead (for A/B measurements).
+void scan_pool_run(size_t n, size_t chunks, size_t threads, const std::function<void(size_t, size_t, size_t)>& fn);
 
 // Writes nq * k ids and scores, best first per query. For l2 the score is the
 // squared distance (ascending); for ip and cosine the similarity (descending).
