@@ -68,7 +68,14 @@ function post(port: number, body: Buffer, chunked: boolean): Promise<{ status: n
         while (!done && at < body.length) {
           const piece = body.subarray(at, Math.min(body.length, at + MiB));
           at += piece.length;
-          const ok = chunked ? sock.write(`${piece.length.toString(16)}\r\n`) && sock.write(piece) && sock.write('\r\n') : sock.write(piece);
+          // Every part of a chunk is written (a short-circuiting && would drop the rest of a
+          // chunk once the first part filled the buffer, and the server would see broken framing).
+          let ok: boolean;
+          if (chunked) {
+            sock.write(`${piece.length.toString(16)}\r\n`);
+            sock.write(piece);
+            ok = sock.write('\r\n');
+          } else ok = sock.write(piece);
           if (!ok) {
             sock.once('drain', next);
             return;
@@ -116,10 +123,10 @@ describe('bodies in flight are bounded across connections', () => {
     const growthMiB = (peakKb - baseKb) / 1024;
     if (process.env.GT_MEM_DEBUG) console.log(`peak RSS growth ${growthMiB.toFixed(1)} MiB (baseline ${(baseKb / 1024).toFixed(0)} MiB); ${summary}`);
 
-    // Read whole and refused as a bad body, or refused before reading (0: the refusal's reset
-    // reached the client before the answer did): nothing else.
-    expect([...by.keys()].every((s) => s === 400 || s === 503 || s === 0), summary).toBe(true);
-    expect(by.get(0) ?? 0, summary).toBeLessThan(connections / 8);
+    // Read whole and refused as a bad body, or refused before reading: nothing else. No
+    // connection ends without its answer (status 0): the server drains a refused body
+    // after answering instead of resetting the connection under it (lingerClose).
+    expect([...by.keys()].every((s) => s === 400 || s === 503), summary).toBe(true);
     expect(by.get(503) ?? 0, summary).toBeGreaterThan(0);
     expect(by.get(400) ?? 0, summary).toBeGreaterThan(0);
     for (const r of results) if (r.status === 503) expect(r.retryAfter).toBe('1');

@@ -280,6 +280,91 @@ describe('request bodies in flight', () => {
   });
 });
 
+describe('refused bodies: the answer is not overtaken by a reset', () => {
+  // A socket destroyed while its peer still sends makes the kernel answer with a reset,
+  // which can discard the answer at the client. After a 503 before the body was read,
+  // the server half-closes and drains the rest instead (lingerClose in lib/serve/server.ts).
+  it('a refused client reads its 503, writes the rest of its body without error and sees a clean end; one that goes on past maxBodyBytes is cut off', async () => {
+    const { model } = twoLayerModel(new Rng(54));
+    const server = await ProverServer.fromModel(model, { maxBodyBytes: 40_000, maxInflightBytes: 40_000 });
+    const url = new URL(await server.listen());
+    const { connect } = await import('node:net');
+    // Holds the whole limit: every other body is refused before it is read.
+    const holder = connect(Number(url.port), url.hostname);
+    holder.on('error', () => {});
+    holder.write('POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n');
+    for (let i = 0; i < 500 && server.stats.bodyBytes !== 40_000; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(server.stats.bodyBytes).toBe(40_000);
+
+    /** Posts with `framing` and `first`, waits for the answer's head, then writes `pieces` pieces of body (stopping at an error or close), then ends. */
+    const refused = (framing: string, piece: (i: number) => string, pieces: number, first = '') =>
+      new Promise<{ head: string; error: string | null; wrote: number; ended: boolean }>((resolve) => {
+        const sock = connect({ port: Number(url.port), host: url.hostname, allowHalfOpen: true });
+        let head = '';
+        let error: string | null = null;
+        let wrote = 0;
+        let ended = false;
+        let over = false;
+        const done = (): void => {
+          if (over) return;
+          over = true;
+          sock.destroy();
+          resolve({ head, error, wrote, ended });
+        };
+        sock.on('error', (e: NodeJS.ErrnoException) => {
+          error = e.code ?? e.message;
+          done();
+        });
+        sock.on('end', () => (ended = true));
+        sock.on('close', done);
+        const write = (i: number): void => {
+          if (over) return;
+          if (i === pieces) {
+            // A short wait for a reset the last writes may have drawn, then a clean end.
+            setTimeout(() => sock.end(), 50);
+            return;
+          }
+          const p = piece(i);
+          wrote += p.length;
+          if (sock.write(p)) setImmediate(() => write(i + 1));
+          else sock.once('drain', () => write(i + 1));
+        };
+        sock.on('data', (d: Buffer) => {
+          const started = head.includes('\r\n\r\n');
+          head += d.toString('latin1');
+          if (!started && head.includes('\r\n\r\n')) write(0);
+        });
+        sock.write(`POST /forward HTTP/1.1\r\nHost: x\r\n${framing}\r\n\r\n${first}`);
+      });
+
+    // Content-Length: refused before the body; the body follows in 8 pieces.
+    const a = await refused('Content-Length: 40000', () => 'x'.repeat(5_000), 8);
+    expect(a.head).toMatch(/^HTTP\/1\.1 503 /);
+    expect(a.head).toMatch(/\r\nconnection: close\r\n/i);
+    expect([a.error, a.wrote, a.ended]).toEqual([null, 40_000, true]);
+    // Chunked: refused at its first chunk, in the middle of reading the body; the rest follows.
+    const chunk = `${(5_000).toString(16)}\r\n${'y'.repeat(5_000)}\r\n`;
+    const b = await refused('Transfer-Encoding: chunked', (i) => (i < 6 ? chunk : `${chunk}0\r\n\r\n`), 7, chunk);
+    expect(b.head).toMatch(/^HTTP\/1\.1 503 /);
+    expect([b.error, b.ended]).toEqual([null, true]);
+    // A request pipelined behind a refused body is not served (its connection is closing).
+    const d = await refused('Content-Length: 40000', (i) => (i < 7 ? 'x'.repeat(5_000) : `${'x'.repeat(5_000)}GET /health HTTP/1.1\r\nHost: x\r\n\r\n`), 8);
+    expect(d.head).toMatch(/^HTTP\/1\.1 503 /);
+    expect(d.head.match(/HTTP\/1\.1 \d{3}/g)).toHaveLength(1);
+    // Draining is bounded: a chunked body that never ends is cut off (a reset, or a close)
+    // soon after maxBodyBytes more bytes, not after the 64 MiB the client would send.
+    const big = `${(64 * 1024).toString(16)}\r\n${'z'.repeat(64 * 1024)}\r\n`;
+    const c = await refused('Transfer-Encoding: chunked', () => big, 1024, big);
+    expect(c.head).toMatch(/^HTTP\/1\.1 413 /); // its first chunk is past maxBodyBytes already
+    expect(c.wrote).toBeLessThan(1024 * big.length);
+    // The server still serves.
+    holder.destroy();
+    const cl = await ProverClient.connect(url.href, (await model.ghost()).digest);
+    expect((await cl.forward(new Rng(5).f32(16))).rows).toBe(1);
+    await server.close();
+  });
+});
+
 describe('aborted requests', () => {
   it('a client that hangs up in the middle of its body is logged as 400 ABORTED and the server goes on', async () => {
     const { model } = twoLayerModel(new Rng(52));

@@ -23,7 +23,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +72,48 @@ export interface RequestLogEntry {
 export type ServerLogOption = 'json' | 'text' | { format: 'json' | 'text'; write?: (line: string) => void };
 
 /** The routes metrics and logs name (anything else is 'other', so label values stay bounded). */
+/**
+ * How long a refused request's connection is drained after its answer (lingerClose),
+ * and the body bytes it may take past the largest body.
+ */
+const LINGER_MS = 5_000;
+const LINGER_SLACK = 64 * 1024;
+
+/**
+ * Closes the connection of a request answered before its body was read, without
+ * letting the close overtake the answer. Destroying a socket whose peer is still
+ * sending makes the kernel answer with a reset, and a reset that reaches the client
+ * before it has read the answer discards it: the client sees ECONNRESET instead of
+ * 503 + Retry-After. node:http itself destroys a `Connection: close` socket as soon as
+ * the answer is written (`destroySoon`). So instead: half-close once the answer is
+ * written (FIN after it), let node discard what still comes (it dumps an unconsumed
+ * request), and destroy when the client closes, after LINGER_MS, or once `maxBytes` more
+ * have come (a body the server would have read whole, and some), whichever is first.
+ * Draining holds no memory: the bytes are parsed and dropped. A server that is shutting down destroys at once, as before.
+ */
+function lingerClose(req: IncomingMessage, res: ServerResponse, shuttingDown: boolean, maxBytes: number): void {
+  const sock = req.socket as Socket | null;
+  if (!sock || sock.destroyed) return;
+  if (shuttingDown) {
+    res.once('finish', () => sock.destroy());
+    return;
+  }
+  // An own property shadows net.Socket's: end the writable side, keep reading.
+  sock.destroySoon = function (this: Socket) {
+    this.end();
+  };
+  // Discard the rest of the body (a refusal midway stopped reading it), counting it.
+  let seen = 0;
+  req.on('data', (chunk: Buffer) => {
+    seen += chunk.length;
+    if (seen > maxBytes) sock.destroy();
+  });
+  req.resume();
+  const timer = setTimeout(() => sock.destroy(), LINGER_MS);
+  timer.unref();
+  sock.once('close', () => clearTimeout(timer));
+}
+
 const ROUTES = new Set(['/ghost', '/updates', '/forward', '/train', '/train-step', '/health', '/metrics']);
 
 function packageVersion(): string {
@@ -509,7 +551,7 @@ export class ProverServer {
         res.writeHead(e.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), ...(unread ? { Connection: 'close' } : {}), ...e.headers });
         res.end(body);
         lease.sent = Buffer.byteLength(body);
-        if (unread) res.once('finish', () => req.destroy());
+        if (unread) lingerClose(req, res, this.#closing !== null, this.#o.maxBodyBytes + LINGER_SLACK);
       } else {
         res.destroy();
       }
@@ -963,6 +1005,8 @@ export class ProverServer {
    * Reads the body whole, within maxBodyBytes, holding its bytes in `lease` against
    * maxInflightBytes: the Content-Length up front (then read into one buffer of that
    * size), or chunk by chunk as they come. Past the limit: 503 BUSY before reading.
+   * A refusal midway leaves the request undestroyed (`destroyOnReturn: false`): its
+   * connection is closed by lingerClose, after the answer, not by a reset before it.
    */
   async #readBody(req: IncomingMessage, lease: Lease): Promise<Uint8Array> {
     const limit = this.#o.maxBodyBytes;
@@ -981,7 +1025,7 @@ export class ProverServer {
       reserve(declared);
       const buf = Buffer.allocUnsafe(declared);
       let size = 0;
-      for await (const chunk of req) {
+      for await (const chunk of req.iterator({ destroyOnReturn: false })) {
         const c = chunk as Buffer;
         if (size + c.length > declared) throw new HttpError(400, 'BAD_BODY', 'more bytes than Content-Length');
         c.copy(buf, size);
@@ -993,7 +1037,7 @@ export class ProverServer {
     }
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of req) {
+    for await (const chunk of req.iterator({ destroyOnReturn: false })) {
       const c = chunk as Buffer;
       size += c.length;
       if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `more than ${limit} bytes`);
