@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, SparseTensor, simdInfo, UnsupportedError, type SimdLevel } from '../lib/index.js';
 import { native } from '../lib/tensor/native.js';
+import { internalNative } from '../lib/tensor/sparse-tensor.js';
 import { Rng } from './helpers/rng.js';
 
 const info = simdInfo();
@@ -102,6 +103,20 @@ for (const level of ALL) {
           expect(Math.abs(native().kernelPair('sum', level, a) - s)).toBeLessThanOrEqual(tol(n, m));
         }
       }
+    });
+
+    it('sum over a tensor reads its rows where they are stored: the bits of sum over the same values in an array', () => {
+      // 2 MiB and more of owned rows are their own (huge-page) mapping; smaller ones are not.
+      for (const [rows, d] of [[0, 7], [1, 1], [3, 17], [1100, 512], [5, 784]] as const) {
+        const data = rng.f32(rows * d, 3);
+        const t = SparseTensor.fromArray(data, d);
+        const nat = internalNative(t);
+        expect(Object.is(native().kernelPair('sum', level, nat), native().kernelPair('sum', level, data))).toBe(true);
+        // the tensor's rows, not a copy taken once: a write shows
+        t.scatter([0].slice(0, rows), rng.f32(rows > 0 ? d : 0, 3));
+        expect(Object.is(native().kernelPair('sum', level, nat), native().kernelPair('sum', level, t.gather(Array.from({ length: rows }, (_, i) => i))))).toBe(true);
+      }
+      expect(() => native().kernelPair('sum', level, {} as unknown as Float32Array)).toThrow(/a must be a SparseTensor/);
     });
 
     it('blocked many-by-many kernels match the reference for every (query, row) pair', () => {

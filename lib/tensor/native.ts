@@ -186,7 +186,8 @@ export interface NativeSimdInfo {
 export interface NativeAddon {
   NativeTensor: NativeTensorConstructor;
   simdInfo(): NativeSimdInfo;
-  kernelPair(op: 'dot' | 'l2' | 'sum', level: NativeSimdLevel | undefined, a: Float32Array, b?: Float32Array): number;
+  /** For 'sum', `a` may be a native tensor: the sum of its rows where they are stored. */
+  kernelPair(op: 'dot' | 'l2' | 'sum', level: NativeSimdLevel | undefined, a: Float32Array | NativeTensor, b?: Float32Array): number;
   kernelBlock(
     op: 'dot' | 'l2',
     level: NativeSimdLevel | undefined,
