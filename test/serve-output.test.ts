@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { HopfieldLookup, InvalidArgumentError, Model, PatternCache, SearchBatcher, SparseTensor } from '../lib/index.js';
+import { HopfieldLookup, InvalidArgumentError, Model, PatternCache, SearchBatcher, SparseTensor, pinGhost, verifyForward } from '../lib/index.js';
 import { callNative } from '../lib/shared/errors.js';
 import { internalNative } from '../lib/tensor/sparse-tensor.js';
 import { ProverServer, encodeForwardRequest } from '../lib/serve/index.js';
@@ -100,6 +100,40 @@ describe('Model.proveBytes: rows gathered into reused arrays', () => {
         expect(hex(got.bytes)).toBe(hex(want.bytes));
       }
     }
+    model.close();
+  });
+});
+
+describe('Model.ghost(): the last pinned Ghost file, while nothing changed', () => {
+  it('is returned again until a write or a parameter changes the manifest; then it is the new file, and proofs verify against it', async () => {
+    const rng = new Rng(23);
+    const D = 16, N = 64;
+    const keys = SparseTensor.fromArray(rng.f32(N * D), D);
+    const layer = new HopfieldLookup({ keys, values: SparseTensor.fromArray(rng.f32(N * 3), 3), k: 4, beta: 2 });
+    const model = new Model([layer]);
+    const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+    /** The Ghost file as pinning the manifest anew gives it (no cache). */
+    const fresh = async (): Promise<string> => hex((await pinGhost(model.manifest())).digest);
+    const g0 = await model.ghost();
+    expect(await model.ghost()).toBe(g0);
+    expect(hex(g0.digest)).toBe(await fresh());
+    const x = rng.f32(2 * D);
+    // A write to one row: a new root, so a new file.
+    keys.scatter([5], rng.f32(D));
+    const g1 = await model.ghost();
+    expect(hex(g1.digest)).not.toBe(hex(g0.digest));
+    expect(hex(g1.digest)).toBe(await fresh());
+    await verifyForward(await pinGhost(g1.bytes), (await model.proveBytes(x)).bytes);
+    // A trained beta (in place, no tensor write): a new file too.
+    layer.betaParam[0] = 3;
+    const g2 = await model.ghost();
+    expect(hex(g2.digest)).not.toBe(hex(g1.digest));
+    expect(hex(g2.digest)).toBe(await fresh());
+    await expect(verifyForward(await pinGhost(g1.bytes), (await model.prove(x)).bytes)).rejects.toThrow();
+    await verifyForward(await pinGhost(g2.bytes), (await model.prove(x)).bytes);
+    // A caller that changes the manifest it got back gets the right file next time all the same.
+    (g2.manifest.tensors[0]!.root as Uint8Array)[0]! ^= 1;
+    expect(hex((await model.ghost()).digest)).toBe(await fresh());
     model.close();
   });
 });

@@ -145,6 +145,8 @@ export class Model {
    * V8 collect its young generation early). At most 16 arrays, 32 MiB.
    */
   readonly #rowPool = new BufferPool();
+  /** The last Ghost file ghost() pinned. */
+  #pinned: PinnedGhost | null = null;
   /** Step proofs are taken one at a time: the tail of the queue of proveTrainStep calls. */
   #stepQueue: Promise<unknown> = Promise.resolve();
 
@@ -244,10 +246,19 @@ export class Model {
     return isChain(this.inputs) ? m : { ...m, formatVersion: GHOST_GRAPH_VERSION, inputs: this.inputs.map((ins) => [...ins]) };
   }
 
-  /** The Ghost file (canonical bytes and digest) of the model as it is now. */
+  /**
+   * The Ghost file (canonical bytes and digest) of the model as it is now. Every proof
+   * asks for it: the manifest is built each time (the roots, layers and training rule as
+   * they are now), and when it equals the last one's (sameManifest: every field, every
+   * root byte) the last pinned file is returned instead of encoding and hashing it again.
+   */
   async ghost(): Promise<PinnedGhost> {
     await this.commit();
-    return pinGhost(this.manifest());
+    const manifest = this.manifest();
+    // (Were a caller to change the manifest it got back, the next one differs from it: pinned anew.)
+    if (this.#pinned !== null && sameManifest(manifest, this.#pinned.manifest)) return this.#pinned;
+    this.#pinned = await pinGhost(manifest);
+    return this.#pinned;
   }
 
   /** The fast forward pass (f32 kernels): ids for an Embedding-first model, else B x dim floats. */
@@ -730,4 +741,23 @@ function revealedKeyLayers(g: GhostManifest, first: number, count: number, o: Pr
     out.add(li);
   }
   return out;
+}
+
+/**
+ * Whether two manifests are equal field for field (plain objects, arrays, numbers by
+ * Object.is, strings, booleans, byte arrays by their bytes): equal manifests encode to
+ * the same Ghost file.
+ */
+function sameManifest(a: unknown, b: unknown): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (a instanceof Uint8Array || b instanceof Uint8Array) return a instanceof Uint8Array && b instanceof Uint8Array && bytesEqual(a, b);
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a), kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  for (const k of ka) {
+    if (!Object.prototype.hasOwnProperty.call(b, k)) return false;
+    if (!sameManifest((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  }
+  return true;
 }
