@@ -18,6 +18,9 @@
  *   --no-batch-search   the server scans once per proof (ProverServerOptions.batchSearch false)
  *   --threads T         the servers' --threads (threads of each scan; default: the machine's cores)
  *   --server-node-args "..."   extra node flags for the servers (e.g. "--cpu-prof --cpu-prof-dir D")
+ *   --heap-mb M         the servers run with node --initial-old-space-size=M, as deploy/ starts the
+ *                       service (default 64; 0: V8's default, whose old-generation limit on a heap of
+ *                       ~8 MiB kept a major collection running back to back: docs/serving.md)
  *   --perf DIR          record the proving server with `perf record -g` during each phase with proofs
  *                       (after an unrecorded warm-up of up to 3 s) into DIR/batch-B.data (the servers
  *                       get --perf-basic-prof, so node leaves /tmp/perf-PID.map files behind); then
@@ -28,6 +31,11 @@
  *                       over the primary and the workers; the workers run this tree's bin/, even with --dist)
  *   --dist DIR          the servers run the build in DIR (a copy of dist/ at the repository's root,
  *                       e.g. one from before a change; default dist)
+ *   --session           after each batch's phases, one more with proofs in which every connection keeps
+ *                       a pattern-cache session (the proving server runs --sessions 2C): the server sends
+ *                       rows it believes the client holds as ids. The load generator neither verifies nor
+ *                       keeps rows (it echoes the answer's seq): the server's side of a session only, and
+ *                       with the phase's 8 inputs cycled every row recurs (the best case for a session)
  *
  * Two servers run as `ghost-tensor serve` child processes (so the load generator's CPU
  * and memory are not the servers'), on 127.0.0.1, --max-batch 64, --queue 1024: one
@@ -81,11 +89,13 @@ const { values: a } = parseArgs({
     'no-batch-search': { type: 'boolean', default: false },
     threads: { type: 'string' },
     'server-node-args': { type: 'string', default: '' },
+    'heap-mb': { type: 'string', default: '64' },
     perf: { type: 'string' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     dist: { type: 'string', default: 'dist' },
     workers: { type: 'string', default: '1' },
+    session: { type: 'boolean', default: false },
   },
 });
 const quick = a.quick;
@@ -95,7 +105,7 @@ const N = Number(a.n), D = Number(a.dim), K = Number(a.k), DV = Number(a.dout), 
 const batches = a.batches.split(',').map(Number);
 if (a.client !== 'lean' && a.client !== 'autocannon') throw new Error('--client takes lean or autocannon');
 const batchSearch = !a['no-batch-search'];
-const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1', dist: a.dist, workers: Number(a.workers) };
+const params = { n: N, dim: D, k: K, dout: DV, similarity: 'cosine', normalize: true, connections: C, phaseSeconds, soakSeconds, batches, serverConcurrency: P, batchSearch, heapMb: Number(a['heap-mb']), threads: a.threads === undefined ? null : Number(a.threads), client: a.client, maxBatch: 64, host: '127.0.0.1', dist: a.dist, workers: Number(a.workers) };
 
 // ----------------------------------------------------------------- the served model
 const rand = rng(7);
@@ -116,7 +126,8 @@ const ghost = await pinGhost(ghostBytes);
 
 // ----------------------------------------------------------------- the servers (child processes)
 async function startServer(extra) {
-  const nodeArgs = [...a['server-node-args'].split(' ').filter(Boolean), ...(a.perf === undefined ? [] : ['--perf-basic-prof'])];
+  const heapMb = Number(a['heap-mb']);
+  const nodeArgs = [...(heapMb > 0 ? [`--initial-old-space-size=${heapMb}`] : []), ...a['server-node-args'].split(' ').filter(Boolean), ...(a.perf === undefined ? [] : ['--perf-basic-prof'])];
   // The servers run the CLI of --dist (default dist/, as bin/ghost-tensor.mjs does); the client side always dist/.
   const cli = a.dist === 'dist' ? [join(ROOT, 'bin', 'ghost-tensor.mjs')] : ['--input-type=module', '-e', `const { main } = await import(${JSON.stringify(pathToFileURL(join(ROOT, a.dist, 'cli', 'main.js')).href)}); process.exitCode = await main(process.argv.slice(1));`];
   const workers = Number(a.workers);
@@ -133,7 +144,7 @@ async function startServer(extra) {
   const pids = [child.pid, ...(/\(pids ([\d, ]+)\)/.exec(banner)?.[1].split(', ').map(Number) ?? [])];
   return { child, url, pids };
 }
-const proved = await startServer([]);
+const proved = await startServer(a.session ? ['--sessions', String(2 * C)] : []);
 const plain = await startServer(['--no-proofs']);
 log(`servers: with proofs pid ${proved.child.pid} at ${proved.url}, without pid ${plain.child.pid} at ${plain.url}; model N = ${N} x ${D}, k = ${K}, values ${DV}; ${C} connections, ${P} proved at once, batched search ${batchSearch ? 'on' : 'off'}, client ${a.client}`);
 
@@ -189,7 +200,7 @@ const summariseCannon = (r) => ({
 });
 
 /** One load run against a server: the load generator's figures, the server's CPU per request and the load generator's. */
-async function load(server, bodies, seconds, perfFile) {
+async function load(server, bodies, seconds, perfFile, session = false) {
   let perf = null;
   if (perfFile !== undefined) {
     // A warm-up first, not recorded: the server's first seconds are mostly JIT compilation.
@@ -202,7 +213,7 @@ async function load(server, bodies, seconds, perfFile) {
   const cpu0 = cpuSeconds(server.pids);
   let r;
   if (a.client === 'lean') {
-    const x = await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds });
+    const x = await httpLoad({ url: server.url, path: '/forward', bodies, connections: C, seconds, session });
     r = { ...x, requestsPerSecond: round(x.requestsPerSecond, 4), latencyMsP50: round(x.latencyMsP50, 4), latencyMsP99: round(x.latencyMsP99, 4), latencyMsMean: round(x.latencyMsMean, 4), durationSeconds: round(x.durationSeconds, 4), bytesPerSecond: round(x.bytes / x.durationSeconds, 4) };
   } else {
     r = summariseCannon(await cannon(server.url, { duration: seconds, requests: bodies.map((b) => ({ method: 'POST', body: b })) }));
@@ -226,6 +237,12 @@ try {
     const withProofs = await load(proved, bodies, phaseSeconds, a.perf === undefined ? undefined : join(a.perf, `batch-${B}.data`));
     const without = await load(plain, bodies, phaseSeconds);
     phases.push({ batch: B, proofBytes, ...withProofs, noProofs: without, costRatio: round(without.requestsPerSecond / withProofs.requestsPerSecond, 4), cpuRatio: round(withProofs.serverCpuMsPerRequest / without.serverCpuMsPerRequest, 4) });
+    if (a.session) {
+      if (a.client !== 'lean') throw new Error('--session takes the lean client');
+      log(`batch ${B}: ${phaseSeconds} s with proofs, a session per connection (the load generator does not verify)`);
+      const s = await load(proved, bodies, phaseSeconds, undefined, true);
+      phases.push({ batch: B, session: true, proofBytes: Math.round(s.bytes / Math.max(1, s.requests)), ...s });
+    }
   }
 
   // ----------------------------------------------------------------- soak
@@ -263,8 +280,8 @@ try {
 
   // ----------------------------------------------------------------- report
   const rows = [
-    ...phases.map((p) => ({ phase: `batch ${p.batch}`, ...p, plainInputs: p.noProofs.requestsPerSecond * p.batch, plainP99: p.noProofs.latencyMsP99, plainCpu: p.noProofs.serverCpuMsPerRequest })),
-    ...(soakResult ? [{ phase: `soak (batch 1, ${soakSeconds} s)`, ...soakResult, proofBytes: phases.find((p) => p.batch === 1)?.proofBytes }] : []),
+    ...phases.map((p) => (p.session ? { phase: `batch ${p.batch}, session`, ...p } : { phase: `batch ${p.batch}`, ...p, plainInputs: p.noProofs.requestsPerSecond * p.batch, plainP99: p.noProofs.latencyMsP99, plainCpu: p.noProofs.serverCpuMsPerRequest })),
+    ...(soakResult ? [{ phase: `soak (batch 1, ${soakSeconds} s)`, ...soakResult, proofBytes: phases.find((p) => p.batch === 1 && !p.session)?.proofBytes }] : []),
   ];
   const opt = (f) => (v) => (v === undefined || v === null ? '' : f(v));
   table(
@@ -292,7 +309,7 @@ try {
         : [],
     },
   );
-  const errors = phases.reduce((s, p) => s + p.errors + p.noProofs.errors, 0) + (soakResult?.errors ?? 0);
+  const errors = phases.reduce((s, p) => s + p.errors + (p.noProofs?.errors ?? 0), 0) + (soakResult?.errors ?? 0);
   const file = writeResults(a.out ?? (quick ? 'serve-quick' : 'serve'), {
     name: 'serve',
     date: new Date().toISOString(),

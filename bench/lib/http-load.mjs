@@ -7,6 +7,12 @@
  *
  *   const r = await httpLoad({ url, path: '/forward', bodies, connections: 4, seconds: 5 });
  *   // { requests, requestsPerSecond, latencyMsP50, latencyMsP99, latencyMsMean, errors, non2xx, bytes, durationSeconds }
+ *
+ * `session: true`: each connection keeps a pattern-cache session (docs/serving.md,
+ * "Sessions"): it sends X-Ghost-Session (its own id) and X-Ghost-Session-Seq (the seq of
+ * the last answer), so the server sends rows it believes the client holds as ids. This
+ * client does not verify or keep anything (it reads only the answer's seq): it measures
+ * the server's side of a session, not a verifying client's.
  */
 import { connect } from 'node:net';
 
@@ -17,10 +23,15 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-export function httpLoad({ url, path, bodies, connections, seconds, headers = {} }) {
+export function httpLoad({ url, path, bodies, connections, seconds, headers = {}, session = false }) {
   const u = new URL(url);
   const extra = Object.entries({ 'content-type': 'application/octet-stream', ...headers }).map(([k, v]) => `${k}: ${v}\r\n`).join('');
   const requests = bodies.map((b) => Buffer.concat([Buffer.from(`POST ${path} HTTP/1.1\r\nhost: ${u.host}\r\n${extra}content-length: ${b.length}\r\n\r\n`), b]));
+  const sessionRequest = (i, id, seq) => {
+    const b = bodies[i % bodies.length];
+    return Buffer.concat([Buffer.from(`POST ${path} HTTP/1.1\r\nhost: ${u.host}\r\n${extra}x-ghost-session: ${id}\r\nx-ghost-session-seq: ${seq}\r\ncontent-length: ${b.length}\r\n\r\n`), b]);
+  };
+  let sessions = 0;
   const latencies = [];
   let errors = 0, non2xx = 0, bytes = 0, sent = 0;
   const t0 = performance.now();
@@ -31,6 +42,8 @@ export function httpLoad({ url, path, bodies, connections, seconds, headers = {}
     let left = -1; // body bytes still to come (-1: reading the head)
     let status = 0;
     let started = 0;
+    const sessionId = `bench-${process.pid}-${sessions++}-${Math.random().toString(36).slice(2, 10)}`;
+    let seq = 0;
     const next = () => {
       if (performance.now() >= end) {
         sock.end();
@@ -38,7 +51,7 @@ export function httpLoad({ url, path, bodies, connections, seconds, headers = {}
         return;
       }
       started = performance.now();
-      sock.write(requests[sent++ % requests.length]);
+      sock.write(session ? sessionRequest(sent++, sessionId, seq) : requests[sent++ % requests.length]);
     };
     const done = () => {
       latencies.push(performance.now() - started);
@@ -56,6 +69,7 @@ export function httpLoad({ url, path, bodies, connections, seconds, headers = {}
           if (at < 0) return;
           const text = head.subarray(0, at).toString('latin1');
           status = Number(text.slice(9, 12));
+          if (session) seq = Number(/\r\nx-ghost-session-seq: *(\d+)/i.exec(text)?.[1] ?? 0);
           const m = /\r\ncontent-length: *(\d+)/i.exec(text);
           if (!m) {
             errors++;

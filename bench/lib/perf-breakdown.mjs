@@ -17,7 +17,7 @@
 import { createInterface } from 'node:readline';
 
 const PARTS = [
-  ['gather rows (native copy into a new, zeroed array)', /TensorBinding::Gather/],
+  ['gather rows (native copy; into reused arrays under Model.proveBytes)', /TensorBinding::Gather/],
   ['exact scan (native searchBatch, on libuv worker threads and its helper threads)', /gt::exact_search|SearchWorker|ScanPool/],
   ['garbage collection (V8, every thread)', /v8::internal::(ConcurrentMarking|Sweeper|MarkCompact|Scavenger|IncrementalMarking|MinorMarkSweep|ArrayBufferSweeper|Heap::CollectGarbage|Heap::PerformGarbageCollection|ScavengeJob|Heap::FinalizeIncrementalMarking|GCTracer)|ScavengerCollector|MarkingVisitor/],
   ['JIT compilation (V8)', /v8::internal::compiler::|OptimizingCompileDispatcher|v8::internal::Compiler::|CompileLazy|v8::internal::baseline/],

@@ -42,6 +42,7 @@ import { SparseTensor, internalNative } from '../tensor/sparse-tensor.js';
 import { SearchBatcher } from './search-batcher.js';
 import type { LayerShape } from './layer-kind.js';
 import { Block, expandChain } from './blocks.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import { kindOf, kindOfEntry, type AnyLayerKind, type ModelLayer } from './kinds/index.js';
 
 export type { ModelLayer };
@@ -138,6 +139,14 @@ export class Model {
   readonly #shapes: readonly LayerShape[];
   readonly #trainingOptions: StepTrainingOptions | undefined;
   #training: StepTraining | null = null;
+  /**
+   * Arrays proveBytes gathers revealed rows into, given back once its proof is encoded
+   * (no fresh external memory per proof: at batch 1 about 100 KiB of key rows, which made
+   * V8 collect its young generation early). At most 16 arrays, 32 MiB.
+   */
+  readonly #rowPool = new BufferPool();
+  /** The last Ghost file ghost() pinned. */
+  #pinned: PinnedGhost | null = null;
   /** Step proofs are taken one at a time: the tail of the queue of proveTrainStep calls. */
   #stepQueue: Promise<unknown> = Promise.resolve();
 
@@ -237,10 +246,19 @@ export class Model {
     return isChain(this.inputs) ? m : { ...m, formatVersion: GHOST_GRAPH_VERSION, inputs: this.inputs.map((ins) => [...ins]) };
   }
 
-  /** The Ghost file (canonical bytes and digest) of the model as it is now. */
+  /**
+   * The Ghost file (canonical bytes and digest) of the model as it is now. Every proof
+   * asks for it: the manifest is built each time (the roots, layers and training rule as
+   * they are now), and when it equals the last one's (sameManifest: every field, every
+   * root byte) the last pinned file is returned instead of encoding and hashing it again.
+   */
   async ghost(): Promise<PinnedGhost> {
     await this.commit();
-    return pinGhost(this.manifest());
+    const manifest = this.manifest();
+    // (Were a caller to change the manifest it got back, the next one differs from it: pinned anew.)
+    if (this.#pinned !== null && sameManifest(manifest, this.#pinned.manifest)) return this.#pinned;
+    this.#pinned = await pinGhost(manifest);
+    return this.#pinned;
   }
 
   /** The fast forward pass (f32 kernels): ids for an Embedding-first model, else B x dim floats. */
@@ -287,13 +305,31 @@ export class Model {
   }
 
   /**
+   * prove() for a caller that keeps only the encoded proof (a server): the same output
+   * and the same bytes, without the proof object. Since no proof object outlives the
+   * call, the rows the proof reveals are gathered into arrays the model reuses (given
+   * back once the proof is encoded) instead of fresh ones.
+   */
+  async proveBytes(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions = {}): Promise<{ output: Float32Array; bytes: Uint8Array }> {
+    if (options.into !== undefined && typeof options.into !== 'function') throw new InvalidArgumentError('into must be a function');
+    const lent: Float32Array[] = [];
+    try {
+      const r = await this.#proveForward(input, options, false, lent);
+      return { output: r.output, bytes: encodeProof(r.proof, options.into === undefined ? {} : { into: options.into }) };
+    } finally {
+      // Nothing reads them now: the proof is encoded (or dropped), and the cache copied what it keeps.
+      for (const a of lent) this.#rowPool.give(a);
+    }
+  }
+
+  /**
    * prove() without the encoding (proveTrainStep takes only its selection and input).
    * `selectionOnly` (proveTrainStep's): the layers' blocks carry their ids and nothing
    * else (no rows planned, no multiproof): the step builds its own blocks over the union
    * of the sequences' reads; the forward proof's are never encoded. The selection, the
    * rows each layer reads and its output are the same.
    */
-  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions, selectionOnly = false): Promise<Omit<ProvedForward, 'bytes'>> {
+  async #proveForward(input: Float32Array | Uint32Array | readonly number[], options: ProveOptions, selectionOnly = false, lent?: Float32Array[]): Promise<Omit<ProvedForward, 'bytes'>> {
     options = checkOptions('Model.prove', options, ['firstLayer', 'layers', 'cache', 'threads', 'revealKeys', 'batcher', 'into']);
     const batcher = options.batcher;
     if (batcher !== undefined && !(batcher instanceof SearchBatcher)) throw new InvalidArgumentError('batcher must be a SearchBatcher');
@@ -351,7 +387,7 @@ export class Model {
           const held = rows === 'all' && !selectionOnly ? this.#heldTable(t, cache) : undefined;
           if (held !== undefined) return held;
           const ids = rows === 'all' ? allIds(t.size) : rows;
-          if (!selectionOnly) return this.#block(t, ids, rows === 'all', cache);
+          if (!selectionOnly) return this.#block(t, ids, rows === 'all', cache, false, lent);
           return {
             block: { tensor: i, dim: t.dim, all: rows === 'all', ids, kinds: new Uint8Array(0), payload: [], hashes: new Uint8Array(0) },
             resolved: { tensor: i, ids, rows: t.gather(ids), dim: t.dim, root: t.root() },
@@ -388,11 +424,19 @@ export class Model {
   /**
    * A block revealing `ids` (sorted, unique) of tensor t. Its multiproof covers the
    * rows the peer does not hold verified against the current root (every row when
-   * `everyPath`, as an update proof needs); an all-rows block needs none.
+   * `everyPath`, as an update proof needs); an all-rows block needs none. With `lent`
+   * the rows go into an array of the row pool (proveBytes), pushed onto `lent`.
    */
-  #block(t: SparseTensor, ids: Uint32Array, all: boolean, cache: PatternCache | undefined, everyPath = false): { block: PatternBlock; resolved: ResolvedBlock } {
+  #block(t: SparseTensor, ids: Uint32Array, all: boolean, cache: PatternCache | undefined, everyPath = false, lent?: Float32Array[]): { block: PatternBlock; resolved: ResolvedBlock } {
     const ti = this.#index(t);
-    const rows = t.gather(ids);
+    let rows: Float32Array;
+    if (lent === undefined) rows = t.gather(ids);
+    else {
+      // Into a pooled array, recorded in `lent` so that proveBytes gives it back.
+      rows = this.#rowPool.takeFloats(ids.length * t.dim);
+      lent.push(rows);
+      callNative(() => internalNative(t).gather(ids, rows));
+    }
     const root = t.root();
     const block = planBlock(ti, t.dim, ids, rows, all, cache, root);
     if (!all) {
@@ -697,4 +741,23 @@ function revealedKeyLayers(g: GhostManifest, first: number, count: number, o: Pr
     out.add(li);
   }
   return out;
+}
+
+/**
+ * Whether two manifests are equal field for field (plain objects, arrays, numbers by
+ * Object.is, strings, booleans, byte arrays by their bytes): equal manifests encode to
+ * the same Ghost file.
+ */
+function sameManifest(a: unknown, b: unknown): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (a instanceof Uint8Array || b instanceof Uint8Array) return a instanceof Uint8Array && b instanceof Uint8Array && bytesEqual(a, b);
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a), kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  for (const k of ka) {
+    if (!Object.prototype.hasOwnProperty.call(b, k)) return false;
+    if (!sameManifest((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  }
+  return true;
 }

@@ -40,7 +40,7 @@ import { layerInput } from '../verify/kinds/index.js';
 import { pinGhost, verifyUpdate, type PinnedGhost } from '../verify/proof-verify.js';
 import { bytesEqual, fromHex, toHex } from '../shared/bytes.js';
 import { Counter, Gauge, Histogram, InfoGauge, LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry } from './metrics.js';
-import { OutputPool } from './output-pool.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import { batchOf, encodeOutput, decodeForwardRequest, decodeStepRequests, decodeTrainRequest, proofListParts, type StepRequest } from './wire.js';
 import { verifyTrainStep } from '../verify/step.js';
 import { specOf } from '../verify/kinds/index.js';
@@ -330,8 +330,8 @@ export class ProverServer {
   readonly #sched: Scheduler;
   /** Joins the exact searches of forward proofs running at once (null: batchSearch false). */
   readonly #batcher: SearchBatcher | null;
-  /** Output buffers of forward proofs, reused once an answer is handed to the OS (output-pool.ts). */
-  readonly #outputs = new OutputPool();
+  /** Output buffers of forward proofs, reused once an answer is handed to the OS (lib/shared/buffer-pool.ts). */
+  readonly #outputs = new BufferPool();
   #server: Server | null = null;
   #ghost: PinnedGhost;
   /** Generation of #ghost. */
@@ -670,7 +670,7 @@ export class ProverServer {
             try {
               const x = input.kind === 'f32' ? input.data : input.ids;
               if (!this.#o.proofs) return { bytes: encodeOutput(await this.model.forward(x), batchOf(input)), generation: this.#generation, ghost: this.#ghost };
-              const r = await this.model.prove(x, {
+              const r = await this.model.proveBytes(x, {
                 ...(this.#o.threads === undefined ? {} : { threads: this.#o.threads }),
                 ...(session ? { cache: session.cache } : {}),
                 ...(revealHeader === 'all' ? { revealKeys: 'all' as const } : {}),

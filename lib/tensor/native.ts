@@ -25,7 +25,8 @@ export interface NativeTensor {
   reserve(capacity: number): void;
   append(rows: Float32Array): number;
   rowView(id: number): Float32Array;
-  gather(ids: Uint32Array): Float32Array;
+  /** Rows `ids` into a new array, or into `into` (exactly ids.length * dim floats, overlapping neither the storage nor ids), which it returns. */
+  gather(ids: Uint32Array, into?: Float32Array): Float32Array;
   set(ids: Uint32Array, values: Float32Array): void;
   add(ids: Uint32Array, deltas: Float32Array): void;
   search(query: Float32Array, k: number, metric: NativeMetric, level: NativeSimdLevel | undefined, threads?: number): NativeSearchResult;

@@ -6,6 +6,7 @@
 #include "tensor_binding.h"
 
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -468,7 +469,28 @@ Napi::Value TensorBinding::Gather(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     SparseTensor& t = usable();
     const ArrayArg<uint32_t> ids = u32_arg(info, 0, "ids");
-    Napi::Float32Array out = Napi::Float32Array::New(info.Env(), ids.length * t.dim());
+    const size_t want = ids.length * t.dim();
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      // gather(ids, into): the rows written into a caller's array (a pooled one: no fresh,
+      // zeroed memory per call), which must hold exactly the rows and overlap neither the
+      // tensor's own storage (a row view: the copy would overwrite rows it reads) nor ids.
+      const ArrayArg<float> into = f32_arg(info, 1, "into");
+      if (into.length != want)
+        throw Error(ErrorCode::InvalidArgument, "into has length " + std::to_string(into.length) +
+                                                    ", expected ids.length * dim = " + std::to_string(want));
+      const auto lo = reinterpret_cast<std::uintptr_t>(t.data());
+      const auto hi = lo + t.capacity() * t.dim() * sizeof(float);
+      const auto a = reinterpret_cast<std::uintptr_t>(into.data);
+      if (want > 0 && a < hi && a + want * sizeof(float) > lo)
+        throw Error(ErrorCode::InvalidArgument, "into overlaps the tensor's own rows");
+      // Nor the ids (checked once, then read while rows are written).
+      const auto ia = reinterpret_cast<std::uintptr_t>(ids.data);
+      if (want > 0 && a < ia + ids.length * sizeof(uint32_t) && a + want * sizeof(float) > ia)
+        throw Error(ErrorCode::InvalidArgument, "into overlaps ids");
+      t.gather(ids.data, ids.length, into.data);
+      return info[1];
+    }
+    Napi::Float32Array out = Napi::Float32Array::New(info.Env(), want);
     t.gather(ids.data, ids.length, out.Data());
     return out;
   });

@@ -1,16 +1,18 @@
 /**
- * Reused output buffers for encoded forward proofs (docs/serving.md, "Performance"). A
- * fresh buffer of a few MiB costs more on first write (page faults, then the GC's
- * freeing) than the proof's encoding into it; the server encodes each answer into a
- * buffer taken from here and gives it back once node:http has handed the whole answer to
- * the operating system (the response's 'finish'), never earlier: an answer whose
- * connection closed first simply never comes back (the GC takes it).
+ * Reused buffers (docs/serving.md, "Performance"). A fresh buffer of a few MiB costs more
+ * on first write (page faults, then the GC's freeing) than the proof's encoding into it,
+ * and every fresh ArrayBuffer counts as external memory, whose growth makes V8 collect.
+ * Two users: the server encodes each forward answer into a buffer taken from a pool and
+ * gives it back once node:http has handed the whole answer to the operating system (the
+ * response's 'finish'), never earlier: an answer whose connection closed first simply
+ * never comes back (the GC takes it); Model.proveBytes gathers the rows a proof reveals
+ * into arrays of its own pool and gives them back once the proof is encoded.
  */
 
 /** Capacity granularity of a pooled buffer: 64 KiB (sizes of one shape of request round to one capacity). */
 const GRAIN = 65536;
 
-export class OutputPool {
+export class BufferPool {
   readonly maxBytes: number;
   readonly maxBuffers: number;
   /** Free buffers, by capacity ascending. */
@@ -49,12 +51,18 @@ export class OutputPool {
     return new Uint8Array(ab, 0, size);
   }
 
+  /** An array of exactly `n` floats (contents unspecified), over a pooled or fresh buffer (offset 0: aligned). */
+  takeFloats(n: number): Float32Array {
+    const bytes = this.take(n * 4);
+    return new Float32Array(bytes.buffer, 0, n);
+  }
+
   /**
-   * Gives back an array take() returned, once nothing reads it any more. Anything else,
+   * Gives back an array take() or takeFloats() returned, once nothing reads it any more. Anything else,
    * or the same buffer twice, is ignored; past the pool's limits the buffer is dropped
    * (the largest free ones go first).
    */
-  give(bytes: Uint8Array): void {
+  give(bytes: ArrayBufferView): void {
     const ab = bytes.buffer as ArrayBuffer;
     if (!this.#out.has(ab)) return;
     this.#out.delete(ab);
