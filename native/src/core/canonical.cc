@@ -308,53 +308,68 @@ double screen_bound(const double* qb, size_t d, uint32_t tmax_bits) {
 
 // Per-thread buffers of product_keys.
 struct PkScratch {
-  std::vector<float> qf, a, tmp;
+  std::vector<float> qf, a, tmp, bmax, gval;
   std::vector<double> s;
-  std::vector<uint32_t> cand, pos;
+  std::vector<uint32_t> cand, pos, gid;
 };
 
-// The largest of a[0..8) (finite values), without branches.
-inline float block_max8(const float* a) {
-  float m[4];
-  for (int l = 0; l < 4; ++l) m[l] = a[l] > a[l + 4] ? a[l] : a[l + 4];
-  const float x = m[0] > m[2] ? m[0] : m[2], y = m[1] > m[3] ? m[1] : m[3];
-  return x > y ? x : y;
+// The kk-th largest of v[0..m) (kk <= m) by nth_element on the copy in tmp.
+float nth_largest(const float* v, size_t m, size_t kk, std::vector<float>& tmp) {
+  tmp.assign(v, v + m);
+  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(kk - 1), tmp.end(), std::greater<float>());
+  return tmp[kk - 1];
 }
 
-// The kk-th largest of a[0..n) (finite values, 1 <= kk <= n). Few rows per kept one:
-// nth_element on a copy; many: a min-heap of the kk largest so far, which most a_i
-// fail to enter (a predictable branch).
-float kth_largest(const float* a, size_t n, size_t kk, std::vector<float>& tmp) {
-  if (n <= 16 * kk) {
-    tmp.assign(a, a + n);
-    std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(kk - 1), tmp.end(), std::greater<float>());
-    return tmp[kk - 1];
+// One table's f32 scores a[0..n) for one state (finite values, 1 <= kk <= n): returns
+// the kk-th largest a_i and sets L to a lower bound of it, with the rows at or above L
+// in sc.gid (their scores in sc.gval); with too few rows to group, L = +inf and no rows
+// (a caller's threshold below L then reads all n).
+//
+// The rows are split into nb groups of W (group b: rows b, b + nb, ..., b + (W - 1) nb;
+// the n - W nb rows past them in none), and bmax[b] is a group's largest score: a
+// strided split, so that the maxima are W - 1 element-wise passes over contiguous
+// scores (vector code) rather than a reduction per group. L, the kk-th largest group
+// maximum, is at most the answer (the kk groups with the largest maxima hold kk
+// distinct rows at or above L), so every row at or above the answer is at or above L
+// and the answer is the kk-th largest of those rows alone: usually a few more than kk.
+// (A min-heap of the kk best over all n, with its data-dependent branches, cost about
+// 4 times as much at n = 1,024, kk = 32.)
+float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) {
+  const size_t W = n / 8 >= 2 * kk ? 8 : n / 4 >= 2 * kk ? 4 : 0;
+  sc.gid.resize(n);
+  sc.gval.resize(n);
+  if (W == 0) {
+    L = HUGE_VALF;
+    sc.gid.clear();
+    return nth_largest(a, n, kk, sc.tmp);
   }
-  tmp.assign(a, a + kk);
-  float* h = tmp.data();
-  std::make_heap(h, h + kk, [](float x, float y) { return x > y; });
-  const auto push = [h, kk](float v) {
-    if (!(v > h[0])) return;
-    // Replace the root (the smallest kept) by v and sift it down.
-    size_t p = 0;
-    for (;;) {
-      size_t c = 2 * p + 1;
-      if (c >= kk) break;
-      if (c + 1 < kk && h[c + 1] < h[c]) ++c;
-      if (!(h[c] < v)) break;
-      h[p] = h[c];
-      p = c;
+  const size_t nb = n / W;
+  sc.bmax.assign(a, a + nb);
+  float* bm = sc.bmax.data();
+  for (size_t l = 1; l < W; ++l) {
+    const float* r = a + l * nb;
+    for (size_t b = 0; b < nb; ++b) bm[b] = r[b] > bm[b] ? r[b] : bm[b];
+  }
+  L = nth_largest(bm, nb, kk, sc.tmp);
+  // The rows at or above L, appended without a branch per row.
+  uint32_t* gid = sc.gid.data();
+  float* gval = sc.gval.data();
+  size_t m = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    if (!(bm[b] >= L)) continue;
+    for (size_t j = b; j < W * nb; j += nb) {
+      gid[m] = static_cast<uint32_t>(j);
+      gval[m] = a[j];
+      m += a[j] >= L ? 1 : 0;
     }
-    h[p] = v;
-  };
-  size_t i = kk;
-  // Eight at a time: a block whose largest value cannot enter is skipped whole.
-  for (; i + 8 <= n; i += 8) {
-    if (!(block_max8(a + i) > h[0])) continue;
-    for (size_t j = i; j < i + 8; ++j) push(a[j]);
   }
-  for (; i < n; ++i) push(a[i]);
-  return h[0];
+  for (size_t j = W * nb; j < n; ++j) {
+    gid[m] = static_cast<uint32_t>(j);
+    gval[m] = a[j];
+    m += a[j] >= L ? 1 : 0;
+  }
+  sc.gid.resize(m);  // >= kk: the rows holding the kk best group maxima
+  return nth_largest(gval, m, kk, sc.tmp);
 }
 
 // The canonical top-kk rows of table t (n x d) for state half qb, best first, and their
@@ -367,20 +382,31 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
   bool screened = false;
   if (E >= 0.0 && a != nullptr) {
     // The kk-th largest a_i (the a_i are finite when E >= 0: screen_bound).
-    const float kth = kth_largest(a, n, kk, sc.tmp);
+    float L;
+    const float kth = kth_largest(a, n, kk, sc, L);
     // a_i >= thr_f (an f32 at or below thr) keeps every row with a_i >= thr.
     const double thr = static_cast<double>(kth) - 2.5 * E;
     float thr_f = static_cast<float>(thr);
     if (static_cast<double>(thr_f) > thr) thr_f = std::nextafter(thr_f, -HUGE_VALF);
-    sc.cand.clear();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      if (!(block_max8(a + i) >= thr_f)) continue;
-      for (size_t j = i; j < i + 8; ++j)
-        if (a[j] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(j));
+    // The candidates, in no particular order (they are ranked below), appended without
+    // a branch per row: usually from the rows at or above L, else from all n.
+    sc.cand.resize(n);
+    uint32_t* cand = sc.cand.data();
+    size_t m = 0;
+    if (thr_f >= L) {
+      const uint32_t* gid = sc.gid.data();
+      const float* gval = sc.gval.data();
+      for (size_t i = 0; i < sc.gid.size(); ++i) {
+        cand[m] = gid[i];
+        m += gval[i] >= thr_f ? 1 : 0;
+      }
+    } else {
+      for (size_t j = 0; j < n; ++j) {
+        cand[m] = static_cast<uint32_t>(j);
+        m += a[j] >= thr_f ? 1 : 0;
+      }
     }
-    for (; i < n; ++i)
-      if (a[i] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(i));
+    sc.cand.resize(m);
     // At least kk (the kk largest a_i pass); the first test only guards the reads below.
     screened = sc.cand.size() >= kk && sc.cand.size() * 2 <= n;
   }
@@ -489,8 +515,10 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
           for (size_t c = 0; c < cmax; ++c)
             pair[m++] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
         }
+        // A lambda, not the function's address: the comparisons inline.
         std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k),
-                          pair.begin() + static_cast<std::ptrdiff_t>(m), pair_better);
+                          pair.begin() + static_cast<std::ptrdiff_t>(m),
+                          [](const PairScore& u, const PairScore& v) { return pair_better(u, v); });
         for (size_t t = 0; t < k; ++t) {
           ids[b * k + t] = pair[t].id;
           out_scores[b * k + t] = pair[t].hi;
