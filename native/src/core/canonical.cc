@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "parallel.h"
@@ -308,16 +309,49 @@ double screen_bound(const double* qb, size_t d, uint32_t tmax_bits) {
 
 // Per-thread buffers of product_keys.
 struct PkScratch {
-  std::vector<float> qf, a, tmp, bmax, gval;
+  std::vector<float> qf, a, bmax, gval;
   std::vector<double> s;
   std::vector<uint32_t> cand, pos, gid;
+  std::vector<int32_t> keys;
 };
 
-// The kk-th largest of v[0..m) (kk <= m) by nth_element on the copy in tmp.
-float nth_largest(const float* v, size_t m, size_t kk, std::vector<float>& tmp) {
-  tmp.assign(v, v + m);
-  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(kk - 1), tmp.end(), std::greater<float>());
-  return tmp[kk - 1];
+// The integer whose order is the order of finite floats: key(x) < key(y) exactly when
+// x < y (both zeros 0). |key| <= 0x7f800000.
+inline int32_t order_key(float x) {
+  int32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  const int32_t s = b >> 31;  // 0, or -1 for a negative sign
+  return ((b & 0x7fffffff) ^ s) - s;
+}
+inline float from_order_key(int32_t k) {
+  const uint32_t b = k < 0 ? (static_cast<uint32_t>(-k) | 0x80000000u) : static_cast<uint32_t>(k);
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+// The kk-th largest of v[0..m) (finite values, 1 <= kk <= m): the largest key c with at
+// least kk keys >= c, by bisection over the keys' range. Each step is one count without
+// a branch per value (vector code); nth_element's data-dependent branches cost more
+// here. `keys` is scratch.
+float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& keys) {
+  keys.resize(m);
+  int32_t* k = keys.data();
+  int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
+  for (size_t i = 0; i < m; ++i) {
+    k[i] = order_key(v[i]);
+    lo = k[i] < lo ? k[i] : lo;
+    hi = k[i] > hi ? k[i] : hi;
+  }
+  // Invariant: count(>= lo) >= kk > count(>= hi + 1); |keys| <= 2^31 - 2^23: no overflow.
+  while (lo < hi) {
+    const int32_t mid = lo + static_cast<int32_t>((static_cast<int64_t>(hi) - lo + 1) / 2);
+    uint32_t c = 0;
+    for (size_t i = 0; i < m; ++i) c += k[i] >= mid ? 1u : 0u;
+    if (c >= kk) lo = mid;
+    else hi = mid - 1;
+  }
+  return from_order_key(lo);
 }
 
 // One table's f32 scores a[0..n) for one state (finite values, 1 <= kk <= n): returns
@@ -341,7 +375,7 @@ float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) 
   if (W == 0) {
     L = HUGE_VALF;
     sc.gid.clear();
-    return nth_largest(a, n, kk, sc.tmp);
+    return nth_largest(a, n, kk, sc.keys);
   }
   const size_t nb = n / W;
   sc.bmax.assign(a, a + nb);
@@ -350,7 +384,7 @@ float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) 
     const float* r = a + l * nb;
     for (size_t b = 0; b < nb; ++b) bm[b] = r[b] > bm[b] ? r[b] : bm[b];
   }
-  L = nth_largest(bm, nb, kk, sc.tmp);
+  L = nth_largest(bm, nb, kk, sc.keys);
   // The rows at or above L, appended without a branch per row.
   uint32_t* gid = sc.gid.data();
   float* gval = sc.gval.data();
@@ -369,7 +403,7 @@ float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) 
     m += a[j] >= L ? 1 : 0;
   }
   sc.gid.resize(m);  // >= kk: the rows holding the kk best group maxima
-  return nth_largest(gval, m, kk, sc.tmp);
+  return nth_largest(gval, m, kk, sc.keys);
 }
 
 // The canonical top-kk rows of table t (n x d) for state half qb, best first, and their
@@ -465,6 +499,14 @@ uint32_t abs_max_bits(const float* t, size_t len) {
   return static_cast<uint32_t>(r);
 }
 
+namespace {
+// A pair of the product-key walk: its score and its ranks in the two top lists.
+struct PairAt {
+  PairScore p;
+  uint32_t x, c;
+};
+}  // namespace
+
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
                   size_t k, uint32_t* ids, double* out_scores, size_t threads, const Kernels* fast,
                   size_t* canonical_rows, const uint32_t* tmax_bits) {
@@ -481,7 +523,10 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
     std::vector<float> a1, a2;
     std::vector<uint32_t> top1, top2;
     std::vector<double> s1, s2;
-    std::vector<PairScore> pair(pair_candidates(k, kk));
+    std::vector<PairAt> frontier;
+    frontier.reserve(kk + 1);
+    // The heap's order: the top is the best pair (pair_better).
+    const auto worse = [](const PairAt& u, const PairAt& v) { return pair_better(v.p, u.p); };
     size_t scored = 0;
     for (size_t g = lo; g < hi; g += kGroup) {
       const size_t ng = std::min(kGroup, hi - g);
@@ -508,20 +553,30 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
         const double E2 = screen ? screen_bound(qb + d1, d2, tmax2) : -1.0;
         table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
         table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
-        // Only pairs with (x + 1) (c + 1) <= k can be among the best k (pair_candidates).
-        size_t m = 0;
-        for (size_t x = 0; x < kk; ++x) {
-          const size_t cmax = std::min(kk, k / (x + 1));
-          for (size_t c = 0; c < cmax; ++c)
-            pair[m++] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
-        }
-        // A lambda, not the function's address: the comparisons inline.
-        std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k),
-                          pair.begin() + static_cast<std::ptrdiff_t>(m),
-                          [](const PairScore& u, const PairScore& v) { return pair_better(u, v); });
+        // The best k pairs, best first, by a best-first walk: (x, c) is strictly worse than
+        // (x, c - 1) and (x - 1, c) (pair_candidates), so the best pair not yet taken is
+        // (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0). The frontier (a
+        // heap, at most one pair per x) holds those; k pops and at most 2 k pushes, where
+        // ranking the k (1 + ln k) pairs of pair_candidates took a heap over all of them.
+        const auto at = [&](uint32_t x, uint32_t c) {
+          return PairAt{pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c])), x, c};
+        };
+        frontier.clear();
+        frontier.push_back(at(0, 0));
         for (size_t t = 0; t < k; ++t) {
-          ids[b * k + t] = pair[t].id;
-          out_scores[b * k + t] = pair[t].hi;
+          std::pop_heap(frontier.begin(), frontier.end(), worse);
+          const PairAt p = frontier.back();
+          frontier.pop_back();
+          ids[b * k + t] = p.p.id;
+          out_scores[b * k + t] = p.p.hi;
+          if (p.c == 0 && p.x + 1 < kk) {
+            frontier.push_back(at(p.x + 1, 0));
+            std::push_heap(frontier.begin(), frontier.end(), worse);
+          }
+          if (p.c + 1 < kk) {
+            frontier.push_back(at(p.x, p.c + 1));
+            std::push_heap(frontier.begin(), frontier.end(), worse);
+          }
         }
       }
     }
