@@ -1,6 +1,7 @@
 // Native tests of the core without Node: run under -fsanitize=address,undefined by
 // run-sanitized.sh. Each check compares against an independent reference.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -744,6 +745,23 @@ static void test_canonical() {
         same = same && ids == ref_ids && std::memcmp(sc.data(), ref_sc.data(), sc.size() * sizeof(double)) == 0;
         if (T1v == &V1) screened = screened && rows < m * Bq + 2 * m * 2;  // states 1, 2 in full
         else fell_back = fell_back && rows >= m * Bq;  // table 1 in full for every state
+      }
+    }
+    // Many states (f32 scores from gemm_acc over the transposed tables), the k-th f32
+    // score from groups of 8 rows, of 4, or from all rows, rows past the last group.
+    for (const auto& sh : {std::array<size_t, 5>{300, 7, 9, 5, 30}, std::array<size_t, 5>{66, 4, 4, 8, 24},
+                           std::array<size_t, 5>{123, 5, 3, 30, 25}}) {
+      const size_t mm = sh[0], f1 = sh[1], f2 = sh[2], kk = sh[3], BB = sh[4];
+      auto P1 = vec(mm * f1), P2 = vec(mm * f2), Pq = vec(BB * (f1 + f2));
+      std::vector<double> PQ(Pq.begin(), Pq.end());
+      std::vector<uint32_t> ref_ids(BB * kk), ids(BB * kk);
+      std::vector<double> ref_sc(BB * kk), sc(BB * kk);
+      size_t rows = 0;
+      c::product_keys(PQ.data(), P1.data(), P2.data(), mm, f1, f2, BB, kk, ref_ids.data(), ref_sc.data(), 1, nullptr, &rows);
+      for (gt::SimdLevel level : gt::supported_simd_levels()) {
+        c::product_keys(PQ.data(), P1.data(), P2.data(), mm, f1, f2, BB, kk, ids.data(), sc.data(), 2, &gt::kernels_for(level), &rows);
+        same = same && ids == ref_ids && std::memcmp(sc.data(), ref_sc.data(), sc.size() * sizeof(double)) == 0;
+        screened = screened && rows < 2 * mm * BB;
       }
     }
     CHECK(same);
