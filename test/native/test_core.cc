@@ -767,6 +767,38 @@ static void test_canonical() {
     CHECK(same);
     CHECK(screened);
     CHECK(fell_back);
+    // abs_max_bits against the largest |bits| one value at a time: every length to 70,
+    // the maximum at every position, values whose f32 sum overflows, subnormals, -0,
+    // infinities and NaNs anywhere (vector lanes and the tail).
+    {
+      bool ok = true;
+      const auto ref = [](const std::vector<float>& v) {
+        uint32_t r = 0;
+        for (float x : v) {
+          uint32_t b;
+          std::memcpy(&b, &x, sizeof b);
+          r = std::max(r, b & 0x7fffffffu);
+        }
+        return r;
+      };
+      for (size_t len = 0; len <= 70; ++len)
+        for (size_t at = 0; at < std::max<size_t>(len, 1); ++at)
+          for (int kind = 0; kind < 6; ++kind) {
+            std::vector<float> v = vec(len);
+            if (kind == 1) for (auto& x : v) x *= 3e38f;            // sums overflow f32
+            if (kind == 2) for (auto& x : v) x *= 1e-40f;           // subnormal
+            if (len == 0) {
+              ok = ok && c::abs_max_bits(v.data(), 0) == 0;
+              continue;
+            }
+            if (kind == 0) v[at] = -7.5f;
+            if (kind == 3) v[at] = -0.0f, std::fill(v.begin(), v.end(), -0.0f);
+            if (kind == 4) v[at] = (at % 2) ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+            if (kind == 5) v[at] = std::numeric_limits<float>::quiet_NaN();
+            ok = ok && c::abs_max_bits(v.data(), v.size()) == ref(v);
+          }
+      CHECK(ok);
+    }
     CHECK(c::abs_max_bits(V1.data(), 0) == 0);
     V1[17] = -std::numeric_limits<float>::infinity();
     CHECK(c::abs_max_bits(V1.data(), V1.size()) == 0x7f800000u);

@@ -10,6 +10,12 @@
 
 #include "parallel.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 namespace gt {
 namespace canonical {
 
@@ -477,26 +483,55 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
 }  // namespace
 
 uint32_t abs_max_bits(const float* t, size_t len) {
-  // Signed compares of non-negative values, eight independent lanes (vectorizable).
-  int32_t m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    int32_t b[8];
-    std::memcpy(b, t + i, sizeof b);
-    for (int l = 0; l < 8; ++l) {
-      const int32_t v = b[l] & 0x7fffffff;
-      m[l] = v > m[l] ? v : m[l];
-    }
+  uint32_t r = 0;
+#if defined(__SSE2__) || defined(__ARM_NEON)
+  // Four vectors of four lanes (SSE2 or NEON: the baseline of x86-64 and arm64), each
+  // keeping the largest |t| as a float (for non-negative floats the order of the values
+  // is that of their bits) and the f32 sum of the |t|: it is an infinity or a NaN when
+  // some |t| is (a float max can drop a NaN), or when a finite sum overflows; then the
+  // table is scanned again one pattern at a time. The integer max one pattern at a time
+  // (SSE2 has no 32-bit integer max: compare and select) cost 2.5 times as much, about
+  // twice the f32 scores of the same table at B = 1.
+  float mx[16], sm[16];
+#if defined(__SSE2__)
+  const __m128 mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0, s0 = m0, s1 = m0, s2 = m0, s3 = m0;
+  for (; i + 16 <= len; i += 16) {
+    const __m128 v0 = _mm_and_ps(_mm_loadu_ps(t + i), mask), v1 = _mm_and_ps(_mm_loadu_ps(t + i + 4), mask);
+    const __m128 v2 = _mm_and_ps(_mm_loadu_ps(t + i + 8), mask), v3 = _mm_and_ps(_mm_loadu_ps(t + i + 12), mask);
+    m0 = _mm_max_ps(m0, v0), m1 = _mm_max_ps(m1, v1), m2 = _mm_max_ps(m2, v2), m3 = _mm_max_ps(m3, v3);
+    s0 = _mm_add_ps(s0, v0), s1 = _mm_add_ps(s1, v1), s2 = _mm_add_ps(s2, v2), s3 = _mm_add_ps(s3, v3);
   }
+  _mm_storeu_ps(mx, m0), _mm_storeu_ps(mx + 4, m1), _mm_storeu_ps(mx + 8, m2), _mm_storeu_ps(mx + 12, m3);
+  _mm_storeu_ps(sm, s0), _mm_storeu_ps(sm + 4, s1), _mm_storeu_ps(sm + 8, s2), _mm_storeu_ps(sm + 12, s3);
+#else
+  float32x4_t m0 = vdupq_n_f32(0.0f), m1 = m0, m2 = m0, m3 = m0, s0 = m0, s1 = m0, s2 = m0, s3 = m0;
+  for (; i + 16 <= len; i += 16) {
+    const float32x4_t v0 = vabsq_f32(vld1q_f32(t + i)), v1 = vabsq_f32(vld1q_f32(t + i + 4));
+    const float32x4_t v2 = vabsq_f32(vld1q_f32(t + i + 8)), v3 = vabsq_f32(vld1q_f32(t + i + 12));
+    m0 = vmaxq_f32(m0, v0), m1 = vmaxq_f32(m1, v1), m2 = vmaxq_f32(m2, v2), m3 = vmaxq_f32(m3, v3);
+    s0 = vaddq_f32(s0, v0), s1 = vaddq_f32(s1, v1), s2 = vaddq_f32(s2, v2), s3 = vaddq_f32(s3, v3);
+  }
+  vst1q_f32(mx, m0), vst1q_f32(mx + 4, m1), vst1q_f32(mx + 8, m2), vst1q_f32(mx + 12, m3);
+  vst1q_f32(sm, s0), vst1q_f32(sm + 4, s1), vst1q_f32(sm + 8, s2), vst1q_f32(sm + 12, s3);
+#endif
+  float total = 0.0f;
+  for (int l = 0; l < 16; ++l) {
+    total += sm[l];
+    uint32_t v;
+    std::memcpy(&v, mx + l, sizeof v);
+    r = v > r ? v : r;
+  }
+  if (!(total <= std::numeric_limits<float>::max())) i = 0, r = 0;  // exactly, below
+#endif
   for (; i < len; ++i) {
-    int32_t v;
+    uint32_t v;
     std::memcpy(&v, t + i, sizeof v);
-    v &= 0x7fffffff;
-    m[0] = v > m[0] ? v : m[0];
+    v &= 0x7fffffffu;
+    r = v > r ? v : r;
   }
-  int32_t r = 0;
-  for (int l = 0; l < 8; ++l) r = m[l] > r ? m[l] : r;
-  return static_cast<uint32_t>(r);
+  return r;
 }
 
 namespace {
