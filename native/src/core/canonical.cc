@@ -618,10 +618,11 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
         table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
         table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
         // The best k pairs, best first, by a best-first walk: (x, c) is strictly worse than
-        // (x, c - 1) and (x - 1, c) (pair_candidates), so the best pair not yet taken is
-        // (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0). The frontier (a
-        // heap, at most one pair per x) holds those; k pops and at most 2 k pushes, where
-        // ranking the k (1 + ln k) pairs of pair_candidates took a heap over all of them.
+        // (x, c - 1) and (x - 1, c) (the pair order, canonical.h), so the best pair not yet
+        // taken is (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0). The
+        // frontier (a heap, at most one pair per x) holds those: k pops and at most 2 k
+        // pushes, where a partial sort over the k (1 + ln k) pairs with (x + 1) (c + 1) <= k
+        // made a heap of them all.
         const auto at = [&](uint32_t x, uint32_t c) {
           return PairAt{pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c])), x, c};
         };
