@@ -104,6 +104,21 @@ describe('screened product-key selection equals the canonical one bit for bit', 
       }
     }
     expect(screened).toBe(6);
+    // The k best rows one to a group (group b holds rows b, b + n / W, ...): the k-th
+    // largest group maximum is then the k-th score itself, and a bound L above it (not
+    // below) would lose that row.
+    for (const [n, k, W] of [[512, 16, 8], [128, 16, 4], [256, 5, 8]] as const) {
+      const nb = n / W;
+      const tab = Float32Array.from({ length: n }, (_, i) => (i < nb ? 1 + i / nb : -1 - i / n));
+      for (const B of [1, 24]) {
+        const q = new Float64Array(2 * B).fill(1);
+        // Screened to exactly the k best of each table (a lost row would leave fewer than
+        // k candidates, and every row would be scored in f64 instead).
+        for (const rows of agree({ q, t1: tab, t2: tab, n, d1: 1, d2: 1, B, k })) expect(rows).toBe(2 * k * B);
+        const r = native().canonicalProductKeys(q, tab, tab, n, 1, 1, B, k, 1);
+        expect(r.ids[0]).toBe((nb - 1) * n + nb - 1);
+      }
+    }
     // Ties at the boundary (small integers) with many states: groups of 8, and of 4.
     for (const [m, k] of [[256, 16], [128, 12]] as const) {
       const d = 4, B = 32;

@@ -339,8 +339,10 @@ inline float from_order_key(int32_t k) {
 // The kk-th largest of v[0..m) (finite values, 1 <= kk <= m): the largest key c with at
 // least kk keys >= c, by bisection over the keys' range. Each step is one count without
 // a branch per value (vector code); nth_element's data-dependent branches cost more
-// here. `keys` is scratch.
-float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& keys) {
+// here. With slack > 0 the bisection stops once the range is at most slack keys wide and
+// returns a value with at least kk values at or above it (a lower bound of the kk-th
+// largest, within slack keys of it). `keys` is scratch.
+float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& keys, int32_t slack = 0) {
   keys.resize(m);
   int32_t* k = keys.data();
   int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
@@ -350,7 +352,7 @@ float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& key
     hi = k[i] > hi ? k[i] : hi;
   }
   // Invariant: count(>= lo) >= kk > count(>= hi + 1); |keys| <= 2^31 - 2^23: no overflow.
-  while (lo < hi) {
+  while (static_cast<int64_t>(hi) - lo > slack) {
     const int32_t mid = lo + static_cast<int32_t>((static_cast<int64_t>(hi) - lo + 1) / 2);
     uint32_t c = 0;
     for (size_t i = 0; i < m; ++i) c += k[i] >= mid ? 1u : 0u;
@@ -369,8 +371,8 @@ float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& key
 // the n - W nb rows past them in none), and bmax[b] is a group's largest score: a
 // strided split, so that the maxima are W - 1 element-wise passes over contiguous
 // scores (vector code) rather than a reduction per group. L, the kk-th largest group
-// maximum, is at most the answer (the kk groups with the largest maxima hold kk
-// distinct rows at or above L), so every row at or above the answer is at or above L
+// maximum (or any value with kk group maxima at or above it), is at most the answer (the
+// kk groups with the largest maxima hold kk distinct rows at or above L), so every row at or above the answer is at or above L
 // and the answer is the kk-th largest of those rows alone: usually a few more than kk.
 // (A min-heap of the kk best over all n, with its data-dependent branches, was half of
 // product_keys at n = 1,024, kk = 32, B = 64.)
@@ -390,7 +392,9 @@ float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) 
     const float* r = a + l * nb;
     for (size_t b = 0; b < nb; ++b) bm[b] = r[b] > bm[b] ? r[b] : bm[b];
   }
-  L = nth_largest(bm, nb, kk, sc.keys);
+  // L need only be a lower bound: within 2^16 keys (2^-7 relative, for normal floats)
+  // of the kk-th largest maximum, which saves a few bisection steps (5-9% of the call).
+  L = nth_largest(bm, nb, kk, sc.keys, 1 << 16);
   // The rows at or above L, appended without a branch per row.
   uint32_t* gid = sc.gid.data();
   float* gval = sc.gval.data();
