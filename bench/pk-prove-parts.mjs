@@ -20,17 +20,19 @@
  * beside the whole forward (layer.forward) and prove (model.prove).
  *
  *   node --expose-gc bench/pk-prove-parts.mjs [--log2n=16,20,22] [--batches=1,64] [--name=NAME]
+ *        [--root=DIR]   measure the build in DIR (its dist/ and build/), e.g. a copy of an older commit's
  */
 import { join } from 'node:path';
 
 import { fmtBytes, logger, machine, otherProcesses, ROOT, rng, table, tryGc, writeResults } from './lib/common.mjs';
 
 const arg = (name) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3);
-const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, simdInfo } = await import(join(ROOT, 'dist/index.js'));
-const { native } = await import(join(ROOT, 'dist/tensor/native.js'));
-const { internalNative } = await import(join(ROOT, 'dist/tensor/sparse-tensor.js'));
-const { encodeProof, planBlock, sortedUniqueIds } = await import(join(ROOT, 'dist/verify/proof-format.js'));
-const { positionsOf } = await import(join(ROOT, 'dist/model/layer-kind.js'));
+const root = arg('root') ?? ROOT;
+const { Model, HopfieldLookup, ProductKeyIndex, SparseTensor, simdInfo } = await import(join(root, 'dist/index.js'));
+const { native } = await import(join(root, 'dist/tensor/native.js'));
+const { internalNative } = await import(join(root, 'dist/tensor/sparse-tensor.js'));
+const { encodeProof, planBlock, sortedUniqueIds } = await import(join(root, 'dist/verify/proof-format.js'));
+const { positionsOf } = await import(join(root, 'dist/model/layer-kind.js'));
 const LOG2N = (arg('log2n') ?? '16,20,22').split(',').map(Number);
 const BATCHES = (arg('batches') ?? '1,64').split(',').map(Number);
 const NAME = arg('name') ?? 'pk-prove-parts';
@@ -42,6 +44,7 @@ const results = {
   name: NAME,
   date: new Date().toISOString(),
   command: ['node --expose-gc bench/pk-prove-parts.mjs', ...process.argv.slice(2)].join(' '),
+  build: root,
   machine: machine({ simd: simdInfo() }),
   otherProcessesAtStart: otherProcesses(),
   parameters: { k: K, d: 64, dv: 64, units: 'ms of CPU time per call, medians' },

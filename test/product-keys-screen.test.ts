@@ -74,6 +74,88 @@ describe('screened product-key selection equals the canonical one bit for bit', 
     agree({ q: Float64Array.from({ length: B * 16 }, () => rng.signed() * (1 + 1e-9 * rng.next())), t1: rng.f32(n * d1), t2: rng.f32(n * d2), n, d1, d2, B, k }, true);
   });
 
+  it('many states (f32 scores from the transposed tables), the grouped k-th score, rows past the last group', () => {
+    // B >= 24 takes gemm_acc over the transposed tables for the f32 scores; the k-th
+    // largest f32 score comes from groups of 8 rows (n / 8 >= 2k), of 4 (n / 4 >= 2k) or
+    // from all n; rows past the last whole group belong to no group.
+    const rng = new Rng(2024);
+    let screened = 0;
+    for (const [n, d1, d2, k, B] of [
+      [1024, 32, 32, 32, 64], [517, 33, 31, 16, 40], [66, 4, 4, 8, 30], [250, 3, 5, 31, 25], [123, 7, 9, 30, 24],
+      [1000, 16, 48, 1, 24], [40, 2, 3, 40, 24], [12, 2, 2, 30, 26],
+    ] as const) {
+      const c: Case = { q: Float64Array.from(rng.f32(B * (d1 + d2))), t1: rng.f32(n * d1), t2: rng.f32(n * d2), n, d1, d2, B, k };
+      const rows = agree(c, n <= 128);
+      if (4 * Math.min(k, n) <= n) {
+        screened++;
+        for (const r of rows) expect(r).toBeLessThan(n * B);
+      }
+      // The rows past the last group (of 8 or 4) first in every state: q's first value
+      // positive, theirs large.
+      if (n % 4 !== 0) {
+        const q = Float64Array.from(c.q);
+        for (let b = 0; b < B; b++) q[b * (d1 + d2)] = 0.5 + 0.5 * rng.next();
+        const t1 = Float32Array.from(c.t1);
+        for (let i = n - (n % 4); i < n; i++) t1[i * d1] = 1000 * (i - n + (n % 4) + 1);
+        const tail = agree({ ...c, q, t1 });
+        for (const r of tail) expect(r).toBeLessThan(n * B);
+        const top = native().canonicalProductKeys(q, t1, c.t2, n, d1, d2, B, k, 1);
+        for (let b = 0; b < B; b++) expect(Math.floor(top.ids[b * k]! / n)).toBe(n - 1);
+      }
+    }
+    expect(screened).toBe(6);
+    // The k best rows one to a group (group b holds rows b, b + n / W, ...): the k-th
+    // largest group maximum is then the k-th score itself, and a bound L above it (not
+    // below) would lose that row.
+    for (const [n, k, W] of [[512, 16, 8], [128, 16, 4], [256, 5, 8]] as const) {
+      const nb = n / W;
+      const tab = Float32Array.from({ length: n }, (_, i) => (i < nb ? 1 + i / nb : -1 - i / n));
+      for (const B of [1, 24]) {
+        const q = new Float64Array(2 * B).fill(1);
+        // Screened to exactly the k best of each table (a lost row would leave fewer than
+        // k candidates, and every row would be scored in f64 instead).
+        for (const rows of agree({ q, t1: tab, t2: tab, n, d1: 1, d2: 1, B, k })) expect(rows).toBe(2 * k * B);
+        const r = native().canonicalProductKeys(q, tab, tab, n, 1, 1, B, k, 1);
+        expect(r.ids[0]).toBe((nb - 1) * n + nb - 1);
+      }
+    }
+    // Ties at the boundary (small integers) with many states: groups of 8, and of 4.
+    for (const [m, k] of [[256, 16], [128, 12]] as const) {
+      const d = 4, B = 32;
+      agree({ q: Float64Array.from(rng.f32ints(B * 2 * d, -1, 1)), t1: rng.f32ints(m * d, -1, 1), t2: rng.f32ints(m * d, -1, 1), n: m, d1: d, d2: d, B, k }, true);
+    }
+    // f32 rounding that reverses the order (the next test's rows), in every one of 24 states.
+    const n = 64, A = 5, Bi = 9, B = 24;
+    const table = new Float32Array(n * 2);
+    for (let i = 0; i < n; i++) table.set([-100, 0], 2 * i);
+    table.set([0, 2 ** 24], 2 * A);
+    table.set([0.5 + 2 ** -17, 0], 2 * Bi);
+    const q = new Float64Array(B * 4);
+    for (let b = 0; b < B; b++) q.set([1, 2 ** -25 + 2 ** -40, 1, 2 ** -25 + 2 ** -40], 4 * b);
+    for (const k of [1, 2, 3]) {
+      const rows = agree({ q, t1: table, t2: table, n, d1: 2, d2: 2, B, k });
+      if (k <= 2) for (const r of rows) expect(r).toBe(4 * B);
+      const r = native().canonicalProductKeys(q, table, table, n, 2, 2, B, k, 1);
+      for (let b = 0; b < B; b++) expect(r.ids[b * k]).toBe(A * n + A);
+    }
+  });
+
+  it('many states with values f32 arithmetic cannot hold (2^100 and beyond, underflow, huge and subnormal tables)', () => {
+    const rng = new Rng(10);
+    const n = 256, d = 6, B = 30, k = 8;
+    const t1 = rng.f32(n * d), t2 = rng.f32(n * d);
+    // Per state, by b % 6: ordinary; 2^100 (at the bound's limit); 2^101; 1e200; 1e30
+    // against 1e10 rows; 1e-300 (zero in f32).
+    const scale = [1, 2 ** 100 / 6, 2 ** 101, 1e200, 1e30, 1e-300];
+    const q = Float64Array.from(rng.f32(B * 2 * d));
+    for (let b = 0; b < B; b++) for (let j = 0; j < 2 * d; j++) q[b * 2 * d + j] = q[b * 2 * d + j]! * scale[b % 6]!;
+    const big1 = Float32Array.from(t1, (v) => v * 1e10);
+    for (const r of agree({ q, t1: big1, t2, n, d1: d, d2: d, B, k })) expect(r).toBeLessThan(2 * n * B);
+    const q2 = Float64Array.from(rng.f32(B * 2 * d));
+    for (const r of agree({ q: q2, t1: Float32Array.from(t1, (v) => v * 3e38), t2, n, d1: d, d2: d, B, k })) expect(r).toBeGreaterThanOrEqual(n * B);
+    agree({ q: q2, t1: Float32Array.from(t1, (v) => v * 1e-40), t2, n, d1: d, d2: d, B, k });
+  });
+
   it('keeps a row that f32 rounding ranks below another (the bound, not the f32 order, decides)', () => {
     // q = (1, 2^-25 + 2^-40): f32 drops the 2^-40. Row A = (0, 2^24) scores 1/2 + 2^-16
     // exactly but 1/2 in f32; row B = (1/2 + 2^-17, 0) scores 1/2 + 2^-17 either way. The

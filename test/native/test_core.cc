@@ -1,6 +1,7 @@
 // Native tests of the core without Node: run under -fsanitize=address,undefined by
 // run-sanitized.sh. Each check compares against an independent reference.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -746,9 +747,58 @@ static void test_canonical() {
         else fell_back = fell_back && rows >= m * Bq;  // table 1 in full for every state
       }
     }
+    // Many states (f32 scores from gemm_acc over the transposed tables), the k-th f32
+    // score from groups of 8 rows, of 4, or from all rows, rows past the last group.
+    for (const auto& sh : {std::array<size_t, 5>{300, 7, 9, 5, 30}, std::array<size_t, 5>{66, 4, 4, 8, 24},
+                           std::array<size_t, 5>{123, 5, 3, 30, 25}}) {
+      const size_t mm = sh[0], f1 = sh[1], f2 = sh[2], kk = sh[3], BB = sh[4];
+      auto P1 = vec(mm * f1), P2 = vec(mm * f2), Pq = vec(BB * (f1 + f2));
+      std::vector<double> PQ(Pq.begin(), Pq.end());
+      std::vector<uint32_t> ref_ids(BB * kk), ids(BB * kk);
+      std::vector<double> ref_sc(BB * kk), sc(BB * kk);
+      size_t rows = 0;
+      c::product_keys(PQ.data(), P1.data(), P2.data(), mm, f1, f2, BB, kk, ref_ids.data(), ref_sc.data(), 1, nullptr, &rows);
+      for (gt::SimdLevel level : gt::supported_simd_levels()) {
+        c::product_keys(PQ.data(), P1.data(), P2.data(), mm, f1, f2, BB, kk, ids.data(), sc.data(), 2, &gt::kernels_for(level), &rows);
+        same = same && ids == ref_ids && std::memcmp(sc.data(), ref_sc.data(), sc.size() * sizeof(double)) == 0;
+        screened = screened && rows < 2 * mm * BB;
+      }
+    }
     CHECK(same);
     CHECK(screened);
     CHECK(fell_back);
+    // abs_max_bits against the largest |bits| one value at a time: every length to 70,
+    // the maximum at every position, values whose f32 sum overflows, subnormals, -0,
+    // infinities and NaNs anywhere (vector lanes and the tail).
+    {
+      bool ok = true;
+      const auto ref = [](const std::vector<float>& v) {
+        uint32_t r = 0;
+        for (float x : v) {
+          uint32_t b;
+          std::memcpy(&b, &x, sizeof b);
+          r = std::max(r, b & 0x7fffffffu);
+        }
+        return r;
+      };
+      for (size_t len = 0; len <= 70; ++len)
+        for (size_t at = 0; at < std::max<size_t>(len, 1); ++at)
+          for (int kind = 0; kind < 6; ++kind) {
+            std::vector<float> v = vec(len);
+            if (kind == 1) for (auto& x : v) x *= 3e38f;            // sums overflow f32
+            if (kind == 2) for (auto& x : v) x *= 1e-40f;           // subnormal
+            if (len == 0) {
+              ok = ok && c::abs_max_bits(v.data(), 0) == 0;
+              continue;
+            }
+            if (kind == 0) v[at] = -7.5f;
+            if (kind == 3) v[at] = -0.0f, std::fill(v.begin(), v.end(), -0.0f);
+            if (kind == 4) v[at] = (at % 2) ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+            if (kind == 5) v[at] = std::numeric_limits<float>::quiet_NaN();
+            ok = ok && c::abs_max_bits(v.data(), v.size()) == ref(v);
+          }
+      CHECK(ok);
+    }
     CHECK(c::abs_max_bits(V1.data(), 0) == 0);
     V1[17] = -std::numeric_limits<float>::infinity();
     CHECK(c::abs_max_bits(V1.data(), V1.size()) == 0x7f800000u);

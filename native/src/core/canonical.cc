@@ -5,9 +5,16 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "parallel.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
 
 namespace gt {
 namespace canonical {
@@ -308,53 +315,105 @@ double screen_bound(const double* qb, size_t d, uint32_t tmax_bits) {
 
 // Per-thread buffers of product_keys.
 struct PkScratch {
-  std::vector<float> qf, a, tmp;
+  std::vector<float> qf, a, bmax, gval;
   std::vector<double> s;
-  std::vector<uint32_t> cand, pos;
+  std::vector<uint32_t> cand, pos, gid;
+  std::vector<int32_t> keys;
 };
 
-// The largest of a[0..8) (finite values), without branches.
-inline float block_max8(const float* a) {
-  float m[4];
-  for (int l = 0; l < 4; ++l) m[l] = a[l] > a[l + 4] ? a[l] : a[l + 4];
-  const float x = m[0] > m[2] ? m[0] : m[2], y = m[1] > m[3] ? m[1] : m[3];
-  return x > y ? x : y;
+// The integer whose order is the order of finite floats: key(x) < key(y) exactly when
+// x < y (both zeros 0). |key| <= 0x7f800000.
+inline int32_t order_key(float x) {
+  int32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  const int32_t s = b >> 31;  // 0, or -1 for a negative sign
+  return ((b & 0x7fffffff) ^ s) - s;
+}
+inline float from_order_key(int32_t k) {
+  const uint32_t b = k < 0 ? (static_cast<uint32_t>(-k) | 0x80000000u) : static_cast<uint32_t>(k);
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
 }
 
-// The kk-th largest of a[0..n) (finite values, 1 <= kk <= n). Few rows per kept one:
-// nth_element on a copy; many: a min-heap of the kk largest so far, which most a_i
-// fail to enter (a predictable branch).
-float kth_largest(const float* a, size_t n, size_t kk, std::vector<float>& tmp) {
-  if (n <= 16 * kk) {
-    tmp.assign(a, a + n);
-    std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(kk - 1), tmp.end(), std::greater<float>());
-    return tmp[kk - 1];
+// The kk-th largest of v[0..m) (finite values, 1 <= kk <= m): the largest key c with at
+// least kk keys >= c, by bisection over the keys' range. Each step is one count without
+// a branch per value (vector code); nth_element's data-dependent branches cost more
+// here. With slack > 0 the bisection stops once the range is at most slack keys wide and
+// returns a value with at least kk values at or above it (a lower bound of the kk-th
+// largest, within slack keys of it). `keys` is scratch.
+float nth_largest(const float* v, size_t m, size_t kk, std::vector<int32_t>& keys, int32_t slack = 0) {
+  keys.resize(m);
+  int32_t* k = keys.data();
+  int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
+  for (size_t i = 0; i < m; ++i) {
+    k[i] = order_key(v[i]);
+    lo = k[i] < lo ? k[i] : lo;
+    hi = k[i] > hi ? k[i] : hi;
   }
-  tmp.assign(a, a + kk);
-  float* h = tmp.data();
-  std::make_heap(h, h + kk, [](float x, float y) { return x > y; });
-  const auto push = [h, kk](float v) {
-    if (!(v > h[0])) return;
-    // Replace the root (the smallest kept) by v and sift it down.
-    size_t p = 0;
-    for (;;) {
-      size_t c = 2 * p + 1;
-      if (c >= kk) break;
-      if (c + 1 < kk && h[c + 1] < h[c]) ++c;
-      if (!(h[c] < v)) break;
-      h[p] = h[c];
-      p = c;
+  // Invariant: count(>= lo) >= kk > count(>= hi + 1); |keys| <= 2^31 - 2^23: no overflow.
+  while (static_cast<int64_t>(hi) - lo > slack) {
+    const int32_t mid = lo + static_cast<int32_t>((static_cast<int64_t>(hi) - lo + 1) / 2);
+    uint32_t c = 0;
+    for (size_t i = 0; i < m; ++i) c += k[i] >= mid ? 1u : 0u;
+    if (c >= kk) lo = mid;
+    else hi = mid - 1;
+  }
+  return from_order_key(lo);
+}
+
+// One table's f32 scores a[0..n) for one state (finite values, 1 <= kk <= n): returns
+// the kk-th largest a_i and sets L to a lower bound of it, with the rows at or above L
+// in sc.gid (their scores in sc.gval); with too few rows to group, L = +inf and no rows
+// (a caller's threshold below L then reads all n).
+//
+// The rows are split into nb groups of W (group b: rows b, b + nb, ..., b + (W - 1) nb;
+// the n - W nb rows past them in none), and bmax[b] is a group's largest score: a
+// strided split, so that the maxima are W - 1 element-wise passes over contiguous
+// scores (vector code) rather than a reduction per group. L, the kk-th largest group
+// maximum (or any value with kk group maxima at or above it), is at most the answer (the
+// kk groups with the largest maxima hold kk distinct rows at or above L), so every row at or above the answer is at or above L
+// and the answer is the kk-th largest of those rows alone: usually a few more than kk.
+// (A min-heap of the kk best over all n, with its data-dependent branches, was half of
+// product_keys at n = 1,024, kk = 32, B = 64.)
+float kth_largest(const float* a, size_t n, size_t kk, PkScratch& sc, float& L) {
+  const size_t W = n / 8 >= 2 * kk ? 8 : n / 4 >= 2 * kk ? 4 : 0;
+  sc.gid.resize(n);
+  sc.gval.resize(n);
+  if (W == 0) {
+    L = HUGE_VALF;
+    sc.gid.clear();
+    return nth_largest(a, n, kk, sc.keys);
+  }
+  const size_t nb = n / W;
+  sc.bmax.assign(a, a + nb);
+  float* bm = sc.bmax.data();
+  for (size_t l = 1; l < W; ++l) {
+    const float* r = a + l * nb;
+    for (size_t b = 0; b < nb; ++b) bm[b] = r[b] > bm[b] ? r[b] : bm[b];
+  }
+  // L need only be a lower bound: within 2^16 keys (2^-7 relative, for normal floats)
+  // of the kk-th largest maximum, which saves a few bisection steps (5-9% of the call).
+  L = nth_largest(bm, nb, kk, sc.keys, 1 << 16);
+  // The rows at or above L, appended without a branch per row.
+  uint32_t* gid = sc.gid.data();
+  float* gval = sc.gval.data();
+  size_t m = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    if (!(bm[b] >= L)) continue;
+    for (size_t j = b; j < W * nb; j += nb) {
+      gid[m] = static_cast<uint32_t>(j);
+      gval[m] = a[j];
+      m += a[j] >= L ? 1 : 0;
     }
-    h[p] = v;
-  };
-  size_t i = kk;
-  // Eight at a time: a block whose largest value cannot enter is skipped whole.
-  for (; i + 8 <= n; i += 8) {
-    if (!(block_max8(a + i) > h[0])) continue;
-    for (size_t j = i; j < i + 8; ++j) push(a[j]);
   }
-  for (; i < n; ++i) push(a[i]);
-  return h[0];
+  for (size_t j = W * nb; j < n; ++j) {
+    gid[m] = static_cast<uint32_t>(j);
+    gval[m] = a[j];
+    m += a[j] >= L ? 1 : 0;
+  }
+  sc.gid.resize(m);  // >= kk: the rows holding the kk best group maxima
+  return nth_largest(gval, m, kk, sc.keys);
 }
 
 // The canonical top-kk rows of table t (n x d) for state half qb, best first, and their
@@ -367,20 +426,31 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
   bool screened = false;
   if (E >= 0.0 && a != nullptr) {
     // The kk-th largest a_i (the a_i are finite when E >= 0: screen_bound).
-    const float kth = kth_largest(a, n, kk, sc.tmp);
+    float L;
+    const float kth = kth_largest(a, n, kk, sc, L);
     // a_i >= thr_f (an f32 at or below thr) keeps every row with a_i >= thr.
     const double thr = static_cast<double>(kth) - 2.5 * E;
     float thr_f = static_cast<float>(thr);
     if (static_cast<double>(thr_f) > thr) thr_f = std::nextafter(thr_f, -HUGE_VALF);
-    sc.cand.clear();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      if (!(block_max8(a + i) >= thr_f)) continue;
-      for (size_t j = i; j < i + 8; ++j)
-        if (a[j] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(j));
+    // The candidates, in no particular order (they are ranked below), appended without
+    // a branch per row: usually from the rows at or above L, else from all n.
+    sc.cand.resize(n);
+    uint32_t* cand = sc.cand.data();
+    size_t m = 0;
+    if (thr_f >= L) {
+      const uint32_t* gid = sc.gid.data();
+      const float* gval = sc.gval.data();
+      for (size_t i = 0; i < sc.gid.size(); ++i) {
+        cand[m] = gid[i];
+        m += gval[i] >= thr_f ? 1 : 0;
+      }
+    } else {
+      for (size_t j = 0; j < n; ++j) {
+        cand[m] = static_cast<uint32_t>(j);
+        m += a[j] >= thr_f ? 1 : 0;
+      }
     }
-    for (; i < n; ++i)
-      if (a[i] >= thr_f) sc.cand.push_back(static_cast<uint32_t>(i));
+    sc.cand.resize(m);
     // At least kk (the kk largest a_i pass); the first test only guards the reads below.
     screened = sc.cand.size() >= kk && sc.cand.size() * 2 <= n;
   }
@@ -417,27 +487,67 @@ void table_top(const double* qb, const float* t, size_t n, size_t d, size_t kk, 
 }  // namespace
 
 uint32_t abs_max_bits(const float* t, size_t len) {
-  // Signed compares of non-negative values, eight independent lanes (vectorizable).
-  int32_t m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    int32_t b[8];
-    std::memcpy(b, t + i, sizeof b);
-    for (int l = 0; l < 8; ++l) {
-      const int32_t v = b[l] & 0x7fffffff;
-      m[l] = v > m[l] ? v : m[l];
-    }
+  uint32_t r = 0;
+#if defined(__SSE2__) || defined(__ARM_NEON)
+  // Four vectors of four lanes (SSE2 or NEON: the baseline of x86-64 and arm64), each
+  // keeping the largest |t| as a float (for non-negative floats the order of the values
+  // is that of their bits) and the f32 sum of the |t|: it is an infinity or a NaN when
+  // some |t| is (a float max can drop a NaN), or when a finite sum overflows; then the
+  // table is scanned again one pattern at a time. The integer max one pattern at a time
+  // (SSE2 has no 32-bit integer max: compare and select) cost 2.5 times as much, about
+  // twice the f32 scores of the same table at B = 1.
+  float mx[16], sm[16];
+#if defined(__SSE2__)
+  const __m128 mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0, s0 = m0, s1 = m0, s2 = m0, s3 = m0;
+  for (; i + 16 <= len; i += 16) {
+    const __m128 v0 = _mm_and_ps(_mm_loadu_ps(t + i), mask), v1 = _mm_and_ps(_mm_loadu_ps(t + i + 4), mask);
+    const __m128 v2 = _mm_and_ps(_mm_loadu_ps(t + i + 8), mask), v3 = _mm_and_ps(_mm_loadu_ps(t + i + 12), mask);
+    m0 = _mm_max_ps(m0, v0), m1 = _mm_max_ps(m1, v1), m2 = _mm_max_ps(m2, v2), m3 = _mm_max_ps(m3, v3);
+    s0 = _mm_add_ps(s0, v0), s1 = _mm_add_ps(s1, v1), s2 = _mm_add_ps(s2, v2), s3 = _mm_add_ps(s3, v3);
   }
+  _mm_storeu_ps(mx, m0), _mm_storeu_ps(mx + 4, m1), _mm_storeu_ps(mx + 8, m2), _mm_storeu_ps(mx + 12, m3);
+  _mm_storeu_ps(sm, s0), _mm_storeu_ps(sm + 4, s1), _mm_storeu_ps(sm + 8, s2), _mm_storeu_ps(sm + 12, s3);
+#else
+  float32x4_t m0 = vdupq_n_f32(0.0f), m1 = m0, m2 = m0, m3 = m0, s0 = m0, s1 = m0, s2 = m0, s3 = m0;
+  for (; i + 16 <= len; i += 16) {
+    const float32x4_t v0 = vabsq_f32(vld1q_f32(t + i)), v1 = vabsq_f32(vld1q_f32(t + i + 4));
+    const float32x4_t v2 = vabsq_f32(vld1q_f32(t + i + 8)), v3 = vabsq_f32(vld1q_f32(t + i + 12));
+    m0 = vmaxq_f32(m0, v0), m1 = vmaxq_f32(m1, v1), m2 = vmaxq_f32(m2, v2), m3 = vmaxq_f32(m3, v3);
+    s0 = vaddq_f32(s0, v0), s1 = vaddq_f32(s1, v1), s2 = vaddq_f32(s2, v2), s3 = vaddq_f32(s3, v3);
+  }
+  vst1q_f32(mx, m0), vst1q_f32(mx + 4, m1), vst1q_f32(mx + 8, m2), vst1q_f32(mx + 12, m3);
+  vst1q_f32(sm, s0), vst1q_f32(sm + 4, s1), vst1q_f32(sm + 8, s2), vst1q_f32(sm + 12, s3);
+#endif
+  float total = 0.0f;
+  for (int l = 0; l < 16; ++l) {
+    total += sm[l];
+    uint32_t v;
+    std::memcpy(&v, mx + l, sizeof v);
+    r = v > r ? v : r;
+  }
+  if (!(total <= std::numeric_limits<float>::max())) {
+    i = 0;  // an infinity, a NaN or an overflow: every value again, exactly, below
+    r = 0;
+  }
+#endif
   for (; i < len; ++i) {
-    int32_t v;
+    uint32_t v;
     std::memcpy(&v, t + i, sizeof v);
-    v &= 0x7fffffff;
-    m[0] = v > m[0] ? v : m[0];
+    v &= 0x7fffffffu;
+    r = v > r ? v : r;
   }
-  int32_t r = 0;
-  for (int l = 0; l < 8; ++l) r = m[l] > r ? m[l] : r;
-  return static_cast<uint32_t>(r);
+  return r;
 }
+
+namespace {
+// A pair of the product-key walk: its score and its ranks in the two top lists.
+struct PairAt {
+  PairScore p;
+  uint32_t x, c;
+};
+}  // namespace
 
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
                   size_t k, uint32_t* ids, double* out_scores, size_t threads, const Kernels* fast,
@@ -449,13 +559,40 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
   const uint32_t tmax1 = !screen ? 0x7f800000u : tmax_bits != nullptr ? tmax_bits[0] : abs_max_bits(t1, n * d1);
   const uint32_t tmax2 = !screen ? 0x7f800000u : tmax_bits != nullptr ? tmax_bits[1] : abs_max_bits(t2, n * d2);
   constexpr size_t kGroup = 8;  // states screened per kernel call
+  // With many states the f32 scores come from gemm_acc over the tables transposed
+  // (d x n: each multiply-add serves a vector of rows, no horizontal sums), where
+  // dot_block sums each (state, row) pair across a vector. The transposition is paid
+  // once per call: against dot_block, 1 thread, d = 32, n = 256 to 2,048, it cost 1.08-1.31x
+  // at 8 states, 0.96-1.02x at 16, 0.90-0.94x at 32, 0.83-0.94x at 64.
+  constexpr size_t kGemmMinStates = 24;
+  const bool gemm = screen && B >= kGemmMinStates;
+  std::vector<float> t1T, t2T;
+  if (gemm) {
+    for (int half = 0; half < 2; ++half) {
+      const size_t dh = half == 0 ? d1 : d2;
+      const float* t = half == 0 ? t1 : t2;
+      std::vector<float>& tT = half == 0 ? t1T : t2T;
+      tT.resize(dh * n);
+      // 16 rows at a time: each column's 16 values are one cache line of tT (a row at a
+      // time wrote d lines n floats apart, and at n a power of two they share cache sets).
+      size_t i0 = 0;
+      for (; i0 + 16 <= n; i0 += 16)
+        for (size_t j = 0; j < dh; ++j)
+          for (size_t i = i0; i < i0 + 16; ++i) tT[j * n + i] = t[i * dh + j];
+      for (size_t i = i0; i < n; ++i)
+        for (size_t j = 0; j < dh; ++j) tT[j * n + i] = t[i * dh + j];
+    }
+  }
   std::atomic<size_t> scored_all{0};
   parallel_for(B, threads, [&](size_t lo, size_t hi, size_t) {
     PkScratch sc;
     std::vector<float> a1, a2;
     std::vector<uint32_t> top1, top2;
     std::vector<double> s1, s2;
-    std::vector<PairScore> pair(pair_candidates(k, kk));
+    std::vector<PairAt> frontier;
+    frontier.reserve(kk + 1);
+    // The heap's order: the top is the best pair (pair_better).
+    const auto worse = [](const PairAt& u, const PairAt& v) { return pair_better(v.p, u.p); };
     size_t scored = 0;
     for (size_t g = lo; g < hi; g += kGroup) {
       const size_t ng = std::min(kGroup, hi - g);
@@ -472,8 +609,13 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
               sc.qf[b * dh + j] = std::fabs(v) <= 0x1p100 ? static_cast<float>(v) : 0.0f;
             }
           std::vector<float>& a = half == 0 ? a1 : a2;
-          a.resize(ng * n);
-          fast->dot_block(sc.qf.data(), ng, half == 0 ? t1 : t2, n, dh, a.data(), n);
+          if (gemm) {
+            a.assign(ng * n, 0.0f);
+            fast->gemm_acc(a.data(), n, sc.qf.data(), dh, half == 0 ? t1T.data() : t2T.data(), n, ng, dh, n);
+          } else {
+            a.resize(ng * n);
+            fast->dot_block(sc.qf.data(), ng, half == 0 ? t1 : t2, n, dh, a.data(), n);
+          }
         }
       }
       for (size_t b = g; b < g + ng; ++b) {
@@ -482,18 +624,31 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
         const double E2 = screen ? screen_bound(qb + d1, d2, tmax2) : -1.0;
         table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
         table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
-        // Only pairs with (x + 1) (c + 1) <= k can be among the best k (pair_candidates).
-        size_t m = 0;
-        for (size_t x = 0; x < kk; ++x) {
-          const size_t cmax = std::min(kk, k / (x + 1));
-          for (size_t c = 0; c < cmax; ++c)
-            pair[m++] = pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c]));
-        }
-        std::partial_sort(pair.begin(), pair.begin() + static_cast<std::ptrdiff_t>(k),
-                          pair.begin() + static_cast<std::ptrdiff_t>(m), pair_better);
+        // The best k pairs, best first, by a best-first walk: (x, c) is strictly worse than
+        // (x, c - 1) and (x - 1, c) (the pair order, canonical.h), so the best pair not yet
+        // taken is (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0). The
+        // frontier (a heap, at most one pair per x) holds those: k pops and at most 2 k
+        // pushes, where a partial sort over the k (1 + ln k) pairs with (x + 1) (c + 1) <= k
+        // made a heap of them all.
+        const auto at = [&](uint32_t x, uint32_t c) {
+          return PairAt{pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c])), x, c};
+        };
+        frontier.clear();
+        frontier.push_back(at(0, 0));
         for (size_t t = 0; t < k; ++t) {
-          ids[b * k + t] = pair[t].id;
-          out_scores[b * k + t] = pair[t].hi;
+          std::pop_heap(frontier.begin(), frontier.end(), worse);
+          const PairAt p = frontier.back();
+          frontier.pop_back();
+          ids[b * k + t] = p.p.id;
+          out_scores[b * k + t] = p.p.hi;
+          if (p.c == 0 && p.x + 1 < kk) {
+            frontier.push_back(at(p.x + 1, 0));
+            std::push_heap(frontier.begin(), frontier.end(), worse);
+          }
+          if (p.c + 1 < kk) {
+            frontier.push_back(at(p.x, p.c + 1));
+            std::push_heap(frontier.begin(), frontier.end(), worse);
+          }
         }
       }
     }

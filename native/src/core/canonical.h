@@ -79,21 +79,12 @@ inline bool pair_better(const PairScore& u, const PairScore& v) {
   return u.id < v.id;
 }
 
-// The pairs (x, c) of two per-table top lists (each of kk, best first in the canonical
-// order: score descending, ties to the lower row) that can be among the best k slots:
-// those with (x + 1) (c + 1) <= k. Every (x', c') != (x, c) with x' <= x and c' <= c is
-// strictly better than (x, c) by pair_better (its exact sum is at least as large; when
-// equal, both sub-scores are equal and the lists' tie order gives it the lower slot id),
-// so (x, c) has at least (x + 1) (c + 1) - 1 better pairs (docs/product-keys.md). This
-// returns how many pairs that is, at least k when k <= kk * kk.
-inline size_t pair_candidates(size_t k, size_t kk) {
-  size_t m = 0;
-  for (size_t x = 0; x < kk; ++x) {
-    const size_t c = k / (x + 1);
-    m += c < kk ? c : kk;
-  }
-  return m;
-}
+// The pair order of two per-table top lists (each of kk, best first in the canonical
+// order: score descending, ties to the lower row): every (x', c') != (x, c) with x' <= x
+// and c' <= c is strictly better than (x, c) by pair_better (its exact sum is at least as
+// large; when equal, both sub-scores are equal and the lists' tie order gives it the
+// lower slot id). So (x, c) has at least (x + 1) (c + 1) - 1 better pairs, and
+// product_keys takes the best k best first from a frontier (docs/product-keys.md).
 
 // Product-key selection for B states (d1 + d2 each) over tables t1 (n x d1), t2
 // (n x d2): the exact top-k slots (i1 * n + i2) of all n^2 by pair_better; scores
