@@ -5,6 +5,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels_generic.h"
 
 namespace gt {
@@ -116,6 +118,41 @@ void micro(const float* q, const float* r, size_t d, float* out, size_t ldo) {
     }
 }
 
+// One query x N consecutive rows for long rows: each row's accumulator is
+// micro<kL2, 1, 1>'s (8-lane chunks in order, horizontal sum, scalar tail: the same bits),
+// N rows advance together, and each line is prefetched 8 KiB ahead: a row's accumulator is
+// one dependency chain, which stops the core looking ahead for loads (see kPrefetchBytes
+// in kernels_avx512.cc; measured there and here with bench/exact-topk.mjs).
+constexpr size_t kPrefetchBytes = 8192;
+constexpr size_t kShortRowMaxDim = 128;
+template <bool kL2, int N>
+inline void rows_n(const float* q, const float* R, size_t d, float* out) {
+  __m256 acc[N];
+  for (int n = 0; n < N; ++n) acc[n] = _mm256_setzero_ps();
+  size_t t = 0;
+  for (; t + 16 <= d; t += 16) {
+    const __m256 q0 = _mm256_loadu_ps(q + t), q1 = _mm256_loadu_ps(q + t + 8);
+    for (int n = 0; n < N; ++n) {
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(R + n * d + t) + kPrefetchBytes), _MM_HINT_T0);
+      acc[n] = step<kL2>(acc[n], q0, _mm256_loadu_ps(R + n * d + t));
+      acc[n] = step<kL2>(acc[n], q1, _mm256_loadu_ps(R + n * d + t + 8));
+    }
+  }
+  if (t + 8 <= d) {
+    const __m256 q0 = _mm256_loadu_ps(q + t);
+    for (int n = 0; n < N; ++n) acc[n] = step<kL2>(acc[n], q0, _mm256_loadu_ps(R + n * d + t));
+    t += 8;
+  }
+  for (int n = 0; n < N; ++n) {
+    float s = hsum256(acc[n]);
+    for (size_t u = t; u < d; ++u) {
+      const float x = q[u], y = R[n * d + u];
+      s += kL2 ? (x - y) * (x - y) : x * y;
+    }
+    out[n] = s;
+  }
+}
+
 template <bool kL2>
 void block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,
                 size_t ldo) {
@@ -128,12 +165,16 @@ void block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t d, 
     for (; j + 2 <= nr; j += 2) micro<kL2, 4, 2>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
     for (; j < nr; ++j) micro<kL2, 4, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
   }
-  // Leftover queries (all of them for one query per call): one row at a time, in
-  // address order. This streams R at the plain-read bandwidth; interleaving several
-  // rows (1 query x 4 rows) made four strided streams that ran at half of it.
-  // Successive rows' dependency chains are independent, so they overlap anyway.
-  for (; i < nq; ++i)
-    for (size_t j = 0; j < nr; ++j) micro<kL2, 1, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
+  // Leftover queries (all of them for one query per call), in address order: long rows
+  // two at a time with the prefetch (rows_n), short ones one at a time.
+  for (; i < nq; ++i) {
+    size_t j = 0;
+    if (d > kShortRowMaxDim) {
+      for (; j + 2 <= nr; j += 2) rows_n<kL2, 2>(Q + i * d, R + j * d, d, out + i * ldo + j);
+      for (; j < nr; ++j) rows_n<kL2, 1>(Q + i * d, R + j * d, d, out + i * ldo + j);
+    }
+    for (; j < nr; ++j) micro<kL2, 1, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
+  }
 }
 
 void dot_block_avx2(const float* Q, size_t nq, const float* R, size_t nr, size_t d, float* out,

@@ -12,6 +12,8 @@
 #endif
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels_generic.h"
 
 namespace gt {
@@ -135,28 +137,51 @@ inline __m256 step256(__m256 acc, __m256 x, __m256 rv) {
   return _mm256_fmadd_ps(x, rv, acc);
 }
 
-// One query x one row, the streaming kernel: micro<kL2, 1, 1> with its 16-lane
-// accumulator kept as two 256-bit halves (lane-wise the same operations and the same
-// reduction tree, so the same bits). A 64-byte load from a row that does not start on
-// a 64-byte boundary (d not a multiple of 16, adopted storage) splits two cache lines
-// every time and ran at half the read bandwidth; 32-byte loads split every other time.
-// On aligned rows the halves measured as fast or slightly faster (AMD Zen 4).
-template <bool kL2>
-float row_split(const float* q, const float* r, size_t d) {
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+// Software prefetch distance of the one-query streaming kernels (rows_n; also AVX2's).
+// A row's accumulator is one dependency chain of d / 16 FMAs (its bits fix the order),
+// so a long row fills the reorder buffer with FMAs waiting on each other, the core stops
+// looking ahead for loads, and fewer cache lines are in flight than a plain read keeps:
+// 0.63-0.72 of the plain read (the sum kernel) over the same huge-page rows at d = 256 to
+// 1,024 on the 2-core Xeon VM. A prefetch of each line 8 KiB ahead (retired at once, it
+// never waits) brought that to 0.79-0.86; 4 KiB gave about the same, 1 KiB less, and short
+// rows (rows16, d <= 128) nothing. Prefetch is a hint: past the buffer's end it does not fault.
+constexpr size_t kPrefetchBytes = 8192;
+inline void prefetch_ahead(const float* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + kPrefetchBytes), _MM_HINT_T0);
+}
+
+// One query x N consecutive rows, the streaming kernel for long rows: each row's 16-lane
+// accumulator is micro<kL2, 1, 1>'s, kept as two 256-bit halves (lane-wise the same
+// operations and the same reduction tree, so the same bits), and N rows advance together
+// (independent chains), each line prefetched kPrefetchBytes ahead. A 64-byte load from a
+// row that does not start on a 64-byte boundary (d not a multiple of 16, adopted storage)
+// splits two cache lines every time and ran at half the read bandwidth; 32-byte loads
+// split every other time. On aligned rows the halves measured as fast or slightly faster
+// (AMD Zen 4).
+template <bool kL2, int N>
+inline void rows_n(const float* q, const float* R, size_t d, float* out) {
+  __m256 lo[N], hi[N];
+  for (int n = 0; n < N; ++n) lo[n] = hi[n] = _mm256_setzero_ps();
   size_t t = 0;
   for (; t + 16 <= d; t += 16) {
-    lo = step256<kL2>(lo, _mm256_loadu_ps(q + t), _mm256_loadu_ps(r + t));
-    hi = step256<kL2>(hi, _mm256_loadu_ps(q + t + 8), _mm256_loadu_ps(r + t + 8));
+    const __m256 q0 = _mm256_loadu_ps(q + t), q1 = _mm256_loadu_ps(q + t + 8);
+    for (int n = 0; n < N; ++n) {
+      prefetch_ahead(R + n * d + t);
+      lo[n] = step256<kL2>(lo[n], q0, _mm256_loadu_ps(R + n * d + t));
+      hi[n] = step256<kL2>(hi[n], q1, _mm256_loadu_ps(R + n * d + t + 8));
+    }
   }
-  if (t < d) {  // the masked tail, exactly as micro does it
-    const __mmask16 m = tail_mask(d - t);
-    __m512 acc = _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
-    acc = step<kL2>(acc, _mm512_maskz_loadu_ps(m, q + t), _mm512_maskz_loadu_ps(m, r + t));
-    return hsum512(acc);
+  for (int n = 0; n < N; ++n) {
+    if (t < d) {  // the masked tail, exactly as micro does it
+      const __mmask16 m = tail_mask(d - t);
+      __m512 acc = _mm512_castpd_ps(
+          _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo[n])), _mm256_castps_pd(hi[n]), 1));
+      acc = step<kL2>(acc, _mm512_maskz_loadu_ps(m, q + t), _mm512_maskz_loadu_ps(m, R + n * d + t));
+      out[n] = hsum512(acc);
+    } else {
+      out[n] = hsum_halves(lo[n], hi[n]);
+    }
   }
-  return hsum_halves(lo, hi);
 }
 
 // One query x 16 rows at once, for short rows (d <= kRows16MaxDim): each row's 16-lane
@@ -167,7 +192,8 @@ float row_split(const float* q, const float* r, size_t d) {
 // each row's sum is the same pairs added in the same order: the same bits. Measured on
 // the 2-core Xeon VM, quiet, one query, one thread, 128 MiB of rows, interleaved in one
 // process against row_split: 1.39x / 1.25x at d = 16 (l2 / ip), 1.29x / 1.24x at 32,
-// 1.18x / 1.23x at 64, 1.20x / 1.20x at 128. Longer rows stay on row_split (memory-bound).
+// 1.18x / 1.23x at 64, 1.20x / 1.20x at 128 (against row_split, now rows_n<kL2, 1>).
+// Longer rows go to rows_n (memory-bound).
 constexpr size_t kRows16MaxDim = 128;
 
 // kChunks = ceil(d / 16), a constant, so that the 16 accumulators stay in registers.
@@ -220,9 +246,7 @@ void block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d
     for (; j < nr; ++j) micro<kL2, 4, 1>(Q + i * d, R + j * d, d, out + i * ldo + j, ldo);
   }
   // Leftover queries (all of them for one query per call): short rows 16 at a time
-  // (rows16), then one row at a time, in address order. This streams R at the plain-read bandwidth; interleaving several
-  // rows (1 query x 4 rows) made four strided streams that ran at half of it.
-  // Successive rows' dependency chains are independent, so they overlap anyway.
+  // (rows16), long ones two at a time (rows_n), in address order.
   for (; i < nq; ++i) {
     size_t j = 0;
     if (d <= kRows16MaxDim) {
@@ -239,7 +263,10 @@ void block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d
       }
       for (; j + 16 <= nr; j += 16) f(Q + i * d, R + j * d, d, out + i * ldo + j);
     }
-    for (; j < nr; ++j) out[i * ldo + j] = row_split<kL2>(Q + i * d, R + j * d, d);
+    // Long rows two at a time (two chains: 1.02-1.06x one at a time, with the prefetch).
+    if (d > kRows16MaxDim)
+      for (; j + 2 <= nr; j += 2) rows_n<kL2, 2>(Q + i * d, R + j * d, d, out + i * ldo + j);
+    for (; j < nr; ++j) rows_n<kL2, 1>(Q + i * d, R + j * d, d, out + i * ldo + j);
   }
 }
 
