@@ -541,13 +541,38 @@ uint32_t abs_max_bits(const float* t, size_t len) {
   return r;
 }
 
-namespace {
-// A pair of the product-key walk: its score and its ranks in the two top lists.
-struct PairAt {
-  PairScore p;
-  uint32_t x, c;
-};
-}  // namespace
+template <class S>
+void best_pairs(const S* s1, const uint32_t* top1, const S* s2, const uint32_t* top2, size_t kk, size_t n, size_t k,
+                uint32_t* ids, double* scores, std::vector<PairAt>& frontier) {
+  // The heap's order: the top is the best pair (pair_better).
+  const auto worse = [](const PairAt& u, const PairAt& v) { return pair_better(v.p, u.p); };
+  const auto at = [&](uint32_t x, uint32_t c) {
+    return PairAt{pair_score(static_cast<double>(s1[x]), static_cast<double>(s2[c]),
+                             static_cast<uint32_t>(static_cast<uint64_t>(top1[x]) * n + top2[c])),
+                  x, c};
+  };
+  frontier.clear();
+  frontier.push_back(at(0, 0));
+  for (size_t t = 0; t < k; ++t) {
+    std::pop_heap(frontier.begin(), frontier.end(), worse);
+    const PairAt p = frontier.back();
+    frontier.pop_back();
+    ids[t] = p.p.id;
+    scores[t] = p.p.hi;
+    if (p.c == 0 && p.x + 1 < kk) {
+      frontier.push_back(at(p.x + 1, 0));
+      std::push_heap(frontier.begin(), frontier.end(), worse);
+    }
+    if (p.c + 1 < kk) {
+      frontier.push_back(at(p.x, p.c + 1));
+      std::push_heap(frontier.begin(), frontier.end(), worse);
+    }
+  }
+}
+template void best_pairs<double>(const double*, const uint32_t*, const double*, const uint32_t*, size_t, size_t, size_t,
+                                 uint32_t*, double*, std::vector<PairAt>&);
+template void best_pairs<float>(const float*, const uint32_t*, const float*, const uint32_t*, size_t, size_t, size_t,
+                                uint32_t*, double*, std::vector<PairAt>&);
 
 void product_keys(const double* q, const float* t1, const float* t2, size_t n, size_t d1, size_t d2, size_t B,
                   size_t k, uint32_t* ids, double* out_scores, size_t threads, const Kernels* fast,
@@ -591,8 +616,6 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
     std::vector<double> s1, s2;
     std::vector<PairAt> frontier;
     frontier.reserve(kk + 1);
-    // The heap's order: the top is the best pair (pair_better).
-    const auto worse = [](const PairAt& u, const PairAt& v) { return pair_better(v.p, u.p); };
     size_t scored = 0;
     for (size_t g = lo; g < hi; g += kGroup) {
       const size_t ng = std::min(kGroup, hi - g);
@@ -624,32 +647,10 @@ void product_keys(const double* q, const float* t1, const float* t2, size_t n, s
         const double E2 = screen ? screen_bound(qb + d1, d2, tmax2) : -1.0;
         table_top(qb, t1, n, d1, kk, screen ? a1.data() + (b - g) * n : nullptr, E1, sc, top1, s1, scored);
         table_top(qb + d1, t2, n, d2, kk, screen ? a2.data() + (b - g) * n : nullptr, E2, sc, top2, s2, scored);
-        // The best k pairs, best first, by a best-first walk: (x, c) is strictly worse than
-        // (x, c - 1) and (x - 1, c) (the pair order, canonical.h), so the best pair not yet
-        // taken is (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0). The
-        // frontier (a heap, at most one pair per x) holds those: k pops and at most 2 k
-        // pushes, where a partial sort over the k (1 + ln k) pairs with (x + 1) (c + 1) <= k
-        // made a heap of them all.
-        const auto at = [&](uint32_t x, uint32_t c) {
-          return PairAt{pair_score(s1[x], s2[c], static_cast<uint32_t>(top1[x] * n + top2[c])), x, c};
-        };
-        frontier.clear();
-        frontier.push_back(at(0, 0));
-        for (size_t t = 0; t < k; ++t) {
-          std::pop_heap(frontier.begin(), frontier.end(), worse);
-          const PairAt p = frontier.back();
-          frontier.pop_back();
-          ids[b * k + t] = p.p.id;
-          out_scores[b * k + t] = p.p.hi;
-          if (p.c == 0 && p.x + 1 < kk) {
-            frontier.push_back(at(p.x + 1, 0));
-            std::push_heap(frontier.begin(), frontier.end(), worse);
-          }
-          if (p.c + 1 < kk) {
-            frontier.push_back(at(p.x, p.c + 1));
-            std::push_heap(frontier.begin(), frontier.end(), worse);
-          }
-        }
+        // The best k pairs, best first (best_pairs: a walk of k pops and at most 2 k pushes,
+        // where a partial sort over the k (1 + ln k) pairs with (x + 1) (c + 1) <= k made a
+        // heap of them all).
+        best_pairs(s1.data(), top1.data(), s2.data(), top2.data(), kk, n, k, ids + b * k, out_scores + b * k, frontier);
       }
     }
     scored_all.fetch_add(scored, std::memory_order_relaxed);

@@ -84,7 +84,25 @@ inline bool pair_better(const PairScore& u, const PairScore& v) {
 // and c' <= c is strictly better than (x, c) by pair_better (its exact sum is at least as
 // large; when equal, both sub-scores are equal and the lists' tie order gives it the
 // lower slot id). So (x, c) has at least (x + 1) (c + 1) - 1 better pairs, and
-// product_keys takes the best k best first from a frontier (docs/product-keys.md).
+// best_pairs takes the best k best first from a frontier (docs/product-keys.md).
+
+// A pair of the best-first walk: its score and its ranks in the two top lists.
+struct PairAt {
+  PairScore p;
+  uint32_t x, c;
+};
+
+// The best k pairs of two top lists (s1, top1) and (s2, top2) of kk entries each, best
+// first in the canonical order above: ids[t] = top1[x] * n + top2[c] and scores[t] = the
+// rounded sum, best first by pair_better; 1 <= k <= kk * kk. A best-first walk: (x, c)
+// is strictly worse than (x, c - 1) and (x - 1, c), so the best pair not yet taken is
+// (x, c + 1) of a taken (x, c), or (x + 1, 0) of a taken (x, 0); the frontier (scratch:
+// a heap, at most one pair per x) holds those, k pops and at most 2 k pushes. S is
+// double (product_keys' canonical sub-scores) or float (the fast forward's,
+// product_key_search: f32 to f64 is exact, so the same pair order).
+template <class S>
+void best_pairs(const S* s1, const uint32_t* top1, const S* s2, const uint32_t* top2, size_t kk, size_t n, size_t k,
+                uint32_t* ids, double* scores, std::vector<PairAt>& frontier);
 
 // Product-key selection for B states (d1 + d2 each) over tables t1 (n x d1), t2
 // (n x d2): the exact top-k slots (i1 * n + i2) of all n^2 by pair_better; scores

@@ -34,26 +34,15 @@ void product_key_search(const ProductKeyArgs& a, uint32_t* ids, double* scores) 
   e.d = a.d2;
   e.queries = q2.data();
   exact_search(e, i2.data(), s2.data());
-  // Each table's list is best first, ties to the lower row (exact_search's order), so
-  // the pair (x, y) of list ranks has at least (x + 1)(y + 1) - 1 pairs better than it by
-  // pair_better (canonical.h): only pairs with (x + 1)(y + 1) <= k can be among the best
-  // k, about k (1 + ln k) of them (143 for k = 32) instead of kk^2 (1,024).
+  // Each table's list is best first, ties to the lower row (exact_search's order): the
+  // pairs by the proof's best-first walk (canonical::best_pairs; the pair order holds for
+  // the f32 sub-scores summed exactly), k pops instead of ranking all kk^2 pairs.
   parallel_for(a.nq, a.nq < 16 ? 1 : a.threads, [&](size_t b, size_t end, size_t) {
-    std::vector<canonical::PairScore> c(kk * kk);
-    for (size_t q = b; q < end; ++q) {
-      const size_t o = q * kk;
-      size_t m = 0;
-      for (size_t x = 0; x < kk; ++x)
-        for (size_t y = 0, ymax = std::min(kk, a.k / (x + 1)); y < ymax; ++y)
-          c[m++] = canonical::pair_score(static_cast<double>(s1[o + x]), static_cast<double>(s2[o + y]),
-                                         static_cast<uint32_t>(static_cast<uint64_t>(i1[o + x]) * a.n + i2[o + y]));
-      std::partial_sort(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(a.k), c.begin() + static_cast<std::ptrdiff_t>(m),
-                        canonical::pair_better);
-      for (size_t t = 0; t < a.k; ++t) {
-        ids[q * a.k + t] = c[t].id;
-        scores[q * a.k + t] = c[t].hi;
-      }
-    }
+    std::vector<canonical::PairAt> frontier;
+    frontier.reserve(kk + 1);
+    for (size_t q = b; q < end; ++q)
+      canonical::best_pairs(s1.data() + q * kk, i1.data() + q * kk, s2.data() + q * kk, i2.data() + q * kk, kk, a.n,
+                            a.k, ids + q * a.k, scores + q * a.k, frontier);
   });
 }
 
