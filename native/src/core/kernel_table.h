@@ -5,6 +5,11 @@
 
 namespace gt {
 
+// How far ahead the one-query kernels for long rows (AVX-512 and AVX2 rows_n) prefetch
+// each line, and the row length above which they run (kernels_avx512.cc says why).
+constexpr size_t kOneQueryPrefetchBytes = 8192;
+constexpr size_t kShortRowMaxDim = 128;
+
 struct Kernels {
   // sum_i a[i] * b[i]
   float (*dot)(const float* a, const float* b, size_t n);

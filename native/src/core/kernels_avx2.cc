@@ -121,10 +121,8 @@ void micro(const float* q, const float* r, size_t d, float* out, size_t ldo) {
 // One query x N consecutive rows for long rows: each row's accumulator is
 // micro<kL2, 1, 1>'s (8-lane chunks in order, horizontal sum, scalar tail: the same bits),
 // N rows advance together, and each line is prefetched 8 KiB ahead: a row's accumulator is
-// one dependency chain, which stops the core looking ahead for loads (see kPrefetchBytes
+// one dependency chain, which stops the core looking ahead for loads (see kOneQueryPrefetchBytes
 // in kernels_avx512.cc; measured there and here with bench/exact-topk.mjs).
-constexpr size_t kPrefetchBytes = 8192;
-constexpr size_t kShortRowMaxDim = 128;
 template <bool kL2, int N>
 inline void rows_n(const float* q, const float* R, size_t d, float* out) {
   __m256 acc[N];
@@ -133,7 +131,7 @@ inline void rows_n(const float* q, const float* R, size_t d, float* out) {
   for (; t + 16 <= d; t += 16) {
     const __m256 q0 = _mm256_loadu_ps(q + t), q1 = _mm256_loadu_ps(q + t + 8);
     for (int n = 0; n < N; ++n) {
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(R + n * d + t) + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(R + n * d + t) + kOneQueryPrefetchBytes), _MM_HINT_T0);
       acc[n] = step<kL2>(acc[n], q0, _mm256_loadu_ps(R + n * d + t));
       acc[n] = step<kL2>(acc[n], q1, _mm256_loadu_ps(R + n * d + t + 8));
     }

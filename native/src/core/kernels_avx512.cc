@@ -137,7 +137,8 @@ inline __m256 step256(__m256 acc, __m256 x, __m256 rv) {
   return _mm256_fmadd_ps(x, rv, acc);
 }
 
-// Software prefetch distance of the one-query streaming kernels (rows_n; also AVX2's).
+// The one-query streaming kernels' software prefetch (kOneQueryPrefetchBytes, kernel_table.h;
+// AVX2's rows_n too).
 // A row's accumulator is one dependency chain of d / 16 FMAs (its bits fix the order),
 // so a long row fills the reorder buffer with FMAs waiting on each other, the core stops
 // looking ahead for loads, and fewer cache lines are in flight than a plain read keeps:
@@ -145,15 +146,14 @@ inline __m256 step256(__m256 acc, __m256 x, __m256 rv) {
 // 1,024 on the 2-core Xeon VM. A prefetch of each line 8 KiB ahead (retired at once, it
 // never waits) brought that to 0.79-0.86; 4 KiB gave about the same, 1 KiB less, and short
 // rows (rows16, d <= 128) nothing. Prefetch is a hint: past the buffer's end it does not fault.
-constexpr size_t kPrefetchBytes = 8192;
 inline void prefetch_ahead(const float* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + kPrefetchBytes), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + kOneQueryPrefetchBytes), _MM_HINT_T0);
 }
 
 // One query x N consecutive rows, the streaming kernel for long rows: each row's 16-lane
 // accumulator is micro<kL2, 1, 1>'s, kept as two 256-bit halves (lane-wise the same
 // operations and the same reduction tree, so the same bits), and N rows advance together
-// (independent chains), each line prefetched kPrefetchBytes ahead. A 64-byte load from a
+// (independent chains), each line prefetched kOneQueryPrefetchBytes ahead. A 64-byte load from a
 // row that does not start on a 64-byte boundary (d not a multiple of 16, adopted storage)
 // splits two cache lines every time and ran at half the read bandwidth; 32-byte loads
 // split every other time. On aligned rows the halves measured as fast or slightly faster
@@ -184,7 +184,7 @@ inline void rows_n(const float* q, const float* R, size_t d, float* out) {
   }
 }
 
-// One query x 16 rows at once, for short rows (d <= kRows16MaxDim): each row's 16-lane
+// One query x 16 rows at once, for short rows (d <= kShortRowMaxDim): each row's 16-lane
 // accumulator is built exactly as micro<kL2, 1, 1> builds it, and the 16 horizontal sums
 // are then done together, transposed: at each level of hsum_halves's tree (lane j +
 // lane j+8, then j + j+4, then j + j+2, then j + j+1) one add serves two or more rows,
@@ -194,7 +194,6 @@ inline void rows_n(const float* q, const float* R, size_t d, float* out) {
 // process against row_split: 1.39x / 1.25x at d = 16 (l2 / ip), 1.29x / 1.24x at 32,
 // 1.18x / 1.23x at 64, 1.20x / 1.20x at 128 (against row_split, now rows_n<kL2, 1>).
 // Longer rows go to rows_n (memory-bound).
-constexpr size_t kRows16MaxDim = 128;
 
 // kChunks = ceil(d / 16), a constant, so that the 16 accumulators stay in registers.
 template <bool kL2, int kChunks>
@@ -249,7 +248,7 @@ void block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d
   // (rows16), long ones two at a time (rows_n), in address order.
   for (; i < nq; ++i) {
     size_t j = 0;
-    if (d <= kRows16MaxDim) {
+    if (d <= kShortRowMaxDim) {
       void (*f)(const float*, const float*, size_t, float*) = nullptr;
       switch ((d + 15) / 16) {
         case 1: f = rows16<kL2, 1>; break;
@@ -262,10 +261,10 @@ void block_avx512(const float* Q, size_t nq, const float* R, size_t nr, size_t d
         default: f = rows16<kL2, 8>; break;
       }
       for (; j + 16 <= nr; j += 16) f(Q + i * d, R + j * d, d, out + i * ldo + j);
-    }
-    // Long rows two at a time (two chains: 1.02-1.06x one at a time, with the prefetch).
-    if (d > kRows16MaxDim)
+    } else {
+      // Long rows two at a time (two chains: 1.02-1.06x one at a time, with the prefetch).
       for (; j + 2 <= nr; j += 2) rows_n<kL2, 2>(Q + i * d, R + j * d, d, out + i * ldo + j);
+    }
     for (; j < nr; ++j) rows_n<kL2, 1>(Q + i * d, R + j * d, d, out + i * ldo + j);
   }
 }
