@@ -22,7 +22,7 @@
 //
 // Usage: node bench/decode.mjs [--ls=1024,4096,16384,65536] [--steps=48] [--ef=64,128,256]
 //        [--data=random,lowrank] [--m=16] [--ef-construction=100] [--rank=R (sketch; default auto)]
-//        [--max-scored=0,256] [--refit=L] [--out=decode]
+//        [--max-scored=0,256] [--sketches=8/0,4/128] [--refit=L] [--out=decode]
 // --ef= (empty, the default) leaves HNSW out: its build takes minutes at 64k keys.
 // --refit=L: instead, the sketch's amortised refit (key_sketch.h, refit()): a sketch decoder
 // and an exact one cache L - 1 keys (the sketch fitted to the first L / 2), then step together
@@ -41,7 +41,11 @@ const steps = Number(arg('steps', 48));
 const efs = arg('ef', '').split(',').filter((e) => e !== '').map(Number);
 const rank = arg('rank', undefined) === undefined ? undefined : Number(arg('rank', undefined));
 // --max-scored=0,256: sketch runs without a limit (0: exact) and with one (approximate past it).
-const maxScoreds = arg('max-scored', '0').split(',').map(Number);
+// --sketches=8/0,4/128: the sketch decoders as bits/maxScored (4-bit codes: approximate, maxScored
+// >= k required; docs/attention.md "4-bit codes"); default: 8/m for each --max-scored m.
+const sketchSpecs = (arg('sketches', '') === '' ? arg('max-scored', '0').split(',').map((m) => `8/${m}`) : arg('sketches', '').split(','))
+  .map((s) => { const [b, m] = s.split('/').map(Number); return { bits: b, maxScored: m ?? 0 }; });
+const maxScoreds = sketchSpecs.map((s) => s.maxScored);
 const datas = arg('data', 'random,lowrank').split(',');
 const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));
 const refitL = arg('refit', '') === '' ? null : Number(arg('refit', ''));
@@ -128,7 +132,7 @@ for (const data of datas) {
     tryGc();
     const dense = new AttentionDecoder(layer('dense'), { maxLength: rowsNeeded });
     const exact = new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded });
-    const sketches = maxScoreds.map((m) => new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'sketch', ...(rank === undefined ? {} : { rank }), ...(m === 0 ? {} : { maxScored: m }) }));
+    const sketches = sketchSpecs.map(({ bits, maxScored: m }) => new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'sketch', ...(rank === undefined ? {} : { rank }), ...(m === 0 ? {} : { maxScored: m }), ...(bits === 8 ? {} : { sketchBits: bits }) }));
     const hnsw = efs.length === 0 ? null : new AttentionDecoder(layer('sparse'), { maxLength: rowsNeeded, index: 'hnsw', ef: efs[0], M, efConstruction: efC });
     await dense.prefill(prefix);
     await exact.prefill(prefix);
@@ -181,7 +185,7 @@ for (const data of datas) {
       const tps = (key) => round((steps * 1000) / ms[key]);
       for (const [m, sk] of sketches.entries()) {
         const r = {
-          data, L, denseTokS: tps('dense'), exactTokS: tps('exact'), maxScored: maxScoreds[m],
+          data, L, denseTokS: tps('dense'), exactTokS: tps('exact'), bits: sketchSpecs[m].bits, maxScored: maxScoreds[m],
           sketchTokS: tps(`sketch${m}`), sketchSpeedup: round(ms.exact / ms[`sketch${m}`]), sketchRecall: round(ssum[m] / steps),
           sketchRank: sk.stats().sketchRanks.join('/'), sketchCandidates: round(cand[m] / steps / heads), sketchCappedHeads: round(capped[m] / steps / heads), sketchBuildS,
           exactSelectMs: round(ms.exactSelect / steps), sketchSelectMs: round(ms[`sketchSelect${m}`] / steps),
@@ -195,7 +199,7 @@ for (const data of datas) {
   }
 }
 
-const cols = ['data', 'L', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'maxScored', header: 'maxScored' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `sketch recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }, { key: 'sketchBuildS', header: 'sketch fit s' }];
+const cols = ['data', 'L', { key: 'denseTokS', header: 'dense tok/s' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'bits', header: 'sketch bits' }, { key: 'maxScored', header: 'maxScored' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `sketch recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }, { key: 'sketchBuildS', header: 'sketch fit s' }];
 if (efs.length > 0) cols.push('ef', { key: 'hnswTokS', header: 'hnsw tok/s' }, { key: 'speedup', header: 'hnsw/exact' }, { key: 'recall', header: `hnsw recall@${k}` }, { key: 'hnswSelectMs', header: 'hnsw select ms' }, { key: 'buildS', header: 'hnsw build s' });
 table(results, cols, { title: `Decode tokens/s, one causal attention layer (${heads} heads x ${dk}, k = ${k}), KV cache of L positions` });
 const file = writeResults(out, {
@@ -203,7 +207,7 @@ const file = writeResults(out, {
   machine: machine(), otherProcesses: others,
   parameters: {
     heads, headDim: dk, k, steps, projections: 'dense q, k, v (256 x 256), no output projection',
-    sketch: { rank: rank ?? 'auto (99% of the keys\' energy per head)', maxScored: maxScoreds, cappedShare: 'share of heads and steps whose certified candidates exceeded maxScored (selected approximately)', fitted: 'to the L prefilled keys (refitted when the cache doubles)', scoredPerHead: 'keys scored exactly per head and step (the rest ruled out by the bound)' },
+    sketch: { rank: rank ?? 'auto (99% of the keys\' energy per head; 4-bit: rounded up to a multiple of 8)', bits: sketchSpecs.map((s) => s.bits), maxScored: maxScoreds, cappedShare: 'share of heads and steps whose certified candidates exceeded maxScored (selected approximately)', fitted: 'to the L prefilled keys (refitted when the cache doubles)', scoredPerHead: 'keys scored exactly per head and step (the rest ruled out by the bound)' },
     ...(efs.length === 0 ? {} : { hnsw: { M, efConstruction: efC, efs, metric: 'ip', insertion: 'each new key linked in its step' } }),
     interleaved: 'the decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query (4 heads), timed apart',
   },

@@ -131,6 +131,57 @@ describe("index 'sketch'", () => {
     expect(cappedHeads).toBe(heads * 100);
   });
 
+  it('sketchBits 4: scoring every key it is the exact decoder bit for bit; with maxScored 4 k it finds most of the exact top k, with exact scores, across refits', async () => {
+    const heads = 2, dk = 32, D = heads * dk, k = 8, n = 700, x = rows(n, D, 3, true);
+    const l = layer(heads, D, k);
+    const exact = new AttentionDecoder(l, { maxLength: n });
+    const s8 = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40 });
+    // Every key scored (maxScored >= the context): the 4-bit codes only order the candidates.
+    const all = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, sketchBits: 4, maxScored: n });
+    // The default cap, 4 k: approximate.
+    const s4 = new AttentionDecoder(l, { maxLength: n, index: 'sketch', indexThreshold: 40, sketchBits: 4 });
+    for (const d of [exact, s8, all, s4]) await d.prefill(x.subarray(0, 10 * D));
+    let hit = 0, want = 0, same = 0;
+    for (let i = 10; i < n; i++) {
+      const row = x.subarray(i * D, (i + 1) * D);
+      const a = await exact.step(row);
+      await s8.step(row);
+      expect(bits(await all.step(row))).toEqual(bits(a));
+      const b = await s4.step(row);
+      if (bits(b).every((v, j) => v === bits(a)[j])) same++;
+      if (i < 40) continue;
+      expect(s4.stats().sketchCandidates).toBe(heads * 4 * k);
+      const q = (await l.query!.forward(row)).y, e = exact.exactSelection(q), g = s4.indexSelection(q)!;
+      for (let h = 0; h < heads; h++) {
+        const wantH = new Set(e.subarray(h * k, (h + 1) * k));
+        for (const id of g.subarray(h * k, (h + 1) * k)) if (wantH.has(id)) hit++;
+        want += k;
+      }
+    }
+    // Low-rank keys: nearly all of the exact top k, and most steps' outputs bit for bit.
+    expect(hit / want).toBeGreaterThanOrEqual(0.95);
+    expect(same).toBeGreaterThan((n - 10) / 2);
+    const st = s4.stats();
+    expect(st).toMatchObject({ length: n, indexed: true, exactSteps: 30, indexedSteps: n - 40, sketchCapped: 0, sketchRefits: 4, sketchBits: 4 });
+    expect(s8.stats().sketchBits).toBe(8);
+    // The auto rank, rounded up to a multiple of 8 (a group of eight 4-bit codes is four bytes either way).
+    for (const r of st.sketchRanks) expect(r % 8).toBe(0);
+    if (process.env.SKETCH4_DEBUG) console.log('recall', hit / want, 'steps bit for bit', same, 'of', n - 10);
+    // Hostile options and native arguments.
+    const model = languageModel({ context: 32, dim: 16, layers: 1, heads: 2, hidden: 16, attentionK: 4, seed: 2 });
+    expect(() => new Decoder(model, { index: 'auto', sketchBits: 4 })).toThrow(InvalidArgumentError); // 'auto' selects exactly
+    expect(() => new Decoder(model, { index: 'exact', sketchBits: 4 })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', sketchBits: 5 as never })).toThrow(InvalidArgumentError);
+    expect(() => new Decoder(model, { index: 'sketch', sketchBits: 4, maxScored: 3 })).toThrow(OutOfRangeError); // below k
+    expect(() => new Decoder(model, { index: 'sketch', sketchBits: 8 })).not.toThrow();
+    const H = 2, kp = new Float32Array(256 * 8).map((_, j) => Math.sin(j)), q = new Float32Array(8).fill(0.5);
+    const sk = native().keySketchNew(H, 4, 0, kp, 3, undefined, 4);
+    expect(native().keySketchInfo(sk)).toMatchObject({ length: 3, bits: 4 });
+    expect(() => callNative(() => native().keySketchSelect(sk, q, kp, 2))).toThrow(InvalidArgumentError); // no maxScored: no bound to certify with
+    expect(native().keySketchSelect(sk, q, kp, 2, 2).ids.length).toBe(4);
+    expect(() => callNative(() => native().keySketchNew(H, 4, 0, kp, 3, undefined, 6 as never))).toThrow(InvalidArgumentError);
+  }, 120_000);
+
   it('a model generates the same tokens as with the exact scan, logits bit for bit', async () => {
     const model = languageModel({ context: 200, dim: 64, layers: 2, heads: 2, hidden: 64, attentionK: 8, seed: 5 });
     const prompt = [72, 101, 108, 108, 111];

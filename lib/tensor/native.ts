@@ -214,11 +214,11 @@ export interface NativeAddon {
     selIds?: Uint32Array, selScores?: Float32Array,
   ): { out: Float32Array; ids: Uint32Array; weights: Float32Array };
   /** A key sketch over a decode cache's packed keys (native/src/core/key_sketch.h); rank 0: auto. */
-  keySketchNew(heads: number, headDim: number, rank: number, keysPacked: Float32Array, L: number, queries?: Float32Array): NativeKeySketch;
+  keySketchNew(heads: number, headDim: number, rank: number, keysPacked: Float32Array, L: number, queries?: Float32Array, bits?: 8 | 4): NativeKeySketch;
   keySketchAppend(sketch: NativeKeySketch, keysPacked: Float32Array, L: number): void;
   keySketchSelect(sketch: NativeKeySketch, q: Float32Array, keysPacked: Float32Array, k: number, maxScored?: number, observe?: boolean): { ids: Uint32Array; scores: Float32Array; candidates: number; capped: number };
   keySketchRefit(sketch: NativeKeySketch, L: number): void;
-  keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number; refitting: boolean; refits: number };
+  keySketchInfo(sketch: NativeKeySketch): { length: number; ranks: number[]; bytes: number; refitting: boolean; refits: number; bits: number };
   linearAsync(n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array): Promise<{ y: Float32Array }>;
   linearBackwardAsync(
     n: number, outDim: number, inDim: number, threads: number | undefined, x: Float32Array, weight: Float32Array, dY: Float32Array,

@@ -1521,6 +1521,115 @@ static void test_key_sketch() {
       }
     }
   }
+  // The 4-bit pass (SketchScan4): the portable loop against a reference written here (int64 sums
+  // over the nibbles as key_sketch.h lays them out), every SIMD version against it bit for bit.
+  {
+    std::vector<gt::SketchScan4> scans;
+    if (gt::kSketchScan4AVX2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) scans.push_back(gt::kSketchScan4AVX2);
+    if (gt::kSketchScan4AVX512 != nullptr && gt::cpu_has_avx512_vnni()) scans.push_back(gt::kSketchScan4AVX512);
+    std::uniform_int_distribution<int> byte(0, 255), wd(-127, 127);
+    for (size_t g8 : {1, 2, 8}) for (size_t kn : {256, 255, 224, 200, 40, 31, 17, 1}) {
+      std::vector<uint8_t> codes(g8 * 4 * gt::kDecodeKeyBlock);
+      for (uint8_t& c : codes) c = static_cast<uint8_t>(byte(gen));
+      std::vector<int8_t> w(8 * g8);
+      for (int8_t& x : w) x = static_cast<int8_t>(wd(gen));
+      std::vector<float> a0(kn), a1(kn);
+      const float sig = 0.0123f;
+      float m0[1], m1[1];
+      gt::sketch_scan4_portable(codes.data(), g8, w.data(), sig, kn, a0.data(), m0);
+      bool ref = true;
+      float ma = -std::numeric_limits<float>::infinity();
+      for (size_t c = 0; c < kn; ++c) {
+        long long n = 0;
+        for (size_t t = 0; t < 8 * g8; ++t) {
+          const int b = codes[((c / 16) * g8 + t / 8) * 64 + (c % 16) * 4 + t % 4];
+          n += static_cast<long long>(w[t]) * ((t % 8 < 4 ? b % 16 : b / 16) - 8);
+        }
+        const float a = static_cast<float>(n) * sig;
+        ref = ref && a0[c] == a;
+        ma = std::max(ma, a);
+      }
+      CHECK(ref && m0[0] == ma);
+      for (gt::SketchScan4 sc : scans) {
+        sc(codes.data(), g8, w.data(), sig, kn, a1.data(), m1);
+        CHECK(std::memcmp(a0.data(), a1.data(), kn * 4) == 0 && m1[0] == m0[0]);
+      }
+    }
+  }
+  // A 4-bit sketch (approximate, no bound): scoring every key (max_scored >= L) it selects what
+  // decode_attention selects, output bit for bit; with max_scored 4 k its ids are distinct, best
+  // first, and their scores are the exact ones (the 8-bit sketch's exact selection gives them
+  // where the two overlap); over these low-rank keys it finds most of the exact top k (the codes'
+  // layout wrong, as a swapped nibble, would not). The auto rank is a multiple of 8 (or dk).
+  {
+    size_t hit = 0, want = 0, overlap = 0;
+    for (gt::SimdLevel level : gt::supported_simd_levels()) {
+      const gt::Kernels& K = gt::kernels_for(level);
+      for (size_t L : {40, 300, 1100}) for (size_t dk : {12, 64}) for (size_t k : {5, 32}) for (size_t rank : {size_t(0), size_t(4), dk}) {
+        const size_t H = 2, D = H * dk, R = 3;
+        std::vector<float> Kt(L * D), V(L * D), q(D), U(D * R);
+        for (float& x : U) x = nf(gen);
+        for (size_t j = 0; j < L; ++j) {
+          float z[R] = {nf(gen), nf(gen), nf(gen)};
+          for (size_t c = 0; c < D; ++c) {
+            float s = 0.05f * nf(gen);
+            for (size_t i = 0; i < R; ++i) s += U[c * R + i] * z[i];
+            Kt[j * D + c] = s;
+            V[j * D + c] = nf(gen);
+          }
+        }
+        for (size_t c = 0; c < D; ++c) q[c] = Kt[(L / 2) * D + c] + 0.1f * nf(gen);
+        std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
+        gt::DecodeArgs d;
+        d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
+        d.L = L; d.heads = H; d.dk = dk; d.k = k; d.scale = 0.125f; d.kernels = &K;
+        std::vector<float> o(D), w(H * k), o2(D), w2(H * k), s4(H * k), s8(H * k);
+        std::vector<uint32_t> ids(H * k), i4(H * k), i8(H * k);
+        gt::decode_attention(d, o.data(), ids.data(), w.data());
+        gt::KeySketch sk(H, dk, rank, 4), s8k(H, dk, rank);
+        CHECK(sk.bits() == 4 && s8k.bits() == 8);
+        sk.fit(kp.data(), std::max<size_t>(1, L / 3));
+        sk.append(kp.data(), L);
+        s8k.fit(kp.data(), L);
+        CHECK(rank != 0 || sk.rank(0) % 8 == 0 || sk.rank(0) == dk);
+        CHECK(rank == 0 || sk.rank(0) == rank);
+        gt::SketchSelectStats st;
+        sk.select(q.data(), kp.data(), k, L, K, i4.data(), s4.data(), &st);
+        gt::decode_attention_selected(d, i4.data(), s4.data(), o2.data(), w2.data());
+        CHECK(i4 == ids && std::memcmp(o.data(), o2.data(), D * sizeof(float)) == 0 && st.capped == 0);
+        const size_t M = std::min(L, 4 * k);
+        sk.select(q.data(), kp.data(), k, 4 * k, K, i4.data(), s4.data(), &st);
+        CHECK(st.candidates == H * M && st.capped == 0);
+        s8k.select(q.data(), kp.data(), k, 0, K, i8.data(), s8.data(), nullptr);
+        for (size_t h = 0; h < H; ++h) {
+          const size_t kk = std::min(k, L);
+          std::vector<uint32_t> hs(i4.begin() + h * k, i4.begin() + h * k + kk);
+          std::sort(hs.begin(), hs.end());
+          CHECK(std::adjacent_find(hs.begin(), hs.end()) == hs.end() && hs.back() < L);
+          for (size_t c = 1; c < kk; ++c) CHECK(s4[h * k + c] <= s4[h * k + c - 1]);
+          for (size_t c = 0; c < kk; ++c)
+            for (size_t e = 0; e < kk; ++e)
+              if (i4[h * k + c] == i8[h * k + e]) {
+                CHECK(s4[h * k + c] == s8[h * k + e]);
+                ++overlap;
+              }
+          if (L > M) {
+            for (size_t c = 0; c < kk; ++c) hit += std::count(i8.begin() + h * k, i8.begin() + h * k + kk, i4[h * k + c]);
+            want += kk;
+          }
+        }
+      }
+    }
+    if (hit * 10 < want * 9) std::printf("4-bit sketch: recall %zu of %zu\n", hit, want);
+    CHECK(want > 0 && hit * 10 >= want * 9 && overlap >= hit);
+    // No max_scored: refused (no bound to certify with); bits other than 4 and 8 refused.
+    gt::KeySketch s(1, 4, 0, 4);
+    std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);
+    std::vector<uint32_t> id(2);
+    s.fit(kp.data(), 3);
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [&] { s.select(q.data(), kp.data(), 2, 0, gt::kernels(), id.data(), sc.data(), nullptr); }));
+    CHECK(throws_code(gt::ErrorCode::InvalidArgument, [] { gt::KeySketch b(1, 4, 0, 5); }));
+  }
   CHECK(throws_code(gt::ErrorCode::OutOfRange, [] {
     gt::KeySketch s(1, 4, 0);
     std::vector<float> kp(gt::decode_key_packed_size(3, 1, 4), 1.0f), q(4, 1.0f), sc(2);

@@ -19,7 +19,8 @@
  * index past it; 'sketch' selects exactly what 'exact' selects (the same ids and scores, so
  * the same output bit for bit) from a certified first pass over a compact sketch of the keys
  * (native/src/core/key_sketch.h: int8 codes in a low-rank basis fitted to the keys, with a
- * bound on each key's error; only the keys the bound cannot rule out are scored exactly).
+ * bound on each key's error; only the keys the bound cannot rule out are scored exactly);
+ * with `sketchBits: 4` the sketch has 4-bit codes and no bound, and selects approximately.
  */
 import { allIds, checkFloat32Array, checkInteger, checkOptions, toIds } from '../../shared/args.js';
 import { InvalidArgumentError, OutOfRangeError, callNative } from '../../shared/errors.js';
@@ -57,6 +58,14 @@ export interface DecoderOptions {
    * stats().sketchCapped).
    */
   maxScored?: number;
+  /**
+   * With 'sketch': the sketch's codes. 8 (default): int8 codes and the certified bound (the
+   * exact selection, unless maxScored caps it). 4: 4-bit codes and no bound, half the bytes
+   * read a key and no norms: each head keeps the top k of its maxScored best by the 4-bit
+   * sketch score (maxScored default 4 k), an approximate selection whose scores are exact
+   * (docs/attention.md, "4-bit codes").
+   */
+  sketchBits?: 8 | 4;
   /** HNSW search breadth (default 256; at least the layer's k). */
   ef?: number;
   /** HNSW links per node (default 16). */
@@ -82,10 +91,11 @@ interface ResolvedIndexOptions {
   efConstruction: number;
   link: 'step' | 'batched';
   rank: number; // 0: auto
-  maxScored: number; // 0: no limit
+  maxScored: number; // 0: no limit (bits 4: 0 until the constructor sets 4 k)
+  bits: 8 | 4;
 }
 
-export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'rank', 'maxScored', 'maxLength'] as const;
+export const DECODER_OPTION_KEYS = ['index', 'indexThreshold', 'ef', 'M', 'efConstruction', 'link', 'rank', 'maxScored', 'sketchBits', 'maxLength'] as const;
 
 function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLength: number | undefined } {
   checkOptions('decoder', o, DECODER_OPTION_KEYS);
@@ -96,6 +106,8 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
   if (o.link !== undefined && o.link !== 'step' && o.link !== 'batched') throw new InvalidArgumentError(`link must be 'step' or 'batched', got ${String(o.link)}`);
   if (index !== 'hnsw') for (const key of ['ef', 'M', 'efConstruction', 'link'] as const) if (o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'hnsw' only`);
   for (const key of ['rank', 'maxScored'] as const) if (!sketch && o[key] !== undefined) throw new InvalidArgumentError(`${key} applies to index 'sketch' or 'auto' only`);
+  if (o.sketchBits !== undefined && index !== 'sketch') throw new InvalidArgumentError("sketchBits applies to index 'sketch' only ('auto' selects exactly)");
+  if (o.sketchBits !== undefined && o.sketchBits !== 8 && o.sketchBits !== 4) throw new InvalidArgumentError(`sketchBits must be 8 or 4, got ${String(o.sketchBits)}`);
   return {
     index,
     threshold: checkInteger('indexThreshold', o.indexThreshold ?? (index === 'auto' ? AUTO_THRESHOLD : 1024), 1, 2 ** 24),
@@ -105,6 +117,7 @@ function resolveIndexOptions(o: DecoderOptions): ResolvedIndexOptions & { maxLen
     link: o.link ?? 'step',
     rank: o.rank === undefined ? 0 : checkInteger('rank', o.rank, 1, 4096),
     maxScored: o.maxScored === undefined ? 0 : checkInteger('maxScored', o.maxScored, 1, 2 ** 24),
+    bits: o.sketchBits ?? 8,
     maxLength: o.maxLength === undefined ? undefined : checkInteger('maxLength', o.maxLength, 1, 2 ** 24),
   };
 }
@@ -138,6 +151,8 @@ export interface AttentionDecoderStats {
   sketchCapped: number;
   /** Index 'sketch': refits completed since the first fit (each amortised over the steps after a doubling of the cache). */
   sketchRefits: number;
+  /** Index 'sketch': the bits of its codes (8 or 4, DecoderOptions.sketchBits; null before the sketch is fitted). */
+  sketchBits: number | null;
 }
 
 /**
@@ -191,6 +206,7 @@ export class AttentionDecoder {
     this.maxLength = r.maxLength ?? 2 ** 16;
     if (r.index === 'hnsw' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
     if (r.maxScored !== 0 && r.maxScored < layer.k) throw new OutOfRangeError(`maxScored must be >= the layer's k (${layer.k}), got ${r.maxScored}`);
+    if (r.bits === 4 && r.maxScored === 0) r.maxScored = 4 * layer.k;
     if (r.rank > this.headDim) throw new OutOfRangeError(`rank must be <= headDim (${this.headDim}), got ${r.rank}`);
     if ((r.index === 'auto' || r.index === 'sketch') && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
     this.#opt = r;
@@ -226,7 +242,7 @@ export class AttentionDecoder {
   stats(): AttentionDecoderStats {
     const info = this.#sketch === null ? null : native().keySketchInfo(this.#sketch);
     const ranks = info === null ? [] : info.ranks;
-    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped, sketchRefits: info === null ? 0 : info.refits };
+    return { length: this.#length, indexed: this.#indexed, indexedSteps: this.#indexedSteps, exactSteps: this.#exactSteps, sketchCandidates: this.#sketchCandidates, sketchRanks: ranks, sketchCapped: this.#sketchCapped, sketchRefits: info === null ? 0 : info.refits, sketchBits: info === null ? null : info.bits };
   }
 
   #grow(need: number): void {
@@ -339,7 +355,7 @@ export class AttentionDecoder {
       const sk = this.#sketch;
       if (sk === null || (bulk && L >= 2 * this.#sketchFitAt)) {
         const qs = this.#qRing === null ? undefined : this.#qRing.subarray(0, this.#qCount * this.D);
-        this.#sketch = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L, qs));
+        this.#sketch = callNative(() => native().keySketchNew(this.layer.heads, this.headDim, o.rank, this.#keys, L, qs, o.bits));
         this.#sketchFitAt = L;
         this.#indexed = true;
         return;

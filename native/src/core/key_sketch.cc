@@ -56,6 +56,18 @@ void sketch_scan_portable(const uint8_t* codes, size_t g4, const int8_t* w, cons
   maxes[1] = mh;
 }
 
+void sketch_scan4_portable(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                           float* maxes) {
+  int32_t sw = 0;
+  for (size_t t = 0; t < 8 * g8; ++t) sw += w[t];
+  float ma = -std::numeric_limits<float>::infinity();
+  for (size_t c = 0; c < kn; ++c) {
+    sketch_detail::score_one4(codes, g8, w, sw, sig, c, a);
+    ma = std::max(ma, a[c]);
+  }
+  maxes[0] = ma;
+}
+
 size_t sketch_collect_portable(const float* v, size_t n, float thr, bool strict, uint32_t* out) {
   size_t m = 0;
   for (size_t j = 0; j < n; ++j)
@@ -110,10 +122,12 @@ void symmetric_eigen(std::vector<double>& A, size_t n, std::vector<double>& w, s
   }
 }
 
-KeySketch::KeySketch(size_t heads, size_t dk, size_t rank) : nheads_(heads), dk_(dk), rank_(rank), heads_(heads) {
+KeySketch::KeySketch(size_t heads, size_t dk, size_t rank, int bits)
+    : nheads_(heads), dk_(dk), rank_(rank), bits_(bits), heads_(heads) {
   if (heads == 0 || dk == 0 || heads > 4096 || dk > 4096)
     throw Error(ErrorCode::InvalidArgument, "KeySketch: heads and dk must be in 1..4096");
   if (rank > dk) throw Error(ErrorCode::OutOfRange, "KeySketch: rank must be in 0..dk");
+  if (bits != 8 && bits != 4) throw Error(ErrorCode::InvalidArgument, "KeySketch: bits must be 8 or 4");
 }
 
 size_t KeySketch::bytes() const {
@@ -166,13 +180,14 @@ void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t 
         break;
       }
     }
+    if (bits_ == 4) r = std::min(dk, (r + 7) / 8 * 8);
   }
   hd = Head{};
   hd.r = r;
   hd.basis.assign(r * dk, 0.0f);
   for (size_t i = 0; i < r * dk; ++i) hd.basis[i] = static_cast<float>(V[i]);
-  // One step per coordinate: the sample's largest |p_t| maps to 127 (a later key beyond it
-  // is clamped; its eps grows, the bound stays sound).
+  // One step per coordinate: the sample's largest |p_t| maps to 127 (7 with bits 4; a later key
+  // beyond it is clamped; its eps grows, the bound stays sound).
   std::vector<double> mx(r, 0.0);
   for (size_t i = 0; i < ns; ++i) {
     const size_t j = static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns);
@@ -184,7 +199,7 @@ void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t 
   }
   hd.step.assign(r, 1.0f);
   for (size_t t = 0; t < r; ++t)
-    if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / 127.0);
+    if (mx[t] > 0.0 && std::isfinite(mx[t])) hd.step[t] = static_cast<float>(mx[t] / (bits_ == 4 ? 7.0 : 127.0));
 }
 
 void KeySketch::observe(const float* Q, size_t n) {
@@ -222,12 +237,32 @@ void KeySketch::refit(size_t L) {
 }
 
 void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const {
-  const size_t dk = dk_, r = hd.r, g4 = (r + 3) / 4;
+  const bool four = bits_ == 4;
+  const size_t dk = dk_, r = hd.r, g4 = four ? (r + 7) / 8 : (r + 3) / 4;  // (g8 with bits 4)
+  const double lim = four ? 7.0 : 127.0;
   const size_t blocks = (j1 + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
-  hd.codes.resize(blocks * g4 * 4 * kDecodeKeyBlock, 128);  // 128: code 0 (padding coordinates, later keys)
+  // Code 0 (padding coordinates, later keys): 128, or 8 in both nibbles.
+  hd.codes.resize(blocks * g4 * 4 * kDecodeKeyBlock, four ? 0x88 : 128);
+  hd.rows.resize(j1 * dk, 0.0f);
+  if (four) {
+    for (size_t j = j0; j < j1; ++j) {
+      const size_t b = j / kDecodeKeyBlock, cc = j % kDecodeKeyBlock;
+      for (size_t t = 0; t < dk; ++t) hd.rows[j * dk + t] = key_at(Kp, nheads_, dk, h, j, t);
+      for (size_t t = 0; t < r; ++t) {
+        double s = 0.0;
+        for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * double(hd.rows[j * dk + c]);
+        double code = std::nearbyint(s / double(hd.step[t]));
+        if (!(code <= lim)) code = std::isnan(code) ? 0.0 : lim;
+        if (code < -lim) code = -lim;
+        uint8_t& byte = hd.codes[b * g4 * 4 * kDecodeKeyBlock + ((cc / 16) * g4 + t / 8) * 64 + (cc % 16) * 4 + t % 4];
+        const auto nib = static_cast<uint8_t>(static_cast<int>(code) + 8);
+        byte = t % 8 < 4 ? static_cast<uint8_t>((byte & 0xF0) | nib) : static_cast<uint8_t>((byte & 0x0F) | (nib << 4));
+      }
+    }
+    return;
+  }
   hd.eps.resize(j1);
   hd.rho.resize(j1);
-  hd.rows.resize(j1 * dk, 0.0f);
   std::vector<double> kv(dk), p(r), perp(dk);
   for (size_t j = j0; j < j1; ++j) {
     double nk = 0.0;
@@ -327,20 +362,80 @@ void KeySketch::score(size_t h, const float* qh, const float* Kp, const uint32_t
   if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj, batch, nfull, tile, cs);
 }
 
+// A 4-bit head's selection (select(), bits 4): u_t = pi_t step_t quantised to int8 once, one pass
+// over the codes for every key's sketch score, the M best of them (ties to the lower id) scored
+// exactly, their top k kept. A holds the pass's scores (nb blocks of kDecodeKeyBlock).
+void KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern,
+                        SketchScan4 scan4, SketchCollect collect, float* A, float* tile, uint32_t* ids,
+                        float* scores) const {
+  const Head& hd = heads_[h];
+  const size_t L = length_, dk = dk_, r = hd.r, g8 = (r + 7) / 8, kk = std::min(k, L);
+  const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  std::vector<double> u(r, 0.0);
+  double mx = 0.0;
+  for (size_t t = 0; t < r; ++t) {
+    double s = 0.0;
+    for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * qh[c];
+    u[t] = s * double(hd.step[t]);
+    mx = std::max(mx, std::fabs(u[t]));
+  }
+  const float st = mx > 0.0 && std::isfinite(mx) ? static_cast<float>(mx / 127.0) : 1.0f;
+  const float sig = st > 0.0f ? st : 1.0f;
+  std::vector<int8_t> w(8 * g8, 0);
+  for (size_t t = 0; t < r; ++t) {
+    const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(u[t] / double(sig))));
+    w[t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
+  }
+  TopK first(M, true);
+  uint32_t idx[kDecodeKeyBlock];
+  for (size_t b = 0; b < nb; ++b) {
+    const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
+    float maxes[1];
+    scan4(hd.codes.data() + b * g8 * 4 * kDecodeKeyBlock, g8, w.data(), sig, kn, A + j0, maxes);
+    if (!first.full()) {
+      first.push_run(A + j0, kn, static_cast<uint32_t>(j0));
+    } else if (maxes[0] > first.worst().score) {
+      const size_t m = collect(A + j0, kn, first.worst().score, true, idx);
+      for (size_t i = 0; i < m; ++i) {
+        const size_t j = j0 + idx[i];
+        if (A[j] > first.worst().score) first.push(A[j], static_cast<uint32_t>(j));
+      }
+    }
+  }
+  const std::vector<Hit> firsts = first.sorted();
+  std::vector<uint32_t> cj(firsts.size());
+  std::vector<float> cs(firsts.size());
+  for (size_t i = 0; i < firsts.size(); ++i) cj[i] = firsts[i].id;
+  score(h, qh, Kp, cj.data(), cj.size(), kern, tile, cs.data());
+  TopK hp(kk, true);
+  for (size_t i = 0; i < cj.size(); ++i) hp.push(cs[i], cj[i]);
+  const std::vector<Hit> hits = hp.sorted();
+  for (size_t c = 0; c < k; ++c) {
+    ids[h * k + c] = c < hits.size() ? hits[c].id : kNoKey;
+    scores[h * k + c] = c < hits.size() ? hits[c].score : 0.0f;
+  }
+}
+
 void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern,
                        uint32_t* ids, float* scores, SketchSelectStats* stats) const {
   if (!fitted_ || length_ == 0) throw Error(ErrorCode::InvalidArgument, "KeySketch: select before fit");
   if (q == nullptr || Kp == nullptr || ids == nullptr || scores == nullptr || k == 0)
     throw Error(ErrorCode::InvalidArgument, "KeySketch: select needs q, Kp, k >= 1 and outputs");
   if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "KeySketch: max_scored must be 0 or >= k");
+  if (bits_ == 4 && max_scored == 0)
+    throw Error(ErrorCode::InvalidArgument, "KeySketch: a 4-bit sketch selects approximately: it needs max_scored >= k");
   SketchScan scan = sketch_scan_portable;
+  SketchScan4 scan4 = sketch_scan4_portable;
   SketchCollect collect = sketch_collect_portable;
   if (kSketchScanAVX2 != nullptr && &kern != &kernels_for(SimdLevel::Scalar) && simd_level_supported(SimdLevel::AVX2)) {
     scan = kSketchScanAVX2;
+    scan4 = kSketchScan4AVX2;
     collect = kSketchCollectAVX2;
     if (kSketchScanAVX512 != nullptr && simd_level_supported(SimdLevel::AVX512) && cpu_has_avx512_vnni() &&
-        &kern == &kernels_for(SimdLevel::AVX512))
+        &kern == &kernels_for(SimdLevel::AVX512)) {
       scan = kSketchScanAVX512;
+      scan4 = kSketchScan4AVX512;
+    }
   }
   const size_t L = length_, dk = dk_, H = nheads_, kk = std::min(k, L);
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
@@ -370,6 +465,11 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     const Head& hd = heads_[h];
     const size_t r = hd.r, g4 = (r + 3) / 4;
     const float* qh = q + h * dk;
+    if (bits_ == 4) {
+      select4(h, qh, Kp, k, M, kern, scan4, collect, A, tile.data(), ids, scores);
+      cand += M;
+      continue;
+    }
     pi.assign(r, 0.0);
     u.assign(r, 0.0);
     for (size_t c = 0; c < dk; ++c) qperp[c] = qh[c];

@@ -88,10 +88,30 @@ using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool stric
 size_t sketch_collect_portable(const float* v, size_t n, float thr, bool strict, uint32_t* out);
 extern const SketchCollect kSketchCollectAVX2;
 
+// The 4-bit codes of an approximate sketch (KeySketch with bits 4, select()): a coordinate's code
+// in -7..7 (step: the sample's largest |p_t| / 7), stored biased by 8 in a nibble, 16 keys'
+// codes contiguous in groups of eight coordinates: the byte codes[((c / 16) * g8 + g) * 64 +
+// (c % 16) * 4 + i] holds coordinate t = 8 g + i of key c in its low nibble and t = 8 g + 4 + i
+// in its high nibble (the coordinates past r hold 8). The query comes as one int8 vector w of
+// 8 g8 weights (zero past r) with its step sig: per key c < kn the exact int32 sum
+// n = sum_t w[t] (nibble_t - 8), a[c] = float(n) * sig, and maxes[0] the max of a. Every version
+// gives each key the same a, bit for bit. Half the bytes of the int8 codes and no norms: no bound,
+// so the selection is approximate (the max_scored best by a, scored exactly).
+using SketchScan4 = void (*)(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                             float* maxes);
+void sketch_scan4_portable(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                           float* maxes);
+extern const SketchScan4 kSketchScan4AVX2;
+extern const SketchScan4 kSketchScan4AVX512;
+
 class KeySketch {
  public:
-  // rank: the basis size per head (1..dk), or 0 for auto (kSketchEnergy).
-  KeySketch(size_t heads, size_t dk, size_t rank);
+  // rank: the basis size per head (1..dk), or 0 for auto (kSketchEnergy; with bits 4 rounded up
+  // to a multiple of 8, at most dk: a group of eight coordinates costs its bytes either way).
+  // bits: 8 (int8 codes and the bound: select() is exact, or approximate only past max_scored)
+  // or 4 (4-bit codes, no bound: select() needs max_scored and is approximate).
+  KeySketch(size_t heads, size_t dk, size_t rank, int bits = 8);
+  int bits() const { return bits_; }
 
   // Fits each head's basis to the keys [0, L) of the packed cache Kp (L >= 1), then encodes
   // them. Once only.
@@ -131,7 +151,9 @@ class KeySketch {
   // ids and scores (heads x k, best first; min(k, length()) valid, then kNoKey / 0).
   // max_scored (0: no limit, else >= k): each head scores exactly the max_scored keys of best
   // sketch score and no more; a head whose certificate then fails may miss keys (an approximate
-  // mode, counted in stats->capped). The first pass runs with AVX-512 VNNI when kern is the
+  // mode, counted in stats->capped). With bits 4, max_scored must be >= k: each head scores its
+  // max_scored best by the 4-bit sketch score and keeps their top k (approximate; no
+  // certificate, so stats->capped stays 0). The ids' scores are exact either way. The first pass runs with AVX-512 VNNI when kern is the
   // AVX-512 table and the CPU has VNNI, with AVX2 unless kern is the scalar table (the same a and
   // hi either way).
   void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
@@ -142,16 +164,19 @@ class KeySketch {
     size_t r = 0;
     std::vector<float> basis;   // r x dk, orthonormal rows
     std::vector<float> step;    // r quantisation steps
-    std::vector<uint8_t> codes;  // per block of 256 keys g4 x 1,024 bytes, as SketchScan reads them
-    std::vector<float> eps, rho;  // per key, each plus delta |k| (see above)
+    std::vector<uint8_t> codes;  // per block of 256 keys g x 1,024 bytes, as SketchScan (g4) or SketchScan4 (g8) reads them
+    std::vector<float> eps, rho;  // per key, each plus delta |k| (see above); empty with bits 4
     std::vector<float> rows;           // the f32 keys row-major (L x dk)
   };
   void fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t ns) const;
   void encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const;
   void score(size_t h, const float* qh, const float* Kp, const uint32_t* cj, size_t n, const Kernels& kern, float* tile,
              float* cs) const;
+  void select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern, SketchScan4 scan4,
+               SketchCollect collect, float* A, float* tile, uint32_t* ids, float* scores) const;
 
   size_t nheads_, dk_, rank_;
+  int bits_;
   bool fitted_ = false;
   size_t length_ = 0;
   std::vector<Head> heads_;

@@ -12,6 +12,9 @@ using SketchScan = void (*)(const uint8_t* codes, size_t g4, const int8_t* w, co
 extern const SketchScan kSketchScanAVX2;
 using SketchCollect = size_t (*)(const float* v, size_t n, float thr, bool strict, uint32_t* out);
 extern const SketchCollect kSketchCollectAVX2;
+using SketchScan4 = void (*)(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                             float* maxes);
+extern const SketchScan4 kSketchScan4AVX2;
 }  // namespace gt
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -92,13 +95,49 @@ size_t collect_avx2(const float* v, size_t n, float thr, bool strict, uint32_t* 
   return m;
 }
 
+// As sketch_scan4_portable (key_sketch.h, SketchScan4): 8 keys x 8 coordinates a 32-byte load,
+// its low nibbles against the group's first four weights and its high nibbles against the next
+// four by vpmaddubsw (u8 times s8: each int16 sum at most 2 x 15 x 127, and the two added
+// 4 x 15 x 127, never saturate), then vpmaddwd with ones: the exact int32 sums plus 8 sum w.
+void scan4_avx2(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a, float* maxes) {
+  __m256 ma = _mm256_set1_ps(-__builtin_inff());
+  int32_t sw = 0;
+  for (size_t t = 0; t < 8 * g8; ++t) sw += w[t];
+  const __m256i bias = _mm256_set1_epi32(8 * sw), low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256 sv = _mm256_set1_ps(sig);
+  size_t c = 0;
+  for (; c + 8 <= kn; c += 8) {
+    __m256i n = _mm256_setzero_si256();
+    for (size_t g = 0; g < g8; ++g) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + ((c / 16) * g8 + g) * 64 + (c % 16) * 4));
+      int32_t w0, w1;
+      __builtin_memcpy(&w0, w + 8 * g, 4);
+      __builtin_memcpy(&w1, w + 8 * g + 4, 4);
+      const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(x, low), _mm256_set1_epi32(w0)),
+                                         _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x, 4), low), _mm256_set1_epi32(w1)));
+      n = _mm256_add_epi32(n, _mm256_madd_epi16(p, ones));
+    }
+    const __m256 av = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(n, bias)), sv);
+    _mm256_storeu_ps(a + c, av);
+    ma = _mm256_max_ps(av, ma);
+  }
+  float ml = hmax(ma);
+  for (; c < kn; ++c) {
+    sketch_detail::score_one4(codes, g8, w, sw, sig, c, a);
+    ml = a[c] > ml ? a[c] : ml;
+  }
+  maxes[0] = ml;
+}
+
 }  // namespace
 const SketchScan kSketchScanAVX2 = scan_avx2;
 const SketchCollect kSketchCollectAVX2 = collect_avx2;
+const SketchScan4 kSketchScan4AVX2 = scan4_avx2;
 }  // namespace gt
 #else
 namespace gt {
 const SketchScan kSketchScanAVX2 = nullptr;
 const SketchCollect kSketchCollectAVX2 = nullptr;
+const SketchScan4 kSketchScan4AVX2 = nullptr;
 }
 #endif

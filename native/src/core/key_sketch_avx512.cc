@@ -14,6 +14,9 @@ namespace gt {
 using SketchScan = void (*)(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
                             const float* rho, const float* coef, size_t kn, float* a, float* hi, float* maxes);
 extern const SketchScan kSketchScanAVX512;
+using SketchScan4 = void (*)(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                             float* maxes);
+extern const SketchScan4 kSketchScan4AVX512;
 }  // namespace gt
 
 #if defined(__AVX512F__) && defined(__FMA__)
@@ -91,11 +94,59 @@ GT_VNNI void scan_avx512(const uint8_t* codes, size_t g4, const int8_t* w, const
   maxes[1] = mh;
 }
 
+// The 4-bit pass (key_sketch.h, SketchScan4): a 64-byte load holds 16 keys x 8 coordinates; its
+// low nibbles (and 15) are coordinates 8 g..8 g + 3 and its high nibbles (shift, and 15) the next
+// four, each a vpdpbusd against the four weights they meet. The sums are the portable loop's plus
+// 8 sum w, subtracted; then one conversion and one product, as the portable loop.
+template <int G>
+GT_VNNI inline void scan4_groups(const uint8_t* codes, size_t g8, const int8_t* w, __m512i bias, __m512 sv, size_t c,
+                                 float* a, __m512& ma) {
+  const __m512i low = _mm512_set1_epi8(15);
+  __m512i n[G];
+  for (int g = 0; g < G; ++g) n[g] = _mm512_setzero_si512();
+  for (size_t q = 0; q < g8; ++q) {
+    int32_t w0, w1;
+    __builtin_memcpy(&w0, w + 8 * q, 4);
+    __builtin_memcpy(&w1, w + 8 * q + 4, 4);
+    const __m512i v0 = _mm512_set1_epi32(w0), v1 = _mm512_set1_epi32(w1);
+    for (int g = 0; g < G; ++g) {
+      const __m512i x = _mm512_loadu_si512(codes + ((c / 16 + static_cast<size_t>(g)) * g8 + q) * 64);
+      n[g] = _mm512_dpbusd_epi32(n[g], _mm512_and_si512(x, low), v0);
+      n[g] = _mm512_dpbusd_epi32(n[g], _mm512_and_si512(_mm512_srli_epi16(x, 4), low), v1);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const __m512 av = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(n[g], bias)), sv);
+    _mm512_storeu_ps(a + c + 16 * static_cast<size_t>(g), av);
+    ma = _mm512_max_ps(av, ma);
+  }
+}
+
+GT_VNNI void scan4_avx512(const uint8_t* codes, size_t g8, const int8_t* w, float sig, size_t kn, float* a,
+                          float* maxes) {
+  __m512 ma = _mm512_set1_ps(-__builtin_inff());
+  int32_t sw = 0;
+  for (size_t t = 0; t < 8 * g8; ++t) sw += w[t];
+  const __m512i bias = _mm512_set1_epi32(8 * sw);
+  const __m512 sv = _mm512_set1_ps(sig);
+  size_t c = 0;
+  for (; c + 64 <= kn; c += 64) scan4_groups<4>(codes, g8, w, bias, sv, c, a, ma);
+  for (; c + 16 <= kn; c += 16) scan4_groups<1>(codes, g8, w, bias, sv, c, a, ma);
+  float ml = _mm512_reduce_max_ps(ma);
+  for (; c < kn; ++c) {
+    sketch_detail::score_one4(codes, g8, w, sw, sig, c, a);
+    ml = a[c] > ml ? a[c] : ml;
+  }
+  maxes[0] = ml;
+}
+
 }  // namespace
 const SketchScan kSketchScanAVX512 = scan_avx512;
+const SketchScan4 kSketchScan4AVX512 = scan4_avx512;
 }  // namespace gt
 #else
 namespace gt {
 const SketchScan kSketchScanAVX512 = nullptr;
+const SketchScan4 kSketchScan4AVX512 = nullptr;
 }
 #endif

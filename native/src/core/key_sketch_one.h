@@ -24,5 +24,16 @@ static inline void score_one(const uint8_t* codes, size_t g4, const int8_t* w, c
   hi[c] = a[c] + ((coef[0] * eps[c] + coef[1] * rho[c]) * coef[2] + coef[3]);
 }
 
+// One key's 4-bit sketch score (key_sketch.h, SketchScan4); sw = sum_t w[t], the bias's share.
+static inline void score_one4(const uint8_t* codes, size_t g8, const int8_t* w, int32_t sw, float sig, size_t c,
+                              float* a) {
+  int32_t n = 0;
+  for (size_t t = 0; t < 8 * g8; ++t) {
+    const uint8_t byte = codes[((c / 16) * g8 + t / 8) * 64 + (c % 16) * 4 + t % 4];
+    n += static_cast<int32_t>(w[t]) * static_cast<int32_t>(t % 8 < 4 ? byte & 15 : byte >> 4);
+  }
+  a[c] = static_cast<float>(n - 8 * sw) * sig;
+}
+
 }  // namespace sketch_detail
 }  // namespace gt

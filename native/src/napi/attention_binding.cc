@@ -303,9 +303,10 @@ const float* packed_keys_arg(const Napi::CallbackInfo& info, size_t index, size_
   return kp.data;
 }
 
-// keySketchNew(heads, headDim, rank, keysPacked, L[, queries]) -> External: fitted to keys
+// keySketchNew(heads, headDim, rank, keysPacked, L[, queries[, bits]]) -> External: fitted to keys
 // [0, L) and holding them (rank 0: auto); queries (n x heads x headDim, finite), when given,
-// are observed first (key_sketch.h, observe()), so the bases fit them too.
+// are observed first (key_sketch.h, observe()), so the bases fit them too. bits: 8 (default)
+// or 4 (approximate: keySketchSelect then needs maxScored).
 Napi::Value KeySketchNew(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const size_t heads = size_arg(info, 0, "heads", 1, 4096);
@@ -315,7 +316,9 @@ Napi::Value KeySketchNew(const Napi::CallbackInfo& info) {
     const size_t L = size_arg(info, 4, "L", 1, 1 << 24);
     if (static_cast<double>(L) * heads * dk > kMaxElements) throw Error(ErrorCode::OutOfRange, "L * heads * headDim is too large");
     const float* kp = packed_keys_arg(info, 3, L, heads, dk);
-    auto sk = std::make_unique<KeySketch>(heads, dk, rank);
+    const size_t bits = info.Length() > 6 && !info[6].IsUndefined() ? size_arg(info, 6, "bits", 4, 8) : 8;
+    if (bits != 4 && bits != 8) throw Error(ErrorCode::InvalidArgument, "bits must be 8 or 4");
+    auto sk = std::make_unique<KeySketch>(heads, dk, rank, static_cast<int>(bits));
     if (info.Length() > 5 && !info[5].IsUndefined()) {
       const ArrayArg<float> qs = f32_arg(info, 5, "queries");
       if (qs.length % (heads * dk) != 0) throw Error(ErrorCode::InvalidArgument, "queries must hold whole rows of heads * headDim");
@@ -368,6 +371,7 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
     const size_t k = size_arg(info, 3, "k", 1, 1 << 16);
     const size_t max_scored = info.Length() > 4 && !info[4].IsUndefined() ? size_arg(info, 4, "maxScored", 0, 1 << 24) : 0;
     if (max_scored != 0 && max_scored < k) throw Error(ErrorCode::OutOfRange, "maxScored must be 0 or >= k");
+    if (sk.bits() == 4 && max_scored == 0) throw Error(ErrorCode::InvalidArgument, "a 4-bit sketch needs maxScored (>= k)");
     std::vector<uint32_t> ids(H * k);
     std::vector<float> scores(H * k);
     SketchSelectStats st;
@@ -385,7 +389,7 @@ Napi::Value KeySketchSelect(const Napi::CallbackInfo& info) {
   });
 }
 
-// keySketchInfo(sketch) -> { length, ranks, bytes, refitting, refits }
+// keySketchInfo(sketch) -> { length, ranks, bytes, refitting, refits, bits }
 Napi::Value KeySketchInfo(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const KeySketch& sk = sketch_arg(info, 0);
@@ -398,6 +402,7 @@ Napi::Value KeySketchInfo(const Napi::CallbackInfo& info) {
     o.Set("bytes", Napi::Number::New(env, static_cast<double>(sk.bytes())));
     o.Set("refitting", Napi::Boolean::New(env, sk.refitting()));
     o.Set("refits", Napi::Number::New(env, static_cast<double>(sk.refits())));
+    o.Set("bits", Napi::Number::New(env, sk.bits()));
     return o;
   });
 }
