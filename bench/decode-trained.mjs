@@ -13,8 +13,12 @@
 // sketch decoders (certified; and maxScored 256) over that layer are prefilled with L rows and
 // step through the next 28 in turn (4 untimed); recall@32 of each selection against the exact one.
 //
+// --sketches=8/0,8/256 (the default): the sketch decoders as bits/maxScored (4-bit codes, e.g. 4/128:
+// approximate, docs/attention.md "4-bit codes").
+//
 // Usage: node bench/decode-trained.mjs [--steps=300] [--ls=16384,65536] [--dir=PATH (a trained run to reuse)]
-// Writes bench/results/decode-trained.json.
+//        [--sketches=8/0,8/256] [--out=decode-trained]
+// Writes bench/results/<out>.json (default decode-trained).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +35,8 @@ const steps = Number(arg('steps', 300));
 const Ls = arg('ls', '16384,65536').split(',').map(Number);
 const given = arg('dir', '');
 const STEPS = 24, WARM = 4, k = 32;
+const specs = arg('sketches', '8/0,8/256').split(',').map((s) => { const [b, m] = s.split('/').map(Number); return { bits: b, maxScored: m ?? 0 }; });
+const out = arg('out', 'decode-trained');
 const config = { dim: 128, layers: 2, heads: 4, hidden: 384, context: 256, attentionK: k };
 
 const startedAt = new Date().toISOString();
@@ -75,13 +81,13 @@ const results = [];
 for (const L of Ls) {
   const maxLength = L + STEPS + WARM;
   const exact = new lm.AttentionDecoder(layer, { dIn, maxLength });
-  const sketches = [0, 256].map((m) => new lm.AttentionDecoder(layer, { dIn, maxLength, index: 'sketch', ...(m === 0 ? {} : { maxScored: m }) }));
+  const sketches = specs.map(({ bits, maxScored: m }) => new lm.AttentionDecoder(layer, { dIn, maxLength, index: 'sketch', ...(m === 0 ? {} : { maxScored: m }), ...(bits === 8 ? {} : { sketchBits: bits }) }));
   const prefix = rowsOf(0, L);
   await exact.prefill(prefix);
   t0 = nowMs();
   for (const s of sketches) await s.prefill(prefix);
   const fitS = round((nowMs() - t0) / 1000 / sketches.length);
-  const ms = { exact: 0 }, sel = { exact: 0 }, rec = [0, 0], cand = [0, 0], capped = [0, 0];
+  const ms = { exact: 0 }, sel = { exact: 0 }, rec = specs.map(() => 0), cand = specs.map(() => 0), capped = specs.map(() => 0);
   for (let i = 0; i < STEPS + WARM; i++) {
     const row = recorded[L + i];
     const timed = async (key, f, into) => { const t = nowMs(); const r = await f(); if (i >= WARM) into[key] = (into[key] ?? 0) + nowMs() - t; return r; };
@@ -99,7 +105,7 @@ for (const L of Ls) {
   }
   for (const [m, s] of sketches.entries()) {
     const r = {
-      data: 'trained', L, maxScored: [0, 256][m], exactTokS: round((STEPS * 1000) / ms.exact), sketchTokS: round((STEPS * 1000) / ms[m]),
+      data: 'trained', L, bits: specs[m].bits, maxScored: specs[m].maxScored, exactTokS: round((STEPS * 1000) / ms.exact), sketchTokS: round((STEPS * 1000) / ms[m]),
       sketchSpeedup: round(ms.exact / ms[m]), sketchRecall: round(rec[m] / STEPS), sketchRank: s.stats().sketchRanks.join('/'),
       sketchCandidates: round(cand[m] / STEPS / layer.heads), sketchCappedHeads: round(capped[m] / STEPS / layer.heads),
       exactSelectMs: round(sel.exact / STEPS), sketchSelectMs: round(sel[m] / STEPS), sketchFitS: fitS,
@@ -108,12 +114,12 @@ for (const L of Ls) {
     console.log(JSON.stringify(r));
   }
 }
-table(results, ['data', 'L', { key: 'maxScored', header: 'maxScored' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }],
+table(results, ['data', 'L', { key: 'bits', header: 'sketch bits' }, { key: 'maxScored', header: 'maxScored' }, { key: 'exactTokS', header: 'exact top-k tok/s' }, { key: 'sketchTokS', header: 'sketch tok/s' }, { key: 'sketchSpeedup', header: 'sketch/exact' }, { key: 'sketchRecall', header: `recall@${k}` }, { key: 'sketchRank', header: 'rank/head' }, { key: 'sketchCandidates', header: 'scored/head' }, { key: 'sketchCappedHeads', header: 'capped share' }, { key: 'exactSelectMs', header: 'exact select ms' }, { key: 'sketchSelectMs', header: 'sketch select ms' }],
   { title: `Decode on a trained LM's last attention layer (${layer.heads} heads, k = ${k}), L cached keys from L / 256 windows` });
-const file = writeResults('decode-trained', {
-  name: 'decode-trained', date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
+const file = writeResults(out, {
+  name: out, date: startedAt, command: `node ${process.argv.slice(1).join(' ')}`.replace(process.cwd() + '/', ''),
   machine: machine(), otherProcesses: others,
-  parameters: { model: config, trainingSteps: given === '' ? steps : 'loaded from --dir', trainS, valBpb, corpus: corpus.licence, keys: 'the last attention layer\'s keys over L / 256 consecutive 256-byte windows of the training text (positions 0..255 each)', steps: STEPS, warm: WARM, interleaved: 'exact and sketch decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query, timed apart' },
+  parameters: { model: config, trainingSteps: given === '' ? steps : 'loaded from --dir', trainS, valBpb, sketches: specs, corpus: corpus.licence, keys: 'the last attention layer\'s keys over L / 256 consecutive 256-byte windows of the training text (positions 0..255 each)', steps: STEPS, warm: WARM, interleaved: 'exact and sketch decoders step through the same rows in turn; select: exactSelection / indexSelection of the step query, timed apart' },
   rows: results,
 });
 model.close();

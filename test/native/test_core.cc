@@ -1352,6 +1352,7 @@ static void test_key_sketch() {
         sk.fit(kp.data(), std::max<size_t>(1, L / 3));
         sk.append(kp.data(), L);
         CHECK(sk.length() == L && (rank == 0 || sk.rank(0) == rank));
+        CHECK(rank != 0 || sk.rank(0) % 4 == 0 || sk.rank(0) == dk);  // auto: whole groups of codes
         gt::SketchSelectStats st;
         sk.select(q.data(), kp.data(), k, 0, K, sid.data(), ss.data(), &st);
         total_cand += st.candidates;
@@ -1618,6 +1619,51 @@ static void test_key_sketch() {
             want += kk;
           }
         }
+      }
+    }
+    // The M candidates are the M best 4-bit scores by (score, then the lower id), as a TopK over
+    // the keys in order keeps them (select() takes them by a sampled threshold instead): the
+    // selection is the exact order's first k among them. Duplicated keys make ties of both
+    // scores; L from below the sample to past it, M from k to near L.
+    for (gt::SimdLevel level : gt::supported_simd_levels()) {
+      const gt::Kernels& K = gt::kernels_for(level);
+      for (size_t L : {70, 1100, 5000, 16384}) for (size_t M : {8, 64, 300}) {
+        const size_t H = 2, dk = 16, D = H * dk, k = 8;
+        if (M > L) continue;
+        std::vector<float> Kt(L * D), V(L * D, 1.0f), q(D);
+        for (float& x : Kt) x = nf(gen);
+        for (size_t j = 7; j < L; j += 7) std::copy(Kt.begin() + (j % 5) * D, Kt.begin() + (j % 5 + 1) * D, Kt.begin() + j * D);
+        for (size_t c = 0; c < D; ++c) q[c] = Kt[3 * D + c] + 0.2f * nf(gen);
+        // At 16,384 keys the threshold's sample holds every 4th key: make those the best ones, so
+        // the first threshold is reached by too few keys and a deeper one must be taken.
+        if (L == 16384)
+          for (size_t j = 0; j < L; j += 4)
+            for (size_t c = 0; c < D; ++c) Kt[j * D + c] = 0.2f * Kt[j * D + c] + q[c];
+        std::vector<float> kp = pack_decode_keys(Kt, L, H, dk);
+        gt::KeySketch sk(H, dk, 0, 4);
+        sk.fit(kp.data(), L);
+        std::vector<uint32_t> got(H * k), all(H * L);
+        std::vector<float> gs(H * k), w(H * L), o(D), a(L);
+        gt::SketchSelectStats st;
+        sk.select(q.data(), kp.data(), k, M, K, got.data(), gs.data(), &st);
+        CHECK(st.candidates == H * M);
+        gt::DecodeArgs d;
+        d.q = q.data(); d.Kp = kp.data(); d.V = V.data();
+        d.L = L; d.heads = H; d.dk = dk; d.k = L; d.scale = 0.25f; d.kernels = &K;
+        gt::decode_attention(d, o.data(), all.data(), w.data());
+        bool same = true;
+        for (size_t h = 0; h < H; ++h) {
+          sk.scores4(q.data(), h, a.data());
+          gt::TopK ref(M, true);
+          for (size_t j = 0; j < L; ++j) ref.push(a[j], static_cast<uint32_t>(j));
+          std::vector<bool> in(L, false);
+          for (const gt::Hit& x : ref.sorted()) in[x.id] = true;
+          size_t c = 0;
+          for (size_t e = 0; e < L && c < k; ++e)
+            if (in[all[h * L + e]]) same = same && got[h * k + c++] == all[h * L + e];
+        }
+        if (!same) std::printf("4-bit candidates: L %zu M %zu differ\n", L, M);
+        CHECK(same);
       }
     }
     if (hit * 10 < want * 9) std::printf("4-bit sketch: recall %zu of %zu\n", hit, want);

@@ -49,7 +49,7 @@ export interface DecoderOptions {
    * fitted to them; default 1,024 for 'sketch', AUTO_THRESHOLD for 'auto'). At least k.
    */
   indexThreshold?: number;
-  /** With 'sketch' or 'auto': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' energy, per head). */
+  /** With 'sketch' or 'auto': the basis size per head (1..headDim; default: the fewest dimensions keeping 99% of the keys' and queries' energy, per head, rounded up to a multiple of 4, or of 8 with sketchBits 4). */
   rank?: number;
   /**
    * With 'sketch' or 'auto': at most this many keys per head are scored exactly (>= k;
@@ -62,7 +62,7 @@ export interface DecoderOptions {
    * With 'sketch': the sketch's codes. 8 (default): int8 codes and the certified bound (the
    * exact selection, unless maxScored caps it). 4: 4-bit codes and no bound, half the bytes
    * read a key and no norms: each head keeps the top k of its maxScored best by the 4-bit
-   * sketch score (maxScored default 4 k), an approximate selection whose scores are exact
+   * sketch score (maxScored default 6 k), an approximate selection whose scores are exact
    * (docs/attention.md, "4-bit codes").
    */
   sketchBits?: 8 | 4;
@@ -91,7 +91,7 @@ interface ResolvedIndexOptions {
   efConstruction: number;
   link: 'step' | 'batched';
   rank: number; // 0: auto
-  maxScored: number; // 0: no limit (bits 4: 0 until the constructor sets 4 k)
+  maxScored: number; // 0: no limit (bits 4: 0 until the constructor sets 6 k)
   bits: 8 | 4;
 }
 
@@ -206,7 +206,7 @@ export class AttentionDecoder {
     this.maxLength = r.maxLength ?? 2 ** 16;
     if (r.index === 'hnsw' && r.ef < layer.k) throw new OutOfRangeError(`ef must be >= the layer's k (${layer.k}), got ${r.ef}`);
     if (r.maxScored !== 0 && r.maxScored < layer.k) throw new OutOfRangeError(`maxScored must be >= the layer's k (${layer.k}), got ${r.maxScored}`);
-    if (r.bits === 4 && r.maxScored === 0) r.maxScored = 4 * layer.k;
+    if (r.bits === 4 && r.maxScored === 0) r.maxScored = 6 * layer.k; // bench/decode.mjs: recall 0.975-0.999 at 64k
     if (r.rank > this.headDim) throw new OutOfRangeError(`rank must be <= headDim (${this.headDim}), got ${r.rank}`);
     if ((r.index === 'auto' || r.index === 'sketch') && r.threshold < layer.k) throw new OutOfRangeError(`indexThreshold must be >= the layer's k (${layer.k}), got ${r.threshold}`);
     this.#opt = r;

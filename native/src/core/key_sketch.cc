@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 
@@ -180,7 +181,10 @@ void KeySketch::fit_basis(Head& hd, size_t h, const float* Kp, size_t L, size_t 
         break;
       }
     }
-    if (bits_ == 4) r = std::min(dk, (r + 7) / 8 * 8);
+    // Rounded up to the codes' group (4 coordinates in int8, 8 in 4-bit): the group's bytes are
+    // read either way, and the extra rows shrink the bound (fewer keys scored).
+    const size_t group = bits_ == 4 ? 8 : 4;
+    r = std::min(dk, (r + group - 1) / group * group);
   }
   hd = Head{};
   hd.r = r;
@@ -345,6 +349,9 @@ void KeySketch::score(size_t h, const float* qh, const float* Kp, const uint32_t
   size_t batch[16];
   size_t nfull = 0;
   for (size_t i = 0; i < n; ++i) {
+    // The row 16 candidates ahead is fetched meanwhile (the candidates are scattered over the copy).
+    if (i + 16 < n)
+      for (size_t t = 0; t < dk; t += 16) __builtin_prefetch(hd.rows.data() + static_cast<size_t>(cj[i + 16]) * dk + t);
     const size_t j = cj[i], b = j / kDecodeKeyBlock, c = j % kDecodeKeyBlock, g = c & ~size_t{15};
     const size_t kn = std::min(kDecodeKeyBlock, L - b * kDecodeKeyBlock);
     if (g + 16 <= kn) {
@@ -365,11 +372,9 @@ void KeySketch::score(size_t h, const float* qh, const float* Kp, const uint32_t
 // A 4-bit head's selection (select(), bits 4): u_t = pi_t step_t quantised to int8 once, one pass
 // over the codes for every key's sketch score, the M best of them (ties to the lower id) scored
 // exactly, their top k kept. A holds the pass's scores (nb blocks of kDecodeKeyBlock).
-void KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern,
-                        SketchScan4 scan4, SketchCollect collect, float* A, float* tile, uint32_t* ids,
-                        float* scores) const {
+void KeySketch::pass4(size_t h, const float* qh, SketchScan4 scan4, float* A) const {
   const Head& hd = heads_[h];
-  const size_t L = length_, dk = dk_, r = hd.r, g8 = (r + 7) / 8, kk = std::min(k, L);
+  const size_t L = length_, dk = dk_, r = hd.r, g8 = (r + 7) / 8;
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   std::vector<double> u(r, 0.0);
   double mx = 0.0;
@@ -386,26 +391,56 @@ void KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, si
     const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(u[t] / double(sig))));
     w[t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
   }
-  TopK first(M, true);
-  uint32_t idx[kDecodeKeyBlock];
   for (size_t b = 0; b < nb; ++b) {
     const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
     float maxes[1];
     scan4(hd.codes.data() + b * g8 * 4 * kDecodeKeyBlock, g8, w.data(), sig, kn, A + j0, maxes);
-    if (!first.full()) {
-      first.push_run(A + j0, kn, static_cast<uint32_t>(j0));
-    } else if (maxes[0] > first.worst().score) {
-      const size_t m = collect(A + j0, kn, first.worst().score, true, idx);
-      for (size_t i = 0; i < m; ++i) {
-        const size_t j = j0 + idx[i];
-        if (A[j] > first.worst().score) first.push(A[j], static_cast<uint32_t>(j));
-      }
-    }
   }
-  const std::vector<Hit> firsts = first.sorted();
-  std::vector<uint32_t> cj(firsts.size());
-  std::vector<float> cs(firsts.size());
-  for (size_t i = 0; i < firsts.size(); ++i) cj[i] = firsts[i].id;
+}
+
+void KeySketch::scores4(const float* q, size_t h, float* a) const {
+  if (bits_ != 4 || !fitted_ || h >= nheads_ || q == nullptr || a == nullptr)
+    throw Error(ErrorCode::InvalidArgument, "KeySketch: scores4 needs a fitted 4-bit sketch, a head, q and a");
+  pass4(h, q + h * dk_, sketch_scan4_portable, a);
+}
+
+// A 4-bit head's selection (select(), bits 4): u_t = pi_t step_t quantised to int8 once, one pass
+// over the codes for every key's sketch score (pass4), the M best of them (ties to the lower id)
+// scored exactly, their top k kept. A holds the pass's scores (nb blocks of kDecodeKeyBlock).
+// Returns the keys scored (M).
+size_t KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern,
+                        SketchScan4 scan4, SketchCollect collect, float* A, float* tile, uint32_t* ids,
+                        float* scores) const {
+  const size_t L = length_, kk = std::min(k, L);
+  // Stage 1: every key's 4-bit score into A.
+  pass4(h, qh, scan4, A);
+  // The M best by (score, then the lower id), as a TopK over the keys in order would keep them,
+  // without its heap: a threshold tau from a strided sample of A that about 2M keys reach, every
+  // key with a >= tau collected (vectorised), and the M best of those. A threshold that too few
+  // keys reach gives way to one from a deeper rank of the sample, and at last to every key.
+  thread_local std::vector<uint32_t> cand;
+  thread_local std::vector<float> sample;
+  cand.resize(L);
+  const size_t ns = std::min(L, kSketchThresholdSample);
+  sample.resize(ns);
+  for (size_t i = 0; i < ns; ++i) sample[i] = A[static_cast<size_t>((static_cast<unsigned long long>(i) * L) / ns)];
+  size_t m = 0;
+  for (size_t rank = std::min(ns, (2 * M * ns + L - 1) / L + 8);; rank = std::min(ns, 4 * rank)) {
+    float tau = -std::numeric_limits<float>::infinity();
+    if (rank < ns) {
+      std::nth_element(sample.begin(), sample.begin() + static_cast<std::ptrdiff_t>(rank - 1), sample.end(), std::greater<float>());
+      tau = sample[rank - 1];
+    }
+    m = collect(A, L, tau, false, cand.data());
+    if (m >= M || rank == ns) break;
+  }
+  auto better = [&](uint32_t x, uint32_t y) { return A[x] > A[y] || (A[x] == A[y] && x < y); };
+  if (m > M) std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(M), cand.begin() + static_cast<std::ptrdiff_t>(m), better);
+  m = std::min(m, M);
+  // In id order: the gathers of stage 2 walk the row copy forwards.
+  std::sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(m));
+  std::vector<uint32_t> cj(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(m));
+  std::vector<float> cs(m);
   score(h, qh, Kp, cj.data(), cj.size(), kern, tile, cs.data());
   TopK hp(kk, true);
   for (size_t i = 0; i < cj.size(); ++i) hp.push(cs[i], cj[i]);
@@ -414,6 +449,7 @@ void KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, si
     ids[h * k + c] = c < hits.size() ? hits[c].id : kNoKey;
     scores[h * k + c] = c < hits.size() ? hits[c].score : 0.0f;
   }
+  return m;
 }
 
 void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern,
@@ -466,8 +502,7 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     const size_t r = hd.r, g4 = (r + 3) / 4;
     const float* qh = q + h * dk;
     if (bits_ == 4) {
-      select4(h, qh, Kp, k, M, kern, scan4, collect, A, tile.data(), ids, scores);
-      cand += M;
+      cand += select4(h, qh, Kp, k, M, kern, scan4, collect, A, tile.data(), ids, scores);
       continue;
     }
     pi.assign(r, 0.0);

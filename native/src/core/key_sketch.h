@@ -55,6 +55,8 @@ constexpr size_t kSketchRefitChunk = 32;
 // keys' energy (sum of |k|^2), or with queries observed, of the sum of the keys' and the
 // queries' second moments, each scaled to trace 1.
 constexpr double kSketchEnergy = 0.99;
+// A 4-bit select(): the sketch scores sampled (evenly strided) per head for its threshold.
+constexpr size_t kSketchThresholdSample = 4096;
 // Queries kept (the latest) for fitting bases (observe()).
 constexpr size_t kSketchQuerySample = 2048;
 
@@ -106,8 +108,9 @@ extern const SketchScan4 kSketchScan4AVX512;
 
 class KeySketch {
  public:
-  // rank: the basis size per head (1..dk), or 0 for auto (kSketchEnergy; with bits 4 rounded up
-  // to a multiple of 8, at most dk: a group of eight coordinates costs its bytes either way).
+  // rank: the basis size per head (1..dk), or 0 for auto (kSketchEnergy, then rounded up to a
+  // multiple of 4 with bits 8 and of 8 with bits 4, at most dk: a group of codes costs its bytes
+  // either way, and the extra coordinates tighten the bound).
   // bits: 8 (int8 codes and the bound: select() is exact, or approximate only past max_scored)
   // or 4 (4-bit codes, no bound: select() needs max_scored and is approximate).
   KeySketch(size_t heads, size_t dk, size_t rank, int bits = 8);
@@ -158,6 +161,9 @@ class KeySketch {
   // hi either way).
   void select(const float* q, const float* Kp, size_t k, size_t max_scored, const Kernels& kern, uint32_t* ids,
               float* scores, SketchSelectStats* stats) const;
+  // A 4-bit sketch's first-pass scores for head h of the query q (heads x dk): length() values into
+  // a, the scores select() ranks by (every SIMD level gives these bits). For tests.
+  void scores4(const float* q, size_t h, float* a) const;
 
  private:
   struct Head {
@@ -172,8 +178,9 @@ class KeySketch {
   void encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const;
   void score(size_t h, const float* qh, const float* Kp, const uint32_t* cj, size_t n, const Kernels& kern, float* tile,
              float* cs) const;
-  void select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern, SketchScan4 scan4,
+  size_t select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern, SketchScan4 scan4,
                SketchCollect collect, float* A, float* tile, uint32_t* ids, float* scores) const;
+  void pass4(size_t h, const float* qh, SketchScan4 scan4, float* A) const;
 
   size_t nheads_, dk_, rank_;
   int bits_;
