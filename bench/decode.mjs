@@ -1,7 +1,8 @@
 // Long-context decoding (issue 24 item 5): one causal attention layer decoding a token
 // at a time against a KV cache of L positions, for dense attention (every key), exact
 // top-k (the blocked scan over the cache), the key sketch (index 'sketch': the exact top-k
-// from a certified int8 low-rank first pass, native/src/core/key_sketch.h) and, with --ef,
+// from a certified int8 low-rank first pass, native/src/core/key_sketch.h; with --sketches=4/M the
+// approximate 4-bit sketch, the M best by a 4-bit first pass scored exactly) and, with --ef,
 // indexed top-k (an HNSW graph per head over the cached keys, each new key inserted in the
 // step), and the recall@k of each selection against the exact one at the same query and cache.
 //
