@@ -401,9 +401,8 @@ void KeySketch::score(size_t h, const float* qh, const float* Kp, const uint32_t
   if (nfull > 0) score_batch(kern, qh, dk, hd.rows.data(), cj, batch, nfull, tile, cs);
 }
 
-// A 4-bit head's selection (select(), bits 4): u_t = pi_t step_t quantised to int8 once, one pass
-// over the codes for every key's sketch score, the M best of them (ties to the lower id) scored
-// exactly, their top k kept. A holds the pass's scores (nb blocks of kDecodeKeyBlock).
+// A 4-bit head's first pass for the query's head qh: u_t = pi_t step_t quantised to int8 once
+// (step max |u_t| / 127), then every key's sketch score into A (SketchScan4).
 void KeySketch::pass4(size_t h, const float* qh, SketchScan4 scan4, float* A) const {
   const Head& hd = heads_[h];
   const size_t L = length_, dk = dk_, r = hd.r, g8 = (r + 7) / 8;
@@ -436,10 +435,9 @@ void KeySketch::scores4(const float* q, size_t h, float* a) const {
   pass4(h, q + h * dk_, sketch_scan4_portable, a);
 }
 
-// A 4-bit head's selection (select(), bits 4): u_t = pi_t step_t quantised to int8 once, one pass
-// over the codes for every key's sketch score (pass4), the M best of them (ties to the lower id)
-// scored exactly, their top k kept. A holds the pass's scores (nb blocks of kDecodeKeyBlock).
-// Returns the keys scored (M).
+// A 4-bit head's selection (select(), bits 4): the first pass (pass4), the M best of its scores
+// (ties to the lower id) scored exactly, their top k kept. A holds the pass's scores (nb blocks
+// of kDecodeKeyBlock). Returns the keys scored (M).
 size_t KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, size_t M, const Kernels& kern,
                         SketchScan4 scan4, SketchCollect collect, float* A, float* tile, uint32_t* ids,
                         float* scores) const {
