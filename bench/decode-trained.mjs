@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as lm from '../dist/index.js';
 import { machine, nowMs, otherProcesses, round, table, writeResults, logger } from './lib/common.mjs';
-import { recallOf } from './lib/decode-inputs.mjs';
+import { parseSketches, recallOf } from './lib/decode-inputs.mjs';
 
 const arg = (name, def) => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -35,7 +35,7 @@ const steps = Number(arg('steps', 300));
 const Ls = arg('ls', '16384,65536').split(',').map(Number);
 const given = arg('dir', '');
 const STEPS = 24, WARM = 4, k = 32;
-const specs = arg('sketches', '8/0,8/256').split(',').map((s) => { const [b, m] = s.split('/').map(Number); return { bits: b, maxScored: m ?? 0 }; });
+const specs = parseSketches(arg('sketches', '8/0,8/256'));
 const out = arg('out', 'decode-trained');
 const config = { dim: 128, layers: 2, heads: 4, hidden: 384, context: 256, attentionK: k };
 

@@ -31,7 +31,7 @@
 // the median of each. Writes bench/results/<out>.json (default decode, or decode-refit).
 import { AttentionDecoder, Projection, SparseSelfAttention, SparseTensor } from '../dist/index.js';
 import { gaussian, machine, nowMs, otherProcesses, rng, round, table, tryGc, writeResults } from './lib/common.mjs';
-import { decodeInputs, recallOf } from './lib/decode-inputs.mjs';
+import { decodeInputs, parseSketches, recallOf } from './lib/decode-inputs.mjs';
 
 const arg = (name, def) => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -44,8 +44,7 @@ const rank = arg('rank', undefined) === undefined ? undefined : Number(arg('rank
 // --max-scored=0,256: sketch runs without a limit (0: exact) and with one (approximate past it).
 // --sketches=8/0,4/128: the sketch decoders as bits/maxScored (4-bit codes: approximate, maxScored
 // >= k required; docs/attention.md "4-bit codes"); default: 8/m for each --max-scored m.
-const sketchSpecs = (arg('sketches', '') === '' ? arg('max-scored', '0').split(',').map((m) => `8/${m}`) : arg('sketches', '').split(','))
-  .map((s) => { const [b, m] = s.split('/').map(Number); return { bits: b, maxScored: m ?? 0 }; });
+const sketchSpecs = parseSketches(arg('sketches', '') === '' ? arg('max-scored', '0').split(',').map((m) => `8/${m}`).join(',') : arg('sketches', ''));
 const maxScoreds = sketchSpecs.map((s) => s.maxScored);
 const datas = arg('data', 'random,lowrank').split(',');
 const M = Number(arg('m', 16)), efC = Number(arg('ef-construction', 100));

@@ -38,3 +38,11 @@ export function recallOf(exact, got, heads, k) {
   }
   return hit / total;
 }
+
+/** The sketch decoders of a `--sketches` list, "bits/maxScored,..." (8/0: the certified int8 sketch; 4/192: 4-bit). */
+export function parseSketches(spec) {
+  return spec.split(',').map((s) => {
+    const [bits, maxScored] = s.split('/').map(Number);
+    return { bits, maxScored: maxScored ?? 0 };
+  });
+}

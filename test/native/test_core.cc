@@ -1291,6 +1291,16 @@ static void test_decode_attention() {
 // scan selects (ids and, through decode_attention_selected, the output bit for bit) for any
 // rank, on isotropic and low-rank keys, for keys fitted and keys appended later; the Jacobi
 // eigen-decomposition against its definition; hostile arguments refused. Own generator.
+// The SIMD versions of a sketch pass this machine runs (null where not compiled in), as
+// KeySketch::select picks them: AVX2, and AVX-512 with VNNI.
+template <class F>
+static std::vector<F> sketch_simd_scans(F avx2, F avx512) {
+  std::vector<F> scans;
+  if (avx2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) scans.push_back(avx2);
+  if (avx512 != nullptr && gt::cpu_has_avx512_vnni()) scans.push_back(avx512);
+  return scans;
+}
+
 static void test_key_sketch() {
   {
     std::mt19937 gen(7);
@@ -1486,9 +1496,7 @@ static void test_key_sketch() {
   // (vector groups and scalar tails split the keys differently); a NaN upper end makes the
   // block's max +inf.
   {
-    std::vector<gt::SketchScan> scans;
-    if (gt::kSketchScanAVX2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) scans.push_back(gt::kSketchScanAVX2);
-    if (gt::kSketchScanAVX512 != nullptr && gt::cpu_has_avx512_vnni()) scans.push_back(gt::kSketchScanAVX512);
+    const std::vector<gt::SketchScan> scans = sketch_simd_scans(gt::kSketchScanAVX2, gt::kSketchScanAVX512);
     std::uniform_int_distribution<int> code(1, 255), wd(-127, 127);
     for (size_t g4 : {1, 4, 16}) for (size_t kn : {256, 255, 224, 200, 40, 31, 17, 1}) {
       std::vector<uint8_t> codes(g4 * 4 * gt::kDecodeKeyBlock);
@@ -1525,9 +1533,7 @@ static void test_key_sketch() {
   // The 4-bit pass (SketchScan4): the portable loop against a reference written here (int64 sums
   // over the nibbles as key_sketch.h lays them out), every SIMD version against it bit for bit.
   {
-    std::vector<gt::SketchScan4> scans;
-    if (gt::kSketchScan4AVX2 != nullptr && gt::simd_level_supported(gt::SimdLevel::AVX2)) scans.push_back(gt::kSketchScan4AVX2);
-    if (gt::kSketchScan4AVX512 != nullptr && gt::cpu_has_avx512_vnni()) scans.push_back(gt::kSketchScan4AVX512);
+    const std::vector<gt::SketchScan4> scans = sketch_simd_scans(gt::kSketchScan4AVX2, gt::kSketchScan4AVX512);
     std::uniform_int_distribution<int> byte(0, 255), wd(-127, 127);
     for (size_t g8 : {1, 2, 8}) for (size_t kn : {256, 255, 224, 200, 40, 31, 17, 1}) {
       std::vector<uint8_t> codes(g8 * 4 * gt::kDecodeKeyBlock);

@@ -75,6 +75,20 @@ size_t best_m(const float* A, size_t L, size_t M, SketchCollect collect, std::ve
   return m;
 }
 
+// v[0..r) quantised to int8 with one step, sig = max |v_t| / 127 (1 where that is 0, not finite
+// or below the smallest float: w = 0): w[t] = round(v_t / sig), clamped to +-127. Returns sig.
+float quantise_int8(const double* v, size_t r, int8_t* w) {
+  double mx = 0.0;
+  for (size_t t = 0; t < r; ++t) mx = std::max(mx, std::fabs(v[t]));
+  const float st = mx > 0.0 && std::isfinite(mx) ? static_cast<float>(mx / 127.0) : 1.0f;
+  const float sig = st > 0.0f ? st : 1.0f;
+  for (size_t t = 0; t < r; ++t) {
+    const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(v[t] / double(sig))));
+    w[t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
+  }
+  return sig;
+}
+
 }  // namespace
 
 void sketch_scan_portable(const uint8_t* codes, size_t g4, const int8_t* w, const float* sig, const float* eps,
@@ -274,31 +288,18 @@ void KeySketch::refit(size_t L) {
 
 void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1) const {
   const bool four = bits_ == 4;
-  const size_t dk = dk_, r = hd.r, g4 = four ? (r + 7) / 8 : (r + 3) / 4;  // (g8 with bits 4)
+  // Groups of 4 coordinates a 64-byte line of 16 keys (int8), or of 8 (4-bit: g8).
+  const size_t per = four ? 8 : 4;
+  const size_t dk = dk_, r = hd.r, g = (r + per - 1) / per;
   const double lim = four ? 7.0 : 127.0;
   const size_t blocks = (j1 + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   // Code 0 (padding coordinates, later keys): 128, or 8 in both nibbles.
-  hd.codes.resize(blocks * g4 * 4 * kDecodeKeyBlock, four ? 0x88 : 128);
+  hd.codes.resize(blocks * g * 4 * kDecodeKeyBlock, four ? 0x88 : 128);
   hd.rows.resize(j1 * dk, 0.0f);
-  if (four) {
-    for (size_t j = j0; j < j1; ++j) {
-      const size_t b = j / kDecodeKeyBlock, cc = j % kDecodeKeyBlock;
-      for (size_t t = 0; t < dk; ++t) hd.rows[j * dk + t] = key_at(Kp, nheads_, dk, h, j, t);
-      for (size_t t = 0; t < r; ++t) {
-        double s = 0.0;
-        for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * double(hd.rows[j * dk + c]);
-        double code = std::nearbyint(s / double(hd.step[t]));
-        if (!(code <= lim)) code = std::isnan(code) ? 0.0 : lim;
-        if (code < -lim) code = -lim;
-        uint8_t& byte = hd.codes[b * g4 * 4 * kDecodeKeyBlock + ((cc / 16) * g4 + t / 8) * 64 + (cc % 16) * 4 + t % 4];
-        const auto nib = static_cast<uint8_t>(static_cast<int>(code) + 8);
-        byte = t % 8 < 4 ? static_cast<uint8_t>((byte & 0xF0) | nib) : static_cast<uint8_t>((byte & 0x0F) | (nib << 4));
-      }
-    }
-    return;
+  if (!four) {  // the norms of the bound (a 4-bit sketch has none)
+    hd.eps.resize(j1);
+    hd.rho.resize(j1);
   }
-  hd.eps.resize(j1);
-  hd.rho.resize(j1);
   std::vector<double> kv(dk), p(r), perp(dk);
   for (size_t j = j0; j < j1; ++j) {
     double nk = 0.0;
@@ -314,12 +315,19 @@ void KeySketch::encode(Head& hd, size_t h, const float* Kp, size_t j0, size_t j1
       for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * kv[c];
       p[t] = s;
       double code = std::nearbyint(s / double(hd.step[t]));
-      if (!(code <= 127.0)) code = std::isnan(code) ? 0.0 : 127.0;
-      if (code < -127.0) code = -127.0;
-      hd.codes[b * g4 * 4 * kDecodeKeyBlock + ((cc / 16) * g4 + t / 4) * 64 + (cc % 16) * 4 + t % 4] = static_cast<uint8_t>(static_cast<int>(code) + 128);
+      if (!(code <= lim)) code = std::isnan(code) ? 0.0 : lim;
+      if (code < -lim) code = -lim;
+      uint8_t& byte = hd.codes[b * g * 4 * kDecodeKeyBlock + ((cc / 16) * g + t / per) * 64 + (cc % 16) * 4 + t % 4];
+      if (four) {  // coordinate t % 8 < 4 in the low nibble, the next four in the high one
+        const auto nib = static_cast<uint8_t>(static_cast<int>(code) + 8);
+        byte = t % 8 < 4 ? static_cast<uint8_t>((byte & 0xF0) | nib) : static_cast<uint8_t>((byte & 0x0F) | (nib << 4));
+      } else {
+        byte = static_cast<uint8_t>(static_cast<int>(code) + 128);
+      }
       const double e = s - code * double(hd.step[t]);
       qe += e * e;
     }
+    if (four) continue;
     perp = kv;
     for (size_t t = 0; t < r; ++t)
       for (size_t c = 0; c < dk; ++c) perp[c] -= p[t] * double(hd.basis[t * dk + c]);
@@ -408,20 +416,13 @@ void KeySketch::pass4(size_t h, const float* qh, SketchScan4 scan4, float* A) co
   const size_t L = length_, dk = dk_, r = hd.r, g8 = (r + 7) / 8;
   const size_t nb = (L + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   std::vector<double> u(r, 0.0);
-  double mx = 0.0;
   for (size_t t = 0; t < r; ++t) {
     double s = 0.0;
     for (size_t c = 0; c < dk; ++c) s += double(hd.basis[t * dk + c]) * qh[c];
     u[t] = s * double(hd.step[t]);
-    mx = std::max(mx, std::fabs(u[t]));
   }
-  const float st = mx > 0.0 && std::isfinite(mx) ? static_cast<float>(mx / 127.0) : 1.0f;
-  const float sig = st > 0.0f ? st : 1.0f;
   std::vector<int8_t> w(8 * g8, 0);
-  for (size_t t = 0; t < r; ++t) {
-    const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(u[t] / double(sig))));
-    w[t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
-  }
+  const float sig = quantise_int8(u.data(), r, w.data());
   for (size_t b = 0; b < nb; ++b) {
     const size_t j0 = b * kDecodeKeyBlock, kn = std::min(kDecodeKeyBlock, L - j0);
     float maxes[1];
@@ -450,11 +451,11 @@ size_t KeySketch::select4(size_t h, const float* qh, const float* Kp, size_t k, 
   const size_t m = best_m(A, L, M, collect, cand, sample);
   // In id order: the gathers of stage 2 walk the row copy forwards.
   std::sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(m));
-  std::vector<uint32_t> cj(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(m));
-  std::vector<float> cs(m);
-  score(h, qh, Kp, cj.data(), cj.size(), kern, tile, cs.data());
+  thread_local std::vector<float> cs;
+  cs.resize(m);
+  score(h, qh, Kp, cand.data(), m, kern, tile, cs.data());
   TopK hp(kk, true);
-  for (size_t i = 0; i < cj.size(); ++i) hp.push(cs[i], cj[i]);
+  for (size_t i = 0; i < m; ++i) hp.push(cs[i], cand[i]);
   const std::vector<Hit> hits = hp.sorted();
   for (size_t c = 0; c < k; ++c) {
     ids[h * k + c] = c < hits.size() ? hits[c].id : kNoKey;
@@ -537,13 +538,8 @@ void KeySketch::select(const float* q, const float* Kp, size_t k, size_t max_sco
     e = u;
     double extent = 0.0;  // 127 sum_t (sig_0 |w_0t| + sig_1 |w_1t|): the largest |a'| can be
     for (int l = 0; l < 2; ++l) {
-      double mx = 0.0;
-      for (size_t t = 0; t < r; ++t) mx = std::max(mx, std::fabs(e[t]));
-      const float st = mx > 0.0 && std::isfinite(mx) ? static_cast<float>(mx / 127.0) : 1.0f;
-      sig[l] = st > 0.0f ? st : 1.0f;  // a step below the smallest float: 1 (w = 0)
+      sig[l] = quantise_int8(e.data(), r, wq.data() + l * 4 * g4);
       for (size_t t = 0; t < r; ++t) {
-        const double wt = std::min(127.0, std::max(-127.0, std::nearbyint(e[t] / double(sig[l]))));
-        wq[l * 4 * g4 + t] = static_cast<int8_t>(std::isfinite(wt) ? wt : 0.0);
         e[t] -= double(sig[l]) * double(wq[l * 4 * g4 + t]);
         extent += 127.0 * double(sig[l]) * std::fabs(double(wq[l * 4 * g4 + t]));
       }
